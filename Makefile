@@ -1,0 +1,32 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+# Both create .venv and install what is missing first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is installed before the package so pip never pulls an unpinned build:
+# on a CPU-only machine with a local CPU wheel this is seconds; on a GPU machine
+# PyPI's Linux wheel of the same version is the CUDA build. Override with
+# `make install TORCH="torch==X.Y"` for another version.
+TORCH ?= torch==2.13.0
+
+.PHONY: install demo test notebooks bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/funnel-tl run --out runs/demo
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/bench_gains.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,105 @@
+"""The ``funnel-tl`` command line: a thin front end over the Python API.
+
+``main(argv)`` returns the exit status (0 success, 2 bad input) so tests call it directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from .errors import FunnelError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad arguments in one line and exits 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def slug(name: str) -> str:
+    """A folder name for a model name: ``EleutherAI/pythia-6.9b`` → ``EleutherAI__pythia-6.9b``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip("/").replace("/", "__")) or "model"
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that measures a model."""
+    parser.add_argument("--model", default=None, metavar="NAME_OR_DIR",
+                        help="bundled short name, local HF checkpoint folder, or hub name such as "
+                             "EleutherAI/pythia-6.9b (default: the largest bundled model, offline)")
+    parser.add_argument("--prompts", default="seed", metavar="seed|FILE.txt|FILE.jsonl",
+                        help="'seed' (the notebook's eight), a .txt file with one prompt per line, "
+                             "or a .jsonl file with a \"text\" field (default: seed)")
+    parser.add_argument("--definition", default="seed", choices=["seed", "residual"],
+                        help="seed: ||out|| / ||LayerNorm output the sublayer reads|| (the notebook's); "
+                             "residual: ||out|| / ||residual stream it reads|| (default: seed)")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="N",
+                        help="prompts per forward pass; changes no number (default: 8)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto: CUDA when present (default: auto)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                        help="auto: float16 on CUDA, float32 on the CPU (default: auto)")
+    parser.add_argument("--drop-first", type=int, default=0, metavar="N",
+                        help="leave out the first N positions of every prompt, e.g. 1 to skip the "
+                             "attention-sink token (default: 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="funnel-tl",
+        description="Measure how much each attention and MLP sublayer expands or contracts what it "
+                    "reads (the gain), and test the Funnel Model: attention contracts in every layer, "
+                    "the MLP in nearly all, and only a late MLP expands.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+    run = commands.add_parser(
+        "run", help="measure one model, print the analysis, write results.json",
+        description="Measure one model's per-layer gains, print the seed notebook's analysis, "
+                    "hypothesis test and Pythia-1.4B comparison, and write DIR/results.json.",
+        epilog="examples:\n  funnel-tl run                       # bundled default model, offline\n"
+               "  funnel-tl run --model EleutherAI/pythia-6.9b --device cuda --dtype float16",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_options(run)
+    run.add_argument("--out", default=None, metavar="DIR",
+                     help="output folder (default: runs/<model name>)")
+    run.set_defaults(handler=cmd_run)
+    return parser
+
+
+def cmd_run(args) -> int:
+    from .funnel import format_analysis
+    from .gains import measure_gains
+    from .models import load_model
+    from .prompts import load_prompts
+
+    prompts = load_prompts(args.prompts)  # before loading a model: a bad prompt file fails fast
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    result = measure_gains(model, prompts, definition=args.definition, batch_size=args.batch_size,
+                           drop_first=args.drop_first)
+    out = Path(args.out) if args.out else Path("runs") / slug(result.model)
+    print(format_analysis(result))
+    path = result.save(out / "results.json")
+    print(f"\nSaved: {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except FunnelError as error:
+        print(f"funnel-tl: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("funnel-tl: interrupted; files already written are complete", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The Funnel Model hypothesis test and the seed notebook's printed analysis.
+
+The hypothesis (from Pythia-1.4B): attention contracts in every layer, the MLP contracts in
+nearly all, and only a late MLP expands. The test, the counts and the reference numbers are the
+seed notebook's, criterion for criterion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+# Measured on Pythia-1.4B by the seed notebook's method (definition="seed"), copied from it.
+PYTHIA_1_4B_REFERENCE = {
+    "n_layers": 24,
+    "attn_min_gain": 0.083,
+    "attn_max_gain": 0.527,
+    "attn_contracting": 24,
+    "mlp_min_gain": 0.261,
+    "mlp_max_gain": 3.604,
+    "mlp_contracting": 22,
+    "mlp_expanding": 2,
+    "last_layer_mlp_gain": 3.604,
+    "combined_max_gain": 1.338,
+}
+
+# The seed allows up to three expanding MLP layers for "MLP mostly contracts".
+MLP_EXPANDING_ALLOWED = 3
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """Counts and extremes of one component's per-layer gains (a gain < 1 contracts)."""
+
+    n_contracting: int
+    n_expanding: int
+    min_gain: float
+    min_layer: int
+    max_gain: float
+    max_layer: int
+
+
+def summarize(gains) -> LayerSummary:
+    gains = np.asarray(gains, dtype=np.float64)
+    return LayerSummary(
+        n_contracting=int(np.sum(gains < 1)), n_expanding=int(np.sum(gains >= 1)),
+        min_gain=float(gains.min()), min_layer=int(gains.argmin()),
+        max_gain=float(gains.max()), max_layer=int(gains.argmax()),
+    )
+
+
+@dataclass(frozen=True)
+class FunnelTest:
+    """The seed's four criteria and its verdict (the fourth is reported, not required)."""
+
+    attention_always_contracts: bool
+    mlp_mostly_contracts: bool
+    last_layer_expands: bool
+    last_layer_is_max: bool
+    funnel_confirmed: bool
+
+    def to_dict(self) -> dict[str, bool]:
+        return {key: bool(value) for key, value in asdict(self).items()}
+
+
+def funnel_test(result) -> FunnelTest:
+    """Test the Funnel Model on a ``GainResult`` exactly as the seed notebook does."""
+    n_layers = result.n_layers
+    attn, mlp = summarize(result.attn_gains), summarize(result.mlp_gains)
+    attention_contracts = attn.n_contracting == n_layers
+    mlp_mostly = mlp.n_contracting >= n_layers - MLP_EXPANDING_ALLOWED
+    last_expands = bool(result.mlp_gains[-1] > 1.0)
+    return FunnelTest(
+        attention_always_contracts=attention_contracts,
+        mlp_mostly_contracts=mlp_mostly,
+        last_layer_expands=last_expands,
+        last_layer_is_max=mlp.max_layer == n_layers - 1,
+        funnel_confirmed=attention_contracts and mlp_mostly and last_expands,
+    )
+
+
+def comparison_1_4b(result) -> dict[str, bool]:
+    """The seed's ``comparison_1_4b`` block: does the pattern match Pythia-1.4B's?"""
+    attn = summarize(result.attn_gains)
+    return {
+        "attn_contraction_match": bool(abs(100 * attn.n_contracting / result.n_layers - 100) < 5),
+        "mlp_expansion_in_last": bool(result.mlp_gains[-1] > 1.0),
+        "pattern_match": funnel_test(result).funnel_confirmed,
+    }
+
+
+def format_analysis(result) -> str:
+    """The seed notebook's printed analysis, hypothesis test and Pythia-1.4B comparison."""
+    n = result.n_layers
+    attn, mlp, combined = summarize(result.attn_gains), summarize(result.mlp_gains), summarize(result.combined_gains)
+    test = funnel_test(result)
+    ref = PYTHIA_1_4B_REFERENCE
+    rule = "=" * 60
+    lines = [
+        rule,
+        f"{result.model}: FUNNEL MODEL ANALYSIS",
+        f"definition={result.definition}, {result.n_prompts} prompts, {int(result.n_tokens.sum())} tokens"
+        + (f", first {result.drop_first} positions dropped" if result.drop_first else ""),
+        rule,
+    ]
+    for title, summary in (("ATTENTION", attn), ("MLP/FFN", mlp)):
+        lines += [
+            f"\n--- {title} ---",
+            f"Contracting layers: {summary.n_contracting}/{n} ({100 * summary.n_contracting / n:.1f}%)",
+            f"Expanding layers:   {summary.n_expanding}/{n} ({100 * summary.n_expanding / n:.1f}%)",
+            f"Min gain: {summary.min_gain:.4f} (Layer {summary.min_layer})",
+            f"Max gain: {summary.max_gain:.4f} (Layer {summary.max_layer})",
+        ]
+    lines += [
+        "\n--- COMBINED (Attn x MLP) ---",
+        f"Net contracting: {combined.n_contracting}/{n} ({100 * combined.n_contracting / n:.1f}%)",
+        f"Net expanding:   {combined.n_expanding}/{n} ({100 * combined.n_expanding / n:.1f}%)",
+        f"Max combined gain: {combined.max_gain:.4f} (Layer {combined.max_layer})",
+        "\n--- BLOCK (||resid_post|| / ||resid_pre||) ---",
+        "Gains: " + " ".join(f"{g:.3f}" for g in result.block_gains),
+        "\n" + rule,
+        "HYPOTHESIS TEST: Funnel Model Universality",
+        rule,
+        f"1. Attention ALWAYS contracts: {test.attention_always_contracts} ({attn.n_contracting}/{n})",
+        f"2. MLP mostly contracts: {test.mlp_mostly_contracts} ({mlp.n_contracting}/{n})",
+        f"3. Last layer MLP expands: {test.last_layer_expands} (gain={result.mlp_gains[-1]:.3f})",
+        f"4. Last layer has MAX MLP gain: {test.last_layer_is_max} (L{mlp.max_layer})",
+        f"\n>>> FUNNEL MODEL CONFIRMED: {test.funnel_confirmed} <<<",
+        "\n" + rule,
+        "CROSS-MODEL COMPARISON"
+        + ("" if result.definition == "seed" else " (reference measured with definition=seed)"),
+        rule,
+        f"{'Metric':<30} {'Pythia-1.4B':>15} {_short(result.model):>15}",
+        "-" * 60,
+        f"{'Layers':<30} {ref['n_layers']:>15} {n:>15}",
+        f"{'Attn contracting %':<30} {100 * ref['attn_contracting'] / ref['n_layers']:>14.1f}% {100 * attn.n_contracting / n:>14.1f}%",
+        f"{'Attn min gain':<30} {ref['attn_min_gain']:>15.3f} {attn.min_gain:>15.3f}",
+        f"{'Attn max gain':<30} {ref['attn_max_gain']:>15.3f} {attn.max_gain:>15.3f}",
+        f"{'MLP contracting %':<30} {100 * ref['mlp_contracting'] / ref['n_layers']:>14.1f}% {100 * mlp.n_contracting / n:>14.1f}%",
+        f"{'MLP min gain':<30} {ref['mlp_min_gain']:>15.3f} {mlp.min_gain:>15.3f}",
+        f"{'MLP max gain (last layer)':<30} {ref['mlp_max_gain']:>15.3f} {result.mlp_gains[-1]:>15.3f}",
+        f"{'Combined max gain':<30} {ref['combined_max_gain']:>15.3f} {combined.max_gain:>15.3f}",
+    ]
+    return "\n".join(lines)
+
+
+def _short(name: str, width: int = 15) -> str:
+    name = name.rstrip("/").split("/")[-1]
+    return name if len(name) <= width else name[: width - 1] + "…"

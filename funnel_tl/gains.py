@@ -1,0 +1,238 @@
+"""Per-layer gains from cached activations: hooks → per-token norms → per-prompt sums.
+
+One forward pass per batch with ``run_with_cache`` caching only the hooks the chosen definition
+reads. Each hook is stacked over layers and reduced at once to per-token norms in float32 (half
+precision squares overflow past |x| = 256, and massive activations exceed that); the cache is
+dropped before the next batch, so nothing of size batch × pos × d_model outlives its batch.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Sequence
+
+import einops
+import numpy as np
+import torch
+from jaxtyping import Float
+from tqdm.auto import tqdm
+
+from .errors import FunnelError
+from .models import model_name, tokenizer_of
+from .prompts import Batch, load_prompts, make_batches, padding_fraction, prompts_sha256, tokenize
+from .results import COMPONENTS, DEFINITIONS, GainResult
+
+# Residual identities hold to float rounding; a wrong hook alias is off by O(1).
+# float32: 1e-4 relative leaves room for summation order; half: one rounding of a ~1e3 sum.
+IDENTITY_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+@dataclass(frozen=True)
+class HookPlan:
+    """Which hook (name within a block) is read as each component's input and output."""
+
+    parallel_blocks: bool
+    inputs: dict[str, str]  # component -> hook suffix, e.g. "attn" -> "ln1.hook_out"
+    outputs: dict[str, str]
+
+    @property
+    def suffixes(self) -> list[str]:
+        return sorted(set(self.inputs.values()) | set(self.outputs.values()))
+
+
+def is_parallel(model) -> bool:
+    """Parallel blocks (Pythia, GPT-J): attention and MLP both read ``resid_pre``."""
+    return bool(getattr(model.cfg, "parallel_attn_mlp", False))
+
+
+def layer_norm_output(model, which: str) -> str:
+    """The hook holding what a sublayer receives: its LayerNorm's output, affine included.
+
+    The bridge names it ``ln1.hook_out`` (its ``hook_normalized`` is *before* the affine);
+    ``HookedTransformer`` has no ``hook_out`` and its ``hook_normalized`` is after the affine.
+    Parallel blocks with one LayerNorm for both sublayers (GPT-J) have no ``ln2``.
+    """
+    hooks = model.hook_dict
+    for candidate in (which, "ln1") if which == "ln2" else (which,):
+        for point in ("hook_out", "hook_normalized"):
+            if f"blocks.0.{candidate}.{point}" in hooks:
+                return f"{candidate}.{point}"
+    raise FunnelError(
+        f"{model_name(model)} has no {which} LayerNorm hook: the seed definition needs the LayerNorm "
+        "outputs; use --definition residual"
+    )
+
+
+def plan_hooks(model, definition: str) -> HookPlan:
+    if definition not in DEFINITIONS:
+        raise FunnelError(f"unknown definition {definition!r}: choose seed or residual")
+    parallel = is_parallel(model)
+    if definition == "seed":
+        inputs = {"attn": layer_norm_output(model, "ln1"), "mlp": layer_norm_output(model, "ln2")}
+    else:
+        inputs = {"attn": "hook_resid_pre", "mlp": "hook_resid_pre" if parallel else "hook_resid_mid"}
+    inputs["block"] = "hook_resid_pre"
+    outputs = {"attn": "hook_attn_out", "mlp": "hook_mlp_out", "block": "hook_resid_post"}
+    return HookPlan(parallel_blocks=parallel, inputs=inputs, outputs=outputs)
+
+
+def token_norms(cache, suffix: str, n_layers: int) -> Float[torch.Tensor, "layer batch pos"]:
+    """‖·‖ over d_model of one hook at every layer, in float32."""
+    stacked = torch.stack([cache[f"blocks.{layer}.{suffix}"] for layer in range(n_layers)])  # [layer, batch, pos, d_model]
+    squares = einops.reduce(stacked.float().square(), "layer batch pos d_model -> layer batch pos", "sum")
+    return squares.sqrt()
+
+
+def check_residual_identities(model, cache, mask: torch.Tensor, parallel: bool, dtype: torch.dtype) -> None:
+    """Fail loudly if x + a + m ≠ resid_post (or x + a ≠ resid_mid): a wrong hook alias.
+
+    TransformerLens hook aliases have been wrong for some architectures before (BLOOM, OLMo 2/3,
+    Granite); every gain would then be silently wrong.
+    """
+    tolerance = IDENTITY_TOLERANCE.get(dtype, 1e-2)
+    real = mask.bool()
+    for layer in range(model.cfg.n_layers):
+        block = lambda name: cache[f"blocks.{layer}.{name}"].float()  # noqa: E731  [batch, pos, d_model]
+        x, a, m = block("hook_resid_pre"), block("hook_attn_out"), block("hook_mlp_out")
+        checks = [("resid_pre + attn_out + mlp_out", x + a + m, block("hook_resid_post"))]
+        if not parallel:
+            checks.append(("resid_pre + attn_out", x + a, block("hook_resid_mid")))
+        for label, summed, expected in checks:
+            error = torch.linalg.vector_norm(summed - expected, dim=-1)[real]  # [real tokens]
+            scale = torch.linalg.vector_norm(expected, dim=-1)[real] + 1e-6
+            worst = float((error / scale).max())
+            if not worst <= tolerance:
+                target = "resid_post" if "mlp" in label else "resid_mid"
+                raise FunnelError(
+                    f"{model_name(model)} layer {layer}: {label} differs from {target} by {worst:.2g} "
+                    f"(relative; allowed {tolerance:g}): TransformerLens hooks for this architecture are "
+                    "inconsistent, so its gains cannot be trusted; please report it"
+                )
+
+
+def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "seed",
+                  batch_size: int = 8, drop_first: int = 0, tokenizer=None,
+                  progress: bool | None = None) -> GainResult:
+    """Measure every layer's attention, MLP and block gain on a prompt set.
+
+    ``model``: a bridge from ``load_model`` (or any object with ``run_with_cache``, ``cfg`` and the
+    standard hook names, e.g. a TL 3.x ``HookedTransformer`` loaded without weight processing).
+    ``prompts``: ``"seed"``, a prompt file path, or a list of strings. ``definition``: ``"seed"``
+    (‖out‖ over the LayerNorm output the sublayer reads) or ``"residual"`` (‖out‖ over the residual
+    stream it reads). ``drop_first`` leaves out the first N positions of every prompt (position 0
+    often has a huge norm: attention sinks, massive activations). Batch size changes no number.
+
+    >>> from funnel_tl import load_model, measure_gains
+    >>> result = measure_gains(load_model(device="cpu"), "seed")  # doctest: +SKIP
+    >>> result.attn_gains.shape  # doctest: +SKIP
+    (8,)
+    """
+    prompt_list = load_prompts(prompts)
+    if drop_first < 0:
+        raise FunnelError(f"drop_first must be 0 or more, got {drop_first}")
+    plan = plan_hooks(model, definition)
+    tokenizer = tokenizer if tokenizer is not None else tokenizer_of(model)
+    name = model_name(model)
+    n_layers = model.cfg.n_layers
+    token_ids = tokenize(tokenizer, prompt_list, n_ctx=getattr(model.cfg, "n_ctx", None), model_name=name)
+    too_short = [i for i, ids in enumerate(token_ids) if len(ids) <= drop_first]
+    if too_short:
+        raise FunnelError(
+            f"prompt {too_short[0]} has {len(token_ids[too_short[0]])} tokens, none left after dropping the "
+            f"first {drop_first}: lower --drop-first or remove short prompts"
+        )
+    pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
+    parameter = next(model.parameters())
+    device, dtype = parameter.device, parameter.dtype
+
+    n_prompts = len(prompt_list)
+    out_sums = {c: np.zeros((n_prompts, n_layers)) for c in COMPONENTS}
+    in_sums = {c: np.zeros((n_prompts, n_layers)) for c in COMPONENTS}
+    n_tokens = np.zeros(n_prompts, dtype=np.int64)
+
+    batches = list(make_batches(token_ids, batch_size, pad_token_id=pad_id))
+    show = progress if progress is not None else len(batches) > 1
+    for number, batch in enumerate(tqdm(batches, desc=f"gains {name}", unit="batch", disable=not show)):
+        counted = _measure_batch(model, batch, plan, device, dtype, drop_first,
+                                 check_identities=number == 0, out_sums=out_sums, in_sums=in_sums)
+        n_tokens[batch.indices] = counted
+
+    provenance = _provenance(model, device, dtype, prompt_list, token_ids, batch_size, drop_first)
+    return GainResult(
+        model=name, definition=definition, n_layers=n_layers, d_model=model.cfg.d_model,
+        parallel_blocks=plan.parallel_blocks, prompts=tuple(prompt_list), n_tokens=n_tokens,
+        out_sums=out_sums, in_sums=in_sums, drop_first=drop_first, provenance=provenance,
+    )
+
+
+@torch.inference_mode()
+def _measure_batch(model, batch: Batch, plan: HookPlan, device, dtype, drop_first: int,
+                   check_identities: bool, out_sums, in_sums) -> np.ndarray:
+    """Run one batch; add its per-prompt norm sums into ``out_sums``/``in_sums``; return token counts."""
+    n_layers = model.cfg.n_layers
+    suffixes = set(plan.suffixes)
+    if check_identities:
+        suffixes |= {"hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post"}
+        if not plan.parallel_blocks:
+            suffixes.add("hook_resid_mid")
+    wanted = {f"blocks.{layer}.{suffix}" for layer in range(n_layers) for suffix in suffixes}
+    tokens = batch.tokens.to(device)
+    attention_mask = batch.attention_mask.to(device)
+    try:
+        _, cache = model.run_with_cache(tokens, attention_mask=attention_mask,
+                                        names_filter=lambda hook: hook in wanted)
+    except torch.cuda.OutOfMemoryError:
+        raise FunnelError(
+            f"out of GPU memory on a batch of {len(batch.indices)} prompts of up to {tokens.shape[1]} tokens: "
+            "lower --batch-size"
+        ) from None
+
+    positions = torch.arange(tokens.shape[1], device=device)
+    counted = attention_mask.bool() & (positions >= drop_first)[None, :]  # [batch, pos]
+    weights = counted.float()
+    if check_identities:
+        check_residual_identities(model, cache, attention_mask, plan.parallel_blocks, dtype)
+
+    norms = {suffix: token_norms(cache, suffix, n_layers) for suffix in plan.suffixes}  # each [layer, batch, pos]
+    del cache
+    for suffix, values in norms.items():
+        bad = ~torch.isfinite(values) & counted[None]
+        if bad.any():
+            layer, row, position = (int(i) for i in bad.nonzero()[0])
+            raise FunnelError(
+                f"non-finite activation norm in {model_name(model)}, layer {layer}, {suffix}, prompt "
+                f"{batch.indices[row]}, position {position}: the model overflows in {str(dtype).removeprefix('torch.')}; "
+                "try --dtype bfloat16 or float32"
+            )
+    sums = {suffix: einops.einsum(values, weights, "layer batch pos, batch pos -> batch layer").double().cpu().numpy()
+            for suffix, values in norms.items()}
+    for component in COMPONENTS:
+        out_sums[component][batch.indices] = sums[plan.outputs[component]]
+        in_sums[component][batch.indices] = sums[plan.inputs[component]]
+    return counted.sum(dim=1).cpu().numpy()
+
+
+def _provenance(model, device, dtype, prompts, token_ids, batch_size, drop_first) -> dict:
+    import transformer_lens
+    import transformers
+
+    from . import __version__
+
+    return {
+        "funnel_tl": __version__,
+        "transformer_lens": getattr(transformer_lens, "__version__", "unknown"),
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "prompts_sha256": prompts_sha256(prompts),
+        "n_tokens_total": int(sum(len(ids) for ids in token_ids)),
+        "batch_size": int(batch_size),
+        "padding_fraction": float(padding_fraction(token_ids, batch_size)),
+        "drop_first": int(drop_first),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

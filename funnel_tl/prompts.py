@@ -1,0 +1,138 @@
+"""Prompt sets, tokenization and padded batches.
+
+Tokens are exactly what the model's own HuggingFace tokenizer gives for each prompt
+(``tokenizer(prompt)``, the seed notebook's way): no BOS is added unless that tokenizer adds one.
+Batches are right-padded, so position p of a prompt is position p in its batch row; the attention
+mask keeps pad tokens out of the forward pass and out of every statistic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from .errors import FunnelError
+
+# The seed notebook's eight prompts, in its order ("same as Pythia-1.4B for comparability").
+SEED_PROMPTS: tuple[str, ...] = (
+    "The capital of France is Paris, which is known for the Eiffel Tower.",
+    "In mathematics, the Pythagorean theorem states that in a right triangle",
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Artificial intelligence has made significant progress in recent years",
+    "The chemical formula for water is H2O, consisting of two hydrogen atoms",
+    "Shakespeare wrote many famous plays including Hamlet and Macbeth",
+    "The speed of light in vacuum is approximately 299,792 kilometers per second",
+    "Mount Everest is the highest mountain on Earth, located in the Himalayas",
+)
+
+
+def load_prompts(spec: str | Sequence[str] = "seed") -> list[str]:
+    """Return a list of prompts from ``"seed"``, a ``.txt`` file, a ``.jsonl`` file or a list.
+
+    ``.txt``: one prompt per non-blank line. ``.jsonl``: one object per line with a ``"text"`` key.
+
+    >>> load_prompts("seed")[0]
+    'The capital of France is Paris, which is known for the Eiffel Tower.'
+    >>> load_prompts(["a prompt", "another"])
+    ['a prompt', 'another']
+    """
+    if not isinstance(spec, str):
+        prompts = [str(p) for p in spec]
+        source = "the prompt list"
+    elif spec == "seed":
+        return list(SEED_PROMPTS)
+    else:
+        path = Path(spec)
+        source = str(path)
+        if not path.is_file():
+            raise FunnelError(
+                f"prompt file not found: {path} (give 'seed', a .txt file with one prompt per line, "
+                "or a .jsonl file with a \"text\" field)"
+            )
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".jsonl":
+            prompts = []
+            for number, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    prompts.append(str(json.loads(line)["text"]))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise FunnelError(
+                        f'{path}:{number}: expected a JSON object with a "text" field on each line'
+                    ) from None
+        else:
+            prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise FunnelError(f"no prompts in {source}: give at least one non-blank prompt")
+    return prompts
+
+
+def prompts_sha256(prompts: Sequence[str]) -> str:
+    """A stable fingerprint of a prompt set (order matters), recorded in every results file."""
+    return hashlib.sha256(json.dumps(list(prompts), ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def tokenize(tokenizer, prompts: Sequence[str], n_ctx: int | None = None,
+             model_name: str = "the model") -> list[list[int]]:
+    """Token ids of each prompt, exactly as ``tokenizer(prompt)`` gives them.
+
+    Raises ``FunnelError`` for a prompt with no tokens or more tokens than the context.
+    """
+    token_ids = []
+    for index, prompt in enumerate(prompts):
+        ids = list(tokenizer(prompt)["input_ids"])
+        if not ids:
+            raise FunnelError(f"prompt {index} is empty after tokenization: remove it")
+        if n_ctx is not None and len(ids) > n_ctx:
+            raise FunnelError(
+                f"prompt {index} has {len(ids)} tokens but {model_name} has a context of {n_ctx}: "
+                "shorten or split it"
+            )
+        token_ids.append(ids)
+    return token_ids
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Right-padded token ids of some prompts, with their places in the original order."""
+
+    indices: list[int]  # position of each row's prompt in the caller's prompt list
+    tokens: torch.Tensor  # [batch, pos] int64
+    attention_mask: torch.Tensor  # [batch, pos] 1 for real tokens, 0 for padding
+
+
+def make_batches(token_ids: Sequence[Sequence[int]], batch_size: int,
+                 pad_token_id: int = 0) -> Iterator[Batch]:
+    """Yield batches of prompts of similar length (length bucketing), right-padded.
+
+    Prompts are sorted by length so that little compute goes to padding; each batch carries the
+    original indices, so results can be put back in the caller's order.
+    """
+    if batch_size < 1:
+        raise FunnelError(f"batch size must be at least 1, got {batch_size}")
+    order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
+    for start in range(0, len(order), batch_size):
+        indices = order[start:start + batch_size]
+        width = max(len(token_ids[i]) for i in indices)
+        tokens = torch.full((len(indices), width), pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(indices), width), dtype=torch.long)
+        for row, i in enumerate(indices):
+            ids = token_ids[i]
+            tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[row, : len(ids)] = 1
+        yield Batch(indices=indices, tokens=tokens, attention_mask=mask)
+
+
+def padding_fraction(token_ids: Sequence[Sequence[int]], batch_size: int) -> float:
+    """Share of the positions in all batches that are padding (0 means no wasted compute)."""
+    real = padded = 0
+    for batch in make_batches(token_ids, batch_size):
+        real += int(batch.attention_mask.sum())
+        padded += batch.attention_mask.numel()
+    return 1.0 - real / padded if padded else 0.0

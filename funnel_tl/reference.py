@@ -1,0 +1,101 @@
+"""The seed notebook's own method, kept as the independent reference for every number.
+
+Forward hooks on the HuggingFace attention and MLP modules, one prompt at a time, the norm of
+each hooked tensor in float32 averaged over the prompt's tokens: exactly the notebook's
+``ActivationCapture``. It shares no code with the TransformerLens path in ``gains.py``; tests and
+the benchmark compare the two.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+# (attribute path to the decoder layers, attention attribute, MLP attribute) per HF model type.
+_LAYOUTS = {
+    "gpt_neox": ("gpt_neox.layers", "attention", "mlp"),
+    "gpt2": ("transformer.h", "attn", "mlp"),
+    "gptj": ("transformer.h", "attn", "mlp"),
+    "llama": ("model.layers", "self_attn", "mlp"),
+    "mistral": ("model.layers", "self_attn", "mlp"),
+    "qwen2": ("model.layers", "self_attn", "mlp"),
+}
+
+
+def hf_sublayers(hf_model):
+    """``[(layer module, attention module, MLP module)]`` of a HuggingFace causal LM."""
+    model_type = hf_model.config.model_type
+    if model_type not in _LAYOUTS:
+        raise NotImplementedError(f"no reference layout for HF model type {model_type!r}")
+    path, attention, mlp = _LAYOUTS[model_type]
+    layers = hf_model
+    for part in path.split("."):
+        layers = getattr(layers, part)
+    return [(layer, getattr(layer, attention), getattr(layer, mlp)) for layer in layers]
+
+
+def hf_is_parallel(hf_model) -> bool:
+    config = hf_model.config
+    if config.model_type == "gpt_neox":
+        return bool(config.use_parallel_residual)
+    return config.model_type == "gptj"
+
+
+@torch.inference_mode()
+def seed_reference(hf_model, tokenizer, prompts: Sequence[str], drop_first: int = 0) -> dict[str, np.ndarray]:
+    """Per-prompt mean norms ``[prompt, layer]`` of every tensor the gains read, the seed's way.
+
+    Keys: ``attn_in`` and ``mlp_in`` (what the modules receive: LayerNorm outputs), ``attn_out``,
+    ``mlp_out``, ``resid_pre`` (the layer's input) and ``resid_post`` (its output), and ``resid_mid``
+    (resid_pre + attn_out; serial blocks only, where the MLP reads it).
+    """
+    sublayers = hf_sublayers(hf_model)
+    parallel = hf_is_parallel(hf_model)
+    captured: dict[tuple[int, str], torch.Tensor] = {}
+
+    def capture(layer_index, role_in, role_out):
+        def hook(module, args, kwargs, output):
+            tensor_in = args[0] if args else kwargs["hidden_states"]
+            tensor_out = output[0] if isinstance(output, tuple) else output
+            captured[(layer_index, role_in)] = tensor_in.detach().float()
+            captured[(layer_index, role_out)] = tensor_out.detach().float()
+        return hook
+
+    handles = []
+    for index, (layer, attention, mlp) in enumerate(sublayers):
+        handles.append(layer.register_forward_hook(capture(index, "resid_pre", "resid_post"), with_kwargs=True))
+        handles.append(attention.register_forward_hook(capture(index, "attn_in", "attn_out"), with_kwargs=True))
+        handles.append(mlp.register_forward_hook(capture(index, "mlp_in", "mlp_out"), with_kwargs=True))
+    roles = ["attn_in", "attn_out", "mlp_in", "mlp_out", "resid_pre", "resid_post"] + ([] if parallel else ["resid_mid"])
+    means = {role: np.zeros((len(prompts), len(sublayers))) for role in roles}
+    device = next(hf_model.parameters()).device
+    try:
+        for p, prompt in enumerate(prompts):
+            captured.clear()
+            inputs = tokenizer(prompt, return_tensors="pt")
+            hf_model(**{k: v.to(device) for k, v in inputs.items()})
+            for layer in range(len(sublayers)):
+                if not parallel:
+                    captured[(layer, "resid_mid")] = captured[(layer, "resid_pre")] + captured[(layer, "attn_out")]
+                for role in roles:
+                    norms = torch.norm(captured[(layer, role)], dim=-1)  # (batch=1, seq_len)
+                    means[role][p, layer] = norms[:, drop_first:].mean().item()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return means
+
+
+def reference_gains(means: dict[str, np.ndarray], definition: str = "seed") -> dict[str, np.ndarray]:
+    """Per-layer gains ``{"attn", "mlp", "block"}`` from ``seed_reference`` means (mean over prompts)."""
+    def gain(out, inp):
+        return (means[out] / (means[inp] + 1e-10)).mean(axis=0)
+
+    if definition == "seed":
+        attn, mlp = gain("attn_out", "attn_in"), gain("mlp_out", "mlp_in")
+    else:
+        attn = gain("attn_out", "resid_pre")
+        mlp = gain("mlp_out", "resid_mid" if "resid_mid" in means else "resid_pre")
+    return {"attn": attn, "mlp": mlp, "block": gain("resid_post", "resid_pre")}

@@ -1,0 +1,246 @@
+"""``GainResult``: the per-layer statistics of one model on one prompt set, and results.json.
+
+Glossary (DESIGN.md §2; hook names as in TransformerLens). For layer ``l`` and token ``t``:
+
+- ``x`` = ``blocks.{l}.hook_resid_pre``, ``a`` = ``blocks.{l}.hook_attn_out``,
+  ``m`` = ``blocks.{l}.hook_mlp_out``; ``resid_post`` = x + a + m.
+- ``u_attn``, ``u_mlp`` = what the attention and MLP modules actually receive: the LayerNorm
+  outputs *with* their affine weights (``ln1.hook_out``, ``ln2.hook_out``).
+- ``resid_mid`` = x + a for serial blocks; parallel blocks (Pythia, GPT-J) have none.
+
+What "input" and "output" mean for each component:
+
+============  =====================  =========================================  ============
+component     output                 input, ``definition="seed"``               input, ``"residual"``
+============  =====================  =========================================  ============
+``attn``      ‖a‖                    ‖u_attn‖                                   ‖x‖
+``mlp``       ‖m‖                    ‖u_mlp‖                                    ‖resid_mid‖ (serial) or ‖x‖ (parallel)
+``block``     ‖resid_post‖           ‖x‖                                        ‖x‖
+============  =====================  =========================================  ============
+
+Aggregation (the seed's): for each prompt, the mean over its tokens of each norm, and
+gain = mean‖out‖ / (mean‖in‖ + 1e-10); a layer's gain is the mean of the per-prompt gains.
+The per-prompt sums Σ‖out‖, Σ‖in‖ and token counts are kept, so pooled or bootstrap statistics
+derive from them. ``combined`` = attn gain × MLP gain of the layer; ``cumulative`` = running
+product of ``combined`` over layers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import FunnelError
+
+SCHEMA_VERSION = 1
+COMPONENTS = ("attn", "mlp", "block")
+DEFINITIONS = ("seed", "residual")
+# The seed notebook's guard against a zero denominator, kept so numbers match it exactly.
+EPSILON = 1e-10
+
+
+@dataclass(frozen=True)
+class GainResult:
+    """Per-prompt norm sums of each component of each layer; every gain derives from them.
+
+    Shapes: ``out_sums[c]`` and ``in_sums[c]`` are ``[prompt, layer]`` sums over the counted
+    tokens of ‖output‖ and ‖input‖ of component ``c`` (see the module docstring for what input
+    means under each definition); ``n_tokens`` is ``[prompt]``, the tokens counted.
+    """
+
+    model: str
+    definition: str
+    n_layers: int
+    d_model: int
+    parallel_blocks: bool
+    prompts: tuple[str, ...]
+    n_tokens: np.ndarray
+    out_sums: dict[str, np.ndarray]
+    in_sums: dict[str, np.ndarray]
+    drop_first: int = 0
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.definition not in DEFINITIONS:
+            raise FunnelError(f"unknown definition {self.definition!r}: choose seed or residual")
+        n_prompts = len(self.prompts)
+        object.__setattr__(self, "prompts", tuple(self.prompts))
+        object.__setattr__(self, "n_tokens", np.asarray(self.n_tokens, dtype=np.int64))
+        if self.n_tokens.shape != (n_prompts,):
+            raise ValueError(f"n_tokens has shape {self.n_tokens.shape}, expected ({n_prompts},)")
+        if n_prompts and self.n_tokens.min() < 1:
+            raise ValueError("every prompt must count at least one token")
+        for sums in (self.out_sums, self.in_sums):
+            if set(sums) != set(COMPONENTS):
+                raise ValueError(f"sums must have the components {COMPONENTS}, got {sorted(sums)}")
+            for component in COMPONENTS:
+                array = np.asarray(sums[component], dtype=np.float64)
+                if array.shape != (n_prompts, self.n_layers):
+                    raise ValueError(f"{component} sums have shape {array.shape}, expected {(n_prompts, self.n_layers)}")
+                if not np.all(np.isfinite(array)) or np.any(array < 0):
+                    raise ValueError(f"{component} sums must be finite and non-negative")
+                sums[component] = array
+
+    # ---- gains -------------------------------------------------------------------------------
+    @property
+    def n_prompts(self) -> int:
+        return len(self.prompts)
+
+    def per_prompt_gains(self, component: str) -> np.ndarray:
+        """``[prompt, layer]``: mean‖out‖ / (mean‖in‖ + 1e-10) of each prompt (the seed's)."""
+        counts = self.n_tokens[:, None]
+        return (self.out_sums[component] / counts) / (self.in_sums[component] / counts + EPSILON)
+
+    def gains(self, component: str) -> np.ndarray:
+        """``[layer]``: the mean over prompts of the per-prompt gains."""
+        return self.per_prompt_gains(component).mean(axis=0)
+
+    @property
+    def attn_gains(self) -> np.ndarray:
+        return self.gains("attn")
+
+    @property
+    def mlp_gains(self) -> np.ndarray:
+        return self.gains("mlp")
+
+    @property
+    def block_gains(self) -> np.ndarray:
+        return self.gains("block")
+
+    @property
+    def combined_gains(self) -> np.ndarray:
+        """Attn gain × MLP gain of each layer (products of the aggregated gains, as the seed)."""
+        return self.attn_gains * self.mlp_gains
+
+    @property
+    def cumulative_gains(self) -> np.ndarray:
+        return np.cumprod(self.combined_gains)
+
+    def subset(self, prompt_indices) -> "GainResult":
+        """A new result over some of the prompts (for bootstrap resampling and checks)."""
+        index = np.asarray(prompt_indices, dtype=np.int64)
+        return GainResult(
+            model=self.model, definition=self.definition, n_layers=self.n_layers, d_model=self.d_model,
+            parallel_blocks=self.parallel_blocks, prompts=tuple(self.prompts[i] for i in index),
+            n_tokens=self.n_tokens[index],
+            out_sums={c: v[index] for c, v in self.out_sums.items()},
+            in_sums={c: v[index] for c, v in self.in_sums.items()},
+            drop_first=self.drop_first, provenance=dict(self.provenance),
+        )
+
+    # ---- results.json ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The results file: every key of the seed notebook's JSON, same meaning, plus more."""
+        from .funnel import comparison_1_4b, funnel_test, summarize
+        from .prompts import prompts_sha256
+
+        attn, mlp, combined = summarize(self.attn_gains), summarize(self.mlp_gains), summarize(self.combined_gains)
+        test = funnel_test(self)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "n_layers": int(self.n_layers),
+            "hidden_dim": int(self.d_model),
+            "n_prompts": int(self.n_prompts),
+            "definition": self.definition,
+            "parallel_blocks": bool(self.parallel_blocks),
+            "drop_first": int(self.drop_first),
+            "attention": {
+                "gains": _floats(self.attn_gains),
+                "min_gain": attn.min_gain, "max_gain": attn.max_gain,
+                "L_star_min": attn.min_layer,
+                "n_contracting": attn.n_contracting, "n_expanding": attn.n_expanding,
+            },
+            "mlp": {
+                "gains": _floats(self.mlp_gains),
+                "min_gain": mlp.min_gain, "max_gain": mlp.max_gain,
+                "L_star_max": mlp.max_layer,
+                "n_contracting": mlp.n_contracting, "n_expanding": mlp.n_expanding,
+                "last_layer_gain": float(self.mlp_gains[-1]),
+            },
+            "combined": {
+                "gains": _floats(self.combined_gains),
+                "n_net_contracting": combined.n_contracting, "n_net_expanding": combined.n_expanding,
+                "max_gain": combined.max_gain, "max_gain_layer": combined.max_layer,
+                "cumulative_gains": _floats(self.cumulative_gains),
+            },
+            "block": {"gains": _floats(self.block_gains)},
+            "funnel_test": test.to_dict(),
+            "comparison_1_4b": comparison_1_4b(self),
+            "per_prompt": {
+                "n_tokens": [int(n) for n in self.n_tokens],
+                **{c: {"out_sum": self.out_sums[c].tolist(), "in_sum": self.in_sums[c].tolist()} for c in COMPONENTS},
+            },
+            "prompts": {"sha256": prompts_sha256(self.prompts), "texts": list(self.prompts)},
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "results") -> "GainResult":
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if version is None:
+            raise FunnelError(
+                f"{source} has no schema_version: it is not a funnel_tl results file (an older notebook "
+                "JSON holds only averaged gains; rerun `funnel-tl run` to get a full results file)"
+            )
+        if version != SCHEMA_VERSION:
+            raise FunnelError(f"{source} has schema_version {version}; this funnel_tl reads {SCHEMA_VERSION}: "
+                              "rerun `funnel-tl run` or install the matching funnel_tl")
+        try:
+            per_prompt = data["per_prompt"]
+            return cls(
+                model=data["model"], definition=data["definition"], n_layers=data["n_layers"],
+                d_model=data["hidden_dim"], parallel_blocks=data["parallel_blocks"],
+                prompts=tuple(data["prompts"]["texts"]), n_tokens=np.asarray(per_prompt["n_tokens"]),
+                out_sums={c: np.asarray(per_prompt[c]["out_sum"], dtype=np.float64).reshape(-1, data["n_layers"]) for c in COMPONENTS},
+                in_sums={c: np.asarray(per_prompt[c]["in_sum"], dtype=np.float64).reshape(-1, data["n_layers"]) for c in COMPONENTS},
+                drop_first=data.get("drop_first", 0), provenance=data.get("provenance", {}),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise FunnelError(f"{source} is not a complete funnel_tl results file (missing or bad {error})") from None
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write results.json atomically: a crash never leaves a half-written file."""
+        return write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "GainResult":
+        return cls.from_dict(read_json(path), source=str(path))
+
+
+def _floats(values) -> list[float]:
+    return [float(v) for v in values]
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FunnelError(f"results file not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise FunnelError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})") from None
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """Write JSON to a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,88 @@
+"""Small HuggingFace checkpoints built offline, for tests, benchmarks and demos.
+
+No machine here reaches a model hub, so tests build random-weight checkpoints of real
+architectures from a config, with a byte-level BPE tokenizer trained on text every Python
+install has (``pydoc_data.topics``), save them to a folder, and load them by path exactly as a
+hub model would load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+ARCHITECTURES = ("neox-parallel", "neox-serial", "gpt2", "llama-gqa")
+
+
+def corpus_texts() -> list[str]:
+    """English text every CPython has: the documentation topics behind ``help()``."""
+    from pydoc_data.topics import topics
+
+    return [topics[key] for key in sorted(topics)]
+
+
+def train_tokenizer(vocab_size: int = 512, texts=None):
+    """A byte-level BPE tokenizer (GPT-2/Pythia style: no BOS added) as a HF fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(texts if texts is not None else corpus_texts(), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|endoftext|>",
+                                   eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+
+
+def make_config(architecture: str, n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
+                vocab_size: int = 512, n_ctx: int = 128):
+    """A HF config of one of ``ARCHITECTURES`` (d_ff = 4·d_model as in Pythia and GPT-2)."""
+    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
+
+    special = dict(bos_token_id=0, eos_token_id=0)
+    if architecture in ("neox-parallel", "neox-serial"):
+        return GPTNeoXConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
+                             num_attention_heads=n_heads, intermediate_size=4 * d_model,
+                             max_position_embeddings=n_ctx, rotary_pct=0.25,
+                             use_parallel_residual=architecture == "neox-parallel", **special)
+    if architecture == "gpt2":
+        return GPT2Config(vocab_size=vocab_size, n_embd=d_model, n_layer=n_layers, n_head=n_heads,
+                          n_positions=n_ctx, **special)
+    if architecture == "llama-gqa":
+        # Grouped-query attention: half as many key/value heads as query heads.
+        return LlamaConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
+                           num_attention_heads=n_heads, num_key_value_heads=max(1, n_heads // 2),
+                           intermediate_size=4 * d_model, max_position_embeddings=n_ctx, **special)
+    raise ValueError(f"unknown architecture {architecture!r}: choose one of {ARCHITECTURES}")
+
+
+def build_checkpoint(folder, architecture: str = "neox-parallel", tokenizer=None, seed: int = 0,
+                     randomize_norms: bool = True, **config_kwargs) -> Path:
+    """Save a random-weight checkpoint (safetensors, config, tokenizer) to ``folder``.
+
+    ``randomize_norms`` draws the LayerNorm/RMSNorm weights and biases away from their 1/0 init,
+    so that the affine matters: with identity norms the "seed" and "residual" inputs would be
+    nearly proportional and a test could not tell a pre-affine hook from a post-affine one.
+    """
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(folder)
+    config = make_config(architecture, **config_kwargs)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    if randomize_norms:
+        generator = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "norm" in name or ".ln_" in name or name.startswith("ln_") or "layernorm" in name:
+                    if name.endswith("weight"):
+                        parameter.copy_(1 + 0.5 * torch.randn(parameter.shape, generator=generator))
+                    else:
+                        parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+    tokenizer = tokenizer if tokenizer is not None else train_tokenizer(min(config.vocab_size, 512))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
