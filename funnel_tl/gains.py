@@ -112,6 +112,33 @@ def check_residual_identities(model, cache, mask: torch.Tensor, parallel: bool, 
                 )
 
 
+# The order activations are computed in a block: the first non-finite one is the culprit.
+FORWARD_ORDER = ("hook_resid_pre", "ln1.hook_out", "ln1.hook_normalized", "hook_attn_out", "hook_resid_mid",
+                 "ln2.hook_out", "ln2.hook_normalized", "hook_mlp_out", "hook_resid_post")
+
+
+def check_finite(model, norms: dict[str, torch.Tensor], counted: torch.Tensor, indices, dtype) -> None:
+    """Fail on the first NaN or inf norm (layer, then forward order), naming where it arose.
+
+    The seed averaged with ``nanmean``, which silently hid such layers; an overflow is an error.
+    """
+    first = None
+    for suffix, values in norms.items():  # values: [layer, batch, pos]
+        bad = ~torch.isfinite(values) & counted[None]
+        if bad.any():
+            layer, row, position = (int(i) for i in bad.nonzero()[0])
+            rank = FORWARD_ORDER.index(suffix) if suffix in FORWARD_ORDER else len(FORWARD_ORDER)
+            if first is None or (layer, rank) < first[:2]:
+                first = (layer, rank, suffix, row, position)
+    if first is not None:
+        layer, _, suffix, row, position = first
+        raise FunnelError(
+            f"non-finite activation in {model_name(model)}, layer {layer}, {suffix}, prompt {indices[row]}, "
+            f"position {position}: the model overflows in {str(dtype).removeprefix('torch.')}; "
+            "try --dtype bfloat16 or float32"
+        )
+
+
 def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "seed",
                   batch_size: int = 8, drop_first: int = 0, tokenizer=None,
                   progress: bool | None = None) -> GainResult:
@@ -192,20 +219,11 @@ def _measure_batch(model, batch: Batch, plan: HookPlan, device, dtype, drop_firs
     positions = torch.arange(tokens.shape[1], device=device)
     counted = attention_mask.bool() & (positions >= drop_first)[None, :]  # [batch, pos]
     weights = counted.float()
+    norms = {suffix: token_norms(cache, suffix, n_layers) for suffix in plan.suffixes}  # each [layer, batch, pos]
+    check_finite(model, norms, counted, batch.indices, dtype)
     if check_identities:
         check_residual_identities(model, cache, attention_mask, plan.parallel_blocks, dtype)
-
-    norms = {suffix: token_norms(cache, suffix, n_layers) for suffix in plan.suffixes}  # each [layer, batch, pos]
     del cache
-    for suffix, values in norms.items():
-        bad = ~torch.isfinite(values) & counted[None]
-        if bad.any():
-            layer, row, position = (int(i) for i in bad.nonzero()[0])
-            raise FunnelError(
-                f"non-finite activation norm in {model_name(model)}, layer {layer}, {suffix}, prompt "
-                f"{batch.indices[row]}, position {position}: the model overflows in {str(dtype).removeprefix('torch.')}; "
-                "try --dtype bfloat16 or float32"
-            )
     sums = {suffix: einops.einsum(values, weights, "layer batch pos, batch pos -> batch layer").double().cpu().numpy()
             for suffix, values in norms.items()}
     for component in COMPONENTS:

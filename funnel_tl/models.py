@@ -92,16 +92,26 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str = "cpu") -> tor
 
 
 @contextlib.contextmanager
-def _offline_if(local: bool):
-    """Keep HuggingFace from reaching for the hub while loading a local folder."""
+def _local_loading(local: bool):
+    """For a local folder: keep HuggingFace off the hub, and quiet its weight-loading bar.
+
+    A local load takes a moment, and its progress bar would otherwise precede every one-line
+    error on stderr; downloads from the hub keep their bars.
+    """
     if not local:
         yield
         return
+    from transformers.utils import logging as transformers_logging
+
     saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    bars_were_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
     try:
         yield
     finally:
+        if bars_were_on:
+            transformers_logging.enable_progress_bar()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -149,7 +159,7 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
         device_arg = {"device": device}
     torch_dtype = resolve_dtype(dtype, device)
     try:
-        with _offline_if(local):
+        with _local_loading(local):
             tokenizer = load_tokenizer(source, revision=revision)
             bridge = TransformerBridge.boot_transformers(
                 source, dtype=torch_dtype, revision=revision, **device_arg, **boot_kwargs

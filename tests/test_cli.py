@@ -1,0 +1,92 @@
+"""``funnel-tl run`` end to end through main(argv), and every bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from funnel_tl.cli import main
+from funnel_tl.prompts import SEED_PROMPTS
+from funnel_tl.reference import reference_gains, seed_reference
+from funnel_tl.toy import ARCHITECTURES
+
+# float32 on both paths; they differ only in summation order (~1e-7).
+RELATIVE = 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("definition", ["seed", "residual"])
+def test_run_reproduces_the_seed_method(arch, definition, checkpoints, hf_model, tokenizer, tmp_path, capsys):
+    """The issue's 'done when': the CLI on a local checkpoint of each architecture."""
+    code = main(["run", "--model", str(checkpoints[arch]), "--prompts", "seed", "--definition", definition,
+                 "--device", "cpu", "--dtype", "float32", "--batch-size", "8", "--out", str(tmp_path)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "FUNNEL MODEL CONFIRMED" in printed and "CROSS-MODEL COMPARISON" in printed
+    data = json.loads((tmp_path / "results.json").read_text())
+    reference = reference_gains(seed_reference(hf_model(arch), tokenizer, list(SEED_PROMPTS)), definition)
+    np.testing.assert_allclose(data["attention"]["gains"], reference["attn"], rtol=RELATIVE)
+    np.testing.assert_allclose(data["mlp"]["gains"], reference["mlp"], rtol=RELATIVE)
+    np.testing.assert_allclose(data["block"]["gains"], reference["block"], rtol=RELATIVE)
+    assert data["provenance"]["dtype"] == "float32" and data["definition"] == definition
+
+
+def test_prompt_files(checkpoints, tmp_path, capsys):
+    text = tmp_path / "prompts.txt"
+    text.write_text("first prompt here\n\n   \nsecond prompt\n")
+    jsonl = tmp_path / "prompts.jsonl"
+    jsonl.write_text('{"text": "first prompt here"}\n{"text": "second prompt"}\n')
+    for source, out in ((text, "a"), (jsonl, "b")):
+        assert main(["run", "--model", str(checkpoints["gpt2"]), "--prompts", str(source),
+                     "--out", str(tmp_path / out)]) == 0
+    a = json.loads((tmp_path / "a" / "results.json").read_text())
+    b = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert a["n_prompts"] == 2 and a["prompts"]["texts"] == ["first prompt here", "second prompt"]
+    assert a["attention"]["gains"] == b["attention"]["gains"]
+
+
+def _bad(argv, capsys, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        raise SystemExit(main(argv))
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    assert "Traceback" not in error
+    assert expected in error, error
+
+
+def test_bad_inputs(checkpoints, tmp_path, capsys):
+    model = str(checkpoints["gpt2"])
+    _bad(["run", "--model", str(tmp_path / "no-such-folder")], capsys, "model folder not found")
+    _bad(["run", "--model", model, "--prompts", str(tmp_path / "missing.txt")], capsys, "prompt file not found")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    _bad(["run", "--model", model, "--prompts", str(empty)], capsys, "no prompts in")
+    long = tmp_path / "long.txt"
+    long.write_text("word " * 400 + "\n")
+    _bad(["run", "--model", model, "--prompts", str(long)], capsys, "context of 128")
+    _bad(["run", "--model", model, "--definition", "bogus"], capsys, "invalid choice: 'bogus'")
+    bad_jsonl = tmp_path / "bad.jsonl"
+    bad_jsonl.write_text('{"prompt": "no text key"}\n')
+    _bad(["run", "--model", model, "--prompts", str(bad_jsonl)], capsys, '"text" field')
+    no_config = tmp_path / "not-a-checkpoint"
+    no_config.mkdir()
+    _bad(["run", "--model", str(no_config)], capsys, "holds no config.json")
+
+
+def test_unknown_hub_model_offline(capsys, monkeypatch):
+    """A hub name that cannot be fetched (no network here) is one clear line, not a traceback."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _bad(["run", "--model", "nobody-xyz/no-such-model-123"], capsys, "cannot load model 'nobody-xyz/no-such-model-123'")
+
+
+def test_help_explains_itself(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--model", "--prompts", "--definition", "--batch-size", "--device", "--dtype", "--drop-first", "--out"):
+        assert option in text

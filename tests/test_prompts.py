@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import pytest
+
+from funnel_tl import FunnelError, load_prompts
+from funnel_tl.prompts import SEED_PROMPTS, make_batches, padding_fraction, prompts_sha256, tokenize
+
+
+def test_seed_prompts_are_the_notebooks():
+    assert len(SEED_PROMPTS) == 8
+    assert SEED_PROMPTS[0] == "The capital of France is Paris, which is known for the Eiffel Tower."
+    assert SEED_PROMPTS[-1] == "Mount Everest is the highest mountain on Earth, located in the Himalayas"
+
+
+def test_batches_bucket_by_length_and_mask_padding():
+    token_ids = [[1] * 5, [2] * 1, [3] * 9, [4] * 2]
+    batches = list(make_batches(token_ids, batch_size=2, pad_token_id=0))
+    assert [b.indices for b in batches] == [[1, 3], [0, 2]]
+    first = batches[0]
+    assert first.tokens.tolist() == [[2, 0], [4, 4]]
+    assert first.attention_mask.tolist() == [[1, 0], [1, 1]]
+    assert padding_fraction(token_ids, 2) == pytest.approx(1 - 17 / (2 * 2 + 2 * 9))
+    assert padding_fraction(token_ids, 1) == 0
+
+
+def test_tokenize_is_the_tokenizers_own(tokenizer):
+    assert tokenize(tokenizer, ["hello world"]) == [tokenizer("hello world")["input_ids"]]
+    with pytest.raises(FunnelError, match="empty after tokenization"):
+        tokenize(tokenizer, [""])
+
+
+def test_sha_depends_on_order():
+    assert prompts_sha256(["a", "b"]) != prompts_sha256(["b", "a"])
+
+
+def test_batch_size_must_be_positive():
+    with pytest.raises(FunnelError, match="batch size"):
+        list(make_batches([[1]], batch_size=0))
+
+
+def test_list_input_is_checked():
+    with pytest.raises(FunnelError, match="no prompts"):
+        load_prompts([])

@@ -1,0 +1,78 @@
+"""results.json: every key of the seed notebook's JSON, a faithful round trip, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from funnel_tl import FunnelError, GainResult, measure_gains
+
+# Every key the seed notebook's results dict holds, nested as it nests them.
+SEED_KEYS = {
+    "model": None, "n_layers": None, "hidden_dim": None, "n_prompts": None,
+    "attention": {"gains", "min_gain", "max_gain", "L_star_min", "n_contracting", "n_expanding"},
+    "mlp": {"gains", "min_gain", "max_gain", "L_star_max", "n_contracting", "n_expanding", "last_layer_gain"},
+    "combined": {"gains", "n_net_contracting", "n_net_expanding", "max_gain", "max_gain_layer"},
+    "funnel_test": {"attention_always_contracts", "mlp_mostly_contracts", "last_layer_expands",
+                    "last_layer_is_max", "funnel_confirmed"},
+    "comparison_1_4b": {"attn_contraction_match", "mlp_expansion_in_last", "pattern_match"},
+}
+
+
+@pytest.fixture(scope="module")
+def result(bridge):
+    return measure_gains(bridge("neox-parallel"), "seed", definition="seed")
+
+
+def test_every_seed_key_present(result, tmp_path):
+    data = json.loads(result.save(tmp_path / "results.json").read_text())
+    for key, inner in SEED_KEYS.items():
+        assert key in data, key
+        if inner:
+            assert inner <= set(data[key]), (key, inner - set(data[key]))
+    assert data["definition"] == "seed" and data["schema_version"] == 1
+    assert len(data["block"]["gains"]) == data["n_layers"] == 2
+    provenance = data["provenance"]
+    for key in ("funnel_tl", "transformer_lens", "torch", "dtype", "device", "prompts_sha256", "drop_first"):
+        assert key in provenance
+    assert provenance["prompts_sha256"] == data["prompts"]["sha256"]
+
+
+def test_seed_meanings(result):
+    """The seed's derived numbers, recomputed here from the gains by the seed's own formulas."""
+    data = result.to_dict()
+    attn, mlp = np.array(data["attention"]["gains"]), np.array(data["mlp"]["gains"])
+    assert data["attention"]["n_contracting"] == int(np.sum(attn < 1))
+    assert data["attention"]["L_star_min"] == int(np.nanargmin(attn))
+    assert data["mlp"]["L_star_max"] == int(np.nanargmax(mlp))
+    assert data["mlp"]["last_layer_gain"] == mlp[-1]
+    np.testing.assert_allclose(data["combined"]["gains"], attn * mlp)
+    per_prompt = np.array(data["per_prompt"]["attn"]["out_sum"]) / np.array(data["per_prompt"]["n_tokens"])[:, None]
+    per_prompt_in = np.array(data["per_prompt"]["attn"]["in_sum"]) / np.array(data["per_prompt"]["n_tokens"])[:, None]
+    np.testing.assert_allclose((per_prompt / (per_prompt_in + 1e-10)).mean(0), attn)
+
+
+def test_round_trip(result, tmp_path):
+    path = result.save(tmp_path / "out" / "results.json")
+    loaded = GainResult.load(path)
+    assert loaded.to_dict() == result.to_dict()
+    assert not list(path.parent.glob(".*.tmp"))  # the atomic write left no temporary file
+
+
+def test_foreign_and_old_files_give_clear_errors(tmp_path):
+    seed_style = tmp_path / "seed.json"
+    seed_style.write_text(json.dumps({"model": "x", "attention": {"gains": [0.5]}}))
+    with pytest.raises(FunnelError, match="no schema_version"):
+        GainResult.load(seed_style)
+    future = tmp_path / "future.json"
+    future.write_text(json.dumps({"schema_version": 99}))
+    with pytest.raises(FunnelError, match="schema_version 99"):
+        GainResult.load(future)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(FunnelError, match="not valid JSON"):
+        GainResult.load(broken)
+    with pytest.raises(FunnelError, match="not found"):
+        GainResult.load(tmp_path / "missing.json")
