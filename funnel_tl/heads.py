@@ -130,6 +130,10 @@ class HeadResult:
                 raise ValueError(f"{name} must be non-negative (they are sums of norms)")
             set_(name, array)
 
+    def __repr__(self) -> str:  # the arrays would flood a notebook cell
+        return (f"HeadResult(model={self.model!r}, definition={self.definition!r}, layers=[{_format_layers(self.layers)}], "
+                f"n_heads={self.n_heads}, n_prompts={self.n_prompts}, drop_first={self.drop_first})")
+
     # ---- statistics ----------------------------------------------------------------------------
     @property
     def n_prompts(self) -> int:

@@ -272,6 +272,7 @@ def test_save_load_round_trip(tmp_path, measured):
     np.testing.assert_array_equal(loaded.head_gains, result.head_gains)
     np.testing.assert_array_equal(loaded.projection_shares, result.projection_shares)
     assert loaded.n_key_value_heads == 2 and loaded.layers == result.layers
+    assert repr(loaded).startswith("HeadResult(model=") and "layers=[0, 1]" in repr(loaded)
     assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temporary file
 
 
