@@ -68,6 +68,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=None, metavar="DIR",
                      help="output folder (default: runs/<model name>)")
     run.set_defaults(handler=cmd_run)
+
+    heads = commands.add_parser(
+        "heads", help="per-head drill-down: which heads carry each layer's attention gain",
+        description="Measure every attention head's output norm and gain (over the same denominator as "
+                    "the layer's attention gain) and its share of the layer output; print the top heads "
+                    "and write DIR/heads.json and DIR/heads.html (layer x head heatmap, top-heads table).",
+        epilog="examples:\n  funnel-tl heads                     # bundled default model, offline\n"
+               "  funnel-tl heads --model EleutherAI/pythia-6.9b --device cuda --layers 20-31",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_options(heads)
+    heads.add_argument("--layers", default=None, metavar="SPEC",
+                       help="layers to measure: numbers and inclusive ranges such as 0,3,5-7, or -1 for "
+                            "the last (default: all)")
+    heads.add_argument("--top", type=int, default=20, metavar="K",
+                       help="how many top heads (by gain) to print and tabulate (default: 20)")
+    heads.add_argument("--out", default=None, metavar="DIR",
+                       help="output folder (default: runs/<model name>)")
+    heads.set_defaults(handler=cmd_heads)
     return parser
 
 
@@ -85,6 +104,26 @@ def cmd_run(args) -> int:
     print(format_analysis(result))
     path = result.save(out / "results.json")
     print(f"\nSaved: {path}")
+    return 0
+
+
+def cmd_heads(args) -> int:
+    from .heads import head_gains, parse_layers
+    from .models import load_model
+    from .prompts import load_prompts
+
+    layers = parse_layers(args.layers)  # bad input fails before a model is loaded
+    if args.top < 1:
+        raise FunnelError(f"--top must be at least 1, got {args.top}")
+    prompts = load_prompts(args.prompts)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    result = head_gains(model, prompts, definition=args.definition, layers=layers,
+                        batch_size=args.batch_size, drop_first=args.drop_first)
+    out = Path(args.out) if args.out else Path("runs") / slug(result.model)
+    print(result.format_top(args.top))
+    json_path = result.save(out / "heads.json")
+    html_path = result.save_html(out / "heads.html", k=args.top)
+    print(f"\nSaved: {json_path}\n       {html_path}")
     return 0
 
 
