@@ -35,7 +35,6 @@ from __future__ import annotations
 import html
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
@@ -50,7 +49,7 @@ from .errors import FunnelError
 from .gains import IDENTITY_TOLERANCE, _provenance, plan_hooks, prepare_tokens, token_norms
 from .models import model_name
 from .prompts import Batch, make_batches
-from .results import DEFINITIONS, EPSILON, read_json, write_json_atomic
+from .results import DEFINITIONS, EPSILON, read_json, write_json_atomic, write_text_atomic
 
 HEADS_SCHEMA_VERSION = 1
 HEADS_KIND = "funnel_tl.heads"
@@ -378,27 +377,13 @@ Head gain = mean‖z<sub>i</sub> W<sub>O</sub><sup>i</sup>‖ over the layer's a
 
     def save_html(self, path: str | os.PathLike, k: int = 20) -> Path:
         """Write ``to_html(k)`` atomically (heads.html)."""
-        return _write_text_atomic(path, self.to_html(k))
+        return write_text_atomic(path, self.to_html(k))
 
 
 def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """numerator / denominator, 0 where the denominator is 0 (a layer whose heads all write nothing)."""
     denominator = np.broadcast_to(denominator, numerator.shape)
     return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator != 0)
-
-
-def _write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _format_layers(layers: Sequence[int]) -> str:

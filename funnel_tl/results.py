@@ -228,19 +228,30 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
         raise FunnelError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})") from None
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Write JSON to a temporary file beside ``path``, then rename it into place."""
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write text to a temporary file beside ``path``, then rename it into place.
+
+    A crash or kill mid-write never leaves a half-written file under ``path``. The file gets the
+    usual permissions (0666 less the umask), not ``mkstemp``'s private 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """Write JSON atomically (see ``write_text_atomic``)."""
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
