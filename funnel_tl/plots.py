@@ -1,0 +1,392 @@
+"""The seed notebook's four panels as Plotly figures, with bootstrap intervals as error bars.
+
+``plot_funnel(result)`` draws all four on one figure; each panel is also a figure of its own:
+
+1. ``plot_attention_mlp``: attention and MLP gain per layer, neutral line at 1, the layer of the
+   largest MLP gain marked;
+2. ``plot_mlp_depth``: MLP gain against normalized depth (0 = first layer, 1 = last), with the
+   Pythia-1.4B reference (its largest MLP gain, 3.60 in its last layer);
+3. ``plot_net_gain``: attn × MLP gain bars coloured expanding / contracting, the expanding ones
+   labelled, and the block gain ‖resid_post‖ / ‖resid_pre‖ over them;
+4. ``plot_cumulative``: the running product of attn × MLP on a log scale, bottleneck and output
+   marked.
+
+Every function takes a ``GainResult`` and returns a ``go.Figure``; nothing is shown from here.
+Error bars and bands are the result's bootstrap intervals (``result.with_intervals()``) when it
+carries them. Hovering a point shows its layer, value and interval.
+
+>>> from funnel_tl import load_model, measure_gains                      # doctest: +SKIP
+>>> result = measure_gains(load_model(), "seed").with_intervals()        # doctest: +SKIP
+>>> fig = plot_funnel(result)                                            # doctest: +SKIP
+>>> write_html(fig, "runs/demo/funnel.html")                             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .funnel import PYTHIA_1_4B_REFERENCE
+from .results import write_text_atomic
+
+COLORS = {
+    "attn": "#1f77b4",          # the seed's blue
+    "mlp": "#d62728",           # the seed's red
+    "block": "#3a3a3a",
+    "expanding": "#2ca02c",     # the seed's green and purple bars
+    "contracting": "#8e44ad",
+    "expanding edge": "#1b5e20",  # their error bars, darker: apart from the block gain's
+    "contracting edge": "#4a235a",
+    "reference": "#ff7f0e",     # the seed's orange reference line
+    "neutral": "#7f7f7f",
+    "bottleneck": "#d62728",
+    "output": "#2ca02c",
+}
+NAMES = {"attn": "attention", "mlp": "MLP", "block": "block", "combined": "attn × MLP", "cumulative": "cumulative"}
+PANEL_TITLES = (
+    "Attention vs MLP gain per layer",
+    "MLP gain on normalized depth vs Pythia-1.4B",
+    "Net effect per layer: attn × MLP (bars) and block gain",
+    "Information funnel: cumulative attn × MLP gain",
+)
+# Big enough for 2×2 panels with legible labels on a slide; also the PNG size (at scale 2).
+WIDTH, HEIGHT = 1400, 1000
+MARGIN = dict(t=110, l=70, r=30, b=90)
+# Below the tick labels and the x-axis title of a panel, where its legend starts.
+LEGEND_DROP_PX = 62
+PNG_HELP = ("PNG skipped: it needs kaleido and Chrome/Chromium (pip install kaleido; apt-get install chromium), "
+            "or open the HTML and use the camera icon")
+
+
+# ---- panels -----------------------------------------------------------------------------------
+def plot_attention_mlp(result) -> go.Figure:
+    """Panel 1: attention and MLP gain per layer, neutral line at 1, the max-MLP layer marked."""
+    return _single(result, _attention_mlp, 0)
+
+
+def plot_mlp_depth(result) -> go.Figure:
+    """Panel 2: MLP gain on normalized depth against the Pythia-1.4B reference."""
+    return _single(result, _mlp_depth, 1)
+
+
+def plot_net_gain(result) -> go.Figure:
+    """Panel 3: attn × MLP gain bars coloured expanding/contracting, with the block gain."""
+    return _single(result, _net_gain, 2)
+
+
+def plot_cumulative(result) -> go.Figure:
+    """Panel 4: cumulative attn × MLP gain on a log scale, bottleneck and output marked."""
+    return _single(result, _cumulative, 3)
+
+
+def plot_funnel(result) -> go.Figure:
+    """The seed's four panels on one figure (2 × 2), titled with model, definition and prompts."""
+    fig = make_subplots(rows=2, cols=2, subplot_titles=PANEL_TITLES, horizontal_spacing=0.08,
+                        vertical_spacing=0.2)
+    fig.update_layout(height=HEIGHT)
+    for index, panel in enumerate((_attention_mlp, _mlp_depth, _net_gain, _cumulative)):
+        panel(fig, result, row=index // 2 + 1, col=index % 2 + 1, legend=_legend_name(index))
+        _place_legend(fig, index)
+    _finish(fig, result, height=HEIGHT)
+    return fig
+
+
+def _single(result, panel, index: int) -> go.Figure:
+    fig = make_subplots(rows=1, cols=1, subplot_titles=(PANEL_TITLES[index],))
+    fig.update_layout(height=560)
+    panel(fig, result, row=1, col=1, legend="legend")
+    _place_legend(fig, index, single=True)
+    _finish(fig, result, height=560)
+    return fig
+
+
+# ---- what each panel draws --------------------------------------------------------------------
+def _attention_mlp(fig, result, row, col, legend):
+    layers = np.arange(result.n_layers)
+    for component in ("attn", "mlp"):
+        fig.add_trace(_gain_trace(result, component, layers, legend=legend,
+                                  fill="tozeroy" if component == "attn" else None), row=row, col=col)
+    _neutral(fig, row, col)
+    top = int(np.argmax(result.mlp_gains))
+    fig.add_vline(x=top, line=dict(color=COLORS["mlp"], dash="dot", width=1.5), row=row, col=col,
+                  annotation=dict(text=f"max MLP L{top}", font=dict(color=COLORS["mlp"], size=11)),
+                  annotation_position="top left" if top > result.n_layers / 2 else "top right")
+    fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers))
+    fig.update_yaxes(title_text="gain  ‖output‖ / ‖input‖", rangemode="tozero", row=row, col=col)
+
+
+def _mlp_depth(fig, result, row, col, legend):
+    depth = np.linspace(0, 1, result.n_layers)
+    fig.add_trace(_gain_trace(result, "mlp", depth, legend=legend, name=f"{_short(result.model)} MLP",
+                              x_label="depth"), row=row, col=col)
+    _neutral(fig, row, col)
+    reference = PYTHIA_1_4B_REFERENCE
+    last = reference["n_layers"] - 1
+    note = "" if result.definition == "seed" else " (definition=seed)"
+    fig.add_hline(y=reference["mlp_max_gain"], line=dict(color=COLORS["reference"], dash="dot", width=1.5),
+                  row=row, col=col)
+    fig.add_trace(go.Scatter(
+        x=[1.0], y=[reference["mlp_max_gain"]], mode="markers", legend=legend,
+        marker=dict(symbol="star", size=13, color=COLORS["reference"], line=dict(color="white", width=1)),
+        name=f"Pythia-1.4B max MLP {reference['mlp_max_gain']:.2f} (L{last}){note}",
+        hovertemplate=f"Pythia-1.4B L{last} (depth 1.00)<br>MLP gain {reference['mlp_max_gain']:.3f}"
+                      f"{note}<extra></extra>",
+    ), row=row, col=col)
+    fig.update_xaxes(title_text="normalized layer position (0 = first, 1 = last)", range=[-0.03, 1.05],
+                     row=row, col=col)
+    fig.update_yaxes(title_text="MLP gain", rangemode="tozero", row=row, col=col)
+
+
+def _net_gain(fig, result, row, col, legend):
+    gains = result.combined_gains
+    layers = np.arange(result.n_layers)
+    intervals = _intervals(result, "combined")
+    expanding = gains >= 1  # the seed's colouring: by the point estimate
+    # Hatched: the interval straddles 1, so the robust verdict counts the layer as neither.
+    undetermined = (intervals[:, 0] <= 1) & (intervals[:, 1] >= 1) if intervals is not None else np.zeros_like(expanding)
+    for kind, chosen in (("contracting", ~expanding), ("expanding", expanding)):
+        if not chosen.any():
+            continue
+        marker = dict(color=COLORS[kind], opacity=0.75, line=dict(color="black", width=0.5))
+        # The bars stay out of the legend: it would show the first bar's hatching for the kind.
+        _legend_entry(fig, f"attn × MLP {kind}", marker, legend, row, col, group=kind)
+        fig.add_trace(go.Bar(
+            x=layers[chosen], y=gains[chosen], name=f"attn × MLP {kind}", legend=legend, legendgroup=kind,
+            showlegend=False,
+            marker=dict(**marker, pattern=dict(shape=np.where(undetermined[chosen], "/", "").tolist(),
+                                               fgcolor="white", size=6)),
+            **_errors(gains[chosen], intervals[chosen] if intervals is not None else None, COLORS[f"{kind} edge"]),
+            **_hover(result, "combined", layers[chosen], intervals[chosen] if intervals is not None else None),
+        ), row=row, col=col)
+    if undetermined.any():
+        _legend_entry(fig, "hatched: interval crosses 1", dict(color="#bbbbbb", pattern=dict(shape="/", fgcolor="white", size=6)),
+                      legend, row, col)
+    fig.add_trace(_gain_trace(result, "block", layers, legend=legend, symbol="diamond",
+                              name="block ‖resid_post‖ / ‖resid_pre‖"), row=row, col=col)
+    _neutral(fig, row, col, width=2)
+    for layer in _labelled(gains, expanding):
+        top = intervals[layer, 1] if intervals is not None else gains[layer]
+        fig.add_annotation(x=layer, y=max(top, gains[layer]), text=f"L{layer}<br>{gains[layer]:.2f}",
+                           showarrow=False, yanchor="bottom", yshift=3,
+                           font=dict(size=10, color=COLORS["expanding"]), row=row, col=col)
+    # Headroom above the tallest bar, error bar or block point for the labels.
+    block = _intervals(result, "block")
+    tops = [gains, result.block_gains] + [i[:, 1] for i in (intervals, block) if i is not None]
+    fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers))
+    fig.update_yaxes(title_text="gain", range=[0, 1.15 * max(1.0, max(float(t.max()) for t in tops))], row=row, col=col)
+
+
+def _cumulative(fig, result, row, col, legend):
+    layers = np.arange(result.n_layers)
+    cumulative = result.cumulative_gains
+    intervals = _intervals(result, "cumulative")
+    if intervals is not None:
+        fig.add_trace(go.Scatter(x=layers, y=intervals[:, 1], mode="lines", line=dict(width=0),
+                                 showlegend=False, hoverinfo="skip", legend=legend), row=row, col=col)
+        fig.add_trace(go.Scatter(x=layers, y=intervals[:, 0], mode="lines", line=dict(width=0),
+                                 fill="tonexty", fillcolor="rgba(31, 119, 180, 0.2)", hoverinfo="skip",
+                                 name=f"{100 * result.intervals.confidence:g}% interval", legend=legend),
+                      row=row, col=col)
+    fig.add_trace(go.Scatter(
+        x=layers, y=cumulative, mode="lines+markers", name="cumulative attn × MLP gain", legend=legend,
+        line=dict(color=COLORS["attn"], width=2.5), marker=dict(size=4),
+        **_hover(result, "cumulative", layers, intervals),
+    ), row=row, col=col)
+    _neutral(fig, row, col)
+    bottleneck, output = int(np.argmin(cumulative)), result.n_layers - 1
+    for layer, label, color, symbol in ((bottleneck, "bottleneck", COLORS["bottleneck"], "circle"),
+                                        (output, "output", COLORS["output"], "square")):
+        fig.add_trace(go.Scatter(
+            x=[layer], y=[cumulative[layer]], mode="markers", legend=legend,
+            name=f"{label} (L{layer}: {cumulative[layer]:.3g})",
+            marker=dict(size=13, color=color, symbol=symbol, line=dict(color="white", width=1.5)),
+            hovertemplate=f"{label}: L{layer}<br>cumulative gain {cumulative[layer]:.4g}<extra></extra>",
+        ), row=row, col=col)
+    fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers))
+    fig.update_yaxes(title_text="cumulative gain (product up to the layer)", type="log",
+                     exponentformat="power", row=row, col=col)
+
+
+# ---- building blocks --------------------------------------------------------------------------
+def _intervals(result, component: str):
+    intervals = getattr(result, "intervals", None)
+    return None if intervals is None else intervals.of(component)
+
+
+def _gain_values(result, component: str) -> np.ndarray:
+    if component == "combined":
+        return result.combined_gains
+    if component == "cumulative":
+        return result.cumulative_gains
+    return result.gains(component)
+
+
+def _gain_trace(result, component, x, legend, name=None, fill=None, symbol="circle", x_label="layer"):
+    """Line + markers of one component's gain per layer, with interval error bars and hover."""
+    gains = _gain_values(result, component)
+    intervals = _intervals(result, component)
+    color = COLORS[component]
+    return go.Scatter(
+        x=x, y=gains, mode="lines+markers", name=name or f"{NAMES[component]} gain", legend=legend,
+        line=dict(color=color, width=2), marker=dict(size=6, color=color, symbol=symbol),
+        fill=fill, fillcolor=_transparent(color, 0.12) if fill else None,
+        **_errors(gains, intervals, color),
+        **_hover(result, component, np.arange(result.n_layers), intervals, x_label=x_label, x=x),
+    )
+
+
+def _errors(values, intervals, color) -> dict:
+    if intervals is None:
+        return {}
+    return {"error_y": dict(type="data", symmetric=False, array=intervals[:, 1] - values,
+                            arrayminus=values - intervals[:, 0], color=color, thickness=1.2, width=3)}
+
+
+def _hover(result, component, layers, intervals, x_label="layer", x=None) -> dict:
+    """Hover text: layer, value and (when drawn) the interval; the layer index is in customdata."""
+    label = f"{NAMES[component]} gain"
+    where = "L%{customdata[0]}" + (" (depth %{x:.2f})" if x_label == "depth" else "")
+    if intervals is None:
+        return {"customdata": np.asarray(layers)[:, None],
+                "hovertemplate": f"{where}<br>{label} %{{y:.4g}}<extra></extra>"}
+    percent = f"{100 * result.intervals.confidence:g}%"
+    return {"customdata": np.column_stack([layers, intervals]),
+            "hovertemplate": f"{where}<br>{label} %{{y:.4g}}<br>{percent} interval "
+                             "[%{customdata[1]:.4g}, %{customdata[2]:.4g}]<extra></extra>"}
+
+
+def _legend_entry(fig, name, marker, legend, row, col, group=None):
+    """A legend item that draws nothing (an empty bar), for a key no real trace can show."""
+    fig.add_trace(go.Bar(x=[None], y=[None], name=name, marker=marker, legend=legend, legendgroup=group,
+                         hoverinfo="skip"), row=row, col=col)
+
+
+def _neutral(fig, row, col, width=1.2):
+    fig.add_hline(y=1, line=dict(color=COLORS["neutral"], dash="dash", width=width), row=row, col=col)
+
+
+def _labelled(gains, expanding, most: int = 8) -> list[int]:
+    """The expanding layers to label: all of them, or the ``most`` largest when more would crowd."""
+    layers = np.flatnonzero(expanding)
+    if len(layers) > most:
+        layers = np.sort(layers[np.argsort(gains[layers])[-most:]])
+    return [int(layer) for layer in layers]
+
+
+def _layer_ticks(n_layers: int) -> dict:
+    # One tick per layer up to 16 layers, then every 2nd, 4th...: labels never collide at 1400 px.
+    return dict(tick0=0, dtick=max(1, 2 ** math.ceil(math.log2(max(1, n_layers / 16)))), range=[-0.7, n_layers - 0.3])
+
+
+def _transparent(hex_color: str, alpha: float) -> str:
+    red, green, blue = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({red}, {green}, {blue}, {alpha})"
+
+
+def _legend_name(index: int) -> str:
+    return "legend" if index == 0 else f"legend{index + 1}"
+
+
+def _place_legend(fig, index: int, single: bool = False) -> None:
+    """One horizontal legend per panel, under its x-axis title: it never hides a data point."""
+    axis = "" if single or index == 0 else str(index + 1)
+    x0, _ = fig.layout[f"xaxis{axis}"].domain
+    y0, _ = fig.layout[f"yaxis{axis}"].domain
+    plot_height = (fig.layout.height or HEIGHT) - MARGIN["t"] - MARGIN["b"]
+    fig.update_layout({_legend_name(0 if single else index): dict(
+        orientation="h", x=x0, y=y0 - LEGEND_DROP_PX / plot_height, xanchor="left", yanchor="top",
+        xref="paper", yref="paper", font=dict(size=11), traceorder="normal",
+    )})
+
+
+def _finish(fig, result, height: int) -> None:
+    intervals = getattr(result, "intervals", None)
+    uncertainty = ("error bars: {:g}% bootstrap intervals over prompts ({} resamples)".format(
+        100 * intervals.confidence, intervals.n_resamples) if intervals is not None else "no intervals (bootstrap skipped)")
+    dropped = f" · first {result.drop_first} positions dropped" if result.drop_first else ""
+    fig.update_layout(
+        template="plotly_white", height=height, barmode="overlay", hovermode="closest",
+        title=dict(text=f"<b>{result.model}</b>: attention, MLP and block gain per layer<br>"
+                        f"<sup>definition={result.definition} · {result.n_prompts} prompts, "
+                        f"{int(result.n_tokens.sum())} tokens{dropped} · {uncertainty}</sup>",
+                   x=0.5, xanchor="center", font=dict(size=18)),
+        margin=MARGIN, font=dict(size=12),
+    )
+
+
+def _short(name: str, width: int = 28) -> str:
+    name = name.rstrip("/").split("/")[-1]
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+# ---- output -----------------------------------------------------------------------------------
+def write_html(fig: go.Figure, path: str | os.PathLike, title: str | None = None) -> Path:
+    """Write ``fig`` as one self-contained HTML file (plotly.js inside: opens with no network).
+
+    Written to a temporary file beside ``path`` and renamed into place, so a reader never sees a
+    half-written file. The div id is fixed, so the same figure always gives the same bytes.
+    """
+    path = Path(path)
+    title = title or (fig.layout.title.text or "funnel_tl figure").split("<br>")[0].replace("<b>", "").replace("</b>", "")
+    html = fig.to_html(include_plotlyjs=True, full_html=True, div_id="funnel-tl-figure", config={
+        "displaylogo": False, "responsive": True,
+        "toImageButtonOptions": {"format": "png", "filename": path.stem, "width": WIDTH, "height": HEIGHT, "scale": 2},
+    })
+    html = html.replace("<head>", f"<head>\n    <title>{_escape(title)}</title>", 1)
+    return write_text_atomic(path, html)
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def find_chrome() -> str | None:
+    """A Chrome/Chromium executable kaleido can drive: ``$BROWSER_PATH``, else one on PATH."""
+    explicit = os.environ.get("BROWSER_PATH")
+    if explicit and Path(explicit).is_file():
+        return explicit
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def png_available() -> bool:
+    """Whether ``write_png`` can work here: kaleido importable and a Chrome/Chromium found."""
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        return False
+    return find_chrome() is not None
+
+
+def write_png(fig: go.Figure, path: str | os.PathLike, width: int = WIDTH, height: int = HEIGHT,
+              scale: float = 2) -> Path | None:
+    """Write ``fig`` as a PNG through kaleido, atomically; ``None`` when kaleido or Chrome is missing.
+
+    When it returns ``None``, ``PNG_HELP`` is the one line that says how to get PNGs.
+    """
+    if not png_available():
+        return None
+    chrome = find_chrome()
+    os.environ.setdefault("BROWSER_PATH", chrome)  # choreographer (kaleido's browser driver) reads it
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(descriptor)
+    try:
+        fig.write_image(temporary, format="png", width=width, height=height, scale=scale)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
