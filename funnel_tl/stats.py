@@ -138,6 +138,8 @@ def bootstrap_intervals(result, n_resamples: int = DEFAULT_RESAMPLES, seed: int 
     """
     if n_resamples < 1:
         raise FunnelError(f"the bootstrap needs at least one resample, got {n_resamples}")
+    if not 0 < confidence < 1:
+        raise FunnelError(f"confidence must lie between 0 and 1 (0.95 for 95%), got {confidence}")
     if result.n_prompts < 2:
         raise FunnelError(f"{result.model}: a bootstrap over prompts needs at least 2 prompts, got "
                           f"{result.n_prompts}: give more prompts, or --bootstrap 0 to skip intervals")
