@@ -99,11 +99,11 @@ def plot_funnel(result) -> go.Figure:
 
 
 def _single(result, panel, index: int) -> go.Figure:
-    fig = make_subplots(rows=1, cols=1, subplot_titles=(PANEL_TITLES[index],))
+    fig = make_subplots(rows=1, cols=1)
     fig.update_layout(height=560)
     panel(fig, result, row=1, col=1, legend="legend")
     _place_legend(fig, index, single=True)
-    _finish(fig, result, height=560)
+    _finish(fig, result, height=560, heading=PANEL_TITLES[index])
     return fig
 
 
@@ -306,14 +306,14 @@ def _place_legend(fig, index: int, single: bool = False) -> None:
     )})
 
 
-def _finish(fig, result, height: int) -> None:
+def _finish(fig, result, height: int, heading: str = "attention, MLP and block gain per layer") -> None:
     intervals = getattr(result, "intervals", None)
     uncertainty = ("error bars: {:g}% bootstrap intervals over prompts ({} resamples)".format(
         100 * intervals.confidence, intervals.n_resamples) if intervals is not None else "no intervals (bootstrap skipped)")
     dropped = f" · first {result.drop_first} positions dropped" if result.drop_first else ""
     fig.update_layout(
         template="plotly_white", height=height, barmode="overlay", hovermode="closest",
-        title=dict(text=f"<b>{result.model}</b>: attention, MLP and block gain per layer<br>"
+        title=dict(text=f"<b>{result.model}</b>: {heading}<br>"
                         f"<sup>definition={result.definition} · {result.n_prompts} prompts, "
                         f"{int(result.n_tokens.sum())} tokens{dropped} · {uncertainty}</sup>",
                    x=0.5, xanchor="center", font=dict(size=18)),
