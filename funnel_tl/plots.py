@@ -236,7 +236,7 @@ def _gain_trace(result, component, x, legend, name=None, fill=None, symbol="circ
     return go.Scatter(
         x=x, y=gains, mode="lines+markers", name=name or f"{NAMES[component]} gain", legend=legend,
         line=dict(color=color, width=2), marker=dict(size=6, color=color, symbol=symbol),
-        fill=fill, fillcolor=_transparent(color, 0.12) if fill else None,
+        fill=fill, fillcolor=_transparent(color, 0.12) if fill else None, hoveron="points",
         **_errors(gains, intervals, color),
         **_hover(result, component, np.arange(result.n_layers), intervals, x_label=x_label, x=x),
     )
