@@ -11,6 +11,10 @@
 4. ``plot_cumulative``: the running product of attn × MLP on a log scale, bottleneck and output
    marked.
 
+Panels 1-3 use a linear axis, as the seed, unless their values span more than ``LOG_SPAN``-fold
+(Pythia's attention gains of 0.08 beside an MLP gain of 3.6 do); they then go to a log axis, where
+gain 1 is the middle and bars rise or hang from it. ``log_gains=True``/``False`` forces either.
+
 Every function takes a ``GainResult`` and returns a ``go.Figure``; nothing is shown from here.
 Error bars and bands are the result's bootstrap intervals (``result.with_intervals()``) when it
 carries them. Hovering a point shows its layer, value and interval.
@@ -59,6 +63,9 @@ PANEL_TITLES = (
 # Big enough for 2×2 panels with legible labels on a slide; also the PNG size (at scale 2).
 WIDTH, HEIGHT = 1400, 1000
 MARGIN = dict(t=110, l=70, r=30, b=90)
+# A gain panel goes to a log axis when its largest value (1 included) is this many times its
+# smallest: on a linear axis the small gains would then sit flat on zero.
+LOG_SPAN = 30
 # Below the tick labels and the x-axis title of a panel, where its legend starts.
 LEGEND_DROP_PX = 62
 PNG_HELP = ("PNG skipped: it needs kaleido and Chrome/Chromium (pip install kaleido; apt-get install chromium), "
@@ -66,64 +73,75 @@ PNG_HELP = ("PNG skipped: it needs kaleido and Chrome/Chromium (pip install kale
 
 
 # ---- panels -----------------------------------------------------------------------------------
-def plot_attention_mlp(result) -> go.Figure:
+def plot_attention_mlp(result, log_gains: bool | None = None) -> go.Figure:
     """Panel 1: attention and MLP gain per layer, neutral line at 1, the max-MLP layer marked."""
-    return _single(result, _attention_mlp, 0)
+    return _single(result, _attention_mlp, 0, log_gains)
 
 
-def plot_mlp_depth(result) -> go.Figure:
+def plot_mlp_depth(result, log_gains: bool | None = None) -> go.Figure:
     """Panel 2: MLP gain on normalized depth against the Pythia-1.4B reference."""
-    return _single(result, _mlp_depth, 1)
+    return _single(result, _mlp_depth, 1, log_gains)
 
 
-def plot_net_gain(result) -> go.Figure:
+def plot_net_gain(result, log_gains: bool | None = None) -> go.Figure:
     """Panel 3: attn × MLP gain bars coloured expanding/contracting, with the block gain."""
-    return _single(result, _net_gain, 2)
+    return _single(result, _net_gain, 2, log_gains)
 
 
 def plot_cumulative(result) -> go.Figure:
     """Panel 4: cumulative attn × MLP gain on a log scale, bottleneck and output marked."""
-    return _single(result, _cumulative, 3)
+    return _single(result, _cumulative, 3, True)
 
 
-def plot_funnel(result) -> go.Figure:
-    """The seed's four panels on one figure (2 × 2), titled with model, definition and prompts."""
+def plot_funnel(result, log_gains: bool | None = None) -> go.Figure:
+    """The seed's four panels on one figure (2 × 2), titled with model, definition and prompts.
+
+    ``log_gains``: draw panels 1-3 on a log axis (True), a linear one as the seed (False), or
+    decide per panel (None): log when its values span more than ``LOG_SPAN``, where a linear axis
+    would flatten the small gains against zero. On a log axis the bars of panel 3 rise or hang
+    from the neutral gain 1.
+    """
     fig = make_subplots(rows=2, cols=2, subplot_titles=PANEL_TITLES, horizontal_spacing=0.08,
                         vertical_spacing=0.2)
     fig.update_layout(height=HEIGHT)
     for index, panel in enumerate((_attention_mlp, _mlp_depth, _net_gain, _cumulative)):
-        panel(fig, result, row=index // 2 + 1, col=index % 2 + 1, legend=_legend_name(index))
+        panel(fig, result, row=index // 2 + 1, col=index % 2 + 1, legend=_legend_name(index),
+              log=True if panel is _cumulative else log_gains)
         _place_legend(fig, index)
     _finish(fig, result, height=HEIGHT)
     return fig
 
 
-def _single(result, panel, index: int) -> go.Figure:
+def _single(result, panel, index: int, log: bool | None) -> go.Figure:
     fig = make_subplots(rows=1, cols=1)
     fig.update_layout(height=560)
-    panel(fig, result, row=1, col=1, legend="legend")
+    panel(fig, result, row=1, col=1, legend="legend", log=log)
     _place_legend(fig, index, single=True)
     _finish(fig, result, height=560, heading=PANEL_TITLES[index])
     return fig
 
 
 # ---- what each panel draws --------------------------------------------------------------------
-def _attention_mlp(fig, result, row, col, legend):
+def _attention_mlp(fig, result, row, col, legend, log=None):
     layers = np.arange(result.n_layers)
+    log = _log_axis(log, result, ("attn", "mlp"))
     for component in ("attn", "mlp"):
-        fig.add_trace(_gain_trace(result, component, layers, legend=legend,
-                                  fill="tozeroy" if component == "attn" else None), row=row, col=col)
+        # The seed shades under the attention gain; on a log axis there is no zero to shade to.
+        fill = "tozeroy" if component == "attn" and not log else None
+        fig.add_trace(_gain_trace(result, component, layers, legend=legend, fill=fill), row=row, col=col)
     _neutral(fig, row, col)
     top = int(np.argmax(result.mlp_gains))
     fig.add_vline(x=top, line=dict(color=COLORS["mlp"], dash="dot", width=1.5), row=row, col=col,
                   annotation=dict(text=f"max MLP L{top}", font=dict(color=COLORS["mlp"], size=11)),
                   annotation_position="top left" if top > result.n_layers / 2 else "top right")
     fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers))
-    fig.update_yaxes(title_text="gain  ‖output‖ / ‖input‖", rangemode="tozero", row=row, col=col)
+    fig.update_yaxes(title_text="gain  ‖output‖ / ‖input‖" + (" (log)" if log else ""), row=row, col=col,
+                     **_gain_axis(log, _extent(result, ("attn", "mlp"))))
 
 
-def _mlp_depth(fig, result, row, col, legend):
+def _mlp_depth(fig, result, row, col, legend, log=None):
     depth = np.linspace(0, 1, result.n_layers)
+    log = _log_axis(log, result, ("mlp",), extra=[PYTHIA_1_4B_REFERENCE["mlp_max_gain"]])
     fig.add_trace(_gain_trace(result, "mlp", depth, legend=legend, name=f"{_short(result.model)} MLP",
                               x_label="depth"), row=row, col=col)
     _neutral(fig, row, col)
@@ -141,13 +159,15 @@ def _mlp_depth(fig, result, row, col, legend):
     ), row=row, col=col)
     fig.update_xaxes(title_text="normalized layer position (0 = first, 1 = last)", range=[-0.03, 1.05],
                      row=row, col=col)
-    fig.update_yaxes(title_text="MLP gain", rangemode="tozero", row=row, col=col)
+    extent = _extent(result, ("mlp",), extra=[PYTHIA_1_4B_REFERENCE["mlp_max_gain"]])
+    fig.update_yaxes(title_text="MLP gain" + (" (log)" if log else ""), row=row, col=col, **_gain_axis(log, extent))
 
 
-def _net_gain(fig, result, row, col, legend):
+def _net_gain(fig, result, row, col, legend, log=None):
     gains = result.combined_gains
     layers = np.arange(result.n_layers)
     intervals = _intervals(result, "combined")
+    log = _log_axis(log, result, ("combined", "block"))
     expanding = gains >= 1  # the seed's colouring: by the point estimate
     # Hatched: the interval straddles 1, so the robust verdict counts the layer as neither.
     undetermined = (intervals[:, 0] <= 1) & (intervals[:, 1] >= 1) if intervals is not None else np.zeros_like(expanding)
@@ -157,13 +177,16 @@ def _net_gain(fig, result, row, col, legend):
         marker = dict(color=COLORS[kind], opacity=0.75, line=dict(color="black", width=0.5))
         # The bars stay out of the legend: it would show the first bar's hatching for the kind.
         _legend_entry(fig, f"attn × MLP {kind}", marker, legend, row, col, group=kind)
+        chosen_intervals = intervals[chosen] if intervals is not None else None
+        # A log axis has no zero: its bars span from the neutral gain 1 to the gain.
+        height = dict(base=1, y=gains[chosen] - 1) if log else dict(y=gains[chosen])
         fig.add_trace(go.Bar(
-            x=layers[chosen], y=gains[chosen], name=f"attn × MLP {kind}", legend=legend, legendgroup=kind,
+            x=layers[chosen], **height, name=f"attn × MLP {kind}", legend=legend, legendgroup=kind,
             showlegend=False,
             marker=dict(**marker, pattern=dict(shape=np.where(undetermined[chosen], "/", "").tolist(),
                                                fgcolor="white", size=6)),
-            **_errors(gains[chosen], intervals[chosen] if intervals is not None else None, COLORS[f"{kind} edge"]),
-            **_hover(result, "combined", layers[chosen], intervals[chosen] if intervals is not None else None),
+            **_errors(gains[chosen], chosen_intervals, COLORS[f"{kind} edge"]),
+            **_hover(result, "combined", layers[chosen], gains[chosen], chosen_intervals),
         ), row=row, col=col)
     if undetermined.any():
         _legend_entry(fig, "hatched: interval crosses 1", dict(color="#bbbbbb", pattern=dict(shape="/", fgcolor="white", size=6)),
@@ -172,18 +195,20 @@ def _net_gain(fig, result, row, col, legend):
                               name="block ‖resid_post‖ / ‖resid_pre‖"), row=row, col=col)
     _neutral(fig, row, col, width=2)
     for layer in _labelled(gains, expanding):
-        top = intervals[layer, 1] if intervals is not None else gains[layer]
-        fig.add_annotation(x=layer, y=max(top, gains[layer]), text=f"L{layer}<br>{gains[layer]:.2f}",
+        top = max(gains[layer], intervals[layer, 1] if intervals is not None else gains[layer])
+        # Annotations on a log axis are placed in log10 units.
+        fig.add_annotation(x=layer, y=math.log10(top) if log else top, text=f"L{layer}<br>{gains[layer]:.2f}",
                            showarrow=False, yanchor="bottom", yshift=3,
                            font=dict(size=10, color=COLORS["expanding"]), row=row, col=col)
-    # Headroom above the tallest bar, error bar or block point for the labels.
-    block = _intervals(result, "block")
-    tops = [gains, result.block_gains] + [i[:, 1] for i in (intervals, block) if i is not None]
+    # Room above the tallest bar, error bar or block point for the labels.
+    low, high = _extent(result, ("combined", "block"))
+    span = [math.log10(low) - 0.1, math.log10(high) + 0.25] if log else [0, 1.15 * high]
     fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers))
-    fig.update_yaxes(title_text="gain", range=[0, 1.15 * max(1.0, max(float(t.max()) for t in tops))], row=row, col=col)
+    fig.update_yaxes(title_text="gain" + (" (log)" if log else ""), range=span, row=row, col=col,
+                     **_gain_axis(log, (low, high), autorange=False))
 
 
-def _cumulative(fig, result, row, col, legend):
+def _cumulative(fig, result, row, col, legend, log=True):
     layers = np.arange(result.n_layers)
     cumulative = result.cumulative_gains
     intervals = _intervals(result, "cumulative")
@@ -197,7 +222,7 @@ def _cumulative(fig, result, row, col, legend):
     fig.add_trace(go.Scatter(
         x=layers, y=cumulative, mode="lines+markers", name="cumulative attn × MLP gain", legend=legend,
         line=dict(color=COLORS["attn"], width=2.5), marker=dict(size=4),
-        **_hover(result, "cumulative", layers, intervals),
+        **_hover(result, "cumulative", layers, cumulative, intervals),
     ), row=row, col=col)
     _neutral(fig, row, col)
     bottleneck, output = int(np.argmin(cumulative)), result.n_layers - 1
@@ -238,7 +263,7 @@ def _gain_trace(result, component, x, legend, name=None, fill=None, symbol="circ
         line=dict(color=color, width=2), marker=dict(size=6, color=color, symbol=symbol),
         fill=fill, fillcolor=_transparent(color, 0.12) if fill else None, hoveron="points",
         **_errors(gains, intervals, color),
-        **_hover(result, component, np.arange(result.n_layers), intervals, x_label=x_label, x=x),
+        **_hover(result, component, np.arange(result.n_layers), gains, intervals, x_label=x_label),
     )
 
 
@@ -249,17 +274,55 @@ def _errors(values, intervals, color) -> dict:
                             arrayminus=values - intervals[:, 0], color=color, thickness=1.2, width=3)}
 
 
-def _hover(result, component, layers, intervals, x_label="layer", x=None) -> dict:
-    """Hover text: layer, value and (when drawn) the interval; the layer index is in customdata."""
+def _hover(result, component, layers, values, intervals, x_label="layer") -> dict:
+    """Hover text: layer, value and (when drawn) the interval, all from customdata.
+
+    customdata rows are [layer, value, lo, hi]: the value is not read from y, which for a bar on a
+    log axis holds its length from the neutral gain 1.
+    """
     label = f"{NAMES[component]} gain"
     where = "L%{customdata[0]}" + (" (depth %{x:.2f})" if x_label == "depth" else "")
-    if intervals is None:
-        return {"customdata": np.asarray(layers)[:, None],
-                "hovertemplate": f"{where}<br>{label} %{{y:.4g}}<extra></extra>"}
-    percent = f"{100 * result.intervals.confidence:g}%"
-    return {"customdata": np.column_stack([layers, intervals]),
-            "hovertemplate": f"{where}<br>{label} %{{y:.4g}}<br>{percent} interval "
-                             "[%{customdata[1]:.4g}, %{customdata[2]:.4g}]<extra></extra>"}
+    text = f"{where}<br>{label} %{{customdata[1]:.4g}}"
+    columns = [np.asarray(layers), np.asarray(values)]
+    if intervals is not None:
+        text += f"<br>{100 * result.intervals.confidence:g}% interval [%{{customdata[2]:.4g}}, %{{customdata[3]:.4g}}]"
+        columns += [intervals[:, 0], intervals[:, 1]]
+    return {"customdata": np.column_stack(columns), "hovertemplate": text + "<extra></extra>"}
+
+
+def _extent(result, components, extra=()) -> tuple[float, float]:
+    """Smallest and largest value a gain panel draws: gains, interval ends, 1, and ``extra``."""
+    values = [np.array([1.0, *extra])]
+    for component in components:
+        values.append(_gain_values(result, component))
+        intervals = _intervals(result, component)
+        if intervals is not None:
+            values.append(intervals.ravel())
+    values = np.concatenate(values)
+    positive = values[values > 0]
+    return float(positive.min()), float(values.max())
+
+
+def _log_axis(log: bool | None, result, components, extra=()) -> bool:
+    if log is not None:
+        return bool(log)
+    low, high = _extent(result, components, extra)
+    return high / low > LOG_SPAN
+
+
+def _gain_axis(log: bool, extent: tuple[float, float], autorange: bool = True) -> dict:
+    if log:
+        return dict(type="log", exponentformat="power", **_log_ticks(*extent))
+    return dict(rangemode="tozero") if autorange else {}
+
+
+def _log_ticks(low: float, high: float) -> dict:
+    """Ticks at 1, 2, 5 × 10^k over a few decades (Plotly's own labels every digit 2-9 there)."""
+    first, last = math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1
+    if last - first > 6:
+        return {}  # many decades: Plotly's powers of ten read well
+    values = [m * 10.0 ** k for k in range(first, last + 1) for m in (1, 2, 5)]
+    return dict(tickvals=values, ticktext=[f"{v:g}" for v in values])
 
 
 def _legend_entry(fig, name, marker, legend, row, col, group=None):

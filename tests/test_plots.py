@@ -84,10 +84,12 @@ def test_error_bars_are_the_intervals(result):
 
 def test_hover_shows_layer_value_and_interval(result):
     mlp = one(plot_funnel(result), "MLP gain", exact=True)
-    assert "L%{customdata[0]}" in mlp.hovertemplate and "%{y" in mlp.hovertemplate
-    assert "95% interval [%{customdata[1]" in mlp.hovertemplate
-    np.testing.assert_array_equal(np.asarray(mlp.customdata)[:, 0], np.arange(8))
-    np.testing.assert_allclose(np.asarray(mlp.customdata)[:, 1:], result.intervals.mlp)
+    assert mlp.hovertemplate.startswith("L%{customdata[0]}<br>MLP gain %{customdata[1]")
+    assert "95% interval [%{customdata[2]:.4g}, %{customdata[3]:.4g}]" in mlp.hovertemplate
+    data = np.asarray(mlp.customdata)
+    np.testing.assert_array_equal(data[:, 0], np.arange(8))
+    np.testing.assert_array_equal(data[:, 1], result.mlp_gains)
+    np.testing.assert_allclose(data[:, 2:], result.intervals.mlp)
 
 
 def test_panel_2_plots_mlp_on_normalized_depth_with_the_reference(result):
@@ -131,6 +133,42 @@ def test_panel_3_hatches_bars_whose_interval_crosses_one():
             patterns.update(zip(trace.x, trace.marker.pattern.shape))
     assert patterns == {0: "/", 1: ""}
     assert traces_named(fig, "hatched: interval crosses 1")
+
+
+def wide_and_narrow():
+    """Known gains: one set spanning 0.01 to 5 (500-fold), one spanning 0.5 to 1.2."""
+    wide = {"attn": np.tile([0.01, 0.1, 0.5], (4, 1)), "mlp": np.tile([0.5, 1.0, 5.0], (4, 1)),
+            "block": np.tile([1.1, 1.2, 1.3], (4, 1))}
+    narrow = {"attn": np.tile([0.5, 0.6, 0.7], (4, 1)), "mlp": np.tile([0.8, 0.9, 1.2], (4, 1)),
+              "block": np.tile([1.0, 1.1, 1.2], (4, 1))}
+    return from_gains(wide), from_gains(narrow)
+
+
+def test_gain_panels_go_to_a_log_axis_only_when_the_gains_span_widely():
+    wide, narrow = wide_and_narrow()
+    wide_fig, narrow_fig = plot_funnel(wide), plot_funnel(narrow)
+    # Panel 1 of `wide` spans 5 / 0.01 = 500 > LOG_SPAN; `narrow` spans 1.2 / 0.5 = 2.4.
+    assert wide_fig.layout.yaxis.type == "log" and narrow_fig.layout.yaxis.type != "log"
+    # Panel 3 of `wide`: combined 0.005 .. 2.5; of `narrow`: 0.4 .. 1.2.
+    assert wide_fig.layout.yaxis3.type == "log" and narrow_fig.layout.yaxis3.type != "log"
+    assert plot_funnel(narrow, log_gains=True).layout.yaxis.type == "log"
+    assert plot_funnel(wide, log_gains=False).layout.yaxis.type != "log"
+    assert plot_net_gain(narrow, log_gains=True).layout.yaxis.type == "log"
+
+
+def test_on_a_log_axis_bars_span_from_one_to_the_gain():
+    wide, _ = wide_and_narrow()
+    fig = plot_net_gain(wide, log_gains=True)
+    bars = {t.legendgroup: t for t in fig.data if isinstance(t, go.Bar) and t.x is not None and t.x[0] is not None}
+    combined = [0.005, 0.1, 2.5]
+    contracting, expanding = bars["contracting"], bars["expanding"]
+    assert contracting.base == 1 and expanding.base == 1
+    # 1e-9: the seed's epsilon in every per-prompt gain.
+    np.testing.assert_allclose(np.asarray(contracting.y) + 1, combined[:2], rtol=1e-9)
+    np.testing.assert_allclose(np.asarray(expanding.y) + 1, combined[2:], rtol=1e-9)
+    np.testing.assert_allclose(np.asarray(expanding.customdata)[:, 1], [2.5], rtol=1e-9)  # hover shows the gain
+    label = next(a for a in fig.layout.annotations if a.text == "L2<br>2.50")
+    assert label.y == pytest.approx(np.log10(2.5))  # annotations on log axes are in log10 units
 
 
 def test_panel_4_marks_bottleneck_and_output_on_a_log_scale():
