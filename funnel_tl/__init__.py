@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 from .errors import FunnelError
 from .funnel import PYTHIA_1_4B_REFERENCE, FunnelTest, comparison_1_4b, format_analysis, funnel_test
 from .gains import measure_gains
-from .models import bundled_models, default_model_name, load_model
+from .models import bundled_checkpoints, bundled_models, default_model_name, load_model
 from .prompts import SEED_PROMPTS, load_prompts
 from .plots import plot_funnel, write_html
 from .results import GainResult
@@ -21,7 +21,7 @@ from .stats import Intervals, bootstrap_intervals, robust_funnel_test
 
 __all__ = [
     "FunnelError", "FunnelTest", "GainResult", "PYTHIA_1_4B_REFERENCE", "SEED_PROMPTS",
-    "bundled_models", "comparison_1_4b", "default_model_name", "format_analysis", "funnel_test",
+    "bundled_checkpoints", "bundled_models", "comparison_1_4b", "default_model_name", "format_analysis", "funnel_test",
     "load_model", "load_prompts", "measure_gains",
     "Intervals", "bootstrap_intervals", "plot_funnel", "robust_funnel_test", "write_html",
 ]
