@@ -202,7 +202,11 @@ def _net_gain(fig, result, row, col, legend, log=None):
                            font=dict(size=10, color=COLORS["expanding"]), row=row, col=col)
     # Room above the tallest bar, error bar or block point for the labels.
     low, high = _extent(result, ("combined", "block"))
-    span = [math.log10(low) - 0.1, math.log10(high) + 0.25] if log else [0, 1.15 * high]
+    if log:
+        decades = max(math.log10(high) - math.log10(low), 0.5)
+        span = [math.log10(low) - 0.05 * decades, math.log10(high) + 0.18 * decades]  # log10 units
+    else:
+        span = [0, 1.15 * high]
     fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers))
     fig.update_yaxes(title_text="gain" + (" (log)" if log else ""), range=span, row=row, col=col,
                      **_gain_axis(log, (low, high), autorange=False))
@@ -235,8 +239,9 @@ def _cumulative(fig, result, row, col, legend, log=True):
             hovertemplate=f"{label}: L{layer}<br>cumulative gain {cumulative[layer]:.4g}<extra></extra>",
         ), row=row, col=col)
     fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers))
+    values = np.concatenate([cumulative, [1.0]] + ([intervals.ravel()] if intervals is not None else []))
     fig.update_yaxes(title_text="cumulative gain (product up to the layer)", type="log",
-                     exponentformat="power", row=row, col=col)
+                     exponentformat="power", row=row, col=col, **_log_ticks(values.min(), values.max()))
 
 
 # ---- building blocks --------------------------------------------------------------------------
@@ -317,10 +322,17 @@ def _gain_axis(log: bool, extent: tuple[float, float], autorange: bool = True) -
 
 
 def _log_ticks(low: float, high: float) -> dict:
-    """Ticks at 1, 2, 5 × 10^k over a few decades (Plotly's own labels every digit 2-9 there)."""
+    """Log-axis ticks that never crowd: 1-2-5 over up to 3 decades, powers of ten up to 8.
+
+    Plotly's own choice labels digits 2-9 (or 2 and 5) inside every decade of a short range.
+    Past 8 decades its sparse powers of ten read well.
+    """
+    decades = math.log10(high) - math.log10(low)
+    if decades > 8:
+        return {}
+    if decades > 3:
+        return dict(dtick=1)  # on a log axis: one tick per power of ten
     first, last = math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1
-    if last - first > 6:
-        return {}  # many decades: Plotly's powers of ten read well
     values = [m * 10.0 ** k for k in range(first, last + 1) for m in (1, 2, 5)]
     return dict(tickvals=values, ticktext=[f"{v:g}" for v in values])
 
