@@ -14,8 +14,8 @@ from .errors import FunnelError
 from .funnel import PYTHIA_1_4B_REFERENCE, FunnelTest, comparison_1_4b, format_analysis, funnel_test
 from .gains import measure_gains
 from .models import bundled_checkpoints, bundled_models, default_model_name, load_model
-from .prompts import SEED_PROMPTS, load_prompts
 from .plots import plot_funnel, write_html
+from .prompts import SEED_PROMPTS, load_prompts
 from .results import GainResult
 from .stats import Intervals, bootstrap_intervals, robust_funnel_test
 
