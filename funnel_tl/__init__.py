@@ -15,12 +15,15 @@ from .funnel import PYTHIA_1_4B_REFERENCE, FunnelTest, comparison_1_4b, format_a
 from .gains import measure_gains
 from .heads import HeadResult, head_gains
 from .models import bundled_checkpoints, bundled_models, default_model_name, load_model
+from .plots import plot_funnel, write_html
 from .prompts import SEED_PROMPTS, load_prompts
 from .results import GainResult
+from .stats import Intervals, bootstrap_intervals, robust_funnel_test
 
 __all__ = [
     "FunnelError", "FunnelTest", "GainResult", "PYTHIA_1_4B_REFERENCE", "SEED_PROMPTS",
     "bundled_checkpoints", "bundled_models", "comparison_1_4b", "default_model_name", "format_analysis", "funnel_test",
     "load_model", "load_prompts", "measure_gains",
     "HeadResult", "head_gains",
+    "Intervals", "bootstrap_intervals", "plot_funnel", "robust_funnel_test", "write_html",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .errors import FunnelError
@@ -47,6 +48,16 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                              "attention-sink token (default: 0)")
 
 
+def add_bootstrap_options(parser: argparse.ArgumentParser, default: int | None = 2000) -> None:
+    """Bootstrap intervals over prompts (funnel_tl.stats), shared by commands that draw them."""
+    parser.add_argument("--bootstrap", type=int, default=default, metavar="N",
+                        help="resamples of the prompts for the 95%% intervals of every gain; 0 skips "
+                             "them" + (f" (default: {default})" if default is not None else
+                                       " (default: the intervals stored in results.json)"))
+    parser.add_argument("--bootstrap-seed", type=int, default=0, metavar="S",
+                        help="random seed of the resampling; the same seed gives the same intervals (default: 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="funnel-tl",
@@ -67,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(run)
     run.add_argument("--out", default=None, metavar="DIR",
                      help="output folder (default: runs/<model name>)")
+    add_bootstrap_options(run)
     run.set_defaults(handler=cmd_run)
 
     heads = commands.add_parser(
@@ -87,6 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     heads.add_argument("--out", default=None, metavar="DIR",
                        help="output folder (default: runs/<model name>)")
     heads.set_defaults(handler=cmd_heads)
+    report = commands.add_parser(
+        "report", help="re-render figures and analysis from results.json files, without a model",
+        description="Re-render DIR/funnel.html (and funnel.png where kaleido and Chrome are present) from "
+                    "DIR/results.json, and the same in every folder below DIR that holds a results.json "
+                    "(compare outputs); print each analysis. No model is loaded.",
+        epilog="examples:\n  funnel-tl report runs/demo\n  funnel-tl report runs/sweep --bootstrap 5000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    report.add_argument("dir", metavar="DIR", help="a folder written by funnel-tl run or compare")
+    add_bootstrap_options(report, default=None)
+    report.set_defaults(handler=cmd_report)
     return parser
 
 
@@ -94,16 +117,71 @@ def cmd_run(args) -> int:
     from .funnel import format_analysis
     from .gains import measure_gains
     from .models import load_model
+    from .plots import PNG_HELP
     from .prompts import load_prompts
 
     prompts = load_prompts(args.prompts)  # before loading a model: a bad prompt file fails fast
+    if args.bootstrap < 0:
+        raise FunnelError(f"--bootstrap must be 0 (no intervals) or a number of resamples, got {args.bootstrap}")
+    if args.bootstrap and len(prompts) < 2:
+        print("Intervals skipped: a bootstrap over prompts needs at least 2 prompts", file=sys.stderr)
+        args.bootstrap = 0
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     result = measure_gains(model, prompts, definition=args.definition, batch_size=args.batch_size,
                            drop_first=args.drop_first)
     out = Path(args.out) if args.out else Path("runs") / slug(result.model)
+    if args.bootstrap:
+        result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
     print(format_analysis(result))
     path = result.save(out / "results.json")
     print(f"\nSaved: {path}")
+    if not _render(result, out):
+        print(PNG_HELP)
+    return 0
+
+
+def _render(result, folder: Path) -> bool:
+    """Write folder/funnel.html, and funnel.png when kaleido and Chrome are present (then True)."""
+    from .plots import plot_funnel, write_html, write_png
+
+    fig = plot_funnel(result)
+    print(f"Saved: {write_html(fig, folder / 'funnel.html')}")
+    png = write_png(fig, folder / "funnel.png")
+    if png:
+        print(f"Saved: {png}")
+    return png is not None
+
+
+def find_results(folder: Path) -> list[Path]:
+    """folder/results.json and every results.json below it (compare writes one per model)."""
+    if not folder.is_dir():
+        raise FunnelError(f"folder not found: {folder} (give a folder written by funnel-tl run or compare)")
+    found = sorted(folder.rglob("results.json"), key=lambda p: (len(p.relative_to(folder).parts), str(p)))
+    if not found:
+        raise FunnelError(f"no results.json in {folder} or below it: run `funnel-tl run --out {folder}` first")
+    return found
+
+
+def cmd_report(args) -> int:
+    from .funnel import format_analysis
+    from .plots import PNG_HELP
+    from .results import GainResult
+
+    if args.bootstrap is not None and args.bootstrap < 0:
+        raise FunnelError(f"--bootstrap must be 0 (no intervals) or a number of resamples, got {args.bootstrap}")
+    paths = find_results(Path(args.dir))
+    results = [GainResult.load(path) for path in paths]  # all read before any is written: fail fast
+    for path, result in zip(paths, results):
+        if args.bootstrap == 0:
+            result = replace(result, intervals=None)
+        elif args.bootstrap is not None:
+            result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
+        print(format_analysis(result))
+        print(f"\nFrom: {path}")
+        png = _render(result, path.parent)
+        print()
+    if not png:
+        print(PNG_HELP)
     return 0
 
 
