@@ -123,16 +123,16 @@ def cmd_run(args) -> int:
     prompts = load_prompts(args.prompts)  # before loading a model: a bad prompt file fails fast
     if args.bootstrap < 0:
         raise FunnelError(f"--bootstrap must be 0 (no intervals) or a number of resamples, got {args.bootstrap}")
-    if args.bootstrap and len(prompts) < 2:
-        print("Intervals skipped: a bootstrap over prompts needs at least 2 prompts", file=sys.stderr)
-        args.bootstrap = 0
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     result = measure_gains(model, prompts, definition=args.definition, batch_size=args.batch_size,
                            drop_first=args.drop_first)
     out = Path(args.out) if args.out else Path("runs") / slug(result.model)
-    if args.bootstrap:
+    if args.bootstrap and len(prompts) >= 2:
         result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
     print(format_analysis(result))
+    if args.bootstrap and len(prompts) < 2:
+        # Said after the measurement, so that any error before it stays the only line on stderr.
+        print("Intervals skipped: a bootstrap over prompts needs at least 2 prompts")
     path = result.save(out / "results.json")
     print(f"\nSaved: {path}")
     if not _render(result, out):
