@@ -10,6 +10,7 @@ TransformerLens, test the "Funnel Model" hypothesis, and compare models.
 
 __version__ = "0.1.0"
 
+from .compare import PYTHIA_SUITE, Comparison, compare
 from .errors import FunnelError
 from .funnel import PYTHIA_1_4B_REFERENCE, FunnelTest, comparison_1_4b, format_analysis, funnel_test
 from .gains import measure_gains
@@ -22,3 +23,4 @@ __all__ = [
     "bundled_models", "comparison_1_4b", "default_model_name", "format_analysis", "funnel_test",
     "load_model", "load_prompts", "measure_gains",
 ]
+__all__ += ["Comparison", "PYTHIA_SUITE", "compare"]
