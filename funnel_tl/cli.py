@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--force", action="store_true",
                          help="measure every model again, even those already finished in DIR")
     add_model_options(compare, model=False)
+    compare.add_argument("--bootstrap", type=int, default=2000, metavar="N",
+                         help="resamples of the prompts for each model's 95%% intervals and robust verdict; "
+                              "0 skips them (default: 2000)")
+    compare.add_argument("--bootstrap-seed", type=int, default=0, metavar="S",
+                         help="random seed of the resampling (default: 0)")
     compare.add_argument("--out", default="runs/compare", metavar="DIR",
                          help="output folder (default: runs/compare)")
     compare.set_defaults(handler=cmd_compare)
@@ -122,7 +127,8 @@ def cmd_compare(args) -> int:
 
     comparison = compare(args.models, args.prompts, definition=args.definition, batch_size=args.batch_size,
                          device=args.device, dtype=args.dtype, drop_first=args.drop_first, out=args.out,
-                         force=args.force, checkpoints=args.checkpoints)
+                         force=args.force, checkpoints=args.checkpoints, bootstrap=args.bootstrap,
+                         bootstrap_seed=args.bootstrap_seed)
     print(comparison.format_table())
     out = Path(args.out)
     print(f"\nSaved: {out / 'compare.json'}\n       {out / 'compare.html'}")

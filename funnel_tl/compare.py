@@ -319,7 +319,7 @@ def one_line(error: BaseException) -> str:
 def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", *, definition: str = "seed",
             batch_size: int = 8, device: str = "auto", dtype: str = "auto", drop_first: int = 0,
             out: str | os.PathLike = "runs/compare", force: bool = False, checkpoints=None,
-            progress: bool | None = None) -> "Comparison":
+            bootstrap: int = 2000, bootstrap_seed: int = 0, progress: bool | None = None) -> "Comparison":
     """Measure several models (or training checkpoints) in turn; write one table and one page.
 
     ``models``: bundled names, local checkpoint folders, hub names, or the preset
@@ -327,6 +327,9 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
     as it is), ``"all"``, or a list of training steps (``[0, 1000]`` or ``["step1000"]``): for
     a bundled model its shipped checkpoints, for a local folder its ``step<N>/`` or
     ``checkpoint-<N>/`` subfolders, for a hub model the revisions ``step<N>`` (Pythia's).
+    ``bootstrap`` resamples of the prompts give each result its 95% intervals and the robust
+    verdict, where this funnel_tl draws them (``GainResult.with_intervals``; 0 skips them); they
+    come from the stored per-prompt sums, so a resumed model gets them without being loaded.
     The other options are ``measure_gains``'s and ``load_model``'s. Writes
     ``out/<slug>/results.json`` per model, ``out/compare.json`` and ``out/compare.html``.
 
@@ -341,12 +344,15 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
     prompt_list = load_prompts(prompts)  # before any model loads: a bad prompt file fails fast
     if drop_first < 0:
         raise FunnelError(f"drop_first must be 0 or more, got {drop_first}")
+    if bootstrap < 0:
+        raise FunnelError(f"bootstrap must be 0 (no intervals) or a number of resamples, got {bootstrap}")
     targets = plan_targets(models, checkpoints)
     device = resolve_device(device)
     dtype_name = str(resolve_dtype(dtype, device)).removeprefix("torch.")
     settings = {
         "definition": definition, "n_prompts": len(prompt_list), "prompts_sha256": prompts_sha256(prompt_list),
         "drop_first": int(drop_first), "dtype": dtype_name, "device": device, "batch_size": int(batch_size),
+        "bootstrap": int(bootstrap), "bootstrap_seed": int(bootstrap_seed),
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -362,13 +368,18 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
         finished = None if force else _finished(path, target, settings)
         if finished is not None:
             data, result = finished
+            result, changed = _with_intervals(result, bootstrap, bootstrap_seed)
+            if changed:  # asked for intervals the earlier run did not draw: no model needed
+                result.save(path)
+                data = read_json(path)
             rows.append(row_from_results(target, data, result, resumed=True))
             results[target.label] = result
             tqdm.write(f"{target.label}: finished earlier, read from {path}", file=sys.stderr)
         else:
             try:
                 data, result = _measure_one(target, prompt_list, path, device=device, dtype=dtype,
-                                            definition=definition, batch_size=batch_size, drop_first=drop_first)
+                                            definition=definition, batch_size=batch_size, drop_first=drop_first,
+                                            bootstrap=bootstrap, bootstrap_seed=bootstrap_seed)
                 rows.append(row_from_results(target, data, result, resumed=False))
                 results[target.label] = result
             except Exception as error:  # one failing model must not end the sweep
@@ -402,7 +413,8 @@ def _finished(path: Path, target: Target, settings: dict) -> tuple[dict, GainRes
 
 
 def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str, dtype: str,
-                 definition: str, batch_size: int, drop_first: int) -> tuple[dict, GainResult]:
+                 definition: str, batch_size: int, drop_first: int, bootstrap: int,
+                 bootstrap_seed: int) -> tuple[dict, GainResult]:
     """Load, measure, save one target; return its results file as written and read back."""
     _reset_peak_memory(device)
     start = time.perf_counter()
@@ -417,9 +429,24 @@ def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str,
         "n_parameters": int(n_parameters), "revision": target.revision, "step": target.step,
         "seconds": round(time.perf_counter() - start, 3), "peak_memory_bytes": peak, "memory_kind": kind,
     })
+    result, _ = _with_intervals(result, bootstrap, bootstrap_seed)
     result.save(path)
     data = read_json(path)
     return data, GainResult.from_dict(data, source=str(path))
+
+
+def _with_intervals(result: GainResult, bootstrap: int, seed: int) -> tuple[GainResult, bool]:
+    """The result with bootstrap intervals drawn as asked, and whether that changed it.
+
+    Intervals and the robust verdict come from the uncertainty work (``GainResult.with_intervals``);
+    with a funnel_tl that lacks it, results go without, and rows say so (robust verdict ``None``).
+    """
+    if not bootstrap or not hasattr(result, "with_intervals"):
+        return result, False
+    current = getattr(result, "intervals", None)
+    if current is not None and current.n_resamples == bootstrap and current.seed == seed:
+        return result, False
+    return result.with_intervals(n_resamples=bootstrap, seed=seed), True
 
 
 def _release_memory() -> None:
@@ -587,8 +614,8 @@ class Comparison:
                               f"{COMPARE_SCHEMA_VERSION}: rerun `funnel-tl compare`")
         rows = tuple(ComparisonRow.from_dict(row) for row in data["models"])
         results = {row.model: GainResult.load(out / row.slug / "results.json") for row in rows if row.ok}
-        settings = {key: data[key] for key in ("definition", "n_prompts", "prompts_sha256", "drop_first",
-                                               "dtype", "device", "batch_size") if key in data}
+        settings = {key: data[key] for key in ("definition", "n_prompts", "prompts_sha256", "drop_first", "dtype",
+                                               "device", "batch_size", "bootstrap", "bootstrap_seed") if key in data}
         return cls(rows=rows, results=results, settings=settings, out=out)
 
 

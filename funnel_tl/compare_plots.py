@@ -79,12 +79,20 @@ def plot_depth_overlay(comparison, components=("attn", "mlp", "block")) -> go.Fi
         depth = normalized_depth(result.n_layers)
         layers = np.arange(result.n_layers)
         for column, component in enumerate(components, start=1):
+            gains = result.gains(component)  # [layer]
+            bounds = _bounds(result, component)  # [layer, 2] or None
             figure.add_trace(go.Scatter(
-                x=depth, y=result.gains(component), customdata=layers, mode="lines+markers",
+                x=depth, y=gains, mode="lines+markers",
+                customdata=layers if bounds is None else np.column_stack([layers, bounds]),
                 name=names[row.model], legendgroup=row.model, showlegend=column == 1,
                 line=dict(color=color, width=1.8), marker=dict(color=color, size=5),
-                hovertemplate=(f"<b>{html.escape(row.model)}</b><br>layer %{{customdata}} (depth %{{x:.2f}})"
-                               f"<br>{COMPONENT_TITLES[component]} %{{y:.3f}}<extra></extra>"),
+                error_y=None if bounds is None else dict(
+                    type="data", symmetric=False, array=bounds[:, 1] - gains, arrayminus=gains - bounds[:, 0],
+                    color=color, thickness=1, width=0),
+                hovertemplate=(f"<b>{html.escape(row.model)}</b><br>layer %{{customdata{'' if bounds is None else '[0]'}}}"
+                               f" (depth %{{x:.2f}})<br>{COMPONENT_TITLES[component]} %{{y:.3f}}"
+                               + ("" if bounds is None else " [%{customdata[1]:.3f}, %{customdata[2]:.3f}]")
+                               + "<extra></extra>"),
             ), row=1, col=column)
             figure.add_hline(y=1, line=NEUTRAL_LINE, row=1, col=column)
     figure.update_yaxes(type="log", showgrid=True)
@@ -92,11 +100,18 @@ def plot_depth_overlay(comparison, components=("attn", "mlp", "block")) -> go.Fi
     figure.update_xaxes(title_text="normalized depth", range=[-0.04, 1.04], zeroline=False)
     figure.update_layout(
         title=dict(text=f"Gains across models<br><sup>{_subtitle(comparison)}; "
-                        "depth = layer / (layers − 1)</sup>"),
+                        "depth = layer / (layers − 1); bars: 95% bootstrap intervals over prompts, where drawn</sup>"),
         template="plotly_white", height=460, legend=dict(title="model"), hovermode="closest",
         margin=dict(t=90),
     )
     return figure
+
+
+def _bounds(result, component: str):
+    """A result's bootstrap interval ``[layer, 2]`` of one gain, when it carries intervals."""
+    intervals = getattr(result, "intervals", None)
+    bounds = getattr(intervals, component, None) if intervals is not None else None
+    return None if bounds is None else np.asarray(bounds, dtype=np.float64)
 
 
 def plot_depth_heatmap(comparison, component: str = "mlp") -> go.Figure:
