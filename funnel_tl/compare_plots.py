@@ -159,11 +159,11 @@ def plot_depth_heatmap(comparison, component: str = "mlp") -> go.Figure:
 
 
 def _step_axis(steps: list[int]) -> tuple[list[float], dict]:
-    """x positions and axis settings for training steps: a log axis when they span two decades
-    or more (Pythia's checkpoints are log-spaced early), with step 0 drawn half the first step
-    to the left of it and labelled 0."""
+    """x positions and axis settings for training steps: a log axis when the positive steps span
+    a factor of 30 or more (checkpoints are usually log-spaced early, as Pythia's), with step 0
+    drawn at half the first positive step and labelled 0; a linear axis otherwise."""
     positive = [s for s in steps if s > 0]
-    if len(positive) < 2 or max(positive) / min(positive) < 100:
+    if len(positive) < 2 or max(positive) / min(positive) < 30:
         return [float(s) for s in steps], dict(type="linear", title_text="training step")
     zero_at = min(positive) / 2
     x = [float(s) if s > 0 else zero_at for s in steps]

@@ -118,7 +118,9 @@ def test_compare_json_has_one_row_per_model(sweep, checkpoints):
     for row in data["models"]:
         assert row["status"] == "ok" and row["error"] is None
         assert row["seconds"] > 0 and row["peak_memory_bytes"] > 0 and row["memory_kind"]
-        assert row["robust_funnel_confirmed"] is None  # toy results hold no intervals
+        results = json.loads((out / row["slug"] / "results.json").read_text())
+        robust = results.get("robust_funnel_test", {}).get("funnel_confirmed")  # only where intervals are drawn
+        assert row["robust_funnel_confirmed"] == robust and row["has_intervals"] == ("intervals" in results)
     # The parallel NeoX checkpoint is recorded as such; GPT-2 and Llama are serial.
     assert [row["parallel_blocks"] for row in data["models"]] == [True, False, False]
 
@@ -127,11 +129,35 @@ def test_robust_verdict_is_read_when_the_results_hold_it(sweep, tmp_path, checkp
     comparison, out = sweep
     label = str(checkpoints["gpt2"])
     data = json.loads((out / comparison.row(label).slug / "results.json").read_text())
-    data["robust_funnel_test"] = {"funnel_confirmed": True}
-    data["intervals"] = {}
+    result = GainResult.from_dict(data)
     target = compare_module.Target(label, label, label)
-    row = compare_module.row_from_results(target, data, GainResult.from_dict(data), resumed=True)
-    assert row.robust_funnel_confirmed is True and row.has_intervals
+    for verdict in (True, False):  # whatever the gains say, the row reports the file's robust verdict
+        data["robust_funnel_test"] = {"funnel_confirmed": verdict}
+        data["intervals"] = {"stands": "in"}
+        row = compare_module.row_from_results(target, data, result, resumed=True)
+        assert row.robust_funnel_confirmed is verdict and row.has_intervals
+    del data["robust_funnel_test"], data["intervals"]
+    row = compare_module.row_from_results(target, data, result, resumed=True)
+    assert row.robust_funnel_confirmed is None and not row.has_intervals
+
+
+@pytest.mark.skipif(not hasattr(GainResult, "with_intervals"), reason="bootstrap intervals not in this funnel_tl")
+def test_intervals_are_drawn_and_added_on_resume_without_a_model(checkpoints, tmp_path, load_calls):
+    from funnel_tl.stats import robust_funnel_test
+
+    label = str(checkpoints["gpt2"])
+    compare([label], out=tmp_path, bootstrap=0, **OPTIONS)
+    path = tmp_path / compare_module.plan_targets([label])[0].slug / "results.json"
+    assert "intervals" not in json.loads(path.read_text())
+    load_calls.clear()
+    comparison = compare([label], out=tmp_path, bootstrap=200, bootstrap_seed=3, **OPTIONS)
+    assert load_calls == []  # intervals come from the stored per-prompt sums
+    saved = GainResult.load(path)
+    assert (saved.intervals.n_resamples, saved.intervals.seed) == (200, 3)
+    expected = robust_funnel_test(GainResult.load(path).with_intervals(n_resamples=200, seed=3)).funnel_confirmed
+    assert comparison.rows[0].robust_funnel_confirmed == expected and comparison.rows[0].has_intervals
+    error_bars = comparison.figure().data[1].error_y  # the MLP panel
+    np.testing.assert_allclose(error_bars.array, saved.intervals.mlp[:, 1] - saved.mlp_gains)
 
 
 # ---- resume and force --------------------------------------------------------------------------
@@ -427,3 +453,13 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", "--out", str(tmp_path)])  # --models is required
     assert exit_info.value.code == 2
+
+
+def test_step_axis_is_log_for_log_spaced_checkpoints():
+    from funnel_tl.compare_plots import _step_axis
+
+    x, axis = _step_axis([0, 16, 64, 256, 900])  # log-spaced early checkpoints, step 0 included
+    assert axis["type"] == "log" and x == [8.0, 16.0, 64.0, 256.0, 900.0]
+    assert axis["ticktext"][0] == "0" and axis["tickvals"][0] == 8.0  # step 0 drawn at half the first step
+    x, axis = _step_axis([0, 500, 10000])
+    assert axis["type"] == "linear" and x == [0.0, 500.0, 10000.0]
