@@ -21,6 +21,8 @@ from .errors import FunnelError
 COMPONENT_TITLES = {"attn": "attention gain", "mlp": "MLP gain", "block": "block gain", "combined": "combined gain"}
 PANEL_TITLES = {"attn": "Attention gain", "mlp": "MLP gain", "block": "Block gain", "combined": "Combined gain"}
 NEUTRAL_LINE = dict(dash="dash", color="gray", width=1)
+# Up to this many checkpoints, the step axis labels every one of them.
+MAX_STEP_LABELS = 12
 
 
 def normalized_depth(n_layers: int) -> np.ndarray:
@@ -167,7 +169,10 @@ def _step_axis(steps: list[int]) -> tuple[list[float], dict]:
         return [float(s) for s in steps], dict(type="linear", title_text="training step")
     zero_at = min(positive) / 2
     x = [float(s) if s > 0 else zero_at for s in steps]
-    powers = [10**k for k in range(int(math.floor(math.log10(min(positive)))), int(math.log10(max(positive))) + 1)]
+    if len(steps) <= MAX_STEP_LABELS:  # few checkpoints: label each one
+        return x, dict(type="log", tickvals=x, ticktext=[f"{s:,}" for s in steps], title_text="training step (log scale)")
+    # Many (Pythia's 154): label decades, none so close to step 0's place that the labels collide.
+    powers = [10**k for k in range(int(math.log10(max(positive))) + 1) if 10**k >= 2 * zero_at]
     tickvals = ([zero_at] if 0 in steps else []) + [float(p) for p in powers]
     ticktext = (["0"] if 0 in steps else []) + [f"{p:,}" for p in powers]
     return x, dict(type="log", tickvals=tickvals, ticktext=ticktext, title_text="training step (log scale)")
@@ -208,7 +213,7 @@ def plot_training(comparison, base: str | None = None) -> go.Figure:
             ), row=1, col=column)
         figure.add_hline(y=1, line=NEUTRAL_LINE, row=1, col=column)
     figure.update_xaxes(**axis)
-    figure.update_yaxes(type="log")
+    figure.update_yaxes(type="log", dtick="D2")  # 1, 2, 5 per decade: no crowded minor labels
     figure.update_yaxes(title_text="gain  (< 1 contracts; log scale)", row=1, col=1)
     figure.update_layout(
         title=dict(text=f"Training dynamics of {html.escape(base)}<br><sup>{_subtitle(comparison)}; "
@@ -242,19 +247,19 @@ def _verdict_cell(value: bool | None) -> str:
 
 def table_html(comparison) -> str:
     """The verdict table: one row per model, failed ones with their error."""
-    headers = ["model", "layers", "d_model", "parameters", "funnel (seed)", "funnel (robust)",
+    headers = ["model", "funnel (seed)", "funnel (robust)", "layers", "d_model", "parameters",
                "attn contracting", "attn min (layer)", "attn max (layer)", "MLP min (layer)",
                "MLP max (layer)", "last-layer MLP", "max combined (layer)", "time", "peak memory", "status"]
     lines = ['<div class="scroll"><table>', "<thead><tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr></thead>", "<tbody>"]
     for row in comparison.rows:
         name = f"<td class=\"name\" title=\"{html.escape(row.model)}\">{html.escape(row.model)}</td>"
         if not row.ok:
-            lines.append(f'<tr class="failed">{name}<td colspan="{len(headers) - 2}"></td>'
-                         f'<td class="no">failed: {html.escape(row.error or "")}</td></tr>')
+            lines.append(f'<tr class="failed">{name}<td class="no" colspan="{len(headers) - 1}">'
+                         f'failed: {html.escape(row.error or "")}</td></tr>')
             continue
         cells = [
-            name, f"<td>{row.n_layers}</td>", f"<td>{row.hidden_dim}</td>", f"<td>{_format_count(row.n_parameters)}</td>",
-            _verdict_cell(row.funnel_confirmed), _verdict_cell(row.robust_funnel_confirmed),
+            name, _verdict_cell(row.funnel_confirmed), _verdict_cell(row.robust_funnel_confirmed),
+            f"<td>{row.n_layers}</td>", f"<td>{row.hidden_dim}</td>", f"<td>{_format_count(row.n_parameters)}</td>",
             f"<td>{row.attn_contracting}/{row.n_layers}</td>",
             f"<td>{row.attn_min_gain:.3f} (L{row.attn_min_layer})</td>",
             f"<td>{row.attn_max_gain:.3f} (L{row.attn_max_layer})</td>",

@@ -459,7 +459,11 @@ def test_step_axis_is_log_for_log_spaced_checkpoints():
     from funnel_tl.compare_plots import _step_axis
 
     x, axis = _step_axis([0, 16, 64, 256, 900])  # log-spaced early checkpoints, step 0 included
-    assert axis["type"] == "log" and x == [8.0, 16.0, 64.0, 256.0, 900.0]
-    assert axis["ticktext"][0] == "0" and axis["tickvals"][0] == 8.0  # step 0 drawn at half the first step
+    assert axis["type"] == "log" and x == [8.0, 16.0, 64.0, 256.0, 900.0]  # step 0 at half the first step
+    assert axis["ticktext"] == ["0", "16", "64", "256", "900"] and axis["tickvals"] == x
+    steps = list(compare_module.PYTHIA_STEPS)
+    x, axis = _step_axis(steps)  # 154 checkpoints: decades, and 0 at 0.5 with no label beside it
+    assert axis["ticktext"] == ["0", "1", "10", "100", "1,000", "10,000", "100,000"]
+    assert axis["tickvals"][:2] == [0.5, 1.0] and x[:3] == [0.5, 1.0, 2.0]
     x, axis = _step_axis([0, 500, 10000])
     assert axis["type"] == "linear" and x == [0.0, 500.0, 10000.0]
