@@ -44,7 +44,7 @@ from .funnel import summarize
 from .gains import measure_gains
 from .models import bundled_models, load_model, resolve_device, resolve_dtype
 from .prompts import load_prompts, prompts_sha256
-from .results import GainResult, read_json, write_json_atomic
+from .results import DEFINITIONS, GainResult, read_json, write_json_atomic
 
 COMPARE_SCHEMA_VERSION = 1
 
@@ -346,6 +346,11 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
         raise FunnelError(f"drop_first must be 0 or more, got {drop_first}")
     if bootstrap < 0:
         raise FunnelError(f"bootstrap must be 0 (no intervals) or a number of resamples, got {bootstrap}")
+    # Checked once here: left to each model, a typo would fail every model of the sweep in turn.
+    if definition not in DEFINITIONS:
+        raise FunnelError(f"unknown definition {definition!r}: choose seed or residual")
+    if batch_size < 1:
+        raise FunnelError(f"batch size must be at least 1, got {batch_size}")
     targets = plan_targets(models, checkpoints)
     device = resolve_device(device)
     dtype_name = str(resolve_dtype(dtype, device)).removeprefix("torch.")
@@ -356,6 +361,7 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out)
 
     rows: list[ComparisonRow] = []
     results: dict[str, GainResult] = {}
@@ -379,14 +385,16 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
             try:
                 data, result = _measure_one(target, prompt_list, path, device=device, dtype=dtype,
                                             definition=definition, batch_size=batch_size, drop_first=drop_first,
-                                            bootstrap=bootstrap, bootstrap_seed=bootstrap_seed)
+                                            bootstrap=bootstrap, bootstrap_seed=bootstrap_seed,
+                                            progress=False if progress is False else None)
                 rows.append(row_from_results(target, data, result, resumed=False))
                 results[target.label] = result
             except Exception as error:  # one failing model must not end the sweep
                 rows.append(ComparisonRow(model=target.label, slug=target.slug, status="failed", base=target.base,
                                           step=target.step, revision=target.revision, error=one_line(error)))
                 tqdm.write(f"{target.label}: FAILED: {rows[-1].error}", file=sys.stderr)
-                del error  # its traceback holds the model's frame: drop it before releasing memory
+            # Only the message is kept: the exception's traceback holds the model's frame, and it is
+            # gone once the except block ends, so the model is freed here even when it failed.
             _release_memory()
         # After every model, so a sweep stopped half way still has its table.
         write_json_atomic(out / "compare.json", _compare_dict(rows, settings))
@@ -414,7 +422,7 @@ def _finished(path: Path, target: Target, settings: dict) -> tuple[dict, GainRes
 
 def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str, dtype: str,
                  definition: str, batch_size: int, drop_first: int, bootstrap: int,
-                 bootstrap_seed: int) -> tuple[dict, GainResult]:
+                 bootstrap_seed: int, progress: bool | None) -> tuple[dict, GainResult]:
     """Load, measure, save one target; return its results file as written and read back."""
     _reset_peak_memory(device)
     start = time.perf_counter()
@@ -422,7 +430,8 @@ def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str,
     if target.step is not None:
         model.funnel_name = target.label  # the results file names the checkpoint, not only the model
     n_parameters = sum(p.numel() for p in model.parameters())
-    result = measure_gains(model, prompts, definition=definition, batch_size=batch_size, drop_first=drop_first)
+    result = measure_gains(model, prompts, definition=definition, batch_size=batch_size, drop_first=drop_first,
+                           progress=progress)
     del model
     peak, kind = _peak_memory(device)
     result.provenance.update({
@@ -456,10 +465,14 @@ def _release_memory() -> None:
 
 
 def _remove_stale_temporaries(folder: Path) -> None:
-    """Temporary files a hard kill (SIGKILL, power loss) left mid-write; never read as results."""
+    """Temporary files a hard kill (SIGKILL, power loss) left mid-write; never read as results.
+
+    Only the sweep's own (``.results.json.*.tmp``, ``.compare.*.tmp``): ``out`` may hold other files.
+    """
     if folder.is_dir():
-        for stale in folder.glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
+        for pattern in (".results.json.*.tmp", ".compare.json.*.tmp", ".compare.html.*.tmp"):
+            for stale in folder.glob(pattern):
+                stale.unlink(missing_ok=True)
 
 
 # Linux can reset a process's peak resident set size (VmHWM) by writing 5 to clear_refs, which

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 import pytest
+import torch
 
 from funnel_tl import FunnelError, GainResult, load_model, measure_gains
 from funnel_tl.cli import main
@@ -297,6 +298,35 @@ def test_interrupt_mid_model_leaves_no_partial_file(checkpoints, tmp_path, monke
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C stops the sweep; it is not a model failure
         compare([str(checkpoints["gpt2"])], out=tmp_path, **OPTIONS)
     assert list(tmp_path.rglob("results.json")) == [] and list(tmp_path.rglob("*.tmp")) == []
+
+
+def test_bad_settings_fail_before_any_model_loads(checkpoints, tmp_path, load_calls):
+    models = [str(checkpoints["gpt2"]), str(checkpoints["llama-gqa"])]
+    for bad, message in ((dict(definition="resid"), "unknown definition"), (dict(batch_size=0), "batch size"),
+                         (dict(drop_first=-1), "drop_first"), (dict(bootstrap=-5), "bootstrap")):
+        with pytest.raises(FunnelError, match=message):
+            compare(models, out=tmp_path, **{**OPTIONS, **bad})
+    assert load_calls == [] and not (tmp_path / "compare.json").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_sweep_frees_every_model_even_one_out_of_memory(checkpoints, tmp_path, monkeypatch):
+    first, hungry, last = (str(checkpoints[arch]) for arch in ("neox-parallel", "gpt2", "llama-gqa"))
+    real = compare_module.measure_gains
+
+    def measure(model, *args, **kwargs):
+        if model.funnel_name == hungry:  # a real CUDA out-of-memory error with the model on the GPU
+            torch.empty(1 << 50, dtype=torch.uint8, device="cuda")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(compare_module, "measure_gains", measure)
+    torch.cuda.empty_cache()
+    baseline = torch.cuda.memory_allocated()
+    comparison = compare([first, hungry, last], out=tmp_path, device="cuda", dtype="float16", progress=False)
+    assert [row.status for row in comparison.rows] == ["ok", "failed", "ok"]
+    assert comparison.rows[1].error.startswith("out of GPU memory")
+    assert comparison.rows[0].memory_kind == "cuda_max_allocated" and comparison.rows[0].peak_memory_bytes > 0
+    assert torch.cuda.memory_allocated() == baseline  # nothing of any model, the failed one included, stays
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------
