@@ -72,10 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser(
         "compare", help="measure several models or training checkpoints; one table, one page",
-        description="Measure each model in turn (loaded, measured, written to DIR/<model>/results.json, "
-                    "released), then write DIR/compare.json (one row per model) and DIR/compare.html "
-                    "(gains on normalized depth, verdict table, models x depth heatmap, gains against "
-                    "training step). Rerunning with the same DIR skips models already measured the same "
+        description="Measure each model in turn (loaded, measured, written to DIR/<model>/results.json,\n"
+                    "released), then write DIR/compare.json (one row per model) and DIR/compare.html\n"
+                    "(gains on normalized depth, verdict table, models x depth heatmap, gains against\n"
+                    "training step). Rerunning with the same DIR skips models already measured the same\n"
                     "way; a model that fails is recorded and the others go on (exit status 2).",
         epilog="examples:\n"
                "  funnel-tl compare --models DIR_A DIR_B --device cpu --dtype float32 --out runs/ab\n"
