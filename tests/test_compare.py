@@ -249,19 +249,31 @@ def test_failing_models_are_recorded_and_the_sweep_goes_on(checkpoints, nan_chec
 
 
 KILL_SCRIPT = """
-import json, os, signal, sys
+import os, signal, sys
 sys.path.insert(0, {repo!r})
-import funnel_tl.results as results
 
-real_dump = json.dump
-def dump_then_die(data, handle, **kwargs):
-    if isinstance(data, dict) and data.get("model") == {victim!r}:
-        text = json.dumps(data, **kwargs)
-        handle.write(text[: len(text) // 2])  # half the file is on disk...
-        handle.flush()
+# The results file of the victim model is killed half written: whatever writes it (json.dump or
+# one write of the whole text) goes through a handle from os.fdopen on the temporary file.
+class HalfThenKilled:
+    def __init__(self, handle):
+        self.handle = handle
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        return self.handle.__exit__(*exc)
+    def write(self, text):
+        self.handle.write(text[: max(1, len(text) // 2)])  # half the file is on disk...
+        self.handle.flush()
         os.kill(os.getpid(), signal.SIGKILL)  # ...when the process is killed
-    return real_dump(data, handle, **kwargs)
-results.json.dump = dump_then_die
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+real_fdopen = os.fdopen
+def fdopen(descriptor, *args, **kwargs):
+    handle = real_fdopen(descriptor, *args, **kwargs)
+    path = os.readlink(f"/proc/self/fd/{{descriptor}}")
+    return HalfThenKilled(handle) if {victim_folder!r} in path and ".results.json." in path else handle
+os.fdopen = fdopen
 
 from funnel_tl.compare import compare
 compare({models!r}, out={out!r}, device="cpu", dtype="float32", progress=False)
@@ -269,18 +281,22 @@ compare({models!r}, out={out!r}, device="cpu", dtype="float32", progress=False)
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds the file being written through /proc")
 def test_a_killed_run_leaves_no_partial_file(checkpoints, tmp_path, load_calls):
     first, second = str(checkpoints["neox-parallel"]), str(checkpoints["gpt2"])
     out = tmp_path / "out"
-    script = KILL_SCRIPT.format(repo=str(REPO), victim=second, models=[first, second], out=str(out))
+    slug_first, slug_second = (t.slug for t in compare_module.plan_targets([first, second]))
+    script = KILL_SCRIPT.format(repo=str(REPO), victim_folder=str(out / slug_second), models=[first, second],
+                                out=str(out))
     process = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
                              env={**os.environ, "PYTHONPATH": str(REPO)})
     assert process.returncode == -signal.SIGKILL, process.stderr[-2000:]
-    slug_first, slug_second = (t.slug for t in compare_module.plan_targets([first, second]))
     GainResult.load(out / slug_first / "results.json")  # the model before the kill is complete
     assert not (out / slug_second / "results.json").exists()  # the one killed mid-write has no results.json
     leftovers = list((out / slug_second).glob(".*.tmp"))
     assert len(leftovers) == 1  # proof that the kill hit mid-write: the half-written temporary
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(leftovers[0].read_text())
     assert json.loads((out / "compare.json").read_text())["n_models"] == 1  # the table so far
 
     resumed = compare([first, second], out=out, **OPTIONS)
