@@ -14,13 +14,13 @@ from .compare import PYTHIA_SUITE, Comparison, compare
 from .errors import FunnelError
 from .funnel import PYTHIA_1_4B_REFERENCE, FunnelTest, comparison_1_4b, format_analysis, funnel_test
 from .gains import measure_gains
-from .models import bundled_models, default_model_name, load_model
+from .models import bundled_checkpoints, bundled_models, default_model_name, load_model
 from .prompts import SEED_PROMPTS, load_prompts
 from .results import GainResult
 
 __all__ = [
     "FunnelError", "FunnelTest", "GainResult", "PYTHIA_1_4B_REFERENCE", "SEED_PROMPTS",
-    "bundled_models", "comparison_1_4b", "default_model_name", "format_analysis", "funnel_test",
+    "bundled_checkpoints", "bundled_models", "comparison_1_4b", "default_model_name", "format_analysis", "funnel_test",
     "load_model", "load_prompts", "measure_gains",
 ]
 __all__ += ["Comparison", "PYTHIA_SUITE", "compare"]
