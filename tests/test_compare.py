@@ -414,6 +414,27 @@ def test_bundled_checkpoints_load_by_revision(training_run, tmp_path, monkeypatc
     assert [row.revision for row in comparison.rows] == ["step0", "step500"]
 
 
+def test_bundled_training_checkpoints(tmp_path, load_calls):
+    from funnel_tl import bundled_models
+    from funnel_tl.models import bundled_checkpoints
+
+    with_checkpoints = [name for name in bundled_models() if bundled_checkpoints(name)]
+    if not with_checkpoints:
+        pytest.skip("this copy of funnel_tl ships no bundled training checkpoints")
+    name = with_checkpoints[0]
+    steps = sorted(bundled_checkpoints(name))
+    assert len(steps) >= 3 and [f"step{s}" for s in steps] != sorted(f"step{s}" for s in steps), \
+        "pick checkpoints whose string order differs from their step order, or this proves nothing"
+    comparison = compare([name], checkpoints="all", out=tmp_path, **OPTIONS)
+    assert [row.step for row in comparison.rows] == steps
+    assert load_calls == [(name, f"step{step}") for step in steps]
+    single = measure_gains(load_model(name, revision=f"step{steps[1]}", device="cpu", dtype="float32"), "seed",
+                           progress=False)
+    swept = comparison.results[f"{name}@step{steps[1]}"]
+    np.testing.assert_array_equal(swept.out_sums["mlp"], single.out_sums["mlp"])
+    np.testing.assert_array_equal(swept.in_sums["attn"], single.in_sums["attn"])
+
+
 def test_pythia_suite_preset():
     assert compare_module.expand_models(["pythia-suite"]) == [
         "EleutherAI/pythia-70m", "EleutherAI/pythia-160m", "EleutherAI/pythia-410m", "EleutherAI/pythia-1b",
