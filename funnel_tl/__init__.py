@@ -10,6 +10,7 @@ TransformerLens, test the "Funnel Model" hypothesis, and compare models.
 
 __version__ = "0.1.0"
 
+from .compare import PYTHIA_SUITE, Comparison, compare
 from .errors import FunnelError
 from .funnel import PYTHIA_1_4B_REFERENCE, FunnelTest, comparison_1_4b, format_analysis, funnel_test
 from .gains import measure_gains
@@ -27,3 +28,4 @@ __all__ = [
     "HeadResult", "head_gains",
     "Intervals", "bootstrap_intervals", "plot_funnel", "robust_funnel_test", "write_html",
 ]
+__all__ += ["Comparison", "PYTHIA_SUITE", "compare"]

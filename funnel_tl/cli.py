@@ -26,11 +26,12 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip("/").replace("/", "__")) or "model"
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command that measures a model."""
-    parser.add_argument("--model", default=None, metavar="NAME_OR_DIR",
-                        help="bundled short name, local HF checkpoint folder, or hub name such as "
-                             "EleutherAI/pythia-6.9b (default: the largest bundled model, offline)")
+def add_model_options(parser: argparse.ArgumentParser, model: bool = True) -> None:
+    """Options shared by every command that measures a model (``model=False``: all but --model)."""
+    if model:
+        parser.add_argument("--model", default=None, metavar="NAME_OR_DIR",
+                            help="bundled short name, local HF checkpoint folder, or hub name such as "
+                                 "EleutherAI/pythia-6.9b (default: the largest bundled model, offline)")
     parser.add_argument("--prompts", default="seed", metavar="seed|FILE.txt|FILE.jsonl",
                         help="'seed' (the notebook's eight), a .txt file with one prompt per line, "
                              "or a .jsonl file with a \"text\" field (default: seed)")
@@ -110,6 +111,34 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("dir", metavar="DIR", help="a folder written by funnel-tl run or compare")
     add_bootstrap_options(report, default=None)
     report.set_defaults(handler=cmd_report)
+    compare = commands.add_parser(
+        "compare", help="measure several models or training checkpoints; one table, one page",
+        description="Measure each model in turn (loaded, measured, written to DIR/<model>/results.json,\n"
+                    "released), then write DIR/compare.json (one row per model) and DIR/compare.html\n"
+                    "(gains on normalized depth, verdict table, models x depth heatmap, gains against\n"
+                    "training step). Rerunning with the same DIR skips models already measured the same\n"
+                    "way; a model that fails is recorded and the others go on (exit status 2).",
+        epilog="examples:\n"
+               "  funnel-tl compare --models DIR_A DIR_B --device cpu --dtype float32 --out runs/ab\n"
+               "  funnel-tl compare --models pythia-suite --device cuda --dtype float16 --out runs/pythia\n"
+               "  funnel-tl compare --models EleutherAI/pythia-1.4b --checkpoints 0 1000 143000 --out runs/steps\n"
+               "  funnel-tl compare --models CHECKPOINTS_DIR --checkpoints all   # DIR/step<N>/ folders",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare.add_argument("--models", nargs="+", required=True, metavar="NAME_OR_DIR",
+                         help="bundled names, local HF checkpoint folders, hub names, or the preset "
+                              "pythia-suite (EleutherAI/pythia-70m ... pythia-12b)")
+    compare.add_argument("--checkpoints", nargs="+", default=None, metavar="all|STEP",
+                         help="sweep training checkpoints of each model: 'all' or steps such as 0 1000 "
+                              "(or step1000). Hub models: revisions step<N> (Pythia); local folders: their "
+                              "step<N>/ or checkpoint-<N>/ subfolders; bundled models: their shipped checkpoints")
+    compare.add_argument("--force", action="store_true",
+                         help="measure every model again, even those already finished in DIR")
+    add_model_options(compare, model=False)
+    add_bootstrap_options(compare)
+    compare.add_argument("--out", default="runs/compare", metavar="DIR",
+                         help="output folder (default: runs/compare)")
+    compare.set_defaults(handler=cmd_compare)
     return parser
 
 
@@ -202,6 +231,24 @@ def cmd_heads(args) -> int:
     json_path = result.save(out / "heads.json")
     html_path = result.save_html(out / "heads.html", k=args.top)
     print(f"\nSaved: {json_path}\n       {html_path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare
+
+    comparison = compare(args.models, args.prompts, definition=args.definition, batch_size=args.batch_size,
+                         device=args.device, dtype=args.dtype, drop_first=args.drop_first, out=args.out,
+                         force=args.force, checkpoints=args.checkpoints, bootstrap=args.bootstrap,
+                         bootstrap_seed=args.bootstrap_seed)
+    print(comparison.format_table())
+    out = Path(args.out)
+    print(f"\nSaved: {out / 'compare.json'}\n       {out / 'compare.html'}")
+    if comparison.failed:
+        print(f"funnel-tl: {len(comparison.failed)} of {len(comparison.rows)} models failed "
+              f"(errors in {out / 'compare.json'}); rerun the same command to retry only those",
+              file=sys.stderr)
+        return 2
     return 0
 
 
