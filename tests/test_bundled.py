@@ -163,6 +163,11 @@ def test_an_unknown_revision_names_the_available_steps():
         load_model("nano-2l", device="cpu", revision="step0")
 
 
+def test_a_mistyped_bundled_name_fails_at_once_naming_the_bundled_models(no_network):
+    with pytest.raises(FunnelError, match="nano-2l, nano-4l, nano-8l"):
+        load_model("nano-9l", device="cpu")
+
+
 def test_heldout_text_is_disjoint_from_training_text():
     train = dict(documents("train"))
     heldout = dict(documents("heldout"))
