@@ -103,6 +103,10 @@ def resolve_model(name_or_dir: str | os.PathLike | None) -> tuple[str, str, bool
         if not (path / "config.json").is_file():
             raise FunnelError(f"{path} is a folder but holds no config.json: give a HuggingFace checkpoint folder")
         return name, str(path.resolve()), True
+    if name.startswith("nano-") and "/" not in name:
+        # A mistyped bundled name: no hub repo is named without an owner like this, so asking the
+        # hub would only spend a minute on retries offline.
+        raise FunnelError(f"no bundled model called {name!r}: choose one of {', '.join(bundled) or 'none'}")
     if name.startswith((".", "/", "~")) or os.sep in name.replace("/", "", 1) or name.count("/") > 1:
         raise FunnelError(f"model folder not found: {name} (bundled models: {', '.join(bundled) or 'none'})")
     return name, name, False

@@ -7,7 +7,7 @@ embeddings, d_ff = 4·d_model, no dropout. They learn from English every CPython
 (``funnel_tl.corpus``: ``pydoc_data.topics`` and the standard library's docstrings), 5% of the
 text held out, with a byte-level BPE tokenizer trained on the training split.
 
-Rebuild (CPU only, seeded; 14 minutes on one core of an AMD EPYC shared with other jobs)::
+Rebuild (CPU only, seeded; 14 to 19 minutes on one core of an AMD EPYC shared with other jobs)::
 
     python scripts/train_nano.py                 # writes funnel_tl/bundled/nano-{2l,4l,8l}
     python scripts/train_nano.py --models nano-2l --out /tmp/bundled   # one model elsewhere
@@ -166,7 +166,8 @@ def train(name: str, spec: Spec, tokenizer, train_stream: torch.Tensor, heldout:
     saved_steps = sorted(set(spec.checkpoints) | ({spec.steps} if spec.checkpoints else set()))
     checkpoints = []
     started = time.time()
-    recent = []
+    recent: list[float] = []
+    train_loss = float("nan")
     for step in range(spec.steps + 1):
         if step in saved_steps:
             model.eval()
@@ -188,9 +189,8 @@ def train(name: str, spec: Spec, tokenizer, train_stream: torch.Tensor, heldout:
         optimizer.zero_grad(set_to_none=True)
         recent.append(loss.item())
         if (step + 1) % 50 == 0:
-            log(f"  {name} step {step + 1}: train loss {sum(recent) / len(recent):.4f} "
-                f"({time.time() - started:.0f} s)")
             train_loss = sum(recent) / len(recent)
+            log(f"  {name} step {step + 1}: train loss {train_loss:.4f} ({time.time() - started:.0f} s)")
             recent = []
     model.eval()
     final_loss = save_checkpoint(model, tokenizer, folder, heldout)
@@ -288,6 +288,9 @@ def model_card(record: dict, meta: dict) -> str:
         meta["command"],
         "```",
         "",
+        f"Seeded: the same seed, thread count, torch build and CPU give bit-identical weights. The "
+        f"text comes from the running Python, so rebuild with CPython {meta['python']} to get these weights.",
+        "",
     ]
     return "\n".join(lines)
 
@@ -323,7 +326,7 @@ def main(argv=None) -> int:
     meta = {
         "python": platform.python_version(), "torch": torch.__version__,
         "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
-        "cpu": platform.processor() or platform.machine(), "threads": args.threads, "seed": args.seed,
+        "cpu": _cpu_name() or platform.machine(), "threads": args.threads, "seed": args.seed,
         "vocab_size": VOCAB_SIZE, "n_ctx": N_CTX,
         "train_chars": n_train_chars, "train_tokens": len(train_stream),
         "heldout_documents": len(heldout_docs), "heldout_chars": n_heldout_chars,
@@ -331,9 +334,6 @@ def main(argv=None) -> int:
         "command": "python scripts/train_nano.py" + ("" if args.models == list(SPECS) else " --models " + " ".join(args.models))
                    + ("" if args.seed == 0 else f" --seed {args.seed}") + ("" if args.threads == 1 else f" --threads {args.threads}"),
     }
-    cpu_name = _cpu_name()
-    if cpu_name:
-        meta["cpu"] = cpu_name
     log(f"text: {n_train_chars:,} training characters ({len(train_stream):,} tokens), "
         f"{n_heldout_chars:,} held out ({len(heldout):,} tokens); Python {meta['python']}")
 
