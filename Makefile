@@ -25,6 +25,10 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
+# Executes every notebooks/*.ipynb with nbclient (offline; outputs are not saved back).
+notebooks: install
+	$(PY) -m pytest -q tests/test_notebooks.py
+
 bench: install
 	$(PY) benchmarks/bench_gains.py
 

@@ -10,15 +10,22 @@ TransformerLens, test the "Funnel Model" hypothesis, and compare models.
 
 __version__ = "0.1.0"
 
+from .compare import PYTHIA_SUITE, Comparison, compare
 from .errors import FunnelError
 from .funnel import PYTHIA_1_4B_REFERENCE, FunnelTest, comparison_1_4b, format_analysis, funnel_test
 from .gains import measure_gains
-from .models import bundled_models, default_model_name, load_model
+from .heads import HeadResult, head_gains
+from .models import bundled_checkpoints, bundled_models, default_model_name, load_model
+from .plots import plot_funnel, write_html
 from .prompts import SEED_PROMPTS, load_prompts
 from .results import GainResult
+from .stats import Intervals, bootstrap_intervals, robust_funnel_test
 
 __all__ = [
     "FunnelError", "FunnelTest", "GainResult", "PYTHIA_1_4B_REFERENCE", "SEED_PROMPTS",
-    "bundled_models", "comparison_1_4b", "default_model_name", "format_analysis", "funnel_test",
+    "bundled_checkpoints", "bundled_models", "comparison_1_4b", "default_model_name", "format_analysis", "funnel_test",
     "load_model", "load_prompts", "measure_gains",
+    "HeadResult", "head_gains",
+    "Intervals", "bootstrap_intervals", "plot_funnel", "robust_funnel_test", "write_html",
 ]
+__all__ += ["Comparison", "PYTHIA_SUITE", "compare"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .errors import FunnelError
@@ -25,11 +26,12 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip("/").replace("/", "__")) or "model"
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command that measures a model."""
-    parser.add_argument("--model", default=None, metavar="NAME_OR_DIR",
-                        help="bundled short name, local HF checkpoint folder, or hub name such as "
-                             "EleutherAI/pythia-6.9b (default: the largest bundled model, offline)")
+def add_model_options(parser: argparse.ArgumentParser, model: bool = True) -> None:
+    """Options shared by every command that measures a model (``model=False``: all but --model)."""
+    if model:
+        parser.add_argument("--model", default=None, metavar="NAME_OR_DIR",
+                            help="bundled short name, local HF checkpoint folder, or hub name such as "
+                                 "EleutherAI/pythia-6.9b (default: the largest bundled model, offline)")
     parser.add_argument("--prompts", default="seed", metavar="seed|FILE.txt|FILE.jsonl",
                         help="'seed' (the notebook's eight), a .txt file with one prompt per line, "
                              "or a .jsonl file with a \"text\" field (default: seed)")
@@ -45,6 +47,16 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drop-first", type=int, default=0, metavar="N",
                         help="leave out the first N positions of every prompt, e.g. 1 to skip the "
                              "attention-sink token (default: 0)")
+
+
+def add_bootstrap_options(parser: argparse.ArgumentParser, default: int | None = 2000) -> None:
+    """Bootstrap intervals over prompts (funnel_tl.stats), shared by commands that draw them."""
+    parser.add_argument("--bootstrap", type=int, default=default, metavar="N",
+                        help="resamples of the prompts for the 95%% intervals of every gain; 0 skips "
+                             "them" + (f" (default: {default})" if default is not None else
+                                       " (default: the intervals stored in results.json)"))
+    parser.add_argument("--bootstrap-seed", type=int, default=0, metavar="S",
+                        help="random seed of the resampling; the same seed gives the same intervals (default: 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +79,66 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(run)
     run.add_argument("--out", default=None, metavar="DIR",
                      help="output folder (default: runs/<model name>)")
+    add_bootstrap_options(run)
     run.set_defaults(handler=cmd_run)
+
+    heads = commands.add_parser(
+        "heads", help="per-head drill-down: which heads carry each layer's attention gain",
+        description="Measure every attention head's output norm and gain (over the same denominator as "
+                    "the layer's attention gain) and its share of the layer output; print the top heads "
+                    "and write DIR/heads.json and DIR/heads.html (layer x head heatmap, top-heads table).",
+        epilog="examples:\n  funnel-tl heads                     # bundled default model, offline\n"
+               "  funnel-tl heads --model EleutherAI/pythia-6.9b --device cuda --layers 20-31",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_options(heads)
+    heads.add_argument("--layers", default=None, metavar="SPEC",
+                       help="layers to measure: numbers and inclusive ranges such as 0,3,5-7, or -1 for "
+                            "the last (default: all)")
+    heads.add_argument("--top", type=int, default=20, metavar="K",
+                       help="how many top heads (by gain) to print and tabulate (default: 20)")
+    heads.add_argument("--out", default=None, metavar="DIR",
+                       help="output folder (default: runs/<model name>)")
+    heads.set_defaults(handler=cmd_heads)
+    report = commands.add_parser(
+        "report", help="re-render figures and analysis from results.json files, without a model",
+        description="Re-render DIR/funnel.html (and funnel.png where kaleido and Chrome are present) from "
+                    "DIR/results.json, and the same in every folder below DIR that holds a results.json "
+                    "(compare outputs); print each analysis. No model is loaded.",
+        epilog="examples:\n  funnel-tl report runs/demo\n  funnel-tl report runs/sweep --bootstrap 5000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    report.add_argument("dir", metavar="DIR", help="a folder written by funnel-tl run or compare")
+    add_bootstrap_options(report, default=None)
+    report.set_defaults(handler=cmd_report)
+    compare = commands.add_parser(
+        "compare", help="measure several models or training checkpoints; one table, one page",
+        description="Measure each model in turn (loaded, measured, written to DIR/<model>/results.json,\n"
+                    "released), then write DIR/compare.json (one row per model) and DIR/compare.html\n"
+                    "(gains on normalized depth, verdict table, models x depth heatmap, gains against\n"
+                    "training step). Rerunning with the same DIR skips models already measured the same\n"
+                    "way; a model that fails is recorded and the others go on (exit status 2).",
+        epilog="examples:\n"
+               "  funnel-tl compare --models DIR_A DIR_B --device cpu --dtype float32 --out runs/ab\n"
+               "  funnel-tl compare --models pythia-suite --device cuda --dtype float16 --out runs/pythia\n"
+               "  funnel-tl compare --models EleutherAI/pythia-1.4b --checkpoints 0 1000 143000 --out runs/steps\n"
+               "  funnel-tl compare --models CHECKPOINTS_DIR --checkpoints all   # DIR/step<N>/ folders",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare.add_argument("--models", nargs="+", required=True, metavar="NAME_OR_DIR",
+                         help="bundled names, local HF checkpoint folders, hub names, or the preset "
+                              "pythia-suite (EleutherAI/pythia-70m ... pythia-12b)")
+    compare.add_argument("--checkpoints", nargs="+", default=None, metavar="all|STEP",
+                         help="sweep training checkpoints of each model: 'all' or steps such as 0 1000 "
+                              "(or step1000). Hub models: revisions step<N> (Pythia); local folders: their "
+                              "step<N>/ or checkpoint-<N>/ subfolders; bundled models: their shipped checkpoints")
+    compare.add_argument("--force", action="store_true",
+                         help="measure every model again, even those already finished in DIR")
+    add_model_options(compare, model=False)
+    add_bootstrap_options(compare)
+    compare.add_argument("--out", default="runs/compare", metavar="DIR",
+                         help="output folder (default: runs/compare)")
+    compare.set_defaults(handler=cmd_compare)
     return parser
 
 
@@ -75,16 +146,109 @@ def cmd_run(args) -> int:
     from .funnel import format_analysis
     from .gains import measure_gains
     from .models import load_model
+    from .plots import PNG_HELP
     from .prompts import load_prompts
 
     prompts = load_prompts(args.prompts)  # before loading a model: a bad prompt file fails fast
+    if args.bootstrap < 0:
+        raise FunnelError(f"--bootstrap must be 0 (no intervals) or a number of resamples, got {args.bootstrap}")
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     result = measure_gains(model, prompts, definition=args.definition, batch_size=args.batch_size,
                            drop_first=args.drop_first)
     out = Path(args.out) if args.out else Path("runs") / slug(result.model)
+    if args.bootstrap and len(prompts) >= 2:
+        result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
     print(format_analysis(result))
+    if args.bootstrap and len(prompts) < 2:
+        # Said after the measurement, so that any error before it stays the only line on stderr.
+        print("Intervals skipped: a bootstrap over prompts needs at least 2 prompts")
     path = result.save(out / "results.json")
     print(f"\nSaved: {path}")
+    if not _render(result, out):
+        print(PNG_HELP)
+    return 0
+
+
+def _render(result, folder: Path) -> bool:
+    """Write folder/funnel.html, and funnel.png when kaleido and Chrome are present (then True)."""
+    from .plots import plot_funnel, write_html, write_png
+
+    fig = plot_funnel(result)
+    print(f"Saved: {write_html(fig, folder / 'funnel.html')}")
+    png = write_png(fig, folder / "funnel.png")
+    if png:
+        print(f"Saved: {png}")
+    return png is not None
+
+
+def find_results(folder: Path) -> list[Path]:
+    """folder/results.json and every results.json below it (compare writes one per model)."""
+    if not folder.is_dir():
+        raise FunnelError(f"folder not found: {folder} (give a folder written by funnel-tl run or compare)")
+    found = sorted(folder.rglob("results.json"), key=lambda p: (len(p.relative_to(folder).parts), str(p)))
+    if not found:
+        raise FunnelError(f"no results.json in {folder} or below it: run `funnel-tl run --out {folder}` first")
+    return found
+
+
+def cmd_report(args) -> int:
+    from .funnel import format_analysis
+    from .plots import PNG_HELP
+    from .results import GainResult
+
+    if args.bootstrap is not None and args.bootstrap < 0:
+        raise FunnelError(f"--bootstrap must be 0 (no intervals) or a number of resamples, got {args.bootstrap}")
+    paths = find_results(Path(args.dir))
+    results = [GainResult.load(path) for path in paths]  # all read before any is written: fail fast
+    for path, result in zip(paths, results):
+        if args.bootstrap == 0:
+            result = replace(result, intervals=None)
+        elif args.bootstrap is not None:
+            result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
+        print(format_analysis(result))
+        print(f"\nFrom: {path}")
+        png = _render(result, path.parent)
+        print()
+    if not png:
+        print(PNG_HELP)
+    return 0
+
+
+def cmd_heads(args) -> int:
+    from .heads import head_gains, parse_layers
+    from .models import load_model
+    from .prompts import load_prompts
+
+    layers = parse_layers(args.layers)  # bad input fails before a model is loaded
+    if args.top < 1:
+        raise FunnelError(f"--top must be at least 1, got {args.top}")
+    prompts = load_prompts(args.prompts)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    result = head_gains(model, prompts, definition=args.definition, layers=layers,
+                        batch_size=args.batch_size, drop_first=args.drop_first)
+    out = Path(args.out) if args.out else Path("runs") / slug(result.model)
+    print(result.format_top(args.top))
+    json_path = result.save(out / "heads.json")
+    html_path = result.save_html(out / "heads.html", k=args.top)
+    print(f"\nSaved: {json_path}\n       {html_path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare
+
+    comparison = compare(args.models, args.prompts, definition=args.definition, batch_size=args.batch_size,
+                         device=args.device, dtype=args.dtype, drop_first=args.drop_first, out=args.out,
+                         force=args.force, checkpoints=args.checkpoints, bootstrap=args.bootstrap,
+                         bootstrap_seed=args.bootstrap_seed)
+    print(comparison.format_table())
+    out = Path(args.out)
+    print(f"\nSaved: {out / 'compare.json'}\n       {out / 'compare.html'}")
+    if comparison.failed:
+        print(f"funnel-tl: {len(comparison.failed)} of {len(comparison.rows)} models failed "
+              f"(errors in {out / 'compare.json'}); rerun the same command to retry only those",
+              file=sys.stderr)
+        return 2
     return 0
 
 

@@ -127,6 +127,7 @@ def format_analysis(result) -> str:
         f"3. Last layer MLP expands: {test.last_layer_expands} (gain={result.mlp_gains[-1]:.3f})",
         f"4. Last layer has MAX MLP gain: {test.last_layer_is_max} (L{mlp.max_layer})",
         f"\n>>> FUNNEL MODEL CONFIRMED: {test.funnel_confirmed} <<<",
+        *_robust_lines(result, rule),
         "\n" + rule,
         "CROSS-MODEL COMPARISON"
         + ("" if result.definition == "seed" else " (reference measured with definition=seed)"),
@@ -143,6 +144,39 @@ def format_analysis(result) -> str:
         f"{'Combined max gain':<30} {ref['combined_max_gain']:>15.3f} {combined.max_gain:>15.3f}",
     ]
     return "\n".join(lines)
+
+
+def _robust_lines(result, rule: str) -> list[str]:
+    """The robust verdict (intervals wholly on one side of 1), when the result carries intervals."""
+    intervals = getattr(result, "intervals", None)
+    if intervals is None:
+        return []
+    from .stats import robust_funnel_test
+
+    robust = robust_funnel_test(result)
+    n = result.n_layers
+    percent = f"{100 * intervals.confidence:g}%"
+    lo, hi = intervals.mlp[-1]
+    lines = [
+        "\n" + rule,
+        f"ROBUST TEST: {percent} bootstrap intervals over {result.n_prompts} prompts "
+        f"({intervals.n_resamples} resamples, seed {intervals.seed})",
+        "a layer counts only when its whole interval lies on one side of 1",
+        rule,
+        f"{'':<12}{'contracting':>12}{'expanding':>11}{'undetermined':>14}",
+    ]
+    for key, label in (("attention", "Attention"), ("mlp", "MLP"), ("combined", "Combined"), ("block", "Block")):
+        count = {kind: f"{number}/{n}" for kind, number in robust.counts[key].items()}
+        lines.append(f"{label:<12}{count['n_contracting']:>12}{count['n_expanding']:>11}{count['n_undetermined']:>14}")
+    lines += [
+        f"1. Attention ALWAYS contracts: {robust.attention_always_contracts} "
+        f"({robust.counts['attention']['n_contracting']}/{n})",
+        f"2. MLP mostly contracts: {robust.mlp_mostly_contracts} ({robust.counts['mlp']['n_contracting']}/{n})",
+        f"3. Last layer MLP expands: {robust.last_layer_expands} (interval [{lo:.3f}, {hi:.3f}])",
+        f"4. Last layer has MAX MLP gain: {robust.last_layer_is_max} (its interval must lie above every other layer's)",
+        f"\n>>> FUNNEL MODEL CONFIRMED (robust): {robust.funnel_confirmed} <<<",
+    ]
+    return lines
 
 
 def _short(name: str, width: int = 15) -> str:

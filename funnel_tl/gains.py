@@ -102,9 +102,11 @@ def activation_norms(activation: Float[torch.Tensor, "... d_model"]) -> Float[to
     return squares.sqrt()
 
 
-def token_norms(cache, suffix: str, n_layers: int) -> Float[torch.Tensor, "layer batch pos"]:
-    """‖·‖ over d_model of one hook at every layer of a ``run_with_cache`` cache, in float32."""
-    stacked = torch.stack([cache[f"blocks.{layer}.{suffix}"] for layer in range(n_layers)])  # [layer, batch, pos, d_model]
+def token_norms(cache, suffix: str, n_layers: int,
+                layers: Sequence[int] | None = None) -> Float[torch.Tensor, "layer batch pos"]:
+    """‖·‖ over d_model of one hook at every layer (or at ``layers`` only, in that order) of a cache, in float32."""
+    chosen = range(n_layers) if layers is None else layers
+    stacked = torch.stack([cache[f"blocks.{layer}.{suffix}"] for layer in chosen])  # [layer, batch, pos, d_model]
     return activation_norms(stacked)  # [layer, batch, pos]
 
 
@@ -162,6 +164,28 @@ def check_finite(model, norms: dict[str, torch.Tensor], counted: torch.Tensor, i
             f"position {position}: the model overflows in {str(dtype).removeprefix('torch.')}; "
             "try --dtype bfloat16 or float32"
         )
+
+
+def prepare_tokens(model, prompts: str | Sequence[str], drop_first: int = 0,
+                   tokenizer=None) -> tuple[list[str], list[list[int]], int]:
+    """``(prompts, token ids, pad id)`` for a measurement, with every input check of ``measure_gains``.
+
+    Shared by measurements built on the same batching (``heads.head_gains``): prompts loaded,
+    tokenized with the model's own tokenizer, checked against the context and ``drop_first``.
+    """
+    prompt_list = load_prompts(prompts)
+    if drop_first < 0:
+        raise FunnelError(f"drop_first must be 0 or more, got {drop_first}")
+    tokenizer = tokenizer if tokenizer is not None else tokenizer_of(model)
+    token_ids = tokenize(tokenizer, prompt_list, n_ctx=getattr(model.cfg, "n_ctx", None), model_name=model_name(model))
+    too_short = [i for i, ids in enumerate(token_ids) if len(ids) <= drop_first]
+    if too_short:
+        raise FunnelError(
+            f"prompt {too_short[0]} has {len(token_ids[too_short[0]])} tokens, none left after dropping the "
+            f"first {drop_first}: lower --drop-first or remove short prompts"
+        )
+    pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
+    return prompt_list, token_ids, pad_id
 
 
 def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "seed",

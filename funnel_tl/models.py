@@ -30,8 +30,44 @@ def bundled_models() -> dict[str, Path]:
     """
     if not BUNDLED_DIR.is_dir():
         return {}
-    found = [p for p in BUNDLED_DIR.iterdir() if (p / "config.json").is_file()]
+    # Dot-folders are models being rebuilt by scripts/train_nano.py, not yet swapped in.
+    found = [p for p in BUNDLED_DIR.iterdir() if (p / "config.json").is_file() and not p.name.startswith(".")]
     return {p.name: p for p in sorted(found, key=_n_parameters_on_disk)}
+
+
+def bundled_checkpoints(name: str) -> dict[int, Path]:
+    """Training checkpoints shipped with bundled model ``name``: step → folder, in step order.
+
+    They live in ``bundled/<name>/checkpoints/step<N>/`` (full HF checkpoints, step 0 = the random
+    initialization) and load as ``load_model(name, revision="step<N>")``, like Pythia's hub
+    revisions. A bundled model without checkpoints gives an empty dict.
+
+    >>> steps = {name: list(bundled_checkpoints(name)) for name in bundled_models()}
+    >>> all(s == sorted(s) for s in steps.values())
+    True
+    """
+    bundled = bundled_models()
+    if name not in bundled:
+        raise FunnelError(f"no bundled model called {name!r} (bundled models: {', '.join(bundled) or 'none'})")
+    found = {}
+    for folder in (bundled[name] / "checkpoints").glob("step*"):
+        step = folder.name[len("step"):]
+        if step.isdigit() and (folder / "config.json").is_file():
+            found[int(step)] = folder
+    return dict(sorted(found.items()))
+
+
+def _bundled_revision(name: str, revision: str) -> Path:
+    """The folder of bundled checkpoint ``revision`` ("step<N>") of bundled model ``name``."""
+    checkpoints = bundled_checkpoints(name)
+    step = revision[len("step"):] if revision.startswith("step") else ""
+    if not step.isdigit() or int(step) not in checkpoints:
+        if not checkpoints:
+            raise FunnelError(f"bundled model {name!r} ships no checkpoints, so no revision {revision!r}: "
+                              "leave revision out")
+        available = ", ".join(f"step{s}" for s in checkpoints)
+        raise FunnelError(f"bundled model {name!r} has no revision {revision!r}: choose one of {available}")
+    return checkpoints[int(step)]
 
 
 def _n_parameters_on_disk(folder: Path) -> tuple[int, str]:
@@ -67,6 +103,10 @@ def resolve_model(name_or_dir: str | os.PathLike | None) -> tuple[str, str, bool
         if not (path / "config.json").is_file():
             raise FunnelError(f"{path} is a folder but holds no config.json: give a HuggingFace checkpoint folder")
         return name, str(path.resolve()), True
+    if name.startswith("nano-") and "/" not in name:
+        # A mistyped bundled name: no hub repo is named without an owner like this, so asking the
+        # hub would only spend a minute on retries offline.
+        raise FunnelError(f"no bundled model called {name!r}: choose one of {', '.join(bundled) or 'none'}")
     if name.startswith((".", "/", "~")) or os.sep in name.replace("/", "", 1) or name.count("/") > 1:
         raise FunnelError(f"model folder not found: {name} (bundled models: {', '.join(bundled) or 'none'})")
     return name, name, False
@@ -141,7 +181,9 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
     largest bundled model. ``device="auto"`` picks CUDA when present; ``dtype="auto"`` is float16
     on CUDA and float32 on the CPU; ``device_map`` (e.g. ``"auto"``) spreads a model too large for
     one GPU and is passed to TransformerLens as is. ``revision`` picks a hub revision such as
-    Pythia's ``step1000``.
+    Pythia's ``step1000``, or a bundled training checkpoint (``load_model("nano-4l",
+    revision="step64")``, see ``bundled_checkpoints``); a bundled checkpoint's ``funnel_name`` is
+    ``"nano-4l@step64"``, so its results name the step.
 
     The returned bridge carries ``funnel_name`` (the name given) and ``funnel_tokenizer`` (the
     model's own HF tokenizer, see ``load_tokenizer``).
@@ -151,6 +193,10 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
     from transformer_lens.model_bridge import TransformerBridge
 
     name, source, local = resolve_model(name_or_dir)
+    if revision is not None and local and name in bundled_models():
+        # A bundled model's revisions are folders of its own, not git revisions of a hub repo.
+        source = str(_bundled_revision(name, revision).resolve())
+        name, revision = f"{name}@{revision}", None
     if device_map is not None:
         device_arg = {"device_map": device_map}
         device = "cuda"

@@ -65,6 +65,9 @@ class GainResult:
     in_sums: dict[str, np.ndarray]
     drop_first: int = 0
     provenance: dict[str, Any] = field(default_factory=dict)
+    # Bootstrap intervals over prompts (funnel_tl.stats.Intervals), or None until
+    # ``with_intervals`` draws them; ``subset`` drops them, as they describe all the prompts.
+    intervals: Any = None
 
     def __post_init__(self):
         if self.definition not in DEFINITIONS:
@@ -86,6 +89,8 @@ class GainResult:
                 if not np.all(np.isfinite(array)) or np.any(array < 0):
                     raise ValueError(f"{component} sums must be finite and non-negative")
                 sums[component] = array
+        if self.intervals is not None and self.intervals.n_layers != self.n_layers:
+            raise ValueError(f"intervals cover {self.intervals.n_layers} layers, the result {self.n_layers}")
 
     # ---- gains -------------------------------------------------------------------------------
     @property
@@ -134,6 +139,29 @@ class GainResult:
             drop_first=self.drop_first, provenance=dict(self.provenance),
         )
 
+    def with_intervals(self, intervals=None, n_resamples: int | None = None, seed: int | None = None,
+                       confidence: float | None = None) -> "GainResult":
+        """A new result carrying bootstrap intervals over prompts (see ``funnel_tl.stats``).
+
+        Pass ready ``Intervals``, or let them be drawn from this result's per-prompt sums
+        (defaults: 2,000 resamples, seed 0, 95%). The same arguments give the same intervals.
+
+        >>> result = result.with_intervals(n_resamples=2000, seed=0)  # doctest: +SKIP
+        >>> result.intervals.mlp[-1]                                 # doctest: +SKIP
+        array([3.21, 3.98])
+        """
+        from dataclasses import replace
+
+        from .stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_intervals
+
+        if intervals is None:
+            intervals = bootstrap_intervals(
+                self, n_resamples=DEFAULT_RESAMPLES if n_resamples is None else n_resamples,
+                seed=DEFAULT_SEED if seed is None else seed,
+                confidence=DEFAULT_CONFIDENCE if confidence is None else confidence,
+            )
+        return replace(self, intervals=intervals)
+
     # ---- results.json ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The results file: every key of the seed notebook's JSON, same meaning, plus more."""
@@ -142,6 +170,12 @@ class GainResult:
 
         attn, mlp, combined = summarize(self.attn_gains), summarize(self.mlp_gains), summarize(self.combined_gains)
         test = funnel_test(self)
+        uncertainty = {}
+        if self.intervals is not None:
+            from .stats import robust_funnel_test
+
+            uncertainty = {"intervals": self.intervals.to_dict(),
+                           "robust_funnel_test": robust_funnel_test(self).to_dict()}
         return {
             "schema_version": SCHEMA_VERSION,
             "model": self.model,
@@ -172,6 +206,7 @@ class GainResult:
             },
             "block": {"gains": _floats(self.block_gains)},
             "funnel_test": test.to_dict(),
+            **uncertainty,
             "comparison_1_4b": comparison_1_4b(self),
             "per_prompt": {
                 "n_tokens": [int(n) for n in self.n_tokens],
@@ -192,6 +227,11 @@ class GainResult:
         if version != SCHEMA_VERSION:
             raise FunnelError(f"{source} has schema_version {version}; this funnel_tl reads {SCHEMA_VERSION}: "
                               "rerun `funnel-tl run` or install the matching funnel_tl")
+        intervals = None
+        if data.get("intervals") is not None:
+            from .stats import Intervals
+
+            intervals = Intervals.from_dict(data["intervals"], source=source)
         try:
             per_prompt = data["per_prompt"]
             return cls(
@@ -201,6 +241,7 @@ class GainResult:
                 out_sums={c: np.asarray(per_prompt[c]["out_sum"], dtype=np.float64).reshape(-1, data["n_layers"]) for c in COMPONENTS},
                 in_sums={c: np.asarray(per_prompt[c]["in_sum"], dtype=np.float64).reshape(-1, data["n_layers"]) for c in COMPONENTS},
                 drop_first=data.get("drop_first", 0), provenance=data.get("provenance", {}),
+                intervals=intervals,
             )
         except (KeyError, TypeError, ValueError) as error:
             raise FunnelError(f"{source} is not a complete funnel_tl results file (missing or bad {error})") from None
@@ -228,19 +269,30 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
         raise FunnelError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})") from None
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Write JSON to a temporary file beside ``path``, then rename it into place."""
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write text to a temporary file beside ``path``, then rename it into place.
+
+    A crash or kill mid-write never leaves a half-written file under ``path``. The file gets the
+    usual permissions (0666 less the umask), not ``mkstemp``'s private 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """Write JSON atomically (see ``write_text_atomic``)."""
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")

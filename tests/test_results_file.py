@@ -76,3 +76,15 @@ def test_foreign_and_old_files_give_clear_errors(tmp_path):
         GainResult.load(broken)
     with pytest.raises(FunnelError, match="not found"):
         GainResult.load(tmp_path / "missing.json")
+
+
+def test_written_files_are_readable_by_others(result, tmp_path):
+    """mkstemp creates 0600 files; a results file must get the usual 0666-less-umask permissions."""
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = result.save(tmp_path / "results.json")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644

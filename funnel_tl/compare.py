@@ -1,0 +1,643 @@
+"""Sweeps over many models or training checkpoints: one results.json each, one table, one page.
+
+The seed notebook's real question is universality: it measured Pythia-1.4B, then Pythia-6.9B by
+hand, and pasted the reference numbers into its code. ``compare`` makes that a single resumable
+operation. Each model (or checkpoint) in turn is loaded, measured with ``measure_gains``, written
+to ``OUT/<slug>/results.json`` and released before the next, so a sweep needs the memory of its
+largest model, not of all of them. Then ``OUT/compare.json`` holds one row per model and
+``OUT/compare.html`` the overlaid gains, the verdict table and a models × depth heatmap.
+
+Resume and faults:
+
+- a model whose ``results.json`` is complete and was measured with the same prompts (sha256),
+  definition, ``drop_first`` and dtype is not measured again (``force=True`` recomputes);
+- results files are written atomically, so a run killed mid-model leaves no partial file;
+  the temporary file a hard kill can leave behind is removed by the next run;
+- a model that fails (missing, out of memory, NaN, any other exception) becomes a row with its
+  one-line error, and the sweep goes on; ``Comparison.failed`` lists those rows.
+
+Glossary: a *target* is one thing to measure — a model, or one training checkpoint of a model
+(``label`` ``"nano-4l@step1000"``); its *slug* is its folder name under ``OUT``; *depth* is the
+normalized layer index ``layer / (n_layers - 1)`` (the seed's, so models of different depths
+share one axis); a *step* is a training step (Pythia's hub revisions are ``step{N}``).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import FunnelError
+from .funnel import summarize
+from .gains import measure_gains
+from .models import bundled_models, load_model, resolve_device, resolve_dtype
+from .prompts import load_prompts, prompts_sha256
+from .results import DEFINITIONS, GainResult, read_json, write_json_atomic, write_text_atomic
+
+COMPARE_SCHEMA_VERSION = 1
+
+# The eight Pythia sizes the seed's universality question is about (deduplicated weights; the
+# "-deduped" twins are separate hub repositories and can be named explicitly).
+PYTHIA_SUITE: tuple[str, ...] = tuple(
+    f"EleutherAI/pythia-{size}" for size in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+)
+PRESETS: dict[str, tuple[str, ...]] = {"pythia-suite": PYTHIA_SUITE}
+
+# Pythia's published training checkpoints (hub revisions step{N}): step 0, ten log-spaced steps
+# 1 … 512, then every 1000 steps to 143000 — 154 in all (Biderman et al. 2023).
+PYTHIA_STEPS: tuple[int, ...] = (0,) + tuple(2**k for k in range(10)) + tuple(range(1000, 143001, 1000))
+
+# Local checkpoint folders: step1000/ (Pythia, nanoGPT-style) or checkpoint-1000/ (HF Trainer).
+CHECKPOINT_FOLDER = re.compile(r"^(?:step|checkpoint)[-_]?(\d+)$")
+
+
+# ---- what to measure ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    """One model or training checkpoint to measure, and where its results go.
+
+    ``label`` names it in tables, figures and ``results.json`` (``"EleutherAI/pythia-70m"``,
+    ``"nano-4l@step1000"``); ``source`` and ``revision`` are what ``load_model`` receives;
+    ``base`` is the model a checkpoint belongs to (the label itself for a plain model).
+    """
+
+    label: str
+    source: str
+    base: str
+    revision: str | None = None
+    step: int | None = None
+
+    @property
+    def slug(self) -> str:
+        from .cli import slug
+
+        return slug(self.label)
+
+
+def expand_models(models: str | Sequence[str]) -> list[str]:
+    """Model names with presets expanded, in the order given.
+
+    >>> expand_models(["pythia-suite"])[:2]
+    ['EleutherAI/pythia-70m', 'EleutherAI/pythia-160m']
+    """
+    names = [models] if isinstance(models, (str, os.PathLike)) else list(models)
+    expanded: list[str] = []
+    for name in names:
+        expanded.extend(PRESETS.get(str(name), (str(name),)))
+    if not expanded:
+        raise FunnelError("no models to compare: give at least one with --models")
+    return expanded
+
+
+def parse_steps(checkpoints) -> str | list[int] | None:
+    """``None``, ``"all"``, or the training steps asked for, sorted and deduplicated.
+
+    Accepts ``"all"``, an int, ``"1000"``, ``"step1000"`` or a list of those.
+
+    >>> parse_steps(["step1000", 0, "512"])
+    [0, 512, 1000]
+    >>> parse_steps("all")
+    'all'
+    """
+    if checkpoints is None:
+        return None
+    items = [checkpoints] if isinstance(checkpoints, (str, int)) else list(checkpoints)
+    if not items:
+        return None
+    if any(str(item) == "all" for item in items):
+        if len(items) > 1:
+            raise FunnelError("--checkpoints takes either 'all' or a list of steps, not both")
+        return "all"
+    steps = set()
+    for item in items:
+        match = re.fullmatch(r"(?:step)?(\d+)", str(item).strip())
+        if not match:
+            raise FunnelError(f"bad checkpoint {item!r}: give 'all' or steps such as 0 1000 step143000")
+        steps.add(int(match.group(1)))
+    return sorted(steps)
+
+
+def local_checkpoints(folder: str | os.PathLike) -> dict[int, Path]:
+    """Training checkpoints in a local folder: ``step<N>/`` or ``checkpoint-<N>/`` subfolders
+    holding a ``config.json``, by step (numerically: ``step500`` comes before ``step10000``)."""
+    found = {}
+    for child in Path(folder).iterdir():
+        match = CHECKPOINT_FOLDER.match(child.name)
+        if match and (child / "config.json").is_file():
+            found[int(match.group(1))] = child
+    return dict(sorted(found.items()))
+
+
+def _bundled_checkpoints(name: str) -> dict[int, Path]:
+    # Provided by the bundled-models work (models.bundled_checkpoints); absent before it lands.
+    from . import models
+
+    lister = getattr(models, "bundled_checkpoints", None)
+    return dict(sorted(lister(name).items())) if lister is not None else {}
+
+
+def _pick(available: Iterable[int], steps, name: str) -> list[int]:
+    available = sorted(available)
+    if steps == "all":
+        return available
+    missing = [step for step in steps if step not in available]
+    if missing:
+        shown = ", ".join(str(s) for s in available[:12]) + (" …" if len(available) > 12 else "")
+        raise FunnelError(f"{name} has no checkpoint at step {missing[0]}: it has steps {shown or 'none'}")
+    return list(steps)
+
+
+def checkpoint_targets(model: str, steps) -> list[Target]:
+    """The training checkpoints of one model, in step order.
+
+    - a bundled name: its shipped checkpoints, loaded as ``load_model(name, revision="step<N>")``;
+    - a local folder: its ``step<N>/`` or ``checkpoint-<N>/`` subfolders, loaded by path;
+    - a hub name: the revisions ``step<N>``; ``"all"`` is known offline only for Pythia.
+    """
+    model = str(model)
+    if model in bundled_models():
+        available = _bundled_checkpoints(model)
+        if not available:
+            raise FunnelError(f"bundled model {model} ships no training checkpoints: leave out --checkpoints")
+        return [Target(f"{model}@step{step}", model, model, f"step{step}", step)
+                for step in _pick(available, steps, model)]
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        available = local_checkpoints(folder)
+        if not available:
+            raise FunnelError(f"{folder} holds no step<N>/ or checkpoint-<N>/ folders with a config.json: "
+                              "leave out --checkpoints to measure it as one model")
+        return [Target(f"{model}@step{step}", str(available[step].resolve()), model, None, step)
+                for step in _pick(available, steps, model)]
+    if steps == "all":
+        if not re.match(r"^EleutherAI/pythia-", model):
+            raise FunnelError(f"cannot list the checkpoints of {model} offline: name the steps, "
+                              "e.g. --checkpoints 0 1000 143000")
+        steps = list(PYTHIA_STEPS)
+    return [Target(f"{model}@step{step}", model, model, f"step{step}", step) for step in steps]
+
+
+def plan_targets(models: str | Sequence[str], checkpoints=None) -> list[Target]:
+    """Every target of a sweep: the models in the order given, each one's checkpoints by step.
+
+    >>> [t.label for t in plan_targets(["EleutherAI/pythia-70m"], checkpoints=["step1000", 0])]
+    ['EleutherAI/pythia-70m@step0', 'EleutherAI/pythia-70m@step1000']
+    """
+    steps = parse_steps(checkpoints)
+    targets: list[Target] = []
+    for model in expand_models(models):
+        if steps is not None:
+            targets.extend(checkpoint_targets(model, steps))
+            continue
+        folder = Path(model).expanduser()
+        if folder.is_dir() and not (folder / "config.json").is_file() and local_checkpoints(folder):
+            raise FunnelError(f"{model} holds training checkpoints, not one model: add --checkpoints all "
+                              "(or a list of steps)")
+        targets.append(Target(model, model, model))
+    labels, slugs = {}, {}
+    for target in targets:
+        if target.label in labels:
+            raise FunnelError(f"{target.label} is named twice: give each model once")
+        if target.slug in slugs:
+            raise FunnelError(f"{target.label} and {slugs[target.slug]} would share the folder "
+                              f"{target.slug}: rename one or run them into different --out folders")
+        labels[target.label] = slugs[target.slug] = target.label
+    return targets
+
+
+# ---- one row per model ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ComparisonRow:
+    """One model's line in ``compare.json``: shape, verdicts, extremes, cost, and status.
+
+    Layers are 0-based. A gain below 1 contracts. ``funnel_confirmed`` is the seed's verdict;
+    ``robust_funnel_confirmed`` the verdict on bootstrap intervals when the results file holds
+    them (``None`` otherwise). ``peak_memory_bytes`` is ``torch.cuda.max_memory_allocated`` on a
+    GPU and the process's peak resident memory during this model on the CPU (``memory_kind``
+    says which). ``resumed`` rows were measured by an earlier run; their time is that run's.
+    """
+
+    model: str
+    slug: str
+    status: str  # "ok" or "failed"
+    base: str = ""
+    step: int | None = None
+    revision: str | None = None
+    error: str | None = None
+    resumed: bool = False
+    n_layers: int | None = None
+    hidden_dim: int | None = None
+    n_parameters: int | None = None
+    parallel_blocks: bool | None = None
+    funnel_confirmed: bool | None = None
+    robust_funnel_confirmed: bool | None = None
+    has_intervals: bool = False
+    attn_contracting: int | None = None
+    mlp_contracting: int | None = None
+    attn_min_gain: float | None = None
+    attn_min_layer: int | None = None
+    attn_max_gain: float | None = None
+    attn_max_layer: int | None = None
+    mlp_min_gain: float | None = None
+    mlp_min_layer: int | None = None
+    mlp_max_gain: float | None = None
+    mlp_max_layer: int | None = None
+    last_layer_mlp_gain: float | None = None
+    combined_max_gain: float | None = None
+    combined_max_layer: int | None = None
+    seconds: float | None = None
+    peak_memory_bytes: int | None = None
+    memory_kind: str | None = None
+
+    def __post_init__(self):
+        if self.status not in ("ok", "failed"):
+            raise ValueError(f"status must be 'ok' or 'failed', got {self.status!r}")
+        if (self.status == "failed") != (self.error is not None):
+            raise ValueError("a failed row needs its error, and only a failed row has one")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ComparisonRow":
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+def row_from_results(target: Target, data: dict[str, Any], result: GainResult, resumed: bool) -> ComparisonRow:
+    """The row of a measured model, from its results file (the same whether fresh or resumed)."""
+    attn, mlp, combined = summarize(result.attn_gains), summarize(result.mlp_gains), summarize(result.combined_gains)
+    provenance = data.get("provenance", {})
+    robust = data.get("robust_funnel_test")
+    return ComparisonRow(
+        model=target.label, slug=target.slug, status="ok", base=target.base, step=target.step,
+        revision=target.revision, resumed=resumed,
+        n_layers=result.n_layers, hidden_dim=result.d_model, n_parameters=provenance.get("n_parameters"),
+        parallel_blocks=result.parallel_blocks,
+        funnel_confirmed=bool(data["funnel_test"]["funnel_confirmed"]),
+        robust_funnel_confirmed=bool(robust["funnel_confirmed"]) if isinstance(robust, dict) and "funnel_confirmed" in robust else None,
+        has_intervals="intervals" in data,
+        attn_contracting=attn.n_contracting, mlp_contracting=mlp.n_contracting,
+        attn_min_gain=attn.min_gain, attn_min_layer=attn.min_layer,
+        attn_max_gain=attn.max_gain, attn_max_layer=attn.max_layer,
+        mlp_min_gain=mlp.min_gain, mlp_min_layer=mlp.min_layer,
+        mlp_max_gain=mlp.max_gain, mlp_max_layer=mlp.max_layer,
+        last_layer_mlp_gain=float(result.mlp_gains[-1]),
+        combined_max_gain=combined.max_gain, combined_max_layer=combined.max_layer,
+        seconds=provenance.get("seconds"), peak_memory_bytes=provenance.get("peak_memory_bytes"),
+        memory_kind=provenance.get("memory_kind"),
+    )
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one line: a FunnelError's own message, else its type and first line."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, FunnelError):
+        return text or "FunnelError"
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return "out of GPU memory: use --dtype float16, a smaller --batch-size, or a larger GPU"
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+# ---- the sweep ---------------------------------------------------------------------------------
+def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", *, definition: str = "seed",
+            batch_size: int = 8, device: str = "auto", dtype: str = "auto", drop_first: int = 0,
+            out: str | os.PathLike = "runs/compare", force: bool = False, checkpoints=None,
+            bootstrap: int = 2000, bootstrap_seed: int = 0, progress: bool | None = None) -> "Comparison":
+    """Measure several models (or training checkpoints) in turn; write one table and one page.
+
+    ``models``: bundled names, local checkpoint folders, hub names, or the preset
+    ``"pythia-suite"`` (the eight Pythia sizes 70m … 12b). ``checkpoints``: ``None`` (each model
+    as it is), ``"all"``, or a list of training steps (``[0, 1000]`` or ``["step1000"]``): for
+    a bundled model its shipped checkpoints, for a local folder its ``step<N>/`` or
+    ``checkpoint-<N>/`` subfolders, for a hub model the revisions ``step<N>`` (Pythia's).
+    ``bootstrap`` resamples of the prompts give each result its 95% intervals and the robust
+    verdict, where this funnel_tl draws them (``GainResult.with_intervals``; 0 skips them); they
+    come from the stored per-prompt sums, so a resumed model gets them without being loaded.
+    The other options are ``measure_gains``'s and ``load_model``'s. Writes
+    ``out/<slug>/results.json`` per model, ``out/compare.json`` and ``out/compare.html``.
+
+    A model already measured in ``out`` with the same prompts, definition, ``drop_first`` and
+    dtype is read back, not recomputed, unless ``force``. A model that fails is recorded with its
+    error and the sweep goes on: check ``Comparison.failed``.
+
+    >>> from funnel_tl import compare
+    >>> sweep = compare(["EleutherAI/pythia-70m", "EleutherAI/pythia-160m"], out="runs/two")  # doctest: +SKIP
+    >>> sweep.figure().show()  # doctest: +SKIP
+    """
+    prompt_list = load_prompts(prompts)  # before any model loads: a bad prompt file fails fast
+    if drop_first < 0:
+        raise FunnelError(f"drop_first must be 0 or more, got {drop_first}")
+    if bootstrap < 0:
+        raise FunnelError(f"bootstrap must be 0 (no intervals) or a number of resamples, got {bootstrap}")
+    # Checked once here: left to each model, a typo would fail every model of the sweep in turn.
+    if definition not in DEFINITIONS:
+        raise FunnelError(f"unknown definition {definition!r}: choose seed or residual")
+    if batch_size < 1:
+        raise FunnelError(f"batch size must be at least 1, got {batch_size}")
+    targets = plan_targets(models, checkpoints)
+    device = resolve_device(device)
+    dtype_name = str(resolve_dtype(dtype, device)).removeprefix("torch.")
+    settings = {
+        "definition": definition, "n_prompts": len(prompt_list), "prompts_sha256": prompts_sha256(prompt_list),
+        "drop_first": int(drop_first), "dtype": dtype_name, "device": device, "batch_size": int(batch_size),
+        "bootstrap": int(bootstrap), "bootstrap_seed": int(bootstrap_seed),
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out)
+
+    rows: list[ComparisonRow] = []
+    results: dict[str, GainResult] = {}
+    show = progress if progress is not None else len(targets) > 1
+    bar = tqdm(targets, desc="models", unit="model", disable=not show)
+    for target in bar:
+        bar.set_postfix_str(target.label, refresh=True)
+        path = out / target.slug / "results.json"
+        _remove_stale_temporaries(path.parent)
+        finished = None if force else _finished(path, target, settings)
+        if finished is not None:
+            data, result = finished
+            result, changed = _with_intervals(result, bootstrap, bootstrap_seed)
+            if changed:  # asked for intervals the earlier run did not draw: no model needed
+                result.save(path)
+                data = read_json(path)
+            rows.append(row_from_results(target, data, result, resumed=True))
+            results[target.label] = result
+            tqdm.write(f"{target.label}: finished earlier, read from {path}", file=sys.stderr)
+        else:
+            try:
+                data, result = _measure_one(target, prompt_list, path, device=device, dtype=dtype,
+                                            definition=definition, batch_size=batch_size, drop_first=drop_first,
+                                            bootstrap=bootstrap, bootstrap_seed=bootstrap_seed,
+                                            progress=False if progress is False else None)
+                rows.append(row_from_results(target, data, result, resumed=False))
+                results[target.label] = result
+            except Exception as error:  # one failing model must not end the sweep
+                rows.append(ComparisonRow(model=target.label, slug=target.slug, status="failed", base=target.base,
+                                          step=target.step, revision=target.revision, error=one_line(error)))
+                tqdm.write(f"{target.label}: FAILED: {rows[-1].error}", file=sys.stderr)
+            # Only the message is kept: the exception's traceback holds the model's frame, and it is
+            # gone once the except block ends, so the model is freed here even when it failed.
+            _release_memory()
+        # After every model, so a sweep stopped half way still has its table.
+        write_json_atomic(out / "compare.json", _compare_dict(rows, settings))
+    bar.close()
+    comparison = Comparison(rows=tuple(rows), results=results, settings=settings, out=out)
+    comparison.save(out)
+    return comparison
+
+
+def _finished(path: Path, target: Target, settings: dict) -> tuple[dict, GainResult] | None:
+    """The results file of a target when it is complete and measured the way asked, else None."""
+    if not path.is_file():
+        return None
+    try:
+        data = read_json(path)
+        result = GainResult.from_dict(data, source=str(path))
+    except FunnelError:
+        return None  # unreadable or foreign: measure again and replace it
+    provenance = data.get("provenance", {})
+    same = (result.model == target.label and result.definition == settings["definition"]
+            and data.get("prompts", {}).get("sha256") == settings["prompts_sha256"]
+            and result.drop_first == settings["drop_first"] and provenance.get("dtype") == settings["dtype"])
+    return (data, result) if same else None
+
+
+def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str, dtype: str,
+                 definition: str, batch_size: int, drop_first: int, bootstrap: int,
+                 bootstrap_seed: int, progress: bool | None) -> tuple[dict, GainResult]:
+    """Load, measure, save one target; return its results file as written and read back."""
+    _reset_peak_memory(device)
+    start = time.perf_counter()
+    model = load_model(target.source, device=device, dtype=dtype, revision=target.revision)
+    if target.step is not None:
+        model.funnel_name = target.label  # the results file names the checkpoint, not only the model
+    n_parameters = sum(p.numel() for p in model.parameters())
+    result = measure_gains(model, prompts, definition=definition, batch_size=batch_size, drop_first=drop_first,
+                           progress=progress)
+    del model
+    peak, kind = _peak_memory(device)
+    result.provenance.update({
+        "n_parameters": int(n_parameters), "revision": target.revision, "step": target.step,
+        "seconds": round(time.perf_counter() - start, 3), "peak_memory_bytes": peak, "memory_kind": kind,
+    })
+    result, _ = _with_intervals(result, bootstrap, bootstrap_seed)
+    result.save(path)
+    data = read_json(path)
+    return data, GainResult.from_dict(data, source=str(path))
+
+
+def _with_intervals(result: GainResult, bootstrap: int, seed: int) -> tuple[GainResult, bool]:
+    """The result with bootstrap intervals drawn as asked, and whether that changed it.
+
+    Intervals and the robust verdict come from the uncertainty work (``GainResult.with_intervals``);
+    with a funnel_tl that lacks it, results go without, and rows say so (robust verdict ``None``).
+    """
+    if not bootstrap or not hasattr(result, "with_intervals"):
+        return result, False
+    current = getattr(result, "intervals", None)
+    if current is not None and current.n_resamples == bootstrap and current.seed == seed:
+        return result, False
+    return result.with_intervals(n_resamples=bootstrap, seed=seed), True
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files a hard kill (SIGKILL, power loss) left mid-write; never read as results.
+
+    Only the sweep's own (``.results.json.*.tmp``, ``.compare.*.tmp``): ``out`` may hold other files.
+    """
+    if folder.is_dir():
+        for pattern in (".results.json.*.tmp", ".compare.json.*.tmp", ".compare.html.*.tmp"):
+            for stale in folder.glob(pattern):
+                stale.unlink(missing_ok=True)
+
+
+# Linux can reset a process's peak resident set size (VmHWM) by writing 5 to clear_refs, which
+# makes the CPU peak per model; elsewhere the process-wide peak is what there is.
+def _reset_peak_memory(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_memory(device: str) -> tuple[int, str]:
+    if str(device).startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated()), "cuda_max_allocated"
+    try:
+        status = Path("/proc/self/status").read_text()
+        match = re.search(r"^VmHWM:\s+(\d+)\s+kB", status, re.MULTILINE)
+        if match:
+            return int(match.group(1)) * 1024, "rss_peak"
+    except OSError:
+        pass
+    try:
+        import resource  # Unix only; reached only where /proc is missing (macOS)
+    except ImportError:
+        return 0, "unknown"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+    return int(peak if sys.platform == "darwin" else peak * 1024), "process_rss_peak"
+
+
+def _compare_dict(rows: Sequence[ComparisonRow], settings: dict) -> dict[str, Any]:
+    return {
+        "schema_version": COMPARE_SCHEMA_VERSION,
+        "kind": "funnel_tl.compare",
+        **settings,
+        "n_models": len(rows),
+        "n_failed": sum(not row.ok for row in rows),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "models": [row.to_dict() for row in rows],
+    }
+
+
+# ---- the result ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Comparison:
+    """A finished sweep: one ``ComparisonRow`` per target, and the ``GainResult`` of each that ran.
+
+    ``rows`` keep the sweep's order (models as given, checkpoints by step); ``results`` maps a
+    row's ``model`` label to its ``GainResult`` for every row whose status is ``"ok"``.
+
+    >>> sweep = Comparison.load("runs/compare")  # doctest: +SKIP
+    >>> [row.model for row in sweep.failed]  # doctest: +SKIP
+    []
+    """
+
+    rows: tuple[ComparisonRow, ...]
+    results: dict[str, GainResult] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    out: Path | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "rows", tuple(self.rows))
+        labels = [row.model for row in self.rows]
+        if len(set(labels)) != len(labels):
+            raise ValueError("every row of a comparison needs its own model label")
+        missing = [row.model for row in self.rows if row.ok and row.model not in self.results]
+        if missing:
+            raise ValueError(f"rows marked ok have no results: {missing}")
+
+    @property
+    def ok(self) -> list[ComparisonRow]:
+        return [row for row in self.rows if row.ok]
+
+    @property
+    def failed(self) -> list[ComparisonRow]:
+        return [row for row in self.rows if not row.ok]
+
+    def row(self, model: str) -> ComparisonRow:
+        for row in self.rows:
+            if row.model == model:
+                return row
+        raise KeyError(model)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _compare_dict(self.rows, self.settings)
+
+    # ---- figures -----------------------------------------------------------------------------
+    def figure(self) -> "go.Figure":  # noqa: F821
+        """Attention, MLP and block gains of every model on normalized depth, overlaid."""
+        from .compare_plots import plot_depth_overlay
+
+        return plot_depth_overlay(self)
+
+    def heatmap(self, component: str = "mlp") -> "go.Figure":  # noqa: F821
+        """Models × normalized depth, coloured by gain on a log scale (blue contracts, red expands)."""
+        from .compare_plots import plot_depth_heatmap
+
+        return plot_depth_heatmap(self, component)
+
+    def training_figure(self, base: str | None = None) -> "go.Figure":  # noqa: F821
+        """Per-layer attention and MLP gains against training step, for one model's checkpoints."""
+        from .compare_plots import plot_training
+
+        return plot_training(self, base)
+
+    @property
+    def checkpoint_models(self) -> list[str]:
+        """Models with at least two measured checkpoints (those a training figure can show)."""
+        counts: dict[str, int] = {}
+        for row in self.ok:
+            if row.step is not None:
+                counts[row.base] = counts.get(row.base, 0) + 1
+        return [base for base, count in counts.items() if count >= 2]
+
+    def format_table(self) -> str:
+        """The verdict table as plain text, for the terminal."""
+        header = f"{'model':<34} {'layers':>6} {'funnel':>7} {'robust':>7} {'attn min':>12} {'mlp max':>12} {'last mlp':>9} {'comb max':>12} {'time':>7}"
+        lines = [header, "-" * len(header)]
+        for row in self.rows:
+            name = row.model if len(row.model) <= 34 else "…" + row.model[-33:]
+            if not row.ok:
+                lines.append(f"{name:<34} FAILED: {row.error}")
+                continue
+            robust = "-" if row.robust_funnel_confirmed is None else str(row.robust_funnel_confirmed)
+            lines.append(
+                f"{name:<34} {row.n_layers:>6} {str(row.funnel_confirmed):>7} {robust:>7} "
+                f"{row.attn_min_gain:>7.3f} L{row.attn_min_layer:<3} {row.mlp_max_gain:>7.3f} L{row.mlp_max_layer:<3} "
+                f"{row.last_layer_mlp_gain:>9.3f} {row.combined_max_gain:>7.3f} L{row.combined_max_layer:<3} "
+                f"{_format_seconds(row.seconds):>7}"
+            )
+        return "\n".join(lines)
+
+    # ---- files -------------------------------------------------------------------------------
+    def save(self, out: str | os.PathLike) -> tuple[Path, Path]:
+        """Write ``compare.json`` and ``compare.html`` into ``out``, each atomically."""
+        from .compare_plots import render_html
+
+        out = Path(out)
+        json_path = write_json_atomic(out / "compare.json", self.to_dict())
+        html_path = write_text_atomic(out / "compare.html", render_html(self))
+        return json_path, html_path
+
+    @classmethod
+    def load(cls, out: str | os.PathLike) -> "Comparison":
+        """Read a sweep back from ``out/compare.json`` and the results files beside it."""
+        out = Path(out)
+        data = read_json(out / "compare.json")
+        if data.get("kind") != "funnel_tl.compare" or data.get("schema_version") != COMPARE_SCHEMA_VERSION:
+            raise FunnelError(f"{out / 'compare.json'} is not a funnel_tl compare file of schema "
+                              f"{COMPARE_SCHEMA_VERSION}: rerun `funnel-tl compare`")
+        rows = tuple(ComparisonRow.from_dict(row) for row in data["models"])
+        results = {row.model: GainResult.load(out / row.slug / "results.json") for row in rows if row.ok}
+        settings = {key: data[key] for key in ("definition", "n_prompts", "prompts_sha256", "drop_first", "dtype",
+                                               "device", "batch_size", "bootstrap", "bootstrap_seed") if key in data}
+        return cls(rows=rows, results=results, settings=settings, out=out)
+
+
+def _format_seconds(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    return f"{seconds:.1f}s" if seconds < 120 else f"{seconds / 60:.1f}m"
+
+
+__all__ = [
+    "Comparison", "ComparisonRow", "PRESETS", "PYTHIA_STEPS", "PYTHIA_SUITE", "Target", "compare",
+    "checkpoint_targets", "expand_models", "local_checkpoints", "parse_steps", "plan_targets",
+]

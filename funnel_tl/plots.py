@@ -1,0 +1,467 @@
+"""The seed notebook's four panels as Plotly figures, with bootstrap intervals as error bars.
+
+``plot_funnel(result)`` draws all four on one figure; each panel is also a figure of its own:
+
+1. ``plot_attention_mlp``: attention and MLP gain per layer, neutral line at 1, the layer of the
+   largest MLP gain marked;
+2. ``plot_mlp_depth``: MLP gain against normalized depth (0 = first layer, 1 = last), with the
+   Pythia-1.4B reference (its largest MLP gain, 3.60 in its last layer);
+3. ``plot_net_gain``: attn × MLP gain bars coloured expanding / contracting, the expanding ones
+   labelled, and the block gain ‖resid_post‖ / ‖resid_pre‖ over them;
+4. ``plot_cumulative``: the running product of attn × MLP on a log scale, bottleneck and output
+   marked.
+
+Panels 1-3 use a linear axis, as the seed, unless their values span more than ``LOG_SPAN``-fold
+(Pythia's attention gains of 0.08 beside an MLP gain of 3.6 do); they then go to a log axis, where
+gain 1 is the middle and bars rise or hang from it. ``log_gains=True``/``False`` forces either.
+
+Every function takes a ``GainResult`` and returns a ``go.Figure``; nothing is shown from here.
+Error bars and bands are the result's bootstrap intervals (``result.with_intervals()``) when it
+carries them. Hovering a point shows its layer, value and interval.
+
+>>> from funnel_tl import load_model, measure_gains                      # doctest: +SKIP
+>>> result = measure_gains(load_model(), "seed").with_intervals()        # doctest: +SKIP
+>>> fig = plot_funnel(result)                                            # doctest: +SKIP
+>>> write_html(fig, "runs/demo/funnel.html")                             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .funnel import PYTHIA_1_4B_REFERENCE
+from .results import write_text_atomic
+
+COLORS = {
+    "attn": "#1f77b4",          # the seed's blue
+    "mlp": "#d62728",           # the seed's red
+    "block": "#3a3a3a",
+    "expanding": "#2ca02c",     # the seed's green and purple bars
+    "contracting": "#8e44ad",
+    "expanding edge": "#1b5e20",  # their error bars, darker: apart from the block gain's
+    "contracting edge": "#4a235a",
+    "reference": "#ff7f0e",     # the seed's orange reference line
+    "neutral": "#7f7f7f",
+    "bottleneck": "#d62728",
+    "output": "#2ca02c",
+}
+NAMES = {"attn": "attention", "mlp": "MLP", "block": "block", "combined": "attn × MLP", "cumulative": "cumulative"}
+PANEL_TITLES = (
+    "Attention vs MLP gain per layer",
+    "MLP gain on normalized depth vs Pythia-1.4B",
+    "Net effect per layer: attn × MLP (bars) and block gain",
+    "Information funnel: cumulative attn × MLP gain",
+)
+# Big enough for 2×2 panels with legible labels on a slide; also the PNG size (at scale 2).
+WIDTH, HEIGHT = 1400, 1000
+MARGIN = dict(t=110, l=70, r=30, b=90)
+# A gain panel goes to a log axis when its largest value (1 included) is this many times its
+# smallest: on a linear axis the small gains would then sit flat on zero.
+LOG_SPAN = 30
+# Below the tick labels and the x-axis title of a panel, where its legend starts.
+LEGEND_DROP_PX = 62
+PNG_HELP = ("PNG skipped: it needs kaleido and Chrome/Chromium (pip install kaleido; apt-get install chromium), "
+            "or open the HTML and use the camera icon")
+
+
+# ---- panels -----------------------------------------------------------------------------------
+def plot_attention_mlp(result, log_gains: bool | None = None) -> go.Figure:
+    """Panel 1: attention and MLP gain per layer, neutral line at 1, the max-MLP layer marked."""
+    return _single(result, _attention_mlp, 0, log_gains)
+
+
+def plot_mlp_depth(result, log_gains: bool | None = None) -> go.Figure:
+    """Panel 2: MLP gain on normalized depth against the Pythia-1.4B reference."""
+    return _single(result, _mlp_depth, 1, log_gains)
+
+
+def plot_net_gain(result, log_gains: bool | None = None) -> go.Figure:
+    """Panel 3: attn × MLP gain bars coloured expanding/contracting, with the block gain."""
+    return _single(result, _net_gain, 2, log_gains)
+
+
+def plot_cumulative(result) -> go.Figure:
+    """Panel 4: cumulative attn × MLP gain on a log scale, bottleneck and output marked."""
+    return _single(result, _cumulative, 3, True)
+
+
+def plot_funnel(result, log_gains: bool | None = None) -> go.Figure:
+    """The seed's four panels on one figure (2 × 2), titled with model, definition and prompts.
+
+    ``log_gains``: draw panels 1-3 on a log axis (True), a linear one as the seed (False), or
+    decide per panel (None): log when its values span more than ``LOG_SPAN``, where a linear axis
+    would flatten the small gains against zero. On a log axis the bars of panel 3 rise or hang
+    from the neutral gain 1.
+    """
+    fig = make_subplots(rows=2, cols=2, subplot_titles=PANEL_TITLES, horizontal_spacing=0.08,
+                        vertical_spacing=0.2)
+    fig.update_layout(height=HEIGHT)
+    for index, panel in enumerate((_attention_mlp, _mlp_depth, _net_gain, _cumulative)):
+        panel(fig, result, row=index // 2 + 1, col=index % 2 + 1, legend=_legend_name(index),
+              log=True if panel is _cumulative else log_gains)
+        _place_legend(fig, index)
+    _finish(fig, result, height=HEIGHT)
+    return fig
+
+
+def _single(result, panel, index: int, log: bool | None) -> go.Figure:
+    fig = make_subplots(rows=1, cols=1)
+    fig.update_layout(height=560)
+    panel(fig, result, row=1, col=1, legend="legend", log=log)
+    _place_legend(fig, index, single=True)
+    _finish(fig, result, height=560, heading=PANEL_TITLES[index])
+    return fig
+
+
+# ---- what each panel draws --------------------------------------------------------------------
+def _attention_mlp(fig, result, row, col, legend, log=None):
+    layers = np.arange(result.n_layers)
+    log = _log_axis(log, result, ("attn", "mlp"))
+    for component in ("attn", "mlp"):
+        # The seed shades under the attention gain; on a log axis there is no zero to shade to.
+        fill = "tozeroy" if component == "attn" and not log else None
+        fig.add_trace(_gain_trace(result, component, layers, legend=legend, fill=fill), row=row, col=col)
+    _neutral(fig, row, col)
+    top = int(np.argmax(result.mlp_gains))
+    fig.add_vline(x=top, line=dict(color=COLORS["mlp"], dash="dot", width=1.5), row=row, col=col,
+                  annotation=dict(text=f"max MLP L{top}", font=dict(color=COLORS["mlp"], size=11)),
+                  annotation_position="top left" if top > result.n_layers / 2 else "top right")
+    fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers))
+    fig.update_yaxes(title_text="gain  ‖output‖ / ‖input‖" + (" (log)" if log else ""), row=row, col=col,
+                     **_gain_axis(log, _extent(result, ("attn", "mlp"))))
+
+
+def _mlp_depth(fig, result, row, col, legend, log=None):
+    depth = np.linspace(0, 1, result.n_layers)
+    log = _log_axis(log, result, ("mlp",), extra=[PYTHIA_1_4B_REFERENCE["mlp_max_gain"]])
+    fig.add_trace(_gain_trace(result, "mlp", depth, legend=legend, name=f"{_short(result.model)} MLP",
+                              x_label="depth"), row=row, col=col)
+    _neutral(fig, row, col)
+    reference = PYTHIA_1_4B_REFERENCE
+    last = reference["n_layers"] - 1
+    note = "" if result.definition == "seed" else " (definition=seed)"
+    fig.add_hline(y=reference["mlp_max_gain"], line=dict(color=COLORS["reference"], dash="dot", width=1.5),
+                  row=row, col=col)
+    fig.add_trace(go.Scatter(
+        x=[1.0], y=[reference["mlp_max_gain"]], mode="markers", legend=legend,
+        marker=dict(symbol="star", size=13, color=COLORS["reference"], line=dict(color="white", width=1)),
+        name=f"Pythia-1.4B max MLP {reference['mlp_max_gain']:.2f} (L{last}){note}",
+        hovertemplate=f"Pythia-1.4B L{last} (depth 1.00)<br>MLP gain {reference['mlp_max_gain']:.3f}"
+                      f"{note}<extra></extra>",
+    ), row=row, col=col)
+    fig.update_xaxes(title_text="normalized layer position (0 = first, 1 = last)", range=[-0.03, 1.05],
+                     row=row, col=col)
+    extent = _extent(result, ("mlp",), extra=[PYTHIA_1_4B_REFERENCE["mlp_max_gain"]])
+    fig.update_yaxes(title_text="MLP gain" + (" (log)" if log else ""), row=row, col=col, **_gain_axis(log, extent))
+
+
+def _net_gain(fig, result, row, col, legend, log=None):
+    gains = result.combined_gains
+    layers = np.arange(result.n_layers)
+    intervals = _intervals(result, "combined")
+    log = _log_axis(log, result, ("combined", "block"))
+    expanding = gains >= 1  # the seed's colouring: by the point estimate
+    # Hatched: the interval straddles 1, so the robust verdict counts the layer as neither.
+    undetermined = (intervals[:, 0] <= 1) & (intervals[:, 1] >= 1) if intervals is not None else np.zeros_like(expanding)
+    for kind, chosen in (("contracting", ~expanding), ("expanding", expanding)):
+        if not chosen.any():
+            continue
+        marker = dict(color=COLORS[kind], opacity=0.75, line=dict(color="black", width=0.5))
+        # The bars stay out of the legend: it would show the first bar's hatching for the kind.
+        _legend_entry(fig, f"attn × MLP {kind}", marker, legend, row, col, group=kind)
+        chosen_intervals = intervals[chosen] if intervals is not None else None
+        # A log axis has no zero: its bars span from the neutral gain 1 to the gain.
+        height = dict(base=1, y=gains[chosen] - 1) if log else dict(y=gains[chosen])
+        fig.add_trace(go.Bar(
+            x=layers[chosen], **height, name=f"attn × MLP {kind}", legend=legend, legendgroup=kind,
+            showlegend=False,
+            marker=dict(**marker, pattern=dict(shape=np.where(undetermined[chosen], "/", "").tolist(),
+                                               fgcolor="white", size=6)),
+            **_errors(gains[chosen], chosen_intervals, COLORS[f"{kind} edge"]),
+            **_hover(result, "combined", layers[chosen], gains[chosen], chosen_intervals),
+        ), row=row, col=col)
+    if undetermined.any():
+        _legend_entry(fig, "hatched: interval crosses 1", dict(color="#bbbbbb", pattern=dict(shape="/", fgcolor="white", size=6)),
+                      legend, row, col)
+    fig.add_trace(_gain_trace(result, "block", layers, legend=legend, symbol="diamond",
+                              name="block ‖resid_post‖ / ‖resid_pre‖"), row=row, col=col)
+    _neutral(fig, row, col, width=2)
+    for layer in _labelled(gains, expanding):
+        top = max(gains[layer], intervals[layer, 1] if intervals is not None else gains[layer])
+        # Annotations on a log axis are placed in log10 units.
+        fig.add_annotation(x=layer, y=math.log10(top) if log else top, text=f"L{layer}<br>{gains[layer]:.2f}",
+                           showarrow=False, yanchor="bottom", yshift=3,
+                           font=dict(size=10, color=COLORS["expanding"]), row=row, col=col)
+    # Room above the tallest bar, error bar or block point for the labels.
+    low, high = _extent(result, ("combined", "block"))
+    if log:
+        decades = max(math.log10(high) - math.log10(low), 0.5)
+        span = [math.log10(low) - 0.05 * decades, math.log10(high) + 0.18 * decades]  # log10 units
+    else:
+        span = [0, 1.15 * high]
+    fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers))
+    fig.update_yaxes(title_text="gain" + (" (log)" if log else ""), range=span, row=row, col=col,
+                     **_gain_axis(log, (low, high), autorange=False))
+
+
+def _cumulative(fig, result, row, col, legend, log=True):
+    layers = np.arange(result.n_layers)
+    cumulative = result.cumulative_gains
+    intervals = _intervals(result, "cumulative")
+    if intervals is not None:
+        fig.add_trace(go.Scatter(x=layers, y=intervals[:, 1], mode="lines", line=dict(width=0),
+                                 showlegend=False, hoverinfo="skip", legend=legend), row=row, col=col)
+        fig.add_trace(go.Scatter(x=layers, y=intervals[:, 0], mode="lines", line=dict(width=0),
+                                 fill="tonexty", fillcolor="rgba(31, 119, 180, 0.2)", hoverinfo="skip",
+                                 name=f"{100 * result.intervals.confidence:g}% interval", legend=legend),
+                      row=row, col=col)
+    fig.add_trace(go.Scatter(
+        x=layers, y=cumulative, mode="lines+markers", name="cumulative attn × MLP gain", legend=legend,
+        line=dict(color=COLORS["attn"], width=2.5), marker=dict(size=4),
+        **_hover(result, "cumulative", layers, cumulative, intervals),
+    ), row=row, col=col)
+    _neutral(fig, row, col)
+    bottleneck, output = int(np.argmin(cumulative)), result.n_layers - 1
+    for layer, label, color, symbol in ((bottleneck, "bottleneck", COLORS["bottleneck"], "circle"),
+                                        (output, "output", COLORS["output"], "square")):
+        fig.add_trace(go.Scatter(
+            x=[layer], y=[cumulative[layer]], mode="markers", legend=legend,
+            name=f"{label} (L{layer}: {cumulative[layer]:.3g})",
+            marker=dict(size=13, color=color, symbol=symbol, line=dict(color="white", width=1.5)),
+            hovertemplate=f"{label}: L{layer}<br>cumulative gain {cumulative[layer]:.4g}<extra></extra>",
+        ), row=row, col=col)
+    fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers))
+    values = np.concatenate([cumulative, [1.0]] + ([intervals.ravel()] if intervals is not None else []))
+    fig.update_yaxes(title_text="cumulative gain (product up to the layer)", type="log",
+                     exponentformat="power", row=row, col=col, **_log_ticks(values.min(), values.max()))
+
+
+# ---- building blocks --------------------------------------------------------------------------
+def _intervals(result, component: str):
+    intervals = getattr(result, "intervals", None)
+    return None if intervals is None else intervals.of(component)
+
+
+def _gain_values(result, component: str) -> np.ndarray:
+    if component == "combined":
+        return result.combined_gains
+    if component == "cumulative":
+        return result.cumulative_gains
+    return result.gains(component)
+
+
+def _gain_trace(result, component, x, legend, name=None, fill=None, symbol="circle", x_label="layer"):
+    """Line + markers of one component's gain per layer, with interval error bars and hover."""
+    gains = _gain_values(result, component)
+    intervals = _intervals(result, component)
+    color = COLORS[component]
+    return go.Scatter(
+        x=x, y=gains, mode="lines+markers", name=name or f"{NAMES[component]} gain", legend=legend,
+        line=dict(color=color, width=2), marker=dict(size=6, color=color, symbol=symbol),
+        fill=fill, fillcolor=_transparent(color, 0.12) if fill else None, hoveron="points",
+        **_errors(gains, intervals, color),
+        **_hover(result, component, np.arange(result.n_layers), gains, intervals, x_label=x_label),
+    )
+
+
+def _errors(values, intervals, color) -> dict:
+    if intervals is None:
+        return {}
+    return {"error_y": dict(type="data", symmetric=False, array=intervals[:, 1] - values,
+                            arrayminus=values - intervals[:, 0], color=color, thickness=1.2, width=3)}
+
+
+def _hover(result, component, layers, values, intervals, x_label="layer") -> dict:
+    """Hover text: layer, value and (when drawn) the interval, all from customdata.
+
+    customdata rows are [layer, value, lo, hi]: the value is not read from y, which for a bar on a
+    log axis holds its length from the neutral gain 1.
+    """
+    label = f"{NAMES[component]} gain"
+    where = "L%{customdata[0]}" + (" (depth %{x:.2f})" if x_label == "depth" else "")
+    text = f"{where}<br>{label} %{{customdata[1]:.4g}}"
+    columns = [np.asarray(layers), np.asarray(values)]
+    if intervals is not None:
+        text += f"<br>{100 * result.intervals.confidence:g}% interval [%{{customdata[2]:.4g}}, %{{customdata[3]:.4g}}]"
+        columns += [intervals[:, 0], intervals[:, 1]]
+    return {"customdata": np.column_stack(columns), "hovertemplate": text + "<extra></extra>"}
+
+
+def _extent(result, components, extra=()) -> tuple[float, float]:
+    """Smallest and largest value a gain panel draws: gains, interval ends, 1, and ``extra``."""
+    values = [np.array([1.0, *extra])]
+    for component in components:
+        values.append(_gain_values(result, component))
+        intervals = _intervals(result, component)
+        if intervals is not None:
+            values.append(intervals.ravel())
+    values = np.concatenate(values)
+    positive = values[values > 0]
+    return float(positive.min()), float(values.max())
+
+
+def _log_axis(log: bool | None, result, components, extra=()) -> bool:
+    if log is not None:
+        return bool(log)
+    low, high = _extent(result, components, extra)
+    return high / low > LOG_SPAN
+
+
+def _gain_axis(log: bool, extent: tuple[float, float], autorange: bool = True) -> dict:
+    if log:
+        return dict(type="log", exponentformat="power", **_log_ticks(*extent))
+    return dict(rangemode="tozero") if autorange else {}
+
+
+def _log_ticks(low: float, high: float) -> dict:
+    """Log-axis ticks that never crowd: 1-2-5 over up to 3 decades, powers of ten up to 8.
+
+    Plotly's own choice labels digits 2-9 (or 2 and 5) inside every decade of a short range.
+    Past 8 decades its sparse powers of ten read well.
+    """
+    decades = math.log10(high) - math.log10(low)
+    if decades > 8:
+        return {}
+    if decades > 3:
+        return dict(dtick=1)  # on a log axis: one tick per power of ten
+    first, last = math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1
+    values = [m * 10.0 ** k for k in range(first, last + 1) for m in (1, 2, 5)]
+    return dict(tickvals=values, ticktext=[f"{v:g}" for v in values])
+
+
+def _legend_entry(fig, name, marker, legend, row, col, group=None):
+    """A legend item that draws nothing (an empty bar), for a key no real trace can show."""
+    fig.add_trace(go.Bar(x=[None], y=[None], name=name, marker=marker, legend=legend, legendgroup=group,
+                         hoverinfo="skip"), row=row, col=col)
+
+
+def _neutral(fig, row, col, width=1.2):
+    fig.add_hline(y=1, line=dict(color=COLORS["neutral"], dash="dash", width=width), row=row, col=col)
+
+
+def _labelled(gains, expanding, most: int = 8) -> list[int]:
+    """The expanding layers to label: all of them, or the ``most`` largest when more would crowd."""
+    layers = np.flatnonzero(expanding)
+    if len(layers) > most:
+        layers = np.sort(layers[np.argsort(gains[layers])[-most:]])
+    return [int(layer) for layer in layers]
+
+
+def _layer_ticks(n_layers: int) -> dict:
+    # One tick per layer up to 16 layers, then every 2nd, 4th...: labels never collide at 1400 px.
+    return dict(tick0=0, dtick=max(1, 2 ** math.ceil(math.log2(max(1, n_layers / 16)))), range=[-0.7, n_layers - 0.3])
+
+
+def _transparent(hex_color: str, alpha: float) -> str:
+    red, green, blue = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({red}, {green}, {blue}, {alpha})"
+
+
+def _legend_name(index: int) -> str:
+    return "legend" if index == 0 else f"legend{index + 1}"
+
+
+def _place_legend(fig, index: int, single: bool = False) -> None:
+    """One horizontal legend per panel, under its x-axis title: it never hides a data point."""
+    axis = "" if single or index == 0 else str(index + 1)
+    x0, _ = fig.layout[f"xaxis{axis}"].domain
+    y0, _ = fig.layout[f"yaxis{axis}"].domain
+    plot_height = (fig.layout.height or HEIGHT) - MARGIN["t"] - MARGIN["b"]
+    fig.update_layout({_legend_name(0 if single else index): dict(
+        orientation="h", x=x0, y=y0 - LEGEND_DROP_PX / plot_height, xanchor="left", yanchor="top",
+        xref="paper", yref="paper", font=dict(size=11), traceorder="normal",
+    )})
+
+
+def _finish(fig, result, height: int, heading: str = "attention, MLP and block gain per layer") -> None:
+    intervals = getattr(result, "intervals", None)
+    uncertainty = ("error bars: {:g}% bootstrap intervals over prompts ({} resamples)".format(
+        100 * intervals.confidence, intervals.n_resamples) if intervals is not None else "no intervals (bootstrap skipped)")
+    dropped = f" · first {result.drop_first} positions dropped" if result.drop_first else ""
+    fig.update_layout(
+        template="plotly_white", height=height, barmode="overlay", hovermode="closest",
+        title=dict(text=f"<b>{result.model}</b>: {heading}<br>"
+                        f"<sup>definition={result.definition} · {result.n_prompts} prompts, "
+                        f"{int(result.n_tokens.sum())} tokens{dropped} · {uncertainty}</sup>",
+                   x=0.5, xanchor="center", font=dict(size=18)),
+        margin=MARGIN, font=dict(size=12),
+    )
+
+
+def _short(name: str, width: int = 28) -> str:
+    name = name.rstrip("/").split("/")[-1]
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+# ---- output -----------------------------------------------------------------------------------
+def write_html(fig: go.Figure, path: str | os.PathLike, title: str | None = None) -> Path:
+    """Write ``fig`` as one self-contained HTML file (plotly.js inside: opens with no network).
+
+    Written to a temporary file beside ``path`` and renamed into place, so a reader never sees a
+    half-written file. The div id is fixed, so the same figure always gives the same bytes.
+    """
+    path = Path(path)
+    title = title or (fig.layout.title.text or "funnel_tl figure").split("<br>")[0].replace("<b>", "").replace("</b>", "")
+    html = fig.to_html(include_plotlyjs=True, full_html=True, div_id="funnel-tl-figure", config={
+        "displaylogo": False, "responsive": True,
+        "toImageButtonOptions": {"format": "png", "filename": path.stem, "width": WIDTH, "height": HEIGHT, "scale": 2},
+    })
+    html = html.replace("<head>", f"<head>\n    <title>{_escape(title)}</title>", 1)
+    return write_text_atomic(path, html)
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def find_chrome() -> str | None:
+    """A Chrome/Chromium executable kaleido can drive: ``$BROWSER_PATH``, else one on PATH."""
+    explicit = os.environ.get("BROWSER_PATH")
+    if explicit and Path(explicit).is_file():
+        return explicit
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def png_available() -> bool:
+    """Whether ``write_png`` can work here: kaleido importable and a Chrome/Chromium found."""
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        return False
+    return find_chrome() is not None
+
+
+def write_png(fig: go.Figure, path: str | os.PathLike, width: int = WIDTH, height: int = HEIGHT,
+              scale: float = 2) -> Path | None:
+    """Write ``fig`` as a PNG through kaleido, atomically; ``None`` when kaleido or Chrome is missing.
+
+    When it returns ``None``, ``PNG_HELP`` is the one line that says how to get PNGs.
+    """
+    if not png_available():
+        return None
+    chrome = find_chrome()
+    os.environ.setdefault("BROWSER_PATH", chrome)  # choreographer (kaleido's browser driver) reads it
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(descriptor)
+    try:
+        fig.write_image(temporary, format="png", width=width, height=height, scale=scale)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path

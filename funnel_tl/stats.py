@@ -1,0 +1,222 @@
+"""Uncertainty over prompts: bootstrap intervals for every per-layer gain, and a robust verdict.
+
+The seed notebook averaged eight prompts and read "gain < 1" off the point estimate. Eight
+prompts are few: a layer whose gain is 0.98 may just as well be 1.03 on another eight. Here the
+prompts are resampled with replacement and every aggregated gain recomputed from the per-prompt
+norm sums that ``GainResult`` keeps, exactly as the point estimate is computed:
+
+- attn, mlp, block: the mean over the resampled prompts of the per-prompt gains;
+- combined: the resample's attn gain × its MLP gain (the product of the aggregates, as the seed);
+- cumulative: the running product over layers of the resample's combined gains.
+
+The interval is the percentile interval of those resampled statistics (``confidence`` = 0.95 gives
+the 2.5th and 97.5th percentiles). With few prompts the percentile bootstrap is known to be a bit
+too narrow (it cannot see variation that the prompts at hand do not show), so read it as a lower
+bound on the uncertainty; more prompts (``--prompts FILE``) shrink it roughly as 1/√n_prompts.
+
+The robust verdict repeats the seed's hypothesis test, counting a layer as contracting only when
+its whole interval lies below 1 and as expanding only when it lies wholly above 1; a layer whose
+interval straddles 1 is "undetermined" and supports neither side.
+
+>>> import numpy as np
+>>> from funnel_tl.results import GainResult
+>>> sums = {c: np.array([[1.0, 4.0], [1.2, 5.0], [0.8, 3.0]]) for c in ("attn", "mlp", "block")}
+>>> ins = {c: np.full((3, 2), 2.0) for c in ("attn", "mlp", "block")}
+>>> result = GainResult(model="toy", definition="seed", n_layers=2, d_model=8, parallel_blocks=True,
+...                     prompts=("a", "b", "c"), n_tokens=[1, 1, 1], out_sums=sums, in_sums=ins)
+>>> intervals = bootstrap_intervals(result, n_resamples=1000, seed=0)
+>>> lo, hi = intervals.attn[0]            # layer 0: per-prompt gains 0.5, 0.6, 0.4
+>>> bool(lo < 0.5 < hi), bool(hi < 1)
+(True, True)
+>>> robust_funnel_test(result.with_intervals(intervals)).counts["attention"]["n_contracting"]
+1
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import einops
+import numpy as np
+
+from .errors import FunnelError
+
+# 2,000 resamples put the Monte Carlo error of a 2.5th/97.5th percentile well below the width of
+# the interval itself at eight prompts; the whole bootstrap is a [resample, prompt] × [prompt,
+# layer] product, milliseconds even for thousands of prompts.
+DEFAULT_RESAMPLES = 2000
+DEFAULT_SEED = 0
+DEFAULT_CONFIDENCE = 0.95
+
+# What each interval is of, by its key in results.json (the key "attention" is the seed's name).
+INTERVAL_KEYS = {"attn": "attention", "mlp": "mlp", "combined": "combined", "block": "block",
+                 "cumulative": "cumulative"}
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """Bootstrap intervals over prompts, one ``[lo, hi]`` row per layer for each gain.
+
+    Shapes: ``attn``, ``mlp``, ``combined``, ``block`` and ``cumulative`` are ``[layer, 2]``
+    (column 0 the lower bound, column 1 the upper). ``confidence``, ``n_resamples`` and ``seed``
+    say how they were drawn; the same three on the same result give the same intervals.
+    """
+
+    confidence: float
+    n_resamples: int
+    seed: int
+    attn: np.ndarray
+    mlp: np.ndarray
+    combined: np.ndarray
+    block: np.ndarray
+    cumulative: np.ndarray
+
+    def __post_init__(self):
+        if not 0 < self.confidence < 1:
+            raise FunnelError(f"confidence must lie between 0 and 1, got {self.confidence}")
+        shape = None
+        for component in INTERVAL_KEYS:
+            array = np.asarray(getattr(self, component), dtype=np.float64)
+            if array.ndim != 2 or array.shape[1] != 2:
+                raise FunnelError(f"{component} intervals have shape {array.shape}, expected [layer, 2]")
+            if shape is not None and array.shape != shape:
+                raise FunnelError(f"{component} intervals have {array.shape[0]} layers, others {shape[0]}")
+            if not np.all(array[:, 0] <= array[:, 1]):
+                raise FunnelError(f"{component} intervals have a lower bound above the upper one")
+            shape = array.shape
+            object.__setattr__(self, component, array)
+
+    @property
+    def n_layers(self) -> int:
+        return self.attn.shape[0]
+
+    def of(self, component: str) -> np.ndarray:
+        """``[layer, 2]`` intervals of ``attn``, ``mlp``, ``combined``, ``block`` or ``cumulative``."""
+        if component not in INTERVAL_KEYS:
+            raise FunnelError(f"no intervals for {component!r}: choose one of {', '.join(INTERVAL_KEYS)}")
+        return getattr(self, component)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``"intervals"`` block of results.json."""
+        return {
+            "confidence": float(self.confidence),
+            "n_resamples": int(self.n_resamples),
+            "seed": int(self.seed),
+            "method": "percentile bootstrap over prompts",
+            **{key: self.of(component).tolist() for component, key in INTERVAL_KEYS.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "results") -> "Intervals":
+        try:
+            return cls(confidence=float(data["confidence"]), n_resamples=int(data["n_resamples"]),
+                       seed=int(data["seed"]),
+                       **{component: np.asarray(data[key], dtype=np.float64) for component, key in INTERVAL_KEYS.items()})
+        except (KeyError, TypeError, ValueError) as error:
+            raise FunnelError(f"{source} has incomplete bootstrap intervals (missing or bad {error}): "
+                              "rerun `funnel-tl run`, or `funnel-tl report --bootstrap N` to redraw them") from None
+
+
+def resample_weights(n_prompts: int, n_resamples: int, seed: int) -> np.ndarray:
+    """``[resample, prompt]``: how often each prompt is drawn in each resample, divided by n_prompts.
+
+    Drawing n_prompts prompts with replacement is a multinomial count per prompt; a resample's
+    mean of any per-prompt statistic is then ``weights @ statistic``.
+    """
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n_prompts, np.full(n_prompts, 1.0 / n_prompts), size=n_resamples)
+    return counts / n_prompts
+
+
+def bootstrap_intervals(result, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+                        confidence: float = DEFAULT_CONFIDENCE) -> Intervals:
+    """Percentile bootstrap intervals over prompts for every per-layer gain of ``result``.
+
+    ``result`` is a ``GainResult``; the intervals derive from its per-prompt norm sums alone, so
+    ``funnel-tl report`` can redraw them from results.json without a model.
+    """
+    if n_resamples < 1:
+        raise FunnelError(f"the bootstrap needs at least one resample, got {n_resamples}")
+    if not 0 < confidence < 1:
+        raise FunnelError(f"confidence must lie between 0 and 1 (0.95 for 95%), got {confidence}")
+    if result.n_prompts < 2:
+        raise FunnelError(f"{result.model}: a bootstrap over prompts needs at least 2 prompts, got "
+                          f"{result.n_prompts}: give more prompts, or --bootstrap 0 to skip intervals")
+    weights = resample_weights(result.n_prompts, n_resamples, seed)  # [resample, prompt]
+    resampled = {
+        component: einops.einsum(weights, result.per_prompt_gains(component),
+                                 "resample prompt, prompt layer -> resample layer")
+        for component in ("attn", "mlp", "block")
+    }
+    resampled["combined"] = resampled["attn"] * resampled["mlp"]  # [resample, layer]
+    resampled["cumulative"] = np.cumprod(resampled["combined"], axis=1)  # [resample, layer]
+    tail = 100 * (1 - confidence) / 2
+    bounds = {
+        # [2, layer] -> [layer, 2]
+        component: einops.rearrange(np.percentile(values, [tail, 100 - tail], axis=0), "bound layer -> layer bound")
+        for component, values in resampled.items()
+    }
+    return Intervals(confidence=confidence, n_resamples=n_resamples, seed=seed, **bounds)
+
+
+@dataclass(frozen=True)
+class RobustFunnelTest:
+    """The seed's four criteria, counting only layers whose whole interval lies on one side of 1.
+
+    ``counts[key]`` holds ``n_contracting`` (interval wholly below 1), ``n_expanding`` (wholly
+    above 1) and ``n_undetermined`` (straddles 1) for key in attention, mlp, combined, block.
+    """
+
+    attention_always_contracts: bool
+    mlp_mostly_contracts: bool
+    last_layer_expands: bool
+    last_layer_is_max: bool
+    funnel_confirmed: bool
+    counts: dict[str, dict[str, int]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``"robust_funnel_test"`` block: the same boolean keys as ``"funnel_test"`` plus counts."""
+        data = asdict(self)
+        return {**{key: bool(value) for key, value in data.items() if key != "counts"}, "counts": data["counts"]}
+
+
+def classify(intervals: np.ndarray) -> np.ndarray:
+    """Per layer: -1 contracting (hi < 1), +1 expanding (lo > 1), 0 undetermined (straddles 1)."""
+    intervals = np.asarray(intervals, dtype=np.float64)  # [layer, 2]
+    return np.where(intervals[:, 1] < 1, -1, np.where(intervals[:, 0] > 1, 1, 0))
+
+
+def interval_counts(intervals: np.ndarray) -> dict[str, int]:
+    kinds = classify(intervals)
+    return {"n_contracting": int(np.sum(kinds == -1)), "n_expanding": int(np.sum(kinds == 1)),
+            "n_undetermined": int(np.sum(kinds == 0))}
+
+
+def robust_funnel_test(result, intervals: Intervals | None = None) -> RobustFunnelTest:
+    """The seed's hypothesis test on the intervals instead of the point estimates.
+
+    1. attention always contracts: every layer's attention interval lies below 1;
+    2. MLP mostly contracts: at most three layers lack an MLP interval wholly below 1;
+    3. the last layer's MLP expands: its interval lies wholly above 1;
+    4. the last layer has the max MLP gain: its interval lies above every other layer's
+       (reported, not required, as in the seed).
+    """
+    from .funnel import MLP_EXPANDING_ALLOWED
+
+    intervals = intervals if intervals is not None else getattr(result, "intervals", None)
+    if intervals is None:
+        raise FunnelError(f"{result.model}: no bootstrap intervals: compute them with result.with_intervals()")
+    n_layers = result.n_layers
+    counts = {key: interval_counts(intervals.of(component))
+              for component, key in INTERVAL_KEYS.items() if component != "cumulative"}
+    mlp = intervals.mlp  # [layer, 2]
+    attention_contracts = counts["attention"]["n_contracting"] == n_layers
+    mlp_mostly = counts["mlp"]["n_contracting"] >= n_layers - MLP_EXPANDING_ALLOWED
+    last_expands = bool(mlp[-1, 0] > 1)
+    last_is_max = bool(n_layers == 1 or mlp[-1, 0] > mlp[:-1, 1].max())
+    return RobustFunnelTest(
+        attention_always_contracts=attention_contracts, mlp_mostly_contracts=mlp_mostly,
+        last_layer_expands=last_expands, last_layer_is_max=last_is_max,
+        funnel_confirmed=attention_contracts and mlp_mostly and last_expands, counts=counts,
+    )

@@ -1,0 +1,339 @@
+"""Per-head drill-down: numbers against an independent HF-module reference, invariants, file, CLI.
+
+The reference hooks the input of each layer's attention output projection in the plain
+HuggingFace model (GPT-NeoX ``attention.dense``, GPT-2 ``attn.c_proj``, Llama
+``self_attn.o_proj``), splits it per head, multiplies each head's slice by that head's slice of the
+projection weight, and averages the norms over each prompt's tokens, one prompt at a time like the
+seed notebook. It shares no code with funnel_tl.heads (no TransformerLens, no hook_z, no W_O).
+"""
+
+from __future__ import annotations
+
+import json
+
+import einops
+import numpy as np
+import pytest
+import torch
+
+from funnel_tl import FunnelError, GainResult, HeadResult, head_gains, measure_gains
+from funnel_tl.cli import main
+from funnel_tl.heads import _check_head_identity, parse_layers
+from funnel_tl.prompts import SEED_PROMPTS
+from funnel_tl.reference import hf_sublayers, seed_reference
+
+# The output projection of the attention module, per HF model type.
+OUTPUT_PROJECTION = {"gpt_neox": "dense", "gpt2": "c_proj", "llama": "o_proj"}
+REFERENCE_ARCHS = ("neox-parallel", "gpt2", "llama-gqa")
+
+
+@torch.inference_mode()
+def hf_head_reference(hf_model, tokenizer, prompts, drop_first=0) -> dict[str, np.ndarray]:
+    """Per-prompt mean over tokens of ‖h_i‖ and of ⟨h_i, a⟩/‖a‖, each ``[prompt, layer, head]``."""
+    n_heads = hf_model.config.num_attention_heads
+    projections = [getattr(attention, OUTPUT_PROJECTION[hf_model.config.model_type])
+                   for _, attention, _ in hf_sublayers(hf_model)]
+    captured = {}
+
+    def capture(index):
+        def hook(module, args, output):
+            captured[index] = (args[0].float(), output.float())
+        return hook
+
+    handles = [module.register_forward_hook(capture(index)) for index, module in enumerate(projections)]
+    norms = np.zeros((len(prompts), len(projections), n_heads))
+    along = np.zeros_like(norms)
+    try:
+        for p, prompt in enumerate(prompts):
+            captured.clear()
+            hf_model(**tokenizer(prompt, return_tensors="pt"))
+            for layer, module in enumerate(projections):
+                z, a = captured[layer]  # [1, pos, n_heads * d_head], [1, pos, d_model]
+                weight = module.weight.float()
+                # nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out].
+                per_head_weight = (weight if type(module).__name__ == "Conv1D" else weight.T)
+                per_head_weight = einops.rearrange(per_head_weight, "(head d_head) d_model -> head d_head d_model", head=n_heads)
+                z = einops.rearrange(z, "batch pos (head d_head) -> batch pos head d_head", head=n_heads)
+                h = torch.stack([z[:, :, i] @ per_head_weight[i] for i in range(n_heads)], dim=2)  # [1, pos, head, d_model]
+                norms[p, layer] = torch.linalg.vector_norm(h, dim=-1)[0, drop_first:].mean(dim=0).numpy()
+                dots = (h * a[:, :, None, :]).sum(-1) / torch.linalg.vector_norm(a, dim=-1)[..., None]
+                along[p, layer] = dots[0, drop_first:].mean(dim=0).numpy()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {"norm": norms, "projection": along}
+
+
+@pytest.fixture(scope="module")
+def reference(hf_model, tokenizer):
+    """``reference(arch)``: HF per-head means and the seed's per-layer means, cached."""
+    cached = {}
+
+    def get(arch):
+        if arch not in cached:
+            model = hf_model(arch)
+            cached[arch] = {**hf_head_reference(model, tokenizer, SEED_PROMPTS),
+                            "seed": seed_reference(model, tokenizer, SEED_PROMPTS)}
+        return cached[arch]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def measured(bridge):
+    """``measured(arch)``: head_gains on the seed prompts, batch size 3 (so batches pad), cached."""
+    cached = {}
+
+    def get(arch):
+        if arch not in cached:
+            cached[arch] = head_gains(bridge(arch), "seed", batch_size=3, progress=False)
+        return cached[arch]
+
+    return get
+
+
+# ---- numbers against the independent reference ------------------------------------------------
+@pytest.mark.parametrize("arch", REFERENCE_ARCHS)
+def test_head_norms_match_hf_modules(arch, measured, reference):
+    result, expected = measured(arch), reference(arch)
+    # float32 forward passes through the same weights, batched vs one prompt: rounding only (~1e-6).
+    np.testing.assert_allclose(result.per_prompt_head_norms, expected["norm"], rtol=1e-4)
+    np.testing.assert_allclose(result.head_norms, expected["norm"].mean(axis=0), rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", REFERENCE_ARCHS)
+def test_head_gains_share_the_seed_attention_denominator(arch, measured, reference):
+    result, expected = measured(arch), reference(arch)
+    attn_in = expected["seed"]["attn_in"][:, :, None]  # [prompt, layer, 1]: what the attention module receives
+    # Same float32 rounding as above.
+    np.testing.assert_allclose(result.head_gains, (expected["norm"] / (attn_in + 1e-10)).mean(axis=0), rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", REFERENCE_ARCHS)
+def test_head_projections_match_hf_modules(arch, measured, reference):
+    result, expected = measured(arch), reference(arch)
+    # Signed means can be near zero, so an absolute floor at 1e-4 of the typical head norm.
+    np.testing.assert_allclose(result.head_projections, expected["projection"].mean(axis=0),
+                               rtol=1e-4, atol=1e-4 * expected["norm"].mean())
+
+
+def test_layer_attention_gain_equals_measure_gains(bridge, measured):
+    result = measured("gpt2")
+    layers = measure_gains(bridge("gpt2"), "seed", batch_size=8, progress=False)
+    # Same tokens and the same ‖a‖/‖u‖ sums in another batching: float32 rounding only.
+    np.testing.assert_allclose(result.attn_gains, layers.attn_gains, rtol=1e-5)
+
+
+# ---- invariants ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", REFERENCE_ARCHS)
+@torch.inference_mode()
+def test_heads_plus_bias_sum_to_attn_out(arch, bridge, tokenizer):
+    """Σ_i z_i W_O^i + b_O = hook_attn_out in float32 (Llama has no b_O)."""
+    model = bridge(arch)
+    tokens = torch.tensor([tokenizer(SEED_PROMPTS[0])["input_ids"]])
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith(("attn.hook_z", "hook_attn_out")))
+    for layer in range(model.cfg.n_layers):
+        attention = model.blocks[layer].attn
+        z = cache[f"blocks.{layer}.attn.hook_z"]  # [batch, pos, head, d_head]
+        summed = sum(z[:, :, i] @ attention.W_O[i] for i in range(model.cfg.n_heads))
+        if attention.b_O is not None:
+            summed = summed + attention.b_O
+        expected = cache[f"blocks.{layer}.hook_attn_out"]
+        relative = torch.linalg.vector_norm(summed - expected, dim=-1) / torch.linalg.vector_norm(expected, dim=-1)
+        # float32 sums of d_model products in another order: ~1e-7; 1e-4 is the contract.
+        assert float(relative.max()) < 1e-4
+    assert (model.blocks[0].attn.b_O is None) == (arch == "llama-gqa")
+
+
+@torch.inference_mode()
+def test_identity_check_catches_a_wrong_W_O(bridge, tokenizer):
+    model = bridge("neox-serial")
+    tokens = torch.tensor([tokenizer(SEED_PROMPTS[1])["input_ids"]])
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.startswith("blocks.1.") and
+                                    name.endswith(("attn.hook_z", "hook_attn_out")))
+    z, a = cache["blocks.1.attn.hook_z"], cache["blocks.1.hook_attn_out"]
+    attention, mask = model.blocks[1].attn, torch.ones(tokens.shape)
+    _check_head_identity(model, 1, z, attention.W_O, attention.b_O, a, mask, torch.float32)  # passes
+    with pytest.raises(FunnelError, match="layer 1: the heads' outputs"):
+        _check_head_identity(model, 1, z, attention.W_O.flip(0), attention.b_O, a, mask, torch.float32)
+    with pytest.raises(FunnelError, match="layer 1"):
+        _check_head_identity(model, 1, z, 1.01 * attention.W_O, attention.b_O, a, mask, torch.float32)
+
+
+def test_shares(measured):
+    result = measured("neox-parallel")
+    # Sums of nonnegative float64 ratios: rounding only.
+    np.testing.assert_allclose(result.norm_shares.sum(axis=1), 1.0, rtol=1e-12)
+    # The toy NeoX output bias is zero at init, so heads carry all of ‖a‖ (float32 rounding).
+    np.testing.assert_allclose(result.projection_shares.sum(axis=1), 1.0, rtol=1e-5)
+    # Triangle inequality: the heads' norms together are at least the layer's output norm.
+    assert np.all(result.head_gains.sum(axis=1) >= result.attn_gains * (1 - 1e-6))
+
+
+def test_output_bias_enters_identity_and_projection(tmp_path, tokenizer):
+    """A nonzero b_O: the in-code identity must include it, and its share of ‖a‖ is what heads lack."""
+    from transformers import AutoModelForCausalLM
+
+    from funnel_tl import load_model
+    from funnel_tl.toy import build_checkpoint
+
+    folder = build_checkpoint(tmp_path / "biased", "neox-serial", tokenizer=tokenizer, seed=3)
+    hf = AutoModelForCausalLM.from_pretrained(folder)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in hf.gpt_neox.layers:
+            layer.attention.dense.bias.copy_(0.05 * torch.randn(layer.attention.dense.bias.shape, generator=generator))
+    hf.save_pretrained(folder)
+    hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    prompts = list(SEED_PROMPTS[:3])
+    result = head_gains(load_model(str(folder), device="cpu", dtype="float32"), prompts, batch_size=2, progress=False)
+    expected = hf_head_reference(hf, tokenizer, prompts)
+    # float32 rounding, as for the unbiased checkpoints.
+    np.testing.assert_allclose(result.per_prompt_head_norms, expected["norm"], rtol=1e-4)
+    np.testing.assert_allclose(result.head_projections, expected["projection"].mean(axis=0), rtol=1e-4, atol=1e-6)
+    assert np.all(np.abs(result.bias_projection_shares) > 1e-3)  # the bias really carries part of ‖a‖
+
+
+def test_batch_size_changes_no_number(bridge, measured):
+    one_at_a_time = head_gains(bridge("llama-gqa"), "seed", batch_size=1, progress=False)
+    # Padding is masked out; the only difference is float32 rounding in batched matmuls.
+    np.testing.assert_allclose(one_at_a_time.head_norm_sums, measured("llama-gqa").head_norm_sums, rtol=1e-5)
+
+
+def test_grouped_query_attention(measured, bridge):
+    """Llama GQA: 4 query heads share 2 key/value heads; every query head is measured on its own."""
+    result = measured("llama-gqa")
+    assert bridge("llama-gqa").cfg.n_key_value_heads == 2
+    assert result.n_heads == 4 and result.n_key_value_heads == 2
+    assert result.head_gains.shape == (2, 4)
+    hover = result.heatmap().data[0].text
+    assert "key/value head 1" in hover[0][3] and "key/value head 0" in hover[0][1]
+
+
+def test_layers_subset_and_negative_index(bridge, measured):
+    full = measured("gpt2")
+    last = head_gains(bridge("gpt2"), "seed", layers=[-1], batch_size=3, progress=False)
+    assert last.layers == (1,)
+    # The same layer in the same batches: identical up to float32 reduction order.
+    np.testing.assert_allclose(last.head_norm_sums[:, 0], full.head_norm_sums[:, 1], rtol=1e-6)
+    assert last.stat(1, 2).label == "L1H2"
+    with pytest.raises(FunnelError, match="layer 0 was not measured"):
+        last.stat(0, 0)
+
+
+@pytest.mark.parametrize("layers", [[2], [-3], []])
+def test_bad_layers(bridge, layers):
+    with pytest.raises(FunnelError, match="out of range|no layers"):
+        head_gains(bridge("gpt2"), "seed", layers=layers, progress=False)
+
+
+def test_parse_layers():
+    assert parse_layers("0,2-4,-1") == [0, 2, 3, 4, -1]
+    assert parse_layers(None) is None
+    for bad in ("a", "3-1", "1-", "2:4"):
+        with pytest.raises(FunnelError):
+            parse_layers(bad)
+
+
+# ---- interactive API and heads.json -------------------------------------------------------------
+def test_top_ranks_heads_by_gain(measured):
+    result = measured("neox-parallel")
+    top = result.top(3)
+    gains = result.head_gains
+    flat = sorted(((gains[row, head], f"L{layer}H{head}") for row, layer in enumerate(result.layers)
+                   for head in range(result.n_heads)), reverse=True)
+    assert [row.label for row in top] == [name for _, name in flat[:3]]
+    assert top[0].gain == pytest.approx(flat[0][0])
+    assert [row.label for row in result.top(2, largest=False)] == [name for _, name in flat[::-1][:2]]
+    assert "L" in result.format_top(3) and len(result.top(100)) == result.head_gains.size
+    with pytest.raises(FunnelError, match="unknown ranking"):
+        result.top(3, by="size")
+
+
+def test_heatmap_is_a_figure(measured):
+    import plotly.graph_objects as go
+
+    result = measured("gpt2")
+    figure = result.heatmap()
+    assert isinstance(figure, go.Figure)
+    np.testing.assert_array_equal(np.asarray(figure.data[0].z), result.head_gains)
+    assert figure.data[0].text[1][2].startswith("<b>L1H2</b>")
+    assert result.heatmap("projection_share").data[0].zmid == 0
+
+
+def test_save_load_round_trip(tmp_path, measured):
+    result = measured("llama-gqa")
+    path = result.save(tmp_path / "heads.json")
+    data = json.loads(path.read_text())
+    assert np.asarray(data["head_norm"]).shape == (2, 4) and np.asarray(data["head_gain"]).shape == (2, 4)
+    assert data["schema_version"] == 1 and data["provenance"]["dtype"] == "float32"
+    assert np.asarray(data["per_prompt"]["head_norm_sum"]).shape == (8, 2, 4)
+    loaded = HeadResult.load(path)
+    np.testing.assert_array_equal(loaded.head_gains, result.head_gains)
+    np.testing.assert_array_equal(loaded.projection_shares, result.projection_shares)
+    assert loaded.n_key_value_heads == 2 and loaded.layers == result.layers
+    assert repr(loaded).startswith("HeadResult(model=") and "layers=[0, 1]" in repr(loaded)
+    assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temporary file
+
+
+def test_load_rejects_foreign_files(tmp_path, bridge):
+    results = measure_gains(bridge("gpt2"), ["a short prompt"], progress=False).save(tmp_path / "results.json")
+    with pytest.raises(FunnelError, match="GainResult.load"):
+        HeadResult.load(results)
+    (tmp_path / "other.json").write_text('{"hello": 1}')
+    with pytest.raises(FunnelError, match="not a funnel_tl heads file"):
+        HeadResult.load(tmp_path / "other.json")
+    (tmp_path / "broken.json").write_text('{"kind": "funnel_tl.heads", "schema_version": 1}')
+    with pytest.raises(FunnelError, match="not a complete heads.json"):
+        HeadResult.load(tmp_path / "broken.json")
+    with pytest.raises(FunnelError, match="not found"):
+        HeadResult.load(tmp_path / "missing.json")
+    assert isinstance(GainResult.load(results), GainResult)
+
+
+# ---- command line -------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", REFERENCE_ARCHS)
+def test_cli_heads_end_to_end(arch, checkpoints, reference, tmp_path, capsys):
+    out = tmp_path / "out"
+    status = main(["heads", "--model", str(checkpoints[arch]), "--prompts", "seed", "--device", "cpu",
+                   "--dtype", "float32", "--out", str(out), "--top", "5"])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "Top 5 heads by gain" in printed and "heads.json" in printed
+    data = json.loads((out / "heads.json").read_text())
+    # float32 rounding, as in test_head_norms_match_hf_modules.
+    np.testing.assert_allclose(data["head_norm"], reference(arch)["norm"].mean(axis=0), rtol=1e-4)
+    page = (out / "heads.html").read_text()
+    assert "plotly" in page and "<table>" in page and data["top_heads"][0]["label"] in page
+
+
+def test_cli_heads_layers_option(checkpoints, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["heads", "--model", str(checkpoints["gpt2"]), "--device", "cpu", "--dtype", "float32",
+                 "--layers", "-1", "--out", str(out)]) == 0
+    assert json.loads((out / "heads.json").read_text())["layers"] == [1]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--layers", "7"], "layer 7 out of range"),
+    (["--layers", "x"], "cannot read --layers"),
+    (["--top", "0"], "--top must be at least 1"),
+    (["--prompts", "missing.txt"], "prompt file not found"),
+])
+def test_cli_heads_bad_input_exits_2(extra, message, checkpoints, tmp_path, capsys):
+    status = main(["heads", "--model", str(checkpoints["gpt2"]), "--device", "cpu", "--dtype", "float32",
+                   "--out", str(tmp_path), *extra])
+    assert status == 2
+    error = capsys.readouterr().err  # may also hold transformers' weight-loading progress bar
+    ours = [line for line in error.splitlines() if line.startswith("funnel-tl")]
+    assert len(ours) == 1 and message in ours[0] and "Traceback" not in error
+    assert not (tmp_path / "heads.json").exists()
+
+
+def test_drop_first_matches_reference(bridge, hf_model, tokenizer):
+    prompts = list(SEED_PROMPTS[2:5])
+    result = head_gains(bridge("gpt2"), prompts, drop_first=2, batch_size=2, progress=False)
+    expected = hf_head_reference(hf_model("gpt2"), tokenizer, prompts, drop_first=2)
+    # float32 rounding, as in test_head_norms_match_hf_modules.
+    np.testing.assert_allclose(result.per_prompt_head_norms, expected["norm"], rtol=1e-4)
+    assert result.drop_first == 2 and result.provenance["drop_first"] == 2

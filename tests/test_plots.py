@@ -1,0 +1,299 @@
+"""Figures: the seed's four panels as go.Figure, offline HTML, and `funnel-tl report`.
+
+Most checks use synthetic results whose gains we chose (tests/synthetic_results.py), so the
+expected traces, colours, labels and markers follow from the inputs, not from the plotting code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+from funnel_tl import plots
+from funnel_tl.cli import main
+from funnel_tl.funnel import PYTHIA_1_4B_REFERENCE
+from funnel_tl.plots import (
+    plot_attention_mlp, plot_cumulative, plot_funnel, plot_mlp_depth, plot_net_gain, write_html, write_png,
+)
+from funnel_tl.results import GainResult
+from synthetic_results import from_gains, funnel_like
+
+
+def traces_named(fig, fragment):
+    return [trace for trace in fig.data if trace.name and fragment in trace.name]
+
+
+def one(fig, fragment, exact=False):
+    found = [t for t in fig.data if t.name == fragment] if exact else traces_named(fig, fragment)
+    assert len(found) == 1, (fragment, [t.name for t in fig.data])
+    return found[0]
+
+
+def panel_axes(fig, trace):
+    return trace.xaxis, trace.yaxis
+
+
+@pytest.fixture(scope="module")
+def result():
+    return funnel_like(n_layers=8, n_prompts=8, noise=0.2).with_intervals(n_resamples=500, seed=0)
+
+
+def test_plot_funnel_has_the_four_panels(result):
+    fig = plot_funnel(result)
+    assert isinstance(fig, go.Figure)
+    titles = [a.text for a in fig.layout.annotations]
+    for title in plots.PANEL_TITLES:
+        assert title in titles
+    # Each panel's traces sit on their own axes: attention/MLP (1), depth (2), net (3), cumulative (4).
+    assert panel_axes(fig, one(fig, "attention gain")) == ("x", "y")
+    assert panel_axes(fig, one(fig, "funnel MLP")) == ("x2", "y2")
+    assert panel_axes(fig, one(fig, "block")) == ("x3", "y3")
+    assert panel_axes(fig, one(fig, "cumulative attn × MLP gain")) == ("x4", "y4")
+    assert fig.layout.yaxis4.type == "log"
+
+
+def test_title_names_model_definition_and_prompt_count(result):
+    title = plot_funnel(result).layout.title.text
+    assert "synthetic/funnel" in title and "definition=seed" in title and "8 prompts" in title
+    assert "95% bootstrap intervals over prompts (500 resamples)" in title
+
+
+def test_panel_1_attention_and_mlp_with_neutral_line_and_max_mlp_marker(result):
+    fig = plot_attention_mlp(result)
+    attention, mlp = one(fig, "attention gain"), one(fig, "MLP gain", exact=True)
+    np.testing.assert_array_equal(attention.y, result.attn_gains)
+    np.testing.assert_array_equal(mlp.y, result.mlp_gains)
+    shapes = fig.layout.shapes
+    assert any(s.type == "line" and s.y0 == 1 and s.y1 == 1 for s in shapes), "neutral line at gain 1"
+    # funnel_like puts the largest MLP gain (3.6) in the last layer, 7.
+    assert any(s.type == "line" and s.x0 == 7 and s.x1 == 7 for s in shapes)
+    assert any(a.text == "max MLP L7" for a in fig.layout.annotations)
+
+
+def test_error_bars_are_the_intervals(result):
+    fig = plot_attention_mlp(result)
+    mlp = one(fig, "MLP gain", exact=True)
+    lo, hi = result.intervals.mlp.T
+    np.testing.assert_allclose(mlp.error_y.array, hi - result.mlp_gains)
+    np.testing.assert_allclose(mlp.error_y.arrayminus, result.mlp_gains - lo)
+
+
+def test_hover_shows_layer_value_and_interval(result):
+    mlp = one(plot_funnel(result), "MLP gain", exact=True)
+    assert mlp.hovertemplate.startswith("L%{customdata[0]}<br>MLP gain %{customdata[1]")
+    assert "95% interval [%{customdata[2]:.4g}, %{customdata[3]:.4g}]" in mlp.hovertemplate
+    data = np.asarray(mlp.customdata)
+    np.testing.assert_array_equal(data[:, 0], np.arange(8))
+    np.testing.assert_array_equal(data[:, 1], result.mlp_gains)
+    np.testing.assert_allclose(data[:, 2:], result.intervals.mlp)
+
+
+def test_panel_2_plots_mlp_on_normalized_depth_with_the_reference(result):
+    fig = plot_mlp_depth(result)
+    mlp = one(fig, "funnel MLP")
+    np.testing.assert_allclose(mlp.x, np.arange(8) / 7)
+    reference = one(fig, "Pythia-1.4B")
+    assert (reference.x[0], reference.y[0]) == (1.0, PYTHIA_1_4B_REFERENCE["mlp_max_gain"])
+    assert any(s.y0 == PYTHIA_1_4B_REFERENCE["mlp_max_gain"] for s in fig.layout.shapes)
+
+
+def test_panel_3_colours_bars_and_labels_the_expanding_ones():
+    # Known combined gains: layer 2 (1.5 × 1.0) and layer 3 (2.0 × 1.5) expand; 0 and 1 contract.
+    gains = {"attn": np.tile([0.5, 0.9, 1.5, 2.0], (5, 1)), "mlp": np.tile([0.5, 1.0, 1.0, 1.5], (5, 1)),
+             "block": np.tile([1.1, 1.2, 1.3, 1.4], (5, 1))}
+    result = from_gains(gains).with_intervals(n_resamples=100)
+    fig = plot_net_gain(result)
+    bars = [t for t in fig.data if isinstance(t, go.Bar) and t.x is not None and t.x[0] is not None]
+    by_kind = {t.legendgroup: t for t in bars}
+    assert list(by_kind["contracting"].x) == [0, 1] and list(by_kind["expanding"].x) == [2, 3]
+    assert by_kind["expanding"].marker.color == plots.COLORS["expanding"]
+    assert by_kind["contracting"].marker.color == plots.COLORS["contracting"]
+    np.testing.assert_allclose(by_kind["expanding"].y, [1.5, 3.0], rtol=1e-9)  # 1e-9: the seed's 1e-10 epsilon
+    labels = sorted(a.text for a in fig.layout.annotations if a.text.startswith("L"))
+    assert labels == ["L2<br>1.50", "L3<br>3.00"]
+    block = one(fig, "block")
+    np.testing.assert_allclose(block.y, [1.1, 1.2, 1.3, 1.4], rtol=1e-9)  # 1e-9: the seed's epsilon
+
+
+def test_panel_3_hatches_bars_whose_interval_crosses_one():
+    rng = np.random.default_rng(0)
+    # Layer 0 varies around 1 from prompt to prompt; layer 1 is steady at 0.25.
+    attn = np.column_stack([rng.uniform(0.5, 1.5, 10), np.full(10, 0.5)])
+    result = from_gains({"attn": attn, "mlp": np.ones((10, 2)) * [1.0, 0.5], "block": np.ones((10, 2))})
+    result = result.with_intervals(n_resamples=500)
+    assert result.intervals.combined[0, 0] < 1 < result.intervals.combined[0, 1]
+    fig = plot_net_gain(result)
+    patterns = {}
+    for trace in fig.data:
+        if isinstance(trace, go.Bar) and trace.x is not None and trace.x[0] is not None:
+            patterns.update(zip(trace.x, trace.marker.pattern.shape))
+    assert patterns == {0: "/", 1: ""}
+    assert traces_named(fig, "hatched: interval crosses 1")
+
+
+def wide_and_narrow():
+    """Known gains: one set spanning 0.01 to 5 (500-fold), one spanning 0.5 to 1.2."""
+    wide = {"attn": np.tile([0.01, 0.1, 0.5], (4, 1)), "mlp": np.tile([0.5, 1.0, 5.0], (4, 1)),
+            "block": np.tile([1.1, 1.2, 1.3], (4, 1))}
+    narrow = {"attn": np.tile([0.5, 0.6, 0.7], (4, 1)), "mlp": np.tile([0.8, 0.9, 1.2], (4, 1)),
+              "block": np.tile([1.0, 1.1, 1.2], (4, 1))}
+    return from_gains(wide), from_gains(narrow)
+
+
+def test_gain_panels_go_to_a_log_axis_only_when_the_gains_span_widely():
+    wide, narrow = wide_and_narrow()
+    wide_fig, narrow_fig = plot_funnel(wide), plot_funnel(narrow)
+    # Panel 1 of `wide` spans 5 / 0.01 = 500 > LOG_SPAN; `narrow` spans 1.2 / 0.5 = 2.4.
+    assert wide_fig.layout.yaxis.type == "log" and narrow_fig.layout.yaxis.type != "log"
+    # Panel 3 of `wide`: combined 0.005 .. 2.5; of `narrow`: 0.4 .. 1.2.
+    assert wide_fig.layout.yaxis3.type == "log" and narrow_fig.layout.yaxis3.type != "log"
+    assert plot_funnel(narrow, log_gains=True).layout.yaxis.type == "log"
+    assert plot_funnel(wide, log_gains=False).layout.yaxis.type != "log"
+    assert plot_net_gain(narrow, log_gains=True).layout.yaxis.type == "log"
+
+
+def test_on_a_log_axis_bars_span_from_one_to_the_gain():
+    wide, _ = wide_and_narrow()
+    fig = plot_net_gain(wide, log_gains=True)
+    bars = {t.legendgroup: t for t in fig.data if isinstance(t, go.Bar) and t.x is not None and t.x[0] is not None}
+    combined = [0.005, 0.1, 2.5]
+    contracting, expanding = bars["contracting"], bars["expanding"]
+    assert contracting.base == 1 and expanding.base == 1
+    # 1e-9: the seed's epsilon in every per-prompt gain.
+    np.testing.assert_allclose(np.asarray(contracting.y) + 1, combined[:2], rtol=1e-9)
+    np.testing.assert_allclose(np.asarray(expanding.y) + 1, combined[2:], rtol=1e-9)
+    np.testing.assert_allclose(np.asarray(expanding.customdata)[:, 1], [2.5], rtol=1e-9)  # hover shows the gain
+    label = next(a for a in fig.layout.annotations if a.text == "L2<br>2.50")
+    assert label.y == pytest.approx(np.log10(2.5))  # annotations on log axes are in log10 units
+
+
+def test_panel_4_marks_bottleneck_and_output_on_a_log_scale():
+    # Combined gains 0.5, 0.5, 2, 1.5: cumulative 0.5, 0.25, 0.5, 0.75; bottleneck L1, output L3.
+    gains = {"attn": np.tile([0.5, 0.5, 2.0, 1.5], (4, 1)), "mlp": np.ones((4, 4)), "block": np.ones((4, 4))}
+    fig = plot_cumulative(from_gains(gains))
+    assert fig.layout.yaxis.type == "log"
+    np.testing.assert_allclose(one(fig, "cumulative attn × MLP gain").y, [0.5, 0.25, 0.5, 0.75], rtol=1e-9)
+    bottleneck, output = one(fig, "bottleneck"), one(fig, "output")
+    assert (bottleneck.x[0], output.x[0]) == (1, 3)
+    assert "L1" in bottleneck.name and "L3" in output.name
+
+
+def test_without_intervals_there_are_no_error_bars_and_the_title_says_so():
+    fig = plot_funnel(funnel_like())
+    assert "bootstrap skipped" in fig.layout.title.text
+    for trace in fig.data:
+        assert trace.error_y.array is None
+        assert "interval" not in (trace.hovertemplate or "")
+
+
+def test_each_panel_alone_is_a_figure(result):
+    for function in (plot_attention_mlp, plot_mlp_depth, plot_net_gain, plot_cumulative):
+        fig = function(result)
+        assert isinstance(fig, go.Figure) and len(fig.data) >= 1
+
+
+def test_figures_work_for_a_single_layer_model():
+    gains = {c: np.array([[0.5], [0.7], [0.6]]) for c in ("attn", "mlp", "block")}
+    fig = plot_funnel(from_gains(gains).with_intervals(n_resamples=50))
+    assert one(fig, "model MLP").x[0] == 0
+
+
+# ---- output ---------------------------------------------------------------------------------------
+def test_write_html_is_self_contained_deterministic_and_atomic(tmp_path, result):
+    fig = plot_funnel(result)
+    first = write_html(fig, tmp_path / "a" / "funnel.html")
+    html = first.read_text(encoding="utf-8")
+    assert not re.search(r"<script[^>]+src=", html), "every script must be inline: the file opens offline"
+    assert "Plotly.newPlot" in html and len(html) > 1_000_000  # plotly.js itself is inside
+    assert "<title>synthetic/funnel: attention, MLP and block gain per layer</title>" in html
+    second = write_html(plot_funnel(result), tmp_path / "b" / "funnel.html")
+    assert first.read_bytes() == second.read_bytes()
+    assert [p.name for p in first.parent.iterdir()] == ["funnel.html"]  # no temporary left behind
+    assert first.stat().st_mode & 0o777 == 0o644
+
+
+def test_png_is_skipped_with_a_message_without_chrome(tmp_path, monkeypatch, result):
+    monkeypatch.setattr(plots, "find_chrome", lambda: None)
+    assert write_png(plot_funnel(result), tmp_path / "funnel.png") is None
+    assert not (tmp_path / "funnel.png").exists()
+    assert "pip install kaleido" in plots.PNG_HELP and "\n" not in plots.PNG_HELP
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not plots.png_available(), reason="kaleido and Chrome/Chromium are not installed")
+def test_png_through_kaleido(tmp_path, result):
+    path = write_png(plot_funnel(result), tmp_path / "funnel.png", scale=1)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- funnel-tl report ------------------------------------------------------------------------------
+def test_report_rerenders_from_results_json_without_a_model(tmp_path, monkeypatch, capsys, result):
+    import funnel_tl.models
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("report must not load a model")
+
+    monkeypatch.setattr(funnel_tl.models, "load_model", no_model)
+    monkeypatch.setattr(plots, "find_chrome", lambda: None)  # keep the test free of a browser
+    result.save(tmp_path / "results.json")
+    other = funnel_like(n_layers=4, model="synthetic/other")
+    other.save(tmp_path / "sweep" / "other" / "results.json")
+
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "funnel.html").is_file() and (tmp_path / "sweep" / "other" / "funnel.html").is_file()
+    assert "synthetic/funnel: FUNNEL MODEL ANALYSIS" in out and "synthetic/other: FUNNEL MODEL ANALYSIS" in out
+    assert "FUNNEL MODEL CONFIRMED (robust)" in out  # the stored intervals were used
+    assert out.count("PNG skipped") == 1
+    expected = write_html(plot_funnel(GainResult.load(tmp_path / "results.json")), tmp_path / "expected" / "funnel.html")
+    assert (tmp_path / "funnel.html").read_bytes() == expected.read_bytes()
+
+
+def test_report_can_redraw_or_drop_intervals(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(plots, "find_chrome", lambda: None)
+    funnel_like().save(tmp_path / "results.json")
+    assert main(["report", str(tmp_path), "--bootstrap", "300", "--bootstrap-seed", "3"]) == 0
+    assert "(300 resamples, seed 3)" in capsys.readouterr().out
+    assert "300 resamples" in (tmp_path / "funnel.html").read_text(encoding="utf-8")
+    assert "intervals" not in json.loads((tmp_path / "results.json").read_text())  # report never rewrites results
+
+
+def test_report_errors_are_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "folder not found" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no results.json" in err and err.count("\n") == 1
+    (tmp_path / "results.json").write_text('{"model": "x"}')
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a funnel_tl results file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_run_writes_funnel_html_that_report_reproduces(tmp_path, checkpoints, capsys, monkeypatch):
+    monkeypatch.setattr(plots, "find_chrome", lambda: None)
+    out = tmp_path / "run"
+    assert main(["run", "--model", str(checkpoints["neox-parallel"]), "--device", "cpu", "--out", str(out),
+                 "--bootstrap", "200"]) == 0
+    printed = capsys.readouterr().out
+    assert "FUNNEL MODEL CONFIRMED (robust)" in printed and "PNG skipped" in printed
+    data = json.loads((out / "results.json").read_text())
+    assert data["intervals"]["n_resamples"] == 200 and "robust_funnel_test" in data
+    written = (out / "funnel.html").read_bytes()
+    (out / "funnel.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "funnel.html").read_bytes() == written
+
+
+@pytest.mark.slow
+def test_run_with_bootstrap_0_skips_intervals(tmp_path, checkpoints, monkeypatch):
+    monkeypatch.setattr(plots, "find_chrome", lambda: None)
+    assert main(["run", "--model", str(checkpoints["gpt2"]), "--device", "cpu", "--out", str(tmp_path),
+                 "--bootstrap", "0"]) == 0
+    assert "intervals" not in json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "funnel.html").is_file()
+    assert main(["run", "--model", str(checkpoints["gpt2"]), "--bootstrap", "-1"]) == 2
