@@ -16,8 +16,8 @@ reduction (tests compare against ``run_with_cache`` + ``token_norms`` and the se
 The pass stops right after the last hook it reads (``blocks.{n-1}.hook_resid_post``) by raising
 a private exception from that hook: the final LayerNorm and the unembedding — a third of a
 Pythia-160m forward — never run. (The bridge's own ``stop_at_layer=n_layers`` still ran the
-unembedding; a hook that raises stops any model with TransformerLens hooks, the bridge and a
-TL 3.x ``HookedTransformer`` alike.) Prompts are batched by length (``prompts.make_batches``), so
+unembedding. A hook that raises needs nothing but ``model.hooks``, which TL 3.x's
+``HookedTransformer`` has too.) Prompts are batched by length (``prompts.make_batches``), so
 little compute goes to padding; results come back in the caller's order, and the padding fraction
 is recorded in the provenance. ``benchmarks/bench_gains.py`` measures all of this against a bare
 HuggingFace forward and the seed's one-prompt-at-a-time loop.
@@ -256,7 +256,8 @@ IDENTITY_SUFFIXES = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_re
 
 
 def _forward_kwargs(model) -> dict:
-    """What the forward needs beyond tokens and mask: the bridge's HF model should build no KV cache."""
+    """Beyond tokens and mask: the bridge (it has an architecture ``adapter``) hands extra keywords to
+    its HF model, which should build no KV cache; ``HookedTransformer.forward`` takes none."""
     return {"use_cache": False} if hasattr(model, "adapter") else {}
 
 
