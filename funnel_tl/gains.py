@@ -1,13 +1,31 @@
-"""Per-layer gains from cached activations: hooks → per-token norms → per-prompt sums.
+"""Per-layer gains from hooked activations: hooks → per-token norms → per-prompt sums.
 
-One forward pass per batch with ``run_with_cache`` caching only the hooks the chosen definition
-reads. Each hook is stacked over layers and reduced at once to per-token norms in float32 (half
-precision squares overflow past |x| = 256, and massive activations exceed that); the cache is
-dropped before the next batch, so nothing of size batch × pos × d_model outlives its batch.
+One forward pass per batch reads only the hooks the chosen definition needs — the selection
+``run_with_cache(names_filter=...)`` would make — but each activation is reduced to its per-token
+float32 norm ‖·‖ over d_model the moment its hook fires (half-precision squares overflow past
+|x| = 256, and massive activations exceed that). The per-layer norms ``[batch, pos]`` are then
+stacked into ``[layer, batch, pos]`` and summed over each prompt's tokens in one masked einsum.
+
+Why not ``run_with_cache`` and reduce afterwards: the cache holds every hooked activation of every
+layer at once, hooks × layers × batch × pos × d_model — for Pythia-1.4B's 6 hooks × 24 layers,
+144 copies of the residual stream, more than the forward pass itself ever holds (its peak is
+about one layer plus the logits). Reduced as they fire, the hooks add [batch, pos] per hook, and
+no activation outlives its block. The numbers are the same: the same tensors, the same float32
+reduction (tests compare against ``run_with_cache`` + ``token_norms`` and the seed's HF hooks).
+
+The pass stops right after the last hook it reads (``blocks.{n-1}.hook_resid_post``) by raising
+a private exception from that hook: the final LayerNorm and the unembedding — a third of a
+Pythia-160m forward — never run. (The bridge's own ``stop_at_layer=n_layers`` still ran the
+unembedding. A hook that raises needs nothing but ``model.hooks``, which TL 3.x's
+``HookedTransformer`` has too.) Prompts are batched by length (``prompts.make_batches``), so
+little compute goes to padding; results come back in the caller's order, and the padding fraction
+is recorded in the provenance. ``benchmarks/bench_gains.py`` measures all of this against a bare
+HuggingFace forward and the seed's one-prompt-at-a-time loop.
 """
 
 from __future__ import annotations
 
+import functools
 import platform
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -78,24 +96,31 @@ def plan_hooks(model, definition: str) -> HookPlan:
     return HookPlan(parallel_blocks=parallel, inputs=inputs, outputs=outputs)
 
 
-def token_norms(cache, suffix: str, n_layers: int,
-                layers: Sequence[int] | None = None) -> Float[torch.Tensor, "layer batch pos"]:
-    """‖·‖ over d_model of one hook at every layer (or at ``layers`` only, in that order), in float32."""
-    chosen = range(n_layers) if layers is None else layers
-    stacked = torch.stack([cache[f"blocks.{layer}.{suffix}"] for layer in chosen])  # [layer, batch, pos, d_model]
-    squares = einops.reduce(stacked.float().square(), "layer batch pos d_model -> layer batch pos", "sum")
+def activation_norms(activation: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "..."]:
+    """‖·‖ over d_model, computed in float32 whatever the model's dtype (see the module docstring)."""
+    squares = einops.reduce(activation.float().square(), "... d_model -> ...", "sum")
     return squares.sqrt()
 
 
-def check_residual_identities(model, cache, mask: torch.Tensor, parallel: bool, dtype: torch.dtype) -> None:
+def token_norms(cache, suffix: str, n_layers: int,
+                layers: Sequence[int] | None = None) -> Float[torch.Tensor, "layer batch pos"]:
+    """‖·‖ over d_model of one hook at every layer (or at ``layers`` only, in that order) of a cache, in float32."""
+    chosen = range(n_layers) if layers is None else layers
+    stacked = torch.stack([cache[f"blocks.{layer}.{suffix}"] for layer in chosen])  # [layer, batch, pos, d_model]
+    return activation_norms(stacked)  # [layer, batch, pos]
+
+
+def check_residual_identities(model, cache, mask: torch.Tensor, parallel: bool, dtype: torch.dtype,
+                              layers: Sequence[int] | None = None) -> None:
     """Fail loudly if x + a + m ≠ resid_post (or x + a ≠ resid_mid): a wrong hook alias.
 
     TransformerLens hook aliases have been wrong for some architectures before (BLOOM, OLMo 2/3,
-    Granite); every gain would then be silently wrong.
+    Granite); every gain would then be silently wrong. ``cache`` maps hook names to activations
+    (a ``run_with_cache`` cache, or one layer's hooks); ``layers`` defaults to every layer.
     """
     tolerance = IDENTITY_TOLERANCE.get(dtype, 1e-2)
     real = mask.bool()
-    for layer in range(model.cfg.n_layers):
+    for layer in range(model.cfg.n_layers) if layers is None else layers:
         block = lambda name: cache[f"blocks.{layer}.{name}"].float()  # noqa: E731  [batch, pos, d_model]
         x, a, m = block("hook_resid_pre"), block("hook_attn_out"), block("hook_mlp_out")
         checks = [("resid_pre + attn_out + mlp_out", x + a + m, block("hook_resid_post"))]
@@ -168,7 +193,7 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
                   progress: bool | None = None) -> GainResult:
     """Measure every layer's attention, MLP and block gain on a prompt set.
 
-    ``model``: a bridge from ``load_model`` (or any object with ``run_with_cache``, ``cfg`` and the
+    ``model``: a bridge from ``load_model`` (or any object with ``hooks``, ``cfg`` and the
     standard hook names, e.g. a TL 3.x ``HookedTransformer`` loaded without weight processing).
     ``prompts``: ``"seed"``, a prompt file path, or a list of strings. ``definition``: ``"seed"``
     (‖out‖ over the LayerNorm output the sublayer reads) or ``"residual"`` (‖out‖ over the residual
@@ -218,38 +243,80 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     )
 
 
+class _PassComplete(Exception):
+    """Raised from the hook on the last hook point a pass reads, to skip the rest of the forward."""
+
+
+# Off only to prove the early stop by timing it (benchmarks/bench_gains.py) and to test that it
+# changes no number: the full forward then runs on through the final LayerNorm and unembedding.
+_STOP_EARLY = True
+
+
+IDENTITY_SUFFIXES = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_mid", "hook_resid_post")
+
+
+def _forward_kwargs(model) -> dict:
+    """Beyond tokens and mask: the bridge (it has an architecture ``adapter``) hands extra keywords to
+    its HF model, which should build no KV cache; ``HookedTransformer.forward`` takes none."""
+    return {"use_cache": False} if hasattr(model, "adapter") else {}
+
+
 @torch.inference_mode()
 def _measure_batch(model, batch: Batch, plan: HookPlan, device, dtype, drop_first: int,
                    check_identities: bool, out_sums, in_sums) -> np.ndarray:
     """Run one batch; add its per-prompt norm sums into ``out_sums``/``in_sums``; return token counts."""
     n_layers = model.cfg.n_layers
-    suffixes = set(plan.suffixes)
-    if check_identities:
-        suffixes |= {"hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post"}
-        if not plan.parallel_blocks:
-            suffixes.add("hook_resid_mid")
-    wanted = {f"blocks.{layer}.{suffix}" for layer in range(n_layers) for suffix in suffixes}
     tokens = batch.tokens.to(device)
     attention_mask = batch.attention_mask.to(device)
+    positions = torch.arange(tokens.shape[1], device=device)
+    counted = attention_mask.bool() & (positions >= drop_first)[None, :]  # [batch, pos]
+    real = attention_mask.bool()  # [batch, pos]
+
+    identity_suffixes = set(IDENTITY_SUFFIXES) - ({"hook_resid_mid"} if plan.parallel_blocks else set())
+    suffixes = sorted(set(plan.suffixes) | (identity_suffixes if check_identities else set()))
+    last = f"blocks.{n_layers - 1}.hook_resid_post"  # a block's output is the last hook of the block
+    norms: dict[str, torch.Tensor] = {}  # hook name -> [batch, pos]
+    held: dict[str, torch.Tensor] = {}  # one layer's activations for the identity check, first batch only
+
+    def record(activation, hook, *, name: str, layer: int, suffix: str):
+        activation = activation[0] if isinstance(activation, tuple) else activation  # [batch, pos, d_model]
+        norms[name] = activation_norms(activation)  # [batch, pos]
+        if check_identities and suffix in identity_suffixes:
+            held[name] = activation
+            if suffix == "hook_resid_post":
+                # A non-finite layer fails the identity check by NaN; check_finite names it better, below.
+                if all(bool(torch.isfinite(norms[key][real]).all()) for key in held):
+                    check_residual_identities(model, held, attention_mask, plan.parallel_blocks, dtype, layers=[layer])
+                held.clear()
+        if name == last and _STOP_EARLY:
+            raise _PassComplete
+
+    fwd_hooks = [(f"blocks.{layer}.{suffix}",
+                  functools.partial(record, name=f"blocks.{layer}.{suffix}", layer=layer, suffix=suffix))
+                 for layer in range(n_layers) for suffix in suffixes]
     try:
-        _, cache = model.run_with_cache(tokens, attention_mask=attention_mask,
-                                        names_filter=lambda hook: hook in wanted)
+        with model.hooks(fwd_hooks=fwd_hooks):
+            model(tokens, attention_mask=attention_mask, return_type=None, **_forward_kwargs(model))
+    except _PassComplete:
+        pass
     except torch.cuda.OutOfMemoryError:
         raise FunnelError(
             f"out of GPU memory on a batch of {len(batch.indices)} prompts of up to {tokens.shape[1]} tokens: "
             "lower --batch-size"
         ) from None
+    missing = sorted(set(name for name, _ in fwd_hooks) - set(norms))
+    if missing:
+        raise FunnelError(
+            f"{model_name(model)}: hook {missing[0]} did not fire before {last}: this architecture's hooks "
+            "are not in the standard order, so its gains cannot be read; please report it"
+        )
 
-    positions = torch.arange(tokens.shape[1], device=device)
-    counted = attention_mask.bool() & (positions >= drop_first)[None, :]  # [batch, pos]
+    stacked = {suffix: torch.stack([norms[f"blocks.{layer}.{suffix}"].to(device) for layer in range(n_layers)])
+               for suffix in plan.suffixes}  # each [layer, batch, pos]
+    check_finite(model, stacked, counted, batch.indices, dtype)
     weights = counted.float()
-    norms = {suffix: token_norms(cache, suffix, n_layers) for suffix in plan.suffixes}  # each [layer, batch, pos]
-    check_finite(model, norms, counted, batch.indices, dtype)
-    if check_identities:
-        check_residual_identities(model, cache, attention_mask, plan.parallel_blocks, dtype)
-    del cache
     sums = {suffix: einops.einsum(values, weights, "layer batch pos, batch pos -> batch layer").double().cpu().numpy()
-            for suffix, values in norms.items()}
+            for suffix, values in stacked.items()}
     for component in COMPONENTS:
         out_sums[component][batch.indices] = sums[plan.outputs[component]]
         in_sums[component][batch.indices] = sums[plan.inputs[component]]

@@ -111,18 +111,24 @@ def test_parallel_blocks_are_detected(bridge):
 
 
 def test_guard_fires_on_a_wrong_hook_alias(checkpoints, monkeypatch):
-    """Simulate a TransformerLens alias pointing at the wrong tensor: the identity check must stop us."""
+    """Simulate a TransformerLens alias pointing at the wrong tensor: the identity check must stop us.
+
+    measure_gains reads activations through ``model.hooks``; the patched hook for layer 1's
+    ``hook_mlp_out`` sees twice the tensor that really flows into the residual stream.
+    """
     from funnel_tl import load_model
 
     model = load_model(str(checkpoints["neox-serial"]), device="cpu")
-    original = model.run_with_cache
+    original = model.hooks
 
-    def broken_run_with_cache(*args, **kwargs):
-        logits, cache = original(*args, **kwargs)
-        cache.cache_dict["blocks.1.hook_mlp_out"] = cache.cache_dict["blocks.1.hook_mlp_out"] * 2
-        return logits, cache
+    def lying(hook_fn):
+        return lambda tensor, hook: hook_fn(tensor * 2, hook=hook)
 
-    monkeypatch.setattr(model, "run_with_cache", broken_run_with_cache)
+    def broken_hooks(fwd_hooks=(), **kwargs):
+        fwd_hooks = [(name, lying(fn) if name == "blocks.1.hook_mlp_out" else fn) for name, fn in fwd_hooks]
+        return original(fwd_hooks=fwd_hooks, **kwargs)
+
+    monkeypatch.setattr(model, "hooks", broken_hooks)
     with pytest.raises(FunnelError, match=r"layer 1: resid_pre \+ attn_out \+ mlp_out differs from resid_post"):
         measure_gains(model, "seed")
 

@@ -1,0 +1,60 @@
+"""The benchmark and the GPU check script run end to end (tiny shape, CPU): they must not rot unseen.
+
+No timing is asserted: speed depends on the machine. benchmarks/ is not a package, so the
+scripts are loaded from their files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_script(name: str):
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))  # check_gpu_numbers imports bench_gains
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_bench_gains_reports_every_method(tmp_path):
+    # No capsys: HF's logging handler, created on first use, would keep its closed stream.
+    bench = load_script("bench_gains")
+    out = tmp_path / "bench.json"
+    import torch
+
+    # --threads as now: the script sets torch's thread count, which would outlive this test.
+    assert bench.main(["--shape", "tiny", "--n-prompts", "8", "--rounds", "1", "--no-memory",
+                       "--threads", str(torch.get_num_threads()),
+                       "--checkpoint", str(tmp_path / "tiny"), "--json", str(out)]) == 0
+    numbers = json.loads(out.read_text())
+    assert set(numbers["median_seconds"]["wall"]) == set(bench.METHODS)
+    assert numbers["n_prompts"] == 8 and numbers["n_tokens"] > 8
+    assert "measure_gains tokens/s ÷ seed loop's" in numbers["table"]
+
+
+@pytest.mark.slow
+def test_gpu_check_numbers_pass_in_half_precision_on_the_cpu(tmp_path):
+    """The script's checks, float16 included, run and pass on the CPU for a tiny shape."""
+    check = load_script("check_gpu_numbers")
+    out = tmp_path / "check.json"
+    assert check.main(["--device", "cpu", "--shape", "tiny", "--n-prompts", "8",
+                       "--checkpoint", str(tmp_path / "tiny"), "--json", str(out)]) == 0
+    checks = json.loads(out.read_text())["checks"]
+    assert len(checks) == 6 and all(c["passed"] for c in checks)
+
+
+def test_bench_prompts_are_mixed_length():
+    bench = load_script("bench_gains")
+    prompts = bench.bench_prompts(64)
+    words = sorted(len(p.split()) for p in prompts)
+    assert len(prompts) == 64 and words[0] == 1 and words[-1] == 24
