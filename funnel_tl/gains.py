@@ -210,21 +210,10 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     >>> result.attn_gains.shape  # doctest: +SKIP
     (8,)
     """
-    prompt_list = load_prompts(prompts)
-    if drop_first < 0:
-        raise FunnelError(f"drop_first must be 0 or more, got {drop_first}")
     plan = plan_hooks(model, definition)
-    tokenizer = tokenizer if tokenizer is not None else tokenizer_of(model)
+    prompt_list, token_ids, pad_id = prepare_tokens(model, prompts, drop_first, tokenizer)
     name = model_name(model)
     n_layers = model.cfg.n_layers
-    token_ids = tokenize(tokenizer, prompt_list, n_ctx=getattr(model.cfg, "n_ctx", None), model_name=name)
-    too_short = [i for i, ids in enumerate(token_ids) if len(ids) <= drop_first]
-    if too_short:
-        raise FunnelError(
-            f"prompt {too_short[0]} has {len(token_ids[too_short[0]])} tokens, none left after dropping the "
-            f"first {drop_first}: lower --drop-first or remove short prompts"
-        )
-    pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
     parameter = next(model.parameters())
     device, dtype = parameter.device, parameter.dtype
 
