@@ -32,6 +32,9 @@ def add_model_options(parser: argparse.ArgumentParser, model: bool = True) -> No
         parser.add_argument("--model", default=None, metavar="NAME_OR_DIR",
                             help="bundled short name, local HF checkpoint folder, or hub name such as "
                                  "EleutherAI/pythia-6.9b (default: the largest bundled model, offline)")
+        parser.add_argument("--revision", default=None, metavar="REV",
+                            help="a training checkpoint: a hub revision such as Pythia's step1000, or "
+                                 "step<N> of a bundled model's shipped checkpoints (default: the final model)")
     parser.add_argument("--prompts", default="seed", metavar="seed|FILE.txt|FILE.jsonl",
                         help="'seed' (the notebook's eight), a .txt file with one prompt per line, "
                              "or a .jsonl file with a \"text\" field (default: seed)")
@@ -152,7 +155,7 @@ def cmd_run(args) -> int:
     prompts = load_prompts(args.prompts)  # before loading a model: a bad prompt file fails fast
     if args.bootstrap < 0:
         raise FunnelError(f"--bootstrap must be 0 (no intervals) or a number of resamples, got {args.bootstrap}")
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision)
     result = measure_gains(model, prompts, definition=args.definition, batch_size=args.batch_size,
                            drop_first=args.drop_first)
     out = Path(args.out) if args.out else Path("runs") / slug(result.model)
@@ -223,7 +226,7 @@ def cmd_heads(args) -> int:
     if args.top < 1:
         raise FunnelError(f"--top must be at least 1, got {args.top}")
     prompts = load_prompts(args.prompts)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision)
     result = head_gains(model, prompts, definition=args.definition, layers=layers,
                         batch_size=args.batch_size, drop_first=args.drop_first)
     out = Path(args.out) if args.out else Path("runs") / slug(result.model)

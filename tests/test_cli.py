@@ -90,3 +90,17 @@ def test_help_explains_itself(capsys):
     text = capsys.readouterr().out
     for option in ("--model", "--prompts", "--definition", "--batch-size", "--device", "--dtype", "--drop-first", "--out"):
         assert option in text
+
+
+def test_revision_loads_a_training_checkpoint(tmp_path):
+    """--revision reaches load_model: a bundled checkpoint gives its own numbers, named by its step."""
+    assert main(["run", "--model", "nano-4l", "--revision", "step16", "--bootstrap", "0", "--out", str(tmp_path / "a")]) == 0
+    assert main(["run", "--model", "nano-4l", "--bootstrap", "0", "--out", str(tmp_path / "b")]) == 0
+    early = json.loads((tmp_path / "a" / "results.json").read_text())
+    final = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert early["model"] == "nano-4l@step16" and final["model"] == "nano-4l"
+    assert not np.allclose(early["mlp"]["gains"], final["mlp"]["gains"], rtol=1e-2)
+
+
+def test_unknown_revision(capsys):
+    _bad(["run", "--model", "nano-4l", "--revision", "step7"], capsys, "step7")
