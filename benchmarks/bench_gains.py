@@ -273,7 +273,7 @@ def report(args, work: Workloads, times, memory) -> dict:
         f"torch {torch.__version__}, transformers {transformers.__version__}, "
         f"transformer_lens {version('transformer-lens')}",
         f"{len(work.prompts)} prompts, {work.n_tokens} tokens ({min(lengths)} to {max(lengths)} per prompt), "
-        f"batch size {args.batch_size}, padding {padding_fraction(work.token_ids, args.batch_size):.1%}; "
+        f"batch size {args.batch_size}, padding {padding_fraction(make_batches(work.token_ids, args.batch_size)):.1%}; "
         f"{args.rounds} interleaved rounds: tokens/s from the median time, ratios the median of each round's ratio",
         "",
     ]

@@ -229,7 +229,7 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
                                  check_identities=number == 0, out_sums=out_sums, in_sums=in_sums)
         n_tokens[batch.indices] = counted
 
-    provenance = _provenance(model, device, dtype, prompt_list, token_ids, batch_size, drop_first)
+    provenance = _provenance(model, device, dtype, prompt_list, token_ids, batches, batch_size, drop_first)
     return GainResult(
         model=name, definition=definition, n_layers=n_layers, d_model=model.cfg.d_model,
         parallel_blocks=plan.parallel_blocks, prompts=tuple(prompt_list), n_tokens=n_tokens,
@@ -317,7 +317,7 @@ def _measure_batch(model, batch: Batch, plan: HookPlan, device, dtype, drop_firs
     return counted.sum(dim=1).cpu().numpy()
 
 
-def _provenance(model, device, dtype, prompts, token_ids, batch_size, drop_first) -> dict:
+def _provenance(model, device, dtype, prompts, token_ids, batches, batch_size, drop_first) -> dict:
     import transformer_lens
     import transformers
 
@@ -335,7 +335,7 @@ def _provenance(model, device, dtype, prompts, token_ids, batch_size, drop_first
         "prompts_sha256": prompts_sha256(prompts),
         "n_tokens_total": int(sum(len(ids) for ids in token_ids)),
         "batch_size": int(batch_size),
-        "padding_fraction": float(padding_fraction(token_ids, batch_size)),
+        "padding_fraction": float(padding_fraction(batches)),
         "drop_first": int(drop_first),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -472,7 +472,7 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
             model, batch, chosen, plan.inputs["attn"], device, dtype, drop_first, grams,
             check_identity=number == 0, sums=sums)
 
-    provenance = _provenance(model, device, dtype, prompt_list, token_ids, batch_size, drop_first)
+    provenance = _provenance(model, device, dtype, prompt_list, token_ids, batches, batch_size, drop_first)
     return HeadResult(
         model=name, definition=definition, n_layers=cfg.n_layers, n_heads=n_heads, d_head=cfg.d_head,
         d_model=cfg.d_model, layers=chosen, prompts=tuple(prompt_list), n_tokens=n_tokens,

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
@@ -129,10 +129,14 @@ def make_batches(token_ids: Sequence[Sequence[int]], batch_size: int,
         yield Batch(indices=indices, tokens=tokens, attention_mask=mask)
 
 
-def padding_fraction(token_ids: Sequence[Sequence[int]], batch_size: int) -> float:
-    """Share of the positions in all batches that are padding (0 means no wasted compute)."""
+def padding_fraction(batches: Iterable[Batch]) -> float:
+    """Share of the positions in ``batches`` that are padding (0 means no wasted compute).
+
+    >>> padding_fraction(make_batches([[1] * 5, [2] * 1, [3] * 9, [4] * 2], batch_size=2))
+    0.2272727272727273
+    """
     real = padded = 0
-    for batch in make_batches(token_ids, batch_size):
+    for batch in batches:
         real += int(batch.attention_mask.sum())
         padded += batch.attention_mask.numel()
     return 1.0 - real / padded if padded else 0.0

@@ -19,8 +19,8 @@ def test_batches_bucket_by_length_and_mask_padding():
     first = batches[0]
     assert first.tokens.tolist() == [[2, 0], [4, 4]]
     assert first.attention_mask.tolist() == [[1, 0], [1, 1]]
-    assert padding_fraction(token_ids, 2) == pytest.approx(1 - 17 / (2 * 2 + 2 * 9))
-    assert padding_fraction(token_ids, 1) == 0
+    assert padding_fraction(batches) == pytest.approx(1 - 17 / (2 * 2 + 2 * 9))
+    assert padding_fraction(make_batches(token_ids, batch_size=1)) == 0
 
 
 def test_tokenize_is_the_tokenizers_own(tokenizer):
