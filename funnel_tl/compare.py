@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from .errors import FunnelError
 from .funnel import summarize
 from .gains import measure_gains
-from .models import bundled_models, load_model, resolve_device, resolve_dtype
+from .models import bundled_checkpoints, bundled_models, load_model, resolve_device, resolve_dtype
 from .prompts import load_prompts, prompts_sha256
 from .results import DEFINITIONS, GainResult, read_json, write_json_atomic, write_text_atomic
 
@@ -139,14 +139,6 @@ def local_checkpoints(folder: str | os.PathLike) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def _bundled_checkpoints(name: str) -> dict[int, Path]:
-    # Provided by the bundled-models work (models.bundled_checkpoints); absent before it lands.
-    from . import models
-
-    lister = getattr(models, "bundled_checkpoints", None)
-    return dict(sorted(lister(name).items())) if lister is not None else {}
-
-
 def _pick(available: Iterable[int], steps, name: str) -> list[int]:
     available = sorted(available)
     if steps == "all":
@@ -167,7 +159,7 @@ def checkpoint_targets(model: str, steps) -> list[Target]:
     """
     model = str(model)
     if model in bundled_models():
-        available = _bundled_checkpoints(model)
+        available = bundled_checkpoints(model)
         if not available:
             raise FunnelError(f"bundled model {model} ships no training checkpoints: leave out --checkpoints")
         return [Target(f"{model}@step{step}", model, model, f"step{step}", step)
@@ -446,12 +438,11 @@ def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str,
 def _with_intervals(result: GainResult, bootstrap: int, seed: int) -> tuple[GainResult, bool]:
     """The result with bootstrap intervals drawn as asked, and whether that changed it.
 
-    Intervals and the robust verdict come from the uncertainty work (``GainResult.with_intervals``);
-    with a funnel_tl that lacks it, results go without, and rows say so (robust verdict ``None``).
+    ``bootstrap=0`` leaves the result as it is (rows then say robust verdict ``None``).
     """
-    if not bootstrap or not hasattr(result, "with_intervals"):
+    if not bootstrap:
         return result, False
-    current = getattr(result, "intervals", None)
+    current = result.intervals
     if current is not None and current.n_resamples == bootstrap and current.seed == seed:
         return result, False
     return result.with_intervals(n_resamples=bootstrap, seed=seed), True

@@ -400,11 +400,9 @@ def test_hub_checkpoints_are_pythia_revisions():
 
 def test_bundled_checkpoints_load_by_revision(training_run, tmp_path, monkeypatch):
     """A bundled model's checkpoints go through load_model(name, revision="step<N>"), in step order."""
-    from funnel_tl import models
-
     shipped = {10000: training_run / "step10000", 0: training_run / "step0", 500: training_run / "step500"}
     monkeypatch.setattr(compare_module, "bundled_models", lambda: {"nano-test": training_run / "step10000"})
-    monkeypatch.setattr(models, "bundled_checkpoints", lambda name: dict(shipped), raising=False)
+    monkeypatch.setattr(compare_module, "bundled_checkpoints", lambda name: dict(shipped))
     calls = []
 
     def fake_load(source, revision=None, **kwargs):  # stands in for the bundled loader
