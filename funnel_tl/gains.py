@@ -25,21 +25,19 @@ HuggingFace forward and the seed's one-prompt-at-a-time loop.
 
 from __future__ import annotations
 
-import functools
 import platform
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Sequence
 
-import einops
 import numpy as np
 import torch
 from jaxtyping import Float
-from tqdm.auto import tqdm
 
+from .engine import Engine, norm_input, prompt_sums, resolve_batch_size
 from .errors import FunnelError
 from .models import model_name, tokenizer_of
-from .prompts import Batch, load_prompts, make_batches, padding_fraction, prompts_sha256, tokenize
+from .prompts import load_prompts, make_batches, padding_fraction, prompts_sha256, tokenize
 from .results import COMPONENTS, DEFINITIONS, GainResult
 
 # Residual identities hold to float rounding; a wrong hook alias is off by O(1).
@@ -194,8 +192,8 @@ def prepare_tokens(model, prompts: str | Sequence[str], drop_first: int = 0,
 
 
 def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "seed",
-                  batch_size: int = 8, drop_first: int = 0, tokenizer=None,
-                  progress: bool | None = None) -> GainResult:
+                  batch_size: int | str = 8, drop_first: int = 0, tokenizer=None,
+                  progress: bool | None = None, executor: str = "auto") -> GainResult:
     """Measure every layer's attention, MLP and block gain on a prompt set.
 
     ``model``: a bridge from ``load_model`` (or any object with ``hooks``, ``cfg`` and the
@@ -203,7 +201,11 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     ``prompts``: ``"seed"``, a prompt file path, or a list of strings. ``definition``: ``"seed"``
     (‖out‖ over the LayerNorm output the sublayer reads) or ``"residual"`` (‖out‖ over the residual
     stream it reads). ``drop_first`` leaves out the first N positions of every prompt (position 0
-    often has a huge norm: attention sinks, massive activations). Batch size changes no number.
+    often has a huge norm: attention sinks, massive activations). Batch size changes no number;
+    ``batch_size="auto"`` fills a token budget from the free GPU memory (``engine.auto_batch_size``).
+    ``executor``: ``"auto"`` (the HF modules behind the TL hooks where they agree with the TL
+    hooks on the first batch), ``"transformer_lens"`` or ``"hf"`` (see ``funnel_tl.engine``); the
+    one that ran is recorded in ``provenance["executor"]``.
 
     >>> from funnel_tl import load_model, measure_gains
     >>> result = measure_gains(load_model(device="cpu"), "seed")  # doctest: +SKIP
@@ -214,22 +216,24 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     prompt_list, token_ids, pad_id = prepare_tokens(model, prompts, drop_first, tokenizer)
     name = model_name(model)
     n_layers = model.cfg.n_layers
-    parameter = next(model.parameters())
-    device, dtype = parameter.device, parameter.dtype
+    reduction = GainSums(model, plan)
+    engine = Engine(model, reduction, executor)
+    chosen_batch_size = resolve_batch_size(batch_size, model, token_ids, engine.device)
 
     n_prompts = len(prompt_list)
     out_sums = {c: np.zeros((n_prompts, n_layers)) for c in COMPONENTS}
     in_sums = {c: np.zeros((n_prompts, n_layers)) for c in COMPONENTS}
     n_tokens = np.zeros(n_prompts, dtype=np.int64)
 
-    batches = list(make_batches(token_ids, batch_size, pad_token_id=pad_id))
-    show = progress if progress is not None else len(batches) > 1
-    for number, batch in enumerate(tqdm(batches, desc=f"gains {name}", unit="batch", disable=not show)):
-        counted = _measure_batch(model, batch, plan, device, dtype, drop_first,
-                                 check_identities=number == 0, out_sums=out_sums, in_sums=in_sums)
+    batches = list(make_batches(token_ids, chosen_batch_size, pad_token_id=pad_id))
+    for batch, sums, counted in engine.run(batches, drop_first, progress, description=f"gains {name}"):
+        for component in COMPONENTS:
+            out_sums[component][batch.indices] = sums[plan.outputs[component]]
+            in_sums[component][batch.indices] = sums[plan.inputs[component]]
         n_tokens[batch.indices] = counted
 
-    provenance = _provenance(model, device, dtype, prompt_list, token_ids, batches, batch_size, drop_first)
+    provenance = _provenance(model, engine.device, engine.dtype, prompt_list, token_ids, batches, chosen_batch_size,
+                             drop_first, engine=engine, requested_batch_size=batch_size)
     return GainResult(
         model=name, definition=definition, n_layers=n_layers, d_model=model.cfg.d_model,
         parallel_blocks=plan.parallel_blocks, prompts=tuple(prompt_list), n_tokens=n_tokens,
@@ -237,87 +241,62 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     )
 
 
-class _PassComplete(Exception):
-    """Raised from the hook on the last hook point a pass reads, to skip the rest of the forward."""
-
-
-# Off only to prove the early stop by timing it (benchmarks/bench_gains.py) and to test that it
-# changes no number: the full forward then runs on through the final LayerNorm and unembedding.
-_STOP_EARLY = True
-
-
 IDENTITY_SUFFIXES = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_mid", "hook_resid_post")
 
 
-def _forward_kwargs(model) -> dict:
-    """Beyond tokens and mask: the bridge (it has an architecture ``adapter``) hands extra keywords to
-    its HF model, which should build no KV cache; ``HookedTransformer.forward`` takes none."""
-    return {"use_cache": False} if hasattr(model, "adapter") else {}
+def _forward_rank(suffix: str) -> int:
+    return FORWARD_ORDER.index(suffix) if suffix in FORWARD_ORDER else len(FORWARD_ORDER)
 
 
-@torch.inference_mode()
-def _measure_batch(model, batch: Batch, plan: HookPlan, device, dtype, drop_first: int,
-                   check_identities: bool, out_sums, in_sums) -> np.ndarray:
-    """Run one batch; add its per-prompt norm sums into ``out_sums``/``in_sums``; return token counts."""
-    n_layers = model.cfg.n_layers
-    tokens = batch.tokens.to(device)
-    attention_mask = batch.attention_mask.to(device)
-    positions = torch.arange(tokens.shape[1], device=device)
-    counted = attention_mask.bool() & (positions >= drop_first)[None, :]  # [batch, pos]
-    real = attention_mask.bool()  # [batch, pos]
+class GainSums:
+    """The gains' reduction (``engine.Reduction``): each planned hook's per-token norm, summed per prompt.
 
-    identity_suffixes = set(IDENTITY_SUFFIXES) - ({"hook_resid_mid"} if plan.parallel_blocks else set())
-    suffixes = sorted(set(plan.suffixes) | (identity_suffixes if check_identities else set()))
-    last = f"blocks.{n_layers - 1}.hook_resid_post"  # a block's output is the last hook of the block
-    norms: dict[str, torch.Tensor] = {}  # hook name -> [batch, pos]
-    held: dict[str, torch.Tensor] = {}  # one layer's activations for the identity check, first batch only
+    Each read becomes its float32 norm ``[batch, pos]`` as it fires; ``finish`` stacks one hook's
+    layers into ``[layer, batch, pos]`` and sums each prompt's counted tokens (``engine.prompt_sums``)
+    into ``[batch, layer]``. On a run's first batch the residual identities are checked too, one
+    layer's activations held at a time.
+    """
 
-    def record(activation, hook, *, name: str, layer: int, suffix: str):
-        activation = activation[0] if isinstance(activation, tuple) else activation  # [batch, pos, d_model]
-        norms[name] = activation_norms(activation)  # [batch, pos]
-        if check_identities and suffix in identity_suffixes:
-            held[name] = activation
+    def __init__(self, model, plan: HookPlan):
+        self.model, self.plan = model, plan
+        self.n_layers = model.cfg.n_layers
+        self.dtype = next(model.parameters()).dtype
+        self.identity_suffixes = set(IDENTITY_SUFFIXES) - ({"hook_resid_mid"} if plan.parallel_blocks else set())
+
+    def reads(self, first: bool) -> list[tuple[int, str]]:
+        suffixes = set(self.plan.suffixes) | (self.identity_suffixes if first else set())
+        return [(layer, suffix) for layer in range(self.n_layers) for suffix in sorted(suffixes, key=_forward_rank)]
+
+    def start(self, batch, tokens, attention_mask, counted, first: bool) -> None:
+        self.batch, self.attention_mask, self.counted, self.first = batch, attention_mask, counted, first
+        self.norms: dict[str, list] = {suffix: [None] * self.n_layers for suffix in self.plan.suffixes}
+        self.held: dict[str, torch.Tensor] = {}  # one layer's activations for the identity check, first batch only
+
+    def read(self, layer: int, suffix: str, activation: torch.Tensor) -> None:
+        if suffix in self.norms:
+            self.norms[suffix][layer] = activation_norms(norm_input(self.plan, layer, suffix, activation))  # [batch, pos]
+        if self.first and suffix in self.identity_suffixes:
+            self.held[f"blocks.{layer}.{suffix}"] = activation
             if suffix == "hook_resid_post":
-                # A non-finite layer fails the identity check by NaN; check_finite names it better, below.
-                if all(bool(torch.isfinite(norms[key][real]).all()) for key in held):
-                    check_residual_identities(model, held, attention_mask, plan.parallel_blocks, dtype, layers=[layer])
-                held.clear()
-        if name == last and _STOP_EARLY:
-            raise _PassComplete
+                # A non-finite layer fails the identity check by NaN; check_finite names it better, later.
+                if all(bool(torch.isfinite(activation_norms(held)[self.attention_mask.bool()]).all())
+                       for held in self.held.values()):
+                    check_residual_identities(self.model, self.held, self.attention_mask, self.plan.parallel_blocks,
+                                              self.dtype, layers=[layer])
+                self.held.clear()
 
-    fwd_hooks = [(f"blocks.{layer}.{suffix}",
-                  functools.partial(record, name=f"blocks.{layer}.{suffix}", layer=layer, suffix=suffix))
-                 for layer in range(n_layers) for suffix in suffixes]
-    try:
-        with model.hooks(fwd_hooks=fwd_hooks):
-            model(tokens, attention_mask=attention_mask, return_type=None, **_forward_kwargs(model))
-    except _PassComplete:
-        pass
-    except torch.cuda.OutOfMemoryError:
-        raise FunnelError(
-            f"out of GPU memory on a batch of {len(batch.indices)} prompts of up to {tokens.shape[1]} tokens: "
-            "lower --batch-size"
-        ) from None
-    missing = sorted(set(name for name, _ in fwd_hooks) - set(norms))
-    if missing:
-        raise FunnelError(
-            f"{model_name(model)}: hook {missing[0]} did not fire before {last}: this architecture's hooks "
-            "are not in the standard order, so its gains cannot be read; please report it"
-        )
+    def _stacked(self) -> dict[str, torch.Tensor]:
+        return {suffix: torch.stack(layers) for suffix, layers in self.norms.items()}  # each [layer, batch, pos]
 
-    stacked = {suffix: torch.stack([norms[f"blocks.{layer}.{suffix}"].to(device) for layer in range(n_layers)])
-               for suffix in plan.suffixes}  # each [layer, batch, pos]
-    check_finite(model, stacked, counted, batch.indices, dtype)
-    weights = counted.float()
-    sums = {suffix: einops.einsum(values, weights, "layer batch pos, batch pos -> batch layer").double().cpu().numpy()
-            for suffix, values in stacked.items()}
-    for component in COMPONENTS:
-        out_sums[component][batch.indices] = sums[plan.outputs[component]]
-        in_sums[component][batch.indices] = sums[plan.inputs[component]]
-    return counted.sum(dim=1).cpu().numpy()
+    def finish(self) -> dict[str, torch.Tensor]:
+        return {suffix: prompt_sums(values, self.counted) for suffix, values in self._stacked().items()}  # [batch, layer]
+
+    def raise_nonfinite(self) -> None:
+        check_finite(self.model, self._stacked(), self.counted, self.batch.indices, self.dtype)
 
 
-def _provenance(model, device, dtype, prompts, token_ids, batches, batch_size, drop_first) -> dict:
+def _provenance(model, device, dtype, prompts, token_ids, batches, batch_size, drop_first, engine=None,
+                requested_batch_size=None) -> dict:
     import transformer_lens
     import transformers
 
@@ -337,5 +316,7 @@ def _provenance(model, device, dtype, prompts, token_ids, batches, batch_size, d
         "batch_size": int(batch_size),
         "padding_fraction": float(padding_fraction(batches)),
         "drop_first": int(drop_first),
+        **({} if requested_batch_size is None else {"batch_size_requested": str(requested_batch_size)}),
+        **({} if engine is None else {"executor": engine.executor_name, "executor_fallback": engine.fallback}),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -85,8 +85,11 @@ def tokenize(tokenizer, prompts: Sequence[str], n_ctx: int | None = None,
     Raises ``FunnelError`` for a prompt with no tokens or more tokens than the context.
     """
     token_ids = []
-    for index, prompt in enumerate(prompts):
-        ids = list(tokenizer(prompt)["input_ids"])
+    # One call for all prompts (a fast tokenizer encodes the list at once, ~10× fewer Python calls):
+    # without padding or truncation each row is exactly ``tokenizer(prompt)["input_ids"]``.
+    encoded = tokenizer(list(prompts))["input_ids"] if len(prompts) else []
+    for index, ids in enumerate(encoded):
+        ids = list(ids)
         if not ids:
             raise FunnelError(f"prompt {index} is empty after tokenization: remove it")
         if n_ctx is not None and len(ids) > n_ctx:
