@@ -29,8 +29,10 @@ test: install
 notebooks: install
 	$(PY) -m pytest -q tests/test_notebooks.py
 
+# Both regimes: compute-bound (Pythia-160m shape, batch 8) and launch-bound (4-layer d_model-64, batch 32).
 bench: install
-	$(PY) benchmarks/bench_gains.py
+	$(PY) benchmarks/bench_gains.py --case compute
+	$(PY) benchmarks/bench_gains.py --case launch
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

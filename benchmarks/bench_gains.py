@@ -54,6 +54,7 @@ import transformers  # noqa: E402
 
 from funnel_tl import engine as engine_module  # noqa: E402
 from funnel_tl import head_gains, load_model, measure_gains  # noqa: E402
+from funnel_tl.engine import resolve_batch_size  # noqa: E402
 from funnel_tl.prompts import make_batches, padding_fraction, tokenize  # noqa: E402
 from funnel_tl.reference import seed_reference  # noqa: E402
 from funnel_tl.toy import build_checkpoint, corpus_texts, train_tokenizer  # noqa: E402
@@ -112,21 +113,23 @@ class Workloads:
     """Loads what the methods need and runs each over all prompts."""
 
     def __init__(self, checkpoint: Path, device: str, dtype: torch.dtype, prompts: list[str],
-                 batch_size: int, methods=METHODS):
+                 batch_size: int | str, methods=METHODS):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device, self.dtype, self.prompts, self.batch_size = device, dtype, prompts, batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         self.token_ids = tokenize(self.tokenizer, prompts)
         self.n_tokens = sum(len(ids) for ids in self.token_ids)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        self.batches = list(make_batches(self.token_ids, batch_size, pad_token_id=pad))
         self.hf = self.bridge = None
         if {"bare", "seed"} & set(methods):
             # HF's default attention (SDPA), as the seed notebook loaded it.
             self.hf = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
-        if {"funnel", "funnel-full", "heads"} & set(methods):
+        if {"funnel", "funnel-full", "heads"} & set(methods) or batch_size == "auto":
             self.bridge = load_model(str(checkpoint), device=device, dtype=dtype)
+        if batch_size == "auto":  # what measure_gains would choose, after every model is loaded
+            self.batch_size = resolve_batch_size("auto", self.bridge, self.token_ids, device)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.batches = list(make_batches(self.token_ids, self.batch_size, pad_token_id=pad))
 
     def model_of(self, method: str):
         return self.hf if method in ("bare", "seed") else self.bridge
@@ -290,7 +293,7 @@ def report(args, work: Workloads, times, memory, load_times=None) -> dict:
         f"torch {torch.__version__}, transformers {transformers.__version__}, "
         f"transformer_lens {version('transformer-lens')}",
         f"{len(work.prompts)} prompts, {work.n_tokens} tokens ({min(lengths)} to {max(lengths)} per prompt), "
-        f"batch size {args.batch_size}, padding {padding_fraction(make_batches(work.token_ids, args.batch_size)):.1%}; "
+        f"batch size {args.batch_size}{' (auto)' if getattr(args, 'batch_size_requested', None) == 'auto' else ''}, padding {padding_fraction(make_batches(work.token_ids, args.batch_size)):.1%}; "
         f"{args.rounds} interleaved rounds: tokens/s from the median time, ratios the median of each round's ratio",
         "",
     ]
@@ -354,6 +357,7 @@ def report(args, work: Workloads, times, memory, load_times=None) -> dict:
         "machine": machine(), "threads": args.threads, "torch": torch.__version__,
         "transformers": transformers.__version__, "transformer_lens": version("transformer-lens"),
         "n_prompts": len(work.prompts), "n_tokens": work.n_tokens, "batch_size": args.batch_size,
+        "batch_size_requested": str(getattr(args, "batch_size_requested", args.batch_size)),
         "rounds": args.rounds, "seconds": times, "median_seconds": median, "tokens_per_second": rate,
         "load_seconds": load_times or {}, "memory_mib": memory, "ratios": {label: value for label, value, *_ in checks}, "table": "\n".join(lines),
     }
@@ -393,8 +397,9 @@ def main(argv=None) -> int:
                         help="default the case's on the CPU, pythia-1.4b on CUDA")
     parser.add_argument("--n-prompts", type=int, default=None, help="default the case's on the CPU, 256 on CUDA")
     parser.add_argument("--words", default=None, help="prompt lengths in words, e.g. 12-40 (default the case's)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="default the case's on the CPU (8 or 32), 32 on CUDA")
+    parser.add_argument("--batch-size", type=lambda text: text if text == "auto" else int(text), default=None,
+                        help="a number or auto (measure_gains' choice); default the case's on the CPU (8 or 32), "
+                             "32 on CUDA")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     parser.add_argument("--threads", type=int, default=None,
@@ -428,6 +433,9 @@ def main(argv=None) -> int:
         print(f"checkpoint {checkpoint}", file=sys.stderr, flush=True)
         work = Workloads(checkpoint, args.device, getattr(torch, args.dtype), bench_prompts(args.n_prompts, args.words),
                          args.batch_size, methods=methods)
+        args.batch_size_requested, args.batch_size = args.batch_size, work.batch_size
+        print(f"batch size {work.batch_size}" + (" (auto)" if args.batch_size_requested == "auto" else ""),
+              file=sys.stderr, flush=True)
         times = time_methods(work, methods, args.rounds)
         load_times = None if args.no_load else time_loading(checkpoint, args.device, getattr(torch, args.dtype), args.rounds)
         memory = {}

@@ -187,9 +187,9 @@ class HFExecutor:
         hf_model = model.__dict__["original_model"]
         if getattr(hf_model, "hf_device_map", None):
             return None, "the model is spread over devices (device_map)"
-        if any(point._forward_hooks or point._forward_pre_hooks for point in model.hook_dict.values()):
-            return None, "hooks of the caller's are attached to the model"
         hook_dict = model.hook_dict
+        if any(point._forward_hooks or point._forward_pre_hooks for point in hook_dict.values()):
+            return None, "hooks of the caller's are attached to the model"
         owners = {}  # id(HookPoint) -> (HF module it belongs to, "input" | "output")
         for component in model.modules():
             if isinstance(component, GeneralizedComponent):
@@ -367,17 +367,7 @@ class Engine:
         first_names, first_reads = self._names(first=True)
         names, reads = self._names(first=False)
         tl = TLExecutor(self.model)
-        candidates = []  # fast executors to try, fastest first
-        if self.requested != "transformer_lens":
-            for attention in FAST_ATTENTION:
-                fast, why_not = HFExecutor.for_model(self.model, names, attention)
-                if fast is None:
-                    self.fallback = why_not
-                    break
-                candidates.append(fast)
-            if not candidates and self.requested == "hf":
-                warnings.warn(f"the HF-module executor cannot run {model_name(self.model)} ({self.fallback}): "
-                              "reading through TransformerLens hooks instead", stacklevel=3)
+        candidates = self._candidates(names) if self.requested != "transformer_lens" else iter(())
         show = progress if progress is not None else len(batches) > 1
         with torch.inference_mode(), contextlib.ExitStack() as stack:
             executor = tl
@@ -399,6 +389,18 @@ class Engine:
                     sums = self._pass(executor, reads, batch, tokens, attention_mask, counted, False)
                 # Counted tokens from the host copy of the mask: no second transfer.
                 yield batch, self._to_host(sums), counted_tokens(batch.attention_mask, drop_first).sum(dim=1).numpy()
+
+    def _candidates(self, names: list[str]) -> Iterator[HFExecutor]:
+        """Fast executors to try, fastest first, each built only if the one before it disagreed."""
+        for attention in FAST_ATTENTION:
+            fast, why_not = HFExecutor.for_model(self.model, names, attention)
+            if fast is None:
+                self.fallback = why_not
+                if self.requested == "hf":
+                    warnings.warn(f"the HF-module executor cannot run {model_name(self.model)} ({why_not}): "
+                                  "reading through TransformerLens hooks instead", stacklevel=4)
+                return
+            yield fast
 
     def _first_agreeing(self, candidates, names, reads, truth, batch, tokens, attention_mask, counted):
         """The first fast executor whose sums agree with the TL hooks' ``truth`` for the first batch.

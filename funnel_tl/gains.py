@@ -3,8 +3,9 @@
 One forward pass per batch reads only the hooks the chosen definition needs — the selection
 ``run_with_cache(names_filter=...)`` would make — but each activation is reduced to its per-token
 float32 norm ‖·‖ over d_model the moment its hook fires (half-precision squares overflow past
-|x| = 256, and massive activations exceed that). The per-layer norms ``[batch, pos]`` are then
-stacked into ``[layer, batch, pos]`` and summed over each prompt's tokens in one masked einsum.
+|x| = 256, and massive activations exceed that). One hook's per-layer norms ``[batch, pos]`` are
+then stacked into ``[layer, batch, pos]`` and summed over each prompt's counted tokens
+(``engine.prompt_sums``).
 
 Why not ``run_with_cache`` and reduce afterwards: the cache holds every hooked activation of every
 layer at once, hooks × layers × batch × pos × d_model — for Pythia-1.4B's 6 hooks × 24 layers,
@@ -13,14 +14,15 @@ about one layer plus the logits). Reduced as they fire, the hooks add [batch, po
 no activation outlives its block. The numbers are the same: the same tensors, the same float32
 reduction (tests compare against ``run_with_cache`` + ``token_norms`` and the seed's HF hooks).
 
-The pass stops right after the last hook it reads (``blocks.{n-1}.hook_resid_post``) by raising
-a private exception from that hook: the final LayerNorm and the unembedding — a third of a
-Pythia-160m forward — never run. (The bridge's own ``stop_at_layer=n_layers`` still ran the
-unembedding. A hook that raises needs nothing but ``model.hooks``, which TL 3.x's
-``HookedTransformer`` has too.) Prompts are batched by length (``prompts.make_batches``), so
-little compute goes to padding; results come back in the caller's order, and the padding fraction
-is recorded in the provenance. ``benchmarks/bench_gains.py`` measures all of this against a bare
-HuggingFace forward and the seed's one-prompt-at-a-time loop.
+The passes themselves are run by ``funnel_tl.engine`` (``GainSums`` below is the gains' reduction):
+the pass stops right after the last hook it reads, so the final LayerNorm and the unembedding
+never run; sums move to the host once per batch; and where the TL hook points have HF modules
+behind them, the plain HF module tree runs instead of the bridge's wrappers, checked on every run
+against the TL hooks (see the engine's docstring). Prompts are batched by length
+(``prompts.make_batches``), so little compute goes to padding; results come back in the caller's
+order, and the padding fraction, batch size and executor are recorded in the provenance.
+``benchmarks/bench_gains.py`` measures all of this against a bare HuggingFace forward and the
+seed's one-prompt-at-a-time loop.
 """
 
 from __future__ import annotations
@@ -192,7 +194,7 @@ def prepare_tokens(model, prompts: str | Sequence[str], drop_first: int = 0,
 
 
 def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "seed",
-                  batch_size: int | str = 8, drop_first: int = 0, tokenizer=None,
+                  batch_size: int | str = "auto", drop_first: int = 0, tokenizer=None,
                   progress: bool | None = None, executor: str = "auto") -> GainResult:
     """Measure every layer's attention, MLP and block gain on a prompt set.
 
@@ -278,11 +280,15 @@ class GainSums:
         if self.first and suffix in self.identity_suffixes:
             self.held[f"blocks.{layer}.{suffix}"] = activation
             if suffix == "hook_resid_post":
-                # A non-finite layer fails the identity check by NaN; check_finite names it better, later.
-                if all(bool(torch.isfinite(activation_norms(held)[self.attention_mask.bool()]).all())
-                       for held in self.held.values()):
+                try:
                     check_residual_identities(self.model, self.held, self.attention_mask, self.plan.parallel_blocks,
                                               self.dtype, layers=[layer])
+                except FunnelError:
+                    # A non-finite layer fails the identity check by NaN; the batch's finiteness check
+                    # names it better. Looked at only on failure: no extra sync per layer otherwise.
+                    real = self.attention_mask.bool()
+                    if all(bool(torch.isfinite(held[real]).all()) for held in self.held.values()):
+                        raise
                 self.held.clear()
 
     def _stacked(self) -> dict[str, torch.Tensor]:

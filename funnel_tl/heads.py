@@ -434,7 +434,7 @@ def resolve_layers(layers: int | Sequence[int] | None, n_layers: int) -> tuple[i
 
 # ---- measurement ---------------------------------------------------------------------------------
 def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "seed",
-               layers: int | Sequence[int] | None = None, batch_size: int | str = 8, drop_first: int = 0,
+               layers: int | Sequence[int] | None = None, batch_size: int | str = "auto", drop_first: int = 0,
                tokenizer=None, progress: bool | None = None, executor: str = "auto") -> HeadResult:
     """Measure every head's output norm, gain and share of the layer output on a prompt set.
 

@@ -123,13 +123,11 @@ def make_batches(token_ids: Sequence[Sequence[int]], batch_size: int,
     for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
         width = max(len(token_ids[i]) for i in indices)
-        tokens = torch.full((len(indices), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(indices), width), dtype=torch.long)
-        for row, i in enumerate(indices):
-            ids = token_ids[i]
-            tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[row, : len(ids)] = 1
-        yield Batch(indices=indices, tokens=tokens, attention_mask=mask)
+        # Padded in Python and converted once: one tensor per batch, not one per prompt.
+        rows = [list(token_ids[i]) + [pad_token_id] * (width - len(token_ids[i])) for i in indices]
+        masks = [[1] * len(token_ids[i]) + [0] * (width - len(token_ids[i])) for i in indices]
+        yield Batch(indices=indices, tokens=torch.tensor(rows, dtype=torch.long),
+                    attention_mask=torch.tensor(masks, dtype=torch.long))
 
 
 def padding_fraction(batches: Iterable[Batch]) -> float:

@@ -193,3 +193,16 @@ def test_no_warning_when_the_fast_executor_agrees(bridge, prompts):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         measure_gains(bridge("gpt2"), prompts, batch_size=5)
+
+
+@pytest.mark.parametrize("arch", ["neox-parallel", "gpt2"])
+def test_loading_leaves_no_weight_unset_and_restores_linear_init(arch, checkpoints):
+    """The split-QKV linears are NaN until replaced by the checkpoint's slices: none may stay NaN."""
+    from funnel_tl import load_model
+
+    reset = torch.nn.Linear.reset_parameters
+    model = load_model(str(checkpoints[arch]), device="cpu")
+    assert torch.nn.Linear.reset_parameters is reset
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    assert all(bool(torch.isfinite(m.weight).all()) for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert not torch.isnan(torch.nn.Linear(3, 2).weight).any()  # Linears built afterwards get their usual init
