@@ -367,7 +367,11 @@ class Engine:
         first_names, first_reads = self._names(first=True)
         names, reads = self._names(first=False)
         tl = TLExecutor(self.model)
-        candidates = self._candidates(names) if self.requested != "transformer_lens" else iter(())
+        # One batch: the TL pass that checks a fast executor would already be the whole run.
+        fast_wanted = self.requested != "transformer_lens" and len(batches) > 1
+        candidates = self._candidates(names) if fast_wanted else iter(())
+        if not fast_wanted and self.requested != "transformer_lens":
+            self.fallback = "a single batch: the TransformerLens pass that checks a fast executor is the whole run"
         show = progress if progress is not None else len(batches) > 1
         with torch.inference_mode(), contextlib.ExitStack() as stack:
             executor = tl
