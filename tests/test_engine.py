@@ -206,3 +206,25 @@ def test_loading_leaves_no_weight_unset_and_restores_linear_init(arch, checkpoin
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
     assert all(bool(torch.isfinite(m.weight).all()) for m in model.modules() if isinstance(m, torch.nn.Linear))
     assert not torch.isnan(torch.nn.Linear(3, 2).weight).any()  # Linears built afterwards get their usual init
+
+
+def test_cli_batch_size_auto_is_recorded(checkpoints, tmp_path):
+    import json
+
+    from funnel_tl.cli import main
+
+    assert main(["run", "--model", str(checkpoints["gpt2"]), "--device", "cpu", "--batch-size", "auto",
+                 "--bootstrap", "0", "--out", str(tmp_path)]) == 0
+    provenance = json.loads((tmp_path / "results.json").read_text())["provenance"]
+    assert provenance["batch_size"] == engine.CPU_BATCH_SIZE and provenance["batch_size_requested"] == "auto"
+    assert provenance["executor"] in ("hf-sdpa", "hf", "transformer_lens")
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "lots"])
+def test_cli_bad_batch_size_exits_2(bad, checkpoints, tmp_path, capsys):
+    from funnel_tl.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--model", str(checkpoints["gpt2"]), "--batch-size", bad, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "positive integer or auto" in capsys.readouterr().err
