@@ -105,6 +105,21 @@ def test_the_skewed_executor_would_have_changed_the_numbers(bridge, prompts, mon
     assert np.max(np.abs(skewed.out_sums["attn"][:, 1] / truth.out_sums["attn"][:, 1] - 1)) > 5e-4
 
 
+class _Broken(HFExecutor):
+    def forward(self, tokens, attention_mask):
+        raise RuntimeError("Expected all tensors to be on the same device")
+
+
+def test_a_fast_executor_that_crashes_is_not_used(bridge, prompts, monkeypatch):
+    model = bridge("gpt2")
+    truth = measure_gains(model, prompts, batch_size=3, executor="transformer_lens")
+    monkeypatch.setattr(engine, "HFExecutor", _Broken)
+    with pytest.warns(UserWarning, match="failed: RuntimeError"):
+        result = measure_gains(model, prompts, batch_size=3)
+    assert result.provenance["executor"] == "transformer_lens"
+    np.testing.assert_array_equal(result.out_sums["attn"], truth.out_sums["attn"])
+
+
 def test_callers_hooks_send_the_run_through_transformer_lens(bridge, prompts):
     """Hooks a user attached (an ablation, a cache) run only on the TL path, so it is the one used."""
     model = bridge("gpt2")
