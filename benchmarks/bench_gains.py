@@ -94,9 +94,10 @@ def bench_prompts(n: int, words_range: tuple[int, int] = (1, 24)) -> list[str]:
     words = " ".join(corpus_texts()).split()
     low, high = words_range
     span = high - low + 1
+    step = next(prime for prime in (29, 31, 37, 41, 43) if span % prime)  # prime to span: every length, shuffled
     prompts, start = [], 0
     for i in range(n):
-        count = low + (i * 29) % span  # 29 is prime to 24 and 29: every length in range, shuffled
+        count = low + (i * step) % span
         prompts.append(" ".join(words[start:start + count]))
         start += count
     return prompts
