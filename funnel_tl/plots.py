@@ -402,19 +402,66 @@ def _short(name: str, width: int = 28) -> str:
 
 
 # ---- output -----------------------------------------------------------------------------------
-def write_html(fig: go.Figure, path: str | os.PathLike, title: str | None = None) -> Path:
-    """Write ``fig`` as one self-contained HTML file (plotly.js inside: opens with no network).
+# Pages of one output tree load one copy of plotly.js written beside them (4.8 MB once, not per
+# page); a page opened from disk reads it by relative path, so it still works offline.
+PLOTLYJS = "plotly.min.js"
 
-    Written to a temporary file beside ``path`` and renamed into place, so a reader never sees a
-    half-written file. The div id is fixed, so the same figure always gives the same bytes.
+
+def plotlyjs_for(page: str | os.PathLike, self_contained: bool = False,
+                 root: str | os.PathLike | None = None) -> str | bool:
+    """What a page at ``page`` should load plotly.js from: True (embed it) or a relative path.
+
+    Unless ``self_contained``, ``root/plotly.min.js`` (``root`` defaults to the page's folder;
+    ``compare`` and ``report`` pass the top of their output tree) is written when missing or
+    from another plotly version, and its path relative to the page's folder returned.
+    """
+    if self_contained:
+        return True
+    page = Path(page)
+    root = Path(root) if root is not None else page.parent
+    shared = root / PLOTLYJS
+    from plotly.offline import get_plotlyjs
+
+    text = get_plotlyjs()
+    if not shared.is_file() or shared.stat().st_size != len(text.encode("utf-8")):
+        write_text_atomic(shared, text)
+    page.parent.mkdir(parents=True, exist_ok=True)
+    return Path(os.path.relpath(shared.resolve(), page.parent.resolve())).as_posix()
+
+
+def script_tag(plotlyjs: str | bool) -> str:
+    """The <script> that gives a page plotly.js: embedded (True) or by relative path (a string)."""
+    if plotlyjs is True:
+        from plotly.offline import get_plotlyjs
+
+        return f'<script type="text/javascript">{get_plotlyjs()}</script>\n'
+    return f'<script src="{_escape(str(plotlyjs))}" charset="utf-8"></script>\n'
+
+
+def figure_div(fig: go.Figure, div_id: str | None = None, config: dict | None = None) -> str:
+    """One figure as a <div> for a page whose <head> already loads plotly.js (``script_tag``)."""
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
+                       config={"displaylogo": False, "responsive": True, **(config or {})})
+
+
+def write_html(fig: go.Figure, path: str | os.PathLike, title: str | None = None, self_contained: bool = False,
+               root: str | os.PathLike | None = None) -> Path:
+    """Write ``fig`` as an HTML page that opens with no network.
+
+    By default the page loads ``plotly.min.js`` from its folder (or from ``root``, the top of an
+    output tree), written there once and shared by every page; ``self_contained=True`` embeds
+    plotly.js in the page instead (one standalone 4.8 MB file). Written to a temporary file beside
+    ``path`` and renamed into place, so a reader never sees a half-written file. The div id is
+    fixed, so the same figure always gives the same bytes.
     """
     path = Path(path)
     title = title or (fig.layout.title.text or "funnel_tl figure").split("<br>")[0].replace("<b>", "").replace("</b>", "")
-    html = fig.to_html(include_plotlyjs=True, full_html=True, div_id="funnel-tl-figure", config={
-        "displaylogo": False, "responsive": True,
-        "toImageButtonOptions": {"format": "png", "filename": path.stem, "width": WIDTH, "height": HEIGHT, "scale": 2},
-    })
-    html = html.replace("<head>", f"<head>\n    <title>{_escape(title)}</title>", 1)
+    config = {"toImageButtonOptions": {"format": "png", "filename": path.stem, "width": WIDTH, "height": HEIGHT,
+                                       "scale": 2}}
+    plotlyjs = plotlyjs_for(path, self_contained, root)
+    html = ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{_escape(title)}</title>\n{script_tag(plotlyjs)}</head>\n<body>\n"
+            f"{figure_div(fig, 'funnel-tl-figure', config)}\n</body>\n</html>\n")
     return write_text_atomic(path, html)
 
 

@@ -10,6 +10,7 @@ seed notebook. It shares no code with funnel_tl.heads (no TransformerLens, no ho
 from __future__ import annotations
 
 import json
+import re
 
 import einops
 import numpy as np
@@ -256,9 +257,34 @@ def test_heatmap_is_a_figure(measured):
     result = measured("gpt2")
     figure = result.heatmap()
     assert isinstance(figure, go.Figure)
-    np.testing.assert_array_equal(np.asarray(figure.data[0].z), result.head_gains)
+    # Gains are coloured on a log scale diverging at gain 1 (log10 = 0), symmetric either side.
+    np.testing.assert_allclose(np.asarray(figure.data[0].z), np.log10(result.head_gains))
+    heat = figure.data[0]
+    assert heat.zmid == 0 and heat.zmin == -heat.zmax and heat.colorscale[0][1] != heat.colorscale[-1][1]
     assert figure.data[0].text[1][2].startswith("<b>L1H2</b>")
     assert result.heatmap("projection_share").data[0].zmid == 0
+    assert "positions dropped" not in figure.layout.title.text  # said only when some were dropped
+
+
+def test_heads_page_shares_plotlyjs_unless_self_contained(tmp_path, measured):
+    result = measured("gpt2")
+    page = result.save_html(tmp_path / "heads.html", k=5).read_text()
+    assert '<script src="plotly.min.js"' in page and len(page) < 200_000
+    assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
+    assert page.count("gpt2") >= 1 and page.count("per-head gains</h1>") == 1
+    alone = result.save_html(tmp_path / "alone" / "heads.html", self_contained=True).read_text()
+    assert not re.search(r"<script[^>]+src=", alone) and len(alone) > 1_000_000
+    assert not (tmp_path / "alone" / "plotly.min.js").exists()
+
+
+def test_head_result_to_pandas_is_tidy(measured):
+    pytest.importorskip("pandas")
+    result = measured("llama-gqa")
+    table = result.to_pandas()
+    assert len(table) == len(result.layers) * result.n_heads
+    assert {"model", "layer", "head", "component", "gain", "ci_low", "ci_high", "n_prompts"} <= set(table.columns)
+    row = table[(table["layer"] == 1) & (table["head"] == 3)].iloc[0]
+    assert row.gain == result.stat(1, 3).gain and row.n_prompts == result.n_prompts
 
 
 def test_save_load_round_trip(tmp_path, measured):
