@@ -7,9 +7,14 @@
 2. ``plot_mlp_depth``: MLP gain against normalized depth (0 = first layer, 1 = last), with the
    Pythia-1.4B reference (its largest MLP gain, 3.60 in its last layer);
 3. ``plot_net_gain``: attn × MLP gain bars coloured expanding / contracting, the expanding ones
-   labelled, and the block gain ‖resid_post‖ / ‖resid_pre‖ over them;
-4. ``plot_cumulative``: the running product of attn × MLP on a log scale, bottleneck and output
-   marked.
+   labelled; the block gain ‖resid_post‖ / ‖resid_pre‖ on a second y-axis of its own (right): its
+   denominator is the residual stream, the bars' (under ``definition="seed"``) the LayerNorm
+   outputs, so the two are not on one scale, and a large block gain no longer flattens the bars;
+4. ``plot_cumulative``: the running product of attn × MLP on a log scale, its lowest point
+   (the bottleneck) and the output marked; a curve lowest at its first layer has no bottleneck.
+
+Colours are Okabe and Ito's palette, which red-green colour-blind readers can tell apart:
+attention blue, MLP vermillion, expanding orange, contracting sky blue.
 
 Panels 1-3 use a linear axis, as the seed, unless their values span more than ``LOG_SPAN``-fold
 (Pythia's attention gains of 0.08 beside an MLP gain of 3.6 do); they then go to a log axis, where
@@ -31,6 +36,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,24 +46,27 @@ from plotly.subplots import make_subplots
 from .funnel import PYTHIA_1_4B_REFERENCE
 from .results import write_text_atomic
 
+# Okabe & Ito (2008), "Color Universal Design": distinguishable with any common colour blindness.
+# The seed's blue/red become blue/vermillion; its green/purple bars orange/sky blue.
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#56B4E9", "#CC79A7", "#F0E442", "#000000")
 COLORS = {
-    "attn": "#1f77b4",          # the seed's blue
-    "mlp": "#d62728",           # the seed's red
+    "attn": "#0072B2",          # blue
+    "mlp": "#D55E00",           # vermillion
     "block": "#3a3a3a",
-    "expanding": "#2ca02c",     # the seed's green and purple bars
-    "contracting": "#8e44ad",
-    "expanding edge": "#1b5e20",  # their error bars, darker: apart from the block gain's
-    "contracting edge": "#4a235a",
-    "reference": "#ff7f0e",     # the seed's orange reference line
+    "expanding": "#E69F00",     # orange: expands (as red does on the diverging heatmaps)
+    "contracting": "#56B4E9",   # sky blue: contracts
+    "expanding edge": "#7a4f00",  # their error bars, darker: apart from the block gain's
+    "contracting edge": "#1f5f82",
+    "reference": "#009E73",     # bluish green: Pythia-1.4B's reference
     "neutral": "#7f7f7f",
-    "bottleneck": "#d62728",
-    "output": "#2ca02c",
+    "bottleneck": "#D55E00",
+    "output": "#009E73",
 }
 NAMES = {"attn": "attention", "mlp": "MLP", "block": "block", "combined": "attn × MLP", "cumulative": "cumulative"}
 PANEL_TITLES = (
     "Attention vs MLP gain per layer",
     "MLP gain on normalized depth vs Pythia-1.4B",
-    "Net effect per layer: attn × MLP (bars) and block gain",
+    "Net effect per layer: attn × MLP (bars, left) and block gain (right)",
     "Information funnel: cumulative attn × MLP gain",
 )
 # Big enough for 2×2 panels with legible labels on a slide; also the PNG size (at scale 2).
@@ -101,22 +110,23 @@ def plot_funnel(result, log_gains: bool | None = None) -> go.Figure:
     would flatten the small gains against zero. On a log axis the bars of panel 3 rise or hang
     from the neutral gain 1.
     """
-    fig = make_subplots(rows=2, cols=2, subplot_titles=PANEL_TITLES, horizontal_spacing=0.08,
-                        vertical_spacing=0.2)
+    # Panel 3 has a second y-axis for the block gain (another denominator: see the module docstring).
+    fig = make_subplots(rows=2, cols=2, subplot_titles=PANEL_TITLES, horizontal_spacing=0.1,
+                        vertical_spacing=0.2, specs=[[{}, {}], [{"secondary_y": True}, {}]])
     fig.update_layout(height=HEIGHT)
     for index, panel in enumerate((_attention_mlp, _mlp_depth, _net_gain, _cumulative)):
         panel(fig, result, row=index // 2 + 1, col=index % 2 + 1, legend=_legend_name(index),
               log=True if panel is _cumulative else log_gains)
-        _place_legend(fig, index)
+        _place_legend(fig, index, row=index // 2 + 1, col=index % 2 + 1)
     _finish(fig, result, height=HEIGHT)
     return fig
 
 
 def _single(result, panel, index: int, log: bool | None) -> go.Figure:
-    fig = make_subplots(rows=1, cols=1)
+    fig = make_subplots(rows=1, cols=1, specs=[[{"secondary_y": panel is _net_gain}]])
     fig.update_layout(height=560)
     panel(fig, result, row=1, col=1, legend="legend", log=log)
-    _place_legend(fig, index, single=True)
+    _place_legend(fig, index, single=True, row=1, col=1)
     _finish(fig, result, height=560, heading=PANEL_TITLES[index])
     return fig
 
@@ -167,7 +177,7 @@ def _net_gain(fig, result, row, col, legend, log=None):
     gains = result.combined_gains
     layers = np.arange(result.n_layers)
     intervals = _intervals(result, "combined")
-    log = _log_axis(log, result, ("combined", "block"))
+    log = _log_axis(log, result, ("combined",))
     expanding = gains >= 1  # the seed's colouring: by the point estimate
     # Hatched: the interval straddles 1, so the robust verdict counts the layer as neither.
     undetermined = (intervals[:, 0] <= 1) & (intervals[:, 1] >= 1) if intervals is not None else np.zeros_like(expanding)
@@ -191,8 +201,11 @@ def _net_gain(fig, result, row, col, legend, log=None):
     if undetermined.any():
         _legend_entry(fig, "hatched: interval crosses 1", dict(color="#bbbbbb", pattern=dict(shape="/", fgcolor="white", size=6)),
                       legend, row, col)
+    # The block gain reads the residual stream, the bars (seed definition) the LayerNorm outputs:
+    # its own axis, so that neither sets the other's range.
     fig.add_trace(_gain_trace(result, "block", layers, legend=legend, symbol="diamond",
-                              name="block ‖resid_post‖ / ‖resid_pre‖"), row=row, col=col)
+                              name="block ‖resid_post‖ / ‖resid_pre‖ (right axis)"),
+                  row=row, col=col, secondary_y=True)
     _neutral(fig, row, col, width=2)
     for layer in _labelled(gains, expanding):
         top = max(gains[layer], intervals[layer, 1] if intervals is not None else gains[layer])
@@ -200,16 +213,21 @@ def _net_gain(fig, result, row, col, legend, log=None):
         fig.add_annotation(x=layer, y=math.log10(top) if log else top, text=f"L{layer}<br>{gains[layer]:.2f}",
                            showarrow=False, yanchor="bottom", yshift=3,
                            font=dict(size=10, color=COLORS["expanding"]), row=row, col=col)
-    # Room above the tallest bar, error bar or block point for the labels.
-    low, high = _extent(result, ("combined", "block"))
+    # Room above the tallest bar or error bar for the labels.
+    low, high = _extent(result, ("combined",))
     if log:
         decades = max(math.log10(high) - math.log10(low), 0.5)
         span = [math.log10(low) - 0.05 * decades, math.log10(high) + 0.18 * decades]  # log10 units
     else:
         span = [0, 1.15 * high]
     fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers))
-    fig.update_yaxes(title_text="gain" + (" (log)" if log else ""), range=span, row=row, col=col,
-                     **_gain_axis(log, (low, high), autorange=False))
+    denominators = "LayerNorm outputs" if result.definition == "seed" else "residual stream"
+    fig.update_yaxes(title_text=f"attn × MLP gain (÷ {denominators})" + (" (log)" if log else ""), range=span,
+                     row=row, col=col, secondary_y=False, **_gain_axis(log, (low, high), autorange=False))
+    block_log = _log_axis(None, result, ("block",))
+    fig.update_yaxes(title_text="block gain (÷ residual stream)" + (" (log)" if block_log else ""),
+                     row=row, col=col, secondary_y=True, showgrid=False, zeroline=False,
+                     **_gain_axis(block_log, _extent(result, ("block",))))
 
 
 def _cumulative(fig, result, row, col, legend, log=True):
@@ -230,8 +248,15 @@ def _cumulative(fig, result, row, col, legend, log=True):
     ), row=row, col=col)
     _neutral(fig, row, col)
     bottleneck, output = int(np.argmin(cumulative)), result.n_layers - 1
-    for layer, label, color, symbol in ((bottleneck, "bottleneck", COLORS["bottleneck"], "circle"),
-                                        (output, "output", COLORS["output"], "square")):
+    markers = [(output, "output", COLORS["output"], "square")]
+    if bottleneck == output:  # one marker: two at one point would hide each other
+        markers = [(output, "bottleneck = output", COLORS["bottleneck"], "circle")]
+    elif bottleneck > 0:  # lowest at the first layer means the curve only rises: nothing narrows
+        markers.insert(0, (bottleneck, "bottleneck", COLORS["bottleneck"], "circle"))
+    elif result.n_layers > 1:
+        _legend_entry(fig, "no bottleneck: lowest at L0, rises after", dict(color="rgba(0,0,0,0)"), legend,
+                      row, col)
+    for layer, label, color, symbol in markers:
         fig.add_trace(go.Scatter(
             x=[layer], y=[cumulative[layer]], mode="markers", legend=legend,
             name=f"{label} (L{layer}: {cumulative[layer]:.3g})",
@@ -369,11 +394,11 @@ def _legend_name(index: int) -> str:
     return "legend" if index == 0 else f"legend{index + 1}"
 
 
-def _place_legend(fig, index: int, single: bool = False) -> None:
+def _place_legend(fig, index: int, single: bool = False, row: int = 1, col: int = 1) -> None:
     """One horizontal legend per panel, under its x-axis title: it never hides a data point."""
-    axis = "" if single or index == 0 else str(index + 1)
-    x0, _ = fig.layout[f"xaxis{axis}"].domain
-    y0, _ = fig.layout[f"yaxis{axis}"].domain
+    subplot = fig.get_subplot(row, col)
+    x0, _ = subplot.xaxis.domain
+    y0, _ = subplot.yaxis.domain
     plot_height = (fig.layout.height or HEIGHT) - MARGIN["t"] - MARGIN["b"]
     fig.update_layout({_legend_name(0 if single else index): dict(
         orientation="h", x=x0, y=y0 - LEGEND_DROP_PX / plot_height, xanchor="left", yanchor="top",
@@ -481,22 +506,39 @@ def find_chrome() -> str | None:
     return None
 
 
-def png_available() -> bool:
-    """Whether ``write_png`` can work here: kaleido importable and a Chrome/Chromium found."""
+def png_missing() -> str | None:
+    """Why ``write_png`` cannot work here (one line saying what to install), or None when it can."""
     try:
         import kaleido  # noqa: F401
     except ImportError:
-        return False
-    return find_chrome() is not None
+        return "kaleido is not installed (pip install kaleido, or pip install 'funnel_tl[png]')"
+    if find_chrome() is None:
+        return ("kaleido found no Chrome/Chromium (apt-get install chromium, or set BROWSER_PATH to a "
+                "Chrome executable)")
+    return None
+
+
+def png_help() -> str:
+    """The line the CLI prints when it wrote no PNG: the reason, and the way round it."""
+    reason = png_missing()
+    return f"PNG skipped: {reason}; or open the HTML and use the camera icon" if reason else ""
+
+
+def png_available() -> bool:
+    """Whether ``write_png`` can work here: kaleido importable and a Chrome/Chromium found."""
+    return png_missing() is None
 
 
 def write_png(fig: go.Figure, path: str | os.PathLike, width: int = WIDTH, height: int = HEIGHT,
               scale: float = 2) -> Path | None:
     """Write ``fig`` as a PNG through kaleido, atomically; ``None`` when kaleido or Chrome is missing.
 
-    When it returns ``None``, ``PNG_HELP`` is the one line that says how to get PNGs.
+    When it writes nothing it says why in a ``UserWarning`` (``png_missing()`` gives the same
+    line), so a notebook user sees what to install instead of a silent None.
     """
-    if not png_available():
+    reason = png_missing()
+    if reason is not None:
+        warnings.warn(f"no PNG written to {path}: {reason}", UserWarning, stacklevel=2)
         return None
     chrome = find_chrome()
     os.environ.setdefault("BROWSER_PATH", chrome)  # choreographer (kaleido's browser driver) reads it

@@ -51,9 +51,13 @@ def test_plot_funnel_has_the_four_panels(result):
     # Each panel's traces sit on their own axes: attention/MLP (1), depth (2), net (3), cumulative (4).
     assert panel_axes(fig, one(fig, "attention gain")) == ("x", "y")
     assert panel_axes(fig, one(fig, "funnel MLP")) == ("x2", "y2")
-    assert panel_axes(fig, one(fig, "block")) == ("x3", "y3")
-    assert panel_axes(fig, one(fig, "cumulative attn × MLP gain")) == ("x4", "y4")
-    assert fig.layout.yaxis4.type == "log"
+    # Panel 3's block gain has a y-axis of its own (y4, right, over y3): another denominator.
+    assert panel_axes(fig, one(fig, "block")) == ("x3", "y4")
+    assert fig.layout.yaxis4.overlaying == "y3" and fig.layout.yaxis4.side == "right"
+    bars = [t for t in fig.data if isinstance(t, go.Bar) and t.legendgroup == "contracting"]
+    assert {panel_axes(fig, bar) for bar in bars} == {("x3", "y3")}
+    assert panel_axes(fig, one(fig, "cumulative attn × MLP gain")) == ("x4", "y5")
+    assert fig.layout.yaxis5.type == "log"
 
 
 def test_title_names_model_definition_and_prompt_count(result):
@@ -203,23 +207,40 @@ def test_figures_work_for_a_single_layer_model():
 
 
 # ---- output ---------------------------------------------------------------------------------------
-def test_write_html_is_self_contained_deterministic_and_atomic(tmp_path, result):
+def test_write_html_shares_plotlyjs_deterministic_and_atomic(tmp_path, result):
     fig = plot_funnel(result)
     first = write_html(fig, tmp_path / "a" / "funnel.html")
     html = first.read_text(encoding="utf-8")
-    assert not re.search(r"<script[^>]+src=", html), "every script must be inline: the file opens offline"
-    assert "Plotly.newPlot" in html and len(html) > 1_000_000  # plotly.js itself is inside
+    # One plotly.min.js beside the page, loaded by relative path: offline, and shared by the pages there.
+    assert re.findall(r"<script[^>]+src=\"([^\"]+)\"", html) == ["plotly.min.js"]
+    shared = first.parent / "plotly.min.js"
+    assert "plotly.js v" in shared.read_text(encoding="utf-8")[:500] and len(html) < 300_000
+    assert "Plotly.newPlot" in html
     assert "<title>synthetic/funnel: attention, MLP and block gain per layer</title>" in html
     second = write_html(plot_funnel(result), tmp_path / "b" / "funnel.html")
     assert first.read_bytes() == second.read_bytes()
-    assert [p.name for p in first.parent.iterdir()] == ["funnel.html"]  # no temporary left behind
+    assert sorted(p.name for p in first.parent.iterdir()) == ["funnel.html", "plotly.min.js"]  # no temporary
     assert first.stat().st_mode & 0o777 == 0o644
+    # Pages lower in a tree load the one at its root.
+    nested = write_html(fig, tmp_path / "a" / "model" / "funnel.html", root=tmp_path / "a")
+    assert '<script src="../plotly.min.js"' in nested.read_text() and not (nested.parent / "plotly.min.js").exists()
+
+
+def test_self_contained_html_embeds_plotlyjs(tmp_path, result):
+    page = write_html(plot_funnel(result), tmp_path / "funnel.html", self_contained=True)
+    html = page.read_text(encoding="utf-8")
+    assert not re.search(r"<script[^>]+src=", html), "every script must be inline: the file opens alone"
+    assert "Plotly.newPlot" in html and len(html) > 1_000_000  # plotly.js itself is inside
+    assert [p.name for p in tmp_path.iterdir()] == ["funnel.html"]
 
 
 def test_png_is_skipped_with_a_message_without_chrome(tmp_path, monkeypatch, result):
     monkeypatch.setattr(plots, "find_chrome", lambda: None)
-    assert write_png(plot_funnel(result), tmp_path / "funnel.png") is None
+    monkeypatch.setitem(__import__("sys").modules, "kaleido", object())  # kaleido "installed", Chrome not
+    with pytest.warns(UserWarning, match="no Chrome/Chromium"):
+        assert write_png(plot_funnel(result), tmp_path / "funnel.png") is None
     assert not (tmp_path / "funnel.png").exists()
+    assert plots.png_help().startswith("PNG skipped: kaleido found no Chrome") and "\n" not in plots.png_help()
     assert "pip install kaleido" in plots.PNG_HELP and "\n" not in plots.PNG_HELP
 
 
