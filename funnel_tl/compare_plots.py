@@ -107,7 +107,8 @@ def plot_depth_overlay(comparison, components=("attn", "mlp", "block")) -> go.Fi
     figure.update_yaxes(title_text="gain  (< 1 contracts, > 1 expands; log scale)", row=1, col=1)
     figure.update_xaxes(title_text="normalized depth", range=[-0.04, 1.04], zeroline=False)
     figure.update_layout(
-        title=dict(text=f"Gains across {_what(rows)}<br><sup>{_subtitle(comparison)}; "
+        title=dict(text=f"Gains across {'training checkpoints' if _what(rows) == 'checkpoints' else 'models'}"
+                        f"<br><sup>{_subtitle(comparison)}; "
                         "depth = layer / (layers − 1); bars: 95% bootstrap intervals over prompts, where drawn</sup>"),
         template="plotly_white", height=460, legend=dict(title="checkpoint" if _what(rows) == "checkpoints" else "model"),
         hovermode="closest",
@@ -353,7 +354,7 @@ def render_html(comparison, plotlyjs: str | bool = True) -> str:
                     "the MLP in all but at most three (a rule that cannot fail with three layers or fewer), and the "
                     "last-layer MLP expands. funnel (robust): the same test counting a layer only when its "
                     "bootstrap interval lies on one side of 1, with at most one eighth of the MLP layers "
-                    "(the seed's 3 of 24, rounded down) allowed to fail to contract (– when the results hold "
+                    "(the seed's 3 of 24, rounded down, at least one) allowed to fail to contract (– when the results hold "
                     "no intervals). Parameters: the checkpoint's own count. Layers are numbered from 0. Time and memory cover loading and "
                     "measuring; on the CPU memory is the process's peak resident set.</p>")
     if comparison.ok:

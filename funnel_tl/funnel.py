@@ -180,7 +180,7 @@ def _robust_lines(result, rule: str) -> list[str]:
         f"1. Attention ALWAYS contracts: {robust.attention_always_contracts} "
         f"({robust.counts['attention']['n_contracting']}/{n})",
         f"2. MLP mostly contracts: {robust.mlp_mostly_contracts} ({robust.counts['mlp']['n_contracting']}/{n}; "
-        f"depth-scaled: at most {mlp_expanding_allowed(n)} of {n} may fail, one eighth as the seed's 3 of 24)",
+        f"depth-scaled: at most {mlp_expanding_allowed(n)} of {n} may fail, one eighth as the seed's 3 of 24, at least 1)",
         f"3. Last layer MLP expands: {robust.last_layer_expands} (interval [{lo:.3f}, {hi:.3f}])",
         f"4. Last layer has MAX MLP gain: {robust.last_layer_is_max} (its interval must lie above every other layer's)",
         f"\n>>> FUNNEL MODEL CONFIRMED (robust): {robust.funnel_confirmed} <<<",

@@ -186,6 +186,41 @@ def test_panel_4_marks_bottleneck_and_output_on_a_log_scale():
     assert "L1" in bottleneck.name and "L3" in output.name
 
 
+def test_panel_4_marks_no_bottleneck_on_a_rising_curve_and_one_marker_when_they_coincide():
+    # Combined gains 0.5, 2, 2: cumulative 0.5, 1, 2 — lowest at L0, then only rising.
+    rising = {"attn": np.tile([0.5, 2.0, 2.0], (4, 1)), "mlp": np.ones((4, 3)), "block": np.ones((4, 3))}
+    fig = plot_cumulative(from_gains(rising))
+    assert not traces_named(fig, "bottleneck (") and one(fig, "output").x[0] == 2
+    assert traces_named(fig, "no bottleneck")
+    # Combined gains 0.5, 0.5, 0.5: cumulative falls to the last layer, which is bottleneck and output.
+    falling = {"attn": np.tile([0.5, 0.5, 0.5], (4, 1)), "mlp": np.ones((4, 3)), "block": np.ones((4, 3))}
+    fig = plot_cumulative(from_gains(falling))
+    marker = one(fig, "bottleneck = output")
+    assert marker.x[0] == 2 and [t.name for t in fig.data if t.name and t.name.startswith("output")] == []
+
+
+def test_panel_3_block_gain_has_its_own_axis_and_does_not_set_the_bars_range():
+    # A block gain of 95 at L0 (nano-8l's case) beside attn × MLP gains near 1.
+    gains = {"attn": np.tile([0.5, 0.9, 1.2], (4, 1)), "mlp": np.tile([1.0, 1.0, 1.1], (4, 1)),
+             "block": np.tile([95.0, 1.1, 1.2], (4, 1))}
+    fig = plot_net_gain(from_gains(gains), log_gains=False)
+    block = one(fig, "block")
+    assert block.yaxis == "y2" and fig.layout.yaxis2.overlaying == "y"
+    assert fig.layout.yaxis.range[1] < 2  # the bars' axis: 1.15 × the largest combined gain (1.32)
+    assert "LayerNorm outputs" in fig.layout.yaxis.title.text and "residual" in fig.layout.yaxis2.title.text
+
+
+def test_colours_are_okabe_ito():
+    for key in ("attn", "mlp", "expanding", "contracting", "reference"):
+        assert plots.COLORS[key] in plots.OKABE_ITO, key
+    assert len({plots.COLORS[k] for k in ("attn", "mlp", "expanding", "contracting", "reference")}) == 5
+
+
+def test_log_ticks_are_one_two_five_per_decade():
+    ticks = plots._log_ticks(0.03, 4.0)["tickvals"]
+    assert {round(t / 10 ** np.floor(np.log10(t))) for t in ticks} == {1, 2, 5}
+
+
 def test_without_intervals_there_are_no_error_bars_and_the_title_says_so():
     fig = plot_funnel(funnel_like())
     assert "bootstrap skipped" in fig.layout.title.text
