@@ -181,7 +181,7 @@ def plot_depth_heatmap(comparison, component: str = "mlp") -> go.Figure:
     figure.update_yaxes(autorange="reversed", type="category")
     figure.update_xaxes(title_text="depth (fraction of the layers)", range=[0, 1])
     figure.update_layout(
-        title=dict(text=f"{PANEL_TITLES[component]} by model and depth<br>"
+        title=dict(text=f"{PANEL_TITLES[component]} by {'checkpoint' if _what(rows) == 'checkpoints' else 'model'} and depth<br>"
                         f"<sup>{_subtitle(comparison)}; blue contracts, red expands</sup>"),
         template="plotly_white", height=max(320, 160 + 32 * len(rows)), margin=dict(t=90),
     )

@@ -224,10 +224,14 @@ def _net_gain(fig, result, row, col, legend, log=None):
     denominators = "LayerNorm outputs" if result.definition == "seed" else "residual stream"
     fig.update_yaxes(title_text=f"attn × MLP gain (÷ {denominators})" + (" (log)" if log else ""), range=span,
                      row=row, col=col, secondary_y=False, **_gain_axis(log, (low, high), autorange=False))
-    block_log = _log_axis(None, result, ("block",))
-    fig.update_yaxes(title_text="block gain (÷ residual stream)" + (" (log)" if block_log else ""),
-                     row=row, col=col, secondary_y=True, showgrid=False, zeroline=False,
-                     **_gain_axis(block_log, _extent(result, ("block",))))
+    # The block axis is logarithmic and placed so that its 1 sits level with the bars' 1: the one
+    # dashed neutral line then serves both axes.
+    neutral_at = (1 - span[0]) / (span[1] - span[0]) if not log else -span[0] / (span[1] - span[0])
+    block_low, block_high = _extent(result, ("block",))
+    fig.update_yaxes(title_text="block gain (÷ residual stream, log)", row=row, col=col, secondary_y=True,
+                     showgrid=False, zeroline=False, type="log", exponentformat="power",
+                     range=_aligned_log_range(block_low, block_high, neutral_at),
+                     **_log_ticks(block_low, block_high))
 
 
 def _cumulative(fig, result, row, col, legend, log=True):
@@ -360,6 +364,27 @@ def _log_ticks(low: float, high: float) -> dict:
     first, last = math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1
     values = [m * 10.0 ** k for k in range(first, last + 1) for m in (1, 2, 5)]
     return dict(tickvals=values, ticktext=[f"{v:g}" for v in values])
+
+
+def _aligned_log_range(low: float, high: float, neutral_at: float) -> list[float]:
+    """A log-axis range (log10 units) holding [low, high] with gain 1 at fraction ``neutral_at`` of its height.
+
+    When that would more than double the span the values need (block gains below 1 beside bars
+    whose 1 sits near the bottom), the values' own range is kept instead: legible beats aligned.
+
+    >>> [round(v, 3) for v in _aligned_log_range(1.0, 100.0, 0.25)]
+    [-0.717, 2.15]
+    """
+    f = min(max(neutral_at, 0.02), 0.98)
+    top = max(math.log10(high), 0.0) * 1.05 + 0.05  # room above the largest value
+    bottom = min(math.log10(low), 0.0) * 1.05 - 0.05
+    natural = [bottom, top]
+    # 1 (log10 = 0) at fraction f: -bottom / (top - bottom) = f, widening whichever end is short.
+    if -bottom / (top - bottom) < f:
+        bottom = -f * top / (1 - f)
+    else:
+        top = -bottom * (1 - f) / f
+    return [bottom, top] if top - bottom <= 2 * (natural[1] - natural[0]) else natural
 
 
 def _legend_entry(fig, name, marker, legend, row, col, group=None):
