@@ -10,6 +10,12 @@ TransformerLens, test the "Funnel Model" hypothesis, and compare models.
 
 __version__ = "0.1.0"
 
+import warnings
+
+# tqdm.auto warns on import in a notebook kernel without ipywidgets, then falls back to text bars,
+# which work: the warning only tells the user to install a widget library they did not ask for.
+warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
+
 from .compare import PYTHIA_SUITE, Comparison, compare
 from .errors import FunnelError
 from .funnel import PYTHIA_1_4B_REFERENCE, FunnelTest, comparison_1_4b, format_analysis, funnel_test
