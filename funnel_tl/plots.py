@@ -111,8 +111,14 @@ def plot_funnel(result, log_gains: bool | None = None) -> go.Figure:
     from the neutral gain 1.
     """
     # Panel 3 has a second y-axis for the block gain (another denominator: see the module docstring).
-    fig = make_subplots(rows=2, cols=2, subplot_titles=PANEL_TITLES, horizontal_spacing=0.1,
+    # Wide gaps: panel 3's right axis and panel 4's left axis each carry tick labels and a title.
+    fig = make_subplots(rows=2, cols=2, subplot_titles=PANEL_TITLES, horizontal_spacing=0.17,
                         vertical_spacing=0.2, specs=[[{}, {}], [{"secondary_y": True}, {}]])
+    # make_subplots narrows every column for the one secondary axis; give the width back.
+    for axis, domain in (("xaxis", [0, 0.415]), ("xaxis2", [0.585, 1]), ("xaxis3", [0, 0.415]), ("xaxis4", [0.585, 1])):
+        fig.layout[axis].domain = domain
+    for title, column in zip(fig.layout.annotations, (0, 1, 0, 1)):  # the subplot titles, centred again
+        title.x = (0.415 / 2, (0.585 + 1) / 2)[column]
     fig.update_layout(height=HEIGHT)
     for index, panel in enumerate((_attention_mlp, _mlp_depth, _net_gain, _cumulative)):
         panel(fig, result, row=index // 2 + 1, col=index % 2 + 1, legend=_legend_name(index),
@@ -142,7 +148,7 @@ def _attention_mlp(fig, result, row, col, legend, log=None):
     _neutral(fig, row, col)
     top = int(np.argmax(result.mlp_gains))
     fig.add_vline(x=top, line=dict(color=COLORS["mlp"], dash="dot", width=1.5), row=row, col=col,
-                  annotation=dict(text=f"max MLP L{top}", font=dict(color=COLORS["mlp"], size=11)),
+                  annotation=dict(text=f"max MLP L{top}", font=dict(color=COLORS["mlp"], size=13)),
                   annotation_position="top left" if top > result.n_layers / 2 else "top right")
     fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers))
     fig.update_yaxes(title_text="gain  ‖output‖ / ‖input‖" + (" (log)" if log else ""), row=row, col=col,
@@ -203,16 +209,17 @@ def _net_gain(fig, result, row, col, legend, log=None):
                       legend, row, col)
     # The block gain reads the residual stream, the bars (seed definition) the LayerNorm outputs:
     # its own axis, so that neither sets the other's range.
-    fig.add_trace(_gain_trace(result, "block", layers, legend=legend, symbol="diamond",
-                              name="block ‖resid_post‖ / ‖resid_pre‖ (right axis)"),
-                  row=row, col=col, secondary_y=True)
+    block = _gain_trace(result, "block", layers, legend=legend, symbol="diamond",
+                        name="block ‖resid_post‖ / ‖resid_pre‖ (right axis)")
+    block.line.update(dash="dot", width=1.5)  # thin and dotted: the bars stay the panel's subject
+    fig.add_trace(block, row=row, col=col, secondary_y=True)
     _neutral(fig, row, col, width=2)
     for layer in _labelled(gains, expanding):
         top = max(gains[layer], intervals[layer, 1] if intervals is not None else gains[layer])
         # Annotations on a log axis are placed in log10 units.
         fig.add_annotation(x=layer, y=math.log10(top) if log else top, text=f"L{layer}<br>{gains[layer]:.2f}",
-                           showarrow=False, yanchor="bottom", yshift=3,
-                           font=dict(size=10, color=COLORS["expanding"]), row=row, col=col)
+                           showarrow=False, yanchor="bottom", yshift=3, bgcolor="rgba(255, 255, 255, 0.75)",
+                           font=dict(size=12, color=COLORS["expanding edge"]), row=row, col=col)
     # Room above the tallest bar or error bar for the labels.
     low, high = _extent(result, ("combined",))
     if log:
@@ -228,7 +235,7 @@ def _net_gain(fig, result, row, col, legend, log=None):
     # dashed neutral line then serves both axes.
     neutral_at = (1 - span[0]) / (span[1] - span[0]) if not log else -span[0] / (span[1] - span[0])
     block_low, block_high = _extent(result, ("block",))
-    fig.update_yaxes(title_text="block gain (÷ residual stream, log)", row=row, col=col, secondary_y=True,
+    fig.update_yaxes(title_text="block gain (log)", row=row, col=col, secondary_y=True,
                      showgrid=False, zeroline=False, type="log", exponentformat="power",
                      range=_aligned_log_range(block_low, block_high, neutral_at),
                      **_log_ticks(block_low, block_high))
@@ -258,18 +265,17 @@ def _cumulative(fig, result, row, col, legend, log=True):
     elif bottleneck > 0:  # lowest at the first layer means the curve only rises: nothing narrows
         markers.insert(0, (bottleneck, "bottleneck", COLORS["bottleneck"], "circle"))
     elif result.n_layers > 1:
-        _legend_entry(fig, "no bottleneck: lowest at L0, rises after", dict(color="rgba(0,0,0,0)"), legend,
-                      row, col)
+        _legend_entry(fig, "no bottleneck (lowest at L0)", dict(color="rgba(0,0,0,0)"), legend, row, col)
     for layer, label, color, symbol in markers:
         fig.add_trace(go.Scatter(
             x=[layer], y=[cumulative[layer]], mode="markers", legend=legend,
-            name=f"{label} (L{layer}: {cumulative[layer]:.3g})",
+            name=f"{label} (L{layer}: {cumulative[layer]:.2g})",
             marker=dict(size=13, color=color, symbol=symbol, line=dict(color="white", width=1.5)),
             hovertemplate=f"{label}: L{layer}<br>cumulative gain {cumulative[layer]:.4g}<extra></extra>",
         ), row=row, col=col)
     fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers))
     values = np.concatenate([cumulative, [1.0]] + ([intervals.ravel()] if intervals is not None else []))
-    fig.update_yaxes(title_text="cumulative gain (product up to the layer)", type="log",
+    fig.update_yaxes(title_text="cumulative gain (product to the layer)", type="log",
                      exponentformat="power", row=row, col=col, **_log_ticks(values.min(), values.max()))
 
 
@@ -376,7 +382,7 @@ def _aligned_log_range(low: float, high: float, neutral_at: float) -> list[float
     [-0.717, 2.15]
     """
     f = min(max(neutral_at, 0.02), 0.98)
-    top = max(math.log10(high), 0.0) * 1.05 + 0.05  # room above the largest value
+    top = max(math.log10(high), 0.0) * 1.12 + 0.08  # room above the largest value (and the bar labels)
     bottom = min(math.log10(low), 0.0) * 1.05 - 0.05
     natural = [bottom, top]
     # 1 (log10 = 0) at fraction f: -bottom / (top - bottom) = f, widening whichever end is short.
@@ -422,12 +428,16 @@ def _legend_name(index: int) -> str:
 def _place_legend(fig, index: int, single: bool = False, row: int = 1, col: int = 1) -> None:
     """One horizontal legend per panel, under its x-axis title: it never hides a data point."""
     subplot = fig.get_subplot(row, col)
-    x0, _ = subplot.xaxis.domain
+    x0, x1 = subplot.xaxis.domain
     y0, _ = subplot.yaxis.domain
     plot_height = (fig.layout.height or HEIGHT) - MARGIN["t"] - MARGIN["b"]
+    # A right-column legend grows leftwards from the panel's right edge: growing rightwards past
+    # the figure, it would make Plotly widen the margin and shrink every panel.
+    right = not single and col == 2
     fig.update_layout({_legend_name(0 if single else index): dict(
-        orientation="h", x=x0, y=y0 - LEGEND_DROP_PX / plot_height, xanchor="left", yanchor="top",
-        xref="paper", yref="paper", font=dict(size=11), traceorder="normal",
+        orientation="h", x=x1 if right else x0, y=y0 - LEGEND_DROP_PX / plot_height,
+        xanchor="right" if right else "left", yanchor="top",
+        xref="paper", yref="paper", font=dict(size=13), traceorder="normal",
     )})
 
 
@@ -441,8 +451,8 @@ def _finish(fig, result, height: int, heading: str = "attention, MLP and block g
         title=dict(text=f"<b>{result.model}</b>: {heading}<br>"
                         f"<sup>definition={result.definition} · {result.n_prompts} prompts, "
                         f"{int(result.n_tokens.sum())} tokens{dropped} · {uncertainty}</sup>",
-                   x=0.5, xanchor="center", font=dict(size=18)),
-        margin=MARGIN, font=dict(size=12),
+                   x=0.5, xanchor="center", font=dict(size=20)),
+        margin=MARGIN, font=dict(size=15),
     )
 
 

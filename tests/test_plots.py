@@ -207,7 +207,7 @@ def test_panel_3_block_gain_has_its_own_axis_and_does_not_set_the_bars_range():
     block = one(fig, "block")
     assert block.yaxis == "y2" and fig.layout.yaxis2.overlaying == "y"
     assert fig.layout.yaxis.range[1] < 2  # the bars' axis: 1.15 × the largest combined gain (1.32)
-    assert "LayerNorm outputs" in fig.layout.yaxis.title.text and "residual" in fig.layout.yaxis2.title.text
+    assert "LayerNorm outputs" in fig.layout.yaxis.title.text and "resid_pre" in block.name
 
 
 def test_colours_are_okabe_ito():
