@@ -563,6 +563,12 @@ class Comparison:
         if missing:
             raise ValueError(f"rows marked ok have no results: {missing}")
 
+    def __repr__(self) -> str:  # every row and result would flood a notebook cell
+        labels = [row.model for row in self.rows]
+        shown = ", ".join(repr(label) for label in labels[:4]) + (", …" if len(labels) > 4 else "")
+        return (f"Comparison({len(self.rows)} models: [{shown}], failed={len(self.failed)}, "
+                f"definition={self.settings.get('definition')!r}, out={str(self.out) if self.out else None!r})")
+
     @property
     def ok(self) -> list[ComparisonRow]:
         return [row for row in self.rows if row.ok]

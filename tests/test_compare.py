@@ -565,6 +565,7 @@ def test_step_axis_is_log_for_log_spaced_checkpoints():
 def test_sweep_to_pandas_is_tidy(sweep):
     pytest.importorskip("pandas")
     comparison, _ = sweep
+    assert repr(comparison).startswith("Comparison(3 models: [") and len(repr(comparison)) < 800
     table = comparison.to_pandas()
     assert {"model", "layer", "component", "gain", "ci_low", "ci_high", "n_prompts", "step", "depth"} <= set(table.columns)
     for row in comparison.ok:
