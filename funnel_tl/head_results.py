@@ -205,24 +205,44 @@ class HeadResult:
                          f"{row.projection_share:>10.3f} {row.layer_attn_gain:>15.4f}")
         return "\n".join(lines)
 
-    def to_pandas(self):
+    def gain_intervals(self, n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95) -> np.ndarray:
+        """``[layer, head, 2]``: percentile bootstrap intervals over prompts of every head's gain.
+
+        Drawn exactly as the layers' intervals (``funnel_tl.stats``): the prompts resampled with
+        replacement, the mean of the per-prompt head gains recomputed per resample.
+        """
+        from .stats import resample_weights
+
+        if self.n_prompts < 2:
+            raise FunnelError(f"{self.model}: a bootstrap over prompts needs at least 2 prompts, got {self.n_prompts}")
+        if not 0 < confidence < 1:
+            raise FunnelError(f"confidence must lie between 0 and 1 (0.95 for 95%), got {confidence}")
+        weights = resample_weights(self.n_prompts, n_resamples, seed)  # [resample, prompt]
+        resampled = np.tensordot(weights, self.per_prompt_head_gains, axes=1)  # [resample, layer, head]
+        tail = 100 * (1 - confidence) / 2
+        bounds = np.percentile(resampled, [tail, 100 - tail], axis=0)  # [2, layer, head]
+        return np.moveaxis(bounds, 0, -1)  # [layer, head, 2]
+
+    def to_pandas(self, intervals: bool = False):
         """Every head as a tidy table: one row per measured layer and head (pandas, imported here).
 
-        Columns: model, layer, head, label, component (``"head"``), gain, ci_low, ci_high (NaN:
-        heads carry no intervals yet), n_prompts, norm, norm_share, projection_share,
-        layer_attn_gain.
+        Columns: model, layer, head, label, component (``"head"``), gain, ci_low, ci_high (95%
+        bootstrap intervals over prompts with ``intervals=True``, else NaN), n_prompts, norm,
+        norm_share, projection_share, layer_attn_gain.
 
         >>> heads.to_pandas().pivot(index="layer", columns="head", values="gain")  # doctest: +SKIP
         """
         from .results import require_pandas
 
         pd = require_pandas()
+        bounds = self.gain_intervals() if intervals else np.full(self.head_gains.shape + (2,), np.nan)
         rows = []
         for row, layer in enumerate(self.layers):
             for head in range(self.n_heads):
                 rows.append({"model": self.model, "layer": layer, "head": head, "label": label(layer, head),
                              "component": "head", "gain": float(self.head_gains[row, head]),
-                             "ci_low": float("nan"), "ci_high": float("nan"), "n_prompts": self.n_prompts,
+                             "ci_low": float(bounds[row, head, 0]), "ci_high": float(bounds[row, head, 1]),
+                             "n_prompts": self.n_prompts,
                              "norm": float(self.head_norms[row, head]),
                              "norm_share": float(self.norm_shares[row, head]),
                              "projection_share": float(self.projection_shares[row, head]),

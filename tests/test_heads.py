@@ -285,6 +285,22 @@ def test_head_result_to_pandas_is_tidy(measured):
     assert {"model", "layer", "head", "component", "gain", "ci_low", "ci_high", "n_prompts"} <= set(table.columns)
     row = table[(table["layer"] == 1) & (table["head"] == 3)].iloc[0]
     assert row.gain == result.stat(1, 3).gain and row.n_prompts == result.n_prompts
+    assert table["ci_low"].isna().all()  # not asked for: NaN, not a made-up number
+    with_intervals = result.to_pandas(intervals=True)
+    assert (with_intervals["ci_low"] <= with_intervals["gain"]).all() and (with_intervals["gain"] <= with_intervals["ci_high"]).all()
+
+
+def test_head_gain_intervals_match_a_hand_written_resampling_loop(measured):
+    result = measured("gpt2")
+    bounds = result.gain_intervals(n_resamples=300, seed=5)  # [layer, head, 2]
+    # The same multinomial draws, then an explicit loop over resamples and prompts.
+    rng = np.random.default_rng(5)
+    counts = rng.multinomial(result.n_prompts, np.full(result.n_prompts, 1 / result.n_prompts), size=300)
+    per_prompt = result.per_prompt_head_gains  # [prompt, layer, head]
+    means = np.array([sum(c * per_prompt[p] for p, c in enumerate(draw)) / result.n_prompts for draw in counts])
+    # 1e-12: the same sums in another order.
+    np.testing.assert_allclose(bounds[..., 0], np.percentile(means, 2.5, axis=0), rtol=1e-12)
+    np.testing.assert_allclose(bounds[..., 1], np.percentile(means, 97.5, axis=0), rtol=1e-12)
 
 
 def test_save_load_round_trip(tmp_path, measured):
