@@ -6,12 +6,12 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from .errors import FunnelError
+from .outputs import slug
 
 
 class _Parser(argparse.ArgumentParser):
@@ -19,11 +19,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def slug(name: str) -> str:
-    """A folder name for a model name: ``EleutherAI/pythia-6.9b`` → ``EleutherAI__pythia-6.9b``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip("/").replace("/", "__")) or "model"
 
 
 def add_model_options(parser: argparse.ArgumentParser, model: bool = True) -> None:

@@ -42,6 +42,7 @@ from .errors import FunnelError
 from .funnel import summarize
 from .gains import measure_gains
 from .models import bundled_checkpoints, bundled_models, load_model, resolve_device, resolve_dtype
+from .outputs import slug
 from .prompts import load_prompts, prompts_sha256
 from .results import DEFINITIONS, GainResult, read_json, write_json_atomic, write_text_atomic
 
@@ -80,8 +81,6 @@ class Target:
 
     @property
     def slug(self) -> str:
-        from .cli import slug
-
         return slug(self.label)
 
 
