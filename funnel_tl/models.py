@@ -117,6 +117,24 @@ def resolve_model(name_or_dir: str | os.PathLike | None) -> tuple[str, str, bool
     return name, name, False
 
 
+def local_n_layers(name_or_dir: str | os.PathLike | None, revision: str | None = None) -> int | None:
+    """The number of layers a bundled or local model's config.json states, or None (hub models,
+    unreadable configs): lets checks that scale with depth run before the model loads."""
+    try:
+        name, source, local = resolve_model(name_or_dir)
+        if not local:
+            return None
+        if revision is not None and name in bundled_models():
+            source = str(_bundled_revision(name, revision))
+        config = json.loads((Path(source) / "config.json").read_text(encoding="utf-8"))
+    except (FunnelError, OSError, ValueError):
+        return None  # load_model will say what is wrong, in its turn
+    for key in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+        if isinstance(config, dict) and isinstance(config.get(key), int):
+            return config[key]
+    return None
+
+
 def resolve_device(device: str = "auto") -> str:
     """``"auto"`` → ``"cuda"`` when torch sees a GPU, else ``"cpu"``; any other name is checked."""
     if not isinstance(device, (str, torch.device)):

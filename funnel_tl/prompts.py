@@ -218,8 +218,8 @@ def make_batches(token_ids: Sequence[Sequence[int]], batch_size: int,
     Prompts are sorted by length so that little compute goes to padding; each batch carries the
     original indices, so results can be put back in the caller's order.
     """
-    if batch_size < 1:
-        raise FunnelError(f"batch size must be at least 1, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise FunnelError(f"batch size must be an integer, at least 1, got {batch_size!r}")
     order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
     for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
