@@ -35,7 +35,7 @@ SEED_PROMPTS: tuple[str, ...] = (
 # How each prompt-file extension is read; anything else is refused rather than guessed at.
 FILE_FORMATS = ('.txt (one prompt per line), .jsonl (one {"text": "..."} object per line) or '
                 '.json (a list of strings, or of {"text": "..."} objects)')
-WHAT_TO_PASS = ("'seed', a prompt file (" + FILE_FORMATS + ") or a list of prompt strings")
+WHAT_TO_PASS = "'seed', a .txt, .jsonl or .json prompt file, or a list of prompt strings"
 
 
 def load_prompts(spec: str | os.PathLike | Sequence[str] = "seed") -> list[str]:
