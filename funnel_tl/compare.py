@@ -306,6 +306,8 @@ def one_line(error: BaseException) -> str:
         return text or "FunnelError"
     if isinstance(error, torch.cuda.OutOfMemoryError):
         return "out of GPU memory: use --dtype float16, a smaller --batch-size, or a larger GPU"
+    if isinstance(error, OSError) and error.filename:
+        return f"cannot write {error.filename}: {describe_os_error(error)}"
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 

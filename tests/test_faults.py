@@ -615,3 +615,30 @@ def test_nan_hint_does_not_suggest_float32_in_float32():
     assert "try --dtype" not in str(caught.value) and "weights" in str(caught.value)
     with pytest.raises(FunnelError, match="try --dtype bfloat16 or float32"):
         gains_module.check_finite(Named(), norms, counted, [0], torch.float16)
+
+
+def test_compare_on_a_disk_that_fills_ends_in_one_line(capsys, mount, monkeypatch, two_prompts):
+    """The disk fills during a sweep: the model is recorded as failed, and the sweep's own files
+    that cannot be written end in one line, not a traceback (it crashed on compare.html)."""
+    folder = mount("size=40m")
+    real = compare_module.measure_gains
+
+    def measure_then_fill(*args, **kwargs):
+        result = real(*args, **kwargs)
+        with open(folder / "ballast", "wb", buffering=0) as handle:
+            try:
+                while True:
+                    handle.write(b"\0" * 2**20)
+            except OSError as error:
+                assert error.errno == errno.ENOSPC
+        return result
+
+    monkeypatch.setattr(compare_module, "measure_gains", measure_then_fill)
+    out = folder / "sweep"
+    assert main(["compare", "--models", "nano-2l", "--prompts", two_prompts, "--bootstrap", "0", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("funnel-tl: error: ") and "disk full" in err.strip().splitlines()[-1]
+    (folder / "ballast").unlink()  # room again: the same command finishes the sweep
+    monkeypatch.setattr(compare_module, "measure_gains", real)
+    assert main(["compare", "--models", "nano-2l", "--prompts", two_prompts, "--bootstrap", "0", "--out", str(out)]) == 0
