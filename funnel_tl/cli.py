@@ -31,9 +31,10 @@ def add_model_options(parser: argparse.ArgumentParser, model: bool = True) -> No
         parser.add_argument("--revision", default=None, metavar="REV",
                             help="a training checkpoint: a hub revision such as Pythia's step1000, or "
                                  "step<N> of a bundled model's shipped checkpoints (default: the final model)")
-    parser.add_argument("--prompts", default="seed", metavar="seed|FILE.txt|FILE.jsonl",
-                        help="'seed' (the notebook's eight), a .txt file with one prompt per line, "
-                             "or a .jsonl file with a \"text\" field (default: seed)")
+    parser.add_argument("--prompts", default="seed", metavar="seed|FILE.txt|FILE.jsonl|FILE.json",
+                        help="'seed' (the notebook's eight), a UTF-8 .txt file with one prompt per line, "
+                             "a .jsonl file with a \"text\" field per line, or a .json list of strings "
+                             "(default: seed)")
     parser.add_argument("--definition", default="seed", choices=["seed", "residual"],
                         help="seed: ||out|| / ||LayerNorm output the sublayer reads|| (the notebook's); "
                              "residual: ||out|| / ||residual stream it reads|| (default: seed)")

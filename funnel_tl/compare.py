@@ -13,6 +13,10 @@ Resume and faults:
   definition, ``drop_first`` and dtype is not measured again (``force=True`` recomputes);
 - results files are written atomically, so a run killed mid-model leaves no partial file;
   the temporary file a hard kill can leave behind is removed by the next run;
+- one sweep per ``out`` at a time (``outputs.output_lock``): a second gets a FunnelError, and
+  the lock of a killed sweep is free again at once;
+- a resumed model's row, verdicts included, is recomputed from its stored per-prompt sums by
+  today's rules (and its results.json rewritten if it disagreed);
 - a model that fails (missing, out of memory, NaN, any other exception) becomes a row with its
   one-line error, and the sweep goes on; ``Comparison.failed`` lists those rows.
 
