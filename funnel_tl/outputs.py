@@ -69,7 +69,7 @@ def check_output_folder(out: str | os.PathLike, what: str = "--out") -> Path:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".funnel-tl-probe.{os.getpid()}.tmp"
         probe.write_bytes(b"x")
-        probe.unlink()
+        probe.unlink(missing_ok=True)
     except OSError as error:
         raise FunnelError(f"cannot write to {what} {out}: {describe_os_error(error)}: "
                           "choose another folder or fix its permissions") from None
@@ -110,7 +110,11 @@ def output_lock(out: str | os.PathLike) -> Iterator[Path]:
     try:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                # A filesystem without locks (some network and FUSE mounts): write unlocked, as before.
+                yield out
+                return
             handle.seek(0)
             owner = handle.read().strip() or "another process"
             raise FunnelError(f"{out} is in use by another funnel-tl ({owner}): wait for it to finish, "
