@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args) -> int:
     from .funnel import format_analysis
     from .gains import measure_gains
-    from .models import load_model
+    from .models import load_model, local_n_layers
     from .plots import PNG_HELP
     from .prompts import load_prompts
     from .stats import check_bootstrap
@@ -160,7 +160,7 @@ def cmd_run(args) -> int:
     _check_measure_options(args)
     check_bootstrap(args.bootstrap)
     prompts = load_prompts(args.prompts)
-    n_layers = _local_n_layers(args)
+    n_layers = local_n_layers(args.model, args.revision)  # bundled and local folders: from config.json
     check_bootstrap(args.bootstrap, len(prompts), n_layers)
     out = check_output_folder(args.out or _default_out(args))
     with output_lock(out):
@@ -207,14 +207,8 @@ def _default_out(args) -> Path:
     return Path("runs") / slug(name)
 
 
-def _local_n_layers(args) -> int | None:
-    from .models import local_n_layers
-
-    return local_n_layers(args.model, args.revision)
-
-
 def _save(out: Path, writers, rescue=None, report_hint: bool = False) -> tuple[list[str], FunnelError | None]:
-    """Run ``writers`` (file name, write(path) -> path or lines) in order; stop at the first OSError.
+    """Run ``writers`` (file name, write(path) -> path or lines) in order; stop at the first failure.
 
     Returns the "Saved:" lines and, if a write failed, a FunnelError naming what was saved, what
     was not and why. When the first file (the numbers) cannot be written, ``rescue(path)`` saves it
@@ -224,8 +218,10 @@ def _save(out: Path, writers, rescue=None, report_hint: bool = False) -> tuple[l
     for index, (name, write) in enumerate(writers):
         try:
             written = write(out / name)
-        except OSError as error:
-            why = describe_os_error(error)
+        except Exception as error:
+            if index == 0 and not isinstance(error, OSError):
+                raise  # not the disk: the same data would fail anywhere (a bug, for the catch-all)
+            why = describe_os_error(error) if isinstance(error, OSError) else _unexpected(error)
             if index == 0:
                 place = _rescue(rescue, name) if rescue else None
                 saved = f"saved to {place} instead" if place else "nothing could be saved"
