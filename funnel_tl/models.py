@@ -16,6 +16,7 @@ import pickle
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -279,19 +280,7 @@ def _hub_access(name: str, revision: str | None) -> bool | None:
 
     endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    reachable = []
-
-    def probe():
-        try:
-            socket.create_connection((host, port), timeout=HUB_PROBE_SECONDS).close()
-            reachable.append(True)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)  # daemon: a hung DNS lookup never blocks exit
-    thread.start()
-    thread.join(HUB_PROBE_SECONDS)
-    if reachable:
+    if _hub_reachable(host, port):
         return None
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -304,6 +293,30 @@ def _hub_access(name: str, revision: str | None) -> bool | None:
     raise FunnelError(f"cannot reach the model hub ({host}) to download {name!r}, and it is not in the local cache: "
                       "check the network, give a local checkpoint folder, or set HF_HUB_OFFLINE=1 to use "
                       "cached models only")
+
+
+# host, port -> (time probed, reachable): a sweep of many hub checkpoints probes once a minute, not per model.
+_PROBES: dict[tuple[str, int], tuple[float, bool]] = {}
+
+
+def _hub_reachable(host: str, port: int) -> bool:
+    probed = _PROBES.get((host, port))
+    if probed is not None and time.monotonic() - probed[0] < 60:
+        return probed[1]
+    reachable = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=HUB_PROBE_SECONDS).close()
+            reachable.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)  # daemon: a hung DNS lookup never blocks exit
+    thread.start()
+    thread.join(HUB_PROBE_SECONDS)
+    _PROBES[(host, port)] = (time.monotonic(), bool(reachable))
+    return bool(reachable)
 
 
 def load_tokenizer(source: str, revision: str | None = None):
