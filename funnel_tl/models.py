@@ -100,6 +100,9 @@ def resolve_model(name_or_dir: str | os.PathLike | None) -> tuple[str, str, bool
     """
     if name_or_dir is None:
         name_or_dir = default_model_name()
+    if not isinstance(name_or_dir, (str, os.PathLike)):
+        raise FunnelError(f"a model is named by a string or a path (a bundled name, a local folder or a hub "
+                          f"name), got {type(name_or_dir).__name__}")
     name = str(name_or_dir)
     bundled = bundled_models()
     if name in bundled:

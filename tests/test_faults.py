@@ -376,6 +376,8 @@ def test_load_model_arguments_are_checked():
         models_module.load_model("nano-2l", device="bogus")
     with pytest.raises(FunnelError, match="device must be a string"):
         models_module.load_model("nano-2l", device=0.5)
+    with pytest.raises(FunnelError, match="got int"):
+        models_module.load_model(123, device="cpu")
     with pytest.raises(FunnelError, match="dtype must be a string"):
         models_module.load_model("nano-2l", device="cpu", dtype=32)
 
