@@ -385,7 +385,8 @@ def _sweep(targets: list[Target], prompt_list: list[str], settings: dict, out: P
             # Every derived value (gains, verdicts) again from the stored sums with today's rules:
             # a file written by an older funnel_tl, or edited by hand, is brought up to date.
             fresh = result.to_dict()
-            if fresh != data:
+            updated = fresh != data  # new intervals asked for, or derived values that disagreed
+            if updated:
                 try:
                     result.save(path)
                 except OSError as error:
@@ -394,7 +395,8 @@ def _sweep(targets: list[Target], prompt_list: list[str], settings: dict, out: P
                 data = fresh
             rows.append(row_from_results(target, data, result, resumed=True))
             results[target.label] = result
-            tqdm.write(f"{target.label}: finished earlier, read from {path}", file=sys.stderr)
+            tqdm.write(f"{target.label}: finished earlier, read from {path}"
+                       + (" (derived values and verdicts recomputed from its sums)" if updated else ""), file=sys.stderr)
         else:
             try:
                 data, result = _measure_one(target, prompt_list, path, device=device, dtype=dtype,
