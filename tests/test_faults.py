@@ -420,12 +420,13 @@ def test_run_on_the_parent_folder_writes_inside_runs(tmp_path, capsys, monkeypat
 
 
 def test_compare_targets_of_dot_names_stay_inside(tmp_path, monkeypatch):
-    model = copy_model(tmp_path)
-    monkeypatch.chdir(model / "..")
-    (tmp_path / "inner").mkdir()
-    monkeypatch.chdir(tmp_path / "inner")
+    """`compare --models ..` (a model folder that is the parent) gets a folder inside OUT."""
+    copy_model(tmp_path, name="parent")
+    (tmp_path / "parent" / "inner").mkdir()
+    monkeypatch.chdir(tmp_path / "parent" / "inner")
+    out = tmp_path / "sweep"
     targets = compare_module.plan_targets([".."])
-    assert [t.slug for t in targets] == ["__"]
+    assert [(out / t.slug).resolve().parent for t in targets] == [out.resolve()]
 
 
 # ---- 8. a resumed sweep recomputes its verdicts ----------------------------------------------------
