@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .errors import FunnelError
-from .outputs import check_output_folder, describe_os_error, output_lock, remove_temporaries, slug
+from .outputs import check_output_folder, describe_os_error, output_lock, remove_temporaries, save_elsewhere, slug
 
 
 class _Parser(argparse.ArgumentParser):
@@ -223,7 +223,7 @@ def _save(out: Path, writers, rescue=None, report_hint: bool = False) -> tuple[l
                 raise  # not the disk: the same data would fail anywhere (a bug, for the catch-all)
             why = describe_os_error(error) if isinstance(error, OSError) else _unexpected(error)
             if index == 0:
-                place = _rescue(rescue, name) if rescue else None
+                place = save_elsewhere(rescue, name) if rescue else None
                 saved = f"saved to {place} instead" if place else "nothing could be saved"
                 return lines, FunnelError(f"measured, but {out / name} could not be written ({why}); {saved}: "
                                           "free space or fix the folder's permissions")
@@ -233,15 +233,6 @@ def _save(out: Path, writers, rescue=None, report_hint: bool = False) -> tuple[l
                                       f"fix the folder's permissions{hint}")
         lines.extend(written if isinstance(written, list) else [f"Saved: {written}"])
     return lines, None
-
-
-def _rescue(save, name: str) -> Path | None:
-    import tempfile
-
-    try:
-        return save(Path(tempfile.mkdtemp(prefix="funnel-tl-rescue-")) / name)
-    except OSError:
-        return None
 
 
 def _render(result, folder: Path, say=None) -> list[str] | bool:

@@ -46,7 +46,8 @@ from .errors import FunnelError
 from .funnel import funnel_test, summarize
 from .gains import measure_gains
 from .models import bundled_checkpoints, bundled_models, load_model, resolve_device, resolve_dtype
-from .outputs import check_output_folder, describe_os_error, output_lock, remove_temporaries, slug
+from .outputs import (check_output_folder, describe_os_error, output_lock, remove_temporaries, save_elsewhere,
+                      slug)
 from .prompts import load_prompts, prompts_sha256
 from .results import DEFINITIONS, GainResult, read_json, write_json_atomic, write_text_atomic
 from .stats import check_bootstrap, robust_funnel_test
@@ -466,7 +467,12 @@ def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str,
         "seconds": round(time.perf_counter() - start, 3), "peak_memory_bytes": peak, "memory_kind": kind,
     })
     result, _ = _with_intervals(result, bootstrap, bootstrap_seed)
-    result.save(path)
+    try:
+        result.save(path)
+    except OSError as error:  # the measurement is kept, where it fits
+        place = save_elsewhere(result.save, "results.json")
+        kept = f"saved to {place} instead" if place else "nothing could be saved"
+        raise FunnelError(f"measured, but {path} could not be written ({describe_os_error(error)}); {kept}") from None
     data = read_json(path)
     return data, GainResult.from_dict(data, source=str(path))
 

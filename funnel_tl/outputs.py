@@ -7,7 +7,8 @@ model, so a folder it cannot write is reported in one line while nothing has bee
 - ``check_output_folder(out)``: creatable, a folder (not a file), writable, with room to write;
 - ``output_lock(out)``: one writer per folder; a second gets a ``FunnelError``; the lock of a
   killed process is taken over (an OS file lock dies with its process);
-- ``remove_temporaries(folder)``: the ``.NAME.*.tmp`` files a killed writer left behind.
+- ``remove_temporaries(folder)``: the ``.NAME.*.tmp`` files a killed writer left behind;
+- ``save_elsewhere(save, name)``: a measurement the folder cannot take goes to a temporary folder.
 
 A leaf module: it imports nothing else of funnel_tl but ``errors``.
 """
@@ -21,6 +22,7 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -143,3 +145,12 @@ def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
                 stale.unlink(missing_ok=True)
                 removed.append(stale)
     return removed
+
+
+def save_elsewhere(save, name: str) -> Path | None:
+    """``save(path)`` into a fresh temporary folder, for numbers the output folder could not take
+    (full or read-only disk); the path written, or None when that fails too."""
+    try:
+        return save(Path(tempfile.mkdtemp(prefix="funnel-tl-rescue-")) / name)
+    except OSError:
+        return None

@@ -643,6 +643,12 @@ def test_compare_on_a_disk_that_fills_ends_in_one_line(capsys, mount, monkeypatc
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("funnel-tl: error: ") and "disk full" in err.strip().splitlines()[-1]
+    row = next(line for line in err.splitlines() if "nano-2l: FAILED" in line)
+    rescued = Path(row.split("saved to ")[1].split(" instead")[0])  # the model's measurement was kept
+    try:
+        assert GainResult.load(rescued).n_prompts == 2
+    finally:
+        shutil.rmtree(rescued.parent, ignore_errors=True)
     (folder / "ballast").unlink()  # room again: the same command finishes the sweep
     monkeypatch.setattr(compare_module, "measure_gains", real)
     assert main(["compare", "--models", "nano-2l", "--prompts", two_prompts, "--bootstrap", "0", "--out", str(out)]) == 0
