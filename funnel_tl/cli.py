@@ -356,8 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # the boundary: no future bug prints a traceback by default
         if args.debug:
             raise
-        print(f"funnel-tl: error: {_unexpected(error)} (rerun with --debug to see the traceback, and please "
-              "report it if it looks like a bug)", file=sys.stderr)
+        environment = isinstance(error, (OSError, MemoryError))  # the machine, not funnel_tl
+        print(f"funnel-tl: error: {_unexpected(error)} (rerun with --debug to see the traceback"
+              + (")" if environment else "; please report it if it looks like a bug)"), file=sys.stderr)
         return 2
 
 
@@ -366,7 +367,7 @@ def _unexpected(error: Exception) -> str:
     if isinstance(error, MemoryError):
         return "out of memory: use fewer prompts, a smaller --batch-size or --bootstrap, or a smaller model"
     if isinstance(error, OSError) and error.filename:
-        return f"{error.filename}: {describe_os_error(error)}"
+        return f"cannot use {error.filename}: {describe_os_error(error)}"
     text = str(error).strip()
     return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 

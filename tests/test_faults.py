@@ -575,6 +575,19 @@ def test_unexpected_errors_are_one_line_with_a_pointer_to_debug(tmp_path, capsys
         main([*argv, "--debug"])
 
 
+def test_report_into_a_read_only_folder(tmp_path, capsys, mount, two_prompts):
+    """report writes funnel.html beside results.json: a read-only folder is one line, not a bug report."""
+    out = tmp_path / "run"
+    assert main(measure_argv("run", "--prompts", two_prompts, "--bootstrap", "0", "--out", str(out))) == 0
+    folder = mount("size=1m")
+    shutil.copy(out / "results.json", folder / "results.json")
+    subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+    capsys.readouterr()
+    assert main(["report", str(folder)]) == 2
+    line = one_line_error(capsys, "read-only file system", "--debug")
+    assert "report it" not in line  # the machine refused, not a bug of funnel_tl
+
+
 def test_interrupt_stays_130(tmp_path, capsys, monkeypatch, two_prompts):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
