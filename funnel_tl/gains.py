@@ -166,8 +166,10 @@ def check_finite(model, norms: dict[str, torch.Tensor], counted: torch.Tensor, i
         layer, _, suffix, row, position = first
         raise FunnelError(
             f"non-finite activation in {model_name(model)}, layer {layer}, {suffix}, prompt {indices[row]}, "
-            f"position {position}: the model overflows in {str(dtype).removeprefix('torch.')}; "
-            "try --dtype bfloat16 or float32"
+            f"position {position}: " + (
+                "the model overflows in " + str(dtype).removeprefix("torch.") + "; try --dtype bfloat16 or float32"
+                if dtype in (torch.float16, torch.bfloat16) else
+                "in float32 this is no overflow: the checkpoint's weights hold NaN or inf; check or re-save it")
         )
 
 
@@ -179,8 +181,8 @@ def prepare_tokens(model, prompts: str | Sequence[str], drop_first: int = 0,
     tokenized with the model's own tokenizer, checked against the context and ``drop_first``.
     """
     prompt_list = load_prompts(prompts)
-    if drop_first < 0:
-        raise FunnelError(f"drop_first must be 0 or more, got {drop_first}")
+    if isinstance(drop_first, bool) or not isinstance(drop_first, int) or drop_first < 0:
+        raise FunnelError(f"drop_first must be an integer, 0 or more, got {drop_first!r}")
     tokenizer = tokenizer if tokenizer is not None else tokenizer_of(model)
     token_ids = tokenize(tokenizer, prompt_list, n_ctx=getattr(model.cfg, "n_ctx", None), model_name=model_name(model))
     too_short = [i for i, ids in enumerate(token_ids) if len(ids) <= drop_first]

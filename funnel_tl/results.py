@@ -267,7 +267,7 @@ class GainResult:
                 "JSON holds only averaged gains; rerun `funnel-tl run` to get a full results file)"
             )
         if version != SCHEMA_VERSION:
-            raise FunnelError(f"{source} has schema_version {version}; this funnel_tl reads {SCHEMA_VERSION}: "
+            raise FunnelError(f"{source} has schema_version {version!r}; this funnel_tl reads {SCHEMA_VERSION!r}: "
                               "rerun `funnel-tl run` or install the matching funnel_tl")
         intervals = None
         if data.get("intervals") is not None:
@@ -353,6 +353,10 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise FunnelError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})") from None
+    except UnicodeDecodeError:
+        raise FunnelError(f"{path} is not UTF-8 text: it is not a funnel_tl results file") from None
+    except OSError as error:
+        raise FunnelError(f"cannot read {path}: {error.strerror or error}") from None
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
