@@ -49,8 +49,9 @@ def make_config(architecture: str, n_layers: int = 2, d_model: int = 64, n_heads
                              max_position_embeddings=n_ctx, rotary_pct=0.25,
                              use_parallel_residual=architecture == "neox-parallel", **special)
     if architecture == "gpt2":
+        # n_ctx: transformers 5 no longer writes it, and TransformerLens 3.9 reads it for GPT-2.
         return GPT2Config(vocab_size=vocab_size, n_embd=d_model, n_layer=n_layers, n_head=n_heads,
-                          n_positions=n_ctx, **special)
+                          n_positions=n_ctx, n_ctx=n_ctx, **special)
     if architecture == "llama-gqa":
         # Grouped-query attention: half as many key/value heads as query heads.
         return LlamaConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
@@ -60,12 +61,14 @@ def make_config(architecture: str, n_layers: int = 2, d_model: int = 64, n_heads
 
 
 def build_checkpoint(folder, architecture: str = "neox-parallel", tokenizer=None, seed: int = 0,
-                     randomize_norms: bool = True, **config_kwargs) -> Path:
+                     randomize_norms: bool = True, randomize_biases: bool = True, **config_kwargs) -> Path:
     """Save a random-weight checkpoint (safetensors, config, tokenizer) to ``folder``.
 
     ``randomize_norms`` draws the LayerNorm/RMSNorm weights and biases away from their 1/0 init,
     so that the affine matters: with identity norms the "seed" and "residual" inputs would be
     nearly proportional and a test could not tell a pre-affine hook from a post-affine one.
+    ``randomize_biases`` draws every other bias away from its 0 init, so that folding value
+    biases or centring output biases changes something a test can see.
     """
     from transformers import AutoModelForCausalLM
 
@@ -82,6 +85,8 @@ def build_checkpoint(folder, architecture: str = "neox-parallel", tokenizer=None
                         parameter.copy_(1 + 0.5 * torch.randn(parameter.shape, generator=generator))
                     else:
                         parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+                elif randomize_biases and name.endswith("bias"):
+                    parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
     tokenizer = tokenizer if tokenizer is not None else train_tokenizer(min(config.vocab_size, 512))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -53,3 +53,29 @@ def hf_model(checkpoints):
         return loaded[arch]
 
     return get
+
+
+def load_hooked(folder, processing: bool = False, dtype=None):
+    """A TL 3.x ``HookedTransformer`` of a local checkpoint, built offline as TransformerLens does.
+
+    ``processing=False`` is ``from_pretrained_no_processing``; ``True`` is ``from_pretrained``'s
+    defaults (fold_ln, center_writing_weights, center_unembed, fold_value_biases). Skips the test
+    on TransformerLens 4.x, which removed ``HookedTransformer``.
+    """
+    import torch
+
+    transformer_lens = pytest.importorskip("transformer_lens")
+    if not hasattr(transformer_lens, "HookedTransformer"):
+        pytest.skip("HookedTransformer needs TransformerLens 3.x (make test-tl3)")
+    from transformer_lens import HookedTransformer, loading
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = dtype or torch.float32
+    folder = str(folder)
+    cfg = loading.get_pretrained_model_config(folder, fold_ln=processing, device="cpu", dtype=dtype)
+    hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    model = HookedTransformer(cfg, AutoTokenizer.from_pretrained(folder))
+    flags = dict(fold_ln=processing, center_writing_weights=processing, center_unembed=processing,
+                 fold_value_biases=processing)
+    model.load_and_process_state_dict(loading.get_pretrained_state_dict(folder, cfg, hf_model), **flags)
+    return model.eval()
