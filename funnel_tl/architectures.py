@@ -42,8 +42,8 @@ from .results import DEFINITIONS
 
 BLOCK_SHAPES = ("pre-norm", "parallel-two-norms", "parallel-one-norm", "sandwich", "post-norm")
 
-# HookedTransformer's post-norm families (TL 3.9 ``POST_NORM_ARCHITECTURES``): ln1/ln2 there are
-# applied to the sublayer *output*, and the sublayer reads the stream itself.
+# Post-norm families (TL 3.9 ``POST_NORM_ARCHITECTURES``): on HookedTransformer and TL 3.9's bridge
+# ln1/ln2 are applied to the sublayer *output*, and the sublayer reads the stream itself.
 _POST_NORM_HF_ARCHITECTURES = ("Olmo2ForCausalLM", "Olmo3ForCausalLM")
 
 # TransformerLens classes that hold models this package does not measure.
@@ -106,6 +106,13 @@ def is_bridge(model) -> bool:
     return hasattr(model, "adapter")
 
 
+def hf_architecture(model) -> str:
+    """The HF class the model came from (``"Olmo2ForCausalLM"``): HookedTransformer's
+    ``cfg.original_architecture``, the bridge's ``cfg.architecture``; ``""`` if unknown."""
+    cfg = model.cfg
+    return str(getattr(cfg, "original_architecture", None) or getattr(cfg, "architecture", None) or "")
+
+
 def _has(model, suffix: str, layer: int = 0) -> bool:
     return f"blocks.{layer}.{suffix}" in model.hook_dict
 
@@ -117,7 +124,7 @@ def check_decoder_only(model) -> None:
     Gemma 3 vision) have no residual stream of attention + MLP blocks that the gains describe.
     """
     cfg = model.cfg
-    architecture = str(getattr(cfg, "original_architecture", None) or "")
+    architecture = hf_architecture(model)
     what = f"{model_name(model)}" + (f" ({architecture})" if architecture else "")
     refuse = (type(model).__name__ in _NOT_DECODER_CLASSES
               or bool(getattr(cfg, "is_encoder_decoder", False))
@@ -145,15 +152,15 @@ def is_parallel(model) -> bool:
 def block_shape(model) -> str:
     """One of ``BLOCK_SHAPES`` (see the module docstring)."""
     cfg = model.cfg
+    if hf_architecture(model) in _POST_NORM_HF_ARCHITECTURES:
+        # By name: HookedTransformer and TL 3.9's bridge call OLMo 2's post-norms ln1/ln2.
+        return "post-norm"
     if is_bridge(model):
         post_attn_norm, pre_attn_norm = _has(model, "ln1_post.hook_out"), _has(model, "ln1.hook_out")
         if post_attn_norm:
             return "sandwich" if pre_attn_norm else "post-norm"
-    else:
-        if str(getattr(cfg, "original_architecture", "")) in _POST_NORM_HF_ARCHITECTURES:
-            return "post-norm"
-        if getattr(cfg, "use_normalization_before_and_after", False):
-            return "sandwich"
+    elif getattr(cfg, "use_normalization_before_and_after", False):
+        return "sandwich"
     if is_parallel(model):
         two = _has(model, "ln2.hook_out") or _has(model, "ln2.hook_normalized")
         return "parallel-two-norms" if two else "parallel-one-norm"
