@@ -49,6 +49,8 @@ _POST_NORM_HF_ARCHITECTURES = ("Olmo2ForCausalLM", "Olmo3ForCausalLM")
 # TransformerLens classes that hold models this package does not measure.
 _NOT_DECODER_CLASSES = ("HookedEncoder", "HookedEncoderDecoder", "HookedAudioEncoder",
                         "BertNextSentencePrediction")
+# Causal LMs without attention + MLP blocks (state-space and recurrent models).
+_NOT_TRANSFORMER_MODEL_TYPES = ("mamba", "mamba2", "falcon_mamba", "rwkv", "rwkv7", "recurrent_gemma", "hyenadna")
 # The hooks every measured block must have: the residual stream and what each sublayer adds.
 _REQUIRED_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
 
@@ -135,6 +137,21 @@ def check_decoder_only(model) -> None:
         refuse = n_layers < 1 or hook_dict is None or not all(
             _has(model, suffix, layer) for layer in range(n_layers) for suffix in _REQUIRED_HOOKS)
     if refuse:
+        raise FunnelError(
+            f"{what} is not a decoder-only transformer that funnel_tl supports: it measures causal language "
+            "models whose blocks add attention and MLP outputs to a residual stream (README: verified families)"
+        )
+
+
+def check_decoder_config(config: dict, name: str) -> None:
+    """The same refusal as ``check_decoder_only``, from a checkpoint's config.json before any loading."""
+    classes = [str(c) for c in config.get("architectures") or []]
+    model_type = str(config.get("model_type", ""))
+    not_decoder = (bool(config.get("is_encoder_decoder", False))
+                   or any("For" in c and not c.endswith("ForCausalLM") for c in classes)
+                   or model_type in _NOT_TRANSFORMER_MODEL_TYPES)
+    if not_decoder:
+        what = f"{name} ({classes[0] if classes else model_type})"
         raise FunnelError(
             f"{what} is not a decoder-only transformer that funnel_tl supports: it measures causal language "
             "models whose blocks add attention and MLP outputs to a residual stream (README: verified families)"

@@ -204,6 +204,8 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
         device = resolve_device(device)
         device_arg = {"device": device}
     torch_dtype = resolve_dtype(dtype, device)
+    if local:
+        _check_decoder_folder(name, Path(source))
     try:
         with _local_loading(local):
             tokenizer = load_tokenizer(source, revision=revision)
@@ -221,10 +223,28 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
             f"out of GPU memory loading {name!r}: use --dtype float16, a smaller model, or device_map='auto'"
         ) from None
     bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
+    from .architectures import check_decoder_only
+
+    bridge.funnel_name = name
+    check_decoder_only(bridge)
     bridge.eval()
     bridge.funnel_name = name
     bridge.funnel_tokenizer = tokenizer
     return bridge
+
+
+def _check_decoder_folder(name: str, folder: Path) -> None:
+    """Refuse a non-decoder checkpoint from its config.json, before the expensive boot."""
+    import json
+
+    from .architectures import check_decoder_config
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # booting reports an unreadable checkpoint with its own message
+    if isinstance(config, dict):
+        check_decoder_config(config, name)
 
 
 def model_name(model) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import boot_bridge
 from funnel_tl import FunnelError, load_model, measure_gains
 from funnel_tl.reference import reference_gains, seed_reference
 from funnel_tl.toy import FAMILIES, build_checkpoint
@@ -86,7 +87,27 @@ def test_non_decoder_models_are_refused_in_one_line(tmp_path, tokenizer):
                       decoder_start_token_id=0, pad_token_id=0, eos_token_id=0)
     T5ForConditionalGeneration(config).save_pretrained(tmp_path / "t5")
     tokenizer.save_pretrained(tmp_path / "t5")
+    refusal = r"T5ForConditionalGeneration\) is not a decoder-only transformer that funnel_tl supports"
+    with pytest.raises(FunnelError, match=refusal):
+        load_model(str(tmp_path / "t5"), device="cpu")
+    bridge = boot_bridge(tmp_path / "t5", {"no_processing": True})  # a user's own, past load_model
     for definition in ("seed", "residual"):
-        with pytest.raises(FunnelError, match=r"is not a decoder-only transformer that funnel_tl supports") as error:
-            measure_gains(load_model(str(tmp_path / "t5"), device="cpu"), PROMPTS, definition=definition)
+        with pytest.raises(FunnelError, match=refusal) as error:
+            measure_gains(bridge, PROMPTS, definition=definition, tokenizer=tokenizer)
+        # One line, and no advice (such as another definition) that would lead into a crash.
         assert "\n" not in str(error.value) and "definition" not in str(error.value)
+
+
+@pytest.mark.parametrize("config", [
+    {"architectures": ["BertForMaskedLM"], "model_type": "bert"},
+    {"architectures": ["MambaForCausalLM"], "model_type": "mamba"},
+    {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava"},
+    {"architectures": ["T5ForConditionalGeneration"], "model_type": "t5", "is_encoder_decoder": True},
+])
+def test_non_decoder_checkpoints_are_refused_before_loading(config, tmp_path):
+    """From config.json alone: the folder holds no weights, so any attempt to load them would fail otherwise."""
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FunnelError, match=rf"\({config['architectures'][0]}\) is not a decoder-only transformer"):
+        load_model(str(tmp_path), device="cpu")

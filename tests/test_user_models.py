@@ -118,3 +118,34 @@ def test_gains_from_cache_refuses_a_partial_cache(user_model, tokenizer):
     _, cache = model.run_with_cache(tokens)
     with pytest.raises(FunnelError, match="attention_mask has shape"):
         gains_from_cache(cache, model, attention_mask=torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("name", ["gpt-j", "qwen2", "mistral"])
+def test_hooked_transformer_families(name, tmp_path, tokenizer):
+    """More HookedTransformer families (TL 3.9 converts these from a local folder; Gemma and OLMo 2
+    it converts only by hub name, so their sandwich/post-norm plans are verified on the bridge)."""
+    from transformers import AutoModelForCausalLM
+
+    from funnel_tl.toy import build_checkpoint
+
+    folder = build_checkpoint(tmp_path / "model", name, tokenizer=tokenizer)
+    model = load_hooked(folder)
+    hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    means = seed_reference(hf, tokenizer, PROMPTS[:2])
+    for definition in ("seed", "residual"):
+        result = measure_gains(model, PROMPTS[:2], definition=definition, tokenizer=tokenizer)
+        expected = reference_gains(means, definition)
+        for component in ("attn", "mlp", "block"):
+            np.testing.assert_allclose(result.gains(component), expected[component], rtol=RELATIVE,
+                                       err_msg=f"{name} {definition} {component}")
+
+
+def test_block_shape_is_recorded_in_results_json(user_model, tokenizer, tmp_path):
+    from funnel_tl import GainResult
+
+    result = measure_gains(user_model("bridge-compat", "neox-parallel"), PROMPTS[:1], tokenizer=tokenizer)
+    result.save(tmp_path / "results.json")
+    reads = GainResult.load(tmp_path / "results.json").provenance["reads"]
+    assert reads == {"block_shape": "parallel-two-norms", "attn_in": "ln1.hook_out", "attn_out": "hook_attn_out",
+                     "mlp_in": "ln2.hook_out", "mlp_out": "hook_mlp_out", "block_in": "hook_resid_pre",
+                     "block_out": "hook_resid_post"}
