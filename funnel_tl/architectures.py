@@ -236,3 +236,16 @@ def plan_hooks(model, definition: str) -> HookPlan:
     # stream receives); the residual identity check in gains.py fails loudly if that ever changes.
     outputs = {"attn": "hook_attn_out", "mlp": "hook_mlp_out", "block": "hook_resid_post"}
     return HookPlan(block_shape=shape, parallel_blocks=parallel, inputs=inputs, outputs=outputs, affine=affine)
+
+
+def check_heads_add_up(model, plan: HookPlan) -> None:
+    """Per-head outputs add up to ``hook_attn_out`` only where no norm follows the attention.
+
+    Sandwich and post-norm blocks normalize the heads' sum before the stream receives it, so no
+    head's share of ``a`` exists; their per-head numbers are refused rather than approximated.
+    """
+    if plan.block_shape in ("sandwich", "post-norm"):
+        raise FunnelError(
+            f"{model_name(model)} has {plan.block_shape} blocks: the heads' summed output passes through a norm "
+            "before the residual stream, so it splits into no per-head shares; use measure_gains for its layers"
+        )

@@ -46,7 +46,7 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from .architectures import plan_hooks
+from .architectures import check_heads_add_up, plan_hooks
 from .errors import FunnelError
 from .gains import IDENTITY_TOLERANCE, _provenance, prepare_tokens, token_norms
 from .models import model_name
@@ -453,6 +453,7 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
     """
     prompt_list, token_ids, pad_id = prepare_tokens(model, prompts, drop_first, tokenizer)
     plan = plan_hooks(model, definition)
+    check_heads_add_up(model, plan)
     name = model_name(model)
     cfg = model.cfg
     chosen = resolve_layers(layers, cfg.n_layers)

@@ -111,3 +111,11 @@ def test_non_decoder_checkpoints_are_refused_before_loading(config, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(FunnelError, match=rf"\({config['architectures'][0]}\) is not a decoder-only transformer"):
         load_model(str(tmp_path), device="cpu")
+
+
+@pytest.mark.parametrize("name", ["gemma2", "olmo2"])
+def test_heads_of_post_normed_attention_are_refused(name, family, tokenizer):
+    from funnel_tl import head_gains
+
+    with pytest.raises(FunnelError, match=r"(sandwich|post-norm) blocks: the heads' summed output passes through a norm"):
+        head_gains(family(name)[0], PROMPTS, tokenizer=tokenizer)
