@@ -34,6 +34,15 @@ def _blocks(model):
     return list(getattr(model, "blocks", []) or [])
 
 
+def _tensor(owner, name: str) -> torch.Tensor | None:
+    """``owner.name`` if it is a tensor; None where an adapter cannot form it (nothing to judge)."""
+    try:
+        value = getattr(owner, name, None)
+    except Exception:  # a bridge property that this architecture does not support
+        return None
+    return value if isinstance(value, torch.Tensor) else None
+
+
 # Rows looked at per matrix: enough for a median, and cheap on a 70B model.
 _ROWS = 256
 
@@ -49,11 +58,11 @@ def writing_weights_centred(model) -> bool:
     """Every attention output matrix ``W_O`` (and ``W_E``) has zero-mean rows over d_model."""
     weights = []
     for block in _blocks(model):
-        W_O = getattr(getattr(block, "attn", None), "W_O", None)
-        if isinstance(W_O, torch.Tensor):
+        W_O = _tensor(getattr(block, "attn", None), "W_O")
+        if W_O is not None:
             weights.append(W_O)  # [head, d_head, d_model]
-    W_E = getattr(model, "W_E", None)
-    if isinstance(W_E, torch.Tensor):
+    W_E = _tensor(model, "W_E")
+    if W_E is not None:
         weights.append(W_E[:_ROWS])  # [rows, d_model]
     if not weights:
         return False
@@ -66,15 +75,15 @@ def value_biases_folded(model) -> bool:
     saw_value_bias, other_nonzero = False, False
     for block in _blocks(model):
         attention = getattr(block, "attn", None)
-        b_V = getattr(attention, "b_V", None)
-        if not isinstance(b_V, torch.Tensor):
+        b_V = _tensor(attention, "b_V")
+        if b_V is None:
             continue
         saw_value_bias = True
         if bool((b_V != 0).any()):
             return False
         for name in ("b_Q", "b_K"):
-            bias = getattr(attention, name, None)
-            other_nonzero |= isinstance(bias, torch.Tensor) and bool((bias != 0).any())
+            bias = _tensor(attention, name)
+            other_nonzero |= bias is not None and bool((bias != 0).any())
     return saw_value_bias and other_nonzero
 
 
