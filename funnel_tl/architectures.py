@@ -91,7 +91,7 @@ class HookPlan:
         return activation + bias if bias is not None else activation
 
     def describe(self) -> dict[str, str]:
-        """What is read, in words, for results.json: ``{"attn_in": "ln1.hook_normalized * ln1.w + ln1.b", ...}``."""
+        """What is read, in words, for results.json: ``{"block_shape": "pre-norm", "attn_in": "ln1.hook_out", ...}``."""
         def words(suffix: str) -> str:
             norm_name = self.affine.get(suffix)
             return f"{suffix} * {norm_name}.w (+ {norm_name}.b)" if norm_name else suffix
@@ -137,10 +137,7 @@ def check_decoder_only(model) -> None:
         refuse = n_layers < 1 or hook_dict is None or not all(
             _has(model, suffix, layer) for layer in range(n_layers) for suffix in _REQUIRED_HOOKS)
     if refuse:
-        raise FunnelError(
-            f"{what} is not a decoder-only transformer that funnel_tl supports: it measures causal language "
-            "models whose blocks add attention and MLP outputs to a residual stream (README: verified families)"
-        )
+        raise _not_a_decoder(what)
 
 
 def check_decoder_config(config: dict, name: str) -> None:
@@ -151,11 +148,14 @@ def check_decoder_config(config: dict, name: str) -> None:
                    or any("For" in c and not c.endswith("ForCausalLM") for c in classes)
                    or model_type in _NOT_TRANSFORMER_MODEL_TYPES)
     if not_decoder:
-        what = f"{name} ({classes[0] if classes else model_type})"
-        raise FunnelError(
-            f"{what} is not a decoder-only transformer that funnel_tl supports: it measures causal language "
-            "models whose blocks add attention and MLP outputs to a residual stream (README: verified families)"
-        )
+        raise _not_a_decoder(f"{name} ({classes[0] if classes else model_type})")
+
+
+def _not_a_decoder(what: str) -> FunnelError:
+    return FunnelError(
+        f"{what} is not a decoder-only transformer that funnel_tl supports: it measures causal language "
+        "models whose blocks add attention and MLP outputs to a residual stream (README: verified families)"
+    )
 
 
 def is_parallel(model) -> bool:
