@@ -38,7 +38,7 @@ $(TL3_VENV)/.installed: pyproject.toml
 	touch $@
 
 test-tl3: $(TL3_VENV)/.installed
-	$(TL3_PY) -c "import transformer_lens as t; assert t.__version__.startswith('3.'), t.__version__"
+	$(TL3_PY) -c "from importlib.metadata import version as v; assert v('transformer-lens').startswith('3.'), v('transformer-lens')"
 	$(TL3_PY) -m pytest -q $(TL3_TESTS)
 
 # Executes every notebooks/*.ipynb with nbclient (offline; outputs are not saved back).
