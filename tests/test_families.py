@@ -13,6 +13,7 @@ import pytest
 
 from conftest import boot_bridge
 from funnel_tl import FunnelError, load_model, measure_gains
+from funnel_tl.cli import main
 from funnel_tl.reference import reference_gains, seed_reference
 from funnel_tl.toy import FAMILIES, build_checkpoint
 
@@ -79,7 +80,7 @@ def test_family_equals_hf_reference(name, family, tokenizer):
         assert np.all(np.abs(seed / residual - 1) > 1e-2), name
 
 
-def test_non_decoder_models_are_refused_in_one_line(tmp_path, tokenizer):
+def test_non_decoder_models_are_refused_in_one_line(tmp_path, tokenizer, capsys):
     """T5 (encoder-decoder) is refused before any measurement, under both definitions."""
     from transformers import T5Config, T5ForConditionalGeneration
 
@@ -90,6 +91,12 @@ def test_non_decoder_models_are_refused_in_one_line(tmp_path, tokenizer):
     refusal = r"T5ForConditionalGeneration\) is not a decoder-only transformer that funnel_tl supports"
     with pytest.raises(FunnelError, match=refusal):
         load_model(str(tmp_path / "t5"), device="cpu")
+    capsys.readouterr()  # the checkpoint writer's progress bar
+    for definition in ("seed", "residual"):
+        assert main(["run", "--model", str(tmp_path / "t5"), "--definition", definition,
+                     "--out", str(tmp_path / "out")]) == 2
+        error_lines = capsys.readouterr().err.strip().splitlines()
+        assert len(error_lines) == 1 and "is not a decoder-only transformer" in error_lines[0]
     bridge = boot_bridge(tmp_path / "t5", {"no_processing": True})  # a user's own, past load_model
     for definition in ("seed", "residual"):
         with pytest.raises(FunnelError, match=refusal) as error:
