@@ -155,8 +155,9 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
                   progress: bool | None = None) -> GainResult:
     """Measure every layer's attention, MLP and block gain on a prompt set.
 
-    ``model``: a bridge from ``load_model`` (or any object with ``hooks``, ``cfg`` and the
-    standard hook names, e.g. a TL 3.x ``HookedTransformer`` loaded without weight processing).
+    ``model``: a bridge from ``load_model``, a bridge the user booted, or a TL 3.x
+    ``HookedTransformer``, loaded without weight processing (processed weights and non-decoder
+    models are refused; ``architectures.plan_hooks`` says what is read on each).
     ``prompts``: ``"seed"``, a prompt file path, or a list of strings. ``definition``: ``"seed"``
     (‖out‖ over the LayerNorm output the sublayer reads) or ``"residual"`` (‖out‖ over the residual
     stream it reads). ``drop_first`` leaves out the first N positions of every prompt (position 0
