@@ -149,3 +149,28 @@ def test_block_shape_is_recorded_in_results_json(user_model, tokenizer, tmp_path
     assert reads == {"block_shape": "parallel-two-norms", "attn_in": "ln1.hook_out", "attn_out": "hook_attn_out",
                      "mlp_in": "ln2.hook_out", "mlp_out": "hook_mlp_out", "block_in": "hook_resid_pre",
                      "block_out": "hook_resid_post"}
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama-gqa"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_hooked_read_is_what_the_sublayer_receives(arch, dtype, checkpoints, tokenizer):
+    """``HookPlan.read`` on ``ln*.hook_normalized`` equals the norm module's own output, bit for bit,
+    in half precision too (LayerNorm and RMSNorm; TL upcasts inside the norm, then casts back)."""
+    model = load_hooked(checkpoints[arch], dtype=dtype)
+    plan = plan_hooks(model, "seed")
+    seen, hooked = {}, {}
+    handles = [getattr(model.blocks[1], norm).register_forward_hook(
+        lambda module, args, output, norm=norm: seen.__setitem__(norm, output)) for norm in ("ln1", "ln2")]
+    tokens = torch.tensor([tokenizer(PROMPTS[0])["input_ids"]])
+    try:
+        with model.hooks(fwd_hooks=[(f"blocks.1.{norm}.hook_normalized",
+                                     lambda activation, hook, norm=norm: hooked.__setitem__(norm, activation))
+                                    for norm in ("ln1", "ln2")]):
+            model(tokens)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for component, norm in (("attn", "ln1"), ("mlp", "ln2")):
+        read = plan.read(model, 1, plan.inputs[component], hooked[norm])
+        assert read.dtype == seen[norm].dtype
+        torch.testing.assert_close(read, seen[norm], rtol=0, atol=0)
