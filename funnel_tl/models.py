@@ -366,7 +366,10 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
         raise FunnelError(f"--revision {revision} names a hub revision, but {name} is a local folder: give the "
                           "checkpoint's own folder instead (e.g. DIR/step1000), or compare --checkpoints")
     if local:
-        check_model_folder(Path(source), name)  # cheap: before torch reads a byte of weights
+        # Cheap, from config.json and the file listing, before torch reads a byte of weights; the kind
+        # of model first, since a missing file is beside the point for a model we would refuse anyway.
+        _check_decoder_folder(name, Path(source))
+        check_model_folder(Path(source), name)
     if device_map is not None:
         device_arg = {"device_map": device_map}
         device = "cuda"
@@ -394,10 +397,27 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
             raise
         raise FunnelError(_load_error_message(name, error, local)) from error
     bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
+    from .architectures import check_decoder_only
+
+    bridge.funnel_name = name  # named in check_decoder_only's message
+    check_decoder_only(bridge)
     bridge.eval()
-    bridge.funnel_name = name
     bridge.funnel_tokenizer = tokenizer
     return bridge
+
+
+def _check_decoder_folder(name: str, folder: Path) -> None:
+    """Refuse a non-decoder checkpoint from its config.json, before the expensive boot."""
+    import json
+
+    from .architectures import check_decoder_config
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # booting reports an unreadable checkpoint with its own message
+    if isinstance(config, dict):
+        check_decoder_config(config, name)
 
 
 def model_name(model) -> str:

@@ -7,6 +7,9 @@ Glossary (DESIGN.md §2; hook names as in TransformerLens). For layer ``l`` and 
 - ``u_attn``, ``u_mlp`` = what the attention and MLP modules actually receive: the LayerNorm
   outputs *with* their affine weights (``ln1.hook_out``, ``ln2.hook_out``).
 - ``resid_mid`` = x + a for serial blocks; parallel blocks (Pythia, GPT-J) have none.
+- Sandwich norms (Gemma 2/3): a and m after their post-norm; post-norm blocks (OLMo 2): u = the
+  stream itself. ``architectures.py`` holds every block shape; ``provenance["reads"]`` records
+  the shape and the hook each number came from.
 
 What "input" and "output" mean for each component:
 
