@@ -112,17 +112,6 @@ def counted_tokens(attention_mask: torch.Tensor, drop_first: int) -> Bool[torch.
     return attention_mask.bool() & (positions >= drop_first)[None, :]  # [batch, pos]
 
 
-def norm_input(plan, layer: int, suffix: str, activation: torch.Tensor) -> torch.Tensor:
-    """What is normed where hook ``suffix`` of ``layer`` is read: the activation itself for a plain hook.
-
-    The one place a read that is not a plain hook gets its transform (e.g. a ``HookedTransformer``'s
-    ``hook_normalized`` needs ``* w + b``): a plan may carry ``transforms``, a dict
-    ``suffix -> f(layer, activation)``. Applied after either executor, so both are verified with it.
-    """
-    transform = (getattr(plan, "transforms", None) or {}).get(suffix)
-    return activation if transform is None else transform(layer, activation)
-
-
 def forward_kwargs(model) -> dict:
     """Beyond tokens and mask: the bridge (it has an architecture ``adapter``) hands extra keywords to
     its HF model, which should build no KV cache; ``HookedTransformer.forward`` takes none."""
@@ -497,7 +486,7 @@ def resolve_batch_size(batch_size: int | str, model, token_ids: Sequence[Sequenc
         batch_size = int(batch_size)
     if isinstance(batch_size, str):
         if batch_size != "auto":
-            raise FunnelError(f"batch size must be a positive integer or auto, got {batch_size!r}")
+            raise FunnelError(f"batch size must be an integer, at least 1, or auto, got {batch_size!r}")
         device = torch.device(device)
         if device.type != "cuda":
             return CPU_BATCH_SIZE
@@ -507,5 +496,5 @@ def resolve_batch_size(batch_size: int | str, model, token_ids: Sequence[Sequenc
         return auto_batch_size(free, activation_bytes_per_token(model.cfg, element_size, longest), longest,
                                len(token_ids))
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise FunnelError(f"batch size must be a positive integer or auto, got {batch_size!r}")
+        raise FunnelError(f"batch size must be an integer, at least 1, or auto, got {batch_size!r}")
     return int(batch_size)
