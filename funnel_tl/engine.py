@@ -178,7 +178,7 @@ class HFExecutor:
             return None, "the model is spread over devices (device_map)"
         hook_dict = model.hook_dict
         if any(point._forward_hooks or point._forward_pre_hooks for point in hook_dict.values()):
-            return None, "hooks of the caller's are attached to the model"
+            return None, "hooks are attached to the model's hook points (the caller's, or its adapter's own)"
         owners = {}  # id(HookPoint) -> (HF module it belongs to, "input" | "output")
         for component in model.modules():
             if isinstance(component, GeneralizedComponent):
