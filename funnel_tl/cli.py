@@ -62,6 +62,17 @@ def add_bootstrap_options(parser: argparse.ArgumentParser, default: int | None =
                         help="random seed of the resampling; the same seed gives the same intervals (default: 0)")
 
 
+def add_position_options(parser: argparse.ArgumentParser) -> None:
+    """Position-resolved gains (funnel_tl.positions): heatmaps and the attention sink's effect."""
+    parser.add_argument("--by-position", action="store_true",
+                        help="also keep gains by position (0..15, then 16-31, 32-63, ...): writes "
+                             "DIR/positions.html (layer x position heatmaps; the four panels with and "
+                             "without the first positions) and says whether the verdict depends on them")
+    parser.add_argument("--sink-positions", type=int, default=1, metavar="K",
+                        help="with --by-position: how many first positions to leave out to show the "
+                             "attention sink's effect, 1 to 16 (default: 1, position 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="funnel-tl",
@@ -83,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=None, metavar="DIR",
                      help="output folder (default: runs/<model name>)")
     add_bootstrap_options(run)
+    add_position_options(run)
     run.set_defaults(handler=cmd_run)
 
     heads = commands.add_parser(
@@ -155,13 +167,18 @@ def cmd_run(args) -> int:
     prompts = load_prompts(args.prompts)  # before loading a model: a bad prompt file fails fast
     if args.bootstrap < 0:
         raise FunnelError(f"--bootstrap must be 0 (no intervals) or a number of resamples, got {args.bootstrap}")
+    if not 1 <= args.sink_positions <= 16:
+        raise FunnelError(f"--sink-positions must be 1 to 16 (single positions), got {args.sink_positions}")
     model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision)
     result = measure_gains(model, prompts, definition=args.definition, batch_size=args.batch_size,
-                           drop_first=args.drop_first)
+                           drop_first=args.drop_first, by_position=args.by_position)
+    if result.positions is not None:
+        result = replace(result, positions=replace(result.positions, sink_positions=args.sink_positions))
     out = Path(args.out) if args.out else Path("runs") / slug(result.model)
     if args.bootstrap and len(prompts) >= 2:
         result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
     print(format_analysis(result))
+    _print_positions(result)
     if args.bootstrap and len(prompts) < 2:
         # Said after the measurement, so that any error before it stays the only line on stderr.
         print("Intervals skipped: a bootstrap over prompts needs at least 2 prompts")
@@ -172,12 +189,25 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _print_positions(result) -> None:
+    """After the seed's analysis, when positions were kept: does the verdict hang on the first ones?"""
+    if result.positions is not None:
+        from .positions import format_sink_analysis
+
+        print(format_sink_analysis(result))
+
+
 def _render(result, folder: Path) -> bool:
-    """Write folder/funnel.html, and funnel.png when kaleido and Chrome are present (then True)."""
+    """Write folder/funnel.html (and positions.html when positions were kept), and funnel.png when
+    kaleido and Chrome are present (then True)."""
     from .plots import plot_funnel, write_html, write_png
 
     fig = plot_funnel(result)
     print(f"Saved: {write_html(fig, folder / 'funnel.html')}")
+    if result.positions is not None:
+        from .position_plots import write_position_page
+
+        print(f"Saved: {write_position_page(result, folder / 'positions.html')}")
     png = write_png(fig, folder / "funnel.png")
     if png:
         print(f"Saved: {png}")
@@ -205,10 +235,12 @@ def cmd_report(args) -> int:
     results = [GainResult.load(path) for path in paths]  # all read before any is written: fail fast
     for path, result in zip(paths, results):
         if args.bootstrap == 0:
-            result = replace(result, intervals=None)
+            positions = result.positions and replace(result.positions, intervals=None)
+            result = replace(result, intervals=None, positions=positions)
         elif args.bootstrap is not None:
             result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
         print(format_analysis(result))
+        _print_positions(result)
         print(f"\nFrom: {path}")
         png = _render(result, path.parent)
         print()

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,9 @@ class GainResult:
     # Bootstrap intervals over prompts (funnel_tl.stats.Intervals), or None until
     # ``with_intervals`` draws them; ``subset`` drops them, as they describe all the prompts.
     intervals: Any = None
+    # Per-prompt sums by position bucket (funnel_tl.positions.PositionSums) when measured with
+    # ``by_position=True``; None otherwise (and in files written before it existed).
+    positions: Any = None
 
     def __post_init__(self):
         if self.definition not in DEFINITIONS:
@@ -91,6 +94,22 @@ class GainResult:
                 sums[component] = array
         if self.intervals is not None and self.intervals.n_layers != self.n_layers:
             raise ValueError(f"intervals cover {self.intervals.n_layers} layers, the result {self.n_layers}")
+        if self.positions is not None:
+            self._check_positions()
+
+    def _check_positions(self) -> None:
+        """Position sums must add up, over buckets, to the per-prompt sums: the same tokens."""
+        positions = self.positions
+        if positions.n_prompts != self.n_prompts or positions.n_layers != self.n_layers:
+            raise ValueError(f"position sums cover {positions.n_prompts} prompts x {positions.n_layers} layers, "
+                             f"the result {self.n_prompts} x {self.n_layers}")
+        if not np.array_equal(positions.n_tokens.sum(axis=1), self.n_tokens):
+            raise ValueError("position token counts do not add up to the per-prompt token counts")
+        for component in COMPONENTS:
+            for by_position, total in ((positions.out_sums, self.out_sums), (positions.in_sums, self.in_sums)):
+                # Both are float32 sums of the same norms grouped differently (~1e-6 relative apart).
+                if not np.allclose(by_position[component].sum(axis=2), total[component], rtol=1e-4, atol=1e-6):
+                    raise ValueError(f"{component} position sums do not add up to the per-prompt sums")
 
     # ---- gains -------------------------------------------------------------------------------
     @property
@@ -137,6 +156,44 @@ class GainResult:
             out_sums={c: v[index] for c, v in self.out_sums.items()},
             in_sums={c: v[index] for c, v in self.in_sums.items()},
             drop_first=self.drop_first, provenance=dict(self.provenance),
+            positions=None if self.positions is None else self.positions.subset(index),
+        )
+
+    def position_gains(self, component: str) -> np.ndarray:
+        """``[layer, bucket]`` gains by position (``funnel_tl.positions``); needs ``by_position=True``.
+
+        A cell is the mean, over the prompts that reach the bucket, of the ratio of their mean norms
+        there (the seed's aggregation); NaN where no prompt reaches it. Buckets are
+        ``self.positions.labels``; prompts behind each, ``self.positions.prompt_counts()``.
+        """
+        if self.positions is None:
+            raise FunnelError(f"{self.model}: no position-resolved sums: measure with by_position=True "
+                              "(funnel-tl run --by-position)")
+        return self.positions.gains(component)
+
+    def without_first(self, k: int) -> "GainResult":
+        """The result as if measured with ``drop_first=k``, from the position sums (no model needed).
+
+        Prompts with no token left after the first k positions are left out (they would count
+        none). Intervals are not carried over: draw them again with ``with_intervals``.
+        """
+        if self.positions is None:
+            raise FunnelError(f"{self.model}: leaving out positions after the fact needs by_position=True")
+        if k <= self.drop_first:
+            return replace(self, intervals=None)
+        lead_out, lead_in, lead_tokens = self.positions.leading(k)
+        kept = np.flatnonzero(self.n_tokens - lead_tokens > 0)
+        if kept.size == 0:
+            raise FunnelError(f"{self.model}: no prompt has a token after the first {k} positions")
+        return GainResult(
+            model=self.model, definition=self.definition, n_layers=self.n_layers, d_model=self.d_model,
+            parallel_blocks=self.parallel_blocks, prompts=tuple(self.prompts[i] for i in kept),
+            n_tokens=(self.n_tokens - lead_tokens)[kept],
+            # Differences of non-negative sums can round below zero by ~1e-7 where nothing is left.
+            out_sums={c: np.maximum(self.out_sums[c] - lead_out[c], 0)[kept] for c in COMPONENTS},
+            in_sums={c: np.maximum(self.in_sums[c] - lead_in[c], 0)[kept] for c in COMPONENTS},
+            drop_first=k, provenance=dict(self.provenance, drop_first=k, derived_from_drop_first=self.drop_first),
+            positions=self.positions.without_first(k).subset(kept),
         )
 
     def with_intervals(self, intervals=None, n_resamples: int | None = None, seed: int | None = None,
@@ -150,8 +207,6 @@ class GainResult:
         >>> result.intervals.mlp[-1]                                 # doctest: +SKIP
         array([3.21, 3.98])
         """
-        from dataclasses import replace
-
         from .stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_intervals
 
         if intervals is None:
@@ -160,7 +215,10 @@ class GainResult:
                 seed=DEFAULT_SEED if seed is None else seed,
                 confidence=DEFAULT_CONFIDENCE if confidence is None else confidence,
             )
-        return replace(self, intervals=intervals)
+        positions = self.positions
+        if positions is not None:
+            positions = positions.with_intervals(intervals.n_resamples, intervals.seed, intervals.confidence)
+        return replace(self, intervals=intervals, positions=positions)
 
     # ---- results.json ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -213,8 +271,17 @@ class GainResult:
                 **{c: {"out_sum": self.out_sums[c].tolist(), "in_sum": self.in_sums[c].tolist()} for c in COMPONENTS},
             },
             "prompts": {"sha256": prompts_sha256(self.prompts), "texts": list(self.prompts)},
+            **({"by_position": self._position_block()} if self.positions is not None else {}),
             "provenance": self.provenance,
         }
+
+    def _position_block(self) -> dict[str, Any]:
+        from .positions import sink_effect
+
+        block = self.positions.to_dict()
+        if self.drop_first < self.positions.sink_positions:
+            block["sink"] = sink_effect(self).to_dict()
+        return block
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "results") -> "GainResult":
@@ -241,7 +308,7 @@ class GainResult:
                 out_sums={c: np.asarray(per_prompt[c]["out_sum"], dtype=np.float64).reshape(-1, data["n_layers"]) for c in COMPONENTS},
                 in_sums={c: np.asarray(per_prompt[c]["in_sum"], dtype=np.float64).reshape(-1, data["n_layers"]) for c in COMPONENTS},
                 drop_first=data.get("drop_first", 0), provenance=data.get("provenance", {}),
-                intervals=intervals,
+                intervals=intervals, positions=_positions_from_dict(data.get("by_position")),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise FunnelError(f"{source} is not a complete funnel_tl results file (missing or bad {error})") from None
@@ -253,6 +320,14 @@ class GainResult:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GainResult":
         return cls.from_dict(read_json(path), source=str(path))
+
+
+def _positions_from_dict(block):
+    if block is None:
+        return None
+    from .positions import PositionSums
+
+    return PositionSums.from_dict(block)
 
 
 def _floats(values) -> list[float]:
