@@ -231,6 +231,17 @@ class PositionSums:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(reached.any(axis=0)[None], total / reached.sum(axis=0)[None], np.nan)
 
+    def mean_norms(self, component: str, side: str = "in") -> np.ndarray:
+        """``[layer, bucket]``: mean over the prompts reaching each bucket of their mean ‖in‖ (or
+        ‖out‖) there; NaN where none does. ``mean_norms("block")`` is ‖resid_pre‖ by position:
+        where massive activations show as a position-0 column far above the rest."""
+        sums = {"in": self.in_sums, "out": self.out_sums}[side][component]  # [prompt, layer, bucket]
+        reached = self.reached()  # [prompt, bucket]
+        per_prompt = sums / np.maximum(self.n_tokens, 1)[:, None, :]  # 0 where not reached
+        total = einops.reduce(per_prompt, "prompt layer bucket -> layer bucket", "sum")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(reached.any(axis=0)[None], total / reached.sum(axis=0)[None], np.nan)
+
     def leading(self, k: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
         """Out sums, in sums ``[prompt, layer]`` and counts ``[prompt]`` of positions ``0 … k-1``."""
         if k not in self.edges[: SINGLE_POSITIONS + 1]:

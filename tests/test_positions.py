@@ -251,3 +251,14 @@ def test_verdict_that_does_not_hang_on_position_0():
 def test_without_first_beyond_single_positions_is_refused(measured):
     with pytest.raises(FunnelError, match="not 20"):
         measured.without_first(20)
+
+
+@pytest.mark.parametrize("arch", ["neox-parallel", "gpt2"])
+def test_mean_norms_by_position_equal_hf_reference(arch, bridge, token_norms):
+    """‖resid_pre‖ by position, the quantity that shows massive activations at position 0."""
+    result = measure_gains(bridge(arch), PROMPTS, definition="residual", batch_size=4, by_position=True)
+    positions = result.positions
+    for bucket, (lo, hi) in enumerate(zip(positions.edges[:-1], positions.edges[1:])):
+        reaching = [norms["resid_pre"][:, lo:hi].mean(axis=1) for norms in token_norms(arch)
+                    if norms["resid_pre"].shape[1] > lo]
+        np.testing.assert_allclose(positions.mean_norms("block")[:, bucket], np.mean(reaching, axis=0), rtol=RELATIVE)
