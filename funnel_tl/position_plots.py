@@ -133,11 +133,12 @@ def plot_sink_comparison(result, k: int | None = None, log_gains: bool | None = 
         "Net effect per layer: attn × MLP", "Information funnel: cumulative attn × MLP gain"))
     layers = np.arange(result.n_layers)
     depth = np.linspace(0, 1, result.n_layers)
-    panel_log = {}
+    panel_log, extent = {}, {}
     for panel, components in ((1, ("attn", "mlp")), (2, ("mlp",)), (3, ("combined",))):
         values = np.concatenate([_values(r, c) for _, r, _ in versions for c in components] + [np.ones(1)])
         extra = [PYTHIA_1_4B_REFERENCE["mlp_max_gain"]] if panel == 2 else []
         values = np.concatenate([values, extra])
+        extent[panel] = (float(values.min()), float(values.max()))
         panel_log[panel] = (values.max() / values.min() > LOG_SPAN) if log_gains is None else bool(log_gains)
     for label, version, dash in versions:
         for component in ("attn", "mlp"):
@@ -162,10 +163,11 @@ def plot_sink_comparison(result, k: int | None = None, log_gains: bool | None = 
         fig.add_hline(y=1, line=dict(color=COLORS["neutral"], dash="dot", width=1.2), row=row, col=col)
     fig.add_hline(y=PYTHIA_1_4B_REFERENCE["mlp_max_gain"], line=dict(color=COLORS["reference"], dash="dot", width=1.5),
                   row=1, col=2, annotation=dict(text="Pythia-1.4B max MLP", font=dict(color=COLORS["reference"])),
-                  annotation_position="top left")
+                  annotation_position="bottom right")
     for (row, col), panel in (((1, 1), 1), ((1, 2), 2), ((2, 1), 3)):
         title = "gain" + (" (log)" if panel_log[panel] else "")
-        axis = dict(type="log", exponentformat="power") if panel_log[panel] else dict(rangemode="tozero")
+        axis = (dict(type="log", exponentformat="power", **_log_ticks(*extent[panel])) if panel_log[panel]
+                else dict(rangemode="tozero"))
         fig.update_yaxes(title_text=title, row=row, col=col, **axis)
     cumulative = np.concatenate([v.cumulative_gains for _, v, _ in versions] + [np.ones(1)])
     fig.update_yaxes(title_text="cumulative gain", type="log", exponentformat="power", row=2, col=2,

@@ -14,11 +14,10 @@ import pytest
 import torch
 
 from funnel_tl import FunnelError, GainResult, measure_gains
-from funnel_tl.positions import (
-    PositionSums, bucket_edges, bucket_labels, format_sink_analysis, position_sums, sink_effect,
-)
+from funnel_tl.positions import bucket_edges, bucket_labels, format_sink_analysis, position_sums, sink_effect
 from funnel_tl.reference import reference_position_gains, seed_token_norms
 from funnel_tl.toy import ARCHITECTURES
+from synthetic_positions import sink_result
 
 # float32 on both paths, differing only in summation order (~1e-7); the issue asks for 1e-4.
 RELATIVE = 1e-4
@@ -209,27 +208,8 @@ def test_subset_equals_measuring_those_prompts(measured, bridge):
 
 
 # ---- the sink's effect on the verdict --------------------------------------------------------
-def _sink_result(sink_gain: float) -> GainResult:
-    """Two prompts of 4 tokens, 3 layers: attention contracts (0.5) everywhere but at position 0,
-    where it has gain ``sink_gain`` and a norm 100x the others' (a sink); the last MLP expands."""
-    n_layers, edges = 3, bucket_edges(4)
-    ones = np.ones((2, n_layers, 4))
-    in_sums = {c: ones.copy() for c in ("attn", "mlp", "block")}
-    for sums in in_sums.values():
-        sums[:, :, 0] = 100.0
-    out = {"attn": 0.5 * ones, "mlp": 0.5 * ones, "block": ones.copy()}
-    out["attn"][:, :, 0] = 100.0 * sink_gain
-    out["mlp"][:, :, 0] = 50.0
-    out["mlp"][:, -1, :] = 3.0 * in_sums["mlp"][:, -1, :]
-    positions = PositionSums(edges=edges, n_tokens=np.ones((2, 4), dtype=np.int64), out_sums=out, in_sums=in_sums)
-    return GainResult(model="synthetic/sink", definition="seed", n_layers=n_layers, d_model=8, parallel_blocks=True,
-                      prompts=("a", "b"), n_tokens=[4, 4],
-                      out_sums={c: v.sum(axis=2) for c, v in out.items()},
-                      in_sums={c: v.sum(axis=2) for c, v in in_sums.items()}, positions=positions)
-
-
 def test_verdict_that_hangs_on_position_0_is_reported():
-    result = _sink_result(sink_gain=2.0)
+    result = sink_result(sink_gain=2.0)
     # Attention: (200 + 1.5) / 4 / (103 / 4) ≈ 1.96 > 1 with the sink; 0.5 without it.
     np.testing.assert_allclose(result.attn_gains, 201.5 / 103)
     np.testing.assert_allclose(result.without_first(1).attn_gains, 0.5)
@@ -243,7 +223,7 @@ def test_verdict_that_hangs_on_position_0_is_reported():
 
 
 def test_verdict_that_does_not_hang_on_position_0():
-    result = _sink_result(sink_gain=0.4)
+    result = sink_result(sink_gain=0.4)
     assert not sink_effect(result).verdict_changes
     assert "does not depend on position 0" in format_sink_analysis(result)
 

@@ -1,0 +1,96 @@
+"""Position figures and `funnel-tl run --by-position` end to end.
+
+Figure checks use a synthetic result whose gains we chose (tests/synthetic_positions.py), so what
+each trace must hold follows from the inputs, not from the plotting code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from funnel_tl.cli import main
+from funnel_tl.position_plots import (
+    plot_position_heatmap, plot_position_heatmaps, plot_sink_comparison, write_position_page,
+)
+from synthetic_positions import sink_result
+
+
+def test_heatmap_is_log_gain_diverging_at_1_with_blank_empty_cells():
+    result = sink_result(sink_gain=2.0, empty_last_bucket=True).with_intervals(n_resamples=200)
+    fig = plot_position_heatmap(result, "attn")
+    (heatmap,) = fig.data
+    # Position 0: attention gain 2 in every layer; elsewhere 0.5 (both prompts agree).
+    expected = np.full((3, 4), math.log10(0.5))
+    expected[:, 0] = math.log10(2.0)
+    np.testing.assert_allclose(np.asarray(heatmap.z, dtype=float), expected)
+    axis = fig.layout.coloraxis
+    assert axis.cmid == 0 and axis.cmin == -axis.cmax  # white at gain 1, symmetric about it
+    assert "1" in axis.colorbar.ticktext and list(heatmap.x) == ["0", "1", "2", "3"]
+    # Prompts behind each cell: position 3 is reached by one prompt of two.
+    counts = np.asarray(heatmap.customdata)[..., 3]
+    assert counts[:, 3].tolist() == [1, 1, 1] and counts[:, 0].tolist() == [2, 2, 2]
+
+
+def test_cells_no_prompt_reaches_are_blank():
+    result = sink_result(sink_gain=2.0).without_first(2)  # positions 0 and 1 left out
+    fig = plot_position_heatmaps(result)
+    assert len(fig.data) == 3
+    for heatmap in fig.data:
+        z = np.asarray(heatmap.z, dtype=float)
+        assert np.all(np.isnan(z[:, :2])) and np.all(np.isfinite(z[:, 2:]))
+    assert fig.data[0].coloraxis != fig.data[1].coloraxis  # each component its own scale
+
+
+def test_sink_comparison_draws_both_versions_and_names_the_verdict_change():
+    result = sink_result(sink_gain=2.0)
+    fig = plot_sink_comparison(result)
+    by_name = {trace.name: trace for trace in fig.data}
+    np.testing.assert_allclose(by_name["attention gain, all positions"].y, 201.5 / 103)  # see test_positions
+    np.testing.assert_allclose(by_name["attention gain, without position 0"].y, 0.5)
+    np.testing.assert_allclose(by_name["MLP gain, without position 0"].y, [0.5, 0.5, 3.0])
+    assert by_name["attention gain, without position 0"].line.dash == "dash"
+    assert "the verdict depends on it" in fig.layout.title.text
+    unchanged = plot_sink_comparison(sink_result(sink_gain=0.4))
+    assert "does not depend on it" in unchanged.layout.title.text
+
+
+def test_position_page_is_one_offline_file(tmp_path):
+    path = write_position_page(sink_result(sink_gain=2.0), tmp_path / "positions.html")
+    html = path.read_text()
+    assert html.count("id=\"funnel-tl-positions-") == 2  # heatmaps, then the comparison
+    assert "<script src=\"http" not in html and html.count("plotly.js v") <= 2  # plotly.js inline, once
+
+
+@pytest.mark.slow
+def test_run_by_position_end_to_end(checkpoints, hf_model, tokenizer, tmp_path, capsys):
+    from funnel_tl.reference import reference_position_gains, seed_token_norms
+
+    prompts = ["Hi there", ("The quick brown fox jumps over the lazy dog " * 3).strip(), "x = 1", "def f(x): return x"]
+    source = tmp_path / "prompts.txt"
+    source.write_text("\n".join(prompts) + "\n")
+    out = tmp_path / "run"
+    assert main(["run", "--model", str(checkpoints["gpt2"]), "--prompts", str(source), "--by-position",
+                 "--batch-size", "4", "--bootstrap", "200", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "POSITIONS: is the verdict about position 0?" in printed and "Funnel verdict, without position 0" in printed
+    data = json.loads((out / "results.json").read_text())
+    block = data["by_position"]
+    expected, counts = reference_position_gains(seed_token_norms(hf_model("gpt2"), tokenizer, prompts), block["edges"])
+    assert block["n_prompts"] == counts.tolist()
+    gains = np.asarray(block["gains"]["mlp"], dtype=float)  # null (no prompt) reads as NaN
+    # float32 on both paths; they differ only in summation order (~1e-7).
+    np.testing.assert_allclose(gains, expected["mlp"], rtol=1e-4)
+    assert isinstance(block["sink"]["verdict_changes"], bool)
+    assert (out / "positions.html").is_file()
+    (out / "positions.html").unlink()
+    assert main(["report", str(out)]) == 0  # re-rendered from results.json, no model
+    assert (out / "positions.html").is_file() and "POSITIONS:" in capsys.readouterr().out
+
+
+def test_sink_positions_out_of_range_is_refused_before_loading(capsys):
+    assert main(["run", "--model", "no/such-model", "--by-position", "--sink-positions", "0"]) == 2
+    assert "--sink-positions must be 1 to 16" in capsys.readouterr().err
