@@ -62,12 +62,16 @@ def add_bootstrap_options(parser: argparse.ArgumentParser, default: int | None =
                         help="random seed of the resampling; the same seed gives the same intervals (default: 0)")
 
 
-def add_position_options(parser: argparse.ArgumentParser) -> None:
+def add_position_options(parser: argparse.ArgumentParser, sink: bool = True) -> None:
     """Position-resolved gains (funnel_tl.positions): heatmaps and the attention sink's effect."""
     parser.add_argument("--by-position", action="store_true",
                         help="also keep gains by position (0..15, then 16-31, 32-63, ...): writes "
                              "DIR/positions.html (layer x position heatmaps; the four panels with and "
-                             "without the first positions) and says whether the verdict depends on them")
+                             "without the first positions) and says whether the verdict depends on them"
+                        if sink else "also keep each model's gains by position in its results.json "
+                                     "(funnel-tl report DIR then draws their positions.html)")
+    if not sink:
+        return
     parser.add_argument("--sink-positions", type=int, default=1, metavar="K",
                         help="with --by-position: how many first positions to leave out to show the "
                              "attention sink's effect, 1 to 16 (default: 1, position 0)")
@@ -151,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="measure every model again, even those already finished in DIR")
     add_model_options(compare, model=False)
     add_bootstrap_options(compare)
+    add_position_options(compare, sink=False)
     compare.add_argument("--out", default="runs/compare", metavar="DIR",
                          help="output folder (default: runs/compare)")
     compare.set_defaults(handler=cmd_compare)
@@ -275,7 +280,7 @@ def cmd_compare(args) -> int:
     comparison = compare(args.models, args.prompts, definition=args.definition, batch_size=args.batch_size,
                          device=args.device, dtype=args.dtype, drop_first=args.drop_first, out=args.out,
                          force=args.force, checkpoints=args.checkpoints, bootstrap=args.bootstrap,
-                         bootstrap_seed=args.bootstrap_seed)
+                         bootstrap_seed=args.bootstrap_seed, by_position=args.by_position)
     print(comparison.format_table())
     out = Path(args.out)
     print(f"\nSaved: {out / 'compare.json'}\n       {out / 'compare.html'}")

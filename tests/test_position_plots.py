@@ -94,3 +94,19 @@ def test_run_by_position_end_to_end(checkpoints, hf_model, tokenizer, tmp_path, 
 def test_sink_positions_out_of_range_is_refused_before_loading(capsys):
     assert main(["run", "--model", "no/such-model", "--by-position", "--sink-positions", "0"]) == 2
     assert "--sink-positions must be 1 to 16" in capsys.readouterr().err
+
+
+def test_compare_by_position_measures_again_files_without_positions(checkpoints, tmp_path):
+    from funnel_tl import compare
+
+    models = [str(checkpoints["gpt2"]), str(checkpoints["llama-gqa"])]
+    options = dict(prompts=["Hi there", "x = 1", "def f(x): return x"], device="cpu", dtype="float32",
+                   out=tmp_path, bootstrap=0, progress=False)
+    plain = compare(models, **options)
+    assert all(result.positions is None for result in plain.results.values())
+    swept = compare(models, by_position=True, **options)
+    assert not any(row.resumed for row in swept.rows)  # the plain files lack position sums
+    for model in models:
+        assert swept.results[model].position_gains("mlp").shape[0] == swept.results[model].n_layers
+    again = compare(models, **options)  # files with positions serve a sweep without them
+    assert all(row.resumed for row in again.rows)
