@@ -110,3 +110,34 @@ def test_compare_by_position_measures_again_files_without_positions(checkpoints,
         assert swept.results[model].position_gains("mlp").shape[0] == swept.results[model].n_layers
     again = compare(models, **options)  # files with positions serve a sweep without them
     assert all(row.resumed for row in again.rows)
+
+
+@pytest.mark.slow
+def test_done_when_nano_8l_by_position_equals_hf_reference(tmp_path, capsys):
+    """The issue's bar: `funnel-tl run --model nano-8l --by-position` on a padded batch of the seed
+    prompts (lengths differ) equals the HF-module reference, token by token, to 1e-4."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from funnel_tl.models import bundled_models
+    from funnel_tl.prompts import SEED_PROMPTS
+    from funnel_tl.reference import reference_position_gains, seed_token_norms
+
+    assert main(["run", "--model", "nano-8l", "--by-position", "--batch-size", "8", "--device", "cpu",
+                 "--dtype", "float32", "--bootstrap", "100", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "Funnel verdict, without position 0" in printed and "depend" in printed
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["provenance"]["padding_fraction"] > 0  # one padded batch of eight prompts
+    folder = bundled_models()["nano-8l"]
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+    norms = seed_token_norms(hf, AutoTokenizer.from_pretrained(folder), list(SEED_PROMPTS))
+    expected, counts = reference_position_gains(norms, data["by_position"]["edges"], "seed")
+    assert data["by_position"]["n_prompts"] == counts.tolist()
+    for component, key in (("attn", "attention"), ("mlp", "mlp"), ("block", "block")):
+        # float32 on both paths; they differ only in summation order (~1e-7).
+        np.testing.assert_allclose(np.asarray(data["by_position"]["gains"][key], dtype=float), expected[component],
+                                   rtol=1e-4, err_msg=component)
+    sink = data["by_position"]["sink"]
+    assert sink["k"] == 1 and isinstance(sink["verdict_changes"], bool)
+    assert (tmp_path / "positions.html").is_file()
