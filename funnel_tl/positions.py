@@ -105,10 +105,13 @@ class PositionAccumulator:
         self.n_tokens = np.zeros((n_prompts, shape[2]), dtype=np.int64)
 
     def add(self, indices, stacked: dict[str, torch.Tensor], counted: torch.Tensor, plan) -> None:
-        sums = {}
-        for suffix, norms in stacked.items():  # norms: [layer, batch, pos]
-            by_bucket, counts = position_sums(norms, counted, self.edges)
-            sums[suffix] = by_bucket.double().cpu().numpy()  # [batch, layer, bucket]
+        suffixes = list(stacked)
+        # Every hook in one reduction (one matmul, one copy to the host), not one per hook.
+        together = einops.rearrange([stacked[s] for s in suffixes], "hook layer batch pos -> (hook layer) batch pos")
+        by_bucket, counts = position_sums(together, counted, self.edges)  # [batch, (hook layer), bucket]
+        by_bucket = einops.rearrange(by_bucket.double().cpu().numpy(), "batch (hook layer) bucket -> hook batch layer bucket",
+                                     hook=len(suffixes))
+        sums = dict(zip(suffixes, by_bucket))  # suffix -> [batch, layer, bucket]
         for component in COMPONENTS:
             self.out_sums[component][indices] = sums[plan.outputs[component]]
             self.in_sums[component][indices] = sums[plan.inputs[component]]
