@@ -174,6 +174,8 @@ def cmd_run(args) -> int:
         raise FunnelError(f"--bootstrap must be 0 (no intervals) or a number of resamples, got {args.bootstrap}")
     if not 1 <= args.sink_positions <= 16:
         raise FunnelError(f"--sink-positions must be 1 to 16 (single positions), got {args.sink_positions}")
+    if args.sink_positions != 1 and not args.by_position:
+        raise FunnelError("--sink-positions needs --by-position: add it, or leave --sink-positions out")
     model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision)
     result = measure_gains(model, prompts, definition=args.definition, batch_size=args.batch_size,
                            drop_first=args.drop_first, by_position=args.by_position)

@@ -385,9 +385,19 @@ def format_sink_analysis(result, k: int | None = None) -> str:
         lines.append(f"{first} already dropped (drop_first={result.drop_first}): nothing to compare")
         return "\n".join(lines)
     positions = result.positions
-    counts = positions.prompt_counts()
-    lines.append(f"buckets: {', '.join(positions.labels)} (prompts behind each: "
-                 f"{counts.min()}-{counts.max()})")
+    counts = positions.prompt_counts()[positions.prompt_counts() > 0]
+    behind = (f"{counts[0]} prompts reach every one" if counts.min() == counts.max()
+              else f"{counts.max()} prompts reach the first, {counts.min()} the last")
+    lines.append(f"position buckets: {', '.join(positions.labels)} ({behind})")
+    # Massive activations: position 0's residual stream norm against the later positions'.
+    norms = positions.mean_norms("block")  # [layer, bucket]: ||resid_pre|| in both definitions
+    if positions.n_buckets > k:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.nanmean(norms[:, :k], axis=1) / np.nanmean(norms[:, k:], axis=1)  # [layer]
+        if np.isfinite(ratio).any():
+            top = int(np.nanargmax(ratio))
+            lines.append(f"||resid_pre|| of {first} over the later positions': x{np.nanmin(ratio):.3g} to "
+                         f"x{np.nanmax(ratio):.3g} (largest at L{top})")
     for component, label in (("attn", "Attention"), ("mlp", "MLP")):
         ratio = without.gains(component) / result.gains(component)
         layer = int(np.argmax(np.abs(np.log(ratio))))

@@ -141,3 +141,8 @@ def test_done_when_nano_8l_by_position_equals_hf_reference(tmp_path, capsys):
     sink = data["by_position"]["sink"]
     assert sink["k"] == 1 and isinstance(sink["verdict_changes"], bool)
     assert (tmp_path / "positions.html").is_file()
+
+
+def test_sink_positions_without_by_position_is_refused(capsys):
+    assert main(["run", "--model", "no/such-model", "--sink-positions", "3"]) == 2
+    assert "--sink-positions needs --by-position" in capsys.readouterr().err

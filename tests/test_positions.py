@@ -242,3 +242,11 @@ def test_mean_norms_by_position_equal_hf_reference(arch, bridge, token_norms):
         reaching = [norms["resid_pre"][:, lo:hi].mean(axis=1) for norms in token_norms(arch)
                     if norms["resid_pre"].shape[1] > lo]
         np.testing.assert_allclose(positions.mean_norms("block")[:, bucket], np.mean(reaching, axis=0), rtol=RELATIVE)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import funnel_tl.positions
+
+    assert doctest.testmod(funnel_tl.positions).failed == 0
