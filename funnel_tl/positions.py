@@ -81,12 +81,15 @@ def position_sums(norms: Float[torch.Tensor, "layer batch pos"], counted: torch.
 
     ``counted`` is ``[batch, pos]`` (real tokens not dropped). Returns the ``[batch, layer, bucket]``
     sums and the ``[batch, bucket]`` token counts, in float32 as the norms. One one-hot matmul:
-    the same masked einsum as the per-prompt sums, with the bucket as an extra output axis.
+    the per-prompt sum with the bucket as an extra output axis. Uncounted tokens are masked out
+    by selection before it, not by a zero weight: a non-finite norm at a padded position must not
+    poison its prompt's sums (0 × inf is NaN), and a counted one must.
     """
+    counted = counted.bool()
     one_hot = bucket_one_hot(norms.shape[-1], edges, device=norms.device)  # [pos, bucket]
-    weights = einops.einsum(counted.float(), one_hot, "batch pos, pos bucket -> batch pos bucket")
-    sums = einops.einsum(norms, weights, "layer batch pos, batch pos bucket -> batch layer bucket")
-    counts = einops.reduce(weights, "batch pos bucket -> batch bucket", "sum")
+    kept = torch.where(counted[None], norms, torch.zeros((), dtype=norms.dtype, device=norms.device))
+    sums = einops.einsum(kept, one_hot, "layer batch pos, pos bucket -> batch layer bucket")
+    counts = einops.einsum(counted.float(), one_hot, "batch pos, pos bucket -> batch bucket")
     return sums, counts
 
 

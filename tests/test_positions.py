@@ -250,3 +250,14 @@ def test_docstring_examples_run():
     import funnel_tl.positions
 
     assert doctest.testmod(funnel_tl.positions).failed == 0
+
+
+def test_a_non_finite_norm_at_a_padded_position_poisons_nothing():
+    norms = torch.ones(2, 2, 5)  # [layer, batch, pos]
+    norms[:, 1, 3:] = float("inf")  # prompt 1 is 3 tokens long: positions 3, 4 are padding
+    counted = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    sums, counts = position_sums(norms, counted, bucket_edges(5))
+    assert torch.isfinite(sums).all()
+    assert sums[1, :, :3].tolist() == [[1.0] * 3] * 2 and counts[1].tolist() == [1, 1, 1, 0, 0]
+    norms[0, 0, 2] = float("inf")  # a counted token's overflow does show
+    assert torch.isinf(position_sums(norms, counted, bucket_edges(5))[0][0, 0, 2])
