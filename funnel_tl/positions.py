@@ -248,19 +248,23 @@ class PositionSums:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(reached.any(axis=0)[None], total / reached.sum(axis=0)[None], np.nan)
 
-    def leading(self, k: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
-        """Out sums, in sums ``[prompt, layer]`` and counts ``[prompt]`` of positions ``0 … k-1``."""
+    def from_position(self, k: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+        """Out sums, in sums ``[prompt, layer]`` and counts ``[prompt]`` of positions ``k`` and later.
+
+        Summed from the buckets, not as the total less the first k positions: with a sink's norm
+        1000× the rest, that difference would lose three digits to cancellation.
+        """
         if k not in self.edges[: SINGLE_POSITIONS + 1]:
             raise FunnelError(f"can leave out the first 0 to {min(SINGLE_POSITIONS, int(self.edges[-1]))} "
                               f"positions by position sums, not {k}")
-        chosen = self.edges[:-1] < k  # [bucket]
+        chosen = self.edges[:-1] >= k  # [bucket]
         return ({c: v[..., chosen].sum(axis=-1) for c, v in self.out_sums.items()},
                 {c: v[..., chosen].sum(axis=-1) for c, v in self.in_sums.items()},
                 self.n_tokens[:, chosen].sum(axis=-1))
 
     def without_first(self, k: int) -> "PositionSums":
         """The same sums with positions ``0 … k-1`` emptied (their cells become blank)."""
-        self.leading(k)  # checks k
+        self.from_position(k)  # checks k
         keep = (self.edges[:-1] >= k).astype(np.float64)  # [bucket]
         return replace(self, n_tokens=self.n_tokens * keep.astype(np.int64),
                        out_sums={c: v * keep for c, v in self.out_sums.items()},

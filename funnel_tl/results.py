@@ -181,17 +181,15 @@ class GainResult:
             raise FunnelError(f"{self.model}: leaving out positions after the fact needs by_position=True")
         if k <= self.drop_first:
             return replace(self, intervals=None)
-        lead_out, lead_in, lead_tokens = self.positions.leading(k)
-        kept = np.flatnonzero(self.n_tokens - lead_tokens > 0)
+        out_sums, in_sums, n_tokens = self.positions.from_position(k)
+        kept = np.flatnonzero(n_tokens > 0)
         if kept.size == 0:
             raise FunnelError(f"{self.model}: no prompt has a token after the first {k} positions")
         return GainResult(
             model=self.model, definition=self.definition, n_layers=self.n_layers, d_model=self.d_model,
             parallel_blocks=self.parallel_blocks, prompts=tuple(self.prompts[i] for i in kept),
-            n_tokens=(self.n_tokens - lead_tokens)[kept],
-            # Differences of non-negative sums can round below zero by ~1e-7 where nothing is left.
-            out_sums={c: np.maximum(self.out_sums[c] - lead_out[c], 0)[kept] for c in COMPONENTS},
-            in_sums={c: np.maximum(self.in_sums[c] - lead_in[c], 0)[kept] for c in COMPONENTS},
+            n_tokens=n_tokens[kept],
+            out_sums={c: out_sums[c][kept] for c in COMPONENTS}, in_sums={c: in_sums[c][kept] for c in COMPONENTS},
             drop_first=k, provenance=dict(self.provenance, drop_first=k, derived_from_drop_first=self.drop_first),
             positions=self.positions.without_first(k).subset(kept),
         )

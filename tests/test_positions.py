@@ -123,7 +123,7 @@ def test_without_first_equals_measuring_with_drop_first(arch, bridge):
         assert derived.prompts == measured.prompts and derived.drop_first == k
         np.testing.assert_array_equal(derived.n_tokens, measured.n_tokens)
         for component in ("attn", "mlp", "block"):
-            # Totals minus leading sums vs direct sums: float32 rounding of different groupings.
+            # Bucket sums added up vs one sum per prompt: float32 rounding of different groupings.
             np.testing.assert_allclose(derived.gains(component), measured.gains(component), rtol=1e-5)
             np.testing.assert_allclose(derived.position_gains(component), measured.position_gains(component),
                                        rtol=1e-6)
