@@ -349,6 +349,10 @@ class SinkEffect:
     all_positions: Any  # funnel.FunnelTest
     without_first: Any  # funnel.FunnelTest
     n_prompts_left: int
+    # The robust verdicts (stats.RobustFunnelTest) when the result carries intervals; the second
+    # from intervals drawn the same way on the prompts left.
+    robust_all_positions: Any = None
+    robust_without_first: Any = None
 
     @property
     def changed(self) -> list[str]:
@@ -360,11 +364,22 @@ class SinkEffect:
     def verdict_changes(self) -> bool:
         return self.all_positions.funnel_confirmed != self.without_first.funnel_confirmed
 
+    @property
+    def robust_verdict_changes(self) -> bool | None:
+        if self.robust_all_positions is None or self.robust_without_first is None:
+            return None
+        return self.robust_all_positions.funnel_confirmed != self.robust_without_first.funnel_confirmed
+
     def to_dict(self) -> dict[str, Any]:
+        robust = {}
+        if self.robust_verdict_changes is not None:
+            robust = {"robust_verdict_changes": self.robust_verdict_changes,
+                      "robust_funnel_test_all_positions": self.robust_all_positions.to_dict(),
+                      "robust_funnel_test_without_first": self.robust_without_first.to_dict()}
         return {"k": self.k, "verdict_changes": self.verdict_changes, "changed_criteria": self.changed,
                 "n_prompts_left": self.n_prompts_left,
                 "funnel_test_all_positions": self.all_positions.to_dict(),
-                "funnel_test_without_first": self.without_first.to_dict()}
+                "funnel_test_without_first": self.without_first.to_dict(), **robust}
 
 
 def sink_effect(result, k: int | None = None) -> SinkEffect:
@@ -374,8 +389,17 @@ def sink_effect(result, k: int | None = None) -> SinkEffect:
 
     k = result.positions.sink_positions if k is None else k
     without = result.without_first(k)
+    robust = {}
+    intervals = result.intervals
+    if intervals is not None and without.n_prompts >= 2:
+        from .stats import bootstrap_intervals, robust_funnel_test
+
+        redrawn = bootstrap_intervals(without, n_resamples=intervals.n_resamples, seed=intervals.seed,
+                                      confidence=intervals.confidence)
+        robust = {"robust_all_positions": robust_funnel_test(result),
+                  "robust_without_first": robust_funnel_test(without, redrawn)}
     return SinkEffect(k=k, all_positions=funnel_test(result), without_first=funnel_test(without),
-                      n_prompts_left=without.n_prompts)
+                      n_prompts_left=without.n_prompts, **robust)
 
 
 def format_sink_analysis(result, k: int | None = None) -> str:
@@ -415,6 +439,10 @@ def format_sink_analysis(result, k: int | None = None) -> str:
     lines.append(f"Funnel verdict, without {first}: {yes[effect.without_first.funnel_confirmed]}"
                  + (f" ({effect.n_prompts_left} of {result.n_prompts} prompts have tokens left)"
                     if effect.n_prompts_left < result.n_prompts else ""))
+    if effect.robust_verdict_changes is not None:
+        percent = f"{100 * result.intervals.confidence:g}%"
+        lines.append(f"Robust verdict ({percent} intervals): {yes[effect.robust_all_positions.funnel_confirmed]} on all "
+                     f"positions, {yes[effect.robust_without_first.funnel_confirmed]} without {first}")
     criteria = [name for name in effect.changed if name != "funnel_confirmed"]
     if effect.verdict_changes:
         lines.append(f">>> THE VERDICT DEPENDS ON {first.upper()}: {', '.join(criteria)} change <<<")

@@ -222,6 +222,17 @@ def test_verdict_that_hangs_on_position_0_is_reported():
     np.testing.assert_allclose(result.position_gains("attn")[:, 0], 2.0)
 
 
+def test_robust_verdicts_both_ways_when_intervals_are_drawn():
+    # Two prompts agree exactly, so every interval is a point: the robust verdicts equal the plain ones.
+    result = sink_result(sink_gain=2.0).with_intervals(n_resamples=100, seed=0)
+    effect = sink_effect(result)
+    assert effect.robust_verdict_changes is True
+    assert not effect.robust_all_positions.funnel_confirmed and effect.robust_without_first.funnel_confirmed
+    assert "Robust verdict (95% intervals): not confirmed on all positions, CONFIRMED without position 0" \
+        in format_sink_analysis(result)
+    assert sink_effect(sink_result(sink_gain=2.0)).robust_verdict_changes is None  # no intervals, no robust verdict
+
+
 def test_verdict_that_does_not_hang_on_position_0():
     result = sink_result(sink_gain=0.4)
     assert not sink_effect(result).verdict_changes
