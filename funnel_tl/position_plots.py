@@ -178,7 +178,8 @@ def plot_sink_comparison(result, k: int | None = None, log_gains: bool | None = 
     yes = {True: "confirmed", False: "not confirmed"}
     verdict = (f"funnel {yes[effect.all_positions.funnel_confirmed]} on all positions, "
                f"{yes[effect.without_first.funnel_confirmed]} without {first}: "
-               + ("<b>the verdict depends on it</b>" if effect.verdict_changes else "the verdict does not depend on it"))
+               + ("<b>the verdict depends on it</b>" if effect.verdict_changes
+                  else "the verdict does not depend on it"))
     fig.update_layout(
         template="plotly_white", height=1000, barmode="group", hovermode="closest",
         title=dict(text=f"<b>{result.model}</b>: all positions (solid) vs without {first} (dashed, hatched)<br>"

@@ -112,8 +112,8 @@ class PositionAccumulator:
         # Every hook in one reduction (one matmul, one copy to the host), not one per hook.
         together = einops.rearrange([stacked[s] for s in suffixes], "hook layer batch pos -> (hook layer) batch pos")
         by_bucket, counts = position_sums(together, counted, self.edges)  # [batch, (hook layer), bucket]
-        by_bucket = einops.rearrange(by_bucket.double().cpu().numpy(), "batch (hook layer) bucket -> hook batch layer bucket",
-                                     hook=len(suffixes))
+        by_bucket = einops.rearrange(by_bucket.double().cpu().numpy(),
+                                     "batch (hook layer) bucket -> hook batch layer bucket", hook=len(suffixes))
         sums = dict(zip(suffixes, by_bucket))  # suffix -> [batch, layer, bucket]
         for component in COMPONENTS:
             self.out_sums[component][indices] = sums[plan.outputs[component]]
@@ -441,8 +441,8 @@ def format_sink_analysis(result, k: int | None = None) -> str:
                     if effect.n_prompts_left < result.n_prompts else ""))
     if effect.robust_verdict_changes is not None:
         percent = f"{100 * result.intervals.confidence:g}%"
-        lines.append(f"Robust verdict ({percent} intervals): {yes[effect.robust_all_positions.funnel_confirmed]} on all "
-                     f"positions, {yes[effect.robust_without_first.funnel_confirmed]} without {first}")
+        both = (yes[effect.robust_all_positions.funnel_confirmed], yes[effect.robust_without_first.funnel_confirmed])
+        lines.append(f"Robust verdict ({percent} intervals): {both[0]} on all positions, {both[1]} without {first}")
     criteria = [name for name in effect.changed if name != "funnel_confirmed"]
     if effect.verdict_changes:
         lines.append(f">>> THE VERDICT DEPENDS ON {first.upper()}: {', '.join(criteria)} change <<<")
