@@ -452,6 +452,36 @@ def format_sink_analysis(result, k: int | None = None) -> str:
     return "\n".join(lines)
 
 
+def position_rows(result, **extra) -> list[dict[str, Any]]:
+    """Tidy rows (dicts) of a result's position gains: one per layer, component and reached bucket.
+
+    Columns (``extra`` first): model, layer, component (attn, mlp, block, combined), position (the
+    bucket's label, "16–31"), position_start, position_stop (inclusive), gain, ci_low, ci_high
+    (NaN without intervals), n_prompts (those reaching the bucket). Cells no prompt reaches have
+    no row. ``pandas.DataFrame(position_rows(result))`` is the table; beside the per-layer rows of
+    ``GainResult.to_pandas`` these carry the position column.
+    """
+    positions = result.positions
+    counts = positions.prompt_counts()  # [bucket]
+    intervals = positions.intervals
+    rows = []
+    for component in ("attn", "mlp", "block", "combined"):
+        gains = positions.gains(component)  # [layer, bucket]
+        bounds = intervals.gains[component] if intervals is not None else None  # [layer, bucket, 2]
+        for layer in range(positions.n_layers):
+            for bucket, label in enumerate(positions.labels):
+                if counts[bucket] == 0:
+                    continue
+                rows.append({**extra, "model": result.model, "layer": layer, "component": component,
+                             "position": label, "position_start": int(positions.edges[bucket]),
+                             "position_stop": int(positions.edges[bucket + 1]) - 1,
+                             "gain": float(gains[layer, bucket]),
+                             "ci_low": float(bounds[layer, bucket, 0]) if bounds is not None else float("nan"),
+                             "ci_high": float(bounds[layer, bucket, 1]) if bounds is not None else float("nan"),
+                             "n_prompts": int(counts[bucket])})
+    return rows
+
+
 def _nullable(values: np.ndarray) -> list:
     """Nested lists with JSON null for NaN (empty cells): strict JSON has no NaN."""
     array = np.asarray(values, dtype=np.float64)

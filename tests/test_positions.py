@@ -272,3 +272,15 @@ def test_a_non_finite_norm_at_a_padded_position_poisons_nothing():
     assert sums[1, :, :3].tolist() == [[1.0] * 3] * 2 and counts[1].tolist() == [1, 1, 1, 0, 0]
     norms[0, 0, 2] = float("inf")  # a counted token's overflow does show
     assert torch.isinf(position_sums(norms, counted, bucket_edges(5))[0][0, 0, 2])
+
+
+def test_position_rows_are_one_per_reached_cell():
+    from funnel_tl.positions import position_rows
+
+    result = sink_result(sink_gain=2.0).without_first(1).with_intervals(n_resamples=50)
+    rows = position_rows(result, run="a")
+    # 3 layers x 3 reached buckets (position 0 left out) x 4 components.
+    assert len(rows) == 3 * 3 * 4 and {row["position"] for row in rows} == {"1", "2", "3"}
+    row = next(r for r in rows if r["component"] == "attn" and r["layer"] == 2 and r["position"] == "1")
+    assert row["run"] == "a" and row["gain"] == pytest.approx(0.5) and row["n_prompts"] == 2
+    assert row["ci_low"] == pytest.approx(0.5) and row["position_start"] == row["position_stop"] == 1
