@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how many top heads (by gain) to print and tabulate (default: 20)")
     heads.add_argument("--out", default=None, metavar="DIR",
                        help="output folder (default: runs/<model name>)")
+    heads.add_argument("--by-position", action="store_true",
+                       help="also keep every head's gain by position (0..15, then 16-31, ...): heads.json "
+                            "gains a by_position block, heads.html a heatmap of the top heads by position")
     heads.set_defaults(handler=cmd_heads)
     report = commands.add_parser(
         "report", help="re-render figures and analysis from results.json files, without a model",
@@ -267,7 +270,7 @@ def cmd_heads(args) -> int:
     prompts = load_prompts(args.prompts)
     model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision)
     result = head_gains(model, prompts, definition=args.definition, layers=layers,
-                        batch_size=args.batch_size, drop_first=args.drop_first)
+                        batch_size=args.batch_size, drop_first=args.drop_first, by_position=args.by_position)
     out = Path(args.out) if args.out else Path("runs") / slug(result.model)
     print(result.format_top(args.top))
     json_path = result.save(out / "heads.json")

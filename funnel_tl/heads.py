@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from .errors import FunnelError
 from .gains import IDENTITY_TOLERANCE, _provenance, plan_hooks, prepare_tokens, token_norms
 from .models import model_name
+from .positions import HeadPositionAccumulator
 from .prompts import Batch, make_batches
 from .results import DEFINITIONS, EPSILON, read_json, write_json_atomic, write_text_atomic
 
@@ -103,6 +104,8 @@ class HeadResult:
     n_key_value_heads: int | None = None
     drop_first: int = 0
     provenance: dict[str, Any] = field(default_factory=dict)
+    # Per-head sums by position bucket (positions.HeadPositionSums) with by_position=True, else None.
+    positions: Any = None
 
     def __post_init__(self):
         if self.definition not in DEFINITIONS:
@@ -128,6 +131,9 @@ class HeadResult:
             if name != "head_projection_sums" and np.any(array < 0):
                 raise ValueError(f"{name} must be non-negative (they are sums of norms)")
             set_(name, array)
+        # by_position (funnel_tl.positions): the buckets must count the same tokens.
+        if self.positions is not None and not np.array_equal(self.positions.n_tokens.sum(axis=1), self.n_tokens):
+            raise ValueError("head position token counts do not add up to the per-prompt token counts")
 
     def __repr__(self) -> str:  # the arrays would flood a notebook cell
         return (f"HeadResult(model={self.model!r}, definition={self.definition!r}, layers=[{_format_layers(self.layers)}], "
@@ -248,7 +254,20 @@ class HeadResult:
             head_norm_sums=self.head_norm_sums[index], head_projection_sums=self.head_projection_sums[index],
             attn_out_sums=self.attn_out_sums[index], in_sums=self.in_sums[index],
             n_key_value_heads=self.n_key_value_heads, drop_first=self.drop_first, provenance=dict(self.provenance),
+            positions=None if self.positions is None else self.positions.subset(index),
         )
+
+    def head_position_gains(self) -> np.ndarray:
+        """``[layer, head, bucket]`` head gains by position (``funnel_tl.positions``); by_position=True only.
+
+        Each cell as ``head_gains`` with the bucket in place of the prompt: the mean, over the
+        prompts reaching it, of mean‖h_i‖ / (mean‖input‖ + 1e-10) there. Buckets:
+        ``self.positions.labels``.
+        """
+        if self.positions is None:
+            raise FunnelError(f"{self.model}: no position-resolved head sums: measure with by_position=True "
+                              "(funnel-tl heads --by-position)")
+        return self.positions.gains()
 
     # ---- figures -------------------------------------------------------------------------------
     def heatmap(self, value: str = "gain", title: str | None = None):
@@ -285,6 +304,10 @@ class HeadResult:
     def to_html(self, k: int = 20) -> str:
         """A self-contained page (opens offline): the gain heatmap and the top-``k`` heads table."""
         figure = self.heatmap().to_html(full_html=False, include_plotlyjs=True)
+        if self.positions is not None:  # by_position: where in the sequence the top heads write
+            from .position_plots import plot_head_positions
+
+            figure += plot_head_positions(self, k=k).to_html(full_html=False, include_plotlyjs=False)
         rows = "\n".join(
             f"<tr><td>{rank}</td><td>{row.label}</td><td>{row.gain:.4f}</td><td>{row.norm:.4g}</td>"
             f"<td>{row.norm_share:.3f}</td><td>{row.projection_share:.3f}</td><td>{row.layer_attn_gain:.4f}</td></tr>"
@@ -337,6 +360,7 @@ Head gain = mean‖z<sub>i</sub> W<sub>O</sub><sup>i</sup>‖ over the layer's a
                 "in_sum": self.in_sums.tolist(),
             },
             "prompts": {"sha256": prompts_sha256(self.prompts), "texts": list(self.prompts)},
+            **({"by_position": self.positions.to_dict()} if self.positions is not None else {}),
             "provenance": self.provenance,
         }
 
@@ -362,7 +386,7 @@ Head gain = mean‖z<sub>i</sub> W<sub>O</sub><sup>i</sup>‖ over the layer's a
                 attn_out_sums=np.asarray(per_prompt["attn_out_sum"], dtype=np.float64),
                 in_sums=np.asarray(per_prompt["in_sum"], dtype=np.float64),
                 n_key_value_heads=data.get("n_key_value_heads"), drop_first=data.get("drop_first", 0),
-                provenance=data.get("provenance", {}),
+                provenance=data.get("provenance", {}), positions=_head_positions_from_dict(data.get("by_position")),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise FunnelError(f"{source} is not a complete heads.json (missing or bad {error})") from None
@@ -378,6 +402,14 @@ Head gain = mean‖z<sub>i</sub> W<sub>O</sub><sup>i</sup>‖ over the layer's a
     def save_html(self, path: str | os.PathLike, k: int = 20) -> Path:
         """Write ``to_html(k)`` atomically (heads.html)."""
         return write_text_atomic(path, self.to_html(k))
+
+
+def _head_positions_from_dict(block):
+    if block is None:
+        return None
+    from .positions import HeadPositionSums
+
+    return HeadPositionSums.from_dict(block)
 
 
 def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -435,7 +467,7 @@ def resolve_layers(layers: int | Sequence[int] | None, n_layers: int) -> tuple[i
 # ---- measurement ---------------------------------------------------------------------------------
 def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "seed",
                layers: int | Sequence[int] | None = None, batch_size: int = 8, drop_first: int = 0,
-               tokenizer=None, progress: bool | None = None) -> HeadResult:
+               tokenizer=None, progress: bool | None = None, by_position: bool = False) -> HeadResult:
     """Measure every head's output norm, gain and share of the layer output on a prompt set.
 
     Arguments as ``measure_gains`` (same tokens, batching, ``definition`` and ``drop_first``, so
@@ -443,6 +475,7 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
     list of layers (negative counts from the end) or None for all. Only ``attn.hook_z``,
     ``hook_attn_out`` and the denominator's hook of those layers are cached, and each layer is
     reduced to per-head norms at once without forming any ``[batch, pos, head, d_model]`` tensor.
+    ``by_position=True`` also keeps the sums by position bucket: ``result.head_position_gains()``.
 
     >>> from funnel_tl import load_model, head_gains
     >>> heads = head_gains(load_model(device="cpu"), "seed")  # doctest: +SKIP
@@ -464,13 +497,16 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
     sums |= {key: np.zeros((n_prompts, len(chosen))) for key in ("attn_out", "input")}
     n_tokens = np.zeros(n_prompts, dtype=np.int64)
 
+    # by_position (funnel_tl.positions): buckets fixed by the longest prompt, filled batch by batch.
+    positions = (HeadPositionAccumulator(n_prompts, len(chosen), n_heads, max(map(len, token_ids)))
+                 if by_position else None)
     batches = list(make_batches(token_ids, batch_size, pad_token_id=pad_id))
     grams = {}  # layer -> W_O^i W_O^iᵀ, computed on the device of that layer's activations at first use
     show = progress if progress is not None else len(batches) > 1
     for number, batch in enumerate(tqdm(batches, desc=f"heads {name}", unit="batch", disable=not show)):
         n_tokens[batch.indices] = _measure_heads_batch(
             model, batch, chosen, plan.inputs["attn"], device, dtype, drop_first, grams,
-            check_identity=number == 0, sums=sums)
+            check_identity=number == 0, sums=sums, by_position=positions)
 
     provenance = _provenance(model, device, dtype, prompt_list, token_ids, batches, batch_size, drop_first)
     return HeadResult(
@@ -479,6 +515,7 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
         head_norm_sums=sums["norm"], head_projection_sums=sums["projection"],
         attn_out_sums=sums["attn_out"], in_sums=sums["input"],
         n_key_value_heads=_n_key_value_heads(cfg), drop_first=drop_first, provenance=provenance,
+        positions=positions.result() if positions is not None else None,
     )
 
 
@@ -495,8 +532,12 @@ def _gram_dtype(device: torch.device) -> torch.dtype:
 
 @torch.inference_mode()
 def _measure_heads_batch(model, batch: Batch, layers: tuple[int, ...], input_suffix: str, device, dtype,
-                         drop_first: int, grams: dict, check_identity: bool, sums: dict) -> np.ndarray:
-    """Run one batch; write its per-prompt sums into ``sums`` (rows ``batch.indices``); return token counts."""
+                         drop_first: int, grams: dict, check_identity: bool, sums: dict,
+                         by_position=None) -> np.ndarray:
+    """Run one batch; write its per-prompt sums into ``sums`` (rows ``batch.indices``); return token counts.
+
+    ``by_position``: a ``positions.HeadPositionAccumulator`` that also takes the sums by position bucket.
+    """
     wanted = {f"blocks.{layer}.{suffix}" for layer in layers
               for suffix in ("attn.hook_z", "hook_attn_out", input_suffix)}
     tokens = batch.tokens.to(device)
@@ -549,10 +590,14 @@ def _measure_heads_batch(model, batch: Batch, layers: tuple[int, ...], input_suf
         per_prompt = lambda values: einops.einsum(values, weights, "batch pos head, batch pos -> batch head")  # noqa: E731
         sums["norm"][rows, index] = per_prompt(head_norms).double().cpu().numpy()
         sums["projection"][rows, index] = per_prompt(projections).double().cpu().numpy()
+        if by_position is not None:  # by_position (funnel_tl.positions, issue 15)
+            by_position.add_heads(rows, index, head_norms, counted)
         del z, a, pulled, dots, squares, z_wide
     token_sums = lambda values: einops.einsum(values, weights, "layer batch pos, batch pos -> batch layer")  # noqa: E731
     sums["attn_out"][rows] = token_sums(out_norms).double().cpu().numpy()
     sums["input"][rows] = token_sums(in_norms).double().cpu().numpy()
+    if by_position is not None:  # by_position (funnel_tl.positions, issue 15)
+        by_position.add_inputs(rows, in_norms, counted)
     del cache
     return counted.sum(dim=1).cpu().numpy()
 

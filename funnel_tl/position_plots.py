@@ -4,6 +4,8 @@
   diverging at gain 1 (red expands, blue contracts); cells no prompt reaches are left blank;
   hovering a cell shows its gain, bootstrap interval and the number of prompts behind it.
 - ``plot_position_heatmaps(result)``: attention, MLP and block stacked on one figure.
+- ``plot_head_positions(heads, k)``: the top ``k`` heads' gain by position (``head_gains(...,
+  by_position=True)``), on the same colour scale.
 - ``plot_sink_comparison(result, k)``: the seed's four panels with every line drawn twice, over
   all positions (solid) and without the first ``k`` (dashed), so the attention sink's effect
   on the verdict shows at a glance. The title says whether the verdict changes.
@@ -99,6 +101,43 @@ def _heatmaps(result, components: list[str]) -> go.Figure:
                         " · log colour scale: red expands, blue contracts, white is gain 1; blank: no prompt "
                         "reaches the position</sup>", x=0.5, xanchor="center", font=dict(size=18)),
         margin=dict(t=110, l=70, r=30, b=70), font=dict(size=12),
+    )
+    return fig
+
+
+def plot_head_positions(heads, k: int = 20) -> go.Figure:
+    """Head × position heatmap of the ``k`` heads with the largest gain (``heads.HeadResult`` measured
+    with ``by_position=True``): the same log colour scale, white at gain 1, as the layers' heatmaps."""
+    if getattr(heads, "positions", None) is None:
+        raise FunnelError(f"{heads.model}: no position-resolved head sums: measure with by_position=True "
+                          "(funnel-tl heads --by-position)")
+    top = heads.top(k)
+    gains = heads.head_position_gains()  # [layer, head, bucket]
+    values = np.stack([gains[heads.layer_index(row.layer), row.head] for row in top])  # [top head, bucket]
+    counts = heads.positions.prompt_counts()  # [bucket]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        colour = np.where(values > 0, np.log10(values), np.nan)
+    finite = np.abs(colour[np.isfinite(colour)])
+    reach = max(float(finite.max()) if finite.size else 0.0, MIN_LOG10_SPAN)
+    ticks = _gain_ticks(reach)
+    labels = [row.label for row in top]
+    customdata = np.stack([values, np.broadcast_to(counts, values.shape)], axis=-1)  # [top head, bucket, 2]
+    fig = go.Figure(go.Heatmap(
+        z=colour, x=heads.positions.labels, y=labels, customdata=customdata, hoverongaps=False, xgap=1, ygap=1,
+        colorscale=DIVERGING, zmid=0, zmin=-reach, zmax=reach,
+        colorbar=dict(title=dict(text="gain", side="top"), tickvals=[math.log10(v) for v in ticks],
+                      ticktext=[f"{v:g}" for v in ticks], thickness=16),
+        hovertemplate="%{y}, position %{x}<br>head gain %{customdata[0]:.4g}<br>%{customdata[1]} prompts reach it"
+                      "<extra></extra>",
+    ))
+    fig.update_layout(
+        template="plotly_white", height=int(np.clip(28 * len(top), 260, 900)) + 160,
+        title=dict(text=f"<b>{heads.model}</b>: the top {len(top)} heads' gain by position<br><sup>definition="
+                        f"{heads.definition} · {heads.n_prompts} prompts · log colour scale, white at gain 1; "
+                        "blank: no prompt reaches the position</sup>", x=0.5, xanchor="center"),
+        xaxis=dict(title="position (0 = first token; buckets past 15)", type="category"),
+        yaxis=dict(title="head (ranked by gain)", autorange="reversed", type="category"),
+        margin=dict(t=100, l=80, r=30, b=60),
     )
     return fig
 

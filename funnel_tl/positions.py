@@ -124,6 +124,106 @@ class PositionAccumulator:
         return PositionSums(edges=self.edges, n_tokens=self.n_tokens, out_sums=self.out_sums, in_sums=self.in_sums)
 
 
+class HeadPositionAccumulator:
+    """Collects per-head sums by position bucket batch by batch (``heads.head_gains``' side).
+
+    ``add_heads`` takes one measured layer's per-token head norms ``[batch, pos, head]``;
+    ``add_inputs`` the denominators' norms ``[layer, batch, pos]`` of every measured layer.
+    """
+
+    def __init__(self, n_prompts: int, n_layers: int, n_heads: int, n_positions: int):
+        self.edges = bucket_edges(n_positions)
+        n_buckets = len(self.edges) - 1
+        self.head_norm_sums = np.zeros((n_prompts, n_layers, n_heads, n_buckets))
+        self.in_sums = np.zeros((n_prompts, n_layers, n_buckets))
+        self.n_tokens = np.zeros((n_prompts, n_buckets), dtype=np.int64)
+
+    def add_heads(self, indices, layer_index: int, head_norms: torch.Tensor, counted: torch.Tensor) -> None:
+        by_head = einops.rearrange(head_norms, "batch pos head -> head batch pos")
+        sums, _ = position_sums(by_head, counted, self.edges)  # [batch, head, bucket]
+        self.head_norm_sums[indices, layer_index] = sums.double().cpu().numpy()
+
+    def add_inputs(self, indices, in_norms: torch.Tensor, counted: torch.Tensor) -> None:
+        sums, counts = position_sums(in_norms, counted, self.edges)  # [batch, layer, bucket], [batch, bucket]
+        self.in_sums[indices] = sums.double().cpu().numpy()
+        self.n_tokens[indices] = counts.round().long().cpu().numpy()
+
+    def result(self) -> "HeadPositionSums":
+        return HeadPositionSums(edges=self.edges, n_tokens=self.n_tokens, head_norm_sums=self.head_norm_sums,
+                                in_sums=self.in_sums)
+
+
+@dataclass(frozen=True)
+class HeadPositionSums:
+    """Per-prompt sums of every head's output norm ‖h_i‖ and of the attention gain's denominator,
+    by position bucket (``heads.head_gains(..., by_position=True)``).
+
+    Shapes: ``edges`` ``[bucket + 1]``; ``n_tokens`` ``[prompt, bucket]``; ``head_norm_sums``
+    ``[prompt, layer, head, bucket]`` (layer indexes the measured layers); ``in_sums``
+    ``[prompt, layer, bucket]``.
+    """
+
+    edges: np.ndarray
+    n_tokens: np.ndarray
+    head_norm_sums: np.ndarray
+    in_sums: np.ndarray
+
+    def __post_init__(self):
+        edges = np.asarray(self.edges, dtype=np.int64)
+        object.__setattr__(self, "edges", edges)
+        object.__setattr__(self, "n_tokens", np.asarray(self.n_tokens, dtype=np.int64))
+        n_prompts, n_buckets = self.n_tokens.shape[0], len(edges) - 1
+        if self.n_tokens.shape != (n_prompts, n_buckets):
+            raise ValueError(f"head position token counts have shape {self.n_tokens.shape}, expected [prompt, {n_buckets}]")
+        for name, ndim in (("head_norm_sums", 4), ("in_sums", 3)):
+            array = np.asarray(getattr(self, name), dtype=np.float64)
+            if array.ndim != ndim or array.shape[0] != n_prompts or array.shape[-1] != n_buckets:
+                raise ValueError(f"{name} by position has shape {array.shape}")
+            if not np.all(np.isfinite(array)) or np.any(array < 0):
+                raise ValueError(f"{name} by position must be finite and non-negative")
+            object.__setattr__(self, name, array)
+
+    @property
+    def labels(self) -> list[str]:
+        return bucket_labels(self.edges)
+
+    def prompt_counts(self) -> np.ndarray:
+        """``[bucket]``: prompts behind each bucket."""
+        return (self.n_tokens > 0).sum(axis=0)
+
+    def gains(self) -> np.ndarray:
+        """``[layer, head, bucket]``: mean over the prompts reaching each bucket of
+        mean‖h_i‖ / (mean‖input‖ + 1e-10) there; NaN where none does."""
+        counts = self.n_tokens[:, None, :].astype(np.float64)  # [prompt, 1, bucket]
+        reached = self.n_tokens > 0  # [prompt, bucket]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_prompt = ((self.head_norm_sums / counts[:, :, None, :])
+                          / (self.in_sums / counts + EPSILON)[:, :, None, :])  # [prompt, layer, head, bucket]
+        kept = np.where(reached[:, None, None, :], np.nan_to_num(per_prompt), 0.0)
+        total = einops.reduce(kept, "prompt layer head bucket -> layer head bucket", "sum")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(reached.any(axis=0), total / reached.sum(axis=0), np.nan)
+
+    def subset(self, prompt_indices) -> "HeadPositionSums":
+        index = np.asarray(prompt_indices, dtype=np.int64)
+        return replace(self, n_tokens=self.n_tokens[index], head_norm_sums=self.head_norm_sums[index],
+                       in_sums=self.in_sums[index])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``by_position`` block of heads.json."""
+        return {"edges": self.edges.tolist(), "labels": self.labels, "n_prompts": self.prompt_counts().tolist(),
+                "head_gain": _nullable(self.gains()),
+                "per_prompt": {"n_tokens": self.n_tokens.tolist(), "head_norm_sum": self.head_norm_sums.tolist(),
+                               "in_sum": self.in_sums.tolist()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "HeadPositionSums":
+        per_prompt = data["per_prompt"]
+        return cls(edges=np.asarray(data["edges"]), n_tokens=np.asarray(per_prompt["n_tokens"]),
+                   head_norm_sums=np.asarray(per_prompt["head_norm_sum"], dtype=np.float64),
+                   in_sums=np.asarray(per_prompt["in_sum"], dtype=np.float64))
+
+
 # ---- the data ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PositionIntervals:

@@ -169,3 +169,55 @@ def reference_position_gains(token_norms: list[dict[str, np.ndarray]], edges: Se
                           for norms in reaching]
             gains[component][:, bucket] = np.mean(per_prompt, axis=0)
     return gains, counts
+
+
+# The module that applies W_O to the concatenated heads, and whether its weight is stored
+# [in, out] (GPT-2's Conv1D) rather than nn.Linear's [out, in].
+_OUTPUT_PROJECTIONS = {"gpt_neox": ("dense", False), "gpt2": ("c_proj", True), "llama": ("o_proj", False),
+                       "mistral": ("o_proj", False), "qwen2": ("o_proj", False)}
+
+
+@torch.inference_mode()
+def seed_head_token_norms(hf_model, tokenizer, prompts: Sequence[str]) -> list[np.ndarray]:
+    """Per prompt, ``[layer, head, pos]`` norms of each head's output h_i = z_i W_O^i (no bias).
+
+    z is read where the HF attention module hands the concatenated heads to its output
+    projection (a forward pre-hook), and W_O^i is that projection's slice for head i.
+    """
+    config = hf_model.config
+    if config.model_type not in _OUTPUT_PROJECTIONS:
+        raise NotImplementedError(f"no per-head reference for HF model type {config.model_type!r}")
+    name, transposed = _OUTPUT_PROJECTIONS[config.model_type]
+    n_heads = config.num_attention_heads
+    projections = [getattr(attention, name) for _, attention, _ in hf_sublayers(hf_model)]
+    captured: dict[int, torch.Tensor] = {}
+
+    def capture(layer_index):
+        def hook(module, args):
+            captured[layer_index] = args[0].detach().float()[0]  # [pos, head * d_head]
+        return hook
+
+    handles = [module.register_forward_pre_hook(capture(index)) for index, module in enumerate(projections)]
+    device = next(hf_model.parameters()).device
+    norms = []
+    try:
+        for prompt in prompts:
+            captured.clear()
+            inputs = tokenizer(prompt, return_tensors="pt")
+            hf_model(**{k: v.to(device) for k, v in inputs.items()})
+            per_layer = []
+            for layer, module in enumerate(projections):
+                z = captured[layer]
+                d_head = z.shape[-1] // n_heads
+                weight = module.weight.detach().float()
+                heads = []
+                for head in range(n_heads):
+                    part = slice(head * d_head, (head + 1) * d_head)
+                    w = weight[part, :] if transposed else weight[:, part].T  # [d_head, d_model]
+                    heads.append(torch.norm(z[:, part] @ w, dim=-1).numpy())  # [pos]
+                per_layer.append(np.stack(heads))
+            norms.append(np.stack(per_layer))  # [layer, head, pos]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return norms

@@ -146,3 +146,12 @@ def test_done_when_nano_8l_by_position_equals_hf_reference(tmp_path, capsys):
 def test_sink_positions_without_by_position_is_refused(capsys):
     assert main(["run", "--model", "no/such-model", "--sink-positions", "3"]) == 2
     assert "--sink-positions needs --by-position" in capsys.readouterr().err
+
+
+def test_heads_by_position_from_the_command_line(checkpoints, tmp_path, capsys):
+    assert main(["heads", "--model", str(checkpoints["neox-parallel"]), "--by-position", "--top", "4",
+                 "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "heads.json").read_text())
+    block = data["by_position"]
+    assert np.asarray(block["head_gain"], dtype=float).shape == (data["n_layers"], data["n_heads"], len(block["labels"]))
+    assert "the top 4 heads' gain by position" in (tmp_path / "heads.html").read_text()

@@ -284,3 +284,39 @@ def test_position_rows_are_one_per_reached_cell():
     row = next(r for r in rows if r["component"] == "attn" and r["layer"] == 2 and r["position"] == "1")
     assert row["run"] == "a" and row["gain"] == pytest.approx(0.5) and row["n_prompts"] == 2
     assert row["ci_low"] == pytest.approx(0.5) and row["position_start"] == row["position_stop"] == 1
+
+
+# ---- heads ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch,definition", [("neox-parallel", "seed"), ("neox-serial", "residual"),
+                                             ("gpt2", "seed"), ("llama-gqa", "residual")])
+def test_head_position_gains_equal_hf_reference(arch, definition, bridge, hf_model, tokenizer, token_norms):
+    from funnel_tl import head_gains
+    from funnel_tl.reference import seed_head_token_norms
+
+    heads = head_gains(bridge(arch), PROMPTS, definition=definition, batch_size=4, by_position=True, drop_first=1)
+    head_norms = seed_head_token_norms(hf_model(arch), tokenizer, PROMPTS)  # per prompt [layer, head, pos]
+    denominator = "attn_in" if definition == "seed" else "resid_pre"
+    edges = heads.positions.edges
+    expected = np.full(heads.head_position_gains().shape, np.nan)  # [layer, head, bucket]
+    for bucket, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        lo = max(lo, 1)  # drop_first=1
+        per_prompt = [norms[:, :, lo:hi].mean(axis=2) / (inputs[denominator][:, lo:hi].mean(axis=1)[:, None] + 1e-10)
+                      for norms, inputs in zip(head_norms, token_norms(arch)) if norms.shape[2] > lo and lo < hi]
+        if per_prompt:
+            expected[:, :, bucket] = np.mean(per_prompt, axis=0)
+    assert np.all(np.isnan(expected[:, :, 0]))  # position 0 dropped: blank, not zero
+    # float32 on both paths (the TL side's per-head norms through a float64 Gram matrix).
+    np.testing.assert_allclose(heads.head_position_gains(), expected, rtol=RELATIVE)
+
+
+def test_heads_json_round_trip_with_positions(bridge, tmp_path):
+    from funnel_tl import HeadResult, head_gains
+
+    heads = head_gains(bridge("gpt2"), PROMPTS[:4], batch_size=2, by_position=True)
+    loaded = HeadResult.load(heads.save(tmp_path / "heads.json"))
+    np.testing.assert_array_equal(loaded.head_position_gains(), heads.head_position_gains())
+    assert "the top" in heads.to_html(k=3)  # the by-position heatmap is on the page
+    plain = HeadResult.load(head_gains(bridge("gpt2"), PROMPTS[:2]).save(tmp_path / "plain.json"))
+    assert plain.positions is None
+    with pytest.raises(FunnelError, match="by_position=True"):
+        plain.head_position_gains()
