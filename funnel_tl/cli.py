@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -77,6 +78,13 @@ def add_position_options(parser: argparse.ArgumentParser, sink: bool = True) -> 
                              "attention sink's effect, 1 to 16 (default: 1, position 0)")
 
 
+def add_page_options(parser: argparse.ArgumentParser) -> None:
+    """How HTML pages get plotly.js: shared by the pages of an output folder, or embedded in each."""
+    parser.add_argument("--self-contained", action="store_true",
+                        help="embed plotly.js (4.8 MB) in every HTML page, so each opens alone; by default "
+                             "the pages of one output folder share one plotly.min.js beside them (offline too)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="funnel-tl",
@@ -84,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "reads (the gain), and test the Funnel Model: attention contracts in every layer, "
                     "the MLP in nearly all, and only a late MLP expands.",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"funnel-tl {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
     run = commands.add_parser(
@@ -99,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output folder (default: runs/<model name>)")
     add_bootstrap_options(run)
     add_position_options(run)
+    add_page_options(run)
     run.set_defaults(handler=cmd_run)
 
     heads = commands.add_parser(
@@ -121,17 +133,20 @@ def build_parser() -> argparse.ArgumentParser:
     heads.add_argument("--by-position", action="store_true",
                        help="also keep every head's gain by position (0..15, then 16-31, ...): heads.json "
                             "gains a by_position block, heads.html a heatmap of the top heads by position")
+    add_page_options(heads)
     heads.set_defaults(handler=cmd_heads)
     report = commands.add_parser(
         "report", help="re-render figures and analysis from results.json files, without a model",
         description="Re-render DIR/funnel.html (and funnel.png where kaleido and Chrome are present) from "
                     "DIR/results.json, and the same in every folder below DIR that holds a results.json "
-                    "(compare outputs); print each analysis. No model is loaded.",
+                    "(compare outputs), and DIR/compare.html where DIR/compare.json exists; print each "
+                    "analysis. No model is loaded.",
         epilog="examples:\n  funnel-tl report runs/demo\n  funnel-tl report runs/sweep --bootstrap 5000",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     report.add_argument("dir", metavar="DIR", help="a folder written by funnel-tl run or compare")
     add_bootstrap_options(report, default=None)
+    add_page_options(report)
     report.set_defaults(handler=cmd_report)
     compare = commands.add_parser(
         "compare", help="measure several models or training checkpoints; one table, one page",
@@ -161,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_position_options(compare, sink=False)
     compare.add_argument("--out", default="runs/compare", metavar="DIR",
                          help="output folder (default: runs/compare)")
+    add_page_options(compare)
     compare.set_defaults(handler=cmd_compare)
     return parser
 
@@ -169,7 +185,7 @@ def cmd_run(args) -> int:
     from .funnel import format_analysis
     from .gains import measure_gains
     from .models import load_model
-    from .plots import PNG_HELP
+    from .plots import png_help
     from .prompts import load_prompts
 
     prompts = load_prompts(args.prompts)  # before loading a model: a bad prompt file fails fast
@@ -194,8 +210,8 @@ def cmd_run(args) -> int:
         print("Intervals skipped: a bootstrap over prompts needs at least 2 prompts")
     path = result.save(out / "results.json")
     print(f"\nSaved: {path}")
-    if not _render(result, out):
-        print(PNG_HELP)
+    if not _render(result, out, self_contained=args.self_contained):
+        print(png_help())
     return 0
 
 
@@ -207,18 +223,21 @@ def _print_positions(result) -> None:
         print(format_sink_analysis(result))
 
 
-def _render(result, folder: Path) -> bool:
+def _render(result, folder: Path, self_contained: bool = False, root: Path | None = None) -> bool:
     """Write folder/funnel.html (and positions.html when positions were kept), and funnel.png when
     kaleido and Chrome are present (then True)."""
     from .plots import plot_funnel, write_html, write_png
 
     fig = plot_funnel(result)
-    print(f"Saved: {write_html(fig, folder / 'funnel.html')}")
+    print(f"Saved: {write_html(fig, folder / 'funnel.html', self_contained=self_contained, root=root)}")
     if result.positions is not None:
         from .position_plots import write_position_page
 
-        print(f"Saved: {write_position_page(result, folder / 'positions.html')}")
-    png = write_png(fig, folder / "funnel.png")
+        page = write_position_page(result, folder / "positions.html", self_contained=self_contained, root=root)
+        print(f"Saved: {page}")
+    with warnings.catch_warnings():  # the caller prints why, once
+        warnings.simplefilter("ignore", UserWarning)
+        png = write_png(fig, folder / "funnel.png")
     if png:
         print(f"Saved: {png}")
     return png is not None
@@ -235,27 +254,40 @@ def find_results(folder: Path) -> list[Path]:
 
 
 def cmd_report(args) -> int:
+    from .compare import Comparison
     from .funnel import format_analysis
-    from .plots import PNG_HELP
+    from .plots import png_help
     from .results import GainResult
 
     if args.bootstrap is not None and args.bootstrap < 0:
         raise FunnelError(f"--bootstrap must be 0 (no intervals) or a number of resamples, got {args.bootstrap}")
-    paths = find_results(Path(args.dir))
+    root = Path(args.dir)
+    paths = find_results(root)
     results = [GainResult.load(path) for path in paths]  # all read before any is written: fail fast
-    for path, result in zip(paths, results):
+    sweep = Comparison.load(root) if (root / "compare.json").is_file() else None
+
+    def redraw(result):
         if args.bootstrap == 0:
             positions = result.positions and replace(result.positions, intervals=None)
-            result = replace(result, intervals=None, positions=positions)
-        elif args.bootstrap is not None:
-            result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
+            return replace(result, intervals=None, positions=positions)
+        if args.bootstrap is not None:
+            return result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
+        return result
+
+    for path, result in zip(paths, results):
+        result = redraw(result)
         print(format_analysis(result))
         _print_positions(result)
         print(f"\nFrom: {path}")
-        png = _render(result, path.parent)
+        # Every page of the tree loads one DIR/plotly.min.js, unless --self-contained.
+        png = _render(result, path.parent, self_contained=args.self_contained, root=root)
         print()
+    if sweep is not None:
+        sweep = replace(sweep, results={label: redraw(result) for label, result in sweep.results.items()})
+        page = sweep.save_html(root, self_contained=args.self_contained)
+        print(f"Saved: {page}")
     if not png:
-        print(PNG_HELP)
+        print(png_help())
     return 0
 
 
@@ -274,7 +306,7 @@ def cmd_heads(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / slug(result.model)
     print(result.format_top(args.top))
     json_path = result.save(out / "heads.json")
-    html_path = result.save_html(out / "heads.html", k=args.top)
+    html_path = result.save_html(out / "heads.html", k=args.top, self_contained=args.self_contained)
     print(f"\nSaved: {json_path}\n       {html_path}")
     return 0
 
@@ -285,7 +317,8 @@ def cmd_compare(args) -> int:
     comparison = compare(args.models, args.prompts, definition=args.definition, batch_size=args.batch_size,
                          device=args.device, dtype=args.dtype, drop_first=args.drop_first, out=args.out,
                          force=args.force, checkpoints=args.checkpoints, bootstrap=args.bootstrap,
-                         bootstrap_seed=args.bootstrap_seed, by_position=args.by_position)
+                         bootstrap_seed=args.bootstrap_seed, self_contained=args.self_contained,
+                         by_position=args.by_position)
     print(comparison.format_table())
     out = Path(args.out)
     print(f"\nSaved: {out / 'compare.json'}\n       {out / 'compare.html'}")

@@ -196,7 +196,7 @@ def prepare_tokens(model, prompts: str | Sequence[str], drop_first: int = 0,
 
 def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "seed",
                   batch_size: int = 8, drop_first: int = 0, tokenizer=None,
-                  progress: bool | None = None, by_position: bool = False) -> GainResult:
+                  progress: bool | None = None, intervals: bool = False, by_position: bool = False) -> GainResult:
     """Measure every layer's attention, MLP and block gain on a prompt set.
 
     ``model``: a bridge from ``load_model`` (or any object with ``hooks``, ``cfg`` and the
@@ -205,6 +205,8 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     (‖out‖ over the LayerNorm output the sublayer reads) or ``"residual"`` (‖out‖ over the residual
     stream it reads). ``drop_first`` leaves out the first N positions of every prompt (position 0
     often has a huge norm: attention sinks, massive activations). Batch size changes no number.
+    ``intervals=True`` returns the result with 95% bootstrap intervals over prompts (2,000
+    resamples, seed 0: ``result.with_intervals()``), needing at least two prompts.
     ``by_position=True`` also keeps the sums by position bucket (``funnel_tl.positions``):
     ``result.position_gains("attn")`` is then ``[layer, bucket]``.
 
@@ -237,12 +239,13 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
         n_tokens[batch.indices] = counted
 
     provenance = _provenance(model, device, dtype, prompt_list, token_ids, batches, batch_size, drop_first)
-    return GainResult(
+    result = GainResult(
         model=name, definition=definition, n_layers=n_layers, d_model=model.cfg.d_model,
         parallel_blocks=plan.parallel_blocks, prompts=tuple(prompt_list), n_tokens=n_tokens,
         out_sums=out_sums, in_sums=in_sums, drop_first=drop_first, provenance=provenance,
         positions=positions.result() if positions is not None else None,
     )
+    return result.with_intervals() if intervals else result
 
 
 class _PassComplete(Exception):

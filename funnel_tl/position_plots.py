@@ -248,19 +248,24 @@ def _line(x, y, name, color, dash, intervals, layers=None) -> go.Scatter:
 
 
 # ---- output -------------------------------------------------------------------------------------
-def write_position_page(result, path: str | os.PathLike) -> Path:
-    """One offline HTML page: the heatmaps, then the all-vs-without-sink panels (plotly.js inline once)."""
+def write_position_page(result, path: str | os.PathLike, self_contained: bool = False,
+                        root: str | os.PathLike | None = None) -> Path:
+    """positions.html: the heatmaps, then the four panels with and without the first positions.
+
+    plotly.js as ``plots.write_html`` gives it: a ``plotly.min.js`` shared by the pages of the
+    output folder (or of ``root``), or embedded with ``self_contained=True``; offline either way.
+    """
+    from .plots import figure_div, plotlyjs_for, script_tag
+
+    path = Path(path)
     figures = [plot_position_heatmaps(result)]
     if result.drop_first < _positions(result).sink_positions:
         figures.append(plot_sink_comparison(result))
-    parts = []
-    for index, figure in enumerate(figures):
-        parts.append(figure.to_html(full_html=False, include_plotlyjs=index == 0, div_id=f"funnel-tl-positions-{index}",
-                                    config={"displaylogo": False, "responsive": True}))
-    title = f"{result.model}: gains by position".replace("&", "&amp;").replace("<", "&lt;")
-    html = ("<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{title}</title>\n</head>\n<body style=\"max-width:{WIDTH}px;margin:auto\">\n"
-            + "\n".join(parts) + "\n</body>\n</html>\n")
+    divs = "\n".join(figure_div(figure, div_id=f"funnel-tl-positions-{index}") for index, figure in enumerate(figures))
+    title = f"{result.model}: gains by position".replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    html = ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{title}</title>\n{script_tag(plotlyjs_for(path, self_contained, root))}</head>\n"
+            f"<body style=\"max-width:{WIDTH}px;margin:auto\">\n{divs}\n</body>\n</html>\n")
     return write_text_atomic(path, html)
 
 

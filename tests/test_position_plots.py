@@ -58,11 +58,14 @@ def test_sink_comparison_draws_both_versions_and_names_the_verdict_change():
     assert "does not depend on it" in unchanged.layout.title.text
 
 
-def test_position_page_is_one_offline_file(tmp_path):
+def test_position_page_opens_offline(tmp_path):
     path = write_position_page(sink_result(sink_gain=2.0), tmp_path / "positions.html")
     html = path.read_text()
     assert html.count("id=\"funnel-tl-positions-") == 2  # heatmaps, then the comparison
-    assert "<script src=\"http" not in html and html.count("plotly.js v") <= 2  # plotly.js inline, once
+    # The folder's shared plotly.js, by relative path (no network), or embedded when asked.
+    assert '<script src="plotly.min.js"' in html and (tmp_path / "plotly.min.js").is_file()
+    alone = write_position_page(sink_result(sink_gain=2.0), tmp_path / "alone.html", self_contained=True).read_text()
+    assert "<script src=" not in alone and len(alone) > len((tmp_path / "plotly.min.js").read_text())
 
 
 @pytest.mark.slow

@@ -320,3 +320,15 @@ def test_heads_json_round_trip_with_positions(bridge, tmp_path):
     assert plain.positions is None
     with pytest.raises(FunnelError, match="by_position=True"):
         plain.head_position_gains()
+
+
+def test_to_pandas_gains_a_position_column():
+    result = sink_result(sink_gain=2.0)
+    frame = result.to_pandas()
+    assert list(frame.columns[:4]) == ["model", "layer", "component", "position"]
+    assert (frame.position == "all").sum() == 3 * 5  # the per-layer rows: layers x 5 components
+    cell = frame.query("component == 'attn' and layer == 1 and position == '0'")
+    assert cell.gain.item() == pytest.approx(2.0) and cell.n_prompts.item() == 2
+    from dataclasses import replace
+
+    assert "position" not in replace(result, positions=None).to_pandas()  # no positions, no column
