@@ -99,8 +99,8 @@ def _heatmaps(result, components: list[str]) -> go.Figure:
         template="plotly_white", height=height, **layout,
         title=dict(text=f"<b>{result.model}</b>: gain by layer and position<br><sup>{_subtitle(result)}"
                         " · log colour scale: red expands, blue contracts, white is gain 1; blank: no prompt "
-                        "reaches the position</sup>", x=0.5, xanchor="center", font=dict(size=18)),
-        margin=dict(t=110, l=70, r=30, b=70), font=dict(size=12),
+                        "reaches the position</sup>", x=0.5, xanchor="center", font=dict(size=20)),
+        margin=dict(t=110, l=70, r=30, b=70), font=dict(size=15),
     )
     return fig
 
@@ -137,7 +137,7 @@ def plot_head_positions(heads, k: int = 20) -> go.Figure:
                         "blank: no prompt reaches the position</sup>", x=0.5, xanchor="center"),
         xaxis=dict(title="position (0 = first token; buckets past 15)", type="category"),
         yaxis=dict(title="head (ranked by gain)", autorange="reversed", type="category"),
-        margin=dict(t=100, l=80, r=30, b=60),
+        margin=dict(t=100, l=80, r=30, b=60), font=dict(size=15),
     )
     return fig
 
@@ -222,9 +222,9 @@ def plot_sink_comparison(result, k: int | None = None, log_gains: bool | None = 
     fig.update_layout(
         template="plotly_white", height=1000, barmode="group", hovermode="closest",
         title=dict(text=f"<b>{result.model}</b>: all positions (solid) vs without {first} (dashed, hatched)<br>"
-                        f"<sup>{verdict} · {_subtitle(result)}</sup>", x=0.5, xanchor="center", font=dict(size=18)),
-        legend=dict(orientation="h", x=0, y=-0.08, xanchor="left", yanchor="top", font=dict(size=11)),
-        margin=dict(t=110, l=70, r=30, b=150), font=dict(size=12),
+                        f"<sup>{verdict} · {_subtitle(result)}</sup>", x=0.5, xanchor="center", font=dict(size=20)),
+        legend=dict(orientation="h", x=0, y=-0.08, xanchor="left", yanchor="top", font=dict(size=13)),
+        margin=dict(t=110, l=70, r=30, b=150), font=dict(size=15),
     )
     return fig
 
