@@ -13,6 +13,10 @@ Resume and faults:
   definition, ``drop_first`` and dtype is not measured again (``force=True`` recomputes);
 - results files are written atomically, so a run killed mid-model leaves no partial file;
   the temporary file a hard kill can leave behind is removed by the next run;
+- one sweep per ``out`` at a time (``outputs.output_lock``): a second gets a FunnelError, and
+  the lock of a killed sweep is free again at once;
+- a resumed model's row, verdicts included, is recomputed from its stored per-prompt sums by
+  today's rules (and its results.json rewritten if it disagreed);
 - a model that fails (missing, out of memory, NaN, any other exception) becomes a row with its
   one-line error, and the sweep goes on; ``Comparison.failed`` lists those rows.
 
@@ -39,11 +43,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import FunnelError
-from .funnel import summarize
+from .funnel import funnel_test, summarize
 from .gains import measure_gains
 from .models import bundled_checkpoints, bundled_models, load_model, resolve_device, resolve_dtype
+from .outputs import (check_output_folder, describe_os_error, output_lock, remove_temporaries, save_elsewhere,
+                      slug)
 from .prompts import load_prompts, prompts_sha256
 from .results import DEFINITIONS, GainResult, read_json, write_json_atomic, write_text_atomic
+from .stats import check_bootstrap, robust_funnel_test
 
 COMPARE_SCHEMA_VERSION = 1
 
@@ -80,8 +87,6 @@ class Target:
 
     @property
     def slug(self) -> str:
-        from .cli import slug
-
         return slug(self.label)
 
 
@@ -272,18 +277,21 @@ class ComparisonRow:
 
 
 def row_from_results(target: Target, data: dict[str, Any], result: GainResult, resumed: bool) -> ComparisonRow:
-    """The row of a measured model, from its results file (the same whether fresh or resumed)."""
+    """The row of a measured model (the same whether fresh or resumed).
+
+    Gains and verdicts derive from the per-prompt sums of ``result`` by today's rules, never from
+    what the file says; ``data`` supplies only the provenance (parameters, time, memory).
+    """
     attn, mlp, combined = summarize(result.attn_gains), summarize(result.mlp_gains), summarize(result.combined_gains)
     provenance = data.get("provenance", {})
-    robust = data.get("robust_funnel_test")
     return ComparisonRow(
         model=target.label, slug=target.slug, status="ok", base=target.base, step=target.step,
         revision=target.revision, resumed=resumed,
         n_layers=result.n_layers, hidden_dim=result.d_model, n_parameters=provenance.get("n_parameters"),
         parallel_blocks=result.parallel_blocks,
-        funnel_confirmed=bool(data["funnel_test"]["funnel_confirmed"]),
-        robust_funnel_confirmed=bool(robust["funnel_confirmed"]) if isinstance(robust, dict) and "funnel_confirmed" in robust else None,
-        has_intervals="intervals" in data,
+        funnel_confirmed=bool(funnel_test(result).funnel_confirmed),
+        robust_funnel_confirmed=robust_funnel_test(result).funnel_confirmed if result.intervals is not None else None,
+        has_intervals=result.intervals is not None,
         attn_contracting=attn.n_contracting, mlp_contracting=mlp.n_contracting,
         attn_min_gain=attn.min_gain, attn_min_layer=attn.min_layer,
         attn_max_gain=attn.max_gain, attn_max_layer=attn.max_layer,
@@ -303,6 +311,8 @@ def one_line(error: BaseException) -> str:
         return text or "FunnelError"
     if isinstance(error, torch.cuda.OutOfMemoryError):
         return "out of GPU memory: use --dtype float16, a smaller --batch-size, or a larger GPU"
+    if isinstance(error, OSError) and error.filename:
+        return f"cannot write {error.filename}: {describe_os_error(error)}"
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
@@ -335,16 +345,15 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
     >>> sweep = compare(["EleutherAI/pythia-70m", "EleutherAI/pythia-160m"], out="runs/two")  # doctest: +SKIP
     >>> sweep.figure().show()  # doctest: +SKIP
     """
+    check_bootstrap(bootstrap)
     prompt_list = load_prompts(prompts)  # before any model loads: a bad prompt file fails fast
-    if drop_first < 0:
-        raise FunnelError(f"drop_first must be 0 or more, got {drop_first}")
-    if bootstrap < 0:
-        raise FunnelError(f"bootstrap must be 0 (no intervals) or a number of resamples, got {bootstrap}")
+    if isinstance(drop_first, bool) or not isinstance(drop_first, int) or drop_first < 0:
+        raise FunnelError(f"drop_first must be an integer, 0 or more, got {drop_first!r}")
     # Checked once here: left to each model, a typo would fail every model of the sweep in turn.
     if definition not in DEFINITIONS:
         raise FunnelError(f"unknown definition {definition!r}: choose seed or residual")
-    if batch_size < 1:
-        raise FunnelError(f"batch size must be at least 1, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise FunnelError(f"batch size must be an integer, at least 1, got {batch_size!r}")
     targets = plan_targets(models, checkpoints)
     device = resolve_device(device)
     dtype_name = str(resolve_dtype(dtype, device)).removeprefix("torch.")
@@ -354,10 +363,19 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
         "bootstrap": int(bootstrap), "bootstrap_seed": int(bootstrap_seed),
         **({"by_position": True} if by_position else {}),
     }
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out)
+    out = check_output_folder(out)
+    with output_lock(out):  # one sweep per folder: a second would interleave compare.json
+        remove_temporaries(out)
+        return _sweep(targets, prompt_list, settings, out, force=force, device=device, dtype=dtype,
+                      definition=definition, batch_size=batch_size, drop_first=drop_first, bootstrap=bootstrap,
+                      bootstrap_seed=bootstrap_seed, progress=progress, self_contained=self_contained,
+                      by_position=by_position)
 
+
+def _sweep(targets: list[Target], prompt_list: list[str], settings: dict, out: Path, *, force: bool, device: str,
+           dtype: str, definition: str, batch_size: int, drop_first: int, bootstrap: int, bootstrap_seed: int,
+           progress: bool | None, self_contained: bool = False, by_position: bool = False) -> "Comparison":
+    """The sweep itself, with ``out`` checked and locked by ``compare``."""
     rows: list[ComparisonRow] = []
     results: dict[str, GainResult] = {}
     show = progress if progress is not None else len(targets) > 1
@@ -365,17 +383,26 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
     for target in bar:
         bar.set_postfix_str(target.label, refresh=True)
         path = out / target.slug / "results.json"
-        _remove_stale_temporaries(path.parent)
+        remove_temporaries(path.parent)
         finished = None if force else _finished(path, target, settings)
         if finished is not None:
             data, result = finished
-            result, changed = _with_intervals(result, bootstrap, bootstrap_seed)
-            if changed:  # asked for intervals the earlier run did not draw: no model needed
-                result.save(path)
-                data = read_json(path)
+            result, _ = _with_intervals(result, bootstrap, bootstrap_seed)
+            # Every derived value (gains, verdicts) again from the stored sums with today's rules:
+            # a file written by an older funnel_tl, or edited by hand, is brought up to date.
+            fresh = result.to_dict()
+            updated = fresh != data  # new intervals asked for, or derived values that disagreed
+            if updated:
+                try:
+                    result.save(path)
+                except OSError as error:
+                    tqdm.write(f"{target.label}: could not update {path} ({describe_os_error(error)}); "
+                               "its row is recomputed all the same", file=sys.stderr)
+                data = fresh
             rows.append(row_from_results(target, data, result, resumed=True))
             results[target.label] = result
-            tqdm.write(f"{target.label}: finished earlier, read from {path}", file=sys.stderr)
+            tqdm.write(f"{target.label}: finished earlier, read from {path}"
+                       + (" (derived values and verdicts recomputed from its sums)" if updated else ""), file=sys.stderr)
         else:
             try:
                 data, result = _measure_one(target, prompt_list, path, device=device, dtype=dtype,
@@ -393,10 +420,20 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
             # gone once the except block ends, so the model is freed here even when it failed.
             _release_memory()
         # After every model, so a sweep stopped half way still has its table.
-        write_json_atomic(out / "compare.json", _compare_dict(rows, settings))
+        try:
+            write_json_atomic(out / "compare.json", _compare_dict(rows, settings))
+        except OSError as error:
+            tqdm.write(f"could not write {out / 'compare.json'} ({describe_os_error(error)}); going on",
+                       file=sys.stderr)
     bar.close()
     comparison = Comparison(rows=tuple(rows), results=results, settings=settings, out=out)
-    comparison.save(out, self_contained=self_contained)
+    try:
+        comparison.save(out, self_contained=self_contained)
+    except OSError as error:
+        measured = sum(row.ok for row in rows)
+        raise FunnelError(f"{measured} of {len(rows)} models measured (their results.json files are in {out}), but "
+                          f"compare.json/compare.html could not be written ({describe_os_error(error)}): free space "
+                          "and rerun the same command, which reads them back without measuring again") from None
     return comparison
 
 
@@ -428,6 +465,7 @@ def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str,
     if target.step is not None:
         model.funnel_name = target.label  # the results file names the checkpoint, not only the model
     n_parameters = count_parameters(model)
+    check_bootstrap(bootstrap, len(prompts), model.cfg.n_layers)  # before the measurement, not after
     result = measure_gains(model, prompts, definition=definition, batch_size=batch_size, drop_first=drop_first,
                            progress=progress, by_position=by_position)
     del model
@@ -437,7 +475,12 @@ def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str,
         "seconds": round(time.perf_counter() - start, 3), "peak_memory_bytes": peak, "memory_kind": kind,
     })
     result, _ = _with_intervals(result, bootstrap, bootstrap_seed)
-    result.save(path)
+    try:
+        result.save(path)
+    except OSError as error:  # the measurement is kept, where it fits
+        place = save_elsewhere(result.save, "results.json")
+        kept = f"saved to {place} instead" if place else "nothing could be saved"
+        raise FunnelError(f"measured, but {path} could not be written ({describe_os_error(error)}); {kept}") from None
     data = read_json(path)
     return data, GainResult.from_dict(data, source=str(path))
 
@@ -487,17 +530,6 @@ def _release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _remove_stale_temporaries(folder: Path) -> None:
-    """Temporary files a hard kill (SIGKILL, power loss) left mid-write; never read as results.
-
-    Only the sweep's own (``.results.json.*.tmp``, ``.compare.*.tmp``): ``out`` may hold other files.
-    """
-    if folder.is_dir():
-        for pattern in (".results.json.*.tmp", ".compare.json.*.tmp", ".compare.html.*.tmp"):
-            for stale in folder.glob(pattern):
-                stale.unlink(missing_ok=True)
 
 
 # Linux can reset a process's peak resident set size (VmHWM) by writing 5 to clear_refs, which

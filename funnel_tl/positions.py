@@ -174,7 +174,8 @@ class HeadPositionSums:
         object.__setattr__(self, "n_tokens", np.asarray(self.n_tokens, dtype=np.int64))
         n_prompts, n_buckets = self.n_tokens.shape[0], len(edges) - 1
         if self.n_tokens.shape != (n_prompts, n_buckets):
-            raise ValueError(f"head position token counts have shape {self.n_tokens.shape}, expected [prompt, {n_buckets}]")
+            raise ValueError(f"head position token counts have shape {self.n_tokens.shape}, "
+                             f"expected [prompt, {n_buckets}]")
         for name, ndim in (("head_norm_sums", 4), ("in_sums", 3)):
             array = np.asarray(getattr(self, name), dtype=np.float64)
             if array.ndim != ndim or array.shape[0] != n_prompts or array.shape[-1] != n_buckets:
