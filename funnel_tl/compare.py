@@ -321,7 +321,7 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
             batch_size: int = 8, device: str = "auto", dtype: str = "auto", drop_first: int = 0,
             out: str | os.PathLike = "runs/compare", force: bool = False, checkpoints=None,
             bootstrap: int = 2000, bootstrap_seed: int = 0, progress: bool | None = None,
-            self_contained: bool = False) -> "Comparison":
+            self_contained: bool = False, by_position: bool = False) -> "Comparison":
     """Measure several models (or training checkpoints) in turn; write one table and one page.
 
     ``models``: bundled names, local checkpoint folders, hub names, or the preset
@@ -332,6 +332,8 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
     ``bootstrap`` resamples of the prompts give each result its 95% intervals and the robust
     verdict, where this funnel_tl draws them (``GainResult.with_intervals``; 0 skips them); they
     come from the stored per-prompt sums, so a resumed model gets them without being loaded.
+    ``by_position`` keeps each model's gains by position too (``measure_gains``; ``funnel-tl
+    report OUT`` then draws each model's positions.html).
     The other options are ``measure_gains``'s and ``load_model``'s. Writes
     ``out/<slug>/results.json`` per model, ``out/compare.json`` and ``out/compare.html``.
 
@@ -359,18 +361,20 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
         "definition": definition, "n_prompts": len(prompt_list), "prompts_sha256": prompts_sha256(prompt_list),
         "drop_first": int(drop_first), "dtype": dtype_name, "device": device, "batch_size": batch_size if batch_size == "auto" else int(batch_size),
         "bootstrap": int(bootstrap), "bootstrap_seed": int(bootstrap_seed),
+        **({"by_position": True} if by_position else {}),
     }
     out = check_output_folder(out)
     with output_lock(out):  # one sweep per folder: a second would interleave compare.json
         remove_temporaries(out)
         return _sweep(targets, prompt_list, settings, out, force=force, device=device, dtype=dtype,
                       definition=definition, batch_size=batch_size, drop_first=drop_first, bootstrap=bootstrap,
-                      bootstrap_seed=bootstrap_seed, progress=progress, self_contained=self_contained)
+                      bootstrap_seed=bootstrap_seed, progress=progress, self_contained=self_contained,
+                      by_position=by_position)
 
 
 def _sweep(targets: list[Target], prompt_list: list[str], settings: dict, out: Path, *, force: bool, device: str,
            dtype: str, definition: str, batch_size: int, drop_first: int, bootstrap: int, bootstrap_seed: int,
-           progress: bool | None, self_contained: bool = False) -> "Comparison":
+           progress: bool | None, self_contained: bool = False, by_position: bool = False) -> "Comparison":
     """The sweep itself, with ``out`` checked and locked by ``compare``."""
     rows: list[ComparisonRow] = []
     results: dict[str, GainResult] = {}
@@ -404,7 +408,8 @@ def _sweep(targets: list[Target], prompt_list: list[str], settings: dict, out: P
                 data, result = _measure_one(target, prompt_list, path, device=device, dtype=dtype,
                                             definition=definition, batch_size=batch_size, drop_first=drop_first,
                                             bootstrap=bootstrap, bootstrap_seed=bootstrap_seed,
-                                            progress=False if progress is False else None)
+                                            progress=False if progress is False else None,
+                                            by_position=by_position)
                 rows.append(row_from_results(target, data, result, resumed=False))
                 results[target.label] = result
             except Exception as error:  # one failing model must not end the sweep
@@ -444,13 +449,15 @@ def _finished(path: Path, target: Target, settings: dict) -> tuple[dict, GainRes
     provenance = data.get("provenance", {})
     same = (result.model == target.label and result.definition == settings["definition"]
             and data.get("prompts", {}).get("sha256") == settings["prompts_sha256"]
-            and result.drop_first == settings["drop_first"] and provenance.get("dtype") == settings["dtype"])
+            and result.drop_first == settings["drop_first"] and provenance.get("dtype") == settings["dtype"]
+            # A file with position sums serves a sweep that does not ask for them; not the other way.
+            and (result.positions is not None or not settings.get("by_position", False)))
     return (data, result) if same else None
 
 
 def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str, dtype: str,
                  definition: str, batch_size: int, drop_first: int, bootstrap: int,
-                 bootstrap_seed: int, progress: bool | None) -> tuple[dict, GainResult]:
+                 bootstrap_seed: int, progress: bool | None, by_position: bool = False) -> tuple[dict, GainResult]:
     """Load, measure, save one target; return its results file as written and read back."""
     _reset_peak_memory(device)
     start = time.perf_counter()
@@ -460,7 +467,7 @@ def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str,
     n_parameters = count_parameters(model)
     check_bootstrap(bootstrap, len(prompts), model.cfg.n_layers)  # before the measurement, not after
     result = measure_gains(model, prompts, definition=definition, batch_size=batch_size, drop_first=drop_first,
-                           progress=progress)
+                           progress=progress, by_position=by_position)
     del model
     peak, kind = _peak_memory(device)
     result.provenance.update({
@@ -716,7 +723,8 @@ class Comparison:
         rows = tuple(ComparisonRow.from_dict(row) for row in data["models"])
         results = {row.model: GainResult.load(out / row.slug / "results.json") for row in rows if row.ok}
         settings = {key: data[key] for key in ("definition", "n_prompts", "prompts_sha256", "drop_first", "dtype",
-                                               "device", "batch_size", "bootstrap", "bootstrap_seed") if key in data}
+                                               "device", "batch_size", "bootstrap", "bootstrap_seed", "by_position")
+                    if key in data}
         return cls(rows=rows, results=results, settings=settings, out=out)
 
 

@@ -85,6 +85,10 @@ class Reduction(Protocol):
     def finish(self) -> dict[str, torch.Tensor]:
         """The batch's per-prompt sums, each ``[batch, ...]``, still on the device."""
 
+    def commit(self) -> None:
+        """The pass just finished is part of the result (not a fast executor's check): keep whatever
+        the reduction collects beyond the per-prompt sums (e.g. ``positions``' sums by position)."""
+
     def raise_nonfinite(self) -> None:
         """Called when a batch's sums are not finite: raise a FunnelError naming where it arose."""
 
@@ -322,8 +326,11 @@ class Engine:
         return [f"blocks.{layer}.{suffix}" for layer, suffix in reads], reads
 
     def _pass(self, executor, reads, batch: Batch, tokens, attention_mask, counted,
-              first: bool) -> dict[str, torch.Tensor]:
-        """One forward of ``batch`` through ``executor`` (its hooks already attached for ``reads``)."""
+              first: bool, commit: bool = True) -> dict[str, torch.Tensor]:
+        """One forward of ``batch`` through ``executor`` (its hooks already attached for ``reads``).
+
+        ``commit``: the pass is part of the result (False for a fast executor's check).
+        """
         self.reduction.start(batch, tokens, attention_mask, counted, first)
         self._fired.clear()
         self._reads = reads
@@ -340,7 +347,10 @@ class Engine:
                 f"{model_name(self.model)}: hook {missing} did not fire: this architecture's hooks are not in the "
                 "standard order, so its gains cannot be read; please report it"
             )
-        return self.reduction.finish()
+        sums = self.reduction.finish()
+        if commit:
+            self.reduction.commit()
+        return sums
 
     def _on_read(self, index: int, activation: torch.Tensor) -> None:
         layer, suffix = self._reads[index]
@@ -414,7 +424,8 @@ class Engine:
         for fast in candidates:
             try:
                 with fast.attached(names, self._on_read):
-                    sums = self._pass(fast, reads, part, tokens[index], attention_mask[index], counted[index], False)
+                    sums = self._pass(fast, reads, part, tokens[index], attention_mask[index], counted[index], False,
+                                      commit=False)
             except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as error:  # an HF module tree that cannot run as copied (or whose hooks never

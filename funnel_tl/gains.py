@@ -39,6 +39,7 @@ from .architectures import HookPlan, is_parallel, layer_norm_output, plan_hooks 
 from .engine import Engine, prompt_sums, resolve_batch_size
 from .errors import FunnelError
 from .models import model_name, tokenizer_of
+from .positions import PositionAccumulator
 from .prompts import load_prompts, make_batches, padding_fraction, prompts_sha256, tokenize
 from .results import COMPONENTS, GainResult
 
@@ -154,7 +155,8 @@ def prepare_tokens(model, prompts: str | Sequence[str], drop_first: int = 0,
 
 def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "seed",
                   batch_size: int | str = "auto", drop_first: int = 0, tokenizer=None,
-                  progress: bool | None = None, intervals: bool = False, executor: str = "auto") -> GainResult:
+                  progress: bool | None = None, intervals: bool = False, by_position: bool = False,
+                  executor: str = "auto") -> GainResult:
     """Measure every layer's attention, MLP and block gain on a prompt set.
 
     ``model``: a bridge from ``load_model``, a bridge the user booted, or a TL 3.x
@@ -167,6 +169,8 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     ``batch_size="auto"`` fills a token budget from the free GPU memory (``engine.auto_batch_size``).
     ``intervals=True`` returns the result with 95% bootstrap intervals over prompts (2,000
     resamples, seed 0: ``result.with_intervals()``), needing at least two prompts.
+    ``by_position=True`` also keeps the sums by position bucket (``funnel_tl.positions``):
+    ``result.position_gains("attn")`` is then ``[layer, bucket]``.
     ``executor``: ``"auto"`` (the HF modules behind the TL hooks where they agree with the TL
     hooks on the first batch), ``"transformer_lens"`` or ``"hf"`` (see ``funnel_tl.engine``); the
     one that ran is recorded in ``provenance["executor"]``.
@@ -180,7 +184,10 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     prompt_list, token_ids, pad_id = prepare_tokens(model, prompts, drop_first, tokenizer)
     name = model_name(model)
     n_layers = model.cfg.n_layers
-    reduction = GainSums(model, plan)
+    # by_position (funnel_tl.positions): buckets fixed by the longest prompt, filled batch by batch.
+    positions = (PositionAccumulator(len(prompt_list), n_layers, max(map(len, token_ids)))
+                 if by_position else None)
+    reduction = GainSums(model, plan, positions)
     engine = Engine(model, reduction, executor)
     chosen_batch_size = resolve_batch_size(batch_size, model, token_ids, engine.device)
 
@@ -203,6 +210,7 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
         model=name, definition=definition, n_layers=n_layers, d_model=model.cfg.d_model,
         parallel_blocks=plan.parallel_blocks, prompts=tuple(prompt_list), n_tokens=n_tokens,
         out_sums=out_sums, in_sums=in_sums, drop_first=drop_first, provenance=provenance,
+        positions=positions.result() if positions is not None else None,
     )
     return result.with_intervals() if intervals else result
 
@@ -223,8 +231,8 @@ class GainSums:
     layer's activations held at a time.
     """
 
-    def __init__(self, model, plan: HookPlan):
-        self.model, self.plan = model, plan
+    def __init__(self, model, plan: HookPlan, positions=None):
+        self.model, self.plan, self.positions = model, plan, positions  # positions: a PositionAccumulator or None
         self.n_layers = model.cfg.n_layers
         self.dtype = next(model.parameters()).dtype
         self.identity_suffixes = set(IDENTITY_SUFFIXES) - ({"hook_resid_mid"} if plan.parallel_blocks else set())
@@ -260,6 +268,11 @@ class GainSums:
 
     def finish(self) -> dict[str, torch.Tensor]:
         return {suffix: prompt_sums(values, self.counted) for suffix, values in self._stacked().items()}  # [batch, layer]
+
+    def commit(self) -> None:
+        # ---- by_position (funnel_tl.positions, issue 15): the same norms, summed by position bucket ----
+        if self.positions is not None:
+            self.positions.add(self.batch.indices, self._stacked(), self.counted, self.plan)
 
     def raise_nonfinite(self) -> None:
         check_finite(self.model, self._stacked(), self.counted, self.batch.indices, self.dtype)

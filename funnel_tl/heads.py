@@ -46,13 +46,15 @@ from .gains import IDENTITY_TOLERANCE, _provenance, activation_norms, prepare_to
 from .head_results import HEADS_KIND, HEADS_SCHEMA_VERSION, VALUES, HeadResult, HeadStat, label  # noqa: F401  (re-exported)
 from .layers import parse_layers, resolve_layers  # noqa: F401  (parse_layers re-exported)
 from .models import model_name
+from .positions import HeadPositionAccumulator
 from .prompts import make_batches
 
 
 # ---- measurement ---------------------------------------------------------------------------------
 def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "seed",
                layers: int | Sequence[int] | None = None, batch_size: int | str = "auto", drop_first: int = 0,
-               tokenizer=None, progress: bool | None = None, executor: str = "auto") -> HeadResult:
+               tokenizer=None, progress: bool | None = None, by_position: bool = False,
+               executor: str = "auto") -> HeadResult:
     """Measure every head's output norm, gain and share of the layer output on a prompt set.
 
     Arguments as ``measure_gains`` (same tokens, batching, ``definition``, ``drop_first`` and
@@ -61,6 +63,7 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
     ``attn.hook_z``, ``hook_attn_out`` and the denominator's hook of those layers are read, each
     layer reduced to per-head statistics as it fires (no ``[batch, pos, head, d_model]`` tensor,
     no cache of every layer), and the pass stops after the last layer asked for.
+    ``by_position=True`` also keeps the sums by position bucket: ``result.head_position_gains()``.
 
     >>> from funnel_tl import load_model, head_gains
     >>> heads = head_gains(load_model(device="cpu"), "seed")  # doctest: +SKIP
@@ -75,7 +78,10 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
     chosen = resolve_layers(layers, cfg.n_layers)
     if f"blocks.{chosen[0]}.attn.hook_z" not in model.hook_dict:
         raise FunnelError(f"{name} has no attn.hook_z: TransformerLens cannot split its attention into heads")
-    reduction = HeadSums(model, plan, chosen)
+    # by_position (funnel_tl.positions): buckets fixed by the longest prompt, filled batch by batch.
+    positions = (HeadPositionAccumulator(len(prompt_list), len(chosen), cfg.n_heads, max(map(len, token_ids)))
+                 if by_position else None)
+    reduction = HeadSums(model, plan, chosen, positions)
     engine = Engine(model, reduction, executor)
     chosen_batch_size = resolve_batch_size(batch_size, model, token_ids, engine.device)
 
@@ -99,6 +105,7 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
         head_norm_sums=sums["norm"], head_projection_sums=sums["projection"],
         attn_out_sums=sums["attn_out"], in_sums=sums["input"],
         n_key_value_heads=_n_key_value_heads(cfg), drop_first=drop_first, provenance=provenance,
+        positions=positions.result() if positions is not None else None,
     )
 
 
@@ -122,8 +129,9 @@ class HeadSums:
     activations live at a time. ``W_O`` and the Gram matrices ``W_O^i W_O^iᵀ`` are prepared once per run.
     """
 
-    def __init__(self, model, plan, layers: tuple[int, ...]):
+    def __init__(self, model, plan, layers: tuple[int, ...], positions=None):
         self.model, self.plan, self.layers = model, plan, layers
+        self.positions = positions  # a positions.HeadPositionAccumulator, or None
         self.input_suffix = plan.inputs["attn"]
         self.dtype = next(model.parameters()).dtype
         self.row = {layer: index for index, layer in enumerate(layers)}
@@ -181,6 +189,12 @@ class HeadSums:
     def finish(self) -> dict[str, torch.Tensor]:
         # [layer, batch, pos, (head)] -> [batch, layer, (head)]
         return {key: prompt_sums(torch.stack(values), self.counted) for key, values in self.stats.items()}
+
+    def commit(self) -> None:
+        if self.positions is not None:  # by_position (funnel_tl.positions, issue 15)
+            for row in range(len(self.layers)):
+                self.positions.add_heads(self.batch.indices, row, self.stats["norm"][row], self.counted)
+            self.positions.add_inputs(self.batch.indices, torch.stack(self.stats["input"]), self.counted)
 
     def raise_nonfinite(self) -> None:
         """The first non-finite statistic, in layer order, named by head (or by layer for the denominator)."""

@@ -246,3 +246,21 @@ def test_cli_bad_batch_size_exits_2(bad, message, checkpoints, tmp_path, capsys)
         code = exit_info.code
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_position_sums_through_the_fast_executor_equal_the_tl_hooks(bridge, prompts):
+    """by_position (funnel_tl.positions) through the fast executor: the TL hooks' sums by bucket, to 1e-6."""
+    model = bridge("llama-gqa")
+    fast = measure_gains(model, prompts, batch_size=3, by_position=True)
+    truth = measure_gains(model, prompts, batch_size=3, by_position=True, executor="transformer_lens")
+    assert fast.provenance["executor"].startswith("hf")
+    np.testing.assert_array_equal(fast.positions.n_tokens, truth.positions.n_tokens)
+    for component in COMPONENTS:
+        # float32 sums of the same norms by bucket; SDPA vs the bridge's attention: order only.
+        np.testing.assert_allclose(fast.positions.out_sums[component], truth.positions.out_sums[component], rtol=1e-6)
+        np.testing.assert_allclose(fast.positions.in_sums[component], truth.positions.in_sums[component], rtol=1e-6)
+    heads_fast = head_gains(model, prompts, batch_size=3, by_position=True)
+    heads_truth = head_gains(model, prompts, batch_size=3, by_position=True, executor="transformer_lens")
+    assert heads_fast.provenance["executor"].startswith("hf")
+    np.testing.assert_allclose(heads_fast.positions.head_norm_sums, heads_truth.positions.head_norm_sums, rtol=1e-6)
+    np.testing.assert_allclose(heads_fast.positions.in_sums, heads_truth.positions.in_sums, rtol=1e-6)
