@@ -23,11 +23,14 @@ plain HuggingFace module tree inside the bridge instead (a shallow copy of it wi
 wrapper replaced by the HF module it wraps: the same parameter tensors, no second copy of the
 weights), with torch hooks on the HF module whose input or output *is* each read TL hook point
 (found by identity of the bridge's ``HookPoint`` objects, aliases resolved by TransformerLens).
-It is used only where it proves itself on every run: its sums for the first batch must equal the
-TransformerLens hooks' sums for the same batch (``AGREEMENT_TOLERANCE``), else the run warns,
-records it, and reads everything through TransformerLens. A read with no HF module behind it, a
-model with hooks of the user's attached, a HookedTransformer, accelerate-dispatched modules: all
-go through TransformerLens.
+It is used only where it proves itself on every run: the first batch is read through the TL
+hooks (those sums are the ones kept), and the fast executor's sums for ``VERIFY_ROWS`` of its
+prompts must equal them (``AGREEMENT_TOLERANCE``); SDPA attention is tried first, then the
+bridge's eager attention; else the run warns, records why, and reads everything through
+TransformerLens. A read with no HF module behind it, hooks already attached to the hook points
+(the caller's or an adapter's), a HookedTransformer, patched or accelerate-dispatched module
+forwards, a run of a single batch: all go through TransformerLens. ``Engine.executor_name`` and
+``Engine.fallback`` say which ran and why (``provenance["executor"]``, ``["executor_fallback"]``).
 """
 
 from __future__ import annotations
