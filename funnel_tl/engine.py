@@ -230,7 +230,8 @@ class HFExecutor:
                 reshape = self.heads_shape if name.endswith("attn.hook_z") else None
                 if side == "input":
                     def pre_hook(module, args, kwargs, *, index=index, reshape=reshape):
-                        activation = args[0] if args else next(iter(kwargs.values()))
+                        # HF decoder layers take the stream first, or by name when called with keywords.
+                        activation = args[0] if args else kwargs.get("hidden_states", next(iter(kwargs.values())))
                         on_read(index, _heads(activation, reshape))
                     handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
                 else:
