@@ -435,7 +435,8 @@ def resolve_layers(layers: int | Sequence[int] | None, n_layers: int) -> tuple[i
 # ---- measurement ---------------------------------------------------------------------------------
 def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "seed",
                layers: int | Sequence[int] | None = None, batch_size: int = 8, drop_first: int = 0,
-               tokenizer=None, progress: bool | None = None) -> HeadResult:
+               tokenizer=None, progress: bool | None = None,
+               max_tokens_per_prompt: int | str | None = None) -> HeadResult:
     """Measure every head's output norm, gain and share of the layer output on a prompt set.
 
     Arguments as ``measure_gains`` (same tokens, batching, ``definition`` and ``drop_first``, so
@@ -449,7 +450,9 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
     >>> heads.head_gains.shape, heads.top(3)[0].label  # doctest: +SKIP
     ((8, 8), 'L5H2')
     """
-    prompt_list, token_ids, pad_id = prepare_tokens(model, prompts, drop_first, tokenizer)
+    truncation: dict = {}
+    prompt_list, token_ids, pad_id = prepare_tokens(model, prompts, drop_first, tokenizer,
+                                                    max_tokens_per_prompt, truncation)
     plan = plan_hooks(model, definition)
     name = model_name(model)
     cfg = model.cfg
@@ -473,6 +476,7 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
             check_identity=number == 0, sums=sums)
 
     provenance = _provenance(model, device, dtype, prompt_list, token_ids, batches, batch_size, drop_first)
+    provenance.update(truncation)
     return HeadResult(
         model=name, definition=definition, n_layers=cfg.n_layers, n_heads=n_heads, d_head=cfg.d_head,
         d_model=cfg.d_model, layers=chosen, prompts=tuple(prompt_list), n_tokens=n_tokens,
