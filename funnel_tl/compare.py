@@ -432,8 +432,8 @@ def _measured_row(target: Target, prompt_list: list[str], path: Path, options: d
 def assign_targets(pending: Sequence[int], n_ranks: int, rank: int) -> list[int]:
     """The pending targets (indices in sweep order) one rank measures: every ``n_ranks``-th from ``rank``.
 
-    Only targets not yet finished are dealt, so a rerun with any number of ranks recomputes
-    nothing finished; every rank computes the same deal from the same files.
+    Only targets not yet finished (as rank 0 reads ``out``) are dealt, so a rerun with any number
+    of ranks recomputes nothing finished; every rank computes the same deal from the same list.
 
     >>> assign_targets([0, 2, 3, 5, 6], 2, 1)
     [2, 5]
@@ -446,13 +446,15 @@ def _sweep_sharded(targets: list[Target], prompt_list: list[str], out: Path, set
     """The sweep over torchrun's ranks: each pending target measured by exactly one rank, each rank
     loading only its own; rank 0 then reads every result from the shared ``out`` and writes the
     table and page. Returns the ``Comparison`` on rank 0, ``None`` on the others."""
-    from .distributed import barrier, gather_to_main
+    from .distributed import broadcast_from_main, gather_to_main
 
     paths = [out / target.slug / "results.json" for target in targets]
-    pending = [i for i, (target, path) in enumerate(zip(targets, paths))
-               if force or _finished(path, target, settings) is None]
-    mine = assign_targets(pending, group.size, group.rank)
-    barrier(group)  # every rank has listed the pending targets before any rank writes a result
+    pending = None
+    if group.main:  # one reader decides, so ranks on nodes with stale filesystem caches still agree
+        pending = [i for i, (target, path) in enumerate(zip(targets, paths))
+                   if force or _finished(path, target, settings) is None]
+    # Every rank waits here for rank 0's list, so no result is written before it was read.
+    mine = assign_targets(broadcast_from_main(group, pending), group.size, group.rank)
     options = dict(options, extra_provenance={"rank": group.rank, "world_size": group.size})
     quiet = dict(options, progress=False) if not group.main else options
     measured = {}

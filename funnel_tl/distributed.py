@@ -180,11 +180,6 @@ def gather_to_main(current: World, value: Any) -> list[Any] | None:
     return received
 
 
-def barrier(current: World) -> None:
-    if current.distributed:
-        dist.barrier()
-
-
 def broadcast_from_main(current: World, value: Any) -> Any:
     """Rank 0's ``value`` on every rank."""
     if not current.distributed:
