@@ -459,6 +459,9 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
     chosen = resolve_layers(layers, cfg.n_layers)
     if f"blocks.{chosen[0]}.attn.hook_z" not in model.hook_dict:
         raise FunnelError(f"{name} has no attn.hook_z: TransformerLens cannot split its attention into heads")
+    if any(parameter.is_meta for parameter in model.parameters()):  # weights offloaded by a device map
+        raise FunnelError(f"{name} has weights offloaded to CPU or disk by its device map, and head gains read "
+                          "every layer's W_O: load it on GPUs only (more --max-memory) or on one device")
     parameter = next(model.parameters())
     device, dtype = parameter.device, parameter.dtype
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch.multiprocessing as mp
 
-from funnel_tl import load_model, measure_gains
+from funnel_tl import head_gains, load_model, measure_gains
 from funnel_tl.cli import main
 from funnel_tl.compare import assign_targets
 from funnel_tl.corpus import documents
@@ -144,6 +144,17 @@ def test_torchrun_run_equals_one_process(tmp_path):
 
 
 @pytest.mark.slow
+def test_torchrun_error_is_one_line_on_every_rank(tmp_path):
+    done = _torchrun(["run", "--model", "nano-99l", "--device", "cpu", "--out", str(tmp_path / "out")], cwd=tmp_path)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("funnel-tl: error:")]
+    assert len(errors) == 2 and "no bundled model called 'nano-99l'" in errors[0] and errors[0] == errors[1]
+    frames = [line for line in done.stderr.splitlines() if line.strip().startswith('File "')]
+    assert not [frame for frame in frames if "funnel_tl" in frame]  # torchrun's own report only, no rank traceback
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
 def test_torchrun_heads_equals_one_process(tmp_path):
     corpus = _corpus(tmp_path / "corpus.txt", n=10, chars=600)
     common = ["--model", "nano-2l", "--prompts", str(corpus), "--device", "cpu", "--batch-size", "2"]
@@ -194,6 +205,10 @@ def test_device_mapped_model_equals_the_plain_one(tmp_path):
     for component in COMPONENTS:
         np.testing.assert_allclose(mapped.out_sums[component], plain.out_sums[component], rtol=RTOL)
         np.testing.assert_allclose(mapped.in_sums[component], plain.in_sums[component], rtol=RTOL)
+
+
+    with pytest.raises(FunnelError, match="offloaded"):  # head gains read W_O, which offloading leaves on meta
+        head_gains(mapped_model, "seed")
 
 
 def test_device_map_options_are_checked_before_loading(capsys):
