@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Callable, Sequence
@@ -220,11 +221,29 @@ def measure(function: Callable, model, prompts: Sequence[str], current: World | 
         if mine:
             if not current.main:
                 settings.setdefault("progress", False)
-            part = function(model, [prompt_list[i] for i in mine], **settings)
+            try:
+                part = function(model, [prompt_list[i] for i in mine], **settings)
+            except FunnelError as error:
+                raise in_callers_terms(error, mine) from error
     parts = gather_to_main(current, (mine, part))
     if not current.main:
         return None
     return assemble(parts, prompt_list, truncation)
+
+
+def in_callers_terms(error: FunnelError, share: Sequence[int]) -> FunnelError:
+    """``error`` with "prompt N" (N: a place in this rank's ``share``) renamed to the caller's index.
+
+    A measurement names a prompt by its place in the list it was given, which on a rank is its
+    share; the user knows the prompts by their place in their own file.
+
+    >>> in_callers_terms(FunnelError("non-finite activation in m, layer 1, prompt 2, position 5"), [4, 7, 9])
+    FunnelError('non-finite activation in m, layer 1, prompt 9, position 5')
+    """
+    renamed = re.sub(r"\bprompt (\d+)\b",
+                     lambda match: f"prompt {share[int(match.group(1))]}" if int(match.group(1)) < len(share)
+                     else match.group(0), str(error))
+    return FunnelError(renamed)
 
 
 def assemble(parts: Sequence[tuple[list[int], Any]], prompts: Sequence[str], truncation: dict | None = None):

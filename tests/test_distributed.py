@@ -21,7 +21,7 @@ from funnel_tl import head_gains, load_model, measure_gains
 from funnel_tl.cli import main
 from funnel_tl.compare import assign_targets
 from funnel_tl.corpus import documents
-from funnel_tl.distributed import World, assemble, shard_by_tokens
+from funnel_tl.distributed import World, assemble, in_callers_terms, shard_by_tokens
 from funnel_tl.errors import FunnelError
 from funnel_tl.prompts import make_batches
 from funnel_tl.reference import seed_reference
@@ -93,6 +93,14 @@ def test_assemble_restores_the_callers_order(bridge):
     assert merged.provenance["world_size"] == 3 and merged.provenance["prompts_per_rank"] == [2, 0, 2]
     assert merged.provenance["prompts_sha256"] == whole.provenance["prompts_sha256"]
     assert merged.provenance["n_tokens_total"] == whole.provenance["n_tokens_total"]
+
+
+def test_errors_inside_a_share_name_prompts_by_the_callers_index(bridge):
+    share = [5, 2, 11]  # this rank's prompts, as places in the caller's list
+    with pytest.raises(FunnelError) as raised:  # a real message of the measurement, naming prompt 1 of its list
+        measure_gains(bridge("gpt2"), ["fine", "word " * 1000, "also fine"])
+    renamed = str(in_callers_terms(raised.value, share))
+    assert renamed.startswith("prompt 2 has ") and str(raised.value).startswith("prompt 1 has ")
 
 
 def _fail_on_rank_one(rank: int, port: int, folder: str) -> None:
