@@ -454,11 +454,13 @@ def _sweep_sharded(targets: list[Target], prompt_list: list[str], out: Path, set
         pending = [i for i, (target, path) in enumerate(zip(targets, paths))
                    if force or _finished(path, target, settings) is None]
     # Every rank waits here for rank 0's list, so no result is written before it was read.
-    mine = assign_targets(broadcast_from_main(group, pending), group.size, group.rank)
+    pending = broadcast_from_main(group, pending)
+    mine = assign_targets(pending, group.size, group.rank)
     options = dict(options, extra_provenance={"rank": group.rank, "world_size": group.size})
     quiet = dict(options, progress=False) if not group.main else options
     measured = {}
-    for index in mine:
+    shown = group.main and options["progress"] is not False and len(mine) > 1
+    for index in tqdm(mine, desc=f"models (rank 0's share of {len(pending)})", unit="model", disable=not shown):
         _remove_stale_temporaries(paths[index].parent)
         row, _ = _measured_row(targets[index], prompt_list, paths[index], quiet, quiet=not group.main)
         measured[index] = row

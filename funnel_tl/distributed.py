@@ -209,6 +209,8 @@ def measure(function: Callable, model, prompts: Sequence[str], current: World | 
     if not current.distributed:
         return function(model, prompts, **settings)
 
+    if isinstance(batch_size, int) and batch_size < 1:  # every rank alike, before any rank measures
+        raise FunnelError(f"batch size must be at least 1, got {batch_size}")
     with together(current):
         # Every check on all the prompts at once, so an error names a prompt by its place in the
         # caller's list; the token counts also decide the shares.
