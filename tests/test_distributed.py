@@ -294,3 +294,14 @@ def test_cli_records_the_dataset_and_the_cap(tmp_path, capsys):
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert data["prompts"]["texts"] == ["a first line", "a second"]
     assert data["provenance"]["prompt_source"]["more_available"] is True
+
+
+@pytest.mark.slow
+def test_bench_distributed_runs_and_finds_equal_sums():
+    """The benchmark must not rot unseen; no timing is asserted (speed depends on the machine)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_distributed.py"
+    done = subprocess.run([sys.executable, str(script), "--model", "nano-2l", "--n-prompts", "6", "--rounds", "1"],
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "speed-up" in done.stdout
+    assert float(done.stdout.split("per-prompt sums:")[1].split()[0]) <= RTOL
