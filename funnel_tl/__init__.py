@@ -10,13 +10,19 @@ TransformerLens, test the "Funnel Model" hypothesis, and compare models.
 
 __version__ = "0.1.0"
 
+import warnings
+
+# tqdm.auto warns on import in a notebook kernel without ipywidgets, then falls back to text bars,
+# which work: the warning only tells the user to install a widget library they did not ask for.
+warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
+
 from .compare import PYTHIA_SUITE, Comparison, compare
 from .errors import FunnelError
 from .funnel import PYTHIA_1_4B_REFERENCE, FunnelTest, comparison_1_4b, format_analysis, funnel_test
 from .gains import measure_gains
 from .heads import HeadResult, head_gains
 from .models import bundled_checkpoints, bundled_models, default_model_name, load_model
-from .plots import plot_funnel, write_html
+from .plots import plot_attention_mlp, plot_cumulative, plot_funnel, plot_mlp_depth, plot_net_gain, write_html, write_png
 from .prompts import SEED_PROMPTS, load_prompts
 from .results import GainResult
 from .stats import Intervals, bootstrap_intervals, robust_funnel_test
@@ -26,6 +32,7 @@ __all__ = [
     "bundled_checkpoints", "bundled_models", "comparison_1_4b", "default_model_name", "format_analysis", "funnel_test",
     "load_model", "load_prompts", "measure_gains",
     "HeadResult", "head_gains",
-    "Intervals", "bootstrap_intervals", "plot_funnel", "robust_funnel_test", "write_html",
+    "Intervals", "bootstrap_intervals", "plot_funnel", "robust_funnel_test", "write_html", "write_png",
+    "plot_attention_mlp", "plot_mlp_depth", "plot_net_gain", "plot_cumulative",
 ]
 __all__ += ["Comparison", "PYTHIA_SUITE", "compare"]

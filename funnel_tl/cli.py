@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -138,6 +139,13 @@ def add_bootstrap_options(parser: argparse.ArgumentParser, default: int | None =
                         help="random seed of the resampling; the same seed gives the same intervals (default: 0)")
 
 
+def add_page_options(parser: argparse.ArgumentParser) -> None:
+    """How HTML pages get plotly.js: shared by the pages of an output folder, or embedded in each."""
+    parser.add_argument("--self-contained", action="store_true",
+                        help="embed plotly.js (4.8 MB) in every HTML page, so each opens alone; by default "
+                             "the pages of one output folder share one plotly.min.js beside them (offline too)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="funnel-tl",
@@ -145,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "reads (the gain), and test the Funnel Model: attention contracts in every layer, "
                     "the MLP in nearly all, and only a late MLP expands.",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"funnel-tl {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
     run = commands.add_parser(
@@ -159,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=None, metavar="DIR",
                      help="output folder (default: runs/<model name>)")
     add_bootstrap_options(run)
+    add_page_options(run)
     run.set_defaults(handler=cmd_run)
 
     heads = commands.add_parser(
@@ -178,17 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how many top heads (by gain) to print and tabulate (default: 20)")
     heads.add_argument("--out", default=None, metavar="DIR",
                        help="output folder (default: runs/<model name>)")
+    add_page_options(heads)
     heads.set_defaults(handler=cmd_heads)
     report = commands.add_parser(
         "report", help="re-render figures and analysis from results.json files, without a model",
         description="Re-render DIR/funnel.html (and funnel.png where kaleido and Chrome are present) from "
                     "DIR/results.json, and the same in every folder below DIR that holds a results.json "
-                    "(compare outputs); print each analysis. No model is loaded.",
+                    "(compare outputs), and DIR/compare.html where DIR/compare.json exists; print each "
+                    "analysis. No model is loaded.",
         epilog="examples:\n  funnel-tl report runs/demo\n  funnel-tl report runs/sweep --bootstrap 5000",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     report.add_argument("dir", metavar="DIR", help="a folder written by funnel-tl run or compare")
     add_bootstrap_options(report, default=None)
+    add_page_options(report)
     report.set_defaults(handler=cmd_report)
     compare = commands.add_parser(
         "compare", help="measure several models or training checkpoints; one table, one page",
@@ -217,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bootstrap_options(compare)
     compare.add_argument("--out", default="runs/compare", metavar="DIR",
                          help="output folder (default: runs/compare)")
+    add_page_options(compare)
     compare.set_defaults(handler=cmd_compare)
     return parser
 
@@ -226,7 +242,7 @@ def cmd_run(args) -> int:
     from .funnel import format_analysis
     from .gains import measure_gains
     from .models import load_model
-    from .plots import PNG_HELP
+    from .plots import png_help
 
     prompts, source = read_cli_prompts(args)  # before loading a model: a bad prompt file fails fast
     if args.bootstrap < 0:
@@ -249,18 +265,20 @@ def cmd_run(args) -> int:
         print("Intervals skipped: a bootstrap over prompts needs at least 2 prompts")
     path = result.save(out / "results.json")
     print(f"\nSaved: {path}")
-    if not _render(result, out):
-        print(PNG_HELP)
+    if not _render(result, out, self_contained=args.self_contained):
+        print(png_help())
     return 0
 
 
-def _render(result, folder: Path) -> bool:
+def _render(result, folder: Path, self_contained: bool = False, root: Path | None = None) -> bool:
     """Write folder/funnel.html, and funnel.png when kaleido and Chrome are present (then True)."""
     from .plots import plot_funnel, write_html, write_png
 
     fig = plot_funnel(result)
-    print(f"Saved: {write_html(fig, folder / 'funnel.html')}")
-    png = write_png(fig, folder / "funnel.png")
+    print(f"Saved: {write_html(fig, folder / 'funnel.html', self_contained=self_contained, root=root)}")
+    with warnings.catch_warnings():  # the caller prints why, once
+        warnings.simplefilter("ignore", UserWarning)
+        png = write_png(fig, folder / "funnel.png")
     if png:
         print(f"Saved: {png}")
     return png is not None
@@ -277,25 +295,38 @@ def find_results(folder: Path) -> list[Path]:
 
 
 def cmd_report(args) -> int:
+    from .compare import Comparison
     from .funnel import format_analysis
-    from .plots import PNG_HELP
+    from .plots import png_help
     from .results import GainResult
 
     if args.bootstrap is not None and args.bootstrap < 0:
         raise FunnelError(f"--bootstrap must be 0 (no intervals) or a number of resamples, got {args.bootstrap}")
-    paths = find_results(Path(args.dir))
+    root = Path(args.dir)
+    paths = find_results(root)
     results = [GainResult.load(path) for path in paths]  # all read before any is written: fail fast
-    for path, result in zip(paths, results):
+    sweep = Comparison.load(root) if (root / "compare.json").is_file() else None
+
+    def redraw(result):
         if args.bootstrap == 0:
-            result = replace(result, intervals=None)
-        elif args.bootstrap is not None:
-            result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
+            return replace(result, intervals=None)
+        if args.bootstrap is not None:
+            return result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
+        return result
+
+    for path, result in zip(paths, results):
+        result = redraw(result)
         print(format_analysis(result))
         print(f"\nFrom: {path}")
-        png = _render(result, path.parent)
+        # Every page of the tree loads one DIR/plotly.min.js, unless --self-contained.
+        png = _render(result, path.parent, self_contained=args.self_contained, root=root)
         print()
+    if sweep is not None:
+        sweep = replace(sweep, results={label: redraw(result) for label, result in sweep.results.items()})
+        page = sweep.save_html(root, self_contained=args.self_contained)
+        print(f"Saved: {page}")
     if not png:
-        print(PNG_HELP)
+        print(png_help())
     return 0
 
 
@@ -321,7 +352,7 @@ def cmd_heads(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / slug(result.model)
     print(result.format_top(args.top))
     json_path = result.save(out / "heads.json")
-    html_path = result.save_html(out / "heads.html", k=args.top)
+    html_path = result.save_html(out / "heads.html", k=args.top, self_contained=args.self_contained)
     print(f"\nSaved: {json_path}\n       {html_path}")
     return 0
 
@@ -337,8 +368,9 @@ def cmd_compare(args) -> int:
     comparison = compare(args.models, prompts, definition=args.definition, batch_size=args.batch_size,
                          device=args.device, dtype=args.dtype, drop_first=args.drop_first, out=args.out,
                          force=args.force, checkpoints=args.checkpoints, bootstrap=args.bootstrap,
-                         bootstrap_seed=args.bootstrap_seed, max_tokens_per_prompt=args.max_tokens_per_prompt,
-                         device_map=args.device_map, max_memory=args.max_memory)
+                         bootstrap_seed=args.bootstrap_seed, self_contained=args.self_contained,
+                         max_tokens_per_prompt=args.max_tokens_per_prompt, device_map=args.device_map,
+                         max_memory=args.max_memory)
     if comparison is None:
         return 0  # not rank 0: its models are written; rank 0 prints and writes the table
     if source.get("more_available"):

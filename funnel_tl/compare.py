@@ -311,8 +311,8 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
             batch_size: int = 8, device: str = "auto", dtype: str = "auto", drop_first: int = 0,
             out: str | os.PathLike = "runs/compare", force: bool = False, checkpoints=None,
             bootstrap: int = 2000, bootstrap_seed: int = 0, progress: bool | None = None,
-            max_tokens_per_prompt: int | str | None = None, device_map=None, max_memory=None,
-            world=None) -> "Comparison | None":
+            self_contained: bool = False, max_tokens_per_prompt: int | str | None = None, device_map=None,
+            max_memory=None, world=None) -> "Comparison | None":
     """Measure several models (or training checkpoints) in turn; write one table and one page.
 
     ``models``: bundled names, local checkpoint folders, hub names, or the preset
@@ -374,7 +374,8 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
 
     group = world if world is not None else current_world()
     if group.distributed:
-        return _sweep_sharded(targets, prompt_list, out, settings, group, force=force, options=options)
+        return _sweep_sharded(targets, prompt_list, out, settings, group, force=force, options=options,
+                              self_contained=self_contained)
 
     rows: list[ComparisonRow] = []
     results: dict[str, GainResult] = {}
@@ -396,7 +397,7 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
         write_json_atomic(out / "compare.json", _compare_dict(rows, settings))
     bar.close()
     comparison = Comparison(rows=tuple(rows), results=results, settings=settings, out=out)
-    comparison.save(out)
+    comparison.save(out, self_contained=self_contained)
     return comparison
 
 
@@ -442,7 +443,7 @@ def assign_targets(pending: Sequence[int], n_ranks: int, rank: int) -> list[int]
 
 
 def _sweep_sharded(targets: list[Target], prompt_list: list[str], out: Path, settings: dict, group,
-                   *, force: bool, options: dict) -> "Comparison | None":
+                   *, force: bool, options: dict, self_contained: bool = False) -> "Comparison | None":
     """The sweep over torchrun's ranks: each pending target measured by exactly one rank, each rank
     loading only its own; rank 0 then reads every result from the shared ``out`` and writes the
     table and page. Returns the ``Comparison`` on rank 0, ``None`` on the others."""
@@ -489,7 +490,7 @@ def _sweep_sharded(targets: list[Target], prompt_list: list[str], out: Path, set
         rows.append(row)
     settings = dict(settings, world_size=group.size)
     comparison = Comparison(rows=tuple(rows), results=results, settings=settings, out=out)
-    comparison.save(out)
+    comparison.save(out, self_contained=self_contained)
     return comparison
 
 
@@ -521,7 +522,7 @@ def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str,
     model = load_model(target.source, device=device, dtype=dtype, revision=target.revision, **placement)
     if target.step is not None:
         model.funnel_name = target.label  # the results file names the checkpoint, not only the model
-    n_parameters = sum(p.numel() for p in model.parameters())
+    n_parameters = count_parameters(model)
     result = measure_gains(model, prompts, definition=definition, batch_size=batch_size, drop_first=drop_first,
                            progress=progress, max_tokens_per_prompt=max_tokens_per_prompt)
     del model
@@ -537,6 +538,34 @@ def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str,
     result.save(path)
     data = read_json(path)
     return data, GainResult.from_dict(data, source=str(path))
+
+
+def count_parameters(model) -> int:
+    """The checkpoint's own parameter count, each tensor once (tied embeddings count once).
+
+    Not ``model.parameters()``: a bridge holds both the HF model's fused QKV weights and the split
+    copies TransformerLens makes of them, inside the HF modules it wraps (nano-2l: 387,200
+    instead of the checkpoint's 362,240). The HF architecture is instead rebuilt from the model's
+    own config on the meta device (no memory, no weights read) and its parameters counted; a
+    model without an HF config (a ``HookedTransformer``) counts its own parameters by storage.
+    """
+    config = getattr(getattr(model, "original_model", None), "config", None)
+    if config is not None:
+        from transformers import AutoModelForCausalLM
+
+        try:
+            with torch.device("meta"):
+                skeleton = AutoModelForCausalLM.from_config(config)
+            return sum(p.numel() for p in skeleton.parameters())  # parameters() yields a tied tensor once
+        except (ValueError, KeyError, TypeError, RuntimeError):
+            pass  # an architecture transformers cannot rebuild from its config: count by storage below
+    seen, total = set(), 0
+    for parameter in model.parameters():
+        key = (parameter.data_ptr(), parameter.numel())
+        if key not in seen:
+            seen.add(key)
+            total += parameter.numel()
+    return total
 
 
 def _with_intervals(result: GainResult, bootstrap: int, seed: int) -> tuple[GainResult, bool]:
@@ -638,6 +667,12 @@ class Comparison:
         if missing:
             raise ValueError(f"rows marked ok have no results: {missing}")
 
+    def __repr__(self) -> str:  # every row and result would flood a notebook cell
+        labels = [row.model for row in self.rows]
+        shown = ", ".join(repr(label) for label in labels[:4]) + (", …" if len(labels) > 4 else "")
+        return (f"Comparison({len(self.rows)} models: [{shown}], failed={len(self.failed)}, "
+                f"definition={self.settings.get('definition')!r}, out={str(self.out) if self.out else None!r})")
+
     @property
     def ok(self) -> list[ComparisonRow]:
         return [row for row in self.rows if row.ok]
@@ -683,6 +718,29 @@ class Comparison:
                 counts[row.base] = counts.get(row.base, 0) + 1
         return [base for base, count in counts.items() if count >= 2]
 
+    def to_pandas(self):
+        """Every measured model's gains as one tidy table (pandas, imported here).
+
+        One row per model, layer and component: the columns of ``GainResult.to_pandas`` (model,
+        layer, component, gain, ci_low, ci_high, n_prompts) plus ``step`` (the training step of a
+        checkpoint, else None) and ``depth`` (layer / (n_layers - 1)).
+
+        >>> sweep.to_pandas().query("component == 'mlp'").pivot(index="depth", columns="model", values="gain")  # doctest: +SKIP
+        """
+        from .results import gain_rows, require_pandas
+
+        pd = require_pandas()
+        rows = []
+        for row in self.ok:
+            result = self.results[row.model]
+            for line in gain_rows(result):
+                line["model"] = row.model  # the sweep's label (names the checkpoint)
+                line["step"] = row.step
+                line["depth"] = line["layer"] / max(result.n_layers - 1, 1)
+                rows.append(line)
+        return pd.DataFrame(rows, columns=["model", "step", "layer", "depth", "component", "gain", "ci_low",
+                                           "ci_high", "n_prompts"])
+
     def format_table(self) -> str:
         """The verdict table as plain text, for the terminal."""
         header = f"{'model':<34} {'layers':>6} {'funnel':>7} {'robust':>7} {'attn min':>12} {'mlp max':>12} {'last mlp':>9} {'comb max':>12} {'time':>7}"
@@ -702,14 +760,23 @@ class Comparison:
         return "\n".join(lines)
 
     # ---- files -------------------------------------------------------------------------------
-    def save(self, out: str | os.PathLike) -> tuple[Path, Path]:
-        """Write ``compare.json`` and ``compare.html`` into ``out``, each atomically."""
-        from .compare_plots import render_html
+    def save(self, out: str | os.PathLike, self_contained: bool = False) -> tuple[Path, Path]:
+        """Write ``compare.json`` and ``compare.html`` into ``out``, each atomically.
 
+        The page loads ``out/plotly.min.js`` (written once, shared with the pages that ``funnel-tl
+        report`` writes below ``out``); ``self_contained=True`` embeds plotly.js instead.
+        """
         out = Path(out)
         json_path = write_json_atomic(out / "compare.json", self.to_dict())
-        html_path = write_text_atomic(out / "compare.html", render_html(self))
-        return json_path, html_path
+        return json_path, self.save_html(out, self_contained)
+
+    def save_html(self, out: str | os.PathLike, self_contained: bool = False) -> Path:
+        """Write only ``compare.html`` into ``out`` (what ``funnel-tl report`` redraws)."""
+        from .compare_plots import render_html
+        from .plots import plotlyjs_for
+
+        page = Path(out) / "compare.html"
+        return write_text_atomic(page, render_html(self, plotlyjs=plotlyjs_for(page, self_contained)))
 
     @classmethod
     def load(cls, out: str | os.PathLike) -> "Comparison":

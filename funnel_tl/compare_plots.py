@@ -1,8 +1,12 @@
 """Figures and the HTML page of a sweep (``Comparison``): gains on normalized depth overlaid,
 a models × depth heatmap, gains against training step, and the verdict table.
 
-Every figure is returned as a ``go.Figure``; ``render_html`` puts them on one self-contained page
-(plotly.js embedded once) that opens with no network.
+Every figure is returned as a ``go.Figure``; ``render_html`` puts them on one page that opens
+with no network (plotly.js embedded, or loaded from a ``plotly.min.js`` beside it).
+
+Model lines use Okabe and Ito's colour-blind-safe palette (up to eight unordered models); an
+ordered sweep (checkpoints, many sizes) and the layers of a training figure use Viridis, which
+stays ordered in grey and for red-green colour-blind readers. Log axes carry 1-2-5 ticks per decade.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .errors import FunnelError
+from .plots import OKABE_ITO, _log_ticks
 
 COMPONENT_TITLES = {"attn": "attention gain", "mlp": "MLP gain", "block": "block gain", "combined": "combined gain"}
 PANEL_TITLES = {"attn": "Attention gain", "mlp": "MLP gain", "block": "Block gain", "combined": "Combined gain"}
@@ -52,7 +57,7 @@ def _model_colors(rows) -> list[str]:
     """Sequential colours for an ordered sweep (checkpoints, many sizes); distinct ones otherwise."""
     if not rows:
         return []
-    palette = plotly.colors.qualitative.Plotly
+    palette = OKABE_ITO
     if len(rows) <= len(palette) and not any(row.step is not None for row in rows):
         return list(palette[: len(rows)])
     # Stop at 0.9 of Viridis: its last yellows vanish on a white background.
@@ -97,16 +102,39 @@ def plot_depth_overlay(comparison, components=("attn", "mlp", "block")) -> go.Fi
                                + "<extra></extra>"),
             ), row=1, col=column)
             figure.add_hline(y=1, line=NEUTRAL_LINE, row=1, col=column)
-    figure.update_yaxes(type="log", showgrid=True)
+    low, high = _extent(comparison, rows, components)
+    figure.update_yaxes(type="log", showgrid=True, **_log_ticks(low, high))
     figure.update_yaxes(title_text="gain  (< 1 contracts, > 1 expands; log scale)", row=1, col=1)
     figure.update_xaxes(title_text="normalized depth", range=[-0.04, 1.04], zeroline=False)
     figure.update_layout(
-        title=dict(text=f"Gains across models<br><sup>{_subtitle(comparison)}; "
+        title=dict(text=f"Gains across {'training checkpoints' if _what(rows) == 'checkpoints' else 'models'}"
+                        f"<br><sup>{_subtitle(comparison)}; "
                         "depth = layer / (layers − 1); bars: 95% bootstrap intervals over prompts, where drawn</sup>"),
-        template="plotly_white", height=460, legend=dict(title="model"), hovermode="closest",
+        template="plotly_white", height=460, legend=dict(title="checkpoint" if _what(rows) == "checkpoints" else "model"),
+        hovermode="closest",
         margin=dict(t=90),
     )
     return figure
+
+
+def _what(rows) -> str:
+    """What a sweep's rows are: "checkpoints" when they are all training steps of one model."""
+    return "checkpoints" if rows and all(row.step is not None for row in rows) and len({row.base for row in rows}) == 1 \
+        else "models"
+
+
+def _extent(comparison, rows, components) -> tuple[float, float]:
+    """Smallest and largest gain (interval ends included, and 1) the given panels draw."""
+    values = [np.array([1.0])]
+    for row in rows:
+        result = comparison.results[row.model]
+        for component in components:
+            values.append(result.gains(component))
+            bounds = _bounds(result, component)
+            if bounds is not None:
+                values.append(bounds.ravel())
+    values = np.concatenate(values)
+    return float(values[values > 0].min()), float(values.max())
 
 
 def _bounds(result, component: str):
@@ -153,7 +181,7 @@ def plot_depth_heatmap(comparison, component: str = "mlp") -> go.Figure:
     figure.update_yaxes(autorange="reversed", type="category")
     figure.update_xaxes(title_text="depth (fraction of the layers)", range=[0, 1])
     figure.update_layout(
-        title=dict(text=f"{PANEL_TITLES[component]} by model and depth<br>"
+        title=dict(text=f"{PANEL_TITLES[component]} by {'checkpoint' if _what(rows) == 'checkpoints' else 'model'} and depth<br>"
                         f"<sup>{_subtitle(comparison)}; blue contracts, red expands</sup>"),
         template="plotly_white", height=max(320, 160 + 32 * len(rows)), margin=dict(t=90),
     )
@@ -203,21 +231,32 @@ def plot_training(comparison, base: str | None = None) -> go.Figure:
                            subplot_titles=["Attention gain per layer", "MLP gain per layer"])
     for column, component in enumerate(("attn", "mlp"), start=1):
         gains = np.stack([result.gains(component) for result in results])  # [checkpoint, layer]
+        bounds = [_bounds(result, component) for result in results]
+        # [checkpoint, layer, 2] when every checkpoint carries intervals
+        bounds = np.stack(bounds) if all(b is not None for b in bounds) else None
         for layer in range(n_layers):
+            low_high = None if bounds is None else bounds[:, layer]  # [checkpoint, 2]
             figure.add_trace(go.Scatter(
-                x=x, y=gains[:, layer], customdata=steps, mode="lines+markers", name=f"L{layer}",
+                x=x, y=gains[:, layer], mode="lines+markers", name=f"L{layer}",
+                customdata=np.column_stack([steps] + ([] if low_high is None else [low_high])),
                 legendgroup=f"L{layer}", showlegend=column == 1,
                 line=dict(color=colors[layer], width=1.6), marker=dict(color=colors[layer], size=5),
-                hovertemplate=(f"layer {layer}, step %{{customdata:,}}<br>{COMPONENT_TITLES[component]} "
-                               "%{y:.3f}<extra></extra>"),
+                error_y=None if low_high is None else dict(
+                    type="data", symmetric=False, array=low_high[:, 1] - gains[:, layer],
+                    arrayminus=gains[:, layer] - low_high[:, 0], color=colors[layer], thickness=1, width=2),
+                hovertemplate=(f"layer {layer}, step %{{customdata[0]:,}}<br>{COMPONENT_TITLES[component]} "
+                               "%{y:.3f}" + ("" if low_high is None else " [%{customdata[1]:.3f}, %{customdata[2]:.3f}]")
+                               + "<extra></extra>"),
             ), row=1, col=column)
         figure.add_hline(y=1, line=NEUTRAL_LINE, row=1, col=column)
     figure.update_xaxes(**axis)
-    figure.update_yaxes(type="log", dtick="D2")  # 1, 2, 5 per decade: no crowded minor labels
+    low, high = _extent(comparison, rows, ("attn", "mlp"))
+    figure.update_yaxes(type="log", **_log_ticks(low, high))  # 1, 2, 5 per decade: no crowded minor labels
     figure.update_yaxes(title_text="gain  (< 1 contracts; log scale)", row=1, col=1)
     figure.update_layout(
-        title=dict(text=f"Training dynamics of {html.escape(base)}<br><sup>{_subtitle(comparison)}; "
-                        f"{len(rows)} checkpoints, colour = layer (dark early, light late)</sup>"),
+        title=dict(text=f"Gains across training checkpoints of {html.escape(base)}<br><sup>{_subtitle(comparison)}; "
+                        f"{len(rows)} checkpoints, colour = layer (dark early, light late)"
+                        + ("; bars: 95% bootstrap intervals over prompts" if bounds is not None else "") + "</sup>"),
         template="plotly_white", height=460, legend=dict(title="layer"), margin=dict(t=90),
     )
     return figure
@@ -281,39 +320,42 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24
 h1 { font-size: 1.5em; margin-bottom: 4px; } h2 { font-size: 1.15em; margin-top: 28px; }
 p.meta { color: #555; margin-top: 0; }
 table { border-collapse: collapse; font-size: 0.85em; }
-th, td { border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: right; white-space: nowrap; }
-th { background: #f4f4f4; position: sticky; top: 0; }
-td.name { text-align: left; max-width: 28em; overflow: hidden; text-overflow: ellipsis; }
+th, td { border-bottom: 1px solid #ddd; padding: 4px 6px; text-align: right; white-space: nowrap; }
+th { background: #f4f4f4; white-space: normal; vertical-align: bottom; min-width: 4em; }
+td.name { text-align: left; max-width: 18em; overflow: hidden; text-overflow: ellipsis; }
 td.yes { color: #1a7f37; font-weight: 600; } td.no { color: #b42318; font-weight: 600; }
 td.na { color: #999; } tr.failed td.no { text-align: left; }
-.scroll { overflow-x: auto; max-width: 100%; }
+.scroll { overflow-x: auto; max-width: 100%; border: 1px solid #eee; }
 .note { color: #555; font-size: 0.85em; max-width: 70em; }
 """
 
 
-def render_html(comparison) -> str:
-    """The whole sweep on one self-contained page: overlay, verdict table, heatmaps, training."""
+def render_html(comparison, plotlyjs: str | bool = True) -> str:
+    """The whole sweep on one page: overlay, verdict table, heatmaps, training.
+
+    ``plotlyjs``: True embeds plotly.js (a standalone page); a string is the relative path of a
+    shared ``plotly.min.js`` (what ``Comparison.save`` writes by default).
+    """
+    from .plots import figure_div, script_tag
+
     sections = []
     settings = comparison.settings
     meta = (f"{len(comparison.rows)} models, {len(comparison.failed)} failed · {html.escape(_subtitle(comparison))}"
             f" · dtype {html.escape(str(settings.get('dtype', '?')))} on {html.escape(str(settings.get('device', '?')))}"
             f" · prompts sha256 {html.escape(str(settings.get('prompts_sha256', '?'))[:12])}…")
-    embedded = False
-
     def div(figure: go.Figure) -> str:
-        nonlocal embedded
-        text = figure.to_html(full_html=False, include_plotlyjs=not embedded, config={"displaylogo": False})
-        embedded = True
-        return text
+        return figure_div(figure)
 
     if comparison.ok:
         sections.append(div(comparison.figure()))
     sections.append("<h2>Verdicts</h2>")
     sections.append(table_html(comparison))
     sections.append('<p class="note">funnel (seed): the notebook\'s test — attention contracts in every layer, '
-                    "the MLP in all but at most three, and the last-layer MLP expands. funnel (robust): the same "
-                    "test counting a layer only when its bootstrap interval lies on one side of 1 (– when the "
-                    "results hold no intervals). Layers are numbered from 0. Time and memory cover loading and "
+                    "the MLP in all but at most three (a rule that cannot fail with three layers or fewer), and the "
+                    "last-layer MLP expands. funnel (robust): the same test counting a layer only when its "
+                    "bootstrap interval lies on one side of 1, with at most one eighth of the MLP layers "
+                    "(the seed's 3 of 24, rounded down, at least one) allowed to fail to contract (– when the results hold "
+                    "no intervals). Parameters: the checkpoint's own count. Layers are numbered from 0. Time and memory cover loading and "
                     "measuring; on the CPU memory is the process's peak resident set.</p>")
     if comparison.ok:
         sections.append("<h2>By depth</h2>")
@@ -325,8 +367,8 @@ def render_html(comparison) -> str:
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         "<title>funnel_tl — comparison</title>\n"
-        f"<style>{_STYLE}</style>\n</head>\n<body>\n"
-        "<h1>Funnel Model across models</h1>\n"
+        f"{script_tag(plotlyjs)}<style>{_STYLE}</style>\n</head>\n<body>\n"
+        f"<h1>Funnel Model across {_what(comparison.ok)}</h1>\n"
         f"<p class=\"meta\">{meta}</p>\n" + "\n".join(sections) + "\n</body>\n</html>\n"
     )
 

@@ -254,7 +254,7 @@ def assemble(parts: Sequence[tuple[list[int], Any]], prompts: Sequence[str], tru
     Results are ``GainResult`` or ``HeadResult``; every per-prompt array is put back by index, and
     the provenance adds up the shares' token counts and padding and records ``world_size``.
     """
-    from .heads import HeadResult
+    from .head_results import HeadResult
     from .prompts import prompts_sha256
     from .results import GainResult
 

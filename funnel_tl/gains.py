@@ -200,7 +200,8 @@ def prepare_tokens(model, prompts: str | Sequence[str], drop_first: int = 0,
 
 def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "seed",
                   batch_size: int = 8, drop_first: int = 0, tokenizer=None,
-                  progress: bool | None = None, max_tokens_per_prompt: int | str | None = None) -> GainResult:
+                  progress: bool | None = None, intervals: bool = False,
+                  max_tokens_per_prompt: int | str | None = None) -> GainResult:
     """Measure every layer's attention, MLP and block gain on a prompt set.
 
     ``model``: a bridge from ``load_model`` (or any object with ``hooks``, ``cfg`` and the
@@ -209,6 +210,8 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     (‖out‖ over the LayerNorm output the sublayer reads) or ``"residual"`` (‖out‖ over the residual
     stream it reads). ``drop_first`` leaves out the first N positions of every prompt (position 0
     often has a huge norm: attention sinks, massive activations). Batch size changes no number.
+    ``intervals=True`` returns the result with 95% bootstrap intervals over prompts (2,000
+    resamples, seed 0: ``result.with_intervals()``), needing at least two prompts.
     ``max_tokens_per_prompt`` (a number, or ``"context"`` for the model's context) keeps only the
     first tokens of longer prompts, recorded in ``provenance["truncation"]``; without it a prompt
     longer than the context is an error.
@@ -241,11 +244,12 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
 
     provenance = _provenance(model, device, dtype, prompt_list, token_ids, batches, batch_size, drop_first)
     provenance.update(truncation)
-    return GainResult(
+    result = GainResult(
         model=name, definition=definition, n_layers=n_layers, d_model=model.cfg.d_model,
         parallel_blocks=plan.parallel_blocks, prompts=tuple(prompt_list), n_tokens=n_tokens,
         out_sums=out_sums, in_sums=in_sums, drop_first=drop_first, provenance=provenance,
     )
+    return result.with_intervals() if intervals else result
 
 
 class _PassComplete(Exception):

@@ -7,9 +7,14 @@
 2. ``plot_mlp_depth``: MLP gain against normalized depth (0 = first layer, 1 = last), with the
    Pythia-1.4B reference (its largest MLP gain, 3.60 in its last layer);
 3. ``plot_net_gain``: attn × MLP gain bars coloured expanding / contracting, the expanding ones
-   labelled, and the block gain ‖resid_post‖ / ‖resid_pre‖ over them;
-4. ``plot_cumulative``: the running product of attn × MLP on a log scale, bottleneck and output
-   marked.
+   labelled; the block gain ‖resid_post‖ / ‖resid_pre‖ on a second y-axis of its own (right): its
+   denominator is the residual stream, the bars' (under ``definition="seed"``) the LayerNorm
+   outputs, so the two are not on one scale, and a large block gain no longer flattens the bars;
+4. ``plot_cumulative``: the running product of attn × MLP on a log scale, its lowest point
+   (the bottleneck) and the output marked; a curve lowest at its first layer has no bottleneck.
+
+Colours are Okabe and Ito's palette, which red-green colour-blind readers can tell apart:
+attention blue, MLP vermillion, expanding orange, contracting sky blue.
 
 Panels 1-3 use a linear axis, as the seed, unless their values span more than ``LOG_SPAN``-fold
 (Pythia's attention gains of 0.08 beside an MLP gain of 3.6 do); they then go to a log axis, where
@@ -31,6 +36,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,24 +46,27 @@ from plotly.subplots import make_subplots
 from .funnel import PYTHIA_1_4B_REFERENCE
 from .results import write_text_atomic
 
+# Okabe & Ito (2008), "Color Universal Design": distinguishable with any common colour blindness.
+# The seed's blue/red become blue/vermillion; its green/purple bars orange/sky blue.
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#56B4E9", "#CC79A7", "#F0E442", "#000000")
 COLORS = {
-    "attn": "#1f77b4",          # the seed's blue
-    "mlp": "#d62728",           # the seed's red
+    "attn": "#0072B2",          # blue
+    "mlp": "#D55E00",           # vermillion
     "block": "#3a3a3a",
-    "expanding": "#2ca02c",     # the seed's green and purple bars
-    "contracting": "#8e44ad",
-    "expanding edge": "#1b5e20",  # their error bars, darker: apart from the block gain's
-    "contracting edge": "#4a235a",
-    "reference": "#ff7f0e",     # the seed's orange reference line
+    "expanding": "#E69F00",     # orange: expands (as red does on the diverging heatmaps)
+    "contracting": "#56B4E9",   # sky blue: contracts
+    "expanding edge": "#7a4f00",  # their error bars, darker: apart from the block gain's
+    "contracting edge": "#1f5f82",
+    "reference": "#009E73",     # bluish green: Pythia-1.4B's reference
     "neutral": "#7f7f7f",
-    "bottleneck": "#d62728",
-    "output": "#2ca02c",
+    "bottleneck": "#D55E00",
+    "output": "#009E73",
 }
 NAMES = {"attn": "attention", "mlp": "MLP", "block": "block", "combined": "attn × MLP", "cumulative": "cumulative"}
 PANEL_TITLES = (
     "Attention vs MLP gain per layer",
     "MLP gain on normalized depth vs Pythia-1.4B",
-    "Net effect per layer: attn × MLP (bars) and block gain",
+    "Net effect per layer: attn × MLP (bars, left) and block gain (right)",
     "Information funnel: cumulative attn × MLP gain",
 )
 # Big enough for 2×2 panels with legible labels on a slide; also the PNG size (at scale 2).
@@ -101,22 +110,29 @@ def plot_funnel(result, log_gains: bool | None = None) -> go.Figure:
     would flatten the small gains against zero. On a log axis the bars of panel 3 rise or hang
     from the neutral gain 1.
     """
-    fig = make_subplots(rows=2, cols=2, subplot_titles=PANEL_TITLES, horizontal_spacing=0.08,
-                        vertical_spacing=0.2)
+    # Panel 3 has a second y-axis for the block gain (another denominator: see the module docstring).
+    # Wide gaps: panel 3's right axis and panel 4's left axis each carry tick labels and a title.
+    fig = make_subplots(rows=2, cols=2, subplot_titles=PANEL_TITLES, horizontal_spacing=0.17,
+                        vertical_spacing=0.2, specs=[[{}, {}], [{"secondary_y": True}, {}]])
+    # make_subplots narrows every column for the one secondary axis; give the width back.
+    for axis, domain in (("xaxis", [0, 0.415]), ("xaxis2", [0.585, 1]), ("xaxis3", [0, 0.415]), ("xaxis4", [0.585, 1])):
+        fig.layout[axis].domain = domain
+    for title, column in zip(fig.layout.annotations, (0, 1, 0, 1)):  # the subplot titles, centred again
+        title.x = (0.415 / 2, (0.585 + 1) / 2)[column]
     fig.update_layout(height=HEIGHT)
     for index, panel in enumerate((_attention_mlp, _mlp_depth, _net_gain, _cumulative)):
         panel(fig, result, row=index // 2 + 1, col=index % 2 + 1, legend=_legend_name(index),
               log=True if panel is _cumulative else log_gains)
-        _place_legend(fig, index)
+        _place_legend(fig, index, row=index // 2 + 1, col=index % 2 + 1)
     _finish(fig, result, height=HEIGHT)
     return fig
 
 
 def _single(result, panel, index: int, log: bool | None) -> go.Figure:
-    fig = make_subplots(rows=1, cols=1)
+    fig = make_subplots(rows=1, cols=1, specs=[[{"secondary_y": panel is _net_gain}]])
     fig.update_layout(height=560)
     panel(fig, result, row=1, col=1, legend="legend", log=log)
-    _place_legend(fig, index, single=True)
+    _place_legend(fig, index, single=True, row=1, col=1)
     _finish(fig, result, height=560, heading=PANEL_TITLES[index])
     return fig
 
@@ -132,7 +148,7 @@ def _attention_mlp(fig, result, row, col, legend, log=None):
     _neutral(fig, row, col)
     top = int(np.argmax(result.mlp_gains))
     fig.add_vline(x=top, line=dict(color=COLORS["mlp"], dash="dot", width=1.5), row=row, col=col,
-                  annotation=dict(text=f"max MLP L{top}", font=dict(color=COLORS["mlp"], size=11)),
+                  annotation=dict(text=f"max MLP L{top}", font=dict(color=COLORS["mlp"], size=13)),
                   annotation_position="top left" if top > result.n_layers / 2 else "top right")
     fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers))
     fig.update_yaxes(title_text="gain  ‖output‖ / ‖input‖" + (" (log)" if log else ""), row=row, col=col,
@@ -167,7 +183,7 @@ def _net_gain(fig, result, row, col, legend, log=None):
     gains = result.combined_gains
     layers = np.arange(result.n_layers)
     intervals = _intervals(result, "combined")
-    log = _log_axis(log, result, ("combined", "block"))
+    log = _log_axis(log, result, ("combined",))
     expanding = gains >= 1  # the seed's colouring: by the point estimate
     # Hatched: the interval straddles 1, so the robust verdict counts the layer as neither.
     undetermined = (intervals[:, 0] <= 1) & (intervals[:, 1] >= 1) if intervals is not None else np.zeros_like(expanding)
@@ -191,25 +207,38 @@ def _net_gain(fig, result, row, col, legend, log=None):
     if undetermined.any():
         _legend_entry(fig, "hatched: interval crosses 1", dict(color="#bbbbbb", pattern=dict(shape="/", fgcolor="white", size=6)),
                       legend, row, col)
-    fig.add_trace(_gain_trace(result, "block", layers, legend=legend, symbol="diamond",
-                              name="block ‖resid_post‖ / ‖resid_pre‖"), row=row, col=col)
+    # The block gain reads the residual stream, the bars (seed definition) the LayerNorm outputs:
+    # its own axis, so that neither sets the other's range.
+    block = _gain_trace(result, "block", layers, legend=legend, symbol="diamond",
+                        name="block ‖resid_post‖ / ‖resid_pre‖ (right axis)")
+    block.line.update(dash="dot", width=1.5)  # thin and dotted: the bars stay the panel's subject
+    fig.add_trace(block, row=row, col=col, secondary_y=True)
     _neutral(fig, row, col, width=2)
     for layer in _labelled(gains, expanding):
         top = max(gains[layer], intervals[layer, 1] if intervals is not None else gains[layer])
         # Annotations on a log axis are placed in log10 units.
         fig.add_annotation(x=layer, y=math.log10(top) if log else top, text=f"L{layer}<br>{gains[layer]:.2f}",
-                           showarrow=False, yanchor="bottom", yshift=3,
-                           font=dict(size=10, color=COLORS["expanding"]), row=row, col=col)
-    # Room above the tallest bar, error bar or block point for the labels.
-    low, high = _extent(result, ("combined", "block"))
+                           showarrow=False, yanchor="bottom", yshift=3, bgcolor="rgba(255, 255, 255, 0.75)",
+                           font=dict(size=12, color=COLORS["expanding edge"]), row=row, col=col)
+    # Room above the tallest bar or error bar for the labels.
+    low, high = _extent(result, ("combined",))
     if log:
         decades = max(math.log10(high) - math.log10(low), 0.5)
         span = [math.log10(low) - 0.05 * decades, math.log10(high) + 0.18 * decades]  # log10 units
     else:
         span = [0, 1.15 * high]
     fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers))
-    fig.update_yaxes(title_text="gain" + (" (log)" if log else ""), range=span, row=row, col=col,
-                     **_gain_axis(log, (low, high), autorange=False))
+    denominators = "LayerNorm outputs" if result.definition == "seed" else "residual stream"
+    fig.update_yaxes(title_text=f"attn × MLP gain (÷ {denominators})" + (" (log)" if log else ""), range=span,
+                     row=row, col=col, secondary_y=False, **_gain_axis(log, (low, high), autorange=False))
+    # The block axis is logarithmic and placed so that its 1 sits level with the bars' 1: the one
+    # dashed neutral line then serves both axes.
+    neutral_at = (1 - span[0]) / (span[1] - span[0]) if not log else -span[0] / (span[1] - span[0])
+    block_low, block_high = _extent(result, ("block",))
+    fig.update_yaxes(title_text="block gain (log)", row=row, col=col, secondary_y=True,
+                     showgrid=False, zeroline=False, type="log", exponentformat="power",
+                     range=_aligned_log_range(block_low, block_high, neutral_at),
+                     **_log_ticks(block_low, block_high))
 
 
 def _cumulative(fig, result, row, col, legend, log=True):
@@ -230,17 +259,23 @@ def _cumulative(fig, result, row, col, legend, log=True):
     ), row=row, col=col)
     _neutral(fig, row, col)
     bottleneck, output = int(np.argmin(cumulative)), result.n_layers - 1
-    for layer, label, color, symbol in ((bottleneck, "bottleneck", COLORS["bottleneck"], "circle"),
-                                        (output, "output", COLORS["output"], "square")):
+    markers = [(output, "output", COLORS["output"], "square")]
+    if bottleneck == output:  # one marker: two at one point would hide each other
+        markers = [(output, "bottleneck = output", COLORS["bottleneck"], "circle")]
+    elif bottleneck > 0:  # lowest at the first layer means the curve only rises: nothing narrows
+        markers.insert(0, (bottleneck, "bottleneck", COLORS["bottleneck"], "circle"))
+    elif result.n_layers > 1:
+        _legend_entry(fig, "no bottleneck (lowest at L0)", dict(color="rgba(0,0,0,0)"), legend, row, col)
+    for layer, label, color, symbol in markers:
         fig.add_trace(go.Scatter(
             x=[layer], y=[cumulative[layer]], mode="markers", legend=legend,
-            name=f"{label} (L{layer}: {cumulative[layer]:.3g})",
+            name=f"{label} (L{layer}: {cumulative[layer]:.2g})",
             marker=dict(size=13, color=color, symbol=symbol, line=dict(color="white", width=1.5)),
             hovertemplate=f"{label}: L{layer}<br>cumulative gain {cumulative[layer]:.4g}<extra></extra>",
         ), row=row, col=col)
     fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers))
     values = np.concatenate([cumulative, [1.0]] + ([intervals.ravel()] if intervals is not None else []))
-    fig.update_yaxes(title_text="cumulative gain (product up to the layer)", type="log",
+    fig.update_yaxes(title_text="cumulative gain (product to the layer)", type="log",
                      exponentformat="power", row=row, col=col, **_log_ticks(values.min(), values.max()))
 
 
@@ -337,6 +372,27 @@ def _log_ticks(low: float, high: float) -> dict:
     return dict(tickvals=values, ticktext=[f"{v:g}" for v in values])
 
 
+def _aligned_log_range(low: float, high: float, neutral_at: float) -> list[float]:
+    """A log-axis range (log10 units) holding [low, high] with gain 1 at fraction ``neutral_at`` of its height.
+
+    When that would more than double the span the values need (block gains below 1 beside bars
+    whose 1 sits near the bottom), the values' own range is kept instead: legible beats aligned.
+
+    >>> [round(v, 3) for v in _aligned_log_range(1.0, 100.0, 0.25)]
+    [-0.717, 2.15]
+    """
+    f = min(max(neutral_at, 0.02), 0.98)
+    top = max(math.log10(high), 0.0) * 1.12 + 0.08  # room above the largest value (and the bar labels)
+    bottom = min(math.log10(low), 0.0) * 1.05 - 0.05
+    natural = [bottom, top]
+    # 1 (log10 = 0) at fraction f: -bottom / (top - bottom) = f, widening whichever end is short.
+    if -bottom / (top - bottom) < f:
+        bottom = -f * top / (1 - f)
+    else:
+        top = -bottom * (1 - f) / f
+    return [bottom, top] if top - bottom <= 2 * (natural[1] - natural[0]) else natural
+
+
 def _legend_entry(fig, name, marker, legend, row, col, group=None):
     """A legend item that draws nothing (an empty bar), for a key no real trace can show."""
     fig.add_trace(go.Bar(x=[None], y=[None], name=name, marker=marker, legend=legend, legendgroup=group,
@@ -369,15 +425,19 @@ def _legend_name(index: int) -> str:
     return "legend" if index == 0 else f"legend{index + 1}"
 
 
-def _place_legend(fig, index: int, single: bool = False) -> None:
+def _place_legend(fig, index: int, single: bool = False, row: int = 1, col: int = 1) -> None:
     """One horizontal legend per panel, under its x-axis title: it never hides a data point."""
-    axis = "" if single or index == 0 else str(index + 1)
-    x0, _ = fig.layout[f"xaxis{axis}"].domain
-    y0, _ = fig.layout[f"yaxis{axis}"].domain
+    subplot = fig.get_subplot(row, col)
+    x0, x1 = subplot.xaxis.domain
+    y0, _ = subplot.yaxis.domain
     plot_height = (fig.layout.height or HEIGHT) - MARGIN["t"] - MARGIN["b"]
+    # A right-column legend grows leftwards from the panel's right edge: growing rightwards past
+    # the figure, it would make Plotly widen the margin and shrink every panel.
+    right = not single and col == 2
     fig.update_layout({_legend_name(0 if single else index): dict(
-        orientation="h", x=x0, y=y0 - LEGEND_DROP_PX / plot_height, xanchor="left", yanchor="top",
-        xref="paper", yref="paper", font=dict(size=11), traceorder="normal",
+        orientation="h", x=x1 if right else x0, y=y0 - LEGEND_DROP_PX / plot_height,
+        xanchor="right" if right else "left", yanchor="top",
+        xref="paper", yref="paper", font=dict(size=13), traceorder="normal",
     )})
 
 
@@ -391,8 +451,8 @@ def _finish(fig, result, height: int, heading: str = "attention, MLP and block g
         title=dict(text=f"<b>{result.model}</b>: {heading}<br>"
                         f"<sup>definition={result.definition} · {result.n_prompts} prompts, "
                         f"{int(result.n_tokens.sum())} tokens{dropped} · {uncertainty}</sup>",
-                   x=0.5, xanchor="center", font=dict(size=18)),
-        margin=MARGIN, font=dict(size=12),
+                   x=0.5, xanchor="center", font=dict(size=20)),
+        margin=MARGIN, font=dict(size=15),
     )
 
 
@@ -402,19 +462,66 @@ def _short(name: str, width: int = 28) -> str:
 
 
 # ---- output -----------------------------------------------------------------------------------
-def write_html(fig: go.Figure, path: str | os.PathLike, title: str | None = None) -> Path:
-    """Write ``fig`` as one self-contained HTML file (plotly.js inside: opens with no network).
+# Pages of one output tree load one copy of plotly.js written beside them (4.8 MB once, not per
+# page); a page opened from disk reads it by relative path, so it still works offline.
+PLOTLYJS = "plotly.min.js"
 
-    Written to a temporary file beside ``path`` and renamed into place, so a reader never sees a
-    half-written file. The div id is fixed, so the same figure always gives the same bytes.
+
+def plotlyjs_for(page: str | os.PathLike, self_contained: bool = False,
+                 root: str | os.PathLike | None = None) -> str | bool:
+    """What a page at ``page`` should load plotly.js from: True (embed it) or a relative path.
+
+    Unless ``self_contained``, ``root/plotly.min.js`` (``root`` defaults to the page's folder;
+    ``compare`` and ``report`` pass the top of their output tree) is written when missing or
+    from another plotly version, and its path relative to the page's folder returned.
+    """
+    if self_contained:
+        return True
+    page = Path(page)
+    root = Path(root) if root is not None else page.parent
+    shared = root / PLOTLYJS
+    from plotly.offline import get_plotlyjs
+
+    text = get_plotlyjs()
+    if not shared.is_file() or shared.stat().st_size != len(text.encode("utf-8")):
+        write_text_atomic(shared, text)
+    page.parent.mkdir(parents=True, exist_ok=True)
+    return Path(os.path.relpath(shared.resolve(), page.parent.resolve())).as_posix()
+
+
+def script_tag(plotlyjs: str | bool) -> str:
+    """The <script> that gives a page plotly.js: embedded (True) or by relative path (a string)."""
+    if plotlyjs is True:
+        from plotly.offline import get_plotlyjs
+
+        return f'<script type="text/javascript">{get_plotlyjs()}</script>\n'
+    return f'<script src="{_escape(str(plotlyjs))}" charset="utf-8"></script>\n'
+
+
+def figure_div(fig: go.Figure, div_id: str | None = None, config: dict | None = None) -> str:
+    """One figure as a <div> for a page whose <head> already loads plotly.js (``script_tag``)."""
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
+                       config={"displaylogo": False, "responsive": True, **(config or {})})
+
+
+def write_html(fig: go.Figure, path: str | os.PathLike, title: str | None = None, self_contained: bool = False,
+               root: str | os.PathLike | None = None) -> Path:
+    """Write ``fig`` as an HTML page that opens with no network.
+
+    By default the page loads ``plotly.min.js`` from its folder (or from ``root``, the top of an
+    output tree), written there once and shared by every page; ``self_contained=True`` embeds
+    plotly.js in the page instead (one standalone 4.8 MB file). Written to a temporary file beside
+    ``path`` and renamed into place, so a reader never sees a half-written file. The div id is
+    fixed, so the same figure always gives the same bytes.
     """
     path = Path(path)
     title = title or (fig.layout.title.text or "funnel_tl figure").split("<br>")[0].replace("<b>", "").replace("</b>", "")
-    html = fig.to_html(include_plotlyjs=True, full_html=True, div_id="funnel-tl-figure", config={
-        "displaylogo": False, "responsive": True,
-        "toImageButtonOptions": {"format": "png", "filename": path.stem, "width": WIDTH, "height": HEIGHT, "scale": 2},
-    })
-    html = html.replace("<head>", f"<head>\n    <title>{_escape(title)}</title>", 1)
+    config = {"toImageButtonOptions": {"format": "png", "filename": path.stem, "width": WIDTH, "height": HEIGHT,
+                                       "scale": 2}}
+    plotlyjs = plotlyjs_for(path, self_contained, root)
+    html = ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{_escape(title)}</title>\n{script_tag(plotlyjs)}</head>\n<body>\n"
+            f"{figure_div(fig, 'funnel-tl-figure', config)}\n</body>\n</html>\n")
     return write_text_atomic(path, html)
 
 
@@ -434,22 +541,39 @@ def find_chrome() -> str | None:
     return None
 
 
-def png_available() -> bool:
-    """Whether ``write_png`` can work here: kaleido importable and a Chrome/Chromium found."""
+def png_missing() -> str | None:
+    """Why ``write_png`` cannot work here (one line saying what to install), or None when it can."""
     try:
         import kaleido  # noqa: F401
     except ImportError:
-        return False
-    return find_chrome() is not None
+        return "kaleido is not installed (pip install kaleido, or pip install 'funnel_tl[png]')"
+    if find_chrome() is None:
+        return ("kaleido found no Chrome/Chromium (apt-get install chromium, or set BROWSER_PATH to a "
+                "Chrome executable)")
+    return None
+
+
+def png_help() -> str:
+    """The line the CLI prints when it wrote no PNG: the reason, and the way round it."""
+    reason = png_missing()
+    return f"PNG skipped: {reason}; or open the HTML and use the camera icon" if reason else ""
+
+
+def png_available() -> bool:
+    """Whether ``write_png`` can work here: kaleido importable and a Chrome/Chromium found."""
+    return png_missing() is None
 
 
 def write_png(fig: go.Figure, path: str | os.PathLike, width: int = WIDTH, height: int = HEIGHT,
               scale: float = 2) -> Path | None:
     """Write ``fig`` as a PNG through kaleido, atomically; ``None`` when kaleido or Chrome is missing.
 
-    When it returns ``None``, ``PNG_HELP`` is the one line that says how to get PNGs.
+    When it writes nothing it says why in a ``UserWarning`` (``png_missing()`` gives the same
+    line), so a notebook user sees what to install instead of a silent None.
     """
-    if not png_available():
+    reason = png_missing()
+    if reason is not None:
+        warnings.warn(f"no PNG written to {path}: {reason}", UserWarning, stacklevel=2)
         return None
     chrome = find_chrome()
     os.environ.setdefault("BROWSER_PATH", chrome)  # choreographer (kaleido's browser driver) reads it

@@ -92,6 +92,48 @@ class GainResult:
         if self.intervals is not None and self.intervals.n_layers != self.n_layers:
             raise ValueError(f"intervals cover {self.intervals.n_layers} layers, the result {self.n_layers}")
 
+    # ---- display -----------------------------------------------------------------------------
+    def __repr__(self) -> str:  # the prompts and per-prompt arrays would flood a notebook cell
+        return f"GainResult({', '.join(f'{key}={value}' for key, value in self._summary().items())})"
+
+    def _repr_html_(self) -> str:
+        """A small table in notebooks: one row per layer, gains and (when drawn) intervals."""
+        import html
+
+        rows = []
+        for layer in range(self.n_layers):
+            cells = "".join(f"<td>{_with_interval(self, c, layer)}</td>" for c in ("attn", "mlp", "block"))
+            rows.append(f"<tr><td>{layer}</td>{cells}</tr>")
+        summary = ", ".join(f"{key}={html.escape(str(value))}" for key, value in self._summary(short=True).items())
+        return (f"<div><code>GainResult({summary})</code><table><thead><tr><th>layer</th><th>attention</th>"
+                f"<th>MLP</th><th>block</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+
+    def _summary(self, short: bool = False) -> dict[str, str]:
+        from .funnel import funnel_test
+
+        summary = {"model": repr(self.model), "definition": repr(self.definition), "n_layers": str(self.n_layers),
+                   "n_prompts": str(self.n_prompts), "n_tokens": str(int(self.n_tokens.sum()))}
+        if self.drop_first:
+            summary["drop_first"] = str(self.drop_first)
+        if self.intervals is not None:
+            summary["intervals"] = f"'{100 * self.intervals.confidence:g}%, {self.intervals.n_resamples} resamples'"
+        if not short:
+            for component in ("attn", "mlp"):
+                summary[f"{component}_gains"] = _brief(self.gains(component))
+        summary["funnel_confirmed"] = str(funnel_test(self).funnel_confirmed)
+        return summary
+
+    def to_pandas(self):
+        """The gains as a tidy table, one row per layer and component (pandas, imported here).
+
+        Columns: model, layer, component (attn, mlp, block, combined, cumulative), gain, ci_low,
+        ci_high (the bootstrap interval, NaN without intervals), n_prompts.
+
+        >>> result.to_pandas().query("component == 'mlp'").plot(x="layer", y="gain")  # doctest: +SKIP
+        """
+        pd = require_pandas()
+        return pd.DataFrame(gain_rows(self))
+
     # ---- gains -------------------------------------------------------------------------------
     @property
     def n_prompts(self) -> int:
@@ -253,6 +295,50 @@ class GainResult:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GainResult":
         return cls.from_dict(read_json(path), source=str(path))
+
+
+TIDY_COMPONENTS = ("attn", "mlp", "block", "combined", "cumulative")
+
+
+def gain_rows(result: GainResult, **extra) -> list[dict[str, Any]]:
+    """Tidy rows (dicts) of a result's gains: one per layer and component; ``extra`` columns first."""
+    rows = []
+    for component in TIDY_COMPONENTS:
+        gains = (result.combined_gains if component == "combined" else
+                 result.cumulative_gains if component == "cumulative" else result.gains(component))  # [layer]
+        bounds = result.intervals.of(component) if result.intervals is not None else None  # [layer, 2]
+        for layer in range(result.n_layers):
+            rows.append({**extra, "model": result.model, "layer": layer, "component": component,
+                         "gain": float(gains[layer]),
+                         "ci_low": float(bounds[layer, 0]) if bounds is not None else float("nan"),
+                         "ci_high": float(bounds[layer, 1]) if bounds is not None else float("nan"),
+                         "n_prompts": result.n_prompts})
+    return rows
+
+
+def require_pandas():
+    """pandas, imported on first use: it is an optional extra (``pip install 'funnel_tl[pandas]'``)."""
+    try:
+        import pandas
+    except ImportError:
+        raise FunnelError("to_pandas needs pandas: pip install pandas (or pip install 'funnel_tl[pandas]')") from None
+    return pandas
+
+
+def _brief(values, most: int = 12) -> str:
+    """Gains in a repr: every layer up to ``most`` layers, else the first and last few."""
+    shown = [f"{v:.3g}" for v in values]
+    if len(shown) > most:
+        shown = shown[:4] + ["…"] + shown[-4:]
+    return "[" + ", ".join(shown) + "]"
+
+
+def _with_interval(result: GainResult, component: str, layer: int) -> str:
+    text = f"{result.gains(component)[layer]:.4g}"
+    if result.intervals is not None:
+        low, high = result.intervals.of(component)[layer]
+        text += f" [{low:.3g}, {high:.3g}]"
+    return text
 
 
 def _floats(values) -> list[float]:

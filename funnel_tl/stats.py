@@ -40,6 +40,7 @@ from typing import Any
 import einops
 import numpy as np
 
+from .criteria import mlp_expanding_allowed
 from .errors import FunnelError
 
 # 2,000 resamples put the Monte Carlo error of a 2.5th/97.5th percentile well below the width of
@@ -197,13 +198,13 @@ def robust_funnel_test(result, intervals: Intervals | None = None) -> RobustFunn
     """The seed's hypothesis test on the intervals instead of the point estimates.
 
     1. attention always contracts: every layer's attention interval lies below 1;
-    2. MLP mostly contracts: at most three layers lack an MLP interval wholly below 1;
+    2. MLP mostly contracts: at most ``max(1, floor(n_layers / 8))`` layers lack an MLP interval
+       wholly below 1 (the seed's 3 of 24 scaled with depth, ``funnel_tl.criteria``: the seed's
+       literal "at most three" cannot fail for a model of three layers or fewer);
     3. the last layer's MLP expands: its interval lies wholly above 1;
     4. the last layer has the max MLP gain: its interval lies above every other layer's
        (reported, not required, as in the seed).
     """
-    from .funnel import MLP_EXPANDING_ALLOWED
-
     intervals = intervals if intervals is not None else getattr(result, "intervals", None)
     if intervals is None:
         raise FunnelError(f"{result.model}: no bootstrap intervals: compute them with result.with_intervals()")
@@ -212,7 +213,7 @@ def robust_funnel_test(result, intervals: Intervals | None = None) -> RobustFunn
               for component, key in INTERVAL_KEYS.items() if component != "cumulative"}
     mlp = intervals.mlp  # [layer, 2]
     attention_contracts = counts["attention"]["n_contracting"] == n_layers
-    mlp_mostly = counts["mlp"]["n_contracting"] >= n_layers - MLP_EXPANDING_ALLOWED
+    mlp_mostly = counts["mlp"]["n_contracting"] >= n_layers - mlp_expanding_allowed(n_layers)
     last_expands = bool(mlp[-1, 0] > 1)
     last_is_max = bool(n_layers == 1 or mlp[-1, 0] > mlp[:-1, 1].max())
     return RobustFunnelTest(

@@ -104,3 +104,11 @@ def test_revision_loads_a_training_checkpoint(tmp_path):
 
 def test_unknown_revision(capsys):
     _bad(["run", "--model", "nano-4l", "--revision", "step7"], capsys, "step7")
+
+
+def test_version(capsys):
+    from funnel_tl import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"funnel-tl {__version__}"

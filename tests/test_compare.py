@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
+import math
 import os
 import signal
 import subprocess
@@ -98,8 +100,19 @@ def test_sweep_equals_single_runs_exactly(sweep, checkpoints, arch):
             row.combined_max_gain] == [attn.min_gain, attn.max_gain, mlp.min_gain, mlp.max_gain,
                                        float(single.mlp_gains[-1]), combined.max_gain]
     assert row.funnel_confirmed == bool(json.loads((out / row.slug / "results.json").read_text())["funnel_test"]["funnel_confirmed"])
-    model = load_model(str(checkpoints[arch]), device="cpu", dtype="float32")
-    assert row.n_parameters == sum(p.numel() for p in model.parameters())
+    # The checkpoint's own count, read from its file (tied embeddings are stored once there), not
+    # the bridge's parameters(), which hold the fused QKV and TransformerLens' split copies too.
+    assert row.n_parameters == checkpoint_parameters(checkpoints[arch])
+    if arch != "llama-gqa":  # fused QKV (NeoX, GPT-2): the bridge's own sum counts the split copies too
+        model = load_model(str(checkpoints[arch]), device="cpu", dtype="float32")
+        assert row.n_parameters < sum(p.numel() for p in model.parameters())
+
+
+def checkpoint_parameters(folder: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(Path(folder) / "model.safetensors"), framework="pt") as handle:
+        return sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys())
 
 
 def test_sweep_matches_the_seed_method(sweep, checkpoints, hf_model, tokenizer):
@@ -362,7 +375,13 @@ def test_local_checkpoints_are_swept_in_step_order(training_run, tmp_path, load_
     single = single_run(training_run / "step500")
     np.testing.assert_array_equal(comparison.results[f"{training_run}@step500"].out_sums["mlp"], single.out_sums["mlp"])
     figure = comparison.training_figure()
-    assert [list(trace.customdata) for trace in figure.data] == [[0, 500, 10000]] * 6  # 3 layers × attn, mlp
+    # 3 layers × attn, mlp; customdata rows are [step, interval low, interval high]
+    assert [list(np.asarray(trace.customdata)[:, 0]) for trace in figure.data] == [[0, 500, 10000]] * 6
+    assert "checkpoints" in figure.layout.title.text and "across models" not in figure.layout.title.text
+    lows = [comparison.results[r.model].intervals.mlp[0, 0] for r in comparison.rows]
+    np.testing.assert_allclose(np.asarray(figure.data[3].y) - figure.data[3].error_y.arrayminus, lows)
+    assert "across training checkpoints" in comparison.figure().layout.title.text
+    assert "Funnel Model across checkpoints" in (tmp_path / "compare.html").read_text()
     layer_0_mlp = figure.data[3].y
     np.testing.assert_array_equal(layer_0_mlp, [comparison.results[r.model].mlp_gains[0] for r in comparison.rows])
 
@@ -477,11 +496,15 @@ def test_heatmap_maps_each_cell_to_the_layer_covering_it(checkpoints, tokenizer,
     np.testing.assert_allclose(z[1], np.log10(comparison.results[str(deep)].attn_gains))
 
 
-def test_html_is_self_contained_and_load_round_trips(sweep):
+def test_html_shares_plotlyjs_and_load_round_trips(sweep, tmp_path):
     comparison, out = sweep
     page = (out / "compare.html").read_text()
     assert page.count("<div id=") >= 3 and "Plotly.newPlot" in page
-    assert "<script src" not in page and "plotly.js v" in page  # plotly.js inline: opens offline
+    # plotly.js from one shared file beside the page: offline, and 4.8 MB once per tree, not per page.
+    assert re.findall(r'<script src="([^"]+)"', page) == ["plotly.min.js"]
+    assert "plotly.js v" in (out / "plotly.min.js").read_text()[:500]
+    alone = compare_module.Comparison.load(out).save_html(tmp_path, self_contained=True).read_text()
+    assert "<script src" not in alone and "plotly.js v" in alone
     assert list(out.glob(".*.tmp")) == []
     loaded = compare_module.Comparison.load(out)
     # Other tests resume this sweep, which marks its rows resumed; everything else must be equal.
@@ -536,3 +559,37 @@ def test_step_axis_is_log_for_log_spaced_checkpoints():
     assert axis["tickvals"][:2] == [0.5, 1.0] and x[:3] == [0.5, 1.0, 2.0]
     x, axis = _step_axis([0, 500, 10000])
     assert axis["type"] == "linear" and x == [0.0, 500.0, 10000.0]
+
+
+
+def test_sweep_to_pandas_is_tidy(sweep):
+    pytest.importorskip("pandas")
+    comparison, _ = sweep
+    assert repr(comparison).startswith("Comparison(3 models: [") and len(repr(comparison)) < 800
+    table = comparison.to_pandas()
+    assert {"model", "layer", "component", "gain", "ci_low", "ci_high", "n_prompts", "step", "depth"} <= set(table.columns)
+    for row in comparison.ok:
+        mine = table[(table["model"] == row.model) & (table["component"] == "attn")].sort_values("layer")
+        np.testing.assert_array_equal(mine["gain"], comparison.results[row.model].attn_gains)
+        np.testing.assert_array_equal(mine[["ci_low", "ci_high"]].to_numpy(), comparison.results[row.model].intervals.attn)
+
+
+def test_report_over_a_sweep_shares_one_plotlyjs_and_redraws_compare_html(sweep, tmp_path, capsys):
+    import shutil
+
+    _, out = sweep
+    tree = tmp_path / "tree"
+    shutil.copytree(out, tree)
+    (tree / "compare.html").unlink()
+    assert main(["report", str(tree)]) == 0
+    assert "compare.html" in capsys.readouterr().out
+    pages = sorted(tree.rglob("*.html"))
+    slugs = [row["slug"] for row in json.loads((tree / "compare.json").read_text())["models"]]
+    assert [p.relative_to(tree).as_posix() for p in pages] == sorted(
+        ["compare.html"] + [f"{slug}/funnel.html" for slug in slugs])
+    assert [p.name for p in tree.rglob("plotly.min.js")] == ["plotly.min.js"]  # one copy, at the top
+    for page in pages:
+        src = re.findall(r'<script src="([^"]+)"', page.read_text())
+        assert len(src) == 1 and (page.parent / src[0]).resolve() == (tree / "plotly.min.js").resolve()
+    written = sum(p.stat().st_size for p in pages) + (tree / "plotly.min.js").stat().st_size
+    assert written < 7_000_000, written  # the issue's bar for a 3-model sweep (was ~19 MB: 4.8 MB a page)

@@ -10,6 +10,7 @@ seed notebook. It shares no code with funnel_tl.heads (no TransformerLens, no ho
 from __future__ import annotations
 
 import json
+import re
 
 import einops
 import numpy as np
@@ -256,9 +257,50 @@ def test_heatmap_is_a_figure(measured):
     result = measured("gpt2")
     figure = result.heatmap()
     assert isinstance(figure, go.Figure)
-    np.testing.assert_array_equal(np.asarray(figure.data[0].z), result.head_gains)
+    # Gains are coloured on a log scale diverging at gain 1 (log10 = 0), symmetric either side.
+    np.testing.assert_allclose(np.asarray(figure.data[0].z), np.log10(result.head_gains))
+    heat = figure.data[0]
+    assert heat.zmid == 0 and heat.zmin == -heat.zmax and heat.colorscale[0][1] != heat.colorscale[-1][1]
     assert figure.data[0].text[1][2].startswith("<b>L1H2</b>")
     assert result.heatmap("projection_share").data[0].zmid == 0
+    assert "positions dropped" not in figure.layout.title.text  # said only when some were dropped
+
+
+def test_heads_page_shares_plotlyjs_unless_self_contained(tmp_path, measured):
+    result = measured("gpt2")
+    page = result.save_html(tmp_path / "heads.html", k=5).read_text()
+    assert '<script src="plotly.min.js"' in page and len(page) < 200_000
+    assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
+    assert page.count("gpt2") >= 1 and page.count("per-head gains</h1>") == 1
+    alone = result.save_html(tmp_path / "alone" / "heads.html", self_contained=True).read_text()
+    assert not re.search(r"<script[^>]+src=", alone) and len(alone) > 1_000_000
+    assert not (tmp_path / "alone" / "plotly.min.js").exists()
+
+
+def test_head_result_to_pandas_is_tidy(measured):
+    pytest.importorskip("pandas")
+    result = measured("llama-gqa")
+    table = result.to_pandas()
+    assert len(table) == len(result.layers) * result.n_heads
+    assert {"model", "layer", "head", "component", "gain", "ci_low", "ci_high", "n_prompts"} <= set(table.columns)
+    row = table[(table["layer"] == 1) & (table["head"] == 3)].iloc[0]
+    assert row.gain == result.stat(1, 3).gain and row.n_prompts == result.n_prompts
+    assert table["ci_low"].isna().all()  # not asked for: NaN, not a made-up number
+    with_intervals = result.to_pandas(intervals=True)
+    assert (with_intervals["ci_low"] <= with_intervals["gain"]).all() and (with_intervals["gain"] <= with_intervals["ci_high"]).all()
+
+
+def test_head_gain_intervals_match_a_hand_written_resampling_loop(measured):
+    result = measured("gpt2")
+    bounds = result.gain_intervals(n_resamples=300, seed=5)  # [layer, head, 2]
+    # The same multinomial draws, then an explicit loop over resamples and prompts.
+    rng = np.random.default_rng(5)
+    counts = rng.multinomial(result.n_prompts, np.full(result.n_prompts, 1 / result.n_prompts), size=300)
+    per_prompt = result.per_prompt_head_gains  # [prompt, layer, head]
+    means = np.array([sum(c * per_prompt[p] for p, c in enumerate(draw)) / result.n_prompts for draw in counts])
+    # 1e-12: the same sums in another order.
+    np.testing.assert_allclose(bounds[..., 0], np.percentile(means, 2.5, axis=0), rtol=1e-12)
+    np.testing.assert_allclose(bounds[..., 1], np.percentile(means, 97.5, axis=0), rtol=1e-12)
 
 
 def test_save_load_round_trip(tmp_path, measured):

@@ -52,3 +52,8 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     errors = [output for cell in notebook.cells if cell.cell_type == "code"
               for output in cell.outputs if output.output_type == "error"]
     assert not errors
+    # No warning printed into a cell (a TqdmWarning about ipywidgets, a PNG that was not written…).
+    warned = [f"cell {index}: {output.text.strip().splitlines()[0]}" for index, cell in enumerate(notebook.cells)
+              if cell.cell_type == "code" for output in cell.outputs
+              if output.output_type == "stream" and output.name == "stderr" and "Warning" in output.text]
+    assert not warned, warned

@@ -51,9 +51,13 @@ def test_plot_funnel_has_the_four_panels(result):
     # Each panel's traces sit on their own axes: attention/MLP (1), depth (2), net (3), cumulative (4).
     assert panel_axes(fig, one(fig, "attention gain")) == ("x", "y")
     assert panel_axes(fig, one(fig, "funnel MLP")) == ("x2", "y2")
-    assert panel_axes(fig, one(fig, "block")) == ("x3", "y3")
-    assert panel_axes(fig, one(fig, "cumulative attn × MLP gain")) == ("x4", "y4")
-    assert fig.layout.yaxis4.type == "log"
+    # Panel 3's block gain has a y-axis of its own (y4, right, over y3): another denominator.
+    assert panel_axes(fig, one(fig, "block")) == ("x3", "y4")
+    assert fig.layout.yaxis4.overlaying == "y3" and fig.layout.yaxis4.side == "right"
+    bars = [t for t in fig.data if isinstance(t, go.Bar) and t.legendgroup == "contracting"]
+    assert {panel_axes(fig, bar) for bar in bars} == {("x3", "y3")}
+    assert panel_axes(fig, one(fig, "cumulative attn × MLP gain")) == ("x4", "y5")
+    assert fig.layout.yaxis5.type == "log"
 
 
 def test_title_names_model_definition_and_prompt_count(result):
@@ -182,6 +186,41 @@ def test_panel_4_marks_bottleneck_and_output_on_a_log_scale():
     assert "L1" in bottleneck.name and "L3" in output.name
 
 
+def test_panel_4_marks_no_bottleneck_on_a_rising_curve_and_one_marker_when_they_coincide():
+    # Combined gains 0.5, 2, 2: cumulative 0.5, 1, 2 — lowest at L0, then only rising.
+    rising = {"attn": np.tile([0.5, 2.0, 2.0], (4, 1)), "mlp": np.ones((4, 3)), "block": np.ones((4, 3))}
+    fig = plot_cumulative(from_gains(rising))
+    assert [t.name for t in fig.data if t.name and t.name.startswith("bottleneck")] == [] and one(fig, "output").x[0] == 2
+    assert traces_named(fig, "no bottleneck")
+    # Combined gains 0.5, 0.5, 0.5: cumulative falls to the last layer, which is bottleneck and output.
+    falling = {"attn": np.tile([0.5, 0.5, 0.5], (4, 1)), "mlp": np.ones((4, 3)), "block": np.ones((4, 3))}
+    fig = plot_cumulative(from_gains(falling))
+    marker = one(fig, "bottleneck = output")
+    assert marker.x[0] == 2 and [t.name for t in fig.data if t.name and t.name.startswith("output")] == []
+
+
+def test_panel_3_block_gain_has_its_own_axis_and_does_not_set_the_bars_range():
+    # A block gain of 95 at L0 (nano-8l's case) beside attn × MLP gains near 1.
+    gains = {"attn": np.tile([0.5, 0.9, 1.2], (4, 1)), "mlp": np.tile([1.0, 1.0, 1.1], (4, 1)),
+             "block": np.tile([95.0, 1.1, 1.2], (4, 1))}
+    fig = plot_net_gain(from_gains(gains), log_gains=False)
+    block = one(fig, "block")
+    assert block.yaxis == "y2" and fig.layout.yaxis2.overlaying == "y"
+    assert fig.layout.yaxis.range[1] < 2  # the bars' axis: 1.15 × the largest combined gain (1.32)
+    assert "LayerNorm outputs" in fig.layout.yaxis.title.text and "resid_pre" in block.name
+
+
+def test_colours_are_okabe_ito():
+    for key in ("attn", "mlp", "expanding", "contracting", "reference"):
+        assert plots.COLORS[key] in plots.OKABE_ITO, key
+    assert len({plots.COLORS[k] for k in ("attn", "mlp", "expanding", "contracting", "reference")}) == 5
+
+
+def test_log_ticks_are_one_two_five_per_decade():
+    ticks = plots._log_ticks(0.03, 4.0)["tickvals"]
+    assert {round(t / 10 ** np.floor(np.log10(t))) for t in ticks} == {1, 2, 5}
+
+
 def test_without_intervals_there_are_no_error_bars_and_the_title_says_so():
     fig = plot_funnel(funnel_like())
     assert "bootstrap skipped" in fig.layout.title.text
@@ -203,23 +242,40 @@ def test_figures_work_for_a_single_layer_model():
 
 
 # ---- output ---------------------------------------------------------------------------------------
-def test_write_html_is_self_contained_deterministic_and_atomic(tmp_path, result):
+def test_write_html_shares_plotlyjs_deterministic_and_atomic(tmp_path, result):
     fig = plot_funnel(result)
     first = write_html(fig, tmp_path / "a" / "funnel.html")
     html = first.read_text(encoding="utf-8")
-    assert not re.search(r"<script[^>]+src=", html), "every script must be inline: the file opens offline"
-    assert "Plotly.newPlot" in html and len(html) > 1_000_000  # plotly.js itself is inside
+    # One plotly.min.js beside the page, loaded by relative path: offline, and shared by the pages there.
+    assert re.findall(r"<script[^>]+src=\"([^\"]+)\"", html) == ["plotly.min.js"]
+    shared = first.parent / "plotly.min.js"
+    assert "plotly.js v" in shared.read_text(encoding="utf-8")[:500] and len(html) < 300_000
+    assert "Plotly.newPlot" in html
     assert "<title>synthetic/funnel: attention, MLP and block gain per layer</title>" in html
     second = write_html(plot_funnel(result), tmp_path / "b" / "funnel.html")
     assert first.read_bytes() == second.read_bytes()
-    assert [p.name for p in first.parent.iterdir()] == ["funnel.html"]  # no temporary left behind
+    assert sorted(p.name for p in first.parent.iterdir()) == ["funnel.html", "plotly.min.js"]  # no temporary
     assert first.stat().st_mode & 0o777 == 0o644
+    # Pages lower in a tree load the one at its root.
+    nested = write_html(fig, tmp_path / "a" / "model" / "funnel.html", root=tmp_path / "a")
+    assert '<script src="../plotly.min.js"' in nested.read_text() and not (nested.parent / "plotly.min.js").exists()
+
+
+def test_self_contained_html_embeds_plotlyjs(tmp_path, result):
+    page = write_html(plot_funnel(result), tmp_path / "funnel.html", self_contained=True)
+    html = page.read_text(encoding="utf-8")
+    assert not re.search(r"<script[^>]+src=", html), "every script must be inline: the file opens alone"
+    assert "Plotly.newPlot" in html and len(html) > 1_000_000  # plotly.js itself is inside
+    assert [p.name for p in tmp_path.iterdir()] == ["funnel.html"]
 
 
 def test_png_is_skipped_with_a_message_without_chrome(tmp_path, monkeypatch, result):
     monkeypatch.setattr(plots, "find_chrome", lambda: None)
-    assert write_png(plot_funnel(result), tmp_path / "funnel.png") is None
+    monkeypatch.setitem(__import__("sys").modules, "kaleido", object())  # kaleido "installed", Chrome not
+    with pytest.warns(UserWarning, match="no Chrome/Chromium"):
+        assert write_png(plot_funnel(result), tmp_path / "funnel.png") is None
     assert not (tmp_path / "funnel.png").exists()
+    assert plots.png_help().startswith("PNG skipped: kaleido found no Chrome") and "\n" not in plots.png_help()
     assert "pip install kaleido" in plots.PNG_HELP and "\n" not in plots.PNG_HELP
 
 

@@ -88,3 +88,35 @@ def test_written_files_are_readable_by_others(result, tmp_path):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+# ---- notebook display and tables ----------------------------------------------------------------
+def test_repr_is_short_and_says_what_the_result_is(result, tmp_path):
+    loaded = GainResult.load(result.with_intervals(n_resamples=50).save(tmp_path / "results.json"))
+    text = repr(loaded)
+    assert len(text) < 800 and text.startswith("GainResult(model=")
+    assert "n_layers=2" in text and "intervals='95%, 50 resamples'" in text
+    assert loaded.prompts[0] not in text  # no prompt text, no per-prompt arrays
+    page = loaded._repr_html_()
+    assert page.count("<tr>") == loaded.n_layers + 1 and f"{loaded.mlp_gains[1]:.4g}" in page
+
+
+def test_to_pandas_is_tidy_long_format(result):
+    pytest.importorskip("pandas")
+    with_intervals = result.with_intervals(n_resamples=50)
+    table = with_intervals.to_pandas()
+    assert list(table.columns) == ["model", "layer", "component", "gain", "ci_low", "ci_high", "n_prompts"]
+    assert len(table) == 5 * result.n_layers  # attn, mlp, block, combined, cumulative
+    mlp = table[table["component"] == "mlp"].sort_values("layer")
+    np.testing.assert_array_equal(mlp["gain"], result.mlp_gains)
+    np.testing.assert_array_equal(mlp[["ci_low", "ci_high"]].to_numpy(), with_intervals.intervals.mlp)
+    assert (table["n_prompts"] == result.n_prompts).all()
+    assert result.to_pandas()["ci_low"].isna().all()  # no intervals drawn: NaN, not a made-up number
+
+
+def test_measure_gains_can_draw_intervals(bridge):
+    plain = measure_gains(bridge("gpt2"), "seed", progress=False)
+    drawn = measure_gains(bridge("gpt2"), "seed", progress=False, intervals=True)
+    expected = plain.with_intervals()  # the same defaults: 2,000 resamples, seed 0
+    np.testing.assert_array_equal(drawn.intervals.mlp, expected.intervals.mlp)
+    assert plain.intervals is None

@@ -166,7 +166,9 @@ def test_robust_verdict_counts_straddling_layers_as_neither():
         "block": {"n_contracting": 1, "n_expanding": 1, "n_undetermined": 1},
     }
     assert not robust.attention_always_contracts
-    assert robust.mlp_mostly_contracts  # 1 of 3 contracting: at most three may fail
+    # 1 of 3 contracting: the seed's "at most three may fail" would pass; the depth-scaled rule
+    # lets max(1, floor(3 / 8)) = 1 fail, so it needs 2.
+    assert not robust.mlp_mostly_contracts
     assert not robust.last_layer_expands  # its interval [0.9, 3.0] reaches below 1
     assert robust.last_layer_is_max is False  # 0.9 is not above layer 1's upper bound 1.01
     assert not robust.funnel_confirmed
@@ -226,3 +228,37 @@ def test_analysis_prints_the_robust_verdict_only_with_intervals():
     text = format_analysis(result.with_intervals(n_resamples=200, seed=2))
     assert "ROBUST TEST: 95% bootstrap intervals over 8 prompts (200 resamples, seed 2)" in text
     assert ">>> FUNNEL MODEL CONFIRMED (robust): " in text
+
+
+def test_seed_rule_that_cannot_fail_is_flagged_and_the_robust_rule_scales_with_depth():
+    # nano-2l's case: both MLP gains above 3. The seed's literal rule (>= n - 3 contracting) passes
+    # at two layers whatever the gains; the analysis says so, and the robust rule fails it.
+    result = from_gains({"attn": constant_layers([0.2, 0.3]), "mlp": constant_layers([8.0, 3.5]),
+                         "block": constant_layers([1.5, 1.2])}).with_intervals(n_resamples=100)
+    assert funnel_test(result).mlp_mostly_contracts  # kept literally: reproduction matters
+    assert not robust_funnel_test(result).mlp_mostly_contracts  # 0 of 2 contract; 1 may fail
+    text = format_analysis(result)
+    assert "2. MLP mostly contracts: True (0/2)  [cannot fail at 2 layers: the seed allows 3 expanding]" in text
+    assert "depth-scaled: at most 1 of 2 may fail" in text
+    # At 24 layers the depth-scaled rule is the seed's: three may fail, four may not.
+    mlp = [0.5] * 20 + [2.0] * 4
+    deep = from_gains({"attn": constant_layers([0.3] * 24), "mlp": constant_layers(mlp),
+                       "block": constant_layers([1.1] * 24)}).with_intervals(n_resamples=100)
+    assert not funnel_test(deep).mlp_mostly_contracts and not robust_funnel_test(deep).mlp_mostly_contracts
+    assert "cannot fail" not in format_analysis(deep)
+    mlp = [0.5] * 21 + [2.0] * 3
+    deep = from_gains({"attn": constant_layers([0.3] * 24), "mlp": constant_layers(mlp),
+                       "block": constant_layers([1.1] * 24)}).with_intervals(n_resamples=100)
+    assert funnel_test(deep).mlp_mostly_contracts and robust_funnel_test(deep).mlp_mostly_contracts
+
+
+def test_cross_model_table_compares_max_with_max_and_last_with_last():
+    # Our MLP maximum (8.0) is in layer 0, our last layer's gain 1.5: each row must pair like with like.
+    result = from_gains({"attn": constant_layers([0.2, 0.3, 0.4]), "mlp": constant_layers([8.0, 0.5, 1.5]),
+                         "block": constant_layers([1.5, 1.2, 1.1])})
+    lines = format_analysis(result).splitlines()
+    max_row = next(line for line in lines if line.startswith("MLP max gain"))
+    last_row = next(line for line in lines if line.startswith("MLP last-layer gain"))
+    assert max_row.split()[-4:] == ["3.604", "(L23)", "8.000", "(L0)"]
+    assert last_row.split()[-2:] == ["3.604", "1.500"]
+    assert len(max_row) == len(last_row)  # the columns line up

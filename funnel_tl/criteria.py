@@ -1,0 +1,41 @@
+"""How many expanding MLP layers "the MLP mostly contracts" allows: the seed's rule and a depth-scaled one.
+
+A leaf module (no imports from funnel_tl), read by both the seed's verdict (``funnel``) and the
+robust verdict (``stats``).
+
+The seed tested Pythia-1.4B and allowed three of its 24 MLP layers to expand
+(``mlp_contracting >= n_layers - 3``). Taken literally at another depth, that rule cannot fail
+for a model of three layers or fewer: nano-2l "mostly contracts" with both MLP gains above 3.
+The seed's verdict keeps the literal rule (reproducing the notebook matters) and says so when it
+cannot fail; the robust verdict scales the allowance with depth instead: one eighth of the
+layers, rounded down (the seed's 3 of 24), but at least one, since criterion 3 expects the last
+layer's MLP to expand: 1 for a model of up to 15 layers, 2 for 16, 3 for 24, 4 for 32.
+"""
+
+from __future__ import annotations
+
+import math
+
+# The seed allows up to three expanding MLP layers for "MLP mostly contracts".
+MLP_EXPANDING_ALLOWED = 3
+# The robust verdict's allowance as a fraction of the layers: the seed's 3 of 24.
+MLP_EXPANDING_FRACTION = MLP_EXPANDING_ALLOWED / 24
+
+
+def mlp_expanding_allowed(n_layers: int) -> int:
+    """The depth-scaled allowance: ``max(1, floor(n_layers / 8))`` MLP layers may fail to contract.
+
+    >>> [mlp_expanding_allowed(n) for n in (2, 8, 16, 24, 32)]
+    [1, 1, 2, 3, 4]
+    """
+    # The small epsilon keeps 24 * (1/8) from rounding to 2.999…
+    return max(1, int(math.floor(n_layers * MLP_EXPANDING_FRACTION + 1e-9)))
+
+
+def seed_rule_cannot_fail(n_layers: int) -> bool:
+    """Whether the seed's literal "MLP mostly contracts" holds whatever the gains (n_layers <= 3).
+
+    >>> seed_rule_cannot_fail(2), seed_rule_cannot_fail(4)
+    (True, False)
+    """
+    return n_layers - MLP_EXPANDING_ALLOWED <= 0

@@ -1,0 +1,114 @@
+"""Figures of a ``HeadResult``: the layer × head heatmap and the heads page (heads.html).
+
+Gains are coloured as ``compare.html`` colours them: log10 of the gain on a diverging scale
+centred at 1 (blue contracts, red expands), symmetric so that equal ratios get equal colours
+either side. Projection shares are signed and diverge at 0; norms and norm shares are
+sequential (no neutral value).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+
+import numpy as np
+
+from .errors import FunnelError
+from .head_results import VALUES, label
+
+# Log-scale colourbar ticks: 1-2-5 per decade (gains of heads span one to three decades).
+_TICKS = [m * 10.0**k for k in range(-4, 4) for m in (1, 2, 5)]
+
+
+def _subtitle(result) -> str:
+    dropped = f" · first {result.drop_first} positions dropped" if result.drop_first else ""
+    return (f"definition={result.definition} · {result.n_prompts} prompts, "
+            f"{int(result.n_tokens.sum())} tokens{dropped}")
+
+
+def plot_heads(result, value: str = "gain", title: str | None = None):
+    """A layer × head heatmap of ``value`` (``"gain"``, ``"norm"``, ``"norm_share"`` or
+    ``"projection_share"``), every statistic of a head in its hover."""
+    import plotly.graph_objects as go
+
+    if value not in VALUES:
+        raise FunnelError(f"unknown heatmap value {value!r}: choose {', '.join(VALUES)}")
+    shown = getattr(result, VALUES[value])  # [layer, head]
+    group = result.n_heads // result.n_key_value_heads if result.n_key_value_heads else None
+    hover = [[
+        f"<b>{label(layer, head)}</b><br>gain {result.head_gains[row, head]:.4f} "
+        f"(layer attn gain {result.attn_gains[row]:.4f})<br>mean norm {result.head_norms[row, head]:.4g}"
+        f"<br>norm share {result.norm_shares[row, head]:.3f}<br>projection share {result.projection_shares[row, head]:.3f}"
+        + (f"<br>key/value head {head // group}" if group else "")
+        for head in range(result.n_heads)] for row, layer in enumerate(result.layers)]
+    name = value.replace("_", " ")
+    colour: dict = {"colorbar": {"title": {"text": name}}}
+    z = shown
+    if value == "gain":
+        # log10 so that 0.5 and 2 sit equally far from the neutral 1; a gain of 0 (a head that
+        # writes nothing) is drawn at the smallest positive one.
+        positive = shown[shown > 0]
+        floor = float(positive.min()) if positive.size else 1.0
+        z = np.log10(np.maximum(shown, floor))
+        reach = max(float(np.abs(z).max()), 0.3)
+        ticks = [t for t in _TICKS if abs(math.log10(t)) <= reach + 1e-9]
+        colour = {"colorscale": "RdBu_r", "zmid": 0, "zmin": -reach, "zmax": reach,
+                  "colorbar": {"title": {"text": "head gain<br>(log scale)"},
+                               "tickvals": [math.log10(t) for t in ticks], "ticktext": [f"{t:g}" for t in ticks]}}
+    elif value == "projection_share":
+        colour |= {"colorscale": "RdBu", "zmid": 0}
+    else:
+        colour |= {"colorscale": "Viridis"}
+    figure = go.Figure(go.Heatmap(z=z, x=list(range(result.n_heads)), y=list(result.layers), text=hover,
+                                  hoverinfo="text", **colour))
+    heading = title or f"<b>{html.escape(result.model)}</b>: per-head {name}"
+    figure.update_layout(
+        title=dict(text=f"{heading}<br><sup>{_subtitle(result)}"
+                        + ("; blue contracts, red expands" if value == "gain" else "") + "</sup>",
+                   x=0.5, xanchor="center"),
+        xaxis={"title": "head", "dtick": 1 if result.n_heads <= 32 else None},
+        yaxis={"title": "layer", "autorange": "reversed", "type": "category"},
+        template="plotly_white", font=dict(size=13), margin=dict(t=90),
+        height=max(360, 160 + 28 * len(result.layers)),
+    )
+    return figure
+
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px 32px; color: #222; }
+h1 { font-size: 1.5em; margin-bottom: 4px; } h2 { font-size: 1.15em; margin-top: 28px; }
+p.meta { color: #555; margin-top: 0; max-width: 70em; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { border-bottom: 1px solid #ddd; padding: 4px 10px; text-align: right; }
+th { background: #f4f4f4; }
+"""
+
+
+def heads_page(result, k: int = 20, plotlyjs: str | bool = True) -> str:
+    """heads.html: the gain heatmap and the top-``k`` heads table.
+
+    ``plotlyjs``: True embeds plotly.js; a string is the relative path of a shared plotly.min.js.
+    The page heading names the model once; the figure carries only the settings line.
+    """
+    from .plots import figure_div, script_tag
+
+    figure = plot_heads(result, title="Head gain by layer and head")
+    rows = "\n".join(
+        f"<tr><td>{rank}</td><td>{row.label}</td><td>{row.gain:.4f}</td><td>{row.norm:.4g}</td>"
+        f"<td>{row.norm_share:.3f}</td><td>{row.projection_share:.3f}</td><td>{row.layer_attn_gain:.4f}</td></tr>"
+        for rank, row in enumerate(result.top(k), start=1))
+    name = html.escape(result.model)
+    dropped = f", first {result.drop_first} positions dropped" if result.drop_first else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{name}: per-head gains</title>
+{script_tag(plotlyjs)}<style>{_STYLE}</style></head>
+<body><h1>{name}: per-head gains</h1>
+<p class="meta">Definition <code>{result.definition}</code>, {result.n_prompts} prompts{dropped}.
+Head gain = mean‖z<sub>i</sub> W<sub>O</sub><sup>i</sup>‖ over the layer's attention-gain denominator.</p>
+{figure_div(figure)}
+<h2>Top {k} heads by gain</h2>
+<table><tr><th>rank</th><th>head</th><th>gain</th><th>mean norm</th><th>norm share</th><th>projection share</th>
+<th>layer attn gain</th></tr>
+{rows}
+</table></body></html>
+"""

@@ -1,0 +1,370 @@
+"""``HeadResult``: every head's per-prompt norm and projection sums, its statistics, and heads.json.
+
+The statistics and the glossary (h_i, W_O^i, the input, the shares) are defined in
+``funnel_tl.heads``, which measures them; this module only holds, derives, saves and loads them.
+Figures of a ``HeadResult`` are drawn by ``funnel_tl.head_plots``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .errors import FunnelError
+from .layers import format_layers as _format_layers
+from .results import DEFINITIONS, EPSILON, read_json, write_json_atomic, write_text_atomic
+
+HEADS_SCHEMA_VERSION = 1
+HEADS_KIND = "funnel_tl.heads"
+# What ``top`` and ``heatmap`` can rank or colour by: HeadResult attribute per key.
+VALUES = {"gain": "head_gains", "norm": "head_norms", "norm_share": "norm_shares",
+          "projection_share": "projection_shares"}
+
+
+def label(layer: int, head: int) -> str:
+    """TransformerLens' head label: ``label(3, 7) == "L3H7"``."""
+    return f"L{layer}H{head}"
+
+
+class HeadStat(NamedTuple):
+    """One head's aggregated statistics (one row of ``HeadResult.top``)."""
+
+    label: str
+    layer: int
+    head: int
+    gain: float
+    norm: float
+    norm_share: float
+    projection_share: float
+    layer_attn_gain: float
+
+
+@dataclass(frozen=True)
+class HeadResult:
+    """Per-prompt sums of every head's output norm and projection; every statistic derives from them.
+
+    Shapes (``layer`` indexes ``layers``, the measured layers, not necessarily all of them):
+    ``head_norm_sums`` and ``head_projection_sums`` are ``[prompt, layer, head]`` sums over the
+    counted tokens of ‖h_i‖ and ⟨h_i, a⟩/‖a‖; ``attn_out_sums`` and ``in_sums`` are
+    ``[prompt, layer]`` sums of ‖a‖ and of ‖input‖ (the attention gain's denominator under
+    ``definition``); ``n_tokens`` is ``[prompt]``. See the module docstring for the glossary.
+    """
+
+    model: str
+    definition: str
+    n_layers: int  # the model's layer count; ``layers`` says which were measured
+    n_heads: int
+    d_head: int
+    d_model: int
+    layers: tuple[int, ...]
+    prompts: tuple[str, ...]
+    n_tokens: np.ndarray
+    head_norm_sums: np.ndarray
+    head_projection_sums: np.ndarray
+    attn_out_sums: np.ndarray
+    in_sums: np.ndarray
+    n_key_value_heads: int | None = None
+    drop_first: int = 0
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.definition not in DEFINITIONS:
+            raise ValueError(f"unknown definition {self.definition!r}: choose seed or residual")
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen dataclass)
+        set_("prompts", tuple(self.prompts))
+        set_("layers", tuple(int(layer) for layer in self.layers))
+        n_prompts, n_measured = len(self.prompts), len(self.layers)
+        if any(not 0 <= layer < self.n_layers for layer in self.layers) or len(set(self.layers)) != n_measured:
+            raise ValueError(f"layers {self.layers} must be distinct and within 0..{self.n_layers - 1}")
+        set_("n_tokens", np.asarray(self.n_tokens, dtype=np.int64))
+        if self.n_tokens.shape != (n_prompts,):
+            raise ValueError(f"n_tokens has shape {self.n_tokens.shape}, expected ({n_prompts},)")
+        if n_prompts and self.n_tokens.min() < 1:
+            raise ValueError("every prompt must count at least one token")
+        expected = {"head_norm_sums": (n_prompts, n_measured, self.n_heads),
+                    "head_projection_sums": (n_prompts, n_measured, self.n_heads),
+                    "attn_out_sums": (n_prompts, n_measured), "in_sums": (n_prompts, n_measured)}
+        for name, shape in expected.items():
+            array = np.asarray(getattr(self, name), dtype=np.float64).reshape(shape)
+            if not np.all(np.isfinite(array)):
+                raise ValueError(f"{name} must be finite")
+            if name != "head_projection_sums" and np.any(array < 0):
+                raise ValueError(f"{name} must be non-negative (they are sums of norms)")
+            set_(name, array)
+
+    def __repr__(self) -> str:  # the arrays would flood a notebook cell
+        return (f"HeadResult(model={self.model!r}, definition={self.definition!r}, layers=[{_format_layers(self.layers)}], "
+                f"n_heads={self.n_heads}, n_prompts={self.n_prompts}, drop_first={self.drop_first})")
+
+    # ---- statistics ----------------------------------------------------------------------------
+    @property
+    def n_prompts(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def labels(self) -> list[list[str]]:
+        """``[layer][head]`` labels such as ``"L3H7"``."""
+        return [[label(layer, head) for head in range(self.n_heads)] for layer in self.layers]
+
+    def _per_token(self, sums: np.ndarray) -> np.ndarray:
+        return sums / self.n_tokens.reshape((-1,) + (1,) * (sums.ndim - 1))
+
+    @property
+    def per_prompt_head_norms(self) -> np.ndarray:
+        """``[prompt, layer, head]``: each prompt's mean‖h_i‖ over its tokens."""
+        return self._per_token(self.head_norm_sums)
+
+    @property
+    def per_prompt_head_gains(self) -> np.ndarray:
+        """``[prompt, layer, head]``: mean‖h_i‖ / (mean‖input‖ + 1e-10), the layers' formula."""
+        return self.per_prompt_head_norms / (self._per_token(self.in_sums) + EPSILON)[:, :, None]
+
+    @property
+    def per_prompt_attn_gains(self) -> np.ndarray:
+        """``[prompt, layer]``: the layer's attention gain per prompt (as ``GainResult``'s)."""
+        return self._per_token(self.attn_out_sums) / (self._per_token(self.in_sums) + EPSILON)
+
+    @property
+    def head_norms(self) -> np.ndarray:
+        """``[layer, head]``: the mean over prompts of each prompt's mean‖h_i‖."""
+        return self.per_prompt_head_norms.mean(axis=0)
+
+    @property
+    def head_gains(self) -> np.ndarray:
+        """``[layer, head]``: the mean over prompts of the per-prompt head gains."""
+        return self.per_prompt_head_gains.mean(axis=0)
+
+    @property
+    def attn_gains(self) -> np.ndarray:
+        """``[layer]``: the layer's attention gain, equal to ``measure_gains(...).attn_gains[layers]``."""
+        return self.per_prompt_attn_gains.mean(axis=0)
+
+    @property
+    def head_projections(self) -> np.ndarray:
+        """``[layer, head]``: the mean over prompts of each prompt's mean ⟨h_i, a⟩/‖a‖."""
+        return self._per_token(self.head_projection_sums).mean(axis=0)
+
+    @property
+    def norm_shares(self) -> np.ndarray:
+        """``[layer, head]``: per prompt Σ_t‖h_i‖ / Σ_t Σ_j‖h_j‖, then the mean over prompts."""
+        totals = self.head_norm_sums.sum(axis=2, keepdims=True)  # [prompt, layer, 1]
+        return _safe_ratio(self.head_norm_sums, totals).mean(axis=0)
+
+    @property
+    def projection_shares(self) -> np.ndarray:
+        """``[layer, head]``: per prompt Σ_t⟨h_i, a⟩/‖a‖ / Σ_t‖a‖, then the mean over prompts."""
+        return _safe_ratio(self.head_projection_sums, self.attn_out_sums[:, :, None]).mean(axis=0)
+
+    @property
+    def bias_projection_shares(self) -> np.ndarray:
+        """``[layer]``: the share of ‖a‖ that b_O supplies along a (0 without b_O, up to rounding)."""
+        return 1.0 - self.projection_shares.sum(axis=1)
+
+    def layer_index(self, layer: int) -> int:
+        """Row of ``layer`` in the ``[layer, ...]`` arrays (they hold the measured layers only)."""
+        if layer not in self.layers:
+            raise FunnelError(f"layer {layer} was not measured (measured: {_format_layers(self.layers)})")
+        return self.layers.index(layer)
+
+    def stat(self, layer: int, head: int) -> HeadStat:
+        """The aggregated statistics of one head, e.g. ``result.stat(3, 7)``."""
+        layer, head = int(layer), int(head)
+        row = self.layer_index(layer)
+        if not 0 <= head < self.n_heads:
+            raise FunnelError(f"head {head} out of range: layers have {self.n_heads} heads (0-{self.n_heads - 1})")
+        return HeadStat(label(layer, head), layer, head, float(self.head_gains[row, head]),
+                        float(self.head_norms[row, head]), float(self.norm_shares[row, head]),
+                        float(self.projection_shares[row, head]), float(self.attn_gains[row]))
+
+    def top(self, k: int = 10, by: str = "gain", largest: bool = True) -> list[HeadStat]:
+        """The ``k`` heads with the largest (or smallest) ``by``, across all measured layers.
+
+        ``by``: ``"gain"`` (default), ``"norm"``, ``"norm_share"`` or ``"projection_share"``.
+
+        >>> result.top(3)  # doctest: +SKIP
+        [HeadStat(label='L5H2', layer=5, head=2, gain=0.31, ...), ...]
+        """
+        if by not in VALUES:
+            raise FunnelError(f"unknown ranking {by!r}: choose {', '.join(VALUES)}")
+        values = getattr(self, VALUES[by])  # [layer, head]
+        order = np.argsort(-values if largest else values, axis=None, kind="stable")[: max(int(k), 0)]
+        return [self.stat(self.layers[row], head)
+                for row, head in (np.unravel_index(flat, values.shape) for flat in order)]
+
+    def format_top(self, k: int = 10, by: str = "gain") -> str:
+        """``top(k, by)`` as a text table (what ``funnel-tl heads`` prints)."""
+        header = (f"{'rank':>4}  {'head':<8} {'gain':>8} {'norm':>10} {'norm share':>10} "
+                  f"{'proj share':>10} {'layer attn gain':>15}")
+        lines = [f"Top {k} heads by {by.replace('_', ' ')} ({self.model}, definition={self.definition})", header]
+        for rank, row in enumerate(self.top(k, by), start=1):
+            lines.append(f"{rank:>4}  {row.label:<8} {row.gain:>8.4f} {row.norm:>10.4g} {row.norm_share:>10.3f} "
+                         f"{row.projection_share:>10.3f} {row.layer_attn_gain:>15.4f}")
+        return "\n".join(lines)
+
+    def gain_intervals(self, n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95) -> np.ndarray:
+        """``[layer, head, 2]``: percentile bootstrap intervals over prompts of every head's gain.
+
+        Drawn exactly as the layers' intervals (``funnel_tl.stats``): the prompts resampled with
+        replacement, the mean of the per-prompt head gains recomputed per resample.
+        """
+        from .stats import resample_weights
+
+        if self.n_prompts < 2:
+            raise FunnelError(f"{self.model}: a bootstrap over prompts needs at least 2 prompts, got {self.n_prompts}")
+        if not 0 < confidence < 1:
+            raise FunnelError(f"confidence must lie between 0 and 1 (0.95 for 95%), got {confidence}")
+        weights = resample_weights(self.n_prompts, n_resamples, seed)  # [resample, prompt]
+        resampled = np.tensordot(weights, self.per_prompt_head_gains, axes=1)  # [resample, layer, head]
+        tail = 100 * (1 - confidence) / 2
+        bounds = np.percentile(resampled, [tail, 100 - tail], axis=0)  # [2, layer, head]
+        return np.moveaxis(bounds, 0, -1)  # [layer, head, 2]
+
+    def to_pandas(self, intervals: bool = False):
+        """Every head as a tidy table: one row per measured layer and head (pandas, imported here).
+
+        Columns: model, layer, head, label, component (``"head"``), gain, ci_low, ci_high (95%
+        bootstrap intervals over prompts with ``intervals=True``, else NaN), n_prompts, norm,
+        norm_share, projection_share, layer_attn_gain.
+
+        >>> heads.to_pandas().pivot(index="layer", columns="head", values="gain")  # doctest: +SKIP
+        """
+        from .results import require_pandas
+
+        pd = require_pandas()
+        bounds = self.gain_intervals() if intervals else np.full(self.head_gains.shape + (2,), np.nan)
+        rows = []
+        for row, layer in enumerate(self.layers):
+            for head in range(self.n_heads):
+                rows.append({"model": self.model, "layer": layer, "head": head, "label": label(layer, head),
+                             "component": "head", "gain": float(self.head_gains[row, head]),
+                             "ci_low": float(bounds[row, head, 0]), "ci_high": float(bounds[row, head, 1]),
+                             "n_prompts": self.n_prompts,
+                             "norm": float(self.head_norms[row, head]),
+                             "norm_share": float(self.norm_shares[row, head]),
+                             "projection_share": float(self.projection_shares[row, head]),
+                             "layer_attn_gain": float(self.attn_gains[row])})
+        return pd.DataFrame(rows)
+
+    def subset(self, prompt_indices) -> "HeadResult":
+        """A new result over some of the prompts (for bootstrap resampling and checks)."""
+        index = np.asarray(prompt_indices, dtype=np.int64)
+        return HeadResult(
+            model=self.model, definition=self.definition, n_layers=self.n_layers, n_heads=self.n_heads,
+            d_head=self.d_head, d_model=self.d_model, layers=self.layers,
+            prompts=tuple(self.prompts[i] for i in index), n_tokens=self.n_tokens[index],
+            head_norm_sums=self.head_norm_sums[index], head_projection_sums=self.head_projection_sums[index],
+            attn_out_sums=self.attn_out_sums[index], in_sums=self.in_sums[index],
+            n_key_value_heads=self.n_key_value_heads, drop_first=self.drop_first, provenance=dict(self.provenance),
+        )
+
+    # ---- figures (drawn by funnel_tl.head_plots) ----------------------------------------------
+    def heatmap(self, value: str = "gain", title: str | None = None):
+        """A layer × head heatmap of ``value`` (see ``top``), every statistic in the hover.
+
+        Returns a ``plotly.graph_objects.Figure``; show it in a notebook or ``.write_html(path)``.
+        """
+        from .head_plots import plot_heads
+
+        return plot_heads(self, value, title)
+
+    def to_html(self, k: int = 20, plotlyjs: str | bool = True) -> str:
+        """The heads page: the gain heatmap and the top-``k`` heads table.
+
+        ``plotlyjs=True`` embeds plotly.js (a standalone page that opens offline); a string is
+        the relative path of a shared ``plotly.min.js`` beside the page (see ``funnel_tl.plots``).
+        """
+        from .head_plots import heads_page
+
+        return heads_page(self, k, plotlyjs=plotlyjs)
+
+    # ---- heads.json ----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """heads.json: ``head_norm`` and ``head_gain`` as ``[layer][head]`` lists over ``layers``."""
+        from .prompts import prompts_sha256
+
+        return {
+            "schema_version": HEADS_SCHEMA_VERSION,
+            "kind": HEADS_KIND,
+            "model": self.model,
+            "definition": self.definition,
+            "n_layers": int(self.n_layers),
+            "n_heads": int(self.n_heads),
+            "n_key_value_heads": None if self.n_key_value_heads is None else int(self.n_key_value_heads),
+            "d_head": int(self.d_head),
+            "hidden_dim": int(self.d_model),
+            "n_prompts": int(self.n_prompts),
+            "drop_first": int(self.drop_first),
+            "layers": list(self.layers),
+            "head_norm": self.head_norms.tolist(),
+            "head_gain": self.head_gains.tolist(),
+            "head_norm_share": self.norm_shares.tolist(),
+            "head_projection_share": self.projection_shares.tolist(),
+            "attention_gain": self.attn_gains.tolist(),
+            "top_heads": [row._asdict() for row in self.top(10)],
+            "per_prompt": {
+                "n_tokens": [int(n) for n in self.n_tokens],
+                "head_norm_sum": self.head_norm_sums.tolist(),
+                "head_projection_sum": self.head_projection_sums.tolist(),
+                "attn_out_sum": self.attn_out_sums.tolist(),
+                "in_sum": self.in_sums.tolist(),
+            },
+            "prompts": {"sha256": prompts_sha256(self.prompts), "texts": list(self.prompts)},
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "heads data") -> "HeadResult":
+        if not isinstance(data, dict) or data.get("kind") != HEADS_KIND:
+            looks_like = ("a results.json of `funnel-tl run` (load it with GainResult.load)"
+                          if isinstance(data, dict) and "attention" in data else "not a funnel_tl heads file")
+            raise FunnelError(f"{source} is {looks_like}: give a heads.json written by `funnel-tl heads`")
+        version = data.get("schema_version")
+        if version != HEADS_SCHEMA_VERSION:
+            raise FunnelError(f"{source} has heads schema_version {version}; this funnel_tl reads "
+                              f"{HEADS_SCHEMA_VERSION}: rerun `funnel-tl heads` or install the matching funnel_tl")
+        try:
+            per_prompt = data["per_prompt"]
+            return cls(
+                model=data["model"], definition=data["definition"], n_layers=data["n_layers"],
+                n_heads=data["n_heads"], d_head=data["d_head"], d_model=data["hidden_dim"],
+                layers=tuple(data["layers"]), prompts=tuple(data["prompts"]["texts"]),
+                n_tokens=np.asarray(per_prompt["n_tokens"]),
+                head_norm_sums=np.asarray(per_prompt["head_norm_sum"], dtype=np.float64),
+                head_projection_sums=np.asarray(per_prompt["head_projection_sum"], dtype=np.float64),
+                attn_out_sums=np.asarray(per_prompt["attn_out_sum"], dtype=np.float64),
+                in_sums=np.asarray(per_prompt["in_sum"], dtype=np.float64),
+                n_key_value_heads=data.get("n_key_value_heads"), drop_first=data.get("drop_first", 0),
+                provenance=data.get("provenance", {}),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise FunnelError(f"{source} is not a complete heads.json (missing or bad {error})") from None
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write heads.json atomically: a crash never leaves a half-written file."""
+        return write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "HeadResult":
+        return cls.from_dict(read_json(path), source=str(path))
+
+    def save_html(self, path: str | os.PathLike, k: int = 20, self_contained: bool = False) -> Path:
+        """Write the heads page atomically (heads.html).
+
+        By default the page loads a ``plotly.min.js`` written once into its folder (offline, and
+        shared with the other pages there); ``self_contained=True`` embeds plotly.js instead.
+        """
+        from .plots import plotlyjs_for
+
+        path = Path(path)
+        return write_text_atomic(path, self.to_html(k, plotlyjs=plotlyjs_for(path, self_contained)))
+
+
+
+def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, 0 where the denominator is 0 (a layer whose heads all write nothing)."""
+    denominator = np.broadcast_to(denominator, numerator.shape)
+    return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator != 0)

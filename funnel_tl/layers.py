@@ -1,0 +1,61 @@
+"""Choosing layers: the ``--layers`` parser and the resolution of a layer selection.
+
+Shared by ``head_gains`` and ``measure_gains``; a leaf module (it imports nothing of funnel_tl's
+but the error type).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import numpy as np
+
+from .errors import FunnelError
+
+
+def parse_layers(spec: str | None) -> list[int] | None:
+    """Parse ``--layers``: ``"3"``, ``"0,5,7"``, ``"4-8"`` (inclusive), ``"-1"`` (the last); None = all.
+
+    >>> parse_layers("0,2-4,-1")
+    [0, 2, 3, 4, -1]
+    """
+    if spec is None or not spec.strip():
+        return None
+    layers: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        span = re.fullmatch(r"(\d+)-(\d+)", part)
+        if span:
+            first, last = int(span.group(1)), int(span.group(2))
+            if first > last:
+                raise FunnelError(f"--layers range {part!r} runs backwards: write {last}-{first}")
+            layers.extend(range(first, last + 1))
+        elif re.fullmatch(r"-?\d+", part):
+            layers.append(int(part))
+        else:
+            raise FunnelError(f"cannot read --layers {spec!r}: give layer numbers and ranges such as 0,3,5-7 or -1")
+    return layers
+
+
+def resolve_layers(layers: int | Sequence[int] | None, n_layers: int) -> tuple[int, ...]:
+    """Distinct layer indices, ascending; negative ones count from the end as in Python."""
+    if layers is None:
+        return tuple(range(n_layers))
+    requested = [layers] if isinstance(layers, (int, np.integer)) else list(layers)
+    if not requested:
+        raise FunnelError("no layers asked for: give at least one layer, or None for all")
+    chosen = set()
+    for layer in requested:
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+            raise FunnelError(f"layer {layer!r} is not an integer")
+        if not -n_layers <= layer < n_layers:
+            raise FunnelError(f"layer {layer} out of range: the model has {n_layers} layers (0-{n_layers - 1})")
+        chosen.add(int(layer) % n_layers)
+    return tuple(sorted(chosen))
+
+
+
+def format_layers(layers: Sequence[int]) -> str:
+    """``format_layers([0, 3]) == "0, 3"``."""
+    return ", ".join(str(layer) for layer in layers)
