@@ -155,8 +155,8 @@ def test_torchrun_run_equals_one_process(tmp_path):
 def test_torchrun_error_is_one_line_on_every_rank(tmp_path):
     done = _torchrun(["run", "--model", "nano-99l", "--device", "cpu", "--out", str(tmp_path / "out")], cwd=tmp_path)
     assert done.returncode != 0
-    errors = [line for line in done.stderr.splitlines() if line.startswith("funnel-tl: error:")]
-    assert len(errors) == 2 and "no bundled model called 'nano-99l'" in errors[0] and errors[0] == errors[1]
+    # Both ranks write to one stderr, and print() writes the newline separately: lines can interleave.
+    assert done.stderr.count("funnel-tl: error: no bundled model called 'nano-99l'") == 2
     frames = [line for line in done.stderr.splitlines() if line.strip().startswith('File "')]
     assert not [frame for frame in frames if "funnel_tl" in frame]  # torchrun's own report only, no rank traceback
     assert not (tmp_path / "out").exists()
