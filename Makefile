@@ -9,7 +9,13 @@ PY := $(VENV)/bin/python
 # `make install TORCH="torch==X.Y"` for another version.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test notebooks bench clean
+# A second venv with TransformerLens 3.x, whose HookedTransformer 4.x removed: the CI's second leg
+# runs the tests that build HookedTransformers and self-booted bridges there.
+TL3_VENV ?= .venv-tl3
+TL3_PY := $(TL3_VENV)/bin/python
+TL3_TESTS ?= tests/test_user_models.py tests/test_processed.py tests/test_families.py tests/test_gains.py::test_equals_seed_method
+
+.PHONY: install demo test test-tl3 notebooks bench clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +31,16 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
+$(TL3_VENV)/.installed: pyproject.toml
+	test -x $(TL3_PY) || $(PYTHON) -m venv $(TL3_VENV)
+	$(TL3_PY) -c "import torch" 2>/dev/null || $(TL3_PY) -m pip install -q "$(TORCH)"
+	$(TL3_PY) -m pip install -q -e ".[dev]" "transformer-lens>=3.9,<4"
+	touch $@
+
+test-tl3: $(TL3_VENV)/.installed
+	$(TL3_PY) -c "from importlib.metadata import version as v; assert v('transformer-lens').startswith('3.'), v('transformer-lens')"
+	$(TL3_PY) -m pytest -q $(TL3_TESTS)
+
 # Executes every notebooks/*.ipynb with nbclient (offline; outputs are not saved back).
 notebooks: install
 	$(PY) -m pytest -q tests/test_notebooks.py
@@ -33,4 +49,4 @@ bench: install
 	$(PY) benchmarks/bench_gains.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(TL3_VENV) runs .pytest_cache

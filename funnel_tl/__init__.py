@@ -16,6 +16,7 @@ import warnings
 # which work: the warning only tells the user to install a widget library they did not ask for.
 warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
 
+from .cache import gains_from_cache
 from .compare import PYTHIA_SUITE, Comparison, compare
 from .errors import FunnelError
 from .funnel import PYTHIA_1_4B_REFERENCE, FunnelTest, comparison_1_4b, format_analysis, funnel_test
@@ -30,7 +31,7 @@ from .stats import Intervals, bootstrap_intervals, robust_funnel_test
 __all__ = [
     "FunnelError", "FunnelTest", "GainResult", "PYTHIA_1_4B_REFERENCE", "SEED_PROMPTS",
     "bundled_checkpoints", "bundled_models", "comparison_1_4b", "default_model_name", "format_analysis", "funnel_test",
-    "load_model", "load_prompts", "measure_gains",
+    "gains_from_cache", "load_model", "load_prompts", "measure_gains",
     "HeadResult", "head_gains",
     "Intervals", "bootstrap_intervals", "plot_funnel", "robust_funnel_test", "write_html", "write_png",
     "plot_attention_mlp", "plot_mlp_depth", "plot_net_gain", "plot_cumulative",

@@ -6,13 +6,15 @@
 from __future__ import annotations
 
 import argparse
-import re
+import contextlib
+import os
 import sys
 import warnings
 from dataclasses import replace
 from pathlib import Path
 
 from .errors import FunnelError
+from .outputs import check_output_folder, describe_os_error, output_lock, remove_temporaries, save_elsewhere, slug
 
 
 class _Parser(argparse.ArgumentParser):
@@ -20,11 +22,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def slug(name: str) -> str:
-    """A folder name for a model name: ``EleutherAI/pythia-6.9b`` → ``EleutherAI__pythia-6.9b``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip("/").replace("/", "__")) or "model"
 
 
 def add_model_options(parser: argparse.ArgumentParser, model: bool = True) -> None:
@@ -36,9 +33,10 @@ def add_model_options(parser: argparse.ArgumentParser, model: bool = True) -> No
         parser.add_argument("--revision", default=None, metavar="REV",
                             help="a training checkpoint: a hub revision such as Pythia's step1000, or "
                                  "step<N> of a bundled model's shipped checkpoints (default: the final model)")
-    parser.add_argument("--prompts", default="seed", metavar="seed|FILE.txt|FILE.jsonl",
-                        help="'seed' (the notebook's eight), a .txt file with one prompt per line, "
-                             "or a .jsonl file with a \"text\" field (default: seed)")
+    parser.add_argument("--prompts", default="seed", metavar="seed|FILE.txt|FILE.jsonl|FILE.json",
+                        help="'seed' (the notebook's eight), a UTF-8 .txt file with one prompt per line, "
+                             "a .jsonl file with a \"text\" field per line, or a .json list of strings "
+                             "(default: seed)")
     parser.add_argument("--definition", default="seed", choices=["seed", "residual"],
                         help="seed: ||out|| / ||LayerNorm output the sublayer reads|| (the notebook's); "
                              "residual: ||out|| / ||residual stream it reads|| (default: seed)")
@@ -118,15 +116,27 @@ def placement(args, current) -> dict:
     return {"device_map": args.device_map, "max_memory": args.max_memory}
 
 
-def note_prompts(result, source: dict) -> None:
-    """Record where the prompts came from; say aloud what --max-prompts and truncation did."""
-    result.provenance["prompt_source"] = source
+def prompt_notes(result, source: dict) -> list[str]:
+    """What --max-prompts and truncation did, said aloud (both are in the provenance as well)."""
+    notes = []
     if source.get("more_available"):
-        print(f"Measured the first {source['n_prompts']} prompts of {source['source']} (--max-prompts; it holds more)")
+        notes.append(f"Measured the first {source['n_prompts']} prompts of {source['source']} (--max-prompts; it holds more)")
     cut = result.provenance.get("truncation")
     if cut and cut["n_truncated"]:
-        print(f"Truncated {cut['n_truncated']} of {result.n_prompts} prompts to {cut['max_tokens_per_prompt']} tokens "
-              f"({cut['tokens_dropped']} tokens dropped; listed in the provenance of the results file)")
+        notes.append(f"Truncated {cut['n_truncated']} of {result.n_prompts} prompts to {cut['max_tokens_per_prompt']} "
+                     f"tokens ({cut['tokens_dropped']} tokens dropped; listed in the provenance of the results file)")
+    return notes
+
+
+def _claim_output(held: contextlib.ExitStack, out, current) -> Path:
+    """Rank 0, the one writer, checks ``out`` and holds its lock until ``held`` closes; other ranks touch nothing."""
+    out = Path(out)
+    if not current.main:
+        return out
+    out = check_output_folder(out)
+    held.enter_context(output_lock(out))
+    remove_temporaries(out)
+    return out
 
 
 def add_bootstrap_options(parser: argparse.ArgumentParser, default: int | None = 2000) -> None:
@@ -156,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"funnel-tl {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the full traceback instead of one line")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
     run = commands.add_parser(
@@ -234,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="output folder (default: runs/compare)")
     add_page_options(compare)
     compare.set_defaults(handler=cmd_compare)
+    for command in commands.choices.values():  # `funnel-tl run --debug` as well as `funnel-tl --debug run`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="on an error, show the full traceback instead of one line")
     return parser
 
 
@@ -241,46 +256,119 @@ def cmd_run(args) -> int:
     from .distributed import measure, together, world
     from .funnel import format_analysis
     from .gains import measure_gains
-    from .models import load_model
+    from .models import load_model, local_n_layers
     from .plots import png_help
+    from .stats import check_bootstrap
 
-    prompts, source = read_cli_prompts(args)  # before loading a model: a bad prompt file fails fast
-    if args.bootstrap < 0:
-        raise FunnelError(f"--bootstrap must be 0 (no intervals) or a number of resamples, got {args.bootstrap}")
+    # Everything cheap first: a typo must not cost a model load, and a folder that cannot be
+    # written must not cost a measurement.
+    _check_measure_options(args)
+    check_bootstrap(args.bootstrap)
+    prompts, source = read_cli_prompts(args)
+    n_layers = local_n_layers(args.model, args.revision)  # bundled and local folders: from config.json
+    check_bootstrap(args.bootstrap, len(prompts), n_layers)
     current = world()
     loading = placement(args, current)
-    with together(current):  # a rank that cannot load stops every rank
-        model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision, **loading)
-    result = measure(measure_gains, model, prompts, current, definition=args.definition, batch_size=args.batch_size,
-                     drop_first=args.drop_first, max_tokens_per_prompt=args.max_tokens_per_prompt)
-    if not current.main:
-        return 0  # rank 0 alone prints and writes
-    note_prompts(result, source)
-    out = Path(args.out) if args.out else Path("runs") / slug(result.model)
-    if args.bootstrap and len(prompts) >= 2:
-        result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
+    with contextlib.ExitStack() as held:
+        with together(current):  # a rank that cannot go on (folder, lock, load) stops every rank
+            out = _claim_output(held, args.out or _default_out(args), current)
+            model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision, **loading)
+            if n_layers is None:
+                check_bootstrap(args.bootstrap, len(prompts), model.cfg.n_layers)
+        result = measure(measure_gains, model, prompts, current, definition=args.definition,
+                         batch_size=args.batch_size, drop_first=args.drop_first,
+                         max_tokens_per_prompt=args.max_tokens_per_prompt)
+        del model
+        if not current.main:
+            return 0  # rank 0 alone prints and writes
+        result.provenance["prompt_source"] = source
+        if args.bootstrap and len(prompts) >= 2:
+            result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
+        # Files before the terminal: `funnel-tl run | head -1` must not cost funnel.html.
+        lines, failure = _save(out, [("results.json", result.save), ("funnel.html", lambda path: _render(result, out, self_contained=args.self_contained))],
+                               rescue=result.save, report_hint=True)
+    for line in prompt_notes(result, source):
+        print(line)
     print(format_analysis(result))
     if args.bootstrap and len(prompts) < 2:
-        # Said after the measurement, so that any error before it stays the only line on stderr.
         print("Intervals skipped: a bootstrap over prompts needs at least 2 prompts")
-    path = result.save(out / "results.json")
-    print(f"\nSaved: {path}")
-    if not _render(result, out, self_contained=args.self_contained):
+    print()
+    for line in lines:
+        print(line)
+    if failure:
+        raise failure
+    if not any(line.endswith("funnel.png") for line in lines):
         print(png_help())
     return 0
 
 
-def _render(result, folder: Path, self_contained: bool = False, root: Path | None = None) -> bool:
-    """Write folder/funnel.html, and funnel.png when kaleido and Chrome are present (then True)."""
+def _check_measure_options(args) -> None:
+    """The numeric options every measuring command shares, checked before anything loads."""
+    if args.batch_size < 1:
+        raise FunnelError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.drop_first < 0:
+        raise FunnelError(f"--drop-first must be 0 or more, got {args.drop_first}")
+
+
+def _default_out(args) -> Path:
+    """runs/<slug of the name the results will carry>, known before the model loads."""
+    from .models import bundled_models, resolve_model
+
+    name, _, _ = resolve_model(args.model)
+    if args.revision is not None and name in bundled_models():
+        name = f"{name}@{args.revision}"  # load_model's funnel_name for a bundled checkpoint
+    return Path("runs") / slug(name)
+
+
+def _save(out: Path, writers, rescue=None, report_hint: bool = False) -> tuple[list[str], FunnelError | None]:
+    """Run ``writers`` (file name, write(path) -> path or lines) in order; stop at the first failure.
+
+    Returns the "Saved:" lines and, if a write failed, a FunnelError naming what was saved, what
+    was not and why. When the first file (the numbers) cannot be written, ``rescue(path)`` saves it
+    to a fresh temporary folder instead, so a measurement is never lost to a full or read-only disk.
+    """
+    lines: list[str] = []
+    for index, (name, write) in enumerate(writers):
+        try:
+            written = write(out / name)
+        except Exception as error:
+            if index == 0 and not isinstance(error, OSError):
+                raise  # not the disk: the same data would fail anywhere (a bug, for the catch-all)
+            why = describe_os_error(error) if isinstance(error, OSError) else _unexpected(error)
+            if index == 0:
+                place = save_elsewhere(rescue, name) if rescue else None
+                saved = f"saved to {place} instead" if place else "nothing could be saved"
+                return lines, FunnelError(f"measured, but {out / name} could not be written ({why}); {saved}: "
+                                          "free space or fix the folder's permissions")
+            done = ", ".join(line.split()[-1] for line in lines)
+            hint = f"; `funnel-tl report {out}` redraws it" if report_hint else ""
+            return lines, FunnelError(f"saved {done}, but {out / name} could not be written ({why}): free space or "
+                                      f"fix the folder's permissions{hint}")
+        lines.extend(written if isinstance(written, list) else [f"Saved: {written}"])
+    return lines, None
+
+
+def _render(result, folder: Path, say=None, self_contained: bool = False,
+            root: Path | None = None) -> list[str] | bool:
+    """Write folder/funnel.html, and funnel.png when kaleido and Chrome are present.
+
+    With ``say`` (report): each "Saved:" line goes to it and the return says whether a PNG was
+    written; without, the lines are returned (run prints them after every file is written).
+    Pages load a shared plotly.min.js from ``root`` (default: their folder) unless ``self_contained``.
+    """
     from .plots import plot_funnel, write_html, write_png
 
     fig = plot_funnel(result)
-    print(f"Saved: {write_html(fig, folder / 'funnel.html', self_contained=self_contained, root=root)}")
+    lines = [f"Saved: {write_html(fig, folder / 'funnel.html', self_contained=self_contained, root=root)}"]
     with warnings.catch_warnings():  # the caller prints why, once
         warnings.simplefilter("ignore", UserWarning)
         png = write_png(fig, folder / "funnel.png")
     if png:
-        print(f"Saved: {png}")
+        lines.append(f"Saved: {png}")
+    if say is None:
+        return lines
+    for line in lines:
+        say(line)
     return png is not None
 
 
@@ -319,7 +407,7 @@ def cmd_report(args) -> int:
         print(format_analysis(result))
         print(f"\nFrom: {path}")
         # Every page of the tree loads one DIR/plotly.min.js, unless --self-contained.
-        png = _render(result, path.parent, self_contained=args.self_contained, root=root)
+        png = _render(result, path.parent, say=print, self_contained=args.self_contained, root=root)
         print()
     if sweep is not None:
         sweep = replace(sweep, results={label: redraw(result) for label, result in sweep.results.items()})
@@ -338,22 +426,33 @@ def cmd_heads(args) -> int:
     layers = parse_layers(args.layers)  # bad input fails before a model is loaded
     if args.top < 1:
         raise FunnelError(f"--top must be at least 1, got {args.top}")
+    _check_measure_options(args)
     prompts, source = read_cli_prompts(args)
     current = world()
     loading = placement(args, current)
-    with together(current):  # a rank that cannot load stops every rank
-        model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision, **loading)
-    result = measure(head_gains, model, prompts, current, definition=args.definition, layers=layers,
-                     batch_size=args.batch_size, drop_first=args.drop_first,
-                     max_tokens_per_prompt=args.max_tokens_per_prompt)
-    if not current.main:
-        return 0  # rank 0 alone prints and writes
-    note_prompts(result, source)
-    out = Path(args.out) if args.out else Path("runs") / slug(result.model)
+    with contextlib.ExitStack() as held:
+        with together(current):  # a rank that cannot go on (folder, lock, load) stops every rank
+            out = _claim_output(held, args.out or _default_out(args), current)
+            model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision, **loading)
+        result = measure(head_gains, model, prompts, current, definition=args.definition, layers=layers,
+                         batch_size=args.batch_size, drop_first=args.drop_first,
+                         max_tokens_per_prompt=args.max_tokens_per_prompt)
+        del model
+        if not current.main:
+            return 0  # rank 0 alone prints and writes
+        result.provenance["prompt_source"] = source
+        lines, failure = _save(out, [("heads.json", result.save),
+                                     ("heads.html", lambda path: result.save_html(path, k=args.top,
+                                                                                  self_contained=args.self_contained))],
+                               rescue=result.save)
+    for line in prompt_notes(result, source):
+        print(line)
     print(result.format_top(args.top))
-    json_path = result.save(out / "heads.json")
-    html_path = result.save_html(out / "heads.html", k=args.top, self_contained=args.self_contained)
-    print(f"\nSaved: {json_path}\n       {html_path}")
+    print()
+    for line in lines:
+        print(line)
+    if failure:
+        raise failure
     return 0
 
 
@@ -398,11 +497,35 @@ def main(argv: list[str] | None = None) -> int:
         with session(args.device if args.device_map is None else "cuda"):
             return args.handler(args)
     except FunnelError as error:
+        if args.debug:
+            raise
         print(f"funnel-tl: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("funnel-tl: interrupted; files already written are complete", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout left (`funnel-tl run | head -1`); every file is written before the
+        # analysis is printed, so nothing is lost. Python's own flush at exit would fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as error:  # the boundary: no future bug prints a traceback by default
+        if args.debug:
+            raise
+        environment = isinstance(error, (OSError, MemoryError))  # the machine, not funnel_tl
+        print(f"funnel-tl: error: {_unexpected(error)} (rerun with --debug to see the traceback"
+              + (")" if environment else "; please report it if it looks like a bug)"), file=sys.stderr)
+        return 2
+
+
+def _unexpected(error: Exception) -> str:
+    """One line for an exception no check anticipated."""
+    if isinstance(error, MemoryError):
+        return "out of memory: use fewer prompts, a smaller --batch-size or --bootstrap, or a smaller model"
+    if isinstance(error, OSError) and error.filename:
+        return f"cannot use {error.filename}: {describe_os_error(error)}"
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ Resume and faults:
   definition, ``drop_first`` and dtype is not measured again (``force=True`` recomputes);
 - results files are written atomically, so a run killed mid-model leaves no partial file;
   the temporary file a hard kill can leave behind is removed by the next run;
+- one sweep per ``out`` at a time (``outputs.output_lock``): a second gets a FunnelError, and
+  the lock of a killed sweep is free again at once;
+- a resumed model's row, verdicts included, is recomputed from its stored per-prompt sums by
+  today's rules (and its results.json rewritten if it disagreed);
 - a model that fails (missing, out of memory, NaN, any other exception) becomes a row with its
   one-line error, and the sweep goes on; ``Comparison.failed`` lists those rows.
 
@@ -39,11 +43,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import FunnelError
-from .funnel import summarize
+from .funnel import funnel_test, summarize
 from .gains import measure_gains
 from .models import bundled_checkpoints, bundled_models, load_model, resolve_device, resolve_dtype
+from .outputs import (check_output_folder, describe_os_error, output_lock, remove_temporaries, save_elsewhere,
+                      slug)
 from .prompts import load_prompts, prompts_sha256
 from .results import DEFINITIONS, GainResult, read_json, write_json_atomic, write_text_atomic
+from .stats import check_bootstrap, robust_funnel_test
 
 COMPARE_SCHEMA_VERSION = 1
 
@@ -80,8 +87,6 @@ class Target:
 
     @property
     def slug(self) -> str:
-        from .cli import slug
-
         return slug(self.label)
 
 
@@ -272,18 +277,21 @@ class ComparisonRow:
 
 
 def row_from_results(target: Target, data: dict[str, Any], result: GainResult, resumed: bool) -> ComparisonRow:
-    """The row of a measured model, from its results file (the same whether fresh or resumed)."""
+    """The row of a measured model (the same whether fresh or resumed).
+
+    Gains and verdicts derive from the per-prompt sums of ``result`` by today's rules, never from
+    what the file says; ``data`` supplies only the provenance (parameters, time, memory).
+    """
     attn, mlp, combined = summarize(result.attn_gains), summarize(result.mlp_gains), summarize(result.combined_gains)
     provenance = data.get("provenance", {})
-    robust = data.get("robust_funnel_test")
     return ComparisonRow(
         model=target.label, slug=target.slug, status="ok", base=target.base, step=target.step,
         revision=target.revision, resumed=resumed,
         n_layers=result.n_layers, hidden_dim=result.d_model, n_parameters=provenance.get("n_parameters"),
         parallel_blocks=result.parallel_blocks,
-        funnel_confirmed=bool(data["funnel_test"]["funnel_confirmed"]),
-        robust_funnel_confirmed=bool(robust["funnel_confirmed"]) if isinstance(robust, dict) and "funnel_confirmed" in robust else None,
-        has_intervals="intervals" in data,
+        funnel_confirmed=bool(funnel_test(result).funnel_confirmed),
+        robust_funnel_confirmed=robust_funnel_test(result).funnel_confirmed if result.intervals is not None else None,
+        has_intervals=result.intervals is not None,
         attn_contracting=attn.n_contracting, mlp_contracting=mlp.n_contracting,
         attn_min_gain=attn.min_gain, attn_min_layer=attn.min_layer,
         attn_max_gain=attn.max_gain, attn_max_layer=attn.max_layer,
@@ -303,6 +311,8 @@ def one_line(error: BaseException) -> str:
         return text or "FunnelError"
     if isinstance(error, torch.cuda.OutOfMemoryError):
         return "out of GPU memory: use --dtype float16, a smaller --batch-size, or a larger GPU"
+    if isinstance(error, OSError) and error.filename:
+        return f"cannot write {error.filename}: {describe_os_error(error)}"
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
@@ -343,16 +353,15 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
     >>> sweep = compare(["EleutherAI/pythia-70m", "EleutherAI/pythia-160m"], out="runs/two")  # doctest: +SKIP
     >>> sweep.figure().show()  # doctest: +SKIP
     """
+    check_bootstrap(bootstrap)
     prompt_list = load_prompts(prompts)  # before any model loads: a bad prompt file fails fast
-    if drop_first < 0:
-        raise FunnelError(f"drop_first must be 0 or more, got {drop_first}")
-    if bootstrap < 0:
-        raise FunnelError(f"bootstrap must be 0 (no intervals) or a number of resamples, got {bootstrap}")
+    if isinstance(drop_first, bool) or not isinstance(drop_first, int) or drop_first < 0:
+        raise FunnelError(f"drop_first must be an integer, 0 or more, got {drop_first!r}")
     # Checked once here: left to each model, a typo would fail every model of the sweep in turn.
     if definition not in DEFINITIONS:
         raise FunnelError(f"unknown definition {definition!r}: choose seed or residual")
-    if batch_size < 1:
-        raise FunnelError(f"batch size must be at least 1, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise FunnelError(f"batch size must be an integer, at least 1, got {batch_size!r}")
     targets = plan_targets(models, checkpoints)
     device = resolve_device(device)
     dtype_name = str(resolve_dtype(dtype, device)).removeprefix("torch.")
@@ -363,10 +372,6 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
     }
     if max_tokens_per_prompt is not None:
         settings["max_tokens_per_prompt"] = max_tokens_per_prompt
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out)
-
     options = dict(device=device, dtype=dtype, definition=definition, batch_size=batch_size, drop_first=drop_first,
                    bootstrap=bootstrap, bootstrap_seed=bootstrap_seed, progress=False if progress is False else None,
                    max_tokens_per_prompt=max_tokens_per_prompt, device_map=device_map, max_memory=max_memory)
@@ -374,9 +379,18 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
 
     group = world if world is not None else current_world()
     if group.distributed:
-        return _sweep_sharded(targets, prompt_list, out, settings, group, force=force, options=options,
+        return _sweep_sharded(targets, prompt_list, Path(out), settings, group, force=force, options=options,
                               self_contained=self_contained)
+    out = check_output_folder(out)
+    with output_lock(out):  # one sweep per folder: a second would interleave compare.json
+        remove_temporaries(out)
+        return _sweep(targets, prompt_list, settings, out, force=force, options=options,
+                      progress=progress, self_contained=self_contained)
 
+
+def _sweep(targets: list[Target], prompt_list: list[str], settings: dict, out: Path, *, force: bool,
+           options: dict, progress: bool | None, self_contained: bool = False) -> "Comparison":
+    """The sweep itself, with ``out`` checked and locked by ``compare``; ``options`` go to ``_measure_one``."""
     rows: list[ComparisonRow] = []
     results: dict[str, GainResult] = {}
     show = progress if progress is not None else len(targets) > 1
@@ -384,37 +398,62 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
     for target in bar:
         bar.set_postfix_str(target.label, refresh=True)
         path = out / target.slug / "results.json"
-        _remove_stale_temporaries(path.parent)
+        remove_temporaries(path.parent)
         finished = None if force else _finished(path, target, settings)
         if finished is not None:
-            row, result = _resumed_row(target, path, finished, bootstrap, bootstrap_seed)
+            row, result = _resumed_row(target, path, finished, options["bootstrap"], options["bootstrap_seed"])
         else:
             row, result = _measured_row(target, prompt_list, path, options)
         rows.append(row)
         if result is not None:
             results[target.label] = result
         # After every model, so a sweep stopped half way still has its table.
-        write_json_atomic(out / "compare.json", _compare_dict(rows, settings))
+        try:
+            write_json_atomic(out / "compare.json", _compare_dict(rows, settings))
+        except OSError as error:
+            tqdm.write(f"could not write {out / 'compare.json'} ({describe_os_error(error)}); going on",
+                       file=sys.stderr)
     bar.close()
+    return _finish(rows, results, settings, out, self_contained)
+
+
+def _finish(rows: list["ComparisonRow"], results: dict, settings: dict, out: Path,
+            self_contained: bool) -> "Comparison":
+    """The ``Comparison`` of a finished sweep, its compare.json and compare.html written."""
     comparison = Comparison(rows=tuple(rows), results=results, settings=settings, out=out)
-    comparison.save(out, self_contained=self_contained)
+    try:
+        comparison.save(out, self_contained=self_contained)
+    except OSError as error:
+        measured = sum(row.ok for row in rows)
+        raise FunnelError(f"{measured} of {len(rows)} models measured (their results.json files are in {out}), but "
+                          f"compare.json/compare.html could not be written ({describe_os_error(error)}): free space "
+                          "and rerun the same command, which reads them back without measuring again") from None
     return comparison
 
 
-def _resumed_row(target: Target, path: Path, finished: tuple[dict, GainResult], bootstrap: int,
-                 bootstrap_seed: int) -> tuple[ComparisonRow, GainResult]:
+def _resumed_row(target: "Target", path: Path, finished: tuple[dict, GainResult], bootstrap: int,
+                 bootstrap_seed: int) -> tuple["ComparisonRow", GainResult]:
     """The row of a target finished by an earlier run, its intervals drawn now if asked for."""
     data, result = finished
-    result, changed = _with_intervals(result, bootstrap, bootstrap_seed)
-    if changed:  # asked for intervals the earlier run did not draw: no model needed
-        result.save(path)
-        data = read_json(path)
-    tqdm.write(f"{target.label}: finished earlier, read from {path}", file=sys.stderr)
+    result, _ = _with_intervals(result, bootstrap, bootstrap_seed)
+    # Every derived value (gains, verdicts) again from the stored sums with today's rules:
+    # a file written by an older funnel_tl, or edited by hand, is brought up to date.
+    fresh = result.to_dict()
+    updated = fresh != data  # new intervals asked for, or derived values that disagreed
+    if updated:
+        try:
+            result.save(path)
+        except OSError as error:
+            tqdm.write(f"{target.label}: could not update {path} ({describe_os_error(error)}); "
+                       "its row is recomputed all the same", file=sys.stderr)
+        data = fresh
+    tqdm.write(f"{target.label}: finished earlier, read from {path}"
+               + (" (derived values and verdicts recomputed from its sums)" if updated else ""), file=sys.stderr)
     return row_from_results(target, data, result, resumed=True), result
 
 
-def _measured_row(target: Target, prompt_list: list[str], path: Path, options: dict,
-                  quiet: bool = False) -> tuple[ComparisonRow, GainResult | None]:
+def _measured_row(target: "Target", prompt_list: list[str], path: Path, options: dict,
+                  quiet: bool = False) -> tuple["ComparisonRow", GainResult | None]:
     """Load, measure and save one target; a failure becomes its row, and the sweep goes on."""
     try:
         data, result = _measure_one(target, prompt_list, path, **options)
@@ -442,56 +481,63 @@ def assign_targets(pending: Sequence[int], n_ranks: int, rank: int) -> list[int]
     return list(pending[rank::n_ranks])
 
 
-def _sweep_sharded(targets: list[Target], prompt_list: list[str], out: Path, settings: dict, group,
+def _sweep_sharded(targets: list["Target"], prompt_list: list[str], out: Path, settings: dict, group,
                    *, force: bool, options: dict, self_contained: bool = False) -> "Comparison | None":
     """The sweep over torchrun's ranks: each pending target measured by exactly one rank, each rank
     loading only its own; rank 0 then reads every result from the shared ``out`` and writes the
-    table and page. Returns the ``Comparison`` on rank 0, ``None`` on the others."""
-    from .distributed import broadcast_from_main, gather_to_main
+    table and page. Returns the ``Comparison`` on rank 0, ``None`` on the others.
+
+    Rank 0 holds ``out``'s lock for the whole sweep (the other ranks are part of it and write only
+    their targets' folders); if it cannot take it, every rank stops with its error."""
+    from contextlib import ExitStack
+
+    from .distributed import broadcast_from_main, gather_to_main, together
 
     paths = [out / target.slug / "results.json" for target in targets]
-    pending = None
-    if group.main:  # one reader decides, so ranks on nodes with stale filesystem caches still agree
-        pending = [i for i, (target, path) in enumerate(zip(targets, paths))
-                   if force or _finished(path, target, settings) is None]
-    # Every rank waits here for rank 0's list, so no result is written before it was read.
-    pending = broadcast_from_main(group, pending)
-    mine = assign_targets(pending, group.size, group.rank)
-    options = dict(options, extra_provenance={"rank": group.rank, "world_size": group.size})
-    quiet = dict(options, progress=False) if not group.main else options
-    measured = {}
-    shown = group.main and options["progress"] is not False and len(mine) > 1
-    for index in tqdm(mine, desc=f"models (rank 0's share of {len(pending)})", unit="model", disable=not shown):
-        _remove_stale_temporaries(paths[index].parent)
-        row, _ = _measured_row(targets[index], prompt_list, paths[index], quiet, quiet=not group.main)
-        measured[index] = row
-    gathered = gather_to_main(group, measured)  # rows are small; the results are on the shared disk
-    if not group.main:
-        return None
-    fresh = {index: row for part in gathered for index, row in part.items()}
-    rows: list[ComparisonRow] = []
-    results: dict[str, GainResult] = {}
-    for index, (target, path) in enumerate(zip(targets, paths)):
-        if index in fresh:
-            row = fresh[index]
-            if row.ok:
-                results[target.label] = GainResult.load(path)
+    with ExitStack() as held:
+        pending = None
+        with together(group):
+            check_output_folder(out)
+            if group.main:  # one reader decides, so ranks on nodes with stale filesystem caches still agree
+                held.enter_context(output_lock(out))
+                remove_temporaries(out)
+                pending = [i for i, (target, path) in enumerate(zip(targets, paths))
+                           if force or _finished(path, target, settings) is None]
+        # Every rank waits here for rank 0's list, so no result is written before it was read.
+        pending = broadcast_from_main(group, pending)
+        mine = assign_targets(pending, group.size, group.rank)
+        options = dict(options, extra_provenance={"rank": group.rank, "world_size": group.size})
+        quiet = dict(options, progress=False) if not group.main else options
+        measured = {}
+        shown = group.main and options["progress"] is not False and len(mine) > 1
+        for index in tqdm(mine, desc=f"models (rank 0's share of {len(pending)})", unit="model", disable=not shown):
+            remove_temporaries(paths[index].parent)
+            row, _ = _measured_row(targets[index], prompt_list, paths[index], quiet, quiet=not group.main)
+            measured[index] = row
+        gathered = gather_to_main(group, measured)  # rows are small; the results are on the shared disk
+        if not group.main:
+            return None
+        fresh = {index: row for part in gathered for index, row in part.items()}
+        rows: list[ComparisonRow] = []
+        results: dict[str, GainResult] = {}
+        for index, (target, path) in enumerate(zip(targets, paths)):
+            if index in fresh:
+                row = fresh[index]
+                if row.ok:
+                    results[target.label] = GainResult.load(path)
+                else:
+                    tqdm.write(f"{target.label}: FAILED: {row.error}", file=sys.stderr)
             else:
-                tqdm.write(f"{target.label}: FAILED: {row.error}", file=sys.stderr)
-        else:
-            finished = _finished(path, target, settings)
-            if finished is None:  # removed or replaced since the deal
-                row = ComparisonRow(model=target.label, slug=target.slug, status="failed", base=target.base,
-                                    step=target.step, revision=target.revision,
-                                    error=f"{path} changed during the sweep: rerun to measure it")
-            else:
-                row, results[target.label] = _resumed_row(target, path, finished, options["bootstrap"],
-                                                          options["bootstrap_seed"])
-        rows.append(row)
-    settings = dict(settings, world_size=group.size)
-    comparison = Comparison(rows=tuple(rows), results=results, settings=settings, out=out)
-    comparison.save(out, self_contained=self_contained)
-    return comparison
+                finished = _finished(path, target, settings)
+                if finished is None:  # removed or replaced since the deal
+                    row = ComparisonRow(model=target.label, slug=target.slug, status="failed", base=target.base,
+                                        step=target.step, revision=target.revision,
+                                        error=f"{path} changed during the sweep: rerun to measure it")
+                else:
+                    row, results[target.label] = _resumed_row(target, path, finished, options["bootstrap"],
+                                                              options["bootstrap_seed"])
+            rows.append(row)
+        return _finish(rows, results, dict(settings, world_size=group.size), out, self_contained)
 
 
 def _finished(path: Path, target: Target, settings: dict) -> tuple[dict, GainResult] | None:
@@ -523,6 +569,7 @@ def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str,
     if target.step is not None:
         model.funnel_name = target.label  # the results file names the checkpoint, not only the model
     n_parameters = count_parameters(model)
+    check_bootstrap(bootstrap, len(prompts), model.cfg.n_layers)  # before the measurement, not after
     result = measure_gains(model, prompts, definition=definition, batch_size=batch_size, drop_first=drop_first,
                            progress=progress, max_tokens_per_prompt=max_tokens_per_prompt)
     del model
@@ -535,7 +582,12 @@ def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str,
         result.provenance["max_tokens_per_prompt"] = max_tokens_per_prompt
     result.provenance.update(extra_provenance or {})
     result, _ = _with_intervals(result, bootstrap, bootstrap_seed)
-    result.save(path)
+    try:
+        result.save(path)
+    except OSError as error:  # the measurement is kept, where it fits
+        place = save_elsewhere(result.save, "results.json")
+        kept = f"saved to {place} instead" if place else "nothing could be saved"
+        raise FunnelError(f"measured, but {path} could not be written ({describe_os_error(error)}); {kept}") from None
     data = read_json(path)
     return data, GainResult.from_dict(data, source=str(path))
 
@@ -585,17 +637,6 @@ def _release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _remove_stale_temporaries(folder: Path) -> None:
-    """Temporary files a hard kill (SIGKILL, power loss) left mid-write; never read as results.
-
-    Only the sweep's own (``.results.json.*.tmp``, ``.compare.*.tmp``): ``out`` may hold other files.
-    """
-    if folder.is_dir():
-        for pattern in (".results.json.*.tmp", ".compare.json.*.tmp", ".compare.html.*.tmp"):
-            for stale in folder.glob(pattern):
-                stale.unlink(missing_ok=True)
 
 
 # Linux can reset a process's peak resident set size (VmHWM) by writing 5 to clear_refs, which
@@ -801,6 +842,6 @@ def _format_seconds(seconds: float | None) -> str:
 
 
 __all__ = [
-    "Comparison", "ComparisonRow", "PRESETS", "PYTHIA_STEPS", "PYTHIA_SUITE", "Target", "compare",
+    "assign_targets", "Comparison", "ComparisonRow", "PRESETS", "PYTHIA_STEPS", "PYTHIA_SUITE", "Target", "compare",
     "checkpoint_targets", "expand_models", "local_checkpoints", "parse_steps", "plan_targets",
 ]

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import platform
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Sequence
 
@@ -37,63 +36,15 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
+from .architectures import HookPlan, is_parallel, layer_norm_output, plan_hooks  # noqa: F401  (re-exported)
 from .errors import FunnelError
 from .models import model_name, tokenizer_of
 from .prompts import Batch, load_prompts, make_batches, padding_fraction, prompts_sha256, tokenize, truncation_limit
-from .results import COMPONENTS, DEFINITIONS, GainResult
+from .results import COMPONENTS, GainResult
 
 # Residual identities hold to float rounding; a wrong hook alias is off by O(1).
 # float32: 1e-4 relative leaves room for summation order; half: one rounding of a ~1e3 sum.
 IDENTITY_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
-
-
-@dataclass(frozen=True)
-class HookPlan:
-    """Which hook (name within a block) is read as each component's input and output."""
-
-    parallel_blocks: bool
-    inputs: dict[str, str]  # component -> hook suffix, e.g. "attn" -> "ln1.hook_out"
-    outputs: dict[str, str]
-
-    @property
-    def suffixes(self) -> list[str]:
-        return sorted(set(self.inputs.values()) | set(self.outputs.values()))
-
-
-def is_parallel(model) -> bool:
-    """Parallel blocks (Pythia, GPT-J): attention and MLP both read ``resid_pre``."""
-    return bool(getattr(model.cfg, "parallel_attn_mlp", False))
-
-
-def layer_norm_output(model, which: str) -> str:
-    """The hook holding what a sublayer receives: its LayerNorm's output, affine included.
-
-    The bridge names it ``ln1.hook_out`` (its ``hook_normalized`` is *before* the affine);
-    ``HookedTransformer`` has no ``hook_out`` and its ``hook_normalized`` is after the affine.
-    Parallel blocks with one LayerNorm for both sublayers (GPT-J) have no ``ln2``.
-    """
-    hooks = model.hook_dict
-    for candidate in (which, "ln1") if which == "ln2" else (which,):
-        for point in ("hook_out", "hook_normalized"):
-            if f"blocks.0.{candidate}.{point}" in hooks:
-                return f"{candidate}.{point}"
-    raise FunnelError(
-        f"{model_name(model)} has no {which} LayerNorm hook: the seed definition needs the LayerNorm "
-        "outputs; use --definition residual"
-    )
-
-
-def plan_hooks(model, definition: str) -> HookPlan:
-    if definition not in DEFINITIONS:
-        raise FunnelError(f"unknown definition {definition!r}: choose seed or residual")
-    parallel = is_parallel(model)
-    if definition == "seed":
-        inputs = {"attn": layer_norm_output(model, "ln1"), "mlp": layer_norm_output(model, "ln2")}
-    else:
-        inputs = {"attn": "hook_resid_pre", "mlp": "hook_resid_pre" if parallel else "hook_resid_mid"}
-    inputs["block"] = "hook_resid_pre"
-    outputs = {"attn": "hook_attn_out", "mlp": "hook_mlp_out", "block": "hook_resid_post"}
-    return HookPlan(parallel_blocks=parallel, inputs=inputs, outputs=outputs)
 
 
 def activation_norms(activation: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "..."]:
@@ -107,11 +58,17 @@ def activation_norms(activation: Float[torch.Tensor, "... d_model"]) -> Float[to
     return torch.linalg.vector_norm(activation, dim=-1, dtype=torch.float32)
 
 
-def token_norms(cache, suffix: str, n_layers: int,
-                layers: Sequence[int] | None = None) -> Float[torch.Tensor, "layer batch pos"]:
-    """‖·‖ over d_model of one hook at every layer (or at ``layers`` only, in that order) of a cache, in float32."""
+def token_norms(cache, suffix: str, n_layers: int, layers: Sequence[int] | None = None,
+                read=None) -> Float[torch.Tensor, "layer batch pos"]:
+    """‖·‖ over d_model of one hook at every layer (or at ``layers`` only, in that order) of a cache, in float32.
+
+    ``read(layer, suffix, activation)`` maps each activation to the tensor whose norm is taken
+    (``functools.partial(plan.read, model)``: a HookedTransformer's norm affine); default as is.
+    """
     chosen = range(n_layers) if layers is None else layers
-    stacked = torch.stack([cache[f"blocks.{layer}.{suffix}"] for layer in chosen])  # [layer, batch, pos, d_model]
+    read = read if read is not None else (lambda layer, suffix, activation: activation)
+    stacked = torch.stack([read(layer, suffix, cache[f"blocks.{layer}.{suffix}"])
+                           for layer in chosen])  # [layer, batch, pos, d_model]
     return activation_norms(stacked)  # [layer, batch, pos]
 
 
@@ -166,8 +123,10 @@ def check_finite(model, norms: dict[str, torch.Tensor], counted: torch.Tensor, i
         layer, _, suffix, row, position = first
         raise FunnelError(
             f"non-finite activation in {model_name(model)}, layer {layer}, {suffix}, prompt {indices[row]}, "
-            f"position {position}: the model overflows in {str(dtype).removeprefix('torch.')}; "
-            "try --dtype bfloat16 or float32"
+            f"position {position}: " + (
+                "the model overflows in " + str(dtype).removeprefix("torch.") + "; try --dtype bfloat16 or float32"
+                if dtype in (torch.float16, torch.bfloat16) else
+                "in float32 this is no overflow: the checkpoint's weights hold NaN or inf; check or re-save it")
         )
 
 
@@ -182,8 +141,8 @@ def prepare_tokens(model, prompts: str | Sequence[str], drop_first: int = 0,
     prompts; ``truncation`` (a dict) then receives the record for the provenance.
     """
     prompt_list = load_prompts(prompts)
-    if drop_first < 0:
-        raise FunnelError(f"drop_first must be 0 or more, got {drop_first}")
+    if isinstance(drop_first, bool) or not isinstance(drop_first, int) or drop_first < 0:
+        raise FunnelError(f"drop_first must be an integer, 0 or more, got {drop_first!r}")
     tokenizer = tokenizer if tokenizer is not None else tokenizer_of(model)
     n_ctx = getattr(model.cfg, "n_ctx", None)
     token_ids = tokenize(tokenizer, prompt_list, n_ctx=n_ctx, model_name=model_name(model),
@@ -204,8 +163,9 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
                   max_tokens_per_prompt: int | str | None = None) -> GainResult:
     """Measure every layer's attention, MLP and block gain on a prompt set.
 
-    ``model``: a bridge from ``load_model`` (or any object with ``hooks``, ``cfg`` and the
-    standard hook names, e.g. a TL 3.x ``HookedTransformer`` loaded without weight processing).
+    ``model``: a bridge from ``load_model``, a bridge the user booted, or a TL 3.x
+    ``HookedTransformer``, loaded without weight processing (processed weights and non-decoder
+    models are refused; ``architectures.plan_hooks`` says what is read on each).
     ``prompts``: ``"seed"``, a prompt file path, or a list of strings. ``definition``: ``"seed"``
     (‖out‖ over the LayerNorm output the sublayer reads) or ``"residual"`` (‖out‖ over the residual
     stream it reads). ``drop_first`` leaves out the first N positions of every prompt (position 0
@@ -243,6 +203,7 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
         n_tokens[batch.indices] = counted
 
     provenance = _provenance(model, device, dtype, prompt_list, token_ids, batches, batch_size, drop_first)
+    provenance["reads"] = plan.describe()
     provenance.update(truncation)
     result = GainResult(
         model=name, definition=definition, n_layers=n_layers, d_model=model.cfg.d_model,
@@ -289,7 +250,7 @@ def _measure_batch(model, batch: Batch, plan: HookPlan, device, dtype, drop_firs
 
     def record(activation, hook, *, name: str, layer: int, suffix: str):
         activation = activation[0] if isinstance(activation, tuple) else activation  # [batch, pos, d_model]
-        norms[name] = activation_norms(activation)  # [batch, pos]
+        norms[name] = activation_norms(plan.read(model, layer, suffix, activation))  # [batch, pos]
         if check_identities and suffix in identity_suffixes:
             held[name] = activation
             if suffix == "hook_resid_post":
@@ -332,6 +293,16 @@ def _measure_batch(model, batch: Batch, plan: HookPlan, device, dtype, drop_firs
     return counted.sum(dim=1).cpu().numpy()
 
 
+def _installed_version(package: str) -> str:
+    """TransformerLens 3.x has no ``__version__``; its installed metadata has."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _provenance(model, device, dtype, prompts, token_ids, batches, batch_size, drop_first) -> dict:
     import transformer_lens
     import transformers
@@ -340,7 +311,7 @@ def _provenance(model, device, dtype, prompts, token_ids, batches, batch_size, d
 
     return {
         "funnel_tl": __version__,
-        "transformer_lens": getattr(transformer_lens, "__version__", "unknown"),
+        "transformer_lens": getattr(transformer_lens, "__version__", None) or _installed_version("transformer-lens"),
         "transformers": transformers.__version__,
         "torch": torch.__version__,
         "python": platform.python_version(),

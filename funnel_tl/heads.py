@@ -32,6 +32,7 @@ shares and small (or negative) projection shares.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import einops
@@ -40,8 +41,9 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
+from .architectures import check_heads_add_up, plan_hooks
 from .errors import FunnelError
-from .gains import IDENTITY_TOLERANCE, _provenance, plan_hooks, prepare_tokens, token_norms
+from .gains import IDENTITY_TOLERANCE, _provenance, prepare_tokens, token_norms
 from .head_results import HEADS_KIND, HEADS_SCHEMA_VERSION, VALUES, HeadResult, HeadStat, label  # noqa: F401  (re-exported)
 from .layers import parse_layers, resolve_layers  # noqa: F401  (parse_layers re-exported)
 from .models import model_name
@@ -70,6 +72,7 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
     prompt_list, token_ids, pad_id = prepare_tokens(model, prompts, drop_first, tokenizer,
                                                     max_tokens_per_prompt, truncation)
     plan = plan_hooks(model, definition)
+    check_heads_add_up(model, plan)
     name = model_name(model)
     cfg = model.cfg
     chosen = resolve_layers(layers, cfg.n_layers)
@@ -92,9 +95,10 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
     for number, batch in enumerate(tqdm(batches, desc=f"heads {name}", unit="batch", disable=not show)):
         n_tokens[batch.indices] = _measure_heads_batch(
             model, batch, chosen, plan.inputs["attn"], device, dtype, drop_first, grams,
-            check_identity=number == 0, sums=sums)
+            check_identity=number == 0, sums=sums, read=functools.partial(plan.read, model))
 
     provenance = _provenance(model, device, dtype, prompt_list, token_ids, batches, batch_size, drop_first)
+    provenance["reads"] = plan.describe()
     provenance.update(truncation)
     return HeadResult(
         model=name, definition=definition, n_layers=cfg.n_layers, n_heads=n_heads, d_head=cfg.d_head,
@@ -118,7 +122,7 @@ def _gram_dtype(device: torch.device) -> torch.dtype:
 
 @torch.inference_mode()
 def _measure_heads_batch(model, batch: Batch, layers: tuple[int, ...], input_suffix: str, device, dtype,
-                         drop_first: int, grams: dict, check_identity: bool, sums: dict) -> np.ndarray:
+                         drop_first: int, grams: dict, check_identity: bool, sums: dict, read=None) -> np.ndarray:
     """Run one batch; write its per-prompt sums into ``sums`` (rows ``batch.indices``); return token counts."""
     wanted = {f"blocks.{layer}.{suffix}" for layer in layers
               for suffix in ("attn.hook_z", "hook_attn_out", input_suffix)}
@@ -138,7 +142,7 @@ def _measure_heads_batch(model, batch: Batch, layers: tuple[int, ...], input_suf
     weights = counted.float()
     n_layers = model.cfg.n_layers
     out_norms = token_norms(cache, "hook_attn_out", n_layers, layers=layers)  # [layer, batch, pos]
-    in_norms = token_norms(cache, input_suffix, n_layers, layers=layers)  # [layer, batch, pos]
+    in_norms = token_norms(cache, input_suffix, n_layers, layers=layers, read=read)  # [layer, batch, pos]
     rows = batch.indices
     for index, layer in enumerate(layers):
         z = cache[f"blocks.{layer}.attn.hook_z"]  # [batch, pos, head, d_head]

@@ -10,7 +10,13 @@ the LayerNorm affine, ``fold_value_biases`` moves b_V into b_O).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import pickle
+import socket
+import struct
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -94,6 +100,9 @@ def resolve_model(name_or_dir: str | os.PathLike | None) -> tuple[str, str, bool
     """
     if name_or_dir is None:
         name_or_dir = default_model_name()
+    if not isinstance(name_or_dir, (str, os.PathLike)):
+        raise FunnelError(f"a model is named by a string or a path (a bundled name, a local folder or a hub "
+                          f"name), got {type(name_or_dir).__name__}")
     name = str(name_or_dir)
     bundled = bundled_models()
     if name in bundled:
@@ -112,7 +121,34 @@ def resolve_model(name_or_dir: str | os.PathLike | None) -> tuple[str, str, bool
     return name, name, False
 
 
+def local_n_layers(name_or_dir: str | os.PathLike | None, revision: str | None = None) -> int | None:
+    """The number of layers a bundled or local model's config.json states, or None (hub models,
+    unreadable configs): lets checks that scale with depth run before the model loads."""
+    try:
+        name, source, local = resolve_model(name_or_dir)
+        if not local:
+            return None
+        if revision is not None and name in bundled_models():
+            source = str(_bundled_revision(name, revision))
+        config = json.loads((Path(source) / "config.json").read_text(encoding="utf-8"))
+    except (FunnelError, OSError, ValueError):
+        return None  # load_model will say what is wrong, in its turn
+    for key in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+        if isinstance(config, dict) and isinstance(config.get(key), int):
+            return config[key]
+    return None
+
+
 def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` → ``"cuda"`` when torch sees a GPU, else ``"cpu"``; any other name is checked."""
+    if not isinstance(device, (str, torch.device)):
+        raise FunnelError(f"device must be a string such as 'cpu', 'cuda' or 'cuda:1', got {type(device).__name__}")
+    device = str(device)
+    if device != "auto":
+        try:
+            torch.device(device)
+        except (RuntimeError, ValueError):
+            raise FunnelError(f"unknown device {device!r}: choose auto, cpu, cuda or cuda:N") from None
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -124,6 +160,8 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str = "cpu") -> tor
     """``auto`` is float16 on CUDA (the seed's choice for Pythia-6.9B) and float32 elsewhere."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if not isinstance(dtype, str):
+        raise FunnelError(f"dtype must be a string such as 'float32' or a torch.dtype, got {type(dtype).__name__}")
     if dtype == "auto":
         return torch.float16 if str(device).startswith("cuda") else torch.float32
     if dtype not in DTYPES:
@@ -157,6 +195,131 @@ def _local_loading(local: bool):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+# Files from which AutoTokenizer builds a real tokenizer; without one it can return an empty one,
+# and the failure would surface later as "prompt 0 is empty after tokenization".
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "tiktoken.model")
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
+
+
+def check_model_folder(folder: Path, name: str | None = None) -> None:
+    """Refuse an incomplete or damaged checkpoint folder before anything loads from it.
+
+    Checks, in order of cost: ``config.json`` is a JSON object; weights are present; a
+    tokenizer file is present; every ``.safetensors`` header parses and its tensors fit in the
+    file (a truncated download fails here, not half way through loading).
+    """
+    name = name or str(folder)
+    fix = "re-download or re-save the checkpoint (model.save_pretrained and tokenizer.save_pretrained)"
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise FunnelError(f"{name}: config.json cannot be read ({_first_line(error)}): {fix}") from None
+    if not isinstance(config, dict):
+        raise FunnelError(f"{name}: config.json is not a JSON object: {fix}")
+    weights = sorted({p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern)})
+    if not weights:
+        raise FunnelError(f"{name} has a config.json but no weights (model.safetensors or pytorch_model.bin): {fix}")
+    if not any((folder / file).is_file() for file in TOKENIZER_FILES) and not list(folder.glob("*.tiktoken")):
+        raise FunnelError(f"{name} has no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, ...): save the "
+                          "model's tokenizer into the folder (tokenizer.save_pretrained)")
+    for path in weights:
+        if path.suffix == ".safetensors":
+            _check_safetensors(path, name, fix)
+        elif path.stat().st_size == 0:
+            raise FunnelError(f"{name}: {path.name} is empty: {fix}")
+
+
+def _check_safetensors(path: Path, name: str, fix: str) -> None:
+    """The header of a safetensors file parses and the data it describes fits in the file."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            (header_length,) = struct.unpack("<Q", handle.read(8))
+            if header_length > size - 8:
+                raise ValueError("header longer than the file")
+            header = json.loads(handle.read(header_length).decode("utf-8"))
+        end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    except (OSError, struct.error, ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+        raise FunnelError(f"{name}: {path.name} is not a readable safetensors file ({_first_line(error)}): {fix}") from None
+    if 8 + header_length + end > size:
+        raise FunnelError(f"{name}: {path.name} is truncated ({size} bytes of {8 + header_length + end}): {fix}")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _load_error_message(name: str, error: BaseException, local: bool) -> str:
+    line = _first_line(error)
+    if local:
+        if isinstance(error, pickle.UnpicklingError) or "weights_only" in str(error) or "pickle" in line.lower():
+            return (f"cannot load model {name!r}: its .bin weights fail torch's safe (weights-only) loading: "
+                    "convert them to safetensors from a trusted copy")
+        return f"cannot load model {name!r}: {line} (are its weights complete? re-download or re-save it)"
+    if "offline" in line.lower() or "connect" in line.lower() or "cache" in line.lower():
+        return (f"cannot load model {name!r}: {line} (not in the local cache and the hub cannot be reached: "
+                "check the network, or give a local checkpoint folder)")
+    return f"cannot load model {name!r}: {line} (check the name, or pass a local checkpoint folder)"
+
+
+# How long the hub reachability probe waits: a connect that takes longer would make loading crawl anyway.
+HUB_PROBE_SECONDS = 3.0
+
+
+def _hub_access(name: str, revision: str | None) -> bool | None:
+    """Before loading a hub model: ``True`` to load it offline from the cache, ``None`` to go online.
+
+    Without a network, HuggingFace retries for about a minute before failing; one short TCP connect
+    to the hub tells the same at once. A model already cached then loads offline; one that is not
+    is a FunnelError that names the network and ``HF_HUB_OFFLINE=1``.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return True
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    if _hub_reachable(host, port):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str)
+    except Exception:  # an odd name or cache layout: let the loader say what is wrong
+        cached = False
+    if cached:
+        return True
+    raise FunnelError(f"cannot reach the model hub ({host}) to download {name!r}, and it is not in the local cache: "
+                      "check the network, give a local checkpoint folder, or set HF_HUB_OFFLINE=1 to use "
+                      "cached models only")
+
+
+# host, port -> (time probed, reachable): a sweep of many hub checkpoints probes once a minute, not per model.
+_PROBES: dict[tuple[str, int], tuple[float, bool]] = {}
+
+
+def _hub_reachable(host: str, port: int) -> bool:
+    probed = _PROBES.get((host, port))
+    if probed is not None and time.monotonic() - probed[0] < 60:
+        return probed[1]
+    reachable = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=HUB_PROBE_SECONDS).close()
+            reachable.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)  # daemon: a hung DNS lookup never blocks exit
+    thread.start()
+    thread.join(HUB_PROBE_SECONDS)
+    _PROBES[(host, port)] = (time.monotonic(), bool(reachable))
+    return bool(reachable)
 
 
 def load_tokenizer(source: str, revision: str | None = None):
@@ -195,10 +358,20 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
     from transformer_lens.model_bridge import TransformerBridge
 
     name, source, local = resolve_model(name_or_dir)
+    if revision is not None and not isinstance(revision, str):
+        raise FunnelError(f"revision must be a string such as 'step1000', got {type(revision).__name__}")
     if revision is not None and local and name in bundled_models():
         # A bundled model's revisions are folders of its own, not git revisions of a hub repo.
         source = str(_bundled_revision(name, revision).resolve())
         name, revision = f"{name}@{revision}", None
+    elif revision is not None and local:
+        raise FunnelError(f"--revision {revision} names a hub revision, but {name} is a local folder: give the "
+                          "checkpoint's own folder instead (e.g. DIR/step1000), or compare --checkpoints")
+    if local:
+        # Cheap, from config.json and the file listing, before torch reads a byte of weights; the kind
+        # of model first, since a missing file is beside the point for a model we would refuse anyway.
+        _check_decoder_folder(name, Path(source))
+        check_model_folder(Path(source), name)
     if device_map is not None:
         device_arg = {"device_map": device_map, "max_memory": max_memory}
         # Only for dtype="auto": float16 when the map can reach a GPU, as on one GPU.
@@ -209,27 +382,47 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
         device = resolve_device(device)
         device_arg = {"device": device}
     torch_dtype = resolve_dtype(dtype, device)
+    offline = None if local else _hub_access(name, revision)
     try:
-        with _local_loading(local):
+        with _local_loading(local or offline):
             tokenizer = load_tokenizer(source, revision=revision)
             bridge = TransformerBridge.boot_transformers(
                 source, dtype=torch_dtype, revision=revision, **device_arg, **boot_kwargs
             )
     except FunnelError:
         raise
-    except (OSError, ValueError, KeyError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        hint = "check the name, or pass a local checkpoint folder" if not local else "is it a complete HuggingFace checkpoint?"
-        raise FunnelError(f"cannot load model {name!r}: {first_line} ({hint})") from error
     except torch.cuda.OutOfMemoryError:
         raise FunnelError(
             f"out of GPU memory loading {name!r}: use --dtype float16, a smaller model, or device_map='auto'"
         ) from None
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        raise FunnelError(_load_error_message(name, error, local)) from error
+    except Exception as error:
+        if type(error).__name__ != "SafetensorError":  # safetensors' own, not importable by a stable path
+            raise
+        raise FunnelError(_load_error_message(name, error, local)) from error
     bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
+    from .architectures import check_decoder_only
+
+    bridge.funnel_name = name  # named in check_decoder_only's message
+    check_decoder_only(bridge)
     bridge.eval()
-    bridge.funnel_name = name
     bridge.funnel_tokenizer = tokenizer
     return bridge
+
+
+def _check_decoder_folder(name: str, folder: Path) -> None:
+    """Refuse a non-decoder checkpoint from its config.json, before the expensive boot."""
+    import json
+
+    from .architectures import check_decoder_config
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # booting reports an unreadable checkpoint with its own message
+    if isinstance(config, dict):
+        check_decoder_config(config, name)
 
 
 def model_name(model) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -31,46 +32,149 @@ SEED_PROMPTS: tuple[str, ...] = (
 )
 
 
-def load_prompts(spec: str | Sequence[str] = "seed") -> list[str]:
-    """Return a list of prompts from ``"seed"``, a ``.txt`` file, a ``.jsonl`` file or a list.
+# How each prompt-file extension is read; anything else is refused rather than guessed at.
+FILE_FORMATS = ('.txt (one prompt per line), .jsonl (one {"text": "..."} object per line) or '
+                '.json (a list of strings, or of {"text": "..."} objects)')
+WHAT_TO_PASS = "'seed', a .txt, .jsonl or .json prompt file, or a list of prompt strings"
 
-    ``.txt``: one prompt per non-blank line. ``.jsonl``: one object per line with a ``"text"`` key.
+
+def load_prompts(spec: str | os.PathLike | Sequence[str] = "seed") -> list[str]:
+    """Return a list of prompts from ``"seed"``, a prompt file, or a sequence of strings.
+
+    Files are read as strict UTF-8 (a leading byte-order mark is dropped) and by extension:
+    ``.txt`` one prompt per non-blank line (stripped); ``.jsonl`` one object per non-blank line
+    with a ``"text"`` string; ``.json`` a list of strings or of such objects. Every prompt must
+    hold more than whitespace. Anything else is a ``FunnelError`` naming the file and line.
 
     >>> load_prompts("seed")[0]
     'The capital of France is Paris, which is known for the Eiffel Tower.'
     >>> load_prompts(["a prompt", "another"])
     ['a prompt', 'another']
     """
-    if not isinstance(spec, str):
-        prompts = [str(p) for p in spec]
-        source = "the prompt list"
-    elif spec == "seed":
+    if isinstance(spec, str) and spec == "seed":
         return list(SEED_PROMPTS)
-    else:
+    if isinstance(spec, (str, os.PathLike)):
         path = Path(spec)
-        source = str(path)
-        if not path.is_file():
-            raise FunnelError(
-                f"prompt file not found: {path} (give 'seed', a .txt file with one prompt per line, "
-                "or a .jsonl file with a \"text\" field)"
-            )
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".jsonl":
-            prompts = []
-            for number, line in enumerate(text.splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    prompts.append(str(json.loads(line)["text"]))
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise FunnelError(
-                        f'{path}:{number}: expected a JSON object with a "text" field on each line'
-                    ) from None
-        else:
-            prompts = [line.strip() for line in text.splitlines() if line.strip()]
+        records, source = iter_prompt_file(path), str(path)
+    else:
+        records, source = _iter_sequence(spec), "the prompt list"
+    prompts = [_checked(text, where) for where, text in records]
     if not prompts:
         raise FunnelError(f"no prompts in {source}: give at least one non-blank prompt")
     return prompts
+
+
+def iter_prompt_file(path: str | os.PathLike) -> Iterator[tuple[str, object]]:
+    """``(where, record)`` for each record of a prompt file, read lazily where the format allows.
+
+    ``where`` is ``"FILE:LINE"`` (``"FILE[INDEX]"`` for ``.json``), for messages; a record is what
+    the file holds for one prompt, checked by ``load_prompts`` to be a non-empty string.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        if path.is_dir():
+            raise FunnelError(f"{path} is a folder, not a prompt file: give {WHAT_TO_PASS}")
+        if suffix not in (".txt", ".jsonl", ".json"):
+            shown = str(path) if len(str(path)) <= 40 else str(path)[:37] + "..."
+            raise FunnelError(f"prompt file not found: {shown!r}; prompts are {WHAT_TO_PASS}: to measure "
+                              f"one prompt, pass it in a list, [{shown!r}]")
+        raise FunnelError(f"prompt file not found: {path} (give {WHAT_TO_PASS})")
+    readers = {".txt": _txt_records, ".jsonl": _jsonl_records, ".json": _json_records}
+    if suffix not in readers:
+        raise FunnelError(f"{path}: cannot tell how to read a {suffix or 'extensionless'} file: "
+                          f"save it as {FILE_FORMATS}")
+    return readers[suffix](path)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 file, one at a time; any decoding or reading failure is a FunnelError."""
+    number = 0
+    try:
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                if number == 1:
+                    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+                        raise FunnelError(f"{path} is UTF-16, not UTF-8: save it as UTF-8")
+                    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark is not text
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise FunnelError(f"{path}:{number} is not valid UTF-8 (byte {error.start + 1} of the line): "
+                                      "save the file as UTF-8 text") from None
+                if "\x00" in line:
+                    raise FunnelError(f"{path}:{number} holds a NUL byte: is it a binary file? give a text file")
+                yield number, line.rstrip("\r\n")
+    except OSError as error:
+        raise FunnelError(f"cannot read prompt file {path}: {error.strerror or error}") from None
+
+
+def _txt_records(path: Path) -> Iterator[tuple[str, object]]:
+    for number, line in _lines(path):
+        if line.strip():
+            yield f"{path}:{number}", line.strip()
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[str, object]]:
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise FunnelError(f'{path}:{number}: not JSON ({error.msg}): expected an object with a "text" '
+                              "field on each line") from None
+        yield f"{path}:{number}", _text_field(record, f"{path}:{number}")
+
+
+def _json_records(path: Path) -> Iterator[tuple[str, object]]:
+    text = "\n".join(line for _, line in _lines(path))
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise FunnelError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}): expected a list of "
+                          "prompt strings") from None
+    if not isinstance(data, list):
+        raise FunnelError(f'{path} holds a JSON {type(data).__name__}: expected a list of strings or of '
+                          '{"text": "..."} objects')
+    for index, record in enumerate(data):
+        where = f"{path}[{index}]"
+        yield where, _text_field(record, where) if isinstance(record, dict) else record
+
+
+def _text_field(record: object, where: str) -> object:
+    if not isinstance(record, dict) or "text" not in record:
+        raise FunnelError(f'{where}: expected a JSON object with a "text" field, got {_kind(record)}')
+    return record["text"]
+
+
+def _iter_sequence(spec) -> Iterator[tuple[str, object]]:
+    if isinstance(spec, (bytes, bytearray)) or hasattr(spec, "shape") or isinstance(spec, (dict, set, frozenset)) \
+            or not isinstance(spec, Iterable):
+        what = "a token tensor" if hasattr(spec, "shape") else f"a {type(spec).__name__}"
+        raise FunnelError(f"prompts must be {WHAT_TO_PASS}, got {what}: pass the prompt texts; they are "
+                          "tokenized with the model's own tokenizer")
+    for index, item in enumerate(spec):
+        yield f"prompt {index}", item
+
+
+def _checked(text: object, where: str) -> str:
+    if not isinstance(text, str):
+        raise FunnelError(f"{where}: a prompt must be a string, got {_kind(text)}")
+    if not text.strip():
+        raise FunnelError(f"{where}: the prompt is empty or only whitespace: remove it")
+    return text
+
+
+def _kind(value: object) -> str:
+    """A JSON value's kind for a message: null, a number, a list, ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({json.dumps(value)})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r})"
+    return {list: "a list", dict: "an object", str: "a string"}.get(type(value), f"a {type(value).__name__}")
 
 
 def prompts_sha256(prompts: Sequence[str]) -> str:
@@ -162,8 +266,8 @@ def make_batches(token_ids: Sequence[Sequence[int]], batch_size: int,
     Prompts are sorted by length so that little compute goes to padding; each batch carries the
     original indices, so results can be put back in the caller's order.
     """
-    if batch_size < 1:
-        raise FunnelError(f"batch size must be at least 1, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise FunnelError(f"batch size must be an integer, at least 1, got {batch_size!r}")
     order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
     for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]

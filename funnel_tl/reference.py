@@ -8,79 +8,144 @@ the benchmark compare the two.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 
-# (attribute path to the decoder layers, attention attribute, MLP attribute) per HF model type.
+@dataclass(frozen=True)
+class Layout:
+    """Where a HuggingFace decoder family keeps the modules the seed's forward hooks read.
+
+    ``attention``/``mlp``: the modules whose *input* is u (what the sublayer receives) and, unless
+    ``attention_out``/``mlp_out`` name another module, whose *output* is what the sublayer adds
+    to the residual stream. Sandwich norms (Gemma 2/3) and post-norms (OLMo 2) add the output of
+    their post-norm; OPT has no MLP module (fc1 reads u, fc2 writes m). ``residual_in_output``:
+    BLOOM's attention and MLP return ``output + residual`` (their second argument), so the
+    residual is subtracted back out.
+    """
+
+    layers: str
+    attention: str
+    mlp: str
+    attention_out: str | None = None
+    mlp_out: str | None = None
+    residual_in_output: bool = False
+
+
+_PRE_NORM = Layout("model.layers", "self_attn", "mlp")
+_SANDWICH = Layout("model.layers", "self_attn", "mlp", "post_attention_layernorm", "post_feedforward_layernorm")
+
+# Per HF ``model_type``.
 _LAYOUTS = {
-    "gpt_neox": ("gpt_neox.layers", "attention", "mlp"),
-    "gpt2": ("transformer.h", "attn", "mlp"),
-    "gptj": ("transformer.h", "attn", "mlp"),
-    "llama": ("model.layers", "self_attn", "mlp"),
-    "mistral": ("model.layers", "self_attn", "mlp"),
-    "qwen2": ("model.layers", "self_attn", "mlp"),
+    "gpt_neox": Layout("gpt_neox.layers", "attention", "mlp"),
+    "gpt2": Layout("transformer.h", "attn", "mlp"),
+    "gptj": Layout("transformer.h", "attn", "mlp"),
+    "codegen": Layout("transformer.h", "attn", "mlp"),
+    "gpt_neo": Layout("transformer.h", "attn", "mlp"),
+    "bloom": Layout("transformer.h", "self_attention", "mlp", residual_in_output=True),
+    "falcon": Layout("transformer.h", "self_attention", "mlp"),
+    "opt": Layout("model.decoder.layers", "self_attn", "fc1", mlp_out="fc2"),
+    "gemma2": _SANDWICH,
+    "gemma3_text": _SANDWICH,
+    "olmo2": _SANDWICH,  # post-norm: the attention module's input is the stream itself
+    **{model_type: _PRE_NORM for model_type in (
+        "llama", "mistral", "qwen2", "qwen3", "gemma", "olmo", "stablelm", "phi", "phi3", "mixtral",
+        "qwen2_moe", "olmoe", "cohere", "starcoder2", "smollm3", "granite")},
 }
+
+
+def _attribute(root, path: str):
+    for part in path.split("."):
+        root = getattr(root, part)
+    return root
 
 
 def hf_sublayers(hf_model):
     """``[(layer module, attention module, MLP module)]`` of a HuggingFace causal LM."""
+    layout = hf_layout(hf_model)
+    return [(layer, getattr(layer, layout.attention), getattr(layer, layout.mlp))
+            for layer in _attribute(hf_model, layout.layers)]
+
+
+def hf_layout(hf_model) -> Layout:
     model_type = hf_model.config.model_type
     if model_type not in _LAYOUTS:
         raise NotImplementedError(f"no reference layout for HF model type {model_type!r}")
-    path, attention, mlp = _LAYOUTS[model_type]
-    layers = hf_model
-    for part in path.split("."):
-        layers = getattr(layers, part)
-    return [(layer, getattr(layer, attention), getattr(layer, mlp)) for layer in layers]
+    return _LAYOUTS[model_type]
 
 
 def hf_is_parallel(hf_model) -> bool:
+    """Attention and MLP both read the block input (no resid_mid)."""
     config = hf_model.config
-    if config.model_type == "gpt_neox":
-        return bool(config.use_parallel_residual)
-    return config.model_type == "gptj"
+    if config.model_type in ("gpt_neox", "stablelm"):
+        return bool(getattr(config, "use_parallel_residual", False))
+    if config.model_type == "falcon":
+        return bool(config.parallel_attn or config.new_decoder_architecture)
+    return config.model_type in ("gptj", "codegen", "phi", "cohere")
 
 
 @torch.inference_mode()
 def seed_reference(hf_model, tokenizer, prompts: Sequence[str], drop_first: int = 0) -> dict[str, np.ndarray]:
     """Per-prompt mean norms ``[prompt, layer]`` of every tensor the gains read, the seed's way.
 
-    Keys: ``attn_in`` and ``mlp_in`` (what the modules receive: LayerNorm outputs), ``attn_out``,
+    Keys: ``attn_in`` and ``mlp_in`` (what the modules receive: LayerNorm outputs, or the stream
+    itself for post-norm blocks), ``attn_out``,
     ``mlp_out``, ``resid_pre`` (the layer's input) and ``resid_post`` (its output), and ``resid_mid``
     (resid_pre + attn_out; serial blocks only, where the MLP reads it).
     """
-    sublayers = hf_sublayers(hf_model)
+    layout = hf_layout(hf_model)
+    layers = list(_attribute(hf_model, layout.layers))
     parallel = hf_is_parallel(hf_model)
     captured: dict[tuple[int, str], torch.Tensor] = {}
 
-    def capture(layer_index, role_in, role_out):
+    def capture(layer_index, role_in, role_out, subtract_residual=False):
         def hook(module, args, kwargs, output):
-            tensor_in = args[0] if args else kwargs["hidden_states"]
             tensor_out = output[0] if isinstance(output, tuple) else output
-            captured[(layer_index, role_in)] = tensor_in.detach().float()
-            captured[(layer_index, role_out)] = tensor_out.detach().float()
+            # Cloned: Falcon adds the attention output into the MLP output in place afterwards.
+            tensor_out = tensor_out.detach().float().clone()
+            if subtract_residual:
+                residual = args[1] if len(args) > 1 else kwargs["residual"]
+                tensor_out = tensor_out - residual.float()
+            if role_out is not None:
+                captured[(layer_index, role_out)] = tensor_out
+            if role_in is not None:
+                tensor_in = args[0] if args else kwargs["hidden_states"]
+                captured[(layer_index, role_in)] = tensor_in.detach().float().clone()
         return hook
 
+    def watch(module, index, role_in, role_out, subtract_residual=False):
+        handles.append(module.register_forward_hook(capture(index, role_in, role_out, subtract_residual),
+                                                    with_kwargs=True))
+
     handles = []
-    for index, (layer, attention, mlp) in enumerate(sublayers):
-        handles.append(layer.register_forward_hook(capture(index, "resid_pre", "resid_post"), with_kwargs=True))
-        handles.append(attention.register_forward_hook(capture(index, "attn_in", "attn_out"), with_kwargs=True))
-        handles.append(mlp.register_forward_hook(capture(index, "mlp_in", "mlp_out"), with_kwargs=True))
+    for index, layer in enumerate(layers):
+        watch(layer, index, "resid_pre", "resid_post")
+        for component, module_name, out_name in (("attn", layout.attention, layout.attention_out),
+                                                 ("mlp", layout.mlp, layout.mlp_out)):
+            module = getattr(layer, module_name)
+            if out_name is None:
+                watch(module, index, f"{component}_in", f"{component}_out", layout.residual_in_output)
+            else:
+                watch(module, index, f"{component}_in", None)
+                watch(getattr(layer, out_name), index, None, f"{component}_out")
     roles = ["attn_in", "attn_out", "mlp_in", "mlp_out", "resid_pre", "resid_post"] + ([] if parallel else ["resid_mid"])
-    means = {role: np.zeros((len(prompts), len(sublayers))) for role in roles}
+    means = {role: np.zeros((len(prompts), len(layers))) for role in roles}
     device = next(hf_model.parameters()).device
     try:
         for p, prompt in enumerate(prompts):
             captured.clear()
             inputs = tokenizer(prompt, return_tensors="pt")
             hf_model(**{k: v.to(device) for k, v in inputs.items()})
-            for layer in range(len(sublayers)):
+            for layer in range(len(layers)):
                 if not parallel:
-                    captured[(layer, "resid_mid")] = captured[(layer, "resid_pre")] + captured[(layer, "attn_out")]
+                    captured[(layer, "resid_mid")] = (captured[(layer, "resid_pre")]
+                                                      + captured[(layer, "attn_out")].reshape(captured[(layer, "resid_pre")].shape))
                 for role in roles:
-                    norms = torch.norm(captured[(layer, role)], dim=-1)  # (batch=1, seq_len)
+                    tensor = captured[(layer, role)]
+                    tensor = tensor if tensor.ndim == 3 else tensor.reshape(1, -1, tensor.shape[-1])  # OPT's fc1/fc2 read [tokens, d]
+                    norms = torch.norm(tensor, dim=-1)  # (batch=1, seq_len)
                     means[role][p, layer] = norms[:, drop_first:].mean().item()
     finally:
         for handle in handles:

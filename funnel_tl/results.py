@@ -7,6 +7,9 @@ Glossary (DESIGN.md §2; hook names as in TransformerLens). For layer ``l`` and 
 - ``u_attn``, ``u_mlp`` = what the attention and MLP modules actually receive: the LayerNorm
   outputs *with* their affine weights (``ln1.hook_out``, ``ln2.hook_out``).
 - ``resid_mid`` = x + a for serial blocks; parallel blocks (Pythia, GPT-J) have none.
+- Sandwich norms (Gemma 2/3): a and m after their post-norm; post-norm blocks (OLMo 2): u = the
+  stream itself. ``architectures.py`` holds every block shape; ``provenance["reads"]`` records
+  the shape and the hook each number came from.
 
 What "input" and "output" mean for each component:
 
@@ -267,7 +270,7 @@ class GainResult:
                 "JSON holds only averaged gains; rerun `funnel-tl run` to get a full results file)"
             )
         if version != SCHEMA_VERSION:
-            raise FunnelError(f"{source} has schema_version {version}; this funnel_tl reads {SCHEMA_VERSION}: "
+            raise FunnelError(f"{source} has schema_version {version!r}; this funnel_tl reads {SCHEMA_VERSION!r}: "
                               "rerun `funnel-tl run` or install the matching funnel_tl")
         intervals = None
         if data.get("intervals") is not None:
@@ -353,6 +356,10 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise FunnelError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})") from None
+    except UnicodeDecodeError:
+        raise FunnelError(f"{path} is not UTF-8 text: it is not a funnel_tl results file") from None
+    except OSError as error:
+        raise FunnelError(f"cannot read {path}: {error.strerror or error}") from None
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -83,6 +83,8 @@ class Intervals:
                 raise FunnelError(f"{component} intervals have shape {array.shape}, expected [layer, 2]")
             if shape is not None and array.shape != shape:
                 raise FunnelError(f"{component} intervals have {array.shape[0]} layers, others {shape[0]}")
+            if not np.all(np.isfinite(array)):
+                raise FunnelError(f"{component} intervals hold NaN or inf")
             if not np.all(array[:, 0] <= array[:, 1]):
                 raise FunnelError(f"{component} intervals have a lower bound above the upper one")
             shape = array.shape
@@ -114,9 +116,53 @@ class Intervals:
             return cls(confidence=float(data["confidence"]), n_resamples=int(data["n_resamples"]),
                        seed=int(data["seed"]),
                        **{component: np.asarray(data[key], dtype=np.float64) for component, key in INTERVAL_KEYS.items()})
+        except FunnelError as error:
+            raise FunnelError(f"{source}: {error}: rerun `funnel-tl report --bootstrap N` to redraw them") from None
         except (KeyError, TypeError, ValueError) as error:
             raise FunnelError(f"{source} has incomplete bootstrap intervals (missing or bad {error}): "
                               "rerun `funnel-tl run`, or `funnel-tl report --bootstrap N` to redraw them") from None
+
+
+# Past a million resamples the Monte Carlo error of a percentile (~1/sqrt(resamples)) is far below
+# any digit reported, while the draw alone takes minutes: a larger number is a typo, refused early.
+MAX_RESAMPLES = 1_000_000
+# Resamples drawn at a time: the [resample, prompt] weights of one chunk stay near this many floats.
+CHUNK_FLOATS = 2**24
+
+
+def bootstrap_bytes(n_resamples: int, n_layers: int) -> int:
+    """Memory the bootstrap holds at its peak: six [resample, layer] float64 arrays (the chunked
+    weights add at most ``CHUNK_FLOATS`` floats)."""
+    return 6 * 8 * n_resamples * n_layers + 8 * CHUNK_FLOATS
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can still give (Linux ``MemAvailable``), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_bootstrap(n_resamples: int, n_prompts: int | None = None, n_layers: int | None = None) -> None:
+    """Refuse, in one line and before any work, a bootstrap that is not a number, too large, or
+    would not fit in memory (``n_layers`` unknown: only the count is checked)."""
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)):
+        raise FunnelError(f"the number of bootstrap resamples must be an integer, got {n_resamples!r}")
+    if n_resamples < 0:
+        raise FunnelError(f"--bootstrap must be 0 (no intervals) or a number of resamples, got {n_resamples}")
+    if n_resamples > MAX_RESAMPLES:
+        raise FunnelError(f"--bootstrap {n_resamples} is more than {MAX_RESAMPLES:,} resamples, which add no "
+                          "precision: use 2000 (the default) to 100000")
+    if n_layers is not None and n_resamples:
+        needed, free = bootstrap_bytes(n_resamples, n_layers), available_memory()
+        if free is not None and needed > free // 2:
+            raise FunnelError(f"--bootstrap {n_resamples} over {n_layers} layers needs about {needed / 2**30:.1f} GiB "
+                              f"of memory, {free / 2**30:.1f} GiB is free: use fewer resamples")
 
 
 def resample_weights(n_prompts: int, n_resamples: int, seed: int) -> np.ndarray:
@@ -144,12 +190,21 @@ def bootstrap_intervals(result, n_resamples: int = DEFAULT_RESAMPLES, seed: int 
     if result.n_prompts < 2:
         raise FunnelError(f"{result.model}: a bootstrap over prompts needs at least 2 prompts, got "
                           f"{result.n_prompts}: give more prompts, or --bootstrap 0 to skip intervals")
-    weights = resample_weights(result.n_prompts, n_resamples, seed)  # [resample, prompt]
-    resampled = {
-        component: einops.einsum(weights, result.per_prompt_gains(component),
-                                 "resample prompt, prompt layer -> resample layer")
-        for component in ("attn", "mlp", "block")
-    }
+    check_bootstrap(n_resamples, result.n_prompts, result.n_layers)
+    per_prompt = {component: result.per_prompt_gains(component) for component in ("attn", "mlp", "block")}
+    resampled = {component: np.empty((n_resamples, result.n_layers)) for component in per_prompt}
+    # Drawn in chunks of resamples, so the [resample, prompt] weights never need R x P floats at
+    # once; one generator drawn chunk after chunk gives the same counts as one draw of all of them.
+    rng = np.random.default_rng(seed)
+    chunk = max(1, CHUNK_FLOATS // result.n_prompts)
+    for start in range(0, n_resamples, chunk):
+        stop = min(start + chunk, n_resamples)
+        counts = rng.multinomial(result.n_prompts, np.full(result.n_prompts, 1.0 / result.n_prompts),
+                                 size=stop - start)
+        weights = counts / result.n_prompts  # [resample, prompt]
+        for component, gains in per_prompt.items():
+            resampled[component][start:stop] = einops.einsum(weights, gains,
+                                                             "resample prompt, prompt layer -> resample layer")
     resampled["combined"] = resampled["attn"] * resampled["mlp"]  # [resample, layer]
     resampled["cumulative"] = np.cumprod(resampled["combined"], axis=1)  # [resample, layer]
     tail = 100 * (1 - confidence) / 2

@@ -14,6 +14,59 @@ import torch
 
 ARCHITECTURES = ("neox-parallel", "neox-serial", "gpt2", "llama-gqa")
 
+# Decoder families whose tiny random checkpoints the family test measures (tests/test_families.py):
+# family -> (HF model_type, config keywords beyond the shared sizes). Adding a family is one entry
+# here plus its layout in reference.py.
+FAMILIES: dict[str, tuple[str, dict]] = {
+    "gpt-neox": ("gpt_neox", dict(use_parallel_residual=True, rotary_pct=0.25)),
+    "gpt2": ("gpt2", {}),
+    "gpt-j": ("gptj", dict(rotary_dim=4)),
+    "gpt-neo": ("gpt_neo", dict(attention_types=[[["global", "local"], 1]], window_size=16)),
+    "opt": ("opt", dict(do_layer_norm_before=True)),
+    "bloom": ("bloom", {}),
+    "falcon": ("falcon", dict(parallel_attn=True, new_decoder_architecture=False, bias=True)),
+    "llama": ("llama", dict(num_key_value_heads=2)),
+    "mistral": ("mistral", dict(num_key_value_heads=2, sliding_window=None)),
+    "mixtral": ("mixtral", dict(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)),
+    "qwen2": ("qwen2", dict(num_key_value_heads=2)),
+    "qwen3": ("qwen3", dict(num_key_value_heads=2, head_dim=8)),
+    "qwen2-moe": ("qwen2_moe", dict(num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+                                    moe_intermediate_size=32, shared_expert_intermediate_size=32)),
+    "gemma": ("gemma", dict(num_key_value_heads=2, head_dim=8)),
+    "gemma2": ("gemma2", dict(num_key_value_heads=2, head_dim=8, sliding_window=16)),
+    "gemma3": ("gemma3_text", dict(num_key_value_heads=2, head_dim=8, sliding_window=16)),
+    "phi": ("phi", dict(partial_rotary_factor=0.5)),
+    "phi3": ("phi3", dict(num_key_value_heads=2)),
+    "stablelm": ("stablelm", dict(num_key_value_heads=2)),
+    "olmo": ("olmo", dict(num_key_value_heads=2)),
+    "olmo2": ("olmo2", dict(num_key_value_heads=2)),
+    "olmoe": ("olmoe", dict(num_key_value_heads=2, num_experts=4, num_experts_per_tok=2)),
+    "cohere": ("cohere", dict(num_key_value_heads=2)),
+    "starcoder2": ("starcoder2", dict(num_key_value_heads=2, use_bias=True)),
+    "smollm3": ("smollm3", dict(num_key_value_heads=2)),
+}
+
+
+def family_config(family: str, n_layers: int = 2, d_model: int = 32, n_heads: int = 4,
+                  vocab_size: int = 512, n_ctx: int = 64):
+    """A tiny HF config of decoder family ``family`` (one of ``FAMILIES``)."""
+    from transformers import AutoConfig
+
+    model_type, special = FAMILIES[family]
+    sizes = dict(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
+                 num_attention_heads=n_heads, intermediate_size=2 * d_model, max_position_embeddings=n_ctx,
+                 bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    # Families whose config names the sizes differently (attribute_map does not reach __init__).
+    renamed = {
+        "gpt2": dict(n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_positions=n_ctx, n_ctx=n_ctx),
+        "gptj": dict(n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_positions=n_ctx),
+        "codegen": dict(n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_positions=n_ctx, n_ctx=n_ctx),
+        "gpt_neo": dict(num_layers=n_layers, num_heads=n_heads),
+        "bloom": dict(n_layer=n_layers, n_head=n_heads),
+        "opt": dict(ffn_dim=2 * d_model, word_embed_proj_dim=d_model),
+    }.get(model_type, {})
+    return AutoConfig.for_model(model_type, **{**sizes, **renamed, **special})
+
 
 def corpus_texts() -> list[str]:
     """English text every CPython has: the documentation topics behind ``help()``."""
@@ -49,8 +102,9 @@ def make_config(architecture: str, n_layers: int = 2, d_model: int = 64, n_heads
                              max_position_embeddings=n_ctx, rotary_pct=0.25,
                              use_parallel_residual=architecture == "neox-parallel", **special)
     if architecture == "gpt2":
+        # n_ctx: transformers 5 no longer writes it, and TransformerLens 3.9 reads it for GPT-2.
         return GPT2Config(vocab_size=vocab_size, n_embd=d_model, n_layer=n_layers, n_head=n_heads,
-                          n_positions=n_ctx, **special)
+                          n_positions=n_ctx, n_ctx=n_ctx, **special)
     if architecture == "llama-gqa":
         # Grouped-query attention: half as many key/value heads as query heads.
         return LlamaConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
@@ -60,17 +114,24 @@ def make_config(architecture: str, n_layers: int = 2, d_model: int = 64, n_heads
 
 
 def build_checkpoint(folder, architecture: str = "neox-parallel", tokenizer=None, seed: int = 0,
-                     randomize_norms: bool = True, **config_kwargs) -> Path:
+                     randomize_norms: bool = True, randomize_biases: bool = True, **config_kwargs) -> Path:
     """Save a random-weight checkpoint (safetensors, config, tokenizer) to ``folder``.
+
+    ``architecture``: one of ``ARCHITECTURES`` (sized by ``make_config``) or of ``FAMILIES``.
 
     ``randomize_norms`` draws the LayerNorm/RMSNorm weights and biases away from their 1/0 init,
     so that the affine matters: with identity norms the "seed" and "residual" inputs would be
     nearly proportional and a test could not tell a pre-affine hook from a post-affine one.
+    ``randomize_biases`` draws every other bias away from its 0 init, so that folding value
+    biases or centring output biases changes something a test can see.
     """
     from transformers import AutoModelForCausalLM
 
     folder = Path(folder)
-    config = make_config(architecture, **config_kwargs)
+    if architecture in ARCHITECTURES:
+        config = make_config(architecture, **config_kwargs)
+    else:
+        config = family_config(architecture, **config_kwargs)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     if randomize_norms:
@@ -82,6 +143,8 @@ def build_checkpoint(folder, architecture: str = "neox-parallel", tokenizer=None
                         parameter.copy_(1 + 0.5 * torch.randn(parameter.shape, generator=generator))
                     else:
                         parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+                elif randomize_biases and name.endswith("bias"):
+                    parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
     tokenizer = tokenizer if tokenizer is not None else train_tokenizer(min(config.vocab_size, 512))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

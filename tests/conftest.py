@@ -6,6 +6,9 @@ load (DESIGN.md §5). ``checkpoints[arch]`` is the folder; ``bridge(arch)`` a lo
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from funnel_tl.toy import ARCHITECTURES, build_checkpoint, train_tokenizer
@@ -53,3 +56,48 @@ def hf_model(checkpoints):
         return loaded[arch]
 
     return get
+
+
+def load_hooked(folder, processing: bool = False, dtype=None):
+    """A TL 3.x ``HookedTransformer`` of a local checkpoint, built offline as TransformerLens does.
+
+    ``processing=False`` is ``from_pretrained_no_processing``; ``True`` is ``from_pretrained``'s
+    defaults (fold_ln, center_writing_weights, center_unembed, fold_value_biases). Skips the test
+    on TransformerLens 4.x, which removed ``HookedTransformer``.
+    """
+    import torch
+
+    try:
+        from transformer_lens import HookedTransformer, loading
+    except ImportError:  # TransformerLens 4.x raises on the removed name
+        pytest.skip("HookedTransformer needs TransformerLens 3.x (make test-tl3)")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = dtype or torch.float32
+    # TL 3.9 picks some architectures by substrings of the name ("llama" -> Llama without reading
+    # the config): load through a link whose path names no family.
+    link = Path(tempfile.mkdtemp(prefix="hooked")) / "model"
+    link.symlink_to(Path(folder).resolve())
+    folder = str(link)
+    cfg = loading.get_pretrained_model_config(folder, fold_ln=processing, device="cpu", dtype=dtype)
+    hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    model = HookedTransformer(cfg, AutoTokenizer.from_pretrained(folder))
+    flags = dict(fold_ln=processing, center_writing_weights=processing, center_unembed=processing,
+                 fold_value_biases=processing)
+    model.load_and_process_state_dict(loading.get_pretrained_state_dict(folder, cfg, hf_model), **flags)
+    return model.eval()
+
+
+def boot_bridge(folder, compatibility: dict | None = None):
+    """A ``TransformerBridge`` booted the way a TransformerLens user does it, not via funnel_tl.
+
+    ``compatibility``: keywords for ``enable_compatibility_mode`` (``{}`` is its defaults, which
+    process the weights); ``None`` leaves compatibility mode off.
+    """
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers(str(folder), device="cpu", dtype=torch.float32)
+    if compatibility is not None:
+        bridge.enable_compatibility_mode(disable_warnings=True, **compatibility)
+    return bridge.eval()

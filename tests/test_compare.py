@@ -139,19 +139,25 @@ def test_compare_json_has_one_row_per_model(sweep, checkpoints):
     assert [row["parallel_blocks"] for row in data["models"]] == [True, False, False]
 
 
-def test_robust_verdict_is_read_when_the_results_hold_it(sweep, tmp_path, checkpoints):
+def test_row_verdicts_come_from_the_sums_not_the_file(sweep, checkpoints):
+    """A hand-edited (or older-rule) results file cannot make a row contradict its own gains."""
+    from funnel_tl.funnel import funnel_test
+    from funnel_tl.stats import robust_funnel_test
+
     comparison, out = sweep
     label = str(checkpoints["gpt2"])
     data = json.loads((out / comparison.row(label).slug / "results.json").read_text())
-    result = GainResult.from_dict(data)
+    result = GainResult.from_dict(data).with_intervals(n_resamples=200, seed=0)
+    seed_verdict, robust_verdict = funnel_test(result).funnel_confirmed, robust_funnel_test(result).funnel_confirmed
     target = compare_module.Target(label, label, label)
-    for verdict in (True, False):  # whatever the gains say, the row reports the file's robust verdict
-        data["robust_funnel_test"] = {"funnel_confirmed": verdict}
-        data["intervals"] = {"stands": "in"}
-        row = compare_module.row_from_results(target, data, result, resumed=True)
-        assert row.robust_funnel_confirmed is verdict and row.has_intervals
-    del data["robust_funnel_test"], data["intervals"]
+    data["funnel_test"]["funnel_confirmed"] = not seed_verdict  # what the edited file claims
+    data["robust_funnel_test"] = {"funnel_confirmed": not robust_verdict}
     row = compare_module.row_from_results(target, data, result, resumed=True)
+    assert row.funnel_confirmed is seed_verdict and row.robust_funnel_confirmed is robust_verdict
+    assert row.has_intervals
+    data["intervals"] = {"stands": "in"}  # a file claiming intervals the result does not carry
+    row = compare_module.row_from_results(target, data, GainResult.from_dict(
+        {**data, "intervals": None}), resumed=True)
     assert row.robust_funnel_confirmed is None and not row.has_intervals
 
 

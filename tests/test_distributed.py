@@ -159,7 +159,6 @@ def test_torchrun_error_is_one_line_on_every_rank(tmp_path):
     assert done.stderr.count("funnel-tl: error: no bundled model called 'nano-99l'") == 2
     frames = [line for line in done.stderr.splitlines() if line.strip().startswith('File "')]
     assert not [frame for frame in frames if "funnel_tl" in frame]  # torchrun's own report only, no rank traceback
-    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

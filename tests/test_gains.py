@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from funnel_tl import FunnelError, measure_gains
-from funnel_tl.gains import plan_hooks
+from funnel_tl.architectures import plan_hooks
 from funnel_tl.prompts import SEED_PROMPTS
 from funnel_tl.reference import reference_gains, seed_reference
 from funnel_tl.toy import ARCHITECTURES

@@ -161,11 +161,16 @@ def test_identity_check_catches_a_wrong_W_O(bridge, tokenizer):
         _check_head_identity(model, 1, z, 1.01 * attention.W_O, attention.b_O, a, mask, torch.float32)
 
 
-def test_shares(measured):
-    result = measured("neox-parallel")
+def test_shares(tmp_path, tokenizer):
+    from funnel_tl import load_model
+    from funnel_tl.toy import build_checkpoint
+
+    # Biases left at their zero init (the shared toy checkpoints randomize them), so b_O is zero.
+    folder = build_checkpoint(tmp_path / "unbiased", "neox-parallel", tokenizer=tokenizer, randomize_biases=False)
+    result = head_gains(load_model(str(folder), device="cpu", dtype="float32"), "seed", batch_size=3, progress=False)
     # Sums of nonnegative float64 ratios: rounding only.
     np.testing.assert_allclose(result.norm_shares.sum(axis=1), 1.0, rtol=1e-12)
-    # The toy NeoX output bias is zero at init, so heads carry all of ‖a‖ (float32 rounding).
+    # The output bias is zero, so heads carry all of ‖a‖ (float32 rounding).
     np.testing.assert_allclose(result.projection_shares.sum(axis=1), 1.0, rtol=1e-5)
     # Triangle inequality: the heads' norms together are at least the layer's output norm.
     assert np.all(result.head_gains.sum(axis=1) >= result.attn_gains * (1 - 1e-6))

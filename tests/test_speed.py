@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from funnel_tl import gains, measure_gains
-from funnel_tl.gains import plan_hooks, token_norms
+from funnel_tl.architectures import plan_hooks
+from funnel_tl.gains import token_norms
 from funnel_tl.prompts import tokenize
 from funnel_tl.reference import seed_reference
 from funnel_tl.toy import corpus_texts

@@ -1,0 +1,251 @@
+"""Which activation is each component's input and output, for every model kind and block shape.
+
+The one place that knows architectures. A *model kind* is how TransformerLens exposes the model:
+a ``TransformerBridge`` (funnel_tl's own from ``load_model``, or one the user booted; TL 3.9 and
+4.x) or a TL 3.x ``HookedTransformer``. A *block shape* is how a decoder block wires its norms:
+
+==================  ===================================  ==========================  =============================
+block shape         families (examples)                  u (seed input)              a, m (outputs)
+==================  ===================================  ==========================  =============================
+pre-norm            GPT-2, Llama, Mistral, Qwen, OPT     ln1 / ln2 output            the sublayer's output
+parallel-two-norms  Pythia (GPT-NeoX), Falcon-40B        ln1 / ln2 output, both      the sublayer's output
+                                                         reading resid_pre
+parallel-one-norm   GPT-J, Falcon-7B, Phi-1/2, CodeGen   ln1 output for both         the sublayer's output
+sandwich            Gemma 2, Gemma 3                     ln1 / ln2 output            *after* its post-norm (what
+                                                                                     the residual stream receives)
+post-norm           OLMo 2                               the stream itself (u = x):  after its post-norm
+                                                         resid_pre / resid_mid
+==================  ===================================  ==========================  =============================
+
+Every norm output is read *after* its affine (what the module receives, as the seed's forward
+hooks saw it). The bridge has that as ``ln1.hook_out``. ``HookedTransformer`` (TL >= 3.0) has no
+such hook: its ``ln1.hook_normalized`` fires *before* the affine (``x = hook_normalized(x /
+scale); return x * w + b``), whose norm is about √d_model whatever the weights. The plan then
+names the hook *and* the norm whose affine completes the read (``HookPlan.affine``), and
+``HookPlan.read`` applies it to the hooked activation before its norm is taken.
+
+Adding a family is normally nothing here (TransformerLens names its hooks the same way for every
+family of one shape) plus one entry in ``toy.FAMILIES`` and ``reference.py``'s layouts, whose
+test compares both definitions with forward hooks on the HF modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import FunnelError
+from .models import model_name
+from .processed import check_unprocessed
+from .results import DEFINITIONS
+
+BLOCK_SHAPES = ("pre-norm", "parallel-two-norms", "parallel-one-norm", "sandwich", "post-norm")
+
+# Post-norm families (TL 3.9 ``POST_NORM_ARCHITECTURES``): on HookedTransformer and TL 3.9's bridge
+# ln1/ln2 are applied to the sublayer *output*, and the sublayer reads the stream itself.
+_POST_NORM_HF_ARCHITECTURES = ("Olmo2ForCausalLM", "Olmo3ForCausalLM")
+
+# TransformerLens classes that hold models this package does not measure.
+_NOT_DECODER_CLASSES = ("HookedEncoder", "HookedEncoderDecoder", "HookedAudioEncoder",
+                        "BertNextSentencePrediction")
+# Causal LMs without attention + MLP blocks (state-space and recurrent models).
+_NOT_TRANSFORMER_MODEL_TYPES = ("mamba", "mamba2", "falcon_mamba", "rwkv", "rwkv7", "recurrent_gemma", "hyenadna")
+# The hooks every measured block must have: the residual stream and what each sublayer adds.
+_REQUIRED_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
+
+
+@dataclass(frozen=True)
+class HookPlan:
+    """Which hook (name within a block) is read as each component's input and output.
+
+    ``affine`` maps a hook suffix to the norm module (within the block) whose affine must still be
+    applied to that hook's activation to get what the sublayer receives: ``{"ln1.hook_normalized":
+    "ln1"}`` on a ``HookedTransformer``, empty on a bridge. Always read activations through
+    ``read``; it is the identity for every suffix not in ``affine``.
+    """
+
+    block_shape: str
+    parallel_blocks: bool
+    inputs: dict[str, str]  # component -> hook suffix, e.g. "attn" -> "ln1.hook_out"
+    outputs: dict[str, str]
+    affine: dict[str, str] = field(default_factory=dict)  # hook suffix -> norm module, e.g. "ln1"
+
+    @property
+    def suffixes(self) -> list[str]:
+        return sorted(set(self.inputs.values()) | set(self.outputs.values()))
+
+    def read(self, model, layer: int, suffix: str, activation: torch.Tensor) -> torch.Tensor:
+        """The tensor whose norm is taken, from the activation of ``blocks.{layer}.{suffix}``.
+
+        ``[..., d_model]`` in, ``[..., d_model]`` out: ``activation * w + b`` of the planned norm
+        (``* w`` for RMSNorm), exactly as ``LayerNorm.forward`` finishes after its hook.
+        """
+        norm_name = self.affine.get(suffix)
+        if norm_name is None:
+            return activation
+        norm = getattr(model.blocks[layer], norm_name)
+        weight = norm.w
+        activation = activation.to(weight.dtype) * weight  # TL casts to cfg.dtype, then applies w
+        bias = getattr(norm, "b", None)
+        return activation + bias if bias is not None else activation
+
+    def describe(self) -> dict[str, str]:
+        """What is read, in words, for results.json: ``{"block_shape": "pre-norm", "attn_in": "ln1.hook_out", ...}``."""
+        def words(suffix: str) -> str:
+            norm_name = self.affine.get(suffix)
+            return f"{suffix} * {norm_name}.w (+ {norm_name}.b)" if norm_name else suffix
+
+        described = {"block_shape": self.block_shape}
+        for component in self.inputs:
+            described[f"{component}_in"] = words(self.inputs[component])
+            described[f"{component}_out"] = words(self.outputs[component])
+        return described
+
+
+def is_bridge(model) -> bool:
+    """A ``TransformerBridge`` (it wraps an HF model through an architecture ``adapter``)."""
+    return hasattr(model, "adapter")
+
+
+def hf_architecture(model) -> str:
+    """The HF class the model came from (``"Olmo2ForCausalLM"``): HookedTransformer's
+    ``cfg.original_architecture``, the bridge's ``cfg.architecture``; ``""`` if unknown."""
+    cfg = model.cfg
+    return str(getattr(cfg, "original_architecture", None) or getattr(cfg, "architecture", None) or "")
+
+
+def _has(model, suffix: str, layer: int = 0) -> bool:
+    return f"blocks.{layer}.{suffix}" in model.hook_dict
+
+
+def check_decoder_only(model) -> None:
+    """Refuse, in one line, anything but a decoder-only transformer with standard block hooks.
+
+    Encoder-only (BERT), encoder-decoder (T5), state-space (Mamba) and multimodal wrappers (LLaVA,
+    Gemma 3 vision) have no residual stream of attention + MLP blocks that the gains describe.
+    """
+    cfg = model.cfg
+    architecture = hf_architecture(model)
+    what = f"{model_name(model)}" + (f" ({architecture})" if architecture else "")
+    refuse = (type(model).__name__ in _NOT_DECODER_CLASSES
+              or bool(getattr(cfg, "is_encoder_decoder", False))
+              or ("For" in architecture and not architecture.endswith("ForCausalLM")))
+    n_layers = int(getattr(cfg, "n_layers", 0) or 0)
+    hook_dict = getattr(model, "hook_dict", None)
+    if not refuse:
+        refuse = n_layers < 1 or hook_dict is None or not all(
+            _has(model, suffix, layer) for layer in range(n_layers) for suffix in _REQUIRED_HOOKS)
+    if refuse:
+        raise _not_a_decoder(what)
+
+
+def check_decoder_config(config: dict, name: str) -> None:
+    """The same refusal as ``check_decoder_only``, from a checkpoint's config.json before any loading."""
+    classes = [str(c) for c in config.get("architectures") or []]
+    model_type = str(config.get("model_type", ""))
+    not_decoder = (bool(config.get("is_encoder_decoder", False))
+                   or any("For" in c and not c.endswith("ForCausalLM") for c in classes)
+                   or model_type in _NOT_TRANSFORMER_MODEL_TYPES)
+    if not_decoder:
+        raise _not_a_decoder(f"{name} ({classes[0] if classes else model_type})")
+
+
+def _not_a_decoder(what: str) -> FunnelError:
+    return FunnelError(
+        f"{what} is not a decoder-only transformer that funnel_tl supports: it measures causal language "
+        "models whose blocks add attention and MLP outputs to a residual stream (README: verified families)"
+    )
+
+
+def is_parallel(model) -> bool:
+    """Parallel blocks (Pythia, GPT-J, Falcon, Phi): attention and MLP both read ``resid_pre``."""
+    if bool(getattr(model.cfg, "parallel_attn_mlp", False)):
+        return True
+    # A bridge with a parallel block (ParallelBlockBridge) drops hook_resid_mid, as HookedTransformer does.
+    return is_bridge(model) and not _has(model, "hook_resid_mid")
+
+
+def block_shape(model) -> str:
+    """One of ``BLOCK_SHAPES`` (see the module docstring)."""
+    cfg = model.cfg
+    if hf_architecture(model) in _POST_NORM_HF_ARCHITECTURES:
+        # By name: HookedTransformer and TL 3.9's bridge call OLMo 2's post-norms ln1/ln2.
+        return "post-norm"
+    if is_bridge(model):
+        post_attn_norm, pre_attn_norm = _has(model, "ln1_post.hook_out"), _has(model, "ln1.hook_out")
+        if post_attn_norm:
+            return "sandwich" if pre_attn_norm else "post-norm"
+    elif getattr(cfg, "use_normalization_before_and_after", False):
+        return "sandwich"
+    if is_parallel(model):
+        two = _has(model, "ln2.hook_out") or _has(model, "ln2.hook_normalized")
+        return "parallel-two-norms" if two else "parallel-one-norm"
+    return "pre-norm"
+
+
+def layer_norm_output(model, which: str) -> tuple[str, str | None]:
+    """``(hook suffix, norm whose affine completes the read, or None)`` for what a sublayer receives.
+
+    ``which`` is ``"ln1"`` (before attention) or ``"ln2"`` (before the MLP). The bridge's
+    ``ln1.hook_out`` is after the affine: read as is. ``HookedTransformer``'s
+    ``ln1.hook_normalized`` is *before* it (TL >= 3.0): read with ``ln1``'s ``w`` and ``b``.
+    Parallel blocks with one norm for both sublayers (GPT-J on the bridge) have no ``ln2``.
+    """
+    for candidate in (which, "ln1") if which == "ln2" else (which,):
+        if _has(model, f"{candidate}.hook_out"):
+            return f"{candidate}.hook_out", None
+        if not is_bridge(model) and _has(model, f"{candidate}.hook_normalized"):
+            norm = getattr(model.blocks[0], candidate, None)
+            if norm is None or not hasattr(norm, "w"):
+                # LayerNormPre/RMSNormPre: fold_ln took the affine away (processed.py refuses that first).
+                break
+            return f"{candidate}.hook_normalized", candidate
+    raise FunnelError(
+        f"{model_name(model)} has no {which} norm output to read: the seed definition needs what each sublayer "
+        "receives; use --definition residual"
+    )
+
+
+def plan_hooks(model, definition: str) -> HookPlan:
+    """The hooks ``definition`` reads on ``model``.
+
+    Every measurement starts here, so this is also where a model is refused: an unknown
+    definition, anything but a decoder-only transformer, or weights TransformerLens processed.
+    """
+    if definition not in DEFINITIONS:
+        raise FunnelError(f"unknown definition {definition!r}: choose seed or residual")
+    check_decoder_only(model)
+    check_unprocessed(model)
+    shape = block_shape(model)
+    parallel = shape.startswith("parallel")
+    residual_inputs = {"attn": "hook_resid_pre", "mlp": "hook_resid_pre" if parallel else "hook_resid_mid"}
+    affine: dict[str, str] = {}
+    if definition == "residual" or shape == "post-norm":
+        # Post-norm: no norm before the sublayer, so it receives the stream itself (u = x).
+        inputs = dict(residual_inputs)
+    else:
+        inputs = {}
+        for component, norm in (("attn", "ln1"), ("mlp", "ln2")):
+            suffix, affine_norm = layer_norm_output(model, norm)
+            inputs[component] = suffix
+            if affine_norm is not None:
+                affine[suffix] = affine_norm
+    inputs["block"] = "hook_resid_pre"
+    # On both kinds hook_attn_out/hook_mlp_out fire after a post-norm (TL aligns them with what the
+    # stream receives); the residual identity check in gains.py fails loudly if that ever changes.
+    outputs = {"attn": "hook_attn_out", "mlp": "hook_mlp_out", "block": "hook_resid_post"}
+    return HookPlan(block_shape=shape, parallel_blocks=parallel, inputs=inputs, outputs=outputs, affine=affine)
+
+
+def check_heads_add_up(model, plan: HookPlan) -> None:
+    """Per-head outputs add up to ``hook_attn_out`` only where no norm follows the attention.
+
+    Sandwich and post-norm blocks normalize the heads' sum before the stream receives it, so no
+    head's share of ``a`` exists; their per-head numbers are refused rather than approximated.
+    """
+    if plan.block_shape in ("sandwich", "post-norm"):
+        raise FunnelError(
+            f"{model_name(model)} has {plan.block_shape} blocks: the heads' summed output passes through a norm "
+            "before the residual stream, so it splits into no per-head shares; use measure_gains for its layers"
+        )
