@@ -149,6 +149,21 @@ def add_bootstrap_options(parser: argparse.ArgumentParser, default: int | None =
                         help="random seed of the resampling; the same seed gives the same intervals (default: 0)")
 
 
+def add_position_options(parser: argparse.ArgumentParser, sink: bool = True) -> None:
+    """Position-resolved gains (funnel_tl.positions): heatmaps and the attention sink's effect."""
+    parser.add_argument("--by-position", action="store_true",
+                        help="also keep gains by position (0..15, then 16-31, 32-63, ...): writes "
+                             "DIR/positions.html (layer x position heatmaps; the four panels with and "
+                             "without the first positions) and says whether the verdict depends on them"
+                        if sink else "also keep each model's gains by position in its results.json "
+                                     "(funnel-tl report DIR then draws their positions.html)")
+    if not sink:
+        return
+    parser.add_argument("--sink-positions", type=int, default=1, metavar="K",
+                        help="with --by-position: how many first positions to leave out to show the "
+                             "attention sink's effect, 1 to 16 (default: 1, position 0)")
+
+
 def add_page_options(parser: argparse.ArgumentParser) -> None:
     """How HTML pages get plotly.js: shared by the pages of an output folder, or embedded in each."""
     parser.add_argument("--self-contained", action="store_true",
@@ -182,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=None, metavar="DIR",
                      help="output folder (default: runs/<model name>)")
     add_bootstrap_options(run)
+    add_position_options(run)
     add_page_options(run)
     run.set_defaults(handler=cmd_run)
 
@@ -202,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how many top heads (by gain) to print and tabulate (default: 20)")
     heads.add_argument("--out", default=None, metavar="DIR",
                        help="output folder (default: runs/<model name>)")
+    heads.add_argument("--by-position", action="store_true",
+                       help="also keep every head's gain by position (0..15, then 16-31, ...): heads.json "
+                            "gains a by_position block, heads.html a heatmap of the top heads by position")
     add_page_options(heads)
     heads.set_defaults(handler=cmd_heads)
     report = commands.add_parser(
@@ -242,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="measure every model again, even those already finished in DIR")
     add_model_options(compare, model=False)
     add_bootstrap_options(compare)
+    add_position_options(compare, sink=False)
     compare.add_argument("--out", default="runs/compare", metavar="DIR",
                          help="output folder (default: runs/compare)")
     add_page_options(compare)
@@ -264,6 +284,10 @@ def cmd_run(args) -> int:
     # written must not cost a measurement.
     _check_measure_options(args)
     check_bootstrap(args.bootstrap)
+    if not 1 <= args.sink_positions <= 16:
+        raise FunnelError(f"--sink-positions must be 1 to 16 (single positions), got {args.sink_positions}")
+    if args.sink_positions != 1 and not args.by_position:
+        raise FunnelError("--sink-positions needs --by-position: add it, or leave --sink-positions out")
     prompts, source = read_cli_prompts(args)
     n_layers = local_n_layers(args.model, args.revision)  # bundled and local folders: from config.json
     check_bootstrap(args.bootstrap, len(prompts), n_layers)
@@ -276,12 +300,14 @@ def cmd_run(args) -> int:
             if n_layers is None:
                 check_bootstrap(args.bootstrap, len(prompts), model.cfg.n_layers)
         result = measure(measure_gains, model, prompts, current, definition=args.definition,
-                         batch_size=args.batch_size, drop_first=args.drop_first,
+                         batch_size=args.batch_size, drop_first=args.drop_first, by_position=args.by_position,
                          max_tokens_per_prompt=args.max_tokens_per_prompt)
         del model
         if not current.main:
             return 0  # rank 0 alone prints and writes
         result.provenance["prompt_source"] = source
+        if result.positions is not None:
+            result = replace(result, positions=replace(result.positions, sink_positions=args.sink_positions))
         if args.bootstrap and len(prompts) >= 2:
             result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
         # Files before the terminal: `funnel-tl run | head -1` must not cost funnel.html.
@@ -290,6 +316,7 @@ def cmd_run(args) -> int:
     for line in prompt_notes(result, source):
         print(line)
     print(format_analysis(result))
+    _print_positions(result)
     if args.bootstrap and len(prompts) < 2:
         print("Intervals skipped: a bootstrap over prompts needs at least 2 prompts")
     print()
@@ -300,6 +327,14 @@ def cmd_run(args) -> int:
     if not any(line.endswith("funnel.png") for line in lines):
         print(png_help())
     return 0
+
+
+def _print_positions(result) -> None:
+    """After the seed's analysis, when positions were kept: does the verdict hang on the first ones?"""
+    if result.positions is not None:
+        from .positions import format_sink_analysis
+
+        print(format_sink_analysis(result))
 
 
 def _check_measure_options(args) -> None:
@@ -350,7 +385,8 @@ def _save(out: Path, writers, rescue=None, report_hint: bool = False) -> tuple[l
 
 def _render(result, folder: Path, say=None, self_contained: bool = False,
             root: Path | None = None) -> list[str] | bool:
-    """Write folder/funnel.html, and funnel.png when kaleido and Chrome are present.
+    """Write folder/funnel.html (and positions.html when positions were kept), and funnel.png when
+    kaleido and Chrome are present.
 
     With ``say`` (report): each "Saved:" line goes to it and the return says whether a PNG was
     written; without, the lines are returned (run prints them after every file is written).
@@ -360,6 +396,11 @@ def _render(result, folder: Path, say=None, self_contained: bool = False,
 
     fig = plot_funnel(result)
     lines = [f"Saved: {write_html(fig, folder / 'funnel.html', self_contained=self_contained, root=root)}"]
+    if result.positions is not None:
+        from .position_plots import write_position_page
+
+        page = write_position_page(result, folder / "positions.html", self_contained=self_contained, root=root)
+        lines.append(f"Saved: {page}")
     with warnings.catch_warnings():  # the caller prints why, once
         warnings.simplefilter("ignore", UserWarning)
         png = write_png(fig, folder / "funnel.png")
@@ -397,7 +438,8 @@ def cmd_report(args) -> int:
 
     def redraw(result):
         if args.bootstrap == 0:
-            return replace(result, intervals=None)
+            positions = result.positions and replace(result.positions, intervals=None)
+            return replace(result, intervals=None, positions=positions)
         if args.bootstrap is not None:
             return result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
         return result
@@ -405,6 +447,7 @@ def cmd_report(args) -> int:
     for path, result in zip(paths, results):
         result = redraw(result)
         print(format_analysis(result))
+        _print_positions(result)
         print(f"\nFrom: {path}")
         # Every page of the tree loads one DIR/plotly.min.js, unless --self-contained.
         png = _render(result, path.parent, say=print, self_contained=args.self_contained, root=root)
@@ -435,7 +478,7 @@ def cmd_heads(args) -> int:
             out = _claim_output(held, args.out or _default_out(args), current)
             model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision, **loading)
         result = measure(head_gains, model, prompts, current, definition=args.definition, layers=layers,
-                         batch_size=args.batch_size, drop_first=args.drop_first,
+                         batch_size=args.batch_size, drop_first=args.drop_first, by_position=args.by_position,
                          max_tokens_per_prompt=args.max_tokens_per_prompt)
         del model
         if not current.main:
@@ -468,8 +511,8 @@ def cmd_compare(args) -> int:
                          device=args.device, dtype=args.dtype, drop_first=args.drop_first, out=args.out,
                          force=args.force, checkpoints=args.checkpoints, bootstrap=args.bootstrap,
                          bootstrap_seed=args.bootstrap_seed, self_contained=args.self_contained,
-                         max_tokens_per_prompt=args.max_tokens_per_prompt, device_map=args.device_map,
-                         max_memory=args.max_memory)
+                         by_position=args.by_position, max_tokens_per_prompt=args.max_tokens_per_prompt,
+                         device_map=args.device_map, max_memory=args.max_memory)
     if comparison is None:
         return 0  # not rank 0: its models are written; rank 0 prints and writes the table
     if source.get("more_available"):

@@ -321,8 +321,8 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
             batch_size: int = 8, device: str = "auto", dtype: str = "auto", drop_first: int = 0,
             out: str | os.PathLike = "runs/compare", force: bool = False, checkpoints=None,
             bootstrap: int = 2000, bootstrap_seed: int = 0, progress: bool | None = None,
-            self_contained: bool = False, max_tokens_per_prompt: int | str | None = None, device_map=None,
-            max_memory=None, world=None) -> "Comparison | None":
+            self_contained: bool = False, by_position: bool = False, max_tokens_per_prompt: int | str | None = None,
+            device_map=None, max_memory=None, world=None) -> "Comparison | None":
     """Measure several models (or training checkpoints) in turn; write one table and one page.
 
     ``models``: bundled names, local checkpoint folders, hub names, or the preset
@@ -333,6 +333,8 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
     ``bootstrap`` resamples of the prompts give each result its 95% intervals and the robust
     verdict, where this funnel_tl draws them (``GainResult.with_intervals``; 0 skips them); they
     come from the stored per-prompt sums, so a resumed model gets them without being loaded.
+    ``by_position`` keeps each model's gains by position too (``measure_gains``; ``funnel-tl
+    report OUT`` then draws each model's positions.html).
     The other options are ``measure_gains``'s and ``load_model``'s. Writes
     ``out/<slug>/results.json`` per model, ``out/compare.json`` and ``out/compare.html``.
 
@@ -369,12 +371,14 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
         "definition": definition, "n_prompts": len(prompt_list), "prompts_sha256": prompts_sha256(prompt_list),
         "drop_first": int(drop_first), "dtype": dtype_name, "device": device, "batch_size": int(batch_size),
         "bootstrap": int(bootstrap), "bootstrap_seed": int(bootstrap_seed),
+        **({"by_position": True} if by_position else {}),
     }
     if max_tokens_per_prompt is not None:
         settings["max_tokens_per_prompt"] = max_tokens_per_prompt
     options = dict(device=device, dtype=dtype, definition=definition, batch_size=batch_size, drop_first=drop_first,
                    bootstrap=bootstrap, bootstrap_seed=bootstrap_seed, progress=False if progress is False else None,
-                   max_tokens_per_prompt=max_tokens_per_prompt, device_map=device_map, max_memory=max_memory)
+                   max_tokens_per_prompt=max_tokens_per_prompt, device_map=device_map, max_memory=max_memory,
+                   by_position=by_position)
     from .distributed import world as current_world
 
     group = world if world is not None else current_world()
@@ -553,14 +557,16 @@ def _finished(path: Path, target: Target, settings: dict) -> tuple[dict, GainRes
     same = (result.model == target.label and result.definition == settings["definition"]
             and data.get("prompts", {}).get("sha256") == settings["prompts_sha256"]
             and result.drop_first == settings["drop_first"] and provenance.get("dtype") == settings["dtype"]
-            and provenance.get("max_tokens_per_prompt") == settings.get("max_tokens_per_prompt"))
+            and provenance.get("max_tokens_per_prompt") == settings.get("max_tokens_per_prompt")
+            # A file with position sums serves a sweep that does not ask for them; not the other way.
+            and (result.positions is not None or not settings.get("by_position", False)))
     return (data, result) if same else None
 
 
 def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str, dtype: str,
                  definition: str, batch_size: int, drop_first: int, bootstrap: int,
-                 bootstrap_seed: int, progress: bool | None, max_tokens_per_prompt=None, device_map=None,
-                 max_memory=None, extra_provenance: dict | None = None) -> tuple[dict, GainResult]:
+                 bootstrap_seed: int, progress: bool | None, by_position: bool = False, max_tokens_per_prompt=None,
+                 device_map=None, max_memory=None, extra_provenance: dict | None = None) -> tuple[dict, GainResult]:
     """Load, measure, save one target; return its results file as written and read back."""
     _reset_peak_memory(device)
     start = time.perf_counter()
@@ -571,7 +577,7 @@ def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str,
     n_parameters = count_parameters(model)
     check_bootstrap(bootstrap, len(prompts), model.cfg.n_layers)  # before the measurement, not after
     result = measure_gains(model, prompts, definition=definition, batch_size=batch_size, drop_first=drop_first,
-                           progress=progress, max_tokens_per_prompt=max_tokens_per_prompt)
+                           progress=progress, by_position=by_position, max_tokens_per_prompt=max_tokens_per_prompt)
     del model
     peak, kind = _peak_memory(device)
     result.provenance.update({
@@ -830,7 +836,7 @@ class Comparison:
         rows = tuple(ComparisonRow.from_dict(row) for row in data["models"])
         results = {row.model: GainResult.load(out / row.slug / "results.json") for row in rows if row.ok}
         settings = {key: data[key] for key in ("definition", "n_prompts", "prompts_sha256", "drop_first", "dtype",
-                                               "device", "batch_size", "bootstrap", "bootstrap_seed",
+                                               "device", "batch_size", "bootstrap", "bootstrap_seed", "by_position",
                                                "max_tokens_per_prompt", "world_size") if key in data}
         return cls(rows=rows, results=results, settings=settings, out=out)
 

@@ -248,6 +248,38 @@ def in_callers_terms(error: FunnelError, share: Sequence[int]) -> FunnelError:
     return FunnelError(renamed)
 
 
+def _assemble_positions(pieces: Sequence[tuple[np.ndarray, Any]], n_prompts: int):
+    """The ranks' sums by position bucket (``by_position``) as one, or None when not measured.
+
+    Each rank's buckets end at its own longest prompt (``positions.bucket_edges``), a prefix of
+    the whole set's: the buckets a rank lacks are ones none of its prompts reaches, so they hold 0,
+    as in one process.
+    """
+    sums = [(indices, result.positions) for indices, result in pieces]
+    if sums[0][1] is None:
+        return None
+    edges = max((p.edges for _, p in sums), key=len)
+    if any(not np.array_equal(p.edges, edges[: len(p.edges)]) for _, p in sums):
+        raise FunnelError("the ranks' position buckets disagree: please report it")
+    n_buckets = len(edges) - 1
+
+    def place(get: Callable[[Any], np.ndarray]) -> np.ndarray:
+        first = np.asarray(get(sums[0][1]))
+        whole = np.zeros((n_prompts,) + first.shape[1:-1] + (n_buckets,), dtype=first.dtype)  # [prompt, ..., bucket]
+        for indices, positions in sums:
+            part = np.asarray(get(positions))
+            whole[indices, ..., : part.shape[-1]] = part
+        return whole
+
+    template = sums[0][1]
+    if hasattr(template, "out_sums"):  # positions.PositionSums, of a GainResult
+        return replace(template, edges=edges, n_tokens=place(lambda p: p.n_tokens), intervals=None,
+                       out_sums={c: place(lambda p, c=c: p.out_sums[c]) for c in template.out_sums},
+                       in_sums={c: place(lambda p, c=c: p.in_sums[c]) for c in template.in_sums})
+    return replace(template, edges=edges, n_tokens=place(lambda p: p.n_tokens),  # positions.HeadPositionSums
+                   head_norm_sums=place(lambda p: p.head_norm_sums), in_sums=place(lambda p: p.in_sums))
+
+
 def assemble(parts: Sequence[tuple[list[int], Any]], prompts: Sequence[str], truncation: dict | None = None):
     """One result from each rank's ``(prompt indices, result)``, prompts back in ``prompts``' order.
 
@@ -283,7 +315,8 @@ def assemble(parts: Sequence[tuple[list[int], Any]], prompts: Sequence[str], tru
     })
     provenance.pop("truncation", None)
     provenance.update(truncation or {})
-    common = dict(prompts=tuple(prompts), n_tokens=place(lambda r: r.n_tokens), provenance=provenance)
+    common = dict(prompts=tuple(prompts), n_tokens=place(lambda r: r.n_tokens), provenance=provenance,
+                  positions=_assemble_positions(pieces, n_prompts))
     if isinstance(template, GainResult):
         return replace(
             template, **common, intervals=None,

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from .architectures import HookPlan, is_parallel, layer_norm_output, plan_hooks  # noqa: F401  (re-exported)
 from .errors import FunnelError
 from .models import model_name, tokenizer_of
+from .positions import PositionAccumulator
 from .prompts import Batch, load_prompts, make_batches, padding_fraction, prompts_sha256, tokenize, truncation_limit
 from .results import COMPONENTS, GainResult
 
@@ -159,7 +160,7 @@ def prepare_tokens(model, prompts: str | Sequence[str], drop_first: int = 0,
 
 def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "seed",
                   batch_size: int = 8, drop_first: int = 0, tokenizer=None,
-                  progress: bool | None = None, intervals: bool = False,
+                  progress: bool | None = None, intervals: bool = False, by_position: bool = False,
                   max_tokens_per_prompt: int | str | None = None) -> GainResult:
     """Measure every layer's attention, MLP and block gain on a prompt set.
 
@@ -172,6 +173,8 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     often has a huge norm: attention sinks, massive activations). Batch size changes no number.
     ``intervals=True`` returns the result with 95% bootstrap intervals over prompts (2,000
     resamples, seed 0: ``result.with_intervals()``), needing at least two prompts.
+    ``by_position=True`` also keeps the sums by position bucket (``funnel_tl.positions``):
+    ``result.position_gains("attn")`` is then ``[layer, bucket]``.
     ``max_tokens_per_prompt`` (a number, or ``"context"`` for the model's context) keeps only the
     first tokens of longer prompts, recorded in ``provenance["truncation"]``; without it a prompt
     longer than the context is an error.
@@ -195,11 +198,15 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     in_sums = {c: np.zeros((n_prompts, n_layers)) for c in COMPONENTS}
     n_tokens = np.zeros(n_prompts, dtype=np.int64)
 
+    # by_position (funnel_tl.positions): buckets fixed by the longest prompt, filled batch by batch.
+    positions = PositionAccumulator(n_prompts, n_layers, max(map(len, token_ids))) if by_position else None
+
     batches = list(make_batches(token_ids, batch_size, pad_token_id=pad_id))
     show = progress if progress is not None else len(batches) > 1
     for number, batch in enumerate(tqdm(batches, desc=f"gains {name}", unit="batch", disable=not show)):
         counted = _measure_batch(model, batch, plan, device, dtype, drop_first,
-                                 check_identities=number == 0, out_sums=out_sums, in_sums=in_sums)
+                                 check_identities=number == 0, out_sums=out_sums, in_sums=in_sums,
+                                 by_position=positions)
         n_tokens[batch.indices] = counted
 
     provenance = _provenance(model, device, dtype, prompt_list, token_ids, batches, batch_size, drop_first)
@@ -209,6 +216,7 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
         model=name, definition=definition, n_layers=n_layers, d_model=model.cfg.d_model,
         parallel_blocks=plan.parallel_blocks, prompts=tuple(prompt_list), n_tokens=n_tokens,
         out_sums=out_sums, in_sums=in_sums, drop_first=drop_first, provenance=provenance,
+        positions=positions.result() if positions is not None else None,
     )
     return result.with_intervals() if intervals else result
 
@@ -233,8 +241,11 @@ def _forward_kwargs(model) -> dict:
 
 @torch.inference_mode()
 def _measure_batch(model, batch: Batch, plan: HookPlan, device, dtype, drop_first: int,
-                   check_identities: bool, out_sums, in_sums) -> np.ndarray:
-    """Run one batch; add its per-prompt norm sums into ``out_sums``/``in_sums``; return token counts."""
+                   check_identities: bool, out_sums, in_sums, by_position=None) -> np.ndarray:
+    """Run one batch; add its per-prompt norm sums into ``out_sums``/``in_sums``; return token counts.
+
+    ``by_position``: a ``positions.PositionAccumulator`` that also takes the sums by position bucket.
+    """
     n_layers = model.cfg.n_layers
     tokens = batch.tokens.to(device)
     attention_mask = batch.attention_mask.to(device)
@@ -290,6 +301,10 @@ def _measure_batch(model, batch: Batch, plan: HookPlan, device, dtype, drop_firs
     for component in COMPONENTS:
         out_sums[component][batch.indices] = sums[plan.outputs[component]]
         in_sums[component][batch.indices] = sums[plan.inputs[component]]
+    # ---- by_position (funnel_tl.positions, issue 15): the same norms, summed by position bucket ----
+    if by_position is not None:
+        by_position.add(batch.indices, stacked, counted, plan)
+    # ---- end by_position ----
     return counted.sum(dim=1).cpu().numpy()
 
 

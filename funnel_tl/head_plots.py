@@ -84,6 +84,16 @@ th { background: #f4f4f4; }
 """
 
 
+def _position_figure(result, k: int) -> str:
+    """With by_position: where in the sequence the top heads write (``position_plots``); else nothing."""
+    if getattr(result, "positions", None) is None:
+        return ""
+    from .plots import figure_div
+    from .position_plots import plot_head_positions
+
+    return figure_div(plot_head_positions(result, k=k)) + "\n"
+
+
 def heads_page(result, k: int = 20, plotlyjs: str | bool = True) -> str:
     """heads.html: the gain heatmap and the top-``k`` heads table.
 
@@ -106,7 +116,7 @@ def heads_page(result, k: int = 20, plotlyjs: str | bool = True) -> str:
 <p class="meta">Definition <code>{result.definition}</code>, {result.n_prompts} prompts{dropped}.
 Head gain = mean‖z<sub>i</sub> W<sub>O</sub><sup>i</sup>‖ over the layer's attention-gain denominator.</p>
 {figure_div(figure)}
-<h2>Top {k} heads by gain</h2>
+{_position_figure(result, k)}<h2>Top {k} heads by gain</h2>
 <table><tr><th>rank</th><th>head</th><th>gain</th><th>mean norm</th><th>norm share</th><th>projection share</th>
 <th>layer attn gain</th></tr>
 {rows}

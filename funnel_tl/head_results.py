@@ -70,6 +70,8 @@ class HeadResult:
     n_key_value_heads: int | None = None
     drop_first: int = 0
     provenance: dict[str, Any] = field(default_factory=dict)
+    # Per-head sums by position bucket (positions.HeadPositionSums) with by_position=True, else None.
+    positions: Any = None
 
     def __post_init__(self):
         if self.definition not in DEFINITIONS:
@@ -95,6 +97,9 @@ class HeadResult:
             if name != "head_projection_sums" and np.any(array < 0):
                 raise ValueError(f"{name} must be non-negative (they are sums of norms)")
             set_(name, array)
+        # by_position (funnel_tl.positions): the buckets must count the same tokens.
+        if self.positions is not None and not np.array_equal(self.positions.n_tokens.sum(axis=1), self.n_tokens):
+            raise ValueError("head position token counts do not add up to the per-prompt token counts")
 
     def __repr__(self) -> str:  # the arrays would flood a notebook cell
         return (f"HeadResult(model={self.model!r}, definition={self.definition!r}, layers=[{_format_layers(self.layers)}], "
@@ -259,7 +264,20 @@ class HeadResult:
             head_norm_sums=self.head_norm_sums[index], head_projection_sums=self.head_projection_sums[index],
             attn_out_sums=self.attn_out_sums[index], in_sums=self.in_sums[index],
             n_key_value_heads=self.n_key_value_heads, drop_first=self.drop_first, provenance=dict(self.provenance),
+            positions=None if self.positions is None else self.positions.subset(index),
         )
+
+    def head_position_gains(self) -> np.ndarray:
+        """``[layer, head, bucket]`` head gains by position (``funnel_tl.positions``); by_position=True only.
+
+        Each cell as ``head_gains`` with the bucket in place of the prompt: the mean, over the
+        prompts reaching it, of mean‖h_i‖ / (mean‖input‖ + 1e-10) there. Buckets:
+        ``self.positions.labels``.
+        """
+        if self.positions is None:
+            raise FunnelError(f"{self.model}: no position-resolved head sums: measure with by_position=True "
+                              "(funnel-tl heads --by-position)")
+        return self.positions.gains()
 
     # ---- figures (drawn by funnel_tl.head_plots) ----------------------------------------------
     def heatmap(self, value: str = "gain", title: str | None = None):
@@ -313,6 +331,7 @@ class HeadResult:
                 "in_sum": self.in_sums.tolist(),
             },
             "prompts": {"sha256": prompts_sha256(self.prompts), "texts": list(self.prompts)},
+            **({"by_position": self.positions.to_dict()} if self.positions is not None else {}),
             "provenance": self.provenance,
         }
 
@@ -338,7 +357,7 @@ class HeadResult:
                 attn_out_sums=np.asarray(per_prompt["attn_out_sum"], dtype=np.float64),
                 in_sums=np.asarray(per_prompt["in_sum"], dtype=np.float64),
                 n_key_value_heads=data.get("n_key_value_heads"), drop_first=data.get("drop_first", 0),
-                provenance=data.get("provenance", {}),
+                provenance=data.get("provenance", {}), positions=_head_positions_from_dict(data.get("by_position")),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise FunnelError(f"{source} is not a complete heads.json (missing or bad {error})") from None
@@ -362,6 +381,14 @@ class HeadResult:
         path = Path(path)
         return write_text_atomic(path, self.to_html(k, plotlyjs=plotlyjs_for(path, self_contained)))
 
+
+
+def _head_positions_from_dict(block):
+    if block is None:
+        return None
+    from .positions import HeadPositionSums
+
+    return HeadPositionSums.from_dict(block)
 
 
 def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:

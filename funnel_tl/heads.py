@@ -47,13 +47,14 @@ from .gains import IDENTITY_TOLERANCE, _provenance, prepare_tokens, token_norms
 from .head_results import HEADS_KIND, HEADS_SCHEMA_VERSION, VALUES, HeadResult, HeadStat, label  # noqa: F401  (re-exported)
 from .layers import parse_layers, resolve_layers  # noqa: F401  (parse_layers re-exported)
 from .models import model_name
+from .positions import HeadPositionAccumulator
 from .prompts import Batch, make_batches
 
 
 # ---- measurement ---------------------------------------------------------------------------------
 def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "seed",
                layers: int | Sequence[int] | None = None, batch_size: int = 8, drop_first: int = 0,
-               tokenizer=None, progress: bool | None = None,
+               tokenizer=None, progress: bool | None = None, by_position: bool = False,
                max_tokens_per_prompt: int | str | None = None) -> HeadResult:
     """Measure every head's output norm, gain and share of the layer output on a prompt set.
 
@@ -62,6 +63,7 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
     list of layers (negative counts from the end) or None for all. Only ``attn.hook_z``,
     ``hook_attn_out`` and the denominator's hook of those layers are cached, and each layer is
     reduced to per-head norms at once without forming any ``[batch, pos, head, d_model]`` tensor.
+    ``by_position=True`` also keeps the sums by position bucket: ``result.head_position_gains()``.
 
     >>> from funnel_tl import load_model, head_gains
     >>> heads = head_gains(load_model(device="cpu"), "seed")  # doctest: +SKIP
@@ -89,13 +91,17 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
     sums |= {key: np.zeros((n_prompts, len(chosen))) for key in ("attn_out", "input")}
     n_tokens = np.zeros(n_prompts, dtype=np.int64)
 
+    # by_position (funnel_tl.positions): buckets fixed by the longest prompt, filled batch by batch.
+    positions = (HeadPositionAccumulator(n_prompts, len(chosen), n_heads, max(map(len, token_ids)))
+                 if by_position else None)
     batches = list(make_batches(token_ids, batch_size, pad_token_id=pad_id))
     grams = {}  # layer -> W_O^i W_O^iᵀ, computed on the device of that layer's activations at first use
     show = progress if progress is not None else len(batches) > 1
     for number, batch in enumerate(tqdm(batches, desc=f"heads {name}", unit="batch", disable=not show)):
         n_tokens[batch.indices] = _measure_heads_batch(
             model, batch, chosen, plan.inputs["attn"], device, dtype, drop_first, grams,
-            check_identity=number == 0, sums=sums, read=functools.partial(plan.read, model))
+            check_identity=number == 0, sums=sums, read=functools.partial(plan.read, model),
+            by_position=positions)
 
     provenance = _provenance(model, device, dtype, prompt_list, token_ids, batches, batch_size, drop_first)
     provenance["reads"] = plan.describe()
@@ -106,6 +112,7 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
         head_norm_sums=sums["norm"], head_projection_sums=sums["projection"],
         attn_out_sums=sums["attn_out"], in_sums=sums["input"],
         n_key_value_heads=_n_key_value_heads(cfg), drop_first=drop_first, provenance=provenance,
+        positions=positions.result() if positions is not None else None,
     )
 
 
@@ -122,8 +129,12 @@ def _gram_dtype(device: torch.device) -> torch.dtype:
 
 @torch.inference_mode()
 def _measure_heads_batch(model, batch: Batch, layers: tuple[int, ...], input_suffix: str, device, dtype,
-                         drop_first: int, grams: dict, check_identity: bool, sums: dict, read=None) -> np.ndarray:
-    """Run one batch; write its per-prompt sums into ``sums`` (rows ``batch.indices``); return token counts."""
+                         drop_first: int, grams: dict, check_identity: bool, sums: dict, read=None,
+                         by_position=None) -> np.ndarray:
+    """Run one batch; write its per-prompt sums into ``sums`` (rows ``batch.indices``); return token counts.
+
+    ``by_position``: a ``positions.HeadPositionAccumulator`` that also takes the sums by position bucket.
+    """
     wanted = {f"blocks.{layer}.{suffix}" for layer in layers
               for suffix in ("attn.hook_z", "hook_attn_out", input_suffix)}
     tokens = batch.tokens.to(device)
@@ -176,10 +187,14 @@ def _measure_heads_batch(model, batch: Batch, layers: tuple[int, ...], input_suf
         per_prompt = lambda values: einops.einsum(values, weights, "batch pos head, batch pos -> batch head")  # noqa: E731
         sums["norm"][rows, index] = per_prompt(head_norms).double().cpu().numpy()
         sums["projection"][rows, index] = per_prompt(projections).double().cpu().numpy()
+        if by_position is not None:  # by_position (funnel_tl.positions, issue 15)
+            by_position.add_heads(rows, index, head_norms, counted)
         del z, a, pulled, dots, squares, z_wide
     token_sums = lambda values: einops.einsum(values, weights, "layer batch pos, batch pos -> batch layer")  # noqa: E731
     sums["attn_out"][rows] = token_sums(out_norms).double().cpu().numpy()
     sums["input"][rows] = token_sums(in_norms).double().cpu().numpy()
+    if by_position is not None:  # by_position (funnel_tl.positions, issue 15)
+        by_position.add_inputs(rows, in_norms, counted)
     del cache
     return counted.sum(dim=1).cpu().numpy()
 

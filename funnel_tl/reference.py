@@ -164,3 +164,125 @@ def reference_gains(means: dict[str, np.ndarray], definition: str = "seed") -> d
         attn = gain("attn_out", "resid_pre")
         mlp = gain("mlp_out", "resid_mid" if "resid_mid" in means else "resid_pre")
     return {"attn": attn, "mlp": mlp, "block": gain("resid_post", "resid_pre")}
+
+
+# ---- position by position (issue 15) ----------------------------------------------------------
+# The same forward hooks, one prompt at a time, but the norms kept token by token, and the
+# position-resolved gains computed from them with plain loops: nothing shared with positions.py.
+@torch.inference_mode()
+def seed_token_norms(hf_model, tokenizer, prompts: Sequence[str]) -> list[dict[str, np.ndarray]]:
+    """Per prompt, ``{role: [layer, pos]}`` norms of every tensor ``seed_reference`` reads (same roles)."""
+    sublayers = hf_sublayers(hf_model)
+    parallel = hf_is_parallel(hf_model)
+    captured: dict[tuple[int, str], torch.Tensor] = {}
+
+    def capture(layer_index, role_in, role_out):
+        def hook(module, args, kwargs, output):
+            tensor_in = args[0] if args else kwargs["hidden_states"]
+            tensor_out = output[0] if isinstance(output, tuple) else output
+            captured[(layer_index, role_in)] = tensor_in.detach().float()[0]  # [pos, d_model]
+            captured[(layer_index, role_out)] = tensor_out.detach().float()[0]
+        return hook
+
+    handles = []
+    for index, (layer, attention, mlp) in enumerate(sublayers):
+        handles.append(layer.register_forward_hook(capture(index, "resid_pre", "resid_post"), with_kwargs=True))
+        handles.append(attention.register_forward_hook(capture(index, "attn_in", "attn_out"), with_kwargs=True))
+        handles.append(mlp.register_forward_hook(capture(index, "mlp_in", "mlp_out"), with_kwargs=True))
+    roles = ["attn_in", "attn_out", "mlp_in", "mlp_out", "resid_pre", "resid_post"] + ([] if parallel else ["resid_mid"])
+    device = next(hf_model.parameters()).device
+    norms = []
+    try:
+        for prompt in prompts:
+            captured.clear()
+            inputs = tokenizer(prompt, return_tensors="pt")
+            hf_model(**{k: v.to(device) for k, v in inputs.items()})
+            for layer in range(len(sublayers)):
+                if not parallel:
+                    captured[(layer, "resid_mid")] = captured[(layer, "resid_pre")] + captured[(layer, "attn_out")]
+            norms.append({role: np.stack([torch.norm(captured[(layer, role)], dim=-1).numpy()
+                                          for layer in range(len(sublayers))]) for role in roles})
+    finally:
+        for handle in handles:
+            handle.remove()
+    return norms
+
+
+def reference_position_gains(token_norms: list[dict[str, np.ndarray]], edges: Sequence[int],
+                             definition: str = "seed", drop_first: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``({"attn", "mlp", "block"}: [layer, bucket] gains, [bucket] prompts behind each)`` by loops.
+
+    Bucket b holds positions ``edges[b] … edges[b+1] - 1`` (positions before ``drop_first`` left
+    out); for each prompt reaching it, mean‖out‖ / (mean‖in‖ + 1e-10) over its tokens there; the
+    cell is the mean of those over the prompts that reach it, NaN if none does.
+    """
+    parallel = "resid_mid" not in token_norms[0]
+    pairs = {"attn": ("attn_out", "attn_in" if definition == "seed" else "resid_pre"),
+             "mlp": ("mlp_out", "mlp_in" if definition == "seed" else ("resid_pre" if parallel else "resid_mid")),
+             "block": ("resid_post", "resid_pre")}
+    n_layers, n_buckets = token_norms[0]["attn_out"].shape[0], len(edges) - 1
+    gains = {component: np.full((n_layers, n_buckets), np.nan) for component in pairs}
+    counts = np.zeros(n_buckets, dtype=np.int64)
+    for bucket in range(n_buckets):
+        start, stop = max(edges[bucket], drop_first), edges[bucket + 1]
+        reaching = [norms for norms in token_norms if norms["attn_out"].shape[1] > start and start < stop]
+        counts[bucket] = len(reaching)
+        if not reaching:
+            continue
+        for component, (out, inp) in pairs.items():
+            per_prompt = [norms[out][:, start:stop].mean(axis=1) / (norms[inp][:, start:stop].mean(axis=1) + 1e-10)
+                          for norms in reaching]
+            gains[component][:, bucket] = np.mean(per_prompt, axis=0)
+    return gains, counts
+
+
+# The module that applies W_O to the concatenated heads, and whether its weight is stored
+# [in, out] (GPT-2's Conv1D) rather than nn.Linear's [out, in].
+_OUTPUT_PROJECTIONS = {"gpt_neox": ("dense", False), "gpt2": ("c_proj", True), "llama": ("o_proj", False),
+                       "mistral": ("o_proj", False), "qwen2": ("o_proj", False)}
+
+
+@torch.inference_mode()
+def seed_head_token_norms(hf_model, tokenizer, prompts: Sequence[str]) -> list[np.ndarray]:
+    """Per prompt, ``[layer, head, pos]`` norms of each head's output h_i = z_i W_O^i (no bias).
+
+    z is read where the HF attention module hands the concatenated heads to its output
+    projection (a forward pre-hook), and W_O^i is that projection's slice for head i.
+    """
+    config = hf_model.config
+    if config.model_type not in _OUTPUT_PROJECTIONS:
+        raise NotImplementedError(f"no per-head reference for HF model type {config.model_type!r}")
+    name, transposed = _OUTPUT_PROJECTIONS[config.model_type]
+    n_heads = config.num_attention_heads
+    projections = [getattr(attention, name) for _, attention, _ in hf_sublayers(hf_model)]
+    captured: dict[int, torch.Tensor] = {}
+
+    def capture(layer_index):
+        def hook(module, args):
+            captured[layer_index] = args[0].detach().float()[0]  # [pos, head * d_head]
+        return hook
+
+    handles = [module.register_forward_pre_hook(capture(index)) for index, module in enumerate(projections)]
+    device = next(hf_model.parameters()).device
+    norms = []
+    try:
+        for prompt in prompts:
+            captured.clear()
+            inputs = tokenizer(prompt, return_tensors="pt")
+            hf_model(**{k: v.to(device) for k, v in inputs.items()})
+            per_layer = []
+            for layer, module in enumerate(projections):
+                z = captured[layer]
+                d_head = z.shape[-1] // n_heads
+                weight = module.weight.detach().float()
+                heads = []
+                for head in range(n_heads):
+                    part = slice(head * d_head, (head + 1) * d_head)
+                    w = weight[part, :] if transposed else weight[:, part].T  # [d_head, d_model]
+                    heads.append(torch.norm(z[:, part] @ w, dim=-1).numpy())  # [pos]
+                per_layer.append(np.stack(heads))
+            norms.append(np.stack(per_layer))  # [layer, head, pos]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return norms

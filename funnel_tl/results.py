@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,9 @@ class GainResult:
     # Bootstrap intervals over prompts (funnel_tl.stats.Intervals), or None until
     # ``with_intervals`` draws them; ``subset`` drops them, as they describe all the prompts.
     intervals: Any = None
+    # Per-prompt sums by position bucket (funnel_tl.positions.PositionSums) when measured with
+    # ``by_position=True``; None otherwise (and in files written before it existed).
+    positions: Any = None
 
     def __post_init__(self):
         if self.definition not in DEFINITIONS:
@@ -94,6 +97,22 @@ class GainResult:
                 sums[component] = array
         if self.intervals is not None and self.intervals.n_layers != self.n_layers:
             raise ValueError(f"intervals cover {self.intervals.n_layers} layers, the result {self.n_layers}")
+        if self.positions is not None:
+            self._check_positions()
+
+    def _check_positions(self) -> None:
+        """Position sums must add up, over buckets, to the per-prompt sums: the same tokens."""
+        positions = self.positions
+        if positions.n_prompts != self.n_prompts or positions.n_layers != self.n_layers:
+            raise ValueError(f"position sums cover {positions.n_prompts} prompts x {positions.n_layers} layers, "
+                             f"the result {self.n_prompts} x {self.n_layers}")
+        if not np.array_equal(positions.n_tokens.sum(axis=1), self.n_tokens):
+            raise ValueError("position token counts do not add up to the per-prompt token counts")
+        for component in COMPONENTS:
+            for by_position, total in ((positions.out_sums, self.out_sums), (positions.in_sums, self.in_sums)):
+                # Both are float32 sums of the same norms grouped differently (~1e-6 relative apart).
+                if not np.allclose(by_position[component].sum(axis=2), total[component], rtol=1e-4, atol=1e-6):
+                    raise ValueError(f"{component} position sums do not add up to the per-prompt sums")
 
     # ---- display -----------------------------------------------------------------------------
     def __repr__(self) -> str:  # the prompts and per-prompt arrays would flood a notebook cell
@@ -130,12 +149,23 @@ class GainResult:
         """The gains as a tidy table, one row per layer and component (pandas, imported here).
 
         Columns: model, layer, component (attn, mlp, block, combined, cumulative), gain, ci_low,
-        ci_high (the bootstrap interval, NaN without intervals), n_prompts.
+        ci_high (the bootstrap interval, NaN without intervals), n_prompts. Measured with
+        ``by_position=True``, a ``position`` column too: ``"all"`` on these rows, and one more row
+        per layer, component (attn, mlp, block, combined) and reached position bucket, with its
+        label ("0", "16–31"), ``position_start``/``position_stop`` and the prompts reaching it
+        (``positions.position_rows``).
 
         >>> result.to_pandas().query("component == 'mlp'").plot(x="layer", y="gain")  # doctest: +SKIP
         """
         pd = require_pandas()
-        return pd.DataFrame(gain_rows(self))
+        rows = gain_rows(self)
+        if self.positions is None:
+            return pd.DataFrame(rows)
+        from .positions import position_rows
+
+        frame = pd.DataFrame([{**row, "position": "all"} for row in rows] + position_rows(self))
+        leading = ["model", "layer", "component", "position"]
+        return frame[leading + [column for column in frame.columns if column not in leading]]
 
     # ---- gains -------------------------------------------------------------------------------
     @property
@@ -182,6 +212,42 @@ class GainResult:
             out_sums={c: v[index] for c, v in self.out_sums.items()},
             in_sums={c: v[index] for c, v in self.in_sums.items()},
             drop_first=self.drop_first, provenance=dict(self.provenance),
+            positions=None if self.positions is None else self.positions.subset(index),
+        )
+
+    def position_gains(self, component: str) -> np.ndarray:
+        """``[layer, bucket]`` gains by position (``funnel_tl.positions``); needs ``by_position=True``.
+
+        A cell is the mean, over the prompts that reach the bucket, of the ratio of their mean norms
+        there (the seed's aggregation); NaN where no prompt reaches it. Buckets are
+        ``self.positions.labels``; prompts behind each, ``self.positions.prompt_counts()``.
+        """
+        if self.positions is None:
+            raise FunnelError(f"{self.model}: no position-resolved sums: measure with by_position=True "
+                              "(funnel-tl run --by-position)")
+        return self.positions.gains(component)
+
+    def without_first(self, k: int) -> "GainResult":
+        """The result as if measured with ``drop_first=k``, from the position sums (no model needed).
+
+        Prompts with no token left after the first k positions are left out (they would count
+        none). Intervals are not carried over: draw them again with ``with_intervals``.
+        """
+        if self.positions is None:
+            raise FunnelError(f"{self.model}: leaving out positions after the fact needs by_position=True")
+        if k <= self.drop_first:
+            return replace(self, intervals=None)
+        out_sums, in_sums, n_tokens = self.positions.from_position(k)
+        kept = np.flatnonzero(n_tokens > 0)
+        if kept.size == 0:
+            raise FunnelError(f"{self.model}: no prompt has a token after the first {k} positions")
+        return GainResult(
+            model=self.model, definition=self.definition, n_layers=self.n_layers, d_model=self.d_model,
+            parallel_blocks=self.parallel_blocks, prompts=tuple(self.prompts[i] for i in kept),
+            n_tokens=n_tokens[kept],
+            out_sums={c: out_sums[c][kept] for c in COMPONENTS}, in_sums={c: in_sums[c][kept] for c in COMPONENTS},
+            drop_first=k, provenance=dict(self.provenance, drop_first=k, derived_from_drop_first=self.drop_first),
+            positions=self.positions.without_first(k).subset(kept),
         )
 
     def with_intervals(self, intervals=None, n_resamples: int | None = None, seed: int | None = None,
@@ -195,8 +261,6 @@ class GainResult:
         >>> result.intervals.mlp[-1]                                 # doctest: +SKIP
         array([3.21, 3.98])
         """
-        from dataclasses import replace
-
         from .stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_intervals
 
         if intervals is None:
@@ -205,7 +269,10 @@ class GainResult:
                 seed=DEFAULT_SEED if seed is None else seed,
                 confidence=DEFAULT_CONFIDENCE if confidence is None else confidence,
             )
-        return replace(self, intervals=intervals)
+        positions = self.positions
+        if positions is not None:
+            positions = positions.with_intervals(intervals.n_resamples, intervals.seed, intervals.confidence)
+        return replace(self, intervals=intervals, positions=positions)
 
     # ---- results.json ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -258,8 +325,17 @@ class GainResult:
                 **{c: {"out_sum": self.out_sums[c].tolist(), "in_sum": self.in_sums[c].tolist()} for c in COMPONENTS},
             },
             "prompts": {"sha256": prompts_sha256(self.prompts), "texts": list(self.prompts)},
+            **({"by_position": self._position_block()} if self.positions is not None else {}),
             "provenance": self.provenance,
         }
+
+    def _position_block(self) -> dict[str, Any]:
+        from .positions import sink_effect
+
+        block = self.positions.to_dict()
+        if self.drop_first < self.positions.sink_positions:
+            block["sink"] = sink_effect(self).to_dict()
+        return block
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "results") -> "GainResult":
@@ -286,7 +362,7 @@ class GainResult:
                 out_sums={c: np.asarray(per_prompt[c]["out_sum"], dtype=np.float64).reshape(-1, data["n_layers"]) for c in COMPONENTS},
                 in_sums={c: np.asarray(per_prompt[c]["in_sum"], dtype=np.float64).reshape(-1, data["n_layers"]) for c in COMPONENTS},
                 drop_first=data.get("drop_first", 0), provenance=data.get("provenance", {}),
-                intervals=intervals,
+                intervals=intervals, positions=_positions_from_dict(data.get("by_position")),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise FunnelError(f"{source} is not a complete funnel_tl results file (missing or bad {error})") from None
@@ -298,6 +374,14 @@ class GainResult:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GainResult":
         return cls.from_dict(read_json(path), source=str(path))
+
+
+def _positions_from_dict(block):
+    if block is None:
+        return None
+    from .positions import PositionSums
+
+    return PositionSums.from_dict(block)
 
 
 TIDY_COMPONENTS = ("attn", "mlp", "block", "combined", "cumulative")

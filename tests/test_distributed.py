@@ -133,10 +133,11 @@ def test_a_failing_rank_stops_every_rank_with_one_line_naming_it(tmp_path):
 def test_torchrun_run_equals_one_process(tmp_path):
     corpus = _corpus(tmp_path / "corpus.txt")
     common = ["--model", "nano-4l", "--prompts", str(corpus), "--device", "cpu", "--bootstrap", "0",
-              "--max-tokens-per-prompt", "context"]
+              "--max-tokens-per-prompt", "context", "--by-position"]
     done = _torchrun(["run", *common, "--out", str(tmp_path / "two")], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("Saved: ") == 2  # results.json and funnel.html, by rank 0 alone
+    saved = [line for line in done.stdout.splitlines() if line.startswith("Saved: ")]
+    assert any(line.endswith("results.json") for line in saved) and len(saved) == len(set(saved))  # rank 0 alone
     assert main(["run", *common, "--out", str(tmp_path / "one")]) == 0
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     one = json.loads((tmp_path / "one" / "results.json").read_text())
@@ -146,6 +147,12 @@ def test_torchrun_run_equals_one_process(tmp_path):
         for key in ("out_sum", "in_sum"):
             np.testing.assert_allclose(two["per_prompt"][component][key], one["per_prompt"][component][key], rtol=RTOL)
     np.testing.assert_allclose(two["mlp"]["gains"], one["mlp"]["gains"], rtol=RTOL)
+    # By position: ranks with shorter prompts have fewer buckets; rank 0 pads them with zeros.
+    assert two["by_position"]["edges"] == one["by_position"]["edges"]
+    assert two["by_position"]["per_prompt"]["n_tokens"] == one["by_position"]["per_prompt"]["n_tokens"]
+    for component in COMPONENTS:
+        np.testing.assert_allclose(two["by_position"]["per_prompt"][component]["out_sum"],
+                                   one["by_position"]["per_prompt"][component]["out_sum"], rtol=RTOL)
     assert two["provenance"]["world_size"] == 2 and sum(two["provenance"]["prompts_per_rank"]) == 24
     assert two["provenance"]["truncation"] == one["provenance"]["truncation"]
     assert one["provenance"]["truncation"]["n_truncated"] > 0  # the corpus did need truncating
@@ -164,7 +171,7 @@ def test_torchrun_error_is_one_line_on_every_rank(tmp_path):
 @pytest.mark.slow
 def test_torchrun_heads_equals_one_process(tmp_path):
     corpus = _corpus(tmp_path / "corpus.txt", n=10, chars=600)
-    common = ["--model", "nano-2l", "--prompts", str(corpus), "--device", "cpu", "--batch-size", "2"]
+    common = ["--model", "nano-2l", "--prompts", str(corpus), "--device", "cpu", "--batch-size", "2", "--by-position"]
     done = _torchrun(["heads", *common, "--out", str(tmp_path / "two")], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert main(["heads", *common, "--out", str(tmp_path / "one")]) == 0
@@ -174,6 +181,9 @@ def test_torchrun_heads_equals_one_process(tmp_path):
     for key in ("n_tokens", "head_norm_sum", "head_projection_sum", "attn_out_sum", "in_sum"):
         np.testing.assert_allclose(two["per_prompt"][key], one["per_prompt"][key], rtol=RTOL, atol=1e-9)
     assert two["provenance"]["world_size"] == 2
+    for key in ("n_tokens", "head_norm_sum", "in_sum"):
+        np.testing.assert_allclose(two["by_position"]["per_prompt"][key], one["by_position"]["per_prompt"][key],
+                                   rtol=RTOL, atol=1e-9)
 
 
 @pytest.mark.slow
