@@ -51,17 +51,28 @@ def load_prompts(spec: str | os.PathLike | Sequence[str] = "seed") -> list[str]:
     >>> load_prompts(["a prompt", "another"])
     ['a prompt', 'another']
     """
-    if isinstance(spec, str) and spec == "seed":
-        return list(SEED_PROMPTS)
-    if isinstance(spec, (str, os.PathLike)):
-        path = Path(spec)
-        records, source = iter_prompt_file(path), str(path)
-    else:
-        records, source = _iter_sequence(spec), "the prompt list"
-    prompts = [_checked(text, where) for where, text in records]
+    prompts = list(iter_prompts(spec))
     if not prompts:
+        source = str(spec) if isinstance(spec, (str, os.PathLike)) else "the prompt list"
         raise FunnelError(f"no prompts in {source}: give at least one non-blank prompt")
     return prompts
+
+
+def iter_prompts(spec: str | os.PathLike | Sequence[str] = "seed") -> Iterator[str]:
+    """The prompts of ``load_prompts(spec)``, checked the same way, one at a time.
+
+    ``.txt`` and ``.jsonl`` files are read line by line as the prompts are taken, so a caller that
+    stops early (``--max-prompts``) reads no further; an empty source yields nothing.
+    """
+    if isinstance(spec, str) and spec == "seed":
+        yield from SEED_PROMPTS
+        return
+    if isinstance(spec, (str, os.PathLike)):
+        records = iter_prompt_file(Path(spec))
+    else:
+        records = _iter_sequence(spec)
+    for where, text in records:
+        yield _checked(text, where)
 
 
 def iter_prompt_file(path: str | os.PathLike) -> Iterator[tuple[str, object]]:

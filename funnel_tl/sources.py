@@ -17,12 +17,11 @@ Files are iterated line by line and reading stops at ``max_prompts``; a dataset 
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 from typing import Iterator
 
 from .errors import FunnelError
-from .prompts import load_prompts
+from .prompts import iter_prompts
 
 # datasets' packaged builders, by file suffix, for a local data file given as --dataset.
 DATASET_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text",
@@ -44,12 +43,9 @@ def read_prompts(prompts: str = "seed", *, max_prompts: int | None = None, datas
             raise FunnelError("give either --prompts or --dataset, not both")
         source = f"dataset {dataset} (split {split}, field {text_field})"
         stream = _dataset_texts(dataset, split, text_field)
-    elif max_prompts is not None and prompts != "seed" and Path(prompts).suffix in (".txt", ".jsonl"):
-        source = str(prompts)
-        stream = _file_prompts(Path(prompts))
     else:
         source = str(prompts)
-        stream = iter(load_prompts(prompts))
+        stream = iter_prompts(prompts)  # the strict reading of load_prompts, lazily
     taken = list(itertools.islice(stream, max_prompts))
     more = False
     if max_prompts is not None and len(taken) == max_prompts:
@@ -61,27 +57,6 @@ def read_prompts(prompts: str = "seed", *, max_prompts: int | None = None, datas
         raise FunnelError(f"no prompts in {source}: give at least one non-blank prompt")
     record = {"source": source, "max_prompts": max_prompts, "n_prompts": len(taken), "more_available": more}
     return taken, record
-
-
-def _file_prompts(path: Path) -> Iterator[str]:
-    """The prompts of a ``.txt`` (one per non-blank line) or ``.jsonl`` (``"text"`` field) file, lazily.
-
-    The same reading as ``load_prompts``, one line at a time, so only what is asked for is read.
-    """
-    if not path.is_file():
-        raise FunnelError(f"prompt file not found: {path} (give 'seed', a .txt file with one prompt per line, "
-                          "or a .jsonl file with a \"text\" field)")
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            if path.suffix != ".jsonl":
-                yield line.strip()
-                continue
-            try:
-                yield str(json.loads(line)["text"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise FunnelError(f'{path}:{number}: expected a JSON object with a "text" field on each line') from None
 
 
 def _dataset_texts(name: str, split: str, text_field: str) -> Iterator[str]:

@@ -279,6 +279,17 @@ def test_max_prompts_reads_no_further(tmp_path):
         read_prompts(str(path))
 
 
+def test_max_prompts_reads_as_strictly_as_load_prompts(tmp_path):
+    """The capped path is load_prompts' own reader: the same refusals inside the cap, every format."""
+    records = tmp_path / "corpus.jsonl"
+    records.write_text('{"text": "first"}\n{"text": null}\n{"text": "third"}\n')
+    with pytest.raises(FunnelError, match=r"corpus.jsonl:2: a prompt must be a string, got null"):
+        read_prompts(str(records), max_prompts=2)
+    listed = tmp_path / "prompts.json"
+    listed.write_text('["A", "B", "C"]')
+    assert read_prompts(str(listed), max_prompts=2)[0] == ["A", "B"]  # items, not the file's lines
+
+
 def test_dataset_source_from_local_files(tmp_path):
     datasets = pytest.importorskip("datasets")
     rows = [{"id": i, "body": text} for i, text in enumerate(["alpha beta", "", "gamma delta", "epsilon"])]
