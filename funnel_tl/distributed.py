@@ -315,7 +315,8 @@ def assemble(parts: Sequence[tuple[list[int], Any]], prompts: Sequence[str], tru
     })
     provenance.pop("truncation", None)
     provenance.update(truncation or {})
-    common = dict(prompts=tuple(prompts), n_tokens=place(lambda r: r.n_tokens), provenance=provenance,
+    kept = tuple(prompts) if template.prompts is not None else None  # keep_texts=False: count and sha256 only
+    common = dict(prompts=kept, n_tokens=place(lambda r: r.n_tokens), provenance=provenance,
                   positions=_assemble_positions(pieces, n_prompts))
     if isinstance(template, GainResult):
         return replace(
