@@ -203,6 +203,8 @@ def measure(function: Callable, model, prompts: Sequence[str], current: World | 
     """
     from .gains import prepare_tokens
 
+    # Every rank reads and tokenizes all the prompts (the shares are dealt by tokens): data parallel
+    # takes a list, not a stream; each rank's measurement then streams its own share.
     current = current or world()
     settings = dict(batch_size=batch_size, drop_first=drop_first, tokenizer=tokenizer,
                     max_tokens_per_prompt=max_tokens_per_prompt, **kwargs)

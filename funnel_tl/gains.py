@@ -42,7 +42,7 @@ from .models import model_name, tokenizer_of
 from .positions import PositionAccumulator
 from .prompts import load_prompts, tokenize, truncation_limit
 from .results import COMPONENTS, GainResult
-from .streaming import CHUNK_PROMPTS, PerPrompt, TokenStream
+from .streaming import PerPrompt, TokenStream
 
 # Residual identities hold to float rounding; a wrong hook alias is off by O(1).
 # float32: 1e-4 relative leaves room for summation order; half: one rounding of a ~1e3 sum.
@@ -163,7 +163,7 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
                   batch_size: int | str = "auto", drop_first: int = 0, tokenizer=None,
                   progress: bool | None = None, intervals: bool = False, by_position: bool = False,
                   executor: str = "auto", max_tokens_per_prompt: int | str | None = None,
-                  chunk_size: int = CHUNK_PROMPTS, keep_texts: bool = True) -> GainResult:
+                  chunk_size: int | None = None, keep_texts: bool = True) -> GainResult:
     """Measure every layer's attention, MLP and block gain on a prompt set.
 
     ``model``: a bridge from ``load_model``, a bridge the user booted, or a TL 3.x
@@ -184,7 +184,8 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     ``max_tokens_per_prompt`` (a number, or ``"context"`` for the model's context) keeps only the
     first tokens of longer prompts, recorded in ``provenance["truncation"]``; without it a prompt
     longer than the context is an error.
-    ``chunk_size``: prompts read, tokenized and measured at a time (``funnel_tl.streaming``): a
+    ``chunk_size``: prompts read, tokenized and measured at a time (default
+    ``streaming.CHUNK_PROMPTS``, 4,096; changes no number beyond float32 rounding): a
     ``.txt``/``.jsonl`` corpus or an iterator of strings of any length is measured with memory
     flat in its size; ``keep_texts=False`` keeps only the prompts' count and sha256 in the result,
     not their texts (per-prompt statistics are kept either way).

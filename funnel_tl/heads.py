@@ -47,7 +47,7 @@ from .head_results import HEADS_KIND, HEADS_SCHEMA_VERSION, VALUES, HeadResult, 
 from .layers import parse_layers, resolve_layers  # noqa: F401  (parse_layers re-exported)
 from .models import model_name
 from .positions import HeadPositionAccumulator
-from .streaming import CHUNK_PROMPTS, PerPrompt, TokenStream
+from .streaming import PerPrompt, TokenStream
 
 
 # ---- measurement ---------------------------------------------------------------------------------
@@ -55,7 +55,7 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
                layers: int | Sequence[int] | None = None, batch_size: int | str = "auto", drop_first: int = 0,
                tokenizer=None, progress: bool | None = None, by_position: bool = False,
                executor: str = "auto", max_tokens_per_prompt: int | str | None = None,
-               chunk_size: int = CHUNK_PROMPTS, keep_texts: bool = True) -> HeadResult:
+               chunk_size: int | None = None, keep_texts: bool = True) -> HeadResult:
     """Measure every head's output norm, gain and share of the layer output on a prompt set.
 
     Arguments as ``measure_gains`` (same tokens, batching, ``definition``, ``drop_first`` and

@@ -79,16 +79,18 @@ class TokenStream:
     Iterate ``batches()`` once: each batch carries its prompts' places in the whole set. Afterwards
     (or as it goes) ``n_prompts``, ``texts`` (None with ``keep_texts=False``), ``sha256``,
     ``n_tokens_total``, ``padding_fraction``, ``batch_size`` and ``truncation`` describe every
-    prompt read. ``on_chunk(n_prompts_so_far, longest_in_chunk)`` is called before a chunk's
-    batches are yielded (position sums grow their arrays there).
+    prompt read. ``chunk_size``: prompts per chunk, ``CHUNK_PROMPTS`` by default.
+    ``on_chunk(n_prompts_so_far, longest_in_chunk)`` is called before a chunk's batches are
+    yielded (position sums grow their arrays there).
     """
 
     def __init__(self, model, prompts, drop_first: int = 0, tokenizer=None,
                  max_tokens_per_prompt: int | str | None = None, batch_size: int | str = "auto", device=None,
-                 chunk_size: int = CHUNK_PROMPTS, keep_texts: bool = True,
+                 chunk_size: int | None = None, keep_texts: bool = True,
                  on_chunk: Callable[[int, int], None] | None = None):
         if isinstance(drop_first, bool) or not isinstance(drop_first, int) or drop_first < 0:
             raise FunnelError(f"drop_first must be an integer, 0 or more, got {drop_first!r}")
+        chunk_size = CHUNK_PROMPTS if chunk_size is None else chunk_size
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise FunnelError(f"chunk_size must be an integer, at least 1, got {chunk_size!r}")
         self.model, self.prompts, self.drop_first = model, prompts, drop_first

@@ -215,3 +215,61 @@ def test_docstring_examples_run():
     import funnel_tl.streaming
 
     assert doctest.testmod(funnel_tl.streaming).failed == 0
+
+
+def test_cli_streams_a_corpus_in_chunks(checkpoints, tmp_path, monkeypatch, capsys):
+    """`funnel-tl run` hands the measurement an iterator over the file, measured in chunks, with the
+    numbers of a whole in-memory run; --no-prompt-texts files load in `report`."""
+    from funnel_tl import gains, streaming
+    from funnel_tl.cli import main
+
+    prompts = corpus(14)
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in prompts), encoding="utf-8")
+    given = []
+    measure = gains.measure_gains
+
+    def spy(model, source, **kwargs):
+        given.append(source)
+        return measure(model, source, **kwargs)
+
+    monkeypatch.setattr(gains, "measure_gains", spy)
+    monkeypatch.setattr(streaming, "CHUNK_PROMPTS", 4)
+    out = tmp_path / "out"
+    assert main(["run", "--model", str(checkpoints["gpt2"]), "--prompts", str(path), "--max-prompts", "12",
+                 "--no-prompt-texts", "--by-position", "--bootstrap", "100", "--out", str(out)]) == 0
+    assert not isinstance(given[0], (list, tuple))  # read as it is measured, not loaded first
+    assert "Measured the first 12 prompts" in capsys.readouterr().out
+    data = json.loads((out / "results.json").read_text())
+    assert data["prompts"] == {"sha256": prompts_sha256(prompts[:12]), "n_prompts": 12, "texts": None}
+    assert data["provenance"]["chunk_size"] == 4 and data["provenance"]["prompt_source"]["n_prompts"] == 12
+    whole = measure(load_gpt2(checkpoints), prompts[:12], chunk_size=100)
+    np.testing.assert_allclose(data["attention"]["gains"], whole.attn_gains, rtol=CHUNKED)
+    np.testing.assert_allclose(data["mlp"]["gains"], whole.mlp_gains, rtol=CHUNKED)
+    assert main(["report", str(out)]) == 0
+
+
+def load_gpt2(checkpoints):
+    from funnel_tl import load_model
+
+    return load_model(str(checkpoints["gpt2"]), device="cpu", dtype="float32")
+
+
+def test_compare_resumes_a_results_file_without_texts(checkpoints, tmp_path):
+    """A text-less results.json still names its prompts by sha256, which is what a sweep resumes by."""
+    from dataclasses import replace
+
+    import importlib
+
+    compare = importlib.import_module("funnel_tl.compare").compare
+    options = dict(device="cpu", dtype="float32", batch_size=8, progress=False, bootstrap=0)
+    out = tmp_path / "sweep"
+    first = compare([str(checkpoints["gpt2"])], out=out, **options)
+    (path,) = out.glob("*/results.json")
+    stripped = replace(GainResult.load(path), prompts=None)
+    stripped.save(path)
+    assert json.loads(path.read_text())["prompts"]["texts"] is None
+    again = compare([str(checkpoints["gpt2"])], out=out, **options)
+    assert [row.resumed for row in again.rows] == [True]
+    np.testing.assert_allclose(again.results[again.rows[0].model].attn_gains,
+                               first.results[first.rows[0].model].attn_gains, rtol=1e-12)
