@@ -18,7 +18,8 @@ The passes themselves are run by ``funnel_tl.engine`` (``GainSums`` below is the
 the pass stops right after the last hook it reads, so the final LayerNorm and the unembedding
 never run; sums move to the host once per batch; and where the TL hook points have HF modules
 behind them, the plain HF module tree runs instead of the bridge's wrappers, checked on every run
-against the TL hooks (see the engine's docstring). Prompts are batched by length
+against the TL hooks (see the engine's docstring). Prompts are read a chunk at a time
+(``funnel_tl.streaming``: memory flat in the corpus size) and batched by length within it
 (``prompts.make_batches``), so little compute goes to padding; results come back in the caller's
 order, and the padding fraction, batch size and executor are recorded in the provenance.
 ``benchmarks/bench_gains.py`` measures all of this against a bare HuggingFace forward and the
@@ -36,7 +37,7 @@ import torch
 from jaxtyping import Float
 
 from .architectures import HookPlan, is_parallel, layer_norm_output, plan_hooks  # noqa: F401  (re-exported)
-from .engine import Engine, prompt_sums, resolve_batch_size
+from .engine import Engine, prompt_sums
 from .errors import FunnelError
 from .models import model_name, tokenizer_of
 from .positions import PositionAccumulator
