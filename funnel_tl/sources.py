@@ -47,9 +47,12 @@ def stream_prompts(prompts: str = "seed", *, max_prompts: int | None = None, dat
                    split: str = "train", text_field: str = "text") -> tuple[Iterator[str], dict]:
     """``(prompts, record)`` as ``read_prompts``, the prompts an iterator read only as it is consumed.
 
-    The first prompt is read at once, so a missing file or an empty source fails here, before a
-    model loads. ``record["n_prompts"]`` and ``["more_available"]`` are filled in when the
-    iterator is exhausted (``measure_gains`` consumes it chunk by chunk: ``funnel_tl.streaming``).
+    A prompt file is read through once here, keeping nothing but a count, so a bad line (within
+    the cap) fails before a model loads, as with ``read_prompts``; the prompts are then read again
+    as they are measured. A dataset is not read twice (a hub dataset would download twice): its
+    first text is read here, so a missing dataset, split or field fails early.
+    ``record["n_prompts"]`` and ``["more_available"]`` are filled in when the iterator is
+    exhausted (``measure_gains`` consumes it chunk by chunk: ``funnel_tl.streaming``).
     """
     if max_prompts is not None and max_prompts < 1:
         raise FunnelError(f"--max-prompts must be at least 1, got {max_prompts}")
@@ -60,6 +63,8 @@ def stream_prompts(prompts: str = "seed", *, max_prompts: int | None = None, dat
         texts = _dataset_texts(dataset, split, text_field)
     else:
         source = str(prompts)
+        for _ in itertools.islice(iter_prompts(prompts), max_prompts):  # every record checked, none kept
+            pass
         texts = iter_prompts(prompts)  # the strict reading of load_prompts, lazily
     first = next(texts, None)
     if first is None:

@@ -273,3 +273,12 @@ def test_compare_resumes_a_results_file_without_texts(checkpoints, tmp_path):
     assert [row.resumed for row in again.rows] == [True]
     np.testing.assert_allclose(again.results[again.rows[0].model].attn_gains,
                                first.results[first.rows[0].model].attn_gains, rtol=1e-12)
+
+
+def test_a_bad_line_of_a_streamed_file_fails_before_anything_is_read_for_measuring(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text('{"text": "fine"}\n' * 5 + '{"text": null}\n', encoding="utf-8")
+    with pytest.raises(Exception, match=r"corpus.jsonl:6"):
+        stream_prompts(str(path))
+    texts, record = stream_prompts(str(path), max_prompts=5)  # the bad line lies beyond the cap
+    assert list(texts) == ["fine"] * 5 and record["more_available"]
