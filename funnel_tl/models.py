@@ -430,11 +430,18 @@ def tokenizer_of(model):
     tokenizer = getattr(model, "funnel_tokenizer", None)
     if tokenizer is not None:
         return tokenizer
-    source = getattr(model.cfg, "tokenizer_name", None)
-    if source:
+    # A HookedTransformer names its tokenizer; a bridge booted by the user has no tokenizer_name
+    # and, as TransformerLens itself does, takes the tokenizer of the folder or hub name it was
+    # booted from (its cfg.model_name). A HookedTransformer's model_name is a short alias, not a source.
+    from .architectures import is_bridge
+
+    sources = [getattr(model.cfg, "tokenizer_name", None)]
+    if is_bridge(model):
+        sources.append(getattr(model.cfg, "model_name", None))
+    for source in filter(None, sources):
         try:
-            return load_tokenizer(source)
-        except OSError:
+            return load_tokenizer(str(source))
+        except (OSError, ValueError):  # no tokenizer there (ValueError: transformers cannot tell its kind)
             pass
     raise FunnelError(
         "cannot find this model's HuggingFace tokenizer: load it with funnel_tl.load_model, or pass tokenizer="
