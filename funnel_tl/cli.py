@@ -450,8 +450,12 @@ def _unexpected(error: Exception) -> str:
         return "out of memory: use fewer prompts, a smaller --batch-size or --bootstrap, or a smaller model"
     if isinstance(error, OSError) and error.filename:
         return f"cannot use {error.filename}: {describe_os_error(error)}"
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    # "Validation error for field 'hidden_size':" says nothing alone: the next line is the reason.
+    first = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return f"{type(error).__name__}: {first}"
 
 
 if __name__ == "__main__":

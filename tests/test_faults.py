@@ -575,6 +575,17 @@ def test_unexpected_errors_are_one_line_with_a_pointer_to_debug(tmp_path, capsys
         main([*argv, "--debug"])
 
 
+def test_an_unexpected_message_ending_in_a_colon_keeps_its_reason(tmp_path, capsys, monkeypatch, two_prompts):
+    """huggingface_hub's config validation puts the reason on a second line; the one line keeps it."""
+    def broken(*args, **kwargs):
+        raise TypeError("Validation error for field 'hidden_size':\n    Field 'hidden_size' expected int, got str\n")
+
+    monkeypatch.setattr(gains_module, "measure_gains", broken)
+    assert main(measure_argv("run", "--prompts", two_prompts, "--out", str(tmp_path / "o"))) == 2
+    one_line_error(capsys, "TypeError: Validation error for field 'hidden_size': Field 'hidden_size' expected int, "
+                           "got str (rerun with --debug")
+
+
 def test_report_into_a_read_only_folder(tmp_path, capsys, mount, two_prompts):
     """report writes funnel.html beside results.json: a read-only folder is one line, not a bug report."""
     out = tmp_path / "run"
