@@ -45,8 +45,10 @@ test-tl3: $(TL3_VENV)/.installed
 notebooks: install
 	$(PY) -m pytest -q tests/test_notebooks.py
 
+# Both regimes: compute-bound (Pythia-160m shape, batch 8) and launch-bound (4-layer d_model-64, batch 32).
 bench: install
-	$(PY) benchmarks/bench_gains.py
+	$(PY) benchmarks/bench_gains.py --case compute
+	$(PY) benchmarks/bench_gains.py --case launch
 
 clean:
 	rm -rf $(VENV) $(TL3_VENV) runs .pytest_cache

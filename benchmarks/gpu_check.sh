@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 7, for a lent machine, in one command of at most ~5 minutes:
+# The GPU checks of issues 7 and 13, for a lent machine, in one command of at most ~6 minutes:
 #   1. benchmarks/check_gpu_numbers.py: on a random-weight Pythia-1.4B-shaped checkpoint (built
 #      there with funnel_tl.toy, no hub), measure_gains equals the seed's HF-hook loop in float32
 #      and in float16, and float16 gains equal float32 gains, each within a stated tolerance;
-#   2. benchmarks/bench_gains.py --device cuda --dtype float16 on the same checkpoint.
-# Everything lands in $OUT: env.txt, check.log, check.json, bench.log, bench.json.
+#   2. benchmarks/bench_gains.py --device cuda --dtype float16 on the same checkpoint, batch size 32:
+#      bare HF forward, seed loop, measure_gains (fast executor), no-early-stop ablation,
+#      head_gains over every layer, load_model vs from_pretrained, peak memory
+#      (issue 13's goals: measure_gains >= 0.9x a bare forward, peak memory <= 1.1x);
+#   3. the same with --batch-size auto (measure_gains' own choice from the free GPU memory).
+# Everything lands in $OUT: env.txt, check.log, check.json, bench.log, bench.json, auto.log, auto.json.
+# Each run's provenance names the executor that ran (hf-sdpa, hf or transformer_lens).
 #
 # On the device (torch and transformers there, transformer-lens not): from the repo root, with
 # the wheels in .whl (transformer-lens 4.3.0, datasets, dill, multiprocess, plotly) carried:
@@ -26,11 +31,13 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 
 if [[ "${1:-}" == "--cpu" ]]; then
-    device=cpu shape=tiny check_limit=120 bench_limit=120
-    bench_options=(--n-prompts 16 --rounds 2 --no-memory)
+    device=cpu shape=tiny check_limit=120 bench_limit=120 auto_limit=60
+    bench_options=(--n-prompts 16 --rounds 2 --no-memory --no-load)
+    auto_options=(--n-prompts 16 --rounds 1 --no-memory --no-load --methods bare,funnel,heads)
 else
-    device=cuda shape=pythia-1.4b check_limit=140 bench_limit=120  # with install and env: under 5 minutes
+    device=cuda shape=pythia-1.4b check_limit=120 bench_limit=150 auto_limit=80  # with install: about 6 minutes
     bench_options=(--rounds 3)
+    auto_options=(--rounds 3 --no-memory --no-load --methods bare,funnel,heads)
     ls .whl/*.whl >/dev/null 2>&1 || { echo "no wheels in .whl: carry .whl (see benchmarks/gpu_check.sh)"; exit 2; }
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || { echo "installing the carried wheels failed"; exit 2; }
@@ -58,5 +65,11 @@ timeout "$bench_limit" "$PYTHON" benchmarks/bench_gains.py --device "$device" --
     | tee "$OUT/bench.log"
 bench_status=${PIPESTATUS[0]}
 
-echo "== check exit $check_status (124: timed out), benchmark exit $bench_status; files in $OUT"
-exit $(( check_status != 0 || bench_status != 0 ))
+echo "== 3. benchmark with --batch-size auto ($device float16, $shape)"
+timeout "$auto_limit" "$PYTHON" benchmarks/bench_gains.py --device "$device" --dtype float16 --shape "$shape" \
+    --checkpoint "$checkpoint" --batch-size auto --json "$OUT/auto.json" "${auto_options[@]}" 2>&1 \
+    | grep -v "Warning\|warn(" | tee "$OUT/auto.log"
+auto_status=${PIPESTATUS[0]}
+
+echo "== check exit $check_status (124: timed out), benchmark exit $bench_status, auto exit $auto_status; files in $OUT"
+exit $(( check_status != 0 || bench_status != 0 || auto_status != 0 ))

@@ -39,8 +39,9 @@ def add_model_options(parser: argparse.ArgumentParser, model: bool = True) -> No
     parser.add_argument("--definition", default="seed", choices=["seed", "residual"],
                         help="seed: ||out|| / ||LayerNorm output the sublayer reads|| (the notebook's); "
                              "residual: ||out|| / ||residual stream it reads|| (default: seed)")
-    parser.add_argument("--batch-size", type=int, default=8, metavar="N",
-                        help="prompts per forward pass; changes no number (default: 8)")
+    parser.add_argument("--batch-size", type=_batch_size, default="auto", metavar="N|auto",
+                        help="prompts per forward pass; changes no number. auto: as many as fill half the free "
+                             "GPU memory on CUDA, 8 on the CPU (default: auto)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="auto: CUDA when present (default: auto)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
@@ -48,6 +49,16 @@ def add_model_options(parser: argparse.ArgumentParser, model: bool = True) -> No
     parser.add_argument("--drop-first", type=int, default=0, metavar="N",
                         help="leave out the first N positions of every prompt, e.g. 1 to skip the "
                              "attention-sink token (default: 0)")
+
+
+def _batch_size(text: str) -> int | str:
+    """``auto`` or an integer; a number below 1 is refused by ``check_common`` in one line."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or auto, got {text!r}") from None
 
 
 def add_bootstrap_options(parser: argparse.ArgumentParser, default: int | None = 2000) -> None:
@@ -242,8 +253,8 @@ def _print_positions(result) -> None:
 
 def _check_measure_options(args) -> None:
     """The numeric options every measuring command shares, checked before anything loads."""
-    if args.batch_size < 1:
-        raise FunnelError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.batch_size != "auto" and args.batch_size < 1:
+        raise FunnelError(f"--batch-size must be at least 1 (or auto), got {args.batch_size}")
     if args.drop_first < 0:
         raise FunnelError(f"--drop-first must be 0 or more, got {args.drop_first}")
 

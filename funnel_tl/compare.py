@@ -352,14 +352,14 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
     # Checked once here: left to each model, a typo would fail every model of the sweep in turn.
     if definition not in DEFINITIONS:
         raise FunnelError(f"unknown definition {definition!r}: choose seed or residual")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise FunnelError(f"batch size must be an integer, at least 1, got {batch_size!r}")
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise FunnelError(f"batch size must be an integer, at least 1, or auto, got {batch_size!r}")
     targets = plan_targets(models, checkpoints)
     device = resolve_device(device)
     dtype_name = str(resolve_dtype(dtype, device)).removeprefix("torch.")
     settings = {
         "definition": definition, "n_prompts": len(prompt_list), "prompts_sha256": prompts_sha256(prompt_list),
-        "drop_first": int(drop_first), "dtype": dtype_name, "device": device, "batch_size": int(batch_size),
+        "drop_first": int(drop_first), "dtype": dtype_name, "device": device, "batch_size": batch_size if batch_size == "auto" else int(batch_size),
         "bootstrap": int(bootstrap), "bootstrap_seed": int(bootstrap_seed),
         **({"by_position": True} if by_position else {}),
     }

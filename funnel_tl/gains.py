@@ -3,8 +3,9 @@
 One forward pass per batch reads only the hooks the chosen definition needs — the selection
 ``run_with_cache(names_filter=...)`` would make — but each activation is reduced to its per-token
 float32 norm ‖·‖ over d_model the moment its hook fires (half-precision squares overflow past
-|x| = 256, and massive activations exceed that). The per-layer norms ``[batch, pos]`` are then
-stacked into ``[layer, batch, pos]`` and summed over each prompt's tokens in one masked einsum.
+|x| = 256, and massive activations exceed that). One hook's per-layer norms ``[batch, pos]`` are
+then stacked into ``[layer, batch, pos]`` and summed over each prompt's counted tokens
+(``engine.prompt_sums``).
 
 Why not ``run_with_cache`` and reduce afterwards: the cache holds every hooked activation of every
 layer at once, hooks × layers × batch × pos × d_model — for Pythia-1.4B's 6 hooks × 24 layers,
@@ -13,34 +14,33 @@ about one layer plus the logits). Reduced as they fire, the hooks add [batch, po
 no activation outlives its block. The numbers are the same: the same tensors, the same float32
 reduction (tests compare against ``run_with_cache`` + ``token_norms`` and the seed's HF hooks).
 
-The pass stops right after the last hook it reads (``blocks.{n-1}.hook_resid_post``) by raising
-a private exception from that hook: the final LayerNorm and the unembedding — a third of a
-Pythia-160m forward — never run. (The bridge's own ``stop_at_layer=n_layers`` still ran the
-unembedding. A hook that raises needs nothing but ``model.hooks``, which TL 3.x's
-``HookedTransformer`` has too.) Prompts are batched by length (``prompts.make_batches``), so
-little compute goes to padding; results come back in the caller's order, and the padding fraction
-is recorded in the provenance. ``benchmarks/bench_gains.py`` measures all of this against a bare
-HuggingFace forward and the seed's one-prompt-at-a-time loop.
+The passes themselves are run by ``funnel_tl.engine`` (``GainSums`` below is the gains' reduction):
+the pass stops right after the last hook it reads, so the final LayerNorm and the unembedding
+never run; sums move to the host once per batch; and where the TL hook points have HF modules
+behind them, the plain HF module tree runs instead of the bridge's wrappers, checked on every run
+against the TL hooks (see the engine's docstring). Prompts are batched by length
+(``prompts.make_batches``), so little compute goes to padding; results come back in the caller's
+order, and the padding fraction, batch size and executor are recorded in the provenance.
+``benchmarks/bench_gains.py`` measures all of this against a bare HuggingFace forward and the
+seed's one-prompt-at-a-time loop.
 """
 
 from __future__ import annotations
 
-import functools
 import platform
 from datetime import datetime, timezone
 from typing import Sequence
 
-import einops
 import numpy as np
 import torch
 from jaxtyping import Float
-from tqdm.auto import tqdm
 
 from .architectures import HookPlan, is_parallel, layer_norm_output, plan_hooks  # noqa: F401  (re-exported)
+from .engine import Engine, prompt_sums, resolve_batch_size
 from .errors import FunnelError
 from .models import model_name, tokenizer_of
 from .positions import PositionAccumulator
-from .prompts import Batch, load_prompts, make_batches, padding_fraction, prompts_sha256, tokenize
+from .prompts import load_prompts, make_batches, padding_fraction, prompts_sha256, tokenize
 from .results import COMPONENTS, GainResult
 
 # Residual identities hold to float rounding; a wrong hook alias is off by O(1).
@@ -154,8 +154,9 @@ def prepare_tokens(model, prompts: str | Sequence[str], drop_first: int = 0,
 
 
 def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "seed",
-                  batch_size: int = 8, drop_first: int = 0, tokenizer=None,
-                  progress: bool | None = None, intervals: bool = False, by_position: bool = False) -> GainResult:
+                  batch_size: int | str = "auto", drop_first: int = 0, tokenizer=None,
+                  progress: bool | None = None, intervals: bool = False, by_position: bool = False,
+                  executor: str = "auto") -> GainResult:
     """Measure every layer's attention, MLP and block gain on a prompt set.
 
     ``model``: a bridge from ``load_model``, a bridge the user booted, or a TL 3.x
@@ -164,11 +165,15 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     ``prompts``: ``"seed"``, a prompt file path, or a list of strings. ``definition``: ``"seed"``
     (‖out‖ over the LayerNorm output the sublayer reads) or ``"residual"`` (‖out‖ over the residual
     stream it reads). ``drop_first`` leaves out the first N positions of every prompt (position 0
-    often has a huge norm: attention sinks, massive activations). Batch size changes no number.
+    often has a huge norm: attention sinks, massive activations). Batch size changes no number;
+    ``batch_size="auto"`` fills a token budget from the free GPU memory (``engine.auto_batch_size``).
     ``intervals=True`` returns the result with 95% bootstrap intervals over prompts (2,000
     resamples, seed 0: ``result.with_intervals()``), needing at least two prompts.
     ``by_position=True`` also keeps the sums by position bucket (``funnel_tl.positions``):
     ``result.position_gains("attn")`` is then ``[layer, bucket]``.
+    ``executor``: ``"auto"`` (the HF modules behind the TL hooks where they agree with the TL
+    hooks on the first batch), ``"transformer_lens"`` or ``"hf"`` (see ``funnel_tl.engine``); the
+    one that ran is recorded in ``provenance["executor"]``.
 
     >>> from funnel_tl import load_model, measure_gains
     >>> result = measure_gains(load_model(device="cpu"), "seed")  # doctest: +SKIP
@@ -179,26 +184,27 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     prompt_list, token_ids, pad_id = prepare_tokens(model, prompts, drop_first, tokenizer)
     name = model_name(model)
     n_layers = model.cfg.n_layers
-    parameter = next(model.parameters())
-    device, dtype = parameter.device, parameter.dtype
+    # by_position (funnel_tl.positions): buckets fixed by the longest prompt, filled batch by batch.
+    positions = (PositionAccumulator(len(prompt_list), n_layers, max(map(len, token_ids)))
+                 if by_position else None)
+    reduction = GainSums(model, plan, positions)
+    engine = Engine(model, reduction, executor)
+    chosen_batch_size = resolve_batch_size(batch_size, model, token_ids, engine.device)
 
     n_prompts = len(prompt_list)
     out_sums = {c: np.zeros((n_prompts, n_layers)) for c in COMPONENTS}
     in_sums = {c: np.zeros((n_prompts, n_layers)) for c in COMPONENTS}
     n_tokens = np.zeros(n_prompts, dtype=np.int64)
 
-    # by_position (funnel_tl.positions): buckets fixed by the longest prompt, filled batch by batch.
-    positions = PositionAccumulator(n_prompts, n_layers, max(map(len, token_ids))) if by_position else None
-
-    batches = list(make_batches(token_ids, batch_size, pad_token_id=pad_id))
-    show = progress if progress is not None else len(batches) > 1
-    for number, batch in enumerate(tqdm(batches, desc=f"gains {name}", unit="batch", disable=not show)):
-        counted = _measure_batch(model, batch, plan, device, dtype, drop_first,
-                                 check_identities=number == 0, out_sums=out_sums, in_sums=in_sums,
-                                 by_position=positions)
+    batches = list(make_batches(token_ids, chosen_batch_size, pad_token_id=pad_id))
+    for batch, sums, counted in engine.run(batches, drop_first, progress, description=f"gains {name}"):
+        for component in COMPONENTS:
+            out_sums[component][batch.indices] = sums[plan.outputs[component]]
+            in_sums[component][batch.indices] = sums[plan.inputs[component]]
         n_tokens[batch.indices] = counted
 
-    provenance = _provenance(model, device, dtype, prompt_list, token_ids, batches, batch_size, drop_first)
+    provenance = _provenance(model, engine.device, engine.dtype, prompt_list, token_ids, batches, chosen_batch_size,
+                             drop_first, engine=engine, requested_batch_size=batch_size)
     provenance["reads"] = plan.describe()
     result = GainResult(
         model=name, definition=definition, n_layers=n_layers, d_model=model.cfg.d_model,
@@ -209,91 +215,67 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     return result.with_intervals() if intervals else result
 
 
-class _PassComplete(Exception):
-    """Raised from the hook on the last hook point a pass reads, to skip the rest of the forward."""
-
-
-# Off only to prove the early stop by timing it (benchmarks/bench_gains.py) and to test that it
-# changes no number: the full forward then runs on through the final LayerNorm and unembedding.
-_STOP_EARLY = True
-
-
 IDENTITY_SUFFIXES = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_mid", "hook_resid_post")
 
 
-def _forward_kwargs(model) -> dict:
-    """Beyond tokens and mask: the bridge (it has an architecture ``adapter``) hands extra keywords to
-    its HF model, which should build no KV cache; ``HookedTransformer.forward`` takes none."""
-    return {"use_cache": False} if hasattr(model, "adapter") else {}
+def _forward_rank(suffix: str) -> int:
+    return FORWARD_ORDER.index(suffix) if suffix in FORWARD_ORDER else len(FORWARD_ORDER)
 
 
-@torch.inference_mode()
-def _measure_batch(model, batch: Batch, plan: HookPlan, device, dtype, drop_first: int,
-                   check_identities: bool, out_sums, in_sums, by_position=None) -> np.ndarray:
-    """Run one batch; add its per-prompt norm sums into ``out_sums``/``in_sums``; return token counts.
+class GainSums:
+    """The gains' reduction (``engine.Reduction``): each planned hook's per-token norm, summed per prompt.
 
-    ``by_position``: a ``positions.PositionAccumulator`` that also takes the sums by position bucket.
+    Each read becomes its float32 norm ``[batch, pos]`` as it fires; ``finish`` stacks one hook's
+    layers into ``[layer, batch, pos]`` and sums each prompt's counted tokens (``engine.prompt_sums``)
+    into ``[batch, layer]``. On a run's first batch the residual identities are checked too, one
+    layer's activations held at a time.
     """
-    n_layers = model.cfg.n_layers
-    tokens = batch.tokens.to(device)
-    attention_mask = batch.attention_mask.to(device)
-    positions = torch.arange(tokens.shape[1], device=device)
-    counted = attention_mask.bool() & (positions >= drop_first)[None, :]  # [batch, pos]
-    real = attention_mask.bool()  # [batch, pos]
 
-    identity_suffixes = set(IDENTITY_SUFFIXES) - ({"hook_resid_mid"} if plan.parallel_blocks else set())
-    suffixes = sorted(set(plan.suffixes) | (identity_suffixes if check_identities else set()))
-    last = f"blocks.{n_layers - 1}.hook_resid_post"  # a block's output is the last hook of the block
-    norms: dict[str, torch.Tensor] = {}  # hook name -> [batch, pos]
-    held: dict[str, torch.Tensor] = {}  # one layer's activations for the identity check, first batch only
+    def __init__(self, model, plan: HookPlan, positions=None):
+        self.model, self.plan, self.positions = model, plan, positions  # positions: a PositionAccumulator or None
+        self.n_layers = model.cfg.n_layers
+        self.dtype = next(model.parameters()).dtype
+        self.identity_suffixes = set(IDENTITY_SUFFIXES) - ({"hook_resid_mid"} if plan.parallel_blocks else set())
 
-    def record(activation, hook, *, name: str, layer: int, suffix: str):
-        activation = activation[0] if isinstance(activation, tuple) else activation  # [batch, pos, d_model]
-        norms[name] = activation_norms(plan.read(model, layer, suffix, activation))  # [batch, pos]
-        if check_identities and suffix in identity_suffixes:
-            held[name] = activation
+    def reads(self, first: bool) -> list[tuple[int, str]]:
+        suffixes = set(self.plan.suffixes) | (self.identity_suffixes if first else set())
+        return [(layer, suffix) for layer in range(self.n_layers) for suffix in sorted(suffixes, key=_forward_rank)]
+
+    def start(self, batch, tokens, attention_mask, counted, first: bool) -> None:
+        self.batch, self.attention_mask, self.counted, self.first = batch, attention_mask, counted, first
+        self.norms: dict[str, list] = {suffix: [None] * self.n_layers for suffix in self.plan.suffixes}
+        self.held: dict[str, torch.Tensor] = {}  # one layer's activations for the identity check, first batch only
+
+    def read(self, layer: int, suffix: str, activation: torch.Tensor) -> None:
+        if suffix in self.norms:
+            self.norms[suffix][layer] = activation_norms(self.plan.read(self.model, layer, suffix, activation))  # [batch, pos]
+        if self.first and suffix in self.identity_suffixes:
+            self.held[f"blocks.{layer}.{suffix}"] = activation
             if suffix == "hook_resid_post":
-                # A non-finite layer fails the identity check by NaN; check_finite names it better, below.
-                if all(bool(torch.isfinite(norms[key][real]).all()) for key in held):
-                    check_residual_identities(model, held, attention_mask, plan.parallel_blocks, dtype, layers=[layer])
-                held.clear()
-        if name == last and _STOP_EARLY:
-            raise _PassComplete
+                try:
+                    check_residual_identities(self.model, self.held, self.attention_mask, self.plan.parallel_blocks,
+                                              self.dtype, layers=[layer])
+                except FunnelError:
+                    # A non-finite layer fails the identity check by NaN; the batch's finiteness check
+                    # names it better. Looked at only on failure: no extra sync per layer otherwise.
+                    real = self.attention_mask.bool()
+                    if all(bool(torch.isfinite(held[real]).all()) for held in self.held.values()):
+                        raise
+                self.held.clear()
 
-    fwd_hooks = [(f"blocks.{layer}.{suffix}",
-                  functools.partial(record, name=f"blocks.{layer}.{suffix}", layer=layer, suffix=suffix))
-                 for layer in range(n_layers) for suffix in suffixes]
-    try:
-        with model.hooks(fwd_hooks=fwd_hooks):
-            model(tokens, attention_mask=attention_mask, return_type=None, **_forward_kwargs(model))
-    except _PassComplete:
-        pass
-    except torch.cuda.OutOfMemoryError:
-        raise FunnelError(
-            f"out of GPU memory on a batch of {len(batch.indices)} prompts of up to {tokens.shape[1]} tokens: "
-            "lower --batch-size"
-        ) from None
-    missing = sorted(set(name for name, _ in fwd_hooks) - set(norms))
-    if missing:
-        raise FunnelError(
-            f"{model_name(model)}: hook {missing[0]} did not fire before {last}: this architecture's hooks "
-            "are not in the standard order, so its gains cannot be read; please report it"
-        )
+    def _stacked(self) -> dict[str, torch.Tensor]:
+        return {suffix: torch.stack(layers) for suffix, layers in self.norms.items()}  # each [layer, batch, pos]
 
-    stacked = {suffix: torch.stack([norms[f"blocks.{layer}.{suffix}"].to(device) for layer in range(n_layers)])
-               for suffix in plan.suffixes}  # each [layer, batch, pos]
-    check_finite(model, stacked, counted, batch.indices, dtype)
-    weights = counted.float()
-    sums = {suffix: einops.einsum(values, weights, "layer batch pos, batch pos -> batch layer").double().cpu().numpy()
-            for suffix, values in stacked.items()}
-    for component in COMPONENTS:
-        out_sums[component][batch.indices] = sums[plan.outputs[component]]
-        in_sums[component][batch.indices] = sums[plan.inputs[component]]
-    # ---- by_position (funnel_tl.positions, issue 15): the same norms, summed by position bucket ----
-    if by_position is not None:
-        by_position.add(batch.indices, stacked, counted, plan)
-    # ---- end by_position ----
-    return counted.sum(dim=1).cpu().numpy()
+    def finish(self) -> dict[str, torch.Tensor]:
+        return {suffix: prompt_sums(values, self.counted) for suffix, values in self._stacked().items()}  # [batch, layer]
+
+    def commit(self) -> None:
+        # ---- by_position (funnel_tl.positions, issue 15): the same norms, summed by position bucket ----
+        if self.positions is not None:
+            self.positions.add(self.batch.indices, self._stacked(), self.counted, self.plan)
+
+    def raise_nonfinite(self) -> None:
+        check_finite(self.model, self._stacked(), self.counted, self.batch.indices, self.dtype)
 
 
 def _installed_version(package: str) -> str:
@@ -306,7 +288,8 @@ def _installed_version(package: str) -> str:
         return "unknown"
 
 
-def _provenance(model, device, dtype, prompts, token_ids, batches, batch_size, drop_first) -> dict:
+def _provenance(model, device, dtype, prompts, token_ids, batches, batch_size, drop_first, engine=None,
+                requested_batch_size=None) -> dict:
     import transformer_lens
     import transformers
 
@@ -326,5 +309,7 @@ def _provenance(model, device, dtype, prompts, token_ids, batches, batch_size, d
         "batch_size": int(batch_size),
         "padding_fraction": float(padding_fraction(batches)),
         "drop_first": int(drop_first),
+        **({} if requested_batch_size is None else {"batch_size_requested": str(requested_batch_size)}),
+        **({} if engine is None else {"executor": engine.executor_name, "executor_fallback": engine.fallback}),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -32,36 +32,37 @@ shares and small (or negative) projection shares.
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import einops
 import numpy as np
 import torch
 from jaxtyping import Float
-from tqdm.auto import tqdm
 
 from .architectures import check_heads_add_up, plan_hooks
 from .errors import FunnelError
-from .gains import IDENTITY_TOLERANCE, _provenance, prepare_tokens, token_norms
+from .engine import Engine, prompt_sums, resolve_batch_size
+from .gains import IDENTITY_TOLERANCE, _provenance, activation_norms, prepare_tokens
 from .head_results import HEADS_KIND, HEADS_SCHEMA_VERSION, VALUES, HeadResult, HeadStat, label  # noqa: F401  (re-exported)
 from .layers import parse_layers, resolve_layers  # noqa: F401  (parse_layers re-exported)
 from .models import model_name
 from .positions import HeadPositionAccumulator
-from .prompts import Batch, make_batches
+from .prompts import make_batches
 
 
 # ---- measurement ---------------------------------------------------------------------------------
 def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "seed",
-               layers: int | Sequence[int] | None = None, batch_size: int = 8, drop_first: int = 0,
-               tokenizer=None, progress: bool | None = None, by_position: bool = False) -> HeadResult:
+               layers: int | Sequence[int] | None = None, batch_size: int | str = "auto", drop_first: int = 0,
+               tokenizer=None, progress: bool | None = None, by_position: bool = False,
+               executor: str = "auto") -> HeadResult:
     """Measure every head's output norm, gain and share of the layer output on a prompt set.
 
-    Arguments as ``measure_gains`` (same tokens, batching, ``definition`` and ``drop_first``, so
-    head gains share the denominator of the layers' attention gains), plus ``layers``: a layer, a
-    list of layers (negative counts from the end) or None for all. Only ``attn.hook_z``,
-    ``hook_attn_out`` and the denominator's hook of those layers are cached, and each layer is
-    reduced to per-head norms at once without forming any ``[batch, pos, head, d_model]`` tensor.
+    Arguments as ``measure_gains`` (same tokens, batching, ``definition``, ``drop_first`` and
+    ``executor``, so head gains share the denominator of the layers' attention gains), plus
+    ``layers``: a layer, a list of layers (negative counts from the end) or None for all. Only
+    ``attn.hook_z``, ``hook_attn_out`` and the denominator's hook of those layers are read, each
+    layer reduced to per-head statistics as it fires (no ``[batch, pos, head, d_model]`` tensor,
+    no cache of every layer), and the pass stops after the last layer asked for.
     ``by_position=True`` also keeps the sums by position bucket: ``result.head_position_gains()``.
 
     >>> from funnel_tl import load_model, head_gains
@@ -77,27 +78,26 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
     chosen = resolve_layers(layers, cfg.n_layers)
     if f"blocks.{chosen[0]}.attn.hook_z" not in model.hook_dict:
         raise FunnelError(f"{name} has no attn.hook_z: TransformerLens cannot split its attention into heads")
-    parameter = next(model.parameters())
-    device, dtype = parameter.device, parameter.dtype
+    # by_position (funnel_tl.positions): buckets fixed by the longest prompt, filled batch by batch.
+    positions = (HeadPositionAccumulator(len(prompt_list), len(chosen), cfg.n_heads, max(map(len, token_ids)))
+                 if by_position else None)
+    reduction = HeadSums(model, plan, chosen, positions)
+    engine = Engine(model, reduction, executor)
+    chosen_batch_size = resolve_batch_size(batch_size, model, token_ids, engine.device)
 
     n_prompts, n_heads = len(prompt_list), cfg.n_heads
     sums = {key: np.zeros((n_prompts, len(chosen), n_heads)) for key in ("norm", "projection")}
     sums |= {key: np.zeros((n_prompts, len(chosen))) for key in ("attn_out", "input")}
     n_tokens = np.zeros(n_prompts, dtype=np.int64)
 
-    # by_position (funnel_tl.positions): buckets fixed by the longest prompt, filled batch by batch.
-    positions = (HeadPositionAccumulator(n_prompts, len(chosen), n_heads, max(map(len, token_ids)))
-                 if by_position else None)
-    batches = list(make_batches(token_ids, batch_size, pad_token_id=pad_id))
-    grams = {}  # layer -> W_O^i W_O^iᵀ, computed on the device of that layer's activations at first use
-    show = progress if progress is not None else len(batches) > 1
-    for number, batch in enumerate(tqdm(batches, desc=f"heads {name}", unit="batch", disable=not show)):
-        n_tokens[batch.indices] = _measure_heads_batch(
-            model, batch, chosen, plan.inputs["attn"], device, dtype, drop_first, grams,
-            check_identity=number == 0, sums=sums, read=functools.partial(plan.read, model),
-            by_position=positions)
+    batches = list(make_batches(token_ids, chosen_batch_size, pad_token_id=pad_id))
+    for batch, batch_sums, counted in engine.run(batches, drop_first, progress, description=f"heads {name}"):
+        for key, values in batch_sums.items():
+            sums[key][batch.indices] = values
+        n_tokens[batch.indices] = counted
 
-    provenance = _provenance(model, device, dtype, prompt_list, token_ids, batches, batch_size, drop_first)
+    provenance = _provenance(model, engine.device, engine.dtype, prompt_list, token_ids, batches, chosen_batch_size,
+                             drop_first, engine=engine, requested_batch_size=batch_size)
     provenance["reads"] = plan.describe()
     return HeadResult(
         model=name, definition=definition, n_layers=cfg.n_layers, n_heads=n_heads, d_head=cfg.d_head,
@@ -120,76 +120,96 @@ def _gram_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-@torch.inference_mode()
-def _measure_heads_batch(model, batch: Batch, layers: tuple[int, ...], input_suffix: str, device, dtype,
-                         drop_first: int, grams: dict, check_identity: bool, sums: dict, read=None,
-                         by_position=None) -> np.ndarray:
-    """Run one batch; write its per-prompt sums into ``sums`` (rows ``batch.indices``); return token counts.
+class HeadSums:
+    """The heads' reduction (``engine.Reduction``): per-head norms and projections as each layer fires.
 
-    ``by_position``: a ``positions.HeadPositionAccumulator`` that also takes the sums by position bucket.
+    Reads, per chosen layer, the attention's input (the gain's denominator), ``attn.hook_z`` and
+    ``hook_attn_out``, in that (forward) order. ``hook_z`` is held until its layer's ``attn_out``
+    fires, then both become ``[batch, pos, head]`` statistics and are dropped: one layer's
+    activations live at a time. ``W_O`` and the Gram matrices ``W_O^i W_O^iᵀ`` are prepared once per run.
     """
-    wanted = {f"blocks.{layer}.{suffix}" for layer in layers
-              for suffix in ("attn.hook_z", "hook_attn_out", input_suffix)}
-    tokens = batch.tokens.to(device)
-    attention_mask = batch.attention_mask.to(device)
-    try:
-        _, cache = model.run_with_cache(tokens, attention_mask=attention_mask,
-                                        names_filter=lambda hook: hook in wanted)
-    except torch.cuda.OutOfMemoryError:
-        raise FunnelError(
-            f"out of GPU memory on a batch of {len(batch.indices)} prompts of up to {tokens.shape[1]} tokens: "
-            "lower --batch-size"
-        ) from None
 
-    positions = torch.arange(tokens.shape[1], device=device)
-    counted = attention_mask.bool() & (positions >= drop_first)[None, :]  # [batch, pos]
-    weights = counted.float()
-    n_layers = model.cfg.n_layers
-    out_norms = token_norms(cache, "hook_attn_out", n_layers, layers=layers)  # [layer, batch, pos]
-    in_norms = token_norms(cache, input_suffix, n_layers, layers=layers, read=read)  # [layer, batch, pos]
-    rows = batch.indices
-    for index, layer in enumerate(layers):
-        z = cache[f"blocks.{layer}.attn.hook_z"]  # [batch, pos, head, d_head]
-        a = cache[f"blocks.{layer}.hook_attn_out"].float()  # [batch, pos, d_model]
-        attention = model.blocks[layer].attn
-        W_O = attention.W_O.to(z.device).float()  # [head, d_head, d_model]
-        if check_identity:
-            _check_head_identity(model, layer, z, W_O, attention.b_O, a, attention_mask, dtype)
-        if layer not in grams:
-            wide = W_O.to(_gram_dtype(z.device))
-            grams[layer] = einops.einsum(wide, wide, "head d_head d_model, head d_head2 d_model -> head d_head d_head2")
-        gram = grams[layer]  # [head, d_head, d_head]
+    def __init__(self, model, plan, layers: tuple[int, ...], positions=None):
+        self.model, self.plan, self.layers = model, plan, layers
+        self.positions = positions  # a positions.HeadPositionAccumulator, or None
+        self.input_suffix = plan.inputs["attn"]
+        self.dtype = next(model.parameters()).dtype
+        self.row = {layer: index for index, layer in enumerate(layers)}
+        self.weights: dict[int, tuple] = {}  # layer -> (W_O float32, gram, b_O), on the activations' device
+
+    def reads(self, first: bool) -> list[tuple[int, str]]:
+        return [(layer, suffix) for layer in self.layers
+                for suffix in (self.input_suffix, "attn.hook_z", "hook_attn_out")]
+
+    def start(self, batch, tokens, attention_mask, counted, first: bool) -> None:
+        self.batch, self.attention_mask, self.counted, self.first = batch, attention_mask, counted, first
+        n = len(self.layers)
+        self.stats: dict[str, list] = {key: [None] * n for key in ("norm", "projection", "attn_out", "input")}
+        self.z: torch.Tensor | None = None
+
+    def _weights(self, layer: int, device) -> tuple:
+        if layer not in self.weights:
+            attention = self.model.blocks[layer].attn
+            W_O = attention.W_O.detach().to(device).float()  # [head, d_head, d_model]
+            wide = W_O.to(_gram_dtype(device))
+            gram = einops.einsum(wide, wide, "head d_head d_model, head d_head2 d_model -> head d_head d_head2")
+            self.weights[layer] = (W_O, gram, attention.b_O)
+        return self.weights[layer]
+
+    def read(self, layer: int, suffix: str, activation: torch.Tensor) -> None:
+        row = self.row[layer]
+        if suffix == self.input_suffix and self.stats["input"][row] is None:
+            self.stats["input"][row] = activation_norms(self.plan.read(self.model, layer, suffix, activation))  # [batch, pos]
+        if suffix == "attn.hook_z":
+            self.z = activation  # [batch, pos, head, d_head]
+        elif suffix == "hook_attn_out":
+            self._attention_output(layer, row, activation)
+
+    def _attention_output(self, layer: int, row: int, attn_out: torch.Tensor) -> None:
+        z, self.z = self.z, None
+        if z is None:
+            raise FunnelError(f"{model_name(self.model)}: blocks.{layer}.hook_attn_out fired before attn.hook_z: "
+                              "per-head outputs cannot be read for this architecture; please report it")
+        a = attn_out.float()  # [batch, pos, d_model]
+        W_O, gram, b_O = self._weights(layer, z.device)
+        if self.first:
+            _check_head_identity(self.model, layer, z, W_O, b_O, a, self.attention_mask, self.dtype)
+        out_norms = activation_norms(attn_out)  # [batch, pos]
         z_wide = z.to(gram.dtype)
         # ‖z_i W_O^i‖² = z_i (W_O^i W_O^iᵀ) z_iᵀ: per-head norms with no [batch, pos, head, d_model] tensor.
         squares = einops.einsum(z_wide, gram, z_wide,
                                 "batch pos head d_head, head d_head d_head2, batch pos head d_head2 -> batch pos head")
-        head_norms = squares.clamp_min(0).sqrt().float()  # [batch, pos, head]
         # ⟨z_i W_O^i, a⟩ = z_i · (W_O^i a): a is pulled back into each head's d_head space.
         pulled = einops.einsum(W_O, a, "head d_head d_model, batch pos d_model -> batch pos head d_head")
         dots = einops.einsum(z.float(), pulled, "batch pos head d_head, batch pos head d_head -> batch pos head")
-        projections = dots / out_norms[index].clamp_min(torch.finfo(torch.float32).tiny)[..., None]  # [batch, pos, head]
-        finite = torch.isfinite(head_norms) & torch.isfinite(projections) & torch.isfinite(in_norms[index])[..., None]
-        bad = ~finite & counted[..., None]  # [batch, pos, head]
-        if bad.any():
-            row, position, head = (int(i) for i in bad.nonzero()[0])
-            raise FunnelError(
-                f"non-finite activation norm in {model_name(model)}, {label(layer, head)}, prompt {rows[row]}, "
-                f"position {position}: the model overflows in {str(dtype).removeprefix('torch.')}; "
-                "try --dtype bfloat16 or float32"
-            )
-        per_prompt = lambda values: einops.einsum(values, weights, "batch pos head, batch pos -> batch head")  # noqa: E731
-        sums["norm"][rows, index] = per_prompt(head_norms).double().cpu().numpy()
-        sums["projection"][rows, index] = per_prompt(projections).double().cpu().numpy()
-        if by_position is not None:  # by_position (funnel_tl.positions, issue 15)
-            by_position.add_heads(rows, index, head_norms, counted)
-        del z, a, pulled, dots, squares, z_wide
-    token_sums = lambda values: einops.einsum(values, weights, "layer batch pos, batch pos -> batch layer")  # noqa: E731
-    sums["attn_out"][rows] = token_sums(out_norms).double().cpu().numpy()
-    sums["input"][rows] = token_sums(in_norms).double().cpu().numpy()
-    if by_position is not None:  # by_position (funnel_tl.positions, issue 15)
-        by_position.add_inputs(rows, in_norms, counted)
-    del cache
-    return counted.sum(dim=1).cpu().numpy()
+        self.stats["norm"][row] = squares.clamp_min(0).sqrt().float()  # [batch, pos, head]
+        self.stats["projection"][row] = dots / out_norms.clamp_min(torch.finfo(torch.float32).tiny)[..., None]
+        self.stats["attn_out"][row] = out_norms
+
+    def finish(self) -> dict[str, torch.Tensor]:
+        # [layer, batch, pos, (head)] -> [batch, layer, (head)]
+        return {key: prompt_sums(torch.stack(values), self.counted) for key, values in self.stats.items()}
+
+    def commit(self) -> None:
+        if self.positions is not None:  # by_position (funnel_tl.positions, issue 15)
+            for row in range(len(self.layers)):
+                self.positions.add_heads(self.batch.indices, row, self.stats["norm"][row], self.counted)
+            self.positions.add_inputs(self.batch.indices, torch.stack(self.stats["input"]), self.counted)
+
+    def raise_nonfinite(self) -> None:
+        """The first non-finite statistic, in layer order, named by head (or by layer for the denominator)."""
+        for row, layer in enumerate(self.layers):
+            per_head = torch.stack([self.stats["norm"][row], self.stats["projection"][row]])  # [2, batch, pos, head]
+            finite = torch.isfinite(per_head).all(dim=0) & torch.isfinite(self.stats["input"][row])[..., None] \
+                & torch.isfinite(self.stats["attn_out"][row])[..., None]  # [batch, pos, head]
+            bad = ~finite & self.counted[..., None]
+            if bad.any():
+                index, position, head = (int(i) for i in bad.nonzero()[0])
+                raise FunnelError(
+                    f"non-finite activation norm in {model_name(self.model)}, {label(layer, head)}, prompt "
+                    f"{self.batch.indices[index]}, position {position}: the model overflows in "
+                    f"{str(self.dtype).removeprefix('torch.')}; try --dtype bfloat16 or float32"
+                )
 
 
 def _check_head_identity(model, layer: int, z: Float[torch.Tensor, "batch pos head d_head"],

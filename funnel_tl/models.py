@@ -197,6 +197,33 @@ def _local_loading(local: bool):
                 os.environ[key] = value
 
 
+@contextlib.contextmanager
+def _linear_init_skipped():
+    """``nn.Linear`` layers built inside fill their weights with NaN instead of a random init.
+
+    The bridge splits fused QKV projections into new ``nn.Linear`` layers and then replaces their
+    weights with slices of the checkpoint's: the random init (measured: 0.1-0.2 s of a
+    Pythia-160m-shaped load) is thrown away. NaN rather than nothing: a weight that were somehow
+    never replaced would make every activation it touches NaN, which the measurement reports
+    (never a silently random number). HF's own initialization of weights missing from a
+    checkpoint goes through ``transformers.initialization``, not ``reset_parameters``, so it is
+    untouched. Not thread-safe: a Linear built by another thread meanwhile would start as NaN too.
+    """
+    original = torch.nn.Linear.reset_parameters
+
+    def fill_nan(self):
+        with torch.no_grad():
+            self.weight.fill_(float("nan"))
+            if self.bias is not None:
+                self.bias.fill_(float("nan"))
+
+    torch.nn.Linear.reset_parameters = fill_nan
+    try:
+        yield
+    finally:
+        torch.nn.Linear.reset_parameters = original
+
+
 # Files from which AutoTokenizer builds a real tokenizer; without one it can return an empty one,
 # and the failure would surface later as "prompt 0 is empty after tokenization".
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
@@ -381,9 +408,10 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
     try:
         with _local_loading(local or offline):
             tokenizer = load_tokenizer(source, revision=revision)
-            bridge = TransformerBridge.boot_transformers(
-                source, dtype=torch_dtype, revision=revision, **device_arg, **boot_kwargs
-            )
+            with _linear_init_skipped():
+                bridge = TransformerBridge.boot_transformers(
+                    source, dtype=torch_dtype, revision=revision, **device_arg, **boot_kwargs
+                )
     except FunnelError:
         raise
     except torch.cuda.OutOfMemoryError:
@@ -401,7 +429,8 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
 
     bridge.funnel_name = name  # named in check_decoder_only's message
     check_decoder_only(bridge)
-    bridge.eval()
+    if any(module.training for module in bridge.modules()):  # booted in eval mode: a second pass costs 0.1 s
+        bridge.eval()
     bridge.funnel_tokenizer = tokenizer
     return bridge
 

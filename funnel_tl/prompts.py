@@ -194,8 +194,11 @@ def tokenize(tokenizer, prompts: Sequence[str], n_ctx: int | None = None,
     Raises ``FunnelError`` for a prompt with no tokens or more tokens than the context.
     """
     token_ids = []
-    for index, prompt in enumerate(prompts):
-        ids = list(tokenizer(prompt)["input_ids"])
+    # One call for all prompts (a fast tokenizer encodes the list at once, ~10× fewer Python calls):
+    # without padding or truncation each row is exactly ``tokenizer(prompt)["input_ids"]``.
+    encoded = tokenizer(list(prompts))["input_ids"] if len(prompts) else []
+    for index, ids in enumerate(encoded):
+        ids = list(ids)
         if not ids:
             raise FunnelError(f"prompt {index} is empty after tokenization: remove it")
         if n_ctx is not None and len(ids) > n_ctx:
@@ -229,13 +232,11 @@ def make_batches(token_ids: Sequence[Sequence[int]], batch_size: int,
     for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
         width = max(len(token_ids[i]) for i in indices)
-        tokens = torch.full((len(indices), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(indices), width), dtype=torch.long)
-        for row, i in enumerate(indices):
-            ids = token_ids[i]
-            tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[row, : len(ids)] = 1
-        yield Batch(indices=indices, tokens=tokens, attention_mask=mask)
+        # Padded in Python and converted once: one tensor per batch, not one per prompt.
+        rows = [list(token_ids[i]) + [pad_token_id] * (width - len(token_ids[i])) for i in indices]
+        masks = [[1] * len(token_ids[i]) + [0] * (width - len(token_ids[i])) for i in indices]
+        yield Batch(indices=indices, tokens=torch.tensor(rows, dtype=torch.long),
+                    attention_mask=torch.tensor(masks, dtype=torch.long))
 
 
 def padding_fraction(batches: Iterable[Batch]) -> float:

@@ -40,6 +40,27 @@ def test_bench_gains_reports_every_method(tmp_path):
     assert set(numbers["median_seconds"]["wall"]) == set(bench.METHODS)
     assert numbers["n_prompts"] == 8 and numbers["n_tokens"] > 8
     assert "measure_gains tokens/s ÷ seed loop's" in numbers["table"]
+    assert "head_gains (every layer) tokens/s ÷ bare forward's" in numbers["table"]
+    assert "load_model time ÷ AutoModelForCausalLM.from_pretrained's" in numbers["table"]
+    assert set(numbers["load_seconds"]["cpu"]) == {"hf", "funnel"}
+
+
+@pytest.mark.slow
+def test_bench_gains_launch_case_with_auto_batch_size(tmp_path):
+    """The launch-bound case's own defaults (4 layers, d_model 64, vocab 512, batch 32), shrunk, and auto."""
+    bench = load_script("bench_gains")
+    out = tmp_path / "bench.json"
+    import torch
+
+    assert bench.main(["--case", "launch", "--n-prompts", "8", "--rounds", "1", "--no-memory", "--no-load",
+                       "--methods", "bare,funnel,heads", "--batch-size", "auto",
+                       "--threads", str(torch.get_num_threads()),
+                       "--checkpoint", str(tmp_path / "tiny-4l"), "--json", str(out)]) == 0
+    numbers = json.loads(out.read_text())
+    assert (numbers["n_layers"], numbers["d_model"], numbers["vocab_size"]) == (4, 64, 512)
+    assert numbers["batch_size"] == 8 and numbers["batch_size_requested"] == "auto"  # the CPU's auto
+    words = sorted(len(p.split()) for p in bench.bench_prompts(256, (12, 40)))
+    assert words[0] == 12 and words[-1] == 40
 
 
 @pytest.mark.slow

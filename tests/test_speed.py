@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from funnel_tl import gains, measure_gains
+from funnel_tl import engine, gains, measure_gains
 from funnel_tl.architectures import plan_hooks
 from funnel_tl.gains import token_norms
 from funnel_tl.prompts import tokenize
@@ -74,7 +74,7 @@ def test_order_and_batch_size_change_no_number(arch, prompts, bridge):
 def test_early_stop_gives_exactly_the_full_forwards_sums(arch, definition, prompts, bridge, monkeypatch):
     model = bridge(arch)
     stopped = measure_gains(model, prompts, definition=definition, batch_size=4)
-    monkeypatch.setattr(gains, "_STOP_EARLY", False)
+    monkeypatch.setattr(engine, "STOP_EARLY", False)
     full = measure_gains(model, prompts, definition=definition, batch_size=4)
     for component in COMPONENTS:
         # The same tensors reach the same reduction: equal to the bit.
@@ -110,11 +110,11 @@ def test_final_norm_and_unembedding_never_run(bridge, prompts):
     with model.hooks(fwd_hooks=[("ln_final.hook_in", lambda tensor, hook: fired.append(hook.name))]):
         measure_gains(model, prompts[:3])
         assert fired == []
-        gains._STOP_EARLY = False
+        engine.STOP_EARLY = False
         try:
             measure_gains(model, prompts[:3])
         finally:
-            gains._STOP_EARLY = True
+            engine.STOP_EARLY = True
         assert fired  # the same hook fires when the forward runs to the end
 
 
