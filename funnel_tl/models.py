@@ -421,7 +421,12 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
     except (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
         raise FunnelError(_load_error_message(name, error, local)) from error
     except Exception as error:
-        if type(error).__name__ != "SafetensorError":  # safetensors' own, not importable by a stable path
+        kinds = {kind.__name__ for kind in type(error).__mro__}
+        if "StrictDataclassError" in kinds:  # huggingface_hub's config validation: the user's config.json
+            reason = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+            raise FunnelError(f"cannot load model {name!r}: its config.json does not validate ({reason}): "
+                              "fix the value or re-save the checkpoint") from error
+        if "SafetensorError" not in kinds:  # safetensors' own, not importable by a stable path
             raise
         raise FunnelError(_load_error_message(name, error, local)) from error
     bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)

@@ -272,6 +272,16 @@ def test_safetensors_with_a_bad_header(tmp_path, capsys):
     one_line_error(capsys, "not a readable safetensors file")
 
 
+def test_config_json_with_a_wrong_type(tmp_path, capsys):
+    """transformers validates config.json on load; a wrong type is the user's file, not a funnel_tl bug."""
+    folder = copy_model(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_size": "x"}))
+    assert main(["run", "--model", str(folder), "--out", str(tmp_path / "o")]) == 2
+    line = one_line_error(capsys, "config.json does not validate", "hidden_size", "expected int")
+    assert "report it" not in line
+
+
 def test_pickle_that_fails_weights_only(tmp_path, capsys):
     import argparse
 
