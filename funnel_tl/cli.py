@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
@@ -49,6 +50,94 @@ def add_model_options(parser: argparse.ArgumentParser, model: bool = True) -> No
     parser.add_argument("--drop-first", type=int, default=0, metavar="N",
                         help="leave out the first N positions of every prompt, e.g. 1 to skip the "
                              "attention-sink token (default: 0)")
+    add_scale_options(parser)
+
+
+def _max_tokens(value: str):
+    """argparse type of --max-tokens-per-prompt: a positive number or 'context'."""
+    if value == "context":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"give a number of tokens (1 or more) or 'context', not {value!r}")
+    return int(value)
+
+
+def _max_memory(value: str) -> dict:
+    """argparse type of --max-memory: ``0=20GiB,1=20GiB,cpu=64GiB`` → {0: '20GiB', 1: '20GiB', 'cpu': '64GiB'}."""
+    budget = {}
+    for item in value.split(","):
+        device, _, amount = item.partition("=")
+        device, amount = device.strip(), amount.strip()
+        if not device or not amount:
+            raise argparse.ArgumentTypeError(f"give DEVICE=AMOUNT pairs such as 0=20GiB,1=20GiB,cpu=64GiB, not {value!r}")
+        budget[int(device) if device.isdigit() else device] = amount
+    return budget
+
+
+def add_scale_options(parser: argparse.ArgumentParser) -> None:
+    """Corpora and models larger than one device (see README "Scaling up")."""
+    parser.add_argument("--max-prompts", type=int, default=None, metavar="N",
+                        help="measure only the first N prompts of the file or dataset; reading stops there, "
+                             "and results.json records it (default: all)")
+    parser.add_argument("--max-tokens-per-prompt", type=_max_tokens, default=None, metavar="T|context",
+                        help="keep only the first T tokens of each prompt ('context': the model's context "
+                             "length); results.json records which prompts were cut (default: a prompt longer "
+                             "than the context is an error)")
+    parser.add_argument("--dataset", default=None, metavar="PATH_OR_NAME",
+                        help="read prompts from a HuggingFace dataset instead of --prompts: a local "
+                             ".jsonl/.json/.csv/.parquet/.txt file, a save_to_disk folder or a hub name "
+                             "(streamed; needs the datasets package)")
+    parser.add_argument("--split", default="train", help="the dataset split (default: train)")
+    parser.add_argument("--text-field", default="text", metavar="FIELD",
+                        help="the dataset column holding the text (default: text)")
+    parser.add_argument("--device-map", default=None, choices=["auto", "balanced", "sequential"],
+                        help="spread one model over every visible GPU (HF accelerate), for models larger "
+                             "than one GPU; --device is then ignored (default: the whole model on --device)")
+    parser.add_argument("--max-memory", type=_max_memory, default=None, metavar="DEV=SIZE,...",
+                        help="memory each device may take with --device-map, e.g. 0=20GiB,1=20GiB,cpu=64GiB")
+
+
+def read_cli_prompts(args) -> tuple[list[str], dict]:
+    """The prompts of --prompts or --dataset, capped at --max-prompts, and where they came from."""
+    from .sources import read_prompts
+
+    return read_prompts(args.prompts, max_prompts=args.max_prompts, dataset=args.dataset, split=args.split,
+                        text_field=args.text_field)
+
+
+def placement(args, current) -> dict:
+    """load_model's keywords for --device-map/--max-memory; refused under torchrun's data parallel."""
+    if args.max_memory is not None and args.device_map is None:
+        raise FunnelError("--max-memory needs --device-map: add --device-map auto")
+    if args.device_map is None:
+        return {}
+    if current.distributed:
+        raise FunnelError("--device-map spreads one model over all the GPUs a process sees, so it cannot be "
+                          "combined with torchrun's one process per GPU: run one process, or leave out --device-map")
+    return {"device_map": args.device_map, "max_memory": args.max_memory}
+
+
+def prompt_notes(result, source: dict) -> list[str]:
+    """What --max-prompts and truncation did, said aloud (both are in the provenance as well)."""
+    notes = []
+    if source.get("more_available"):
+        notes.append(f"Measured the first {source['n_prompts']} prompts of {source['source']} (--max-prompts; it holds more)")
+    cut = result.provenance.get("truncation")
+    if cut and cut["n_truncated"]:
+        notes.append(f"Truncated {cut['n_truncated']} of {result.n_prompts} prompts to {cut['max_tokens_per_prompt']} "
+                     f"tokens ({cut['tokens_dropped']} tokens dropped; listed in the provenance of the results file)")
+    return notes
+
+
+def _claim_output(held: contextlib.ExitStack, out, current) -> Path:
+    """Rank 0, the one writer, checks ``out`` and holds its lock until ``held`` closes; other ranks touch nothing."""
+    out = Path(out)
+    if not current.main:
+        return out
+    out = check_output_folder(out)
+    held.enter_context(output_lock(out))
+    remove_temporaries(out)
+    return out
 
 
 def _batch_size(text: str) -> int | str:
@@ -195,11 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
+    from .distributed import measure, together, world
     from .funnel import format_analysis
     from .gains import measure_gains
     from .models import load_model, local_n_layers
     from .plots import png_help
-    from .prompts import load_prompts
     from .stats import check_bootstrap
 
     # Everything cheap first: a typo must not cost a model load, and a folder that cannot be
@@ -210,18 +299,24 @@ def cmd_run(args) -> int:
         raise FunnelError(f"--sink-positions must be 1 to 16 (single positions), got {args.sink_positions}")
     if args.sink_positions != 1 and not args.by_position:
         raise FunnelError("--sink-positions needs --by-position: add it, or leave --sink-positions out")
-    prompts = load_prompts(args.prompts)
+    prompts, source = read_cli_prompts(args)
     n_layers = local_n_layers(args.model, args.revision)  # bundled and local folders: from config.json
     check_bootstrap(args.bootstrap, len(prompts), n_layers)
-    out = check_output_folder(args.out or _default_out(args))
-    with output_lock(out):
-        remove_temporaries(out)
-        model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision)
-        if n_layers is None:
-            check_bootstrap(args.bootstrap, len(prompts), model.cfg.n_layers)
-        result = measure_gains(model, prompts, definition=args.definition, batch_size=args.batch_size,
-                               drop_first=args.drop_first, by_position=args.by_position)
+    current = world()
+    loading = placement(args, current)
+    with contextlib.ExitStack() as held:
+        with together(current):  # a rank that cannot go on (folder, lock, load) stops every rank
+            out = _claim_output(held, args.out or _default_out(args), current)
+            model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision, **loading)
+            if n_layers is None:
+                check_bootstrap(args.bootstrap, len(prompts), model.cfg.n_layers)
+        result = measure(measure_gains, model, prompts, current, definition=args.definition,
+                         batch_size=args.batch_size, drop_first=args.drop_first, by_position=args.by_position,
+                         max_tokens_per_prompt=args.max_tokens_per_prompt)
         del model
+        if not current.main:
+            return 0  # rank 0 alone prints and writes
+        result.provenance["prompt_source"] = source
         if result.positions is not None:
             result = replace(result, positions=replace(result.positions, sink_positions=args.sink_positions))
         if args.bootstrap and len(prompts) >= 2:
@@ -229,6 +324,8 @@ def cmd_run(args) -> int:
         # Files before the terminal: `funnel-tl run | head -1` must not cost funnel.html.
         lines, failure = _save(out, [("results.json", result.save), ("funnel.html", lambda path: _render(result, out, self_contained=args.self_contained))],
                                rescue=result.save, report_hint=True)
+    for line in prompt_notes(result, source):
+        print(line)
     print(format_analysis(result))
     _print_positions(result)
     if args.bootstrap and len(prompts) < 2:
@@ -380,26 +477,34 @@ def cmd_report(args) -> int:
 
 
 def cmd_heads(args) -> int:
+    from .distributed import measure, together, world
     from .heads import head_gains, parse_layers
     from .models import load_model
-    from .prompts import load_prompts
 
     layers = parse_layers(args.layers)  # bad input fails before a model is loaded
     if args.top < 1:
         raise FunnelError(f"--top must be at least 1, got {args.top}")
     _check_measure_options(args)
-    prompts = load_prompts(args.prompts)
-    out = check_output_folder(args.out or _default_out(args))
-    with output_lock(out):
-        remove_temporaries(out)
-        model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision)
-        result = head_gains(model, prompts, definition=args.definition, layers=layers,
-                            batch_size=args.batch_size, drop_first=args.drop_first, by_position=args.by_position)
+    prompts, source = read_cli_prompts(args)
+    current = world()
+    loading = placement(args, current)
+    with contextlib.ExitStack() as held:
+        with together(current):  # a rank that cannot go on (folder, lock, load) stops every rank
+            out = _claim_output(held, args.out or _default_out(args), current)
+            model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision, **loading)
+        result = measure(head_gains, model, prompts, current, definition=args.definition, layers=layers,
+                         batch_size=args.batch_size, drop_first=args.drop_first, by_position=args.by_position,
+                         max_tokens_per_prompt=args.max_tokens_per_prompt)
         del model
+        if not current.main:
+            return 0  # rank 0 alone prints and writes
+        result.provenance["prompt_source"] = source
         lines, failure = _save(out, [("heads.json", result.save),
                                      ("heads.html", lambda path: result.save_html(path, k=args.top,
                                                                                   self_contained=args.self_contained))],
                                rescue=result.save, report_hint=True)
+    for line in prompt_notes(result, source):
+        print(line)
     print(result.format_top(args.top))
     print()
     for line in lines:
@@ -412,11 +517,21 @@ def cmd_heads(args) -> int:
 def cmd_compare(args) -> int:
     from .compare import compare
 
-    comparison = compare(args.models, args.prompts, definition=args.definition, batch_size=args.batch_size,
+    prompts, source = read_cli_prompts(args)
+    if args.max_memory is not None and args.device_map is None:
+        raise FunnelError("--max-memory needs --device-map: add --device-map auto")
+    # Under torchrun each rank measures whole models, so --device-map is allowed here: with one
+    # process per node, each model spreads over that node's GPUs.
+    comparison = compare(args.models, prompts, definition=args.definition, batch_size=args.batch_size,
                          device=args.device, dtype=args.dtype, drop_first=args.drop_first, out=args.out,
                          force=args.force, checkpoints=args.checkpoints, bootstrap=args.bootstrap,
                          bootstrap_seed=args.bootstrap_seed, self_contained=args.self_contained,
-                         by_position=args.by_position)
+                         by_position=args.by_position, max_tokens_per_prompt=args.max_tokens_per_prompt,
+                         device_map=args.device_map, max_memory=args.max_memory)
+    if comparison is None:
+        return 0  # not rank 0: its models are written; rank 0 prints and writes the table
+    if source.get("more_available"):
+        print(f"Measured the first {source['n_prompts']} prompts of {source['source']} (--max-prompts; it holds more)")
     print(comparison.format_table())
     out = Path(args.out)
     print(f"\nSaved: {out / 'compare.json'}\n       {out / 'compare.html'}")
@@ -429,10 +544,16 @@ def cmd_compare(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .distributed import session
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
+        if args.command == "report":
+            return args.handler(args)
+        # Under torchrun, every rank joins one process group (gloo on the CPU, NCCL on GPUs).
+        with session(args.device if args.device_map is None else "cuda"):
+            return args.handler(args)
     except FunnelError as error:
         if args.debug:
             raise

@@ -321,7 +321,8 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
             batch_size: int = 8, device: str = "auto", dtype: str = "auto", drop_first: int = 0,
             out: str | os.PathLike = "runs/compare", force: bool = False, checkpoints=None,
             bootstrap: int = 2000, bootstrap_seed: int = 0, progress: bool | None = None,
-            self_contained: bool = False, by_position: bool = False) -> "Comparison":
+            self_contained: bool = False, by_position: bool = False, max_tokens_per_prompt: int | str | None = None,
+            device_map=None, max_memory=None, world=None) -> "Comparison | None":
     """Measure several models (or training checkpoints) in turn; write one table and one page.
 
     ``models``: bundled names, local checkpoint folders, hub names, or the preset
@@ -337,8 +338,17 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
     The other options are ``measure_gains``'s and ``load_model``'s. Writes
     ``out/<slug>/results.json`` per model, ``out/compare.json`` and ``out/compare.html``.
 
-    A model already measured in ``out`` with the same prompts, definition, ``drop_first`` and
-    dtype is read back, not recomputed, unless ``force``. A model that fails is recorded with its
+    ``max_tokens_per_prompt`` truncates long prompts (``measure_gains``); ``device_map`` and
+    ``max_memory`` spread each model over several devices (``load_model``).
+
+    Under torchrun (or with ``world``, a ``distributed.World``), the targets not yet finished are
+    dealt over the ranks (``assign_targets``): each is measured by one rank, each rank loads only its
+    own, and rank 0 writes the table and page once all are done and returns the ``Comparison``
+    (the other ranks return ``None``). ``out`` must be one folder all ranks see (a shared disk
+    across nodes).
+
+    A model already measured in ``out`` with the same prompts, definition, ``drop_first``,
+    truncation and dtype is read back, not recomputed, unless ``force``. A model that fails is recorded with its
     error and the sweep goes on: check ``Comparison.failed``.
 
     >>> from funnel_tl import compare
@@ -363,19 +373,28 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
         "bootstrap": int(bootstrap), "bootstrap_seed": int(bootstrap_seed),
         **({"by_position": True} if by_position else {}),
     }
+    if max_tokens_per_prompt is not None:
+        settings["max_tokens_per_prompt"] = max_tokens_per_prompt
+    options = dict(device=device, dtype=dtype, definition=definition, batch_size=batch_size, drop_first=drop_first,
+                   bootstrap=bootstrap, bootstrap_seed=bootstrap_seed, progress=False if progress is False else None,
+                   max_tokens_per_prompt=max_tokens_per_prompt, device_map=device_map, max_memory=max_memory,
+                   by_position=by_position)
+    from .distributed import world as current_world
+
+    group = world if world is not None else current_world()
+    if group.distributed:
+        return _sweep_sharded(targets, prompt_list, Path(out), settings, group, force=force, options=options,
+                              self_contained=self_contained)
     out = check_output_folder(out)
     with output_lock(out):  # one sweep per folder: a second would interleave compare.json
         remove_temporaries(out)
-        return _sweep(targets, prompt_list, settings, out, force=force, device=device, dtype=dtype,
-                      definition=definition, batch_size=batch_size, drop_first=drop_first, bootstrap=bootstrap,
-                      bootstrap_seed=bootstrap_seed, progress=progress, self_contained=self_contained,
-                      by_position=by_position)
+        return _sweep(targets, prompt_list, settings, out, force=force, options=options,
+                      progress=progress, self_contained=self_contained)
 
 
-def _sweep(targets: list[Target], prompt_list: list[str], settings: dict, out: Path, *, force: bool, device: str,
-           dtype: str, definition: str, batch_size: int, drop_first: int, bootstrap: int, bootstrap_seed: int,
-           progress: bool | None, self_contained: bool = False, by_position: bool = False) -> "Comparison":
-    """The sweep itself, with ``out`` checked and locked by ``compare``."""
+def _sweep(targets: list[Target], prompt_list: list[str], settings: dict, out: Path, *, force: bool,
+           options: dict, progress: bool | None, self_contained: bool = False) -> "Comparison":
+    """The sweep itself, with ``out`` checked and locked by ``compare``; ``options`` go to ``_measure_one``."""
     rows: list[ComparisonRow] = []
     results: dict[str, GainResult] = {}
     show = progress if progress is not None else len(targets) > 1
@@ -386,39 +405,12 @@ def _sweep(targets: list[Target], prompt_list: list[str], settings: dict, out: P
         remove_temporaries(path.parent)
         finished = None if force else _finished(path, target, settings)
         if finished is not None:
-            data, result = finished
-            result, _ = _with_intervals(result, bootstrap, bootstrap_seed)
-            # Every derived value (gains, verdicts) again from the stored sums with today's rules:
-            # a file written by an older funnel_tl, or edited by hand, is brought up to date.
-            fresh = result.to_dict()
-            updated = fresh != data  # new intervals asked for, or derived values that disagreed
-            if updated:
-                try:
-                    result.save(path)
-                except OSError as error:
-                    tqdm.write(f"{target.label}: could not update {path} ({describe_os_error(error)}); "
-                               "its row is recomputed all the same", file=sys.stderr)
-                data = fresh
-            rows.append(row_from_results(target, data, result, resumed=True))
-            results[target.label] = result
-            tqdm.write(f"{target.label}: finished earlier, read from {path}"
-                       + (" (derived values and verdicts recomputed from its sums)" if updated else ""), file=sys.stderr)
+            row, result = _resumed_row(target, path, finished, options["bootstrap"], options["bootstrap_seed"])
         else:
-            try:
-                data, result = _measure_one(target, prompt_list, path, device=device, dtype=dtype,
-                                            definition=definition, batch_size=batch_size, drop_first=drop_first,
-                                            bootstrap=bootstrap, bootstrap_seed=bootstrap_seed,
-                                            progress=False if progress is False else None,
-                                            by_position=by_position)
-                rows.append(row_from_results(target, data, result, resumed=False))
-                results[target.label] = result
-            except Exception as error:  # one failing model must not end the sweep
-                rows.append(ComparisonRow(model=target.label, slug=target.slug, status="failed", base=target.base,
-                                          step=target.step, revision=target.revision, error=one_line(error)))
-                tqdm.write(f"{target.label}: FAILED: {rows[-1].error}", file=sys.stderr)
-            # Only the message is kept: the exception's traceback holds the model's frame, and it is
-            # gone once the except block ends, so the model is freed here even when it failed.
-            _release_memory()
+            row, result = _measured_row(target, prompt_list, path, options)
+        rows.append(row)
+        if result is not None:
+            results[target.label] = result
         # After every model, so a sweep stopped half way still has its table.
         try:
             write_json_atomic(out / "compare.json", _compare_dict(rows, settings))
@@ -426,6 +418,12 @@ def _sweep(targets: list[Target], prompt_list: list[str], settings: dict, out: P
             tqdm.write(f"could not write {out / 'compare.json'} ({describe_os_error(error)}); going on",
                        file=sys.stderr)
     bar.close()
+    return _finish(rows, results, settings, out, self_contained)
+
+
+def _finish(rows: list["ComparisonRow"], results: dict, settings: dict, out: Path,
+            self_contained: bool) -> "Comparison":
+    """The ``Comparison`` of a finished sweep, its compare.json and compare.html written."""
     comparison = Comparison(rows=tuple(rows), results=results, settings=settings, out=out)
     try:
         comparison.save(out, self_contained=self_contained)
@@ -435,6 +433,115 @@ def _sweep(targets: list[Target], prompt_list: list[str], settings: dict, out: P
                           f"compare.json/compare.html could not be written ({describe_os_error(error)}): free space "
                           "and rerun the same command, which reads them back without measuring again") from None
     return comparison
+
+
+def _resumed_row(target: "Target", path: Path, finished: tuple[dict, GainResult], bootstrap: int,
+                 bootstrap_seed: int) -> tuple["ComparisonRow", GainResult]:
+    """The row of a target finished by an earlier run, its intervals drawn now if asked for."""
+    data, result = finished
+    result, _ = _with_intervals(result, bootstrap, bootstrap_seed)
+    # Every derived value (gains, verdicts) again from the stored sums with today's rules:
+    # a file written by an older funnel_tl, or edited by hand, is brought up to date.
+    fresh = result.to_dict()
+    updated = fresh != data  # new intervals asked for, or derived values that disagreed
+    if updated:
+        try:
+            result.save(path)
+        except OSError as error:
+            tqdm.write(f"{target.label}: could not update {path} ({describe_os_error(error)}); "
+                       "its row is recomputed all the same", file=sys.stderr)
+        data = fresh
+    tqdm.write(f"{target.label}: finished earlier, read from {path}"
+               + (" (derived values and verdicts recomputed from its sums)" if updated else ""), file=sys.stderr)
+    return row_from_results(target, data, result, resumed=True), result
+
+
+def _measured_row(target: "Target", prompt_list: list[str], path: Path, options: dict,
+                  quiet: bool = False) -> tuple["ComparisonRow", GainResult | None]:
+    """Load, measure and save one target; a failure becomes its row, and the sweep goes on."""
+    try:
+        data, result = _measure_one(target, prompt_list, path, **options)
+        row = row_from_results(target, data, result, resumed=False)
+    except Exception as error:  # one failing model must not end the sweep
+        row, result = ComparisonRow(model=target.label, slug=target.slug, status="failed", base=target.base,
+                                    step=target.step, revision=target.revision, error=one_line(error)), None
+        if not quiet:
+            tqdm.write(f"{target.label}: FAILED: {row.error}", file=sys.stderr)
+    # Only the message is kept: the exception's traceback holds the model's frame, and it is
+    # gone once the except block ends, so the model is freed here even when it failed.
+    _release_memory()
+    return row, result
+
+
+def assign_targets(pending: Sequence[int], n_ranks: int, rank: int) -> list[int]:
+    """The pending targets (indices in sweep order) one rank measures: every ``n_ranks``-th from ``rank``.
+
+    Only targets not yet finished (as rank 0 reads ``out``) are dealt, so a rerun with any number
+    of ranks recomputes nothing finished; every rank computes the same deal from the same list.
+
+    >>> assign_targets([0, 2, 3, 5, 6], 2, 1)
+    [2, 5]
+    """
+    return list(pending[rank::n_ranks])
+
+
+def _sweep_sharded(targets: list["Target"], prompt_list: list[str], out: Path, settings: dict, group,
+                   *, force: bool, options: dict, self_contained: bool = False) -> "Comparison | None":
+    """The sweep over torchrun's ranks: each pending target measured by exactly one rank, each rank
+    loading only its own; rank 0 then reads every result from the shared ``out`` and writes the
+    table and page. Returns the ``Comparison`` on rank 0, ``None`` on the others.
+
+    Rank 0 holds ``out``'s lock for the whole sweep (the other ranks are part of it and write only
+    their targets' folders); if it cannot take it, every rank stops with its error."""
+    from contextlib import ExitStack
+
+    from .distributed import broadcast_from_main, gather_to_main, together
+
+    paths = [out / target.slug / "results.json" for target in targets]
+    with ExitStack() as held:
+        pending = None
+        with together(group):
+            check_output_folder(out)
+            if group.main:  # one reader decides, so ranks on nodes with stale filesystem caches still agree
+                held.enter_context(output_lock(out))
+                remove_temporaries(out)
+                pending = [i for i, (target, path) in enumerate(zip(targets, paths))
+                           if force or _finished(path, target, settings) is None]
+        # Every rank waits here for rank 0's list, so no result is written before it was read.
+        pending = broadcast_from_main(group, pending)
+        mine = assign_targets(pending, group.size, group.rank)
+        options = dict(options, extra_provenance={"rank": group.rank, "world_size": group.size})
+        quiet = dict(options, progress=False) if not group.main else options
+        measured = {}
+        shown = group.main and options["progress"] is not False and len(mine) > 1
+        for index in tqdm(mine, desc=f"models (rank 0's share of {len(pending)})", unit="model", disable=not shown):
+            remove_temporaries(paths[index].parent)
+            row, _ = _measured_row(targets[index], prompt_list, paths[index], quiet, quiet=not group.main)
+            measured[index] = row
+        gathered = gather_to_main(group, measured)  # rows are small; the results are on the shared disk
+        if not group.main:
+            return None
+        fresh = {index: row for part in gathered for index, row in part.items()}
+        rows: list[ComparisonRow] = []
+        results: dict[str, GainResult] = {}
+        for index, (target, path) in enumerate(zip(targets, paths)):
+            if index in fresh:
+                row = fresh[index]
+                if row.ok:
+                    results[target.label] = GainResult.load(path)
+                else:
+                    tqdm.write(f"{target.label}: FAILED: {row.error}", file=sys.stderr)
+            else:
+                finished = _finished(path, target, settings)
+                if finished is None:  # removed or replaced since the deal
+                    row = ComparisonRow(model=target.label, slug=target.slug, status="failed", base=target.base,
+                                        step=target.step, revision=target.revision,
+                                        error=f"{path} changed during the sweep: rerun to measure it")
+                else:
+                    row, results[target.label] = _resumed_row(target, path, finished, options["bootstrap"],
+                                                              options["bootstrap_seed"])
+            rows.append(row)
+        return _finish(rows, results, dict(settings, world_size=group.size), out, self_contained)
 
 
 def _finished(path: Path, target: Target, settings: dict) -> tuple[dict, GainResult] | None:
@@ -450,6 +557,7 @@ def _finished(path: Path, target: Target, settings: dict) -> tuple[dict, GainRes
     same = (result.model == target.label and result.definition == settings["definition"]
             and data.get("prompts", {}).get("sha256") == settings["prompts_sha256"]
             and result.drop_first == settings["drop_first"] and provenance.get("dtype") == settings["dtype"]
+            and provenance.get("max_tokens_per_prompt") == settings.get("max_tokens_per_prompt")
             # A file with position sums serves a sweep that does not ask for them; not the other way.
             and (result.positions is not None or not settings.get("by_position", False)))
     return (data, result) if same else None
@@ -457,23 +565,28 @@ def _finished(path: Path, target: Target, settings: dict) -> tuple[dict, GainRes
 
 def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str, dtype: str,
                  definition: str, batch_size: int, drop_first: int, bootstrap: int,
-                 bootstrap_seed: int, progress: bool | None, by_position: bool = False) -> tuple[dict, GainResult]:
+                 bootstrap_seed: int, progress: bool | None, by_position: bool = False, max_tokens_per_prompt=None,
+                 device_map=None, max_memory=None, extra_provenance: dict | None = None) -> tuple[dict, GainResult]:
     """Load, measure, save one target; return its results file as written and read back."""
     _reset_peak_memory(device)
     start = time.perf_counter()
-    model = load_model(target.source, device=device, dtype=dtype, revision=target.revision)
+    placement = {"device_map": device_map, "max_memory": max_memory} if device_map is not None else {}
+    model = load_model(target.source, device=device, dtype=dtype, revision=target.revision, **placement)
     if target.step is not None:
         model.funnel_name = target.label  # the results file names the checkpoint, not only the model
     n_parameters = count_parameters(model)
     check_bootstrap(bootstrap, len(prompts), model.cfg.n_layers)  # before the measurement, not after
     result = measure_gains(model, prompts, definition=definition, batch_size=batch_size, drop_first=drop_first,
-                           progress=progress, by_position=by_position)
+                           progress=progress, by_position=by_position, max_tokens_per_prompt=max_tokens_per_prompt)
     del model
     peak, kind = _peak_memory(device)
     result.provenance.update({
         "n_parameters": int(n_parameters), "revision": target.revision, "step": target.step,
         "seconds": round(time.perf_counter() - start, 3), "peak_memory_bytes": peak, "memory_kind": kind,
     })
+    if max_tokens_per_prompt is not None:  # as asked ("context" or a number), for the resume check
+        result.provenance["max_tokens_per_prompt"] = max_tokens_per_prompt
+    result.provenance.update(extra_provenance or {})
     result, _ = _with_intervals(result, bootstrap, bootstrap_seed)
     try:
         result.save(path)
@@ -723,8 +836,8 @@ class Comparison:
         rows = tuple(ComparisonRow.from_dict(row) for row in data["models"])
         results = {row.model: GainResult.load(out / row.slug / "results.json") for row in rows if row.ok}
         settings = {key: data[key] for key in ("definition", "n_prompts", "prompts_sha256", "drop_first", "dtype",
-                                               "device", "batch_size", "bootstrap", "bootstrap_seed", "by_position")
-                    if key in data}
+                                               "device", "batch_size", "bootstrap", "bootstrap_seed", "by_position",
+                                               "max_tokens_per_prompt", "world_size") if key in data}
         return cls(rows=rows, results=results, settings=settings, out=out)
 
 
@@ -735,6 +848,6 @@ def _format_seconds(seconds: float | None) -> str:
 
 
 __all__ = [
-    "Comparison", "ComparisonRow", "PRESETS", "PYTHIA_STEPS", "PYTHIA_SUITE", "Target", "compare",
+    "assign_targets", "Comparison", "ComparisonRow", "PRESETS", "PYTHIA_STEPS", "PYTHIA_SUITE", "Target", "compare",
     "checkpoint_targets", "expand_models", "local_checkpoints", "parse_steps", "plan_targets",
 ]

@@ -40,7 +40,7 @@ from .engine import Engine, prompt_sums, resolve_batch_size
 from .errors import FunnelError
 from .models import model_name, tokenizer_of
 from .positions import PositionAccumulator
-from .prompts import load_prompts, make_batches, padding_fraction, prompts_sha256, tokenize
+from .prompts import load_prompts, make_batches, padding_fraction, prompts_sha256, tokenize, truncation_limit
 from .results import COMPONENTS, GainResult
 
 # Residual identities hold to float rounding; a wrong hook alias is off by O(1).
@@ -132,17 +132,22 @@ def check_finite(model, norms: dict[str, torch.Tensor], counted: torch.Tensor, i
 
 
 def prepare_tokens(model, prompts: str | Sequence[str], drop_first: int = 0,
-                   tokenizer=None) -> tuple[list[str], list[list[int]], int]:
+                   tokenizer=None, max_tokens_per_prompt: int | str | None = None,
+                   truncation: dict | None = None) -> tuple[list[str], list[list[int]], int]:
     """``(prompts, token ids, pad id)`` for a measurement, with every input check of ``measure_gains``.
 
     Shared by measurements built on the same batching (``heads.head_gains``): prompts loaded,
     tokenized with the model's own tokenizer, checked against the context and ``drop_first``.
+    ``max_tokens_per_prompt`` (a number or ``"context"``) truncates instead of failing on long
+    prompts; ``truncation`` (a dict) then receives the record for the provenance.
     """
     prompt_list = load_prompts(prompts)
     if isinstance(drop_first, bool) or not isinstance(drop_first, int) or drop_first < 0:
         raise FunnelError(f"drop_first must be an integer, 0 or more, got {drop_first!r}")
     tokenizer = tokenizer if tokenizer is not None else tokenizer_of(model)
-    token_ids = tokenize(tokenizer, prompt_list, n_ctx=getattr(model.cfg, "n_ctx", None), model_name=model_name(model))
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    token_ids = tokenize(tokenizer, prompt_list, n_ctx=n_ctx, model_name=model_name(model),
+                         max_tokens=truncation_limit(max_tokens_per_prompt, n_ctx), truncation=truncation)
     too_short = [i for i, ids in enumerate(token_ids) if len(ids) <= drop_first]
     if too_short:
         raise FunnelError(
@@ -156,7 +161,7 @@ def prepare_tokens(model, prompts: str | Sequence[str], drop_first: int = 0,
 def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "seed",
                   batch_size: int | str = "auto", drop_first: int = 0, tokenizer=None,
                   progress: bool | None = None, intervals: bool = False, by_position: bool = False,
-                  executor: str = "auto") -> GainResult:
+                  executor: str = "auto", max_tokens_per_prompt: int | str | None = None) -> GainResult:
     """Measure every layer's attention, MLP and block gain on a prompt set.
 
     ``model``: a bridge from ``load_model``, a bridge the user booted, or a TL 3.x
@@ -174,6 +179,9 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     ``executor``: ``"auto"`` (the HF modules behind the TL hooks where they agree with the TL
     hooks on the first batch), ``"transformer_lens"`` or ``"hf"`` (see ``funnel_tl.engine``); the
     one that ran is recorded in ``provenance["executor"]``.
+    ``max_tokens_per_prompt`` (a number, or ``"context"`` for the model's context) keeps only the
+    first tokens of longer prompts, recorded in ``provenance["truncation"]``; without it a prompt
+    longer than the context is an error.
 
     >>> from funnel_tl import load_model, measure_gains
     >>> result = measure_gains(load_model(device="cpu"), "seed")  # doctest: +SKIP
@@ -181,7 +189,9 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     (8,)
     """
     plan = plan_hooks(model, definition)
-    prompt_list, token_ids, pad_id = prepare_tokens(model, prompts, drop_first, tokenizer)
+    truncation: dict = {}
+    prompt_list, token_ids, pad_id = prepare_tokens(model, prompts, drop_first, tokenizer,
+                                                    max_tokens_per_prompt, truncation)
     name = model_name(model)
     n_layers = model.cfg.n_layers
     # by_position (funnel_tl.positions): buckets fixed by the longest prompt, filled batch by batch.
@@ -206,6 +216,7 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     provenance = _provenance(model, engine.device, engine.dtype, prompt_list, token_ids, batches, chosen_batch_size,
                              drop_first, engine=engine, requested_batch_size=batch_size)
     provenance["reads"] = plan.describe()
+    provenance.update(truncation)
     result = GainResult(
         model=name, definition=definition, n_layers=n_layers, d_model=model.cfg.d_model,
         parallel_blocks=plan.parallel_blocks, prompts=tuple(prompt_list), n_tokens=n_tokens,

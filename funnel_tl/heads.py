@@ -54,7 +54,7 @@ from .prompts import make_batches
 def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "seed",
                layers: int | Sequence[int] | None = None, batch_size: int | str = "auto", drop_first: int = 0,
                tokenizer=None, progress: bool | None = None, by_position: bool = False,
-               executor: str = "auto") -> HeadResult:
+               executor: str = "auto", max_tokens_per_prompt: int | str | None = None) -> HeadResult:
     """Measure every head's output norm, gain and share of the layer output on a prompt set.
 
     Arguments as ``measure_gains`` (same tokens, batching, ``definition``, ``drop_first`` and
@@ -70,7 +70,9 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
     >>> heads.head_gains.shape, heads.top(3)[0].label  # doctest: +SKIP
     ((8, 8), 'L5H2')
     """
-    prompt_list, token_ids, pad_id = prepare_tokens(model, prompts, drop_first, tokenizer)
+    truncation: dict = {}
+    prompt_list, token_ids, pad_id = prepare_tokens(model, prompts, drop_first, tokenizer,
+                                                    max_tokens_per_prompt, truncation)
     plan = plan_hooks(model, definition)
     check_heads_add_up(model, plan)
     name = model_name(model)
@@ -78,6 +80,9 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
     chosen = resolve_layers(layers, cfg.n_layers)
     if f"blocks.{chosen[0]}.attn.hook_z" not in model.hook_dict:
         raise FunnelError(f"{name} has no attn.hook_z: TransformerLens cannot split its attention into heads")
+    if any(parameter.is_meta for parameter in model.parameters()):  # weights offloaded by a device map
+        raise FunnelError(f"{name} has weights offloaded to CPU or disk by its device map, and head gains read "
+                          "every layer's W_O: load it on GPUs only (more --max-memory) or on one device")
     # by_position (funnel_tl.positions): buckets fixed by the longest prompt, filled batch by batch.
     positions = (HeadPositionAccumulator(len(prompt_list), len(chosen), cfg.n_heads, max(map(len, token_ids)))
                  if by_position else None)
@@ -99,6 +104,7 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
     provenance = _provenance(model, engine.device, engine.dtype, prompt_list, token_ids, batches, chosen_batch_size,
                              drop_first, engine=engine, requested_batch_size=batch_size)
     provenance["reads"] = plan.describe()
+    provenance.update(truncation)
     return HeadResult(
         model=name, definition=definition, n_layers=cfg.n_layers, n_heads=n_heads, d_head=cfg.d_head,
         d_model=cfg.d_model, layers=chosen, prompts=tuple(prompt_list), n_tokens=n_tokens,

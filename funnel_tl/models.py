@@ -363,14 +363,16 @@ def load_tokenizer(source: str, revision: str | None = None):
 
 def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto",
                dtype: str | torch.dtype = "auto", device_map=None, revision: str | None = None,
-               **boot_kwargs):
+               max_memory: dict | None = None, **boot_kwargs):
     """Load a model through ``TransformerBridge`` with unprocessed weights.
 
     ``name_or_dir``: a bundled short name (``funnel_tl.bundled_models()``), a local HuggingFace
     checkpoint folder, or a hub name such as ``EleutherAI/pythia-6.9b``; ``None`` loads the
     largest bundled model. ``device="auto"`` picks CUDA when present; ``dtype="auto"`` is float16
     on CUDA and float32 on the CPU; ``device_map`` (e.g. ``"auto"``) spreads a model too large for
-    one GPU and is passed to TransformerLens as is. ``revision`` picks a hub revision such as
+    one GPU and is passed to TransformerLens as is (``"auto"``, ``"balanced"``, ``"sequential"``,
+    or an explicit ``{module: device}`` dict), with ``max_memory`` (``{0: "20GiB", "cpu":
+    "64GiB"}``) capping each device; ``device`` is then ignored. ``revision`` picks a hub revision such as
     Pythia's ``step1000``, or a bundled training checkpoint (``load_model("nano-4l",
     revision="step64")``, see ``bundled_checkpoints``); a bundled checkpoint's ``funnel_name`` is
     ``"nano-4l@step64"``, so its results name the step.
@@ -398,8 +400,11 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
         _check_decoder_folder(name, Path(source))
         check_model_folder(Path(source), name)
     if device_map is not None:
-        device_arg = {"device_map": device_map}
-        device = "cuda"
+        device_arg = {"device_map": device_map, "max_memory": max_memory}
+        # Only for dtype="auto": float16 when the map can reach a GPU, as on one GPU.
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif max_memory is not None:
+        raise FunnelError("max_memory caps the devices of a device_map: give device_map too")
     else:
         device = resolve_device(device)
         device_arg = {"device": device}

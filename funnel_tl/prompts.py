@@ -51,17 +51,28 @@ def load_prompts(spec: str | os.PathLike | Sequence[str] = "seed") -> list[str]:
     >>> load_prompts(["a prompt", "another"])
     ['a prompt', 'another']
     """
-    if isinstance(spec, str) and spec == "seed":
-        return list(SEED_PROMPTS)
-    if isinstance(spec, (str, os.PathLike)):
-        path = Path(spec)
-        records, source = iter_prompt_file(path), str(path)
-    else:
-        records, source = _iter_sequence(spec), "the prompt list"
-    prompts = [_checked(text, where) for where, text in records]
+    prompts = list(iter_prompts(spec))
     if not prompts:
+        source = str(spec) if isinstance(spec, (str, os.PathLike)) else "the prompt list"
         raise FunnelError(f"no prompts in {source}: give at least one non-blank prompt")
     return prompts
+
+
+def iter_prompts(spec: str | os.PathLike | Sequence[str] = "seed") -> Iterator[str]:
+    """The prompts of ``load_prompts(spec)``, checked the same way, one at a time.
+
+    ``.txt`` and ``.jsonl`` files are read line by line as the prompts are taken, so a caller that
+    stops early (``--max-prompts``) reads no further; an empty source yields nothing.
+    """
+    if isinstance(spec, str) and spec == "seed":
+        yield from SEED_PROMPTS
+        return
+    if isinstance(spec, (str, os.PathLike)):
+        records = iter_prompt_file(Path(spec))
+    else:
+        records = _iter_sequence(spec)
+    for where, text in records:
+        yield _checked(text, where)
 
 
 def iter_prompt_file(path: str | os.PathLike) -> Iterator[tuple[str, object]]:
@@ -188,12 +199,19 @@ def prompts_sha256(prompts: Sequence[str]) -> str:
 
 
 def tokenize(tokenizer, prompts: Sequence[str], n_ctx: int | None = None,
-             model_name: str = "the model") -> list[list[int]]:
+             model_name: str = "the model", max_tokens: int | None = None,
+             truncation: dict | None = None) -> list[list[int]]:
     """Token ids of each prompt, exactly as ``tokenizer(prompt)`` gives them.
+
+    ``max_tokens``: keep only the first ``max_tokens`` tokens of each prompt, and fill
+    ``truncation`` (a dict, if given) with what was cut (see ``truncation_record``). Without it a
+    prompt longer than the context is an error, never cut silently.
 
     Raises ``FunnelError`` for a prompt with no tokens or more tokens than the context.
     """
-    token_ids = []
+    if max_tokens is not None and max_tokens < 1:
+        raise FunnelError(f"max_tokens_per_prompt must be at least 1, got {max_tokens}")
+    token_ids, original_lengths = [], []
     # One call for all prompts (a fast tokenizer encodes the list at once, ~10× fewer Python calls):
     # without padding or truncation each row is exactly ``tokenizer(prompt)["input_ids"]``.
     encoded = tokenizer(list(prompts))["input_ids"] if len(prompts) else []
@@ -201,13 +219,54 @@ def tokenize(tokenizer, prompts: Sequence[str], n_ctx: int | None = None,
         ids = list(ids)
         if not ids:
             raise FunnelError(f"prompt {index} is empty after tokenization: remove it")
-        if n_ctx is not None and len(ids) > n_ctx:
+        original_lengths.append(len(ids))
+        if max_tokens is not None:
+            ids = ids[:max_tokens]
+        elif n_ctx is not None and len(ids) > n_ctx:
             raise FunnelError(
                 f"prompt {index} has {len(ids)} tokens but {model_name} has a context of {n_ctx}: "
-                "shorten or split it"
+                "shorten or split it, or pass --max-tokens-per-prompt context to truncate every prompt to it"
             )
         token_ids.append(ids)
+    if max_tokens is not None and truncation is not None:
+        truncation.update(truncation_record(original_lengths, max_tokens))
     return token_ids
+
+
+def truncation_limit(max_tokens: int | str | None, n_ctx: int | None) -> int | None:
+    """The tokens kept per prompt: ``max_tokens`` capped at the context, ``"context"`` for the context.
+
+    >>> truncation_limit("context", 256), truncation_limit(100, 256), truncation_limit(1000, 256)
+    (256, 100, 256)
+    >>> truncation_limit(None, 256) is None
+    True
+    """
+    if max_tokens is None:
+        return None
+    if max_tokens == "context":
+        if n_ctx is None:
+            raise FunnelError("the model states no context length: give --max-tokens-per-prompt a number")
+        return int(n_ctx)
+    try:
+        limit = int(max_tokens)
+    except (TypeError, ValueError):
+        raise FunnelError(f"--max-tokens-per-prompt takes a number or 'context', got {max_tokens!r}") from None
+    if limit < 1:
+        raise FunnelError(f"--max-tokens-per-prompt must be at least 1, got {limit}")
+    return min(limit, int(n_ctx)) if n_ctx is not None else limit
+
+
+def truncation_record(original_lengths: Sequence[int], max_tokens: int) -> dict:
+    """What truncation did, for the provenance of results.json: nothing is cut silently.
+
+    >>> truncation_record([3, 10, 7], 5)
+    {'truncation': {'max_tokens_per_prompt': 5, 'n_truncated': 2, 'truncated_prompts': [1, 2], 'tokens_dropped': 7}}
+    """
+    cut = [i for i, n in enumerate(original_lengths) if n > max_tokens]
+    return {"truncation": {
+        "max_tokens_per_prompt": int(max_tokens), "n_truncated": len(cut), "truncated_prompts": cut,
+        "tokens_dropped": int(sum(original_lengths[i] - max_tokens for i in cut)),
+    }}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,96 @@
+"""Where prompts come from at scale: corpus files read lazily, HF ``datasets``, ``--max-prompts``.
+
+``prompts.load_prompts`` reads a whole prompt file; a corpus of thousands of documents needs only
+its first N read (``max_prompts``), and may live in a HuggingFace dataset. ``read_prompts``
+returns the prompts and a record of where they came from (``source``, ``max_prompts``, and
+whether the source held more: ``more_available``), which the CLI writes into the provenance of
+results.json, so a capped corpus is never mistaken for the whole.
+
+Files are iterated line by line and reading stops at ``max_prompts``; a dataset is opened with
+``streaming=True`` (local files and hub datasets alike), so nothing past the cap is read.
+
+>>> prompts, record = read_prompts("seed", max_prompts=2)
+>>> len(prompts), record["more_available"]
+(2, True)
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Iterator
+
+from .errors import FunnelError
+from .prompts import iter_prompts
+
+# datasets' packaged builders, by file suffix, for a local data file given as --dataset.
+DATASET_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text",
+                    ".arrow": "arrow"}
+
+
+def read_prompts(prompts: str = "seed", *, max_prompts: int | None = None, dataset: str | None = None,
+                 split: str = "train", text_field: str = "text") -> tuple[list[str], dict]:
+    """``(prompts, record)``: from ``prompts`` (as ``load_prompts``) or a HF ``dataset``, at most ``max_prompts``.
+
+    ``dataset``: a local data file (``.jsonl``/``.json``/``.csv``/``.parquet``/``.txt``), a folder
+    written by ``Dataset.save_to_disk``, or a hub dataset name; ``split`` and ``text_field`` pick
+    the split and the column holding the text. Empty texts are skipped, as blank lines are.
+    """
+    if max_prompts is not None and max_prompts < 1:
+        raise FunnelError(f"--max-prompts must be at least 1, got {max_prompts}")
+    if dataset is not None:
+        if prompts != "seed":
+            raise FunnelError("give either --prompts or --dataset, not both")
+        source = f"dataset {dataset} (split {split}, field {text_field})"
+        stream = _dataset_texts(dataset, split, text_field)
+    else:
+        source = str(prompts)
+        stream = iter_prompts(prompts)  # the strict reading of load_prompts, lazily
+    taken = list(itertools.islice(stream, max_prompts))
+    more = False
+    if max_prompts is not None and len(taken) == max_prompts:
+        try:  # one look past the cap: is the corpus larger than what was measured?
+            more = next(stream, None) is not None
+        except FunnelError:  # a bad line beyond the cap is more text, not an error of this run
+            more = True
+    if not taken:
+        raise FunnelError(f"no prompts in {source}: give at least one non-blank prompt")
+    record = {"source": source, "max_prompts": max_prompts, "n_prompts": len(taken), "more_available": more}
+    return taken, record
+
+
+def _dataset_texts(name: str, split: str, text_field: str) -> Iterator[str]:
+    """The non-empty texts of one split of a HF dataset, streamed (nothing past what is taken is read)."""
+    try:
+        import datasets
+    except ImportError:
+        raise FunnelError("--dataset needs the datasets package: pip install 'funnel_tl[datasets]'") from None
+    path = Path(name).expanduser()
+    try:
+        if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise FunnelError(f"{name} has no split {split!r}: choose one of {', '.join(loaded)}")
+                loaded = loaded[split]
+            rows = loaded.to_iterable_dataset()
+        elif path.is_file():
+            builder = DATASET_BUILDERS.get(path.suffix)
+            if builder is None:
+                raise FunnelError(f"cannot read {path} as a dataset: give a {', '.join(DATASET_BUILDERS)} file")
+            rows = datasets.load_dataset(builder, data_files={split: str(path)}, split=split, streaming=True)
+        else:
+            rows = datasets.load_dataset(name, split=split, streaming=True)
+    except FunnelError:
+        raise
+    except (OSError, ValueError, KeyError, FileNotFoundError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise FunnelError(f"cannot open dataset {name!r} (split {split!r}): {first_line}") from None
+    for number, row in enumerate(rows):
+        if text_field not in row:
+            raise FunnelError(f"dataset {name} has no field {text_field!r} (fields: {', '.join(row)}): "
+                              "choose one with --text-field")
+        text = row[text_field]
+        if text is None or not str(text).strip():
+            continue
+        yield str(text)
