@@ -94,7 +94,7 @@ def iter_prompt_file(path: str | os.PathLike) -> Iterator[tuple[str, object]]:
         if suffix not in (".txt", ".jsonl", ".json"):
             shown = str(path) if len(str(path)) <= 40 else str(path)[:37] + "..."
             raise FunnelError(f"prompt file not found: {shown!r}; prompts are {WHAT_TO_PASS}: to measure "
-                              f"one prompt, pass it in a list, [{shown!r}]")
+                              f"one prompt, pass it in a list, [{shown!r}], or on the command line write it to a .txt file")
         raise FunnelError(f"prompt file not found: {path} (give {WHAT_TO_PASS})")
     readers = {".txt": _txt_records, ".jsonl": _jsonl_records, ".json": _json_records}
     if suffix not in readers:
