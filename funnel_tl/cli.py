@@ -253,12 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="re-render figures and analysis from results.json files, without a model",
         description="Re-render DIR/funnel.html (and funnel.png where kaleido and Chrome are present) from "
                     "DIR/results.json, and the same in every folder below DIR that holds a results.json "
-                    "(compare outputs), and DIR/compare.html where DIR/compare.json exists; print each "
-                    "analysis. No model is loaded.",
+                    "(compare outputs), heads.html from every heads.json (top 20 heads), and "
+                    "DIR/compare.html where DIR/compare.json exists; print each analysis. No model is loaded.",
         epilog="examples:\n  funnel-tl report runs/demo\n  funnel-tl report runs/sweep --bootstrap 5000",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    report.add_argument("dir", metavar="DIR", help="a folder written by funnel-tl run or compare")
+    report.add_argument("dir", metavar="DIR", help="a folder written by funnel-tl run, heads or compare")
     add_bootstrap_options(report, default=None)
     add_page_options(report)
     report.set_defaults(handler=cmd_report)
@@ -439,27 +439,29 @@ def _render(result, folder: Path, say=None, self_contained: bool = False,
     return png is not None
 
 
-def find_results(folder: Path) -> list[Path]:
-    """folder/results.json and every results.json below it (compare writes one per model)."""
+def find_results(folder: Path, name: str = "results.json") -> list[Path]:
+    """folder/NAME and every NAME below it (compare writes one results.json per model), shallowest first."""
     if not folder.is_dir():
-        raise FunnelError(f"folder not found: {folder} (give a folder written by funnel-tl run or compare)")
-    found = sorted(folder.rglob("results.json"), key=lambda p: (len(p.relative_to(folder).parts), str(p)))
-    if not found:
-        raise FunnelError(f"no results.json in {folder} or below it: run `funnel-tl run --out {folder}` first")
-    return found
+        raise FunnelError(f"folder not found: {folder} (give a folder written by funnel-tl run, heads or compare)")
+    return sorted(folder.rglob(name), key=lambda p: (len(p.relative_to(folder).parts), str(p)))
 
 
 def cmd_report(args) -> int:
     from .compare import Comparison
     from .funnel import format_analysis
     from .plots import png_help
+    from .head_results import HeadResult
     from .results import GainResult
 
     if args.bootstrap is not None and args.bootstrap < 0:
         raise FunnelError(f"--bootstrap must be 0 (no intervals) or a number of resamples, got {args.bootstrap}")
     root = Path(args.dir)
-    paths = find_results(root)
+    paths, head_paths = find_results(root), find_results(root, "heads.json")
+    if not paths and not head_paths:
+        raise FunnelError(f"no results.json or heads.json in {root} or below it: "
+                          f"run `funnel-tl run --out {root}` (or `funnel-tl heads`) first")
     results = [GainResult.load(path) for path in paths]  # all read before any is written: fail fast
+    heads = [HeadResult.load(path) for path in head_paths]
     sweep = Comparison.load(root) if (root / "compare.json").is_file() else None
 
     def redraw(result):
@@ -478,11 +480,13 @@ def cmd_report(args) -> int:
         # Every page of the tree loads one DIR/plotly.min.js, unless --self-contained.
         png = _render(result, path.parent, say=print, self_contained=args.self_contained, root=root)
         print()
+    for path, result in zip(head_paths, heads):  # heads.json records no --top: the default table length
+        print(f"From: {path}\nSaved: {result.save_html(path.with_suffix('.html'), self_contained=args.self_contained)}")
     if sweep is not None:
         sweep = replace(sweep, results={label: redraw(result) for label, result in sweep.results.items()})
         page = sweep.save_html(root, self_contained=args.self_contained)
         print(f"Saved: {page}")
-    if not png:
+    if paths and not png:
         print(png_help())
     return 0
 
@@ -513,7 +517,7 @@ def cmd_heads(args) -> int:
         lines, failure = _save(out, [("heads.json", result.save),
                                      ("heads.html", lambda path: result.save_html(path, k=args.top,
                                                                                   self_contained=args.self_contained))],
-                               rescue=result.save)
+                               rescue=result.save, report_hint=True)
     for line in prompt_notes(result, source):
         print(line)
     print(result.format_top(args.top))
@@ -593,8 +597,12 @@ def _unexpected(error: Exception) -> str:
         return "out of memory: use fewer prompts, a smaller --batch-size or --bootstrap, or a smaller model"
     if isinstance(error, OSError) and error.filename:
         return f"cannot use {error.filename}: {describe_os_error(error)}"
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    # "Validation error for field 'hidden_size':" says nothing alone: the next line is the reason.
+    first = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return f"{type(error).__name__}: {first}"
 
 
 if __name__ == "__main__":

@@ -340,7 +340,9 @@ def render_html(comparison, plotlyjs: str | bool = True) -> str:
 
     sections = []
     settings = comparison.settings
-    meta = (f"{len(comparison.rows)} models, {len(comparison.failed)} failed · {html.escape(_subtitle(comparison))}"
+    counted = _what(comparison.rows)  # a checkpoint sweep counts checkpoints, not models
+    counted = counted[:-1] if len(comparison.rows) == 1 else counted
+    meta = (f"{len(comparison.rows)} {counted}, {len(comparison.failed)} failed · {html.escape(_subtitle(comparison))}"
             f" · dtype {html.escape(str(settings.get('dtype', '?')))} on {html.escape(str(settings.get('device', '?')))}"
             f" · prompts sha256 {html.escape(str(settings.get('prompts_sha256', '?'))[:12])}…")
     def div(figure: go.Figure) -> str:

@@ -101,6 +101,11 @@ def session(device: str = "auto"):
     try:
         yield world()
     finally:
+        # Leave together: ranks other than 0 return as soon as their share is gathered, and a rank
+        # that tears gloo down while rank 0 still holds its connections was seen to abort at exit
+        # ("terminate called without an active exception"). A rank that died cannot hang this:
+        # torchrun ends the other ranks when one fails.
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -426,7 +426,12 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
     except (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
         raise FunnelError(_load_error_message(name, error, local)) from error
     except Exception as error:
-        if type(error).__name__ != "SafetensorError":  # safetensors' own, not importable by a stable path
+        kinds = {kind.__name__ for kind in type(error).__mro__}
+        if "StrictDataclassError" in kinds:  # huggingface_hub's config validation: the user's config.json
+            reason = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+            raise FunnelError(f"cannot load model {name!r}: its config.json does not validate ({reason}): "
+                              "fix the value or re-save the checkpoint") from error
+        if "SafetensorError" not in kinds:  # safetensors' own, not importable by a stable path
             raise
         raise FunnelError(_load_error_message(name, error, local)) from error
     bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
@@ -464,11 +469,18 @@ def tokenizer_of(model):
     tokenizer = getattr(model, "funnel_tokenizer", None)
     if tokenizer is not None:
         return tokenizer
-    source = getattr(model.cfg, "tokenizer_name", None)
-    if source:
+    # A HookedTransformer names its tokenizer; a bridge booted by the user has no tokenizer_name
+    # and, as TransformerLens itself does, takes the tokenizer of the folder or hub name it was
+    # booted from (its cfg.model_name). A HookedTransformer's model_name is a short alias, not a source.
+    from .architectures import is_bridge
+
+    sources = [getattr(model.cfg, "tokenizer_name", None)]
+    if is_bridge(model):
+        sources.append(getattr(model.cfg, "model_name", None))
+    for source in filter(None, sources):
         try:
-            return load_tokenizer(source)
-        except OSError:
+            return load_tokenizer(str(source))
+        except (OSError, ValueError):  # no tokenizer there (ValueError: transformers cannot tell its kind)
             pass
     raise FunnelError(
         "cannot find this model's HuggingFace tokenizer: load it with funnel_tl.load_model, or pass tokenizer="

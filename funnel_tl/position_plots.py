@@ -264,7 +264,10 @@ def write_position_page(result, path: str | os.PathLike, self_contained: bool = 
     divs = "\n".join(figure_div(figure, div_id=f"funnel-tl-positions-{index}") for index, figure in enumerate(figures))
     title = f"{result.model}: gains by position".replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     html = ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{title}</title>\n{script_tag(plotlyjs_for(path, self_contained, root))}</head>\n"
+            f"<title>{title}</title>\n{script_tag(plotlyjs_for(path, self_contained, root))}"
+            # The page is taller than a window: reserve the scrollbar from the start, or the
+            # responsive figures are sized before it appears and overflow sideways.
+            "<style>html { overflow-y: scroll; }</style>\n</head>\n"
             f"<body style=\"max-width:{WIDTH}px;margin:auto\">\n{divs}\n</body>\n</html>\n")
     return write_text_atomic(path, html)
 

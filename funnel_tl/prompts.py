@@ -86,10 +86,15 @@ def iter_prompt_file(path: str | os.PathLike) -> Iterator[tuple[str, object]]:
     if not path.is_file():
         if path.is_dir():
             raise FunnelError(f"{path} is a folder, not a prompt file: give {WHAT_TO_PASS}")
+        # A string with spaces or no extension reads as a prompt given where a file was expected;
+        # "data.csv" reads as a file name, for which the advice to put it in a list is wrong.
+        looks_like_text = not suffix or any(character.isspace() for character in str(path))
+        if suffix not in (".txt", ".jsonl", ".json") and not looks_like_text:
+            raise FunnelError(f"prompt file not found: {path}; prompt files are {FILE_FORMATS}")
         if suffix not in (".txt", ".jsonl", ".json"):
             shown = str(path) if len(str(path)) <= 40 else str(path)[:37] + "..."
             raise FunnelError(f"prompt file not found: {shown!r}; prompts are {WHAT_TO_PASS}: to measure "
-                              f"one prompt, pass it in a list, [{shown!r}]")
+                              f"one prompt, pass it in a list, [{shown!r}], or on the command line write it to a .txt file")
         raise FunnelError(f"prompt file not found: {path} (give {WHAT_TO_PASS})")
     readers = {".txt": _txt_records, ".jsonl": _jsonl_records, ".json": _json_records}
     if suffix not in readers:

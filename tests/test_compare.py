@@ -265,6 +265,7 @@ def test_failing_models_are_recorded_and_the_sweep_goes_on(checkpoints, nan_chec
     assert not (out / rows[str(nan_checkpoint)]["slug"] / "results.json").exists()
     assert "3 of 4 models failed" in capsys.readouterr().err
     assert "failed: RuntimeError: simulated crash" in (out / "compare.html").read_text()
+    assert "4 models, 3 failed" in (out / "compare.html").read_text()
 
 
 KILL_SCRIPT = """
@@ -387,7 +388,9 @@ def test_local_checkpoints_are_swept_in_step_order(training_run, tmp_path, load_
     lows = [comparison.results[r.model].intervals.mlp[0, 0] for r in comparison.rows]
     np.testing.assert_allclose(np.asarray(figure.data[3].y) - figure.data[3].error_y.arrayminus, lows)
     assert "across training checkpoints" in comparison.figure().layout.title.text
-    assert "Funnel Model across checkpoints" in (tmp_path / "compare.html").read_text()
+    page = (tmp_path / "compare.html").read_text()
+    assert "Funnel Model across checkpoints" in page
+    assert "3 checkpoints, 0 failed" in page  # counted as what they are, as the title names them
     layer_0_mlp = figure.data[3].y
     np.testing.assert_array_equal(layer_0_mlp, [comparison.results[r.model].mlp_gains[0] for r in comparison.rows])
 

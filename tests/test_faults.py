@@ -272,6 +272,16 @@ def test_safetensors_with_a_bad_header(tmp_path, capsys):
     one_line_error(capsys, "not a readable safetensors file")
 
 
+def test_config_json_with_a_wrong_type(tmp_path, capsys):
+    """transformers validates config.json on load; a wrong type is the user's file, not a funnel_tl bug."""
+    folder = copy_model(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_size": "x"}))
+    assert main(["run", "--model", str(folder), "--out", str(tmp_path / "o")]) == 2
+    line = one_line_error(capsys, "config.json does not validate", "hidden_size", "expected int")
+    assert "report it" not in line
+
+
 def test_pickle_that_fails_weights_only(tmp_path, capsys):
     import argparse
 
@@ -573,6 +583,17 @@ def test_unexpected_errors_are_one_line_with_a_pointer_to_debug(tmp_path, capsys
         main(["--debug", *argv])
     with pytest.raises(ZeroDivisionError):
         main([*argv, "--debug"])
+
+
+def test_an_unexpected_message_ending_in_a_colon_keeps_its_reason(tmp_path, capsys, monkeypatch, two_prompts):
+    """huggingface_hub's config validation puts the reason on a second line; the one line keeps it."""
+    def broken(*args, **kwargs):
+        raise TypeError("Validation error for field 'hidden_size':\n    Field 'hidden_size' expected int, got str\n")
+
+    monkeypatch.setattr(gains_module, "measure_gains", broken)
+    assert main(measure_argv("run", "--prompts", two_prompts, "--out", str(tmp_path / "o"))) == 2
+    one_line_error(capsys, "TypeError: Validation error for field 'hidden_size': Field 'hidden_size' expected int, "
+                           "got str (rerun with --debug")
 
 
 def test_report_into_a_read_only_folder(tmp_path, capsys, mount, two_prompts):

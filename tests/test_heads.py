@@ -282,6 +282,20 @@ def test_heads_page_shares_plotlyjs_unless_self_contained(tmp_path, measured):
     assert not (tmp_path / "alone" / "plotly.min.js").exists()
 
 
+def test_report_redraws_heads_html_from_heads_json(tmp_path, measured, capsys):
+    """``funnel-tl report DIR`` on a ``funnel-tl heads`` folder redraws heads.html, no model loaded:
+    the same page ``save_html`` writes (default table length), not an error asking for results.json."""
+    result = measured("gpt2")
+    result.save(tmp_path / "heads.json")
+    assert main(["report", str(tmp_path)]) == 0
+    assert f"Saved: {tmp_path / 'heads.html'}" in capsys.readouterr().out
+    expected = result.save_html(tmp_path / "expected" / "heads.html").read_text()
+    uuid = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"  # plotly's random div ids
+    assert re.sub(uuid, "ID", (tmp_path / "heads.html").read_text()) == re.sub(uuid, "ID", expected)
+    assert main(["report", str(tmp_path / "expected")]) == 2  # a page and no heads.json or results.json
+    assert "no results.json or heads.json" in capsys.readouterr().err
+
+
 def test_head_result_to_pandas_is_tidy(measured):
     pytest.importorskip("pandas")
     result = measured("llama-gqa")

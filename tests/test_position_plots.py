@@ -62,6 +62,7 @@ def test_position_page_opens_offline(tmp_path):
     path = write_position_page(sink_result(sink_gain=2.0), tmp_path / "positions.html")
     html = path.read_text()
     assert html.count("id=\"funnel-tl-positions-") == 2  # heatmaps, then the comparison
+    assert "html { overflow-y: scroll; }" in html  # seen in Chromium: no sideways scroll at 1400 px
     # The folder's shared plotly.js, by relative path (no network), or embedded when asked.
     assert '<script src="plotly.min.js"' in html and (tmp_path / "plotly.min.js").is_file()
     alone = write_position_page(sink_result(sink_gain=2.0), tmp_path / "alone.html", self_contained=True).read_text()

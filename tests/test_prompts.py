@@ -41,3 +41,15 @@ def test_batch_size_must_be_positive():
 def test_list_input_is_checked():
     with pytest.raises(FunnelError, match="no prompts"):
         load_prompts([])
+
+
+def test_missing_file_with_another_extension_is_named_as_a_file(tmp_path):
+    """``--prompts data.csv`` (missing) is a file name: the message lists the formats, not the
+    Python advice to wrap a prompt in a list, which stays for text given where a file was expected."""
+    with pytest.raises(FunnelError, match=r"prompt file not found: \S*data\.csv; prompt files are \.txt") as caught:
+        load_prompts(tmp_path / "data.csv")
+    assert "pass it in a list" not in str(caught.value)
+    with pytest.raises(FunnelError, match=r"pass it in a list, \['What is 2. And 3'\]"):
+        load_prompts("What is 2. And 3")
+    with pytest.raises(FunnelError, match=r"pass it in a list, \['Paris'\], or on the command line write it to a \.txt file"):
+        load_prompts("Paris")  # the same message reaches `funnel-tl run --prompts Paris`, where a list cannot be typed

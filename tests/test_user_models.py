@@ -174,3 +174,21 @@ def test_hooked_read_is_what_the_sublayer_receives(arch, dtype, checkpoints, tok
         read = plan.read(model, 1, plan.inputs[component], hooked[norm])
         assert read.dtype == seen[norm].dtype
         torch.testing.assert_close(read, seen[norm], rtol=0, atol=0)
+
+
+def test_self_booted_bridge_finds_its_own_tokenizer(checkpoints, tokenizer):
+    """A bridge booted from a folder has no ``cfg.tokenizer_name``; the folder's own tokenizer is used,
+    as TransformerLens does, so ``tokenizer=`` is optional and gives the same numbers."""
+    bridge = boot_bridge(checkpoints["gpt2"], {"no_processing": True})
+    assert not getattr(bridge.cfg, "tokenizer_name", None)  # the case this covers
+    found = measure_gains(bridge, PROMPTS[:2])
+    given = measure_gains(bridge, PROMPTS[:2], tokenizer=tokenizer)
+    np.testing.assert_array_equal(found.n_tokens, given.n_tokens)
+    np.testing.assert_array_equal(found.mlp_gains, given.mlp_gains)
+
+
+def test_bridge_without_any_tokenizer_source_is_one_line(checkpoints, tmp_path):
+    bridge = boot_bridge(checkpoints["gpt2"], {"no_processing": True})
+    bridge.cfg.model_name = str(tmp_path / "gone")  # the folder it was booted from no longer exists
+    with pytest.raises(FunnelError, match="cannot find this model's HuggingFace tokenizer"):
+        measure_gains(bridge, PROMPTS[:1])
