@@ -97,12 +97,25 @@ def add_scale_options(parser: argparse.ArgumentParser) -> None:
                         help="memory each device may take with --device-map, e.g. 0=20GiB,1=20GiB,cpu=64GiB")
 
 
-def read_cli_prompts(args) -> tuple[list[str], dict]:
-    """The prompts of --prompts or --dataset, capped at --max-prompts, and where they came from."""
-    from .sources import read_prompts
+def read_cli_prompts(args, stream: bool = False) -> tuple[list[str], dict]:
+    """The prompts of --prompts or --dataset, capped at --max-prompts, and where they came from.
 
-    return read_prompts(args.prompts, max_prompts=args.max_prompts, dataset=args.dataset, split=args.split,
-                        text_field=args.text_field)
+    ``stream``: an iterator read as the measurement goes (one process: memory flat in the corpus
+    size, ``funnel_tl.streaming``); else a list (torchrun's ranks deal the prompts out by tokens,
+    so each reads the whole list).
+    """
+    from .sources import read_prompts, stream_prompts
+
+    read = stream_prompts if stream else read_prompts
+    return read(args.prompts, max_prompts=args.max_prompts, dataset=args.dataset, split=args.split,
+                text_field=args.text_field)
+
+
+def add_text_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-prompt-texts", dest="keep_texts", action="store_false",
+                        help="leave the prompt texts out of the results file, keeping their number and sha256 "
+                             "(for a large corpus: the texts cost memory and file size; per-prompt statistics "
+                             "are kept either way)")
 
 
 def placement(args, current) -> dict:
@@ -209,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output folder (default: runs/<model name>)")
     add_bootstrap_options(run)
     add_position_options(run)
+    add_text_options(run)
     add_page_options(run)
     run.set_defaults(handler=cmd_run)
 
@@ -232,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     heads.add_argument("--by-position", action="store_true",
                        help="also keep every head's gain by position (0..15, then 16-31, ...): heads.json "
                             "gains a by_position block, heads.html a heatmap of the top heads by position")
+    add_text_options(heads)
     add_page_options(heads)
     heads.set_defaults(handler=cmd_heads)
     report = commands.add_parser(
@@ -299,27 +314,27 @@ def cmd_run(args) -> int:
         raise FunnelError(f"--sink-positions must be 1 to 16 (single positions), got {args.sink_positions}")
     if args.sink_positions != 1 and not args.by_position:
         raise FunnelError("--sink-positions needs --by-position: add it, or leave --sink-positions out")
-    prompts, source = read_cli_prompts(args)
-    n_layers = local_n_layers(args.model, args.revision)  # bundled and local folders: from config.json
-    check_bootstrap(args.bootstrap, len(prompts), n_layers)
     current = world()
+    prompts, source = read_cli_prompts(args, stream=not current.distributed)
+    n_layers = local_n_layers(args.model, args.revision)  # bundled and local folders: from config.json
+    check_bootstrap(args.bootstrap, None, n_layers)
     loading = placement(args, current)
     with contextlib.ExitStack() as held:
         with together(current):  # a rank that cannot go on (folder, lock, load) stops every rank
             out = _claim_output(held, args.out or _default_out(args), current)
             model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision, **loading)
             if n_layers is None:
-                check_bootstrap(args.bootstrap, len(prompts), model.cfg.n_layers)
+                check_bootstrap(args.bootstrap, None, model.cfg.n_layers)
         result = measure(measure_gains, model, prompts, current, definition=args.definition,
                          batch_size=args.batch_size, drop_first=args.drop_first, by_position=args.by_position,
-                         max_tokens_per_prompt=args.max_tokens_per_prompt)
+                         max_tokens_per_prompt=args.max_tokens_per_prompt, keep_texts=args.keep_texts)
         del model
         if not current.main:
             return 0  # rank 0 alone prints and writes
         result.provenance["prompt_source"] = source
         if result.positions is not None:
             result = replace(result, positions=replace(result.positions, sink_positions=args.sink_positions))
-        if args.bootstrap and len(prompts) >= 2:
+        if args.bootstrap and result.n_prompts >= 2:
             result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
         # Files before the terminal: `funnel-tl run | head -1` must not cost funnel.html.
         lines, failure = _save(out, [("results.json", result.save), ("funnel.html", lambda path: _render(result, out, self_contained=args.self_contained))],
@@ -328,7 +343,7 @@ def cmd_run(args) -> int:
         print(line)
     print(format_analysis(result))
     _print_positions(result)
-    if args.bootstrap and len(prompts) < 2:
+    if args.bootstrap and result.n_prompts < 2:
         print("Intervals skipped: a bootstrap over prompts needs at least 2 prompts")
     print()
     for line in lines:
@@ -485,8 +500,8 @@ def cmd_heads(args) -> int:
     if args.top < 1:
         raise FunnelError(f"--top must be at least 1, got {args.top}")
     _check_measure_options(args)
-    prompts, source = read_cli_prompts(args)
     current = world()
+    prompts, source = read_cli_prompts(args, stream=not current.distributed)
     loading = placement(args, current)
     with contextlib.ExitStack() as held:
         with together(current):  # a rank that cannot go on (folder, lock, load) stops every rank
@@ -494,7 +509,7 @@ def cmd_heads(args) -> int:
             model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision, **loading)
         result = measure(head_gains, model, prompts, current, definition=args.definition, layers=layers,
                          batch_size=args.batch_size, drop_first=args.drop_first, by_position=args.by_position,
-                         max_tokens_per_prompt=args.max_tokens_per_prompt)
+                         max_tokens_per_prompt=args.max_tokens_per_prompt, keep_texts=args.keep_texts)
         del model
         if not current.main:
             return 0  # rank 0 alone prints and writes

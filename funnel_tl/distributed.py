@@ -208,6 +208,8 @@ def measure(function: Callable, model, prompts: Sequence[str], current: World | 
     """
     from .gains import prepare_tokens
 
+    # Every rank reads and tokenizes all the prompts (the shares are dealt by tokens): data parallel
+    # takes a list, not a stream; each rank's measurement then streams its own share.
     current = current or world()
     settings = dict(batch_size=batch_size, drop_first=drop_first, tokenizer=tokenizer,
                     max_tokens_per_prompt=max_tokens_per_prompt, **kwargs)
@@ -320,7 +322,8 @@ def assemble(parts: Sequence[tuple[list[int], Any]], prompts: Sequence[str], tru
     })
     provenance.pop("truncation", None)
     provenance.update(truncation or {})
-    common = dict(prompts=tuple(prompts), n_tokens=place(lambda r: r.n_tokens), provenance=provenance,
+    kept = tuple(prompts) if template.prompts is not None else None  # keep_texts=False: count and sha256 only
+    common = dict(prompts=kept, n_tokens=place(lambda r: r.n_tokens), provenance=provenance,
                   positions=_assemble_positions(pieces, n_prompts))
     if isinstance(template, GainResult):
         return replace(

@@ -38,9 +38,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import itertools
 import warnings
 from collections import OrderedDict
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import einops
 import numpy as np
@@ -363,22 +364,37 @@ class Engine:
         if STOP_EARLY and len(self._fired) == len(self._reads):
             raise _PassComplete
 
-    def run(self, batches: Sequence[Batch], drop_first: int = 0, progress: bool | None = None,
-            description: str = "") -> Iterator[tuple[Batch, dict[str, np.ndarray], np.ndarray]]:
-        """Yield ``(batch, per-prompt sums as float64 arrays [batch, ...], counted tokens per prompt)``."""
+    def run(self, batches: Iterable[Batch], drop_first: int = 0, progress: bool | None = None,
+            description: str = "", total: int | None = None
+            ) -> Iterator[tuple[Batch, dict[str, np.ndarray], np.ndarray]]:
+        """Yield ``(batch, per-prompt sums as float64 arrays [batch, ...], counted tokens per prompt)``.
+
+        ``batches`` may be a lazy iterable (a streamed corpus, ``gains.measure_gains``): it is read
+        one batch ahead of the batch being measured, never further, and the fast executor is
+        checked once, on the run's first batch. ``total``: the number of batches for the
+        progress bar where ``batches`` has no length.
+        """
         self._fired: set[int] = set()
         first_names, first_reads = self._names(first=True)
         names, reads = self._names(first=False)
         tl = TLExecutor(self.model)
+        if total is None and hasattr(batches, "__len__"):
+            total = len(batches)
+        stream = iter(batches)
+        # Two batches looked at before the run starts: whether it is a single one decides the executor.
+        ahead = list(itertools.islice(stream, 2))
+        several = len(ahead) > 1
+        stream = itertools.chain(ahead, stream)
         # One batch: the TL pass that checks a fast executor would already be the whole run.
-        fast_wanted = self.requested != "transformer_lens" and len(batches) > 1
+        fast_wanted = self.requested != "transformer_lens" and several
         candidates = self._candidates(names) if fast_wanted else iter(())
         if not fast_wanted and self.requested != "transformer_lens":
             self.fallback = "a single batch: the TransformerLens pass that checks a fast executor is the whole run"
-        show = progress if progress is not None else len(batches) > 1
+        show = progress if progress is not None else several
         with torch.inference_mode(), contextlib.ExitStack() as stack:
             executor = tl
-            for number, batch in enumerate(tqdm(batches, desc=description, unit="batch", disable=not show)):
+            for number, batch in enumerate(tqdm(stream, desc=description, unit="batch", total=total,
+                                                disable=not show)):
                 tokens = batch.tokens.to(self.device)
                 attention_mask = batch.attention_mask.to(self.device)
                 counted = counted_tokens(attention_mask, drop_first)
@@ -390,7 +406,7 @@ class Engine:
                     executor = self._first_agreeing(candidates, names, reads, sums, batch, tokens, attention_mask,
                                                     counted) or tl
                     self.executor_name = executor.name
-                    if len(batches) > 1:
+                    if several:
                         stack.enter_context(executor.attached(names, self._on_read))
                 else:
                     sums = self._pass(executor, reads, batch, tokens, attention_mask, counted, False)

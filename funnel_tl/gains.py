@@ -18,7 +18,8 @@ The passes themselves are run by ``funnel_tl.engine`` (``GainSums`` below is the
 the pass stops right after the last hook it reads, so the final LayerNorm and the unembedding
 never run; sums move to the host once per batch; and where the TL hook points have HF modules
 behind them, the plain HF module tree runs instead of the bridge's wrappers, checked on every run
-against the TL hooks (see the engine's docstring). Prompts are batched by length
+against the TL hooks (see the engine's docstring). Prompts are read a chunk at a time
+(``funnel_tl.streaming``: memory flat in the corpus size) and batched by length within it
 (``prompts.make_batches``), so little compute goes to padding; results come back in the caller's
 order, and the padding fraction, batch size and executor are recorded in the provenance.
 ``benchmarks/bench_gains.py`` measures all of this against a bare HuggingFace forward and the
@@ -36,12 +37,13 @@ import torch
 from jaxtyping import Float
 
 from .architectures import HookPlan, is_parallel, layer_norm_output, plan_hooks  # noqa: F401  (re-exported)
-from .engine import Engine, prompt_sums, resolve_batch_size
+from .engine import Engine, prompt_sums
 from .errors import FunnelError
 from .models import model_name, tokenizer_of
 from .positions import PositionAccumulator
-from .prompts import load_prompts, make_batches, padding_fraction, prompts_sha256, tokenize, truncation_limit
+from .prompts import load_prompts, tokenize, truncation_limit
 from .results import COMPONENTS, GainResult
+from .streaming import PerPrompt, TokenStream
 
 # Residual identities hold to float rounding; a wrong hook alias is off by O(1).
 # float32: 1e-4 relative leaves room for summation order; half: one rounding of a ~1e3 sum.
@@ -161,13 +163,14 @@ def prepare_tokens(model, prompts: str | Sequence[str], drop_first: int = 0,
 def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "seed",
                   batch_size: int | str = "auto", drop_first: int = 0, tokenizer=None,
                   progress: bool | None = None, intervals: bool = False, by_position: bool = False,
-                  executor: str = "auto", max_tokens_per_prompt: int | str | None = None) -> GainResult:
+                  executor: str = "auto", max_tokens_per_prompt: int | str | None = None,
+                  chunk_size: int | None = None, keep_texts: bool = True) -> GainResult:
     """Measure every layer's attention, MLP and block gain on a prompt set.
 
     ``model``: a bridge from ``load_model``, a bridge the user booted, or a TL 3.x
     ``HookedTransformer``, loaded without weight processing (processed weights and non-decoder
     models are refused; ``architectures.plan_hooks`` says what is read on each).
-    ``prompts``: ``"seed"``, a prompt file path, or a list of strings. ``definition``: ``"seed"``
+    ``prompts``: ``"seed"``, a prompt file path, or a list (or any iterable) of strings. ``definition``: ``"seed"``
     (‖out‖ over the LayerNorm output the sublayer reads) or ``"residual"`` (‖out‖ over the residual
     stream it reads). ``drop_first`` leaves out the first N positions of every prompt (position 0
     often has a huge norm: attention sinks, massive activations). Batch size changes no number;
@@ -182,6 +185,11 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     ``max_tokens_per_prompt`` (a number, or ``"context"`` for the model's context) keeps only the
     first tokens of longer prompts, recorded in ``provenance["truncation"]``; without it a prompt
     longer than the context is an error.
+    ``chunk_size``: prompts read, tokenized and measured at a time (default
+    ``streaming.CHUNK_PROMPTS``, 4,096; changes no number beyond float32 rounding): a
+    ``.txt``/``.jsonl`` corpus or an iterator of strings of any length is measured with memory
+    flat in its size; ``keep_texts=False`` keeps only the prompts' count and sha256 in the result,
+    not their texts (per-prompt statistics are kept either way).
 
     >>> from funnel_tl import load_model, measure_gains
     >>> result = measure_gains(load_model(device="cpu"), "seed")  # doctest: +SKIP
@@ -189,38 +197,36 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     (8,)
     """
     plan = plan_hooks(model, definition)
-    truncation: dict = {}
-    prompt_list, token_ids, pad_id = prepare_tokens(model, prompts, drop_first, tokenizer,
-                                                    max_tokens_per_prompt, truncation)
     name = model_name(model)
     n_layers = model.cfg.n_layers
-    # by_position (funnel_tl.positions): buckets fixed by the longest prompt, filled batch by batch.
-    positions = (PositionAccumulator(len(prompt_list), n_layers, max(map(len, token_ids)))
-                 if by_position else None)
+    # by_position (funnel_tl.positions): buckets grow with the longest prompt read so far, ending
+    # where the whole corpus at once would put them.
+    positions = PositionAccumulator(0, n_layers, 1) if by_position else None
     reduction = GainSums(model, plan, positions)
     engine = Engine(model, reduction, executor)
-    chosen_batch_size = resolve_batch_size(batch_size, model, token_ids, engine.device)
+    stream = TokenStream(model, prompts, drop_first, tokenizer, max_tokens_per_prompt, batch_size, engine.device,
+                         chunk_size=chunk_size, keep_texts=keep_texts,
+                         on_chunk=positions.grow if positions is not None else None)
 
-    n_prompts = len(prompt_list)
-    out_sums = {c: np.zeros((n_prompts, n_layers)) for c in COMPONENTS}
-    in_sums = {c: np.zeros((n_prompts, n_layers)) for c in COMPONENTS}
-    n_tokens = np.zeros(n_prompts, dtype=np.int64)
+    shapes = {f"{side}_{c}": (n_layers,) for side in ("out", "in") for c in COMPONENTS}
+    sums, counts = PerPrompt(shapes), PerPrompt({"n_tokens": ()}, dtype=np.int64)
+    for batch, batch_sums, counted in engine.run(stream.batches(), drop_first, progress, description=f"gains {name}"):
+        sums.put(batch.indices, {**{f"out_{c}": batch_sums[plan.outputs[c]] for c in COMPONENTS},
+                                 **{f"in_{c}": batch_sums[plan.inputs[c]] for c in COMPONENTS}})
+        counts.put(batch.indices, {"n_tokens": counted})
 
-    batches = list(make_batches(token_ids, chosen_batch_size, pad_token_id=pad_id))
-    for batch, sums, counted in engine.run(batches, drop_first, progress, description=f"gains {name}"):
-        for component in COMPONENTS:
-            out_sums[component][batch.indices] = sums[plan.outputs[component]]
-            in_sums[component][batch.indices] = sums[plan.inputs[component]]
-        n_tokens[batch.indices] = counted
-
-    provenance = _provenance(model, engine.device, engine.dtype, prompt_list, token_ids, batches, chosen_batch_size,
-                             drop_first, engine=engine, requested_batch_size=batch_size)
+    n_prompts = stream.n_prompts
+    kept = sums.result(n_prompts)
+    provenance = _provenance(model, engine.device, engine.dtype, stream, drop_first, engine=engine,
+                             requested_batch_size=batch_size)
     provenance["reads"] = plan.describe()
-    provenance.update(truncation)
+    provenance.update(stream.truncation)
     result = GainResult(
         model=name, definition=definition, n_layers=n_layers, d_model=model.cfg.d_model,
-        parallel_blocks=plan.parallel_blocks, prompts=tuple(prompt_list), n_tokens=n_tokens,
-        out_sums=out_sums, in_sums=in_sums, drop_first=drop_first, provenance=provenance,
+        parallel_blocks=plan.parallel_blocks, prompts=None if stream.texts is None else tuple(stream.texts),
+        n_tokens=counts.result(n_prompts)["n_tokens"],
+        out_sums={c: kept[f"out_{c}"] for c in COMPONENTS}, in_sums={c: kept[f"in_{c}"] for c in COMPONENTS},
+        drop_first=drop_first, provenance=provenance,
         positions=positions.result() if positions is not None else None,
     )
     return result.with_intervals() if intervals else result
@@ -299,8 +305,8 @@ def _installed_version(package: str) -> str:
         return "unknown"
 
 
-def _provenance(model, device, dtype, prompts, token_ids, batches, batch_size, drop_first, engine=None,
-                requested_batch_size=None) -> dict:
+def _provenance(model, device, dtype, stream, drop_first, engine=None, requested_batch_size=None) -> dict:
+    """What a measurement ran on and with; ``stream``: its ``streaming.TokenStream``, read to the end."""
     import transformer_lens
     import transformers
 
@@ -315,12 +321,13 @@ def _provenance(model, device, dtype, prompts, token_ids, batches, batch_size, d
         "dtype": str(dtype).removeprefix("torch."),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "prompts_sha256": prompts_sha256(prompts),
-        "n_tokens_total": int(sum(len(ids) for ids in token_ids)),
-        "batch_size": int(batch_size),
-        "padding_fraction": float(padding_fraction(batches)),
+        "prompts_sha256": stream.sha256,
+        "n_tokens_total": int(stream.n_tokens_total),
+        "batch_size": int(stream.batch_size),
+        "padding_fraction": float(stream.padding_fraction),
         "drop_first": int(drop_first),
         **({} if requested_batch_size is None else {"batch_size_requested": str(requested_batch_size)}),
         **({} if engine is None else {"executor": engine.executor_name, "executor_fallback": engine.fallback}),
+        **({} if stream.n_prompts <= stream.chunk_size else {"chunk_size": int(stream.chunk_size)}),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -61,7 +61,7 @@ class HeadResult:
     d_head: int
     d_model: int
     layers: tuple[int, ...]
-    prompts: tuple[str, ...]
+    prompts: tuple[str, ...] | None  # None: texts not kept (keep_texts=False); their sha256 is in the provenance
     n_tokens: np.ndarray
     head_norm_sums: np.ndarray
     head_projection_sums: np.ndarray
@@ -77,9 +77,11 @@ class HeadResult:
         if self.definition not in DEFINITIONS:
             raise ValueError(f"unknown definition {self.definition!r}: choose seed or residual")
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen dataclass)
-        set_("prompts", tuple(self.prompts))
+        if self.prompts is not None:
+            set_("prompts", tuple(self.prompts))
         set_("layers", tuple(int(layer) for layer in self.layers))
-        n_prompts, n_measured = len(self.prompts), len(self.layers)
+        n_prompts = len(self.prompts) if self.prompts is not None else len(np.asarray(self.n_tokens))
+        n_measured = len(self.layers)
         if any(not 0 <= layer < self.n_layers for layer in self.layers) or len(set(self.layers)) != n_measured:
             raise ValueError(f"layers {self.layers} must be distinct and within 0..{self.n_layers - 1}")
         set_("n_tokens", np.asarray(self.n_tokens, dtype=np.int64))
@@ -108,7 +110,7 @@ class HeadResult:
     # ---- statistics ----------------------------------------------------------------------------
     @property
     def n_prompts(self) -> int:
-        return len(self.prompts)
+        return len(self.n_tokens)
 
     @property
     def labels(self) -> list[list[str]]:
@@ -260,10 +262,13 @@ class HeadResult:
         return HeadResult(
             model=self.model, definition=self.definition, n_layers=self.n_layers, n_heads=self.n_heads,
             d_head=self.d_head, d_model=self.d_model, layers=self.layers,
-            prompts=tuple(self.prompts[i] for i in index), n_tokens=self.n_tokens[index],
+            prompts=None if self.prompts is None else tuple(self.prompts[i] for i in index),
+            n_tokens=self.n_tokens[index],
             head_norm_sums=self.head_norm_sums[index], head_projection_sums=self.head_projection_sums[index],
             attn_out_sums=self.attn_out_sums[index], in_sums=self.in_sums[index],
-            n_key_value_heads=self.n_key_value_heads, drop_first=self.drop_first, provenance=dict(self.provenance),
+            n_key_value_heads=self.n_key_value_heads, drop_first=self.drop_first,
+            # without texts, the measured set's sha256 does not describe a subset of it
+            provenance=dict(self.provenance) if self.prompts is not None else dict(self.provenance, prompts_sha256=None),
             positions=None if self.positions is None else self.positions.subset(index),
         )
 
@@ -302,7 +307,7 @@ class HeadResult:
     # ---- heads.json ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """heads.json: ``head_norm`` and ``head_gain`` as ``[layer][head]`` lists over ``layers``."""
-        from .prompts import prompts_sha256
+        from .results import prompts_block
 
         return {
             "schema_version": HEADS_SCHEMA_VERSION,
@@ -330,7 +335,7 @@ class HeadResult:
                 "attn_out_sum": self.attn_out_sums.tolist(),
                 "in_sum": self.in_sums.tolist(),
             },
-            "prompts": {"sha256": prompts_sha256(self.prompts), "texts": list(self.prompts)},
+            "prompts": prompts_block(self.prompts, self.n_prompts, self.provenance),
             **({"by_position": self.positions.to_dict()} if self.positions is not None else {}),
             "provenance": self.provenance,
         }
@@ -350,7 +355,8 @@ class HeadResult:
             return cls(
                 model=data["model"], definition=data["definition"], n_layers=data["n_layers"],
                 n_heads=data["n_heads"], d_head=data["d_head"], d_model=data["hidden_dim"],
-                layers=tuple(data["layers"]), prompts=tuple(data["prompts"]["texts"]),
+                layers=tuple(data["layers"]),
+                prompts=None if data["prompts"]["texts"] is None else tuple(data["prompts"]["texts"]),
                 n_tokens=np.asarray(per_prompt["n_tokens"]),
                 head_norm_sums=np.asarray(per_prompt["head_norm_sum"], dtype=np.float64),
                 head_projection_sums=np.asarray(per_prompt["head_projection_sum"], dtype=np.float64),

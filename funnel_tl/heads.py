@@ -41,24 +41,26 @@ from jaxtyping import Float
 
 from .architectures import check_heads_add_up, plan_hooks
 from .errors import FunnelError
-from .engine import Engine, prompt_sums, resolve_batch_size
-from .gains import IDENTITY_TOLERANCE, _provenance, activation_norms, prepare_tokens
+from .engine import Engine, prompt_sums
+from .gains import IDENTITY_TOLERANCE, _provenance, activation_norms
 from .head_results import HEADS_KIND, HEADS_SCHEMA_VERSION, VALUES, HeadResult, HeadStat, label  # noqa: F401  (re-exported)
 from .layers import parse_layers, resolve_layers  # noqa: F401  (parse_layers re-exported)
 from .models import model_name
 from .positions import HeadPositionAccumulator
-from .prompts import make_batches
+from .streaming import PerPrompt, TokenStream
 
 
 # ---- measurement ---------------------------------------------------------------------------------
 def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "seed",
                layers: int | Sequence[int] | None = None, batch_size: int | str = "auto", drop_first: int = 0,
                tokenizer=None, progress: bool | None = None, by_position: bool = False,
-               executor: str = "auto", max_tokens_per_prompt: int | str | None = None) -> HeadResult:
+               executor: str = "auto", max_tokens_per_prompt: int | str | None = None,
+               chunk_size: int | None = None, keep_texts: bool = True) -> HeadResult:
     """Measure every head's output norm, gain and share of the layer output on a prompt set.
 
     Arguments as ``measure_gains`` (same tokens, batching, ``definition``, ``drop_first`` and
-    ``executor``, so head gains share the denominator of the layers' attention gains), plus
+    ``executor``, ``chunk_size`` and ``keep_texts``, so head gains share the denominator of the
+    layers' attention gains and stream a corpus the same way), plus
     ``layers``: a layer, a list of layers (negative counts from the end) or None for all. Only
     ``attn.hook_z``, ``hook_attn_out`` and the denominator's hook of those layers are read, each
     layer reduced to per-head statistics as it fires (no ``[batch, pos, head, d_model]`` tensor,
@@ -70,9 +72,6 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
     >>> heads.head_gains.shape, heads.top(3)[0].label  # doctest: +SKIP
     ((8, 8), 'L5H2')
     """
-    truncation: dict = {}
-    prompt_list, token_ids, pad_id = prepare_tokens(model, prompts, drop_first, tokenizer,
-                                                    max_tokens_per_prompt, truncation)
     plan = plan_hooks(model, definition)
     check_heads_add_up(model, plan)
     name = model_name(model)
@@ -83,33 +82,33 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
     if any(parameter.is_meta for parameter in model.parameters()):  # weights offloaded by a device map
         raise FunnelError(f"{name} has weights offloaded to CPU or disk by its device map, and head gains read "
                           "every layer's W_O: load it on GPUs only (more --max-memory) or on one device")
-    # by_position (funnel_tl.positions): buckets fixed by the longest prompt, filled batch by batch.
-    positions = (HeadPositionAccumulator(len(prompt_list), len(chosen), cfg.n_heads, max(map(len, token_ids)))
-                 if by_position else None)
+    # by_position (funnel_tl.positions): buckets grow with the longest prompt read so far.
+    positions = HeadPositionAccumulator(0, len(chosen), cfg.n_heads, 1) if by_position else None
     reduction = HeadSums(model, plan, chosen, positions)
     engine = Engine(model, reduction, executor)
-    chosen_batch_size = resolve_batch_size(batch_size, model, token_ids, engine.device)
+    stream = TokenStream(model, prompts, drop_first, tokenizer, max_tokens_per_prompt, batch_size, engine.device,
+                         chunk_size=chunk_size, keep_texts=keep_texts,
+                         on_chunk=positions.grow if positions is not None else None)
 
-    n_prompts, n_heads = len(prompt_list), cfg.n_heads
-    sums = {key: np.zeros((n_prompts, len(chosen), n_heads)) for key in ("norm", "projection")}
-    sums |= {key: np.zeros((n_prompts, len(chosen))) for key in ("attn_out", "input")}
-    n_tokens = np.zeros(n_prompts, dtype=np.int64)
+    n_heads = cfg.n_heads
+    shapes = {key: (len(chosen), n_heads) for key in ("norm", "projection")}
+    shapes |= {key: (len(chosen),) for key in ("attn_out", "input")}
+    sums, counts = PerPrompt(shapes), PerPrompt({"n_tokens": ()}, dtype=np.int64)
+    for batch, batch_sums, counted in engine.run(stream.batches(), drop_first, progress, description=f"heads {name}"):
+        sums.put(batch.indices, batch_sums)
+        counts.put(batch.indices, {"n_tokens": counted})
 
-    batches = list(make_batches(token_ids, chosen_batch_size, pad_token_id=pad_id))
-    for batch, batch_sums, counted in engine.run(batches, drop_first, progress, description=f"heads {name}"):
-        for key, values in batch_sums.items():
-            sums[key][batch.indices] = values
-        n_tokens[batch.indices] = counted
-
-    provenance = _provenance(model, engine.device, engine.dtype, prompt_list, token_ids, batches, chosen_batch_size,
-                             drop_first, engine=engine, requested_batch_size=batch_size)
+    kept = sums.result(stream.n_prompts)
+    provenance = _provenance(model, engine.device, engine.dtype, stream, drop_first, engine=engine,
+                             requested_batch_size=batch_size)
     provenance["reads"] = plan.describe()
-    provenance.update(truncation)
+    provenance.update(stream.truncation)
     return HeadResult(
         model=name, definition=definition, n_layers=cfg.n_layers, n_heads=n_heads, d_head=cfg.d_head,
-        d_model=cfg.d_model, layers=chosen, prompts=tuple(prompt_list), n_tokens=n_tokens,
-        head_norm_sums=sums["norm"], head_projection_sums=sums["projection"],
-        attn_out_sums=sums["attn_out"], in_sums=sums["input"],
+        d_model=cfg.d_model, layers=chosen, prompts=None if stream.texts is None else tuple(stream.texts),
+        n_tokens=counts.result(stream.n_prompts)["n_tokens"],
+        head_norm_sums=kept["norm"], head_projection_sums=kept["projection"],
+        attn_out_sums=kept["attn_out"], in_sums=kept["input"],
         n_key_value_heads=_n_key_value_heads(cfg), drop_first=drop_first, provenance=provenance,
         positions=positions.result() if positions is not None else None,
     )

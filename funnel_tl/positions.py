@@ -93,15 +93,66 @@ def position_sums(norms: Float[torch.Tensor, "layer batch pos"], counted: torch.
     return sums, counts
 
 
-class PositionAccumulator:
+def grown(array: np.ndarray, n_rows: int, n_buckets: int | None = None) -> np.ndarray:
+    """``array`` with room for ``n_rows`` rows (capacity doubled, so a growing corpus copies each
+    row O(1) times) and, if given, ``n_buckets`` on its last axis; new cells are 0."""
+    rows = array.shape[0] if array.shape[0] >= n_rows else max(n_rows, 2 * array.shape[0])
+    if n_buckets is None or n_buckets == array.shape[-1]:
+        if rows == array.shape[0]:
+            return array
+        bigger = np.zeros((rows,) + array.shape[1:], dtype=array.dtype)
+        bigger[: array.shape[0]] = array
+        return bigger
+    if array.ndim < 2 or n_buckets < array.shape[-1]:
+        raise ValueError(f"cannot fit an array of shape {array.shape} to {n_buckets} buckets")
+    bigger = np.zeros((rows,) + array.shape[1:-1] + (n_buckets,), dtype=array.dtype)
+    bigger[: array.shape[0], ..., : array.shape[-1]] = array
+    return bigger
+
+
+class _Growing:
+    """Per-prompt arrays ``[prompt, ..., bucket]`` that grow with a streamed corpus (``grow``).
+
+    The bucket edges are those of the longest prompt seen so far; ``bucket_edges`` of a longer
+    one extends them (the edges are a prefix), so growing appends buckets, 0 for earlier prompts,
+    and the final edges are the ones the whole corpus at once would get.
+    """
+
+    _arrays: tuple[str, ...] = ()
+
+    def grow(self, n_prompts: int, n_positions: int) -> None:
+        """Make room for ``n_prompts`` prompts of up to ``n_positions`` tokens."""
+        edges = bucket_edges(max(n_positions, int(self.edges[-1])))
+        n_buckets = len(edges) - 1
+        for name in self._arrays:
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, {key: grown(array, n_prompts, n_buckets) for key, array in value.items()})
+            else:
+                setattr(self, name, grown(value, n_prompts, n_buckets))
+        self.edges = edges
+        self.n_prompts = max(self.n_prompts, n_prompts)
+
+    def _trimmed(self, name: str):
+        value = getattr(self, name)
+        if isinstance(value, dict):
+            return {key: array[: self.n_prompts] for key, array in value.items()}
+        return value[: self.n_prompts]
+
+
+class PositionAccumulator(_Growing):
     """Collects ``position_sums`` batch by batch into per-prompt arrays (the measurement loop's side).
 
     ``add`` takes what the loop already has: each hook's norms ``[layer, batch, pos]`` by suffix,
     the counted mask, and the hook plan that says which suffix is each component's output and input.
+    A streamed measurement starts it empty and ``grow``s it chunk by chunk.
     """
+
+    _arrays = ("out_sums", "in_sums", "n_tokens")
 
     def __init__(self, n_prompts: int, n_layers: int, n_positions: int):
         self.edges = bucket_edges(n_positions)
+        self.n_prompts = n_prompts
         shape = (n_prompts, n_layers, len(self.edges) - 1)
         self.out_sums = {c: np.zeros(shape) for c in COMPONENTS}
         self.in_sums = {c: np.zeros(shape) for c in COMPONENTS}
@@ -121,18 +172,22 @@ class PositionAccumulator:
         self.n_tokens[indices] = counts.round().long().cpu().numpy()
 
     def result(self) -> "PositionSums":
-        return PositionSums(edges=self.edges, n_tokens=self.n_tokens, out_sums=self.out_sums, in_sums=self.in_sums)
+        return PositionSums(edges=self.edges, n_tokens=self._trimmed("n_tokens"), out_sums=self._trimmed("out_sums"),
+                            in_sums=self._trimmed("in_sums"))
 
 
-class HeadPositionAccumulator:
+class HeadPositionAccumulator(_Growing):
     """Collects per-head sums by position bucket batch by batch (``heads.head_gains``' side).
 
     ``add_heads`` takes one measured layer's per-token head norms ``[batch, pos, head]``;
     ``add_inputs`` the denominators' norms ``[layer, batch, pos]`` of every measured layer.
     """
 
+    _arrays = ("head_norm_sums", "in_sums", "n_tokens")
+
     def __init__(self, n_prompts: int, n_layers: int, n_heads: int, n_positions: int):
         self.edges = bucket_edges(n_positions)
+        self.n_prompts = n_prompts
         n_buckets = len(self.edges) - 1
         self.head_norm_sums = np.zeros((n_prompts, n_layers, n_heads, n_buckets))
         self.in_sums = np.zeros((n_prompts, n_layers, n_buckets))
@@ -149,8 +204,8 @@ class HeadPositionAccumulator:
         self.n_tokens[indices] = counts.round().long().cpu().numpy()
 
     def result(self) -> "HeadPositionSums":
-        return HeadPositionSums(edges=self.edges, n_tokens=self.n_tokens, head_norm_sums=self.head_norm_sums,
-                                in_sums=self.in_sums)
+        return HeadPositionSums(edges=self.edges, n_tokens=self._trimmed("n_tokens"),
+                                head_norm_sums=self._trimmed("head_norm_sums"), in_sums=self._trimmed("in_sums"))
 
 
 @dataclass(frozen=True)

@@ -200,12 +200,14 @@ def prompts_sha256(prompts: Sequence[str]) -> str:
 
 def tokenize(tokenizer, prompts: Sequence[str], n_ctx: int | None = None,
              model_name: str = "the model", max_tokens: int | None = None,
-             truncation: dict | None = None) -> list[list[int]]:
+             truncation: dict | None = None, first_index: int = 0) -> list[list[int]]:
     """Token ids of each prompt, exactly as ``tokenizer(prompt)`` gives them.
 
     ``max_tokens``: keep only the first ``max_tokens`` tokens of each prompt, and fill
     ``truncation`` (a dict, if given) with what was cut (see ``truncation_record``). Without it a
-    prompt longer than the context is an error, never cut silently.
+    prompt longer than the context is an error, never cut silently. ``first_index``: the place of
+    ``prompts[0]`` in the caller's whole prompt set (a chunk of a streamed corpus), for messages
+    and the truncation record.
 
     Raises ``FunnelError`` for a prompt with no tokens or more tokens than the context.
     """
@@ -218,18 +220,18 @@ def tokenize(tokenizer, prompts: Sequence[str], n_ctx: int | None = None,
     for index, ids in enumerate(encoded):
         ids = list(ids)
         if not ids:
-            raise FunnelError(f"prompt {index} is empty after tokenization: remove it")
+            raise FunnelError(f"prompt {first_index + index} is empty after tokenization: remove it")
         original_lengths.append(len(ids))
         if max_tokens is not None:
             ids = ids[:max_tokens]
         elif n_ctx is not None and len(ids) > n_ctx:
             raise FunnelError(
-                f"prompt {index} has {len(ids)} tokens but {model_name} has a context of {n_ctx}: "
+                f"prompt {first_index + index} has {len(ids)} tokens but {model_name} has a context of {n_ctx}: "
                 "shorten or split it, or pass --max-tokens-per-prompt context to truncate every prompt to it"
             )
         token_ids.append(ids)
     if max_tokens is not None and truncation is not None:
-        truncation.update(truncation_record(original_lengths, max_tokens))
+        truncation.update(truncation_record(original_lengths, max_tokens, first_index))
     return token_ids
 
 
@@ -256,7 +258,7 @@ def truncation_limit(max_tokens: int | str | None, n_ctx: int | None) -> int | N
     return min(limit, int(n_ctx)) if n_ctx is not None else limit
 
 
-def truncation_record(original_lengths: Sequence[int], max_tokens: int) -> dict:
+def truncation_record(original_lengths: Sequence[int], max_tokens: int, first_index: int = 0) -> dict:
     """What truncation did, for the provenance of results.json: nothing is cut silently.
 
     >>> truncation_record([3, 10, 7], 5)
@@ -264,7 +266,8 @@ def truncation_record(original_lengths: Sequence[int], max_tokens: int) -> dict:
     """
     cut = [i for i, n in enumerate(original_lengths) if n > max_tokens]
     return {"truncation": {
-        "max_tokens_per_prompt": int(max_tokens), "n_truncated": len(cut), "truncated_prompts": cut,
+        "max_tokens_per_prompt": int(max_tokens), "n_truncated": len(cut),
+        "truncated_prompts": [first_index + i for i in cut],
         "tokens_dropped": int(sum(original_lengths[i] - max_tokens for i in cut)),
     }}
 

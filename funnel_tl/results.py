@@ -62,7 +62,7 @@ class GainResult:
     n_layers: int
     d_model: int
     parallel_blocks: bool
-    prompts: tuple[str, ...]
+    prompts: tuple[str, ...] | None  # None: texts not kept (keep_texts=False); their sha256 is in the provenance
     n_tokens: np.ndarray
     out_sums: dict[str, np.ndarray]
     in_sums: dict[str, np.ndarray]
@@ -78,9 +78,10 @@ class GainResult:
     def __post_init__(self):
         if self.definition not in DEFINITIONS:
             raise FunnelError(f"unknown definition {self.definition!r}: choose seed or residual")
-        n_prompts = len(self.prompts)
-        object.__setattr__(self, "prompts", tuple(self.prompts))
         object.__setattr__(self, "n_tokens", np.asarray(self.n_tokens, dtype=np.int64))
+        if self.prompts is not None:
+            object.__setattr__(self, "prompts", tuple(self.prompts))
+        n_prompts = len(self.prompts) if self.prompts is not None else len(self.n_tokens)
         if self.n_tokens.shape != (n_prompts,):
             raise ValueError(f"n_tokens has shape {self.n_tokens.shape}, expected ({n_prompts},)")
         if n_prompts and self.n_tokens.min() < 1:
@@ -170,7 +171,14 @@ class GainResult:
     # ---- gains -------------------------------------------------------------------------------
     @property
     def n_prompts(self) -> int:
-        return len(self.prompts)
+        return len(self.n_tokens)
+
+    def _prompts_of(self, index) -> tuple[tuple[str, ...] | None, dict]:
+        """The texts and provenance of a result over some prompts: without texts, the sha256 of the
+        measured set no longer describes it, so it is dropped rather than left to mislead."""
+        if self.prompts is None:
+            return None, dict(self.provenance, prompts_sha256=None)
+        return tuple(self.prompts[i] for i in index), dict(self.provenance)
 
     def per_prompt_gains(self, component: str) -> np.ndarray:
         """``[prompt, layer]``: mean‖out‖ / (mean‖in‖ + 1e-10) of each prompt (the seed's)."""
@@ -205,13 +213,14 @@ class GainResult:
     def subset(self, prompt_indices) -> "GainResult":
         """A new result over some of the prompts (for bootstrap resampling and checks)."""
         index = np.asarray(prompt_indices, dtype=np.int64)
+        prompts, provenance = self._prompts_of(index)
         return GainResult(
             model=self.model, definition=self.definition, n_layers=self.n_layers, d_model=self.d_model,
-            parallel_blocks=self.parallel_blocks, prompts=tuple(self.prompts[i] for i in index),
+            parallel_blocks=self.parallel_blocks, prompts=prompts,
             n_tokens=self.n_tokens[index],
             out_sums={c: v[index] for c, v in self.out_sums.items()},
             in_sums={c: v[index] for c, v in self.in_sums.items()},
-            drop_first=self.drop_first, provenance=dict(self.provenance),
+            drop_first=self.drop_first, provenance=provenance,
             positions=None if self.positions is None else self.positions.subset(index),
         )
 
@@ -241,12 +250,13 @@ class GainResult:
         kept = np.flatnonzero(n_tokens > 0)
         if kept.size == 0:
             raise FunnelError(f"{self.model}: no prompt has a token after the first {k} positions")
+        prompts, provenance = self._prompts_of(kept) if kept.size < self.n_prompts else (self.prompts, self.provenance)
         return GainResult(
             model=self.model, definition=self.definition, n_layers=self.n_layers, d_model=self.d_model,
-            parallel_blocks=self.parallel_blocks, prompts=tuple(self.prompts[i] for i in kept),
+            parallel_blocks=self.parallel_blocks, prompts=prompts,
             n_tokens=n_tokens[kept],
             out_sums={c: out_sums[c][kept] for c in COMPONENTS}, in_sums={c: in_sums[c][kept] for c in COMPONENTS},
-            drop_first=k, provenance=dict(self.provenance, drop_first=k, derived_from_drop_first=self.drop_first),
+            drop_first=k, provenance=dict(provenance, drop_first=k, derived_from_drop_first=self.drop_first),
             positions=self.positions.without_first(k).subset(kept),
         )
 
@@ -278,7 +288,6 @@ class GainResult:
     def to_dict(self) -> dict[str, Any]:
         """The results file: every key of the seed notebook's JSON, same meaning, plus more."""
         from .funnel import comparison_1_4b, funnel_test, summarize
-        from .prompts import prompts_sha256
 
         attn, mlp, combined = summarize(self.attn_gains), summarize(self.mlp_gains), summarize(self.combined_gains)
         test = funnel_test(self)
@@ -324,7 +333,7 @@ class GainResult:
                 "n_tokens": [int(n) for n in self.n_tokens],
                 **{c: {"out_sum": self.out_sums[c].tolist(), "in_sum": self.in_sums[c].tolist()} for c in COMPONENTS},
             },
-            "prompts": {"sha256": prompts_sha256(self.prompts), "texts": list(self.prompts)},
+            "prompts": prompts_block(self.prompts, self.n_prompts, self.provenance),
             **({"by_position": self._position_block()} if self.positions is not None else {}),
             "provenance": self.provenance,
         }
@@ -358,7 +367,7 @@ class GainResult:
             return cls(
                 model=data["model"], definition=data["definition"], n_layers=data["n_layers"],
                 d_model=data["hidden_dim"], parallel_blocks=data["parallel_blocks"],
-                prompts=tuple(data["prompts"]["texts"]), n_tokens=np.asarray(per_prompt["n_tokens"]),
+                prompts=_texts(data["prompts"]), n_tokens=np.asarray(per_prompt["n_tokens"]),
                 out_sums={c: np.asarray(per_prompt[c]["out_sum"], dtype=np.float64).reshape(-1, data["n_layers"]) for c in COMPONENTS},
                 in_sums={c: np.asarray(per_prompt[c]["in_sum"], dtype=np.float64).reshape(-1, data["n_layers"]) for c in COMPONENTS},
                 drop_first=data.get("drop_first", 0), provenance=data.get("provenance", {}),
@@ -374,6 +383,19 @@ class GainResult:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GainResult":
         return cls.from_dict(read_json(path), source=str(path))
+
+
+def prompts_block(prompts, n_prompts: int, provenance: dict) -> dict[str, Any]:
+    """The ``prompts`` block of a results file: sha256, count and texts (null when not kept)."""
+    from .prompts import prompts_sha256
+
+    sha = prompts_sha256(prompts) if prompts is not None else provenance.get("prompts_sha256")
+    return {"sha256": sha, "n_prompts": int(n_prompts), "texts": None if prompts is None else list(prompts)}
+
+
+def _texts(block: dict) -> tuple[str, ...] | None:
+    texts = block["texts"]
+    return None if texts is None else tuple(texts)
 
 
 def _positions_from_dict(block):

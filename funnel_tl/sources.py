@@ -8,6 +8,8 @@ results.json, so a capped corpus is never mistaken for the whole.
 
 Files are iterated line by line and reading stops at ``max_prompts``; a dataset is opened with
 ``streaming=True`` (local files and hub datasets alike), so nothing past the cap is read.
+``stream_prompts`` hands the prompts on as an iterator, read as the measurement consumes them
+(``funnel_tl.streaming``): ``funnel-tl run`` and ``heads`` measure a corpus of any size that way.
 
 >>> prompts, record = read_prompts("seed", max_prompts=2)
 >>> len(prompts), record["more_available"]
@@ -36,27 +38,53 @@ def read_prompts(prompts: str = "seed", *, max_prompts: int | None = None, datas
     written by ``Dataset.save_to_disk``, or a hub dataset name; ``split`` and ``text_field`` pick
     the split and the column holding the text. Empty texts are skipped, as blank lines are.
     """
+    stream, record = stream_prompts(prompts, max_prompts=max_prompts, dataset=dataset, split=split,
+                                    text_field=text_field)
+    return list(stream), record
+
+
+def stream_prompts(prompts: str = "seed", *, max_prompts: int | None = None, dataset: str | None = None,
+                   split: str = "train", text_field: str = "text") -> tuple[Iterator[str], dict]:
+    """``(prompts, record)`` as ``read_prompts``, the prompts an iterator read only as it is consumed.
+
+    A prompt file is read through once here, keeping nothing but a count, so a bad line (within
+    the cap) fails before a model loads, as with ``read_prompts``; the prompts are then read again
+    as they are measured. A dataset is not read twice (a hub dataset would download twice): its
+    first text is read here, so a missing dataset, split or field fails early.
+    ``record["n_prompts"]`` and ``["more_available"]`` are filled in when the iterator is
+    exhausted (``measure_gains`` consumes it chunk by chunk: ``funnel_tl.streaming``).
+    """
     if max_prompts is not None and max_prompts < 1:
         raise FunnelError(f"--max-prompts must be at least 1, got {max_prompts}")
     if dataset is not None:
         if prompts != "seed":
             raise FunnelError("give either --prompts or --dataset, not both")
         source = f"dataset {dataset} (split {split}, field {text_field})"
-        stream = _dataset_texts(dataset, split, text_field)
+        texts = _dataset_texts(dataset, split, text_field)
     else:
         source = str(prompts)
-        stream = iter_prompts(prompts)  # the strict reading of load_prompts, lazily
-    taken = list(itertools.islice(stream, max_prompts))
-    more = False
-    if max_prompts is not None and len(taken) == max_prompts:
-        try:  # one look past the cap: is the corpus larger than what was measured?
-            more = next(stream, None) is not None
-        except FunnelError:  # a bad line beyond the cap is more text, not an error of this run
-            more = True
-    if not taken:
+        for _ in itertools.islice(iter_prompts(prompts), max_prompts):  # every record checked, none kept
+            pass
+        texts = iter_prompts(prompts)  # the strict reading of load_prompts, lazily
+    first = next(texts, None)
+    if first is None:
         raise FunnelError(f"no prompts in {source}: give at least one non-blank prompt")
-    record = {"source": source, "max_prompts": max_prompts, "n_prompts": len(taken), "more_available": more}
-    return taken, record
+    record = {"source": source, "max_prompts": max_prompts, "n_prompts": None, "more_available": False}
+    return _capped(itertools.chain([first], texts), max_prompts, record), record
+
+
+def _capped(texts: Iterator[str], max_prompts: int | None, record: dict) -> Iterator[str]:
+    """At most ``max_prompts`` of ``texts``; the count and whether more were there go into ``record``."""
+    count = 0
+    for text in itertools.islice(texts, max_prompts):
+        count += 1
+        record["n_prompts"] = count
+        yield text
+    if max_prompts is not None and count == max_prompts:
+        try:  # one look past the cap: is the corpus larger than what was measured?
+            record["more_available"] = next(texts, None) is not None
+        except FunnelError:  # a bad line beyond the cap is more text, not an error of this run
+            record["more_available"] = True
 
 
 def _dataset_texts(name: str, split: str, text_field: str) -> Iterator[str]:

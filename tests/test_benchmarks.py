@@ -79,3 +79,13 @@ def test_bench_prompts_are_mixed_length():
     prompts = bench.bench_prompts(64)
     words = sorted(len(p.split()) for p in prompts)
     assert len(prompts) == 64 and words[0] == 1 and words[-1] == 24
+
+
+@pytest.mark.slow
+def test_bench_streaming_reports_peak_rss(tmp_path):
+    bench = load_script("bench_streaming")
+    out = tmp_path / "bench.json"
+    assert bench.main(["--sizes", "12", "24", "--chunk", "5", "--json", str(out)]) == 0
+    numbers = json.loads(out.read_text())["peak_rss_mb"]
+    assert set(numbers) == {"streamed 12", "whole 12", "streamed 24", "whole 24"}
+    assert all(value > 0 for value in numbers.values())
