@@ -128,13 +128,10 @@ def test_full_disk_is_refused_before_loading(capsys, no_model, mount):
     one_line_error(capsys, "MiB free")
 
 
-def test_disk_filling_during_the_run_keeps_the_measurement(capsys, mount, monkeypatch, two_prompts):
-    """The disk fills while measuring: results.json goes to a rescue folder, and the line says where."""
-    folder = mount("size=40m")  # passes the 32 MiB check, then a ballast file fills it
-    real = gains_module.measure_gains
-
+def filling_the_disk(measure, folder):
+    """``measure``, after which a ballast file fills the disk of ``folder`` (ENOSPC from then on)."""
     def measure_then_fill(*args, **kwargs):
-        result = real(*args, **kwargs)
+        result = measure(*args, **kwargs)
         with open(folder / "ballast", "wb", buffering=0) as handle:
             try:
                 while True:
@@ -142,8 +139,13 @@ def test_disk_filling_during_the_run_keeps_the_measurement(capsys, mount, monkey
             except OSError as error:
                 assert error.errno == errno.ENOSPC
         return result
+    return measure_then_fill
 
-    monkeypatch.setattr(gains_module, "measure_gains", measure_then_fill)
+
+def test_disk_filling_during_the_run_keeps_the_measurement(capsys, mount, monkeypatch, two_prompts):
+    """The disk fills while measuring: results.json goes to a rescue folder, and the line says where."""
+    folder = mount("size=40m")  # passes the 32 MiB check, then a ballast file fills it
+    monkeypatch.setattr(gains_module, "measure_gains", filling_the_disk(gains_module.measure_gains, folder))
     assert main(measure_argv("run", "--prompts", two_prompts, "--bootstrap", "0", "--out", str(folder / "run"))) == 2
     captured = capsys.readouterr()
     assert "nano-2l" in captured.out  # the analysis was printed all the same
@@ -660,18 +662,7 @@ def test_compare_on_a_disk_that_fills_ends_in_one_line(capsys, mount, monkeypatc
     that cannot be written end in one line, not a traceback (it crashed on compare.html)."""
     folder = mount("size=40m")
     real = compare_module.measure_gains
-
-    def measure_then_fill(*args, **kwargs):
-        result = real(*args, **kwargs)
-        with open(folder / "ballast", "wb", buffering=0) as handle:
-            try:
-                while True:
-                    handle.write(b"\0" * 2**20)
-            except OSError as error:
-                assert error.errno == errno.ENOSPC
-        return result
-
-    monkeypatch.setattr(compare_module, "measure_gains", measure_then_fill)
+    monkeypatch.setattr(compare_module, "measure_gains", filling_the_disk(real, folder))
     out = folder / "sweep"
     assert main(["compare", "--models", "nano-2l", "--prompts", two_prompts, "--bootstrap", "0", "--out", str(out)]) == 2
     err = capsys.readouterr().err
