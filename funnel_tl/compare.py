@@ -48,7 +48,7 @@ from .gains import measure_gains
 from .models import bundled_checkpoints, bundled_models, load_model, resolve_device, resolve_dtype
 from .outputs import (check_output_folder, describe_os_error, output_lock, remove_temporaries, save_elsewhere,
                       slug)
-from .prompts import load_prompts, prompts_sha256
+from .prompts import check_drop_first, load_prompts, prompts_sha256
 from .results import DEFINITIONS, GainResult, read_json, write_json_atomic, write_text_atomic
 from .stats import check_bootstrap, robust_funnel_test
 
@@ -357,8 +357,7 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
     """
     check_bootstrap(bootstrap)
     prompt_list = load_prompts(prompts)  # before any model loads: a bad prompt file fails fast
-    if isinstance(drop_first, bool) or not isinstance(drop_first, int) or drop_first < 0:
-        raise FunnelError(f"drop_first must be an integer, 0 or more, got {drop_first!r}")
+    check_drop_first(drop_first)
     # Checked once here: left to each model, a typo would fail every model of the sweep in turn.
     if definition not in DEFINITIONS:
         raise FunnelError(f"unknown definition {definition!r}: choose seed or residual")

@@ -41,7 +41,7 @@ from .engine import Engine, prompt_sums
 from .errors import FunnelError
 from .models import model_name, tokenizer_of
 from .positions import PositionAccumulator
-from .prompts import load_prompts, tokenize, truncation_limit
+from .prompts import check_drop_first, check_tokens_left, load_prompts, pad_token_id, tokenize, truncation_limit
 from .results import COMPONENTS, GainResult
 from .streaming import PerPrompt, TokenStream
 
@@ -144,20 +144,13 @@ def prepare_tokens(model, prompts: str | Sequence[str], drop_first: int = 0,
     prompts; ``truncation`` (a dict) then receives the record for the provenance.
     """
     prompt_list = load_prompts(prompts)
-    if isinstance(drop_first, bool) or not isinstance(drop_first, int) or drop_first < 0:
-        raise FunnelError(f"drop_first must be an integer, 0 or more, got {drop_first!r}")
+    check_drop_first(drop_first)
     tokenizer = tokenizer if tokenizer is not None else tokenizer_of(model)
     n_ctx = getattr(model.cfg, "n_ctx", None)
     token_ids = tokenize(tokenizer, prompt_list, n_ctx=n_ctx, model_name=model_name(model),
                          max_tokens=truncation_limit(max_tokens_per_prompt, n_ctx), truncation=truncation)
-    too_short = [i for i, ids in enumerate(token_ids) if len(ids) <= drop_first]
-    if too_short:
-        raise FunnelError(
-            f"prompt {too_short[0]} has {len(token_ids[too_short[0]])} tokens, none left after dropping the "
-            f"first {drop_first}: lower --drop-first or remove short prompts"
-        )
-    pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
-    return prompt_list, token_ids, pad_id
+    check_tokens_left(token_ids, drop_first)
+    return prompt_list, token_ids, pad_token_id(tokenizer)
 
 
 def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "seed",

@@ -198,6 +198,27 @@ def prompts_sha256(prompts: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(prompts), ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
+def check_drop_first(drop_first) -> None:
+    """``drop_first`` must be a whole number of positions, 0 or more (checked before any prompt is read)."""
+    if isinstance(drop_first, bool) or not isinstance(drop_first, int) or drop_first < 0:
+        raise FunnelError(f"drop_first must be an integer, 0 or more, got {drop_first!r}")
+
+
+def check_tokens_left(token_ids: Sequence[Sequence[int]], drop_first: int, first_index: int = 0) -> None:
+    """Every prompt keeps a token after its first ``drop_first``; ``first_index`` numbers them in a longer set."""
+    short = next((i for i, ids in enumerate(token_ids) if len(ids) <= drop_first), None)
+    if short is not None:
+        raise FunnelError(
+            f"prompt {first_index + short} has {len(token_ids[short])} tokens, none left after dropping the "
+            f"first {drop_first}: lower --drop-first or remove short prompts"
+        )
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id right-padding uses: the tokenizer's pad token, else its end-of-text, else 0 (masked out either way)."""
+    return next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
+
+
 def tokenize(tokenizer, prompts: Sequence[str], n_ctx: int | None = None,
              model_name: str = "the model", max_tokens: int | None = None,
              truncation: dict | None = None, first_index: int = 0) -> list[list[int]]:

@@ -40,7 +40,8 @@ from .engine import resolve_batch_size
 from .errors import FunnelError
 from .models import model_name, tokenizer_of
 from .positions import grown
-from .prompts import Batch, iter_prompts, make_batches, tokenize, truncation_limit
+from .prompts import (Batch, check_drop_first, check_tokens_left, iter_prompts, make_batches, pad_token_id, tokenize,
+                      truncation_limit)
 
 # Prompts read, tokenized and batched at a time. Token ids in Python lists cost ~36 bytes each: a
 # chunk of 4,096 prompts of 2,048 tokens holds ~300 MB at most, and small corpora (every
@@ -88,8 +89,7 @@ class TokenStream:
                  max_tokens_per_prompt: int | str | None = None, batch_size: int | str = "auto", device=None,
                  chunk_size: int | None = None, keep_texts: bool = True,
                  on_chunk: Callable[[int, int], None] | None = None):
-        if isinstance(drop_first, bool) or not isinstance(drop_first, int) or drop_first < 0:
-            raise FunnelError(f"drop_first must be an integer, 0 or more, got {drop_first!r}")
+        check_drop_first(drop_first)
         chunk_size = CHUNK_PROMPTS if chunk_size is None else chunk_size
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise FunnelError(f"chunk_size must be an integer, at least 1, got {chunk_size!r}")
@@ -99,7 +99,7 @@ class TokenStream:
         self.limit = truncation_limit(max_tokens_per_prompt, self.n_ctx)  # checked before any prompt is read
         self.requested_batch_size, self.device = batch_size, device
         self.chunk_size, self.on_chunk = chunk_size, on_chunk
-        self.pad_id = next((t for t in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id) if t is not None), 0)
+        self.pad_id = pad_token_id(self.tokenizer)
         self.texts: list[str] | None = [] if keep_texts else None
         self.digest = PromptDigest()
         self.n_tokens_total = self.real = self.padded = 0
@@ -135,12 +135,7 @@ class TokenStream:
         cut: dict = {}
         token_ids = tokenize(self.tokenizer, chunk, n_ctx=self.n_ctx, model_name=model_name(self.model),
                              max_tokens=self.limit, truncation=cut, first_index=offset)
-        short = next((i for i, ids in enumerate(token_ids) if len(ids) <= self.drop_first), None)
-        if short is not None:
-            raise FunnelError(
-                f"prompt {offset + short} has {len(token_ids[short])} tokens, none left after dropping the "
-                f"first {self.drop_first}: lower --drop-first or remove short prompts"
-            )
+        check_tokens_left(token_ids, self.drop_first, first_index=offset)
         self._merge_truncation(cut)
         for text in chunk:
             self.digest.add(text)
