@@ -218,14 +218,16 @@ class HeadResult:
         Drawn exactly as the layers' intervals (``funnel_tl.stats``): the prompts resampled with
         replacement, the mean of the per-prompt head gains recomputed per resample.
         """
-        from .stats import resample_weights
+        from .stats import resample_weight_chunks
 
         if self.n_prompts < 2:
             raise FunnelError(f"{self.model}: a bootstrap over prompts needs at least 2 prompts, got {self.n_prompts}")
         if not 0 < confidence < 1:
             raise FunnelError(f"confidence must lie between 0 and 1 (0.95 for 95%), got {confidence}")
-        weights = resample_weights(self.n_prompts, n_resamples, seed)  # [resample, prompt]
-        resampled = np.tensordot(weights, self.per_prompt_head_gains, axes=1)  # [resample, layer, head]
+        per_prompt = self.per_prompt_head_gains  # [prompt, layer, head]
+        resampled = np.empty((n_resamples, *per_prompt.shape[1:]))  # [resample, layer, head]
+        for start, stop, weights in resample_weight_chunks(self.n_prompts, n_resamples, seed):  # [resample, prompt]
+            resampled[start:stop] = np.tensordot(weights, per_prompt, axes=1)
         tail = 100 * (1 - confidence) / 2
         bounds = np.percentile(resampled, [tail, 100 - tail], axis=0)  # [2, layer, head]
         return np.moveaxis(bounds, 0, -1)  # [layer, head, 2]

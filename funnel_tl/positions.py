@@ -474,17 +474,18 @@ def bootstrap_position_intervals(positions: PositionSums, n_resamples: int, seed
     drawn prompts that reach its bucket. A resample in which no drawn prompt reaches a bucket says
     nothing about it and is left out of that bucket's percentiles.
     """
-    from .stats import resample_weights
+    from .stats import resample_weight_chunks
 
-    weights = resample_weights(positions.n_prompts, n_resamples, seed)  # [resample, prompt]
     reached = positions.reached().astype(np.float64)  # [prompt, bucket]
-    drawn = weights @ reached  # [resample, bucket]: drawn weight of the prompts reaching each bucket
-    resampled = {}
-    for component in COMPONENTS:
-        gains = np.nan_to_num(positions.per_prompt_gains(component))  # [prompt, layer, bucket]; 0 where unreached
-        total = einops.einsum(weights, gains, "resample prompt, prompt layer bucket -> resample layer bucket")
-        with np.errstate(invalid="ignore", divide="ignore"):
-            resampled[component] = np.where(drawn[:, None] > 0, total / drawn[:, None], np.nan)
+    per_prompt = {component: np.nan_to_num(positions.per_prompt_gains(component))  # [prompt, layer, bucket]; 0 where unreached
+                  for component in COMPONENTS}
+    resampled = {component: np.empty((n_resamples, *gains.shape[1:])) for component, gains in per_prompt.items()}
+    for start, stop, weights in resample_weight_chunks(positions.n_prompts, n_resamples, seed):  # [resample, prompt]
+        drawn = weights @ reached  # [resample, bucket]: drawn weight of the prompts reaching each bucket
+        for component, gains in per_prompt.items():
+            total = einops.einsum(weights, gains, "resample prompt, prompt layer bucket -> resample layer bucket")
+            with np.errstate(invalid="ignore", divide="ignore"):
+                resampled[component][start:stop] = np.where(drawn[:, None] > 0, total / drawn[:, None], np.nan)
     resampled["combined"] = resampled["attn"] * resampled["mlp"]  # [resample, layer, bucket]
     tail = 100 * (1 - confidence) / 2
     bounds = {}

@@ -165,15 +165,26 @@ def check_bootstrap(n_resamples: int, n_prompts: int | None = None, n_layers: in
                               f"of memory, {free / 2**30:.1f} GiB is free: use fewer resamples")
 
 
-def resample_weights(n_prompts: int, n_resamples: int, seed: int) -> np.ndarray:
-    """``[resample, prompt]``: how often each prompt is drawn in each resample, divided by n_prompts.
+def resample_weight_chunks(n_prompts: int, n_resamples: int, seed: int):
+    """``(start, stop, weights)`` for consecutive chunks of resamples; ``weights`` is ``[resample, prompt]``.
 
-    Drawing n_prompts prompts with replacement is a multinomial count per prompt; a resample's
-    mean of any per-prompt statistic is then ``weights @ statistic``.
+    How often each prompt is drawn in each resample, divided by n_prompts: drawing n_prompts
+    prompts with replacement is a multinomial count per prompt, and a resample's mean of any
+    per-prompt statistic is then ``weights @ statistic``. Drawn in chunks so that the weights never
+    need resamples x prompts floats at once; one generator drawn chunk after chunk gives the same
+    counts as one draw of all of them, so the chunking changes no interval.
     """
     rng = np.random.default_rng(seed)
-    counts = rng.multinomial(n_prompts, np.full(n_prompts, 1.0 / n_prompts), size=n_resamples)
-    return counts / n_prompts
+    chunk = max(1, CHUNK_FLOATS // n_prompts)
+    for start in range(0, n_resamples, chunk):
+        stop = min(start + chunk, n_resamples)
+        counts = rng.multinomial(n_prompts, np.full(n_prompts, 1.0 / n_prompts), size=stop - start)
+        yield start, stop, counts / n_prompts
+
+
+def resample_weights(n_prompts: int, n_resamples: int, seed: int) -> np.ndarray:
+    """``[resample, prompt]``: every chunk of ``resample_weight_chunks`` at once (for small draws and tests)."""
+    return np.concatenate([weights for _, _, weights in resample_weight_chunks(n_prompts, n_resamples, seed)])
 
 
 def bootstrap_intervals(result, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
@@ -193,15 +204,7 @@ def bootstrap_intervals(result, n_resamples: int = DEFAULT_RESAMPLES, seed: int 
     check_bootstrap(n_resamples, result.n_prompts, result.n_layers)
     per_prompt = {component: result.per_prompt_gains(component) for component in ("attn", "mlp", "block")}
     resampled = {component: np.empty((n_resamples, result.n_layers)) for component in per_prompt}
-    # Drawn in chunks of resamples, so the [resample, prompt] weights never need R x P floats at
-    # once; one generator drawn chunk after chunk gives the same counts as one draw of all of them.
-    rng = np.random.default_rng(seed)
-    chunk = max(1, CHUNK_FLOATS // result.n_prompts)
-    for start in range(0, n_resamples, chunk):
-        stop = min(start + chunk, n_resamples)
-        counts = rng.multinomial(result.n_prompts, np.full(result.n_prompts, 1.0 / result.n_prompts),
-                                 size=stop - start)
-        weights = counts / result.n_prompts  # [resample, prompt]
+    for start, stop, weights in resample_weight_chunks(result.n_prompts, n_resamples, seed):  # [resample, prompt]
         for component, gains in per_prompt.items():
             resampled[component][start:stop] = einops.einsum(weights, gains,
                                                              "resample prompt, prompt layer -> resample layer")
