@@ -234,8 +234,9 @@ WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 def check_model_folder(folder: Path, name: str | None = None) -> None:
     """Refuse an incomplete or damaged checkpoint folder before anything loads from it.
 
-    Checks, in order of cost: ``config.json`` is a JSON object; weights are present; a
-    tokenizer file is present; every ``.safetensors`` header parses and its tensors fit in the
+    Checks, in order of cost: ``config.json`` is a JSON object describing a decoder-only model
+    (the kind of model first: a missing file is beside the point for one that would be refused);
+    weights are present; a tokenizer file is present; every ``.safetensors`` header parses and its tensors fit in the
     file (a truncated download fails here, not half way through loading).
     """
     name = name or str(folder)
@@ -246,6 +247,9 @@ def check_model_folder(folder: Path, name: str | None = None) -> None:
         raise FunnelError(f"{name}: config.json cannot be read ({_first_line(error)}): {fix}") from None
     if not isinstance(config, dict):
         raise FunnelError(f"{name}: config.json is not a JSON object: {fix}")
+    from .architectures import check_decoder_config  # architectures imports this module
+
+    check_decoder_config(config, name)
     weights = sorted({p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern)})
     if not weights:
         raise FunnelError(f"{name} has a config.json but no weights (model.safetensors or pytorch_model.bin): {fix}")
@@ -395,10 +399,7 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
         raise FunnelError(f"--revision {revision} names a hub revision, but {name} is a local folder: give the "
                           "checkpoint's own folder instead (e.g. DIR/step1000), or compare --checkpoints")
     if local:
-        # Cheap, from config.json and the file listing, before torch reads a byte of weights; the kind
-        # of model first, since a missing file is beside the point for a model we would refuse anyway.
-        _check_decoder_folder(name, Path(source))
-        check_model_folder(Path(source), name)
+        check_model_folder(Path(source), name)  # cheap: before torch reads a byte of weights
     if device_map is not None:
         device_arg = {"device_map": device_map, "max_memory": max_memory}
         # Only for dtype="auto": float16 when the map can reach a GPU, as on one GPU.
@@ -443,20 +444,6 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
         bridge.eval()
     bridge.funnel_tokenizer = tokenizer
     return bridge
-
-
-def _check_decoder_folder(name: str, folder: Path) -> None:
-    """Refuse a non-decoder checkpoint from its config.json, before the expensive boot."""
-    import json
-
-    from .architectures import check_decoder_config
-
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return  # booting reports an unreadable checkpoint with its own message
-    if isinstance(config, dict):
-        check_decoder_config(config, name)
 
 
 def model_name(model) -> str:
