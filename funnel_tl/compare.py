@@ -438,7 +438,7 @@ def _resumed_row(target: "Target", path: Path, finished: tuple[dict, GainResult]
                  bootstrap_seed: int) -> tuple["ComparisonRow", GainResult]:
     """The row of a target finished by an earlier run, its intervals drawn now if asked for."""
     data, result = finished
-    result, _ = _with_intervals(result, bootstrap, bootstrap_seed)
+    result = _with_intervals(result, bootstrap, bootstrap_seed)
     # Every derived value (gains, verdicts) again from the stored sums with today's rules:
     # a file written by an older funnel_tl, or edited by hand, is brought up to date.
     fresh = result.to_dict()
@@ -586,7 +586,7 @@ def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str,
     if max_tokens_per_prompt is not None:  # as asked ("context" or a number), for the resume check
         result.provenance["max_tokens_per_prompt"] = max_tokens_per_prompt
     result.provenance.update(extra_provenance or {})
-    result, _ = _with_intervals(result, bootstrap, bootstrap_seed)
+    result = _with_intervals(result, bootstrap, bootstrap_seed)
     try:
         result.save(path)
     except OSError as error:  # the measurement is kept, where it fits
@@ -625,17 +625,17 @@ def count_parameters(model) -> int:
     return total
 
 
-def _with_intervals(result: GainResult, bootstrap: int, seed: int) -> tuple[GainResult, bool]:
-    """The result with bootstrap intervals drawn as asked, and whether that changed it.
+def _with_intervals(result: GainResult, bootstrap: int, seed: int) -> GainResult:
+    """The result with bootstrap intervals drawn as asked (those it holds, when they are the ones asked for).
 
     ``bootstrap=0`` leaves the result as it is (rows then say robust verdict ``None``).
     """
     if not bootstrap:
-        return result, False
+        return result
     current = result.intervals
     if current is not None and current.n_resamples == bootstrap and current.seed == seed:
-        return result, False
-    return result.with_intervals(n_resamples=bootstrap, seed=seed), True
+        return result
+    return result.with_intervals(n_resamples=bootstrap, seed=seed)
 
 
 def _release_memory() -> None:
