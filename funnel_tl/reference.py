@@ -86,14 +86,11 @@ def hf_is_parallel(hf_model) -> bool:
     return config.model_type in ("gptj", "codegen", "phi", "cohere")
 
 
-@torch.inference_mode()
-def seed_reference(hf_model, tokenizer, prompts: Sequence[str], drop_first: int = 0) -> dict[str, np.ndarray]:
-    """Per-prompt mean norms ``[prompt, layer]`` of every tensor the gains read, the seed's way.
+def _seed_captures(hf_model, tokenizer, prompts: Sequence[str]):
+    """Per prompt, ``{(layer, role): [1, pos, d_model] float32}`` of every tensor the gains read.
 
-    Keys: ``attn_in`` and ``mlp_in`` (what the modules receive: LayerNorm outputs, or the stream
-    itself for post-norm blocks), ``attn_out``,
-    ``mlp_out``, ``resid_pre`` (the layer's input) and ``resid_post`` (its output), and ``resid_mid``
-    (resid_pre + attn_out; serial blocks only, where the MLP reads it).
+    The seed's forward hooks on the HF modules, one prompt at a time (``seed_reference`` documents
+    the roles). Hooks are removed when the prompts are exhausted or the generator is closed.
     """
     layout = hf_layout(hf_model)
     layers = list(_attribute(hf_model, layout.layers))
@@ -130,26 +127,52 @@ def seed_reference(hf_model, tokenizer, prompts: Sequence[str], drop_first: int 
             else:
                 watch(module, index, f"{component}_in", None)
                 watch(getattr(layer, out_name), index, None, f"{component}_out")
-    roles = ["attn_in", "attn_out", "mlp_in", "mlp_out", "resid_pre", "resid_post"] + ([] if parallel else ["resid_mid"])
-    means = {role: np.zeros((len(prompts), len(layers))) for role in roles}
+    roles = _seed_roles(hf_model)
     device = next(hf_model.parameters()).device
     try:
-        for p, prompt in enumerate(prompts):
+        for prompt in prompts:
             captured.clear()
             inputs = tokenizer(prompt, return_tensors="pt")
             hf_model(**{k: v.to(device) for k, v in inputs.items()})
+            tensors = {}
             for layer in range(len(layers)):
                 if not parallel:
                     captured[(layer, "resid_mid")] = (captured[(layer, "resid_pre")]
                                                       + captured[(layer, "attn_out")].reshape(captured[(layer, "resid_pre")].shape))
                 for role in roles:
                     tensor = captured[(layer, role)]
-                    tensor = tensor if tensor.ndim == 3 else tensor.reshape(1, -1, tensor.shape[-1])  # OPT's fc1/fc2 read [tokens, d]
-                    norms = torch.norm(tensor, dim=-1)  # (batch=1, seq_len)
-                    means[role][p, layer] = norms[:, drop_first:].mean().item()
+                    # OPT's fc1/fc2 read [tokens, d]: every tensor as (batch=1, seq_len, d).
+                    tensors[(layer, role)] = tensor if tensor.ndim == 3 else tensor.reshape(1, -1, tensor.shape[-1])
+            yield tensors
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _seed_roles(hf_model) -> list[str]:
+    return ["attn_in", "attn_out", "mlp_in", "mlp_out", "resid_pre", "resid_post"] + (
+        [] if hf_is_parallel(hf_model) else ["resid_mid"])
+
+
+def _n_layers(hf_model) -> int:
+    return len(_attribute(hf_model, hf_layout(hf_model).layers))
+
+
+@torch.inference_mode()
+def seed_reference(hf_model, tokenizer, prompts: Sequence[str], drop_first: int = 0) -> dict[str, np.ndarray]:
+    """Per-prompt mean norms ``[prompt, layer]`` of every tensor the gains read, the seed's way.
+
+    Keys: ``attn_in`` and ``mlp_in`` (what the modules receive: LayerNorm outputs, or the stream
+    itself for post-norm blocks), ``attn_out``,
+    ``mlp_out``, ``resid_pre`` (the layer's input) and ``resid_post`` (its output), and ``resid_mid``
+    (resid_pre + attn_out; serial blocks only, where the MLP reads it).
+    """
+    roles, n_layers = _seed_roles(hf_model), _n_layers(hf_model)
+    means = {role: np.zeros((len(prompts), n_layers)) for role in roles}
+    for p, tensors in enumerate(_seed_captures(hf_model, tokenizer, prompts)):
+        for (layer, role), tensor in tensors.items():
+            norms = torch.norm(tensor, dim=-1)  # (batch=1, seq_len)
+            means[role][p, layer] = norms[:, drop_first:].mean().item()
     return means
 
 
@@ -171,41 +194,11 @@ def reference_gains(means: dict[str, np.ndarray], definition: str = "seed") -> d
 # position-resolved gains computed from them with plain loops: nothing shared with positions.py.
 @torch.inference_mode()
 def seed_token_norms(hf_model, tokenizer, prompts: Sequence[str]) -> list[dict[str, np.ndarray]]:
-    """Per prompt, ``{role: [layer, pos]}`` norms of every tensor ``seed_reference`` reads (same roles)."""
-    sublayers = hf_sublayers(hf_model)
-    parallel = hf_is_parallel(hf_model)
-    captured: dict[tuple[int, str], torch.Tensor] = {}
-
-    def capture(layer_index, role_in, role_out):
-        def hook(module, args, kwargs, output):
-            tensor_in = args[0] if args else kwargs["hidden_states"]
-            tensor_out = output[0] if isinstance(output, tuple) else output
-            captured[(layer_index, role_in)] = tensor_in.detach().float()[0]  # [pos, d_model]
-            captured[(layer_index, role_out)] = tensor_out.detach().float()[0]
-        return hook
-
-    handles = []
-    for index, (layer, attention, mlp) in enumerate(sublayers):
-        handles.append(layer.register_forward_hook(capture(index, "resid_pre", "resid_post"), with_kwargs=True))
-        handles.append(attention.register_forward_hook(capture(index, "attn_in", "attn_out"), with_kwargs=True))
-        handles.append(mlp.register_forward_hook(capture(index, "mlp_in", "mlp_out"), with_kwargs=True))
-    roles = ["attn_in", "attn_out", "mlp_in", "mlp_out", "resid_pre", "resid_post"] + ([] if parallel else ["resid_mid"])
-    device = next(hf_model.parameters()).device
-    norms = []
-    try:
-        for prompt in prompts:
-            captured.clear()
-            inputs = tokenizer(prompt, return_tensors="pt")
-            hf_model(**{k: v.to(device) for k, v in inputs.items()})
-            for layer in range(len(sublayers)):
-                if not parallel:
-                    captured[(layer, "resid_mid")] = captured[(layer, "resid_pre")] + captured[(layer, "attn_out")]
-            norms.append({role: np.stack([torch.norm(captured[(layer, role)], dim=-1).numpy()
-                                          for layer in range(len(sublayers))]) for role in roles})
-    finally:
-        for handle in handles:
-            handle.remove()
-    return norms
+    """Per prompt, ``{role: [layer, pos]}`` norms of every tensor ``seed_reference`` reads (same hooks, same roles)."""
+    roles, n_layers = _seed_roles(hf_model), _n_layers(hf_model)
+    return [{role: np.stack([torch.norm(tensors[(layer, role)][0], dim=-1).numpy() for layer in range(n_layers)])
+             for role in roles}
+            for tensors in _seed_captures(hf_model, tokenizer, prompts)]
 
 
 def reference_position_gains(token_norms: list[dict[str, np.ndarray]], edges: Sequence[int],
