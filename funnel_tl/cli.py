@@ -299,10 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
-    from .distributed import measure, together, world
+    from .distributed import world
     from .funnel import format_analysis
     from .gains import measure_gains
-    from .models import load_model, local_n_layers
+    from .models import local_n_layers
     from .plots import png_help
     from .stats import check_bootstrap
 
@@ -318,20 +318,11 @@ def cmd_run(args) -> int:
     prompts, source = read_cli_prompts(args, stream=not current.distributed)
     n_layers = local_n_layers(args.model, args.revision)  # bundled and local folders: from config.json
     check_bootstrap(args.bootstrap, None, n_layers)
-    loading = placement(args, current)
     with contextlib.ExitStack() as held:
-        with together(current):  # a rank that cannot go on (folder, lock, load) stops every rank
-            out = _claim_output(held, args.out or _default_out(args), current)
-            model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision, **loading)
-            if n_layers is None:
-                check_bootstrap(args.bootstrap, None, model.cfg.n_layers)
-        result = measure(measure_gains, model, prompts, current, definition=args.definition,
-                         batch_size=args.batch_size, drop_first=args.drop_first, by_position=args.by_position,
-                         max_tokens_per_prompt=args.max_tokens_per_prompt, keep_texts=args.keep_texts)
-        del model
-        if not current.main:
+        after_load = (lambda model: check_bootstrap(args.bootstrap, None, model.cfg.n_layers)) if n_layers is None else None
+        out, result = _load_and_measure(held, args, current, prompts, source, measure_gains, after_load=after_load)
+        if result is None:
             return 0  # rank 0 alone prints and writes
-        result.provenance["prompt_source"] = source
         if result.positions is not None:
             result = replace(result, positions=replace(result.positions, sink_positions=args.sink_positions))
         if args.bootstrap and result.n_prompts >= 2:
@@ -491,10 +482,37 @@ def cmd_report(args) -> int:
     return 0
 
 
-def cmd_heads(args) -> int:
-    from .distributed import measure, together, world
-    from .heads import head_gains, parse_layers
+def _load_and_measure(held: contextlib.ExitStack, args, current, prompts, source, measurement, after_load=None,
+                      **options):
+    """The middle of ``run`` and ``heads``: claim the output folder, load the model, measure.
+
+    Under torchrun every rank takes part: the folder, its lock (held in ``held``) and the load are
+    one collective step, so a rank that cannot go on stops every rank; ``after_load(model)`` runs
+    inside it. Returns ``(out, result)``; ``result`` is None on ranks other than 0, which print
+    and write nothing.
+    """
+    from .distributed import measure, together
     from .models import load_model
+
+    loading = placement(args, current)
+    with together(current):
+        out = _claim_output(held, args.out or _default_out(args), current)
+        model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision, **loading)
+        if after_load is not None:
+            after_load(model)
+    result = measure(measurement, model, prompts, current, definition=args.definition, batch_size=args.batch_size,
+                     drop_first=args.drop_first, by_position=args.by_position,
+                     max_tokens_per_prompt=args.max_tokens_per_prompt, keep_texts=args.keep_texts, **options)
+    del model  # before the files are written and the figures drawn
+    if not current.main:
+        return out, None
+    result.provenance["prompt_source"] = source
+    return out, result
+
+
+def cmd_heads(args) -> int:
+    from .distributed import world
+    from .heads import head_gains, parse_layers
 
     layers = parse_layers(args.layers)  # bad input fails before a model is loaded
     if args.top < 1:
@@ -502,18 +520,10 @@ def cmd_heads(args) -> int:
     _check_measure_options(args)
     current = world()
     prompts, source = read_cli_prompts(args, stream=not current.distributed)
-    loading = placement(args, current)
     with contextlib.ExitStack() as held:
-        with together(current):  # a rank that cannot go on (folder, lock, load) stops every rank
-            out = _claim_output(held, args.out or _default_out(args), current)
-            model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision, **loading)
-        result = measure(head_gains, model, prompts, current, definition=args.definition, layers=layers,
-                         batch_size=args.batch_size, drop_first=args.drop_first, by_position=args.by_position,
-                         max_tokens_per_prompt=args.max_tokens_per_prompt, keep_texts=args.keep_texts)
-        del model
-        if not current.main:
+        out, result = _load_and_measure(held, args, current, prompts, source, head_gains, layers=layers)
+        if result is None:
             return 0  # rank 0 alone prints and writes
-        result.provenance["prompt_source"] = source
         lines, failure = _save(out, [("heads.json", result.save),
                                      ("heads.html", lambda path: result.save_html(path, k=args.top,
                                                                                   self_contained=args.self_contained))],
