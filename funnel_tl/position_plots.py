@@ -31,7 +31,7 @@ from plotly.subplots import make_subplots
 from .errors import FunnelError
 from .funnel import PYTHIA_1_4B_REFERENCE
 from .plots import COLORS, LOG_SPAN, NAMES, WIDTH, _layer_ticks, _log_ticks
-from .positions import sink_effect
+from .positions import cached_sink_effect
 from .results import write_text_atomic
 
 # Diverging, colour-blind safe, white at the middle (gain 1).
@@ -156,15 +156,13 @@ def plot_sink_comparison(result, k: int | None = None, log_gains: bool | None = 
 
     ``k`` defaults to ``result.positions.sink_positions`` (1: position 0). The second result is
     ``result.without_first(k)``, derived from the position sums; when ``result`` carries
-    intervals, it gets its own, drawn with the same resamples, as error bars on panel 1.
+    intervals, it gets its own, drawn with the same resamples, as error bars on panel 1 (both
+    from ``positions.sink_effect``: the verdicts in the title were drawn from the same).
     """
     positions = _positions(result)
     k = positions.sink_positions if k is None else k
-    effect = sink_effect(result, k)
-    without = result.without_first(k)
-    if result.intervals is not None and without.n_prompts >= 2:
-        without = without.with_intervals(n_resamples=result.intervals.n_resamples, seed=result.intervals.seed,
-                                         confidence=result.intervals.confidence)
+    effect = cached_sink_effect(result, k)
+    without = effect.without
     first = "position 0" if k == 1 else f"positions 0–{k - 1}"
     versions = (("all positions", result, "solid"), (f"without {first}", without, "dash"))
     fig = make_subplots(rows=2, cols=2, horizontal_spacing=0.08, vertical_spacing=0.2, subplot_titles=(

@@ -500,16 +500,26 @@ def bootstrap_position_intervals(positions: PositionSums, n_resamples: int, seed
 # ---- the sink's effect on the verdict -----------------------------------------------------------
 @dataclass(frozen=True)
 class SinkEffect:
-    """The seed's hypothesis test on all positions and without the first ``k``, side by side."""
+    """The seed's hypothesis test on all positions and without the first ``k``, side by side.
+
+    ``without`` is the result without the first ``k`` positions (``GainResult.without_first``),
+    carrying the intervals its robust verdict was drawn from: the printed analysis and the figure
+    read it instead of deriving it, and drawing its bootstrap, again.
+    """
 
     k: int
     all_positions: Any  # funnel.FunnelTest
     without_first: Any  # funnel.FunnelTest
-    n_prompts_left: int
+    without: Any  # results.GainResult without the first k positions, with its own intervals when drawn
     # The robust verdicts (stats.RobustFunnelTest) when the result carries intervals; the second
     # from intervals drawn the same way on the prompts left.
     robust_all_positions: Any = None
     robust_without_first: Any = None
+
+    @property
+    def n_prompts_left(self) -> int:
+        """Prompts with a token after the first k positions."""
+        return self.without.n_prompts
 
     @property
     def changed(self) -> list[str]:
@@ -541,7 +551,12 @@ class SinkEffect:
 
 def sink_effect(result, k: int | None = None) -> SinkEffect:
     """Whether the funnel verdict of ``result`` (a ``GainResult`` with positions) changes without
-    its first ``k`` positions (default: ``result.positions.sink_positions``)."""
+    its first ``k`` positions (default: ``result.positions.sink_positions``).
+
+    Each call draws the bootstrap of the result without them anew; ``result.sink`` is this with
+    the default ``k``, computed once per result (results.json, the printed analysis and
+    positions.html all show it).
+    """
     from .funnel import funnel_test
 
     k = result.positions.sink_positions if k is None else k
@@ -551,20 +566,26 @@ def sink_effect(result, k: int | None = None) -> SinkEffect:
     if intervals is not None and without.n_prompts >= 2:
         from .stats import bootstrap_intervals, robust_funnel_test
 
-        redrawn = bootstrap_intervals(without, n_resamples=intervals.n_resamples, seed=intervals.seed,
-                                      confidence=intervals.confidence)
+        # The layers' intervals alone: the figure draws them; no page shows its position cells'.
+        without = replace(without, intervals=bootstrap_intervals(
+            without, n_resamples=intervals.n_resamples, seed=intervals.seed, confidence=intervals.confidence))
         robust = {"robust_all_positions": robust_funnel_test(result),
-                  "robust_without_first": robust_funnel_test(without, redrawn)}
-    return SinkEffect(k=k, all_positions=funnel_test(result), without_first=funnel_test(without),
-                      n_prompts_left=without.n_prompts, **robust)
+                  "robust_without_first": robust_funnel_test(without)}
+    return SinkEffect(k=k, all_positions=funnel_test(result), without_first=funnel_test(without), without=without,
+                      **robust)
+
+
+def cached_sink_effect(result, k: int | None = None) -> SinkEffect:
+    """``result.sink``, computed once per result, for the default ``k``; ``sink_effect`` for another."""
+    if k is None or k == result.positions.sink_positions:
+        return result.sink
+    return sink_effect(result, k)
 
 
 def format_sink_analysis(result, k: int | None = None) -> str:
     """The printed paragraph: the verdict with and without the first k positions, and the layers
     whose gain moves most, for the analysis the CLI prints after the seed's."""
-    effect = sink_effect(result, k)
-    k = effect.k
-    without = result.without_first(k)
+    k = result.positions.sink_positions if k is None else k
     rule = "=" * 60
     first = "position 0" if k == 1 else f"positions 0-{k - 1}"
     yes = {True: "CONFIRMED", False: "not confirmed"}
@@ -572,6 +593,8 @@ def format_sink_analysis(result, k: int | None = None) -> str:
     if result.drop_first >= k:
         lines.append(f"{first} already dropped (drop_first={result.drop_first}): nothing to compare")
         return "\n".join(lines)
+    effect = cached_sink_effect(result, k)
+    without = effect.without
     positions = result.positions
     counts = positions.prompt_counts()[positions.prompt_counts() > 0]
     behind = (f"{counts[0]} prompts reach every one" if counts.min() == counts.max()

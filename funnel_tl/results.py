@@ -34,6 +34,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -339,12 +340,19 @@ class GainResult:
         }
 
     def _position_block(self) -> dict[str, Any]:
-        from .positions import sink_effect
-
         block = self.positions.to_dict()
         if self.drop_first < self.positions.sink_positions:
-            block["sink"] = sink_effect(self).to_dict()
+            block["sink"] = self.sink.to_dict()
         return block
+
+    @cached_property
+    def sink(self):
+        """``positions.sink_effect(self)``: the verdict with and without the first
+        ``positions.sink_positions`` positions, computed once per result, as results.json, the
+        printed analysis and positions.html all show it and it draws a bootstrap of its own."""
+        from .positions import sink_effect
+
+        return sink_effect(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "results") -> "GainResult":

@@ -332,3 +332,24 @@ def test_to_pandas_gains_a_position_column():
     from dataclasses import replace
 
     assert "position" not in replace(result, positions=None).to_pandas()  # no positions, no column
+
+
+def test_sink_bootstrap_is_drawn_once_for_file_text_and_figure(monkeypatch, tmp_path):
+    """results.json, the printed analysis and positions.html share one SinkEffect: the layers'
+    bootstrap of the result without position 0 is drawn once, not once for each."""
+    import funnel_tl.stats as stats
+    from funnel_tl.position_plots import write_position_page
+
+    result = sink_result(sink_gain=2.0).with_intervals(n_resamples=50, seed=0)
+    drawn = []
+    real = stats.bootstrap_intervals
+    monkeypatch.setattr(stats, "bootstrap_intervals", lambda *a, **kw: drawn.append(a[0].drop_first) or real(*a, **kw))
+    result.save(tmp_path / "results.json")
+    text = format_sink_analysis(result)
+    write_position_page(result, tmp_path / "positions.html")
+    assert drawn == [1]  # one draw, on the result without position 0
+    assert "CONFIRMED without position 0" in text
+    # The figure's error bars are that draw's intervals.
+    assert result.sink.without.intervals is not None
+    sink_effect(result)  # an explicit call draws anew
+    assert drawn == [1, 1]
