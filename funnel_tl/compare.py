@@ -49,7 +49,7 @@ from .models import bundled_checkpoints, bundled_models, load_model, resolve_dev
 from .outputs import (check_output_folder, describe_os_error, output_lock, remove_temporaries, save_elsewhere,
                       slug)
 from .prompts import check_drop_first, load_prompts, prompts_sha256
-from .results import DEFINITIONS, GainResult, read_json, write_json_atomic, write_text_atomic
+from .results import DEFINITIONS, GainResult, read_json, write_json_atomic
 from .stats import check_bootstrap, robust_funnel_test
 
 COMPARE_SCHEMA_VERSION = 1
@@ -819,10 +819,10 @@ class Comparison:
     def save_html(self, out: str | os.PathLike, self_contained: bool = False) -> Path:
         """Write only ``compare.html`` into ``out`` (what ``funnel-tl report`` redraws)."""
         from .compare_plots import render_html
-        from .plots import plotlyjs_for
+        from .plots import write_page
 
-        page = Path(out) / "compare.html"
-        return write_text_atomic(page, render_html(self, plotlyjs=plotlyjs_for(page, self_contained)))
+        return write_page(Path(out) / "compare.html", lambda plotlyjs: render_html(self, plotlyjs=plotlyjs),
+                          self_contained)
 
     @classmethod
     def load(cls, out: str | os.PathLike) -> "Comparison":

@@ -21,7 +21,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .errors import FunnelError
-from .plots import OKABE_ITO, _log_ticks
+from .plots import (DIVERGING, OKABE_ITO, _extent as _result_extent, _intervals, _log_ticks, gain_colorbar, log_reach,
+                    ticks_within)
 
 COMPONENT_TITLES = {"attn": "attention gain", "mlp": "MLP gain", "block": "block gain", "combined": "combined gain"}
 PANEL_TITLES = {"attn": "Attention gain", "mlp": "MLP gain", "block": "Block gain", "combined": "Combined gain"}
@@ -87,7 +88,7 @@ def plot_depth_overlay(comparison, components=("attn", "mlp", "block")) -> go.Fi
         layers = np.arange(result.n_layers)
         for column, component in enumerate(components, start=1):
             gains = result.gains(component)  # [layer]
-            bounds = _bounds(result, component)  # [layer, 2] or None
+            bounds = _intervals(result, component)  # [layer, 2] or None
             figure.add_trace(go.Scatter(
                 x=depth, y=gains, mode="lines+markers",
                 customdata=layers if bounds is None else np.column_stack([layers, bounds]),
@@ -125,23 +126,8 @@ def _what(rows) -> str:
 
 def _extent(comparison, rows, components) -> tuple[float, float]:
     """Smallest and largest gain (interval ends included, and 1) the given panels draw."""
-    values = [np.array([1.0])]
-    for row in rows:
-        result = comparison.results[row.model]
-        for component in components:
-            values.append(result.gains(component))
-            bounds = _bounds(result, component)
-            if bounds is not None:
-                values.append(bounds.ravel())
-    values = np.concatenate(values)
-    return float(values[values > 0].min()), float(values.max())
-
-
-def _bounds(result, component: str):
-    """A result's bootstrap interval ``[layer, 2]`` of one gain, when it carries intervals."""
-    intervals = getattr(result, "intervals", None)
-    bounds = getattr(intervals, component, None) if intervals is not None else None
-    return None if bounds is None else np.asarray(bounds, dtype=np.float64)
+    lows, highs = zip(*(_result_extent(comparison.results[row.model], components) for row in rows))
+    return min(lows), max(highs)
 
 
 def plot_depth_heatmap(comparison, component: str = "mlp") -> go.Figure:
@@ -165,16 +151,15 @@ def plot_depth_heatmap(comparison, component: str = "mlp") -> go.Figure:
         log_gains.append(np.log10(gains[layer]))
         hover.append(np.stack([layer, gains[layer]], axis=-1))  # [column, 2]
     z = np.asarray(log_gains)  # [model, column]
-    reach = max(float(np.abs(z).max()), 0.1)
+    reach = log_reach(z, 0.1)
     # Decades only once the scale spans more than one each way: 1-3 steps would crowd the colorbar.
     candidates = (0.001, 0.01, 0.1, 1, 10, 100, 1000) if reach > 1 else (0.1, 0.3, 1, 3, 10)
-    ticks = [g for g in candidates if abs(math.log10(g)) <= reach + 1e-9]
+    ticks = ticks_within(reach, candidates)
     names = short_labels(rows)
     figure = go.Figure(go.Heatmap(
         z=z, x=centers, y=[names[row.model] for row in rows], customdata=np.asarray(hover),
-        colorscale="RdBu_r", zmid=0, zmin=-reach, zmax=reach,
-        colorbar=dict(title=dict(text=COMPONENT_TITLES[component]), tickvals=[math.log10(g) for g in ticks],
-                      ticktext=[f"{g:g}" for g in ticks]),
+        colorscale=DIVERGING, zmid=0, zmin=-reach, zmax=reach,
+        colorbar=gain_colorbar(ticks, title=dict(text=COMPONENT_TITLES[component])),
         hovertemplate="<b>%{y}</b><br>layer %{customdata[0]:.0f} (depth %{x:.2f})"
                       f"<br>{COMPONENT_TITLES[component]} %{{customdata[1]:.3f}}<extra></extra>",
     ))
@@ -231,7 +216,7 @@ def plot_training(comparison, base: str | None = None) -> go.Figure:
                            subplot_titles=["Attention gain per layer", "MLP gain per layer"])
     for column, component in enumerate(("attn", "mlp"), start=1):
         gains = np.stack([result.gains(component) for result in results])  # [checkpoint, layer]
-        bounds = [_bounds(result, component) for result in results]
+        bounds = [_intervals(result, component) for result in results]
         # [checkpoint, layer, 2] when every checkpoint carries intervals
         bounds = np.stack(bounds) if all(b is not None for b in bounds) else None
         for layer in range(n_layers):
@@ -336,7 +321,7 @@ def render_html(comparison, plotlyjs: str | bool = True) -> str:
     ``plotlyjs``: True embeds plotly.js (a standalone page); a string is the relative path of a
     shared ``plotly.min.js`` (what ``Comparison.save`` writes by default).
     """
-    from .plots import figure_div, script_tag
+    from .plots import figure_div, page_html
 
     sections = []
     settings = comparison.settings
@@ -366,13 +351,9 @@ def render_html(comparison, plotlyjs: str | bool = True) -> str:
     for base in comparison.checkpoint_models:
         sections.append(f"<h2>Training checkpoints: {html.escape(base)}</h2>")
         sections.append(div(comparison.training_figure(base)))
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        "<title>funnel_tl — comparison</title>\n"
-        f"{script_tag(plotlyjs)}<style>{_STYLE}</style>\n</head>\n<body>\n"
-        f"<h1>Funnel Model across {_what(comparison.ok)}</h1>\n"
-        f"<p class=\"meta\">{meta}</p>\n" + "\n".join(sections) + "\n</body>\n</html>\n"
-    )
+    body = (f"<h1>Funnel Model across {_what(comparison.ok)}</h1>\n"
+            f"<p class=\"meta\">{meta}</p>\n" + "\n".join(sections))
+    return page_html("funnel_tl — comparison", body, plotlyjs, style=_STYLE)
 
 
 __all__ = ["normalized_depth", "plot_depth_heatmap", "plot_depth_overlay", "plot_training", "render_html",

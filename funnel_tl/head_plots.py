@@ -9,15 +9,11 @@ sequential (no neutral value).
 from __future__ import annotations
 
 import html
-import math
 
 import numpy as np
 
 from .errors import FunnelError
 from .head_results import VALUES, label
-
-# Log-scale colourbar ticks: 1-2-5 per decade (gains of heads span one to three decades).
-_TICKS = [m * 10.0**k for k in range(-4, 4) for m in (1, 2, 5)]
 
 
 def _subtitle(result) -> str:
@@ -30,6 +26,8 @@ def plot_heads(result, value: str = "gain", title: str | None = None):
     """A layer × head heatmap of ``value`` (``"gain"``, ``"norm"``, ``"norm_share"`` or
     ``"projection_share"``), every statistic of a head in its hover."""
     import plotly.graph_objects as go
+
+    from .plots import DIVERGING, gain_colorbar, log_reach, one_two_five, ticks_within
 
     if value not in VALUES:
         raise FunnelError(f"unknown heatmap value {value!r}: choose {', '.join(VALUES)}")
@@ -50,11 +48,11 @@ def plot_heads(result, value: str = "gain", title: str | None = None):
         positive = shown[shown > 0]
         floor = float(positive.min()) if positive.size else 1.0
         z = np.log10(np.maximum(shown, floor))
-        reach = max(float(np.abs(z).max()), 0.3)
-        ticks = [t for t in _TICKS if abs(math.log10(t)) <= reach + 1e-9]
-        colour = {"colorscale": "RdBu_r", "zmid": 0, "zmin": -reach, "zmax": reach,
-                  "colorbar": {"title": {"text": "head gain<br>(log scale)"},
-                               "tickvals": [math.log10(t) for t in ticks], "ticktext": [f"{t:g}" for t in ticks]}}
+        reach = log_reach(z, 0.3)
+        # 1-2-5 per decade: gains of heads span one to three decades.
+        ticks = ticks_within(reach, one_two_five(-4, 3))
+        colour = {"colorscale": DIVERGING, "zmid": 0, "zmin": -reach, "zmax": reach,
+                  "colorbar": gain_colorbar(ticks, title={"text": "head gain<br>(log scale)"})}
     elif value == "projection_share":
         colour |= {"colorscale": "RdBu", "zmid": 0}
     else:
@@ -100,7 +98,7 @@ def heads_page(result, k: int = 20, plotlyjs: str | bool = True) -> str:
     ``plotlyjs``: True embeds plotly.js; a string is the relative path of a shared plotly.min.js.
     The page heading names the model once; the figure carries only the settings line.
     """
-    from .plots import figure_div, script_tag
+    from .plots import figure_div, page_html
 
     figure = plot_heads(result, title="Head gain by layer and head")
     rows = "\n".join(
@@ -109,10 +107,7 @@ def heads_page(result, k: int = 20, plotlyjs: str | bool = True) -> str:
         for rank, row in enumerate(result.top(k), start=1))
     name = html.escape(result.model)
     dropped = f", first {result.drop_first} positions dropped" if result.drop_first else ""
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{name}: per-head gains</title>
-{script_tag(plotlyjs)}<style>{_STYLE}</style></head>
-<body><h1>{name}: per-head gains</h1>
+    body = f"""<h1>{name}: per-head gains</h1>
 <p class="meta">Definition <code>{result.definition}</code>, {result.n_prompts} prompts{dropped}.
 Head gain = mean‖z<sub>i</sub> W<sub>O</sub><sup>i</sup>‖ over the layer's attention-gain denominator.</p>
 {figure_div(figure)}
@@ -120,5 +115,5 @@ Head gain = mean‖z<sub>i</sub> W<sub>O</sub><sup>i</sup>‖ over the layer's a
 <table><tr><th>rank</th><th>head</th><th>gain</th><th>mean norm</th><th>norm share</th><th>projection share</th>
 <th>layer attn gain</th></tr>
 {rows}
-</table></body></html>
-"""
+</table>"""
+    return page_html(f"{result.model}: per-head gains", body, plotlyjs, style=_STYLE)

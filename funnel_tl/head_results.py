@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import FunnelError
 from .layers import format_layers as _format_layers
-from .results import DEFINITIONS, EPSILON, read_json, write_json_atomic, write_text_atomic
+from .results import DEFINITIONS, EPSILON, read_json, write_json_atomic
 
 HEADS_SCHEMA_VERSION = 1
 HEADS_KIND = "funnel_tl.heads"
@@ -384,10 +384,9 @@ class HeadResult:
         By default the page loads a ``plotly.min.js`` written once into its folder (offline, and
         shared with the other pages there); ``self_contained=True`` embeds plotly.js instead.
         """
-        from .plots import plotlyjs_for
+        from .plots import write_page
 
-        path = Path(path)
-        return write_text_atomic(path, self.to_html(k, plotlyjs=plotlyjs_for(path, self_contained)))
+        return write_page(path, lambda plotlyjs: self.to_html(k, plotlyjs=plotlyjs), self_contained)
 
 
 

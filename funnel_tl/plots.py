@@ -32,12 +32,14 @@ carries them. Hovering a point shows its layer, value and interval.
 
 from __future__ import annotations
 
+import html
 import math
 import os
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import plotly.graph_objects as go
@@ -62,6 +64,9 @@ COLORS = {
     "bottleneck": "#D55E00",
     "output": "#009E73",
 }
+# Heatmaps of gains colour log10(gain) on this scale, symmetric about 0 (gain 1, white): blue
+# contracts, red expands, equal ratios get equal colours either side. Colour-blind safe.
+DIVERGING = "RdBu_r"
 NAMES = {"attn": "attention", "mlp": "MLP", "block": "block", "combined": "attn × MLP", "cumulative": "cumulative"}
 PANEL_TITLES = (
     "Attention vs MLP gain per layer",
@@ -367,9 +372,37 @@ def _log_ticks(low: float, high: float) -> dict:
         return {}
     if decades > 3:
         return dict(dtick=1)  # on a log axis: one tick per power of ten
-    first, last = math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1
-    values = [m * 10.0 ** k for k in range(first, last + 1) for m in (1, 2, 5)]
+    values = one_two_five(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
     return dict(tickvals=values, ticktext=[f"{v:g}" for v in values])
+
+
+def one_two_five(first: int, last: int, steps=(1, 2, 5)) -> list[float]:
+    """``m × 10**k`` for every decade ``k`` from ``first`` to ``last`` and ``m`` in ``steps``, ascending.
+
+    >>> one_two_five(-1, 0)
+    [0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
+    """
+    return [m * 10.0 ** k for k in range(first, last + 1) for m in steps]
+
+
+# ---- log colour scales (heatmaps of gains) ------------------------------------------------------
+def log_reach(z, least: float) -> float:
+    """How far a colour scale of log10 gains ``z`` reaches either side of 0 (gain 1): the largest
+    finite ``|z|``, and at least ``least``, so gains all near 1 are not painted in saturated colours."""
+    z = np.asarray(z, dtype=np.float64)
+    finite = np.abs(z[np.isfinite(z)])
+    return max(float(finite.max()) if finite.size else 0.0, least)
+
+
+def ticks_within(reach: float, candidates, slack: float = 1e-9) -> list[float]:
+    """The gains among ``candidates`` a colour scale reaching ``10**±reach`` shows: within
+    ``reach + slack`` decades of 1 (the slack keeps a tick at the very end from rounding away)."""
+    return [t for t in candidates if abs(math.log10(t)) <= reach + slack]
+
+
+def gain_colorbar(ticks, **settings) -> dict:
+    """A colorbar for log10 gains labelled in gains (0.5, 1, 2), with Plotly ``settings`` (title, len...)."""
+    return dict(tickvals=[math.log10(t) for t in ticks], ticktext=[f"{t:g}" for t in ticks], **settings)
 
 
 def _aligned_log_range(low: float, high: float, neutral_at: float) -> list[float]:
@@ -495,13 +528,32 @@ def script_tag(plotlyjs: str | bool) -> str:
         from plotly.offline import get_plotlyjs
 
         return f'<script type="text/javascript">{get_plotlyjs()}</script>\n'
-    return f'<script src="{_escape(str(plotlyjs))}" charset="utf-8"></script>\n'
+    return f'<script src="{html.escape(str(plotlyjs), quote=False)}" charset="utf-8"></script>\n'
 
 
 def figure_div(fig: go.Figure, div_id: str | None = None, config: dict | None = None) -> str:
     """One figure as a <div> for a page whose <head> already loads plotly.js (``script_tag``)."""
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
                        config={"displaylogo": False, "responsive": True, **(config or {})})
+
+
+def page_html(title: str, body: str, plotlyjs: str | bool, style: str = "", body_style: str = "") -> str:
+    """A whole page of funnel_tl's: plotly.js as ``script_tag(plotlyjs)`` gives it, ``title``
+    (plain text, escaped here) and ``style`` (CSS) in its head, ``body`` (HTML, as it is) and
+    ``body_style`` (the body tag's CSS) in its body."""
+    css = f"<style>{style}</style>\n" if style else ""
+    body_tag = f'<body style="{body_style}">' if body_style else "<body>"
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{html.escape(title, quote=False)}</title>\n{script_tag(plotlyjs)}{css}</head>\n"
+            f"{body_tag}\n{body}\n</body>\n</html>\n")
+
+
+def write_page(path: str | os.PathLike, render: Callable[[str | bool], str], self_contained: bool = False,
+               root: str | os.PathLike | None = None) -> Path:
+    """Write the page ``render(plotlyjs)`` gives to ``path`` atomically, ``plotlyjs`` from
+    ``plotlyjs_for``: a shared ``plotly.min.js`` beside it (or at ``root``), or embedded."""
+    path = Path(path)
+    return write_text_atomic(path, render(plotlyjs_for(path, self_contained, root)))
 
 
 def write_html(fig: go.Figure, path: str | os.PathLike, title: str | None = None, self_contained: bool = False,
@@ -518,15 +570,8 @@ def write_html(fig: go.Figure, path: str | os.PathLike, title: str | None = None
     title = title or (fig.layout.title.text or "funnel_tl figure").split("<br>")[0].replace("<b>", "").replace("</b>", "")
     config = {"toImageButtonOptions": {"format": "png", "filename": path.stem, "width": WIDTH, "height": HEIGHT,
                                        "scale": 2}}
-    plotlyjs = plotlyjs_for(path, self_contained, root)
-    html = ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{_escape(title)}</title>\n{script_tag(plotlyjs)}</head>\n<body>\n"
-            f"{figure_div(fig, 'funnel-tl-figure', config)}\n</body>\n</html>\n")
-    return write_text_atomic(path, html)
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    body = figure_div(fig, "funnel-tl-figure", config)
+    return write_page(path, lambda plotlyjs: page_html(title, body, plotlyjs), self_contained, root)
 
 
 def find_chrome() -> str | None:

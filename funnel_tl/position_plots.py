@@ -30,12 +30,10 @@ from plotly.subplots import make_subplots
 
 from .errors import FunnelError
 from .funnel import PYTHIA_1_4B_REFERENCE
-from .plots import COLORS, LOG_SPAN, NAMES, WIDTH, _layer_ticks, _log_ticks
+from .plots import (COLORS, DIVERGING, LOG_SPAN, NAMES, WIDTH, _layer_ticks, _log_ticks, figure_div, gain_colorbar,
+                    log_reach, one_two_five, page_html, ticks_within, write_page)
 from .positions import cached_sink_effect
-from .results import write_text_atomic
 
-# Diverging, colour-blind safe, white at the middle (gain 1).
-DIVERGING = "RdBu_r"
 # The colour scale spans at least gain 1/2 … 2, so a model whose gains all sit near 1 is not
 # painted in saturated colours for differences of a few percent.
 MIN_LOG10_SPAN = math.log10(2)
@@ -67,12 +65,10 @@ def _heatmaps(result, components: list[str]) -> go.Figure:
     layout = {}
     for row, component in enumerate(components, start=1):
         values = result.position_gains(component)  # [layer, bucket]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            colour = np.where(values > 0, np.log10(values), np.nan)  # NaN: a blank cell
+        colour = _log_colour(values)
         # Each component its own scale, symmetric about gain 1: block gains of 100 in layer 0 would
         # otherwise wash out attention gains of 0.5.
-        finite = np.abs(colour[np.isfinite(colour)])
-        reach = max(float(finite.max()) if finite.size else 0.0, MIN_LOG10_SPAN)
+        reach = log_reach(colour, MIN_LOG10_SPAN)
         bounds = (intervals.gains[component] if intervals is not None
                   else np.full(values.shape + (2,), np.nan))  # [layer, bucket, 2]
         customdata = np.stack([values, bounds[..., 0], bounds[..., 1],
@@ -91,10 +87,9 @@ def _heatmaps(result, components: list[str]) -> go.Figure:
         fig.update_yaxes(title_text="layer", autorange="reversed", row=row, col=1,
                          **{k: v for k, v in _layer_ticks(result.n_layers).items() if k != "range"})
         low, high = fig.layout[f"yaxis{'' if row == 1 else row}"].domain
-        ticks = _gain_ticks(reach)
-        layout[axis] = dict(colorscale=DIVERGING, cmid=0, cmin=-reach, cmax=reach, colorbar=dict(
-            title=dict(text="gain", side="top"), tickvals=[math.log10(v) for v in ticks],
-            ticktext=[f"{v:g}" for v in ticks], len=high - low, y=high, yanchor="top", thickness=16))
+        layout[axis] = dict(colorscale=DIVERGING, cmid=0, cmin=-reach, cmax=reach, colorbar=gain_colorbar(
+            _gain_ticks(reach), title=dict(text="gain", side="top"), len=high - low, y=high, yanchor="top",
+            thickness=16))
     fig.update_layout(
         template="plotly_white", height=height, **layout,
         title=dict(text=f"<b>{result.model}</b>: gain by layer and position<br><sup>{_subtitle(result)}"
@@ -115,18 +110,14 @@ def plot_head_positions(heads, k: int = 20) -> go.Figure:
     gains = heads.head_position_gains()  # [layer, head, bucket]
     values = np.stack([gains[heads.layer_index(row.layer), row.head] for row in top])  # [top head, bucket]
     counts = heads.positions.prompt_counts()  # [bucket]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        colour = np.where(values > 0, np.log10(values), np.nan)
-    finite = np.abs(colour[np.isfinite(colour)])
-    reach = max(float(finite.max()) if finite.size else 0.0, MIN_LOG10_SPAN)
-    ticks = _gain_ticks(reach)
+    colour = _log_colour(values)
+    reach = log_reach(colour, MIN_LOG10_SPAN)
     labels = [row.label for row in top]
     customdata = np.stack([values, np.broadcast_to(counts, values.shape)], axis=-1)  # [top head, bucket, 2]
     fig = go.Figure(go.Heatmap(
         z=colour, x=heads.positions.labels, y=labels, customdata=customdata, hoverongaps=False, xgap=1, ygap=1,
         colorscale=DIVERGING, zmid=0, zmin=-reach, zmax=reach,
-        colorbar=dict(title=dict(text="gain", side="top"), tickvals=[math.log10(v) for v in ticks],
-                      ticktext=[f"{v:g}" for v in ticks], thickness=16),
+        colorbar=gain_colorbar(_gain_ticks(reach), title=dict(text="gain", side="top"), thickness=16),
         hovertemplate="%{y}, position %{x}<br>head gain %{customdata[0]:.4g}<br>%{customdata[1]} prompts reach it"
                       "<extra></extra>",
     ))
@@ -142,12 +133,17 @@ def plot_head_positions(heads, k: int = 20) -> go.Figure:
     return fig
 
 
+def _log_colour(values: np.ndarray) -> np.ndarray:
+    """log10 of the gains, NaN (a blank cell) where no prompt reaches the cell."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(values > 0, np.log10(values), np.nan)
+
+
 def _gain_ticks(reach: float) -> list[float]:
     """1-2-5 gains within ``10**±reach``, powers of ten only past one decade each side (1 always)."""
-    step = (1, 2, 5) if reach <= 1.2 else (1,)
-    low, high = 10.0 ** -reach, 10.0 ** reach
-    values = [m * 10.0 ** e for e in range(-math.ceil(reach) - 1, math.ceil(reach) + 1) for m in step]
-    return sorted(v for v in values if low * 0.999 <= v <= high * 1.001)
+    steps = (1, 2, 5) if reach <= 1.2 else (1,)
+    # A tick up to 0.1% past either end of the scale is still listed.
+    return ticks_within(reach, one_two_five(-math.ceil(reach) - 1, math.ceil(reach), steps), slack=math.log10(1.001))
 
 
 # ---- the four panels, all positions vs without the first k -------------------------------------
@@ -253,21 +249,15 @@ def write_position_page(result, path: str | os.PathLike, self_contained: bool = 
     plotly.js as ``plots.write_html`` gives it: a ``plotly.min.js`` shared by the pages of the
     output folder (or of ``root``), or embedded with ``self_contained=True``; offline either way.
     """
-    from .plots import figure_div, plotlyjs_for, script_tag
-
-    path = Path(path)
     figures = [plot_position_heatmaps(result)]
     if result.drop_first < _positions(result).sink_positions:
         figures.append(plot_sink_comparison(result))
     divs = "\n".join(figure_div(figure, div_id=f"funnel-tl-positions-{index}") for index, figure in enumerate(figures))
-    title = f"{result.model}: gains by position".replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    html = ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{title}</title>\n{script_tag(plotlyjs_for(path, self_contained, root))}"
-            # The page is taller than a window: reserve the scrollbar from the start, or the
-            # responsive figures are sized before it appears and overflow sideways.
-            "<style>html { overflow-y: scroll; }</style>\n</head>\n"
-            f"<body style=\"max-width:{WIDTH}px;margin:auto\">\n{divs}\n</body>\n</html>\n")
-    return write_text_atomic(path, html)
+    # The page is taller than a window: reserve the scrollbar from the start, or the responsive
+    # figures are sized before it appears and overflow sideways.
+    return write_page(path, lambda plotlyjs: page_html(
+        f"{result.model}: gains by position", divs, plotlyjs, style="html { overflow-y: scroll; }",
+        body_style=f"max-width:{WIDTH}px;margin:auto"), self_contained, root)
 
 
 def _positions(result):
