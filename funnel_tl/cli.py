@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .errors import FunnelError
-from .outputs import check_output_folder, describe_os_error, output_lock, remove_temporaries, save_elsewhere, slug
+from .outputs import claim_output, describe_os_error, save_elsewhere, slug
 
 
 class _Parser(argparse.ArgumentParser):
@@ -144,13 +144,9 @@ def prompt_notes(result, source: dict) -> list[str]:
 
 def _claim_output(held: contextlib.ExitStack, out, current) -> Path:
     """Rank 0, the one writer, checks ``out`` and holds its lock until ``held`` closes; other ranks touch nothing."""
-    out = Path(out)
     if not current.main:
-        return out
-    out = check_output_folder(out)
-    held.enter_context(output_lock(out))
-    remove_temporaries(out)
-    return out
+        return Path(out)
+    return held.enter_context(claim_output(out))
 
 
 def _batch_size(text: str) -> int | str:

@@ -42,11 +42,11 @@ from typing import Any, Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .errors import FunnelError
+from .errors import FunnelError, one_line as plain_one_line
 from .funnel import funnel_test, summarize
 from .gains import measure_gains
 from .models import bundled_checkpoints, bundled_models, load_model, resolve_device, resolve_dtype
-from .outputs import (check_output_folder, describe_os_error, output_lock, remove_temporaries, save_elsewhere,
+from .outputs import (check_output_folder, claim_output, describe_os_error, remove_temporaries, save_elsewhere,
                       slug)
 from .prompts import check_drop_first, load_prompts, prompts_sha256
 from .results import DEFINITIONS, GainResult, read_json, write_json_atomic
@@ -305,15 +305,13 @@ def row_from_results(target: Target, data: dict[str, Any], result: GainResult, r
 
 
 def one_line(error: BaseException) -> str:
-    """An exception as one line: a FunnelError's own message, else its type and first line."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    if isinstance(error, FunnelError):
-        return text or "FunnelError"
+    """A model's failure as one line for its row: ``errors.one_line``, but what to do where a
+    sweep can say it (out of GPU memory, a file it cannot write)."""
     if isinstance(error, torch.cuda.OutOfMemoryError):
         return "out of GPU memory: use --dtype float16, a smaller --batch-size, or a larger GPU"
     if isinstance(error, OSError) and error.filename:
         return f"cannot write {error.filename}: {describe_os_error(error)}"
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return plain_one_line(error)
 
 
 # ---- the sweep ---------------------------------------------------------------------------------
@@ -384,11 +382,9 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
     if group.distributed:
         return _sweep_sharded(targets, prompt_list, Path(out), settings, group, force=force, options=options,
                               self_contained=self_contained)
-    out = check_output_folder(out)
-    with output_lock(out):  # one sweep per folder: a second would interleave compare.json
-        remove_temporaries(out)
-        return _sweep(targets, prompt_list, settings, out, force=force, options=options,
-                      progress=progress, self_contained=self_contained)
+    with claim_output(out) as out:  # one sweep per folder: a second would interleave compare.json
+        return _sweep(targets, prompt_list, settings, out, force=force, options=options, progress=progress,
+                      self_contained=self_contained)
 
 
 def _sweep(targets: list[Target], prompt_list: list[str], settings: dict, out: Path, *, force: bool,
@@ -500,10 +496,10 @@ def _sweep_sharded(targets: list["Target"], prompt_list: list[str], out: Path, s
     with ExitStack() as held:
         pending = None
         with together(group):
-            check_output_folder(out)
-            if group.main:  # one reader decides, so ranks on nodes with stale filesystem caches still agree
-                held.enter_context(output_lock(out))
-                remove_temporaries(out)
+            if not group.main:
+                check_output_folder(out)
+            else:  # one reader decides, so ranks on nodes with stale filesystem caches still agree
+                held.enter_context(claim_output(out))
                 pending = [i for i, (target, path) in enumerate(zip(targets, paths))
                            if force or _finished(path, target, settings) is None]
         # Every rank waits here for rank 0's list, so no result is written before it was read.

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .errors import FunnelError
+from .errors import FunnelError, one_line
 
 # How long a collective waits for the slowest rank: a sweep's ranks wait at the end for the rank
 # with the most work, which on a Pythia sweep is hours. FUNNEL_TL_TIMEOUT_MINUTES overrides it.
@@ -109,13 +109,6 @@ def session(device: str = "auto"):
         dist.destroy_process_group()
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    if isinstance(error, FunnelError):
-        return text or "FunnelError"
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
 def check_all(current: World, error: BaseException | None) -> None:
     """Collective: tell every rank whether each succeeded; if any failed, raise on every rank.
 
@@ -127,7 +120,7 @@ def check_all(current: World, error: BaseException | None) -> None:
             raise error
         return
     outcomes: list[str | None] = [None] * current.size
-    dist.all_gather_object(outcomes, None if error is None else _one_line(error))
+    dist.all_gather_object(outcomes, None if error is None else one_line(error))
     failed = [(rank, message) for rank, message in enumerate(outcomes) if message is not None]
     if not failed:
         return

@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import FunnelError
 from .layers import format_layers as _format_layers
-from .results import DEFINITIONS, EPSILON, read_json, write_json_atomic
+from .results import DEFINITIONS, EPSILON, prompts_subset, read_json, write_json_atomic
 
 HEADS_SCHEMA_VERSION = 1
 HEADS_KIND = "funnel_tl.heads"
@@ -261,16 +261,14 @@ class HeadResult:
     def subset(self, prompt_indices) -> "HeadResult":
         """A new result over some of the prompts (for bootstrap resampling and checks)."""
         index = np.asarray(prompt_indices, dtype=np.int64)
+        prompts, provenance = prompts_subset(self.prompts, self.provenance, index)
         return HeadResult(
             model=self.model, definition=self.definition, n_layers=self.n_layers, n_heads=self.n_heads,
-            d_head=self.d_head, d_model=self.d_model, layers=self.layers,
-            prompts=None if self.prompts is None else tuple(self.prompts[i] for i in index),
+            d_head=self.d_head, d_model=self.d_model, layers=self.layers, prompts=prompts,
             n_tokens=self.n_tokens[index],
             head_norm_sums=self.head_norm_sums[index], head_projection_sums=self.head_projection_sums[index],
             attn_out_sums=self.attn_out_sums[index], in_sums=self.in_sums[index],
-            n_key_value_heads=self.n_key_value_heads, drop_first=self.drop_first,
-            # without texts, the measured set's sha256 does not describe a subset of it
-            provenance=dict(self.provenance) if self.prompts is not None else dict(self.provenance, prompts_sha256=None),
+            n_key_value_heads=self.n_key_value_heads, drop_first=self.drop_first, provenance=provenance,
             positions=None if self.positions is None else self.positions.subset(index),
         )
 

@@ -8,6 +8,7 @@ model, so a folder it cannot write is reported in one line while nothing has bee
 - ``output_lock(out)``: one writer per folder; a second gets a ``FunnelError``; the lock of a
   killed process is taken over (an OS file lock dies with its process);
 - ``remove_temporaries(folder)``: the ``.NAME.*.tmp`` files a killed writer left behind;
+- ``claim_output(out)``: the three above in order, for a command's whole run;
 - ``save_elsewhere(save, name)``: a measurement the folder cannot take goes to a temporary folder.
 
 A leaf module: it imports nothing else of funnel_tl but ``errors``.
@@ -145,6 +146,16 @@ def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
                 stale.unlink(missing_ok=True)
                 removed.append(stale)
     return removed
+
+
+@contextlib.contextmanager
+def claim_output(out: str | os.PathLike, what: str = "--out") -> Iterator[Path]:
+    """Check ``out`` (``check_output_folder``), hold its lock (``output_lock``) and clear what a
+    killed writer left there (``remove_temporaries``): what every writing command does first."""
+    out = check_output_folder(out, what)
+    with output_lock(out):
+        remove_temporaries(out)
+        yield out
 
 
 def save_elsewhere(save, name: str) -> Path | None:

@@ -174,13 +174,6 @@ class GainResult:
     def n_prompts(self) -> int:
         return len(self.n_tokens)
 
-    def _prompts_of(self, index) -> tuple[tuple[str, ...] | None, dict]:
-        """The texts and provenance of a result over some prompts: without texts, the sha256 of the
-        measured set no longer describes it, so it is dropped rather than left to mislead."""
-        if self.prompts is None:
-            return None, dict(self.provenance, prompts_sha256=None)
-        return tuple(self.prompts[i] for i in index), dict(self.provenance)
-
     def per_prompt_gains(self, component: str) -> np.ndarray:
         """``[prompt, layer]``: mean‖out‖ / (mean‖in‖ + 1e-10) of each prompt (the seed's)."""
         counts = self.n_tokens[:, None]
@@ -214,7 +207,7 @@ class GainResult:
     def subset(self, prompt_indices) -> "GainResult":
         """A new result over some of the prompts (for bootstrap resampling and checks)."""
         index = np.asarray(prompt_indices, dtype=np.int64)
-        prompts, provenance = self._prompts_of(index)
+        prompts, provenance = prompts_subset(self.prompts, self.provenance, index)
         return GainResult(
             model=self.model, definition=self.definition, n_layers=self.n_layers, d_model=self.d_model,
             parallel_blocks=self.parallel_blocks, prompts=prompts,
@@ -251,7 +244,8 @@ class GainResult:
         kept = np.flatnonzero(n_tokens > 0)
         if kept.size == 0:
             raise FunnelError(f"{self.model}: no prompt has a token after the first {k} positions")
-        prompts, provenance = self._prompts_of(kept) if kept.size < self.n_prompts else (self.prompts, self.provenance)
+        prompts, provenance = (prompts_subset(self.prompts, self.provenance, kept) if kept.size < self.n_prompts
+                               else (self.prompts, self.provenance))
         return GainResult(
             model=self.model, definition=self.definition, n_layers=self.n_layers, d_model=self.d_model,
             parallel_blocks=self.parallel_blocks, prompts=prompts,
@@ -391,6 +385,15 @@ class GainResult:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GainResult":
         return cls.from_dict(read_json(path), source=str(path))
+
+
+def prompts_subset(prompts, provenance: dict, index) -> tuple[tuple[str, ...] | None, dict]:
+    """The texts and provenance of a result (``GainResult``, ``HeadResult``) over some prompts:
+    without texts, the sha256 of the measured set no longer describes it, so it is dropped
+    rather than left to mislead."""
+    if prompts is None:
+        return None, dict(provenance, prompts_sha256=None)
+    return tuple(prompts[i] for i in index), dict(provenance)
 
 
 def prompts_block(prompts, n_prompts: int, provenance: dict) -> dict[str, Any]:
