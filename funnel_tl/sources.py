@@ -38,8 +38,8 @@ def read_prompts(prompts: str = "seed", *, max_prompts: int | None = None, datas
     written by ``Dataset.save_to_disk``, or a hub dataset name; ``split`` and ``text_field`` pick
     the split and the column holding the text. Empty texts are skipped, as blank lines are.
     """
-    stream, record = stream_prompts(prompts, max_prompts=max_prompts, dataset=dataset, split=split,
-                                    text_field=text_field)
+    # No read-ahead: list() reads the file once, checking each record within the cap as it goes.
+    stream, record = _open(prompts, max_prompts, dataset, split, text_field, read_ahead=False)
     return list(stream), record
 
 
@@ -54,6 +54,13 @@ def stream_prompts(prompts: str = "seed", *, max_prompts: int | None = None, dat
     ``record["n_prompts"]`` and ``["more_available"]`` are filled in when the iterator is
     exhausted (``measure_gains`` consumes it chunk by chunk: ``funnel_tl.streaming``).
     """
+    return _open(prompts, max_prompts, dataset, split, text_field, read_ahead=True)
+
+
+def _open(prompts: str, max_prompts: int | None, dataset: str | None, split: str, text_field: str,
+          read_ahead: bool) -> tuple[Iterator[str], dict]:
+    """The prompts as an iterator and their record; ``read_ahead``: check a prompt file's records
+    within the cap now, before the iterator reads them again (a stream fails before a model loads)."""
     if max_prompts is not None and max_prompts < 1:
         raise FunnelError(f"--max-prompts must be at least 1, got {max_prompts}")
     if dataset is not None:
@@ -63,8 +70,9 @@ def stream_prompts(prompts: str = "seed", *, max_prompts: int | None = None, dat
         texts = _dataset_texts(dataset, split, text_field)
     else:
         source = str(prompts)
-        for _ in itertools.islice(iter_prompts(prompts), max_prompts):  # every record checked, none kept
-            pass
+        if read_ahead:
+            for _ in itertools.islice(iter_prompts(prompts), max_prompts):  # every record checked, none kept
+                pass
         texts = iter_prompts(prompts)  # the strict reading of load_prompts, lazily
     first = next(texts, None)
     if first is None:

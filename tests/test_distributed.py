@@ -290,6 +290,22 @@ def test_max_prompts_reads_as_strictly_as_load_prompts(tmp_path):
     assert read_prompts(str(listed), max_prompts=2)[0] == ["A", "B"]  # items, not the file's lines
 
 
+def test_read_prompts_reads_a_file_once_and_a_stream_checks_it_first(tmp_path, monkeypatch):
+    import funnel_tl.sources as sources
+
+    path = tmp_path / "corpus.txt"
+    path.write_text("one\ntwo\nthree\n")
+    opened = []
+    real = sources.iter_prompts
+    monkeypatch.setattr(sources, "iter_prompts", lambda source: opened.append(source) or real(source))
+    assert read_prompts(str(path), max_prompts=2) == (["one", "two"], {"source": str(path), "max_prompts": 2,
+                                                                        "n_prompts": 2, "more_available": True})
+    assert len(opened) == 1
+    opened.clear()
+    stream, _ = sources.stream_prompts(str(path))
+    assert len(opened) == 2 and list(stream) == ["one", "two", "three"]  # a read-ahead, then the reading
+
+
 def test_dataset_source_from_local_files(tmp_path):
     datasets = pytest.importorskip("datasets")
     rows = [{"id": i, "body": text} for i, text in enumerate(["alpha beta", "", "gamma delta", "epsilon"])]
