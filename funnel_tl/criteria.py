@@ -14,12 +14,10 @@ layer's MLP to expand: 1 for a model of up to 15 layers, 2 for 16, 3 for 24, 4 f
 
 from __future__ import annotations
 
-import math
-
 # The seed allows up to three expanding MLP layers for "MLP mostly contracts".
 MLP_EXPANDING_ALLOWED = 3
-# The robust verdict's allowance as a fraction of the layers: the seed's 3 of 24.
-MLP_EXPANDING_FRACTION = MLP_EXPANDING_ALLOWED / 24
+# Pythia-1.4B's layers: the robust verdict allows the seed's 3 of these 24, in proportion.
+SEED_N_LAYERS = 24
 
 
 def mlp_expanding_allowed(n_layers: int) -> int:
@@ -28,8 +26,8 @@ def mlp_expanding_allowed(n_layers: int) -> int:
     >>> [mlp_expanding_allowed(n) for n in (2, 8, 16, 24, 32)]
     [1, 1, 2, 3, 4]
     """
-    # The small epsilon keeps 24 * (1/8) from rounding to 2.999…
-    return max(1, int(math.floor(n_layers * MLP_EXPANDING_FRACTION + 1e-9)))
+    # Integers: floor(n * 3 / 24) exactly, with no float ratio to round below a whole number.
+    return max(1, n_layers * MLP_EXPANDING_ALLOWED // SEED_N_LAYERS)
 
 
 def seed_rule_cannot_fail(n_layers: int) -> bool:

@@ -252,6 +252,17 @@ def test_seed_rule_that_cannot_fail_is_flagged_and_the_robust_rule_scales_with_d
     assert funnel_test(deep).mlp_mostly_contracts and robust_funnel_test(deep).mlp_mostly_contracts
 
 
+def test_depth_scaled_allowance_at_every_boundary():
+    """max(1, floor(n / 8)), written out by hand: one eighth of the layers (the seed's 3 of 24),
+    at least one; the boundaries 8k - 1 / 8k are where a float ratio could round the wrong way."""
+    from funnel_tl.criteria import mlp_expanding_allowed
+
+    #          1-15 layers   16-23       24-31       32-39       40-47      48
+    expected = [1] * 15 + [2] * 8 + [3] * 8 + [4] * 8 + [5] * 8 + [6]
+    assert [mlp_expanding_allowed(n) for n in range(1, 49)] == expected
+    assert [mlp_expanding_allowed(n) for n in (0, 79, 80, 95, 96, 119, 120, 1000)] == [1, 9, 10, 11, 12, 14, 15, 125]
+
+
 def test_cross_model_table_compares_max_with_max_and_last_with_last():
     # Our MLP maximum (8.0) is in layer 0, our last layer's gain 1.5: each row must pair like with like.
     result = from_gains({"attn": constant_layers([0.2, 0.3, 0.4]), "mlp": constant_layers([8.0, 0.5, 1.5]),
