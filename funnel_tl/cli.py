@@ -118,10 +118,15 @@ def add_text_options(parser: argparse.ArgumentParser) -> None:
                              "are kept either way)")
 
 
-def placement(args, current) -> dict:
-    """load_model's keywords for --device-map/--max-memory; refused under torchrun's data parallel."""
+def _check_max_memory(args) -> None:
+    """--max-memory caps what --device-map places on each device: alone it would be ignored."""
     if args.max_memory is not None and args.device_map is None:
         raise FunnelError("--max-memory needs --device-map: add --device-map auto")
+
+
+def placement(args, current) -> dict:
+    """load_model's keywords for --device-map/--max-memory; refused under torchrun's data parallel."""
+    _check_max_memory(args)
     if args.device_map is None:
         return {}
     if current.distributed:
@@ -539,10 +544,9 @@ def cmd_compare(args) -> int:
     from .compare import compare
 
     prompts, source = read_cli_prompts(args)
-    if args.max_memory is not None and args.device_map is None:
-        raise FunnelError("--max-memory needs --device-map: add --device-map auto")
-    # Under torchrun each rank measures whole models, so --device-map is allowed here: with one
-    # process per node, each model spreads over that node's GPUs.
+    # Not placement(): under torchrun each rank measures whole models, so --device-map is allowed
+    # here: with one process per node, each model spreads over that node's GPUs.
+    _check_max_memory(args)
     comparison = compare(args.models, prompts, definition=args.definition, batch_size=args.batch_size,
                          device=args.device, dtype=args.dtype, drop_first=args.drop_first, out=args.out,
                          force=args.force, checkpoints=args.checkpoints, bootstrap=args.bootstrap,

@@ -556,6 +556,13 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert exit_info.value.code == 2
 
 
+def test_compare_refuses_max_memory_without_device_map_before_any_work(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["compare", "--models", "nano-2l", "--max-memory", "0=1GiB", "--device", "cpu", "--out", str(out)]) == 2
+    assert "--max-memory needs --device-map" in capsys.readouterr().err
+    assert not out.exists()  # refused before the output folder is claimed
+
+
 def test_step_axis_is_log_for_log_spaced_checkpoints():
     from funnel_tl.compare_plots import _step_axis
 
