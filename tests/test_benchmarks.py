@@ -52,13 +52,19 @@ def test_bench_gains_launch_case_with_auto_batch_size(tmp_path):
     out = tmp_path / "bench.json"
     import torch
 
-    assert bench.main(["--case", "launch", "--n-prompts", "8", "--rounds", "1", "--no-memory", "--no-load",
+    # With memory: each method's worker runs twice (malloc returning freed memory, glibc's default).
+    assert bench.main(["--case", "launch", "--n-prompts", "8", "--rounds", "1", "--no-load",
                        "--methods", "bare,funnel,heads", "--batch-size", "auto",
                        "--threads", str(torch.get_num_threads()),
                        "--checkpoint", str(tmp_path / "tiny-4l"), "--json", str(out)]) == 0
     numbers = json.loads(out.read_text())
     assert (numbers["n_layers"], numbers["d_model"], numbers["vocab_size"]) == (4, 64, 512)
     assert numbers["batch_size"] == 8 and numbers["batch_size_requested"] == "auto"  # the CPU's auto
+    for method in ("bare", "funnel", "heads"):
+        measured = numbers["memory_mib"][method]
+        assert measured["peak_mib"] >= measured["loaded_mib"] > 0
+        assert measured["default_peak_mib"] >= measured["default_loaded_mib"] > 0
+    assert any(label.startswith("head_gains peak above the model") for label in numbers["ratios"])
     words = sorted(len(p.split()) for p in bench.bench_prompts(256, (12, 40)))
     assert words[0] == 12 and words[-1] == 40
 
