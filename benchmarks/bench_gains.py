@@ -349,6 +349,11 @@ def report(args, work: Workloads, times, memory, load_times=None) -> dict:
         load_ratio = lambda kind: statistics.median(f / h for f, h in zip(load_times[kind]["funnel"], load_times[kind]["hf"]))  # noqa: E731
         checks.append(("load_model time ÷ AutoModelForCausalLM.from_pretrained's", load_ratio("wall"),
                        None if cuda else load_ratio("cpu"), "≤", TARGET_LOAD))
+        if "bridge" in load_times["wall"]:
+            share = lambda kind: statistics.median(  # noqa: E731
+                b / f for b, f in zip(load_times[kind]["bridge"], load_times[kind]["funnel"]))
+            checks.append(("of load_model's time, building TransformerLens' bridge (TransformerBridge.__init__, compatibility mode)",
+                           share("wall"), None if cuda else share("cpu"), "", None))
     if "seed" in methods:
         checks.append(("measure_gains tokens/s ÷ seed loop's", speedup("seed", "wall"),
                        None if cuda else speedup("seed", "cpu"), "≥", TARGET_VS_SEED if not cuda else None))
@@ -393,22 +398,51 @@ def report(args, work: Workloads, times, memory, load_times=None) -> dict:
 
 
 def time_loading(checkpoint: Path, device: str, dtype: torch.dtype, rounds: int) -> dict[str, dict[str, list[float]]]:
-    """Seconds to load the checkpoint with ``load_model`` and with HF's ``from_pretrained``, interleaved."""
+    """Seconds to load the checkpoint with ``load_model`` and with HF's ``from_pretrained``, interleaved.
+
+    Also ``bridge``: the part of each ``load_model`` spent building TransformerLens' bridge around
+    the loaded HF model (``TransformerBridge.__init__`` and ``enable_compatibility_mode``, timed
+    from inside the same calls).
+    """
+    from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM
 
     loaders = {"hf": lambda: AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).to(device),
                "funnel": lambda: load_model(str(checkpoint), device=device, dtype=dtype)}
     for load in loaders.values():  # warm-up: file cache, lazy imports
         load()
-    times = {"wall": {name: [] for name in loaders}, "cpu": {name: [] for name in loaders}}
-    for round_number in range(rounds):
-        for name in (list(loaders) if round_number % 2 == 0 else list(loaders)[::-1]):
-            gc.collect()
+    times = {"wall": {name: [] for name in (*loaders, "bridge")}, "cpu": {name: [] for name in (*loaders, "bridge")}}
+    inside = {"wall": 0.0, "cpu": 0.0}
+
+    def timed(method):
+        def run(*args, **kwargs):
             wall, cpu = time.perf_counter(), time.process_time()
-            model = loaders[name]()
-            times["wall"][name].append(time.perf_counter() - wall)
-            times["cpu"][name].append(time.process_time() - cpu)
-            del model
+            try:
+                return method(*args, **kwargs)
+            finally:
+                inside["wall"] += time.perf_counter() - wall
+                inside["cpu"] += time.process_time() - cpu
+        return run
+
+    bridge_methods = {name: TransformerBridge.__dict__[name] for name in ("__init__", "enable_compatibility_mode")}
+    try:
+        for name, method in bridge_methods.items():
+            setattr(TransformerBridge, name, timed(method))
+        for round_number in range(rounds):
+            for name in (list(loaders) if round_number % 2 == 0 else list(loaders)[::-1]):
+                gc.collect()
+                inside.update(wall=0.0, cpu=0.0)
+                wall, cpu = time.perf_counter(), time.process_time()
+                model = loaders[name]()
+                times["wall"][name].append(time.perf_counter() - wall)
+                times["cpu"][name].append(time.process_time() - cpu)
+                if name == "funnel":
+                    times["wall"]["bridge"].append(inside["wall"])
+                    times["cpu"]["bridge"].append(inside["cpu"])
+                del model
+    finally:
+        for name, method in bridge_methods.items():
+            setattr(TransformerBridge, name, method)
     print("  load: " + ", ".join(f"{n} {statistics.median(t):.2f}s" for n, t in times["wall"].items()),
           file=sys.stderr, flush=True)
     return times

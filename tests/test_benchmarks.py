@@ -42,7 +42,8 @@ def test_bench_gains_reports_every_method(tmp_path):
     assert "measure_gains tokens/s ÷ seed loop's" in numbers["table"]
     assert "head_gains (every layer) tokens/s ÷ bare forward's" in numbers["table"]
     assert "load_model time ÷ AutoModelForCausalLM.from_pretrained's" in numbers["table"]
-    assert set(numbers["load_seconds"]["cpu"]) == {"hf", "funnel"}
+    assert set(numbers["load_seconds"]["cpu"]) == {"hf", "funnel", "bridge"}
+    assert "of load_model's time, building TransformerLens' bridge" in numbers["table"]
 
 
 @pytest.mark.slow
