@@ -412,7 +412,7 @@ def _aligned_log_range(low: float, high: float, neutral_at: float) -> list[float
     whose 1 sits near the bottom), the values' own range is kept instead: legible beats aligned.
 
     >>> [round(v, 3) for v in _aligned_log_range(1.0, 100.0, 0.25)]
-    [-0.717, 2.15]
+    [-0.773, 2.32]
     """
     f = min(max(neutral_at, 0.02), 0.98)
     top = max(math.log10(high), 0.0) * 1.12 + 0.08  # room above the largest value (and the bar labels)

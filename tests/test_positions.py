@@ -255,13 +255,6 @@ def test_mean_norms_by_position_equal_hf_reference(arch, bridge, token_norms):
         np.testing.assert_allclose(positions.mean_norms("block")[:, bucket], np.mean(reaching, axis=0), rtol=RELATIVE)
 
 
-def test_docstring_examples_run():
-    import doctest
-
-    import funnel_tl.positions
-
-    assert doctest.testmod(funnel_tl.positions).failed == 0
-
 
 def test_a_non_finite_norm_at_a_padded_position_poisons_nothing():
     norms = torch.ones(2, 2, 5)  # [layer, batch, pos]

@@ -209,13 +209,6 @@ def test_stream_prompts_is_lazy_and_records_the_cap(tmp_path):
         stream_prompts(str(tmp_path / "empty.txt"))
 
 
-def test_docstring_examples_run():
-    import doctest
-
-    import funnel_tl.streaming
-
-    assert doctest.testmod(funnel_tl.streaming).failed == 0
-
 
 def test_cli_streams_a_corpus_in_chunks(checkpoints, tmp_path, monkeypatch, capsys):
     """`funnel-tl run` hands the measurement an iterator over the file, measured in chunks, with the
