@@ -769,9 +769,12 @@ class Comparison:
 
         One row per model, layer and component: the columns of ``GainResult.to_pandas`` (model,
         layer, component, gain, ci_low, ci_high, n_prompts) plus ``step`` (the training step of a
-        checkpoint, else None) and ``depth`` (layer / (n_layers - 1)).
+        checkpoint: pandas' nullable ``Int64``, ``<NA>`` for a plain model) and ``depth``
+        (layer / (n_layers - 1)).
 
         >>> sweep.to_pandas().query("component == 'mlp'").pivot(index="depth", columns="model", values="gain")  # doctest: +SKIP
+        >>> sweep.to_pandas()["step"].dtype  # doctest: +SKIP
+        Int64Dtype()
         """
         from .results import gain_rows, require_pandas
 
@@ -784,8 +787,9 @@ class Comparison:
                 line["step"] = row.step
                 line["depth"] = line["layer"] / max(result.n_layers - 1, 1)
                 rows.append(line)
-        return pd.DataFrame(rows, columns=["model", "step", "layer", "depth", "component", "gain", "ci_low",
-                                           "ci_high", "n_prompts"])
+        frame = pd.DataFrame(rows, columns=["model", "step", "layer", "depth", "component", "gain", "ci_low",
+                                            "ci_high", "n_prompts"])
+        return frame.astype({"step": "Int64"})  # integers, <NA> for a plain model (not floats with NaN)
 
     def format_table(self) -> str:
         """The verdict table as plain text, for the terminal."""

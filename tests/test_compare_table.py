@@ -1,4 +1,5 @@
-"""compare.html's verdict table: every column, status included, visible without scrolling sideways.
+"""compare.html's verdict table: every column, status included, visible without scrolling sideways;
+and the sweep's tidy table.
 
 The layout check renders the page in headless Chromium (skipped where there is none) at the
 widths a researcher reads it at, and measures whether the table's box scrolls.
@@ -99,3 +100,11 @@ def page_overflow(page: Path, width: int) -> int:
 def test_table_fits_without_scrolling_sideways(tmp_path, labels, steps, width):
     page = sweep(labels, steps, resumed_index=2, failed_index=1).save_html(tmp_path)
     assert page_overflow(page, width) <= 0
+
+
+def test_sweep_to_pandas_gives_steps_as_nullable_integers():
+    pytest.importorskip("pandas")
+    table = sweep(["plain/model", "run@step0", "run@step1000"], steps=[None, 0, 1000]).to_pandas()
+    assert str(table["step"].dtype) == "Int64"  # integers, not floats with NaN
+    assert table.loc[table.model == "plain/model", "step"].isna().all()
+    assert sorted(set(table.loc[table.model != "plain/model", "step"].tolist())) == [0, 1000]
