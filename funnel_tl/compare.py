@@ -45,7 +45,8 @@ from tqdm.auto import tqdm
 from .errors import FunnelError
 from .funnel import funnel_test, summarize
 from .gains import measure_gains
-from .models import bundled_checkpoints, bundled_models, load_model, resolve_device, resolve_dtype
+from .models import (CHECKPOINT_FOLDER, bundled_checkpoints, bundled_models, load_model, resolve_device,
+                     resolve_dtype)
 from .outputs import (check_output_folder, describe_os_error, output_lock, remove_temporaries, save_elsewhere,
                       slug)
 from .prompts import check_drop_first, load_prompts, prompts_sha256
@@ -64,9 +65,6 @@ PRESETS: dict[str, tuple[str, ...]] = {"pythia-suite": PYTHIA_SUITE}
 # Pythia's published training checkpoints (hub revisions step{N}): step 0, ten log-spaced steps
 # 1 … 512, then every 1000 steps to 143000 — 154 in all (Biderman et al. 2023).
 PYTHIA_STEPS: tuple[int, ...] = (0,) + tuple(2**k for k in range(10)) + tuple(range(1000, 143001, 1000))
-
-# Local checkpoint folders: step1000/ (Pythia, nanoGPT-style) or checkpoint-1000/ (HF Trainer).
-CHECKPOINT_FOLDER = re.compile(r"^(?:step|checkpoint)[-_]?(\d+)$")
 
 
 # ---- what to measure ---------------------------------------------------------------------------
