@@ -282,6 +282,8 @@ def _format_bytes(n: int | None) -> str:
 def _format_time(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "–"
+    if seconds < 10:  # a small model's measurement takes hundredths of a second
+        return f"{seconds:.2f}&nbsp;s"
     return f"{seconds:.1f}&nbsp;s" if seconds < 120 else f"{seconds / 60:.1f}&nbsp;min"
 
 
@@ -304,7 +306,8 @@ TABLE_COLUMNS = (
     ("MLP min", "smallest MLP gain, and its layer"), ("MLP max", "largest MLP gain, and its layer"),
     ("last MLP", "the last layer's MLP gain"),
     ("comb. max", "largest combined (attention × MLP) gain, and its layer"),
-    ("time", "seconds to load and measure the model"),
+    ("measure time", "measuring the prompts alone, after loading and one untimed warm-up prompt, so that the "
+                     "first model carries no one-time costs; the load time is in each cell's tooltip"),
     ("peak mem", "peak memory: GPU allocations, or on the CPU the process's peak resident set"),
 )
 
@@ -337,7 +340,7 @@ def table_html(comparison) -> str:
             _gain_at(row.mlp_min_gain, row.mlp_min_layer), _gain_at(row.mlp_max_gain, row.mlp_max_layer),
             f"<td>{row.last_layer_mlp_gain:.3f}</td>",
             _gain_at(row.combined_max_gain, row.combined_max_layer),
-            f"<td>{_format_time(row.seconds)}</td>",
+            f'<td title="load {_format_time(row.load_seconds).replace("&nbsp;", " ")}">{_format_time(row.measure_seconds)}</td>',
             f"<td>{_format_bytes(row.peak_memory_bytes).replace(' ', '&nbsp;')}</td>",
         ]
         lines.append("<tr>" + "".join(cells) + "</tr>")
@@ -389,8 +392,10 @@ def render_html(comparison, plotlyjs: str | bool = True) -> str:
                     "last-layer MLP expands. funnel robust: the same test counting a layer only when its "
                     "bootstrap interval lies on one side of 1, with at most one eighth of the MLP layers "
                     "(the seed's 3 of 24, rounded down, at least one) allowed to fail to contract (– when the results hold "
-                    "no intervals). Parameters: the checkpoint's own count. Layers are numbered from 0 (L0 under a gain: its layer). Time and memory cover loading and "
-                    "measuring; on the CPU memory is the process's peak resident set.</p>")
+                    "no intervals). Parameters: the checkpoint's own count. Layers are numbered from 0 (L0 under a "
+                    "gain: its layer). Measure time: the prompts alone, after loading and one untimed warm-up prompt "
+                    "(load time in the tooltip, both in compare.json). Peak memory covers loading and measuring; on "
+                    "the CPU it is the process's peak resident set.</p>")
     if comparison.ok:
         sections.append("<h2>By depth</h2>")
         sections.append(div(comparison.heatmap("attn")))
