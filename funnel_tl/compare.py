@@ -588,7 +588,8 @@ def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str,
     # One short prompt through the same path, untimed: the first pass of a process or of a model on a
     # GPU pays one-time costs (kernel selection, cuBLAS handles, allocator growth) that would
     # otherwise land in whichever model happens to be measured first.
-    measure_gains(model, [WARM_UP_PROMPT], definition=definition, batch_size=1, progress=False)
+    measure_gains(model, [WARM_UP_PROMPT], definition=definition, batch_size=1, progress=False,
+                  max_tokens_per_prompt="context")  # a model with a tiny context reads what fits
     measuring = time.perf_counter()
     result = measure_gains(model, prompts, definition=definition, batch_size=batch_size, drop_first=drop_first,
                            progress=progress, by_position=by_position, max_tokens_per_prompt=max_tokens_per_prompt)
