@@ -13,7 +13,9 @@ random-weight checkpoint of a Pythia shape built locally with ``funnel_tl.toy``:
 
 Peak memory of each: on the CPU, the peak RSS of a separate process that loads only what the
 method needs (every process imports the same libraries), reset after loading and one warm-up
-batch; on CUDA, ``torch.cuda.max_memory_allocated`` over one run, plus the weights.
+batch, with malloc set to return freed memory at once (``RETURNING_MALLOC``; glibc's default
+figure is printed beside it); on CUDA, ``torch.cuda.max_memory_allocated`` over one run, plus
+the weights.
 
     python benchmarks/bench_gains.py                                  # Pythia-160m shape, CPU, float32
     python benchmarks/bench_gains.py --device cuda --dtype float16    # Pythia-1.4B shape on a GPU
@@ -231,15 +233,32 @@ def memory_worker(args) -> None:
     print(json.dumps({"loaded_mib": loaded / 1024, "peak_mib": peak / 1024}))
 
 
+# glibc's default malloc keeps memory a method has freed: after the first free of a large (mmap'ed)
+# block it raises its mmap threshold to that size, later blocks of that size come from the heap, and a
+# freed block in the middle of the heap is not returned. Peak RSS then depends on the order of
+# allocations more than on what a method holds (measured on the launch-bound case: a bare HF forward
+# peaks 47 MiB above its model under the default and 22 MiB with this setting; measure_gains 24–31
+# and 24, from one run to the next). The memory targets are judged with a fixed threshold and
+# immediate trimming, so that freed memory goes back at once; the default's figure is printed beside.
+RETURNING_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "0"}
+
+
 def cpu_memory(args, checkpoint: Path, methods) -> dict[str, dict]:
+    """Per method: RSS after loading and its peak over one run (MiB), with ``RETURNING_MALLOC`` and,
+    as ``default_*``, with glibc's default malloc; each in a fresh process."""
     result = {}
     for method in methods:
         command = [sys.executable, __file__, "--memory-worker", method, "--checkpoint", str(checkpoint),
                    "--dtype", args.dtype, "--n-prompts", str(args.n_prompts), "--batch-size", str(args.batch_size),
                    "--threads", str(args.threads), "--words", f"{args.words[0]}-{args.words[1]}"]
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        result[method] = json.loads(output.strip().splitlines()[-1])
-        print(f"  memory {method}: {result[method]['peak_mib']:.0f} MiB peak RSS", file=sys.stderr, flush=True)
+        default_env = {name: value for name, value in os.environ.items() if name not in RETURNING_MALLOC}
+        runs = {}
+        for kind, env in (("returning", {**default_env, **RETURNING_MALLOC}), ("default", default_env)):
+            output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
+            runs[kind] = json.loads(output.strip().splitlines()[-1])
+        result[method] = {**runs["returning"], **{f"default_{key}": value for key, value in runs["default"].items()}}
+        print(f"  memory {method}: {result[method]['peak_mib']:.0f} MiB peak RSS "
+              f"({result[method]['default_peak_mib']:.0f} with glibc's default malloc)", file=sys.stderr, flush=True)
     return result
 
 
@@ -287,7 +306,7 @@ def report(args, work: Workloads, times, memory, load_times=None) -> dict:
         """
         return statistics.median(t / f for t, f in zip(times[kind][method], times[kind]["funnel"]))
     lengths = [len(ids) for ids in work.token_ids]
-    memory_kind = "peak RSS (MiB)" if not cuda else "peak allocated (MiB)"
+    memory_kind = "peak RSS (MiB), freed memory returned" if not cuda else "peak allocated (MiB)"
     lines = [
         f"{args.shape} shape ({shape['n_layers']} layers, d_model {shape['d_model']}, {shape['n_heads']} heads, "
         f"vocab {shape['vocab_size']}), random weights, {args.dtype} on {args.device}: {machine()}"
@@ -302,7 +321,7 @@ def report(args, work: Workloads, times, memory, load_times=None) -> dict:
     header = ["method", "tokens/s", "time ÷ measure_gains'"]
     if not cuda:
         header += ["tokens per CPU-second", "CPU time ÷ measure_gains'"]
-    header += [memory_kind, "of which above the loaded model"]
+    header += [memory_kind, "of which above the loaded model"] + ([] if cuda else ["above it, glibc's default malloc"])
     lines += ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
     for method in methods:
         row = [LABELS[method], f"{rate['wall'][method]:.0f}", f"{speedup(method, 'wall'):.2f}"]
@@ -310,8 +329,10 @@ def report(args, work: Workloads, times, memory, load_times=None) -> dict:
             row += [f"{rate['cpu'][method]:.0f}", f"{speedup(method, 'cpu'):.2f}"]
         if method in memory:
             row += [f"{memory[method]['peak_mib']:.0f}", f"{memory[method]['peak_mib'] - memory[method]['loaded_mib']:.0f}"]
+            if not cuda:
+                row.append(f"{memory[method]['default_peak_mib'] - memory[method]['default_loaded_mib']:.0f}")
         else:
-            row += ["—", "—"]
+            row += ["—"] * (len(header) - len(row))
         lines.append("| " + " | ".join(row) + " |")
 
     checks = []  # (label, wall-clock value, CPU-time value or None, relation, target)
@@ -328,6 +349,11 @@ def report(args, work: Workloads, times, memory, load_times=None) -> dict:
         load_ratio = lambda kind: statistics.median(f / h for f, h in zip(load_times[kind]["funnel"], load_times[kind]["hf"]))  # noqa: E731
         checks.append(("load_model time ÷ AutoModelForCausalLM.from_pretrained's", load_ratio("wall"),
                        None if cuda else load_ratio("cpu"), "≤", TARGET_LOAD))
+        if "bridge" in load_times["wall"]:
+            share = lambda kind: statistics.median(  # noqa: E731
+                b / f for b, f in zip(load_times[kind]["bridge"], load_times[kind]["funnel"]))
+            checks.append(("of load_model's time, building TransformerLens' bridge (TransformerBridge.__init__, compatibility mode)",
+                           share("wall"), None if cuda else share("cpu"), "", None))
     if "seed" in methods:
         checks.append(("measure_gains tokens/s ÷ seed loop's", speedup("seed", "wall"),
                        None if cuda else speedup("seed", "cpu"), "≥", TARGET_VS_SEED if not cuda else None))
@@ -372,22 +398,51 @@ def report(args, work: Workloads, times, memory, load_times=None) -> dict:
 
 
 def time_loading(checkpoint: Path, device: str, dtype: torch.dtype, rounds: int) -> dict[str, dict[str, list[float]]]:
-    """Seconds to load the checkpoint with ``load_model`` and with HF's ``from_pretrained``, interleaved."""
+    """Seconds to load the checkpoint with ``load_model`` and with HF's ``from_pretrained``, interleaved.
+
+    Also ``bridge``: the part of each ``load_model`` spent building TransformerLens' bridge around
+    the loaded HF model (``TransformerBridge.__init__`` and ``enable_compatibility_mode``, timed
+    from inside the same calls).
+    """
+    from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM
 
     loaders = {"hf": lambda: AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).to(device),
                "funnel": lambda: load_model(str(checkpoint), device=device, dtype=dtype)}
     for load in loaders.values():  # warm-up: file cache, lazy imports
         load()
-    times = {"wall": {name: [] for name in loaders}, "cpu": {name: [] for name in loaders}}
-    for round_number in range(rounds):
-        for name in (list(loaders) if round_number % 2 == 0 else list(loaders)[::-1]):
-            gc.collect()
+    times = {"wall": {name: [] for name in (*loaders, "bridge")}, "cpu": {name: [] for name in (*loaders, "bridge")}}
+    inside = {"wall": 0.0, "cpu": 0.0}
+
+    def timed(method):
+        def run(*args, **kwargs):
             wall, cpu = time.perf_counter(), time.process_time()
-            model = loaders[name]()
-            times["wall"][name].append(time.perf_counter() - wall)
-            times["cpu"][name].append(time.process_time() - cpu)
-            del model
+            try:
+                return method(*args, **kwargs)
+            finally:
+                inside["wall"] += time.perf_counter() - wall
+                inside["cpu"] += time.process_time() - cpu
+        return run
+
+    bridge_methods = {name: TransformerBridge.__dict__[name] for name in ("__init__", "enable_compatibility_mode")}
+    try:
+        for name, method in bridge_methods.items():
+            setattr(TransformerBridge, name, timed(method))
+        for round_number in range(rounds):
+            for name in (list(loaders) if round_number % 2 == 0 else list(loaders)[::-1]):
+                gc.collect()
+                inside.update(wall=0.0, cpu=0.0)
+                wall, cpu = time.perf_counter(), time.process_time()
+                model = loaders[name]()
+                times["wall"][name].append(time.perf_counter() - wall)
+                times["cpu"][name].append(time.process_time() - cpu)
+                if name == "funnel":
+                    times["wall"]["bridge"].append(inside["wall"])
+                    times["cpu"]["bridge"].append(inside["cpu"])
+                del model
+    finally:
+        for name, method in bridge_methods.items():
+            setattr(TransformerBridge, name, method)
     print("  load: " + ", ".join(f"{n} {statistics.median(t):.2f}s" for n, t in times["wall"].items()),
           file=sys.stderr, flush=True)
     return times

@@ -132,10 +132,10 @@ def check_decoder_only(model) -> None:
               or bool(getattr(cfg, "is_encoder_decoder", False))
               or ("For" in architecture and not architecture.endswith("ForCausalLM")))
     n_layers = int(getattr(cfg, "n_layers", 0) or 0)
-    hook_dict = getattr(model, "hook_dict", None)
+    hook_dict = getattr(model, "hook_dict", None)  # a bridge builds it anew on each access: read it once
     if not refuse:
         refuse = n_layers < 1 or hook_dict is None or not all(
-            _has(model, suffix, layer) for layer in range(n_layers) for suffix in _REQUIRED_HOOKS)
+            f"blocks.{layer}.{suffix}" in hook_dict for layer in range(n_layers) for suffix in _REQUIRED_HOOKS)
     if refuse:
         raise _not_a_decoder(what)
 

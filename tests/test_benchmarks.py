@@ -42,7 +42,8 @@ def test_bench_gains_reports_every_method(tmp_path):
     assert "measure_gains tokens/s ÷ seed loop's" in numbers["table"]
     assert "head_gains (every layer) tokens/s ÷ bare forward's" in numbers["table"]
     assert "load_model time ÷ AutoModelForCausalLM.from_pretrained's" in numbers["table"]
-    assert set(numbers["load_seconds"]["cpu"]) == {"hf", "funnel"}
+    assert set(numbers["load_seconds"]["cpu"]) == {"hf", "funnel", "bridge"}
+    assert "of load_model's time, building TransformerLens' bridge" in numbers["table"]
 
 
 @pytest.mark.slow
@@ -52,13 +53,19 @@ def test_bench_gains_launch_case_with_auto_batch_size(tmp_path):
     out = tmp_path / "bench.json"
     import torch
 
-    assert bench.main(["--case", "launch", "--n-prompts", "8", "--rounds", "1", "--no-memory", "--no-load",
+    # With memory: each method's worker runs twice (malloc returning freed memory, glibc's default).
+    assert bench.main(["--case", "launch", "--n-prompts", "8", "--rounds", "1", "--no-load",
                        "--methods", "bare,funnel,heads", "--batch-size", "auto",
                        "--threads", str(torch.get_num_threads()),
                        "--checkpoint", str(tmp_path / "tiny-4l"), "--json", str(out)]) == 0
     numbers = json.loads(out.read_text())
     assert (numbers["n_layers"], numbers["d_model"], numbers["vocab_size"]) == (4, 64, 512)
     assert numbers["batch_size"] == 8 and numbers["batch_size_requested"] == "auto"  # the CPU's auto
+    for method in ("bare", "funnel", "heads"):
+        measured = numbers["memory_mib"][method]
+        assert measured["peak_mib"] >= measured["loaded_mib"] > 0
+        assert measured["default_peak_mib"] >= measured["default_loaded_mib"] > 0
+    assert any(label.startswith("head_gains peak above the model") for label in numbers["ratios"])
     words = sorted(len(p.split()) for p in bench.bench_prompts(256, (12, 40)))
     assert words[0] == 12 and words[-1] == 40
 
