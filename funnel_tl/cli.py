@@ -16,6 +16,9 @@ from pathlib import Path
 from .errors import FunnelError
 from .outputs import claim_output, describe_os_error, save_elsewhere, slug
 
+# Heads that `heads` prints and heads.html tabulates unless --top says otherwise.
+TOP_HEADS = 20
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports bad arguments in one line and exits 2."""
@@ -240,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     heads.add_argument("--layers", default=None, metavar="SPEC",
                        help="layers to measure: numbers and inclusive ranges such as 0,3,5-7, or -1 for "
                             "the last (default: all)")
-    heads.add_argument("--top", type=int, default=20, metavar="K",
-                       help="how many top heads (by gain) to print and tabulate (default: 20)")
+    heads.add_argument("--top", type=int, default=TOP_HEADS, metavar="K",
+                       help=f"how many top heads (by gain) to print and tabulate (default: {TOP_HEADS})")
     heads.add_argument("--out", default=None, metavar="DIR",
                        help="output folder (default: runs/<model name>)")
     heads.add_argument("--by-position", action="store_true",
@@ -254,12 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="re-render figures and analysis from results.json files, without a model",
         description="Re-render DIR/funnel.html (and funnel.png where kaleido and Chrome are present) from "
                     "DIR/results.json, and the same in every folder below DIR that holds a results.json "
-                    "(compare outputs), heads.html from every heads.json (top 20 heads), and "
+                    "(compare outputs), heads.html from every heads.json (with the --top its heads run used), and "
                     "DIR/compare.html where DIR/compare.json exists; print each analysis. No model is loaded.",
         epilog="examples:\n  funnel-tl report runs/demo\n  funnel-tl report runs/sweep --bootstrap 5000",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     report.add_argument("dir", metavar="DIR", help="a folder written by funnel-tl run, heads or compare")
+    report.add_argument("--top", type=int, default=None, metavar="K",
+                        help="how many top heads heads.html tabulates (default: what each heads run used, "
+                             "recorded in its heads.json; 20 for files that do not record it)")
     add_bootstrap_options(report, default=None)
     add_page_options(report)
     report.set_defaults(handler=cmd_report)
@@ -447,6 +453,8 @@ def cmd_report(args) -> int:
 
     if args.bootstrap is not None and args.bootstrap < 0:
         raise FunnelError(f"--bootstrap must be 0 (no intervals) or a number of resamples, got {args.bootstrap}")
+    if args.top is not None and args.top < 1:
+        raise FunnelError(f"--top must be at least 1, got {args.top}")
     root = Path(args.dir)
     paths, head_paths = find_results(root), find_results(root, "heads.json")
     if not paths and not head_paths:
@@ -472,8 +480,10 @@ def cmd_report(args) -> int:
         # Every page of the tree loads one DIR/plotly.min.js, unless --self-contained.
         png = _render(result, path.parent, say=print, self_contained=args.self_contained, root=root)
         print()
-    for path, result in zip(head_paths, heads):  # heads.json records no --top: the default table length
-        print(f"From: {path}\nSaved: {result.save_html(path.with_suffix('.html'), self_contained=args.self_contained)}")
+    for path, result in zip(head_paths, heads):  # the table as long as its run drew it, unless --top says
+        top = args.top or int(result.provenance.get("top", TOP_HEADS))
+        page = result.save_html(path.with_suffix(".html"), k=top, self_contained=args.self_contained)
+        print(f"From: {path}\nSaved: {page}")
     if sweep is not None:
         sweep = replace(sweep, results={label: redraw(result) for label, result in sweep.results.items()})
         page = sweep.save_html(root, self_contained=args.self_contained)
@@ -525,6 +535,7 @@ def cmd_heads(args) -> int:
         out, result = _load_and_measure(held, args, current, prompts, source, head_gains, layers=layers)
         if result is None:
             return 0  # rank 0 alone prints and writes
+        result.provenance["top"] = args.top  # so that `report` redraws heads.html with the same table
         lines, failure = _save(out, [("heads.json", result.save),
                                      ("heads.html", lambda path: result.save_html(path, k=args.top,
                                                                                   self_contained=args.self_contained))],

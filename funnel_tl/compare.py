@@ -45,7 +45,8 @@ from tqdm.auto import tqdm
 from .errors import FunnelError, one_line as plain_one_line
 from .funnel import funnel_test, summarize
 from .gains import measure_gains
-from .models import bundled_checkpoints, bundled_models, load_model, resolve_device, resolve_dtype
+from .models import (CHECKPOINT_FOLDER, bundled_checkpoints, bundled_models, load_model, resolve_device,
+                     resolve_dtype)
 from .outputs import (check_output_folder, claim_output, describe_os_error, remove_temporaries, save_elsewhere,
                       slug)
 from .prompts import check_drop_first, load_prompts, prompts_sha256
@@ -61,12 +62,12 @@ PYTHIA_SUITE: tuple[str, ...] = tuple(
 )
 PRESETS: dict[str, tuple[str, ...]] = {"pythia-suite": PYTHIA_SUITE}
 
+# What each model reads once, untimed, before its measurement is timed (see ComparisonRow).
+WARM_UP_PROMPT = "The quick brown fox jumps over the lazy dog."
+
 # Pythia's published training checkpoints (hub revisions step{N}): step 0, ten log-spaced steps
 # 1 … 512, then every 1000 steps to 143000 — 154 in all (Biderman et al. 2023).
 PYTHIA_STEPS: tuple[int, ...] = (0,) + tuple(2**k for k in range(10)) + tuple(range(1000, 143001, 1000))
-
-# Local checkpoint folders: step1000/ (Pythia, nanoGPT-style) or checkpoint-1000/ (HF Trainer).
-CHECKPOINT_FOLDER = re.compile(r"^(?:step|checkpoint)[-_]?(\d+)$")
 
 
 # ---- what to measure ---------------------------------------------------------------------------
@@ -222,7 +223,12 @@ class ComparisonRow:
     ``robust_funnel_confirmed`` the verdict on bootstrap intervals when the results file holds
     them (``None`` otherwise). ``peak_memory_bytes`` is ``torch.cuda.max_memory_allocated`` on a
     GPU and the process's peak resident memory during this model on the CPU (``memory_kind``
-    says which). ``resumed`` rows were measured by an earlier run; their time is that run's.
+    says which). ``measure_seconds`` times the measurement alone, after ``load_seconds`` of
+    loading and one untimed warm-up prompt, so that models compare: the first model of a run no
+    longer carries the library imports and first-kernel costs (nano-4l's first checkpoint took
+    2.7 s against 0.1 s for the next, all of it in loading); ``seconds`` is the whole (load,
+    warm-up, measure). ``resumed`` rows were measured by an earlier run; their times are that run's
+    (``measure_seconds`` None when it did not record one).
     """
 
     model: str
@@ -254,6 +260,8 @@ class ComparisonRow:
     combined_max_gain: float | None = None
     combined_max_layer: int | None = None
     seconds: float | None = None
+    load_seconds: float | None = None
+    measure_seconds: float | None = None
     peak_memory_bytes: int | None = None
     memory_kind: str | None = None
 
@@ -299,7 +307,8 @@ def row_from_results(target: Target, data: dict[str, Any], result: GainResult, r
         mlp_max_gain=mlp.max_gain, mlp_max_layer=mlp.max_layer,
         last_layer_mlp_gain=float(result.mlp_gains[-1]),
         combined_max_gain=combined.max_gain, combined_max_layer=combined.max_layer,
-        seconds=provenance.get("seconds"), peak_memory_bytes=provenance.get("peak_memory_bytes"),
+        seconds=provenance.get("seconds"), load_seconds=provenance.get("load_seconds"),
+        measure_seconds=provenance.get("measure_seconds"), peak_memory_bytes=provenance.get("peak_memory_bytes"),
         memory_kind=provenance.get("memory_kind"),
     )
 
@@ -567,17 +576,26 @@ def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str,
     start = time.perf_counter()
     placement = {"device_map": device_map, "max_memory": max_memory} if device_map is not None else {}
     model = load_model(target.source, device=device, dtype=dtype, revision=target.revision, **placement)
+    loaded = time.perf_counter()
     if target.step is not None:
         model.funnel_name = target.label  # the results file names the checkpoint, not only the model
     n_parameters = count_parameters(model)
     check_bootstrap(bootstrap, len(prompts), model.cfg.n_layers)  # before the measurement, not after
+    # One short prompt through the same path, untimed: the first pass of a process or of a model on a
+    # GPU pays one-time costs (kernel selection, cuBLAS handles, allocator growth) that would
+    # otherwise land in whichever model happens to be measured first.
+    measure_gains(model, [WARM_UP_PROMPT], definition=definition, batch_size=1, progress=False,
+                  max_tokens_per_prompt="context")  # a model with a tiny context reads what fits
+    measuring = time.perf_counter()
     result = measure_gains(model, prompts, definition=definition, batch_size=batch_size, drop_first=drop_first,
                            progress=progress, by_position=by_position, max_tokens_per_prompt=max_tokens_per_prompt)
+    measured = time.perf_counter()
     del model
     peak, kind = _peak_memory(device)
     result.provenance.update({
         "n_parameters": int(n_parameters), "revision": target.revision, "step": target.step,
-        "seconds": round(time.perf_counter() - start, 3), "peak_memory_bytes": peak, "memory_kind": kind,
+        "seconds": round(measured - start, 3), "load_seconds": round(loaded - start, 3),
+        "measure_seconds": round(measured - measuring, 3), "peak_memory_bytes": peak, "memory_kind": kind,
     })
     if max_tokens_per_prompt is not None:  # as asked ("context" or a number), for the resume check
         result.provenance["max_tokens_per_prompt"] = max_tokens_per_prompt
@@ -765,9 +783,12 @@ class Comparison:
 
         One row per model, layer and component: the columns of ``GainResult.to_pandas`` (model,
         layer, component, gain, ci_low, ci_high, n_prompts) plus ``step`` (the training step of a
-        checkpoint, else None) and ``depth`` (layer / (n_layers - 1)).
+        checkpoint: pandas' nullable ``Int64``, ``<NA>`` for a plain model) and ``depth``
+        (layer / (n_layers - 1)).
 
         >>> sweep.to_pandas().query("component == 'mlp'").pivot(index="depth", columns="model", values="gain")  # doctest: +SKIP
+        >>> sweep.to_pandas()["step"].dtype  # doctest: +SKIP
+        Int64Dtype()
         """
         from .results import gain_rows, require_pandas
 
@@ -780,12 +801,13 @@ class Comparison:
                 line["step"] = row.step
                 line["depth"] = line["layer"] / max(result.n_layers - 1, 1)
                 rows.append(line)
-        return pd.DataFrame(rows, columns=["model", "step", "layer", "depth", "component", "gain", "ci_low",
-                                           "ci_high", "n_prompts"])
+        frame = pd.DataFrame(rows, columns=["model", "step", "layer", "depth", "component", "gain", "ci_low",
+                                            "ci_high", "n_prompts"])
+        return frame.astype({"step": "Int64"})  # integers, <NA> for a plain model (not floats with NaN)
 
     def format_table(self) -> str:
         """The verdict table as plain text, for the terminal."""
-        header = f"{'model':<34} {'layers':>6} {'funnel':>7} {'robust':>7} {'attn min':>12} {'mlp max':>12} {'last mlp':>9} {'comb max':>12} {'time':>7}"
+        header = f"{'model':<34} {'layers':>6} {'funnel':>7} {'robust':>7} {'attn min':>12} {'mlp max':>12} {'last mlp':>9} {'comb max':>12} {'measure':>7}"
         lines = [header, "-" * len(header)]
         for row in self.rows:
             name = row.model if len(row.model) <= 34 else "…" + row.model[-33:]
@@ -797,7 +819,7 @@ class Comparison:
                 f"{name:<34} {row.n_layers:>6} {str(row.funnel_confirmed):>7} {robust:>7} "
                 f"{row.attn_min_gain:>7.3f} L{row.attn_min_layer:<3} {row.mlp_max_gain:>7.3f} L{row.mlp_max_layer:<3} "
                 f"{row.last_layer_mlp_gain:>9.3f} {row.combined_max_gain:>7.3f} L{row.combined_max_layer:<3} "
-                f"{_format_seconds(row.seconds):>7}"
+                f"{_format_seconds(row.measure_seconds):>7}"
             )
         return "\n".join(lines)
 
@@ -839,6 +861,8 @@ class Comparison:
 def _format_seconds(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "-"
+    if seconds < 10:  # a small model's measurement takes hundredths of a second
+        return f"{seconds:.2f}s"
     return f"{seconds:.1f}s" if seconds < 120 else f"{seconds / 60:.1f}m"
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import math
 import os
+import re
 
 import numpy as np
 import plotly.colors
@@ -260,7 +261,15 @@ def _format_count(n: int | None) -> str:
 def _format_bytes(n: int | None) -> str:
     if not n:
         return "–"
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+    return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def _format_time(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "–"
+    if seconds < 10:  # a small model's measurement takes hundredths of a second
+        return f"{seconds:.2f}&nbsp;s"
+    return f"{seconds:.1f}&nbsp;s" if seconds < 120 else f"{seconds / 60:.1f}&nbsp;min"
 
 
 def _verdict_cell(value: bool | None) -> str:
@@ -269,31 +278,55 @@ def _verdict_cell(value: bool | None) -> str:
     return f'<td class="{"yes" if value else "no"}">{"yes" if value else "no"}</td>'
 
 
+# (header, tooltip): short headers keep the table within a laptop screen; the tooltip says it in full.
+TABLE_COLUMNS = (
+    ("model", "the model or checkpoint (full name in each cell's tooltip); a failed one says why across its row, "
+              "one measured by an earlier run into this folder says so below its name"),
+    ("funnel seed", "the seed notebook's funnel test (see the note below the table)"),
+    ("funnel robust", "the funnel test on 95% bootstrap intervals (see the note below the table)"),
+    ("shape", "layers × d_model (hidden size)"),
+    ("params", "parameters: the checkpoint's own count"),
+    ("attn\u00a0<\u00a01", "layers whose attention contracts (gain below 1), of all layers"),
+    ("attn min", "smallest attention gain, and its layer"), ("attn max", "largest attention gain, and its layer"),
+    ("MLP min", "smallest MLP gain, and its layer"), ("MLP max", "largest MLP gain, and its layer"),
+    ("last MLP", "the last layer's MLP gain"),
+    ("comb. max", "largest combined (attention × MLP) gain, and its layer"),
+    ("measure time", "measuring the prompts alone, after loading and one untimed warm-up prompt, so that the "
+                     "first model carries no one-time costs; the load time is in each cell's tooltip"),
+    ("peak mem", "peak memory: GPU allocations, or on the CPU the process's peak resident set"),
+)
+
+
+def _gain_at(gain: float, layer: int) -> str:
+    return f'<td>{gain:.3f}<span class="sub">L{layer}</span></td>'
+
+
 def table_html(comparison) -> str:
     """The verdict table: one row per model, failed ones with their error."""
-    headers = ["model", "funnel (seed)", "funnel (robust)", "layers", "d_model", "parameters",
-               "attn contracting", "attn min (layer)", "attn max (layer)", "MLP min (layer)",
-               "MLP max (layer)", "last-layer MLP", "max combined (layer)", "time", "peak memory", "status"]
-    lines = ['<div class="scroll"><table>', "<thead><tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr></thead>", "<tbody>"]
+    head = "".join(f'<th title="{html.escape(tip)}">{html.escape(name)}</th>' for name, tip in TABLE_COLUMNS)
+    lines = ['<div class="scroll"><table class="verdicts">', f"<thead><tr>{head}</tr></thead>", "<tbody>"]
+    names = short_labels(comparison.rows)
     for row in comparison.rows:
-        name = f"<td class=\"name\" title=\"{html.escape(row.model)}\">{html.escape(row.model)}</td>"
+        # A long name may wrap before "@" and after "/", nowhere else (not at its hyphens).
+        pieces = re.split(r"(?=@)|(?<=/)", names[row.model])
+        shown = "<wbr>".join(f"<span>{html.escape(piece)}</span>" for piece in pieces if piece)
+        if row.resumed:
+            shown += '<span class="sub" title="its time and memory are that run\'s">earlier run</span>'
+        name = f'<td class="name" title="{html.escape(row.model)}">{shown}</td>'
         if not row.ok:
-            lines.append(f'<tr class="failed">{name}<td class="no" colspan="{len(headers) - 1}">'
+            lines.append(f'<tr class="failed">{name}<td class="no" colspan="{len(TABLE_COLUMNS) - 1}">'
                          f'failed: {html.escape(row.error or "")}</td></tr>')
             continue
         cells = [
             name, _verdict_cell(row.funnel_confirmed), _verdict_cell(row.robust_funnel_confirmed),
-            f"<td>{row.n_layers}</td>", f"<td>{row.hidden_dim}</td>", f"<td>{_format_count(row.n_parameters)}</td>",
+            f"<td>{row.n_layers}&thinsp;×&thinsp;{row.hidden_dim}</td>", f"<td>{_format_count(row.n_parameters)}</td>",
             f"<td>{row.attn_contracting}/{row.n_layers}</td>",
-            f"<td>{row.attn_min_gain:.3f} (L{row.attn_min_layer})</td>",
-            f"<td>{row.attn_max_gain:.3f} (L{row.attn_max_layer})</td>",
-            f"<td>{row.mlp_min_gain:.3f} (L{row.mlp_min_layer})</td>",
-            f"<td>{row.mlp_max_gain:.3f} (L{row.mlp_max_layer})</td>",
+            _gain_at(row.attn_min_gain, row.attn_min_layer), _gain_at(row.attn_max_gain, row.attn_max_layer),
+            _gain_at(row.mlp_min_gain, row.mlp_min_layer), _gain_at(row.mlp_max_gain, row.mlp_max_layer),
             f"<td>{row.last_layer_mlp_gain:.3f}</td>",
-            f"<td>{row.combined_max_gain:.3f} (L{row.combined_max_layer})</td>",
-            f"<td>{'–' if row.seconds is None else f'{row.seconds:.1f} s'}</td>",
-            f"<td>{_format_bytes(row.peak_memory_bytes)}</td>",
-            f"<td>ok{' (earlier run)' if row.resumed else ''}</td>",
+            _gain_at(row.combined_max_gain, row.combined_max_layer),
+            f'<td title="load {_format_time(row.load_seconds).replace("&nbsp;", " ")}">{_format_time(row.measure_seconds)}</td>',
+            f"<td>{_format_bytes(row.peak_memory_bytes).replace(' ', '&nbsp;')}</td>",
         ]
         lines.append("<tr>" + "".join(cells) + "</tr>")
     lines += ["</tbody>", "</table></div>"]
@@ -305,11 +338,13 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24
 h1 { font-size: 1.5em; margin-bottom: 4px; } h2 { font-size: 1.15em; margin-top: 28px; }
 p.meta { color: #555; margin-top: 0; }
 table { border-collapse: collapse; font-size: 0.85em; }
-th, td { border-bottom: 1px solid #ddd; padding: 4px 6px; text-align: right; white-space: nowrap; }
-th { background: #f4f4f4; white-space: normal; vertical-align: bottom; min-width: 4em; }
-td.name { text-align: left; max-width: 18em; overflow: hidden; text-overflow: ellipsis; }
+th, td { border-bottom: 1px solid #ddd; padding: 4px; text-align: right; white-space: nowrap; }
+th { background: #f4f4f4; white-space: normal; vertical-align: bottom; }
+th[title] { cursor: help; }
+td.name { text-align: left; max-width: 16em; overflow: hidden; white-space: normal; } td.name span { white-space: nowrap; }
+td .sub { display: block; color: #777; font-size: 0.85em; } /* a gain's layer, below it: narrow columns */
 td.yes { color: #1a7f37; font-weight: 600; } td.no { color: #b42318; font-weight: 600; }
-td.na { color: #999; } tr.failed td.no { text-align: left; }
+td.na { color: #999; } tr.failed td.no { text-align: left; white-space: normal; }
 .scroll { overflow-x: auto; max-width: 100%; border: 1px solid #eee; }
 .note { color: #555; font-size: 0.85em; max-width: 70em; }
 """
@@ -337,13 +372,15 @@ def render_html(comparison, plotlyjs: str | bool = True) -> str:
         sections.append(div(comparison.figure()))
     sections.append("<h2>Verdicts</h2>")
     sections.append(table_html(comparison))
-    sections.append('<p class="note">funnel (seed): the notebook\'s test — attention contracts in every layer, '
+    sections.append('<p class="note">funnel seed: the notebook\'s test — attention contracts in every layer, '
                     "the MLP in all but at most three (a rule that cannot fail with three layers or fewer), and the "
-                    "last-layer MLP expands. funnel (robust): the same test counting a layer only when its "
+                    "last-layer MLP expands. funnel robust: the same test counting a layer only when its "
                     "bootstrap interval lies on one side of 1, with at most one eighth of the MLP layers "
                     "(the seed's 3 of 24, rounded down, at least one) allowed to fail to contract (– when the results hold "
-                    "no intervals). Parameters: the checkpoint's own count. Layers are numbered from 0. Time and memory cover loading and "
-                    "measuring; on the CPU memory is the process's peak resident set.</p>")
+                    "no intervals). Parameters: the checkpoint's own count. Layers are numbered from 0 (L0 under a "
+                    "gain: its layer). Measure time: the prompts alone, after loading and one untimed warm-up prompt "
+                    "(load time in the tooltip, both in compare.json). Peak memory covers loading and measuring; on "
+                    "the CPU it is the process's peak resident set.</p>")
     if comparison.ok:
         sections.append("<h2>By depth</h2>")
         sections.append(div(comparison.heatmap("attn")))

@@ -39,7 +39,7 @@ from jaxtyping import Float
 from .architectures import HookPlan, is_parallel, layer_norm_output, plan_hooks  # noqa: F401  (re-exported)
 from .engine import Engine, prompt_sums
 from .errors import FunnelError
-from .models import model_name, tokenizer_of
+from .models import model_name, model_source, tokenizer_of
 from .positions import PositionAccumulator
 from .prompts import check_drop_first, check_tokens_left, load_prompts, pad_token_id, tokenize, truncation_limit
 from .results import COMPONENTS, GainResult
@@ -322,5 +322,6 @@ def _provenance(model, device, dtype, stream, drop_first, engine=None, requested
         **({} if requested_batch_size is None else {"batch_size_requested": str(requested_batch_size)}),
         **({} if engine is None else {"executor": engine.executor_name, "executor_fallback": engine.fallback}),
         **({} if stream.n_prompts <= stream.chunk_size else {"chunk_size": int(stream.chunk_size)}),
+        **({} if model_source(model) is None else {"model_source": model_source(model)}),  # the name is its folder's
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import pickle
+import re
 import socket
 import struct
 import threading
@@ -26,6 +27,10 @@ from .errors import FunnelError
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+# Training checkpoint folders: step1000/ (Pythia, nanoGPT-style) or checkpoint-1000/ (HF Trainer).
+CHECKPOINT_FOLDER = re.compile(r"^(?:step|checkpoint)[-_]?(\d+)$")
 
 
 def bundled_models() -> dict[str, Path]:
@@ -447,8 +452,37 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
 
 
 def model_name(model) -> str:
-    """The name a model was loaded by, for results and titles."""
-    return getattr(model, "funnel_name", None) or str(getattr(model.cfg, "model_name", "model"))
+    """The name a model was loaded by, for results and titles.
+
+    A bridge booted by the user from a local folder (``TransformerBridge.boot_transformers(path)``)
+    carries that path as its ``cfg.model_name``; it is named by the folder instead, as compare
+    names a checkpoint: ``.../pythia-70m`` is ``pythia-70m``, ``.../run/step1000`` (or
+    ``checkpoint-1000``) is ``run@step1000``. ``model_source`` keeps the full path.
+
+    >>> from types import SimpleNamespace
+    >>> model_name(SimpleNamespace(cfg=SimpleNamespace(model_name="EleutherAI/pythia-70m")))
+    'EleutherAI/pythia-70m'
+    """
+    given = getattr(model, "funnel_name", None)
+    if given:
+        return given
+    name = str(getattr(model.cfg, "model_name", "model"))
+    return _folder_name(Path(name)) if os.path.isdir(name) else name
+
+
+def model_source(model) -> str | None:
+    """The full folder path of a model that ``model_name`` names by a shorter name, else None."""
+    name = str(getattr(model.cfg, "model_name", ""))
+    return name if name and not getattr(model, "funnel_name", None) and model_name(model) != name else None
+
+
+def _folder_name(folder: Path) -> str:
+    """A checkpoint folder's name: its own, or ``parent@step<N>`` for ``step<N>``/``checkpoint-<N>``."""
+    folder = folder.resolve()
+    step = CHECKPOINT_FOLDER.match(folder.name)
+    if step and folder.parent.name:
+        return f"{folder.parent.name}@step{step.group(1)}"
+    return folder.name or str(folder)
 
 
 def tokenizer_of(model):

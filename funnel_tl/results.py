@@ -155,9 +155,17 @@ class GainResult:
         ``by_position=True``, a ``position`` column too: ``"all"`` on these rows, and one more row
         per layer, component (attn, mlp, block, combined) and reached position bucket, with its
         label ("0", "16–31"), ``position_start``/``position_stop`` and the prompts reaching it
-        (``positions.position_rows``).
+        (``positions.position_rows``). Those two are integers of pandas' nullable ``Int64``
+        dtype, ``<NA>`` on the ``"all"`` rows (not floats with NaN).
 
         >>> result.to_pandas().query("component == 'mlp'").plot(x="layer", y="gain")  # doctest: +SKIP
+        >>> table = result.to_pandas()  # measured with by_position=True  # doctest: +SKIP
+        >>> table.query("position != 'all'")[["position", "position_start", "position_stop"]].head(2)  # doctest: +SKIP
+          position  position_start  position_stop
+        15       0               0              0
+        16       1               1              1
+        >>> table["position_start"].dtype, table.loc[0, "position_start"]  # doctest: +SKIP
+        (Int64Dtype(), <NA>)
         """
         pd = require_pandas()
         rows = gain_rows(self)
@@ -166,6 +174,7 @@ class GainResult:
         from .positions import position_rows
 
         frame = pd.DataFrame([{**row, "position": "all"} for row in rows] + position_rows(self))
+        frame = frame.astype({"position_start": "Int64", "position_stop": "Int64"})  # <NA> on the "all" rows
         leading = ["model", "layer", "component", "position"]
         return frame[leading + [column for column in frame.columns if column not in leading]]
 

@@ -139,6 +139,33 @@ def test_compare_json_has_one_row_per_model(sweep, checkpoints):
     assert [row["parallel_blocks"] for row in data["models"]] == [True, False, False]
 
 
+def test_time_column_is_the_measurement_alone(checkpoints, tmp_path, monkeypatch):
+    """A slow load and the first pass's one-time costs (stood in for by sleeps) land in load_seconds
+    and seconds, not in measure_seconds: the time the table shows compares models."""
+    import time
+
+    real_load, real_measure, passes = compare_module.load_model, compare_module.measure_gains, []
+    monkeypatch.setattr(compare_module, "load_model", lambda *a, **k: (time.sleep(1.0), real_load(*a, **k))[1])
+
+    def first_pass_slow(model, prompts, **kwargs):
+        passes.append(list(prompts))
+        if len(passes) == 1:
+            time.sleep(1.0)  # one-time costs of a first pass
+        return real_measure(model, prompts, **kwargs)
+
+    monkeypatch.setattr(compare_module, "measure_gains", first_pass_slow)
+    row = compare([str(checkpoints["gpt2"])], "seed", out=tmp_path, **OPTIONS).rows[0]
+    assert passes[0] == [compare_module.WARM_UP_PROMPT] and len(passes) == 2  # warm-up first, then the prompts
+    # Margins of a second against a measurement of 8 short prompts on a 2-layer model (~0.05 s).
+    assert row.load_seconds >= 1.0 and row.measure_seconds < 1.0
+    assert row.seconds >= row.load_seconds + 1.0 + row.measure_seconds - 0.01  # the whole, warm-up included (rounding)
+    from funnel_tl.compare_plots import table_html
+
+    sweep = compare_module.Comparison.load(tmp_path)  # the page and the terminal show the measurement, load aside
+    assert f'title="load {row.load_seconds:.2f} s">{row.measure_seconds:.2f}&nbsp;s</td>' in table_html(sweep)
+    assert sweep.format_table().splitlines()[0].endswith("measure")
+
+
 def test_row_verdicts_come_from_the_sums_not_the_file(sweep, checkpoints):
     """A hand-edited (or older-rule) results file cannot make a row contradict its own gains."""
     from funnel_tl.funnel import funnel_test

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import einops
 import numpy as np
@@ -366,6 +367,26 @@ def test_cli_heads_end_to_end(arch, checkpoints, reference, tmp_path, capsys):
     np.testing.assert_allclose(data["head_norm"], reference(arch)["norm"].mean(axis=0), rtol=1e-4)
     page = (out / "heads.html").read_text()
     assert "plotly" in page and "<table>" in page and data["top_heads"][0]["label"] in page
+
+
+def test_report_redraws_heads_html_with_the_top_its_run_used(checkpoints, tmp_path, capsys):
+    def table_rows(page: Path) -> int:
+        return len(re.findall(r"<tr><td>\d+</td>", page.read_text()))  # the ranked rows of the top-heads table
+
+    out = tmp_path / "out"
+    assert main(["heads", "--model", str(checkpoints["gpt2"]), "--device", "cpu", "--dtype", "float32",
+                 "--out", str(out), "--top", "3"]) == 0
+    gains = json.loads((out / "heads.json").read_text())["head_gain"]  # [layer][head]
+    n_heads = len(gains) * len(gains[0])
+    assert table_rows(out / "heads.html") == 3 < n_heads  # fewer than all heads: the cut shows
+    (out / "heads.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert table_rows(out / "heads.html") == 3  # as the run drew it, not the default 20
+    assert main(["report", str(out), "--top", "2"]) == 0
+    assert table_rows(out / "heads.html") == 2
+    capsys.readouterr()
+    assert main(["report", str(out), "--top", "0"]) == 2
+    assert "--top must be at least 1" in capsys.readouterr().err
 
 
 def test_cli_heads_layers_option(checkpoints, tmp_path, capsys):

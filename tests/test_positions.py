@@ -322,6 +322,12 @@ def test_to_pandas_gains_a_position_column():
     assert (frame.position == "all").sum() == 3 * 5  # the per-layer rows: layers x 5 components
     cell = frame.query("component == 'attn' and layer == 1 and position == '0'")
     assert cell.gain.item() == pytest.approx(2.0) and cell.n_prompts.item() == 2
+    # Positions are integers, missing (<NA>) on the "all" rows: not floats with NaN.
+    for column in ("position_start", "position_stop"):
+        assert str(frame[column].dtype) == "Int64"
+        assert frame.loc[frame.position == "all", column].isna().all()
+        assert frame.loc[frame.position != "all", column].notna().all()
+    assert cell.position_start.item() == 0 and isinstance(cell.position_start.item(), (int, np.integer))
     from dataclasses import replace
 
     assert "position" not in replace(result, positions=None).to_pandas()  # no positions, no column

@@ -192,3 +192,26 @@ def test_bridge_without_any_tokenizer_source_is_one_line(checkpoints, tmp_path):
     bridge.cfg.model_name = str(tmp_path / "gone")  # the folder it was booted from no longer exists
     with pytest.raises(FunnelError, match="cannot find this model's HuggingFace tokenizer"):
         measure_gains(bridge, PROMPTS[:1])
+
+
+def test_self_booted_bridge_is_named_by_its_folder_not_its_path(checkpoints, tmp_path):
+    """Results, titles and pages name a bridge booted from a folder by the folder (a checkpoint
+    folder by its run and step, as compare does); the full path stays in the provenance."""
+    import shutil
+
+    from funnel_tl.plots import plot_funnel
+    from funnel_tl.results import GainResult
+
+    folder = shutil.copytree(checkpoints["gpt2"], tmp_path / "runs" / "my-run" / "step1000")
+    plain = measure_gains(boot_bridge(checkpoints["gpt2"], {"no_processing": True}), PROMPTS[:1])
+    assert plain.model == checkpoints["gpt2"].name and plain.provenance["model_source"] == str(checkpoints["gpt2"])
+
+    bridge = boot_bridge(folder, {"no_processing": True})
+    assert bridge.cfg.model_name == str(folder)  # the case this covers: TransformerLens names it by its path
+    result = GainResult.load(measure_gains(bridge, PROMPTS[:1]).save(tmp_path / "results.json"))
+    assert result.model == "my-run@step1000" and result.provenance["model_source"] == str(folder)
+    title = plot_funnel(result).layout.title.text
+    assert "my-run@step1000" in title and str(tmp_path) not in title
+    heads = head_gains(bridge, PROMPTS[:1], layers=[0])
+    assert heads.model == "my-run@step1000" and heads.provenance["model_source"] == str(folder)
+    assert str(tmp_path) not in heads.to_html(k=3, plotlyjs="plotly.min.js")
