@@ -1,7 +1,8 @@
 """How many expanding MLP layers "the MLP mostly contracts" allows: the seed's rule and a depth-scaled one.
 
-A leaf module (no imports from funnel_tl), read by both the seed's verdict (``funnel``) and the
-robust verdict (``stats``).
+A leaf module (it imports nothing of funnel_tl's but the error type), read by both the seed's
+verdict (``funnel``) and the robust verdict (``stats``); so is ``not_testable``, the one rule on
+when either verdict may be given at all.
 
 The seed tested Pythia-1.4B and allowed three of its 24 MLP layers to expand
 (``mlp_contracting >= n_layers - 3``). Taken literally at another depth, that rule cannot fail
@@ -13,6 +14,8 @@ layer's MLP to expand: 1 for a model of up to 15 layers, 2 for 16, 3 for 24, 4 f
 """
 
 from __future__ import annotations
+
+from .errors import FunnelError
 
 # The seed allows up to three expanding MLP layers for "MLP mostly contracts".
 MLP_EXPANDING_ALLOWED = 3
@@ -37,3 +40,24 @@ def seed_rule_cannot_fail(n_layers: int) -> bool:
     (True, False)
     """
     return n_layers - MLP_EXPANDING_ALLOWED <= 0
+
+
+def not_testable(result) -> str | None:
+    """Why the Funnel verdicts cannot be given for ``result`` (some layers only), or None.
+
+    >>> from types import SimpleNamespace
+    >>> not_testable(SimpleNamespace(layers=(0, 1, 2, 3), n_layers=24, layer_spans="0-3"))
+    'not testable: layers 0-3 of 24 measured, and the Funnel verdicts need every layer'
+    """
+    layers = getattr(result, "layers", None)
+    if layers is None or len(layers) == result.n_layers:
+        return None
+    return f"not testable: layers {result.layer_spans} of {result.n_layers} measured, and the Funnel verdicts need every layer"
+
+
+def require_all_layers(result, what: str = "the Funnel test") -> None:
+    """Refuse a verdict on a result measured on some layers only, in one line that says what to do."""
+    why_not = not_testable(result)
+    if why_not is not None:
+        raise FunnelError(f"{result.model}: {what} is {why_not}: measure with layers=None "
+                          "(funnel-tl run without --layers)")

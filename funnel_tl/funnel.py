@@ -3,6 +3,12 @@
 The hypothesis (from Pythia-1.4B): attention contracts in every layer, the MLP contracts in
 nearly all, and only a late MLP expands. The test, the counts and the reference numbers are the
 seed notebook's, criterion for criterion.
+
+The verdicts are about every layer ("attention contracts in *every* layer", "the *last* MLP
+expands"), so a result measured on some layers only (``measure_gains(..., layers=...)``) is not
+testable: ``funnel_test`` and ``stats.robust_funnel_test`` refuse it with the reason
+``not_testable`` gives, which results.json (``"not_testable"``), the printed analysis and the
+figure's subtitle show in place of the verdict.
 """
 
 from __future__ import annotations
@@ -11,7 +17,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .criteria import MLP_EXPANDING_ALLOWED, mlp_expanding_allowed, seed_rule_cannot_fail
+from .criteria import (MLP_EXPANDING_ALLOWED, mlp_expanding_allowed, not_testable, require_all_layers,  # noqa: F401
+                       seed_rule_cannot_fail)
 
 # Measured on Pythia-1.4B by the seed notebook's method (definition="seed"), copied from it.
 PYTHIA_1_4B_REFERENCE = {
@@ -40,12 +47,14 @@ class LayerSummary:
     max_layer: int
 
 
-def summarize(gains) -> LayerSummary:
+def summarize(gains, layers=None) -> LayerSummary:
+    """``layers``: the true index of each gain's layer (a result's ``layers``); default 0, 1, ..."""
     gains = np.asarray(gains, dtype=np.float64)
+    layers = np.arange(len(gains)) if layers is None else np.asarray(layers)
     return LayerSummary(
         n_contracting=int(np.sum(gains < 1)), n_expanding=int(np.sum(gains >= 1)),
-        min_gain=float(gains.min()), min_layer=int(gains.argmin()),
-        max_gain=float(gains.max()), max_layer=int(gains.argmax()),
+        min_gain=float(gains.min()), min_layer=int(layers[gains.argmin()]),
+        max_gain=float(gains.max()), max_layer=int(layers[gains.argmax()]),
     )
 
 
@@ -68,8 +77,10 @@ def funnel_test(result) -> FunnelTest:
 
     Criterion 2 is the seed's literal ``mlp_contracting >= n_layers - 3``, which cannot fail for a
     model of three layers or fewer (``format_analysis`` says so); the robust verdict
-    (``funnel_tl.stats``) scales the allowance with depth (``funnel_tl.criteria``).
+    (``funnel_tl.stats``) scales the allowance with depth (``funnel_tl.criteria``). A result
+    measured on some layers only is refused (FunnelError; see ``not_testable``).
     """
+    require_all_layers(result)
     n_layers = result.n_layers
     attn, mlp = summarize(result.attn_gains), summarize(result.mlp_gains)
     attention_contracts = attn.n_contracting == n_layers
@@ -86,6 +97,7 @@ def funnel_test(result) -> FunnelTest:
 
 def comparison_1_4b(result) -> dict[str, bool]:
     """The seed's ``comparison_1_4b`` block: does the pattern match Pythia-1.4B's?"""
+    require_all_layers(result, "the Pythia-1.4B comparison")
     attn = summarize(result.attn_gains)
     return {
         "attn_contraction_match": bool(abs(100 * attn.n_contracting / result.n_layers - 100) < 5),
@@ -95,10 +107,15 @@ def comparison_1_4b(result) -> dict[str, bool]:
 
 
 def format_analysis(result) -> str:
-    """The seed notebook's printed analysis, hypothesis test and Pythia-1.4B comparison."""
-    n = result.n_layers
-    attn, mlp, combined = summarize(result.attn_gains), summarize(result.mlp_gains), summarize(result.combined_gains)
-    test = funnel_test(result)
+    """The seed notebook's printed analysis, hypothesis test and Pythia-1.4B comparison.
+
+    Measured on some layers only: the counts are over those layers, the layers named are true
+    indices, and the hypothesis test and comparison say why they are not given (``not_testable``).
+    """
+    n = len(result.layers)
+    attn, mlp, combined = (summarize(gains, result.layers) for gains in
+                           (result.attn_gains, result.mlp_gains, result.combined_gains))
+    why_not = not_testable(result)
     ref = PYTHIA_1_4B_REFERENCE
     rule = "=" * 60
     lines = [
@@ -106,6 +123,7 @@ def format_analysis(result) -> str:
         f"{result.model}: FUNNEL MODEL ANALYSIS",
         f"definition={result.definition}, {result.n_prompts} prompts, {int(result.n_tokens.sum())} tokens"
         + (f", first {result.drop_first} positions dropped" if result.drop_first else ""),
+        *([f"layers {result.layer_spans} of {result.n_layers} measured: counts are over these {n}"] if why_not else []),
         rule,
     ]
     for title, summary in (("ATTENTION", attn), ("MLP/FFN", mlp)):
@@ -122,8 +140,20 @@ def format_analysis(result) -> str:
         f"Net expanding:   {combined.n_expanding}/{n} ({100 * combined.n_expanding / n:.1f}%)",
         f"Max combined gain: {combined.max_gain:.4f} (Layer {combined.max_layer})",
         "\n--- BLOCK (||resid_post|| / ||resid_pre||) ---",
-        "Gains: " + " ".join(f"{g:.3f}" for g in result.block_gains),
+        ("Gains: " if not why_not else f"Gains (layers {result.layer_spans}): ")
+        + " ".join(f"{g:.3f}" for g in result.block_gains),
         "\n" + rule,
+    ]
+    if why_not:
+        return "\n".join(lines + [
+            "HYPOTHESIS TEST: Funnel Model Universality",
+            rule,
+            f">>> FUNNEL MODEL: {why_not} <<<",
+            "The test, its robust version and the Pythia-1.4B comparison need every layer from 0:",
+            "measure without --layers (layers=None) for them.",
+        ])
+    test = funnel_test(result)
+    lines += [
         "HYPOTHESIS TEST: Funnel Model Universality",
         rule,
         f"1. Attention ALWAYS contracts: {test.attention_always_contracts} ({attn.n_contracting}/{n})",

@@ -39,6 +39,7 @@ from jaxtyping import Float
 from .architectures import HookPlan, is_parallel, layer_norm_output, plan_hooks  # noqa: F401  (re-exported)
 from .engine import Engine, prompt_sums
 from .errors import FunnelError
+from .layers import resolve_layers
 from .models import model_name, model_source, tokenizer_of
 from .positions import PositionAccumulator
 from .prompts import check_drop_first, check_tokens_left, load_prompts, pad_token_id, tokenize, truncation_limit
@@ -109,16 +110,19 @@ FORWARD_ORDER = ("hook_resid_pre", "ln1.hook_out", "ln1.hook_normalized", "hook_
                  "ln2.hook_out", "ln2.hook_normalized", "hook_mlp_out", "hook_resid_post")
 
 
-def check_finite(model, norms: dict[str, torch.Tensor], counted: torch.Tensor, indices, dtype) -> None:
+def check_finite(model, norms: dict[str, torch.Tensor], counted: torch.Tensor, indices, dtype,
+                 layers: Sequence[int] | None = None) -> None:
     """Fail on the first NaN or inf norm (layer, then forward order), naming where it arose.
 
     The seed averaged with ``nanmean``, which silently hid such layers; an overflow is an error.
+    ``layers``: the true index of each of the norms' layer rows (default 0, 1, ...).
     """
     first = None
     for suffix, values in norms.items():  # values: [layer, batch, pos]
         bad = ~torch.isfinite(values) & counted[None]
         if bad.any():
             layer, row, position = (int(i) for i in bad.nonzero()[0])
+            layer = layer if layers is None else int(layers[layer])
             rank = FORWARD_ORDER.index(suffix) if suffix in FORWARD_ORDER else len(FORWARD_ORDER)
             if first is None or (layer, rank) < first[:2]:
                 first = (layer, rank, suffix, row, position)
@@ -157,8 +161,9 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
                   batch_size: int | str = "auto", drop_first: int = 0, tokenizer=None,
                   progress: bool | None = None, intervals: bool = False, by_position: bool = False,
                   executor: str = "auto", max_tokens_per_prompt: int | str | None = None,
-                  chunk_size: int | None = None, keep_texts: bool = True) -> GainResult:
-    """Measure every layer's attention, MLP and block gain on a prompt set.
+                  chunk_size: int | None = None, keep_texts: bool = True,
+                  layers: int | Sequence[int] | None = None) -> GainResult:
+    """Measure every layer's (or some layers') attention, MLP and block gain on a prompt set.
 
     ``model``: a bridge from ``load_model``, a bridge the user booted, or a TL 3.x
     ``HookedTransformer``, loaded without weight processing (processed weights and non-decoder
@@ -183,25 +188,40 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     ``.txt``/``.jsonl`` corpus or an iterator of strings of any length is measured with memory
     flat in its size; ``keep_texts=False`` keeps only the prompts' count and sha256 in the result,
     not their texts (per-prompt statistics are kept either way).
+    ``layers``: a layer, a list of layers (negative counts from the end) or None for all, as in
+    ``head_gains``. Only those layers' hooks are read and the pass stops after the last one asked
+    for, so ``layers=[0, 1]`` of a deep model costs about two layers. Each measured layer's gains
+    equal a full measurement's at that layer (the same batches: the same numbers). The result holds
+    those layers (``result.layers``, true indices) and what they determine: the cumulative gain
+    over a measured prefix 0..k only (``result.cumulative_layers``), and no Funnel verdict:
+    ``funnel_test`` and the robust test refuse it (they need every layer), and results.json says
+    ``"not_testable"``. ``by_position`` needs every layer (its sink analysis is a verdict).
 
     >>> from funnel_tl import load_model, measure_gains
     >>> result = measure_gains(load_model(device="cpu"), "seed")  # doctest: +SKIP
     >>> result.attn_gains.shape  # doctest: +SKIP
     (8,)
+    >>> early = measure_gains(load_model(device="cpu"), "seed", layers=[0, 1, -1])  # doctest: +SKIP
+    >>> early.layers, early.attn_gains.shape  # doctest: +SKIP
+    ((0, 1, 7), (3,))
     """
+    n_layers = model.cfg.n_layers
+    chosen = resolve_layers(layers, n_layers)  # cheap checks first
+    if by_position and len(chosen) < n_layers:
+        raise FunnelError("by_position needs every layer (its sink analysis gives the Funnel verdict): "
+                          "leave out layers, or by_position")
     plan = plan_hooks(model, definition)
     name = model_name(model)
-    n_layers = model.cfg.n_layers
     # by_position (funnel_tl.positions): buckets grow with the longest prompt read so far, ending
     # where the whole corpus at once would put them.
     positions = PositionAccumulator(0, n_layers, 1) if by_position else None
-    reduction = GainSums(model, plan, positions)
+    reduction = GainSums(model, plan, positions, chosen)
     engine = Engine(model, reduction, executor)
     stream = TokenStream(model, prompts, drop_first, tokenizer, max_tokens_per_prompt, batch_size, engine.device,
                          chunk_size=chunk_size, keep_texts=keep_texts,
                          on_chunk=positions.grow if positions is not None else None)
 
-    shapes = {f"{side}_{c}": (n_layers,) for side in ("out", "in") for c in COMPONENTS}
+    shapes = {f"{side}_{c}": (len(chosen),) for side in ("out", "in") for c in COMPONENTS}
     sums, counts = PerPrompt(shapes), PerPrompt({"n_tokens": ()}, dtype=np.int64)
     for batch, batch_sums, counted in engine.run(stream.batches(), drop_first, progress, description=f"gains {name}"):
         sums.put(batch.indices, {**{f"out_{c}": batch_sums[plan.outputs[c]] for c in COMPONENTS},
@@ -221,6 +241,7 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
         out_sums={c: kept[f"out_{c}"] for c in COMPONENTS}, in_sums={c: kept[f"in_{c}"] for c in COMPONENTS},
         drop_first=drop_first, provenance=provenance,
         positions=positions.result() if positions is not None else None,
+        layers=None if len(chosen) == n_layers else chosen,
     )
     return result.with_intervals() if intervals else result
 
@@ -238,27 +259,29 @@ class GainSums:
     Each read becomes its float32 norm ``[batch, pos]`` as it fires; ``finish`` stacks one hook's
     layers into ``[layer, batch, pos]`` and sums each prompt's counted tokens (``engine.prompt_sums``)
     into ``[batch, layer]``. On a run's first batch the residual identities are checked too, one
-    layer's activations held at a time.
+    layer's activations held at a time. ``layers``: the layers read (default all), ascending; the
+    ``layer`` axis runs over them.
     """
 
-    def __init__(self, model, plan: HookPlan, positions=None):
+    def __init__(self, model, plan: HookPlan, positions=None, layers: Sequence[int] | None = None):
         self.model, self.plan, self.positions = model, plan, positions  # positions: a PositionAccumulator or None
-        self.n_layers = model.cfg.n_layers
+        self.layers = tuple(range(model.cfg.n_layers)) if layers is None else tuple(layers)
+        self.row = {layer: row for row, layer in enumerate(self.layers)}
         self.dtype = next(model.parameters()).dtype
         self.identity_suffixes = set(IDENTITY_SUFFIXES) - ({"hook_resid_mid"} if plan.parallel_blocks else set())
 
     def reads(self, first: bool) -> list[tuple[int, str]]:
         suffixes = set(self.plan.suffixes) | (self.identity_suffixes if first else set())
-        return [(layer, suffix) for layer in range(self.n_layers) for suffix in sorted(suffixes, key=_forward_rank)]
+        return [(layer, suffix) for layer in self.layers for suffix in sorted(suffixes, key=_forward_rank)]
 
     def start(self, batch, tokens, attention_mask, counted, first: bool) -> None:
         self.batch, self.attention_mask, self.counted, self.first = batch, attention_mask, counted, first
-        self.norms: dict[str, list] = {suffix: [None] * self.n_layers for suffix in self.plan.suffixes}
+        self.norms: dict[str, list] = {suffix: [None] * len(self.layers) for suffix in self.plan.suffixes}
         self.held: dict[str, torch.Tensor] = {}  # one layer's activations for the identity check, first batch only
 
     def read(self, layer: int, suffix: str, activation: torch.Tensor) -> None:
         if suffix in self.norms:
-            self.norms[suffix][layer] = activation_norms(self.plan.read(self.model, layer, suffix, activation))  # [batch, pos]
+            self.norms[suffix][self.row[layer]] = activation_norms(self.plan.read(self.model, layer, suffix, activation))  # [batch, pos]
         if self.first and suffix in self.identity_suffixes:
             self.held[f"blocks.{layer}.{suffix}"] = activation
             if suffix == "hook_resid_post":
@@ -285,7 +308,7 @@ class GainSums:
             self.positions.add(self.batch.indices, self._stacked(), self.counted, self.plan)
 
     def raise_nonfinite(self) -> None:
-        check_finite(self.model, self._stacked(), self.counted, self.batch.indices, self.dtype)
+        check_finite(self.model, self._stacked(), self.counted, self.batch.indices, self.dtype, self.layers)
 
 
 def _installed_version(package: str) -> str:

@@ -59,3 +59,18 @@ def resolve_layers(layers: int | Sequence[int] | None, n_layers: int) -> tuple[i
 def format_layers(layers: Sequence[int]) -> str:
     """``format_layers([0, 3]) == "0, 3"``."""
     return ", ".join(str(layer) for layer in layers)
+
+
+def format_layer_spans(layers: Sequence[int]) -> str:
+    """Ascending layers as runs, in ``--layers`` syntax: what a subset result says it holds.
+
+    >>> format_layer_spans([0, 1, 2, 3, 7, 9, 10])
+    '0-3,7,9-10'
+    """
+    spans: list[list[int]] = []
+    for layer in layers:
+        if spans and layer == spans[-1][1] + 1:
+            spans[-1][1] = layer
+        else:
+            spans.append([layer, layer])
+    return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in spans)

@@ -21,6 +21,9 @@ Panels 1-3 use a linear axis, as the seed, unless their values span more than ``
 gain 1 is the middle and bars rise or hang from it. ``log_gains=True``/``False`` forces either.
 
 Every function takes a ``GainResult`` and returns a ``go.Figure``; nothing is shown from here.
+A result measured on some layers only (``measure_gains(..., layers=...)``) is drawn at its true
+layer indices; panel 4 covers its measured prefix 0..k only (and says so, or that it has none),
+and the subtitle says the Funnel test is not testable.
 Error bars and bands are the result's bootstrap intervals (``result.with_intervals()``) when it
 carries them. Hovering a point shows its layer, value and interval.
 
@@ -144,24 +147,24 @@ def _single(result, panel, index: int, log: bool | None) -> go.Figure:
 
 # ---- what each panel draws --------------------------------------------------------------------
 def _attention_mlp(fig, result, row, col, legend, log=None):
-    layers = np.arange(result.n_layers)
+    layers = np.asarray(result.layers)
     log = _log_axis(log, result, ("attn", "mlp"))
     for component in ("attn", "mlp"):
         # The seed shades under the attention gain; on a log axis there is no zero to shade to.
         fill = "tozeroy" if component == "attn" and not log else None
         fig.add_trace(_gain_trace(result, component, layers, legend=legend, fill=fill), row=row, col=col)
     _neutral(fig, row, col)
-    top = int(np.argmax(result.mlp_gains))
+    top = int(layers[np.argmax(result.mlp_gains)])
     fig.add_vline(x=top, line=dict(color=COLORS["mlp"], dash="dot", width=1.5), row=row, col=col,
                   annotation=dict(text=f"max MLP L{top}", font=dict(color=COLORS["mlp"], size=13)),
                   annotation_position="top left" if top > result.n_layers / 2 else "top right")
-    fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers))
+    fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers, result.layers))
     fig.update_yaxes(title_text="gain  ‖output‖ / ‖input‖" + (" (log)" if log else ""), row=row, col=col,
                      **_gain_axis(log, _extent(result, ("attn", "mlp"))))
 
 
 def _mlp_depth(fig, result, row, col, legend, log=None):
-    depth = np.linspace(0, 1, result.n_layers)
+    depth = np.linspace(0, 1, result.n_layers)[list(result.layers)]  # the measured layers' depths
     log = _log_axis(log, result, ("mlp",), extra=[PYTHIA_1_4B_REFERENCE["mlp_max_gain"]])
     fig.add_trace(_gain_trace(result, "mlp", depth, legend=legend, name=f"{_short(result.model)} MLP",
                               x_label="depth"), row=row, col=col)
@@ -186,7 +189,7 @@ def _mlp_depth(fig, result, row, col, legend, log=None):
 
 def _net_gain(fig, result, row, col, legend, log=None):
     gains = result.combined_gains
-    layers = np.arange(result.n_layers)
+    layers = np.asarray(result.layers)
     intervals = _intervals(result, "combined")
     log = _log_axis(log, result, ("combined",))
     expanding = gains >= 1  # the seed's colouring: by the point estimate
@@ -219,10 +222,11 @@ def _net_gain(fig, result, row, col, legend, log=None):
     block.line.update(dash="dot", width=1.5)  # thin and dotted: the bars stay the panel's subject
     fig.add_trace(block, row=row, col=col, secondary_y=True)
     _neutral(fig, row, col, width=2)
-    for layer in _labelled(gains, expanding):
-        top = max(gains[layer], intervals[layer, 1] if intervals is not None else gains[layer])
+    for index in _labelled(gains, expanding):  # positions in the measured layers
+        top = max(gains[index], intervals[index, 1] if intervals is not None else gains[index])
         # Annotations on a log axis are placed in log10 units.
-        fig.add_annotation(x=layer, y=math.log10(top) if log else top, text=f"L{layer}<br>{gains[layer]:.2f}",
+        fig.add_annotation(x=layers[index], y=math.log10(top) if log else top,
+                           text=f"L{layers[index]}<br>{gains[index]:.2f}",
                            showarrow=False, yanchor="bottom", yshift=3, bgcolor="rgba(255, 255, 255, 0.75)",
                            font=dict(size=12, color=COLORS["expanding edge"]), row=row, col=col)
     # Room above the tallest bar or error bar for the labels.
@@ -232,7 +236,7 @@ def _net_gain(fig, result, row, col, legend, log=None):
         span = [math.log10(low) - 0.05 * decades, math.log10(high) + 0.18 * decades]  # log10 units
     else:
         span = [0, 1.15 * high]
-    fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers))
+    fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers, result.layers))
     denominators = "LayerNorm outputs" if result.definition == "seed" else "residual stream"
     fig.update_yaxes(title_text=f"attn × MLP gain (÷ {denominators})" + (" (log)" if log else ""), range=span,
                      row=row, col=col, secondary_y=False, **_gain_axis(log, (low, high), autorange=False))
@@ -247,9 +251,23 @@ def _net_gain(fig, result, row, col, legend, log=None):
 
 
 def _cumulative(fig, result, row, col, legend, log=True):
-    layers = np.arange(result.n_layers)
+    # A running product from layer 0 is exact over the measured prefix 0..k only (all layers for a
+    # full result): past a gap it would skip the missing layers' gains.
+    layers = np.asarray(result.cumulative_layers)
     cumulative = result.cumulative_gains
     intervals = _intervals(result, "cumulative")
+    if not len(layers):
+        fig.add_annotation(text=f"not drawn: layer 0 was not measured (layers {result.layer_spans}),<br>"
+                                "and the product runs from layer 0",
+                           showarrow=False, x=0.5, y=0.5, xref="x domain", yref="y domain",
+                           font=dict(size=15, color=COLORS["neutral"]), row=row, col=col)
+        # An empty trace makes Plotly lay out the panel (a subplot without traces is not drawn, nor
+        # its annotation); its axes stay, bare.
+        fig.add_trace(go.Scatter(x=[None], y=[None], showlegend=False, hoverinfo="skip", legend=legend),
+                      row=row, col=col)
+        for update in (fig.update_xaxes, fig.update_yaxes):
+            update(showticklabels=False, showgrid=False, zeroline=False, range=[0, 1], row=row, col=col)
+        return
     if intervals is not None:
         fig.add_trace(go.Scatter(x=layers, y=intervals[:, 1], mode="lines", line=dict(width=0),
                                  showlegend=False, hoverinfo="skip", legend=legend), row=row, col=col)
@@ -263,13 +281,16 @@ def _cumulative(fig, result, row, col, legend, log=True):
         **_hover(result, "cumulative", layers, cumulative, intervals),
     ), row=row, col=col)
     _neutral(fig, row, col)
-    bottleneck, output = int(np.argmin(cumulative)), result.n_layers - 1
-    markers = [(output, "output", COLORS["output"], "square")]
+    # Positions in the prefix, which are its layers' indices too (it starts at 0).
+    bottleneck, output = int(np.argmin(cumulative)), len(layers) - 1
+    # The prefix may stop short of the model's output: then its end is only the last layer drawn.
+    end = "output" if output == result.n_layers - 1 else "last measured"
+    markers = [(output, end, COLORS["output"], "square")]
     if bottleneck == output:  # one marker: two at one point would hide each other
-        markers = [(output, "bottleneck = output", COLORS["bottleneck"], "circle")]
+        markers = [(output, f"bottleneck = {end}", COLORS["bottleneck"], "circle")]
     elif bottleneck > 0:  # lowest at the first layer means the curve only rises: nothing narrows
         markers.insert(0, (bottleneck, "bottleneck", COLORS["bottleneck"], "circle"))
-    elif result.n_layers > 1:
+    elif len(layers) > 1:
         _legend_entry(fig, "no bottleneck (lowest at L0)", dict(color="rgba(0,0,0,0)"), legend, row, col)
     for layer, label, color, symbol in markers:
         fig.add_trace(go.Scatter(
@@ -278,7 +299,8 @@ def _cumulative(fig, result, row, col, legend, log=True):
             marker=dict(size=13, color=color, symbol=symbol, line=dict(color="white", width=1.5)),
             hovertemplate=f"{label}: L{layer}<br>cumulative gain {cumulative[layer]:.4g}<extra></extra>",
         ), row=row, col=col)
-    fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers))
+    fig.update_xaxes(title_text="layer" if end == "output" else f"layer (measured prefix 0-{output} of {result.n_layers})",
+                     row=row, col=col, **_layer_ticks(result.n_layers, layers))
     values = np.concatenate([cumulative, [1.0]] + ([intervals.ravel()] if intervals is not None else []))
     fig.update_yaxes(title_text="cumulative gain (product to the layer)", type="log",
                      exponentformat="power", row=row, col=col, **_log_ticks(values.min(), values.max()))
@@ -308,7 +330,7 @@ def _gain_trace(result, component, x, legend, name=None, fill=None, symbol="circ
         line=dict(color=color, width=2), marker=dict(size=6, color=color, symbol=symbol),
         fill=fill, fillcolor=_transparent(color, 0.12) if fill else None, hoveron="points",
         **_errors(gains, intervals, color),
-        **_hover(result, component, np.arange(result.n_layers), gains, intervals, x_label=x_label),
+        **_hover(result, component, np.asarray(result.layers[:len(gains)]), gains, intervals, x_label=x_label),
     )
 
 
@@ -444,9 +466,15 @@ def _labelled(gains, expanding, most: int = 8) -> list[int]:
     return [int(layer) for layer in layers]
 
 
-def _layer_ticks(n_layers: int) -> dict:
+def _layer_ticks(n_layers: int, layers=None) -> dict:
+    """The layer axis: every layer (or, given ``layers``, the span from the first to the last of them)."""
+    if layers is None or not len(layers) or len(layers) == n_layers:
+        first, last, extent = 0, n_layers - 1, [-0.7, n_layers - 0.3]
+    else:
+        first, last = int(layers[0]), int(layers[-1])
+        extent = [first - 0.7, last + 0.7]
     # One tick per layer up to 16 layers, then every 2nd, 4th...: labels never collide at 1400 px.
-    return dict(tick0=0, dtick=max(1, 2 ** math.ceil(math.log2(max(1, n_layers / 16)))), range=[-0.7, n_layers - 0.3])
+    return dict(tick0=0, dtick=max(1, 2 ** math.ceil(math.log2(max(1, (last - first + 1) / 16)))), range=extent)
 
 
 def _transparent(hex_color: str, alpha: float) -> str:
@@ -479,6 +507,11 @@ def _finish(fig, result, height: int, heading: str = "attention, MLP and block g
     uncertainty = ("error bars: {:g}% bootstrap intervals over prompts ({} resamples)".format(
         100 * intervals.confidence, intervals.n_resamples) if intervals is not None else "no intervals (bootstrap skipped)")
     dropped = f" · first {result.drop_first} positions dropped" if result.drop_first else ""
+    from .criteria import not_testable
+
+    why_not = not_testable(result)
+    if why_not:  # what the panels hold, and the verdict's place in the analysis
+        dropped += f" · layers {result.layer_spans} of {result.n_layers} (Funnel test not testable: it needs every layer)"
     fig.update_layout(
         template="plotly_white", height=height, barmode="overlay", hovermode="closest",
         title=dict(text=f"<b>{result.model}</b>: {heading}<br>"

@@ -26,6 +26,12 @@ gain = mean‖out‖ / (mean‖in‖ + 1e-10); a layer's gain is the mean of the
 The per-prompt sums Σ‖out‖, Σ‖in‖ and token counts are kept, so pooled or bootstrap statistics
 derive from them. ``combined`` = attn gain × MLP gain of the layer; ``cumulative`` = running
 product of ``combined`` over layers.
+
+Measured on some layers only (``measure_gains(..., layers=...)``), a result holds those layers
+(``result.layers``, true indices; every per-layer array has that length) and ``n_layers`` stays the
+model's depth. Per-layer gains are exact there. The running product from layer 0 is exact only
+over a measured prefix 0..k (``cumulative_layers``); the Funnel verdicts need every layer from 0,
+and are refused (``funnel.not_testable``).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from .errors import FunnelError
+from .layers import format_layer_spans
 
 SCHEMA_VERSION = 1
 COMPONENTS = ("attn", "mlp", "block")
@@ -55,7 +62,8 @@ class GainResult:
 
     Shapes: ``out_sums[c]`` and ``in_sums[c]`` are ``[prompt, layer]`` sums over the counted
     tokens of ‖output‖ and ‖input‖ of component ``c`` (see the module docstring for what input
-    means under each definition); ``n_tokens`` is ``[prompt]``, the tokens counted.
+    means under each definition); ``n_tokens`` is ``[prompt]``, the tokens counted. ``layer`` runs
+    over ``layers``, the measured layers (ascending true indices; None given = all ``n_layers``).
     """
 
     model: str
@@ -75,10 +83,16 @@ class GainResult:
     # Per-prompt sums by position bucket (funnel_tl.positions.PositionSums) when measured with
     # ``by_position=True``; None otherwise (and in files written before it existed).
     positions: Any = None
+    # The measured layers, ascending (``measure_gains(..., layers=...)``); None: every layer.
+    layers: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.definition not in DEFINITIONS:
             raise FunnelError(f"unknown definition {self.definition!r}: choose seed or residual")
+        layers = tuple(range(self.n_layers)) if self.layers is None else tuple(int(layer) for layer in self.layers)
+        if not layers or list(layers) != sorted(set(layers)) or layers[0] < 0 or layers[-1] >= self.n_layers:
+            raise ValueError(f"layers {list(layers)} must be distinct, ascending and within 0-{self.n_layers - 1}")
+        object.__setattr__(self, "layers", layers)
         object.__setattr__(self, "n_tokens", np.asarray(self.n_tokens, dtype=np.int64))
         if self.prompts is not None:
             object.__setattr__(self, "prompts", tuple(self.prompts))
@@ -92,22 +106,23 @@ class GainResult:
                 raise ValueError(f"sums must have the components {COMPONENTS}, got {sorted(sums)}")
             for component in COMPONENTS:
                 array = np.asarray(sums[component], dtype=np.float64)
-                if array.shape != (n_prompts, self.n_layers):
-                    raise ValueError(f"{component} sums have shape {array.shape}, expected {(n_prompts, self.n_layers)}")
+                if array.shape != (n_prompts, len(layers)):
+                    raise ValueError(f"{component} sums have shape {array.shape}, expected {(n_prompts, len(layers))}")
                 if not np.all(np.isfinite(array)) or np.any(array < 0):
                     raise ValueError(f"{component} sums must be finite and non-negative")
                 sums[component] = array
-        if self.intervals is not None and self.intervals.n_layers != self.n_layers:
-            raise ValueError(f"intervals cover {self.intervals.n_layers} layers, the result {self.n_layers}")
+        if self.intervals is not None and (self.intervals.n_layers, len(self.intervals.cumulative)) != (
+                len(layers), len(self.cumulative_layers)):
+            raise ValueError(f"intervals cover {self.intervals.n_layers} layers, the result {len(layers)}")
         if self.positions is not None:
             self._check_positions()
 
     def _check_positions(self) -> None:
         """Position sums must add up, over buckets, to the per-prompt sums: the same tokens."""
         positions = self.positions
-        if positions.n_prompts != self.n_prompts or positions.n_layers != self.n_layers:
+        if positions.n_prompts != self.n_prompts or positions.n_layers != len(self.layers):
             raise ValueError(f"position sums cover {positions.n_prompts} prompts x {positions.n_layers} layers, "
-                             f"the result {self.n_prompts} x {self.n_layers}")
+                             f"the result {self.n_prompts} x {len(self.layers)}")
         if not np.array_equal(positions.n_tokens.sum(axis=1), self.n_tokens):
             raise ValueError("position token counts do not add up to the per-prompt token counts")
         for component in COMPONENTS:
@@ -125,8 +140,8 @@ class GainResult:
         import html
 
         rows = []
-        for layer in range(self.n_layers):
-            cells = "".join(f"<td>{_with_interval(self, c, layer)}</td>" for c in ("attn", "mlp", "block"))
+        for row, layer in enumerate(self.layers):
+            cells = "".join(f"<td>{_with_interval(self, c, row)}</td>" for c in ("attn", "mlp", "block"))
             rows.append(f"<tr><td>{layer}</td>{cells}</tr>")
         summary = ", ".join(f"{key}={html.escape(str(value))}" for key, value in self._summary(short=True).items())
         return (f"<div><code>GainResult({summary})</code><table><thead><tr><th>layer</th><th>attention</th>"
@@ -135,8 +150,10 @@ class GainResult:
     def _summary(self, short: bool = False) -> dict[str, str]:
         from .funnel import funnel_test
 
-        summary = {"model": repr(self.model), "definition": repr(self.definition), "n_layers": str(self.n_layers),
-                   "n_prompts": str(self.n_prompts), "n_tokens": str(int(self.n_tokens.sum()))}
+        summary = {"model": repr(self.model), "definition": repr(self.definition), "n_layers": str(self.n_layers)}
+        if not self.all_layers:
+            summary["layers"] = repr(self.layer_spans)
+        summary |= {"n_prompts": str(self.n_prompts), "n_tokens": str(int(self.n_tokens.sum()))}
         if self.drop_first:
             summary["drop_first"] = str(self.drop_first)
         if self.intervals is not None:
@@ -144,14 +161,16 @@ class GainResult:
         if not short:
             for component in ("attn", "mlp"):
                 summary[f"{component}_gains"] = _brief(self.gains(component))
-        summary["funnel_confirmed"] = str(funnel_test(self).funnel_confirmed)
+        summary["funnel_confirmed"] = str(funnel_test(self).funnel_confirmed) if self.all_layers else "'not testable'"
         return summary
 
     def to_pandas(self):
         """The gains as a tidy table, one row per layer and component (pandas, imported here).
 
         Columns: model, layer, component (attn, mlp, block, combined, cumulative), gain, ci_low,
-        ci_high (the bootstrap interval, NaN without intervals), n_prompts. Measured with
+        ci_high (the bootstrap interval, NaN without intervals), n_prompts. ``layer`` is the true
+        layer index; measured on some layers only, only those have rows (cumulative ones only
+        over ``cumulative_layers``). Measured with
         ``by_position=True``, a ``position`` column too: ``"all"`` on these rows, and one more row
         per layer, component (attn, mlp, block, combined) and reached position bucket, with its
         label ("0", "16–31"), ``position_start``/``position_stop`` and the prompts reaching it
@@ -183,6 +202,26 @@ class GainResult:
     def n_prompts(self) -> int:
         return len(self.n_tokens)
 
+    @property
+    def all_layers(self) -> bool:
+        """Whether every layer of the model was measured (the Funnel verdicts need it)."""
+        return len(self.layers) == self.n_layers
+
+    @property
+    def layer_spans(self) -> str:
+        """The measured layers in ``--layers`` syntax, e.g. ``"0-3,23"``."""
+        return format_layer_spans(self.layers)
+
+    @property
+    def cumulative_layers(self) -> tuple[int, ...]:
+        """The layers the cumulative gain covers: the measured prefix 0..k (every layer for a full
+        result; none when layer 0 was not measured). Past a gap a running product from layer 0
+        would silently skip the missing layers' gains, so it stops there."""
+        prefix = 0
+        while prefix < len(self.layers) and self.layers[prefix] == prefix:
+            prefix += 1
+        return self.layers[:prefix]
+
     def per_prompt_gains(self, component: str) -> np.ndarray:
         """``[prompt, layer]``: mean‖out‖ / (mean‖in‖ + 1e-10) of each prompt (the seed's)."""
         counts = self.n_tokens[:, None]
@@ -211,7 +250,8 @@ class GainResult:
 
     @property
     def cumulative_gains(self) -> np.ndarray:
-        return np.cumprod(self.combined_gains)
+        """``[layer]`` over ``cumulative_layers``: the running product of ``combined`` from layer 0."""
+        return np.cumprod(self.combined_gains[:len(self.cumulative_layers)])
 
     def subset(self, prompt_indices) -> "GainResult":
         """A new result over some of the prompts (for bootstrap resampling and checks)."""
@@ -224,7 +264,7 @@ class GainResult:
             out_sums={c: v[index] for c, v in self.out_sums.items()},
             in_sums={c: v[index] for c, v in self.in_sums.items()},
             drop_first=self.drop_first, provenance=provenance,
-            positions=None if self.positions is None else self.positions.subset(index),
+            positions=None if self.positions is None else self.positions.subset(index), layers=self.layers,
         )
 
     def position_gains(self, component: str) -> np.ndarray:
@@ -261,7 +301,7 @@ class GainResult:
             n_tokens=n_tokens[kept],
             out_sums={c: out_sums[c][kept] for c in COMPONENTS}, in_sums={c: in_sums[c][kept] for c in COMPONENTS},
             drop_first=k, provenance=dict(provenance, drop_first=k, derived_from_drop_first=self.drop_first),
-            positions=self.positions.without_first(k).subset(kept),
+            positions=self.positions.without_first(k).subset(kept), layers=self.layers,
         )
 
     def with_intervals(self, intervals=None, n_resamples: int | None = None, seed: int | None = None,
@@ -291,20 +331,24 @@ class GainResult:
     # ---- results.json ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The results file: every key of the seed notebook's JSON, same meaning, plus more."""
-        from .funnel import comparison_1_4b, funnel_test, summarize
+        from .funnel import comparison_1_4b, funnel_test, not_testable, summarize
 
-        attn, mlp, combined = summarize(self.attn_gains), summarize(self.mlp_gains), summarize(self.combined_gains)
-        test = funnel_test(self)
+        attn, mlp, combined = (summarize(gains, self.layers) for gains in
+                               (self.attn_gains, self.mlp_gains, self.combined_gains))
+        # Measured on some layers only: the verdicts are null and "not_testable" says why (the
+        # keys stay, so a reader of full files finds them in every file).
+        why_not = not_testable(self)
         uncertainty = {}
         if self.intervals is not None:
             from .stats import robust_funnel_test
 
             uncertainty = {"intervals": self.intervals.to_dict(),
-                           "robust_funnel_test": robust_funnel_test(self).to_dict()}
+                           "robust_funnel_test": None if why_not else robust_funnel_test(self).to_dict()}
         return {
             "schema_version": SCHEMA_VERSION,
             "model": self.model,
             "n_layers": int(self.n_layers),
+            **({} if self.all_layers else {"layers": list(self.layers)}),
             "hidden_dim": int(self.d_model),
             "n_prompts": int(self.n_prompts),
             "definition": self.definition,
@@ -321,7 +365,8 @@ class GainResult:
                 "min_gain": mlp.min_gain, "max_gain": mlp.max_gain,
                 "L_star_max": mlp.max_layer,
                 "n_contracting": mlp.n_contracting, "n_expanding": mlp.n_expanding,
-                "last_layer_gain": float(self.mlp_gains[-1]),
+                # The model's last layer; null when a subset left it out.
+                "last_layer_gain": float(self.mlp_gains[-1]) if self.layers[-1] == self.n_layers - 1 else None,
             },
             "combined": {
                 "gains": _floats(self.combined_gains),
@@ -330,9 +375,10 @@ class GainResult:
                 "cumulative_gains": _floats(self.cumulative_gains),
             },
             "block": {"gains": _floats(self.block_gains)},
-            "funnel_test": test.to_dict(),
+            "funnel_test": None if why_not else funnel_test(self).to_dict(),
+            **({"not_testable": why_not} if why_not else {}),
             **uncertainty,
-            "comparison_1_4b": comparison_1_4b(self),
+            "comparison_1_4b": None if why_not else comparison_1_4b(self),
             "per_prompt": {
                 "n_tokens": [int(n) for n in self.n_tokens],
                 **{c: {"out_sum": self.out_sums[c].tolist(), "in_sum": self.in_sums[c].tolist()} for c in COMPONENTS},
@@ -375,14 +421,17 @@ class GainResult:
             intervals = Intervals.from_dict(data["intervals"], source=source)
         try:
             per_prompt = data["per_prompt"]
+            layers = data.get("layers")
+            width = data["n_layers"] if layers is None else len(layers)
             return cls(
                 model=data["model"], definition=data["definition"], n_layers=data["n_layers"],
                 d_model=data["hidden_dim"], parallel_blocks=data["parallel_blocks"],
                 prompts=_texts(data["prompts"]), n_tokens=np.asarray(per_prompt["n_tokens"]),
-                out_sums={c: np.asarray(per_prompt[c]["out_sum"], dtype=np.float64).reshape(-1, data["n_layers"]) for c in COMPONENTS},
-                in_sums={c: np.asarray(per_prompt[c]["in_sum"], dtype=np.float64).reshape(-1, data["n_layers"]) for c in COMPONENTS},
+                out_sums={c: np.asarray(per_prompt[c]["out_sum"], dtype=np.float64).reshape(-1, width) for c in COMPONENTS},
+                in_sums={c: np.asarray(per_prompt[c]["in_sum"], dtype=np.float64).reshape(-1, width) for c in COMPONENTS},
                 drop_first=data.get("drop_first", 0), provenance=data.get("provenance", {}),
                 intervals=intervals, positions=_positions_from_dict(data.get("by_position")),
+                layers=None if layers is None else tuple(layers),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise FunnelError(f"{source} is not a complete funnel_tl results file (missing or bad {error})") from None
@@ -436,11 +485,12 @@ def gain_rows(result: GainResult, **extra) -> list[dict[str, Any]]:
         gains = (result.combined_gains if component == "combined" else
                  result.cumulative_gains if component == "cumulative" else result.gains(component))  # [layer]
         bounds = result.intervals.of(component) if result.intervals is not None else None  # [layer, 2]
-        for layer in range(result.n_layers):
+        # gains has one row per measured layer (the cumulative: per layer of the measured prefix).
+        for row, layer in enumerate(result.layers[:len(gains)]):
             rows.append({**extra, "model": result.model, "layer": layer, "component": component,
-                         "gain": float(gains[layer]),
-                         "ci_low": float(bounds[layer, 0]) if bounds is not None else float("nan"),
-                         "ci_high": float(bounds[layer, 1]) if bounds is not None else float("nan"),
+                         "gain": float(gains[row]),
+                         "ci_low": float(bounds[row, 0]) if bounds is not None else float("nan"),
+                         "ci_high": float(bounds[row, 1]) if bounds is not None else float("nan"),
                          "n_prompts": result.n_prompts})
     return rows
 
@@ -462,10 +512,10 @@ def _brief(values, most: int = 12) -> str:
     return "[" + ", ".join(shown) + "]"
 
 
-def _with_interval(result: GainResult, component: str, layer: int) -> str:
-    text = f"{result.gains(component)[layer]:.4g}"
+def _with_interval(result: GainResult, component: str, row: int) -> str:
+    text = f"{result.gains(component)[row]:.4g}"
     if result.intervals is not None:
-        low, high = result.intervals.of(component)[layer]
+        low, high = result.intervals.of(component)[row]
         text += f" [{low:.3g}, {high:.3g}]"
     return text
 

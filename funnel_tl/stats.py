@@ -7,7 +7,8 @@ norm sums that ``GainResult`` keeps, exactly as the point estimate is computed:
 
 - attn, mlp, block: the mean over the resampled prompts of the per-prompt gains;
 - combined: the resample's attn gain × its MLP gain (the product of the aggregates, as the seed);
-- cumulative: the running product over layers of the resample's combined gains.
+- cumulative: the running product over layers of the resample's combined gains (over the
+  measured prefix 0..k only, ``GainResult.cumulative_layers``, when some layers were measured).
 
 The interval is the percentile interval of those resampled statistics (``confidence`` = 0.95 gives
 the 2.5th and 97.5th percentiles). With few prompts the percentile bootstrap is known to be a bit
@@ -40,7 +41,7 @@ from typing import Any
 import einops
 import numpy as np
 
-from .criteria import mlp_expanding_allowed
+from .criteria import mlp_expanding_allowed, require_all_layers
 from .errors import FunnelError
 
 # 2,000 resamples put the Monte Carlo error of a 2.5th/97.5th percentile well below the width of
@@ -60,7 +61,8 @@ class Intervals:
     """Bootstrap intervals over prompts, one ``[lo, hi]`` row per layer for each gain.
 
     Shapes: ``attn``, ``mlp``, ``combined``, ``block`` and ``cumulative`` are ``[layer, 2]``
-    (column 0 the lower bound, column 1 the upper). ``confidence``, ``n_resamples`` and ``seed``
+    (column 0 the lower bound, column 1 the upper); ``cumulative`` may have fewer rows (a result
+    measured on some layers: its measured prefix 0..k, possibly none). ``confidence``, ``n_resamples`` and ``seed``
     say how they were drawn; the same three on the same result give the same intervals.
     """
 
@@ -79,15 +81,19 @@ class Intervals:
         shape = None
         for component in INTERVAL_KEYS:
             array = np.asarray(getattr(self, component), dtype=np.float64)
+            if component == "cumulative" and array.size == 0:
+                array = array.reshape(0, 2)  # no measured prefix (read back from JSON as [])
             if array.ndim != 2 or array.shape[1] != 2:
                 raise FunnelError(f"{component} intervals have shape {array.shape}, expected [layer, 2]")
-            if shape is not None and array.shape != shape:
+            if component == "cumulative" and shape is not None and array.shape[0] <= shape[0]:
+                pass  # a measured prefix of the layers (the ones before it, when all were measured)
+            elif shape is not None and array.shape != shape:
                 raise FunnelError(f"{component} intervals have {array.shape[0]} layers, others {shape[0]}")
             if not np.all(np.isfinite(array)):
                 raise FunnelError(f"{component} intervals hold NaN or inf")
             if not np.all(array[:, 0] <= array[:, 1]):
                 raise FunnelError(f"{component} intervals have a lower bound above the upper one")
-            shape = array.shape
+            shape = shape or array.shape
             object.__setattr__(self, component, array)
 
     @property
@@ -201,18 +207,20 @@ def bootstrap_intervals(result, n_resamples: int = DEFAULT_RESAMPLES, seed: int 
     if result.n_prompts < 2:
         raise FunnelError(f"{result.model}: a bootstrap over prompts needs at least 2 prompts, got "
                           f"{result.n_prompts}: give more prompts, or --bootstrap 0 to skip intervals")
-    check_bootstrap(n_resamples, result.n_prompts, result.n_layers)
+    n_layers = len(result.layers)  # the measured ones
+    check_bootstrap(n_resamples, result.n_prompts, n_layers)
     per_prompt = {component: result.per_prompt_gains(component) for component in ("attn", "mlp", "block")}
-    resampled = {component: np.empty((n_resamples, result.n_layers)) for component in per_prompt}
+    resampled = {component: np.empty((n_resamples, n_layers)) for component in per_prompt}
     for start, stop, weights in resample_weight_chunks(result.n_prompts, n_resamples, seed):  # [resample, prompt]
         for component, gains in per_prompt.items():
             resampled[component][start:stop] = einops.einsum(weights, gains,
                                                              "resample prompt, prompt layer -> resample layer")
     resampled["combined"] = resampled["attn"] * resampled["mlp"]  # [resample, layer]
-    resampled["cumulative"] = np.cumprod(resampled["combined"], axis=1)  # [resample, layer]
+    prefix = len(result.cumulative_layers)  # a running product from layer 0 is exact over these only
+    resampled["cumulative"] = np.cumprod(resampled["combined"][:, :prefix], axis=1)  # [resample, layer]
     tail = 100 * (1 - confidence) / 2
     bounds = {
-        # [2, layer] -> [layer, 2]
+        # [2, layer] -> [layer, 2] (np.percentile of a [resample, 0] array is [2, 0]: no prefix measured)
         component: einops.rearrange(np.percentile(values, [tail, 100 - tail], axis=0), "bound layer -> layer bound")
         for component, values in resampled.items()
     }
@@ -262,7 +270,10 @@ def robust_funnel_test(result, intervals: Intervals | None = None) -> RobustFunn
     3. the last layer's MLP expands: its interval lies wholly above 1;
     4. the last layer has the max MLP gain: its interval lies above every other layer's
        (reported, not required, as in the seed).
+
+    A result measured on some layers only is refused, as by ``funnel.funnel_test``.
     """
+    require_all_layers(result, "the robust Funnel test")
     intervals = intervals if intervals is not None else getattr(result, "intervals", None)
     if intervals is None:
         raise FunnelError(f"{result.model}: no bootstrap intervals: compute them with result.with_intervals()")
