@@ -218,10 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure one model's per-layer gains, print the seed notebook's analysis, "
                     "hypothesis test and Pythia-1.4B comparison, and write DIR/results.json.",
         epilog="examples:\n  funnel-tl run                       # bundled default model, offline\n"
-               "  funnel-tl run --model EleutherAI/pythia-6.9b --device cuda --dtype float16",
+               "  funnel-tl run --model EleutherAI/pythia-6.9b --device cuda --dtype float16\n"
+               "  funnel-tl run --layers 0-3,-1       # the first four layers and the last only",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_options(run)
+    run.add_argument("--layers", default=None, metavar="SPEC",
+                     help="layers to measure: numbers and inclusive ranges such as 0-3,-1 (-1 the last), as "
+                          "for heads (default: all). Only they are read and the forward stops after the last; "
+                          "the Funnel verdicts need every layer and are then reported as not testable")
     run.add_argument("--out", default=None, metavar="DIR",
                      help="output folder (default: runs/<model name>)")
     add_bootstrap_options(run)
@@ -309,12 +314,17 @@ def cmd_run(args) -> int:
     from .distributed import world
     from .funnel import format_analysis
     from .gains import measure_gains
+    from .layers import parse_layers, resolve_layers
     from .models import local_n_layers
     from .plots import png_help
     from .stats import check_bootstrap
 
     # Everything cheap first: a typo must not cost a model load, and a folder that cannot be
     # written must not cost a measurement.
+    layers = parse_layers(args.layers)
+    if layers is not None and args.by_position:
+        raise FunnelError("--by-position needs every layer (its sink analysis gives the Funnel verdict): "
+                          "leave out --layers or --by-position")
     _check_measure_options(args)
     check_bootstrap(args.bootstrap)
     if not 1 <= args.sink_positions <= 16:
@@ -325,9 +335,16 @@ def cmd_run(args) -> int:
     prompts, source = read_cli_prompts(args, stream=not current.distributed)
     n_layers = local_n_layers(args.model, args.revision)  # bundled and local folders: from config.json
     check_bootstrap(args.bootstrap, None, n_layers)
+    if n_layers is not None:
+        resolve_layers(layers, n_layers)  # out of range: said before the model loads
+
+    def after_load(model):  # hub models: their depth is known only now, still before measuring
+        check_bootstrap(args.bootstrap, None, model.cfg.n_layers)
+        resolve_layers(layers, model.cfg.n_layers)
+
     with contextlib.ExitStack() as held:
-        after_load = (lambda model: check_bootstrap(args.bootstrap, None, model.cfg.n_layers)) if n_layers is None else None
-        out, result = _load_and_measure(held, args, current, prompts, source, measure_gains, after_load=after_load)
+        out, result = _load_and_measure(held, args, current, prompts, source, measure_gains,
+                                        after_load=after_load if n_layers is None else None, layers=layers)
         if result is None:
             return 0  # rank 0 alone prints and writes
         if result.positions is not None:
