@@ -324,14 +324,37 @@ def _gain_trace(result, component, x, legend, name=None, fill=None, symbol="circ
     """Line + markers of one component's gain per layer, with interval error bars and hover."""
     gains = _gain_values(result, component)
     intervals = _intervals(result, component)
+    layers = np.asarray(result.layers[:len(gains)])
+    x, gains, intervals, broken = _broken_at_gaps(layers, x, gains, intervals)
+    if len(broken) > len(layers):
+        fill = None  # Plotly's fill would bridge the gap the line leaves
+    layers = broken
     color = COLORS[component]
     return go.Scatter(
         x=x, y=gains, mode="lines+markers", name=name or f"{NAMES[component]} gain", legend=legend,
         line=dict(color=color, width=2), marker=dict(size=6, color=color, symbol=symbol),
         fill=fill, fillcolor=_transparent(color, 0.12) if fill else None, hoveron="points",
         **_errors(gains, intervals, color),
-        **_hover(result, component, np.asarray(result.layers[:len(gains)]), gains, intervals, x_label=x_label),
+        **_hover(result, component, layers, gains, intervals, x_label=x_label),
     )
+
+
+def _broken_at_gaps(layers, x, values, intervals):
+    """``x``, ``values``, ``intervals`` and ``layers`` with a NaN point between layers that are not
+    neighbours (a result measured on some layers only): Plotly breaks the line there, where a line
+    drawn on would read as gains the layers in between never had. Unchanged without gaps.
+
+    >>> [a.tolist() for a in _broken_at_gaps(np.array([0, 1, 4]), [0, 1, 4], np.array([2., 3., 5.]), None)[:2]]
+    [[0.0, 1.0, nan, 4.0], [2.0, 3.0, nan, 5.0]]
+    """
+    after = np.flatnonzero(np.diff(layers) > 1) + 1  # where a gap ends
+    if not after.size:
+        return x, values, intervals, layers
+
+    def broken(array):
+        return np.insert(np.asarray(array, dtype=np.float64), after, np.nan, axis=0)
+
+    return broken(x), broken(values), None if intervals is None else broken(intervals), broken(layers)
 
 
 def _errors(values, intervals, color) -> dict:

@@ -161,7 +161,9 @@ def test_figure_draws_true_layers_and_the_prefix(deep_model):
     gaps = measure_gains(deep_model(SERIAL), "seed", batch_size=3, layers=[0, 1, 4])
     fig = plot_funnel(gaps)
     attention = next(trace for trace in fig.data if trace.name == "attention gain")
-    assert list(attention.x) == [0, 1, 4] and list(attention.customdata[:, 0]) == [0, 1, 4]  # hover says the layer
+    drawn = ~np.isnan(np.asarray(attention.y, dtype=float))  # the gap's NaN point breaks the line
+    assert list(np.asarray(attention.x)[drawn]) == [0, 1, 4]
+    assert list(attention.customdata[drawn, 0]) == [0, 1, 4]  # the hover says the true layer
     cumulative = next(trace for trace in fig.data if trace.name == "cumulative attn × MLP gain")
     assert list(cumulative.x) == [0, 1]
     assert "Funnel test not testable" in fig.layout.title.text
@@ -209,3 +211,12 @@ def test_cli_bad_layers_fail_before_the_model_loads(deep, tmp_path, capsys, monk
     code = main(["run", "--model", str(deep[SERIAL]), "--out", str(tmp_path / "out"), *argv])
     error = capsys.readouterr().err.strip()
     assert code == 2 and message in error and len(error.splitlines()) == 1
+
+
+def test_lines_break_where_layers_are_missing(deep_model):
+    """A line drawn on from layer 1 to layer 4 would read as gains layers 2-3 never had."""
+    fig = plot_funnel(measure_gains(deep_model(SERIAL), "seed", batch_size=3, layers=[0, 1, 4]))
+    mlp = next(trace for trace in fig.data if trace.name == "MLP gain")
+    assert np.isnan(mlp.y[2]) and list(mlp.x[[0, 1, 3]]) == [0, 1, 4] and mlp.fill is None
+    every = plot_funnel(measure_gains(deep_model(SERIAL), "seed", batch_size=3))
+    assert not np.isnan(np.asarray(next(t for t in every.data if t.name == "MLP gain").y, dtype=float)).any()
