@@ -29,7 +29,6 @@ share one axis); a *step* is a training step (Pythia's hub revisions are ``step{
 from __future__ import annotations
 
 import gc
-import math
 import os
 import re
 import sys
@@ -811,7 +810,9 @@ class Comparison:
 
     def format_table(self) -> str:
         """The verdict table as plain text, for the terminal."""
-        header = f"{'model':<34} {'layers':>6} {'funnel':>7} {'robust':>7} {'attn min':>12} {'mlp max':>12} {'last mlp':>9} {'comb max':>12} {'measure':>7}"
+        from .compare_plots import format_seconds
+
+        header = f"{'model':<34} {'layers':>6} {'funnel':>7} {'robust':>7} {'attn min':>12} {'mlp max':>12} {'last mlp':>9} {'comb max':>12} {'measure':>8}"
         lines = [header, "-" * len(header)]
         for row in self.rows:
             name = row.model if len(row.model) <= 34 else "…" + row.model[-33:]
@@ -823,7 +824,7 @@ class Comparison:
                 f"{name:<34} {row.n_layers:>6} {str(row.funnel_confirmed):>7} {robust:>7} "
                 f"{row.attn_min_gain:>7.3f} L{row.attn_min_layer:<3} {row.mlp_max_gain:>7.3f} L{row.mlp_max_layer:<3} "
                 f"{row.last_layer_mlp_gain:>9.3f} {row.combined_max_gain:>7.3f} L{row.combined_max_layer:<3} "
-                f"{_format_seconds(row.measure_seconds):>7}"
+                f"{format_seconds(row.measure_seconds):>8}"
             )
         return "\n".join(lines)
 
@@ -862,12 +863,6 @@ class Comparison:
         return cls(rows=rows, results=results, settings=settings, out=out)
 
 
-def _format_seconds(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    if seconds < 10:  # a small model's measurement takes hundredths of a second
-        return f"{seconds:.2f}s"
-    return f"{seconds:.1f}s" if seconds < 120 else f"{seconds / 60:.1f}m"
 
 
 __all__ = [
