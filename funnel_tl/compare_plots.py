@@ -344,7 +344,8 @@ h1 { font-size: 1.5em; margin-bottom: 4px; } h2 { font-size: 1.15em; margin-top:
 p.meta { color: #555; margin-top: 0; }
 table { border-collapse: collapse; font-size: 0.85em; }
 th, td { border-bottom: 1px solid #ddd; padding: 4px; text-align: right; white-space: nowrap; }
-th { background: #f4f4f4; white-space: normal; vertical-align: bottom; }
+th { background: #f4f4f4; white-space: normal; vertical-align: bottom; } th:first-child { text-align: left; }
+.scroll { display: inline-block; }  /* the frame hugs the table instead of running to the page's edge */
 th[title] { cursor: help; }
 td.name { text-align: left; max-width: 16em; overflow: hidden; white-space: normal; } td.name span { white-space: nowrap; }
 td .sub { display: block; color: #777; font-size: 0.85em; } /* a gain's layer, below it: narrow columns */
