@@ -302,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_position_options(compare, sink=False)
     compare.add_argument("--out", default="runs/compare", metavar="DIR",
                          help="output folder (default: runs/compare)")
+    add_text_options(compare)
     add_page_options(compare)
     compare.set_defaults(handler=cmd_compare)
     for command in commands.choices.values():  # `funnel-tl run --debug` as well as `funnel-tl --debug run`
@@ -580,7 +581,7 @@ def cmd_compare(args) -> int:
                          force=args.force, checkpoints=args.checkpoints, bootstrap=args.bootstrap,
                          bootstrap_seed=args.bootstrap_seed, self_contained=args.self_contained,
                          by_position=args.by_position, max_tokens_per_prompt=args.max_tokens_per_prompt,
-                         device_map=args.device_map, max_memory=args.max_memory)
+                         device_map=args.device_map, max_memory=args.max_memory, keep_texts=args.keep_texts)
     if comparison is None:
         return 0  # not rank 0: its models are written; rank 0 prints and writes the table
     if source.get("more_available"):

@@ -29,7 +29,6 @@ share one axis); a *step* is a training step (Pythia's hub revisions are ``step{
 from __future__ import annotations
 
 import gc
-import math
 import os
 import re
 import sys
@@ -329,7 +328,7 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
             out: str | os.PathLike = "runs/compare", force: bool = False, checkpoints=None,
             bootstrap: int = 2000, bootstrap_seed: int = 0, progress: bool | None = None,
             self_contained: bool = False, by_position: bool = False, max_tokens_per_prompt: int | str | None = None,
-            device_map=None, max_memory=None, world=None) -> "Comparison | None":
+            device_map=None, max_memory=None, keep_texts: bool = True, world=None) -> "Comparison | None":
     """Measure several models (or training checkpoints) in turn; write one table and one page.
 
     ``models``: bundled names, local checkpoint folders, hub names, or the preset
@@ -346,7 +345,9 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
     ``out/<slug>/results.json`` per model, ``out/compare.json`` and ``out/compare.html``.
 
     ``max_tokens_per_prompt`` truncates long prompts (``measure_gains``); ``device_map`` and
-    ``max_memory`` spread each model over several devices (``load_model``).
+    ``max_memory`` spread each model over several devices (``load_model``). ``keep_texts=False``
+    leaves the prompt texts out of every model's results.json (their count and sha256 stay, and
+    so does resuming: a model is recognised by that sha256).
 
     Under torchrun (or with ``world``, a ``distributed.World``), the targets not yet finished are
     dealt over the ranks (``assign_targets``): each is measured by one rank, each rank loads only its
@@ -384,7 +385,7 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
     options = dict(device=device, dtype=dtype, definition=definition, batch_size=batch_size, drop_first=drop_first,
                    bootstrap=bootstrap, bootstrap_seed=bootstrap_seed, progress=False if progress is False else None,
                    max_tokens_per_prompt=max_tokens_per_prompt, device_map=device_map, max_memory=max_memory,
-                   by_position=by_position)
+                   by_position=by_position, keep_texts=keep_texts)
     from .distributed import world as current_world
 
     group = world if world is not None else current_world()
@@ -570,7 +571,8 @@ def _finished(path: Path, target: Target, settings: dict) -> tuple[dict, GainRes
 def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str, dtype: str,
                  definition: str, batch_size: int, drop_first: int, bootstrap: int,
                  bootstrap_seed: int, progress: bool | None, by_position: bool = False, max_tokens_per_prompt=None,
-                 device_map=None, max_memory=None, extra_provenance: dict | None = None) -> tuple[dict, GainResult]:
+                 device_map=None, max_memory=None, keep_texts: bool = True,
+                 extra_provenance: dict | None = None) -> tuple[dict, GainResult]:
     """Load, measure, save one target; return its results file as written and read back."""
     _reset_peak_memory(device)
     start = time.perf_counter()
@@ -588,7 +590,8 @@ def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str,
                   max_tokens_per_prompt="context")  # a model with a tiny context reads what fits
     measuring = time.perf_counter()
     result = measure_gains(model, prompts, definition=definition, batch_size=batch_size, drop_first=drop_first,
-                           progress=progress, by_position=by_position, max_tokens_per_prompt=max_tokens_per_prompt)
+                           progress=progress, by_position=by_position, max_tokens_per_prompt=max_tokens_per_prompt,
+                           keep_texts=keep_texts)
     measured = time.perf_counter()
     del model
     peak, kind = _peak_memory(device)
@@ -807,7 +810,9 @@ class Comparison:
 
     def format_table(self) -> str:
         """The verdict table as plain text, for the terminal."""
-        header = f"{'model':<34} {'layers':>6} {'funnel':>7} {'robust':>7} {'attn min':>12} {'mlp max':>12} {'last mlp':>9} {'comb max':>12} {'measure':>7}"
+        from .compare_plots import format_seconds
+
+        header = f"{'model':<34} {'layers':>6} {'funnel':>7} {'robust':>7} {'attn min':>12} {'mlp max':>12} {'last mlp':>9} {'comb max':>12} {'measure':>8}"
         lines = [header, "-" * len(header)]
         for row in self.rows:
             name = row.model if len(row.model) <= 34 else "…" + row.model[-33:]
@@ -819,7 +824,7 @@ class Comparison:
                 f"{name:<34} {row.n_layers:>6} {str(row.funnel_confirmed):>7} {robust:>7} "
                 f"{row.attn_min_gain:>7.3f} L{row.attn_min_layer:<3} {row.mlp_max_gain:>7.3f} L{row.mlp_max_layer:<3} "
                 f"{row.last_layer_mlp_gain:>9.3f} {row.combined_max_gain:>7.3f} L{row.combined_max_layer:<3} "
-                f"{_format_seconds(row.measure_seconds):>7}"
+                f"{format_seconds(row.measure_seconds):>8}"
             )
         return "\n".join(lines)
 
@@ -858,12 +863,6 @@ class Comparison:
         return cls(rows=rows, results=results, settings=settings, out=out)
 
 
-def _format_seconds(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    if seconds < 10:  # a small model's measurement takes hundredths of a second
-        return f"{seconds:.2f}s"
-    return f"{seconds:.1f}s" if seconds < 120 else f"{seconds / 60:.1f}m"
 
 
 __all__ = [

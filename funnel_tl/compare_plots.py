@@ -264,12 +264,17 @@ def _format_bytes(n: int | None) -> str:
     return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def _format_time(seconds: float | None) -> str:
+def format_seconds(seconds: float | None, space: str = " ") -> str:
+    """``0.42 s``, ``13.5 s``, ``2.5 min``; ``–`` when unknown. ``space="&nbsp;"`` keeps a table cell on one line.
+
+    >>> format_seconds(0.4213), format_seconds(150), format_seconds(None)
+    ('0.42 s', '2.5 min', '–')
+    """
     if seconds is None or not math.isfinite(seconds):
         return "–"
     if seconds < 10:  # a small model's measurement takes hundredths of a second
-        return f"{seconds:.2f}&nbsp;s"
-    return f"{seconds:.1f}&nbsp;s" if seconds < 120 else f"{seconds / 60:.1f}&nbsp;min"
+        return f"{seconds:.2f}{space}s"
+    return f"{seconds:.1f}{space}s" if seconds < 120 else f"{seconds / 60:.1f}{space}min"
 
 
 def _verdict_cell(value: bool | None) -> str:
@@ -325,7 +330,7 @@ def table_html(comparison) -> str:
             _gain_at(row.mlp_min_gain, row.mlp_min_layer), _gain_at(row.mlp_max_gain, row.mlp_max_layer),
             f"<td>{row.last_layer_mlp_gain:.3f}</td>",
             _gain_at(row.combined_max_gain, row.combined_max_layer),
-            f'<td title="load {_format_time(row.load_seconds).replace("&nbsp;", " ")}">{_format_time(row.measure_seconds)}</td>',
+            f'<td title="load {format_seconds(row.load_seconds)}">{format_seconds(row.measure_seconds, "&nbsp;")}</td>',
             f"<td>{_format_bytes(row.peak_memory_bytes).replace(' ', '&nbsp;')}</td>",
         ]
         lines.append("<tr>" + "".join(cells) + "</tr>")
@@ -339,7 +344,8 @@ h1 { font-size: 1.5em; margin-bottom: 4px; } h2 { font-size: 1.15em; margin-top:
 p.meta { color: #555; margin-top: 0; }
 table { border-collapse: collapse; font-size: 0.85em; }
 th, td { border-bottom: 1px solid #ddd; padding: 4px; text-align: right; white-space: nowrap; }
-th { background: #f4f4f4; white-space: normal; vertical-align: bottom; }
+th { background: #f4f4f4; white-space: normal; vertical-align: bottom; } th:first-child { text-align: left; }
+.scroll { display: inline-block; }  /* the frame hugs the table instead of running to the page's edge */
 th[title] { cursor: help; }
 td.name { text-align: left; max-width: 16em; overflow: hidden; white-space: normal; } td.name span { white-space: nowrap; }
 td .sub { display: block; color: #777; font-size: 0.85em; } /* a gain's layer, below it: narrow columns */

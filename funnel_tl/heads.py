@@ -197,8 +197,7 @@ class HeadSums:
 
     def commit(self) -> None:
         if self.positions is not None:  # by_position (funnel_tl.positions, issue 15)
-            for row in range(len(self.layers)):
-                self.positions.add_heads(self.batch.indices, row, self.stats["norm"][row], self.counted)
+            self.positions.add_heads(self.batch.indices, torch.stack(self.stats["norm"]), self.counted)
             self.positions.add_inputs(self.batch.indices, torch.stack(self.stats["input"]), self.counted)
 
     def raise_nonfinite(self) -> None:

@@ -179,8 +179,9 @@ class PositionAccumulator(_Growing):
 class HeadPositionAccumulator(_Growing):
     """Collects per-head sums by position bucket batch by batch (``heads.head_gains``' side).
 
-    ``add_heads`` takes one measured layer's per-token head norms ``[batch, pos, head]``;
-    ``add_inputs`` the denominators' norms ``[layer, batch, pos]`` of every measured layer.
+    ``add_heads`` takes every measured layer's per-token head norms ``[layer, batch, pos, head]``;
+    ``add_inputs`` the denominators' norms ``[layer, batch, pos]``: one reduction and one copy to
+    the host each per batch.
     """
 
     _arrays = ("head_norm_sums", "in_sums", "n_tokens")
@@ -193,10 +194,12 @@ class HeadPositionAccumulator(_Growing):
         self.in_sums = np.zeros((n_prompts, n_layers, n_buckets))
         self.n_tokens = np.zeros((n_prompts, n_buckets), dtype=np.int64)
 
-    def add_heads(self, indices, layer_index: int, head_norms: torch.Tensor, counted: torch.Tensor) -> None:
-        by_head = einops.rearrange(head_norms, "batch pos head -> head batch pos")
-        sums, _ = position_sums(by_head, counted, self.edges)  # [batch, head, bucket]
-        self.head_norm_sums[indices, layer_index] = sums.double().cpu().numpy()
+    def add_heads(self, indices, head_norms: torch.Tensor, counted: torch.Tensor) -> None:
+        n_layers = head_norms.shape[0]
+        flat = einops.rearrange(head_norms, "layer batch pos head -> (layer head) batch pos")
+        sums, _ = position_sums(flat, counted, self.edges)  # [batch, layer·head, bucket]
+        sums = einops.rearrange(sums, "batch (layer head) bucket -> batch layer head bucket", layer=n_layers)
+        self.head_norm_sums[indices] = sums.double().cpu().numpy()
 
     def add_inputs(self, indices, in_norms: torch.Tensor, counted: torch.Tensor) -> None:
         sums, counts = position_sums(in_norms, counted, self.edges)  # [batch, layer, bucket], [batch, bucket]

@@ -572,6 +572,28 @@ def test_cli_end_to_end_equals_single_runs_and_resumes(checkpoints, tmp_path, lo
     assert load_calls == []
 
 
+def test_no_prompt_texts_keeps_numbers_and_fingerprint_and_resumes(checkpoints, tmp_path, load_calls):
+    """--no-prompt-texts: no texts in any model's file, the same gains as a sweep that keeps them, and a
+    rerun recognises the models by the prompts' sha256 (nothing loaded again)."""
+    folder = str(checkpoints["gpt2"])
+    kept, bare = tmp_path / "kept", tmp_path / "bare"
+    base = ["compare", "--models", folder, "--prompts", "seed", "--device", "cpu", "--dtype", "float32",
+            "--bootstrap", "0"]
+    assert main([*base, "--out", str(kept)]) == 0
+    argv = [*base, "--no-prompt-texts", "--out", str(bare)]
+    assert main(argv) == 0
+    slug = json.loads((bare / "compare.json").read_text())["models"][0]["slug"]
+    with_texts = json.loads((kept / slug / "results.json").read_text())
+    without = json.loads((bare / slug / "results.json").read_text())
+    assert with_texts["prompts"]["texts"] == list(SEED_PROMPTS)
+    assert without["prompts"] == {**with_texts["prompts"], "texts": None}
+    for key in ("attention", "mlp", "combined", "block", "per_prompt"):
+        assert without[key] == with_texts[key], key  # same batches, same ops: identical
+    load_calls.clear()
+    assert main(argv) == 0
+    assert load_calls == []
+
+
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["compare", "--models", "x", "--checkpoints", "latest", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
