@@ -220,3 +220,14 @@ def test_lines_break_where_layers_are_missing(deep_model):
     assert np.isnan(mlp.y[2]) and list(mlp.x[[0, 1, 3]]) == [0, 1, 4] and mlp.fill is None
     every = plot_funnel(measure_gains(deep_model(SERIAL), "seed", batch_size=3))
     assert not np.isnan(np.asarray(next(t for t in every.data if t.name == "MLP gain").y, dtype=float)).any()
+
+
+def test_a_non_finite_layer_is_named_by_its_true_index(deep):
+    """The norms of a subset are stacked by position; the error must still name the model's layer."""
+    model = load_model(str(deep[SERIAL]), device="cpu", dtype="float32")  # its own copy: hooks are added
+    model.add_hook("blocks.3.hook_mlp_out", lambda tensor, hook: tensor * float("nan"))
+    try:
+        with pytest.raises(FunnelError, match=r"layer 3, hook_mlp_out"):
+            measure_gains(model, "seed", layers=[1, 3])
+    finally:
+        model.reset_hooks()
