@@ -356,7 +356,8 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
     across nodes).
 
     A model already measured in ``out`` with the same prompts, definition, ``drop_first``,
-    truncation and dtype is read back, not recomputed, unless ``force``. A model that fails is recorded with its
+    truncation and dtype is read back, not recomputed, unless ``force``; one measured otherwise is
+    measured again and its file replaced, with a line on stderr naming what changed. A model that fails is recorded with its
     error and the sweep goes on: check ``Comparison.failed``.
 
     >>> from funnel_tl import compare
@@ -408,7 +409,7 @@ def _sweep(targets: list[Target], prompt_list: list[str], settings: dict, out: P
         bar.set_postfix_str(target.label, refresh=True)
         path = out / target.slug / "results.json"
         remove_temporaries(path.parent)
-        finished = None if force else _finished(path, target, settings)
+        finished = None if force else _finished(path, target, settings, say_replaced=True)
         if finished is not None:
             row, result = _resumed_row(target, path, finished, options["bootstrap"], options["bootstrap_seed"])
         else:
@@ -511,7 +512,7 @@ def _sweep_sharded(targets: list["Target"], prompt_list: list[str], out: Path, s
             else:  # one reader decides, so ranks on nodes with stale filesystem caches still agree
                 held.enter_context(claim_output(out))
                 pending = [i for i, (target, path) in enumerate(zip(targets, paths))
-                           if force or _finished(path, target, settings) is None]
+                           if force or _finished(path, target, settings, say_replaced=True) is None]
         # Every rank waits here for rank 0's list, so no result is written before it was read.
         pending = broadcast_from_main(group, pending)
         mine = assign_targets(pending, group.size, group.rank)
@@ -549,23 +550,45 @@ def _sweep_sharded(targets: list["Target"], prompt_list: list[str], out: Path, s
         return _finish(rows, results, dict(settings, world_size=group.size), out, self_contained)
 
 
-def _finished(path: Path, target: Target, settings: dict) -> tuple[dict, GainResult] | None:
-    """The results file of a target when it is complete and measured the way asked, else None."""
+def _finished(path: Path, target: Target, settings: dict, *, say_replaced: bool = False
+              ) -> tuple[dict, GainResult] | None:
+    """The results file of a target when it is complete and measured the way asked, else None.
+
+    ``say_replaced``: when a file is there but measured otherwise, print one line naming what
+    differs, as the sweep is about to measure the model again and replace it."""
     if not path.is_file():
         return None
     try:
         data = read_json(path)
         result = GainResult.from_dict(data, source=str(path))
-    except FunnelError:
-        return None  # unreadable or foreign: measure again and replace it
+    except FunnelError as error:  # unreadable or foreign: measure again and replace it
+        if say_replaced:
+            tqdm.write(f"{target.label}: replacing {path} (unreadable: {one_line(error)})", file=sys.stderr)
+        return None
+    differences = _differences(data, result, target, settings)
+    if differences and say_replaced:
+        had, asks = zip(*differences)
+        tqdm.write(f"{target.label}: replacing {path} (measured with {', '.join(had)}; "
+                   f"this sweep asks {', '.join(asks)})", file=sys.stderr)
+    return None if differences else (data, result)
+
+
+def _differences(data: dict, result: GainResult, target: Target, settings: dict) -> list[tuple[str, str]]:
+    """``(as the file has it, as the sweep asks)`` for each setting in which a results file differs."""
     provenance = data.get("provenance", {})
-    same = (result.model == target.label and result.definition == settings["definition"]
-            and data.get("prompts", {}).get("sha256") == settings["prompts_sha256"]
-            and result.drop_first == settings["drop_first"] and provenance.get("dtype") == settings["dtype"]
-            and provenance.get("max_tokens_per_prompt") == settings.get("max_tokens_per_prompt")
-            # A file with position sums serves a sweep that does not ask for them; not the other way.
-            and (result.positions is not None or not settings.get("by_position", False)))
-    return (data, result) if same else None
+    pairs = [("model", result.model, target.label), ("definition", result.definition, settings["definition"]),
+             ("prompts sha256", data.get("prompts", {}).get("sha256"), settings["prompts_sha256"]),
+             ("drop_first", result.drop_first, settings["drop_first"]),
+             ("dtype", provenance.get("dtype"), settings["dtype"]),
+             ("max_tokens_per_prompt", provenance.get("max_tokens_per_prompt"),
+              settings.get("max_tokens_per_prompt"))]
+    shown = {"prompts sha256": lambda value: str(value)[:12]}
+    differences = [(f"{name}={shown.get(name, str)(had)}", f"{name}={shown.get(name, str)(asks)}")
+                   for name, had, asks in pairs if had != asks]
+    # A file with position sums serves a sweep that does not ask for them; not the other way.
+    if result.positions is None and settings.get("by_position", False):
+        differences.append(("no by-position sums", "by_position"))
+    return differences
 
 
 def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str, dtype: str,

@@ -236,6 +236,44 @@ def test_force_and_changed_settings_recompute(sweep, checkpoints, load_calls, tm
     assert GainResult.load(copy / compare_module.plan_targets(models[:1])[0].slug / "results.json").n_prompts == 4
 
 
+def test_a_replaced_results_file_is_named_with_what_changed(sweep, checkpoints, load_calls, tmp_path, capsys):
+    """Another definition re-measures a finished model; the sweep says so, one line per model, naming
+    the setting that changed, in the one-process sweep and in the sharded one (one rank here)."""
+    import shutil
+
+    from funnel_tl.distributed import World
+
+    _, out = sweep
+    models = [str(checkpoints[arch]) for arch in SWEPT[:2]]
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    capsys.readouterr()
+    compare(models, out=copy, definition="residual", **OPTIONS)
+    err = capsys.readouterr().err
+    assert [source for source, _ in load_calls] == models  # which models are measured: unchanged
+    for target in compare_module.plan_targets(models):
+        path = copy / target.slug / "results.json"
+        line = f"{target.label}: replacing {path} (measured with definition=seed; this sweep asks definition=residual)"
+        assert err.count(line) == 1, err
+    compare(models, out=copy, definition="residual", **OPTIONS)  # the same again: read back, nothing said
+    assert "replacing" not in capsys.readouterr().err
+
+    sharded = tmp_path / "sharded"
+    shutil.copytree(out, sharded)
+    load_calls.clear()
+    targets = compare_module.plan_targets(models[:1])
+    settings = dict(definition="seed", n_prompts=len(SEED_PROMPTS),
+                    prompts_sha256=compare_module.prompts_sha256(list(SEED_PROMPTS)), drop_first=1, dtype="float32")
+    options = dict(device="cpu", dtype="float32", definition="seed", batch_size=8, drop_first=1, bootstrap=0,
+                   bootstrap_seed=0, progress=False)
+    compare_module._sweep_sharded(targets, list(SEED_PROMPTS), sharded, settings, World(), force=False, options=options)
+    err = capsys.readouterr().err
+    path = sharded / targets[0].slug / "results.json"
+    assert err.count(f"{targets[0].label}: replacing {path} (measured with drop_first=0; "
+                     "this sweep asks drop_first=1)") == 1, err
+    assert [source for source, _ in load_calls] == models[:1]
+
+
 def test_a_damaged_results_file_is_measured_again(sweep, checkpoints, load_calls, tmp_path):
     import shutil
 
