@@ -95,6 +95,26 @@ def _capped(texts: Iterator[str], max_prompts: int | None, record: dict) -> Iter
             record["more_available"] = True
 
 
+def _check_hub(name: str) -> None:
+    """Before streaming a hub dataset: one short connect to the hub (``models``' probe), so that without
+    a network the answer is one line at once, not HuggingFace's retries for half a minute.
+
+    ``HF_HUB_OFFLINE`` set: no probe, ``datasets`` reads its cache as it would."""
+    import os
+    from urllib.parse import urlparse
+
+    from .models import _hub_reachable
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    if not _hub_reachable(host, port):
+        raise FunnelError(f"cannot reach the dataset hub ({host}) to stream {name!r}, and no local file or folder "
+                          f"has that name: check the network, or give a local data file "
+                          f"({', '.join(DATASET_BUILDERS)}) or a folder written by Dataset.save_to_disk")
+
+
 def _dataset_texts(name: str, split: str, text_field: str) -> Iterator[str]:
     """The non-empty texts of one split of a HF dataset, streamed (nothing past what is taken is read)."""
     try:
@@ -116,6 +136,8 @@ def _dataset_texts(name: str, split: str, text_field: str) -> Iterator[str]:
                 raise FunnelError(f"cannot read {path} as a dataset: give a {', '.join(DATASET_BUILDERS)} file")
             rows = datasets.load_dataset(builder, data_files={split: str(path)}, split=split, streaming=True)
         else:
+            if not path.exists():  # a local folder of data files loads without the hub
+                _check_hub(name)
             rows = datasets.load_dataset(name, split=split, streaming=True)
     except FunnelError:
         raise

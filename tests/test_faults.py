@@ -32,6 +32,7 @@ from funnel_tl.outputs import LOCK_NAME, output_lock, remove_temporaries, slug
 compare_module = importlib.import_module("funnel_tl.compare")
 gains_module = importlib.import_module("funnel_tl.gains")
 models_module = importlib.import_module("funnel_tl.models")
+sources_module = importlib.import_module("funnel_tl.sources")
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "funnel_tl" / "bundled" / "nano-2l"
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -408,6 +409,38 @@ def test_hub_without_network_says_so_quickly(monkeypatch):
         models_module.load_model("nobody-xyz/no-such-model-123", device="cpu")
     assert "cannot reach the model hub" in str(caught.value)
     assert time.perf_counter() - start < 30  # generous: HuggingFace's own retries took ~60 s
+
+
+def test_hub_dataset_without_network_says_so_quickly(monkeypatch, tmp_path, capsys):
+    """`--dataset org/name` with no network: one line, exit 2, before datasets' retries start; a local
+    folder of data files still loads (it needs no hub)."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def unreachable(*args, **kwargs):
+        raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+    monkeypatch.setattr(models_module.socket, "create_connection", unreachable)
+    monkeypatch.setattr(models_module, "_PROBES", {})  # no earlier probe's answer
+    real_load = datasets.load_dataset
+    hub_loads = []
+
+    def load_dataset(path, *args, **kwargs):
+        if not Path(path).exists() and path not in sources_module.DATASET_BUILDERS.values():
+            hub_loads.append(path)  # a real call would retry for ~26 s without a network
+            raise OSError("Couldn't reach the Hub")
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    assert main(["run", "--model", "nano-2l", "--dataset", "nobody-xyz/no-such-dataset", "--device", "cpu",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert hub_loads == [] and err.count("\n") == 1, err
+    assert "cannot reach the dataset hub" in err and "nobody-xyz/no-such-dataset" in err
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "part.jsonl").write_text('{"text": "alpha beta"}\n{"text": "gamma"}\n')
+    assert sources_module.read_prompts(dataset=str(folder))[0] == ["alpha beta", "gamma"]
 
 
 # ---- 7. output names never leave OUT -------------------------------------------------------------
