@@ -1,8 +1,10 @@
 """Figures of a ``HeadResult``: the layer × head heatmap and the heads page (heads.html).
 
 Gains are coloured as ``compare.html`` colours them: log10 of the gain on a diverging scale
-centred at 1 (blue contracts, red expands), symmetric so that equal ratios get equal colours
-either side. Projection shares are signed and diverge at 0; norms and norm shares are
+centred at 1, symmetric so that equal ratios get equal colours either side. For a head, red means
+the head alone writes more than its layer's attention reads, blue less; it does not mean the layer
+expands or contracts: the layer's gain is the norm of its heads' sum, and heads add up (and
+partly cancel), so a layer of blue heads can expand. Projection shares are signed and diverge at 0; norms and norm shares are
 sequential (no neutral value).
 """
 
@@ -20,6 +22,11 @@ def _subtitle(result) -> str:
     dropped = f" · first {result.drop_first} positions dropped" if result.drop_first else ""
     return (f"definition={result.definition} · {result.n_prompts} prompts, "
             f"{int(result.n_tokens.sum())} tokens{dropped}")
+
+
+# A head's gain is its own output over the layer's input: below 1 is not a contracting layer.
+_GAIN_LEGEND = ("<br>red: the head alone writes more than its layer's attention reads, blue: less; "
+                "heads add up, so blue heads can still make a layer expand")
 
 
 def plot_heads(result, value: str = "gain", title: str | None = None):
@@ -62,11 +69,11 @@ def plot_heads(result, value: str = "gain", title: str | None = None):
     heading = title or f"<b>{html.escape(result.model)}</b>: per-head {name}"
     figure.update_layout(
         title=dict(text=f"{heading}<br><sup>{_subtitle(result)}"
-                        + ("; blue contracts, red expands" if value == "gain" else "") + "</sup>",
+                        + (_GAIN_LEGEND if value == "gain" else "") + "</sup>",
                    x=0.5, xanchor="center"),
         xaxis={"title": "head", "dtick": 1 if result.n_heads <= 32 else None},
         yaxis={"title": "layer", "autorange": "reversed", "type": "category"},
-        template="plotly_white", font=dict(size=13), margin=dict(t=90),
+        template="plotly_white", font=dict(size=13), margin=dict(t=110 if value == "gain" else 90),
         height=max(360, 160 + 28 * len(result.layers)),
     )
     return figure
@@ -109,7 +116,11 @@ def heads_page(result, k: int = 20, plotlyjs: str | bool = True) -> str:
     dropped = f", first {result.drop_first} positions dropped" if result.drop_first else ""
     body = f"""<h1>{name}: per-head gains</h1>
 <p class="meta">Definition <code>{result.definition}</code>, {result.n_prompts} prompts{dropped}.
-Head gain = mean‖z<sub>i</sub> W<sub>O</sub><sup>i</sup>‖ over the layer's attention-gain denominator.</p>
+Head gain = mean‖z<sub>i</sub> W<sub>O</sub><sup>i</sup>‖ (what head <i>i</i> alone writes) over the
+layer's attention-gain denominator (the mean norm of what the attention reads): red, the head alone writes
+more than the layer reads; blue, less. A head's gain below 1 does not mean its layer contracts: the layer's
+attention gain (last column) is the norm of all its heads' sum, and heads add up, partly cancelling, so a
+layer of blue heads can expand.</p>
 {figure_div(figure)}
 {_position_figure(result, k)}<h2>Top {k} heads by gain</h2>
 <table><tr><th>rank</th><th>head</th><th>gain</th><th>mean norm</th><th>norm share</th><th>projection share</th>

@@ -270,6 +270,8 @@ def test_heatmap_is_a_figure(measured):
     assert figure.data[0].text[1][2].startswith("<b>L1H2</b>")
     assert result.heatmap("projection_share").data[0].zmid == 0
     assert "positions dropped" not in figure.layout.title.text  # said only when some were dropped
+    # Heads add up (and cancel): a head below 1 is no contracting layer, so the legend must not say so.
+    assert "blue contracts" not in figure.layout.title.text and "heads add up" in figure.layout.title.text
 
 
 def test_heads_page_shares_plotlyjs_unless_self_contained(tmp_path, measured):
@@ -278,6 +280,7 @@ def test_heads_page_shares_plotlyjs_unless_self_contained(tmp_path, measured):
     assert '<script src="plotly.min.js"' in page and len(page) < 200_000
     assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
     assert page.count("gpt2") >= 1 and page.count("per-head gains</h1>") == 1
+    assert "blue contracts" not in page and "does not mean its layer contracts" in page
     alone = result.save_html(tmp_path / "alone" / "heads.html", self_contained=True).read_text()
     assert not re.search(r"<script[^>]+src=", alone) and len(alone) > 1_000_000
     assert not (tmp_path / "alone" / "plotly.min.js").exists()
