@@ -501,7 +501,8 @@ def cmd_report(args) -> int:
     for path, result in zip(head_paths, heads):  # the table as long as its run drew it, unless --top says
         top = args.top or int(result.provenance.get("top", TOP_HEADS))
         page = result.save_html(path.with_suffix(".html"), k=top, self_contained=args.self_contained)
-        print(f"From: {path}\nSaved: {page}")
+        print(result.format_top(top))  # the table `funnel-tl heads` printed
+        print(f"\nFrom: {path}\nSaved: {page}\n")
     if sweep is not None:
         sweep = replace(sweep, results={label: redraw(result) for label, result in sweep.results.items()})
         page = sweep.save_html(root, self_contained=args.self_contained)

@@ -300,6 +300,16 @@ def test_report_redraws_heads_html_from_heads_json(tmp_path, measured, capsys):
     assert "no results.json or heads.json" in capsys.readouterr().err
 
 
+def test_report_prints_the_heads_table_heads_printed(tmp_path, capsys):
+    """``report`` on a heads folder prints the top-heads table ``heads`` printed, as long as its --top."""
+    assert main(["heads", "--model", "nano-2l", "--device", "cpu", "--top", "3", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    table = printed[printed.index("Top 3 heads"):printed.index("\n\n", printed.index("Top 3 heads"))]
+    assert len(table.splitlines()) == 2 + 3  # title, header, three heads
+    assert main(["report", str(tmp_path)]) == 0
+    assert table in capsys.readouterr().out
+
+
 def test_head_result_to_pandas_is_tidy(measured):
     pytest.importorskip("pandas")
     result = measured("llama-gqa")
