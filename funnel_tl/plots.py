@@ -149,10 +149,11 @@ def _single(result, panel, index: int, log: bool | None) -> go.Figure:
 def _attention_mlp(fig, result, row, col, legend, log=None):
     layers = np.asarray(result.layers)
     log = _log_axis(log, result, ("attn", "mlp"))
+    # No shading under the attention curve, though the seed has one ("Attn Contraction"): the area
+    # under a gain says nothing the line does not, a log axis has no zero to shade to, and a subset's
+    # gaps cannot be shaded; unexplained, it read as an interval band.
     for component in ("attn", "mlp"):
-        # The seed shades under the attention gain; on a log axis there is no zero to shade to.
-        fill = "tozeroy" if component == "attn" and not log else None
-        fig.add_trace(_gain_trace(result, component, layers, legend=legend, fill=fill), row=row, col=col)
+        fig.add_trace(_gain_trace(result, component, layers, legend=legend), row=row, col=col)
     _neutral(fig, row, col)
     top = int(layers[np.argmax(result.mlp_gains)])
     fig.add_vline(x=top, line=dict(color=COLORS["mlp"], dash="dot", width=1.5), row=row, col=col,
@@ -320,20 +321,17 @@ def _gain_values(result, component: str) -> np.ndarray:
     return result.gains(component)
 
 
-def _gain_trace(result, component, x, legend, name=None, fill=None, symbol="circle", x_label="layer"):
+def _gain_trace(result, component, x, legend, name=None, symbol="circle", x_label="layer"):
     """Line + markers of one component's gain per layer, with interval error bars and hover."""
     gains = _gain_values(result, component)
     intervals = _intervals(result, component)
     layers = np.asarray(result.layers[:len(gains)])
-    x, gains, intervals, broken = _broken_at_gaps(layers, x, gains, intervals)
-    if len(broken) > len(layers):
-        fill = None  # Plotly's fill would bridge the gap the line leaves
-    layers = broken
+    x, gains, intervals, layers = _broken_at_gaps(layers, x, gains, intervals)
     color = COLORS[component]
     return go.Scatter(
         x=x, y=gains, mode="lines+markers", name=name or f"{NAMES[component]} gain", legend=legend,
         line=dict(color=color, width=2), marker=dict(size=6, color=color, symbol=symbol),
-        fill=fill, fillcolor=_transparent(color, 0.12) if fill else None, hoveron="points",
+        hoveron="points",
         **_errors(gains, intervals, color),
         **_hover(result, component, layers, gains, intervals, x_label=x_label),
     )
@@ -498,11 +496,6 @@ def _layer_ticks(n_layers: int, layers=None) -> dict:
         extent = [first - 0.7, last + 0.7]
     # One tick per layer up to 16 layers, then every 2nd, 4th...: labels never collide at 1400 px.
     return dict(tick0=0, dtick=max(1, 2 ** math.ceil(math.log2(max(1, (last - first + 1) / 16)))), range=extent)
-
-
-def _transparent(hex_color: str, alpha: float) -> str:
-    red, green, blue = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
-    return f"rgba({red}, {green}, {blue}, {alpha})"
 
 
 def _legend_name(index: int) -> str:

@@ -78,6 +78,16 @@ def test_panel_1_attention_and_mlp_with_neutral_line_and_max_mlp_marker(result):
     assert any(a.text == "max MLP L7" for a in fig.layout.annotations)
 
 
+def test_every_shaded_area_is_named_in_a_legend(result):
+    """A shade under panel 1's attention line (linear axis) had no legend entry and read as an interval."""
+    _, narrow = wide_and_narrow()  # panel 1 on a linear axis, where the shade was drawn
+    for shown in (result, narrow.with_intervals(n_resamples=100, seed=0)):
+        fig = plot_funnel(shown)
+        filled = [trace for trace in fig.data if getattr(trace, "fill", None) not in (None, "none")]
+        # Only the cumulative gain's interval band (its upper edge is the unnamed trace it fills to).
+        assert [trace.name for trace in filled] == ["95% interval"] and filled[0].showlegend is not False
+
+
 def test_error_bars_are_the_intervals(result):
     fig = plot_attention_mlp(result)
     mlp = one(fig, "MLP gain", exact=True)
