@@ -153,6 +153,9 @@ def format_analysis(result) -> str:
             "measure without --layers (layers=None) for them.",
         ])
     test = funnel_test(result)
+    # Value and layer right-aligned as one cell (padding the layer alone printed `7.996  (L0)`).
+    reference_max = f"{ref['mlp_max_gain']:.3f} (L{ref['n_layers'] - 1})"
+    own_max = f"{mlp.max_gain:.3f} (L{mlp.max_layer})"
     lines += [
         "HYPOTHESIS TEST: Funnel Model Universality",
         rule,
@@ -176,8 +179,7 @@ def format_analysis(result) -> str:
         f"{'Attn max gain':<30} {ref['attn_max_gain']:>15.3f} {attn.max_gain:>15.3f}",
         f"{'MLP contracting %':<30} {100 * ref['mlp_contracting'] / ref['n_layers']:>14.1f}% {100 * mlp.n_contracting / n:>14.1f}%",
         f"{'MLP min gain':<30} {ref['mlp_min_gain']:>15.3f} {mlp.min_gain:>15.3f}",
-        f"{'MLP max gain (layer)':<30} {ref['mlp_max_gain']:>9.3f} (L{ref['n_layers'] - 1}) "
-        f"{mlp.max_gain:>9.3f} {'(L' + str(mlp.max_layer) + ')':>5}",
+        f"{'MLP max gain (layer)':<30} {reference_max:>15} {own_max:>15}",
         f"{'MLP last-layer gain':<30} {ref['last_layer_mlp_gain']:>15.3f} {result.mlp_gains[-1]:>15.3f}",
         f"{'Combined max gain':<30} {ref['combined_max_gain']:>15.3f} {combined.max_gain:>15.3f}",
     ]

@@ -15,7 +15,7 @@ import html
 import numpy as np
 
 from .errors import FunnelError
-from .head_results import VALUES, label
+from .head_results import VALUES, label, norm_decimals
 
 
 def _subtitle(result) -> str:
@@ -108,10 +108,12 @@ def heads_page(result, k: int = 20, plotlyjs: str | bool = True) -> str:
     from .plots import figure_div, page_html
 
     figure = plot_heads(result, title="Head gain by layer and head")
+    top = result.top(k)
+    decimals = norm_decimals([row.norm for row in top])  # one precision down the column
     rows = "\n".join(
-        f"<tr><td>{rank}</td><td>{row.label}</td><td>{row.gain:.4f}</td><td>{row.norm:.4g}</td>"
+        f"<tr><td>{rank}</td><td>{row.label}</td><td>{row.gain:.4f}</td><td>{row.norm:.{decimals}f}</td>"
         f"<td>{row.norm_share:.3f}</td><td>{row.projection_share:.3f}</td><td>{row.layer_attn_gain:.4f}</td></tr>"
-        for rank, row in enumerate(result.top(k), start=1))
+        for rank, row in enumerate(top, start=1))
     name = html.escape(result.model)
     dropped = f", first {result.drop_first} positions dropped" if result.drop_first else ""
     body = f"""<h1>{name}: per-head gains</h1>

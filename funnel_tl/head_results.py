@@ -25,6 +25,19 @@ VALUES = {"gain": "head_gains", "norm": "head_norms", "norm_share": "norm_shares
           "projection_share": "projection_shares"}
 
 
+def norm_decimals(norms) -> int:
+    """Decimals for a column of norms: four significant digits for the largest, the same for all
+    (``%.4g`` per value printed ``8.49`` beside ``9.302``).
+
+    >>> norm_decimals([20.47, 9.302, 8.49]), norm_decimals([1234.5, 3.0]), norm_decimals([0.012])
+    (2, 0, 5)
+    """
+    largest = max((abs(float(norm)) for norm in norms), default=0.0)
+    if not np.isfinite(largest) or largest <= 0:
+        return 3
+    return max(0, 3 - int(np.floor(np.log10(largest))))
+
+
 def label(layer: int, head: int) -> str:
     """TransformerLens' head label: ``label(3, 7) == "L3H7"``."""
     return f"L{layer}H{head}"
@@ -207,8 +220,10 @@ class HeadResult:
         header = (f"{'rank':>4}  {'head':<8} {'gain':>8} {'norm':>10} {'norm share':>10} "
                   f"{'proj share':>10} {'layer attn gain':>15}")
         lines = [f"Top {k} heads by {by.replace('_', ' ')} ({self.model}, definition={self.definition})", header]
-        for rank, row in enumerate(self.top(k, by), start=1):
-            lines.append(f"{rank:>4}  {row.label:<8} {row.gain:>8.4f} {row.norm:>10.4g} {row.norm_share:>10.3f} "
+        rows = self.top(k, by)
+        decimals = norm_decimals([row.norm for row in rows])
+        for rank, row in enumerate(rows, start=1):
+            lines.append(f"{rank:>4}  {row.label:<8} {row.gain:>8.4f} {row.norm:>10.{decimals}f} {row.norm_share:>10.3f} "
                          f"{row.projection_share:>10.3f} {row.layer_attn_gain:>15.4f}")
         return "\n".join(lines)
 

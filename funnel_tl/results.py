@@ -505,8 +505,14 @@ def require_pandas():
 
 
 def _brief(values, most: int = 12) -> str:
-    """Gains in a repr: every layer up to ``most`` layers, else the first and last few."""
-    shown = [f"{v:.3g}" for v in values]
+    """Gains in a repr: every layer up to ``most`` layers, else the first and last few.
+
+    Four significant digits: three rounded 7.996 to ``8``, which reads as an exact gain.
+
+    >>> _brief([7.9959, 1.0839, 0.25])
+    '[7.996, 1.084, 0.25]'
+    """
+    shown = [f"{v:.4g}" for v in values]
     if len(shown) > most:
         shown = shown[:4] + ["…"] + shown[-4:]
     return "[" + ", ".join(shown) + "]"

@@ -310,6 +310,17 @@ def test_report_prints_the_heads_table_heads_printed(tmp_path, capsys):
     assert table in capsys.readouterr().out
 
 
+def test_head_norms_print_with_one_precision_down_the_column(tmp_path, measured):
+    """`%.4g` per value printed `8.49` beside `9.302`; the terminal table and heads.html now agree on one."""
+    result = measured("gpt2")
+    rows = result.format_top(8).splitlines()[2:]
+    norms = [line.split()[3] for line in rows]
+    assert len({len(norm.split(".")[-1]) for norm in norms}) == 1, norms
+    page = result.save_html(tmp_path / "heads.html", k=8).read_text()
+    cells = re.findall(r"<tr><td>\d+</td><td>L\d+H\d+</td><td>[^<]*</td><td>([^<]*)</td>", page)
+    assert cells == norms
+
+
 def test_head_result_to_pandas_is_tidy(measured):
     pytest.importorskip("pandas")
     result = measured("llama-gqa")

@@ -273,3 +273,14 @@ def test_cross_model_table_compares_max_with_max_and_last_with_last():
     assert max_row.split()[-4:] == ["3.604", "(L23)", "8.000", "(L0)"]
     assert last_row.split()[-2:] == ["3.604", "1.500"]
     assert len(max_row) == len(last_row)  # the columns line up
+
+
+def test_printed_numbers_keep_their_digits_and_columns():
+    """The MLP-max row once read `7.996  (L0)` (two spaces), and the repr rounded 7.996 to `8`."""
+    gains = {"attn": np.full((2, 3), 1.5), "mlp": np.tile([7.996, 1.25, 1.084], (2, 1)), "block": np.full((2, 3), 1.1)}
+    result = from_gains(gains, model="synthetic/short")
+    row = next(line for line in format_analysis(result).splitlines() if line.startswith("MLP max gain (layer)"))
+    header = next(line for line in format_analysis(result).splitlines() if line.startswith("Metric"))
+    assert row.endswith(" 7.996 (L0)") and "  (L" not in row
+    assert len(row) == len(header)  # right-aligned under the model's column, as the rows around it
+    assert "mlp_gains=[7.996, 1.25, 1.084]" in repr(result)
