@@ -714,6 +714,19 @@ def _peak_memory(device: str) -> tuple[int, str]:
     return int(peak if sys.platform == "darwin" else peak * 1024), "process_rss_peak"
 
 
+def _gains_at(pairs: Sequence[tuple[float, int]]) -> list[str]:
+    """``(gain, layer)`` pairs as ``"0.309 L1 "``-style cells of one width: gains right-aligned,
+    layers left-aligned, so the numbers line up and so do the layer labels.
+
+    >>> _gains_at([(0.309, 1), (1234.5, 10)])
+    ['   0.309 L1 ', '1234.500 L10']
+    """
+    gains = [f"{gain:.3f}" for gain, _ in pairs]
+    layers = [str(layer) for _, layer in pairs]
+    gain_width, layer_width = max(map(len, gains), default=0), max(map(len, layers), default=0)
+    return [f"{gain:>{gain_width}} L{layer:<{layer_width}}" for gain, layer in zip(gains, layers)]
+
+
 def _compare_dict(rows: Sequence[ComparisonRow], settings: dict) -> dict[str, Any]:
     return {
         "schema_version": COMPARE_SCHEMA_VERSION,
@@ -832,23 +845,36 @@ class Comparison:
         return frame.astype({"step": "Int64"})  # integers, <NA> for a plain model (not floats with NaN)
 
     def format_table(self) -> str:
-        """The verdict table as plain text, for the terminal."""
+        """The verdict table as plain text, for the terminal.
+
+        Columns are as wide as their widest cell, so a gain of 1000 or more (or a layer 100) does
+        not push the later columns out of line.
+        """
         from .compare_plots import format_seconds
 
-        header = f"{'model':<34} {'layers':>6} {'funnel':>7} {'robust':>7} {'attn min':>12} {'mlp max':>12} {'last mlp':>9} {'comb max':>12} {'measure':>8}"
+        titles = ("model", "layers", "funnel", "robust", "attn min", "mlp max", "last mlp", "comb max", "measure")
+        ok = [row for row in self.rows if row.ok]
+        columns = {
+            "layers": [str(row.n_layers) for row in ok],
+            "funnel": [str(row.funnel_confirmed) for row in ok],
+            "robust": ["-" if row.robust_funnel_confirmed is None else str(row.robust_funnel_confirmed) for row in ok],
+            "attn min": _gains_at([(row.attn_min_gain, row.attn_min_layer) for row in ok]),
+            "mlp max": _gains_at([(row.mlp_max_gain, row.mlp_max_layer) for row in ok]),
+            "last mlp": [f"{row.last_layer_mlp_gain:.3f}" for row in ok],
+            "comb max": _gains_at([(row.combined_max_gain, row.combined_max_layer) for row in ok]),
+            "measure": [format_seconds(row.measure_seconds) for row in ok],
+        }
+        widths = {title: max([len(title), *map(len, cells)]) for title, cells in columns.items()}
+        header = "  ".join([f"{'model':<34}", *(f"{title:>{widths[title]}}" for title in titles[1:])])
         lines = [header, "-" * len(header)]
+        cells = iter(zip(*columns.values()))
         for row in self.rows:
             name = row.model if len(row.model) <= 34 else "…" + row.model[-33:]
             if not row.ok:
                 lines.append(f"{name:<34} FAILED: {row.error}")
                 continue
-            robust = "-" if row.robust_funnel_confirmed is None else str(row.robust_funnel_confirmed)
-            lines.append(
-                f"{name:<34} {row.n_layers:>6} {str(row.funnel_confirmed):>7} {robust:>7} "
-                f"{row.attn_min_gain:>7.3f} L{row.attn_min_layer:<3} {row.mlp_max_gain:>7.3f} L{row.mlp_max_layer:<3} "
-                f"{row.last_layer_mlp_gain:>9.3f} {row.combined_max_gain:>7.3f} L{row.combined_max_layer:<3} "
-                f"{format_seconds(row.measure_seconds):>8}"
-            )
+            lines.append("  ".join([f"{name:<34}", *(f"{cell:>{widths[title]}}"
+                                                     for title, cell in zip(titles[1:], next(cells)))]))
         return "\n".join(lines)
 
     # ---- files -------------------------------------------------------------------------------

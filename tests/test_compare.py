@@ -166,6 +166,26 @@ def test_time_column_is_the_measurement_alone(checkpoints, tmp_path, monkeypatch
     assert sweep.format_table().splitlines()[0].endswith("measure")
 
 
+def test_terminal_table_stays_in_columns_with_large_gains_and_layers(sweep):
+    """A combined gain of 1000 or more (or a layer 100) once pushed every later column to the right."""
+    comparison, _ = sweep
+    first, second, third = comparison.rows
+    wide = replace(comparison, rows=(first, replace(second, combined_max_gain=12345.678, combined_max_layer=11),
+                                     replace(third, status="failed", error="boom")))
+    header, rule, *lines = wide.format_table().splitlines()
+    assert len(rule) == len(header) and lines[-1].endswith("FAILED: boom")
+    titles = ("layers", "funnel", "robust", "attn min", "mlp max", "last mlp", "comb max", "measure")
+    ends = [header.index(title) + len(title) for title in titles]  # every column is right-aligned to its title
+    for line in lines[:2]:
+        assert len(line) == len(header), line
+        # No cell runs over into the next column: a space at every column end, text in every column.
+        assert all(line[end] == " " for end in ends[:-1]), line
+        assert all(line[start:end].strip() for start, end in zip([34, *ends], ends)), line
+    assert "12345.678 L11" in lines[1] and f"{first.combined_max_gain:.3f} L{first.combined_max_layer} " in lines[0]
+    comb = slice(ends[-3], ends[-2])
+    assert lines[0][comb].index(".") == lines[1][comb].index(".")  # the gains line up at the decimal point
+
+
 def test_row_verdicts_come_from_the_sums_not_the_file(sweep, checkpoints):
     """A hand-edited (or older-rule) results file cannot make a row contradict its own gains."""
     from funnel_tl.funnel import funnel_test
