@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .errors import FunnelError
+from .prompts import dropped_phrase
 from .plots import (DIVERGING, OKABE_ITO, _extent as _result_extent, _intervals, _log_ticks, gain_colorbar, log_reach,
                     ticks_within)
 
@@ -71,7 +72,7 @@ def _subtitle(comparison) -> str:
     settings = comparison.settings
     parts = [f"definition={settings.get('definition', '?')}", f"{settings.get('n_prompts', '?')} prompts"]
     if settings.get("drop_first"):
-        parts.append(f"first {settings['drop_first']} positions dropped")
+        parts.append(dropped_phrase(settings["drop_first"]))
     return ", ".join(parts)
 
 

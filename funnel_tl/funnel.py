@@ -19,6 +19,7 @@ import numpy as np
 
 from .criteria import (MLP_EXPANDING_ALLOWED, mlp_expanding_allowed, not_testable, require_all_layers,  # noqa: F401
                        seed_rule_cannot_fail)
+from .prompts import dropped_phrase
 
 # Measured on Pythia-1.4B by the seed notebook's method (definition="seed"), copied from it.
 PYTHIA_1_4B_REFERENCE = {
@@ -122,7 +123,7 @@ def format_analysis(result) -> str:
         rule,
         f"{result.model}: FUNNEL MODEL ANALYSIS",
         f"definition={result.definition}, {result.n_prompts} prompts, {int(result.n_tokens.sum())} tokens"
-        + (f", first {result.drop_first} positions dropped" if result.drop_first else ""),
+        + (f", {dropped_phrase(result.drop_first)}" if result.drop_first else ""),
         *([f"layers {result.layer_spans} of {result.n_layers} measured: counts are over these {n}"] if why_not else []),
         rule,
     ]

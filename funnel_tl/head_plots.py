@@ -16,10 +16,11 @@ import numpy as np
 
 from .errors import FunnelError
 from .head_results import VALUES, label, norm_decimals
+from .prompts import dropped_phrase
 
 
 def _subtitle(result) -> str:
-    dropped = f" · first {result.drop_first} positions dropped" if result.drop_first else ""
+    dropped = f" · {dropped_phrase(result.drop_first)}" if result.drop_first else ""
     return (f"definition={result.definition} · {result.n_prompts} prompts, "
             f"{int(result.n_tokens.sum())} tokens{dropped}")
 
@@ -115,7 +116,7 @@ def heads_page(result, k: int = 20, plotlyjs: str | bool = True) -> str:
         f"<td>{row.norm_share:.3f}</td><td>{row.projection_share:.3f}</td><td>{row.layer_attn_gain:.4f}</td></tr>"
         for rank, row in enumerate(top, start=1))
     name = html.escape(result.model)
-    dropped = f", first {result.drop_first} positions dropped" if result.drop_first else ""
+    dropped = f", {dropped_phrase(result.drop_first)}" if result.drop_first else ""
     body = f"""<h1>{name}: per-head gains</h1>
 <p class="meta">Definition <code>{result.definition}</code>, {result.n_prompts} prompts{dropped}.
 Head gain = mean‖z<sub>i</sub> W<sub>O</sub><sup>i</sup>‖ (what head <i>i</i> alone writes) over the

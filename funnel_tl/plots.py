@@ -49,6 +49,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .funnel import PYTHIA_1_4B_REFERENCE
+from .prompts import dropped_phrase
 from .results import write_text_atomic
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with any common colour blindness.
@@ -522,7 +523,7 @@ def _finish(fig, result, height: int, heading: str = "attention, MLP and block g
     intervals = getattr(result, "intervals", None)
     uncertainty = ("error bars: {:g}% bootstrap intervals over prompts ({} resamples)".format(
         100 * intervals.confidence, intervals.n_resamples) if intervals is not None else "no intervals (bootstrap skipped)")
-    dropped = f" · first {result.drop_first} positions dropped" if result.drop_first else ""
+    dropped = f" · {dropped_phrase(result.drop_first)}" if result.drop_first else ""
     from .criteria import not_testable
 
     why_not = not_testable(result)

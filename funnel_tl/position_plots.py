@@ -33,6 +33,7 @@ from .funnel import PYTHIA_1_4B_REFERENCE
 from .plots import (COLORS, DIVERGING, LOG_SPAN, NAMES, WIDTH, _layer_ticks, _log_ticks, figure_div, gain_colorbar,
                     log_reach, one_two_five, page_html, ticks_within, write_page)
 from .positions import cached_sink_effect
+from .prompts import dropped_phrase
 
 # The colour scale spans at least gain 1/2 … 2, so a model whose gains all sit near 1 is not
 # painted in saturated colours for differences of a few percent.
@@ -268,5 +269,5 @@ def _positions(result):
 
 
 def _subtitle(result) -> str:
-    dropped = f" · first {result.drop_first} positions dropped" if result.drop_first else ""
+    dropped = f" · {dropped_phrase(result.drop_first)}" if result.drop_first else ""
     return f"definition={result.definition} · {result.n_prompts} prompts{dropped}"

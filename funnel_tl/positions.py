@@ -603,14 +603,14 @@ def format_sink_analysis(result, k: int | None = None) -> str:
     behind = (f"{counts[0]} prompts reach every one" if counts.min() == counts.max()
               else f"{counts.max()} prompts reach the first, {counts.min()} the last")
     lines.append(f"position buckets: {', '.join(positions.labels)} ({behind})")
-    # Massive activations: position 0's residual stream norm against the later positions'.
+    # Massive activations: position 0's residual stream norm against that of the later positions.
     norms = positions.mean_norms("block")  # [layer, bucket]: ||resid_pre|| in both definitions
     if positions.n_buckets > k:
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = np.nanmean(norms[:, :k], axis=1) / np.nanmean(norms[:, k:], axis=1)  # [layer]
         if np.isfinite(ratio).any():
             top = int(np.nanargmax(ratio))
-            lines.append(f"||resid_pre|| of {first} over the later positions': x{np.nanmin(ratio):.3g} to "
+            lines.append(f"||resid_pre|| of {first} over the later positions: x{np.nanmin(ratio):.3g} to "
                          f"x{np.nanmax(ratio):.3g} (largest at L{top})")
     for component, label in (("attn", "Attention"), ("mlp", "MLP")):
         ratio = without.gains(component) / result.gains(component)

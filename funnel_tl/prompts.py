@@ -198,6 +198,15 @@ def prompts_sha256(prompts: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(prompts), ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
+def dropped_phrase(drop_first: int) -> str:
+    """How titles and summaries say that ``drop_first`` leading positions were left out.
+
+    >>> dropped_phrase(1), dropped_phrase(4)
+    ('first position dropped', 'first 4 positions dropped')
+    """
+    return "first position dropped" if drop_first == 1 else f"first {drop_first} positions dropped"
+
+
 def check_drop_first(drop_first) -> None:
     """``drop_first`` must be a whole number of positions, 0 or more (checked before any prompt is read)."""
     if isinstance(drop_first, bool) or not isinstance(drop_first, int) or drop_first < 0:

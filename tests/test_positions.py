@@ -218,6 +218,7 @@ def test_verdict_that_hangs_on_position_0_is_reported():
     assert not effect.all_positions.funnel_confirmed and effect.without_first.funnel_confirmed
     text = format_sink_analysis(result)
     assert "THE VERDICT DEPENDS ON POSITION 0" in text and "attention_always_contracts" in text
+    assert "over the later positions: x" in text and "positions'" not in text  # no stray apostrophe
     # Position 0's own cell shows the sink's gain.
     np.testing.assert_allclose(result.position_gains("attn")[:, 0], 2.0)
 

@@ -284,3 +284,15 @@ def test_printed_numbers_keep_their_digits_and_columns():
     assert row.endswith(" 7.996 (L0)") and "  (L" not in row
     assert len(row) == len(header)  # right-aligned under the model's column, as the rows around it
     assert "mlp_gains=[7.996, 1.25, 1.084]" in repr(result)
+
+
+def test_one_dropped_position_is_said_in_the_singular():
+    from dataclasses import replace
+
+    from funnel_tl.plots import plot_funnel
+
+    gains = {"attn": np.full((2, 3), 0.5), "mlp": np.full((2, 3), 0.9), "block": np.full((2, 3), 1.1)}
+    one, four = (replace(from_gains(gains), drop_first=n) for n in (1, 4))
+    assert "first position dropped" in format_analysis(one) and "first 1 positions" not in format_analysis(one)
+    assert "first position dropped" in plot_funnel(one).layout.title.text
+    assert "first 4 positions dropped" in format_analysis(four)
