@@ -48,6 +48,11 @@ def plot_position_heatmap(result, component: str = "mlp") -> go.Figure:
     return _heatmaps(result, [component])
 
 
+def _typeset(labels: list[str]) -> list[str]:
+    """Bucket labels as a figure shows them: ``16–31`` with an en dash (the data keeps ``16-31``)."""
+    return [label.replace("-", "–") for label in labels]
+
+
 def plot_position_heatmaps(result, components=("attn", "mlp", "block")) -> go.Figure:
     """Several components' heatmaps stacked, each with its own log colour scale, white at gain 1."""
     return _heatmaps(result, list(components))
@@ -55,7 +60,7 @@ def plot_position_heatmaps(result, components=("attn", "mlp", "block")) -> go.Fi
 
 def _heatmaps(result, components: list[str]) -> go.Figure:
     positions = _positions(result)
-    labels = positions.labels
+    labels = _typeset(positions.labels)
     counts = positions.prompt_counts()  # [bucket]
     row_px = int(np.clip(ROW_PX * result.n_layers, *HEATMAP_ROW))
     gap_px = 110  # room for an x-axis title and the next subplot's title
@@ -116,7 +121,7 @@ def plot_head_positions(heads, k: int = 20) -> go.Figure:
     labels = [row.label for row in top]
     customdata = np.stack([values, np.broadcast_to(counts, values.shape)], axis=-1)  # [top head, bucket, 2]
     fig = go.Figure(go.Heatmap(
-        z=colour, x=heads.positions.labels, y=labels, customdata=customdata, hoverongaps=False, xgap=1, ygap=1,
+        z=colour, x=_typeset(heads.positions.labels), y=labels, customdata=customdata, hoverongaps=False, xgap=1, ygap=1,
         colorscale=DIVERGING, zmid=0, zmin=-reach, zmax=reach,
         colorbar=gain_colorbar(_gain_ticks(reach), title=dict(text="gain", side="top"), thickness=16),
         hovertemplate="%{y}, position %{x}<br>head gain %{customdata[0]:.4g}<br>%{customdata[1]} prompts reach it"

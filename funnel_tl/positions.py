@@ -16,7 +16,7 @@ out the first k positions (``GainResult.without_first``) needs no second pass ov
 
 >>> edges = bucket_edges(40)
 >>> bucket_labels(edges)[14:]
-['14', '15', '16–31', '32–63']
+['14', '15', '16-31', '32-63']
 >>> import torch
 >>> norms = torch.tensor([[[1.0, 2.0, 4.0, 8.0]]])            # [layer=1, batch=1, pos=4]
 >>> counted = torch.tensor([[False, True, True, True]])         # position 0 dropped
@@ -62,8 +62,11 @@ def bucket_edges(n_positions: int) -> np.ndarray:
 
 
 def bucket_labels(edges) -> list[str]:
-    """``"3"`` for a single position, ``"16–31"`` for a bucket (inclusive ends)."""
-    return [f"{lo}" if hi - lo == 1 else f"{lo}–{hi - 1}" for lo, hi in zip(edges[:-1], edges[1:])]
+    """``"3"`` for a single position, ``"16-31"`` for a bucket (inclusive ends).
+
+    A plain hyphen, as data: ``df.query("position == '16-31'")`` must find what one types; figures
+    draw it as an en dash (``position_plots``)."""
+    return [f"{lo}" if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in zip(edges[:-1], edges[1:])]
 
 
 def bucket_one_hot(n_positions: int, edges, device=None) -> Float[torch.Tensor, "pos bucket"]:
@@ -639,7 +642,7 @@ def position_rows(result, **extra) -> list[dict[str, Any]]:
     """Tidy rows (dicts) of a result's position gains: one per layer, component and reached bucket.
 
     Columns (``extra`` first): model, layer, component (attn, mlp, block, combined), position (the
-    bucket's label, "16–31"), position_start, position_stop (inclusive), gain, ci_low, ci_high
+    bucket's label, "16-31"), position_start, position_stop (inclusive), gain, ci_low, ci_high
     (NaN without intervals), n_prompts (those reaching the bucket). Cells no prompt reaches have
     no row. ``pandas.DataFrame(position_rows(result))`` is the table; beside the per-layer rows of
     ``GainResult.to_pandas`` these carry the position column.

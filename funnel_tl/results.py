@@ -173,7 +173,7 @@ class GainResult:
         over ``cumulative_layers``). Measured with
         ``by_position=True``, a ``position`` column too: ``"all"`` on these rows, and one more row
         per layer, component (attn, mlp, block, combined) and reached position bucket, with its
-        label ("0", "16–31"), ``position_start``/``position_stop`` and the prompts reaching it
+        label ("0", "16-31"), ``position_start``/``position_stop`` and the prompts reaching it
         (``positions.position_rows``). Those two are integers of pandas' nullable ``Int64``
         dtype, ``<NA>`` on the ``"all"`` rows (not floats with NaN).
 

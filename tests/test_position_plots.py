@@ -159,3 +159,22 @@ def test_heads_by_position_from_the_command_line(checkpoints, tmp_path, capsys):
     block = data["by_position"]
     assert np.asarray(block["head_gain"], dtype=float).shape == (data["n_layers"], data["n_heads"], len(block["labels"]))
     assert "the top 4 heads' gain by position" in (tmp_path / "heads.html").read_text()
+
+
+def test_bucket_labels_are_plain_hyphens_in_data_and_en_dashes_in_figures():
+    """`df.query("position == '16-31'")` found nothing while the labels held an en dash."""
+    pytest.importorskip("pandas")
+    from funnel_tl.positions import PositionSums, bucket_edges
+    from funnel_tl.results import GainResult
+
+    edges = bucket_edges(40)  # 0 … 15 one by one, then 16-31 and 32-63
+    n_tokens = np.array([[1] * 16 + [16, 8]])  # [prompt, bucket]: one prompt of 40 tokens
+    ones = np.ones((1, 2, len(edges) - 1)) * n_tokens[:, None, :]  # [prompt, layer, bucket]
+    sums = {c: ones.copy() for c in ("attn", "mlp", "block")}
+    positions = PositionSums(edges=edges, n_tokens=n_tokens, out_sums=sums, in_sums={c: ones.copy() for c in sums})
+    result = GainResult(model="synthetic/long", definition="seed", n_layers=2, d_model=8, parallel_blocks=True,
+                        prompts=("a",), n_tokens=n_tokens.sum(axis=1), out_sums={c: v.sum(axis=2) for c, v in sums.items()},
+                        in_sums={c: v.sum(axis=2) for c, v in sums.items()}, positions=positions)
+    frame = result.to_pandas()
+    assert len(frame.query("position == '16-31'")) == len(frame.query("position == '0'")) > 0
+    assert list(plot_position_heatmap(result, "attn").data[0].x)[-2:] == ["16–31", "32–63"]

@@ -43,7 +43,7 @@ def test_bucket_edges_single_then_log_spaced():
     assert bucket_edges(16).tolist() == list(range(17))
     assert bucket_edges(17).tolist() == list(range(17)) + [32]
     assert bucket_edges(100).tolist() == list(range(17)) + [32, 64, 128]
-    assert bucket_labels(bucket_edges(64))[15:] == ["15", "16–31", "32–63"]
+    assert bucket_labels(bucket_edges(64))[15:] == ["15", "16-31", "32-63"]
 
 
 def test_position_sums_equal_a_loop():
