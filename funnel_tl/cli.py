@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import warnings
 from dataclasses import replace
@@ -224,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_options(run)
     run.add_argument("--layers", default=None, metavar="SPEC",
-                     help="layers to measure: numbers and inclusive ranges such as 0-3,-1 (-1 the last), as "
-                          "for heads (default: all). Only they are read and the forward stops after the last; "
+                     help="layers to measure: numbers and inclusive ranges such as 0-3,-1 (-1 the last; -2--1 "
+                          "the last two), as for heads (default: all). Only they are read and the forward stops after the last; "
                           "the Funnel verdicts need every layer and are then reported as not testable")
     run.add_argument("--out", default=None, metavar="DIR",
                      help="output folder (default: runs/<model name>)")
@@ -247,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(heads)
     heads.add_argument("--layers", default=None, metavar="SPEC",
                        help="layers to measure: numbers and inclusive ranges such as 0,3,5-7, or -1 for "
-                            "the last (default: all)")
+                            "the last, -2--1 for the last two (default: all)")
     heads.add_argument("--top", type=int, default=TOP_HEADS, metavar="K",
                        help=f"how many top heads (by gain) to print and tabulate (default: {TOP_HEADS})")
     heads.add_argument("--out", default=None, metavar="DIR",
@@ -598,11 +599,31 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _attach_layer_specs(argv: list[str]) -> list[str]:
+    """``--layers -2--1`` as ``--layers=-2--1``: argparse reads a value that starts with '-' and is
+    not a plain negative number as an option, and stopped with "expected one argument".
+
+    >>> _attach_layer_specs(["heads", "--layers", "-2--1", "--top", "3"])
+    ['heads', '--layers=-2--1', '--top', '3']
+    """
+    attached, tokens = [], iter(argv)
+    for token in tokens:
+        if token == "--layers":
+            value = next(tokens, None)
+            if value is not None and re.fullmatch(r"-[0-9,\s-]*", value):
+                attached.append(f"--layers={value}")
+                continue
+            attached.extend([token] if value is None else [token, value])
+            continue
+        attached.append(token)
+    return attached
+
+
 def main(argv: list[str] | None = None) -> int:
     from .distributed import session
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_layer_specs(sys.argv[1:] if argv is None else argv))
     try:
         if args.command == "report":
             return args.handler(args)

@@ -15,19 +15,23 @@ from .errors import FunnelError
 
 
 def parse_layers(spec: str | None) -> list[int] | None:
-    """Parse ``--layers``: ``"3"``, ``"0,5,7"``, ``"4-8"`` (inclusive), ``"-1"`` (the last); None = all.
+    """Parse ``--layers``: ``"3"``, ``"0,5,7"``, ``"4-8"`` (inclusive), ``"-1"`` (the last),
+    ``"-2--1"`` (the last two); None = all.
 
-    >>> parse_layers("0,2-4,-1")
-    [0, 2, 3, 4, -1]
+    >>> parse_layers("0,2-4,-1"), parse_layers("-3--1")
+    ([0, 2, 3, 4, -1], [-3, -2, -1])
     """
     if spec is None or not spec.strip():
         return None
     layers: list[int] = []
     for part in spec.split(","):
         part = part.strip()
-        span = re.fullmatch(r"(\d+)-(\d+)", part)
+        span = re.fullmatch(r"(-?\d+)-(-?\d+)", part)
         if span:
             first, last = int(span.group(1)), int(span.group(2))
+            if (first < 0) != (last < 0):  # which layers lie between depends on the model's depth
+                raise FunnelError(f"--layers range {part!r} mixes a layer counted from the start with one "
+                                  "counted from the end: count both from the same end (such as 2-7 or -6--1)")
             if first > last:
                 raise FunnelError(f"--layers range {part!r} runs backwards: write {last}-{first}")
             layers.extend(range(first, last + 1))

@@ -237,9 +237,22 @@ def test_bad_layers(bridge, layers):
 def test_parse_layers():
     assert parse_layers("0,2-4,-1") == [0, 2, 3, 4, -1]
     assert parse_layers(None) is None
-    for bad in ("a", "3-1", "1-", "2:4"):
+    assert parse_layers("-2--1") == [-2, -1] and parse_layers("0,-3--2") == [0, -3, -2]
+    for bad in ("a", "3-1", "1-", "2:4", "-1--2", "2--1", "-2-3"):
         with pytest.raises(FunnelError):
             parse_layers(bad)
+
+
+def test_layers_counted_from_the_end_on_the_command_line(tmp_path, capsys):
+    """`--layers -2--1` once stopped in argparse ("expected one argument"): a value starting with '-'."""
+    for argv in (["--layers", "-2--1"], ["--layers=-2--1"]):
+        out = tmp_path / argv[-1].strip("-=")
+        assert main(["heads", "--model", "nano-2l", "--device", "cpu", "--top", "2", *argv, "--out", str(out)]) == 0
+        assert HeadResult.load(out / "heads.json").layers == (0, 1)  # nano-2l: the last two are both
+    capsys.readouterr()
+    assert main(["run", "--model", "nano-2l", "--device", "cpu", "--bootstrap", "0", "--layers", "-1--1",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["layers"] == [1]
 
 
 # ---- interactive API and heads.json -------------------------------------------------------------
