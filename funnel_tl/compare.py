@@ -564,7 +564,8 @@ def _finished(path: Path, target: Target, settings: dict) -> tuple[dict, GainRes
             and result.drop_first == settings["drop_first"] and provenance.get("dtype") == settings["dtype"]
             and provenance.get("max_tokens_per_prompt") == settings.get("max_tokens_per_prompt")
             # A file with position sums serves a sweep that does not ask for them; not the other way.
-            and (result.positions is not None or not settings.get("by_position", False)))
+            and (result.positions is not None or not settings.get("by_position", False))
+            and result.all_layers)  # a `run --layers` subset written there: a sweep compares every layer
     return (data, result) if same else None
 
 

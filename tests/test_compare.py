@@ -250,6 +250,23 @@ def test_a_damaged_results_file_is_measured_again(sweep, checkpoints, load_calls
     GainResult.load(path)  # complete again
 
 
+def test_a_layer_subset_in_the_sweep_folder_is_measured_again(sweep, checkpoints, load_calls, tmp_path):
+    """A `run --layers` result saved where the sweep keeps that model has its settings but not every
+    layer: the sweep measures the model again rather than build a row on a subset."""
+    import shutil
+
+    _, out = sweep
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    label = str(checkpoints["gpt2"])
+    path = copy / compare_module.plan_targets([label])[0].slug / "results.json"
+    measure_gains(load_model(label, device="cpu", dtype="float32"), "seed", batch_size=8, layers=[0]).save(path)
+    load_calls.clear()
+    comparison = compare([label], out=copy, **OPTIONS)
+    assert [source for source, _ in load_calls] == [label]
+    assert comparison.results[label].all_layers
+
+
 # ---- faults ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def nan_checkpoint(tmp_path_factory, checkpoints, tokenizer):
