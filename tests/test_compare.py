@@ -635,6 +635,8 @@ def test_step_axis_is_log_for_log_spaced_checkpoints():
     x, axis = _step_axis([0, 16, 64, 256, 900])  # log-spaced early checkpoints, step 0 included
     assert axis["type"] == "log" and x == [8.0, 16.0, 64.0, 256.0, 900.0]  # step 0 at half the first step
     assert axis["ticktext"] == ["0", "16", "64", "256", "900"] and axis["tickvals"] == x
+    assert axis["title_text"] == "training step (log scale; step 0 drawn at 8)"  # where the axis has no 0
+    assert _step_axis([16, 64, 256, 900])[1]["title_text"] == "training step (log scale)"
     steps = list(compare_module.PYTHIA_STEPS)
     x, axis = _step_axis(steps)  # 154 checkpoints: decades, and 0 at 0.5 with no label beside it
     assert axis["ticktext"] == ["0", "1", "10", "100", "1,000", "10,000", "100,000"]
