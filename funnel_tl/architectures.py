@@ -51,6 +51,13 @@ _NOT_DECODER_CLASSES = ("HookedEncoder", "HookedEncoderDecoder", "HookedAudioEnc
                         "BertNextSentencePrediction")
 # Causal LMs without attention + MLP blocks (state-space and recurrent models).
 _NOT_TRANSFORMER_MODEL_TYPES = ("mamba", "mamba2", "falcon_mamba", "rwkv", "rwkv7", "recurrent_gemma", "hyenadna")
+# Encoder-only model types: a checkpoint saved from their base class ("BertModel") names no head
+# that would give it away, so the type is checked too (bidirectional attention: no causal stream).
+_ENCODER_MODEL_TYPES = ("albert", "bert", "big_bird", "camembert", "convbert", "data2vec-text", "deberta", "deberta-v2",
+                        "distilbert", "electra", "ernie", "esm", "flaubert", "funnel", "hubert", "longformer",
+                        "megatron-bert", "modernbert", "mpnet", "nezha", "nomic_bert", "rembert", "roberta",
+                        "roberta-prelayernorm", "roc_bert", "squeezebert", "wav2vec2", "xlm", "xlm-roberta",
+                        "xlm-roberta-xl")
 # The hooks every measured block must have: the residual stream and what each sublayer adds.
 _REQUIRED_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
 
@@ -146,7 +153,7 @@ def check_decoder_config(config: dict, name: str) -> None:
     model_type = str(config.get("model_type", ""))
     not_decoder = (bool(config.get("is_encoder_decoder", False))
                    or any("For" in c and not c.endswith("ForCausalLM") for c in classes)
-                   or model_type in _NOT_TRANSFORMER_MODEL_TYPES)
+                   or model_type in _NOT_TRANSFORMER_MODEL_TYPES or model_type in _ENCODER_MODEL_TYPES)
     if not_decoder:
         raise _not_a_decoder(f"{name} ({classes[0] if classes else model_type})")
 

@@ -32,8 +32,19 @@ def gains_from_cache(cache, model, definition: str = "seed", attention_mask: tor
     the residual-identity hooks: run ``run_with_cache`` without ``names_filter``, or see
     ``plan_hooks(model, definition).suffixes``.
 
-    >>> _, cache = model.run_with_cache(tokens, attention_mask=mask)  # doctest: +SKIP
-    >>> gains_from_cache(cache, model, attention_mask=mask).attn_gains  # doctest: +SKIP
+    The gains are those of the tokens you ran: to get ``measure_gains``' numbers, tokenize with
+    the model's own HF tokenizer (``models.tokenizer_of(model)``, right padding), not with the
+    bridge's ``model.tokenizer``, which TransformerLens sets to prepend a BOS (GPT-2, Llama, GPT-NeoX).
+
+    >>> from funnel_tl import load_model
+    >>> from funnel_tl.models import tokenizer_of
+    >>> model = load_model("nano-2l", device="cpu")
+    >>> tokenizer = tokenizer_of(model)
+    >>> tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token  # a tokenizer without one (as GPT-2)
+    >>> batch = tokenizer(["The cat sat on the mat.", "A second prompt"], return_tensors="pt", padding=True)
+    >>> _, cache = model.run_with_cache(batch.input_ids, attention_mask=batch.attention_mask)
+    >>> gains_from_cache(cache, model, attention_mask=batch.attention_mask).attn_gains.shape  # [layer]
+    (2,)
     """
     plan = plan_hooks(model, definition)
     n_layers = model.cfg.n_layers

@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="funnel-tl",
         description="Measure how much each attention and MLP sublayer expands or contracts what it "
                     "reads (the gain), and test the Funnel Model: attention contracts in every layer, "
-                    "the MLP in nearly all, and only a late MLP expands.",
+                    "the MLP in nearly all, and the last MLP expands (as in Pythia-1.4B).",
     )
     from . import __version__
 

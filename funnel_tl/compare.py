@@ -588,6 +588,8 @@ def _differences(data: dict, result: GainResult, target: Target, settings: dict)
     # A file with position sums serves a sweep that does not ask for them; not the other way.
     if result.positions is None and settings.get("by_position", False):
         differences.append(("no by-position sums", "by_position"))
+    if not result.all_layers:  # a `run --layers` subset written there: a sweep compares every layer
+        differences.append((f"layers={result.layer_spans}", "every layer"))
     return differences
 
 

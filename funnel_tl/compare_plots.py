@@ -184,13 +184,15 @@ def _step_axis(steps: list[int]) -> tuple[list[float], dict]:
         return [float(s) for s in steps], dict(type="linear", title_text="training step")
     zero_at = min(positive) / 2
     x = [float(s) if s > 0 else zero_at for s in steps]
+    # A log axis has no 0: say where step 0 is drawn, so its distance to the next step is not read as data.
+    title = "training step (log scale" + (f"; step 0 drawn at {zero_at:g})" if 0 in steps else ")")
     if len(steps) <= MAX_STEP_LABELS:  # few checkpoints: label each one
-        return x, dict(type="log", tickvals=x, ticktext=[f"{s:,}" for s in steps], title_text="training step (log scale)")
+        return x, dict(type="log", tickvals=x, ticktext=[f"{s:,}" for s in steps], title_text=title)
     # Many (Pythia's 154): label decades, none so close to step 0's place that the labels collide.
     powers = [10**k for k in range(int(math.log10(max(positive))) + 1) if 10**k >= 2 * zero_at]
     tickvals = ([zero_at] if 0 in steps else []) + [float(p) for p in powers]
     ticktext = (["0"] if 0 in steps else []) + [f"{p:,}" for p in powers]
-    return x, dict(type="log", tickvals=tickvals, ticktext=ticktext, title_text="training step (log scale)")
+    return x, dict(type="log", tickvals=tickvals, ticktext=ticktext, title_text=title)
 
 
 def plot_training(comparison, base: str | None = None) -> go.Figure:

@@ -21,6 +21,10 @@ from .criteria import (MLP_EXPANDING_ALLOWED, mlp_expanding_allowed, not_testabl
                        seed_rule_cannot_fail)
 from .prompts import dropped_phrase
 
+# Below this many prompts the printed robust verdict carries a caveat: a percentile bootstrap over
+# a handful of prompts under-covers (its intervals are too narrow), as the seed set's 8 are.
+FEW_PROMPTS = 20
+
 # Measured on Pythia-1.4B by the seed notebook's method (definition="seed"), copied from it.
 PYTHIA_1_4B_REFERENCE = {
     "n_layers": 24,
@@ -203,6 +207,9 @@ def _robust_lines(result, rule: str) -> list[str]:
         f"ROBUST TEST: {percent} bootstrap intervals over {result.n_prompts} prompts "
         f"({intervals.n_resamples} resamples, seed {intervals.seed})",
         "a layer counts only when its whole interval lies on one side of 1",
+        *([f"few prompts: a percentile bootstrap over {result.n_prompts} is rough (its intervals run narrow), so "
+           "read this verdict as indicative; measure more prompts (--prompts FILE or --dataset) for a firm one"]
+          if result.n_prompts < FEW_PROMPTS else []),
         rule,
         f"{'':<12}{'contracting':>12}{'expanding':>11}{'undetermined':>14}",
     ]

@@ -205,8 +205,8 @@ class HeadResult:
 
         ``by``: ``"gain"`` (default), ``"norm"``, ``"norm_share"`` or ``"projection_share"``.
 
-        >>> result.top(3)  # doctest: +SKIP
-        [HeadStat(label='L5H2', layer=5, head=2, gain=0.31, ...), ...]
+        >>> [(head.label, round(head.gain, 2)) for head in result.top(3)]  # doctest: +SKIP
+        [('L5H3', 2.08), ('L2H0', 1.93), ('L1H2', 1.89)]
         """
         if by not in VALUES:
             raise FunnelError(f"unknown ranking {by!r}: choose {', '.join(VALUES)}")

@@ -308,6 +308,25 @@ def test_a_damaged_results_file_is_measured_again(sweep, checkpoints, load_calls
     GainResult.load(path)  # complete again
 
 
+def test_a_layer_subset_in_the_sweep_folder_is_measured_again(sweep, checkpoints, load_calls, tmp_path, capsys):
+    """A `run --layers` result saved where the sweep keeps that model has its settings but not every
+    layer: the sweep measures the model again rather than build a row on a subset."""
+    import shutil
+
+    _, out = sweep
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    label = str(checkpoints["gpt2"])
+    path = copy / compare_module.plan_targets([label])[0].slug / "results.json"
+    measure_gains(load_model(label, device="cpu", dtype="float32"), "seed", batch_size=8, layers=[0]).save(path)
+    load_calls.clear()
+    capsys.readouterr()
+    comparison = compare([label], out=copy, **OPTIONS)
+    assert [source for source, _ in load_calls] == [label]
+    assert comparison.results[label].all_layers
+    assert f"{label}: replacing {path} (measured with layers=0; this sweep asks every layer)" in capsys.readouterr().err
+
+
 # ---- faults ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def nan_checkpoint(tmp_path_factory, checkpoints, tokenizer):
@@ -676,6 +695,8 @@ def test_step_axis_is_log_for_log_spaced_checkpoints():
     x, axis = _step_axis([0, 16, 64, 256, 900])  # log-spaced early checkpoints, step 0 included
     assert axis["type"] == "log" and x == [8.0, 16.0, 64.0, 256.0, 900.0]  # step 0 at half the first step
     assert axis["ticktext"] == ["0", "16", "64", "256", "900"] and axis["tickvals"] == x
+    assert axis["title_text"] == "training step (log scale; step 0 drawn at 8)"  # where the axis has no 0
+    assert _step_axis([16, 64, 256, 900])[1]["title_text"] == "training step (log scale)"
     steps = list(compare_module.PYTHIA_STEPS)
     x, axis = _step_axis(steps)  # 154 checkpoints: decades, and 0 at 0.5 with no label beside it
     assert axis["ticktext"] == ["0", "1", "10", "100", "1,000", "10,000", "100,000"]

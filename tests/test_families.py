@@ -107,12 +107,15 @@ def test_non_decoder_models_are_refused_in_one_line(tmp_path, tokenizer, capsys)
 
 @pytest.mark.parametrize("config", [
     {"architectures": ["BertForMaskedLM"], "model_type": "bert"},
+    {"architectures": ["BertModel"], "model_type": "bert"},  # a base class names no head: the type tells
+    {"architectures": ["RobertaModel"], "model_type": "roberta"},
     {"architectures": ["MambaForCausalLM"], "model_type": "mamba"},
     {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava"},
     {"architectures": ["T5ForConditionalGeneration"], "model_type": "t5", "is_encoder_decoder": True},
 ])
 def test_non_decoder_checkpoints_are_refused_before_loading(config, tmp_path):
-    """From config.json alone: the folder holds no weights, so any attempt to load them would fail otherwise."""
+    """From config.json alone: the folder holds no weights or tokenizer, so any attempt to load them, or a
+    check of those files, would fail otherwise (and send the user to fix files of a model that is refused)."""
     import json
 
     (tmp_path / "config.json").write_text(json.dumps(config))

@@ -230,6 +230,15 @@ def test_analysis_prints_the_robust_verdict_only_with_intervals():
     assert ">>> FUNNEL MODEL CONFIRMED (robust): " in text
 
 
+def test_robust_verdict_over_few_prompts_carries_a_caveat():
+    from funnel_tl.funnel import FEW_PROMPTS
+
+    few = funnel_like().with_intervals(n_resamples=100)  # the seed set's 8 prompts
+    assert few.n_prompts < FEW_PROMPTS and "few prompts: a percentile bootstrap over 8 is rough" in format_analysis(few)
+    many = funnel_like(n_prompts=FEW_PROMPTS).with_intervals(n_resamples=100)
+    assert "few prompts" not in format_analysis(many)
+
+
 def test_seed_rule_that_cannot_fail_is_flagged_and_the_robust_rule_scales_with_depth():
     # nano-2l's case: both MLP gains above 3. The seed's literal rule (>= n - 3 contracting) passes
     # at two layers whatever the gains; the analysis says so, and the robust rule fails it.
