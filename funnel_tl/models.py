@@ -306,6 +306,20 @@ def _load_error_message(name: str, error: BaseException, local: bool) -> str:
 HUB_PROBE_SECONDS = 3.0
 
 
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` is set: HuggingFace reads its local cache only, and nothing is probed."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def unreachable_hub() -> str | None:
+    """The hub's host (``HF_ENDPOINT`` or huggingface.co) when one short connect to it fails, else None."""
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    return None if _hub_reachable(host, port) else host
+
+
 def _hub_access(name: str, revision: str | None) -> bool | None:
     """Before loading a hub model: ``True`` to load it offline from the cache, ``None`` to go online.
 
@@ -313,13 +327,10 @@ def _hub_access(name: str, revision: str | None) -> bool | None:
     to the hub tells the same at once. A model already cached then loads offline; one that is not
     is a FunnelError that names the network and ``HF_HUB_OFFLINE=1``.
     """
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if hub_offline():
         return True
-    from urllib.parse import urlparse
-
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    if _hub_reachable(host, port):
+    host = unreachable_hub()
+    if host is None:
         return None
     try:
         from huggingface_hub import try_to_load_from_cache

@@ -100,16 +100,10 @@ def _check_hub(name: str) -> None:
     a network the answer is one line at once, not HuggingFace's retries for half a minute.
 
     ``HF_HUB_OFFLINE`` set: no probe, ``datasets`` reads its cache as it would."""
-    import os
-    from urllib.parse import urlparse
+    from .models import hub_offline, unreachable_hub
 
-    from .models import _hub_reachable
-
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    if not _hub_reachable(host, port):
+    host = None if hub_offline() else unreachable_hub()
+    if host is not None:
         raise FunnelError(f"cannot reach the dataset hub ({host}) to stream {name!r}, and no local file or folder "
                           f"has that name: check the network, or give a local data file "
                           f"({', '.join(DATASET_BUILDERS)}) or a folder written by Dataset.save_to_disk")
