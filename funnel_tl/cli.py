@@ -481,7 +481,7 @@ def cmd_report(args) -> int:
                           f"run `funnel-tl run --out {root}` (or `funnel-tl heads`) first")
     results = [GainResult.load(path) for path in paths]  # all read before any is written: fail fast
     heads = [HeadResult.load(path) for path in head_paths]
-    sweep = Comparison.load(root) if (root / "compare.json").is_file() else None
+    sweeps = [Comparison.load(path.parent) for path in find_results(root, "compare.json")]  # DIR's and any below it
 
     def redraw(result):
         if args.bootstrap == 0:
@@ -504,9 +504,9 @@ def cmd_report(args) -> int:
         page = result.save_html(path.with_suffix(".html"), k=top, self_contained=args.self_contained)
         print(result.format_top(top))  # the table `funnel-tl heads` printed
         print(f"\nFrom: {path}\nSaved: {page}\n")
-    if sweep is not None:
+    for sweep in sweeps:
         sweep = replace(sweep, results={label: redraw(result) for label, result in sweep.results.items()})
-        page = sweep.save_html(root, self_contained=args.self_contained)
+        page = sweep.save_html(sweep.out, self_contained=args.self_contained, root=root)
         print(f"Saved: {page}")
     if paths and not png:
         print(png_help())

@@ -890,13 +890,15 @@ class Comparison:
         json_path = write_json_atomic(out / "compare.json", self.to_dict())
         return json_path, self.save_html(out, self_contained)
 
-    def save_html(self, out: str | os.PathLike, self_contained: bool = False) -> Path:
-        """Write only ``compare.html`` into ``out`` (what ``funnel-tl report`` redraws)."""
+    def save_html(self, out: str | os.PathLike, self_contained: bool = False,
+                  root: str | os.PathLike | None = None) -> Path:
+        """Write only ``compare.html`` into ``out`` (what ``funnel-tl report`` redraws); its
+        ``plotly.min.js`` is shared from ``root`` (the top of an output tree) when given."""
         from .compare_plots import render_html
         from .plots import write_page
 
         return write_page(Path(out) / "compare.html", lambda plotlyjs: render_html(self, plotlyjs=plotlyjs),
-                          self_contained)
+                          self_contained, root)
 
     @classmethod
     def load(cls, out: str | os.PathLike) -> "Comparison":

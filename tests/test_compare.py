@@ -737,3 +737,22 @@ def test_report_over_a_sweep_shares_one_plotlyjs_and_redraws_compare_html(sweep,
         assert len(src) == 1 and (page.parent / src[0]).resolve() == (tree / "plotly.min.js").resolve()
     written = sum(p.stat().st_size for p in pages) + (tree / "plotly.min.js").stat().st_size
     assert written < 7_000_000, written  # the issue's bar for a 3-model sweep (was ~19 MB: 4.8 MB a page)
+
+
+def test_report_over_a_folder_of_sweeps_redraws_each_compare_html(sweep, tmp_path, capsys):
+    import shutil
+
+    _, out = sweep
+    parent = tmp_path / "sweeps"
+    for name in ("first", "second"):
+        shutil.copytree(out, parent / name)
+        (parent / name / "compare.html").unlink()
+        (parent / name / "plotly.min.js").unlink()
+    assert main(["report", str(parent)]) == 0
+    printed = capsys.readouterr().out
+    for name in ("first", "second"):
+        page = parent / name / "compare.html"
+        assert f"Saved: {page}" in printed
+        src = re.findall(r'<script src="([^"]+)"', page.read_text())
+        assert len(src) == 1 and (page.parent / src[0]).resolve() == (parent / "plotly.min.js").resolve()
+    assert [p.parent for p in parent.rglob("plotly.min.js")] == [parent]  # one copy, at the top
