@@ -49,8 +49,7 @@ def not_testable(result) -> str | None:
     >>> not_testable(SimpleNamespace(layers=(0, 1, 2, 3), n_layers=24, layer_spans="0-3"))
     'not testable: layers 0-3 of 24 measured, and the Funnel verdicts need every layer'
     """
-    layers = getattr(result, "layers", None)
-    if layers is None or len(layers) == result.n_layers:
+    if len(result.layers) == result.n_layers:
         return None
     return f"not testable: layers {result.layer_spans} of {result.n_layers} measured, and the Funnel verdicts need every layer"
 

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .errors import FunnelError
-from .layers import format_layers as _format_layers
+from .layers import check_measured, format_layers as _format_layers
 from .results import DEFINITIONS, EPSILON, prompts_subset, read_json, write_json_atomic
 
 HEADS_SCHEMA_VERSION = 1
@@ -92,11 +92,9 @@ class HeadResult:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen dataclass)
         if self.prompts is not None:
             set_("prompts", tuple(self.prompts))
-        set_("layers", tuple(int(layer) for layer in self.layers))
+        set_("layers", check_measured(self.layers, self.n_layers))
         n_prompts = len(self.prompts) if self.prompts is not None else len(np.asarray(self.n_tokens))
         n_measured = len(self.layers)
-        if any(not 0 <= layer < self.n_layers for layer in self.layers) or len(set(self.layers)) != n_measured:
-            raise ValueError(f"layers {self.layers} must be distinct and within 0..{self.n_layers - 1}")
         set_("n_tokens", np.asarray(self.n_tokens, dtype=np.int64))
         if self.n_tokens.shape != (n_prompts,):
             raise ValueError(f"n_tokens has shape {self.n_tokens.shape}, expected ({n_prompts},)")

@@ -7,6 +7,7 @@ but the error type).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Sequence
 
 import numpy as np
@@ -46,6 +47,9 @@ def resolve_layers(layers: int | Sequence[int] | None, n_layers: int) -> tuple[i
     """Distinct layer indices, ascending; negative ones count from the end as in Python."""
     if layers is None:
         return tuple(range(n_layers))
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, (int, np.integer, Iterable)):
+        raise FunnelError(f"layers must be an integer, a list of integers or None, got {layers!r}"
+                          + (" (for text such as '0-3,-1' use funnel_tl.layers.parse_layers)" if isinstance(layers, str) else ""))
     requested = [layers] if isinstance(layers, (int, np.integer)) else list(layers)
     if not requested:
         raise FunnelError("no layers asked for: give at least one layer, or None for all")
@@ -58,6 +62,14 @@ def resolve_layers(layers: int | Sequence[int] | None, n_layers: int) -> tuple[i
         chosen.add(int(layer) % n_layers)
     return tuple(sorted(chosen))
 
+
+
+def check_measured(layers: Sequence[int], n_layers: int) -> tuple[int, ...]:
+    """The layers a result holds, as ints: distinct, ascending and within the model (ValueError otherwise)."""
+    layers = tuple(int(layer) for layer in layers)
+    if not layers or list(layers) != sorted(set(layers)) or layers[0] < 0 or layers[-1] >= n_layers:
+        raise ValueError(f"layers {list(layers)} must be distinct, ascending and within 0-{n_layers - 1}")
+    return layers
 
 
 def format_layers(layers: Sequence[int]) -> str:

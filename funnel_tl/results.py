@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from .errors import FunnelError
-from .layers import format_layer_spans
+from .layers import check_measured, format_layer_spans
 
 SCHEMA_VERSION = 1
 COMPONENTS = ("attn", "mlp", "block")
@@ -89,9 +89,7 @@ class GainResult:
     def __post_init__(self):
         if self.definition not in DEFINITIONS:
             raise FunnelError(f"unknown definition {self.definition!r}: choose seed or residual")
-        layers = tuple(range(self.n_layers)) if self.layers is None else tuple(int(layer) for layer in self.layers)
-        if not layers or list(layers) != sorted(set(layers)) or layers[0] < 0 or layers[-1] >= self.n_layers:
-            raise ValueError(f"layers {list(layers)} must be distinct, ascending and within 0-{self.n_layers - 1}")
+        layers = tuple(range(self.n_layers)) if self.layers is None else check_measured(self.layers, self.n_layers)
         object.__setattr__(self, "layers", layers)
         object.__setattr__(self, "n_tokens", np.asarray(self.n_tokens, dtype=np.int64))
         if self.prompts is not None:
@@ -113,7 +111,8 @@ class GainResult:
                 sums[component] = array
         if self.intervals is not None and (self.intervals.n_layers, len(self.intervals.cumulative)) != (
                 len(layers), len(self.cumulative_layers)):
-            raise ValueError(f"intervals cover {self.intervals.n_layers} layers, the result {len(layers)}")
+            raise ValueError(f"intervals cover {self.intervals.n_layers} layers ({len(self.intervals.cumulative)} "
+                             f"cumulative), the result {len(layers)} ({len(self.cumulative_layers)} cumulative)")
         if self.positions is not None:
             self._check_positions()
 
@@ -331,7 +330,8 @@ class GainResult:
     # ---- results.json ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The results file: every key of the seed notebook's JSON, same meaning, plus more."""
-        from .funnel import comparison_1_4b, funnel_test, not_testable, summarize
+        from .criteria import not_testable
+        from .funnel import comparison_1_4b, funnel_test, summarize
 
         attn, mlp, combined = (summarize(gains, self.layers) for gains in
                                (self.attn_gains, self.mlp_gains, self.combined_gains))

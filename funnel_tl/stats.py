@@ -93,7 +93,7 @@ class Intervals:
                 raise FunnelError(f"{component} intervals hold NaN or inf")
             if not np.all(array[:, 0] <= array[:, 1]):
                 raise FunnelError(f"{component} intervals have a lower bound above the upper one")
-            shape = shape or array.shape
+            shape = array.shape
             object.__setattr__(self, component, array)
 
     @property
