@@ -17,7 +17,7 @@ import torch
 from .architectures import plan_hooks
 from .errors import FunnelError
 from .gains import IDENTITY_SUFFIXES, activation_norms, check_finite, check_residual_identities
-from .models import model_name, model_source
+from .models import model_name, source_provenance
 from .results import COMPONENTS, GainResult
 
 
@@ -104,7 +104,7 @@ def gains_from_cache(cache, model, definition: str = "seed", attention_mask: tor
         "n_tokens_total": int(mask.sum()),
         "drop_first": int(drop_first),
         "reads": plan.describe(),
-        **({} if model_source(model) is None else {"model_source": model_source(model)}),  # named by its folder
+        **source_provenance(model),  # the full path of a model named by its folder
     }
     return GainResult(
         model=model_name(model), definition=definition, n_layers=n_layers, d_model=model.cfg.d_model,

@@ -40,7 +40,7 @@ from .architectures import HookPlan, is_parallel, layer_norm_output, plan_hooks 
 from .engine import Engine, prompt_sums
 from .errors import FunnelError
 from .layers import resolve_layers
-from .models import model_name, model_source, tokenizer_of
+from .models import model_name, source_provenance, tokenizer_of
 from .positions import PositionAccumulator
 from .prompts import check_drop_first, check_tokens_left, load_prompts, pad_token_id, tokenize, truncation_limit
 from .results import COMPONENTS, GainResult
@@ -296,19 +296,18 @@ class GainSums:
                         raise
                 self.held.clear()
 
-    def _stacked(self) -> dict[str, torch.Tensor]:
-        return {suffix: torch.stack(layers) for suffix, layers in self.norms.items()}  # each [layer, batch, pos]
-
     def finish(self) -> dict[str, torch.Tensor]:
-        return {suffix: prompt_sums(values, self.counted) for suffix, values in self._stacked().items()}  # [batch, layer]
+        # Stacked once per batch; commit and raise_nonfinite, which the engine calls after finish, reuse them.
+        self.stacked = {suffix: torch.stack(layers) for suffix, layers in self.norms.items()}  # each [layer, batch, pos]
+        return {suffix: prompt_sums(values, self.counted) for suffix, values in self.stacked.items()}  # [batch, layer]
 
     def commit(self) -> None:
         # ---- by_position (funnel_tl.positions, issue 15): the same norms, summed by position bucket ----
         if self.positions is not None:
-            self.positions.add(self.batch.indices, self._stacked(), self.counted, self.plan)
+            self.positions.add(self.batch.indices, self.stacked, self.counted, self.plan)
 
     def raise_nonfinite(self) -> None:
-        check_finite(self.model, self._stacked(), self.counted, self.batch.indices, self.dtype, self.layers)
+        check_finite(self.model, self.stacked, self.counted, self.batch.indices, self.dtype, self.layers)
 
 
 def _installed_version(package: str) -> str:
@@ -345,6 +344,6 @@ def _provenance(model, device, dtype, stream, drop_first, engine=None, requested
         **({} if requested_batch_size is None else {"batch_size_requested": str(requested_batch_size)}),
         **({} if engine is None else {"executor": engine.executor_name, "executor_fallback": engine.fallback}),
         **({} if stream.n_prompts <= stream.chunk_size else {"chunk_size": int(stream.chunk_size)}),
-        **({} if model_source(model) is None else {"model_source": model_source(model)}),  # the name is its folder's
+        **source_provenance(model),  # the full path of a model named by its folder
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -192,13 +192,14 @@ class HeadSums:
         self.stats["attn_out"][row] = out_norms
 
     def finish(self) -> dict[str, torch.Tensor]:
-        # [layer, batch, pos, (head)] -> [batch, layer, (head)]
-        return {key: prompt_sums(torch.stack(values), self.counted) for key, values in self.stats.items()}
+        # Stacked once per batch ([layer, batch, pos, (head)]); commit, called after finish, reuses them.
+        self.stacked = {key: torch.stack(values) for key, values in self.stats.items()}
+        return {key: prompt_sums(values, self.counted) for key, values in self.stacked.items()}  # [batch, layer, (head)]
 
     def commit(self) -> None:
         if self.positions is not None:  # by_position (funnel_tl.positions, issue 15)
-            self.positions.add_heads(self.batch.indices, torch.stack(self.stats["norm"]), self.counted)
-            self.positions.add_inputs(self.batch.indices, torch.stack(self.stats["input"]), self.counted)
+            self.positions.add_heads(self.batch.indices, self.stacked["norm"], self.counted)
+            self.positions.add_inputs(self.batch.indices, self.stacked["input"], self.counted)
 
     def raise_nonfinite(self) -> None:
         """The first non-finite statistic, in layer order, named by head (or by layer for the denominator)."""

@@ -468,7 +468,7 @@ def model_name(model) -> str:
     A bridge booted by the user from a local folder (``TransformerBridge.boot_transformers(path)``)
     carries that path as its ``cfg.model_name``; it is named by the folder instead, as compare
     names a checkpoint: ``.../pythia-70m`` is ``pythia-70m``, ``.../run/step1000`` (or
-    ``checkpoint-1000``) is ``run@step1000``. ``model_source`` keeps the full path.
+    ``checkpoint-1000``) is ``run@step1000``. ``source_provenance`` keeps the full path.
 
     >>> from types import SimpleNamespace
     >>> model_name(SimpleNamespace(cfg=SimpleNamespace(model_name="EleutherAI/pythia-70m")))
@@ -481,10 +481,11 @@ def model_name(model) -> str:
     return _folder_name(Path(name)) if os.path.isdir(name) else name
 
 
-def model_source(model) -> str | None:
-    """The full folder path of a model that ``model_name`` names by a shorter name, else None."""
+def source_provenance(model) -> dict:
+    """``{"model_source": full folder path}`` for a model that ``model_name`` names by a shorter name, else ``{}``."""
     name = str(getattr(model.cfg, "model_name", ""))
-    return name if name and not getattr(model, "funnel_name", None) and model_name(model) != name else None
+    shortened = name and not getattr(model, "funnel_name", None) and model_name(model) != name
+    return {"model_source": name} if shortened else {}
 
 
 def _folder_name(folder: Path) -> str:
