@@ -14,7 +14,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from .errors import FunnelError
+from .errors import FunnelError, one_line
 from .outputs import claim_output, describe_os_error, save_elsewhere, slug
 
 # Heads that `heads` prints and heads.html tabulates unless --top says otherwise.
@@ -324,9 +324,6 @@ def cmd_run(args) -> int:
     # Everything cheap first: a typo must not cost a model load, and a folder that cannot be
     # written must not cost a measurement.
     layers = parse_layers(args.layers)
-    if layers is not None and args.by_position:
-        raise FunnelError("--by-position needs every layer (its sink analysis gives the Funnel verdict): "
-                          "leave out --layers or --by-position")
     _check_measure_options(args)
     check_bootstrap(args.bootstrap)
     if not 1 <= args.sink_positions <= 16:
@@ -336,13 +333,21 @@ def cmd_run(args) -> int:
     current = world()
     prompts, source = read_cli_prompts(args, stream=not current.distributed)
     n_layers = local_n_layers(args.model, args.revision)  # bundled and local folders: from config.json
-    check_bootstrap(args.bootstrap, None, n_layers)
+
+    def check_layers(depth: int) -> None:
+        """--layers against the model's depth: in range, every layer for --by-position, and the
+        bootstrap sized for the layers measured."""
+        chosen = resolve_layers(layers, depth)
+        if args.by_position and len(chosen) < depth:
+            raise FunnelError("--by-position needs every layer (its sink analysis gives the Funnel verdict): "
+                              "leave out --layers or --by-position")
+        check_bootstrap(args.bootstrap, None, len(chosen))
+
     if n_layers is not None:
-        resolve_layers(layers, n_layers)  # out of range: said before the model loads
+        check_layers(n_layers)  # before the model loads
 
     def after_load(model):  # hub models: their depth is known only now, still before measuring
-        check_bootstrap(args.bootstrap, None, model.cfg.n_layers)
-        resolve_layers(layers, model.cfg.n_layers)
+        check_layers(model.cfg.n_layers)
 
     with contextlib.ExitStack() as held:
         out, result = _load_and_measure(held, args, current, prompts, source, measure_gains,
@@ -481,7 +486,8 @@ def cmd_report(args) -> int:
                           f"run `funnel-tl run --out {root}` (or `funnel-tl heads`) first")
     results = [GainResult.load(path) for path in paths]  # all read before any is written: fail fast
     heads = [HeadResult.load(path) for path in head_paths]
-    sweeps = [Comparison.load(path.parent) for path in find_results(root, "compare.json")]  # DIR's and any below it
+    loaded = {path.resolve(): result for path, result in zip(paths, results)}  # a sweep's models are among them
+    sweeps = [Comparison.load(path.parent, loaded) for path in find_results(root, "compare.json")]  # DIR's and below
 
     def redraw(result):
         if args.bootstrap == 0:
@@ -491,8 +497,9 @@ def cmd_report(args) -> int:
             return result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
         return result
 
+    redrawn = {}
     for path, result in zip(paths, results):
-        result = redraw(result)
+        result = redrawn[path.resolve()] = redraw(result)
         print(format_analysis(result))
         _print_positions(result)
         print(f"\nFrom: {path}")
@@ -504,8 +511,9 @@ def cmd_report(args) -> int:
         page = result.save_html(path.with_suffix(".html"), k=top, self_contained=args.self_contained)
         print(result.format_top(top))  # the table `funnel-tl heads` printed
         print(f"\nFrom: {path}\nSaved: {page}\n")
-    for sweep in sweeps:
-        sweep = replace(sweep, results={label: redraw(result) for label, result in sweep.results.items()})
+    for sweep in sweeps:  # each model as redrawn above: its intervals are not drawn a second time
+        sweep = replace(sweep, results={row.model: redrawn[(sweep.out / row.slug / "results.json").resolve()]
+                                        for row in sweep.rows if row.ok})
         page = sweep.save_html(sweep.out, self_contained=args.self_contained, root=root)
         print(f"Saved: {page}")
     if paths and not png:
@@ -658,12 +666,7 @@ def _unexpected(error: Exception) -> str:
         return "out of memory: use fewer prompts, a smaller --batch-size or --bootstrap, or a smaller model"
     if isinstance(error, OSError) and error.filename:
         return f"cannot use {error.filename}: {describe_os_error(error)}"
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    # "Validation error for field 'hidden_size':" says nothing alone: the next line is the reason.
-    first = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
-    return f"{type(error).__name__}: {first}"
+    return one_line(error)
 
 
 if __name__ == "__main__":

@@ -859,7 +859,7 @@ class Comparison:
         columns = {
             "layers": [str(row.n_layers) for row in ok],
             "funnel": [str(row.funnel_confirmed) for row in ok],
-            "robust": ["-" if row.robust_funnel_confirmed is None else str(row.robust_funnel_confirmed) for row in ok],
+            "robust": ["–" if row.robust_funnel_confirmed is None else str(row.robust_funnel_confirmed) for row in ok],
             "attn min": _gains_at([(row.attn_min_gain, row.attn_min_layer) for row in ok]),
             "mlp max": _gains_at([(row.mlp_max_gain, row.mlp_max_layer) for row in ok]),
             "last mlp": [f"{row.last_layer_mlp_gain:.3f}" for row in ok],
@@ -901,21 +901,22 @@ class Comparison:
                           self_contained, root)
 
     @classmethod
-    def load(cls, out: str | os.PathLike) -> "Comparison":
-        """Read a sweep back from ``out/compare.json`` and the results files beside it."""
+    def load(cls, out: str | os.PathLike, loaded: dict[Path, GainResult] | None = None) -> "Comparison":
+        """Read a sweep back from ``out/compare.json`` and the results files beside it; ``loaded``:
+        results already read, by resolved path, which are not read again."""
         out = Path(out)
+        loaded = loaded or {}
         data = read_json(out / "compare.json")
         if data.get("kind") != "funnel_tl.compare" or data.get("schema_version") != COMPARE_SCHEMA_VERSION:
             raise FunnelError(f"{out / 'compare.json'} is not a funnel_tl compare file of schema "
                               f"{COMPARE_SCHEMA_VERSION}: rerun `funnel-tl compare`")
         rows = tuple(ComparisonRow.from_dict(row) for row in data["models"])
-        results = {row.model: GainResult.load(out / row.slug / "results.json") for row in rows if row.ok}
+        paths = {row.model: (out / row.slug / "results.json").resolve() for row in rows if row.ok}
+        results = {model: loaded.get(path) or GainResult.load(path) for model, path in paths.items()}
         settings = {key: data[key] for key in ("definition", "n_prompts", "prompts_sha256", "drop_first", "dtype",
                                                "device", "batch_size", "bootstrap", "bootstrap_seed", "by_position",
                                                "max_tokens_per_prompt", "world_size") if key in data}
         return cls(rows=rows, results=results, settings=settings, out=out)
-
-
 
 
 __all__ = [

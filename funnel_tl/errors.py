@@ -14,10 +14,16 @@ class FunnelError(Exception):
 def one_line(error: BaseException) -> str:
     """An exception as one line: a FunnelError's own message, else its type and first line.
 
+    A first line ending in ":" says nothing alone ("Validation error for field 'hidden_size':"):
+    the next line, the reason, joins it.
+
     >>> one_line(ValueError("bad shape\\nmore detail")), one_line(FunnelError("no prompts: give some"))
     ('ValueError: bad shape', 'no prompts: give some')
+    >>> one_line(TypeError("Validation error for field 'hidden_size':\\n  must be positive\\nmore"))
+    "TypeError: Validation error for field 'hidden_size': must be positive"
     """
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = f"{lines[0]} {lines[1]}" if lines and lines[0].endswith(":") and len(lines) > 1 else (lines or [""])[0]
     if isinstance(error, FunnelError):
         return text or "FunnelError"
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -99,10 +99,13 @@ def _check_hub(name: str) -> None:
     """Before streaming a hub dataset: one short connect to the hub (``models``' probe), so that without
     a network the answer is one line at once, not HuggingFace's retries for half a minute.
 
-    ``HF_HUB_OFFLINE`` set: no probe, ``datasets`` reads its cache as it would."""
-    from .models import hub_offline, unreachable_hub
+    Offline by ``datasets``' own settings (``HF_DATASETS_OFFLINE`` or ``HF_HUB_OFFLINE``): no probe,
+    ``datasets`` reads its cache as it would."""
+    import datasets.config
 
-    host = None if hub_offline() else unreachable_hub()
+    from .models import unreachable_hub
+
+    host = None if datasets.config.HF_HUB_OFFLINE else unreachable_hub()
     if host is not None:
         raise FunnelError(f"cannot reach the dataset hub ({host}) to stream {name!r}, and no local file or folder "
                           f"has that name: check the network, or give a local data file "

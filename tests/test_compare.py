@@ -739,6 +739,24 @@ def test_report_over_a_sweep_shares_one_plotlyjs_and_redraws_compare_html(sweep,
     assert written < 7_000_000, written  # the issue's bar for a 3-model sweep (was ~19 MB: 4.8 MB a page)
 
 
+def test_report_reads_and_redraws_each_model_once(sweep, tmp_path, monkeypatch):
+    """A sweep's models are among the results files report reads: their intervals are drawn once, and
+    each file read once, whether they are redrawn as pages or for compare.html."""
+    import shutil
+
+    _, out = sweep
+    tree = tmp_path / "tree"
+    shutil.copytree(out, tree)
+    loads, draws = [], []
+    real_load, real_draw = GainResult.load.__func__, GainResult.with_intervals
+
+    monkeypatch.setattr(GainResult, "load", classmethod(lambda cls, path, *a, **k: loads.append(path) or real_load(cls, path, *a, **k)))
+    monkeypatch.setattr(GainResult, "with_intervals", lambda self, *a, **k: draws.append(self.model) or real_draw(self, *a, **k))
+    assert main(["report", str(tree), "--bootstrap", "50"]) == 0
+    n_models = len(list(tree.rglob("results.json")))
+    assert len(loads) == n_models and len(draws) == n_models, (loads, draws)
+
+
 def test_report_over_a_folder_of_sweeps_redraws_each_compare_html(sweep, tmp_path, capsys):
     import shutil
 

@@ -415,7 +415,9 @@ def test_hub_dataset_without_network_says_so_quickly(monkeypatch, tmp_path, caps
     """`--dataset org/name` with no network: one line, exit 2, before datasets' retries start; a local
     folder of data files still loads (it needs no hub)."""
     datasets = pytest.importorskip("datasets")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # read from the environment at import
 
     def unreachable(*args, **kwargs):
         raise OSError(errno.ENETUNREACH, "Network is unreachable")
@@ -437,6 +439,9 @@ def test_hub_dataset_without_network_says_so_quickly(monkeypatch, tmp_path, caps
     err = capsys.readouterr().err
     assert hub_loads == [] and err.count("\n") == 1, err
     assert "cannot reach the dataset hub" in err and "nobody-xyz/no-such-dataset" in err
+    # Offline by datasets' own setting (HF_DATASETS_OFFLINE or HF_HUB_OFFLINE): no probe; datasets reads its cache.
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    sources_module._check_hub("nobody-xyz/no-such-dataset")
     folder = tmp_path / "corpus"
     folder.mkdir()
     (folder / "part.jsonl").write_text('{"text": "alpha beta"}\n{"text": "gamma"}\n')

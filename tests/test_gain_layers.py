@@ -213,6 +213,14 @@ def test_cli_bad_layers_fail_before_the_model_loads(deep, tmp_path, capsys, monk
     assert code == 2 and message in error and len(error.splitlines()) == 1
 
 
+def test_layers_that_name_every_layer_allow_by_position(deep, tmp_path):
+    """`--layers 0-4` of a 5-layer model is every layer: a full result, so --by-position is allowed."""
+    assert main(["run", "--model", str(deep[SERIAL]), "--layers", "0-4", "--by-position", "--bootstrap", "0",
+                 "--out", str(tmp_path / "out")]) == 0
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert "layers" not in data and "by_position" in data
+
+
 def test_lines_break_where_layers_are_missing(deep_model):
     """A line drawn on from layer 1 to layer 4 would read as gains layers 2-3 never had."""
     fig = plot_funnel(measure_gains(deep_model(SERIAL), "seed", batch_size=3, layers=[0, 1, 4]))
