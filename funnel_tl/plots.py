@@ -159,7 +159,8 @@ def _attention_mlp(fig, result, row, col, legend, log=None):
     top = int(layers[np.argmax(result.mlp_gains)])
     fig.add_vline(x=top, line=dict(color=COLORS["mlp"], dash="dot", width=1.5), row=row, col=col,
                   annotation=dict(text=f"max MLP L{top}", font=dict(color=COLORS["mlp"], size=13)),
-                  annotation_position="top left" if top > result.n_layers / 2 else "top right")
+                  # on the side with more room: the axis spans the measured layers only
+                  annotation_position="top left" if top > (result.layers[0] + result.layers[-1]) / 2 else "top right")
     fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers, result.layers))
     fig.update_yaxes(title_text="gain  ‖output‖ / ‖input‖" + (" (log)" if log else ""), row=row, col=col,
                      **_gain_axis(log, _extent(result, ("attn", "mlp"))))
@@ -326,7 +327,7 @@ def _gain_trace(result, component, x, legend, name=None, symbol="circle", x_labe
     """Line + markers of one component's gain per layer, with interval error bars and hover."""
     gains = _gain_values(result, component)
     intervals = _intervals(result, component)
-    layers = np.asarray(result.layers[:len(gains)])
+    layers = np.asarray(result.layers)
     x, gains, intervals, layers = _broken_at_gaps(layers, x, gains, intervals)
     color = COLORS[component]
     return go.Scatter(

@@ -516,7 +516,9 @@ class SinkEffect:
     k: int
     all_positions: Any  # funnel.FunnelTest
     without_first: Any  # funnel.FunnelTest
-    without: Any  # results.GainResult without the first k positions, with its own intervals when drawn
+    # results.GainResult without the first k positions, with its own intervals when drawn: kept out of
+    # == (numpy arrays have no truth value) and of the repr (its sums).
+    without: Any = field(repr=False, compare=False)
     # The robust verdicts (stats.RobustFunnelTest) when the result carries intervals; the second
     # from intervals drawn the same way on the prompts left.
     robust_all_positions: Any = None
