@@ -32,6 +32,7 @@ import platform
 from datetime import datetime, timezone
 from typing import Sequence
 
+import einops
 import numpy as np
 import torch
 from jaxtyping import Float
@@ -320,12 +321,23 @@ class GainSums:
                 self.held.clear()
 
     def finish(self) -> dict[str, torch.Tensor]:
-        # Stacked once per batch; commit and raise_nonfinite, which the engine calls after finish, reuse them.
-        self.stacked = {suffix: torch.stack(layers) for suffix, layers in self.norms.items()}  # each [layer, batch, pos]
+        # Stacked once per batch, every hook's layers together ([hook, layer, batch, pos]); commit and
+        # raise_nonfinite, which the engine calls after finish, reuse it.
+        suffixes = list(self.norms)
+        self.all_norms = torch.stack([norm for suffix in suffixes for norm in self.norms[suffix]]).unflatten(
+            0, (len(suffixes), len(self.layers)))  # [hook, layer, batch, pos]
+        self.stacked = dict(zip(suffixes, self.all_norms))  # each [layer, batch, pos]
+        # Every hook's sums over the counted tokens and over those from position 1, in one reduction:
+        # uncounted tokens are zeroed by selection first (a non-finite norm at a padded position must
+        # not poison a sum), then each prompt's tokens are summed under the two masks.
         from_1 = self.counted.clone()
         from_1[:, :1] = False  # right-padded: position 0 is each prompt's first token
-        sums = {suffix: prompt_sums(values, self.counted) for suffix, values in self.stacked.items()}  # [batch, layer]
-        return sums | {suffix + FROM_1: prompt_sums(values, from_1) for suffix, values in self.stacked.items()}
+        kept = torch.where(self.counted, self.all_norms, torch.zeros((), dtype=self.all_norms.dtype,
+                                                                      device=self.all_norms.device))
+        masks = torch.stack([self.counted, from_1]).to(kept.dtype)  # [part, batch, pos]
+        sums = einops.einsum(kept, masks, "hook layer batch pos, part batch pos -> part hook batch layer")
+        return ({suffix: sums[0, index] for index, suffix in enumerate(suffixes)}
+                | {suffix + FROM_1: sums[1, index] for index, suffix in enumerate(suffixes)})  # each [batch, layer]
 
     def commit(self) -> None:
         # ---- by_position (funnel_tl.positions, issue 15): the same norms, summed by position bucket ----
@@ -333,9 +345,10 @@ class GainSums:
             self.positions.add(self.batch.indices, {suffix: self.stacked[suffix] for suffix in self.plan.suffixes},
                                self.counted, self.plan)
         # ---- median per-token gains (funnel_tl.medians): the same norms, as per-token ratios ----
-        for index, component in enumerate(COMPONENTS):
-            self.histograms.add(index, self.stacked[self.plan.outputs[component]],
-                                self.stacked[self.plan.inputs[component]], self.counted)
+        index = {suffix: row for row, suffix in enumerate(self.stacked)}
+        outputs = [index[self.plan.outputs[component]] for component in COMPONENTS]
+        inputs = [index[self.plan.inputs[component]] for component in COMPONENTS]
+        self.histograms.add(self.all_norms[outputs], self.all_norms[inputs], self.counted)  # [component, layer, batch, pos]
 
     def raise_nonfinite(self) -> None:
         check_finite(self.model, self.stacked, self.counted, self.batch.indices, self.dtype, self.layers)

@@ -20,7 +20,7 @@ whatever the corpus; counts add across batches and processes exactly.
 >>> histograms = HistogramAccumulator(n_components=1, n_layers=1, device="cpu")
 >>> out = torch.tensor([[[1.0, 2.0, 4.0, 100.0]]])            # [layer, batch, pos]
 >>> inp = torch.ones(1, 1, 4)
->>> histograms.add(0, out, inp, torch.ones(1, 4, dtype=torch.bool))
+>>> histograms.add(out[None], inp[None], torch.ones(1, 4, dtype=torch.bool))  # [component, layer, batch, pos]
 >>> result = histograms.result(("attn",))
 >>> round(float(result.quantile("attn", 0.5)[0]), 2)          # (2 + 4) / 2, within half a bin
 3.0
@@ -64,15 +64,16 @@ class HistogramAccumulator:
     def __init__(self, n_components: int, n_layers: int, device):
         self.counts = torch.zeros((n_components, n_layers, N_BINS), dtype=torch.int64, device=device)
 
-    def add(self, component: int, out_norms: torch.Tensor, in_norms: torch.Tensor, counted: torch.Tensor) -> None:
-        """Count the per-token gains out/(in + 1e-10) of one component, ``[layer, batch, pos]``
-        each, at the ``counted`` ``[batch, pos]`` tokens."""
-        gains = out_norms.float() / (in_norms.float() + EPSILON)  # [layer, batch, pos]
+    def add(self, out_norms: torch.Tensor, in_norms: torch.Tensor, counted: torch.Tensor) -> None:
+        """Count the per-token gains out/(in + 1e-10) of every component at once, ``[component,
+        layer, batch, pos]`` each, at the ``counted`` ``[batch, pos]`` tokens."""
+        gains = out_norms.float() / (in_norms.float() + EPSILON)  # [component, layer, batch, pos]
         bins = bin_index(torch.log10(gains))
-        layer = torch.arange(bins.shape[0], device=bins.device)[:, None, None].expand_as(bins)
-        chosen = counted[None].expand_as(bins)
-        flat = (layer[chosen] * N_BINS + bins[chosen])  # [counted tokens × layer]
-        self.counts[component].view(-1).index_add_(0, flat, torch.ones_like(flat))
+        n_components, n_layers = bins.shape[:2]
+        # Each (component, layer) row's offset in the flat counts.
+        offset = (torch.arange(n_components * n_layers, device=bins.device) * N_BINS).view(n_components, n_layers, 1, 1)
+        flat = (bins + offset)[counted.expand_as(bins)]  # [counted tokens × component × layer]
+        self.counts.view(-1).index_add_(0, flat, torch.ones_like(flat))
 
     def result(self, components: tuple[str, ...]) -> "TokenHistograms":
         return TokenHistograms(components=components, counts=self.counts.cpu().numpy())

@@ -208,10 +208,16 @@ def definition_lines(result) -> list[str]:
         f"Why they differ: the seed divides by what the module receives, the normalized input u, whose norm the "
         f"norm's weights and sqrt(d_model) = {np.sqrt(result.d_model):.3g} set (mean ||u|| {_span(u)} over the layers here); "
         f"the residual definition divides by the stream x (mean ||x|| {_span(x)}{typical}).",
-        f"The stream is x{np.min(ratio):.2g} to x{np.max(ratio):.2g} the norm of u (median x{np.median(ratio):.2g}), "
-        "so one output reads as a large expansion of u and as a small update to x: both are true, of different "
-        "denominators.",
+        f"So a seed gain is about ||x|| / ||u|| = x{np.min(ratio):.2g} to x{np.max(ratio):.2g} (median "
+        f"x{np.median(ratio):.2g}) times the residual one: {_flips(result)} of the {2 * len(result.layers)} "
+        "sublayers expand by one definition and contract by the other; both are true, of different denominators.",
     ]
+
+
+def _flips(result) -> int:
+    """How many sublayers (attn and MLP of every layer) one definition calls expanding, the other contracting."""
+    other = result.other_definition
+    return int(sum(np.sum((result.gains(c) >= 1) != (other.gains(c) >= 1)) for c in ("attn", "mlp")))
 
 
 def post_norm_lines(result) -> list[str]:
