@@ -14,6 +14,11 @@ about one layer plus the logits). Reduced as they fire, the hooks add [batch, po
 no activation outlives its block. The numbers are the same: the same tensors, the same float32
 reduction (tests compare against ``run_with_cache`` + ``token_norms`` and the seed's HF hooks).
 
+Beside the definition's own hooks, every pass reads what both definitions and a post-normed
+block need and sums every norm twice, over all counted tokens and from position 1
+(``funnel_tl.reads``), and counts per-token gains into fixed histograms for the medians
+(``funnel_tl.medians``): a few more norms and one reduction per batch, nothing per token kept.
+
 The passes themselves are run by ``funnel_tl.engine`` (``GainSums`` below is the gains' reduction):
 the pass stops right after the last hook it reads, so the final LayerNorm and the unembedding
 never run; sums move to the host once per batch; and where the TL hook points have HF modules
@@ -195,6 +200,11 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     ``.txt``/``.jsonl`` corpus or an iterator of strings of any length is measured with memory
     flat in its size; ``keep_texts=False`` keeps only the prompts' count and sha256 in the result,
     not their texts (per-prompt statistics are kept either way).
+    Every result also holds, from the same forward, the readings beside the seed's numbers
+    (``funnel_tl.readings``): ``result.gains_without_first(c)`` (positions >= 1, equal to a
+    ``drop_first=1`` run's gains), ``result.block_cumulative_gains`` (the stream's growth),
+    ``result.median_gains(c)``, ``result.other_definition`` and, for sandwich and post-norm
+    blocks, ``result.module_gains(c)``/``result.post_norm_gains(c)``.
     ``layers``: a layer, a list of layers (negative counts from the end) or None for all, as in
     ``head_gains``. Only those layers' hooks are read and the pass stops after the last one asked
     for, so ``layers=[0, 1]`` of a deep model costs about two layers. Each measured layer's gains
