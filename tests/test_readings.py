@@ -373,3 +373,30 @@ def test_fast_executor_reads_every_role_as_the_tl_hooks(family, post_normed, tok
         np.testing.assert_allclose(fast.reads.sums[role], truth.reads.sums[role], rtol=1e-6, err_msg=role)
         np.testing.assert_allclose(fast.reads.sums_from_1[role], truth.reads.sums_from_1[role], rtol=1e-6, err_msg=role)
     np.testing.assert_allclose(fast.median_gains("mlp"), truth.median_gains("mlp"), rtol=10 ** BIN_WIDTH - 1)
+
+
+def test_default_run_writes_the_readings_and_prints_the_max_mlp_layer_without_position_0(tokenizer, tmp_path, capsys):
+    """Issue 20's done-when, end to end on a sandwich-norm model: a default `funnel-tl run` (no flag)."""
+    import json
+
+    from funnel_tl.cli import main
+    from funnel_tl.results import GainResult
+
+    folder = build_checkpoint(tmp_path / "gemma2", "gemma2", tokenizer=tokenizer, n_layers=3)
+    capsys.readouterr()
+    assert main(["run", "--model", str(folder), "--out", str(tmp_path / "out"), "--bootstrap", "100"]) == 0
+    printed = capsys.readouterr().out
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    for key in ("attention", "mlp", "combined", "block"):
+        assert len(data[key]["gains_without_first"]) == 3, key
+    for key in ("attention", "mlp"):
+        assert len(data[key]["module_gains"]) == 3 and len(data[key]["post_norm_gains"]) == 3
+        assert len(data[key]["median_gains"]) == 3
+    assert len(data["block"]["cumulative_gains"]) == 3 and len(data["block"]["cumulative_intervals"]) == 3
+    assert data["other_definition"]["definition"] == "residual"
+    assert "bins 0.001 wide" in data["token_histograms"]["method"]
+    result = GainResult.load(tmp_path / "out" / "results.json")
+    top = int(np.argmax(result.mlp_gains))
+    row = next(line for line in printed.splitlines() if line.startswith(f"MLP gain at L{top}"))
+    assert row.split()[-2:] == [f"{result.mlp_gains[top]:.3f}", f"{result.gains_without_first('mlp')[top]:.3f}"]
+    assert "POST-NORMS" in printed and "BOTH DEFINITIONS" in printed
