@@ -20,6 +20,8 @@ import numpy as np
 from .criteria import (MLP_EXPANDING_ALLOWED, mlp_expanding_allowed, not_testable, require_all_layers,  # noqa: F401
                        seed_rule_cannot_fail)
 from .prompts import dropped_phrase
+from .readings import (WITHOUT, changed_criteria, definition_lines, extreme_change, factor, notable,
+                       post_norm_lines)
 
 # Below this many prompts the printed robust verdict carries a caveat: a percentile bootstrap over
 # a handful of prompts under-covers (its intervals are too narrow), as the seed set's 8 are.
@@ -123,8 +125,6 @@ def format_analysis(result) -> str:
     other definition's verdict from the same forward and why the two differ, and, for sandwich and
     post-norm blocks, how much of each seed gain the post-norm supplies.
     """
-    from .readings import WITHOUT, changed_criteria, extreme_change
-
     n = len(result.layers)
     attn, mlp, combined = (summarize(gains, result.layers) for gains in
                            (result.attn_gains, result.mlp_gains, result.combined_gains))
@@ -136,7 +136,8 @@ def format_analysis(result) -> str:
     rule = "=" * 60
 
     def beside(line: str, other: str | None, width: int = 42) -> str:
-        """The seed's line, and its value without position 0 in a column of its own."""
+        """The seed's line, and its value without position 0 in a column of its own (a section
+        title's leading newline counts in ``width``: its callers add one)."""
         return line if other is None or without is None else f"{line:<{width}} {other}"
 
     def counts(number: int) -> str:
@@ -223,9 +224,7 @@ def format_analysis(result) -> str:
         elif changed:
             lines.append(f"{WITHOUT} the verdict stays, but {', '.join(changed)}")
         last, last_without = float(result.mlp_gains[-1]), float(without.mlp_gains[-1])
-        if notable_change(last, last_without):
-            from .readings import factor
-
+        if notable(last, last_without):
             lines.append(f"  the last layer's MLP gain is {factor(last, last_without)} {WITHOUT} "
                          f"({last:.4g} -> {last_without:.4g})")
     lines += [
@@ -267,12 +266,6 @@ def format_analysis(result) -> str:
     return "\n".join(lines)
 
 
-def notable_change(before: float, after: float) -> bool:
-    from .readings import notable
-
-    return notable(before, after)
-
-
 def _stream_lines(result, without) -> list[str]:
     """The stream's real growth by the last layer (``block_cumulative_gains``), beside the seed's product."""
     if not result.stream_layers or not result.all_layers:
@@ -281,18 +274,13 @@ def _stream_lines(result, without) -> list[str]:
     line = (f"Stream growth ||resid_post_L|| / ||resid_pre_0||: x{growth[-1]:.3g} by the last layer "
             f"(largest x{growth.max():.3g}, L{int(np.argmax(growth))})")
     if without is not None and without.stream_layers:
-        line += f"; {WITHOUT_WORDS}: x{without.block_cumulative_gains[-1]:.3g}"
+        line += f"; {WITHOUT}: x{without.block_cumulative_gains[-1]:.3g}"
     return [line, f"(the seed's cumulative attn x MLP product reaches {result.cumulative_gains[-1]:.3g}: a product of "
                   "ratios with a denominator each, not the norm ratio of any activation)"]
 
 
-WITHOUT_WORDS = "without position 0"
-
-
 def _other_definition_lines(result, rule: str) -> list[str]:
     """The other definition's verdict from the same forward, and why the two differ."""
-    from .readings import definition_lines
-
     other = result.other_definition
     if other is None or not other.all_layers:
         return []
@@ -315,14 +303,12 @@ def _other_definition_lines(result, rule: str) -> list[str]:
              f"{'MLP max gain (layer)':<32}" + cells(lambda r: f"{r.mlp_gains.max():.4g} (L{int(np.argmax(r.mlp_gains))})"),
              f"{'Funnel confirmed':<32}" + cells(lambda r: str(tests[r.definition].funnel_confirmed))]
     if plain(seed) is not None and plain(residual) is not None:
-        lines.append(f"{'... ' + WITHOUT_WORDS:<32}"
+        lines.append(f"{'... ' + WITHOUT:<32}"
                      + cells(lambda r: str(funnel_test(plain(r)).funnel_confirmed)))
     return lines + definition_lines(result)
 
 
 def _post_norm_section(result, rule: str) -> list[str]:
-    from .readings import post_norm_lines
-
     text = post_norm_lines(result)
     if not text:
         return []
@@ -366,14 +352,12 @@ def _robust_lines(result, rule: str, without=None) -> list[str]:
         f"3. Last layer MLP expands: {robust.last_layer_expands} (interval [{lo:.3f}, {hi:.3f}])",
         f"4. Last layer has MAX MLP gain: {robust.last_layer_is_max} (its interval must lie above every other layer's)",
         f"\n>>> FUNNEL MODEL CONFIRMED (robust): {robust.funnel_confirmed} <<<"
-        + (f"   ({WITHOUT_WORDS}: {robust_without.funnel_confirmed})" if robust_without is not None else ""),
+        + (f"   ({WITHOUT}: {robust_without.funnel_confirmed})" if robust_without is not None else ""),
     ]
     if robust_without is not None:
-        from .readings import changed_criteria
-
         changed = changed_criteria(robust, robust_without)
         if changed:
-            lines.append(f"{WITHOUT_WORDS}, robust: {', '.join(changed)}")
+            lines.append(f"{WITHOUT}, robust: {', '.join(changed)}")
     return lines
 
 

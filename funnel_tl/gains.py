@@ -344,8 +344,11 @@ class GainSums:
         from_1[:, :1] = False  # right-padded: position 0 is each prompt's first token
         kept = torch.where(self.counted, self.all_norms, torch.zeros((), dtype=self.all_norms.dtype,
                                                                       device=self.all_norms.device))
-        masks = torch.stack([self.counted, from_1]).to(kept.dtype)  # [part, batch, pos]
-        sums = einops.einsum(kept, masks, "hook layer batch pos, part batch pos -> part hook batch layer")
+        masks = torch.stack([self.counted, from_1]).to(kept.dtype)[:, None, None]  # [part, 1, 1, batch, pos]
+        # A product and a sum over each row of positions, not a matmul: every sum is added in the
+        # same order whatever the batch's or the subset's shape, so a layer subset, a drop_first=1
+        # run and the sums from position 1 agree bit for bit.
+        sums = einops.rearrange((kept * masks).sum(dim=-1), "part hook layer batch -> part hook batch layer")
         return ({suffix: sums[0, index] for index, suffix in enumerate(suffixes)}
                 | {suffix + FROM_1: sums[1, index] for index, suffix in enumerate(suffixes)})  # each [batch, layer]
 

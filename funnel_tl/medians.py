@@ -47,8 +47,8 @@ METHOD = (f"median over every counted token of ||out_t|| / (||in_t|| + 1e-10), r
 
 def bin_index(log10_gains: torch.Tensor) -> torch.Tensor:
     """Bin of each log10 gain: 0 below ``LOW``, ``N_BINS - 1`` at or above ``HIGH``."""
-    inside = torch.floor((log10_gains - LOW) / BIN_WIDTH) + 1
-    return inside.nan_to_num(nan=0.0, neginf=0.0, posinf=N_BINS - 1).clamp(0, N_BINS - 1).long()
+    inside = ((log10_gains - LOW) / BIN_WIDTH).floor_().add_(1)  # in place: one buffer for the lot
+    return inside.nan_to_num_(nan=0.0, neginf=0.0, posinf=N_BINS - 1).clamp_(0, N_BINS - 1).long()
 
 
 def bin_centres() -> np.ndarray:
@@ -68,7 +68,7 @@ class HistogramAccumulator:
         """Count the per-token gains out/(in + 1e-10) of every component at once, ``[component,
         layer, batch, pos]`` each, at the ``counted`` ``[batch, pos]`` tokens."""
         gains = out_norms.float() / (in_norms.float() + EPSILON)  # [component, layer, batch, pos]
-        bins = bin_index(torch.log10(gains))
+        bins = bin_index(gains.log10_())
         n_components, n_layers = bins.shape[:2]
         # Each (component, layer) row's offset in the flat counts.
         offset = (torch.arange(n_components * n_layers, device=bins.device) * N_BINS).view(n_components, n_layers, 1, 1)

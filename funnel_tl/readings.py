@@ -86,10 +86,9 @@ def add_readings(result, data: dict[str, Any]) -> dict[str, Any]:
             data["block"]["cumulative_gains_without_first"] = _floats(without.block_cumulative_gains)
             if without.block_cumulative_intervals is not None:
                 data["block"]["cumulative_intervals_without_first"] = without.block_cumulative_intervals.tolist()
-        before, after = data.get("funnel_test"), None
         data["without_first"] = {"k": 1, "n_prompts": int(without.n_prompts), "n_tokens": int(without.n_tokens.sum()),
                                  **headlines(without)}
-        after = data["without_first"]["funnel_test"]
+        before, after = data.get("funnel_test"), data["without_first"]["funnel_test"]
         if before is not None and after is not None:
             data["without_first"]["changed_criteria"] = [key for key in before if before[key] != after[key]]
     other = result.other_definition
