@@ -497,7 +497,7 @@ class GainResult:
             parallel_blocks=self.parallel_blocks, prompts=self.prompts, n_tokens=self.n_tokens,
             out_sums=dict(self.out_sums), in_sums={**self.in_sums, "block": first}, drop_first=self.drop_first,
             provenance=self.provenance, layers=self.layers)
-        return self._like_intervals(stack)
+        return stack
 
     @property
     def block_cumulative_gains(self) -> np.ndarray:
@@ -507,11 +507,14 @@ class GainResult:
         norm ratio of two activations."""
         return np.empty(0) if self._stack is None else self._stack.block_gains
 
-    @property
+    @cached_property
     def block_cumulative_intervals(self) -> np.ndarray | None:
-        """``[layer, 2]`` intervals of ``block_cumulative_gains`` (drawn as the result's), or None."""
-        stack = self._stack
-        return None if stack is None or stack.intervals is None else stack.intervals.block
+        """``[layer, 2]`` intervals of ``block_cumulative_gains`` (drawn as the result's, on first
+        use), or None without intervals."""
+        if self._stack is None or self.intervals is None:
+            return None
+        stack = self._like_intervals(self._stack)
+        return None if stack.intervals is None else stack.intervals.block
 
     def with_intervals(self, intervals=None, n_resamples: int | None = None, seed: int | None = None,
                        confidence: float | None = None) -> "GainResult":
