@@ -538,14 +538,8 @@ def cmd_heads(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare, expand_models
-    from .models import resolve_model
+    from .compare import compare
 
-    # A mistyped name or a missing folder is refused before any model is measured, not recorded
-    # as a failed row after the others; a folder of checkpoints (--checkpoints) holds no config.json.
-    for name in expand_models(args.models):
-        if not (args.checkpoints and Path(name).expanduser().is_dir()):
-            resolve_model(name)
     prompts, source = read_cli_prompts(args)
     # Not placement(): under torchrun each rank measures whole models, so --device-map is allowed
     # here: with one process per node, each model spreads over that node's GPUs.

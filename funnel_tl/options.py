@@ -50,24 +50,22 @@ def _integer(text: str) -> int | None:
     return int(text) if re.fullmatch(r"[+-]?\d+", text) else None
 
 
-def batch_size(text: str) -> int | str:
-    """``--batch-size``: ``auto`` or a whole number, 1 or more."""
-    if text == "auto":
-        return text
-    value = _integer(text)
-    if value is None or value < 1:
-        raise argparse.ArgumentTypeError(f"give a whole number, 1 or more, or auto, not {text!r}")
-    return value
+def whole_or(word: str, expected: str):
+    """``type=`` for a whole number, 1 or more, or ``word``."""
+    def parse(text: str) -> int | str:
+        if text == word:
+            return text
+        value = _integer(text)
+        if value is None or value < 1:
+            raise argparse.ArgumentTypeError(f"give {expected}, not {text!r}")
+        return value
+
+    return parse
 
 
-def max_tokens(text: str) -> int | str:
-    """``--max-tokens-per-prompt``: a whole number of tokens, 1 or more, or ``context``."""
-    if text == "context":
-        return text
-    value = _integer(text)
-    if value is None or value < 1:
-        raise argparse.ArgumentTypeError(f"give a number of tokens (1 or more) or 'context', not {text!r}")
-    return value
+# --batch-size and --max-tokens-per-prompt.
+batch_size = whole_or("auto", "a whole number, 1 or more, or auto")
+max_tokens = whole_or("context", "a number of tokens (1 or more) or 'context'")
 
 
 def bootstrap(text: str) -> int:

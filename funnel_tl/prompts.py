@@ -18,6 +18,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 
 from .errors import FunnelError
+from .schema import kind
 
 # The seed notebook's eight prompts, in its order ("same as Pythia-1.4B for comparability").
 SEED_PROMPTS: tuple[str, ...] = (
@@ -160,7 +161,7 @@ def _json_records(path: Path) -> Iterator[tuple[str, object]]:
 
 def _text_field(record: object, where: str) -> object:
     if not isinstance(record, dict) or "text" not in record:
-        raise FunnelError(f'{where}: expected a JSON object with a "text" field, got {_kind(record)}')
+        raise FunnelError(f'{where}: expected a JSON object with a "text" field, got {kind(record)}')
     return record["text"]
 
 
@@ -176,7 +177,7 @@ def _iter_sequence(spec) -> Iterator[tuple[str, object]]:
 
 def _checked(text: object, where: str) -> str:
     if not isinstance(text, str):
-        raise FunnelError(f"{where}: a prompt must be a string, got {_kind(text)}")
+        raise FunnelError(f"{where}: a prompt must be a string, got {kind(text)}")
     if not text.strip():
         raise FunnelError(f"{where}: the prompt is empty or only whitespace: remove it")
     return check_unicode(text, where)
@@ -199,17 +200,6 @@ def check_unicode(text: str, where: str) -> str:
                           f"\\u{ord(text[error.start]):04x} at character {error.start}): fix the text or remove "
                           "the prompt") from None
     return text
-
-
-def _kind(value: object) -> str:
-    """A JSON value's kind for a message: null, a number, a list, ..."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"a boolean ({json.dumps(value)})"
-    if isinstance(value, (int, float)):
-        return f"a number ({value!r})"
-    return {list: "a list", dict: "an object", str: "a string"}.get(type(value), f"a {type(value).__name__}")
 
 
 def prompts_sha256(prompts: Sequence[str]) -> str:

@@ -53,24 +53,6 @@ def one_line_error(capsys, *needles: str) -> str:
 
 
 @pytest.fixture
-def no_model(monkeypatch):
-    """Fail the test if any model starts loading: the error had to come before it."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the bad input was reported")
-
-    monkeypatch.setattr(models_module, "load_model", refuse)
-    monkeypatch.setattr(compare_module, "load_model", refuse)
-
-
-@pytest.fixture
-def two_prompts(tmp_path):
-    path = tmp_path / "two.txt"
-    path.write_text("The capital of France is Paris.\nWater is made of hydrogen and oxygen.\n", encoding="utf-8")
-    return str(path)
-
-
-@pytest.fixture
 def mount(tmp_path):
     """``mount(options)``: a fresh tmpfs folder mounted with ``options`` (root only), unmounted after."""
     mounted = []
