@@ -123,7 +123,7 @@ def readable_architectures() -> list[str]:
     """The ``general.architecture`` values the installed transformers reads from GGUF files."""
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
-    return sorted(GGUF_CONFIG_MAPPING)
+    return sorted(set(GGUF_CONFIG_MAPPING) - {"general", "tokenizer"})  # metadata sections, not architectures
 
 
 def _metadata(path: Path, key: str):

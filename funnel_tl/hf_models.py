@@ -28,6 +28,7 @@ import copy
 import itertools
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import torch
@@ -362,17 +363,32 @@ def bridge_user_model(hf_model, tokenizer=None):
         drop_gguf_marker(shared)  # dequantized at load: an ordinary model for TransformerLens
     if hasattr(shared, "set_attn_implementation"):
         shared.set_attn_implementation("eager")  # as the bridge's own load (TransformerLens 3.x does not switch it)
-    bridge = bridge_model(shared, source or name, tokenizer=copy.deepcopy(tokenizer))
+    with _reloadable(tokenizer) as bridge_tokenizer:
+        bridge = bridge_model(shared, source or name, tokenizer=bridge_tokenizer)
     bridge.funnel_name = name
     bridge.funnel_tokenizer = tokenizer
     bridge.funnel_provenance = {"model_object": type(hf_model).__name__, **({"model_source": source} if source else {})}
     return bridge
 
 
+@contextlib.contextmanager
+def _reloadable(tokenizer):
+    """A copy of ``tokenizer`` for the bridge's own ``model.tokenizer``, loaded from a temporary folder.
+
+    TransformerLens reconfigures the tokenizer it is given in place, and reloads it by its
+    ``name_or_path`` to add a BOS: a tokenizer built in memory has no path, and a hub name may be
+    offline. Saved and loaded back, the copy reloads from that folder, which lasts for the while.
+    """
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory(prefix="funnel-tokenizer-") as folder:
+        tokenizer.save_pretrained(folder)
+        yield AutoTokenizer.from_pretrained(folder)
+
+
 def _sharing_copy(module: torch.nn.Module) -> torch.nn.Module:
     """A deep copy of ``module`` whose parameters and buffers are the original tensors (no weight copied)."""
-    memo = {id(tensor): tensor for tensor in itertools.chain(module.parameters(remove_duplicate=False),
-                                                               module.buffers(remove_duplicate=False))}
+    memo = {id(tensor): tensor for tensor in itertools.chain(module.parameters(), module.buffers())}
     return copy.deepcopy(module, memo)
 
 

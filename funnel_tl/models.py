@@ -432,7 +432,7 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
 
     >>> model = load_model(device="cpu")  # doctest: +SKIP
     """
-    from .gguf_files import gguf_provenance, gguf_tokenizer, is_gguf, parsed_once
+    from .gguf_files import gguf_config, gguf_provenance, gguf_tokenizer, is_gguf, parsed_once
     from .hf_models import (bridge_model, check_load_options, load_checkpoint, load_config, official_hub_name,
                             weight_files)
     from .pypi_models import PYPI_MODELS, fetch
@@ -470,6 +470,8 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
         source = official_hub_name(source)
     elif gguf is None:
         check_model_folder(Path(source), name)  # cheap: before torch reads a byte of weights
+    else:
+        gguf_config(gguf, name)  # the file's metadata checked, before a tensor is read (cached for the load)
     where = str(gguf) if gguf is not None else (weight_files(Path(source)) if local else
                                                 f"{source}" + (f"@{revision}" if revision else ""))
     offline = None if local else _hub_access(name, revision)
