@@ -122,6 +122,34 @@ def test_complete_weights_load_as_before(checkpoints, bridge, tmp_path):
     np.testing.assert_array_equal(copied.attn_gains, measure_gains(bridge("llama-gqa"), PROMPTS).attn_gains)
 
 
+def test_a_hub_checkpoint_is_checked_too(checkpoints, tmp_path):
+    """A hub name loads through the same checked path: a cached revision with a tensor missing is
+    refused, naming the name and the revision (offline, from a hub cache laid out by hand)."""
+    import subprocess
+
+    repo = tmp_path / "hub" / "models--toy--llama"
+    for revision, commit, drop in (("main", "a" * 40, None), ("step1", "b" * 40, "model.layers.1.mlp.up_proj.weight")):
+        snapshot = repo / "snapshots" / commit
+        shutil.copytree(checkpoints["llama-gqa"], snapshot)
+        if drop:
+            state = load_file(snapshot / "model.safetensors")
+            del state[drop]
+            save_file(state, snapshot / "model.safetensors", metadata={"format": "pt"})
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / revision).write_text(commit)
+    script = ("from funnel_tl import FunnelError, load_model, measure_gains\n"
+              "print(measure_gains(load_model('toy/llama', device='cpu'), ['a prompt here']).n_layers)\n"
+              "try:\n    load_model('toy/llama', device='cpu', revision='step1')\n"
+              "except FunnelError as error:\n    print(error)\n")
+    env = {**__import__("os").environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout.splitlines()
+    assert printed[0] == "2"
+    assert "the weights in toy/llama@step1 do not fill the model" in printed[1]
+    assert "model.layers.1.mlp.up_proj.weight" in printed[1]
+
+
 def test_unknown_load_keywords_are_refused_before_loading(no_weights):
     with pytest.raises(FunnelError, match="unexpected keyword 'n_devcies'"):
         load_model("nano-2l", device="cpu", n_devcies=2)
