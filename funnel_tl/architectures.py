@@ -131,7 +131,13 @@ def check_decoder_only(model) -> None:
 
     Encoder-only (BERT), encoder-decoder (T5), state-space (Mamba) and multimodal wrappers (LLaVA,
     Gemma 3 vision) have no residual stream of attention + MLP blocks that the gains describe.
+    Anything that is no TransformerLens model at all (a name, None, a transformers model given to
+    ``gains_from_cache``) is refused with what to pass.
     """
+    if not (hasattr(model, "cfg") and hasattr(model, "hook_dict")):
+        shown = repr(str(model)) if isinstance(model, str) else type(model).__name__
+        raise FunnelError(f"expected a TransformerLens model, got {shown}: pass funnel_tl.load_model(NAME_OR_DIR), "
+                          "a TransformerBridge or a HookedTransformer")
     cfg = model.cfg
     architecture = hf_architecture(model)
     what = f"{model_name(model)}" + (f" ({architecture})" if architecture else "")

@@ -123,14 +123,14 @@ def resolve_model(name_or_dir: str | os.PathLike | None) -> tuple[str, str, bool
     if path.is_dir():
         if not (path / "config.json").is_file():
             found = gguf_in_folder(path)
-            if found is not None:
-                return name, str(found.resolve()), True
+            if found is not None:  # absolute, links kept: a linked file's tokenizer is its folder's
+                return name, os.path.abspath(found), True
             raise FunnelError(f"{path} is a folder but holds no config.json (nor a .gguf file): give a HuggingFace "
                               "checkpoint folder or a GGUF file")
         return name, str(path.resolve()), True
     if path.is_file():
         if is_gguf(path):
-            return name, str(path.resolve()), True
+            return name, os.path.abspath(path), True
         raise FunnelError(f"{name} is a file, not a model: give a GGUF file (.gguf), a HuggingFace checkpoint folder "
                           "(the folder holding config.json), a bundled name or a hub name")
     if is_gguf(name):

