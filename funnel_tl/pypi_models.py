@@ -61,9 +61,11 @@ PYPI_MODELS = {
 def cache_dir() -> Path:
     """Where fetched model files are kept: ``$FUNNEL_TL_CACHE``, else ``$XDG_CACHE_HOME/funnel_tl``,
     else ``~/.cache/funnel_tl``."""
-    explicit = os.environ.get("FUNNEL_TL_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
+    from .environment import value
+
+    explicit = value("FUNNEL_TL_CACHE")  # checked: a file there is refused in one line
+    if explicit is not None:
+        return explicit
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "funnel_tl"
 
