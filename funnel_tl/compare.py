@@ -50,7 +50,7 @@ from .outputs import (check_output_folder, claim_output, describe_os_error, remo
                       slug)
 from .prompts import check_drop_first, load_prompts, prompts_sha256
 from .results import DEFINITIONS, GainResult, read_json, write_json_atomic
-from .stats import check_bootstrap, robust_funnel_test
+from .stats import DEFAULT_METHOD, check_bootstrap, robust_funnel_test
 
 COMPARE_SCHEMA_VERSION = 1
 
@@ -675,7 +675,7 @@ def _with_intervals(result: GainResult, bootstrap: int, seed: int) -> GainResult
     if not bootstrap:
         return result
     current = result.intervals
-    if current is not None and current.n_resamples == bootstrap and current.seed == seed:
+    if current is not None and (current.n_resamples, current.seed, current.method) == (bootstrap, seed, DEFAULT_METHOD):
         return result
     return result.with_intervals(n_resamples=bootstrap, seed=seed)
 
