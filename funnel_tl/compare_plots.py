@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .errors import FunnelError
+from .outputs import slug
 from .prompts import dropped_phrase
 from .plots import (DIVERGING, OKABE_ITO, _extent as _result_extent, _intervals, _log_ticks, gain_colorbar, log_reach,
                     ticks_within)
@@ -358,6 +359,18 @@ td.na { color: #999; } tr.failed td.no { text-align: left; white-space: normal; 
 """
 
 
+def page_figures(comparison) -> dict[str, go.Figure]:
+    """The figures of compare.html by name (the export hook: ``plots.export_figures`` writes them
+    as PNG, SVG and PDF for ``--png``)."""
+    figures = {}
+    if comparison.ok:
+        figures |= {"compare-depth": comparison.figure(), "compare-heatmap-attn": comparison.heatmap("attn"),
+                    "compare-heatmap-mlp": comparison.heatmap("mlp")}
+    for base in comparison.checkpoint_models:
+        figures[f"compare-training-{slug(base)}"] = comparison.training_figure(base)
+    return figures
+
+
 def render_html(comparison, plotlyjs: str | bool = True) -> str:
     """The whole sweep on one page: overlay, verdict table, heatmaps, training.
 
@@ -401,5 +414,5 @@ def render_html(comparison, plotlyjs: str | bool = True) -> str:
     return page_html("funnel_tl — comparison", body, plotlyjs, style=_STYLE)
 
 
-__all__ = ["normalized_depth", "plot_depth_heatmap", "plot_depth_overlay", "plot_training", "render_html",
+__all__ = ["normalized_depth", "page_figures", "plot_depth_heatmap", "plot_depth_overlay", "plot_training", "render_html",
            "short_labels", "table_html"]
