@@ -113,7 +113,7 @@ def plot_depth_overlay(comparison, components=("attn", "mlp", "block")) -> go.Fi
     figure.update_layout(
         title=dict(text=f"Gains across {'training checkpoints' if _what(rows) == 'checkpoints' else 'models'}"
                         f"<br><sup>{_subtitle(comparison)}; "
-                        "depth = layer / (layers − 1); bars: 95% bootstrap intervals over prompts, where drawn</sup>"),
+                        "depth = layer / (layers − 1); bars: 95% intervals over prompts, where drawn</sup>"),
         template="plotly_white", height=460, legend=dict(title="checkpoint" if _what(rows) == "checkpoints" else "model"),
         hovermode="closest",
         margin=dict(t=90),
@@ -246,7 +246,7 @@ def plot_training(comparison, base: str | None = None) -> go.Figure:
     figure.update_layout(
         title=dict(text=f"Gains across training checkpoints of {html.escape(base)}<br><sup>{_subtitle(comparison)}; "
                         f"{len(rows)} checkpoints, colour = layer (dark early, light late)"
-                        + ("; bars: 95% bootstrap intervals over prompts" if bounds is not None else "") + "</sup>"),
+                        + ("; bars: 95% intervals over prompts" if bounds is not None else "") + "</sup>"),
         template="plotly_white", height=460, legend=dict(title="layer"), margin=dict(t=90),
     )
     return figure
@@ -292,7 +292,7 @@ TABLE_COLUMNS = (
     ("model", "the model or checkpoint (full name in each cell's tooltip); a failed one says why across its row, "
               "one measured by an earlier run into this folder says so below its name"),
     ("funnel seed", "the seed notebook's funnel test (see the note below the table)"),
-    ("funnel robust", "the funnel test on 95% bootstrap intervals (see the note below the table)"),
+    ("funnel robust", "the funnel test on 95% intervals over prompts (see the note below the table)"),
     ("shape", "layers × d_model (hidden size)"),
     ("params", "parameters: the checkpoint's own count"),
     ("attn\u00a0<\u00a01", "layers whose attention contracts (gain below 1), of all layers"),
@@ -396,7 +396,7 @@ def render_html(comparison, plotlyjs: str | bool = True) -> str:
     sections.append('<p class="note">funnel seed: the notebook\'s test — attention contracts in every layer, '
                     "the MLP in all but at most three (a rule that cannot fail with three layers or fewer), and the "
                     "last-layer MLP expands. funnel robust: the same test counting a layer only when its "
-                    "bootstrap interval lies on one side of 1, with at most one eighth of the MLP layers "
+                    "95% interval over prompts lies on one side of 1, with at most one eighth of the MLP layers "
                     "(the seed's 3 of 24, rounded down, at least one) allowed to fail to contract (– when the results hold "
                     "no intervals). Parameters: the checkpoint's own count. Layers are numbered from 0 (L0 under a "
                     "gain: its layer). Measure time: the prompts alone, after loading and one untimed warm-up prompt "
