@@ -219,7 +219,7 @@ class ComparisonRow:
     """One model's line in ``compare.json``: shape, verdicts, extremes, cost, and status.
 
     Layers are 0-based. A gain below 1 contracts. ``funnel_confirmed`` is the seed's verdict;
-    ``robust_funnel_confirmed`` the verdict on bootstrap intervals when the results file holds
+    ``robust_funnel_confirmed`` the verdict on intervals over prompts when the results file holds
     them (``None`` otherwise). ``peak_memory_bytes`` is ``torch.cuda.max_memory_allocated`` on a
     GPU and the process's peak resident memory during this model on the CPU (``memory_kind``
     says which). ``measure_seconds`` times the measurement alone, after ``load_seconds`` of

@@ -174,8 +174,9 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     stream it reads). ``drop_first`` leaves out the first N positions of every prompt (position 0
     often has a huge norm: attention sinks, massive activations). Batch size changes no number;
     ``batch_size="auto"`` fills a token budget from the free GPU memory (``engine.auto_batch_size``).
-    ``intervals=True`` returns the result with 95% bootstrap intervals over prompts (2,000
-    resamples, seed 0: ``result.with_intervals()``), needing at least two prompts.
+    ``intervals=True`` returns the result with 95% intervals over prompts (t intervals, the
+    products' by a studentized bootstrap of 2,000 resamples, seed 0: ``result.with_intervals()``),
+    needing at least two prompts.
     ``by_position=True`` also keeps the sums by position bucket (``funnel_tl.positions``):
     ``result.position_gains("attn")`` is then ``[layer, bucket]``.
     ``executor``: ``"auto"`` (the HF modules behind the TL hooks where they agree with the TL

@@ -1,4 +1,4 @@
-"""The seed notebook's four panels as Plotly figures, with bootstrap intervals as error bars.
+"""The seed notebook's four panels as Plotly figures, with intervals over prompts as error bars.
 
 ``plot_funnel(result)`` draws all four on one figure; each panel is also a figure of its own:
 
@@ -25,7 +25,7 @@ Every function takes a ``GainResult`` and returns a ``go.Figure``; nothing is sh
 A result measured on some layers only (``measure_gains(..., layers=...)``) is drawn at its true
 layer indices; panel 4 covers its measured prefix 0..k only (and says so, or that it has none),
 and the subtitle says the Funnel test is not testable.
-Error bars and bands are the result's bootstrap intervals (``result.with_intervals()``) when it
+Error bars and bands are the result's intervals over prompts (``result.with_intervals()``) when it
 carries them. Hovering a point shows its layer, value and interval.
 
 >>> from funnel_tl import load_model, measure_gains                      # doctest: +SKIP
