@@ -25,15 +25,14 @@ Two methods (``method=``), named in results.json (``intervals.method``):
   method before the t intervals.
 
 Why the t intervals: on SmolLM2-135M's per-prompt gains over the 300 passages of the ``varied``
-prompt set, resampled as 8, 16 and 32 prompts (``tests/test_coverage.py``), the 95% percentile
-bootstrap covered the true gain 88% of the time at 8 prompts (the seed's number), 92% at 16,
+prompt set, drawn as sets of 8, 16 and 32 prompts (``tests/test_coverage.py``), the 95% percentile
+bootstrap covered the true gain 86–90% of the time at 8 prompts (the seed's number), 92% at 16,
 94–95% at 32: it plugs the sample's own spread, narrower than the population's with few prompts,
 into a normal quantile. The t interval corrects both (the n−1 divisor and the t quantile) and
-covered 94.5% at 8 prompts, 95% at 16 and 32; for the products a t interval of the log covered
-93–94% at 8 prompts (the cumulative gain, a product of 60 means, is skewed), the studentized
-bootstrap 94–95%. No
-interval can cover a mean that a rare prompt dominates, when the prompts at hand do not include
-such a prompt; when they do, ``dominant_prompts`` flags the layer.
+covered 94–95% at 8, 16 and 32 prompts (worst layer 90–93%); for the products a t interval of
+the log covered 93–94% at 8 prompts (the cumulative gain, a product of 60 means, is skewed), the
+studentized bootstrap 94–95%. No interval can cover a mean that a rare prompt dominates when the
+prompts at hand include no such prompt; when they do, ``dominant_prompts`` flags the layer.
 
 The robust verdict repeats the seed's hypothesis test, counting a layer as contracting only when
 its whole interval lies below 1 and as expanding only when it lies wholly above 1; a layer whose
@@ -91,9 +90,9 @@ class Intervals:
     Shapes: ``attn``, ``mlp``, ``combined``, ``block`` and ``cumulative`` are ``[layer, 2]``
     (column 0 the lower bound, column 1 the upper); ``cumulative`` may have fewer rows (a result
     measured on some layers: its measured prefix 0..k, possibly none). ``method`` (a key of
-    ``METHODS``: ``"t"`` or ``"percentile"``) and ``confidence`` say how they were drawn, and for the
-    percentile bootstrap ``n_resamples`` and ``seed``; the same arguments on the same result give
-    the same intervals. (Named "bootstrap intervals" for the API's sake, whatever the method.)
+    ``METHODS``: ``"t"`` or ``"percentile"``) and ``confidence`` say how they were drawn, and
+    ``n_resamples`` and ``seed`` the resampling (the percentile bootstrap's; under ``"t"`` the
+    products' studentized bootstrap); the same arguments on the same result give the same intervals.
     """
 
     confidence: float
@@ -140,11 +139,12 @@ class Intervals:
 
         >>> ok = np.ones((1, 2))
         >>> Intervals(0.95, 2000, 0, ok, ok, ok, ok, ok, method="t").describe(8)
-        '95% t intervals over 8 prompts'
+        '95% t intervals over 8 prompts (products: studentized bootstrap, 2000 resamples, seed 0)'
         """
         percent, over = f"{100 * self.confidence:g}%", f"over {n_prompts} prompts" if n_prompts else "over prompts"
         if self.method == "t":
-            return f"{percent} t intervals {over}"
+            return (f"{percent} t intervals {over} (products: studentized bootstrap, {self.n_resamples} resamples, "
+                    f"seed {self.seed})")
         return f"{percent} percentile-bootstrap intervals {over} ({self.n_resamples} resamples, seed {self.seed})"
 
     def of(self, component: str) -> np.ndarray:

@@ -63,7 +63,7 @@ def test_plot_funnel_has_the_four_panels(result):
 def test_title_names_model_definition_and_prompt_count(result):
     title = plot_funnel(result).layout.title.text
     assert "synthetic/funnel" in title and "definition=seed" in title and "8 prompts" in title
-    assert "error bars: 95% t intervals over prompts" in title
+    assert "error bars: 95% t intervals over prompts (products: studentized bootstrap, 500 resamples" in title
     percentile = plot_funnel(result.with_intervals(n_resamples=500, method="percentile")).layout.title.text
     assert "95% percentile-bootstrap intervals over prompts (500 resamples, seed 0)" in percentile
 
@@ -407,7 +407,8 @@ def test_report_can_redraw_or_drop_intervals(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(plots, "find_chrome", lambda: None)
     funnel_like().save(tmp_path / "results.json")
     assert main(["report", str(tmp_path), "--bootstrap", "300", "--bootstrap-seed", "3"]) == 0
-    assert "ROBUST TEST: 95% t intervals over 8 prompts" in capsys.readouterr().out
+    assert "ROBUST TEST: 95% t intervals over 8 prompts (products: studentized bootstrap, 300 resamples, seed 3)" \
+        in capsys.readouterr().out
     assert main(["report", str(tmp_path), "--bootstrap", "300", "--bootstrap-seed", "3", "--intervals", "percentile"]) == 0
     assert "percentile-bootstrap intervals over 8 prompts (300 resamples, seed 3)" in capsys.readouterr().out
     assert "300 resamples" in (tmp_path / "funnel.html").read_text(encoding="utf-8")

@@ -383,7 +383,7 @@ def test_analysis_prints_the_robust_verdict_only_with_intervals():
     result = funnel_like()
     assert "ROBUST" not in format_analysis(result)
     text = format_analysis(result.with_intervals(n_resamples=200, seed=2))
-    assert "ROBUST TEST: 95% t intervals over 8 prompts\n" in text
+    assert "ROBUST TEST: 95% t intervals over 8 prompts (products: studentized bootstrap, 200 resamples, seed 2)" in text
     assert ">>> FUNNEL MODEL CONFIRMED (robust): " in text
     text = format_analysis(result.with_intervals(n_resamples=200, seed=2, method="percentile"))
     assert "ROBUST TEST: 95% percentile-bootstrap intervals over 8 prompts (200 resamples, seed 2)" in text
