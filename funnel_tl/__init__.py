@@ -23,7 +23,8 @@ from .funnel import PYTHIA_1_4B_REFERENCE, FunnelTest, comparison_1_4b, format_a
 from .gains import measure_gains
 from .heads import HeadResult, head_gains
 from .models import bundled_checkpoints, bundled_models, default_model_name, load_model
-from .plots import plot_attention_mlp, plot_cumulative, plot_funnel, plot_mlp_depth, plot_net_gain, write_html, write_png
+from .plots import (plot_attention_mlp, plot_cumulative, plot_funnel, plot_mlp_depth, plot_net_gain, write_html, write_image,
+                    write_png)
 from .prompts import SEED_PROMPTS, load_prompts
 from .results import GainResult
 from .stats import Intervals, bootstrap_intervals, robust_funnel_test
@@ -36,4 +37,4 @@ __all__ = [
     "Intervals", "bootstrap_intervals", "plot_funnel", "robust_funnel_test", "write_html", "write_png",
     "plot_attention_mlp", "plot_mlp_depth", "plot_net_gain", "plot_cumulative",
 ]
-__all__ += ["Comparison", "PYTHIA_SUITE", "compare"]
+__all__ += ["Comparison", "PYTHIA_SUITE", "compare", "write_image"]
