@@ -50,6 +50,7 @@ from .outputs import (check_output_folder, claim_output, describe_os_error, remo
                       slug)
 from .prompts import check_drop_first, load_prompts, prompts_sha256
 from .results import DEFINITIONS, GainResult, read_json, write_json_atomic
+from .schema import check_compare
 from .stats import DEFAULT_METHOD, check_bootstrap, robust_funnel_test
 
 COMPARE_SCHEMA_VERSION = 1
@@ -364,7 +365,7 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
     >>> sweep = compare(["EleutherAI/pythia-70m", "EleutherAI/pythia-160m"], out="runs/two")  # doctest: +SKIP
     >>> sweep.figure().show()  # doctest: +SKIP
     """
-    check_bootstrap(bootstrap)
+    check_bootstrap(bootstrap, seed=bootstrap_seed)
     prompt_list = load_prompts(prompts)  # before any model loads: a bad prompt file fails fast
     check_drop_first(drop_first)
     # Checked once here: left to each model, a typo would fail every model of the sweep in turn.
@@ -906,7 +907,7 @@ class Comparison:
         results already read, by resolved path, which are not read again."""
         out = Path(out)
         loaded = loaded or {}
-        data = read_json(out / "compare.json")
+        data = check_compare(read_json(out / "compare.json"), str(out / "compare.json"))
         if data.get("kind") != "funnel_tl.compare" or data.get("schema_version") != COMPARE_SCHEMA_VERSION:
             raise FunnelError(f"{out / 'compare.json'} is not a funnel_tl compare file of schema "
                               f"{COMPARE_SCHEMA_VERSION}: rerun `funnel-tl compare`")

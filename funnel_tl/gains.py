@@ -39,6 +39,7 @@ from jaxtyping import Float
 from .architectures import HookPlan, is_parallel, layer_norm_output, plan_hooks  # noqa: F401  (re-exported)
 from .engine import Engine, prompt_sums
 from .errors import FunnelError
+from .hf_models import measurable
 from .layers import resolve_layers
 from .models import model_name, source_provenance, tokenizer_of
 from .outputs import check_label
@@ -153,7 +154,8 @@ def prepare_tokens(model, prompts: str | Sequence[str], drop_first: int = 0,
     tokenizer = tokenizer if tokenizer is not None else tokenizer_of(model)
     n_ctx = getattr(model.cfg, "n_ctx", None)
     token_ids = tokenize(tokenizer, prompt_list, n_ctx=n_ctx, model_name=model_name(model),
-                         max_tokens=truncation_limit(max_tokens_per_prompt, n_ctx), truncation=truncation)
+                         max_tokens=truncation_limit(max_tokens_per_prompt, n_ctx), truncation=truncation,
+                         d_vocab=getattr(model.cfg, "d_vocab", None))
     check_tokens_left(token_ids, drop_first)
     return prompt_list, token_ids, pad_token_id(tokenizer)
 
@@ -209,6 +211,7 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     >>> early.layers, early.attn_gains.shape  # doctest: +SKIP
     ((0, 1, 7), (3,))
     """
+    model = measurable(model, tokenizer, "measure_gains")  # a name or None refused; a transformers model bridged
     n_layers = model.cfg.n_layers
     chosen = resolve_layers(layers, n_layers)  # cheap checks first
     if by_position and len(chosen) < n_layers:

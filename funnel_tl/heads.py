@@ -44,6 +44,7 @@ from .errors import FunnelError
 from .engine import Engine, prompt_sums
 from .gains import IDENTITY_TOLERANCE, _provenance, activation_norms
 from .head_results import HEADS_KIND, HEADS_SCHEMA_VERSION, VALUES, HeadResult, HeadStat, label  # noqa: F401  (re-exported)
+from .hf_models import measurable
 from .layers import parse_layers, resolve_layers  # noqa: F401  (parse_layers re-exported)
 from .models import model_name
 from .outputs import check_label
@@ -73,6 +74,7 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
     >>> heads.head_gains.shape, heads.top(3)[0].label  # [layer, head]; the largest head gain
     ((8, 4), 'L5H3')
     """
+    model = measurable(model, tokenizer, "head_gains")  # a name or None refused; a transformers model bridged
     given = check_label(label)  # ``label`` names the result, as in measure_gains
     plan = plan_hooks(model, definition)
     check_heads_add_up(model, plan)

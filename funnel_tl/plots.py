@@ -40,7 +40,6 @@ import html
 import math
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -51,7 +50,7 @@ from plotly.subplots import make_subplots
 
 from .errors import FunnelError
 from .funnel import PYTHIA_1_4B_REFERENCE
-from .outputs import short_name
+from .outputs import short_name, temporary_beside
 from .prompts import dropped_phrase
 from .results import write_text_atomic
 
@@ -711,8 +710,6 @@ def png_available() -> bool:
 
 # What ``--png`` writes of every figure: raster for slides, vector for papers (kaleido can all three).
 IMAGE_FORMATS = ("png", "svg", "pdf")
-# Prefix of write_images' temporary files (outputs.remove_temporaries clears what a kill leaves).
-IMAGE_TEMPORARY = ".funnel-tl-image."
 
 
 def require_images() -> None:
@@ -746,7 +743,7 @@ def write_images(figures: dict, scale: float = 2) -> list[Path] | None:
         if kind not in ("png", "svg", "pdf", "jpeg", "jpg", "webp"):
             raise FunnelError(f"cannot write a figure as {path.name}: give a .png, .svg, .pdf, .jpeg or .webp path")
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=IMAGE_TEMPORARY, suffix=path.suffix)
+        descriptor, temporary = temporary_beside(path)  # remove_temporaries finds it if this process is killed
         os.close(descriptor)
         raster = kind in ("png", "jpeg", "jpg", "webp")
         specs.append(dict(fig=fig.to_dict(), path=Path(temporary), opts=dict(

@@ -34,7 +34,7 @@ from .funnel import PYTHIA_1_4B_REFERENCE
 from .outputs import short_name
 from .plots import (COLORS, DIVERGING, LOG_SPAN, NAMES, WIDTH, _layer_ticks, _log_ticks, figure_div, gain_colorbar,
                     log_reach, one_two_five, page_html, ticks_within, write_page)
-from .positions import cached_sink_effect
+from .positions import cached_sink_effect, sink_unavailable
 from .prompts import dropped_phrase
 
 # The colour scale spans at least gain 1/2 … 2, so a model whose gains all sit near 1 is not
@@ -253,9 +253,9 @@ def _line(x, y, name, color, dash, intervals, layers=None) -> go.Scatter:
 def position_figures(result) -> dict[str, go.Figure]:
     """The figures of positions.html by name, in page order (``plots.export_figures`` writes them
     as images): the heatmaps, and the panels with and without the first positions (unless those
-    are already dropped)."""
+    are already dropped, or no prompt reaches past them)."""
     figures = {"positions-heatmaps": plot_position_heatmaps(result)}
-    if result.drop_first < _positions(result).sink_positions:
+    if sink_unavailable(result) is None:  # dropped already, or no prompt reaches past them
         figures["positions-sink"] = plot_sink_comparison(result)
     return figures
 
