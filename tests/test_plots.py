@@ -362,7 +362,7 @@ def test_png_svg_and_pdf_through_kaleido(tmp_path, result):
     assert (tmp_path / "images" / "funnel.svg").read_text(encoding="utf-8").lstrip().startswith("<svg")
     assert "synthetic/funnel" in (tmp_path / "images" / "funnel.svg").read_text(encoding="utf-8")  # the title
     assert (tmp_path / "images" / "funnel.pdf").read_bytes()[:5] == b"%PDF-"
-    assert not list((tmp_path / "images").glob(".funnel-tl-image.*"))  # no temporary left behind
+    assert not list((tmp_path / "images").glob(".*"))  # no temporary left behind
     with pytest.raises(plots.FunnelError, match="cannot write a figure as funnel.bmp"):
         plots.write_images({tmp_path / "funnel.bmp": plot_funnel(result)})
 
