@@ -248,9 +248,13 @@ def test_force_and_changed_settings_recompute(sweep, checkpoints, load_calls, tm
     models = [str(checkpoints[arch]) for arch in SWEPT]
     compare(models[:2], out=copy, force=True, **OPTIONS)
     assert [source for source, _ in load_calls] == models[:2]
+    # The table keeps the model this run did not name (tests/test_sweep_scale.py: never a row dropped).
+    assert [row["model"] for row in json.loads((copy / "compare.json").read_text())["models"]] == models
     load_calls.clear()
-    compare(models[:1], out=copy, drop_first=1, **OPTIONS)  # another drop_first: measured anew
-    compare(models[:1], SEED_PROMPTS[:4], out=copy, drop_first=1, **OPTIONS)  # other prompts: anew
+    # Results files with no table (a table of other settings is refused): those measured otherwise, anew.
+    for changed in (dict(drop_first=1), dict(prompts=SEED_PROMPTS[:4], drop_first=1)):  # drop_first, then prompts
+        (copy / "compare.json").unlink()
+        compare(models[:1], out=copy, **changed, **OPTIONS)
     compare(models[:1], SEED_PROMPTS[:4], out=copy, drop_first=1, **OPTIONS)  # same again: read back
     assert [source for source, _ in load_calls] == models[:1] * 2
     assert GainResult.load(copy / compare_module.plan_targets(models[:1])[0].slug / "results.json").n_prompts == 4
@@ -267,6 +271,7 @@ def test_a_replaced_results_file_is_named_with_what_changed(sweep, checkpoints, 
     models = [str(checkpoints[arch]) for arch in SWEPT[:2]]
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
+    (copy / "compare.json").unlink()  # results files without their table (its settings would be refused)
     capsys.readouterr()
     compare(models, out=copy, definition="residual", **OPTIONS)
     err = capsys.readouterr().err
@@ -280,6 +285,7 @@ def test_a_replaced_results_file_is_named_with_what_changed(sweep, checkpoints, 
 
     sharded = tmp_path / "sharded"
     shutil.copytree(out, sharded)
+    (sharded / "compare.json").unlink()
     load_calls.clear()
     targets = compare_module.plan_targets(models[:1])
     settings = dict(definition="seed", n_prompts=len(SEED_PROMPTS),
