@@ -13,10 +13,14 @@ shows as a ratio measured side by side in one run:
   checkpoint beside the load and measure seconds that compare.json records; then a rerun spelled
   differently (``DIR/`` for ``DIR``: must measure nothing), a one-checkpoint run into the folder
   (must keep every row) and ``funnel-tl report`` (which redraws the page).
+- ``--case sizes``: ``compare --models A,B,... --checkpoints all`` over random-weight checkpoints
+  of Pythia's shapes (float16 files, as on the hub), a few per size: load, measure and whole
+  seconds per checkpoint for each size, the cost a multi-size sweep pays per checkpoint.
 
     python benchmarks/bench_sweep.py --case page                      # 10, 40, 154, 1,232 rows
     python benchmarks/bench_sweep.py --case sweep                     # 154 checkpoints, seed prompts
     python benchmarks/bench_sweep.py --case sweep --n-checkpoints 20 --threads 1
+    python benchmarks/bench_sweep.py --case sizes --sizes 70m,160m,410m   # Pythia-shaped, random weights
 
 CPU seconds are what the processes ran (children's user + system time); on a shared machine wall
 clock swings with the other jobs, CPU time much less.
@@ -149,19 +153,87 @@ def sweep_case(n_checkpoints: int, threads: int | None, keep: Path | None) -> di
             shutil.rmtree(scratch, ignore_errors=True)
 
 
+# Pythia's shapes (Biderman et al. 2023): layers, d_model, heads; GPT-NeoX, parallel blocks,
+# rotary on a quarter of each head, d_ff = 4 d_model, vocabulary 50,304, context 2,048.
+PYTHIA_SHAPES = {"70m": (6, 512, 8), "160m": (12, 768, 12), "410m": (24, 1024, 16), "1b": (16, 2048, 8),
+                 "1.4b": (24, 2048, 16), "2.8b": (32, 2560, 32), "6.9b": (32, 4096, 32), "12b": (36, 5120, 40)}
+
+
+def pythia_shaped(folder: Path, size: str, n_checkpoints: int, tokenizer) -> Path:
+    """``folder/step<N>/`` checkpoints of a random-weight Pythia-``size``-shaped model in float16
+    (as Pythia's hub checkpoints are stored); the steps share one weights file by hard links."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from funnel_tl.toy import make_config
+
+    n_layers, d_model, n_heads = PYTHIA_SHAPES[size]
+    config = make_config("neox-parallel", n_layers=n_layers, d_model=d_model, n_heads=n_heads, vocab_size=50304,
+                         n_ctx=2048)
+    first = folder / "step0"
+    with torch.device("cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float16)
+    model.save_pretrained(first)
+    tokenizer.save_pretrained(first)
+    del model
+    for index in range(1, n_checkpoints):
+        other = folder / f"step{1000 * index}"
+        other.mkdir(parents=True)
+        for item in first.iterdir():
+            (os.link if item.suffix == ".safetensors" else shutil.copyfile)(item, other / item.name)
+    return folder
+
+
+def sizes_case(sizes: list[str], n_checkpoints: int, threads: int | None, keep: Path | None) -> dict:
+    """``compare --models A,B,... --checkpoints all`` over Pythia-shaped sizes: seconds per checkpoint per size."""
+    from funnel_tl.toy import train_tokenizer
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench-sizes-")) if keep is None else keep
+    try:
+        tokenizer = train_tokenizer(512)
+        for size in sizes:
+            if not (scratch / f"pythia-{size}-shaped").is_dir():
+                pythia_shaped(scratch / f"pythia-{size}-shaped", size, n_checkpoints, tokenizer)
+        models = ",".join(f"pythia-{size}-shaped" for size in sizes)
+        cpu, wall, _ = run_timed([sys.executable, "-m", "funnel_tl", "compare", "--models", models, "--checkpoints",
+                                  "all", "--device", "cpu", "--out", "sizes"], scratch, threads)
+        table = json.loads((scratch / "sizes" / "compare.json").read_text())["models"]
+        numbers = {"case": "sizes", "threads": threads, "compare_cpu": cpu, "compare_wall": wall, "sizes": {}}
+        print(f"compare over {len(sizes)} sizes × {n_checkpoints} checkpoints: {cpu:.1f} CPU s, {wall:.1f} wall s")
+        print(f"{'size':>6} {'params':>8} {'load s':>8} {'measure s':>10} {'total s':>8}  (per checkpoint, wall, "
+              "as compare.json records them; the first checkpoint of the run carries the imports)")
+        for size in sizes:
+            rows = [row for row in table if f"pythia-{size}-shaped@" in row["model"]][1:] or \
+                   [row for row in table if f"pythia-{size}-shaped@" in row["model"]]
+            load = float(np.median([row["load_seconds"] for row in rows]))
+            measure = float(np.median([row["measure_seconds"] for row in rows]))
+            total = float(np.median([row["seconds"] for row in rows]))
+            numbers["sizes"][size] = dict(n_parameters=rows[0]["n_parameters"], load_seconds=load,
+                                          measure_seconds=measure, seconds=total)
+            print(f"{size:>6} {rows[0]['n_parameters'] / 1e6:>7.0f}M {load:>8.2f} {measure:>10.2f} {total:>8.2f}")
+        return numbers
+    finally:
+        if keep is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--case", choices=("page", "sweep"), default="page")
+    parser.add_argument("--case", choices=("page", "sweep", "sizes"), default="page")
+    parser.add_argument("--sizes", default="70m,160m,410m", help="sizes case: Pythia sizes, comma-separated")
     parser.add_argument("--rows", default=",".join(map(str, PAGE_ROWS)), help="page case: row counts, comma-separated")
-    parser.add_argument("--n-checkpoints", type=int, default=154, help="sweep case: how many of Pythia's steps")
+    parser.add_argument("--n-checkpoints", type=int, default=None,
+                        help="sweep case: how many of Pythia's steps (154); sizes case: checkpoints per size (3)")
     parser.add_argument("--threads", type=int, default=None, help="sweep case: OMP_NUM_THREADS of the commands")
     parser.add_argument("--keep", type=Path, default=None, help="sweep case: build and sweep in this folder, kept")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers to this file")
     args = parser.parse_args(argv)
     if args.case == "page":
         numbers = page_case([int(n) for n in args.rows.split(",")])
+    elif args.case == "sweep":
+        numbers = sweep_case(args.n_checkpoints or 154, args.threads, args.keep)  # Pythia: 154 per size
     else:
-        numbers = sweep_case(args.n_checkpoints, args.threads, args.keep)
+        numbers = sizes_case(args.sizes.split(","), args.n_checkpoints or 3, args.threads, args.keep)
     if args.json:
         args.json.write_text(json.dumps(numbers, indent=1))
     return 0

@@ -460,7 +460,9 @@ def _sweep(targets: list[Target], prompt_list: list[str], settings: dict, out: P
     bar = tqdm(targets, desc="models", unit="model", disable=not show)
     with _collecting_per_target():
         for target in bar:
-            bar.set_postfix_str(target.label, refresh=True)
+            # A local folder's label is its absolute path: the bar names its last part.
+            bar.set_postfix_str(Path(target.label).name if os.path.isabs(target.label) else target.label,
+                                refresh=True)
             path = out / target.slug / "results.json"
             remove_temporaries(path.parent)
             finished = None if force else _finished(path, target, settings, say_replaced=True)
@@ -579,7 +581,9 @@ def _kept(earlier: Sequence["ComparisonRow"], targets: Sequence["Target"], rows:
     if others:
         tqdm.write(f"kept {len(others)} rows of the table already in {out} (models this run does not name)",
                    file=sys.stderr)
-    return ordered_rows(kept + rows), results
+    table = {row.model: row for row in earlier}  # the earlier table's order, each row in its place...
+    table.update({row.model: row for row in kept + rows})  # ...and this run's new models after it
+    return ordered_rows(table.values()), results
 
 
 def _finish(rows: list["ComparisonRow"], results: dict, settings: dict, out: Path,

@@ -412,7 +412,7 @@ compare({models!r}, out={out!r}, device="cpu", dtype="float32", progress=False)
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds the file being written through /proc")
-def test_a_killed_run_leaves_no_partial_file(checkpoints, tmp_path, load_calls):
+def test_a_killed_run_leaves_no_partial_file(sweep, checkpoints, tmp_path, load_calls):
     first, second = str(checkpoints["neox-parallel"]), str(checkpoints["gpt2"])
     out = tmp_path / "out"
     slug_first, slug_second = (t.slug for t in compare_module.plan_targets([first, second]))
@@ -434,6 +434,16 @@ def test_a_killed_run_leaves_no_partial_file(checkpoints, tmp_path, load_calls):
     assert [row.resumed for row in resumed.rows] == [True, False]
     assert list((out / slug_second).glob(".*.tmp")) == []
     GainResult.load(out / slug_second / "results.json")
+    # Killed half way and resumed equals uninterrupted: the shared sweep measured the same models.
+    uninterrupted, _ = sweep
+    for row in resumed.rows:
+        expected = uninterrupted.results[row.model]
+        for component in ("attn", "mlp", "block"):
+            np.testing.assert_array_equal(resumed.results[row.model].out_sums[component], expected.out_sums[component])
+        np.testing.assert_array_equal(resumed.results[row.model].intervals.mlp, expected.intervals.mlp)
+        same = {"resumed", "seconds", "load_seconds", "measure_seconds", "peak_memory_bytes"}
+        assert {k: v for k, v in row.to_dict().items() if k not in same} == {
+            k: v for k, v in uninterrupted.row(row.model).to_dict().items() if k not in same}
 
 
 def test_interrupt_mid_model_leaves_no_partial_file(checkpoints, tmp_path, monkeypatch):
