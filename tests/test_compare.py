@@ -58,20 +58,6 @@ def training_run(tmp_path_factory, tokenizer):
     return root
 
 
-@pytest.fixture
-def load_calls(monkeypatch):
-    """Every (source, revision) that compare hands to load_model, in order."""
-    calls = []
-    real = compare_module.load_model
-
-    def counting(source, **kwargs):
-        calls.append((source, kwargs.get("revision")))
-        return real(source, **kwargs)
-
-    monkeypatch.setattr(compare_module, "load_model", counting)
-    return calls
-
-
 def single_run(folder, **kwargs) -> GainResult:
     model = load_model(str(folder), device="cpu", dtype="float32")
     return measure_gains(model, "seed", batch_size=kwargs.get("batch_size", 8), progress=False,

@@ -51,19 +51,6 @@ def swept(run_dir, tmp_path_factory):
     return comparison, out
 
 
-@pytest.fixture
-def load_calls(monkeypatch):
-    calls = []
-    real = compare_module.load_model
-
-    def counting(source, **kwargs):
-        calls.append((source, kwargs.get("revision")))
-        return real(source, **kwargs)
-
-    monkeypatch.setattr(compare_module, "load_model", counting)
-    return calls
-
-
 def copy_of(swept, tmp_path) -> Path:
     _, out = swept
     copy = tmp_path / "copy"
