@@ -2,7 +2,12 @@
 a models × depth heatmap, gains against training step, and the verdict table.
 
 Every figure is returned as a ``go.Figure``; ``render_html`` puts them on one page that opens
-with no network (plotly.js embedded, or loaded from a ``plotly.min.js`` beside it).
+with no network (plotly.js embedded, or loaded from a ``plotly.min.js`` beside it). A sweep over
+training checkpoints (of one model or of several sizes) leads with gains against step, one row
+of panels per size; its overlay draws a dozen checkpoints with the rest a click away, its
+heatmaps put the step on their y axis at a bounded height, and its tables fold away. Drawing is
+linear in the rows: shared lines once per panel, and the checkpoints an overlay leaves out one
+trace per panel (``benchmarks/bench_sweep.py --case page`` times it per row).
 
 Model lines use Okabe and Ito's colour-blind-safe palette (up to eight unordered models); an
 ordered sweep (checkpoints, many sizes) and the layers of a training figure use Viridis, which
@@ -195,12 +200,12 @@ def _neutral_lines(figure: go.Figure, n_rows: int, n_cols: int) -> None:
             figure.add_hline(y=1, line=NEUTRAL_LINE, row=row, col=col)
 
 
-def _show_all_button(figure: go.Figure, hidden: list[int], n_rows: int) -> None:
-    """A toggle that shows (and hides again) the checkpoints an overlay leaves out."""
+def _show_all_button(figure: go.Figure, hidden: list[int], n_rows: int, what: str = "checkpoint") -> None:
+    """A toggle that shows (and hides again) the checkpoints (or models) an overlay leaves out."""
     figure.update_layout(updatemenus=[dict(
         type="buttons", direction="left", x=1.0, xanchor="right", y=1.0, yanchor="bottom", pad=dict(b=26),
         showactive=True, font=dict(size=11),
-        buttons=[dict(label=f"show every checkpoint ({n_rows})", method="restyle",
+        buttons=[dict(label=f"show every {what} ({n_rows})", method="restyle",
                       args=[{"visible": True}, hidden], args2=[{"visible": False}, hidden])],
     )])
 
@@ -262,7 +267,7 @@ def plot_depth_overlay(comparison, components=("attn", "mlp", "block")) -> go.Fi
         if by_step:  # otherwise the bar shows with the hidden checkpoints it describes
             _colorbar_carrier(figure, "coloraxis")
     if hidden:
-        _show_all_button(figure, hidden, len(rows))
+        _show_all_button(figure, hidden, len(rows), "checkpoint" if stepped else "model")
     _neutral_lines(figure, 1, len(components))
     low, high = _extent(comparison, rows if hidden else drawn, components)
     figure.update_yaxes(type="log", showgrid=True, **_log_ticks(low, high))
@@ -310,23 +315,27 @@ def _every_row_trace(comparison, group, component: str, fraction, base) -> go.Sc
     """Every row of ``group`` as one trace (lines joined by gaps), thin grey lines, markers coloured
     by step: what the overlay's button shows. One trace, not one per row: linear to build and draw."""
     xs, ys, custom, colors = [], [], [], []
+    names = short_labels(group)
     for row in group:
         result = comparison.results[row.model]
         n = result.n_layers
         xs.extend(normalized_depth(n).tolist() + [None])
         ys.extend(result.gains(component).tolist() + [None])
-        step = -1 if row.step is None else row.step
-        custom.extend([[step, layer] for layer in range(n)] + [[None, None]])
-        colors.extend([fraction(row.step) if fraction is not None and row.step is not None else 0.0] * n + [0.0])
+        # Which row a point is: its step in a checkpoint sweep, its name in a sweep over models.
+        which = f"{row.step:,}" if fraction is not None else html.escape(names[row.model])
+        custom.extend([[which, layer] for layer in range(n)] + [[None, None]])
+        colors.extend([fraction(row.step) if fraction is not None else 0.0] * n + [0.0])
     return go.Scatter(
         x=xs, y=ys, mode="lines+markers", visible=False, showlegend=False, connectgaps=False,
-        name="every checkpoint" if base is None else f"{base_label(base)}: every checkpoint",
+        name=("every checkpoint" if fraction is not None else "every model") if base is None
+        else f"{base_label(base)}: every checkpoint",
         line=dict(color="rgba(120,120,120,0.35)", width=0.8),
-        marker=dict(size=4, color=colors, coloraxis="coloraxis" if fraction is not None else None),
+        marker=dict(size=4, color=colors if fraction is not None else "rgba(120,120,120,0.6)",
+                    coloraxis="coloraxis" if fraction is not None else None),
         customdata=custom,
         hovertemplate=(("" if base is None else f"<b>{html.escape(base_label(base))}</b><br>")
-                       + "step %{customdata[0]:,}, layer %{customdata[1]} (depth %{x:.2f})<br>"
-                       f"{COMPONENT_TITLES[component]} %{{y:.3f}}<extra></extra>"),
+                       + ("step " if fraction is not None else "") + "%{customdata[0]}, layer %{customdata[1]} "
+                       f"(depth %{{x:.2f}})<br>{COMPONENT_TITLES[component]} %{{y:.3f}}<extra></extra>"),
     )
 
 
@@ -387,7 +396,7 @@ def plot_depth_heatmap(comparison, component: str = "mlp") -> go.Figure:
     figure.update_yaxes(autorange="reversed", type="category")
     figure.update_xaxes(title_text="depth (fraction of the layers)", range=[0, 1])
     figure.update_layout(
-        title=dict(text=f"{PANEL_TITLES[component]} by {'checkpoint' if _what(rows) == 'checkpoints' else 'model'} and depth<br>"
+        title=dict(text=f"{PANEL_TITLES[component]} by model and depth<br>"
                         f"<sup>{_subtitle(comparison)}; blue contracts, red expands</sup>"),
         # 32 px a model up to 17 of them; past that the rows get thinner, never the page longer.
         template="plotly_white", height=min(MAX_HEATMAP_HEIGHT, max(320, 160 + 32 * len(rows))), margin=dict(t=90),

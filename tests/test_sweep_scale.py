@@ -320,15 +320,29 @@ def test_step_heatmaps_have_the_step_on_their_axis_and_a_bounded_height():
                                                   if r.base.endswith("70m")]))
 
 
-def test_a_model_sweep_keeps_its_order_and_legend():
+def models(names) -> Comparison:
     from synthetic_results import funnel_like
 
     rows, results = [], {}
-    for name in ("a/one", "b/two"):
-        result = funnel_like(n_layers=4, model=name)
+    for index, name in enumerate(names):
+        result = funnel_like(n_layers=4, model=name, seed=index)
         rows.append(row_from_results(Target(name, name, name), {}, result, resumed=False))
         results[name] = result
-    comparison = Comparison(rows=rows, results=results, settings={"definition": "seed", "n_prompts": 8})
+    return Comparison(rows=rows, results=results, settings={"definition": "seed", "n_prompts": 8})
+
+
+def test_a_model_sweep_keeps_its_order_and_legend():
+    comparison = models(["a/one", "b/two"])
     page = render_html(comparison, plotlyjs="plotly.min.js")
     assert page.index("<h2>Verdicts</h2>") < page.index("By depth") and "<details" not in page
     assert [trace.name for trace in comparison.figure().data if trace.showlegend] == ["one", "two"]
+
+
+def test_a_sweep_over_many_models_thins_by_order_and_names_them_on_hover():
+    names = [f"org/model-{i}" for i in range(30)]
+    figure = models(names).figure()
+    assert figure.layout.updatemenus[0].buttons[0].label == "show every model (30)"
+    every = next(trace for trace in figure.data if trace.visible is False)
+    assert every.customdata[0][0] == "model-0" and "step" not in every.hovertemplate
+    drawn = [trace.name for trace in figure.data if trace.visible is not False and trace.showlegend]
+    assert drawn[0] == "model-0" and drawn[-1] == "model-29" and len(drawn) == len(thinned(names))
