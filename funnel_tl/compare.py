@@ -493,9 +493,13 @@ class _TableWriter:
     def __init__(self, out: Path, settings: dict, earlier: Sequence["ComparisonRow"]):
         self.path, self.settings = out / "compare.json", settings
         self.rows = {row.model: row for row in earlier}
+        self.spelled = {_row_identity(row): row.model for row in earlier}  # see _kept
         self.due = -math.inf
 
     def put(self, row: "ComparisonRow") -> None:
+        earlier = self.spelled.get(row.model)
+        if earlier is not None and earlier != row.model:  # the same model under its older spelling
+            self.rows.pop(earlier, None)
         self.rows[row.model] = row
         if time.monotonic() >= self.due:
             self.write()
@@ -563,9 +567,20 @@ def _kept(earlier: Sequence["ComparisonRow"], targets: Sequence["Target"], rows:
     """This sweep's rows with the earlier table's other rows, each read back from its results
     file (a row whose file is gone or no longer matches says so, and stays), in table order."""
     named = {target.label for target in targets}
-    others = [row for row in earlier if row.model not in named]
+    order, others = [], []  # the final table's labels in the earlier table's order; rows kept as they are
+    for row in earlier:
+        if row.model in named:
+            order.append(row.model)
+        elif _row_identity(row) in named:
+            # A table written before models were known by identity names a local folder as it was
+            # typed (``ckpts@step0``): where that is one of this run's models, this run's row replaces it.
+            order.append(_row_identity(row))
+        else:
+            order.append(row.model)
+            others.append(row)
     kept = []
     for row in others:
+        row = dataclasses.replace(row, base=model_identity(row.base)) if row.base else row  # grouped by identity
         if row.ok:
             target = Target(row.model, row.base or row.model, row.base or row.model, row.revision, row.step)
             path = out / row.slug / "results.json"
@@ -581,9 +596,17 @@ def _kept(earlier: Sequence["ComparisonRow"], targets: Sequence["Target"], rows:
     if others:
         tqdm.write(f"kept {len(others)} rows of the table already in {out} (models this run does not name)",
                    file=sys.stderr)
-    table = {row.model: row for row in earlier}  # the earlier table's order, each row in its place...
-    table.update({row.model: row for row in kept + rows})  # ...and this run's new models after it
+    table: dict[str, ComparisonRow | None] = dict.fromkeys(order)  # each row in its place, new ones after
+    table.update({row.model: row for row in kept + rows})
     return ordered_rows(table.values()), results
+
+
+def _row_identity(row: "ComparisonRow") -> str:
+    """The label a row's model has today: ``model_identity`` of its name, and its step."""
+    suffix = f"@step{row.step}"
+    if row.step is not None and row.model.endswith(suffix):
+        return model_identity(row.model[: -len(suffix)]) + suffix
+    return model_identity(row.model)
 
 
 def _finish(rows: list["ComparisonRow"], results: dict, settings: dict, out: Path,

@@ -75,6 +75,27 @@ def test_a_rerun_spelled_differently_measures_nothing(swept, run_dir, tmp_path, 
     assert len(names) == 4 and not any(name.startswith(".") for name in names), names
 
 
+def test_a_table_of_typed_spellings_is_superseded_not_duplicated(swept, run_dir, tmp_path, monkeypatch):
+    """A table written before models were known by identity holds `ckpts@step0`: a rerun from the
+    same folder names that model `/abs/ckpts@step0` and its row replaces the old one."""
+    copy = copy_of(swept, tmp_path)
+    table = json.loads((copy / "compare.json").read_text())
+    for row in table["models"]:  # the labels and folders an earlier funnel_tl gave `compare --models ckpts`
+        old_label = row["model"].replace(str(run_dir), "ckpts")
+        old_slug = compare_module.slug(old_label)
+        (copy / row["slug"]).rename(copy / old_slug)
+        data = json.loads((copy / old_slug / "results.json").read_text())
+        (copy / old_slug / "results.json").write_text(json.dumps({**data, "model": old_label}))
+        row.update(model=old_label, base="ckpts", slug=old_slug)
+    (copy / "compare.json").write_text(json.dumps(table))
+    monkeypatch.chdir(run_dir.parent)
+    again = compare(["ckpts"], checkpoints=[0], out=copy, **OPTIONS)
+    assert [row.model for row in again.rows] == [f"{run_dir}@step0"] + [
+        f"ckpts@step{step}" for step in (2, 1000, 10000)]  # one row per checkpoint, none twice
+    assert [row.status for row in again.rows] == ["ok"] * 4 and [row.resumed for row in again.rows] == [
+        False, True, True, True]
+
+
 def test_model_names_are_identities():
     identity = compare_module.model_identity
     assert identity("EleutherAI/pythia-70m/") == identity("EleutherAI/pythia-70m") == "EleutherAI/pythia-70m"
