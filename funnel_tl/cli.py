@@ -1,6 +1,7 @@
 """The ``funnel-tl`` command line: a thin front end over the Python API.
 
-``main(argv)`` returns the exit status (0 success, 2 bad input) so tests call it directly.
+``main(argv)`` returns the exit status (0 success, 2 bad input, a bad argument included) so tests
+call it directly; ``--help`` and ``--version`` exit 0 as argparse does.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+from . import environment, options
 from .errors import FunnelError, one_line
 from .outputs import claim_output, describe_os_error, save_elsewhere, slug
 
@@ -31,73 +33,54 @@ class _Parser(argparse.ArgumentParser):
 def add_model_options(parser: argparse.ArgumentParser, model: bool = True) -> None:
     """Options shared by every command that measures a model (``model=False``: all but --model)."""
     if model:
-        parser.add_argument("--model", default=None, metavar="NAME_OR_DIR",
+        parser.add_argument("--model", default=None, metavar="NAME_OR_DIR", type=options.text("--model"),
                             help="bundled short name, local HF checkpoint folder, or hub name such as "
                                  "EleutherAI/pythia-6.9b (default: the largest bundled model, offline)")
-        parser.add_argument("--revision", default=None, metavar="REV",
+        parser.add_argument("--revision", default=None, metavar="REV", type=options.text("--revision"),
                             help="a training checkpoint: a hub revision such as Pythia's step1000, or "
                                  "step<N> of a bundled model's shipped checkpoints (default: the final model)")
     parser.add_argument("--prompts", default="seed", metavar="seed|FILE.txt|FILE.jsonl|FILE.json",
+                        type=options.text("--prompts"),
                         help="'seed' (the notebook's eight), a UTF-8 .txt file with one prompt per line, "
                              "a .jsonl file with a \"text\" field per line, or a .json list of strings "
                              "(default: seed)")
     parser.add_argument("--definition", default="seed", choices=["seed", "residual"],
                         help="seed: ||out|| / ||LayerNorm output the sublayer reads|| (the notebook's); "
                              "residual: ||out|| / ||residual stream it reads|| (default: seed)")
-    parser.add_argument("--batch-size", type=_batch_size, default="auto", metavar="N|auto",
+    parser.add_argument("--batch-size", type=options.batch_size, default="auto", metavar="N|auto",
                         help="prompts per forward pass; changes no number. auto: as many as fill half the free "
                              "GPU memory on CUDA, 8 on the CPU (default: auto)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="auto: CUDA when present (default: auto)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                         help="auto: float16 on CUDA, float32 on the CPU (default: auto)")
-    parser.add_argument("--drop-first", type=int, default=0, metavar="N",
+    parser.add_argument("--drop-first", type=options.at_least(0, "--drop-first"), default=0, metavar="N",
                         help="leave out the first N positions of every prompt, e.g. 1 to skip the "
                              "attention-sink token (default: 0)")
     add_scale_options(parser)
 
 
-def _max_tokens(value: str):
-    """argparse type of --max-tokens-per-prompt: a positive number or 'context'."""
-    if value == "context":
-        return value
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"give a number of tokens (1 or more) or 'context', not {value!r}")
-    return int(value)
-
-
-def _max_memory(value: str) -> dict:
-    """argparse type of --max-memory: ``0=20GiB,1=20GiB,cpu=64GiB`` → {0: '20GiB', 1: '20GiB', 'cpu': '64GiB'}."""
-    budget = {}
-    for item in value.split(","):
-        device, _, amount = item.partition("=")
-        device, amount = device.strip(), amount.strip()
-        if not device or not amount:
-            raise argparse.ArgumentTypeError(f"give DEVICE=AMOUNT pairs such as 0=20GiB,1=20GiB,cpu=64GiB, not {value!r}")
-        budget[int(device) if device.isdigit() else device] = amount
-    return budget
-
-
 def add_scale_options(parser: argparse.ArgumentParser) -> None:
     """Corpora and models larger than one device (see README "Scaling up")."""
-    parser.add_argument("--max-prompts", type=int, default=None, metavar="N",
+    parser.add_argument("--max-prompts", type=options.at_least(1, "--max-prompts"), default=None, metavar="N",
                         help="measure only the first N prompts of the file or dataset; reading stops there, "
                              "and results.json records it (default: all)")
-    parser.add_argument("--max-tokens-per-prompt", type=_max_tokens, default=None, metavar="T|context",
+    parser.add_argument("--max-tokens-per-prompt", type=options.max_tokens, default=None, metavar="T|context",
                         help="keep only the first T tokens of each prompt ('context': the model's context "
                              "length); results.json records which prompts were cut (default: a prompt longer "
                              "than the context is an error)")
-    parser.add_argument("--dataset", default=None, metavar="PATH_OR_NAME",
+    parser.add_argument("--dataset", default=None, metavar="PATH_OR_NAME", type=options.text("--dataset"),
                         help="read prompts from a HuggingFace dataset instead of --prompts: a local "
                              ".jsonl/.json/.csv/.parquet/.txt file, a save_to_disk folder or a hub name "
                              "(streamed; needs the datasets package)")
-    parser.add_argument("--split", default="train", help="the dataset split (default: train)")
-    parser.add_argument("--text-field", default="text", metavar="FIELD",
-                        help="the dataset column holding the text (default: text)")
+    parser.add_argument("--split", default="train", type=options.text("--split"),
+                        help="with --dataset: the dataset split (default: train)")
+    parser.add_argument("--text-field", default="text", metavar="FIELD", type=options.text("--text-field"),
+                        help="with --dataset: the column holding the text (default: text)")
     parser.add_argument("--device-map", default=None, choices=["auto", "balanced", "sequential"],
                         help="spread one model over every visible GPU (HF accelerate), for models larger "
                              "than one GPU; --device is then ignored (default: the whole model on --device)")
-    parser.add_argument("--max-memory", type=_max_memory, default=None, metavar="DEV=SIZE,...",
+    parser.add_argument("--max-memory", type=options.max_memory, default=None, metavar="DEV=SIZE,...",
                         help="memory each device may take with --device-map, e.g. 0=20GiB,1=20GiB,cpu=64GiB")
 
 
@@ -122,15 +105,8 @@ def add_text_options(parser: argparse.ArgumentParser) -> None:
                              "are kept either way)")
 
 
-def _check_max_memory(args) -> None:
-    """--max-memory caps what --device-map places on each device: alone it would be ignored."""
-    if args.max_memory is not None and args.device_map is None:
-        raise FunnelError("--max-memory needs --device-map: add --device-map auto")
-
-
 def placement(args, current) -> dict:
     """load_model's keywords for --device-map/--max-memory; refused under torchrun's data parallel."""
-    _check_max_memory(args)
     if args.device_map is None:
         return {}
     if current.distributed:
@@ -158,23 +134,13 @@ def _claim_output(held: contextlib.ExitStack, out, current) -> Path:
     return held.enter_context(claim_output(out))
 
 
-def _batch_size(text: str) -> int | str:
-    """``auto`` or an integer; a number below 1 is refused by ``check_common`` in one line."""
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or auto, got {text!r}") from None
-
-
 def add_bootstrap_options(parser: argparse.ArgumentParser, default: int | None = 2000) -> None:
     """Bootstrap intervals over prompts (funnel_tl.stats), shared by commands that draw them."""
-    parser.add_argument("--bootstrap", type=int, default=default, metavar="N",
+    parser.add_argument("--bootstrap", type=options.bootstrap, default=default, metavar="N",
                         help="resamples of the prompts for the 95%% intervals of every gain; 0 skips "
                              "them" + (f" (default: {default})" if default is not None else
                                        " (default: the intervals stored in results.json)"))
-    parser.add_argument("--bootstrap-seed", type=int, default=0, metavar="S",
+    parser.add_argument("--bootstrap-seed", type=options.at_least(0, "--bootstrap-seed"), default=0, metavar="S",
                         help="random seed of the resampling; the same seed gives the same intervals (default: 0)")
 
 
@@ -188,7 +154,8 @@ def add_position_options(parser: argparse.ArgumentParser, sink: bool = True) -> 
                                      "(funnel-tl report DIR then draws their positions.html)")
     if not sink:
         return
-    parser.add_argument("--sink-positions", type=int, default=1, metavar="K",
+    parser.add_argument("--sink-positions", type=options.at_least(1, "--sink-positions", options.MAX_SINK_POSITIONS),
+                        default=1, metavar="K",
                         help="with --by-position: how many first positions to leave out to show the "
                              "attention sink's effect, 1 to 16 (default: 1, position 0)")
 
@@ -224,11 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_options(run)
-    run.add_argument("--layers", default=None, metavar="SPEC",
+    run.add_argument("--layers", default=None, metavar="SPEC", type=options.layers,
                      help="layers to measure: numbers and inclusive ranges such as 0-3,-1 (-1 the last; -2--1 "
                           "the last two), as for heads (default: all). Only they are read and the forward stops after the last; "
                           "the Funnel verdicts need every layer and are then reported as not testable")
-    run.add_argument("--out", default=None, metavar="DIR",
+    run.add_argument("--out", default=None, metavar="DIR", type=options.text("--out"),
                      help="output folder (default: runs/<model name>)")
     add_bootstrap_options(run)
     add_position_options(run)
@@ -246,12 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_options(heads)
-    heads.add_argument("--layers", default=None, metavar="SPEC",
+    heads.add_argument("--layers", default=None, metavar="SPEC", type=options.layers,
                        help="layers to measure: numbers and inclusive ranges such as 0,3,5-7, or -1 for "
                             "the last, -2--1 for the last two (default: all)")
-    heads.add_argument("--top", type=int, default=TOP_HEADS, metavar="K",
+    heads.add_argument("--top", type=options.at_least(1, "--top"), default=TOP_HEADS, metavar="K",
                        help=f"how many top heads (by gain) to print and tabulate (default: {TOP_HEADS})")
-    heads.add_argument("--out", default=None, metavar="DIR",
+    heads.add_argument("--out", default=None, metavar="DIR", type=options.text("--out"),
                        help="output folder (default: runs/<model name>)")
     heads.add_argument("--by-position", action="store_true",
                        help="also keep every head's gain by position (0..15, then 16-31, ...): heads.json "
@@ -268,8 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  funnel-tl report runs/demo\n  funnel-tl report runs/sweep --bootstrap 5000",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    report.add_argument("dir", metavar="DIR", help="a folder written by funnel-tl run, heads or compare")
-    report.add_argument("--top", type=int, default=None, metavar="K",
+    report.add_argument("dir", metavar="DIR", type=options.text("DIR"),
+                        help="a folder written by funnel-tl run, heads or compare")
+    report.add_argument("--top", type=options.at_least(1, "--top"), default=None, metavar="K",
                         help="how many top heads heads.html tabulates (default: what each heads run used, "
                              "recorded in its heads.json; 20 for files that do not record it)")
     add_bootstrap_options(report, default=None)
@@ -292,11 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
                "  funnel-tl compare --models pythia-70m,pythia-160m,pythia-410m --checkpoints all --out runs/sizes",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    compare.add_argument("--models", nargs="+", required=True, metavar="NAME_OR_DIR",
+    compare.add_argument("--models", nargs="+", required=True, metavar="NAME_OR_DIR", type=options.text("--models"),
                          help="bundled names, local HF checkpoint folders, hub names, or the preset "
                               "pythia-suite (EleutherAI/pythia-70m ... pythia-12b); space- or comma-separated; "
                               "pythia-410m is short for EleutherAI/pythia-410m")
-    compare.add_argument("--checkpoints", nargs="+", default=None, metavar="all|STEP",
+    compare.add_argument("--checkpoints", nargs="+", default=None, metavar="all|STEP", type=options.checkpoint,
                          help="sweep training checkpoints of each model: 'all' or steps such as 0 1000 "
                               "(or step1000). Hub models: revisions step<N> (Pythia); local folders: their "
                               "step<N>/ or checkpoint-<N>/ subfolders; bundled models: their shipped checkpoints")
@@ -305,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(compare, model=False)
     add_bootstrap_options(compare)
     add_position_options(compare, sink=False)
-    compare.add_argument("--out", default="runs/compare", metavar="DIR",
+    compare.add_argument("--out", default="runs/compare", metavar="DIR", type=options.text("--out"),
                          help="output folder (default: runs/compare)")
     add_text_options(compare)
     add_page_options(compare)
@@ -313,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in commands.choices.values():  # `funnel-tl run --debug` as well as `funnel-tl --debug run`
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="on an error, show the full traceback instead of one line")
+    parser.commands = commands.choices  # main checks options.NEEDS against each command's defaults
     return parser
 
 
@@ -320,20 +289,15 @@ def cmd_run(args) -> int:
     from .distributed import world
     from .funnel import format_analysis
     from .gains import measure_gains
-    from .layers import parse_layers, resolve_layers
+    from .layers import resolve_layers
     from .models import local_n_layers
     from .plots import png_help
     from .stats import check_bootstrap
 
-    # Everything cheap first: a typo must not cost a model load, and a folder that cannot be
-    # written must not cost a measurement.
-    layers = parse_layers(args.layers)
-    _check_measure_options(args)
-    check_bootstrap(args.bootstrap)
-    if not 1 <= args.sink_positions <= 16:
-        raise FunnelError(f"--sink-positions must be 1 to 16 (single positions), got {args.sink_positions}")
-    if args.sink_positions != 1 and not args.by_position:
-        raise FunnelError("--sink-positions needs --by-position: add it, or leave --sink-positions out")
+    # Everything cheap first (each option's value was checked as it was parsed): a typo must not
+    # cost a model load, and a folder that cannot be written must not cost a measurement.
+    layers = args.layers
+    _check_model(args)
     current = world()
     prompts, source = read_cli_prompts(args, stream=not current.distributed)
     n_layers = local_n_layers(args.model, args.revision)  # bundled and local folders: from config.json
@@ -389,12 +353,12 @@ def _print_positions(result) -> None:
         print(format_sink_analysis(result))
 
 
-def _check_measure_options(args) -> None:
-    """The numeric options every measuring command shares, checked before anything loads."""
-    if args.batch_size != "auto" and args.batch_size < 1:
-        raise FunnelError(f"--batch-size must be at least 1 (or auto), got {args.batch_size}")
-    if args.drop_first < 0:
-        raise FunnelError(f"--drop-first must be 0 or more, got {args.drop_first}")
+def _check_model(args) -> None:
+    """--model and --revision name something loadable, as far as can be told without loading it:
+    a bundled name, a local folder (without --revision) or a bundled checkpoint; hub names pass."""
+    from .models import resolve_model_revision
+
+    resolve_model_revision(args.model, args.revision)
 
 
 def _default_out(args) -> Path:
@@ -485,10 +449,6 @@ def cmd_report(args) -> int:
     from .head_results import HeadResult
     from .results import GainResult
 
-    if args.bootstrap is not None and args.bootstrap < 0:
-        raise FunnelError(f"--bootstrap must be 0 (no intervals) or a number of resamples, got {args.bootstrap}")
-    if args.top is not None and args.top < 1:
-        raise FunnelError(f"--top must be at least 1, got {args.top}")
     root = Path(args.dir)
     paths, head_paths = find_results(root), find_results(root, "heads.json")
     if not paths and not head_paths:
@@ -563,12 +523,10 @@ def _load_and_measure(held: contextlib.ExitStack, args, current, prompts, source
 
 def cmd_heads(args) -> int:
     from .distributed import world
-    from .heads import head_gains, parse_layers
+    from .heads import head_gains
 
-    layers = parse_layers(args.layers)  # bad input fails before a model is loaded
-    if args.top < 1:
-        raise FunnelError(f"--top must be at least 1, got {args.top}")
-    _check_measure_options(args)
+    layers = args.layers  # parsed and checked with the arguments, before a model is loaded
+    _check_model(args)
     current = world()
     prompts, source = read_cli_prompts(args, stream=not current.distributed)
     with contextlib.ExitStack() as held:
@@ -597,7 +555,6 @@ def cmd_compare(args) -> int:
     prompts, source = read_cli_prompts(args)
     # Not placement(): under torchrun each rank measures whole models, so --device-map is allowed
     # here: with one process per node, each model spreads over that node's GPUs.
-    _check_max_memory(args)
     comparison = compare(args.models, prompts, definition=args.definition, batch_size=args.batch_size,
                          device=args.device, dtype=args.dtype, drop_first=args.drop_first, out=args.out,
                          force=args.force, checkpoints=args.checkpoints, bootstrap=args.bootstrap,
@@ -640,13 +597,22 @@ def _attach_layer_specs(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .distributed import session
-
     parser = build_parser()
-    args = parser.parse_args(_attach_layer_specs(sys.argv[1:] if argv is None else argv))
     try:
+        args = parser.parse_args(_attach_layer_specs(sys.argv[1:] if argv is None else argv))
+    except SystemExit as stop:  # --help and --version exit 0 as argparse does; a bad argument is returned
+        if not stop.code:
+            raise
+        return stop.code  # its one line already printed
+    try:
+        # Before torch is imported: each option's value was checked as it was parsed; now the
+        # options that need another, and the environment.
+        options.check_needs(args, parser.commands[args.command])
+        environment.check()
         if args.command == "report":
             return args.handler(args)
+        from .distributed import session
+
         # Under torchrun, every rank joins one process group (gloo on the CPU, NCCL on GPUs).
         with session(args.device if args.device_map is None else "cuda"):
             return args.handler(args)
@@ -666,9 +632,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # the boundary: no future bug prints a traceback by default
         if args.debug:
             raise
-        environment = isinstance(error, (OSError, MemoryError))  # the machine, not funnel_tl
+        machine = isinstance(error, (OSError, MemoryError))  # the machine, not funnel_tl
         print(f"funnel-tl: error: {_unexpected(error)} (rerun with --debug to see the traceback"
-              + (")" if environment else "; please report it if it looks like a bug)"), file=sys.stderr)
+              + (")" if machine else "; please report it if it looks like a bug)"), file=sys.stderr)
         return 2
 
 

@@ -57,6 +57,7 @@ from .outputs import (check_output_folder, claim_output, describe_os_error, remo
                       slug)
 from .prompts import check_drop_first, load_prompts, prompts_sha256
 from .results import DEFINITIONS, GainResult, read_json, write_json_atomic
+from .schema import check_compare
 from .stats import check_bootstrap, robust_funnel_test
 
 COMPARE_SCHEMA_VERSION = 1
@@ -415,7 +416,7 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
     >>> sweep = compare(["EleutherAI/pythia-70m", "EleutherAI/pythia-160m"], out="runs/two")  # doctest: +SKIP
     >>> sweep.figure().show()  # doctest: +SKIP
     """
-    check_bootstrap(bootstrap)
+    check_bootstrap(bootstrap, seed=bootstrap_seed)
     prompt_list = load_prompts(prompts)  # before any model loads: a bad prompt file fails fast
     check_drop_first(drop_first)
     # Checked once here: left to each model, a typo would fail every model of the sweep in turn.
@@ -534,8 +535,8 @@ TABLE_SETTINGS = ("definition", "prompts_sha256", "drop_first", "dtype", "max_to
 
 
 def read_compare_json(path: Path) -> dict[str, Any]:
-    """``compare.json`` read and checked to be a funnel_tl table of this schema."""
-    data = read_json(path)
+    """``compare.json`` read and checked to be a funnel_tl table of this schema (``schema.check_compare``)."""
+    data = check_compare(read_json(path), str(path))
     if data.get("kind") != "funnel_tl.compare" or data.get("schema_version") != COMPARE_SCHEMA_VERSION:
         raise FunnelError(f"{path} is not a funnel_tl compare file of schema "
                           f"{COMPARE_SCHEMA_VERSION}: rerun `funnel-tl compare`")

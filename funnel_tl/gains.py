@@ -152,7 +152,8 @@ def prepare_tokens(model, prompts: str | Sequence[str], drop_first: int = 0,
     tokenizer = tokenizer if tokenizer is not None else tokenizer_of(model)
     n_ctx = getattr(model.cfg, "n_ctx", None)
     token_ids = tokenize(tokenizer, prompt_list, n_ctx=n_ctx, model_name=model_name(model),
-                         max_tokens=truncation_limit(max_tokens_per_prompt, n_ctx), truncation=truncation)
+                         max_tokens=truncation_limit(max_tokens_per_prompt, n_ctx), truncation=truncation,
+                         d_vocab=getattr(model.cfg, "d_vocab", None))
     check_tokens_left(token_ids, drop_first)
     return prompt_list, token_ids, pad_token_id(tokenizer)
 

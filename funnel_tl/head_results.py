@@ -16,7 +16,8 @@ import numpy as np
 
 from .errors import FunnelError
 from .layers import check_measured, format_layers as _format_layers
-from .results import DEFINITIONS, EPSILON, prompts_subset, read_json, write_json_atomic
+from .results import DEFINITIONS, EPSILON, prompts_subset, read_json, subset_index, write_json_atomic
+from .schema import check_heads
 
 HEADS_SCHEMA_VERSION = 1
 HEADS_KIND = "funnel_tl.heads"
@@ -98,7 +99,9 @@ class HeadResult:
         set_("n_tokens", np.asarray(self.n_tokens, dtype=np.int64))
         if self.n_tokens.shape != (n_prompts,):
             raise ValueError(f"n_tokens has shape {self.n_tokens.shape}, expected ({n_prompts},)")
-        if n_prompts and self.n_tokens.min() < 1:
+        if n_prompts == 0:  # every gain would be the NaN mean of nothing
+            raise FunnelError(f"{self.model}: a result needs at least one prompt, got none")
+        if self.n_tokens.min() < 1:
             raise ValueError("every prompt must count at least one token")
         expected = {"head_norm_sums": (n_prompts, n_measured, self.n_heads),
                     "head_projection_sums": (n_prompts, n_measured, self.n_heads),
@@ -273,7 +276,7 @@ class HeadResult:
 
     def subset(self, prompt_indices) -> "HeadResult":
         """A new result over some of the prompts (for bootstrap resampling and checks)."""
-        index = np.asarray(prompt_indices, dtype=np.int64)
+        index = subset_index(prompt_indices, self.n_prompts)
         prompts, provenance = prompts_subset(self.prompts, self.provenance, index)
         return HeadResult(
             model=self.model, definition=self.definition, n_layers=self.n_layers, n_heads=self.n_heads,
@@ -363,6 +366,7 @@ class HeadResult:
         if version != HEADS_SCHEMA_VERSION:
             raise FunnelError(f"{source} has heads schema_version {version}; this funnel_tl reads "
                               f"{HEADS_SCHEMA_VERSION}: rerun `funnel-tl heads` or install the matching funnel_tl")
+        check_heads(data, source)  # every field read below, of the right type: one line naming a bad one
         try:
             per_prompt = data["per_prompt"]
             return cls(

@@ -126,6 +126,25 @@ def resolve_model(name_or_dir: str | os.PathLike | None) -> tuple[str, str, bool
     return name, name, False
 
 
+def resolve_model_revision(name_or_dir: str | os.PathLike | None, revision: str | None = None
+                           ) -> tuple[str, str, bool, str | None]:
+    """``resolve_model`` and ``revision`` together: (display name, what to load, whether it is
+    local, the hub revision). A bundled checkpoint is a folder of its own (named
+    ``nano-4l@step64``, no hub revision); a local folder takes none. Reads no weights: the CLI
+    calls it before loading, ``load_model`` again."""
+    name, source, local = resolve_model(name_or_dir)
+    if revision is not None and not isinstance(revision, str):
+        raise FunnelError(f"revision must be a string such as 'step1000', got {type(revision).__name__}")
+    if revision is not None and local and name in bundled_models():
+        # A bundled model's revisions are folders of its own, not git revisions of a hub repo.
+        source = str(_bundled_revision(name, revision).resolve())
+        name, revision = f"{name}@{revision}", None
+    elif revision is not None and local:
+        raise FunnelError(f"--revision {revision} names a hub revision, but {name} is a local folder: give the "
+                          "checkpoint's own folder instead (e.g. DIR/step1000), or compare --checkpoints")
+    return name, source, local, revision
+
+
 def local_n_layers(name_or_dir: str | os.PathLike | None, revision: str | None = None) -> int | None:
     """The number of layers a bundled or local model's config.json states, or None (hub models,
     unreadable configs): lets checks that scale with depth run before the model loads."""
@@ -404,16 +423,7 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
     """
     from transformer_lens.model_bridge import TransformerBridge
 
-    name, source, local = resolve_model(name_or_dir)
-    if revision is not None and not isinstance(revision, str):
-        raise FunnelError(f"revision must be a string such as 'step1000', got {type(revision).__name__}")
-    if revision is not None and local and name in bundled_models():
-        # A bundled model's revisions are folders of its own, not git revisions of a hub repo.
-        source = str(_bundled_revision(name, revision).resolve())
-        name, revision = f"{name}@{revision}", None
-    elif revision is not None and local:
-        raise FunnelError(f"--revision {revision} names a hub revision, but {name} is a local folder: give the "
-                          "checkpoint's own folder instead (e.g. DIR/step1000), or compare --checkpoints")
+    name, source, local, revision = resolve_model_revision(name_or_dir, revision)
     if local:
         check_model_folder(Path(source), name)  # cheap: before torch reads a byte of weights
     if device_map is not None:

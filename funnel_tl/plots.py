@@ -39,7 +39,6 @@ import html
 import math
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -50,6 +49,7 @@ from plotly.subplots import make_subplots
 
 from .funnel import PYTHIA_1_4B_REFERENCE
 from .prompts import dropped_phrase
+from .outputs import temporary_beside
 from .results import write_text_atomic
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with any common colour blindness.
@@ -675,7 +675,7 @@ def write_png(fig: go.Figure, path: str | os.PathLike, width: int = WIDTH, heigh
     os.environ.setdefault("BROWSER_PATH", chrome)  # choreographer (kaleido's browser driver) reads it
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    descriptor, temporary = temporary_beside(path)  # remove_temporaries finds it if this process is killed
     os.close(descriptor)
     try:
         fig.write_image(temporary, format="png", width=width, height=height, scale=scale)

@@ -32,7 +32,7 @@ from .errors import FunnelError
 from .funnel import PYTHIA_1_4B_REFERENCE
 from .plots import (COLORS, DIVERGING, LOG_SPAN, NAMES, WIDTH, _layer_ticks, _log_ticks, figure_div, gain_colorbar,
                     log_reach, one_two_five, page_html, ticks_within, write_page)
-from .positions import cached_sink_effect
+from .positions import cached_sink_effect, sink_unavailable
 from .prompts import dropped_phrase
 
 # The colour scale spans at least gain 1/2 … 2, so a model whose gains all sit near 1 is not
@@ -256,7 +256,7 @@ def write_position_page(result, path: str | os.PathLike, self_contained: bool = 
     output folder (or of ``root``), or embedded with ``self_contained=True``; offline either way.
     """
     figures = [plot_position_heatmaps(result)]
-    if result.drop_first < _positions(result).sink_positions:
+    if sink_unavailable(result) is None:  # dropped already, or no prompt reaches past them
         figures.append(plot_sink_comparison(result))
     divs = "\n".join(figure_div(figure, div_id=f"funnel-tl-positions-{index}") for index, figure in enumerate(figures))
     # The page is taller than a window: reserve the scrollbar from the start, or the responsive

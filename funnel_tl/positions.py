@@ -583,6 +583,23 @@ def sink_effect(result, k: int | None = None) -> SinkEffect:
                       **robust)
 
 
+def sink_unavailable(result, k: int | None = None) -> str | None:
+    """Why the verdict of ``result`` cannot be compared without its first ``k`` positions (default:
+    ``result.positions.sink_positions``), in words; None when it can. They may already be dropped,
+    or no prompt reaches past them (``--sink-positions 16`` on short prompts): the measurement is
+    kept either way, and results.json, the analysis and positions.html say so instead."""
+    positions = result.positions
+    k = positions.sink_positions if k is None else k
+    first = "position 0" if k == 1 else f"positions 0-{k - 1}"
+    if result.drop_first >= k:
+        return f"{first} already dropped (drop_first={result.drop_first}): nothing to compare"
+    if k not in positions.edges[: SINGLE_POSITIONS + 1] or not positions.n_tokens[:, positions.edges[:-1] >= k].any():
+        longest = int(positions.n_tokens.sum(axis=1).max()) + result.drop_first
+        return (f"no prompt has a token after {first} (the longest has {longest} tokens): nothing to compare; give "
+                f"longer prompts, or a smaller --sink-positions")
+    return None
+
+
 def cached_sink_effect(result, k: int | None = None) -> SinkEffect:
     """``result.sink``, computed once per result, for the default ``k``; ``sink_effect`` for another."""
     if k is None or k == result.positions.sink_positions:
@@ -598,8 +615,9 @@ def format_sink_analysis(result, k: int | None = None) -> str:
     first = "position 0" if k == 1 else f"positions 0-{k - 1}"
     yes = {True: "CONFIRMED", False: "not confirmed"}
     lines = ["\n" + rule, f"POSITIONS: is the verdict about {first}?", rule]
-    if result.drop_first >= k:
-        lines.append(f"{first} already dropped (drop_first={result.drop_first}): nothing to compare")
+    why_not = sink_unavailable(result, k)
+    if why_not:
+        lines.append(why_not)
         return "\n".join(lines)
     effect = cached_sink_effect(result, k)
     without = effect.without

@@ -154,9 +154,13 @@ def available_memory() -> int | None:
     return None
 
 
-def check_bootstrap(n_resamples: int, n_prompts: int | None = None, n_layers: int | None = None) -> None:
+def check_bootstrap(n_resamples: int, n_prompts: int | None = None, n_layers: int | None = None,
+                    seed: int | None = None) -> None:
     """Refuse, in one line and before any work, a bootstrap that is not a number, too large, or
-    would not fit in memory (``n_layers`` unknown: only the count is checked)."""
+    would not fit in memory (``n_layers`` unknown: only the count is checked), or a ``seed`` that
+    numpy's generator would refuse only once the measurement is done."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise FunnelError(f"the bootstrap seed must be a whole number, 0 or more, got {seed!r}")
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)):
         raise FunnelError(f"the number of bootstrap resamples must be an integer, got {n_resamples!r}")
     if n_resamples < 0:
@@ -208,7 +212,7 @@ def bootstrap_intervals(result, n_resamples: int = DEFAULT_RESAMPLES, seed: int 
         raise FunnelError(f"{result.model}: a bootstrap over prompts needs at least 2 prompts, got "
                           f"{result.n_prompts}: give more prompts, or --bootstrap 0 to skip intervals")
     n_layers = len(result.layers)  # the measured ones
-    check_bootstrap(n_resamples, result.n_prompts, n_layers)
+    check_bootstrap(n_resamples, result.n_prompts, n_layers, seed=seed)
     per_prompt = {component: result.per_prompt_gains(component) for component in ("attn", "mlp", "block")}
     resampled = {component: np.empty((n_resamples, n_layers)) for component in per_prompt}
     for start, stop, weights in resample_weight_chunks(result.n_prompts, n_resamples, seed):  # [resample, prompt]

@@ -15,6 +15,26 @@ import pytest
 from funnel_tl.toy import ARCHITECTURES, build_checkpoint, train_tokenizer
 
 
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if any model starts loading: the error had to come before it (the fault tests)."""
+    import importlib
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the bad input was reported")
+
+    for name in ("funnel_tl.models", "funnel_tl.compare"):
+        monkeypatch.setattr(importlib.import_module(name), "load_model", refuse)
+
+
+@pytest.fixture
+def two_prompts(tmp_path):
+    """A .txt file of two short prompts (the fault tests)."""
+    path = tmp_path / "two.txt"
+    path.write_text("The capital of France is Paris.\nWater is made of hydrogen and oxygen.\n", encoding="utf-8")
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return train_tokenizer(vocab_size=512)

@@ -262,8 +262,7 @@ def test_device_mapped_model_equals_the_plain_one(tmp_path):
 def test_device_map_options_are_checked_before_loading(capsys):
     assert main(["run", "--model", "nano-2l", "--max-memory", "0=1GiB", "--device", "cpu"]) == 2
     assert "--max-memory needs --device-map" in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # argparse: a malformed budget is refused in one line, exit 2
-        main(["run", "--max-memory", "0=", "--device", "cpu"])
+    assert main(["run", "--max-memory", "0=", "--device", "cpu"]) == 2  # argparse: a malformed budget, one line
     from funnel_tl.cli import build_parser, placement
 
     args = build_parser().parse_args(["run", "--device-map", "auto"])

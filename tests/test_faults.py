@@ -14,6 +14,7 @@ import errno
 import importlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -40,32 +41,15 @@ IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 # ---- helpers -----------------------------------------------------------------------------------
 def one_line_error(capsys, *needles: str) -> str:
-    """The captured stderr is exactly one `funnel-tl: error:` line holding every needle."""
+    """The captured stderr is exactly one `funnel-tl: error:` line (`funnel-tl run: error:` for a
+    bad argument, from argparse) holding every needle."""
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
-    assert lines[0].startswith("funnel-tl: error: ") and "Traceback" not in err, err
+    assert re.match(r"funnel-tl( [a-z]+)?: error: ", lines[0]) and "Traceback" not in err, err
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fail the test if any model starts loading: the error had to come before it."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the bad input was reported")
-
-    monkeypatch.setattr(models_module, "load_model", refuse)
-    monkeypatch.setattr(compare_module, "load_model", refuse)
-
-
-@pytest.fixture
-def two_prompts(tmp_path):
-    path = tmp_path / "two.txt"
-    path.write_text("The capital of France is Paris.\nWater is made of hydrogen and oxygen.\n", encoding="utf-8")
-    return str(path)
 
 
 @pytest.fixture

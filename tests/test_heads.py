@@ -383,7 +383,7 @@ def test_load_rejects_foreign_files(tmp_path, bridge):
     with pytest.raises(FunnelError, match="not a funnel_tl heads file"):
         HeadResult.load(tmp_path / "other.json")
     (tmp_path / "broken.json").write_text('{"kind": "funnel_tl.heads", "schema_version": 1}')
-    with pytest.raises(FunnelError, match="not a complete heads.json"):
+    with pytest.raises(FunnelError, match="broken.json: model is missing"):
         HeadResult.load(tmp_path / "broken.json")
     with pytest.raises(FunnelError, match="not found"):
         HeadResult.load(tmp_path / "missing.json")
@@ -423,7 +423,7 @@ def test_report_redraws_heads_html_with_the_top_its_run_used(checkpoints, tmp_pa
     assert table_rows(out / "heads.html") == 2
     capsys.readouterr()
     assert main(["report", str(out), "--top", "0"]) == 2
-    assert "--top must be at least 1" in capsys.readouterr().err
+    assert "argument --top: give a whole number, 1 or more" in capsys.readouterr().err
 
 
 def test_cli_heads_layers_option(checkpoints, tmp_path, capsys):
@@ -436,7 +436,7 @@ def test_cli_heads_layers_option(checkpoints, tmp_path, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--layers", "7"], "layer 7 out of range"),
     (["--layers", "x"], "cannot read --layers"),
-    (["--top", "0"], "--top must be at least 1"),
+    (["--top", "0"], "argument --top: give a whole number, 1 or more"),
     (["--prompts", "missing.txt"], "prompt file not found"),
 ])
 def test_cli_heads_bad_input_exits_2(extra, message, checkpoints, tmp_path, capsys):

@@ -211,7 +211,7 @@ def test_a_broken_intervals_block_is_a_funnel_error(tmp_path):
     del data["intervals"]["mlp"]
     path = tmp_path / "results.json"
     path.write_text(json.dumps(data))
-    with pytest.raises(FunnelError, match="incomplete bootstrap intervals"):
+    with pytest.raises(FunnelError, match="intervals.mlp is missing"):
         GainResult.load(path)
 
 
