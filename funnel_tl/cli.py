@@ -269,17 +269,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "released), then write DIR/compare.json (one row per model) and DIR/compare.html\n"
                     "(gains on normalized depth, verdict table, models x depth heatmap, gains against\n"
                     "training step). Rerunning with the same DIR skips models already measured the same\n"
-                    "way; a model that fails is recorded and the others go on (exit status 2).",
+                    "way, however their paths are typed; a run into DIR adds to its table and never drops a\n"
+                    "row (a table of other settings is refused); a model that fails is recorded and the\n"
+                    "others go on (exit status 2).",
         epilog="examples:\n"
                "  funnel-tl compare --models DIR_A DIR_B --device cpu --dtype float32 --out runs/ab\n"
                "  funnel-tl compare --models pythia-suite --device cuda --dtype float16 --out runs/pythia\n"
                "  funnel-tl compare --models EleutherAI/pythia-1.4b --checkpoints 0 1000 143000 --out runs/steps\n"
-               "  funnel-tl compare --models CHECKPOINTS_DIR --checkpoints all   # DIR/step<N>/ folders",
+               "  funnel-tl compare --models CHECKPOINTS_DIR --checkpoints all   # DIR/step<N>/ folders\n"
+               "  funnel-tl compare --models pythia-70m,pythia-160m,pythia-410m --checkpoints all --out runs/sizes",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     compare.add_argument("--models", nargs="+", required=True, metavar="NAME_OR_DIR", type=options.text("--models"),
                          help="bundled names, local HF checkpoint folders, hub names, or the preset "
-                              "pythia-suite (EleutherAI/pythia-70m ... pythia-12b)")
+                              "pythia-suite (EleutherAI/pythia-70m ... pythia-12b); space- or comma-separated; "
+                              "pythia-410m is short for EleutherAI/pythia-410m")
     compare.add_argument("--checkpoints", nargs="+", default=None, metavar="all|STEP", type=options.checkpoint,
                          help="sweep training checkpoints of each model: 'all' or steps such as 0 1000 "
                               "(or step1000). Hub models: revisions step<N> (Pythia); local folders: their "
@@ -483,10 +487,16 @@ def _compare_images(comparison) -> str:
 
 
 def find_results(folder: Path, name: str = "results.json") -> list[Path]:
-    """folder/NAME and every NAME below it (compare writes one results.json per model), shallowest first."""
+    """folder/NAME and every NAME below it (compare writes one results.json per model), shallowest
+    first, numbers in names in numeric order (``step2`` before ``step1000``)."""
     if not folder.is_dir():
         raise FunnelError(f"folder not found: {folder} (give a folder written by funnel-tl run, heads or compare)")
-    return sorted(folder.rglob(name), key=lambda p: (len(p.relative_to(folder).parts), str(p)))
+
+    def key(path: Path):
+        parts = re.split(r"(\d+)", str(path))
+        return len(path.relative_to(folder).parts), [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts]
+
+    return sorted(folder.rglob(name), key=key)
 
 
 def cmd_report(args) -> int:
@@ -572,6 +582,8 @@ def _load_and_measure(held: contextlib.ExitStack, args, current, prompts, source
     if not current.main:
         return out, None
     result.provenance["prompt_source"] = source
+    if args.revision is not None:  # a hub revision names no file: recorded, so a sweep can tell it apart
+        result.provenance.setdefault("revision", args.revision)
     return out, result
 
 

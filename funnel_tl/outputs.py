@@ -105,12 +105,14 @@ def slug(name: str) -> str:
 
     >>> slug("EleutherAI/pythia-6.9b")
     'EleutherAI__pythia-6.9b'
-    >>> [slug(name) for name in ("..", ".", "/abs/dir", "a/../b", "")]
-    ['__', '_', 'abs__dir', 'a__..__b', 'model']
+    >>> [slug(name) for name in ("..", ".", "/abs/dir", "a/../b", "", "./ckpts@step0")]
+    ['__', '_', 'abs__dir', 'a__..__b', 'model', '___ckpts_step0']
     """
     text = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name).strip("/").replace("/", "__"))
     if set(text) <= {"."}:  # "", "." and ".." name the folder itself or its parent
         text = "_" * len(text) or "model"
+    elif text.startswith("."):  # never a hidden folder (``./ckpts@step0`` once made ``.__ckpts_step0``)
+        text = "_" + text[1:]
     if len(text) > MAX_SLUG_LENGTH:
         digest = hashlib.sha256(str(name).encode("utf-8")).hexdigest()[:12]
         text = f"{text[:MAX_SLUG_LENGTH - 13]}-{digest}"
