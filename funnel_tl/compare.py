@@ -58,7 +58,7 @@ from .outputs import (check_output_folder, claim_output, describe_os_error, remo
 from .prompts import check_drop_first, load_prompts, prompts_sha256
 from .results import DEFINITIONS, GainResult, read_json, write_json_atomic
 from .schema import check_compare
-from .stats import check_bootstrap, robust_funnel_test
+from .stats import DEFAULT_METHOD, check_bootstrap, robust_funnel_test
 
 COMPARE_SCHEMA_VERSION = 1
 
@@ -266,7 +266,7 @@ class ComparisonRow:
     """One model's line in ``compare.json``: shape, verdicts, extremes, cost, and status.
 
     Layers are 0-based. A gain below 1 contracts. ``funnel_confirmed`` is the seed's verdict;
-    ``robust_funnel_confirmed`` the verdict on bootstrap intervals when the results file holds
+    ``robust_funnel_confirmed`` the verdict on intervals over prompts when the results file holds
     them (``None`` otherwise). ``peak_memory_bytes`` is ``torch.cuda.max_memory_allocated`` on a
     GPU and the process's peak resident memory during this model on the CPU (``memory_kind``
     says which). ``measure_seconds`` times the measurement alone, after ``load_seconds`` of
@@ -873,7 +873,7 @@ def _with_intervals(result: GainResult, bootstrap: int, seed: int) -> GainResult
     if not bootstrap:
         return result
     current = result.intervals
-    if current is not None and current.n_resamples == bootstrap and current.seed == seed:
+    if current is not None and (current.n_resamples, current.seed, current.method) == (bootstrap, seed, DEFAULT_METHOD):
         return result
     return result.with_intervals(n_resamples=bootstrap, seed=seed)
 

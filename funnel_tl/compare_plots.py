@@ -28,6 +28,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .errors import FunnelError
+from .outputs import slug
 from .prompts import dropped_phrase
 from .plots import (DIVERGING, OKABE_ITO, _extent as _result_extent, _intervals, _log_ticks, gain_colorbar, log_reach,
                     ticks_within)
@@ -282,7 +283,7 @@ def plot_depth_overlay(comparison, components=("attn", "mlp", "block")) -> go.Fi
             f"; {len(drawn)} of {len(rows)} drawn" if hidden else "")
     figure.update_layout(
         title=dict(text=f"Gains across {what}<br><sup>{_subtitle(comparison)}; "
-                        f"depth = layer / (layers − 1){shown}; bars: 95% bootstrap intervals over prompts, "
+                        f"depth = layer / (layers − 1){shown}; bars: 95% intervals over prompts, "
                         "where drawn</sup>"),
         template="plotly_white", height=460,
         legend=dict(title="model" if sizes or not stepped else "checkpoint"), hovermode="closest", margin=dict(t=110),
@@ -557,7 +558,7 @@ def plot_training(comparison, base: str | None = None) -> go.Figure:
     title = ("Gains across training checkpoints" + ("" if several else f" of {html.escape(base_label(bases[0]))}"))
     figure.update_layout(
         title=dict(text=f"{title}<br><sup>{_subtitle(comparison)}; {what}, colour = layer (dark early, light late)"
-                        + ("; bars: 95% bootstrap intervals over prompts" if any_bounds else "") + "</sup>"),
+                        + ("; bars: 95% intervals over prompts" if any_bounds else "") + "</sup>"),
         template="plotly_white", height=height, legend=dict(title="layer"), margin=dict(t=110),
     )
     return figure
@@ -603,7 +604,7 @@ TABLE_COLUMNS = (
     ("model", "the model or checkpoint (full name in each cell's tooltip); a failed one says why across its row, "
               "one measured by an earlier run into this folder says so below its name"),
     ("funnel seed", "the seed notebook's funnel test (see the note below the table)"),
-    ("funnel robust", "the funnel test on 95% bootstrap intervals (see the note below the table)"),
+    ("funnel robust", "the funnel test on 95% intervals over prompts (see the note below the table)"),
     ("shape", "layers × d_model (hidden size)"),
     ("params", "parameters: the checkpoint's own count"),
     ("attn\u00a0<\u00a01", "layers whose attention contracts (gain below 1), of all layers"),
@@ -676,7 +677,7 @@ VERDICT_NOTE = (
     '<p class="note">funnel seed: the notebook\'s test — attention contracts in every layer, '
     "the MLP in all but at most three (a rule that cannot fail with three layers or fewer), and the "
     "last-layer MLP expands. funnel robust: the same test counting a layer only when its "
-    "bootstrap interval lies on one side of 1, with at most one eighth of the MLP layers "
+    "95% interval over prompts lies on one side of 1, with at most one eighth of the MLP layers "
     "(the seed's 3 of 24, rounded down, at least one) allowed to fail to contract (– when the results hold "
     "no intervals). Parameters: the checkpoint's own count. Layers are numbered from 0 (L0 under a "
     "gain: its layer). Measure time: the prompts alone, after loading and one untimed warm-up prompt "
@@ -699,6 +700,22 @@ def _verdict_summary(base: str | None, rows) -> str:
         parts.append(f"robust at {len(robust)}")
     name = f"<b>{html.escape(base_label(base))}</b>: " if base is not None else ""
     return f"{name}{', '.join(parts)} (click for the table)"
+
+
+def page_figures(comparison) -> dict[str, go.Figure]:
+    """The figures of compare.html by name, as ``render_html`` draws them (the export hook:
+    ``plots.export_figures`` writes them as PNG, SVG and PDF for ``--png``)."""
+    figures = {}
+    if comparison.ok:
+        figures |= {"compare-depth": comparison.figure(), "compare-heatmap-attn": comparison.heatmap("attn"),
+                    "compare-heatmap-mlp": comparison.heatmap("mlp")}
+    if is_checkpoint_sweep(comparison.rows):
+        if comparison.checkpoint_models:
+            figures["compare-training"] = comparison.training_figure()
+    else:
+        for base in comparison.checkpoint_models:
+            figures[f"compare-training-{slug(base)}"] = comparison.training_figure(base)
+    return figures
 
 
 def render_html(comparison, plotlyjs: str | bool = True) -> str:
@@ -756,5 +773,5 @@ def render_html(comparison, plotlyjs: str | bool = True) -> str:
     return page_html("funnel_tl — comparison", body, plotlyjs, style=_STYLE)
 
 
-__all__ = ["normalized_depth", "plot_depth_heatmap", "plot_depth_overlay", "plot_training", "render_html",
+__all__ = ["normalized_depth", "page_figures", "plot_depth_heatmap", "plot_depth_overlay", "plot_training", "render_html",
            "short_labels", "table_html"]

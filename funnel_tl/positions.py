@@ -576,7 +576,8 @@ def sink_effect(result, k: int | None = None) -> SinkEffect:
 
         # The layers' intervals alone: the figure draws them; no page shows its position cells'.
         without = replace(without, intervals=bootstrap_intervals(
-            without, n_resamples=intervals.n_resamples, seed=intervals.seed, confidence=intervals.confidence))
+            without, n_resamples=intervals.n_resamples, seed=intervals.seed, confidence=intervals.confidence,
+            method=intervals.method))
         robust = {"robust_all_positions": robust_funnel_test(result),
                   "robust_without_first": robust_funnel_test(without)}
     return SinkEffect(k=k, all_positions=funnel_test(result), without_first=funnel_test(without), without=without,
