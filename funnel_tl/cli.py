@@ -11,13 +11,12 @@ import contextlib
 import os
 import re
 import sys
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
 from . import environment, options
 from .errors import FunnelError, one_line
-from .outputs import claim_output, describe_os_error, save_elsewhere, slug
+from .outputs import claim_output, describe_os_error, save_elsewhere, short_name, slug
 
 # Heads that `heads` prints and heads.html tabulates unless --top says otherwise.
 TOP_HEADS = 20
@@ -40,9 +39,14 @@ def add_model_options(parser: argparse.ArgumentParser, model: bool = True) -> No
         parser.add_argument("--revision", default=None, metavar="REV", type=options.text("--revision"),
                             help="a training checkpoint: a hub revision such as Pythia's step1000, or "
                                  "step<N> of a bundled model's shipped checkpoints (default: the final model)")
-    parser.add_argument("--prompts", default="seed", metavar="seed|FILE.txt|FILE.jsonl|FILE.json",
+        parser.add_argument("--label", type=options.label, default=None, metavar="TEXT",
+                            help="the model's name in titles, results and the default output folder (default: "
+                                 "its short name: the folder's name for a local folder, never the whole path)")
+    parser.add_argument("--prompts", default="seed", metavar="seed|varied|FILE.txt|FILE.jsonl|FILE.json",
                         type=options.text("--prompts"),
-                        help="'seed' (the notebook's eight), a UTF-8 .txt file with one prompt per line, "
+                        help="a built-in set: 'seed' (the notebook's eight, ~110 tokens: parity with it and its "
+                             "Pythia-1.4B reference) or 'varied' (300 passages of varied English, ~24k tokens, "
+                             "offline: firmer intervals); or a UTF-8 .txt file with one prompt per line, "
                              "a .jsonl file with a \"text\" field per line, or a .json list of strings "
                              "(default: seed)")
     parser.add_argument("--definition", default="seed", choices=["seed", "residual"],
@@ -135,14 +139,25 @@ def _claim_output(held: contextlib.ExitStack, out, current) -> Path:
     return held.enter_context(claim_output(out))
 
 
-def add_bootstrap_options(parser: argparse.ArgumentParser, default: int | None = 2000) -> None:
-    """Bootstrap intervals over prompts (funnel_tl.stats), shared by commands that draw them."""
+def add_bootstrap_options(parser: argparse.ArgumentParser, default: int | None = 2000, methods: bool = True) -> None:
+    """Intervals over prompts (funnel_tl.stats), shared by commands that draw them; ``methods``:
+    offer --intervals (compare draws the default t intervals only)."""
     parser.add_argument("--bootstrap", type=options.bootstrap, default=default, metavar="N",
-                        help="resamples of the prompts for the 95%% intervals of every gain; 0 skips "
-                             "them" + (f" (default: {default})" if default is not None else
-                                       " (default: the intervals stored in results.json)"))
+                        help="0 skips the 95%% intervals over prompts; otherwise the resamples of their bootstraps "
+                             "(the products' studentized bootstrap, the percentile bootstrap of --intervals "
+                             "percentile, the by-position cells')"
+                             + (f" (default: {default})" if default is not None else
+                                " (default: the intervals stored in results.json)"))
     parser.add_argument("--bootstrap-seed", type=options.at_least(0, "--bootstrap-seed"), default=0, metavar="S",
                         help="random seed of the resampling; the same seed gives the same intervals (default: 0)")
+    if not methods:
+        return
+    parser.add_argument("--intervals", default=None if default is None else "t", choices=["t", "percentile"],
+                        help="how the intervals of the layer gains are drawn: t (t intervals over prompts, which "
+                             "cover 95%% from 8 prompts on) or percentile (the percentile bootstrap, which runs "
+                             "narrow with few prompts)"
+                             + (" (default: t)" if default is not None else
+                                " (default: those stored in results.json; redrawn: t)"))
 
 
 def add_position_options(parser: argparse.ArgumentParser, sink: bool = True) -> None:
@@ -166,6 +181,10 @@ def add_page_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--self-contained", action="store_true",
                         help="embed plotly.js (4.8 MB) in every HTML page, so each opens alone; by default "
                              "the pages of one output folder share one plotly.min.js beside them (offline too)")
+    parser.add_argument("--png", action="store_true",
+                        help="also write every figure of the pages as NAME.png, NAME.svg and NAME.pdf beside "
+                             "them (paper and slides); needs kaleido and a Chrome/Chromium "
+                             "(pip install 'funnel_tl[png]'; apt-get install chromium), checked before any work")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "the last two), as for heads (default: all). Only they are read and the forward stops after the last; "
                           "the Funnel verdicts need every layer and are then reported as not testable")
     run.add_argument("--out", default=None, metavar="DIR", type=options.text("--out"),
-                     help="output folder (default: runs/<model name>)")
+                     help="output folder (default: runs/<--label or the model's short name>)")
     add_bootstrap_options(run)
     add_position_options(run)
     add_text_options(run)
@@ -220,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     heads.add_argument("--top", type=options.at_least(1, "--top"), default=TOP_HEADS, metavar="K",
                        help=f"how many top heads (by gain) to print and tabulate (default: {TOP_HEADS})")
     heads.add_argument("--out", default=None, metavar="DIR", type=options.text("--out"),
-                       help="output folder (default: runs/<model name>)")
+                       help="output folder (default: runs/<--label or the model's short name>)")
     heads.add_argument("--by-position", action="store_true",
                        help="also keep every head's gain by position (0..15, then 16-31, ...): heads.json "
                             "gains a by_position block, heads.html a heatmap of the top heads by position")
@@ -229,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     heads.set_defaults(handler=cmd_heads)
     report = commands.add_parser(
         "report", help="re-render figures and analysis from results.json files, without a model",
-        description="Re-render DIR/funnel.html (and funnel.png where kaleido and Chrome are present) from "
+        description="Re-render DIR/funnel.html (and its figures as PNG, SVG and PDF with --png) from "
                     "DIR/results.json, and the same in every folder below DIR that holds a results.json "
                     "(compare outputs), heads.html from every heads.json (with the --top its heads run used), and "
                     "DIR/compare.html where DIR/compare.json exists; print each analysis. No model is loaded.",
@@ -250,17 +269,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "released), then write DIR/compare.json (one row per model) and DIR/compare.html\n"
                     "(gains on normalized depth, verdict table, models x depth heatmap, gains against\n"
                     "training step). Rerunning with the same DIR skips models already measured the same\n"
-                    "way; a model that fails is recorded and the others go on (exit status 2).",
+                    "way, however their paths are typed; a run into DIR adds to its table and never drops a\n"
+                    "row (a table of other settings is refused); a model that fails is recorded and the\n"
+                    "others go on (exit status 2).",
         epilog="examples:\n"
                "  funnel-tl compare --models DIR_A DIR_B --device cpu --dtype float32 --out runs/ab\n"
                "  funnel-tl compare --models pythia-suite --device cuda --dtype float16 --out runs/pythia\n"
                "  funnel-tl compare --models EleutherAI/pythia-1.4b --checkpoints 0 1000 143000 --out runs/steps\n"
-               "  funnel-tl compare --models CHECKPOINTS_DIR --checkpoints all   # DIR/step<N>/ folders",
+               "  funnel-tl compare --models CHECKPOINTS_DIR --checkpoints all   # DIR/step<N>/ folders\n"
+               "  funnel-tl compare --models pythia-70m,pythia-160m,pythia-410m --checkpoints all --out runs/sizes",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     compare.add_argument("--models", nargs="+", required=True, metavar="NAME_OR_DIR", type=options.text("--models"),
                          help="bundled names, local HF checkpoint folders, hub names, or the preset "
-                              "pythia-suite (EleutherAI/pythia-70m ... pythia-12b)")
+                              "pythia-suite (EleutherAI/pythia-70m ... pythia-12b); space- or comma-separated; "
+                              "pythia-410m is short for EleutherAI/pythia-410m")
     compare.add_argument("--checkpoints", nargs="+", default=None, metavar="all|STEP", type=options.checkpoint,
                          help="sweep training checkpoints of each model: 'all' or steps such as 0 1000 "
                               "(or step1000). Hub models: revisions step<N> (Pythia); local folders: their "
@@ -268,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--force", action="store_true",
                          help="measure every model again, even those already finished in DIR")
     add_model_options(compare, model=False)
-    add_bootstrap_options(compare)
+    add_bootstrap_options(compare, methods=False)
     add_position_options(compare, sink=False)
     compare.add_argument("--out", default="runs/compare", metavar="DIR", type=options.text("--out"),
                          help="output folder (default: runs/compare)")
@@ -288,13 +311,13 @@ def cmd_run(args) -> int:
     from .gains import measure_gains
     from .layers import resolve_layers
     from .models import local_n_layers
-    from .plots import png_help
     from .stats import check_bootstrap
 
     # Everything cheap first (each option's value was checked as it was parsed): a typo must not
     # cost a model load, and a folder that cannot be written must not cost a measurement.
     layers = args.layers
     _check_model(args)
+    _check_png(args)
     current = world()
     prompts, source = read_cli_prompts(args, stream=not current.distributed)
     n_layers = local_n_layers(args.model, args.revision)  # bundled and local folders: from config.json
@@ -322,9 +345,11 @@ def cmd_run(args) -> int:
         if result.positions is not None:
             result = replace(result, positions=replace(result.positions, sink_positions=args.sink_positions))
         if args.bootstrap and result.n_prompts >= 2:
-            result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
+            result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed, method=args.intervals)
         # Files before the terminal: `funnel-tl run | head -1` must not cost funnel.html.
-        lines, failure = _save(out, [("results.json", result.save), ("funnel.html", lambda path: _render(result, out, self_contained=args.self_contained))],
+        lines, failure = _save(out, [("results.json", result.save),
+                                     ("funnel.html", lambda path: _render(result, out, self_contained=args.self_contained,
+                                                                          images=args.png))],
                                rescue=result.save, report_hint=True)
     for line in prompt_notes(result, source):
         print(line)
@@ -337,9 +362,20 @@ def cmd_run(args) -> int:
         print(line)
     if failure:
         raise failure
-    if not any(line.endswith("funnel.png") for line in lines):
-        print(png_help())
+    if not args.png:
+        print(IMAGES_HINT)
     return 0
+
+
+IMAGES_HINT = "Figures as PNG, SVG and PDF beside the pages: add --png"
+
+
+def _check_png(args) -> None:
+    """--png needs kaleido and Chrome: refused in one line before anything is loaded or measured."""
+    if getattr(args, "png", False):
+        from .plots import require_images
+
+        require_images()
 
 
 def _print_positions(result) -> None:
@@ -359,13 +395,15 @@ def _check_model(args) -> None:
 
 
 def _default_out(args) -> Path:
-    """runs/<slug of the name the results will carry>, known before the model loads."""
+    """runs/<--label, or the model's short name> (never a path), known before the model loads."""
     from .models import bundled_models, resolve_model
 
+    if getattr(args, "label", None):
+        return Path("runs") / slug(args.label)
     name, _, _ = resolve_model(args.model)
     if args.revision is not None and name in bundled_models():
         name = f"{name}@{args.revision}"  # load_model's funnel_name for a bundled checkpoint
-    return Path("runs") / slug(name)
+    return Path("runs") / slug(short_name(name))
 
 
 def _save(out: Path, writers, rescue=None, report_hint: bool = False) -> tuple[list[str], FunnelError | None]:
@@ -397,49 +435,77 @@ def _save(out: Path, writers, rescue=None, report_hint: bool = False) -> tuple[l
 
 
 def _render(result, folder: Path, say=None, self_contained: bool = False,
-            root: Path | None = None) -> list[str] | bool:
-    """Write folder/funnel.html (and positions.html when positions were kept), and funnel.png when
-    kaleido and Chrome are present.
+            root: Path | None = None, images: bool = False) -> list[str]:
+    """Write folder/funnel.html (and positions.html when positions were kept); with ``images``
+    (--png) every figure of them as PNG, SVG and PDF too.
 
-    With ``say`` (report): each "Saved:" line goes to it and the return says whether a PNG was
-    written; without, the lines are returned (run prints them after every file is written).
-    Pages load a shared plotly.min.js from ``root`` (default: their folder) unless ``self_contained``.
+    With ``say`` (report): each "Saved:" line goes to it; without, the lines are returned (run
+    prints them after every file is written). Pages load a shared plotly.min.js from ``root``
+    (default: their folder) unless ``self_contained``.
     """
-    from .plots import plot_funnel, write_html, write_png
+    from .plots import export_figures, plot_funnel, write_html
 
-    fig = plot_funnel(result)
-    lines = [f"Saved: {write_html(fig, folder / 'funnel.html', self_contained=self_contained, root=root)}"]
+    figures = {"funnel": plot_funnel(result)}
+    lines = [f"Saved: {write_html(figures['funnel'], folder / 'funnel.html', self_contained=self_contained, root=root)}"]
     if result.positions is not None:
-        from .position_plots import write_position_page
+        from .position_plots import position_figures, write_position_page
 
         page = write_position_page(result, folder / "positions.html", self_contained=self_contained, root=root)
         lines.append(f"Saved: {page}")
-    with warnings.catch_warnings():  # the caller prints why, once
-        warnings.simplefilter("ignore", UserWarning)
-        png = write_png(fig, folder / "funnel.png")
-    if png:
-        lines.append(f"Saved: {png}")
-    if say is None:
-        return lines
-    for line in lines:
+        figures |= position_figures(result)
+    if images:
+        lines.append(_images_line(export_figures(figures, folder)))
+    for line in lines if say is not None else ():
         say(line)
-    return png is not None
+    return lines
+
+
+def _images_line(paths) -> str:
+    """One "Saved:" line for the images of a page: folder/{funnel,positions-heatmaps}.{png,svg,pdf}."""
+    paths = list(paths)
+    if not paths:
+        return "Saved: no figures"
+    names = sorted({path.stem for path in paths}, key=[path.stem for path in paths].index)
+    kinds = sorted({path.suffix.lstrip(".") for path in paths}, key=[path.suffix.lstrip(".") for path in paths].index)
+    return f"Saved: {paths[0].parent}/{{{','.join(names)}}}.{{{','.join(kinds)}}}"
+
+
+def _head_images(result, k: int, folder: Path) -> str:
+    """heads.html's figures as images (--png)."""
+    from .head_plots import head_figures
+    from .plots import export_figures
+
+    return _images_line(export_figures(head_figures(result, k), folder))
+
+
+def _compare_images(comparison) -> str:
+    """compare.html's figures as images (--png), beside it."""
+    from .compare_plots import page_figures
+    from .plots import export_figures
+
+    return _images_line(export_figures(page_figures(comparison), comparison.out))
 
 
 def find_results(folder: Path, name: str = "results.json") -> list[Path]:
-    """folder/NAME and every NAME below it (compare writes one results.json per model), shallowest first."""
+    """folder/NAME and every NAME below it (compare writes one results.json per model), shallowest
+    first, numbers in names in numeric order (``step2`` before ``step1000``)."""
     if not folder.is_dir():
         raise FunnelError(f"folder not found: {folder} (give a folder written by funnel-tl run, heads or compare)")
-    return sorted(folder.rglob(name), key=lambda p: (len(p.relative_to(folder).parts), str(p)))
+
+    def key(path: Path):
+        parts = re.split(r"(\d+)", str(path))
+        return len(path.relative_to(folder).parts), [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts]
+
+    return sorted(folder.rglob(name), key=key)
 
 
 def cmd_report(args) -> int:
     from .compare import Comparison
     from .funnel import format_analysis
-    from .plots import png_help
     from .head_results import HeadResult
     from .results import GainResult
 
+    _check_png(args)
     root = Path(args.dir)
     paths, head_paths = find_results(root), find_results(root, "heads.json")
     if not paths and not head_paths:
@@ -454,8 +520,11 @@ def cmd_report(args) -> int:
         if args.bootstrap == 0:
             positions = result.positions and replace(result.positions, intervals=None)
             return replace(result, intervals=None, positions=positions)
-        if args.bootstrap is not None:
-            return result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
+        if args.bootstrap is not None or args.intervals is not None:
+            current = result.intervals
+            return result.with_intervals(
+                n_resamples=args.bootstrap or (current.n_resamples if current is not None else 2000),
+                seed=args.bootstrap_seed, method=args.intervals or "t")
         return result
 
     redrawn = {}
@@ -465,20 +534,25 @@ def cmd_report(args) -> int:
         _print_positions(result)
         print(f"\nFrom: {path}")
         # Every page of the tree loads one DIR/plotly.min.js, unless --self-contained.
-        png = _render(result, path.parent, say=print, self_contained=args.self_contained, root=root)
+        _render(result, path.parent, say=print, self_contained=args.self_contained, root=root, images=args.png)
         print()
     for path, result in zip(head_paths, heads):  # the table as long as its run drew it, unless --top says
         top = args.top or int(result.provenance.get("top", TOP_HEADS))
         page = result.save_html(path.with_suffix(".html"), k=top, self_contained=args.self_contained)
         print(result.format_top(top))  # the table `funnel-tl heads` printed
-        print(f"\nFrom: {path}\nSaved: {page}\n")
+        print(f"\nFrom: {path}\nSaved: {page}")
+        if args.png:
+            print(_head_images(result, top, path.parent))
+        print()
     for sweep in sweeps:  # each model as redrawn above: its intervals are not drawn a second time
         sweep = replace(sweep, results={row.model: redrawn[(sweep.out / row.slug / "results.json").resolve()]
                                         for row in sweep.rows if row.ok})
         page = sweep.save_html(sweep.out, self_contained=args.self_contained, root=root)
         print(f"Saved: {page}")
-    if paths and not png:
-        print(png_help())
+        if args.png:
+            print(_compare_images(sweep))
+    if not args.png:
+        print(IMAGES_HINT)
     return 0
 
 
@@ -502,11 +576,14 @@ def _load_and_measure(held: contextlib.ExitStack, args, current, prompts, source
             after_load(model)
     result = measure(measurement, model, prompts, current, definition=args.definition, batch_size=args.batch_size,
                      drop_first=args.drop_first, by_position=args.by_position,
-                     max_tokens_per_prompt=args.max_tokens_per_prompt, keep_texts=args.keep_texts, **options)
+                     max_tokens_per_prompt=args.max_tokens_per_prompt, keep_texts=args.keep_texts,
+                     label=args.label, **options)
     del model  # before the files are written and the figures drawn
     if not current.main:
         return out, None
     result.provenance["prompt_source"] = source
+    if args.revision is not None:  # a hub revision names no file: recorded, so a sweep can tell it apart
+        result.provenance.setdefault("revision", args.revision)
     return out, result
 
 
@@ -516,6 +593,7 @@ def cmd_heads(args) -> int:
 
     layers = args.layers  # parsed and checked with the arguments, before a model is loaded
     _check_model(args)
+    _check_png(args)
     current = world()
     prompts, source = read_cli_prompts(args, stream=not current.distributed)
     with contextlib.ExitStack() as held:
@@ -523,10 +601,11 @@ def cmd_heads(args) -> int:
         if result is None:
             return 0  # rank 0 alone prints and writes
         result.provenance["top"] = args.top  # so that `report` redraws heads.html with the same table
-        lines, failure = _save(out, [("heads.json", result.save),
-                                     ("heads.html", lambda path: result.save_html(path, k=args.top,
-                                                                                  self_contained=args.self_contained))],
-                               rescue=result.save, report_hint=True)
+        writers = [("heads.json", result.save),
+                   ("heads.html", lambda path: result.save_html(path, k=args.top, self_contained=args.self_contained))]
+        if args.png:
+            writers.append(("heads.png", lambda path: [_head_images(result, args.top, out)]))
+        lines, failure = _save(out, writers, rescue=result.save, report_hint=True)
     for line in prompt_notes(result, source):
         print(line)
     print(result.format_top(args.top))
@@ -541,6 +620,7 @@ def cmd_heads(args) -> int:
 def cmd_compare(args) -> int:
     from .compare import compare
 
+    _check_png(args)
     prompts, source = read_cli_prompts(args)
     # Not placement(): under torchrun each rank measures whole models, so --device-map is allowed
     # here: with one process per node, each model spreads over that node's GPUs.
@@ -557,6 +637,8 @@ def cmd_compare(args) -> int:
     print(comparison.format_table())
     out = Path(args.out)
     print(f"\nSaved: {out / 'compare.json'}\n       {out / 'compare.html'}")
+    if args.png and comparison.rows:
+        print(_compare_images(comparison))
     if comparison.failed:
         print(f"funnel-tl: {len(comparison.failed)} of {len(comparison.rows)} models failed "
               f"(errors in {out / 'compare.json'}); rerun the same command to retry only those",

@@ -47,10 +47,11 @@ from .engine import Engine, prompt_sums
 from .errors import FunnelError
 from .hf_models import measurable
 from .layers import resolve_layers
+from .medians import HistogramAccumulator
 from .models import model_name, source_provenance, tokenizer_of
+from .outputs import check_label
 from .positions import PositionAccumulator
 from .prompts import check_drop_first, check_tokens_left, load_prompts, pad_token_id, tokenize, truncation_limit
-from .medians import HistogramAccumulator
 from .reads import ReadSums
 from .results import COMPONENTS, GainResult
 from .streaming import PerPrompt, TokenStream
@@ -176,7 +177,7 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
                   progress: bool | None = None, intervals: bool = False, by_position: bool = False,
                   executor: str = "auto", max_tokens_per_prompt: int | str | None = None,
                   chunk_size: int | None = None, keep_texts: bool = True,
-                  layers: int | Sequence[int] | None = None) -> GainResult:
+                  layers: int | Sequence[int] | None = None, label: str | None = None) -> GainResult:
     """Measure every layer's (or some layers') attention, MLP and block gain on a prompt set.
 
     ``model``: a bridge from ``load_model``, a bridge the user booted, or a TL 3.x
@@ -187,8 +188,9 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     stream it reads). ``drop_first`` leaves out the first N positions of every prompt (position 0
     often has a huge norm: attention sinks, massive activations). Batch size changes no number;
     ``batch_size="auto"`` fills a token budget from the free GPU memory (``engine.auto_batch_size``).
-    ``intervals=True`` returns the result with 95% bootstrap intervals over prompts (2,000
-    resamples, seed 0: ``result.with_intervals()``), needing at least two prompts.
+    ``intervals=True`` returns the result with 95% intervals over prompts (t intervals, the
+    products' by a studentized bootstrap of 2,000 resamples, seed 0: ``result.with_intervals()``),
+    needing at least two prompts.
     ``by_position=True`` also keeps the sums by position bucket (``funnel_tl.positions``):
     ``result.position_gains("attn")`` is then ``[layer, bucket]``.
     ``executor``: ``"auto"`` (the HF modules behind the TL hooks where they agree with the TL
@@ -197,6 +199,8 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     ``max_tokens_per_prompt`` (a number, or ``"context"`` for the model's context) keeps only the
     first tokens of longer prompts, recorded in ``provenance["truncation"]``; without it a prompt
     longer than the context is an error.
+    ``label``: the name the result carries (results.json, titles, the CLI's default folder) in
+    place of ``model_name(model)``, which the provenance keeps (``model_loaded_as``).
     ``chunk_size``: prompts read, tokenized and measured at a time (default
     ``streaming.CHUNK_PROMPTS``, 4,096; changes no number beyond float32 rounding): a
     ``.txt``/``.jsonl`` corpus or an iterator of strings of any length is measured with memory
@@ -230,8 +234,9 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     if by_position and len(chosen) < n_layers:
         raise FunnelError("by_position needs every layer (its sink analysis gives the Funnel verdict): "
                           "leave out layers, or by_position")
+    label = check_label(label)
     plan = plan_hooks(model, definition)
-    name = model_name(model)
+    name = label or model_name(model)
     # by_position (funnel_tl.positions): buckets grow with the longest prompt read so far, ending
     # where the whole corpus at once would put them.
     positions = PositionAccumulator(0, n_layers, 1) if by_position else None
@@ -260,6 +265,8 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
                      sums_from_1={role: kept[suffix + FROM_1] for role, suffix in plan.roles.items()},
                      # right-padded batches: position 0 is every prompt's first token, counted unless dropped
                      n_tokens_from_1=n_tokens - (1 if drop_first == 0 else 0))
+    if label:
+        provenance["model_loaded_as"] = model_name(model)
     result = GainResult(
         model=name, definition=definition, n_layers=n_layers, d_model=model.cfg.d_model,
         parallel_blocks=plan.parallel_blocks, prompts=None if stream.texts is None else tuple(stream.texts),
@@ -405,5 +412,7 @@ def _provenance(model, device, dtype, stream, drop_first, engine=None, requested
         **({} if engine is None else {"executor": engine.executor_name, "executor_fallback": engine.fallback}),
         **({} if stream.n_prompts <= stream.chunk_size else {"chunk_size": int(stream.chunk_size)}),
         **source_provenance(model),  # the full path of a model named by its folder
+        # What the seed definition divides by: RMS, LN (TransformerLens' normalization_type).
+        "normalization": getattr(model.cfg, "normalization_type", None),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -116,6 +116,17 @@ def max_memory(value: str) -> dict:
     return budget
 
 
+def label(value: str) -> str:
+    """``type=`` of --label: one line of text (``outputs.check_label``, as ``label=`` is checked)."""
+    from .errors import FunnelError
+    from .outputs import check_label
+
+    try:
+        return check_label(value)
+    except FunnelError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def text(option: str):
     """``type=`` for a name or path that must hold more than whitespace."""
     def parse(value: str) -> str:

@@ -3,6 +3,7 @@
 Every command that writes (``run``, ``heads``, ``compare``) goes through here before it loads a
 model, so a folder it cannot write is reported in one line while nothing has been computed yet:
 
+- ``short_name(name)``: what titles and default folders call a model: never a full path;
 - ``slug(name)``: a folder name for a model name that can never leave the output folder;
 - ``check_output_folder(out)``: creatable, a folder (not a file), writable, with room to write;
 - ``output_lock(out)``: one writer per folder; a second gets a ``FunnelError``; the lock of a
@@ -45,6 +46,57 @@ MIN_FREE_BYTES = 32 * 2**20
 MAX_SLUG_LENGTH = 120
 
 
+# A checkpoint folder named by its step: ``run/step1000`` is called ``run@step1000``.
+_STEP_FOLDER = re.compile(r"^(?:step|checkpoint)[-_]?(\d+)$")
+# Model files named by their file: the extension says nothing a reader needs.
+_MODEL_FILE_SUFFIXES = (".gguf", ".safetensors", ".bin")
+
+
+def short_name(name: str) -> str:
+    """What titles, the printed analysis and default output folders call a model: its name when
+    that is a bundled or hub name (``EleutherAI/pythia-70m``), the last part of it when it is a
+    path (a folder or model file: ``/tmp/smollm2-hf`` is ``smollm2-hf``; ``.../run/step1000``
+    is ``run@step1000``; a ``.gguf`` file loses its extension). results.json keeps the full name.
+
+    >>> short_name("/tmp/smollm2-hf/"), short_name("EleutherAI/pythia-70m"), short_name("nano-8l")
+    ('smollm2-hf', 'EleutherAI/pythia-70m', 'nano-8l')
+    >>> short_name("~/runs/pythia/checkpoint-1000"), short_name("/cache/SmolLM2-135M-Instruct.Q4_1.gguf")
+    ('pythia@step1000', 'SmolLM2-135M-Instruct.Q4_1')
+    """
+    text = str(name).strip()
+    trimmed = text.rstrip("/\\") or text
+    looks_like_path = (trimmed.startswith(("/", "./", "../", "~", "\\")) or trimmed.count("/") > 1
+                       or (os.sep != "/" and os.sep in trimmed) or re.match(r"^[A-Za-z]:[\\/]", trimmed) is not None
+                       or trimmed.lower().endswith(_MODEL_FILE_SUFFIXES) or os.path.isdir(os.path.expanduser(trimmed)))
+    if not looks_like_path:
+        return trimmed
+    parts = [part for part in re.split(r"[\\/]+", trimmed) if part not in ("", ".", "~")]
+    if not parts:
+        return trimmed
+    last = parts[-1]
+    for suffix in _MODEL_FILE_SUFFIXES:
+        if last.lower().endswith(suffix) and len(last) > len(suffix):
+            last = last[: -len(suffix)]
+    step = _STEP_FOLDER.match(last)
+    if step and len(parts) > 1 and parts[-2] != "..":
+        return f"{parts[-2]}@step{step.group(1)}"
+    return last
+
+
+def check_label(label) -> str | None:
+    """A ``label=`` (``--label``) that names a model in titles, results and the default folder:
+    None (name it by the model), or text of one line.
+
+    >>> check_label("SmolLM2-135M (Q4_1)")
+    'SmolLM2-135M (Q4_1)'
+    """
+    if label is None:
+        return None
+    if not isinstance(label, str) or not label.strip() or "\n" in label or "\r" in label:
+        raise FunnelError(f"a label names the model in one line of text, got {label!r}")
+    return label.strip()
+
+
 def slug(name: str) -> str:
     """A folder name for a model name, never a path out of the folder it is put in.
 
@@ -53,12 +105,14 @@ def slug(name: str) -> str:
 
     >>> slug("EleutherAI/pythia-6.9b")
     'EleutherAI__pythia-6.9b'
-    >>> [slug(name) for name in ("..", ".", "/abs/dir", "a/../b", "")]
-    ['__', '_', 'abs__dir', 'a__..__b', 'model']
+    >>> [slug(name) for name in ("..", ".", "/abs/dir", "a/../b", "", "./ckpts@step0")]
+    ['__', '_', 'abs__dir', 'a__..__b', 'model', '___ckpts_step0']
     """
     text = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name).strip("/").replace("/", "__"))
     if set(text) <= {"."}:  # "", "." and ".." name the folder itself or its parent
         text = "_" * len(text) or "model"
+    elif text.startswith("."):  # never a hidden folder (``./ckpts@step0`` once made ``.__ckpts_step0``)
+        text = "_" + text[1:]
     if len(text) > MAX_SLUG_LENGTH:
         digest = hashlib.sha256(str(name).encode("utf-8")).hexdigest()[:12]
         text = f"{text[:MAX_SLUG_LENGTH - 13]}-{digest}"

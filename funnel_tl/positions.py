@@ -580,7 +580,8 @@ def sink_effect(result, k: int | None = None, without=None) -> SinkEffect:
 
             # The layers' intervals alone: the figure draws them; no page shows its position cells'.
             without = replace(without, intervals=bootstrap_intervals(
-                without, n_resamples=intervals.n_resamples, seed=intervals.seed, confidence=intervals.confidence))
+                without, n_resamples=intervals.n_resamples, seed=intervals.seed, confidence=intervals.confidence,
+                method=intervals.method))
     if intervals is not None and without.intervals is not None:
         from .stats import robust_funnel_test
 

@@ -33,14 +33,28 @@ SEED_PROMPTS: tuple[str, ...] = (
 )
 
 
+# Built-in prompt sets, by the name --prompts and load_prompts take: the seed's eight, and files
+# shipped in funnel_tl/prompt_sets (how each was built and its licence: prompt_sets/README.md).
+PROMPT_SETS: dict[str, str] = {
+    "seed": "the seed notebook's 8 one-sentence prompts (~110 tokens); the default, for parity with the notebook "
+            "and its Pythia-1.4B reference, measured on them",
+    "varied": "300 passages of varied English (~24,000 tokens), read offline: The Devil's Dictionary (120, "
+              "public domain), the Jargon File (120, public domain), Python documentation held out from the "
+              "bundled models' training (60, PSF License)",
+}
+PROMPT_SET_DIR = Path(__file__).parent / "prompt_sets"
+
 # How each prompt-file extension is read; anything else is refused rather than guessed at.
 FILE_FORMATS = ('.txt (one prompt per line), .jsonl (one {"text": "..."} object per line) or '
                 '.json (a list of strings, or of {"text": "..."} objects)')
-WHAT_TO_PASS = "'seed', a .txt, .jsonl or .json prompt file, or a list of prompt strings"
+WHAT_TO_PASS = "a built-in set ('seed', 'varied'), a .txt, .jsonl or .json prompt file, or a list of prompt strings"
 
 
 def load_prompts(spec: str | os.PathLike | Sequence[str] = "seed") -> list[str]:
-    """Return a list of prompts from ``"seed"``, a prompt file, or a sequence of strings.
+    """Return a list of prompts from a built-in set, a prompt file, or a sequence of strings.
+
+    Built-in sets (``PROMPT_SETS``): ``"seed"``, the seed notebook's eight prompts (the default),
+    and ``"varied"``, 300 passages of varied English shipped with the package (read offline).
 
     Files are read as strict UTF-8 (a leading byte-order mark is dropped) and by extension:
     ``.txt`` one prompt per non-blank line (stripped); ``.jsonl`` one object per non-blank line
@@ -49,6 +63,8 @@ def load_prompts(spec: str | os.PathLike | Sequence[str] = "seed") -> list[str]:
 
     >>> load_prompts("seed")[0]
     'The capital of France is Paris, which is known for the Eiffel Tower.'
+    >>> len(load_prompts("varied"))
+    300
     >>> load_prompts(["a prompt", "another"])
     ['a prompt', 'another']
     """
@@ -68,6 +84,8 @@ def iter_prompts(spec: str | os.PathLike | Sequence[str] = "seed") -> Iterator[s
     if isinstance(spec, str) and spec == "seed":
         yield from SEED_PROMPTS
         return
+    if isinstance(spec, str) and spec in PROMPT_SETS:
+        spec = PROMPT_SET_DIR / f"{spec}.jsonl"
     if isinstance(spec, (str, os.PathLike)):
         records = iter_prompt_file(Path(spec))
     else:

@@ -410,7 +410,8 @@ class GainResult:
         # position cells' of a derived result.
         return replace(other, intervals=bootstrap_intervals(other, n_resamples=self.intervals.n_resamples,
                                                             seed=self.intervals.seed,
-                                                            confidence=self.intervals.confidence))
+                                                            confidence=self.intervals.confidence,
+                                                            method=self.intervals.method))
 
     def in_definition(self, definition: str) -> "GainResult":
         """The same forward's gains under ``definition`` (``"seed"`` or ``"residual"``), from the read sums.
@@ -520,23 +521,25 @@ class GainResult:
         return None if stack.intervals is None else stack.intervals.block
 
     def with_intervals(self, intervals=None, n_resamples: int | None = None, seed: int | None = None,
-                       confidence: float | None = None) -> "GainResult":
-        """A new result carrying bootstrap intervals over prompts (see ``funnel_tl.stats``).
+                       confidence: float | None = None, method: str | None = None) -> "GainResult":
+        """A new result carrying intervals over prompts (see ``funnel_tl.stats``).
 
         Pass ready ``Intervals``, or let them be drawn from this result's per-prompt sums
-        (defaults: 2,000 resamples, seed 0, 95%). The same arguments give the same intervals.
+        (defaults: t intervals, 95%; ``method="percentile"``: the percentile bootstrap, 2,000
+        resamples, seed 0). The same arguments give the same intervals.
 
-        >>> result = result.with_intervals(n_resamples=2000, seed=0)  # doctest: +SKIP
-        >>> result.intervals.mlp[-1]                                 # doctest: +SKIP
-        array([3.21, 3.98])
+        >>> result = result.with_intervals()                           # doctest: +SKIP
+        >>> result.intervals.method, result.intervals.mlp[-1]         # doctest: +SKIP
+        ('t', array([3.21, 3.98]))
         """
-        from .stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_intervals
+        from .stats import DEFAULT_CONFIDENCE, DEFAULT_METHOD, DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_intervals
 
         if intervals is None:
             intervals = bootstrap_intervals(
                 self, n_resamples=DEFAULT_RESAMPLES if n_resamples is None else n_resamples,
                 seed=DEFAULT_SEED if seed is None else seed,
                 confidence=DEFAULT_CONFIDENCE if confidence is None else confidence,
+                method=DEFAULT_METHOD if method is None else method,
             )
         positions = self.positions
         if positions is not None:
@@ -554,12 +557,15 @@ class GainResult:
         # Measured on some layers only: the verdicts are null and "not_testable" says why (the
         # keys stay, so a reader of full files finds them in every file).
         why_not = not_testable(self)
-        uncertainty = {}
+        from .stats import DEFAULT_CONFIDENCE, dominant_prompts
+
+        confidence = self.intervals.confidence if self.intervals is not None else DEFAULT_CONFIDENCE
+        uncertainty = {"dominant_prompts": [flag.to_dict() for flag in dominant_prompts(self, confidence)]}
         if self.intervals is not None:
             from .stats import robust_funnel_test
 
-            uncertainty = {"intervals": self.intervals.to_dict(),
-                           "robust_funnel_test": None if why_not else robust_funnel_test(self).to_dict()}
+            uncertainty |= {"intervals": self.intervals.to_dict(),
+                            "robust_funnel_test": None if why_not else robust_funnel_test(self).to_dict()}
         data = {
             "schema_version": SCHEMA_VERSION,
             "model": self.model,

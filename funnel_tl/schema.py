@@ -221,7 +221,8 @@ COMPONENT_SUMS = {component: obj({"out_sum": array(2, minimum=0), "in_sum": arra
 POSITION_SUMS = {component: obj({"out_sum": array(3, minimum=0), "in_sum": array(3, minimum=0)})
                  for component in ("attn", "mlp", "block")}
 INTERVALS = obj({"confidence": number(0, 1), "n_resamples": integer(1), "seed": integer(0),
-                 **{key: array(2) for key in ("attention", "mlp", "combined", "block", "cumulative")}})
+                 **{key: array(2) for key in ("attention", "mlp", "combined", "block", "cumulative")}},
+                {"method": string()})  # stats.METHODS' key, or an older file's "percentile bootstrap over prompts"
 POSITION_INTERVALS = obj({"confidence": number(0, 1), "n_resamples": integer(1), "seed": integer(0),
                           **{key: array(3, nulls=True) for key in ("attention", "mlp", "block", "combined")}})
 PROMPTS = obj({"texts": nullable(list_of(string()))}, {"sha256": nullable(string()), "n_prompts": integer(0)})

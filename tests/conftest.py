@@ -6,6 +6,7 @@ load (DESIGN.md §5). ``checkpoints[arch]`` is the folder; ``bridge(arch)`` a lo
 
 from __future__ import annotations
 
+import importlib
 import tempfile
 from pathlib import Path
 
@@ -156,3 +157,18 @@ def smollm2_hf(smollm2_gguf, tmp_path_factory):
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(**source).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def load_calls(monkeypatch):
+    """Every (source, revision) that ``compare`` hands to load_model, in order (resume is proven by it)."""
+    compare_module = importlib.import_module("funnel_tl.compare")  # the module: `funnel_tl.compare` is the function
+    calls = []
+    real = compare_module.load_model
+
+    def counting(source, **kwargs):
+        calls.append((source, kwargs.get("revision")))
+        return real(source, **kwargs)
+
+    monkeypatch.setattr(compare_module, "load_model", counting)
+    return calls

@@ -179,13 +179,17 @@ def test_chunked_bootstrap_equals_one_draw():
     from synthetic_results import funnel_like
 
     result = funnel_like(n_layers=3, n_prompts=7)
-    whole = stats_module.bootstrap_intervals(result, n_resamples=500, seed=3)
+    whole = stats_module.bootstrap_intervals(result, n_resamples=500, seed=3, method="percentile")
+    whole_t = stats_module.bootstrap_intervals(result, n_resamples=500, seed=3)  # the products' studentized draws
     old = stats_module.CHUNK_FLOATS
     try:
         stats_module.CHUNK_FLOATS = 7 * 64  # 64 resamples a chunk: 8 chunks, the last one short
-        chunked = stats_module.bootstrap_intervals(result, n_resamples=500, seed=3)
+        chunked = stats_module.bootstrap_intervals(result, n_resamples=500, seed=3, method="percentile")
+        chunked_t = stats_module.bootstrap_intervals(result, n_resamples=500, seed=3)  # 21 a chunk ([prompt, layer] each)
     finally:
         stats_module.CHUNK_FLOATS = old
+    for component in ("combined", "cumulative"):
+        np.testing.assert_allclose(chunked_t.of(component), whole_t.of(component), rtol=1e-12)  # as below
     # One draw, written out by hand from the same generator: the reference the chunks must equal.
     rng = np.random.default_rng(3)
     weights = rng.multinomial(7, np.full(7, 1 / 7), size=500) / 7

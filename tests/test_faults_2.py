@@ -58,6 +58,7 @@ def refused(capsys, argv: list[str], *needles: str) -> str:
 BAD_VALUES = {
     "--model": [["/nonexistent/model"]],
     "--revision": [["step5"]],  # nano-2l ships no checkpoints
+    "--label": [["   "], ["two\nlines"]],
     "--prompts": [["{tmp}/missing.txt"]],
     "--batch-size": [["0"], ["many"]],
     "--drop-first": [["-1"]],

@@ -217,6 +217,26 @@ def test_grouped_query_attention(measured, bridge):
     assert "key/value head 1" in hover[0][3] and "key/value head 0" in hover[0][1]
 
 
+def test_grouped_query_heads_are_grouped_by_their_key_value_head(measured, tmp_path):
+    """HF's repeat_kv gives query head h the key/value head h // (n_heads / n_kv): 0, 0, 1, 1 here."""
+    result = measured("llama-gqa")
+    assert result.group_size == 2 and [result.key_value_head(h) for h in range(4)] == [0, 0, 1, 1]
+    assert [row.key_value_head for row in result.top(8)] == [int(row.label[-1]) // 2 for row in result.top(8)]
+    figure = result.heatmap()
+    assert [shape.x0 for shape in figure.layout.shapes] == [1.5]  # one rule, between heads 1 and 2
+    assert [note.text for note in figure.layout.annotations] == ["kv 0: heads 0–1", "kv 1: heads 2–3"]
+    table = result.format_top(4).splitlines()
+    assert "4 query heads read 2 key/value heads, 2 each" in table[0] and table[1].split()[2] == "kv"
+    for line, row in zip(table[2:], result.top(4)):
+        assert line.split()[2] == str(row.key_value_head)
+    page = result.save_html(tmp_path / "heads.html", k=4).read_text()
+    assert "<th>kv</th>" in page and "key/value head <i>h</i> // 2" in page
+    # Without GQA: no column, no rules.
+    plain = measured("gpt2")
+    assert plain.group_size is None and "kv" not in plain.format_top(3).splitlines()[1]
+    assert not plain.heatmap().layout.shapes
+
+
 def test_layers_subset_and_negative_index(bridge, measured):
     full = measured("gpt2")
     last = head_gains(bridge("gpt2"), "seed", layers=[-1], batch_size=3, progress=False)
