@@ -13,7 +13,7 @@ TORCH ?= torch==2.13.0
 # runs the tests that build HookedTransformers and self-booted bridges there.
 TL3_VENV ?= .venv-tl3
 TL3_PY := $(TL3_VENV)/bin/python
-TL3_TESTS ?= tests/test_user_models.py tests/test_processed.py tests/test_families.py tests/test_gains.py::test_equals_seed_method
+TL3_TESTS ?= tests/test_user_models.py tests/test_processed.py tests/test_families.py tests/test_gains.py::test_equals_seed_method tests/test_readings.py::test_hooked_transformer_reads_the_same_readings
 
 .PHONY: install demo test test-tl3 notebooks bench clean
 

@@ -33,7 +33,8 @@ _EXPORTS = {
     "HeadResult": "heads", "head_gains": "heads",
     "bundled_checkpoints": "models", "bundled_models": "models", "default_model_name": "models", "load_model": "models",
     "plot_attention_mlp": "plots", "plot_cumulative": "plots", "plot_funnel": "plots", "plot_mlp_depth": "plots",
-    "plot_net_gain": "plots", "write_html": "plots", "write_image": "plots", "write_png": "plots",
+    "plot_net_gain": "plots", "plot_seed_product": "plots", "write_html": "plots", "write_image": "plots",
+    "write_png": "plots",
     "SEED_PROMPTS": "prompts", "load_prompts": "prompts",
     "GainResult": "results",
     "Intervals": "stats", "bootstrap_intervals": "stats", "robust_funnel_test": "stats",
@@ -45,7 +46,7 @@ __all__ = [
     "gains_from_cache", "load_model", "load_prompts", "measure_gains",
     "HeadResult", "head_gains",
     "Intervals", "bootstrap_intervals", "plot_funnel", "robust_funnel_test", "write_html", "write_png",
-    "plot_attention_mlp", "plot_mlp_depth", "plot_net_gain", "plot_cumulative",
+    "plot_attention_mlp", "plot_mlp_depth", "plot_net_gain", "plot_cumulative", "plot_seed_product",
 ]
 __all__ += ["Comparison", "PYTHIA_SUITE", "compare", "write_image"]
 

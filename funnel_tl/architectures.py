@@ -17,6 +17,14 @@ post-norm           OLMo 2                               the stream itself (u = 
                                                          resid_pre / resid_mid
 ==================  ===================================  ==========================  =============================
 
+Beyond the definition's own reads, every run reads what both definitions and the block shape need
+(``HookPlan.roles``, the roles of ``funnel_tl.reads``): u and the stream for both definitions, and
+for sandwich and post-norm blocks each module's own output *before* its post-norm: the bridge's
+``ln1_post.hook_in``/``ln2_post.hook_in`` (TL 3.9's bridge calls OLMo 2's post-norms ``ln1``/``ln2``:
+``ln1.hook_in``), a ``HookedTransformer``'s ``ln1_post.hook_normalized`` times ``ln1_post.hook_scale``
+(its RMSNorm has no input hook; ``x = hook_normalized * hook_scale`` exactly, ``HookPlan.scaled``;
+OLMo 2: ``ln1``). The fast executor reads each at the HF module behind it (the post-norm's input).
+
 Every norm output is read *after* its affine (what the module receives, as the seed's forward
 hooks saw it). The bridge has that as ``ln1.hook_out``. ``HookedTransformer`` (TL >= 3.0) has no
 such hook: its ``ln1.hook_normalized`` fires *before* the affine (``x = hook_normalized(x /
@@ -77,17 +85,45 @@ class HookPlan:
     inputs: dict[str, str]  # component -> hook suffix, e.g. "attn" -> "ln1.hook_out"
     outputs: dict[str, str]
     affine: dict[str, str] = field(default_factory=dict)  # hook suffix -> norm module, e.g. "ln1"
+    # Every tensor one forward reads, by role (``funnel_tl.reads.ROLES``): role -> hook suffix. The
+    # definition's inputs and outputs are among them.
+    roles: dict[str, str] = field(default_factory=dict)
+    # hook suffix -> the hook whose value multiplies it back to the tensor read: a HookedTransformer's
+    # RMSNorm ``hook_normalized`` (x / scale) times its ``hook_scale`` is the norm's input x.
+    scaled: dict[str, str] = field(default_factory=dict)
 
     @property
     def suffixes(self) -> list[str]:
+        """The hooks the definition's gains read (``inputs`` and ``outputs``)."""
         return sorted(set(self.inputs.values()) | set(self.outputs.values()))
 
-    def read(self, model, layer: int, suffix: str, activation: torch.Tensor) -> torch.Tensor:
+    @property
+    def norm_suffixes(self) -> list[str]:
+        """Every hook whose norm a run takes: the definition's and the other roles' (``roles``)."""
+        return sorted(set(self.suffixes) | set(self.roles.values()))
+
+    @property
+    def read_suffixes(self) -> list[str]:
+        """Every hook a run reads: ``norm_suffixes`` and the scales some of them need (``scaled``)."""
+        return sorted(set(self.norm_suffixes) | set(self.scaled.values()))
+
+    def role_of(self, suffix: str) -> list[str]:
+        """The roles read from ``suffix`` (one hook can serve several: post-norm u is the stream)."""
+        return [role for role, read in self.roles.items() if read == suffix]
+
+    def read(self, model, layer: int, suffix: str, activation: torch.Tensor,
+             scale: torch.Tensor | None = None) -> torch.Tensor:
         """The tensor whose norm is taken, from the activation of ``blocks.{layer}.{suffix}``.
 
         ``[..., d_model]`` in, ``[..., d_model]`` out: ``activation * w + b`` of the planned norm
-        (``* w`` for RMSNorm), exactly as ``LayerNorm.forward`` finishes after its hook.
+        (``* w`` for RMSNorm), exactly as ``LayerNorm.forward`` finishes after its hook; for a
+        suffix in ``scaled``, ``activation * scale`` (``scale``: that layer's ``[..., 1]`` hook_scale).
         """
+        if suffix in self.scaled:
+            if scale is None:
+                raise FunnelError(f"blocks.{layer}.{suffix} needs blocks.{layer}.{self.scaled[suffix]}, which did not "
+                                  "fire before it: this architecture's hooks are not in the standard order")
+            return activation.float() * scale.float()
         norm_name = self.affine.get(suffix)
         if norm_name is None:
             return activation
@@ -108,6 +144,16 @@ class HookPlan:
             described[f"{component}_in"] = words(self.inputs[component])
             described[f"{component}_out"] = words(self.outputs[component])
         return described
+
+    def describe_roles(self) -> dict[str, str]:
+        """What each role is read from, in words: ``{"attn_in": "ln1.hook_out", "attn_module_out": ...}``."""
+        def words(suffix: str) -> str:
+            norm_name = self.affine.get(suffix)
+            if norm_name:
+                return f"{suffix} * {norm_name}.w (+ {norm_name}.b)"
+            return f"{suffix} * {self.scaled[suffix]}" if suffix in self.scaled else suffix
+
+        return {role: words(suffix) for role, suffix in self.roles.items()}
 
 
 def is_bridge(model) -> bool:
@@ -272,17 +318,73 @@ def plan_hooks(model, definition: str) -> HookPlan:
     # On both kinds hook_attn_out/hook_mlp_out fire after a post-norm (TL aligns them with what the
     # stream receives); the residual identity check in gains.py fails loudly if that ever changes.
     outputs = {"attn": "hook_attn_out", "mlp": "hook_mlp_out", "block": "hook_resid_post"}
-    return HookPlan(block_shape=shape, parallel_blocks=parallel, inputs=inputs, outputs=outputs, affine=affine)
+    roles, scaled = _roles(model, shape, parallel, affine)
+    return HookPlan(block_shape=shape, parallel_blocks=parallel, inputs=inputs, outputs=outputs, affine=affine,
+                    roles=roles, scaled=scaled)
 
 
-def check_heads_add_up(model, plan: HookPlan) -> None:
-    """Per-head outputs add up to ``hook_attn_out`` only where no norm follows the attention.
+def _roles(model, shape: str, parallel: bool, affine: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """``(role -> hook suffix, scaled)`` of every tensor a run reads beside its definition's (see
+    ``funnel_tl.reads``): both definitions' inputs, and a post-normed block's module outputs.
+    ``affine`` receives the affine of u's hooks on a HookedTransformer, as for the seed definition."""
+    roles = {"resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post",
+             "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out"}
+    if not parallel:
+        roles["resid_mid"] = "hook_resid_mid"
+    if shape == "post-norm":
+        roles |= {"attn_in": "hook_resid_pre", "mlp_in": roles["resid_mid"] if not parallel else "hook_resid_pre"}
+    else:
+        try:
+            for component, norm in (("attn", "ln1"), ("mlp", "ln2")):
+                suffix, affine_norm = layer_norm_output(model, norm)
+                roles[f"{component}_in"] = suffix
+                if affine_norm is not None:
+                    affine[suffix] = affine_norm
+        except FunnelError:  # no norm output to read: the residual definition alone
+            roles.pop("attn_in", None)
+    scaled: dict[str, str] = {}
+    if shape in ("sandwich", "post-norm"):
+        for component, norm in (("attn", "ln1"), ("mlp", "ln2")):
+            read = _module_output(model, shape, norm)
+            if read is None:
+                break
+            roles[f"{component}_module_out"], scale = read
+            if scale is not None:
+                scaled[read[0]] = scale
+    return roles, scaled
 
-    Sandwich and post-norm blocks normalize the heads' sum before the stream receives it, so no
-    head's share of ``a`` exists; their per-head numbers are refused rather than approximated.
+
+def _module_output(model, shape: str, norm: str) -> tuple[str, str | None] | None:
+    """``(hook suffix, scale hook or None)`` of a sublayer's own output before its post-norm
+    (``norm``: ``"ln1"`` after attention, ``"ln2"`` after the MLP); None where no hook holds it."""
+    # Sandwich: the norm after the sublayer is ln*_post; post-norm: ln*_post on TL 4's bridge,
+    # ln* on TL 3.9's bridge and on HookedTransformer.
+    for name in (f"{norm}_post", norm) if shape == "post-norm" else (f"{norm}_post",):
+        if is_bridge(model):
+            if _has(model, f"{name}.hook_in"):
+                return f"{name}.hook_in", None
+        elif _has(model, f"{name}.hook_normalized") and _has(model, f"{name}.hook_scale"):
+            module = getattr(model.blocks[0], name, None)
+            if type(module).__name__ == "RMSNorm":  # x / scale; a LayerNorm's centring is not undone by its scale
+                return f"{name}.hook_normalized", f"{name}.hook_scale"
+    return None
+
+
+def check_heads_add_up(model, plan: HookPlan) -> str:
+    """The hook suffix where the per-head outputs add up: Σ_i z_i W_O^i + b_O equals it.
+
+    ``hook_attn_out`` where no norm follows the attention. Sandwich and post-norm blocks normalize
+    the heads' sum before the stream receives it, so no head has a share of ``a``; their heads
+    add up to the attention module's own output before that post-norm (``roles["attn_module_out"]``:
+    ``ln1_post.hook_in`` on the bridge), where they are measured instead. Where that output has
+    no hook, they are refused rather than approximated.
     """
-    if plan.block_shape in ("sandwich", "post-norm"):
-        raise FunnelError(
-            f"{model_name(model)} has {plan.block_shape} blocks: the heads' summed output passes through a norm "
-            "before the residual stream, so it splits into no per-head shares; use measure_gains for its layers"
-        )
+    if plan.block_shape not in ("sandwich", "post-norm"):
+        return "hook_attn_out"
+    if "attn_module_out" in plan.roles:
+        return plan.roles["attn_module_out"]
+    raise FunnelError(
+        f"{model_name(model)} has {plan.block_shape} blocks: the heads' summed output passes through a norm "
+        "before the residual stream, and no hook holds the attention output before it, so it splits into no "
+        "per-head shares; use measure_gains for its layers"
+    )

@@ -317,10 +317,19 @@ def assemble(parts: Sequence[tuple[list[int], Any]], prompts: Sequence[str], tru
     common = dict(prompts=kept, n_tokens=place(lambda r: r.n_tokens), provenance=provenance,
                   positions=_assemble_positions(pieces, n_prompts))
     if isinstance(template, GainResult):
+        reads, histograms = template.reads, template.token_histograms
+        if reads is not None:  # every role's sums, by prompt as the rest (funnel_tl.reads)
+            reads = replace(reads, sums={role: place(lambda r, role=role: r.reads.sums[role]) for role in reads.sums},
+                            sums_from_1={role: place(lambda r, role=role: r.reads.sums_from_1[role])
+                                         for role in reads.sums_from_1},
+                            n_tokens_from_1=place(lambda r: r.reads.n_tokens_from_1))
+        if histograms is not None:  # counts of tokens: they add up over the shares exactly
+            histograms = replace(histograms, counts=sum(result.token_histograms.counts for _, result in pieces))
         return replace(
             template, **common, intervals=None,
             out_sums={c: place(lambda r, c=c: r.out_sums[c]) for c in template.out_sums},
             in_sums={c: place(lambda r, c=c: r.in_sums[c]) for c in template.in_sums},
+            reads=reads, token_histograms=histograms,
         )
     if isinstance(template, HeadResult):
         return replace(

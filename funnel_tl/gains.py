@@ -14,6 +14,11 @@ about one layer plus the logits). Reduced as they fire, the hooks add [batch, po
 no activation outlives its block. The numbers are the same: the same tensors, the same float32
 reduction (tests compare against ``run_with_cache`` + ``token_norms`` and the seed's HF hooks).
 
+Beside the definition's own hooks, every pass reads what both definitions and a post-normed
+block need and sums every norm twice, over all counted tokens and from position 1
+(``funnel_tl.reads``), and counts per-token gains into fixed histograms for the medians
+(``funnel_tl.medians``): a few more norms and one reduction per batch, nothing per token kept.
+
 The passes themselves are run by ``funnel_tl.engine`` (``GainSums`` below is the gains' reduction):
 the pass stops right after the last hook it reads, so the final LayerNorm and the unembedding
 never run; sums move to the host once per batch; and where the TL hook points have HF modules
@@ -32,6 +37,7 @@ import platform
 from datetime import datetime, timezone
 from typing import Sequence
 
+import einops
 import numpy as np
 import torch
 from jaxtyping import Float
@@ -41,10 +47,12 @@ from .engine import Engine, prompt_sums
 from .errors import FunnelError
 from .hf_models import measurable
 from .layers import resolve_layers
+from .medians import HistogramAccumulator
 from .models import model_name, source_provenance, tokenizer_of
 from .outputs import check_label
 from .positions import PositionAccumulator
 from .prompts import check_drop_first, check_tokens_left, load_prompts, pad_token_id, tokenize, truncation_limit
+from .reads import ReadSums
 from .results import COMPONENTS, GainResult
 from .streaming import PerPrompt, TokenStream
 
@@ -108,8 +116,12 @@ def check_residual_identities(model, cache, mask: torch.Tensor, parallel: bool, 
 
 
 # The order activations are computed in a block: the first non-finite one is the culprit.
-FORWARD_ORDER = ("hook_resid_pre", "ln1.hook_out", "ln1.hook_normalized", "hook_attn_out", "hook_resid_mid",
-                 "ln2.hook_out", "ln2.hook_normalized", "hook_mlp_out", "hook_resid_post")
+FORWARD_ORDER = ("hook_resid_pre", "ln1.hook_out", "ln1.hook_normalized", "ln1_post.hook_in", "ln1_post.hook_scale",
+                 "ln1_post.hook_normalized", "ln1.hook_in", "ln1.hook_scale", "hook_attn_out", "hook_resid_mid",
+                 "ln2.hook_out", "ln2.hook_normalized", "ln2_post.hook_in", "ln2_post.hook_scale",
+                 "ln2_post.hook_normalized", "ln2.hook_in", "ln2.hook_scale", "hook_mlp_out", "hook_resid_post")
+# The key of a hook's sums over positions >= 1 beside its sums over every counted position.
+FROM_1 = "@from_1"
 
 
 def check_finite(model, norms: dict[str, torch.Tensor], counted: torch.Tensor, indices, dtype,
@@ -194,6 +206,11 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     ``.txt``/``.jsonl`` corpus or an iterator of strings of any length is measured with memory
     flat in its size; ``keep_texts=False`` keeps only the prompts' count and sha256 in the result,
     not their texts (per-prompt statistics are kept either way).
+    Every result also holds, from the same forward, the readings beside the seed's numbers
+    (``funnel_tl.readings``): ``result.gains_without_first(c)`` (positions >= 1, equal to a
+    ``drop_first=1`` run's gains), ``result.block_cumulative_gains`` (the stream's growth),
+    ``result.median_gains(c)``, ``result.other_definition`` and, for sandwich and post-norm
+    blocks, ``result.module_gains(c)``/``result.post_norm_gains(c)``.
     ``layers``: a layer, a list of layers (negative counts from the end) or None for all, as in
     ``head_gains``. Only those layers' hooks are read and the pass stops after the last one asked
     for, so ``layers=[0, 1]`` of a deep model costs about two layers. Each measured layer's gains
@@ -229,29 +246,36 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
                          chunk_size=chunk_size, keep_texts=keep_texts,
                          on_chunk=positions.grow if positions is not None else None)
 
-    shapes = {f"{side}_{c}": (len(chosen),) for side in ("out", "in") for c in COMPONENTS}
+    # Every hook's norm, summed over all counted tokens and over those from position 1 (funnel_tl.reads).
+    suffixes = plan.norm_suffixes
+    shapes = {f"{suffix}{part}": (len(chosen),) for suffix in suffixes for part in ("", FROM_1)}
     sums, counts = PerPrompt(shapes), PerPrompt({"n_tokens": ()}, dtype=np.int64)
     for batch, batch_sums, counted in engine.run(stream.batches(), drop_first, progress, description=f"gains {name}"):
-        sums.put(batch.indices, {**{f"out_{c}": batch_sums[plan.outputs[c]] for c in COMPONENTS},
-                                 **{f"in_{c}": batch_sums[plan.inputs[c]] for c in COMPONENTS}})
+        sums.put(batch.indices, batch_sums)
         counts.put(batch.indices, {"n_tokens": counted})
 
     n_prompts = stream.n_prompts
     kept = sums.result(n_prompts)
+    n_tokens = counts.result(n_prompts)["n_tokens"]
     provenance = _provenance(model, engine.device, engine.dtype, stream, drop_first, engine=engine,
                              requested_batch_size=batch_size)
     provenance["reads"] = plan.describe()
     provenance.update(stream.truncation)
+    reads = ReadSums(reads=plan.describe_roles(), sums={role: kept[suffix] for role, suffix in plan.roles.items()},
+                     sums_from_1={role: kept[suffix + FROM_1] for role, suffix in plan.roles.items()},
+                     # right-padded batches: position 0 is every prompt's first token, counted unless dropped
+                     n_tokens_from_1=n_tokens - (1 if drop_first == 0 else 0))
     if label:
         provenance["model_loaded_as"] = model_name(model)
     result = GainResult(
         model=name, definition=definition, n_layers=n_layers, d_model=model.cfg.d_model,
         parallel_blocks=plan.parallel_blocks, prompts=None if stream.texts is None else tuple(stream.texts),
-        n_tokens=counts.result(n_prompts)["n_tokens"],
-        out_sums={c: kept[f"out_{c}"] for c in COMPONENTS}, in_sums={c: kept[f"in_{c}"] for c in COMPONENTS},
+        n_tokens=n_tokens,
+        out_sums={c: kept[plan.outputs[c]] for c in COMPONENTS}, in_sums={c: kept[plan.inputs[c]] for c in COMPONENTS},
         drop_first=drop_first, provenance=provenance,
         positions=positions.result() if positions is not None else None,
         layers=None if len(chosen) == n_layers else chosen,
+        reads=reads, token_histograms=reduction.histograms.result(COMPONENTS),
     )
     return result.with_intervals() if intervals else result
 
@@ -268,9 +292,12 @@ class GainSums:
 
     Each read becomes its float32 norm ``[batch, pos]`` as it fires; ``finish`` stacks one hook's
     layers into ``[layer, batch, pos]`` and sums each prompt's counted tokens (``engine.prompt_sums``)
-    into ``[batch, layer]``. On a run's first batch the residual identities are checked too, one
-    layer's activations held at a time. ``layers``: the layers read (default all), ascending; the
-    ``layer`` axis runs over them.
+    into ``[batch, layer]``, and again those at position 1 or later (key ``suffix + FROM_1``).
+    Every hook of ``plan.norm_suffixes`` is read (``funnel_tl.reads``: both definitions' inputs,
+    module outputs before a post-norm), not only the definition's. Committed passes also count
+    each component's per-token gains into ``histograms`` (``funnel_tl.medians``). On a run's first
+    batch the residual identities are checked too, one layer's activations held at a time.
+    ``layers``: the layers read (default all), ascending; the ``layer`` axis runs over them.
     """
 
     def __init__(self, model, plan: HookPlan, positions=None, layers: Sequence[int] | None = None):
@@ -279,19 +306,26 @@ class GainSums:
         self.row = {layer: row for row, layer in enumerate(self.layers)}
         self.dtype = next(model.parameters()).dtype
         self.identity_suffixes = set(IDENTITY_SUFFIXES) - ({"hook_resid_mid"} if plan.parallel_blocks else set())
+        self.scale_suffixes = set(plan.scaled.values())
+        self.histograms = HistogramAccumulator(len(COMPONENTS), len(self.layers), next(model.parameters()).device)
 
     def reads(self, first: bool) -> list[tuple[int, str]]:
-        suffixes = set(self.plan.suffixes) | (self.identity_suffixes if first else set())
+        suffixes = set(self.plan.read_suffixes) | (self.identity_suffixes if first else set())
         return [(layer, suffix) for layer in self.layers for suffix in sorted(suffixes, key=_forward_rank)]
 
     def start(self, batch, tokens, attention_mask, counted, first: bool) -> None:
         self.batch, self.attention_mask, self.counted, self.first = batch, attention_mask, counted, first
-        self.norms: dict[str, list] = {suffix: [None] * len(self.layers) for suffix in self.plan.suffixes}
+        self.norms: dict[str, list] = {suffix: [None] * len(self.layers) for suffix in self.plan.norm_suffixes}
         self.held: dict[str, torch.Tensor] = {}  # one layer's activations for the identity check, first batch only
+        self.scales: dict[str, torch.Tensor] = {}  # hook_scale of the current layer (HookedTransformer's RMSNorm)
 
     def read(self, layer: int, suffix: str, activation: torch.Tensor) -> None:
+        if suffix in self.scale_suffixes:
+            self.scales[suffix] = activation  # [batch, pos, 1]
         if suffix in self.norms:
-            self.norms[suffix][self.row[layer]] = activation_norms(self.plan.read(self.model, layer, suffix, activation))  # [batch, pos]
+            scale = self.scales.pop(self.plan.scaled[suffix], None) if suffix in self.plan.scaled else None
+            read = self.plan.read(self.model, layer, suffix, activation, scale)
+            self.norms[suffix][self.row[layer]] = activation_norms(read)  # [batch, pos]
         if self.first and suffix in self.identity_suffixes:
             self.held[f"blocks.{layer}.{suffix}"] = activation
             if suffix == "hook_resid_post":
@@ -307,14 +341,37 @@ class GainSums:
                 self.held.clear()
 
     def finish(self) -> dict[str, torch.Tensor]:
-        # Stacked once per batch; commit and raise_nonfinite, which the engine calls after finish, reuse them.
-        self.stacked = {suffix: torch.stack(layers) for suffix, layers in self.norms.items()}  # each [layer, batch, pos]
-        return {suffix: prompt_sums(values, self.counted) for suffix, values in self.stacked.items()}  # [batch, layer]
+        # Stacked once per batch, every hook's layers together ([hook, layer, batch, pos]); commit and
+        # raise_nonfinite, which the engine calls after finish, reuse it.
+        suffixes = list(self.norms)
+        self.all_norms = torch.stack([norm for suffix in suffixes for norm in self.norms[suffix]]).unflatten(
+            0, (len(suffixes), len(self.layers)))  # [hook, layer, batch, pos]
+        self.stacked = dict(zip(suffixes, self.all_norms))  # each [layer, batch, pos]
+        # Every hook's sums over the counted tokens and over those from position 1, in one reduction:
+        # uncounted tokens are zeroed by selection first (a non-finite norm at a padded position must
+        # not poison a sum), then each prompt's tokens are summed under the two masks.
+        from_1 = self.counted.clone()
+        from_1[:, :1] = False  # right-padded: position 0 is each prompt's first token
+        kept = torch.where(self.counted, self.all_norms, torch.zeros((), dtype=self.all_norms.dtype,
+                                                                      device=self.all_norms.device))
+        masks = torch.stack([self.counted, from_1]).to(kept.dtype)[:, None, None]  # [part, 1, 1, batch, pos]
+        # A product and a sum over each row of positions, not a matmul: every sum is added in the
+        # same order whatever the batch's or the subset's shape, so a layer subset, a drop_first=1
+        # run and the sums from position 1 agree bit for bit.
+        sums = einops.rearrange((kept * masks).sum(dim=-1), "part hook layer batch -> part hook batch layer")
+        return ({suffix: sums[0, index] for index, suffix in enumerate(suffixes)}
+                | {suffix + FROM_1: sums[1, index] for index, suffix in enumerate(suffixes)})  # each [batch, layer]
 
     def commit(self) -> None:
         # ---- by_position (funnel_tl.positions, issue 15): the same norms, summed by position bucket ----
         if self.positions is not None:
-            self.positions.add(self.batch.indices, self.stacked, self.counted, self.plan)
+            self.positions.add(self.batch.indices, {suffix: self.stacked[suffix] for suffix in self.plan.suffixes},
+                               self.counted, self.plan)
+        # ---- median per-token gains (funnel_tl.medians): the same norms, as per-token ratios ----
+        index = {suffix: row for row, suffix in enumerate(self.stacked)}
+        outputs = [index[self.plan.outputs[component]] for component in COMPONENTS]
+        inputs = [index[self.plan.inputs[component]] for component in COMPONENTS]
+        self.histograms.add(self.all_norms[outputs], self.all_norms[inputs], self.counted)  # [component, layer, batch, pos]
 
     def raise_nonfinite(self) -> None:
         check_finite(self.model, self.stacked, self.counted, self.batch.indices, self.dtype, self.layers)

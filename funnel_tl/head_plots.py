@@ -22,8 +22,9 @@ from .prompts import dropped_phrase
 
 def _subtitle(result) -> str:
     dropped = f" · {dropped_phrase(result.drop_first)}" if result.drop_first else ""
+    before = f" · read before the post-norm ({result.read_at}): module gains" if result.read_at else ""
     return (f"definition={result.definition} · {result.n_prompts} prompts, "
-            f"{int(result.n_tokens.sum())} tokens{dropped}")
+            f"{int(result.n_tokens.sum())} tokens{dropped}{before}")
 
 
 # A head's gain is its own output over the layer's input: below 1 is not a contracting layer.
@@ -147,6 +148,7 @@ layer's attention-gain denominator (the mean norm of what the attention reads): 
 more than the layer reads; blue, less. A head's gain below 1 does not mean its layer contracts: the layer's
 attention gain (last column) is the norm of all its heads' sum, and heads add up, partly cancelling, so a
 layer of blue heads can expand.{gqa_note}</p>
+{f'<p class="meta">{html.escape(result.relative_to())}.</p>' if result.read_at else ""}
 {"".join(figure_div(figure) + chr(10) for figure in figures.values())}<h2>Top {k} heads by gain</h2>
 <table><tr><th>rank</th><th>head</th>{"<th>kv</th>" if grouped else ""}<th>gain</th><th>mean norm</th><th>norm share</th><th>projection share</th>
 <th>layer attn gain</th></tr>

@@ -204,6 +204,21 @@ class HeadResult:
         """``[layer]``: the share of ‖a‖ that b_O supplies along a (0 without b_O, up to rounding)."""
         return 1.0 - self.projection_shares.sum(axis=1)
 
+    @property
+    def read_at(self) -> str | None:
+        """Where the heads were read when not at ``hook_attn_out``: before a post-norm (sandwich and
+        post-norm blocks), e.g. ``"ln1_post.hook_in"``; then head gains and ``attn_gains`` are the
+        attention module's own (before the post-norm), not the seed's attention gain. None otherwise."""
+        return self.provenance.get("heads_read_at")
+
+    def relative_to(self) -> str | None:
+        """One line saying what the heads' gains are relative to when read before a post-norm, else None."""
+        if self.read_at is None:
+            return None
+        return (f"heads read before the attention's post-norm ({self.read_at}), where they add up: their gains and "
+                "the layer gain beside them are the attention module's own output over its input, without the "
+                "post-norm's factor (the seed's attention gain includes it)")
+
     def layer_index(self, layer: int) -> int:
         """Row of ``layer`` in the ``[layer, ...]`` arrays (they hold the measured layers only)."""
         if layer not in self.layers:
@@ -246,7 +261,8 @@ class HeadResult:
 
         lines = [f"Top {k} heads by {by.replace('_', ' ')} ({short_name(self.model)}, definition={self.definition})"
                  + (f"; {self.n_heads} query heads read {self.n_key_value_heads} key/value heads, "
-                    f"{self.group_size} each (kv)" if grouped else ""), header]
+                    f"{self.group_size} each (kv)" if grouped else ""),
+                 *([self.relative_to()] if self.read_at else []), header]
         rows = self.top(k, by)
         decimals = norm_decimals([row.norm for row in rows])
         for rank, row in enumerate(rows, start=1):

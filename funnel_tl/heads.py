@@ -10,6 +10,12 @@ Glossary (DESIGN.md §2; hook names as in TransformerLens). For layer ``l``, hea
   projection; ``b_O`` its bias (absent in Llama).
 - ``h_i = z_i W_O^i`` (``[d_model]``): the head's output, without ``b_O``. Σ_i h_i + b_O = a, the
   layer's ``hook_attn_out``; ``head_gains`` checks this on its first batch.
+- Sandwich and post-norm blocks (Gemma 2/3, OLMo 2) normalize the heads' sum before the stream
+  receives it: there the heads add up to the attention module's own output *before* its post-norm
+  (``ln1_post.hook_in``; ``architectures.check_heads_add_up``), which then stands for ``a`` in every
+  statistic below. Their head gains, and the layer gain beside them, are the module's own
+  (output before the post-norm over its input: ``GainResult.module_gains``), not the seed's
+  attention gain, which the post-norm's gain multiplies (``HeadResult.read_at`` says so).
 - the *input*: the same denominator as the layer's attention gain under the chosen definition
   (``"seed"``: ‖u_attn‖, the LayerNorm output attention reads; ``"residual"``: ‖resid_pre‖).
 
@@ -77,7 +83,7 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
     model = measurable(model, tokenizer, "head_gains")  # a name or None refused; a transformers model bridged
     given = check_label(label)  # ``label`` names the result, as in measure_gains
     plan = plan_hooks(model, definition)
-    check_heads_add_up(model, plan)
+    output_suffix = check_heads_add_up(model, plan)
     name = given or model_name(model)
     cfg = model.cfg
     chosen = resolve_layers(layers, cfg.n_layers)
@@ -88,7 +94,7 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
                           "every layer's W_O: load it on GPUs only (more --max-memory) or on one device")
     # by_position (funnel_tl.positions): buckets grow with the longest prompt read so far.
     positions = HeadPositionAccumulator(0, len(chosen), cfg.n_heads, 1) if by_position else None
-    reduction = HeadSums(model, plan, chosen, positions)
+    reduction = HeadSums(model, plan, chosen, positions, output_suffix)
     engine = Engine(model, reduction, executor)
     stream = TokenStream(model, prompts, drop_first, tokenizer, max_tokens_per_prompt, batch_size, engine.device,
                          chunk_size=chunk_size, keep_texts=keep_texts,
@@ -106,6 +112,8 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
     provenance = _provenance(model, engine.device, engine.dtype, stream, drop_first, engine=engine,
                              requested_batch_size=batch_size)
     provenance["reads"] = plan.describe()
+    if output_suffix != "hook_attn_out":  # before a post-norm: what the heads' numbers are relative to
+        provenance["heads_read_at"] = plan.describe_roles()["attn_module_out"]
     provenance.update(stream.truncation)
     if given:
         provenance["model_loaded_as"] = model_name(model)
@@ -140,23 +148,28 @@ class HeadSums:
     activations live at a time. ``W_O`` and the Gram matrices ``W_O^i W_O^iᵀ`` are prepared once per run.
     """
 
-    def __init__(self, model, plan, layers: tuple[int, ...], positions=None):
+    def __init__(self, model, plan, layers: tuple[int, ...], positions=None, output_suffix: str = "hook_attn_out"):
         self.model, self.plan, self.layers = model, plan, layers
         self.positions = positions  # a positions.HeadPositionAccumulator, or None
         self.input_suffix = plan.inputs["attn"]
+        # Where Σ heads + b_O holds: hook_attn_out, or the module output before a post-norm (its
+        # scale hook first on a HookedTransformer, where x = hook_normalized * hook_scale).
+        self.output_suffix = output_suffix
+        self.scale_suffix = plan.scaled.get(output_suffix)
         self.dtype = next(model.parameters()).dtype
         self.row = {layer: index for index, layer in enumerate(layers)}
         self.weights: dict[int, tuple] = {}  # layer -> (W_O float32, gram, b_O), on the activations' device
 
     def reads(self, first: bool) -> list[tuple[int, str]]:
-        return [(layer, suffix) for layer in self.layers
-                for suffix in (self.input_suffix, "attn.hook_z", "hook_attn_out")]
+        last = (self.scale_suffix, self.output_suffix) if self.scale_suffix else (self.output_suffix,)
+        return [(layer, suffix) for layer in self.layers for suffix in (self.input_suffix, "attn.hook_z", *last)]
 
     def start(self, batch, tokens, attention_mask, counted, first: bool) -> None:
         self.batch, self.attention_mask, self.counted, self.first = batch, attention_mask, counted, first
         n = len(self.layers)
         self.stats: dict[str, list] = {key: [None] * n for key in ("norm", "projection", "attn_out", "input")}
         self.z: torch.Tensor | None = None
+        self.scale: torch.Tensor | None = None
 
     def _weights(self, layer: int, device) -> tuple:
         if layer not in self.weights:
@@ -173,18 +186,21 @@ class HeadSums:
             self.stats["input"][row] = activation_norms(self.plan.read(self.model, layer, suffix, activation))  # [batch, pos]
         if suffix == "attn.hook_z":
             self.z = activation  # [batch, pos, head, d_head]
-        elif suffix == "hook_attn_out":
-            self._attention_output(layer, row, activation)
+        elif suffix == self.scale_suffix:
+            self.scale = activation  # [batch, pos, 1]
+        elif suffix == self.output_suffix:
+            scale, self.scale = self.scale, None
+            self._attention_output(layer, row, self.plan.read(self.model, layer, suffix, activation, scale))
 
     def _attention_output(self, layer: int, row: int, attn_out: torch.Tensor) -> None:
         z, self.z = self.z, None
         if z is None:
-            raise FunnelError(f"{model_name(self.model)}: blocks.{layer}.hook_attn_out fired before attn.hook_z: "
+            raise FunnelError(f"{model_name(self.model)}: blocks.{layer}.{self.output_suffix} fired before attn.hook_z: "
                               "per-head outputs cannot be read for this architecture; please report it")
         a = attn_out.float()  # [batch, pos, d_model]
         W_O, gram, b_O = self._weights(layer, z.device)
         if self.first:
-            _check_head_identity(self.model, layer, z, W_O, b_O, a, self.attention_mask, self.dtype)
+            _check_head_identity(self.model, layer, z, W_O, b_O, a, self.attention_mask, self.dtype, self.output_suffix)
         out_norms = activation_norms(attn_out)  # [batch, pos]
         z_wide = z.to(gram.dtype)
         # ‖z_i W_O^i‖² = z_i (W_O^i W_O^iᵀ) z_iᵀ: per-head norms with no [batch, pos, head, d_model] tensor.
@@ -224,8 +240,10 @@ class HeadSums:
 
 
 def _check_head_identity(model, layer: int, z: Float[torch.Tensor, "batch pos head d_head"],
-                         W_O: Float[torch.Tensor, "head d_head d_model"], b_O, attn_out, mask, dtype) -> None:
-    """Fail loudly unless Σ_i z_i W_O^i + b_O = hook_attn_out: a wrong W_O layout or hook alias."""
+                         W_O: Float[torch.Tensor, "head d_head d_model"], b_O, attn_out, mask, dtype,
+                         output_suffix: str = "hook_attn_out") -> None:
+    """Fail loudly unless Σ_i z_i W_O^i + b_O = the attention output read (``output_suffix``):
+    a wrong W_O layout or hook alias."""
     summed = einops.einsum(z.float(), W_O, "batch pos head d_head, head d_head d_model -> batch pos d_model")
     if b_O is not None:
         summed = summed + b_O.to(summed.device).float()
@@ -236,7 +254,7 @@ def _check_head_identity(model, layer: int, z: Float[torch.Tensor, "batch pos he
     tolerance = IDENTITY_TOLERANCE.get(dtype, 1e-2)
     if not worst <= tolerance:
         raise FunnelError(
-            f"{model_name(model)} layer {layer}: the heads' outputs plus b_O differ from attn_out by {worst:.2g} "
+            f"{model_name(model)} layer {layer}: the heads' outputs plus b_O differ from {output_suffix} by {worst:.2g} "
             f"(relative; allowed {tolerance:g}): TransformerLens' hook_z or W_O for this architecture is "
             "inconsistent, so per-head numbers cannot be trusted; please report it"
         )

@@ -11,8 +11,18 @@
    ‖resid_pre‖ on a second y-axis of its own (right): its denominator is the residual stream, the
    bars' (under ``definition="seed"``) the outputs of the model's norms (LayerNorm or RMSNorm, as
    the axis says), so the two are not on one scale, and a large block gain no longer flattens the bars;
-4. ``plot_cumulative``: the running product of attn × MLP on a log scale, its lowest point
-   (the bottleneck) and the output marked; a curve lowest at its first layer has no bottleneck.
+4. ``plot_cumulative``: the stream's real growth, ‖resid_post_L‖ / ‖resid_pre_0‖ per prompt,
+   averaged (``result.block_cumulative_gains``), with and without position 0, on a log scale.
+
+The seed's own panel 4, the running product of attn × MLP gains, multiplies ratios that each have
+a denominator of their own: on SmolLM2-135M it reaches 5.8e56 under the seed definition and 6e-69
+under the residual one, while the stream grows ~400-fold. It is no norm ratio of any activation;
+``plot_seed_product`` still draws it, titled as what it is, with its lowest point (the seed's
+"bottleneck") and the output marked.
+
+Panel 1 also draws each gain without position 0 (dashed; ``result.gains_without_first``), where
+the attention sink's massive activations can make a layer's gain; the hover gives each layer's
+gain, its value without position 0 and the median per-token gain (``funnel_tl.medians``).
 
 Colours are Okabe and Ito's palette, which red-green colour-blind readers can tell apart:
 attention blue, MLP vermillion, expanding orange, contracting sky blue.
@@ -23,8 +33,8 @@ gain 1 is the middle and bars rise or hang from it. ``log_gains=True``/``False``
 
 Every function takes a ``GainResult`` and returns a ``go.Figure``; nothing is shown from here.
 A result measured on some layers only (``measure_gains(..., layers=...)``) is drawn at its true
-layer indices; panel 4 covers its measured prefix 0..k only (and says so, or that it has none),
-and the subtitle says the Funnel test is not testable.
+layer indices; panel 4 covers every measured layer when layer 0 was measured (its resid_pre is the
+denominator; else it says so; the seed's product covers the measured prefix 0..k only), and the subtitle says the Funnel test is not testable.
 Error bars and bands are the result's intervals over prompts (``result.with_intervals()``) when it
 carries them. Hovering a point shows its layer, value and interval.
 
@@ -78,8 +88,11 @@ PANEL_TITLES = (
     "Attention vs MLP gain per layer",
     "MLP gain on normalized depth vs Pythia-1.4B",
     "Net effect per layer: attn × MLP (bars, left) and block gain (right)",
-    "Information funnel: cumulative attn × MLP gain",
+    "The stream's growth: ‖resid_post_L‖ / ‖resid_pre_0‖",
 )
+SEED_PRODUCT_TITLE = "The seed's running product of sublayer gains (attn × MLP)"
+SEED_PRODUCT_NOTE = ("not a norm ratio of any activation: each factor divides by its own input, "
+                     "so the product compounds unrelated denominators")
 # Big enough for 2×2 panels with legible labels on a slide; also the PNG size (at scale 2).
 WIDTH, HEIGHT = 1400, 1000
 MARGIN = dict(t=110, l=70, r=30, b=90)
@@ -111,8 +124,20 @@ def plot_net_gain(result, log_gains: bool | None = None) -> go.Figure:
 
 
 def plot_cumulative(result) -> go.Figure:
-    """Panel 4: cumulative attn × MLP gain on a log scale, bottleneck and output marked."""
+    """Panel 4: the stream's growth ‖resid_post_L‖ / ‖resid_pre_0‖ (with and without position 0), log scale."""
     return _single(result, _cumulative, 3, True)
+
+
+def plot_seed_product(result) -> go.Figure:
+    """The seed's "information funnel": the running product of attn × MLP gains, log scale, its
+    lowest point and the output marked; titled as the seed's product, which is no norm ratio of
+    any activation (``plot_cumulative`` draws the stream's real growth)."""
+    fig = make_subplots(rows=1, cols=1)
+    fig.update_layout(height=560)
+    _seed_product(fig, result, row=1, col=1, legend="legend")
+    _place_legend(fig, 3, single=True, row=1, col=1)
+    _finish(fig, result, height=560, heading=f"{SEED_PRODUCT_TITLE}<br><sup>{SEED_PRODUCT_NOTE}</sup>")
+    return fig
 
 
 def plot_funnel(result, log_gains: bool | None = None) -> go.Figure:
@@ -153,12 +178,16 @@ def _single(result, panel, index: int, log: bool | None) -> go.Figure:
 # ---- what each panel draws --------------------------------------------------------------------
 def _attention_mlp(fig, result, row, col, legend, log=None):
     layers = np.asarray(result.layers)
-    log = _log_axis(log, result, ("attn", "mlp"))
+    log = _log_axis(log, result, ("attn", "mlp"), extra=_without_first_values(result, ("attn", "mlp")))
     # No shading under the attention curve, though the seed has one ("Attn Contraction"): the area
     # under a gain says nothing the line does not, a log axis has no zero to shade to, and a subset's
     # gaps cannot be shaded; unexplained, it read as an interval band.
     for component in ("attn", "mlp"):
         fig.add_trace(_gain_trace(result, component, layers, legend=legend), row=row, col=col)
+    for component in ("attn", "mlp"):
+        without = _without_first_trace(result, component, layers, legend)
+        if without is not None:
+            fig.add_trace(without, row=row, col=col)
     _neutral(fig, row, col)
     top = int(layers[np.argmax(result.mlp_gains)])
     fig.add_vline(x=top, line=dict(color=COLORS["mlp"], dash="dot", width=1.5), row=row, col=col,
@@ -167,7 +196,8 @@ def _attention_mlp(fig, result, row, col, legend, log=None):
                   annotation_position="top left" if top > (result.layers[0] + result.layers[-1]) / 2 else "top right")
     fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers, result.layers))
     fig.update_yaxes(title_text="gain  ‖output‖ / ‖input‖" + (" (log)" if log else ""), row=row, col=col,
-                     **_gain_axis(log, _extent(result, ("attn", "mlp"))))
+                     **_gain_axis(log, _extent(result, ("attn", "mlp"),
+                                               extra=_without_first_values(result, ("attn", "mlp")))))
 
 
 def _mlp_depth(fig, result, row, col, legend, log=None):
@@ -261,22 +291,74 @@ def _net_gain(fig, result, row, col, legend, log=None):
 
 
 def _cumulative(fig, result, row, col, legend, log=True):
+    """The stream's growth ‖resid_post_L‖ / ‖resid_pre_0‖ with its band, and without position 0 (dashed)."""
+    layers = np.asarray(result.stream_layers)
+    if not len(layers):
+        _not_drawn(fig, result, row, col, legend, "its denominator is layer 0's resid_pre")
+        return
+    without = result.without_first_position if result.drop_first == 0 else None
+    versions = [("all positions", result, "solid")]
+    if without is not None and without.stream_layers:
+        versions.append(("without position 0", without, "dash"))  # its band left out: one band reads clearly
+    values = [np.ones(1)]
+    for label, version, dash in versions:
+        growth = version.block_cumulative_gains
+        intervals = version.block_cumulative_intervals
+        x, shown, intervals, hovered = _broken_at_gaps(layers, layers, growth, intervals)
+        if intervals is not None and dash == "solid":
+            fig.add_trace(go.Scatter(x=x, y=intervals[:, 1], mode="lines", line=dict(width=0), showlegend=False,
+                                     hoverinfo="skip", legend=legend), row=row, col=col)
+            fig.add_trace(go.Scatter(x=x, y=intervals[:, 0], mode="lines", line=dict(width=0), fill="tonexty",
+                                     fillcolor="rgba(0, 114, 178, 0.2)", hoverinfo="skip", legend=legend,
+                                     name=f"{100 * result.intervals.confidence:g}% interval"), row=row, col=col)
+            values.append(intervals.ravel())
+        customdata = np.column_stack([hovered, shown] + ([intervals] if intervals is not None else []))
+        interval_text = (f"<br>{100 * result.intervals.confidence:g}% interval [%{{customdata[2]:.4g}}, "
+                         "%{customdata[3]:.4g}]" if intervals is not None else "")
+        fig.add_trace(go.Scatter(
+            x=x, y=shown, mode="lines+markers", name="stream growth" if dash == "solid" else label, legend=legend,
+            line=dict(color=COLORS["attn"], width=2.5 if dash == "solid" else 2, dash=dash), marker=dict(size=4),
+            customdata=customdata,
+            hovertemplate=("after L%{customdata[0]}<br>‖resid_post‖ / ‖resid_pre_0‖ x%{customdata[1]:.4g}"
+                           f" ({label}){interval_text}<extra></extra>"),
+        ), row=row, col=col)
+        values.append(growth)
+    _neutral(fig, row, col)
+    growth = result.block_cumulative_gains
+    end = "output" if layers[-1] == result.n_layers - 1 else "last measured"
+    fig.add_trace(go.Scatter(
+        x=[layers[-1]], y=[growth[-1]], mode="markers", legend=legend,
+        name=f"{end} L{layers[-1]}: x{growth[-1]:.3g}",
+        marker=dict(size=13, color=COLORS["output"], symbol="square", line=dict(color="white", width=1.5)),
+        hovertemplate=f"{end}: L{layers[-1]}<br>the stream is x{growth[-1]:.4g} its input's norm<extra></extra>",
+    ), row=row, col=col)
+    fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers, layers))
+    values = np.concatenate(values)
+    values = values[np.isfinite(values) & (values > 0)]
+    fig.update_yaxes(title_text="stream norm / input norm (log)", type="log", exponentformat="power",
+                     row=row, col=col, **_log_ticks(values.min(), values.max()))
+
+
+def _not_drawn(fig, result, row, col, legend, why: str) -> None:
+    fig.add_annotation(text=f"not drawn: layer 0 was not measured (layers {result.layer_spans}),<br>and {why}",
+                       showarrow=False, x=0.5, y=0.5, xref="x domain", yref="y domain",
+                       font=dict(size=15, color=COLORS["neutral"]), row=row, col=col)
+    # An empty trace makes Plotly lay out the panel (a subplot without traces is not drawn, nor
+    # its annotation); its axes stay, bare.
+    fig.add_trace(go.Scatter(x=[None], y=[None], showlegend=False, hoverinfo="skip", legend=legend),
+                  row=row, col=col)
+    for update in (fig.update_xaxes, fig.update_yaxes):
+        update(showticklabels=False, showgrid=False, zeroline=False, range=[0, 1], row=row, col=col)
+
+
+def _seed_product(fig, result, row, col, legend, log=True):
     # A running product from layer 0 is exact over the measured prefix 0..k only (all layers for a
     # full result): past a gap it would skip the missing layers' gains.
     layers = np.asarray(result.cumulative_layers)
     cumulative = result.cumulative_gains
     intervals = _intervals(result, "cumulative")
     if not len(layers):
-        fig.add_annotation(text=f"not drawn: layer 0 was not measured (layers {result.layer_spans}),<br>"
-                                "and the product runs from layer 0",
-                           showarrow=False, x=0.5, y=0.5, xref="x domain", yref="y domain",
-                           font=dict(size=15, color=COLORS["neutral"]), row=row, col=col)
-        # An empty trace makes Plotly lay out the panel (a subplot without traces is not drawn, nor
-        # its annotation); its axes stay, bare.
-        fig.add_trace(go.Scatter(x=[None], y=[None], showlegend=False, hoverinfo="skip", legend=legend),
-                      row=row, col=col)
-        for update in (fig.update_xaxes, fig.update_yaxes):
-            update(showticklabels=False, showgrid=False, zeroline=False, range=[0, 1], row=row, col=col)
+        _not_drawn(fig, result, row, col, legend, "the product runs from layer 0")
         return
     if intervals is not None:
         fig.add_trace(go.Scatter(x=layers, y=intervals[:, 1], mode="lines", line=dict(width=0),
@@ -286,7 +368,7 @@ def _cumulative(fig, result, row, col, legend, log=True):
                                  name=f"{100 * result.intervals.confidence:g}% interval", legend=legend),
                       row=row, col=col)
     fig.add_trace(go.Scatter(
-        x=layers, y=cumulative, mode="lines+markers", name="cumulative attn × MLP gain", legend=legend,
+        x=layers, y=cumulative, mode="lines+markers", name="the seed's cumulative attn × MLP gain", legend=legend,
         line=dict(color=COLORS["attn"], width=2.5), marker=dict(size=4),
         **_hover(result, "cumulative", layers, cumulative, intervals),
     ), row=row, col=col)
@@ -312,7 +394,7 @@ def _cumulative(fig, result, row, col, legend, log=True):
     fig.update_xaxes(title_text="layer" if end == "output" else f"layer (measured prefix 0-{output} of {result.n_layers})",
                      row=row, col=col, **_layer_ticks(result.n_layers, layers))
     values = np.concatenate([cumulative, [1.0]] + ([intervals.ravel()] if intervals is not None else []))
-    fig.update_yaxes(title_text="cumulative gain (product to the layer)", type="log",
+    fig.update_yaxes(title_text="product of the gains to the layer", type="log",
                      exponentformat="power", row=row, col=col, **_log_ticks(values.min(), values.max()))
 
 
@@ -331,18 +413,58 @@ def _gain_values(result, component: str) -> np.ndarray:
 
 
 def _gain_trace(result, component, x, legend, name=None, symbol="circle", x_label="layer"):
-    """Line + markers of one component's gain per layer, with interval error bars and hover."""
+    """Line + markers of one component's gain per layer, with interval error bars and hover (which
+    also gives, where the result has them, the gain without position 0 and the median per-token gain)."""
     gains = _gain_values(result, component)
     intervals = _intervals(result, component)
     layers = np.asarray(result.layers)
+    extra = _hover_extras(result, component)
     x, gains, intervals, layers = _broken_at_gaps(layers, x, gains, intervals)
+    extra = [(label, _broken_at_gaps(np.asarray(result.layers), values, values, None)[1]) for label, values in extra]
     color = COLORS[component]
     return go.Scatter(
         x=x, y=gains, mode="lines+markers", name=name or f"{NAMES[component]} gain", legend=legend,
         line=dict(color=color, width=2), marker=dict(size=6, color=color, symbol=symbol),
         hoveron="points",
         **_errors(gains, intervals, color),
-        **_hover(result, component, layers, gains, intervals, x_label=x_label),
+        **_hover(result, component, layers, gains, intervals, x_label=x_label, extra=extra),
+    )
+
+
+def _hover_extras(result, component) -> list[tuple[str, np.ndarray]]:
+    """Hover lines beside a gain: its value without position 0 and the median per-token gain."""
+    extra = []
+    if component in ("attn", "mlp", "block", "combined") and result.drop_first == 0:
+        without = result.gains_without_first(component)
+        if without is not None:
+            extra.append(("without position 0", without))
+    median = result.median_gains(component) if component in ("attn", "mlp", "block") else None
+    if median is not None:
+        extra.append(("median per-token gain", median))
+    return extra
+
+
+def _without_first_values(result, components) -> list[float]:
+    """The gains without position 0 a panel also draws (for its axis range)."""
+    if result.drop_first:
+        return []
+    values = [result.gains_without_first(component) for component in components]
+    return [float(v) for array in values if array is not None for v in array]
+
+
+def _without_first_trace(result, component, layers, legend):
+    """The gain over positions >= 1, dashed, in the component's colour; None where not measured."""
+    without = result.gains_without_first(component) if result.drop_first == 0 else None
+    if without is None:
+        return None
+    x, values, _, hovered = _broken_at_gaps(layers, layers, without, None)
+    color = COLORS[component]
+    return go.Scatter(
+        x=x, y=values, mode="lines+markers", name=f"{NAMES[component]} gain without position 0", legend=legend,
+        line=dict(color=color, width=1.5, dash="dash"), marker=dict(size=5, color=color, symbol="circle-open"),
+        customdata=np.column_stack([hovered, values]),
+        hovertemplate=f"L%{{customdata[0]}}<br>{NAMES[component]} gain without position 0 "
+                      "%{customdata[1]:.4g}<extra></extra>",
     )
 
 
@@ -371,11 +493,12 @@ def _errors(values, intervals, color) -> dict:
                             arrayminus=values - intervals[:, 0], color=color, thickness=1.2, width=3)}
 
 
-def _hover(result, component, layers, values, intervals, x_label="layer") -> dict:
+def _hover(result, component, layers, values, intervals, x_label="layer", extra=()) -> dict:
     """Hover text: layer, value and (when drawn) the interval, all from customdata.
 
-    customdata rows are [layer, value, lo, hi]: the value is not read from y, which for a bar on a
-    log axis holds its length from the neutral gain 1.
+    customdata rows are [layer, value, lo, hi, extra...]: the value is not read from y, which for a
+    bar on a log axis holds its length from the neutral gain 1. ``extra``: (label, [layer] values)
+    lines after the interval.
     """
     label = f"{NAMES[component]} gain"
     where = "L%{customdata[0]}" + (" (depth %{x:.2f})" if x_label == "depth" else "")
@@ -384,6 +507,9 @@ def _hover(result, component, layers, values, intervals, x_label="layer") -> dic
     if intervals is not None:
         text += f"<br>{100 * result.intervals.confidence:g}% interval [%{{customdata[2]:.4g}}, %{{customdata[3]:.4g}}]"
         columns += [intervals[:, 0], intervals[:, 1]]
+    for label, extra_values in extra:
+        text += f"<br>{label} %{{customdata[{len(columns)}]:.4g}}"
+        columns.append(np.asarray(extra_values, dtype=np.float64))
     return {"customdata": np.column_stack(columns), "hovertemplate": text + "<extra></extra>"}
 
 

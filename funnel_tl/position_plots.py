@@ -171,7 +171,7 @@ def plot_sink_comparison(result, k: int | None = None, log_gains: bool | None = 
     versions = (("all positions", result, "solid"), (f"without {first}", without, "dash"))
     fig = make_subplots(rows=2, cols=2, horizontal_spacing=0.08, vertical_spacing=0.2, subplot_titles=(
         "Attention vs MLP gain per layer", "MLP gain on normalized depth vs Pythia-1.4B",
-        "Net effect per layer: attn × MLP", "Information funnel: cumulative attn × MLP gain"))
+        "Net effect per layer: attn × MLP", "The stream's growth: ‖resid_post_L‖ / ‖resid_pre_0‖"))
     layers = np.arange(result.n_layers)
     depth = np.linspace(0, 1, result.n_layers)
     panel_log, extent = {}, {}
@@ -198,8 +198,9 @@ def plot_sink_comparison(result, k: int | None = None, log_gains: bool | None = 
             customdata=np.column_stack([layers, gains]),
             hovertemplate=f"L%{{customdata[0]}}<br>attn × MLP gain %{{customdata[1]:.4g}} ({label})<extra></extra>",
         ), row=2, col=1)
-        fig.add_trace(_line(layers, version.cumulative_gains, f"cumulative, {label}", COLORS["attn"], dash, None),
-                      row=2, col=2)
+        # The stream's real growth (the seed's product of sublayer gains is no norm ratio of any activation).
+        fig.add_trace(_line(layers, version.block_cumulative_gains, f"stream growth, {label}", COLORS["attn"], dash,
+                            None), row=2, col=2)
     for row, col in ((1, 1), (1, 2), (2, 1), (2, 2)):
         fig.add_hline(y=1, line=dict(color=COLORS["neutral"], dash="dot", width=1.2), row=row, col=col)
     fig.add_hline(y=PYTHIA_1_4B_REFERENCE["mlp_max_gain"], line=dict(color=COLORS["reference"], dash="dot", width=1.5),
@@ -210,8 +211,8 @@ def plot_sink_comparison(result, k: int | None = None, log_gains: bool | None = 
         axis = (dict(type="log", exponentformat="power", **_log_ticks(*extent[panel])) if panel_log[panel]
                 else dict(rangemode="tozero"))
         fig.update_yaxes(title_text=title, row=row, col=col, **axis)
-    cumulative = np.concatenate([v.cumulative_gains for _, v, _ in versions] + [np.ones(1)])
-    fig.update_yaxes(title_text="cumulative gain", type="log", exponentformat="power", row=2, col=2,
+    cumulative = np.concatenate([v.block_cumulative_gains for _, v, _ in versions] + [np.ones(1)])
+    fig.update_yaxes(title_text="stream norm / input norm", type="log", exponentformat="power", row=2, col=2,
                      **_log_ticks(cumulative.min(), cumulative.max()))
     for row, col in ((1, 1), (2, 1), (2, 2)):
         fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers))

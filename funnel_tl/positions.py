@@ -557,27 +557,34 @@ class SinkEffect:
                 "funnel_test_without_first": self.without_first.to_dict(), **robust}
 
 
-def sink_effect(result, k: int | None = None) -> SinkEffect:
+def sink_effect(result, k: int | None = None, without=None) -> SinkEffect:
     """Whether the funnel verdict of ``result`` (a ``GainResult`` with positions) changes without
     its first ``k`` positions (default: ``result.positions.sink_positions``).
 
-    Each call draws the bootstrap of the result without them anew; ``result.sink`` is this with
-    the default ``k``, computed once per result (results.json, the printed analysis and
-    positions.html all show it).
+    Each call draws the bootstrap of the result without them anew, unless ``without`` gives that
+    result (without the first ``k``, with intervals when ``result`` has them); ``result.sink`` is
+    this with the default ``k``, computed once per result (results.json, the printed analysis and
+    positions.html all show it), reusing ``result.without_first_position`` for position 0.
     """
     from .funnel import funnel_test
 
     k = result.positions.sink_positions if k is None else k
-    without = result.without_first(k)
     robust = {}
     intervals = result.intervals
-    if intervals is not None and without.n_prompts >= 2:
-        from .stats import bootstrap_intervals, robust_funnel_test
+    if without is not None and without.drop_first == k and (intervals is None or without.intervals is not None):
+        pass  # given (``GainResult.sink``: ``without_first_position``, its intervals drawn as these would be)
+    else:
+        without = result.without_first(k)
+        if intervals is not None and without.n_prompts >= 2:
+            from .stats import bootstrap_intervals
 
-        # The layers' intervals alone: the figure draws them; no page shows its position cells'.
-        without = replace(without, intervals=bootstrap_intervals(
-            without, n_resamples=intervals.n_resamples, seed=intervals.seed, confidence=intervals.confidence,
-            method=intervals.method))
+            # The layers' intervals alone: the figure draws them; no page shows its position cells'.
+            without = replace(without, intervals=bootstrap_intervals(
+                without, n_resamples=intervals.n_resamples, seed=intervals.seed, confidence=intervals.confidence,
+                method=intervals.method))
+    if intervals is not None and without.intervals is not None:
+        from .stats import robust_funnel_test
+
         robust = {"robust_all_positions": robust_funnel_test(result),
                   "robust_without_first": robust_funnel_test(without)}
     return SinkEffect(k=k, all_positions=funnel_test(result), without_first=funnel_test(without), without=without,
@@ -650,12 +657,25 @@ def format_sink_analysis(result, k: int | None = None) -> str:
         percent = f"{100 * result.intervals.confidence:g}%"
         both = (yes[effect.robust_all_positions.funnel_confirmed], yes[effect.robust_without_first.funnel_confirmed])
         lines.append(f"Robust verdict ({percent} intervals): {both[0]} on all positions, {both[1]} without {first}")
-    criteria = [name for name in effect.changed if name != "funnel_confirmed"]
+    from .readings import changed_criteria, factor
+
+    criteria = [text for text in changed_criteria(effect.all_positions, effect.without_first)
+                if not text.startswith("the verdict")]
+    # The largest move of a layer's gain, in words: a 50x change is named as one, not played down.
+    moves = []
+    for component, label in (("attn", "attention"), ("mlp", "MLP")):
+        before, after = result.gains(component), without.gains(component)
+        layer = int(np.argmax(np.abs(np.log(after / before))))
+        moves.append((abs(np.log(after[layer] / before[layer])), label, layer, before[layer], after[layer]))
+    _, label, layer, before, after = max(moves)
+    largest = f"L{layer}'s {label} gain is {factor(before, after)} without {first} ({before:.4g} -> {after:.4g})"
     if effect.verdict_changes:
-        lines.append(f">>> THE VERDICT DEPENDS ON {first.upper()}: {', '.join(criteria)} change <<<")
+        lines.append(f">>> THE VERDICT DEPENDS ON {first.upper()}: {', '.join(criteria)} <<<")
+    elif criteria:
+        lines.append(f">>> The verdict does not depend on {first}, but criteria do: {', '.join(criteria)} <<<")
     else:
-        lines.append(f">>> The verdict does not depend on {first}"
-                     + (f" (though {', '.join(criteria)} change)" if criteria else "") + " <<<")
+        lines.append(f">>> The verdict does not depend on {first} <<<")
+    lines.append(f"largest change: {largest}")
     return "\n".join(lines)
 
 

@@ -32,10 +32,14 @@ class Layout:
     attention_out: str | None = None
     mlp_out: str | None = None
     residual_in_output: bool = False
+    # Sandwich and post-norm blocks: ``attention_out``/``mlp_out`` are post-norms, and the module's
+    # own output (before it) is captured too, as ``attn_module_out``/``mlp_module_out``.
+    post_norms: bool = False
 
 
 _PRE_NORM = Layout("model.layers", "self_attn", "mlp")
-_SANDWICH = Layout("model.layers", "self_attn", "mlp", "post_attention_layernorm", "post_feedforward_layernorm")
+_SANDWICH = Layout("model.layers", "self_attn", "mlp", "post_attention_layernorm", "post_feedforward_layernorm",
+                   post_norms=True)
 
 # Per HF ``model_type``.
 _LAYOUTS = {
@@ -125,7 +129,7 @@ def _seed_captures(hf_model, tokenizer, prompts: Sequence[str]):
             if out_name is None:
                 watch(module, index, f"{component}_in", f"{component}_out", layout.residual_in_output)
             else:
-                watch(module, index, f"{component}_in", None)
+                watch(module, index, f"{component}_in", f"{component}_module_out" if layout.post_norms else None)
                 watch(getattr(layer, out_name), index, None, f"{component}_out")
     roles = _seed_roles(hf_model)
     device = next(hf_model.parameters()).device
@@ -151,7 +155,8 @@ def _seed_captures(hf_model, tokenizer, prompts: Sequence[str]):
 
 def _seed_roles(hf_model) -> list[str]:
     return ["attn_in", "attn_out", "mlp_in", "mlp_out", "resid_pre", "resid_post"] + (
-        [] if hf_is_parallel(hf_model) else ["resid_mid"])
+        [] if hf_is_parallel(hf_model) else ["resid_mid"]) + (
+        ["attn_module_out", "mlp_module_out"] if hf_layout(hf_model).post_norms else [])
 
 
 def _n_layers(hf_model) -> int:
@@ -165,7 +170,8 @@ def seed_reference(hf_model, tokenizer, prompts: Sequence[str], drop_first: int 
     Keys: ``attn_in`` and ``mlp_in`` (what the modules receive: LayerNorm outputs, or the stream
     itself for post-norm blocks), ``attn_out``,
     ``mlp_out``, ``resid_pre`` (the layer's input) and ``resid_post`` (its output), and ``resid_mid``
-    (resid_pre + attn_out; serial blocks only, where the MLP reads it).
+    (resid_pre + attn_out; serial blocks only, where the MLP reads it); for sandwich and post-norm
+    blocks ``attn_module_out`` and ``mlp_module_out``, the modules' own outputs before their post-norms.
     """
     roles, n_layers = _seed_roles(hf_model), _n_layers(hf_model)
     means = {role: np.zeros((len(prompts), n_layers)) for role in roles}
@@ -209,10 +215,7 @@ def reference_position_gains(token_norms: list[dict[str, np.ndarray]], edges: Se
     out); for each prompt reaching it, mean‖out‖ / (mean‖in‖ + 1e-10) over its tokens there; the
     cell is the mean of those over the prompts that reach it, NaN if none does.
     """
-    parallel = "resid_mid" not in token_norms[0]
-    pairs = {"attn": ("attn_out", "attn_in" if definition == "seed" else "resid_pre"),
-             "mlp": ("mlp_out", "mlp_in" if definition == "seed" else ("resid_pre" if parallel else "resid_mid")),
-             "block": ("resid_post", "resid_pre")}
+    pairs = _pairs(definition, parallel="resid_mid" not in token_norms[0])
     n_layers, n_buckets = token_norms[0]["attn_out"].shape[0], len(edges) - 1
     gains = {component: np.full((n_layers, n_buckets), np.nan) for component in pairs}
     counts = np.zeros(n_buckets, dtype=np.int64)
@@ -229,10 +232,66 @@ def reference_position_gains(token_norms: list[dict[str, np.ndarray]], edges: Se
     return gains, counts
 
 
+def _pairs(definition: str, parallel: bool) -> dict[str, tuple[str, str]]:
+    """component -> (output role, input role) of a definition, in the roles ``seed_reference`` names."""
+    return {"attn": ("attn_out", "attn_in" if definition == "seed" else "resid_pre"),
+            "mlp": ("mlp_out", "mlp_in" if definition == "seed" else ("resid_pre" if parallel else "resid_mid")),
+            "block": ("resid_post", "resid_pre")}
+
+
+# ---- the readings beside the seed's (issue 20) ---------------------------------------------------
+# From the same per-token norms (``seed_token_norms``), by plain loops over prompts: nothing shared
+# with results.py, reads.py or medians.py.
+def reference_readings(token_norms: list[dict[str, np.ndarray]], definition: str = "seed") -> dict[str, dict]:
+    """Every reading issue 20 adds, the seed's way (per prompt, then the mean over prompts).
+
+    Keys (each ``{component: [layer]}``): ``gains`` and ``gains_without_first`` (positions >= 1;
+    prompts of one token left out) for attn, mlp, block, combined; ``cumulative`` (per prompt
+    mean_t‖resid_post_L‖ / mean_t‖resid_pre_0‖) and ``cumulative_without_first`` under
+    ``"block"``; ``median`` (over every token of every prompt, of ‖out_t‖ / (‖in_t‖ + 1e-10)) for
+    attn, mlp, block; ``module`` and ``post_norm`` for attn, mlp (when the module outputs were
+    captured); ``input_norms`` ``{role: [layer]}`` (mean over prompts of each prompt's mean norm).
+    """
+    pairs = _pairs(definition, parallel="resid_mid" not in token_norms[0])
+
+    def mean_ratio(out: str, inp: str, start: int = 0) -> np.ndarray:
+        per_prompt = []
+        for norms in token_norms:
+            if norms[out].shape[1] <= start:
+                continue  # no token left after the first `start` positions
+            per_prompt.append(norms[out][:, start:].mean(axis=1) / (norms[inp][:, start:].mean(axis=1) + 1e-10))
+        return np.mean(per_prompt, axis=0)
+
+    def growth(start: int) -> np.ndarray:
+        per_prompt = [norms["resid_post"][:, start:].mean(axis=1) / (norms["resid_pre"][0, start:].mean() + 1e-10)
+                      for norms in token_norms if norms["resid_post"].shape[1] > start]
+        return np.mean(per_prompt, axis=0)
+
+    readings: dict[str, dict] = {"gains": {}, "gains_without_first": {}, "median": {}, "module": {}, "post_norm": {}}
+    for component, (out, inp) in pairs.items():
+        readings["gains"][component] = mean_ratio(out, inp)
+        readings["gains_without_first"][component] = mean_ratio(out, inp, start=1)
+        per_token = np.concatenate([norms[out] / (norms[inp] + 1e-10) for norms in token_norms], axis=1)  # [layer, token]
+        readings["median"][component] = np.median(per_token, axis=1)
+    for key in ("gains", "gains_without_first"):
+        readings[key]["combined"] = readings[key]["attn"] * readings[key]["mlp"]
+    readings["cumulative"] = {"block": growth(0)}
+    readings["cumulative_without_first"] = {"block": growth(1)}
+    for component in ("attn", "mlp"):
+        if f"{component}_module_out" in token_norms[0]:
+            readings["module"][component] = mean_ratio(f"{component}_module_out", f"{component}_in")
+            readings["post_norm"][component] = mean_ratio(f"{component}_out", f"{component}_module_out")
+    readings["input_norms"] = {role: np.mean([norms[role].mean(axis=1) for norms in token_norms], axis=0)
+                               for role in token_norms[0]}
+    return readings
+
+
 # The module that applies W_O to the concatenated heads, and whether its weight is stored
 # [in, out] (GPT-2's Conv1D) rather than nn.Linear's [out, in].
 _OUTPUT_PROJECTIONS = {"gpt_neox": ("dense", False), "gpt2": ("c_proj", True), "llama": ("o_proj", False),
-                       "mistral": ("o_proj", False), "qwen2": ("o_proj", False)}
+                       "mistral": ("o_proj", False), "qwen2": ("o_proj", False),
+                       # sandwich / post-norm: o_proj writes the module output, before the post-norm
+                       "gemma2": ("o_proj", False), "gemma3_text": ("o_proj", False), "olmo2": ("o_proj", False)}
 
 
 @torch.inference_mode()

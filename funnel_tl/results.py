@@ -27,6 +27,32 @@ The per-prompt sums Σ‖out‖, Σ‖in‖ and token counts are kept, so pooled
 derive from them. ``combined`` = attn gain × MLP gain of the layer; ``cumulative`` = running
 product of ``combined`` over layers.
 
+Beside the seed's numbers, from the same forward (``funnel_tl.reads``, ``funnel_tl.medians``;
+results built without them, e.g. by ``gains_from_cache`` or from older files, lack these keys):
+
+- ``gains_without_first``: the gains over positions >= 1, equal to a ``drop_first=1`` run's
+  (``without_first(1)``); position 0 carries the attention sink's massive activations;
+- ``block_cumulative_gains`` (results.json ``block.cumulative_gains``): the stream's real growth,
+  per prompt mean_t‖resid_post_L‖ / mean_t‖resid_pre_0‖, averaged over prompts. The seed's
+  ``cumulative_gains`` (``combined.cumulative_gains``) is a running product of sublayer gains with
+  a denominator each: no norm ratio of any activation;
+- ``module_gains`` / ``post_norm_gains`` (sandwich and post-norm blocks): ‖module output before its
+  post-norm‖ / ‖what the module reads‖, and ‖a‖ (or ‖m‖) / ‖module output‖; per prompt their
+  product is the seed gain;
+- ``in_definition(other)``: the same forward's gains under the other definition;
+- ``median_gains``: the median over every counted token of the per-token gain, from histograms
+  (``funnel_tl.medians``: within 0.12% of the exact median).
+
+results.json keys they add: ``attention``/``mlp``/``combined``/``block`` ``["gains_without_first"]``;
+``attention``/``mlp``/``block`` ``["median_gains"]``; ``attention``/``mlp`` ``["module_gains"]`` and
+``["post_norm_gains"]`` (post-normed blocks); ``block["cumulative_gains"]`` and
+``["cumulative_gains_without_first"]`` (with ``["cumulative_intervals"]`` and
+``["cumulative_intervals_without_first"]`` when intervals were drawn); ``without_first`` (the
+headline numbers and the verdict over positions >= 1); ``other_definition`` (its gains and verdict,
+with and without position 0, and the mean input norms of both definitions per layer);
+``token_histograms`` (the medians' method and counts); ``per_prompt["reads"]`` (every role's
+per-prompt sums, over all positions and from position 1).
+
 Measured on some layers only (``measure_gains(..., layers=...)``), a result holds those layers
 (``result.layers``, true indices; every per-layer array has that length) and ``n_layers`` stays the
 model's depth. Per-layer gains are exact there. The running product from layer 0 is exact only
@@ -86,6 +112,11 @@ class GainResult:
     positions: Any = None
     # The measured layers, ascending (``measure_gains(..., layers=...)``); None: every layer.
     layers: tuple[int, ...] | None = None
+    # Every norm the forward read, by role, over all counted positions and from position 1
+    # (funnel_tl.reads.ReadSums); None where not measured so (gains_from_cache, older files).
+    reads: Any = None
+    # Histograms of per-token log10 gains by component and layer (funnel_tl.medians.TokenHistograms), or None.
+    token_histograms: Any = None
 
     def __post_init__(self):
         if self.definition not in DEFINITIONS:
@@ -118,6 +149,24 @@ class GainResult:
                              f"cumulative), the result {len(layers)} ({len(self.cumulative_layers)} cumulative)")
         if self.positions is not None:
             self._check_positions()
+        if self.reads is not None:
+            self._check_reads()
+        if self.token_histograms is not None and self.token_histograms.n_layers != len(layers):
+            raise ValueError(f"token histograms cover {self.token_histograms.n_layers} layers, the result {len(layers)}")
+
+    def _check_reads(self) -> None:
+        """The definition's own sums must be the reads' sums of their roles: the same norms."""
+        from .reads import definition_roles
+
+        reads = self.reads
+        if reads.n_prompts != self.n_prompts or next(iter(reads.sums.values())).shape[1] != len(self.layers):
+            raise ValueError(f"read sums cover {reads.n_prompts} prompts, the result {self.n_prompts}")
+        if np.any(reads.n_tokens_from_1 > self.n_tokens):
+            raise ValueError("read sums count more tokens from position 1 than in all")
+        for component, (out_role, in_role) in definition_roles(self.definition, self.parallel_blocks).items():
+            for role, sums in ((out_role, self.out_sums[component]), (in_role, self.in_sums[component])):
+                if role not in reads.sums or not np.array_equal(reads.sums[role], sums):
+                    raise ValueError(f"{component} sums are not the read sums of {role}")
 
     def _check_positions(self) -> None:
         """Position sums must add up, over buckets, to the per-prompt sums: the same tokens."""
@@ -267,6 +316,7 @@ class GainResult:
             in_sums={c: v[index] for c, v in self.in_sums.items()},
             drop_first=self.drop_first, provenance=provenance,
             positions=None if self.positions is None else self.positions.subset(index), layers=self.layers,
+            reads=None if self.reads is None else self.reads.subset(index),
         )
 
     def position_gains(self, component: str) -> np.ndarray:
@@ -284,13 +334,16 @@ class GainResult:
     def without_first(self, k: int) -> "GainResult":
         """The result as if measured with ``drop_first=k``, from the position sums (no model needed).
 
-        Prompts with no token left after the first k positions are left out (they would count
+        ``k=1`` needs no position sums in a result with read sums (every ``measure_gains`` run):
+        its sums from position 1 are exactly those a ``drop_first=1`` run adds up. Prompts with no token left after the first k positions are left out (they would count
         none). Intervals are not carried over: draw them again with ``with_intervals``.
         """
-        if self.positions is None:
-            raise FunnelError(f"{self.model}: leaving out positions after the fact needs by_position=True")
         if k <= self.drop_first:
             return replace(self, intervals=None)
+        if k == 1 and self.reads is not None:
+            return self._from_position_1()
+        if self.positions is None:
+            raise FunnelError(f"{self.model}: leaving out positions after the fact needs by_position=True")
         out_sums, in_sums, n_tokens = self.positions.from_position(k)
         kept = np.flatnonzero(n_tokens > 0)
         if kept.size == 0:
@@ -305,6 +358,167 @@ class GainResult:
             drop_first=k, provenance=dict(provenance, drop_first=k, derived_from_drop_first=self.drop_first),
             positions=self.positions.without_first(k).subset(kept), layers=self.layers,
         )
+
+    def _from_position_1(self) -> "GainResult":
+        """``without_first(1)`` from the read sums over positions >= 1: the very sums a
+        ``drop_first=1`` run of the same batches adds up."""
+        from .reads import definition_roles
+
+        reads = self.reads
+        kept = np.flatnonzero(reads.n_tokens_from_1 > 0)
+        if kept.size == 0:
+            raise FunnelError(f"{self.model}: no prompt has a token after position 0")
+        roles = definition_roles(self.definition, self.parallel_blocks)
+        prompts, provenance = (prompts_subset(self.prompts, self.provenance, kept) if kept.size < self.n_prompts
+                               else (self.prompts, self.provenance))
+        return GainResult(
+            model=self.model, definition=self.definition, n_layers=self.n_layers, d_model=self.d_model,
+            parallel_blocks=self.parallel_blocks, prompts=prompts, n_tokens=reads.n_tokens_from_1[kept],
+            out_sums={c: reads.sums_from_1[out][kept] for c, (out, _) in roles.items()},
+            in_sums={c: reads.sums_from_1[inp][kept] for c, (_, inp) in roles.items()},
+            drop_first=1, provenance=dict(provenance, drop_first=1, derived_from_drop_first=self.drop_first),
+            positions=None if self.positions is None else self.positions.without_first(1).subset(kept),
+            layers=self.layers, reads=reads.from_position_1().subset(kept),
+        )
+
+    # ---- beside the seed's numbers (funnel_tl.reads, funnel_tl.medians) ------------------------
+    @cached_property
+    def without_first_position(self) -> "GainResult | None":
+        """This result over positions >= 1 (``without_first(1)``, itself when position 0 is already
+        dropped), with intervals drawn as this result's; None without read sums (older files) or
+        when no prompt has a second token."""
+        if self.drop_first >= 1:
+            return self
+        if self.reads is None or not np.any(self.reads.n_tokens_from_1 > 0):
+            return None
+        return self._like_intervals(self.without_first(1))
+
+    def gains_without_first(self, component: str) -> np.ndarray | None:
+        """``[layer]`` gains of ``component`` (attn, mlp, block, combined) over positions >= 1, or None."""
+        without = self.without_first_position
+        if without is None:
+            return None
+        return without.combined_gains if component == "combined" else without.gains(component)
+
+    def _like_intervals(self, other: "GainResult") -> "GainResult":
+        """``other`` with intervals drawn as this result's were (same resamples, seed, confidence)."""
+        if self.intervals is None or other.n_prompts < 2:
+            return other
+        from .stats import bootstrap_intervals
+
+        # The layers' intervals alone (as positions.sink_effect draws them): no page shows the
+        # position cells' of a derived result.
+        return replace(other, intervals=bootstrap_intervals(other, n_resamples=self.intervals.n_resamples,
+                                                            seed=self.intervals.seed,
+                                                            confidence=self.intervals.confidence,
+                                                            method=self.intervals.method))
+
+    def in_definition(self, definition: str) -> "GainResult":
+        """The same forward's gains under ``definition`` (``"seed"`` or ``"residual"``), from the read sums.
+
+        >>> measure_gains(model, "seed").in_definition("residual").attn_gains  # doctest: +SKIP
+        """
+        from .reads import definition_roles
+
+        if definition not in DEFINITIONS:
+            raise FunnelError(f"unknown definition {definition!r}: choose seed or residual")
+        if definition == self.definition:
+            return self
+        roles = definition_roles(definition, self.parallel_blocks)
+        if self.reads is None or not self.reads.has(*(role for pair in roles.values() for role in pair)):
+            raise FunnelError(f"{self.model}: the {definition} definition's inputs were not read "
+                              + ("(a result without read sums: rerun funnel-tl run)" if self.reads is None else
+                                 "(the model has no norm output to read)"))
+        reads = self.reads
+        described = {"block_shape": self.provenance.get("reads", {}).get("block_shape")}
+        for component, (out, inp) in roles.items():
+            described |= {f"{component}_in": reads.reads[inp], f"{component}_out": reads.reads[out]}
+        return GainResult(
+            model=self.model, definition=definition, n_layers=self.n_layers, d_model=self.d_model,
+            parallel_blocks=self.parallel_blocks, prompts=self.prompts, n_tokens=self.n_tokens,
+            out_sums={c: reads.sums[out] for c, (out, _) in roles.items()},
+            in_sums={c: reads.sums[inp] for c, (_, inp) in roles.items()}, drop_first=self.drop_first,
+            provenance=dict(self.provenance, reads=described, derived_from_definition=self.definition),
+            layers=self.layers, reads=reads,
+        )
+
+    @cached_property
+    def other_definition(self) -> "GainResult | None":
+        """``in_definition`` of the definition this result is not, with intervals drawn as this
+        result's; None where its inputs were not read."""
+        other = DEFINITIONS[1 - DEFINITIONS.index(self.definition)]
+        try:
+            return self._like_intervals(self.in_definition(other))
+        except FunnelError:
+            return None
+
+    def module_gains(self, component: str) -> np.ndarray | None:
+        """``[layer]`` (attn or mlp) of a post-normed block: the mean over prompts of
+        mean‖module output before its post-norm‖ / (mean‖what the module reads‖ + 1e-10); None
+        where no post-norm follows the sublayer (or it was not read)."""
+        if self.reads is None or not self.reads.has(f"{component}_module_out", f"{component}_in"):
+            return None
+        return _mean_ratio(self.reads.sums[f"{component}_module_out"], self.reads.sums[f"{component}_in"],
+                           self.n_tokens)
+
+    def post_norm_gains(self, component: str) -> np.ndarray | None:
+        """``[layer]`` (attn or mlp): the post-norm's own gain, mean‖a‖ (or ‖m‖) / mean‖module output‖
+        per prompt, averaged; per prompt, module gain × post-norm gain = the seed gain."""
+        if self.reads is None or not self.reads.has(f"{component}_module_out"):
+            return None
+        return _mean_ratio(self.reads.sums[f"{component}_out"], self.reads.sums[f"{component}_module_out"],
+                           self.n_tokens)
+
+    def median_gains(self, component: str) -> np.ndarray | None:
+        """``[layer]`` median per-token gain of ``component`` (attn, mlp, block) over every counted
+        token (``funnel_tl.medians``), or None where no histograms were kept."""
+        histograms = self.token_histograms
+        if histograms is None or component not in histograms.components:
+            return None
+        return histograms.median(component)
+
+    def mean_input_norms(self, role: str) -> np.ndarray | None:
+        """``[layer]``: the mean over prompts of mean‖role‖ (``funnel_tl.reads.ROLES``), or None if not read."""
+        if self.reads is None or role not in self.reads.sums:
+            return None
+        return (self.reads.sums[role] / self.n_tokens[:, None]).mean(axis=0)
+
+    @property
+    def stream_layers(self) -> tuple[int, ...]:
+        """The layers ``block_cumulative_gains`` covers: every measured layer when layer 0 was
+        measured (its ``resid_pre`` is the denominator), none otherwise."""
+        return self.layers if self.layers[0] == 0 else ()
+
+    @cached_property
+    def _stack(self) -> "GainResult | None":
+        """Blocks 0..L read as one block: ``block`` sums of ‖resid_post_L‖ over ‖resid_pre_0‖ (the
+        other components as this result's), so that its block gains and intervals are the stream's growth."""
+        if not self.stream_layers:
+            return None
+        first = np.repeat(self.in_sums["block"][:, :1], len(self.layers), axis=1)  # [prompt, layer]: resid_pre_0
+        stack = GainResult(
+            model=self.model, definition=self.definition, n_layers=self.n_layers, d_model=self.d_model,
+            parallel_blocks=self.parallel_blocks, prompts=self.prompts, n_tokens=self.n_tokens,
+            out_sums=dict(self.out_sums), in_sums={**self.in_sums, "block": first}, drop_first=self.drop_first,
+            provenance=self.provenance, layers=self.layers)
+        return stack
+
+    @property
+    def block_cumulative_gains(self) -> np.ndarray:
+        """``[layer]`` over ``stream_layers``: how much the residual stream has grown by the end of
+        layer L, per prompt mean_t‖resid_post_L‖ / (mean_t‖resid_pre_0‖ + 1e-10), averaged over
+        prompts (results.json ``block.cumulative_gains``). Unlike the seed's ``cumulative_gains``, a
+        norm ratio of two activations."""
+        return np.empty(0) if self._stack is None else self._stack.block_gains
+
+    @cached_property
+    def block_cumulative_intervals(self) -> np.ndarray | None:
+        """``[layer, 2]`` intervals of ``block_cumulative_gains`` (drawn as the result's, on first
+        use), or None without intervals."""
+        if self._stack is None or self.intervals is None:
+            return None
+        stack = self._like_intervals(self._stack)
+        return None if stack.intervals is None else stack.intervals.block
 
     def with_intervals(self, intervals=None, n_resamples: int | None = None, seed: int | None = None,
                        confidence: float | None = None, method: str | None = None) -> "GainResult":
@@ -352,7 +566,7 @@ class GainResult:
 
             uncertainty |= {"intervals": self.intervals.to_dict(),
                             "robust_funnel_test": None if why_not else robust_funnel_test(self).to_dict()}
-        return {
+        data = {
             "schema_version": SCHEMA_VERSION,
             "model": self.model,
             "n_layers": int(self.n_layers),
@@ -395,6 +609,9 @@ class GainResult:
             **({"by_position": self._position_block()} if self.positions is not None else {}),
             "provenance": self.provenance,
         }
+        from .readings import add_readings
+
+        return add_readings(self, data)
 
     def _position_block(self) -> dict[str, Any]:
         from .positions import sink_unavailable
@@ -411,7 +628,9 @@ class GainResult:
         printed analysis and positions.html all show it and it draws a bootstrap of its own."""
         from .positions import sink_effect
 
-        return sink_effect(self)
+        # Position 0 alone: the same result as without_first_position, whose intervals are drawn already.
+        reuse = self.positions.sink_positions == 1 and self.reads is not None
+        return sink_effect(self, without=self.without_first_position if reuse else None)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "results") -> "GainResult":
@@ -443,6 +662,7 @@ class GainResult:
                 drop_first=data.get("drop_first", 0), provenance=data.get("provenance", {}),
                 intervals=intervals, positions=_positions_from_dict(data.get("by_position")),
                 layers=None if layers is None else tuple(layers),
+                **_readings_from_dict(data, width),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise FunnelError(f"{source} is not a complete funnel_tl results file (missing or bad {error})") from None
@@ -497,6 +717,24 @@ def prompts_block(prompts, n_prompts: int, provenance: dict) -> dict[str, Any]:
 def _texts(block: dict) -> tuple[str, ...] | None:
     texts = block["texts"]
     return None if texts is None else tuple(texts)
+
+
+def _readings_from_dict(data: dict, width: int) -> dict[str, Any]:
+    """``reads`` and ``token_histograms`` of a results file (absent from files written before them)."""
+    from .medians import TokenHistograms
+    from .reads import ReadSums, definition_roles
+
+    per_prompt = data["per_prompt"]
+    reads = None
+    if per_prompt.get("reads") is not None:
+        roles = definition_roles(data["definition"], data["parallel_blocks"])
+        written = {}
+        for component, (out_role, in_role) in roles.items():
+            for role, side in ((out_role, "out_sum"), (in_role, "in_sum")):
+                written[role] = np.asarray(per_prompt[component][side], dtype=np.float64).reshape(-1, width)
+        reads = ReadSums.from_dict(per_prompt["reads"], written, width)
+    histograms = data.get("token_histograms")
+    return {"reads": reads, "token_histograms": None if histograms is None else TokenHistograms.from_dict(histograms)}
 
 
 def _positions_from_dict(block):
@@ -560,6 +798,18 @@ def _with_interval(result: GainResult, component: str, row: int) -> str:
 
 def _floats(values) -> list[float]:
     return [float(v) for v in values]
+
+
+def _nullable_floats(values) -> list[float | None]:
+    """Floats with JSON null for NaN (a median outside the histogram's range): strict JSON has no NaN."""
+    return [None if not np.isfinite(v) else float(v) for v in values]
+
+
+def _mean_ratio(out_sums: np.ndarray, in_sums: np.ndarray, n_tokens: np.ndarray) -> np.ndarray:
+    """``[layer]``: the seed's aggregation of two ``[prompt, layer]`` sums, mean over prompts of
+    mean‖out‖ / (mean‖in‖ + 1e-10)."""
+    counts = n_tokens[:, None]
+    return ((out_sums / counts) / (in_sums / counts + EPSILON)).mean(axis=0)
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:

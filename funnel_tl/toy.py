@@ -48,8 +48,9 @@ FAMILIES: dict[str, tuple[str, dict]] = {
 
 
 def family_config(family: str, n_layers: int = 2, d_model: int = 32, n_heads: int = 4,
-                  vocab_size: int = 512, n_ctx: int = 64):
-    """A tiny HF config of decoder family ``family`` (one of ``FAMILIES``)."""
+                  vocab_size: int = 512, n_ctx: int = 64, **overrides):
+    """A tiny HF config of decoder family ``family`` (one of ``FAMILIES``); ``overrides``: config
+    keywords over the family's own (``num_key_value_heads=4``: no grouped-query attention)."""
     from transformers import AutoConfig
 
     model_type, special = FAMILIES[family]
@@ -65,7 +66,7 @@ def family_config(family: str, n_layers: int = 2, d_model: int = 32, n_heads: in
         "bloom": dict(n_layer=n_layers, n_head=n_heads),
         "opt": dict(ffn_dim=2 * d_model, word_embed_proj_dim=d_model),
     }.get(model_type, {})
-    return AutoConfig.for_model(model_type, **{**sizes, **renamed, **special})
+    return AutoConfig.for_model(model_type, **{**sizes, **renamed, **special, **overrides})
 
 
 def corpus_texts() -> list[str]:

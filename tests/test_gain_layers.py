@@ -164,11 +164,19 @@ def test_figure_draws_true_layers_and_the_prefix(deep_model):
     drawn = ~np.isnan(np.asarray(attention.y, dtype=float))  # the gap's NaN point breaks the line
     assert list(np.asarray(attention.x)[drawn]) == [0, 1, 4]
     assert list(attention.customdata[drawn, 0]) == [0, 1, 4]  # the hover says the true layer
-    cumulative = next(trace for trace in fig.data if trace.name == "cumulative attn × MLP gain")
-    assert list(cumulative.x) == [0, 1]
+    # The stream's growth needs layer 0's resid_pre only: every measured layer, broken at the gap.
+    growth = next(trace for trace in fig.data if trace.name == "stream growth")
+    drawn = ~np.isnan(np.asarray(growth.y, dtype=float))
+    assert list(np.asarray(growth.x)[drawn]) == [0, 1, 4]
+    np.testing.assert_allclose(np.asarray(growth.y)[drawn], gaps.block_cumulative_gains)
+    # The seed's running product covers the measured prefix 0-1 only.
+    from funnel_tl.plots import plot_seed_product
+
+    product = next(trace for trace in plot_seed_product(gaps).data if trace.name == "the seed's cumulative attn × MLP gain")
+    assert list(product.x) == [0, 1]
     assert "Funnel test not testable" in fig.layout.title.text
     no_zero = plot_funnel(measure_gains(deep_model(SERIAL), "seed", batch_size=3, layers=[2, 3]))
-    assert not any(trace.name == "cumulative attn × MLP gain" for trace in no_zero.data)
+    assert not any(trace.name == "stream growth" for trace in no_zero.data)
     assert any("layer 0 was not measured" in annotation.text for annotation in no_zero.layout.annotations)
 
 

@@ -17,7 +17,8 @@ from funnel_tl import plots
 from funnel_tl.cli import IMAGES_HINT, main
 from funnel_tl.funnel import PYTHIA_1_4B_REFERENCE, format_analysis
 from funnel_tl.plots import (
-    plot_attention_mlp, plot_cumulative, plot_funnel, plot_mlp_depth, plot_net_gain, write_html, write_png,
+    plot_attention_mlp, plot_cumulative, plot_funnel, plot_mlp_depth, plot_net_gain, plot_seed_product, write_html,
+    write_png,
 )
 from funnel_tl.results import GainResult
 from synthetic_results import from_gains, funnel_like
@@ -56,7 +57,7 @@ def test_plot_funnel_has_the_four_panels(result):
     assert fig.layout.yaxis4.overlaying == "y3" and fig.layout.yaxis4.side == "right"
     bars = [t for t in fig.data if isinstance(t, go.Bar) and t.legendgroup == "contracting"]
     assert {panel_axes(fig, bar) for bar in bars} == {("x3", "y3")}
-    assert panel_axes(fig, one(fig, "cumulative attn × MLP gain")) == ("x4", "y5")
+    assert panel_axes(fig, one(fig, "stream growth")) == ("x4", "y5")
     assert fig.layout.yaxis5.type == "log"
 
 
@@ -86,7 +87,7 @@ def test_every_shaded_area_is_named_in_a_legend(result):
     for shown in (result, narrow.with_intervals(n_resamples=100, seed=0)):
         fig = plot_funnel(shown)
         filled = [trace for trace in fig.data if getattr(trace, "fill", None) not in (None, "none")]
-        # Only the cumulative gain's interval band (its upper edge is the unnamed trace it fills to).
+        # Only the stream growth's interval band (its upper edge is the unnamed trace it fills to).
         assert [trace.name for trace in filled] == ["95% interval"] and filled[0].showlegend is not False
 
 
@@ -227,10 +228,36 @@ def test_on_a_log_axis_bars_span_from_one_to_the_gain():
     assert label.y == pytest.approx(np.log10(2.5))  # annotations on log axes are in log10 units
 
 
-def test_panel_4_marks_bottleneck_and_output_on_a_log_scale():
+def test_panel_4_is_the_streams_growth_with_and_without_position_0():
+    """Issue 20: panel 4 draws a quantity of the model, mean ||resid_post_L|| / mean ||resid_pre_0||."""
+    from dataclasses import replace
+
+    # Two prompts of 2 tokens; resid_pre_0 sums 2 and 4; resid_post sums grow layer by layer.
+    in_block = np.array([[2.0, 6.0, 18.0], [4.0, 8.0, 16.0]])
+    out_block = np.array([[6.0, 18.0, 36.0], [8.0, 16.0, 64.0]])
+    result = replace(from_gains({c: np.ones((2, 3)) for c in ("attn", "mlp", "block")}, n_tokens=2))
+    result = replace(result, out_sums={**result.out_sums, "block": out_block}, in_sums={**result.in_sums, "block": in_block})
+    expected = ((out_block / 2) / (in_block[:, :1] / 2 + 1e-10)).mean(axis=0)  # [3, 9, 18] and [2, 4, 16]
+    np.testing.assert_allclose(expected, [2.5, 6.5, 17.0])
+    np.testing.assert_allclose(result.block_cumulative_gains, expected, rtol=1e-12)
+    fig = plot_cumulative(result)
+    assert fig.layout.yaxis.type == "log"
+    np.testing.assert_allclose(one(fig, "stream growth", exact=True).y, expected, rtol=1e-12)
+    assert "x17" in one(fig, "output L2").name
+    assert not traces_named(fig, "seed")  # the seed's product is not on this panel
+    assert "resid_pre_0" in plots.PANEL_TITLES[3]
+
+
+def test_seed_product_is_titled_as_what_it_is():
+    fig = plot_seed_product(funnel_like())
+    assert plots.SEED_PRODUCT_TITLE in fig.layout.title.text
+    assert "not a norm ratio of any activation" in fig.layout.title.text
+
+
+def test_seed_product_marks_bottleneck_and_output_on_a_log_scale():
     # Combined gains 0.5, 0.5, 2, 1.5: cumulative 0.5, 0.25, 0.5, 0.75; bottleneck L1, output L3.
     gains = {"attn": np.tile([0.5, 0.5, 2.0, 1.5], (4, 1)), "mlp": np.ones((4, 4)), "block": np.ones((4, 4))}
-    fig = plot_cumulative(from_gains(gains))
+    fig = plot_seed_product(from_gains(gains))
     assert fig.layout.yaxis.type == "log"
     np.testing.assert_allclose(one(fig, "cumulative attn × MLP gain").y, [0.5, 0.25, 0.5, 0.75], rtol=1e-9)
     bottleneck, output = one(fig, "bottleneck"), one(fig, "output")
@@ -238,15 +265,15 @@ def test_panel_4_marks_bottleneck_and_output_on_a_log_scale():
     assert "L1" in bottleneck.name and "L3" in output.name
 
 
-def test_panel_4_marks_no_bottleneck_on_a_rising_curve_and_one_marker_when_they_coincide():
+def test_seed_product_marks_no_bottleneck_on_a_rising_curve_and_one_marker_when_they_coincide():
     # Combined gains 0.5, 2, 2: cumulative 0.5, 1, 2 — lowest at L0, then only rising.
     rising = {"attn": np.tile([0.5, 2.0, 2.0], (4, 1)), "mlp": np.ones((4, 3)), "block": np.ones((4, 3))}
-    fig = plot_cumulative(from_gains(rising))
+    fig = plot_seed_product(from_gains(rising))
     assert [t.name for t in fig.data if t.name and t.name.startswith("bottleneck")] == [] and one(fig, "output").x[0] == 2
     assert traces_named(fig, "no bottleneck")
     # Combined gains 0.5, 0.5, 0.5: cumulative falls to the last layer, which is bottleneck and output.
     falling = {"attn": np.tile([0.5, 0.5, 0.5], (4, 1)), "mlp": np.ones((4, 3)), "block": np.ones((4, 3))}
-    fig = plot_cumulative(from_gains(falling))
+    fig = plot_seed_product(from_gains(falling))
     marker = one(fig, "bottleneck = output")
     assert marker.x[0] == 2 and [t.name for t in fig.data if t.name and t.name.startswith("output")] == []
 
@@ -302,7 +329,7 @@ def test_without_intervals_there_are_no_error_bars_and_the_title_says_so():
 
 
 def test_each_panel_alone_is_a_figure(result):
-    for function in (plot_attention_mlp, plot_mlp_depth, plot_net_gain, plot_cumulative):
+    for function in (plot_attention_mlp, plot_mlp_depth, plot_net_gain, plot_cumulative, plot_seed_product):
         fig = function(result)
         assert isinstance(fig, go.Figure) and len(fig.data) >= 1
 

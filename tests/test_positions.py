@@ -217,7 +217,9 @@ def test_verdict_that_hangs_on_position_0_is_reported():
     assert effect.verdict_changes and "attention_always_contracts" in effect.changed
     assert not effect.all_positions.funnel_confirmed and effect.without_first.funnel_confirmed
     text = format_sink_analysis(result)
-    assert "THE VERDICT DEPENDS ON POSITION 0" in text and "attention_always_contracts" in text
+    assert "THE VERDICT DEPENDS ON POSITION 0" in text
+    # The criteria in words with both values, never as internal keys (issue 20).
+    assert "1. attention always contracts (False -> True)" in text and "attention_always_contracts" not in text
     assert "over the later positions: x" in text and "positions'" not in text  # no stray apostrophe
     # Position 0's own cell shows the sink's gain.
     np.testing.assert_allclose(result.position_gains("attn")[:, 0], 2.0)
@@ -238,6 +240,21 @@ def test_verdict_that_does_not_hang_on_position_0():
     result = sink_result(sink_gain=0.4)
     assert not sink_effect(result).verdict_changes
     assert "does not depend on position 0" in format_sink_analysis(result)
+
+
+def test_sink_summary_names_changed_criteria_and_the_largest_factor_in_words():
+    """Issue 20: "(though last_layer_is_max change)" named an internal key and played a 50x move down."""
+    result = sink_result(sink_gain=0.4)
+    text = format_sink_analysis(result)
+    from funnel_tl.funnel import FunnelTest
+
+    assert not any(key in text for key in FunnelTest.__dataclass_fields__)
+    last = text.splitlines()[-1]
+    before, after = result.attn_gains, result.without_first(1).attn_gains
+    assert last.startswith("largest change: L") and "without position 0" in last
+    ratio = max(np.max(before / after), np.max(after / before), np.max(result.mlp_gains / result.without_first(1).mlp_gains),
+                np.max(result.without_first(1).mlp_gains / result.mlp_gains))
+    assert f"x{ratio:.2g}" in last
 
 
 def test_without_first_beyond_single_positions_is_refused(measured):
@@ -343,7 +360,9 @@ def test_sink_bootstrap_is_drawn_once_for_file_text_and_figure(monkeypatch, tmp_
     result = sink_result(sink_gain=2.0).with_intervals(n_resamples=50, seed=0)
     drawn = []
     real = stats.bootstrap_intervals
-    monkeypatch.setattr(stats, "bootstrap_intervals", lambda *a, **kw: drawn.append(a[0].drop_first) or real(*a, **kw))
+    # Draws on results without position 0 only: results.json also draws the stream's growth's (drop_first 0).
+    monkeypatch.setattr(stats, "bootstrap_intervals",
+                        lambda *a, **kw: (a[0].drop_first == 1 and drawn.append(1)) or real(*a, **kw))
     result.save(tmp_path / "results.json")
     text = format_sink_analysis(result)
     write_position_page(result, tmp_path / "positions.html")
