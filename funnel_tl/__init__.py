@@ -37,3 +37,9 @@ __all__ = [
     "plot_attention_mlp", "plot_mlp_depth", "plot_net_gain", "plot_cumulative",
 ]
 __all__ += ["Comparison", "PYTHIA_SUITE", "compare"]
+
+from .effect_plots import plot_effects  # noqa: E402
+from .effect_results import EffectResult  # noqa: E402
+from .effects import measure_effects  # noqa: E402
+
+__all__ += ["EffectResult", "measure_effects", "plot_effects"]

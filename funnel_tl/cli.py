@@ -259,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_text_options(heads)
     add_page_options(heads)
     heads.set_defaults(handler=cmd_heads)
+    add_effects_parser(commands)
     report = commands.add_parser(
         "report", help="re-render figures and analysis from results.json files, without a model",
         description="Re-render DIR/funnel.html (and funnel.png where kaleido and Chrome are present) from "
@@ -310,6 +311,113 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="on an error, show the full traceback instead of one line")
     return parser
+
+
+def _interventions(text: str) -> tuple[str, ...]:
+    """argparse type of --interventions: one spec or several, comma-separated (zero, mean, scale:S)."""
+    from .interventions import parse_interventions  # torch-free: checked before anything heavy loads
+
+    try:
+        return tuple(spec.name for spec in parse_interventions(text))
+    except FunnelError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _stack(text: str) -> int | str:
+    """argparse type of --stack: ``auto`` or an integer, at least 1."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or auto, got {text!r}")
+    return int(text)
+
+
+def add_effects_parser(commands) -> None:
+    """``funnel-tl effects``: the causal effect of every sublayer, beside its gain (funnel_tl.effects)."""
+    effects = commands.add_parser(
+        "effects", help="does the funnel matter? the loss cost of changing each sublayer, beside its gain",
+        description="Replace each layer's attention and MLP contribution to the residual stream (zero: by 0; mean: "
+                    "by its mean over the prompts' tokens; scale:S: by S times itself), measure what it costs the "
+                    "next-token loss (Δloss) and how far it moves the predictions (KL), print which sublayers the "
+                    "model relies on beside their gains, and write DIR/effects.json and DIR/effects.html. "
+                    "Rerunning with the same DIR and settings continues an unfinished run and reuses a finished one.",
+        epilog="examples:\n  funnel-tl effects --model smollm2-135m --out runs/smollm2\n"
+               "  funnel-tl effects --model EleutherAI/pythia-160m --interventions zero,mean --layers -4--1",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_options(effects)
+    effects.add_argument("--layers", default=None, metavar="SPEC",
+                         help="layers whose sublayers to change: numbers and inclusive ranges such as 0-3,-1 (-1 the "
+                              "last; -2--1 the last two), as for run (default: all)")
+    effects.add_argument("--interventions", type=_interventions, nargs="+", default=None, metavar="SPEC",
+                         help="what replaces each contribution: zero, mean, scale:S (S a number other than 1), "
+                              "comma- or space-separated (default: zero mean scale:0.5 scale:2)")
+    effects.add_argument("--stack", type=_stack, default="auto", metavar="N|auto",
+                         help="interventions per forward pass, each on its own copy of the batch; changes no number "
+                              "(default: auto, 1: stacking was measured to win nothing on the CPU)")
+    effects.add_argument("--force", action="store_true",
+                         help="measure again even when DIR/effects.json holds this measurement, finished or not")
+    effects.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/<model name>)")
+    add_bootstrap_options(effects)
+    add_text_options(effects)
+    add_page_options(effects)
+    effects.set_defaults(handler=cmd_effects)
+
+
+def cmd_effects(args) -> int:
+    from .distributed import together, world
+    from .effect_analysis import format_effects
+    from .effect_plots import write_effects_page
+    from .effects import measure_effects, measure_effects_on_ranks
+    from .interventions import DEFAULT_INTERVENTIONS, parse_interventions
+    from .layers import parse_layers, resolve_layers
+    from .models import load_model, local_n_layers
+    from .stats import check_bootstrap
+
+    layers = parse_layers(args.layers)  # every cheap check before the model loads
+    _check_measure_options(args)
+    check_bootstrap(args.bootstrap)
+    interventions = tuple(name for group in (args.interventions or [DEFAULT_INTERVENTIONS]) for name in group)
+    parse_interventions(interventions)  # the same one given twice across the words
+    current = world()
+    loading = placement(args, current)
+    prompts, source = read_cli_prompts(args)
+    n_layers = local_n_layers(args.model, args.revision)
+    if n_layers is not None:
+        check_bootstrap(args.bootstrap, None, len(resolve_layers(layers, n_layers)))
+    settings = dict(interventions=interventions, layers=layers, definition=args.definition,
+                    batch_size=args.batch_size, drop_first=args.drop_first, stack=args.stack,
+                    max_tokens_per_prompt=args.max_tokens_per_prompt, keep_texts=args.keep_texts)
+    with contextlib.ExitStack() as held:
+        with together(current):
+            out = _claim_output(held, args.out or _default_out(args), current)
+            model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision, **loading)
+            resolve_layers(layers, model.cfg.n_layers)  # hub models: their depth is known only now
+        if current.distributed:  # each rank measures its share; rank 0 gets the whole result
+            result = measure_effects_on_ranks(model, prompts, current, **settings)
+        else:
+            result = measure_effects(model, prompts, checkpoint=out / "effects.json", resume=not args.force, **settings)
+        del model
+        if result is None:
+            return 0  # rank 0 alone prints and writes
+        result.provenance["prompt_source"] = source
+        if args.bootstrap and result.n_prompts >= 2:
+            result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
+        lines, failure = _save(out, [("effects.json", result.save),
+                                     ("effects.html", lambda path: write_effects_page(
+                                         result, path, self_contained=args.self_contained))],
+                               rescue=result.save)
+    for line in prompt_notes(result, source):
+        print(line)
+    print(format_effects(result))
+    if args.bootstrap and result.n_prompts < 2:
+        print("Intervals skipped: a bootstrap over prompts needs at least 2 prompts")
+    print()
+    for line in lines:
+        print(line)
+    if failure:
+        raise failure
+    return 0
 
 
 def cmd_run(args) -> int:

@@ -31,7 +31,8 @@ from .errors import FunnelError
 
 LOCK_NAME = ".funnel-tl.lock"
 # Names the atomic writers (results.write_text_atomic, plots.write_png) use for their temporaries.
-OUTPUT_NAMES = ("results.json", "funnel.html", "heads.json", "heads.html", "compare.json", "compare.html")
+OUTPUT_NAMES = ("results.json", "funnel.html", "heads.json", "heads.html", "compare.json", "compare.html",
+                "effects.json", "effects.html")
 # results.json of thousands of prompts is a few MB and funnel.html carries plotly.js (~5 MB):
 # less free space than this and the write after a long measurement would fail, so it is refused first.
 MIN_FREE_BYTES = 32 * 2**20

@@ -290,3 +290,39 @@ def robust_funnel_test(result, intervals: Intervals | None = None) -> RobustFunn
         last_layer_expands=last_expands, last_layer_is_max=last_is_max,
         funnel_confirmed=attention_contracts and mlp_mostly and last_expands, counts=counts,
     )
+
+
+# What ``mean_intervals`` draws, named in every file that stores its intervals.
+MEAN_INTERVAL_METHOD = "percentile bootstrap over prompts"
+
+
+def mean_intervals(values: np.ndarray, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+                   confidence: float = DEFAULT_CONFIDENCE) -> np.ndarray:
+    """``[..., 2]`` intervals of the mean over prompts of per-prompt ``values`` ``[prompt, ...]``.
+
+    The interval a per-layer gain has (``bootstrap_intervals`` for attn, mlp and block), for any
+    statistic that is a mean of per-prompt values: the effects' Δloss and KL, and paired
+    differences of them. Drawn the same way (the same resample weights for the same
+    ``n_resamples`` and ``seed``), so it changes with the gains' method.
+
+    >>> values = np.array([[0.5, 2.0], [0.6, 2.2], [0.4, 1.8]])   # [prompt, layer]
+    >>> bounds = mean_intervals(values, n_resamples=1000, seed=0)
+    >>> bounds.shape, bool(bounds[0, 0] < 0.5 < bounds[0, 1])
+    ((2, 2), True)
+    """
+    values = np.asarray(values, dtype=np.float64)
+    n_prompts = values.shape[0]
+    if n_prompts < 2:
+        raise FunnelError(f"an interval over prompts needs at least 2 prompts, got {n_prompts}: give more prompts, "
+                          "or --bootstrap 0 to skip intervals")
+    if n_resamples < 1:
+        raise FunnelError(f"the bootstrap needs at least one resample, got {n_resamples}")
+    if not 0 < confidence < 1:
+        raise FunnelError(f"confidence must lie between 0 and 1 (0.95 for 95%), got {confidence}")
+    flat = values.reshape(n_prompts, -1)  # [prompt, statistic]
+    resampled = np.empty((n_resamples, flat.shape[1]))
+    for start, stop, weights in resample_weight_chunks(n_prompts, n_resamples, seed):  # [resample, prompt]
+        resampled[start:stop] = weights @ flat
+    tail = 100 * (1 - confidence) / 2
+    bounds = np.percentile(resampled, [tail, 100 - tail], axis=0)  # [2, statistic]
+    return einops.rearrange(bounds, "bound statistic -> statistic bound").reshape(*values.shape[1:], 2)
