@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .errors import FunnelError
-from .layers import check_measured, format_layer_spans
+from .layers import check_measured
 from .results import GainResult, prompts_block, prompts_subset, read_json, require_pandas, write_json_atomic
 
 EFFECTS_SCHEMA_VERSION = 1
@@ -146,11 +146,11 @@ class EffectResult:
 
     @property
     def all_layers(self) -> bool:
-        return len(self.layers) == self.n_layers
+        return self.gains.all_layers  # the same layers (checked in __post_init__)
 
     @property
     def layer_spans(self) -> str:
-        return format_layer_spans(self.layers)
+        return self.gains.layer_spans
 
     @property
     def mean_clean_loss(self) -> float:

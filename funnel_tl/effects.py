@@ -16,14 +16,16 @@ are taken in float64 whatever the model's dtype (``_losses``), a few positions a
 
 Executors, as for the gains (``funnel_tl.engine``): the interventions go through the
 TransformerLens hooks (``intervene.TLRunner``), or through the plain HF modules behind them
-(``intervene.HFRunner``, eager attention: the bridge's own) where that runner proves itself on the
-run's first batch: on ``engine.VERIFY_ROWS`` of its prompts, every measured (layer, component),
-each with one of the interventions in turn, must give the TL hooks' Δloss and KL to
-``AGREEMENT``. A run of one batch goes through the TL hooks (the check would be most of it).
+(``intervene.HFRunner``, eager attention: the bridge's own), which also *replays* the clean
+forward's layer outputs so that a change at layer L runs layers L onwards only, where that runner
+proves itself on the run's first batch: on ``engine.VERIFY_ROWS`` of its prompts, every measured
+(layer, component), each with one of the interventions in turn, must give the TL hooks' Δloss and
+KL to ``AGREEMENT``. A run of one batch goes through the TL hooks (the check would be most of it).
 
 Cost: one clean forward per batch plus ``ceil(2 · layers · interventions / stack)`` forwards of
-``stack`` copies. ``benchmarks/bench_effects.py`` measures it against ``measure_gains`` and
-stacked against unstacked forwards.
+``stack`` copies, each from its first changed layer on where replayed.
+``benchmarks/bench_effects.py`` measures it against ``measure_gains``, with and without replay,
+stacked and unstacked.
 """
 
 from __future__ import annotations
