@@ -336,10 +336,10 @@ def add_effects_parser(commands) -> None:
     """``funnel-tl effects``: the causal effect of every sublayer, beside its gain (funnel_tl.effects)."""
     effects = commands.add_parser(
         "effects", help="does the funnel matter? the loss cost of changing each sublayer, beside its gain",
-        description="Replace each layer's attention and MLP contribution to the residual stream (zero: by 0; mean: "
-                    "by its mean over the prompts' tokens; scale:S: by S times itself), measure what it costs the "
-                    "next-token loss (Δloss) and how far it moves the predictions (KL), print which sublayers the "
-                    "model relies on beside their gains, and write DIR/effects.json and DIR/effects.html. "
+        description="Replace each layer's attention and MLP contribution to the residual stream (zero: by 0;\n"
+                    "mean: by its mean over the prompts' tokens; scale:S: by S times itself), measure what it costs\n"
+                    "the next-token loss (Δloss) and how far it moves the predictions (KL), print which sublayers\n"
+                    "the model relies on beside their gains, and write DIR/effects.json and DIR/effects.html.\n"
                     "Rerunning with the same DIR and settings continues an unfinished run and reuses a finished one.",
         epilog="examples:\n  funnel-tl effects --model smollm2-135m --out runs/smollm2\n"
                "  funnel-tl effects --model EleutherAI/pythia-160m --interventions zero,mean --layers -4--1",
