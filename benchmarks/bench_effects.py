@@ -9,6 +9,8 @@ round's ratio to ``measure_gains``), on one model and prompt set:
   one clean forward plus one per (layer, component, intervention);
 - ``stack-N``: the same with N interventions stacked along the batch dimension per forward
   (N copies of the batch in one forward), the cheaper exact scheme the issue asks to measure;
+- ``no-replay``: the fast HF runner without its replay of the clean forward's layer outputs (every
+  intervened forward from layer 0);
 - ``tl``: the interventions through the TransformerLens hooks only (``executor="transformer_lens"``),
   against the HF modules the fast runner changes;
 - ``reference`` (opt in): the seed's method, ``reference.reference_effects``: HF forward hooks
@@ -53,7 +55,7 @@ STACKS = (2, 4, 8)
 
 
 def methods_for(args) -> list[str]:
-    methods = ["gains", "effects"] + [f"stack-{n}" for n in args.stacks] + ["tl"]
+    methods = ["gains", "effects", "no-replay"] + [f"stack-{n}" for n in args.stacks] + ["tl"]
     return methods + (["reference"] if args.reference else [])
 
 
@@ -66,6 +68,14 @@ def run(method: str, model, prompts, batch_size, hf=None, tokenizer=None):
 
         specs = [(spec.name, spec.kind, spec.factor) for spec in parse_interventions(DEFAULT_INTERVENTIONS)]
         return reference_effects(hf, tokenizer, prompts, specs)
+    if method == "no-replay":
+        from funnel_tl import intervene
+
+        saved, intervene.REPLAY_BYTES = intervene.REPLAY_BYTES, 0
+        try:
+            return measure_effects(model, prompts, batch_size=batch_size, progress=False)
+        finally:
+            intervene.REPLAY_BYTES = saved
     options = {"effects": {}, "tl": {"executor": "transformer_lens"}}.get(method)
     if options is None:
         options = {"stack": int(method.split("-")[1])}
@@ -102,8 +112,9 @@ def main(argv=None) -> int:
         hf = AutoModelForCausalLM.from_pretrained(args.model, attn_implementation="eager").eval()
     methods = methods_for(args)
     tokenizer = model.funnel_tokenizer
-    for method in methods:  # warm-up: kernels chosen, lazy state built
-        run(method, model, prompts[:batch_size], batch_size, hf, tokenizer)
+    # Warm-up, light: lazy state built, the first forwards' allocations made (the CPU compiles nothing).
+    measure_gains(model, prompts[:2], batch_size=1, progress=False)
+    measure_effects(model, prompts[:2], interventions="zero", layers=[0], batch_size=1, progress=False)
     times = {method: [] for method in methods}
     for number in range(args.rounds):
         order = methods[number % len(methods):] + methods[:number % len(methods)]

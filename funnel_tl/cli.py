@@ -264,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="re-render figures and analysis from results.json files, without a model",
         description="Re-render DIR/funnel.html (and funnel.png where kaleido and Chrome are present) from "
                     "DIR/results.json, and the same in every folder below DIR that holds a results.json "
-                    "(compare outputs), heads.html from every heads.json (with the --top its heads run used), and "
+                    "(compare outputs), heads.html from every heads.json (with the --top its heads run used), effects.html "
+                    "from every effects.json, and "
                     "DIR/compare.html where DIR/compare.json exists; print each analysis. No model is loaded.",
         epilog="examples:\n  funnel-tl report runs/demo\n  funnel-tl report runs/sweep --bootstrap 5000",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -589,9 +590,10 @@ def cmd_report(args) -> int:
         raise FunnelError(f"--top must be at least 1, got {args.top}")
     root = Path(args.dir)
     paths, head_paths = find_results(root), find_results(root, "heads.json")
-    if not paths and not head_paths:
-        raise FunnelError(f"no results.json or heads.json in {root} or below it: "
-                          f"run `funnel-tl run --out {root}` (or `funnel-tl heads`) first")
+    effect_paths = find_results(root, "effects.json")
+    if not paths and not head_paths and not effect_paths:
+        raise FunnelError(f"no results.json, heads.json or effects.json in {root} or below it: "
+                          f"run `funnel-tl run --out {root}` (or `funnel-tl heads`, `funnel-tl effects`) first")
     results = [GainResult.load(path) for path in paths]  # all read before any is written: fail fast
     heads = [HeadResult.load(path) for path in head_paths]
     loaded = {path.resolve(): result for path, result in zip(paths, results)}  # a sweep's models are among them
@@ -619,6 +621,7 @@ def cmd_report(args) -> int:
         page = result.save_html(path.with_suffix(".html"), k=top, self_contained=args.self_contained)
         print(result.format_top(top))  # the table `funnel-tl heads` printed
         print(f"\nFrom: {path}\nSaved: {page}\n")
+    _report_effects(effect_paths, args, root)
     for sweep in sweeps:  # each model as redrawn above: its intervals are not drawn a second time
         sweep = replace(sweep, results={row.model: redrawn[(sweep.out / row.slug / "results.json").resolve()]
                                         for row in sweep.rows if row.ok})
@@ -627,6 +630,22 @@ def cmd_report(args) -> int:
     if paths and not png:
         print(png_help())
     return 0
+
+
+def _report_effects(paths: list[Path], args, root: Path) -> None:
+    """report: every effects.json's reading printed and its effects.html redrawn (intervals as --bootstrap says)."""
+    from .effect_analysis import format_effects
+    from .effect_plots import write_effects_page
+    from .effect_results import EffectResult
+
+    for path, result in [(path, EffectResult.load(path)) for path in paths]:  # all read before any is written
+        if args.bootstrap == 0:
+            result = replace(result, intervals=None)
+        elif args.bootstrap is not None and result.n_prompts >= 2:
+            result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
+        print(format_effects(result))
+        page = write_effects_page(result, path.with_suffix(".html"), self_contained=args.self_contained, root=root)
+        print(f"\nFrom: {path}\nSaved: {page}\n")
 
 
 def _load_and_measure(held: contextlib.ExitStack, args, current, prompts, source, measurement, after_load=None,

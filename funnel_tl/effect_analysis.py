@@ -326,10 +326,15 @@ def _last_mlp_answer(reading: GainVersusEffect, definition: str) -> str:
     effect = f"its {reading.intervention} ablation costs {last.delta_loss:.3g}{_interval(last.interval)} nats"
     mlps = sum(1 for s in reading.ranking if s.component == "mlp")
     if last.answer == "yes":
+        if reading.confidence is None and mlps > 1:
+            return f"Yes, on the point estimates (no intervals drawn): {effect}, the most of the {mlps} MLPs; {gain}."
         tail = "" if last.difference is None else (
             f"; it exceeds the next MLP by {last.difference[0]:.3g} [{last.difference[1]:.3g}, {last.difference[2]:.3g}]")
         return f"Yes: {effect}, the most of the {mlps} MLPs measured{tail}; {gain}."
     if last.answer == "no":
+        if last.difference is None:  # point estimates only
+            return (f"No, on the point estimates (no intervals drawn): {effect} ({_ordinal(last.rank)} of {mlps} "
+                    f"MLPs), MLP L{last.top_layer} costs more; {gain}.")
         mean, low, high = last.difference
         return (f"No: {effect} ({_ordinal(last.rank)} of {mlps} MLPs), while MLP L{last.top_layer} costs more by "
                 f"{mean:.3g} [{low:.3g}, {high:.3g}] (paired over prompts); {gain}.")

@@ -130,10 +130,18 @@ class HFRunner:
 
     def logits(self, tokens: torch.Tensor, attention_mask: torch.Tensor, edits: Sequence[Edit] = (),
                means=None) -> Float[torch.Tensor, "row pos vocab"]:
-        def hook(module, args, output, *, edits):
+        rows = tokens.shape[0]
+
+        def edited(tensor, group):
+            # OPT's fc2 returns [batch * pos, d_model]: edited as [batch, pos, d_model], handed back as it came.
+            flat = tensor.ndim == 2
+            changed = _edited(tensor.view(rows, -1, tensor.shape[-1]) if flat else tensor, group, means)
+            return changed.view(tensor.shape) if flat else changed
+
+        def hook(module, args, output, *, group):
             if isinstance(output, tuple):  # attention modules return (output, weights, ...)
-                return (_edited(output[0], edits, means),) + tuple(output[1:])
-            return _edited(output, edits, means)
+                return (edited(output[0], group),) + tuple(output[1:])
+            return edited(output, group)
 
         with contextlib.ExitStack() as stack:
             if not edits:
@@ -142,7 +150,7 @@ class HFRunner:
                 self._replay(stack, tokens, min(edit.layer for edit in edits))
             for name, group in _by_hook(edits).items():
                 module, _ = self.executor.points[name]
-                handle = module.register_forward_hook(functools.partial(hook, edits=group))
+                handle = module.register_forward_hook(functools.partial(hook, group=group))
                 stack.callback(handle.remove)
             return self.executor.root(input_ids=tokens, attention_mask=attention_mask, use_cache=False).logits
 

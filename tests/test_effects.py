@@ -10,7 +10,6 @@ the effect itself, which the tests check to be far above their tolerance.
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -87,7 +86,7 @@ def test_effects_equal_hf_reference(arch, strong, tokenizer):
     assert_effects_are_large(expected)
     # Two batches of two, right-padded: the fast HF runner, checked against the TL hooks on the first.
     fast = measure_effects(model, PROMPTS, batch_size=2, progress=False)
-    assert fast.provenance["executor"] == "hf" and fast.provenance["executor_fallback"] is None
+    assert fast.provenance["executor"] == "hf+replay" and fast.provenance["executor_fallback"] is None
     assert_matches_reference(fast, expected, label=f"{arch} hf")
     # One batch of four, stacked three interventions per forward, through the TransformerLens hooks.
     hooked = measure_effects(model, PROMPTS, batch_size=4, stack=3, executor="transformer_lens", progress=False)
@@ -130,6 +129,21 @@ def test_sandwich_contribution_is_the_post_norm_output(strong, tokenizer):
     assert np.abs(expected["scale:2"]["attention"]["kl"]).min() > 1e-3
 
 
+def test_hooked_transformer_effects_equal_reference(strong, tokenizer, tmp_path):
+    """A TL 3.x HookedTransformer (skipped on TransformerLens 4.x, run by make test-tl3): the TL hooks alone."""
+    from conftest import load_hooked
+
+    _, hf = strong("gpt2")
+    folder = tmp_path / "gpt2"
+    hf.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    model = load_hooked(folder)
+    expected = reference_effects(hf, tokenizer, PROMPTS, SPECS)
+    result = measure_effects(model, PROMPTS, batch_size=2, tokenizer=tokenizer, progress=False)
+    assert result.provenance["executor"] == "transformer_lens"
+    assert_matches_reference(result, expected, label="HookedTransformer")
+
+
 def test_drop_first_and_layer_subset_equal_reference(strong, tokenizer):
     model, hf = strong("llama-gqa")
     expected = reference_effects(hf, tokenizer, PROMPTS, SPECS, drop_first=2, layers=[1])
@@ -168,6 +182,36 @@ def test_batch_size_padding_stack_and_executor_change_nothing(strong):
     for options in (dict(batch_size=4), dict(batch_size=3, stack=5), dict(batch_size=2, stack=32),
                     dict(batch_size=2, executor="hf")):
         _assert_same(measure_effects(model, PROMPTS, progress=False, **options), alone)
+
+
+def test_replay_skips_the_layers_before_the_change_and_changes_no_bit(strong, tokenizer):
+    import torch
+
+    from funnel_tl.intervene import Edit, HFRunner, contribution_hooks
+
+    model, _ = strong("llama-gqa")
+    runner, _ = HFRunner.for_model(model, contribution_hooks([0, 1]))
+    assert runner.name == "hf+replay"
+    ran = []  # forwards in which layer 0's attention ran
+    first_attention = runner.executor.points["blocks.0.hook_attn_out"][0]
+    handle = first_attention.register_forward_hook(lambda *args: ran.append(1))
+    ids = [tokenizer(p)["input_ids"] for p in PROMPTS[:2]]
+    width = max(map(len, ids))
+    tokens = torch.tensor([row + [0] * (width - len(row)) for row in ids])
+    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])
+    edits = [Edit(1, "mlp", parse_intervention("zero"), slice(0, 2)), Edit(1, "attention", parse_intervention("scale:2"),
+                                                                            slice(2, 4))]
+    try:
+        with torch.inference_mode():
+            runner.logits(tokens, mask)  # the clean forward keeps every layer's output
+            replayed = runner.logits(tokens.repeat(2, 1), mask.repeat(2, 1), edits)
+            assert len(ran) == 1  # layer 0 did not run again
+            runner.kept = None  # computed in full
+            computed = runner.logits(tokens.repeat(2, 1), mask.repeat(2, 1), edits)
+            assert len(ran) == 2
+    finally:
+        handle.remove()
+    assert torch.equal(replayed, computed)
 
 
 def test_a_fast_runner_that_disagrees_is_not_used(bridge, monkeypatch):
@@ -322,6 +366,11 @@ def test_the_last_mlp_answer_follows_the_paired_intervals():
     text = format_effects(_synthetic(last_mlp=0.5, other_mlp=1.0))
     assert "Is the expanding last-layer MLP the most important MLP? No:" in text
     assert "Spearman" in text and "Relied on most" in text
+    from dataclasses import replace
+
+    bare = replace(_synthetic(last_mlp=0.5, other_mlp=1.0), intervals=None)  # --bootstrap 0
+    assert gain_versus_effect(bare).last_mlp.answer == "no"
+    assert "No, on the point estimates (no intervals drawn)" in format_effects(bare)
 
 
 def test_cuda_batch_size_arithmetic():
@@ -341,10 +390,11 @@ def test_cli_writes_effects_and_page(checkpoints, tmp_path, capsys):
     assert data["interventions"] == ["zero", "mean", "scale:2"] and data["intervals"]["n_resamples"] == 200
     page = (out / "effects.html").read_text()
     assert "plotly.min.js" in page and "Relied on most" in page
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a finished file of the same settings is read back, not measured
-        assert main(argv) == 0
+    assert main(argv) == 0  # a finished file of the same settings is read back, not measured
     assert "finished earlier" in capsys.readouterr().err
+    (out / "effects.html").unlink()
+    assert main(["report", str(out), "--bootstrap", "100"]) == 0  # no model: the page from effects.json
+    assert (out / "effects.html").is_file() and "Spearman" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -380,8 +430,8 @@ def test_smollm2_effects_equal_reference(smollm2_hf, tmp_path, capsys):
 
     hf = AutoModelForCausalLM.from_pretrained(smollm2_hf, attn_implementation="eager").eval()
     tokenizer = AutoTokenizer.from_pretrained(smollm2_hf)
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS[:2]) + "\n", encoding="utf-8")
+    prompts = tmp_path / "prompts.json"  # a list: the second prompt holds a line break
+    prompts.write_text(json.dumps(PROMPTS[:2]), encoding="utf-8")
     out = tmp_path / "run"
     assert main(["effects", "--model", str(smollm2_hf), "--prompts", str(prompts), "--interventions", "zero",
                  "--batch-size", "1", "--bootstrap", "100", "--out", str(out)]) == 0
@@ -408,9 +458,8 @@ def test_torchrun_effects_equal_one_process(tmp_path):
     prompt in the batch one process would put it in, rank 0 alone writing."""
     from test_distributed import _torchrun
 
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS + ["One more line of text to measure.", "And a last one."]) + "\n",
-                       encoding="utf-8")
+    prompts = tmp_path / "prompts.json"  # a list: one prompt holds a line break
+    prompts.write_text(json.dumps(PROMPTS + ["One more line of text to measure.", "And a last one."]), encoding="utf-8")
     common = ["--model", "nano-2l", "--prompts", str(prompts), "--device", "cpu", "--batch-size", "2",
               "--interventions", "zero,mean", "--bootstrap", "0"]
     done = _torchrun(["effects", *common, "--out", str(tmp_path / "two")], cwd=tmp_path)
