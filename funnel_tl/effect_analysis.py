@@ -10,7 +10,7 @@ From an ``EffectResult`` (effects and gains of the same prompts and layers):
   sublayer expands or contracts what it reads) and Δloss, with a bootstrap interval over prompts
   (each resample's gains and effects from the same resampled prompts);
 - **the last MLP**: is the expanding last-layer MLP (the Funnel Model's one expanding MLP) the
-  MLP whose loss the model can least afford? Answered from the paired differences: "yes" only
+  MLP the model can least do without? Answered from the paired differences: "yes" only
   when the last MLP's Δloss exceeds every other MLP's on the intervals, "no" when some MLP's
   exceeds it on the intervals, else "not separable" naming the MLPs it cannot be told from.
 

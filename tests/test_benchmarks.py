@@ -96,3 +96,18 @@ def test_bench_streaming_reports_peak_rss(tmp_path):
     numbers = json.loads(out.read_text())["peak_rss_mb"]
     assert set(numbers) == {"streamed 12", "whole 12", "streamed 24", "whole 24"}
     assert all(value > 0 for value in numbers.values())
+
+
+@pytest.mark.slow
+def test_bench_effects_reports_every_method(tmp_path):
+    """The effects' benchmark (launch-bound shape, shrunk): every scheme runs and is tabulated."""
+    bench = load_script("bench_effects")
+    out = tmp_path / "bench.json"
+    import torch
+
+    assert bench.main(["--case", "launch", "--n-prompts", "4", "--batch-size", "2", "--rounds", "1", "--stacks", "2",
+                       "--threads", str(torch.get_num_threads()), "--checkpoint", str(tmp_path / "tiny-4l"),
+                       "--json", str(out)]) == 0
+    numbers = json.loads(out.read_text())
+    assert set(numbers["ratio_to_gains"]) == {"gains", "effects", "no-replay", "stack-2", "tl"}
+    assert "CPU time ÷ measure_gains'" in numbers["table"] and "executor hf+replay" in numbers["table"]

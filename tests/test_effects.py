@@ -320,6 +320,8 @@ def test_bad_input_is_refused_before_any_pass(bridge):
         measure_effects(model, ["x"])
     with pytest.raises(FunnelError, match="out of range"):
         measure_effects(model, PROMPTS, layers=[5])
+    with pytest.raises(FunnelError, match=r"non-finite logits with scale:1e\+30 on attention L0"):
+        measure_effects(model, PROMPTS, interventions="scale:1e30", progress=False)  # overflows float32
     assert parse_intervention(" Scale:2.0 ").name == "scale:2"
 
 
