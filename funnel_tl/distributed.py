@@ -35,11 +35,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from . import environment
 from .errors import FunnelError, one_line
-
-# How long a collective waits for the slowest rank: a sweep's ranks wait at the end for the rank
-# with the most work, which on a Pythia sweep is hours. FUNNEL_TL_TIMEOUT_MINUTES overrides it.
-DEFAULT_TIMEOUT_MINUTES = 24 * 60
 
 
 @dataclass(frozen=True)
@@ -96,7 +93,8 @@ def session(device: str = "auto"):
             raise FunnelError(f"rank with LOCAL_RANK {local_rank} has no GPU of its own "
                               f"({torch.cuda.device_count()} visible): start at most that many processes per node")
         torch.cuda.set_device(local_rank)  # "cuda" now means this rank's GPU, for loading and NCCL alike
-    minutes = float(os.environ.get("FUNNEL_TL_TIMEOUT_MINUTES", DEFAULT_TIMEOUT_MINUTES))
+    # How long a collective waits for the slowest rank (default a day; a bad value: one line naming it).
+    minutes = environment.value("FUNNEL_TL_TIMEOUT_MINUTES")
     dist.init_process_group("nccl" if on_gpu else "gloo", timeout=timedelta(minutes=minutes))
     try:
         yield world()

@@ -14,8 +14,9 @@ From an ``EffectResult`` (effects and gains of the same prompts and layers):
   when the last MLP's Δloss exceeds every other MLP's on the intervals, "no" when some MLP's
   exceeds it on the intervals, else "not separable" naming the MLPs it cannot be told from.
 
-Intervals are ``stats.mean_intervals`` (the gains' method) with the settings of the result's own
-intervals; without them only point estimates are given.
+Intervals of means and paired differences are ``stats.mean_intervals`` (the gains' method: t
+intervals by default) with the settings of the result's own intervals; Spearman's ρ, no mean, gets
+the percentile bootstrap over prompts. Without intervals only point estimates are given.
 """
 
 from __future__ import annotations
@@ -147,8 +148,8 @@ def gain_versus_effect(result: EffectResult, intervention: str | None = None) ->
 
     name = intervention or reading_intervention(result)
     intervals = result.intervals
-    settings = (dict(n_resamples=intervals.n_resamples, seed=intervals.seed, confidence=intervals.confidence)
-                if intervals is not None and result.n_prompts >= 2 else None)
+    settings = (dict(n_resamples=intervals.n_resamples, seed=intervals.seed, confidence=intervals.confidence,
+                     method=intervals.method) if intervals is not None and result.n_prompts >= 2 else None)
     gain_intervals = result.gains.intervals
     sublayers = []
     for component in COMPONENTS:
@@ -184,6 +185,7 @@ def gain_versus_effect(result: EffectResult, intervention: str | None = None) ->
         rho = spearman(np.abs(np.log(result.gain(component))), result.effect("delta_loss", name, component))
         if settings is not None:
             resampled = np.empty(settings["n_resamples"])
+            # A correlation is no mean: its interval is the percentile bootstrap whatever the method.
             for start, stop, weights in resample_weight_chunks(result.n_prompts, settings["n_resamples"],
                                                                settings["seed"]):  # [resample, prompt]
                 resampled[start:stop] = spearman(np.abs(np.log(weights @ per_prompt_gains)), weights @ per_prompt_effects)
@@ -244,6 +246,7 @@ def format_effects(result: EffectResult) -> str:
     reading = gain_versus_effect(result)
     name = reading.intervention
     percent = f"{100 * reading.confidence:g}%" if reading.confidence is not None else None
+    how = "" if result.intervals is None else (" t" if result.intervals.method == "t" else " percentile-bootstrap")
     clean = result.mean_clean_loss
     clean_bounds = result.intervals.clean_loss if result.intervals is not None else None
     definition = result.gains.definition
@@ -254,7 +257,7 @@ def format_effects(result: EffectResult) -> str:
         + f"; clean loss {clean:.3f} nats{_interval(clean_bounds)}.",
         "Each sublayer's contribution to the residual stream replaced (zero: by 0; mean: by its mean over the "
         "prompts' tokens; scale:s: by s times itself); Δloss = loss with it minus without, in nats, mean over "
-        "prompts" + (f", [{percent} interval over prompts]" if percent else "") + ".",
+        "prompts" + (f", [{percent}{how} interval over prompts]" if percent else "") + ".",
         "",
     ]
     names = result.interventions

@@ -175,8 +175,10 @@ def _magnitude_bounds(values, bounds):
 
 def _finish(fig, result: EffectResult) -> None:
     intervals = result.intervals
-    uncertainty = (f"error bars: {100 * intervals.confidence:g}% intervals over prompts ({intervals.method}, "
-                   f"{intervals.n_resamples} resamples)" if intervals is not None else "no intervals (bootstrap skipped)")
+    how = ("t intervals" if intervals is not None and intervals.method == "t" else
+           f"percentile-bootstrap intervals, {intervals.n_resamples} resamples" if intervals is not None else "")
+    uncertainty = (f"error bars: {100 * intervals.confidence:g}% {how} over prompts" if intervals is not None
+                   else "no intervals (bootstrap skipped)")
     scope = "" if result.all_layers else f" · layers {result.layer_spans} of {result.n_layers}"
     dropped = f" · first {result.drop_first} positions not scored" if result.drop_first else ""
     others = (" · faded: interval includes 0 · click the legend for the other interventions"

@@ -59,8 +59,11 @@ class EffectIntervals:
         return getattr(self, measure)[intervention][component]
 
     def to_dict(self) -> dict[str, Any]:
+        from .stats import METHODS
+
         return {"confidence": float(self.confidence), "n_resamples": int(self.n_resamples), "seed": int(self.seed),
-                "method": self.method, "clean_loss": [float(v) for v in self.clean_loss],
+                "method": self.method, "method_description": f"{METHODS[self.method].split(';')[0]} of each mean",
+                "clean_loss": [float(v) for v in self.clean_loss],
                 **{name: {c: {m: self.of(m, name, c).tolist() for m in MEASURES} for c in COMPONENTS}
                    for name in self.delta_loss}}
 
@@ -69,6 +72,10 @@ class EffectIntervals:
         try:
             tables = {m: {name: {c: np.asarray(data[name][c][m], dtype=np.float64) for c in COMPONENTS}
                           for name in interventions} for m in MEASURES}
+            from .stats import METHODS
+
+            if data["method"] not in METHODS:
+                raise ValueError(f"intervals.method {data['method']!r}")
             return cls(confidence=float(data["confidence"]), n_resamples=int(data["n_resamples"]),
                        seed=int(data["seed"]), method=str(data["method"]),
                        clean_loss=np.asarray(data["clean_loss"], dtype=np.float64), **tables)
@@ -177,14 +184,17 @@ class EffectResult:
         return self.gains.gains(GAIN_COMPONENT[component])
 
     def with_intervals(self, n_resamples: int | None = None, seed: int | None = None,
-                       confidence: float | None = None) -> "EffectResult":
-        """A new result with intervals over prompts of every effect (``stats.mean_intervals``) and of
-        the gains beside them (``GainResult.with_intervals``), drawn with the same settings."""
-        from .stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, MEAN_INTERVAL_METHOD, mean_intervals
+                       confidence: float | None = None, method: str | None = None) -> "EffectResult":
+        """A new result with intervals over prompts of every effect (``stats.mean_intervals``: t
+        intervals by default, ``method="percentile"`` the percentile bootstrap) and of the gains
+        beside them (``GainResult.with_intervals``), drawn with the same settings. A KL's lower
+        bound is kept ≥ 0 (no divergence is negative)."""
+        from .stats import DEFAULT_CONFIDENCE, DEFAULT_METHOD, DEFAULT_RESAMPLES, DEFAULT_SEED, mean_intervals
 
         settings = dict(n_resamples=DEFAULT_RESAMPLES if n_resamples is None else n_resamples,
                         seed=DEFAULT_SEED if seed is None else seed,
-                        confidence=DEFAULT_CONFIDENCE if confidence is None else confidence)
+                        confidence=DEFAULT_CONFIDENCE if confidence is None else confidence,
+                        method=DEFAULT_METHOD if method is None else method)
         names = self.interventions
         # One draw over every statistic: the same resamples for all of them.
         stacked = np.concatenate([self.clean_loss[:, None]] + [self.per_prompt(m, i, c) for m in MEASURES
@@ -195,10 +205,11 @@ class EffectResult:
             for name in names:
                 tables[measure][name] = {}
                 for component in COMPONENTS:
-                    tables[measure][name][component] = bounds[offset:offset + width]
+                    part = bounds[offset:offset + width]
+                    tables[measure][name][component] = np.maximum(part, 0.0) if measure == "kl" else part
                     offset += width
         intervals = EffectIntervals(confidence=settings["confidence"], n_resamples=settings["n_resamples"],
-                                    seed=settings["seed"], method=MEAN_INTERVAL_METHOD, clean_loss=bounds[0], **tables)
+                                    seed=settings["seed"], method=settings["method"], clean_loss=bounds[0], **tables)
         return replace(self, intervals=intervals, gains=self.gains.with_intervals(**settings))
 
     def subset(self, prompt_indices) -> "EffectResult":

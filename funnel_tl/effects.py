@@ -351,7 +351,8 @@ def measure_effects(model, prompts: str | Sequence[str] = "seed", interventions=
                     progress: bool | None = None, intervals: bool = False, executor: str = "auto",
                     stack: int | str = "auto", max_tokens_per_prompt: int | str | None = None,
                     keep_texts: bool = True, means: ComponentMeans | None = None,
-                    checkpoint: str | Path | None = None, resume: bool = True) -> EffectResult:
+                    checkpoint: str | Path | None = None, resume: bool = True,
+                    label: str | None = None) -> EffectResult:
     """Δloss and KL of every intervention on every measured sublayer, with the gains beside them.
 
     ``interventions``: names (``"zero"``, ``"mean"``, ``"scale:S"``) or one comma-separated
@@ -367,16 +368,22 @@ def measure_effects(model, prompts: str | Sequence[str] = "seed", interventions=
     ``checkpoint``: an effects.json path. A finished file of the same settings is read back
     instead of measuring; an unfinished one is continued (its measured prompts kept); the file
     is written as the measurement goes (at most every ``CHECKPOINT_SECONDS``) and at the end;
-    ``resume=False`` measures afresh whatever the file holds.
+    ``resume=False`` measures afresh whatever the file holds. ``label``: the name the result
+    carries, as in ``measure_gains``. ``model`` may also be a transformers causal LM (bridged as
+    ``measure_gains`` bridges it).
 
     >>> from funnel_tl import load_model, measure_effects
     >>> result = measure_effects(load_model("nano-2l", device="cpu"), "seed", intervals=True)  # doctest: +SKIP
     >>> result.effect("delta_loss", "zero", "mlp")  # doctest: +SKIP
     array([0.91, 0.43])
     """
-    from .gains import measure_gains, prepare_tokens
     from .architectures import plan_hooks
+    from .gains import measure_gains, prepare_tokens
+    from .hf_models import measurable
+    from .outputs import check_label
 
+    model = measurable(model, tokenizer, "measure_effects")  # a name or None refused in one line
+    label = check_label(label)
     specs = parse_interventions(interventions)  # cheap checks first
     check_stack(stack)
     if executor not in EXECUTORS:
@@ -390,16 +397,18 @@ def measure_effects(model, prompts: str | Sequence[str] = "seed", interventions=
     if short is not None:
         raise FunnelError(f"prompt {short} has {len(token_ids[short])} tokens: a Δloss needs a next token to predict "
                           f"after position {drop_first}; remove the prompt or lower --drop-first")
-    name = model_name(model)
+    name = label or model_name(model)
     parameter = next(model.parameters())
-    settings = _settings(model, prompt_list, specs, chosen, definition, drop_first, max_tokens_per_prompt, parameter)
+    settings = _settings(model, prompt_list, specs, chosen, definition, drop_first, max_tokens_per_prompt, parameter,
+                         label)
     done = _read_checkpoint(checkpoint, settings, intervals) if resume else None
     if isinstance(done, EffectResult):
         return done
 
     gains = measure_gains(model, prompt_list, definition=definition, batch_size=batch_size, drop_first=drop_first,
                           tokenizer=tokenizer, progress=progress, executor=executor,
-                          max_tokens_per_prompt=max_tokens_per_prompt, keep_texts=keep_texts, layers=chosen)
+                          max_tokens_per_prompt=max_tokens_per_prompt, keep_texts=keep_texts, layers=chosen,
+                          label=label)
     if means is None and any(spec.kind == "mean" for spec in specs):
         means = component_means(model, prompt_list, chosen, batch_size, drop_first, tokenizer, executor, progress,
                                 max_tokens_per_prompt)
@@ -515,13 +524,14 @@ class _Store:
 
 
 # ---- checkpoints (resume) -----------------------------------------------------------------------
-def _settings(model, prompt_list, specs, layers, definition, drop_first, max_tokens_per_prompt, parameter) -> dict:
+def _settings(model, prompt_list, specs, layers, definition, drop_first, max_tokens_per_prompt, parameter,
+              label=None) -> dict:
     """Every setting that changes a number: a checkpoint is resumed only when all of them match."""
     from .models import source_provenance
     from .prompts import prompts_sha256
 
     return {
-        "model": model_name(model), **source_provenance(model),
+        "model": model_name(model), **source_provenance(model), **({"label": label} if label else {}),
         "prompts_sha256": prompts_sha256(prompt_list), "n_prompts": len(prompt_list),
         "interventions": [spec.name for spec in specs], "layers": list(layers), "definition": definition,
         "drop_first": int(drop_first),

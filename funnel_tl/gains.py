@@ -39,8 +39,10 @@ from jaxtyping import Float
 from .architectures import HookPlan, is_parallel, layer_norm_output, plan_hooks  # noqa: F401  (re-exported)
 from .engine import Engine, prompt_sums
 from .errors import FunnelError
+from .hf_models import measurable
 from .layers import resolve_layers
 from .models import model_name, source_provenance, tokenizer_of
+from .outputs import check_label
 from .positions import PositionAccumulator
 from .prompts import check_drop_first, check_tokens_left, load_prompts, pad_token_id, tokenize, truncation_limit
 from .results import COMPONENTS, GainResult
@@ -152,7 +154,8 @@ def prepare_tokens(model, prompts: str | Sequence[str], drop_first: int = 0,
     tokenizer = tokenizer if tokenizer is not None else tokenizer_of(model)
     n_ctx = getattr(model.cfg, "n_ctx", None)
     token_ids = tokenize(tokenizer, prompt_list, n_ctx=n_ctx, model_name=model_name(model),
-                         max_tokens=truncation_limit(max_tokens_per_prompt, n_ctx), truncation=truncation)
+                         max_tokens=truncation_limit(max_tokens_per_prompt, n_ctx), truncation=truncation,
+                         d_vocab=getattr(model.cfg, "d_vocab", None))
     check_tokens_left(token_ids, drop_first)
     return prompt_list, token_ids, pad_token_id(tokenizer)
 
@@ -162,7 +165,7 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
                   progress: bool | None = None, intervals: bool = False, by_position: bool = False,
                   executor: str = "auto", max_tokens_per_prompt: int | str | None = None,
                   chunk_size: int | None = None, keep_texts: bool = True,
-                  layers: int | Sequence[int] | None = None) -> GainResult:
+                  layers: int | Sequence[int] | None = None, label: str | None = None) -> GainResult:
     """Measure every layer's (or some layers') attention, MLP and block gain on a prompt set.
 
     ``model``: a bridge from ``load_model``, a bridge the user booted, or a TL 3.x
@@ -173,8 +176,9 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     stream it reads). ``drop_first`` leaves out the first N positions of every prompt (position 0
     often has a huge norm: attention sinks, massive activations). Batch size changes no number;
     ``batch_size="auto"`` fills a token budget from the free GPU memory (``engine.auto_batch_size``).
-    ``intervals=True`` returns the result with 95% bootstrap intervals over prompts (2,000
-    resamples, seed 0: ``result.with_intervals()``), needing at least two prompts.
+    ``intervals=True`` returns the result with 95% intervals over prompts (t intervals, the
+    products' by a studentized bootstrap of 2,000 resamples, seed 0: ``result.with_intervals()``),
+    needing at least two prompts.
     ``by_position=True`` also keeps the sums by position bucket (``funnel_tl.positions``):
     ``result.position_gains("attn")`` is then ``[layer, bucket]``.
     ``executor``: ``"auto"`` (the HF modules behind the TL hooks where they agree with the TL
@@ -183,6 +187,8 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     ``max_tokens_per_prompt`` (a number, or ``"context"`` for the model's context) keeps only the
     first tokens of longer prompts, recorded in ``provenance["truncation"]``; without it a prompt
     longer than the context is an error.
+    ``label``: the name the result carries (results.json, titles, the CLI's default folder) in
+    place of ``model_name(model)``, which the provenance keeps (``model_loaded_as``).
     ``chunk_size``: prompts read, tokenized and measured at a time (default
     ``streaming.CHUNK_PROMPTS``, 4,096; changes no number beyond float32 rounding): a
     ``.txt``/``.jsonl`` corpus or an iterator of strings of any length is measured with memory
@@ -205,13 +211,15 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     >>> early.layers, early.attn_gains.shape  # doctest: +SKIP
     ((0, 1, 7), (3,))
     """
+    model = measurable(model, tokenizer, "measure_gains")  # a name or None refused; a transformers model bridged
     n_layers = model.cfg.n_layers
     chosen = resolve_layers(layers, n_layers)  # cheap checks first
     if by_position and len(chosen) < n_layers:
         raise FunnelError("by_position needs every layer (its sink analysis gives the Funnel verdict): "
                           "leave out layers, or by_position")
+    label = check_label(label)
     plan = plan_hooks(model, definition)
-    name = model_name(model)
+    name = label or model_name(model)
     # by_position (funnel_tl.positions): buckets grow with the longest prompt read so far, ending
     # where the whole corpus at once would put them.
     positions = PositionAccumulator(0, n_layers, 1) if by_position else None
@@ -234,6 +242,8 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
                              requested_batch_size=batch_size)
     provenance["reads"] = plan.describe()
     provenance.update(stream.truncation)
+    if label:
+        provenance["model_loaded_as"] = model_name(model)
     result = GainResult(
         model=name, definition=definition, n_layers=n_layers, d_model=model.cfg.d_model,
         parallel_blocks=plan.parallel_blocks, prompts=None if stream.texts is None else tuple(stream.texts),
@@ -345,5 +355,7 @@ def _provenance(model, device, dtype, stream, drop_first, engine=None, requested
         **({} if engine is None else {"executor": engine.executor_name, "executor_fallback": engine.fallback}),
         **({} if stream.n_prompts <= stream.chunk_size else {"chunk_size": int(stream.chunk_size)}),
         **source_provenance(model),  # the full path of a model named by its folder
+        # What the seed definition divides by: RMS, LN (TransformerLens' normalization_type).
+        "normalization": getattr(model.cfg, "normalization_type", None),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import FunnelError
 from .head_results import VALUES, label, norm_decimals
+from .outputs import short_name
 from .prompts import dropped_phrase
 
 
@@ -40,7 +41,7 @@ def plot_heads(result, value: str = "gain", title: str | None = None):
     if value not in VALUES:
         raise FunnelError(f"unknown heatmap value {value!r}: choose {', '.join(VALUES)}")
     shown = getattr(result, VALUES[value])  # [layer, head]
-    group = result.n_heads // result.n_key_value_heads if result.n_key_value_heads else None
+    group = result.group_size  # query heads per key/value head (GQA), or None
     hover = [[
         f"<b>{label(layer, head)}</b><br>gain {result.head_gains[row, head]:.4f} "
         f"(layer attn gain {result.attn_gains[row]:.4f})<br>mean norm {result.head_norms[row, head]:.4g}"
@@ -67,17 +68,32 @@ def plot_heads(result, value: str = "gain", title: str | None = None):
         colour |= {"colorscale": "Viridis"}
     figure = go.Figure(go.Heatmap(z=z, x=list(range(result.n_heads)), y=list(result.layers), text=hover,
                                   hoverinfo="text", **colour))
-    heading = title or f"<b>{html.escape(result.model)}</b>: per-head {name}"
+    heading = title or f"<b>{html.escape(short_name(result.model))}</b>: per-head {name}"
+    top_margin = 110 if value == "gain" else 90
     figure.update_layout(
         title=dict(text=f"{heading}<br><sup>{_subtitle(result)}"
                         + (_GAIN_LEGEND if value == "gain" else "") + "</sup>",
                    x=0.5, xanchor="center"),
         xaxis={"title": "head", "dtick": 1 if result.n_heads <= 32 else None},
         yaxis={"title": "layer", "autorange": "reversed", "type": "category"},
-        template="plotly_white", font=dict(size=13), margin=dict(t=110 if value == "gain" else 90),
+        template="plotly_white", font=dict(size=13), margin=dict(t=top_margin + (24 if group else 0)),
         height=max(360, 160 + 28 * len(result.layers)),
     )
+    if group:
+        _group_by_key_value_head(figure, result, group)
     return figure
+
+
+def _group_by_key_value_head(figure, result, group: int) -> None:
+    """Grouped-query attention: a white rule between the query heads of consecutive key/value
+    heads, and each group named above the map (``kv 0``, ``kv 1``, ...)."""
+    for start in range(group, result.n_heads, group):
+        figure.add_vline(x=start - 0.5, line=dict(color="white", width=4))
+    for kv in range(result.n_key_value_heads):
+        figure.add_annotation(x=kv * group + (group - 1) / 2, y=1, yref="paper", yanchor="bottom", showarrow=False,
+                              text=f"kv {kv}: heads {kv * group}–{(kv + 1) * group - 1}", font=dict(size=12))
+    figure.update_xaxes(title_text=f"query head ({result.n_heads} heads over {result.n_key_value_heads} "
+                                   f"key/value heads, {group} each)")
 
 
 _STYLE = """
@@ -90,14 +106,16 @@ th { background: #f4f4f4; }
 """
 
 
-def _position_figure(result, k: int) -> str:
-    """With by_position: where in the sequence the top heads write (``position_plots``); else nothing."""
-    if getattr(result, "positions", None) is None:
-        return ""
-    from .plots import figure_div
-    from .position_plots import plot_head_positions
+def head_figures(result, k: int = 20, title: str | None = None) -> dict:
+    """The figures of heads.html by name (``plots.export_figures`` writes them as images): the
+    gain heatmap (titled ``title``, or with the model's name), and with by_position where in the
+    sequence the top ``k`` heads write."""
+    figures = {"heads": plot_heads(result, title=title)}
+    if getattr(result, "positions", None) is not None:
+        from .position_plots import plot_head_positions
 
-    return figure_div(plot_head_positions(result, k=k)) + "\n"
+        figures["heads-positions"] = plot_head_positions(result, k=k)
+    return figures
 
 
 def heads_page(result, k: int = 20, plotlyjs: str | bool = True) -> str:
@@ -108,14 +126,19 @@ def heads_page(result, k: int = 20, plotlyjs: str | bool = True) -> str:
     """
     from .plots import figure_div, page_html
 
-    figure = plot_heads(result, title="Head gain by layer and head")
+    figures = head_figures(result, k, title="Head gain by layer and head")
     top = result.top(k)
     decimals = norm_decimals([row.norm for row in top])  # one precision down the column
+    grouped = result.group_size is not None
     rows = "\n".join(
-        f"<tr><td>{rank}</td><td>{row.label}</td><td>{row.gain:.4f}</td><td>{row.norm:.{decimals}f}</td>"
+        f"<tr><td>{rank}</td><td>{row.label}</td>" + (f"<td>{row.key_value_head}</td>" if grouped else "")
+        + f"<td>{row.gain:.4f}</td><td>{row.norm:.{decimals}f}</td>"
         f"<td>{row.norm_share:.3f}</td><td>{row.projection_share:.3f}</td><td>{row.layer_attn_gain:.4f}</td></tr>"
         for rank, row in enumerate(top, start=1))
-    name = html.escape(result.model)
+    gqa_note = (f" Grouped-query attention: {result.n_heads} query heads read {result.n_key_value_heads} key/value "
+                f"heads, {result.group_size} each (query head <i>h</i> reads key/value head <i>h</i> // "
+                f"{result.group_size}); the map groups them and the table names each one's (kv)." if grouped else "")
+    name = html.escape(short_name(result.model))
     dropped = f", {dropped_phrase(result.drop_first)}" if result.drop_first else ""
     body = f"""<h1>{name}: per-head gains</h1>
 <p class="meta">Definition <code>{result.definition}</code>, {result.n_prompts} prompts{dropped}.
@@ -123,11 +146,10 @@ Head gain = mean‖z<sub>i</sub> W<sub>O</sub><sup>i</sup>‖ (what head <i>i</i
 layer's attention-gain denominator (the mean norm of what the attention reads): red, the head alone writes
 more than the layer reads; blue, less. A head's gain below 1 does not mean its layer contracts: the layer's
 attention gain (last column) is the norm of all its heads' sum, and heads add up, partly cancelling, so a
-layer of blue heads can expand.</p>
-{figure_div(figure)}
-{_position_figure(result, k)}<h2>Top {k} heads by gain</h2>
-<table><tr><th>rank</th><th>head</th><th>gain</th><th>mean norm</th><th>norm share</th><th>projection share</th>
+layer of blue heads can expand.{gqa_note}</p>
+{"".join(figure_div(figure) + chr(10) for figure in figures.values())}<h2>Top {k} heads by gain</h2>
+<table><tr><th>rank</th><th>head</th>{"<th>kv</th>" if grouped else ""}<th>gain</th><th>mean norm</th><th>norm share</th><th>projection share</th>
 <th>layer attn gain</th></tr>
 {rows}
 </table>"""
-    return page_html(f"{result.model}: per-head gains", body, plotlyjs, style=_STYLE)
+    return page_html(f"{short_name(result.model)}: per-head gains", body, plotlyjs, style=_STYLE)

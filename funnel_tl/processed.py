@@ -19,11 +19,22 @@ import torch
 from .errors import FunnelError
 from .models import model_name
 
-HOW_TO_LOAD = (
-    "load it without processing: HookedTransformer.from_pretrained_no_processing(...), "
-    "TransformerBridge.boot_transformers(...) then enable_compatibility_mode(no_processing=True), "
-    "or funnel_tl.load_model(...)"
-)
+def how_to_load() -> str:
+    """How to load a model without processing, in the installed TransformerLens' own API.
+
+    TransformerLens 4.x removed ``HookedTransformer`` (and with it
+    ``from_pretrained_no_processing``): advice naming it would send a 4.x user to a missing name.
+    """
+    from .gains import _installed_version
+
+    bridge = ("TransformerBridge.boot_transformers(...) then enable_compatibility_mode(no_processing=True) "
+              "(or leave compatibility mode off), or funnel_tl.load_model(...)")
+    major = _installed_version("transformer-lens").split(".")[0]
+    if major.isdigit() and int(major) < 4:
+        return f"load it without processing: HookedTransformer.from_pretrained_no_processing(...), {bridge}"
+    return f"load it again without processing: {bridge}"
+
+
 
 # Centred rows have |mean| · √d / std at float rounding (~1e-7 in float32, ~1e-3 in float16);
 # any other row — random initialisation or trained — is of order 1 (a sum of d terms of either sign).
@@ -116,5 +127,5 @@ def check_unprocessed(model) -> None:
     if found:
         raise FunnelError(
             f"{model_name(model)} has processed weights ({', '.join(found)}), which change the activations "
-            f"whose norms are measured: {HOW_TO_LOAD}"
+            f"whose norms are measured: {how_to_load()}"
         )

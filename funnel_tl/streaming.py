@@ -134,7 +134,8 @@ class TokenStream:
         offset = self.n_prompts
         cut: dict = {}
         token_ids = tokenize(self.tokenizer, chunk, n_ctx=self.n_ctx, model_name=model_name(self.model),
-                             max_tokens=self.limit, truncation=cut, first_index=offset)
+                             max_tokens=self.limit, truncation=cut, first_index=offset,
+                             d_vocab=getattr(self.model.cfg, "d_vocab", None))
         check_tokens_left(token_ids, self.drop_first, first_index=offset)
         self._merge_truncation(cut)
         for text in chunk:

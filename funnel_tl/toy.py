@@ -154,3 +154,50 @@ def build_checkpoint(folder, architecture: str = "neox-parallel", tokenizer=None
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def build_training_run(folder, steps, architecture: str = "neox-parallel", tokenizer=None, seed: int = 0,
+                       **config_kwargs) -> Path:
+    """A local folder of "training checkpoints" ``folder/step<N>/``, one per step, for sweeps.
+
+    Weights move smoothly from a random initialization (step 0) to another random draw (the
+    last step), by the fraction ``log(1 + step) / log(1 + last)``, so gains drift with the step
+    as in a real run and a figure against step has a trend to show; norms and biases are
+    randomized as in ``build_checkpoint``. ``steps``: e.g. ``funnel_tl.compare.PYTHIA_STEPS``
+    (Pythia's 154 names). The tokenizer is trained once and shared.
+
+    >>> from funnel_tl.toy import build_training_run
+    >>> build_training_run("/tmp/ckpts", [0, 1000, 143000], n_layers=2)  # doctest: +SKIP
+    PosixPath('/tmp/ckpts')
+    """
+    import math
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    folder, steps = Path(folder), sorted(set(int(step) for step in steps))
+    tokenizer = tokenizer if tokenizer is not None else train_tokenizer(config_kwargs.get("vocab_size", 512))
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # one bar per save: 154 of them for Pythia's steps
+    try:
+        ends = []
+        for offset in (0, 1):
+            build_checkpoint(folder / f".end{offset}", architecture, tokenizer=tokenizer, seed=seed + 2 * offset,
+                             **config_kwargs)
+            ends.append(AutoModelForCausalLM.from_pretrained(folder / f".end{offset}"))
+        start, end = (model.state_dict() for model in ends)
+        model, last = ends[0], max(max(steps), 1)
+        for step in steps:
+            fraction = math.log1p(step) / math.log1p(last)
+            with torch.no_grad():
+                model.load_state_dict({name: torch.lerp(start[name], end[name], fraction)
+                                       if start[name].is_floating_point() else start[name] for name in start})
+            model.save_pretrained(folder / f"step{step}")
+            tokenizer.save_pretrained(folder / f"step{step}")
+        for offset in (0, 1):
+            shutil.rmtree(folder / f".end{offset}")
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    return folder

@@ -6,12 +6,33 @@ load (DESIGN.md §5). ``checkpoints[arch]`` is the folder; ``bridge(arch)`` a lo
 
 from __future__ import annotations
 
+import importlib
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from funnel_tl.toy import ARCHITECTURES, build_checkpoint, train_tokenizer
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if any model starts loading: the error had to come before it (the fault tests)."""
+    import importlib
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the bad input was reported")
+
+    for name in ("funnel_tl.models", "funnel_tl.compare"):
+        monkeypatch.setattr(importlib.import_module(name), "load_model", refuse)
+
+
+@pytest.fixture
+def two_prompts(tmp_path):
+    """A .txt file of two short prompts (the fault tests)."""
+    path = tmp_path / "two.txt"
+    path.write_text("The capital of France is Paris.\nWater is made of hydrogen and oxygen.\n", encoding="utf-8")
+    return str(path)
 
 
 @pytest.fixture(scope="session")
@@ -136,3 +157,18 @@ def smollm2_hf(smollm2_gguf, tmp_path_factory):
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(**source).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def load_calls(monkeypatch):
+    """Every (source, revision) that ``compare`` hands to load_model, in order (resume is proven by it)."""
+    compare_module = importlib.import_module("funnel_tl.compare")  # the module: `funnel_tl.compare` is the function
+    calls = []
+    real = compare_module.load_model
+
+    def counting(source, **kwargs):
+        calls.append((source, kwargs.get("revision")))
+        return real(source, **kwargs)
+
+    monkeypatch.setattr(compare_module, "load_model", counting)
+    return calls

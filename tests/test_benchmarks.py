@@ -98,6 +98,27 @@ def test_bench_streaming_reports_peak_rss(tmp_path):
     assert all(value > 0 for value in numbers.values())
 
 
+def test_bench_sweep_page_prints_seconds_per_row(tmp_path, capsys):
+    bench = load_script("bench_sweep")
+    out = tmp_path / "page.json"
+    assert bench.main(["--case", "page", "--rows", "3,30", "--json", str(out)]) == 0
+    numbers = json.loads(out.read_text())
+    assert [t["rows"] for t in numbers["timings"]] == [3, 30]
+    assert "CPU s/row" in capsys.readouterr().out and numbers["per_row_ratio"] > 0
+
+
+@pytest.mark.slow
+def test_bench_sweep_whole_sweep_resumes_by_identity_and_keeps_rows(tmp_path):
+    bench = load_script("bench_sweep")
+    out = tmp_path / "sweep.json"
+    assert bench.main(["--case", "sweep", "--n-checkpoints", "3", "--threads", "1", "--keep", str(tmp_path / "work"),
+                       "--json", str(out)]) == 0
+    numbers = json.loads(out.read_text())
+    assert numbers["n_checkpoints"] == 3 and numbers["load_seconds"] > 0
+    assert numbers["rerun_measured"] == 0  # `ckpts/` is the same model as `ckpts`
+    assert numbers["rows_after_one_checkpoint"] == 3  # a one-checkpoint run keeps every row
+
+
 @pytest.mark.slow
 def test_bench_effects_reports_every_method(tmp_path):
     """The effects' benchmark (launch-bound shape, shrunk): every scheme runs and is tabulated."""

@@ -112,3 +112,58 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"funnel-tl {__version__}"
+
+
+# ---- names, labels, built-in prompt sets, images ----------------------------------------------------
+def test_default_folder_and_titles_name_a_local_model_by_its_folder_or_its_label(checkpoints, tmp_path, monkeypatch):
+    """`run --model /tmp/smollm2-hf` wrote runs/tmp__…__smollm2-hf and titled its page with the path."""
+    monkeypatch.chdir(tmp_path)
+    folder = checkpoints["llama-gqa"].resolve()
+    assert main(["run", "--model", str(folder), "--bootstrap", "0"]) == 0
+    page = tmp_path / "runs" / folder.name / "funnel.html"
+    assert page.is_file() and [p.name for p in (tmp_path / "runs").iterdir()] == [folder.name]
+    assert f"<title>{folder.name}: " in page.read_text() and str(folder.parent) not in page.read_text()
+    assert main(["run", "--model", str(folder), "--bootstrap", "0", "--label", "Llama (GQA) toy"]) == 0
+    data = json.loads((tmp_path / "runs" / "Llama_GQA_toy" / "results.json").read_text())
+    assert data["model"] == "Llama (GQA) toy" and data["provenance"]["model_loaded_as"] == str(folder)
+    assert "<title>Llama (GQA) toy: " in (tmp_path / "runs" / "Llama_GQA_toy" / "funnel.html").read_text()
+    assert main(["heads", "--model", str(folder), "--label", "Llama (GQA) toy", "--top", "2"]) == 0
+    heads = json.loads((tmp_path / "runs" / "Llama_GQA_toy" / "heads.json").read_text())
+    assert heads["model"] == "Llama (GQA) toy"
+
+
+def test_a_label_is_one_line_of_text(capsys):
+    for bad in ("", "   ", "two\nlines"):
+        _bad(["run", "--label", bad], capsys, "a label names the model in one line of text")
+
+
+def test_the_varied_prompt_set_by_name(tmp_path, capsys):
+    assert main(["run", "--model", "nano-2l", "--prompts", "varied", "--max-prompts", "3", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["n_prompts"] == 3 and data["provenance"]["prompt_source"]["source"] == "varied"
+    assert data["prompts"]["texts"][0].startswith("ABILITY, n.")  # the first passage: The Devil's Dictionary
+    assert "--prompts varied" in capsys.readouterr().out  # the analysis says where firmer intervals come from
+
+
+@pytest.mark.slow
+def test_png_writes_every_page_as_png_svg_and_pdf(tmp_path, capsys):
+    from funnel_tl import plots
+
+    if not plots.png_available():
+        pytest.skip(f"--png needs kaleido and Chrome: {plots.png_missing()}")
+    out = tmp_path / "run"
+    assert main(["run", "--model", "nano-2l", "--by-position", "--png", "--out", str(out)]) == 0
+    assert main(["heads", "--model", "nano-2l", "--png", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"Saved: {out}/{{funnel,positions-heatmaps,positions-sink}}.{{png,svg,pdf}}" in printed
+    assert f"Saved: {out}/{{heads}}.{{png,svg,pdf}}" in printed
+    pages = ("funnel", "positions-heatmaps", "positions-sink", "heads")
+    expected = {f"{name}.{kind}" for name in pages for kind in ("png", "svg", "pdf")}
+    assert expected <= {path.name for path in out.iterdir()}
+    for kind in ("png", "svg", "pdf"):
+        (out / f"funnel.{kind}").unlink()
+    assert main(["report", str(out), "--png"]) == 0  # report redraws them from the files
+    assert (out / "funnel.pdf").read_bytes()[:5] == b"%PDF-"
+    sweep = tmp_path / "sweep"
+    assert main(["compare", "--models", "nano-2l", "nano-4l", "--png", "--out", str(sweep)]) == 0
+    assert {f"compare-{name}.svg" for name in ("depth", "heatmap-attn", "heatmap-mlp")} <= {p.name for p in sweep.iterdir()}

@@ -58,20 +58,6 @@ def training_run(tmp_path_factory, tokenizer):
     return root
 
 
-@pytest.fixture
-def load_calls(monkeypatch):
-    """Every (source, revision) that compare hands to load_model, in order."""
-    calls = []
-    real = compare_module.load_model
-
-    def counting(source, **kwargs):
-        calls.append((source, kwargs.get("revision")))
-        return real(source, **kwargs)
-
-    monkeypatch.setattr(compare_module, "load_model", counting)
-    return calls
-
-
 def single_run(folder, **kwargs) -> GainResult:
     model = load_model(str(folder), device="cpu", dtype="float32")
     return measure_gains(model, "seed", batch_size=kwargs.get("batch_size", 8), progress=False,
@@ -248,9 +234,13 @@ def test_force_and_changed_settings_recompute(sweep, checkpoints, load_calls, tm
     models = [str(checkpoints[arch]) for arch in SWEPT]
     compare(models[:2], out=copy, force=True, **OPTIONS)
     assert [source for source, _ in load_calls] == models[:2]
+    # The table keeps the model this run did not name (tests/test_sweep_scale.py: never a row dropped).
+    assert [row["model"] for row in json.loads((copy / "compare.json").read_text())["models"]] == models
     load_calls.clear()
-    compare(models[:1], out=copy, drop_first=1, **OPTIONS)  # another drop_first: measured anew
-    compare(models[:1], SEED_PROMPTS[:4], out=copy, drop_first=1, **OPTIONS)  # other prompts: anew
+    # Results files with no table (a table of other settings is refused): those measured otherwise, anew.
+    for changed in (dict(drop_first=1), dict(prompts=SEED_PROMPTS[:4], drop_first=1)):  # drop_first, then prompts
+        (copy / "compare.json").unlink()
+        compare(models[:1], out=copy, **changed, **OPTIONS)
     compare(models[:1], SEED_PROMPTS[:4], out=copy, drop_first=1, **OPTIONS)  # same again: read back
     assert [source for source, _ in load_calls] == models[:1] * 2
     assert GainResult.load(copy / compare_module.plan_targets(models[:1])[0].slug / "results.json").n_prompts == 4
@@ -267,6 +257,7 @@ def test_a_replaced_results_file_is_named_with_what_changed(sweep, checkpoints, 
     models = [str(checkpoints[arch]) for arch in SWEPT[:2]]
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
+    (copy / "compare.json").unlink()  # results files without their table (its settings would be refused)
     capsys.readouterr()
     compare(models, out=copy, definition="residual", **OPTIONS)
     err = capsys.readouterr().err
@@ -280,6 +271,7 @@ def test_a_replaced_results_file_is_named_with_what_changed(sweep, checkpoints, 
 
     sharded = tmp_path / "sharded"
     shutil.copytree(out, sharded)
+    (sharded / "compare.json").unlink()
     load_calls.clear()
     targets = compare_module.plan_targets(models[:1])
     settings = dict(definition="seed", n_prompts=len(SEED_PROMPTS),
@@ -406,7 +398,7 @@ compare({models!r}, out={out!r}, device="cpu", dtype="float32", progress=False)
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds the file being written through /proc")
-def test_a_killed_run_leaves_no_partial_file(checkpoints, tmp_path, load_calls):
+def test_a_killed_run_leaves_no_partial_file(sweep, checkpoints, tmp_path, load_calls):
     first, second = str(checkpoints["neox-parallel"]), str(checkpoints["gpt2"])
     out = tmp_path / "out"
     slug_first, slug_second = (t.slug for t in compare_module.plan_targets([first, second]))
@@ -428,6 +420,16 @@ def test_a_killed_run_leaves_no_partial_file(checkpoints, tmp_path, load_calls):
     assert [row.resumed for row in resumed.rows] == [True, False]
     assert list((out / slug_second).glob(".*.tmp")) == []
     GainResult.load(out / slug_second / "results.json")
+    # Killed half way and resumed equals uninterrupted: the shared sweep measured the same models.
+    uninterrupted, _ = sweep
+    for row in resumed.rows:
+        expected = uninterrupted.results[row.model]
+        for component in ("attn", "mlp", "block"):
+            np.testing.assert_array_equal(resumed.results[row.model].out_sums[component], expected.out_sums[component])
+        np.testing.assert_array_equal(resumed.results[row.model].intervals.mlp, expected.intervals.mlp)
+        same = {"resumed", "seconds", "load_seconds", "measure_seconds", "peak_memory_bytes"}
+        assert {k: v for k, v in row.to_dict().items() if k not in same} == {
+            k: v for k, v in uninterrupted.row(row.model).to_dict().items() if k not in same}
 
 
 def test_interrupt_mid_model_leaves_no_partial_file(checkpoints, tmp_path, monkeypatch):
@@ -677,9 +679,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert err.count("\n") == 1 and "bad checkpoint 'latest'" in err
     assert main(["compare", "--models", "x", "--prompts", str(tmp_path / "none.txt"), "--out", str(tmp_path)]) == 2
     assert "prompt file not found" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_info:
-        main(["compare", "--out", str(tmp_path)])  # --models is required
-    assert exit_info.value.code == 2
+    assert main(["compare", "--out", str(tmp_path)]) == 2  # --models is required
 
 
 def test_compare_refuses_max_memory_without_device_map_before_any_work(tmp_path, capsys):

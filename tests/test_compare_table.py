@@ -78,7 +78,8 @@ def page_overflow(page: Path, width: int) -> int:
     """How many pixels the verdict table's box scrolls sideways at a window ``width`` pixels wide."""
     probe = page.with_name("probe.html")
     probe.write_text(page.read_text().replace(
-        "</body>", "<script>const box = document.querySelector('.scroll');"
+        "</body>", "<script>document.querySelectorAll('details').forEach(d => d.open = true);"  # folded tables
+                   "const box = document.querySelector('.scroll');"
                    "document.body.dataset.overflow = box.scrollWidth - box.clientWidth;</script></body>"))
     with tempfile.TemporaryDirectory() as profile:
         dom = subprocess.run(

@@ -230,18 +230,26 @@ def test_a_fast_runner_that_disagrees_is_not_used(bridge, monkeypatch):
 
 
 def test_intervals_are_the_gains_method(bridge):
-    """``stats.mean_intervals`` on per-prompt gains gives ``bootstrap_intervals``' attention intervals."""
-    from funnel_tl.stats import mean_intervals
+    """``stats.mean_intervals`` on per-prompt gains gives ``bootstrap_intervals``' attention intervals,
+    t intervals (the default) and the percentile bootstrap alike: the effects follow the gains' method."""
+    from funnel_tl.stats import mean_intervals, t_critical
 
-    result = measure_effects(bridge("gpt2"), PROMPTS, interventions="zero", progress=False).with_intervals(
-        n_resamples=500, seed=3)
-    gains = result.gains
-    np.testing.assert_allclose(mean_intervals(gains.per_prompt_gains("attn"), n_resamples=500, seed=3),
-                               gains.intervals.attn, rtol=1e-12)
-    bounds = result.intervals.of("delta_loss", "zero", "mlp")
-    values = result.effect("delta_loss", "zero", "mlp")
-    assert np.all(bounds[:, 0] <= values) and np.all(values <= bounds[:, 1])
-    assert result.intervals.clean_loss[0] <= result.mean_clean_loss <= result.intervals.clean_loss[1]
+    base = measure_effects(bridge("gpt2"), PROMPTS, interventions="zero", progress=False)
+    for method in ("t", "percentile"):
+        result = base.with_intervals(n_resamples=500, seed=3, method=method)
+        gains = result.gains
+        assert result.intervals.method == gains.intervals.method == method
+        expected = mean_intervals(gains.per_prompt_gains("attn"), n_resamples=500, seed=3, method=method)
+        np.testing.assert_allclose(np.maximum(expected, 0), gains.intervals.attn, rtol=1e-12)  # a gain's kept ≥ 0
+        values = result.per_prompt("delta_loss", "zero", "mlp")  # [prompt, layer]
+        bounds = result.intervals.of("delta_loss", "zero", "mlp")
+        assert np.all(bounds[:, 0] <= values.mean(axis=0)) and np.all(values.mean(axis=0) <= bounds[:, 1])
+        assert result.intervals.clean_loss[0] <= result.mean_clean_loss <= result.intervals.clean_loss[1]
+        assert np.all(result.intervals.of("kl", "zero", "attention")[:, 0] >= 0)
+    # The t interval by hand: mean ± t(n−1) · sd / √n over the four prompts.
+    half = t_critical(0.95, 3) * values.std(axis=0, ddof=1) / 2
+    np.testing.assert_allclose(base.with_intervals().intervals.of("delta_loss", "zero", "mlp"),
+                               np.stack([values.mean(axis=0) - half, values.mean(axis=0) + half], axis=1), rtol=1e-12)
 
 
 # ---- resume ------------------------------------------------------------------------------------
@@ -320,8 +328,8 @@ def test_bad_input_is_refused_before_any_pass(bridge):
         measure_effects(model, ["x"])
     with pytest.raises(FunnelError, match="out of range"):
         measure_effects(model, PROMPTS, layers=[5])
-    with pytest.raises(FunnelError, match=r"non-finite logits with scale:1e\+30 on attention L0"):
-        measure_effects(model, PROMPTS, interventions="scale:1e30", progress=False)  # overflows float32
+    with pytest.raises(FunnelError, match=r"non-finite logits with scale:1e\+39 on attention L0"):
+        measure_effects(model, PROMPTS, interventions="scale:1e39", progress=False)  # past float32's largest
     assert parse_intervention(" Scale:2.0 ").name == "scale:2"
 
 

@@ -235,8 +235,9 @@ def test_cli_batch_size_auto_is_recorded(checkpoints, tmp_path):
     assert provenance["executor"] in ("hf-sdpa", "hf", "transformer_lens")
 
 
-@pytest.mark.parametrize("bad, message", [("0", "--batch-size must be at least 1"), ("-2", "--batch-size must be at least 1"),
-                                          ("lots", "positive integer or auto")])
+@pytest.mark.parametrize("bad, message", [("0", "argument --batch-size: give a whole number, 1 or more"),
+                                          ("-2", "argument --batch-size: give a whole number, 1 or more"),
+                                          ("lots", "1 or more, or auto, not 'lots'")])
 def test_cli_bad_batch_size_exits_2(bad, message, checkpoints, tmp_path, capsys):
     from funnel_tl.cli import main
 

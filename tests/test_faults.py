@@ -14,6 +14,7 @@ import errno
 import importlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -40,32 +41,15 @@ IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 # ---- helpers -----------------------------------------------------------------------------------
 def one_line_error(capsys, *needles: str) -> str:
-    """The captured stderr is exactly one `funnel-tl: error:` line holding every needle."""
+    """The captured stderr is exactly one `funnel-tl: error:` line (`funnel-tl run: error:` for a
+    bad argument, from argparse) holding every needle."""
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
-    assert lines[0].startswith("funnel-tl: error: ") and "Traceback" not in err, err
+    assert re.match(r"funnel-tl( [a-z]+)?: error: ", lines[0]) and "Traceback" not in err, err
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fail the test if any model starts loading: the error had to come before it."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the bad input was reported")
-
-    monkeypatch.setattr(models_module, "load_model", refuse)
-    monkeypatch.setattr(compare_module, "load_model", refuse)
-
-
-@pytest.fixture
-def two_prompts(tmp_path):
-    path = tmp_path / "two.txt"
-    path.write_text("The capital of France is Paris.\nWater is made of hydrogen and oxygen.\n", encoding="utf-8")
-    return str(path)
 
 
 @pytest.fixture
@@ -195,13 +179,17 @@ def test_chunked_bootstrap_equals_one_draw():
     from synthetic_results import funnel_like
 
     result = funnel_like(n_layers=3, n_prompts=7)
-    whole = stats_module.bootstrap_intervals(result, n_resamples=500, seed=3)
+    whole = stats_module.bootstrap_intervals(result, n_resamples=500, seed=3, method="percentile")
+    whole_t = stats_module.bootstrap_intervals(result, n_resamples=500, seed=3)  # the products' studentized draws
     old = stats_module.CHUNK_FLOATS
     try:
         stats_module.CHUNK_FLOATS = 7 * 64  # 64 resamples a chunk: 8 chunks, the last one short
-        chunked = stats_module.bootstrap_intervals(result, n_resamples=500, seed=3)
+        chunked = stats_module.bootstrap_intervals(result, n_resamples=500, seed=3, method="percentile")
+        chunked_t = stats_module.bootstrap_intervals(result, n_resamples=500, seed=3)  # 21 a chunk ([prompt, layer] each)
     finally:
         stats_module.CHUNK_FLOATS = old
+    for component in ("combined", "cumulative"):
+        np.testing.assert_allclose(chunked_t.of(component), whole_t.of(component), rtol=1e-12)  # as below
     # One draw, written out by hand from the same generator: the reference the chunks must equal.
     rng = np.random.default_rng(3)
     weights = rng.multinomial(7, np.full(7, 1 / 7), size=500) / 7

@@ -217,6 +217,26 @@ def test_grouped_query_attention(measured, bridge):
     assert "key/value head 1" in hover[0][3] and "key/value head 0" in hover[0][1]
 
 
+def test_grouped_query_heads_are_grouped_by_their_key_value_head(measured, tmp_path):
+    """HF's repeat_kv gives query head h the key/value head h // (n_heads / n_kv): 0, 0, 1, 1 here."""
+    result = measured("llama-gqa")
+    assert result.group_size == 2 and [result.key_value_head(h) for h in range(4)] == [0, 0, 1, 1]
+    assert [row.key_value_head for row in result.top(8)] == [int(row.label[-1]) // 2 for row in result.top(8)]
+    figure = result.heatmap()
+    assert [shape.x0 for shape in figure.layout.shapes] == [1.5]  # one rule, between heads 1 and 2
+    assert [note.text for note in figure.layout.annotations] == ["kv 0: heads 0–1", "kv 1: heads 2–3"]
+    table = result.format_top(4).splitlines()
+    assert "4 query heads read 2 key/value heads, 2 each" in table[0] and table[1].split()[2] == "kv"
+    for line, row in zip(table[2:], result.top(4)):
+        assert line.split()[2] == str(row.key_value_head)
+    page = result.save_html(tmp_path / "heads.html", k=4).read_text()
+    assert "<th>kv</th>" in page and "key/value head <i>h</i> // 2" in page
+    # Without GQA: no column, no rules.
+    plain = measured("gpt2")
+    assert plain.group_size is None and "kv" not in plain.format_top(3).splitlines()[1]
+    assert not plain.heatmap().layout.shapes
+
+
 def test_layers_subset_and_negative_index(bridge, measured):
     full = measured("gpt2")
     last = head_gains(bridge("gpt2"), "seed", layers=[-1], batch_size=3, progress=False)
@@ -383,7 +403,7 @@ def test_load_rejects_foreign_files(tmp_path, bridge):
     with pytest.raises(FunnelError, match="not a funnel_tl heads file"):
         HeadResult.load(tmp_path / "other.json")
     (tmp_path / "broken.json").write_text('{"kind": "funnel_tl.heads", "schema_version": 1}')
-    with pytest.raises(FunnelError, match="not a complete heads.json"):
+    with pytest.raises(FunnelError, match="broken.json: model is missing"):
         HeadResult.load(tmp_path / "broken.json")
     with pytest.raises(FunnelError, match="not found"):
         HeadResult.load(tmp_path / "missing.json")
@@ -423,7 +443,7 @@ def test_report_redraws_heads_html_with_the_top_its_run_used(checkpoints, tmp_pa
     assert table_rows(out / "heads.html") == 2
     capsys.readouterr()
     assert main(["report", str(out), "--top", "0"]) == 2
-    assert "--top must be at least 1" in capsys.readouterr().err
+    assert "argument --top: give a whole number, 1 or more" in capsys.readouterr().err
 
 
 def test_cli_heads_layers_option(checkpoints, tmp_path, capsys):
@@ -436,7 +456,7 @@ def test_cli_heads_layers_option(checkpoints, tmp_path, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--layers", "7"], "layer 7 out of range"),
     (["--layers", "x"], "cannot read --layers"),
-    (["--top", "0"], "--top must be at least 1"),
+    (["--top", "0"], "argument --top: give a whole number, 1 or more"),
     (["--prompts", "missing.txt"], "prompt file not found"),
 ])
 def test_cli_heads_bad_input_exits_2(extra, message, checkpoints, tmp_path, capsys):

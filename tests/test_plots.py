@@ -14,8 +14,8 @@ import plotly.graph_objects as go
 import pytest
 
 from funnel_tl import plots
-from funnel_tl.cli import main
-from funnel_tl.funnel import PYTHIA_1_4B_REFERENCE
+from funnel_tl.cli import IMAGES_HINT, main
+from funnel_tl.funnel import PYTHIA_1_4B_REFERENCE, format_analysis
 from funnel_tl.plots import (
     plot_attention_mlp, plot_cumulative, plot_funnel, plot_mlp_depth, plot_net_gain, write_html, write_png,
 )
@@ -63,7 +63,9 @@ def test_plot_funnel_has_the_four_panels(result):
 def test_title_names_model_definition_and_prompt_count(result):
     title = plot_funnel(result).layout.title.text
     assert "synthetic/funnel" in title and "definition=seed" in title and "8 prompts" in title
-    assert "95% bootstrap intervals over prompts (500 resamples)" in title
+    assert "error bars: 95% t intervals over prompts (products: studentized bootstrap, 500 resamples" in title
+    percentile = plot_funnel(result.with_intervals(n_resamples=500, method="percentile")).layout.title.text
+    assert "95% percentile-bootstrap intervals over prompts (500 resamples, seed 0)" in percentile
 
 
 def test_panel_1_attention_and_mlp_with_neutral_line_and_max_mlp_marker(result):
@@ -131,6 +133,46 @@ def test_panel_3_colours_bars_and_labels_the_expanding_ones():
     assert labels == ["L2<br>1.50", "L3<br>3.00"]
     block = one(fig, "block")
     np.testing.assert_allclose(block.y, [1.1, 1.2, 1.3, 1.4], rtol=1e-9)  # 1e-9: the seed's epsilon
+
+
+def test_panel_3_bars_are_one_layer_wide_however_far_apart():
+    # SmolLM2 under the residual definition: only layers 0 and 11 expand. Without a width Plotly
+    # sized the bars by the gap between them: 11 layers wide.
+    n_layers = 30
+    combined = np.full(n_layers, 0.05)
+    combined[[0, 11]] = [15.9, 2.4]
+    gains = {"attn": np.tile(combined, (4, 1)), "mlp": np.ones((4, n_layers)), "block": np.ones((4, n_layers))}
+    fig = plot_funnel(from_gains(gains))
+    bars = [t for t in fig.data if isinstance(t, go.Bar) and t.x is not None and t.x[0] is not None]
+    assert {t.legendgroup for t in bars} == {"expanding", "contracting"}
+    assert all(t.width == plots.BAR_WIDTH < 1 for t in bars)
+
+
+def test_panel_3_labels_of_neighbouring_layers_never_overlap():
+    # SmolLM2's seed definition: every layer expands, L23-L29 large. Labels of adjacent layers
+    # (~18 px apart on the 2 x 2 figure, each label ~40 px wide) overlapped.
+    n_layers = 30
+    combined = np.linspace(20, 60, n_layers)
+    combined[[11, 23, 24, 25, 26, 27, 28, 29]] = [2691, 163, 567, 132, 137, 538, 1991, 762]
+    gains = {"attn": np.tile(combined, (4, 1)), "mlp": np.ones((4, n_layers)), "block": np.ones((4, n_layers))}
+    result = from_gains(gains)
+    labelled = sorted(int(a.x) for a in plot_funnel(result).layout.annotations if str(a.text).startswith("L"))
+    assert 11 in labelled and 28 in labelled  # the largest are named
+    assert min(np.diff(labelled)) >= 2, labelled
+    # A panel of its own is wider: at least as many labels fit.
+    alone = sorted(int(a.x) for a in plot_net_gain(result).layout.annotations if str(a.text).startswith("L"))
+    assert len(alone) >= len(labelled), alone
+
+
+def test_titles_name_a_model_by_its_short_name_never_a_path():
+    from dataclasses import replace
+
+    gains = {c: np.full((2, 3), 0.9) for c in ("attn", "mlp", "block")}
+    result = replace(from_gains(gains), model="/tmp/checkpoints/smollm2-hf")
+    title = plot_funnel(result).layout.title.text
+    assert "<b>smollm2-hf</b>" in title and "/tmp" not in title
+    assert "/tmp" not in format_analysis(result).splitlines()[1]  # the analysis' heading too
+    assert "EleutherAI/pythia-70m" in plot_funnel(replace(result, model="EleutherAI/pythia-70m")).layout.title.text
 
 
 def test_panel_3_hatches_bars_whose_interval_crosses_one():
@@ -213,11 +255,31 @@ def test_panel_3_block_gain_has_its_own_axis_and_does_not_set_the_bars_range():
     # A block gain of 95 at L0 (nano-8l's case) beside attn × MLP gains near 1.
     gains = {"attn": np.tile([0.5, 0.9, 1.2], (4, 1)), "mlp": np.tile([1.0, 1.0, 1.1], (4, 1)),
              "block": np.tile([95.0, 1.1, 1.2], (4, 1))}
-    fig = plot_net_gain(from_gains(gains), log_gains=False)
+    result = from_gains(gains)
+    result.provenance["normalization"] = "LN"  # what measure_gains records (TransformerLens' cfg)
+    fig = plot_net_gain(result, log_gains=False)
     block = one(fig, "block")
     assert block.yaxis == "y2" and fig.layout.yaxis2.overlaying == "y"
     assert fig.layout.yaxis.range[1] < 2  # the bars' axis: 1.15 × the largest combined gain (1.32)
     assert "LayerNorm outputs" in fig.layout.yaxis.title.text and "resid_pre" in block.name
+
+
+def test_panel_3_names_the_norms_the_model_has():
+    """SmolLM2 (Llama) has RMSNorm: its axis said "LayerNorm outputs"."""
+    from dataclasses import replace
+
+    gains = {c: np.full((2, 3), 0.9) for c in ("attn", "mlp", "block")}
+
+    def axis(result):
+        return plot_net_gain(result).layout.yaxis.title.text
+
+    base = from_gains(gains)
+    for recorded, words in (("RMS", "RMSNorm outputs"), ("LN", "LayerNorm outputs"), (None, "norm outputs")):
+        assert f"(÷ {words})" in axis(replace(base, provenance={"normalization": recorded})), recorded
+    assert "residual stream" in axis(replace(base, definition="residual", provenance={"normalization": "RMS"}))
+    # Post-norm blocks (OLMo 2) read the stream itself under the seed definition too.
+    post = replace(base, provenance={"normalization": "RMS", "reads": {"block_shape": "post-norm"}})
+    assert "residual stream" in axis(post)
 
 
 def test_colours_are_okabe_ito():
@@ -291,9 +353,31 @@ def test_png_is_skipped_with_a_message_without_chrome(tmp_path, monkeypatch, res
 
 @pytest.mark.slow
 @pytest.mark.skipif(not plots.png_available(), reason="kaleido and Chrome/Chromium are not installed")
-def test_png_through_kaleido(tmp_path, result):
+def test_png_svg_and_pdf_through_kaleido(tmp_path, result):
     path = write_png(plot_funnel(result), tmp_path / "funnel.png", scale=1)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    written = plots.export_figures({"funnel": plot_funnel(result), "mlp": plot_mlp_depth(result)}, tmp_path / "images")
+    assert sorted(p.name for p in written) == sorted(f"{name}.{kind}" for name in ("funnel", "mlp")
+                                                     for kind in ("png", "svg", "pdf"))
+    assert (tmp_path / "images" / "funnel.svg").read_text(encoding="utf-8").lstrip().startswith("<svg")
+    assert "synthetic/funnel" in (tmp_path / "images" / "funnel.svg").read_text(encoding="utf-8")  # the title
+    assert (tmp_path / "images" / "funnel.pdf").read_bytes()[:5] == b"%PDF-"
+    assert not list((tmp_path / "images").glob(".*"))  # no temporary left behind
+    with pytest.raises(plots.FunnelError, match="cannot write a figure as funnel.bmp"):
+        plots.write_images({tmp_path / "funnel.bmp": plot_funnel(result)})
+
+
+def test_png_option_is_refused_before_any_work_without_chrome(tmp_path, monkeypatch, capsys):
+    import funnel_tl.models
+
+    monkeypatch.setattr(plots, "find_chrome", lambda: None)
+    monkeypatch.setitem(__import__("sys").modules, "kaleido", object())
+    monkeypatch.setattr(funnel_tl.models, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    for command in (["run"], ["heads"], ["compare", "--models", "nano-2l"], ["report", str(tmp_path)]):
+        assert main([*command, "--png", "--out", str(tmp_path / "x")] if command[0] != "report" else
+                    [*command, "--png"]) == 2
+        error = capsys.readouterr().err
+        assert "--png needs kaleido and a Chrome/Chromium" in error and error.count("\n") == 1, command
 
 
 # ---- funnel-tl report ------------------------------------------------------------------------------
@@ -314,7 +398,7 @@ def test_report_rerenders_from_results_json_without_a_model(tmp_path, monkeypatc
     assert (tmp_path / "funnel.html").is_file() and (tmp_path / "sweep" / "other" / "funnel.html").is_file()
     assert "synthetic/funnel: FUNNEL MODEL ANALYSIS" in out and "synthetic/other: FUNNEL MODEL ANALYSIS" in out
     assert "FUNNEL MODEL CONFIRMED (robust)" in out  # the stored intervals were used
-    assert out.count("PNG skipped") == 1
+    assert out.count(IMAGES_HINT) == 1  # said once, not per page; no browser started without --png
     expected = write_html(plot_funnel(GainResult.load(tmp_path / "results.json")), tmp_path / "expected" / "funnel.html")
     assert (tmp_path / "funnel.html").read_bytes() == expected.read_bytes()
 
@@ -323,7 +407,10 @@ def test_report_can_redraw_or_drop_intervals(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(plots, "find_chrome", lambda: None)
     funnel_like().save(tmp_path / "results.json")
     assert main(["report", str(tmp_path), "--bootstrap", "300", "--bootstrap-seed", "3"]) == 0
-    assert "(300 resamples, seed 3)" in capsys.readouterr().out
+    assert "ROBUST TEST: 95% t intervals over 8 prompts (products: studentized bootstrap, 300 resamples, seed 3)" \
+        in capsys.readouterr().out
+    assert main(["report", str(tmp_path), "--bootstrap", "300", "--bootstrap-seed", "3", "--intervals", "percentile"]) == 0
+    assert "percentile-bootstrap intervals over 8 prompts (300 resamples, seed 3)" in capsys.readouterr().out
     assert "300 resamples" in (tmp_path / "funnel.html").read_text(encoding="utf-8")
     assert "intervals" not in json.loads((tmp_path / "results.json").read_text())  # report never rewrites results
 
@@ -346,7 +433,7 @@ def test_run_writes_funnel_html_that_report_reproduces(tmp_path, checkpoints, ca
     assert main(["run", "--model", str(checkpoints["neox-parallel"]), "--device", "cpu", "--out", str(out),
                  "--bootstrap", "200"]) == 0
     printed = capsys.readouterr().out
-    assert "FUNNEL MODEL CONFIRMED (robust)" in printed and "PNG skipped" in printed
+    assert "FUNNEL MODEL CONFIRMED (robust)" in printed and IMAGES_HINT in printed
     data = json.loads((out / "results.json").read_text())
     assert data["intervals"]["n_resamples"] == 200 and "robust_funnel_test" in data
     written = (out / "funnel.html").read_bytes()

@@ -97,7 +97,7 @@ def test_run_by_position_end_to_end(checkpoints, hf_model, tokenizer, tmp_path, 
 
 def test_sink_positions_out_of_range_is_refused_before_loading(capsys):
     assert main(["run", "--model", "no/such-model", "--by-position", "--sink-positions", "0"]) == 2
-    assert "--sink-positions must be 1 to 16" in capsys.readouterr().err
+    assert "argument --sink-positions: give a whole number, 1 to 16" in capsys.readouterr().err
 
 
 def test_compare_by_position_measures_again_files_without_positions(checkpoints, tmp_path):
