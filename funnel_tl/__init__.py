@@ -38,6 +38,7 @@ _EXPORTS = {
     "SEED_PROMPTS": "prompts", "load_prompts": "prompts",
     "GainResult": "results",
     "Intervals": "stats", "bootstrap_intervals": "stats", "robust_funnel_test": "stats",
+    "EffectResult": "effect_results", "measure_effects": "effects", "plot_effects": "effect_plots",
 }
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "plot_attention_mlp", "plot_mlp_depth", "plot_net_gain", "plot_cumulative", "plot_seed_product",
 ]
 __all__ += ["Comparison", "PYTHIA_SUITE", "compare", "write_image"]
+__all__ += ["EffectResult", "measure_effects", "plot_effects"]
 
 
 def __getattr__(name: str):

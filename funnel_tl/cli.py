@@ -246,11 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_text_options(heads)
     add_page_options(heads)
     heads.set_defaults(handler=cmd_heads)
+    add_effects_parser(commands)
     report = commands.add_parser(
         "report", help="re-render figures and analysis from results.json files, without a model",
         description="Re-render DIR/funnel.html (and its figures as PNG, SVG and PDF with --png) from "
                     "DIR/results.json, and the same in every folder below DIR that holds a results.json "
-                    "(compare outputs), heads.html from every heads.json (with the --top its heads run used), and "
+                    "(compare outputs), heads.html from every heads.json (with the --top its heads run used), effects.html "
+                    "from every effects.json, and "
                     "DIR/compare.html where DIR/compare.json exists; print each analysis. No model is loaded.",
         epilog="examples:\n  funnel-tl report runs/demo\n  funnel-tl report runs/sweep --bootstrap 5000",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -303,6 +305,107 @@ def build_parser() -> argparse.ArgumentParser:
                              help="on an error, show the full traceback instead of one line")
     parser.commands = commands.choices  # main checks options.NEEDS against each command's defaults
     return parser
+
+
+def add_effects_parser(commands) -> None:
+    """``funnel-tl effects``: the causal effect of every sublayer, beside its gain (funnel_tl.effects)."""
+    effects = commands.add_parser(
+        "effects", help="does the funnel matter? the loss cost of changing each sublayer, beside its gain",
+        description="Replace each layer's attention and MLP contribution to the residual stream (zero: by 0;\n"
+                    "mean: by its mean over the prompts' tokens; scale:S: by S times itself), measure what it costs\n"
+                    "the next-token loss (Δloss) and how far it moves the predictions (KL), print which sublayers\n"
+                    "the model relies on beside their gains, and write DIR/effects.json and DIR/effects.html.\n"
+                    "Rerunning with the same DIR and settings continues an unfinished run and reuses a finished one.",
+        epilog="examples:\n  funnel-tl effects --model smollm2-135m --out runs/smollm2\n"
+               "  funnel-tl effects --model EleutherAI/pythia-160m --interventions zero,mean --layers -4--1",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_options(effects)
+    effects.add_argument("--layers", default=None, metavar="SPEC", type=options.layers,
+                         help="layers whose sublayers to change: numbers and inclusive ranges such as 0-3,-1 (-1 the "
+                              "last; -2--1 the last two), as for run (default: all)")
+    effects.add_argument("--interventions", type=options.interventions, nargs="+", default=None, metavar="SPEC",
+                         help="what replaces each contribution: zero, mean, scale:S (S a number other than 1), "
+                              "comma- or space-separated (default: zero mean scale:0.5 scale:2)")
+    effects.add_argument("--stack", type=options.stack, default="auto", metavar="N|auto",
+                         help="interventions per forward pass, each on its own copy of the batch; changes no number "
+                              "(default: auto, 1: stacking was measured to win nothing on the CPU)")
+    effects.add_argument("--force", action="store_true",
+                         help="measure again even when DIR/effects.json holds this measurement, finished or not")
+    effects.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/<model name>)")
+    add_bootstrap_options(effects)
+    add_text_options(effects)
+    add_page_options(effects)
+    effects.set_defaults(handler=cmd_effects)
+
+
+def cmd_effects(args) -> int:
+    from .distributed import together, world
+    from .effect_analysis import format_effects
+    from .effect_plots import write_effects_page
+    from .effects import measure_effects, measure_effects_on_ranks
+    from .interventions import DEFAULT_INTERVENTIONS, parse_interventions
+    from .layers import resolve_layers
+    from .models import load_model, local_n_layers
+    from .stats import check_bootstrap
+
+    # Each option's value was checked as it was parsed; what needs two of them, before anything loads.
+    interventions = tuple(name for group in (args.interventions or [DEFAULT_INTERVENTIONS]) for name in group)
+    parse_interventions(interventions)  # the same one given twice across the words
+    _check_model(args)
+    _check_png(args)
+    current = world()
+    loading = placement(args, current)
+    prompts, source = read_cli_prompts(args)
+    n_layers = local_n_layers(args.model, args.revision)
+    if n_layers is not None:
+        check_bootstrap(args.bootstrap, None, len(resolve_layers(args.layers, n_layers)))
+    settings = dict(interventions=interventions, layers=args.layers, definition=args.definition,
+                    batch_size=args.batch_size, drop_first=args.drop_first, stack=args.stack,
+                    max_tokens_per_prompt=args.max_tokens_per_prompt, keep_texts=args.keep_texts, label=args.label)
+    with contextlib.ExitStack() as held:
+        with together(current):
+            out = _claim_output(held, args.out or _default_out(args), current)
+            model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision, **loading)
+            resolve_layers(args.layers, model.cfg.n_layers)  # hub models: their depth is known only now
+        if current.distributed:  # each rank measures its share; rank 0 gets the whole result
+            result = measure_effects_on_ranks(model, prompts, current, **settings)
+        else:
+            result = measure_effects(model, prompts, checkpoint=out / "effects.json", resume=not args.force, **settings)
+        del model
+        if result is None:
+            return 0  # rank 0 alone prints and writes
+        result.provenance["prompt_source"] = source
+        if args.revision is not None:  # a hub revision names no file: recorded, as run records it
+            result.provenance.setdefault("revision", args.revision)
+        if args.bootstrap and result.n_prompts >= 2:
+            result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed, method=args.intervals)
+        writers = [("effects.json", result.save),
+                   ("effects.html", lambda path: write_effects_page(result, path, self_contained=args.self_contained))]
+        if args.png:
+            writers.append(("effects.png", lambda path: [_effects_images(result, out)]))
+        lines, failure = _save(out, writers, rescue=result.save)
+    for line in prompt_notes(result, source):
+        print(line)
+    print(format_effects(result))
+    if args.bootstrap and result.n_prompts < 2:
+        print("Intervals skipped: intervals over prompts need at least 2 prompts")
+    print()
+    for line in lines:
+        print(line)
+    if failure:
+        raise failure
+    if not args.png:
+        print(IMAGES_HINT)
+    return 0
+
+
+def _effects_images(result, folder: Path) -> str:
+    """effects.html's figure as images (--png), beside it."""
+    from .effect_plots import plot_effects
+    from .plots import export_figures
+
+    return _images_line(export_figures({"effects": plot_effects(result)}, folder))
 
 
 def cmd_run(args) -> int:
@@ -508,9 +611,10 @@ def cmd_report(args) -> int:
     _check_png(args)
     root = Path(args.dir)
     paths, head_paths = find_results(root), find_results(root, "heads.json")
-    if not paths and not head_paths:
-        raise FunnelError(f"no results.json or heads.json in {root} or below it: "
-                          f"run `funnel-tl run --out {root}` (or `funnel-tl heads`) first")
+    effect_paths = find_results(root, "effects.json")
+    if not paths and not head_paths and not effect_paths:
+        raise FunnelError(f"no results.json, heads.json or effects.json in {root} or below it: "
+                          f"run `funnel-tl run --out {root}` (or `funnel-tl heads`, `funnel-tl effects`) first")
     results = [GainResult.load(path) for path in paths]  # all read before any is written: fail fast
     heads = [HeadResult.load(path) for path in head_paths]
     loaded = {path.resolve(): result for path, result in zip(paths, results)}  # a sweep's models are among them
@@ -544,6 +648,7 @@ def cmd_report(args) -> int:
         if args.png:
             print(_head_images(result, top, path.parent))
         print()
+    _report_effects(effect_paths, args, root)
     for sweep in sweeps:  # each model as redrawn above: its intervals are not drawn a second time
         sweep = replace(sweep, results={row.model: redrawn[(sweep.out / row.slug / "results.json").resolve()]
                                         for row in sweep.rows if row.ok})
@@ -554,6 +659,29 @@ def cmd_report(args) -> int:
     if not args.png:
         print(IMAGES_HINT)
     return 0
+
+
+def _report_effects(paths: list[Path], args, root: Path) -> None:
+    """report: every effects.json's reading printed and its effects.html redrawn (intervals as
+    --bootstrap and --intervals say), with its images under --png."""
+    from .effect_analysis import format_effects
+    from .effect_plots import write_effects_page
+    from .effect_results import EffectResult
+
+    for path, result in [(path, EffectResult.load(path)) for path in paths]:  # all read before any is written
+        if args.bootstrap == 0:
+            result = replace(result, intervals=None)
+        elif (args.bootstrap is not None or args.intervals is not None) and result.n_prompts >= 2:
+            current = result.intervals
+            result = result.with_intervals(
+                n_resamples=args.bootstrap or (current.n_resamples if current is not None else 2000),
+                seed=args.bootstrap_seed, method=args.intervals or "t")
+        print(format_effects(result))
+        page = write_effects_page(result, path.with_suffix(".html"), self_contained=args.self_contained, root=root)
+        print(f"\nFrom: {path}\nSaved: {page}")
+        if args.png:
+            print(_effects_images(result, path.parent))
+        print()
 
 
 def _load_and_measure(held: contextlib.ExitStack, args, current, prompts, source, measurement, after_load=None,

@@ -282,7 +282,8 @@ def assemble(parts: Sequence[tuple[list[int], Any]], prompts: Sequence[str], tru
     """One result from each rank's ``(prompt indices, result)``, prompts back in ``prompts``' order.
 
     Results are ``GainResult`` or ``HeadResult``; every per-prompt array is put back by index, and
-    the provenance adds up the shares' token counts and padding and records ``world_size``.
+    the provenance adds up the shares' token counts and padding and records ``world_size``. A result
+    with an ``assembled(pieces, prompts, truncation)`` method (the effects) puts itself together.
     """
     from .head_results import HeadResult
     from .prompts import prompts_sha256
@@ -302,6 +303,8 @@ def assemble(parts: Sequence[tuple[list[int], Any]], prompts: Sequence[str], tru
         return whole
 
     template = pieces[0][1]
+    if hasattr(template, "assembled"):  # a result that puts itself together (effects.ComponentMeans, EffectResult)
+        return template.assembled(pieces, prompts, truncation)
     provenance = dict(template.provenance)
     real = sum(result.provenance.get("n_tokens_total", 0) for _, result in pieces)
     padded = sum(result.provenance.get("n_tokens_total", 0) / max(1e-12, 1.0 - result.provenance.get("padding_fraction", 0.0))

@@ -66,6 +66,19 @@ def whole_or(word: str, expected: str):
 # --batch-size and --max-tokens-per-prompt.
 batch_size = whole_or("auto", "a whole number, 1 or more, or auto")
 max_tokens = whole_or("context", "a number of tokens (1 or more) or 'context'")
+# effects --stack.
+stack = whole_or("auto", "a number of interventions per forward, 1 or more, or auto")
+
+
+def interventions(text: str) -> tuple[str, ...]:
+    """``effects --interventions``: one or several comma-separated specs (zero, mean, scale:S), as named."""
+    from .errors import FunnelError
+    from .interventions import parse_interventions  # torch-free, as this module
+
+    try:
+        return tuple(spec.name for spec in parse_interventions(text))
+    except FunnelError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def bootstrap(text: str) -> int:

@@ -338,3 +338,108 @@ def seed_head_token_norms(hf_model, tokenizer, prompts: Sequence[str]) -> list[n
         for handle in handles:
             handle.remove()
     return norms
+
+
+# ---- effects (issue 22) -----------------------------------------------------------------------
+# The seed's forward hooks, turned into hooks that *change* a module's output, one prompt at a
+# time, and the losses computed in float64 with plain loops over positions: nothing shared with
+# effects.py or intervene.py. Interventions are given as (name, kind, factor) tuples.
+def _contribution_modules(hf_model) -> list[dict[str, tuple[torch.nn.Module, bool]]]:
+    """Per layer, ``{"attention" | "mlp": (module whose output is the contribution, output holds the residual)}``."""
+    layout = hf_layout(hf_model)
+    modules = []
+    for layer in _attribute(hf_model, layout.layers):
+        entry = {}
+        for component, module_name, out_name in (("attention", layout.attention, layout.attention_out),
+                                                 ("mlp", layout.mlp, layout.mlp_out)):
+            # BLOOM's attention and MLP return output + residual; a post-norm's output is the contribution.
+            if out_name is None:
+                entry[component] = (getattr(layer, module_name), layout.residual_in_output)
+            else:
+                entry[component] = (getattr(layer, out_name), False)
+        modules.append(entry)
+    return modules
+
+
+@torch.inference_mode()
+def reference_means(hf_model, tokenizer, prompts: Sequence[str], drop_first: int = 0) -> dict[str, np.ndarray]:
+    """``{"attention" | "mlp": [layer, d_model]}``: each contribution's mean over every token at
+    position ≥ ``drop_first`` of every prompt, from the seed's captures (``_seed_captures``)."""
+    n_layers = _n_layers(hf_model)
+    sums = {"attention": None, "mlp": None}
+    count = 0
+    for tensors in _seed_captures(hf_model, tokenizer, prompts):
+        count += tensors[(0, "attn_out")].shape[1] - drop_first
+        for component, role in (("attention", "attn_out"), ("mlp", "mlp_out")):
+            per_layer = torch.stack([tensors[(layer, role)][0, drop_first:].double().sum(dim=0)
+                                     for layer in range(n_layers)])  # [layer, d_model]
+            sums[component] = per_layer if sums[component] is None else sums[component] + per_layer
+    return {component: (total / count).numpy() for component, total in sums.items()}
+
+
+def _prompt_losses(logits: torch.Tensor, ids: list[int], drop_first: int) -> tuple[list[float], list[np.ndarray]]:
+    """Per position t ≥ drop_first: the cross-entropy of token t + 1 (where there is one) and the
+    next-token log-probabilities, in float64."""
+    logp = torch.log_softmax(logits[0].double(), dim=-1)  # [pos, vocab]
+    losses = [float(-logp[t, ids[t + 1]]) for t in range(drop_first, len(ids) - 1)]
+    return losses, [logp[t] for t in range(drop_first, len(ids))]
+
+
+@torch.inference_mode()
+def reference_effects(hf_model, tokenizer, prompts: Sequence[str], interventions: Sequence[tuple[str, str, float]],
+                      drop_first: int = 0, layers: Sequence[int] | None = None) -> dict:
+    """Δloss and KL of every intervention on every layer's attention and MLP contribution, the seed's way.
+
+    ``interventions``: ``(name, kind, factor)`` with kind ``zero``, ``mean`` or ``scale``. Returns
+    ``{"clean_loss": [prompt], name: {component: {"delta_loss" | "kl": [prompt, layer]}}}``: per
+    prompt, the mean over positions t ≥ ``drop_first`` with a next token of the cross-entropy with
+    the intervention minus without, and the mean over positions t ≥ ``drop_first`` of
+    KL(clean ‖ intervened). Each (prompt, layer, component, intervention) is its own forward.
+    ``layers``: the layers to change (ascending; default all): the ``layer`` axis runs over them.
+    """
+    modules = _contribution_modules(hf_model)
+    means = (reference_means(hf_model, tokenizer, prompts, drop_first)
+             if any(kind == "mean" for _, kind, _ in interventions) else None)
+    device = next(hf_model.parameters()).device
+    chosen = list(range(len(modules))) if layers is None else list(layers)
+    n_layers = len(chosen)
+    out = {"clean_loss": np.zeros(len(prompts))}
+    for name, _, _ in interventions:
+        out[name] = {c: {"delta_loss": np.zeros((len(prompts), n_layers)), "kl": np.zeros((len(prompts), n_layers))}
+                     for c in ("attention", "mlp")}
+
+    def changer(kind, factor, mean, holds_residual):
+        def hook(module, args, kwargs, output):
+            tensor = output[0] if isinstance(output, tuple) else output
+            residual = (args[1] if len(args) > 1 else kwargs["residual"]) if holds_residual else 0
+            contribution = tensor - residual
+            if kind == "zero":
+                changed = torch.zeros_like(contribution)
+            elif kind == "mean":
+                changed = torch.ones_like(contribution) * torch.as_tensor(mean, dtype=contribution.dtype,
+                                                                          device=contribution.device)
+            else:
+                changed = contribution * factor
+            changed = changed + residual
+            return (changed,) + tuple(output[1:]) if isinstance(output, tuple) else changed
+        return hook
+
+    for p, prompt in enumerate(prompts):
+        inputs = {k: v.to(device) for k, v in tokenizer(prompt, return_tensors="pt").items()}
+        ids = inputs["input_ids"][0].tolist()
+        clean_losses, clean_logp = _prompt_losses(hf_model(**inputs).logits, ids, drop_first)
+        out["clean_loss"][p] = np.mean(clean_losses)
+        for name, kind, factor in interventions:
+            for row, layer in enumerate(chosen):
+                for component, (module, holds_residual) in modules[layer].items():
+                    mean = means[component][layer] if means is not None else None
+                    handle = module.register_forward_hook(changer(kind, factor, mean, holds_residual), with_kwargs=True)
+                    try:
+                        losses, logp = _prompt_losses(hf_model(**inputs).logits, ids, drop_first)
+                    finally:
+                        handle.remove()
+                    out[name][component]["delta_loss"][p, row] = np.mean(
+                        [after - before for after, before in zip(losses, clean_losses)])
+                    out[name][component]["kl"][p, row] = np.mean(
+                        [float((clean.exp() * (clean - changed)).sum()) for clean, changed in zip(clean_logp, logp)])
+    return out

@@ -537,3 +537,44 @@ def robust_funnel_test(result, intervals: Intervals | None = None) -> RobustFunn
         last_layer_expands=last_expands, last_layer_is_max=last_is_max,
         funnel_confirmed=attention_contracts and mlp_mostly and last_expands, counts=counts,
     )
+
+
+def mean_intervals(values: np.ndarray, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+                   confidence: float = DEFAULT_CONFIDENCE, method: str = DEFAULT_METHOD) -> np.ndarray:
+    """``[..., 2]`` intervals of the mean over prompts of per-prompt ``values`` ``[prompt, ...]``.
+
+    The interval a per-layer gain has (``bootstrap_intervals`` for attn, mlp and block), for any
+    statistic that is a mean of per-prompt values: the effects' Δloss and KL, and paired
+    differences of them. ``method`` as there: ``"t"``, mean ± t(n−1) · sd / √n (unclamped: a
+    Δloss or a difference may be negative); ``"percentile"``, the percentile bootstrap with the
+    same resample weights (``n_resamples``, ``seed``) as the gains'.
+
+    >>> values = np.array([[0.5, 2.0], [0.6, 2.2], [0.4, 1.8]])   # [prompt, layer]
+    >>> [round(float(bound), 3) for bound in mean_intervals(values)[0]]  # 0.5 ± t(2) · 0.1 / √3
+    [0.252, 0.748]
+    >>> mean_intervals(values, method="percentile", n_resamples=1000).shape
+    (2, 2)
+    """
+    if method not in METHODS:
+        raise FunnelError(f"unknown interval method {method!r}: choose one of {', '.join(METHODS)}")
+    values = np.asarray(values, dtype=np.float64)
+    n_prompts = values.shape[0]
+    if n_prompts < 2:
+        raise FunnelError(f"an interval over prompts needs at least 2 prompts, got {n_prompts}: give more prompts, "
+                          "or --bootstrap 0 to skip intervals")
+    if n_resamples < 1:
+        raise FunnelError(f"the bootstrap needs at least one resample, got {n_resamples}")
+    if not 0 < confidence < 1:
+        raise FunnelError(f"confidence must lie between 0 and 1 (0.95 for 95%), got {confidence}")
+    flat = values.reshape(n_prompts, -1)  # [prompt, statistic]
+    if method == "t":
+        mean = flat.mean(axis=0)
+        half = t_critical(confidence, n_prompts - 1) * flat.std(axis=0, ddof=1) / math.sqrt(n_prompts)
+        bounds = np.stack([mean - half, mean + half])  # [2, statistic]
+    else:
+        resampled = np.empty((n_resamples, flat.shape[1]))
+        for start, stop, weights in resample_weight_chunks(n_prompts, n_resamples, seed):  # [resample, prompt]
+            resampled[start:stop] = weights @ flat
+        tail = 100 * (1 - confidence) / 2
+        bounds = np.percentile(resampled, [tail, 100 - tail], axis=0)  # [2, statistic]
+    return einops.rearrange(bounds, "bound statistic -> statistic bound").reshape(*values.shape[1:], 2)

@@ -115,7 +115,8 @@ def make_config(architecture: str, n_layers: int = 2, d_model: int = 64, n_heads
 
 
 def build_checkpoint(folder, architecture: str = "neox-parallel", tokenizer=None, seed: int = 0,
-                     randomize_norms: bool = True, randomize_biases: bool = True, **config_kwargs) -> Path:
+                     randomize_norms: bool = True, randomize_biases: bool = True,
+                     initializer_range: float | None = None, **config_kwargs) -> Path:
     """Save a random-weight checkpoint (safetensors, config, tokenizer) to ``folder``.
 
     ``architecture``: one of ``ARCHITECTURES`` (sized by ``make_config``) or of ``FAMILIES``.
@@ -124,7 +125,9 @@ def build_checkpoint(folder, architecture: str = "neox-parallel", tokenizer=None
     so that the affine matters: with identity norms the "seed" and "residual" inputs would be
     nearly proportional and a test could not tell a pre-affine hook from a post-affine one.
     ``randomize_biases`` draws every other bias away from its 0 init, so that folding value
-    biases or centring output biases changes something a test can see.
+    biases or centring output biases changes something a test can see. ``initializer_range``: the
+    standard deviation of the random weights (HF's default 0.02 when None); larger weights give
+    sublayers whose removal changes the predictions a lot (the effects' tests).
     """
     from transformers import AutoModelForCausalLM
 
@@ -133,6 +136,8 @@ def build_checkpoint(folder, architecture: str = "neox-parallel", tokenizer=None
         config = make_config(architecture, **config_kwargs)
     else:
         config = family_config(architecture, **config_kwargs)
+    if initializer_range is not None:
+        config.initializer_range = initializer_range
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     if randomize_norms:

@@ -117,3 +117,18 @@ def test_bench_sweep_whole_sweep_resumes_by_identity_and_keeps_rows(tmp_path):
     assert numbers["n_checkpoints"] == 3 and numbers["load_seconds"] > 0
     assert numbers["rerun_measured"] == 0  # `ckpts/` is the same model as `ckpts`
     assert numbers["rows_after_one_checkpoint"] == 3  # a one-checkpoint run keeps every row
+
+
+@pytest.mark.slow
+def test_bench_effects_reports_every_method(tmp_path):
+    """The effects' benchmark (launch-bound shape, shrunk): every scheme runs and is tabulated."""
+    bench = load_script("bench_effects")
+    out = tmp_path / "bench.json"
+    import torch
+
+    assert bench.main(["--case", "launch", "--n-prompts", "4", "--batch-size", "2", "--rounds", "1", "--stacks", "2",
+                       "--threads", str(torch.get_num_threads()), "--checkpoint", str(tmp_path / "tiny-4l"),
+                       "--json", str(out)]) == 0
+    numbers = json.loads(out.read_text())
+    assert set(numbers["ratio_to_gains"]) == {"gains", "effects", "no-replay", "stack-2", "tl"}
+    assert "CPU time ÷ measure_gains'" in numbers["table"] and "executor hf+replay" in numbers["table"]

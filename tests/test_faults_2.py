@@ -76,6 +76,8 @@ BAD_VALUES = {
     "--top": [["0"]],
     "--models": [[""], ["nano-2l", " "]],  # a model that cannot load is a failed row of its own: the sweep goes on
     "--checkpoints": [["latest"]],
+    "--interventions": [["shift"], ["scale:1"], ["zero", "zero"]],
+    "--stack": [["0"], ["many"]],
     "DIR": [["{tmp}/no-such-folder"]],
 }
 # More bad uses of flags than "--flag=x": a combination refused before loading.
@@ -83,6 +85,7 @@ BAD_COMBINATIONS = {("run", "--by-position"): [["--by-position", "--layers", "0"
 BASE = {"run": ["--model", "nano-2l", "--device", "cpu", "--out", "{tmp}/out"],
         "heads": ["--model", "nano-2l", "--device", "cpu", "--out", "{tmp}/out"],
         "compare": ["--models", "nano-2l", "--device", "cpu", "--out", "{tmp}/out"],
+        "effects": ["--model", "nano-2l", "--device", "cpu", "--out", "{tmp}/out"],
         "report": ["{tmp}/empty"]}
 
 
