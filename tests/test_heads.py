@@ -330,7 +330,7 @@ def test_report_redraws_heads_html_from_heads_json(tmp_path, measured, capsys):
     uuid = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"  # plotly's random div ids
     assert re.sub(uuid, "ID", (tmp_path / "heads.html").read_text()) == re.sub(uuid, "ID", expected)
     assert main(["report", str(tmp_path / "expected")]) == 2  # a page and no heads.json or results.json
-    assert "no results.json or heads.json" in capsys.readouterr().err
+    assert "no results.json, heads.json or effects.json" in capsys.readouterr().err
 
 
 def test_report_prints_the_heads_table_heads_printed(tmp_path, capsys):
