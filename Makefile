@@ -15,7 +15,7 @@ TL3_VENV ?= .venv-tl3
 TL3_PY := $(TL3_VENV)/bin/python
 TL3_TESTS ?= tests/test_user_models.py tests/test_processed.py tests/test_families.py tests/test_gains.py::test_equals_seed_method tests/test_readings.py::test_hooked_transformer_reads_the_same_readings
 
-.PHONY: install demo test test-tl3 notebooks bench clean
+.PHONY: install demo test test-tl3 notebooks docs bench clean
 
 install: $(VENV)/.installed
 
@@ -45,10 +45,15 @@ test-tl3: $(TL3_VENV)/.installed
 notebooks: install
 	$(PY) -m pytest -q tests/test_notebooks.py
 
+# The documentation site (mkdocs.yml, pages in docs/) into site/; --strict turns every warning
+# (a broken link, a name mkdocstrings cannot resolve) into a failure.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 # Both regimes: compute-bound (Pythia-160m shape, batch 8) and launch-bound (4-layer d_model-64, batch 32).
 bench: install
 	$(PY) benchmarks/bench_gains.py --case compute
 	$(PY) benchmarks/bench_gains.py --case launch
 
 clean:
-	rm -rf $(VENV) $(TL3_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(TL3_VENV) runs site .pytest_cache

@@ -56,7 +56,7 @@ def peak_rss_mb(model: str, prompts: Path, out: Path, chunk: int) -> float:
                "--device", "cpu", "--dtype", "float32", "--batch-size", "8", "--bootstrap", "0",
                "--max-tokens-per-prompt", "context", "--no-prompt-texts", "--out", str(out)]
     # glibc's dynamic mmap threshold lets freed tensors' memory stay in the heap, a high-water mark
-    # that grows with the run's length whatever it holds alive (README, head_gains RSS); pinned, RSS
+    # that grows with the run's length whatever it holds alive (docs/performance.md, head_gains RSS); pinned, RSS
     # follows what is held.
     env = {"MALLOC_MMAP_THRESHOLD_": "131072", **os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
