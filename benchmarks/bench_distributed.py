@@ -31,7 +31,7 @@ import numpy as np
 
 
 def corpus(path: Path, n_prompts: int) -> Path:
-    from funnel_tl.corpus import documents
+    from funnel_tl.prompts.corpus import documents
 
     passages = []
     for _, text in documents("all"):

@@ -54,12 +54,12 @@ import torch  # noqa: E402
 import transformer_lens.model_bridge  # noqa: E402,F401
 import transformers  # noqa: E402
 
-from funnel_tl import engine as engine_module  # noqa: E402
+from funnel_tl.measure import engine as engine_module  # noqa: E402
 from funnel_tl import head_gains, load_model, measure_gains  # noqa: E402
-from funnel_tl.engine import resolve_batch_size  # noqa: E402
-from funnel_tl.prompts import make_batches, padding_fraction, tokenize  # noqa: E402
-from funnel_tl.reference import seed_reference  # noqa: E402
-from funnel_tl.toy import build_checkpoint, corpus_texts, train_tokenizer  # noqa: E402
+from funnel_tl.measure.engine import resolve_batch_size  # noqa: E402
+from funnel_tl.prompts.tokens import make_batches, padding_fraction, tokenize  # noqa: E402
+from funnel_tl.testing.reference import seed_reference  # noqa: E402
+from funnel_tl.testing.toy import build_checkpoint, corpus_texts, train_tokenizer  # noqa: E402
 
 PYTHIA_VOCAB = 50304  # Pythia's padded vocabulary: the unembedding is d_model × 50304
 # Pythia's own shapes (GPT-NeoX, parallel blocks, rotary on 25% of each head, d_ff = 4·d_model).

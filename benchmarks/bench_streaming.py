@@ -38,7 +38,7 @@ sys.exit(code)
 
 
 def corpus(path: Path, n_prompts: int) -> Path:
-    from funnel_tl.corpus import documents
+    from funnel_tl.prompts.corpus import documents
 
     passages = []
     for _, text in documents("all"):

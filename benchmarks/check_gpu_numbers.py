@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from bench_gains import SHAPES, bench_prompts, build  # noqa: E402
 from funnel_tl import load_model, measure_gains  # noqa: E402
-from funnel_tl.reference import reference_gains, seed_reference  # noqa: E402
+from funnel_tl.testing.reference import reference_gains, seed_reference  # noqa: E402
 
 # Same modules, same float32 norms; only op order differs (~1e-6 on the CPU in tests; TF32 is off).
 FLOAT32_TOLERANCE = 1e-4

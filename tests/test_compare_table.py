@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from funnel_tl.compare import Comparison, ComparisonRow, Target, row_from_results
-from funnel_tl.compare_plots import table_html
+from funnel_tl.sweep.comparison import Comparison
+from funnel_tl.sweep.rows import ComparisonRow, row_from_results
+from funnel_tl.sweep.targets import Target
+from funnel_tl.plots.compare_page import table_html
 
 from synthetic_results import from_gains
 

@@ -13,9 +13,9 @@ import pytest
 
 from conftest import boot_bridge
 from funnel_tl import FunnelError, load_model, measure_gains
-from funnel_tl.cli import main
-from funnel_tl.reference import reference_gains, seed_reference
-from funnel_tl.toy import FAMILIES, build_checkpoint
+from funnel_tl.cli.entry import main
+from funnel_tl.testing.reference import reference_gains, seed_reference
+from funnel_tl.testing.toy import FAMILIES, build_checkpoint
 
 # float32 on both paths, which differ in summation order only (~1e-7 measured); the issue asks 1e-4.
 RELATIVE = 1e-4

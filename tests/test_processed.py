@@ -11,7 +11,7 @@ import pytest
 
 from conftest import boot_bridge, load_hooked
 from funnel_tl import FunnelError, head_gains, measure_gains
-from funnel_tl.processed import weight_processing
+from funnel_tl.models.processed import weight_processing
 
 # One flag at a time; centring and fold_ln need a LayerNorm model with biases (GPT-2's).
 STEPS = ("fold_ln", "center_writing_weights", "fold_value_biases")

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from funnel_tl import GainResult, measure_gains
-from funnel_tl.heads import head_gains
-from funnel_tl.head_results import HeadResult
-from funnel_tl.prompts import prompts_sha256
-from funnel_tl.reference import reference_gains, seed_reference
-from funnel_tl.sources import stream_prompts
-from funnel_tl.streaming import PromptDigest
+from funnel_tl.measure.heads import head_gains
+from funnel_tl.results.heads import HeadResult
+from funnel_tl.prompts.sets import prompts_sha256
+from funnel_tl.testing.reference import reference_gains, seed_reference
+from funnel_tl.prompts.sources import stream_prompts
+from funnel_tl.measure.streaming import PromptDigest
 
 # The same float32 per-token norms in both runs, summed per prompt over rows of batches of other
 # padded widths (batches form within a chunk): the sums differ by float32 reduction order only
@@ -107,7 +107,7 @@ def test_prompts_are_read_and_tokenized_a_chunk_at_a_time(bridge, tokenizer, mon
     """What is held at once is bounded by the chunk, not the corpus: the tokenizer sees at most
     ``chunk_size`` prompts per call, and when a batch is measured, no more than the chunk after its
     own has been read from the (lazy) source."""
-    from funnel_tl import gains
+    from funnel_tl.measure import gains
 
     chunk, n = 4, 30
     pulled = []
@@ -214,8 +214,8 @@ def test_stream_prompts_is_lazy_and_records_the_cap(tmp_path):
 def test_cli_streams_a_corpus_in_chunks(checkpoints, tmp_path, monkeypatch, capsys):
     """`funnel-tl run` hands the measurement an iterator over the file, measured in chunks, with the
     numbers of a whole in-memory run; --no-prompt-texts files load in `report`."""
-    from funnel_tl import gains, streaming
-    from funnel_tl.cli import main
+    from funnel_tl.measure import gains, streaming
+    from funnel_tl.cli.entry import main
 
     prompts = corpus(14)
     path = tmp_path / "corpus.jsonl"
@@ -255,7 +255,7 @@ def test_compare_resumes_a_results_file_without_texts(checkpoints, tmp_path):
 
     import importlib
 
-    compare = importlib.import_module("funnel_tl.compare").compare
+    compare = importlib.import_module("funnel_tl.sweep").compare
     options = dict(device="cpu", dtype="float32", batch_size=8, progress=False, bootstrap=0)
     out = tmp_path / "sweep"
     first = compare([str(checkpoints["gpt2"])], out=out, **options)
