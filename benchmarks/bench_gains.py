@@ -1,7 +1,7 @@
 """What do the gains cost? measure_gains against a bare HF forward and the seed notebook's loop.
 
 One process times, side by side and interleaved (rounds in rotating order, medians), on a
-random-weight checkpoint of a Pythia shape built locally with ``funnel_tl.toy``:
+random-weight checkpoint of a Pythia shape built locally with ``funnel_tl.testing.toy``:
 
 - ``bare``: a batched HuggingFace forward (its default attention, logits and all, no KV cache)
   over exactly the batches ``measure_gains`` makes (length-bucketed, right-padded);

@@ -48,7 +48,7 @@ PAGE_ROWS = (10, 40, 154, 1232)
 def synthetic_sweep(n_rows: int, n_layers: int = 16, n_prompts: int = 8, seed: int = 0):
     """A ``Comparison`` of ``n_rows`` checkpoints: Pythia's steps, over as many sizes as it takes
     (154 per size), gains that drift with the step (no model is loaded)."""
-    from funnel_tl.sweep.targets import PYTHIA_STEPS, Target
+    from funnel_tl.sweep.plan import PYTHIA_STEPS, Target
     from funnel_tl.sweep.comparison import Comparison
     from funnel_tl.sweep.rows import row_from_results
     from funnel_tl.components import COMPONENTS
@@ -117,7 +117,7 @@ def run_timed(command: list[str], cwd: Path, threads: int | None) -> tuple[float
 
 
 def sweep_case(n_checkpoints: int, threads: int | None, keep: Path | None) -> dict:
-    from funnel_tl.sweep.targets import PYTHIA_STEPS
+    from funnel_tl.sweep.plan import PYTHIA_STEPS
     from funnel_tl.testing.toy import build_training_run
 
     steps = PYTHIA_STEPS[:: max(1, len(PYTHIA_STEPS) // n_checkpoints)][:n_checkpoints] if n_checkpoints < len(

@@ -1,6 +1,6 @@
 """Do the gains hold on a GPU in half precision? measure_gains against the seed's method, and fp16 against fp32.
 
-On a random-weight Pythia-1.4B-shaped checkpoint built locally (``funnel_tl.toy``, no hub):
+On a random-weight Pythia-1.4B-shaped checkpoint built locally (``funnel_tl.testing.toy``, no hub):
 
 1. float32 on the device: measure_gains equals the seed's HF-hook loop (eager attention, as the
    bridge runs) to ``FLOAT32_TOLERANCE``, both definitions — the CPU tests' check, on the GPU.

@@ -25,7 +25,7 @@ warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
 # analysis, plots, sweep, cli).
 _EXPORTS = {
     "gains_from_cache": "measure.cache",
-    "PYTHIA_SUITE": "sweep.targets",
+    "PYTHIA_SUITE": "sweep.plan",
     "Comparison": "sweep.comparison",
     "compare": "sweep.runner",
     "FunnelError": "errors",
@@ -60,7 +60,7 @@ __all__ += ["Comparison", "PYTHIA_SUITE", "compare", "write_image"]
 __all__ += ["EffectResult", "measure_effects", "plot_effects"]
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and the API reference (griffe)
-    from funnel_tl.analysis.funnel import FunnelTest, PYTHIA_1_4B_REFERENCE, comparison_1_4b, funnel_test
+    from funnel_tl.analysis.funnel import PYTHIA_1_4B_REFERENCE, FunnelTest, comparison_1_4b, funnel_test
     from funnel_tl.analysis.report import format_analysis
     from funnel_tl.analysis.stats import Intervals, bootstrap_intervals, robust_funnel_test
     from funnel_tl.errors import FunnelError
@@ -71,15 +71,21 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and the API refe
     from funnel_tl.models.loading import bundled_checkpoints, bundled_models, default_model_name, load_model
     from funnel_tl.plots.effects import plot_effects
     from funnel_tl.plots.pages import write_html, write_image, write_png
-    from funnel_tl.plots.panels import (plot_attention_mlp, plot_cumulative, plot_funnel, plot_mlp_depth, plot_net_gain,
-                                        plot_seed_product)
+    from funnel_tl.plots.panels import (
+        plot_attention_mlp,
+        plot_cumulative,
+        plot_funnel,
+        plot_mlp_depth,
+        plot_net_gain,
+        plot_seed_product,
+    )
     from funnel_tl.prompts.sets import SEED_PROMPTS, load_prompts
     from funnel_tl.results.effects import EffectResult
     from funnel_tl.results.gains import GainResult
     from funnel_tl.results.heads import HeadResult
     from funnel_tl.sweep.comparison import Comparison
+    from funnel_tl.sweep.plan import PYTHIA_SUITE
     from funnel_tl.sweep.runner import compare
-    from funnel_tl.sweep.targets import PYTHIA_SUITE
 
 
 def __getattr__(name: str):

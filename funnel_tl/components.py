@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 COMPONENTS = ("attn", "mlp", "block")
 DEFINITIONS = ("seed", "residual")
 # The seed notebook's guard against a zero denominator, kept so numbers match it exactly.

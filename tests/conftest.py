@@ -25,7 +25,7 @@ def no_model(monkeypatch):
 
     # Where load_model is looked up; both imported before either is patched (importing the sweep's
     # module after would bind the refusal there, and the teardown would restore the refusal).
-    modules = [importlib.import_module(name) for name in ("funnel_tl.models.loading", "funnel_tl.sweep.target")]
+    modules = [importlib.import_module(name) for name in ("funnel_tl.models.loading", "funnel_tl.sweep.one_target")]
     for module in modules:
         monkeypatch.setattr(module, "load_model", refuse)
 
@@ -165,7 +165,7 @@ def smollm2_hf(smollm2_gguf, tmp_path_factory):
 @pytest.fixture
 def load_calls(monkeypatch):
     """Every (source, revision) that ``compare`` hands to load_model, in order (resume is proven by it)."""
-    compare_module = importlib.import_module("funnel_tl.sweep.target")  # where the sweep looks load_model up
+    compare_module = importlib.import_module("funnel_tl.sweep.one_target")  # where the sweep looks load_model up
     calls = []
     real = compare_module.load_model
 

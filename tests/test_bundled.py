@@ -2,7 +2,7 @@
 
 Held-out losses here are computed independently of scripts/train_nano.py: the plain HF model,
 its own ``labels=`` loss (HF shifts the targets itself), on held-out text rebuilt from this
-Python's standard library by ``funnel_tl.corpus`` (held out by name hash, so a document held out
+Python's standard library by ``funnel_tl.prompts.corpus`` (held out by name hash, so a document held out
 at training time is held out on every Python version).
 """
 
@@ -24,8 +24,8 @@ import torch
 
 from funnel_tl import FunnelError, bundled_checkpoints, bundled_models, default_model_name, load_model, measure_gains
 from funnel_tl.cli.entry import main
-from funnel_tl.prompts.corpus import documents, is_heldout
 from funnel_tl.models.loading import BUNDLED_DIR
+from funnel_tl.prompts.corpus import documents, is_heldout
 
 NAMES = ("nano-2l", "nano-4l", "nano-8l")  # smallest first
 CHECKPOINTED = "nano-4l"

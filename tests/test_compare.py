@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import importlib
 import json
-import re
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,8 +25,8 @@ import pytest
 import torch
 
 from funnel_tl import FunnelError, GainResult, load_model, measure_gains
-from funnel_tl.cli.entry import main
 from funnel_tl.analysis.funnel import summarize
+from funnel_tl.cli.entry import main
 from funnel_tl.prompts.sets import SEED_PROMPTS
 from funnel_tl.testing.reference import reference_gains, seed_reference
 from funnel_tl.testing.toy import build_checkpoint
@@ -34,8 +34,8 @@ from funnel_tl.testing.toy import build_checkpoint
 # `funnel_tl.compare` is the function once the package is imported; the module is here.
 sweep = importlib.import_module("funnel_tl.sweep")
 sweep_rows = importlib.import_module("funnel_tl.sweep.rows")
-sweep_target = importlib.import_module("funnel_tl.sweep.target")
-sweep_targets = importlib.import_module("funnel_tl.sweep.targets")
+sweep_one_target = importlib.import_module("funnel_tl.sweep.one_target")
+sweep_plan = importlib.import_module("funnel_tl.sweep.plan")
 sweep_torchrun = importlib.import_module("funnel_tl.sweep.torchrun")
 compare = sweep.compare
 
@@ -137,23 +137,23 @@ def test_time_column_is_the_measurement_alone(checkpoints, tmp_path, monkeypatch
     import types
 
     clock = [100.0]
-    monkeypatch.setattr(sweep_target, "time", types.SimpleNamespace(perf_counter=lambda: clock[0],
+    monkeypatch.setattr(sweep_one_target, "time", types.SimpleNamespace(perf_counter=lambda: clock[0],
                                                                       monotonic=time.monotonic))
 
     def advance(seconds):
         clock[0] += seconds
 
-    real_load, real_measure, passes = sweep_target.load_model, sweep_target.measure_gains, []
-    monkeypatch.setattr(sweep_target, "load_model", lambda *a, **k: (advance(10.0), real_load(*a, **k))[1])
+    real_load, real_measure, passes = sweep_one_target.load_model, sweep_one_target.measure_gains, []
+    monkeypatch.setattr(sweep_one_target, "load_model", lambda *a, **k: (advance(10.0), real_load(*a, **k))[1])
 
     def timed_pass(model, prompts, **kwargs):
         passes.append(list(prompts))
         advance(5.0 if len(passes) == 1 else 0.25)  # the warm-up's one-time costs, then the measurement
         return real_measure(model, prompts, **kwargs)
 
-    monkeypatch.setattr(sweep_target, "measure_gains", timed_pass)
+    monkeypatch.setattr(sweep_one_target, "measure_gains", timed_pass)
     row = compare([str(checkpoints["gpt2"])], "seed", out=tmp_path, **OPTIONS).rows[0]
-    assert passes[0] == [sweep_target.WARM_UP_PROMPT] and len(passes) == 2  # warm-up first, then the prompts
+    assert passes[0] == [sweep_one_target.WARM_UP_PROMPT] and len(passes) == 2  # warm-up first, then the prompts
     assert (row.load_seconds, row.measure_seconds, row.seconds) == (10.0, 0.25, 15.25)  # the whole, warm-up included
     from funnel_tl.plots.compare_page import table_html
 
@@ -192,7 +192,7 @@ def test_row_verdicts_come_from_the_sums_not_the_file(sweep, checkpoints):
     data = json.loads((out / comparison.row(label).slug / "results.json").read_text())
     result = GainResult.from_dict(data).with_intervals(n_resamples=200, seed=0)
     seed_verdict, robust_verdict = funnel_test(result).funnel_confirmed, robust_funnel_test(result).funnel_confirmed
-    target = sweep_targets.Target(label, label, label)
+    target = sweep_plan.Target(label, label, label)
     data["funnel_test"]["funnel_confirmed"] = not seed_verdict  # what the edited file claims
     data["robust_funnel_test"] = {"funnel_confirmed": not robust_verdict}
     row = sweep_rows.row_from_results(target, data, result, resumed=True)
@@ -210,7 +210,7 @@ def test_intervals_are_drawn_and_added_on_resume_without_a_model(checkpoints, tm
 
     label = str(checkpoints["gpt2"])
     compare([label], out=tmp_path, bootstrap=0, **OPTIONS)
-    path = tmp_path / sweep_targets.plan_targets([label])[0].slug / "results.json"
+    path = tmp_path / sweep_plan.plan_targets([label])[0].slug / "results.json"
     assert "intervals" not in json.loads(path.read_text())
     load_calls.clear()
     comparison = compare([label], out=tmp_path, bootstrap=200, bootstrap_seed=3, **OPTIONS)
@@ -253,7 +253,7 @@ def test_force_and_changed_settings_recompute(sweep, checkpoints, load_calls, tm
         compare(models[:1], out=copy, **changed, **OPTIONS)
     compare(models[:1], SEED_PROMPTS[:4], out=copy, drop_first=1, **OPTIONS)  # same again: read back
     assert [source for source, _ in load_calls] == models[:1] * 2
-    assert GainResult.load(copy / sweep_targets.plan_targets(models[:1])[0].slug / "results.json").n_prompts == 4
+    assert GainResult.load(copy / sweep_plan.plan_targets(models[:1])[0].slug / "results.json").n_prompts == 4
 
 
 def test_a_replaced_results_file_is_named_with_what_changed(sweep, checkpoints, load_calls, tmp_path, capsys):
@@ -272,7 +272,7 @@ def test_a_replaced_results_file_is_named_with_what_changed(sweep, checkpoints, 
     compare(models, out=copy, definition="residual", **OPTIONS)
     err = capsys.readouterr().err
     assert [source for source, _ in load_calls] == models  # which models are measured: unchanged
-    for target in sweep_targets.plan_targets(models):
+    for target in sweep_plan.plan_targets(models):
         path = copy / target.slug / "results.json"
         line = f"{target.label}: replacing {path} (measured with definition=seed; this sweep asks definition=residual)"
         assert err.count(line) == 1, err
@@ -283,7 +283,7 @@ def test_a_replaced_results_file_is_named_with_what_changed(sweep, checkpoints, 
     shutil.copytree(out, sharded)
     (sharded / "compare.json").unlink()
     load_calls.clear()
-    targets = sweep_targets.plan_targets(models[:1])
+    targets = sweep_plan.plan_targets(models[:1])
     settings = dict(definition="seed", n_prompts=len(SEED_PROMPTS),
                     prompts_sha256=sweep_rows.prompts_sha256(list(SEED_PROMPTS)), drop_first=1, dtype="float32")
     options = dict(device="cpu", dtype="float32", definition="seed", batch_size=8, drop_first=1, bootstrap=0,
@@ -303,7 +303,7 @@ def test_a_damaged_results_file_is_measured_again(sweep, checkpoints, load_calls
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     label = str(checkpoints["gpt2"])
-    path = copy / sweep_targets.plan_targets([label])[0].slug / "results.json"
+    path = copy / sweep_plan.plan_targets([label])[0].slug / "results.json"
     path.write_text(path.read_text()[:500])  # truncated, as a copy by hand might leave it
     compare([label], out=copy, **OPTIONS)
     assert [source for source, _ in load_calls] == [label]
@@ -319,7 +319,7 @@ def test_a_layer_subset_in_the_sweep_folder_is_measured_again(sweep, checkpoints
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     label = str(checkpoints["gpt2"])
-    path = copy / sweep_targets.plan_targets([label])[0].slug / "results.json"
+    path = copy / sweep_plan.plan_targets([label])[0].slug / "results.json"
     measure_gains(load_model(label, device="cpu", dtype="float32"), "seed", batch_size=8, layers=[0]).save(path)
     load_calls.clear()
     capsys.readouterr()
@@ -347,14 +347,14 @@ def nan_checkpoint(tmp_path_factory, checkpoints, tokenizer):
 def test_failing_models_are_recorded_and_the_sweep_goes_on(checkpoints, nan_checkpoint, tmp_path, monkeypatch, capsys):
     good, other = str(checkpoints["neox-parallel"]), str(checkpoints["neox-serial"])
     missing = str(tmp_path / "no_such_model")
-    real = sweep_target.load_model
+    real = sweep_one_target.load_model
 
     def flaky(source, **kwargs):  # an unexpected error (not a FunnelError) from one model
         if source == other:
             raise RuntimeError("simulated crash\nsecond line of a long message")
         return real(source, **kwargs)
 
-    monkeypatch.setattr(sweep_target, "load_model", flaky)
+    monkeypatch.setattr(sweep_one_target, "load_model", flaky)
     out = tmp_path / "out"
     status = main(["compare", "--models", good, missing, str(nan_checkpoint), other, "--device", "cpu",
                    "--dtype", "float32", "--out", str(out)])
@@ -411,7 +411,7 @@ compare({models!r}, out={out!r}, device="cpu", dtype="float32", progress=False)
 def test_a_killed_run_leaves_no_partial_file(sweep, checkpoints, tmp_path, load_calls):
     first, second = str(checkpoints["neox-parallel"]), str(checkpoints["gpt2"])
     out = tmp_path / "out"
-    slug_first, slug_second = (t.slug for t in sweep_targets.plan_targets([first, second]))
+    slug_first, slug_second = (t.slug for t in sweep_plan.plan_targets([first, second]))
     script = KILL_SCRIPT.format(repo=str(REPO), victim_folder=str(out / slug_second), models=[first, second],
                                 out=str(out))
     process = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
@@ -446,7 +446,7 @@ def test_interrupt_mid_model_leaves_no_partial_file(checkpoints, tmp_path, monke
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sweep_target, "measure_gains", interrupted)
+    monkeypatch.setattr(sweep_one_target, "measure_gains", interrupted)
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C stops the sweep; it is not a model failure
         compare([str(checkpoints["gpt2"])], out=tmp_path, **OPTIONS)
     assert list(tmp_path.rglob("results.json")) == [] and list(tmp_path.rglob("*.tmp")) == []
@@ -464,14 +464,14 @@ def test_bad_settings_fail_before_any_model_loads(checkpoints, tmp_path, load_ca
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_sweep_frees_every_model_even_one_out_of_memory(checkpoints, tmp_path, monkeypatch):
     first, hungry, last = (str(checkpoints[arch]) for arch in ("neox-parallel", "gpt2", "llama-gqa"))
-    real = sweep_target.measure_gains
+    real = sweep_one_target.measure_gains
 
     def measure(model, *args, **kwargs):
         if model.funnel_name == hungry:  # a real CUDA out-of-memory error with the model on the GPU
             torch.empty(1 << 50, dtype=torch.uint8, device="cuda")
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(sweep_target, "measure_gains", measure)
+    monkeypatch.setattr(sweep_one_target, "measure_gains", measure)
     # CUDA libraries keep workspaces from the caching allocator once first used (cuBLAS: 32 MiB,
     # then 1 MiB more for another kernel path, measured on an H200): a warm-up sweep of the same
     # models takes them, so the baseline holds everything but what a model might leave behind.
@@ -512,48 +512,48 @@ def test_local_checkpoints_are_swept_in_step_order(training_run, tmp_path, load_
 
 
 def test_checkpoint_selection(training_run):
-    plan = sweep_targets.plan_targets([str(training_run)], checkpoints=["step10000", 0])
+    plan = sweep_plan.plan_targets([str(training_run)], checkpoints=["step10000", 0])
     assert [t.step for t in plan] == [0, 10000]
     with pytest.raises(FunnelError, match="no checkpoint at step 7: it has steps 0, 500, 10000"):
-        sweep_targets.plan_targets([str(training_run)], checkpoints=[7])
+        sweep_plan.plan_targets([str(training_run)], checkpoints=[7])
     with pytest.raises(FunnelError, match="add --checkpoints all"):
-        sweep_targets.plan_targets([str(training_run)])
+        sweep_plan.plan_targets([str(training_run)])
     with pytest.raises(FunnelError, match="either 'all' or a list"):
-        sweep_targets.parse_steps(["all", "5"])
+        sweep_plan.parse_steps(["all", "5"])
     with pytest.raises(FunnelError, match="bad checkpoint"):
-        sweep_targets.parse_steps(["latest"])
+        sweep_plan.parse_steps(["latest"])
 
 
 def test_hf_trainer_checkpoint_folders(tmp_path, tokenizer):
     for step in (20, 3):
         build_checkpoint(tmp_path / f"checkpoint-{step}", "gpt2", tokenizer=tokenizer, n_layers=1)
     (tmp_path / "checkpoint-9").mkdir()  # no config.json: not a checkpoint
-    assert list(sweep_targets.local_checkpoints(tmp_path)) == [3, 20]
+    assert list(sweep_plan.local_checkpoints(tmp_path)) == [3, 20]
 
 
 def test_hub_checkpoints_are_pythia_revisions():
-    plan = sweep_targets.plan_targets(["EleutherAI/pythia-70m"], checkpoints="all")
+    plan = sweep_plan.plan_targets(["EleutherAI/pythia-70m"], checkpoints="all")
     steps = [t.step for t in plan]
     assert len(plan) == 154 and steps == sorted(steps)  # Pythia publishes 154 checkpoints
     assert steps[:12] == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000] and steps[-1] == 143000
     assert {(t.source, t.revision) for t in plan[:2]} == {("EleutherAI/pythia-70m", "step0"),
                                                           ("EleutherAI/pythia-70m", "step1")}
     with pytest.raises(FunnelError, match="name the steps"):
-        sweep_targets.plan_targets(["gpt2"], checkpoints="all")
+        sweep_plan.plan_targets(["gpt2"], checkpoints="all")
 
 
 def test_bundled_checkpoints_load_by_revision(training_run, tmp_path, monkeypatch):
     """A bundled model's checkpoints go through load_model(name, revision="step<N>"), in step order."""
     shipped = {10000: training_run / "step10000", 0: training_run / "step0", 500: training_run / "step500"}
-    monkeypatch.setattr(sweep_targets, "bundled_models", lambda: {"nano-test": training_run / "step10000"})
-    monkeypatch.setattr(sweep_targets, "bundled_checkpoints", lambda name: dict(shipped))
+    monkeypatch.setattr(sweep_plan, "bundled_models", lambda: {"nano-test": training_run / "step10000"})
+    monkeypatch.setattr(sweep_plan, "bundled_checkpoints", lambda name: dict(shipped))
     calls = []
 
     def fake_load(source, revision=None, **kwargs):  # stands in for the bundled loader
         calls.append((source, revision))
         return load_model(str(shipped[int(revision.removeprefix("step"))]), **kwargs)
 
-    monkeypatch.setattr(sweep_target, "load_model", fake_load)
+    monkeypatch.setattr(sweep_one_target, "load_model", fake_load)
     comparison = compare(["nano-test"], checkpoints=[500, "step0"], out=tmp_path, **OPTIONS)
     assert calls == [("nano-test", "step0"), ("nano-test", "step500")]
     assert [row.model for row in comparison.rows] == ["nano-test@step0", "nano-test@step500"]
@@ -582,7 +582,7 @@ def test_bundled_training_checkpoints(tmp_path, load_calls):
 
 
 def test_pythia_suite_preset():
-    assert sweep_targets.expand_models(["pythia-suite"]) == [
+    assert sweep_plan.expand_models(["pythia-suite"]) == [
         "EleutherAI/pythia-70m", "EleutherAI/pythia-160m", "EleutherAI/pythia-410m", "EleutherAI/pythia-1b",
         "EleutherAI/pythia-1.4b", "EleutherAI/pythia-2.8b", "EleutherAI/pythia-6.9b", "EleutherAI/pythia-12b",
     ]
@@ -590,9 +590,9 @@ def test_pythia_suite_preset():
 
 def test_names_that_collide_are_refused(checkpoints):
     with pytest.raises(FunnelError, match="named twice"):
-        sweep_targets.plan_targets([str(checkpoints["gpt2"])] * 2)
+        sweep_plan.plan_targets([str(checkpoints["gpt2"])] * 2)
     with pytest.raises(FunnelError, match="would share the folder"):
-        sweep_targets.plan_targets(["org/model", "org__model"])
+        sweep_plan.plan_targets(["org/model", "org__model"])
 
 
 # ---- figures and files -------------------------------------------------------------------------
@@ -707,7 +707,7 @@ def test_step_axis_is_log_for_log_spaced_checkpoints():
     assert axis["ticktext"] == ["0", "16", "64", "256", "900"] and axis["tickvals"] == x
     assert axis["title_text"] == "training step (log scale; step 0 drawn at 8)"  # where the axis has no 0
     assert step_axis([16, 64, 256, 900])[1]["title_text"] == "training step (log scale)"
-    steps = list(sweep_targets.PYTHIA_STEPS)
+    steps = list(sweep_plan.PYTHIA_STEPS)
     x, axis = step_axis(steps)  # 154 checkpoints: decades, and 0 at 0.5 with no label beside it
     assert axis["ticktext"] == ["0", "1", "10", "100", "1,000", "10,000", "100,000"]
     assert axis["tickvals"][:2] == [0.5, 1.0] and x[:3] == [0.5, 1.0, 2.0]

@@ -19,13 +19,13 @@ import torch.multiprocessing as mp
 
 from funnel_tl import head_gains, load_model, measure_gains
 from funnel_tl.cli.entry import main
-from funnel_tl.sweep.targets import assign_targets
-from funnel_tl.prompts.corpus import documents
-from funnel_tl.measure.distributed import World, assemble, in_callers_terms, shard_by_tokens
 from funnel_tl.errors import FunnelError
-from funnel_tl.prompts.tokens import make_batches
-from funnel_tl.testing.reference import seed_reference
+from funnel_tl.measure.distributed import World, assemble, in_callers_terms, shard_by_tokens
+from funnel_tl.prompts.corpus import documents
 from funnel_tl.prompts.sources import read_prompts
+from funnel_tl.prompts.tokens import make_batches
+from funnel_tl.sweep.plan import assign_targets
+from funnel_tl.testing.reference import seed_reference
 
 # Two processes compute every prompt in the very batch one process would (shard_by_tokens keeps
 # batches whole), so the sums agree to rounding; the bar is 1e-6.
@@ -263,8 +263,8 @@ def test_device_map_options_are_checked_before_loading(capsys):
     assert main(["run", "--model", "nano-2l", "--max-memory", "0=1GiB", "--device", "cpu"]) == 2
     assert "--max-memory needs --device-map" in capsys.readouterr().err
     assert main(["run", "--max-memory", "0=", "--device", "cpu"]) == 2  # argparse: a malformed budget, one line
-    from funnel_tl.cli.entry import build_parser
     from funnel_tl.cli.commands import placement
+    from funnel_tl.cli.entry import build_parser
 
     args = build_parser().parse_args(["run", "--device-map", "auto"])
     with pytest.raises(FunnelError, match="torchrun"):

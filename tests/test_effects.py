@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 from funnel_tl import EffectResult, FunnelError, load_model, measure_effects
-from funnel_tl.measure import effects as effects_module
-from funnel_tl.cli.entry import main
 from funnel_tl.analysis.effects import format_effects, gain_versus_effect, spearman
+from funnel_tl.cli.entry import main
 from funnel_tl.components import EFFECT_COMPONENTS
-from funnel_tl.results.effects import MEASURES
+from funnel_tl.measure import effects as effects_module
 from funnel_tl.measure.effects import component_means, effects_batch_size
 from funnel_tl.measure.interventions import parse_intervention, parse_interventions
+from funnel_tl.results.effects import MEASURES
 from funnel_tl.testing.reference import reference_effects, reference_means
 from funnel_tl.testing.toy import build_checkpoint
 

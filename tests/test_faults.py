@@ -30,8 +30,8 @@ from funnel_tl.cli.entry import main
 from funnel_tl.results.folders import LOCK_NAME, output_lock, remove_temporaries, slug
 
 # The package's attribute funnel_tl.compare is the function; the modules are what get patched.
-sweep_target = importlib.import_module("funnel_tl.sweep.target")
-sweep_targets = importlib.import_module("funnel_tl.sweep.targets")
+sweep_one_target = importlib.import_module("funnel_tl.sweep.one_target")
+sweep_plan = importlib.import_module("funnel_tl.sweep.plan")
 gains_module = importlib.import_module("funnel_tl.measure.gains")
 models_loading = importlib.import_module("funnel_tl.models.loading")
 models_hub = importlib.import_module("funnel_tl.models.hub")
@@ -177,8 +177,9 @@ def test_bootstrap_too_large_is_refused_before_loading(tmp_path, capsys, no_mode
 
 def test_chunked_bootstrap_equals_one_draw():
     """Drawing the resamples chunk by chunk gives the intervals of one draw of them all."""
-    import funnel_tl.analysis.stats as stats_module
     from synthetic_results import funnel_like
+
+    import funnel_tl.analysis.stats as stats_module
 
     result = funnel_like(n_layers=3, n_prompts=7)
     whole = stats_module.bootstrap_intervals(result, n_resamples=500, seed=3, method="percentile")
@@ -465,7 +466,7 @@ def test_compare_targets_of_dot_names_stay_inside(tmp_path, monkeypatch):
     (tmp_path / "parent" / "inner").mkdir()
     monkeypatch.chdir(tmp_path / "parent" / "inner")
     out = tmp_path / "sweep"
-    targets = sweep_targets.plan_targets([".."])
+    targets = sweep_plan.plan_targets([".."])
     assert [(out / t.slug).resolve().parent for t in targets] == [out.resolve()]
 
 
@@ -486,7 +487,7 @@ def test_resume_recomputes_verdicts_from_the_sums(tmp_path, capsys, monkeypatch,
     def refuse(*args, **kwargs):
         raise AssertionError("a finished model was measured again")
 
-    monkeypatch.setattr(sweep_target, "load_model", refuse)
+    monkeypatch.setattr(sweep_one_target, "load_model", refuse)
     capsys.readouterr()
     assert main(argv) == 0
     row = json.loads((out / "compare.json").read_text())["models"][0]
@@ -499,7 +500,7 @@ def test_resume_recomputes_verdicts_from_the_sums(tmp_path, capsys, monkeypatch,
 LOCK_HOLDER = """
 import sys, time
 sys.path.insert(0, {repo!r})
-from funnel_tl.outputs import output_lock
+from funnel_tl.results.folders import output_lock
 with output_lock({out!r}):
     print("locked", flush=True)
     time.sleep(120)
@@ -512,7 +513,7 @@ import importlib
 def slow(*args, **kwargs):
     print("measuring", flush=True)
     time.sleep(120)
-sweep_target.measure_gains = slow
+sweep_one_target.measure_gains = slow
 from funnel_tl.cli import main
 sys.exit(main(["compare", "--models", "nano-2l", "--prompts", {prompts!r}, "--bootstrap", "0", "--out", {out!r}]))
 """
@@ -688,8 +689,8 @@ def test_compare_on_a_disk_that_fills_ends_in_one_line(capsys, mount, monkeypatc
     """The disk fills during a sweep: the model is recorded as failed, and the sweep's own files
     that cannot be written end in one line, not a traceback (it crashed on compare.html)."""
     folder = mount("size=40m")
-    real = sweep_target.measure_gains
-    monkeypatch.setattr(sweep_target, "measure_gains", filling_the_disk(real, folder))
+    real = sweep_one_target.measure_gains
+    monkeypatch.setattr(sweep_one_target, "measure_gains", filling_the_disk(real, folder))
     out = folder / "sweep"
     assert main(["compare", "--models", "nano-2l", "--prompts", two_prompts, "--bootstrap", "0", "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -702,5 +703,5 @@ def test_compare_on_a_disk_that_fills_ends_in_one_line(capsys, mount, monkeypatc
     finally:
         shutil.rmtree(rescued.parent, ignore_errors=True)
     (folder / "ballast").unlink()  # room again: the same command finishes the sweep
-    monkeypatch.setattr(sweep_target, "measure_gains", real)
+    monkeypatch.setattr(sweep_one_target, "measure_gains", real)
     assert main(["compare", "--models", "nano-2l", "--prompts", two_prompts, "--bootstrap", "0", "--out", str(out)]) == 0

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 
 from funnel_tl import FunnelError, load_model, measure_gains
-from funnel_tl.cli.entry import main
-from funnel_tl.analysis.report import format_analysis
 from funnel_tl.analysis.funnel import funnel_test
+from funnel_tl.analysis.report import format_analysis
+from funnel_tl.analysis.stats import robust_funnel_test
+from funnel_tl.cli.entry import main
+from funnel_tl.components import COMPONENTS
 from funnel_tl.plots.panels import plot_funnel
 from funnel_tl.prompts.sets import SEED_PROMPTS
-from funnel_tl.testing.reference import reference_gains, seed_reference
-from funnel_tl.components import COMPONENTS
 from funnel_tl.results.gains import GainResult
-from funnel_tl.analysis.stats import robust_funnel_test
+from funnel_tl.testing.reference import reference_gains, seed_reference
 from funnel_tl.testing.toy import build_checkpoint
 
 N_LAYERS = 5

@@ -4,7 +4,7 @@ The reference hooks the input of each layer's attention output projection in the
 HuggingFace model (GPT-NeoX ``attention.dense``, GPT-2 ``attn.c_proj``, Llama
 ``self_attn.o_proj``), splits it per head, multiplies each head's slice by that head's slice of the
 projection weight, and averages the norms over each prompt's tokens, one prompt at a time like the
-seed notebook. It shares no code with funnel_tl.heads (no TransformerLens, no hook_z, no W_O).
+seed notebook. It shares no code with funnel_tl.measure.heads (no TransformerLens, no hook_z, no W_O).
 """
 
 from __future__ import annotations

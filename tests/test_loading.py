@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from test_faults import one_line_error
 
 from funnel_tl import FunnelError, head_gains, load_model, measure_gains
 from funnel_tl.cli.entry import main
 from funnel_tl.testing.reference import reference_gains, seed_reference
-from test_faults import one_line_error
 
 hf_models = importlib.import_module("funnel_tl.models.huggingface")
 pypi_models = importlib.import_module("funnel_tl.models.pypi")

@@ -12,17 +12,23 @@ import re
 import numpy as np
 import plotly.graph_objects as go
 import pytest
+from synthetic_results import from_gains, funnel_like
 
 from funnel_tl import FunnelError, plots
-from funnel_tl.cli.commands import IMAGES_HINT
-from funnel_tl.cli.entry import main
 from funnel_tl.analysis.funnel import PYTHIA_1_4B_REFERENCE
 from funnel_tl.analysis.report import format_analysis
-from funnel_tl.plots.panels import (plot_attention_mlp, plot_cumulative, plot_funnel, plot_mlp_depth, plot_net_gain,
-                                    plot_seed_product)
+from funnel_tl.cli.commands import IMAGES_HINT
+from funnel_tl.cli.entry import main
 from funnel_tl.plots.pages import write_html, write_png
+from funnel_tl.plots.panels import (
+    plot_attention_mlp,
+    plot_cumulative,
+    plot_funnel,
+    plot_mlp_depth,
+    plot_net_gain,
+    plot_seed_product,
+)
 from funnel_tl.results.gains import GainResult
-from synthetic_results import from_gains, funnel_like
 
 
 def traces_named(fig, fragment):

@@ -11,11 +11,15 @@ import math
 
 import numpy as np
 import pytest
+from synthetic_positions import sink_result
 
 from funnel_tl.cli.entry import main
-from funnel_tl.plots.positions import (plot_position_heatmap, plot_position_heatmaps, plot_sink_comparison,
-                                       write_position_page)
-from synthetic_positions import sink_result
+from funnel_tl.plots.positions import (
+    plot_position_heatmap,
+    plot_position_heatmaps,
+    plot_sink_comparison,
+    write_position_page,
+)
 
 
 def test_heatmap_is_log_gain_diverging_at_1_with_blank_empty_cells():
@@ -164,8 +168,8 @@ def test_bucket_labels_are_plain_hyphens_in_data_and_en_dashes_in_figures():
     """`df.query("position == '16-31'")` found nothing while the labels held an en dash."""
     pytest.importorskip("pandas")
     from funnel_tl.measure.positions import bucket_edges
-    from funnel_tl.results.positions import PositionSums
     from funnel_tl.results.gains import GainResult
+    from funnel_tl.results.positions import PositionSums
 
     edges = bucket_edges(40)  # 0 … 15 one by one, then 16-31 and 32-63
     n_tokens = np.array([[1] * 16 + [16, 8]])  # [prompt, bucket]: one prompt of 40 tokens

@@ -12,13 +12,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from synthetic_positions import sink_result
 
 from funnel_tl import FunnelError, GainResult, measure_gains
-from funnel_tl.measure.positions import bucket_edges, bucket_labels, position_sums
 from funnel_tl.analysis.sink import format_sink_analysis, sink_effect
+from funnel_tl.measure.positions import bucket_edges, bucket_labels, position_sums
 from funnel_tl.testing.reference import reference_position_gains, seed_token_norms
 from funnel_tl.testing.toy import ARCHITECTURES
-from synthetic_positions import sink_result
 
 # float32 on both paths, differing only in summation order (~1e-7); the issue asks for 1e-4.
 RELATIVE = 1e-4

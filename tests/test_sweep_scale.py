@@ -26,19 +26,19 @@ import pytest
 
 from funnel_tl import FunnelError, GainResult
 from funnel_tl.cli.entry import main
-from funnel_tl.sweep.targets import PYTHIA_STEPS, Target
-from funnel_tl.sweep.comparison import Comparison
-from funnel_tl.sweep.rows import ComparisonRow, row_from_results
-from funnel_tl.plots.sweep_style import OVERLAY_LINES, thinned
-from funnel_tl.plots.compare_page import render_html
 from funnel_tl.components import COMPONENTS
+from funnel_tl.plots.compare_page import render_html
+from funnel_tl.plots.sweep_style import OVERLAY_LINES, thinned
+from funnel_tl.sweep.comparison import Comparison
+from funnel_tl.sweep.plan import PYTHIA_STEPS, Target
+from funnel_tl.sweep.rows import ComparisonRow, row_from_results
 from funnel_tl.testing.toy import build_training_run
 
 sweep = importlib.import_module("funnel_tl.sweep")
 sweep_comparison = importlib.import_module("funnel_tl.sweep.comparison")
 sweep_rows = importlib.import_module("funnel_tl.sweep.rows")
-sweep_target = importlib.import_module("funnel_tl.sweep.target")
-sweep_targets = importlib.import_module("funnel_tl.sweep.targets")
+sweep_one_target = importlib.import_module("funnel_tl.sweep.one_target")
+sweep_plan = importlib.import_module("funnel_tl.sweep.plan")
 compare = sweep.compare
 OPTIONS = dict(device="cpu", dtype="float32", batch_size=8, progress=False, bootstrap=0)
 
@@ -104,21 +104,21 @@ def test_a_table_of_typed_spellings_is_superseded_not_duplicated(swept, run_dir,
 
 
 def test_model_names_are_identities():
-    identity = sweep_targets.model_identity
+    identity = sweep_plan.model_identity
     assert identity("EleutherAI/pythia-70m/") == identity("EleutherAI/pythia-70m") == "EleutherAI/pythia-70m"
     assert identity("nano-4l") == "nano-4l"
-    plan = sweep_targets.plan_targets(["EleutherAI/pythia-70m/"], checkpoints=[0])
+    plan = sweep_plan.plan_targets(["EleutherAI/pythia-70m/"], checkpoints=[0])
     assert [t.label for t in plan] == ["EleutherAI/pythia-70m@step0"]
 
 
 def test_models_may_be_comma_separated_and_pythia_named_short():
-    expand = sweep_targets.expand_models
+    expand = sweep_plan.expand_models
     assert expand(["pythia-70m,pythia-160m", "nano-2l"]) == ["EleutherAI/pythia-70m", "EleutherAI/pythia-160m",
                                                               "nano-2l"]
     assert expand("pythia-1.4b-deduped") == ["EleutherAI/pythia-1.4b-deduped"]
     with pytest.raises(FunnelError, match="empty model name"):
         expand("pythia-70m,,pythia-160m")
-    plan = sweep_targets.plan_targets("pythia-70m,pythia-160m", checkpoints="all")
+    plan = sweep_plan.plan_targets("pythia-70m,pythia-160m", checkpoints="all")
     assert len(plan) == 2 * len(PYTHIA_STEPS)
     assert [t.base for t in plan[:: len(PYTHIA_STEPS)]] == ["EleutherAI/pythia-70m", "EleutherAI/pythia-160m"]
     assert {t.revision for t in plan[:3]} == {"step0", "step1", "step2"}
@@ -207,11 +207,11 @@ def test_a_results_file_of_another_revision_is_not_resumed(tmp_path, capsys):
     target = Target("EleutherAI/pythia-70m", "EleutherAI/pythia-70m", "EleutherAI/pythia-70m")
     settings = dict(definition="seed", prompts_sha256=sweep_rows.prompts_sha256(list(result.prompts)),
                     drop_first=0, dtype="float32")
-    assert sweep_target.finished_result(path, target, settings, say_replaced=True) is None
+    assert sweep_one_target.finished_result(path, target, settings, say_replaced=True) is None
     assert "revision=step1000; this sweep asks revision=None" in capsys.readouterr().err
     result.provenance["revision"] = None
     result.save(path)
-    assert sweep_target.finished_result(path, target, settings) is not None  # the same settings: resumed
+    assert sweep_one_target.finished_result(path, target, settings) is not None  # the same settings: resumed
 
 
 # ---- the per-checkpoint overhead -----------------------------------------------------------------
@@ -219,7 +219,7 @@ def test_each_model_is_freed_before_the_next_loads(run_dir, tmp_path, monkeypatc
     """The collection after each model (cheap now: it visits only what came after the last one)
     still frees the model before the next load, and the sweep leaves nothing frozen behind."""
     alive = []
-    real = sweep_target.load_model
+    real = sweep_one_target.load_model
 
     def tracking(source, **kwargs):
         alive.append([ref() is not None for ref in refs])  # what is still alive when the next one loads
@@ -228,7 +228,7 @@ def test_each_model_is_freed_before_the_next_loads(run_dir, tmp_path, monkeypatc
         return model
 
     refs: list = []
-    monkeypatch.setattr(sweep_target, "load_model", tracking)
+    monkeypatch.setattr(sweep_one_target, "load_model", tracking)
     frozen = gc.get_freeze_count()
     compare([str(run_dir)], checkpoints="all", out=tmp_path, **OPTIONS)
     assert alive == [[], [False], [False, False], [False, False, False]]

@@ -3,7 +3,7 @@
 Kinds: a TL 3.x ``HookedTransformer`` loaded without processing (skips under TL 4.x; runs in
 ``make test-tl3``), and a ``TransformerBridge`` the user booted themselves (TL 3.9 and 4.x), in
 compatibility mode or not. Every number is compared with the HF-module reference
-(``funnel_tl.reference``, forward hooks, one prompt at a time) on the same weights, whose norm
+(``funnel_tl.testing.reference``, forward hooks, one prompt at a time) on the same weights, whose norm
 affines and biases are randomized so that a pre-affine read would be off by tens of percent.
 """
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import boot_bridge, load_hooked
 from test_heads import hf_head_reference
 
-from conftest import boot_bridge, load_hooked
 from funnel_tl import FunnelError, gains_from_cache, head_gains, measure_gains
 from funnel_tl.models.architectures import plan_hooks
 from funnel_tl.prompts.sets import SEED_PROMPTS

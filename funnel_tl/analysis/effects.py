@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from funnel_tl.analysis.stats import mean_intervals, resample_weight_chunks
 from funnel_tl.components import EFFECT_COMPONENTS, GAIN_COMPONENT
 
 if TYPE_CHECKING:  # results.effects imports this module (EffectResult.reading)
@@ -147,8 +148,6 @@ def _ranks(values: np.ndarray) -> np.ndarray:
 
 def gain_versus_effect(result: EffectResult, intervention: str | None = None) -> GainVersusEffect:
     """The reading of ``result`` (see the module docstring), by ``intervention`` (default ``reading_intervention``)."""
-    from funnel_tl.analysis.stats import mean_intervals, resample_weight_chunks
-
     name = intervention or reading_intervention(result)
     intervals = result.intervals
     settings = (dict(n_resamples=intervals.n_resamples, seed=intervals.seed, confidence=intervals.confidence,

@@ -12,10 +12,12 @@ figure's subtitle show in place of the verdict.
 """
 
 from __future__ import annotations
-from dataclasses import asdict, dataclass
-import numpy as np
-from funnel_tl.analysis.criteria import (MLP_EXPANDING_ALLOWED, require_all_layers)
 
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from funnel_tl.analysis.criteria import MLP_EXPANDING_ALLOWED, require_all_layers
 
 # Measured on Pythia-1.4B by the seed notebook's method (definition="seed"), copied from it.
 PYTHIA_1_4B_REFERENCE = {
@@ -74,7 +76,7 @@ def funnel_test(result) -> FunnelTest:
 
     Criterion 2 is the seed's literal ``mlp_contracting >= n_layers - 3``, which cannot fail for a
     model of three layers or fewer (``format_analysis`` says so); the robust verdict
-    (``funnel_tl.stats``) scales the allowance with depth (``funnel_tl.criteria``). A result
+    (``funnel_tl.analysis.stats``) scales the allowance with depth (``funnel_tl.analysis.criteria``). A result
     measured on some layers only is refused (FunnelError; see ``not_testable``).
     """
     require_all_layers(result)

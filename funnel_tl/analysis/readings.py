@@ -24,6 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from funnel_tl.analysis.criteria import not_testable
+from funnel_tl.analysis.funnel import funnel_test, summarize
+from funnel_tl.analysis.stats import robust_funnel_test
 from funnel_tl.components import KEYS
 from funnel_tl.measure.reads import definition_roles
 
@@ -38,9 +41,6 @@ def _floats(values) -> list[float | None]:
 
 def headlines(result) -> dict[str, Any]:
     """The headline numbers of a result: every component's extremes and counts, and the verdict."""
-    from funnel_tl.analysis.criteria import not_testable
-    from funnel_tl.analysis.funnel import funnel_test, summarize
-
     block = {}
     for component in ("attn", "mlp", "combined", "block"):
         gains = result.combined_gains if component == "combined" else result.gains(component)
@@ -53,8 +53,6 @@ def headlines(result) -> dict[str, Any]:
     testable = not_testable(result) is None
     block["funnel_test"] = funnel_test(result).to_dict() if testable else None
     if testable and result.intervals is not None:
-        from funnel_tl.analysis.stats import robust_funnel_test
-
         block["robust_funnel_test"] = robust_funnel_test(result).to_dict()
     return block
 
@@ -146,8 +144,6 @@ def notable(before: float, after: float) -> bool:
 def extreme_change(label: str, kind: str, result, without, component: str) -> str | None:
     """A line saying how the ``kind`` (``"min"``/``"max"``) ``component`` gain moves without
     position 0, when its layer changes or it moves by ``NOTABLE_FACTOR``; None otherwise."""
-    from funnel_tl.analysis.funnel import summarize
-
     def values(of):
         return of.combined_gains if component == "combined" else of.gains(component)
 

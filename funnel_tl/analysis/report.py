@@ -1,15 +1,28 @@
 """The seed notebook's printed analysis, with the readings beside it (``format_analysis``)."""
 
 from __future__ import annotations
-import numpy as np
-from funnel_tl.analysis.criteria import (MLP_EXPANDING_ALLOWED, mlp_expanding_allowed, not_testable,
-                                         seed_rule_cannot_fail)
-from funnel_tl.results.folders import short_name
-from funnel_tl.prompts.tokens import dropped_phrase
-from funnel_tl.analysis.readings import (WITHOUT, changed_criteria, definition_lines, extreme_change, factor,
-                                         notable, post_norm_lines)
-from funnel_tl.analysis.funnel import PYTHIA_1_4B_REFERENCE, funnel_test, summarize
 
+import numpy as np
+
+from funnel_tl.analysis.criteria import (
+    MLP_EXPANDING_ALLOWED,
+    mlp_expanding_allowed,
+    not_testable,
+    seed_rule_cannot_fail,
+)
+from funnel_tl.analysis.funnel import PYTHIA_1_4B_REFERENCE, funnel_test, summarize
+from funnel_tl.analysis.readings import (
+    WITHOUT,
+    changed_criteria,
+    definition_lines,
+    extreme_change,
+    factor,
+    notable,
+    post_norm_lines,
+)
+from funnel_tl.analysis.stats import dominant_prompts, robust_funnel_test
+from funnel_tl.prompts.tokens import dropped_phrase
+from funnel_tl.results.folders import short_name
 
 # Below this many prompts the printed robust verdict carries a caveat. The t intervals cover what
 # they claim from 8 prompts on (stats' docstring), but a handful of prompts gives wide intervals
@@ -28,7 +41,7 @@ def format_analysis(result) -> str:
 
     Beside each headline number, in a column of its own, its value without position 0 (when the
     result has read sums: every default run), with a line in words wherever a headline layer or a
-    verdict changes, or a headline gain moves 1.5-fold or more (``funnel_tl.readings``); then the
+    verdict changes, or a headline gain moves 1.5-fold or more (``funnel_tl.analysis.readings``); then the
     other definition's verdict from the same forward and why the two differ, and, for sandwich and
     post-norm blocks, how much of each seed gain the post-norm supplies.
     """
@@ -229,7 +242,6 @@ def _robust_lines(result, rule: str, without=None) -> list[str]:
     intervals = getattr(result, "intervals", None)
     if intervals is None:
         return []
-    from funnel_tl.analysis.stats import robust_funnel_test
 
     robust = robust_funnel_test(result)
     robust_without = (robust_funnel_test(without)
@@ -277,8 +289,6 @@ def _robust_lines(result, rule: str, without=None) -> list[str]:
 
 def _dominance_lines(result, confidence: float) -> list[str]:
     """The layers whose gain one prompt dominates (``stats.dominant_prompts``), when there are any."""
-    from funnel_tl.analysis.stats import dominant_prompts
-
     flags = dominant_prompts(result, confidence)
     if not flags:
         return []

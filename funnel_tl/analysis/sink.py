@@ -1,9 +1,15 @@
 """The attention-sink reading: how much of each gain position 0 carries, and the verdict without it."""
 
 from __future__ import annotations
+
 from dataclasses import dataclass, field, replace
 from typing import Any
+
 import numpy as np
+
+from funnel_tl.analysis.funnel import funnel_test
+from funnel_tl.analysis.readings import changed_criteria, factor
+from funnel_tl.analysis.stats import robust_funnel_test
 from funnel_tl.results.positions import SINGLE_POSITIONS
 
 
@@ -70,8 +76,6 @@ def sink_effect(result, k: int | None = None, without=None) -> SinkEffect:
     this with the default ``k``, computed once per result (results.json, the printed analysis and
     positions.html all show it), reusing ``result.without_first_position`` for position 0.
     """
-    from funnel_tl.analysis.funnel import funnel_test
-
     k = result.positions.sink_positions if k is None else k
     robust = {}
     intervals = result.intervals
@@ -80,6 +84,7 @@ def sink_effect(result, k: int | None = None, without=None) -> SinkEffect:
     else:
         without = result.without_first(k)
         if intervals is not None and without.n_prompts >= 2:
+            # Imported on use: looked up in its own module on each call (where tests replace it).
             from funnel_tl.analysis.stats import bootstrap_intervals
 
             # The layers' intervals alone: the figure draws them; no page shows its position cells'.
@@ -87,8 +92,6 @@ def sink_effect(result, k: int | None = None, without=None) -> SinkEffect:
                 without, n_resamples=intervals.n_resamples, seed=intervals.seed, confidence=intervals.confidence,
                 method=intervals.method))
     if intervals is not None and without.intervals is not None:
-        from funnel_tl.analysis.stats import robust_funnel_test
-
         robust = {"robust_all_positions": robust_funnel_test(result),
                   "robust_without_first": robust_funnel_test(without)}
     return SinkEffect(k=k, all_positions=funnel_test(result), without_first=funnel_test(without), without=without,
@@ -161,7 +164,6 @@ def format_sink_analysis(result, k: int | None = None) -> str:
         percent = f"{100 * result.intervals.confidence:g}%"
         both = (yes[effect.robust_all_positions.funnel_confirmed], yes[effect.robust_without_first.funnel_confirmed])
         lines.append(f"Robust verdict ({percent} intervals): {both[0]} on all positions, {both[1]} without {first}")
-    from funnel_tl.analysis.readings import changed_criteria, factor
 
     criteria = [text for text in changed_criteria(effect.all_positions, effect.without_first)
                 if not text.startswith("the verdict")]

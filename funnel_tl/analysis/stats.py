@@ -512,7 +512,7 @@ def robust_funnel_test(result, intervals: Intervals | None = None) -> RobustFunn
 
     1. attention always contracts: every layer's attention interval lies below 1;
     2. MLP mostly contracts: at most ``max(1, floor(n_layers / 8))`` layers lack an MLP interval
-       wholly below 1 (the seed's 3 of 24 scaled with depth, ``funnel_tl.criteria``: the seed's
+       wholly below 1 (the seed's 3 of 24 scaled with depth, ``funnel_tl.analysis.criteria``: the seed's
        literal "at most three" cannot fail for a model of three layers or fewer);
     3. the last layer's MLP expands: its interval lies wholly above 1;
     4. the last layer has the max MLP gain: its interval lies above every other layer's

@@ -1,14 +1,16 @@
 """The commands behind ``funnel-tl``: run, heads, compare, effects, report."""
 
 from __future__ import annotations
+
 import contextlib
 import re
 import sys
 from dataclasses import replace
 from pathlib import Path
-from funnel_tl.errors import FunnelError, one_line
-from funnel_tl.results.folders import claim_output, describe_os_error, save_elsewhere, short_name, slug
 
+from funnel_tl.errors import FunnelError, one_line
+from funnel_tl.measure.interventions import DEFAULT_INTERVENTIONS, parse_interventions
+from funnel_tl.results.folders import claim_output, describe_os_error, save_elsewhere, short_name, slug
 
 # Heads that `heads` prints and heads.html tabulates unless --top says otherwise.
 TOP_HEADS = 20
@@ -18,9 +20,10 @@ def read_cli_prompts(args, stream: bool = False) -> tuple[list[str], dict]:
     """The prompts of --prompts or --dataset, capped at --max-prompts, and where they came from.
 
     ``stream``: an iterator read as the measurement goes (one process: memory flat in the corpus
-    size, ``funnel_tl.streaming``); else a list (torchrun's ranks deal the prompts out by tokens,
+    size, ``funnel_tl.measure.streaming``); else a list (torchrun's ranks deal the prompts out by tokens,
     so each reads the whole list).
     """
+    # Imported on use: keeps numpy out of `funnel-tl --help`.
     from funnel_tl.prompts.sources import read_prompts, stream_prompts
 
     read = stream_prompts if stream else read_prompts
@@ -58,14 +61,14 @@ def _claim_output(held: contextlib.ExitStack, out, current) -> Path:
 
 
 def cmd_effects(args) -> int:
-    from funnel_tl.measure.distributed import together, world
+    # Imported on use: keeps plotly, torch out of `funnel-tl --help`.
     from funnel_tl.analysis.effects import format_effects
-    from funnel_tl.plots.effects import write_effects_page
+    from funnel_tl.analysis.stats import check_bootstrap
+    from funnel_tl.measure.distributed import together, world
     from funnel_tl.measure.effects import measure_effects, measure_effects_on_ranks
-    from funnel_tl.measure.interventions import DEFAULT_INTERVENTIONS, parse_interventions
     from funnel_tl.measure.layers import resolve_layers
     from funnel_tl.models.loading import load_model, local_n_layers
-    from funnel_tl.analysis.stats import check_bootstrap
+    from funnel_tl.plots.effects import write_effects_page
 
     # Each option's value was checked as it was parsed; what needs two of them, before anything loads.
     interventions = tuple(name for group in (args.interventions or [DEFAULT_INTERVENTIONS]) for name in group)
@@ -120,6 +123,7 @@ def cmd_effects(args) -> int:
 
 def _effects_images(result, folder: Path) -> str:
     """effects.html's figure as images (--png), beside it."""
+    # Imported on use: keeps plotly, torch out of `funnel-tl --help`.
     from funnel_tl.plots.effects import plot_effects
     from funnel_tl.plots.pages import export_figures
 
@@ -127,12 +131,13 @@ def _effects_images(result, folder: Path) -> str:
 
 
 def cmd_run(args) -> int:
-    from funnel_tl.measure.distributed import world
+    # Imported on use: keeps torch out of `funnel-tl --help`.
     from funnel_tl.analysis.report import format_analysis
+    from funnel_tl.analysis.stats import check_bootstrap
+    from funnel_tl.measure.distributed import world
     from funnel_tl.measure.gains import measure_gains
     from funnel_tl.measure.layers import resolve_layers
     from funnel_tl.models.loading import local_n_layers
-    from funnel_tl.analysis.stats import check_bootstrap
 
     # Everything cheap first (each option's value was checked as it was parsed): a typo must not
     # cost a model load, and a folder that cannot be written must not cost a measurement.
@@ -194,6 +199,7 @@ IMAGES_HINT = "Figures as PNG, SVG and PDF beside the pages: add --png"
 def _check_png(args) -> None:
     """--png needs kaleido and Chrome: refused in one line before anything is loaded or measured."""
     if getattr(args, "png", False):
+        # Imported on use: keeps plotly, torch out of `funnel-tl --help`.
         from funnel_tl.plots.pages import require_images
 
         require_images()
@@ -202,6 +208,7 @@ def _check_png(args) -> None:
 def _print_positions(result) -> None:
     """After the seed's analysis, when positions were kept: does the verdict hang on the first ones?"""
     if result.positions is not None:
+        # Imported on use: keeps einops, numpy out of `funnel-tl --help`.
         from funnel_tl.analysis.sink import format_sink_analysis
 
         print(format_sink_analysis(result))
@@ -210,6 +217,7 @@ def _print_positions(result) -> None:
 def _check_model(args) -> None:
     """--model and --revision name something loadable, as far as can be told without loading it:
     a bundled name, a local folder (without --revision) or a bundled checkpoint; hub names pass."""
+    # Imported on use: keeps torch out of `funnel-tl --help`.
     from funnel_tl.models.loading import resolve_model_revision
 
     resolve_model_revision(args.model, args.revision)
@@ -217,6 +225,7 @@ def _check_model(args) -> None:
 
 def _default_out(args) -> Path:
     """runs/<--label, or the model's short name> (never a path), known before the model loads."""
+    # Imported on use: keeps torch out of `funnel-tl --help`.
     from funnel_tl.models.loading import bundled_models, resolve_model
 
     if getattr(args, "label", None):
@@ -264,12 +273,14 @@ def _render(result, folder: Path, say=None, self_contained: bool = False,
     prints them after every file is written). Pages load a shared plotly.min.js from ``root``
     (default: their folder) unless ``self_contained``.
     """
+    # Imported on use: keeps plotly, torch out of `funnel-tl --help`.
     from funnel_tl.plots.pages import export_figures, write_html
     from funnel_tl.plots.panels import plot_funnel
 
     figures = {"funnel": plot_funnel(result)}
     lines = [f"Saved: {write_html(figures['funnel'], folder / 'funnel.html', self_contained=self_contained, root=root)}"]
     if result.positions is not None:
+        # Imported on use: keeps plotly, torch out of `funnel-tl --help`.
         from funnel_tl.plots.positions import position_figures, write_position_page
 
         page = write_position_page(result, folder / "positions.html", self_contained=self_contained, root=root)
@@ -294,6 +305,7 @@ def _images_line(paths) -> str:
 
 def _head_images(result, k: int, folder: Path) -> str:
     """heads.html's figures as images (--png)."""
+    # Imported on use: keeps plotly, torch out of `funnel-tl --help`.
     from funnel_tl.plots.heads import head_figures
     from funnel_tl.plots.pages import export_figures
 
@@ -302,6 +314,7 @@ def _head_images(result, k: int, folder: Path) -> str:
 
 def _compare_images(comparison) -> str:
     """compare.html's figures as images (--png), beside it."""
+    # Imported on use: keeps plotly, torch out of `funnel-tl --help`.
     from funnel_tl.plots.compare_page import page_figures
     from funnel_tl.plots.pages import export_figures
 
@@ -322,10 +335,11 @@ def find_results(folder: Path, name: str = "results.json") -> list[Path]:
 
 
 def cmd_report(args) -> int:
-    from funnel_tl.sweep.comparison import Comparison
+    # Imported on use: keeps torch out of `funnel-tl --help`.
     from funnel_tl.analysis.report import format_analysis
-    from funnel_tl.results.heads import HeadResult
     from funnel_tl.results.gains import GainResult
+    from funnel_tl.results.heads import HeadResult
+    from funnel_tl.sweep.comparison import Comparison
 
     _check_png(args)
     root = Path(args.dir)
@@ -383,6 +397,7 @@ def cmd_report(args) -> int:
 def _report_effects(paths: list[Path], args, root: Path) -> None:
     """report: every effects.json's reading printed and its effects.html redrawn (intervals as
     --bootstrap and --intervals say), with its images under --png."""
+    # Imported on use: keeps plotly, torch out of `funnel-tl --help`.
     from funnel_tl.analysis.effects import format_effects
     from funnel_tl.plots.effects import write_effects_page
     from funnel_tl.results.effects import EffectResult
@@ -412,6 +427,7 @@ def _load_and_measure(held: contextlib.ExitStack, args, current, prompts, source
     inside it. Returns ``(out, result)``; ``result`` is None on ranks other than 0, which print
     and write nothing.
     """
+    # Imported on use: keeps torch out of `funnel-tl --help`.
     from funnel_tl.measure.distributed import measure, together
     from funnel_tl.models.loading import load_model
 
@@ -435,6 +451,7 @@ def _load_and_measure(held: contextlib.ExitStack, args, current, prompts, source
 
 
 def cmd_heads(args) -> int:
+    # Imported on use: keeps torch out of `funnel-tl --help`.
     from funnel_tl.measure.distributed import world
     from funnel_tl.measure.heads import head_gains
 
@@ -465,6 +482,7 @@ def cmd_heads(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    # Imported on use: keeps torch out of `funnel-tl --help`.
     from funnel_tl.sweep.runner import compare
 
     _check_png(args)

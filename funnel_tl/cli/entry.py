@@ -5,13 +5,24 @@ call it directly; ``--help`` and ``--version`` exit 0 as argparse does.
 """
 
 from __future__ import annotations
+
 import argparse
 import os
 import sys
+
+from funnel_tl import __version__
 from funnel_tl.cli import environment, options
+from funnel_tl.cli.commands import (
+    TOP_HEADS,
+    attach_layer_specs,
+    cmd_compare,
+    cmd_effects,
+    cmd_heads,
+    cmd_report,
+    cmd_run,
+    unexpected,
+)
 from funnel_tl.errors import FunnelError
-from funnel_tl.cli.commands import (TOP_HEADS, attach_layer_specs, unexpected, cmd_compare, cmd_effects, cmd_heads,
-                                    cmd_report, cmd_run)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -89,7 +100,7 @@ def add_text_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_bootstrap_options(parser: argparse.ArgumentParser, default: int | None = 2000, methods: bool = True) -> None:
-    """Intervals over prompts (funnel_tl.stats), shared by commands that draw them; ``methods``:
+    """Intervals over prompts (funnel_tl.analysis.stats), shared by commands that draw them; ``methods``:
     offer --intervals (compare draws the default t intervals only)."""
     parser.add_argument("--bootstrap", type=options.bootstrap, default=default, metavar="N",
                         help="0 skips the 95%% intervals over prompts; otherwise the resamples of their bootstraps "
@@ -143,7 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "reads (the gain), and test the Funnel Model: attention contracts in every layer, "
                     "the MLP in nearly all, and the last MLP expands (as in Pythia-1.4B).",
     )
-    from funnel_tl import __version__
 
     parser.add_argument("--version", action="version", version=f"funnel-tl {__version__}")
     parser.add_argument("--debug", action="store_true",
@@ -257,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_effects_parser(commands) -> None:
-    """``funnel-tl effects``: the causal effect of every sublayer, beside its gain (funnel_tl.effects)."""
+    """``funnel-tl effects``: the causal effect of every sublayer, beside its gain (funnel_tl.measure.effects)."""
     effects = commands.add_parser(
         "effects", help="does the funnel matter? the loss cost of changing each sublayer, beside its gain",
         description="Replace each layer's attention and MLP contribution to the residual stream (zero: by 0;\n"
@@ -303,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         environment.check()
         if args.command == "report":
             return args.handler(args)
+        # Imported on use: keeps torch out of `funnel-tl --help`.
         from funnel_tl.measure.distributed import session
 
         # Under torchrun, every rank joins one process group (gloo on the CPU, NCCL on GPUs).

@@ -52,7 +52,7 @@ def _folder(name: str, text: str) -> Path | None:
 VARIABLES: dict[str, tuple[Callable[[str, str], Any], Any, str]] = {
     "FUNNEL_TL_TIMEOUT_MINUTES": (_minutes, float(DEFAULT_TIMEOUT_MINUTES),
                                   "minutes a torchrun collective waits for the slowest rank"),
-    "FUNNEL_TL_CACHE": (_folder, None, "where models fetched from PyPI are kept (funnel_tl.pypi_models)"),
+    "FUNNEL_TL_CACHE": (_folder, None, "where models fetched from PyPI are kept (funnel_tl.models.pypi)"),
 }
 
 

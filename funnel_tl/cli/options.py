@@ -18,6 +18,10 @@ from __future__ import annotations
 import argparse
 import re
 
+from funnel_tl.errors import FunnelError
+from funnel_tl.measure.interventions import parse_interventions
+from funnel_tl.results.folders import check_label
+
 # The first positions `run --by-position` resolves one by one (positions.SINGLE_POSITIONS).
 MAX_SINK_POSITIONS = 16
 # accelerate's sizes (convert_file_size_to_int): a number and a unit, as --max-memory passes them on.
@@ -72,9 +76,6 @@ stack = whole_or("auto", "a number of interventions per forward, 1 or more, or a
 
 def interventions(text: str) -> tuple[str, ...]:
     """``effects --interventions``: one or several comma-separated specs (zero, mean, scale:S), as named."""
-    from funnel_tl.errors import FunnelError
-    from funnel_tl.measure.interventions import parse_interventions  # torch-free, as this module
-
     try:
         return tuple(spec.name for spec in parse_interventions(text))
     except FunnelError as error:
@@ -83,7 +84,7 @@ def interventions(text: str) -> tuple[str, ...]:
 
 def bootstrap(text: str) -> int:
     """``--bootstrap``: 0 (no intervals) or a number of resamples up to ``stats.MAX_RESAMPLES``."""
-    from funnel_tl.errors import FunnelError
+    # Imported on use: keeps einops, numpy out of `funnel-tl --help`.
     from funnel_tl.analysis.stats import check_bootstrap
 
     value = _integer(text)
@@ -98,7 +99,7 @@ def bootstrap(text: str) -> int:
 
 def layers(text: str) -> list[int] | None:
     """``--layers``: ``layers.parse_layers``'s numbers and ranges (``0-3,-1``)."""
-    from funnel_tl.errors import FunnelError
+    # Imported on use: keeps numpy out of `funnel-tl --help`.
     from funnel_tl.measure.layers import parse_layers
 
     try:
@@ -131,9 +132,6 @@ def max_memory(value: str) -> dict:
 
 def label(value: str) -> str:
     """``type=`` of --label: one line of text (``outputs.check_label``, as ``label=`` is checked)."""
-    from funnel_tl.errors import FunnelError
-    from funnel_tl.results.folders import check_label
-
     try:
         return check_label(value)
     except FunnelError as error:
@@ -153,8 +151,6 @@ def text(option: str):
 
 def check_needs(args: argparse.Namespace, command: argparse.ArgumentParser) -> None:
     """The options of ``NEEDS`` given (not at ``command``'s default) without the one they need."""
-    from funnel_tl.errors import FunnelError
-
     for dest, (needed, add) in NEEDS.items():
         if not hasattr(args, dest) or getattr(args, dest) == command.get_default(dest):
             continue

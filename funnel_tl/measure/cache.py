@@ -14,11 +14,11 @@ import einops
 import numpy as np
 import torch
 
-from funnel_tl.models.architectures import plan_hooks
+from funnel_tl.components import COMPONENTS
 from funnel_tl.errors import FunnelError
 from funnel_tl.measure.gains import IDENTITY_SUFFIXES, activation_norms, check_finite, check_residual_identities
+from funnel_tl.models.architectures import plan_hooks
 from funnel_tl.models.identity import model_name, source_provenance
-from funnel_tl.components import COMPONENTS
 from funnel_tl.results.gains import GainResult
 
 

@@ -37,6 +37,10 @@ import torch.distributed as dist
 
 from funnel_tl.cli import environment
 from funnel_tl.errors import FunnelError, one_line
+from funnel_tl.measure.gains import prepare_tokens
+from funnel_tl.prompts.sets import prompts_sha256
+from funnel_tl.results.gains import GainResult
+from funnel_tl.results.heads import HeadResult
 
 
 @dataclass(frozen=True)
@@ -197,8 +201,6 @@ def measure(function: Callable, model, prompts: Sequence[str], current: World | 
     >>> from funnel_tl import load_model, measure_gains
     >>> result = measure(measure_gains, load_model("nano-2l", device="cpu"), ["a b", "c d e"])  # doctest: +SKIP
     """
-    from funnel_tl.measure.gains import prepare_tokens
-
     # Every rank reads and tokenizes all the prompts (the shares are dealt by tokens): data parallel
     # takes a list, not a stream; each rank's measurement then streams its own share.
     current = current or world()
@@ -285,10 +287,6 @@ def assemble(parts: Sequence[tuple[list[int], Any]], prompts: Sequence[str], tru
     the provenance adds up the shares' token counts and padding and records ``world_size``. A result
     with an ``assembled(pieces, prompts, truncation)`` method (the effects) puts itself together.
     """
-    from funnel_tl.results.heads import HeadResult
-    from funnel_tl.prompts.sets import prompts_sha256
-    from funnel_tl.results.gains import GainResult
-
     pieces = [(np.asarray(indices, dtype=np.int64), result) for indices, result in parts if result is not None]
     n_prompts = len(prompts)
     covered = np.sort(np.concatenate([indices for indices, _ in pieces]))
@@ -321,7 +319,7 @@ def assemble(parts: Sequence[tuple[list[int], Any]], prompts: Sequence[str], tru
                   positions=_assemble_positions(pieces, n_prompts))
     if isinstance(template, GainResult):
         reads, histograms = template.reads, template.token_histograms
-        if reads is not None:  # every role's sums, by prompt as the rest (funnel_tl.reads)
+        if reads is not None:  # every role's sums, by prompt as the rest (funnel_tl.measure.reads)
             reads = replace(reads, sums={role: place(lambda r, role=role: r.reads.sums[role]) for role in reads.sums},
                             sums_from_1={role: place(lambda r, role=role: r.reads.sums_from_1[role])
                                          for role in reads.sums_from_1},

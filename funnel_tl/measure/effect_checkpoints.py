@@ -1,17 +1,20 @@
 """measure_effects' checkpoints: the partial effects.json a long run resumes from."""
 
 from __future__ import annotations
+
 import sys
 import warnings
 from pathlib import Path
+
 import numpy as np
 from tqdm.auto import tqdm
-from funnel_tl.components import EFFECT_COMPONENTS
-from funnel_tl.results.effects import EffectResult
-from funnel_tl.errors import FunnelError
-from funnel_tl.models.identity import model_name
-from funnel_tl.results.files import read_json, write_json_atomic
 
+from funnel_tl.components import EFFECT_COMPONENTS
+from funnel_tl.errors import FunnelError
+from funnel_tl.models.identity import model_name, source_provenance
+from funnel_tl.prompts.sets import prompts_sha256
+from funnel_tl.results.effects import EffectResult
+from funnel_tl.results.files import read_json, write_json_atomic
 
 # A partial effects.json is written at most this often (seconds): each write holds every prompt so far.
 CHECKPOINT_SECONDS = 30.0
@@ -62,9 +65,6 @@ class CheckpointStore:
 def checkpoint_settings(model, prompt_list, specs, layers, definition, drop_first, max_tokens_per_prompt, parameter,
               label=None) -> dict:
     """Every setting that changes a number: a checkpoint is resumed only when all of them match."""
-    from funnel_tl.models.identity import source_provenance
-    from funnel_tl.prompts.sets import prompts_sha256
-
     return {
         "model": model_name(model), **source_provenance(model), **({"label": label} if label else {}),
         "prompts_sha256": prompts_sha256(prompt_list), "n_prompts": len(prompt_list),

@@ -14,7 +14,7 @@ predicted positions of the next-token cross-entropy with minus without) and KL (
 positions of KL(clean ‖ intervened)); see ``effect_results`` for the glossary. Log-probabilities
 are taken in float64 whatever the model's dtype (``_losses``), a few positions at a time.
 
-Executors, as for the gains (``funnel_tl.engine``): the interventions go through the
+Executors, as for the gains (``funnel_tl.measure.engine``): the interventions go through the
 TransformerLens hooks (``intervene.TLRunner``), or through the plain HF modules behind them
 (``intervene.HFRunner``, eager attention: the bridge's own), which also *replays* the clean
 forward's layer outputs so that a change at layer L runs layers L onwards only, where that runner
@@ -32,30 +32,41 @@ stacked and unstacked.
 """
 
 from __future__ import annotations
+
 import math
 import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from tqdm.auto import tqdm
+
 from funnel_tl.components import EFFECT_COMPONENTS
-from funnel_tl.results.effects import EffectResult
-from funnel_tl.measure.engine import EXECUTORS, Engine, activation_bytes_per_token, counted_tokens, resolve_batch_size
 from funnel_tl.errors import FunnelError
+from funnel_tl.measure.distributed import broadcast_from_main, measure
+from funnel_tl.measure.effect_checkpoints import (
+    CHECKPOINT_SECONDS,
+    CheckpointStore,
+    checkpoint_settings,
+    read_checkpoint,
+    write_partial,
+)
+from funnel_tl.measure.engine import EXECUTORS, Engine, activation_bytes_per_token, counted_tokens, resolve_batch_size
 from funnel_tl.measure.intervene import Edit, HFRunner, TLRunner, contribution_hooks
 from funnel_tl.measure.interventions import COMPONENT_HOOKS, DEFAULT_INTERVENTIONS, parse_interventions
 from funnel_tl.measure.layers import resolve_layers
+from funnel_tl.measure.streaming import TokenStream
+from funnel_tl.models.architectures import plan_hooks
+from funnel_tl.models.huggingface import measurable
 from funnel_tl.models.identity import model_name
 from funnel_tl.prompts.tokens import make_batches
-from funnel_tl.measure.streaming import TokenStream
-from funnel_tl.measure.effect_checkpoints import (CHECKPOINT_SECONDS, CheckpointStore, read_checkpoint, checkpoint_settings,
-                                                  write_partial)
-
+from funnel_tl.results.effects import EffectResult
+from funnel_tl.results.folders import check_label
 
 # How closely the fast runner's Δloss and KL must equal the TL hooks' (relative, absolute): float32
 # runs the same ops on the same weights (eager attention both ways; measured identical logits on
@@ -374,10 +385,8 @@ def measure_effects(model, prompts: str | Sequence[str] = "seed", interventions=
     >>> result.effect("delta_loss", "zero", "mlp")  # doctest: +SKIP
     array([0.91, 0.43])
     """
-    from funnel_tl.models.architectures import plan_hooks
+    # Imported on use: looked up in its own module on each call (where tests replace it).
     from funnel_tl.measure.gains import measure_gains, prepare_tokens
-    from funnel_tl.models.huggingface import measurable
-    from funnel_tl.results.folders import check_label
 
     model = measurable(model, tokenizer, "measure_effects")  # a name or None refused in one line
     label = check_label(label)
@@ -483,8 +492,6 @@ def _run_batches(runner, batches, jobs, means, copies: int, drop_first: int, sto
 def measure_effects_on_ranks(model, prompts: Sequence[str], current, **settings):
     """``measure_effects`` over torchrun's ranks: the prompts dealt out as for the gains
     (``distributed.measure``), the means summed over every rank first; the result on rank 0."""
-    from funnel_tl.measure.distributed import broadcast_from_main, measure
-
     specs = parse_interventions(settings.get("interventions", DEFAULT_INTERVENTIONS))
     means = None
     if any(spec.kind == "mean" for spec in specs):

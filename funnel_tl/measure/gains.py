@@ -16,15 +16,15 @@ reduction (tests compare against ``run_with_cache`` + ``token_norms`` and the se
 
 Beside the definition's own hooks, every pass reads what both definitions and a post-normed
 block need and sums every norm twice, over all counted tokens and from position 1
-(``funnel_tl.reads``), and counts per-token gains into fixed histograms for the medians
-(``funnel_tl.medians``): a few more norms and one reduction per batch, nothing per token kept.
+(``funnel_tl.measure.reads``), and counts per-token gains into fixed histograms for the medians
+(``funnel_tl.measure.medians``): a few more norms and one reduction per batch, nothing per token kept.
 
-The passes themselves are run by ``funnel_tl.engine`` (``GainSums`` below is the gains' reduction):
+The passes themselves are run by ``funnel_tl.measure.engine`` (``GainSums`` below is the gains' reduction):
 the pass stops right after the last hook it reads, so the final LayerNorm and the unembedding
 never run; sums move to the host once per batch; and where the TL hook points have HF modules
 behind them, the plain HF module tree runs instead of the bridge's wrappers, checked on every run
 against the TL hooks (see the engine's docstring). Prompts are read a chunk at a time
-(``funnel_tl.streaming``: memory flat in the corpus size) and batched by length within it
+(``funnel_tl.measure.streaming``: memory flat in the corpus size) and batched by length within it
 (``prompts.make_batches``), so little compute goes to padding; results come back in the caller's
 order, and the padding fraction, batch size and executor are recorded in the provenance.
 ``benchmarks/bench_gains.py`` measures all of this against a bare HuggingFace forward and the
@@ -42,21 +42,22 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from funnel_tl.models.architectures import HookPlan, is_parallel, layer_norm_output, plan_hooks  # noqa: F401  (re-exported)
-from funnel_tl.measure.engine import Engine, prompt_sums
+from funnel_tl import __version__
+from funnel_tl.components import COMPONENTS
 from funnel_tl.errors import FunnelError
-from funnel_tl.models.huggingface import measurable
+from funnel_tl.measure.engine import Engine, prompt_sums
 from funnel_tl.measure.layers import resolve_layers
 from funnel_tl.measure.medians import HistogramAccumulator
-from funnel_tl.models.identity import installed_version, model_name, source_provenance, tokenizer_of
-from funnel_tl.results.folders import check_label
 from funnel_tl.measure.positions import PositionAccumulator
-from funnel_tl.prompts.tokens import check_drop_first, check_tokens_left, pad_token_id, tokenize, truncation_limit
-from funnel_tl.prompts.sets import load_prompts
 from funnel_tl.measure.reads import ReadSums
-from funnel_tl.components import COMPONENTS
-from funnel_tl.results.gains import GainResult
 from funnel_tl.measure.streaming import PerPrompt, TokenStream
+from funnel_tl.models.architectures import HookPlan, is_parallel, layer_norm_output, plan_hooks  # noqa: F401  (re-exported)
+from funnel_tl.models.huggingface import measurable
+from funnel_tl.models.identity import installed_version, model_name, source_provenance, tokenizer_of
+from funnel_tl.prompts.sets import load_prompts
+from funnel_tl.prompts.tokens import check_drop_first, check_tokens_left, pad_token_id, tokenize, truncation_limit
+from funnel_tl.results.folders import check_label
+from funnel_tl.results.gains import GainResult
 
 # Residual identities hold to float rounding; a wrong hook alias is off by O(1).
 # float32: 1e-4 relative leaves room for summation order; half: one rounding of a ~1e3 sum.
@@ -196,7 +197,7 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     ``by_position=True`` also keeps the sums by position bucket (``funnel_tl.positions``):
     ``result.position_gains("attn")`` is then ``[layer, bucket]``.
     ``executor``: ``"auto"`` (the HF modules behind the TL hooks where they agree with the TL
-    hooks on the first batch), ``"transformer_lens"`` or ``"hf"`` (see ``funnel_tl.engine``); the
+    hooks on the first batch), ``"transformer_lens"`` or ``"hf"`` (see ``funnel_tl.measure.engine``); the
     one that ran is recorded in ``provenance["executor"]``.
     ``max_tokens_per_prompt`` (a number, or ``"context"`` for the model's context) keeps only the
     first tokens of longer prompts, recorded in ``provenance["truncation"]``; without it a prompt
@@ -209,7 +210,7 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     flat in its size; ``keep_texts=False`` keeps only the prompts' count and sha256 in the result,
     not their texts (per-prompt statistics are kept either way).
     Every result also holds, from the same forward, the readings beside the seed's numbers
-    (``funnel_tl.readings``): ``result.gains_without_first(c)`` (positions >= 1, equal to a
+    (``funnel_tl.analysis.readings``): ``result.gains_without_first(c)`` (positions >= 1, equal to a
     ``drop_first=1`` run's gains), ``result.block_cumulative_gains`` (the stream's growth),
     ``result.median_gains(c)``, ``result.other_definition`` and, for sandwich and post-norm
     blocks, ``result.module_gains(c)``/``result.post_norm_gains(c)``.
@@ -248,7 +249,7 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
                          chunk_size=chunk_size, keep_texts=keep_texts,
                          on_chunk=positions.grow if positions is not None else None)
 
-    # Every hook's norm, summed over all counted tokens and over those from position 1 (funnel_tl.reads).
+    # Every hook's norm, summed over all counted tokens and over those from position 1 (funnel_tl.measure.reads).
     suffixes = plan.norm_suffixes
     shapes = {f"{suffix}{part}": (len(chosen),) for suffix in suffixes for part in ("", FROM_1)}
     sums, counts = PerPrompt(shapes), PerPrompt({"n_tokens": ()}, dtype=np.int64)
@@ -295,9 +296,9 @@ class GainSums:
     Each read becomes its float32 norm ``[batch, pos]`` as it fires; ``finish`` stacks one hook's
     layers into ``[layer, batch, pos]`` and sums each prompt's counted tokens (``engine.prompt_sums``)
     into ``[batch, layer]``, and again those at position 1 or later (key ``suffix + FROM_1``).
-    Every hook of ``plan.norm_suffixes`` is read (``funnel_tl.reads``: both definitions' inputs,
+    Every hook of ``plan.norm_suffixes`` is read (``funnel_tl.measure.reads``: both definitions' inputs,
     module outputs before a post-norm), not only the definition's. Committed passes also count
-    each component's per-token gains into ``histograms`` (``funnel_tl.medians``). On a run's first
+    each component's per-token gains into ``histograms`` (``funnel_tl.measure.medians``). On a run's first
     batch the residual identities are checked too, one layer's activations held at a time.
     ``layers``: the layers read (default all), ascending; the ``layer`` axis runs over them.
     """
@@ -369,7 +370,7 @@ class GainSums:
         if self.positions is not None:
             self.positions.add(self.batch.indices, {suffix: self.stacked[suffix] for suffix in self.plan.suffixes},
                                self.counted, self.plan)
-        # ---- median per-token gains (funnel_tl.medians): the same norms, as per-token ratios ----
+        # ---- median per-token gains (funnel_tl.measure.medians): the same norms, as per-token ratios ----
         index = {suffix: row for row, suffix in enumerate(self.stacked)}
         outputs = [index[self.plan.outputs[component]] for component in COMPONENTS]
         inputs = [index[self.plan.inputs[component]] for component in COMPONENTS]
@@ -385,8 +386,6 @@ def run_provenance(model, device, dtype, stream, drop_first, engine=None, reques
     """What a measurement ran on and with; ``stream``: its ``streaming.TokenStream``, read to the end."""
     import transformer_lens
     import transformers
-
-    from funnel_tl import __version__
 
     return {
         "funnel_tl": __version__,

@@ -45,18 +45,18 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from funnel_tl.models.architectures import check_heads_add_up, plan_hooks
 from funnel_tl.errors import FunnelError
 from funnel_tl.measure.engine import Engine, prompt_sums
-from funnel_tl.measure.gains import IDENTITY_TOLERANCE, run_provenance, activation_norms
-from funnel_tl.results.heads import HeadResult
-from funnel_tl.results.head_names import label
-from funnel_tl.models.huggingface import measurable
+from funnel_tl.measure.gains import IDENTITY_TOLERANCE, activation_norms, run_provenance
 from funnel_tl.measure.layers import parse_layers, resolve_layers  # noqa: F401  (parse_layers re-exported)
-from funnel_tl.models.identity import model_name
-from funnel_tl.results.folders import check_label
 from funnel_tl.measure.positions import HeadPositionAccumulator
 from funnel_tl.measure.streaming import PerPrompt, TokenStream
+from funnel_tl.models.architectures import check_heads_add_up, plan_hooks
+from funnel_tl.models.huggingface import measurable
+from funnel_tl.models.identity import model_name
+from funnel_tl.results.folders import check_label
+from funnel_tl.results.head_names import label
+from funnel_tl.results.heads import HeadResult
 
 
 # ---- measurement ---------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Forward passes with interventions (``funnel_tl.interventions``) applied to sublayer contributions.
+"""Forward passes with interventions (``funnel_tl.measure.interventions``) applied to sublayer contributions.
 
 A contribution is what the residual stream receives from a sublayer: ``blocks.{l}.hook_attn_out``
 (a) or ``blocks.{l}.hook_mlp_out`` (m), after the post-norm on sandwich-norm models (DESIGN.md
@@ -28,10 +28,9 @@ from typing import Sequence
 import torch
 from jaxtyping import Float
 
-from funnel_tl.measure.engine import HFExecutor, forward_kwargs
 from funnel_tl.errors import FunnelError
+from funnel_tl.measure.engine import HFExecutor, forward_kwargs
 from funnel_tl.measure.interventions import COMPONENT_HOOKS, Intervention
-
 
 # The most the clean forward's layer outputs may take to be replayed (see ``HFRunner``): a
 # batch's residual stream at every layer, e.g. 280 MB for 8 prompts of 512 tokens of SmolLM2-135M.

@@ -2,7 +2,7 @@
 
 An intervention replaces a sublayer's contribution to the residual stream (``hook_attn_out`` or
 ``hook_mlp_out``, DESIGN.md §2) by 0 (``zero``), by its mean over every measured token of the
-prompt set (``mean``) or by S times itself (``scale:S``). ``funnel_tl.intervene`` applies them in
+prompt set (``mean``) or by S times itself (``scale:S``). ``funnel_tl.measure.intervene`` applies them in
 forward passes; this leaf module only names and checks them, so that the command line can refuse
 a bad ``--interventions`` before anything heavy is imported.
 """

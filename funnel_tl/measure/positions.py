@@ -1,14 +1,15 @@
 """Gains by position, measured: position buckets and the torch accumulators that sum norms into them."""
 
 from __future__ import annotations
+
 import einops
 import numpy as np
 import torch
 from jaxtyping import Float
-from funnel_tl.errors import FunnelError
-from funnel_tl.components import COMPONENTS
-from funnel_tl.results.positions import HeadPositionSums, PositionSums, bucket_edges, bucket_labels  # noqa: F401  (bucket_labels: in the doctest)
 
+from funnel_tl.components import COMPONENTS
+from funnel_tl.errors import FunnelError
+from funnel_tl.results.positions import HeadPositionSums, PositionSums, bucket_edges, bucket_labels  # noqa: F401  (bucket_labels: in the doctest)
 
 # ---- buckets ------------------------------------------------------------------------------------
 

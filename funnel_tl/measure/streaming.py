@@ -36,13 +36,20 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from funnel_tl.measure.engine import resolve_batch_size
 from funnel_tl.errors import FunnelError
-from funnel_tl.models.identity import model_name, tokenizer_of
+from funnel_tl.measure.engine import resolve_batch_size
 from funnel_tl.measure.positions import grown
-from funnel_tl.prompts.tokens import (Batch, check_drop_first, check_tokens_left, make_batches, pad_token_id,
-                                      tokenize, truncation_limit)
+from funnel_tl.models.identity import model_name, tokenizer_of
 from funnel_tl.prompts.sets import iter_prompts
+from funnel_tl.prompts.tokens import (
+    Batch,
+    check_drop_first,
+    check_tokens_left,
+    make_batches,
+    pad_token_id,
+    tokenize,
+    truncation_limit,
+)
 
 # Prompts read, tokenized and batched at a time. Token ids in Python lists cost ~36 bytes each: a
 # chunk of 4,096 prompts of 2,048 tokens holds ~300 MB at most, and small corpora (every

@@ -18,7 +18,7 @@ post-norm           OLMo 2                               the stream itself (u = 
 ==================  ===================================  ==========================  =============================
 
 Beyond the definition's own reads, every run reads what both definitions and the block shape need
-(``HookPlan.roles``, the roles of ``funnel_tl.reads``): u and the stream for both definitions, and
+(``HookPlan.roles``, the roles of ``funnel_tl.measure.reads``): u and the stream for both definitions, and
 for sandwich and post-norm blocks each module's own output *before* its post-norm: the bridge's
 ``ln1_post.hook_in``/``ln2_post.hook_in`` (TL 3.9's bridge calls OLMo 2's post-norms ``ln1``/``ln2``:
 ``ln1.hook_in``), a ``HookedTransformer``'s ``ln1_post.hook_normalized`` times ``ln1_post.hook_scale``
@@ -43,10 +43,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from funnel_tl.components import DEFINITIONS
 from funnel_tl.errors import FunnelError
 from funnel_tl.models.identity import is_bridge, model_name
 from funnel_tl.models.processed import check_unprocessed
-from funnel_tl.components import DEFINITIONS
 
 BLOCK_SHAPES = ("pre-norm", "parallel-two-norms", "parallel-one-norm", "sandwich", "post-norm")
 
@@ -322,7 +322,7 @@ def plan_hooks(model, definition: str) -> HookPlan:
 
 def _roles(model, shape: str, parallel: bool, affine: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
     """``(role -> hook suffix, scaled)`` of every tensor a run reads beside its definition's (see
-    ``funnel_tl.reads``): both definitions' inputs, and a post-normed block's module outputs.
+    ``funnel_tl.measure.reads``): both definitions' inputs, and a post-normed block's module outputs.
     ``affine`` receives the affine of u's hooks on a HookedTransformer, as for the seed definition."""
     roles = {"resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post",
              "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out"}

@@ -1,13 +1,17 @@
 """Local model folders: what loading one needs, its weight and tokenizer files checked."""
 
 from __future__ import annotations
+
 import contextlib
 import json
 import os
 import struct
 from pathlib import Path
+
 import torch
+
 from funnel_tl.errors import FunnelError
+from funnel_tl.models.architectures import check_decoder_config
 
 
 @contextlib.contextmanager
@@ -88,7 +92,6 @@ def check_model_folder(folder: Path, name: str | None = None) -> None:
         raise FunnelError(f"{name}: config.json cannot be read ({first_line(error)}): {fix}") from None
     if not isinstance(config, dict):
         raise FunnelError(f"{name}: config.json is not a JSON object: {fix}")
-    from funnel_tl.models.architectures import check_decoder_config  # architectures imports this module
 
     check_decoder_config(config, name)
     weights = sorted({p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern)})

@@ -28,7 +28,9 @@ from collections import Counter
 from pathlib import Path
 
 from funnel_tl.errors import FunnelError
+from funnel_tl.models.architectures import check_decoder_config
 from funnel_tl.models.folders import TOKENIZER_FILES, first_line
+from funnel_tl.models.pypi import sha256_of
 
 INSTALL = "pip install 'funnel_tl[gguf]'"
 # The oldest gguf package transformers reads GGUF files with (transformers.utils.import_utils).
@@ -101,7 +103,6 @@ def gguf_config(path: Path, name: str | None = None):
             raise FunnelError(_unreadable(name, path, error)) from None
         except (OSError, KeyError, IndexError, TypeError) as error:
             raise FunnelError(f"{name} is not a readable GGUF file ({first_line(error)}): re-download it") from None
-        from funnel_tl.models.architectures import check_decoder_config
 
         check_decoder_config(config.to_dict(), name)
         _CONFIGS[key] = config
@@ -192,8 +193,6 @@ def gguf_provenance(path: Path) -> dict:
     """What a result measured from a GGUF file records: the file, its sha256, and how many of its
     tensors each quantization type holds (``{"Q4_1": 210, "F32": 61, "Q8_0": 1}``)."""
     from gguf import GGUFReader
-
-    from funnel_tl.models.pypi import sha256_of
 
     types = Counter(tensor.tensor_type.name for tensor in GGUFReader(str(path)).tensors)
     return {"file": str(path.resolve()), "sha256": sha256_of(path),

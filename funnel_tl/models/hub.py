@@ -1,12 +1,13 @@
 """The HuggingFace hub: whether it can be reached, quickly, and what to say when it cannot."""
 
 from __future__ import annotations
+
 import os
 import socket
 import threading
 import time
-from funnel_tl.errors import FunnelError
 
+from funnel_tl.errors import FunnelError
 
 # How long the hub reachability probe waits: a connect that takes longer would make loading crawl anyway.
 HUB_PROBE_SECONDS = 3.0

@@ -34,8 +34,10 @@ from pathlib import Path
 import torch
 
 from funnel_tl.errors import FunnelError
+from funnel_tl.models.architectures import check_decoder_config, config_n_layers
+from funnel_tl.models.folders import TOKENIZER_FILES, WEIGHT_PATTERNS, linear_init_skipped, local_loading
+from funnel_tl.models.gguf import gguf_config, gguf_in_folder, gguf_tokenizer
 from funnel_tl.models.identity import folder_name, load_tokenizer
-from funnel_tl.models.folders import local_loading
 
 # What load_model passes on to the load, besides its own arguments (anything else is refused).
 LOAD_OPTIONS = ("offload_folder", "trust_remote_code", "code_revision", "hf_config_overrides")
@@ -70,11 +72,7 @@ def load_config(source: str, *, name: str, revision: str | None = None, gguf: Pa
     Every refusal a config decides (not a decoder-only transformer, no layers) is made here,
     before a weight is read.
     """
-    from funnel_tl.models.architectures import check_decoder_config
-
     if gguf is not None:
-        from funnel_tl.models.gguf import gguf_config
-
         config = gguf_config(gguf, name)  # checked, cached
         config.output_attentions = True
     else:
@@ -188,7 +186,6 @@ def check_weights(info: dict, hf_model, name: str, where: str, config_word: str 
     mismatched = sorted(info.get("mismatched_keys") or ())
     if not (missing or unexpected or mismatched):
         return
-    from funnel_tl.models.architectures import config_n_layers
 
     n_layers = config_n_layers(hf_model.config.to_dict())[1]
     parts = []
@@ -283,8 +280,6 @@ def _compact(keys) -> str:
 
 def weight_files(folder: Path) -> str:
     """The weight files of a checkpoint folder, for a refusal: ``model.safetensors`` or ``4 files model-00001-of-00004.safetensors, ...``."""
-    from funnel_tl.models.folders import WEIGHT_PATTERNS
-
     files = sorted({p.name for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern)})
     if len(files) == 1:
         return f"{folder / files[0]}"
@@ -299,8 +294,6 @@ def bridge_model(hf_model, source: str, tokenizer=None):
     never pass the one gains are computed with); None lets TransformerLens load it from ``source``.
     """
     from transformer_lens.model_bridge import TransformerBridge
-
-    from funnel_tl.models.folders import linear_init_skipped
 
     parameter = next(hf_model.parameters())
     dispatched = bool(getattr(hf_model, "hf_device_map", None))
@@ -350,8 +343,6 @@ def bridge_user_model(hf_model, tokenizer=None):
     is ``tokenizer``, else the one saved with the checkpoint it was loaded from
     (``config._name_or_path``; a GGUF folder's, see ``gguf_files.gguf_tokenizer``).
     """
-    from funnel_tl.models.architectures import check_decoder_config
-
     source = str(getattr(hf_model, "name_or_path", "") or getattr(hf_model.config, "_name_or_path", "") or "")
     name = folder_name(Path(source)) if source and os.path.isdir(source) else (source or type(hf_model).__name__)
     check_decoder_config(hf_model.config.to_dict(), f"{name} ({type(hf_model).__name__})")
@@ -403,9 +394,6 @@ def _saved_tokenizer(source: str, name: str):
     try:
         with local_loading(local):
             if local:
-                from funnel_tl.models.gguf import gguf_in_folder, gguf_tokenizer
-                from funnel_tl.models.folders import TOKENIZER_FILES
-
                 gguf = gguf_in_folder(Path(source)) if not any(
                     (Path(source) / file).is_file() for file in TOKENIZER_FILES) else None
                 if gguf is not None:

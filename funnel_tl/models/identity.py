@@ -1,11 +1,12 @@
 """A model's identity: its name, where it came from, its tokenizer, the versions that measured it."""
 
 from __future__ import annotations
+
 import os
 import re
 from pathlib import Path
-from funnel_tl.errors import FunnelError
 
+from funnel_tl.errors import FunnelError
 
 # Training checkpoint folders: step1000/ (Pythia, nanoGPT-style) or checkpoint-1000/ (HF Trainer).
 CHECKPOINT_FOLDER = re.compile(r"^(?:step|checkpoint)[-_]?(\d+)$")

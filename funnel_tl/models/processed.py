@@ -19,6 +19,7 @@ import torch
 from funnel_tl.errors import FunnelError
 from funnel_tl.models.identity import installed_version, model_name
 
+
 def how_to_load() -> str:
     """How to load a model without processing, in the installed TransformerLens' own API.
 

@@ -23,6 +23,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from funnel_tl.cli.environment import value
 from funnel_tl.errors import FunnelError
 
 
@@ -61,8 +62,6 @@ PYPI_MODELS = {
 def cache_dir() -> Path:
     """Where fetched model files are kept: ``$FUNNEL_TL_CACHE``, else ``$XDG_CACHE_HOME/funnel_tl``,
     else ``~/.cache/funnel_tl``."""
-    from funnel_tl.cli.environment import value
-
     explicit = value("FUNNEL_TL_CACHE")  # checked: a file there is refused in one line
     if explicit is not None:
         return explicit

@@ -15,18 +15,37 @@ stays ordered in grey and for red-green colour-blind readers. Log axes carry 1-2
 """
 
 from __future__ import annotations
+
 import html
+
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
 from funnel_tl.errors import FunnelError
-from funnel_tl.plots.style import (DIVERGING, intervals_of, log_ticks,
-                                   gain_colorbar)
-from funnel_tl.plots.sweep_style import (COMPONENT_TITLES, MAX_HEATMAP_HEIGHT, PANEL_TITLES, SEQUENTIAL,
-                                         colorbar_carrier, component_gains, sweep_extent, heatmap_scale, model_colors,
-                                         neutral_lines, show_all_button, step_scale, subtitle, viridis,
-                                         base_label, is_checkpoint_sweep, model_groups, normalized_depth,
-                                         short_labels, thinned)
+from funnel_tl.plots.style import DIVERGING, gain_colorbar, intervals_of, log_ticks
+from funnel_tl.plots.sweep_style import (
+    COMPONENT_TITLES,
+    MAX_HEATMAP_HEIGHT,
+    PANEL_TITLES,
+    SEQUENTIAL,
+    base_label,
+    colorbar_carrier,
+    component_gains,
+    heatmap_scale,
+    is_checkpoint_sweep,
+    model_colors,
+    model_groups,
+    neutral_lines,
+    normalized_depth,
+    short_labels,
+    show_all_button,
+    step_scale,
+    subtitle,
+    sweep_extent,
+    thinned,
+    viridis,
+)
 from funnel_tl.plots.training import step_heatmap
 
 

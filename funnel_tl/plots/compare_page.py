@@ -1,12 +1,23 @@
 """compare.html: the sweep's figures, its verdict table and the page that holds them."""
 
 from __future__ import annotations
+
 import html
 import math
 import re
+
 import plotly.graph_objects as go
+
+from funnel_tl.plots.pages import figure_div, page_html
+from funnel_tl.plots.sweep_style import (
+    base_label,
+    is_checkpoint_sweep,
+    model_groups,
+    short_labels,
+    subtitle,
+    what_is_compared,
+)
 from funnel_tl.results.folders import slug
-from funnel_tl.plots.sweep_style import subtitle, what_is_compared, base_label, is_checkpoint_sweep, model_groups, short_labels
 
 
 # ---- the page ----------------------------------------------------------------------------------
@@ -175,8 +186,6 @@ def render_html(comparison, plotlyjs: str | bool = True) -> str:
     ``plotlyjs``: True embeds plotly.js (a standalone page); a string is the relative path of a
     shared ``plotly.min.js`` (what ``Comparison.save`` writes by default).
     """
-    from funnel_tl.plots.pages import figure_div, page_html
-
     sections = []
     settings = comparison.settings
     checkpoints = is_checkpoint_sweep(comparison.rows)

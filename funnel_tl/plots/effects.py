@@ -30,10 +30,20 @@ from plotly.subplots import make_subplots
 
 from funnel_tl.analysis.effects import gain_versus_effect, reading_intervention, summary_lines
 from funnel_tl.components import EFFECT_COMPONENTS, GAIN_COMPONENT
-from funnel_tl.results.effects import EffectResult
-from funnel_tl.plots.style import (COLORS, LOG_SPAN, MARGIN, gain_axis, gain_trace, layer_ticks, log_axis,
-                                   log_ticks, neutral_line)
 from funnel_tl.plots.pages import figure_div, page_html, write_page
+from funnel_tl.plots.style import (
+    COLORS,
+    LOG_SPAN,
+    MARGIN,
+    gain_axis,
+    gain_extent,
+    gain_trace,
+    layer_ticks,
+    log_axis,
+    log_ticks,
+    neutral_line,
+)
+from funnel_tl.results.effects import EffectResult
 
 # Okabe & Ito: an intervention's colour on every panel (attention and MLP are told apart by column).
 INTERVENTION_COLORS = ("#000000", "#009E73", "#56B4E9", "#E69F00", "#CC79A7", "#0072B2", "#D55E00", "#F0E442")
@@ -85,8 +95,6 @@ def plot_effects(result: EffectResult, log: bool | None = None) -> go.Figure:
 
 
 def _gain_extent(gains, component) -> tuple[float, float]:
-    from funnel_tl.plots.style import gain_extent
-
     return gain_extent(gains, (component,))
 
 

@@ -15,9 +15,9 @@ import html
 import numpy as np
 
 from funnel_tl.errors import FunnelError
-from funnel_tl.results.head_names import VALUES, label, norm_decimals
-from funnel_tl.results.folders import short_name
 from funnel_tl.prompts.tokens import dropped_phrase
+from funnel_tl.results.folders import short_name
+from funnel_tl.results.head_names import VALUES, label, norm_decimals
 
 
 def _subtitle(result) -> str:
@@ -37,6 +37,7 @@ def plot_heads(result, value: str = "gain", title: str | None = None):
     ``"projection_share"``), every statistic of a head in its hover."""
     import plotly.graph_objects as go
 
+    # Imported on use: keeps plotly out of importing this module.
     from funnel_tl.plots.style import DIVERGING, gain_colorbar, log_reach, one_two_five, ticks_within
 
     if value not in VALUES:
@@ -113,6 +114,7 @@ def head_figures(result, k: int = 20, title: str | None = None) -> dict:
     sequence the top ``k`` heads write."""
     figures = {"heads": plot_heads(result, title=title)}
     if getattr(result, "positions", None) is not None:
+        # Imported on use: keeps plotly out of importing this module.
         from funnel_tl.plots.positions import plot_head_positions
 
         figures["heads-positions"] = plot_head_positions(result, k=k)
@@ -125,6 +127,7 @@ def heads_page(result, k: int = 20, plotlyjs: str | bool = True) -> str:
     ``plotlyjs``: True embeds plotly.js; a string is the relative path of a shared plotly.min.js.
     The page heading names the model once; the figure carries only the settings line.
     """
+    # Imported on use: keeps plotly out of importing this module.
     from funnel_tl.plots.pages import figure_div, page_html
 
     figures = head_figures(result, k, title="Head gain by layer and head")

@@ -1,18 +1,20 @@
 """Figures written: offline HTML pages (one shared plotly.min.js) and PNG/SVG/PDF through kaleido."""
 
 from __future__ import annotations
+
 import html
 import os
 import shutil
 import warnings
 from pathlib import Path
 from typing import Callable
-import plotly.graph_objects as go
-from funnel_tl.errors import FunnelError
-from funnel_tl.results.folders import temporary_beside
-from funnel_tl.results.files import write_text_atomic
-from funnel_tl.plots.style import HEIGHT, WIDTH
 
+import plotly.graph_objects as go
+
+from funnel_tl.errors import FunnelError
+from funnel_tl.plots.style import HEIGHT, WIDTH
+from funnel_tl.results.files import write_text_atomic
+from funnel_tl.results.folders import temporary_beside
 
 PNG_HELP = ("PNG skipped: it needs kaleido and Chrome/Chromium (pip install kaleido; apt-get install chromium), "
             "or open the HTML and use the camera icon")

@@ -22,7 +22,7 @@ under the residual one, while the stream grows ~400-fold. It is no norm ratio of
 
 Panel 1 also draws each gain without position 0 (dashed; ``result.gains_without_first``), where
 the attention sink's massive activations can make a layer's gain; the hover gives each layer's
-gain, its value without position 0 and the median per-token gain (``funnel_tl.medians``).
+gain, its value without position 0 and the median per-token gain (``funnel_tl.measure.medians``).
 
 Colours are Okabe and Ito's palette, which red-green colour-blind readers can tell apart:
 attention blue, MLP vermillion, expanding orange, contracting sky blue.
@@ -45,17 +45,42 @@ carries them. Hovering a point shows its layer, value and interval.
 """
 
 from __future__ import annotations
+
 import math
+
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
-from funnel_tl.analysis.funnel import PYTHIA_1_4B_REFERENCE
-from funnel_tl.plots.style import (BAR_WIDTH, COLORS, HEIGHT, aligned_log_range, broken_at_gaps, compact,
-                                   denominators_of, error_bars, gain_extent, finish_figure, gain_axis, gain_trace, hover_template,
-                                   intervals_of, label_spacing, labelled_trace, layer_ticks, legend_entry, legend_name,
-                                   log_axis, log_ticks, neutral_line, place_legend, short_label, without_first_trace,
-                                   without_first_values)
 
+from funnel_tl.analysis.funnel import PYTHIA_1_4B_REFERENCE
+from funnel_tl.plots.style import (
+    BAR_WIDTH,
+    COLORS,
+    HEIGHT,
+    aligned_log_range,
+    broken_at_gaps,
+    compact,
+    denominators_of,
+    error_bars,
+    finish_figure,
+    gain_axis,
+    gain_extent,
+    gain_trace,
+    hover_template,
+    intervals_of,
+    label_spacing,
+    labelled_trace,
+    layer_ticks,
+    legend_entry,
+    legend_name,
+    log_axis,
+    log_ticks,
+    neutral_line,
+    place_legend,
+    short_label,
+    without_first_trace,
+    without_first_values,
+)
 
 PANEL_TITLES = (
     "Attention vs MLP gain per layer",

@@ -29,14 +29,25 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from funnel_tl.errors import FunnelError
 from funnel_tl.analysis.funnel import PYTHIA_1_4B_REFERENCE
-from funnel_tl.results.folders import short_name
-from funnel_tl.plots.style import (COLORS, DIVERGING, LOG_SPAN, NAMES, WIDTH, layer_ticks, log_ticks,
-                                   gain_colorbar, log_reach, one_two_five, ticks_within)
-from funnel_tl.plots.pages import figure_div, page_html, write_page
 from funnel_tl.analysis.sink import cached_sink_effect, sink_unavailable
+from funnel_tl.errors import FunnelError
+from funnel_tl.plots.pages import figure_div, page_html, write_page
+from funnel_tl.plots.style import (
+    COLORS,
+    DIVERGING,
+    LOG_SPAN,
+    NAMES,
+    WIDTH,
+    gain_colorbar,
+    layer_ticks,
+    log_reach,
+    log_ticks,
+    one_two_five,
+    ticks_within,
+)
 from funnel_tl.prompts.tokens import dropped_phrase
+from funnel_tl.results.folders import short_name
 
 # The colour scale spans at least gain 1/2 … 2, so a model whose gains all sit near 1 is not
 # painted in saturated colours for differences of a few percent.

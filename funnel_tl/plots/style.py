@@ -1,13 +1,16 @@
 """The figures' style: colours, log axes and their ticks, gain traces, legends and layout."""
 
 from __future__ import annotations
+
 import html
 import math
+
 import numpy as np
 import plotly.graph_objects as go
-from funnel_tl.results.folders import short_name
-from funnel_tl.prompts.tokens import dropped_phrase
 
+from funnel_tl.analysis.criteria import not_testable
+from funnel_tl.prompts.tokens import dropped_phrase
+from funnel_tl.results.folders import short_name
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with any common colour blindness.
 # The seed's blue/red become blue/vermillion; its green/purple bars orange/sky blue.
@@ -342,7 +345,6 @@ def finish_figure(fig, result, height: int, heading: str = "attention, MLP and b
     uncertainty = (f"error bars: {intervals.describe()}" if intervals is not None
                    else "no intervals (bootstrap skipped)")
     dropped = f" · {dropped_phrase(result.drop_first)}" if result.drop_first else ""
-    from funnel_tl.analysis.criteria import not_testable
 
     why_not = not_testable(result)
     if why_not:  # what the panels hold, and the verdict's place in the analysis

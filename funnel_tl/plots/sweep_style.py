@@ -1,15 +1,18 @@
 """What the sweep's figures share: depth, labels and colours per model, checkpoint groups, heatmap scales."""
 
 from __future__ import annotations
+
 import math
 import os
 from typing import Callable
+
 import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
-from funnel_tl.prompts.tokens import dropped_phrase
-from funnel_tl.plots.style import (OKABE_ITO, gain_extent as result_extent, log_reach, ticks_within)
 
+from funnel_tl.plots.style import OKABE_ITO, log_reach, ticks_within
+from funnel_tl.plots.style import gain_extent as result_extent
+from funnel_tl.prompts.tokens import dropped_phrase
 
 COMPONENT_TITLES = {"attn": "attention gain", "mlp": "MLP gain", "block": "block gain", "combined": "combined gain"}
 PANEL_TITLES = {"attn": "Attention gain", "mlp": "MLP gain", "block": "Block gain", "combined": "Combined gain"}

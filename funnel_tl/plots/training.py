@@ -1,18 +1,37 @@
 """A checkpoint sweep's figure: each component's gains over training steps, layer by layer."""
 
 from __future__ import annotations
+
 import html
 import math
+
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
 from funnel_tl.errors import FunnelError
-from funnel_tl.plots.style import (DIVERGING, intervals_of, log_ticks,
-                                   gain_colorbar)
-from funnel_tl.plots.sweep_style import (COMPONENT_TITLES, HEATMAP_COLUMNS, MAX_LAYER_LEGEND, OVERLAY_LINES,
-                                         PANEL_TITLES, SEQUENTIAL, STEP_HEATMAP_HEIGHT, bar_size, colorbar_carrier,
-                                         component_gains, sweep_extent, heatmap_scale, neutral_lines, rows_layout,
-                                         step_axis, subtitle, viridis, base_label, model_groups)
+from funnel_tl.plots.style import DIVERGING, gain_colorbar, intervals_of, log_ticks
+from funnel_tl.plots.sweep_style import (
+    COMPONENT_TITLES,
+    HEATMAP_COLUMNS,
+    MAX_LAYER_LEGEND,
+    OVERLAY_LINES,
+    PANEL_TITLES,
+    SEQUENTIAL,
+    STEP_HEATMAP_HEIGHT,
+    bar_size,
+    base_label,
+    colorbar_carrier,
+    component_gains,
+    heatmap_scale,
+    model_groups,
+    neutral_lines,
+    rows_layout,
+    step_axis,
+    subtitle,
+    sweep_extent,
+    viridis,
+)
 
 
 def step_heatmap(comparison, component: str) -> go.Figure:

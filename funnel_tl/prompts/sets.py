@@ -7,14 +7,15 @@ mask keeps pad tokens out of the forward pass and out of every statistic.
 """
 
 from __future__ import annotations
+
 import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
+
 from funnel_tl.errors import FunnelError
 from funnel_tl.results.schema import kind
-
 
 # The seed notebook's eight prompts, in its order ("same as Pythia-1.4B for comparability").
 SEED_PROMPTS: tuple[str, ...] = (

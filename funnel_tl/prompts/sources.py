@@ -9,7 +9,7 @@ results.json, so a capped corpus is never mistaken for the whole.
 Files are iterated line by line and reading stops at ``max_prompts``; a dataset is opened with
 ``streaming=True`` (local files and hub datasets alike), so nothing past the cap is read.
 ``stream_prompts`` hands the prompts on as an iterator, read as the measurement consumes them
-(``funnel_tl.streaming``): ``funnel-tl run`` and ``heads`` measure a corpus of any size that way.
+(``funnel_tl.measure.streaming``): ``funnel-tl run`` and ``heads`` measure a corpus of any size that way.
 
 >>> prompts, record = read_prompts("seed", max_prompts=2)
 >>> len(prompts), record["more_available"]
@@ -54,7 +54,7 @@ def stream_prompts(prompts: str = "seed", *, max_prompts: int | None = None, dat
     as they are measured. A dataset is not read twice (a hub dataset would download twice): its
     first text is read here, so a missing dataset, split or field fails early.
     ``record["n_prompts"]`` and ``["more_available"]`` are filled in when the iterator is
-    exhausted (``measure_gains`` consumes it chunk by chunk: ``funnel_tl.streaming``).
+    exhausted (``measure_gains`` consumes it chunk by chunk: ``funnel_tl.measure.streaming``).
     """
     return _open(prompts, max_prompts, dataset, split, text_field, read_ahead=True)
 
@@ -105,6 +105,7 @@ def _check_hub(name: str) -> None:
     ``datasets`` reads its cache as it would."""
     import datasets.config
 
+    # Imported on use: looked up in its own module on each call (where tests replace it).
     from funnel_tl.models.hub import unreachable_hub
 
     host = None if datasets.config.HF_HUB_OFFLINE else unreachable_hub()

@@ -1,9 +1,12 @@
 """Prompts to tokens: the model's own tokenizer, truncation, positions dropped, padded batches."""
 
 from __future__ import annotations
+
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
+
 import torch
+
 from funnel_tl.errors import FunnelError
 
 

@@ -2,7 +2,7 @@
 
 Glossary (DESIGN.md §2, "Effects"). For layer ``l``, component ``c`` (``attention``: a =
 ``blocks.{l}.hook_attn_out``; ``mlp``: m = ``blocks.{l}.hook_mlp_out``) and intervention ``i``
-(``zero``, ``mean``, ``scale:s``; ``funnel_tl.interventions``), per prompt, against the clean
+(``zero``, ``mean``, ``scale:s``; ``funnel_tl.measure.interventions``), per prompt, against the clean
 forward of the same batch:
 
 - **Δloss** = mean over the prompt's *predicted positions* (a position t whose next token t + 1
@@ -31,11 +31,21 @@ from typing import Any
 
 import numpy as np
 
+from funnel_tl.analysis.effects import gain_versus_effect
+from funnel_tl.analysis.stats import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_METHOD,
+    DEFAULT_RESAMPLES,
+    DEFAULT_SEED,
+    METHODS,
+    mean_intervals,
+)
 from funnel_tl.components import EFFECT_COMPONENTS, GAIN_COMPONENT
 from funnel_tl.errors import FunnelError
 from funnel_tl.measure.layers import check_measured
-from funnel_tl.results.gains import GainResult
+from funnel_tl.prompts.sets import prompts_sha256
 from funnel_tl.results.files import prompts_block, prompts_subset, read_json, require_pandas, write_json_atomic
+from funnel_tl.results.gains import GainResult
 
 EFFECTS_SCHEMA_VERSION = 1
 MEASURES = ("delta_loss", "kl")
@@ -58,8 +68,6 @@ class EffectIntervals:
         return getattr(self, measure)[intervention][component]
 
     def to_dict(self) -> dict[str, Any]:
-        from funnel_tl.analysis.stats import METHODS
-
         return {"confidence": float(self.confidence), "n_resamples": int(self.n_resamples), "seed": int(self.seed),
                 "method": self.method, "method_description": f"{METHODS[self.method].split(';')[0]} of each mean",
                 "clean_loss": [float(v) for v in self.clean_loss],
@@ -71,7 +79,6 @@ class EffectIntervals:
         try:
             tables = {m: {name: {c: np.asarray(data[name][c][m], dtype=np.float64) for c in EFFECT_COMPONENTS}
                           for name in interventions} for m in MEASURES}
-            from funnel_tl.analysis.stats import METHODS
 
             if data["method"] not in METHODS:
                 raise ValueError(f"intervals.method {data['method']!r}")
@@ -188,9 +195,6 @@ class EffectResult:
         intervals by default, ``method="percentile"`` the percentile bootstrap) and of the gains
         beside them (``GainResult.with_intervals``), drawn with the same settings. A KL's lower
         bound is kept ≥ 0 (no divergence is negative)."""
-        from funnel_tl.analysis.stats import (DEFAULT_CONFIDENCE, DEFAULT_METHOD, DEFAULT_RESAMPLES, DEFAULT_SEED,
-                                              mean_intervals)
-
         settings = dict(n_resamples=DEFAULT_RESAMPLES if n_resamples is None else n_resamples,
                         seed=DEFAULT_SEED if seed is None else seed,
                         confidence=DEFAULT_CONFIDENCE if confidence is None else confidence,
@@ -226,8 +230,8 @@ class EffectResult:
     def assembled(self, pieces, prompts, truncation=None) -> "EffectResult":
         """torchrun (``distributed.assemble``): one result from each rank's ``(prompt indices, result)``,
         every per-prompt array back in ``prompts``' order, the gains assembled as a run's are."""
+        # Imported on use: keeps torch out of importing this module.
         from funnel_tl.measure.distributed import assemble
-        from funnel_tl.prompts.sets import prompts_sha256
 
         gains = assemble([(indices, result.gains) for indices, result in pieces], prompts, truncation)
 
@@ -285,8 +289,6 @@ class EffectResult:
 
     # ---- effects.json ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        from funnel_tl.analysis.effects import gain_versus_effect
-
         analysis = gain_versus_effect(self) if self.intervals is not None else None
         return {
             "schema_version": EFFECTS_SCHEMA_VERSION,

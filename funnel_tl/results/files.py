@@ -1,12 +1,16 @@
 """What every results file shares: the prompts block, JSON read back and written atomically, pandas."""
 
 from __future__ import annotations
+
 import json
 import os
 from pathlib import Path
 from typing import Any
+
 import numpy as np
+
 from funnel_tl.errors import FunnelError
+from funnel_tl.prompts.sets import prompts_sha256
 from funnel_tl.results.folders import temporary_beside
 
 
@@ -42,8 +46,6 @@ def prompts_subset(prompts, provenance: dict, index) -> tuple[tuple[str, ...] | 
 
 def prompts_block(prompts, n_prompts: int, provenance: dict) -> dict[str, Any]:
     """The ``prompts`` block of a results file: sha256, count and texts (null when not kept)."""
-    from funnel_tl.prompts.sets import prompts_sha256
-
     sha = prompts_sha256(prompts) if prompts is not None else provenance.get("prompts_sha256")
     return {"sha256": sha, "n_prompts": int(n_prompts), "texts": None if prompts is None else list(prompts)}
 

@@ -27,7 +27,7 @@ The per-prompt sums Σ‖out‖, Σ‖in‖ and token counts are kept, so pooled
 derive from them. ``combined`` = attn gain × MLP gain of the layer; ``cumulative`` = running
 product of ``combined`` over layers.
 
-Beside the seed's numbers, from the same forward (``funnel_tl.reads``, ``funnel_tl.medians``;
+Beside the seed's numbers, from the same forward (``funnel_tl.measure.reads``, ``funnel_tl.measure.medians``;
 results built without them, e.g. by ``gains_from_cache`` or from older files, lack these keys):
 
 - ``gains_without_first``: the gains over positions >= 1, equal to a ``drop_first=1`` run's
@@ -41,7 +41,7 @@ results built without them, e.g. by ``gains_from_cache`` or from older files, la
   product is the seed gain;
 - ``in_definition(other)``: the same forward's gains under the other definition;
 - ``median_gains``: the median over every counted token of the per-token gain, from histograms
-  (``funnel_tl.medians``: within 0.12% of the exact median).
+  (``funnel_tl.measure.medians``: within 0.12% of the exact median).
 
 results.json keys they add: ``attention``/``mlp``/``combined``/``block`` ``["gains_without_first"]``;
 ``attention``/``mlp``/``block`` ``["median_gains"]``; ``attention``/``mlp`` ``["module_gains"]`` and
@@ -61,19 +61,35 @@ and are refused (``funnel.not_testable``).
 """
 
 from __future__ import annotations
+
 import os
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+
 import numpy as np
+
+from funnel_tl.analysis.criteria import not_testable
+from funnel_tl.analysis.funnel import comparison_1_4b, funnel_test, summarize
+from funnel_tl.analysis.readings import add_readings
+from funnel_tl.analysis.sink import sink_effect, sink_unavailable
+from funnel_tl.analysis.stats import DEFAULT_CONFIDENCE, Intervals, dominant_prompts, robust_funnel_test
+from funnel_tl.components import COMPONENTS, DEFINITIONS, EPSILON
 from funnel_tl.errors import FunnelError
 from funnel_tl.measure.layers import check_measured, format_layer_spans
+from funnel_tl.measure.reads import ReadSums, definition_roles
+from funnel_tl.results.files import (
+    prompt_texts,
+    prompts_block,
+    prompts_subset,
+    read_json,
+    require_pandas,
+    subset_index,
+    write_json_atomic,
+)
+from funnel_tl.results.positions import PositionSums, position_rows
 from funnel_tl.results.schema import check_results
-from funnel_tl.components import COMPONENTS, DEFINITIONS, EPSILON
-from funnel_tl.results.files import (prompt_texts, prompts_block, prompts_subset, read_json, require_pandas, subset_index,
-                                     write_json_atomic)
-
 
 SCHEMA_VERSION = 1
 
@@ -151,8 +167,6 @@ class GainResult:
 
     def _check_reads(self) -> None:
         """The definition's own sums must be the reads' sums of their roles: the same norms."""
-        from funnel_tl.measure.reads import definition_roles
-
         reads = self.reads
         if reads.n_prompts != self.n_prompts or next(iter(reads.sums.values())).shape[1] != len(self.layers):
             raise ValueError(f"read sums cover {reads.n_prompts} prompts, the result {self.n_prompts}")
@@ -194,8 +208,6 @@ class GainResult:
                 f"<th>MLP</th><th>block</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
 
     def _summary(self, short: bool = False) -> dict[str, str]:
-        from funnel_tl.analysis.funnel import funnel_test
-
         summary = {"model": repr(self.model), "definition": repr(self.definition), "n_layers": str(self.n_layers)}
         if not self.all_layers:
             summary["layers"] = repr(self.layer_spans)
@@ -236,7 +248,6 @@ class GainResult:
         rows = gain_rows(self)
         if self.positions is None:
             return pd.DataFrame(rows)
-        from funnel_tl.results.positions import position_rows
 
         frame = pd.DataFrame([{**row, "position": "all"} for row in rows] + position_rows(self))
         frame = frame.astype({"position_start": "Int64", "position_stop": "Int64"})  # <NA> on the "all" rows
@@ -357,8 +368,6 @@ class GainResult:
     def _from_position_1(self) -> "GainResult":
         """``without_first(1)`` from the read sums over positions >= 1: the very sums a
         ``drop_first=1`` run of the same batches adds up."""
-        from funnel_tl.measure.reads import definition_roles
-
         reads = self.reads
         kept = np.flatnonzero(reads.n_tokens_from_1 > 0)
         if kept.size == 0:
@@ -376,7 +385,7 @@ class GainResult:
             layers=self.layers, reads=reads.from_position_1().subset(kept),
         )
 
-    # ---- beside the seed's numbers (funnel_tl.reads, funnel_tl.medians) ------------------------
+    # ---- beside the seed's numbers (funnel_tl.measure.reads, funnel_tl.measure.medians) ------------------------
     @cached_property
     def without_first_position(self) -> "GainResult | None":
         """This result over positions >= 1 (``without_first(1)``, itself when position 0 is already
@@ -399,6 +408,7 @@ class GainResult:
         """``other`` with intervals drawn as this result's were (same resamples, seed, confidence)."""
         if self.intervals is None or other.n_prompts < 2:
             return other
+        # Imported on use: looked up in its own module on each call (where tests replace it).
         from funnel_tl.analysis.stats import bootstrap_intervals
 
         # The layers' intervals alone (as positions.sink_effect draws them): no page shows the
@@ -413,8 +423,6 @@ class GainResult:
 
         >>> measure_gains(model, "seed").in_definition("residual").attn_gains  # doctest: +SKIP
         """
-        from funnel_tl.measure.reads import definition_roles
-
         if definition not in DEFINITIONS:
             raise FunnelError(f"unknown definition {definition!r}: choose seed or residual")
         if definition == self.definition:
@@ -466,7 +474,7 @@ class GainResult:
 
     def median_gains(self, component: str) -> np.ndarray | None:
         """``[layer]`` median per-token gain of ``component`` (attn, mlp, block) over every counted
-        token (``funnel_tl.medians``), or None where no histograms were kept."""
+        token (``funnel_tl.measure.medians``), or None where no histograms were kept."""
         histograms = self.token_histograms
         if histograms is None or component not in histograms.components:
             return None
@@ -517,7 +525,7 @@ class GainResult:
 
     def with_intervals(self, intervals=None, n_resamples: int | None = None, seed: int | None = None,
                        confidence: float | None = None, method: str | None = None) -> "GainResult":
-        """A new result carrying intervals over prompts (see ``funnel_tl.stats``).
+        """A new result carrying intervals over prompts (see ``funnel_tl.analysis.stats``).
 
         Pass ready ``Intervals``, or let them be drawn from this result's per-prompt sums
         (defaults: t intervals, 95%; ``method="percentile"``: the percentile bootstrap, 2,000
@@ -527,8 +535,14 @@ class GainResult:
         >>> result.intervals.method, result.intervals.mlp[-1]         # doctest: +SKIP
         ('t', array([3.21, 3.98]))
         """
-        from funnel_tl.analysis.stats import (DEFAULT_CONFIDENCE, DEFAULT_METHOD, DEFAULT_RESAMPLES, DEFAULT_SEED,
-                                              bootstrap_intervals)
+        # Imported on use: looked up in its own module on each call (where tests replace it).
+        from funnel_tl.analysis.stats import (
+            DEFAULT_CONFIDENCE,
+            DEFAULT_METHOD,
+            DEFAULT_RESAMPLES,
+            DEFAULT_SEED,
+            bootstrap_intervals,
+        )
 
         if intervals is None:
             intervals = bootstrap_intervals(
@@ -545,21 +559,15 @@ class GainResult:
     # ---- results.json ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The results file: every key of the seed notebook's JSON, same meaning, plus more."""
-        from funnel_tl.analysis.criteria import not_testable
-        from funnel_tl.analysis.funnel import comparison_1_4b, funnel_test, summarize
-
         attn, mlp, combined = (summarize(gains, self.layers) for gains in
                                (self.attn_gains, self.mlp_gains, self.combined_gains))
         # Measured on some layers only: the verdicts are null and "not_testable" says why (the
         # keys stay, so a reader of full files finds them in every file).
         why_not = not_testable(self)
-        from funnel_tl.analysis.stats import DEFAULT_CONFIDENCE, dominant_prompts
 
         confidence = self.intervals.confidence if self.intervals is not None else DEFAULT_CONFIDENCE
         uncertainty = {"dominant_prompts": [flag.to_dict() for flag in dominant_prompts(self, confidence)]}
         if self.intervals is not None:
-            from funnel_tl.analysis.stats import robust_funnel_test
-
             uncertainty |= {"intervals": self.intervals.to_dict(),
                             "robust_funnel_test": None if why_not else robust_funnel_test(self).to_dict()}
         data = {
@@ -605,13 +613,10 @@ class GainResult:
             **({"by_position": self._position_block()} if self.positions is not None else {}),
             "provenance": self.provenance,
         }
-        from funnel_tl.analysis.readings import add_readings
 
         return add_readings(self, data)
 
     def _position_block(self) -> dict[str, Any]:
-        from funnel_tl.analysis.sink import sink_unavailable
-
         block = self.positions.to_dict()
         if sink_unavailable(self) is None:  # else no "sink" key, as with the first positions dropped
             block["sink"] = self.sink.to_dict()
@@ -622,8 +627,6 @@ class GainResult:
         """``positions.sink_effect(self)``: the verdict with and without the first
         ``positions.sink_positions`` positions, computed once per result, as results.json, the
         printed analysis and positions.html all show it and it draws a bootstrap of its own."""
-        from funnel_tl.analysis.sink import sink_effect
-
         # Position 0 alone: the same result as without_first_position, whose intervals are drawn already.
         reuse = self.positions.sink_positions == 1 and self.reads is not None
         return sink_effect(self, without=self.without_first_position if reuse else None)
@@ -642,8 +645,6 @@ class GainResult:
         check_results(data, source)  # every field read below, of the right type: one line naming a bad one
         intervals = None
         if data.get("intervals") is not None:
-            from funnel_tl.analysis.stats import Intervals
-
             intervals = Intervals.from_dict(data["intervals"], source=source)
         try:
             per_prompt = data["per_prompt"]
@@ -674,8 +675,8 @@ class GainResult:
 
 def _readings_from_dict(data: dict, width: int) -> dict[str, Any]:
     """``reads`` and ``token_histograms`` of a results file (absent from files written before them)."""
+    # Imported on use: keeps torch out of importing this module.
     from funnel_tl.measure.medians import TokenHistograms
-    from funnel_tl.measure.reads import ReadSums, definition_roles
 
     per_prompt = data["per_prompt"]
     reads = None
@@ -693,7 +694,6 @@ def _readings_from_dict(data: dict, width: int) -> dict[str, Any]:
 def _positions_from_dict(block):
     if block is None:
         return None
-    from funnel_tl.results.positions import PositionSums
 
     return PositionSums.from_dict(block)
 

@@ -1,8 +1,8 @@
 """Head statistics' names and labels (``L3H7``), shared by ``HeadResult`` and its figures."""
 
 from __future__ import annotations
-import numpy as np
 
+import numpy as np
 
 # What ``top`` and ``heatmap`` can rank or colour by: HeadResult attribute per key.
 VALUES = {"gain": "head_gains", "norm": "head_norms", "norm_share": "norm_shares",

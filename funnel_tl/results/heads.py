@@ -1,26 +1,39 @@
 """``HeadResult``: every head's per-prompt norm and projection sums, its statistics, and heads.json.
 
 The statistics and the glossary (h_i, W_O^i, the input, the shares) are defined in
-``funnel_tl.heads``, which measures them; this module only holds, derives, saves and loads them.
-Figures of a ``HeadResult`` are drawn by ``funnel_tl.head_plots``.
+``funnel_tl.measure.heads``, which measures them; this module only holds, derives, saves and loads them.
+Figures of a ``HeadResult`` are drawn by ``funnel_tl.plots.heads``.
 """
 
 from __future__ import annotations
+
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
-import numpy as np
-from funnel_tl.errors import FunnelError
-from funnel_tl.measure.layers import check_measured, format_layers as _format_layers
-from funnel_tl.components import DEFINITIONS, EPSILON
-from funnel_tl.results.files import prompts_subset, read_json, subset_index, write_json_atomic
-from funnel_tl.results.schema import check_heads
-from funnel_tl.results.head_names import VALUES, label, norm_decimals
 
+import numpy as np
+
+from funnel_tl.analysis.stats import resample_weight_chunks
+from funnel_tl.components import DEFINITIONS, EPSILON
+from funnel_tl.errors import FunnelError
+from funnel_tl.measure.layers import check_measured
+from funnel_tl.measure.layers import format_layers as _format_layers
+from funnel_tl.results.files import (
+    prompts_block,
+    prompts_subset,
+    read_json,
+    require_pandas,
+    subset_index,
+    write_json_atomic,
+)
+from funnel_tl.results.folders import short_name
+from funnel_tl.results.head_names import VALUES, label, norm_decimals
+from funnel_tl.results.positions import HeadPositionSums
+from funnel_tl.results.schema import check_heads
 
 HEADS_SCHEMA_VERSION = 1
-HEADS_KIND = "funnel_tl.heads"
+HEADS_KIND = "funnel_tl.heads"  # the heads.json kind: a file format, not a module path
 
 
 class HeadStat(NamedTuple):
@@ -236,7 +249,6 @@ class HeadResult:
         grouped = self.group_size is not None
         header = (f"{'rank':>4}  {'head':<8} " + (f"{'kv':>3} " if grouped else "") + f"{'gain':>8} {'norm':>10} "
                   f"{'norm share':>10} {'proj share':>10} {'layer attn gain':>15}")
-        from funnel_tl.results.folders import short_name
 
         lines = [f"Top {k} heads by {by.replace('_', ' ')} ({short_name(self.model)}, definition={self.definition})"
                  + (f"; {self.n_heads} query heads read {self.n_key_value_heads} key/value heads, "
@@ -253,11 +265,9 @@ class HeadResult:
     def gain_intervals(self, n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95) -> np.ndarray:
         """``[layer, head, 2]``: percentile bootstrap intervals over prompts of every head's gain.
 
-        Drawn exactly as the layers' intervals (``funnel_tl.stats``): the prompts resampled with
+        Drawn exactly as the layers' intervals (``funnel_tl.analysis.stats``): the prompts resampled with
         replacement, the mean of the per-prompt head gains recomputed per resample.
         """
-        from funnel_tl.analysis.stats import resample_weight_chunks
-
         if self.n_prompts < 2:
             raise FunnelError(f"{self.model}: a bootstrap over prompts needs at least 2 prompts, got {self.n_prompts}")
         if not 0 < confidence < 1:
@@ -280,8 +290,6 @@ class HeadResult:
 
         >>> heads.to_pandas().pivot(index="layer", columns="head", values="gain")  # doctest: +SKIP
         """
-        from funnel_tl.results.files import require_pandas
-
         pd = require_pandas()
         bounds = self.gain_intervals() if intervals else np.full(self.head_gains.shape + (2,), np.nan)
         rows = []
@@ -324,12 +332,13 @@ class HeadResult:
                               "(funnel-tl heads --by-position)")
         return self.positions.gains()
 
-    # ---- figures (drawn by funnel_tl.head_plots) ----------------------------------------------
+    # ---- figures (drawn by funnel_tl.plots.heads) ----------------------------------------------
     def heatmap(self, value: str = "gain", title: str | None = None):
         """A layer × head heatmap of ``value`` (see ``top``), every statistic in the hover.
 
         Returns a ``plotly.graph_objects.Figure``; show it in a notebook or ``.write_html(path)``.
         """
+        # Imported on use: keeps torch out of importing this module.
         from funnel_tl.plots.heads import plot_heads
 
         return plot_heads(self, value, title)
@@ -340,6 +349,7 @@ class HeadResult:
         ``plotlyjs=True`` embeds plotly.js (a standalone page that opens offline); a string is
         the relative path of a shared ``plotly.min.js`` beside the page (see ``funnel_tl.plots``).
         """
+        # Imported on use: keeps torch out of importing this module.
         from funnel_tl.plots.heads import heads_page
 
         return heads_page(self, k, plotlyjs=plotlyjs)
@@ -347,8 +357,6 @@ class HeadResult:
     # ---- heads.json ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """heads.json: ``head_norm`` and ``head_gain`` as ``[layer][head]`` lists over ``layers``."""
-        from funnel_tl.results.files import prompts_block
-
         return {
             "schema_version": HEADS_SCHEMA_VERSION,
             "kind": HEADS_KIND,
@@ -423,6 +431,7 @@ class HeadResult:
         By default the page loads a ``plotly.min.js`` written once into its folder (offline, and
         shared with the other pages there); ``self_contained=True`` embeds plotly.js instead.
         """
+        # Imported on use: keeps plotly, torch out of importing this module.
         from funnel_tl.plots.pages import write_page
 
         return write_page(path, lambda plotlyjs: self.to_html(k, plotlyjs=plotlyjs), self_contained)
@@ -432,7 +441,6 @@ class HeadResult:
 def _head_positions_from_dict(block):
     if block is None:
         return None
-    from funnel_tl.results.positions import HeadPositionSums
 
     return HeadPositionSums.from_dict(block)
 

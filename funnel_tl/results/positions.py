@@ -1,11 +1,14 @@
 """Gains by position, as results: per-prompt sums by position bucket, their gains and intervals, tidy rows."""
 
 from __future__ import annotations
+
 from dataclasses import dataclass, field, replace
 from typing import Any
+
 import einops
 import numpy as np
 
+from funnel_tl.analysis.stats import resample_weight_chunks
 from funnel_tl.components import COMPONENTS, EPSILON, KEYS
 from funnel_tl.errors import FunnelError
 
@@ -300,8 +303,6 @@ def bootstrap_position_intervals(positions: PositionSums, n_resamples: int, seed
     drawn prompts that reach its bucket. A resample in which no drawn prompt reaches a bucket says
     nothing about it and is left out of that bucket's percentiles.
     """
-    from funnel_tl.analysis.stats import resample_weight_chunks
-
     reached = positions.reached().astype(np.float64)  # [prompt, bucket]
     per_prompt = {component: np.nan_to_num(positions.per_prompt_gains(component))  # [prompt, layer, bucket]; 0 where unreached
                   for component in COMPONENTS}

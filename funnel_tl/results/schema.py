@@ -26,9 +26,9 @@ from typing import Any, Callable, Sequence, Union, get_args, get_origin, get_typ
 
 import numpy as np
 
+from funnel_tl.components import DEFINITIONS
 from funnel_tl.errors import FunnelError
 
-DEFINITIONS = ("seed", "residual")  # results.DEFINITIONS (results imports this module)
 
 
 class Bad(Exception):

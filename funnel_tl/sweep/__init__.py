@@ -11,16 +11,15 @@ from typing import TYPE_CHECKING
 _EXPORTS = {
     "compare": "runner",
     "kept_rows": "comparison", "finish_sweep": "comparison", "Comparison": "comparison",
-    "PYTHIA_SUITE": "targets", "PRESETS": "targets", "PYTHIA_STEPS": "targets", "Target": "targets",
-    "PYTHIA_NAME": "targets", "expand_models": "targets", "model_identity": "targets", "parse_steps": "targets",
-    "local_checkpoints": "targets", "checkpoint_targets": "targets", "plan_targets": "targets",
-    "assign_targets": "targets",
+    "PYTHIA_SUITE": "plan", "PRESETS": "plan", "PYTHIA_STEPS": "plan", "Target": "plan", "PYTHIA_NAME": "plan",
+    "expand_models": "plan", "model_identity": "plan", "parse_steps": "plan", "local_checkpoints": "plan",
+    "checkpoint_targets": "plan", "plan_targets": "plan", "assign_targets": "plan",
     "COMPARE_SCHEMA_VERSION": "rows", "ComparisonRow": "rows", "row_from_results": "rows", "one_line": "rows",
     "TABLE_WRITE_SECONDS": "rows", "TABLE_WRITE_SHARE": "rows", "TableWriter": "rows", "ordered_rows": "rows",
     "TABLE_SETTINGS": "rows", "read_compare_json": "rows", "earlier_rows": "rows", "row_identity": "rows",
     "setting_differences": "rows", "compare_dict": "rows",
-    "WARM_UP_PROMPT": "target", "resumed_row": "target", "measured_row": "target", "finished_result": "target",
-    "gains_at": "target",
+    "WARM_UP_PROMPT": "one_target", "resumed_row": "one_target", "measured_row": "one_target",
+    "finished_result": "one_target", "gains_at": "one_target",
     "sweep_sharded": "torchrun",
     "count_parameters": "memory", "release_memory": "memory", "collecting_per_target": "memory",
     "reset_peak_memory": "memory", "peak_memory": "memory",
@@ -30,14 +29,14 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from funnel_tl.sweep.runner import (compare)
     from funnel_tl.sweep.comparison import (kept_rows, finish_sweep, Comparison)
-    from funnel_tl.sweep.targets import (PYTHIA_SUITE, PRESETS, PYTHIA_STEPS, Target, PYTHIA_NAME, expand_models,
-                                         model_identity, parse_steps, local_checkpoints, checkpoint_targets,
-                                         plan_targets, assign_targets)
+    from funnel_tl.sweep.plan import (PYTHIA_SUITE, PRESETS, PYTHIA_STEPS, Target, PYTHIA_NAME, expand_models,
+                                      model_identity, parse_steps, local_checkpoints, checkpoint_targets,
+                                      plan_targets, assign_targets)
     from funnel_tl.sweep.rows import (COMPARE_SCHEMA_VERSION, ComparisonRow, row_from_results, one_line,
                                       TABLE_WRITE_SECONDS, TABLE_WRITE_SHARE, TableWriter, ordered_rows,
                                       TABLE_SETTINGS, read_compare_json, earlier_rows, row_identity,
                                       setting_differences, compare_dict)
-    from funnel_tl.sweep.target import (WARM_UP_PROMPT, resumed_row, measured_row, finished_result, gains_at)
+    from funnel_tl.sweep.one_target import (WARM_UP_PROMPT, resumed_row, measured_row, finished_result, gains_at)
     from funnel_tl.sweep.torchrun import (sweep_sharded)
     from funnel_tl.sweep.memory import (count_parameters, release_memory, collecting_per_target, reset_peak_memory,
                                         peak_memory)

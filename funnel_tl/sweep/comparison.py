@@ -1,20 +1,23 @@
 """``Comparison``: a sweep's rows and results, its table and page, assembled once every target is done."""
 
 from __future__ import annotations
+
 import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
 from tqdm.auto import tqdm
+
 from funnel_tl.errors import FunnelError
-from funnel_tl.results.folders import (describe_os_error)
-from funnel_tl.results.gains import GainResult
-from funnel_tl.results.files import write_json_atomic
-from funnel_tl.sweep.targets import Target, model_identity
-from funnel_tl.sweep.rows import ComparisonRow, compare_dict, row_identity, ordered_rows, read_compare_json
-from funnel_tl.sweep.target import finished_result, gains_at, resumed_row
+from funnel_tl.results.files import require_pandas, write_json_atomic
+from funnel_tl.results.folders import describe_os_error
+from funnel_tl.results.gains import GainResult, gain_rows
+from funnel_tl.sweep.one_target import finished_result, gains_at, resumed_row
+from funnel_tl.sweep.plan import Target, model_identity
+from funnel_tl.sweep.rows import ComparisonRow, compare_dict, ordered_rows, read_compare_json, row_identity
 
 
 def kept_rows(earlier: Sequence["ComparisonRow"], targets: Sequence["Target"], rows: list["ComparisonRow"],
@@ -123,12 +126,14 @@ class Comparison:
     # ---- figures -----------------------------------------------------------------------------
     def figure(self) -> "go.Figure":  # noqa: F821
         """Attention, MLP and block gains of every model on normalized depth, overlaid."""
+        # Imported on use: keeps plotly out of importing this module.
         from funnel_tl.plots.compare import plot_depth_overlay
 
         return plot_depth_overlay(self)
 
     def heatmap(self, component: str = "mlp") -> "go.Figure":  # noqa: F821
         """Models × normalized depth, coloured by gain on a log scale (blue contracts, red expands)."""
+        # Imported on use: keeps plotly out of importing this module.
         from funnel_tl.plots.compare import plot_depth_heatmap
 
         return plot_depth_heatmap(self, component)
@@ -136,6 +141,7 @@ class Comparison:
     def training_figure(self, base: str | None = None) -> "go.Figure":  # noqa: F821
         """Per-layer attention and MLP gains against training step: one row of panels per model
         swept over checkpoints, or ``base``'s alone."""
+        # Imported on use: keeps plotly out of importing this module.
         from funnel_tl.plots.training import plot_training
 
         return plot_training(self, base)
@@ -161,9 +167,6 @@ class Comparison:
         >>> sweep.to_pandas()["step"].dtype  # doctest: +SKIP
         Int64Dtype()
         """
-        from funnel_tl.results.gains import gain_rows
-        from funnel_tl.results.files import require_pandas
-
         pd = require_pandas()
         rows = []
         for row in self.ok:
@@ -183,6 +186,7 @@ class Comparison:
         Columns are as wide as their widest cell, so a gain of 1000 or more (or a layer 100) does
         not push the later columns out of line.
         """
+        # Imported on use: keeps plotly out of importing this module.
         from funnel_tl.plots.compare_page import format_seconds
 
         titles = ("model", "layers", "funnel", "robust", "attn min", "mlp max", "last mlp", "comb max", "measure")
@@ -225,6 +229,7 @@ class Comparison:
                   root: str | os.PathLike | None = None) -> Path:
         """Write only ``compare.html`` into ``out`` (what ``funnel-tl report`` redraws); its
         ``plotly.min.js`` is shared from ``root`` (the top of an output tree) when given."""
+        # Imported on use: keeps plotly out of importing this module.
         from funnel_tl.plots.compare_page import render_html
         from funnel_tl.plots.pages import write_page
 

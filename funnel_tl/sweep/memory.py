@@ -1,11 +1,13 @@
 """Memory accounting per target: parameters counted, peak memory read, memory released between models."""
 
 from __future__ import annotations
+
 import contextlib
 import gc
 import re
 import sys
 from pathlib import Path
+
 import torch
 
 

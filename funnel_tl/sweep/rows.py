@@ -1,27 +1,30 @@
 """The sweep's table: one row per target, compare.json written as it goes and read back to resume."""
 
 from __future__ import annotations
+
 import math
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
 import torch
 from tqdm.auto import tqdm
-from funnel_tl.errors import FunnelError, one_line as plain_one_line
+
 from funnel_tl.analysis.funnel import funnel_test, summarize
-from funnel_tl.results.folders import (describe_os_error)
-from funnel_tl.results.gains import GainResult
-from funnel_tl.results.files import read_json, write_json_atomic
-from funnel_tl.results.schema import check_compare
 from funnel_tl.analysis.stats import robust_funnel_test
-from funnel_tl.sweep.targets import model_identity
-from typing import TYPE_CHECKING
+from funnel_tl.errors import FunnelError
+from funnel_tl.errors import one_line as plain_one_line
+from funnel_tl.results.files import read_json, write_json_atomic
+from funnel_tl.results.folders import describe_os_error
+from funnel_tl.results.gains import GainResult
+from funnel_tl.results.schema import check_compare
+from funnel_tl.sweep.plan import model_identity
 
 if TYPE_CHECKING:
-    from funnel_tl.sweep.targets import Target
+    from funnel_tl.sweep.plan import Target
 
 
 COMPARE_SCHEMA_VERSION = 1

@@ -31,30 +31,33 @@ share one axis); a *step* is a training step (Pythia's hub revisions are ``step{
 """
 
 from __future__ import annotations
+
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
 from tqdm.auto import tqdm
-from funnel_tl.errors import FunnelError
-from funnel_tl.models.loading import resolve_device, resolve_dtype
-from funnel_tl.results.folders import (claim_output, remove_temporaries)
-from funnel_tl.prompts.tokens import check_drop_first
-from funnel_tl.prompts.sets import load_prompts, prompts_sha256
-from funnel_tl.components import DEFINITIONS
-from funnel_tl.results.gains import GainResult
+
 from funnel_tl.analysis.stats import check_bootstrap
-from funnel_tl.sweep.targets import plan_targets
-from funnel_tl.sweep.rows import TableWriter, earlier_rows
-from funnel_tl.sweep.memory import collecting_per_target
-from funnel_tl.sweep.target import finished_result, measured_row, resumed_row
-from funnel_tl.sweep.torchrun import sweep_sharded
+from funnel_tl.components import DEFINITIONS
+from funnel_tl.errors import FunnelError
+from funnel_tl.measure.distributed import world as current_world
+from funnel_tl.models.loading import resolve_device, resolve_dtype
+from funnel_tl.prompts.sets import load_prompts, prompts_sha256
+from funnel_tl.prompts.tokens import check_drop_first
+from funnel_tl.results.folders import claim_output, remove_temporaries
+from funnel_tl.results.gains import GainResult
 from funnel_tl.sweep.comparison import finish_sweep, kept_rows
-from typing import TYPE_CHECKING
+from funnel_tl.sweep.memory import collecting_per_target
+from funnel_tl.sweep.one_target import finished_result, measured_row, resumed_row
+from funnel_tl.sweep.plan import plan_targets
+from funnel_tl.sweep.rows import TableWriter, earlier_rows
+from funnel_tl.sweep.torchrun import sweep_sharded
 
 if TYPE_CHECKING:
-    from funnel_tl.sweep.targets import Target
-    from funnel_tl.sweep.rows import ComparisonRow
     from funnel_tl.sweep.comparison import Comparison
+    from funnel_tl.sweep.plan import Target
+    from funnel_tl.sweep.rows import ComparisonRow
 
 
 # ---- the sweep ---------------------------------------------------------------------------------
@@ -127,7 +130,6 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
                    bootstrap=bootstrap, bootstrap_seed=bootstrap_seed, progress=False if progress is False else None,
                    max_tokens_per_prompt=max_tokens_per_prompt, device_map=device_map, max_memory=max_memory,
                    by_position=by_position, keep_texts=keep_texts)
-    from funnel_tl.measure.distributed import world as current_world
 
     group = world if world is not None else current_world()
     if group.distributed:

@@ -1,21 +1,25 @@
 """The sweep under torchrun: targets dealt over the ranks, rank 0 writes the table."""
 
 from __future__ import annotations
+
 import sys
 from pathlib import Path
-from tqdm.auto import tqdm
-from funnel_tl.results.folders import (check_output_folder, claim_output, remove_temporaries)
-from funnel_tl.results.gains import GainResult
-from funnel_tl.sweep.targets import assign_targets
-from funnel_tl.sweep.rows import ComparisonRow, earlier_rows
-from funnel_tl.sweep.memory import collecting_per_target
-from funnel_tl.sweep.target import finished_result, measured_row, resumed_row
-from funnel_tl.sweep.comparison import finish_sweep, kept_rows
 from typing import TYPE_CHECKING
 
+from tqdm.auto import tqdm
+
+from funnel_tl.measure.distributed import broadcast_from_main, gather_to_main, together
+from funnel_tl.results.folders import check_output_folder, claim_output, remove_temporaries
+from funnel_tl.results.gains import GainResult
+from funnel_tl.sweep.comparison import finish_sweep, kept_rows
+from funnel_tl.sweep.memory import collecting_per_target
+from funnel_tl.sweep.one_target import finished_result, measured_row, resumed_row
+from funnel_tl.sweep.plan import assign_targets
+from funnel_tl.sweep.rows import ComparisonRow, earlier_rows
+
 if TYPE_CHECKING:
-    from funnel_tl.sweep.targets import Target
     from funnel_tl.sweep.comparison import Comparison
+    from funnel_tl.sweep.plan import Target
 
 
 def sweep_sharded(targets: list["Target"], prompt_list: list[str], out: Path, settings: dict, group,
@@ -27,8 +31,6 @@ def sweep_sharded(targets: list["Target"], prompt_list: list[str], out: Path, se
     Rank 0 holds ``out``'s lock for the whole sweep (the other ranks are part of it and write only
     their targets' folders); if it cannot take it, every rank stops with its error."""
     from contextlib import ExitStack
-
-    from funnel_tl.measure.distributed import broadcast_from_main, gather_to_main, together
 
     paths = [out / target.slug / "results.json" for target in targets]
     with ExitStack() as held:

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+
 @dataclass(frozen=True)
 class Layout:
     """Where a HuggingFace decoder family keeps the modules the seed's forward hooks read.

@@ -1,24 +1,26 @@
 """One target of a sweep: measured (or resumed from its results.json) into its row."""
 
 from __future__ import annotations
+
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
 from tqdm.auto import tqdm
+
+from funnel_tl.analysis.stats import DEFAULT_METHOD, check_bootstrap
 from funnel_tl.errors import FunnelError
 from funnel_tl.measure.gains import measure_gains
 from funnel_tl.models.loading import load_model
-from funnel_tl.results.folders import (describe_os_error, save_elsewhere)
-from funnel_tl.results.gains import GainResult
 from funnel_tl.results.files import read_json
-from funnel_tl.analysis.stats import DEFAULT_METHOD, check_bootstrap
-from funnel_tl.sweep.rows import ComparisonRow, setting_differences, one_line, row_from_results
-from funnel_tl.sweep.memory import peak_memory, release_memory, reset_peak_memory, count_parameters
-from typing import TYPE_CHECKING
+from funnel_tl.results.folders import describe_os_error, save_elsewhere
+from funnel_tl.results.gains import GainResult
+from funnel_tl.sweep.memory import count_parameters, peak_memory, release_memory, reset_peak_memory
+from funnel_tl.sweep.rows import ComparisonRow, one_line, row_from_results, setting_differences
 
 if TYPE_CHECKING:
-    from funnel_tl.sweep.targets import Target
+    from funnel_tl.sweep.plan import Target
 
 
 # What each model reads once, untimed, before its measurement is timed (see ComparisonRow).

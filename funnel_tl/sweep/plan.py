@@ -1,16 +1,17 @@
 """What a sweep measures: models and presets expanded, training checkpoints found, targets dealt over ranks."""
 
 from __future__ import annotations
+
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
+
 from funnel_tl.errors import FunnelError
 from funnel_tl.models.identity import CHECKPOINT_FOLDER
 from funnel_tl.models.loading import bundled_checkpoints, bundled_models
-from funnel_tl.results.folders import (slug)
-
+from funnel_tl.results.folders import slug
 
 # The eight Pythia sizes the seed's universality question is about (deduplicated weights; the
 # "-deduped" twins are separate hub repositories and can be named explicitly).
