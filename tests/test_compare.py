@@ -27,17 +27,17 @@ import torch
 from funnel_tl import FunnelError, GainResult, load_model, measure_gains
 from funnel_tl.analysis.funnel import summarize
 from funnel_tl.cli.entry import main
-from funnel_tl.prompts.sets import SEED_PROMPTS
+from funnel_tl.prompts.sets import SEED_PROMPTS, prompts_sha256
 from funnel_tl.testing.reference import reference_gains, seed_reference
 from funnel_tl.testing.toy import build_checkpoint
 
-# `funnel_tl.compare` is the function once the package is imported; the module is here.
-sweep = importlib.import_module("funnel_tl.sweep")
+# The sweep's modules, patched where each name is looked up (`funnel_tl.compare` is the function).
+sweep_package = importlib.import_module("funnel_tl.sweep")
 sweep_rows = importlib.import_module("funnel_tl.sweep.rows")
 sweep_one_target = importlib.import_module("funnel_tl.sweep.one_target")
 sweep_plan = importlib.import_module("funnel_tl.sweep.plan")
 sweep_torchrun = importlib.import_module("funnel_tl.sweep.torchrun")
-compare = sweep.compare
+compare = sweep_package.compare
 
 # The default batch size of `run`: the same batches as a single run, so the same float ops.
 OPTIONS = dict(device="cpu", dtype="float32", batch_size=8, progress=False)
@@ -157,7 +157,7 @@ def test_time_column_is_the_measurement_alone(checkpoints, tmp_path, monkeypatch
     assert (row.load_seconds, row.measure_seconds, row.seconds) == (10.0, 0.25, 15.25)  # the whole, warm-up included
     from funnel_tl.plots.compare_page import table_html
 
-    sweep = sweep.Comparison.load(tmp_path)  # the page and the terminal show the measurement, load aside
+    sweep = sweep_package.Comparison.load(tmp_path)  # the page and the terminal show the measurement, load aside
     assert f'title="load {row.load_seconds:.2f} s">{row.measure_seconds:.2f}&nbsp;s</td>' in table_html(sweep)
     assert sweep.format_table().splitlines()[0].endswith("measure")
 
@@ -285,7 +285,7 @@ def test_a_replaced_results_file_is_named_with_what_changed(sweep, checkpoints, 
     load_calls.clear()
     targets = sweep_plan.plan_targets(models[:1])
     settings = dict(definition="seed", n_prompts=len(SEED_PROMPTS),
-                    prompts_sha256=sweep_rows.prompts_sha256(list(SEED_PROMPTS)), drop_first=1, dtype="float32")
+                    prompts_sha256=prompts_sha256(list(SEED_PROMPTS)), drop_first=1, dtype="float32")
     options = dict(device="cpu", dtype="float32", definition="seed", batch_size=8, drop_first=1, bootstrap=0,
                    bootstrap_seed=0, progress=False)
     sweep_torchrun.sweep_sharded(targets, list(SEED_PROMPTS), sharded, settings, World(), force=False, options=options)
@@ -401,7 +401,7 @@ def fdopen(descriptor, *args, **kwargs):
     return HalfThenKilled(handle) if {victim_folder!r} in path and ".results.json." in path else handle
 os.fdopen = fdopen
 
-from funnel_tl.compare import compare
+from funnel_tl import compare
 compare({models!r}, out={out!r}, device="cpu", dtype="float32", progress=False)
 """
 
@@ -628,10 +628,10 @@ def test_html_shares_plotlyjs_and_load_round_trips(sweep, tmp_path):
     # plotly.js from one shared file beside the page: offline, and 4.8 MB once per tree, not per page.
     assert re.findall(r'<script src="([^"]+)"', page) == ["plotly.min.js"]
     assert "plotly.js v" in (out / "plotly.min.js").read_text()[:500]
-    alone = sweep.Comparison.load(out).save_html(tmp_path, self_contained=True).read_text()
+    alone = sweep_package.Comparison.load(out).save_html(tmp_path, self_contained=True).read_text()
     assert "<script src" not in alone and "plotly.js v" in alone
     assert list(out.glob(".*.tmp")) == []
-    loaded = sweep.Comparison.load(out)
+    loaded = sweep_package.Comparison.load(out)
     # Other tests resume this sweep, which marks its rows resumed; everything else must be equal.
     assert [replace(row, resumed=False) for row in loaded.rows] == [replace(row, resumed=False) for row in comparison.rows]
     for label, result in comparison.results.items():

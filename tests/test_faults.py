@@ -29,7 +29,7 @@ from funnel_tl import FunnelError, GainResult, load_prompts
 from funnel_tl.cli.entry import main
 from funnel_tl.results.folders import LOCK_NAME, output_lock, remove_temporaries, slug
 
-# The package's attribute funnel_tl.compare is the function; the modules are what get patched.
+# The modules where each patched name is looked up (the package's `compare` is the function).
 sweep_one_target = importlib.import_module("funnel_tl.sweep.one_target")
 sweep_plan = importlib.import_module("funnel_tl.sweep.plan")
 gains_module = importlib.import_module("funnel_tl.measure.gains")
@@ -513,6 +513,7 @@ import importlib
 def slow(*args, **kwargs):
     print("measuring", flush=True)
     time.sleep(120)
+sweep_one_target = importlib.import_module("funnel_tl.sweep.one_target")
 sweep_one_target.measure_gains = slow
 from funnel_tl.cli import main
 sys.exit(main(["compare", "--models", "nano-2l", "--prompts", {prompts!r}, "--bootstrap", "0", "--out", {out!r}]))

@@ -28,7 +28,7 @@ from funnel_tl import FunnelError, GainResult, HeadResult, load_prompts
 from funnel_tl.cli.entry import build_parser, main
 from funnel_tl.results.folders import LOCK_NAME, remove_temporaries
 
-sweep = importlib.import_module("funnel_tl.sweep")
+sweep_package = importlib.import_module("funnel_tl.sweep")
 models_hub = importlib.import_module("funnel_tl.models.hub")
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "funnel_tl"
@@ -184,7 +184,7 @@ def test_a_bad_timeout_under_torchrun_names_the_variable(monkeypatch):
 def test_a_negative_bootstrap_seed_is_refused_before_a_sweep(tmp_path, no_model):
     """The Python API: a seed numpy refuses would have failed every model after its measurement."""
     with pytest.raises(FunnelError, match="seed"):
-        sweep.compare(["nano-2l"], "seed", device="cpu", out=tmp_path / "sweep", bootstrap_seed=-1)
+        sweep_package.compare(["nano-2l"], "seed", device="cpu", out=tmp_path / "sweep", bootstrap_seed=-1)
     assert not (tmp_path / "sweep").exists()
 
 

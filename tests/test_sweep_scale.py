@@ -29,17 +29,19 @@ from funnel_tl.cli.entry import main
 from funnel_tl.components import COMPONENTS
 from funnel_tl.plots.compare_page import render_html
 from funnel_tl.plots.sweep_style import OVERLAY_LINES, thinned
+from funnel_tl.prompts.sets import prompts_sha256
+from funnel_tl.results.folders import slug
 from funnel_tl.sweep.comparison import Comparison
 from funnel_tl.sweep.plan import PYTHIA_STEPS, Target
 from funnel_tl.sweep.rows import ComparisonRow, row_from_results
 from funnel_tl.testing.toy import build_training_run
 
-sweep = importlib.import_module("funnel_tl.sweep")
+sweep_package = importlib.import_module("funnel_tl.sweep")
 sweep_comparison = importlib.import_module("funnel_tl.sweep.comparison")
 sweep_rows = importlib.import_module("funnel_tl.sweep.rows")
 sweep_one_target = importlib.import_module("funnel_tl.sweep.one_target")
 sweep_plan = importlib.import_module("funnel_tl.sweep.plan")
-compare = sweep.compare
+compare = sweep_package.compare
 OPTIONS = dict(device="cpu", dtype="float32", batch_size=8, progress=False, bootstrap=0)
 
 
@@ -89,7 +91,7 @@ def test_a_table_of_typed_spellings_is_superseded_not_duplicated(swept, run_dir,
     table = json.loads((copy / "compare.json").read_text())
     for row in table["models"]:  # the labels and folders an earlier funnel_tl gave `compare --models ckpts`
         old_label = row["model"].replace(str(run_dir), "ckpts")
-        old_slug = sweep_rows.slug(old_label)
+        old_slug = slug(old_label)
         (copy / row["slug"]).rename(copy / old_slug)
         data = json.loads((copy / old_slug / "results.json").read_text())
         (copy / old_slug / "results.json").write_text(json.dumps({**data, "model": old_label}))
@@ -205,7 +207,7 @@ def test_a_results_file_of_another_revision_is_not_resumed(tmp_path, capsys):
     path = tmp_path / "EleutherAI__pythia-70m" / "results.json"
     result.save(path)
     target = Target("EleutherAI/pythia-70m", "EleutherAI/pythia-70m", "EleutherAI/pythia-70m")
-    settings = dict(definition="seed", prompts_sha256=sweep_rows.prompts_sha256(list(result.prompts)),
+    settings = dict(definition="seed", prompts_sha256=prompts_sha256(list(result.prompts)),
                     drop_first=0, dtype="float32")
     assert sweep_one_target.finished_result(path, target, settings, say_replaced=True) is None
     assert "revision=step1000; this sweep asks revision=None" in capsys.readouterr().err

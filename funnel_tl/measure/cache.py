@@ -11,7 +11,6 @@ import platform
 from typing import Sequence
 
 import einops
-import numpy as np
 import torch
 
 from funnel_tl.components import COMPONENTS

@@ -45,7 +45,7 @@ from jaxtyping import Float
 from funnel_tl import __version__
 from funnel_tl.components import COMPONENTS
 from funnel_tl.errors import FunnelError
-from funnel_tl.measure.engine import Engine, prompt_sums
+from funnel_tl.measure.engine import Engine
 from funnel_tl.measure.layers import resolve_layers
 from funnel_tl.measure.medians import HistogramAccumulator
 from funnel_tl.measure.positions import PositionAccumulator

@@ -28,7 +28,6 @@ from typing import Sequence
 import torch
 from jaxtyping import Float
 
-from funnel_tl.errors import FunnelError
 from funnel_tl.measure.engine import HFExecutor, forward_kwargs
 from funnel_tl.measure.interventions import COMPONENT_HOOKS, Intervention
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from funnel_tl.components import EPSILON
+from funnel_tl.components import gain_ratio
 
 LOW, HIGH = -6.0, 6.0  # log10 of the smallest and largest gain with bins of their own
 BIN_WIDTH = 1e-3  # log10 units: a factor 10**0.001 = 1.0023 per bin
@@ -68,7 +68,7 @@ class HistogramAccumulator:
     def add(self, out_norms: torch.Tensor, in_norms: torch.Tensor, counted: torch.Tensor) -> None:
         """Count the per-token gains out/(in + 1e-10) of every component at once, ``[component,
         layer, batch, pos]`` each, at the ``counted`` ``[batch, pos]`` tokens."""
-        gains = out_norms.float() / (in_norms.float() + EPSILON)  # [component, layer, batch, pos]
+        gains = gain_ratio(out_norms.float(), in_norms.float())  # [component, layer, batch, pos]
         bins = bin_index(gains.log10_())
         n_components, n_layers = bins.shape[:2]
         # Each (component, layer) row's offset in the flat counts.

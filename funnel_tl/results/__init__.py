@@ -9,7 +9,10 @@ from typing import TYPE_CHECKING
 
 # Each public name and the module it lives in.
 _EXPORTS = {
-    "SCHEMA_VERSION": "gains", "GainResult": "gains", "TIDY_COMPONENTS": "gains", "gain_rows": "gains",
+    "GainResult": "gains",
+    "SCHEMA_VERSION": "gains_file", "result_dict": "gains_file", "position_block": "gains_file",
+    "result_from_dict": "gains_file", "gain_frame": "gains_file", "TIDY_COMPONENTS": "gains_file",
+    "gain_rows": "gains_file",
     "HEADS_SCHEMA_VERSION": "heads", "HEADS_KIND": "heads", "HeadStat": "heads", "HeadResult": "heads",
     "VALUES": "head_names", "norm_decimals": "head_names", "label": "head_names",
     "SINGLE_POSITIONS": "positions", "bucket_edges": "positions", "bucket_labels": "positions",
@@ -35,7 +38,9 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from funnel_tl.results.gains import (SCHEMA_VERSION, GainResult, TIDY_COMPONENTS, gain_rows)
+    from funnel_tl.results.gains import (GainResult)
+    from funnel_tl.results.gains_file import (SCHEMA_VERSION, result_dict, position_block, result_from_dict,
+                                              gain_frame, TIDY_COMPONENTS, gain_rows)
     from funnel_tl.results.heads import (HEADS_SCHEMA_VERSION, HEADS_KIND, HeadStat, HeadResult)
     from funnel_tl.results.head_names import (VALUES, norm_decimals, label)
     from funnel_tl.results.positions import (SINGLE_POSITIONS, bucket_edges, bucket_labels, HeadPositionSums,

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from funnel_tl.analysis.stats import resample_weight_chunks
-from funnel_tl.components import DEFINITIONS, EPSILON
+from funnel_tl.components import DEFINITIONS, gain_ratio
 from funnel_tl.errors import FunnelError
 from funnel_tl.measure.layers import check_measured
 from funnel_tl.measure.layers import format_layers as _format_layers
@@ -153,12 +153,12 @@ class HeadResult:
     @property
     def per_prompt_head_gains(self) -> np.ndarray:
         """``[prompt, layer, head]``: mean‖h_i‖ / (mean‖input‖ + 1e-10), the layers' formula."""
-        return self.per_prompt_head_norms / (self._per_token(self.in_sums) + EPSILON)[:, :, None]
+        return gain_ratio(self.per_prompt_head_norms, self._per_token(self.in_sums)[:, :, None])
 
     @property
     def per_prompt_attn_gains(self) -> np.ndarray:
         """``[prompt, layer]``: the layer's attention gain per prompt (as ``GainResult``'s)."""
-        return self._per_token(self.attn_out_sums) / (self._per_token(self.in_sums) + EPSILON)
+        return gain_ratio(self._per_token(self.attn_out_sums), self._per_token(self.in_sums))
 
     @property
     def head_norms(self) -> np.ndarray:

@@ -9,7 +9,7 @@ import einops
 import numpy as np
 
 from funnel_tl.analysis.stats import resample_weight_chunks
-from funnel_tl.components import COMPONENTS, EPSILON, KEYS
+from funnel_tl.components import COMPONENTS, KEYS, gain_ratio
 from funnel_tl.errors import FunnelError
 
 # Positions 0..15 get a bucket each: sinks and the first tokens' warm-up live there.
@@ -82,8 +82,8 @@ class HeadPositionSums:
         counts = self.n_tokens[:, None, :].astype(np.float64)  # [prompt, 1, bucket]
         reached = self.n_tokens > 0  # [prompt, bucket]
         with np.errstate(invalid="ignore", divide="ignore"):
-            per_prompt = ((self.head_norm_sums / counts[:, :, None, :])
-                          / (self.in_sums / counts + EPSILON)[:, :, None, :])  # [prompt, layer, head, bucket]
+            per_prompt = gain_ratio(self.head_norm_sums / counts[:, :, None, :],
+                                    (self.in_sums / counts)[:, :, None, :])  # [prompt, layer, head, bucket]
         kept = np.where(reached[:, None, None, :], np.nan_to_num(per_prompt), 0.0)
         total = einops.reduce(kept, "prompt layer head bucket -> layer head bucket", "sum")
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -204,7 +204,7 @@ class PositionSums:
         """``[prompt, layer, bucket]``: mean‖out‖ / (mean‖in‖ + 1e-10) there; NaN where not reached."""
         counts = self.n_tokens[:, None, :].astype(np.float64)  # [prompt, 1, bucket]
         with np.errstate(invalid="ignore", divide="ignore"):
-            gains = (self.out_sums[component] / counts) / (self.in_sums[component] / counts + EPSILON)
+            gains = gain_ratio(self.out_sums[component] / counts, self.in_sums[component] / counts)
         return np.where(counts > 0, gains, np.nan)
 
     def gains(self, component: str) -> np.ndarray:

@@ -30,7 +30,6 @@ from funnel_tl.components import DEFINITIONS
 from funnel_tl.errors import FunnelError
 
 
-
 class Bad(Exception):
     """A field that does not match its schema: where it is and what is wrong with it."""
 

@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 from funnel_tl.errors import FunnelError
 from funnel_tl.results.files import require_pandas, write_json_atomic
 from funnel_tl.results.folders import describe_os_error
-from funnel_tl.results.gains import GainResult, gain_rows
+from funnel_tl.results.gains import GainResult
+from funnel_tl.results.gains_file import gain_rows
 from funnel_tl.sweep.one_target import finished_result, gains_at, resumed_row
 from funnel_tl.sweep.plan import Target, model_identity
 from funnel_tl.sweep.rows import ComparisonRow, compare_dict, ordered_rows, read_compare_json, row_identity
