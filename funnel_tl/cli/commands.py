@@ -61,7 +61,7 @@ def _claim_output(held: contextlib.ExitStack, out, current) -> Path:
 
 
 def cmd_effects(args) -> int:
-    # Imported on use: keeps plotly, torch out of `funnel-tl --help`.
+    # Imported on use: keeps plotly and torch out of `funnel-tl --help`.
     from funnel_tl.analysis.effects import format_effects
     from funnel_tl.analysis.stats import check_bootstrap
     from funnel_tl.measure.distributed import together, world
@@ -123,7 +123,7 @@ def cmd_effects(args) -> int:
 
 def _effects_images(result, folder: Path) -> str:
     """effects.html's figure as images (--png), beside it."""
-    # Imported on use: keeps plotly, torch out of `funnel-tl --help`.
+    # Imported on use: keeps plotly and torch out of `funnel-tl --help`.
     from funnel_tl.plots.effects import plot_effects
     from funnel_tl.plots.pages import export_figures
 
@@ -199,7 +199,7 @@ IMAGES_HINT = "Figures as PNG, SVG and PDF beside the pages: add --png"
 def _check_png(args) -> None:
     """--png needs kaleido and Chrome: refused in one line before anything is loaded or measured."""
     if getattr(args, "png", False):
-        # Imported on use: keeps plotly, torch out of `funnel-tl --help`.
+        # Imported on use: keeps plotly and torch out of `funnel-tl --help`.
         from funnel_tl.plots.pages import require_images
 
         require_images()
@@ -208,7 +208,7 @@ def _check_png(args) -> None:
 def _print_positions(result) -> None:
     """After the seed's analysis, when positions were kept: does the verdict hang on the first ones?"""
     if result.positions is not None:
-        # Imported on use: keeps einops, numpy out of `funnel-tl --help`.
+        # Imported on use: keeps einops and numpy out of `funnel-tl --help`.
         from funnel_tl.analysis.sink import format_sink_analysis
 
         print(format_sink_analysis(result))
@@ -273,14 +273,14 @@ def _render(result, folder: Path, say=None, self_contained: bool = False,
     prints them after every file is written). Pages load a shared plotly.min.js from ``root``
     (default: their folder) unless ``self_contained``.
     """
-    # Imported on use: keeps plotly, torch out of `funnel-tl --help`.
+    # Imported on use: keeps plotly and torch out of `funnel-tl --help`.
     from funnel_tl.plots.pages import export_figures, write_html
     from funnel_tl.plots.panels import plot_funnel
 
     figures = {"funnel": plot_funnel(result)}
     lines = [f"Saved: {write_html(figures['funnel'], folder / 'funnel.html', self_contained=self_contained, root=root)}"]
     if result.positions is not None:
-        # Imported on use: keeps plotly, torch out of `funnel-tl --help`.
+        # Imported on use: keeps plotly and torch out of `funnel-tl --help`.
         from funnel_tl.plots.positions import position_figures, write_position_page
 
         page = write_position_page(result, folder / "positions.html", self_contained=self_contained, root=root)
@@ -305,7 +305,7 @@ def _images_line(paths) -> str:
 
 def _head_images(result, k: int, folder: Path) -> str:
     """heads.html's figures as images (--png)."""
-    # Imported on use: keeps plotly, torch out of `funnel-tl --help`.
+    # Imported on use: keeps plotly and torch out of `funnel-tl --help`.
     from funnel_tl.plots.heads import head_figures
     from funnel_tl.plots.pages import export_figures
 
@@ -314,7 +314,7 @@ def _head_images(result, k: int, folder: Path) -> str:
 
 def _compare_images(comparison) -> str:
     """compare.html's figures as images (--png), beside it."""
-    # Imported on use: keeps plotly, torch out of `funnel-tl --help`.
+    # Imported on use: keeps plotly and torch out of `funnel-tl --help`.
     from funnel_tl.plots.compare_page import page_figures
     from funnel_tl.plots.pages import export_figures
 
@@ -397,7 +397,7 @@ def cmd_report(args) -> int:
 def _report_effects(paths: list[Path], args, root: Path) -> None:
     """report: every effects.json's reading printed and its effects.html redrawn (intervals as
     --bootstrap and --intervals say), with its images under --png."""
-    # Imported on use: keeps plotly, torch out of `funnel-tl --help`.
+    # Imported on use: keeps plotly and torch out of `funnel-tl --help`.
     from funnel_tl.analysis.effects import format_effects
     from funnel_tl.plots.effects import write_effects_page
     from funnel_tl.results.effects import EffectResult

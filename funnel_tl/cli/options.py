@@ -84,7 +84,7 @@ def interventions(text: str) -> tuple[str, ...]:
 
 def bootstrap(text: str) -> int:
     """``--bootstrap``: 0 (no intervals) or a number of resamples up to ``stats.MAX_RESAMPLES``."""
-    # Imported on use: keeps einops, numpy out of `funnel-tl --help`.
+    # Imported on use: keeps einops and numpy out of `funnel-tl --help`.
     from funnel_tl.analysis.stats import check_bootstrap
 
     value = _integer(text)

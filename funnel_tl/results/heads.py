@@ -431,7 +431,7 @@ class HeadResult:
         By default the page loads a ``plotly.min.js`` written once into its folder (offline, and
         shared with the other pages there); ``self_contained=True`` embeds plotly.js instead.
         """
-        # Imported on use: keeps plotly, torch out of importing this module.
+        # Imported on use: keeps plotly and torch out of importing this module.
         from funnel_tl.plots.pages import write_page
 
         return write_page(path, lambda plotlyjs: self.to_html(k, plotlyjs=plotlyjs), self_contained)
