@@ -155,10 +155,12 @@ def test_time_column_is_the_measurement_alone(checkpoints, tmp_path, monkeypatch
     row = compare([str(checkpoints["gpt2"])], "seed", out=tmp_path, **OPTIONS).rows[0]
     assert passes[0] == [sweep_one_target.WARM_UP_PROMPT] and len(passes) == 2  # warm-up first, then the prompts
     assert (row.load_seconds, row.measure_seconds, row.seconds) == (10.0, 0.25, 15.25)  # the whole, warm-up included
-    from funnel_tl.plots.compare_page import table_html
+    from funnel_tl.plots.compare_page import format_seconds, table_html
 
     sweep = sweep_package.Comparison.load(tmp_path)  # the page and the terminal show the measurement, load aside
-    assert f'title="load {row.load_seconds:.2f} s">{row.measure_seconds:.2f}&nbsp;s</td>' in table_html(sweep)
+    # As the page formats them (three significant digits: "10.0 s", "0.25 s"), not as a fixed .2f.
+    load, measure = (format_seconds(seconds) for seconds in (row.load_seconds, row.measure_seconds))
+    assert f'title="load {load}">{measure.replace(" ", "&nbsp;")}</td>' in table_html(sweep)
     assert sweep.format_table().splitlines()[0].endswith("measure")
 
 
