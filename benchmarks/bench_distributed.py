@@ -2,7 +2,7 @@
 
 Times, side by side and interleaved (rounds alternate which goes first; medians), the whole
 command as a user runs it — process start, imports, model load, measurement, writing — on the
-same corpus (pydoc passages from ``funnel_tl.corpus``, truncated to the context), and checks
+same corpus (pydoc passages from ``funnel_tl.prompts.corpus``, truncated to the context), and checks
 that both wrote the same per-prompt sums. Start-up is paid once per process, so the ratio
 depends on how long the measurement itself is: raise ``--n-prompts`` or take a larger
 ``--model`` to see where data parallel starts to pay.
@@ -31,7 +31,7 @@ import numpy as np
 
 
 def corpus(path: Path, n_prompts: int) -> Path:
-    from funnel_tl.corpus import documents
+    from funnel_tl.prompts.corpus import documents
 
     passages = []
     for _, text in documents("all"):

@@ -42,8 +42,8 @@ import torch  # noqa: E402
 
 from bench_gains import SHAPES, bench_prompts, build, machine  # noqa: E402
 from funnel_tl import load_model, measure_gains  # noqa: E402
-from funnel_tl.effects import measure_effects  # noqa: E402
-from funnel_tl.interventions import DEFAULT_INTERVENTIONS  # noqa: E402
+from funnel_tl.measure.effects import measure_effects  # noqa: E402
+from funnel_tl.measure.interventions import DEFAULT_INTERVENTIONS  # noqa: E402
 
 CASES = {
     # A model whose matrix products dominate (SmolLM2-135M's shape when no --model is given).
@@ -67,13 +67,13 @@ def run(method: str, model, prompts, batch_size, hf=None, tokenizer=None):
     if method == "gains":
         return measure_gains(model, prompts, batch_size=batch_size, progress=False)
     if method == "reference":
-        from funnel_tl.interventions import parse_interventions
-        from funnel_tl.reference import reference_effects
+        from funnel_tl.measure.interventions import parse_interventions
+        from funnel_tl.testing.reference import reference_effects
 
         specs = [(spec.name, spec.kind, spec.factor) for spec in parse_interventions(DEFAULT_INTERVENTIONS)]
         return reference_effects(hf, tokenizer, prompts, specs)
     if method == "no-replay":
-        from funnel_tl import intervene
+        from funnel_tl.measure import intervene
 
         saved, intervene.REPLAY_BYTES = intervene.REPLAY_BYTES, 0
         try:

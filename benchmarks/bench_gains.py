@@ -1,11 +1,11 @@
 """What do the gains cost? measure_gains against a bare HF forward and the seed notebook's loop.
 
 One process times, side by side and interleaved (rounds in rotating order, medians), on a
-random-weight checkpoint of a Pythia shape built locally with ``funnel_tl.toy``:
+random-weight checkpoint of a Pythia shape built locally with ``funnel_tl.testing.toy``:
 
 - ``bare``: a batched HuggingFace forward (its default attention, logits and all, no KV cache)
   over exactly the batches ``measure_gains`` makes (length-bucketed, right-padded);
-- ``seed``: the seed notebook's loop (``funnel_tl.reference.seed_reference``: forward hooks on
+- ``seed``: the seed notebook's loop (``funnel_tl.testing.reference.seed_reference``: forward hooks on
   the HF modules, one prompt at a time) on the same HF model;
 - ``funnel``: ``measure_gains`` through the TransformerBridge;
 - ``funnel-full`` (ablation): ``measure_gains`` with its early stop switched off, so the final
@@ -54,12 +54,12 @@ import torch  # noqa: E402
 import transformer_lens.model_bridge  # noqa: E402,F401
 import transformers  # noqa: E402
 
-from funnel_tl import engine as engine_module  # noqa: E402
+from funnel_tl.measure import engine as engine_module  # noqa: E402
 from funnel_tl import head_gains, load_model, measure_gains  # noqa: E402
-from funnel_tl.engine import resolve_batch_size  # noqa: E402
-from funnel_tl.prompts import make_batches, padding_fraction, tokenize  # noqa: E402
-from funnel_tl.reference import seed_reference  # noqa: E402
-from funnel_tl.toy import build_checkpoint, corpus_texts, train_tokenizer  # noqa: E402
+from funnel_tl.measure.engine import resolve_batch_size  # noqa: E402
+from funnel_tl.prompts.tokens import make_batches, padding_fraction, tokenize  # noqa: E402
+from funnel_tl.testing.reference import seed_reference  # noqa: E402
+from funnel_tl.testing.toy import build_checkpoint, corpus_texts, train_tokenizer  # noqa: E402
 
 PYTHIA_VOCAB = 50304  # Pythia's padded vocabulary: the unembedding is d_model × 50304
 # Pythia's own shapes (GPT-NeoX, parallel blocks, rotary on 25% of each head, d_ff = 4·d_model).

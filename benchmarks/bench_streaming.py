@@ -4,7 +4,7 @@ Each run is a fresh process (``python -m funnel_tl run ... --no-prompt-texts``) 
 own peak resident set size (``ru_maxrss``) when done. "streamed" is the default
 (``streaming.CHUNK_PROMPTS`` prompts at a time); "whole" sets the chunk to the corpus size, which
 is how every prompt was held before streaming (all token ids and batches at once). The corpus is
-pydoc passages (``funnel_tl.corpus``) repeated to the size asked, truncated to the context.
+pydoc passages (``funnel_tl.prompts.corpus``) repeated to the size asked, truncated to the context.
 
     python benchmarks/bench_streaming.py                         # nano-2l, 2,000 and 8,000 passages
     python benchmarks/bench_streaming.py --sizes 10000 40000 --chunk 4096
@@ -26,7 +26,7 @@ from pathlib import Path
 
 CHILD = """
 import resource, sys
-from funnel_tl import streaming
+from funnel_tl.measure import streaming
 from funnel_tl.cli import main
 chunk = int(sys.argv[1])
 if chunk:
@@ -38,7 +38,7 @@ sys.exit(code)
 
 
 def corpus(path: Path, n_prompts: int) -> Path:
-    from funnel_tl.corpus import documents
+    from funnel_tl.prompts.corpus import documents
 
     passages = []
     for _, text in documents("all"):

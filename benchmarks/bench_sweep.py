@@ -8,7 +8,7 @@ shows as a ratio measured side by side in one run:
   several sizes × checkpoints — and timed (CPU and wall). A page linear in its rows has the same
   seconds per row at 40 rows as at 1,232.
 - ``--case sweep``: the whole ``funnel-tl compare --models DIR --checkpoints all`` on N tiny local
-  checkpoints (``funnel_tl.toy.build_training_run``, Pythia's step names), as a user runs it (one
+  checkpoints (``funnel_tl.testing.toy.build_training_run``, Pythia's step names), as a user runs it (one
   process: imports, every load, measurement and write, the page); its CPU and wall seconds per
   checkpoint beside the load and measure seconds that compare.json records; then a rerun spelled
   differently (``DIR/`` for ``DIR``: must measure nothing), a one-checkpoint run into the folder
@@ -48,8 +48,11 @@ PAGE_ROWS = (10, 40, 154, 1232)
 def synthetic_sweep(n_rows: int, n_layers: int = 16, n_prompts: int = 8, seed: int = 0):
     """A ``Comparison`` of ``n_rows`` checkpoints: Pythia's steps, over as many sizes as it takes
     (154 per size), gains that drift with the step (no model is loaded)."""
-    from funnel_tl.compare import PYTHIA_STEPS, Comparison, Target, row_from_results
-    from funnel_tl.results import COMPONENTS, GainResult
+    from funnel_tl.sweep.plan import PYTHIA_STEPS, Target
+    from funnel_tl.sweep.comparison import Comparison
+    from funnel_tl.sweep.rows import row_from_results
+    from funnel_tl.components import COMPONENTS
+    from funnel_tl.results.gains import GainResult
 
     rng = np.random.default_rng(seed)
     rows, results = [], {}
@@ -114,8 +117,8 @@ def run_timed(command: list[str], cwd: Path, threads: int | None) -> tuple[float
 
 
 def sweep_case(n_checkpoints: int, threads: int | None, keep: Path | None) -> dict:
-    from funnel_tl.compare import PYTHIA_STEPS
-    from funnel_tl.toy import build_training_run
+    from funnel_tl.sweep.plan import PYTHIA_STEPS
+    from funnel_tl.testing.toy import build_training_run
 
     steps = PYTHIA_STEPS[:: max(1, len(PYTHIA_STEPS) // n_checkpoints)][:n_checkpoints] if n_checkpoints < len(
         PYTHIA_STEPS) else PYTHIA_STEPS
@@ -165,7 +168,7 @@ def pythia_shaped(folder: Path, size: str, n_checkpoints: int, tokenizer) -> Pat
     import torch
     from transformers import AutoModelForCausalLM
 
-    from funnel_tl.toy import make_config
+    from funnel_tl.testing.toy import make_config
 
     n_layers, d_model, n_heads = PYTHIA_SHAPES[size]
     config = make_config("neox-parallel", n_layers=n_layers, d_model=d_model, n_heads=n_heads, vocab_size=50304,
@@ -186,7 +189,7 @@ def pythia_shaped(folder: Path, size: str, n_checkpoints: int, tokenizer) -> Pat
 
 def sizes_case(sizes: list[str], n_checkpoints: int, threads: int | None, keep: Path | None) -> dict:
     """``compare --models A,B,... --checkpoints all`` over Pythia-shaped sizes: seconds per checkpoint per size."""
-    from funnel_tl.toy import train_tokenizer
+    from funnel_tl.testing.toy import train_tokenizer
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-sizes-")) if keep is None else keep
     try:

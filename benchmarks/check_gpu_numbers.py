@@ -1,6 +1,6 @@
 """Do the gains hold on a GPU in half precision? measure_gains against the seed's method, and fp16 against fp32.
 
-On a random-weight Pythia-1.4B-shaped checkpoint built locally (``funnel_tl.toy``, no hub):
+On a random-weight Pythia-1.4B-shaped checkpoint built locally (``funnel_tl.testing.toy``, no hub):
 
 1. float32 on the device: measure_gains equals the seed's HF-hook loop (eager attention, as the
    bridge runs) to ``FLOAT32_TOLERANCE``, both definitions — the CPU tests' check, on the GPU.
@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from bench_gains import SHAPES, bench_prompts, build  # noqa: E402
 from funnel_tl import load_model, measure_gains  # noqa: E402
-from funnel_tl.reference import reference_gains, seed_reference  # noqa: E402
+from funnel_tl.testing.reference import reference_gains, seed_reference  # noqa: E402
 
 # Same modules, same float32 norms; only op order differs (~1e-6 on the CPU in tests; TF32 is off).
 FLOAT32_TOLERANCE = 1e-4

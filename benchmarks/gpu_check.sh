@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of issues 7 and 13, for a lent machine, in one command of at most ~6 minutes:
 #   1. benchmarks/check_gpu_numbers.py: on a random-weight Pythia-1.4B-shaped checkpoint (built
-#      there with funnel_tl.toy, no hub), measure_gains equals the seed's HF-hook loop in float32
+#      there with funnel_tl.testing.toy, no hub), measure_gains equals the seed's HF-hook loop in float32
 #      and in float16, and float16 gains equal float32 gains, each within a stated tolerance;
 #   2. benchmarks/bench_gains.py --device cuda --dtype float16 on the same checkpoint, batch size 32:
 #      bare HF forward, seed loop, measure_gains (fast executor), no-early-stop ablation,

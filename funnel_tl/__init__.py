@@ -14,8 +14,6 @@ Every public name is imported on first use (PEP 562): ``import funnel_tl`` and `
 __version__ = "0.1.0"
 
 import importlib
-import sys
-import types
 import warnings
 from typing import TYPE_CHECKING
 
@@ -23,23 +21,31 @@ from typing import TYPE_CHECKING
 # which work: the warning only tells the user to install a widget library they did not ask for.
 warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
 
-# Each public name and the submodule it lives in.
+# Each public name and the module it lives in (its subpackage: models, prompts, measure, results,
+# analysis, plots, sweep, cli).
 _EXPORTS = {
-    "gains_from_cache": "cache",
-    "PYTHIA_SUITE": "compare", "Comparison": "compare", "compare": "compare",
+    "gains_from_cache": "measure.cache",
+    "PYTHIA_SUITE": "sweep.plan",
+    "Comparison": "sweep.comparison",
+    "compare": "sweep.runner",
     "FunnelError": "errors",
-    "PYTHIA_1_4B_REFERENCE": "funnel", "FunnelTest": "funnel", "comparison_1_4b": "funnel",
-    "format_analysis": "funnel", "funnel_test": "funnel",
-    "measure_gains": "gains",
-    "HeadResult": "heads", "head_gains": "heads",
-    "bundled_checkpoints": "models", "bundled_models": "models", "default_model_name": "models", "load_model": "models",
-    "plot_attention_mlp": "plots", "plot_cumulative": "plots", "plot_funnel": "plots", "plot_mlp_depth": "plots",
-    "plot_net_gain": "plots", "plot_seed_product": "plots", "write_html": "plots", "write_image": "plots",
-    "write_png": "plots",
-    "SEED_PROMPTS": "prompts", "load_prompts": "prompts",
-    "GainResult": "results",
-    "Intervals": "stats", "bootstrap_intervals": "stats", "robust_funnel_test": "stats",
-    "EffectResult": "effect_results", "measure_effects": "effects", "plot_effects": "effect_plots",
+    "PYTHIA_1_4B_REFERENCE": "analysis.funnel", "FunnelTest": "analysis.funnel", "comparison_1_4b": "analysis.funnel",
+    "funnel_test": "analysis.funnel",
+    "format_analysis": "analysis.report",
+    "measure_gains": "measure.gains",
+    "HeadResult": "results.heads",
+    "head_gains": "measure.heads",
+    "bundled_checkpoints": "models.loading", "bundled_models": "models.loading",
+    "default_model_name": "models.loading", "load_model": "models.loading",
+    "plot_attention_mlp": "plots.panels", "plot_cumulative": "plots.panels", "plot_funnel": "plots.panels",
+    "plot_mlp_depth": "plots.panels", "plot_net_gain": "plots.panels", "plot_seed_product": "plots.panels",
+    "write_html": "plots.pages", "write_image": "plots.pages", "write_png": "plots.pages",
+    "SEED_PROMPTS": "prompts.sets", "load_prompts": "prompts.sets",
+    "GainResult": "results.gains",
+    "Intervals": "analysis.stats", "bootstrap_intervals": "analysis.stats", "robust_funnel_test": "analysis.stats",
+    "EffectResult": "results.effects",
+    "measure_effects": "measure.effects",
+    "plot_effects": "plots.effects",
 }
 
 
@@ -88,9 +94,37 @@ __all__ = [
 __all__ += ["Comparison", "PYTHIA_SUITE", "compare", "write_image"]
 __all__ += ["EffectResult", "measure_effects", "plot_effects"]
 
+if TYPE_CHECKING:  # the same names, eagerly, for type checkers and the API reference (griffe)
+    from funnel_tl.analysis.funnel import PYTHIA_1_4B_REFERENCE, FunnelTest, comparison_1_4b, funnel_test
+    from funnel_tl.analysis.report import format_analysis
+    from funnel_tl.analysis.stats import Intervals, bootstrap_intervals, robust_funnel_test
+    from funnel_tl.errors import FunnelError
+    from funnel_tl.measure.cache import gains_from_cache
+    from funnel_tl.measure.effects import measure_effects
+    from funnel_tl.measure.gains import measure_gains
+    from funnel_tl.measure.heads import head_gains
+    from funnel_tl.models.loading import bundled_checkpoints, bundled_models, default_model_name, load_model
+    from funnel_tl.plots.effects import plot_effects
+    from funnel_tl.plots.pages import write_html, write_image, write_png
+    from funnel_tl.plots.panels import (
+        plot_attention_mlp,
+        plot_cumulative,
+        plot_funnel,
+        plot_mlp_depth,
+        plot_net_gain,
+        plot_seed_product,
+    )
+    from funnel_tl.prompts.sets import SEED_PROMPTS, load_prompts
+    from funnel_tl.results.effects import EffectResult
+    from funnel_tl.results.gains import GainResult
+    from funnel_tl.results.heads import HeadResult
+    from funnel_tl.sweep.comparison import Comparison
+    from funnel_tl.sweep.plan import PYTHIA_SUITE
+    from funnel_tl.sweep.runner import compare
+
 
 def __getattr__(name: str):
-    """A public name, imported from its submodule on first use; else a submodule (``funnel_tl.stats``)."""
+    """A public name, imported from its module on first use; else a subpackage (``funnel_tl.plots``)."""
     if name in _EXPORTS:
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value
@@ -108,15 +142,3 @@ def __getattr__(name: str):
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
-
-class _Package(types.ModuleType):
-    """The package module: importing the submodule ``funnel_tl.compare`` leaves the package's
-    attribute ``compare`` the function, as it was when ``__init__`` imported every name."""
-
-    def __setattr__(self, name, value):
-        if name in _EXPORTS and isinstance(value, types.ModuleType):
-            return  # the submodule stays in sys.modules; __getattr__ gives the public name
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -6,6 +6,6 @@
 
 import sys
 
-from .cli import main
+from funnel_tl.cli.entry import main
 
 sys.exit(main())

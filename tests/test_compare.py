@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import importlib
 import json
-import re
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,15 +25,19 @@ import pytest
 import torch
 
 from funnel_tl import FunnelError, GainResult, load_model, measure_gains
-from funnel_tl.cli import main
-from funnel_tl.funnel import summarize
-from funnel_tl.prompts import SEED_PROMPTS
-from funnel_tl.reference import reference_gains, seed_reference
-from funnel_tl.toy import build_checkpoint
+from funnel_tl.analysis.funnel import summarize
+from funnel_tl.cli.entry import main
+from funnel_tl.prompts.sets import SEED_PROMPTS, prompts_sha256
+from funnel_tl.testing.reference import reference_gains, seed_reference
+from funnel_tl.testing.toy import build_checkpoint
 
-# `funnel_tl.compare` is the function once the package is imported; the module is here.
-compare_module = importlib.import_module("funnel_tl.compare")
-compare = compare_module.compare
+# The sweep's modules, patched where each name is looked up (`funnel_tl.compare` is the function).
+sweep_package = importlib.import_module("funnel_tl.sweep")
+sweep_rows = importlib.import_module("funnel_tl.sweep.rows")
+sweep_one_target = importlib.import_module("funnel_tl.sweep.one_target")
+sweep_plan = importlib.import_module("funnel_tl.sweep.plan")
+sweep_torchrun = importlib.import_module("funnel_tl.sweep.torchrun")
+compare = sweep_package.compare
 
 # The default batch size of `run`: the same batches as a single run, so the same float ops.
 OPTIONS = dict(device="cpu", dtype="float32", batch_size=8, progress=False)
@@ -133,28 +137,30 @@ def test_time_column_is_the_measurement_alone(checkpoints, tmp_path, monkeypatch
     import types
 
     clock = [100.0]
-    monkeypatch.setattr(compare_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0],
+    monkeypatch.setattr(sweep_one_target, "time", types.SimpleNamespace(perf_counter=lambda: clock[0],
                                                                       monotonic=time.monotonic))
 
     def advance(seconds):
         clock[0] += seconds
 
-    real_load, real_measure, passes = compare_module.load_model, compare_module.measure_gains, []
-    monkeypatch.setattr(compare_module, "load_model", lambda *a, **k: (advance(10.0), real_load(*a, **k))[1])
+    real_load, real_measure, passes = sweep_one_target.load_model, sweep_one_target.measure_gains, []
+    monkeypatch.setattr(sweep_one_target, "load_model", lambda *a, **k: (advance(10.0), real_load(*a, **k))[1])
 
     def timed_pass(model, prompts, **kwargs):
         passes.append(list(prompts))
         advance(5.0 if len(passes) == 1 else 0.25)  # the warm-up's one-time costs, then the measurement
         return real_measure(model, prompts, **kwargs)
 
-    monkeypatch.setattr(compare_module, "measure_gains", timed_pass)
+    monkeypatch.setattr(sweep_one_target, "measure_gains", timed_pass)
     row = compare([str(checkpoints["gpt2"])], "seed", out=tmp_path, **OPTIONS).rows[0]
-    assert passes[0] == [compare_module.WARM_UP_PROMPT] and len(passes) == 2  # warm-up first, then the prompts
+    assert passes[0] == [sweep_one_target.WARM_UP_PROMPT] and len(passes) == 2  # warm-up first, then the prompts
     assert (row.load_seconds, row.measure_seconds, row.seconds) == (10.0, 0.25, 15.25)  # the whole, warm-up included
-    from funnel_tl.compare_plots import table_html
+    from funnel_tl.plots.compare_page import format_seconds, table_html
 
-    sweep = compare_module.Comparison.load(tmp_path)  # the page and the terminal show the measurement, load aside
-    assert 'title="load 10.0 s">0.25&nbsp;s</td>' in table_html(sweep)
+    sweep = sweep_package.Comparison.load(tmp_path)  # the page and the terminal show the measurement, load aside
+    # As the page formats them (three significant digits: "10.0 s", "0.25 s"), not as a fixed .2f.
+    load, measure = (format_seconds(seconds) for seconds in (row.load_seconds, row.measure_seconds))
+    assert f'title="load {load}">{measure.replace(" ", "&nbsp;")}</td>' in table_html(sweep)
     assert sweep.format_table().splitlines()[0].endswith("measure")
 
 
@@ -180,33 +186,33 @@ def test_terminal_table_stays_in_columns_with_large_gains_and_layers(sweep):
 
 def test_row_verdicts_come_from_the_sums_not_the_file(sweep, checkpoints):
     """A hand-edited (or older-rule) results file cannot make a row contradict its own gains."""
-    from funnel_tl.funnel import funnel_test
-    from funnel_tl.stats import robust_funnel_test
+    from funnel_tl.analysis.funnel import funnel_test
+    from funnel_tl.analysis.stats import robust_funnel_test
 
     comparison, out = sweep
     label = str(checkpoints["gpt2"])
     data = json.loads((out / comparison.row(label).slug / "results.json").read_text())
     result = GainResult.from_dict(data).with_intervals(n_resamples=200, seed=0)
     seed_verdict, robust_verdict = funnel_test(result).funnel_confirmed, robust_funnel_test(result).funnel_confirmed
-    target = compare_module.Target(label, label, label)
+    target = sweep_plan.Target(label, label, label)
     data["funnel_test"]["funnel_confirmed"] = not seed_verdict  # what the edited file claims
     data["robust_funnel_test"] = {"funnel_confirmed": not robust_verdict}
-    row = compare_module.row_from_results(target, data, result, resumed=True)
+    row = sweep_rows.row_from_results(target, data, result, resumed=True)
     assert row.funnel_confirmed is seed_verdict and row.robust_funnel_confirmed is robust_verdict
     assert row.has_intervals
     data["intervals"] = {"stands": "in"}  # a file claiming intervals the result does not carry
-    row = compare_module.row_from_results(target, data, GainResult.from_dict(
+    row = sweep_rows.row_from_results(target, data, GainResult.from_dict(
         {**data, "intervals": None}), resumed=True)
     assert row.robust_funnel_confirmed is None and not row.has_intervals
 
 
 @pytest.mark.skipif(not hasattr(GainResult, "with_intervals"), reason="bootstrap intervals not in this funnel_tl")
 def test_intervals_are_drawn_and_added_on_resume_without_a_model(checkpoints, tmp_path, load_calls):
-    from funnel_tl.stats import robust_funnel_test
+    from funnel_tl.analysis.stats import robust_funnel_test
 
     label = str(checkpoints["gpt2"])
     compare([label], out=tmp_path, bootstrap=0, **OPTIONS)
-    path = tmp_path / compare_module.plan_targets([label])[0].slug / "results.json"
+    path = tmp_path / sweep_plan.plan_targets([label])[0].slug / "results.json"
     assert "intervals" not in json.loads(path.read_text())
     load_calls.clear()
     comparison = compare([label], out=tmp_path, bootstrap=200, bootstrap_seed=3, **OPTIONS)
@@ -249,7 +255,7 @@ def test_force_and_changed_settings_recompute(sweep, checkpoints, load_calls, tm
         compare(models[:1], out=copy, **changed, **OPTIONS)
     compare(models[:1], SEED_PROMPTS[:4], out=copy, drop_first=1, **OPTIONS)  # same again: read back
     assert [source for source, _ in load_calls] == models[:1] * 2
-    assert GainResult.load(copy / compare_module.plan_targets(models[:1])[0].slug / "results.json").n_prompts == 4
+    assert GainResult.load(copy / sweep_plan.plan_targets(models[:1])[0].slug / "results.json").n_prompts == 4
 
 
 def test_a_replaced_results_file_is_named_with_what_changed(sweep, checkpoints, load_calls, tmp_path, capsys):
@@ -257,7 +263,7 @@ def test_a_replaced_results_file_is_named_with_what_changed(sweep, checkpoints, 
     the setting that changed, in the one-process sweep and in the sharded one (one rank here)."""
     import shutil
 
-    from funnel_tl.distributed import World
+    from funnel_tl.measure.distributed import World
 
     _, out = sweep
     models = [str(checkpoints[arch]) for arch in SWEPT[:2]]
@@ -268,7 +274,7 @@ def test_a_replaced_results_file_is_named_with_what_changed(sweep, checkpoints, 
     compare(models, out=copy, definition="residual", **OPTIONS)
     err = capsys.readouterr().err
     assert [source for source, _ in load_calls] == models  # which models are measured: unchanged
-    for target in compare_module.plan_targets(models):
+    for target in sweep_plan.plan_targets(models):
         path = copy / target.slug / "results.json"
         line = f"{target.label}: replacing {path} (measured with definition=seed; this sweep asks definition=residual)"
         assert err.count(line) == 1, err
@@ -279,12 +285,12 @@ def test_a_replaced_results_file_is_named_with_what_changed(sweep, checkpoints, 
     shutil.copytree(out, sharded)
     (sharded / "compare.json").unlink()
     load_calls.clear()
-    targets = compare_module.plan_targets(models[:1])
+    targets = sweep_plan.plan_targets(models[:1])
     settings = dict(definition="seed", n_prompts=len(SEED_PROMPTS),
-                    prompts_sha256=compare_module.prompts_sha256(list(SEED_PROMPTS)), drop_first=1, dtype="float32")
+                    prompts_sha256=prompts_sha256(list(SEED_PROMPTS)), drop_first=1, dtype="float32")
     options = dict(device="cpu", dtype="float32", definition="seed", batch_size=8, drop_first=1, bootstrap=0,
                    bootstrap_seed=0, progress=False)
-    compare_module._sweep_sharded(targets, list(SEED_PROMPTS), sharded, settings, World(), force=False, options=options)
+    sweep_torchrun.sweep_sharded(targets, list(SEED_PROMPTS), sharded, settings, World(), force=False, options=options)
     err = capsys.readouterr().err
     path = sharded / targets[0].slug / "results.json"
     assert err.count(f"{targets[0].label}: replacing {path} (measured with drop_first=0; "
@@ -299,7 +305,7 @@ def test_a_damaged_results_file_is_measured_again(sweep, checkpoints, load_calls
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     label = str(checkpoints["gpt2"])
-    path = copy / compare_module.plan_targets([label])[0].slug / "results.json"
+    path = copy / sweep_plan.plan_targets([label])[0].slug / "results.json"
     path.write_text(path.read_text()[:500])  # truncated, as a copy by hand might leave it
     compare([label], out=copy, **OPTIONS)
     assert [source for source, _ in load_calls] == [label]
@@ -315,7 +321,7 @@ def test_a_layer_subset_in_the_sweep_folder_is_measured_again(sweep, checkpoints
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     label = str(checkpoints["gpt2"])
-    path = copy / compare_module.plan_targets([label])[0].slug / "results.json"
+    path = copy / sweep_plan.plan_targets([label])[0].slug / "results.json"
     measure_gains(load_model(label, device="cpu", dtype="float32"), "seed", batch_size=8, layers=[0]).save(path)
     load_calls.clear()
     capsys.readouterr()
@@ -343,14 +349,14 @@ def nan_checkpoint(tmp_path_factory, checkpoints, tokenizer):
 def test_failing_models_are_recorded_and_the_sweep_goes_on(checkpoints, nan_checkpoint, tmp_path, monkeypatch, capsys):
     good, other = str(checkpoints["neox-parallel"]), str(checkpoints["neox-serial"])
     missing = str(tmp_path / "no_such_model")
-    real = compare_module.load_model
+    real = sweep_one_target.load_model
 
     def flaky(source, **kwargs):  # an unexpected error (not a FunnelError) from one model
         if source == other:
             raise RuntimeError("simulated crash\nsecond line of a long message")
         return real(source, **kwargs)
 
-    monkeypatch.setattr(compare_module, "load_model", flaky)
+    monkeypatch.setattr(sweep_one_target, "load_model", flaky)
     out = tmp_path / "out"
     status = main(["compare", "--models", good, missing, str(nan_checkpoint), other, "--device", "cpu",
                    "--dtype", "float32", "--out", str(out)])
@@ -397,7 +403,7 @@ def fdopen(descriptor, *args, **kwargs):
     return HalfThenKilled(handle) if {victim_folder!r} in path and ".results.json." in path else handle
 os.fdopen = fdopen
 
-from funnel_tl.compare import compare
+from funnel_tl import compare
 compare({models!r}, out={out!r}, device="cpu", dtype="float32", progress=False)
 """
 
@@ -407,7 +413,7 @@ compare({models!r}, out={out!r}, device="cpu", dtype="float32", progress=False)
 def test_a_killed_run_leaves_no_partial_file(sweep, checkpoints, tmp_path, load_calls):
     first, second = str(checkpoints["neox-parallel"]), str(checkpoints["gpt2"])
     out = tmp_path / "out"
-    slug_first, slug_second = (t.slug for t in compare_module.plan_targets([first, second]))
+    slug_first, slug_second = (t.slug for t in sweep_plan.plan_targets([first, second]))
     script = KILL_SCRIPT.format(repo=str(REPO), victim_folder=str(out / slug_second), models=[first, second],
                                 out=str(out))
     process = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
@@ -442,7 +448,7 @@ def test_interrupt_mid_model_leaves_no_partial_file(checkpoints, tmp_path, monke
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(compare_module, "measure_gains", interrupted)
+    monkeypatch.setattr(sweep_one_target, "measure_gains", interrupted)
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C stops the sweep; it is not a model failure
         compare([str(checkpoints["gpt2"])], out=tmp_path, **OPTIONS)
     assert list(tmp_path.rglob("results.json")) == [] and list(tmp_path.rglob("*.tmp")) == []
@@ -460,14 +466,14 @@ def test_bad_settings_fail_before_any_model_loads(checkpoints, tmp_path, load_ca
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_sweep_frees_every_model_even_one_out_of_memory(checkpoints, tmp_path, monkeypatch):
     first, hungry, last = (str(checkpoints[arch]) for arch in ("neox-parallel", "gpt2", "llama-gqa"))
-    real = compare_module.measure_gains
+    real = sweep_one_target.measure_gains
 
     def measure(model, *args, **kwargs):
         if model.funnel_name == hungry:  # a real CUDA out-of-memory error with the model on the GPU
             torch.empty(1 << 50, dtype=torch.uint8, device="cuda")
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(compare_module, "measure_gains", measure)
+    monkeypatch.setattr(sweep_one_target, "measure_gains", measure)
     # CUDA libraries keep workspaces from the caching allocator once first used (cuBLAS: 32 MiB,
     # then 1 MiB more for another kernel path, measured on an H200): a warm-up sweep of the same
     # models takes them, so the baseline holds everything but what a model might leave behind.
@@ -508,48 +514,48 @@ def test_local_checkpoints_are_swept_in_step_order(training_run, tmp_path, load_
 
 
 def test_checkpoint_selection(training_run):
-    plan = compare_module.plan_targets([str(training_run)], checkpoints=["step10000", 0])
+    plan = sweep_plan.plan_targets([str(training_run)], checkpoints=["step10000", 0])
     assert [t.step for t in plan] == [0, 10000]
     with pytest.raises(FunnelError, match="no checkpoint at step 7: it has steps 0, 500, 10000"):
-        compare_module.plan_targets([str(training_run)], checkpoints=[7])
+        sweep_plan.plan_targets([str(training_run)], checkpoints=[7])
     with pytest.raises(FunnelError, match="add --checkpoints all"):
-        compare_module.plan_targets([str(training_run)])
+        sweep_plan.plan_targets([str(training_run)])
     with pytest.raises(FunnelError, match="either 'all' or a list"):
-        compare_module.parse_steps(["all", "5"])
+        sweep_plan.parse_steps(["all", "5"])
     with pytest.raises(FunnelError, match="bad checkpoint"):
-        compare_module.parse_steps(["latest"])
+        sweep_plan.parse_steps(["latest"])
 
 
 def test_hf_trainer_checkpoint_folders(tmp_path, tokenizer):
     for step in (20, 3):
         build_checkpoint(tmp_path / f"checkpoint-{step}", "gpt2", tokenizer=tokenizer, n_layers=1)
     (tmp_path / "checkpoint-9").mkdir()  # no config.json: not a checkpoint
-    assert list(compare_module.local_checkpoints(tmp_path)) == [3, 20]
+    assert list(sweep_plan.local_checkpoints(tmp_path)) == [3, 20]
 
 
 def test_hub_checkpoints_are_pythia_revisions():
-    plan = compare_module.plan_targets(["EleutherAI/pythia-70m"], checkpoints="all")
+    plan = sweep_plan.plan_targets(["EleutherAI/pythia-70m"], checkpoints="all")
     steps = [t.step for t in plan]
     assert len(plan) == 154 and steps == sorted(steps)  # Pythia publishes 154 checkpoints
     assert steps[:12] == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000] and steps[-1] == 143000
     assert {(t.source, t.revision) for t in plan[:2]} == {("EleutherAI/pythia-70m", "step0"),
                                                           ("EleutherAI/pythia-70m", "step1")}
     with pytest.raises(FunnelError, match="name the steps"):
-        compare_module.plan_targets(["gpt2"], checkpoints="all")
+        sweep_plan.plan_targets(["gpt2"], checkpoints="all")
 
 
 def test_bundled_checkpoints_load_by_revision(training_run, tmp_path, monkeypatch):
     """A bundled model's checkpoints go through load_model(name, revision="step<N>"), in step order."""
     shipped = {10000: training_run / "step10000", 0: training_run / "step0", 500: training_run / "step500"}
-    monkeypatch.setattr(compare_module, "bundled_models", lambda: {"nano-test": training_run / "step10000"})
-    monkeypatch.setattr(compare_module, "bundled_checkpoints", lambda name: dict(shipped))
+    monkeypatch.setattr(sweep_plan, "bundled_models", lambda: {"nano-test": training_run / "step10000"})
+    monkeypatch.setattr(sweep_plan, "bundled_checkpoints", lambda name: dict(shipped))
     calls = []
 
     def fake_load(source, revision=None, **kwargs):  # stands in for the bundled loader
         calls.append((source, revision))
         return load_model(str(shipped[int(revision.removeprefix("step"))]), **kwargs)
 
-    monkeypatch.setattr(compare_module, "load_model", fake_load)
+    monkeypatch.setattr(sweep_one_target, "load_model", fake_load)
     comparison = compare(["nano-test"], checkpoints=[500, "step0"], out=tmp_path, **OPTIONS)
     assert calls == [("nano-test", "step0"), ("nano-test", "step500")]
     assert [row.model for row in comparison.rows] == ["nano-test@step0", "nano-test@step500"]
@@ -558,7 +564,7 @@ def test_bundled_checkpoints_load_by_revision(training_run, tmp_path, monkeypatc
 
 def test_bundled_training_checkpoints(tmp_path, load_calls):
     from funnel_tl import bundled_models
-    from funnel_tl.models import bundled_checkpoints
+    from funnel_tl.models.loading import bundled_checkpoints
 
     with_checkpoints = [name for name in bundled_models() if bundled_checkpoints(name)]
     if not with_checkpoints:
@@ -578,7 +584,7 @@ def test_bundled_training_checkpoints(tmp_path, load_calls):
 
 
 def test_pythia_suite_preset():
-    assert compare_module.expand_models(["pythia-suite"]) == [
+    assert sweep_plan.expand_models(["pythia-suite"]) == [
         "EleutherAI/pythia-70m", "EleutherAI/pythia-160m", "EleutherAI/pythia-410m", "EleutherAI/pythia-1b",
         "EleutherAI/pythia-1.4b", "EleutherAI/pythia-2.8b", "EleutherAI/pythia-6.9b", "EleutherAI/pythia-12b",
     ]
@@ -586,9 +592,9 @@ def test_pythia_suite_preset():
 
 def test_names_that_collide_are_refused(checkpoints):
     with pytest.raises(FunnelError, match="named twice"):
-        compare_module.plan_targets([str(checkpoints["gpt2"])] * 2)
+        sweep_plan.plan_targets([str(checkpoints["gpt2"])] * 2)
     with pytest.raises(FunnelError, match="would share the folder"):
-        compare_module.plan_targets(["org/model", "org__model"])
+        sweep_plan.plan_targets(["org/model", "org__model"])
 
 
 # ---- figures and files -------------------------------------------------------------------------
@@ -624,10 +630,10 @@ def test_html_shares_plotlyjs_and_load_round_trips(sweep, tmp_path):
     # plotly.js from one shared file beside the page: offline, and 4.8 MB once per tree, not per page.
     assert re.findall(r'<script src="([^"]+)"', page) == ["plotly.min.js"]
     assert "plotly.js v" in (out / "plotly.min.js").read_text()[:500]
-    alone = compare_module.Comparison.load(out).save_html(tmp_path, self_contained=True).read_text()
+    alone = sweep_package.Comparison.load(out).save_html(tmp_path, self_contained=True).read_text()
     assert "<script src" not in alone and "plotly.js v" in alone
     assert list(out.glob(".*.tmp")) == []
-    loaded = compare_module.Comparison.load(out)
+    loaded = sweep_package.Comparison.load(out)
     # Other tests resume this sweep, which marks its rows resumed; everything else must be equal.
     assert [replace(row, resumed=False) for row in loaded.rows] == [replace(row, resumed=False) for row in comparison.rows]
     for label, result in comparison.results.items():
@@ -696,18 +702,18 @@ def test_compare_refuses_max_memory_without_device_map_before_any_work(tmp_path,
 
 
 def test_step_axis_is_log_for_log_spaced_checkpoints():
-    from funnel_tl.compare_plots import _step_axis
+    from funnel_tl.plots.sweep_style import step_axis
 
-    x, axis = _step_axis([0, 16, 64, 256, 900])  # log-spaced early checkpoints, step 0 included
+    x, axis = step_axis([0, 16, 64, 256, 900])  # log-spaced early checkpoints, step 0 included
     assert axis["type"] == "log" and x == [8.0, 16.0, 64.0, 256.0, 900.0]  # step 0 at half the first step
     assert axis["ticktext"] == ["0", "16", "64", "256", "900"] and axis["tickvals"] == x
     assert axis["title_text"] == "training step (log scale; step 0 drawn at 8)"  # where the axis has no 0
-    assert _step_axis([16, 64, 256, 900])[1]["title_text"] == "training step (log scale)"
-    steps = list(compare_module.PYTHIA_STEPS)
-    x, axis = _step_axis(steps)  # 154 checkpoints: decades, and 0 at 0.5 with no label beside it
+    assert step_axis([16, 64, 256, 900])[1]["title_text"] == "training step (log scale)"
+    steps = list(sweep_plan.PYTHIA_STEPS)
+    x, axis = step_axis(steps)  # 154 checkpoints: decades, and 0 at 0.5 with no label beside it
     assert axis["ticktext"] == ["0", "1", "10", "100", "1,000", "10,000", "100,000"]
     assert axis["tickvals"][:2] == [0.5, 1.0] and x[:3] == [0.5, 1.0, 2.0]
-    x, axis = _step_axis([0, 500, 10000])
+    x, axis = step_axis([0, 500, 10000])
     assert axis["type"] == "linear" and x == [0.0, 500.0, 10000.0]
 
 

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from funnel_tl.compare import Comparison, ComparisonRow, Target, row_from_results
-from funnel_tl.compare_plots import table_html
-
 from synthetic_results import from_gains
+
+from funnel_tl.plots.compare_page import table_html
+from funnel_tl.sweep.comparison import Comparison
+from funnel_tl.sweep.plan import Target
+from funnel_tl.sweep.rows import ComparisonRow, row_from_results
 
 CHROMIUM = next((path for path in (shutil.which("chromium"), shutil.which("chromium-browser"),
                                    shutil.which("google-chrome")) if path), None)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from funnel_tl.stats import bootstrap_intervals, dominant_prompts
+from funnel_tl.analysis.stats import bootstrap_intervals, dominant_prompts
 
 COMPONENTS = ("attn", "mlp", "block", "combined", "cumulative")
 # Sets per size: the seed's 8 prompts, the headline, get the most; resamples of the products'

@@ -18,14 +18,14 @@ import pytest
 import torch.multiprocessing as mp
 
 from funnel_tl import head_gains, load_model, measure_gains
-from funnel_tl.cli import main
-from funnel_tl.compare import assign_targets
-from funnel_tl.corpus import documents
-from funnel_tl.distributed import World, assemble, in_callers_terms, shard_by_tokens
+from funnel_tl.cli.entry import main
 from funnel_tl.errors import FunnelError
-from funnel_tl.prompts import make_batches
-from funnel_tl.reference import seed_reference
-from funnel_tl.sources import read_prompts
+from funnel_tl.measure.distributed import World, assemble, in_callers_terms, shard_by_tokens
+from funnel_tl.prompts.corpus import documents
+from funnel_tl.prompts.sources import read_prompts
+from funnel_tl.prompts.tokens import make_batches
+from funnel_tl.sweep.plan import assign_targets
+from funnel_tl.testing.reference import seed_reference
 
 # Two processes compute every prompt in the very batch one process would (shard_by_tokens keeps
 # batches whole), so the sums agree to rounding; the issue's bar is 1e-6.
@@ -106,7 +106,7 @@ def test_errors_inside_a_share_name_prompts_by_the_callers_index(bridge):
 def _fail_on_rank_one(rank: int, port: int, folder: str) -> None:
     import torch.distributed as dist
 
-    from funnel_tl.distributed import together, world
+    from funnel_tl.measure.distributed import together, world
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -214,7 +214,7 @@ def test_torchrun_compare_shards_targets_and_resumes_with_any_world_size(tmp_pat
 def test_torchrun_sweep_over_several_sizes_equals_one_process(tmp_path, tokenizer):
     """`--models a,b --checkpoints all`: every checkpoint of two sizes dealt over 2 ranks, the same
     table and sums as one process; the paths typed otherwise by the second run name the same models."""
-    from funnel_tl.toy import build_training_run
+    from funnel_tl.testing.toy import build_training_run
 
     for name, layers, width in (("small", 2, 32), ("large", 3, 48)):
         build_training_run(tmp_path / name, [0, 16, 1000], tokenizer=tokenizer, n_layers=layers, d_model=width)
@@ -263,7 +263,8 @@ def test_device_map_options_are_checked_before_loading(capsys):
     assert main(["run", "--model", "nano-2l", "--max-memory", "0=1GiB", "--device", "cpu"]) == 2
     assert "--max-memory needs --device-map" in capsys.readouterr().err
     assert main(["run", "--max-memory", "0=", "--device", "cpu"]) == 2  # argparse: a malformed budget, one line
-    from funnel_tl.cli import build_parser, placement
+    from funnel_tl.cli.commands import placement
+    from funnel_tl.cli.entry import build_parser
 
     args = build_parser().parse_args(["run", "--device-map", "auto"])
     with pytest.raises(FunnelError, match="torchrun"):
@@ -321,7 +322,7 @@ def test_max_prompts_reads_as_strictly_as_load_prompts(tmp_path):
 
 
 def test_read_prompts_reads_a_file_once_and_a_stream_checks_it_first(tmp_path, monkeypatch):
-    import funnel_tl.sources as sources
+    import funnel_tl.prompts.sources as sources
 
     path = tmp_path / "corpus.txt"
     path.write_text("one\ntwo\nthree\n")

@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 
 from funnel_tl import EffectResult, FunnelError, load_model, measure_effects
-from funnel_tl import effects as effects_module
-from funnel_tl.cli import main
-from funnel_tl.effect_analysis import format_effects, gain_versus_effect, spearman
-from funnel_tl.effect_results import COMPONENTS, MEASURES
-from funnel_tl.effects import component_means, effects_batch_size
-from funnel_tl.interventions import parse_intervention, parse_interventions
-from funnel_tl.reference import reference_effects, reference_means
-from funnel_tl.toy import build_checkpoint
+from funnel_tl.analysis.effects import format_effects, gain_versus_effect, spearman
+from funnel_tl.cli.entry import main
+from funnel_tl.components import EFFECT_COMPONENTS
+from funnel_tl.measure import effects as effects_module
+from funnel_tl.measure.effects import component_means, effects_batch_size
+from funnel_tl.measure.interventions import parse_intervention, parse_interventions
+from funnel_tl.results.effects import MEASURES
+from funnel_tl.testing.reference import reference_effects, reference_means
+from funnel_tl.testing.toy import build_checkpoint
 
 PROMPTS = ["The capital of France is Paris, which is known for the Eiffel Tower.", "def f(x):\n    return x * 2",
            "a b c d e f g h", "Water boils at one hundred degrees."]
@@ -39,7 +40,7 @@ def assert_matches_reference(result, expected, relative=RELATIVE, floor=FLOOR, l
     np.testing.assert_allclose(result.clean_loss, expected["clean_loss"], rtol=relative, atol=floor,
                                err_msg=f"{label} clean loss")
     for name in result.interventions:
-        for component in COMPONENTS:
+        for component in EFFECT_COMPONENTS:
             for measure in MEASURES:
                 np.testing.assert_allclose(result.per_prompt(measure, name, component),
                                            expected[name][component][measure], rtol=relative, atol=floor,
@@ -49,7 +50,7 @@ def assert_matches_reference(result, expected, relative=RELATIVE, floor=FLOOR, l
 def assert_effects_are_large(expected, floor=FLOOR):
     """Guards the comparison: the effects under test are far above the floor that excuses them."""
     for name, _, _ in SPECS:
-        for component in COMPONENTS:
+        for component in EFFECT_COMPONENTS:
             assert np.abs(expected[name][component]["delta_loss"]).max() > 100 * floor, (name, component)
             assert expected[name][component]["kl"].max() > 100 * floor, (name, component)
 
@@ -159,7 +160,7 @@ def test_mean_is_over_every_measured_token(strong, tokenizer):
         means = component_means(model, PROMPTS, batch_size=3, drop_first=drop_first, progress=False)
         expected = reference_means(hf, tokenizer, PROMPTS, drop_first=drop_first)
         assert means.n_tokens == sum(len(tokenizer(p)["input_ids"]) - drop_first for p in PROMPTS)
-        for component in COMPONENTS:
+        for component in EFFECT_COMPONENTS:
             # float64 sums of the same float32 activations, batched and padded against one prompt at a time.
             np.testing.assert_allclose(means.mean(component), expected[component], rtol=1e-5, atol=1e-7)
 
@@ -168,7 +169,7 @@ def test_mean_is_over_every_measured_token(strong, tokenizer):
 def _assert_same(a: EffectResult, b: EffectResult, tolerance=(1e-5, 1e-6)):
     np.testing.assert_allclose(a.clean_loss, b.clean_loss, rtol=tolerance[0], atol=tolerance[1])
     for name in a.interventions:
-        for component in COMPONENTS:
+        for component in EFFECT_COMPONENTS:
             for measure in MEASURES:
                 np.testing.assert_allclose(a.per_prompt(measure, name, component), b.per_prompt(measure, name, component),
                                            rtol=tolerance[0], atol=tolerance[1], err_msg=f"{name} {component} {measure}")
@@ -187,7 +188,7 @@ def test_batch_size_padding_stack_and_executor_change_nothing(strong):
 def test_replay_skips_the_layers_before_the_change_and_changes_no_bit(strong, tokenizer):
     import torch
 
-    from funnel_tl.intervene import Edit, HFRunner, contribution_hooks
+    from funnel_tl.measure.intervene import Edit, HFRunner, contribution_hooks
 
     model, _ = strong("llama-gqa")
     runner, _ = HFRunner.for_model(model, contribution_hooks([0, 1]))
@@ -216,7 +217,7 @@ def test_replay_skips_the_layers_before_the_change_and_changes_no_bit(strong, to
 
 def test_a_fast_runner_that_disagrees_is_not_used(bridge, monkeypatch):
     """The HF runner proves itself on every run: one that scales the logits is caught and replaced."""
-    from funnel_tl import intervene
+    from funnel_tl.measure import intervene
 
     honest = intervene.HFRunner.logits
     monkeypatch.setattr(intervene.HFRunner, "logits", lambda self, *args, **kwargs: honest(self, *args, **kwargs) * 1.01)
@@ -232,7 +233,7 @@ def test_a_fast_runner_that_disagrees_is_not_used(bridge, monkeypatch):
 def test_intervals_are_the_gains_method(bridge):
     """``stats.mean_intervals`` on per-prompt gains gives ``bootstrap_intervals``' attention intervals,
     t intervals (the default) and the percentile bootstrap alike: the effects follow the gains' method."""
-    from funnel_tl.stats import mean_intervals, t_critical
+    from funnel_tl.analysis.stats import mean_intervals, t_critical
 
     base = measure_effects(bridge("gpt2"), PROMPTS, interventions="zero", progress=False)
     for method in ("t", "percentile"):
@@ -298,7 +299,7 @@ def test_effects_file_round_trip_and_table(bridge, tmp_path):
     data = json.loads(path.read_text())
     assert data["interventions"] == ["zero", "scale:0.5"]
     for name in ("zero", "scale:0.5"):
-        for component in COMPONENTS:
+        for component in EFFECT_COMPONENTS:
             for measure in MEASURES:
                 assert data[name][component][measure] == pytest.approx(list(result.effect(measure, name, component)))
     assert data["intervals"]["zero"]["mlp"]["delta_loss"] == result.intervals.of("delta_loss", "zero", "mlp").tolist()
@@ -345,7 +346,7 @@ def test_spearman_matches_a_hand_computation():
 def _synthetic(last_mlp: float, other_mlp: float | None, spread: float = 0.01, n_prompts: int = 12, n_layers: int = 4):
     """An EffectResult with known MLP effects (layer 0 ``other_mlp``, the last ``last_mlp``, others 0;
     ``other_mlp=None``: layer 0 is the last MLP's values ± ``spread`` in turn, a tie on average)."""
-    from funnel_tl.results import GainResult
+    from funnel_tl.results.gains import GainResult
 
     rng = np.random.default_rng(0)
     gains = {c: np.full((n_prompts, n_layers), 2.0) for c in ("attn", "mlp", "block")}
@@ -448,7 +449,7 @@ def test_smollm2_effects_equal_reference(smollm2_hf, tmp_path, capsys):
     assert "Is the expanding last-layer MLP the most important MLP?" in capsys.readouterr().out
     data = json.loads((out / "effects.json").read_text())
     expected = reference_effects(hf, tokenizer, PROMPTS[:2], [("zero", "zero", 1.0)])
-    for component in COMPONENTS:
+    for component in EFFECT_COMPONENTS:
         for measure in MEASURES:
             values = expected["zero"][component][measure]  # [prompt, layer]
             assert values.shape == (2, 30) and np.abs(values).min() > 1e-4  # unpadded: no floor needed
@@ -483,7 +484,7 @@ def test_torchrun_effects_equal_one_process(tmp_path):
     # give the HF modules' logits to float32 rounding). A Δloss is the difference of two float32 losses
     # of a few nats, so its rounding is absolute, ~loss·eps ≈ 1e-6 (FLOOR), not relative to the Δloss.
     for name in ("zero", "mean"):
-        for component in COMPONENTS:
+        for component in EFFECT_COMPONENTS:
             for measure in MEASURES:
                 np.testing.assert_allclose(two["per_prompt"][name][component][measure],
                                            one["per_prompt"][name][component][measure], rtol=1e-5, atol=FLOOR)

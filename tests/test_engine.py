@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from funnel_tl import FunnelError, engine, head_gains, measure_gains
-from funnel_tl.engine import HFExecutor, auto_batch_size, prompt_sums, resolve_batch_size
-from funnel_tl.toy import ARCHITECTURES, corpus_texts
+from funnel_tl import FunnelError, head_gains, measure_gains
+from funnel_tl.measure import engine
+from funnel_tl.measure.engine import HFExecutor, auto_batch_size, prompt_sums, resolve_batch_size
+from funnel_tl.testing.toy import ARCHITECTURES, corpus_texts
 
 COMPONENTS = ("attn", "mlp", "block")
 
@@ -226,7 +227,7 @@ def test_loading_leaves_no_weight_unset_and_restores_linear_init(arch, checkpoin
 def test_cli_batch_size_auto_is_recorded(checkpoints, tmp_path):
     import json
 
-    from funnel_tl.cli import main
+    from funnel_tl.cli.entry import main
 
     assert main(["run", "--model", str(checkpoints["gpt2"]), "--device", "cpu", "--batch-size", "auto",
                  "--bootstrap", "0", "--out", str(tmp_path)]) == 0
@@ -239,7 +240,7 @@ def test_cli_batch_size_auto_is_recorded(checkpoints, tmp_path):
                                           ("-2", "argument --batch-size: give a whole number, 1 or more"),
                                           ("lots", "1 or more, or auto, not 'lots'")])
 def test_cli_bad_batch_size_exits_2(bad, message, checkpoints, tmp_path, capsys):
-    from funnel_tl.cli import main
+    from funnel_tl.cli.entry import main
 
     try:
         code = main(["run", "--model", str(checkpoints["gpt2"]), "--batch-size", bad, "--out", str(tmp_path)])
@@ -250,7 +251,7 @@ def test_cli_bad_batch_size_exits_2(bad, message, checkpoints, tmp_path, capsys)
 
 
 def test_position_sums_through_the_fast_executor_equal_the_tl_hooks(bridge, prompts):
-    """by_position (funnel_tl.positions) through the fast executor: the TL hooks' sums by bucket, to 1e-6."""
+    """by_position (funnel_tl.results.positions) through the fast executor: the TL hooks' sums by bucket, to 1e-6."""
     model = bridge("llama-gqa")
     fast = measure_gains(model, prompts, batch_size=3, by_position=True)
     truth = measure_gains(model, prompts, batch_size=3, by_position=True, executor="transformer_lens")

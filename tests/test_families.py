@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import boot_bridge
+
 from funnel_tl import FunnelError, load_model, measure_gains
-from funnel_tl.cli import main
-from funnel_tl.reference import reference_gains, seed_reference
-from funnel_tl.toy import FAMILIES, build_checkpoint
+from funnel_tl.cli.entry import main
+from funnel_tl.testing.reference import reference_gains, seed_reference
+from funnel_tl.testing.toy import FAMILIES, build_checkpoint
 
 # float32 on both paths, which differ in summation order only (~1e-7 measured); the issue asks 1e-4.
 RELATIVE = 1e-4
@@ -133,7 +133,7 @@ def test_heads_of_post_normed_attention_are_read_before_the_post_norm(name, fami
     assert heads.read_at in ("ln1_post.hook_in", "ln1.hook_in") and "before the attention's post-norm" in heads.format_top(3)
 
 
-# Families the fast executor (funnel_tl.engine) leaves to the TL hooks on TransformerLens 4.3, and why.
+# Families the fast executor (funnel_tl.measure.engine) leaves to the TL hooks on TransformerLens 4.3, and why.
 TL_HOOKS_ONLY = {"opt": "its adapter attaches hooks of its own to the hook points",
                  "falcon": "TransformerLens patches FalconDecoderLayer.forward"}
 

@@ -26,16 +26,18 @@ import numpy as np
 import pytest
 
 from funnel_tl import FunnelError, GainResult, load_prompts
-from funnel_tl.cli import main
-from funnel_tl.outputs import LOCK_NAME, output_lock, remove_temporaries, slug
+from funnel_tl.cli.entry import main
+from funnel_tl.results.folders import LOCK_NAME, output_lock, remove_temporaries, slug
 
-# The package's attribute funnel_tl.compare is the function; the modules are what get patched.
-compare_module = importlib.import_module("funnel_tl.compare")
-gains_module = importlib.import_module("funnel_tl.gains")
-models_module = importlib.import_module("funnel_tl.models")
-sources_module = importlib.import_module("funnel_tl.sources")
+# The modules where each patched name is looked up (the package's `compare` is the function).
+sweep_one_target = importlib.import_module("funnel_tl.sweep.one_target")
+sweep_plan = importlib.import_module("funnel_tl.sweep.plan")
+gains_module = importlib.import_module("funnel_tl.measure.gains")
+models_loading = importlib.import_module("funnel_tl.models.loading")
+models_hub = importlib.import_module("funnel_tl.models.hub")
+sources_module = importlib.import_module("funnel_tl.prompts.sources")
 REPO = Path(__file__).resolve().parents[1]
-BUNDLED = REPO / "funnel_tl" / "bundled" / "nano-2l"
+BUNDLED = REPO / "funnel_tl" / "models" / "bundled" / "nano-2l"
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
@@ -166,7 +168,7 @@ def test_bootstrap_too_large_is_refused_before_loading(tmp_path, capsys, no_mode
     assert main(measure_argv("run", "--bootstrap", "10000000", "--out", str(tmp_path / "a"))) == 2
     one_line_error(capsys, "--bootstrap 10000000")
     # Within the cap but not within memory: nano-2l's config says 2 layers, known before loading.
-    import funnel_tl.stats as stats_module
+    import funnel_tl.analysis.stats as stats_module
 
     monkeypatch.setattr(stats_module, "available_memory", lambda: 64 * 2**20)
     assert main(measure_argv("run", "--bootstrap", "1000000", "--out", str(tmp_path / "b"))) == 2
@@ -175,8 +177,9 @@ def test_bootstrap_too_large_is_refused_before_loading(tmp_path, capsys, no_mode
 
 def test_chunked_bootstrap_equals_one_draw():
     """Drawing the resamples chunk by chunk gives the intervals of one draw of them all."""
-    import funnel_tl.stats as stats_module
     from synthetic_results import funnel_like
+
+    import funnel_tl.analysis.stats as stats_module
 
     result = funnel_like(n_layers=3, n_prompts=7)
     whole = stats_module.bootstrap_intervals(result, n_resamples=500, seed=3, method="percentile")
@@ -374,13 +377,13 @@ def test_revision_of_a_local_folder_is_refused(tmp_path, capsys):
 
 def test_load_model_arguments_are_checked():
     with pytest.raises(FunnelError, match="unknown device 'bogus'"):
-        models_module.load_model("nano-2l", device="bogus")
+        models_loading.load_model("nano-2l", device="bogus")
     with pytest.raises(FunnelError, match="device must be a string"):
-        models_module.load_model("nano-2l", device=0.5)
+        models_loading.load_model("nano-2l", device=0.5)
     with pytest.raises(FunnelError, match="got int"):
-        models_module.load_model(123, device="cpu")
+        models_loading.load_model(123, device="cpu")
     with pytest.raises(FunnelError, match="dtype must be a string"):
-        models_module.load_model("nano-2l", device="cpu", dtype=32)
+        models_loading.load_model("nano-2l", device="cpu", dtype=32)
 
 
 def test_hub_without_network_says_so_quickly(monkeypatch):
@@ -390,11 +393,11 @@ def test_hub_without_network_says_so_quickly(monkeypatch):
     def unreachable(*args, **kwargs):
         raise OSError(errno.ENETUNREACH, "Network is unreachable")
 
-    monkeypatch.setattr(models_module.socket, "create_connection", unreachable)
-    monkeypatch.setattr(models_module, "_PROBES", {})  # no earlier probe's answer
+    monkeypatch.setattr(models_hub.socket, "create_connection", unreachable)
+    monkeypatch.setattr(models_hub, "_PROBES", {})  # no earlier probe's answer
     start = time.perf_counter()
     with pytest.raises(FunnelError, match="HF_HUB_OFFLINE=1") as caught:
-        models_module.load_model("nobody-xyz/no-such-model-123", device="cpu")
+        models_loading.load_model("nobody-xyz/no-such-model-123", device="cpu")
     assert "cannot reach the model hub" in str(caught.value)
     assert time.perf_counter() - start < 30  # generous: HuggingFace's own retries took ~60 s
 
@@ -410,8 +413,8 @@ def test_hub_dataset_without_network_says_so_quickly(monkeypatch, tmp_path, caps
     def unreachable(*args, **kwargs):
         raise OSError(errno.ENETUNREACH, "Network is unreachable")
 
-    monkeypatch.setattr(models_module.socket, "create_connection", unreachable)
-    monkeypatch.setattr(models_module, "_PROBES", {})  # no earlier probe's answer
+    monkeypatch.setattr(models_hub.socket, "create_connection", unreachable)
+    monkeypatch.setattr(models_hub, "_PROBES", {})  # no earlier probe's answer
     real_load = datasets.load_dataset
     hub_loads = []
 
@@ -463,7 +466,7 @@ def test_compare_targets_of_dot_names_stay_inside(tmp_path, monkeypatch):
     (tmp_path / "parent" / "inner").mkdir()
     monkeypatch.chdir(tmp_path / "parent" / "inner")
     out = tmp_path / "sweep"
-    targets = compare_module.plan_targets([".."])
+    targets = sweep_plan.plan_targets([".."])
     assert [(out / t.slug).resolve().parent for t in targets] == [out.resolve()]
 
 
@@ -484,7 +487,7 @@ def test_resume_recomputes_verdicts_from_the_sums(tmp_path, capsys, monkeypatch,
     def refuse(*args, **kwargs):
         raise AssertionError("a finished model was measured again")
 
-    monkeypatch.setattr(compare_module, "load_model", refuse)
+    monkeypatch.setattr(sweep_one_target, "load_model", refuse)
     capsys.readouterr()
     assert main(argv) == 0
     row = json.loads((out / "compare.json").read_text())["models"][0]
@@ -497,7 +500,7 @@ def test_resume_recomputes_verdicts_from_the_sums(tmp_path, capsys, monkeypatch,
 LOCK_HOLDER = """
 import sys, time
 sys.path.insert(0, {repo!r})
-from funnel_tl.outputs import output_lock
+from funnel_tl.results.folders import output_lock
 with output_lock({out!r}):
     print("locked", flush=True)
     time.sleep(120)
@@ -507,11 +510,11 @@ SLOW_COMPARE = """
 import sys, time
 sys.path.insert(0, {repo!r})
 import importlib
-compare_module = importlib.import_module("funnel_tl.compare")
 def slow(*args, **kwargs):
     print("measuring", flush=True)
     time.sleep(120)
-compare_module.measure_gains = slow
+sweep_one_target = importlib.import_module("funnel_tl.sweep.one_target")
+sweep_one_target.measure_gains = slow
 from funnel_tl.cli import main
 sys.exit(main(["compare", "--models", "nano-2l", "--prompts", {prompts!r}, "--bootstrap", "0", "--out", {out!r}]))
 """
@@ -687,8 +690,8 @@ def test_compare_on_a_disk_that_fills_ends_in_one_line(capsys, mount, monkeypatc
     """The disk fills during a sweep: the model is recorded as failed, and the sweep's own files
     that cannot be written end in one line, not a traceback (it crashed on compare.html)."""
     folder = mount("size=40m")
-    real = compare_module.measure_gains
-    monkeypatch.setattr(compare_module, "measure_gains", filling_the_disk(real, folder))
+    real = sweep_one_target.measure_gains
+    monkeypatch.setattr(sweep_one_target, "measure_gains", filling_the_disk(real, folder))
     out = folder / "sweep"
     assert main(["compare", "--models", "nano-2l", "--prompts", two_prompts, "--bootstrap", "0", "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -701,5 +704,5 @@ def test_compare_on_a_disk_that_fills_ends_in_one_line(capsys, mount, monkeypatc
     finally:
         shutil.rmtree(rescued.parent, ignore_errors=True)
     (folder / "ballast").unlink()  # room again: the same command finishes the sweep
-    monkeypatch.setattr(compare_module, "measure_gains", real)
+    monkeypatch.setattr(sweep_one_target, "measure_gains", real)
     assert main(["compare", "--models", "nano-2l", "--prompts", two_prompts, "--bootstrap", "0", "--out", str(out)]) == 0

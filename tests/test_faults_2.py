@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 
 from funnel_tl import FunnelError, GainResult, HeadResult, load_prompts
-from funnel_tl.cli import build_parser, main
-from funnel_tl.outputs import LOCK_NAME, remove_temporaries
+from funnel_tl.cli.entry import build_parser, main
+from funnel_tl.results.folders import LOCK_NAME, remove_temporaries
 
-compare_module = importlib.import_module("funnel_tl.compare")
-models_module = importlib.import_module("funnel_tl.models")
+sweep_package = importlib.import_module("funnel_tl.sweep")
+models_hub = importlib.import_module("funnel_tl.models.hub")
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "funnel_tl"
 ERROR_LINE = re.compile(r"funnel-tl( [a-z]+)?: error: ")
@@ -172,7 +172,7 @@ def test_every_environment_variable_with_a_bad_value_is_one_line_before_loading(
 
 def test_a_bad_timeout_under_torchrun_names_the_variable(monkeypatch):
     """torchrun's ranks read FUNNEL_TL_TIMEOUT_MINUTES as they join: a bad one was a bare ValueError."""
-    from funnel_tl.distributed import session
+    from funnel_tl.measure.distributed import session
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("FUNNEL_TL_TIMEOUT_MINUTES", "ninety")
@@ -184,7 +184,7 @@ def test_a_bad_timeout_under_torchrun_names_the_variable(monkeypatch):
 def test_a_negative_bootstrap_seed_is_refused_before_a_sweep(tmp_path, no_model):
     """The Python API: a seed numpy refuses would have failed every model after its measurement."""
     with pytest.raises(FunnelError, match="seed"):
-        compare_module.compare(["nano-2l"], "seed", device="cpu", out=tmp_path / "sweep", bootstrap_seed=-1)
+        sweep_package.compare(["nano-2l"], "seed", device="cpu", out=tmp_path / "sweep", bootstrap_seed=-1)
     assert not (tmp_path / "sweep").exists()
 
 
@@ -215,16 +215,16 @@ def test_help_version_and_argument_errors_import_no_torch(argv, status):
 
 def test_every_public_name_imports_lazily():
     """The package imports its names on first use; each documented name still works, and the
-    package's `compare` stays the function once the submodule of that name is imported."""
+    package's `compare` is the function (no module of that name shadows it: the sweep lives in
+    `funnel_tl.sweep`), and subpackages are reached by attribute."""
     import funnel_tl
 
     for name in funnel_tl.__all__:
         assert getattr(funnel_tl, name) is not None, name
-    importlib.import_module("funnel_tl.compare")
     from funnel_tl import compare
 
-    assert callable(compare) and funnel_tl.compare is compare and compare.__module__ == "funnel_tl.compare"
-    assert funnel_tl.stats.Intervals is funnel_tl.Intervals  # a submodule by attribute, as before
+    assert callable(compare) and funnel_tl.compare is compare and compare.__module__ == "funnel_tl.sweep.runner"
+    assert funnel_tl.sweep.compare is compare and funnel_tl.analysis.stats.Intervals is funnel_tl.Intervals
     with pytest.raises(AttributeError):
         funnel_tl.no_such_name
 
@@ -356,7 +356,7 @@ def test_a_planted_lock_file_is_refused_and_its_target_untouched(planted, tmp_pa
 def test_temporaries_of_every_name_are_cleaned(tmp_path, two_prompts):
     """A killed run leaves temporaries of whatever it was writing (plotly.js, positions.html, ...):
     the next run removes them all, and only them."""
-    from funnel_tl.outputs import temporary_beside
+    from funnel_tl.results.folders import temporary_beside
 
     out = tmp_path / "run"
     out.mkdir()
@@ -413,13 +413,13 @@ def test_a_malformed_dataset_file_is_one_line_naming_it(name, content, error, tm
 
 def test_a_missing_dataset_file_is_not_asked_of_the_hub(tmp_path, capsys, no_model, monkeypatch):
     pytest.importorskip("datasets")
-    monkeypatch.setattr(models_module, "unreachable_hub", lambda: pytest.fail("the hub was probed for a file name"))
+    monkeypatch.setattr(models_hub, "unreachable_hub", lambda: pytest.fail("the hub was probed for a file name"))
     refused(capsys, ["run", "--model", "nano-2l", "--device", "cpu", "--dataset", str(tmp_path / "corpus.jsonl"),
                      "--out", str(tmp_path / "o")], "dataset file not found")
 
 
 def test_a_vocabulary_smaller_than_the_tokenizer_is_one_line_before_the_forward(tmp_path, tokenizer, capsys):
-    from funnel_tl.toy import build_checkpoint
+    from funnel_tl.testing.toy import build_checkpoint
 
     folder = build_checkpoint(tmp_path / "small-vocab", "gpt2", tokenizer=tokenizer, vocab_size=64)
     capsys.readouterr()  # the build's own progress bars

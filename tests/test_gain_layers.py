@@ -12,14 +12,16 @@ import numpy as np
 import pytest
 
 from funnel_tl import FunnelError, load_model, measure_gains
-from funnel_tl.cli import main
-from funnel_tl.funnel import format_analysis, funnel_test
-from funnel_tl.plots import plot_funnel
-from funnel_tl.prompts import SEED_PROMPTS
-from funnel_tl.reference import reference_gains, seed_reference
-from funnel_tl.results import COMPONENTS, GainResult
-from funnel_tl.stats import robust_funnel_test
-from funnel_tl.toy import build_checkpoint
+from funnel_tl.analysis.funnel import funnel_test
+from funnel_tl.analysis.report import format_analysis
+from funnel_tl.analysis.stats import robust_funnel_test
+from funnel_tl.cli.entry import main
+from funnel_tl.components import COMPONENTS
+from funnel_tl.plots.panels import plot_funnel
+from funnel_tl.prompts.sets import SEED_PROMPTS
+from funnel_tl.results.gains import GainResult
+from funnel_tl.testing.reference import reference_gains, seed_reference
+from funnel_tl.testing.toy import build_checkpoint
 
 N_LAYERS = 5
 # float32 on both paths; the seed's HF hooks and the engine differ only in summation order (~1e-7).
@@ -170,7 +172,7 @@ def test_figure_draws_true_layers_and_the_prefix(deep_model):
     assert list(np.asarray(growth.x)[drawn]) == [0, 1, 4]
     np.testing.assert_allclose(np.asarray(growth.y)[drawn], gaps.block_cumulative_gains)
     # The seed's running product covers the measured prefix 0-1 only.
-    from funnel_tl.plots import plot_seed_product
+    from funnel_tl.plots.panels import plot_seed_product
 
     product = next(trace for trace in plot_seed_product(gaps).data if trace.name == "the seed's cumulative attn × MLP gain")
     assert list(product.x) == [0, 1]
@@ -210,12 +212,12 @@ def test_cli_run_and_report_a_subset(deep, tmp_path, capsys):
     (["--layers", "0", "--by-position"], "--by-position needs every layer"),
 ])
 def test_cli_bad_layers_fail_before_the_model_loads(deep, tmp_path, capsys, monkeypatch, argv, message):
-    import funnel_tl.models
+    import funnel_tl.models.loading
 
     def no_load(*args, **kwargs):
         raise AssertionError("the model was loaded before --layers was checked")
 
-    monkeypatch.setattr(funnel_tl.models, "load_model", no_load)
+    monkeypatch.setattr(funnel_tl.models.loading, "load_model", no_load)
     code = main(["run", "--model", str(deep[SERIAL]), "--out", str(tmp_path / "out"), *argv])
     error = capsys.readouterr().err.strip()
     assert code == 2 and message in error and len(error.splitlines()) == 1

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from funnel_tl import FunnelError, measure_gains
-from funnel_tl.architectures import plan_hooks
-from funnel_tl.prompts import SEED_PROMPTS
-from funnel_tl.reference import reference_gains, seed_reference
-from funnel_tl.toy import ARCHITECTURES
+from funnel_tl.models.architectures import plan_hooks
+from funnel_tl.prompts.sets import SEED_PROMPTS
+from funnel_tl.testing.reference import reference_gains, seed_reference
+from funnel_tl.testing.toy import ARCHITECTURES
 
 # float32 throughout; the two paths differ only in summation order (~1e-7 measured), and the
 # issue asks for agreement to 1e-4 relative.

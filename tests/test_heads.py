@@ -4,7 +4,7 @@ The reference hooks the input of each layer's attention output projection in the
 HuggingFace model (GPT-NeoX ``attention.dense``, GPT-2 ``attn.c_proj``, Llama
 ``self_attn.o_proj``), splits it per head, multiplies each head's slice by that head's slice of the
 projection weight, and averages the norms over each prompt's tokens, one prompt at a time like the
-seed notebook. It shares no code with funnel_tl.heads (no TransformerLens, no hook_z, no W_O).
+seed notebook. It shares no code with funnel_tl.measure.heads (no TransformerLens, no hook_z, no W_O).
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ import pytest
 import torch
 
 from funnel_tl import FunnelError, GainResult, HeadResult, head_gains, measure_gains
-from funnel_tl.cli import main
-from funnel_tl.heads import _check_head_identity, parse_layers
-from funnel_tl.prompts import SEED_PROMPTS
-from funnel_tl.reference import hf_sublayers, seed_reference
+from funnel_tl.cli.entry import main
+from funnel_tl.measure.heads import check_head_identity
+from funnel_tl.measure.layers import parse_layers
+from funnel_tl.prompts.sets import SEED_PROMPTS
+from funnel_tl.testing.reference import hf_sublayers, seed_reference
 
 # The output projection of the attention module, per HF model type.
 OUTPUT_PROJECTION = {"gpt_neox": "dense", "gpt2": "c_proj", "llama": "o_proj"}
@@ -155,16 +156,16 @@ def test_identity_check_catches_a_wrong_W_O(bridge, tokenizer):
                                     name.endswith(("attn.hook_z", "hook_attn_out")))
     z, a = cache["blocks.1.attn.hook_z"], cache["blocks.1.hook_attn_out"]
     attention, mask = model.blocks[1].attn, torch.ones(tokens.shape)
-    _check_head_identity(model, 1, z, attention.W_O, attention.b_O, a, mask, torch.float32)  # passes
+    check_head_identity(model, 1, z, attention.W_O, attention.b_O, a, mask, torch.float32)  # passes
     with pytest.raises(FunnelError, match="layer 1: the heads' outputs"):
-        _check_head_identity(model, 1, z, attention.W_O.flip(0), attention.b_O, a, mask, torch.float32)
+        check_head_identity(model, 1, z, attention.W_O.flip(0), attention.b_O, a, mask, torch.float32)
     with pytest.raises(FunnelError, match="layer 1"):
-        _check_head_identity(model, 1, z, 1.01 * attention.W_O, attention.b_O, a, mask, torch.float32)
+        check_head_identity(model, 1, z, 1.01 * attention.W_O, attention.b_O, a, mask, torch.float32)
 
 
 def test_shares(tmp_path, tokenizer):
     from funnel_tl import load_model
-    from funnel_tl.toy import build_checkpoint
+    from funnel_tl.testing.toy import build_checkpoint
 
     # Biases left at their zero init (the shared toy checkpoints randomize them), so b_O is zero.
     folder = build_checkpoint(tmp_path / "unbiased", "neox-parallel", tokenizer=tokenizer, randomize_biases=False)
@@ -182,7 +183,7 @@ def test_output_bias_enters_identity_and_projection(tmp_path, tokenizer):
     from transformers import AutoModelForCausalLM
 
     from funnel_tl import load_model
-    from funnel_tl.toy import build_checkpoint
+    from funnel_tl.testing.toy import build_checkpoint
 
     folder = build_checkpoint(tmp_path / "biased", "neox-serial", tokenizer=tokenizer, seed=3)
     hf = AutoModelForCausalLM.from_pretrained(folder)

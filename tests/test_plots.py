@@ -12,16 +12,23 @@ import re
 import numpy as np
 import plotly.graph_objects as go
 import pytest
-
-from funnel_tl import plots
-from funnel_tl.cli import IMAGES_HINT, main
-from funnel_tl.funnel import PYTHIA_1_4B_REFERENCE, format_analysis
-from funnel_tl.plots import (
-    plot_attention_mlp, plot_cumulative, plot_funnel, plot_mlp_depth, plot_net_gain, plot_seed_product, write_html,
-    write_png,
-)
-from funnel_tl.results import GainResult
 from synthetic_results import from_gains, funnel_like
+
+from funnel_tl import FunnelError, plots
+from funnel_tl.analysis.funnel import PYTHIA_1_4B_REFERENCE
+from funnel_tl.analysis.report import format_analysis
+from funnel_tl.cli.commands import IMAGES_HINT
+from funnel_tl.cli.entry import main
+from funnel_tl.plots.pages import write_html, write_png
+from funnel_tl.plots.panels import (
+    plot_attention_mlp,
+    plot_cumulative,
+    plot_funnel,
+    plot_mlp_depth,
+    plot_net_gain,
+    plot_seed_product,
+)
+from funnel_tl.results.gains import GainResult
 
 
 def traces_named(fig, fragment):
@@ -316,7 +323,7 @@ def test_colours_are_okabe_ito():
 
 
 def test_log_ticks_are_one_two_five_per_decade():
-    ticks = plots._log_ticks(0.03, 4.0)["tickvals"]
+    ticks = plots.log_ticks(0.03, 4.0)["tickvals"]
     assert {round(t / 10 ** np.floor(np.log10(t))) for t in ticks} == {1, 2, 5}
 
 
@@ -369,7 +376,7 @@ def test_self_contained_html_embeds_plotlyjs(tmp_path, result):
 
 
 def test_png_is_skipped_with_a_message_without_chrome(tmp_path, monkeypatch, result):
-    monkeypatch.setattr(plots, "find_chrome", lambda: None)
+    monkeypatch.setattr(plots.pages, "find_chrome", lambda: None)
     monkeypatch.setitem(__import__("sys").modules, "kaleido", object())  # kaleido "installed", Chrome not
     with pytest.warns(UserWarning, match="no Chrome/Chromium"):
         assert write_png(plot_funnel(result), tmp_path / "funnel.png") is None
@@ -390,16 +397,16 @@ def test_png_svg_and_pdf_through_kaleido(tmp_path, result):
     assert "synthetic/funnel" in (tmp_path / "images" / "funnel.svg").read_text(encoding="utf-8")  # the title
     assert (tmp_path / "images" / "funnel.pdf").read_bytes()[:5] == b"%PDF-"
     assert not list((tmp_path / "images").glob(".*"))  # no temporary left behind
-    with pytest.raises(plots.FunnelError, match="cannot write a figure as funnel.bmp"):
+    with pytest.raises(FunnelError, match="cannot write a figure as funnel.bmp"):
         plots.write_images({tmp_path / "funnel.bmp": plot_funnel(result)})
 
 
 def test_png_option_is_refused_before_any_work_without_chrome(tmp_path, monkeypatch, capsys):
-    import funnel_tl.models
+    import funnel_tl.models.loading
 
-    monkeypatch.setattr(plots, "find_chrome", lambda: None)
+    monkeypatch.setattr(plots.pages, "find_chrome", lambda: None)
     monkeypatch.setitem(__import__("sys").modules, "kaleido", object())
-    monkeypatch.setattr(funnel_tl.models, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(funnel_tl.models.loading, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     for command in (["run"], ["heads"], ["compare", "--models", "nano-2l"], ["report", str(tmp_path)]):
         assert main([*command, "--png", "--out", str(tmp_path / "x")] if command[0] != "report" else
                     [*command, "--png"]) == 2
@@ -409,13 +416,13 @@ def test_png_option_is_refused_before_any_work_without_chrome(tmp_path, monkeypa
 
 # ---- funnel-tl report ------------------------------------------------------------------------------
 def test_report_rerenders_from_results_json_without_a_model(tmp_path, monkeypatch, capsys, result):
-    import funnel_tl.models
+    import funnel_tl.models.loading
 
     def no_model(*args, **kwargs):
         raise AssertionError("report must not load a model")
 
-    monkeypatch.setattr(funnel_tl.models, "load_model", no_model)
-    monkeypatch.setattr(plots, "find_chrome", lambda: None)  # keep the test free of a browser
+    monkeypatch.setattr(funnel_tl.models.loading, "load_model", no_model)
+    monkeypatch.setattr(plots.pages, "find_chrome", lambda: None)  # keep the test free of a browser
     result.save(tmp_path / "results.json")
     other = funnel_like(n_layers=4, model="synthetic/other")
     other.save(tmp_path / "sweep" / "other" / "results.json")
@@ -431,7 +438,7 @@ def test_report_rerenders_from_results_json_without_a_model(tmp_path, monkeypatc
 
 
 def test_report_can_redraw_or_drop_intervals(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(plots, "find_chrome", lambda: None)
+    monkeypatch.setattr(plots.pages, "find_chrome", lambda: None)
     funnel_like().save(tmp_path / "results.json")
     assert main(["report", str(tmp_path), "--bootstrap", "300", "--bootstrap-seed", "3"]) == 0
     assert "ROBUST TEST: 95% t intervals over 8 prompts (products: studentized bootstrap, 300 resamples, seed 3)" \
@@ -455,7 +462,7 @@ def test_report_errors_are_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_run_writes_funnel_html_that_report_reproduces(tmp_path, checkpoints, capsys, monkeypatch):
-    monkeypatch.setattr(plots, "find_chrome", lambda: None)
+    monkeypatch.setattr(plots.pages, "find_chrome", lambda: None)
     out = tmp_path / "run"
     assert main(["run", "--model", str(checkpoints["neox-parallel"]), "--device", "cpu", "--out", str(out),
                  "--bootstrap", "200"]) == 0
@@ -471,7 +478,7 @@ def test_run_writes_funnel_html_that_report_reproduces(tmp_path, checkpoints, ca
 
 @pytest.mark.slow
 def test_run_with_bootstrap_0_skips_intervals(tmp_path, checkpoints, monkeypatch):
-    monkeypatch.setattr(plots, "find_chrome", lambda: None)
+    monkeypatch.setattr(plots.pages, "find_chrome", lambda: None)
     assert main(["run", "--model", str(checkpoints["gpt2"]), "--device", "cpu", "--out", str(tmp_path),
                  "--bootstrap", "0"]) == 0
     assert "intervals" not in json.loads((tmp_path / "results.json").read_text())

@@ -11,12 +11,15 @@ import math
 
 import numpy as np
 import pytest
-
-from funnel_tl.cli import main
-from funnel_tl.position_plots import (
-    plot_position_heatmap, plot_position_heatmaps, plot_sink_comparison, write_position_page,
-)
 from synthetic_positions import sink_result
+
+from funnel_tl.cli.entry import main
+from funnel_tl.plots.positions import (
+    plot_position_heatmap,
+    plot_position_heatmaps,
+    plot_sink_comparison,
+    write_position_page,
+)
 
 
 def test_heatmap_is_log_gain_diverging_at_1_with_blank_empty_cells():
@@ -71,7 +74,7 @@ def test_position_page_opens_offline(tmp_path):
 
 @pytest.mark.slow
 def test_run_by_position_end_to_end(checkpoints, hf_model, tokenizer, tmp_path, capsys):
-    from funnel_tl.reference import reference_position_gains, seed_token_norms
+    from funnel_tl.testing.reference import reference_position_gains, seed_token_norms
 
     prompts = ["Hi there", ("The quick brown fox jumps over the lazy dog " * 3).strip(), "x = 1", "def f(x): return x"]
     source = tmp_path / "prompts.txt"
@@ -123,9 +126,9 @@ def test_done_when_nano_8l_by_position_equals_hf_reference(tmp_path, capsys):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from funnel_tl.models import bundled_models
-    from funnel_tl.prompts import SEED_PROMPTS
-    from funnel_tl.reference import reference_position_gains, seed_token_norms
+    from funnel_tl.models.loading import bundled_models
+    from funnel_tl.prompts.sets import SEED_PROMPTS
+    from funnel_tl.testing.reference import reference_position_gains, seed_token_norms
 
     assert main(["run", "--model", "nano-8l", "--by-position", "--batch-size", "8", "--device", "cpu",
                  "--dtype", "float32", "--bootstrap", "100", "--out", str(tmp_path)]) == 0
@@ -164,8 +167,9 @@ def test_heads_by_position_from_the_command_line(checkpoints, tmp_path, capsys):
 def test_bucket_labels_are_plain_hyphens_in_data_and_en_dashes_in_figures():
     """`df.query("position == '16-31'")` found nothing while the labels held an en dash."""
     pytest.importorskip("pandas")
-    from funnel_tl.positions import PositionSums, bucket_edges
-    from funnel_tl.results import GainResult
+    from funnel_tl.measure.positions import bucket_edges
+    from funnel_tl.results.gains import GainResult
+    from funnel_tl.results.positions import PositionSums
 
     edges = bucket_edges(40)  # 0 … 15 one by one, then 16-31 and 32-63
     n_tokens = np.array([[1] * 16 + [16, 8]])  # [prompt, bucket]: one prompt of 40 tokens

@@ -12,12 +12,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from synthetic_positions import sink_result
 
 from funnel_tl import FunnelError, GainResult, measure_gains
-from funnel_tl.positions import bucket_edges, bucket_labels, format_sink_analysis, position_sums, sink_effect
-from funnel_tl.reference import reference_position_gains, seed_token_norms
-from funnel_tl.toy import ARCHITECTURES
-from synthetic_positions import sink_result
+from funnel_tl.analysis.sink import format_sink_analysis, sink_effect
+from funnel_tl.measure.positions import bucket_edges, bucket_labels, position_sums
+from funnel_tl.testing.reference import reference_position_gains, seed_token_norms
+from funnel_tl.testing.toy import ARCHITECTURES
 
 # float32 on both paths, differing only in summation order (~1e-7); the issue asks for 1e-4.
 RELATIVE = 1e-4
@@ -180,7 +181,7 @@ def test_files_without_positions_still_load(bridge, tmp_path):
 
 
 def test_cell_intervals_equal_a_bootstrap_by_loops(measured):
-    from funnel_tl.stats import resample_weights
+    from funnel_tl.analysis.stats import resample_weights
 
     positions = measured.with_intervals(n_resamples=200, seed=3, confidence=0.9).positions
     weights = resample_weights(measured.n_prompts, 200, 3)  # [resample, prompt], the same draws
@@ -246,7 +247,7 @@ def test_sink_summary_names_changed_criteria_and_the_largest_factor_in_words():
     """Issue 20: "(though last_layer_is_max change)" named an internal key and played a 50x move down."""
     result = sink_result(sink_gain=0.4)
     text = format_sink_analysis(result)
-    from funnel_tl.funnel import FunnelTest
+    from funnel_tl.analysis.funnel import FunnelTest
 
     assert not any(key in text for key in FunnelTest.__dataclass_fields__)
     last = text.splitlines()[-1]
@@ -286,7 +287,7 @@ def test_a_non_finite_norm_at_a_padded_position_poisons_nothing():
 
 
 def test_position_rows_are_one_per_reached_cell():
-    from funnel_tl.positions import position_rows
+    from funnel_tl.results.positions import position_rows
 
     result = sink_result(sink_gain=2.0).without_first(1).with_intervals(n_resamples=50)
     rows = position_rows(result, run="a")
@@ -302,7 +303,7 @@ def test_position_rows_are_one_per_reached_cell():
                                              ("gpt2", "seed"), ("llama-gqa", "residual")])
 def test_head_position_gains_equal_hf_reference(arch, definition, bridge, hf_model, tokenizer, token_norms):
     from funnel_tl import head_gains
-    from funnel_tl.reference import seed_head_token_norms
+    from funnel_tl.testing.reference import seed_head_token_norms
 
     heads = head_gains(bridge(arch), PROMPTS, definition=definition, batch_size=4, by_position=True, drop_first=1)
     head_norms = seed_head_token_norms(hf_model(arch), tokenizer, PROMPTS)  # per prompt [layer, head, pos]
@@ -354,8 +355,8 @@ def test_to_pandas_gains_a_position_column():
 def test_sink_bootstrap_is_drawn_once_for_file_text_and_figure(monkeypatch, tmp_path):
     """results.json, the printed analysis and positions.html share one SinkEffect: the layers'
     bootstrap of the result without position 0 is drawn once, not once for each."""
-    import funnel_tl.stats as stats
-    from funnel_tl.position_plots import write_position_page
+    import funnel_tl.analysis.stats as stats
+    from funnel_tl.plots.positions import write_position_page
 
     result = sink_result(sink_gain=2.0).with_intervals(n_resamples=50, seed=0)
     drawn = []

@@ -1,17 +1,17 @@
 """Processed weights are refused on both model classes, each processing step on its own.
 
 TransformerLens records ``fold_ln`` (``LayerNormPre`` on HookedTransformer, the adapter's request
-on a bridge); centring and value-bias folding are found from the weights (``funnel_tl.processed``).
+on a bridge); centring and value-bias folding are found from the weights (``funnel_tl.models.processed``).
 The HookedTransformer cases skip under TransformerLens 4.x and run in ``make test-tl3``.
 """
 
 from __future__ import annotations
 
 import pytest
-
 from conftest import boot_bridge, load_hooked
+
 from funnel_tl import FunnelError, head_gains, measure_gains
-from funnel_tl.processed import weight_processing
+from funnel_tl.models.processed import weight_processing
 
 # One flag at a time; centring and fold_ln need a LayerNorm model with biases (GPT-2's).
 STEPS = ("fold_ln", "center_writing_weights", "fold_value_biases")

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from funnel_tl import FunnelError, load_prompts
-from funnel_tl.prompts import SEED_PROMPTS, make_batches, padding_fraction, prompts_sha256, tokenize
+from funnel_tl.prompts.sets import SEED_PROMPTS, prompts_sha256
+from funnel_tl.prompts.tokens import make_batches, padding_fraction, tokenize
 
 
 def test_seed_prompts_are_the_notebooks():
@@ -60,7 +61,7 @@ def test_the_varied_set_is_three_kinds_of_english_in_the_stated_numbers():
     import collections
     import json
 
-    from funnel_tl.prompts import PROMPT_SET_DIR, PROMPT_SETS
+    from funnel_tl.prompts.sets import PROMPT_SET_DIR, PROMPT_SETS
 
     assert set(PROMPT_SETS) == {"seed", "varied"}
     records = [json.loads(line) for line in (PROMPT_SET_DIR / "varied.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -76,8 +77,8 @@ def test_the_varied_set_is_three_kinds_of_english_in_the_stated_numbers():
 def test_the_python_passages_are_held_out_from_the_bundled_models_training():
     import json
 
-    from funnel_tl.corpus import is_heldout
-    from funnel_tl.prompts import PROMPT_SET_DIR
+    from funnel_tl.prompts.corpus import is_heldout
+    from funnel_tl.prompts.sets import PROMPT_SET_DIR
 
     names = [json.loads(line)["source"] for line in (PROMPT_SET_DIR / "varied.jsonl").read_text().splitlines()]
     documents = {name.removeprefix("pydoc/").split("#")[0] for name in names if name.startswith("pydoc/")}
@@ -87,7 +88,7 @@ def test_the_python_passages_are_held_out_from_the_bundled_models_training():
 def test_the_varied_set_fits_the_bundled_models_context():
     from transformers import AutoTokenizer
 
-    from funnel_tl.models import bundled_models
+    from funnel_tl.models.loading import bundled_models
 
     tokenizer = AutoTokenizer.from_pretrained(bundled_models()["nano-8l"])
     lengths = [len(ids) for ids in tokenizer(load_prompts("varied"))["input_ids"]]

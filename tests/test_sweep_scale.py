@@ -25,14 +25,23 @@ import numpy as np
 import pytest
 
 from funnel_tl import FunnelError, GainResult
-from funnel_tl.cli import main
-from funnel_tl.compare import PYTHIA_STEPS, Comparison, ComparisonRow, Target, row_from_results
-from funnel_tl.compare_plots import OVERLAY_LINES, render_html, thinned
-from funnel_tl.results import COMPONENTS
-from funnel_tl.toy import build_training_run
+from funnel_tl.cli.entry import main
+from funnel_tl.components import COMPONENTS
+from funnel_tl.plots.compare_page import render_html
+from funnel_tl.plots.sweep_style import OVERLAY_LINES, thinned
+from funnel_tl.prompts.sets import prompts_sha256
+from funnel_tl.results.folders import slug
+from funnel_tl.sweep.comparison import Comparison
+from funnel_tl.sweep.plan import PYTHIA_STEPS, Target
+from funnel_tl.sweep.rows import ComparisonRow, row_from_results
+from funnel_tl.testing.toy import build_training_run
 
-compare_module = importlib.import_module("funnel_tl.compare")
-compare = compare_module.compare
+sweep_package = importlib.import_module("funnel_tl.sweep")
+sweep_comparison = importlib.import_module("funnel_tl.sweep.comparison")
+sweep_rows = importlib.import_module("funnel_tl.sweep.rows")
+sweep_one_target = importlib.import_module("funnel_tl.sweep.one_target")
+sweep_plan = importlib.import_module("funnel_tl.sweep.plan")
+compare = sweep_package.compare
 OPTIONS = dict(device="cpu", dtype="float32", batch_size=8, progress=False, bootstrap=0)
 
 
@@ -82,7 +91,7 @@ def test_a_table_of_typed_spellings_is_superseded_not_duplicated(swept, run_dir,
     table = json.loads((copy / "compare.json").read_text())
     for row in table["models"]:  # the labels and folders an earlier funnel_tl gave `compare --models ckpts`
         old_label = row["model"].replace(str(run_dir), "ckpts")
-        old_slug = compare_module.slug(old_label)
+        old_slug = slug(old_label)
         (copy / row["slug"]).rename(copy / old_slug)
         data = json.loads((copy / old_slug / "results.json").read_text())
         (copy / old_slug / "results.json").write_text(json.dumps({**data, "model": old_label}))
@@ -97,21 +106,21 @@ def test_a_table_of_typed_spellings_is_superseded_not_duplicated(swept, run_dir,
 
 
 def test_model_names_are_identities():
-    identity = compare_module.model_identity
+    identity = sweep_plan.model_identity
     assert identity("EleutherAI/pythia-70m/") == identity("EleutherAI/pythia-70m") == "EleutherAI/pythia-70m"
     assert identity("nano-4l") == "nano-4l"
-    plan = compare_module.plan_targets(["EleutherAI/pythia-70m/"], checkpoints=[0])
+    plan = sweep_plan.plan_targets(["EleutherAI/pythia-70m/"], checkpoints=[0])
     assert [t.label for t in plan] == ["EleutherAI/pythia-70m@step0"]
 
 
 def test_models_may_be_comma_separated_and_pythia_named_short():
-    expand = compare_module.expand_models
+    expand = sweep_plan.expand_models
     assert expand(["pythia-70m,pythia-160m", "nano-2l"]) == ["EleutherAI/pythia-70m", "EleutherAI/pythia-160m",
                                                               "nano-2l"]
     assert expand("pythia-1.4b-deduped") == ["EleutherAI/pythia-1.4b-deduped"]
     with pytest.raises(FunnelError, match="empty model name"):
         expand("pythia-70m,,pythia-160m")
-    plan = compare_module.plan_targets("pythia-70m,pythia-160m", checkpoints="all")
+    plan = sweep_plan.plan_targets("pythia-70m,pythia-160m", checkpoints="all")
     assert len(plan) == 2 * len(PYTHIA_STEPS)
     assert [t.base for t in plan[:: len(PYTHIA_STEPS)]] == ["EleutherAI/pythia-70m", "EleutherAI/pythia-160m"]
     assert {t.revision for t in plan[:3]} == {"step0", "step1", "step2"}
@@ -198,13 +207,13 @@ def test_a_results_file_of_another_revision_is_not_resumed(tmp_path, capsys):
     path = tmp_path / "EleutherAI__pythia-70m" / "results.json"
     result.save(path)
     target = Target("EleutherAI/pythia-70m", "EleutherAI/pythia-70m", "EleutherAI/pythia-70m")
-    settings = dict(definition="seed", prompts_sha256=compare_module.prompts_sha256(list(result.prompts)),
+    settings = dict(definition="seed", prompts_sha256=prompts_sha256(list(result.prompts)),
                     drop_first=0, dtype="float32")
-    assert compare_module._finished(path, target, settings, say_replaced=True) is None
+    assert sweep_one_target.finished_result(path, target, settings, say_replaced=True) is None
     assert "revision=step1000; this sweep asks revision=None" in capsys.readouterr().err
     result.provenance["revision"] = None
     result.save(path)
-    assert compare_module._finished(path, target, settings) is not None  # the same settings: resumed
+    assert sweep_one_target.finished_result(path, target, settings) is not None  # the same settings: resumed
 
 
 # ---- the per-checkpoint overhead -----------------------------------------------------------------
@@ -212,7 +221,7 @@ def test_each_model_is_freed_before_the_next_loads(run_dir, tmp_path, monkeypatc
     """The collection after each model (cheap now: it visits only what came after the last one)
     still frees the model before the next load, and the sweep leaves nothing frozen behind."""
     alive = []
-    real = compare_module.load_model
+    real = sweep_one_target.load_model
 
     def tracking(source, **kwargs):
         alive.append([ref() is not None for ref in refs])  # what is still alive when the next one loads
@@ -221,7 +230,7 @@ def test_each_model_is_freed_before_the_next_loads(run_dir, tmp_path, monkeypatc
         return model
 
     refs: list = []
-    monkeypatch.setattr(compare_module, "load_model", tracking)
+    monkeypatch.setattr(sweep_one_target, "load_model", tracking)
     frozen = gc.get_freeze_count()
     compare([str(run_dir)], checkpoints="all", out=tmp_path, **OPTIONS)
     assert alive == [[], [False], [False, False], [False, False, False]]
@@ -230,20 +239,21 @@ def test_each_model_is_freed_before_the_next_loads(run_dir, tmp_path, monkeypatc
 
 def test_compare_json_is_rewritten_when_due_not_after_every_row(run_dir, tmp_path, monkeypatch):
     writes = []
-    real = compare_module.write_json_atomic
+    real = sweep_rows.write_json_atomic
 
     def counting(path, data):
         if Path(path).name == "compare.json":
             writes.append(data["n_models"])
         return real(path, data)
 
-    monkeypatch.setattr(compare_module, "write_json_atomic", counting)
-    monkeypatch.setattr(compare_module, "TABLE_WRITE_SECONDS", 1e9)
+    monkeypatch.setattr(sweep_rows, "write_json_atomic", counting)  # the table as the sweep goes
+    monkeypatch.setattr(sweep_comparison, "write_json_atomic", counting)  # the table at the end
+    monkeypatch.setattr(sweep_rows, "TABLE_WRITE_SECONDS", 1e9)
     compare([str(run_dir)], checkpoints="all", out=tmp_path / "slow", **OPTIONS)
     assert writes == [1, 4]  # after the first row (a kill then still leaves a table), and at the end
     writes.clear()
-    monkeypatch.setattr(compare_module, "TABLE_WRITE_SECONDS", 0.0)
-    monkeypatch.setattr(compare_module, "TABLE_WRITE_SHARE", 0.0)
+    monkeypatch.setattr(sweep_rows, "TABLE_WRITE_SECONDS", 0.0)
+    monkeypatch.setattr(sweep_rows, "TABLE_WRITE_SHARE", 0.0)
     compare([str(run_dir)], checkpoints="all", out=tmp_path / "fast", force=True, **OPTIONS)
     assert writes == [1, 2, 3, 4, 4]
 
@@ -260,7 +270,7 @@ def test_report_lists_checkpoints_in_step_order(swept, tmp_path, capsys):
 
 def test_rows_are_ordered_by_step_as_numbers():
     rows = [ComparisonRow(f"m@step{s}", f"m_step{s}", "ok", base="m", step=s) for s in (1000, 2, 10000, 0)]
-    assert [row.step for row in compare_module.ordered_rows(rows)] == [0, 2, 1000, 10000]
+    assert [row.step for row in sweep_rows.ordered_rows(rows)] == [0, 2, 1000, 10000]
 
 
 # ---- the page ------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Kinds: a TL 3.x ``HookedTransformer`` loaded without processing (skips under TL 4.x; runs in
 ``make test-tl3``), and a ``TransformerBridge`` the user booted themselves (TL 3.9 and 4.x), in
 compatibility mode or not. Every number is compared with the HF-module reference
-(``funnel_tl.reference``, forward hooks, one prompt at a time) on the same weights, whose norm
+(``funnel_tl.testing.reference``, forward hooks, one prompt at a time) on the same weights, whose norm
 affines and biases are randomized so that a pre-affine read would be off by tens of percent.
 """
 
@@ -12,13 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import boot_bridge, load_hooked
 from test_heads import hf_head_reference
 
-from conftest import boot_bridge, load_hooked
 from funnel_tl import FunnelError, gains_from_cache, head_gains, measure_gains
-from funnel_tl.architectures import plan_hooks
-from funnel_tl.prompts import SEED_PROMPTS
-from funnel_tl.reference import reference_gains, seed_reference
+from funnel_tl.models.architectures import plan_hooks
+from funnel_tl.prompts.sets import SEED_PROMPTS
+from funnel_tl.testing.reference import reference_gains, seed_reference
 
 # float32 on both paths; they differ only in summation order (~1e-7); the issue asks for 1e-4.
 RELATIVE = 1e-4
@@ -126,7 +126,7 @@ def test_hooked_transformer_families(name, tmp_path, tokenizer):
     it converts only by hub name, so their sandwich/post-norm plans are verified on the bridge)."""
     from transformers import AutoModelForCausalLM
 
-    from funnel_tl.toy import build_checkpoint
+    from funnel_tl.testing.toy import build_checkpoint
 
     folder = build_checkpoint(tmp_path / "model", name, tokenizer=tokenizer)
     model = load_hooked(folder)
@@ -199,8 +199,8 @@ def test_self_booted_bridge_is_named_by_its_folder_not_its_path(checkpoints, tmp
     folder by its run and step, as compare does); the full path stays in the provenance."""
     import shutil
 
-    from funnel_tl.plots import plot_funnel
-    from funnel_tl.results import GainResult
+    from funnel_tl.plots.panels import plot_funnel
+    from funnel_tl.results.gains import GainResult
 
     folder = shutil.copytree(checkpoints["gpt2"], tmp_path / "runs" / "my-run" / "step1000")
     plain = measure_gains(boot_bridge(checkpoints["gpt2"], {"no_processing": True}), PROMPTS[:1])

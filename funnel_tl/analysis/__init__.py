@@ -1,0 +1,68 @@
+"""Analysis: the Funnel Model's verdicts, the readings beside the seed's numbers, intervals over prompts, the sink reading, gain beside effect.
+
+Every name below is imported from its module on first use (PEP 562), so importing the
+subpackage imports no torch.
+"""
+
+import importlib
+from typing import TYPE_CHECKING
+
+# Each public name and the module it lives in.
+_EXPORTS = {
+    "PYTHIA_1_4B_REFERENCE": "funnel", "LayerSummary": "funnel", "summarize": "funnel", "FunnelTest": "funnel",
+    "funnel_test": "funnel", "comparison_1_4b": "funnel",
+    "FEW_PROMPTS": "report", "DOMINANT_SHOWN": "report", "format_analysis": "report",
+    "MLP_EXPANDING_ALLOWED": "criteria", "SEED_N_LAYERS": "criteria", "mlp_expanding_allowed": "criteria",
+    "seed_rule_cannot_fail": "criteria", "not_testable": "criteria", "require_all_layers": "criteria",
+    "DEFAULT_RESAMPLES": "stats", "DEFAULT_SEED": "stats", "DEFAULT_CONFIDENCE": "stats", "METHODS": "stats",
+    "DEFAULT_METHOD": "stats", "INTERVAL_KEYS": "stats", "Intervals": "stats", "MAX_RESAMPLES": "stats",
+    "CHUNK_FLOATS": "stats", "bootstrap_bytes": "stats", "available_memory": "stats", "check_bootstrap": "stats",
+    "resample_weight_chunks": "stats", "resample_weights": "stats", "bootstrap_intervals": "stats",
+    "MIN_STUDENTIZED": "stats", "t_critical": "stats", "Dominance": "stats", "dominant_prompts": "stats",
+    "RobustFunnelTest": "stats", "classify": "stats", "interval_counts": "stats", "robust_funnel_test": "stats",
+    "mean_intervals": "stats",
+    "NOTABLE_FACTOR": "readings", "WITHOUT": "readings", "headlines": "readings", "add_readings": "readings",
+    "input_norms": "readings", "factor": "readings", "notable": "readings", "extreme_change": "readings",
+    "CRITERIA": "readings", "changed_criteria": "readings", "definition_lines": "readings",
+    "post_norm_lines": "readings",
+    "SinkEffect": "sink", "sink_effect": "sink", "sink_unavailable": "sink", "cached_sink_effect": "sink",
+    "format_sink_analysis": "sink",
+    "NAMES": "effects", "TOP": "effects", "MIN_LAYERS_FOR_RANKS": "effects", "Sublayer": "effects",
+    "Correlation": "effects", "LastMLP": "effects", "GainVersusEffect": "effects", "reading_intervention": "effects",
+    "spearman": "effects", "gain_versus_effect": "effects", "format_effects": "effects", "summary_lines": "effects",
+}
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from funnel_tl.analysis.funnel import (PYTHIA_1_4B_REFERENCE, LayerSummary, summarize, FunnelTest, funnel_test,
+                                           comparison_1_4b)
+    from funnel_tl.analysis.report import (FEW_PROMPTS, DOMINANT_SHOWN, format_analysis)
+    from funnel_tl.analysis.criteria import (MLP_EXPANDING_ALLOWED, SEED_N_LAYERS, mlp_expanding_allowed,
+                                             seed_rule_cannot_fail, not_testable, require_all_layers)
+    from funnel_tl.analysis.stats import (DEFAULT_RESAMPLES, DEFAULT_SEED, DEFAULT_CONFIDENCE, METHODS,
+                                          DEFAULT_METHOD, INTERVAL_KEYS, Intervals, MAX_RESAMPLES, CHUNK_FLOATS,
+                                          bootstrap_bytes, available_memory, check_bootstrap, resample_weight_chunks,
+                                          resample_weights, bootstrap_intervals, MIN_STUDENTIZED, t_critical,
+                                          Dominance, dominant_prompts, RobustFunnelTest, classify, interval_counts,
+                                          robust_funnel_test, mean_intervals)
+    from funnel_tl.analysis.readings import (NOTABLE_FACTOR, WITHOUT, headlines, add_readings, input_norms, factor,
+                                             notable, extreme_change, CRITERIA, changed_criteria, definition_lines,
+                                             post_norm_lines)
+    from funnel_tl.analysis.sink import (SinkEffect, sink_effect, sink_unavailable, cached_sink_effect,
+                                         format_sink_analysis)
+    from funnel_tl.analysis.effects import (NAMES, TOP, MIN_LAYERS_FOR_RANKS, Sublayer, Correlation, LastMLP,
+                                            GainVersusEffect, reading_intervention, spearman, gain_versus_effect,
+                                            format_effects, summary_lines)
+
+
+def __getattr__(name: str):
+    """A public name, imported from its module on first use."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

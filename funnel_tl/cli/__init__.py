@@ -1,0 +1,51 @@
+"""The ``funnel-tl`` command line: the parser and entry point, the commands, option types, environment variables.
+
+Every name below is imported from its module on first use (PEP 562), so importing the
+subpackage imports no torch.
+"""
+
+import importlib
+from typing import TYPE_CHECKING
+
+# Each public name and the module it lives in.
+_EXPORTS = {
+    "add_model_options": "entry", "add_scale_options": "entry", "add_text_options": "entry",
+    "add_bootstrap_options": "entry", "add_position_options": "entry", "add_page_options": "entry",
+    "build_parser": "entry", "add_effects_parser": "entry", "main": "entry",
+    "TOP_HEADS": "commands", "read_cli_prompts": "commands", "placement": "commands", "prompt_notes": "commands",
+    "cmd_effects": "commands", "cmd_run": "commands", "IMAGES_HINT": "commands", "find_results": "commands",
+    "cmd_report": "commands", "cmd_heads": "commands", "cmd_compare": "commands", "attach_layer_specs": "commands",
+    "unexpected": "commands",
+    "MAX_SINK_POSITIONS": "options", "MEMORY_SIZE": "options", "NEEDS": "options", "at_least": "options",
+    "whole_or": "options", "batch_size": "options", "max_tokens": "options", "stack": "options",
+    "interventions": "options", "bootstrap": "options", "layers": "options", "checkpoint": "options",
+    "max_memory": "options", "label": "options", "text": "options", "check_needs": "options",
+    "PREFIX": "environment", "DEFAULT_TIMEOUT_MINUTES": "environment", "MAX_TIMEOUT_MINUTES": "environment",
+    "VARIABLES": "environment", "value": "environment", "check": "environment",
+}
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from funnel_tl.cli.entry import (add_model_options, add_scale_options, add_text_options, add_bootstrap_options,
+                                     add_position_options, add_page_options, build_parser, add_effects_parser, main)
+    from funnel_tl.cli.commands import (TOP_HEADS, read_cli_prompts, placement, prompt_notes, cmd_effects, cmd_run,
+                                        IMAGES_HINT, find_results, cmd_report, cmd_heads, cmd_compare,
+                                        attach_layer_specs, unexpected)
+    from funnel_tl.cli.options import (MAX_SINK_POSITIONS, MEMORY_SIZE, NEEDS, at_least, whole_or, batch_size,
+                                       max_tokens, stack, interventions, bootstrap, layers, checkpoint, max_memory,
+                                       label, text, check_needs)
+    from funnel_tl.cli.environment import (PREFIX, DEFAULT_TIMEOUT_MINUTES, MAX_TIMEOUT_MINUTES, VARIABLES, value,
+                                           check)
+
+
+def __getattr__(name: str):
+    """A public name, imported from its module on first use."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

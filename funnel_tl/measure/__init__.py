@@ -1,0 +1,95 @@
+"""Measurement: forwards through the TransformerLens hooks (or the verified HF modules) reduced to per-prompt norm sums, per layer, head and position; interventions and their effects; torchrun.
+
+Every name below is imported from its module on first use (PEP 562), so importing the
+subpackage imports no torch.
+"""
+
+import importlib
+from typing import TYPE_CHECKING
+
+# Each public name and the module it lives in.
+_EXPORTS = {
+    "IDENTITY_TOLERANCE": "gains", "activation_norms": "gains", "token_norms": "gains",
+    "check_residual_identities": "gains", "FORWARD_ORDER": "gains", "FROM_1": "gains", "check_finite": "gains",
+    "prepare_tokens": "gains", "measure_gains": "gains", "IDENTITY_SUFFIXES": "gains", "GainSums": "gains",
+    "run_provenance": "gains",
+    "STOP_EARLY": "engine", "AGREEMENT_TOLERANCE": "engine", "EXECUTORS": "engine", "FAST_ATTENTION": "engine",
+    "VERIFY_ROWS": "engine", "Reduction": "engine", "prompt_sums": "engine", "counted_tokens": "engine",
+    "forward_kwargs": "engine", "TLExecutor": "engine", "HFExecutor": "engine", "Engine": "engine",
+    "CPU_BATCH_SIZE": "engine", "AUTO_MEMORY_FRACTION": "engine", "MAX_AUTO_BATCH_SIZE": "engine",
+    "activation_bytes_per_token": "engine", "auto_batch_size": "engine", "resolve_batch_size": "engine",
+    "CHUNK_PROMPTS": "streaming", "PromptDigest": "streaming", "chunked": "streaming", "TokenStream": "streaming",
+    "PerPrompt": "streaming",
+    "ROLES": "reads", "definition_roles": "reads", "ReadSums": "reads",
+    "LOW": "medians", "HIGH": "medians", "BIN_WIDTH": "medians", "N_BINS": "medians", "MAX_ERROR": "medians",
+    "METHOD": "medians", "bin_index": "medians", "bin_centres": "medians", "HistogramAccumulator": "medians",
+    "TokenHistograms": "medians",
+    "gains_from_cache": "cache",
+    "head_gains": "heads", "HeadSums": "heads", "check_head_identity": "heads",
+    "bucket_one_hot": "positions", "position_sums": "positions", "grown": "positions",
+    "PositionAccumulator": "positions", "HeadPositionAccumulator": "positions",
+    "AGREEMENT": "effects", "STACK_CHOICES": "effects", "AUTO_STACK": "effects", "LOSS_CHUNK_FLOATS": "effects",
+    "ComponentMeans": "effects", "ContributionSums": "effects", "component_means": "effects", "Job": "effects",
+    "batch_effects": "effects", "choose_runner": "effects", "check_stack": "effects", "effects_batch_size": "effects",
+    "effects_bytes_per_token": "effects", "resolve_sizes": "effects", "measure_effects": "effects",
+    "measure_effects_on_ranks": "effects",
+    "CHECKPOINT_SECONDS": "effect_checkpoints", "CheckpointStore": "effect_checkpoints",
+    "checkpoint_settings": "effect_checkpoints", "read_checkpoint": "effect_checkpoints",
+    "write_partial": "effect_checkpoints",
+    "REPLAY_BYTES": "intervene", "Edit": "intervene", "TLRunner": "intervene", "HFRunner": "intervene",
+    "contribution_hooks": "intervene",
+    "DEFAULT_INTERVENTIONS": "interventions", "COMPONENT_HOOKS": "interventions", "Intervention": "interventions",
+    "parse_intervention": "interventions", "parse_interventions": "interventions",
+    "World": "distributed", "world": "distributed", "launched_by_torchrun": "distributed", "session": "distributed",
+    "check_all": "distributed", "together": "distributed", "shard_by_tokens": "distributed",
+    "gather_to_main": "distributed", "broadcast_from_main": "distributed", "measure": "distributed",
+    "in_callers_terms": "distributed", "assemble": "distributed",
+    "parse_layers": "layers", "resolve_layers": "layers", "check_measured": "layers", "format_layers": "layers",
+    "format_layer_spans": "layers",
+}
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from funnel_tl.measure.gains import (IDENTITY_TOLERANCE, activation_norms, token_norms,
+                                         check_residual_identities, FORWARD_ORDER, FROM_1, check_finite,
+                                         prepare_tokens, measure_gains, IDENTITY_SUFFIXES, GainSums, run_provenance)
+    from funnel_tl.measure.engine import (STOP_EARLY, AGREEMENT_TOLERANCE, EXECUTORS, FAST_ATTENTION, VERIFY_ROWS,
+                                          Reduction, prompt_sums, counted_tokens, forward_kwargs, TLExecutor,
+                                          HFExecutor, Engine, CPU_BATCH_SIZE, AUTO_MEMORY_FRACTION,
+                                          MAX_AUTO_BATCH_SIZE, activation_bytes_per_token, auto_batch_size,
+                                          resolve_batch_size)
+    from funnel_tl.measure.streaming import (CHUNK_PROMPTS, PromptDigest, chunked, TokenStream, PerPrompt)
+    from funnel_tl.measure.reads import (ROLES, definition_roles, ReadSums)
+    from funnel_tl.measure.medians import (LOW, HIGH, BIN_WIDTH, N_BINS, MAX_ERROR, METHOD, bin_index, bin_centres,
+                                           HistogramAccumulator, TokenHistograms)
+    from funnel_tl.measure.cache import (gains_from_cache)
+    from funnel_tl.measure.heads import (head_gains, HeadSums, check_head_identity)
+    from funnel_tl.measure.positions import (bucket_one_hot, position_sums, grown, PositionAccumulator,
+                                             HeadPositionAccumulator)
+    from funnel_tl.measure.effects import (AGREEMENT, STACK_CHOICES, AUTO_STACK, LOSS_CHUNK_FLOATS, ComponentMeans,
+                                           ContributionSums, component_means, Job, batch_effects, choose_runner,
+                                           check_stack, effects_batch_size, effects_bytes_per_token, resolve_sizes,
+                                           measure_effects, measure_effects_on_ranks)
+    from funnel_tl.measure.effect_checkpoints import (CHECKPOINT_SECONDS, CheckpointStore, checkpoint_settings,
+                                                      read_checkpoint, write_partial)
+    from funnel_tl.measure.intervene import (REPLAY_BYTES, Edit, TLRunner, HFRunner, contribution_hooks)
+    from funnel_tl.measure.interventions import (DEFAULT_INTERVENTIONS, COMPONENT_HOOKS, Intervention,
+                                                 parse_intervention, parse_interventions)
+    from funnel_tl.measure.distributed import (World, world, launched_by_torchrun, session, check_all, together,
+                                               shard_by_tokens, gather_to_main, broadcast_from_main, measure,
+                                               in_callers_terms, assemble)
+    from funnel_tl.measure.layers import (parse_layers, resolve_layers, check_measured, format_layers,
+                                          format_layer_spans)
+
+
+def __getattr__(name: str):
+    """A public name, imported from its module on first use."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,595 @@
+"""``GainResult``: the per-layer statistics of one model on one prompt set, and results.json.
+
+Glossary (DESIGN.md §2; hook names as in TransformerLens). For layer ``l`` and token ``t``:
+
+- ``x`` = ``blocks.{l}.hook_resid_pre``, ``a`` = ``blocks.{l}.hook_attn_out``,
+  ``m`` = ``blocks.{l}.hook_mlp_out``; ``resid_post`` = x + a + m.
+- ``u_attn``, ``u_mlp`` = what the attention and MLP modules actually receive: the LayerNorm
+  outputs *with* their affine weights (``ln1.hook_out``, ``ln2.hook_out``).
+- ``resid_mid`` = x + a for serial blocks; parallel blocks (Pythia, GPT-J) have none.
+- Sandwich norms (Gemma 2/3): a and m after their post-norm; post-norm blocks (OLMo 2): u = the
+  stream itself. ``architectures.py`` holds every block shape; ``provenance["reads"]`` records
+  the shape and the hook each number came from.
+
+What "input" and "output" mean for each component:
+
+============  =====================  =========================================  ============
+component     output                 input, ``definition="seed"``               input, ``"residual"``
+============  =====================  =========================================  ============
+``attn``      ‖a‖                    ‖u_attn‖                                   ‖x‖
+``mlp``       ‖m‖                    ‖u_mlp‖                                    ‖resid_mid‖ (serial) or ‖x‖ (parallel)
+``block``     ‖resid_post‖           ‖x‖                                        ‖x‖
+============  =====================  =========================================  ============
+
+Aggregation (the seed's): for each prompt, the mean over its tokens of each norm, and
+gain = mean‖out‖ / (mean‖in‖ + 1e-10); a layer's gain is the mean of the per-prompt gains.
+The per-prompt sums Σ‖out‖, Σ‖in‖ and token counts are kept, so pooled or bootstrap statistics
+derive from them. ``combined`` = attn gain × MLP gain of the layer; ``cumulative`` = running
+product of ``combined`` over layers.
+
+Beside the seed's numbers, from the same forward (``funnel_tl.measure.reads``, ``funnel_tl.measure.medians``;
+results built without them, e.g. by ``gains_from_cache`` or from older files, lack these keys):
+
+- ``gains_without_first``: the gains over positions >= 1, equal to a ``drop_first=1`` run's
+  (``without_first(1)``); position 0 carries the attention sink's massive activations;
+- ``block_cumulative_gains`` (results.json ``block.cumulative_gains``): the stream's real growth,
+  per prompt mean_t‖resid_post_L‖ / mean_t‖resid_pre_0‖, averaged over prompts. The seed's
+  ``cumulative_gains`` (``combined.cumulative_gains``) is a running product of sublayer gains with
+  a denominator each: no norm ratio of any activation;
+- ``module_gains`` / ``post_norm_gains`` (sandwich and post-norm blocks): ‖module output before its
+  post-norm‖ / ‖what the module reads‖, and ‖a‖ (or ‖m‖) / ‖module output‖; per prompt their
+  product is the seed gain;
+- ``in_definition(other)``: the same forward's gains under the other definition;
+- ``median_gains``: the median over every counted token of the per-token gain, from histograms
+  (``funnel_tl.measure.medians``: within 0.12% of the exact median).
+
+results.json keys they add: ``attention``/``mlp``/``combined``/``block`` ``["gains_without_first"]``;
+``attention``/``mlp``/``block`` ``["median_gains"]``; ``attention``/``mlp`` ``["module_gains"]`` and
+``["post_norm_gains"]`` (post-normed blocks); ``block["cumulative_gains"]`` and
+``["cumulative_gains_without_first"]`` (with ``["cumulative_intervals"]`` and
+``["cumulative_intervals_without_first"]`` when intervals were drawn); ``without_first`` (the
+headline numbers and the verdict over positions >= 1); ``other_definition`` (its gains and verdict,
+with and without position 0, and the mean input norms of both definitions per layer);
+``token_histograms`` (the medians' method and counts); ``per_prompt["reads"]`` (every role's
+per-prompt sums, over all positions and from position 1).
+
+Measured on some layers only (``measure_gains(..., layers=...)``), a result holds those layers
+(``result.layers``, true indices; every per-layer array has that length) and ``n_layers`` stays the
+model's depth. Per-layer gains are exact there. The running product from layer 0 is exact only
+over a measured prefix 0..k (``cumulative_layers``); the Funnel verdicts need every layer from 0,
+and are refused (``funnel.not_testable``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from funnel_tl.analysis.funnel import funnel_test
+from funnel_tl.analysis.sink import sink_effect
+from funnel_tl.components import COMPONENTS, DEFINITIONS, gain_ratio
+from funnel_tl.errors import FunnelError
+from funnel_tl.measure.layers import check_measured, format_layer_spans
+from funnel_tl.measure.reads import definition_roles
+from funnel_tl.results.files import (
+    prompts_subset,
+    read_json,
+    subset_index,
+    write_json_atomic,
+)
+from funnel_tl.results.gains_file import gain_frame, result_dict, result_from_dict
+
+
+@dataclass(frozen=True)
+class GainResult:
+    """Per-prompt norm sums of each component of each layer; every gain derives from them.
+
+    Shapes: ``out_sums[c]`` and ``in_sums[c]`` are ``[prompt, layer]`` sums over the counted
+    tokens of ‖output‖ and ‖input‖ of component ``c`` (see the module docstring for what input
+    means under each definition); ``n_tokens`` is ``[prompt]``, the tokens counted. ``layer`` runs
+    over ``layers``, the measured layers (ascending true indices; None given = all ``n_layers``).
+    """
+
+    model: str
+    definition: str
+    n_layers: int
+    d_model: int
+    parallel_blocks: bool
+    prompts: tuple[str, ...] | None  # None: texts not kept (keep_texts=False); their sha256 is in the provenance
+    n_tokens: np.ndarray
+    out_sums: dict[str, np.ndarray]
+    in_sums: dict[str, np.ndarray]
+    drop_first: int = 0
+    provenance: dict[str, Any] = field(default_factory=dict)
+    # Bootstrap intervals over prompts (funnel_tl.analysis.stats.Intervals), or None until
+    # ``with_intervals`` draws them; ``subset`` drops them, as they describe all the prompts.
+    intervals: Any = None
+    # Per-prompt sums by position bucket (funnel_tl.results.positions.PositionSums) when measured with
+    # ``by_position=True``; None otherwise (and in files written before it existed).
+    positions: Any = None
+    # The measured layers, ascending (``measure_gains(..., layers=...)``); None: every layer.
+    layers: tuple[int, ...] | None = None
+    # Every norm the forward read, by role, over all counted positions and from position 1
+    # (funnel_tl.measure.reads.ReadSums); None where not measured so (gains_from_cache, older files).
+    reads: Any = None
+    # Histograms of per-token log10 gains by component and layer (funnel_tl.measure.medians.TokenHistograms), or None.
+    token_histograms: Any = None
+
+    def __post_init__(self):
+        if self.definition not in DEFINITIONS:
+            raise FunnelError(f"unknown definition {self.definition!r}: choose seed or residual")
+        layers = tuple(range(self.n_layers)) if self.layers is None else check_measured(self.layers, self.n_layers)
+        object.__setattr__(self, "layers", layers)
+        object.__setattr__(self, "n_tokens", np.asarray(self.n_tokens, dtype=np.int64))
+        if self.prompts is not None:
+            object.__setattr__(self, "prompts", tuple(self.prompts))
+        n_prompts = len(self.prompts) if self.prompts is not None else len(self.n_tokens)
+        if self.n_tokens.shape != (n_prompts,):
+            raise ValueError(f"n_tokens has shape {self.n_tokens.shape}, expected ({n_prompts},)")
+        if n_prompts == 0:  # every gain would be the NaN mean of nothing
+            raise FunnelError(f"{self.model}: a result needs at least one prompt, got none")
+        if self.n_tokens.min() < 1:
+            raise ValueError("every prompt must count at least one token")
+        for sums in (self.out_sums, self.in_sums):
+            if set(sums) != set(COMPONENTS):
+                raise ValueError(f"sums must have the components {COMPONENTS}, got {sorted(sums)}")
+            for component in COMPONENTS:
+                array = np.asarray(sums[component], dtype=np.float64)
+                if array.shape != (n_prompts, len(layers)):
+                    raise ValueError(f"{component} sums have shape {array.shape}, expected {(n_prompts, len(layers))}")
+                if not np.all(np.isfinite(array)) or np.any(array < 0):
+                    raise ValueError(f"{component} sums must be finite and non-negative")
+                sums[component] = array
+        if self.intervals is not None and (self.intervals.n_layers, len(self.intervals.cumulative)) != (
+                len(layers), len(self.cumulative_layers)):
+            raise ValueError(f"intervals cover {self.intervals.n_layers} layers ({len(self.intervals.cumulative)} "
+                             f"cumulative), the result {len(layers)} ({len(self.cumulative_layers)} cumulative)")
+        if self.positions is not None:
+            self._check_positions()
+        if self.reads is not None:
+            self._check_reads()
+        if self.token_histograms is not None and self.token_histograms.n_layers != len(layers):
+            raise ValueError(f"token histograms cover {self.token_histograms.n_layers} layers, the result {len(layers)}")
+
+    def _check_reads(self) -> None:
+        """The definition's own sums must be the reads' sums of their roles: the same norms."""
+        reads = self.reads
+        if reads.n_prompts != self.n_prompts or next(iter(reads.sums.values())).shape[1] != len(self.layers):
+            raise ValueError(f"read sums cover {reads.n_prompts} prompts, the result {self.n_prompts}")
+        if np.any(reads.n_tokens_from_1 > self.n_tokens):
+            raise ValueError("read sums count more tokens from position 1 than in all")
+        for component, (out_role, in_role) in definition_roles(self.definition, self.parallel_blocks).items():
+            for role, sums in ((out_role, self.out_sums[component]), (in_role, self.in_sums[component])):
+                if role not in reads.sums or not np.array_equal(reads.sums[role], sums):
+                    raise ValueError(f"{component} sums are not the read sums of {role}")
+
+    def _check_positions(self) -> None:
+        """Position sums must add up, over buckets, to the per-prompt sums: the same tokens."""
+        positions = self.positions
+        if positions.n_prompts != self.n_prompts or positions.n_layers != len(self.layers):
+            raise ValueError(f"position sums cover {positions.n_prompts} prompts x {positions.n_layers} layers, "
+                             f"the result {self.n_prompts} x {len(self.layers)}")
+        if not np.array_equal(positions.n_tokens.sum(axis=1), self.n_tokens):
+            raise ValueError("position token counts do not add up to the per-prompt token counts")
+        for component in COMPONENTS:
+            for by_position, total in ((positions.out_sums, self.out_sums), (positions.in_sums, self.in_sums)):
+                # Both are float32 sums of the same norms grouped differently (~1e-6 relative apart).
+                if not np.allclose(by_position[component].sum(axis=2), total[component], rtol=1e-4, atol=1e-6):
+                    raise ValueError(f"{component} position sums do not add up to the per-prompt sums")
+
+    # ---- display -----------------------------------------------------------------------------
+    def __repr__(self) -> str:  # the prompts and per-prompt arrays would flood a notebook cell
+        return f"GainResult({', '.join(f'{key}={value}' for key, value in self._summary().items())})"
+
+    def _repr_html_(self) -> str:
+        """A small table in notebooks: one row per layer, gains and (when drawn) intervals."""
+        import html
+
+        rows = []
+        for row, layer in enumerate(self.layers):
+            cells = "".join(f"<td>{_with_interval(self, c, row)}</td>" for c in ("attn", "mlp", "block"))
+            rows.append(f"<tr><td>{layer}</td>{cells}</tr>")
+        summary = ", ".join(f"{key}={html.escape(str(value))}" for key, value in self._summary(short=True).items())
+        return (f"<div><code>GainResult({summary})</code><table><thead><tr><th>layer</th><th>attention</th>"
+                f"<th>MLP</th><th>block</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+
+    def _summary(self, short: bool = False) -> dict[str, str]:
+        summary = {"model": repr(self.model), "definition": repr(self.definition), "n_layers": str(self.n_layers)}
+        if not self.all_layers:
+            summary["layers"] = repr(self.layer_spans)
+        summary |= {"n_prompts": str(self.n_prompts), "n_tokens": str(int(self.n_tokens.sum()))}
+        if self.drop_first:
+            summary["drop_first"] = str(self.drop_first)
+        if self.intervals is not None:
+            summary["intervals"] = f"'{100 * self.intervals.confidence:g}%, {self.intervals.n_resamples} resamples'"
+        if not short:
+            for component in ("attn", "mlp"):
+                summary[f"{component}_gains"] = _brief(self.gains(component))
+        summary["funnel_confirmed"] = str(funnel_test(self).funnel_confirmed) if self.all_layers else "'not testable'"
+        return summary
+
+    def to_pandas(self):
+        """The gains as a tidy table, one row per layer and component (pandas, imported here).
+
+        Columns: model, layer, component (attn, mlp, block, combined, cumulative), gain, ci_low,
+        ci_high (the bootstrap interval, NaN without intervals), n_prompts. ``layer`` is the true
+        layer index; measured on some layers only, only those have rows (cumulative ones only
+        over ``cumulative_layers``). Measured with
+        ``by_position=True``, a ``position`` column too: ``"all"`` on these rows, and one more row
+        per layer, component (attn, mlp, block, combined) and reached position bucket, with its
+        label ("0", "16-31"), ``position_start``/``position_stop`` and the prompts reaching it
+        (``positions.position_rows``). Those two are integers of pandas' nullable ``Int64``
+        dtype, ``<NA>`` on the ``"all"`` rows (not floats with NaN).
+
+        >>> result.to_pandas().query("component == 'mlp'").plot(x="layer", y="gain")  # doctest: +SKIP
+        >>> table = result.to_pandas()  # measured with by_position=True  # doctest: +SKIP
+        >>> table.query("position != 'all'")[["position", "position_start", "position_stop"]].head(2)  # doctest: +SKIP
+          position  position_start  position_stop
+        15       0               0              0
+        16       1               1              1
+        >>> table["position_start"].dtype, table.loc[0, "position_start"]  # doctest: +SKIP
+        (Int64Dtype(), <NA>)
+        """
+        return gain_frame(self)
+
+    # ---- gains -------------------------------------------------------------------------------
+    @property
+    def n_prompts(self) -> int:
+        return len(self.n_tokens)
+
+    @property
+    def all_layers(self) -> bool:
+        """Whether every layer of the model was measured (the Funnel verdicts need it)."""
+        return len(self.layers) == self.n_layers
+
+    @property
+    def layer_spans(self) -> str:
+        """The measured layers in ``--layers`` syntax, e.g. ``"0-3,23"``."""
+        return format_layer_spans(self.layers)
+
+    @property
+    def cumulative_layers(self) -> tuple[int, ...]:
+        """The layers the cumulative gain covers: the measured prefix 0..k (every layer for a full
+        result; none when layer 0 was not measured). Past a gap a running product from layer 0
+        would silently skip the missing layers' gains, so it stops there."""
+        prefix = 0
+        while prefix < len(self.layers) and self.layers[prefix] == prefix:
+            prefix += 1
+        return self.layers[:prefix]
+
+    def per_prompt_gains(self, component: str) -> np.ndarray:
+        """``[prompt, layer]``: mean‖out‖ / (mean‖in‖ + 1e-10) of each prompt (the seed's)."""
+        counts = self.n_tokens[:, None]
+        return gain_ratio(self.out_sums[component] / counts, self.in_sums[component] / counts)
+
+    def gains(self, component: str) -> np.ndarray:
+        """``[layer]``: the mean over prompts of the per-prompt gains."""
+        return self.per_prompt_gains(component).mean(axis=0)
+
+    @property
+    def attn_gains(self) -> np.ndarray:
+        return self.gains("attn")
+
+    @property
+    def mlp_gains(self) -> np.ndarray:
+        return self.gains("mlp")
+
+    @property
+    def block_gains(self) -> np.ndarray:
+        return self.gains("block")
+
+    @property
+    def combined_gains(self) -> np.ndarray:
+        """Attn gain × MLP gain of each layer (products of the aggregated gains, as the seed)."""
+        return self.attn_gains * self.mlp_gains
+
+    @property
+    def cumulative_gains(self) -> np.ndarray:
+        """``[layer]`` over ``cumulative_layers``: the running product of ``combined`` from layer 0."""
+        return np.cumprod(self.combined_gains[:len(self.cumulative_layers)])
+
+    def subset(self, prompt_indices) -> "GainResult":
+        """A new result over some of the prompts (for bootstrap resampling and checks)."""
+        index = subset_index(prompt_indices, self.n_prompts)
+        prompts, provenance = prompts_subset(self.prompts, self.provenance, index)
+        return GainResult(
+            model=self.model, definition=self.definition, n_layers=self.n_layers, d_model=self.d_model,
+            parallel_blocks=self.parallel_blocks, prompts=prompts,
+            n_tokens=self.n_tokens[index],
+            out_sums={c: v[index] for c, v in self.out_sums.items()},
+            in_sums={c: v[index] for c, v in self.in_sums.items()},
+            drop_first=self.drop_first, provenance=provenance,
+            positions=None if self.positions is None else self.positions.subset(index), layers=self.layers,
+            reads=None if self.reads is None else self.reads.subset(index),
+        )
+
+    def position_gains(self, component: str) -> np.ndarray:
+        """``[layer, bucket]`` gains by position (``funnel_tl.results.positions``); needs ``by_position=True``.
+
+        A cell is the mean, over the prompts that reach the bucket, of the ratio of their mean norms
+        there (the seed's aggregation); NaN where no prompt reaches it. Buckets are
+        ``self.positions.labels``; prompts behind each, ``self.positions.prompt_counts()``.
+        """
+        if self.positions is None:
+            raise FunnelError(f"{self.model}: no position-resolved sums: measure with by_position=True "
+                              "(funnel-tl run --by-position)")
+        return self.positions.gains(component)
+
+    def without_first(self, k: int) -> "GainResult":
+        """The result as if measured with ``drop_first=k``, from the position sums (no model needed).
+
+        ``k=1`` needs no position sums in a result with read sums (every ``measure_gains`` run):
+        its sums from position 1 are exactly those a ``drop_first=1`` run adds up. Prompts with no token left after the first k positions are left out (they would count
+        none). Intervals are not carried over: draw them again with ``with_intervals``.
+        """
+        if k <= self.drop_first:
+            return replace(self, intervals=None)
+        if k == 1 and self.reads is not None:
+            return self._from_position_1()
+        if self.positions is None:
+            raise FunnelError(f"{self.model}: leaving out positions after the fact needs by_position=True")
+        out_sums, in_sums, n_tokens = self.positions.from_position(k)
+        kept = np.flatnonzero(n_tokens > 0)
+        if kept.size == 0:
+            raise FunnelError(f"{self.model}: no prompt has a token after the first {k} positions")
+        prompts, provenance = (prompts_subset(self.prompts, self.provenance, kept) if kept.size < self.n_prompts
+                               else (self.prompts, self.provenance))
+        return GainResult(
+            model=self.model, definition=self.definition, n_layers=self.n_layers, d_model=self.d_model,
+            parallel_blocks=self.parallel_blocks, prompts=prompts,
+            n_tokens=n_tokens[kept],
+            out_sums={c: out_sums[c][kept] for c in COMPONENTS}, in_sums={c: in_sums[c][kept] for c in COMPONENTS},
+            drop_first=k, provenance=dict(provenance, drop_first=k, derived_from_drop_first=self.drop_first),
+            positions=self.positions.without_first(k).subset(kept), layers=self.layers,
+        )
+
+    def _from_position_1(self) -> "GainResult":
+        """``without_first(1)`` from the read sums over positions >= 1: the very sums a
+        ``drop_first=1`` run of the same batches adds up."""
+        reads = self.reads
+        kept = np.flatnonzero(reads.n_tokens_from_1 > 0)
+        if kept.size == 0:
+            raise FunnelError(f"{self.model}: no prompt has a token after position 0")
+        roles = definition_roles(self.definition, self.parallel_blocks)
+        prompts, provenance = (prompts_subset(self.prompts, self.provenance, kept) if kept.size < self.n_prompts
+                               else (self.prompts, self.provenance))
+        return GainResult(
+            model=self.model, definition=self.definition, n_layers=self.n_layers, d_model=self.d_model,
+            parallel_blocks=self.parallel_blocks, prompts=prompts, n_tokens=reads.n_tokens_from_1[kept],
+            out_sums={c: reads.sums_from_1[out][kept] for c, (out, _) in roles.items()},
+            in_sums={c: reads.sums_from_1[inp][kept] for c, (_, inp) in roles.items()},
+            drop_first=1, provenance=dict(provenance, drop_first=1, derived_from_drop_first=self.drop_first),
+            positions=None if self.positions is None else self.positions.without_first(1).subset(kept),
+            layers=self.layers, reads=reads.from_position_1().subset(kept),
+        )
+
+    # ---- beside the seed's numbers (funnel_tl.measure.reads, funnel_tl.measure.medians) ------------------------
+    @cached_property
+    def without_first_position(self) -> "GainResult | None":
+        """This result over positions >= 1 (``without_first(1)``, itself when position 0 is already
+        dropped), with intervals drawn as this result's; None without read sums (older files) or
+        when no prompt has a second token."""
+        if self.drop_first >= 1:
+            return self
+        if self.reads is None or not np.any(self.reads.n_tokens_from_1 > 0):
+            return None
+        return self._like_intervals(self.without_first(1))
+
+    def gains_without_first(self, component: str) -> np.ndarray | None:
+        """``[layer]`` gains of ``component`` (attn, mlp, block, combined) over positions >= 1, or None."""
+        without = self.without_first_position
+        if without is None:
+            return None
+        return without.combined_gains if component == "combined" else without.gains(component)
+
+    def _like_intervals(self, other: "GainResult") -> "GainResult":
+        """``other`` with intervals drawn as this result's were (same resamples, seed, confidence)."""
+        if self.intervals is None or other.n_prompts < 2:
+            return other
+        # Imported on use: looked up in its own module on each call (where tests replace it).
+        from funnel_tl.analysis.stats import bootstrap_intervals
+
+        # The layers' intervals alone (as positions.sink_effect draws them): no page shows the
+        # position cells' of a derived result.
+        return replace(other, intervals=bootstrap_intervals(other, n_resamples=self.intervals.n_resamples,
+                                                            seed=self.intervals.seed,
+                                                            confidence=self.intervals.confidence,
+                                                            method=self.intervals.method))
+
+    def in_definition(self, definition: str) -> "GainResult":
+        """The same forward's gains under ``definition`` (``"seed"`` or ``"residual"``), from the read sums.
+
+        >>> measure_gains(model, "seed").in_definition("residual").attn_gains  # doctest: +SKIP
+        """
+        if definition not in DEFINITIONS:
+            raise FunnelError(f"unknown definition {definition!r}: choose seed or residual")
+        if definition == self.definition:
+            return self
+        roles = definition_roles(definition, self.parallel_blocks)
+        if self.reads is None or not self.reads.has(*(role for pair in roles.values() for role in pair)):
+            raise FunnelError(f"{self.model}: the {definition} definition's inputs were not read "
+                              + ("(a result without read sums: rerun funnel-tl run)" if self.reads is None else
+                                 "(the model has no norm output to read)"))
+        reads = self.reads
+        described = {"block_shape": self.provenance.get("reads", {}).get("block_shape")}
+        for component, (out, inp) in roles.items():
+            described |= {f"{component}_in": reads.reads[inp], f"{component}_out": reads.reads[out]}
+        return GainResult(
+            model=self.model, definition=definition, n_layers=self.n_layers, d_model=self.d_model,
+            parallel_blocks=self.parallel_blocks, prompts=self.prompts, n_tokens=self.n_tokens,
+            out_sums={c: reads.sums[out] for c, (out, _) in roles.items()},
+            in_sums={c: reads.sums[inp] for c, (_, inp) in roles.items()}, drop_first=self.drop_first,
+            provenance=dict(self.provenance, reads=described, derived_from_definition=self.definition),
+            layers=self.layers, reads=reads,
+        )
+
+    @cached_property
+    def other_definition(self) -> "GainResult | None":
+        """``in_definition`` of the definition this result is not, with intervals drawn as this
+        result's; None where its inputs were not read."""
+        other = DEFINITIONS[1 - DEFINITIONS.index(self.definition)]
+        try:
+            return self._like_intervals(self.in_definition(other))
+        except FunnelError:
+            return None
+
+    def module_gains(self, component: str) -> np.ndarray | None:
+        """``[layer]`` (attn or mlp) of a post-normed block: the mean over prompts of
+        mean‖module output before its post-norm‖ / (mean‖what the module reads‖ + 1e-10); None
+        where no post-norm follows the sublayer (or it was not read)."""
+        if self.reads is None or not self.reads.has(f"{component}_module_out", f"{component}_in"):
+            return None
+        return _mean_ratio(self.reads.sums[f"{component}_module_out"], self.reads.sums[f"{component}_in"],
+                           self.n_tokens)
+
+    def post_norm_gains(self, component: str) -> np.ndarray | None:
+        """``[layer]`` (attn or mlp): the post-norm's own gain, mean‖a‖ (or ‖m‖) / mean‖module output‖
+        per prompt, averaged; per prompt, module gain × post-norm gain = the seed gain."""
+        if self.reads is None or not self.reads.has(f"{component}_module_out"):
+            return None
+        return _mean_ratio(self.reads.sums[f"{component}_out"], self.reads.sums[f"{component}_module_out"],
+                           self.n_tokens)
+
+    def median_gains(self, component: str) -> np.ndarray | None:
+        """``[layer]`` median per-token gain of ``component`` (attn, mlp, block) over every counted
+        token (``funnel_tl.measure.medians``), or None where no histograms were kept."""
+        histograms = self.token_histograms
+        if histograms is None or component not in histograms.components:
+            return None
+        return histograms.median(component)
+
+    def mean_input_norms(self, role: str) -> np.ndarray | None:
+        """``[layer]``: the mean over prompts of mean‖role‖ (``funnel_tl.measure.reads.ROLES``), or None if not read."""
+        if self.reads is None or role not in self.reads.sums:
+            return None
+        return (self.reads.sums[role] / self.n_tokens[:, None]).mean(axis=0)
+
+    @property
+    def stream_layers(self) -> tuple[int, ...]:
+        """The layers ``block_cumulative_gains`` covers: every measured layer when layer 0 was
+        measured (its ``resid_pre`` is the denominator), none otherwise."""
+        return self.layers if self.layers[0] == 0 else ()
+
+    @cached_property
+    def _stack(self) -> "GainResult | None":
+        """Blocks 0..L read as one block: ``block`` sums of ‖resid_post_L‖ over ‖resid_pre_0‖ (the
+        other components as this result's), so that its block gains and intervals are the stream's growth."""
+        if not self.stream_layers:
+            return None
+        first = np.repeat(self.in_sums["block"][:, :1], len(self.layers), axis=1)  # [prompt, layer]: resid_pre_0
+        stack = GainResult(
+            model=self.model, definition=self.definition, n_layers=self.n_layers, d_model=self.d_model,
+            parallel_blocks=self.parallel_blocks, prompts=self.prompts, n_tokens=self.n_tokens,
+            out_sums=dict(self.out_sums), in_sums={**self.in_sums, "block": first}, drop_first=self.drop_first,
+            provenance=self.provenance, layers=self.layers)
+        return stack
+
+    @property
+    def block_cumulative_gains(self) -> np.ndarray:
+        """``[layer]`` over ``stream_layers``: how much the residual stream has grown by the end of
+        layer L, per prompt mean_t‖resid_post_L‖ / (mean_t‖resid_pre_0‖ + 1e-10), averaged over
+        prompts (results.json ``block.cumulative_gains``). Unlike the seed's ``cumulative_gains``, a
+        norm ratio of two activations."""
+        return np.empty(0) if self._stack is None else self._stack.block_gains
+
+    @cached_property
+    def block_cumulative_intervals(self) -> np.ndarray | None:
+        """``[layer, 2]`` intervals of ``block_cumulative_gains`` (drawn as the result's, on first
+        use), or None without intervals."""
+        if self._stack is None or self.intervals is None:
+            return None
+        stack = self._like_intervals(self._stack)
+        return None if stack.intervals is None else stack.intervals.block
+
+    def with_intervals(self, intervals=None, n_resamples: int | None = None, seed: int | None = None,
+                       confidence: float | None = None, method: str | None = None) -> "GainResult":
+        """A new result carrying intervals over prompts (see ``funnel_tl.analysis.stats``).
+
+        Pass ready ``Intervals``, or let them be drawn from this result's per-prompt sums
+        (defaults: t intervals, 95%; ``method="percentile"``: the percentile bootstrap, 2,000
+        resamples, seed 0). The same arguments give the same intervals.
+
+        >>> result = result.with_intervals()                           # doctest: +SKIP
+        >>> result.intervals.method, result.intervals.mlp[-1]         # doctest: +SKIP
+        ('t', array([3.21, 3.98]))
+        """
+        # Imported on use: looked up in its own module on each call (where tests replace it).
+        from funnel_tl.analysis.stats import (
+            DEFAULT_CONFIDENCE,
+            DEFAULT_METHOD,
+            DEFAULT_RESAMPLES,
+            DEFAULT_SEED,
+            bootstrap_intervals,
+        )
+
+        if intervals is None:
+            intervals = bootstrap_intervals(
+                self, n_resamples=DEFAULT_RESAMPLES if n_resamples is None else n_resamples,
+                seed=DEFAULT_SEED if seed is None else seed,
+                confidence=DEFAULT_CONFIDENCE if confidence is None else confidence,
+                method=DEFAULT_METHOD if method is None else method,
+            )
+        positions = self.positions
+        if positions is not None:
+            positions = positions.with_intervals(intervals.n_resamples, intervals.seed, intervals.confidence)
+        return replace(self, intervals=intervals, positions=positions)
+
+    # ---- results.json ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The results file: every key of the seed notebook's JSON, same meaning, plus more."""
+        return result_dict(self)
+
+    @cached_property
+    def sink(self):
+        """``positions.sink_effect(self)``: the verdict with and without the first
+        ``positions.sink_positions`` positions, computed once per result, as results.json, the
+        printed analysis and positions.html all show it and it draws a bootstrap of its own."""
+        # Position 0 alone: the same result as without_first_position, whose intervals are drawn already.
+        reuse = self.positions.sink_positions == 1 and self.reads is not None
+        return sink_effect(self, without=self.without_first_position if reuse else None)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "results") -> "GainResult":
+        return result_from_dict(cls, data, source)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write results.json atomically: a crash never leaves a half-written file."""
+        return write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "GainResult":
+        return cls.from_dict(read_json(path), source=str(path))
+
+
+def _brief(values, most: int = 12) -> str:
+    """Gains in a repr: every layer up to ``most`` layers, else the first and last few.
+
+    Four significant digits: three rounded 7.996 to ``8``, which reads as an exact gain.
+
+    >>> _brief([7.9959, 1.0839, 0.25])
+    '[7.996, 1.084, 0.25]'
+    """
+    shown = [f"{v:.4g}" for v in values]
+    if len(shown) > most:
+        shown = shown[:4] + ["…"] + shown[-4:]
+    return "[" + ", ".join(shown) + "]"
+
+
+def _with_interval(result: GainResult, component: str, row: int) -> str:
+    text = f"{result.gains(component)[row]:.4g}"
+    if result.intervals is not None:
+        low, high = result.intervals.of(component)[row]
+        text += f" [{low:.3g}, {high:.3g}]"
+    return text
+
+
+def _mean_ratio(out_sums: np.ndarray, in_sums: np.ndarray, n_tokens: np.ndarray) -> np.ndarray:
+    """``[layer]``: the seed's aggregation of two ``[prompt, layer]`` sums, mean over prompts of
+    mean‖out‖ / (mean‖in‖ + 1e-10)."""
+    counts = n_tokens[:, None]
+    return gain_ratio(out_sums / counts, in_sums / counts).mean(axis=0)

@@ -1,0 +1,127 @@
+"""The package's layout as the architecture it claims: subpackages that read as the pipeline, no
+import cycle, no module too long to read, no private name shared across modules (issue 24).
+
+Read from the source with ``ast``, nothing imported: a cycle hidden behind a function-local
+import counts as one (only ``if TYPE_CHECKING:`` imports are left out: they never run).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "funnel_tl"
+SUBPACKAGES = {"models", "prompts", "measure", "results", "analysis", "plots", "sweep", "cli", "testing"}
+# The top level: the package, its `python -m`, and the two small modules every subpackage shares.
+TOP_LEVEL = {"__init__.py", "__main__.py", "errors.py", "components.py"}
+MAX_LINES = 600
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def type_checking_nodes(tree: ast.Module) -> set[int]:
+    skipped = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped |= {id(inner) for statement in node.body for inner in ast.walk(statement)}
+    return skipped
+
+
+def imports(name: str) -> set[str]:
+    """The package modules ``name`` imports anywhere in its body (function-local ones included)."""
+    path = MODULES[name]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped = type_checking_nodes(tree)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            found |= {base} | {f"{base}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return {module for module in found if module in MODULES and module != name}
+
+
+def test_no_import_cycle():
+    graph = {name: imports(name) for name in MODULES}
+    done, on_path = set(), []
+
+    def visit(name: str) -> None:
+        on_path.append(name)
+        for dependency in sorted(graph[name]):
+            if dependency in on_path:
+                cycle = on_path[on_path.index(dependency):] + [dependency]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if dependency not in done:
+                visit(dependency)
+        on_path.pop()
+        done.add(name)
+
+    for name in sorted(graph):
+        if name not in done:
+            visit(name)
+    assert len(graph) > 40  # the walk found the subpackages' modules, not only the top level
+
+
+def test_no_module_over_600_lines():
+    lengths = {name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in MODULES.items()}
+    assert {name: n for name, n in lengths.items() if n > MAX_LINES} == {}
+
+
+def test_the_top_level_holds_only_subpackages_and_shared_modules():
+    files = {path.name for path in PACKAGE.glob("*.py")}
+    folders = {path.name for path in PACKAGE.iterdir() if path.is_dir() and path.name != "__pycache__"}
+    assert files == TOP_LEVEL
+    assert folders == SUBPACKAGES
+    for folder in folders:
+        init = PACKAGE / folder / "__init__.py"
+        assert init.is_file(), folder
+        assert ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))), f"{folder}/__init__.py says its concern"
+
+
+def test_no_private_name_is_imported_across_modules():
+    shared = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("funnel_tl")):
+                shared += [f"{name}: {alias.name} from {node.module}" for alias in node.names
+                           if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert shared == []
+
+
+@pytest.mark.parametrize("subpackage", sorted(SUBPACKAGES))
+def test_every_subpackage_reexports_its_public_names(subpackage):
+    package = importlib.import_module(f"funnel_tl.{subpackage}")
+    assert package.__all__, subpackage
+    for name in package.__all__:
+        assert getattr(package, name) is not None, f"funnel_tl.{subpackage}.{name}"
+
+
+def test_top_level_exports_point_at_their_homes():
+    """Each lazy export names the module that defines it, and the TYPE_CHECKING block imports every one
+    (type checkers and the API reference read that block; the lazy table is what runs)."""
+    import funnel_tl
+
+    tree = ast.parse((PACKAGE / "__init__.py").read_text(encoding="utf-8"))
+    checked = {alias.name for node in ast.walk(tree) if isinstance(node, ast.If)
+               and "TYPE_CHECKING" in ast.unparse(node.test)
+               for statement in node.body for alias in statement.names}
+    assert checked == set(funnel_tl._EXPORTS) == set(funnel_tl.__all__)
+    for name, home in funnel_tl._EXPORTS.items():
+        value = getattr(funnel_tl, name)
+        assert not callable(value) or value.__module__ == f"funnel_tl.{home}", name  # constants have no __module__
