@@ -39,8 +39,8 @@ for path in (REPO, REPO / "benchmarks"):
         sys.path.insert(0, str(path))
 
 import torch  # noqa: E402
+from bench_gains import bench_prompts, build, machine  # noqa: E402
 
-from bench_gains import SHAPES, bench_prompts, build, machine  # noqa: E402
 from funnel_tl import load_model, measure_gains  # noqa: E402
 from funnel_tl.measure.effects import measure_effects  # noqa: E402
 from funnel_tl.measure.interventions import DEFAULT_INTERVENTIONS  # noqa: E402

@@ -54,8 +54,8 @@ import torch  # noqa: E402
 import transformer_lens.model_bridge  # noqa: E402,F401
 import transformers  # noqa: E402
 
-from funnel_tl.measure import engine as engine_module  # noqa: E402
 from funnel_tl import head_gains, load_model, measure_gains  # noqa: E402
+from funnel_tl.measure import engine as engine_module  # noqa: E402
 from funnel_tl.measure.engine import resolve_batch_size  # noqa: E402
 from funnel_tl.prompts.tokens import make_batches, padding_fraction, tokenize  # noqa: E402
 from funnel_tl.testing.reference import seed_reference  # noqa: E402

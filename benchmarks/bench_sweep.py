@@ -48,11 +48,11 @@ PAGE_ROWS = (10, 40, 154, 1232)
 def synthetic_sweep(n_rows: int, n_layers: int = 16, n_prompts: int = 8, seed: int = 0):
     """A ``Comparison`` of ``n_rows`` checkpoints: Pythia's steps, over as many sizes as it takes
     (154 per size), gains that drift with the step (no model is loaded)."""
-    from funnel_tl.sweep.plan import PYTHIA_STEPS, Target
-    from funnel_tl.sweep.comparison import Comparison
-    from funnel_tl.sweep.rows import row_from_results
     from funnel_tl.components import COMPONENTS
     from funnel_tl.results.gains import GainResult
+    from funnel_tl.sweep.comparison import Comparison
+    from funnel_tl.sweep.plan import PYTHIA_STEPS, Target
+    from funnel_tl.sweep.rows import row_from_results
 
     rng = np.random.default_rng(seed)
     rows, results = [], {}

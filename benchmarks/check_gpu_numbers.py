@@ -29,8 +29,8 @@ for folder in (REPO, REPO / "benchmarks"):
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from bench_gains import SHAPES, bench_prompts, build  # noqa: E402
+
 from funnel_tl import load_model, measure_gains  # noqa: E402
 from funnel_tl.testing.reference import reference_gains, seed_reference  # noqa: E402
 

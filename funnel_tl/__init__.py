@@ -53,14 +53,14 @@ if TYPE_CHECKING:
     # What griffe (mkdocstrings) and type checkers read: the lazily exported names, statically.
     # Never executed, so `import funnel_tl` still imports no torch.
     from .cache import gains_from_cache
-    from .compare import Comparison, PYTHIA_SUITE, compare
+    from .compare import PYTHIA_SUITE, Comparison, compare
     from .effect_plots import plot_effects
     from .effect_results import EffectResult
     from .effects import measure_effects
     from .errors import FunnelError
     from .funnel import (
-        FunnelTest,
         PYTHIA_1_4B_REFERENCE,
+        FunnelTest,
         comparison_1_4b,
         format_analysis,
         funnel_test,

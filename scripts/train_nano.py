@@ -243,7 +243,7 @@ def model_card(record: dict, meta: dict) -> str:
         f"({meta['train_tokens']:,} tokens) for training; {meta['heldout_documents']} documents, "
         f"{meta['heldout_chars']:,} characters ({meta['heldout_tokens']:,} tokens, "
         f"{meta['heldout_fraction']:.1%} of the text), held out by a hash of their names.",
-        f"- Tokenizer: byte-level BPE trained with `tokenizers` on the training split only.",
+        "- Tokenizer: byte-level BPE trained with `tokenizers` on the training split only.",
         f"- {spec['steps']} steps of {BATCH_SIZE} × {meta['n_ctx']} = {record['tokens_per_step']:,} tokens "
         f"(random windows of the concatenated documents, each ended by `<|endoftext|>`): "
         f"{record['tokens_seen']:,} tokens seen, {record['tokens_seen'] / meta['train_tokens']:.1f} epochs.",

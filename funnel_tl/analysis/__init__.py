@@ -34,25 +34,84 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from funnel_tl.analysis.funnel import (PYTHIA_1_4B_REFERENCE, LayerSummary, summarize, FunnelTest, funnel_test,
-                                           comparison_1_4b)
-    from funnel_tl.analysis.report import (FEW_PROMPTS, DOMINANT_SHOWN, format_analysis)
-    from funnel_tl.analysis.criteria import (MLP_EXPANDING_ALLOWED, SEED_N_LAYERS, mlp_expanding_allowed,
-                                             seed_rule_cannot_fail, not_testable, require_all_layers)
-    from funnel_tl.analysis.stats import (DEFAULT_RESAMPLES, DEFAULT_SEED, DEFAULT_CONFIDENCE, METHODS,
-                                          DEFAULT_METHOD, INTERVAL_KEYS, Intervals, MAX_RESAMPLES, CHUNK_FLOATS,
-                                          bootstrap_bytes, available_memory, check_bootstrap, resample_weight_chunks,
-                                          resample_weights, bootstrap_intervals, MIN_STUDENTIZED, t_critical,
-                                          Dominance, dominant_prompts, RobustFunnelTest, classify, interval_counts,
-                                          robust_funnel_test, mean_intervals)
-    from funnel_tl.analysis.readings import (NOTABLE_FACTOR, WITHOUT, headlines, add_readings, input_norms, factor,
-                                             notable, extreme_change, CRITERIA, changed_criteria, definition_lines,
-                                             post_norm_lines)
-    from funnel_tl.analysis.sink import (SinkEffect, sink_effect, sink_unavailable, cached_sink_effect,
-                                         format_sink_analysis)
-    from funnel_tl.analysis.effects import (NAMES, TOP, MIN_LAYERS_FOR_RANKS, Sublayer, Correlation, LastMLP,
-                                            GainVersusEffect, reading_intervention, spearman, gain_versus_effect,
-                                            format_effects, summary_lines)
+    from funnel_tl.analysis.criteria import (
+        MLP_EXPANDING_ALLOWED,
+        SEED_N_LAYERS,
+        mlp_expanding_allowed,
+        not_testable,
+        require_all_layers,
+        seed_rule_cannot_fail,
+    )
+    from funnel_tl.analysis.effects import (
+        MIN_LAYERS_FOR_RANKS,
+        NAMES,
+        TOP,
+        Correlation,
+        GainVersusEffect,
+        LastMLP,
+        Sublayer,
+        format_effects,
+        gain_versus_effect,
+        reading_intervention,
+        spearman,
+        summary_lines,
+    )
+    from funnel_tl.analysis.funnel import (
+        PYTHIA_1_4B_REFERENCE,
+        FunnelTest,
+        LayerSummary,
+        comparison_1_4b,
+        funnel_test,
+        summarize,
+    )
+    from funnel_tl.analysis.readings import (
+        CRITERIA,
+        NOTABLE_FACTOR,
+        WITHOUT,
+        add_readings,
+        changed_criteria,
+        definition_lines,
+        extreme_change,
+        factor,
+        headlines,
+        input_norms,
+        notable,
+        post_norm_lines,
+    )
+    from funnel_tl.analysis.report import DOMINANT_SHOWN, FEW_PROMPTS, format_analysis
+    from funnel_tl.analysis.sink import (
+        SinkEffect,
+        cached_sink_effect,
+        format_sink_analysis,
+        sink_effect,
+        sink_unavailable,
+    )
+    from funnel_tl.analysis.stats import (
+        CHUNK_FLOATS,
+        DEFAULT_CONFIDENCE,
+        DEFAULT_METHOD,
+        DEFAULT_RESAMPLES,
+        DEFAULT_SEED,
+        INTERVAL_KEYS,
+        MAX_RESAMPLES,
+        METHODS,
+        MIN_STUDENTIZED,
+        Dominance,
+        Intervals,
+        RobustFunnelTest,
+        available_memory,
+        bootstrap_bytes,
+        bootstrap_intervals,
+        check_bootstrap,
+        classify,
+        dominant_prompts,
+        interval_counts,
+        mean_intervals,
+        resample_weight_chunks,
+        resample_weights,
+        robust_funnel_test,
+        t_critical,
+    )
 
 
 def __getattr__(name: str):

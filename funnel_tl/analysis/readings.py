@@ -226,7 +226,7 @@ def post_norm_lines(result) -> list[str]:
         lines += [
             f"{label}: seed gain {_span(seed)} = its module's own gain (output before the post-norm over its input) "
             f"{_span(module)}, times the post-norm's gain {_span(post)}",
-            f"  post-norm factor per layer: " + " ".join(f"{value:.3g}" for value in post),
-            f"  module gain per layer:      " + " ".join(f"{value:.3g}" for value in module),
+            "  post-norm factor per layer: " + " ".join(f"{value:.3g}" for value in post),
+            "  module gain per layer:      " + " ".join(f"{value:.3g}" for value in module),
         ]
     return lines

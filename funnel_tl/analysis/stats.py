@@ -165,7 +165,7 @@ class Intervals:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "results") -> "Intervals":
+    def from_dict(cls, data: dict[str, Any], source: str = "results") -> Intervals:
         try:
             # Files written before the t intervals say "percentile bootstrap over prompts".
             method = {METHODS["percentile"]: "percentile"}.get(data.get("method"), data.get("method", "percentile"))

@@ -26,16 +26,51 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from funnel_tl.cli.entry import (add_model_options, add_scale_options, add_text_options, add_bootstrap_options,
-                                     add_position_options, add_page_options, build_parser, add_effects_parser, main)
-    from funnel_tl.cli.commands import (TOP_HEADS, read_cli_prompts, placement, prompt_notes, cmd_effects, cmd_run,
-                                        IMAGES_HINT, find_results, cmd_report, cmd_heads, cmd_compare,
-                                        attach_layer_specs, unexpected)
-    from funnel_tl.cli.options import (MAX_SINK_POSITIONS, MEMORY_SIZE, NEEDS, at_least, whole_or, batch_size,
-                                       max_tokens, stack, interventions, bootstrap, layers, checkpoint, max_memory,
-                                       label, text, check_needs)
-    from funnel_tl.cli.environment import (PREFIX, DEFAULT_TIMEOUT_MINUTES, MAX_TIMEOUT_MINUTES, VARIABLES, value,
-                                           check)
+    from funnel_tl.cli.commands import (
+        IMAGES_HINT,
+        TOP_HEADS,
+        attach_layer_specs,
+        cmd_compare,
+        cmd_effects,
+        cmd_heads,
+        cmd_report,
+        cmd_run,
+        find_results,
+        placement,
+        prompt_notes,
+        read_cli_prompts,
+        unexpected,
+    )
+    from funnel_tl.cli.entry import (
+        add_bootstrap_options,
+        add_effects_parser,
+        add_model_options,
+        add_page_options,
+        add_position_options,
+        add_scale_options,
+        add_text_options,
+        build_parser,
+        main,
+    )
+    from funnel_tl.cli.environment import DEFAULT_TIMEOUT_MINUTES, MAX_TIMEOUT_MINUTES, PREFIX, VARIABLES, check, value
+    from funnel_tl.cli.options import (
+        MAX_SINK_POSITIONS,
+        MEMORY_SIZE,
+        NEEDS,
+        at_least,
+        batch_size,
+        bootstrap,
+        check_needs,
+        checkpoint,
+        interventions,
+        label,
+        layers,
+        max_memory,
+        max_tokens,
+        stack,
+        text,
+        whole_or,
+    )
 
 
 def __getattr__(name: str):

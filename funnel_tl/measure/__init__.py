@@ -50,36 +50,111 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from funnel_tl.measure.gains import (IDENTITY_TOLERANCE, activation_norms, token_norms,
-                                         check_residual_identities, FORWARD_ORDER, FROM_1, check_finite,
-                                         prepare_tokens, measure_gains, IDENTITY_SUFFIXES, GainSums, run_provenance)
-    from funnel_tl.measure.engine import (STOP_EARLY, AGREEMENT_TOLERANCE, EXECUTORS, FAST_ATTENTION, VERIFY_ROWS,
-                                          Reduction, prompt_sums, counted_tokens, forward_kwargs, TLExecutor,
-                                          HFExecutor, Engine, CPU_BATCH_SIZE, AUTO_MEMORY_FRACTION,
-                                          MAX_AUTO_BATCH_SIZE, activation_bytes_per_token, auto_batch_size,
-                                          resolve_batch_size)
-    from funnel_tl.measure.streaming import (CHUNK_PROMPTS, PromptDigest, chunked, TokenStream, PerPrompt)
-    from funnel_tl.measure.reads import (ROLES, definition_roles, ReadSums)
-    from funnel_tl.measure.medians import (LOW, HIGH, BIN_WIDTH, N_BINS, MAX_ERROR, METHOD, bin_index, bin_centres,
-                                           HistogramAccumulator, TokenHistograms)
-    from funnel_tl.measure.cache import (gains_from_cache)
-    from funnel_tl.measure.heads import (head_gains, HeadSums, check_head_identity)
-    from funnel_tl.measure.positions import (bucket_one_hot, position_sums, grown, PositionAccumulator,
-                                             HeadPositionAccumulator)
-    from funnel_tl.measure.effects import (AGREEMENT, STACK_CHOICES, AUTO_STACK, LOSS_CHUNK_FLOATS, ComponentMeans,
-                                           ContributionSums, component_means, Job, batch_effects, choose_runner,
-                                           check_stack, effects_batch_size, effects_bytes_per_token, resolve_sizes,
-                                           measure_effects, measure_effects_on_ranks)
-    from funnel_tl.measure.effect_checkpoints import (CHECKPOINT_SECONDS, CheckpointStore, checkpoint_settings,
-                                                      read_checkpoint, write_partial)
-    from funnel_tl.measure.intervene import (REPLAY_BYTES, Edit, TLRunner, HFRunner, contribution_hooks)
-    from funnel_tl.measure.interventions import (DEFAULT_INTERVENTIONS, COMPONENT_HOOKS, Intervention,
-                                                 parse_intervention, parse_interventions)
-    from funnel_tl.measure.distributed import (World, world, launched_by_torchrun, session, check_all, together,
-                                               shard_by_tokens, gather_to_main, broadcast_from_main, measure,
-                                               in_callers_terms, assemble)
-    from funnel_tl.measure.layers import (parse_layers, resolve_layers, check_measured, format_layers,
-                                          format_layer_spans)
+    from funnel_tl.measure.cache import gains_from_cache
+    from funnel_tl.measure.distributed import (
+        World,
+        assemble,
+        broadcast_from_main,
+        check_all,
+        gather_to_main,
+        in_callers_terms,
+        launched_by_torchrun,
+        measure,
+        session,
+        shard_by_tokens,
+        together,
+        world,
+    )
+    from funnel_tl.measure.effect_checkpoints import (
+        CHECKPOINT_SECONDS,
+        CheckpointStore,
+        checkpoint_settings,
+        read_checkpoint,
+        write_partial,
+    )
+    from funnel_tl.measure.effects import (
+        AGREEMENT,
+        AUTO_STACK,
+        LOSS_CHUNK_FLOATS,
+        STACK_CHOICES,
+        ComponentMeans,
+        ContributionSums,
+        Job,
+        batch_effects,
+        check_stack,
+        choose_runner,
+        component_means,
+        effects_batch_size,
+        effects_bytes_per_token,
+        measure_effects,
+        measure_effects_on_ranks,
+        resolve_sizes,
+    )
+    from funnel_tl.measure.engine import (
+        AGREEMENT_TOLERANCE,
+        AUTO_MEMORY_FRACTION,
+        CPU_BATCH_SIZE,
+        EXECUTORS,
+        FAST_ATTENTION,
+        MAX_AUTO_BATCH_SIZE,
+        STOP_EARLY,
+        VERIFY_ROWS,
+        Engine,
+        HFExecutor,
+        Reduction,
+        TLExecutor,
+        activation_bytes_per_token,
+        auto_batch_size,
+        counted_tokens,
+        forward_kwargs,
+        prompt_sums,
+        resolve_batch_size,
+    )
+    from funnel_tl.measure.gains import (
+        FORWARD_ORDER,
+        FROM_1,
+        IDENTITY_SUFFIXES,
+        IDENTITY_TOLERANCE,
+        GainSums,
+        activation_norms,
+        check_finite,
+        check_residual_identities,
+        measure_gains,
+        prepare_tokens,
+        run_provenance,
+        token_norms,
+    )
+    from funnel_tl.measure.heads import HeadSums, check_head_identity, head_gains
+    from funnel_tl.measure.intervene import REPLAY_BYTES, Edit, HFRunner, TLRunner, contribution_hooks
+    from funnel_tl.measure.interventions import (
+        COMPONENT_HOOKS,
+        DEFAULT_INTERVENTIONS,
+        Intervention,
+        parse_intervention,
+        parse_interventions,
+    )
+    from funnel_tl.measure.layers import check_measured, format_layer_spans, format_layers, parse_layers, resolve_layers
+    from funnel_tl.measure.medians import (
+        BIN_WIDTH,
+        HIGH,
+        LOW,
+        MAX_ERROR,
+        METHOD,
+        N_BINS,
+        HistogramAccumulator,
+        TokenHistograms,
+        bin_centres,
+        bin_index,
+    )
+    from funnel_tl.measure.positions import (
+        HeadPositionAccumulator,
+        PositionAccumulator,
+        bucket_one_hot,
+        grown,
+        position_sums,
+    )
+    from funnel_tl.measure.reads import ROLES, ReadSums, definition_roles
+    from funnel_tl.measure.streaming import CHUNK_PROMPTS, PerPrompt, PromptDigest, TokenStream, chunked
 
 
 def __getattr__(name: str):

@@ -8,7 +8,7 @@ cache is one prompt.
 from __future__ import annotations
 
 import platform
-from typing import Sequence
+from collections.abc import Sequence
 
 import einops
 import torch

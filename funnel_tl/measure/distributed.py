@@ -27,9 +27,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch

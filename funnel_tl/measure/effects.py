@@ -36,9 +36,9 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -103,7 +103,7 @@ class ComponentMeans:
         return {(layer, component): torch.as_tensor(self.mean(component)[row], dtype=dtype, device=device)
                 for component in EFFECT_COMPONENTS for row, layer in enumerate(self.layers)}
 
-    def assembled(self, pieces, prompts, truncation=None) -> "ComponentMeans":
+    def assembled(self, pieces, prompts, truncation=None) -> ComponentMeans:
         """torchrun (``distributed.assemble``): every rank's sums added up."""
         parts = [part for _, part in pieces]
         return ComponentMeans(self.layers, {c: sum(part.sums[c] for part in parts) for c in EFFECT_COMPONENTS},
@@ -457,7 +457,7 @@ def measure_effects(model, prompts: str | Sequence[str] = "seed", interventions=
     return result
 
 
-def _run_batches(runner, batches, jobs, means, copies: int, drop_first: int, store: "CheckpointStore", progress, name: str,
+def _run_batches(runner, batches, jobs, means, copies: int, drop_first: int, store: CheckpointStore, progress, name: str,
                  device, checkpoint=None) -> None:
     """Every batch's effects into ``store``; ``checkpoint`` ``(path, settings)``: an unfinished
     effects.json written every ``CHECKPOINT_SECONDS`` and when the run stops early (killed by

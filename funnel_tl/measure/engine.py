@@ -41,7 +41,8 @@ import functools
 import itertools
 import warnings
 from collections import OrderedDict
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Protocol
 
 import einops
 import numpy as np
@@ -169,7 +170,7 @@ class HFExecutor:
         self.heads_shape = heads_shape  # (n_heads, d_head): hook_z is the output projection's input, per head
 
     @classmethod
-    def for_model(cls, model, names: Sequence[str], attention: str | None = None) -> tuple["HFExecutor | None", str]:
+    def for_model(cls, model, names: Sequence[str], attention: str | None = None) -> tuple[HFExecutor | None, str]:
         """``(executor, "")``, or ``(None, why not)`` where some read has no HF module behind it.
 
         ``attention``: an HF attention implementation for the copy (e.g. ``"sdpa"``), None to keep

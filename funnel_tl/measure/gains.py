@@ -34,8 +34,8 @@ seed's one-prompt-at-a-time loop.
 from __future__ import annotations
 
 import platform
+from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Sequence
 
 import einops
 import numpy as np
@@ -64,7 +64,7 @@ from funnel_tl.results.gains import GainResult
 IDENTITY_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
-def activation_norms(activation: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "..."]:
+def activation_norms(activation: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, ...]:
     """‖·‖ over d_model, computed in float32 whatever the model's dtype (see the module docstring).
 
     One fused reduction that upcasts as it reads: no float32 copy of the activation and no

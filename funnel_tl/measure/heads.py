@@ -38,7 +38,7 @@ shares and small (or negative) projection shares.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import einops
 import numpy as np

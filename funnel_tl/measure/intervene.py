@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from jaxtyping import Float
@@ -108,7 +108,7 @@ class HFRunner:
 
     @classmethod
     def for_model(cls, model, names: Sequence[str], attention: str | None = None,
-                  replay: bool = True) -> tuple["HFRunner | None", str]:
+                  replay: bool = True) -> tuple[HFRunner | None, str]:
         """``(runner, "")``, or ``(None, why not)`` where some hook has no HF module output behind it.
         ``replay``: also find the decoder layers (the HF modules that receive ``hook_resid_pre``)."""
         layers = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)] if replay else []

@@ -7,8 +7,7 @@ but the error type).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from typing import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

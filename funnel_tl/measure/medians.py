@@ -76,7 +76,7 @@ class HistogramAccumulator:
         flat = (bins + offset)[counted.expand_as(bins)]  # [counted tokens × component × layer]
         self.counts.view(-1).index_add_(0, flat, torch.ones_like(flat))
 
-    def result(self, components: tuple[str, ...]) -> "TokenHistograms":
+    def result(self, components: tuple[str, ...]) -> TokenHistograms:
         return TokenHistograms(components=components, counts=self.counts.cpu().numpy())
 
 
@@ -133,7 +133,7 @@ class TokenHistograms:
                 "counts": sparse}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TokenHistograms":
+    def from_dict(cls, data: dict[str, Any]) -> TokenHistograms:
         if (data["low_log10"], data["high_log10"], data["bin_width_log10"]) != (LOW, HIGH, BIN_WIDTH):
             raise ValueError("token histograms with other bins than this funnel_tl's")
         components = tuple(data["counts"])

@@ -119,7 +119,7 @@ class PositionAccumulator(_Growing):
             self.in_sums[component][indices] = sums[plan.inputs[component]]
         self.n_tokens[indices] = counts.round().long().cpu().numpy()
 
-    def result(self) -> "PositionSums":
+    def result(self) -> PositionSums:
         return PositionSums(edges=self.edges, n_tokens=self._trimmed("n_tokens"), out_sums=self._trimmed("out_sums"),
                             in_sums=self._trimmed("in_sums"))
 
@@ -154,6 +154,6 @@ class HeadPositionAccumulator(_Growing):
         self.in_sums[indices] = sums.double().cpu().numpy()
         self.n_tokens[indices] = counts.round().long().cpu().numpy()
 
-    def result(self) -> "HeadPositionSums":
+    def result(self) -> HeadPositionSums:
         return HeadPositionSums(edges=self.edges, n_tokens=self._trimmed("n_tokens"),
                                 head_norm_sums=self._trimmed("head_norm_sums"), in_sums=self._trimmed("in_sums"))

@@ -96,13 +96,13 @@ class ReadSums:
     def has(self, *roles: str) -> bool:
         return all(role in self.reads for role in roles)
 
-    def subset(self, prompt_indices) -> "ReadSums":
+    def subset(self, prompt_indices) -> ReadSums:
         index = np.asarray(prompt_indices, dtype=np.int64)
         return replace(self, sums={r: v[index] for r, v in self.sums.items()},
                        sums_from_1={r: v[index] for r, v in self.sums_from_1.items()},
                        n_tokens_from_1=self.n_tokens_from_1[index])
 
-    def from_position_1(self) -> "ReadSums":
+    def from_position_1(self) -> ReadSums:
         """The sums as a run with ``drop_first=1`` keeps them (its "all" tokens are these from 1)."""
         return replace(self, sums=dict(self.sums_from_1))
 
@@ -116,7 +116,7 @@ class ReadSums:
                 "sums_from_1": {role: values.tolist() for role, values in self.sums_from_1.items()}}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], written: dict[str, np.ndarray], width: int) -> "ReadSums":
+    def from_dict(cls, data: dict[str, Any], written: dict[str, np.ndarray], width: int) -> ReadSums:
         """The inverse of ``to_dict``; ``written`` gives the roles it left out."""
         def array(values) -> np.ndarray:
             return np.asarray(values, dtype=np.float64).reshape(-1, width)

@@ -32,7 +32,7 @@ import hashlib
 import itertools
 import json
 import os
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 

@@ -37,26 +37,86 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from funnel_tl.models.loading import (BUNDLED_DIR, DTYPES, bundled_models, bundled_checkpoints,
-                                          default_model_name, resolve_model, resolve_model_revision, local_n_layers,
-                                          resolve_device, resolve_dtype, load_model)
-    from funnel_tl.models.identity import (CHECKPOINT_FOLDER, load_tokenizer, model_name, source_provenance,
-                                           folder_name, tokenizer_of, is_bridge, installed_version)
-    from funnel_tl.models.folders import (local_loading, linear_init_skipped, TOKENIZER_FILES, WEIGHT_PATTERNS,
-                                          check_model_folder, first_line)
-    from funnel_tl.models.hub import (HUB_PROBE_SECONDS, hub_offline, unreachable_hub, hub_access)
-    from funnel_tl.models.huggingface import (LOAD_OPTIONS, check_load_options, official_hub_name, load_config,
-                                              load_checkpoint, drop_gguf_marker, check_weights, weight_files,
-                                              bridge_model, measurable, bridge_user_model)
-    from funnel_tl.models.gguf import (INSTALL, MINIMUM_GGUF, MAGIC, is_gguf, gguf_in_folder, require_gguf,
-                                       gguf_config, readable_architectures, parsed_once, gguf_tokenizer,
-                                       gguf_provenance)
-    from funnel_tl.models.pypi import (PypiModel, PYPI_MODELS, cache_dir, sha256_of, cached_file, fetch)
-    from funnel_tl.models.architectures import (BLOCK_SHAPES, HookPlan, hf_architecture, check_decoder_only,
-                                                check_decoder_config, config_n_layers, is_parallel, block_shape,
-                                                layer_norm_output, plan_hooks, check_heads_add_up)
-    from funnel_tl.models.processed import (how_to_load, writing_weights_centred, value_biases_folded,
-                                            layer_norms_folded, weight_processing, check_unprocessed)
+    from funnel_tl.models.architectures import (
+        BLOCK_SHAPES,
+        HookPlan,
+        block_shape,
+        check_decoder_config,
+        check_decoder_only,
+        check_heads_add_up,
+        config_n_layers,
+        hf_architecture,
+        is_parallel,
+        layer_norm_output,
+        plan_hooks,
+    )
+    from funnel_tl.models.folders import (
+        TOKENIZER_FILES,
+        WEIGHT_PATTERNS,
+        check_model_folder,
+        first_line,
+        linear_init_skipped,
+        local_loading,
+    )
+    from funnel_tl.models.gguf import (
+        INSTALL,
+        MAGIC,
+        MINIMUM_GGUF,
+        gguf_config,
+        gguf_in_folder,
+        gguf_provenance,
+        gguf_tokenizer,
+        is_gguf,
+        parsed_once,
+        readable_architectures,
+        require_gguf,
+    )
+    from funnel_tl.models.hub import HUB_PROBE_SECONDS, hub_access, hub_offline, unreachable_hub
+    from funnel_tl.models.huggingface import (
+        LOAD_OPTIONS,
+        bridge_model,
+        bridge_user_model,
+        check_load_options,
+        check_weights,
+        drop_gguf_marker,
+        load_checkpoint,
+        load_config,
+        measurable,
+        official_hub_name,
+        weight_files,
+    )
+    from funnel_tl.models.identity import (
+        CHECKPOINT_FOLDER,
+        folder_name,
+        installed_version,
+        is_bridge,
+        load_tokenizer,
+        model_name,
+        source_provenance,
+        tokenizer_of,
+    )
+    from funnel_tl.models.loading import (
+        BUNDLED_DIR,
+        DTYPES,
+        bundled_checkpoints,
+        bundled_models,
+        default_model_name,
+        load_model,
+        local_n_layers,
+        resolve_device,
+        resolve_dtype,
+        resolve_model,
+        resolve_model_revision,
+    )
+    from funnel_tl.models.processed import (
+        check_unprocessed,
+        how_to_load,
+        layer_norms_folded,
+        value_biases_folded,
+        weight_processing,
+        writing_weights_centred,
+    )
+    from funnel_tl.models.pypi import PYPI_MODELS, PypiModel, cache_dir, cached_file, fetch, sha256_of
 
 
 def __getattr__(name: str):

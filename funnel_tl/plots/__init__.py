@@ -51,38 +51,141 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from funnel_tl.plots.panels import (PANEL_TITLES, SEED_PRODUCT_TITLE, SEED_PRODUCT_NOTE, plot_attention_mlp,
-                                        plot_mlp_depth, plot_net_gain, plot_cumulative, plot_seed_product,
-                                        plot_funnel)
-    from funnel_tl.plots.style import (OKABE_ITO, COLORS, DIVERGING, NAMES, WIDTH, HEIGHT, MARGIN, LOG_SPAN,
-                                       BAR_WIDTH, LEGEND_DROP_PX, intervals_of, gain_trace, without_first_values,
-                                       without_first_trace, broken_at_gaps, error_bars, hover_template, gain_extent,
-                                       log_axis, gain_axis, log_ticks, one_two_five, log_reach, ticks_within,
-                                       gain_colorbar, aligned_log_range, legend_entry, neutral_line, labelled_trace,
-                                       label_spacing, compact, denominators_of, layer_ticks, legend_name,
-                                       place_legend, finish_figure, short_label)
-    from funnel_tl.plots.pages import (PNG_HELP, PLOTLYJS, plotlyjs_for, script_tag, figure_div, page_html,
-                                       write_page, write_html, find_chrome, png_missing, png_help, png_available,
-                                       IMAGE_FORMATS, require_images, write_images, write_image, write_png,
-                                       export_figures)
-    from funnel_tl.plots.heads import (plot_heads, head_figures, heads_page)
-    from funnel_tl.plots.positions import (MIN_LOG10_SPAN, ROW_PX, HEATMAP_ROW, plot_position_heatmap,
-                                           plot_position_heatmaps, plot_head_positions, plot_sink_comparison,
-                                           position_figures, write_position_page)
-    from funnel_tl.plots.effects import (INTERVENTION_COLORS, SYMBOLS, DODGE, TITLES, plot_effects, effects_page,
-                                         write_effects_page)
-    from funnel_tl.plots.compare import (plot_depth_overlay, plot_depth_heatmap)
-    from funnel_tl.plots.training import (step_heatmap, plot_training)
-    from funnel_tl.plots.sweep_style import (COMPONENT_TITLES, NEUTRAL_LINE, MAX_STEP_LABELS, OVERLAY_LINES,
-                                             THINNED_LINES, MAX_LAYER_LEGEND, MAX_HEATMAP_HEIGHT,
-                                             STEP_HEATMAP_HEIGHT, HEATMAP_COLUMNS, normalized_depth, short_labels,
-                                             model_colors, viridis, SEQUENTIAL, subtitle, is_checkpoint_sweep,
-                                             model_groups, base_label, thinned, step_scale, bar_size,
-                                             colorbar_carrier, neutral_lines, show_all_button, ROW_PANEL_PX,
-                                             ROW_GAP_PX, rows_layout, what_is_compared, sweep_extent, heatmap_scale,
-                                             component_gains, step_axis)
-    from funnel_tl.plots.compare_page import (format_seconds, TABLE_COLUMNS, table_html, VERDICT_NOTE, page_figures,
-                                              render_html)
+    from funnel_tl.plots.compare import plot_depth_heatmap, plot_depth_overlay
+    from funnel_tl.plots.compare_page import (
+        TABLE_COLUMNS,
+        VERDICT_NOTE,
+        format_seconds,
+        page_figures,
+        render_html,
+        table_html,
+    )
+    from funnel_tl.plots.effects import (
+        DODGE,
+        INTERVENTION_COLORS,
+        SYMBOLS,
+        TITLES,
+        effects_page,
+        plot_effects,
+        write_effects_page,
+    )
+    from funnel_tl.plots.heads import head_figures, heads_page, plot_heads
+    from funnel_tl.plots.pages import (
+        IMAGE_FORMATS,
+        PLOTLYJS,
+        PNG_HELP,
+        export_figures,
+        figure_div,
+        find_chrome,
+        page_html,
+        plotlyjs_for,
+        png_available,
+        png_help,
+        png_missing,
+        require_images,
+        script_tag,
+        write_html,
+        write_image,
+        write_images,
+        write_page,
+        write_png,
+    )
+    from funnel_tl.plots.panels import (
+        PANEL_TITLES,
+        SEED_PRODUCT_NOTE,
+        SEED_PRODUCT_TITLE,
+        plot_attention_mlp,
+        plot_cumulative,
+        plot_funnel,
+        plot_mlp_depth,
+        plot_net_gain,
+        plot_seed_product,
+    )
+    from funnel_tl.plots.positions import (
+        HEATMAP_ROW,
+        MIN_LOG10_SPAN,
+        ROW_PX,
+        plot_head_positions,
+        plot_position_heatmap,
+        plot_position_heatmaps,
+        plot_sink_comparison,
+        position_figures,
+        write_position_page,
+    )
+    from funnel_tl.plots.style import (
+        BAR_WIDTH,
+        COLORS,
+        DIVERGING,
+        HEIGHT,
+        LEGEND_DROP_PX,
+        LOG_SPAN,
+        MARGIN,
+        NAMES,
+        OKABE_ITO,
+        WIDTH,
+        aligned_log_range,
+        broken_at_gaps,
+        compact,
+        denominators_of,
+        error_bars,
+        finish_figure,
+        gain_axis,
+        gain_colorbar,
+        gain_extent,
+        gain_trace,
+        hover_template,
+        intervals_of,
+        label_spacing,
+        labelled_trace,
+        layer_ticks,
+        legend_entry,
+        legend_name,
+        log_axis,
+        log_reach,
+        log_ticks,
+        neutral_line,
+        one_two_five,
+        place_legend,
+        short_label,
+        ticks_within,
+        without_first_trace,
+        without_first_values,
+    )
+    from funnel_tl.plots.sweep_style import (
+        COMPONENT_TITLES,
+        HEATMAP_COLUMNS,
+        MAX_HEATMAP_HEIGHT,
+        MAX_LAYER_LEGEND,
+        MAX_STEP_LABELS,
+        NEUTRAL_LINE,
+        OVERLAY_LINES,
+        ROW_GAP_PX,
+        ROW_PANEL_PX,
+        SEQUENTIAL,
+        STEP_HEATMAP_HEIGHT,
+        THINNED_LINES,
+        bar_size,
+        base_label,
+        colorbar_carrier,
+        component_gains,
+        heatmap_scale,
+        is_checkpoint_sweep,
+        model_colors,
+        model_groups,
+        neutral_lines,
+        normalized_depth,
+        rows_layout,
+        short_labels,
+        show_all_button,
+        step_axis,
+        step_scale,
+        subtitle,
+        sweep_extent,
+        thinned,
+        viridis,
+        what_is_compared,
+    )
+    from funnel_tl.plots.training import plot_training, step_heatmap
 
 
 def __getattr__(name: str):

@@ -21,13 +21,32 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from funnel_tl.prompts.sets import (SEED_PROMPTS, PROMPT_SETS, PROMPT_SET_DIR, FILE_FORMATS, WHAT_TO_PASS,
-                                        load_prompts, iter_prompts, iter_prompt_file, check_unicode, prompts_sha256)
-    from funnel_tl.prompts.tokens import (dropped_phrase, check_drop_first, check_tokens_left, pad_token_id,
-                                          tokenize, truncation_limit, truncation_record, Batch, make_batches,
-                                          padding_fraction)
-    from funnel_tl.prompts.sources import (DATASET_BUILDERS, read_prompts, stream_prompts)
-    from funnel_tl.prompts.corpus import (HELDOUT_THRESHOLD, is_heldout, documents)
+    from funnel_tl.prompts.corpus import HELDOUT_THRESHOLD, documents, is_heldout
+    from funnel_tl.prompts.sets import (
+        FILE_FORMATS,
+        PROMPT_SET_DIR,
+        PROMPT_SETS,
+        SEED_PROMPTS,
+        WHAT_TO_PASS,
+        check_unicode,
+        iter_prompt_file,
+        iter_prompts,
+        load_prompts,
+        prompts_sha256,
+    )
+    from funnel_tl.prompts.sources import DATASET_BUILDERS, read_prompts, stream_prompts
+    from funnel_tl.prompts.tokens import (
+        Batch,
+        check_drop_first,
+        check_tokens_left,
+        dropped_phrase,
+        make_batches,
+        pad_token_id,
+        padding_fraction,
+        tokenize,
+        truncation_limit,
+        truncation_record,
+    )
 
 
 def __getattr__(name: str):

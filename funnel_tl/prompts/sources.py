@@ -21,8 +21,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from funnel_tl.errors import FunnelError, one_line
 from funnel_tl.prompts.sets import check_unicode, iter_prompts

@@ -38,26 +38,88 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from funnel_tl.results.gains import (GainResult)
-    from funnel_tl.results.gains_file import (SCHEMA_VERSION, result_dict, position_block, result_from_dict,
-                                              gain_frame, TIDY_COMPONENTS, gain_rows)
-    from funnel_tl.results.heads import (HEADS_SCHEMA_VERSION, HEADS_KIND, HeadStat, HeadResult)
-    from funnel_tl.results.head_names import (VALUES, norm_decimals, label)
-    from funnel_tl.results.positions import (SINGLE_POSITIONS, bucket_edges, bucket_labels, HeadPositionSums,
-                                             PositionIntervals, PositionSums, bootstrap_position_intervals,
-                                             position_rows)
-    from funnel_tl.results.effects import (EFFECTS_SCHEMA_VERSION, MEASURES, EffectIntervals, EffectResult)
-    from funnel_tl.results.files import (subset_index, prompts_subset, prompts_block, prompt_texts, require_pandas,
-                                         read_json, write_text_atomic, write_json_atomic)
-    from funnel_tl.results.schema import (Bad, kind, Spec, string, integer, number, boolean, literal, nullable,
-                                          either, list_of, obj, array, COMPONENT_SUMS, POSITION_SUMS, INTERVALS,
-                                          POSITION_INTERVALS, PROMPTS, MAX_TOKENS, PROVENANCE, POSITIONS,
-                                          HEAD_POSITIONS, RESULTS, HEADS, COMPARE_SETTINGS, HINTS, check_results,
-                                          check_heads, check_compare, compare_row)
-    from funnel_tl.results.folders import (LOCK_NAME, TEMPORARY_SUFFIX, OUTPUT_NAMES, MIN_FREE_BYTES,
-                                           MAX_SLUG_LENGTH, short_name, check_label, slug, check_output_folder,
-                                           describe_os_error, output_lock, temporary_beside, remove_temporaries,
-                                           claim_output, save_elsewhere)
+    from funnel_tl.results.effects import EFFECTS_SCHEMA_VERSION, MEASURES, EffectIntervals, EffectResult
+    from funnel_tl.results.files import (
+        prompt_texts,
+        prompts_block,
+        prompts_subset,
+        read_json,
+        require_pandas,
+        subset_index,
+        write_json_atomic,
+        write_text_atomic,
+    )
+    from funnel_tl.results.folders import (
+        LOCK_NAME,
+        MAX_SLUG_LENGTH,
+        MIN_FREE_BYTES,
+        OUTPUT_NAMES,
+        TEMPORARY_SUFFIX,
+        check_label,
+        check_output_folder,
+        claim_output,
+        describe_os_error,
+        output_lock,
+        remove_temporaries,
+        save_elsewhere,
+        short_name,
+        slug,
+        temporary_beside,
+    )
+    from funnel_tl.results.gains import GainResult
+    from funnel_tl.results.gains_file import (
+        SCHEMA_VERSION,
+        TIDY_COMPONENTS,
+        gain_frame,
+        gain_rows,
+        position_block,
+        result_dict,
+        result_from_dict,
+    )
+    from funnel_tl.results.head_names import VALUES, label, norm_decimals
+    from funnel_tl.results.heads import HEADS_KIND, HEADS_SCHEMA_VERSION, HeadResult, HeadStat
+    from funnel_tl.results.positions import (
+        SINGLE_POSITIONS,
+        HeadPositionSums,
+        PositionIntervals,
+        PositionSums,
+        bootstrap_position_intervals,
+        bucket_edges,
+        bucket_labels,
+        position_rows,
+    )
+    from funnel_tl.results.schema import (
+        COMPARE_SETTINGS,
+        COMPONENT_SUMS,
+        HEAD_POSITIONS,
+        HEADS,
+        HINTS,
+        INTERVALS,
+        MAX_TOKENS,
+        POSITION_INTERVALS,
+        POSITION_SUMS,
+        POSITIONS,
+        PROMPTS,
+        PROVENANCE,
+        RESULTS,
+        Bad,
+        Spec,
+        array,
+        boolean,
+        check_compare,
+        check_heads,
+        check_results,
+        compare_row,
+        either,
+        integer,
+        kind,
+        list_of,
+        literal,
+        nullable,
+        number,
+        obj,
+        string,
+    )
 
 
 def __getattr__(name: str):

@@ -75,7 +75,7 @@ class EffectIntervals:
                    for name in self.delta_loss}}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], interventions, source: str) -> "EffectIntervals":
+    def from_dict(cls, data: dict[str, Any], interventions, source: str) -> EffectIntervals:
         try:
             tables = {m: {name: {c: np.asarray(data[name][c][m], dtype=np.float64) for c in EFFECT_COMPONENTS}
                           for name in interventions} for m in MEASURES}
@@ -190,7 +190,7 @@ class EffectResult:
         return self.gains.gains(GAIN_COMPONENT[component])
 
     def with_intervals(self, n_resamples: int | None = None, seed: int | None = None,
-                       confidence: float | None = None, method: str | None = None) -> "EffectResult":
+                       confidence: float | None = None, method: str | None = None) -> EffectResult:
         """A new result with intervals over prompts of every effect (``stats.mean_intervals``: t
         intervals by default, ``method="percentile"`` the percentile bootstrap) and of the gains
         beside them (``GainResult.with_intervals``), drawn with the same settings. A KL's lower
@@ -216,7 +216,7 @@ class EffectResult:
                                     seed=settings["seed"], method=settings["method"], clean_loss=bounds[0], **tables)
         return replace(self, intervals=intervals, gains=self.gains.with_intervals(**settings))
 
-    def subset(self, prompt_indices) -> "EffectResult":
+    def subset(self, prompt_indices) -> EffectResult:
         """A new result over some prompts (intervals dropped: they describe all of them)."""
         index = np.asarray(prompt_indices, dtype=np.int64)
         if index.size == 0:
@@ -227,7 +227,7 @@ class EffectResult:
                        n_positions=self.n_positions[index], clean_loss=self.clean_loss[index],
                        gains=self.gains.subset(index), intervals=None, **pick)
 
-    def assembled(self, pieces, prompts, truncation=None) -> "EffectResult":
+    def assembled(self, pieces, prompts, truncation=None) -> EffectResult:
         """torchrun (``distributed.assemble``): one result from each rank's ``(prompt indices, result)``,
         every per-prompt array back in ``prompts``' order, the gains assembled as a run's are."""
         # Imported on use: keeps torch out of importing this module.
@@ -325,7 +325,7 @@ class EffectResult:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "effects") -> "EffectResult":
+    def from_dict(cls, data: dict[str, Any], source: str = "effects") -> EffectResult:
         if not isinstance(data, dict) or data.get("kind") != "effects":
             raise FunnelError(f"{source} is not a funnel_tl effects file (funnel-tl effects writes one)")
         version = data.get("schema_version")
@@ -359,7 +359,7 @@ class EffectResult:
         return write_json_atomic(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "EffectResult":
+    def load(cls, path: str | os.PathLike) -> EffectResult:
         return cls.from_dict(read_json(path), source=str(path))
 
 

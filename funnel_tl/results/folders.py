@@ -27,8 +27,8 @@ import shutil
 import socket
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from funnel_tl.errors import FunnelError
 

@@ -293,7 +293,7 @@ class GainResult:
         """``[layer]`` over ``cumulative_layers``: the running product of ``combined`` from layer 0."""
         return np.cumprod(self.combined_gains[:len(self.cumulative_layers)])
 
-    def subset(self, prompt_indices) -> "GainResult":
+    def subset(self, prompt_indices) -> GainResult:
         """A new result over some of the prompts (for bootstrap resampling and checks)."""
         index = subset_index(prompt_indices, self.n_prompts)
         prompts, provenance = prompts_subset(self.prompts, self.provenance, index)
@@ -320,7 +320,7 @@ class GainResult:
                               "(funnel-tl run --by-position)")
         return self.positions.gains(component)
 
-    def without_first(self, k: int) -> "GainResult":
+    def without_first(self, k: int) -> GainResult:
         """The result as if measured with ``drop_first=k``, from the position sums (no model needed).
 
         ``k=1`` needs no position sums in a result with read sums (every ``measure_gains`` run):
@@ -348,7 +348,7 @@ class GainResult:
             positions=self.positions.without_first(k).subset(kept), layers=self.layers,
         )
 
-    def _from_position_1(self) -> "GainResult":
+    def _from_position_1(self) -> GainResult:
         """``without_first(1)`` from the read sums over positions >= 1: the very sums a
         ``drop_first=1`` run of the same batches adds up."""
         reads = self.reads
@@ -370,7 +370,7 @@ class GainResult:
 
     # ---- beside the seed's numbers (funnel_tl.measure.reads, funnel_tl.measure.medians) ------------------------
     @cached_property
-    def without_first_position(self) -> "GainResult | None":
+    def without_first_position(self) -> GainResult | None:
         """This result over positions >= 1 (``without_first(1)``, itself when position 0 is already
         dropped), with intervals drawn as this result's; None without read sums (older files) or
         when no prompt has a second token."""
@@ -387,7 +387,7 @@ class GainResult:
             return None
         return without.combined_gains if component == "combined" else without.gains(component)
 
-    def _like_intervals(self, other: "GainResult") -> "GainResult":
+    def _like_intervals(self, other: GainResult) -> GainResult:
         """``other`` with intervals drawn as this result's were (same resamples, seed, confidence)."""
         if self.intervals is None or other.n_prompts < 2:
             return other
@@ -401,7 +401,7 @@ class GainResult:
                                                             confidence=self.intervals.confidence,
                                                             method=self.intervals.method))
 
-    def in_definition(self, definition: str) -> "GainResult":
+    def in_definition(self, definition: str) -> GainResult:
         """The same forward's gains under ``definition`` (``"seed"`` or ``"residual"``), from the read sums.
 
         >>> measure_gains(model, "seed").in_definition("residual").attn_gains  # doctest: +SKIP
@@ -429,7 +429,7 @@ class GainResult:
         )
 
     @cached_property
-    def other_definition(self) -> "GainResult | None":
+    def other_definition(self) -> GainResult | None:
         """``in_definition`` of the definition this result is not, with intervals drawn as this
         result's; None where its inputs were not read."""
         other = DEFINITIONS[1 - DEFINITIONS.index(self.definition)]
@@ -476,7 +476,7 @@ class GainResult:
         return self.layers if self.layers[0] == 0 else ()
 
     @cached_property
-    def _stack(self) -> "GainResult | None":
+    def _stack(self) -> GainResult | None:
         """Blocks 0..L read as one block: ``block`` sums of ‖resid_post_L‖ over ‖resid_pre_0‖ (the
         other components as this result's), so that its block gains and intervals are the stream's growth."""
         if not self.stream_layers:
@@ -507,7 +507,7 @@ class GainResult:
         return None if stack.intervals is None else stack.intervals.block
 
     def with_intervals(self, intervals=None, n_resamples: int | None = None, seed: int | None = None,
-                       confidence: float | None = None, method: str | None = None) -> "GainResult":
+                       confidence: float | None = None, method: str | None = None) -> GainResult:
         """A new result carrying intervals over prompts (see ``funnel_tl.analysis.stats``).
 
         Pass ready ``Intervals``, or let them be drawn from this result's per-prompt sums
@@ -554,7 +554,7 @@ class GainResult:
         return sink_effect(self, without=self.without_first_position if reuse else None)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "results") -> "GainResult":
+    def from_dict(cls, data: dict[str, Any], source: str = "results") -> GainResult:
         return result_from_dict(cls, data, source)
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -562,7 +562,7 @@ class GainResult:
         return write_json_atomic(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "GainResult":
+    def load(cls, path: str | os.PathLike) -> GainResult:
         return cls.from_dict(read_json(path), source=str(path))
 
 

@@ -306,7 +306,7 @@ class HeadResult:
                              "key_value_head": self.key_value_head(head)})
         return pd.DataFrame(rows).astype({"key_value_head": "Int64"})
 
-    def subset(self, prompt_indices) -> "HeadResult":
+    def subset(self, prompt_indices) -> HeadResult:
         """A new result over some of the prompts (for bootstrap resampling and checks)."""
         index = subset_index(prompt_indices, self.n_prompts)
         prompts, provenance = prompts_subset(self.prompts, self.provenance, index)
@@ -389,7 +389,7 @@ class HeadResult:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "heads data") -> "HeadResult":
+    def from_dict(cls, data: dict[str, Any], source: str = "heads data") -> HeadResult:
         if not isinstance(data, dict) or data.get("kind") != HEADS_KIND:
             looks_like = ("a results.json of `funnel-tl run` (load it with GainResult.load)"
                           if isinstance(data, dict) and "attention" in data else "not a funnel_tl heads file")
@@ -422,7 +422,7 @@ class HeadResult:
         return write_json_atomic(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "HeadResult":
+    def load(cls, path: str | os.PathLike) -> HeadResult:
         return cls.from_dict(read_json(path), source=str(path))
 
     def save_html(self, path: str | os.PathLike, k: int = 20, self_contained: bool = False) -> Path:

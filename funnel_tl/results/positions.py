@@ -89,7 +89,7 @@ class HeadPositionSums:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(reached.any(axis=0), total / reached.sum(axis=0), np.nan)
 
-    def subset(self, prompt_indices) -> "HeadPositionSums":
+    def subset(self, prompt_indices) -> HeadPositionSums:
         index = np.asarray(prompt_indices, dtype=np.int64)
         return replace(self, n_tokens=self.n_tokens[index], head_norm_sums=self.head_norm_sums[index],
                        in_sums=self.in_sums[index])
@@ -102,7 +102,7 @@ class HeadPositionSums:
                                "in_sum": self.in_sums.tolist()}}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "HeadPositionSums":
+    def from_dict(cls, data: dict[str, Any]) -> HeadPositionSums:
         per_prompt = data["per_prompt"]
         return cls(edges=np.asarray(data["edges"]), n_tokens=np.asarray(per_prompt["n_tokens"]),
                    head_norm_sums=np.asarray(per_prompt["head_norm_sum"], dtype=np.float64),
@@ -126,7 +126,7 @@ class PositionIntervals:
                 **{KEYS[c]: _nullable(v) for c, v in self.gains.items()}}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PositionIntervals":
+    def from_dict(cls, data: dict[str, Any]) -> PositionIntervals:
         return cls(confidence=float(data["confidence"]), n_resamples=int(data["n_resamples"]), seed=int(data["seed"]),
                    gains={c: _array(data[key]) for c, key in KEYS.items()})
 
@@ -247,7 +247,7 @@ class PositionSums:
                 {c: v[..., chosen].sum(axis=-1) for c, v in self.in_sums.items()},
                 self.n_tokens[:, chosen].sum(axis=-1))
 
-    def without_first(self, k: int) -> "PositionSums":
+    def without_first(self, k: int) -> PositionSums:
         """The same sums with positions ``0 … k-1`` emptied (their cells become blank)."""
         self.from_position(k)  # checks k
         keep = (self.edges[:-1] >= k).astype(np.float64)  # [bucket]
@@ -255,12 +255,12 @@ class PositionSums:
                        out_sums={c: v * keep for c, v in self.out_sums.items()},
                        in_sums={c: v * keep for c, v in self.in_sums.items()}, intervals=None)
 
-    def subset(self, prompt_indices) -> "PositionSums":
+    def subset(self, prompt_indices) -> PositionSums:
         index = np.asarray(prompt_indices, dtype=np.int64)
         return replace(self, n_tokens=self.n_tokens[index], out_sums={c: v[index] for c, v in self.out_sums.items()},
                        in_sums={c: v[index] for c, v in self.in_sums.items()}, intervals=None)
 
-    def with_intervals(self, n_resamples: int, seed: int, confidence: float) -> "PositionSums":
+    def with_intervals(self, n_resamples: int, seed: int, confidence: float) -> PositionSums:
         """A copy carrying bootstrap intervals of every cell (``bootstrap_position_intervals``)."""
         return replace(self, intervals=bootstrap_position_intervals(self, n_resamples, seed, confidence))
 
@@ -281,7 +281,7 @@ class PositionSums:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PositionSums":
+    def from_dict(cls, data: dict[str, Any]) -> PositionSums:
         per_prompt = data["per_prompt"]
         edges = np.asarray(data["edges"], dtype=np.int64)
         n_tokens = np.asarray(per_prompt["n_tokens"], dtype=np.int64).reshape(-1, len(edges) - 1)

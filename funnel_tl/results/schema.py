@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 import types
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, fields
-from typing import Any, Callable, Sequence, Union, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -21,8 +22,8 @@ from funnel_tl.sweep.plan import Target, model_identity
 from funnel_tl.sweep.rows import ComparisonRow, compare_dict, ordered_rows, read_compare_json, row_identity
 
 
-def kept_rows(earlier: Sequence["ComparisonRow"], targets: Sequence["Target"], rows: list["ComparisonRow"],
-          results: dict, out: Path, settings: dict, options: dict) -> tuple[list["ComparisonRow"], dict]:
+def kept_rows(earlier: Sequence[ComparisonRow], targets: Sequence[Target], rows: list[ComparisonRow],
+          results: dict, out: Path, settings: dict, options: dict) -> tuple[list[ComparisonRow], dict]:
     """This sweep's rows with the earlier table's other rows, each read back from its results
     file (a row whose file is gone or no longer matches says so, and stays), in table order."""
     named = {target.label for target in targets}
@@ -60,8 +61,8 @@ def kept_rows(earlier: Sequence["ComparisonRow"], targets: Sequence["Target"], r
     return ordered_rows(table.values()), results
 
 
-def finish_sweep(rows: list["ComparisonRow"], results: dict, settings: dict, out: Path,
-            self_contained: bool) -> "Comparison":
+def finish_sweep(rows: list[ComparisonRow], results: dict, settings: dict, out: Path,
+            self_contained: bool) -> Comparison:
     """The ``Comparison`` of a finished sweep, its compare.json and compare.html written."""
     comparison = Comparison(rows=tuple(rows), results=results, settings=settings, out=out)
     try:
@@ -125,21 +126,21 @@ class Comparison:
         return compare_dict(self.rows, self.settings)
 
     # ---- figures -----------------------------------------------------------------------------
-    def figure(self) -> "go.Figure":  # noqa: F821
+    def figure(self) -> go.Figure:  # noqa: F821
         """Attention, MLP and block gains of every model on normalized depth, overlaid."""
         # Imported on use: keeps plotly out of importing this module.
         from funnel_tl.plots.compare import plot_depth_overlay
 
         return plot_depth_overlay(self)
 
-    def heatmap(self, component: str = "mlp") -> "go.Figure":  # noqa: F821
+    def heatmap(self, component: str = "mlp") -> go.Figure:  # noqa: F821
         """Models × normalized depth, coloured by gain on a log scale (blue contracts, red expands)."""
         # Imported on use: keeps plotly out of importing this module.
         from funnel_tl.plots.compare import plot_depth_heatmap
 
         return plot_depth_heatmap(self, component)
 
-    def training_figure(self, base: str | None = None) -> "go.Figure":  # noqa: F821
+    def training_figure(self, base: str | None = None) -> go.Figure:  # noqa: F821
         """Per-layer attention and MLP gains against training step: one row of panels per model
         swept over checkpoints, or ``base``'s alone."""
         # Imported on use: keeps plotly out of importing this module.
@@ -238,7 +239,7 @@ class Comparison:
                           self_contained, root)
 
     @classmethod
-    def load(cls, out: str | os.PathLike, loaded: dict[Path, GainResult] | None = None) -> "Comparison":
+    def load(cls, out: str | os.PathLike, loaded: dict[Path, GainResult] | None = None) -> Comparison:
         """Read a sweep back from ``out/compare.json`` and the results files beside it; ``loaded``:
         results already read, by resolved path, which are not read again."""
         out = Path(out)

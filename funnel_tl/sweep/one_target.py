@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
@@ -27,8 +28,8 @@ if TYPE_CHECKING:
 WARM_UP_PROMPT = "The quick brown fox jumps over the lazy dog."
 
 
-def resumed_row(target: "Target", path: Path, finished: tuple[dict, GainResult], bootstrap: int,
-                 bootstrap_seed: int, quiet: bool = False) -> tuple["ComparisonRow", GainResult]:
+def resumed_row(target: Target, path: Path, finished: tuple[dict, GainResult], bootstrap: int,
+                 bootstrap_seed: int, quiet: bool = False) -> tuple[ComparisonRow, GainResult]:
     """The row of a target finished by an earlier run, its intervals drawn now if asked for
     (``quiet``: without the line saying so, unless its file had to be brought up to date)."""
     data, result = finished
@@ -50,8 +51,8 @@ def resumed_row(target: "Target", path: Path, finished: tuple[dict, GainResult],
     return row_from_results(target, data, result, resumed=True), result
 
 
-def measured_row(target: "Target", prompt_list: list[str], path: Path, options: dict,
-                  quiet: bool = False) -> tuple["ComparisonRow", GainResult | None]:
+def measured_row(target: Target, prompt_list: list[str], path: Path, options: dict,
+                  quiet: bool = False) -> tuple[ComparisonRow, GainResult | None]:
     """Load, measure and save one target; a failure becomes its row, and the sweep goes on."""
     try:
         data, result = _measure_one(target, prompt_list, path, **options)

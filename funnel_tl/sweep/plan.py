@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from funnel_tl.errors import FunnelError
 from funnel_tl.models.identity import CHECKPOINT_FOLDER

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -95,7 +96,7 @@ class ComparisonRow:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ComparisonRow":
+    def from_dict(cls, data: dict[str, Any]) -> ComparisonRow:
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in known})
 
@@ -150,13 +151,13 @@ class TableWriter:
     finishes it, written when ``TABLE_WRITE_SECONDS`` (or 50 times the last write's own time)
     have passed — so its cost is a bounded share of the sweep, however many rows."""
 
-    def __init__(self, out: Path, settings: dict, earlier: Sequence["ComparisonRow"]):
+    def __init__(self, out: Path, settings: dict, earlier: Sequence[ComparisonRow]):
         self.path, self.settings = out / "compare.json", settings
         self.rows = {row.model: row for row in earlier}
         self.spelled = {row_identity(row): row.model for row in earlier}  # see _kept
         self.due = -math.inf
 
-    def put(self, row: "ComparisonRow") -> None:
+    def put(self, row: ComparisonRow) -> None:
         earlier = self.spelled.get(row.model)
         if earlier is not None and earlier != row.model:  # the same model under its older spelling
             self.rows.pop(earlier, None)
@@ -174,7 +175,7 @@ class TableWriter:
         self.due = now + max(TABLE_WRITE_SECONDS, TABLE_WRITE_SHARE * (now - start))
 
 
-def ordered_rows(rows: Iterable["ComparisonRow"]) -> list["ComparisonRow"]:
+def ordered_rows(rows: Iterable[ComparisonRow]) -> list[ComparisonRow]:
     """A table's rows in order: each model where it first appears, its checkpoints by step as
     numbers (step2 before step1000), a plain model before its checkpoints.
 
@@ -202,7 +203,7 @@ def read_compare_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def earlier_rows(out: Path, settings: dict) -> list["ComparisonRow"]:
+def earlier_rows(out: Path, settings: dict) -> list[ComparisonRow]:
     """The rows of the table already in ``out`` (none when there is none), which a sweep into
     ``out`` adds to and never drops; a table measured with other settings is refused in one line,
     before any model loads (one folder, one table: its rows must compare)."""
@@ -222,7 +223,7 @@ def earlier_rows(out: Path, settings: dict) -> list["ComparisonRow"]:
     return rows
 
 
-def row_identity(row: "ComparisonRow") -> str:
+def row_identity(row: ComparisonRow) -> str:
     """The label a row's model has today: ``model_identity`` of its name, and its step."""
     suffix = f"@step{row.step}"
     if row.step is not None and row.model.endswith(suffix):

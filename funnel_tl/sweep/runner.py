@@ -33,8 +33,9 @@ share one axis); a *step* is a training step (Pythia's hub revisions are ``step{
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
@@ -66,7 +67,7 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
             out: str | os.PathLike = "runs/compare", force: bool = False, checkpoints=None,
             bootstrap: int = 2000, bootstrap_seed: int = 0, progress: bool | None = None,
             self_contained: bool = False, by_position: bool = False, max_tokens_per_prompt: int | str | None = None,
-            device_map=None, max_memory=None, keep_texts: bool = True, world=None) -> "Comparison | None":
+            device_map=None, max_memory=None, keep_texts: bool = True, world=None) -> Comparison | None:
     """Measure several models (or training checkpoints) in turn; write one table and one page.
 
     ``models``: bundled names, local checkpoint folders, hub names, or the preset
@@ -141,7 +142,7 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
 
 
 def _sweep(targets: list[Target], prompt_list: list[str], settings: dict, out: Path, *, force: bool,
-           options: dict, progress: bool | None, self_contained: bool = False) -> "Comparison":
+           options: dict, progress: bool | None, self_contained: bool = False) -> Comparison:
     """The sweep itself, with ``out`` checked and locked by ``compare``; ``options`` go to ``_measure_one``."""
     earlier = earlier_rows(out, settings)  # before any model loads: a table of other settings is refused
     table = TableWriter(out, settings, earlier)

@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from funnel_tl.sweep.plan import Target
 
 
-def sweep_sharded(targets: list["Target"], prompt_list: list[str], out: Path, settings: dict, group,
-                   *, force: bool, options: dict, self_contained: bool = False) -> "Comparison | None":
+def sweep_sharded(targets: list[Target], prompt_list: list[str], out: Path, settings: dict, group,
+                   *, force: bool, options: dict, self_contained: bool = False) -> Comparison | None:
     """The sweep over torchrun's ranks: each pending target measured by exactly one rank, each rank
     loading only its own; rank 0 then reads every result from the shared ``out`` and writes the
     table and page. Returns the ``Comparison`` on rank 0, ``None`` on the others.

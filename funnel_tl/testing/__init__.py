@@ -19,12 +19,30 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from funnel_tl.testing.reference import (Layout, hf_sublayers, hf_layout, hf_is_parallel, seed_reference,
-                                             reference_gains, seed_token_norms, reference_position_gains,
-                                             reference_readings, seed_head_token_norms, reference_means,
-                                             reference_effects)
-    from funnel_tl.testing.toy import (ARCHITECTURES, FAMILIES, family_config, corpus_texts, train_tokenizer,
-                                       make_config, build_checkpoint, build_training_run)
+    from funnel_tl.testing.reference import (
+        Layout,
+        hf_is_parallel,
+        hf_layout,
+        hf_sublayers,
+        reference_effects,
+        reference_gains,
+        reference_means,
+        reference_position_gains,
+        reference_readings,
+        seed_head_token_norms,
+        seed_reference,
+        seed_token_norms,
+    )
+    from funnel_tl.testing.toy import (
+        ARCHITECTURES,
+        FAMILIES,
+        build_checkpoint,
+        build_training_run,
+        corpus_texts,
+        family_config,
+        make_config,
+        train_tokenizer,
+    )
 
 
 def __getattr__(name: str):
