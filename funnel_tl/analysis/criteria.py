@@ -58,5 +58,6 @@ def require_all_layers(result, what: str = "the Funnel test") -> None:
     """Refuse a verdict on a result measured on some layers only, in one line that says what to do."""
     why_not = not_testable(result)
     if why_not is not None:
-        raise FunnelError(f"{result.model}: {what} is {why_not}: measure with layers=None "
-                          "(funnel-tl run without --layers)")
+        raise FunnelError(
+            f"{result.model}: {what} is {why_not}: measure with layers=None (funnel-tl run without --layers)"
+        )

@@ -35,8 +35,10 @@ def _minutes(name: str, text: str) -> float:
     except ValueError:
         minutes = math.nan
     if not (math.isfinite(minutes) and 0 < minutes <= MAX_TIMEOUT_MINUTES):
-        raise FunnelError(f"{name}={text!r} is not a number of minutes: give one above 0 and at most "
-                          f"{MAX_TIMEOUT_MINUTES} (a year), or unset it")
+        raise FunnelError(
+            f"{name}={text!r} is not a number of minutes: give one above 0 and at most "
+            f"{MAX_TIMEOUT_MINUTES} (a year), or unset it"
+        )
     return minutes
 
 
@@ -51,8 +53,11 @@ def _folder(name: str, text: str) -> Path | None:
 
 # name -> (parse(name, text) -> value, the value when unset, what it is for)
 VARIABLES: dict[str, tuple[Callable[[str, str], Any], Any, str]] = {
-    "FUNNEL_TL_TIMEOUT_MINUTES": (_minutes, float(DEFAULT_TIMEOUT_MINUTES),
-                                  "minutes a torchrun collective waits for the slowest rank"),
+    "FUNNEL_TL_TIMEOUT_MINUTES": (
+        _minutes,
+        float(DEFAULT_TIMEOUT_MINUTES),
+        "minutes a torchrun collective waits for the slowest rank",
+    ),
     "FUNNEL_TL_CACHE": (_folder, None, "where models fetched from PyPI are kept (funnel_tl.models.pypi)"),
 }
 
@@ -71,6 +76,7 @@ def check(environ: Mapping[str, str] | None = None) -> None:
         if not name.startswith(PREFIX):
             continue
         if name not in VARIABLES:
-            raise FunnelError(f"unknown environment variable {name}: funnel_tl reads {', '.join(VARIABLES)}; "
-                              "unset it or fix its name")
+            raise FunnelError(
+                f"unknown environment variable {name}: funnel_tl reads {', '.join(VARIABLES)}; unset it or fix its name"
+            )
         value(name, environ)

@@ -9,12 +9,26 @@ from typing import TYPE_CHECKING
 
 # Each public name and the module it lives in.
 _EXPORTS = {
-    "Layout": "reference", "hf_sublayers": "reference", "hf_layout": "reference", "hf_is_parallel": "reference",
-    "seed_reference": "reference", "reference_gains": "reference", "seed_token_norms": "reference",
-    "reference_position_gains": "reference", "reference_readings": "reference", "seed_head_token_norms": "reference",
-    "reference_means": "reference", "reference_effects": "reference",
-    "ARCHITECTURES": "toy", "FAMILIES": "toy", "family_config": "toy", "corpus_texts": "toy",
-    "train_tokenizer": "toy", "make_config": "toy", "build_checkpoint": "toy", "build_training_run": "toy",
+    "Layout": "reference",
+    "hf_sublayers": "reference",
+    "hf_layout": "reference",
+    "hf_is_parallel": "reference",
+    "seed_reference": "reference",
+    "reference_gains": "reference",
+    "seed_token_norms": "reference",
+    "reference_position_gains": "reference",
+    "reference_readings": "reference",
+    "seed_head_token_norms": "reference",
+    "reference_means": "reference",
+    "reference_effects": "reference",
+    "ARCHITECTURES": "toy",
+    "FAMILIES": "toy",
+    "family_config": "toy",
+    "corpus_texts": "toy",
+    "train_tokenizer": "toy",
+    "make_config": "toy",
+    "build_checkpoint": "toy",
+    "build_training_run": "toy",
 }
 __all__ = sorted(_EXPORTS)
 
