@@ -143,8 +143,8 @@ def main(argv=None) -> int:
             flush=True,
         )
     cpu = times["cpu"]
-    ratio = {m: statistics.median(t / g for t, g in zip(cpu[m], cpu["gains"])) for m in methods}
-    vs_unstacked = {m: statistics.median(t / e for t, e in zip(cpu[m], cpu["effects"])) for m in methods}
+    ratio = {m: statistics.median(t / g for t, g in zip(cpu[m], cpu["gains"], strict=True)) for m in methods}
+    vs_unstacked = {m: statistics.median(t / e for t, e in zip(cpu[m], cpu["effects"], strict=True)) for m in methods}
     n_layers = model.cfg.n_layers
     jobs = 2 * n_layers * len(DEFAULT_INTERVENTIONS)
     lines = [

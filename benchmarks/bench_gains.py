@@ -346,7 +346,7 @@ def report(args, work: Workloads, times, memory, load_times=None) -> dict:
 
         Paired by round, so that a round slowed by other work on the machine slows both alike.
         """
-        return statistics.median(t / f for t, f in zip(times[kind][method], times[kind]["funnel"]))
+        return statistics.median(t / f for t, f in zip(times[kind][method], times[kind]["funnel"], strict=True))
 
     lengths = [len(ids) for ids in work.token_ids]
     memory_kind = "peak RSS (MiB), freed memory returned" if not cuda else "peak allocated (MiB)"
@@ -357,7 +357,8 @@ def report(args, work: Workloads, times, memory, load_times=None) -> dict:
         f"torch {torch.__version__}, transformers {transformers.__version__}, "
         f"transformer_lens {version('transformer-lens')}",
         f"{len(work.prompts)} prompts, {work.n_tokens} tokens ({min(lengths)} to {max(lengths)} per prompt), "
-        f"batch size {args.batch_size}{' (auto)' if getattr(args, 'batch_size_requested', None) == 'auto' else ''}, padding {padding_fraction(make_batches(work.token_ids, args.batch_size)):.1%}; "
+        f"batch size {args.batch_size}{' (auto)' if getattr(args, 'batch_size_requested', None) == 'auto' else ''}, "
+        f"padding {padding_fraction(make_batches(work.token_ids, args.batch_size)):.1%}; "
         f"{args.rounds} interleaved rounds: tokens/s from the median time, ratios the median of each round's ratio",
         "",
     ]
@@ -394,7 +395,9 @@ def report(args, work: Workloads, times, memory, load_times=None) -> dict:
             )
         )
     if "bare" in methods and "heads" in methods:
-        heads_ratio = lambda kind: statistics.median(b / h for b, h in zip(times[kind]["bare"], times[kind]["heads"]))  # noqa: E731
+        heads_ratio = lambda kind: statistics.median(  # noqa: E731
+            b / h for b, h in zip(times[kind]["bare"], times[kind]["heads"], strict=True)
+        )
         checks.append(
             (
                 "head_gains (every layer) tokens/s ÷ bare forward's",
@@ -405,9 +408,9 @@ def report(args, work: Workloads, times, memory, load_times=None) -> dict:
             )
         )
     if load_times:
-        load_ratio = lambda kind: statistics.median(
-            f / h for f, h in zip(load_times[kind]["funnel"], load_times[kind]["hf"])
-        )  # noqa: E731
+        load_ratio = lambda kind: statistics.median(  # noqa: E731
+            f / h for f, h in zip(load_times[kind]["funnel"], load_times[kind]["hf"], strict=True)
+        )
         checks.append(
             (
                 "load_model time ÷ AutoModelForCausalLM.from_pretrained's",
@@ -419,11 +422,12 @@ def report(args, work: Workloads, times, memory, load_times=None) -> dict:
         )
         if "bridge" in load_times["wall"]:
             share = lambda kind: statistics.median(  # noqa: E731
-                b / f for b, f in zip(load_times[kind]["bridge"], load_times[kind]["funnel"])
+                b / f for b, f in zip(load_times[kind]["bridge"], load_times[kind]["funnel"], strict=True)
             )
             checks.append(
                 (
-                    "of load_model's time, building TransformerLens' bridge (TransformerBridge.__init__, compatibility mode)",
+                    "of load_model's time, building TransformerLens' bridge (TransformerBridge.__init__, "
+                    "compatibility mode)",
                     share("wall"),
                     None if cuda else share("cpu"),
                     "",

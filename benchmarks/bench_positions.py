@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     for round_number in range(args.rounds):
         for by_position in (False, True) if round_number % 2 == 0 else (True, False):
             times[by_position].append(run(by_position))
-    ratio = statistics.median(on / off for on, off in zip(times[True], times[False]))
+    ratio = statistics.median(on / off for on, off in zip(times[True], times[False], strict=True))
     n_tokens = sum(r for r in measure_gains(model, prompts, batch_size=args.batch_size, progress=False).n_tokens)
     numbers = {
         "model": args.model,

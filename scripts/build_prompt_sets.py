@@ -169,7 +169,7 @@ def fits(passages: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
     tokenizer = AutoTokenizer.from_pretrained(REPO / "funnel_tl" / "models" / "bundled" / "nano-8l")
     lengths = [len(ids) for ids in tokenizer([text for _, text in passages])["input_ids"]]
-    return [passage for passage, length in zip(passages, lengths) if length <= MAX_TOKENS]
+    return [passage for passage, length in zip(passages, lengths, strict=True) if length <= MAX_TOKENS]
 
 
 def sample(passages: list[tuple[str, str]], k: int) -> list[tuple[str, str]]:

@@ -256,7 +256,8 @@ def model_card(record: dict, meta: dict) -> str:
         f"| vocabulary | {meta['vocab_size']} (byte-level BPE, no BOS added, `<|endoftext|>` = 0) |",
         f"| parameters | {record['n_parameters']:,} |",
         "| block | `use_parallel_residual=True`: x + attn(ln1(x)) + mlp(ln2(x)) |",
-        "| stored as | float16 safetensors, as Pythia's hub weights (`config.json` says float32: it loads and runs in float32, as trained) |",
+        "| stored as | float16 safetensors, as Pythia's hub weights (`config.json` says float32: it loads and runs "
+        "in float32, as trained) |",
         "",
         "## Training",
         "",

@@ -198,7 +198,7 @@ def test_terminal_table_stays_in_columns_with_large_gains_and_layers(sweep):
         assert len(line) == len(header), line
         # No cell runs over into the next column: a space at every column end, text in every column.
         assert all(line[end] == " " for end in ends[:-1]), line
-        assert all(line[start:end].strip() for start, end in zip([34, *ends], ends)), line
+        assert all(line[start:end].strip() for start, end in zip([34, *ends], ends, strict=True)), line
     assert "12345.678 L11" in lines[1] and f"{first.combined_max_gain:.3f} L{first.combined_max_layer} " in lines[0]
     comb = slice(ends[-3], ends[-2])
     assert lines[0][comb].index(".") == lines[1][comb].index(".")  # the gains line up at the decimal point
@@ -733,7 +733,7 @@ def test_cli_end_to_end_equals_single_runs_and_resumes(checkpoints, tmp_path, lo
     printed = capsys.readouterr().out
     assert "compare.json" in printed and "compare.html" in printed and "FAILED" not in printed
     rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())["models"]
-    for folder, row in zip((a, b), rows):
+    for folder, row in zip((a, b), rows, strict=True):
         assert (
             main(
                 [

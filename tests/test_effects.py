@@ -141,7 +141,7 @@ def test_sandwich_contribution_is_the_post_norm_output(strong, tokenizer):
     # RMSNorm is scale-invariant: doubling before the post-norm changes (almost) nothing, after it a lot.
     with torch.inference_mode():
         clean = [hf(**tokenizer(p, return_tensors="pt")).logits for p in PROMPTS[:2]]
-    assert max(float((a - b).abs().max()) for a, b in zip(before_norm, clean)) < 1e-3
+    assert max(float((a - b).abs().max()) for a, b in zip(before_norm, clean, strict=True)) < 1e-3
     assert np.abs(expected["scale:2"]["attention"]["kl"]).min() > 1e-3
 
 

@@ -311,7 +311,7 @@ def test_pickle_that_fails_weights_only(tmp_path, capsys):
 )
 def test_jsonl_text_must_be_a_non_empty_string(value, kind, tmp_path, capsys, no_model):
     path = tmp_path / "p.jsonl"
-    path.write_text('{"text": "fine"}\n' + '{"text": %s}\n' % value, encoding="utf-8")
+    path.write_text('{"text": "fine"}\n' + f'{{"text": {value}}}\n', encoding="utf-8")
     assert main(measure_argv("run", "--prompts", str(path), "--out", str(tmp_path / "o"))) == 2
     one_line_error(capsys, f"{path}:2", kind)
 
@@ -432,7 +432,7 @@ def test_hub_dataset_without_network_says_so_quickly(monkeypatch, tmp_path, caps
     """`--dataset org/name` with no network: one line, exit 2, before datasets' retries start; a local
     folder of data files still loads (it needs no hub)."""
     datasets = pytest.importorskip("datasets")
-    import datasets.config
+    import datasets.config  # noqa: F811  loads the submodule onto the datasets imported above
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # read from the environment at import
 

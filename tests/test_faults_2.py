@@ -246,7 +246,7 @@ def test_every_public_name_imports_lazily():
     assert callable(compare) and funnel_tl.compare is compare and compare.__module__ == "funnel_tl.sweep.runner"
     assert funnel_tl.sweep.compare is compare and funnel_tl.analysis.stats.Intervals is funnel_tl.Intervals
     with pytest.raises(AttributeError):
-        funnel_tl.no_such_name
+        _ = funnel_tl.no_such_name
 
 
 # ---- 2. files read back: checked against their schema -------------------------------------------------

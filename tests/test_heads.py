@@ -239,7 +239,7 @@ def test_grouped_query_heads_are_grouped_by_their_key_value_head(measured, tmp_p
     assert [note.text for note in figure.layout.annotations] == ["kv 0: heads 0–1", "kv 1: heads 2–3"]
     table = result.format_top(4).splitlines()
     assert "4 query heads read 2 key/value heads, 2 each" in table[0] and table[1].split()[2] == "kv"
-    for line, row in zip(table[2:], result.top(4)):
+    for line, row in zip(table[2:], result.top(4), strict=False):
         assert line.split()[2] == str(row.key_value_head)
     page = result.save_html(tmp_path / "heads.html", k=4).read_text()
     assert "<th>kv</th>" in page and "key/value head <i>h</i> // 2" in page

@@ -197,7 +197,7 @@ def test_panel_3_hatches_bars_whose_interval_crosses_one():
     patterns = {}
     for trace in fig.data:
         if isinstance(trace, go.Bar) and trace.x is not None and trace.x[0] is not None:
-            patterns.update(zip(trace.x, trace.marker.pattern.shape))
+            patterns.update(zip(trace.x, trace.marker.pattern.shape, strict=False))
     assert patterns == {0: "/", 1: ""}
     assert traces_named(fig, "hatched: interval crosses 1")
 

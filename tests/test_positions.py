@@ -58,7 +58,7 @@ def test_position_sums_equal_a_loop():
     sums, counts = position_sums(norms, counted, edges)
     assert sums.shape == (5, 3, len(edges) - 1) and counts.shape == (5, len(edges) - 1)
     for row in range(5):
-        for bucket, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        for bucket, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
             chosen = [p for p in range(lo, min(hi, 70)) if counted[row, p]]
             assert counts[row, bucket] == len(chosen)
             expected = norms[:, row, chosen].sum(dim=1) if chosen else torch.zeros(3)
@@ -100,7 +100,7 @@ def test_position_gains_equal_hf_reference_on_padded_batches(arch, definition, b
 
 @pytest.mark.parametrize("arch", ["neox-parallel", "llama-gqa"])
 def test_drop_first_composes_with_by_position(arch, bridge, token_norms):
-    prompts_long = [p for p, n in zip(PROMPTS, token_norms(arch)) if n["attn_out"].shape[1] > 2]
+    prompts_long = [p for p, n in zip(PROMPTS, token_norms(arch), strict=True) if n["attn_out"].shape[1] > 2]
     norms = [n for n in token_norms(arch) if n["attn_out"].shape[1] > 2]
     result = measure_gains(bridge(arch), prompts_long, definition="seed", batch_size=3, drop_first=2, by_position=True)
     expected, counts = reference_position_gains(norms, result.positions.edges, "seed", drop_first=2)
@@ -124,7 +124,7 @@ def test_without_first_equals_measuring_with_drop_first(arch, bridge):
         derived = result.without_first(k)
         measured = measure_gains(
             bridge(arch),
-            [p for p, n in zip(PROMPTS, result.n_tokens) if n > k],
+            [p for p, n in zip(PROMPTS, result.n_tokens, strict=True) if n > k],
             definition="residual",
             batch_size=8,
             drop_first=k,
@@ -285,7 +285,7 @@ def test_mean_norms_by_position_equal_hf_reference(arch, bridge, token_norms):
     """‖resid_pre‖ by position, the quantity that shows massive activations at position 0."""
     result = measure_gains(bridge(arch), PROMPTS, definition="residual", batch_size=4, by_position=True)
     positions = result.positions
-    for bucket, (lo, hi) in enumerate(zip(positions.edges[:-1], positions.edges[1:])):
+    for bucket, (lo, hi) in enumerate(zip(positions.edges[:-1], positions.edges[1:], strict=True)):
         reaching = [
             norms["resid_pre"][:, lo:hi].mean(axis=1) for norms in token_norms(arch) if norms["resid_pre"].shape[1] > lo
         ]
@@ -329,11 +329,11 @@ def test_head_position_gains_equal_hf_reference(arch, definition, bridge, hf_mod
     denominator = "attn_in" if definition == "seed" else "resid_pre"
     edges = heads.positions.edges
     expected = np.full(heads.head_position_gains().shape, np.nan)  # [layer, head, bucket]
-    for bucket, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+    for bucket, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
         lo = max(lo, 1)  # drop_first=1
         per_prompt = [
             norms[:, :, lo:hi].mean(axis=2) / (inputs[denominator][:, lo:hi].mean(axis=1)[:, None] + 1e-10)
-            for norms, inputs in zip(head_norms, token_norms(arch))
+            for norms, inputs in zip(head_norms, token_norms(arch), strict=True)
             if norms.shape[2] > lo and lo < hi
         ]
         if per_prompt:

@@ -80,7 +80,8 @@ def smollm2(smollm2_hf, smollm2_gguf):
 
 @pytest.fixture(scope="session")
 def smollm2_gains(smollm2):
-    """``smollm2_gains(source, dtype, definition)``: measure_gains on the seed prompts (batches of 3: padded), cached."""
+    """``smollm2_gains(source, dtype, definition)``: measure_gains on the seed prompts (batches of 3:
+    padded), cached."""
     measured = {}
 
     def get(source="hf", dtype="float32", definition="seed"):

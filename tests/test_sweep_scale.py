@@ -146,7 +146,7 @@ def test_one_checkpoint_into_the_folder_keeps_every_row(swept, tmp_path, load_ca
     table = json.loads((copy / "compare.json").read_text())
     assert table["n_models"] == 4 and [row["step"] for row in table["models"]] == [0, 2, 1000, 10000]
     assert "kept 3 rows of the table" in capsys.readouterr().err
-    for old, new in zip(comparison.rows, again.rows):  # every kept row carries the first run's numbers
+    for old, new in zip(comparison.rows, again.rows, strict=False):  # every kept row carries the first run's numbers
         np.testing.assert_array_equal(
             again.results[new.model].out_sums["mlp"], comparison.results[old.model].out_sums["mlp"]
         )

@@ -1,4 +1,5 @@
-"""Analysis: the Funnel Model's verdicts, the readings beside the seed's numbers, intervals over prompts, the sink reading, gain beside effect.
+"""Analysis: the Funnel Model's verdicts, the readings beside the seed's numbers, intervals over
+prompts, the sink reading, gain beside effect.
 
 Every name below is imported from its module on first use (PEP 562), so importing the
 subpackage imports no torch.

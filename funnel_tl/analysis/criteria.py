@@ -51,7 +51,10 @@ def not_testable(result) -> str | None:
     """
     if len(result.layers) == result.n_layers:
         return None
-    return f"not testable: layers {result.layer_spans} of {result.n_layers} measured, and the Funnel verdicts need every layer"
+    return (
+        f"not testable: layers {result.layer_spans} of {result.n_layers} measured, "
+        "and the Funnel verdicts need every layer"
+    )
 
 
 def require_all_layers(result, what: str = "the Funnel test") -> None:

@@ -405,7 +405,8 @@ def _last_mlp_answer(reading: GainVersusEffect, definition: str) -> str:
             ""
             if last.difference is None
             else (
-                f"; it exceeds the next MLP by {last.difference[0]:.3g} [{last.difference[1]:.3g}, {last.difference[2]:.3g}]"
+                f"; it exceeds the next MLP by {last.difference[0]:.3g} [{last.difference[1]:.3g}, "
+                f"{last.difference[2]:.3g}]"
             )
         )
         return f"Yes: {effect}, the most of the {mlps} MLPs measured{tail}; {gain}."

@@ -219,7 +219,8 @@ def definition_lines(result) -> list[str]:
         typical = ""
     return [
         f"Why they differ: the seed divides by what the module receives, the normalized input u, whose norm the "
-        f"norm's weights and sqrt(d_model) = {np.sqrt(result.d_model):.3g} set (mean ||u|| {_span(u)} over the layers here); "
+        f"norm's weights and sqrt(d_model) = {np.sqrt(result.d_model):.3g} set (mean ||u|| {_span(u)} over the "
+        "layers here); "
         f"the residual definition divides by the stream x (mean ||x|| {_span(x)}{typical}).",
         f"So a seed gain is about ||x|| / ||u|| = x{np.min(ratio):.2g} to x{np.max(ratio):.2g} (median "
         f"x{np.median(ratio):.2g}) times the residual one: {_flips(result)} of the {2 * len(result.layers)} "

@@ -339,7 +339,8 @@ def _robust_lines(result, rule: str, without=None) -> list[str]:
         caveat = (
             f"few prompts: t intervals cover what they claim (94-95% for 95%, measured on SmolLM2-135M from "
             f"8 prompts on), but "
-            f"{result.n_prompts} make them wide and may hold none of a rare kind of prompt that moves a layer's gain; for a firmer "
+            f"{result.n_prompts} make them wide and may hold none of a rare kind of prompt that moves a layer's "
+            "gain; for a firmer "
             "verdict measure more: --prompts varied (300 passages of varied English, offline), a prompt "
             "file, or --dataset"
         )
@@ -364,7 +365,8 @@ def _robust_lines(result, rule: str, without=None) -> list[str]:
         f"1. Attention ALWAYS contracts: {robust.attention_always_contracts} "
         f"({robust.counts['attention']['n_contracting']}/{n})",
         f"2. MLP mostly contracts: {robust.mlp_mostly_contracts} ({robust.counts['mlp']['n_contracting']}/{n}; "
-        f"depth-scaled: at most {mlp_expanding_allowed(n)} of {n} may fail, one eighth as the seed's 3 of 24, at least 1)",
+        f"depth-scaled: at most {mlp_expanding_allowed(n)} of {n} may fail, one eighth as the seed's 3 of 24, at "
+        "least 1)",
         f"3. Last layer MLP expands: {robust.last_layer_expands} (interval [{lo:.3f}, {hi:.3f}])",
         f"4. Last layer has MAX MLP gain: {robust.last_layer_is_max} (its interval must lie above every other layer's)",
         f"\n>>> FUNNEL MODEL CONFIRMED (robust): {robust.funnel_confirmed} <<<"

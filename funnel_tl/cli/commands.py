@@ -391,7 +391,9 @@ def cmd_report(args) -> int:
         )
     results = [GainResult.load(path) for path in paths]  # all read before any is written: fail fast
     heads = [HeadResult.load(path) for path in head_paths]
-    loaded = {path.resolve(): result for path, result in zip(paths, results)}  # a sweep's models are among them
+    loaded = {
+        path.resolve(): result for path, result in zip(paths, results, strict=True)
+    }  # a sweep's models are among them
     sweeps = [Comparison.load(path.parent, loaded) for path in find_results(root, "compare.json")]  # DIR's and below
 
     def redraw(result):
@@ -408,7 +410,7 @@ def cmd_report(args) -> int:
         return result
 
     redrawn = {}
-    for path, result in zip(paths, results):
+    for path, result in zip(paths, results, strict=True):
         result = redrawn[path.resolve()] = redraw(result)
         print(format_analysis(result))
         _print_positions(result)
@@ -416,7 +418,7 @@ def cmd_report(args) -> int:
         # Every page of the tree loads one DIR/plotly.min.js, unless --self-contained.
         _render(result, path.parent, say=print, self_contained=args.self_contained, root=root, images=args.png)
         print()
-    for path, result in zip(head_paths, heads):  # the table as long as its run drew it, unless --top says
+    for path, result in zip(head_paths, heads, strict=True):  # the table as long as its run drew it, unless --top says
         top = args.top or int(result.provenance.get("top", TOP_HEADS))
         page = result.save_html(path.with_suffix(".html"), k=top, self_contained=args.self_contained)
         print(result.format_top(top))  # the table `funnel-tl heads` printed

@@ -10,7 +10,7 @@ instead of a ValueError deep inside a torchrun job; the code that uses a value r
 >>> value("FUNNEL_TL_TIMEOUT_MINUTES", {"FUNNEL_TL_TIMEOUT_MINUTES": "soon"})
 Traceback (most recent call last):
 funnel_tl.errors.FunnelError: FUNNEL_TL_TIMEOUT_MINUTES='soon' is not a number of minutes: give one above 0 and at most 525600 (a year), or unset it
-"""
+"""  # noqa: E501 -- a doctest expects the whole exception message on one line
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Measurement: forwards through the TransformerLens hooks (or the verified HF modules) reduced to per-prompt norm sums, per layer, head and position; interventions and their effects; torchrun.
+"""Measurement: forwards through the TransformerLens hooks (or the verified HF modules) reduced to
+per-prompt norm sums, per layer, head and position; interventions and their effects; torchrun.
 
 Every name below is imported from its module on first use (PEP 562), so importing the
 subpackage imports no torch.

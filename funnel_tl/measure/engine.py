@@ -106,7 +106,8 @@ class _PassComplete(Exception):
 def prompt_sums(
     values: Float[torch.Tensor, "layer batch pos *rest"], counted: Bool[torch.Tensor, "batch pos"]
 ) -> Float[torch.Tensor, "batch layer *rest"]:
-    """Per-token values summed over each prompt's counted tokens: ``[layer, batch, pos, ...]`` → ``[batch, layer, ...]``.
+    """Per-token values summed over each prompt's counted tokens: ``[layer, batch, pos, ...]`` →
+    ``[batch, layer, ...]``.
 
     The per-batch reduction of every measurement (a per-position reduction would sit beside it).
     Masked by selection, not by multiplying with the mask: a non-finite value at a padded position

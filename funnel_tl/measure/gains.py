@@ -103,7 +103,7 @@ def check_residual_identities(
     tolerance = IDENTITY_TOLERANCE.get(dtype, 1e-2)
     real = mask.bool()
     for layer in range(model.cfg.n_layers) if layers is None else layers:
-        block = lambda name: cache[f"blocks.{layer}.{name}"].float()  # noqa: E731  [batch, pos, d_model]
+        block = lambda name: cache[f"blocks.{layer}.{name}"].float()  # noqa: E731, B023  called in this iteration only; [batch, pos, d_model]
         x, a, m = block("hook_resid_pre"), block("hook_attn_out"), block("hook_mlp_out")
         checks = [("resid_pre + attn_out + mlp_out", x + a + m, block("hook_resid_post"))]
         if not parallel:
@@ -423,7 +423,7 @@ class GainSums:
         self.all_norms = torch.stack([norm for suffix in suffixes for norm in self.norms[suffix]]).unflatten(
             0, (len(suffixes), len(self.layers))
         )  # [hook, layer, batch, pos]
-        self.stacked = dict(zip(suffixes, self.all_norms))  # each [layer, batch, pos]
+        self.stacked = dict(zip(suffixes, self.all_norms, strict=True))  # each [layer, batch, pos]
         # Every hook's sums over the counted tokens and over those from position 1, in one reduction:
         # uncounted tokens are zeroed by selection first (a non-finite norm at a padded position must
         # not poison a sum), then each prompt's tokens are summed under the two masks.

@@ -306,7 +306,8 @@ def check_head_identity(
     tolerance = IDENTITY_TOLERANCE.get(dtype, 1e-2)
     if not worst <= tolerance:
         raise FunnelError(
-            f"{model_name(model)} layer {layer}: the heads' outputs plus b_O differ from {output_suffix} by {worst:.2g} "
+            f"{model_name(model)} layer {layer}: the heads' outputs plus b_O differ from {output_suffix} by "
+            f"{worst:.2g} "
             f"(relative; allowed {tolerance:g}): TransformerLens' hook_z or W_O for this architecture is "
             "inconsistent, so per-head numbers cannot be trusted; please report it"
         )

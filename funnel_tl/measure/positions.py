@@ -115,7 +115,7 @@ class PositionAccumulator(_Growing):
         by_bucket = einops.rearrange(
             by_bucket.double().cpu().numpy(), "batch (hook layer) bucket -> hook batch layer bucket", hook=len(suffixes)
         )
-        sums = dict(zip(suffixes, by_bucket))  # suffix -> [batch, layer, bucket]
+        sums = dict(zip(suffixes, by_bucket, strict=True))  # suffix -> [batch, layer, bucket]
         for component in COMPONENTS:
             self.out_sums[component][indices] = sums[plan.outputs[component]]
             self.in_sums[component][indices] = sums[plan.inputs[component]]

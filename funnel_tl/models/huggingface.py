@@ -310,7 +310,8 @@ def _compact(keys) -> str:
 
 
 def weight_files(folder: Path) -> str:
-    """The weight files of a checkpoint folder, for a refusal: ``model.safetensors`` or ``4 files model-00001-of-00004.safetensors, ...``."""
+    """The weight files of a checkpoint folder, for a refusal: ``model.safetensors`` or
+    ``4 files model-00001-of-00004.safetensors, ...``."""
     files = sorted({p.name for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern)})
     if len(files) == 1:
         return f"{folder / files[0]}"

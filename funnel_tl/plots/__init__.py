@@ -1,4 +1,5 @@
-"""Figures: the four panels, per-head, per-position, effects and sweep figures as Plotly figures, written as offline HTML or PNG.
+"""Figures: the four panels, per-head, per-position, effects and sweep figures as Plotly figures,
+written as offline HTML or PNG.
 
 Every name below is imported from its module on first use (PEP 562), so importing the
 subpackage imports no torch.

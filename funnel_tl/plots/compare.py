@@ -91,7 +91,7 @@ def plot_depth_overlay(comparison, components=("attn", "mlp", "block")) -> go.Fi
         colors = viridis([fraction(row.step) for row in drawn])
     else:
         colors = model_colors(drawn, ordered=False if sizes else None)
-    for row, color in zip(drawn, colors):
+    for row, color in zip(drawn, colors, strict=False):
         name = f"{base_label(row.base)} @ step {row.step:,}" if sizes else names[row.model]
         for column, component in enumerate(components, start=1):
             figure.add_trace(

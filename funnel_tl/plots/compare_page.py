@@ -134,7 +134,8 @@ table { border-collapse: collapse; font-size: 0.85em; }
 th, td { border-bottom: 1px solid #ddd; padding: 4px; text-align: right; white-space: nowrap; }
 th { background: #f4f4f4; white-space: normal; vertical-align: bottom; } th:first-child { text-align: left; }
 th[title] { cursor: help; }
-td.name { text-align: left; max-width: 16em; overflow: hidden; white-space: normal; } td.name span { white-space: nowrap; }
+td.name { text-align: left; max-width: 16em; overflow: hidden; white-space: normal; }
+td.name span { white-space: nowrap; }
 td .sub { display: block; color: #777; font-size: 0.85em; } /* a gain's layer, below it: narrow columns */
 td.yes { color: #1a7f37; font-weight: 600; } td.no { color: #b42318; font-weight: 600; }
 td.na { color: #999; } tr.failed td.no { text-align: left; white-space: normal; }

@@ -4,8 +4,8 @@ Gains are coloured as ``compare.html`` colours them: log10 of the gain on a dive
 centred at 1, symmetric so that equal ratios get equal colours either side. For a head, red means
 the head alone writes more than its layer's attention reads, blue less; it does not mean the layer
 expands or contracts: the layer's gain is the norm of its heads' sum, and heads add up (and
-partly cancel), so a layer of blue heads can expand. Projection shares are signed and diverge at 0; norms and norm shares are
-sequential (no neutral value).
+partly cancel), so a layer of blue heads can expand. Projection shares are signed and diverge at 0;
+norms and norm shares are sequential (no neutral value).
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def plot_heads(result, value: str = "gain", title: str | None = None):
         [
             f"<b>{label(layer, head)}</b><br>gain {result.head_gains[row, head]:.4f} "
             f"(layer attn gain {result.attn_gains[row]:.4f})<br>mean norm {result.head_norms[row, head]:.4g}"
-            f"<br>norm share {result.norm_shares[row, head]:.3f}<br>projection share {result.projection_shares[row, head]:.3f}"
-            + (f"<br>key/value head {head // group}" if group else "")
+            f"<br>norm share {result.norm_shares[row, head]:.3f}<br>projection share "
+            f"{result.projection_shares[row, head]:.3f}" + (f"<br>key/value head {head // group}" if group else "")
             for head in range(result.n_heads)
         ]
         for row, layer in enumerate(result.layers)
@@ -185,7 +185,8 @@ attention gain (last column) is the norm of all its heads' sum, and heads add up
 layer of blue heads can expand.{gqa_note}</p>
 {f'<p class="meta">{html.escape(result.relative_to())}.</p>' if result.read_at else ""}
 {"".join(figure_div(figure) + chr(10) for figure in figures.values())}<h2>Top {k} heads by gain</h2>
-<table><tr><th>rank</th><th>head</th>{"<th>kv</th>" if grouped else ""}<th>gain</th><th>mean norm</th><th>norm share</th><th>projection share</th>
+<table><tr><th>rank</th><th>head</th>{"<th>kv</th>" if grouped else ""}<th>gain</th><th>mean norm</th>
+<th>norm share</th><th>projection share</th>
 <th>layer attn gain</th></tr>
 {rows}
 </table>"""

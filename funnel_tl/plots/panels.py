@@ -34,7 +34,8 @@ gain 1 is the middle and bars rise or hang from it. ``log_gains=True``/``False``
 Every function takes a ``GainResult`` and returns a ``go.Figure``; nothing is shown from here.
 A result measured on some layers only (``measure_gains(..., layers=...)``) is drawn at its true
 layer indices; panel 4 covers every measured layer when layer 0 was measured (its resid_pre is the
-denominator; else it says so; the seed's product covers the measured prefix 0..k only), and the subtitle says the Funnel test is not testable.
+denominator; else it says so; the seed's product covers the measured prefix 0..k only), and the
+subtitle says the Funnel test is not testable.
 Error bars and bands are the result's intervals over prompts (``result.with_intervals()``) when it
 carries them. Hovering a point shows its layer, value and interval.
 
@@ -149,7 +150,7 @@ def plot_funnel(result, log_gains: bool | None = None) -> go.Figure:
     # make_subplots narrows every column for the one secondary axis; give the width back.
     for axis, domain in (("xaxis", [0, 0.415]), ("xaxis2", [0.585, 1]), ("xaxis3", [0, 0.415]), ("xaxis4", [0.585, 1])):
         fig.layout[axis].domain = domain
-    for title, column in zip(fig.layout.annotations, (0, 1, 0, 1)):  # the subplot titles, centred again
+    for title, column in zip(fig.layout.annotations, (0, 1, 0, 1), strict=False):  # the subplot titles, centred again
         title.x = (0.415 / 2, (0.585 + 1) / 2)[column]
     fig.update_layout(height=HEIGHT)
     for index, panel in enumerate((_attention_mlp, _mlp_depth, _net_gain, _cumulative)):

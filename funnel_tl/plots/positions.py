@@ -148,7 +148,8 @@ def _heatmaps(result, components: list[str]) -> go.Figure:
         height=height,
         **layout,
         title=dict(
-            text=f"<b>{html.escape(short_name(result.model))}</b>: gain by layer and position<br><sup>{_subtitle(result)}"
+            text=f"<b>{html.escape(short_name(result.model))}</b>: gain by layer and "
+            f"position<br><sup>{_subtitle(result)}"
             " · log colour scale: red expands, blue contracts, white is gain 1; blank: no prompt "
             "reaches the position</sup>",
             x=0.5,
@@ -352,7 +353,8 @@ def plot_sink_comparison(result, k: int | None = None, log_gains: bool | None = 
         barmode="group",
         hovermode="closest",
         title=dict(
-            text=f"<b>{html.escape(short_name(result.model))}</b>: all positions (solid) vs without {first} (dashed, hatched)<br>"
+            text=f"<b>{html.escape(short_name(result.model))}</b>: all positions (solid) vs without {first} (dashed, "
+            "hatched)<br>"
             f"<sup>{verdict} · {_subtitle(result)}</sup>",
             x=0.5,
             xanchor="center",

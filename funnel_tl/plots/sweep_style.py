@@ -145,7 +145,7 @@ def step_scale(steps) -> tuple[Callable[[int], float], dict]:
     scale = (lambda v: math.log10(v)) if log else (lambda v: float(v))
     low, high = scale(min(x)), scale(max(x))
     span = (high - low) or 1.0
-    position = dict(zip(steps, x))
+    position = dict(zip(steps, x, strict=True))
 
     def fraction(step: int) -> float:
         return (scale(position[int(step)]) - low) / span
@@ -244,7 +244,7 @@ def what_is_compared(rows) -> str:
 
 def sweep_extent(comparison, rows, components) -> tuple[float, float]:
     """Smallest and largest gain (interval ends included, and 1) the given panels draw."""
-    lows, highs = zip(*(result_extent(comparison.results[row.model], components) for row in rows))
+    lows, highs = zip(*(result_extent(comparison.results[row.model], components) for row in rows), strict=True)
     return min(lows), max(highs)
 
 

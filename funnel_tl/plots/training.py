@@ -42,7 +42,7 @@ def step_heatmap(comparison, component: str) -> go.Figure:
     log = axis["type"] == "log"
     # The y axis is linear in log10(step) on a log step axis, so each cell spans half way to its
     # neighbours there (a heatmap's cells are centred on their y values).
-    at = {step: math.log10(x) if log else x for step, x in zip(steps, positions)}
+    at = {step: math.log10(x) if log else x for step, x in zip(steps, positions, strict=True)}
     zs = []
     for _, group in groups:
         zs.append(np.stack([np.log10(component_gains(comparison.results[row.model], component)) for row in group]))
@@ -57,7 +57,7 @@ def step_heatmap(comparison, component: str) -> go.Figure:
         vertical_spacing=0.12 if n_rows > 1 else 0.0,
         subplot_titles=[base_label(base) for base, _ in groups] if len(groups) > 1 else None,
     )
-    for index, ((base, group), z) in enumerate(zip(groups, zs)):
+    for index, ((base, group), z) in enumerate(zip(groups, zs, strict=True)):
         n_layers = z.shape[1]
         centers = (np.arange(n_layers) + 0.5) / n_layers
         step_of = np.array([row.step for row in group])
@@ -135,7 +135,7 @@ def plot_training(comparison, base: str | None = None) -> go.Figure:
         groups.append((name, rows, results, n_layers.pop()))
     all_steps = sorted({row.step for _, rows, _, _ in groups for row in rows})
     positions, axis = step_axis(all_steps)
-    x_of = dict(zip(all_steps, positions))
+    x_of = dict(zip(all_steps, positions, strict=True))
     legend = len(groups) == 1 and groups[0][3] <= MAX_LAYER_LEGEND
     several = len(groups) > 1
     titles = [

@@ -1,4 +1,5 @@
-"""Prompts: the bundled sets, files and datasets read lazily, tokenized by the model's own tokenizer into padded batches.
+"""Prompts: the bundled sets, files and datasets read lazily, tokenized by the model's own tokenizer
+into padded batches.
 
 Every name below is imported from its module on first use (PEP 562), so importing the
 subpackage imports no torch.

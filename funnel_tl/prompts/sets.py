@@ -223,7 +223,7 @@ def check_unicode(text: str, where: str) -> str:
     >>> check_unicode("bad " + chr(0xD800), "prompts.json[3]")
     Traceback (most recent call last):
     funnel_tl.errors.FunnelError: prompts.json[3]: the prompt holds invalid Unicode (a lone surrogate \ud800 at character 4): fix the text or remove the prompt
-    """
+    """  # noqa: E501 -- a doctest expects the whole exception message on one line
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:

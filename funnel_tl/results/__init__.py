@@ -1,4 +1,5 @@
-"""Results: one frozen type per measurement (gains, heads, positions, effects), the files they are written to and read back from, and the output folders.
+"""Results: one frozen type per measurement (gains, heads, positions, effects), the files they are
+written to and read back from, and the output folders.
 
 Every name below is imported from its module on first use (PEP 562), so importing the
 subpackage imports no torch.

@@ -172,7 +172,8 @@ class EffectResult:
             + ("" if self.all_layers else f", layers={self.layer_spans!r}")
             + f", n_prompts={self.n_prompts}, interventions={list(self.interventions)}, "
             f"clean_loss={self.mean_clean_loss:.4g}, {zero} delta_loss attention="
-            f"{_brief(self.effect('delta_loss', zero, 'attention'))} mlp={_brief(self.effect('delta_loss', zero, 'mlp'))})"
+            f"{_brief(self.effect('delta_loss', zero, 'attention'))} "
+            f"mlp={_brief(self.effect('delta_loss', zero, 'mlp'))})"
         )
 
     # ---- numbers -----------------------------------------------------------------------------
@@ -332,7 +333,8 @@ class EffectResult:
         each with ``_ci_low``/``_ci_high`` (NaN without intervals), clean_loss, n_prompts.
 
         >>> table = result.to_pandas()  # doctest: +SKIP
-        >>> table.query("intervention == 'zero' and component == 'mlp'").plot(x="layer", y="delta_loss")  # doctest: +SKIP
+        >>> zero_mlp = table.query("intervention == 'zero' and component == 'mlp'")  # doctest: +SKIP
+        >>> zero_mlp.plot(x="layer", y="delta_loss")  # doctest: +SKIP
         """
         pd = require_pandas()
         nan = np.full((len(self.layers), 2), np.nan)

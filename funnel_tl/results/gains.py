@@ -341,8 +341,9 @@ class GainResult:
         """The result as if measured with ``drop_first=k``, from the position sums (no model needed).
 
         ``k=1`` needs no position sums in a result with read sums (every ``measure_gains`` run):
-        its sums from position 1 are exactly those a ``drop_first=1`` run adds up. Prompts with no token left after the first k positions are left out (they would count
-        none). Intervals are not carried over: draw them again with ``with_intervals``.
+        its sums from position 1 are exactly those a ``drop_first=1`` run adds up. Prompts with no
+        token left after the first k positions are left out (they would count none). Intervals are
+        not carried over: draw them again with ``with_intervals``.
         """
         if k <= self.drop_first:
             return replace(self, intervals=None)

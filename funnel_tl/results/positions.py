@@ -35,7 +35,7 @@ def bucket_labels(edges) -> list[str]:
 
     A plain hyphen, as data: ``df.query("position == '16-31'")`` must find what one types; figures
     draw it as an en dash (``position_plots``)."""
-    return [f"{lo}" if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in zip(edges[:-1], edges[1:])]
+    return [f"{lo}" if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
 
 
 @dataclass(frozen=True)

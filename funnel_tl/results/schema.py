@@ -15,7 +15,7 @@ classes themselves as they are built.
 >>> check_results({"schema_version": 1, "model": 7}, "results.json")
 Traceback (most recent call last):
 funnel_tl.errors.FunnelError: results.json: model must be a string, not a number (7): the file is damaged or was edited; rerun the command that wrote it (funnel-tl run or compare)
-"""
+"""  # noqa: E501 -- a doctest expects the whole exception message on one line
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Sweeps over many models or training checkpoints: targets planned, measured in turn or over torchrun ranks, one table and one page (``compare``).
+"""Sweeps over many models or training checkpoints: targets planned, measured in turn or over
+torchrun ranks, one table and one page (``compare``).
 
 Every name below is imported from its module on first use (PEP 562), so importing the
 subpackage imports no torch.

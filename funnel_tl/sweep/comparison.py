@@ -61,7 +61,8 @@ def kept_rows(
                     row,
                     status="failed",
                     resumed=True,
-                    error=f"{path} is gone or no longer matches this table: name this model in a rerun to measure it again",
+                    error=f"{path} is gone or no longer matches this table: name this model in a rerun to measure it "
+                    "again",
                 )
         kept.append(row)
     if others:
@@ -182,7 +183,8 @@ class Comparison:
         checkpoint: pandas' nullable ``Int64``, ``<NA>`` for a plain model) and ``depth``
         (layer / (n_layers - 1)).
 
-        >>> sweep.to_pandas().query("component == 'mlp'").pivot(index="depth", columns="model", values="gain")  # doctest: +SKIP
+        >>> mlp = sweep.to_pandas().query("component == 'mlp'")  # doctest: +SKIP
+        >>> mlp.pivot(index="depth", columns="model", values="gain")  # doctest: +SKIP
         >>> sweep.to_pandas()["step"].dtype  # doctest: +SKIP
         Int64Dtype()
         """
@@ -224,7 +226,7 @@ class Comparison:
         widths = {title: max([len(title), *map(len, cells)]) for title, cells in columns.items()}
         header = "  ".join([f"{'model':<34}", *(f"{title:>{widths[title]}}" for title in titles[1:])])
         lines = [header, "-" * len(header)]
-        cells = iter(zip(*columns.values()))
+        cells = iter(zip(*columns.values(), strict=True))
         for row in self.rows:
             name = row.model if len(row.model) <= 34 else "…" + row.model[-33:]
             if not row.ok:
@@ -232,7 +234,10 @@ class Comparison:
                 continue
             lines.append(
                 "  ".join(
-                    [f"{name:<34}", *(f"{cell:>{widths[title]}}" for title, cell in zip(titles[1:], next(cells)))]
+                    [
+                        f"{name:<34}",
+                        *(f"{cell:>{widths[title]}}" for title, cell in zip(titles[1:], next(cells), strict=False)),
+                    ]
                 )
             )
         return "\n".join(lines)

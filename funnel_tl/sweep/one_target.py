@@ -109,7 +109,7 @@ def finished_result(
         return None
     differences = setting_differences(data, result, target, settings)
     if differences and say_replaced:
-        had, asks = zip(*differences)
+        had, asks = zip(*differences, strict=True)
         tqdm.write(
             f"{target.label}: replacing {path} (measured with {', '.join(had)}; this sweep asks {', '.join(asks)})",
             file=sys.stderr,
@@ -217,4 +217,4 @@ def gains_at(pairs: Sequence[tuple[float, int]]) -> list[str]:
     gains = [f"{gain:.3f}" for gain, _ in pairs]
     layers = [str(layer) for _, layer in pairs]
     gain_width, layer_width = max(map(len, gains), default=0), max(map(len, layers), default=0)
-    return [f"{gain:>{gain_width}} L{layer:<{layer_width}}" for gain, layer in zip(gains, layers)]
+    return [f"{gain:>{gain_width}} L{layer:<{layer_width}}" for gain, layer in zip(gains, layers, strict=True)]

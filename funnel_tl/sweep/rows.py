@@ -236,7 +236,7 @@ def earlier_rows(out: Path, settings: dict) -> list[ComparisonRow]:
             if data.get(key) != settings.get(key)
         ]
         if differ:
-            had, asks = zip(*differ)
+            had, asks = zip(*differ, strict=True)
             raise FunnelError(
                 f"{path} is a table of {len(rows)} rows measured with {', '.join(had)}; this sweep asks "
                 f"{', '.join(asks)}: give another --out (one folder holds one table), or remove "

@@ -52,7 +52,7 @@ def sweep_sharded(
                 earlier = earlier_rows(out, settings)  # a table of other settings stops every rank here
                 pending = [
                     i
-                    for i, (target, path) in enumerate(zip(targets, paths))
+                    for i, (target, path) in enumerate(zip(targets, paths, strict=True))
                     if force or finished_result(path, target, settings, say_replaced=True) is None
                 ]
         # Every rank waits here for rank 0's list, so no result is written before it was read.
@@ -73,7 +73,7 @@ def sweep_sharded(
         fresh = {index: row for part in gathered for index, row in part.items()}
         rows: list[ComparisonRow] = []
         results: dict[str, GainResult] = {}
-        for index, (target, path) in enumerate(zip(targets, paths)):
+        for index, (target, path) in enumerate(zip(targets, paths, strict=True)):
             if index in fresh:
                 row = fresh[index]
                 if row.ok:

@@ -1,4 +1,5 @@
-"""What only tests, benchmarks and notebooks use: the seed notebook's reference method, small random-weight checkpoints built offline.
+"""What only tests, benchmarks and notebooks use: the seed notebook's reference method, small
+random-weight checkpoints built offline.
 
 Every name below is imported from its module on first use (PEP 562), so importing the
 subpackage imports no torch.

@@ -508,9 +508,12 @@ def reference_effects(
                     finally:
                         handle.remove()
                     out[name][component]["delta_loss"][p, row] = np.mean(
-                        [after - before for after, before in zip(losses, clean_losses)]
+                        [after - before for after, before in zip(losses, clean_losses, strict=True)]
                     )
                     out[name][component]["kl"][p, row] = np.mean(
-                        [float((clean.exp() * (clean - changed)).sum()) for clean, changed in zip(clean_logp, logp)]
+                        [
+                            float((clean.exp() * (clean - changed)).sum())
+                            for clean, changed in zip(clean_logp, logp, strict=True)
+                        ]
                     )
     return out
