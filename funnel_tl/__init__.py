@@ -62,40 +62,6 @@ _EXPORTS = {
 }
 
 
-if TYPE_CHECKING:
-    # What griffe (mkdocstrings) and type checkers read: the lazily exported names, statically.
-    # Never executed, so `import funnel_tl` still imports no torch.
-    from .cache import gains_from_cache
-    from .compare import PYTHIA_SUITE, Comparison, compare
-    from .effect_plots import plot_effects
-    from .effect_results import EffectResult
-    from .effects import measure_effects
-    from .errors import FunnelError
-    from .funnel import (
-        PYTHIA_1_4B_REFERENCE,
-        FunnelTest,
-        comparison_1_4b,
-        format_analysis,
-        funnel_test,
-    )
-    from .gains import measure_gains
-    from .heads import HeadResult, head_gains
-    from .models import bundled_checkpoints, bundled_models, default_model_name, load_model
-    from .plots import (
-        plot_attention_mlp,
-        plot_cumulative,
-        plot_funnel,
-        plot_mlp_depth,
-        plot_net_gain,
-        plot_seed_product,
-        write_html,
-        write_image,
-        write_png,
-    )
-    from .prompts import SEED_PROMPTS, load_prompts
-    from .results import GainResult
-    from .stats import Intervals, bootstrap_intervals, robust_funnel_test
-
 __all__ = [
     "FunnelError",
     "FunnelTest",
