@@ -41,7 +41,7 @@ def _floats(values) -> list[float | None]:
 
 def headlines(result) -> dict[str, Any]:
     """The headline numbers of a result: every component's extremes and counts, and the verdict."""
-    block = {}
+    block: dict[str, Any] = {}
     for component in ("attn", "mlp", "combined", "block"):
         gains = result.combined_gains if component == "combined" else result.gains(component)
         summary = summarize(gains, result.layers)
@@ -119,7 +119,7 @@ def add_readings(result, data: dict[str, Any]) -> dict[str, Any]:
 def input_norms(result) -> dict[str, dict[str, list]]:
     """``{"attention": {"seed": [layer], "residual": [layer]}, "mlp": ...}``: the mean input norm
     each definition divides by (mean over prompts of each prompt's mean norm)."""
-    norms = {}
+    norms: dict[str, dict[str, list[float | None]]] = {}
     for component in ("attn", "mlp"):
         norms[KEYS[component]] = {}
         for definition in ("seed", "residual"):

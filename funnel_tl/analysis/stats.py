@@ -175,7 +175,8 @@ class Intervals:
     def from_dict(cls, data: dict[str, Any], source: str = "results") -> Intervals:
         try:
             # Files written before the t intervals say "percentile bootstrap over prompts".
-            method = {METHODS["percentile"]: "percentile"}.get(data.get("method"), data.get("method", "percentile"))
+            renamed: dict[str | None, str] = {METHODS["percentile"]: "percentile"}
+            method = renamed.get(data.get("method"), data.get("method", "percentile"))
             return cls(
                 confidence=float(data["confidence"]),
                 n_resamples=int(data["n_resamples"]),
@@ -304,7 +305,7 @@ def _percentile_bounds(
 ) -> dict[str, np.ndarray]:
     """``[layer, 2]`` percentile-bootstrap bounds of each gain from ``[prompt, layer]`` per-prompt gains."""
     n_prompts, n_layers = per_prompt["attn"].shape
-    resampled = {component: np.empty((n_resamples, n_layers)) for component in per_prompt}
+    resampled: dict[str, np.ndarray] = {component: np.empty((n_resamples, n_layers)) for component in per_prompt}
     for start, stop, weights in resample_weight_chunks(n_prompts, n_resamples, seed):  # [resample, prompt]
         for component, gains in per_prompt.items():
             resampled[component][start:stop] = einops.einsum(

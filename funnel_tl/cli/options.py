@@ -136,7 +136,7 @@ def max_memory(value: str) -> dict:
     return budget
 
 
-def label(value: str) -> str:
+def label(value: str) -> str | None:
     """``type=`` of --label: one line of text (``outputs.check_label``, as ``label=`` is checked)."""
     try:
         return check_label(value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -47,7 +48,7 @@ class CheckpointStore:
 
     def result(self, *, interventions, layers, **fields) -> EffectResult:
         width = len(layers)
-        tables = {measure: {} for measure in ("delta_loss", "kl")}
+        tables: dict[str, Any] = {measure: {} for measure in ("delta_loss", "kl")}
         for measure in tables:
             job = 0
             for spec in interventions:

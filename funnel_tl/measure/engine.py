@@ -41,7 +41,7 @@ import functools
 import itertools
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from typing import Protocol
 
 import einops
@@ -192,7 +192,7 @@ class HFExecutor:
         hook_dict = model.hook_dict
         if any(point._forward_hooks or point._forward_pre_hooks for point in hook_dict.values()):
             return None, "hooks are attached to the model's hook points (the caller's, or its adapter's own)"
-        owners = {}  # id(HookPoint) -> (HF module it belongs to, "input" | "output")
+        owners: dict[int, tuple] = {}  # id(HookPoint) -> (HF module it belongs to, "input" | "output")
         for component in model.modules():
             if isinstance(component, GeneralizedComponent):
                 original = getattr(component, "original_component", None)
@@ -405,7 +405,7 @@ class Engine:
         first_names, first_reads = self._names(first=True)
         names, reads = self._names(first=False)
         tl = TLExecutor(self.model)
-        if total is None and hasattr(batches, "__len__"):
+        if total is None and isinstance(batches, Sized):
             total = len(batches)
         stream = iter(batches)
         # Two batches looked at before the run starts: whether it is a single one decides the executor.

@@ -180,7 +180,7 @@ def _verdict_summary(base: str | None, rows) -> str:
 def page_figures(comparison) -> dict[str, go.Figure]:
     """The figures of compare.html by name, as ``render_html`` draws them (the export hook:
     ``plots.export_figures`` writes them as PNG, SVG and PDF for ``--png``)."""
-    figures = {}
+    figures: dict[str, go.Figure] = {}
     if comparison.ok:
         figures |= {
             "compare-depth": comparison.figure(),

@@ -183,10 +183,13 @@ def write_images(figures: dict, scale: float = 2) -> list[Path] | None:
         return None
     import kaleido
 
-    os.environ.setdefault("BROWSER_PATH", find_chrome())  # choreographer (kaleido's browser driver) reads it
-    specs, moves = [], []
-    for path, fig in figures.items():
-        path = Path(path)
+    chrome = find_chrome()
+    assert chrome is not None  # png_missing() said None: there is a Chrome
+    os.environ.setdefault("BROWSER_PATH", chrome)  # choreographer (kaleido's browser driver) reads it
+    specs: list[dict] = []
+    moves: list[tuple[Path, Path]] = []  # (temporary file, final path)
+    for name, fig in figures.items():
+        path = Path(name)
         kind = path.suffix.lower().lstrip(".")
         if kind not in ("png", "svg", "pdf", "jpeg", "jpg", "webp"):
             raise FunnelError(f"cannot write a figure as {path.name}: give a .png, .svg, .pdf, .jpeg or .webp path")
@@ -209,12 +212,12 @@ def write_images(figures: dict, scale: float = 2) -> list[Path] | None:
         moves.append((Path(temporary), path))
     try:
         kaleido.write_fig_from_object_sync(specs, kopts={"mathjax": False})
-        for temporary, path in moves:
-            os.chmod(temporary, 0o644)
-            os.replace(temporary, path)
+        for staged, path in moves:
+            os.chmod(staged, 0o644)
+            os.replace(staged, path)
     finally:
-        for temporary, _ in moves:
-            temporary.unlink(missing_ok=True)
+        for staged, _ in moves:
+            staged.unlink(missing_ok=True)
     return [path for _, path in moves]
 
 
@@ -236,7 +239,9 @@ def write_image(
         fig = go.Figure(fig).update_layout(
             width=width or fig.layout.width or WIDTH, height=height or fig.layout.height or HEIGHT
         )
-    return write_images({path: fig}, scale=scale)[0]
+    written = write_images({path: fig}, scale=scale)
+    assert written is not None  # png_missing() said None above
+    return written[0]
 
 
 def write_png(
@@ -261,4 +266,6 @@ def export_figures(
     Raises ``FunnelError`` where kaleido or Chrome is missing (``--png`` asked for them).
     """
     require_images()
-    return write_images({Path(folder) / f"{name}.{kind}": fig for name, fig in figures.items() for kind in formats})
+    written = write_images({Path(folder) / f"{name}.{kind}": fig for name, fig in figures.items() for kind in formats})
+    assert written is not None  # require_images() raised where images cannot be written
+    return written

@@ -186,9 +186,9 @@ def gain_extent(result, components, extra=()) -> tuple[float, float]:
         intervals = intervals_of(result, component)
         if intervals is not None:
             values.append(intervals.ravel())
-    values = np.concatenate(values)
-    positive = values[values > 0]
-    return float(positive.min()), float(values.max())
+    pooled = np.concatenate(values)
+    positive = pooled[pooled > 0]
+    return float(positive.min()), float(pooled.max())
 
 
 def log_axis(log: bool | None, result, components, extra=()) -> bool:

@@ -239,7 +239,8 @@ class EffectResult:
             axis=1,
         )
         bounds = mean_intervals(stacked, **settings)  # [statistic, 2]
-        width, offset, tables = len(self.layers), 1, {m: {} for m in MEASURES}
+        width, offset = len(self.layers), 1
+        tables: dict[str, dict[str, dict]] = {m: {} for m in MEASURES}
         for measure in MEASURES:
             for name in names:
                 tables[measure][name] = {}

@@ -164,7 +164,7 @@ def check_output_folder(out: str | os.PathLike, what: str = "--out") -> Path:
 
 def describe_os_error(error: OSError) -> str:
     """An OSError in a few words: ``disk full``, ``read-only file system``, ``permission denied``."""
-    words = {
+    words: dict[int | None, str] = {
         errno.ENOSPC: "disk full",
         errno.EROFS: "read-only file system",
         errno.EACCES: "permission denied",

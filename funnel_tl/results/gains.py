@@ -165,7 +165,7 @@ class GainResult:
     def _check_reads(self) -> None:
         """The definition's own sums must be the reads' sums of their roles: the same norms."""
         reads = self.reads
-        if reads.n_prompts != self.n_prompts or next(iter(reads.sums.values())).shape[1] != len(self.layers):
+        if reads.n_prompts != self.n_prompts or next(iter(reads.sums.values())).shape[1] != len(self._layers):
             raise ValueError(f"read sums cover {reads.n_prompts} prompts, the result {self.n_prompts}")
         if np.any(reads.n_tokens_from_1 > self.n_tokens):
             raise ValueError("read sums count more tokens from position 1 than in all")
@@ -177,10 +177,10 @@ class GainResult:
     def _check_positions(self) -> None:
         """Position sums must add up, over buckets, to the per-prompt sums: the same tokens."""
         positions = self.positions
-        if positions.n_prompts != self.n_prompts or positions.n_layers != len(self.layers):
+        if positions.n_prompts != self.n_prompts or positions.n_layers != len(self._layers):
             raise ValueError(
                 f"position sums cover {positions.n_prompts} prompts x {positions.n_layers} layers, "
-                f"the result {self.n_prompts} x {len(self.layers)}"
+                f"the result {self.n_prompts} x {len(self._layers)}"
             )
         if not np.array_equal(positions.n_tokens.sum(axis=1), self.n_tokens):
             raise ValueError("position token counts do not add up to the per-prompt token counts")
@@ -199,7 +199,7 @@ class GainResult:
         import html
 
         rows = []
-        for row, layer in enumerate(self.layers):
+        for row, layer in enumerate(self._layers):
             cells = "".join(f"<td>{_with_interval(self, c, row)}</td>" for c in ("attn", "mlp", "block"))
             rows.append(f"<tr><td>{layer}</td>{cells}</tr>")
         summary = ", ".join(f"{key}={html.escape(str(value))}" for key, value in self._summary(short=True).items())
@@ -253,14 +253,20 @@ class GainResult:
         return len(self.n_tokens)
 
     @property
+    def _layers(self) -> tuple[int, ...]:
+        """``layers`` as ``__post_init__`` leaves it: the measured layers, never None."""
+        assert self.layers is not None
+        return self.layers
+
+    @property
     def all_layers(self) -> bool:
         """Whether every layer of the model was measured (the Funnel verdicts need it)."""
-        return len(self.layers) == self.n_layers
+        return len(self._layers) == self.n_layers
 
     @property
     def layer_spans(self) -> str:
         """The measured layers in ``--layers`` syntax, e.g. ``"0-3,23"``."""
-        return format_layer_spans(self.layers)
+        return format_layer_spans(self._layers)
 
     @property
     def cumulative_layers(self) -> tuple[int, ...]:
@@ -268,9 +274,9 @@ class GainResult:
         result; none when layer 0 was not measured). Past a gap a running product from layer 0
         would silently skip the missing layers' gains, so it stops there."""
         prefix = 0
-        while prefix < len(self.layers) and self.layers[prefix] == prefix:
+        while prefix < len(self._layers) and self._layers[prefix] == prefix:
             prefix += 1
-        return self.layers[:prefix]
+        return self._layers[:prefix]
 
     def per_prompt_gains(self, component: str) -> np.ndarray:
         """``[prompt, layer]``: mean‖out‖ / (mean‖in‖ + 1e-10) of each prompt (the seed's)."""
@@ -531,7 +537,7 @@ class GainResult:
     def stream_layers(self) -> tuple[int, ...]:
         """The layers ``block_cumulative_gains`` covers: every measured layer when layer 0 was
         measured (its ``resid_pre`` is the denominator), none otherwise."""
-        return self.layers if self.layers[0] == 0 else ()
+        return self._layers if self._layers[0] == 0 else ()
 
     @cached_property
     def _stack(self) -> GainResult | None:
@@ -539,7 +545,7 @@ class GainResult:
         other components as this result's), so that its block gains and intervals are the stream's growth."""
         if not self.stream_layers:
             return None
-        first = np.repeat(self.in_sums["block"][:, :1], len(self.layers), axis=1)  # [prompt, layer]: resid_pre_0
+        first = np.repeat(self.in_sums["block"][:, :1], len(self._layers), axis=1)  # [prompt, layer]: resid_pre_0
         stack = GainResult(
             model=self.model,
             definition=self.definition,

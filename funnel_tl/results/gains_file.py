@@ -36,7 +36,9 @@ def result_dict(result: GainResult) -> dict[str, Any]:
     why_not = not_testable(result)
 
     confidence = result.intervals.confidence if result.intervals is not None else DEFAULT_CONFIDENCE
-    uncertainty = {"dominant_prompts": [flag.to_dict() for flag in dominant_prompts(result, confidence)]}
+    uncertainty: dict[str, Any] = {
+        "dominant_prompts": [flag.to_dict() for flag in dominant_prompts(result, confidence)]
+    }
     if result.intervals is not None:
         uncertainty |= {
             "intervals": result.intervals.to_dict(),
@@ -46,7 +48,7 @@ def result_dict(result: GainResult) -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION,
         "model": result.model,
         "n_layers": int(result.n_layers),
-        **({} if result.all_layers else {"layers": list(result.layers)}),
+        **({} if result.all_layers else {"layers": list(result.layers or ())}),
         "hidden_dim": int(result.d_model),
         "n_prompts": int(result.n_prompts),
         "definition": result.definition,
@@ -68,7 +70,9 @@ def result_dict(result: GainResult) -> dict[str, Any]:
             "n_contracting": mlp.n_contracting,
             "n_expanding": mlp.n_expanding,
             # The model's last layer; null when a subset left it out.
-            "last_layer_gain": float(result.mlp_gains[-1]) if result.layers[-1] == result.n_layers - 1 else None,
+            "last_layer_gain": float(result.mlp_gains[-1])
+            if (result.layers or ())[-1] == result.n_layers - 1
+            else None,
         },
         "combined": {
             "gains": _floats(result.combined_gains),
@@ -199,7 +203,7 @@ def gain_rows(result: GainResult, **extra) -> list[dict[str, Any]]:
         )  # [layer]
         bounds = result.intervals.of(component) if result.intervals is not None else None  # [layer, 2]
         # gains has one row per measured layer (the cumulative: per layer of the measured prefix).
-        for row, layer in enumerate(result.layers[: len(gains)]):
+        for row, layer in enumerate((result.layers or ())[: len(gains)]):
             rows.append(
                 {
                     **extra,

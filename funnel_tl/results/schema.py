@@ -52,7 +52,8 @@ def kind(value: Any) -> str:
         return f"a number ({value!r})"
     if isinstance(value, str):
         return f"a string ({value[:40]!r})"
-    return {list: "a list", dict: "an object"}.get(type(value), f"a {type(value).__name__}")
+    containers: dict[type, str] = {list: "a list", dict: "an object"}
+    return containers.get(type(value), f"a {type(value).__name__}")
 
 
 # ---- the schema language: each spec is a function check(value, where) that raises Bad ------------
@@ -402,7 +403,8 @@ def compare_row(row_type: type) -> Spec:
     """A row of compare.json: every field of ``compare.ComparisonRow`` of the type it declares (so a
     field added there is checked here too), and a failed row carrying its error."""
     hints = get_type_hints(row_type)
-    required, optional = {}, {}
+    required: dict[str, Spec] = {}
+    optional: dict[str, Spec] = {}
     for field in fields(row_type):
         spec = _spec_of(hints[field.name])
         if field.name == "status":

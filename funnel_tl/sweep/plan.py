@@ -204,7 +204,8 @@ def plan_targets(models: str | Sequence[str], checkpoints=None) -> list[Target]:
             )
         model = model_identity(model)
         targets.append(Target(model, model, model))
-    labels, slugs = {}, {}
+    labels: dict[str, str] = {}
+    slugs: dict[str, str] = {}
     for target in targets:
         if target.label in labels:
             raise FunnelError(f"{target.label} is named twice: give each model once")

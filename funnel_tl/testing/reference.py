@@ -144,7 +144,7 @@ def _seed_captures(hf_model, tokenizer, prompts: Sequence[str]):
             module.register_forward_hook(capture(index, role_in, role_out, subtract_residual), with_kwargs=True)
         )
 
-    handles = []
+    handles: list = []
     for index, layer in enumerate(layers):
         watch(layer, index, "resid_pre", "resid_post")
         for component, module_name, out_name in (
