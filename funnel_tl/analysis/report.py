@@ -83,15 +83,21 @@ def format_analysis(result) -> str:
         other = plain[index] if plain is not None else None
         lines += [
             beside(f"\n--- {title} ---", f"{WITHOUT}:", width=43),
-            beside(f"Contracting layers: {counts(summary.n_contracting)}", other and counts(other.n_contracting)),
-            beside(f"Expanding layers:   {counts(summary.n_expanding)}", other and counts(other.n_expanding)),
+            beside(
+                f"Contracting layers: {counts(summary.n_contracting)}",
+                counts(other.n_contracting) if other is not None else None,
+            ),
+            beside(
+                f"Expanding layers:   {counts(summary.n_expanding)}",
+                counts(other.n_expanding) if other is not None else None,
+            ),
             beside(
                 f"Min gain: {summary.min_gain:.4f} (Layer {summary.min_layer})",
-                other and f"{other.min_gain:.4f} (Layer {other.min_layer})",
+                f"{other.min_gain:.4f} (Layer {other.min_layer})" if other is not None else None,
             ),
             beside(
                 f"Max gain: {summary.max_gain:.4f} (Layer {summary.max_layer})",
-                other and f"{other.max_gain:.4f} (Layer {other.max_layer})",
+                f"{other.max_gain:.4f} (Layer {other.max_layer})" if other is not None else None,
             ),
         ]
         if without is not None:
@@ -102,11 +108,16 @@ def format_analysis(result) -> str:
     other = plain[2] if plain is not None else None
     lines += [
         beside("\n--- COMBINED (Attn x MLP) ---", f"{WITHOUT}:", width=43),
-        beside(f"Net contracting: {counts(combined.n_contracting)}", other and counts(other.n_contracting)),
-        beside(f"Net expanding:   {counts(combined.n_expanding)}", other and counts(other.n_expanding)),
+        beside(
+            f"Net contracting: {counts(combined.n_contracting)}",
+            counts(other.n_contracting) if other is not None else None,
+        ),
+        beside(
+            f"Net expanding:   {counts(combined.n_expanding)}", counts(other.n_expanding) if other is not None else None
+        ),
         beside(
             f"Max combined gain: {combined.max_gain:.4f} (Layer {combined.max_layer})",
-            other and f"{other.max_gain:.4f} (Layer {other.max_layer})",
+            f"{other.max_gain:.4f} (Layer {other.max_layer})" if other is not None else None,
         ),
     ]
     if without is not None:
@@ -134,18 +145,27 @@ def format_analysis(result) -> str:
     plain_test = funnel_test(without) if without is not None else None
     wide = 50
 
-    def verdict(line: str, other: str) -> str:
+    def verdict(line: str, other: str | None) -> str:
         return beside(line, other, width=wide)
 
     # Value and layer right-aligned as one cell (padding the layer alone printed `7.996  (L0)`).
     reference_max = f"{ref['mlp_max_gain']:.3f} (L{ref['n_layers'] - 1})"
     own_max = f"{mlp.max_gain:.3f} (L{mlp.max_layer})"
+    # The column without position 0, where the result has one (plain_test, plain and without go together).
+    others: list[str | None] = [None] * 4
+    if plain_test is not None and plain is not None and without is not None:
+        others = [
+            f"{plain_test.attention_always_contracts} ({plain[0].n_contracting}/{n})",
+            f"{plain_test.mlp_mostly_contracts} ({plain[1].n_contracting}/{n})",
+            f"{plain_test.last_layer_expands} (gain={without.mlp_gains[-1]:.3f})",
+            f"{plain_test.last_layer_is_max} (L{plain[1].max_layer})",
+        ]
     lines += [
         verdict("HYPOTHESIS TEST: Funnel Model Universality", f"{WITHOUT}:"),
         rule,
         verdict(
             f"1. Attention ALWAYS contracts: {test.attention_always_contracts} ({attn.n_contracting}/{n})",
-            plain_test and f"{plain_test.attention_always_contracts} ({plain[0].n_contracting}/{n})",
+            others[0],
         ),
         verdict(
             f"2. MLP mostly contracts: {test.mlp_mostly_contracts} ({mlp.n_contracting}/{n})"
@@ -154,20 +174,20 @@ def format_analysis(result) -> str:
                 if seed_rule_cannot_fail(n)
                 else ""
             ),
-            plain_test and f"{plain_test.mlp_mostly_contracts} ({plain[1].n_contracting}/{n})",
+            others[1],
         ),
         verdict(
             f"3. Last layer MLP expands: {test.last_layer_expands} (gain={result.mlp_gains[-1]:.3f})",
-            plain_test and f"{plain_test.last_layer_expands} (gain={without.mlp_gains[-1]:.3f})",
+            others[2],
         ),
         verdict(
             f"4. Last layer has MAX MLP gain: {test.last_layer_is_max} (L{mlp.max_layer})",
-            plain_test and f"{plain_test.last_layer_is_max} (L{plain[1].max_layer})",
+            others[3],
         ),
         f"\n>>> FUNNEL MODEL CONFIRMED: {test.funnel_confirmed} <<<"
         + (f"   ({WITHOUT}: {plain_test.funnel_confirmed})" if plain_test is not None else ""),
     ]
-    if plain_test is not None:
+    if plain_test is not None and without is not None:  # the one is measured where the other is
         changed = changed_criteria(test, plain_test)
         if plain_test.funnel_confirmed != test.funnel_confirmed:
             lines.append(f">>> {WITHOUT.upper()} THE VERDICT CHANGES: {', '.join(changed)} <<<")
@@ -253,7 +273,7 @@ def format_analysis(result) -> str:
     lines += columns + ["-" * len(columns[0])]
     for label, *cells in rows:
         shown = cells if without is not None else cells[:2]
-        lines.append(f"{label:<30} " + " ".join(shown))
+        lines.append(f"{label:<30} " + " ".join(str(cell) for cell in shown))  # all text where shown
     lines += _other_definition_lines(result, rule)
     lines += _post_norm_section(result, rule)
     return "\n".join(lines)

@@ -84,7 +84,7 @@ class EffectIntervals:
     @classmethod
     def from_dict(cls, data: dict[str, Any], interventions, source: str) -> EffectIntervals:
         try:
-            tables = {
+            tables: dict[str, Any] = {
                 m: {
                     name: {c: np.asarray(data[name][c][m], dtype=np.float64) for c in EFFECT_COMPONENTS}
                     for name in interventions
@@ -225,7 +225,7 @@ class EffectResult:
         intervals by default, ``method="percentile"`` the percentile bootstrap) and of the gains
         beside them (``GainResult.with_intervals``), drawn with the same settings. A KL's lower
         bound is kept ≥ 0 (no divergence is negative)."""
-        settings = dict(
+        settings: dict[str, Any] = dict(
             n_resamples=DEFAULT_RESAMPLES if n_resamples is None else n_resamples,
             seed=DEFAULT_SEED if seed is None else seed,
             confidence=DEFAULT_CONFIDENCE if confidence is None else confidence,
@@ -240,7 +240,7 @@ class EffectResult:
         )
         bounds = mean_intervals(stacked, **settings)  # [statistic, 2]
         width, offset = len(self.layers), 1
-        tables: dict[str, dict[str, dict]] = {m: {} for m in MEASURES}
+        tables: dict[str, Any] = {m: {} for m in MEASURES}
         for measure in MEASURES:
             for name in names:
                 tables[measure][name] = {}
@@ -264,7 +264,9 @@ class EffectResult:
         if index.size == 0:
             raise FunnelError("a subset needs at least one prompt")
         prompts, provenance = prompts_subset(self.prompts, self.provenance, index)
-        pick = {m: {i: {c: v[index] for c, v in t.items()} for i, t in getattr(self, m).items()} for m in MEASURES}
+        pick: dict[str, Any] = {
+            m: {i: {c: v[index] for c, v in t.items()} for i, t in getattr(self, m).items()} for m in MEASURES
+        }
         return replace(
             self,
             prompts=prompts,
@@ -292,7 +294,7 @@ class EffectResult:
                 whole[indices] = get(result)
             return whole
 
-        tables = {
+        tables: dict[str, Any] = {
             m: {
                 name: {c: place(lambda r, m=m, name=name, c=c: r.per_prompt(m, name, c)) for c in EFFECT_COMPONENTS}
                 for name in self.interventions
@@ -433,7 +435,7 @@ class EffectResult:
         try:
             names = tuple(data["interventions"])
             per_prompt = data["per_prompt"]
-            tables = {
+            tables: dict[str, Any] = {
                 m: {
                     name: {
                         c: np.asarray(per_prompt[name][c][m], dtype=np.float64).reshape(-1, len(data["layers"]))
