@@ -157,7 +157,7 @@ def gain_versus_effect(result: EffectResult, intervention: str | None = None) ->
     """The reading of ``result`` (see the module docstring), by ``intervention`` (default ``reading_intervention``)."""
     name = intervention or reading_intervention(result)
     intervals = result.intervals
-    settings = (
+    settings: dict[str, Any] | None = (
         dict(
             n_resamples=intervals.n_resamples,
             seed=intervals.seed,
@@ -185,6 +185,7 @@ def gain_versus_effect(result: EffectResult, intervention: str | None = None) ->
         return result.per_prompt("delta_loss", name, sublayer.component)[:, result.layers.index(sublayer.layer)]
 
     def paired(first: Sublayer, second: Sublayer) -> tuple[float, float, float]:
+        assert settings is not None  # called only where intervals are drawn
         difference = values(first) - values(second)
         low, high = mean_intervals(difference[:, None], **settings)[0]
         return float(difference.mean()), float(low), float(high)
@@ -198,7 +199,7 @@ def gain_versus_effect(result: EffectResult, intervention: str | None = None) ->
     for component in EFFECT_COMPONENTS:
         per_prompt_gains = result.gains.per_prompt_gains(GAIN_COMPONENT[component])  # [prompt, layer]
         per_prompt_effects = result.per_prompt("delta_loss", name, component)
-        bounds = None
+        bounds: tuple[float, ...] | None = None
         if len(result.layers) < MIN_LAYERS_FOR_RANKS:
             correlations[component] = Correlation(component, None, None)
             continue

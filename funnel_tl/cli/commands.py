@@ -418,23 +418,23 @@ def cmd_report(args) -> int:
         # Every page of the tree loads one DIR/plotly.min.js, unless --self-contained.
         _render(result, path.parent, say=print, self_contained=args.self_contained, root=root, images=args.png)
         print()
-    for path, result in zip(head_paths, heads, strict=True):  # the table as long as its run drew it, unless --top says
-        top = args.top or int(result.provenance.get("top", TOP_HEADS))
-        page = result.save_html(path.with_suffix(".html"), k=top, self_contained=args.self_contained)
-        print(result.format_top(top))  # the table `funnel-tl heads` printed
+    for path, head in zip(head_paths, heads, strict=True):  # the table as long as its run drew it, unless --top says
+        top = args.top or int(head.provenance.get("top", TOP_HEADS))
+        page = head.save_html(path.with_suffix(".html"), k=top, self_contained=args.self_contained)
+        print(head.format_top(top))  # the table `funnel-tl heads` printed
         print(f"\nFrom: {path}\nSaved: {page}")
         if args.png:
-            print(_head_images(result, top, path.parent))
+            print(_head_images(head, top, path.parent))
         print()
     _report_effects(effect_paths, args, root)
     for sweep in sweeps:  # each model as redrawn above: its intervals are not drawn a second time
+        out = sweep.out
+        assert out is not None  # Comparison.load gives it its folder
         sweep = replace(
             sweep,
-            results={
-                row.model: redrawn[(sweep.out / row.slug / "results.json").resolve()] for row in sweep.rows if row.ok
-            },
+            results={row.model: redrawn[(out / row.slug / "results.json").resolve()] for row in sweep.rows if row.ok},
         )
-        page = sweep.save_html(sweep.out, self_contained=args.self_contained, root=root)
+        page = sweep.save_html(out, self_contained=args.self_contained, root=root)
         print(f"Saved: {page}")
         if args.png:
             print(_compare_images(sweep))

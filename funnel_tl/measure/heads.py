@@ -124,7 +124,7 @@ def head_gains(
     )
 
     n_heads = cfg.n_heads
-    shapes = {key: (len(chosen), n_heads) for key in ("norm", "projection")}
+    shapes: dict[str, tuple[int, ...]] = {key: (len(chosen), n_heads) for key in ("norm", "projection")}
     shapes |= {key: (len(chosen),) for key in ("attn_out", "input")}
     sums, counts = PerPrompt(shapes), PerPrompt({"n_tokens": ()}, dtype=np.int64)
     for batch, batch_sums, counted in engine.run(stream.batches(), drop_first, progress, description=f"heads {name}"):

@@ -122,7 +122,7 @@ class ReadSums:
         return replace(self, sums=dict(self.sums_from_1))
 
     # ---- results.json ------------------------------------------------------------------------
-    def to_dict(self, written: dict[str, Any] = None) -> dict[str, Any]:
+    def to_dict(self, written: dict[str, Any] | None = None) -> dict[str, Any]:
         """``per_prompt["reads"]`` of results.json. ``written``: role -> the array already written
         under the seed's per_prompt keys (the definition's own sums), left out here."""
         written = written or {}

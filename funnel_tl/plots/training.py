@@ -160,9 +160,9 @@ def plot_training(comparison, base: str | None = None) -> go.Figure:
         colors = viridis([layer / max(n_layers - 1, 1) for layer in range(n_layers)])
         for column, component in enumerate(("attn", "mlp"), start=1):
             gains = np.stack([result.gains(component) for result in results])  # [checkpoint, layer]
-            bounds = [intervals_of(result, component) for result in results]
+            each = [intervals_of(result, component) for result in results]
             # [checkpoint, layer, 2] when every checkpoint carries intervals
-            bounds = np.stack(bounds) if all(b is not None for b in bounds) else None
+            bounds = np.stack(each) if all(b is not None for b in each) else None
             any_bounds |= bounds is not None
             for layer in range(n_layers):
                 low_high = None if bounds is None else bounds[:, layer]  # [checkpoint, 2]

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
@@ -20,6 +20,9 @@ from funnel_tl.results.gains_file import gain_rows
 from funnel_tl.sweep.one_target import finished_result, gains_at, resumed_row
 from funnel_tl.sweep.plan import Target, model_identity
 from funnel_tl.sweep.rows import ComparisonRow, compare_dict, ordered_rows, read_compare_json, row_identity
+
+if TYPE_CHECKING:  # plotly is imported by the figures, on first use
+    import plotly.graph_objects as go
 
 
 def kept_rows(
@@ -144,21 +147,21 @@ class Comparison:
         return compare_dict(self.rows, self.settings)
 
     # ---- figures -----------------------------------------------------------------------------
-    def figure(self) -> go.Figure:  # noqa: F821
+    def figure(self) -> go.Figure:
         """Attention, MLP and block gains of every model on normalized depth, overlaid."""
         # Imported on use: keeps plotly out of importing this module.
         from funnel_tl.plots.compare import plot_depth_overlay
 
         return plot_depth_overlay(self)
 
-    def heatmap(self, component: str = "mlp") -> go.Figure:  # noqa: F821
+    def heatmap(self, component: str = "mlp") -> go.Figure:
         """Models × normalized depth, coloured by gain on a log scale (blue contracts, red expands)."""
         # Imported on use: keeps plotly out of importing this module.
         from funnel_tl.plots.compare import plot_depth_heatmap
 
         return plot_depth_heatmap(self, component)
 
-    def training_figure(self, base: str | None = None) -> go.Figure:  # noqa: F821
+    def training_figure(self, base: str | None = None) -> go.Figure:
         """Per-layer attention and MLP gains against training step: one row of panels per model
         swept over checkpoints, or ``base``'s alone."""
         # Imported on use: keeps plotly out of importing this module.
