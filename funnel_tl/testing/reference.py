@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -421,7 +422,7 @@ def reference_means(hf_model, tokenizer, prompts: Sequence[str], drop_first: int
     """``{"attention" | "mlp": [layer, d_model]}``: each contribution's mean over every token at
     position ≥ ``drop_first`` of every prompt, from the seed's captures (``_seed_captures``)."""
     n_layers = _n_layers(hf_model)
-    sums = {"attention": None, "mlp": None}
+    sums: dict[str, Any] = {"attention": None, "mlp": None}  # component -> [layer, d_model], None before a prompt
     count = 0
     for tensors in _seed_captures(hf_model, tokenizer, prompts):
         count += tensors[(0, "attn_out")].shape[1] - drop_first
@@ -433,7 +434,7 @@ def reference_means(hf_model, tokenizer, prompts: Sequence[str], drop_first: int
     return {component: (total / count).numpy() for component, total in sums.items()}
 
 
-def _prompt_losses(logits: torch.Tensor, ids: list[int], drop_first: int) -> tuple[list[float], list[np.ndarray]]:
+def _prompt_losses(logits: torch.Tensor, ids: list[int], drop_first: int) -> tuple[list[float], list[torch.Tensor]]:
     """Per position t ≥ drop_first: the cross-entropy of token t + 1 (where there is one) and the
     next-token log-probabilities, in float64."""
     logp = torch.log_softmax(logits[0].double(), dim=-1)  # [pos, vocab]
@@ -468,7 +469,7 @@ def reference_effects(
     device = next(hf_model.parameters()).device
     chosen = list(range(len(modules))) if layers is None else list(layers)
     n_layers = len(chosen)
-    out = {"clean_loss": np.zeros(len(prompts))}
+    out: dict[str, Any] = {"clean_loss": np.zeros(len(prompts))}
     for name, _, _ in interventions:
         out[name] = {
             c: {"delta_loss": np.zeros((len(prompts), n_layers)), "kl": np.zeros((len(prompts), n_layers))}

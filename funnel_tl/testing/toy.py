@@ -125,7 +125,7 @@ def make_config(
     """A HF config of one of ``ARCHITECTURES`` (d_ff = 4·d_model as in Pythia and GPT-2)."""
     from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
 
-    special = dict(bos_token_id=0, eos_token_id=0)
+    special: dict = dict(bos_token_id=0, eos_token_id=0)  # token ids, unpacked beside keys of other types
     if architecture in ("neox-parallel", "neox-serial"):
         return GPTNeoXConfig(
             vocab_size=vocab_size,
@@ -134,7 +134,7 @@ def make_config(
             num_attention_heads=n_heads,
             intermediate_size=4 * d_model,
             max_position_embeddings=n_ctx,
-            rotary_pct=0.25,
+            rotary_pct=0.25,  # type: ignore[call-arg]  # transformers takes it through **kwargs, its signature does not name it
             use_parallel_residual=architecture == "neox-parallel",
             **special,
         )
@@ -146,7 +146,7 @@ def make_config(
             n_layer=n_layers,
             n_head=n_heads,
             n_positions=n_ctx,
-            n_ctx=n_ctx,
+            n_ctx=n_ctx,  # type: ignore[call-arg]  # a legacy key transformers takes through **kwargs
             **special,
         )
     if architecture == "llama-gqa":
