@@ -199,7 +199,7 @@ def gain_versus_effect(result: EffectResult, intervention: str | None = None) ->
     for component in EFFECT_COMPONENTS:
         per_prompt_gains = result.gains.per_prompt_gains(GAIN_COMPONENT[component])  # [prompt, layer]
         per_prompt_effects = result.per_prompt("delta_loss", name, component)
-        bounds: tuple[float, ...] | None = None
+        rho_bounds: tuple[float, float] | None = None
         if len(result.layers) < MIN_LAYERS_FOR_RANKS:
             correlations[component] = Correlation(component, None, None)
             continue
@@ -216,8 +216,9 @@ def gain_versus_effect(result: EffectResult, intervention: str | None = None) ->
             finite = resampled[np.isfinite(resampled)]
             if finite.size:
                 tail = 100 * (1 - settings["confidence"]) / 2
-                bounds = tuple(float(v) for v in np.percentile(finite, [tail, 100 - tail]))
-        correlations[component] = Correlation(component, None if not np.isfinite(rho) else float(rho), bounds)
+                rho_low, rho_high = np.percentile(finite, [tail, 100 - tail])
+                rho_bounds = (float(rho_low), float(rho_high))
+        correlations[component] = Correlation(component, None if not np.isfinite(rho) else float(rho), rho_bounds)
 
     return GainVersusEffect(
         intervention=name,

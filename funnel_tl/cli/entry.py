@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping
 
 from funnel_tl import __version__
 from funnel_tl.cli import environment, options
@@ -27,6 +28,8 @@ from funnel_tl.errors import FunnelError
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports bad arguments in one line and exits 2."""
+
+    commands: Mapping[str, argparse.ArgumentParser]  # the subcommands' parsers, set by build_parser
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -247,7 +250,7 @@ def add_page_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     parser = _Parser(
         prog="funnel-tl",
         description="Measure how much each attention and MLP sublayer expands or contracts what it "

@@ -252,6 +252,7 @@ def measure(
     parts = gather_to_main(current, (mine, part))
     if not current.main:
         return None
+    assert parts is not None  # gather_to_main gives the main rank every part
     return assemble(parts, prompt_list, truncation)
 
 

@@ -216,6 +216,7 @@ def _sweep(
             path = out / target.slug / "results.json"
             remove_temporaries(path.parent)
             finished = None if force else finished_result(path, target, settings, say_replaced=True)
+            result: GainResult | None
             if finished is not None:
                 row, result = resumed_row(target, path, finished, options["bootstrap"], options["bootstrap_seed"])
             else:

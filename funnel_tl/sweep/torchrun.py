@@ -70,6 +70,7 @@ def sweep_sharded(
         gathered = gather_to_main(group, measured)  # rows are small; the results are on the shared disk
         if not group.main:
             return None
+        assert gathered is not None  # gather_to_main gives the main rank every part
         fresh = {index: row for part in gathered for index, row in part.items()}
         rows: list[ComparisonRow] = []
         results: dict[str, GainResult] = {}
