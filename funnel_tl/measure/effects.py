@@ -39,6 +39,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +59,7 @@ from funnel_tl.measure.effect_checkpoints import (
 )
 from funnel_tl.measure.engine import EXECUTORS, Engine, activation_bytes_per_token, counted_tokens, resolve_batch_size
 from funnel_tl.measure.intervene import Edit, HFRunner, TLRunner, contribution_hooks
-from funnel_tl.measure.interventions import COMPONENT_HOOKS, DEFAULT_INTERVENTIONS, parse_interventions
+from funnel_tl.measure.interventions import COMPONENT_HOOKS, DEFAULT_INTERVENTIONS, Intervention, parse_interventions
 from funnel_tl.measure.layers import resolve_layers
 from funnel_tl.measure.streaming import TokenStream
 from funnel_tl.models.architectures import plan_hooks
@@ -132,7 +133,8 @@ class ContributionSums:
 
     def start(self, batch, tokens, attention_mask, counted, first: bool) -> None:
         self.counted = counted[..., None]  # [batch, pos, 1]
-        self.sums = {suffix: [None] * len(self.layers) for suffix in COMPONENT_HOOKS.values()}
+        # suffix -> one [batch, d_model] sum per layer, each filled in as its hook fires
+        self.sums: dict[str, list[Any]] = {suffix: [None] * len(self.layers) for suffix in COMPONENT_HOOKS.values()}
 
     def read(self, layer: int, suffix: str, activation: torch.Tensor) -> None:
         # Selected, not multiplied by the mask: a non-finite padded position must not poison the sum.
@@ -191,7 +193,7 @@ def component_means(
 
 
 # ---- Δloss and KL of one batch ------------------------------------------------------------------
-Job = tuple[int, str, object]  # (layer, component, intervention.Intervention)
+Job = tuple[int, str, Intervention]  # (layer, component, intervention)
 
 
 def batch_effects(
@@ -582,7 +584,7 @@ def _run_batches(
     progress,
     name: str,
     device,
-    checkpoint=None,
+    checkpoint: tuple[str | Path, dict] | None = None,
 ) -> None:
     """Every batch's effects into ``store``; ``checkpoint`` ``(path, settings)``: an unfinished
     effects.json written every ``CHECKPOINT_SECONDS`` and when the run stops early (killed by
