@@ -175,11 +175,12 @@ def parsed_once(path: Path):
             maps[(arch, n_blocks)] = original_map(arch, n_blocks)
         return maps[(arch, n_blocks)]
 
-    gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
+    # Patched for this load and restored below: gguf's annotations type them as a class and its function.
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map  # type: ignore[misc, assignment]
     try:
         yield
     finally:
-        gguf.GGUFReader, gguf.get_tensor_name_map = original_reader, original_map
+        gguf.GGUFReader, gguf.get_tensor_name_map = original_reader, original_map  # type: ignore[misc]
 
 
 def gguf_tokenizer(path: Path):

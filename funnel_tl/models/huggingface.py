@@ -30,6 +30,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -83,7 +84,7 @@ def load_config(source: str, *, name: str, revision: str | None = None, gguf: Pa
         except ImportError:
             from transformers import AutoConfig
 
-            read = AutoConfig.from_pretrained
+            read = AutoConfig.from_pretrained  # type: ignore[assignment]  # both take (source, **options)
         remote = {key: options[key] for key in ("trust_remote_code", "code_revision") if options.get(key)}
         config = read(source, output_attentions=True, revision=revision, **remote)
         check_decoder_config(config.to_dict(), name)
@@ -136,8 +137,11 @@ def load_checkpoint(
         kwargs["gguf_file"] = gguf.name
         source = str(gguf.parent)
     _prepare_loading(config, source, kwargs, dtype)
+    hf_model: Any
+    info: dict
     with _transformers_quiet():
-        hf_model, info = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        # With output_loading_info=True, (model, info); transformers annotates the model alone.
+        hf_model, info = AutoModelForCausalLM.from_pretrained(source, **kwargs)  # type: ignore[misc]
     check_weights(info, hf_model, name, where, config_word="its GGUF metadata" if gguf else "config.json")
     if gguf is not None:
         drop_gguf_marker(hf_model)
