@@ -181,7 +181,7 @@ class HFRunner:
 
     def _replay(self, stack: contextlib.ExitStack, tokens: torch.Tensor, first_changed: int) -> None:
         """Layers before ``first_changed`` return the kept output of the layer just before it."""
-        if self.kept is None or first_changed == 0:
+        if self.kept is None or not self.layer_modules or first_changed == 0:  # outputs are kept with the layers
             return
         clean = self.kept[first_changed - 1]  # [batch, pos, d_model]
         if tokens.shape[0] % clean.shape[0] or tokens.shape[1] != clean.shape[1]:

@@ -258,7 +258,7 @@ def check_decoder_config(config: dict, name: str) -> None:
 _LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 
 
-def config_n_layers(config: dict) -> tuple[str | None, int | None]:
+def config_n_layers(config: dict | None) -> tuple[str | None, int | None]:
     """``(key, number of layers)`` a config dict states, or ``(None, None)``.
 
     >>> config_n_layers({"model_type": "gpt2", "n_layer": 12})

@@ -15,7 +15,7 @@ from funnel_tl.models.architectures import check_decoder_config
 
 
 @contextlib.contextmanager
-def local_loading(local: bool):
+def local_loading(local: bool | None):
     """For a local folder: keep HuggingFace off the hub, and quiet its weight-loading bar.
 
     A local load takes a moment, and its progress bar would otherwise precede every one-line

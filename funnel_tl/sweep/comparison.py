@@ -279,7 +279,7 @@ class Comparison:
         rows = tuple(ComparisonRow.from_dict(row) for row in data["models"])
         paths = {row.model: (out / row.slug / "results.json").resolve() for row in rows if row.ok}
         results = {model: loaded.get(path) or GainResult.load(path) for model, path in paths.items()}
-        settings = {
+        settings: dict[str, Any] = {
             key: data[key]
             for key in (
                 "definition",
