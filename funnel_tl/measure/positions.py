@@ -68,6 +68,8 @@ class _Growing:
     """
 
     _arrays: tuple[str, ...] = ()
+    edges: np.ndarray  # set by the subclasses' __init__
+    n_prompts: int
 
     def grow(self, n_prompts: int, n_positions: int) -> None:
         """Make room for ``n_prompts`` prompts of up to ``n_positions`` tokens."""
@@ -112,10 +114,10 @@ class PositionAccumulator(_Growing):
         # Every hook in one reduction (one matmul, one copy to the host), not one per hook.
         together = einops.rearrange([stacked[s] for s in suffixes], "hook layer batch pos -> (hook layer) batch pos")
         by_bucket, counts = position_sums(together, counted, self.edges)  # [batch, (hook layer), bucket]
-        by_bucket = einops.rearrange(
+        per_hook = einops.rearrange(
             by_bucket.double().cpu().numpy(), "batch (hook layer) bucket -> hook batch layer bucket", hook=len(suffixes)
         )
-        sums = dict(zip(suffixes, by_bucket, strict=True))  # suffix -> [batch, layer, bucket]
+        sums = dict(zip(suffixes, per_hook, strict=True))  # suffix -> [batch, layer, bucket]
         for component in COMPONENTS:
             self.out_sums[component][indices] = sums[plan.outputs[component]]
             self.in_sums[component][indices] = sums[plan.inputs[component]]

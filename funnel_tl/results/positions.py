@@ -247,7 +247,7 @@ class PositionSums:
             "prompt layer bucket, prompt bucket -> layer bucket",
         )
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(reached.any(axis=0)[None], total / reached.sum(axis=0)[None], np.nan)
+            return np.where(reached.any(axis=0)[None], total / reached.sum(axis=0)[None], np.nan)  # type: ignore[index]  # numpy types any(axis=0) as maybe a scalar
 
     def mean_norms(self, component: str, side: str = "in") -> np.ndarray:
         """``[layer, bucket]``: mean over the prompts reaching each bucket of their mean ‖in‖ (or
@@ -258,7 +258,7 @@ class PositionSums:
         per_prompt = sums / np.maximum(self.n_tokens, 1)[:, None, :]  # 0 where not reached
         total = einops.reduce(per_prompt, "prompt layer bucket -> layer bucket", "sum")
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(reached.any(axis=0)[None], total / reached.sum(axis=0)[None], np.nan)
+            return np.where(reached.any(axis=0)[None], total / reached.sum(axis=0)[None], np.nan)  # type: ignore[index]  # numpy types any(axis=0) as maybe a scalar
 
     def from_position(self, k: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
         """Out sums, in sums ``[prompt, layer]`` and counts ``[prompt]`` of positions ``k`` and later.
@@ -410,7 +410,7 @@ def position_rows(result, **extra) -> list[dict[str, Any]]:
 def _nullable(values: np.ndarray) -> list:
     """Nested lists with JSON null for NaN (empty cells): strict JSON has no NaN."""
     array = np.asarray(values, dtype=np.float64)
-    return np.where(np.isnan(array), None, array).tolist()
+    return np.where(np.isnan(array), None, array).tolist()  # type: ignore[call-overload]  # numpy stubs refuse None; None for NaN is meant
 
 
 def _array(values) -> np.ndarray:
