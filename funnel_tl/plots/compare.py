@@ -88,6 +88,7 @@ def plot_depth_overlay(comparison, components=("attn", "mlp", "block")) -> go.Fi
                     _every_row_trace(comparison, group, component, fraction, base if sizes else None), row=1, col=column
                 )
     if by_step:
+        assert fraction is not None  # by_step only in a checkpoint sweep, which has a step scale
         colors = viridis([fraction(row.step) for row in drawn])
     else:
         colors = model_colors(drawn, ordered=False if sizes else None)
