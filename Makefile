@@ -15,7 +15,7 @@ TL3_VENV ?= .venv-tl3
 TL3_PY := $(TL3_VENV)/bin/python
 TL3_TESTS ?= tests/test_user_models.py tests/test_processed.py tests/test_families.py tests/test_gains.py::test_equals_seed_method tests/test_readings.py::test_hooked_transformer_reads_the_same_readings
 
-.PHONY: install demo test test-tl3 notebooks docs bench clean
+.PHONY: install demo test lint test-tl3 notebooks docs bench clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,12 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# ruff (lint and format, settings in pyproject.toml) on the code, and mypy on funnel_tl/.
+lint: install
+	$(PY) -m ruff check funnel_tl tests benchmarks scripts
+	$(PY) -m ruff format --check funnel_tl tests benchmarks scripts
+	$(PY) -m mypy
 
 $(TL3_VENV)/.installed: pyproject.toml
 	test -x $(TL3_PY) || $(PYTHON) -m venv $(TL3_VENV)

@@ -69,13 +69,40 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="bench_distributed_"))
     prompts = corpus(folder / "corpus.txt", args.n_prompts)
-    common = ["run", "--model", args.model, "--prompts", str(prompts), "--device", args.device, "--bootstrap", "0",
-              "--batch-size", str(args.batch_size), "--max-tokens-per-prompt", "context"]
+    common = [
+        "run",
+        "--model",
+        args.model,
+        "--prompts",
+        str(prompts),
+        "--device",
+        args.device,
+        "--bootstrap",
+        "0",
+        "--batch-size",
+        str(args.batch_size),
+        "--max-tokens-per-prompt",
+        "context",
+    ]
     one = [sys.executable, "-m", "funnel_tl", *common, "--out", str(folder / "one")]
 
     def many() -> list[str]:
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.nproc), "--master-addr",
-                "127.0.0.1", "--master-port", str(free_port()), "-m", "funnel_tl", *common, "--out", str(folder / "many")]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(args.nproc),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(free_port()),
+            "-m",
+            "funnel_tl",
+            *common,
+            "--out",
+            str(folder / "many"),
+        ]
 
     times: dict[str, list[float]] = {"one": [], "many": []}
     for round_number in range(args.rounds):
@@ -85,16 +112,23 @@ def main() -> None:
 
     a = json.loads((folder / "one" / "results.json").read_text())
     b = json.loads((folder / "many" / "results.json").read_text())
-    worst = max(float(np.max(np.abs(np.asarray(b["per_prompt"][c][k]) / np.asarray(a["per_prompt"][c][k]) - 1)))
-                for c in ("attn", "mlp", "block") for k in ("out_sum", "in_sum"))
+    worst = max(
+        float(np.max(np.abs(np.asarray(b["per_prompt"][c][k]) / np.asarray(a["per_prompt"][c][k]) - 1)))
+        for c in ("attn", "mlp", "block")
+        for k in ("out_sum", "in_sum")
+    )
     n_tokens = a["provenance"]["n_tokens_total"]
-    print(f"{args.model}, {args.n_prompts} prompts, {n_tokens} tokens, batch size {args.batch_size}, "
-          f"device {args.device}, {args.rounds} rounds, {os.cpu_count()} CPUs")
+    print(
+        f"{args.model}, {args.n_prompts} prompts, {n_tokens} tokens, batch size {args.batch_size}, "
+        f"device {args.device}, {args.rounds} rounds, {os.cpu_count()} CPUs"
+    )
     for name, label in (("one", "1 process"), ("many", f"torchrun, {args.nproc} processes")):
         median = statistics.median(times[name])
         print(f"  {label:<26} {median:7.2f} s   {n_tokens / median:9.0f} tokens/s")
-    print(f"  speed-up (1 process time / {args.nproc} processes time): "
-          f"{statistics.median(times['one']) / statistics.median(times['many']):.2f}")
+    print(
+        f"  speed-up (1 process time / {args.nproc} processes time): "
+        f"{statistics.median(times['one']) / statistics.median(times['many']):.2f}"
+    )
     print(f"  largest relative difference of the per-prompt sums: {worst:.1e}")
 
 

@@ -39,8 +39,8 @@ for path in (REPO, REPO / "benchmarks"):
         sys.path.insert(0, str(path))
 
 import torch  # noqa: E402
+from bench_gains import bench_prompts, build, machine  # noqa: E402
 
-from bench_gains import SHAPES, bench_prompts, build, machine  # noqa: E402
 from funnel_tl import load_model, measure_gains  # noqa: E402
 from funnel_tl.measure.effects import measure_effects  # noqa: E402
 from funnel_tl.measure.interventions import DEFAULT_INTERVENTIONS  # noqa: E402
@@ -52,10 +52,14 @@ CASES = {
     "launch": dict(shape="tiny-4l", n_prompts=32, batch_size=8, words=(12, 40)),
 }
 STACKS = (2, 4, 8)
-LABELS = {"gains": "measure_gains", "effects": "measure_effects, defaults",
-          "no-replay": "no replay (every forward from layer 0)", "tl": "TransformerLens hooks only",
-          "reference": "seed-style reference (1 prompt, 1 intervention per forward)",
-          **{f"stack-{n}": f"{n} interventions stacked per forward" for n in range(2, 65)}}
+LABELS = {
+    "gains": "measure_gains",
+    "effects": "measure_effects, defaults",
+    "no-replay": "no replay (every forward from layer 0)",
+    "tl": "TransformerLens hooks only",
+    "reference": "seed-style reference (1 prompt, 1 intervention per forward)",
+    **{f"stack-{n}": f"{n} interventions stacked per forward" for n in range(2, 65)},
+}
 
 
 def methods_for(args) -> list[str]:
@@ -123,7 +127,7 @@ def main(argv=None) -> int:
     # user waits, which on a machine shared with other work also counts the others.
     times = {kind: {method: [] for method in methods} for kind in ("cpu", "wall")}
     for number in range(args.rounds):
-        order = methods[number % len(methods):] + methods[:number % len(methods)]
+        order = methods[number % len(methods) :] + methods[: number % len(methods)]
         for method in order:
             gc.collect()
             wall, cpu = time.perf_counter(), time.process_time()
@@ -132,12 +136,15 @@ def main(argv=None) -> int:
             times["wall"][method].append(time.perf_counter() - wall)
             if method == "effects":
                 chosen = result.provenance
-        print(f"  round {number + 1}/{args.rounds}: " + ", ".join(
-            f"{m} {times['cpu'][m][-1]:.1f} CPU-s ({times['wall'][m][-1]:.1f}s)" for m in methods),
-            file=sys.stderr, flush=True)
+        print(
+            f"  round {number + 1}/{args.rounds}: "
+            + ", ".join(f"{m} {times['cpu'][m][-1]:.1f} CPU-s ({times['wall'][m][-1]:.1f}s)" for m in methods),
+            file=sys.stderr,
+            flush=True,
+        )
     cpu = times["cpu"]
-    ratio = {m: statistics.median(t / g for t, g in zip(cpu[m], cpu["gains"])) for m in methods}
-    vs_unstacked = {m: statistics.median(t / e for t, e in zip(cpu[m], cpu["effects"])) for m in methods}
+    ratio = {m: statistics.median(t / g for t, g in zip(cpu[m], cpu["gains"], strict=True)) for m in methods}
+    vs_unstacked = {m: statistics.median(t / e for t, e in zip(cpu[m], cpu["effects"], strict=True)) for m in methods}
     n_layers = model.cfg.n_layers
     jobs = 2 * n_layers * len(DEFAULT_INTERVENTIONS)
     lines = [
@@ -152,13 +159,26 @@ def main(argv=None) -> int:
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for method in methods:
-        lines.append(f"| {LABELS.get(method, method)} | {statistics.median(cpu[method]):.1f} | {ratio[method]:.1f} | "
-                     f"{vs_unstacked[method]:.2f} | {statistics.median(times['wall'][method]):.1f} |")
+        lines.append(
+            f"| {LABELS.get(method, method)} | {statistics.median(cpu[method]):.1f} | {ratio[method]:.1f} | "
+            f"{vs_unstacked[method]:.2f} | {statistics.median(times['wall'][method]):.1f} |"
+        )
     table = "\n".join(lines)
     print(table)
     if args.json:
-        Path(args.json).write_text(json.dumps({"seconds": times, "ratio_to_gains": ratio, "table": table,
-                                               "n_prompts": n_prompts, "model": args.model}, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "seconds": times,
+                    "ratio_to_gains": ratio,
+                    "table": table,
+                    "n_prompts": n_prompts,
+                    "model": args.model,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

@@ -54,8 +54,8 @@ import torch  # noqa: E402
 import transformer_lens.model_bridge  # noqa: E402,F401
 import transformers  # noqa: E402
 
-from funnel_tl.measure import engine as engine_module  # noqa: E402
 from funnel_tl import head_gains, load_model, measure_gains  # noqa: E402
+from funnel_tl.measure import engine as engine_module  # noqa: E402
 from funnel_tl.measure.engine import resolve_batch_size  # noqa: E402
 from funnel_tl.prompts.tokens import make_batches, padding_fraction, tokenize  # noqa: E402
 from funnel_tl.testing.reference import seed_reference  # noqa: E402
@@ -101,7 +101,7 @@ def bench_prompts(n: int, words_range: tuple[int, int] = (1, 24)) -> list[str]:
     prompts, start = [], 0
     for i in range(n):
         count = low + (i * step) % span
-        prompts.append(" ".join(words[start:start + count]))
+        prompts.append(" ".join(words[start : start + count]))
         start += count
     return prompts
 
@@ -116,8 +116,15 @@ def build(folder: Path, shape: str) -> Path:
 class Workloads:
     """Loads what the methods need and runs each over all prompts."""
 
-    def __init__(self, checkpoint: Path, device: str, dtype: torch.dtype, prompts: list[str],
-                 batch_size: int | str, methods=METHODS):
+    def __init__(
+        self,
+        checkpoint: Path,
+        device: str,
+        dtype: torch.dtype,
+        prompts: list[str],
+        batch_size: int | str,
+        methods=METHODS,
+    ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device, self.dtype, self.prompts, self.batch_size = device, dtype, prompts, batch_size
@@ -141,23 +148,28 @@ class Workloads:
     @torch.inference_mode()
     def bare(self, batches=None):
         for batch in batches if batches is not None else self.batches:
-            self.hf(input_ids=batch.tokens.to(self.device), attention_mask=batch.attention_mask.to(self.device),
-                    use_cache=False)
+            self.hf(
+                input_ids=batch.tokens.to(self.device),
+                attention_mask=batch.attention_mask.to(self.device),
+                use_cache=False,
+            )
 
     def seed(self, prompts=None):
         seed_reference(self.hf, self.tokenizer, prompts if prompts is not None else self.prompts)
 
     def funnel(self, prompts=None):
-        measure_gains(self.bridge, prompts if prompts is not None else self.prompts,
-                      batch_size=self.batch_size, progress=False)
+        measure_gains(
+            self.bridge, prompts if prompts is not None else self.prompts, batch_size=self.batch_size, progress=False
+        )
 
     def funnel_full(self, prompts=None):
         with full_forward():
             self.funnel(prompts)
 
     def heads(self, prompts=None):
-        head_gains(self.bridge, prompts if prompts is not None else self.prompts,
-                   batch_size=self.batch_size, progress=False)
+        head_gains(
+            self.bridge, prompts if prompts is not None else self.prompts, batch_size=self.batch_size, progress=False
+        )
 
     def run(self, method: str):
         getattr(self, method.replace("-", "_"))()
@@ -197,7 +209,7 @@ def time_methods(work: Workloads, methods, rounds: int) -> dict[str, dict[str, l
         work.warm_up(method)
     times = {"wall": {method: [] for method in methods}, "cpu": {method: [] for method in methods}}
     for round_number in range(rounds):
-        order = methods[round_number % len(methods):] + methods[:round_number % len(methods)]
+        order = methods[round_number % len(methods) :] + methods[: round_number % len(methods)]
         for method in order:
             gc.collect()
             work.synchronize()
@@ -206,9 +218,12 @@ def time_methods(work: Workloads, methods, rounds: int) -> dict[str, dict[str, l
             work.synchronize()
             times["wall"][method].append(time.perf_counter() - wall)
             times["cpu"][method].append(time.process_time() - cpu)
-        print(f"  round {round_number + 1}/{rounds}: "
-              + ", ".join(f"{m} {times['wall'][m][-1]:.2f}s (CPU {times['cpu'][m][-1]:.2f}s)" for m in methods),
-              file=sys.stderr, flush=True)
+        print(
+            f"  round {round_number + 1}/{rounds}: "
+            + ", ".join(f"{m} {times['wall'][m][-1]:.2f}s (CPU {times['cpu'][m][-1]:.2f}s)" for m in methods),
+            file=sys.stderr,
+            flush=True,
+        )
     return times
 
 
@@ -222,8 +237,14 @@ def _status_kib(field: str) -> int:
 def memory_worker(args) -> None:
     """In a fresh process: load one method's model, warm up, reset the RSS peak, run, print JSON."""
     dtype = getattr(torch, args.dtype)
-    work = Workloads(Path(args.checkpoint), "cpu", dtype, bench_prompts(args.n_prompts, args.words), args.batch_size,
-                     methods=(args.memory_worker,))
+    work = Workloads(
+        Path(args.checkpoint),
+        "cpu",
+        dtype,
+        bench_prompts(args.n_prompts, args.words),
+        args.batch_size,
+        methods=(args.memory_worker,),
+    )
     work.warm_up(args.memory_worker)
     gc.collect()
     loaded = _status_kib("VmRSS")
@@ -248,17 +269,36 @@ def cpu_memory(args, checkpoint: Path, methods) -> dict[str, dict]:
     as ``default_*``, with glibc's default malloc; each in a fresh process."""
     result = {}
     for method in methods:
-        command = [sys.executable, __file__, "--memory-worker", method, "--checkpoint", str(checkpoint),
-                   "--dtype", args.dtype, "--n-prompts", str(args.n_prompts), "--batch-size", str(args.batch_size),
-                   "--threads", str(args.threads), "--words", f"{args.words[0]}-{args.words[1]}"]
+        command = [
+            sys.executable,
+            __file__,
+            "--memory-worker",
+            method,
+            "--checkpoint",
+            str(checkpoint),
+            "--dtype",
+            args.dtype,
+            "--n-prompts",
+            str(args.n_prompts),
+            "--batch-size",
+            str(args.batch_size),
+            "--threads",
+            str(args.threads),
+            "--words",
+            f"{args.words[0]}-{args.words[1]}",
+        ]
         default_env = {name: value for name, value in os.environ.items() if name not in RETURNING_MALLOC}
         runs = {}
         for kind, env in (("returning", {**default_env, **RETURNING_MALLOC}), ("default", default_env)):
             output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
             runs[kind] = json.loads(output.strip().splitlines()[-1])
         result[method] = {**runs["returning"], **{f"default_{key}": value for key, value in runs["default"].items()}}
-        print(f"  memory {method}: {result[method]['peak_mib']:.0f} MiB peak RSS "
-              f"({result[method]['default_peak_mib']:.0f} with glibc's default malloc)", file=sys.stderr, flush=True)
+        print(
+            f"  memory {method}: {result[method]['peak_mib']:.0f} MiB peak RSS "
+            f"({result[method]['default_peak_mib']:.0f} with glibc's default malloc)",
+            file=sys.stderr,
+            flush=True,
+        )
     return result
 
 
@@ -297,14 +337,17 @@ def report(args, work: Workloads, times, memory, load_times=None) -> dict:
     cuda = args.device.startswith("cuda")
     methods = list(times["wall"])
     median = {kind: {m: statistics.median(t) for m, t in per_method.items()} for kind, per_method in times.items()}
-    rate = {kind: {m: work.n_tokens / seconds for m, seconds in per_method.items()} for kind, per_method in median.items()}
+    rate = {
+        kind: {m: work.n_tokens / seconds for m, seconds in per_method.items()} for kind, per_method in median.items()
+    }
 
     def speedup(method, kind):
         """Median over rounds of this method's time ÷ measure_gains' in the same round.
 
         Paired by round, so that a round slowed by other work on the machine slows both alike.
         """
-        return statistics.median(t / f for t, f in zip(times[kind][method], times[kind]["funnel"]))
+        return statistics.median(t / f for t, f in zip(times[kind][method], times[kind]["funnel"], strict=True))
+
     lengths = [len(ids) for ids in work.token_ids]
     memory_kind = "peak RSS (MiB), freed memory returned" if not cuda else "peak allocated (MiB)"
     lines = [
@@ -314,7 +357,8 @@ def report(args, work: Workloads, times, memory, load_times=None) -> dict:
         f"torch {torch.__version__}, transformers {transformers.__version__}, "
         f"transformer_lens {version('transformer-lens')}",
         f"{len(work.prompts)} prompts, {work.n_tokens} tokens ({min(lengths)} to {max(lengths)} per prompt), "
-        f"batch size {args.batch_size}{' (auto)' if getattr(args, 'batch_size_requested', None) == 'auto' else ''}, padding {padding_fraction(make_batches(work.token_ids, args.batch_size)):.1%}; "
+        f"batch size {args.batch_size}{' (auto)' if getattr(args, 'batch_size_requested', None) == 'auto' else ''}, "
+        f"padding {padding_fraction(make_batches(work.token_ids, args.batch_size)):.1%}; "
         f"{args.rounds} interleaved rounds: tokens/s from the median time, ratios the median of each round's ratio",
         "",
     ]
@@ -328,7 +372,10 @@ def report(args, work: Workloads, times, memory, load_times=None) -> dict:
         if not cuda:
             row += [f"{rate['cpu'][method]:.0f}", f"{speedup(method, 'cpu'):.2f}"]
         if method in memory:
-            row += [f"{memory[method]['peak_mib']:.0f}", f"{memory[method]['peak_mib'] - memory[method]['loaded_mib']:.0f}"]
+            row += [
+                f"{memory[method]['peak_mib']:.0f}",
+                f"{memory[method]['peak_mib'] - memory[method]['loaded_mib']:.0f}",
+            ]
             if not cuda:
                 row.append(f"{memory[method]['default_peak_mib'] - memory[method]['default_loaded_mib']:.0f}")
         else:
@@ -338,45 +385,113 @@ def report(args, work: Workloads, times, memory, load_times=None) -> dict:
     checks = []  # (label, wall-clock value, CPU-time value or None, relation, target)
     launch = args.case == "launch"
     if "bare" in methods:
-        checks.append(("measure_gains tokens/s ÷ bare forward's", speedup("bare", "wall"),
-                       None if cuda else speedup("bare", "cpu"), "≥",
-                       TARGET_VS_BARE_GPU if cuda else TARGET_VS_BARE_LAUNCH if launch else TARGET_VS_BARE))
+        checks.append(
+            (
+                "measure_gains tokens/s ÷ bare forward's",
+                speedup("bare", "wall"),
+                None if cuda else speedup("bare", "cpu"),
+                "≥",
+                TARGET_VS_BARE_GPU if cuda else TARGET_VS_BARE_LAUNCH if launch else TARGET_VS_BARE,
+            )
+        )
     if "bare" in methods and "heads" in methods:
-        heads_ratio = lambda kind: statistics.median(b / h for b, h in zip(times[kind]["bare"], times[kind]["heads"]))  # noqa: E731
-        checks.append(("head_gains (every layer) tokens/s ÷ bare forward's", heads_ratio("wall"),
-                       None if cuda else heads_ratio("cpu"), "≥", TARGET_HEADS_VS_BARE))
+        heads_ratio = lambda kind: statistics.median(  # noqa: E731
+            b / h for b, h in zip(times[kind]["bare"], times[kind]["heads"], strict=True)
+        )
+        checks.append(
+            (
+                "head_gains (every layer) tokens/s ÷ bare forward's",
+                heads_ratio("wall"),
+                None if cuda else heads_ratio("cpu"),
+                "≥",
+                TARGET_HEADS_VS_BARE,
+            )
+        )
     if load_times:
-        load_ratio = lambda kind: statistics.median(f / h for f, h in zip(load_times[kind]["funnel"], load_times[kind]["hf"]))  # noqa: E731
-        checks.append(("load_model time ÷ AutoModelForCausalLM.from_pretrained's", load_ratio("wall"),
-                       None if cuda else load_ratio("cpu"), "≤", TARGET_LOAD))
+        load_ratio = lambda kind: statistics.median(  # noqa: E731
+            f / h for f, h in zip(load_times[kind]["funnel"], load_times[kind]["hf"], strict=True)
+        )
+        checks.append(
+            (
+                "load_model time ÷ AutoModelForCausalLM.from_pretrained's",
+                load_ratio("wall"),
+                None if cuda else load_ratio("cpu"),
+                "≤",
+                TARGET_LOAD,
+            )
+        )
         if "bridge" in load_times["wall"]:
             share = lambda kind: statistics.median(  # noqa: E731
-                b / f for b, f in zip(load_times[kind]["bridge"], load_times[kind]["funnel"]))
-            checks.append(("of load_model's time, building TransformerLens' bridge (TransformerBridge.__init__, compatibility mode)",
-                           share("wall"), None if cuda else share("cpu"), "", None))
+                b / f for b, f in zip(load_times[kind]["bridge"], load_times[kind]["funnel"], strict=True)
+            )
+            checks.append(
+                (
+                    "of load_model's time, building TransformerLens' bridge (TransformerBridge.__init__, "
+                    "compatibility mode)",
+                    share("wall"),
+                    None if cuda else share("cpu"),
+                    "",
+                    None,
+                )
+            )
     if "seed" in methods:
-        checks.append(("measure_gains tokens/s ÷ seed loop's", speedup("seed", "wall"),
-                       None if cuda else speedup("seed", "cpu"), "≥", TARGET_VS_SEED if not cuda else None))
+        checks.append(
+            (
+                "measure_gains tokens/s ÷ seed loop's",
+                speedup("seed", "wall"),
+                None if cuda else speedup("seed", "cpu"),
+                "≥",
+                TARGET_VS_SEED if not cuda else None,
+            )
+        )
     if "funnel-full" in methods:
-        checks.append(("early stop: full-forward time ÷ measure_gains'", speedup("funnel-full", "wall"),
-                       None if cuda else speedup("funnel-full", "cpu"), "", None))
+        checks.append(
+            (
+                "early stop: full-forward time ÷ measure_gains'",
+                speedup("funnel-full", "wall"),
+                None if cuda else speedup("funnel-full", "cpu"),
+                "",
+                None,
+            )
+        )
     if "bare" in memory and "funnel" in memory:
-        checks.append(("measure_gains peak memory ÷ bare forward's",
-                       memory["funnel"]["peak_mib"] / memory["bare"]["peak_mib"], None, "≤",
-                       TARGET_MEMORY_GPU if cuda else TARGET_MEMORY))
-        checks.append(("load_model memory after loading ÷ from_pretrained's (RSS after load and one warm-up batch)",
-                       memory["funnel"]["loaded_mib"] / memory["bare"]["loaded_mib"], None, "", None))
+        checks.append(
+            (
+                "measure_gains peak memory ÷ bare forward's",
+                memory["funnel"]["peak_mib"] / memory["bare"]["peak_mib"],
+                None,
+                "≤",
+                TARGET_MEMORY_GPU if cuda else TARGET_MEMORY,
+            )
+        )
+        checks.append(
+            (
+                "load_model memory after loading ÷ from_pretrained's (RSS after load and one warm-up batch)",
+                memory["funnel"]["loaded_mib"] / memory["bare"]["loaded_mib"],
+                None,
+                "",
+                None,
+            )
+        )
     if "heads" in memory and "funnel" in memory:
         shape = SHAPES[args.shape]
         # What head_gains holds beyond measure_gains: its float64 sums [prompt, layer, head] × 2, and one
         # layer's per-head outputs at the largest batch: z and z·G in float64, z·W_O pulled back in
         # float32, each [batch, pos, head, d_head] (head · d_head = d_model).
         largest = max(batch.tokens.numel() for batch in work.batches)
-        outputs_mib = (2 * 8 * len(work.prompts) * shape["n_layers"] * shape["n_heads"]
-                       + largest * shape["d_model"] * (8 + 8 + 4)) / 2**20
+        outputs_mib = (
+            2 * 8 * len(work.prompts) * shape["n_layers"] * shape["n_heads"] + largest * shape["d_model"] * (8 + 8 + 4)
+        ) / 2**20
         above = lambda method: memory[method]["peak_mib"] - memory[method]["loaded_mib"]  # noqa: E731
-        checks.append((f"head_gains peak above the model − measure_gains' (MiB; its per-head outputs: {outputs_mib:.1f})",
-                       above("heads") - above("funnel"), None, "≤", round(outputs_mib, 1)))
+        checks.append(
+            (
+                f"head_gains peak above the model − measure_gains' (MiB; its per-head outputs: {outputs_mib:.1f})",
+                above("heads") - above("funnel"),
+                None,
+                "≤",
+                round(outputs_mib, 1),
+            )
+        )
     lines.append("")
     for label, value, cpu_value, relation, target in checks:
         text = f"{label}: {value:.2f}" + ("" if cpu_value is None else f" (CPU time: {cpu_value:.2f})")
@@ -387,13 +502,29 @@ def report(args, work: Workloads, times, memory, load_times=None) -> dict:
         lines.append(text)
     print("\n".join(lines))
     return {
-        "case": args.case, "shape": args.shape, **shape, "words": list(args.words), "device": args.device, "dtype": args.dtype,
-        "machine": machine(), "threads": args.threads, "torch": torch.__version__,
-        "transformers": transformers.__version__, "transformer_lens": version("transformer-lens"),
-        "n_prompts": len(work.prompts), "n_tokens": work.n_tokens, "batch_size": args.batch_size,
+        "case": args.case,
+        "shape": args.shape,
+        **shape,
+        "words": list(args.words),
+        "device": args.device,
+        "dtype": args.dtype,
+        "machine": machine(),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "transformer_lens": version("transformer-lens"),
+        "n_prompts": len(work.prompts),
+        "n_tokens": work.n_tokens,
+        "batch_size": args.batch_size,
         "batch_size_requested": str(getattr(args, "batch_size_requested", args.batch_size)),
-        "rounds": args.rounds, "seconds": times, "median_seconds": median, "tokens_per_second": rate,
-        "load_seconds": load_times or {}, "memory_mib": memory, "ratios": {label: value for label, value, *_ in checks}, "table": "\n".join(lines),
+        "rounds": args.rounds,
+        "seconds": times,
+        "median_seconds": median,
+        "tokens_per_second": rate,
+        "load_seconds": load_times or {},
+        "memory_mib": memory,
+        "ratios": {label: value for label, value, *_ in checks},
+        "table": "\n".join(lines),
     }
 
 
@@ -407,8 +538,10 @@ def time_loading(checkpoint: Path, device: str, dtype: torch.dtype, rounds: int)
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM
 
-    loaders = {"hf": lambda: AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).to(device),
-               "funnel": lambda: load_model(str(checkpoint), device=device, dtype=dtype)}
+    loaders = {
+        "hf": lambda: AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).to(device),
+        "funnel": lambda: load_model(str(checkpoint), device=device, dtype=dtype),
+    }
     for load in loaders.values():  # warm-up: file cache, lazy imports
         load()
     times = {"wall": {name: [] for name in (*loaders, "bridge")}, "cpu": {name: [] for name in (*loaders, "bridge")}}
@@ -422,6 +555,7 @@ def time_loading(checkpoint: Path, device: str, dtype: torch.dtype, rounds: int)
             finally:
                 inside["wall"] += time.perf_counter() - wall
                 inside["cpu"] += time.process_time() - cpu
+
         return run
 
     bridge_methods = {name: TransformerBridge.__dict__[name] for name in ("__init__", "enable_compatibility_mode")}
@@ -429,7 +563,7 @@ def time_loading(checkpoint: Path, device: str, dtype: torch.dtype, rounds: int)
         for name, method in bridge_methods.items():
             setattr(TransformerBridge, name, timed(method))
         for round_number in range(rounds):
-            for name in (list(loaders) if round_number % 2 == 0 else list(loaders)[::-1]):
+            for name in list(loaders) if round_number % 2 == 0 else list(loaders)[::-1]:
                 gc.collect()
                 inside.update(wall=0.0, cpu=0.0)
                 wall, cpu = time.perf_counter(), time.process_time()
@@ -443,31 +577,52 @@ def time_loading(checkpoint: Path, device: str, dtype: torch.dtype, rounds: int)
     finally:
         for name, method in bridge_methods.items():
             setattr(TransformerBridge, name, method)
-    print("  load: " + ", ".join(f"{n} {statistics.median(t):.2f}s" for n, t in times["wall"].items()),
-          file=sys.stderr, flush=True)
+    print(
+        "  load: " + ", ".join(f"{n} {statistics.median(t):.2f}s" for n, t in times["wall"].items()),
+        file=sys.stderr,
+        flush=True,
+    )
     return times
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", default="compute", choices=sorted(CASES),
-                        help="compute: Pythia-160m shape, 64 prompts, batch 8 (the default); launch: a 4-layer "
-                             "d_model-64 model, 256 prompts of 12-40 words, batch 32 (per-call overhead dominates)")
+    parser.add_argument(
+        "--case",
+        default="compute",
+        choices=sorted(CASES),
+        help="compute: Pythia-160m shape, 64 prompts, batch 8 (the default); launch: a 4-layer "
+        "d_model-64 model, 256 prompts of 12-40 words, batch 32 (per-call overhead dominates)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
-                        help="default float32 on the CPU, float16 on CUDA")
-    parser.add_argument("--shape", default=None, choices=sorted(SHAPES),
-                        help="default the case's on the CPU, pythia-1.4b on CUDA")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16"],
+        help="default float32 on the CPU, float16 on CUDA",
+    )
+    parser.add_argument(
+        "--shape", default=None, choices=sorted(SHAPES), help="default the case's on the CPU, pythia-1.4b on CUDA"
+    )
     parser.add_argument("--n-prompts", type=int, default=None, help="default the case's on the CPU, 256 on CUDA")
     parser.add_argument("--words", default=None, help="prompt lengths in words, e.g. 12-40 (default the case's)")
-    parser.add_argument("--batch-size", type=lambda text: text if text == "auto" else int(text), default=None,
-                        help="a number or auto (measure_gains' choice); default the case's on the CPU (8 or 32), "
-                             "32 on CUDA")
+    parser.add_argument(
+        "--batch-size",
+        type=lambda text: text if text == "auto" else int(text),
+        default=None,
+        help="a number or auto (measure_gains' choice); default the case's on the CPU (8 or 32), 32 on CUDA",
+    )
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default 1 on the CPU, see the module docstring; torch's own on CUDA)")
-    parser.add_argument("--checkpoint", default=None, help="folder to build the checkpoint in, or reuse (default: a temp dir)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default 1 on the CPU, see the module docstring; torch's own on CUDA)",
+    )
+    parser.add_argument(
+        "--checkpoint", default=None, help="folder to build the checkpoint in, or reuse (default: a temp dir)"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--no-load", action="store_true", help="skip timing load_model against from_pretrained")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
@@ -494,13 +649,24 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_gains_") as scratch:
         checkpoint = build(Path(args.checkpoint or Path(scratch) / args.shape), args.shape)
         print(f"checkpoint {checkpoint}", file=sys.stderr, flush=True)
-        work = Workloads(checkpoint, args.device, getattr(torch, args.dtype), bench_prompts(args.n_prompts, args.words),
-                         args.batch_size, methods=methods)
+        work = Workloads(
+            checkpoint,
+            args.device,
+            getattr(torch, args.dtype),
+            bench_prompts(args.n_prompts, args.words),
+            args.batch_size,
+            methods=methods,
+        )
         args.batch_size_requested, args.batch_size = args.batch_size, work.batch_size
-        print(f"batch size {work.batch_size}" + (" (auto)" if args.batch_size_requested == "auto" else ""),
-              file=sys.stderr, flush=True)
+        print(
+            f"batch size {work.batch_size}" + (" (auto)" if args.batch_size_requested == "auto" else ""),
+            file=sys.stderr,
+            flush=True,
+        )
         times = time_methods(work, methods, args.rounds)
-        load_times = None if args.no_load else time_loading(checkpoint, args.device, getattr(torch, args.dtype), args.rounds)
+        load_times = (
+            None if args.no_load else time_loading(checkpoint, args.device, getattr(torch, args.dtype), args.rounds)
+        )
         memory = {}
         if not args.no_memory:
             memory = cuda_memory(work, methods) if cuda else cpu_memory(args, checkpoint, methods)

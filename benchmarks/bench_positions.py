@@ -53,16 +53,25 @@ def main(argv=None) -> int:
     run(False), run(True)  # warm-up, not timed
     times = {False: [], True: []}
     for round_number in range(args.rounds):
-        for by_position in ((False, True) if round_number % 2 == 0 else (True, False)):
+        for by_position in (False, True) if round_number % 2 == 0 else (True, False):
             times[by_position].append(run(by_position))
-    ratio = statistics.median(on / off for on, off in zip(times[True], times[False]))
+    ratio = statistics.median(on / off for on, off in zip(times[True], times[False], strict=True))
     n_tokens = sum(r for r in measure_gains(model, prompts, batch_size=args.batch_size, progress=False).n_tokens)
-    numbers = {"model": args.model, "device": args.device, "n_prompts": args.n_prompts, "n_tokens": int(n_tokens),
-               "batch_size": args.batch_size, "rounds": args.rounds, "threads": args.threads,
-               "median_seconds": {"plain": statistics.median(times[False]), "by_position": statistics.median(times[True])},
-               "time_ratio_by_position_over_plain": ratio}
-    print(f"{args.model}, {args.n_prompts} prompts ({n_tokens} tokens), batch size {args.batch_size}, "
-          f"{args.device}, {args.rounds} rounds")
+    numbers = {
+        "model": args.model,
+        "device": args.device,
+        "n_prompts": args.n_prompts,
+        "n_tokens": int(n_tokens),
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
+        "threads": args.threads,
+        "median_seconds": {"plain": statistics.median(times[False]), "by_position": statistics.median(times[True])},
+        "time_ratio_by_position_over_plain": ratio,
+    }
+    print(
+        f"{args.model}, {args.n_prompts} prompts ({n_tokens} tokens), batch size {args.batch_size}, "
+        f"{args.device}, {args.rounds} rounds"
+    )
     print(f"measure_gains:                    {numbers['median_seconds']['plain']:.3f} s (median)")
     print(f"measure_gains, by_position=True:  {numbers['median_seconds']['by_position']:.3f} s (median)")
     print(f"time ratio, by_position / plain:  {ratio:.3f} (median of per-round ratios)")

@@ -52,9 +52,30 @@ def corpus(path: Path, n_prompts: int) -> Path:
 
 
 def peak_rss_mb(model: str, prompts: Path, out: Path, chunk: int) -> float:
-    command = [sys.executable, "-c", CHILD, str(chunk), "run", "--model", model, "--prompts", str(prompts),
-               "--device", "cpu", "--dtype", "float32", "--batch-size", "8", "--bootstrap", "0",
-               "--max-tokens-per-prompt", "context", "--no-prompt-texts", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-c",
+        CHILD,
+        str(chunk),
+        "run",
+        "--model",
+        model,
+        "--prompts",
+        str(prompts),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--batch-size",
+        "8",
+        "--bootstrap",
+        "0",
+        "--max-tokens-per-prompt",
+        "context",
+        "--no-prompt-texts",
+        "--out",
+        str(out),
+    ]
     # glibc's dynamic mmap threshold lets freed tensors' memory stay in the heap, a high-water mark
     # that grows with the run's length whatever it holds alive (docs/performance.md, head_gains RSS); pinned, RSS
     # follows what is held.
@@ -84,7 +105,9 @@ def main(argv=None) -> int:
     print(f"peak RSS, {args.model}, --no-prompt-texts ({large / small:g}x the prompts):")
     for mode in ("streamed", "whole"):
         a, b = numbers[f"{mode} {small}"], numbers[f"{mode} {large}"]
-        print(f"  {mode:9s} {small:>7,} prompts {a:7.1f} MB   {large:>7,} prompts {b:7.1f} MB   growth {b - a:+7.1f} MB")
+        print(
+            f"  {mode:9s} {small:>7,} prompts {a:7.1f} MB   {large:>7,} prompts {b:7.1f} MB   growth {b - a:+7.1f} MB"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "sizes": args.sizes, "peak_rss_mb": numbers}))
     return 0

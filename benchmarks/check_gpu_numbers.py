@@ -29,8 +29,8 @@ for folder in (REPO, REPO / "benchmarks"):
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from bench_gains import SHAPES, bench_prompts, build  # noqa: E402
+
 from funnel_tl import load_model, measure_gains  # noqa: E402
 from funnel_tl.testing.reference import reference_gains, seed_reference  # noqa: E402
 
@@ -80,14 +80,26 @@ def run_checks(checkpoint: Path, device: str, prompts: list[str], batch_size: in
             finite = all(np.isfinite(result.gains(c)).all() for c in COMPONENTS)
             tolerance = FLOAT32_TOLERANCE if dtype == torch.float32 else FLOAT16_TOLERANCE
             deviation = worst_relative(gains[name, definition], reference_gains(means, definition))
-            checks.append({"check": f"{name} measure_gains vs seed loop ({definition})", "worst_relative": deviation,
-                           "tolerance": tolerance, "passed": finite and deviation <= tolerance})
+            checks.append(
+                {
+                    "check": f"{name} measure_gains vs seed loop ({definition})",
+                    "worst_relative": deviation,
+                    "tolerance": tolerance,
+                    "passed": finite and deviation <= tolerance,
+                }
+            )
         free(bridge)
         print(f"  {name}: {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
     for definition in ("seed", "residual"):
         deviation = worst_relative(gains["float16", definition], gains["float32", definition])
-        checks.append({"check": f"float16 vs float32 measure_gains ({definition})", "worst_relative": deviation,
-                       "tolerance": HALF_VS_FLOAT32_TOLERANCE, "passed": deviation <= HALF_VS_FLOAT32_TOLERANCE})
+        checks.append(
+            {
+                "check": f"float16 vs float32 measure_gains ({definition})",
+                "worst_relative": deviation,
+                "tolerance": HALF_VS_FLOAT32_TOLERANCE,
+                "passed": deviation <= HALF_VS_FLOAT32_TOLERANCE,
+            }
+        )
     return checks
 
 
@@ -109,8 +121,10 @@ def main(argv=None) -> int:
     device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
     print(f"{args.shape} shape, random weights, {args.n_prompts} prompts, on {device_name}")
     for check in checks:
-        print(f"{'ok  ' if check['passed'] else 'FAIL'} {check['check']}: worst relative deviation "
-              f"{check['worst_relative']:.2e} (tolerance {check['tolerance']:g})")
+        print(
+            f"{'ok  ' if check['passed'] else 'FAIL'} {check['check']}: worst relative deviation "
+            f"{check['worst_relative']:.2e} (tolerance {check['tolerance']:g})"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"shape": args.shape, "device": device_name, "checks": checks}, indent=2))
     return 0 if all(check["passed"] for check in checks) else 1

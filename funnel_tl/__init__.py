@@ -29,67 +29,68 @@ _EXPORTS = {
     "Comparison": "sweep.comparison",
     "compare": "sweep.runner",
     "FunnelError": "errors",
-    "PYTHIA_1_4B_REFERENCE": "analysis.funnel", "FunnelTest": "analysis.funnel", "comparison_1_4b": "analysis.funnel",
+    "PYTHIA_1_4B_REFERENCE": "analysis.funnel",
+    "FunnelTest": "analysis.funnel",
+    "comparison_1_4b": "analysis.funnel",
     "funnel_test": "analysis.funnel",
     "format_analysis": "analysis.report",
     "measure_gains": "measure.gains",
     "HeadResult": "results.heads",
     "head_gains": "measure.heads",
-    "bundled_checkpoints": "models.loading", "bundled_models": "models.loading",
-    "default_model_name": "models.loading", "load_model": "models.loading",
-    "plot_attention_mlp": "plots.panels", "plot_cumulative": "plots.panels", "plot_funnel": "plots.panels",
-    "plot_mlp_depth": "plots.panels", "plot_net_gain": "plots.panels", "plot_seed_product": "plots.panels",
-    "write_html": "plots.pages", "write_image": "plots.pages", "write_png": "plots.pages",
-    "SEED_PROMPTS": "prompts.sets", "load_prompts": "prompts.sets",
+    "bundled_checkpoints": "models.loading",
+    "bundled_models": "models.loading",
+    "default_model_name": "models.loading",
+    "load_model": "models.loading",
+    "plot_attention_mlp": "plots.panels",
+    "plot_cumulative": "plots.panels",
+    "plot_funnel": "plots.panels",
+    "plot_mlp_depth": "plots.panels",
+    "plot_net_gain": "plots.panels",
+    "plot_seed_product": "plots.panels",
+    "write_html": "plots.pages",
+    "write_image": "plots.pages",
+    "write_png": "plots.pages",
+    "SEED_PROMPTS": "prompts.sets",
+    "load_prompts": "prompts.sets",
     "GainResult": "results.gains",
-    "Intervals": "analysis.stats", "bootstrap_intervals": "analysis.stats", "robust_funnel_test": "analysis.stats",
+    "Intervals": "analysis.stats",
+    "bootstrap_intervals": "analysis.stats",
+    "robust_funnel_test": "analysis.stats",
     "EffectResult": "results.effects",
     "measure_effects": "measure.effects",
     "plot_effects": "plots.effects",
 }
 
 
-if TYPE_CHECKING:
-    # What griffe (mkdocstrings) and type checkers read: the lazily exported names, statically.
-    # Never executed, so `import funnel_tl` still imports no torch.
-    from .cache import gains_from_cache
-    from .compare import Comparison, PYTHIA_SUITE, compare
-    from .effect_plots import plot_effects
-    from .effect_results import EffectResult
-    from .effects import measure_effects
-    from .errors import FunnelError
-    from .funnel import (
-        FunnelTest,
-        PYTHIA_1_4B_REFERENCE,
-        comparison_1_4b,
-        format_analysis,
-        funnel_test,
-    )
-    from .gains import measure_gains
-    from .heads import HeadResult, head_gains
-    from .models import bundled_checkpoints, bundled_models, default_model_name, load_model
-    from .plots import (
-        plot_attention_mlp,
-        plot_cumulative,
-        plot_funnel,
-        plot_mlp_depth,
-        plot_net_gain,
-        plot_seed_product,
-        write_html,
-        write_image,
-        write_png,
-    )
-    from .prompts import SEED_PROMPTS, load_prompts
-    from .results import GainResult
-    from .stats import Intervals, bootstrap_intervals, robust_funnel_test
-
 __all__ = [
-    "FunnelError", "FunnelTest", "GainResult", "PYTHIA_1_4B_REFERENCE", "SEED_PROMPTS",
-    "bundled_checkpoints", "bundled_models", "comparison_1_4b", "default_model_name", "format_analysis", "funnel_test",
-    "gains_from_cache", "load_model", "load_prompts", "measure_gains",
-    "HeadResult", "head_gains",
-    "Intervals", "bootstrap_intervals", "plot_funnel", "robust_funnel_test", "write_html", "write_png",
-    "plot_attention_mlp", "plot_mlp_depth", "plot_net_gain", "plot_cumulative", "plot_seed_product",
+    "FunnelError",
+    "FunnelTest",
+    "GainResult",
+    "PYTHIA_1_4B_REFERENCE",
+    "SEED_PROMPTS",
+    "bundled_checkpoints",
+    "bundled_models",
+    "comparison_1_4b",
+    "default_model_name",
+    "format_analysis",
+    "funnel_test",
+    "gains_from_cache",
+    "load_model",
+    "load_prompts",
+    "measure_gains",
+    "HeadResult",
+    "head_gains",
+    "Intervals",
+    "bootstrap_intervals",
+    "plot_funnel",
+    "robust_funnel_test",
+    "write_html",
+    "write_png",
+    "plot_attention_mlp",
+    "plot_mlp_depth",
+    "plot_net_gain",
+    "plot_cumulative",
+    "plot_seed_product",
 ]
 __all__ += ["Comparison", "PYTHIA_SUITE", "compare", "write_image"]
 __all__ += ["EffectResult", "measure_effects", "plot_effects"]
@@ -141,4 +142,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-

@@ -74,7 +74,7 @@ def dictd_entries(name: str) -> list[tuple[str, str]]:
         if word.startswith("00-database") or word.startswith("00database"):
             continue
         start = _number(offset)
-        entries.append((word, data[start:start + _number(length)].decode("utf-8")))
+        entries.append((word, data[start : start + _number(length)].decode("utf-8")))
     return entries
 
 
@@ -149,7 +149,9 @@ def pydoc_passages() -> list[tuple[str, str]]:
                 lines = lines[1:]  # the dotted name corpus.py puts above each docstring
             if not lines or kept >= PER_DOCUMENT:
                 continue
-            if any(line.startswith((" ", "\t", ">>>", "...")) for line in lines) or re.search(r"[|=*~^-]{3}|::$", block):
+            if any(line.startswith((" ", "\t", ">>>", "...")) for line in lines) or re.search(
+                r"[|=*~^-]{3}|::$", block
+            ):
                 continue  # code, tables, headings and the lines before a code block
             prose = re.sub(r"\s+", " ", " ".join(lines)).strip()
             if not re.search(r"[.!?]$", prose) or prose.count("(") > 6:
@@ -167,7 +169,7 @@ def fits(passages: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
     tokenizer = AutoTokenizer.from_pretrained(REPO / "funnel_tl" / "models" / "bundled" / "nano-8l")
     lengths = [len(ids) for ids in tokenizer([text for _, text in passages])["input_ids"]]
-    return [passage for passage, length in zip(passages, lengths) if length <= MAX_TOKENS]
+    return [passage for passage, length in zip(passages, lengths, strict=True) if length <= MAX_TOKENS]
 
 
 def sample(passages: list[tuple[str, str]], k: int) -> list[tuple[str, str]]:
@@ -188,8 +190,10 @@ def main() -> None:
     with open(OUT, "w", encoding="utf-8") as handle:
         for name, text in chosen:
             handle.write(json.dumps({"text": text, "source": name}, ensure_ascii=False) + "\n")
-    print(f"wrote {len(chosen)} passages ({sum(words(t) for _, t in chosen)} words) to {OUT} "
-          f"with Python {platform.python_version()}")
+    print(
+        f"wrote {len(chosen)} passages ({sum(words(t) for _, t in chosen)} words) to {OUT} "
+        f"with Python {platform.python_version()}"
+    )
 
 
 if __name__ == "__main__":

@@ -93,11 +93,21 @@ def make_config(spec: Spec):
     from transformers import GPTNeoXConfig
 
     return GPTNeoXConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=spec.d_model, num_hidden_layers=spec.n_layers,
-        num_attention_heads=spec.n_heads, intermediate_size=4 * spec.d_model,
-        max_position_embeddings=N_CTX, rotary_pct=0.25, rotary_emb_base=10000,
-        use_parallel_residual=True, tie_word_embeddings=False, hidden_act="gelu",
-        hidden_dropout=0.0, attention_dropout=0.0, bos_token_id=0, eos_token_id=0,
+        vocab_size=VOCAB_SIZE,
+        hidden_size=spec.d_model,
+        num_hidden_layers=spec.n_layers,
+        num_attention_heads=spec.n_heads,
+        intermediate_size=4 * spec.d_model,
+        max_position_embeddings=N_CTX,
+        rotary_pct=0.25,
+        rotary_emb_base=10000,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        hidden_act="gelu",
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
     )
 
 
@@ -115,8 +125,8 @@ def heldout_loss(model, stream: torch.Tensor) -> float:
     total, count = 0.0, 0
     for start in range(0, n_windows, 16):
         rows = range(start, min(start + 16, n_windows))
-        inputs = torch.stack([stream[r * N_CTX: r * N_CTX + N_CTX] for r in rows])  # [batch, pos]
-        targets = torch.stack([stream[r * N_CTX + 1: r * N_CTX + N_CTX + 1] for r in rows])  # [batch, pos]
+        inputs = torch.stack([stream[r * N_CTX : r * N_CTX + N_CTX] for r in rows])  # [batch, pos]
+        targets = torch.stack([stream[r * N_CTX + 1 : r * N_CTX + N_CTX + 1] for r in rows])  # [batch, pos]
         logits = model(input_ids=inputs).logits.float()  # [batch, pos, vocab]
         total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
         count += targets.numel()
@@ -146,8 +156,9 @@ def _edit_json(path: Path, **changes) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def train(name: str, spec: Spec, tokenizer, train_stream: torch.Tensor, heldout: torch.Tensor, folder: Path,
-          seed: int, log) -> dict:
+def train(
+    name: str, spec: Spec, tokenizer, train_stream: torch.Tensor, heldout: torch.Tensor, folder: Path, seed: int, log
+) -> dict:
     from transformers import GPTNeoXForCausalLM
 
     torch.manual_seed(seed)
@@ -157,12 +168,17 @@ def train(name: str, spec: Spec, tokenizer, train_stream: torch.Tensor, heldout:
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]  # biases and LayerNorm
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr, betas=BETAS)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=spec.lr,
+        betas=BETAS,
+    )
     generator = torch.Generator().manual_seed(seed)
     tokens_per_step = BATCH_SIZE * N_CTX
-    log(f"{name}: {spec.n_layers} layers, d_model {spec.d_model}, {spec.n_heads} heads, {n_params:,} parameters, "
-        f"{spec.steps} steps of {tokens_per_step} tokens")
+    log(
+        f"{name}: {spec.n_layers} layers, d_model {spec.d_model}, {spec.n_heads} heads, {n_params:,} parameters, "
+        f"{spec.steps} steps of {tokens_per_step} tokens"
+    )
     saved_steps = sorted(set(spec.checkpoints) | ({spec.steps} if spec.checkpoints else set()))
     checkpoints = []
     started = time.time()
@@ -180,7 +196,7 @@ def train(name: str, spec: Spec, tokenizer, train_stream: torch.Tensor, heldout:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, spec)
         starts = torch.randint(0, len(train_stream) - N_CTX - 1, (BATCH_SIZE,), generator=generator)
-        batch = torch.stack([train_stream[s: s + N_CTX + 1] for s in starts.tolist()])  # [batch, pos + 1]
+        batch = torch.stack([train_stream[s : s + N_CTX + 1] for s in starts.tolist()])  # [batch, pos + 1]
         logits = model(input_ids=batch[:, :-1]).logits  # [batch, pos, vocab]
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
         loss.backward()
@@ -197,10 +213,16 @@ def train(name: str, spec: Spec, tokenizer, train_stream: torch.Tensor, heldout:
     seconds = time.time() - started
     log(f"{name}: held-out loss {final_loss:.4f}, {seconds:.0f} s")
     return {
-        "name": name, "spec": asdict(spec), "n_heads": spec.n_heads, "n_parameters": n_params,
-        "tokens_per_step": tokens_per_step, "tokens_seen": spec.steps * tokens_per_step,
-        "heldout_loss": round(final_loss, 4), "train_loss_last_50_steps": round(train_loss, 4),
-        "checkpoints": checkpoints, "seconds": round(seconds),
+        "name": name,
+        "spec": asdict(spec),
+        "n_heads": spec.n_heads,
+        "n_parameters": n_params,
+        "tokens_per_step": tokens_per_step,
+        "tokens_seen": spec.steps * tokens_per_step,
+        "heldout_loss": round(final_loss, 4),
+        "train_loss_last_50_steps": round(train_loss, 4),
+        "checkpoints": checkpoints,
+        "seconds": round(seconds),
     }
 
 
@@ -234,7 +256,8 @@ def model_card(record: dict, meta: dict) -> str:
         f"| vocabulary | {meta['vocab_size']} (byte-level BPE, no BOS added, `<|endoftext|>` = 0) |",
         f"| parameters | {record['n_parameters']:,} |",
         "| block | `use_parallel_residual=True`: x + attn(ln1(x)) + mlp(ln2(x)) |",
-        "| stored as | float16 safetensors, as Pythia's hub weights (`config.json` says float32: it loads and runs in float32, as trained) |",
+        "| stored as | float16 safetensors, as Pythia's hub weights (`config.json` says float32: it loads and runs "
+        "in float32, as trained) |",
         "",
         "## Training",
         "",
@@ -243,7 +266,7 @@ def model_card(record: dict, meta: dict) -> str:
         f"({meta['train_tokens']:,} tokens) for training; {meta['heldout_documents']} documents, "
         f"{meta['heldout_chars']:,} characters ({meta['heldout_tokens']:,} tokens, "
         f"{meta['heldout_fraction']:.1%} of the text), held out by a hash of their names.",
-        f"- Tokenizer: byte-level BPE trained with `tokenizers` on the training split only.",
+        "- Tokenizer: byte-level BPE trained with `tokenizers` on the training split only.",
         f"- {spec['steps']} steps of {BATCH_SIZE} × {meta['n_ctx']} = {record['tokens_per_step']:,} tokens "
         f"(random windows of the concatenated documents, each ended by `<|endoftext|>`): "
         f"{record['tokens_seen']:,} tokens seen, {record['tokens_seen'] / meta['train_tokens']:.1f} epochs.",
@@ -264,7 +287,7 @@ def model_card(record: dict, meta: dict) -> str:
         lines += [
             "Training checkpoints ship in `checkpoints/step<N>/` (full HF checkpoints), loadable as "
             f'`load_model("{name}", revision="step<N>")` like Pythia\'s hub revisions; '
-            f"`funnel_tl.bundled_checkpoints(\"{name}\")` lists them.",
+            f'`funnel_tl.bundled_checkpoints("{name}")` lists them.',
             "",
             "| step | tokens seen | held-out loss |",
             "|---:|---:|---:|",
@@ -297,8 +320,12 @@ def model_card(record: dict, meta: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=REPO / "funnel_tl" / "models" / "bundled",
-                        help="folder that receives one subfolder per model (default: funnel_tl/models/bundled)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "funnel_tl" / "models" / "bundled",
+        help="folder that receives one subfolder per model (default: funnel_tl/models/bundled)",
+    )
     parser.add_argument("--models", nargs="+", default=list(SPECS), choices=list(SPECS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: reproducible)")
@@ -324,18 +351,30 @@ def main(argv=None) -> int:
     import transformers
 
     meta = {
-        "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
-        "cpu": _cpu_name() or platform.machine(), "threads": args.threads, "seed": args.seed,
-        "vocab_size": VOCAB_SIZE, "n_ctx": N_CTX,
-        "train_chars": n_train_chars, "train_tokens": len(train_stream),
-        "heldout_documents": len(heldout_docs), "heldout_chars": n_heldout_chars,
-        "heldout_tokens": len(heldout), "heldout_fraction": n_heldout_chars / (n_heldout_chars + n_train_chars),
-        "command": "python scripts/train_nano.py" + ("" if args.models == list(SPECS) else " --models " + " ".join(args.models))
-                   + ("" if args.seed == 0 else f" --seed {args.seed}") + ("" if args.threads == 1 else f" --threads {args.threads}"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "cpu": _cpu_name() or platform.machine(),
+        "threads": args.threads,
+        "seed": args.seed,
+        "vocab_size": VOCAB_SIZE,
+        "n_ctx": N_CTX,
+        "train_chars": n_train_chars,
+        "train_tokens": len(train_stream),
+        "heldout_documents": len(heldout_docs),
+        "heldout_chars": n_heldout_chars,
+        "heldout_tokens": len(heldout),
+        "heldout_fraction": n_heldout_chars / (n_heldout_chars + n_train_chars),
+        "command": "python scripts/train_nano.py"
+        + ("" if args.models == list(SPECS) else " --models " + " ".join(args.models))
+        + ("" if args.seed == 0 else f" --seed {args.seed}")
+        + ("" if args.threads == 1 else f" --threads {args.threads}"),
     }
-    log(f"text: {n_train_chars:,} training characters ({len(train_stream):,} tokens), "
-        f"{n_heldout_chars:,} held out ({len(heldout):,} tokens); Python {meta['python']}")
+    log(
+        f"text: {n_train_chars:,} training characters ({len(train_stream):,} tokens), "
+        f"{n_heldout_chars:,} held out ({len(heldout):,} tokens); Python {meta['python']}"
+    )
 
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.models:

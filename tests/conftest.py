@@ -106,8 +106,9 @@ def load_hooked(folder, processing: bool = False, dtype=None):
     cfg = loading.get_pretrained_model_config(folder, fold_ln=processing, device="cpu", dtype=dtype)
     hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     model = HookedTransformer(cfg, AutoTokenizer.from_pretrained(folder))
-    flags = dict(fold_ln=processing, center_writing_weights=processing, center_unembed=processing,
-                 fold_value_biases=processing)
+    flags = dict(
+        fold_ln=processing, center_writing_weights=processing, center_unembed=processing, fold_value_biases=processing
+    )
     model.load_and_process_state_dict(loading.get_pretrained_state_dict(folder, cfg, hf_model), **flags)
     return model.eval()
 

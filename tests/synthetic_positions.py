@@ -27,7 +27,15 @@ def sink_result(sink_gain: float, n_layers: int = 3, empty_last_bucket: bool = F
     out["mlp"][:, :, 0] = 50.0
     out["mlp"][:, -1, :] = 3.0 * in_sums["mlp"][:, -1, :]
     positions = PositionSums(edges=edges, n_tokens=n_tokens, out_sums=out, in_sums=in_sums)
-    return GainResult(model="synthetic/sink", definition="seed", n_layers=n_layers, d_model=8, parallel_blocks=True,
-                      prompts=("a", "b"), n_tokens=n_tokens.sum(axis=1),
-                      out_sums={c: v.sum(axis=2) for c, v in out.items()},
-                      in_sums={c: v.sum(axis=2) for c, v in in_sums.items()}, positions=positions)
+    return GainResult(
+        model="synthetic/sink",
+        definition="seed",
+        n_layers=n_layers,
+        d_model=8,
+        parallel_blocks=True,
+        prompts=("a", "b"),
+        n_tokens=n_tokens.sum(axis=1),
+        out_sums={c: v.sum(axis=2) for c, v in out.items()},
+        in_sums={c: v.sum(axis=2) for c, v in in_sums.items()},
+        positions=positions,
+    )

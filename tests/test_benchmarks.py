@@ -33,9 +33,26 @@ def test_bench_gains_reports_every_method(tmp_path):
     import torch
 
     # --threads as now: the script sets torch's thread count, which would outlive this test.
-    assert bench.main(["--shape", "tiny", "--n-prompts", "8", "--rounds", "1", "--no-memory",
-                       "--threads", str(torch.get_num_threads()),
-                       "--checkpoint", str(tmp_path / "tiny"), "--json", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--shape",
+                "tiny",
+                "--n-prompts",
+                "8",
+                "--rounds",
+                "1",
+                "--no-memory",
+                "--threads",
+                str(torch.get_num_threads()),
+                "--checkpoint",
+                str(tmp_path / "tiny"),
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     numbers = json.loads(out.read_text())
     assert set(numbers["median_seconds"]["wall"]) == set(bench.METHODS)
     assert numbers["n_prompts"] == 8 and numbers["n_tokens"] > 8
@@ -54,10 +71,30 @@ def test_bench_gains_launch_case_with_auto_batch_size(tmp_path):
     import torch
 
     # With memory: each method's worker runs twice (malloc returning freed memory, glibc's default).
-    assert bench.main(["--case", "launch", "--n-prompts", "8", "--rounds", "1", "--no-load",
-                       "--methods", "bare,funnel,heads", "--batch-size", "auto",
-                       "--threads", str(torch.get_num_threads()),
-                       "--checkpoint", str(tmp_path / "tiny-4l"), "--json", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--case",
+                "launch",
+                "--n-prompts",
+                "8",
+                "--rounds",
+                "1",
+                "--no-load",
+                "--methods",
+                "bare,funnel,heads",
+                "--batch-size",
+                "auto",
+                "--threads",
+                str(torch.get_num_threads()),
+                "--checkpoint",
+                str(tmp_path / "tiny-4l"),
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     numbers = json.loads(out.read_text())
     assert (numbers["n_layers"], numbers["d_model"], numbers["vocab_size"]) == (4, 64, 512)
     assert numbers["batch_size"] == 8 and numbers["batch_size_requested"] == "auto"  # the CPU's auto
@@ -75,8 +112,23 @@ def test_gpu_check_numbers_pass_in_half_precision_on_the_cpu(tmp_path):
     """The script's checks, float16 included, run and pass on the CPU for a tiny shape."""
     check = load_script("check_gpu_numbers")
     out = tmp_path / "check.json"
-    assert check.main(["--device", "cpu", "--shape", "tiny", "--n-prompts", "8",
-                       "--checkpoint", str(tmp_path / "tiny"), "--json", str(out)]) == 0
+    assert (
+        check.main(
+            [
+                "--device",
+                "cpu",
+                "--shape",
+                "tiny",
+                "--n-prompts",
+                "8",
+                "--checkpoint",
+                str(tmp_path / "tiny"),
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     checks = json.loads(out.read_text())["checks"]
     assert len(checks) == 6 and all(c["passed"] for c in checks)
 
@@ -111,8 +163,23 @@ def test_bench_sweep_page_prints_seconds_per_row(tmp_path, capsys):
 def test_bench_sweep_whole_sweep_resumes_by_identity_and_keeps_rows(tmp_path):
     bench = load_script("bench_sweep")
     out = tmp_path / "sweep.json"
-    assert bench.main(["--case", "sweep", "--n-checkpoints", "3", "--threads", "1", "--keep", str(tmp_path / "work"),
-                       "--json", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--case",
+                "sweep",
+                "--n-checkpoints",
+                "3",
+                "--threads",
+                "1",
+                "--keep",
+                str(tmp_path / "work"),
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     numbers = json.loads(out.read_text())
     assert numbers["n_checkpoints"] == 3 and numbers["load_seconds"] > 0
     assert numbers["rerun_measured"] == 0  # `ckpts/` is the same model as `ckpts`
@@ -126,9 +193,29 @@ def test_bench_effects_reports_every_method(tmp_path):
     out = tmp_path / "bench.json"
     import torch
 
-    assert bench.main(["--case", "launch", "--n-prompts", "4", "--batch-size", "2", "--rounds", "1", "--stacks", "2",
-                       "--threads", str(torch.get_num_threads()), "--checkpoint", str(tmp_path / "tiny-4l"),
-                       "--json", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--case",
+                "launch",
+                "--n-prompts",
+                "4",
+                "--batch-size",
+                "2",
+                "--rounds",
+                "1",
+                "--stacks",
+                "2",
+                "--threads",
+                str(torch.get_num_threads()),
+                "--checkpoint",
+                str(tmp_path / "tiny-4l"),
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     numbers = json.loads(out.read_text())
     assert set(numbers["ratio_to_gains"]) == {"gains", "effects", "no-replay", "stack-2", "tl"}
     assert "CPU time ÷ measure_gains'" in numbers["table"] and "executor hf+replay" in numbers["table"]

@@ -190,7 +190,7 @@ def test_heldout_loss_falls_across_the_checkpoints():
     vocab = json.loads((bundled_models()[CHECKPOINTED] / "config.json").read_text())["vocab_size"]
     # Step 0 is the random initialization: weights of std 0.02 give near-uniform predictions.
     assert abs(losses[0] - math.log(vocab)) < 0.2
-    assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
+    assert all(later < earlier for earlier, later in zip(losses, losses[1:], strict=False)), losses
 
 
 def card_losses(name: str) -> tuple[str, dict[int, float]]:
@@ -234,12 +234,29 @@ def test_model_cards_report_the_heldout_loss_of_the_shipped_weights(name):
 @pytest.mark.slow
 def test_a_built_wheel_contains_every_bundled_file(tmp_path):
     root = Path(__file__).resolve().parent.parent
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path)], check=True, cwd=tmp_path)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(root),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+        ],
+        check=True,
+        cwd=tmp_path,
+    )
     wheel = next(tmp_path.glob("funnel_tl-*.whl"))
     with zipfile.ZipFile(wheel) as archive:
         packed = {info.filename: info.file_size for info in archive.infolist()}
-    expected = {f"funnel_tl/models/bundled/{f.relative_to(BUNDLED_DIR).as_posix()}": f.stat().st_size
-                for f in BUNDLED_DIR.rglob("*") if f.is_file() and not f.name.startswith(".")}
+    expected = {
+        f"funnel_tl/models/bundled/{f.relative_to(BUNDLED_DIR).as_posix()}": f.stat().st_size
+        for f in BUNDLED_DIR.rglob("*")
+        if f.is_file() and not f.name.startswith(".")
+    }
     assert expected and {name: packed.get(name) for name in expected} == expected
     assert "funnel_tl/py.typed" in packed  # PEP 561: the annotations are for type checkers too

@@ -21,8 +21,25 @@ RELATIVE = 1e-4
 @pytest.mark.parametrize("definition", ["seed", "residual"])
 def test_run_reproduces_the_seed_method(arch, definition, checkpoints, hf_model, tokenizer, tmp_path, capsys):
     """The issue's 'done when': the CLI on a local checkpoint of each architecture."""
-    code = main(["run", "--model", str(checkpoints[arch]), "--prompts", "seed", "--definition", definition,
-                 "--device", "cpu", "--dtype", "float32", "--batch-size", "8", "--out", str(tmp_path)])
+    code = main(
+        [
+            "run",
+            "--model",
+            str(checkpoints[arch]),
+            "--prompts",
+            "seed",
+            "--definition",
+            definition,
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--batch-size",
+            "8",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "FUNNEL MODEL CONFIRMED" in printed and "CROSS-MODEL COMPARISON" in printed
@@ -40,8 +57,10 @@ def test_prompt_files(checkpoints, tmp_path, capsys):
     jsonl = tmp_path / "prompts.jsonl"
     jsonl.write_text('{"text": "first prompt here"}\n{"text": "second prompt"}\n')
     for source, out in ((text, "a"), (jsonl, "b")):
-        assert main(["run", "--model", str(checkpoints["gpt2"]), "--prompts", str(source),
-                     "--out", str(tmp_path / out)]) == 0
+        assert (
+            main(["run", "--model", str(checkpoints["gpt2"]), "--prompts", str(source), "--out", str(tmp_path / out)])
+            == 0
+        )
     a = json.loads((tmp_path / "a" / "results.json").read_text())
     b = json.loads((tmp_path / "b" / "results.json").read_text())
     assert a["n_prompts"] == 2 and a["prompts"]["texts"] == ["first prompt here", "second prompt"]
@@ -88,13 +107,25 @@ def test_help_explains_itself(capsys):
         main(["run", "--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--model", "--prompts", "--definition", "--batch-size", "--device", "--dtype", "--drop-first", "--out"):
+    for option in (
+        "--model",
+        "--prompts",
+        "--definition",
+        "--batch-size",
+        "--device",
+        "--dtype",
+        "--drop-first",
+        "--out",
+    ):
         assert option in text
 
 
 def test_revision_loads_a_training_checkpoint(tmp_path):
     """--revision reaches load_model: a bundled checkpoint gives its own numbers, named by its step."""
-    assert main(["run", "--model", "nano-4l", "--revision", "step16", "--bootstrap", "0", "--out", str(tmp_path / "a")]) == 0
+    assert (
+        main(["run", "--model", "nano-4l", "--revision", "step16", "--bootstrap", "0", "--out", str(tmp_path / "a")])
+        == 0
+    )
     assert main(["run", "--model", "nano-4l", "--bootstrap", "0", "--out", str(tmp_path / "b")]) == 0
     early = json.loads((tmp_path / "a" / "results.json").read_text())
     final = json.loads((tmp_path / "b" / "results.json").read_text())
@@ -166,4 +197,6 @@ def test_png_writes_every_page_as_png_svg_and_pdf(tmp_path, capsys):
     assert (out / "funnel.pdf").read_bytes()[:5] == b"%PDF-"
     sweep = tmp_path / "sweep"
     assert main(["compare", "--models", "nano-2l", "nano-4l", "--png", "--out", str(sweep)]) == 0
-    assert {f"compare-{name}.svg" for name in ("depth", "heatmap-attn", "heatmap-mlp")} <= {p.name for p in sweep.iterdir()}
+    assert {f"compare-{name}.svg" for name in ("depth", "heatmap-attn", "heatmap-mlp")} <= {
+        p.name for p in sweep.iterdir()
+    }

@@ -64,8 +64,9 @@ def training_run(tmp_path_factory, tokenizer):
 
 def single_run(folder, **kwargs) -> GainResult:
     model = load_model(str(folder), device="cpu", dtype="float32")
-    return measure_gains(model, "seed", batch_size=kwargs.get("batch_size", 8), progress=False,
-                         drop_first=kwargs.get("drop_first", 0))
+    return measure_gains(
+        model, "seed", batch_size=kwargs.get("batch_size", 8), progress=False, drop_first=kwargs.get("drop_first", 0)
+    )
 
 
 # ---- numbers -----------------------------------------------------------------------------------
@@ -85,11 +86,23 @@ def test_sweep_equals_single_runs_exactly(sweep, checkpoints, arch):
     attn, mlp, combined = summarize(single.attn_gains), summarize(single.mlp_gains), summarize(single.combined_gains)
     assert (row.n_layers, row.hidden_dim) == (single.n_layers, single.d_model)
     assert (row.attn_min_layer, row.attn_max_layer, row.mlp_min_layer, row.mlp_max_layer, row.combined_max_layer) == (
-        attn.min_layer, attn.max_layer, mlp.min_layer, mlp.max_layer, combined.max_layer)
-    assert [row.attn_min_gain, row.attn_max_gain, row.mlp_min_gain, row.mlp_max_gain, row.last_layer_mlp_gain,
-            row.combined_max_gain] == [attn.min_gain, attn.max_gain, mlp.min_gain, mlp.max_gain,
-                                       float(single.mlp_gains[-1]), combined.max_gain]
-    assert row.funnel_confirmed == bool(json.loads((out / row.slug / "results.json").read_text())["funnel_test"]["funnel_confirmed"])
+        attn.min_layer,
+        attn.max_layer,
+        mlp.min_layer,
+        mlp.max_layer,
+        combined.max_layer,
+    )
+    assert [
+        row.attn_min_gain,
+        row.attn_max_gain,
+        row.mlp_min_gain,
+        row.mlp_max_gain,
+        row.last_layer_mlp_gain,
+        row.combined_max_gain,
+    ] == [attn.min_gain, attn.max_gain, mlp.min_gain, mlp.max_gain, float(single.mlp_gains[-1]), combined.max_gain]
+    assert row.funnel_confirmed == bool(
+        json.loads((out / row.slug / "results.json").read_text())["funnel_test"]["funnel_confirmed"]
+    )
     # The checkpoint's own count, read from its file (tied embeddings are stored once there), not
     # the bridge's parameters(), which hold the fused QKV and TransformerLens' split copies too.
     assert row.n_parameters == checkpoint_parameters(checkpoints[arch])
@@ -137,8 +150,9 @@ def test_time_column_is_the_measurement_alone(checkpoints, tmp_path, monkeypatch
     import types
 
     clock = [100.0]
-    monkeypatch.setattr(sweep_one_target, "time", types.SimpleNamespace(perf_counter=lambda: clock[0],
-                                                                      monotonic=time.monotonic))
+    monkeypatch.setattr(
+        sweep_one_target, "time", types.SimpleNamespace(perf_counter=lambda: clock[0], monotonic=time.monotonic)
+    )
 
     def advance(seconds):
         clock[0] += seconds
@@ -168,8 +182,14 @@ def test_terminal_table_stays_in_columns_with_large_gains_and_layers(sweep):
     """A combined gain of 1000 or more (or a layer 100) once pushed every later column to the right."""
     comparison, _ = sweep
     first, second, third = comparison.rows
-    wide = replace(comparison, rows=(first, replace(second, combined_max_gain=12345.678, combined_max_layer=11),
-                                     replace(third, status="failed", error="boom")))
+    wide = replace(
+        comparison,
+        rows=(
+            first,
+            replace(second, combined_max_gain=12345.678, combined_max_layer=11),
+            replace(third, status="failed", error="boom"),
+        ),
+    )
     header, rule, *lines = wide.format_table().splitlines()
     assert len(rule) == len(header) and lines[-1].endswith("FAILED: boom")
     titles = ("layers", "funnel", "robust", "attn min", "mlp max", "last mlp", "comb max", "measure")
@@ -178,7 +198,7 @@ def test_terminal_table_stays_in_columns_with_large_gains_and_layers(sweep):
         assert len(line) == len(header), line
         # No cell runs over into the next column: a space at every column end, text in every column.
         assert all(line[end] == " " for end in ends[:-1]), line
-        assert all(line[start:end].strip() for start, end in zip([34, *ends], ends)), line
+        assert all(line[start:end].strip() for start, end in zip([34, *ends], ends, strict=True)), line
     assert "12345.678 L11" in lines[1] and f"{first.combined_max_gain:.3f} L{first.combined_max_layer} " in lines[0]
     comb = slice(ends[-3], ends[-2])
     assert lines[0][comb].index(".") == lines[1][comb].index(".")  # the gains line up at the decimal point
@@ -201,8 +221,7 @@ def test_row_verdicts_come_from_the_sums_not_the_file(sweep, checkpoints):
     assert row.funnel_confirmed is seed_verdict and row.robust_funnel_confirmed is robust_verdict
     assert row.has_intervals
     data["intervals"] = {"stands": "in"}  # a file claiming intervals the result does not carry
-    row = sweep_rows.row_from_results(target, data, GainResult.from_dict(
-        {**data, "intervals": None}), resumed=True)
+    row = sweep_rows.row_from_results(target, data, GainResult.from_dict({**data, "intervals": None}), resumed=True)
     assert row.robust_funnel_confirmed is None and not row.has_intervals
 
 
@@ -234,7 +253,9 @@ def test_second_call_recomputes_nothing(sweep, checkpoints, load_calls):
     assert {p: p.read_bytes() for p in out.glob("*/results.json")} == before
     assert all(row.resumed for row in again.rows)
     # Resumed rows carry the first run's numbers, time and memory unchanged.
-    assert [replace(row, resumed=False) for row in again.rows] == [replace(row, resumed=False) for row in comparison.rows]
+    assert [replace(row, resumed=False) for row in again.rows] == [
+        replace(row, resumed=False) for row in comparison.rows
+    ]
 
 
 def test_force_and_changed_settings_recompute(sweep, checkpoints, load_calls, tmp_path):
@@ -286,15 +307,30 @@ def test_a_replaced_results_file_is_named_with_what_changed(sweep, checkpoints, 
     (sharded / "compare.json").unlink()
     load_calls.clear()
     targets = sweep_plan.plan_targets(models[:1])
-    settings = dict(definition="seed", n_prompts=len(SEED_PROMPTS),
-                    prompts_sha256=prompts_sha256(list(SEED_PROMPTS)), drop_first=1, dtype="float32")
-    options = dict(device="cpu", dtype="float32", definition="seed", batch_size=8, drop_first=1, bootstrap=0,
-                   bootstrap_seed=0, progress=False)
+    settings = dict(
+        definition="seed",
+        n_prompts=len(SEED_PROMPTS),
+        prompts_sha256=prompts_sha256(list(SEED_PROMPTS)),
+        drop_first=1,
+        dtype="float32",
+    )
+    options = dict(
+        device="cpu",
+        dtype="float32",
+        definition="seed",
+        batch_size=8,
+        drop_first=1,
+        bootstrap=0,
+        bootstrap_seed=0,
+        progress=False,
+    )
     sweep_torchrun.sweep_sharded(targets, list(SEED_PROMPTS), sharded, settings, World(), force=False, options=options)
     err = capsys.readouterr().err
     path = sharded / targets[0].slug / "results.json"
-    assert err.count(f"{targets[0].label}: replacing {path} (measured with drop_first=0; "
-                     "this sweep asks drop_first=1)") == 1, err
+    assert (
+        err.count(f"{targets[0].label}: replacing {path} (measured with drop_first=0; this sweep asks drop_first=1)")
+        == 1
+    ), err
     assert [source for source, _ in load_calls] == models[:1]
 
 
@@ -358,8 +394,22 @@ def test_failing_models_are_recorded_and_the_sweep_goes_on(checkpoints, nan_chec
 
     monkeypatch.setattr(sweep_one_target, "load_model", flaky)
     out = tmp_path / "out"
-    status = main(["compare", "--models", good, missing, str(nan_checkpoint), other, "--device", "cpu",
-                   "--dtype", "float32", "--out", str(out)])
+    status = main(
+        [
+            "compare",
+            "--models",
+            good,
+            missing,
+            str(nan_checkpoint),
+            other,
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--out",
+            str(out),
+        ]
+    )
     assert status == 2
     data = json.loads((out / "compare.json").read_text())
     rows = {row["model"]: row for row in data["models"]}
@@ -414,10 +464,15 @@ def test_a_killed_run_leaves_no_partial_file(sweep, checkpoints, tmp_path, load_
     first, second = str(checkpoints["neox-parallel"]), str(checkpoints["gpt2"])
     out = tmp_path / "out"
     slug_first, slug_second = (t.slug for t in sweep_plan.plan_targets([first, second]))
-    script = KILL_SCRIPT.format(repo=str(REPO), victim_folder=str(out / slug_second), models=[first, second],
-                                out=str(out))
-    process = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
-                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    script = KILL_SCRIPT.format(
+        repo=str(REPO), victim_folder=str(out / slug_second), models=[first, second], out=str(out)
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert process.returncode == -signal.SIGKILL, process.stderr[-2000:]
     GainResult.load(out / slug_first / "results.json")  # the model before the kill is complete
     assert not (out / slug_second / "results.json").exists()  # the one killed mid-write has no results.json
@@ -441,7 +496,8 @@ def test_a_killed_run_leaves_no_partial_file(sweep, checkpoints, tmp_path, load_
         np.testing.assert_array_equal(resumed.results[row.model].intervals.mlp, expected.intervals.mlp)
         same = {"resumed", "seconds", "load_seconds", "measure_seconds", "peak_memory_bytes"}
         assert {k: v for k, v in row.to_dict().items() if k not in same} == {
-            k: v for k, v in uninterrupted.row(row.model).to_dict().items() if k not in same}
+            k: v for k, v in uninterrupted.row(row.model).to_dict().items() if k not in same
+        }
 
 
 def test_interrupt_mid_model_leaves_no_partial_file(checkpoints, tmp_path, monkeypatch):
@@ -456,8 +512,12 @@ def test_interrupt_mid_model_leaves_no_partial_file(checkpoints, tmp_path, monke
 
 def test_bad_settings_fail_before_any_model_loads(checkpoints, tmp_path, load_calls):
     models = [str(checkpoints["gpt2"]), str(checkpoints["llama-gqa"])]
-    for bad, message in ((dict(definition="resid"), "unknown definition"), (dict(batch_size=0), "batch size"),
-                         (dict(drop_first=-1), "drop_first"), (dict(bootstrap=-5), "bootstrap")):
+    for bad, message in (
+        (dict(definition="resid"), "unknown definition"),
+        (dict(batch_size=0), "batch size"),
+        (dict(drop_first=-1), "drop_first"),
+        (dict(bootstrap=-5), "bootstrap"),
+    ):
         with pytest.raises(FunnelError, match=message):
             compare(models, out=tmp_path, **{**OPTIONS, **bad})
     assert load_calls == [] and not (tmp_path / "compare.json").exists()
@@ -538,8 +598,10 @@ def test_hub_checkpoints_are_pythia_revisions():
     steps = [t.step for t in plan]
     assert len(plan) == 154 and steps == sorted(steps)  # Pythia publishes 154 checkpoints
     assert steps[:12] == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000] and steps[-1] == 143000
-    assert {(t.source, t.revision) for t in plan[:2]} == {("EleutherAI/pythia-70m", "step0"),
-                                                          ("EleutherAI/pythia-70m", "step1")}
+    assert {(t.source, t.revision) for t in plan[:2]} == {
+        ("EleutherAI/pythia-70m", "step0"),
+        ("EleutherAI/pythia-70m", "step1"),
+    }
     with pytest.raises(FunnelError, match="name the steps"):
         sweep_plan.plan_targets(["gpt2"], checkpoints="all")
 
@@ -571,13 +633,15 @@ def test_bundled_training_checkpoints(tmp_path, load_calls):
         pytest.skip("this copy of funnel_tl ships no bundled training checkpoints")
     name = with_checkpoints[0]
     steps = sorted(bundled_checkpoints(name))
-    assert len(steps) >= 3 and [f"step{s}" for s in steps] != sorted(f"step{s}" for s in steps), \
+    assert len(steps) >= 3 and [f"step{s}" for s in steps] != sorted(f"step{s}" for s in steps), (
         "pick checkpoints whose string order differs from their step order, or this proves nothing"
+    )
     comparison = compare([name], checkpoints="all", out=tmp_path, **OPTIONS)
     assert [row.step for row in comparison.rows] == steps
     assert load_calls == [(name, f"step{step}") for step in steps]
-    single = measure_gains(load_model(name, revision=f"step{steps[1]}", device="cpu", dtype="float32"), "seed",
-                           progress=False)
+    single = measure_gains(
+        load_model(name, revision=f"step{steps[1]}", device="cpu", dtype="float32"), "seed", progress=False
+    )
     swept = comparison.results[f"{name}@step{steps[1]}"]
     np.testing.assert_array_equal(swept.out_sums["mlp"], single.out_sums["mlp"])
     np.testing.assert_array_equal(swept.in_sums["attn"], single.in_sums["attn"])
@@ -585,8 +649,14 @@ def test_bundled_training_checkpoints(tmp_path, load_calls):
 
 def test_pythia_suite_preset():
     assert sweep_plan.expand_models(["pythia-suite"]) == [
-        "EleutherAI/pythia-70m", "EleutherAI/pythia-160m", "EleutherAI/pythia-410m", "EleutherAI/pythia-1b",
-        "EleutherAI/pythia-1.4b", "EleutherAI/pythia-2.8b", "EleutherAI/pythia-6.9b", "EleutherAI/pythia-12b",
+        "EleutherAI/pythia-70m",
+        "EleutherAI/pythia-160m",
+        "EleutherAI/pythia-410m",
+        "EleutherAI/pythia-1b",
+        "EleutherAI/pythia-1.4b",
+        "EleutherAI/pythia-2.8b",
+        "EleutherAI/pythia-6.9b",
+        "EleutherAI/pythia-12b",
     ]
 
 
@@ -635,7 +705,9 @@ def test_html_shares_plotlyjs_and_load_round_trips(sweep, tmp_path):
     assert list(out.glob(".*.tmp")) == []
     loaded = sweep_package.Comparison.load(out)
     # Other tests resume this sweep, which marks its rows resumed; everything else must be equal.
-    assert [replace(row, resumed=False) for row in loaded.rows] == [replace(row, resumed=False) for row in comparison.rows]
+    assert [replace(row, resumed=False) for row in loaded.rows] == [
+        replace(row, resumed=False) for row in comparison.rows
+    ]
     for label, result in comparison.results.items():
         np.testing.assert_array_equal(loaded.results[label].out_sums["attn"], result.out_sums["attn"])
 
@@ -643,15 +715,41 @@ def test_html_shares_plotlyjs_and_load_round_trips(sweep, tmp_path):
 # ---- command line ------------------------------------------------------------------------------
 def test_cli_end_to_end_equals_single_runs_and_resumes(checkpoints, tmp_path, load_calls, capsys):
     a, b = str(checkpoints["neox-parallel"]), str(checkpoints["llama-gqa"])
-    argv = ["compare", "--models", a, b, "--prompts", "seed", "--device", "cpu", "--dtype", "float32",
-            "--out", str(tmp_path / "cmp")]
+    argv = [
+        "compare",
+        "--models",
+        a,
+        b,
+        "--prompts",
+        "seed",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--out",
+        str(tmp_path / "cmp"),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "compare.json" in printed and "compare.html" in printed and "FAILED" not in printed
     rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())["models"]
-    for folder, row in zip((a, b), rows):
-        assert main(["run", "--model", folder, "--device", "cpu", "--dtype", "float32",
-                     "--out", str(tmp_path / "single" / row["slug"])]) == 0
+    for folder, row in zip((a, b), rows, strict=True):
+        assert (
+            main(
+                [
+                    "run",
+                    "--model",
+                    folder,
+                    "--device",
+                    "cpu",
+                    "--dtype",
+                    "float32",
+                    "--out",
+                    str(tmp_path / "single" / row["slug"]),
+                ]
+            )
+            == 0
+        )
         single = json.loads((tmp_path / "single" / row["slug"] / "results.json").read_text())
         swept = json.loads((tmp_path / "cmp" / row["slug"] / "results.json").read_text())
         for key in ("attention", "mlp", "combined", "block", "funnel_test", "per_prompt", "prompts"):
@@ -668,8 +766,19 @@ def test_no_prompt_texts_keeps_numbers_and_fingerprint_and_resumes(checkpoints, 
     rerun recognises the models by the prompts' sha256 (nothing loaded again)."""
     folder = str(checkpoints["gpt2"])
     kept, bare = tmp_path / "kept", tmp_path / "bare"
-    base = ["compare", "--models", folder, "--prompts", "seed", "--device", "cpu", "--dtype", "float32",
-            "--bootstrap", "0"]
+    base = [
+        "compare",
+        "--models",
+        folder,
+        "--prompts",
+        "seed",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--bootstrap",
+        "0",
+    ]
     assert main([*base, "--out", str(kept)]) == 0
     argv = [*base, "--no-prompt-texts", "--out", str(bare)]
     assert main(argv) == 0
@@ -717,17 +826,20 @@ def test_step_axis_is_log_for_log_spaced_checkpoints():
     assert axis["type"] == "linear" and x == [0.0, 500.0, 10000.0]
 
 
-
 def test_sweep_to_pandas_is_tidy(sweep):
     pytest.importorskip("pandas")
     comparison, _ = sweep
     assert repr(comparison).startswith("Comparison(3 models: [") and len(repr(comparison)) < 800
     table = comparison.to_pandas()
-    assert {"model", "layer", "component", "gain", "ci_low", "ci_high", "n_prompts", "step", "depth"} <= set(table.columns)
+    assert {"model", "layer", "component", "gain", "ci_low", "ci_high", "n_prompts", "step", "depth"} <= set(
+        table.columns
+    )
     for row in comparison.ok:
         mine = table[(table["model"] == row.model) & (table["component"] == "attn")].sort_values("layer")
         np.testing.assert_array_equal(mine["gain"], comparison.results[row.model].attn_gains)
-        np.testing.assert_array_equal(mine[["ci_low", "ci_high"]].to_numpy(), comparison.results[row.model].intervals.attn)
+        np.testing.assert_array_equal(
+            mine[["ci_low", "ci_high"]].to_numpy(), comparison.results[row.model].intervals.attn
+        )
 
 
 def test_report_over_a_sweep_shares_one_plotlyjs_and_redraws_compare_html(sweep, tmp_path, capsys):
@@ -742,7 +854,8 @@ def test_report_over_a_sweep_shares_one_plotlyjs_and_redraws_compare_html(sweep,
     pages = sorted(tree.rglob("*.html"))
     slugs = [row["slug"] for row in json.loads((tree / "compare.json").read_text())["models"]]
     assert [p.relative_to(tree).as_posix() for p in pages] == sorted(
-        ["compare.html"] + [f"{slug}/funnel.html" for slug in slugs])
+        ["compare.html"] + [f"{slug}/funnel.html" for slug in slugs]
+    )
     assert [p.name for p in tree.rglob("plotly.min.js")] == ["plotly.min.js"]  # one copy, at the top
     for page in pages:
         src = re.findall(r'<script src="([^"]+)"', page.read_text())
@@ -762,8 +875,12 @@ def test_report_reads_and_redraws_each_model_once(sweep, tmp_path, monkeypatch):
     loads, draws = [], []
     real_load, real_draw = GainResult.load.__func__, GainResult.with_intervals
 
-    monkeypatch.setattr(GainResult, "load", classmethod(lambda cls, path, *a, **k: loads.append(path) or real_load(cls, path, *a, **k)))
-    monkeypatch.setattr(GainResult, "with_intervals", lambda self, *a, **k: draws.append(self.model) or real_draw(self, *a, **k))
+    monkeypatch.setattr(
+        GainResult, "load", classmethod(lambda cls, path, *a, **k: loads.append(path) or real_load(cls, path, *a, **k))
+    )
+    monkeypatch.setattr(
+        GainResult, "with_intervals", lambda self, *a, **k: draws.append(self.model) or real_draw(self, *a, **k)
+    )
     assert main(["report", str(tree), "--bootstrap", "50"]) == 0
     n_models = len(list(tree.rglob("results.json")))
     assert len(loads) == n_models and len(draws) == n_models, (loads, draws)

@@ -22,8 +22,14 @@ from funnel_tl.sweep.comparison import Comparison
 from funnel_tl.sweep.plan import Target
 from funnel_tl.sweep.rows import ComparisonRow, row_from_results
 
-CHROMIUM = next((path for path in (shutil.which("chromium"), shutil.which("chromium-browser"),
-                                   shutil.which("google-chrome")) if path), None)
+CHROMIUM = next(
+    (
+        path
+        for path in (shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome"))
+        if path
+    ),
+    None,
+)
 
 
 def wide_result(label: str, n_layers: int, seed: int):
@@ -34,8 +40,10 @@ def wide_result(label: str, n_layers: int, seed: int):
     return from_gains({c: rng.uniform(*ranges[c], (4, n_layers)) for c in ranges}, model=label)
 
 
-LONG_ERROR = ("out of GPU memory: use --dtype float16, a smaller --batch-size, or a larger GPU; "
-              "the weights alone need 22.1 GiB of the 23.6 GiB this device has free after the last model")
+LONG_ERROR = (
+    "out of GPU memory: use --dtype float16, a smaller --batch-size, or a larger GPU; "
+    "the weights alone need 22.1 GiB of the 23.6 GiB this device has free after the last model"
+)
 
 
 def sweep(labels, steps=None, resumed_index=None, failed_index=None) -> Comparison:
@@ -47,9 +55,16 @@ def sweep(labels, steps=None, resumed_index=None, failed_index=None) -> Comparis
         result = wide_result(label, n_layers=36, seed=index)
         step = None if steps is None else steps[index]
         target = Target(label, label, label.partition("@")[0], None, step)
-        data = {"provenance": {"n_parameters": 11_846_072_320, "seconds": 1234.5, "load_seconds": 98.7,
-                               "measure_seconds": 1135.8, "peak_memory_bytes": 23 * 2**30,
-                               "memory_kind": "cuda_max_allocated"}}
+        data = {
+            "provenance": {
+                "n_parameters": 11_846_072_320,
+                "seconds": 1234.5,
+                "load_seconds": 98.7,
+                "measure_seconds": 1135.8,
+                "peak_memory_bytes": 23 * 2**30,
+                "memory_kind": "cuda_max_allocated",
+            }
+        }
         rows.append(row_from_results(target, data, result, resumed=index == resumed_index))
         results[label] = result
     return Comparison(rows=rows, results=results, settings={"definition": "seed", "n_prompts": 4})
@@ -78,17 +93,35 @@ def test_table_shows_status_beside_the_name_and_tooltips_every_header():
 def page_overflow(page: Path, width: int) -> int:
     """How many pixels the verdict table's box scrolls sideways at a window ``width`` pixels wide."""
     probe = page.with_name("probe.html")
-    probe.write_text(page.read_text().replace(
-        "</body>", "<script>document.querySelectorAll('details').forEach(d => d.open = true);"  # folded tables
-                   "const box = document.querySelector('.scroll');"
-                   "document.body.dataset.overflow = box.scrollWidth - box.clientWidth;</script></body>"))
+    probe.write_text(
+        page.read_text().replace(
+            "</body>",
+            "<script>document.querySelectorAll('details').forEach(d => d.open = true);"  # folded tables
+            "const box = document.querySelector('.scroll');"
+            "document.body.dataset.overflow = box.scrollWidth - box.clientWidth;</script></body>",
+        )
+    )
     with tempfile.TemporaryDirectory() as profile:
         dom = subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", f"--window-size={width},1200", "--virtual-time-budget=3000",
-             "--dump-dom", probe.as_uri()],
-            capture_output=True, text=True, timeout=120).stdout
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                f"--window-size={width},1200",
+                "--virtual-time-budget=3000",
+                "--dump-dom",
+                probe.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
     found = re.search(r'data-overflow="(-?\d+)"', dom)
     assert found, "Chromium did not run the probe"
     return int(found.group(1))
@@ -97,8 +130,9 @@ def page_overflow(page: Path, width: int) -> int:
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium to lay the page out")
 @pytest.mark.parametrize("width", [1400, 1000])
-@pytest.mark.parametrize("labels,steps", [(PYTHIA, None), (CHECKPOINTS, [0, 512, 1000, 143000])],
-                         ids=["pythia-suite", "local-checkpoints"])
+@pytest.mark.parametrize(
+    "labels,steps", [(PYTHIA, None), (CHECKPOINTS, [0, 512, 1000, 143000])], ids=["pythia-suite", "local-checkpoints"]
+)
 def test_table_fits_without_scrolling_sideways(tmp_path, labels, steps, width):
     page = sweep(labels, steps, resumed_index=2, failed_index=1).save_html(tmp_path)
     assert page_overflow(page, width) <= 0

@@ -45,8 +45,13 @@ def population(smollm2_hf):
 
 def truth(result) -> dict[str, np.ndarray]:
     """The population's gains, as the point estimate computes them: ``[layer]`` per component."""
-    return {"attn": result.attn_gains, "mlp": result.mlp_gains, "block": result.block_gains,
-            "combined": result.combined_gains, "cumulative": result.cumulative_gains}
+    return {
+        "attn": result.attn_gains,
+        "mlp": result.mlp_gains,
+        "block": result.block_gains,
+        "combined": result.combined_gains,
+        "cumulative": result.cumulative_gains,
+    }
 
 
 def coverage(result, n: int, method: str, draws: int) -> dict[str, np.ndarray]:
@@ -54,8 +59,9 @@ def coverage(result, n: int, method: str, draws: int) -> dict[str, np.ndarray]:
     target, rng = truth(result), np.random.default_rng(n)
     hits = {component: np.zeros(len(result.layers)) for component in COMPONENTS}
     for draw in range(draws):
-        intervals = bootstrap_intervals(result.subset(rng.integers(0, result.n_prompts, n)), n_resamples=RESAMPLES,
-                                        seed=draw, method=method)
+        intervals = bootstrap_intervals(
+            result.subset(rng.integers(0, result.n_prompts, n)), n_resamples=RESAMPLES, seed=draw, method=method
+        )
         for component in COMPONENTS:
             low, high = intervals.of(component).T
             hits[component] += (low <= target[component]) & (target[component] <= high)

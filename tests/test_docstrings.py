@@ -12,8 +12,11 @@ import pytest
 import funnel_tl
 
 # Recursive: every module of every subpackage (iter_modules would stop at the first level).
-MODULES = sorted(info.name.removeprefix("funnel_tl.") for info in pkgutil.walk_packages(funnel_tl.__path__, "funnel_tl.")
-                 if not info.name.rpartition(".")[2].startswith("_"))
+MODULES = sorted(
+    info.name.removeprefix("funnel_tl.")
+    for info in pkgutil.walk_packages(funnel_tl.__path__, "funnel_tl.")
+    if not info.name.rpartition(".")[2].startswith("_")
+)
 
 
 @pytest.mark.parametrize("name", MODULES)

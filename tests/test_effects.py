@@ -25,8 +25,12 @@ from funnel_tl.results.effects import MEASURES
 from funnel_tl.testing.reference import reference_effects, reference_means
 from funnel_tl.testing.toy import build_checkpoint
 
-PROMPTS = ["The capital of France is Paris, which is known for the Eiffel Tower.", "def f(x):\n    return x * 2",
-           "a b c d e f g h", "Water boils at one hundred degrees."]
+PROMPTS = [
+    "The capital of France is Paris, which is known for the Eiffel Tower.",
+    "def f(x):\n    return x * 2",
+    "a b c d e f g h",
+    "Water boils at one hundred degrees.",
+]
 INTERVENTIONS = ("zero", "mean", "scale:0.5", "scale:2")
 SPECS = [(spec.name, spec.kind, spec.factor) for spec in parse_interventions(INTERVENTIONS)]
 # The issue's 1e-4 relative, and an absolute floor for effects near zero: both run the same float32
@@ -37,14 +41,19 @@ RELATIVE, FLOOR = 1e-4, 1e-6
 
 
 def assert_matches_reference(result, expected, relative=RELATIVE, floor=FLOOR, label=""):
-    np.testing.assert_allclose(result.clean_loss, expected["clean_loss"], rtol=relative, atol=floor,
-                               err_msg=f"{label} clean loss")
+    np.testing.assert_allclose(
+        result.clean_loss, expected["clean_loss"], rtol=relative, atol=floor, err_msg=f"{label} clean loss"
+    )
     for name in result.interventions:
         for component in EFFECT_COMPONENTS:
             for measure in MEASURES:
-                np.testing.assert_allclose(result.per_prompt(measure, name, component),
-                                           expected[name][component][measure], rtol=relative, atol=floor,
-                                           err_msg=f"{label} {name} {component} {measure}")
+                np.testing.assert_allclose(
+                    result.per_prompt(measure, name, component),
+                    expected[name][component][measure],
+                    rtol=relative,
+                    atol=floor,
+                    err_msg=f"{label} {name} {component} {measure}",
+                )
 
 
 def assert_effects_are_large(expected, floor=FLOOR):
@@ -73,8 +82,10 @@ def strong(tmp_path_factory, tokenizer):
     def get(name):
         if name not in cached:
             folder = build_checkpoint(root / name, name, tokenizer=tokenizer, initializer_range=INITIALIZER_RANGE)
-            cached[name] = (load_model(str(folder), device="cpu", dtype="float32"),
-                            AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval())
+            cached[name] = (
+                load_model(str(folder), device="cpu", dtype="float32"),
+                AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval(),
+            )
         return cached[name]
 
     return get
@@ -121,12 +132,16 @@ def test_sandwich_contribution_is_the_post_norm_output(strong, tokenizer):
     finally:
         handle.remove()
     result = measure_effects(model, PROMPTS[:2], interventions="scale:2", layers=[0], progress=False)
-    np.testing.assert_allclose(result.per_prompt("delta_loss", "scale:2", "attention")[:, 0],
-                               expected["scale:2"]["attention"]["delta_loss"][:, 0], rtol=RELATIVE, atol=FLOOR)
+    np.testing.assert_allclose(
+        result.per_prompt("delta_loss", "scale:2", "attention")[:, 0],
+        expected["scale:2"]["attention"]["delta_loss"][:, 0],
+        rtol=RELATIVE,
+        atol=FLOOR,
+    )
     # RMSNorm is scale-invariant: doubling before the post-norm changes (almost) nothing, after it a lot.
     with torch.inference_mode():
         clean = [hf(**tokenizer(p, return_tensors="pt")).logits for p in PROMPTS[:2]]
-    assert max(float((a - b).abs().max()) for a, b in zip(before_norm, clean)) < 1e-3
+    assert max(float((a - b).abs().max()) for a, b in zip(before_norm, clean, strict=True)) < 1e-3
     assert np.abs(expected["scale:2"]["attention"]["kl"]).min() > 1e-3
 
 
@@ -171,8 +186,13 @@ def _assert_same(a: EffectResult, b: EffectResult, tolerance=(1e-5, 1e-6)):
     for name in a.interventions:
         for component in EFFECT_COMPONENTS:
             for measure in MEASURES:
-                np.testing.assert_allclose(a.per_prompt(measure, name, component), b.per_prompt(measure, name, component),
-                                           rtol=tolerance[0], atol=tolerance[1], err_msg=f"{name} {component} {measure}")
+                np.testing.assert_allclose(
+                    a.per_prompt(measure, name, component),
+                    b.per_prompt(measure, name, component),
+                    rtol=tolerance[0],
+                    atol=tolerance[1],
+                    err_msg=f"{name} {component} {measure}",
+                )
 
 
 def test_batch_size_padding_stack_and_executor_change_nothing(strong):
@@ -180,8 +200,12 @@ def test_batch_size_padding_stack_and_executor_change_nothing(strong):
     the TL hooks and the HF modules."""
     model, _ = strong("neox-parallel")
     alone = measure_effects(model, PROMPTS, batch_size=1, executor="transformer_lens", progress=False)
-    for options in (dict(batch_size=4), dict(batch_size=3, stack=5), dict(batch_size=2, stack=32),
-                    dict(batch_size=2, executor="hf")):
+    for options in (
+        dict(batch_size=4),
+        dict(batch_size=3, stack=5),
+        dict(batch_size=2, stack=32),
+        dict(batch_size=2, executor="hf"),
+    ):
         _assert_same(measure_effects(model, PROMPTS, progress=False, **options), alone)
 
 
@@ -200,8 +224,10 @@ def test_replay_skips_the_layers_before_the_change_and_changes_no_bit(strong, to
     width = max(map(len, ids))
     tokens = torch.tensor([row + [0] * (width - len(row)) for row in ids])
     mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])
-    edits = [Edit(1, "mlp", parse_intervention("zero"), slice(0, 2)), Edit(1, "attention", parse_intervention("scale:2"),
-                                                                            slice(2, 4))]
+    edits = [
+        Edit(1, "mlp", parse_intervention("zero"), slice(0, 2)),
+        Edit(1, "attention", parse_intervention("scale:2"), slice(2, 4)),
+    ]
     try:
         with torch.inference_mode():
             runner.logits(tokens, mask)  # the clean forward keeps every layer's output
@@ -220,7 +246,9 @@ def test_a_fast_runner_that_disagrees_is_not_used(bridge, monkeypatch):
     from funnel_tl.measure import intervene
 
     honest = intervene.HFRunner.logits
-    monkeypatch.setattr(intervene.HFRunner, "logits", lambda self, *args, **kwargs: honest(self, *args, **kwargs) * 1.01)
+    monkeypatch.setattr(
+        intervene.HFRunner, "logits", lambda self, *args, **kwargs: honest(self, *args, **kwargs) * 1.01
+    )
     truth = measure_effects(bridge("gpt2"), PROMPTS, batch_size=2, executor="transformer_lens", progress=False)
     with pytest.warns(UserWarning, match="differed from the TransformerLens hooks"):
         result = measure_effects(bridge("gpt2"), PROMPTS, batch_size=2, progress=False)
@@ -249,8 +277,11 @@ def test_intervals_are_the_gains_method(bridge):
         assert np.all(result.intervals.of("kl", "zero", "attention")[:, 0] >= 0)
     # The t interval by hand: mean ± t(n−1) · sd / √n over the four prompts.
     half = t_critical(0.95, 3) * values.std(axis=0, ddof=1) / 2
-    np.testing.assert_allclose(base.with_intervals().intervals.of("delta_loss", "zero", "mlp"),
-                               np.stack([values.mean(axis=0) - half, values.mean(axis=0) + half], axis=1), rtol=1e-12)
+    np.testing.assert_allclose(
+        base.with_intervals().intervals.of("delta_loss", "zero", "mlp"),
+        np.stack([values.mean(axis=0) - half, values.mean(axis=0) + half], axis=1),
+        rtol=1e-12,
+    )
 
 
 # ---- resume ------------------------------------------------------------------------------------
@@ -293,8 +324,9 @@ def test_unfinished_checkpoint_is_continued_and_finished_one_reused(bridge, tmp_
 
 
 def test_effects_file_round_trip_and_table(bridge, tmp_path):
-    result = measure_effects(bridge("gpt2"), PROMPTS, interventions=["zero", "scale:0.5"], progress=False,
-                             intervals=True)
+    result = measure_effects(
+        bridge("gpt2"), PROMPTS, interventions=["zero", "scale:0.5"], progress=False, intervals=True
+    )
     path = result.save(tmp_path / "effects.json")
     data = json.loads(path.read_text())
     assert data["interventions"] == ["zero", "scale:0.5"]
@@ -319,8 +351,13 @@ def test_effects_file_round_trip_and_table(bridge, tmp_path):
 
 def test_bad_input_is_refused_before_any_pass(bridge):
     model = bridge("gpt2")
-    for bad, words in (("shift", "unknown intervention"), ("scale:1", "changes nothing"), ("scale:inf", "finite"),
-                       (["zero", "zero"], "twice"), ([], "no interventions")):
+    for bad, words in (
+        ("shift", "unknown intervention"),
+        ("scale:1", "changes nothing"),
+        ("scale:inf", "finite"),
+        (["zero", "zero"], "twice"),
+        ([], "no interventions"),
+    ):
         with pytest.raises(FunnelError, match=words):
             measure_effects(model, PROMPTS, interventions=bad)
     with pytest.raises(FunnelError, match="stack must be"):
@@ -352,20 +389,39 @@ def _synthetic(last_mlp: float, other_mlp: float | None, spread: float = 0.01, n
     gains = {c: np.full((n_prompts, n_layers), 2.0) for c in ("attn", "mlp", "block")}
     gains["mlp"][:, -1] = 4.0  # the last MLP expands most
     ins = {c: np.ones((n_prompts, n_layers)) for c in gains}
-    gain = GainResult(model="toy", definition="seed", n_layers=n_layers, d_model=8, parallel_blocks=False,
-                      prompts=None, n_tokens=np.full(n_prompts, 5), out_sums={c: gains[c] * 5 for c in gains},
-                      in_sums={c: ins[c] * 5 for c in gains})
+    gain = GainResult(
+        model="toy",
+        definition="seed",
+        n_layers=n_layers,
+        d_model=8,
+        parallel_blocks=False,
+        prompts=None,
+        n_tokens=np.full(n_prompts, 5),
+        out_sums={c: gains[c] * 5 for c in gains},
+        in_sums={c: ins[c] * 5 for c in gains},
+    )
     mlp = np.zeros((n_prompts, n_layers)) + spread * rng.standard_normal((n_prompts, n_layers))
     mlp[:, -1] += last_mlp
     if other_mlp is None:
         mlp[:, 0] = mlp[:, -1] + spread * (-1.0) ** np.arange(n_prompts)
     else:
         mlp[:, 0] += other_mlp
-    tables = {m: {"zero": {"attention": np.abs(spread * rng.standard_normal((n_prompts, n_layers))), "mlp": mlp}}
-              for m in MEASURES}
-    return EffectResult(model="toy", n_layers=n_layers, layers=tuple(range(n_layers)), interventions=("zero",),
-                        prompts=None, n_predicted=np.full(n_prompts, 4), n_positions=np.full(n_prompts, 5),
-                        clean_loss=np.full(n_prompts, 3.0), gains=gain, **tables).with_intervals(n_resamples=500)
+    tables = {
+        m: {"zero": {"attention": np.abs(spread * rng.standard_normal((n_prompts, n_layers))), "mlp": mlp}}
+        for m in MEASURES
+    }
+    return EffectResult(
+        model="toy",
+        n_layers=n_layers,
+        layers=tuple(range(n_layers)),
+        interventions=("zero",),
+        prompts=None,
+        n_predicted=np.full(n_prompts, 4),
+        n_positions=np.full(n_prompts, 5),
+        clean_loss=np.full(n_prompts, 3.0),
+        gains=gain,
+        **tables,
+    ).with_intervals(n_resamples=500)
 
 
 def test_the_last_mlp_answer_follows_the_paired_intervals():
@@ -392,8 +448,20 @@ def test_cuda_batch_size_arithmetic():
 # ---- the command line --------------------------------------------------------------------------
 def test_cli_writes_effects_and_page(checkpoints, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["effects", "--model", str(checkpoints["gpt2"]), "--out", str(out), "--bootstrap", "200",
-            "--interventions", "zero,mean", "scale:2", "--batch-size", "2"]
+    argv = [
+        "effects",
+        "--model",
+        str(checkpoints["gpt2"]),
+        "--out",
+        str(out),
+        "--bootstrap",
+        "200",
+        "--interventions",
+        "zero,mean",
+        "scale:2",
+        "--batch-size",
+        "2",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "Is the expanding last-layer MLP the most important MLP?" in printed and "Spearman" in printed
@@ -408,12 +476,15 @@ def test_cli_writes_effects_and_page(checkpoints, tmp_path, capsys):
     assert (out / "effects.html").is_file() and "Spearman" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--interventions", "shift"], "unknown intervention"),
-    (["--interventions", "zero", "zero"], "twice"),
-    (["--stack", "0"], "--stack"),
-    (["--layers", "3-1"], "runs backwards"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--interventions", "shift"], "unknown intervention"),
+        (["--interventions", "zero", "zero"], "twice"),
+        (["--stack", "0"], "--stack"),
+        (["--layers", "3-1"], "runs backwards"),
+    ],
+)
 def test_cli_refuses_bad_options_before_loading(argv, words, tmp_path, capsys):
     # The model folder does not exist: an error about it would mean the option was checked too late.
     try:
@@ -444,8 +515,26 @@ def test_smollm2_effects_equal_reference(smollm2_hf, tmp_path, capsys):
     prompts = tmp_path / "prompts.json"  # a list: the second prompt holds a line break
     prompts.write_text(json.dumps(PROMPTS[:2]), encoding="utf-8")
     out = tmp_path / "run"
-    assert main(["effects", "--model", str(smollm2_hf), "--prompts", str(prompts), "--interventions", "zero",
-                 "--batch-size", "1", "--bootstrap", "100", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "effects",
+                "--model",
+                str(smollm2_hf),
+                "--prompts",
+                str(prompts),
+                "--interventions",
+                "zero",
+                "--batch-size",
+                "1",
+                "--bootstrap",
+                "100",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "Is the expanding last-layer MLP the most important MLP?" in capsys.readouterr().out
     data = json.loads((out / "effects.json").read_text())
     expected = reference_effects(hf, tokenizer, PROMPTS[:2], [("zero", "zero", 1.0)])
@@ -453,8 +542,12 @@ def test_smollm2_effects_equal_reference(smollm2_hf, tmp_path, capsys):
         for measure in MEASURES:
             values = expected["zero"][component][measure]  # [prompt, layer]
             assert values.shape == (2, 30) and np.abs(values).min() > 1e-4  # unpadded: no floor needed
-            np.testing.assert_allclose(data["zero"][component][measure], values.mean(axis=0), rtol=RELATIVE,
-                                       err_msg=f"SmolLM2 zero {component} {measure}")
+            np.testing.assert_allclose(
+                data["zero"][component][measure],
+                values.mean(axis=0),
+                rtol=RELATIVE,
+                err_msg=f"SmolLM2 zero {component} {measure}",
+            )
             np.testing.assert_allclose(data["per_prompt"]["zero"][component][measure], values, rtol=RELATIVE)
     model = load_model(str(smollm2_hf), device="cpu", dtype="float32")
     layers = [0, 11, 29]
@@ -471,8 +564,20 @@ def test_torchrun_effects_equal_one_process(tmp_path):
 
     prompts = tmp_path / "prompts.json"  # a list: one prompt holds a line break
     prompts.write_text(json.dumps(PROMPTS + ["One more line of text to measure.", "And a last one."]), encoding="utf-8")
-    common = ["--model", "nano-2l", "--prompts", str(prompts), "--device", "cpu", "--batch-size", "2",
-              "--interventions", "zero,mean", "--bootstrap", "0"]
+    common = [
+        "--model",
+        "nano-2l",
+        "--prompts",
+        str(prompts),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "2",
+        "--interventions",
+        "zero,mean",
+        "--bootstrap",
+        "0",
+    ]
     done = _torchrun(["effects", *common, "--out", str(tmp_path / "two")], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("Saved: ") == 2  # rank 0 alone
@@ -486,6 +591,10 @@ def test_torchrun_effects_equal_one_process(tmp_path):
     for name in ("zero", "mean"):
         for component in EFFECT_COMPONENTS:
             for measure in MEASURES:
-                np.testing.assert_allclose(two["per_prompt"][name][component][measure],
-                                           one["per_prompt"][name][component][measure], rtol=1e-5, atol=FLOOR)
+                np.testing.assert_allclose(
+                    two["per_prompt"][name][component][measure],
+                    one["per_prompt"][name][component][measure],
+                    rtol=1e-5,
+                    atol=FLOOR,
+                )
     np.testing.assert_allclose(two["per_prompt"]["clean_loss"], one["per_prompt"]["clean_loss"], rtol=1e-6)

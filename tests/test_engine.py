@@ -27,7 +27,7 @@ def prompts():
     counts = [14, 1, 5, 20, 2, 9, 1, 7, 3, 12]
     out, start = [], 0
     for count in counts:
-        out.append(" ".join(words[start:start + count]))
+        out.append(" ".join(words[start : start + count]))
         start += count
     return out
 
@@ -37,8 +37,9 @@ def prompts():
 def test_fast_executor_gives_the_tl_hooks_numbers(arch, definition, prompts, bridge):
     model = bridge(arch)
     fast = measure_gains(model, prompts, definition=definition, batch_size=3, drop_first=1)
-    truth = measure_gains(model, prompts, definition=definition, batch_size=3, drop_first=1,
-                          executor="transformer_lens")
+    truth = measure_gains(
+        model, prompts, definition=definition, batch_size=3, drop_first=1, executor="transformer_lens"
+    )
     assert fast.provenance["executor"].startswith("hf")  # the fast path really ran (else this test proves nothing)
     assert truth.provenance["executor"] == "transformer_lens"
     np.testing.assert_array_equal(fast.n_tokens, truth.n_tokens)
@@ -78,6 +79,7 @@ class _Skewed(HFExecutor):
     def attached(self, names, on_read):
         def skewed(index, activation):
             on_read(index, activation * 1.001 if names[index].startswith("blocks.1.") else activation)
+
         return super().attached(names, skewed)
 
 
@@ -150,7 +152,8 @@ def test_fast_executor_stops_before_the_unembedding(bridge, prompts):
     model = bridge("neox-parallel")
     widths = []
     handle = torch.nn.modules.module.register_module_forward_hook(
-        lambda module, args, output: widths.append(output.shape[-1]) if isinstance(output, torch.Tensor) else None)
+        lambda module, args, output: widths.append(output.shape[-1]) if isinstance(output, torch.Tensor) else None
+    )
     try:
         result = measure_gains(model, prompts[:4], batch_size=2)
     finally:
@@ -229,16 +232,37 @@ def test_cli_batch_size_auto_is_recorded(checkpoints, tmp_path):
 
     from funnel_tl.cli.entry import main
 
-    assert main(["run", "--model", str(checkpoints["gpt2"]), "--device", "cpu", "--batch-size", "auto",
-                 "--bootstrap", "0", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                str(checkpoints["gpt2"]),
+                "--device",
+                "cpu",
+                "--batch-size",
+                "auto",
+                "--bootstrap",
+                "0",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     provenance = json.loads((tmp_path / "results.json").read_text())["provenance"]
     assert provenance["batch_size"] == engine.CPU_BATCH_SIZE and provenance["batch_size_requested"] == "auto"
     assert provenance["executor"] in ("hf-sdpa", "hf", "transformer_lens")
 
 
-@pytest.mark.parametrize("bad, message", [("0", "argument --batch-size: give a whole number, 1 or more"),
-                                          ("-2", "argument --batch-size: give a whole number, 1 or more"),
-                                          ("lots", "1 or more, or auto, not 'lots'")])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("0", "argument --batch-size: give a whole number, 1 or more"),
+        ("-2", "argument --batch-size: give a whole number, 1 or more"),
+        ("lots", "1 or more, or auto, not 'lots'"),
+    ],
+)
 def test_cli_bad_batch_size_exits_2(bad, message, checkpoints, tmp_path, capsys):
     from funnel_tl.cli.entry import main
 

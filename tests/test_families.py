@@ -20,9 +20,16 @@ from funnel_tl.testing.toy import FAMILIES, build_checkpoint
 # float32 on both paths, which differ in summation order only (~1e-7 measured); the issue asks 1e-4.
 RELATIVE = 1e-4
 PROMPTS = ["The capital of France is Paris, which is known for the Eiffel Tower.", "def f(x):\n    return x * 2"]
-EXPECTED_SHAPES = {"gpt-neox": "parallel-two-norms", "gpt-j": "parallel-one-norm", "falcon": "parallel-one-norm",
-                   "phi": "parallel-one-norm", "cohere": "parallel-one-norm", "gemma2": "sandwich",
-                   "gemma3": "sandwich", "olmo2": "post-norm"}
+EXPECTED_SHAPES = {
+    "gpt-neox": "parallel-two-norms",
+    "gpt-j": "parallel-one-norm",
+    "falcon": "parallel-one-norm",
+    "phi": "parallel-one-norm",
+    "cohere": "parallel-one-norm",
+    "gemma2": "sandwich",
+    "gemma3": "sandwich",
+    "olmo2": "post-norm",
+}
 
 
 def _transformer_lens_major() -> int:
@@ -43,8 +50,10 @@ def family(tmp_path_factory, tokenizer):
         if name not in cached:
             folder = build_checkpoint(root / name, name, tokenizer=tokenizer)
             hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
-            cached[name] = (load_model(str(folder), device="cpu", dtype="float32"),
-                            seed_reference(hf, tokenizer, PROMPTS))
+            cached[name] = (
+                load_model(str(folder), device="cpu", dtype="float32"),
+                seed_reference(hf, tokenizer, PROMPTS),
+            )
         return cached[name]
 
     return get
@@ -66,8 +75,9 @@ def test_family_equals_hf_reference(name, family, tokenizer):
         result = measure_gains(model, PROMPTS, definition=definition, tokenizer=tokenizer)
         expected = reference_gains(means, definition)
         for component in ("attn", "mlp", "block"):
-            np.testing.assert_allclose(result.gains(component), expected[component], rtol=RELATIVE,
-                                       err_msg=f"{name} {definition} {component}")
+            np.testing.assert_allclose(
+                result.gains(component), expected[component], rtol=RELATIVE, err_msg=f"{name} {definition} {component}"
+            )
         results[definition] = result
     shape = results["seed"].provenance["reads"]["block_shape"]
     assert shape == EXPECTED_SHAPES.get(name, "pre-norm")
@@ -84,8 +94,17 @@ def test_non_decoder_models_are_refused_in_one_line(tmp_path, tokenizer, capsys)
     """T5 (encoder-decoder) is refused before any measurement, under both definitions."""
     from transformers import T5Config, T5ForConditionalGeneration
 
-    config = T5Config(vocab_size=512, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
-                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=0)
+    config = T5Config(
+        vocab_size=512,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=1,
+        num_heads=4,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=0,
+    )
     T5ForConditionalGeneration(config).save_pretrained(tmp_path / "t5")
     tokenizer.save_pretrained(tmp_path / "t5")
     refusal = r"T5ForConditionalGeneration\) is not a decoder-only transformer that funnel_tl supports"
@@ -93,8 +112,10 @@ def test_non_decoder_models_are_refused_in_one_line(tmp_path, tokenizer, capsys)
         load_model(str(tmp_path / "t5"), device="cpu")
     capsys.readouterr()  # the checkpoint writer's progress bar
     for definition in ("seed", "residual"):
-        assert main(["run", "--model", str(tmp_path / "t5"), "--definition", definition,
-                     "--out", str(tmp_path / "out")]) == 2
+        assert (
+            main(["run", "--model", str(tmp_path / "t5"), "--definition", definition, "--out", str(tmp_path / "out")])
+            == 2
+        )
         error_lines = capsys.readouterr().err.strip().splitlines()
         assert len(error_lines) == 1 and "is not a decoder-only transformer" in error_lines[0]
     bridge = boot_bridge(tmp_path / "t5", {"no_processing": True})  # a user's own, past load_model
@@ -105,14 +126,17 @@ def test_non_decoder_models_are_refused_in_one_line(tmp_path, tokenizer, capsys)
         assert "\n" not in str(error.value) and "definition" not in str(error.value)
 
 
-@pytest.mark.parametrize("config", [
-    {"architectures": ["BertForMaskedLM"], "model_type": "bert"},
-    {"architectures": ["BertModel"], "model_type": "bert"},  # a base class names no head: the type tells
-    {"architectures": ["RobertaModel"], "model_type": "roberta"},
-    {"architectures": ["MambaForCausalLM"], "model_type": "mamba"},
-    {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava"},
-    {"architectures": ["T5ForConditionalGeneration"], "model_type": "t5", "is_encoder_decoder": True},
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"architectures": ["BertForMaskedLM"], "model_type": "bert"},
+        {"architectures": ["BertModel"], "model_type": "bert"},  # a base class names no head: the type tells
+        {"architectures": ["RobertaModel"], "model_type": "roberta"},
+        {"architectures": ["MambaForCausalLM"], "model_type": "mamba"},
+        {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava"},
+        {"architectures": ["T5ForConditionalGeneration"], "model_type": "t5", "is_encoder_decoder": True},
+    ],
+)
 def test_non_decoder_checkpoints_are_refused_before_loading(config, tmp_path):
     """From config.json alone: the folder holds no weights or tokenizer, so any attempt to load them, or a
     check of those files, would fail otherwise (and send the user to fix files of a model that is refused)."""
@@ -130,12 +154,17 @@ def test_heads_of_post_normed_attention_are_read_before_the_post_norm(name, fami
 
     heads = head_gains(family(name)[0], PROMPTS, tokenizer=tokenizer)
     # TL 3.9's bridge calls OLMo 2's post-norm ln1, TL 4's ln1_post.
-    assert heads.read_at in ("ln1_post.hook_in", "ln1.hook_in") and "before the attention's post-norm" in heads.format_top(3)
+    assert heads.read_at in (
+        "ln1_post.hook_in",
+        "ln1.hook_in",
+    ) and "before the attention's post-norm" in heads.format_top(3)
 
 
 # Families the fast executor (funnel_tl.measure.engine) leaves to the TL hooks on TransformerLens 4.3, and why.
-TL_HOOKS_ONLY = {"opt": "its adapter attaches hooks of its own to the hook points",
-                 "falcon": "TransformerLens patches FalconDecoderLayer.forward"}
+TL_HOOKS_ONLY = {
+    "opt": "its adapter attaches hooks of its own to the hook points",
+    "falcon": "TransformerLens patches FalconDecoderLayer.forward",
+}
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))

@@ -64,8 +64,9 @@ def mount(tmp_path):
             pytest.skip("mounting a tmpfs needs root")
         folder = tmp_path / f"mnt{len(mounted)}"
         folder.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True
+        )
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
         mounted.append(folder)
@@ -85,8 +86,11 @@ def measure_argv(command: str, *extra: str) -> list[str]:
 def test_out_naming_a_file_is_refused_before_loading(command, tmp_path, capsys, no_model):
     target = tmp_path / "afile"
     target.write_text("not a folder")
-    argv = (["compare", "--models", "nano-2l", "--out", str(target)] if command == "compare"
-            else measure_argv(command, "--out", str(target)))
+    argv = (
+        ["compare", "--models", "nano-2l", "--out", str(target)]
+        if command == "compare"
+        else measure_argv(command, "--out", str(target))
+    )
     assert main(argv) == 2
     one_line_error(capsys, "is a file, not a folder")
     assert target.read_text() == "not a folder"
@@ -101,8 +105,11 @@ def test_read_only_output_is_refused_before_loading(tmp_path, capsys, no_model, 
         folder.mkdir()
         folder.chmod(0o555)
         why = "permission denied"
-    for argv in (measure_argv("run", "--out", str(folder / "x")), measure_argv("heads", "--out", str(folder)),
-                 ["compare", "--models", "nano-2l", "--out", str(folder)]):
+    for argv in (
+        measure_argv("run", "--out", str(folder / "x")),
+        measure_argv("heads", "--out", str(folder)),
+        ["compare", "--models", "nano-2l", "--out", str(folder)],
+    ):
         assert main(argv) == 2
         one_line_error(capsys, "cannot write to", why)
 
@@ -117,6 +124,7 @@ def test_full_disk_is_refused_before_loading(capsys, no_model, mount):
 
 def filling_the_disk(measure, folder):
     """``measure``, after which a ballast file fills the disk of ``folder`` (ENOSPC from then on)."""
+
     def measure_then_fill(*args, **kwargs):
         result = measure(*args, **kwargs)
         with open(folder / "ballast", "wb", buffering=0) as handle:
@@ -126,6 +134,7 @@ def filling_the_disk(measure, folder):
             except OSError as error:
                 assert error.errno == errno.ENOSPC
         return result
+
     return measure_then_fill
 
 
@@ -188,7 +197,9 @@ def test_chunked_bootstrap_equals_one_draw():
     try:
         stats_module.CHUNK_FLOATS = 7 * 64  # 64 resamples a chunk: 8 chunks, the last one short
         chunked = stats_module.bootstrap_intervals(result, n_resamples=500, seed=3, method="percentile")
-        chunked_t = stats_module.bootstrap_intervals(result, n_resamples=500, seed=3)  # 21 a chunk ([prompt, layer] each)
+        chunked_t = stats_module.bootstrap_intervals(
+            result, n_resamples=500, seed=3
+        )  # 21 a chunk ([prompt, layer] each)
     finally:
         stats_module.CHUNK_FLOATS = old
     for component in ("combined", "cumulative"):
@@ -219,8 +230,11 @@ def test_unreadable_prompt_files(command, name, tmp_path, capsys, no_model):
     content, needle = PROMPT_FILES[name]
     path = tmp_path / name
     path.write_bytes(content)
-    argv = (["compare", "--models", "nano-2l", "--prompts", str(path), "--out", str(tmp_path / "o")]
-            if command == "compare" else measure_argv(command, "--prompts", str(path), "--out", str(tmp_path / "o")))
+    argv = (
+        ["compare", "--models", "nano-2l", "--prompts", str(path), "--out", str(tmp_path / "o")]
+        if command == "compare"
+        else measure_argv(command, "--prompts", str(path), "--out", str(tmp_path / "o"))
+    )
     assert main(argv) == 2
     one_line_error(capsys, needle, name)
 
@@ -291,11 +305,13 @@ def test_pickle_that_fails_weights_only(tmp_path, capsys):
 
 
 # ---- 4. bad prompt data ---------------------------------------------------------------------------
-@pytest.mark.parametrize("value, kind", [("null", "null"), ("123", "a number"), ("[1, 2]", "a list"),
-                                         ('{"a": 1}', "an object"), ('"   "', "whitespace")])
+@pytest.mark.parametrize(
+    "value, kind",
+    [("null", "null"), ("123", "a number"), ("[1, 2]", "a list"), ('{"a": 1}', "an object"), ('"   "', "whitespace")],
+)
 def test_jsonl_text_must_be_a_non_empty_string(value, kind, tmp_path, capsys, no_model):
     path = tmp_path / "p.jsonl"
-    path.write_text('{"text": "fine"}\n' + '{"text": %s}\n' % value, encoding="utf-8")
+    path.write_text('{"text": "fine"}\n' + f'{{"text": {value}}}\n', encoding="utf-8")
     assert main(measure_argv("run", "--prompts", str(path), "--out", str(tmp_path / "o"))) == 2
     one_line_error(capsys, f"{path}:2", kind)
 
@@ -304,15 +320,25 @@ def test_json_list_is_measured_as_its_items(tmp_path, capsys):
     strings, records = tmp_path / "strings.json", tmp_path / "records.json"
     strings.write_text('["The capital of France is Paris.", "Water boils at one hundred degrees."]')
     records.write_text('[{"text": "The capital of France is Paris."}, {"text": "Water boils at one hundred degrees."}]')
-    assert load_prompts(strings) == load_prompts(records) == ["The capital of France is Paris.",
-                                                              "Water boils at one hundred degrees."]
+    assert (
+        load_prompts(strings)
+        == load_prompts(records)
+        == ["The capital of France is Paris.", "Water boils at one hundred degrees."]
+    )
     assert main(measure_argv("run", "--prompts", str(strings), "--bootstrap", "0", "--out", str(tmp_path / "o"))) == 0
     saved = json.loads((tmp_path / "o" / "results.json").read_text())
     assert saved["prompts"]["texts"] == ["The capital of France is Paris.", "Water boils at one hundred degrees."]
 
 
-@pytest.mark.parametrize("content, needle", [('{"prompts": ["a"]}', "JSON dict"), ("[1, 2]", "a number"),
-                                             ('["a", null]', "null"), ("[not json", "not valid JSON")])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ('{"prompts": ["a"]}', "JSON dict"),
+        ("[1, 2]", "a number"),
+        ('["a", null]', "null"),
+        ("[not json", "not valid JSON"),
+    ],
+)
 def test_json_that_is_not_a_list_of_prompts(content, needle, tmp_path, no_model):
     path = tmp_path / "p.json"
     path.write_text(content)
@@ -406,7 +432,7 @@ def test_hub_dataset_without_network_says_so_quickly(monkeypatch, tmp_path, caps
     """`--dataset org/name` with no network: one line, exit 2, before datasets' retries start; a local
     folder of data files still loads (it needs no hub)."""
     datasets = pytest.importorskip("datasets")
-    import datasets.config
+    import datasets.config  # noqa: F811  loads the submodule onto the datasets imported above
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # read from the environment at import
 
@@ -425,8 +451,22 @@ def test_hub_dataset_without_network_says_so_quickly(monkeypatch, tmp_path, caps
         return real_load(path, *args, **kwargs)
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
-    assert main(["run", "--model", "nano-2l", "--dataset", "nobody-xyz/no-such-dataset", "--device", "cpu",
-                 "--out", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                "nano-2l",
+                "--dataset",
+                "nobody-xyz/no-such-dataset",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert hub_loads == [] and err.count("\n") == 1, err
     assert "cannot reach the dataset hub" in err and "nobody-xyz/no-such-dataset" in err
@@ -522,8 +562,9 @@ sys.exit(main(["compare", "--models", "nano-2l", "--prompts", {prompts!r}, "--bo
 
 def start(script: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
 
 
 def wait_for(process: subprocess.Popen, word: str) -> None:
@@ -580,9 +621,15 @@ def test_lock_in_one_process_refuses_a_second_holder(tmp_path):
 # ---- 10. smaller ones ---------------------------------------------------------------------------
 def test_run_into_a_closed_pipe(tmp_path):
     out = tmp_path / "run"
-    command = (f"{sys.executable} -m funnel_tl.cli run --model nano-2l --bootstrap 0 --out {out} | head -1")
-    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    command = f"{sys.executable} -m funnel_tl.cli run --model nano-2l --bootstrap 0 --out {out} | head -1"
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == 1
@@ -618,13 +665,17 @@ def test_unexpected_errors_are_one_line_with_a_pointer_to_debug(tmp_path, capsys
 
 def test_an_unexpected_message_ending_in_a_colon_keeps_its_reason(tmp_path, capsys, monkeypatch, two_prompts):
     """huggingface_hub's config validation puts the reason on a second line; the one line keeps it."""
+
     def broken(*args, **kwargs):
         raise TypeError("Validation error for field 'hidden_size':\n    Field 'hidden_size' expected int, got str\n")
 
     monkeypatch.setattr(gains_module, "measure_gains", broken)
     assert main(measure_argv("run", "--prompts", two_prompts, "--out", str(tmp_path / "o"))) == 2
-    one_line_error(capsys, "TypeError: Validation error for field 'hidden_size': Field 'hidden_size' expected int, "
-                           "got str (rerun with --debug")
+    one_line_error(
+        capsys,
+        "TypeError: Validation error for field 'hidden_size': Field 'hidden_size' expected int, "
+        "got str (rerun with --debug",
+    )
 
 
 def test_report_into_a_read_only_folder(tmp_path, capsys, mount, two_prompts):
@@ -693,7 +744,9 @@ def test_compare_on_a_disk_that_fills_ends_in_one_line(capsys, mount, monkeypatc
     real = sweep_one_target.measure_gains
     monkeypatch.setattr(sweep_one_target, "measure_gains", filling_the_disk(real, folder))
     out = folder / "sweep"
-    assert main(["compare", "--models", "nano-2l", "--prompts", two_prompts, "--bootstrap", "0", "--out", str(out)]) == 2
+    assert (
+        main(["compare", "--models", "nano-2l", "--prompts", two_prompts, "--bootstrap", "0", "--out", str(out)]) == 2
+    )
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("funnel-tl: error: ") and "disk full" in err.strip().splitlines()[-1]
@@ -705,4 +758,6 @@ def test_compare_on_a_disk_that_fills_ends_in_one_line(capsys, mount, monkeypatc
         shutil.rmtree(rescued.parent, ignore_errors=True)
     (folder / "ballast").unlink()  # room again: the same command finishes the sweep
     monkeypatch.setattr(sweep_one_target, "measure_gains", real)
-    assert main(["compare", "--models", "nano-2l", "--prompts", two_prompts, "--bootstrap", "0", "--out", str(out)]) == 0
+    assert (
+        main(["compare", "--models", "nano-2l", "--prompts", two_prompts, "--bootstrap", "0", "--out", str(out)]) == 0
+    )

@@ -44,7 +44,9 @@ def refused(capsys, argv: list[str], *needles: str) -> str:
     lines = [line for line in captured.err.splitlines() if line.strip()]
     assert status == 2, (argv, captured.err)
     assert len(lines) == 1 and ERROR_LINE.match(lines[0]), (argv, captured.err)
-    assert "Traceback" not in captured.err and "rerun with --debug" not in lines[0] and "AssertionError" not in lines[0], lines
+    assert (
+        "Traceback" not in captured.err and "rerun with --debug" not in lines[0] and "AssertionError" not in lines[0]
+    ), lines
     assert captured.out == "", (argv, captured.out)
     for needle in needles:
         assert needle in lines[0], (argv, lines[0])
@@ -82,11 +84,13 @@ BAD_VALUES = {
 }
 # More bad uses of flags than "--flag=x": a combination refused before loading.
 BAD_COMBINATIONS = {("run", "--by-position"): [["--by-position", "--layers", "0"]]}
-BASE = {"run": ["--model", "nano-2l", "--device", "cpu", "--out", "{tmp}/out"],
-        "heads": ["--model", "nano-2l", "--device", "cpu", "--out", "{tmp}/out"],
-        "compare": ["--models", "nano-2l", "--device", "cpu", "--out", "{tmp}/out"],
-        "effects": ["--model", "nano-2l", "--device", "cpu", "--out", "{tmp}/out"],
-        "report": ["{tmp}/empty"]}
+BASE = {
+    "run": ["--model", "nano-2l", "--device", "cpu", "--out", "{tmp}/out"],
+    "heads": ["--model", "nano-2l", "--device", "cpu", "--out", "{tmp}/out"],
+    "compare": ["--models", "nano-2l", "--device", "cpu", "--out", "{tmp}/out"],
+    "effects": ["--model", "nano-2l", "--device", "cpu", "--out", "{tmp}/out"],
+    "report": ["{tmp}/empty"],
+}
 
 
 def every_option():
@@ -114,15 +118,20 @@ def bad_argvs():
             fragments.append(None)  # the walk fails on it
         fragments.extend(BAD_COMBINATIONS.get((command, option), []))
         for fragment in fragments:
-            cases.append(pytest.param(command, option, fragment, id=f"{command or 'funnel-tl'} {' '.join(fragment or [option])}"))
+            cases.append(
+                pytest.param(command, option, fragment, id=f"{command or 'funnel-tl'} {' '.join(fragment or [option])}")
+            )
     return cases
 
 
 @pytest.mark.parametrize("command, option, fragment", bad_argvs())
-def test_every_option_with_a_bad_value_is_one_line_before_loading(command, option, fragment, tmp_path, capsys,
-                                                                  no_model):
-    assert fragment is not None, (f"{option} of {command or 'funnel-tl'} has no bad value in BAD_VALUES: add one, "
-                                  "and the check that refuses it before anything loads")
+def test_every_option_with_a_bad_value_is_one_line_before_loading(
+    command, option, fragment, tmp_path, capsys, no_model
+):
+    assert fragment is not None, (
+        f"{option} of {command or 'funnel-tl'} has no bad value in BAD_VALUES: add one, "
+        "and the check that refuses it before anything loads"
+    )
     (tmp_path / "afile").write_text("not a folder")
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": broken\n', encoding="utf-8")
@@ -151,16 +160,19 @@ def variables_in_the_source() -> set[str]:
 
 
 def environment_cases():
-    cases = [pytest.param(name, value, id=f"{name}={value}")
-             for name in sorted(variables_in_the_source() | set(BAD_ENVIRONMENT))
-             for value in BAD_ENVIRONMENT.get(name, [None])]
+    cases = [
+        pytest.param(name, value, id=f"{name}={value}")
+        for name in sorted(variables_in_the_source() | set(BAD_ENVIRONMENT))
+        for value in BAD_ENVIRONMENT.get(name, [None])
+    ]
     return cases + [pytest.param("FUNNEL_TL_TIMOUT_MINUTES", "60", id="misspelt name")]
 
 
 @pytest.mark.parametrize("name, value", environment_cases())
 @pytest.mark.parametrize("command", ["run", "compare", "report"])
-def test_every_environment_variable_with_a_bad_value_is_one_line_before_loading(command, name, value, tmp_path,
-                                                                                capsys, monkeypatch, no_model):
+def test_every_environment_variable_with_a_bad_value_is_one_line_before_loading(
+    command, name, value, tmp_path, capsys, monkeypatch, no_model
+):
     assert value is not None, f"{name} is read in funnel_tl's source but has no bad value in BAD_ENVIRONMENT: add one"
     (tmp_path / "afile").write_text("not a folder")
     (tmp_path / "empty").mkdir()
@@ -200,9 +212,17 @@ print("IMPORTED", code, ",".join(heavy), file=sys.stderr)
 """
 
 
-@pytest.mark.parametrize("argv, status", [(["--help"], 0), (["--version"], 0), (["run", "--help"], 0),
-                                          (["run", "--bootstrap-seed", "-1"], 2), (["bogus"], 2),
-                                          (["compare", "--checkpoints", "latest", "--models", "x"], 2)])
+@pytest.mark.parametrize(
+    "argv, status",
+    [
+        (["--help"], 0),
+        (["--version"], 0),
+        (["run", "--help"], 0),
+        (["run", "--bootstrap-seed", "-1"], 2),
+        (["bogus"], 2),
+        (["compare", "--checkpoints", "latest", "--models", "x"], 2),
+    ],
+)
 def test_help_version_and_argument_errors_import_no_torch(argv, status):
     """`python -m funnel_tl --help` answers before torch or TransformerLens is imported."""
     done = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True, cwd=REPO, timeout=120)
@@ -226,7 +246,7 @@ def test_every_public_name_imports_lazily():
     assert callable(compare) and funnel_tl.compare is compare and compare.__module__ == "funnel_tl.sweep.runner"
     assert funnel_tl.sweep.compare is compare and funnel_tl.analysis.stats.Intervals is funnel_tl.Intervals
     with pytest.raises(AttributeError):
-        funnel_tl.no_such_name
+        _ = funnel_tl.no_such_name
 
 
 # ---- 2. files read back: checked against their schema -------------------------------------------------
@@ -236,13 +256,32 @@ def measured(tmp_path_factory):
     measured on nano-2l once for the module."""
     root = tmp_path_factory.mktemp("measured")
     prompts = root / "three.txt"
-    prompts.write_text("The capital of France is Paris.\nWater is made of hydrogen and oxygen.\n"
-                       "The quick brown fox jumps over the lazy dog near the bank.\n", encoding="utf-8")
+    prompts.write_text(
+        "The capital of France is Paris.\nWater is made of hydrogen and oxygen.\n"
+        "The quick brown fox jumps over the lazy dog near the bank.\n",
+        encoding="utf-8",
+    )
     common = ["--model", "nano-2l", "--device", "cpu", "--prompts", str(prompts)]
     assert main(["run", *common, "--by-position", "--bootstrap", "50", "--out", str(root / "run")]) == 0
     assert main(["heads", *common, "--by-position", "--out", str(root / "heads")]) == 0
-    assert main(["compare", "--models", "nano-2l", "--device", "cpu", "--prompts", str(prompts), "--bootstrap", "0",
-                 "--out", str(root / "sweep")]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--models",
+                "nano-2l",
+                "--device",
+                "cpu",
+                "--prompts",
+                str(prompts),
+                "--bootstrap",
+                "0",
+                "--out",
+                str(root / "sweep"),
+            ]
+        )
+        == 0
+    )
     return root
 
 
@@ -261,6 +300,7 @@ def setter(*keys, value):
         for key in keys[:-1]:
             data = data[key]
         data[keys[-1]] = value
+
     return change
 
 
@@ -269,6 +309,7 @@ def remover(*keys):
         for key in keys[:-1]:
             data = data[key]
         del data[keys[-1]]
+
     return change
 
 
@@ -282,8 +323,10 @@ RESULTS_DAMAGE = {
     "a fractional token count": (setter("per_prompt", "n_tokens", 0, value=2.5), "per_prompt.n_tokens[0]"),
     "a null confidence": (setter("intervals", "confidence", value=None), "intervals.confidence"),
     "position edges as text": (setter("by_position", "edges", value="0-16"), "by_position.edges"),
-    "an infinite position sum": (setter("by_position", "per_prompt", "attn", "out_sum", 0, 0, 0, value=float("inf")),
-                                 "by_position.per_prompt.attn.out_sum[0][0][0]"),
+    "an infinite position sum": (
+        setter("by_position", "per_prompt", "attn", "out_sum", 0, 0, 0, value=float("inf")),
+        "by_position.per_prompt.attn.out_sum[0][0][0]",
+    ),
     "a prompt that is a number": (setter("prompts", "texts", 1, value=7), "prompts.texts[1]"),
     "truncation as text": (setter("provenance", "truncation", value="yes"), "provenance.truncation"),
     "layers as text": (setter("layers", value="0-1"), "layers"),
@@ -294,8 +337,10 @@ RESULTS_DAMAGE = {
 HEADS_DAMAGE = {
     "a null model": (setter("model", value=None), "model"),
     "layers as a number": (setter("layers", value=1), "layers"),
-    "a NaN head norm": (setter("per_prompt", "head_norm_sum", 0, 0, 0, value=float("nan")),
-                        "per_prompt.head_norm_sum[0][0][0]"),
+    "a NaN head norm": (
+        setter("per_prompt", "head_norm_sum", 0, 0, 0, value=float("nan")),
+        "per_prompt.head_norm_sum[0][0][0]",
+    ),
     "missing position sums": (remover("by_position", "per_prompt"), "by_position.per_prompt"),
     "top as text": (setter("provenance", "top", value="twenty"), "provenance.top"),
 }
@@ -328,8 +373,24 @@ def test_a_sweep_resumes_past_a_damaged_results_file(measured, tmp_path, capsys)
     sweep = tmp_path / "sweep"
     damaged(measured / "sweep" / "nano-2l" / "results.json", sweep / "nano-2l", setter("provenance", value=None))
     prompts = measured / "three.txt"
-    assert main(["compare", "--models", "nano-2l", "--device", "cpu", "--prompts", str(prompts), "--bootstrap", "0",
-                 "--out", str(sweep)]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--models",
+                "nano-2l",
+                "--device",
+                "cpu",
+                "--prompts",
+                str(prompts),
+                "--bootstrap",
+                "0",
+                "--out",
+                str(sweep),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "replacing" in err and "provenance must be a JSON object" in err, err
     assert isinstance(GainResult.load(sweep / "nano-2l" / "results.json").provenance, dict)
@@ -360,8 +421,11 @@ def test_temporaries_of_every_name_are_cleaned(tmp_path, two_prompts):
 
     out = tmp_path / "run"
     out.mkdir()
-    leftovers = [out / ".plotly.min.js.a1b2c3d4.tmp", out / ".positions.html.x9y8z7w6.tmp",
-                 out / ".results.json.k3.tmp"]
+    leftovers = [
+        out / ".plotly.min.js.a1b2c3d4.tmp",
+        out / ".positions.html.x9y8z7w6.tmp",
+        out / ".results.json.k3.tmp",
+    ]
     for name in ("effects.html", "plotly.min.js", "positions.html", "anything.json"):  # today's writers' names
         descriptor, temporary = temporary_beside(out / name)
         os.close(descriptor)
@@ -371,24 +435,47 @@ def test_temporaries_of_every_name_are_cleaned(tmp_path, two_prompts):
     keep = [out / ".notes.txt.tmp", out / "mine.funnel-tl.tmp.txt"]
     for path in keep:
         path.write_text("mine")
-    assert main(["run", "--model", "nano-2l", "--device", "cpu", "--prompts", two_prompts, "--bootstrap", "0",
-                 "--by-position", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                "nano-2l",
+                "--device",
+                "cpu",
+                "--prompts",
+                two_prompts,
+                "--bootstrap",
+                "0",
+                "--by-position",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert [path.name for path in leftovers if path.exists()] == []
     assert all(path.exists() for path in keep)
     assert remove_temporaries(out) == []
 
 
 # ---- 4. prompts and datasets ------------------------------------------------------------------------
-@pytest.mark.parametrize("name, content, where", [
-    ("bad.json", '["fine", "a lone \\ud800 surrogate"]', "bad.json[1]"),
-    ("bad.jsonl", '{"text": "fine"}\n\n{"text": "x \\udfff"}\n', "bad.jsonl:3"),
-])
+@pytest.mark.parametrize(
+    "name, content, where",
+    [
+        ("bad.json", '["fine", "a lone \\ud800 surrogate"]', "bad.json[1]"),
+        ("bad.jsonl", '{"text": "fine"}\n\n{"text": "x \\udfff"}\n', "bad.jsonl:3"),
+    ],
+)
 @pytest.mark.parametrize("command", ["run", "compare"])
 def test_prompts_with_invalid_unicode_name_the_prompt(command, name, content, where, tmp_path, capsys, no_model):
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
-    argv = (["compare", "--models", "nano-2l", "--out", str(tmp_path / "o")] if command == "compare"
-            else ["run", "--model", "nano-2l", "--out", str(tmp_path / "o")])
+    argv = (
+        ["compare", "--models", "nano-2l", "--out", str(tmp_path / "o")]
+        if command == "compare"
+        else ["run", "--model", "nano-2l", "--out", str(tmp_path / "o")]
+    )
     refused(capsys, [*argv, "--device", "cpu", "--prompts", str(path)], where, "invalid Unicode")
 
 
@@ -397,25 +484,45 @@ def test_python_prompts_with_invalid_unicode_name_the_index():
         load_prompts(["fine", "bad " + chr(0xDC00)])
 
 
-@pytest.mark.parametrize("name, content, error", [
-    ("bad.jsonl", '{"text": "fine"}\n{"text": broken\n', "JSON parse error"),
-    ("bad.csv", 'text\n"an unclosed quote\n', "ParserError"),
-    ("bad.parquet", "not parquet at all", "Parquet"),
-    ("surrogate.jsonl", '{"text": "fine"}\n{"text": "x \\ud800"}\n', "surrogate"),
-])
+@pytest.mark.parametrize(
+    "name, content, error",
+    [
+        ("bad.jsonl", '{"text": "fine"}\n{"text": broken\n', "JSON parse error"),
+        ("bad.csv", 'text\n"an unclosed quote\n', "ParserError"),
+        ("bad.parquet", "not parquet at all", "Parquet"),
+        ("surrogate.jsonl", '{"text": "fine"}\n{"text": "x \\ud800"}\n', "surrogate"),
+    ],
+)
 def test_a_malformed_dataset_file_is_one_line_naming_it(name, content, error, tmp_path, capsys, no_model):
     pytest.importorskip("datasets")
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
-    refused(capsys, ["run", "--model", "nano-2l", "--device", "cpu", "--dataset", str(path), "--out",
-                     str(tmp_path / "o")], name, error)
+    refused(
+        capsys,
+        ["run", "--model", "nano-2l", "--device", "cpu", "--dataset", str(path), "--out", str(tmp_path / "o")],
+        name,
+        error,
+    )
 
 
 def test_a_missing_dataset_file_is_not_asked_of_the_hub(tmp_path, capsys, no_model, monkeypatch):
     pytest.importorskip("datasets")
     monkeypatch.setattr(models_hub, "unreachable_hub", lambda: pytest.fail("the hub was probed for a file name"))
-    refused(capsys, ["run", "--model", "nano-2l", "--device", "cpu", "--dataset", str(tmp_path / "corpus.jsonl"),
-                     "--out", str(tmp_path / "o")], "dataset file not found")
+    refused(
+        capsys,
+        [
+            "run",
+            "--model",
+            "nano-2l",
+            "--device",
+            "cpu",
+            "--dataset",
+            str(tmp_path / "corpus.jsonl"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        "dataset file not found",
+    )
 
 
 def test_a_vocabulary_smaller_than_the_tokenizer_is_one_line_before_the_forward(tmp_path, tokenizer, capsys):
@@ -423,8 +530,12 @@ def test_a_vocabulary_smaller_than_the_tokenizer_is_one_line_before_the_forward(
 
     folder = build_checkpoint(tmp_path / "small-vocab", "gpt2", tokenizer=tokenizer, vocab_size=64)
     capsys.readouterr()  # the build's own progress bars
-    refused(capsys, ["run", "--model", str(folder), "--device", "cpu", "--bootstrap", "0", "--out", str(tmp_path / "o")],
-            "vocabulary of 64", "token id")
+    refused(
+        capsys,
+        ["run", "--model", str(folder), "--device", "cpu", "--bootstrap", "0", "--out", str(tmp_path / "o")],
+        "vocabulary of 64",
+        "token id",
+    )
     assert not (tmp_path / "o" / "results.json").exists()
 
 
@@ -456,8 +567,27 @@ def test_sink_positions_past_every_prompt_keep_the_measurement(tmp_path, capsys)
     prompts = tmp_path / "short.txt"
     prompts.write_text("Hi there.\nA b.\n", encoding="utf-8")
     out = tmp_path / "run"
-    assert main(["run", "--model", "nano-2l", "--device", "cpu", "--prompts", str(prompts), "--by-position",
-                 "--sink-positions", "16", "--bootstrap", "20", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                "nano-2l",
+                "--device",
+                "cpu",
+                "--prompts",
+                str(prompts),
+                "--by-position",
+                "--sink-positions",
+                "16",
+                "--bootstrap",
+                "20",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "no prompt has a token after positions 0-15" in printed
     data = json.loads((out / "results.json").read_text())

@@ -34,8 +34,9 @@ SERIAL, PARALLEL = "llama-gqa", "neox-parallel"
 def deep(tmp_path_factory, tokenizer):
     """``deep[arch]``: a five-layer checkpoint folder (randomized norm affines and biases)."""
     root = tmp_path_factory.mktemp("deep")
-    return {arch: build_checkpoint(root / arch, arch, tokenizer=tokenizer, n_layers=N_LAYERS)
-            for arch in (SERIAL, PARALLEL)}
+    return {
+        arch: build_checkpoint(root / arch, arch, tokenizer=tokenizer, n_layers=N_LAYERS) for arch in (SERIAL, PARALLEL)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +78,12 @@ def test_subset_gains_equal_the_seed_method(arch, definition, deep, deep_model, 
     reference = reference_gains(seed_reference(hf, tokenizer, list(SEED_PROMPTS)), definition)
     result = measure_gains(deep_model(arch), "seed", definition=definition, batch_size=3, layers=[1, 3, 4])
     for component in COMPONENTS:
-        np.testing.assert_allclose(result.gains(component), reference[component][[1, 3, 4]], rtol=RELATIVE,
-                                   err_msg=f"{arch} {definition} {component}")
+        np.testing.assert_allclose(
+            result.gains(component),
+            reference[component][[1, 3, 4]],
+            rtol=RELATIVE,
+            err_msg=f"{arch} {definition} {component}",
+        )
 
 
 @pytest.mark.parametrize("executor", ["auto", "transformer_lens"])
@@ -109,7 +114,8 @@ def test_the_forward_stops_after_the_last_layer_asked_for(deep_model, monkeypatc
 
 def test_results_json_round_trip_and_layer_numbers(deep_model, tmp_path):
     result = measure_gains(deep_model(SERIAL), "seed", batch_size=3, layers=[0, 1, 4]).with_intervals(
-        n_resamples=200, seed=0)
+        n_resamples=200, seed=0
+    )
     data = json.loads(result.save(tmp_path / "results.json").read_text())
     assert data["n_layers"] == N_LAYERS and data["layers"] == [0, 1, 4]
     assert len(data["attention"]["gains"]) == 3 and len(data["per_prompt"]["attn"]["out_sum"][0]) == 3
@@ -119,8 +125,9 @@ def test_results_json_round_trip_and_layer_numbers(deep_model, tmp_path):
     assert data["mlp"]["last_layer_gain"] == data["mlp"]["gains"][-1]  # layer 4 is the model's last
     # The cumulative gain covers the prefix 0-1: the product of the first two combined gains.
     combined = data["combined"]["gains"]
-    np.testing.assert_allclose(data["combined"]["cumulative_gains"], [combined[0], combined[0] * combined[1]],
-                               rtol=1e-12)  # float64 products of the same numbers
+    np.testing.assert_allclose(
+        data["combined"]["cumulative_gains"], [combined[0], combined[0] * combined[1]], rtol=1e-12
+    )  # float64 products of the same numbers
     assert len(data["intervals"]["cumulative"]) == 2 and len(data["intervals"]["attention"]) == 3
     assert data["funnel_test"] is None and data["robust_funnel_test"] is None and data["comparison_1_4b"] is None
     assert data["not_testable"].startswith("not testable: layers 0-1,4 of 5 measured")
@@ -174,7 +181,9 @@ def test_figure_draws_true_layers_and_the_prefix(deep_model):
     # The seed's running product covers the measured prefix 0-1 only.
     from funnel_tl.plots.panels import plot_seed_product
 
-    product = next(trace for trace in plot_seed_product(gaps).data if trace.name == "the seed's cumulative attn × MLP gain")
+    product = next(
+        trace for trace in plot_seed_product(gaps).data if trace.name == "the seed's cumulative attn × MLP gain"
+    )
     assert list(product.x) == [0, 1]
     assert "Funnel test not testable" in fig.layout.title.text
     no_zero = plot_funnel(measure_gains(deep_model(SERIAL), "seed", batch_size=3, layers=[2, 3]))
@@ -192,8 +201,25 @@ def test_bad_layers_and_by_position(deep_model):
 
 def test_cli_run_and_report_a_subset(deep, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["run", "--model", str(deep[SERIAL]), "--layers", "0-1,-1", "--device", "cpu", "--dtype", "float32",
-                 "--batch-size", "3", "--bootstrap", "100", "--out", str(out)])
+    code = main(
+        [
+            "run",
+            "--model",
+            str(deep[SERIAL]),
+            "--layers",
+            "0-1,-1",
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--batch-size",
+            "3",
+            "--bootstrap",
+            "100",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "layers 0-1,4 of 5 measured" in printed and "FUNNEL MODEL CONFIRMED" not in printed
@@ -205,12 +231,15 @@ def test_cli_run_and_report_a_subset(deep, tmp_path, capsys):
     assert "layers 0-1,4 of 5 measured" in capsys.readouterr().out and (out / "funnel.html").is_file()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--layers", "3-1"], "runs backwards"),
-    (["--layers", "x"], "cannot read --layers"),
-    (["--layers", "7"], "layer 7 out of range: the model has 5 layers"),
-    (["--layers", "0", "--by-position"], "--by-position needs every layer"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--layers", "3-1"], "runs backwards"),
+        (["--layers", "x"], "cannot read --layers"),
+        (["--layers", "7"], "layer 7 out of range: the model has 5 layers"),
+        (["--layers", "0", "--by-position"], "--by-position needs every layer"),
+    ],
+)
 def test_cli_bad_layers_fail_before_the_model_loads(deep, tmp_path, capsys, monkeypatch, argv, message):
     import funnel_tl.models.loading
 
@@ -225,8 +254,23 @@ def test_cli_bad_layers_fail_before_the_model_loads(deep, tmp_path, capsys, monk
 
 def test_layers_that_name_every_layer_allow_by_position(deep, tmp_path):
     """`--layers 0-4` of a 5-layer model is every layer: a full result, so --by-position is allowed."""
-    assert main(["run", "--model", str(deep[SERIAL]), "--layers", "0-4", "--by-position", "--bootstrap", "0",
-                 "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                str(deep[SERIAL]),
+                "--layers",
+                "0-4",
+                "--by-position",
+                "--bootstrap",
+                "0",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert "layers" not in data and "by_position" in data
 

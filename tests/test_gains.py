@@ -35,8 +35,9 @@ def test_equals_seed_method(arch, definition, bridge, hf_model, tokenizer):
     result = measure_gains(bridge(arch), "seed", definition=definition, batch_size=8)
     reference = reference_gains(seed_reference(hf_model(arch), tokenizer, list(SEED_PROMPTS)), definition)
     for component in ("attn", "mlp", "block"):
-        np.testing.assert_allclose(result.gains(component), reference[component], rtol=RELATIVE,
-                                   err_msg=f"{arch} {definition} {component}")
+        np.testing.assert_allclose(
+            result.gains(component), reference[component], rtol=RELATIVE, err_msg=f"{arch} {definition} {component}"
+        )
 
 
 def test_definitions_really_differ(bridge):
@@ -106,8 +107,11 @@ def test_attention_gain_scales_with_output_weights(checkpoints, tmp_path, tokeni
 def test_parallel_blocks_are_detected(bridge):
     assert plan_hooks(bridge("neox-parallel"), "residual").inputs["mlp"] == "hook_resid_pre"
     assert plan_hooks(bridge("neox-serial"), "residual").inputs["mlp"] == "hook_resid_mid"
-    assert plan_hooks(bridge("gpt2"), "seed").inputs == {"attn": "ln1.hook_out", "mlp": "ln2.hook_out",
-                                                        "block": "hook_resid_pre"}
+    assert plan_hooks(bridge("gpt2"), "seed").inputs == {
+        "attn": "ln1.hook_out",
+        "mlp": "ln2.hook_out",
+        "block": "hook_resid_pre",
+    }
 
 
 def test_guard_fires_on_a_wrong_hook_alias(checkpoints, monkeypatch):

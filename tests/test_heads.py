@@ -34,13 +34,15 @@ REFERENCE_ARCHS = ("neox-parallel", "gpt2", "llama-gqa")
 def hf_head_reference(hf_model, tokenizer, prompts, drop_first=0) -> dict[str, np.ndarray]:
     """Per-prompt mean over tokens of ‖h_i‖ and of ⟨h_i, a⟩/‖a‖, each ``[prompt, layer, head]``."""
     n_heads = hf_model.config.num_attention_heads
-    projections = [getattr(attention, OUTPUT_PROJECTION[hf_model.config.model_type])
-                   for _, attention, _ in hf_sublayers(hf_model)]
+    projections = [
+        getattr(attention, OUTPUT_PROJECTION[hf_model.config.model_type]) for _, attention, _ in hf_sublayers(hf_model)
+    ]
     captured = {}
 
     def capture(index):
         def hook(module, args, output):
             captured[index] = (args[0].float(), output.float())
+
         return hook
 
     handles = [module.register_forward_hook(capture(index)) for index, module in enumerate(projections)]
@@ -54,10 +56,14 @@ def hf_head_reference(hf_model, tokenizer, prompts, drop_first=0) -> dict[str, n
                 z, a = captured[layer]  # [1, pos, n_heads * d_head], [1, pos, d_model]
                 weight = module.weight.float()
                 # nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out].
-                per_head_weight = (weight if type(module).__name__ == "Conv1D" else weight.T)
-                per_head_weight = einops.rearrange(per_head_weight, "(head d_head) d_model -> head d_head d_model", head=n_heads)
+                per_head_weight = weight if type(module).__name__ == "Conv1D" else weight.T
+                per_head_weight = einops.rearrange(
+                    per_head_weight, "(head d_head) d_model -> head d_head d_model", head=n_heads
+                )
                 z = einops.rearrange(z, "batch pos (head d_head) -> batch pos head d_head", head=n_heads)
-                h = torch.stack([z[:, :, i] @ per_head_weight[i] for i in range(n_heads)], dim=2)  # [1, pos, head, d_model]
+                h = torch.stack(
+                    [z[:, :, i] @ per_head_weight[i] for i in range(n_heads)], dim=2
+                )  # [1, pos, head, d_model]
                 norms[p, layer] = torch.linalg.vector_norm(h, dim=-1)[0, drop_first:].mean(dim=0).numpy()
                 dots = (h * a[:, :, None, :]).sum(-1) / torch.linalg.vector_norm(a, dim=-1)[..., None]
                 along[p, layer] = dots[0, drop_first:].mean(dim=0).numpy()
@@ -75,8 +81,10 @@ def reference(hf_model, tokenizer):
     def get(arch):
         if arch not in cached:
             model = hf_model(arch)
-            cached[arch] = {**hf_head_reference(model, tokenizer, SEED_PROMPTS),
-                            "seed": seed_reference(model, tokenizer, SEED_PROMPTS)}
+            cached[arch] = {
+                **hf_head_reference(model, tokenizer, SEED_PROMPTS),
+                "seed": seed_reference(model, tokenizer, SEED_PROMPTS),
+            }
         return cached[arch]
 
     return get
@@ -116,8 +124,9 @@ def test_head_gains_share_the_seed_attention_denominator(arch, measured, referen
 def test_head_projections_match_hf_modules(arch, measured, reference):
     result, expected = measured(arch), reference(arch)
     # Signed means can be near zero, so an absolute floor at 1e-4 of the typical head norm.
-    np.testing.assert_allclose(result.head_projections, expected["projection"].mean(axis=0),
-                               rtol=1e-4, atol=1e-4 * expected["norm"].mean())
+    np.testing.assert_allclose(
+        result.head_projections, expected["projection"].mean(axis=0), rtol=1e-4, atol=1e-4 * expected["norm"].mean()
+    )
 
 
 def test_layer_attention_gain_equals_measure_gains(bridge, measured):
@@ -152,8 +161,10 @@ def test_heads_plus_bias_sum_to_attn_out(arch, bridge, tokenizer):
 def test_identity_check_catches_a_wrong_W_O(bridge, tokenizer):
     model = bridge("neox-serial")
     tokens = torch.tensor([tokenizer(SEED_PROMPTS[1])["input_ids"]])
-    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.startswith("blocks.1.") and
-                                    name.endswith(("attn.hook_z", "hook_attn_out")))
+    _, cache = model.run_with_cache(
+        tokens,
+        names_filter=lambda name: name.startswith("blocks.1.") and name.endswith(("attn.hook_z", "hook_attn_out")),
+    )
     z, a = cache["blocks.1.attn.hook_z"], cache["blocks.1.hook_attn_out"]
     attention, mask = model.blocks[1].attn, torch.ones(tokens.shape)
     check_head_identity(model, 1, z, attention.W_O, attention.b_O, a, mask, torch.float32)  # passes
@@ -228,7 +239,7 @@ def test_grouped_query_heads_are_grouped_by_their_key_value_head(measured, tmp_p
     assert [note.text for note in figure.layout.annotations] == ["kv 0: heads 0–1", "kv 1: heads 2–3"]
     table = result.format_top(4).splitlines()
     assert "4 query heads read 2 key/value heads, 2 each" in table[0] and table[1].split()[2] == "kv"
-    for line, row in zip(table[2:], result.top(4)):
+    for line, row in zip(table[2:], result.top(4), strict=False):
         assert line.split()[2] == str(row.key_value_head)
     page = result.save_html(tmp_path / "heads.html", k=4).read_text()
     assert "<th>kv</th>" in page and "key/value head <i>h</i> // 2" in page
@@ -271,8 +282,24 @@ def test_layers_counted_from_the_end_on_the_command_line(tmp_path, capsys):
         assert main(["heads", "--model", "nano-2l", "--device", "cpu", "--top", "2", *argv, "--out", str(out)]) == 0
         assert HeadResult.load(out / "heads.json").layers == (0, 1)  # nano-2l: the last two are both
     capsys.readouterr()
-    assert main(["run", "--model", "nano-2l", "--device", "cpu", "--bootstrap", "0", "--layers", "-1--1",
-                 "--out", str(tmp_path / "run")]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                "nano-2l",
+                "--device",
+                "cpu",
+                "--bootstrap",
+                "0",
+                "--layers",
+                "-1--1",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "run" / "results.json").read_text())["layers"] == [1]
 
 
@@ -281,8 +308,14 @@ def test_top_ranks_heads_by_gain(measured):
     result = measured("neox-parallel")
     top = result.top(3)
     gains = result.head_gains
-    flat = sorted(((gains[row, head], f"L{layer}H{head}") for row, layer in enumerate(result.layers)
-                   for head in range(result.n_heads)), reverse=True)
+    flat = sorted(
+        (
+            (gains[row, head], f"L{layer}H{head}")
+            for row, layer in enumerate(result.layers)
+            for head in range(result.n_heads)
+        ),
+        reverse=True,
+    )
     assert [row.label for row in top] == [name for _, name in flat[:3]]
     assert top[0].gain == pytest.approx(flat[0][0])
     assert [row.label for row in result.top(2, largest=False)] == [name for _, name in flat[::-1][:2]]
@@ -338,7 +371,7 @@ def test_report_prints_the_heads_table_heads_printed(tmp_path, capsys):
     """``report`` on a heads folder prints the top-heads table ``heads`` printed, as long as its --top."""
     assert main(["heads", "--model", "nano-2l", "--device", "cpu", "--top", "3", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    table = printed[printed.index("Top 3 heads"):printed.index("\n\n", printed.index("Top 3 heads"))]
+    table = printed[printed.index("Top 3 heads") : printed.index("\n\n", printed.index("Top 3 heads"))]
     assert len(table.splitlines()) == 2 + 3  # title, header, three heads
     assert main(["report", str(tmp_path)]) == 0
     assert table in capsys.readouterr().out
@@ -365,7 +398,9 @@ def test_head_result_to_pandas_is_tidy(measured):
     assert row.gain == result.stat(1, 3).gain and row.n_prompts == result.n_prompts
     assert table["ci_low"].isna().all()  # not asked for: NaN, not a made-up number
     with_intervals = result.to_pandas(intervals=True)
-    assert (with_intervals["ci_low"] <= with_intervals["gain"]).all() and (with_intervals["gain"] <= with_intervals["ci_high"]).all()
+    assert (with_intervals["ci_low"] <= with_intervals["gain"]).all() and (
+        with_intervals["gain"] <= with_intervals["ci_high"]
+    ).all()
 
 
 def test_head_gain_intervals_match_a_hand_written_resampling_loop(measured):
@@ -415,8 +450,23 @@ def test_load_rejects_foreign_files(tmp_path, bridge):
 @pytest.mark.parametrize("arch", REFERENCE_ARCHS)
 def test_cli_heads_end_to_end(arch, checkpoints, reference, tmp_path, capsys):
     out = tmp_path / "out"
-    status = main(["heads", "--model", str(checkpoints[arch]), "--prompts", "seed", "--device", "cpu",
-                   "--dtype", "float32", "--out", str(out), "--top", "5"])
+    status = main(
+        [
+            "heads",
+            "--model",
+            str(checkpoints[arch]),
+            "--prompts",
+            "seed",
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--out",
+            str(out),
+            "--top",
+            "5",
+        ]
+    )
     assert status == 0
     printed = capsys.readouterr().out
     assert "Top 5 heads by gain" in printed and "heads.json" in printed
@@ -432,8 +482,24 @@ def test_report_redraws_heads_html_with_the_top_its_run_used(checkpoints, tmp_pa
         return len(re.findall(r"<tr><td>\d+</td>", page.read_text()))  # the ranked rows of the top-heads table
 
     out = tmp_path / "out"
-    assert main(["heads", "--model", str(checkpoints["gpt2"]), "--device", "cpu", "--dtype", "float32",
-                 "--out", str(out), "--top", "3"]) == 0
+    assert (
+        main(
+            [
+                "heads",
+                "--model",
+                str(checkpoints["gpt2"]),
+                "--device",
+                "cpu",
+                "--dtype",
+                "float32",
+                "--out",
+                str(out),
+                "--top",
+                "3",
+            ]
+        )
+        == 0
+    )
     gains = json.loads((out / "heads.json").read_text())["head_gain"]  # [layer][head]
     n_heads = len(gains) * len(gains[0])
     assert table_rows(out / "heads.html") == 3 < n_heads  # fewer than all heads: the cut shows
@@ -449,20 +515,51 @@ def test_report_redraws_heads_html_with_the_top_its_run_used(checkpoints, tmp_pa
 
 def test_cli_heads_layers_option(checkpoints, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["heads", "--model", str(checkpoints["gpt2"]), "--device", "cpu", "--dtype", "float32",
-                 "--layers", "-1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "heads",
+                "--model",
+                str(checkpoints["gpt2"]),
+                "--device",
+                "cpu",
+                "--dtype",
+                "float32",
+                "--layers",
+                "-1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "heads.json").read_text())["layers"] == [1]
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--layers", "7"], "layer 7 out of range"),
-    (["--layers", "x"], "cannot read --layers"),
-    (["--top", "0"], "argument --top: give a whole number, 1 or more"),
-    (["--prompts", "missing.txt"], "prompt file not found"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--layers", "7"], "layer 7 out of range"),
+        (["--layers", "x"], "cannot read --layers"),
+        (["--top", "0"], "argument --top: give a whole number, 1 or more"),
+        (["--prompts", "missing.txt"], "prompt file not found"),
+    ],
+)
 def test_cli_heads_bad_input_exits_2(extra, message, checkpoints, tmp_path, capsys):
-    status = main(["heads", "--model", str(checkpoints["gpt2"]), "--device", "cpu", "--dtype", "float32",
-                   "--out", str(tmp_path), *extra])
+    status = main(
+        [
+            "heads",
+            "--model",
+            str(checkpoints["gpt2"]),
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--out",
+            str(tmp_path),
+            *extra,
+        ]
+    )
     assert status == 2
     error = capsys.readouterr().err  # may also hold transformers' weight-loading progress bar
     ours = [line for line in error.splitlines() if line.startswith("funnel-tl")]

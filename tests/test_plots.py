@@ -127,8 +127,11 @@ def test_panel_2_plots_mlp_on_normalized_depth_with_the_reference(result):
 
 def test_panel_3_colours_bars_and_labels_the_expanding_ones():
     # Known combined gains: layer 2 (1.5 × 1.0) and layer 3 (2.0 × 1.5) expand; 0 and 1 contract.
-    gains = {"attn": np.tile([0.5, 0.9, 1.5, 2.0], (5, 1)), "mlp": np.tile([0.5, 1.0, 1.0, 1.5], (5, 1)),
-             "block": np.tile([1.1, 1.2, 1.3, 1.4], (5, 1))}
+    gains = {
+        "attn": np.tile([0.5, 0.9, 1.5, 2.0], (5, 1)),
+        "mlp": np.tile([0.5, 1.0, 1.0, 1.5], (5, 1)),
+        "block": np.tile([1.1, 1.2, 1.3, 1.4], (5, 1)),
+    }
     result = from_gains(gains).with_intervals(n_resamples=100)
     fig = plot_net_gain(result)
     bars = [t for t in fig.data if isinstance(t, go.Bar) and t.x is not None and t.x[0] is not None]
@@ -194,17 +197,23 @@ def test_panel_3_hatches_bars_whose_interval_crosses_one():
     patterns = {}
     for trace in fig.data:
         if isinstance(trace, go.Bar) and trace.x is not None and trace.x[0] is not None:
-            patterns.update(zip(trace.x, trace.marker.pattern.shape))
+            patterns.update(zip(trace.x, trace.marker.pattern.shape, strict=False))
     assert patterns == {0: "/", 1: ""}
     assert traces_named(fig, "hatched: interval crosses 1")
 
 
 def wide_and_narrow():
     """Known gains: one set spanning 0.01 to 5 (500-fold), one spanning 0.5 to 1.2."""
-    wide = {"attn": np.tile([0.01, 0.1, 0.5], (4, 1)), "mlp": np.tile([0.5, 1.0, 5.0], (4, 1)),
-            "block": np.tile([1.1, 1.2, 1.3], (4, 1))}
-    narrow = {"attn": np.tile([0.5, 0.6, 0.7], (4, 1)), "mlp": np.tile([0.8, 0.9, 1.2], (4, 1)),
-              "block": np.tile([1.0, 1.1, 1.2], (4, 1))}
+    wide = {
+        "attn": np.tile([0.01, 0.1, 0.5], (4, 1)),
+        "mlp": np.tile([0.5, 1.0, 5.0], (4, 1)),
+        "block": np.tile([1.1, 1.2, 1.3], (4, 1)),
+    }
+    narrow = {
+        "attn": np.tile([0.5, 0.6, 0.7], (4, 1)),
+        "mlp": np.tile([0.8, 0.9, 1.2], (4, 1)),
+        "block": np.tile([1.0, 1.1, 1.2], (4, 1)),
+    }
     return from_gains(wide), from_gains(narrow)
 
 
@@ -243,7 +252,9 @@ def test_panel_4_is_the_streams_growth_with_and_without_position_0():
     in_block = np.array([[2.0, 6.0, 18.0], [4.0, 8.0, 16.0]])
     out_block = np.array([[6.0, 18.0, 36.0], [8.0, 16.0, 64.0]])
     result = replace(from_gains({c: np.ones((2, 3)) for c in ("attn", "mlp", "block")}, n_tokens=2))
-    result = replace(result, out_sums={**result.out_sums, "block": out_block}, in_sums={**result.in_sums, "block": in_block})
+    result = replace(
+        result, out_sums={**result.out_sums, "block": out_block}, in_sums={**result.in_sums, "block": in_block}
+    )
     expected = ((out_block / 2) / (in_block[:, :1] / 2 + 1e-10)).mean(axis=0)  # [3, 9, 18] and [2, 4, 16]
     np.testing.assert_allclose(expected, [2.5, 6.5, 17.0])
     np.testing.assert_allclose(result.block_cumulative_gains, expected, rtol=1e-12)
@@ -276,7 +287,9 @@ def test_seed_product_marks_no_bottleneck_on_a_rising_curve_and_one_marker_when_
     # Combined gains 0.5, 2, 2: cumulative 0.5, 1, 2 — lowest at L0, then only rising.
     rising = {"attn": np.tile([0.5, 2.0, 2.0], (4, 1)), "mlp": np.ones((4, 3)), "block": np.ones((4, 3))}
     fig = plot_seed_product(from_gains(rising))
-    assert [t.name for t in fig.data if t.name and t.name.startswith("bottleneck")] == [] and one(fig, "output").x[0] == 2
+    assert [t.name for t in fig.data if t.name and t.name.startswith("bottleneck")] == [] and one(fig, "output").x[
+        0
+    ] == 2
     assert traces_named(fig, "no bottleneck")
     # Combined gains 0.5, 0.5, 0.5: cumulative falls to the last layer, which is bottleneck and output.
     falling = {"attn": np.tile([0.5, 0.5, 0.5], (4, 1)), "mlp": np.ones((4, 3)), "block": np.ones((4, 3))}
@@ -287,8 +300,11 @@ def test_seed_product_marks_no_bottleneck_on_a_rising_curve_and_one_marker_when_
 
 def test_panel_3_block_gain_has_its_own_axis_and_does_not_set_the_bars_range():
     # A block gain of 95 at L0 (nano-8l's case) beside attn × MLP gains near 1.
-    gains = {"attn": np.tile([0.5, 0.9, 1.2], (4, 1)), "mlp": np.tile([1.0, 1.0, 1.1], (4, 1)),
-             "block": np.tile([95.0, 1.1, 1.2], (4, 1))}
+    gains = {
+        "attn": np.tile([0.5, 0.9, 1.2], (4, 1)),
+        "mlp": np.tile([1.0, 1.0, 1.1], (4, 1)),
+        "block": np.tile([95.0, 1.1, 1.2], (4, 1)),
+    }
     result = from_gains(gains)
     result.provenance["normalization"] = "LN"  # what measure_gains records (TransformerLens' cfg)
     fig = plot_net_gain(result, log_gains=False)
@@ -391,8 +407,9 @@ def test_png_svg_and_pdf_through_kaleido(tmp_path, result):
     path = write_png(plot_funnel(result), tmp_path / "funnel.png", scale=1)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     written = plots.export_figures({"funnel": plot_funnel(result), "mlp": plot_mlp_depth(result)}, tmp_path / "images")
-    assert sorted(p.name for p in written) == sorted(f"{name}.{kind}" for name in ("funnel", "mlp")
-                                                     for kind in ("png", "svg", "pdf"))
+    assert sorted(p.name for p in written) == sorted(
+        f"{name}.{kind}" for name in ("funnel", "mlp") for kind in ("png", "svg", "pdf")
+    )
     assert (tmp_path / "images" / "funnel.svg").read_text(encoding="utf-8").lstrip().startswith("<svg")
     assert "synthetic/funnel" in (tmp_path / "images" / "funnel.svg").read_text(encoding="utf-8")  # the title
     assert (tmp_path / "images" / "funnel.pdf").read_bytes()[:5] == b"%PDF-"
@@ -408,8 +425,10 @@ def test_png_option_is_refused_before_any_work_without_chrome(tmp_path, monkeypa
     monkeypatch.setitem(__import__("sys").modules, "kaleido", object())
     monkeypatch.setattr(funnel_tl.models.loading, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     for command in (["run"], ["heads"], ["compare", "--models", "nano-2l"], ["report", str(tmp_path)]):
-        assert main([*command, "--png", "--out", str(tmp_path / "x")] if command[0] != "report" else
-                    [*command, "--png"]) == 2
+        assert (
+            main([*command, "--png", "--out", str(tmp_path / "x")] if command[0] != "report" else [*command, "--png"])
+            == 2
+        )
         error = capsys.readouterr().err
         assert "--png needs kaleido and a Chrome/Chromium" in error and error.count("\n") == 1, command
 
@@ -433,7 +452,9 @@ def test_report_rerenders_from_results_json_without_a_model(tmp_path, monkeypatc
     assert "synthetic/funnel: FUNNEL MODEL ANALYSIS" in out and "synthetic/other: FUNNEL MODEL ANALYSIS" in out
     assert "FUNNEL MODEL CONFIRMED (robust)" in out  # the stored intervals were used
     assert out.count(IMAGES_HINT) == 1  # said once, not per page; no browser started without --png
-    expected = write_html(plot_funnel(GainResult.load(tmp_path / "results.json")), tmp_path / "expected" / "funnel.html")
+    expected = write_html(
+        plot_funnel(GainResult.load(tmp_path / "results.json")), tmp_path / "expected" / "funnel.html"
+    )
     assert (tmp_path / "funnel.html").read_bytes() == expected.read_bytes()
 
 
@@ -441,9 +462,13 @@ def test_report_can_redraw_or_drop_intervals(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(plots.pages, "find_chrome", lambda: None)
     funnel_like().save(tmp_path / "results.json")
     assert main(["report", str(tmp_path), "--bootstrap", "300", "--bootstrap-seed", "3"]) == 0
-    assert "ROBUST TEST: 95% t intervals over 8 prompts (products: studentized bootstrap, 300 resamples, seed 3)" \
+    assert (
+        "ROBUST TEST: 95% t intervals over 8 prompts (products: studentized bootstrap, 300 resamples, seed 3)"
         in capsys.readouterr().out
-    assert main(["report", str(tmp_path), "--bootstrap", "300", "--bootstrap-seed", "3", "--intervals", "percentile"]) == 0
+    )
+    assert (
+        main(["report", str(tmp_path), "--bootstrap", "300", "--bootstrap-seed", "3", "--intervals", "percentile"]) == 0
+    )
     assert "percentile-bootstrap intervals over 8 prompts (300 resamples, seed 3)" in capsys.readouterr().out
     assert "300 resamples" in (tmp_path / "funnel.html").read_text(encoding="utf-8")
     assert "intervals" not in json.loads((tmp_path / "results.json").read_text())  # report never rewrites results
@@ -464,8 +489,22 @@ def test_report_errors_are_one_line(tmp_path, capsys):
 def test_run_writes_funnel_html_that_report_reproduces(tmp_path, checkpoints, capsys, monkeypatch):
     monkeypatch.setattr(plots.pages, "find_chrome", lambda: None)
     out = tmp_path / "run"
-    assert main(["run", "--model", str(checkpoints["neox-parallel"]), "--device", "cpu", "--out", str(out),
-                 "--bootstrap", "200"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                str(checkpoints["neox-parallel"]),
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+                "--bootstrap",
+                "200",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "FUNNEL MODEL CONFIRMED (robust)" in printed and IMAGES_HINT in printed
     data = json.loads((out / "results.json").read_text())
@@ -479,8 +518,12 @@ def test_run_writes_funnel_html_that_report_reproduces(tmp_path, checkpoints, ca
 @pytest.mark.slow
 def test_run_with_bootstrap_0_skips_intervals(tmp_path, checkpoints, monkeypatch):
     monkeypatch.setattr(plots.pages, "find_chrome", lambda: None)
-    assert main(["run", "--model", str(checkpoints["gpt2"]), "--device", "cpu", "--out", str(tmp_path),
-                 "--bootstrap", "0"]) == 0
+    assert (
+        main(
+            ["run", "--model", str(checkpoints["gpt2"]), "--device", "cpu", "--out", str(tmp_path), "--bootstrap", "0"]
+        )
+        == 0
+    )
     assert "intervals" not in json.loads((tmp_path / "results.json").read_text())
     assert (tmp_path / "funnel.html").is_file()
     assert main(["run", "--model", str(checkpoints["gpt2"]), "--bootstrap", "-1"]) == 2

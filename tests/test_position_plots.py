@@ -64,7 +64,7 @@ def test_sink_comparison_draws_both_versions_and_names_the_verdict_change():
 def test_position_page_opens_offline(tmp_path):
     path = write_position_page(sink_result(sink_gain=2.0), tmp_path / "positions.html")
     html = path.read_text()
-    assert html.count("id=\"funnel-tl-positions-") == 2  # heatmaps, then the comparison
+    assert html.count('id="funnel-tl-positions-') == 2  # heatmaps, then the comparison
     assert "html { overflow-y: scroll; }" in html  # seen in Chromium: no sideways scroll at 1400 px
     # The folder's shared plotly.js, by relative path (no network), or embedded when asked.
     assert '<script src="plotly.min.js"' in html and (tmp_path / "plotly.min.js").is_file()
@@ -80,8 +80,25 @@ def test_run_by_position_end_to_end(checkpoints, hf_model, tokenizer, tmp_path, 
     source = tmp_path / "prompts.txt"
     source.write_text("\n".join(prompts) + "\n")
     out = tmp_path / "run"
-    assert main(["run", "--model", str(checkpoints["gpt2"]), "--prompts", str(source), "--by-position",
-                 "--batch-size", "4", "--bootstrap", "200", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                str(checkpoints["gpt2"]),
+                "--prompts",
+                str(source),
+                "--by-position",
+                "--batch-size",
+                "4",
+                "--bootstrap",
+                "200",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "POSITIONS: is the verdict about position 0?" in printed and "Funnel verdict, without position 0" in printed
     data = json.loads((out / "results.json").read_text())
@@ -107,8 +124,14 @@ def test_compare_by_position_measures_again_files_without_positions(checkpoints,
     from funnel_tl import compare
 
     models = [str(checkpoints["gpt2"]), str(checkpoints["llama-gqa"])]
-    options = dict(prompts=["Hi there", "x = 1", "def f(x): return x"], device="cpu", dtype="float32",
-                   out=tmp_path, bootstrap=0, progress=False)
+    options = dict(
+        prompts=["Hi there", "x = 1", "def f(x): return x"],
+        device="cpu",
+        dtype="float32",
+        out=tmp_path,
+        bootstrap=0,
+        progress=False,
+    )
     plain = compare(models, **options)
     assert all(result.positions is None for result in plain.results.values())
     swept = compare(models, by_position=True, **options)
@@ -130,8 +153,27 @@ def test_done_when_nano_8l_by_position_equals_hf_reference(tmp_path, capsys):
     from funnel_tl.prompts.sets import SEED_PROMPTS
     from funnel_tl.testing.reference import reference_position_gains, seed_token_norms
 
-    assert main(["run", "--model", "nano-8l", "--by-position", "--batch-size", "8", "--device", "cpu",
-                 "--dtype", "float32", "--bootstrap", "100", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                "nano-8l",
+                "--by-position",
+                "--batch-size",
+                "8",
+                "--device",
+                "cpu",
+                "--dtype",
+                "float32",
+                "--bootstrap",
+                "100",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "Funnel verdict, without position 0" in printed and "depend" in printed
     data = json.loads((tmp_path / "results.json").read_text())
@@ -143,8 +185,12 @@ def test_done_when_nano_8l_by_position_equals_hf_reference(tmp_path, capsys):
     assert data["by_position"]["n_prompts"] == counts.tolist()
     for component, key in (("attn", "attention"), ("mlp", "mlp"), ("block", "block")):
         # float32 on both paths; they differ only in summation order (~1e-7).
-        np.testing.assert_allclose(np.asarray(data["by_position"]["gains"][key], dtype=float), expected[component],
-                                   rtol=1e-4, err_msg=component)
+        np.testing.assert_allclose(
+            np.asarray(data["by_position"]["gains"][key], dtype=float),
+            expected[component],
+            rtol=1e-4,
+            err_msg=component,
+        )
     sink = data["by_position"]["sink"]
     assert sink["k"] == 1 and isinstance(sink["verdict_changes"], bool)
     assert (tmp_path / "positions.html").is_file()
@@ -156,11 +202,28 @@ def test_sink_positions_without_by_position_is_refused(capsys):
 
 
 def test_heads_by_position_from_the_command_line(checkpoints, tmp_path, capsys):
-    assert main(["heads", "--model", str(checkpoints["neox-parallel"]), "--by-position", "--top", "4",
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "heads",
+                "--model",
+                str(checkpoints["neox-parallel"]),
+                "--by-position",
+                "--top",
+                "4",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     data = json.loads((tmp_path / "heads.json").read_text())
     block = data["by_position"]
-    assert np.asarray(block["head_gain"], dtype=float).shape == (data["n_layers"], data["n_heads"], len(block["labels"]))
+    assert np.asarray(block["head_gain"], dtype=float).shape == (
+        data["n_layers"],
+        data["n_heads"],
+        len(block["labels"]),
+    )
     assert "the top 4 heads' gain by position" in (tmp_path / "heads.html").read_text()
 
 
@@ -176,9 +239,18 @@ def test_bucket_labels_are_plain_hyphens_in_data_and_en_dashes_in_figures():
     ones = np.ones((1, 2, len(edges) - 1)) * n_tokens[:, None, :]  # [prompt, layer, bucket]
     sums = {c: ones.copy() for c in ("attn", "mlp", "block")}
     positions = PositionSums(edges=edges, n_tokens=n_tokens, out_sums=sums, in_sums={c: ones.copy() for c in sums})
-    result = GainResult(model="synthetic/long", definition="seed", n_layers=2, d_model=8, parallel_blocks=True,
-                        prompts=("a",), n_tokens=n_tokens.sum(axis=1), out_sums={c: v.sum(axis=2) for c, v in sums.items()},
-                        in_sums={c: v.sum(axis=2) for c, v in sums.items()}, positions=positions)
+    result = GainResult(
+        model="synthetic/long",
+        definition="seed",
+        n_layers=2,
+        d_model=8,
+        parallel_blocks=True,
+        prompts=("a",),
+        n_tokens=n_tokens.sum(axis=1),
+        out_sums={c: v.sum(axis=2) for c, v in sums.items()},
+        in_sums={c: v.sum(axis=2) for c, v in sums.items()},
+        positions=positions,
+    )
     frame = result.to_pandas()
     assert len(frame.query("position == '16-31'")) == len(frame.query("position == '0'")) > 0
     assert list(plot_position_heatmap(result, "attn").data[0].x)[-2:] == ["16–31", "32–63"]

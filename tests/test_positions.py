@@ -53,12 +53,12 @@ def test_position_sums_equal_a_loop():
     lengths = [70, 1, 17, 33, 40]
     counted = torch.zeros(5, 70, dtype=torch.bool)
     for row, length in enumerate(lengths):
-        counted[row, 2 if row == 3 else 0:length] = True  # row 3 drops its first two positions
+        counted[row, 2 if row == 3 else 0 : length] = True  # row 3 drops its first two positions
     edges = bucket_edges(70)
     sums, counts = position_sums(norms, counted, edges)
     assert sums.shape == (5, 3, len(edges) - 1) and counts.shape == (5, len(edges) - 1)
     for row in range(5):
-        for bucket, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        for bucket, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
             chosen = [p for p in range(lo, min(hi, 70)) if counted[row, p]]
             assert counts[row, bucket] == len(chosen)
             expected = norms[:, row, chosen].sum(dim=1) if chosen else torch.zeros(3)
@@ -90,16 +90,19 @@ def test_position_gains_equal_hf_reference_on_padded_batches(arch, definition, b
     np.testing.assert_array_equal(result.positions.prompt_counts(), counts)
     assert counts[0] == len(PROMPTS) and counts[-1] < len(PROMPTS)  # the last bucket: long prompts only
     for component in ("attn", "mlp", "block"):
-        np.testing.assert_allclose(result.position_gains(component), expected[component], rtol=RELATIVE,
-                                   err_msg=f"{arch} {definition} {component}")
+        np.testing.assert_allclose(
+            result.position_gains(component),
+            expected[component],
+            rtol=RELATIVE,
+            err_msg=f"{arch} {definition} {component}",
+        )
 
 
 @pytest.mark.parametrize("arch", ["neox-parallel", "llama-gqa"])
 def test_drop_first_composes_with_by_position(arch, bridge, token_norms):
-    prompts_long = [p for p, n in zip(PROMPTS, token_norms(arch)) if n["attn_out"].shape[1] > 2]
+    prompts_long = [p for p, n in zip(PROMPTS, token_norms(arch), strict=True) if n["attn_out"].shape[1] > 2]
     norms = [n for n in token_norms(arch) if n["attn_out"].shape[1] > 2]
-    result = measure_gains(bridge(arch), prompts_long, definition="seed", batch_size=3, drop_first=2,
-                           by_position=True)
+    result = measure_gains(bridge(arch), prompts_long, definition="seed", batch_size=3, drop_first=2, by_position=True)
     expected, counts = reference_position_gains(norms, result.positions.edges, "seed", drop_first=2)
     assert counts[0] == counts[1] == 0 and counts[2] == len(prompts_long)
     for component in ("attn", "mlp", "block"):
@@ -119,15 +122,20 @@ def test_without_first_equals_measuring_with_drop_first(arch, bridge):
     result = measure_gains(bridge(arch), PROMPTS, definition="residual", batch_size=8, by_position=True)
     for k in (1, 3):
         derived = result.without_first(k)
-        measured = measure_gains(bridge(arch), [p for p, n in zip(PROMPTS, result.n_tokens) if n > k],
-                                 definition="residual", batch_size=8, drop_first=k, by_position=True)
+        measured = measure_gains(
+            bridge(arch),
+            [p for p, n in zip(PROMPTS, result.n_tokens, strict=True) if n > k],
+            definition="residual",
+            batch_size=8,
+            drop_first=k,
+            by_position=True,
+        )
         assert derived.prompts == measured.prompts and derived.drop_first == k
         np.testing.assert_array_equal(derived.n_tokens, measured.n_tokens)
         for component in ("attn", "mlp", "block"):
             # Bucket sums added up vs one sum per prompt: float32 rounding of different groupings.
             np.testing.assert_allclose(derived.gains(component), measured.gains(component), rtol=1e-5)
-            np.testing.assert_allclose(derived.position_gains(component), measured.position_gains(component),
-                                       rtol=1e-6)
+            np.testing.assert_allclose(derived.position_gains(component), measured.position_gains(component), rtol=1e-6)
     assert len(result.without_first(3).prompts) < len(PROMPTS)  # "Hi" and "x = 1" have nothing left
 
 
@@ -149,8 +157,9 @@ def measured(bridge):
 def test_position_sums_must_add_up_to_the_per_prompt_sums(measured):
     from dataclasses import replace
 
-    broken = replace(measured.positions, out_sums={c: v * (1.5 if c == "mlp" else 1)
-                                                   for c, v in measured.positions.out_sums.items()})
+    broken = replace(
+        measured.positions, out_sums={c: v * (1.5 if c == "mlp" else 1) for c, v in measured.positions.out_sums.items()}
+    )
     with pytest.raises(ValueError, match="mlp position sums do not add up"):
         replace(measured, positions=broken)
 
@@ -166,8 +175,9 @@ def test_results_json_round_trip(measured, tmp_path):
     loaded = GainResult.load(tmp_path / "results.json")
     for component in ("attn", "mlp", "block", "combined"):
         np.testing.assert_array_equal(loaded.position_gains(component), result.position_gains(component))
-        np.testing.assert_array_equal(loaded.positions.intervals.gains[component],
-                                      result.positions.intervals.gains[component])
+        np.testing.assert_array_equal(
+            loaded.positions.intervals.gains[component], result.positions.intervals.gains[component]
+        )
 
 
 def test_files_without_positions_still_load(bridge, tmp_path):
@@ -204,8 +214,9 @@ def test_subset_equals_measuring_those_prompts(measured, bridge):
     assert np.all(part.positions.n_tokens[:, n_buckets:] == 0)
     for component in ("attn", "mlp", "block"):
         # Other batch companions, so other padding: per-row float ops agree to rounding.
-        np.testing.assert_allclose(part.position_gains(component)[:, :n_buckets], direct.position_gains(component),
-                                   rtol=1e-5)
+        np.testing.assert_allclose(
+            part.position_gains(component)[:, :n_buckets], direct.position_gains(component), rtol=1e-5
+        )
 
 
 # ---- the sink's effect on the verdict --------------------------------------------------------
@@ -232,8 +243,10 @@ def test_robust_verdicts_both_ways_when_intervals_are_drawn():
     effect = sink_effect(result)
     assert effect.robust_verdict_changes is True
     assert not effect.robust_all_positions.funnel_confirmed and effect.robust_without_first.funnel_confirmed
-    assert "Robust verdict (95% intervals): not confirmed on all positions, CONFIRMED without position 0" \
+    assert (
+        "Robust verdict (95% intervals): not confirmed on all positions, CONFIRMED without position 0"
         in format_sink_analysis(result)
+    )
     assert sink_effect(sink_result(sink_gain=2.0)).robust_verdict_changes is None  # no intervals, no robust verdict
 
 
@@ -253,8 +266,12 @@ def test_sink_summary_names_changed_criteria_and_the_largest_factor_in_words():
     last = text.splitlines()[-1]
     before, after = result.attn_gains, result.without_first(1).attn_gains
     assert last.startswith("largest change: L") and "without position 0" in last
-    ratio = max(np.max(before / after), np.max(after / before), np.max(result.mlp_gains / result.without_first(1).mlp_gains),
-                np.max(result.without_first(1).mlp_gains / result.mlp_gains))
+    ratio = max(
+        np.max(before / after),
+        np.max(after / before),
+        np.max(result.mlp_gains / result.without_first(1).mlp_gains),
+        np.max(result.without_first(1).mlp_gains / result.mlp_gains),
+    )
     assert f"x{ratio:.2g}" in last
 
 
@@ -268,11 +285,11 @@ def test_mean_norms_by_position_equal_hf_reference(arch, bridge, token_norms):
     """‖resid_pre‖ by position, the quantity that shows massive activations at position 0."""
     result = measure_gains(bridge(arch), PROMPTS, definition="residual", batch_size=4, by_position=True)
     positions = result.positions
-    for bucket, (lo, hi) in enumerate(zip(positions.edges[:-1], positions.edges[1:])):
-        reaching = [norms["resid_pre"][:, lo:hi].mean(axis=1) for norms in token_norms(arch)
-                    if norms["resid_pre"].shape[1] > lo]
+    for bucket, (lo, hi) in enumerate(zip(positions.edges[:-1], positions.edges[1:], strict=True)):
+        reaching = [
+            norms["resid_pre"][:, lo:hi].mean(axis=1) for norms in token_norms(arch) if norms["resid_pre"].shape[1] > lo
+        ]
         np.testing.assert_allclose(positions.mean_norms("block")[:, bucket], np.mean(reaching, axis=0), rtol=RELATIVE)
-
 
 
 def test_a_non_finite_norm_at_a_padded_position_poisons_nothing():
@@ -299,8 +316,10 @@ def test_position_rows_are_one_per_reached_cell():
 
 
 # ---- heads ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch,definition", [("neox-parallel", "seed"), ("neox-serial", "residual"),
-                                             ("gpt2", "seed"), ("llama-gqa", "residual")])
+@pytest.mark.parametrize(
+    "arch,definition",
+    [("neox-parallel", "seed"), ("neox-serial", "residual"), ("gpt2", "seed"), ("llama-gqa", "residual")],
+)
 def test_head_position_gains_equal_hf_reference(arch, definition, bridge, hf_model, tokenizer, token_norms):
     from funnel_tl import head_gains
     from funnel_tl.testing.reference import seed_head_token_norms
@@ -310,10 +329,13 @@ def test_head_position_gains_equal_hf_reference(arch, definition, bridge, hf_mod
     denominator = "attn_in" if definition == "seed" else "resid_pre"
     edges = heads.positions.edges
     expected = np.full(heads.head_position_gains().shape, np.nan)  # [layer, head, bucket]
-    for bucket, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+    for bucket, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
         lo = max(lo, 1)  # drop_first=1
-        per_prompt = [norms[:, :, lo:hi].mean(axis=2) / (inputs[denominator][:, lo:hi].mean(axis=1)[:, None] + 1e-10)
-                      for norms, inputs in zip(head_norms, token_norms(arch)) if norms.shape[2] > lo and lo < hi]
+        per_prompt = [
+            norms[:, :, lo:hi].mean(axis=2) / (inputs[denominator][:, lo:hi].mean(axis=1)[:, None] + 1e-10)
+            for norms, inputs in zip(head_norms, token_norms(arch), strict=True)
+            if norms.shape[2] > lo and lo < hi
+        ]
         if per_prompt:
             expected[:, :, bucket] = np.mean(per_prompt, axis=0)
     assert np.all(np.isnan(expected[:, :, 0]))  # position 0 dropped: blank, not zero
@@ -362,8 +384,9 @@ def test_sink_bootstrap_is_drawn_once_for_file_text_and_figure(monkeypatch, tmp_
     drawn = []
     real = stats.bootstrap_intervals
     # Draws on results without position 0 only: results.json also draws the stream's growth's (drop_first 0).
-    monkeypatch.setattr(stats, "bootstrap_intervals",
-                        lambda *a, **kw: (a[0].drop_first == 1 and drawn.append(1)) or real(*a, **kw))
+    monkeypatch.setattr(
+        stats, "bootstrap_intervals", lambda *a, **kw: (a[0].drop_first == 1 and drawn.append(1)) or real(*a, **kw)
+    )
     result.save(tmp_path / "results.json")
     text = format_sink_analysis(result)
     write_position_page(result, tmp_path / "positions.html")

@@ -34,8 +34,11 @@ def _hooked_with(folder, step):
 def test_processed_bridge_with_defaults_is_refused(arch, checkpoints, tokenizer):
     """``enable_compatibility_mode()`` with its defaults: the first thing a TL 4 user types."""
     bridge = boot_bridge(checkpoints[arch], compatibility={})
-    with pytest.raises(FunnelError, match=r"processed weights \(fold_ln, center_writing_weights, fold_value_biases\)"
-                       r".*enable_compatibility_mode\(no_processing=True\)"):
+    with pytest.raises(
+        FunnelError,
+        match=r"processed weights \(fold_ln, center_writing_weights, fold_value_biases\)"
+        r".*enable_compatibility_mode\(no_processing=True\)",
+    ):
         measure_gains(bridge, ["a prompt"], tokenizer=tokenizer)
     with pytest.raises(FunnelError, match="processed weights"):
         head_gains(bridge, ["a prompt"], tokenizer=tokenizer)

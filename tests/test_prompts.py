@@ -52,7 +52,9 @@ def test_missing_file_with_another_extension_is_named_as_a_file(tmp_path):
     assert "pass it in a list" not in str(caught.value)
     with pytest.raises(FunnelError, match=r"pass it in a list, \['What is 2. And 3'\]"):
         load_prompts("What is 2. And 3")
-    with pytest.raises(FunnelError, match=r"pass it in a list, \['Paris'\], or on the command line write it to a \.txt file"):
+    with pytest.raises(
+        FunnelError, match=r"pass it in a list, \['Paris'\], or on the command line write it to a \.txt file"
+    ):
         load_prompts("Paris")  # the same message reaches `funnel-tl run --prompts Paris`, where a list cannot be typed
 
 

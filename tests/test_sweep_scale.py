@@ -100,9 +100,14 @@ def test_a_table_of_typed_spellings_is_superseded_not_duplicated(swept, run_dir,
     monkeypatch.chdir(run_dir.parent)
     again = compare(["ckpts"], checkpoints=[0], out=copy, **OPTIONS)
     assert [row.model for row in again.rows] == [f"{run_dir}@step0"] + [
-        f"ckpts@step{step}" for step in (2, 1000, 10000)]  # one row per checkpoint, none twice
+        f"ckpts@step{step}" for step in (2, 1000, 10000)
+    ]  # one row per checkpoint, none twice
     assert [row.status for row in again.rows] == ["ok"] * 4 and [row.resumed for row in again.rows] == [
-        False, True, True, True]
+        False,
+        True,
+        True,
+        True,
+    ]
 
 
 def test_model_names_are_identities():
@@ -115,8 +120,11 @@ def test_model_names_are_identities():
 
 def test_models_may_be_comma_separated_and_pythia_named_short():
     expand = sweep_plan.expand_models
-    assert expand(["pythia-70m,pythia-160m", "nano-2l"]) == ["EleutherAI/pythia-70m", "EleutherAI/pythia-160m",
-                                                              "nano-2l"]
+    assert expand(["pythia-70m,pythia-160m", "nano-2l"]) == [
+        "EleutherAI/pythia-70m",
+        "EleutherAI/pythia-160m",
+        "nano-2l",
+    ]
     assert expand("pythia-1.4b-deduped") == ["EleutherAI/pythia-1.4b-deduped"]
     with pytest.raises(FunnelError, match="empty model name"):
         expand("pythia-70m,,pythia-160m")
@@ -138,9 +146,10 @@ def test_one_checkpoint_into_the_folder_keeps_every_row(swept, tmp_path, load_ca
     table = json.loads((copy / "compare.json").read_text())
     assert table["n_models"] == 4 and [row["step"] for row in table["models"]] == [0, 2, 1000, 10000]
     assert "kept 3 rows of the table" in capsys.readouterr().err
-    for old, new in zip(comparison.rows, again.rows):  # every kept row carries the first run's numbers
-        np.testing.assert_array_equal(again.results[new.model].out_sums["mlp"],
-                                      comparison.results[old.model].out_sums["mlp"])
+    for old, new in zip(comparison.rows, again.rows, strict=False):  # every kept row carries the first run's numbers
+        np.testing.assert_array_equal(
+            again.results[new.model].out_sums["mlp"], comparison.results[old.model].out_sums["mlp"]
+        )
 
 
 def test_a_kept_row_whose_file_is_gone_stays_and_says_so(swept, tmp_path, load_calls):
@@ -153,10 +162,15 @@ def test_a_kept_row_whose_file_is_gone_stays_and_says_so(swept, tmp_path, load_c
     assert "is gone or no longer matches this table" in again.rows[1].error
 
 
-@pytest.mark.parametrize("change,named", [(dict(definition="residual"), "definition=seed"),
-                                          (dict(drop_first=1), "drop_first=0"),
-                                          (dict(max_tokens_per_prompt=5), "max_tokens_per_prompt=None"),
-                                          (dict(prompts=["one prompt here", "and a second one"]), "prompts_sha256=")])
+@pytest.mark.parametrize(
+    "change,named",
+    [
+        (dict(definition="residual"), "definition=seed"),
+        (dict(drop_first=1), "drop_first=0"),
+        (dict(max_tokens_per_prompt=5), "max_tokens_per_prompt=None"),
+        (dict(prompts=["one prompt here", "and a second one"]), "prompts_sha256="),
+    ],
+)
 def test_a_table_of_other_settings_is_refused_before_any_model_loads(swept, tmp_path, load_calls, change, named):
     copy = copy_of(swept, tmp_path)
     before = (copy / "compare.json").read_bytes()
@@ -169,8 +183,23 @@ def test_a_table_of_other_settings_is_refused_before_any_model_loads(swept, tmp_
 
 def test_the_cli_refuses_a_table_of_other_settings_in_one_line(swept, tmp_path, capsys):
     copy = copy_of(swept, tmp_path)
-    status = main(["compare", "--models", str(swept[0].rows[0].base), "--checkpoints", "0", "--device", "cpu",
-                   "--definition", "residual", "--bootstrap", "0", "--out", str(copy)])
+    status = main(
+        [
+            "compare",
+            "--models",
+            str(swept[0].rows[0].base),
+            "--checkpoints",
+            "0",
+            "--device",
+            "cpu",
+            "--definition",
+            "residual",
+            "--bootstrap",
+            "0",
+            "--out",
+            str(copy),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and "definition=seed" in err[0] and "definition=residual" in err[0]
 
@@ -180,13 +209,42 @@ def test_a_run_with_truncation_in_the_sweep_folder_is_measured_again(tmp_path, c
     """`run --max-tokens-per-prompt` wrote its file where the sweep keeps that checkpoint: the
     sweep, asking no truncation, measures it again and says why (it used to show it as its own)."""
     out = tmp_path / "sweep"
-    sweep = ["compare", "--models", "nano-4l", "--checkpoints", "64", "--device", "cpu", "--bootstrap", "0",
-             "--out", str(out)]
+    sweep = [
+        "compare",
+        "--models",
+        "nano-4l",
+        "--checkpoints",
+        "64",
+        "--device",
+        "cpu",
+        "--bootstrap",
+        "0",
+        "--out",
+        str(out),
+    ]
     assert main(sweep) == 0
     folder = out / "nano-4l_step64"
     untruncated = GainResult.load(folder / "results.json")
-    assert main(["run", "--model", "nano-4l", "--revision", "step64", "--device", "cpu", "--bootstrap", "0",
-                 "--max-tokens-per-prompt", "4", "--out", str(folder)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                "nano-4l",
+                "--revision",
+                "step64",
+                "--device",
+                "cpu",
+                "--bootstrap",
+                "0",
+                "--max-tokens-per-prompt",
+                "4",
+                "--out",
+                str(folder),
+            ]
+        )
+        == 0
+    )
     assert GainResult.load(folder / "results.json").provenance["truncation"]["max_tokens_per_prompt"] == 4
     capsys.readouterr()
     assert main(sweep) == 0
@@ -207,8 +265,9 @@ def test_a_results_file_of_another_revision_is_not_resumed(tmp_path, capsys):
     path = tmp_path / "EleutherAI__pythia-70m" / "results.json"
     result.save(path)
     target = Target("EleutherAI/pythia-70m", "EleutherAI/pythia-70m", "EleutherAI/pythia-70m")
-    settings = dict(definition="seed", prompts_sha256=prompts_sha256(list(result.prompts)),
-                    drop_first=0, dtype="float32")
+    settings = dict(
+        definition="seed", prompts_sha256=prompts_sha256(list(result.prompts)), drop_first=0, dtype="float32"
+    )
     assert sweep_one_target.finished_result(path, target, settings, say_replaced=True) is None
     assert "revision=step1000; this sweep asks revision=None" in capsys.readouterr().err
     result.provenance["revision"] = None
@@ -324,8 +383,11 @@ def test_a_checkpoint_page_leads_with_gains_against_step_and_folds_its_tables():
     assert page.count('<details class="verdicts">') == 2 and "pythia-160m</b>: 30 checkpoints" in page
     figure = comparison.training_figure()
     assert [a.text for a in figure.layout.annotations] == [
-        "pythia-70m: Attention gain per layer", "pythia-70m: MLP gain per layer",
-        "pythia-160m: Attention gain per layer", "pythia-160m: MLP gain per layer"]
+        "pythia-70m: Attention gain per layer",
+        "pythia-70m: MLP gain per layer",
+        "pythia-160m: Attention gain per layer",
+        "pythia-160m: MLP gain per layer",
+    ]
     assert figure.layout.xaxis.type == "log" and figure.layout.xaxis3.type == "log"
     assert figure.layout.coloraxis.colorbar.title.text == "layer<br>depth"  # several sizes: no per-layer legend
     # Each size's checkpoints, in step order, one line per layer and component.
@@ -347,8 +409,9 @@ def test_step_heatmaps_have_the_step_on_their_axis_and_a_bounded_height():
     np.testing.assert_allclose(cells.y[1:], np.log10(PYTHIA_STEPS[1:]))  # log10 of the step, step 0 at 0.5
     assert cells.y[0] == pytest.approx(np.log10(0.5))
     comparison = synthetic(154, sizes=("70m", "160m"))
-    np.testing.assert_allclose(cells.z, np.log10([comparison.results[r.model].mlp_gains for r in comparison.rows
-                                                  if r.base.endswith("70m")]))
+    np.testing.assert_allclose(
+        cells.z, np.log10([comparison.results[r.model].mlp_gains for r in comparison.rows if r.base.endswith("70m")])
+    )
 
 
 def models(names) -> Comparison:

@@ -49,8 +49,10 @@ def reference(hf_model, tokenizer):
 
     def get(arch):
         if arch not in cached:
-            cached[arch] = {"layers": seed_reference(hf_model(arch), tokenizer, PROMPTS),
-                            **hf_head_reference(hf_model(arch), tokenizer, PROMPTS)}
+            cached[arch] = {
+                "layers": seed_reference(hf_model(arch), tokenizer, PROMPTS),
+                **hf_head_reference(hf_model(arch), tokenizer, PROMPTS),
+            }
         return cached[arch]
 
     return get
@@ -64,8 +66,12 @@ def test_layer_gains_equal_reference(kind, arch, definition, user_model, referen
     result = measure_gains(model, PROMPTS, definition=definition, batch_size=3, tokenizer=tokenizer)
     expected = reference_gains(reference(arch)["layers"], definition)
     for component in ("attn", "mlp", "block"):
-        np.testing.assert_allclose(result.gains(component), expected[component], rtol=RELATIVE,
-                                   err_msg=f"{kind} {arch} {definition} {component}")
+        np.testing.assert_allclose(
+            result.gains(component),
+            expected[component],
+            rtol=RELATIVE,
+            err_msg=f"{kind} {arch} {definition} {component}",
+        )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -82,8 +88,10 @@ def test_head_gains_equal_reference(kind, arch, user_model, reference, tokenizer
 def test_hooked_transformer_reads_its_norm_after_the_affine(user_model):
     """The plan on a HookedTransformer names hook_normalized *and* the affine that completes it."""
     plan = plan_hooks(user_model("hooked", "gpt2"), "seed")
-    assert plan.inputs["attn"] == "ln1.hook_normalized" and plan.affine == {"ln1.hook_normalized": "ln1",
-                                                                           "ln2.hook_normalized": "ln2"}
+    assert plan.inputs["attn"] == "ln1.hook_normalized" and plan.affine == {
+        "ln1.hook_normalized": "ln1",
+        "ln2.hook_normalized": "ln2",
+    }
     assert plan.describe()["attn_in"] == "ln1.hook_normalized * ln1.w (+ ln1.b)"
 
 
@@ -97,8 +105,8 @@ def test_gains_from_cache_equal_measure_gains(kind, definition, user_model, toke
     tokens = torch.zeros((len(ids), width), dtype=torch.long)
     mask = torch.zeros((len(ids), width), dtype=torch.long)
     for row, row_ids in enumerate(ids):
-        tokens[row, :len(row_ids)] = torch.tensor(row_ids)
-        mask[row, :len(row_ids)] = 1
+        tokens[row, : len(row_ids)] = torch.tensor(row_ids)
+        mask[row, : len(row_ids)] = 1
     _, cache = model.run_with_cache(tokens, attention_mask=mask)
     result = gains_from_cache(cache, model, definition=definition, attention_mask=mask, drop_first=1, prompts=PROMPTS)
     expected = measure_gains(model, PROMPTS, definition=definition, drop_first=1, tokenizer=tokenizer)
@@ -136,8 +144,9 @@ def test_hooked_transformer_families(name, tmp_path, tokenizer):
         result = measure_gains(model, PROMPTS[:2], definition=definition, tokenizer=tokenizer)
         expected = reference_gains(means, definition)
         for component in ("attn", "mlp", "block"):
-            np.testing.assert_allclose(result.gains(component), expected[component], rtol=RELATIVE,
-                                       err_msg=f"{name} {definition} {component}")
+            np.testing.assert_allclose(
+                result.gains(component), expected[component], rtol=RELATIVE, err_msg=f"{name} {definition} {component}"
+            )
 
 
 def test_block_shape_is_recorded_in_results_json(user_model, tokenizer, tmp_path):
@@ -146,9 +155,15 @@ def test_block_shape_is_recorded_in_results_json(user_model, tokenizer, tmp_path
     result = measure_gains(user_model("bridge-compat", "neox-parallel"), PROMPTS[:1], tokenizer=tokenizer)
     result.save(tmp_path / "results.json")
     reads = GainResult.load(tmp_path / "results.json").provenance["reads"]
-    assert reads == {"block_shape": "parallel-two-norms", "attn_in": "ln1.hook_out", "attn_out": "hook_attn_out",
-                     "mlp_in": "ln2.hook_out", "mlp_out": "hook_mlp_out", "block_in": "hook_resid_pre",
-                     "block_out": "hook_resid_post"}
+    assert reads == {
+        "block_shape": "parallel-two-norms",
+        "attn_in": "ln1.hook_out",
+        "attn_out": "hook_attn_out",
+        "mlp_in": "ln2.hook_out",
+        "mlp_out": "hook_mlp_out",
+        "block_in": "hook_resid_pre",
+        "block_out": "hook_resid_post",
+    }
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama-gqa"])
@@ -159,13 +174,23 @@ def test_hooked_read_is_what_the_sublayer_receives(arch, dtype, checkpoints, tok
     model = load_hooked(checkpoints[arch], dtype=dtype)
     plan = plan_hooks(model, "seed")
     seen, hooked = {}, {}
-    handles = [getattr(model.blocks[1], norm).register_forward_hook(
-        lambda module, args, output, norm=norm: seen.__setitem__(norm, output)) for norm in ("ln1", "ln2")]
+    handles = [
+        getattr(model.blocks[1], norm).register_forward_hook(
+            lambda module, args, output, norm=norm: seen.__setitem__(norm, output)
+        )
+        for norm in ("ln1", "ln2")
+    ]
     tokens = torch.tensor([tokenizer(PROMPTS[0])["input_ids"]])
     try:
-        with model.hooks(fwd_hooks=[(f"blocks.1.{norm}.hook_normalized",
-                                     lambda activation, hook, norm=norm: hooked.__setitem__(norm, activation))
-                                    for norm in ("ln1", "ln2")]):
+        with model.hooks(
+            fwd_hooks=[
+                (
+                    f"blocks.1.{norm}.hook_normalized",
+                    lambda activation, hook, norm=norm: hooked.__setitem__(norm, activation),
+                )
+                for norm in ("ln1", "ln2")
+            ]
+        ):
             model(tokens)
     finally:
         for handle in handles:

@@ -51,12 +51,16 @@ def not_testable(result) -> str | None:
     """
     if len(result.layers) == result.n_layers:
         return None
-    return f"not testable: layers {result.layer_spans} of {result.n_layers} measured, and the Funnel verdicts need every layer"
+    return (
+        f"not testable: layers {result.layer_spans} of {result.n_layers} measured, "
+        "and the Funnel verdicts need every layer"
+    )
 
 
 def require_all_layers(result, what: str = "the Funnel test") -> None:
     """Refuse a verdict on a result measured on some layers only, in one line that says what to do."""
     why_not = not_testable(result)
     if why_not is not None:
-        raise FunnelError(f"{result.model}: {what} is {why_not}: measure with layers=None "
-                          "(funnel-tl run without --layers)")
+        raise FunnelError(
+            f"{result.model}: {what} is {why_not}: measure with layers=None (funnel-tl run without --layers)"
+        )

@@ -97,15 +97,22 @@ class GainVersusEffect:
         return {
             "intervention": self.intervention,
             "confidence": self.confidence,
-            "ranking": [{**asdict(s), "interval": _list(s.interval), "gain_interval": _list(s.gain_interval)}
-                        for s in self.ranking],
+            "ranking": [
+                {**asdict(s), "interval": _list(s.interval), "gain_interval": _list(s.gain_interval)}
+                for s in self.ranking
+            ],
             "first_separable": self.first_separable,
             "first_difference": _list(self.first_difference),
             "spearman_abs_log_gain_vs_delta_loss": {
-                c: {"rho": r.spearman, "interval": _list(r.interval)} for c, r in self.correlations.items()},
-            "last_mlp": {**asdict(self.last_mlp), "gain_interval": _list(self.last_mlp.gain_interval),
-                         "interval": _list(self.last_mlp.interval), "ties": list(self.last_mlp.ties),
-                         "difference": _list(self.last_mlp.difference)},
+                c: {"rho": r.spearman, "interval": _list(r.interval)} for c, r in self.correlations.items()
+            },
+            "last_mlp": {
+                **asdict(self.last_mlp),
+                "gain_interval": _list(self.last_mlp.gain_interval),
+                "interval": _list(self.last_mlp.interval),
+                "ties": list(self.last_mlp.ties),
+                "difference": _list(self.last_mlp.difference),
+            },
         }
 
 
@@ -127,7 +134,7 @@ def spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """
     rx, ry = _ranks(np.asarray(x, dtype=np.float64)), _ranks(np.asarray(y, dtype=np.float64))
     rx, ry = rx - rx.mean(axis=-1, keepdims=True), ry - ry.mean(axis=-1, keepdims=True)
-    denominator = np.sqrt((rx ** 2).sum(axis=-1) * (ry ** 2).sum(axis=-1))
+    denominator = np.sqrt((rx**2).sum(axis=-1) * (ry**2).sum(axis=-1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denominator > 0, (rx * ry).sum(axis=-1) / np.where(denominator > 0, denominator, 1), np.nan)
 
@@ -150,8 +157,16 @@ def gain_versus_effect(result: EffectResult, intervention: str | None = None) ->
     """The reading of ``result`` (see the module docstring), by ``intervention`` (default ``reading_intervention``)."""
     name = intervention or reading_intervention(result)
     intervals = result.intervals
-    settings = (dict(n_resamples=intervals.n_resamples, seed=intervals.seed, confidence=intervals.confidence,
-                     method=intervals.method) if intervals is not None and result.n_prompts >= 2 else None)
+    settings: dict[str, Any] | None = (
+        dict(
+            n_resamples=intervals.n_resamples,
+            seed=intervals.seed,
+            confidence=intervals.confidence,
+            method=intervals.method,
+        )
+        if intervals is not None and result.n_prompts >= 2
+        else None
+    )
     gain_intervals = result.gains.intervals
     sublayers = []
     for component in EFFECT_COMPONENTS:
@@ -159,14 +174,18 @@ def gain_versus_effect(result: EffectResult, intervention: str | None = None) ->
         bounds = intervals.of("delta_loss", name, component) if intervals is not None else None
         gain_bounds = gain_intervals.of(GAIN_COMPONENT[component]) if gain_intervals is not None else None
         for row, layer in enumerate(result.layers):
-            sublayers.append(Sublayer(component, layer, float(effect[row]), _pair(bounds, row), float(gains[row]),
-                                      _pair(gain_bounds, row)))
+            sublayers.append(
+                Sublayer(
+                    component, layer, float(effect[row]), _pair(bounds, row), float(gains[row]), _pair(gain_bounds, row)
+                )
+            )
     ranking = tuple(sorted(sublayers, key=lambda s: -s.delta_loss))
 
     def values(sublayer: Sublayer) -> np.ndarray:  # [prompt]
         return result.per_prompt("delta_loss", name, sublayer.component)[:, result.layers.index(sublayer.layer)]
 
     def paired(first: Sublayer, second: Sublayer) -> tuple[float, float, float]:
+        assert settings is not None  # called only where intervals are drawn
         difference = values(first) - values(second)
         low, high = mean_intervals(difference[:, None], **settings)[0]
         return float(difference.mean()), float(low), float(high)
@@ -180,7 +199,7 @@ def gain_versus_effect(result: EffectResult, intervention: str | None = None) ->
     for component in EFFECT_COMPONENTS:
         per_prompt_gains = result.gains.per_prompt_gains(GAIN_COMPONENT[component])  # [prompt, layer]
         per_prompt_effects = result.per_prompt("delta_loss", name, component)
-        bounds = None
+        rho_bounds: tuple[float, float] | None = None
         if len(result.layers) < MIN_LAYERS_FOR_RANKS:
             correlations[component] = Correlation(component, None, None)
             continue
@@ -188,19 +207,28 @@ def gain_versus_effect(result: EffectResult, intervention: str | None = None) ->
         if settings is not None:
             resampled = np.empty(settings["n_resamples"])
             # A correlation is no mean: its interval is the percentile bootstrap whatever the method.
-            for start, stop, weights in resample_weight_chunks(result.n_prompts, settings["n_resamples"],
-                                                               settings["seed"]):  # [resample, prompt]
-                resampled[start:stop] = spearman(np.abs(np.log(weights @ per_prompt_gains)), weights @ per_prompt_effects)
+            for start, stop, weights in resample_weight_chunks(
+                result.n_prompts, settings["n_resamples"], settings["seed"]
+            ):  # [resample, prompt]
+                resampled[start:stop] = spearman(
+                    np.abs(np.log(weights @ per_prompt_gains)), weights @ per_prompt_effects
+                )
             finite = resampled[np.isfinite(resampled)]
             if finite.size:
                 tail = 100 * (1 - settings["confidence"]) / 2
-                bounds = tuple(float(v) for v in np.percentile(finite, [tail, 100 - tail]))
-        correlations[component] = Correlation(component, None if not np.isfinite(rho) else float(rho), bounds)
+                rho_low, rho_high = np.percentile(finite, [tail, 100 - tail])
+                rho_bounds = (float(rho_low), float(rho_high))
+        correlations[component] = Correlation(component, None if not np.isfinite(rho) else float(rho), rho_bounds)
 
-    return GainVersusEffect(intervention=name, ranking=ranking, first_separable=first_separable,
-                            first_difference=first_difference, correlations=correlations,
-                            last_mlp=_last_mlp(result, ranking, paired if settings is not None else None),
-                            confidence=settings["confidence"] if settings is not None else None)
+    return GainVersusEffect(
+        intervention=name,
+        ranking=ranking,
+        first_separable=first_separable,
+        first_difference=first_difference,
+        correlations=correlations,
+        last_mlp=_last_mlp(result, ranking, paired if settings is not None else None),
+        confidence=settings["confidence"] if settings is not None else None,
+    )
 
 
 def _pair(bounds, row) -> tuple[float, float] | None:
@@ -220,8 +248,16 @@ def _last_mlp(result: EffectResult, ranking, paired) -> LastMLP:
         expands = "expands" if low > 1 else "contracts" if high < 1 else "undetermined"
     elif math.isfinite(mine.gain):
         expands = "expands" if mine.gain > 1 else "contracts"
-    common = dict(layer=last, gain=mine.gain, gain_interval=mine.gain_interval, expands=expands,
-                  delta_loss=mine.delta_loss, interval=mine.interval, rank=rank, top_layer=mlps[0].layer)
+    common = dict(
+        layer=last,
+        gain=mine.gain,
+        gain_interval=mine.gain_interval,
+        expands=expands,
+        delta_loss=mine.delta_loss,
+        interval=mine.interval,
+        rank=rank,
+        top_layer=mlps[0].layer,
+    )
     if len(mlps) == 1:
         return LastMLP("yes", **common)
     if paired is None:  # point estimates only
@@ -233,8 +269,12 @@ def _last_mlp(result: EffectResult, ranking, paired) -> LastMLP:
         return LastMLP("not separable" if ties else "yes", ties=ties, difference=closest, **common)
     top = mlps[0]
     difference = paired(top, mine)
-    return LastMLP("no" if difference[1] > 0 else "not separable", ties=(top.layer,) if difference[1] <= 0 else (),
-                   difference=difference, **common)
+    return LastMLP(
+        "no" if difference[1] > 0 else "not separable",
+        ties=(top.layer,) if difference[1] <= 0 else (),
+        difference=difference,
+        **common,
+    )
 
 
 # ---- the printed reading ------------------------------------------------------------------------
@@ -264,25 +304,35 @@ def format_effects(result: EffectResult) -> str:
     ]
     names = result.interventions
     width = max(9, *(len(n) + 1 for n in names))
-    header = (f"{'layer':>5}  {'attn gain':>9}  " + "".join(f"{n:>{width}}" for n in names)
-              + f"   {'MLP gain':>9}  " + "".join(f"{n:>{width}}" for n in names))
-    lines += [f"{'':>5}  {'':>9}  {'attention Δloss':^{width * len(names)}}   {'':>9}  "
-              f"{'MLP Δloss':^{width * len(names)}}", header]
+    header = (
+        f"{'layer':>5}  {'attn gain':>9}  "
+        + "".join(f"{n:>{width}}" for n in names)
+        + f"   {'MLP gain':>9}  "
+        + "".join(f"{n:>{width}}" for n in names)
+    )
+    lines += [
+        f"{'':>5}  {'':>9}  {'attention Δloss':^{width * len(names)}}   {'':>9}  {'MLP Δloss':^{width * len(names)}}",
+        header,
+    ]
     effects = {(n, c): result.effect("delta_loss", n, c) for n in names for c in EFFECT_COMPONENTS}
     gains = {c: result.gain(c) for c in EFFECT_COMPONENTS}
     for row, layer in enumerate(result.layers):
         cells = [f"{layer:>5}"]
         for component in EFFECT_COMPONENTS:
-            cells.append(f"{gains[component][row]:>9.3g}  " + "".join(f"{effects[(n, component)][row]:>{width}.3g}"
-                                                                     for n in names))
+            cells.append(
+                f"{gains[component][row]:>9.3g}  "
+                + "".join(f"{effects[(n, component)][row]:>{width}.3g}" for n in names)
+            )
         lines.append("  ".join(cells[:2]) + "   " + cells[2])
     lines.append(f"(gains: definition={definition}; KL and every interval in effects.json and effects.html)")
     lines.append("")
 
     lines.append(f"Relied on most ({name}: Δloss" + (f" [{percent} interval]" if percent else "") + ", gain):")
     for place, sublayer in enumerate(reading.ranking[:TOP], 1):
-        lines.append(f"  {place}. {sublayer.label:<14} {sublayer.delta_loss:8.3g}{_interval(sublayer.interval):<22}"
-                     f" gain {sublayer.gain:.3g}")
+        lines.append(
+            f"  {place}. {sublayer.label:<14} {sublayer.delta_loss:8.3g}{_interval(sublayer.interval):<22}"
+            f" gain {sublayer.gain:.3g}"
+        )
     lines += [""] + [line + "\n" for line in summary_lines(result, reading)[1:]]
     return "\n".join(lines).rstrip()
 
@@ -294,32 +344,52 @@ def summary_lines(result: EffectResult, reading: GainVersusEffect | None = None)
     name = reading.intervention
     percent = f"{100 * reading.confidence:g}%" if reading.confidence is not None else None
     ranked = "; ".join(f"{s.label} {s.delta_loss:.3g}{_interval(s.interval)}" for s in reading.ranking[:TOP])
-    lines = [f"Relied on most ({name} ablation, Δloss in nats" + (f", {percent} intervals" if percent else "")
-             + f"): {ranked}."]
+    lines = [
+        f"Relied on most ({name} ablation, Δloss in nats"
+        + (f", {percent} intervals" if percent else "")
+        + f"): {ranked}."
+    ]
     if reading.first_difference is not None:
         mean, low, high = reading.first_difference
         first, second = reading.ranking[0], reading.ranking[1]
-        lines.append(f"{first.label} costs " + ("more than any other sublayer on these prompts" if reading.first_separable
-                                                 else f"about as much as {second.label}: their paired difference's "
-                                                      "interval includes 0")
-                     + f" (paired difference {mean:.3g} [{low:.3g}, {high:.3g}]).")
+        lines.append(
+            f"{first.label} costs "
+            + (
+                "more than any other sublayer on these prompts"
+                if reading.first_separable
+                else f"about as much as {second.label}: their paired difference's interval includes 0"
+            )
+            + f" (paired difference {mean:.3g} [{low:.3g}, {high:.3g}])."
+        )
     for component, correlation in reading.correlations.items():
         label = f"Gain against effect, {NAMES[component]}: Spearman's ρ over layers between |log gain| and {name} Δloss"
         if correlation.spearman is None:
-            lines.append(f"{label}: not given ({len(result.layers)} layers measured; a rank correlation needs "
-                         f"{MIN_LAYERS_FOR_RANKS})." if len(result.layers) < MIN_LAYERS_FOR_RANKS
-                         else f"{label} is undefined (constant gains or effects).")
+            lines.append(
+                f"{label}: not given ({len(result.layers)} layers measured; a rank correlation needs "
+                f"{MIN_LAYERS_FOR_RANKS})."
+                if len(result.layers) < MIN_LAYERS_FOR_RANKS
+                else f"{label} is undefined (constant gains or effects)."
+            )
             continue
         note = ""
         if correlation.interval is not None:
             low, high = correlation.interval
-            note = (" (" + (f"{percent} bootstrap interval; " if percent else "")
-                    + ("no clear relation: the interval includes 0" if low <= 0 <= high else
-                       "sublayers that change their input's norm more matter more" if low > 0 else
-                       "sublayers that change their input's norm more matter less") + ")")
+            note = (
+                " ("
+                + (f"{percent} bootstrap interval; " if percent else "")
+                + (
+                    "no clear relation: the interval includes 0"
+                    if low <= 0 <= high
+                    else "sublayers that change their input's norm more matter more"
+                    if low > 0
+                    else "sublayers that change their input's norm more matter less"
+                )
+                + ")"
+            )
         lines.append(f"{label}: ρ = {correlation.spearman:+.2f}{_interval(correlation.interval)}{note}.")
-    lines.append("Is the expanding last-layer MLP the most important MLP? "
-                 + _last_mlp_answer(reading, result.gains.definition))
+    lines.append(
+        "Is the expanding last-layer MLP the most important MLP? " + _last_mlp_answer(reading, result.gains.definition)
+    )
     return lines
 
 
@@ -327,27 +397,42 @@ def _last_mlp_answer(reading: GainVersusEffect, definition: str) -> str:
     last = reading.last_mlp
     if last.answer == "not measured":
         return f"not measured (layer {last.layer} is not among the measured layers)."
-    gain = (f"its gain is {last.gain:.3g}{_interval(last.gain_interval)} ({last.expands}, definition={definition})")
+    gain = f"its gain is {last.gain:.3g}{_interval(last.gain_interval)} ({last.expands}, definition={definition})"
     effect = f"its {reading.intervention} ablation costs {last.delta_loss:.3g}{_interval(last.interval)} nats"
     mlps = sum(1 for s in reading.ranking if s.component == "mlp")
     if last.answer == "yes":
         if reading.confidence is None and mlps > 1:
             return f"Yes, on the point estimates (no intervals drawn): {effect}, the most of the {mlps} MLPs; {gain}."
-        tail = "" if last.difference is None else (
-            f"; it exceeds the next MLP by {last.difference[0]:.3g} [{last.difference[1]:.3g}, {last.difference[2]:.3g}]")
+        tail = (
+            ""
+            if last.difference is None
+            else (
+                f"; it exceeds the next MLP by {last.difference[0]:.3g} [{last.difference[1]:.3g}, "
+                f"{last.difference[2]:.3g}]"
+            )
+        )
         return f"Yes: {effect}, the most of the {mlps} MLPs measured{tail}; {gain}."
     if last.answer == "no":
         if last.difference is None:  # point estimates only
-            return (f"No, on the point estimates (no intervals drawn): {effect} ({_ordinal(last.rank)} of {mlps} "
-                    f"MLPs), MLP L{last.top_layer} costs more; {gain}.")
+            return (
+                f"No, on the point estimates (no intervals drawn): {effect} ({_ordinal(last.rank)} of {mlps} "
+                f"MLPs), MLP L{last.top_layer} costs more; {gain}."
+            )
         mean, low, high = last.difference
-        return (f"No: {effect} ({_ordinal(last.rank)} of {mlps} MLPs), while MLP L{last.top_layer} costs more by "
-                f"{mean:.3g} [{low:.3g}, {high:.3g}] (paired over prompts); {gain}.")
+        return (
+            f"No: {effect} ({_ordinal(last.rank)} of {mlps} MLPs), while MLP L{last.top_layer} costs more by "
+            f"{mean:.3g} [{low:.3g}, {high:.3g}] (paired over prompts); {gain}."
+        )
     ties = ", ".join(f"L{layer}" for layer in last.ties)
-    where = ("the largest point estimate" if last.rank == 1 else
-             f"{_ordinal(last.rank)} of {mlps} MLPs (MLP L{last.top_layer} is first)")
-    return (f"Not separable: {effect}, {where}, but the paired intervals do not tell it from MLP {ties}; {gain}. "
-            "More prompts would decide it.")
+    where = (
+        "the largest point estimate"
+        if last.rank == 1
+        else f"{_ordinal(last.rank)} of {mlps} MLPs (MLP L{last.top_layer} is first)"
+    )
+    return (
+        f"Not separable: {effect}, {where}, but the paired intervals do not tell it from MLP {ties}; {gain}. "
+        "More prompts would decide it."
+    )
 
 
 def _ordinal(n: int) -> str:

@@ -51,9 +51,12 @@ def summarize(gains, layers=None) -> LayerSummary:
     gains = np.asarray(gains, dtype=np.float64)
     layers = np.arange(len(gains)) if layers is None else np.asarray(layers)
     return LayerSummary(
-        n_contracting=int(np.sum(gains < 1)), n_expanding=int(np.sum(gains >= 1)),
-        min_gain=float(gains.min()), min_layer=int(layers[gains.argmin()]),
-        max_gain=float(gains.max()), max_layer=int(layers[gains.argmax()]),
+        n_contracting=int(np.sum(gains < 1)),
+        n_expanding=int(np.sum(gains >= 1)),
+        min_gain=float(gains.min()),
+        min_layer=int(layers[gains.argmin()]),
+        max_gain=float(gains.max()),
+        max_layer=int(layers[gains.argmax()]),
     )
 
 

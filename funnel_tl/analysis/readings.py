@@ -41,13 +41,18 @@ def _floats(values) -> list[float | None]:
 
 def headlines(result) -> dict[str, Any]:
     """The headline numbers of a result: every component's extremes and counts, and the verdict."""
-    block = {}
+    block: dict[str, Any] = {}
     for component in ("attn", "mlp", "combined", "block"):
         gains = result.combined_gains if component == "combined" else result.gains(component)
         summary = summarize(gains, result.layers)
-        block[KEYS[component]] = {"min_gain": summary.min_gain, "L_star_min": summary.min_layer,
-                                  "max_gain": summary.max_gain, "L_star_max": summary.max_layer,
-                                  "n_contracting": summary.n_contracting, "n_expanding": summary.n_expanding}
+        block[KEYS[component]] = {
+            "min_gain": summary.min_gain,
+            "L_star_min": summary.min_layer,
+            "max_gain": summary.max_gain,
+            "L_star_max": summary.max_layer,
+            "n_contracting": summary.n_contracting,
+            "n_expanding": summary.n_expanding,
+        }
     if result.layers[-1] == result.n_layers - 1:
         block["mlp"]["last_layer_gain"] = float(result.mlp_gains[-1])
     testable = not_testable(result) is None
@@ -84,8 +89,12 @@ def add_readings(result, data: dict[str, Any]) -> dict[str, Any]:
             data["block"]["cumulative_gains_without_first"] = _floats(without.block_cumulative_gains)
             if without.block_cumulative_intervals is not None:
                 data["block"]["cumulative_intervals_without_first"] = without.block_cumulative_intervals.tolist()
-        data["without_first"] = {"k": 1, "n_prompts": int(without.n_prompts), "n_tokens": int(without.n_tokens.sum()),
-                                 **headlines(without)}
+        data["without_first"] = {
+            "k": 1,
+            "n_prompts": int(without.n_prompts),
+            "n_tokens": int(without.n_tokens.sum()),
+            **headlines(without),
+        }
         before, after = data.get("funnel_test"), data["without_first"]["funnel_test"]
         if before is not None and after is not None:
             data["without_first"]["changed_criteria"] = [key for key in before if before[key] != after[key]]
@@ -110,7 +119,7 @@ def add_readings(result, data: dict[str, Any]) -> dict[str, Any]:
 def input_norms(result) -> dict[str, dict[str, list]]:
     """``{"attention": {"seed": [layer], "residual": [layer]}, "mlp": ...}``: the mean input norm
     each definition divides by (mean over prompts of each prompt's mean norm)."""
-    norms = {}
+    norms: dict[str, dict[str, list[float | None]]] = {}
     for component in ("attn", "mlp"):
         norms[KEYS[component]] = {}
         for definition in ("seed", "residual"):
@@ -144,6 +153,7 @@ def notable(before: float, after: float) -> bool:
 def extreme_change(label: str, kind: str, result, without, component: str) -> str | None:
     """A line saying how the ``kind`` (``"min"``/``"max"``) ``component`` gain moves without
     position 0, when its layer changes or it moves by ``NOTABLE_FACTOR``; None otherwise."""
+
     def values(of):
         return of.combined_gains if component == "combined" else of.gains(component)
 
@@ -155,19 +165,25 @@ def extreme_change(label: str, kind: str, result, without, component: str) -> st
     own_after = float(values(without)[row])  # the headline layer's own gain without position 0
     word = "largest" if kind == "max" else "smallest"
     if layer_before != layer_after:
-        return (f"  {WITHOUT} the {word} {label} gain is L{layer_after}'s ({gain_after:.4g}), not L{layer_before}'s; "
-                f"L{layer_before}'s own gain is {own_after:.4g}, {factor(gain_before, own_after)} than with it")
+        return (
+            f"  {WITHOUT} the {word} {label} gain is L{layer_after}'s ({gain_after:.4g}), not L{layer_before}'s; "
+            f"L{layer_before}'s own gain is {own_after:.4g}, {factor(gain_before, own_after)} than with it"
+        )
     if notable(gain_before, gain_after):
-        return (f"  {WITHOUT} L{layer_before}'s {label} gain is {gain_after:.4g}, {factor(gain_before, gain_after)}: "
-                "position 0 makes much of it")
+        return (
+            f"  {WITHOUT} L{layer_before}'s {label} gain is {gain_after:.4g}, {factor(gain_before, gain_after)}: "
+            "position 0 makes much of it"
+        )
     return None
 
 
-CRITERIA = {"attention_always_contracts": "1. attention always contracts",
-            "mlp_mostly_contracts": "2. the MLP mostly contracts",
-            "last_layer_expands": "3. the last layer's MLP expands",
-            "last_layer_is_max": "4. the last layer has the max MLP gain",
-            "funnel_confirmed": "the verdict"}
+CRITERIA = {
+    "attention_always_contracts": "1. attention always contracts",
+    "mlp_mostly_contracts": "2. the MLP mostly contracts",
+    "last_layer_expands": "3. the last layer's MLP expands",
+    "last_layer_is_max": "4. the last layer has the max MLP gain",
+    "funnel_confirmed": "the verdict",
+}
 
 
 def changed_criteria(before, after) -> list[str]:
@@ -187,8 +203,10 @@ def definition_lines(result) -> list[str]:
     if any(len(norms[key]) < 2 for key in ("attention", "mlp")):
         return []
     if result.provenance.get("reads", {}).get("block_shape") == "post-norm":
-        return ["The two definitions coincide here: post-norm blocks have no norm before a sublayer, so each reads "
-                "the stream itself (u = x)."]
+        return [
+            "The two definitions coincide here: post-norm blocks have no norm before a sublayer, so each reads "
+            "the stream itself (u = x)."
+        ]
     u = np.concatenate([norms["attention"]["seed"], norms["mlp"]["seed"]])
     x = np.concatenate([norms["attention"]["residual"], norms["mlp"]["residual"]])
     ratio = x / u
@@ -201,7 +219,8 @@ def definition_lines(result) -> list[str]:
         typical = ""
     return [
         f"Why they differ: the seed divides by what the module receives, the normalized input u, whose norm the "
-        f"norm's weights and sqrt(d_model) = {np.sqrt(result.d_model):.3g} set (mean ||u|| {_span(u)} over the layers here); "
+        f"norm's weights and sqrt(d_model) = {np.sqrt(result.d_model):.3g} set (mean ||u|| {_span(u)} over the "
+        "layers here); "
         f"the residual definition divides by the stream x (mean ||x|| {_span(x)}{typical}).",
         f"So a seed gain is about ||x|| / ||u|| = x{np.min(ratio):.2g} to x{np.max(ratio):.2g} (median "
         f"x{np.median(ratio):.2g}) times the residual one: {_flips(result)} of the {2 * len(result.layers)} "
@@ -226,7 +245,7 @@ def post_norm_lines(result) -> list[str]:
         lines += [
             f"{label}: seed gain {_span(seed)} = its module's own gain (output before the post-norm over its input) "
             f"{_span(module)}, times the post-norm's gain {_span(post)}",
-            f"  post-norm factor per layer: " + " ".join(f"{value:.3g}" for value in post),
-            f"  module gain per layer:      " + " ".join(f"{value:.3g}" for value in module),
+            "  post-norm factor per layer: " + " ".join(f"{value:.3g}" for value in post),
+            "  module gain per layer:      " + " ".join(f"{value:.3g}" for value in module),
         ]
     return lines

@@ -46,11 +46,19 @@ def format_analysis(result) -> str:
     post-norm blocks, how much of each seed gain the post-norm supplies.
     """
     n = len(result.layers)
-    attn, mlp, combined = (summarize(gains, result.layers) for gains in
-                           (result.attn_gains, result.mlp_gains, result.combined_gains))
+    attn, mlp, combined = (
+        summarize(gains, result.layers) for gains in (result.attn_gains, result.mlp_gains, result.combined_gains)
+    )
     without = result.without_first_position if result.drop_first == 0 else None
-    plain = (summarize(without.attn_gains, without.layers), summarize(without.mlp_gains, without.layers),
-             summarize(without.combined_gains, without.layers)) if without is not None else None
+    plain = (
+        (
+            summarize(without.attn_gains, without.layers),
+            summarize(without.mlp_gains, without.layers),
+            summarize(without.combined_gains, without.layers),
+        )
+        if without is not None
+        else None
+    )
     why_not = not_testable(result)
     ref = PYTHIA_1_4B_REFERENCE
     rule = "=" * 60
@@ -75,23 +83,42 @@ def format_analysis(result) -> str:
         other = plain[index] if plain is not None else None
         lines += [
             beside(f"\n--- {title} ---", f"{WITHOUT}:", width=43),
-            beside(f"Contracting layers: {counts(summary.n_contracting)}", other and counts(other.n_contracting)),
-            beside(f"Expanding layers:   {counts(summary.n_expanding)}", other and counts(other.n_expanding)),
-            beside(f"Min gain: {summary.min_gain:.4f} (Layer {summary.min_layer})",
-                   other and f"{other.min_gain:.4f} (Layer {other.min_layer})"),
-            beside(f"Max gain: {summary.max_gain:.4f} (Layer {summary.max_layer})",
-                   other and f"{other.max_gain:.4f} (Layer {other.max_layer})"),
+            beside(
+                f"Contracting layers: {counts(summary.n_contracting)}",
+                counts(other.n_contracting) if other is not None else None,
+            ),
+            beside(
+                f"Expanding layers:   {counts(summary.n_expanding)}",
+                counts(other.n_expanding) if other is not None else None,
+            ),
+            beside(
+                f"Min gain: {summary.min_gain:.4f} (Layer {summary.min_layer})",
+                f"{other.min_gain:.4f} (Layer {other.min_layer})" if other is not None else None,
+            ),
+            beside(
+                f"Max gain: {summary.max_gain:.4f} (Layer {summary.max_layer})",
+                f"{other.max_gain:.4f} (Layer {other.max_layer})" if other is not None else None,
+            ),
         ]
         if without is not None:
             label = "attention" if component == "attn" else "MLP"
-            lines += [line for kind in ("min", "max") if (line := extreme_change(label, kind, result, without, component))]
+            lines += [
+                line for kind in ("min", "max") if (line := extreme_change(label, kind, result, without, component))
+            ]
     other = plain[2] if plain is not None else None
     lines += [
         beside("\n--- COMBINED (Attn x MLP) ---", f"{WITHOUT}:", width=43),
-        beside(f"Net contracting: {counts(combined.n_contracting)}", other and counts(other.n_contracting)),
-        beside(f"Net expanding:   {counts(combined.n_expanding)}", other and counts(other.n_expanding)),
-        beside(f"Max combined gain: {combined.max_gain:.4f} (Layer {combined.max_layer})",
-               other and f"{other.max_gain:.4f} (Layer {other.max_layer})"),
+        beside(
+            f"Net contracting: {counts(combined.n_contracting)}",
+            counts(other.n_contracting) if other is not None else None,
+        ),
+        beside(
+            f"Net expanding:   {counts(combined.n_expanding)}", counts(other.n_expanding) if other is not None else None
+        ),
+        beside(
+            f"Max combined gain: {combined.max_gain:.4f} (Layer {combined.max_layer})",
+            f"{other.max_gain:.4f} (Layer {other.max_layer})" if other is not None else None,
+        ),
     ]
     if without is not None:
         lines += [line for line in [extreme_change("combined", "max", result, without, "combined")] if line]
@@ -104,40 +131,63 @@ def format_analysis(result) -> str:
         "\n" + rule,
     ]
     if why_not:
-        return "\n".join(lines + [
-            "HYPOTHESIS TEST: Funnel Model Universality",
-            rule,
-            f">>> FUNNEL MODEL: {why_not} <<<",
-            "The test, its robust version and the Pythia-1.4B comparison need every layer from 0:",
-            "measure without --layers (layers=None) for them.",
-        ])
+        return "\n".join(
+            lines
+            + [
+                "HYPOTHESIS TEST: Funnel Model Universality",
+                rule,
+                f">>> FUNNEL MODEL: {why_not} <<<",
+                "The test, its robust version and the Pythia-1.4B comparison need every layer from 0:",
+                "measure without --layers (layers=None) for them.",
+            ]
+        )
     test = funnel_test(result)
     plain_test = funnel_test(without) if without is not None else None
     wide = 50
 
-    def verdict(line: str, other: str) -> str:
+    def verdict(line: str, other: str | None) -> str:
         return beside(line, other, width=wide)
 
     # Value and layer right-aligned as one cell (padding the layer alone printed `7.996  (L0)`).
     reference_max = f"{ref['mlp_max_gain']:.3f} (L{ref['n_layers'] - 1})"
     own_max = f"{mlp.max_gain:.3f} (L{mlp.max_layer})"
+    # The column without position 0, where the result has one (plain_test, plain and without go together).
+    others: list[str | None] = [None] * 4
+    if plain_test is not None and plain is not None and without is not None:
+        others = [
+            f"{plain_test.attention_always_contracts} ({plain[0].n_contracting}/{n})",
+            f"{plain_test.mlp_mostly_contracts} ({plain[1].n_contracting}/{n})",
+            f"{plain_test.last_layer_expands} (gain={without.mlp_gains[-1]:.3f})",
+            f"{plain_test.last_layer_is_max} (L{plain[1].max_layer})",
+        ]
     lines += [
         verdict("HYPOTHESIS TEST: Funnel Model Universality", f"{WITHOUT}:"),
         rule,
-        verdict(f"1. Attention ALWAYS contracts: {test.attention_always_contracts} ({attn.n_contracting}/{n})",
-                plain_test and f"{plain_test.attention_always_contracts} ({plain[0].n_contracting}/{n})"),
-        verdict(f"2. MLP mostly contracts: {test.mlp_mostly_contracts} ({mlp.n_contracting}/{n})"
-                + (f"  [cannot fail at {n} layers: the seed allows {MLP_EXPANDING_ALLOWED} expanding]"
-                   if seed_rule_cannot_fail(n) else ""),
-                plain_test and f"{plain_test.mlp_mostly_contracts} ({plain[1].n_contracting}/{n})"),
-        verdict(f"3. Last layer MLP expands: {test.last_layer_expands} (gain={result.mlp_gains[-1]:.3f})",
-                plain_test and f"{plain_test.last_layer_expands} (gain={without.mlp_gains[-1]:.3f})"),
-        verdict(f"4. Last layer has MAX MLP gain: {test.last_layer_is_max} (L{mlp.max_layer})",
-                plain_test and f"{plain_test.last_layer_is_max} (L{plain[1].max_layer})"),
+        verdict(
+            f"1. Attention ALWAYS contracts: {test.attention_always_contracts} ({attn.n_contracting}/{n})",
+            others[0],
+        ),
+        verdict(
+            f"2. MLP mostly contracts: {test.mlp_mostly_contracts} ({mlp.n_contracting}/{n})"
+            + (
+                f"  [cannot fail at {n} layers: the seed allows {MLP_EXPANDING_ALLOWED} expanding]"
+                if seed_rule_cannot_fail(n)
+                else ""
+            ),
+            others[1],
+        ),
+        verdict(
+            f"3. Last layer MLP expands: {test.last_layer_expands} (gain={result.mlp_gains[-1]:.3f})",
+            others[2],
+        ),
+        verdict(
+            f"4. Last layer has MAX MLP gain: {test.last_layer_is_max} (L{mlp.max_layer})",
+            others[3],
+        ),
         f"\n>>> FUNNEL MODEL CONFIRMED: {test.funnel_confirmed} <<<"
         + (f"   ({WITHOUT}: {plain_test.funnel_confirmed})" if plain_test is not None else ""),
     ]
-    if plain_test is not None:
+    if plain_test is not None and without is not None:  # the one is measured where the other is
         changed = changed_criteria(test, plain_test)
         if plain_test.funnel_confirmed != test.funnel_confirmed:
             lines.append(f">>> {WITHOUT.upper()} THE VERDICT CHANGES: {', '.join(changed)} <<<")
@@ -145,8 +195,10 @@ def format_analysis(result) -> str:
             lines.append(f"{WITHOUT} the verdict stays, but {', '.join(changed)}")
         last, last_without = float(result.mlp_gains[-1]), float(without.mlp_gains[-1])
         if notable(last, last_without):
-            lines.append(f"  the last layer's MLP gain is {factor(last, last_without)} {WITHOUT} "
-                         f"({last:.4g} -> {last_without:.4g})")
+            lines.append(
+                f"  the last layer's MLP gain is {factor(last, last_without)} {WITHOUT} "
+                f"({last:.4g} -> {last_without:.4g})"
+            )
     lines += [
         *_robust_lines(result, rule, without),
         "\n" + rule,
@@ -157,30 +209,71 @@ def format_analysis(result) -> str:
     columns = [f"{'Metric':<30} {'Pythia-1.4B':>15} {_short(result.model):>15}"]
     rows = [
         ("Layers", f"{ref['n_layers']:>15}", f"{n:>15}", f"{n:>15}"),
-        ("Attn contracting %", f"{100 * ref['attn_contracting'] / ref['n_layers']:>14.1f}%",
-         f"{100 * attn.n_contracting / n:>14.1f}%", plain and f"{100 * plain[0].n_contracting / n:>14.1f}%"),
-        ("Attn min gain", f"{ref['attn_min_gain']:>15.3f}", f"{attn.min_gain:>15.3f}", plain and f"{plain[0].min_gain:>15.3f}"),
-        ("Attn max gain", f"{ref['attn_max_gain']:>15.3f}", f"{attn.max_gain:>15.3f}", plain and f"{plain[0].max_gain:>15.3f}"),
-        ("MLP contracting %", f"{100 * ref['mlp_contracting'] / ref['n_layers']:>14.1f}%",
-         f"{100 * mlp.n_contracting / n:>14.1f}%", plain and f"{100 * plain[1].n_contracting / n:>14.1f}%"),
-        ("MLP min gain", f"{ref['mlp_min_gain']:>15.3f}", f"{mlp.min_gain:>15.3f}", plain and f"{plain[1].min_gain:>15.3f}"),
-        ("MLP max gain (layer)", f"{reference_max:>15}", f"{own_max:>15}",
-         plain and f"{f'{plain[1].max_gain:.3f} (L{plain[1].max_layer})':>15}"),
-        ("MLP last-layer gain", f"{ref['last_layer_mlp_gain']:>15.3f}", f"{result.mlp_gains[-1]:>15.3f}",
-         without and f"{without.mlp_gains[-1]:>15.3f}"),
-        ("Combined max gain", f"{ref['combined_max_gain']:>15.3f}", f"{combined.max_gain:>15.3f}",
-         plain and f"{plain[2].max_gain:>15.3f}"),
+        (
+            "Attn contracting %",
+            f"{100 * ref['attn_contracting'] / ref['n_layers']:>14.1f}%",
+            f"{100 * attn.n_contracting / n:>14.1f}%",
+            plain and f"{100 * plain[0].n_contracting / n:>14.1f}%",
+        ),
+        (
+            "Attn min gain",
+            f"{ref['attn_min_gain']:>15.3f}",
+            f"{attn.min_gain:>15.3f}",
+            plain and f"{plain[0].min_gain:>15.3f}",
+        ),
+        (
+            "Attn max gain",
+            f"{ref['attn_max_gain']:>15.3f}",
+            f"{attn.max_gain:>15.3f}",
+            plain and f"{plain[0].max_gain:>15.3f}",
+        ),
+        (
+            "MLP contracting %",
+            f"{100 * ref['mlp_contracting'] / ref['n_layers']:>14.1f}%",
+            f"{100 * mlp.n_contracting / n:>14.1f}%",
+            plain and f"{100 * plain[1].n_contracting / n:>14.1f}%",
+        ),
+        (
+            "MLP min gain",
+            f"{ref['mlp_min_gain']:>15.3f}",
+            f"{mlp.min_gain:>15.3f}",
+            plain and f"{plain[1].min_gain:>15.3f}",
+        ),
+        (
+            "MLP max gain (layer)",
+            f"{reference_max:>15}",
+            f"{own_max:>15}",
+            plain and f"{f'{plain[1].max_gain:.3f} (L{plain[1].max_layer})':>15}",
+        ),
+        (
+            "MLP last-layer gain",
+            f"{ref['last_layer_mlp_gain']:>15.3f}",
+            f"{result.mlp_gains[-1]:>15.3f}",
+            without and f"{without.mlp_gains[-1]:>15.3f}",
+        ),
+        (
+            "Combined max gain",
+            f"{ref['combined_max_gain']:>15.3f}",
+            f"{combined.max_gain:>15.3f}",
+            plain and f"{plain[2].max_gain:>15.3f}",
+        ),
     ]
     if without is not None:
         columns[0] += f" {'w/o position 0':>15}"
         # The seed's own max-MLP layer without position 0: what its headline is without the sink.
         row = result.layers.index(mlp.max_layer)
-        rows.append((f"MLP gain at L{mlp.max_layer}", f"{'':>15}", f"{float(result.mlp_gains[row]):>15.3f}",
-                     f"{float(without.mlp_gains[row]):>15.3f}"))
+        rows.append(
+            (
+                f"MLP gain at L{mlp.max_layer}",
+                f"{'':>15}",
+                f"{float(result.mlp_gains[row]):>15.3f}",
+                f"{float(without.mlp_gains[row]):>15.3f}",
+            )
+        )
     lines += columns + ["-" * len(columns[0])]
     for label, *cells in rows:
         shown = cells if without is not None else cells[:2]
-        lines.append(f"{label:<30} " + " ".join(shown))
+        lines.append(f"{label:<30} " + " ".join(str(cell) for cell in shown))  # all text where shown
     lines += _other_definition_lines(result, rule)
     lines += _post_norm_section(result, rule)
     return "\n".join(lines)
@@ -191,12 +284,17 @@ def _stream_lines(result, without) -> list[str]:
     if not result.stream_layers or not result.all_layers:
         return []
     growth = result.block_cumulative_gains
-    line = (f"Stream growth ||resid_post_L|| / ||resid_pre_0||: x{growth[-1]:.3g} by the last layer "
-            f"(largest x{growth.max():.3g}, L{int(np.argmax(growth))})")
+    line = (
+        f"Stream growth ||resid_post_L|| / ||resid_pre_0||: x{growth[-1]:.3g} by the last layer "
+        f"(largest x{growth.max():.3g}, L{int(np.argmax(growth))})"
+    )
     if without is not None and without.stream_layers:
         line += f"; {WITHOUT}: x{without.block_cumulative_gains[-1]:.3g}"
-    return [line, f"(the seed's cumulative attn x MLP product reaches {result.cumulative_gains[-1]:.3g}: a product of "
-                  "ratios with a denominator each, not the norm ratio of any activation)"]
+    return [
+        line,
+        f"(the seed's cumulative attn x MLP product reaches {result.cumulative_gains[-1]:.3g}: a product of "
+        "ratios with a denominator each, not the norm ratio of any activation)",
+    ]
 
 
 def _other_definition_lines(result, rule: str) -> list[str]:
@@ -215,16 +313,19 @@ def _other_definition_lines(result, rule: str) -> list[str]:
     def plain(value):
         return value.without_first_position if value.drop_first == 0 else None
 
-    lines = ["\n" + rule, f"BOTH DEFINITIONS (the same forward; this run's is {result.definition})", rule,
-             f"{'':<32}{'seed':>14} {'residual':>14}",
-             f"{'Attention contracting':<32}" + cells(lambda r: f"{summarize(r.attn_gains).n_contracting}/{n}"),
-             f"{'MLP contracting':<32}" + cells(lambda r: f"{summarize(r.mlp_gains).n_contracting}/{n}"),
-             f"{'Last-layer MLP gain':<32}" + cells(lambda r: f"{r.mlp_gains[-1]:.4g}"),
-             f"{'MLP max gain (layer)':<32}" + cells(lambda r: f"{r.mlp_gains.max():.4g} (L{int(np.argmax(r.mlp_gains))})"),
-             f"{'Funnel confirmed':<32}" + cells(lambda r: str(tests[r.definition].funnel_confirmed))]
+    lines = [
+        "\n" + rule,
+        f"BOTH DEFINITIONS (the same forward; this run's is {result.definition})",
+        rule,
+        f"{'':<32}{'seed':>14} {'residual':>14}",
+        f"{'Attention contracting':<32}" + cells(lambda r: f"{summarize(r.attn_gains).n_contracting}/{n}"),
+        f"{'MLP contracting':<32}" + cells(lambda r: f"{summarize(r.mlp_gains).n_contracting}/{n}"),
+        f"{'Last-layer MLP gain':<32}" + cells(lambda r: f"{r.mlp_gains[-1]:.4g}"),
+        f"{'MLP max gain (layer)':<32}" + cells(lambda r: f"{r.mlp_gains.max():.4g} (L{int(np.argmax(r.mlp_gains))})"),
+        f"{'Funnel confirmed':<32}" + cells(lambda r: str(tests[r.definition].funnel_confirmed)),
+    ]
     if plain(seed) is not None and plain(residual) is not None:
-        lines.append(f"{'... ' + WITHOUT:<32}"
-                     + cells(lambda r: str(funnel_test(plain(r)).funnel_confirmed)))
+        lines.append(f"{'... ' + WITHOUT:<32}" + cells(lambda r: str(funnel_test(plain(r)).funnel_confirmed)))
     return lines + definition_lines(result)
 
 
@@ -232,8 +333,13 @@ def _post_norm_section(result, rule: str) -> list[str]:
     text = post_norm_lines(result)
     if not text:
         return []
-    return ["\n" + rule, "POST-NORMS: a norm after each sublayer rescales what the stream receives", rule,
-            "seed gain = the module's own gain x its post-norm's gain (per prompt exactly)", *text]
+    return [
+        "\n" + rule,
+        "POST-NORMS: a norm after each sublayer rescales what the stream receives",
+        rule,
+        "seed gain = the module's own gain x its post-norm's gain (per prompt exactly)",
+        *text,
+    ]
 
 
 def _robust_lines(result, rule: str, without=None) -> list[str]:
@@ -244,20 +350,26 @@ def _robust_lines(result, rule: str, without=None) -> list[str]:
         return []
 
     robust = robust_funnel_test(result)
-    robust_without = (robust_funnel_test(without)
-                      if without is not None and getattr(without, "intervals", None) is not None else None)
+    robust_without = (
+        robust_funnel_test(without) if without is not None and getattr(without, "intervals", None) is not None else None
+    )
     n = result.n_layers
     lo, hi = intervals.mlp[-1]
     if intervals.method == "t":
-        caveat = (f"few prompts: t intervals cover what they claim (94-95% for 95%, measured on SmolLM2-135M from "
-                  f"8 prompts on), but "
-                  f"{result.n_prompts} make them wide and may hold none of a rare kind of prompt that moves a layer's gain; for a firmer "
-                  "verdict measure more: --prompts varied (300 passages of varied English, offline), a prompt "
-                  "file, or --dataset")
+        caveat = (
+            f"few prompts: t intervals cover what they claim (94-95% for 95%, measured on SmolLM2-135M from "
+            f"8 prompts on), but "
+            f"{result.n_prompts} make them wide and may hold none of a rare kind of prompt that moves a layer's "
+            "gain; for a firmer "
+            "verdict measure more: --prompts varied (300 passages of varied English, offline), a prompt "
+            "file, or --dataset"
+        )
     else:
-        caveat = (f"few prompts: a percentile bootstrap over {result.n_prompts} runs narrow (it covers ~88% for a "
-                  "95% interval at 8 prompts): prefer the default t intervals, and measure more prompts "
-                  "(--prompts varied, a prompt file, or --dataset)")
+        caveat = (
+            f"few prompts: a percentile bootstrap over {result.n_prompts} runs narrow (it covers ~88% for a "
+            "95% interval at 8 prompts): prefer the default t intervals, and measure more prompts "
+            "(--prompts varied, a prompt file, or --dataset)"
+        )
     lines = [
         "\n" + rule,
         f"ROBUST TEST: {intervals.describe(result.n_prompts)}",
@@ -273,7 +385,8 @@ def _robust_lines(result, rule: str, without=None) -> list[str]:
         f"1. Attention ALWAYS contracts: {robust.attention_always_contracts} "
         f"({robust.counts['attention']['n_contracting']}/{n})",
         f"2. MLP mostly contracts: {robust.mlp_mostly_contracts} ({robust.counts['mlp']['n_contracting']}/{n}; "
-        f"depth-scaled: at most {mlp_expanding_allowed(n)} of {n} may fail, one eighth as the seed's 3 of 24, at least 1)",
+        f"depth-scaled: at most {mlp_expanding_allowed(n)} of {n} may fail, one eighth as the seed's 3 of 24, at "
+        "least 1)",
         f"3. Last layer MLP expands: {robust.last_layer_expands} (interval [{lo:.3f}, {hi:.3f}])",
         f"4. Last layer has MAX MLP gain: {robust.last_layer_is_max} (its interval must lie above every other layer's)",
         f"\n>>> FUNNEL MODEL CONFIRMED (robust): {robust.funnel_confirmed} <<<"

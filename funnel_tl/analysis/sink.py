@@ -58,13 +58,20 @@ class SinkEffect:
     def to_dict(self) -> dict[str, Any]:
         robust = {}
         if self.robust_verdict_changes is not None:
-            robust = {"robust_verdict_changes": self.robust_verdict_changes,
-                      "robust_funnel_test_all_positions": self.robust_all_positions.to_dict(),
-                      "robust_funnel_test_without_first": self.robust_without_first.to_dict()}
-        return {"k": self.k, "verdict_changes": self.verdict_changes, "changed_criteria": self.changed,
-                "n_prompts_left": self.n_prompts_left,
-                "funnel_test_all_positions": self.all_positions.to_dict(),
-                "funnel_test_without_first": self.without_first.to_dict(), **robust}
+            robust = {
+                "robust_verdict_changes": self.robust_verdict_changes,
+                "robust_funnel_test_all_positions": self.robust_all_positions.to_dict(),
+                "robust_funnel_test_without_first": self.robust_without_first.to_dict(),
+            }
+        return {
+            "k": self.k,
+            "verdict_changes": self.verdict_changes,
+            "changed_criteria": self.changed,
+            "n_prompts_left": self.n_prompts_left,
+            "funnel_test_all_positions": self.all_positions.to_dict(),
+            "funnel_test_without_first": self.without_first.to_dict(),
+            **robust,
+        }
 
 
 def sink_effect(result, k: int | None = None, without=None) -> SinkEffect:
@@ -88,14 +95,24 @@ def sink_effect(result, k: int | None = None, without=None) -> SinkEffect:
             from funnel_tl.analysis.stats import bootstrap_intervals
 
             # The layers' intervals alone: the figure draws them; no page shows its position cells'.
-            without = replace(without, intervals=bootstrap_intervals(
-                without, n_resamples=intervals.n_resamples, seed=intervals.seed, confidence=intervals.confidence,
-                method=intervals.method))
+            without = replace(
+                without,
+                intervals=bootstrap_intervals(
+                    without,
+                    n_resamples=intervals.n_resamples,
+                    seed=intervals.seed,
+                    confidence=intervals.confidence,
+                    method=intervals.method,
+                ),
+            )
     if intervals is not None and without.intervals is not None:
-        robust = {"robust_all_positions": robust_funnel_test(result),
-                  "robust_without_first": robust_funnel_test(without)}
-    return SinkEffect(k=k, all_positions=funnel_test(result), without_first=funnel_test(without), without=without,
-                      **robust)
+        robust = {
+            "robust_all_positions": robust_funnel_test(result),
+            "robust_without_first": robust_funnel_test(without),
+        }
+    return SinkEffect(
+        k=k, all_positions=funnel_test(result), without_first=funnel_test(without), without=without, **robust
+    )
 
 
 def sink_unavailable(result, k: int | None = None) -> str | None:
@@ -110,8 +127,10 @@ def sink_unavailable(result, k: int | None = None) -> str | None:
         return f"{first} already dropped (drop_first={result.drop_first}): nothing to compare"
     if k not in positions.edges[: SINGLE_POSITIONS + 1] or not positions.n_tokens[:, positions.edges[:-1] >= k].any():
         longest = int(positions.n_tokens.sum(axis=1).max()) + result.drop_first
-        return (f"no prompt has a token after {first} (the longest has {longest} tokens): nothing to compare; give "
-                f"longer prompts, or a smaller --sink-positions")
+        return (
+            f"no prompt has a token after {first} (the longest has {longest} tokens): nothing to compare; give "
+            f"longer prompts, or a smaller --sink-positions"
+        )
     return None
 
 
@@ -138,8 +157,11 @@ def format_sink_analysis(result, k: int | None = None) -> str:
     without = effect.without
     positions = result.positions
     counts = positions.prompt_counts()[positions.prompt_counts() > 0]
-    behind = (f"{counts[0]} prompts reach every one" if counts.min() == counts.max()
-              else f"{counts.max()} prompts reach the first, {counts.min()} the last")
+    behind = (
+        f"{counts[0]} prompts reach every one"
+        if counts.min() == counts.max()
+        else f"{counts.max()} prompts reach the first, {counts.min()} the last"
+    )
     lines.append(f"position buckets: {', '.join(positions.labels)} ({behind})")
     # Massive activations: position 0's residual stream norm against that of the later positions.
     norms = positions.mean_norms("block")  # [layer, bucket]: ||resid_pre|| in both definitions
@@ -148,25 +170,37 @@ def format_sink_analysis(result, k: int | None = None) -> str:
             ratio = np.nanmean(norms[:, :k], axis=1) / np.nanmean(norms[:, k:], axis=1)  # [layer]
         if np.isfinite(ratio).any():
             top = int(np.nanargmax(ratio))
-            lines.append(f"||resid_pre|| of {first} over the later positions: x{np.nanmin(ratio):.3g} to "
-                         f"x{np.nanmax(ratio):.3g} (largest at L{top})")
+            lines.append(
+                f"||resid_pre|| of {first} over the later positions: x{np.nanmin(ratio):.3g} to "
+                f"x{np.nanmax(ratio):.3g} (largest at L{top})"
+            )
     for component, label in (("attn", "Attention"), ("mlp", "MLP")):
         ratio = without.gains(component) / result.gains(component)
         layer = int(np.argmax(np.abs(np.log(ratio))))
-        lines.append(f"{label:<10} gain without {first}: x{ratio.min():.3f} to x{ratio.max():.3f} of all positions "
-                     f"(largest change at L{layer}: {result.gains(component)[layer]:.3f} -> "
-                     f"{without.gains(component)[layer]:.3f})")
+        lines.append(
+            f"{label:<10} gain without {first}: x{ratio.min():.3f} to x{ratio.max():.3f} of all positions "
+            f"(largest change at L{layer}: {result.gains(component)[layer]:.3f} -> "
+            f"{without.gains(component)[layer]:.3f})"
+        )
     lines.append(f"Funnel verdict, all positions:   {yes[effect.all_positions.funnel_confirmed]}")
-    lines.append(f"Funnel verdict, without {first}: {yes[effect.without_first.funnel_confirmed]}"
-                 + (f" ({effect.n_prompts_left} of {result.n_prompts} prompts have tokens left)"
-                    if effect.n_prompts_left < result.n_prompts else ""))
+    lines.append(
+        f"Funnel verdict, without {first}: {yes[effect.without_first.funnel_confirmed]}"
+        + (
+            f" ({effect.n_prompts_left} of {result.n_prompts} prompts have tokens left)"
+            if effect.n_prompts_left < result.n_prompts
+            else ""
+        )
+    )
     if effect.robust_verdict_changes is not None:
         percent = f"{100 * result.intervals.confidence:g}%"
         both = (yes[effect.robust_all_positions.funnel_confirmed], yes[effect.robust_without_first.funnel_confirmed])
         lines.append(f"Robust verdict ({percent} intervals): {both[0]} on all positions, {both[1]} without {first}")
 
-    criteria = [text for text in changed_criteria(effect.all_positions, effect.without_first)
-                if not text.startswith("the verdict")]
+    criteria = [
+        text
+        for text in changed_criteria(effect.all_positions, effect.without_first)
+        if not text.startswith("the verdict")
+    ]
     # The largest move of a layer's gain, in words: a 50x change is named as one, not played down.
     moves = []
     for component, label in (("attn", "attention"), ("mlp", "MLP")):

@@ -73,14 +73,19 @@ DEFAULT_CONFIDENCE = 0.95
 # How intervals are drawn (see the module docstring); the key is what results.json names.
 METHODS = {
     "t": "t intervals over prompts (attention, mlp, block: of the mean of per-prompt gains); combined, "
-         "cumulative: studentized bootstrap of the log of the product, delta-method standard error",
+    "cumulative: studentized bootstrap of the log of the product, delta-method standard error",
     "percentile": "percentile bootstrap over prompts",
 }
 DEFAULT_METHOD = "t"
 
 # What each interval is of, by its key in results.json (the key "attention" is the seed's name).
-INTERVAL_KEYS = {"attn": "attention", "mlp": "mlp", "combined": "combined", "block": "block",
-                 "cumulative": "cumulative"}
+INTERVAL_KEYS = {
+    "attn": "attention",
+    "mlp": "mlp",
+    "combined": "combined",
+    "block": "block",
+    "cumulative": "cumulative",
+}
 
 
 @dataclass(frozen=True)
@@ -143,8 +148,10 @@ class Intervals:
         """
         percent, over = f"{100 * self.confidence:g}%", f"over {n_prompts} prompts" if n_prompts else "over prompts"
         if self.method == "t":
-            return (f"{percent} t intervals {over} (products: studentized bootstrap, {self.n_resamples} resamples, "
-                    f"seed {self.seed})")
+            return (
+                f"{percent} t intervals {over} (products: studentized bootstrap, {self.n_resamples} resamples, "
+                f"seed {self.seed})"
+            )
         return f"{percent} percentile-bootstrap intervals {over} ({self.n_resamples} resamples, seed {self.seed})"
 
     def of(self, component: str) -> np.ndarray:
@@ -165,18 +172,25 @@ class Intervals:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "results") -> "Intervals":
+    def from_dict(cls, data: dict[str, Any], source: str = "results") -> Intervals:
         try:
             # Files written before the t intervals say "percentile bootstrap over prompts".
-            method = {METHODS["percentile"]: "percentile"}.get(data.get("method"), data.get("method", "percentile"))
-            return cls(confidence=float(data["confidence"]), n_resamples=int(data["n_resamples"]),
-                       seed=int(data["seed"]), method=method,
-                       **{component: np.asarray(data[key], dtype=np.float64) for component, key in INTERVAL_KEYS.items()})
+            renamed: dict[str | None, str] = {METHODS["percentile"]: "percentile"}
+            method = renamed.get(data.get("method"), data.get("method", "percentile"))
+            return cls(
+                confidence=float(data["confidence"]),
+                n_resamples=int(data["n_resamples"]),
+                seed=int(data["seed"]),
+                method=method,
+                **{component: np.asarray(data[key], dtype=np.float64) for component, key in INTERVAL_KEYS.items()},
+            )
         except FunnelError as error:
             raise FunnelError(f"{source}: {error}: rerun `funnel-tl report --bootstrap N` to redraw them") from None
         except (KeyError, TypeError, ValueError) as error:
-            raise FunnelError(f"{source} has incomplete bootstrap intervals (missing or bad {error}): "
-                              "rerun `funnel-tl run`, or `funnel-tl report --bootstrap N` to redraw them") from None
+            raise FunnelError(
+                f"{source} has incomplete bootstrap intervals (missing or bad {error}): "
+                "rerun `funnel-tl run`, or `funnel-tl report --bootstrap N` to redraw them"
+            ) from None
 
 
 # Past a million resamples the Monte Carlo error of a percentile (~1/sqrt(resamples)) is far below
@@ -204,8 +218,9 @@ def available_memory() -> int | None:
     return None
 
 
-def check_bootstrap(n_resamples: int, n_prompts: int | None = None, n_layers: int | None = None,
-                    seed: int | None = None) -> None:
+def check_bootstrap(
+    n_resamples: int, n_prompts: int | None = None, n_layers: int | None = None, seed: int | None = None
+) -> None:
     """Refuse, in one line and before any work, a bootstrap that is not a number, too large, or
     would not fit in memory (``n_layers`` unknown: only the count is checked), or a ``seed`` that
     numpy's generator would refuse only once the measurement is done."""
@@ -216,13 +231,17 @@ def check_bootstrap(n_resamples: int, n_prompts: int | None = None, n_layers: in
     if n_resamples < 0:
         raise FunnelError(f"--bootstrap must be 0 (no intervals) or a number of resamples, got {n_resamples}")
     if n_resamples > MAX_RESAMPLES:
-        raise FunnelError(f"--bootstrap {n_resamples} is more than {MAX_RESAMPLES:,} resamples, which add no "
-                          "precision: use 2000 (the default) to 100000")
+        raise FunnelError(
+            f"--bootstrap {n_resamples} is more than {MAX_RESAMPLES:,} resamples, which add no "
+            "precision: use 2000 (the default) to 100000"
+        )
     if n_layers is not None and n_resamples:
         needed, free = bootstrap_bytes(n_resamples, n_layers), available_memory()
         if free is not None and needed > free // 2:
-            raise FunnelError(f"--bootstrap {n_resamples} over {n_layers} layers needs about {needed / 2**30:.1f} GiB "
-                              f"of memory, {free / 2**30:.1f} GiB is free: use fewer resamples")
+            raise FunnelError(
+                f"--bootstrap {n_resamples} over {n_layers} layers needs about {needed / 2**30:.1f} GiB "
+                f"of memory, {free / 2**30:.1f} GiB is free: use fewer resamples"
+            )
 
 
 def resample_weight_chunks(n_prompts: int, n_resamples: int, seed: int, floats_per_resample: int | None = None):
@@ -248,8 +267,13 @@ def resample_weights(n_prompts: int, n_resamples: int, seed: int) -> np.ndarray:
     return np.concatenate([weights for _, _, weights in resample_weight_chunks(n_prompts, n_resamples, seed)])
 
 
-def bootstrap_intervals(result, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
-                        confidence: float = DEFAULT_CONFIDENCE, method: str = DEFAULT_METHOD) -> Intervals:
+def bootstrap_intervals(
+    result,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+    confidence: float = DEFAULT_CONFIDENCE,
+    method: str = DEFAULT_METHOD,
+) -> Intervals:
     """Intervals over prompts for every per-layer gain of ``result``: t intervals (the default) or
     the percentile bootstrap (``method="percentile"``, drawing ``n_resamples`` with ``seed``).
 
@@ -263,8 +287,10 @@ def bootstrap_intervals(result, n_resamples: int = DEFAULT_RESAMPLES, seed: int 
     if not 0 < confidence < 1:
         raise FunnelError(f"confidence must lie between 0 and 1 (0.95 for 95%), got {confidence}")
     if result.n_prompts < 2:
-        raise FunnelError(f"{result.model}: intervals over prompts need at least 2 prompts, got "
-                          f"{result.n_prompts}: give more prompts, or --bootstrap 0 to skip intervals")
+        raise FunnelError(
+            f"{result.model}: intervals over prompts need at least 2 prompts, got "
+            f"{result.n_prompts}: give more prompts, or --bootstrap 0 to skip intervals"
+        )
     n_layers = len(result.layers)  # the measured ones
     check_bootstrap(n_resamples, result.n_prompts, n_layers, seed=seed)
     per_prompt = {component: result.per_prompt_gains(component) for component in ("attn", "mlp", "block")}
@@ -274,15 +300,17 @@ def bootstrap_intervals(result, n_resamples: int = DEFAULT_RESAMPLES, seed: int 
     return Intervals(confidence=confidence, n_resamples=n_resamples, seed=seed, method=method, **bounds)
 
 
-def _percentile_bounds(per_prompt: dict[str, np.ndarray], prefix: int, confidence: float, n_resamples: int,
-                       seed: int) -> dict[str, np.ndarray]:
+def _percentile_bounds(
+    per_prompt: dict[str, np.ndarray], prefix: int, confidence: float, n_resamples: int, seed: int
+) -> dict[str, np.ndarray]:
     """``[layer, 2]`` percentile-bootstrap bounds of each gain from ``[prompt, layer]`` per-prompt gains."""
     n_prompts, n_layers = per_prompt["attn"].shape
-    resampled = {component: np.empty((n_resamples, n_layers)) for component in per_prompt}
+    resampled: dict[str, np.ndarray] = {component: np.empty((n_resamples, n_layers)) for component in per_prompt}
     for start, stop, weights in resample_weight_chunks(n_prompts, n_resamples, seed):  # [resample, prompt]
         for component, gains in per_prompt.items():
-            resampled[component][start:stop] = einops.einsum(weights, gains,
-                                                             "resample prompt, prompt layer -> resample layer")
+            resampled[component][start:stop] = einops.einsum(
+                weights, gains, "resample prompt, prompt layer -> resample layer"
+            )
     resampled["combined"] = resampled["attn"] * resampled["mlp"]  # [resample, layer]
     resampled["cumulative"] = np.cumprod(resampled["combined"][:, :prefix], axis=1)  # [resample, layer]
     tail = 100 * (1 - confidence) / 2
@@ -293,8 +321,9 @@ def _percentile_bounds(per_prompt: dict[str, np.ndarray], prefix: int, confidenc
     }
 
 
-def _t_bounds(per_prompt: dict[str, np.ndarray], prefix: int, confidence: float, n_resamples: int,
-              seed: int) -> dict[str, np.ndarray]:
+def _t_bounds(
+    per_prompt: dict[str, np.ndarray], prefix: int, confidence: float, n_resamples: int, seed: int
+) -> dict[str, np.ndarray]:
     """``[layer, 2]`` bounds of each gain from ``[prompt, layer]`` per-prompt gains: t intervals
     of the means; studentized-bootstrap intervals of the log of the products (``_log_products``)."""
     n_prompts = per_prompt["attn"].shape[0]
@@ -321,8 +350,9 @@ def _t_bounds(per_prompt: dict[str, np.ndarray], prefix: int, confidence: float,
                 # The resample's statistic studentized by its own standard error (floored: a resample of
                 # one prompt repeated has none, and lands in the far tail, as it should).
                 draws[component][start:stop] = (logs - point[component][0]) / np.maximum(errors, 1e-300)
-        quantiles = {component: tuple(np.quantile(values, [tail, 1 - tail], axis=0))
-                     for component, values in draws.items()}
+        quantiles = {
+            component: tuple(np.quantile(values, [tail, 1 - tail], axis=0)) for component, values in draws.items()
+        }
     for component, (logs, errors) in point.items():
         low, high = quantiles[component]
         # The studentized bootstrap: θ̂ − q(1−α/2)·se to θ̂ − q(α/2)·se, on the log, then exp.
@@ -351,7 +381,9 @@ def _log_products(attn: np.ndarray, mlp: np.ndarray, weights: np.ndarray, prefix
     logs = np.log(attn_mean) + np.log(mlp_mean)
 
     def error(influence, centre):  # influence [resample, prompt, layer]; its weighted mean is centre
-        variance = einops.einsum(weights, (influence - centre) ** 2, "resample prompt, resample prompt layer -> resample layer")
+        variance = einops.einsum(
+            weights, (influence - centre) ** 2, "resample prompt, resample prompt layer -> resample layer"
+        )
         return np.sqrt(variance * n_prompts / (n_prompts - 1) / n_prompts)
 
     # Σᵢ wᵢ aᵢ/ā = 1 for each factor: the influences' weighted mean is 2 per layer, 2(L + 1) summed.
@@ -384,7 +416,7 @@ def t_critical(confidence: float, df: int) -> float:
 
     def inside(theta: float) -> float:  # P(|T| <= sqrt(df) tan theta)
         sine, cosine = math.sin(theta), math.cos(theta)
-        series = 1.0 + float(np.cumprod(ratios * cosine ** 2).sum()) if k.size else 1.0
+        series = 1.0 + float(np.cumprod(ratios * cosine**2).sum()) if k.size else 1.0
         if not odd:
             return sine * series
         return 2 / math.pi * (theta + (sine * cosine * series if df > 1 else 0.0))
@@ -410,16 +442,24 @@ class Dominance:
     interval_without: tuple[float, float]  # their t interval
 
     def to_dict(self) -> dict[str, Any]:
-        return {"component": INTERVAL_KEYS[self.component], "layer": self.layer, "prompt": self.prompt,
-                "gain": self.gain, "prompt_gain": self.prompt_gain, "gain_without": self.gain_without,
-                "interval_without": list(self.interval_without)}
+        return {
+            "component": INTERVAL_KEYS[self.component],
+            "layer": self.layer,
+            "prompt": self.prompt,
+            "gain": self.gain,
+            "prompt_gain": self.prompt_gain,
+            "gain_without": self.gain_without,
+            "interval_without": list(self.interval_without),
+        }
 
     def describe(self) -> str:
         """``MLP L11: prompt 85 (gain 184.2); the other prompts 9.41 [8.10, 10.72]``"""
         name = {"attn": "attention", "mlp": "MLP", "block": "block"}[self.component]
         low, high = self.interval_without
-        return (f"{name} L{self.layer} {self.gain:.4g}: prompt {self.prompt} alone {self.prompt_gain:.4g}, the "
-                f"others {self.gain_without:.4g} [{low:.4g}, {high:.4g}]")
+        return (
+            f"{name} L{self.layer} {self.gain:.4g}: prompt {self.prompt} alone {self.prompt_gain:.4g}, the "
+            f"others {self.gain_without:.4g} [{low:.4g}, {high:.4g}]"
+        )
 
 
 def dominant_prompts(result, confidence: float = DEFAULT_CONFIDENCE) -> list[Dominance]:
@@ -466,11 +506,20 @@ def dominant_prompts(result, confidence: float = DEFAULT_CONFIDENCE) -> list[Dom
         moved = np.abs(mean - without) - np.maximum(half, 1e-9 * np.abs(mean))  # > 0: outside
         for row in np.flatnonzero((moved > 0).any(axis=0)):
             prompt = int(np.argmax(np.abs(mean[row] - without[:, row]) / np.maximum(half[:, row], 1e-300)))
-            found.append(Dominance(
-                component=component, layer=int(result.layers[row]), prompt=prompt, gain=float(mean[row]),
-                prompt_gain=float(gains[prompt, row]), gain_without=float(without[prompt, row]),
-                interval_without=(float(without[prompt, row] - half[prompt, row]),
-                                  float(without[prompt, row] + half[prompt, row]))))
+            found.append(
+                Dominance(
+                    component=component,
+                    layer=int(result.layers[row]),
+                    prompt=prompt,
+                    gain=float(mean[row]),
+                    prompt_gain=float(gains[prompt, row]),
+                    gain_without=float(without[prompt, row]),
+                    interval_without=(
+                        float(without[prompt, row] - half[prompt, row]),
+                        float(without[prompt, row] + half[prompt, row]),
+                    ),
+                )
+            )
     return found
 
 
@@ -503,8 +552,11 @@ def classify(intervals: np.ndarray) -> np.ndarray:
 
 def interval_counts(intervals: np.ndarray) -> dict[str, int]:
     kinds = classify(intervals)
-    return {"n_contracting": int(np.sum(kinds == -1)), "n_expanding": int(np.sum(kinds == 1)),
-            "n_undetermined": int(np.sum(kinds == 0))}
+    return {
+        "n_contracting": int(np.sum(kinds == -1)),
+        "n_expanding": int(np.sum(kinds == 1)),
+        "n_undetermined": int(np.sum(kinds == 0)),
+    }
 
 
 def robust_funnel_test(result, intervals: Intervals | None = None) -> RobustFunnelTest:
@@ -525,22 +577,33 @@ def robust_funnel_test(result, intervals: Intervals | None = None) -> RobustFunn
     if intervals is None:
         raise FunnelError(f"{result.model}: no bootstrap intervals: compute them with result.with_intervals()")
     n_layers = result.n_layers
-    counts = {key: interval_counts(intervals.of(component))
-              for component, key in INTERVAL_KEYS.items() if component != "cumulative"}
+    counts = {
+        key: interval_counts(intervals.of(component))
+        for component, key in INTERVAL_KEYS.items()
+        if component != "cumulative"
+    }
     mlp = intervals.mlp  # [layer, 2]
     attention_contracts = counts["attention"]["n_contracting"] == n_layers
     mlp_mostly = counts["mlp"]["n_contracting"] >= n_layers - mlp_expanding_allowed(n_layers)
     last_expands = bool(mlp[-1, 0] > 1)
     last_is_max = bool(n_layers == 1 or mlp[-1, 0] > mlp[:-1, 1].max())
     return RobustFunnelTest(
-        attention_always_contracts=attention_contracts, mlp_mostly_contracts=mlp_mostly,
-        last_layer_expands=last_expands, last_layer_is_max=last_is_max,
-        funnel_confirmed=attention_contracts and mlp_mostly and last_expands, counts=counts,
+        attention_always_contracts=attention_contracts,
+        mlp_mostly_contracts=mlp_mostly,
+        last_layer_expands=last_expands,
+        last_layer_is_max=last_is_max,
+        funnel_confirmed=attention_contracts and mlp_mostly and last_expands,
+        counts=counts,
     )
 
 
-def mean_intervals(values: np.ndarray, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
-                   confidence: float = DEFAULT_CONFIDENCE, method: str = DEFAULT_METHOD) -> np.ndarray:
+def mean_intervals(
+    values: np.ndarray,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+    confidence: float = DEFAULT_CONFIDENCE,
+    method: str = DEFAULT_METHOD,
+) -> np.ndarray:
     """``[..., 2]`` intervals of the mean over prompts of per-prompt ``values`` ``[prompt, ...]``.
 
     The interval a per-layer gain has (``bootstrap_intervals`` for attn, mlp and block), for any
@@ -560,8 +623,10 @@ def mean_intervals(values: np.ndarray, n_resamples: int = DEFAULT_RESAMPLES, see
     values = np.asarray(values, dtype=np.float64)
     n_prompts = values.shape[0]
     if n_prompts < 2:
-        raise FunnelError(f"an interval over prompts needs at least 2 prompts, got {n_prompts}: give more prompts, "
-                          "or --bootstrap 0 to skip intervals")
+        raise FunnelError(
+            f"an interval over prompts needs at least 2 prompts, got {n_prompts}: give more prompts, "
+            "or --bootstrap 0 to skip intervals"
+        )
     if n_resamples < 1:
         raise FunnelError(f"the bootstrap needs at least one resample, got {n_resamples}")
     if not 0 < confidence < 1:

@@ -27,8 +27,9 @@ def read_cli_prompts(args, stream: bool = False) -> tuple[list[str], dict]:
     from funnel_tl.prompts.sources import read_prompts, stream_prompts
 
     read = stream_prompts if stream else read_prompts
-    return read(args.prompts, max_prompts=args.max_prompts, dataset=args.dataset, split=args.split,
-                text_field=args.text_field)
+    return read(
+        args.prompts, max_prompts=args.max_prompts, dataset=args.dataset, split=args.split, text_field=args.text_field
+    )
 
 
 def placement(args, current) -> dict:
@@ -36,8 +37,10 @@ def placement(args, current) -> dict:
     if args.device_map is None:
         return {}
     if current.distributed:
-        raise FunnelError("--device-map spreads one model over all the GPUs a process sees, so it cannot be "
-                          "combined with torchrun's one process per GPU: run one process, or leave out --device-map")
+        raise FunnelError(
+            "--device-map spreads one model over all the GPUs a process sees, so it cannot be "
+            "combined with torchrun's one process per GPU: run one process, or leave out --device-map"
+        )
     return {"device_map": args.device_map, "max_memory": args.max_memory}
 
 
@@ -45,11 +48,15 @@ def prompt_notes(result, source: dict) -> list[str]:
     """What --max-prompts and truncation did, said aloud (both are in the provenance as well)."""
     notes = []
     if source.get("more_available"):
-        notes.append(f"Measured the first {source['n_prompts']} prompts of {source['source']} (--max-prompts; it holds more)")
+        notes.append(
+            f"Measured the first {source['n_prompts']} prompts of {source['source']} (--max-prompts; it holds more)"
+        )
     cut = result.provenance.get("truncation")
     if cut and cut["n_truncated"]:
-        notes.append(f"Truncated {cut['n_truncated']} of {result.n_prompts} prompts to {cut['max_tokens_per_prompt']} "
-                     f"tokens ({cut['tokens_dropped']} tokens dropped; listed in the provenance of the results file)")
+        notes.append(
+            f"Truncated {cut['n_truncated']} of {result.n_prompts} prompts to {cut['max_tokens_per_prompt']} "
+            f"tokens ({cut['tokens_dropped']} tokens dropped; listed in the provenance of the results file)"
+        )
     return notes
 
 
@@ -81,9 +88,17 @@ def cmd_effects(args) -> int:
     n_layers = local_n_layers(args.model, args.revision)
     if n_layers is not None:
         check_bootstrap(args.bootstrap, None, len(resolve_layers(args.layers, n_layers)))
-    settings = dict(interventions=interventions, layers=args.layers, definition=args.definition,
-                    batch_size=args.batch_size, drop_first=args.drop_first, stack=args.stack,
-                    max_tokens_per_prompt=args.max_tokens_per_prompt, keep_texts=args.keep_texts, label=args.label)
+    settings = dict(
+        interventions=interventions,
+        layers=args.layers,
+        definition=args.definition,
+        batch_size=args.batch_size,
+        drop_first=args.drop_first,
+        stack=args.stack,
+        max_tokens_per_prompt=args.max_tokens_per_prompt,
+        keep_texts=args.keep_texts,
+        label=args.label,
+    )
     with contextlib.ExitStack() as held:
         with together(current):
             out = _claim_output(held, args.out or _default_out(args), current)
@@ -101,8 +116,10 @@ def cmd_effects(args) -> int:
             result.provenance.setdefault("revision", args.revision)
         if args.bootstrap and result.n_prompts >= 2:
             result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed, method=args.intervals)
-        writers = [("effects.json", result.save),
-                   ("effects.html", lambda path: write_effects_page(result, path, self_contained=args.self_contained))]
+        writers = [
+            ("effects.json", result.save),
+            ("effects.html", lambda path: write_effects_page(result, path, self_contained=args.self_contained)),
+        ]
         if args.png:
             writers.append(("effects.png", lambda path: [_effects_images(result, out)]))
         lines, failure = _save(out, writers, rescue=result.save)
@@ -153,8 +170,10 @@ def cmd_run(args) -> int:
         bootstrap sized for the layers measured."""
         chosen = resolve_layers(layers, depth)
         if args.by_position and len(chosen) < depth:
-            raise FunnelError("--by-position needs every layer (its sink analysis gives the Funnel verdict): "
-                              "leave out --layers or --by-position")
+            raise FunnelError(
+                "--by-position needs every layer (its sink analysis gives the Funnel verdict): "
+                "leave out --layers or --by-position"
+            )
         check_bootstrap(args.bootstrap, None, len(chosen))
 
     if n_layers is not None:
@@ -164,8 +183,16 @@ def cmd_run(args) -> int:
         check_layers(model.cfg.n_layers)
 
     with contextlib.ExitStack() as held:
-        out, result = _load_and_measure(held, args, current, prompts, source, measure_gains,
-                                        after_load=after_load if n_layers is None else None, layers=layers)
+        out, result = _load_and_measure(
+            held,
+            args,
+            current,
+            prompts,
+            source,
+            measure_gains,
+            after_load=after_load if n_layers is None else None,
+            layers=layers,
+        )
         if result is None:
             return 0  # rank 0 alone prints and writes
         if result.positions is not None:
@@ -173,10 +200,15 @@ def cmd_run(args) -> int:
         if args.bootstrap and result.n_prompts >= 2:
             result = result.with_intervals(n_resamples=args.bootstrap, seed=args.bootstrap_seed, method=args.intervals)
         # Files before the terminal: `funnel-tl run | head -1` must not cost funnel.html.
-        lines, failure = _save(out, [("results.json", result.save),
-                                     ("funnel.html", lambda path: _render(result, out, self_contained=args.self_contained,
-                                                                          images=args.png))],
-                               rescue=result.save, report_hint=True)
+        lines, failure = _save(
+            out,
+            [
+                ("results.json", result.save),
+                ("funnel.html", lambda path: _render(result, out, self_contained=args.self_contained, images=args.png)),
+            ],
+            rescue=result.save,
+            report_hint=True,
+        )
     for line in prompt_notes(result, source):
         print(line)
     print(format_analysis(result))
@@ -254,18 +286,23 @@ def _save(out: Path, writers, rescue=None, report_hint: bool = False) -> tuple[l
             if index == 0:
                 place = save_elsewhere(rescue, name) if rescue else None
                 saved = f"saved to {place} instead" if place else "nothing could be saved"
-                return lines, FunnelError(f"measured, but {out / name} could not be written ({why}); {saved}: "
-                                          "free space or fix the folder's permissions")
+                return lines, FunnelError(
+                    f"measured, but {out / name} could not be written ({why}); {saved}: "
+                    "free space or fix the folder's permissions"
+                )
             done = ", ".join(line.split()[-1] for line in lines)
             hint = f"; `funnel-tl report {out}` redraws it" if report_hint else ""
-            return lines, FunnelError(f"saved {done}, but {out / name} could not be written ({why}): free space or "
-                                      f"fix the folder's permissions{hint}")
+            return lines, FunnelError(
+                f"saved {done}, but {out / name} could not be written ({why}): free space or "
+                f"fix the folder's permissions{hint}"
+            )
         lines.extend(written if isinstance(written, list) else [f"Saved: {written}"])
     return lines, None
 
 
-def _render(result, folder: Path, say=None, self_contained: bool = False,
-            root: Path | None = None, images: bool = False) -> list[str]:
+def _render(
+    result, folder: Path, say=None, self_contained: bool = False, root: Path | None = None, images: bool = False
+) -> list[str]:
     """Write folder/funnel.html (and positions.html when positions were kept); with ``images``
     (--png) every figure of them as PNG, SVG and PDF too.
 
@@ -278,7 +315,9 @@ def _render(result, folder: Path, say=None, self_contained: bool = False,
     from funnel_tl.plots.panels import plot_funnel
 
     figures = {"funnel": plot_funnel(result)}
-    lines = [f"Saved: {write_html(figures['funnel'], folder / 'funnel.html', self_contained=self_contained, root=root)}"]
+    lines = [
+        f"Saved: {write_html(figures['funnel'], folder / 'funnel.html', self_contained=self_contained, root=root)}"
+    ]
     if result.positions is not None:
         # Imported on use: keeps plotly and torch out of `funnel-tl --help`.
         from funnel_tl.plots.positions import position_figures, write_position_page
@@ -346,11 +385,15 @@ def cmd_report(args) -> int:
     paths, head_paths = find_results(root), find_results(root, "heads.json")
     effect_paths = find_results(root, "effects.json")
     if not paths and not head_paths and not effect_paths:
-        raise FunnelError(f"no results.json, heads.json or effects.json in {root} or below it: "
-                          f"run `funnel-tl run --out {root}` (or `funnel-tl heads`, `funnel-tl effects`) first")
+        raise FunnelError(
+            f"no results.json, heads.json or effects.json in {root} or below it: "
+            f"run `funnel-tl run --out {root}` (or `funnel-tl heads`, `funnel-tl effects`) first"
+        )
     results = [GainResult.load(path) for path in paths]  # all read before any is written: fail fast
     heads = [HeadResult.load(path) for path in head_paths]
-    loaded = {path.resolve(): result for path, result in zip(paths, results)}  # a sweep's models are among them
+    loaded = {
+        path.resolve(): result for path, result in zip(paths, results, strict=True)
+    }  # a sweep's models are among them
     sweeps = [Comparison.load(path.parent, loaded) for path in find_results(root, "compare.json")]  # DIR's and below
 
     def redraw(result):
@@ -361,11 +404,13 @@ def cmd_report(args) -> int:
             current = result.intervals
             return result.with_intervals(
                 n_resamples=args.bootstrap or (current.n_resamples if current is not None else 2000),
-                seed=args.bootstrap_seed, method=args.intervals or "t")
+                seed=args.bootstrap_seed,
+                method=args.intervals or "t",
+            )
         return result
 
     redrawn = {}
-    for path, result in zip(paths, results):
+    for path, result in zip(paths, results, strict=True):
         result = redrawn[path.resolve()] = redraw(result)
         print(format_analysis(result))
         _print_positions(result)
@@ -373,19 +418,23 @@ def cmd_report(args) -> int:
         # Every page of the tree loads one DIR/plotly.min.js, unless --self-contained.
         _render(result, path.parent, say=print, self_contained=args.self_contained, root=root, images=args.png)
         print()
-    for path, result in zip(head_paths, heads):  # the table as long as its run drew it, unless --top says
-        top = args.top or int(result.provenance.get("top", TOP_HEADS))
-        page = result.save_html(path.with_suffix(".html"), k=top, self_contained=args.self_contained)
-        print(result.format_top(top))  # the table `funnel-tl heads` printed
+    for path, head in zip(head_paths, heads, strict=True):  # the table as long as its run drew it, unless --top says
+        top = args.top or int(head.provenance.get("top", TOP_HEADS))
+        page = head.save_html(path.with_suffix(".html"), k=top, self_contained=args.self_contained)
+        print(head.format_top(top))  # the table `funnel-tl heads` printed
         print(f"\nFrom: {path}\nSaved: {page}")
         if args.png:
-            print(_head_images(result, top, path.parent))
+            print(_head_images(head, top, path.parent))
         print()
     _report_effects(effect_paths, args, root)
     for sweep in sweeps:  # each model as redrawn above: its intervals are not drawn a second time
-        sweep = replace(sweep, results={row.model: redrawn[(sweep.out / row.slug / "results.json").resolve()]
-                                        for row in sweep.rows if row.ok})
-        page = sweep.save_html(sweep.out, self_contained=args.self_contained, root=root)
+        out = sweep.out
+        assert out is not None  # Comparison.load gives it its folder
+        sweep = replace(
+            sweep,
+            results={row.model: redrawn[(out / row.slug / "results.json").resolve()] for row in sweep.rows if row.ok},
+        )
+        page = sweep.save_html(out, self_contained=args.self_contained, root=root)
         print(f"Saved: {page}")
         if args.png:
             print(_compare_images(sweep))
@@ -409,7 +458,9 @@ def _report_effects(paths: list[Path], args, root: Path) -> None:
             current = result.intervals
             result = result.with_intervals(
                 n_resamples=args.bootstrap or (current.n_resamples if current is not None else 2000),
-                seed=args.bootstrap_seed, method=args.intervals or "t")
+                seed=args.bootstrap_seed,
+                method=args.intervals or "t",
+            )
         print(format_effects(result))
         page = write_effects_page(result, path.with_suffix(".html"), self_contained=args.self_contained, root=root)
         print(f"\nFrom: {path}\nSaved: {page}")
@@ -418,8 +469,9 @@ def _report_effects(paths: list[Path], args, root: Path) -> None:
         print()
 
 
-def _load_and_measure(held: contextlib.ExitStack, args, current, prompts, source, measurement, after_load=None,
-                      **options):
+def _load_and_measure(
+    held: contextlib.ExitStack, args, current, prompts, source, measurement, after_load=None, **options
+):
     """The middle of ``run`` and ``heads``: claim the output folder, load the model, measure.
 
     Under torchrun every rank takes part: the folder, its lock (held in ``held``) and the load are
@@ -437,10 +489,20 @@ def _load_and_measure(held: contextlib.ExitStack, args, current, prompts, source
         model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision, **loading)
         if after_load is not None:
             after_load(model)
-    result = measure(measurement, model, prompts, current, definition=args.definition, batch_size=args.batch_size,
-                     drop_first=args.drop_first, by_position=args.by_position,
-                     max_tokens_per_prompt=args.max_tokens_per_prompt, keep_texts=args.keep_texts,
-                     label=args.label, **options)
+    result = measure(
+        measurement,
+        model,
+        prompts,
+        current,
+        definition=args.definition,
+        batch_size=args.batch_size,
+        drop_first=args.drop_first,
+        by_position=args.by_position,
+        max_tokens_per_prompt=args.max_tokens_per_prompt,
+        keep_texts=args.keep_texts,
+        label=args.label,
+        **options,
+    )
     del model  # before the files are written and the figures drawn
     if not current.main:
         return out, None
@@ -465,8 +527,10 @@ def cmd_heads(args) -> int:
         if result is None:
             return 0  # rank 0 alone prints and writes
         result.provenance["top"] = args.top  # so that `report` redraws heads.html with the same table
-        writers = [("heads.json", result.save),
-                   ("heads.html", lambda path: result.save_html(path, k=args.top, self_contained=args.self_contained))]
+        writers = [
+            ("heads.json", result.save),
+            ("heads.html", lambda path: result.save_html(path, k=args.top, self_contained=args.self_contained)),
+        ]
         if args.png:
             writers.append(("heads.png", lambda path: [_head_images(result, args.top, out)]))
         lines, failure = _save(out, writers, rescue=result.save, report_hint=True)
@@ -489,12 +553,26 @@ def cmd_compare(args) -> int:
     prompts, source = read_cli_prompts(args)
     # Not placement(): under torchrun each rank measures whole models, so --device-map is allowed
     # here: with one process per node, each model spreads over that node's GPUs.
-    comparison = compare(args.models, prompts, definition=args.definition, batch_size=args.batch_size,
-                         device=args.device, dtype=args.dtype, drop_first=args.drop_first, out=args.out,
-                         force=args.force, checkpoints=args.checkpoints, bootstrap=args.bootstrap,
-                         bootstrap_seed=args.bootstrap_seed, self_contained=args.self_contained,
-                         by_position=args.by_position, max_tokens_per_prompt=args.max_tokens_per_prompt,
-                         device_map=args.device_map, max_memory=args.max_memory, keep_texts=args.keep_texts)
+    comparison = compare(
+        args.models,
+        prompts,
+        definition=args.definition,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        drop_first=args.drop_first,
+        out=args.out,
+        force=args.force,
+        checkpoints=args.checkpoints,
+        bootstrap=args.bootstrap,
+        bootstrap_seed=args.bootstrap_seed,
+        self_contained=args.self_contained,
+        by_position=args.by_position,
+        max_tokens_per_prompt=args.max_tokens_per_prompt,
+        device_map=args.device_map,
+        max_memory=args.max_memory,
+        keep_texts=args.keep_texts,
+    )
     if comparison is None:
         return 0  # not rank 0: its models are written; rank 0 prints and writes the table
     if source.get("more_available"):
@@ -505,9 +583,11 @@ def cmd_compare(args) -> int:
     if args.png and comparison.rows:
         print(_compare_images(comparison))
     if comparison.failed:
-        print(f"funnel-tl: {len(comparison.failed)} of {len(comparison.rows)} models failed "
-              f"(errors in {out / 'compare.json'}); rerun the same command to retry only those",
-              file=sys.stderr)
+        print(
+            f"funnel-tl: {len(comparison.failed)} of {len(comparison.rows)} models failed "
+            f"(errors in {out / 'compare.json'}); rerun the same command to retry only those",
+            file=sys.stderr,
+        )
         return 2
     return 0
 

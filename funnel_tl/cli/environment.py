@@ -10,14 +10,15 @@ instead of a ValueError deep inside a torchrun job; the code that uses a value r
 >>> value("FUNNEL_TL_TIMEOUT_MINUTES", {"FUNNEL_TL_TIMEOUT_MINUTES": "soon"})
 Traceback (most recent call last):
 funnel_tl.errors.FunnelError: FUNNEL_TL_TIMEOUT_MINUTES='soon' is not a number of minutes: give one above 0 and at most 525600 (a year), or unset it
-"""
+"""  # noqa: E501 -- a doctest expects the whole exception message on one line
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from funnel_tl.errors import FunnelError
 
@@ -34,8 +35,10 @@ def _minutes(name: str, text: str) -> float:
     except ValueError:
         minutes = math.nan
     if not (math.isfinite(minutes) and 0 < minutes <= MAX_TIMEOUT_MINUTES):
-        raise FunnelError(f"{name}={text!r} is not a number of minutes: give one above 0 and at most "
-                          f"{MAX_TIMEOUT_MINUTES} (a year), or unset it")
+        raise FunnelError(
+            f"{name}={text!r} is not a number of minutes: give one above 0 and at most "
+            f"{MAX_TIMEOUT_MINUTES} (a year), or unset it"
+        )
     return minutes
 
 
@@ -50,8 +53,11 @@ def _folder(name: str, text: str) -> Path | None:
 
 # name -> (parse(name, text) -> value, the value when unset, what it is for)
 VARIABLES: dict[str, tuple[Callable[[str, str], Any], Any, str]] = {
-    "FUNNEL_TL_TIMEOUT_MINUTES": (_minutes, float(DEFAULT_TIMEOUT_MINUTES),
-                                  "minutes a torchrun collective waits for the slowest rank"),
+    "FUNNEL_TL_TIMEOUT_MINUTES": (
+        _minutes,
+        float(DEFAULT_TIMEOUT_MINUTES),
+        "minutes a torchrun collective waits for the slowest rank",
+    ),
     "FUNNEL_TL_CACHE": (_folder, None, "where models fetched from PyPI are kept (funnel_tl.models.pypi)"),
 }
 
@@ -70,6 +76,7 @@ def check(environ: Mapping[str, str] | None = None) -> None:
         if not name.startswith(PREFIX):
             continue
         if name not in VARIABLES:
-            raise FunnelError(f"unknown environment variable {name}: funnel_tl reads {', '.join(VARIABLES)}; "
-                              "unset it or fix its name")
+            raise FunnelError(
+                f"unknown environment variable {name}: funnel_tl reads {', '.join(VARIABLES)}; unset it or fix its name"
+            )
         value(name, environ)

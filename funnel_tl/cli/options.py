@@ -38,6 +38,7 @@ NEEDS = {
 
 def at_least(minimum: int, option: str, maximum: int | None = None):
     """``type=`` for a whole number from ``minimum`` (to ``maximum``)."""
+
     def parse(text: str) -> int:
         value = _integer(text)
         if value is None or value < minimum or (maximum is not None and value > maximum):
@@ -56,6 +57,7 @@ def _integer(text: str) -> int | None:
 
 def whole_or(word: str, expected: str):
     """``type=`` for a whole number, 1 or more, or ``word``."""
+
     def parse(text: str) -> int | str:
         if text == word:
             return text
@@ -122,15 +124,19 @@ def max_memory(value: str) -> dict:
         device, _, amount = item.partition("=")
         device, amount = device.strip(), amount.strip()
         if not device or not amount:
-            raise argparse.ArgumentTypeError(f"give DEVICE=AMOUNT pairs such as 0=20GiB,1=20GiB,cpu=64GiB, not {value!r}")
+            raise argparse.ArgumentTypeError(
+                f"give DEVICE=AMOUNT pairs such as 0=20GiB,1=20GiB,cpu=64GiB, not {value!r}"
+            )
         if not (amount.isdigit() or MEMORY_SIZE.fullmatch(amount)):
-            raise argparse.ArgumentTypeError(f"{amount!r} is not an amount of memory: give bytes or a number with "
-                                             "GiB, MiB, KiB, GB, MB or KB, such as 20GiB")
+            raise argparse.ArgumentTypeError(
+                f"{amount!r} is not an amount of memory: give bytes or a number with "
+                "GiB, MiB, KiB, GB, MB or KB, such as 20GiB"
+            )
         budget[int(device) if device.isdigit() else device] = int(amount) if amount.isdigit() else amount
     return budget
 
 
-def label(value: str) -> str:
+def label(value: str) -> str | None:
     """``type=`` of --label: one line of text (``outputs.check_label``, as ``label=`` is checked)."""
     try:
         return check_label(value)
@@ -140,6 +146,7 @@ def label(value: str) -> str:
 
 def text(option: str):
     """``type=`` for a name or path that must hold more than whitespace."""
+
     def parse(value: str) -> str:
         if not value.strip():
             raise argparse.ArgumentTypeError(f"give a value, not {value!r}")

@@ -8,7 +8,7 @@ cache is one prompt.
 from __future__ import annotations
 
 import platform
-from typing import Sequence
+from collections.abc import Sequence
 
 import einops
 import torch
@@ -22,8 +22,14 @@ from funnel_tl.results.gains import GainResult
 
 
 @torch.no_grad()
-def gains_from_cache(cache, model, definition: str = "seed", attention_mask: torch.Tensor | None = None,
-                     drop_first: int = 0, prompts: Sequence[str] | None = None) -> GainResult:
+def gains_from_cache(
+    cache,
+    model,
+    definition: str = "seed",
+    attention_mask: torch.Tensor | None = None,
+    drop_first: int = 0,
+    prompts: Sequence[str] | None = None,
+) -> GainResult:
     """Per-layer gains from ``cache``, an ``ActivationCache`` (or dict of hook name → activation) of ``model``.
 
     ``attention_mask`` ``[batch, pos]`` (1 = real token) keeps padding out of every statistic, as
@@ -49,8 +55,12 @@ def gains_from_cache(cache, model, definition: str = "seed", attention_mask: tor
     plan = plan_hooks(model, definition)
     n_layers = model.cfg.n_layers
     wanted = set(plan.suffixes) | set(IDENTITY_SUFFIXES) - ({"hook_resid_mid"} if plan.parallel_blocks else set())
-    missing = [f"blocks.{layer}.{suffix}" for layer in range(n_layers) for suffix in sorted(wanted)
-               if f"blocks.{layer}.{suffix}" not in cache]
+    missing = [
+        f"blocks.{layer}.{suffix}"
+        for layer in range(n_layers)
+        for suffix in sorted(wanted)
+        if f"blocks.{layer}.{suffix}" not in cache
+    ]
     if missing:
         raise FunnelError(
             f"the cache has no {missing[0]} ({len(missing)} hooks missing): run run_with_cache without names_filter, "
@@ -71,30 +81,46 @@ def gains_from_cache(cache, model, definition: str = "seed", attention_mask: tor
         mask = torch.as_tensor(attention_mask, device=device).bool()
         mask = mask if mask.ndim == 2 else mask[None]
         if tuple(mask.shape) != (n_rows, n_positions):
-            raise FunnelError(f"attention_mask has shape {tuple(mask.shape)}, the cache [batch, pos] = "
-                              f"{(n_rows, n_positions)}: pass the mask given to the forward pass")
+            raise FunnelError(
+                f"attention_mask has shape {tuple(mask.shape)}, the cache [batch, pos] = "
+                f"{(n_rows, n_positions)}: pass the mask given to the forward pass"
+            )
     if drop_first < 0:
         raise FunnelError(f"drop_first must be 0 or more, got {drop_first}")
     counted = mask & (torch.arange(n_positions, device=device) >= drop_first)[None, :]  # [batch, pos]
     n_tokens = counted.sum(dim=1)  # [batch]
     if bool((n_tokens == 0).any()):
         row = int((n_tokens == 0).nonzero()[0])
-        raise FunnelError(f"row {row} of the cache has no token left to count (mask and drop_first={drop_first}): "
-                          "lower drop_first or drop that row")
+        raise FunnelError(
+            f"row {row} of the cache has no token left to count (mask and drop_first={drop_first}): "
+            "lower drop_first or drop that row"
+        )
     names = tuple(prompts) if prompts is not None else tuple(f"<row {i}>" for i in range(n_rows))
     if len(names) != n_rows:
         raise FunnelError(f"{len(names)} prompts given for a cache of {n_rows} rows")
 
-    identity_cache = {f"blocks.{layer}.{suffix}": activation(layer, suffix)
-                      for layer in range(n_layers) for suffix in wanted if suffix in IDENTITY_SUFFIXES}
-    stacked = {suffix: torch.stack([activation_norms(plan.read(model, layer, suffix, activation(layer, suffix)))
-                                    for layer in range(n_layers)])  # [layer, batch, pos]
-               for suffix in plan.suffixes}
+    identity_cache = {
+        f"blocks.{layer}.{suffix}": activation(layer, suffix)
+        for layer in range(n_layers)
+        for suffix in wanted
+        if suffix in IDENTITY_SUFFIXES
+    }
+    stacked = {
+        suffix: torch.stack(
+            [activation_norms(plan.read(model, layer, suffix, activation(layer, suffix))) for layer in range(n_layers)]
+        )  # [layer, batch, pos]
+        for suffix in plan.suffixes
+    }
     check_finite(model, stacked, counted, list(range(n_rows)), dtype)
     check_residual_identities(model, identity_cache, mask, plan.parallel_blocks, dtype)
     weights = counted.float()
-    sums = {suffix: einops.einsum(values.float(), weights, "layer batch pos, batch pos -> batch layer")
-            .double().cpu().numpy() for suffix, values in stacked.items()}
+    sums = {
+        suffix: einops.einsum(values.float(), weights, "layer batch pos, batch pos -> batch layer")
+        .double()
+        .cpu()
+        .numpy()
+        for suffix, values in stacked.items()
+    }
     provenance = {
         "source": "ActivationCache",
         "torch": torch.__version__,
@@ -107,8 +133,15 @@ def gains_from_cache(cache, model, definition: str = "seed", attention_mask: tor
         **source_provenance(model),  # the full path of a model named by its folder
     }
     return GainResult(
-        model=model_name(model), definition=definition, n_layers=n_layers, d_model=model.cfg.d_model,
-        parallel_blocks=plan.parallel_blocks, prompts=names, n_tokens=n_tokens.cpu().numpy(),
+        model=model_name(model),
+        definition=definition,
+        n_layers=n_layers,
+        d_model=model.cfg.d_model,
+        parallel_blocks=plan.parallel_blocks,
+        prompts=names,
+        n_tokens=n_tokens.cpu().numpy(),
         out_sums={c: sums[plan.outputs[c]] for c in COMPONENTS},
-        in_sums={c: sums[plan.inputs[c]] for c in COMPONENTS}, drop_first=drop_first, provenance=provenance,
+        in_sums={c: sums[plan.inputs[c]] for c in COMPONENTS},
+        drop_first=drop_first,
+        provenance=provenance,
     )

@@ -27,9 +27,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,8 +71,12 @@ def world() -> World:
     """
     if not (dist.is_available() and dist.is_initialized()):
         return World()
-    return World(rank=dist.get_rank(), size=dist.get_world_size(),
-                 local_rank=int(os.environ.get("LOCAL_RANK", "0")), backend=str(dist.get_backend()))
+    return World(
+        rank=dist.get_rank(),
+        size=dist.get_world_size(),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        backend=str(dist.get_backend()),
+    )
 
 
 def launched_by_torchrun() -> bool:
@@ -94,8 +99,10 @@ def session(device: str = "auto"):
     if on_gpu:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if local_rank >= torch.cuda.device_count():
-            raise FunnelError(f"rank with LOCAL_RANK {local_rank} has no GPU of its own "
-                              f"({torch.cuda.device_count()} visible): start at most that many processes per node")
+            raise FunnelError(
+                f"rank with LOCAL_RANK {local_rank} has no GPU of its own "
+                f"({torch.cuda.device_count()} visible): start at most that many processes per node"
+            )
         torch.cuda.set_device(local_rank)  # "cuda" now means this rank's GPU, for loading and NCCL alike
     # How long a collective waits for the slowest rank (default a day; a bad value: one line naming it).
     minutes = environment.value("FUNNEL_TL_TIMEOUT_MINUTES")
@@ -161,7 +168,7 @@ def shard_by_tokens(lengths: Sequence[int], n_ranks: int, batch_size: int | Any 
     """
     size = batch_size if isinstance(batch_size, int) and batch_size >= 1 else 1
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])  # stable, as make_batches sorts
-    batches = [order[start:start + size] for start in range(0, len(order), size)]
+    batches = [order[start : start + size] for start in range(0, len(order), size)]
     costs = [len(batch) * max(lengths[i] for i in batch) for batch in batches]  # padded tokens
     load = [0] * n_ranks
     shares: list[list[int]] = [[] for _ in range(n_ranks)]
@@ -190,9 +197,18 @@ def broadcast_from_main(current: World, value: Any) -> Any:
     return box[0]
 
 
-def measure(function: Callable, model, prompts: Sequence[str], current: World | None = None, *,
-            batch_size: int = 8, drop_first: int = 0, tokenizer=None,
-            max_tokens_per_prompt: int | str | None = None, **kwargs):
+def measure(
+    function: Callable,
+    model,
+    prompts: Sequence[str],
+    current: World | None = None,
+    *,
+    batch_size: int = 8,
+    drop_first: int = 0,
+    tokenizer=None,
+    max_tokens_per_prompt: int | str | None = None,
+    **kwargs,
+):
     """``function(model, prompts, ...)`` over all ranks; the whole result on rank 0, ``None`` elsewhere.
 
     ``function``: ``measure_gains`` or ``head_gains``; ``kwargs`` go to it as they are. In a world
@@ -204,8 +220,13 @@ def measure(function: Callable, model, prompts: Sequence[str], current: World | 
     # Every rank reads and tokenizes all the prompts (the shares are dealt by tokens): data parallel
     # takes a list, not a stream; each rank's measurement then streams its own share.
     current = current or world()
-    settings = dict(batch_size=batch_size, drop_first=drop_first, tokenizer=tokenizer,
-                    max_tokens_per_prompt=max_tokens_per_prompt, **kwargs)
+    settings = dict(
+        batch_size=batch_size,
+        drop_first=drop_first,
+        tokenizer=tokenizer,
+        max_tokens_per_prompt=max_tokens_per_prompt,
+        **kwargs,
+    )
     if not current.distributed:
         return function(model, prompts, **settings)
 
@@ -215,8 +236,9 @@ def measure(function: Callable, model, prompts: Sequence[str], current: World | 
         # Every check on all the prompts at once, so an error names a prompt by its place in the
         # caller's list; the token counts also decide the shares.
         truncation: dict = {}
-        prompt_list, token_ids, _ = prepare_tokens(model, prompts, drop_first, tokenizer,
-                                                   max_tokens_per_prompt, truncation)
+        prompt_list, token_ids, _ = prepare_tokens(
+            model, prompts, drop_first, tokenizer, max_tokens_per_prompt, truncation
+        )
         shares = shard_by_tokens([len(ids) for ids in token_ids], current.size, batch_size)
         mine = shares[current.rank]
         part = None
@@ -230,6 +252,7 @@ def measure(function: Callable, model, prompts: Sequence[str], current: World | 
     parts = gather_to_main(current, (mine, part))
     if not current.main:
         return None
+    assert parts is not None  # gather_to_main gives the main rank every part
     return assemble(parts, prompt_list, truncation)
 
 
@@ -242,9 +265,11 @@ def in_callers_terms(error: FunnelError, share: Sequence[int]) -> FunnelError:
     >>> in_callers_terms(FunnelError("non-finite activation in m, layer 1, prompt 2, position 5"), [4, 7, 9])
     FunnelError('non-finite activation in m, layer 1, prompt 9, position 5')
     """
-    renamed = re.sub(r"\bprompt (\d+)\b",
-                     lambda match: f"prompt {share[int(match.group(1))]}" if int(match.group(1)) < len(share)
-                     else match.group(0), str(error))
+    renamed = re.sub(
+        r"\bprompt (\d+)\b",
+        lambda match: f"prompt {share[int(match.group(1))]}" if int(match.group(1)) < len(share) else match.group(0),
+        str(error),
+    )
     return FunnelError(renamed)
 
 
@@ -273,11 +298,21 @@ def _assemble_positions(pieces: Sequence[tuple[np.ndarray, Any]], n_prompts: int
 
     template = sums[0][1]
     if hasattr(template, "out_sums"):  # positions.PositionSums, of a GainResult
-        return replace(template, edges=edges, n_tokens=place(lambda p: p.n_tokens), intervals=None,
-                       out_sums={c: place(lambda p, c=c: p.out_sums[c]) for c in template.out_sums},
-                       in_sums={c: place(lambda p, c=c: p.in_sums[c]) for c in template.in_sums})
-    return replace(template, edges=edges, n_tokens=place(lambda p: p.n_tokens),  # positions.HeadPositionSums
-                   head_norm_sums=place(lambda p: p.head_norm_sums), in_sums=place(lambda p: p.in_sums))
+        return replace(
+            template,
+            edges=edges,
+            n_tokens=place(lambda p: p.n_tokens),
+            intervals=None,
+            out_sums={c: place(lambda p, c=c: p.out_sums[c]) for c in template.out_sums},
+            in_sums={c: place(lambda p, c=c: p.in_sums[c]) for c in template.in_sums},
+        )
+    return replace(
+        template,
+        edges=edges,
+        n_tokens=place(lambda p: p.n_tokens),  # positions.HeadPositionSums
+        head_norm_sums=place(lambda p: p.head_norm_sums),
+        in_sums=place(lambda p: p.in_sums),
+    )
 
 
 def assemble(parts: Sequence[tuple[list[int], Any]], prompts: Sequence[str], truncation: dict | None = None):
@@ -305,37 +340,55 @@ def assemble(parts: Sequence[tuple[list[int], Any]], prompts: Sequence[str], tru
         return template.assembled(pieces, prompts, truncation)
     provenance = dict(template.provenance)
     real = sum(result.provenance.get("n_tokens_total", 0) for _, result in pieces)
-    padded = sum(result.provenance.get("n_tokens_total", 0) / max(1e-12, 1.0 - result.provenance.get("padding_fraction", 0.0))
-                 for _, result in pieces)
-    provenance.update({
-        "prompts_sha256": prompts_sha256(prompts), "n_tokens_total": int(real),
-        "padding_fraction": float(1.0 - real / padded) if padded else 0.0,
-        "world_size": len(parts), "prompts_per_rank": [len(indices) for indices, _ in parts],
-    })
+    padded = sum(
+        result.provenance.get("n_tokens_total", 0) / max(1e-12, 1.0 - result.provenance.get("padding_fraction", 0.0))
+        for _, result in pieces
+    )
+    provenance.update(
+        {
+            "prompts_sha256": prompts_sha256(prompts),
+            "n_tokens_total": int(real),
+            "padding_fraction": float(1.0 - real / padded) if padded else 0.0,
+            "world_size": len(parts),
+            "prompts_per_rank": [len(indices) for indices, _ in parts],
+        }
+    )
     provenance.pop("truncation", None)
     provenance.update(truncation or {})
     kept = tuple(prompts) if template.prompts is not None else None  # keep_texts=False: count and sha256 only
-    common = dict(prompts=kept, n_tokens=place(lambda r: r.n_tokens), provenance=provenance,
-                  positions=_assemble_positions(pieces, n_prompts))
+    common = dict(
+        prompts=kept,
+        n_tokens=place(lambda r: r.n_tokens),
+        provenance=provenance,
+        positions=_assemble_positions(pieces, n_prompts),
+    )
     if isinstance(template, GainResult):
         reads, histograms = template.reads, template.token_histograms
         if reads is not None:  # every role's sums, by prompt as the rest (funnel_tl.measure.reads)
-            reads = replace(reads, sums={role: place(lambda r, role=role: r.reads.sums[role]) for role in reads.sums},
-                            sums_from_1={role: place(lambda r, role=role: r.reads.sums_from_1[role])
-                                         for role in reads.sums_from_1},
-                            n_tokens_from_1=place(lambda r: r.reads.n_tokens_from_1))
+            reads = replace(
+                reads,
+                sums={role: place(lambda r, role=role: r.reads.sums[role]) for role in reads.sums},
+                sums_from_1={role: place(lambda r, role=role: r.reads.sums_from_1[role]) for role in reads.sums_from_1},
+                n_tokens_from_1=place(lambda r: r.reads.n_tokens_from_1),
+            )
         if histograms is not None:  # counts of tokens: they add up over the shares exactly
             histograms = replace(histograms, counts=sum(result.token_histograms.counts for _, result in pieces))
         return replace(
-            template, **common, intervals=None,
+            template,
+            **common,
+            intervals=None,
             out_sums={c: place(lambda r, c=c: r.out_sums[c]) for c in template.out_sums},
             in_sums={c: place(lambda r, c=c: r.in_sums[c]) for c in template.in_sums},
-            reads=reads, token_histograms=histograms,
+            reads=reads,
+            token_histograms=histograms,
         )
     if isinstance(template, HeadResult):
         return replace(
-            template, **common,
-            head_norm_sums=place(lambda r: r.head_norm_sums), head_projection_sums=place(lambda r: r.head_projection_sums),
-            attn_out_sums=place(lambda r: r.attn_out_sums), in_sums=place(lambda r: r.in_sums),
+            template,
+            **common,
+            head_norm_sums=place(lambda r: r.head_norm_sums),
+            head_projection_sums=place(lambda r: r.head_projection_sums),
+            attn_out_sums=place(lambda r: r.attn_out_sums),
+            in_sums=place(lambda r: r.in_sums),
         )
     raise TypeError(f"cannot assemble results of type {type(template).__name__}")

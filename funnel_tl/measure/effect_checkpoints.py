@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -47,31 +48,43 @@ class CheckpointStore:
 
     def result(self, *, interventions, layers, **fields) -> EffectResult:
         width = len(layers)
-        tables = {measure: {} for measure in ("delta_loss", "kl")}
+        tables: dict[str, Any] = {measure: {} for measure in ("delta_loss", "kl")}
         for measure in tables:
             job = 0
             for spec in interventions:
                 tables[measure][spec.name] = {}
                 for component in EFFECT_COMPONENTS:
-                    tables[measure][spec.name][component] = self.values[measure][:, job:job + width].copy()
+                    tables[measure][spec.name][component] = self.values[measure][:, job : job + width].copy()
                     job += width
-        return EffectResult(layers=layers, interventions=tuple(spec.name for spec in interventions),
-                            n_predicted=self.values["n_predicted"].astype(np.int64),
-                            n_positions=self.values["n_positions"].astype(np.int64),
-                            clean_loss=self.values["clean_loss"], **tables, **fields)
+        return EffectResult(
+            layers=layers,
+            interventions=tuple(spec.name for spec in interventions),
+            n_predicted=self.values["n_predicted"].astype(np.int64),
+            n_positions=self.values["n_positions"].astype(np.int64),
+            clean_loss=self.values["clean_loss"],
+            **tables,
+            **fields,
+        )
 
 
 # ---- checkpoints (resume) -----------------------------------------------------------------------
-def checkpoint_settings(model, prompt_list, specs, layers, definition, drop_first, max_tokens_per_prompt, parameter,
-              label=None) -> dict:
+def checkpoint_settings(
+    model, prompt_list, specs, layers, definition, drop_first, max_tokens_per_prompt, parameter, label=None
+) -> dict:
     """Every setting that changes a number: a checkpoint is resumed only when all of them match."""
     return {
-        "model": model_name(model), **source_provenance(model), **({"label": label} if label else {}),
-        "prompts_sha256": prompts_sha256(prompt_list), "n_prompts": len(prompt_list),
-        "interventions": [spec.name for spec in specs], "layers": list(layers), "definition": definition,
+        "model": model_name(model),
+        **source_provenance(model),
+        **({"label": label} if label else {}),
+        "prompts_sha256": prompts_sha256(prompt_list),
+        "n_prompts": len(prompt_list),
+        "interventions": [spec.name for spec in specs],
+        "layers": list(layers),
+        "definition": definition,
         "drop_first": int(drop_first),
         "max_tokens_per_prompt": None if max_tokens_per_prompt is None else str(max_tokens_per_prompt),
-        "dtype": str(parameter.dtype).removeprefix("torch."), "device": parameter.device.type,
+        "dtype": str(parameter.dtype).removeprefix("torch."),
+        "device": parameter.device.type,
     }
 
 
@@ -84,17 +97,22 @@ def read_checkpoint(path, settings: dict, intervals: bool):
     except FunnelError as error:
         warnings.warn(f"{error}: measuring again", stacklevel=3)
         return None
-    stored = data.get("settings") if not data.get("complete", False) else (data.get("provenance") or {}).get(
-        "effect_settings")
+    stored = (
+        data.get("settings")
+        if not data.get("complete", False)
+        else (data.get("provenance") or {}).get("effect_settings")
+    )
     if data.get("kind") != "effects" or stored != settings:
         differs = _first_difference(stored, settings)
-        warnings.warn(f"{path} was measured with other settings ({differs}): measuring again and replacing it",
-                      stacklevel=3)
+        warnings.warn(
+            f"{path} was measured with other settings ({differs}): measuring again and replacing it", stacklevel=3
+        )
         return None
     if data.get("complete", False):
         result = EffectResult.from_dict(data, source=str(path))
-        tqdm.write(f"{path}: finished earlier with the same settings, read back (--force measures again)",
-                   file=sys.stderr)
+        tqdm.write(
+            f"{path}: finished earlier with the same settings, read back (--force measures again)", file=sys.stderr
+        )
         if intervals and result.intervals is None and result.n_prompts >= 2:
             result = result.with_intervals()
         return result
@@ -119,7 +137,16 @@ def _first_difference(stored, settings: dict) -> str:
 def write_partial(path, settings: dict, name: str, store: CheckpointStore) -> None:
     """An unfinished effects.json: what the next run with the same settings continues from."""
     try:
-        write_json_atomic(path, {"schema_version": 1, "kind": "effects", "complete": False, "model": name,
-                                 "settings": settings, "per_prompt": store.partial()})
+        write_json_atomic(
+            path,
+            {
+                "schema_version": 1,
+                "kind": "effects",
+                "complete": False,
+                "model": name,
+                "settings": settings,
+                "per_prompt": store.partial(),
+            },
+        )
     except OSError as error:  # the measurement goes on; the final write reports the disk
         warnings.warn(f"could not write the checkpoint {path}: {error}", stacklevel=2)

@@ -36,9 +36,10 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +59,7 @@ from funnel_tl.measure.effect_checkpoints import (
 )
 from funnel_tl.measure.engine import EXECUTORS, Engine, activation_bytes_per_token, counted_tokens, resolve_batch_size
 from funnel_tl.measure.intervene import Edit, HFRunner, TLRunner, contribution_hooks
-from funnel_tl.measure.interventions import COMPONENT_HOOKS, DEFAULT_INTERVENTIONS, parse_interventions
+from funnel_tl.measure.interventions import COMPONENT_HOOKS, DEFAULT_INTERVENTIONS, Intervention, parse_interventions
 from funnel_tl.measure.layers import resolve_layers
 from funnel_tl.measure.streaming import TokenStream
 from funnel_tl.models.architectures import plan_hooks
@@ -73,8 +74,12 @@ from funnel_tl.results.folders import check_label
 # the CPU), so 1e-4 leaves room for op order only, and 1e-5 nats is float32's rounding of
 # ~10-nat cross-entropies; a wrong module is off by the effect itself. Half precision rounds every
 # activation (float16 unit roundoff 4.9e-4, bfloat16 3.9e-3) in each path's own order.
-AGREEMENT = {torch.float32: (1e-4, 1e-5), torch.float64: (1e-9, 1e-12), torch.float16: (5e-2, 2e-2),
-             torch.bfloat16: (1e-1, 5e-2)}
+AGREEMENT = {
+    torch.float32: (1e-4, 1e-5),
+    torch.float64: (1e-9, 1e-12),
+    torch.float16: (5e-2, 2e-2),
+    torch.bfloat16: (1e-1, 5e-2),
+}
 STACK_CHOICES = "an integer, at least 1, or auto"
 # Copies per forward that stack="auto" stacks. On the CPU stacking buys nothing (measured by
 # benchmarks/bench_effects.py: 2, 4 and 8 copies ran 0.97-1.24x the time of one, even where a
@@ -100,14 +105,20 @@ class ComponentMeans:
 
     def tensors(self, device, dtype=torch.float32) -> dict[tuple[int, str], torch.Tensor]:
         """``{(layer, component): [d_model]}`` on ``device``, for ``intervene`` (cast to the model's dtype there)."""
-        return {(layer, component): torch.as_tensor(self.mean(component)[row], dtype=dtype, device=device)
-                for component in EFFECT_COMPONENTS for row, layer in enumerate(self.layers)}
+        return {
+            (layer, component): torch.as_tensor(self.mean(component)[row], dtype=dtype, device=device)
+            for component in EFFECT_COMPONENTS
+            for row, layer in enumerate(self.layers)
+        }
 
-    def assembled(self, pieces, prompts, truncation=None) -> "ComponentMeans":
+    def assembled(self, pieces, prompts, truncation=None) -> ComponentMeans:
         """torchrun (``distributed.assemble``): every rank's sums added up."""
         parts = [part for _, part in pieces]
-        return ComponentMeans(self.layers, {c: sum(part.sums[c] for part in parts) for c in EFFECT_COMPONENTS},
-                              sum(part.n_tokens for part in parts))
+        return ComponentMeans(
+            self.layers,
+            {c: sum(part.sums[c] for part in parts) for c in EFFECT_COMPONENTS},
+            sum(part.n_tokens for part in parts),
+        )
 
 
 class ContributionSums:
@@ -122,7 +133,8 @@ class ContributionSums:
 
     def start(self, batch, tokens, attention_mask, counted, first: bool) -> None:
         self.counted = counted[..., None]  # [batch, pos, 1]
-        self.sums = {suffix: [None] * len(self.layers) for suffix in COMPONENT_HOOKS.values()}
+        # suffix -> one [batch, d_model] sum per layer, each filled in as its hook fires
+        self.sums: dict[str, list[Any]] = {suffix: [None] * len(self.layers) for suffix in COMPONENT_HOOKS.values()}
 
     def read(self, layer: int, suffix: str, activation: torch.Tensor) -> None:
         # Selected, not multiplied by the mask: a non-finite padded position must not poison the sum.
@@ -138,13 +150,23 @@ class ContributionSums:
         pass
 
     def raise_nonfinite(self) -> None:
-        raise FunnelError(f"non-finite sublayer output in {model_name(self.model)} while averaging the contributions "
-                          "for the mean intervention: try --dtype float32")
+        raise FunnelError(
+            f"non-finite sublayer output in {model_name(self.model)} while averaging the contributions "
+            "for the mean intervention: try --dtype float32"
+        )
 
 
-def component_means(model, prompts, layers: int | Sequence[int] | None = None, batch_size: int | str = "auto",
-                    drop_first: int = 0, tokenizer=None, executor: str = "auto", progress: bool | None = None,
-                    max_tokens_per_prompt: int | str | None = None) -> ComponentMeans:
+def component_means(
+    model,
+    prompts,
+    layers: int | Sequence[int] | None = None,
+    batch_size: int | str = "auto",
+    drop_first: int = 0,
+    tokenizer=None,
+    executor: str = "auto",
+    progress: bool | None = None,
+    max_tokens_per_prompt: int | str | None = None,
+) -> ComponentMeans:
     """Every measured sublayer's contribution summed over every measured token of ``prompts`` (one pass).
 
     The ``mean`` intervention replaces a contribution by ``result.mean(component)[layer]``.
@@ -161,8 +183,9 @@ def component_means(model, prompts, layers: int | Sequence[int] | None = None, b
     stream = TokenStream(model, prompts, drop_first, tokenizer, max_tokens_per_prompt, batch_size, engine.device)
     sums = {component: np.zeros((len(chosen), model.cfg.d_model)) for component in EFFECT_COMPONENTS}
     n_tokens = 0
-    for _, batch_sums, counted in engine.run(stream.batches(), drop_first, progress,
-                                             description=f"means {model_name(model)}"):
+    for _, batch_sums, counted in engine.run(
+        stream.batches(), drop_first, progress, description=f"means {model_name(model)}"
+    ):
         for component, suffix in COMPONENT_HOOKS.items():
             sums[component] += batch_sums[suffix].sum(axis=0)  # [layer, d_model]
         n_tokens += int(counted.sum())
@@ -170,11 +193,19 @@ def component_means(model, prompts, layers: int | Sequence[int] | None = None, b
 
 
 # ---- Δloss and KL of one batch ------------------------------------------------------------------
-Job = tuple[int, str, object]  # (layer, component, intervention.Intervention)
+Job = tuple[int, str, Intervention]  # (layer, component, intervention)
 
 
-def batch_effects(runner, tokens: torch.Tensor, attention_mask: torch.Tensor, drop_first: int, jobs: Sequence[Job],
-                  means, stack: int, on_forward=None) -> dict[str, np.ndarray]:
+def batch_effects(
+    runner,
+    tokens: torch.Tensor,
+    attention_mask: torch.Tensor,
+    drop_first: int,
+    jobs: Sequence[Job],
+    means,
+    stack: int,
+    on_forward=None,
+) -> dict[str, np.ndarray]:
     """Per prompt of one batch: ``clean_loss`` [batch], ``delta_loss`` and ``kl`` [batch, job] for ``jobs``.
 
     The clean forward first (its logits kept), then the jobs ``stack`` at a time, each on its own
@@ -190,26 +221,37 @@ def batch_effects(runner, tokens: torch.Tensor, attention_mask: torch.Tensor, dr
     chunk = max(1, LOSS_CHUNK_FLOATS // max(1, n_rows * int(runner.vocab_size)))  # positions at a time
 
     clean = runner.logits(tokens, attention_mask)  # [batch, pos, vocab], the model's dtype
-    clean_loss = sum(_losses(clean, None, following, predicted, counted, positions)[0]
-                     for positions in _spans(width, chunk)) / n_predicted
+    clean_loss = (
+        sum(_losses(clean, None, following, predicted, counted, positions)[0] for positions in _spans(width, chunk))
+        / n_predicted
+    )
     delta = torch.empty((n_rows, len(jobs)), dtype=torch.float64, device=tokens.device)
     kl = torch.empty_like(delta)
     for start in range(0, len(jobs), stack):
-        group = jobs[start:start + stack]
-        edits = [Edit(layer, component, intervention, slice(copy * n_rows, (copy + 1) * n_rows))
-                 for copy, (layer, component, intervention) in enumerate(group)]
+        group = jobs[start : start + stack]
+        edits = [
+            Edit(layer, component, intervention, slice(copy * n_rows, (copy + 1) * n_rows))
+            for copy, (layer, component, intervention) in enumerate(group)
+        ]
         copies = len(group)
         logits = runner.logits(tokens.repeat(copies, 1), attention_mask.repeat(copies, 1), edits, means)
         for copy in range(copies):
-            mine = logits[copy * n_rows:(copy + 1) * n_rows]  # [batch, pos, vocab]
-            sums = [_losses(clean, mine, following, predicted, counted, positions) for positions in _spans(width, chunk)]
+            mine = logits[copy * n_rows : (copy + 1) * n_rows]  # [batch, pos, vocab]
+            sums = [
+                _losses(clean, mine, following, predicted, counted, positions) for positions in _spans(width, chunk)
+            ]
             delta[:, start + copy] = sum(ce for ce, _ in sums) / n_predicted
             kl[:, start + copy] = sum(divergence for _, divergence in sums) / n_positions
         del logits
         if on_forward is not None:
             on_forward()
-    out = {"clean_loss": clean_loss.cpu().numpy(), "delta_loss": delta.cpu().numpy(), "kl": kl.cpu().numpy(),
-           "n_predicted": n_predicted.cpu().numpy(), "n_positions": n_positions.cpu().numpy()}
+    out = {
+        "clean_loss": clean_loss.cpu().numpy(),
+        "delta_loss": delta.cpu().numpy(),
+        "kl": kl.cpu().numpy(),
+        "n_predicted": n_predicted.cpu().numpy(),
+        "n_positions": n_positions.cpu().numpy(),
+    }
     bad = ~(np.isfinite(out["delta_loss"]) & np.isfinite(out["kl"]))
     if bad.any() or not np.isfinite(out["clean_loss"]).all():
         raise _nonfinite(jobs, bad)
@@ -220,9 +262,14 @@ def _spans(width: int, chunk: int) -> list[slice]:
     return [slice(start, min(start + chunk, width)) for start in range(0, width, chunk)]
 
 
-def _losses(clean: Float[torch.Tensor, "batch pos vocab"], changed: Float[torch.Tensor, "batch pos vocab"] | None,
-            following, predicted: Bool[torch.Tensor, "batch pos"], counted: Bool[torch.Tensor, "batch pos"],
-            positions: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _losses(
+    clean: Float[torch.Tensor, "batch pos vocab"],
+    changed: Float[torch.Tensor, "batch pos vocab"] | None,
+    following,
+    predicted: Bool[torch.Tensor, "batch pos"],
+    counted: Bool[torch.Tensor, "batch pos"],
+    positions: slice,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per row, over the ``positions``: the summed cross-entropy of the next tokens (of ``clean``
     alone when ``changed`` is None, else changed minus clean) and the summed KL(clean ‖ changed).
 
@@ -241,8 +288,10 @@ def _losses(clean: Float[torch.Tensor, "batch pos vocab"], changed: Float[torch.
     # KL(clean ‖ changed) = Σ_v p(v) (log p(v) − log q(v)), the difference taken first: accurate for
     # the near-zero KL of a small effect.
     divergence = (clean_logp.exp() * (clean_logp - logp)).sum(dim=-1)  # [batch, chunk]
-    return (torch.where(predicted[:, positions], ce - clean_ce, zero).sum(dim=1),
-            torch.where(counted[:, positions], divergence, zero).sum(dim=1))
+    return (
+        torch.where(predicted[:, positions], ce - clean_ce, zero).sum(dim=1),
+        torch.where(counted[:, positions], divergence, zero).sum(dim=1),
+    )
 
 
 def _nonfinite(jobs, bad: np.ndarray) -> FunnelError:
@@ -250,15 +299,18 @@ def _nonfinite(jobs, bad: np.ndarray) -> FunnelError:
         return FunnelError("the clean forward gives non-finite logits: try --dtype float32")
     job = jobs[int(np.argwhere(bad)[0][1])]
     layer, component, intervention = job
-    return FunnelError(f"non-finite logits with {intervention.name} on {component} L{layer}: "
-                       "the model overflows; try --dtype float32")
+    return FunnelError(
+        f"non-finite logits with {intervention.name} on {component} L{layer}: the model overflows; try --dtype float32"
+    )
 
 
 # ---- the runner: the TL hooks, or HF modules that prove themselves ------------------------------
 def _verification_jobs(layers: Sequence[int], interventions) -> list[Job]:
     """Every (layer, component) once, the interventions in turn: each module and each kind is checked."""
     pairs = [(layer, component) for layer in layers for component in EFFECT_COMPONENTS]
-    return [(layer, component, interventions[index % len(interventions)]) for index, (layer, component) in enumerate(pairs)]
+    return [
+        (layer, component, interventions[index % len(interventions)]) for index, (layer, component) in enumerate(pairs)
+    ]
 
 
 def _deviation(fast: dict[str, np.ndarray], truth: dict[str, np.ndarray], tolerance: tuple[float, float]) -> float:
@@ -271,8 +323,9 @@ def _deviation(fast: dict[str, np.ndarray], truth: dict[str, np.ndarray], tolera
     return worst
 
 
-def choose_runner(model, executor: str, layers, interventions, first_batch, drop_first: int, means, stack: int,
-                  several: bool):
+def choose_runner(
+    model, executor: str, layers, interventions, first_batch, drop_first: int, means, stack: int, several: bool
+):
     """``(runner, why the fast one did not run or None)``: TLRunner, or an HFRunner that agrees with it."""
     tl = TLRunner(model)
     if executor == "transformer_lens":
@@ -282,8 +335,11 @@ def choose_runner(model, executor: str, layers, interventions, first_batch, drop
     fast, why_not = HFRunner.for_model(model, contribution_hooks(layers), attention=None)
     if fast is None:
         if executor == "hf":
-            warnings.warn(f"the HF-module runner cannot run {model_name(model)} ({why_not}): "
-                          "intervening through TransformerLens hooks instead", stacklevel=3)
+            warnings.warn(
+                f"the HF-module runner cannot run {model_name(model)} ({why_not}): "
+                "intervening through TransformerLens hooks instead",
+                stacklevel=3,
+            )
         return tl, why_not
     rows = sorted({0, first_batch.tokens.shape[0] - 1})  # the batch is sorted by length: its most padded, its longest
     device = next(model.parameters()).device
@@ -301,8 +357,10 @@ def choose_runner(model, executor: str, layers, interventions, first_batch, drop
         deviation = _deviation(got, truth, AGREEMENT.get(dtype, (1e-2, 1e-2)))
         if deviation <= 1:
             return fast, None
-        why_not = (f"the HF-module runner's first-batch effects differed from the TransformerLens hooks' "
-                   f"({deviation:.2g} times the tolerance {AGREEMENT.get(dtype, (1e-2, 1e-2))})")
+        why_not = (
+            f"the HF-module runner's first-batch effects differed from the TransformerLens hooks' "
+            f"({deviation:.2g} times the tolerance {AGREEMENT.get(dtype, (1e-2, 1e-2))})"
+        )
     warnings.warn(f"{model_name(model)}: {why_not}: intervening through TransformerLens hooks instead", stacklevel=3)
     return tl, why_not
 
@@ -331,7 +389,9 @@ def effects_bytes_per_token(cfg, element_size: int, longest: int, copies: int) -
     (``engine.activation_bytes_per_token``) and logits, and the clean logits kept beside them (the
     float64 log-probabilities take ``LOSS_CHUNK_FLOATS`` at a time, whatever the batch)."""
     vocab = int(cfg.d_vocab)
-    return copies * (activation_bytes_per_token(cfg, element_size, longest) + vocab * element_size) + vocab * element_size
+    return (
+        copies * (activation_bytes_per_token(cfg, element_size, longest) + vocab * element_size) + vocab * element_size
+    )
 
 
 def resolve_sizes(batch_size, stack, model, token_ids, device, n_jobs: int) -> tuple[int, int]:
@@ -353,14 +413,26 @@ def resolve_sizes(batch_size, stack, model, token_ids, device, n_jobs: int) -> t
 
 
 # ---- the measurement ----------------------------------------------------------------------------
-def measure_effects(model, prompts: str | Sequence[str] = "seed", interventions=DEFAULT_INTERVENTIONS,
-                    layers: int | Sequence[int] | None = None, definition: str = "seed",
-                    batch_size: int | str = "auto", drop_first: int = 0, tokenizer=None,
-                    progress: bool | None = None, intervals: bool = False, executor: str = "auto",
-                    stack: int | str = "auto", max_tokens_per_prompt: int | str | None = None,
-                    keep_texts: bool = True, means: ComponentMeans | None = None,
-                    checkpoint: str | Path | None = None, resume: bool = True,
-                    label: str | None = None) -> EffectResult:
+def measure_effects(
+    model,
+    prompts: str | Sequence[str] = "seed",
+    interventions=DEFAULT_INTERVENTIONS,
+    layers: int | Sequence[int] | None = None,
+    definition: str = "seed",
+    batch_size: int | str = "auto",
+    drop_first: int = 0,
+    tokenizer=None,
+    progress: bool | None = None,
+    intervals: bool = False,
+    executor: str = "auto",
+    stack: int | str = "auto",
+    max_tokens_per_prompt: int | str | None = None,
+    keep_texts: bool = True,
+    means: ComponentMeans | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = True,
+    label: str | None = None,
+) -> EffectResult:
     """Δloss and KL of every intervention on every measured sublayer, with the gains beside them.
 
     ``interventions``: names (``"zero"``, ``"mean"``, ``"scale:S"``) or one comma-separated
@@ -397,59 +469,103 @@ def measure_effects(model, prompts: str | Sequence[str] = "seed", interventions=
     chosen = resolve_layers(layers, model.cfg.n_layers)
     plan_hooks(model, definition)  # refuses what cannot be measured, before any pass
     truncation: dict = {}
-    prompt_list, token_ids, pad_id = prepare_tokens(model, prompts, drop_first, tokenizer, max_tokens_per_prompt,
-                                                    truncation)
+    prompt_list, token_ids, pad_id = prepare_tokens(
+        model, prompts, drop_first, tokenizer, max_tokens_per_prompt, truncation
+    )
     short = next((i for i, ids in enumerate(token_ids) if len(ids) < drop_first + 2), None)
     if short is not None:
-        raise FunnelError(f"prompt {short} has {len(token_ids[short])} tokens: a Δloss needs a next token to predict "
-                          f"after position {drop_first}; remove the prompt or lower --drop-first")
+        raise FunnelError(
+            f"prompt {short} has {len(token_ids[short])} tokens: a Δloss needs a next token to predict "
+            f"after position {drop_first}; remove the prompt or lower --drop-first"
+        )
     name = label or model_name(model)
     parameter = next(model.parameters())
-    settings = checkpoint_settings(model, prompt_list, specs, chosen, definition, drop_first, max_tokens_per_prompt, parameter,
-                         label)
+    settings = checkpoint_settings(
+        model, prompt_list, specs, chosen, definition, drop_first, max_tokens_per_prompt, parameter, label
+    )
     done = read_checkpoint(checkpoint, settings, intervals) if resume else None
     if isinstance(done, EffectResult):
         return done
 
-    gains = measure_gains(model, prompt_list, definition=definition, batch_size=batch_size, drop_first=drop_first,
-                          tokenizer=tokenizer, progress=progress, executor=executor,
-                          max_tokens_per_prompt=max_tokens_per_prompt, keep_texts=keep_texts, layers=chosen,
-                          label=label)
+    gains = measure_gains(
+        model,
+        prompt_list,
+        definition=definition,
+        batch_size=batch_size,
+        drop_first=drop_first,
+        tokenizer=tokenizer,
+        progress=progress,
+        executor=executor,
+        max_tokens_per_prompt=max_tokens_per_prompt,
+        keep_texts=keep_texts,
+        layers=chosen,
+        label=label,
+    )
     if means is None and any(spec.kind == "mean" for spec in specs):
-        means = component_means(model, prompt_list, chosen, batch_size, drop_first, tokenizer, executor, progress,
-                                max_tokens_per_prompt)
+        means = component_means(
+            model, prompt_list, chosen, batch_size, drop_first, tokenizer, executor, progress, max_tokens_per_prompt
+        )
     mean_tensors = means.tensors(parameter.device) if means is not None else None
 
-    jobs: list[Job] = [(layer, component, spec) for spec in specs for component in EFFECT_COMPONENTS for layer in chosen]
+    jobs: list[Job] = [
+        (layer, component, spec) for spec in specs for component in EFFECT_COMPONENTS for layer in chosen
+    ]
     n_prompts = len(prompt_list)
     store = CheckpointStore(n_prompts, len(jobs), done)
     remaining = [i for i in range(n_prompts) if not store.measured[i]]
     runner, why_not = TLRunner(model), None
     size = copies = None
     if remaining:
-        size, copies = resolve_sizes(batch_size, stack, model, [token_ids[i] for i in remaining], parameter.device,
-                                     len(jobs))
-        batches = [replace(batch, indices=[remaining[i] for i in batch.indices])
-                   for batch in make_batches([token_ids[i] for i in remaining], size, pad_token_id=pad_id)]
+        size, copies = resolve_sizes(
+            batch_size, stack, model, [token_ids[i] for i in remaining], parameter.device, len(jobs)
+        )
+        batches = [
+            replace(batch, indices=[remaining[i] for i in batch.indices])
+            for batch in make_batches([token_ids[i] for i in remaining], size, pad_token_id=pad_id)
+        ]
         with torch.inference_mode():
-            runner, why_not = choose_runner(model, executor, chosen, specs, batches[0], drop_first, mean_tensors,
-                                            copies, several=len(batches) > 1)
-            _run_batches(runner, batches, jobs, mean_tensors, copies, drop_first, store, progress, name,
-                         parameter.device, checkpoint=None if checkpoint is None else (checkpoint, settings))
+            runner, why_not = choose_runner(
+                model, executor, chosen, specs, batches[0], drop_first, mean_tensors, copies, several=len(batches) > 1
+            )
+            _run_batches(
+                runner,
+                batches,
+                jobs,
+                mean_tensors,
+                copies,
+                drop_first,
+                store,
+                progress,
+                name,
+                parameter.device,
+                checkpoint=None if checkpoint is None else (checkpoint, settings),
+            )
 
     provenance = dict(gains.provenance)
-    provenance.update({
-        "executor": runner.name, "executor_fallback": why_not,
-        "batch_size": int(size) if size is not None else None, "stack": int(copies) if copies is not None else None,
-        "requested_stack": str(stack), "effect_settings": settings,
-        "forwards_per_batch": (1 + math.ceil(len(jobs) / copies)) if copies else None,
-        **({"mean_tokens": int(means.n_tokens)} if means is not None else {}),
-        **({"resumed_prompts": int(n_prompts - len(remaining))} if len(remaining) < n_prompts else {}),
-    })
+    provenance.update(
+        {
+            "executor": runner.name,
+            "executor_fallback": why_not,
+            "batch_size": int(size) if size is not None else None,
+            "stack": int(copies) if copies is not None else None,
+            "requested_stack": str(stack),
+            "effect_settings": settings,
+            "forwards_per_batch": (1 + math.ceil(len(jobs) / copies)) if copies else None,
+            **({"mean_tokens": int(means.n_tokens)} if means is not None else {}),
+            **({"resumed_prompts": int(n_prompts - len(remaining))} if len(remaining) < n_prompts else {}),
+        }
+    )
     provenance["gains_executor"] = gains.provenance.get("executor")
-    result = store.result(model=name, n_layers=model.cfg.n_layers, layers=chosen, interventions=specs,
-                          prompts=tuple(prompt_list) if keep_texts else None, gains=gains, drop_first=drop_first,
-                          provenance=provenance)
+    result = store.result(
+        model=name,
+        n_layers=model.cfg.n_layers,
+        layers=chosen,
+        interventions=specs,
+        prompts=tuple(prompt_list) if keep_texts else None,
+        gains=gains,
+        drop_first=drop_first,
+        provenance=provenance,
+    )
     if intervals and result.n_prompts >= 2:
         result = result.with_intervals()
     if checkpoint is not None:
@@ -457,24 +573,42 @@ def measure_effects(model, prompts: str | Sequence[str] = "seed", interventions=
     return result
 
 
-def _run_batches(runner, batches, jobs, means, copies: int, drop_first: int, store: "CheckpointStore", progress, name: str,
-                 device, checkpoint=None) -> None:
+def _run_batches(
+    runner,
+    batches,
+    jobs,
+    means,
+    copies: int,
+    drop_first: int,
+    store: CheckpointStore,
+    progress,
+    name: str,
+    device,
+    checkpoint: tuple[str | Path, dict] | None = None,
+) -> None:
     """Every batch's effects into ``store``; ``checkpoint`` ``(path, settings)``: an unfinished
     effects.json written every ``CHECKPOINT_SECONDS`` and when the run stops early (killed by
     Ctrl-C, out of memory...), so that nothing measured is lost."""
     forwards = math.ceil(len(jobs) / copies)
-    bar = tqdm(total=len(batches) * forwards, desc=f"effects {name}", unit="forward",
-               disable=not (progress if progress is not None else True))
+    bar = tqdm(
+        total=len(batches) * forwards,
+        desc=f"effects {name}",
+        unit="forward",
+        disable=not (progress if progress is not None else True),
+    )
     written, unsaved = time.monotonic(), False
     try:
         for batch in batches:
             tokens, mask = batch.tokens.to(device), batch.attention_mask.to(device)
             try:
-                values = batch_effects(runner, tokens, mask, drop_first, jobs, means, copies,
-                                       on_forward=lambda: bar.update(1))
+                values = batch_effects(
+                    runner, tokens, mask, drop_first, jobs, means, copies, on_forward=lambda: bar.update(1)
+                )
             except torch.cuda.OutOfMemoryError:
-                raise FunnelError(f"out of GPU memory on {len(batch.indices)} prompts of up to {tokens.shape[1]} "
-                                  f"tokens x {copies} stacked interventions: lower --batch-size or --stack") from None
+                raise FunnelError(
+                    f"out of GPU memory on {len(batch.indices)} prompts of up to {tokens.shape[1]} "
+                    f"tokens x {copies} stacked interventions: lower --batch-size or --stack"
+                ) from None
             store.put(batch.indices, values)
             unsaved = True
             if checkpoint is not None and time.monotonic() - written > CHECKPOINT_SECONDS:
@@ -496,6 +630,8 @@ def measure_effects_on_ranks(model, prompts: Sequence[str], current, **settings)
     means = None
     if any(spec.kind == "mean" for spec in specs):
         keys = ("batch_size", "drop_first", "tokenizer", "max_tokens_per_prompt", "layers", "executor")
-        means = broadcast_from_main(current, measure(component_means, model, prompts, current,
-                                                     **{k: settings[k] for k in keys if k in settings}))
+        means = broadcast_from_main(
+            current,
+            measure(component_means, model, prompts, current, **{k: settings[k] for k in keys if k in settings}),
+        )
     return measure(measure_effects, model, prompts, current, means=means, **settings)

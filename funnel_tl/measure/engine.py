@@ -41,7 +41,8 @@ import functools
 import itertools
 import warnings
 from collections import OrderedDict
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
+from typing import Protocol
 
 import einops
 import numpy as np
@@ -79,8 +80,9 @@ class Reduction(Protocol):
     def reads(self, first: bool) -> list[tuple[int, str]]:
         """``(layer, hook suffix)`` pairs to read; ``first``: the run's first batch (extra checks)."""
 
-    def start(self, batch: Batch, tokens: torch.Tensor, attention_mask: torch.Tensor,
-              counted: torch.Tensor, first: bool) -> None:
+    def start(
+        self, batch: Batch, tokens: torch.Tensor, attention_mask: torch.Tensor, counted: torch.Tensor, first: bool
+    ) -> None:
         """A new batch begins; ``counted`` ``[batch, pos]`` marks the tokens that count."""
 
     def read(self, layer: int, suffix: str, activation: torch.Tensor) -> None:
@@ -101,9 +103,11 @@ class _PassComplete(Exception):
     """Raised from the hook on the last activation a pass reads, to skip the rest of the forward."""
 
 
-def prompt_sums(values: Float[torch.Tensor, "layer batch pos *rest"],
-                counted: Bool[torch.Tensor, "batch pos"]) -> Float[torch.Tensor, "batch layer *rest"]:
-    """Per-token values summed over each prompt's counted tokens: ``[layer, batch, pos, ...]`` → ``[batch, layer, ...]``.
+def prompt_sums(
+    values: Float[torch.Tensor, "layer batch pos *rest"], counted: Bool[torch.Tensor, "batch pos"]
+) -> Float[torch.Tensor, "batch layer *rest"]:
+    """Per-token values summed over each prompt's counted tokens: ``[layer, batch, pos, ...]`` →
+    ``[batch, layer, ...]``.
 
     The per-batch reduction of every measurement (a per-position reduction would sit beside it).
     Masked by selection, not by multiplying with the mask: a non-finite value at a padded position
@@ -144,6 +148,7 @@ class TLExecutor:
     @contextlib.contextmanager
     def attached(self, names: Sequence[str], on_read: Callable[[int, torch.Tensor], None]):
         """Hooks on ``names`` for the duration; each activation goes to ``on_read(index in names, activation)``."""
+
         def hook(activation, hook, *, index):
             on_read(index, activation[0] if isinstance(activation, tuple) else activation)
 
@@ -169,7 +174,7 @@ class HFExecutor:
         self.heads_shape = heads_shape  # (n_heads, d_head): hook_z is the output projection's input, per head
 
     @classmethod
-    def for_model(cls, model, names: Sequence[str], attention: str | None = None) -> tuple["HFExecutor | None", str]:
+    def for_model(cls, model, names: Sequence[str], attention: str | None = None) -> tuple[HFExecutor | None, str]:
         """``(executor, "")``, or ``(None, why not)`` where some read has no HF module behind it.
 
         ``attention``: an HF attention implementation for the copy (e.g. ``"sdpa"``), None to keep
@@ -187,7 +192,7 @@ class HFExecutor:
         hook_dict = model.hook_dict
         if any(point._forward_hooks or point._forward_pre_hooks for point in hook_dict.values()):
             return None, "hooks are attached to the model's hook points (the caller's, or its adapter's own)"
-        owners = {}  # id(HookPoint) -> (HF module it belongs to, "input" | "output")
+        owners: dict[int, tuple] = {}  # id(HookPoint) -> (HF module it belongs to, "input" | "output")
         for component in model.modules():
             if isinstance(component, GeneralizedComponent):
                 original = getattr(component, "original_component", None)
@@ -230,15 +235,19 @@ class HFExecutor:
                 module, side = self.points[name]
                 reshape = self.heads_shape if name.endswith("attn.hook_z") else None
                 if side == "input":
+
                     def pre_hook(module, args, kwargs, *, index=index, reshape=reshape):
                         # HF decoder layers take the stream first, or by name when called with keywords.
                         activation = args[0] if args else kwargs.get("hidden_states", next(iter(kwargs.values())))
                         on_read(index, _heads(activation, reshape))
+
                     handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
                 else:
+
                     def hook(module, args, output, *, index=index, reshape=reshape):
                         activation = output[0] if isinstance(output, tuple) else output
                         on_read(index, _heads(activation, reshape))
+
                     handles.append(module.register_forward_hook(hook))
             yield
         finally:
@@ -258,10 +267,19 @@ class _Unmappable(Exception):
     pass
 
 
-_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
-               "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks",
-               "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
-               "_load_state_dict_post_hooks")
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
 
 
 def _unwrapped(module: torch.nn.Module, clones: dict, wrapper_type) -> torch.nn.Module:
@@ -284,8 +302,10 @@ def _unwrapped(module: torch.nn.Module, clones: dict, wrapper_type) -> torch.nn.
             clone.__dict__[attribute] = OrderedDict()
     clone.__dict__["_parameters"] = dict(module._parameters)
     clone.__dict__["_buffers"] = dict(module._buffers)
-    clone.__dict__["_modules"] = {name: None if child is None else _unwrapped(child, clones, wrapper_type)
-                                  for name, child in module._modules.items()}
+    clone.__dict__["_modules"] = {
+        name: None if child is None else _unwrapped(child, clones, wrapper_type)
+        for name, child in module._modules.items()
+    }
     return clone
 
 
@@ -330,8 +350,9 @@ class Engine:
         reads = self.reduction.reads(first)
         return [f"blocks.{layer}.{suffix}" for layer, suffix in reads], reads
 
-    def _pass(self, executor, reads, batch: Batch, tokens, attention_mask, counted,
-              first: bool, commit: bool = True) -> dict[str, torch.Tensor]:
+    def _pass(
+        self, executor, reads, batch: Batch, tokens, attention_mask, counted, first: bool, commit: bool = True
+    ) -> dict[str, torch.Tensor]:
         """One forward of ``batch`` through ``executor`` (its hooks already attached for ``reads``).
 
         ``commit``: the pass is part of the result (False for a fast executor's check).
@@ -346,8 +367,9 @@ class Engine:
         except torch.cuda.OutOfMemoryError:
             raise _out_of_memory(batch, tokens) from None
         if len(self._fired) < len(reads):
-            missing = next(f"blocks.{layer}.{suffix}" for index, (layer, suffix) in enumerate(reads)
-                           if index not in self._fired)
+            missing = next(
+                f"blocks.{layer}.{suffix}" for index, (layer, suffix) in enumerate(reads) if index not in self._fired
+            )
             raise FunnelError(
                 f"{model_name(self.model)}: hook {missing} did not fire: this architecture's hooks are not in the "
                 "standard order, so its gains cannot be read; please report it"
@@ -364,9 +386,14 @@ class Engine:
         if STOP_EARLY and len(self._fired) == len(self._reads):
             raise _PassComplete
 
-    def run(self, batches: Iterable[Batch], drop_first: int = 0, progress: bool | None = None,
-            description: str = "", total: int | None = None
-            ) -> Iterator[tuple[Batch, dict[str, np.ndarray], np.ndarray]]:
+    def run(
+        self,
+        batches: Iterable[Batch],
+        drop_first: int = 0,
+        progress: bool | None = None,
+        description: str = "",
+        total: int | None = None,
+    ) -> Iterator[tuple[Batch, dict[str, np.ndarray], np.ndarray]]:
         """Yield ``(batch, per-prompt sums as float64 arrays [batch, ...], counted tokens per prompt)``.
 
         ``batches`` may be a lazy iterable (a streamed corpus, ``gains.measure_gains``): it is read
@@ -378,7 +405,7 @@ class Engine:
         first_names, first_reads = self._names(first=True)
         names, reads = self._names(first=False)
         tl = TLExecutor(self.model)
-        if total is None and hasattr(batches, "__len__"):
+        if total is None and isinstance(batches, Sized):
             total = len(batches)
         stream = iter(batches)
         # Two batches looked at before the run starts: whether it is a single one decides the executor.
@@ -393,8 +420,7 @@ class Engine:
         show = progress if progress is not None else several
         with torch.inference_mode(), contextlib.ExitStack() as stack:
             executor = tl
-            for number, batch in enumerate(tqdm(stream, desc=description, unit="batch", total=total,
-                                                disable=not show)):
+            for number, batch in enumerate(tqdm(stream, desc=description, unit="batch", total=total, disable=not show)):
                 tokens = batch.tokens.to(self.device)
                 attention_mask = batch.attention_mask.to(self.device)
                 counted = counted_tokens(attention_mask, drop_first)
@@ -403,8 +429,10 @@ class Engine:
                     # fast executor in turn until one agrees with it.
                     with tl.attached(first_names, self._on_read):
                         sums = self._pass(tl, first_reads, batch, tokens, attention_mask, counted, True)
-                    executor = self._first_agreeing(candidates, names, reads, sums, batch, tokens, attention_mask,
-                                                    counted) or tl
+                    executor = (
+                        self._first_agreeing(candidates, names, reads, sums, batch, tokens, attention_mask, counted)
+                        or tl
+                    )
                     self.executor_name = executor.name
                     if several:
                         stack.enter_context(executor.attached(names, self._on_read))
@@ -420,8 +448,11 @@ class Engine:
             if fast is None:
                 self.fallback = why_not
                 if self.requested == "hf":
-                    warnings.warn(f"the HF-module executor cannot run {model_name(self.model)} ({why_not}): "
-                                  "reading through TransformerLens hooks instead", stacklevel=4)
+                    warnings.warn(
+                        f"the HF-module executor cannot run {model_name(self.model)} ({why_not}): "
+                        "reading through TransformerLens hooks instead",
+                        stacklevel=4,
+                    )
                 return
             yield fast
 
@@ -437,15 +468,19 @@ class Engine:
         n_rows = len(batch.indices)
         rows = sorted(set(range(min(VERIFY_ROWS - 1, n_rows))) | {n_rows - 1})
         index = torch.tensor(rows, device=tokens.device)
-        part = Batch(indices=[batch.indices[row] for row in rows], tokens=batch.tokens[rows],
-                     attention_mask=batch.attention_mask[rows])
+        part = Batch(
+            indices=[batch.indices[row] for row in rows],
+            tokens=batch.tokens[rows],
+            attention_mask=batch.attention_mask[rows],
+        )
         expected = {key: values[index] for key, values in truth.items()}  # [rows, ...]
         failures = []
         for fast in candidates:
             try:
                 with fast.attached(names, self._on_read):
-                    sums = self._pass(fast, reads, part, tokens[index], attention_mask[index], counted[index], False,
-                                      commit=False)
+                    sums = self._pass(
+                        fast, reads, part, tokens[index], attention_mask[index], counted[index], False, commit=False
+                    )
             except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as error:  # an HF module tree that cannot run as copied (or whose hooks never
@@ -459,10 +494,14 @@ class Engine:
                 return fast
             failures.append(f"{fast.name} by {deviation:.2g}")
         if failures:
-            self.fallback = (f"the fast executors' first batch differed from the TransformerLens hooks' "
-                             f"({'; '.join(failures)}; relative deviation allowed {tolerance:g})")
-            warnings.warn(f"{model_name(self.model)}: {self.fallback}: reading through TransformerLens hooks instead",
-                          stacklevel=4)
+            self.fallback = (
+                f"the fast executors' first batch differed from the TransformerLens hooks' "
+                f"({'; '.join(failures)}; relative deviation allowed {tolerance:g})"
+            )
+            warnings.warn(
+                f"{model_name(self.model)}: {self.fallback}: reading through TransformerLens hooks instead",
+                stacklevel=4,
+            )
         return None
 
     def _to_host(self, sums: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -473,7 +512,7 @@ class Engine:
             raise FunnelError(f"non-finite activation in {model_name(self.model)}")  # raise_nonfinite found none
         out, offset = {}, 0
         for key, values in sums.items():
-            out[key] = flat[offset:offset + values.numel()].reshape(values.shape)
+            out[key] = flat[offset : offset + values.numel()].reshape(values.shape)
             offset += values.numel()
         return out
 
@@ -524,8 +563,9 @@ def resolve_batch_size(batch_size: int | str, model, token_ids: Sequence[Sequenc
         free, _ = torch.cuda.mem_get_info(device)
         element_size = next(model.parameters()).element_size()
         longest = max((len(ids) for ids in token_ids), default=1)
-        return auto_batch_size(free, activation_bytes_per_token(model.cfg, element_size, longest), longest,
-                               len(token_ids))
+        return auto_batch_size(
+            free, activation_bytes_per_token(model.cfg, element_size, longest), longest, len(token_ids)
+        )
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise FunnelError(f"batch size must be an integer, at least 1, or auto, got {batch_size!r}")
     return int(batch_size)

@@ -34,8 +34,8 @@ seed's one-prompt-at-a-time loop.
 from __future__ import annotations
 
 import platform
+from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Sequence
 
 import einops
 import numpy as np
@@ -64,7 +64,7 @@ from funnel_tl.results.gains import GainResult
 IDENTITY_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
-def activation_norms(activation: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "..."]:
+def activation_norms(activation: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, ...]:
     """‖·‖ over d_model, computed in float32 whatever the model's dtype (see the module docstring).
 
     One fused reduction that upcasts as it reads: no float32 copy of the activation and no
@@ -75,8 +75,9 @@ def activation_norms(activation: Float[torch.Tensor, "... d_model"]) -> Float[to
     return torch.linalg.vector_norm(activation, dim=-1, dtype=torch.float32)
 
 
-def token_norms(cache, suffix: str, n_layers: int, layers: Sequence[int] | None = None,
-                read=None) -> Float[torch.Tensor, "layer batch pos"]:
+def token_norms(
+    cache, suffix: str, n_layers: int, layers: Sequence[int] | None = None, read=None
+) -> Float[torch.Tensor, "layer batch pos"]:
     """‖·‖ over d_model of one hook at every layer (or at ``layers`` only, in that order) of a cache, in float32.
 
     ``read(layer, suffix, activation)`` maps each activation to the tensor whose norm is taken
@@ -84,13 +85,15 @@ def token_norms(cache, suffix: str, n_layers: int, layers: Sequence[int] | None 
     """
     chosen = range(n_layers) if layers is None else layers
     read = read if read is not None else (lambda layer, suffix, activation: activation)
-    stacked = torch.stack([read(layer, suffix, cache[f"blocks.{layer}.{suffix}"])
-                           for layer in chosen])  # [layer, batch, pos, d_model]
+    stacked = torch.stack(
+        [read(layer, suffix, cache[f"blocks.{layer}.{suffix}"]) for layer in chosen]
+    )  # [layer, batch, pos, d_model]
     return activation_norms(stacked)  # [layer, batch, pos]
 
 
-def check_residual_identities(model, cache, mask: torch.Tensor, parallel: bool, dtype: torch.dtype,
-                              layers: Sequence[int] | None = None) -> None:
+def check_residual_identities(
+    model, cache, mask: torch.Tensor, parallel: bool, dtype: torch.dtype, layers: Sequence[int] | None = None
+) -> None:
     """Fail loudly if x + a + m ≠ resid_post (or x + a ≠ resid_mid): a wrong hook alias.
 
     TransformerLens hook aliases have been wrong for some architectures before (BLOOM, OLMo 2/3,
@@ -100,7 +103,7 @@ def check_residual_identities(model, cache, mask: torch.Tensor, parallel: bool, 
     tolerance = IDENTITY_TOLERANCE.get(dtype, 1e-2)
     real = mask.bool()
     for layer in range(model.cfg.n_layers) if layers is None else layers:
-        block = lambda name: cache[f"blocks.{layer}.{name}"].float()  # noqa: E731  [batch, pos, d_model]
+        block = lambda name: cache[f"blocks.{layer}.{name}"].float()  # noqa: E731, B023  called in this iteration only; [batch, pos, d_model]
         x, a, m = block("hook_resid_pre"), block("hook_attn_out"), block("hook_mlp_out")
         checks = [("resid_pre + attn_out + mlp_out", x + a + m, block("hook_resid_post"))]
         if not parallel:
@@ -119,16 +122,34 @@ def check_residual_identities(model, cache, mask: torch.Tensor, parallel: bool, 
 
 
 # The order activations are computed in a block: the first non-finite one is the culprit.
-FORWARD_ORDER = ("hook_resid_pre", "ln1.hook_out", "ln1.hook_normalized", "ln1_post.hook_in", "ln1_post.hook_scale",
-                 "ln1_post.hook_normalized", "ln1.hook_in", "ln1.hook_scale", "hook_attn_out", "hook_resid_mid",
-                 "ln2.hook_out", "ln2.hook_normalized", "ln2_post.hook_in", "ln2_post.hook_scale",
-                 "ln2_post.hook_normalized", "ln2.hook_in", "ln2.hook_scale", "hook_mlp_out", "hook_resid_post")
+FORWARD_ORDER = (
+    "hook_resid_pre",
+    "ln1.hook_out",
+    "ln1.hook_normalized",
+    "ln1_post.hook_in",
+    "ln1_post.hook_scale",
+    "ln1_post.hook_normalized",
+    "ln1.hook_in",
+    "ln1.hook_scale",
+    "hook_attn_out",
+    "hook_resid_mid",
+    "ln2.hook_out",
+    "ln2.hook_normalized",
+    "ln2_post.hook_in",
+    "ln2_post.hook_scale",
+    "ln2_post.hook_normalized",
+    "ln2.hook_in",
+    "ln2.hook_scale",
+    "hook_mlp_out",
+    "hook_resid_post",
+)
 # The key of a hook's sums over positions >= 1 beside its sums over every counted position.
 FROM_1 = "@from_1"
 
 
-def check_finite(model, norms: dict[str, torch.Tensor], counted: torch.Tensor, indices, dtype,
-                 layers: Sequence[int] | None = None) -> None:
+def check_finite(
+    model, norms: dict[str, torch.Tensor], counted: torch.Tensor, indices, dtype, layers: Sequence[int] | None = None
+) -> None:
     """Fail on the first NaN or inf norm (layer, then forward order), naming where it arose.
 
     The seed averaged with ``nanmean``, which silently hid such layers; an overflow is an error.
@@ -147,16 +168,23 @@ def check_finite(model, norms: dict[str, torch.Tensor], counted: torch.Tensor, i
         layer, _, suffix, row, position = first
         raise FunnelError(
             f"non-finite activation in {model_name(model)}, layer {layer}, {suffix}, prompt {indices[row]}, "
-            f"position {position}: " + (
+            f"position {position}: "
+            + (
                 "the model overflows in " + str(dtype).removeprefix("torch.") + "; try --dtype bfloat16 or float32"
-                if dtype in (torch.float16, torch.bfloat16) else
-                "in float32 this is no overflow: the checkpoint's weights hold NaN or inf; check or re-save it")
+                if dtype in (torch.float16, torch.bfloat16)
+                else "in float32 this is no overflow: the checkpoint's weights hold NaN or inf; check or re-save it"
+            )
         )
 
 
-def prepare_tokens(model, prompts: str | Sequence[str], drop_first: int = 0,
-                   tokenizer=None, max_tokens_per_prompt: int | str | None = None,
-                   truncation: dict | None = None) -> tuple[list[str], list[list[int]], int]:
+def prepare_tokens(
+    model,
+    prompts: str | Sequence[str],
+    drop_first: int = 0,
+    tokenizer=None,
+    max_tokens_per_prompt: int | str | None = None,
+    truncation: dict | None = None,
+) -> tuple[list[str], list[list[int]], int]:
     """``(prompts, token ids, pad id)`` for a measurement, with every input check of ``measure_gains``.
 
     Shared by measurements built on the same batching (``heads.head_gains``): prompts loaded,
@@ -168,19 +196,36 @@ def prepare_tokens(model, prompts: str | Sequence[str], drop_first: int = 0,
     check_drop_first(drop_first)
     tokenizer = tokenizer if tokenizer is not None else tokenizer_of(model)
     n_ctx = getattr(model.cfg, "n_ctx", None)
-    token_ids = tokenize(tokenizer, prompt_list, n_ctx=n_ctx, model_name=model_name(model),
-                         max_tokens=truncation_limit(max_tokens_per_prompt, n_ctx), truncation=truncation,
-                         d_vocab=getattr(model.cfg, "d_vocab", None))
+    token_ids = tokenize(
+        tokenizer,
+        prompt_list,
+        n_ctx=n_ctx,
+        model_name=model_name(model),
+        max_tokens=truncation_limit(max_tokens_per_prompt, n_ctx),
+        truncation=truncation,
+        d_vocab=getattr(model.cfg, "d_vocab", None),
+    )
     check_tokens_left(token_ids, drop_first)
     return prompt_list, token_ids, pad_token_id(tokenizer)
 
 
-def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "seed",
-                  batch_size: int | str = "auto", drop_first: int = 0, tokenizer=None,
-                  progress: bool | None = None, intervals: bool = False, by_position: bool = False,
-                  executor: str = "auto", max_tokens_per_prompt: int | str | None = None,
-                  chunk_size: int | None = None, keep_texts: bool = True,
-                  layers: int | Sequence[int] | None = None, label: str | None = None) -> GainResult:
+def measure_gains(
+    model,
+    prompts: str | Sequence[str] = "seed",
+    definition: str = "seed",
+    batch_size: int | str = "auto",
+    drop_first: int = 0,
+    tokenizer=None,
+    progress: bool | None = None,
+    intervals: bool = False,
+    by_position: bool = False,
+    executor: str = "auto",
+    max_tokens_per_prompt: int | str | None = None,
+    chunk_size: int | None = None,
+    keep_texts: bool = True,
+    layers: int | Sequence[int] | None = None,
+    label: str | None = None,
+) -> GainResult:
     """Measure every layer's (or some layers') attention, MLP and block gain on a prompt set.
 
     ``model``: a bridge from ``load_model``, a bridge the user booted, or a TL 3.x
@@ -235,8 +280,10 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     n_layers = model.cfg.n_layers
     chosen = resolve_layers(layers, n_layers)  # cheap checks first
     if by_position and len(chosen) < n_layers:
-        raise FunnelError("by_position needs every layer (its sink analysis gives the Funnel verdict): "
-                          "leave out layers, or by_position")
+        raise FunnelError(
+            "by_position needs every layer (its sink analysis gives the Funnel verdict): "
+            "leave out layers, or by_position"
+        )
     label = check_label(label)
     plan = plan_hooks(model, definition)
     name = label or model_name(model)
@@ -245,9 +292,18 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     positions = PositionAccumulator(0, n_layers, 1) if by_position else None
     reduction = GainSums(model, plan, positions, chosen)
     engine = Engine(model, reduction, executor)
-    stream = TokenStream(model, prompts, drop_first, tokenizer, max_tokens_per_prompt, batch_size, engine.device,
-                         chunk_size=chunk_size, keep_texts=keep_texts,
-                         on_chunk=positions.grow if positions is not None else None)
+    stream = TokenStream(
+        model,
+        prompts,
+        drop_first,
+        tokenizer,
+        max_tokens_per_prompt,
+        batch_size,
+        engine.device,
+        chunk_size=chunk_size,
+        keep_texts=keep_texts,
+        on_chunk=positions.grow if positions is not None else None,
+    )
 
     # Every hook's norm, summed over all counted tokens and over those from position 1 (funnel_tl.measure.reads).
     suffixes = plan.norm_suffixes
@@ -260,25 +316,36 @@ def measure_gains(model, prompts: str | Sequence[str] = "seed", definition: str 
     n_prompts = stream.n_prompts
     kept = sums.result(n_prompts)
     n_tokens = counts.result(n_prompts)["n_tokens"]
-    provenance = run_provenance(model, engine.device, engine.dtype, stream, drop_first, engine=engine,
-                             requested_batch_size=batch_size)
+    provenance = run_provenance(
+        model, engine.device, engine.dtype, stream, drop_first, engine=engine, requested_batch_size=batch_size
+    )
     provenance["reads"] = plan.describe()
     provenance.update(stream.truncation)
-    reads = ReadSums(reads=plan.describe_roles(), sums={role: kept[suffix] for role, suffix in plan.roles.items()},
-                     sums_from_1={role: kept[suffix + FROM_1] for role, suffix in plan.roles.items()},
-                     # right-padded batches: position 0 is every prompt's first token, counted unless dropped
-                     n_tokens_from_1=n_tokens - (1 if drop_first == 0 else 0))
+    reads = ReadSums(
+        reads=plan.describe_roles(),
+        sums={role: kept[suffix] for role, suffix in plan.roles.items()},
+        sums_from_1={role: kept[suffix + FROM_1] for role, suffix in plan.roles.items()},
+        # right-padded batches: position 0 is every prompt's first token, counted unless dropped
+        n_tokens_from_1=n_tokens - (1 if drop_first == 0 else 0),
+    )
     if label:
         provenance["model_loaded_as"] = model_name(model)
     result = GainResult(
-        model=name, definition=definition, n_layers=n_layers, d_model=model.cfg.d_model,
-        parallel_blocks=plan.parallel_blocks, prompts=None if stream.texts is None else tuple(stream.texts),
+        model=name,
+        definition=definition,
+        n_layers=n_layers,
+        d_model=model.cfg.d_model,
+        parallel_blocks=plan.parallel_blocks,
+        prompts=None if stream.texts is None else tuple(stream.texts),
         n_tokens=n_tokens,
-        out_sums={c: kept[plan.outputs[c]] for c in COMPONENTS}, in_sums={c: kept[plan.inputs[c]] for c in COMPONENTS},
-        drop_first=drop_first, provenance=provenance,
+        out_sums={c: kept[plan.outputs[c]] for c in COMPONENTS},
+        in_sums={c: kept[plan.inputs[c]] for c in COMPONENTS},
+        drop_first=drop_first,
+        provenance=provenance,
         positions=positions.result() if positions is not None else None,
         layers=None if len(chosen) == n_layers else chosen,
-        reads=reads, token_histograms=reduction.histograms.result(COMPONENTS),
+        reads=reads,
+        token_histograms=reduction.histograms.result(COMPONENTS),
     )
     return result.with_intervals() if intervals else result
 
@@ -333,8 +400,14 @@ class GainSums:
             self.held[f"blocks.{layer}.{suffix}"] = activation
             if suffix == "hook_resid_post":
                 try:
-                    check_residual_identities(self.model, self.held, self.attention_mask, self.plan.parallel_blocks,
-                                              self.dtype, layers=[layer])
+                    check_residual_identities(
+                        self.model,
+                        self.held,
+                        self.attention_mask,
+                        self.plan.parallel_blocks,
+                        self.dtype,
+                        layers=[layer],
+                    )
                 except FunnelError:
                     # A non-finite layer fails the identity check by NaN; the batch's finiteness check
                     # names it better. Looked at only on failure: no extra sync per layer otherwise.
@@ -348,38 +421,45 @@ class GainSums:
         # raise_nonfinite, which the engine calls after finish, reuse it.
         suffixes = list(self.norms)
         self.all_norms = torch.stack([norm for suffix in suffixes for norm in self.norms[suffix]]).unflatten(
-            0, (len(suffixes), len(self.layers)))  # [hook, layer, batch, pos]
-        self.stacked = dict(zip(suffixes, self.all_norms))  # each [layer, batch, pos]
+            0, (len(suffixes), len(self.layers))
+        )  # [hook, layer, batch, pos]
+        self.stacked = dict(zip(suffixes, self.all_norms, strict=True))  # each [layer, batch, pos]
         # Every hook's sums over the counted tokens and over those from position 1, in one reduction:
         # uncounted tokens are zeroed by selection first (a non-finite norm at a padded position must
         # not poison a sum), then each prompt's tokens are summed under the two masks.
         from_1 = self.counted.clone()
         from_1[:, :1] = False  # right-padded: position 0 is each prompt's first token
-        kept = torch.where(self.counted, self.all_norms, torch.zeros((), dtype=self.all_norms.dtype,
-                                                                      device=self.all_norms.device))
+        kept = torch.where(
+            self.counted, self.all_norms, torch.zeros((), dtype=self.all_norms.dtype, device=self.all_norms.device)
+        )
         masks = torch.stack([self.counted, from_1]).to(kept.dtype)[:, None, None]  # [part, 1, 1, batch, pos]
         # A product and a sum over each row of positions, not a matmul: every sum is added in the
         # same order whatever the batch's or the subset's shape, so a layer subset, a drop_first=1
         # run and the sums from position 1 agree bit for bit.
         sums = einops.rearrange((kept * masks).sum(dim=-1), "part hook layer batch -> part hook batch layer")
-        return ({suffix: sums[0, index] for index, suffix in enumerate(suffixes)}
-                | {suffix + FROM_1: sums[1, index] for index, suffix in enumerate(suffixes)})  # each [batch, layer]
+        return {suffix: sums[0, index] for index, suffix in enumerate(suffixes)} | {
+            suffix + FROM_1: sums[1, index] for index, suffix in enumerate(suffixes)
+        }  # each [batch, layer]
 
     def commit(self) -> None:
         # ---- by_position (funnel_tl.results.positions, issue 15): the same norms, summed by position bucket ----
         if self.positions is not None:
-            self.positions.add(self.batch.indices, {suffix: self.stacked[suffix] for suffix in self.plan.suffixes},
-                               self.counted, self.plan)
+            self.positions.add(
+                self.batch.indices,
+                {suffix: self.stacked[suffix] for suffix in self.plan.suffixes},
+                self.counted,
+                self.plan,
+            )
         # ---- median per-token gains (funnel_tl.measure.medians): the same norms, as per-token ratios ----
         index = {suffix: row for row, suffix in enumerate(self.stacked)}
         outputs = [index[self.plan.outputs[component]] for component in COMPONENTS]
         inputs = [index[self.plan.inputs[component]] for component in COMPONENTS]
-        self.histograms.add(self.all_norms[outputs], self.all_norms[inputs], self.counted)  # [component, layer, batch, pos]
+        self.histograms.add(
+            self.all_norms[outputs], self.all_norms[inputs], self.counted
+        )  # [component, layer, batch, pos]
 
     def raise_nonfinite(self) -> None:
         check_finite(self.model, self.stacked, self.counted, self.batch.indices, self.dtype, self.layers)
-
-
 
 
 def run_provenance(model, device, dtype, stream, drop_first, engine=None, requested_batch_size=None) -> dict:

@@ -38,7 +38,7 @@ shares and small (or negative) projection shares.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import einops
 import numpy as np
@@ -60,11 +60,22 @@ from funnel_tl.results.heads import HeadResult
 
 
 # ---- measurement ---------------------------------------------------------------------------------
-def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "seed",
-               layers: int | Sequence[int] | None = None, batch_size: int | str = "auto", drop_first: int = 0,
-               tokenizer=None, progress: bool | None = None, by_position: bool = False,
-               executor: str = "auto", max_tokens_per_prompt: int | str | None = None,
-               chunk_size: int | None = None, keep_texts: bool = True, label: str | None = None) -> HeadResult:
+def head_gains(
+    model,
+    prompts: str | Sequence[str] = "seed",
+    definition: str = "seed",
+    layers: int | Sequence[int] | None = None,
+    batch_size: int | str = "auto",
+    drop_first: int = 0,
+    tokenizer=None,
+    progress: bool | None = None,
+    by_position: bool = False,
+    executor: str = "auto",
+    max_tokens_per_prompt: int | str | None = None,
+    chunk_size: int | None = None,
+    keep_texts: bool = True,
+    label: str | None = None,
+) -> HeadResult:
     """Measure every head's output norm, gain and share of the layer output on a prompt set.
 
     Arguments as ``measure_gains`` (same tokens, batching, ``definition``, ``drop_first`` and
@@ -91,18 +102,29 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
     if f"blocks.{chosen[0]}.attn.hook_z" not in model.hook_dict:
         raise FunnelError(f"{name} has no attn.hook_z: TransformerLens cannot split its attention into heads")
     if any(parameter.is_meta for parameter in model.parameters()):  # weights offloaded by a device map
-        raise FunnelError(f"{name} has weights offloaded to CPU or disk by its device map, and head gains read "
-                          "every layer's W_O: load it on GPUs only (more --max-memory) or on one device")
+        raise FunnelError(
+            f"{name} has weights offloaded to CPU or disk by its device map, and head gains read "
+            "every layer's W_O: load it on GPUs only (more --max-memory) or on one device"
+        )
     # by_position (funnel_tl.results.positions): buckets grow with the longest prompt read so far.
     positions = HeadPositionAccumulator(0, len(chosen), cfg.n_heads, 1) if by_position else None
     reduction = HeadSums(model, plan, chosen, positions, output_suffix)
     engine = Engine(model, reduction, executor)
-    stream = TokenStream(model, prompts, drop_first, tokenizer, max_tokens_per_prompt, batch_size, engine.device,
-                         chunk_size=chunk_size, keep_texts=keep_texts,
-                         on_chunk=positions.grow if positions is not None else None)
+    stream = TokenStream(
+        model,
+        prompts,
+        drop_first,
+        tokenizer,
+        max_tokens_per_prompt,
+        batch_size,
+        engine.device,
+        chunk_size=chunk_size,
+        keep_texts=keep_texts,
+        on_chunk=positions.grow if positions is not None else None,
+    )
 
     n_heads = cfg.n_heads
-    shapes = {key: (len(chosen), n_heads) for key in ("norm", "projection")}
+    shapes: dict[str, tuple[int, ...]] = {key: (len(chosen), n_heads) for key in ("norm", "projection")}
     shapes |= {key: (len(chosen),) for key in ("attn_out", "input")}
     sums, counts = PerPrompt(shapes), PerPrompt({"n_tokens": ()}, dtype=np.int64)
     for batch, batch_sums, counted in engine.run(stream.batches(), drop_first, progress, description=f"heads {name}"):
@@ -110,8 +132,9 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
         counts.put(batch.indices, {"n_tokens": counted})
 
     kept = sums.result(stream.n_prompts)
-    provenance = run_provenance(model, engine.device, engine.dtype, stream, drop_first, engine=engine,
-                             requested_batch_size=batch_size)
+    provenance = run_provenance(
+        model, engine.device, engine.dtype, stream, drop_first, engine=engine, requested_batch_size=batch_size
+    )
     provenance["reads"] = plan.describe()
     if output_suffix != "hook_attn_out":  # before a post-norm: what the heads' numbers are relative to
         provenance["heads_read_at"] = plan.describe_roles()["attn_module_out"]
@@ -119,12 +142,22 @@ def head_gains(model, prompts: str | Sequence[str] = "seed", definition: str = "
     if given:
         provenance["model_loaded_as"] = model_name(model)
     return HeadResult(
-        model=name, definition=definition, n_layers=cfg.n_layers, n_heads=n_heads, d_head=cfg.d_head,
-        d_model=cfg.d_model, layers=chosen, prompts=None if stream.texts is None else tuple(stream.texts),
+        model=name,
+        definition=definition,
+        n_layers=cfg.n_layers,
+        n_heads=n_heads,
+        d_head=cfg.d_head,
+        d_model=cfg.d_model,
+        layers=chosen,
+        prompts=None if stream.texts is None else tuple(stream.texts),
         n_tokens=counts.result(stream.n_prompts)["n_tokens"],
-        head_norm_sums=kept["norm"], head_projection_sums=kept["projection"],
-        attn_out_sums=kept["attn_out"], in_sums=kept["input"],
-        n_key_value_heads=_n_key_value_heads(cfg), drop_first=drop_first, provenance=provenance,
+        head_norm_sums=kept["norm"],
+        head_projection_sums=kept["projection"],
+        attn_out_sums=kept["attn_out"],
+        in_sums=kept["input"],
+        n_key_value_heads=_n_key_value_heads(cfg),
+        drop_first=drop_first,
+        provenance=provenance,
         positions=positions.result() if positions is not None else None,
     )
 
@@ -184,7 +217,9 @@ class HeadSums:
     def read(self, layer: int, suffix: str, activation: torch.Tensor) -> None:
         row = self.row[layer]
         if suffix == self.input_suffix and self.stats["input"][row] is None:
-            self.stats["input"][row] = activation_norms(self.plan.read(self.model, layer, suffix, activation))  # [batch, pos]
+            self.stats["input"][row] = activation_norms(
+                self.plan.read(self.model, layer, suffix, activation)
+            )  # [batch, pos]
         if suffix == "attn.hook_z":
             self.z = activation  # [batch, pos, head, d_head]
         elif suffix == self.scale_suffix:
@@ -196,8 +231,10 @@ class HeadSums:
     def _attention_output(self, layer: int, row: int, attn_out: torch.Tensor) -> None:
         z, self.z = self.z, None
         if z is None:
-            raise FunnelError(f"{model_name(self.model)}: blocks.{layer}.{self.output_suffix} fired before attn.hook_z: "
-                              "per-head outputs cannot be read for this architecture; please report it")
+            raise FunnelError(
+                f"{model_name(self.model)}: blocks.{layer}.{self.output_suffix} fired before attn.hook_z: "
+                "per-head outputs cannot be read for this architecture; please report it"
+            )
         a = attn_out.float()  # [batch, pos, d_model]
         W_O, gram, b_O = self._weights(layer, z.device)
         if self.first:
@@ -205,8 +242,9 @@ class HeadSums:
         out_norms = activation_norms(attn_out)  # [batch, pos]
         z_wide = z.to(gram.dtype)
         # ‖z_i W_O^i‖² = z_i (W_O^i W_O^iᵀ) z_iᵀ: per-head norms with no [batch, pos, head, d_model] tensor.
-        squares = einops.einsum(z_wide, gram, z_wide,
-                                "batch pos head d_head, head d_head d_head2, batch pos head d_head2 -> batch pos head")
+        squares = einops.einsum(
+            z_wide, gram, z_wide, "batch pos head d_head, head d_head d_head2, batch pos head d_head2 -> batch pos head"
+        )
         # ⟨z_i W_O^i, a⟩ = z_i · (W_O^i a): a is pulled back into each head's d_head space.
         pulled = einops.einsum(W_O, a, "head d_head d_model, batch pos d_model -> batch pos head d_head")
         dots = einops.einsum(z.float(), pulled, "batch pos head d_head, batch pos head d_head -> batch pos head")
@@ -217,7 +255,9 @@ class HeadSums:
     def finish(self) -> dict[str, torch.Tensor]:
         # Stacked once per batch ([layer, batch, pos, (head)]); commit, called after finish, reuses them.
         self.stacked = {key: torch.stack(values) for key, values in self.stats.items()}
-        return {key: prompt_sums(values, self.counted) for key, values in self.stacked.items()}  # [batch, layer, (head)]
+        return {
+            key: prompt_sums(values, self.counted) for key, values in self.stacked.items()
+        }  # [batch, layer, (head)]
 
     def commit(self) -> None:
         if self.positions is not None:  # by_position (funnel_tl.results.positions, issue 15)
@@ -228,8 +268,11 @@ class HeadSums:
         """The first non-finite statistic, in layer order, named by head (or by layer for the denominator)."""
         for row, layer in enumerate(self.layers):
             per_head = torch.stack([self.stats["norm"][row], self.stats["projection"][row]])  # [2, batch, pos, head]
-            finite = torch.isfinite(per_head).all(dim=0) & torch.isfinite(self.stats["input"][row])[..., None] \
-                & torch.isfinite(self.stats["attn_out"][row])[..., None]  # [batch, pos, head]
+            finite = (
+                torch.isfinite(per_head).all(dim=0)
+                & torch.isfinite(self.stats["input"][row])[..., None]
+                & torch.isfinite(self.stats["attn_out"][row])[..., None]
+            )  # [batch, pos, head]
             bad = ~finite & self.counted[..., None]
             if bad.any():
                 index, position, head = (int(i) for i in bad.nonzero()[0])
@@ -240,9 +283,17 @@ class HeadSums:
                 )
 
 
-def check_head_identity(model, layer: int, z: Float[torch.Tensor, "batch pos head d_head"],
-                         W_O: Float[torch.Tensor, "head d_head d_model"], b_O, attn_out, mask, dtype,
-                         output_suffix: str = "hook_attn_out") -> None:
+def check_head_identity(
+    model,
+    layer: int,
+    z: Float[torch.Tensor, "batch pos head d_head"],
+    W_O: Float[torch.Tensor, "head d_head d_model"],
+    b_O,
+    attn_out,
+    mask,
+    dtype,
+    output_suffix: str = "hook_attn_out",
+) -> None:
     """Fail loudly unless Σ_i z_i W_O^i + b_O = the attention output read (``output_suffix``):
     a wrong W_O layout or hook alias."""
     summed = einops.einsum(z.float(), W_O, "batch pos head d_head, head d_head d_model -> batch pos d_model")
@@ -255,7 +306,8 @@ def check_head_identity(model, layer: int, z: Float[torch.Tensor, "batch pos hea
     tolerance = IDENTITY_TOLERANCE.get(dtype, 1e-2)
     if not worst <= tolerance:
         raise FunnelError(
-            f"{model_name(model)} layer {layer}: the heads' outputs plus b_O differ from {output_suffix} by {worst:.2g} "
+            f"{model_name(model)} layer {layer}: the heads' outputs plus b_O differ from {output_suffix} by "
+            f"{worst:.2g} "
             f"(relative; allowed {tolerance:g}): TransformerLens' hook_z or W_O for this architecture is "
             "inconsistent, so per-head numbers cannot be trusted; please report it"
         )

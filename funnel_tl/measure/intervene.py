@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from jaxtyping import Float
@@ -75,8 +75,9 @@ class TLRunner:
         self.model = model
         self.vocab_size = model.cfg.d_vocab
 
-    def logits(self, tokens: torch.Tensor, attention_mask: torch.Tensor, edits: Sequence[Edit] = (),
-               means=None) -> Float[torch.Tensor, "row pos vocab"]:
+    def logits(
+        self, tokens: torch.Tensor, attention_mask: torch.Tensor, edits: Sequence[Edit] = (), means=None
+    ) -> Float[torch.Tensor, "row pos vocab"]:
         def hook(activation, hook, *, edits):
             return _edited(activation, edits, means)
 
@@ -98,8 +99,9 @@ class HFRunner:
     same input bit for bit; the run's first-batch check against the TL hooks covers the replay too.
     """
 
-    def __init__(self, executor: HFExecutor, vocab_size: int, d_model: int,
-                 layer_modules: Sequence[torch.nn.Module] | None):
+    def __init__(
+        self, executor: HFExecutor, vocab_size: int, d_model: int, layer_modules: Sequence[torch.nn.Module] | None
+    ):
         self.executor = executor
         self.name = executor.name + ("+replay" if layer_modules else "")
         self.vocab_size, self.d_model = vocab_size, d_model
@@ -107,8 +109,9 @@ class HFRunner:
         self.kept: list[torch.Tensor] | None = None  # the clean forward's layer outputs, [batch, pos, d_model] each
 
     @classmethod
-    def for_model(cls, model, names: Sequence[str], attention: str | None = None,
-                  replay: bool = True) -> tuple["HFRunner | None", str]:
+    def for_model(
+        cls, model, names: Sequence[str], attention: str | None = None, replay: bool = True
+    ) -> tuple[HFRunner | None, str]:
         """``(runner, "")``, or ``(None, why not)`` where some hook has no HF module output behind it.
         ``replay``: also find the decoder layers (the HF modules that receive ``hook_resid_pre``)."""
         layers = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)] if replay else []
@@ -126,8 +129,9 @@ class HFRunner:
             modules = []
         return cls(executor, model.cfg.d_vocab, model.cfg.d_model, [module for module, _ in modules]), ""
 
-    def logits(self, tokens: torch.Tensor, attention_mask: torch.Tensor, edits: Sequence[Edit] = (),
-               means=None) -> Float[torch.Tensor, "row pos vocab"]:
+    def logits(
+        self, tokens: torch.Tensor, attention_mask: torch.Tensor, edits: Sequence[Edit] = (), means=None
+    ) -> Float[torch.Tensor, "row pos vocab"]:
         rows = tokens.shape[0]
 
         def edited(tensor, group):
@@ -172,11 +176,12 @@ class HFRunner:
         def publish():  # only a forward that ran through every layer leaves outputs to replay
             if all(isinstance(output, torch.Tensor) for output in kept):
                 self.kept = kept
+
         stack.callback(publish)
 
     def _replay(self, stack: contextlib.ExitStack, tokens: torch.Tensor, first_changed: int) -> None:
         """Layers before ``first_changed`` return the kept output of the layer just before it."""
-        if self.kept is None or first_changed == 0:
+        if self.kept is None or not self.layer_modules or first_changed == 0:  # outputs are kept with the layers
             return
         clean = self.kept[first_changed - 1]  # [batch, pos, d_model]
         if tokens.shape[0] % clean.shape[0] or tokens.shape[1] != clean.shape[1]:

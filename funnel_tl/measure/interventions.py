@@ -10,8 +10,8 @@ a bad ``--interventions`` before anything heavy is imported.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from funnel_tl.errors import FunnelError
 

@@ -7,8 +7,7 @@ but the error type).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from typing import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -31,8 +30,10 @@ def parse_layers(spec: str | None) -> list[int] | None:
         if span:
             first, last = int(span.group(1)), int(span.group(2))
             if (first < 0) != (last < 0):  # which layers lie between depends on the model's depth
-                raise FunnelError(f"--layers range {part!r} mixes a layer counted from the start with one "
-                                  "counted from the end: count both from the same end (such as 2-7 or -6--1)")
+                raise FunnelError(
+                    f"--layers range {part!r} mixes a layer counted from the start with one "
+                    "counted from the end: count both from the same end (such as 2-7 or -6--1)"
+                )
             if first > last:
                 raise FunnelError(f"--layers range {part!r} runs backwards: write {last}-{first}")
             layers.extend(range(first, last + 1))
@@ -48,8 +49,14 @@ def resolve_layers(layers: int | Sequence[int] | None, n_layers: int) -> tuple[i
     if layers is None:
         return tuple(range(n_layers))
     if isinstance(layers, (str, bytes)) or not isinstance(layers, (int, np.integer, Iterable)):
-        raise FunnelError(f"layers must be an integer, a list of integers or None, got {layers!r}"
-                          + (" (for text such as '0-3,-1' use funnel_tl.measure.layers.parse_layers)" if isinstance(layers, str) else ""))
+        raise FunnelError(
+            f"layers must be an integer, a list of integers or None, got {layers!r}"
+            + (
+                " (for text such as '0-3,-1' use funnel_tl.measure.layers.parse_layers)"
+                if isinstance(layers, str)
+                else ""
+            )
+        )
     requested = [layers] if isinstance(layers, (int, np.integer)) else list(layers)
     if not requested:
         raise FunnelError("no layers asked for: give at least one layer, or None for all")
@@ -61,7 +68,6 @@ def resolve_layers(layers: int | Sequence[int] | None, n_layers: int) -> tuple[i
             raise FunnelError(f"layer {layer} out of range: the model has {n_layers} layers (0-{n_layers - 1})")
         chosen.add(int(layer) % n_layers)
     return tuple(sorted(chosen))
-
 
 
 def check_measured(layers: Sequence[int], n_layers: int) -> tuple[int, ...]:

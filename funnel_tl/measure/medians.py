@@ -40,10 +40,12 @@ LOW, HIGH = -6.0, 6.0  # log10 of the smallest and largest gain with bins of the
 BIN_WIDTH = 1e-3  # log10 units: a factor 10**0.001 = 1.0023 per bin
 N_BINS = int(round((HIGH - LOW) / BIN_WIDTH)) + 2  # the range's bins, and one either side
 MAX_ERROR = 10 ** (BIN_WIDTH / 2) - 1  # relative: a token is placed at most half a bin from its gain
-METHOD = (f"median over every counted token of ||out_t|| / (||in_t|| + 1e-10), read from a histogram of log10 "
-          f"of it per layer: bins {BIN_WIDTH:g} wide from {LOW:g} to {HIGH:g} (gains 1e-06 to 1e+06), each "
-          f"token at its bin's centre, so within a factor 10^{BIN_WIDTH / 2:g} ({100 * MAX_ERROR:.2f}%) of the "
-          "exact median")
+METHOD = (
+    f"median over every counted token of ||out_t|| / (||in_t|| + 1e-10), read from a histogram of log10 "
+    f"of it per layer: bins {BIN_WIDTH:g} wide from {LOW:g} to {HIGH:g} (gains 1e-06 to 1e+06), each "
+    f"token at its bin's centre, so within a factor 10^{BIN_WIDTH / 2:g} ({100 * MAX_ERROR:.2f}%) of the "
+    "exact median"
+)
 
 
 def bin_index(log10_gains: torch.Tensor) -> torch.Tensor:
@@ -56,7 +58,7 @@ def bin_centres() -> np.ndarray:
     """``[bin]`` gain at each bin's centre (the range's ends for the two outer bins)."""
     centres = LOW + (np.arange(N_BINS) - 0.5) * BIN_WIDTH
     centres[0], centres[-1] = LOW, HIGH
-    return 10.0 ** centres
+    return 10.0**centres
 
 
 class HistogramAccumulator:
@@ -76,7 +78,7 @@ class HistogramAccumulator:
         flat = (bins + offset)[counted.expand_as(bins)]  # [counted tokens × component × layer]
         self.counts.view(-1).index_add_(0, flat, torch.ones_like(flat))
 
-    def result(self, components: tuple[str, ...]) -> "TokenHistograms":
+    def result(self, components: tuple[str, ...]) -> TokenHistograms:
         return TokenHistograms(components=components, counts=self.counts.cpu().numpy())
 
 
@@ -90,8 +92,9 @@ class TokenHistograms:
     def __post_init__(self):
         counts = np.asarray(self.counts, dtype=np.int64)
         if counts.ndim != 3 or counts.shape[0] != len(self.components) or counts.shape[2] != N_BINS:
-            raise ValueError(f"token histograms have shape {counts.shape}, expected [{len(self.components)}, layer, "
-                             f"{N_BINS}]")
+            raise ValueError(
+                f"token histograms have shape {counts.shape}, expected [{len(self.components)}, layer, {N_BINS}]"
+            )
         if np.any(counts < 0):
             raise ValueError("token histogram counts must be non-negative")
         object.__setattr__(self, "components", tuple(self.components))
@@ -128,12 +131,18 @@ class TokenHistograms:
         sparse = {}
         for index, component in enumerate(self.components):
             sparse[component] = [[[int(b), int(row[b])] for b in np.flatnonzero(row)] for row in self.counts[index]]
-        return {"method": METHOD, "low_log10": LOW, "high_log10": HIGH, "bin_width_log10": BIN_WIDTH,
-                "n_bins": N_BINS, "max_relative_error": MAX_ERROR,
-                "counts": sparse}
+        return {
+            "method": METHOD,
+            "low_log10": LOW,
+            "high_log10": HIGH,
+            "bin_width_log10": BIN_WIDTH,
+            "n_bins": N_BINS,
+            "max_relative_error": MAX_ERROR,
+            "counts": sparse,
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TokenHistograms":
+    def from_dict(cls, data: dict[str, Any]) -> TokenHistograms:
         if (data["low_log10"], data["high_log10"], data["bin_width_log10"]) != (LOW, HIGH, BIN_WIDTH):
             raise ValueError("token histograms with other bins than this funnel_tl's")
         components = tuple(data["counts"])

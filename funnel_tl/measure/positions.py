@@ -23,8 +23,9 @@ def bucket_one_hot(n_positions: int, edges, device=None) -> Float[torch.Tensor, 
     return ((positions >= edges[None, :-1]) & (positions < edges[None, 1:])).float()  # [pos, bucket]
 
 
-def position_sums(norms: Float[torch.Tensor, "layer batch pos"], counted: torch.Tensor,
-                  edges) -> tuple[Float[torch.Tensor, "batch layer bucket"], Float[torch.Tensor, "batch bucket"]]:
+def position_sums(
+    norms: Float[torch.Tensor, "layer batch pos"], counted: torch.Tensor, edges
+) -> tuple[Float[torch.Tensor, "batch layer bucket"], Float[torch.Tensor, "batch bucket"]]:
     """Sum per-token norms by position bucket over the counted tokens of each prompt.
 
     ``counted`` is ``[batch, pos]`` (real tokens not dropped). Returns the ``[batch, layer, bucket]``
@@ -67,6 +68,8 @@ class _Growing:
     """
 
     _arrays: tuple[str, ...] = ()
+    edges: np.ndarray  # set by the subclasses' __init__
+    n_prompts: int
 
     def grow(self, n_prompts: int, n_positions: int) -> None:
         """Make room for ``n_prompts`` prompts of up to ``n_positions`` tokens."""
@@ -111,17 +114,22 @@ class PositionAccumulator(_Growing):
         # Every hook in one reduction (one matmul, one copy to the host), not one per hook.
         together = einops.rearrange([stacked[s] for s in suffixes], "hook layer batch pos -> (hook layer) batch pos")
         by_bucket, counts = position_sums(together, counted, self.edges)  # [batch, (hook layer), bucket]
-        by_bucket = einops.rearrange(by_bucket.double().cpu().numpy(),
-                                     "batch (hook layer) bucket -> hook batch layer bucket", hook=len(suffixes))
-        sums = dict(zip(suffixes, by_bucket))  # suffix -> [batch, layer, bucket]
+        per_hook = einops.rearrange(
+            by_bucket.double().cpu().numpy(), "batch (hook layer) bucket -> hook batch layer bucket", hook=len(suffixes)
+        )
+        sums = dict(zip(suffixes, per_hook, strict=True))  # suffix -> [batch, layer, bucket]
         for component in COMPONENTS:
             self.out_sums[component][indices] = sums[plan.outputs[component]]
             self.in_sums[component][indices] = sums[plan.inputs[component]]
         self.n_tokens[indices] = counts.round().long().cpu().numpy()
 
-    def result(self) -> "PositionSums":
-        return PositionSums(edges=self.edges, n_tokens=self._trimmed("n_tokens"), out_sums=self._trimmed("out_sums"),
-                            in_sums=self._trimmed("in_sums"))
+    def result(self) -> PositionSums:
+        return PositionSums(
+            edges=self.edges,
+            n_tokens=self._trimmed("n_tokens"),
+            out_sums=self._trimmed("out_sums"),
+            in_sums=self._trimmed("in_sums"),
+        )
 
 
 class HeadPositionAccumulator(_Growing):
@@ -154,6 +162,10 @@ class HeadPositionAccumulator(_Growing):
         self.in_sums[indices] = sums.double().cpu().numpy()
         self.n_tokens[indices] = counts.round().long().cpu().numpy()
 
-    def result(self) -> "HeadPositionSums":
-        return HeadPositionSums(edges=self.edges, n_tokens=self._trimmed("n_tokens"),
-                                head_norm_sums=self._trimmed("head_norm_sums"), in_sums=self._trimmed("in_sums"))
+    def result(self) -> HeadPositionSums:
+        return HeadPositionSums(
+            edges=self.edges,
+            n_tokens=self._trimmed("n_tokens"),
+            head_norm_sums=self._trimmed("head_norm_sums"),
+            in_sums=self._trimmed("in_sums"),
+        )

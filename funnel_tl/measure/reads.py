@@ -39,8 +39,17 @@ from typing import Any
 
 import numpy as np
 
-ROLES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "attn_in", "mlp_in",
-         "attn_module_out", "mlp_module_out")
+ROLES = (
+    "resid_pre",
+    "resid_mid",
+    "resid_post",
+    "attn_out",
+    "mlp_out",
+    "attn_in",
+    "mlp_in",
+    "attn_module_out",
+    "mlp_module_out",
+)
 
 
 def definition_roles(definition: str, parallel: bool) -> dict[str, tuple[str, str]]:
@@ -51,8 +60,11 @@ def definition_roles(definition: str, parallel: bool) -> dict[str, tuple[str, st
     """
     if definition == "seed":
         return {"attn": ("attn_out", "attn_in"), "mlp": ("mlp_out", "mlp_in"), "block": ("resid_post", "resid_pre")}
-    return {"attn": ("attn_out", "resid_pre"), "mlp": ("mlp_out", "resid_pre" if parallel else "resid_mid"),
-            "block": ("resid_post", "resid_pre")}
+    return {
+        "attn": ("attn_out", "resid_pre"),
+        "mlp": ("mlp_out", "resid_pre" if parallel else "resid_mid"),
+        "block": ("resid_post", "resid_pre"),
+    }
 
 
 @dataclass(frozen=True)
@@ -96,28 +108,35 @@ class ReadSums:
     def has(self, *roles: str) -> bool:
         return all(role in self.reads for role in roles)
 
-    def subset(self, prompt_indices) -> "ReadSums":
+    def subset(self, prompt_indices) -> ReadSums:
         index = np.asarray(prompt_indices, dtype=np.int64)
-        return replace(self, sums={r: v[index] for r, v in self.sums.items()},
-                       sums_from_1={r: v[index] for r, v in self.sums_from_1.items()},
-                       n_tokens_from_1=self.n_tokens_from_1[index])
+        return replace(
+            self,
+            sums={r: v[index] for r, v in self.sums.items()},
+            sums_from_1={r: v[index] for r, v in self.sums_from_1.items()},
+            n_tokens_from_1=self.n_tokens_from_1[index],
+        )
 
-    def from_position_1(self) -> "ReadSums":
+    def from_position_1(self) -> ReadSums:
         """The sums as a run with ``drop_first=1`` keeps them (its "all" tokens are these from 1)."""
         return replace(self, sums=dict(self.sums_from_1))
 
     # ---- results.json ------------------------------------------------------------------------
-    def to_dict(self, written: dict[str, Any] = None) -> dict[str, Any]:
+    def to_dict(self, written: dict[str, Any] | None = None) -> dict[str, Any]:
         """``per_prompt["reads"]`` of results.json. ``written``: role -> the array already written
         under the seed's per_prompt keys (the definition's own sums), left out here."""
         written = written or {}
-        return {"reads": dict(self.reads), "n_tokens_from_1": self.n_tokens_from_1.tolist(),
-                "sums": {role: values.tolist() for role, values in self.sums.items() if role not in written},
-                "sums_from_1": {role: values.tolist() for role, values in self.sums_from_1.items()}}
+        return {
+            "reads": dict(self.reads),
+            "n_tokens_from_1": self.n_tokens_from_1.tolist(),
+            "sums": {role: values.tolist() for role, values in self.sums.items() if role not in written},
+            "sums_from_1": {role: values.tolist() for role, values in self.sums_from_1.items()},
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], written: dict[str, np.ndarray], width: int) -> "ReadSums":
+    def from_dict(cls, data: dict[str, Any], written: dict[str, np.ndarray], width: int) -> ReadSums:
         """The inverse of ``to_dict``; ``written`` gives the roles it left out."""
+
         def array(values) -> np.ndarray:
             return np.asarray(values, dtype=np.float64).reshape(-1, width)
 
@@ -125,6 +144,9 @@ class ReadSums:
         for role in data["reads"]:
             if role not in sums:
                 sums[role] = written[role]
-        return cls(reads=dict(data["reads"]), sums=sums,
-                   sums_from_1={role: array(values) for role, values in data["sums_from_1"].items()},
-                   n_tokens_from_1=np.asarray(data["n_tokens_from_1"], dtype=np.int64))
+        return cls(
+            reads=dict(data["reads"]),
+            sums=sums,
+            sums_from_1={role: array(values) for role, values in data["sums_from_1"].items()},
+            n_tokens_from_1=np.asarray(data["n_tokens_from_1"], dtype=np.int64),
+        )

@@ -32,7 +32,7 @@ import hashlib
 import itertools
 import json
 import os
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -93,10 +93,19 @@ class TokenStream:
     yielded (position sums grow their arrays there).
     """
 
-    def __init__(self, model, prompts, drop_first: int = 0, tokenizer=None,
-                 max_tokens_per_prompt: int | str | None = None, batch_size: int | str = "auto", device=None,
-                 chunk_size: int | None = None, keep_texts: bool = True,
-                 on_chunk: Callable[[int, int], None] | None = None):
+    def __init__(
+        self,
+        model,
+        prompts,
+        drop_first: int = 0,
+        tokenizer=None,
+        max_tokens_per_prompt: int | str | None = None,
+        batch_size: int | str = "auto",
+        device=None,
+        chunk_size: int | None = None,
+        keep_texts: bool = True,
+        on_chunk: Callable[[int, int], None] | None = None,
+    ):
         check_drop_first(drop_first)
         chunk_size = CHUNK_PROMPTS if chunk_size is None else chunk_size
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
@@ -141,9 +150,16 @@ class TokenStream:
     def _chunk_batches(self, chunk: list[str]) -> Iterator[Batch]:
         offset = self.n_prompts
         cut: dict = {}
-        token_ids = tokenize(self.tokenizer, chunk, n_ctx=self.n_ctx, model_name=model_name(self.model),
-                             max_tokens=self.limit, truncation=cut, first_index=offset,
-                             d_vocab=getattr(self.model.cfg, "d_vocab", None))
+        token_ids = tokenize(
+            self.tokenizer,
+            chunk,
+            n_ctx=self.n_ctx,
+            model_name=model_name(self.model),
+            max_tokens=self.limit,
+            truncation=cut,
+            first_index=offset,
+            d_vocab=getattr(self.model.cfg, "d_vocab", None),
+        )
         check_tokens_left(token_ids, self.drop_first, first_index=offset)
         self._merge_truncation(cut)
         for text in chunk:
@@ -158,8 +174,9 @@ class TokenStream:
         for batch in make_batches(token_ids, size, pad_token_id=self.pad_id):
             self.real += int(batch.attention_mask.sum())
             self.padded += batch.attention_mask.numel()
-            yield Batch(indices=[offset + i for i in batch.indices], tokens=batch.tokens,
-                        attention_mask=batch.attention_mask)
+            yield Batch(
+                indices=[offset + i for i in batch.indices], tokens=batch.tokens, attention_mask=batch.attention_mask
+            )
 
     def _merge_truncation(self, cut: dict) -> None:
         if not cut:

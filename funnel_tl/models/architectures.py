@@ -55,17 +55,43 @@ BLOCK_SHAPES = ("pre-norm", "parallel-two-norms", "parallel-one-norm", "sandwich
 _POST_NORM_HF_ARCHITECTURES = ("Olmo2ForCausalLM", "Olmo3ForCausalLM")
 
 # TransformerLens classes that hold models this package does not measure.
-_NOT_DECODER_CLASSES = ("HookedEncoder", "HookedEncoderDecoder", "HookedAudioEncoder",
-                        "BertNextSentencePrediction")
+_NOT_DECODER_CLASSES = ("HookedEncoder", "HookedEncoderDecoder", "HookedAudioEncoder", "BertNextSentencePrediction")
 # Causal LMs without attention + MLP blocks (state-space and recurrent models).
 _NOT_TRANSFORMER_MODEL_TYPES = ("mamba", "mamba2", "falcon_mamba", "rwkv", "rwkv7", "recurrent_gemma", "hyenadna")
 # Encoder-only model types: a checkpoint saved from their base class ("BertModel") names no head
 # that would give it away, so the type is checked too (bidirectional attention: no causal stream).
-_ENCODER_MODEL_TYPES = ("albert", "bert", "big_bird", "camembert", "convbert", "data2vec-text", "deberta", "deberta-v2",
-                        "distilbert", "electra", "ernie", "esm", "flaubert", "funnel", "hubert", "longformer",
-                        "megatron-bert", "modernbert", "mpnet", "nezha", "nomic_bert", "rembert", "roberta",
-                        "roberta-prelayernorm", "roc_bert", "squeezebert", "wav2vec2", "xlm", "xlm-roberta",
-                        "xlm-roberta-xl")
+_ENCODER_MODEL_TYPES = (
+    "albert",
+    "bert",
+    "big_bird",
+    "camembert",
+    "convbert",
+    "data2vec-text",
+    "deberta",
+    "deberta-v2",
+    "distilbert",
+    "electra",
+    "ernie",
+    "esm",
+    "flaubert",
+    "funnel",
+    "hubert",
+    "longformer",
+    "megatron-bert",
+    "modernbert",
+    "mpnet",
+    "nezha",
+    "nomic_bert",
+    "rembert",
+    "roberta",
+    "roberta-prelayernorm",
+    "roc_bert",
+    "squeezebert",
+    "wav2vec2",
+    "xlm",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+)
 # The hooks every measured block must have: the residual stream and what each sublayer adds.
 _REQUIRED_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
 
@@ -111,8 +137,9 @@ class HookPlan:
         """The roles read from ``suffix`` (one hook can serve several: post-norm u is the stream)."""
         return [role for role, read in self.roles.items() if read == suffix]
 
-    def read(self, model, layer: int, suffix: str, activation: torch.Tensor,
-             scale: torch.Tensor | None = None) -> torch.Tensor:
+    def read(
+        self, model, layer: int, suffix: str, activation: torch.Tensor, scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The tensor whose norm is taken, from the activation of ``blocks.{layer}.{suffix}``.
 
         ``[..., d_model]`` in, ``[..., d_model]`` out: ``activation * w + b`` of the planned norm
@@ -121,8 +148,10 @@ class HookPlan:
         """
         if suffix in self.scaled:
             if scale is None:
-                raise FunnelError(f"blocks.{layer}.{suffix} needs blocks.{layer}.{self.scaled[suffix]}, which did not "
-                                  "fire before it: this architecture's hooks are not in the standard order")
+                raise FunnelError(
+                    f"blocks.{layer}.{suffix} needs blocks.{layer}.{self.scaled[suffix]}, which did not "
+                    "fire before it: this architecture's hooks are not in the standard order"
+                )
             return activation.float() * scale.float()
         norm_name = self.affine.get(suffix)
         if norm_name is None:
@@ -135,6 +164,7 @@ class HookPlan:
 
     def describe(self) -> dict[str, str]:
         """What is read, in words, for results.json: ``{"block_shape": "pre-norm", "attn_in": "ln1.hook_out", ...}``."""
+
         def words(suffix: str) -> str:
             norm_name = self.affine.get(suffix)
             return f"{suffix} * {norm_name}.w (+ {norm_name}.b)" if norm_name else suffix
@@ -147,6 +177,7 @@ class HookPlan:
 
     def describe_roles(self) -> dict[str, str]:
         """What each role is read from, in words: ``{"attn_in": "ln1.hook_out", "attn_module_out": ...}``."""
+
         def words(suffix: str) -> str:
             norm_name = self.affine.get(suffix)
             if norm_name:
@@ -154,8 +185,6 @@ class HookPlan:
             return f"{suffix} * {self.scaled[suffix]}" if suffix in self.scaled else suffix
 
         return {role: words(suffix) for role, suffix in self.roles.items()}
-
-
 
 
 def hf_architecture(model) -> str:
@@ -179,22 +208,28 @@ def check_decoder_only(model) -> None:
     """
     if not (hasattr(model, "cfg") and hasattr(model, "hook_dict")):
         shown = repr(str(model)) if isinstance(model, str) else type(model).__name__
-        raise FunnelError(f"expected a TransformerLens model, got {shown}: pass funnel_tl.load_model(NAME_OR_DIR), "
-                          "a TransformerBridge or a HookedTransformer")
+        raise FunnelError(
+            f"expected a TransformerLens model, got {shown}: pass funnel_tl.load_model(NAME_OR_DIR), "
+            "a TransformerBridge or a HookedTransformer"
+        )
     cfg = model.cfg
     architecture = hf_architecture(model)
     what = f"{model_name(model)}" + (f" ({architecture})" if architecture else "")
-    refuse = (type(model).__name__ in _NOT_DECODER_CLASSES
-              or bool(getattr(cfg, "is_encoder_decoder", False))
-              or ("For" in architecture and not architecture.endswith("ForCausalLM")))
+    refuse = (
+        type(model).__name__ in _NOT_DECODER_CLASSES
+        or bool(getattr(cfg, "is_encoder_decoder", False))
+        or ("For" in architecture and not architecture.endswith("ForCausalLM"))
+    )
     n_layers = int(getattr(cfg, "n_layers", 0) or 0)
     if not refuse and n_layers < 1:
-        raise FunnelError(f"{what} has {n_layers} layers, so there is no layer to measure: give a model with at "
-                          "least one layer")
+        raise FunnelError(
+            f"{what} has {n_layers} layers, so there is no layer to measure: give a model with at least one layer"
+        )
     hook_dict = getattr(model, "hook_dict", None)  # a bridge builds it anew on each access: read it once
     if not refuse:
         refuse = hook_dict is None or not all(
-            f"blocks.{layer}.{suffix}" in hook_dict for layer in range(n_layers) for suffix in _REQUIRED_HOOKS)
+            f"blocks.{layer}.{suffix}" in hook_dict for layer in range(n_layers) for suffix in _REQUIRED_HOOKS
+        )
     if refuse:
         raise _not_a_decoder(what)
 
@@ -203,22 +238,27 @@ def check_decoder_config(config: dict, name: str) -> None:
     """The same refusals as ``check_decoder_only``, from a checkpoint's config.json before any loading."""
     classes = [str(c) for c in config.get("architectures") or []]
     model_type = str(config.get("model_type", ""))
-    not_decoder = (bool(config.get("is_encoder_decoder", False))
-                   or any("For" in c and not c.endswith("ForCausalLM") for c in classes)
-                   or model_type in _NOT_TRANSFORMER_MODEL_TYPES or model_type in _ENCODER_MODEL_TYPES)
+    not_decoder = (
+        bool(config.get("is_encoder_decoder", False))
+        or any("For" in c and not c.endswith("ForCausalLM") for c in classes)
+        or model_type in _NOT_TRANSFORMER_MODEL_TYPES
+        or model_type in _ENCODER_MODEL_TYPES
+    )
     if not_decoder:
         raise _not_a_decoder(f"{name} ({classes[0] if classes else model_type})")
     key, n_layers = config_n_layers(config)
     if n_layers is not None and n_layers < 1:
-        raise FunnelError(f"{name}: its config names {n_layers} layers ({key}: {n_layers}), so there is no layer to "
-                          f"measure: give a checkpoint with at least one layer (or fix {key})")
+        raise FunnelError(
+            f"{name}: its config names {n_layers} layers ({key}: {n_layers}), so there is no layer to "
+            f"measure: give a checkpoint with at least one layer (or fix {key})"
+        )
 
 
 # Where HF configs keep their number of layers, by family (GPT-2 and BLOOM: n_layer; GPT-Neo: num_layers).
 _LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 
 
-def config_n_layers(config: dict) -> tuple[str | None, int | None]:
+def config_n_layers(config: dict | None) -> tuple[str | None, int | None]:
     """``(key, number of layers)`` a config dict states, or ``(None, None)``.
 
     >>> config_n_layers({"model_type": "gpt2", "n_layer": 12})
@@ -316,16 +356,27 @@ def plan_hooks(model, definition: str) -> HookPlan:
     # stream receives); the residual identity check in gains.py fails loudly if that ever changes.
     outputs = {"attn": "hook_attn_out", "mlp": "hook_mlp_out", "block": "hook_resid_post"}
     roles, scaled = _roles(model, shape, parallel, affine)
-    return HookPlan(block_shape=shape, parallel_blocks=parallel, inputs=inputs, outputs=outputs, affine=affine,
-                    roles=roles, scaled=scaled)
+    return HookPlan(
+        block_shape=shape,
+        parallel_blocks=parallel,
+        inputs=inputs,
+        outputs=outputs,
+        affine=affine,
+        roles=roles,
+        scaled=scaled,
+    )
 
 
 def _roles(model, shape: str, parallel: bool, affine: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
     """``(role -> hook suffix, scaled)`` of every tensor a run reads beside its definition's (see
     ``funnel_tl.measure.reads``): both definitions' inputs, and a post-normed block's module outputs.
     ``affine`` receives the affine of u's hooks on a HookedTransformer, as for the seed definition."""
-    roles = {"resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post",
-             "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out"}
+    roles = {
+        "resid_pre": "hook_resid_pre",
+        "resid_post": "hook_resid_post",
+        "attn_out": "hook_attn_out",
+        "mlp_out": "hook_mlp_out",
+    }
     if not parallel:
         roles["resid_mid"] = "hook_resid_mid"
     if shape == "post-norm":

@@ -15,7 +15,7 @@ from funnel_tl.models.architectures import check_decoder_config
 
 
 @contextlib.contextmanager
-def local_loading(local: bool):
+def local_loading(local: bool | None):
     """For a local folder: keep HuggingFace off the hub, and quiet its weight-loading bar.
 
     A local load takes a moment, and its progress bar would otherwise precede every one-line
@@ -71,8 +71,15 @@ def linear_init_skipped():
 
 # Files from which AutoTokenizer builds a real tokenizer; without one it can return an empty one,
 # and the failure would surface later as "prompt 0 is empty after tokenization".
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
-                   "sentencepiece.bpe.model", "tiktoken.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tiktoken.model",
+)
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 
 
@@ -98,8 +105,10 @@ def check_model_folder(folder: Path, name: str | None = None) -> None:
     if not weights:
         raise FunnelError(f"{name} has a config.json but no weights (model.safetensors or pytorch_model.bin): {fix}")
     if not any((folder / file).is_file() for file in TOKENIZER_FILES) and not list(folder.glob("*.tiktoken")):
-        raise FunnelError(f"{name} has no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, ...): save the "
-                          "model's tokenizer into the folder (tokenizer.save_pretrained)")
+        raise FunnelError(
+            f"{name} has no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, ...): save the "
+            "model's tokenizer into the folder (tokenizer.save_pretrained)"
+        )
     for path in weights:
         if path.suffix == ".safetensors":
             _check_safetensors(path, name, fix)
@@ -118,7 +127,9 @@ def _check_safetensors(path: Path, name: str, fix: str) -> None:
             header = json.loads(handle.read(header_length).decode("utf-8"))
         end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
     except (OSError, struct.error, ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
-        raise FunnelError(f"{name}: {path.name} is not a readable safetensors file ({first_line(error)}): {fix}") from None
+        raise FunnelError(
+            f"{name}: {path.name} is not a readable safetensors file ({first_line(error)}): {fix}"
+        ) from None
     if 8 + header_length + end > size:
         raise FunnelError(f"{name}: {path.name} is truncated ({size} bytes of {8 + header_length + end}): {fix}")
 

@@ -71,8 +71,10 @@ def require_gguf(name: str) -> None:
     except (PackageNotFoundError, ValueError):  # no metadata, or an odd version string: transformers judges it
         return
     if too_old:
-        raise FunnelError(f"{name} is a GGUF file, and transformers reads GGUF files with gguf >= "
-                          f"{'.'.join(map(str, MINIMUM_GGUF))} (installed: {installed}): {INSTALL} --upgrade")
+        raise FunnelError(
+            f"{name} is a GGUF file, and transformers reads GGUF files with gguf >= "
+            f"{'.'.join(map(str, MINIMUM_GGUF))} (installed: {installed}): {INSTALL} --upgrade"
+        )
 
 
 # (path, size, mtime) -> config: the CLI checks a file's config before it loads, and the load reuses it.
@@ -93,8 +95,10 @@ def gguf_config(path: Path, name: str | None = None):
     if key not in _CONFIGS:
         with open(path, "rb") as handle:
             if handle.read(4) != MAGIC:
-                raise FunnelError(f"{name} is not a GGUF file (it does not start with 'GGUF'): give a .gguf "
-                                  "model file, or a HuggingFace checkpoint folder")
+                raise FunnelError(
+                    f"{name} is not a GGUF file (it does not start with 'GGUF'): give a .gguf "
+                    "model file, or a HuggingFace checkpoint folder"
+                )
         from transformers import AutoConfig
 
         try:
@@ -115,8 +119,10 @@ def _unreadable(name: str, path: Path, error: ValueError) -> str:
         import transformers
 
         architecture = _metadata(path, "general.architecture") or "this"
-        return (f"{name}: transformers {transformers.__version__} cannot read {architecture} models from GGUF files "
-                f"(it reads {', '.join(readable_architectures())}): give the model as a HuggingFace checkpoint folder")
+        return (
+            f"{name}: transformers {transformers.__version__} cannot read {architecture} models from GGUF files "
+            f"(it reads {', '.join(readable_architectures())}): give the model as a HuggingFace checkpoint folder"
+        )
     return f"{name} is not a readable GGUF file ({text}): re-download it"
 
 
@@ -169,11 +175,12 @@ def parsed_once(path: Path):
             maps[(arch, n_blocks)] = original_map(arch, n_blocks)
         return maps[(arch, n_blocks)]
 
-    gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
+    # Patched for this load and restored below: gguf's annotations type them as a class and its function.
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map  # type: ignore[misc, assignment]
     try:
         yield
     finally:
-        gguf.GGUFReader, gguf.get_tensor_name_map = original_reader, original_map
+        gguf.GGUFReader, gguf.get_tensor_name_map = original_reader, original_map  # type: ignore[misc]
 
 
 def gguf_tokenizer(path: Path):
@@ -195,6 +202,8 @@ def gguf_provenance(path: Path) -> dict:
     from gguf import GGUFReader
 
     types = Counter(tensor.tensor_type.name for tensor in GGUFReader(str(path)).tensors)
-    return {"file": str(path.resolve()), "sha256": sha256_of(path),
-            "tensor_types": dict(sorted(types.items(), key=lambda item: (-item[1], item[0])))}
-
+    return {
+        "file": str(path.resolve()),
+        "sha256": sha256_of(path),
+        "tensor_types": dict(sorted(types.items(), key=lambda item: (-item[1], item[0]))),
+    }

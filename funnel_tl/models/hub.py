@@ -47,9 +47,11 @@ def hub_access(name: str, revision: str | None) -> bool | None:
         cached = False
     if cached:
         return True
-    raise FunnelError(f"cannot reach the model hub ({host}) to download {name!r}, and it is not in the local cache: "
-                      "check the network, give a local checkpoint folder, or set HF_HUB_OFFLINE=1 to use "
-                      "cached models only")
+    raise FunnelError(
+        f"cannot reach the model hub ({host}) to download {name!r}, and it is not in the local cache: "
+        "check the network, give a local checkpoint folder, or set HF_HUB_OFFLINE=1 to use "
+        "cached models only"
+    )
 
 
 # host, port -> (time probed, reachable): a sweep of many hub checkpoints probes once a minute, not per model.

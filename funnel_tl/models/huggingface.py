@@ -30,6 +30,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -47,8 +48,10 @@ def check_load_options(options: dict) -> None:
     """Refuse a keyword ``load_model`` does not know before anything loads."""
     unknown = sorted(set(options) - set(LOAD_OPTIONS))
     if unknown:
-        raise FunnelError(f"load_model got an unexpected keyword {unknown[0]!r}: it takes name_or_dir, device, dtype, "
-                          f"device_map, revision, max_memory and {', '.join(LOAD_OPTIONS)}")
+        raise FunnelError(
+            f"load_model got an unexpected keyword {unknown[0]!r}: it takes name_or_dir, device, dtype, "
+            f"device_map, revision, max_memory and {', '.join(LOAD_OPTIONS)}"
+        )
     overrides = options.get("hf_config_overrides")
     if overrides is not None and not isinstance(overrides, dict):
         raise FunnelError(f"hf_config_overrides must be a dict of config fields, got {type(overrides).__name__}")
@@ -81,7 +84,7 @@ def load_config(source: str, *, name: str, revision: str | None = None, gguf: Pa
         except ImportError:
             from transformers import AutoConfig
 
-            read = AutoConfig.from_pretrained
+            read = AutoConfig.from_pretrained  # type: ignore[assignment]  # both take (source, **options)
         remote = {key: options[key] for key in ("trust_remote_code", "code_revision") if options.get(key)}
         config = read(source, output_attentions=True, revision=revision, **remote)
         check_decoder_config(config.to_dict(), name)
@@ -95,9 +98,20 @@ def load_config(source: str, *, name: str, revision: str | None = None, gguf: Pa
     return config
 
 
-def load_checkpoint(source: str, config, *, name: str, where: str, dtype: torch.dtype, device: str | None,
-                    device_map=None, max_memory: dict | None = None, revision: str | None = None,
-                    gguf: Path | None = None, **options):
+def load_checkpoint(
+    source: str,
+    config,
+    *,
+    name: str,
+    where: str,
+    dtype: torch.dtype,
+    device: str | None,
+    device_map=None,
+    max_memory: dict | None = None,
+    revision: str | None = None,
+    gguf: Path | None = None,
+    **options,
+):
     """The HF causal LM of ``source`` with config ``config``, its weights checked, placed and cast.
 
     ``where`` names the weights in a refusal (``model.safetensors``, the GGUF file, the hub name).
@@ -106,18 +120,28 @@ def load_checkpoint(source: str, config, *, name: str, where: str, dtype: torch.
     """
     from transformers import AutoModelForCausalLM
 
-    kwargs = dict(config=config, dtype=dtype, attn_implementation="eager", revision=revision,
-                  output_loading_info=True, ignore_mismatched_sizes=True)  # mismatches: refused below, in words
-    kwargs.update({key: options[key] for key in ("trust_remote_code", "code_revision", "offload_folder")
-                   if options.get(key)})
+    kwargs = dict(
+        config=config,
+        dtype=dtype,
+        attn_implementation="eager",
+        revision=revision,
+        output_loading_info=True,
+        ignore_mismatched_sizes=True,
+    )  # mismatches: refused below, in words
+    kwargs.update(
+        {key: options[key] for key in ("trust_remote_code", "code_revision", "offload_folder") if options.get(key)}
+    )
     if device_map is not None:
         kwargs.update(device_map=device_map, max_memory=max_memory)
     if gguf is not None:
         kwargs["gguf_file"] = gguf.name
         source = str(gguf.parent)
     _prepare_loading(config, source, kwargs, dtype)
+    hf_model: Any
+    info: dict
     with _transformers_quiet():
-        hf_model, info = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        # With output_loading_info=True, (model, info); transformers annotates the model alone.
+        hf_model, info = AutoModelForCausalLM.from_pretrained(source, **kwargs)  # type: ignore[misc]
     check_weights(info, hf_model, name, where, config_word="its GGUF metadata" if gguf else "config.json")
     if gguf is not None:
         drop_gguf_marker(hf_model)
@@ -152,7 +176,8 @@ def _prepare_loading(config, source: str, kwargs: dict, dtype: torch.dtype) -> N
         return
     architecture = determine_architecture_from_hf_config(config)
     adapter = ArchitectureAdapterFactory.select_architecture_adapter(
-        build_bridge_config_from_hf(copy.deepcopy(config), architecture, source, dtype))
+        build_bridge_config_from_hf(copy.deepcopy(config), architecture, source, dtype)
+    )
     adapter.prepare_loading(source, kwargs)
 
 
@@ -196,19 +221,25 @@ def check_weights(info: dict, hf_model, name: str, where: str, config_word: str 
         if missing:
             parts.append(f"{len(missing)} tensor{'s' * (len(missing) > 1)} missing ({_compact(missing)})")
         if unexpected:
-            parts.append(f"{len(unexpected)} tensor{'s' * (len(unexpected) > 1)} the model has no place for "
-                         f"({_compact(unexpected)})")
+            parts.append(
+                f"{len(unexpected)} tensor{'s' * (len(unexpected) > 1)} the model has no place for "
+                f"({_compact(unexpected)})"
+            )
     if mismatched:
         shapes: dict[tuple, list[str]] = {}
         for key, checkpoint_shape, model_shape in mismatched:
             shapes.setdefault((tuple(checkpoint_shape), tuple(model_shape)), []).append(key)
-        shown = [f"{_compact(keys)}: {list(ckpt)} in the checkpoint, {list(model)} by {config_word}"
-                 for (ckpt, model), keys in list(shapes.items())[:_SHOWN]]
+        shown = [
+            f"{_compact(keys)}: {list(ckpt)} in the checkpoint, {list(model)} by {config_word}"
+            for (ckpt, model), keys in list(shapes.items())[:_SHOWN]
+        ]
         parts.append(f"{len(mismatched)} of another shape ({'; '.join(shown)})")
     if not layer_count or mismatched:
         parts[-1] += "; the model would hold random values there" if missing or mismatched else "; they would go unused"
-    raise FunnelError(f"{name}: the weights in {where} do not fill the model {config_word} describes: "
-                      f"{', '.join(parts)}: re-save the checkpoint (model.save_pretrained) or fix {config_word}")
+    raise FunnelError(
+        f"{name}: the weights in {where} do not fill the model {config_word} describes: "
+        f"{', '.join(parts)}: re-save the checkpoint (model.save_pretrained) or fix {config_word}"
+    )
 
 
 def _layer_pattern(key: str) -> tuple[str, int | None]:
@@ -245,11 +276,15 @@ def _layer_count_mismatch(missing, unexpected, hf_model, n_layers, config_word) 
         return None
     found = sorted(layers)
     if missing and found == list(range(found[0], n_layers)):
-        return (f"{config_word} names {n_layers} layers but the weights hold {found[0]} "
-                f"(layer{'s' * (len(found) > 1)} {_span(found[0], n_layers)} would be random)")
+        return (
+            f"{config_word} names {n_layers} layers but the weights hold {found[0]} "
+            f"(layer{'s' * (len(found) > 1)} {_span(found[0], n_layers)} would be random)"
+        )
     if unexpected and found == list(range(n_layers, found[-1] + 1)):
-        return (f"the weights hold {found[-1] + 1} layers but {config_word} names {n_layers} "
-                f"(layer{'s' * (len(found) > 1)} {_span(n_layers, found[-1] + 1)} would be left out)")
+        return (
+            f"the weights hold {found[-1] + 1} layers but {config_word} names {n_layers} "
+            f"(layer{'s' * (len(found) > 1)} {_span(n_layers, found[-1] + 1)} would be left out)"
+        )
     return None
 
 
@@ -279,7 +314,8 @@ def _compact(keys) -> str:
 
 
 def weight_files(folder: Path) -> str:
-    """The weight files of a checkpoint folder, for a refusal: ``model.safetensors`` or ``4 files model-00001-of-00004.safetensors, ...``."""
+    """The weight files of a checkpoint folder, for a refusal: ``model.safetensors`` or
+    ``4 files model-00001-of-00004.safetensors, ...``."""
     files = sorted({p.name for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern)})
     if len(files) == 1:
         return f"{folder / files[0]}"
@@ -299,8 +335,12 @@ def bridge_model(hf_model, source: str, tokenizer=None):
     dispatched = bool(getattr(hf_model, "hf_device_map", None))
     with linear_init_skipped():
         bridge = TransformerBridge.boot_transformers(
-            source, hf_model=hf_model, dtype=parameter.dtype, device=None if dispatched else parameter.device,
-            tokenizer=tokenizer)
+            source,
+            hf_model=hf_model,
+            dtype=parameter.dtype,
+            device=None if dispatched else parameter.device,
+            tokenizer=tokenizer,
+        )
     bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
     if any(module.training for module in bridge.modules()):  # a user's model may be in training mode
         bridge.eval()
@@ -323,15 +363,19 @@ def measurable(model, tokenizer=None, caller: str = "measure_gains"):
     if isinstance(model, (str, os.PathLike)):
         raise FunnelError(f"{caller} takes a loaded model, not a name: pass funnel_tl.load_model({str(model)!r})")
     if model is None:
-        raise FunnelError(f"{caller} needs a model: pass funnel_tl.load_model() (the largest bundled model) or "
-                          "funnel_tl.load_model(NAME_OR_DIR)")
+        raise FunnelError(
+            f"{caller} needs a model: pass funnel_tl.load_model() (the largest bundled model) or "
+            "funnel_tl.load_model(NAME_OR_DIR)"
+        )
     if hasattr(model, "cfg") and hasattr(model, "hook_dict"):  # a TransformerBridge or a HookedTransformer
         return model
     transformers = __import__("sys").modules.get("transformers")
     if transformers is not None and isinstance(model, transformers.PreTrainedModel):
         return bridge_user_model(model, tokenizer)
-    raise FunnelError(f"{caller} cannot measure a {type(model).__name__}: pass a model from funnel_tl.load_model, "
-                      "a TransformerBridge, a HookedTransformer, or a transformers AutoModelForCausalLM")
+    raise FunnelError(
+        f"{caller} cannot measure a {type(model).__name__}: pass a model from funnel_tl.load_model, "
+        "a TransformerBridge, a HookedTransformer, or a transformers AutoModelForCausalLM"
+    )
 
 
 def bridge_user_model(hf_model, tokenizer=None):
@@ -347,8 +391,10 @@ def bridge_user_model(hf_model, tokenizer=None):
     name = folder_name(Path(source)) if source and os.path.isdir(source) else (source or type(hf_model).__name__)
     check_decoder_config(hf_model.config.to_dict(), f"{name} ({type(hf_model).__name__})")
     if not type(hf_model).__name__.endswith(("ForCausalLM", "LMHeadModel")):
-        raise FunnelError(f"{name} is a {type(hf_model).__name__}, without the language-model head TransformerLens "
-                          "bridges: load it with transformers.AutoModelForCausalLM.from_pretrained(...)")
+        raise FunnelError(
+            f"{name} is a {type(hf_model).__name__}, without the language-model head TransformerLens "
+            "bridges: load it with transformers.AutoModelForCausalLM.from_pretrained(...)"
+        )
     tokenizer = tokenizer if tokenizer is not None else _saved_tokenizer(source, name)
     shared = _sharing_copy(hf_model)
     if getattr(getattr(shared.config, "quantization_config", None), "quant_method", None) == "gguf":
@@ -386,16 +432,21 @@ def _sharing_copy(module: torch.nn.Module) -> torch.nn.Module:
 
 def _saved_tokenizer(source: str, name: str):
     """The tokenizer saved with the checkpoint a model was loaded from, or one line asking for ``tokenizer=``."""
-    ask = (f"cannot find the tokenizer of {name}: pass tokenizer=transformers.AutoTokenizer.from_pretrained(...), "
-           "the one the model was trained with")
+    ask = (
+        f"cannot find the tokenizer of {name}: pass tokenizer=transformers.AutoTokenizer.from_pretrained(...), "
+        "the one the model was trained with"
+    )
     if not source:
         raise FunnelError(ask)
     local = os.path.isdir(source)
     try:
         with local_loading(local):
             if local:
-                gguf = gguf_in_folder(Path(source)) if not any(
-                    (Path(source) / file).is_file() for file in TOKENIZER_FILES) else None
+                gguf = (
+                    gguf_in_folder(Path(source))
+                    if not any((Path(source) / file).is_file() for file in TOKENIZER_FILES)
+                    else None
+                )
                 if gguf is not None:
                     return gguf_tokenizer(gguf)[0]
             return load_tokenizer(source)

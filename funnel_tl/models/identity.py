@@ -81,9 +81,11 @@ def tokenizer_of(model):
         "cannot find this model's HuggingFace tokenizer: load it with funnel_tl.load_model, or pass tokenizer="
     )
 
+
 def is_bridge(model) -> bool:
     """A ``TransformerBridge`` (it wraps an HF model through an architecture ``adapter``)."""
     return hasattr(model, "adapter")
+
 
 def installed_version(package: str) -> str:
     """TransformerLens 3.x has no ``__version__``; its installed metadata has."""

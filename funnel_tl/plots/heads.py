@@ -4,8 +4,8 @@ Gains are coloured as ``compare.html`` colours them: log10 of the gain on a dive
 centred at 1, symmetric so that equal ratios get equal colours either side. For a head, red means
 the head alone writes more than its layer's attention reads, blue less; it does not mean the layer
 expands or contracts: the layer's gain is the norm of its heads' sum, and heads add up (and
-partly cancel), so a layer of blue heads can expand. Projection shares are signed and diverge at 0; norms and norm shares are
-sequential (no neutral value).
+partly cancel), so a layer of blue heads can expand. Projection shares are signed and diverge at 0;
+norms and norm shares are sequential (no neutral value).
 """
 
 from __future__ import annotations
@@ -23,13 +23,17 @@ from funnel_tl.results.head_names import VALUES, label, norm_decimals
 def _subtitle(result) -> str:
     dropped = f" · {dropped_phrase(result.drop_first)}" if result.drop_first else ""
     before = f" · read before the post-norm ({result.read_at}): module gains" if result.read_at else ""
-    return (f"definition={result.definition} · {result.n_prompts} prompts, "
-            f"{int(result.n_tokens.sum())} tokens{dropped}{before}")
+    return (
+        f"definition={result.definition} · {result.n_prompts} prompts, "
+        f"{int(result.n_tokens.sum())} tokens{dropped}{before}"
+    )
 
 
 # A head's gain is its own output over the layer's input: below 1 is not a contracting layer.
-_GAIN_LEGEND = ("<br>red: the head alone writes more than its layer's attention reads, blue: less; "
-                "heads add up, so blue heads can still make a layer expand")
+_GAIN_LEGEND = (
+    "<br>red: the head alone writes more than its layer's attention reads, blue: less; "
+    "heads add up, so blue heads can still make a layer expand"
+)
 
 
 def plot_heads(result, value: str = "gain", title: str | None = None):
@@ -44,12 +48,16 @@ def plot_heads(result, value: str = "gain", title: str | None = None):
         raise FunnelError(f"unknown heatmap value {value!r}: choose {', '.join(VALUES)}")
     shown = getattr(result, VALUES[value])  # [layer, head]
     group = result.group_size  # query heads per key/value head (GQA), or None
-    hover = [[
-        f"<b>{label(layer, head)}</b><br>gain {result.head_gains[row, head]:.4f} "
-        f"(layer attn gain {result.attn_gains[row]:.4f})<br>mean norm {result.head_norms[row, head]:.4g}"
-        f"<br>norm share {result.norm_shares[row, head]:.3f}<br>projection share {result.projection_shares[row, head]:.3f}"
-        + (f"<br>key/value head {head // group}" if group else "")
-        for head in range(result.n_heads)] for row, layer in enumerate(result.layers)]
+    hover = [
+        [
+            f"<b>{label(layer, head)}</b><br>gain {result.head_gains[row, head]:.4f} "
+            f"(layer attn gain {result.attn_gains[row]:.4f})<br>mean norm {result.head_norms[row, head]:.4g}"
+            f"<br>norm share {result.norm_shares[row, head]:.3f}<br>projection share "
+            f"{result.projection_shares[row, head]:.3f}" + (f"<br>key/value head {head // group}" if group else "")
+            for head in range(result.n_heads)
+        ]
+        for row, layer in enumerate(result.layers)
+    ]
     name = value.replace("_", " ")
     colour: dict = {"colorbar": {"title": {"text": name}}}
     z = shown
@@ -62,23 +70,33 @@ def plot_heads(result, value: str = "gain", title: str | None = None):
         reach = log_reach(z, 0.3)
         # 1-2-5 per decade: gains of heads span one to three decades.
         ticks = ticks_within(reach, one_two_five(-4, 3))
-        colour = {"colorscale": DIVERGING, "zmid": 0, "zmin": -reach, "zmax": reach,
-                  "colorbar": gain_colorbar(ticks, title={"text": "head gain<br>(log scale)"})}
+        colour = {
+            "colorscale": DIVERGING,
+            "zmid": 0,
+            "zmin": -reach,
+            "zmax": reach,
+            "colorbar": gain_colorbar(ticks, title={"text": "head gain<br>(log scale)"}),
+        }
     elif value == "projection_share":
         colour |= {"colorscale": "RdBu", "zmid": 0}
     else:
         colour |= {"colorscale": "Viridis"}
-    figure = go.Figure(go.Heatmap(z=z, x=list(range(result.n_heads)), y=list(result.layers), text=hover,
-                                  hoverinfo="text", **colour))
+    figure = go.Figure(
+        go.Heatmap(z=z, x=list(range(result.n_heads)), y=list(result.layers), text=hover, hoverinfo="text", **colour)
+    )
     heading = title or f"<b>{html.escape(short_name(result.model))}</b>: per-head {name}"
     top_margin = 110 if value == "gain" else 90
     figure.update_layout(
-        title=dict(text=f"{heading}<br><sup>{_subtitle(result)}"
-                        + (_GAIN_LEGEND if value == "gain" else "") + "</sup>",
-                   x=0.5, xanchor="center"),
+        title=dict(
+            text=f"{heading}<br><sup>{_subtitle(result)}" + (_GAIN_LEGEND if value == "gain" else "") + "</sup>",
+            x=0.5,
+            xanchor="center",
+        ),
         xaxis={"title": "head", "dtick": 1 if result.n_heads <= 32 else None},
         yaxis={"title": "layer", "autorange": "reversed", "type": "category"},
-        template="plotly_white", font=dict(size=13), margin=dict(t=top_margin + (24 if group else 0)),
+        template="plotly_white",
+        font=dict(size=13),
+        margin=dict(t=top_margin + (24 if group else 0)),
         height=max(360, 160 + 28 * len(result.layers)),
     )
     if group:
@@ -92,10 +110,18 @@ def _group_by_key_value_head(figure, result, group: int) -> None:
     for start in range(group, result.n_heads, group):
         figure.add_vline(x=start - 0.5, line=dict(color="white", width=4))
     for kv in range(result.n_key_value_heads):
-        figure.add_annotation(x=kv * group + (group - 1) / 2, y=1, yref="paper", yanchor="bottom", showarrow=False,
-                              text=f"kv {kv}: heads {kv * group}–{(kv + 1) * group - 1}", font=dict(size=12))
-    figure.update_xaxes(title_text=f"query head ({result.n_heads} heads over {result.n_key_value_heads} "
-                                   f"key/value heads, {group} each)")
+        figure.add_annotation(
+            x=kv * group + (group - 1) / 2,
+            y=1,
+            yref="paper",
+            yanchor="bottom",
+            showarrow=False,
+            text=f"kv {kv}: heads {kv * group}–{(kv + 1) * group - 1}",
+            font=dict(size=12),
+        )
+    figure.update_xaxes(
+        title_text=f"query head ({result.n_heads} heads over {result.n_key_value_heads} key/value heads, {group} each)"
+    )
 
 
 _STYLE = """
@@ -135,13 +161,19 @@ def heads_page(result, k: int = 20, plotlyjs: str | bool = True) -> str:
     decimals = norm_decimals([row.norm for row in top])  # one precision down the column
     grouped = result.group_size is not None
     rows = "\n".join(
-        f"<tr><td>{rank}</td><td>{row.label}</td>" + (f"<td>{row.key_value_head}</td>" if grouped else "")
+        f"<tr><td>{rank}</td><td>{row.label}</td>"
+        + (f"<td>{row.key_value_head}</td>" if grouped else "")
         + f"<td>{row.gain:.4f}</td><td>{row.norm:.{decimals}f}</td>"
         f"<td>{row.norm_share:.3f}</td><td>{row.projection_share:.3f}</td><td>{row.layer_attn_gain:.4f}</td></tr>"
-        for rank, row in enumerate(top, start=1))
-    gqa_note = (f" Grouped-query attention: {result.n_heads} query heads read {result.n_key_value_heads} key/value "
-                f"heads, {result.group_size} each (query head <i>h</i> reads key/value head <i>h</i> // "
-                f"{result.group_size}); the map groups them and the table names each one's (kv)." if grouped else "")
+        for rank, row in enumerate(top, start=1)
+    )
+    gqa_note = (
+        f" Grouped-query attention: {result.n_heads} query heads read {result.n_key_value_heads} key/value "
+        f"heads, {result.group_size} each (query head <i>h</i> reads key/value head <i>h</i> // "
+        f"{result.group_size}); the map groups them and the table names each one's (kv)."
+        if grouped
+        else ""
+    )
     name = html.escape(short_name(result.model))
     dropped = f", {dropped_phrase(result.drop_first)}" if result.drop_first else ""
     body = f"""<h1>{name}: per-head gains</h1>
@@ -153,7 +185,8 @@ attention gain (last column) is the norm of all its heads' sum, and heads add up
 layer of blue heads can expand.{gqa_note}</p>
 {f'<p class="meta">{html.escape(result.relative_to())}.</p>' if result.read_at else ""}
 {"".join(figure_div(figure) + chr(10) for figure in figures.values())}<h2>Top {k} heads by gain</h2>
-<table><tr><th>rank</th><th>head</th>{"<th>kv</th>" if grouped else ""}<th>gain</th><th>mean norm</th><th>norm share</th><th>projection share</th>
+<table><tr><th>rank</th><th>head</th>{"<th>kv</th>" if grouped else ""}<th>gain</th><th>mean norm</th>
+<th>norm share</th><th>projection share</th>
 <th>layer attn gain</th></tr>
 {rows}
 </table>"""

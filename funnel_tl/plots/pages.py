@@ -6,8 +6,8 @@ import html
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import plotly.graph_objects as go
 
@@ -16,8 +16,10 @@ from funnel_tl.plots.style import HEIGHT, WIDTH
 from funnel_tl.results.files import write_text_atomic
 from funnel_tl.results.folders import temporary_beside
 
-PNG_HELP = ("PNG skipped: it needs kaleido and Chrome/Chromium (pip install kaleido; apt-get install chromium), "
-            "or open the HTML and use the camera icon")
+PNG_HELP = (
+    "PNG skipped: it needs kaleido and Chrome/Chromium (pip install kaleido; apt-get install chromium), "
+    "or open the HTML and use the camera icon"
+)
 
 
 # ---- output -----------------------------------------------------------------------------------
@@ -26,8 +28,9 @@ PNG_HELP = ("PNG skipped: it needs kaleido and Chrome/Chromium (pip install kale
 PLOTLYJS = "plotly.min.js"
 
 
-def plotlyjs_for(page: str | os.PathLike, self_contained: bool = False,
-                 root: str | os.PathLike | None = None) -> str | bool:
+def plotlyjs_for(
+    page: str | os.PathLike, self_contained: bool = False, root: str | os.PathLike | None = None
+) -> str | bool:
     """What a page at ``page`` should load plotly.js from: True (embed it) or a relative path.
 
     Unless ``self_contained``, ``root/plotly.min.js`` (``root`` defaults to the page's folder;
@@ -59,8 +62,12 @@ def script_tag(plotlyjs: str | bool) -> str:
 
 def figure_div(fig: go.Figure, div_id: str | None = None, config: dict | None = None) -> str:
     """One figure as a <div> for a page whose <head> already loads plotly.js (``script_tag``)."""
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
-                       config={"displaylogo": False, "responsive": True, **(config or {})})
+    return fig.to_html(
+        full_html=False,
+        include_plotlyjs=False,
+        div_id=div_id,
+        config={"displaylogo": False, "responsive": True, **(config or {})},
+    )
 
 
 def page_html(title: str, body: str, plotlyjs: str | bool, style: str = "", body_style: str = "") -> str:
@@ -69,21 +76,32 @@ def page_html(title: str, body: str, plotlyjs: str | bool, style: str = "", body
     ``body_style`` (the body tag's CSS) in its body."""
     css = f"<style>{style}</style>\n" if style else ""
     body_tag = f'<body style="{body_style}">' if body_style else "<body>"
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{html.escape(title, quote=False)}</title>\n{script_tag(plotlyjs)}{css}</head>\n"
-            f"{body_tag}\n{body}\n</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title, quote=False)}</title>\n{script_tag(plotlyjs)}{css}</head>\n"
+        f"{body_tag}\n{body}\n</body>\n</html>\n"
+    )
 
 
-def write_page(path: str | os.PathLike, render: Callable[[str | bool], str], self_contained: bool = False,
-               root: str | os.PathLike | None = None) -> Path:
+def write_page(
+    path: str | os.PathLike,
+    render: Callable[[str | bool], str],
+    self_contained: bool = False,
+    root: str | os.PathLike | None = None,
+) -> Path:
     """Write the page ``render(plotlyjs)`` gives to ``path`` atomically, ``plotlyjs`` from
     ``plotlyjs_for``: a shared ``plotly.min.js`` beside it (or at ``root``), or embedded."""
     path = Path(path)
     return write_text_atomic(path, render(plotlyjs_for(path, self_contained, root)))
 
 
-def write_html(fig: go.Figure, path: str | os.PathLike, title: str | None = None, self_contained: bool = False,
-               root: str | os.PathLike | None = None) -> Path:
+def write_html(
+    fig: go.Figure,
+    path: str | os.PathLike,
+    title: str | None = None,
+    self_contained: bool = False,
+    root: str | os.PathLike | None = None,
+) -> Path:
     """Write ``fig`` as an HTML page that opens with no network.
 
     By default the page loads ``plotly.min.js`` from its folder (or from ``root``, the top of an
@@ -93,9 +111,12 @@ def write_html(fig: go.Figure, path: str | os.PathLike, title: str | None = None
     fixed, so the same figure always gives the same bytes.
     """
     path = Path(path)
-    title = title or (fig.layout.title.text or "funnel_tl figure").split("<br>")[0].replace("<b>", "").replace("</b>", "")
-    config = {"toImageButtonOptions": {"format": "png", "filename": path.stem, "width": WIDTH, "height": HEIGHT,
-                                       "scale": 2}}
+    title = title or (fig.layout.title.text or "funnel_tl figure").split("<br>")[0].replace("<b>", "").replace(
+        "</b>", ""
+    )
+    config = {
+        "toImageButtonOptions": {"format": "png", "filename": path.stem, "width": WIDTH, "height": HEIGHT, "scale": 2}
+    }
     body = figure_div(fig, "funnel-tl-figure", config)
     return write_page(path, lambda plotlyjs: page_html(title, body, plotlyjs), self_contained, root)
 
@@ -119,8 +140,7 @@ def png_missing() -> str | None:
     except ImportError:
         return "kaleido is not installed (pip install kaleido, or pip install 'funnel_tl[png]')"
     if find_chrome() is None:
-        return ("kaleido found no Chrome/Chromium (apt-get install chromium, or set BROWSER_PATH to a "
-                "Chrome executable)")
+        return "kaleido found no Chrome/Chromium (apt-get install chromium, or set BROWSER_PATH to a Chrome executable)"
     return None
 
 
@@ -157,15 +177,19 @@ def write_images(figures: dict, scale: float = 2) -> list[Path] | None:
     """
     reason = png_missing()
     if reason is not None:
-        warnings.warn(f"no image written to {', '.join(str(path) for path in figures)}: {reason}", UserWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"no image written to {', '.join(str(path) for path in figures)}: {reason}", UserWarning, stacklevel=2
+        )
         return None
     import kaleido
 
-    os.environ.setdefault("BROWSER_PATH", find_chrome())  # choreographer (kaleido's browser driver) reads it
-    specs, moves = [], []
-    for path, fig in figures.items():
-        path = Path(path)
+    chrome = find_chrome()
+    assert chrome is not None  # png_missing() said None: there is a Chrome
+    os.environ.setdefault("BROWSER_PATH", chrome)  # choreographer (kaleido's browser driver) reads it
+    specs: list[dict] = []
+    moves: list[tuple[Path, Path]] = []  # (temporary file, final path)
+    for name, fig in figures.items():
+        path = Path(name)
         kind = path.suffix.lower().lstrip(".")
         if kind not in ("png", "svg", "pdf", "jpeg", "jpg", "webp"):
             raise FunnelError(f"cannot write a figure as {path.name}: give a .png, .svg, .pdf, .jpeg or .webp path")
@@ -173,23 +197,33 @@ def write_images(figures: dict, scale: float = 2) -> list[Path] | None:
         descriptor, temporary = temporary_beside(path)  # remove_temporaries finds it if this process is killed
         os.close(descriptor)
         raster = kind in ("png", "jpeg", "jpg", "webp")
-        specs.append(dict(fig=fig.to_dict(), path=Path(temporary), opts=dict(
-            format="jpeg" if kind == "jpg" else kind, width=fig.layout.width or WIDTH,
-            height=fig.layout.height or HEIGHT, scale=scale if raster else 1)))
+        specs.append(
+            dict(
+                fig=fig.to_dict(),
+                path=Path(temporary),
+                opts=dict(
+                    format="jpeg" if kind == "jpg" else kind,
+                    width=fig.layout.width or WIDTH,
+                    height=fig.layout.height or HEIGHT,
+                    scale=scale if raster else 1,
+                ),
+            )
+        )
         moves.append((Path(temporary), path))
     try:
         kaleido.write_fig_from_object_sync(specs, kopts={"mathjax": False})
-        for temporary, path in moves:
-            os.chmod(temporary, 0o644)
-            os.replace(temporary, path)
+        for staged, path in moves:
+            os.chmod(staged, 0o644)
+            os.replace(staged, path)
     finally:
-        for temporary, _ in moves:
-            temporary.unlink(missing_ok=True)
+        for staged, _ in moves:
+            staged.unlink(missing_ok=True)
     return [path for _, path in moves]
 
 
-def write_image(fig: go.Figure, path: str | os.PathLike, width: int | None = None, height: int | None = None,
-                scale: float = 2) -> Path | None:
+def write_image(
+    fig: go.Figure, path: str | os.PathLike, width: int | None = None, height: int | None = None, scale: float = 2
+) -> Path | None:
     """Write ``fig`` as an image, the format by ``path``'s suffix (.png, .svg, .pdf), atomically;
     ``None`` with a ``UserWarning`` saying why when kaleido or Chrome is missing (``png_missing``).
     ``width``/``height`` default to the figure's own (``WIDTH`` × ``HEIGHT`` where it has none).
@@ -202,13 +236,17 @@ def write_image(fig: go.Figure, path: str | os.PathLike, width: int | None = Non
         warnings.warn(f"no image written to {path}: {reason}", UserWarning, stacklevel=2)
         return None
     if width is not None or height is not None:
-        fig = go.Figure(fig).update_layout(width=width or fig.layout.width or WIDTH,
-                                           height=height or fig.layout.height or HEIGHT)
-    return write_images({path: fig}, scale=scale)[0]
+        fig = go.Figure(fig).update_layout(
+            width=width or fig.layout.width or WIDTH, height=height or fig.layout.height or HEIGHT
+        )
+    written = write_images({path: fig}, scale=scale)
+    assert written is not None  # png_missing() said None above
+    return written[0]
 
 
-def write_png(fig: go.Figure, path: str | os.PathLike, width: int = WIDTH, height: int = HEIGHT,
-              scale: float = 2) -> Path | None:
+def write_png(
+    fig: go.Figure, path: str | os.PathLike, width: int = WIDTH, height: int = HEIGHT, scale: float = 2
+) -> Path | None:
     """Write ``fig`` as a PNG through kaleido, atomically; ``None`` when kaleido or Chrome is missing.
 
     When it writes nothing it says why in a ``UserWarning`` (``png_missing()`` gives the same
@@ -220,11 +258,14 @@ def write_png(fig: go.Figure, path: str | os.PathLike, width: int = WIDTH, heigh
     return write_image(fig, path, width=width, height=height, scale=scale)
 
 
-def export_figures(figures: dict[str, go.Figure], folder: str | os.PathLike,
-                   formats: tuple[str, ...] = IMAGE_FORMATS) -> list[Path]:
+def export_figures(
+    figures: dict[str, go.Figure], folder: str | os.PathLike, formats: tuple[str, ...] = IMAGE_FORMATS
+) -> list[Path]:
     """Every figure of a page (``{name: figure}``) as folder/NAME.png, .svg and .pdf (``--png``).
 
     Raises ``FunnelError`` where kaleido or Chrome is missing (``--png`` asked for them).
     """
     require_images()
-    return write_images({Path(folder) / f"{name}.{kind}": fig for name, fig in figures.items() for kind in formats})
+    written = write_images({Path(folder) / f"{name}.{kind}": fig for name, fig in figures.items() for kind in formats})
+    assert written is not None  # require_images() raised where images cannot be written
+    return written

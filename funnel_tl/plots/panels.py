@@ -34,7 +34,8 @@ gain 1 is the middle and bars rise or hang from it. ``log_gains=True``/``False``
 Every function takes a ``GainResult`` and returns a ``go.Figure``; nothing is shown from here.
 A result measured on some layers only (``measure_gains(..., layers=...)``) is drawn at its true
 layer indices; panel 4 covers every measured layer when layer 0 was measured (its resid_pre is the
-denominator; else it says so; the seed's product covers the measured prefix 0..k only), and the subtitle says the Funnel test is not testable.
+denominator; else it says so; the seed's product covers the measured prefix 0..k only), and the
+subtitle says the Funnel test is not testable.
 Error bars and bands are the result's intervals over prompts (``result.with_intervals()``) when it
 carries them. Hovering a point shows its layer, value and interval.
 
@@ -89,8 +90,10 @@ PANEL_TITLES = (
     "The stream's growth: ‖resid_post_L‖ / ‖resid_pre_0‖",
 )
 SEED_PRODUCT_TITLE = "The seed's running product of sublayer gains (attn × MLP)"
-SEED_PRODUCT_NOTE = ("not a norm ratio of any activation: each factor divides by its own input, "
-                     "so the product compounds unrelated denominators")
+SEED_PRODUCT_NOTE = (
+    "not a norm ratio of any activation: each factor divides by its own input, "
+    "so the product compounds unrelated denominators"
+)
 
 
 # ---- panels -----------------------------------------------------------------------------------
@@ -136,17 +139,29 @@ def plot_funnel(result, log_gains: bool | None = None) -> go.Figure:
     """
     # Panel 3 has a second y-axis for the block gain (another denominator: see the module docstring).
     # Wide gaps: panel 3's right axis and panel 4's left axis each carry tick labels and a title.
-    fig = make_subplots(rows=2, cols=2, subplot_titles=PANEL_TITLES, horizontal_spacing=0.17,
-                        vertical_spacing=0.2, specs=[[{}, {}], [{"secondary_y": True}, {}]])
+    fig = make_subplots(
+        rows=2,
+        cols=2,
+        subplot_titles=PANEL_TITLES,
+        horizontal_spacing=0.17,
+        vertical_spacing=0.2,
+        specs=[[{}, {}], [{"secondary_y": True}, {}]],
+    )
     # make_subplots narrows every column for the one secondary axis; give the width back.
     for axis, domain in (("xaxis", [0, 0.415]), ("xaxis2", [0.585, 1]), ("xaxis3", [0, 0.415]), ("xaxis4", [0.585, 1])):
         fig.layout[axis].domain = domain
-    for title, column in zip(fig.layout.annotations, (0, 1, 0, 1)):  # the subplot titles, centred again
+    for title, column in zip(fig.layout.annotations, (0, 1, 0, 1), strict=False):  # the subplot titles, centred again
         title.x = (0.415 / 2, (0.585 + 1) / 2)[column]
     fig.update_layout(height=HEIGHT)
     for index, panel in enumerate((_attention_mlp, _mlp_depth, _net_gain, _cumulative)):
-        panel(fig, result, row=index // 2 + 1, col=index % 2 + 1, legend=legend_name(index),
-              log=True if panel is _cumulative else log_gains)
+        panel(
+            fig,
+            result,
+            row=index // 2 + 1,
+            col=index % 2 + 1,
+            legend=legend_name(index),
+            log=True if panel is _cumulative else log_gains,
+        )
         place_legend(fig, index, row=index // 2 + 1, col=index % 2 + 1)
     finish_figure(fig, result, height=HEIGHT)
     return fig
@@ -176,36 +191,56 @@ def _attention_mlp(fig, result, row, col, legend, log=None):
             fig.add_trace(without, row=row, col=col)
     neutral_line(fig, row, col)
     top = int(layers[np.argmax(result.mlp_gains)])
-    fig.add_vline(x=top, line=dict(color=COLORS["mlp"], dash="dot", width=1.5), row=row, col=col,
-                  annotation=dict(text=f"max MLP L{top}", font=dict(color=COLORS["mlp"], size=13)),
-                  # on the side with more room: the axis spans the measured layers only
-                  annotation_position="top left" if top > (result.layers[0] + result.layers[-1]) / 2 else "top right")
+    fig.add_vline(
+        x=top,
+        line=dict(color=COLORS["mlp"], dash="dot", width=1.5),
+        row=row,
+        col=col,
+        annotation=dict(text=f"max MLP L{top}", font=dict(color=COLORS["mlp"], size=13)),
+        # on the side with more room: the axis spans the measured layers only
+        annotation_position="top left" if top > (result.layers[0] + result.layers[-1]) / 2 else "top right",
+    )
     fig.update_xaxes(title_text="layer", row=row, col=col, **layer_ticks(result.n_layers, result.layers))
-    fig.update_yaxes(title_text="gain  ‖output‖ / ‖input‖" + (" (log)" if log else ""), row=row, col=col,
-                     **gain_axis(log, gain_extent(result, ("attn", "mlp"),
-                                               extra=without_first_values(result, ("attn", "mlp")))))
+    fig.update_yaxes(
+        title_text="gain  ‖output‖ / ‖input‖" + (" (log)" if log else ""),
+        row=row,
+        col=col,
+        **gain_axis(log, gain_extent(result, ("attn", "mlp"), extra=without_first_values(result, ("attn", "mlp")))),
+    )
 
 
 def _mlp_depth(fig, result, row, col, legend, log=None):
     depth = np.linspace(0, 1, result.n_layers)[list(result.layers)]  # the measured layers' depths
     log = log_axis(log, result, ("mlp",), extra=[PYTHIA_1_4B_REFERENCE["mlp_max_gain"]])
-    fig.add_trace(gain_trace(result, "mlp", depth, legend=legend, name=f"{short_label(result.model)} MLP",
-                              x_label="depth"), row=row, col=col)
+    fig.add_trace(
+        gain_trace(result, "mlp", depth, legend=legend, name=f"{short_label(result.model)} MLP", x_label="depth"),
+        row=row,
+        col=col,
+    )
     neutral_line(fig, row, col)
     reference = PYTHIA_1_4B_REFERENCE
     last = reference["n_layers"] - 1
     note = "" if result.definition == "seed" else " (definition=seed)"
-    fig.add_hline(y=reference["mlp_max_gain"], line=dict(color=COLORS["reference"], dash="dot", width=1.5),
-                  row=row, col=col)
-    fig.add_trace(go.Scatter(
-        x=[1.0], y=[reference["mlp_max_gain"]], mode="markers", legend=legend,
-        marker=dict(symbol="star", size=13, color=COLORS["reference"], line=dict(color="white", width=1)),
-        name=f"Pythia-1.4B max MLP {reference['mlp_max_gain']:.2f} (L{last}){note}",
-        hovertemplate=f"Pythia-1.4B L{last} (depth 1.00)<br>MLP gain {reference['mlp_max_gain']:.3f}"
-                      f"{note}<extra></extra>",
-    ), row=row, col=col)
-    fig.update_xaxes(title_text="normalized layer position (0 = first, 1 = last)", range=[-0.03, 1.05],
-                     row=row, col=col)
+    fig.add_hline(
+        y=reference["mlp_max_gain"], line=dict(color=COLORS["reference"], dash="dot", width=1.5), row=row, col=col
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[1.0],
+            y=[reference["mlp_max_gain"]],
+            mode="markers",
+            legend=legend,
+            marker=dict(symbol="star", size=13, color=COLORS["reference"], line=dict(color="white", width=1)),
+            name=f"Pythia-1.4B max MLP {reference['mlp_max_gain']:.2f} (L{last}){note}",
+            hovertemplate=f"Pythia-1.4B L{last} (depth 1.00)<br>MLP gain {reference['mlp_max_gain']:.3f}"
+            f"{note}<extra></extra>",
+        ),
+        row=row,
+        col=col,
+    )
+    fig.update_xaxes(
+        title_text="normalized layer position (0 = first, 1 = last)", range=[-0.03, 1.05], row=row, col=col
+    )
     extent = gain_extent(result, ("mlp",), extra=[PYTHIA_1_4B_REFERENCE["mlp_max_gain"]])
     fig.update_yaxes(title_text="MLP gain" + (" (log)" if log else ""), row=row, col=col, **gain_axis(log, extent))
 
@@ -217,7 +252,9 @@ def _net_gain(fig, result, row, col, legend, log=None):
     log = log_axis(log, result, ("combined",))
     expanding = gains >= 1  # the seed's colouring: by the point estimate
     # Hatched: the interval straddles 1, so the robust verdict counts the layer as neither.
-    undetermined = (intervals[:, 0] <= 1) & (intervals[:, 1] >= 1) if intervals is not None else np.zeros_like(expanding)
+    undetermined = (
+        (intervals[:, 0] <= 1) & (intervals[:, 1] >= 1) if intervals is not None else np.zeros_like(expanding)
+    )
     for kind, chosen in (("contracting", ~expanding), ("expanding", expanding)):
         if not chosen.any():
             continue
@@ -227,23 +264,41 @@ def _net_gain(fig, result, row, col, legend, log=None):
         chosen_intervals = intervals[chosen] if intervals is not None else None
         # A log axis has no zero: its bars span from the neutral gain 1 to the gain.
         height = dict(base=1, y=gains[chosen] - 1) if log else dict(y=gains[chosen])
-        fig.add_trace(go.Bar(
-            # Without a width Plotly sizes bars by the smallest gap between their x values: two
-            # expanding layers 11 apart drew bars 11 layers wide.
-            x=layers[chosen], **height, width=BAR_WIDTH, name=f"attn × MLP {kind}", legend=legend, legendgroup=kind,
-            showlegend=False,
-            marker=dict(**marker, pattern=dict(shape=np.where(undetermined[chosen], "/", "").tolist(),
-                                               fgcolor="white", size=6)),
-            **error_bars(gains[chosen], chosen_intervals, COLORS[f"{kind} edge"]),
-            **hover_template(result, "combined", layers[chosen], gains[chosen], chosen_intervals),
-        ), row=row, col=col)
+        fig.add_trace(
+            go.Bar(
+                # Without a width Plotly sizes bars by the smallest gap between their x values: two
+                # expanding layers 11 apart drew bars 11 layers wide.
+                x=layers[chosen],
+                **height,
+                width=BAR_WIDTH,
+                name=f"attn × MLP {kind}",
+                legend=legend,
+                legendgroup=kind,
+                showlegend=False,
+                marker=dict(
+                    **marker,
+                    pattern=dict(shape=np.where(undetermined[chosen], "/", "").tolist(), fgcolor="white", size=6),
+                ),
+                **error_bars(gains[chosen], chosen_intervals, COLORS[f"{kind} edge"]),
+                **hover_template(result, "combined", layers[chosen], gains[chosen], chosen_intervals),
+            ),
+            row=row,
+            col=col,
+        )
     if undetermined.any():
-        legend_entry(fig, "hatched: interval crosses 1", dict(color="#bbbbbb", pattern=dict(shape="/", fgcolor="white", size=6)),
-                      legend, row, col)
+        legend_entry(
+            fig,
+            "hatched: interval crosses 1",
+            dict(color="#bbbbbb", pattern=dict(shape="/", fgcolor="white", size=6)),
+            legend,
+            row,
+            col,
+        )
     # The block gain reads the residual stream, the bars (seed definition) the LayerNorm outputs:
     # its own axis, so that neither sets the other's range.
-    block = gain_trace(result, "block", layers, legend=legend, symbol="diamond",
-                        name="block ‖resid_post‖ / ‖resid_pre‖ (right axis)")
+    block = gain_trace(
+        result, "block", layers, legend=legend, symbol="diamond", name="block ‖resid_post‖ / ‖resid_pre‖ (right axis)"
+    )
     block.line.update(dash="dot", width=1.5)  # thin and dotted: the bars stay the panel's subject
     fig.add_trace(block, row=row, col=col, secondary_y=True)
     neutral_line(fig, row, col, width=2)
@@ -251,10 +306,18 @@ def _net_gain(fig, result, row, col, legend, log=None):
     for index in labelled_trace(gains, expanding, layers=layers, spacing=spacing):  # positions in the measured layers
         top = max(gains[index], intervals[index, 1] if intervals is not None else gains[index])
         # Annotations on a log axis are placed in log10 units.
-        fig.add_annotation(x=layers[index], y=math.log10(top) if log else top,
-                           text=f"L{layers[index]}<br>{compact(gains[index])}",
-                           showarrow=False, yanchor="bottom", yshift=3, bgcolor="rgba(255, 255, 255, 0.75)",
-                           font=dict(size=12, color=COLORS["expanding edge"]), row=row, col=col)
+        fig.add_annotation(
+            x=layers[index],
+            y=math.log10(top) if log else top,
+            text=f"L{layers[index]}<br>{compact(gains[index])}",
+            showarrow=False,
+            yanchor="bottom",
+            yshift=3,
+            bgcolor="rgba(255, 255, 255, 0.75)",
+            font=dict(size=12, color=COLORS["expanding edge"]),
+            row=row,
+            col=col,
+        )
     # Room above the tallest bar or error bar for the labels.
     low, high = gain_extent(result, ("combined",))
     if log:
@@ -264,16 +327,30 @@ def _net_gain(fig, result, row, col, legend, log=None):
         span = [0, 1.15 * high]
     fig.update_xaxes(title_text="layer", row=row, col=col, **layer_ticks(result.n_layers, result.layers))
     denominators = denominators_of(result)
-    fig.update_yaxes(title_text=f"attn × MLP gain (÷ {denominators})" + (" (log)" if log else ""), range=span,
-                     row=row, col=col, secondary_y=False, **gain_axis(log, (low, high), autorange=False))
+    fig.update_yaxes(
+        title_text=f"attn × MLP gain (÷ {denominators})" + (" (log)" if log else ""),
+        range=span,
+        row=row,
+        col=col,
+        secondary_y=False,
+        **gain_axis(log, (low, high), autorange=False),
+    )
     # The block axis is logarithmic and placed so that its 1 sits level with the bars' 1: the one
     # dashed neutral line then serves both axes.
     neutral_at = (1 - span[0]) / (span[1] - span[0]) if not log else -span[0] / (span[1] - span[0])
     block_low, block_high = gain_extent(result, ("block",))
-    fig.update_yaxes(title_text="block gain (log)", row=row, col=col, secondary_y=True,
-                     showgrid=False, zeroline=False, type="log", exponentformat="power",
-                     range=aligned_log_range(block_low, block_high, neutral_at),
-                     **log_ticks(block_low, block_high))
+    fig.update_yaxes(
+        title_text="block gain (log)",
+        row=row,
+        col=col,
+        secondary_y=True,
+        showgrid=False,
+        zeroline=False,
+        type="log",
+        exponentformat="power",
+        range=aligned_log_range(block_low, block_high, neutral_at),
+        **log_ticks(block_low, block_high),
+    )
 
 
 def _cumulative(fig, result, row, col, legend, log=True):
@@ -292,47 +369,104 @@ def _cumulative(fig, result, row, col, legend, log=True):
         intervals = version.block_cumulative_intervals
         x, shown, intervals, hovered = broken_at_gaps(layers, layers, growth, intervals)
         if intervals is not None and dash == "solid":
-            fig.add_trace(go.Scatter(x=x, y=intervals[:, 1], mode="lines", line=dict(width=0), showlegend=False,
-                                     hoverinfo="skip", legend=legend), row=row, col=col)
-            fig.add_trace(go.Scatter(x=x, y=intervals[:, 0], mode="lines", line=dict(width=0), fill="tonexty",
-                                     fillcolor="rgba(0, 114, 178, 0.2)", hoverinfo="skip", legend=legend,
-                                     name=f"{100 * result.intervals.confidence:g}% interval"), row=row, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=intervals[:, 1],
+                    mode="lines",
+                    line=dict(width=0),
+                    showlegend=False,
+                    hoverinfo="skip",
+                    legend=legend,
+                ),
+                row=row,
+                col=col,
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=intervals[:, 0],
+                    mode="lines",
+                    line=dict(width=0),
+                    fill="tonexty",
+                    fillcolor="rgba(0, 114, 178, 0.2)",
+                    hoverinfo="skip",
+                    legend=legend,
+                    name=f"{100 * result.intervals.confidence:g}% interval",
+                ),
+                row=row,
+                col=col,
+            )
             values.append(intervals.ravel())
         customdata = np.column_stack([hovered, shown] + ([intervals] if intervals is not None else []))
-        interval_text = (f"<br>{100 * result.intervals.confidence:g}% interval [%{{customdata[2]:.4g}}, "
-                         "%{customdata[3]:.4g}]" if intervals is not None else "")
-        fig.add_trace(go.Scatter(
-            x=x, y=shown, mode="lines+markers", name="stream growth" if dash == "solid" else label, legend=legend,
-            line=dict(color=COLORS["attn"], width=2.5 if dash == "solid" else 2, dash=dash), marker=dict(size=4),
-            customdata=customdata,
-            hovertemplate=("after L%{customdata[0]}<br>‖resid_post‖ / ‖resid_pre_0‖ x%{customdata[1]:.4g}"
-                           f" ({label}){interval_text}<extra></extra>"),
-        ), row=row, col=col)
+        interval_text = (
+            f"<br>{100 * result.intervals.confidence:g}% interval [%{{customdata[2]:.4g}}, %{{customdata[3]:.4g}}]"
+            if intervals is not None
+            else ""
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=shown,
+                mode="lines+markers",
+                name="stream growth" if dash == "solid" else label,
+                legend=legend,
+                line=dict(color=COLORS["attn"], width=2.5 if dash == "solid" else 2, dash=dash),
+                marker=dict(size=4),
+                customdata=customdata,
+                hovertemplate=(
+                    "after L%{customdata[0]}<br>‖resid_post‖ / ‖resid_pre_0‖ x%{customdata[1]:.4g}"
+                    f" ({label}){interval_text}<extra></extra>"
+                ),
+            ),
+            row=row,
+            col=col,
+        )
         values.append(growth)
     neutral_line(fig, row, col)
     growth = result.block_cumulative_gains
     end = "output" if layers[-1] == result.n_layers - 1 else "last measured"
-    fig.add_trace(go.Scatter(
-        x=[layers[-1]], y=[growth[-1]], mode="markers", legend=legend,
-        name=f"{end} L{layers[-1]}: x{growth[-1]:.3g}",
-        marker=dict(size=13, color=COLORS["output"], symbol="square", line=dict(color="white", width=1.5)),
-        hovertemplate=f"{end}: L{layers[-1]}<br>the stream is x{growth[-1]:.4g} its input's norm<extra></extra>",
-    ), row=row, col=col)
+    fig.add_trace(
+        go.Scatter(
+            x=[layers[-1]],
+            y=[growth[-1]],
+            mode="markers",
+            legend=legend,
+            name=f"{end} L{layers[-1]}: x{growth[-1]:.3g}",
+            marker=dict(size=13, color=COLORS["output"], symbol="square", line=dict(color="white", width=1.5)),
+            hovertemplate=f"{end}: L{layers[-1]}<br>the stream is x{growth[-1]:.4g} its input's norm<extra></extra>",
+        ),
+        row=row,
+        col=col,
+    )
     fig.update_xaxes(title_text="layer", row=row, col=col, **layer_ticks(result.n_layers, layers))
     values = np.concatenate(values)
     values = values[np.isfinite(values) & (values > 0)]
-    fig.update_yaxes(title_text="stream norm / input norm (log)", type="log", exponentformat="power",
-                     row=row, col=col, **log_ticks(values.min(), values.max()))
+    fig.update_yaxes(
+        title_text="stream norm / input norm (log)",
+        type="log",
+        exponentformat="power",
+        row=row,
+        col=col,
+        **log_ticks(values.min(), values.max()),
+    )
 
 
 def _not_drawn(fig, result, row, col, legend, why: str) -> None:
-    fig.add_annotation(text=f"not drawn: layer 0 was not measured (layers {result.layer_spans}),<br>and {why}",
-                       showarrow=False, x=0.5, y=0.5, xref="x domain", yref="y domain",
-                       font=dict(size=15, color=COLORS["neutral"]), row=row, col=col)
+    fig.add_annotation(
+        text=f"not drawn: layer 0 was not measured (layers {result.layer_spans}),<br>and {why}",
+        showarrow=False,
+        x=0.5,
+        y=0.5,
+        xref="x domain",
+        yref="y domain",
+        font=dict(size=15, color=COLORS["neutral"]),
+        row=row,
+        col=col,
+    )
     # An empty trace makes Plotly lay out the panel (a subplot without traces is not drawn, nor
     # its annotation); its axes stay, bare.
-    fig.add_trace(go.Scatter(x=[None], y=[None], showlegend=False, hoverinfo="skip", legend=legend),
-                  row=row, col=col)
+    fig.add_trace(go.Scatter(x=[None], y=[None], showlegend=False, hoverinfo="skip", legend=legend), row=row, col=col)
     for update in (fig.update_xaxes, fig.update_yaxes):
         update(showticklabels=False, showgrid=False, zeroline=False, range=[0, 1], row=row, col=col)
 
@@ -347,17 +481,48 @@ def _seed_product(fig, result, row, col, legend, log=True):
         _not_drawn(fig, result, row, col, legend, "the product runs from layer 0")
         return
     if intervals is not None:
-        fig.add_trace(go.Scatter(x=layers, y=intervals[:, 1], mode="lines", line=dict(width=0),
-                                 showlegend=False, hoverinfo="skip", legend=legend), row=row, col=col)
-        fig.add_trace(go.Scatter(x=layers, y=intervals[:, 0], mode="lines", line=dict(width=0),
-                                 fill="tonexty", fillcolor="rgba(31, 119, 180, 0.2)", hoverinfo="skip",
-                                 name=f"{100 * result.intervals.confidence:g}% interval", legend=legend),
-                      row=row, col=col)
-    fig.add_trace(go.Scatter(
-        x=layers, y=cumulative, mode="lines+markers", name="the seed's cumulative attn × MLP gain", legend=legend,
-        line=dict(color=COLORS["attn"], width=2.5), marker=dict(size=4),
-        **hover_template(result, "cumulative", layers, cumulative, intervals),
-    ), row=row, col=col)
+        fig.add_trace(
+            go.Scatter(
+                x=layers,
+                y=intervals[:, 1],
+                mode="lines",
+                line=dict(width=0),
+                showlegend=False,
+                hoverinfo="skip",
+                legend=legend,
+            ),
+            row=row,
+            col=col,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=layers,
+                y=intervals[:, 0],
+                mode="lines",
+                line=dict(width=0),
+                fill="tonexty",
+                fillcolor="rgba(31, 119, 180, 0.2)",
+                hoverinfo="skip",
+                name=f"{100 * result.intervals.confidence:g}% interval",
+                legend=legend,
+            ),
+            row=row,
+            col=col,
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=layers,
+            y=cumulative,
+            mode="lines+markers",
+            name="the seed's cumulative attn × MLP gain",
+            legend=legend,
+            line=dict(color=COLORS["attn"], width=2.5),
+            marker=dict(size=4),
+            **hover_template(result, "cumulative", layers, cumulative, intervals),
+        ),
+        row=row,
+        col=col,
+    )
     neutral_line(fig, row, col)
     # Positions in the prefix, which are its layers' indices too (it starts at 0).
     bottleneck, output = int(np.argmin(cumulative)), len(layers) - 1
@@ -371,14 +536,31 @@ def _seed_product(fig, result, row, col, legend, log=True):
     elif len(layers) > 1:
         legend_entry(fig, "no bottleneck (lowest at L0)", dict(color="rgba(0,0,0,0)"), legend, row, col)
     for layer, label, color, symbol in markers:
-        fig.add_trace(go.Scatter(
-            x=[layer], y=[cumulative[layer]], mode="markers", legend=legend,
-            name=f"{label} (L{layer}: {cumulative[layer]:.2g})",
-            marker=dict(size=13, color=color, symbol=symbol, line=dict(color="white", width=1.5)),
-            hovertemplate=f"{label}: L{layer}<br>cumulative gain {cumulative[layer]:.4g}<extra></extra>",
-        ), row=row, col=col)
-    fig.update_xaxes(title_text="layer" if end == "output" else f"layer (measured prefix 0-{output} of {result.n_layers})",
-                     row=row, col=col, **layer_ticks(result.n_layers, layers))
+        fig.add_trace(
+            go.Scatter(
+                x=[layer],
+                y=[cumulative[layer]],
+                mode="markers",
+                legend=legend,
+                name=f"{label} (L{layer}: {cumulative[layer]:.2g})",
+                marker=dict(size=13, color=color, symbol=symbol, line=dict(color="white", width=1.5)),
+                hovertemplate=f"{label}: L{layer}<br>cumulative gain {cumulative[layer]:.4g}<extra></extra>",
+            ),
+            row=row,
+            col=col,
+        )
+    fig.update_xaxes(
+        title_text="layer" if end == "output" else f"layer (measured prefix 0-{output} of {result.n_layers})",
+        row=row,
+        col=col,
+        **layer_ticks(result.n_layers, layers),
+    )
     values = np.concatenate([cumulative, [1.0]] + ([intervals.ravel()] if intervals is not None else []))
-    fig.update_yaxes(title_text="product of the gains to the layer", type="log",
-                     exponentformat="power", row=row, col=col, **log_ticks(values.min(), values.max()))
+    fig.update_yaxes(
+        title_text="product of the gains to the layer",
+        type="log",
+        exponentformat="power",
+        row=row,
+        col=col,
+        **log_ticks(values.min(), values.max()),
+    )

@@ -16,14 +16,14 @@ from funnel_tl.results.folders import short_name
 # The seed's blue/red become blue/vermillion; its green/purple bars orange/sky blue.
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#56B4E9", "#CC79A7", "#F0E442", "#000000")
 COLORS = {
-    "attn": "#0072B2",          # blue
-    "mlp": "#D55E00",           # vermillion
+    "attn": "#0072B2",  # blue
+    "mlp": "#D55E00",  # vermillion
     "block": "#3a3a3a",
-    "expanding": "#E69F00",     # orange: expands (as red does on the diverging heatmaps)
-    "contracting": "#56B4E9",   # sky blue: contracts
+    "expanding": "#E69F00",  # orange: expands (as red does on the diverging heatmaps)
+    "contracting": "#56B4E9",  # sky blue: contracts
     "expanding edge": "#7a4f00",  # their error bars, darker: apart from the block gain's
     "contracting edge": "#1f5f82",
-    "reference": "#009E73",     # bluish green: Pythia-1.4B's reference
+    "reference": "#009E73",  # bluish green: Pythia-1.4B's reference
     "neutral": "#7f7f7f",
     "bottleneck": "#D55E00",
     "output": "#009E73",
@@ -69,8 +69,13 @@ def gain_trace(result, component, x, legend, name=None, symbol="circle", x_label
     extra = [(label, broken_at_gaps(np.asarray(result.layers), values, values, None)[1]) for label, values in extra]
     color = COLORS[component]
     return go.Scatter(
-        x=x, y=gains, mode="lines+markers", name=name or f"{NAMES[component]} gain", legend=legend,
-        line=dict(color=color, width=2), marker=dict(size=6, color=color, symbol=symbol),
+        x=x,
+        y=gains,
+        mode="lines+markers",
+        name=name or f"{NAMES[component]} gain",
+        legend=legend,
+        line=dict(color=color, width=2),
+        marker=dict(size=6, color=color, symbol=symbol),
         hoveron="points",
         **error_bars(gains, intervals, color),
         **hover_template(result, component, layers, gains, intervals, x_label=x_label, extra=extra),
@@ -106,11 +111,16 @@ def without_first_trace(result, component, layers, legend):
     x, values, _, hovered = broken_at_gaps(layers, layers, without, None)
     color = COLORS[component]
     return go.Scatter(
-        x=x, y=values, mode="lines+markers", name=f"{NAMES[component]} gain without position 0", legend=legend,
-        line=dict(color=color, width=1.5, dash="dash"), marker=dict(size=5, color=color, symbol="circle-open"),
+        x=x,
+        y=values,
+        mode="lines+markers",
+        name=f"{NAMES[component]} gain without position 0",
+        legend=legend,
+        line=dict(color=color, width=1.5, dash="dash"),
+        marker=dict(size=5, color=color, symbol="circle-open"),
         customdata=np.column_stack([hovered, values]),
         hovertemplate=f"L%{{customdata[0]}}<br>{NAMES[component]} gain without position 0 "
-                      "%{customdata[1]:.4g}<extra></extra>",
+        "%{customdata[1]:.4g}<extra></extra>",
     )
 
 
@@ -135,8 +145,17 @@ def broken_at_gaps(layers, x, values, intervals):
 def error_bars(values, intervals, color) -> dict:
     if intervals is None:
         return {}
-    return {"error_y": dict(type="data", symmetric=False, array=intervals[:, 1] - values,
-                            arrayminus=values - intervals[:, 0], color=color, thickness=1.2, width=3)}
+    return {
+        "error_y": dict(
+            type="data",
+            symmetric=False,
+            array=intervals[:, 1] - values,
+            arrayminus=values - intervals[:, 0],
+            color=color,
+            thickness=1.2,
+            width=3,
+        )
+    }
 
 
 def hover_template(result, component, layers, values, intervals, x_label="layer", extra=()) -> dict:
@@ -167,9 +186,9 @@ def gain_extent(result, components, extra=()) -> tuple[float, float]:
         intervals = intervals_of(result, component)
         if intervals is not None:
             values.append(intervals.ravel())
-    values = np.concatenate(values)
-    positive = values[values > 0]
-    return float(positive.min()), float(values.max())
+    pooled = np.concatenate(values)
+    positive = pooled[pooled > 0]
+    return float(positive.min()), float(pooled.max())
 
 
 def log_axis(log: bool | None, result, components, extra=()) -> bool:
@@ -206,7 +225,7 @@ def one_two_five(first: int, last: int, steps=(1, 2, 5)) -> list[float]:
     >>> one_two_five(-1, 0)
     [0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
     """
-    return [m * 10.0 ** k for k in range(first, last + 1) for m in steps]
+    return [m * 10.0**k for k in range(first, last + 1) for m in steps]
 
 
 # ---- log colour scales (heatmaps of gains) ------------------------------------------------------
@@ -252,8 +271,11 @@ def aligned_log_range(low: float, high: float, neutral_at: float) -> list[float]
 
 def legend_entry(fig, name, marker, legend, row, col, group=None):
     """A legend item that draws nothing (an empty bar), for a key no real trace can show."""
-    fig.add_trace(go.Bar(x=[None], y=[None], name=name, marker=marker, legend=legend, legendgroup=group,
-                         hoverinfo="skip"), row=row, col=col)
+    fig.add_trace(
+        go.Bar(x=[None], y=[None], name=name, marker=marker, legend=legend, legendgroup=group, hoverinfo="skip"),
+        row=row,
+        col=col,
+    )
 
 
 def neutral_line(fig, row, col, width=1.2):
@@ -305,7 +327,8 @@ def denominators_of(result) -> str:
     if result.definition != "seed" or reads.get("block_shape") == "post-norm":
         return "residual stream"
     kind = {"RMS": "RMSNorm", "RMSPre": "RMSNorm", "LN": "LayerNorm", "LNPre": "LayerNorm"}.get(
-        result.provenance.get("normalization"), "norm")
+        result.provenance.get("normalization"), "norm"
+    )
     return f"{kind} outputs"
 
 
@@ -333,29 +356,48 @@ def place_legend(fig, index: int, single: bool = False, row: int = 1, col: int =
     # A right-column legend grows leftwards from the panel's right edge: growing rightwards past
     # the figure, it would make Plotly widen the margin and shrink every panel.
     right = not single and col == 2
-    fig.update_layout({legend_name(0 if single else index): dict(
-        orientation="h", x=x1 if right else x0, y=y0 - LEGEND_DROP_PX / plot_height,
-        xanchor="right" if right else "left", yanchor="top",
-        xref="paper", yref="paper", font=dict(size=13), traceorder="normal",
-    )})
+    fig.update_layout(
+        {
+            legend_name(0 if single else index): dict(
+                orientation="h",
+                x=x1 if right else x0,
+                y=y0 - LEGEND_DROP_PX / plot_height,
+                xanchor="right" if right else "left",
+                yanchor="top",
+                xref="paper",
+                yref="paper",
+                font=dict(size=13),
+                traceorder="normal",
+            )
+        }
+    )
 
 
 def finish_figure(fig, result, height: int, heading: str = "attention, MLP and block gain per layer") -> None:
     intervals = getattr(result, "intervals", None)
-    uncertainty = (f"error bars: {intervals.describe()}" if intervals is not None
-                   else "no intervals (bootstrap skipped)")
+    uncertainty = f"error bars: {intervals.describe()}" if intervals is not None else "no intervals (bootstrap skipped)"
     dropped = f" · {dropped_phrase(result.drop_first)}" if result.drop_first else ""
 
     why_not = not_testable(result)
     if why_not:  # what the panels hold, and the verdict's place in the analysis
-        dropped += f" · layers {result.layer_spans} of {result.n_layers} (Funnel test not testable: it needs every layer)"
+        dropped += (
+            f" · layers {result.layer_spans} of {result.n_layers} (Funnel test not testable: it needs every layer)"
+        )
     fig.update_layout(
-        template="plotly_white", height=height, barmode="overlay", hovermode="closest",
-        title=dict(text=f"<b>{html.escape(short_name(result.model))}</b>: {heading}<br>"
-                        f"<sup>definition={result.definition} · {result.n_prompts} prompts, "
-                        f"{int(result.n_tokens.sum())} tokens{dropped} · {uncertainty}</sup>",
-                   x=0.5, xanchor="center", font=dict(size=20)),
-        margin=MARGIN, font=dict(size=15),
+        template="plotly_white",
+        height=height,
+        barmode="overlay",
+        hovermode="closest",
+        title=dict(
+            text=f"<b>{html.escape(short_name(result.model))}</b>: {heading}<br>"
+            f"<sup>definition={result.definition} · {result.n_prompts} prompts, "
+            f"{int(result.n_tokens.sum())} tokens{dropped} · {uncertainty}</sup>",
+            x=0.5,
+            xanchor="center",
+            font=dict(size=20),
+        ),
+        margin=MARGIN,
+        font=dict(size=15),
     )
 
 

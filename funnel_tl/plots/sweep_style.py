@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import plotly.colors
@@ -45,6 +45,7 @@ def normalized_depth(n_layers: int) -> np.ndarray:
 def short_labels(rows) -> dict[str, str]:
     """Legend names: a hub name without its organisation, a local folder by its last part —
     unless two models would then share a name, in which case the full labels stay."""
+
     def short(label: str) -> str:
         name, at, step = label.partition("@")
         name = name.rstrip("/" + os.sep)
@@ -74,8 +75,10 @@ def viridis(fractions) -> list[str]:
 
 
 # Viridis up to 0.9, as a colour scale for a colour bar (a step or a depth mapped to 0 … 1).
-SEQUENTIAL = [[i / 9, color] for i, color in enumerate(plotly.colors.sample_colorscale(
-    "Viridis", [0.9 * i / 9 for i in range(10)]))]
+SEQUENTIAL = [
+    [i / 9, color]
+    for i, color in enumerate(plotly.colors.sample_colorscale("Viridis", [0.9 * i / 9 for i in range(10)]))
+]
 
 
 def subtitle(comparison) -> str:
@@ -142,7 +145,7 @@ def step_scale(steps) -> tuple[Callable[[int], float], dict]:
     scale = (lambda v: math.log10(v)) if log else (lambda v: float(v))
     low, high = scale(min(x)), scale(max(x))
     span = (high - low) or 1.0
-    position = dict(zip(steps, x))
+    position = dict(zip(steps, x, strict=True))
 
     def fraction(step: int) -> float:
         return (scale(position[int(step)]) - low) / span
@@ -171,8 +174,18 @@ def bar_size(height: int) -> dict:
 
 def colorbar_carrier(figure: go.Figure, coloraxis: str, row: int = 1, col: int = 1) -> None:
     """An invisible trace on ``coloraxis``, so its colour bar shows whatever traces are hidden."""
-    figure.add_trace(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
-                                marker=dict(color=[0.0], coloraxis=coloraxis)), row=row, col=col)
+    figure.add_trace(
+        go.Scatter(
+            x=[None],
+            y=[None],
+            mode="markers",
+            showlegend=False,
+            hoverinfo="skip",
+            marker=dict(color=[0.0], coloraxis=coloraxis),
+        ),
+        row=row,
+        col=col,
+    )
 
 
 def neutral_lines(figure: go.Figure, n_rows: int, n_cols: int) -> None:
@@ -184,12 +197,29 @@ def neutral_lines(figure: go.Figure, n_rows: int, n_cols: int) -> None:
 
 def show_all_button(figure: go.Figure, hidden: list[int], n_rows: int, what: str = "checkpoint") -> None:
     """A toggle that shows (and hides again) the checkpoints (or models) an overlay leaves out."""
-    figure.update_layout(updatemenus=[dict(
-        type="buttons", direction="left", x=1.0, xanchor="right", y=1.0, yanchor="bottom", pad=dict(b=26),
-        showactive=True, font=dict(size=11),
-        buttons=[dict(label=f"show every {what} ({n_rows})", method="restyle",
-                      args=[{"visible": True}, hidden], args2=[{"visible": False}, hidden])],
-    )])
+    figure.update_layout(
+        updatemenus=[
+            dict(
+                type="buttons",
+                direction="left",
+                x=1.0,
+                xanchor="right",
+                y=1.0,
+                yanchor="bottom",
+                pad=dict(b=26),
+                showactive=True,
+                font=dict(size=11),
+                buttons=[
+                    dict(
+                        label=f"show every {what} ({n_rows})",
+                        method="restyle",
+                        args=[{"visible": True}, hidden],
+                        args2=[{"visible": False}, hidden],
+                    )
+                ],
+            )
+        ]
+    )
 
 
 # A figure of one row of panels per model: each this tall, this far apart (pixels).
@@ -205,13 +235,16 @@ def rows_layout(n_rows: int, top: int = 110, bottom: int = 70) -> tuple[int, flo
 
 def what_is_compared(rows) -> str:
     """What a sweep's rows are: "checkpoints" when they are all training steps of one model."""
-    return "checkpoints" if rows and all(row.step is not None for row in rows) and len({row.base for row in rows}) == 1 \
+    return (
+        "checkpoints"
+        if rows and all(row.step is not None for row in rows) and len({row.base for row in rows}) == 1
         else "models"
+    )
 
 
 def sweep_extent(comparison, rows, components) -> tuple[float, float]:
     """Smallest and largest gain (interval ends included, and 1) the given panels draw."""
-    lows, highs = zip(*(result_extent(comparison.results[row.model], components) for row in rows))
+    lows, highs = zip(*(result_extent(comparison.results[row.model], components) for row in rows), strict=True)
     return min(lows), max(highs)
 
 

@@ -1,4 +1,5 @@
-"""Prompts: the bundled sets, files and datasets read lazily, tokenized by the model's own tokenizer into padded batches.
+"""Prompts: the bundled sets, files and datasets read lazily, tokenized by the model's own tokenizer
+into padded batches.
 
 Every name below is imported from its module on first use (PEP 562), so importing the
 subpackage imports no torch.
@@ -9,25 +10,62 @@ from typing import TYPE_CHECKING
 
 # Each public name and the module it lives in.
 _EXPORTS = {
-    "SEED_PROMPTS": "sets", "PROMPT_SETS": "sets", "PROMPT_SET_DIR": "sets", "FILE_FORMATS": "sets",
-    "WHAT_TO_PASS": "sets", "load_prompts": "sets", "iter_prompts": "sets", "iter_prompt_file": "sets",
-    "check_unicode": "sets", "prompts_sha256": "sets",
-    "dropped_phrase": "tokens", "check_drop_first": "tokens", "check_tokens_left": "tokens", "pad_token_id": "tokens",
-    "tokenize": "tokens", "truncation_limit": "tokens", "truncation_record": "tokens", "Batch": "tokens",
-    "make_batches": "tokens", "padding_fraction": "tokens",
-    "DATASET_BUILDERS": "sources", "read_prompts": "sources", "stream_prompts": "sources",
-    "HELDOUT_THRESHOLD": "corpus", "is_heldout": "corpus", "documents": "corpus",
+    "SEED_PROMPTS": "sets",
+    "PROMPT_SETS": "sets",
+    "PROMPT_SET_DIR": "sets",
+    "FILE_FORMATS": "sets",
+    "WHAT_TO_PASS": "sets",
+    "load_prompts": "sets",
+    "iter_prompts": "sets",
+    "iter_prompt_file": "sets",
+    "check_unicode": "sets",
+    "prompts_sha256": "sets",
+    "dropped_phrase": "tokens",
+    "check_drop_first": "tokens",
+    "check_tokens_left": "tokens",
+    "pad_token_id": "tokens",
+    "tokenize": "tokens",
+    "truncation_limit": "tokens",
+    "truncation_record": "tokens",
+    "Batch": "tokens",
+    "make_batches": "tokens",
+    "padding_fraction": "tokens",
+    "DATASET_BUILDERS": "sources",
+    "read_prompts": "sources",
+    "stream_prompts": "sources",
+    "HELDOUT_THRESHOLD": "corpus",
+    "is_heldout": "corpus",
+    "documents": "corpus",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from funnel_tl.prompts.sets import (SEED_PROMPTS, PROMPT_SETS, PROMPT_SET_DIR, FILE_FORMATS, WHAT_TO_PASS,
-                                        load_prompts, iter_prompts, iter_prompt_file, check_unicode, prompts_sha256)
-    from funnel_tl.prompts.tokens import (dropped_phrase, check_drop_first, check_tokens_left, pad_token_id,
-                                          tokenize, truncation_limit, truncation_record, Batch, make_batches,
-                                          padding_fraction)
-    from funnel_tl.prompts.sources import (DATASET_BUILDERS, read_prompts, stream_prompts)
-    from funnel_tl.prompts.corpus import (HELDOUT_THRESHOLD, is_heldout, documents)
+    from funnel_tl.prompts.corpus import HELDOUT_THRESHOLD, documents, is_heldout
+    from funnel_tl.prompts.sets import (
+        FILE_FORMATS,
+        PROMPT_SET_DIR,
+        PROMPT_SETS,
+        SEED_PROMPTS,
+        WHAT_TO_PASS,
+        check_unicode,
+        iter_prompt_file,
+        iter_prompts,
+        load_prompts,
+        prompts_sha256,
+    )
+    from funnel_tl.prompts.sources import DATASET_BUILDERS, read_prompts, stream_prompts
+    from funnel_tl.prompts.tokens import (
+        Batch,
+        check_drop_first,
+        check_tokens_left,
+        dropped_phrase,
+        make_batches,
+        pad_token_id,
+        padding_fraction,
+        tokenize,
+        truncation_limit,
+        truncation_record,
+    )
 
 
 def __getattr__(name: str):

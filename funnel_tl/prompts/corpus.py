@@ -33,8 +33,7 @@ import sysconfig
 from pathlib import Path
 
 # Test suites, generated data and bundled wheels: not prose, and some are not valid Python 3.
-_SKIPPED_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__",
-                           "_bundled"})
+_SKIPPED_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "_bundled"})
 
 # Between the name-hash fractions of stdlib/ipaddress.py (0.06302, the last document held out) and
 # the next document (0.06334) on CPython 3.11.7: the smallest threshold holding out >= 5% of the text.

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 from funnel_tl.errors import FunnelError
 from funnel_tl.results.schema import kind
@@ -34,16 +34,18 @@ SEED_PROMPTS: tuple[str, ...] = (
 # shipped in funnel_tl/prompts/prompt_sets (how each was built and its licence: prompt_sets/README.md).
 PROMPT_SETS: dict[str, str] = {
     "seed": "the seed notebook's 8 one-sentence prompts (~110 tokens); the default, for parity with the notebook "
-            "and its Pythia-1.4B reference, measured on them",
+    "and its Pythia-1.4B reference, measured on them",
     "varied": "300 passages of varied English (~24,000 tokens), read offline: The Devil's Dictionary (120, "
-              "public domain), the Jargon File (120, public domain), Python documentation held out from the "
-              "bundled models' training (60, PSF License)",
+    "public domain), the Jargon File (120, public domain), Python documentation held out from the "
+    "bundled models' training (60, PSF License)",
 }
 PROMPT_SET_DIR = Path(__file__).parent / "prompt_sets"
 
 # How each prompt-file extension is read; anything else is refused rather than guessed at.
-FILE_FORMATS = ('.txt (one prompt per line), .jsonl (one {"text": "..."} object per line) or '
-                '.json (a list of strings, or of {"text": "..."} objects)')
+FILE_FORMATS = (
+    '.txt (one prompt per line), .jsonl (one {"text": "..."} object per line) or '
+    '.json (a list of strings, or of {"text": "..."} objects)'
+)
 WHAT_TO_PASS = "a built-in set ('seed', 'varied'), a .txt, .jsonl or .json prompt file, or a list of prompt strings"
 
 
@@ -109,13 +111,16 @@ def iter_prompt_file(path: str | os.PathLike) -> Iterator[tuple[str, object]]:
             raise FunnelError(f"prompt file not found: {path}; prompt files are {FILE_FORMATS}")
         if suffix not in (".txt", ".jsonl", ".json"):
             shown = str(path) if len(str(path)) <= 40 else str(path)[:37] + "..."
-            raise FunnelError(f"prompt file not found: {shown!r}; prompts are {WHAT_TO_PASS}: to measure "
-                              f"one prompt, pass it in a list, [{shown!r}], or on the command line write it to a .txt file")
+            raise FunnelError(
+                f"prompt file not found: {shown!r}; prompts are {WHAT_TO_PASS}: to measure "
+                f"one prompt, pass it in a list, [{shown!r}], or on the command line write it to a .txt file"
+            )
         raise FunnelError(f"prompt file not found: {path} (give {WHAT_TO_PASS})")
     readers = {".txt": _txt_records, ".jsonl": _jsonl_records, ".json": _json_records}
     if suffix not in readers:
-        raise FunnelError(f"{path}: cannot tell how to read a {suffix or 'extensionless'} file: "
-                          f"save it as {FILE_FORMATS}")
+        raise FunnelError(
+            f"{path}: cannot tell how to read a {suffix or 'extensionless'} file: save it as {FILE_FORMATS}"
+        )
     return readers[suffix](path)
 
 
@@ -132,8 +137,10 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as error:
-                    raise FunnelError(f"{path}:{number} is not valid UTF-8 (byte {error.start + 1} of the line): "
-                                      "save the file as UTF-8 text") from None
+                    raise FunnelError(
+                        f"{path}:{number} is not valid UTF-8 (byte {error.start + 1} of the line): "
+                        "save the file as UTF-8 text"
+                    ) from None
                 if "\x00" in line:
                     raise FunnelError(f"{path}:{number} holds a NUL byte: is it a binary file? give a text file")
                 yield number, line.rstrip("\r\n")
@@ -154,8 +161,9 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, object]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise FunnelError(f'{path}:{number}: not JSON ({error.msg}): expected an object with a "text" '
-                              "field on each line") from None
+            raise FunnelError(
+                f'{path}:{number}: not JSON ({error.msg}): expected an object with a "text" field on each line'
+            ) from None
         yield f"{path}:{number}", _text_field(record, f"{path}:{number}")
 
 
@@ -164,11 +172,13 @@ def _json_records(path: Path) -> Iterator[tuple[str, object]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise FunnelError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}): expected a list of "
-                          "prompt strings") from None
+        raise FunnelError(
+            f"{path} is not valid JSON ({error.msg} at line {error.lineno}): expected a list of prompt strings"
+        ) from None
     if not isinstance(data, list):
-        raise FunnelError(f'{path} holds a JSON {type(data).__name__}: expected a list of strings or of '
-                          '{"text": "..."} objects')
+        raise FunnelError(
+            f'{path} holds a JSON {type(data).__name__}: expected a list of strings or of {{"text": "..."}} objects'
+        )
     for index, record in enumerate(data):
         where = f"{path}[{index}]"
         yield where, _text_field(record, where) if isinstance(record, dict) else record
@@ -181,11 +191,17 @@ def _text_field(record: object, where: str) -> object:
 
 
 def _iter_sequence(spec) -> Iterator[tuple[str, object]]:
-    if isinstance(spec, (bytes, bytearray)) or hasattr(spec, "shape") or isinstance(spec, (dict, set, frozenset)) \
-            or not isinstance(spec, Iterable):
+    if (
+        isinstance(spec, (bytes, bytearray))
+        or hasattr(spec, "shape")
+        or isinstance(spec, (dict, set, frozenset))
+        or not isinstance(spec, Iterable)
+    ):
         what = "a token tensor" if hasattr(spec, "shape") else f"a {type(spec).__name__}"
-        raise FunnelError(f"prompts must be {WHAT_TO_PASS}, got {what}: pass the prompt texts; they are "
-                          "tokenized with the model's own tokenizer")
+        raise FunnelError(
+            f"prompts must be {WHAT_TO_PASS}, got {what}: pass the prompt texts; they are "
+            "tokenized with the model's own tokenizer"
+        )
     for index, item in enumerate(spec):
         yield f"prompt {index}", item
 
@@ -207,13 +223,15 @@ def check_unicode(text: str, where: str) -> str:
     >>> check_unicode("bad " + chr(0xD800), "prompts.json[3]")
     Traceback (most recent call last):
     funnel_tl.errors.FunnelError: prompts.json[3]: the prompt holds invalid Unicode (a lone surrogate \ud800 at character 4): fix the text or remove the prompt
-    """
+    """  # noqa: E501 -- a doctest expects the whole exception message on one line
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:
-        raise FunnelError(f"{where}: the prompt holds invalid Unicode (a lone surrogate "
-                          f"\\u{ord(text[error.start]):04x} at character {error.start}): fix the text or remove "
-                          "the prompt") from None
+        raise FunnelError(
+            f"{where}: the prompt holds invalid Unicode (a lone surrogate "
+            f"\\u{ord(text[error.start]):04x} at character {error.start}): fix the text or remove "
+            "the prompt"
+        ) from None
     return text
 
 

@@ -21,19 +21,31 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from funnel_tl.errors import FunnelError, one_line
 from funnel_tl.prompts.sets import check_unicode, iter_prompts
 
 # datasets' packaged builders, by file suffix, for a local data file given as --dataset.
-DATASET_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text",
-                    ".arrow": "arrow"}
+DATASET_BUILDERS = {
+    ".jsonl": "json",
+    ".json": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".txt": "text",
+    ".arrow": "arrow",
+}
 
 
-def read_prompts(prompts: str = "seed", *, max_prompts: int | None = None, dataset: str | None = None,
-                 split: str = "train", text_field: str = "text") -> tuple[list[str], dict]:
+def read_prompts(
+    prompts: str = "seed",
+    *,
+    max_prompts: int | None = None,
+    dataset: str | None = None,
+    split: str = "train",
+    text_field: str = "text",
+) -> tuple[list[str], dict]:
     """``(prompts, record)``: from ``prompts`` (as ``load_prompts``) or a HF ``dataset``, at most ``max_prompts``.
 
     ``dataset``: a local data file (``.jsonl``/``.json``/``.csv``/``.parquet``/``.txt``), a folder
@@ -45,8 +57,14 @@ def read_prompts(prompts: str = "seed", *, max_prompts: int | None = None, datas
     return list(stream), record
 
 
-def stream_prompts(prompts: str = "seed", *, max_prompts: int | None = None, dataset: str | None = None,
-                   split: str = "train", text_field: str = "text") -> tuple[Iterator[str], dict]:
+def stream_prompts(
+    prompts: str = "seed",
+    *,
+    max_prompts: int | None = None,
+    dataset: str | None = None,
+    split: str = "train",
+    text_field: str = "text",
+) -> tuple[Iterator[str], dict]:
     """``(prompts, record)`` as ``read_prompts``, the prompts an iterator read only as it is consumed.
 
     A prompt file is read through once here, keeping nothing but a count, so a bad line (within
@@ -59,8 +77,9 @@ def stream_prompts(prompts: str = "seed", *, max_prompts: int | None = None, dat
     return _open(prompts, max_prompts, dataset, split, text_field, read_ahead=True)
 
 
-def _open(prompts: str, max_prompts: int | None, dataset: str | None, split: str, text_field: str,
-          read_ahead: bool) -> tuple[Iterator[str], dict]:
+def _open(
+    prompts: str, max_prompts: int | None, dataset: str | None, split: str, text_field: str, read_ahead: bool
+) -> tuple[Iterator[str], dict]:
     """The prompts as an iterator and their record; ``read_ahead``: check a prompt file's records
     within the cap now, before the iterator reads them again (a stream fails before a model loads)."""
     if max_prompts is not None and max_prompts < 1:
@@ -110,9 +129,11 @@ def _check_hub(name: str) -> None:
 
     host = None if datasets.config.HF_HUB_OFFLINE else unreachable_hub()
     if host is not None:
-        raise FunnelError(f"cannot reach the dataset hub ({host}) to stream {name!r}, and no local file or folder "
-                          f"has that name: check the network, or give a local data file "
-                          f"({', '.join(DATASET_BUILDERS)}) or a folder written by Dataset.save_to_disk")
+        raise FunnelError(
+            f"cannot reach the dataset hub ({host}) to stream {name!r}, and no local file or folder "
+            f"has that name: check the network, or give a local data file "
+            f"({', '.join(DATASET_BUILDERS)}) or a folder written by Dataset.save_to_disk"
+        )
 
 
 def _dataset_texts(name: str, split: str, text_field: str) -> Iterator[str]:
@@ -138,8 +159,10 @@ def _dataset_texts(name: str, split: str, text_field: str) -> Iterator[str]:
                 rows = datasets.load_dataset(builder, data_files={split: str(path)}, split=split, streaming=True)
         else:
             if not path.exists() and (path.suffix in DATASET_BUILDERS or name.startswith((".", "/", "~"))):
-                raise FunnelError(f"dataset file not found: {name} (give a {', '.join(DATASET_BUILDERS)} file, "
-                                  "a folder written by Dataset.save_to_disk, or a hub name)")
+                raise FunnelError(
+                    f"dataset file not found: {name} (give a {', '.join(DATASET_BUILDERS)} file, "
+                    "a folder written by Dataset.save_to_disk, or a hub name)"
+                )
             if not path.exists():  # a local folder of data files loads without the hub
                 _check_hub(name)
             rows = datasets.load_dataset(name, split=split, streaming=True)
@@ -151,8 +174,9 @@ def _dataset_texts(name: str, split: str, text_field: str) -> Iterator[str]:
     what = f"dataset file {path}" if path.is_file() else f"dataset {name!r} (split {split!r})"
     for number, row in enumerate(_read_rows(rows, what)):
         if text_field not in row:
-            raise FunnelError(f"dataset {name} has no field {text_field!r} (fields: {', '.join(row)}): "
-                              "choose one with --text-field")
+            raise FunnelError(
+                f"dataset {name} has no field {text_field!r} (fields: {', '.join(row)}): choose one with --text-field"
+            )
         text = row[text_field]
         if text is None or not str(text).strip():
             continue

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
 
 import torch
 
@@ -40,9 +40,16 @@ def pad_token_id(tokenizer) -> int:
     return next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
 
 
-def tokenize(tokenizer, prompts: Sequence[str], n_ctx: int | None = None,
-             model_name: str = "the model", max_tokens: int | None = None,
-             truncation: dict | None = None, first_index: int = 0, d_vocab: int | None = None) -> list[list[int]]:
+def tokenize(
+    tokenizer,
+    prompts: Sequence[str],
+    n_ctx: int | None = None,
+    model_name: str = "the model",
+    max_tokens: int | None = None,
+    truncation: dict | None = None,
+    first_index: int = 0,
+    d_vocab: int | None = None,
+) -> list[list[int]]:
     """Token ids of each prompt, exactly as ``tokenizer(prompt)`` gives them.
 
     ``max_tokens``: keep only the first ``max_tokens`` tokens of each prompt, and fill
@@ -70,7 +77,8 @@ def tokenize(tokenizer, prompts: Sequence[str], n_ctx: int | None = None,
             raise FunnelError(
                 f"prompt {first_index + index} holds token id {max(ids)}, but {model_name} has a vocabulary of "
                 f"{d_vocab} (ids 0-{d_vocab - 1}): its tokenizer does not match its embedding; check the "
-                "checkpoint's tokenizer files and the vocab_size of its config.json")
+                "checkpoint's tokenizer files and the vocab_size of its config.json"
+            )
         if max_tokens is not None:
             ids = ids[:max_tokens]
         elif n_ctx is not None and len(ids) > n_ctx:
@@ -114,11 +122,14 @@ def truncation_record(original_lengths: Sequence[int], max_tokens: int, first_in
     {'truncation': {'max_tokens_per_prompt': 5, 'n_truncated': 2, 'truncated_prompts': [1, 2], 'tokens_dropped': 7}}
     """
     cut = [i for i, n in enumerate(original_lengths) if n > max_tokens]
-    return {"truncation": {
-        "max_tokens_per_prompt": int(max_tokens), "n_truncated": len(cut),
-        "truncated_prompts": [first_index + i for i in cut],
-        "tokens_dropped": int(sum(original_lengths[i] - max_tokens for i in cut)),
-    }}
+    return {
+        "truncation": {
+            "max_tokens_per_prompt": int(max_tokens),
+            "n_truncated": len(cut),
+            "truncated_prompts": [first_index + i for i in cut],
+            "tokens_dropped": int(sum(original_lengths[i] - max_tokens for i in cut)),
+        }
+    }
 
 
 @dataclass(frozen=True)
@@ -130,8 +141,7 @@ class Batch:
     attention_mask: torch.Tensor  # [batch, pos] 1 for real tokens, 0 for padding
 
 
-def make_batches(token_ids: Sequence[Sequence[int]], batch_size: int,
-                 pad_token_id: int = 0) -> Iterator[Batch]:
+def make_batches(token_ids: Sequence[Sequence[int]], batch_size: int, pad_token_id: int = 0) -> Iterator[Batch]:
     """Yield batches of prompts of similar length (length bucketing), right-padded.
 
     Prompts are sorted by length so that little compute goes to padding; each batch carries the
@@ -141,13 +151,16 @@ def make_batches(token_ids: Sequence[Sequence[int]], batch_size: int,
         raise FunnelError(f"batch size must be an integer, at least 1, got {batch_size!r}")
     order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
     for start in range(0, len(order), batch_size):
-        indices = order[start:start + batch_size]
+        indices = order[start : start + batch_size]
         width = max(len(token_ids[i]) for i in indices)
         # Padded in Python and converted once: one tensor per batch, not one per prompt.
         rows = [list(token_ids[i]) + [pad_token_id] * (width - len(token_ids[i])) for i in indices]
         masks = [[1] * len(token_ids[i]) + [0] * (width - len(token_ids[i])) for i in indices]
-        yield Batch(indices=indices, tokens=torch.tensor(rows, dtype=torch.long),
-                    attention_mask=torch.tensor(masks, dtype=torch.long))
+        yield Batch(
+            indices=indices,
+            tokens=torch.tensor(rows, dtype=torch.long),
+            attention_mask=torch.tensor(masks, dtype=torch.long),
+        )
 
 
 def padding_fraction(batches: Iterable[Batch]) -> float:

@@ -68,25 +68,44 @@ class EffectIntervals:
         return getattr(self, measure)[intervention][component]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"confidence": float(self.confidence), "n_resamples": int(self.n_resamples), "seed": int(self.seed),
-                "method": self.method, "method_description": f"{METHODS[self.method].split(';')[0]} of each mean",
-                "clean_loss": [float(v) for v in self.clean_loss],
-                **{name: {c: {m: self.of(m, name, c).tolist() for m in MEASURES} for c in EFFECT_COMPONENTS}
-                   for name in self.delta_loss}}
+        return {
+            "confidence": float(self.confidence),
+            "n_resamples": int(self.n_resamples),
+            "seed": int(self.seed),
+            "method": self.method,
+            "method_description": f"{METHODS[self.method].split(';')[0]} of each mean",
+            "clean_loss": [float(v) for v in self.clean_loss],
+            **{
+                name: {c: {m: self.of(m, name, c).tolist() for m in MEASURES} for c in EFFECT_COMPONENTS}
+                for name in self.delta_loss
+            },
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], interventions, source: str) -> "EffectIntervals":
+    def from_dict(cls, data: dict[str, Any], interventions, source: str) -> EffectIntervals:
         try:
-            tables = {m: {name: {c: np.asarray(data[name][c][m], dtype=np.float64) for c in EFFECT_COMPONENTS}
-                          for name in interventions} for m in MEASURES}
+            tables: dict[str, Any] = {
+                m: {
+                    name: {c: np.asarray(data[name][c][m], dtype=np.float64) for c in EFFECT_COMPONENTS}
+                    for name in interventions
+                }
+                for m in MEASURES
+            }
 
             if data["method"] not in METHODS:
                 raise ValueError(f"intervals.method {data['method']!r}")
-            return cls(confidence=float(data["confidence"]), n_resamples=int(data["n_resamples"]),
-                       seed=int(data["seed"]), method=str(data["method"]),
-                       clean_loss=np.asarray(data["clean_loss"], dtype=np.float64), **tables)
+            return cls(
+                confidence=float(data["confidence"]),
+                n_resamples=int(data["n_resamples"]),
+                seed=int(data["seed"]),
+                method=str(data["method"]),
+                clean_loss=np.asarray(data["clean_loss"], dtype=np.float64),
+                **tables,
+            )
         except (KeyError, TypeError, ValueError) as error:
-            raise FunnelError(f"{source} has incomplete intervals (missing or bad {error}): rerun funnel-tl effects") from None
+            raise FunnelError(
+                f"{source} has incomplete intervals (missing or bad {error}): rerun funnel-tl effects"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -140,17 +159,22 @@ class EffectResult:
         if not np.all(np.isfinite(self.clean_loss)):
             raise ValueError("clean losses must be finite")
         if tuple(self.gains.layers) != self.layers or self.gains.n_prompts != n_prompts:
-            raise ValueError(f"the gains cover {self.gains.n_prompts} prompts x layers {self.gains.layers}, "
-                             f"the effects {n_prompts} x {self.layers}")
+            raise ValueError(
+                f"the gains cover {self.gains.n_prompts} prompts x layers {self.gains.layers}, "
+                f"the effects {n_prompts} x {self.layers}"
+            )
 
     # ---- display -----------------------------------------------------------------------------
     def __repr__(self) -> str:
         zero = self.interventions[0]
-        return (f"EffectResult(model={self.model!r}, n_layers={self.n_layers}"
-                + ("" if self.all_layers else f", layers={self.layer_spans!r}")
-                + f", n_prompts={self.n_prompts}, interventions={list(self.interventions)}, "
-                f"clean_loss={self.mean_clean_loss:.4g}, {zero} delta_loss attention="
-                f"{_brief(self.effect('delta_loss', zero, 'attention'))} mlp={_brief(self.effect('delta_loss', zero, 'mlp'))})")
+        return (
+            f"EffectResult(model={self.model!r}, n_layers={self.n_layers}"
+            + ("" if self.all_layers else f", layers={self.layer_spans!r}")
+            + f", n_prompts={self.n_prompts}, interventions={list(self.interventions)}, "
+            f"clean_loss={self.mean_clean_loss:.4g}, {zero} delta_loss attention="
+            f"{_brief(self.effect('delta_loss', zero, 'attention'))} "
+            f"mlp={_brief(self.effect('delta_loss', zero, 'mlp'))})"
+        )
 
     # ---- numbers -----------------------------------------------------------------------------
     @property
@@ -175,8 +199,9 @@ class EffectResult:
             raise FunnelError(f"unknown measure {measure!r}: choose delta_loss or kl")
         table = getattr(self, measure)
         if intervention not in table:
-            raise FunnelError(f"{self.model}: no intervention {intervention!r} measured "
-                              f"(measured: {', '.join(self.interventions)})")
+            raise FunnelError(
+                f"{self.model}: no intervention {intervention!r} measured (measured: {', '.join(self.interventions)})"
+            )
         if component not in EFFECT_COMPONENTS:
             raise FunnelError(f"unknown component {component!r}: choose attention or mlp")
         return table[intervention][component]
@@ -189,45 +214,72 @@ class EffectResult:
         """``[layer]``: the gain of ``component`` (attention or mlp) on the same prompts."""
         return self.gains.gains(GAIN_COMPONENT[component])
 
-    def with_intervals(self, n_resamples: int | None = None, seed: int | None = None,
-                       confidence: float | None = None, method: str | None = None) -> "EffectResult":
+    def with_intervals(
+        self,
+        n_resamples: int | None = None,
+        seed: int | None = None,
+        confidence: float | None = None,
+        method: str | None = None,
+    ) -> EffectResult:
         """A new result with intervals over prompts of every effect (``stats.mean_intervals``: t
         intervals by default, ``method="percentile"`` the percentile bootstrap) and of the gains
         beside them (``GainResult.with_intervals``), drawn with the same settings. A KL's lower
         bound is kept ≥ 0 (no divergence is negative)."""
-        settings = dict(n_resamples=DEFAULT_RESAMPLES if n_resamples is None else n_resamples,
-                        seed=DEFAULT_SEED if seed is None else seed,
-                        confidence=DEFAULT_CONFIDENCE if confidence is None else confidence,
-                        method=DEFAULT_METHOD if method is None else method)
+        settings: dict[str, Any] = dict(
+            n_resamples=DEFAULT_RESAMPLES if n_resamples is None else n_resamples,
+            seed=DEFAULT_SEED if seed is None else seed,
+            confidence=DEFAULT_CONFIDENCE if confidence is None else confidence,
+            method=DEFAULT_METHOD if method is None else method,
+        )
         names = self.interventions
         # One draw over every statistic: the same resamples for all of them.
-        stacked = np.concatenate([self.clean_loss[:, None]] + [self.per_prompt(m, i, c) for m in MEASURES
-                                                              for i in names for c in EFFECT_COMPONENTS], axis=1)
+        stacked = np.concatenate(
+            [self.clean_loss[:, None]]
+            + [self.per_prompt(m, i, c) for m in MEASURES for i in names for c in EFFECT_COMPONENTS],
+            axis=1,
+        )
         bounds = mean_intervals(stacked, **settings)  # [statistic, 2]
-        width, offset, tables = len(self.layers), 1, {m: {} for m in MEASURES}
+        width, offset = len(self.layers), 1
+        tables: dict[str, Any] = {m: {} for m in MEASURES}
         for measure in MEASURES:
             for name in names:
                 tables[measure][name] = {}
                 for component in EFFECT_COMPONENTS:
-                    part = bounds[offset:offset + width]
+                    part = bounds[offset : offset + width]
                     tables[measure][name][component] = np.maximum(part, 0.0) if measure == "kl" else part
                     offset += width
-        intervals = EffectIntervals(confidence=settings["confidence"], n_resamples=settings["n_resamples"],
-                                    seed=settings["seed"], method=settings["method"], clean_loss=bounds[0], **tables)
+        intervals = EffectIntervals(
+            confidence=settings["confidence"],
+            n_resamples=settings["n_resamples"],
+            seed=settings["seed"],
+            method=settings["method"],
+            clean_loss=bounds[0],
+            **tables,
+        )
         return replace(self, intervals=intervals, gains=self.gains.with_intervals(**settings))
 
-    def subset(self, prompt_indices) -> "EffectResult":
+    def subset(self, prompt_indices) -> EffectResult:
         """A new result over some prompts (intervals dropped: they describe all of them)."""
         index = np.asarray(prompt_indices, dtype=np.int64)
         if index.size == 0:
             raise FunnelError("a subset needs at least one prompt")
         prompts, provenance = prompts_subset(self.prompts, self.provenance, index)
-        pick = {m: {i: {c: v[index] for c, v in t.items()} for i, t in getattr(self, m).items()} for m in MEASURES}
-        return replace(self, prompts=prompts, provenance=provenance, n_predicted=self.n_predicted[index],
-                       n_positions=self.n_positions[index], clean_loss=self.clean_loss[index],
-                       gains=self.gains.subset(index), intervals=None, **pick)
+        pick: dict[str, Any] = {
+            m: {i: {c: v[index] for c, v in t.items()} for i, t in getattr(self, m).items()} for m in MEASURES
+        }
+        return replace(
+            self,
+            prompts=prompts,
+            provenance=provenance,
+            n_predicted=self.n_predicted[index],
+            n_positions=self.n_positions[index],
+            clean_loss=self.clean_loss[index],
+            gains=self.gains.subset(index),
+            intervals=None,
+            **pick,
+        )
 
-    def assembled(self, pieces, prompts, truncation=None) -> "EffectResult":
+    def assembled(self, pieces, prompts, truncation=None) -> EffectResult:
         """torchrun (``distributed.assemble``): one result from each rank's ``(prompt indices, result)``,
         every per-prompt array back in ``prompts``' order, the gains assembled as a run's are."""
         # Imported on use: keeps torch out of importing this module.
@@ -242,19 +294,40 @@ class EffectResult:
                 whole[indices] = get(result)
             return whole
 
-        tables = {m: {name: {c: place(lambda r, m=m, name=name, c=c: r.per_prompt(m, name, c)) for c in EFFECT_COMPONENTS}
-                      for name in self.interventions} for m in MEASURES}
+        tables: dict[str, Any] = {
+            m: {
+                name: {c: place(lambda r, m=m, name=name, c=c: r.per_prompt(m, name, c)) for c in EFFECT_COMPONENTS}
+                for name in self.interventions
+            }
+            for m in MEASURES
+        }
         provenance = dict(self.provenance)
-        for key in ("prompts_sha256", "n_tokens_total", "padding_fraction", "world_size", "prompts_per_rank", "truncation"):
+        for key in (
+            "prompts_sha256",
+            "n_tokens_total",
+            "padding_fraction",
+            "world_size",
+            "prompts_per_rank",
+            "truncation",
+        ):
             provenance.pop(key, None)
             if key in gains.provenance:
                 provenance[key] = gains.provenance[key]
         if "effect_settings" in provenance:
-            provenance["effect_settings"] = dict(provenance["effect_settings"], prompts_sha256=prompts_sha256(prompts),
-                                                 n_prompts=len(prompts))
-        return replace(self, prompts=None if self.prompts is None else tuple(prompts), gains=gains,
-                       n_predicted=place(lambda r: r.n_predicted), n_positions=place(lambda r: r.n_positions),
-                       clean_loss=place(lambda r: r.clean_loss), provenance=provenance, intervals=None, **tables)
+            provenance["effect_settings"] = dict(
+                provenance["effect_settings"], prompts_sha256=prompts_sha256(prompts), n_prompts=len(prompts)
+            )
+        return replace(
+            self,
+            prompts=None if self.prompts is None else tuple(prompts),
+            gains=gains,
+            n_predicted=place(lambda r: r.n_predicted),
+            n_positions=place(lambda r: r.n_positions),
+            clean_loss=place(lambda r: r.clean_loss),
+            provenance=provenance,
+            intervals=None,
+            **tables,
+        )
 
     def to_pandas(self):
         """A tidy table: one row per layer, component and intervention (pandas, imported here).
@@ -263,7 +336,8 @@ class EffectResult:
         each with ``_ci_low``/``_ci_high`` (NaN without intervals), clean_loss, n_prompts.
 
         >>> table = result.to_pandas()  # doctest: +SKIP
-        >>> table.query("intervention == 'zero' and component == 'mlp'").plot(x="layer", y="delta_loss")  # doctest: +SKIP
+        >>> zero_mlp = table.query("intervention == 'zero' and component == 'mlp'")  # doctest: +SKIP
+        >>> zero_mlp.plot(x="layer", y="delta_loss")  # doctest: +SKIP
         """
         pd = require_pandas()
         nan = np.full((len(self.layers), 2), np.nan)
@@ -274,17 +348,32 @@ class EffectResult:
             gain_bounds = gain_intervals.of(GAIN_COMPONENT[component]) if gain_intervals is not None else nan
             for name in self.interventions:
                 values = {m: self.effect(m, name, component) for m in MEASURES}
-                bounds = {m: self.intervals.of(m, name, component) if self.intervals is not None else nan
-                          for m in MEASURES}
+                bounds = {
+                    m: self.intervals.of(m, name, component) if self.intervals is not None else nan for m in MEASURES
+                }
                 for row, layer in enumerate(self.layers):
-                    rows.append({
-                        "model": self.model, "layer": layer, "component": component, "intervention": name,
-                        **{key: float(value) for m in MEASURES for key, value in
-                           ((m, values[m][row]), (f"{m}_ci_low", bounds[m][row, 0]), (f"{m}_ci_high", bounds[m][row, 1]))},
-                        "gain": float(gains[row]), "gain_ci_low": float(gain_bounds[row, 0]),
-                        "gain_ci_high": float(gain_bounds[row, 1]),
-                        "clean_loss": self.mean_clean_loss, "n_prompts": self.n_prompts,
-                    })
+                    rows.append(
+                        {
+                            "model": self.model,
+                            "layer": layer,
+                            "component": component,
+                            "intervention": name,
+                            **{
+                                key: float(value)
+                                for m in MEASURES
+                                for key, value in (
+                                    (m, values[m][row]),
+                                    (f"{m}_ci_low", bounds[m][row, 0]),
+                                    (f"{m}_ci_high", bounds[m][row, 1]),
+                                )
+                            },
+                            "gain": float(gains[row]),
+                            "gain_ci_low": float(gain_bounds[row, 0]),
+                            "gain_ci_high": float(gain_bounds[row, 1]),
+                            "clean_loss": self.mean_clean_loss,
+                            "n_prompts": self.n_prompts,
+                        }
+                    )
         return pd.DataFrame(rows)
 
     # ---- effects.json ------------------------------------------------------------------------
@@ -303,8 +392,10 @@ class EffectResult:
             "drop_first": int(self.drop_first),
             "interventions": list(self.interventions),
             "clean_loss": self.mean_clean_loss,
-            **{name: {c: {m: [float(v) for v in self.effect(m, name, c)] for m in MEASURES} for c in EFFECT_COMPONENTS}
-               for name in self.interventions},
+            **{
+                name: {c: {m: [float(v) for v in self.effect(m, name, c)] for m in MEASURES} for c in EFFECT_COMPONENTS}
+                for name in self.interventions
+            },
             "intervals": None if self.intervals is None else self.intervals.to_dict(),
             "analysis": None if analysis is None else analysis.to_dict(),
             "per_prompt": self.per_prompt_dict(),
@@ -320,35 +411,58 @@ class EffectResult:
             "n_predicted": [int(n) for n in self.n_predicted[pick]],
             "n_positions": [int(n) for n in self.n_positions[pick]],
             "clean_loss": [float(v) for v in self.clean_loss[pick]],
-            **{name: {c: {m: self.per_prompt(m, name, c)[pick].tolist() for m in MEASURES} for c in EFFECT_COMPONENTS}
-               for name in self.interventions},
+            **{
+                name: {c: {m: self.per_prompt(m, name, c)[pick].tolist() for m in MEASURES} for c in EFFECT_COMPONENTS}
+                for name in self.interventions
+            },
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "effects") -> "EffectResult":
+    def from_dict(cls, data: dict[str, Any], source: str = "effects") -> EffectResult:
         if not isinstance(data, dict) or data.get("kind") != "effects":
             raise FunnelError(f"{source} is not a funnel_tl effects file (funnel-tl effects writes one)")
         version = data.get("schema_version")
         if version != EFFECTS_SCHEMA_VERSION:
-            raise FunnelError(f"{source} has schema_version {version!r}; this funnel_tl reads "
-                              f"{EFFECTS_SCHEMA_VERSION!r}: rerun funnel-tl effects")
+            raise FunnelError(
+                f"{source} has schema_version {version!r}; this funnel_tl reads "
+                f"{EFFECTS_SCHEMA_VERSION!r}: rerun funnel-tl effects"
+            )
         if not data.get("complete", False):
-            raise FunnelError(f"{source} holds a measurement that did not finish: rerun the same funnel-tl effects "
-                              "command to finish it")
+            raise FunnelError(
+                f"{source} holds a measurement that did not finish: rerun the same funnel-tl effects "
+                "command to finish it"
+            )
         try:
             names = tuple(data["interventions"])
             per_prompt = data["per_prompt"]
-            tables = {m: {name: {c: np.asarray(per_prompt[name][c][m], dtype=np.float64).reshape(-1, len(data["layers"]))
-                                 for c in EFFECT_COMPONENTS} for name in names} for m in MEASURES}
-            intervals = (None if data.get("intervals") is None
-                         else EffectIntervals.from_dict(data["intervals"], names, source))
-            return cls(model=data["model"], n_layers=int(data["n_layers"]), layers=tuple(data["layers"]),
-                       interventions=names, prompts=None if data["prompts"]["texts"] is None
-                       else tuple(data["prompts"]["texts"]),
-                       n_predicted=per_prompt["n_predicted"], n_positions=per_prompt["n_positions"],
-                       clean_loss=per_prompt["clean_loss"], gains=GainResult.from_dict(data["gains"], f"{source} gains"),
-                       drop_first=int(data.get("drop_first", 0)), provenance=data.get("provenance") or {},
-                       intervals=intervals, **tables)
+            tables: dict[str, Any] = {
+                m: {
+                    name: {
+                        c: np.asarray(per_prompt[name][c][m], dtype=np.float64).reshape(-1, len(data["layers"]))
+                        for c in EFFECT_COMPONENTS
+                    }
+                    for name in names
+                }
+                for m in MEASURES
+            }
+            intervals = (
+                None if data.get("intervals") is None else EffectIntervals.from_dict(data["intervals"], names, source)
+            )
+            return cls(
+                model=data["model"],
+                n_layers=int(data["n_layers"]),
+                layers=tuple(data["layers"]),
+                interventions=names,
+                prompts=None if data["prompts"]["texts"] is None else tuple(data["prompts"]["texts"]),
+                n_predicted=per_prompt["n_predicted"],
+                n_positions=per_prompt["n_positions"],
+                clean_loss=per_prompt["clean_loss"],
+                gains=GainResult.from_dict(data["gains"], f"{source} gains"),
+                drop_first=int(data.get("drop_first", 0)),
+                provenance=data.get("provenance") or {},
+                intervals=intervals,
+                **tables,
+            )
         except FunnelError:
             raise
         except (KeyError, TypeError, ValueError) as error:
@@ -359,7 +473,7 @@ class EffectResult:
         return write_json_atomic(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "EffectResult":
+    def load(cls, path: str | os.PathLike) -> EffectResult:
         return cls.from_dict(read_json(path), source=str(path))
 
 

@@ -23,7 +23,7 @@ def subset_index(prompt_indices, n_prompts: int) -> np.ndarray:
     >>> subset_index([], 3)
     Traceback (most recent call last):
     funnel_tl.errors.FunnelError: a subset needs at least one prompt index, got none: every gain of no prompts would be NaN
-    """
+    """  # noqa: E501 -- a doctest expects the whole exception message on one line
     index = np.asarray(prompt_indices)
     if index.size == 0:
         raise FunnelError("a subset needs at least one prompt index, got none: every gain of no prompts would be NaN")

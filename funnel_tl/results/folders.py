@@ -27,8 +27,8 @@ import shutil
 import socket
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from funnel_tl.errors import FunnelError
 
@@ -37,8 +37,16 @@ LOCK_NAME = ".funnel-tl.lock"
 # killed writer's leftovers are found whatever file it was writing.
 TEMPORARY_SUFFIX = ".funnel-tl.tmp"
 # The names earlier versions gave their temporaries (``.NAME.<random>.tmp``, ``.funnel.<random>.png``).
-OUTPUT_NAMES = ("results.json", "funnel.html", "heads.json", "heads.html", "compare.json", "compare.html",
-                "positions.html", "plotly.min.js")
+OUTPUT_NAMES = (
+    "results.json",
+    "funnel.html",
+    "heads.json",
+    "heads.html",
+    "compare.json",
+    "compare.html",
+    "positions.html",
+    "plotly.min.js",
+)
 # results.json of thousands of prompts is a few MB and funnel.html carries plotly.js (~5 MB):
 # less free space than this and the write after a long measurement would fail, so it is refused first.
 MIN_FREE_BYTES = 32 * 2**20
@@ -65,9 +73,14 @@ def short_name(name: str) -> str:
     """
     text = str(name).strip()
     trimmed = text.rstrip("/\\") or text
-    looks_like_path = (trimmed.startswith(("/", "./", "../", "~", "\\")) or trimmed.count("/") > 1
-                       or (os.sep != "/" and os.sep in trimmed) or re.match(r"^[A-Za-z]:[\\/]", trimmed) is not None
-                       or trimmed.lower().endswith(_MODEL_FILE_SUFFIXES) or os.path.isdir(os.path.expanduser(trimmed)))
+    looks_like_path = (
+        trimmed.startswith(("/", "./", "../", "~", "\\"))
+        or trimmed.count("/") > 1
+        or (os.sep != "/" and os.sep in trimmed)
+        or re.match(r"^[A-Za-z]:[\\/]", trimmed) is not None
+        or trimmed.lower().endswith(_MODEL_FILE_SUFFIXES)
+        or os.path.isdir(os.path.expanduser(trimmed))
+    )
     if not looks_like_path:
         return trimmed
     parts = [part for part in re.split(r"[\\/]+", trimmed) if part not in ("", ".", "~")]
@@ -115,7 +128,7 @@ def slug(name: str) -> str:
         text = "_" + text[1:]
     if len(text) > MAX_SLUG_LENGTH:
         digest = hashlib.sha256(str(name).encode("utf-8")).hexdigest()[:12]
-        text = f"{text[:MAX_SLUG_LENGTH - 13]}-{digest}"
+        text = f"{text[: MAX_SLUG_LENGTH - 13]}-{digest}"
     return text
 
 
@@ -137,20 +150,29 @@ def check_output_folder(out: str | os.PathLike, what: str = "--out") -> Path:
             os.close(descriptor)
             os.unlink(probe)
     except OSError as error:
-        raise FunnelError(f"cannot write to {what} {out}: {describe_os_error(error)}: "
-                          "choose another folder or fix its permissions") from None
+        raise FunnelError(
+            f"cannot write to {what} {out}: {describe_os_error(error)}: choose another folder or fix its permissions"
+        ) from None
     free = shutil.disk_usage(out).free
     if free < MIN_FREE_BYTES:
-        raise FunnelError(f"{what} {out} has only {free / 2**20:.1f} MiB free; results and figures need about "
-                          f"{MIN_FREE_BYTES // 2**20} MiB: free some space or choose another folder")
+        raise FunnelError(
+            f"{what} {out} has only {free / 2**20:.1f} MiB free; results and figures need about "
+            f"{MIN_FREE_BYTES // 2**20} MiB: free some space or choose another folder"
+        )
     return out
 
 
 def describe_os_error(error: OSError) -> str:
     """An OSError in a few words: ``disk full``, ``read-only file system``, ``permission denied``."""
-    words = {errno.ENOSPC: "disk full", errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-             errno.EPERM: "permission denied", errno.EDQUOT: "disk quota exceeded",
-             errno.EEXIST: "a file is in the way", errno.ENOTDIR: "a file is in the way"}
+    words: dict[int | None, str] = {
+        errno.ENOSPC: "disk full",
+        errno.EROFS: "read-only file system",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EEXIST: "a file is in the way",
+        errno.ENOTDIR: "a file is in the way",
+    }
     return words.get(error.errno, error.strerror or type(error).__name__)
 
 
@@ -180,8 +202,9 @@ def output_lock(out: str | os.PathLike) -> Iterator[Path]:
                 return
             handle.seek(0)
             owner = handle.read().strip() or "another process"
-            raise FunnelError(f"{out} is in use by another funnel-tl ({owner}): wait for it to finish, "
-                              "or give another --out") from None
+            raise FunnelError(
+                f"{out} is in use by another funnel-tl ({owner}): wait for it to finish, or give another --out"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
@@ -195,21 +218,29 @@ def _open_lock_file(path: Path):
     """``path`` opened for reading and writing, created if missing, never through a symbolic link
     (``O_NOFOLLOW``: a planted link would have the lock truncate the file it points to) and only
     when it is a plain file of its own (not a FIFO, which would block, nor a hard link to another)."""
-    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) \
+    flags = (
+        os.O_RDWR
+        | os.O_CREAT
+        | getattr(os, "O_NOFOLLOW", 0)
+        | getattr(os, "O_NONBLOCK", 0)
         | getattr(os, "O_CLOEXEC", 0)
+    )
     try:
         descriptor = os.open(path, flags, 0o666)
     except OSError as error:
         if error.errno == errno.ELOOP or path.is_symlink():
-            raise FunnelError(f"the lock file {path} is a symbolic link: funnel-tl does not write through it; "
-                              "remove it, or give another --out") from None
+            raise FunnelError(
+                f"the lock file {path} is a symbolic link: funnel-tl does not write through it; "
+                "remove it, or give another --out"
+            ) from None
         raise FunnelError(f"cannot create the lock file {path}: {describe_os_error(error)}") from None
     info = os.fstat(descriptor)
     if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
         os.close(descriptor)
         what = "a hard link to another file" if stat.S_ISREG(info.st_mode) else "not a plain file"
-        raise FunnelError(f"the lock file {path} is {what}: funnel-tl does not write through it; remove it, "
-                          "or give another --out")
+        raise FunnelError(
+            f"the lock file {path} is {what}: funnel-tl does not write through it; remove it, or give another --out"
+        )
     return os.fdopen(descriptor, "r+", encoding="utf-8")
 
 
@@ -233,8 +264,11 @@ def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     removed = []
     if folder.is_dir():
-        patterns = ([f".*{TEMPORARY_SUFFIX}"] + [f".{name}.*.tmp" for name in OUTPUT_NAMES]
-                    + [".funnel.*.png", ".funnel-tl-probe.*.tmp"])
+        patterns = (
+            [f".*{TEMPORARY_SUFFIX}"]
+            + [f".{name}.*.tmp" for name in OUTPUT_NAMES]
+            + [".funnel.*.png", ".funnel-tl-probe.*.tmp"]
+        )
         for pattern in patterns:
             for stale in folder.glob(pattern):
                 if stale not in removed:

@@ -146,20 +146,26 @@ class GainResult:
                     raise ValueError(f"{component} sums must be finite and non-negative")
                 sums[component] = array
         if self.intervals is not None and (self.intervals.n_layers, len(self.intervals.cumulative)) != (
-                len(layers), len(self.cumulative_layers)):
-            raise ValueError(f"intervals cover {self.intervals.n_layers} layers ({len(self.intervals.cumulative)} "
-                             f"cumulative), the result {len(layers)} ({len(self.cumulative_layers)} cumulative)")
+            len(layers),
+            len(self.cumulative_layers),
+        ):
+            raise ValueError(
+                f"intervals cover {self.intervals.n_layers} layers ({len(self.intervals.cumulative)} "
+                f"cumulative), the result {len(layers)} ({len(self.cumulative_layers)} cumulative)"
+            )
         if self.positions is not None:
             self._check_positions()
         if self.reads is not None:
             self._check_reads()
         if self.token_histograms is not None and self.token_histograms.n_layers != len(layers):
-            raise ValueError(f"token histograms cover {self.token_histograms.n_layers} layers, the result {len(layers)}")
+            raise ValueError(
+                f"token histograms cover {self.token_histograms.n_layers} layers, the result {len(layers)}"
+            )
 
     def _check_reads(self) -> None:
         """The definition's own sums must be the reads' sums of their roles: the same norms."""
         reads = self.reads
-        if reads.n_prompts != self.n_prompts or next(iter(reads.sums.values())).shape[1] != len(self.layers):
+        if reads.n_prompts != self.n_prompts or next(iter(reads.sums.values())).shape[1] != len(self._layers):
             raise ValueError(f"read sums cover {reads.n_prompts} prompts, the result {self.n_prompts}")
         if np.any(reads.n_tokens_from_1 > self.n_tokens):
             raise ValueError("read sums count more tokens from position 1 than in all")
@@ -171,9 +177,11 @@ class GainResult:
     def _check_positions(self) -> None:
         """Position sums must add up, over buckets, to the per-prompt sums: the same tokens."""
         positions = self.positions
-        if positions.n_prompts != self.n_prompts or positions.n_layers != len(self.layers):
-            raise ValueError(f"position sums cover {positions.n_prompts} prompts x {positions.n_layers} layers, "
-                             f"the result {self.n_prompts} x {len(self.layers)}")
+        if positions.n_prompts != self.n_prompts or positions.n_layers != len(self._layers):
+            raise ValueError(
+                f"position sums cover {positions.n_prompts} prompts x {positions.n_layers} layers, "
+                f"the result {self.n_prompts} x {len(self._layers)}"
+            )
         if not np.array_equal(positions.n_tokens.sum(axis=1), self.n_tokens):
             raise ValueError("position token counts do not add up to the per-prompt token counts")
         for component in COMPONENTS:
@@ -191,12 +199,14 @@ class GainResult:
         import html
 
         rows = []
-        for row, layer in enumerate(self.layers):
+        for row, layer in enumerate(self._layers):
             cells = "".join(f"<td>{_with_interval(self, c, row)}</td>" for c in ("attn", "mlp", "block"))
             rows.append(f"<tr><td>{layer}</td>{cells}</tr>")
         summary = ", ".join(f"{key}={html.escape(str(value))}" for key, value in self._summary(short=True).items())
-        return (f"<div><code>GainResult({summary})</code><table><thead><tr><th>layer</th><th>attention</th>"
-                f"<th>MLP</th><th>block</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+        return (
+            f"<div><code>GainResult({summary})</code><table><thead><tr><th>layer</th><th>attention</th>"
+            f"<th>MLP</th><th>block</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+        )
 
     def _summary(self, short: bool = False) -> dict[str, str]:
         summary = {"model": repr(self.model), "definition": repr(self.definition), "n_layers": str(self.n_layers)}
@@ -243,14 +253,20 @@ class GainResult:
         return len(self.n_tokens)
 
     @property
+    def _layers(self) -> tuple[int, ...]:
+        """``layers`` as ``__post_init__`` leaves it: the measured layers, never None."""
+        assert self.layers is not None
+        return self.layers
+
+    @property
     def all_layers(self) -> bool:
         """Whether every layer of the model was measured (the Funnel verdicts need it)."""
-        return len(self.layers) == self.n_layers
+        return len(self._layers) == self.n_layers
 
     @property
     def layer_spans(self) -> str:
         """The measured layers in ``--layers`` syntax, e.g. ``"0-3,23"``."""
-        return format_layer_spans(self.layers)
+        return format_layer_spans(self._layers)
 
     @property
     def cumulative_layers(self) -> tuple[int, ...]:
@@ -258,9 +274,9 @@ class GainResult:
         result; none when layer 0 was not measured). Past a gap a running product from layer 0
         would silently skip the missing layers' gains, so it stops there."""
         prefix = 0
-        while prefix < len(self.layers) and self.layers[prefix] == prefix:
+        while prefix < len(self._layers) and self._layers[prefix] == prefix:
             prefix += 1
-        return self.layers[:prefix]
+        return self._layers[:prefix]
 
     def per_prompt_gains(self, component: str) -> np.ndarray:
         """``[prompt, layer]``: mean‖out‖ / (mean‖in‖ + 1e-10) of each prompt (the seed's)."""
@@ -291,20 +307,26 @@ class GainResult:
     @property
     def cumulative_gains(self) -> np.ndarray:
         """``[layer]`` over ``cumulative_layers``: the running product of ``combined`` from layer 0."""
-        return np.cumprod(self.combined_gains[:len(self.cumulative_layers)])
+        return np.cumprod(self.combined_gains[: len(self.cumulative_layers)])
 
-    def subset(self, prompt_indices) -> "GainResult":
+    def subset(self, prompt_indices) -> GainResult:
         """A new result over some of the prompts (for bootstrap resampling and checks)."""
         index = subset_index(prompt_indices, self.n_prompts)
         prompts, provenance = prompts_subset(self.prompts, self.provenance, index)
         return GainResult(
-            model=self.model, definition=self.definition, n_layers=self.n_layers, d_model=self.d_model,
-            parallel_blocks=self.parallel_blocks, prompts=prompts,
+            model=self.model,
+            definition=self.definition,
+            n_layers=self.n_layers,
+            d_model=self.d_model,
+            parallel_blocks=self.parallel_blocks,
+            prompts=prompts,
             n_tokens=self.n_tokens[index],
             out_sums={c: v[index] for c, v in self.out_sums.items()},
             in_sums={c: v[index] for c, v in self.in_sums.items()},
-            drop_first=self.drop_first, provenance=provenance,
-            positions=None if self.positions is None else self.positions.subset(index), layers=self.layers,
+            drop_first=self.drop_first,
+            provenance=provenance,
+            positions=None if self.positions is None else self.positions.subset(index),
+            layers=self.layers,
             reads=None if self.reads is None else self.reads.subset(index),
         )
 
@@ -316,16 +338,18 @@ class GainResult:
         ``self.positions.labels``; prompts behind each, ``self.positions.prompt_counts()``.
         """
         if self.positions is None:
-            raise FunnelError(f"{self.model}: no position-resolved sums: measure with by_position=True "
-                              "(funnel-tl run --by-position)")
+            raise FunnelError(
+                f"{self.model}: no position-resolved sums: measure with by_position=True (funnel-tl run --by-position)"
+            )
         return self.positions.gains(component)
 
-    def without_first(self, k: int) -> "GainResult":
+    def without_first(self, k: int) -> GainResult:
         """The result as if measured with ``drop_first=k``, from the position sums (no model needed).
 
         ``k=1`` needs no position sums in a result with read sums (every ``measure_gains`` run):
-        its sums from position 1 are exactly those a ``drop_first=1`` run adds up. Prompts with no token left after the first k positions are left out (they would count
-        none). Intervals are not carried over: draw them again with ``with_intervals``.
+        its sums from position 1 are exactly those a ``drop_first=1`` run adds up. Prompts with no
+        token left after the first k positions are left out (they would count none). Intervals are
+        not carried over: draw them again with ``with_intervals``.
         """
         if k <= self.drop_first:
             return replace(self, intervals=None)
@@ -337,18 +361,28 @@ class GainResult:
         kept = np.flatnonzero(n_tokens > 0)
         if kept.size == 0:
             raise FunnelError(f"{self.model}: no prompt has a token after the first {k} positions")
-        prompts, provenance = (prompts_subset(self.prompts, self.provenance, kept) if kept.size < self.n_prompts
-                               else (self.prompts, self.provenance))
+        prompts, provenance = (
+            prompts_subset(self.prompts, self.provenance, kept)
+            if kept.size < self.n_prompts
+            else (self.prompts, self.provenance)
+        )
         return GainResult(
-            model=self.model, definition=self.definition, n_layers=self.n_layers, d_model=self.d_model,
-            parallel_blocks=self.parallel_blocks, prompts=prompts,
+            model=self.model,
+            definition=self.definition,
+            n_layers=self.n_layers,
+            d_model=self.d_model,
+            parallel_blocks=self.parallel_blocks,
+            prompts=prompts,
             n_tokens=n_tokens[kept],
-            out_sums={c: out_sums[c][kept] for c in COMPONENTS}, in_sums={c: in_sums[c][kept] for c in COMPONENTS},
-            drop_first=k, provenance=dict(provenance, drop_first=k, derived_from_drop_first=self.drop_first),
-            positions=self.positions.without_first(k).subset(kept), layers=self.layers,
+            out_sums={c: out_sums[c][kept] for c in COMPONENTS},
+            in_sums={c: in_sums[c][kept] for c in COMPONENTS},
+            drop_first=k,
+            provenance=dict(provenance, drop_first=k, derived_from_drop_first=self.drop_first),
+            positions=self.positions.without_first(k).subset(kept),
+            layers=self.layers,
         )
 
-    def _from_position_1(self) -> "GainResult":
+    def _from_position_1(self) -> GainResult:
         """``without_first(1)`` from the read sums over positions >= 1: the very sums a
         ``drop_first=1`` run of the same batches adds up."""
         reads = self.reads
@@ -356,21 +390,31 @@ class GainResult:
         if kept.size == 0:
             raise FunnelError(f"{self.model}: no prompt has a token after position 0")
         roles = definition_roles(self.definition, self.parallel_blocks)
-        prompts, provenance = (prompts_subset(self.prompts, self.provenance, kept) if kept.size < self.n_prompts
-                               else (self.prompts, self.provenance))
+        prompts, provenance = (
+            prompts_subset(self.prompts, self.provenance, kept)
+            if kept.size < self.n_prompts
+            else (self.prompts, self.provenance)
+        )
         return GainResult(
-            model=self.model, definition=self.definition, n_layers=self.n_layers, d_model=self.d_model,
-            parallel_blocks=self.parallel_blocks, prompts=prompts, n_tokens=reads.n_tokens_from_1[kept],
+            model=self.model,
+            definition=self.definition,
+            n_layers=self.n_layers,
+            d_model=self.d_model,
+            parallel_blocks=self.parallel_blocks,
+            prompts=prompts,
+            n_tokens=reads.n_tokens_from_1[kept],
             out_sums={c: reads.sums_from_1[out][kept] for c, (out, _) in roles.items()},
             in_sums={c: reads.sums_from_1[inp][kept] for c, (_, inp) in roles.items()},
-            drop_first=1, provenance=dict(provenance, drop_first=1, derived_from_drop_first=self.drop_first),
+            drop_first=1,
+            provenance=dict(provenance, drop_first=1, derived_from_drop_first=self.drop_first),
             positions=None if self.positions is None else self.positions.without_first(1).subset(kept),
-            layers=self.layers, reads=reads.from_position_1().subset(kept),
+            layers=self.layers,
+            reads=reads.from_position_1().subset(kept),
         )
 
     # ---- beside the seed's numbers (funnel_tl.measure.reads, funnel_tl.measure.medians) ------------------------
     @cached_property
-    def without_first_position(self) -> "GainResult | None":
+    def without_first_position(self) -> GainResult | None:
         """This result over positions >= 1 (``without_first(1)``, itself when position 0 is already
         dropped), with intervals drawn as this result's; None without read sums (older files) or
         when no prompt has a second token."""
@@ -387,7 +431,7 @@ class GainResult:
             return None
         return without.combined_gains if component == "combined" else without.gains(component)
 
-    def _like_intervals(self, other: "GainResult") -> "GainResult":
+    def _like_intervals(self, other: GainResult) -> GainResult:
         """``other`` with intervals drawn as this result's were (same resamples, seed, confidence)."""
         if self.intervals is None or other.n_prompts < 2:
             return other
@@ -396,12 +440,18 @@ class GainResult:
 
         # The layers' intervals alone (as positions.sink_effect draws them): no page shows the
         # position cells' of a derived result.
-        return replace(other, intervals=bootstrap_intervals(other, n_resamples=self.intervals.n_resamples,
-                                                            seed=self.intervals.seed,
-                                                            confidence=self.intervals.confidence,
-                                                            method=self.intervals.method))
+        return replace(
+            other,
+            intervals=bootstrap_intervals(
+                other,
+                n_resamples=self.intervals.n_resamples,
+                seed=self.intervals.seed,
+                confidence=self.intervals.confidence,
+                method=self.intervals.method,
+            ),
+        )
 
-    def in_definition(self, definition: str) -> "GainResult":
+    def in_definition(self, definition: str) -> GainResult:
         """The same forward's gains under ``definition`` (``"seed"`` or ``"residual"``), from the read sums.
 
         >>> measure_gains(model, "seed").in_definition("residual").attn_gains  # doctest: +SKIP
@@ -412,24 +462,36 @@ class GainResult:
             return self
         roles = definition_roles(definition, self.parallel_blocks)
         if self.reads is None or not self.reads.has(*(role for pair in roles.values() for role in pair)):
-            raise FunnelError(f"{self.model}: the {definition} definition's inputs were not read "
-                              + ("(a result without read sums: rerun funnel-tl run)" if self.reads is None else
-                                 "(the model has no norm output to read)"))
+            raise FunnelError(
+                f"{self.model}: the {definition} definition's inputs were not read "
+                + (
+                    "(a result without read sums: rerun funnel-tl run)"
+                    if self.reads is None
+                    else "(the model has no norm output to read)"
+                )
+            )
         reads = self.reads
         described = {"block_shape": self.provenance.get("reads", {}).get("block_shape")}
         for component, (out, inp) in roles.items():
             described |= {f"{component}_in": reads.reads[inp], f"{component}_out": reads.reads[out]}
         return GainResult(
-            model=self.model, definition=definition, n_layers=self.n_layers, d_model=self.d_model,
-            parallel_blocks=self.parallel_blocks, prompts=self.prompts, n_tokens=self.n_tokens,
+            model=self.model,
+            definition=definition,
+            n_layers=self.n_layers,
+            d_model=self.d_model,
+            parallel_blocks=self.parallel_blocks,
+            prompts=self.prompts,
+            n_tokens=self.n_tokens,
             out_sums={c: reads.sums[out] for c, (out, _) in roles.items()},
-            in_sums={c: reads.sums[inp] for c, (_, inp) in roles.items()}, drop_first=self.drop_first,
+            in_sums={c: reads.sums[inp] for c, (_, inp) in roles.items()},
+            drop_first=self.drop_first,
             provenance=dict(self.provenance, reads=described, derived_from_definition=self.definition),
-            layers=self.layers, reads=reads,
+            layers=self.layers,
+            reads=reads,
         )
 
     @cached_property
-    def other_definition(self) -> "GainResult | None":
+    def other_definition(self) -> GainResult | None:
         """``in_definition`` of the definition this result is not, with intervals drawn as this
         result's; None where its inputs were not read."""
         other = DEFINITIONS[1 - DEFINITIONS.index(self.definition)]
@@ -444,16 +506,18 @@ class GainResult:
         where no post-norm follows the sublayer (or it was not read)."""
         if self.reads is None or not self.reads.has(f"{component}_module_out", f"{component}_in"):
             return None
-        return _mean_ratio(self.reads.sums[f"{component}_module_out"], self.reads.sums[f"{component}_in"],
-                           self.n_tokens)
+        return _mean_ratio(
+            self.reads.sums[f"{component}_module_out"], self.reads.sums[f"{component}_in"], self.n_tokens
+        )
 
     def post_norm_gains(self, component: str) -> np.ndarray | None:
         """``[layer]`` (attn or mlp): the post-norm's own gain, mean‖a‖ (or ‖m‖) / mean‖module output‖
         per prompt, averaged; per prompt, module gain × post-norm gain = the seed gain."""
         if self.reads is None or not self.reads.has(f"{component}_module_out"):
             return None
-        return _mean_ratio(self.reads.sums[f"{component}_out"], self.reads.sums[f"{component}_module_out"],
-                           self.n_tokens)
+        return _mean_ratio(
+            self.reads.sums[f"{component}_out"], self.reads.sums[f"{component}_module_out"], self.n_tokens
+        )
 
     def median_gains(self, component: str) -> np.ndarray | None:
         """``[layer]`` median per-token gain of ``component`` (attn, mlp, block) over every counted
@@ -473,20 +537,29 @@ class GainResult:
     def stream_layers(self) -> tuple[int, ...]:
         """The layers ``block_cumulative_gains`` covers: every measured layer when layer 0 was
         measured (its ``resid_pre`` is the denominator), none otherwise."""
-        return self.layers if self.layers[0] == 0 else ()
+        return self._layers if self._layers[0] == 0 else ()
 
     @cached_property
-    def _stack(self) -> "GainResult | None":
+    def _stack(self) -> GainResult | None:
         """Blocks 0..L read as one block: ``block`` sums of ‖resid_post_L‖ over ‖resid_pre_0‖ (the
         other components as this result's), so that its block gains and intervals are the stream's growth."""
         if not self.stream_layers:
             return None
-        first = np.repeat(self.in_sums["block"][:, :1], len(self.layers), axis=1)  # [prompt, layer]: resid_pre_0
+        first = np.repeat(self.in_sums["block"][:, :1], len(self._layers), axis=1)  # [prompt, layer]: resid_pre_0
         stack = GainResult(
-            model=self.model, definition=self.definition, n_layers=self.n_layers, d_model=self.d_model,
-            parallel_blocks=self.parallel_blocks, prompts=self.prompts, n_tokens=self.n_tokens,
-            out_sums=dict(self.out_sums), in_sums={**self.in_sums, "block": first}, drop_first=self.drop_first,
-            provenance=self.provenance, layers=self.layers)
+            model=self.model,
+            definition=self.definition,
+            n_layers=self.n_layers,
+            d_model=self.d_model,
+            parallel_blocks=self.parallel_blocks,
+            prompts=self.prompts,
+            n_tokens=self.n_tokens,
+            out_sums=dict(self.out_sums),
+            in_sums={**self.in_sums, "block": first},
+            drop_first=self.drop_first,
+            provenance=self.provenance,
+            layers=self.layers,
+        )
         return stack
 
     @property
@@ -506,8 +579,14 @@ class GainResult:
         stack = self._like_intervals(self._stack)
         return None if stack.intervals is None else stack.intervals.block
 
-    def with_intervals(self, intervals=None, n_resamples: int | None = None, seed: int | None = None,
-                       confidence: float | None = None, method: str | None = None) -> "GainResult":
+    def with_intervals(
+        self,
+        intervals=None,
+        n_resamples: int | None = None,
+        seed: int | None = None,
+        confidence: float | None = None,
+        method: str | None = None,
+    ) -> GainResult:
         """A new result carrying intervals over prompts (see ``funnel_tl.analysis.stats``).
 
         Pass ready ``Intervals``, or let them be drawn from this result's per-prompt sums
@@ -529,7 +608,8 @@ class GainResult:
 
         if intervals is None:
             intervals = bootstrap_intervals(
-                self, n_resamples=DEFAULT_RESAMPLES if n_resamples is None else n_resamples,
+                self,
+                n_resamples=DEFAULT_RESAMPLES if n_resamples is None else n_resamples,
                 seed=DEFAULT_SEED if seed is None else seed,
                 confidence=DEFAULT_CONFIDENCE if confidence is None else confidence,
                 method=DEFAULT_METHOD if method is None else method,
@@ -554,7 +634,7 @@ class GainResult:
         return sink_effect(self, without=self.without_first_position if reuse else None)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "results") -> "GainResult":
+    def from_dict(cls, data: dict[str, Any], source: str = "results") -> GainResult:
         return result_from_dict(cls, data, source)
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -562,7 +642,7 @@ class GainResult:
         return write_json_atomic(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "GainResult":
+    def load(cls, path: str | os.PathLike) -> GainResult:
         return cls.from_dict(read_json(path), source=str(path))
 
 

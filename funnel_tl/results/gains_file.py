@@ -28,22 +28,27 @@ SCHEMA_VERSION = 1
 
 def result_dict(result: GainResult) -> dict[str, Any]:
     """``GainResult.to_dict``: the results file, every key of the seed notebook's JSON, same meaning, plus more."""
-    attn, mlp, combined = (summarize(gains, result.layers) for gains in
-                           (result.attn_gains, result.mlp_gains, result.combined_gains))
+    attn, mlp, combined = (
+        summarize(gains, result.layers) for gains in (result.attn_gains, result.mlp_gains, result.combined_gains)
+    )
     # Measured on some layers only: the verdicts are null and "not_testable" says why (the
     # keys stay, so a reader of full files finds them in every file).
     why_not = not_testable(result)
 
     confidence = result.intervals.confidence if result.intervals is not None else DEFAULT_CONFIDENCE
-    uncertainty = {"dominant_prompts": [flag.to_dict() for flag in dominant_prompts(result, confidence)]}
+    uncertainty: dict[str, Any] = {
+        "dominant_prompts": [flag.to_dict() for flag in dominant_prompts(result, confidence)]
+    }
     if result.intervals is not None:
-        uncertainty |= {"intervals": result.intervals.to_dict(),
-                        "robust_funnel_test": None if why_not else robust_funnel_test(result).to_dict()}
+        uncertainty |= {
+            "intervals": result.intervals.to_dict(),
+            "robust_funnel_test": None if why_not else robust_funnel_test(result).to_dict(),
+        }
     data = {
         "schema_version": SCHEMA_VERSION,
         "model": result.model,
         "n_layers": int(result.n_layers),
-        **({} if result.all_layers else {"layers": list(result.layers)}),
+        **({} if result.all_layers else {"layers": list(result.layers or ())}),
         "hidden_dim": int(result.d_model),
         "n_prompts": int(result.n_prompts),
         "definition": result.definition,
@@ -51,22 +56,30 @@ def result_dict(result: GainResult) -> dict[str, Any]:
         "drop_first": int(result.drop_first),
         "attention": {
             "gains": _floats(result.attn_gains),
-            "min_gain": attn.min_gain, "max_gain": attn.max_gain,
+            "min_gain": attn.min_gain,
+            "max_gain": attn.max_gain,
             "L_star_min": attn.min_layer,
-            "n_contracting": attn.n_contracting, "n_expanding": attn.n_expanding,
+            "n_contracting": attn.n_contracting,
+            "n_expanding": attn.n_expanding,
         },
         "mlp": {
             "gains": _floats(result.mlp_gains),
-            "min_gain": mlp.min_gain, "max_gain": mlp.max_gain,
+            "min_gain": mlp.min_gain,
+            "max_gain": mlp.max_gain,
             "L_star_max": mlp.max_layer,
-            "n_contracting": mlp.n_contracting, "n_expanding": mlp.n_expanding,
+            "n_contracting": mlp.n_contracting,
+            "n_expanding": mlp.n_expanding,
             # The model's last layer; null when a subset left it out.
-            "last_layer_gain": float(result.mlp_gains[-1]) if result.layers[-1] == result.n_layers - 1 else None,
+            "last_layer_gain": float(result.mlp_gains[-1])
+            if (result.layers or ())[-1] == result.n_layers - 1
+            else None,
         },
         "combined": {
             "gains": _floats(result.combined_gains),
-            "n_net_contracting": combined.n_contracting, "n_net_expanding": combined.n_expanding,
-            "max_gain": combined.max_gain, "max_gain_layer": combined.max_layer,
+            "n_net_contracting": combined.n_contracting,
+            "n_net_expanding": combined.n_expanding,
+            "max_gain": combined.max_gain,
+            "max_gain_layer": combined.max_layer,
             "cumulative_gains": _floats(result.cumulative_gains),
         },
         "block": {"gains": _floats(result.block_gains)},
@@ -103,8 +116,10 @@ def result_from_dict(cls: type[GainResult], data: dict[str, Any], source: str = 
             "JSON holds only averaged gains; rerun `funnel-tl run` to get a full results file)"
         )
     if version != SCHEMA_VERSION:
-        raise FunnelError(f"{source} has schema_version {version!r}; this funnel_tl reads {SCHEMA_VERSION!r}: "
-                          "rerun `funnel-tl run` or install the matching funnel_tl")
+        raise FunnelError(
+            f"{source} has schema_version {version!r}; this funnel_tl reads {SCHEMA_VERSION!r}: "
+            "rerun `funnel-tl run` or install the matching funnel_tl"
+        )
     check_results(data, source)  # every field read below, of the right type: one line naming a bad one
     intervals = None
     if data.get("intervals") is not None:
@@ -114,13 +129,19 @@ def result_from_dict(cls: type[GainResult], data: dict[str, Any], source: str = 
         layers = data.get("layers")
         width = data["n_layers"] if layers is None else len(layers)
         return cls(
-            model=data["model"], definition=data["definition"], n_layers=data["n_layers"],
-            d_model=data["hidden_dim"], parallel_blocks=data["parallel_blocks"],
-            prompts=prompt_texts(data["prompts"]), n_tokens=np.asarray(per_prompt["n_tokens"]),
+            model=data["model"],
+            definition=data["definition"],
+            n_layers=data["n_layers"],
+            d_model=data["hidden_dim"],
+            parallel_blocks=data["parallel_blocks"],
+            prompts=prompt_texts(data["prompts"]),
+            n_tokens=np.asarray(per_prompt["n_tokens"]),
             out_sums={c: np.asarray(per_prompt[c]["out_sum"], dtype=np.float64).reshape(-1, width) for c in COMPONENTS},
             in_sums={c: np.asarray(per_prompt[c]["in_sum"], dtype=np.float64).reshape(-1, width) for c in COMPONENTS},
-            drop_first=data.get("drop_first", 0), provenance=data.get("provenance", {}),
-            intervals=intervals, positions=_positions_from_dict(data.get("by_position")),
+            drop_first=data.get("drop_first", 0),
+            provenance=data.get("provenance", {}),
+            intervals=intervals,
+            positions=_positions_from_dict(data.get("by_position")),
             layers=None if layers is None else tuple(layers),
             **_readings_from_dict(data, width),
         )
@@ -173,16 +194,28 @@ def gain_rows(result: GainResult, **extra) -> list[dict[str, Any]]:
     """Tidy rows (dicts) of a result's gains: one per layer and component; ``extra`` columns first."""
     rows = []
     for component in TIDY_COMPONENTS:
-        gains = (result.combined_gains if component == "combined" else
-                 result.cumulative_gains if component == "cumulative" else result.gains(component))  # [layer]
+        gains = (
+            result.combined_gains
+            if component == "combined"
+            else result.cumulative_gains
+            if component == "cumulative"
+            else result.gains(component)
+        )  # [layer]
         bounds = result.intervals.of(component) if result.intervals is not None else None  # [layer, 2]
         # gains has one row per measured layer (the cumulative: per layer of the measured prefix).
-        for row, layer in enumerate(result.layers[:len(gains)]):
-            rows.append({**extra, "model": result.model, "layer": layer, "component": component,
-                         "gain": float(gains[row]),
-                         "ci_low": float(bounds[row, 0]) if bounds is not None else float("nan"),
-                         "ci_high": float(bounds[row, 1]) if bounds is not None else float("nan"),
-                         "n_prompts": result.n_prompts})
+        for row, layer in enumerate((result.layers or ())[: len(gains)]):
+            rows.append(
+                {
+                    **extra,
+                    "model": result.model,
+                    "layer": layer,
+                    "component": component,
+                    "gain": float(gains[row]),
+                    "ci_low": float(bounds[row, 0]) if bounds is not None else float("nan"),
+                    "ci_high": float(bounds[row, 1]) if bounds is not None else float("nan"),
+                    "n_prompts": result.n_prompts,
+                }
+            )
     return rows
 
 

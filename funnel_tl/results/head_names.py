@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 # What ``top`` and ``heatmap`` can rank or colour by: HeadResult attribute per key.
-VALUES = {"gain": "head_gains", "norm": "head_norms", "norm_share": "norm_shares",
-          "projection_share": "projection_shares"}
+VALUES = {
+    "gain": "head_gains",
+    "norm": "head_norms",
+    "norm_share": "norm_shares",
+    "projection_share": "projection_shares",
+}
 
 
 def norm_decimals(norms) -> int:

@@ -97,9 +97,12 @@ class HeadResult:
             raise FunnelError(f"{self.model}: a result needs at least one prompt, got none")
         if self.n_tokens.min() < 1:
             raise ValueError("every prompt must count at least one token")
-        expected = {"head_norm_sums": (n_prompts, n_measured, self.n_heads),
-                    "head_projection_sums": (n_prompts, n_measured, self.n_heads),
-                    "attn_out_sums": (n_prompts, n_measured), "in_sums": (n_prompts, n_measured)}
+        expected = {
+            "head_norm_sums": (n_prompts, n_measured, self.n_heads),
+            "head_projection_sums": (n_prompts, n_measured, self.n_heads),
+            "attn_out_sums": (n_prompts, n_measured),
+            "in_sums": (n_prompts, n_measured),
+        }
         for name, shape in expected.items():
             array = np.asarray(getattr(self, name), dtype=np.float64).reshape(shape)
             if not np.all(np.isfinite(array)):
@@ -112,8 +115,10 @@ class HeadResult:
             raise ValueError("head position token counts do not add up to the per-prompt token counts")
 
     def __repr__(self) -> str:  # the arrays would flood a notebook cell
-        return (f"HeadResult(model={self.model!r}, definition={self.definition!r}, layers=[{_format_layers(self.layers)}], "
-                f"n_heads={self.n_heads}, n_prompts={self.n_prompts}, drop_first={self.drop_first})")
+        return (
+            f"HeadResult(model={self.model!r}, definition={self.definition!r}, layers=[{_format_layers(self.layers)}], "
+            f"n_heads={self.n_heads}, n_prompts={self.n_prompts}, drop_first={self.drop_first})"
+        )
 
     # ---- statistics ----------------------------------------------------------------------------
     @property
@@ -207,9 +212,11 @@ class HeadResult:
         """One line saying what the heads' gains are relative to when read before a post-norm, else None."""
         if self.read_at is None:
             return None
-        return (f"heads read before the attention's post-norm ({self.read_at}), where they add up: their gains and "
-                "the layer gain beside them are the attention module's own output over its input, without the "
-                "post-norm's factor (the seed's attention gain includes it)")
+        return (
+            f"heads read before the attention's post-norm ({self.read_at}), where they add up: their gains and "
+            "the layer gain beside them are the attention module's own output over its input, without the "
+            "post-norm's factor (the seed's attention gain includes it)"
+        )
 
     def layer_index(self, layer: int) -> int:
         """Row of ``layer`` in the ``[layer, ...]`` arrays (they hold the measured layers only)."""
@@ -223,10 +230,17 @@ class HeadResult:
         row = self.layer_index(layer)
         if not 0 <= head < self.n_heads:
             raise FunnelError(f"head {head} out of range: layers have {self.n_heads} heads (0-{self.n_heads - 1})")
-        return HeadStat(label(layer, head), layer, head, float(self.head_gains[row, head]),
-                        float(self.head_norms[row, head]), float(self.norm_shares[row, head]),
-                        float(self.projection_shares[row, head]), float(self.attn_gains[row]),
-                        self.key_value_head(head))
+        return HeadStat(
+            label(layer, head),
+            layer,
+            head,
+            float(self.head_gains[row, head]),
+            float(self.head_norms[row, head]),
+            float(self.norm_shares[row, head]),
+            float(self.projection_shares[row, head]),
+            float(self.attn_gains[row]),
+            self.key_value_head(head),
+        )
 
     def top(self, k: int = 10, by: str = "gain", largest: bool = True) -> list[HeadStat]:
         """The ``k`` heads with the largest (or smallest) ``by``, across all measured layers.
@@ -240,26 +254,38 @@ class HeadResult:
             raise FunnelError(f"unknown ranking {by!r}: choose {', '.join(VALUES)}")
         values = getattr(self, VALUES[by])  # [layer, head]
         order = np.argsort(-values if largest else values, axis=None, kind="stable")[: max(int(k), 0)]
-        return [self.stat(self.layers[row], head)
-                for row, head in (np.unravel_index(flat, values.shape) for flat in order)]
+        return [
+            self.stat(self.layers[row], head) for row, head in (np.unravel_index(flat, values.shape) for flat in order)
+        ]
 
     def format_top(self, k: int = 10, by: str = "gain") -> str:
         """``top(k, by)`` as a text table (what ``funnel-tl heads`` prints); under grouped-query
         attention a ``kv`` column names the key/value head each query head reads."""
         grouped = self.group_size is not None
-        header = (f"{'rank':>4}  {'head':<8} " + (f"{'kv':>3} " if grouped else "") + f"{'gain':>8} {'norm':>10} "
-                  f"{'norm share':>10} {'proj share':>10} {'layer attn gain':>15}")
+        header = (
+            f"{'rank':>4}  {'head':<8} " + (f"{'kv':>3} " if grouped else "") + f"{'gain':>8} {'norm':>10} "
+            f"{'norm share':>10} {'proj share':>10} {'layer attn gain':>15}"
+        )
 
-        lines = [f"Top {k} heads by {by.replace('_', ' ')} ({short_name(self.model)}, definition={self.definition})"
-                 + (f"; {self.n_heads} query heads read {self.n_key_value_heads} key/value heads, "
-                    f"{self.group_size} each (kv)" if grouped else ""),
-                 *([self.relative_to()] if self.read_at else []), header]
+        lines = [
+            f"Top {k} heads by {by.replace('_', ' ')} ({short_name(self.model)}, definition={self.definition})"
+            + (
+                f"; {self.n_heads} query heads read {self.n_key_value_heads} key/value heads, "
+                f"{self.group_size} each (kv)"
+                if grouped
+                else ""
+            ),
+            *([self.relative_to()] if self.read_at else []),
+            header,
+        ]
         rows = self.top(k, by)
         decimals = norm_decimals([row.norm for row in rows])
         for rank, row in enumerate(rows, start=1):
             kv = f"{row.key_value_head:>3} " if grouped else ""
-            lines.append(f"{rank:>4}  {row.label:<8} {kv}{row.gain:>8.4f} {row.norm:>10.{decimals}f} "
-                         f"{row.norm_share:>10.3f} {row.projection_share:>10.3f} {row.layer_attn_gain:>15.4f}")
+            lines.append(
+                f"{rank:>4}  {row.label:<8} {kv}{row.gain:>8.4f} {row.norm:>10.{decimals}f} "
+                f"{row.norm_share:>10.3f} {row.projection_share:>10.3f} {row.layer_attn_gain:>15.4f}"
+            )
         return "\n".join(lines)
 
     def gain_intervals(self, n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95) -> np.ndarray:
@@ -295,28 +321,47 @@ class HeadResult:
         rows = []
         for row, layer in enumerate(self.layers):
             for head in range(self.n_heads):
-                rows.append({"model": self.model, "layer": layer, "head": head, "label": label(layer, head),
-                             "component": "head", "gain": float(self.head_gains[row, head]),
-                             "ci_low": float(bounds[row, head, 0]), "ci_high": float(bounds[row, head, 1]),
-                             "n_prompts": self.n_prompts,
-                             "norm": float(self.head_norms[row, head]),
-                             "norm_share": float(self.norm_shares[row, head]),
-                             "projection_share": float(self.projection_shares[row, head]),
-                             "layer_attn_gain": float(self.attn_gains[row]),
-                             "key_value_head": self.key_value_head(head)})
+                rows.append(
+                    {
+                        "model": self.model,
+                        "layer": layer,
+                        "head": head,
+                        "label": label(layer, head),
+                        "component": "head",
+                        "gain": float(self.head_gains[row, head]),
+                        "ci_low": float(bounds[row, head, 0]),
+                        "ci_high": float(bounds[row, head, 1]),
+                        "n_prompts": self.n_prompts,
+                        "norm": float(self.head_norms[row, head]),
+                        "norm_share": float(self.norm_shares[row, head]),
+                        "projection_share": float(self.projection_shares[row, head]),
+                        "layer_attn_gain": float(self.attn_gains[row]),
+                        "key_value_head": self.key_value_head(head),
+                    }
+                )
         return pd.DataFrame(rows).astype({"key_value_head": "Int64"})
 
-    def subset(self, prompt_indices) -> "HeadResult":
+    def subset(self, prompt_indices) -> HeadResult:
         """A new result over some of the prompts (for bootstrap resampling and checks)."""
         index = subset_index(prompt_indices, self.n_prompts)
         prompts, provenance = prompts_subset(self.prompts, self.provenance, index)
         return HeadResult(
-            model=self.model, definition=self.definition, n_layers=self.n_layers, n_heads=self.n_heads,
-            d_head=self.d_head, d_model=self.d_model, layers=self.layers, prompts=prompts,
+            model=self.model,
+            definition=self.definition,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            d_head=self.d_head,
+            d_model=self.d_model,
+            layers=self.layers,
+            prompts=prompts,
             n_tokens=self.n_tokens[index],
-            head_norm_sums=self.head_norm_sums[index], head_projection_sums=self.head_projection_sums[index],
-            attn_out_sums=self.attn_out_sums[index], in_sums=self.in_sums[index],
-            n_key_value_heads=self.n_key_value_heads, drop_first=self.drop_first, provenance=provenance,
+            head_norm_sums=self.head_norm_sums[index],
+            head_projection_sums=self.head_projection_sums[index],
+            attn_out_sums=self.attn_out_sums[index],
+            in_sums=self.in_sums[index],
+            n_key_value_heads=self.n_key_value_heads,
+            drop_first=self.drop_first,
+            provenance=provenance,
             positions=None if self.positions is None else self.positions.subset(index),
         )
 
@@ -328,8 +373,10 @@ class HeadResult:
         ``self.positions.labels``.
         """
         if self.positions is None:
-            raise FunnelError(f"{self.model}: no position-resolved head sums: measure with by_position=True "
-                              "(funnel-tl heads --by-position)")
+            raise FunnelError(
+                f"{self.model}: no position-resolved head sums: measure with by_position=True "
+                "(funnel-tl heads --by-position)"
+            )
         return self.positions.gains()
 
     # ---- figures (drawn by funnel_tl.plots.heads) ----------------------------------------------
@@ -389,21 +436,30 @@ class HeadResult:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "heads data") -> "HeadResult":
+    def from_dict(cls, data: dict[str, Any], source: str = "heads data") -> HeadResult:
         if not isinstance(data, dict) or data.get("kind") != HEADS_KIND:
-            looks_like = ("a results.json of `funnel-tl run` (load it with GainResult.load)"
-                          if isinstance(data, dict) and "attention" in data else "not a funnel_tl heads file")
+            looks_like = (
+                "a results.json of `funnel-tl run` (load it with GainResult.load)"
+                if isinstance(data, dict) and "attention" in data
+                else "not a funnel_tl heads file"
+            )
             raise FunnelError(f"{source} is {looks_like}: give a heads.json written by `funnel-tl heads`")
         version = data.get("schema_version")
         if version != HEADS_SCHEMA_VERSION:
-            raise FunnelError(f"{source} has heads schema_version {version}; this funnel_tl reads "
-                              f"{HEADS_SCHEMA_VERSION}: rerun `funnel-tl heads` or install the matching funnel_tl")
+            raise FunnelError(
+                f"{source} has heads schema_version {version}; this funnel_tl reads "
+                f"{HEADS_SCHEMA_VERSION}: rerun `funnel-tl heads` or install the matching funnel_tl"
+            )
         check_heads(data, source)  # every field read below, of the right type: one line naming a bad one
         try:
             per_prompt = data["per_prompt"]
             return cls(
-                model=data["model"], definition=data["definition"], n_layers=data["n_layers"],
-                n_heads=data["n_heads"], d_head=data["d_head"], d_model=data["hidden_dim"],
+                model=data["model"],
+                definition=data["definition"],
+                n_layers=data["n_layers"],
+                n_heads=data["n_heads"],
+                d_head=data["d_head"],
+                d_model=data["hidden_dim"],
                 layers=tuple(data["layers"]),
                 prompts=None if data["prompts"]["texts"] is None else tuple(data["prompts"]["texts"]),
                 n_tokens=np.asarray(per_prompt["n_tokens"]),
@@ -411,8 +467,10 @@ class HeadResult:
                 head_projection_sums=np.asarray(per_prompt["head_projection_sum"], dtype=np.float64),
                 attn_out_sums=np.asarray(per_prompt["attn_out_sum"], dtype=np.float64),
                 in_sums=np.asarray(per_prompt["in_sum"], dtype=np.float64),
-                n_key_value_heads=data.get("n_key_value_heads"), drop_first=data.get("drop_first", 0),
-                provenance=data.get("provenance", {}), positions=_head_positions_from_dict(data.get("by_position")),
+                n_key_value_heads=data.get("n_key_value_heads"),
+                drop_first=data.get("drop_first", 0),
+                provenance=data.get("provenance", {}),
+                positions=_head_positions_from_dict(data.get("by_position")),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise FunnelError(f"{source} is not a complete heads.json (missing or bad {error})") from None
@@ -422,7 +480,7 @@ class HeadResult:
         return write_json_atomic(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "HeadResult":
+    def load(cls, path: str | os.PathLike) -> HeadResult:
         return cls.from_dict(read_json(path), source=str(path))
 
     def save_html(self, path: str | os.PathLike, k: int = 20, self_contained: bool = False) -> Path:
@@ -435,7 +493,6 @@ class HeadResult:
         from funnel_tl.plots.pages import write_page
 
         return write_page(path, lambda plotlyjs: self.to_html(k, plotlyjs=plotlyjs), self_contained)
-
 
 
 def _head_positions_from_dict(block):

@@ -15,6 +15,7 @@ from funnel_tl.errors import FunnelError
 # Positions 0..15 get a bucket each: sinks and the first tokens' warm-up live there.
 SINGLE_POSITIONS = 16
 
+
 def bucket_edges(n_positions: int) -> np.ndarray:
     """``[bucket + 1]`` edges covering positions ``0 … n_positions - 1``: bucket b is ``[e[b], e[b+1])``.
 
@@ -34,7 +35,7 @@ def bucket_labels(edges) -> list[str]:
 
     A plain hyphen, as data: ``df.query("position == '16-31'")`` must find what one types; figures
     draw it as an en dash (``position_plots``)."""
-    return [f"{lo}" if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in zip(edges[:-1], edges[1:])]
+    return [f"{lo}" if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,9 @@ class HeadPositionSums:
         object.__setattr__(self, "n_tokens", np.asarray(self.n_tokens, dtype=np.int64))
         n_prompts, n_buckets = self.n_tokens.shape[0], len(edges) - 1
         if self.n_tokens.shape != (n_prompts, n_buckets):
-            raise ValueError(f"head position token counts have shape {self.n_tokens.shape}, "
-                             f"expected [prompt, {n_buckets}]")
+            raise ValueError(
+                f"head position token counts have shape {self.n_tokens.shape}, expected [prompt, {n_buckets}]"
+            )
         for name, ndim in (("head_norm_sums", 4), ("in_sums", 3)):
             array = np.asarray(getattr(self, name), dtype=np.float64)
             if array.ndim != ndim or array.shape[0] != n_prompts or array.shape[-1] != n_buckets:
@@ -82,31 +84,43 @@ class HeadPositionSums:
         counts = self.n_tokens[:, None, :].astype(np.float64)  # [prompt, 1, bucket]
         reached = self.n_tokens > 0  # [prompt, bucket]
         with np.errstate(invalid="ignore", divide="ignore"):
-            per_prompt = gain_ratio(self.head_norm_sums / counts[:, :, None, :],
-                                    (self.in_sums / counts)[:, :, None, :])  # [prompt, layer, head, bucket]
+            per_prompt = gain_ratio(
+                self.head_norm_sums / counts[:, :, None, :], (self.in_sums / counts)[:, :, None, :]
+            )  # [prompt, layer, head, bucket]
         kept = np.where(reached[:, None, None, :], np.nan_to_num(per_prompt), 0.0)
         total = einops.reduce(kept, "prompt layer head bucket -> layer head bucket", "sum")
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(reached.any(axis=0), total / reached.sum(axis=0), np.nan)
 
-    def subset(self, prompt_indices) -> "HeadPositionSums":
+    def subset(self, prompt_indices) -> HeadPositionSums:
         index = np.asarray(prompt_indices, dtype=np.int64)
-        return replace(self, n_tokens=self.n_tokens[index], head_norm_sums=self.head_norm_sums[index],
-                       in_sums=self.in_sums[index])
+        return replace(
+            self, n_tokens=self.n_tokens[index], head_norm_sums=self.head_norm_sums[index], in_sums=self.in_sums[index]
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The ``by_position`` block of heads.json."""
-        return {"edges": self.edges.tolist(), "labels": self.labels, "n_prompts": self.prompt_counts().tolist(),
-                "head_gain": _nullable(self.gains()),
-                "per_prompt": {"n_tokens": self.n_tokens.tolist(), "head_norm_sum": self.head_norm_sums.tolist(),
-                               "in_sum": self.in_sums.tolist()}}
+        return {
+            "edges": self.edges.tolist(),
+            "labels": self.labels,
+            "n_prompts": self.prompt_counts().tolist(),
+            "head_gain": _nullable(self.gains()),
+            "per_prompt": {
+                "n_tokens": self.n_tokens.tolist(),
+                "head_norm_sum": self.head_norm_sums.tolist(),
+                "in_sum": self.in_sums.tolist(),
+            },
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "HeadPositionSums":
+    def from_dict(cls, data: dict[str, Any]) -> HeadPositionSums:
         per_prompt = data["per_prompt"]
-        return cls(edges=np.asarray(data["edges"]), n_tokens=np.asarray(per_prompt["n_tokens"]),
-                   head_norm_sums=np.asarray(per_prompt["head_norm_sum"], dtype=np.float64),
-                   in_sums=np.asarray(per_prompt["in_sum"], dtype=np.float64))
+        return cls(
+            edges=np.asarray(data["edges"]),
+            n_tokens=np.asarray(per_prompt["n_tokens"]),
+            head_norm_sums=np.asarray(per_prompt["head_norm_sum"], dtype=np.float64),
+            in_sums=np.asarray(per_prompt["in_sum"], dtype=np.float64),
+        )
 
 
 # ---- the data ------------------------------------------------------------------------------------
@@ -121,14 +135,22 @@ class PositionIntervals:
     gains: dict[str, np.ndarray]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"confidence": float(self.confidence), "n_resamples": int(self.n_resamples), "seed": int(self.seed),
-                "method": "percentile bootstrap over prompts",
-                **{KEYS[c]: _nullable(v) for c, v in self.gains.items()}}
+        return {
+            "confidence": float(self.confidence),
+            "n_resamples": int(self.n_resamples),
+            "seed": int(self.seed),
+            "method": "percentile bootstrap over prompts",
+            **{KEYS[c]: _nullable(v) for c, v in self.gains.items()},
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PositionIntervals":
-        return cls(confidence=float(data["confidence"]), n_resamples=int(data["n_resamples"]), seed=int(data["seed"]),
-                   gains={c: _array(data[key]) for c, key in KEYS.items()})
+    def from_dict(cls, data: dict[str, Any]) -> PositionIntervals:
+        return cls(
+            confidence=float(data["confidence"]),
+            n_resamples=int(data["n_resamples"]),
+            seed=int(data["seed"]),
+            gains={c: _array(data[key]) for c, key in KEYS.items()},
+        )
 
 
 @dataclass(frozen=True)
@@ -168,8 +190,10 @@ class PositionSums:
             for component in COMPONENTS:
                 array = np.asarray(sums[component], dtype=np.float64)
                 if array.ndim != 3 or array.shape[0] != n_tokens.shape[0] or array.shape[2] != n_buckets:
-                    raise ValueError(f"{component} position sums have shape {array.shape}, "
-                                     f"expected [{n_tokens.shape[0]}, layer, {n_buckets}]")
+                    raise ValueError(
+                        f"{component} position sums have shape {array.shape}, "
+                        f"expected [{n_tokens.shape[0]}, layer, {n_buckets}]"
+                    )
                 if not np.all(np.isfinite(array)) or np.any(array < 0):
                     raise ValueError(f"{component} position sums must be finite and non-negative")
                 sums[component] = array
@@ -217,10 +241,13 @@ class PositionSums:
         if component not in COMPONENTS:
             raise FunnelError(f"no position gains for {component!r}: choose attn, mlp, block or combined")
         reached = self.reached()  # [prompt, bucket]
-        total = einops.einsum(np.nan_to_num(self.per_prompt_gains(component)), reached.astype(np.float64),
-                              "prompt layer bucket, prompt bucket -> layer bucket")
+        total = einops.einsum(
+            np.nan_to_num(self.per_prompt_gains(component)),
+            reached.astype(np.float64),
+            "prompt layer bucket, prompt bucket -> layer bucket",
+        )
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(reached.any(axis=0)[None], total / reached.sum(axis=0)[None], np.nan)
+            return np.where(reached.any(axis=0)[None], total / reached.sum(axis=0)[None], np.nan)  # type: ignore[index]  # numpy types any(axis=0) as maybe a scalar
 
     def mean_norms(self, component: str, side: str = "in") -> np.ndarray:
         """``[layer, bucket]``: mean over the prompts reaching each bucket of their mean ‖in‖ (or
@@ -231,7 +258,7 @@ class PositionSums:
         per_prompt = sums / np.maximum(self.n_tokens, 1)[:, None, :]  # 0 where not reached
         total = einops.reduce(per_prompt, "prompt layer bucket -> layer bucket", "sum")
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(reached.any(axis=0)[None], total / reached.sum(axis=0)[None], np.nan)
+            return np.where(reached.any(axis=0)[None], total / reached.sum(axis=0)[None], np.nan)  # type: ignore[index]  # numpy types any(axis=0) as maybe a scalar
 
     def from_position(self, k: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
         """Out sums, in sums ``[prompt, layer]`` and counts ``[prompt]`` of positions ``k`` and later.
@@ -240,27 +267,40 @@ class PositionSums:
         1000× the rest, that difference would lose three digits to cancellation.
         """
         if k not in self.edges[: SINGLE_POSITIONS + 1]:
-            raise FunnelError(f"can leave out the first 0 to {min(SINGLE_POSITIONS, int(self.edges[-1]))} "
-                              f"positions by position sums, not {k}")
+            raise FunnelError(
+                f"can leave out the first 0 to {min(SINGLE_POSITIONS, int(self.edges[-1]))} "
+                f"positions by position sums, not {k}"
+            )
         chosen = self.edges[:-1] >= k  # [bucket]
-        return ({c: v[..., chosen].sum(axis=-1) for c, v in self.out_sums.items()},
-                {c: v[..., chosen].sum(axis=-1) for c, v in self.in_sums.items()},
-                self.n_tokens[:, chosen].sum(axis=-1))
+        return (
+            {c: v[..., chosen].sum(axis=-1) for c, v in self.out_sums.items()},
+            {c: v[..., chosen].sum(axis=-1) for c, v in self.in_sums.items()},
+            self.n_tokens[:, chosen].sum(axis=-1),
+        )
 
-    def without_first(self, k: int) -> "PositionSums":
+    def without_first(self, k: int) -> PositionSums:
         """The same sums with positions ``0 … k-1`` emptied (their cells become blank)."""
         self.from_position(k)  # checks k
         keep = (self.edges[:-1] >= k).astype(np.float64)  # [bucket]
-        return replace(self, n_tokens=self.n_tokens * keep.astype(np.int64),
-                       out_sums={c: v * keep for c, v in self.out_sums.items()},
-                       in_sums={c: v * keep for c, v in self.in_sums.items()}, intervals=None)
+        return replace(
+            self,
+            n_tokens=self.n_tokens * keep.astype(np.int64),
+            out_sums={c: v * keep for c, v in self.out_sums.items()},
+            in_sums={c: v * keep for c, v in self.in_sums.items()},
+            intervals=None,
+        )
 
-    def subset(self, prompt_indices) -> "PositionSums":
+    def subset(self, prompt_indices) -> PositionSums:
         index = np.asarray(prompt_indices, dtype=np.int64)
-        return replace(self, n_tokens=self.n_tokens[index], out_sums={c: v[index] for c, v in self.out_sums.items()},
-                       in_sums={c: v[index] for c, v in self.in_sums.items()}, intervals=None)
+        return replace(
+            self,
+            n_tokens=self.n_tokens[index],
+            out_sums={c: v[index] for c, v in self.out_sums.items()},
+            in_sums={c: v[index] for c, v in self.in_sums.items()},
+            intervals=None,
+        )
 
-    def with_intervals(self, n_resamples: int, seed: int, confidence: float) -> "PositionSums":
+    def with_intervals(self, n_resamples: int, seed: int, confidence: float) -> PositionSums:
         """A copy carrying bootstrap intervals of every cell (``bootstrap_position_intervals``)."""
         return replace(self, intervals=bootstrap_position_intervals(self, n_resamples, seed, confidence))
 
@@ -281,21 +321,24 @@ class PositionSums:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PositionSums":
+    def from_dict(cls, data: dict[str, Any]) -> PositionSums:
         per_prompt = data["per_prompt"]
         edges = np.asarray(data["edges"], dtype=np.int64)
         n_tokens = np.asarray(per_prompt["n_tokens"], dtype=np.int64).reshape(-1, len(edges) - 1)
         shape = (n_tokens.shape[0], -1, n_tokens.shape[1])
         return cls(
-            edges=edges, n_tokens=n_tokens, sink_positions=int(data.get("sink_positions", 1)),
+            edges=edges,
+            n_tokens=n_tokens,
+            sink_positions=int(data.get("sink_positions", 1)),
             out_sums={c: np.asarray(per_prompt[c]["out_sum"], dtype=np.float64).reshape(shape) for c in COMPONENTS},
             in_sums={c: np.asarray(per_prompt[c]["in_sum"], dtype=np.float64).reshape(shape) for c in COMPONENTS},
             intervals=PositionIntervals.from_dict(data["intervals"]) if data.get("intervals") else None,
         )
 
 
-def bootstrap_position_intervals(positions: PositionSums, n_resamples: int, seed: int,
-                                 confidence: float) -> PositionIntervals:
+def bootstrap_position_intervals(
+    positions: PositionSums, n_resamples: int, seed: int, confidence: float
+) -> PositionIntervals:
     """Percentile bootstrap over prompts of every cell, from the per-prompt position sums.
 
     Each resample draws the prompts with replacement (``stats.resample_weights``, so the same seed
@@ -304,8 +347,10 @@ def bootstrap_position_intervals(positions: PositionSums, n_resamples: int, seed
     nothing about it and is left out of that bucket's percentiles.
     """
     reached = positions.reached().astype(np.float64)  # [prompt, bucket]
-    per_prompt = {component: np.nan_to_num(positions.per_prompt_gains(component))  # [prompt, layer, bucket]; 0 where unreached
-                  for component in COMPONENTS}
+    per_prompt = {
+        component: np.nan_to_num(positions.per_prompt_gains(component))  # [prompt, layer, bucket]; 0 where unreached
+        for component in COMPONENTS
+    }
     resampled = {component: np.empty((n_resamples, *gains.shape[1:])) for component, gains in per_prompt.items()}
     for start, stop, weights in resample_weight_chunks(positions.n_prompts, n_resamples, seed):  # [resample, prompt]
         drawn = weights @ reached  # [resample, bucket]: drawn weight of the prompts reaching each bucket
@@ -344,20 +389,28 @@ def position_rows(result, **extra) -> list[dict[str, Any]]:
             for bucket, label in enumerate(positions.labels):
                 if counts[bucket] == 0:
                     continue
-                rows.append({**extra, "model": result.model, "layer": layer, "component": component,
-                             "position": label, "position_start": int(positions.edges[bucket]),
-                             "position_stop": int(positions.edges[bucket + 1]) - 1,
-                             "gain": float(gains[layer, bucket]),
-                             "ci_low": float(bounds[layer, bucket, 0]) if bounds is not None else float("nan"),
-                             "ci_high": float(bounds[layer, bucket, 1]) if bounds is not None else float("nan"),
-                             "n_prompts": int(counts[bucket])})
+                rows.append(
+                    {
+                        **extra,
+                        "model": result.model,
+                        "layer": layer,
+                        "component": component,
+                        "position": label,
+                        "position_start": int(positions.edges[bucket]),
+                        "position_stop": int(positions.edges[bucket + 1]) - 1,
+                        "gain": float(gains[layer, bucket]),
+                        "ci_low": float(bounds[layer, bucket, 0]) if bounds is not None else float("nan"),
+                        "ci_high": float(bounds[layer, bucket, 1]) if bounds is not None else float("nan"),
+                        "n_prompts": int(counts[bucket]),
+                    }
+                )
     return rows
 
 
 def _nullable(values: np.ndarray) -> list:
     """Nested lists with JSON null for NaN (empty cells): strict JSON has no NaN."""
     array = np.asarray(values, dtype=np.float64)
-    return np.where(np.isnan(array), None, array).tolist()
+    return np.where(np.isnan(array), None, array).tolist()  # type: ignore[call-overload]  # numpy stubs refuse None; None for NaN is meant
 
 
 def _array(values) -> np.ndarray:

@@ -15,14 +15,15 @@ classes themselves as they are built.
 >>> check_results({"schema_version": 1, "model": 7}, "results.json")
 Traceback (most recent call last):
 funnel_tl.errors.FunnelError: results.json: model must be a string, not a number (7): the file is damaged or was edited; rerun the command that wrote it (funnel-tl run or compare)
-"""
+"""  # noqa: E501 -- a doctest expects the whole exception message on one line
 
 from __future__ import annotations
 
 import math
 import types
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, fields
-from typing import Any, Callable, Sequence, Union, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 
@@ -51,7 +52,8 @@ def kind(value: Any) -> str:
         return f"a number ({value!r})"
     if isinstance(value, str):
         return f"a string ({value[:40]!r})"
-    return {list: "a list", dict: "an object"}.get(type(value), f"a {type(value).__name__}")
+    containers: dict[type, str] = {list: "a list", dict: "an object"}
+    return containers.get(type(value), f"a {type(value).__name__}")
 
 
 # ---- the schema language: each spec is a function check(value, where) that raises Bad ------------
@@ -64,6 +66,7 @@ def string(choices: Sequence[str] | None = None) -> Spec:
             raise Bad(where, f"must be a string, not {kind(value)}")
         if choices is not None and value not in choices:
             raise Bad(where, f"must be one of {', '.join(choices)}, not {value!r}")
+
     return check
 
 
@@ -73,11 +76,13 @@ def integer(minimum: int | None = None) -> Spec:
             raise Bad(where, f"must be a whole number, not {kind(value)}")
         if minimum is not None and value < minimum:
             raise Bad(where, f"must be {minimum} or more, not {value}")
+
     return check
 
 
 def number(low: float | None = None, high: float | None = None) -> Spec:
     """A finite number (an int or a float), strictly between ``low`` and ``high`` when given."""
+
     def check(value, where):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise Bad(where, f"must be a number, not {kind(value)}")
@@ -85,6 +90,7 @@ def number(low: float | None = None, high: float | None = None) -> Spec:
             raise Bad(where, f"is {_json_word(value)}, not a finite number")
         if (low is not None and value <= low) or (high is not None and value >= high):
             raise Bad(where, f"must lie between {low} and {high}, not {value}")
+
     return check
 
 
@@ -92,6 +98,7 @@ def boolean() -> Spec:
     def check(value, where):
         if not isinstance(value, bool):
             raise Bad(where, f"must be true or false, not {kind(value)}")
+
     return check
 
 
@@ -99,6 +106,7 @@ def literal(expected: str) -> Spec:
     def check(value, where):
         if value != expected:
             raise Bad(where, f"must be {expected!r}, not {kind(value)}")
+
     return check
 
 
@@ -106,11 +114,13 @@ def nullable(spec: Spec) -> Spec:
     def check(value, where):
         if value is not None:
             spec(value, where)
+
     return check
 
 
 def either(*specs: Spec, expected: str) -> Spec:
     """The first of ``specs`` that fits; none fitting: ``where must be <expected>``."""
+
     def check(value, where):
         for spec in specs:
             try:
@@ -119,6 +129,7 @@ def either(*specs: Spec, expected: str) -> Spec:
             except Bad:
                 continue
         raise Bad(where, f"must be {expected}, not {kind(value)}")
+
     return check
 
 
@@ -128,6 +139,7 @@ def list_of(item: Spec) -> Spec:
             raise Bad(where, f"must be a list, not {kind(value)}")
         for index, element in enumerate(value):
             item(element, f"{where}[{index}]")
+
     return check
 
 
@@ -145,6 +157,7 @@ def obj(required: dict[str, Spec] | None = None, optional: dict[str, Spec] | Non
         for name, spec in optional.items():
             if name in value:
                 spec(value[name], _join(where, name))
+
     return check
 
 
@@ -167,8 +180,7 @@ def array(ndim: int, integers: bool = False, minimum: float | None = None, nulls
             values = np.asarray(value)
         except (ValueError, TypeError):  # ragged
             values = None
-        fast = (values is not None and values.ndim == ndim
-                and values.dtype.kind in ("iu" if integers else "iuf"))
+        fast = values is not None and values.ndim == ndim and values.dtype.kind in ("iu" if integers else "iuf")
         if not fast:
             _walk(value, where, ndim, integers, nulls, expected)  # names the first bad cell
             values = np.asarray(value, dtype=np.float64)  # None (a null cell) -> NaN
@@ -176,12 +188,15 @@ def array(ndim: int, integers: bool = False, minimum: float | None = None, nulls
             bad = ~np.isfinite(values)
             if bad.any():
                 index = tuple(int(i) for i in np.argwhere(bad)[0])
-                raise Bad(where + "".join(f"[{i}]" for i in index), f"is {_json_word(values[index])}, not a finite number")
+                raise Bad(
+                    where + "".join(f"[{i}]" for i in index), f"is {_json_word(values[index])}, not a finite number"
+                )
         if minimum is not None:
             low = np.where(np.isnan(values), np.inf, values) < minimum
             if low.any():
                 index = tuple(int(i) for i in np.argwhere(low)[0])
                 raise Bad(where + "".join(f"[{i}]" for i in index), f"is {values[index]:g}, below {minimum:g}")
+
     return check
 
 
@@ -197,8 +212,9 @@ def _walk(value, where: str, depth: int, integers: bool, nulls: bool, expected: 
         if value is None and nulls:
             return
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (integers and not isinstance(value, int)):
-            raise Bad(where, f"must be a {'whole number' if integers else 'number'} (a cell of {expected}), "
-                             f"not {kind(value)}")
+            raise Bad(
+                where, f"must be a {'whole number' if integers else 'number'} (a cell of {expected}), not {kind(value)}"
+            )
         if not math.isfinite(value):
             raise Bad(where, f"is {_json_word(value)}, not a finite number")
         return
@@ -208,63 +224,142 @@ def _walk(value, where: str, depth: int, integers: bool, nulls: bool, expected: 
     if widths[level] is None:
         widths[level] = len(value)
     elif len(value) != widths[level]:
-        raise Bad(where, f"has {len(value)} entries where the rows before it have {widths[level]} "
-                         f"({expected} must be rectangular)")
+        raise Bad(
+            where,
+            f"has {len(value)} entries where the rows before it have {widths[level]} ({expected} must be rectangular)",
+        )
     for index, element in enumerate(value):
         _walk(element, f"{where}[{index}]", depth - 1, integers, nulls, expected, widths)
 
 
 # ---- the files ------------------------------------------------------------------------------------
-COMPONENT_SUMS = {component: obj({"out_sum": array(2, minimum=0), "in_sum": array(2, minimum=0)})
-                  for component in ("attn", "mlp", "block")}
-POSITION_SUMS = {component: obj({"out_sum": array(3, minimum=0), "in_sum": array(3, minimum=0)})
-                 for component in ("attn", "mlp", "block")}
-INTERVALS = obj({"confidence": number(0, 1), "n_resamples": integer(1), "seed": integer(0),
-                 **{key: array(2) for key in ("attention", "mlp", "combined", "block", "cumulative")}},
-                {"method": string()})  # stats.METHODS' key, or an older file's "percentile bootstrap over prompts"
-POSITION_INTERVALS = obj({"confidence": number(0, 1), "n_resamples": integer(1), "seed": integer(0),
-                          **{key: array(3, nulls=True) for key in ("attention", "mlp", "block", "combined")}})
+COMPONENT_SUMS = {
+    component: obj({"out_sum": array(2, minimum=0), "in_sum": array(2, minimum=0)})
+    for component in ("attn", "mlp", "block")
+}
+POSITION_SUMS = {
+    component: obj({"out_sum": array(3, minimum=0), "in_sum": array(3, minimum=0)})
+    for component in ("attn", "mlp", "block")
+}
+INTERVALS = obj(
+    {
+        "confidence": number(0, 1),
+        "n_resamples": integer(1),
+        "seed": integer(0),
+        **{key: array(2) for key in ("attention", "mlp", "combined", "block", "cumulative")},
+    },
+    {"method": string()},
+)  # stats.METHODS' key, or an older file's "percentile bootstrap over prompts"
+POSITION_INTERVALS = obj(
+    {
+        "confidence": number(0, 1),
+        "n_resamples": integer(1),
+        "seed": integer(0),
+        **{key: array(3, nulls=True) for key in ("attention", "mlp", "block", "combined")},
+    }
+)
 PROMPTS = obj({"texts": nullable(list_of(string()))}, {"sha256": nullable(string()), "n_prompts": integer(0)})
 MAX_TOKENS = either(integer(1), literal("context"), expected="a number of tokens or 'context'")
 # Provenance keys something reads back (the CLI's notes, a sweep's row and resume check).
-PROVENANCE = obj(optional={
-    "dtype": nullable(string()), "max_tokens_per_prompt": nullable(MAX_TOKENS),
-    "truncation": nullable(obj({"max_tokens_per_prompt": integer(1), "n_truncated": integer(0),
-                                "tokens_dropped": integer(0)}, {"truncated_prompts": list_of(integer(0))})),
-    "prompts_sha256": nullable(string()), "top": integer(1),
-    "n_parameters": nullable(integer(0)), "peak_memory_bytes": nullable(integer(0)), "memory_kind": nullable(string()),
-    **{key: nullable(number()) for key in ("seconds", "load_seconds", "measure_seconds")},
-    "revision": nullable(string()), "step": nullable(integer(0)),
-})
-POSITIONS = obj({"edges": array(1, integers=True, minimum=0),
-                 "per_prompt": obj({"n_tokens": array(2, integers=True, minimum=0), **POSITION_SUMS})},
-                {"sink_positions": integer(1), "intervals": nullable(POSITION_INTERVALS)})
-HEAD_POSITIONS = obj({"edges": array(1, integers=True, minimum=0),
-                      "per_prompt": obj({"n_tokens": array(2, integers=True, minimum=0),
-                                         "head_norm_sum": array(4, minimum=0), "in_sum": array(3, minimum=0)})})
+PROVENANCE = obj(
+    optional={
+        "dtype": nullable(string()),
+        "max_tokens_per_prompt": nullable(MAX_TOKENS),
+        "truncation": nullable(
+            obj(
+                {"max_tokens_per_prompt": integer(1), "n_truncated": integer(0), "tokens_dropped": integer(0)},
+                {"truncated_prompts": list_of(integer(0))},
+            )
+        ),
+        "prompts_sha256": nullable(string()),
+        "top": integer(1),
+        "n_parameters": nullable(integer(0)),
+        "peak_memory_bytes": nullable(integer(0)),
+        "memory_kind": nullable(string()),
+        **{key: nullable(number()) for key in ("seconds", "load_seconds", "measure_seconds")},
+        "revision": nullable(string()),
+        "step": nullable(integer(0)),
+    }
+)
+POSITIONS = obj(
+    {
+        "edges": array(1, integers=True, minimum=0),
+        "per_prompt": obj({"n_tokens": array(2, integers=True, minimum=0), **POSITION_SUMS}),
+    },
+    {"sink_positions": integer(1), "intervals": nullable(POSITION_INTERVALS)},
+)
+HEAD_POSITIONS = obj(
+    {
+        "edges": array(1, integers=True, minimum=0),
+        "per_prompt": obj(
+            {
+                "n_tokens": array(2, integers=True, minimum=0),
+                "head_norm_sum": array(4, minimum=0),
+                "in_sum": array(3, minimum=0),
+            }
+        ),
+    }
+)
 
 RESULTS = obj(
-    {"model": string(), "definition": string(DEFINITIONS), "n_layers": integer(1), "hidden_dim": integer(1),
-     "parallel_blocks": boolean(), "prompts": PROMPTS,
-     "per_prompt": obj({"n_tokens": array(1, integers=True, minimum=1), **COMPONENT_SUMS})},
-    {"layers": nullable(list_of(integer(0))), "drop_first": integer(0), "provenance": PROVENANCE,
-     "intervals": nullable(INTERVALS), "by_position": nullable(POSITIONS)},
+    {
+        "model": string(),
+        "definition": string(DEFINITIONS),
+        "n_layers": integer(1),
+        "hidden_dim": integer(1),
+        "parallel_blocks": boolean(),
+        "prompts": PROMPTS,
+        "per_prompt": obj({"n_tokens": array(1, integers=True, minimum=1), **COMPONENT_SUMS}),
+    },
+    {
+        "layers": nullable(list_of(integer(0))),
+        "drop_first": integer(0),
+        "provenance": PROVENANCE,
+        "intervals": nullable(INTERVALS),
+        "by_position": nullable(POSITIONS),
+    },
 )
 HEADS = obj(
-    {"model": string(), "definition": string(DEFINITIONS), "n_layers": integer(1), "n_heads": integer(1),
-     "d_head": integer(1), "hidden_dim": integer(1), "layers": list_of(integer(0)), "prompts": PROMPTS,
-     "per_prompt": obj({"n_tokens": array(1, integers=True, minimum=1), "head_norm_sum": array(3, minimum=0),
-                        "head_projection_sum": array(3), "attn_out_sum": array(2, minimum=0),
-                        "in_sum": array(2, minimum=0)})},
-    {"n_key_value_heads": nullable(integer(1)), "drop_first": integer(0), "provenance": PROVENANCE,
-     "by_position": nullable(HEAD_POSITIONS)},
+    {
+        "model": string(),
+        "definition": string(DEFINITIONS),
+        "n_layers": integer(1),
+        "n_heads": integer(1),
+        "d_head": integer(1),
+        "hidden_dim": integer(1),
+        "layers": list_of(integer(0)),
+        "prompts": PROMPTS,
+        "per_prompt": obj(
+            {
+                "n_tokens": array(1, integers=True, minimum=1),
+                "head_norm_sum": array(3, minimum=0),
+                "head_projection_sum": array(3),
+                "attn_out_sum": array(2, minimum=0),
+                "in_sum": array(2, minimum=0),
+            }
+        ),
+    },
+    {
+        "n_key_value_heads": nullable(integer(1)),
+        "drop_first": integer(0),
+        "provenance": PROVENANCE,
+        "by_position": nullable(HEAD_POSITIONS),
+    },
 )
 # compare.json's settings; its rows are checked against ComparisonRow's own fields (compare_row).
 COMPARE_SETTINGS = {
-    "definition": string(DEFINITIONS), "n_prompts": integer(1), "prompts_sha256": string(), "drop_first": integer(0),
-    "dtype": string(), "device": string(), "bootstrap": integer(0), "bootstrap_seed": integer(0),
+    "definition": string(DEFINITIONS),
+    "n_prompts": integer(1),
+    "prompts_sha256": string(),
+    "drop_first": integer(0),
+    "dtype": string(),
+    "device": string(),
+    "bootstrap": integer(0),
+    "bootstrap_seed": integer(0),
     "batch_size": either(integer(1), literal("auto"), expected="a whole number or 'auto'"),
-    "by_position": boolean(), "max_tokens_per_prompt": nullable(MAX_TOKENS), "world_size": integer(1),
+    "by_position": boolean(),
+    "max_tokens_per_prompt": nullable(MAX_TOKENS),
+    "world_size": integer(1),
 }
 
 HINTS = {
@@ -308,7 +403,8 @@ def compare_row(row_type: type) -> Spec:
     """A row of compare.json: every field of ``compare.ComparisonRow`` of the type it declares (so a
     field added there is checked here too), and a failed row carrying its error."""
     hints = get_type_hints(row_type)
-    required, optional = {}, {}
+    required: dict[str, Spec] = {}
+    optional: dict[str, Spec] = {}
     for field in fields(row_type):
         spec = _spec_of(hints[field.name])
         if field.name == "status":
@@ -321,6 +417,7 @@ def compare_row(row_type: type) -> Spec:
         fields_check(value, where)
         if (value["status"] == "failed") != (value.get("error") is not None):
             raise Bad(_join(where, "error"), "must be given for a failed row, and only for one")
+
     return check
 
 

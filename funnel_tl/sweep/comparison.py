@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
@@ -20,9 +21,19 @@ from funnel_tl.sweep.one_target import finished_result, gains_at, resumed_row
 from funnel_tl.sweep.plan import Target, model_identity
 from funnel_tl.sweep.rows import ComparisonRow, compare_dict, ordered_rows, read_compare_json, row_identity
 
+if TYPE_CHECKING:  # plotly is imported by the figures, on first use
+    import plotly.graph_objects as go
 
-def kept_rows(earlier: Sequence["ComparisonRow"], targets: Sequence["Target"], rows: list["ComparisonRow"],
-          results: dict, out: Path, settings: dict, options: dict) -> tuple[list["ComparisonRow"], dict]:
+
+def kept_rows(
+    earlier: Sequence[ComparisonRow],
+    targets: Sequence[Target],
+    rows: list[ComparisonRow],
+    results: dict,
+    out: Path,
+    settings: dict,
+    options: dict,
+) -> tuple[list[ComparisonRow], dict]:
     """This sweep's rows with the earlier table's other rows, each read back from its results
     file (a row whose file is gone or no longer matches says so, and stays), in table order."""
     named = {target.label for target in targets}
@@ -45,32 +56,41 @@ def kept_rows(earlier: Sequence["ComparisonRow"], targets: Sequence["Target"], r
             path = out / row.slug / "results.json"
             finished = finished_result(path, target, settings)
             if finished is not None:
-                row, results[row.model] = resumed_row(target, path, finished, options["bootstrap"],
-                                                       options["bootstrap_seed"], quiet=True)
+                row, results[row.model] = resumed_row(
+                    target, path, finished, options["bootstrap"], options["bootstrap_seed"], quiet=True
+                )
             else:
                 row = dataclasses.replace(
-                    row, status="failed", resumed=True,
-                    error=f"{path} is gone or no longer matches this table: name this model in a rerun to measure it again")
+                    row,
+                    status="failed",
+                    resumed=True,
+                    error=f"{path} is gone or no longer matches this table: name this model in a rerun to measure it "
+                    "again",
+                )
         kept.append(row)
     if others:
-        tqdm.write(f"kept {len(others)} rows of the table already in {out} (models this run does not name)",
-                   file=sys.stderr)
+        tqdm.write(
+            f"kept {len(others)} rows of the table already in {out} (models this run does not name)", file=sys.stderr
+        )
     table: dict[str, ComparisonRow | None] = dict.fromkeys(order)  # each row in its place, new ones after
     table.update({row.model: row for row in kept + rows})
     return ordered_rows(table.values()), results
 
 
-def finish_sweep(rows: list["ComparisonRow"], results: dict, settings: dict, out: Path,
-            self_contained: bool) -> "Comparison":
+def finish_sweep(
+    rows: list[ComparisonRow], results: dict, settings: dict, out: Path, self_contained: bool
+) -> Comparison:
     """The ``Comparison`` of a finished sweep, its compare.json and compare.html written."""
     comparison = Comparison(rows=tuple(rows), results=results, settings=settings, out=out)
     try:
         comparison.save(out, self_contained=self_contained)
     except OSError as error:
         measured = sum(row.ok for row in rows)
-        raise FunnelError(f"{measured} of {len(rows)} models measured (their results.json files are in {out}), but "
-                          f"compare.json/compare.html could not be written ({describe_os_error(error)}): free space "
-                          "and rerun the same command, which reads them back without measuring again") from None
+        raise FunnelError(
+            f"{measured} of {len(rows)} models measured (their results.json files are in {out}), but "
+            f"compare.json/compare.html could not be written ({describe_os_error(error)}): free space "
+            "and rerun the same command, which reads them back without measuring again"
+        ) from None
     return comparison
 
 
@@ -104,8 +124,10 @@ class Comparison:
     def __repr__(self) -> str:  # every row and result would flood a notebook cell
         labels = [row.model for row in self.rows]
         shown = ", ".join(repr(label) for label in labels[:4]) + (", …" if len(labels) > 4 else "")
-        return (f"Comparison({len(self.rows)} models: [{shown}], failed={len(self.failed)}, "
-                f"definition={self.settings.get('definition')!r}, out={str(self.out) if self.out else None!r})")
+        return (
+            f"Comparison({len(self.rows)} models: [{shown}], failed={len(self.failed)}, "
+            f"definition={self.settings.get('definition')!r}, out={str(self.out) if self.out else None!r})"
+        )
 
     @property
     def ok(self) -> list[ComparisonRow]:
@@ -125,21 +147,21 @@ class Comparison:
         return compare_dict(self.rows, self.settings)
 
     # ---- figures -----------------------------------------------------------------------------
-    def figure(self) -> "go.Figure":  # noqa: F821
+    def figure(self) -> go.Figure:
         """Attention, MLP and block gains of every model on normalized depth, overlaid."""
         # Imported on use: keeps plotly out of importing this module.
         from funnel_tl.plots.compare import plot_depth_overlay
 
         return plot_depth_overlay(self)
 
-    def heatmap(self, component: str = "mlp") -> "go.Figure":  # noqa: F821
+    def heatmap(self, component: str = "mlp") -> go.Figure:
         """Models × normalized depth, coloured by gain on a log scale (blue contracts, red expands)."""
         # Imported on use: keeps plotly out of importing this module.
         from funnel_tl.plots.compare import plot_depth_heatmap
 
         return plot_depth_heatmap(self, component)
 
-    def training_figure(self, base: str | None = None) -> "go.Figure":  # noqa: F821
+    def training_figure(self, base: str | None = None) -> go.Figure:
         """Per-layer attention and MLP gains against training step: one row of panels per model
         swept over checkpoints, or ``base``'s alone."""
         # Imported on use: keeps plotly out of importing this module.
@@ -164,7 +186,8 @@ class Comparison:
         checkpoint: pandas' nullable ``Int64``, ``<NA>`` for a plain model) and ``depth``
         (layer / (n_layers - 1)).
 
-        >>> sweep.to_pandas().query("component == 'mlp'").pivot(index="depth", columns="model", values="gain")  # doctest: +SKIP
+        >>> mlp = sweep.to_pandas().query("component == 'mlp'")  # doctest: +SKIP
+        >>> mlp.pivot(index="depth", columns="model", values="gain")  # doctest: +SKIP
         >>> sweep.to_pandas()["step"].dtype  # doctest: +SKIP
         Int64Dtype()
         """
@@ -177,8 +200,9 @@ class Comparison:
                 line["step"] = row.step
                 line["depth"] = line["layer"] / max(result.n_layers - 1, 1)
                 rows.append(line)
-        frame = pd.DataFrame(rows, columns=["model", "step", "layer", "depth", "component", "gain", "ci_low",
-                                            "ci_high", "n_prompts"])
+        frame = pd.DataFrame(
+            rows, columns=["model", "step", "layer", "depth", "component", "gain", "ci_low", "ci_high", "n_prompts"]
+        )
         return frame.astype({"step": "Int64"})  # integers, <NA> for a plain model (not floats with NaN)
 
     def format_table(self) -> str:
@@ -205,14 +229,20 @@ class Comparison:
         widths = {title: max([len(title), *map(len, cells)]) for title, cells in columns.items()}
         header = "  ".join([f"{'model':<34}", *(f"{title:>{widths[title]}}" for title in titles[1:])])
         lines = [header, "-" * len(header)]
-        cells = iter(zip(*columns.values()))
+        cells = iter(zip(*columns.values(), strict=True))
         for row in self.rows:
             name = row.model if len(row.model) <= 34 else "…" + row.model[-33:]
             if not row.ok:
                 lines.append(f"{name:<34} FAILED: {row.error}")
                 continue
-            lines.append("  ".join([f"{name:<34}", *(f"{cell:>{widths[title]}}"
-                                                     for title, cell in zip(titles[1:], next(cells)))]))
+            lines.append(
+                "  ".join(
+                    [
+                        f"{name:<34}",
+                        *(f"{cell:>{widths[title]}}" for title, cell in zip(titles[1:], next(cells), strict=False)),
+                    ]
+                )
+            )
         return "\n".join(lines)
 
     # ---- files -------------------------------------------------------------------------------
@@ -226,19 +256,21 @@ class Comparison:
         json_path = write_json_atomic(out / "compare.json", self.to_dict())
         return json_path, self.save_html(out, self_contained)
 
-    def save_html(self, out: str | os.PathLike, self_contained: bool = False,
-                  root: str | os.PathLike | None = None) -> Path:
+    def save_html(
+        self, out: str | os.PathLike, self_contained: bool = False, root: str | os.PathLike | None = None
+    ) -> Path:
         """Write only ``compare.html`` into ``out`` (what ``funnel-tl report`` redraws); its
         ``plotly.min.js`` is shared from ``root`` (the top of an output tree) when given."""
         # Imported on use: keeps plotly out of importing this module.
         from funnel_tl.plots.compare_page import render_html
         from funnel_tl.plots.pages import write_page
 
-        return write_page(Path(out) / "compare.html", lambda plotlyjs: render_html(self, plotlyjs=plotlyjs),
-                          self_contained, root)
+        return write_page(
+            Path(out) / "compare.html", lambda plotlyjs: render_html(self, plotlyjs=plotlyjs), self_contained, root
+        )
 
     @classmethod
-    def load(cls, out: str | os.PathLike, loaded: dict[Path, GainResult] | None = None) -> "Comparison":
+    def load(cls, out: str | os.PathLike, loaded: dict[Path, GainResult] | None = None) -> Comparison:
         """Read a sweep back from ``out/compare.json`` and the results files beside it; ``loaded``:
         results already read, by resolved path, which are not read again."""
         out = Path(out)
@@ -247,7 +279,22 @@ class Comparison:
         rows = tuple(ComparisonRow.from_dict(row) for row in data["models"])
         paths = {row.model: (out / row.slug / "results.json").resolve() for row in rows if row.ok}
         results = {model: loaded.get(path) or GainResult.load(path) for model, path in paths.items()}
-        settings = {key: data[key] for key in ("definition", "n_prompts", "prompts_sha256", "drop_first", "dtype",
-                                               "device", "batch_size", "bootstrap", "bootstrap_seed", "by_position",
-                                               "max_tokens_per_prompt", "world_size") if key in data}
+        settings: dict[str, Any] = {
+            key: data[key]
+            for key in (
+                "definition",
+                "n_prompts",
+                "prompts_sha256",
+                "drop_first",
+                "dtype",
+                "device",
+                "batch_size",
+                "bootstrap",
+                "bootstrap_seed",
+                "by_position",
+                "max_tokens_per_prompt",
+                "world_size",
+            )
+            if key in data
+        }
         return cls(rows=rows, results=results, settings=settings, out=out)

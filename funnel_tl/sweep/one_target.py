@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
@@ -27,8 +28,14 @@ if TYPE_CHECKING:
 WARM_UP_PROMPT = "The quick brown fox jumps over the lazy dog."
 
 
-def resumed_row(target: "Target", path: Path, finished: tuple[dict, GainResult], bootstrap: int,
-                 bootstrap_seed: int, quiet: bool = False) -> tuple["ComparisonRow", GainResult]:
+def resumed_row(
+    target: Target,
+    path: Path,
+    finished: tuple[dict, GainResult],
+    bootstrap: int,
+    bootstrap_seed: int,
+    quiet: bool = False,
+) -> tuple[ComparisonRow, GainResult]:
     """The row of a target finished by an earlier run, its intervals drawn now if asked for
     (``quiet``: without the line saying so, unless its file had to be brought up to date)."""
     data, result = finished
@@ -41,24 +48,41 @@ def resumed_row(target: "Target", path: Path, finished: tuple[dict, GainResult],
         try:
             result.save(path)
         except OSError as error:
-            tqdm.write(f"{target.label}: could not update {path} ({describe_os_error(error)}); "
-                       "its row is recomputed all the same", file=sys.stderr)
+            tqdm.write(
+                f"{target.label}: could not update {path} ({describe_os_error(error)}); "
+                "its row is recomputed all the same",
+                file=sys.stderr,
+            )
         data = fresh
     if updated or not quiet:
-        tqdm.write(f"{target.label}: finished earlier, read from {path}"
-                   + (" (derived values and verdicts recomputed from its sums)" if updated else ""), file=sys.stderr)
+        tqdm.write(
+            f"{target.label}: finished earlier, read from {path}"
+            + (" (derived values and verdicts recomputed from its sums)" if updated else ""),
+            file=sys.stderr,
+        )
     return row_from_results(target, data, result, resumed=True), result
 
 
-def measured_row(target: "Target", prompt_list: list[str], path: Path, options: dict,
-                  quiet: bool = False) -> tuple["ComparisonRow", GainResult | None]:
+def measured_row(
+    target: Target, prompt_list: list[str], path: Path, options: dict, quiet: bool = False
+) -> tuple[ComparisonRow, GainResult | None]:
     """Load, measure and save one target; a failure becomes its row, and the sweep goes on."""
     try:
         data, result = _measure_one(target, prompt_list, path, **options)
         row = row_from_results(target, data, result, resumed=False)
     except Exception as error:  # one failing model must not end the sweep
-        row, result = ComparisonRow(model=target.label, slug=target.slug, status="failed", base=target.base,
-                                    step=target.step, revision=target.revision, error=one_line(error)), None
+        row, result = (
+            ComparisonRow(
+                model=target.label,
+                slug=target.slug,
+                status="failed",
+                base=target.base,
+                step=target.step,
+                revision=target.revision,
+                error=one_line(error),
+            ),
+            None,
+        )
         if not quiet:
             tqdm.write(f"{target.label}: FAILED: {row.error}", file=sys.stderr)
     # Only the message is kept: the exception's traceback holds the model's frame, and it is
@@ -67,8 +91,9 @@ def measured_row(target: "Target", prompt_list: list[str], path: Path, options: 
     return row, result
 
 
-def finished_result(path: Path, target: Target, settings: dict, *, say_replaced: bool = False
-              ) -> tuple[dict, GainResult] | None:
+def finished_result(
+    path: Path, target: Target, settings: dict, *, say_replaced: bool = False
+) -> tuple[dict, GainResult] | None:
     """The results file of a target when it is complete and measured the way asked, else None.
 
     ``say_replaced``: when a file is there but measured otherwise, print one line naming what
@@ -84,17 +109,34 @@ def finished_result(path: Path, target: Target, settings: dict, *, say_replaced:
         return None
     differences = setting_differences(data, result, target, settings)
     if differences and say_replaced:
-        had, asks = zip(*differences)
-        tqdm.write(f"{target.label}: replacing {path} (measured with {', '.join(had)}; "
-                   f"this sweep asks {', '.join(asks)})", file=sys.stderr)
+        had, asks = zip(*differences, strict=True)
+        tqdm.write(
+            f"{target.label}: replacing {path} (measured with {', '.join(had)}; this sweep asks {', '.join(asks)})",
+            file=sys.stderr,
+        )
     return None if differences else (data, result)
 
 
-def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str, dtype: str,
-                 definition: str, batch_size: int, drop_first: int, bootstrap: int,
-                 bootstrap_seed: int, progress: bool | None, by_position: bool = False, max_tokens_per_prompt=None,
-                 device_map=None, max_memory=None, keep_texts: bool = True,
-                 extra_provenance: dict | None = None) -> tuple[dict, GainResult]:
+def _measure_one(
+    target: Target,
+    prompts: list[str],
+    path: Path,
+    *,
+    device: str,
+    dtype: str,
+    definition: str,
+    batch_size: int,
+    drop_first: int,
+    bootstrap: int,
+    bootstrap_seed: int,
+    progress: bool | None,
+    by_position: bool = False,
+    max_tokens_per_prompt=None,
+    device_map=None,
+    max_memory=None,
+    keep_texts: bool = True,
+    extra_provenance: dict | None = None,
+) -> tuple[dict, GainResult]:
     """Load, measure, save one target; return its results file as written and read back."""
     reset_peak_memory(device)
     start = time.perf_counter()
@@ -108,20 +150,36 @@ def _measure_one(target: Target, prompts: list[str], path: Path, *, device: str,
     # One short prompt through the same path, untimed: the first pass of a process or of a model on a
     # GPU pays one-time costs (kernel selection, cuBLAS handles, allocator growth) that would
     # otherwise land in whichever model happens to be measured first.
-    measure_gains(model, [WARM_UP_PROMPT], definition=definition, batch_size=1, progress=False,
-                  max_tokens_per_prompt="context")  # a model with a tiny context reads what fits
+    measure_gains(
+        model, [WARM_UP_PROMPT], definition=definition, batch_size=1, progress=False, max_tokens_per_prompt="context"
+    )  # a model with a tiny context reads what fits
     measuring = time.perf_counter()
-    result = measure_gains(model, prompts, definition=definition, batch_size=batch_size, drop_first=drop_first,
-                           progress=progress, by_position=by_position, max_tokens_per_prompt=max_tokens_per_prompt,
-                           keep_texts=keep_texts)
+    result = measure_gains(
+        model,
+        prompts,
+        definition=definition,
+        batch_size=batch_size,
+        drop_first=drop_first,
+        progress=progress,
+        by_position=by_position,
+        max_tokens_per_prompt=max_tokens_per_prompt,
+        keep_texts=keep_texts,
+    )
     measured = time.perf_counter()
     del model
     peak, kind = peak_memory(device)
-    result.provenance.update({
-        "n_parameters": int(n_parameters), "revision": target.revision, "step": target.step,
-        "seconds": round(measured - start, 3), "load_seconds": round(loaded - start, 3),
-        "measure_seconds": round(measured - measuring, 3), "peak_memory_bytes": peak, "memory_kind": kind,
-    })
+    result.provenance.update(
+        {
+            "n_parameters": int(n_parameters),
+            "revision": target.revision,
+            "step": target.step,
+            "seconds": round(measured - start, 3),
+            "load_seconds": round(loaded - start, 3),
+            "measure_seconds": round(measured - measuring, 3),
+            "peak_memory_bytes": peak,
+            "memory_kind": kind,
+        }
+    )
     if max_tokens_per_prompt is not None:  # as asked ("context" or a number), for the resume check
         result.provenance["max_tokens_per_prompt"] = max_tokens_per_prompt
     result.provenance.update(extra_provenance or {})
@@ -159,4 +217,4 @@ def gains_at(pairs: Sequence[tuple[float, int]]) -> list[str]:
     gains = [f"{gain:.3f}" for gain, _ in pairs]
     layers = [str(layer) for _, layer in pairs]
     gain_width, layer_width = max(map(len, gains), default=0), max(map(len, layers), default=0)
-    return [f"{gain:>{gain_width}} L{layer:<{layer_width}}" for gain, layer in zip(gains, layers)]
+    return [f"{gain:>{gain_width}} L{layer:<{layer_width}}" for gain, layer in zip(gains, layers, strict=True)]

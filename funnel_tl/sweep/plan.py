@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from funnel_tl.errors import FunnelError
 from funnel_tl.models.identity import CHECKPOINT_FOLDER
@@ -158,20 +158,26 @@ def checkpoint_targets(model: str, steps) -> list[Target]:
         available = bundled_checkpoints(model)
         if not available:
             raise FunnelError(f"bundled model {model} ships no training checkpoints: leave out --checkpoints")
-        return [Target(f"{model}@step{step}", model, model, f"step{step}", step)
-                for step in _pick(available, steps, model)]
+        return [
+            Target(f"{model}@step{step}", model, model, f"step{step}", step) for step in _pick(available, steps, model)
+        ]
     folder = Path(model).expanduser()
     if folder.is_dir():
         available = local_checkpoints(folder)
         if not available:
-            raise FunnelError(f"{folder} holds no step<N>/ or checkpoint-<N>/ folders with a config.json: "
-                              "leave out --checkpoints to measure it as one model")
-        return [Target(f"{model}@step{step}", str(available[step].resolve()), model, None, step)
-                for step in _pick(available, steps, model)]
+            raise FunnelError(
+                f"{folder} holds no step<N>/ or checkpoint-<N>/ folders with a config.json: "
+                "leave out --checkpoints to measure it as one model"
+            )
+        return [
+            Target(f"{model}@step{step}", str(available[step].resolve()), model, None, step)
+            for step in _pick(available, steps, model)
+        ]
     if steps == "all":
         if not re.match(r"^EleutherAI/pythia-", model):
-            raise FunnelError(f"cannot list the checkpoints of {model} offline: name the steps, "
-                              "e.g. --checkpoints 0 1000 143000")
+            raise FunnelError(
+                f"cannot list the checkpoints of {model} offline: name the steps, e.g. --checkpoints 0 1000 143000"
+            )
         steps = list(PYTHIA_STEPS)
     return [Target(f"{model}@step{step}", model, model, f"step{step}", step) for step in steps]
 
@@ -193,17 +199,21 @@ def plan_targets(models: str | Sequence[str], checkpoints=None) -> list[Target]:
             continue
         folder = Path(model).expanduser()
         if folder.is_dir() and not (folder / "config.json").is_file() and local_checkpoints(folder):
-            raise FunnelError(f"{model} holds training checkpoints, not one model: add --checkpoints all "
-                              "(or a list of steps)")
+            raise FunnelError(
+                f"{model} holds training checkpoints, not one model: add --checkpoints all (or a list of steps)"
+            )
         model = model_identity(model)
         targets.append(Target(model, model, model))
-    labels, slugs = {}, {}
+    labels: dict[str, str] = {}
+    slugs: dict[str, str] = {}
     for target in targets:
         if target.label in labels:
             raise FunnelError(f"{target.label} is named twice: give each model once")
         if target.slug in slugs:
-            raise FunnelError(f"{target.label} and {slugs[target.slug]} would share the folder "
-                              f"{target.slug}: rename one or run them into different --out folders")
+            raise FunnelError(
+                f"{target.label} and {slugs[target.slug]} would share the folder "
+                f"{target.slug}: rename one or run them into different --out folders"
+            )
         labels[target.label] = slugs[target.slug] = target.label
     return targets
 

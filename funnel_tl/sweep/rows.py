@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -95,7 +96,7 @@ class ComparisonRow:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ComparisonRow":
+    def from_dict(cls, data: dict[str, Any]) -> ComparisonRow:
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in known})
 
@@ -109,22 +110,37 @@ def row_from_results(target: Target, data: dict[str, Any], result: GainResult, r
     attn, mlp, combined = summarize(result.attn_gains), summarize(result.mlp_gains), summarize(result.combined_gains)
     provenance = data.get("provenance", {})
     return ComparisonRow(
-        model=target.label, slug=target.slug, status="ok", base=target.base, step=target.step,
-        revision=target.revision, resumed=resumed,
-        n_layers=result.n_layers, hidden_dim=result.d_model, n_parameters=provenance.get("n_parameters"),
+        model=target.label,
+        slug=target.slug,
+        status="ok",
+        base=target.base,
+        step=target.step,
+        revision=target.revision,
+        resumed=resumed,
+        n_layers=result.n_layers,
+        hidden_dim=result.d_model,
+        n_parameters=provenance.get("n_parameters"),
         parallel_blocks=result.parallel_blocks,
         funnel_confirmed=bool(funnel_test(result).funnel_confirmed),
         robust_funnel_confirmed=robust_funnel_test(result).funnel_confirmed if result.intervals is not None else None,
         has_intervals=result.intervals is not None,
-        attn_contracting=attn.n_contracting, mlp_contracting=mlp.n_contracting,
-        attn_min_gain=attn.min_gain, attn_min_layer=attn.min_layer,
-        attn_max_gain=attn.max_gain, attn_max_layer=attn.max_layer,
-        mlp_min_gain=mlp.min_gain, mlp_min_layer=mlp.min_layer,
-        mlp_max_gain=mlp.max_gain, mlp_max_layer=mlp.max_layer,
+        attn_contracting=attn.n_contracting,
+        mlp_contracting=mlp.n_contracting,
+        attn_min_gain=attn.min_gain,
+        attn_min_layer=attn.min_layer,
+        attn_max_gain=attn.max_gain,
+        attn_max_layer=attn.max_layer,
+        mlp_min_gain=mlp.min_gain,
+        mlp_min_layer=mlp.min_layer,
+        mlp_max_gain=mlp.max_gain,
+        mlp_max_layer=mlp.max_layer,
         last_layer_mlp_gain=float(result.mlp_gains[-1]),
-        combined_max_gain=combined.max_gain, combined_max_layer=combined.max_layer,
-        seconds=provenance.get("seconds"), load_seconds=provenance.get("load_seconds"),
-        measure_seconds=provenance.get("measure_seconds"), peak_memory_bytes=provenance.get("peak_memory_bytes"),
+        combined_max_gain=combined.max_gain,
+        combined_max_layer=combined.max_layer,
+        seconds=provenance.get("seconds"),
+        load_seconds=provenance.get("load_seconds"),
+        measure_seconds=provenance.get("measure_seconds"),
+        peak_memory_bytes=provenance.get("peak_memory_bytes"),
         memory_kind=provenance.get("memory_kind"),
     )
 
@@ -150,13 +166,13 @@ class TableWriter:
     finishes it, written when ``TABLE_WRITE_SECONDS`` (or 50 times the last write's own time)
     have passed — so its cost is a bounded share of the sweep, however many rows."""
 
-    def __init__(self, out: Path, settings: dict, earlier: Sequence["ComparisonRow"]):
+    def __init__(self, out: Path, settings: dict, earlier: Sequence[ComparisonRow]):
         self.path, self.settings = out / "compare.json", settings
         self.rows = {row.model: row for row in earlier}
         self.spelled = {row_identity(row): row.model for row in earlier}  # see _kept
         self.due = -math.inf
 
-    def put(self, row: "ComparisonRow") -> None:
+    def put(self, row: ComparisonRow) -> None:
         earlier = self.spelled.get(row.model)
         if earlier is not None and earlier != row.model:  # the same model under its older spelling
             self.rows.pop(earlier, None)
@@ -174,7 +190,7 @@ class TableWriter:
         self.due = now + max(TABLE_WRITE_SECONDS, TABLE_WRITE_SHARE * (now - start))
 
 
-def ordered_rows(rows: Iterable["ComparisonRow"]) -> list["ComparisonRow"]:
+def ordered_rows(rows: Iterable[ComparisonRow]) -> list[ComparisonRow]:
     """A table's rows in order: each model where it first appears, its checkpoints by step as
     numbers (step2 before step1000), a plain model before its checkpoints.
 
@@ -185,8 +201,9 @@ def ordered_rows(rows: Iterable["ComparisonRow"]) -> list["ComparisonRow"]:
     blocks: dict[str, list[ComparisonRow]] = {}
     for row in rows:
         blocks.setdefault(row.base or row.model, []).append(row)
-    return [row for block in blocks.values()
-            for row in sorted(block, key=lambda row: (row.step is not None, row.step or 0))]
+    return [
+        row for block in blocks.values() for row in sorted(block, key=lambda row: (row.step is not None, row.step or 0))
+    ]
 
 
 # Settings that change a number: a table holds rows measured one way only.
@@ -197,12 +214,13 @@ def read_compare_json(path: Path) -> dict[str, Any]:
     """``compare.json`` read and checked to be a funnel_tl table of this schema (``schema.check_compare``)."""
     data = check_compare(read_json(path), ComparisonRow, COMPARE_SCHEMA_VERSION, str(path))
     if data.get("kind") != "funnel_tl.compare" or data.get("schema_version") != COMPARE_SCHEMA_VERSION:
-        raise FunnelError(f"{path} is not a funnel_tl compare file of schema "
-                          f"{COMPARE_SCHEMA_VERSION}: rerun `funnel-tl compare`")
+        raise FunnelError(
+            f"{path} is not a funnel_tl compare file of schema {COMPARE_SCHEMA_VERSION}: rerun `funnel-tl compare`"
+        )
     return data
 
 
-def earlier_rows(out: Path, settings: dict) -> list["ComparisonRow"]:
+def earlier_rows(out: Path, settings: dict) -> list[ComparisonRow]:
     """The rows of the table already in ``out`` (none when there is none), which a sweep into
     ``out`` adds to and never drops; a table measured with other settings is refused in one line,
     before any model loads (one folder, one table: its rows must compare)."""
@@ -212,17 +230,22 @@ def earlier_rows(out: Path, settings: dict) -> list["ComparisonRow"]:
     data = read_compare_json(path)
     rows = [ComparisonRow.from_dict(row) for row in data.get("models", [])]
     if any(row.ok for row in rows):
-        differ = [(f"{key}={data.get(key)}", f"{key}={settings.get(key)}") for key in TABLE_SETTINGS
-                  if data.get(key) != settings.get(key)]
+        differ = [
+            (f"{key}={data.get(key)}", f"{key}={settings.get(key)}")
+            for key in TABLE_SETTINGS
+            if data.get(key) != settings.get(key)
+        ]
         if differ:
-            had, asks = zip(*differ)
-            raise FunnelError(f"{path} is a table of {len(rows)} rows measured with {', '.join(had)}; this sweep asks "
-                              f"{', '.join(asks)}: give another --out (one folder holds one table), or remove "
-                              "that compare.json to start its table again")
+            had, asks = zip(*differ, strict=True)
+            raise FunnelError(
+                f"{path} is a table of {len(rows)} rows measured with {', '.join(had)}; this sweep asks "
+                f"{', '.join(asks)}: give another --out (one folder holds one table), or remove "
+                "that compare.json to start its table again"
+            )
     return rows
 
 
-def row_identity(row: "ComparisonRow") -> str:
+def row_identity(row: ComparisonRow) -> str:
     """The label a row's model has today: ``model_identity`` of its name, and its step."""
     suffix = f"@step{row.step}"
     if row.step is not None and row.model.endswith(suffix):
@@ -240,17 +263,26 @@ def setting_differences(data: dict, result: GainResult, target: Target, settings
     """
     provenance = data.get("provenance", {})
     truncated = provenance.get("truncation") or {}
-    asked_truncation = (provenance["max_tokens_per_prompt"] if "max_tokens_per_prompt" in provenance
-                        else truncated.get("max_tokens_per_prompt"))
-    pairs = [("model", result.model, target.label), ("revision", provenance.get("revision"), target.revision),
-             ("definition", result.definition, settings["definition"]),
-             ("prompts sha256", data.get("prompts", {}).get("sha256"), settings["prompts_sha256"]),
-             ("drop_first", result.drop_first, settings["drop_first"]),
-             ("dtype", provenance.get("dtype"), settings["dtype"]),
-             ("max_tokens_per_prompt", asked_truncation, settings.get("max_tokens_per_prompt"))]
+    asked_truncation = (
+        provenance["max_tokens_per_prompt"]
+        if "max_tokens_per_prompt" in provenance
+        else truncated.get("max_tokens_per_prompt")
+    )
+    pairs = [
+        ("model", result.model, target.label),
+        ("revision", provenance.get("revision"), target.revision),
+        ("definition", result.definition, settings["definition"]),
+        ("prompts sha256", data.get("prompts", {}).get("sha256"), settings["prompts_sha256"]),
+        ("drop_first", result.drop_first, settings["drop_first"]),
+        ("dtype", provenance.get("dtype"), settings["dtype"]),
+        ("max_tokens_per_prompt", asked_truncation, settings.get("max_tokens_per_prompt")),
+    ]
     shown = {"prompts sha256": lambda value: str(value)[:12]}
-    differences = [(f"{name}={shown.get(name, str)(had)}", f"{name}={shown.get(name, str)(asks)}")
-                   for name, had, asks in pairs if had != asks]
+    differences = [
+        (f"{name}={shown.get(name, str)(had)}", f"{name}={shown.get(name, str)(asks)}")
+        for name, had, asks in pairs
+        if had != asks
+    ]
     # A file with position sums serves a sweep that does not ask for them; not the other way.
     if result.positions is None and settings.get("by_position", False):
         differences.append(("no by-position sums", "by_position"))

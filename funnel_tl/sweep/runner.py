@@ -33,8 +33,9 @@ share one axis); a *step* is a training step (Pythia's hub revisions are ``step{
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
@@ -61,12 +62,29 @@ if TYPE_CHECKING:
 
 
 # ---- the sweep ---------------------------------------------------------------------------------
-def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", *, definition: str = "seed",
-            batch_size: int = 8, device: str = "auto", dtype: str = "auto", drop_first: int = 0,
-            out: str | os.PathLike = "runs/compare", force: bool = False, checkpoints=None,
-            bootstrap: int = 2000, bootstrap_seed: int = 0, progress: bool | None = None,
-            self_contained: bool = False, by_position: bool = False, max_tokens_per_prompt: int | str | None = None,
-            device_map=None, max_memory=None, keep_texts: bool = True, world=None) -> "Comparison | None":
+def compare(
+    models: str | Sequence[str],
+    prompts: str | Sequence[str] = "seed",
+    *,
+    definition: str = "seed",
+    batch_size: int = 8,
+    device: str = "auto",
+    dtype: str = "auto",
+    drop_first: int = 0,
+    out: str | os.PathLike = "runs/compare",
+    force: bool = False,
+    checkpoints=None,
+    bootstrap: int = 2000,
+    bootstrap_seed: int = 0,
+    progress: bool | None = None,
+    self_contained: bool = False,
+    by_position: bool = False,
+    max_tokens_per_prompt: int | str | None = None,
+    device_map=None,
+    max_memory=None,
+    keep_texts: bool = True,
+    world=None,
+) -> Comparison | None:
     """Measure several models (or training checkpoints) in turn; write one table and one page.
 
     ``models``: bundled names, local checkpoint folders, hub names, or the preset
@@ -119,29 +137,71 @@ def compare(models: str | Sequence[str], prompts: str | Sequence[str] = "seed", 
     device = resolve_device(device)
     dtype_name = str(resolve_dtype(dtype, device)).removeprefix("torch.")
     settings = {
-        "definition": definition, "n_prompts": len(prompt_list), "prompts_sha256": prompts_sha256(prompt_list),
-        "drop_first": int(drop_first), "dtype": dtype_name, "device": device, "batch_size": batch_size if batch_size == "auto" else int(batch_size),
-        "bootstrap": int(bootstrap), "bootstrap_seed": int(bootstrap_seed),
+        "definition": definition,
+        "n_prompts": len(prompt_list),
+        "prompts_sha256": prompts_sha256(prompt_list),
+        "drop_first": int(drop_first),
+        "dtype": dtype_name,
+        "device": device,
+        "batch_size": batch_size if batch_size == "auto" else int(batch_size),
+        "bootstrap": int(bootstrap),
+        "bootstrap_seed": int(bootstrap_seed),
         **({"by_position": True} if by_position else {}),
     }
     if max_tokens_per_prompt is not None:
         settings["max_tokens_per_prompt"] = max_tokens_per_prompt
-    options = dict(device=device, dtype=dtype, definition=definition, batch_size=batch_size, drop_first=drop_first,
-                   bootstrap=bootstrap, bootstrap_seed=bootstrap_seed, progress=False if progress is False else None,
-                   max_tokens_per_prompt=max_tokens_per_prompt, device_map=device_map, max_memory=max_memory,
-                   by_position=by_position, keep_texts=keep_texts)
+    options = dict(
+        device=device,
+        dtype=dtype,
+        definition=definition,
+        batch_size=batch_size,
+        drop_first=drop_first,
+        bootstrap=bootstrap,
+        bootstrap_seed=bootstrap_seed,
+        progress=False if progress is False else None,
+        max_tokens_per_prompt=max_tokens_per_prompt,
+        device_map=device_map,
+        max_memory=max_memory,
+        by_position=by_position,
+        keep_texts=keep_texts,
+    )
 
     group = world if world is not None else current_world()
     if group.distributed:
-        return sweep_sharded(targets, prompt_list, Path(out), settings, group, force=force, options=options,
-                              self_contained=self_contained)
+        return sweep_sharded(
+            targets,
+            prompt_list,
+            Path(out),
+            settings,
+            group,
+            force=force,
+            options=options,
+            self_contained=self_contained,
+        )
     with claim_output(out) as out:  # one sweep per folder: a second would interleave compare.json
-        return _sweep(targets, prompt_list, settings, out, force=force, options=options, progress=progress,
-                      self_contained=self_contained)
+        return _sweep(
+            targets,
+            prompt_list,
+            settings,
+            out,
+            force=force,
+            options=options,
+            progress=progress,
+            self_contained=self_contained,
+        )
 
 
-def _sweep(targets: list[Target], prompt_list: list[str], settings: dict, out: Path, *, force: bool,
-           options: dict, progress: bool | None, self_contained: bool = False) -> "Comparison":
+def _sweep(
+    targets: list[Target],
+    prompt_list: list[str],
+    settings: dict,
+    out: Path,
+    *,
+    force: bool,
+    options: dict,
+    progress: bool | None,
+    self_contained: bool = False,
+) -> Comparison:
     """The sweep itself, with ``out`` checked and locked by ``compare``; ``options`` go to ``_measure_one``."""
     earlier = earlier_rows(out, settings)  # before any model loads: a table of other settings is refused
     table = TableWriter(out, settings, earlier)
@@ -152,11 +212,11 @@ def _sweep(targets: list[Target], prompt_list: list[str], settings: dict, out: P
     with collecting_per_target():
         for target in bar:
             # A local folder's label is its absolute path: the bar names its last part.
-            bar.set_postfix_str(Path(target.label).name if os.path.isabs(target.label) else target.label,
-                                refresh=True)
+            bar.set_postfix_str(Path(target.label).name if os.path.isabs(target.label) else target.label, refresh=True)
             path = out / target.slug / "results.json"
             remove_temporaries(path.parent)
             finished = None if force else finished_result(path, target, settings, say_replaced=True)
+            result: GainResult | None
             if finished is not None:
                 row, result = resumed_row(target, path, finished, options["bootstrap"], options["bootstrap_seed"])
             else:

@@ -8,8 +8,9 @@ the benchmark compare the two.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,8 +40,9 @@ class Layout:
 
 
 _PRE_NORM = Layout("model.layers", "self_attn", "mlp")
-_SANDWICH = Layout("model.layers", "self_attn", "mlp", "post_attention_layernorm", "post_feedforward_layernorm",
-                   post_norms=True)
+_SANDWICH = Layout(
+    "model.layers", "self_attn", "mlp", "post_attention_layernorm", "post_feedforward_layernorm", post_norms=True
+)
 
 # Per HF ``model_type``.
 _LAYOUTS = {
@@ -55,9 +57,27 @@ _LAYOUTS = {
     "gemma2": _SANDWICH,
     "gemma3_text": _SANDWICH,
     "olmo2": _SANDWICH,  # post-norm: the attention module's input is the stream itself
-    **{model_type: _PRE_NORM for model_type in (
-        "llama", "mistral", "qwen2", "qwen3", "gemma", "olmo", "stablelm", "phi", "phi3", "mixtral",
-        "qwen2_moe", "olmoe", "cohere", "starcoder2", "smollm3", "granite")},
+    **{
+        model_type: _PRE_NORM
+        for model_type in (
+            "llama",
+            "mistral",
+            "qwen2",
+            "qwen3",
+            "gemma",
+            "olmo",
+            "stablelm",
+            "phi",
+            "phi3",
+            "mixtral",
+            "qwen2_moe",
+            "olmoe",
+            "cohere",
+            "starcoder2",
+            "smollm3",
+            "granite",
+        )
+    },
 }
 
 
@@ -70,8 +90,10 @@ def _attribute(root, path: str):
 def hf_sublayers(hf_model):
     """``[(layer module, attention module, MLP module)]`` of a HuggingFace causal LM."""
     layout = hf_layout(hf_model)
-    return [(layer, getattr(layer, layout.attention), getattr(layer, layout.mlp))
-            for layer in _attribute(hf_model, layout.layers)]
+    return [
+        (layer, getattr(layer, layout.attention), getattr(layer, layout.mlp))
+        for layer in _attribute(hf_model, layout.layers)
+    ]
 
 
 def hf_layout(hf_model) -> Layout:
@@ -115,17 +137,21 @@ def _seed_captures(hf_model, tokenizer, prompts: Sequence[str]):
             if role_in is not None:
                 tensor_in = args[0] if args else kwargs["hidden_states"]
                 captured[(layer_index, role_in)] = tensor_in.detach().float().clone()
+
         return hook
 
     def watch(module, index, role_in, role_out, subtract_residual=False):
-        handles.append(module.register_forward_hook(capture(index, role_in, role_out, subtract_residual),
-                                                    with_kwargs=True))
+        handles.append(
+            module.register_forward_hook(capture(index, role_in, role_out, subtract_residual), with_kwargs=True)
+        )
 
-    handles = []
+    handles: list = []
     for index, layer in enumerate(layers):
         watch(layer, index, "resid_pre", "resid_post")
-        for component, module_name, out_name in (("attn", layout.attention, layout.attention_out),
-                                                 ("mlp", layout.mlp, layout.mlp_out)):
+        for component, module_name, out_name in (
+            ("attn", layout.attention, layout.attention_out),
+            ("mlp", layout.mlp, layout.mlp_out),
+        ):
             module = getattr(layer, module_name)
             if out_name is None:
                 watch(module, index, f"{component}_in", f"{component}_out", layout.residual_in_output)
@@ -142,8 +168,9 @@ def _seed_captures(hf_model, tokenizer, prompts: Sequence[str]):
             tensors = {}
             for layer in range(len(layers)):
                 if not parallel:
-                    captured[(layer, "resid_mid")] = (captured[(layer, "resid_pre")]
-                                                      + captured[(layer, "attn_out")].reshape(captured[(layer, "resid_pre")].shape))
+                    captured[(layer, "resid_mid")] = captured[(layer, "resid_pre")] + captured[
+                        (layer, "attn_out")
+                    ].reshape(captured[(layer, "resid_pre")].shape)
                 for role in roles:
                     tensor = captured[(layer, role)]
                     # OPT's fc1/fc2 read [tokens, d]: every tensor as (batch=1, seq_len, d).
@@ -155,9 +182,11 @@ def _seed_captures(hf_model, tokenizer, prompts: Sequence[str]):
 
 
 def _seed_roles(hf_model) -> list[str]:
-    return ["attn_in", "attn_out", "mlp_in", "mlp_out", "resid_pre", "resid_post"] + (
-        [] if hf_is_parallel(hf_model) else ["resid_mid"]) + (
-        ["attn_module_out", "mlp_module_out"] if hf_layout(hf_model).post_norms else [])
+    return (
+        ["attn_in", "attn_out", "mlp_in", "mlp_out", "resid_pre", "resid_post"]
+        + ([] if hf_is_parallel(hf_model) else ["resid_mid"])
+        + (["attn_module_out", "mlp_module_out"] if hf_layout(hf_model).post_norms else [])
+    )
 
 
 def _n_layers(hf_model) -> int:
@@ -185,6 +214,7 @@ def seed_reference(hf_model, tokenizer, prompts: Sequence[str], drop_first: int 
 
 def reference_gains(means: dict[str, np.ndarray], definition: str = "seed") -> dict[str, np.ndarray]:
     """Per-layer gains ``{"attn", "mlp", "block"}`` from ``seed_reference`` means (mean over prompts)."""
+
     def gain(out, inp):
         return (means[out] / (means[inp] + 1e-10)).mean(axis=0)
 
@@ -203,13 +233,18 @@ def reference_gains(means: dict[str, np.ndarray], definition: str = "seed") -> d
 def seed_token_norms(hf_model, tokenizer, prompts: Sequence[str]) -> list[dict[str, np.ndarray]]:
     """Per prompt, ``{role: [layer, pos]}`` norms of every tensor ``seed_reference`` reads (same hooks, same roles)."""
     roles, n_layers = _seed_roles(hf_model), _n_layers(hf_model)
-    return [{role: np.stack([torch.norm(tensors[(layer, role)][0], dim=-1).numpy() for layer in range(n_layers)])
-             for role in roles}
-            for tensors in _seed_captures(hf_model, tokenizer, prompts)]
+    return [
+        {
+            role: np.stack([torch.norm(tensors[(layer, role)][0], dim=-1).numpy() for layer in range(n_layers)])
+            for role in roles
+        }
+        for tensors in _seed_captures(hf_model, tokenizer, prompts)
+    ]
 
 
-def reference_position_gains(token_norms: list[dict[str, np.ndarray]], edges: Sequence[int],
-                             definition: str = "seed", drop_first: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def reference_position_gains(
+    token_norms: list[dict[str, np.ndarray]], edges: Sequence[int], definition: str = "seed", drop_first: int = 0
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """``({"attn", "mlp", "block"}: [layer, bucket] gains, [bucket] prompts behind each)`` by loops.
 
     Bucket b holds positions ``edges[b] … edges[b+1] - 1`` (positions before ``drop_first`` left
@@ -227,17 +262,21 @@ def reference_position_gains(token_norms: list[dict[str, np.ndarray]], edges: Se
         if not reaching:
             continue
         for component, (out, inp) in pairs.items():
-            per_prompt = [norms[out][:, start:stop].mean(axis=1) / (norms[inp][:, start:stop].mean(axis=1) + 1e-10)
-                          for norms in reaching]
+            per_prompt = [
+                norms[out][:, start:stop].mean(axis=1) / (norms[inp][:, start:stop].mean(axis=1) + 1e-10)
+                for norms in reaching
+            ]
             gains[component][:, bucket] = np.mean(per_prompt, axis=0)
     return gains, counts
 
 
 def _pairs(definition: str, parallel: bool) -> dict[str, tuple[str, str]]:
     """component -> (output role, input role) of a definition, in the roles ``seed_reference`` names."""
-    return {"attn": ("attn_out", "attn_in" if definition == "seed" else "resid_pre"),
-            "mlp": ("mlp_out", "mlp_in" if definition == "seed" else ("resid_pre" if parallel else "resid_mid")),
-            "block": ("resid_post", "resid_pre")}
+    return {
+        "attn": ("attn_out", "attn_in" if definition == "seed" else "resid_pre"),
+        "mlp": ("mlp_out", "mlp_in" if definition == "seed" else ("resid_pre" if parallel else "resid_mid")),
+        "block": ("resid_post", "resid_pre"),
+    }
 
 
 # ---- the readings beside the seed's (issue 20) ---------------------------------------------------
@@ -264,15 +303,20 @@ def reference_readings(token_norms: list[dict[str, np.ndarray]], definition: str
         return np.mean(per_prompt, axis=0)
 
     def growth(start: int) -> np.ndarray:
-        per_prompt = [norms["resid_post"][:, start:].mean(axis=1) / (norms["resid_pre"][0, start:].mean() + 1e-10)
-                      for norms in token_norms if norms["resid_post"].shape[1] > start]
+        per_prompt = [
+            norms["resid_post"][:, start:].mean(axis=1) / (norms["resid_pre"][0, start:].mean() + 1e-10)
+            for norms in token_norms
+            if norms["resid_post"].shape[1] > start
+        ]
         return np.mean(per_prompt, axis=0)
 
     readings: dict[str, dict] = {"gains": {}, "gains_without_first": {}, "median": {}, "module": {}, "post_norm": {}}
     for component, (out, inp) in pairs.items():
         readings["gains"][component] = mean_ratio(out, inp)
         readings["gains_without_first"][component] = mean_ratio(out, inp, start=1)
-        per_token = np.concatenate([norms[out] / (norms[inp] + 1e-10) for norms in token_norms], axis=1)  # [layer, token]
+        per_token = np.concatenate(
+            [norms[out] / (norms[inp] + 1e-10) for norms in token_norms], axis=1
+        )  # [layer, token]
         readings["median"][component] = np.median(per_token, axis=1)
     for key in ("gains", "gains_without_first"):
         readings[key]["combined"] = readings[key]["attn"] * readings[key]["mlp"]
@@ -282,17 +326,25 @@ def reference_readings(token_norms: list[dict[str, np.ndarray]], definition: str
         if f"{component}_module_out" in token_norms[0]:
             readings["module"][component] = mean_ratio(f"{component}_module_out", f"{component}_in")
             readings["post_norm"][component] = mean_ratio(f"{component}_out", f"{component}_module_out")
-    readings["input_norms"] = {role: np.mean([norms[role].mean(axis=1) for norms in token_norms], axis=0)
-                               for role in token_norms[0]}
+    readings["input_norms"] = {
+        role: np.mean([norms[role].mean(axis=1) for norms in token_norms], axis=0) for role in token_norms[0]
+    }
     return readings
 
 
 # The module that applies W_O to the concatenated heads, and whether its weight is stored
 # [in, out] (GPT-2's Conv1D) rather than nn.Linear's [out, in].
-_OUTPUT_PROJECTIONS = {"gpt_neox": ("dense", False), "gpt2": ("c_proj", True), "llama": ("o_proj", False),
-                       "mistral": ("o_proj", False), "qwen2": ("o_proj", False),
-                       # sandwich / post-norm: o_proj writes the module output, before the post-norm
-                       "gemma2": ("o_proj", False), "gemma3_text": ("o_proj", False), "olmo2": ("o_proj", False)}
+_OUTPUT_PROJECTIONS = {
+    "gpt_neox": ("dense", False),
+    "gpt2": ("c_proj", True),
+    "llama": ("o_proj", False),
+    "mistral": ("o_proj", False),
+    "qwen2": ("o_proj", False),
+    # sandwich / post-norm: o_proj writes the module output, before the post-norm
+    "gemma2": ("o_proj", False),
+    "gemma3_text": ("o_proj", False),
+    "olmo2": ("o_proj", False),
+}
 
 
 @torch.inference_mode()
@@ -313,6 +365,7 @@ def seed_head_token_norms(hf_model, tokenizer, prompts: Sequence[str]) -> list[n
     def capture(layer_index):
         def hook(module, args):
             captured[layer_index] = args[0].detach().float()[0]  # [pos, head * d_head]
+
         return hook
 
     handles = [module.register_forward_pre_hook(capture(index)) for index, module in enumerate(projections)]
@@ -351,8 +404,10 @@ def _contribution_modules(hf_model) -> list[dict[str, tuple[torch.nn.Module, boo
     modules = []
     for layer in _attribute(hf_model, layout.layers):
         entry = {}
-        for component, module_name, out_name in (("attention", layout.attention, layout.attention_out),
-                                                 ("mlp", layout.mlp, layout.mlp_out)):
+        for component, module_name, out_name in (
+            ("attention", layout.attention, layout.attention_out),
+            ("mlp", layout.mlp, layout.mlp_out),
+        ):
             # BLOOM's attention and MLP return output + residual; a post-norm's output is the contribution.
             if out_name is None:
                 entry[component] = (getattr(layer, module_name), layout.residual_in_output)
@@ -367,18 +422,19 @@ def reference_means(hf_model, tokenizer, prompts: Sequence[str], drop_first: int
     """``{"attention" | "mlp": [layer, d_model]}``: each contribution's mean over every token at
     position ≥ ``drop_first`` of every prompt, from the seed's captures (``_seed_captures``)."""
     n_layers = _n_layers(hf_model)
-    sums = {"attention": None, "mlp": None}
+    sums: dict[str, Any] = {"attention": None, "mlp": None}  # component -> [layer, d_model], None before a prompt
     count = 0
     for tensors in _seed_captures(hf_model, tokenizer, prompts):
         count += tensors[(0, "attn_out")].shape[1] - drop_first
         for component, role in (("attention", "attn_out"), ("mlp", "mlp_out")):
-            per_layer = torch.stack([tensors[(layer, role)][0, drop_first:].double().sum(dim=0)
-                                     for layer in range(n_layers)])  # [layer, d_model]
+            per_layer = torch.stack(
+                [tensors[(layer, role)][0, drop_first:].double().sum(dim=0) for layer in range(n_layers)]
+            )  # [layer, d_model]
             sums[component] = per_layer if sums[component] is None else sums[component] + per_layer
     return {component: (total / count).numpy() for component, total in sums.items()}
 
 
-def _prompt_losses(logits: torch.Tensor, ids: list[int], drop_first: int) -> tuple[list[float], list[np.ndarray]]:
+def _prompt_losses(logits: torch.Tensor, ids: list[int], drop_first: int) -> tuple[list[float], list[torch.Tensor]]:
     """Per position t ≥ drop_first: the cross-entropy of token t + 1 (where there is one) and the
     next-token log-probabilities, in float64."""
     logp = torch.log_softmax(logits[0].double(), dim=-1)  # [pos, vocab]
@@ -387,8 +443,14 @@ def _prompt_losses(logits: torch.Tensor, ids: list[int], drop_first: int) -> tup
 
 
 @torch.inference_mode()
-def reference_effects(hf_model, tokenizer, prompts: Sequence[str], interventions: Sequence[tuple[str, str, float]],
-                      drop_first: int = 0, layers: Sequence[int] | None = None) -> dict:
+def reference_effects(
+    hf_model,
+    tokenizer,
+    prompts: Sequence[str],
+    interventions: Sequence[tuple[str, str, float]],
+    drop_first: int = 0,
+    layers: Sequence[int] | None = None,
+) -> dict:
     """Δloss and KL of every intervention on every layer's attention and MLP contribution, the seed's way.
 
     ``interventions``: ``(name, kind, factor)`` with kind ``zero``, ``mean`` or ``scale``. Returns
@@ -399,15 +461,20 @@ def reference_effects(hf_model, tokenizer, prompts: Sequence[str], interventions
     ``layers``: the layers to change (ascending; default all): the ``layer`` axis runs over them.
     """
     modules = _contribution_modules(hf_model)
-    means = (reference_means(hf_model, tokenizer, prompts, drop_first)
-             if any(kind == "mean" for _, kind, _ in interventions) else None)
+    means = (
+        reference_means(hf_model, tokenizer, prompts, drop_first)
+        if any(kind == "mean" for _, kind, _ in interventions)
+        else None
+    )
     device = next(hf_model.parameters()).device
     chosen = list(range(len(modules))) if layers is None else list(layers)
     n_layers = len(chosen)
-    out = {"clean_loss": np.zeros(len(prompts))}
+    out: dict[str, Any] = {"clean_loss": np.zeros(len(prompts))}
     for name, _, _ in interventions:
-        out[name] = {c: {"delta_loss": np.zeros((len(prompts), n_layers)), "kl": np.zeros((len(prompts), n_layers))}
-                     for c in ("attention", "mlp")}
+        out[name] = {
+            c: {"delta_loss": np.zeros((len(prompts), n_layers)), "kl": np.zeros((len(prompts), n_layers))}
+            for c in ("attention", "mlp")
+        }
 
     def changer(kind, factor, mean, holds_residual):
         def hook(module, args, kwargs, output):
@@ -417,12 +484,14 @@ def reference_effects(hf_model, tokenizer, prompts: Sequence[str], interventions
             if kind == "zero":
                 changed = torch.zeros_like(contribution)
             elif kind == "mean":
-                changed = torch.ones_like(contribution) * torch.as_tensor(mean, dtype=contribution.dtype,
-                                                                          device=contribution.device)
+                changed = torch.ones_like(contribution) * torch.as_tensor(
+                    mean, dtype=contribution.dtype, device=contribution.device
+                )
             else:
                 changed = contribution * factor
             changed = changed + residual
             return (changed,) + tuple(output[1:]) if isinstance(output, tuple) else changed
+
         return hook
 
     for p, prompt in enumerate(prompts):
@@ -440,7 +509,12 @@ def reference_effects(hf_model, tokenizer, prompts: Sequence[str], interventions
                     finally:
                         handle.remove()
                     out[name][component]["delta_loss"][p, row] = np.mean(
-                        [after - before for after, before in zip(losses, clean_losses)])
+                        [after - before for after, before in zip(losses, clean_losses, strict=True)]
+                    )
                     out[name][component]["kl"][p, row] = np.mean(
-                        [float((clean.exp() * (clean - changed)).sum()) for clean, changed in zip(clean_logp, logp)])
+                        [
+                            float((clean.exp() * (clean - changed)).sum())
+                            for clean, changed in zip(clean_logp, logp, strict=True)
+                        ]
+                    )
     return out

@@ -30,8 +30,16 @@ FAMILIES: dict[str, tuple[str, dict]] = {
     "mixtral": ("mixtral", dict(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)),
     "qwen2": ("qwen2", dict(num_key_value_heads=2)),
     "qwen3": ("qwen3", dict(num_key_value_heads=2, head_dim=8)),
-    "qwen2-moe": ("qwen2_moe", dict(num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
-                                    moe_intermediate_size=32, shared_expert_intermediate_size=32)),
+    "qwen2-moe": (
+        "qwen2_moe",
+        dict(
+            num_key_value_heads=2,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=32,
+        ),
+    ),
     "gemma": ("gemma", dict(num_key_value_heads=2, head_dim=8)),
     "gemma2": ("gemma2", dict(num_key_value_heads=2, head_dim=8, sliding_window=16)),
     "gemma3": ("gemma3_text", dict(num_key_value_heads=2, head_dim=8, sliding_window=16)),
@@ -47,16 +55,31 @@ FAMILIES: dict[str, tuple[str, dict]] = {
 }
 
 
-def family_config(family: str, n_layers: int = 2, d_model: int = 32, n_heads: int = 4,
-                  vocab_size: int = 512, n_ctx: int = 64, **overrides):
+def family_config(
+    family: str,
+    n_layers: int = 2,
+    d_model: int = 32,
+    n_heads: int = 4,
+    vocab_size: int = 512,
+    n_ctx: int = 64,
+    **overrides,
+):
     """A tiny HF config of decoder family ``family`` (one of ``FAMILIES``); ``overrides``: config
     keywords over the family's own (``num_key_value_heads=4``: no grouped-query attention)."""
     from transformers import AutoConfig
 
     model_type, special = FAMILIES[family]
-    sizes = dict(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
-                 num_attention_heads=n_heads, intermediate_size=2 * d_model, max_position_embeddings=n_ctx,
-                 bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    sizes = dict(
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        intermediate_size=2 * d_model,
+        max_position_embeddings=n_ctx,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     # Families whose config names the sizes differently (attribute_map does not reach __init__).
     renamed = {
         "gpt2": dict(n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_positions=n_ctx, n_ctx=n_ctx),
@@ -84,39 +107,73 @@ def train_tokenizer(vocab_size: int = 512, texts=None):
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tokenizer.train_from_iterator(texts if texts is not None else corpus_texts(), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|endoftext|>",
-                                   eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
 
 
-def make_config(architecture: str, n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
-                vocab_size: int = 512, n_ctx: int = 128):
+def make_config(
+    architecture: str, n_layers: int = 2, d_model: int = 64, n_heads: int = 4, vocab_size: int = 512, n_ctx: int = 128
+):
     """A HF config of one of ``ARCHITECTURES`` (d_ff = 4·d_model as in Pythia and GPT-2)."""
     from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
 
-    special = dict(bos_token_id=0, eos_token_id=0)
+    special: dict = dict(bos_token_id=0, eos_token_id=0)  # token ids, unpacked beside keys of other types
     if architecture in ("neox-parallel", "neox-serial"):
-        return GPTNeoXConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
-                             num_attention_heads=n_heads, intermediate_size=4 * d_model,
-                             max_position_embeddings=n_ctx, rotary_pct=0.25,
-                             use_parallel_residual=architecture == "neox-parallel", **special)
+        return GPTNeoXConfig(
+            vocab_size=vocab_size,
+            hidden_size=d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            intermediate_size=4 * d_model,
+            max_position_embeddings=n_ctx,
+            rotary_pct=0.25,  # type: ignore[call-arg]  # transformers takes it through **kwargs, its signature does not name it
+            use_parallel_residual=architecture == "neox-parallel",
+            **special,
+        )
     if architecture == "gpt2":
         # n_ctx: transformers 5 no longer writes it, and TransformerLens 3.9 reads it for GPT-2.
-        return GPT2Config(vocab_size=vocab_size, n_embd=d_model, n_layer=n_layers, n_head=n_heads,
-                          n_positions=n_ctx, n_ctx=n_ctx, **special)
+        return GPT2Config(
+            vocab_size=vocab_size,
+            n_embd=d_model,
+            n_layer=n_layers,
+            n_head=n_heads,
+            n_positions=n_ctx,
+            n_ctx=n_ctx,  # type: ignore[call-arg]  # a legacy key transformers takes through **kwargs
+            **special,
+        )
     if architecture == "llama-gqa":
         # Grouped-query attention: half as many key/value heads as query heads.
-        return LlamaConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
-                           num_attention_heads=n_heads, num_key_value_heads=max(1, n_heads // 2),
-                           intermediate_size=4 * d_model, max_position_embeddings=n_ctx, **special)
+        return LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            num_key_value_heads=max(1, n_heads // 2),
+            intermediate_size=4 * d_model,
+            max_position_embeddings=n_ctx,
+            **special,
+        )
     raise ValueError(f"unknown architecture {architecture!r}: choose one of {ARCHITECTURES}")
 
 
-def build_checkpoint(folder, architecture: str = "neox-parallel", tokenizer=None, seed: int = 0,
-                     randomize_norms: bool = True, randomize_biases: bool = True,
-                     initializer_range: float | None = None, **config_kwargs) -> Path:
+def build_checkpoint(
+    folder,
+    architecture: str = "neox-parallel",
+    tokenizer=None,
+    seed: int = 0,
+    randomize_norms: bool = True,
+    randomize_biases: bool = True,
+    initializer_range: float | None = None,
+    **config_kwargs,
+) -> Path:
     """Save a random-weight checkpoint (safetensors, config, tokenizer) to ``folder``.
 
     ``architecture``: one of ``ARCHITECTURES`` (sized by ``make_config``) or of ``FAMILIES``.
@@ -157,8 +214,9 @@ def build_checkpoint(folder, architecture: str = "neox-parallel", tokenizer=None
     return folder
 
 
-def build_training_run(folder, steps, architecture: str = "neox-parallel", tokenizer=None, seed: int = 0,
-                       **config_kwargs) -> Path:
+def build_training_run(
+    folder, steps, architecture: str = "neox-parallel", tokenizer=None, seed: int = 0, **config_kwargs
+) -> Path:
     """A local folder of "training checkpoints" ``folder/step<N>/``, one per step, for sweeps.
 
     Weights move smoothly from a random initialization (step 0) to another random draw (the
@@ -184,16 +242,23 @@ def build_training_run(folder, steps, architecture: str = "neox-parallel", token
     try:
         ends = []
         for offset in (0, 1):
-            build_checkpoint(folder / f".end{offset}", architecture, tokenizer=tokenizer, seed=seed + 2 * offset,
-                             **config_kwargs)
+            build_checkpoint(
+                folder / f".end{offset}", architecture, tokenizer=tokenizer, seed=seed + 2 * offset, **config_kwargs
+            )
             ends.append(AutoModelForCausalLM.from_pretrained(folder / f".end{offset}"))
         start, end = (model.state_dict() for model in ends)
         model, last = ends[0], max(max(steps), 1)
         for step in steps:
             fraction = math.log1p(step) / math.log1p(last)
             with torch.no_grad():
-                model.load_state_dict({name: torch.lerp(start[name], end[name], fraction)
-                                       if start[name].is_floating_point() else start[name] for name in start})
+                model.load_state_dict(
+                    {
+                        name: torch.lerp(start[name], end[name], fraction)
+                        if start[name].is_floating_point()
+                        else start[name]
+                        for name in start
+                    }
+                )
             model.save_pretrained(folder / f"step{step}")
             tokenizer.save_pretrained(folder / f"step{step}")
         for offset in (0, 1):
