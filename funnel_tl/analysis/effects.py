@@ -435,5 +435,7 @@ def _last_mlp_answer(reading: GainVersusEffect, definition: str) -> str:
     )
 
 
-def _ordinal(n: int) -> str:
+def _ordinal(n: int | None) -> str:
+    if n is None:  # not ranked (no MLP measured)
+        return "unranked"
     return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"

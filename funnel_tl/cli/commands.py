@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal, overload
 
 from funnel_tl.errors import FunnelError, one_line
 from funnel_tl.measure.interventions import DEFAULT_INTERVENTIONS, parse_interventions
@@ -16,7 +18,11 @@ from funnel_tl.results.folders import claim_output, describe_os_error, save_else
 TOP_HEADS = 20
 
 
-def read_cli_prompts(args, stream: bool = False) -> tuple[list[str], dict]:
+@overload
+def read_cli_prompts(args, stream: Literal[False] = False) -> tuple[list[str], dict]: ...
+@overload
+def read_cli_prompts(args, stream: bool) -> tuple[Iterable[str], dict]: ...
+def read_cli_prompts(args, stream: bool = False) -> tuple[Iterable[str], dict]:
     """The prompts of --prompts or --dataset, capped at --max-prompts, and where they came from.
 
     ``stream``: an iterator read as the measurement goes (one process: memory flat in the corpus

@@ -487,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as stop:  # --help and --version exit 0 as argparse does; a bad argument is returned
         if not stop.code:
             raise
-        return stop.code  # its one line already printed
+        return int(stop.code)  # argparse's status (2); its one line already printed
     try:
         # Before torch is imported: each option's value was checked as it was parsed; now the
         # options that need another, and the environment.

@@ -63,6 +63,12 @@ class World:
         return self.size > 1
 
 
+def _item(get: Callable[[Any], dict], key) -> Callable[[Any], np.ndarray]:
+    """``lambda part: get(part)[key]`` with ``key`` bound now: a comprehension's lambdas would
+    otherwise all read its last key (and mypy cannot type a lambda's default argument)."""
+    return lambda part: get(part)[key]
+
+
 def world() -> World:
     """The current process group as a ``World``; a world of one outside ``session``.
 
@@ -303,8 +309,8 @@ def _assemble_positions(pieces: Sequence[tuple[np.ndarray, Any]], n_prompts: int
             edges=edges,
             n_tokens=place(lambda p: p.n_tokens),
             intervals=None,
-            out_sums={c: place(lambda p, c=c: p.out_sums[c]) for c in template.out_sums},
-            in_sums={c: place(lambda p, c=c: p.in_sums[c]) for c in template.in_sums},
+            out_sums={c: place(_item(lambda p: p.out_sums, c)) for c in template.out_sums},
+            in_sums={c: place(_item(lambda p: p.in_sums, c)) for c in template.in_sums},
         )
     return replace(
         template,
@@ -367,8 +373,8 @@ def assemble(parts: Sequence[tuple[list[int], Any]], prompts: Sequence[str], tru
         if reads is not None:  # every role's sums, by prompt as the rest (funnel_tl.measure.reads)
             reads = replace(
                 reads,
-                sums={role: place(lambda r, role=role: r.reads.sums[role]) for role in reads.sums},
-                sums_from_1={role: place(lambda r, role=role: r.reads.sums_from_1[role]) for role in reads.sums_from_1},
+                sums={role: place(_item(lambda r: r.reads.sums, role)) for role in reads.sums},
+                sums_from_1={role: place(_item(lambda r: r.reads.sums_from_1, role)) for role in reads.sums_from_1},
                 n_tokens_from_1=place(lambda r: r.reads.n_tokens_from_1),
             )
         if histograms is not None:  # counts of tokens: they add up over the shares exactly
@@ -377,8 +383,8 @@ def assemble(parts: Sequence[tuple[list[int], Any]], prompts: Sequence[str], tru
             template,
             **common,
             intervals=None,
-            out_sums={c: place(lambda r, c=c: r.out_sums[c]) for c in template.out_sums},
-            in_sums={c: place(lambda r, c=c: r.in_sums[c]) for c in template.in_sums},
+            out_sums={c: place(_item(lambda r: r.out_sums, c)) for c in template.out_sums},
+            in_sums={c: place(_item(lambda r: r.in_sums, c)) for c in template.in_sums},
             reads=reads,
             token_histograms=histograms,
         )

@@ -241,7 +241,8 @@ def batch_effects(
                 _losses(clean, mine, following, predicted, counted, positions) for positions in _spans(width, chunk)
             ]
             delta[:, start + copy] = sum(ce for ce, _ in sums) / n_predicted
-            kl[:, start + copy] = sum(divergence for _, divergence in sums) / n_positions
+            # (a divergence is None only for the clean forward alone, never with ``mine`` given)
+            kl[:, start + copy] = sum(part for _, part in sums if part is not None) / n_positions
         del logits
         if on_forward is not None:
             on_forward()

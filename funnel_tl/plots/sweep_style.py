@@ -107,7 +107,7 @@ def model_groups(rows) -> list[tuple[str | None, list]]:
     return [(base, sorted(group, key=lambda row: row.step)) for base, group in groups.items()]
 
 
-def base_label(base: str) -> str:
+def base_label(base: str | None) -> str:
     """A model's short name for a panel title: a hub name without its organisation, a folder by its last part.
 
     >>> base_label("EleutherAI/pythia-70m"), base_label("/data/runs/ckpts/")

@@ -275,7 +275,7 @@ class HeadResult:
                 if grouped
                 else ""
             ),
-            *([self.relative_to()] if self.read_at else []),
+            *filter(None, [self.relative_to()]),
             header,
         ]
         rows = self.top(k, by)

@@ -74,7 +74,7 @@ def kept_rows(
         )
     table: dict[str, ComparisonRow | None] = dict.fromkeys(order)  # each row in its place, new ones after
     table.update({row.model: row for row in kept + rows})
-    return ordered_rows(table.values()), results
+    return ordered_rows(row for row in table.values() if row is not None), results
 
 
 def finish_sweep(

@@ -207,7 +207,7 @@ def _with_intervals(result: GainResult, bootstrap: int, seed: int) -> GainResult
     return result.with_intervals(n_resamples=bootstrap, seed=seed)
 
 
-def gains_at(pairs: Sequence[tuple[float, int]]) -> list[str]:
+def gains_at(pairs: Sequence[tuple[float | None, int | None]]) -> list[str]:
     """``(gain, layer)`` pairs as ``"0.309 L1 "``-style cells of one width: gains right-aligned,
     layers left-aligned, so the numbers line up and so do the layer labels.
 
