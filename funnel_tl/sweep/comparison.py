@@ -209,10 +209,12 @@ class Comparison:
         """The verdict table as plain text, for the terminal.
 
         Columns are as wide as their widest cell, so a gain of 1000 or more (or a layer 100) does
-        not push the later columns out of line.
+        not push the later columns out of line. Models are named as the page names them: a local
+        folder by its last part (its full path stays in compare.json), unless two would share a name.
         """
         # Imported on use: keeps plotly out of importing this module.
         from funnel_tl.plots.compare_page import format_seconds
+        from funnel_tl.plots.sweep_style import short_labels
 
         titles = ("model", "layers", "funnel", "robust", "attn min", "mlp max", "last mlp", "comb max", "measure")
         ok = [row for row in self.rows if row.ok]
@@ -230,8 +232,9 @@ class Comparison:
         header = "  ".join([f"{'model':<34}", *(f"{title:>{widths[title]}}" for title in titles[1:])])
         lines = [header, "-" * len(header)]
         cells = iter(zip(*columns.values(), strict=True))
+        names = short_labels(self.rows)  # a local folder by its last part, as the page names it
         for row in self.rows:
-            name = row.model if len(row.model) <= 34 else "…" + row.model[-33:]
+            name = names[row.model] if len(names[row.model]) <= 34 else "…" + names[row.model][-33:]
             if not row.ok:
                 lines.append(f"{name:<34} FAILED: {row.error}")
                 continue
