@@ -353,6 +353,33 @@ def _net_gain(fig, result, row, col, legend, log=None):
     )
 
 
+def _interval_band(fig, x, intervals, fillcolor: str, result, legend, row: int, col: int) -> None:
+    """A shaded band between ``intervals[:, 0]`` and ``intervals[:, 1]`` over ``x``: the upper edge
+    first, invisible, then the lower one filled up to it, named as the result's confidence level."""
+    fig.add_trace(
+        go.Scatter(
+            x=x, y=intervals[:, 1], mode="lines", line=dict(width=0), showlegend=False, hoverinfo="skip", legend=legend
+        ),
+        row=row,
+        col=col,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=intervals[:, 0],
+            mode="lines",
+            line=dict(width=0),
+            fill="tonexty",
+            fillcolor=fillcolor,
+            hoverinfo="skip",
+            name=f"{100 * result.intervals.confidence:g}% interval",
+            legend=legend,
+        ),
+        row=row,
+        col=col,
+    )
+
+
 def _cumulative(fig, result, row, col, legend, log=True):
     """The stream's growth ‖resid_post_L‖ / ‖resid_pre_0‖ with its band, and without position 0 (dashed)."""
     layers = np.asarray(result.stream_layers)
@@ -369,34 +396,7 @@ def _cumulative(fig, result, row, col, legend, log=True):
         intervals = version.block_cumulative_intervals
         x, shown, intervals, hovered = broken_at_gaps(layers, layers, growth, intervals)
         if intervals is not None and dash == "solid":
-            fig.add_trace(
-                go.Scatter(
-                    x=x,
-                    y=intervals[:, 1],
-                    mode="lines",
-                    line=dict(width=0),
-                    showlegend=False,
-                    hoverinfo="skip",
-                    legend=legend,
-                ),
-                row=row,
-                col=col,
-            )
-            fig.add_trace(
-                go.Scatter(
-                    x=x,
-                    y=intervals[:, 0],
-                    mode="lines",
-                    line=dict(width=0),
-                    fill="tonexty",
-                    fillcolor="rgba(0, 114, 178, 0.2)",
-                    hoverinfo="skip",
-                    legend=legend,
-                    name=f"{100 * result.intervals.confidence:g}% interval",
-                ),
-                row=row,
-                col=col,
-            )
+            _interval_band(fig, x, intervals, "rgba(0, 114, 178, 0.2)", result, legend, row, col)
             values.append(intervals.ravel())
         customdata = np.column_stack([hovered, shown] + ([intervals] if intervals is not None else []))
         interval_text = (
@@ -481,34 +481,7 @@ def _seed_product(fig, result, row, col, legend, log=True):
         _not_drawn(fig, result, row, col, legend, "the product runs from layer 0")
         return
     if intervals is not None:
-        fig.add_trace(
-            go.Scatter(
-                x=layers,
-                y=intervals[:, 1],
-                mode="lines",
-                line=dict(width=0),
-                showlegend=False,
-                hoverinfo="skip",
-                legend=legend,
-            ),
-            row=row,
-            col=col,
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=layers,
-                y=intervals[:, 0],
-                mode="lines",
-                line=dict(width=0),
-                fill="tonexty",
-                fillcolor="rgba(31, 119, 180, 0.2)",
-                hoverinfo="skip",
-                name=f"{100 * result.intervals.confidence:g}% interval",
-                legend=legend,
-            ),
-            row=row,
-            col=col,
-        )
+        _interval_band(fig, layers, intervals, "rgba(31, 119, 180, 0.2)", result, legend, row, col)
     fig.add_trace(
         go.Scatter(
             x=layers,

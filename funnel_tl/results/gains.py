@@ -358,14 +358,7 @@ class GainResult:
         if self.positions is None:
             raise FunnelError(f"{self.model}: leaving out positions after the fact needs by_position=True")
         out_sums, in_sums, n_tokens = self.positions.from_position(k)
-        kept = np.flatnonzero(n_tokens > 0)
-        if kept.size == 0:
-            raise FunnelError(f"{self.model}: no prompt has a token after the first {k} positions")
-        prompts, provenance = (
-            prompts_subset(self.prompts, self.provenance, kept)
-            if kept.size < self.n_prompts
-            else (self.prompts, self.provenance)
-        )
+        kept, prompts, provenance = self._prompts_with_tokens(n_tokens, f"the first {k} positions")
         return GainResult(
             model=self.model,
             definition=self.definition,
@@ -382,19 +375,23 @@ class GainResult:
             layers=self.layers,
         )
 
+    def _prompts_with_tokens(self, n_tokens: np.ndarray, after: str) -> tuple[np.ndarray, tuple[str, ...] | None, dict]:
+        """The prompts that keep a token (``n_tokens > 0``) once the tokens up to ``after`` are left
+        out: their indices, texts and provenance (the result's own when every prompt keeps one)."""
+        kept = np.flatnonzero(n_tokens > 0)
+        if kept.size == 0:
+            raise FunnelError(f"{self.model}: no prompt has a token after {after}")
+        if kept.size == self.n_prompts:
+            return kept, self.prompts, self.provenance
+        prompts, provenance = prompts_subset(self.prompts, self.provenance, kept)
+        return kept, prompts, provenance
+
     def _from_position_1(self) -> GainResult:
         """``without_first(1)`` from the read sums over positions >= 1: the very sums a
         ``drop_first=1`` run of the same batches adds up."""
         reads = self.reads
-        kept = np.flatnonzero(reads.n_tokens_from_1 > 0)
-        if kept.size == 0:
-            raise FunnelError(f"{self.model}: no prompt has a token after position 0")
+        kept, prompts, provenance = self._prompts_with_tokens(reads.n_tokens_from_1, "position 0")
         roles = definition_roles(self.definition, self.parallel_blocks)
-        prompts, provenance = (
-            prompts_subset(self.prompts, self.provenance, kept)
-            if kept.size < self.n_prompts
-            else (self.prompts, self.provenance)
-        )
         return GainResult(
             model=self.model,
             definition=self.definition,
