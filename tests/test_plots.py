@@ -420,10 +420,14 @@ def test_png_svg_and_pdf_through_kaleido(tmp_path, result):
 
 def test_png_option_is_refused_before_any_work_without_chrome(tmp_path, monkeypatch, capsys):
     import funnel_tl.models.loading
+    import funnel_tl.sweep.one_target
 
     monkeypatch.setattr(plots.pages, "find_chrome", lambda: None)
     monkeypatch.setitem(__import__("sys").modules, "kaleido", object())
-    monkeypatch.setattr(funnel_tl.models.loading, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    # Patched where each command looks it up: the sweep binds load_model at its import, which (if
+    # first imported under this patch) kept the failing stand-in for every later test.
+    for module in (funnel_tl.models.loading, funnel_tl.sweep.one_target):
+        monkeypatch.setattr(module, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     for command in (["run"], ["heads"], ["compare", "--models", "nano-2l"], ["report", str(tmp_path)]):
         assert (
             main([*command, "--png", "--out", str(tmp_path / "x")] if command[0] != "report" else [*command, "--png"])
