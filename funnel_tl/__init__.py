@@ -35,6 +35,7 @@ _EXPORTS = {
     "funnel_test": "analysis.funnel",
     "format_analysis": "analysis.report",
     "measure_gains": "measure.gains",
+    "MeasureOptions": "measure.options",
     "HeadResult": "results.heads",
     "head_gains": "measure.heads",
     "bundled_checkpoints": "models.loading",
@@ -94,6 +95,7 @@ __all__ = [
 ]
 __all__ += ["Comparison", "PYTHIA_SUITE", "compare", "write_image"]
 __all__ += ["EffectResult", "measure_effects", "plot_effects"]
+__all__ += ["MeasureOptions"]
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and the API reference (griffe)
     from funnel_tl.analysis.funnel import PYTHIA_1_4B_REFERENCE, FunnelTest, comparison_1_4b, funnel_test
@@ -104,6 +106,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and the API refe
     from funnel_tl.measure.effects import measure_effects
     from funnel_tl.measure.gains import measure_gains
     from funnel_tl.measure.heads import head_gains
+    from funnel_tl.measure.options import MeasureOptions
     from funnel_tl.models.loading import bundled_checkpoints, bundled_models, default_model_name, load_model
     from funnel_tl.plots.effects import plot_effects
     from funnel_tl.plots.pages import write_html, write_image, write_png

@@ -26,8 +26,10 @@ import torch
 
 from funnel_tl import FunnelError, GainResult, load_model, measure_gains
 from funnel_tl.analysis.funnel import summarize
+from funnel_tl.measure.options import MeasureOptions
 from funnel_tl.cli.entry import main
 from funnel_tl.prompts.sets import SEED_PROMPTS, prompts_sha256
+from funnel_tl.sweep.one_target import SweepOptions
 from funnel_tl.testing.reference import reference_gains, seed_reference
 from funnel_tl.testing.toy import build_checkpoint
 
@@ -314,12 +316,10 @@ def test_a_replaced_results_file_is_named_with_what_changed(sweep, checkpoints, 
         drop_first=1,
         dtype="float32",
     )
-    options = dict(
+    options = SweepOptions(
+        measure=MeasureOptions(definition="seed", batch_size=8, drop_first=1),
         device="cpu",
         dtype="float32",
-        definition="seed",
-        batch_size=8,
-        drop_first=1,
         bootstrap=0,
         bootstrap_seed=0,
         progress=False,

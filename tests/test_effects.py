@@ -19,7 +19,9 @@ from funnel_tl.analysis.effects import format_effects, gain_versus_effect, spear
 from funnel_tl.cli.entry import main
 from funnel_tl.components import EFFECT_COMPONENTS
 from funnel_tl.measure import effects as effects_module
-from funnel_tl.measure.effects import component_means, effects_batch_size
+from funnel_tl.measure.effect_sizes import effects_batch_size
+from funnel_tl.measure.means import component_means
+from funnel_tl.measure.options import MeasureOptions
 from funnel_tl.measure.interventions import parse_intervention, parse_interventions
 from funnel_tl.results.effects import MEASURES
 from funnel_tl.testing.reference import reference_effects, reference_means
@@ -172,7 +174,7 @@ def test_drop_first_and_layer_subset_equal_reference(strong, tokenizer):
 def test_mean_is_over_every_measured_token(strong, tokenizer):
     model, hf = strong("neox-serial")
     for drop_first in (0, 1):
-        means = component_means(model, PROMPTS, batch_size=3, drop_first=drop_first, progress=False)
+        means = component_means(model, PROMPTS, MeasureOptions(batch_size=3, drop_first=drop_first), progress=False)
         expected = reference_means(hf, tokenizer, PROMPTS, drop_first=drop_first)
         assert means.n_tokens == sum(len(tokenizer(p)["input_ids"]) - drop_first for p in PROMPTS)
         for component in EFFECT_COMPONENTS:

@@ -133,3 +133,39 @@ def test_top_level_exports_point_at_their_homes():
     for name, home in funnel_tl._EXPORTS.items():
         value = getattr(funnel_tl, name)
         assert not callable(value) or value.__module__ == f"funnel_tl.{home}", name  # constants have no __module__
+
+
+def function_local_imports_without_a_reason() -> list[str]:
+    """Imports inside a function with no comment saying why: a comment on the line just above its
+    block of consecutive imports (``# Imported on use: keeps torch out of --help``) or within it."""
+    found = []
+    for name, path in MODULES.items():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        tree = ast.parse("\n".join(lines))
+        functions = [node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        bodies = [
+            getattr(node, field)
+            for function in functions
+            for node in ast.walk(function)
+            for field in ("body", "orelse", "finalbody", "handlers")
+            if isinstance(getattr(node, field, None), list)
+        ]
+        for body in bodies:
+            block: list[ast.stmt] = []
+            for statement in [*body, None]:
+                if isinstance(statement, (ast.Import, ast.ImportFrom)):
+                    block.append(statement)
+                    continue
+                if block:
+                    text = lines[block[0].lineno - 2 : block[-1].end_lineno]  # the line above, and the block
+                    if not any("#" in line for line in text):
+                        found += [f"{name}:{node.lineno}: {lines[node.lineno - 1].strip()}" for node in block]
+                block = []
+    return sorted(set(found))
+
+
+def test_every_function_local_import_says_why():
+    """Issue 24: a function-local import only where it buys something (import time, an optional
+    dependency, a test's patch point), each with its reason; the rest belong at the top."""
+    missing = function_local_imports_without_a_reason()
+    assert not missing, "function-local imports without a reason:\n" + "\n".join(missing)

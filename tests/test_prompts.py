@@ -34,11 +34,6 @@ def test_sha_depends_on_order():
     assert prompts_sha256(["a", "b"]) != prompts_sha256(["b", "a"])
 
 
-def test_batch_size_must_be_positive():
-    with pytest.raises(FunnelError, match="batch size"):
-        list(make_batches([[1]], batch_size=0))
-
-
 def test_list_input_is_checked():
     with pytest.raises(FunnelError, match="no prompts"):
         load_prompts([])

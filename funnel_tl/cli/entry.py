@@ -13,16 +13,9 @@ from collections.abc import Mapping
 
 from funnel_tl import __version__
 from funnel_tl.cli import environment, options
-from funnel_tl.cli.commands import (
-    TOP_HEADS,
-    attach_layer_specs,
-    cmd_compare,
-    cmd_effects,
-    cmd_heads,
-    cmd_report,
-    cmd_run,
-    unexpected,
-)
+from funnel_tl.cli.commands import attach_layer_specs, cmd_compare, cmd_effects, cmd_heads, cmd_run
+from funnel_tl.cli.output import TOP_HEADS, unexpected
+from funnel_tl.cli.report import cmd_report
 from funnel_tl.errors import FunnelError
 
 
@@ -100,7 +93,7 @@ def add_model_options(parser: argparse.ArgumentParser, model: bool = True) -> No
     )
     parser.add_argument(
         "--drop-first",
-        type=options.at_least(0, "--drop-first"),
+        type=options.drop_first,
         default=0,
         metavar="N",
         help="leave out the first N positions of every prompt, e.g. 1 to skip the attention-sink token (default: 0)",

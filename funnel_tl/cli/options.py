@@ -20,6 +20,7 @@ import re
 
 from funnel_tl.errors import FunnelError
 from funnel_tl.measure.interventions import parse_interventions
+from funnel_tl.measure.options import check_batch_size, check_drop_first, check_max_tokens
 from funnel_tl.results.folders import check_label
 
 # The first positions `run --by-position` resolves one by one (positions.SINGLE_POSITIONS).
@@ -69,9 +70,24 @@ def whole_or(word: str, expected: str):
     return parse
 
 
-# --batch-size and --max-tokens-per-prompt.
-batch_size = whole_or("auto", "a whole number, 1 or more, or auto")
-max_tokens = whole_or("context", "a number of tokens (1 or more) or 'context'")
+def checked(check, expected: str):
+    """``type=`` for a measurement option: the text read as a number where it is one, then the
+    value's rule is ``MeasureOptions``' own check (``funnel_tl.measure.options``), said in flag terms."""
+
+    def parse(text: str):
+        number = _integer(text)
+        try:
+            return check(number if number is not None else text.strip())
+        except FunnelError:
+            raise argparse.ArgumentTypeError(f"give {expected}, not {text!r}") from None
+
+    return parse
+
+
+# --batch-size, --max-tokens-per-prompt and --drop-first: the rules of MeasureOptions.
+batch_size = checked(check_batch_size, "a whole number, 1 or more, or auto")
+max_tokens = checked(check_max_tokens, "a number of tokens (1 or more) or 'context'")
+drop_first = checked(check_drop_first, "a whole number, 0 or more")
 # effects --stack.
 stack = whole_or("auto", "a number of interventions per forward, 1 or more, or auto")
 

@@ -39,6 +39,7 @@ import torch.distributed as dist
 from funnel_tl.cli import environment
 from funnel_tl.errors import FunnelError, one_line
 from funnel_tl.measure.gains import prepare_tokens
+from funnel_tl.measure.options import MeasureOptions
 from funnel_tl.prompts.sets import prompts_sha256
 from funnel_tl.results.gains import GainResult
 from funnel_tl.results.heads import HeadResult
@@ -209,50 +210,51 @@ def measure(
     prompts: Sequence[str],
     current: World | None = None,
     *,
-    batch_size: int = 8,
-    drop_first: int = 0,
+    options: MeasureOptions | None = None,
     tokenizer=None,
-    max_tokens_per_prompt: int | str | None = None,
     **kwargs,
 ):
     """``function(model, prompts, ...)`` over all ranks; the whole result on rank 0, ``None`` elsewhere.
 
-    ``function``: ``measure_gains`` or ``head_gains``; ``kwargs`` go to it as they are. In a world
-    of one this is just the call. Every rank must call it with the same prompts and settings.
+    In a world of one this is just the call. Every rank must call it with the same prompts and
+    settings; each measures the share of the prompts ``shard_by_tokens`` deals it, streaming it.
+
+    Args:
+        function: ``measure_gains``, ``head_gains``, ``measure_effects`` or ``component_means``.
+        model: the rank's model, on its own device.
+        prompts: the whole prompt set, the same on every rank (data parallel takes a list, not a
+            stream: the shares are dealt by tokens, so every rank tokenizes every prompt).
+        current: this process's ``World``; default ``world()``.
+        options: the measurement's ``MeasureOptions``, checked once by the caller; default
+            ``MeasureOptions()``.
+        tokenizer: the tokenizer to use; default the model's own.
+        **kwargs: ``function``'s other keywords (``progress``, ``intervals``...), as they are.
+
+    Returns:
+        ``function``'s result over every prompt, in their order, on rank 0; ``None`` on the others.
 
     >>> from funnel_tl import load_model, measure_gains
     >>> result = measure(measure_gains, load_model("nano-2l", device="cpu"), ["a b", "c d e"])  # doctest: +SKIP
     """
-    # Every rank reads and tokenizes all the prompts (the shares are dealt by tokens): data parallel
-    # takes a list, not a stream; each rank's measurement then streams its own share.
     current = current or world()
-    settings = dict(
-        batch_size=batch_size,
-        drop_first=drop_first,
-        tokenizer=tokenizer,
-        max_tokens_per_prompt=max_tokens_per_prompt,
-        **kwargs,
-    )
+    options = options if options is not None else MeasureOptions()
     if not current.distributed:
-        return function(model, prompts, **settings)
+        return function(model, prompts, options=options, tokenizer=tokenizer, **kwargs)
 
-    if isinstance(batch_size, int) and batch_size < 1:  # every rank alike, before any rank measures
-        raise FunnelError(f"batch size must be at least 1, got {batch_size}")
     with together(current):
         # Every check on all the prompts at once, so an error names a prompt by its place in the
         # caller's list; the token counts also decide the shares.
         truncation: dict = {}
-        prompt_list, token_ids, _ = prepare_tokens(
-            model, prompts, drop_first, tokenizer, max_tokens_per_prompt, truncation
-        )
-        shares = shard_by_tokens([len(ids) for ids in token_ids], current.size, batch_size)
+        prompt_list, token_ids, _ = prepare_tokens(model, prompts, options, tokenizer, truncation)
+        shares = shard_by_tokens([len(ids) for ids in token_ids], current.size, options.batch_size)
         mine = shares[current.rank]
         part = None
         if mine:
             if not current.main:
-                settings.setdefault("progress", False)
+                kwargs.setdefault("progress", False)
             try:
-                part = function(model, [prompt_list[i] for i in mine], **settings)
+                share = [prompt_list[i] for i in mine]
+                part = function(model, share, options=options, tokenizer=tokenizer, **kwargs)
             except FunnelError as error:
                 raise in_callers_terms(error, mine) from error
     parts = gather_to_main(current, (mine, part))

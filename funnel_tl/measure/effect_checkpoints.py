@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from tqdm.auto import tqdm
 
 from funnel_tl.components import EFFECT_COMPONENTS
 from funnel_tl.errors import FunnelError
+from funnel_tl.measure.options import MeasureOptions
 from funnel_tl.models.identity import model_name, source_provenance
 from funnel_tl.prompts.sets import prompts_sha256
 from funnel_tl.results.effects import EffectResult
@@ -69,20 +71,25 @@ class CheckpointStore:
 
 # ---- checkpoints (resume) -----------------------------------------------------------------------
 def checkpoint_settings(
-    model, prompt_list, specs, layers, definition, drop_first, max_tokens_per_prompt, parameter, label=None
+    model, prompt_list: Sequence[str], specs, layers: Sequence[int], options: MeasureOptions, parameter
 ) -> dict:
-    """Every setting that changes a number: a checkpoint is resumed only when all of them match."""
+    """Every setting that changes a number: a checkpoint is resumed only when all of them match.
+
+    ``layers``: the true indices measured; ``options``: the measurement's (its definition,
+    ``drop_first``, truncation and label); ``parameter``: one of the model's, for its dtype and device.
+    """
+    max_tokens = options.max_tokens_per_prompt
     return {
         "model": model_name(model),
         **source_provenance(model),
-        **({"label": label} if label else {}),
+        **({"label": options.label} if options.label else {}),
         "prompts_sha256": prompts_sha256(prompt_list),
         "n_prompts": len(prompt_list),
         "interventions": [spec.name for spec in specs],
         "layers": list(layers),
-        "definition": definition,
-        "drop_first": int(drop_first),
-        "max_tokens_per_prompt": None if max_tokens_per_prompt is None else str(max_tokens_per_prompt),
+        "definition": options.definition,
+        "drop_first": options.drop_first,
+        "max_tokens_per_prompt": None if max_tokens is None else str(max_tokens),
         "dtype": str(parameter.dtype).removeprefix("torch."),
         "device": parameter.device.type,
     }

@@ -37,9 +37,9 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -57,17 +57,23 @@ from funnel_tl.measure.effect_checkpoints import (
     read_checkpoint,
     write_partial,
 )
-from funnel_tl.measure.engine import EXECUTORS, Engine, activation_bytes_per_token, counted_tokens, resolve_batch_size
+from funnel_tl.measure.effect_sizes import check_stack, resolve_sizes
+from funnel_tl.measure.engine import counted_tokens
 from funnel_tl.measure.intervene import Edit, HFRunner, TLRunner, contribution_hooks
-from funnel_tl.measure.interventions import COMPONENT_HOOKS, DEFAULT_INTERVENTIONS, Intervention, parse_interventions
-from funnel_tl.measure.layers import resolve_layers
-from funnel_tl.measure.streaming import TokenStream
+from funnel_tl.measure.interventions import DEFAULT_INTERVENTIONS, Intervention, parse_interventions
+from funnel_tl.measure.layers import layers_in_model
+from funnel_tl.measure.means import ComponentMeans, component_means
+from funnel_tl.measure.options import MeasureOptions
 from funnel_tl.models.architectures import plan_hooks
 from funnel_tl.models.huggingface import measurable
 from funnel_tl.models.identity import model_name
 from funnel_tl.prompts.tokens import make_batches
 from funnel_tl.results.effects import EffectResult
-from funnel_tl.results.folders import check_label
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # How closely the fast runner's Δloss and KL must equal the TL hooks' (relative, absolute): float32
 # runs the same ops on the same weights (eager attention both ways; measured identical logits on
@@ -80,116 +86,9 @@ AGREEMENT = {
     torch.float16: (5e-2, 2e-2),
     torch.bfloat16: (1e-1, 5e-2),
 }
-STACK_CHOICES = "an integer, at least 1, or auto"
-# Copies per forward that stack="auto" stacks. On the CPU stacking buys nothing (measured by
-# benchmarks/bench_effects.py: 2, 4 and 8 copies ran 0.97-1.24x the time of one, even where a
-# forward is launch-bound) and each copy holds its logits; on a GPU it is not measured here.
-AUTO_STACK = 1
 # The float64 log-probabilities of a batch are taken this many floats at a time (a few positions of
 # every prompt), so that their memory stays bounded whatever the batch, context and vocabulary.
 LOSS_CHUNK_FLOATS = 2**23
-
-
-# ---- the mean of each contribution ------------------------------------------------------------
-@dataclass(frozen=True)
-class ComponentMeans:
-    """Each measured contribution summed over every measured token: ``sums[c]`` ``[layer, d_model]``."""
-
-    layers: tuple[int, ...]
-    sums: dict[str, np.ndarray]  # component ("attention", "mlp") -> [layer, d_model], float64
-    n_tokens: int
-
-    def mean(self, component: str) -> np.ndarray:
-        """``[layer, d_model]``: the mean contribution over the measured tokens."""
-        return self.sums[component] / self.n_tokens
-
-    def tensors(self, device, dtype=torch.float32) -> dict[tuple[int, str], torch.Tensor]:
-        """``{(layer, component): [d_model]}`` on ``device``, for ``intervene`` (cast to the model's dtype there)."""
-        return {
-            (layer, component): torch.as_tensor(self.mean(component)[row], dtype=dtype, device=device)
-            for component in EFFECT_COMPONENTS
-            for row, layer in enumerate(self.layers)
-        }
-
-    def assembled(self, pieces, prompts, truncation=None) -> ComponentMeans:
-        """torchrun (``distributed.assemble``): every rank's sums added up."""
-        parts = [part for _, part in pieces]
-        return ComponentMeans(
-            self.layers,
-            {c: sum(part.sums[c] for part in parts) for c in EFFECT_COMPONENTS},
-            sum(part.n_tokens for part in parts),
-        )
-
-
-class ContributionSums:
-    """``engine.Reduction``: each prompt's contributions summed over its counted tokens, ``[batch, layer, d_model]``."""
-
-    def __init__(self, model, layers: Sequence[int]):
-        self.model, self.layers = model, tuple(layers)
-        self.row = {layer: row for row, layer in enumerate(self.layers)}
-
-    def reads(self, first: bool) -> list[tuple[int, str]]:
-        return [(layer, suffix) for layer in self.layers for suffix in COMPONENT_HOOKS.values()]
-
-    def start(self, batch, tokens, attention_mask, counted, first: bool) -> None:
-        self.counted = counted[..., None]  # [batch, pos, 1]
-        # suffix -> one [batch, d_model] sum per layer, each filled in as its hook fires
-        self.sums: dict[str, list[Any]] = {suffix: [None] * len(self.layers) for suffix in COMPONENT_HOOKS.values()}
-
-    def read(self, layer: int, suffix: str, activation: torch.Tensor) -> None:
-        # Selected, not multiplied by the mask: a non-finite padded position must not poison the sum.
-        kept = torch.where(self.counted, activation, torch.zeros((), dtype=activation.dtype, device=activation.device))
-        # float64: SmolLM2's first-token contributions are ~10^3 times the others', and a float32 sum
-        # moved its mean-ablation Δloss by ~1e-5 nats against the reference (measured).
-        self.sums[suffix][self.row[layer]] = kept.sum(dim=1, dtype=torch.float64)  # [batch, d_model]
-
-    def finish(self) -> dict[str, torch.Tensor]:
-        return {suffix: torch.stack(rows, dim=1) for suffix, rows in self.sums.items()}  # [batch, layer, d_model]
-
-    def commit(self) -> None:
-        pass
-
-    def raise_nonfinite(self) -> None:
-        raise FunnelError(
-            f"non-finite sublayer output in {model_name(self.model)} while averaging the contributions "
-            "for the mean intervention: try --dtype float32"
-        )
-
-
-def component_means(
-    model,
-    prompts,
-    layers: int | Sequence[int] | None = None,
-    batch_size: int | str = "auto",
-    drop_first: int = 0,
-    tokenizer=None,
-    executor: str = "auto",
-    progress: bool | None = None,
-    max_tokens_per_prompt: int | str | None = None,
-) -> ComponentMeans:
-    """Every measured sublayer's contribution summed over every measured token of ``prompts`` (one pass).
-
-    The ``mean`` intervention replaces a contribution by ``result.mean(component)[layer]``.
-    ``layers`` as in ``measure_gains``; positions before ``drop_first`` are not measured tokens.
-
-    >>> from funnel_tl import load_model
-    >>> means = component_means(load_model("nano-2l", device="cpu"), "seed")  # doctest: +SKIP
-    >>> means.mean("mlp").shape  # doctest: +SKIP
-    (2, 64)
-    """
-    chosen = resolve_layers(layers, model.cfg.n_layers)
-    reduction = ContributionSums(model, chosen)
-    engine = Engine(model, reduction, executor)
-    stream = TokenStream(model, prompts, drop_first, tokenizer, max_tokens_per_prompt, batch_size, engine.device)
-    sums = {component: np.zeros((len(chosen), model.cfg.d_model)) for component in EFFECT_COMPONENTS}
-    n_tokens = 0
-    for _, batch_sums, counted in engine.run(
-        stream.batches(), drop_first, progress, description=f"means {model_name(model)}"
-    ):
-        for component, suffix in COMPONENT_HOOKS.items():
-            sums[component] += batch_sums[suffix].sum(axis=0)  # [layer, d_model]
-        n_tokens += int(counted.sum())
-    return ComponentMeans(chosen, sums, n_tokens)
 
 
 # ---- Δloss and KL of one batch ------------------------------------------------------------------
@@ -366,63 +265,16 @@ def choose_runner(
     return tl, why_not
 
 
-# ---- batch and stack sizes ----------------------------------------------------------------------
-def check_stack(stack) -> None:
-    if isinstance(stack, str) and stack == "auto":
-        return
-    if isinstance(stack, bool) or not isinstance(stack, (int, np.integer)) or stack < 1:
-        raise FunnelError(f"stack must be {STACK_CHOICES}, got {stack!r}")
-
-
-def effects_batch_size(free_bytes: int, bytes_per_token: int, longest: int, n_prompts: int) -> int:
-    """Prompts per batch filling half of ``free_bytes`` with tokens of ``longest`` length (CUDA "auto").
-
-    Pure arithmetic, so it can be tested without a GPU:
-
-    >>> effects_batch_size(free_bytes=8 * 2**30, bytes_per_token=1_000_000, longest=128, n_prompts=10_000)
-    33
-    """
-    return max(1, min(n_prompts, (free_bytes // 2) // max(1, longest * bytes_per_token)))
-
-
-def effects_bytes_per_token(cfg, element_size: int, longest: int, copies: int) -> int:
-    """Memory of the effects' forwards per token of a batch: each copy's forward
-    (``engine.activation_bytes_per_token``) and logits, and the clean logits kept beside them (the
-    float64 log-probabilities take ``LOSS_CHUNK_FLOATS`` at a time, whatever the batch)."""
-    vocab = int(cfg.d_vocab)
-    return (
-        copies * (activation_bytes_per_token(cfg, element_size, longest) + vocab * element_size) + vocab * element_size
-    )
-
-
-def resolve_sizes(batch_size, stack, model, token_ids, device, n_jobs: int) -> tuple[int, int]:
-    """``(prompts per batch, copies per forward)``, at most ``n_jobs`` copies.
-
-    ``stack="auto"`` is ``AUTO_STACK`` copies; ``batch_size="auto"`` is ``CPU_BATCH_SIZE`` on the
-    CPU and, on CUDA, as many prompts as fill half the free memory with the forwards and the
-    logits (``effects_bytes_per_token``).
-    """
-    check_stack(stack)
-    copies = min(n_jobs, AUTO_STACK if stack == "auto" else int(stack))
-    device = torch.device(device)
-    if batch_size != "auto" or device.type != "cuda":
-        return resolve_batch_size(batch_size, model, token_ids, device), copies
-    free, _ = torch.cuda.mem_get_info(device)
-    longest = max((len(ids) for ids in token_ids), default=1)
-    per_token = effects_bytes_per_token(model.cfg, next(model.parameters()).element_size(), longest, copies)
-    return effects_batch_size(free, per_token, longest, len(token_ids)), copies
-
-
 # ---- the measurement ----------------------------------------------------------------------------
 def measure_effects(
-    model,
+    model: TransformerBridge | HookedTransformer | PreTrainedModel,
     prompts: str | Sequence[str] = "seed",
-    interventions=DEFAULT_INTERVENTIONS,
+    interventions: str | Sequence[str] = DEFAULT_INTERVENTIONS,
     layers: int | Sequence[int] | None = None,
     definition: str = "seed",
     batch_size: int | str = "auto",
     drop_first: int = 0,
-    tokenizer=None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
     progress: bool | None = None,
     intervals: bool = False,
     executor: str = "auto",
@@ -433,25 +285,48 @@ def measure_effects(
     checkpoint: str | Path | None = None,
     resume: bool = True,
     label: str | None = None,
+    options: MeasureOptions | None = None,
 ) -> EffectResult:
     """Δloss and KL of every intervention on every measured sublayer, with the gains beside them.
 
-    ``interventions``: names (``"zero"``, ``"mean"``, ``"scale:S"``) or one comma-separated
-    string; ``layers``, ``definition`` (of the gains), ``batch_size``, ``drop_first``,
-    ``max_tokens_per_prompt`` and ``keep_texts`` as in ``measure_gains``. A prompt needs a token
-    after position ``drop_first`` (a next token to predict). ``executor``: ``"auto"`` (the HF
-    modules where they agree with the TL hooks on the first batch), ``"transformer_lens"`` or
-    ``"hf"``. ``stack``: interventions per forward, each on its own copy of the batch (``"auto"``:
-    ``AUTO_STACK``, 1: measured to win nothing on the CPU); changes no number beyond float rounding.
-    ``intervals=True``: 95% intervals over prompts (``result.with_intervals()``, 2,000 resamples).
-    ``means``: the contributions' means (``component_means``) when computed elsewhere (torchrun's
-    ranks share one); by default computed here from ``prompts``.
-    ``checkpoint``: an effects.json path. A finished file of the same settings is read back
-    instead of measuring; an unfinished one is continued (its measured prompts kept); the file
-    is written as the measurement goes (at most every ``CHECKPOINT_SECONDS``) and at the end;
-    ``resume=False`` measures afresh whatever the file holds. ``label``: the name the result
-    carries, as in ``measure_gains``. ``model`` may also be a transformers causal LM (bridged as
-    ``measure_gains`` bridges it).
+    Args:
+        model: a bridge, a TL 3.x ``HookedTransformer`` or a transformers causal LM, as
+            ``measure_gains`` takes it.
+        prompts: ``"seed"``, a prompt file path, or a list of strings. A prompt needs a token
+            after position ``drop_first`` (a next token to predict).
+        interventions: names (``"zero"``, ``"mean"``, ``"scale:S"``) or one comma-separated string.
+        layers: a layer, a list of layers (negative counts from the end) or None for all.
+        definition: the definition of the gains beside the effects, as in ``measure_gains``.
+        batch_size: prompts per forward, or ``"auto"`` (on CUDA: half the free memory with the
+            stacked forwards and their logits, ``effects_bytes_per_token``).
+        drop_first: leading positions neither measured nor predicted.
+        tokenizer: the tokenizer to use; default the model's own.
+        progress: a progress bar; None shows one.
+        intervals: 95% intervals over prompts (``result.with_intervals()``, 2,000 resamples).
+        executor: ``"auto"`` (the HF modules where they agree with the TL hooks on the first
+            batch), ``"transformer_lens"`` or ``"hf"``.
+        stack: interventions per forward, each on its own copy of the batch (``"auto"``:
+            ``AUTO_STACK``, 1: measured to win nothing on the CPU); changes no number beyond
+            float rounding.
+        max_tokens_per_prompt: keep only the first tokens of longer prompts (a number or
+            ``"context"``).
+        keep_texts: keep the prompt texts in the result (False: their count and sha256 only).
+        means: the contributions' means (``component_means``) when computed elsewhere
+            (torchrun's ranks share one); by default computed here from ``prompts``.
+        checkpoint: an effects.json path. A finished file of the same settings is read back
+            instead of measuring; an unfinished one is continued (its measured prompts kept); the
+            file is written as the measurement goes (at most every ``CHECKPOINT_SECONDS``) and
+            at the end.
+        resume: False measures afresh whatever ``checkpoint`` holds.
+        label: the name the result carries, as in ``measure_gains``.
+        options: ``definition``, ``layers``, ``batch_size``, ``drop_first``, ``executor``,
+            ``max_tokens_per_prompt``, ``keep_texts`` and ``label`` as one ``MeasureOptions``
+            (``by_position`` and ``chunk_size`` are not taken); the keywords then stay at their
+            defaults.
+
+    Returns:
+        An ``EffectResult``: per-prompt Δloss and KL ``[prompt, intervention, component, layer]``
+        (nats), the clean loss ``[prompt]``, and the ``GainResult`` of the same prompts and layers.
 
     >>> from funnel_tl import load_model, measure_effects
     >>> result = measure_effects(load_model("nano-2l", device="cpu"), "seed", intervals=True)  # doctest: +SKIP
@@ -461,51 +336,43 @@ def measure_effects(
     # Imported on use: looked up in its own module on each call (where tests replace it).
     from funnel_tl.measure.gains import measure_gains, prepare_tokens
 
+    options = MeasureOptions.given(
+        options,
+        layers=layers,
+        definition=definition,
+        batch_size=batch_size,
+        drop_first=drop_first,
+        executor=executor,
+        max_tokens_per_prompt=max_tokens_per_prompt,
+        keep_texts=keep_texts,
+        label=label,
+    )  # every option checked once, the cheap ones before the model is looked at
+    options.refuse(("by_position", "chunk_size"), "measure_effects")
+    specs = parse_interventions(interventions)
+    stack = check_stack(stack)
     model = measurable(model, tokenizer, "measure_effects")  # a name or None refused in one line
-    label = check_label(label)
-    specs = parse_interventions(interventions)  # cheap checks first
-    check_stack(stack)
-    if executor not in EXECUTORS:
-        raise FunnelError(f"unknown executor {executor!r}: choose {', '.join(EXECUTORS)}")
-    chosen = resolve_layers(layers, model.cfg.n_layers)
-    plan_hooks(model, definition)  # refuses what cannot be measured, before any pass
+    chosen = layers_in_model(options.layers, model.cfg.n_layers)
+    options = options.replace(layers=chosen)  # the gains beside the effects: the same true indices
+    plan_hooks(model, options.definition)  # refuses what cannot be measured, before any pass
     truncation: dict = {}
-    prompt_list, token_ids, pad_id = prepare_tokens(
-        model, prompts, drop_first, tokenizer, max_tokens_per_prompt, truncation
-    )
+    prompt_list, token_ids, pad_id = prepare_tokens(model, prompts, options, tokenizer, truncation)
+    drop_first = options.drop_first
     short = next((i for i, ids in enumerate(token_ids) if len(ids) < drop_first + 2), None)
     if short is not None:
         raise FunnelError(
             f"prompt {short} has {len(token_ids[short])} tokens: a Δloss needs a next token to predict "
             f"after position {drop_first}; remove the prompt or lower --drop-first"
         )
-    name = label or model_name(model)
+    name = options.label or model_name(model)
     parameter = next(model.parameters())
-    settings = checkpoint_settings(
-        model, prompt_list, specs, chosen, definition, drop_first, max_tokens_per_prompt, parameter, label
-    )
+    settings = checkpoint_settings(model, prompt_list, specs, chosen, options, parameter)
     done = read_checkpoint(checkpoint, settings, intervals) if resume else None
     if isinstance(done, EffectResult):
         return done
 
-    gains = measure_gains(
-        model,
-        prompt_list,
-        definition=definition,
-        batch_size=batch_size,
-        drop_first=drop_first,
-        tokenizer=tokenizer,
-        progress=progress,
-        executor=executor,
-        max_tokens_per_prompt=max_tokens_per_prompt,
-        keep_texts=keep_texts,
-        layers=chosen,
-        label=label,
-    )
+    gains = measure_gains(model, prompt_list, tokenizer=tokenizer, progress=progress, options=options)
     if means is None and any(spec.kind == "mean" for spec in specs):
-        means = component_means(
-            model, prompt_list, chosen, batch_size, drop_first, tokenizer, executor, progress, max_tokens_per_prompt
-        )
+        means = component_means(model, prompt_list, options, tokenizer, progress)
     mean_tensors = means.tensors(parameter.device) if means is not None else None
 
     jobs: list[Job] = [
@@ -518,7 +385,7 @@ def measure_effects(
     size = copies = None
     if remaining:
         size, copies = resolve_sizes(
-            batch_size, stack, model, [token_ids[i] for i in remaining], parameter.device, len(jobs)
+            options.batch_size, stack, model, [token_ids[i] for i in remaining], parameter.device, len(jobs)
         )
         batches = [
             replace(batch, indices=[remaining[i] for i in batch.indices])
@@ -526,7 +393,15 @@ def measure_effects(
         ]
         with torch.inference_mode():
             runner, why_not = choose_runner(
-                model, executor, chosen, specs, batches[0], drop_first, mean_tensors, copies, several=len(batches) > 1
+                model,
+                options.executor,
+                chosen,
+                specs,
+                batches[0],
+                drop_first,
+                mean_tensors,
+                copies,
+                several=len(batches) > 1,
             )
             _run_batches(
                 runner,
@@ -562,7 +437,7 @@ def measure_effects(
         n_layers=model.cfg.n_layers,
         layers=chosen,
         interventions=specs,
-        prompts=tuple(prompt_list) if keep_texts else None,
+        prompts=tuple(prompt_list) if options.keep_texts else None,
         gains=gains,
         drop_first=drop_first,
         provenance=provenance,
@@ -624,15 +499,35 @@ def _run_batches(
 
 
 # ---- torchrun -----------------------------------------------------------------------------------
-def measure_effects_on_ranks(model, prompts: Sequence[str], current, **settings):
+def measure_effects_on_ranks(
+    model,
+    prompts: Sequence[str],
+    current,
+    options: MeasureOptions,
+    interventions=DEFAULT_INTERVENTIONS,
+    tokenizer=None,
+    **settings: Any,
+) -> EffectResult | None:
     """``measure_effects`` over torchrun's ranks: the prompts dealt out as for the gains
-    (``distributed.measure``), the means summed over every rank first; the result on rank 0."""
-    specs = parse_interventions(settings.get("interventions", DEFAULT_INTERVENTIONS))
+    (``distributed.measure``), the means summed over every rank first; the result on rank 0.
+
+    ``options``: checked once, by the caller, for every rank; ``settings``: ``measure_effects``'s
+    other keywords (``stack``, ``progress``, ``intervals``)."""
+    specs = parse_interventions(interventions)
     means = None
     if any(spec.kind == "mean" for spec in specs):
-        keys = ("batch_size", "drop_first", "tokenizer", "max_tokens_per_prompt", "layers", "executor")
         means = broadcast_from_main(
             current,
-            measure(component_means, model, prompts, current, **{k: settings[k] for k in keys if k in settings}),
+            measure(component_means, model, prompts, current, options=options, tokenizer=tokenizer),
         )
-    return measure(measure_effects, model, prompts, current, means=means, **settings)
+    return measure(
+        measure_effects,
+        model,
+        prompts,
+        current,
+        options=options,
+        tokenizer=tokenizer,
+        interventions=[spec.name for spec in specs],
+        means=means,
+        **settings,
+    )

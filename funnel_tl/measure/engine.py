@@ -65,7 +65,6 @@ STOP_EARLY = True
 # 3.9e-3) in a different order in each path, over many layers: the tolerances of the fp16 GPU check.
 AGREEMENT_TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-9, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
-EXECUTORS = ("auto", "hf", "transformer_lens")
 # The HF attention implementations the fast executor tries, in order: SDPA (one fused kernel, what
 # a bare HF forward uses) and the bridge's own eager attention (the same op order as the TL path).
 FAST_ATTENTION = ("sdpa", None)
@@ -183,6 +182,7 @@ class HFExecutor:
         if not hasattr(model, "adapter") or "original_model" not in model.__dict__:
             return None, "not a TransformerBridge"
         try:
+            # Imported on use: TransformerLens takes seconds to import (not needed by `--help`).
             from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
         except ImportError:  # pragma: no cover - TransformerLens without the bridge
             return None, "no TransformerBridge in this TransformerLens"
@@ -330,15 +330,13 @@ def _agreement(fast: dict[str, torch.Tensor], truth: dict[str, torch.Tensor]) ->
 class Engine:
     """Runs a reduction over batches with the fastest executor that proves itself (see the module docstring).
 
-    ``executor``: ``"auto"`` (the HF module tree where it maps and agrees, else TransformerLens),
-    ``"transformer_lens"`` (always the TL hooks) or ``"hf"`` (as auto, but say so loudly if it
-    cannot be used). After a run, ``executor_name`` says which ran and ``fallback`` why the fast
-    one did not (None if it did); both go into the results' provenance.
+    ``executor`` (as ``MeasureOptions`` checked it): ``"auto"`` (the HF module tree where it maps
+    and agrees, else TransformerLens), ``"transformer_lens"`` (always the TL hooks) or ``"hf"`` (as
+    auto, but say so loudly if it cannot be used). After a run, ``executor_name`` says which ran
+    and ``fallback`` why the fast one did not (None if it did); both go into the provenance.
     """
 
     def __init__(self, model, reduction: Reduction, executor: str = "auto"):
-        if executor not in EXECUTORS:
-            raise FunnelError(f"unknown executor {executor!r}: choose {', '.join(EXECUTORS)}")
         self.model, self.reduction, self.requested = model, reduction, executor
         parameter = next(model.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
@@ -550,22 +548,17 @@ def auto_batch_size(free_bytes: int, bytes_per_token: int, longest: int, n_promp
     return max(1, min(tokens // max(1, longest), n_prompts, MAX_AUTO_BATCH_SIZE))
 
 
-def resolve_batch_size(batch_size: int | str, model, token_ids: Sequence[Sequence[int]], device) -> int:
-    """An explicit batch size, or ``"auto"``: a token budget from the free GPU memory on CUDA, 8 elsewhere."""
-    if isinstance(batch_size, str) and batch_size.strip().isdigit():
-        batch_size = int(batch_size)
-    if isinstance(batch_size, str):
-        if batch_size != "auto":
-            raise FunnelError(f"batch size must be an integer, at least 1, or auto, got {batch_size!r}")
-        device = torch.device(device)
-        if device.type != "cuda":
-            return CPU_BATCH_SIZE
-        free, _ = torch.cuda.mem_get_info(device)
-        element_size = next(model.parameters()).element_size()
-        longest = max((len(ids) for ids in token_ids), default=1)
-        return auto_batch_size(
-            free, activation_bytes_per_token(model.cfg, element_size, longest), longest, len(token_ids)
-        )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise FunnelError(f"batch size must be an integer, at least 1, or auto, got {batch_size!r}")
-    return int(batch_size)
+def resolve_batch_size(
+    batch_size: int | str, model, token_ids: Sequence[Sequence[int]], device: torch.device | str
+) -> int:
+    """The batch size to use: ``batch_size`` as ``MeasureOptions`` checked it, with ``"auto"`` a token
+    budget from the free GPU memory on CUDA and ``CPU_BATCH_SIZE`` elsewhere."""
+    if batch_size != "auto":
+        return int(batch_size)
+    device = torch.device(device)
+    if device.type != "cuda":
+        return CPU_BATCH_SIZE
+    free, _ = torch.cuda.mem_get_info(device)
+    element_size = next(model.parameters()).element_size()
+    longest = max((len(ids) for ids in token_ids), default=1)
+    return auto_batch_size(free, activation_bytes_per_token(model.cfg, element_size, longest), longest, len(token_ids))

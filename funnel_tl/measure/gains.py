@@ -36,6 +36,7 @@ from __future__ import annotations
 import platform
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import einops
 import numpy as np
@@ -46,8 +47,8 @@ from funnel_tl import __version__
 from funnel_tl.components import COMPONENTS
 from funnel_tl.errors import FunnelError
 from funnel_tl.measure.engine import Engine
-from funnel_tl.measure.layers import resolve_layers
 from funnel_tl.measure.medians import HistogramAccumulator
+from funnel_tl.measure.options import MeasureOptions
 from funnel_tl.measure.positions import PositionAccumulator
 from funnel_tl.measure.reads import ReadSums
 from funnel_tl.measure.streaming import PerPrompt, TokenStream
@@ -55,9 +56,13 @@ from funnel_tl.models.architectures import HookPlan, is_parallel, layer_norm_out
 from funnel_tl.models.huggingface import measurable
 from funnel_tl.models.identity import installed_version, model_name, source_provenance, tokenizer_of
 from funnel_tl.prompts.sets import load_prompts
-from funnel_tl.prompts.tokens import check_drop_first, check_tokens_left, pad_token_id, tokenize, truncation_limit
-from funnel_tl.results.folders import check_label
+from funnel_tl.prompts.tokens import check_tokens_left, pad_token_id, tokenize, truncation_limit
 from funnel_tl.results.gains import GainResult
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # Residual identities hold to float rounding; a wrong hook alias is off by O(1).
 # float32: 1e-4 relative leaves room for summation order; half: one rounding of a ~1e3 sum.
@@ -178,22 +183,16 @@ def check_finite(
 
 
 def prepare_tokens(
-    model,
-    prompts: str | Sequence[str],
-    drop_first: int = 0,
-    tokenizer=None,
-    max_tokens_per_prompt: int | str | None = None,
-    truncation: dict | None = None,
+    model, prompts: str | Sequence[str], options: MeasureOptions, tokenizer=None, truncation: dict | None = None
 ) -> tuple[list[str], list[list[int]], int]:
-    """``(prompts, token ids, pad id)`` for a measurement, with every input check of ``measure_gains``.
+    """``(prompts, token ids, pad id)`` of a whole prompt set, with every check of ``measure_gains`` on its tokens.
 
-    Shared by measurements built on the same batching (``heads.head_gains``): prompts loaded,
-    tokenized with the model's own tokenizer, checked against the context and ``drop_first``.
-    ``max_tokens_per_prompt`` (a number or ``"context"``) truncates instead of failing on long
-    prompts; ``truncation`` (a dict) then receives the record for the provenance.
+    For measurements that need every prompt's tokens at once (torchrun's shares, the effects'
+    batches): prompts loaded, tokenized with the model's own tokenizer, checked against the
+    context and ``options.drop_first``, truncated to ``options.max_tokens_per_prompt``;
+    ``truncation`` (a dict) then receives the record for the provenance.
     """
     prompt_list = load_prompts(prompts)
-    check_drop_first(drop_first)
     tokenizer = tokenizer if tokenizer is not None else tokenizer_of(model)
     n_ctx = getattr(model.cfg, "n_ctx", None)
     token_ids = tokenize(
@@ -201,21 +200,21 @@ def prepare_tokens(
         prompt_list,
         n_ctx=n_ctx,
         model_name=model_name(model),
-        max_tokens=truncation_limit(max_tokens_per_prompt, n_ctx),
+        max_tokens=truncation_limit(options.max_tokens_per_prompt, n_ctx),
         truncation=truncation,
         d_vocab=getattr(model.cfg, "d_vocab", None),
     )
-    check_tokens_left(token_ids, drop_first)
+    check_tokens_left(token_ids, options.drop_first)
     return prompt_list, token_ids, pad_token_id(tokenizer)
 
 
 def measure_gains(
-    model,
+    model: TransformerBridge | HookedTransformer | PreTrainedModel,
     prompts: str | Sequence[str] = "seed",
     definition: str = "seed",
     batch_size: int | str = "auto",
     drop_first: int = 0,
-    tokenizer=None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
     progress: bool | None = None,
     intervals: bool = False,
     by_position: bool = False,
@@ -225,48 +224,65 @@ def measure_gains(
     keep_texts: bool = True,
     layers: int | Sequence[int] | None = None,
     label: str | None = None,
+    options: MeasureOptions | None = None,
 ) -> GainResult:
     """Measure every layer's (or some layers') attention, MLP and block gain on a prompt set.
 
-    ``model``: a bridge from ``load_model``, a bridge the user booted, or a TL 3.x
-    ``HookedTransformer``, loaded without weight processing (processed weights and non-decoder
-    models are refused; ``architectures.plan_hooks`` says what is read on each).
-    ``prompts``: ``"seed"``, a prompt file path, or a list (or any iterable) of strings. ``definition``: ``"seed"``
-    (‖out‖ over the LayerNorm output the sublayer reads) or ``"residual"`` (‖out‖ over the residual
-    stream it reads). ``drop_first`` leaves out the first N positions of every prompt (position 0
-    often has a huge norm: attention sinks, massive activations). Batch size changes no number;
-    ``batch_size="auto"`` fills a token budget from the free GPU memory (``engine.auto_batch_size``).
-    ``intervals=True`` returns the result with 95% intervals over prompts (t intervals, the
-    products' by a studentized bootstrap of 2,000 resamples, seed 0: ``result.with_intervals()``),
-    needing at least two prompts.
-    ``by_position=True`` also keeps the sums by position bucket (``funnel_tl.results.positions``):
-    ``result.position_gains("attn")`` is then ``[layer, bucket]``.
-    ``executor``: ``"auto"`` (the HF modules behind the TL hooks where they agree with the TL
-    hooks on the first batch), ``"transformer_lens"`` or ``"hf"`` (see ``funnel_tl.measure.engine``); the
-    one that ran is recorded in ``provenance["executor"]``.
-    ``max_tokens_per_prompt`` (a number, or ``"context"`` for the model's context) keeps only the
-    first tokens of longer prompts, recorded in ``provenance["truncation"]``; without it a prompt
-    longer than the context is an error.
-    ``label``: the name the result carries (results.json, titles, the CLI's default folder) in
-    place of ``model_name(model)``, which the provenance keeps (``model_loaded_as``).
-    ``chunk_size``: prompts read, tokenized and measured at a time (default
-    ``streaming.CHUNK_PROMPTS``, 4,096; changes no number beyond float32 rounding): a
-    ``.txt``/``.jsonl`` corpus or an iterator of strings of any length is measured with memory
-    flat in its size; ``keep_texts=False`` keeps only the prompts' count and sha256 in the result,
-    not their texts (per-prompt statistics are kept either way).
-    Every result also holds, from the same forward, the readings beside the seed's numbers
-    (``funnel_tl.analysis.readings``): ``result.gains_without_first(c)`` (positions >= 1, equal to a
-    ``drop_first=1`` run's gains), ``result.block_cumulative_gains`` (the stream's growth),
-    ``result.median_gains(c)``, ``result.other_definition`` and, for sandwich and post-norm
-    blocks, ``result.module_gains(c)``/``result.post_norm_gains(c)``.
-    ``layers``: a layer, a list of layers (negative counts from the end) or None for all, as in
-    ``head_gains``. Only those layers' hooks are read and the pass stops after the last one asked
-    for, so ``layers=[0, 1]`` of a deep model costs about two layers. Each measured layer's gains
-    equal a full measurement's at that layer (the same batches: the same numbers). The result holds
-    those layers (``result.layers``, true indices) and what they determine: the cumulative gain
-    over a measured prefix 0..k only (``result.cumulative_layers``), and no Funnel verdict:
-    ``funnel_test`` and the robust test refuse it (they need every layer), and results.json says
-    ``"not_testable"``. ``by_position`` needs every layer (its sink analysis is a verdict).
+    A layer's gain is mean‖out‖ / (mean‖in‖ + 1e-10): norms over d_model of every counted token,
+    averaged per prompt, then over prompts (DESIGN.md §2). Batch size, padding, chunking and the
+    executor change no number beyond float32 rounding. Every result also holds, from the same
+    forward, the readings beside the seed's numbers (``funnel_tl.analysis.readings``):
+    ``result.gains_without_first(c)`` (positions >= 1, equal to a ``drop_first=1`` run's gains),
+    ``result.block_cumulative_gains`` (the stream's growth), ``result.median_gains(c)``,
+    ``result.other_definition`` and, for sandwich and post-norm blocks,
+    ``result.module_gains(c)``/``result.post_norm_gains(c)``.
+
+    Args:
+        model: a bridge from ``load_model``, a bridge the user booted, a TL 3.x
+            ``HookedTransformer`` loaded without weight processing, or a transformers causal LM
+            (bridged here). Processed weights and non-decoder models are refused
+            (``architectures.plan_hooks`` says what is read on each block shape).
+        prompts: ``"seed"``, a prompt file path (``.txt``/``.jsonl``), or a list (or any
+            iterable) of strings; a corpus of any length is read a chunk at a time.
+        definition: ``"seed"`` (‖out‖ over the LayerNorm output the sublayer reads) or
+            ``"residual"`` (‖out‖ over the residual stream it reads).
+        batch_size: prompts per forward, or ``"auto"`` (a token budget from the free GPU memory,
+            ``engine.auto_batch_size``; ``engine.CPU_BATCH_SIZE`` on the CPU).
+        drop_first: leading positions left out of every prompt (position 0 often has a huge
+            norm: attention sinks, massive activations).
+        tokenizer: the tokenizer to use; default the model's own.
+        progress: a progress bar; None shows one on a terminal.
+        intervals: return the result with 95% intervals over prompts (t intervals, the products'
+            by a studentized bootstrap of 2,000 resamples, seed 0: ``result.with_intervals()``);
+            needs at least two prompts.
+        by_position: also keep the sums by position bucket (``funnel_tl.results.positions``):
+            ``result.position_gains("attn")`` is then ``[layer, bucket]``. Needs every layer.
+        executor: ``"auto"`` (the HF modules behind the TL hooks where they agree with the TL
+            hooks on the first batch), ``"transformer_lens"`` or ``"hf"``
+            (``funnel_tl.measure.engine``); the one that ran is ``provenance["executor"]``.
+        max_tokens_per_prompt: keep only the first tokens of longer prompts (a number, or
+            ``"context"`` for the model's context), recorded in ``provenance["truncation"]``;
+            None: a prompt longer than the context is an error.
+        chunk_size: prompts read, tokenized and measured at a time (default
+            ``streaming.CHUNK_PROMPTS``, 4,096; changes no number beyond float32 rounding).
+        keep_texts: keep the prompt texts in the result; False keeps only their count and sha256
+            (per-prompt statistics are kept either way).
+        layers: a layer, a list of layers (negative counts from the end) or None for all. Only
+            those layers' hooks are read and the pass stops after the last one, so
+            ``layers=[0, 1]`` of a deep model costs about two layers; each layer's gains equal a
+            full measurement's. The result holds those layers (``result.layers``, true indices)
+            and what they determine: the cumulative gain over a measured prefix only, and no
+            Funnel verdict (``funnel_test`` refuses it, results.json says ``"not_testable"``).
+        label: the name the result carries (results.json, titles, the CLI's default folder) in
+            place of ``model_name(model)``, which the provenance keeps (``model_loaded_as``).
+        options: all of the options above from ``definition`` on (but ``tokenizer``,
+            ``progress`` and ``intervals``) as one ``MeasureOptions``, e.g. to give
+            ``head_gains`` the same; the keywords then stay at their defaults.
+
+    Returns:
+        A ``GainResult``: per-prompt norm sums ``[prompt, layer]`` for each component, the gains
+        ``[layer]`` derived from them (``result.attn_gains``, ``mlp_gains``, ``block_gains``) and
+        the provenance (versions, device, dtype, executor, batching, prompts' sha256).
 
     >>> from funnel_tl import load_model, measure_gains
     >>> result = measure_gains(load_model(device="cpu"), "seed")  # doctest: +SKIP
@@ -276,63 +292,56 @@ def measure_gains(
     >>> early.layers, early.attn_gains.shape  # doctest: +SKIP
     ((0, 1, 7), (3,))
     """
-    model = measurable(model, tokenizer, "measure_gains")  # a name or None refused; a transformers model bridged
-    n_layers = model.cfg.n_layers
-    chosen = resolve_layers(layers, n_layers)  # cheap checks first
-    if by_position and len(chosen) < n_layers:
-        raise FunnelError(
-            "by_position needs every layer (its sink analysis gives the Funnel verdict): "
-            "leave out layers, or by_position"
-        )
-    label = check_label(label)
-    plan = plan_hooks(model, definition)
-    name = label or model_name(model)
-    # by_position (funnel_tl.results.positions): buckets grow with the longest prompt read so far, ending
-    # where the whole corpus at once would put them.
-    positions = PositionAccumulator(0, n_layers, 1) if by_position else None
-    reduction = GainSums(model, plan, positions, chosen)
-    engine = Engine(model, reduction, executor)
-    stream = TokenStream(
-        model,
-        prompts,
-        drop_first,
-        tokenizer,
-        max_tokens_per_prompt,
-        batch_size,
-        engine.device,
+    options = MeasureOptions.given(
+        options,
+        definition=definition,
+        batch_size=batch_size,
+        drop_first=drop_first,
+        by_position=by_position,
+        executor=executor,
+        max_tokens_per_prompt=max_tokens_per_prompt,
         chunk_size=chunk_size,
         keep_texts=keep_texts,
-        on_chunk=positions.grow if positions is not None else None,
+        layers=layers,
+        label=label,
+    )  # every option checked once, before the model is looked at
+    model = measurable(model, tokenizer, "measure_gains")  # a name or None refused; a transformers model bridged
+    n_layers = model.cfg.n_layers
+    chosen = options.chosen_layers(n_layers)
+    plan = plan_hooks(model, options.definition)
+    name = options.label or model_name(model)
+    # by_position (funnel_tl.results.positions): buckets grow with the longest prompt read so far, ending
+    # where the whole corpus at once would put them.
+    positions = PositionAccumulator(0, n_layers, 1) if options.by_position else None
+    reduction = GainSums(model, plan, positions, chosen)
+    engine = Engine(model, reduction, options.executor)
+    stream = TokenStream(
+        model, prompts, options, tokenizer, engine.device, on_chunk=positions.grow if positions is not None else None
     )
 
     # Every hook's norm, summed over all counted tokens and over those from position 1 (funnel_tl.measure.reads).
     suffixes = plan.norm_suffixes
     shapes = {f"{suffix}{part}": (len(chosen),) for suffix in suffixes for part in ("", FROM_1)}
     sums, counts = PerPrompt(shapes), PerPrompt({"n_tokens": ()}, dtype=np.int64)
-    for batch, batch_sums, counted in engine.run(stream.batches(), drop_first, progress, description=f"gains {name}"):
+    batches = engine.run(stream.batches(), options.drop_first, progress, description=f"gains {name}")
+    for batch, batch_sums, counted in batches:
         sums.put(batch.indices, batch_sums)
         counts.put(batch.indices, {"n_tokens": counted})
 
     n_prompts = stream.n_prompts
     kept = sums.result(n_prompts)
     n_tokens = counts.result(n_prompts)["n_tokens"]
-    provenance = run_provenance(
-        model, engine.device, engine.dtype, stream, drop_first, engine=engine, requested_batch_size=batch_size
-    )
-    provenance["reads"] = plan.describe()
-    provenance.update(stream.truncation)
+    provenance = run_provenance(model, engine, stream, options) | {"reads": plan.describe(), **stream.truncation}
     reads = ReadSums(
         reads=plan.describe_roles(),
         sums={role: kept[suffix] for role, suffix in plan.roles.items()},
         sums_from_1={role: kept[suffix + FROM_1] for role, suffix in plan.roles.items()},
         # right-padded batches: position 0 is every prompt's first token, counted unless dropped
-        n_tokens_from_1=n_tokens - (1 if drop_first == 0 else 0),
+        n_tokens_from_1=n_tokens - (1 if options.drop_first == 0 else 0),
     )
-    if label:
-        provenance["model_loaded_as"] = model_name(model)
     result = GainResult(
         model=name,
-        definition=definition,
+        definition=options.definition,
         n_layers=n_layers,
         d_model=model.cfg.d_model,
         parallel_blocks=plan.parallel_blocks,
@@ -340,7 +349,7 @@ def measure_gains(
         n_tokens=n_tokens,
         out_sums={c: kept[plan.outputs[c]] for c in COMPONENTS},
         in_sums={c: kept[plan.inputs[c]] for c in COMPONENTS},
-        drop_first=drop_first,
+        drop_first=options.drop_first,
         provenance=provenance,
         positions=positions.result() if positions is not None else None,
         layers=None if len(chosen) == n_layers else chosen,
@@ -462,11 +471,18 @@ class GainSums:
         check_finite(self.model, self.stacked, self.counted, self.batch.indices, self.dtype, self.layers)
 
 
-def run_provenance(model, device, dtype, stream, drop_first, engine=None, requested_batch_size=None) -> dict:
-    """What a measurement ran on and with; ``stream``: its ``streaming.TokenStream``, read to the end."""
+def run_provenance(model, engine: Engine, stream: TokenStream, options: MeasureOptions) -> dict:
+    """What a measurement ran on and with: versions, device, the prompts' fingerprint, batching.
+
+    ``engine`` and ``stream``: the measurement's, after the run (``stream`` read to the end);
+    ``options``: as the measurement was asked (``batch_size_requested``, ``drop_first``, and
+    ``model_loaded_as`` where a ``label`` renames the model).
+    """
+    # Imported on use: TransformerLens takes seconds to import (not needed by `--help`).
     import transformer_lens
     import transformers
 
+    device, dtype = engine.device, engine.dtype
     return {
         "funnel_tl": __version__,
         "transformer_lens": getattr(transformer_lens, "__version__", None) or installed_version("transformer-lens"),
@@ -480,12 +496,14 @@ def run_provenance(model, device, dtype, stream, drop_first, engine=None, reques
         "n_tokens_total": int(stream.n_tokens_total),
         "batch_size": int(stream.batch_size),
         "padding_fraction": float(stream.padding_fraction),
-        "drop_first": int(drop_first),
-        **({} if requested_batch_size is None else {"batch_size_requested": str(requested_batch_size)}),
-        **({} if engine is None else {"executor": engine.executor_name, "executor_fallback": engine.fallback}),
+        "drop_first": options.drop_first,
+        "batch_size_requested": str(options.batch_size),
+        "executor": engine.executor_name,
+        "executor_fallback": engine.fallback,
         **({} if stream.n_prompts <= stream.chunk_size else {"chunk_size": int(stream.chunk_size)}),
         **source_provenance(model),  # the full path of a model named by its folder
         # What the seed definition divides by: RMS, LN (TransformerLens' normalization_type).
         "normalization": getattr(model.cfg, "normalization_type", None),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **({"model_loaded_as": model_name(model)} if options.label else {}),
     }

@@ -39,6 +39,7 @@ shares and small (or negative) projection shares.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import einops
 import numpy as np
@@ -48,26 +49,31 @@ from jaxtyping import Float
 from funnel_tl.errors import FunnelError
 from funnel_tl.measure.engine import Engine, prompt_sums
 from funnel_tl.measure.gains import IDENTITY_TOLERANCE, activation_norms, run_provenance
-from funnel_tl.measure.layers import parse_layers, resolve_layers  # noqa: F401  (parse_layers re-exported)
+from funnel_tl.measure.layers import layers_in_model, parse_layers  # noqa: F401  (parse_layers re-exported)
+from funnel_tl.measure.options import MeasureOptions
 from funnel_tl.measure.positions import HeadPositionAccumulator
 from funnel_tl.measure.streaming import PerPrompt, TokenStream
 from funnel_tl.models.architectures import check_heads_add_up, plan_hooks
 from funnel_tl.models.huggingface import measurable
 from funnel_tl.models.identity import model_name
-from funnel_tl.results.folders import check_label
 from funnel_tl.results.head_names import label
 from funnel_tl.results.heads import HeadResult
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 # ---- measurement ---------------------------------------------------------------------------------
 def head_gains(
-    model,
+    model: TransformerBridge | HookedTransformer | PreTrainedModel,
     prompts: str | Sequence[str] = "seed",
     definition: str = "seed",
     layers: int | Sequence[int] | None = None,
     batch_size: int | str = "auto",
     drop_first: int = 0,
-    tokenizer=None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
     progress: bool | None = None,
     by_position: bool = False,
     executor: str = "auto",
@@ -75,30 +81,67 @@ def head_gains(
     chunk_size: int | None = None,
     keep_texts: bool = True,
     label: str | None = None,
+    options: MeasureOptions | None = None,
 ) -> HeadResult:
     """Measure every head's output norm, gain and share of the layer output on a prompt set.
 
-    Arguments as ``measure_gains`` (same tokens, batching, ``definition``, ``drop_first`` and
-    ``executor``, ``chunk_size``, ``keep_texts`` and ``label``, so head gains share the denominator of the
-    layers' attention gains and stream a corpus the same way), plus
-    ``layers``: a layer, a list of layers (negative counts from the end) or None for all. Only
-    ``attn.hook_z``, ``hook_attn_out`` and the denominator's hook of those layers are read, each
-    layer reduced to per-head statistics as it fires (no ``[batch, pos, head, d_model]`` tensor,
-    no cache of every layer), and the pass stops after the last layer asked for.
-    ``by_position=True`` also keeps the sums by position bucket: ``result.head_position_gains()``.
+    Only ``attn.hook_z``, ``hook_attn_out`` and the denominator's hook of the chosen layers are
+    read, each layer reduced to per-head statistics as it fires (no ``[batch, pos, head,
+    d_model]`` tensor, no cache of every layer), and the pass stops after the last layer asked
+    for. The tokens, batches and denominators are ``measure_gains``'s: with the same options, a
+    head's gain is comparable to its layer's ``attn_gains``.
+
+    Args:
+        model: as in ``measure_gains`` (a bridge, a TL 3.x ``HookedTransformer`` or a
+            transformers causal LM), with ``attn.hook_z`` and every ``W_O`` on a device.
+        prompts: ``"seed"``, a prompt file path, or a list (or any iterable) of strings.
+        definition: the denominator, as in ``measure_gains``: ``"seed"`` (‖u_attn‖, the norm
+            output attention reads) or ``"residual"`` (‖resid_pre‖).
+        layers: a layer, a list of layers (negative counts from the end) or None for all.
+        batch_size: prompts per forward, or ``"auto"``; changes no number.
+        drop_first: leading positions left out of every prompt.
+        tokenizer: the tokenizer to use; default the model's own.
+        progress: a progress bar; None shows one on a terminal.
+        by_position: also keep the sums by position bucket: ``result.head_position_gains()``.
+        executor: ``"auto"``, ``"transformer_lens"`` or ``"hf"``, as in ``measure_gains``.
+        max_tokens_per_prompt: keep only the first tokens of longer prompts (a number or
+            ``"context"``); None: a prompt longer than the context is an error.
+        chunk_size: prompts read and measured at a time (default ``streaming.CHUNK_PROMPTS``).
+        keep_texts: keep the prompt texts in the result (False: their count and sha256 only).
+        label: the name the result carries in place of the model's.
+        options: the options above from ``definition`` on (but ``tokenizer`` and ``progress``)
+            as one ``MeasureOptions``, e.g. a ``measure_gains`` run's; the keywords then stay at
+            their defaults.
+
+    Returns:
+        A ``HeadResult``: per-prompt sums ``[prompt, layer, head]`` of each head's norm and
+        projection, and ``[prompt, layer]`` of the layer output and input, from which
+        ``head_gains``, ``norm_shares`` and ``projection_shares`` (``[layer, head]``) follow.
 
     >>> from funnel_tl import load_model, head_gains
     >>> heads = head_gains(load_model(device="cpu"), "seed", progress=False)  # the bundled nano-8l
     >>> heads.head_gains.shape, heads.top(3)[0].label  # [layer, head]; the largest head gain
     ((8, 4), 'L5H3')
     """
+    options = MeasureOptions.given(
+        options,
+        definition=definition,
+        layers=layers,
+        batch_size=batch_size,
+        drop_first=drop_first,
+        by_position=by_position,
+        executor=executor,
+        max_tokens_per_prompt=max_tokens_per_prompt,
+        chunk_size=chunk_size,
+        keep_texts=keep_texts,
+        label=label,
+    )  # every option checked once, before the model is looked at
     model = measurable(model, tokenizer, "head_gains")  # a name or None refused; a transformers model bridged
-    given = check_label(label)  # ``label`` names the result, as in measure_gains
-    plan = plan_hooks(model, definition)
+    plan = plan_hooks(model, options.definition)
     output_suffix = check_heads_add_up(model, plan)
-    name = given or model_name(model)
+    name = options.label or model_name(model)
     cfg = model.cfg
-    chosen = resolve_layers(layers, cfg.n_layers)
+    chosen = layers_in_model(options.layers, cfg.n_layers)
     if f"blocks.{chosen[0]}.attn.hook_z" not in model.hook_dict:
         raise FunnelError(f"{name} has no attn.hook_z: TransformerLens cannot split its attention into heads")
     if any(parameter.is_meta for parameter in model.parameters()):  # weights offloaded by a device map
@@ -107,43 +150,29 @@ def head_gains(
             "every layer's W_O: load it on GPUs only (more --max-memory) or on one device"
         )
     # by_position (funnel_tl.results.positions): buckets grow with the longest prompt read so far.
-    positions = HeadPositionAccumulator(0, len(chosen), cfg.n_heads, 1) if by_position else None
+    positions = HeadPositionAccumulator(0, len(chosen), cfg.n_heads, 1) if options.by_position else None
     reduction = HeadSums(model, plan, chosen, positions, output_suffix)
-    engine = Engine(model, reduction, executor)
+    engine = Engine(model, reduction, options.executor)
     stream = TokenStream(
-        model,
-        prompts,
-        drop_first,
-        tokenizer,
-        max_tokens_per_prompt,
-        batch_size,
-        engine.device,
-        chunk_size=chunk_size,
-        keep_texts=keep_texts,
-        on_chunk=positions.grow if positions is not None else None,
+        model, prompts, options, tokenizer, engine.device, on_chunk=positions.grow if positions is not None else None
     )
 
     n_heads = cfg.n_heads
     shapes: dict[str, tuple[int, ...]] = {key: (len(chosen), n_heads) for key in ("norm", "projection")}
     shapes |= {key: (len(chosen),) for key in ("attn_out", "input")}
     sums, counts = PerPrompt(shapes), PerPrompt({"n_tokens": ()}, dtype=np.int64)
-    for batch, batch_sums, counted in engine.run(stream.batches(), drop_first, progress, description=f"heads {name}"):
+    batches = engine.run(stream.batches(), options.drop_first, progress, description=f"heads {name}")
+    for batch, batch_sums, counted in batches:
         sums.put(batch.indices, batch_sums)
         counts.put(batch.indices, {"n_tokens": counted})
 
     kept = sums.result(stream.n_prompts)
-    provenance = run_provenance(
-        model, engine.device, engine.dtype, stream, drop_first, engine=engine, requested_batch_size=batch_size
-    )
-    provenance["reads"] = plan.describe()
+    provenance = run_provenance(model, engine, stream, options) | {"reads": plan.describe(), **stream.truncation}
     if output_suffix != "hook_attn_out":  # before a post-norm: what the heads' numbers are relative to
         provenance["heads_read_at"] = plan.describe_roles()["attn_module_out"]
-    provenance.update(stream.truncation)
-    if given:
-        provenance["model_loaded_as"] = model_name(model)
     return HeadResult(
         model=name,
-        definition=definition,
+        definition=options.definition,
         n_layers=cfg.n_layers,
         n_heads=n_heads,
         d_head=cfg.d_head,
@@ -156,7 +185,7 @@ def head_gains(
         attn_out_sums=kept["attn_out"],
         in_sums=kept["input"],
         n_key_value_heads=_n_key_value_heads(cfg),
-        drop_first=drop_first,
+        drop_first=options.drop_first,
         provenance=provenance,
         positions=positions.result() if positions is not None else None,
     )

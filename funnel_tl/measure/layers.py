@@ -6,10 +6,9 @@ but the error type).
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Iterable, Sequence
-
-import numpy as np
 
 from funnel_tl.errors import FunnelError
 
@@ -44,30 +43,39 @@ def parse_layers(spec: str | None) -> list[int] | None:
     return layers
 
 
-def resolve_layers(layers: int | Sequence[int] | None, n_layers: int) -> tuple[int, ...]:
-    """Distinct layer indices, ascending; negative ones count from the end as in Python."""
+def check_layer_selection(layers: object) -> tuple[int, ...] | None:
+    """A layer, layers (negative ones count from the end) or None for all, as a tuple of ints;
+    which exist is known only with the model (``resolve_layers``)."""
     if layers is None:
-        return tuple(range(n_layers))
-    if isinstance(layers, (str, bytes)) or not isinstance(layers, (int, np.integer, Iterable)):
+        return None
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, (numbers.Integral, Iterable)):
         raise FunnelError(
             f"layers must be an integer, a list of integers or None, got {layers!r}"
-            + (
-                " (for text such as '0-3,-1' use funnel_tl.measure.layers.parse_layers)"
-                if isinstance(layers, str)
-                else ""
-            )
+            + (" (for text such as '0-3,-1' use parse_layers)" if isinstance(layers, str) else "")
         )
-    requested = [layers] if isinstance(layers, (int, np.integer)) else list(layers)
+    requested = [layers] if isinstance(layers, numbers.Integral) else list(layers)
     if not requested:
         raise FunnelError("no layers asked for: give at least one layer, or None for all")
-    chosen = set()
     for layer in requested:
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
             raise FunnelError(f"layer {layer!r} is not an integer")
+    return tuple(int(layer) for layer in requested)
+
+
+def resolve_layers(layers: int | Sequence[int] | None, n_layers: int) -> tuple[int, ...]:
+    """Distinct layer indices of a model of ``n_layers``, ascending; negative ones count from the end as in Python."""
+    return layers_in_model(check_layer_selection(layers), n_layers)
+
+
+def layers_in_model(selection: tuple[int, ...] | None, n_layers: int) -> tuple[int, ...]:
+    """A checked selection (``check_layer_selection``, ``MeasureOptions.layers``) as the true
+    indices of a model of ``n_layers``: distinct, ascending; a layer past its depth is refused."""
+    if selection is None:
+        return tuple(range(n_layers))
+    for layer in selection:
         if not -n_layers <= layer < n_layers:
             raise FunnelError(f"layer {layer} out of range: the model has {n_layers} layers (0-{n_layers - 1})")
-        chosen.add(int(layer) % n_layers)
-    return tuple(sorted(chosen))
+    return tuple(sorted({layer % n_layers for layer in selection}))
 
 
 def check_measured(layers: Sequence[int], n_layers: int) -> tuple[int, ...]:

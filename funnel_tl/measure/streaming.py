@@ -38,12 +38,12 @@ import numpy as np
 
 from funnel_tl.errors import FunnelError
 from funnel_tl.measure.engine import resolve_batch_size
+from funnel_tl.measure.options import MeasureOptions
 from funnel_tl.measure.positions import grown
 from funnel_tl.models.identity import model_name, tokenizer_of
 from funnel_tl.prompts.sets import iter_prompts
 from funnel_tl.prompts.tokens import (
     Batch,
-    check_drop_first,
     check_tokens_left,
     make_batches,
     pad_token_id,
@@ -88,7 +88,9 @@ class TokenStream:
     Iterate ``batches()`` once: each batch carries its prompts' places in the whole set. Afterwards
     (or as it goes) ``n_prompts``, ``texts`` (None with ``keep_texts=False``), ``sha256``,
     ``n_tokens_total``, ``padding_fraction``, ``batch_size`` and ``truncation`` describe every
-    prompt read. ``chunk_size``: prompts per chunk, ``CHUNK_PROMPTS`` by default.
+    prompt read. ``options``: the measurement's, as checked (``drop_first``, ``batch_size``,
+    ``max_tokens_per_prompt``, ``chunk_size``: prompts per chunk, ``CHUNK_PROMPTS`` by default,
+    ``keep_texts``).
     ``on_chunk(n_prompts_so_far, longest_in_chunk)`` is called before a chunk's batches are
     yielded (position sums grow their arrays there).
     """
@@ -97,27 +99,20 @@ class TokenStream:
         self,
         model,
         prompts,
-        drop_first: int = 0,
+        options: MeasureOptions,
         tokenizer=None,
-        max_tokens_per_prompt: int | str | None = None,
-        batch_size: int | str = "auto",
         device=None,
-        chunk_size: int | None = None,
-        keep_texts: bool = True,
         on_chunk: Callable[[int, int], None] | None = None,
     ):
-        check_drop_first(drop_first)
-        chunk_size = CHUNK_PROMPTS if chunk_size is None else chunk_size
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise FunnelError(f"chunk_size must be an integer, at least 1, got {chunk_size!r}")
-        self.model, self.prompts, self.drop_first = model, prompts, drop_first
+        self.model, self.prompts, self.drop_first = model, prompts, options.drop_first
         self.tokenizer = tokenizer if tokenizer is not None else tokenizer_of(model)
         self.n_ctx = getattr(model.cfg, "n_ctx", None)
-        self.limit = truncation_limit(max_tokens_per_prompt, self.n_ctx)  # checked before any prompt is read
-        self.requested_batch_size, self.device = batch_size, device
-        self.chunk_size, self.on_chunk = chunk_size, on_chunk
+        self.limit = truncation_limit(options.max_tokens_per_prompt, self.n_ctx)  # before any prompt is read
+        self.requested_batch_size, self.device = options.batch_size, device
+        self.chunk_size = CHUNK_PROMPTS if options.chunk_size is None else options.chunk_size
+        self.on_chunk = on_chunk
         self.pad_id = pad_token_id(self.tokenizer)
-        self.texts: list[str] | None = [] if keep_texts else None
+        self.texts: list[str] | None = [] if options.keep_texts else None
         self.digest = PromptDigest()
         self.n_tokens_total = self.real = self.padded = 0
         self.batch_sizes: list[int] = []

@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from funnel_tl.components import DEFINITIONS
 from funnel_tl.errors import FunnelError
 from funnel_tl.models.identity import is_bridge, model_name
 from funnel_tl.models.processed import check_unprocessed
@@ -330,11 +329,10 @@ def layer_norm_output(model, which: str) -> tuple[str, str | None]:
 def plan_hooks(model, definition: str) -> HookPlan:
     """The hooks ``definition`` reads on ``model``.
 
-    Every measurement starts here, so this is also where a model is refused: an unknown
-    definition, anything but a decoder-only transformer, or weights TransformerLens processed.
+    Every measurement starts here, so this is also where a model is refused: anything but a
+    decoder-only transformer, or weights TransformerLens processed. ``definition``: ``"seed"`` or
+    ``"residual"``, as ``MeasureOptions`` checked it.
     """
-    if definition not in DEFINITIONS:
-        raise FunnelError(f"unknown definition {definition!r}: choose seed or residual")
     check_decoder_only(model)
     check_unprocessed(model)
     shape = block_shape(model)

@@ -24,6 +24,7 @@ def local_loading(local: bool | None):
     if not local:
         yield
         return
+    # Imported on use: transformers takes seconds to import (not needed by `--help`).
     from transformers.utils import logging as transformers_logging
 
     saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}

@@ -25,6 +25,7 @@ import contextlib
 import copy
 import os
 from collections import Counter
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from funnel_tl.errors import FunnelError
@@ -59,7 +60,6 @@ def gguf_in_folder(folder: Path) -> Path | None:
 
 def require_gguf(name: str) -> None:
     """The ``gguf`` package transformers reads GGUF files with is installed, or one line naming the install."""
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         import gguf  # noqa: F401
@@ -99,6 +99,7 @@ def gguf_config(path: Path, name: str | None = None):
                     f"{name} is not a GGUF file (it does not start with 'GGUF'): give a .gguf "
                     "model file, or a HuggingFace checkpoint folder"
                 )
+        # Imported on use: transformers takes seconds to import (not needed by `--help`).
         from transformers import AutoConfig
 
         try:
@@ -116,6 +117,7 @@ def gguf_config(path: Path, name: str | None = None):
 def _unreadable(name: str, path: Path, error: ValueError) -> str:
     text = first_line(error)
     if "not supported" in text:
+        # Imported on use: transformers takes seconds to import (not needed by `--help`).
         import transformers
 
         architecture = _metadata(path, "general.architecture") or "this"
@@ -128,6 +130,7 @@ def _unreadable(name: str, path: Path, error: ValueError) -> str:
 
 def readable_architectures() -> list[str]:
     """The ``general.architecture`` values the installed transformers reads from GGUF files."""
+    # Imported on use: transformers takes seconds to import (not needed by `--help`).
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
     return sorted(set(GGUF_CONFIG_MAPPING) - {"general", "tokenizer"})  # metadata sections, not architectures
@@ -136,6 +139,7 @@ def readable_architectures() -> list[str]:
 def _metadata(path: Path, key: str):
     """One metadata value of a GGUF file (a string or a number), or None."""
     try:
+        # Imported on use: gguf is needed by GGUF files only (``require_gguf`` names its install).
         from gguf import GGUFReader
 
         field = GGUFReader(str(path)).fields.get(key)
@@ -156,6 +160,7 @@ def parsed_once(path: Path):
     Both are imported from ``gguf`` at each call, so sharing them here changes nothing but the
     time: the reader is read-only (memory-mapped), the map a pure function of (architecture, layers).
     """
+    # Imported on use: gguf is needed by GGUF files only (``require_gguf`` names its install).
     import gguf
 
     original_reader, original_map = gguf.GGUFReader, gguf.get_tensor_name_map
@@ -187,6 +192,7 @@ def gguf_tokenizer(path: Path):
     """``(tokenizer, which)``: the folder's HF tokenizer when it has one (``"folder"``), else the
     one the GGUF file embeds (``"gguf"``). Both follow the file's own settings: the GGUF
     tokenizer adds a BOS only where the file's ``tokenizer.ggml.add_bos_token`` says so."""
+    # Imported on use: transformers takes seconds to import (not needed by `--help`).
     from transformers import AutoTokenizer
 
     folder = path.parent
@@ -199,6 +205,7 @@ def gguf_tokenizer(path: Path):
 def gguf_provenance(path: Path) -> dict:
     """What a result measured from a GGUF file records: the file, its sha256, and how many of its
     tensors each quantization type holds (``{"Q4_1": 210, "F32": 61, "Q8_0": 1}``)."""
+    # Imported on use: gguf is needed by GGUF files only (``require_gguf`` names its install).
     from gguf import GGUFReader
 
     types = Counter(tensor.tensor_type.name for tensor in GGUFReader(str(path)).tensors)

@@ -6,6 +6,7 @@ import os
 import socket
 import threading
 import time
+from urllib.parse import urlparse
 
 from funnel_tl.errors import FunnelError
 
@@ -20,7 +21,6 @@ def hub_offline() -> bool:
 
 def unreachable_hub() -> str | None:
     """The hub's host (``HF_ENDPOINT`` or huggingface.co) when one short connect to it fails, else None."""
-    from urllib.parse import urlparse
 
     endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
@@ -40,6 +40,7 @@ def hub_access(name: str, revision: str | None) -> bool | None:
     if host is None:
         return None
     try:
+        # Imported on use: the hub client only where a hub name is probed.
         from huggingface_hub import try_to_load_from_cache
 
         cached = isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str)

@@ -63,6 +63,7 @@ def official_hub_name(name: str) -> str:
     TransformerLens' own load resolved these; funnel_tl loads the HF model itself, so it resolves
     them first (TransformerLens 4.x; 3.x aliases are its own business)."""
     try:
+        # Imported on use: TransformerLens takes seconds to import (not needed by `--help`).
         from transformer_lens.tools.model_registry.registry_io import resolve_model_alias
     except ImportError:
         return name
@@ -82,6 +83,7 @@ def load_config(source: str, *, name: str, revision: str | None = None, gguf: Pa
         try:  # TransformerLens 4.x: tolerates 4.x-era remote-code configs, as its own load does
             from transformer_lens.utilities.hf_utils import autoconfig_with_remote_post_init_compat as read
         except ImportError:
+            # Imported on use: transformers takes seconds to import (not needed by `--help`).
             from transformers import AutoConfig
 
             read = AutoConfig.from_pretrained  # type: ignore[assignment]  # both take (source, **options)
@@ -118,6 +120,7 @@ def load_checkpoint(
     A GGUF file is dequantized into ``dtype``; the result is an ordinary HF model (its GGUF
     marker removed: TransformerLens would not cast it, nor save_pretrained save it).
     """
+    # Imported on use: transformers takes seconds to import (not needed by `--help`).
     from transformers import AutoModelForCausalLM
 
     kwargs = dict(
@@ -147,6 +150,7 @@ def load_checkpoint(
         drop_gguf_marker(hf_model)
     if device_map is None and device is not None:
         hf_model = hf_model.to(device)
+    # Imported on use: TransformerLens takes seconds to import (not needed by `--help`).
     from transformer_lens.utilities.multi_gpu import maybe_cast_floating_params
 
     maybe_cast_floating_params(hf_model, dtype)  # as TransformerLens: float32 buffers (inv_freq) stay float32
@@ -169,6 +173,7 @@ def _prepare_loading(config, source: str, kwargs: dict, dtype: torch.dtype) -> N
     TransformerLens has no adapter for is refused here, before the weights load.
     """
     try:
+        # Imported on use: TransformerLens takes seconds to import (not needed by `--help`).
         from transformer_lens.factories.architecture_adapter_factory import ArchitectureAdapterFactory
         from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_config_from_hf
         from transformer_lens.model_bridge.sources._hf_format import determine_architecture_from_hf_config
@@ -184,6 +189,7 @@ def _prepare_loading(config, source: str, kwargs: dict, dtype: torch.dtype) -> N
 @contextlib.contextmanager
 def _transformers_quiet():
     """transformers logs its loading report as a table on stderr; ``check_weights`` says it in one line."""
+    # Imported on use: transformers takes seconds to import (not needed by `--help`).
     from transformers.utils import logging as transformers_logging
 
     level = transformers_logging.get_verbosity()
@@ -329,6 +335,7 @@ def bridge_model(hf_model, source: str, tokenizer=None):
     ``tokenizer``: the bridge's own ``model.tokenizer`` (TransformerLens configures it in place:
     never pass the one gains are computed with); None lets TransformerLens load it from ``source``.
     """
+    # Imported on use: TransformerLens takes seconds to import (not needed by `--help`).
     from transformer_lens.model_bridge import TransformerBridge
 
     parameter = next(hf_model.parameters())
@@ -417,6 +424,7 @@ def _reloadable(tokenizer):
     ``name_or_path`` to add a BOS: a tokenizer built in memory has no path, and a hub name may be
     offline. Saved and loaded back, the copy reloads from that folder, which lasts for the while.
     """
+    # Imported on use: transformers takes seconds to import (not needed by `--help`).
     from transformers import AutoTokenizer
 
     with tempfile.TemporaryDirectory(prefix="funnel-tokenizer-") as folder:

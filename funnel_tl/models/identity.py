@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from importlib import metadata
 from pathlib import Path
 
 from funnel_tl.errors import FunnelError
@@ -19,6 +20,7 @@ def load_tokenizer(source: str, revision: str | None = None):
     GPT-2 and Llama where the HF tokenizer does not (measured: 4% off the seed's numbers), so the
     gains are always computed from the tokens of this tokenizer instead.
     """
+    # Imported on use: transformers takes seconds to import (not needed by `--help`).
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(source, revision=revision)
@@ -89,7 +91,6 @@ def is_bridge(model) -> bool:
 
 def installed_version(package: str) -> str:
     """TransformerLens 3.x has no ``__version__``; its installed metadata has."""
-    from importlib import metadata
 
     try:
         return metadata.version(package)

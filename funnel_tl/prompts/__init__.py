@@ -21,7 +21,6 @@ _EXPORTS = {
     "check_unicode": "sets",
     "prompts_sha256": "sets",
     "dropped_phrase": "tokens",
-    "check_drop_first": "tokens",
     "check_tokens_left": "tokens",
     "pad_token_id": "tokens",
     "tokenize": "tokens",
@@ -56,7 +55,6 @@ if TYPE_CHECKING:
     from funnel_tl.prompts.sources import DATASET_BUILDERS, read_prompts, stream_prompts
     from funnel_tl.prompts.tokens import (
         Batch,
-        check_drop_first,
         check_tokens_left,
         dropped_phrase,
         make_batches,

@@ -72,6 +72,7 @@ def _docstrings(path: Path, module: str) -> list[tuple[str, str]]:
 
 @functools.lru_cache(maxsize=1)
 def _all_documents() -> tuple[tuple[str, str], ...]:
+    # Imported on use: Python's documentation topics are ~1 MB of text, read only when this corpus is asked for.
     from pydoc_data.topics import topics
 
     docs = [(f"topics/{key}", topics[key]) for key in sorted(topics)]

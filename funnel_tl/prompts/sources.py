@@ -139,6 +139,7 @@ def _check_hub(name: str) -> None:
 def _dataset_texts(name: str, split: str, text_field: str) -> Iterator[str]:
     """The non-empty texts of one split of a HF dataset, streamed (nothing past what is taken is read)."""
     try:
+        # Imported on use: datasets is optional (the [datasets] extra), needed by --dataset only.
         import datasets
     except ImportError:
         raise FunnelError("--dataset needs the datasets package: pip install 'funnel_tl[datasets]'") from None

@@ -19,12 +19,6 @@ def dropped_phrase(drop_first: int) -> str:
     return "first position dropped" if drop_first == 1 else f"first {drop_first} positions dropped"
 
 
-def check_drop_first(drop_first) -> None:
-    """``drop_first`` must be a whole number of positions, 0 or more (checked before any prompt is read)."""
-    if isinstance(drop_first, bool) or not isinstance(drop_first, int) or drop_first < 0:
-        raise FunnelError(f"drop_first must be an integer, 0 or more, got {drop_first!r}")
-
-
 def check_tokens_left(token_ids: Sequence[Sequence[int]], drop_first: int, first_index: int = 0) -> None:
     """Every prompt keeps a token after its first ``drop_first``; ``first_index`` numbers them in a longer set."""
     short = next((i for i, ids in enumerate(token_ids) if len(ids) <= drop_first), None)
@@ -95,6 +89,9 @@ def tokenize(
 def truncation_limit(max_tokens: int | str | None, n_ctx: int | None) -> int | None:
     """The tokens kept per prompt: ``max_tokens`` capped at the context, ``"context"`` for the context.
 
+    ``max_tokens`` as checked by ``MeasureOptions`` (None, a number 1 or more, or ``"context"``);
+    what needs the model, its context, is checked here.
+
     >>> truncation_limit("context", 256), truncation_limit(100, 256), truncation_limit(1000, 256)
     (256, 100, 256)
     >>> truncation_limit(None, 256) is None
@@ -106,13 +103,7 @@ def truncation_limit(max_tokens: int | str | None, n_ctx: int | None) -> int | N
         if n_ctx is None:
             raise FunnelError("the model states no context length: give --max-tokens-per-prompt a number")
         return int(n_ctx)
-    try:
-        limit = int(max_tokens)
-    except (TypeError, ValueError):
-        raise FunnelError(f"--max-tokens-per-prompt takes a number or 'context', got {max_tokens!r}") from None
-    if limit < 1:
-        raise FunnelError(f"--max-tokens-per-prompt must be at least 1, got {limit}")
-    return min(limit, int(n_ctx)) if n_ctx is not None else limit
+    return min(int(max_tokens), int(n_ctx)) if n_ctx is not None else int(max_tokens)
 
 
 def truncation_record(original_lengths: Sequence[int], max_tokens: int, first_index: int = 0) -> dict:
@@ -145,10 +136,9 @@ def make_batches(token_ids: Sequence[Sequence[int]], batch_size: int, pad_token_
     """Yield batches of prompts of similar length (length bucketing), right-padded.
 
     Prompts are sorted by length so that little compute goes to padding; each batch carries the
-    original indices, so results can be put back in the caller's order.
+    original indices, so results can be put back in the caller's order. ``batch_size``: prompts
+    per batch, 1 or more (``MeasureOptions`` checks it, ``engine.resolve_batch_size`` resolves ``"auto"``).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise FunnelError(f"batch size must be an integer, at least 1, got {batch_size!r}")
     order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]

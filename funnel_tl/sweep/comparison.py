@@ -17,7 +17,7 @@ from funnel_tl.results.files import require_pandas, write_json_atomic
 from funnel_tl.results.folders import describe_os_error
 from funnel_tl.results.gains import GainResult
 from funnel_tl.results.gains_file import gain_rows
-from funnel_tl.sweep.one_target import finished_result, gains_at, resumed_row
+from funnel_tl.sweep.one_target import SweepOptions, finished_result, gains_at, resumed_row
 from funnel_tl.sweep.plan import Target, model_identity
 from funnel_tl.sweep.rows import ComparisonRow, compare_dict, ordered_rows, read_compare_json, row_identity
 
@@ -32,7 +32,7 @@ def kept_rows(
     results: dict,
     out: Path,
     settings: dict,
-    options: dict,
+    options: SweepOptions,
 ) -> tuple[list[ComparisonRow], dict]:
     """This sweep's rows with the earlier table's other rows, each read back from its results
     file (a row whose file is gone or no longer matches says so, and stays), in table order."""
@@ -56,9 +56,7 @@ def kept_rows(
             path = out / row.slug / "results.json"
             finished = finished_result(path, target, settings)
             if finished is not None:
-                row, results[row.model] = resumed_row(
-                    target, path, finished, options["bootstrap"], options["bootstrap_seed"], quiet=True
-                )
+                row, results[row.model] = resumed_row(target, path, finished, options, quiet=True)
             else:
                 row = dataclasses.replace(
                     row,
@@ -138,6 +136,15 @@ class Comparison:
         return [row for row in self.rows if not row.ok]
 
     def row(self, model: str) -> ComparisonRow:
+        """One model's row.
+
+        Args:
+            model: the row's label, as the sweep names it (``"EleutherAI/pythia-70m"``, a local
+                folder's resolved path, ``"nano-4l@step1000"`` for a checkpoint).
+
+        Returns:
+            Its ``ComparisonRow``; ``KeyError`` when the sweep has no such row.
+        """
         for row in self.rows:
             if row.model == model:
                 return row
@@ -155,15 +162,29 @@ class Comparison:
         return plot_depth_overlay(self)
 
     def heatmap(self, component: str = "mlp") -> go.Figure:
-        """Models × normalized depth, coloured by gain on a log scale (blue contracts, red expands)."""
+        """Models × normalized depth, coloured by gain on a log scale (blue contracts, red expands).
+
+        Args:
+            component: ``"attn"``, ``"mlp"`` or ``"block"``.
+
+        Returns:
+            A Plotly figure: one heatmap row per measured model, depth ``layer / (n_layers - 1)``.
+        """
         # Imported on use: keeps plotly out of importing this module.
         from funnel_tl.plots.compare import plot_depth_heatmap
 
         return plot_depth_heatmap(self, component)
 
     def training_figure(self, base: str | None = None) -> go.Figure:
-        """Per-layer attention and MLP gains against training step: one row of panels per model
-        swept over checkpoints, or ``base``'s alone."""
+        """Per-layer attention and MLP gains against training step.
+
+        Args:
+            base: a model swept over checkpoints (a name of ``checkpoint_models``); None: one row
+                of panels per such model.
+
+        Returns:
+            A Plotly figure, one line per layer coloured by depth, training step on x.
+        """
         # Imported on use: keeps plotly out of importing this module.
         from funnel_tl.plots.training import plot_training
 
@@ -252,8 +273,13 @@ class Comparison:
     def save(self, out: str | os.PathLike, self_contained: bool = False) -> tuple[Path, Path]:
         """Write ``compare.json`` and ``compare.html`` into ``out``, each atomically.
 
-        The page loads ``out/plotly.min.js`` (written once, shared with the pages that ``funnel-tl
-        report`` writes below ``out``); ``self_contained=True`` embeds plotly.js instead.
+        Args:
+            out: the sweep's folder.
+            self_contained: embed plotly.js in the page; by default it loads ``out/plotly.min.js``
+                (written once, shared with the pages ``funnel-tl report`` writes below ``out``).
+
+        Returns:
+            The paths of compare.json and compare.html.
         """
         out = Path(out)
         json_path = write_json_atomic(out / "compare.json", self.to_dict())
@@ -262,8 +288,16 @@ class Comparison:
     def save_html(
         self, out: str | os.PathLike, self_contained: bool = False, root: str | os.PathLike | None = None
     ) -> Path:
-        """Write only ``compare.html`` into ``out`` (what ``funnel-tl report`` redraws); its
-        ``plotly.min.js`` is shared from ``root`` (the top of an output tree) when given."""
+        """Write only ``compare.html`` into ``out`` (what ``funnel-tl report`` redraws).
+
+        Args:
+            out: the sweep's folder.
+            self_contained: embed plotly.js in the page instead of loading a shared copy.
+            root: the top of an output tree whose ``plotly.min.js`` the page shares; default ``out``.
+
+        Returns:
+            The page's path.
+        """
         # Imported on use: keeps plotly out of importing this module.
         from funnel_tl.plots.compare_page import render_html
         from funnel_tl.plots.pages import write_page
@@ -274,8 +308,15 @@ class Comparison:
 
     @classmethod
     def load(cls, out: str | os.PathLike, loaded: dict[Path, GainResult] | None = None) -> Comparison:
-        """Read a sweep back from ``out/compare.json`` and the results files beside it; ``loaded``:
-        results already read, by resolved path, which are not read again."""
+        """Read a sweep back from ``out/compare.json`` and the results files beside it.
+
+        Args:
+            out: the sweep's folder.
+            loaded: results already read, by resolved path of their results.json, not read again.
+
+        Returns:
+            The ``Comparison``, every ok row with its ``GainResult``.
+        """
         out = Path(out)
         loaded = loaded or {}
         data = read_compare_json(out / "compare.json")

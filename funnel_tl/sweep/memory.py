@@ -22,6 +22,7 @@ def count_parameters(model) -> int:
     """
     config = getattr(getattr(model, "original_model", None), "config", None)
     if config is not None:
+        # Imported on use: transformers takes seconds to import (not needed by `--help`).
         from transformers import AutoModelForCausalLM
 
         try:

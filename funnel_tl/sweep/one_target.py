@@ -5,18 +5,21 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
 from funnel_tl.analysis.stats import DEFAULT_METHOD, check_bootstrap
 from funnel_tl.errors import FunnelError
 from funnel_tl.measure.gains import measure_gains
+from funnel_tl.measure.options import MeasureOptions
 from funnel_tl.models.loading import load_model
 from funnel_tl.results.files import read_json
 from funnel_tl.results.folders import describe_os_error, save_elsewhere
 from funnel_tl.results.gains import GainResult
+from funnel_tl.results.provenance import with_provenance
 from funnel_tl.sweep.memory import count_parameters, peak_memory, release_memory, reset_peak_memory
 from funnel_tl.sweep.rows import ComparisonRow, one_line, row_from_results, setting_differences
 
@@ -28,18 +31,39 @@ if TYPE_CHECKING:
 WARM_UP_PROMPT = "The quick brown fox jumps over the lazy dog."
 
 
+@dataclass(frozen=True)
+class SweepOptions:
+    """How every target of a sweep is loaded, measured and given intervals; built and checked once
+    by ``compare`` (torchrun's ranks get the same), never re-checked per target.
+
+    Attributes:
+        measure: the measurement's options, the same for every target.
+        device: where each model is loaded (resolved: ``"cpu"`` or ``"cuda"``).
+        dtype: as asked (``"auto"``, ``"float32"``...), resolved per model by ``load_model``.
+        bootstrap: resamples for each result's 95% intervals and robust verdict; 0: none.
+        bootstrap_seed: the resampling's seed.
+        progress: each measurement's progress bar (None: on a terminal; False: never).
+        device_map: ``load_model``'s, to spread each model over several devices; None: one device.
+        max_memory: ``load_model``'s per-device budget beside ``device_map``.
+    """
+
+    measure: MeasureOptions
+    device: str
+    dtype: str = "auto"
+    bootstrap: int = 2000
+    bootstrap_seed: int = 0
+    progress: bool | None = None
+    device_map: Any = None
+    max_memory: Any = None
+
+
 def resumed_row(
-    target: Target,
-    path: Path,
-    finished: tuple[dict, GainResult],
-    bootstrap: int,
-    bootstrap_seed: int,
-    quiet: bool = False,
+    target: Target, path: Path, finished: tuple[dict, GainResult], options: SweepOptions, quiet: bool = False
 ) -> tuple[ComparisonRow, GainResult]:
     """The row of a target finished by an earlier run, its intervals drawn now if asked for
     (``quiet``: without the line saying so, unless its file had to be brought up to date)."""
     data, result = finished
-    result = _with_intervals(result, bootstrap, bootstrap_seed)
+    result = _with_intervals(result, options.bootstrap, options.bootstrap_seed)
     # Every derived value (gains, verdicts) again from the stored sums with today's rules:
     # a file written by an older funnel_tl, or edited by hand, is brought up to date.
     fresh = result.to_dict()
@@ -64,11 +88,17 @@ def resumed_row(
 
 
 def measured_row(
-    target: Target, prompt_list: list[str], path: Path, options: dict, quiet: bool = False
+    target: Target,
+    prompt_list: list[str],
+    path: Path,
+    options: SweepOptions,
+    quiet: bool = False,
+    extra_provenance: dict | None = None,
 ) -> tuple[ComparisonRow, GainResult | None]:
-    """Load, measure and save one target; a failure becomes its row, and the sweep goes on."""
+    """Load, measure and save one target; a failure becomes its row, and the sweep goes on.
+    ``extra_provenance``: more for its results file (torchrun's rank and world size)."""
     try:
-        data, result = _measure_one(target, prompt_list, path, **options)
+        data, result = _measure_one(target, prompt_list, path, options, extra_provenance or {})
         row = row_from_results(target, data, result, resumed=False)
     except Exception as error:  # one failing model must not end the sweep
         row, result = (
@@ -118,72 +148,44 @@ def finished_result(
 
 
 def _measure_one(
-    target: Target,
-    prompts: list[str],
-    path: Path,
-    *,
-    device: str,
-    dtype: str,
-    definition: str,
-    batch_size: int,
-    drop_first: int,
-    bootstrap: int,
-    bootstrap_seed: int,
-    progress: bool | None,
-    by_position: bool = False,
-    max_tokens_per_prompt=None,
-    device_map=None,
-    max_memory=None,
-    keep_texts: bool = True,
-    extra_provenance: dict | None = None,
+    target: Target, prompts: list[str], path: Path, options: SweepOptions, extra_provenance: dict
 ) -> tuple[dict, GainResult]:
     """Load, measure, save one target; return its results file as written and read back."""
-    reset_peak_memory(device)
+    reset_peak_memory(options.device)
     start = time.perf_counter()
-    placement = {"device_map": device_map, "max_memory": max_memory} if device_map is not None else {}
-    model = load_model(target.source, device=device, dtype=dtype, revision=target.revision, **placement)
+    placement = {"device_map": options.device_map, "max_memory": options.max_memory} if options.device_map else {}
+    model = load_model(target.source, device=options.device, dtype=options.dtype, revision=target.revision, **placement)
     loaded = time.perf_counter()
-    if target.step is not None:
-        model.funnel_name = target.label  # the results file names the checkpoint, not only the model
     n_parameters = count_parameters(model)
-    check_bootstrap(bootstrap, len(prompts), model.cfg.n_layers)  # before the measurement, not after
+    check_bootstrap(options.bootstrap, len(prompts), model.cfg.n_layers)  # before the measurement, not after
     # One short prompt through the same path, untimed: the first pass of a process or of a model on a
     # GPU pays one-time costs (kernel selection, cuBLAS handles, allocator growth) that would
     # otherwise land in whichever model happens to be measured first.
-    measure_gains(
-        model, [WARM_UP_PROMPT], definition=definition, batch_size=1, progress=False, max_tokens_per_prompt="context"
-    )  # a model with a tiny context reads what fits
+    warm_up = MeasureOptions(definition=options.measure.definition, batch_size=1, max_tokens_per_prompt="context")
+    measure_gains(model, [WARM_UP_PROMPT], progress=False, options=warm_up)  # a tiny context reads what fits
     measuring = time.perf_counter()
-    result = measure_gains(
-        model,
-        prompts,
-        definition=definition,
-        batch_size=batch_size,
-        drop_first=drop_first,
-        progress=progress,
-        by_position=by_position,
-        max_tokens_per_prompt=max_tokens_per_prompt,
-        keep_texts=keep_texts,
-    )
+    # A checkpoint's results file names the checkpoint, not only the model (``model_loaded_as`` keeps the model's).
+    label = target.label if target.step is not None else options.measure.label
+    result = measure_gains(model, prompts, progress=options.progress, options=options.measure.replace(label=label))
     measured = time.perf_counter()
     del model
-    peak, kind = peak_memory(device)
-    result.provenance.update(
-        {
-            "n_parameters": int(n_parameters),
-            "revision": target.revision,
-            "step": target.step,
-            "seconds": round(measured - start, 3),
-            "load_seconds": round(loaded - start, 3),
-            "measure_seconds": round(measured - measuring, 3),
-            "peak_memory_bytes": peak,
-            "memory_kind": kind,
-        }
+    peak, kind = peak_memory(options.device)
+    max_tokens = options.measure.max_tokens_per_prompt
+    result = with_provenance(
+        result,
+        n_parameters=int(n_parameters),
+        revision=target.revision,
+        step=target.step,
+        seconds=round(measured - start, 3),
+        load_seconds=round(loaded - start, 3),
+        measure_seconds=round(measured - measuring, 3),
+        peak_memory_bytes=peak,
+        memory_kind=kind,
+        # as asked ("context" or a number), for the resume check
+        **({"max_tokens_per_prompt": max_tokens} if max_tokens is not None else {}),
+        **extra_provenance,
     )
-    if max_tokens_per_prompt is not None:  # as asked ("context" or a number), for the resume check
-        result.provenance["max_tokens_per_prompt"] = max_tokens_per_prompt
-    result.provenance.update(extra_provenance or {})
-    result = _with_intervals(result, bootstrap, bootstrap_seed)
+    result = _with_intervals(result, options.bootstrap, options.bootstrap_seed)
     try:
         result.save(path)
     except OSError as error:  # the measurement is kept, where it fits

@@ -40,22 +40,21 @@ from typing import TYPE_CHECKING
 from tqdm.auto import tqdm
 
 from funnel_tl.analysis.stats import check_bootstrap
-from funnel_tl.components import DEFINITIONS
-from funnel_tl.errors import FunnelError
 from funnel_tl.measure.distributed import world as current_world
+from funnel_tl.measure.options import MeasureOptions
 from funnel_tl.models.loading import resolve_device, resolve_dtype
 from funnel_tl.prompts.sets import load_prompts, prompts_sha256
-from funnel_tl.prompts.tokens import check_drop_first
 from funnel_tl.results.folders import claim_output, remove_temporaries
 from funnel_tl.results.gains import GainResult
 from funnel_tl.sweep.comparison import finish_sweep, kept_rows
 from funnel_tl.sweep.memory import collecting_per_target
-from funnel_tl.sweep.one_target import finished_result, measured_row, resumed_row
+from funnel_tl.sweep.one_target import SweepOptions, finished_result, measured_row, resumed_row
 from funnel_tl.sweep.plan import plan_targets
 from funnel_tl.sweep.rows import TableWriter, earlier_rows
 from funnel_tl.sweep.torchrun import sweep_sharded
 
 if TYPE_CHECKING:
+    from funnel_tl.measure.distributed import World
     from funnel_tl.sweep.comparison import Comparison
     from funnel_tl.sweep.plan import Target
     from funnel_tl.sweep.rows import ComparisonRow
@@ -67,104 +66,117 @@ def compare(
     prompts: str | Sequence[str] = "seed",
     *,
     definition: str = "seed",
-    batch_size: int = 8,
+    batch_size: int | str = 8,
     device: str = "auto",
     dtype: str = "auto",
     drop_first: int = 0,
     out: str | os.PathLike = "runs/compare",
     force: bool = False,
-    checkpoints=None,
+    checkpoints: str | Sequence[int | str] | None = None,
     bootstrap: int = 2000,
     bootstrap_seed: int = 0,
     progress: bool | None = None,
     self_contained: bool = False,
     by_position: bool = False,
     max_tokens_per_prompt: int | str | None = None,
-    device_map=None,
-    max_memory=None,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
     keep_texts: bool = True,
-    world=None,
+    world: World | None = None,
 ) -> Comparison | None:
     """Measure several models (or training checkpoints) in turn; write one table and one page.
 
-    ``models``: bundled names, local checkpoint folders, hub names, or the preset
-    ``"pythia-suite"`` (the eight Pythia sizes 70m … 12b). ``checkpoints``: ``None`` (each model
-    as it is), ``"all"``, or a list of training steps (``[0, 1000]`` or ``["step1000"]``): for
-    a bundled model its shipped checkpoints, for a local folder its ``step<N>/`` or
-    ``checkpoint-<N>/`` subfolders, for a hub model the revisions ``step<N>`` (Pythia's).
-    ``bootstrap`` resamples of the prompts give each result its 95% intervals and the robust
-    verdict, where this funnel_tl draws them (``GainResult.with_intervals``; 0 skips them); they
-    come from the stored per-prompt sums, so a resumed model gets them without being loaded.
-    ``by_position`` keeps each model's gains by position too (``measure_gains``; ``funnel-tl
-    report OUT`` then draws each model's positions.html).
-    The other options are ``measure_gains``'s and ``load_model``'s. Writes
-    ``out/<slug>/results.json`` per model, ``out/compare.json`` and ``out/compare.html``.
+    Each target is loaded, measured with ``measure_gains``, written to ``out/<slug>/results.json``
+    and released before the next; then ``out/compare.json`` and ``out/compare.html``. A model
+    already measured in ``out`` the way this sweep asks (the same model and revision, prompts,
+    definition, ``drop_first``, truncation, dtype, every layer) is read back, not recomputed; a
+    results file measured otherwise is measured again and replaced, with a line on stderr naming
+    what differs. A model is known by ``model_identity``: a local folder by its resolved path,
+    however it is typed. A sweep into a folder that already holds a table adds to it: rows of
+    models it does not name are kept (read back from their results files); a table measured with
+    another definition, prompts, ``drop_first``, dtype or truncation is refused in one line before
+    any model loads. A model that fails is recorded with its error and the sweep goes on: check
+    ``Comparison.failed``. The measurement options are checked once, for every target
+    (``MeasureOptions``), before any model loads.
 
-    ``max_tokens_per_prompt`` truncates long prompts (``measure_gains``); ``device_map`` and
-    ``max_memory`` spread each model over several devices (``load_model``). ``keep_texts=False``
-    leaves the prompt texts out of every model's results.json (their count and sha256 stay, and
-    so does resuming: a model is recognised by that sha256).
+    Args:
+        models: bundled names, local checkpoint folders, hub names, or the preset
+            ``"pythia-suite"`` (the eight Pythia sizes 70m … 12b).
+        prompts: ``"seed"``, a prompt file path, or a list of strings, the same for every model.
+        definition: ``"seed"`` or ``"residual"``, as in ``measure_gains``.
+        batch_size: prompts per forward, or ``"auto"``; changes no number.
+        device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+        dtype: ``"auto"`` (float16 on CUDA, float32 on the CPU), ``"float32"``, ``"float16"`` or
+            ``"bfloat16"``.
+        drop_first: leading positions left out of every prompt.
+        out: the sweep's folder (one sweep at a time holds it).
+        force: measure every target again, even those finished in ``out``.
+        checkpoints: None (each model as it is), ``"all"``, or training steps (``[0, 1000]`` or
+            ``["step1000"]``): for a bundled model its shipped checkpoints, for a local folder
+            its ``step<N>/`` or ``checkpoint-<N>/`` subfolders, for a hub model the revisions
+            ``step<N>`` (Pythia's).
+        bootstrap: resamples of the prompts for each result's 95% intervals and robust verdict
+            (``GainResult.with_intervals``; 0 skips them); drawn from the stored per-prompt sums,
+            so a resumed model gets them without being loaded.
+        bootstrap_seed: the resampling's seed.
+        progress: progress bars (None: on a terminal, the models' bar when there are several).
+        self_contained: embed plotly.js in compare.html instead of a shared ``plotly.min.js``.
+        by_position: keep each model's gains by position too (``funnel-tl report OUT`` then draws
+            each model's positions.html).
+        max_tokens_per_prompt: truncate longer prompts (a number or ``"context"``).
+        device_map: spread each model over several devices (``load_model``).
+        max_memory: the per-device budget beside ``device_map``.
+        keep_texts: False leaves the prompt texts out of every results.json (their count and
+            sha256 stay, and so does resuming: a model is recognised by that sha256).
+        world: a ``distributed.World``; default torchrun's when launched by it. Under torchrun
+            the targets not yet finished are dealt over the ranks (``assign_targets``): each is
+            measured by one rank, which alone loads it, and rank 0 writes the table and page.
+            ``out`` must be one folder all ranks see (a shared disk across nodes).
 
-    Under torchrun (or with ``world``, a ``distributed.World``), the targets not yet finished are
-    dealt over the ranks (``assign_targets``): each is measured by one rank, each rank loads only its
-    own, and rank 0 writes the table and page once all are done and returns the ``Comparison``
-    (the other ranks return ``None``). ``out`` must be one folder all ranks see (a shared disk
-    across nodes).
-
-    A model already measured in ``out`` the way this sweep asks (the same model and revision,
-    prompts, definition, ``drop_first``, truncation, dtype, every layer) is read back, not
-    recomputed, unless ``force``; a results file measured otherwise is measured again and
-    replaced, with a line on stderr naming what differs. A model is known by ``model_identity``:
-    a local folder by its resolved path, however it is typed. A sweep into a folder that already
-    holds a table adds to it: rows of models it does not name are kept (read back from their
-    results files); a table measured with another definition, prompts, ``drop_first``, dtype or
-    truncation is refused in one line before any model loads. A model that fails is recorded
-    with its error and the sweep goes on: check ``Comparison.failed``.
+    Returns:
+        The ``Comparison`` (rows ``[model]``, each ok row's ``GainResult``) on rank 0; None on
+        torchrun's other ranks.
 
     >>> from funnel_tl import compare
     >>> sweep = compare(["EleutherAI/pythia-70m", "EleutherAI/pythia-160m"], out="runs/two")  # doctest: +SKIP
     >>> sweep.figure().show()  # doctest: +SKIP
     """
     check_bootstrap(bootstrap, seed=bootstrap_seed)
-    prompt_list = load_prompts(prompts)  # before any model loads: a bad prompt file fails fast
-    check_drop_first(drop_first)
-    # Checked once here: left to each model, a typo would fail every model of the sweep in turn.
-    if definition not in DEFINITIONS:
-        raise FunnelError(f"unknown definition {definition!r}: choose seed or residual")
-    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise FunnelError(f"batch size must be an integer, at least 1, or auto, got {batch_size!r}")
-    targets = plan_targets(models, checkpoints)
-    device = resolve_device(device)
-    dtype_name = str(resolve_dtype(dtype, device)).removeprefix("torch.")
-    settings = {
-        "definition": definition,
-        "n_prompts": len(prompt_list),
-        "prompts_sha256": prompts_sha256(prompt_list),
-        "drop_first": int(drop_first),
-        "dtype": dtype_name,
-        "device": device,
-        "batch_size": batch_size if batch_size == "auto" else int(batch_size),
-        "bootstrap": int(bootstrap),
-        "bootstrap_seed": int(bootstrap_seed),
-        **({"by_position": True} if by_position else {}),
-    }
-    if max_tokens_per_prompt is not None:
-        settings["max_tokens_per_prompt"] = max_tokens_per_prompt
-    options = dict(
-        device=device,
-        dtype=dtype,
+    # Checked once here, for every target: left to each model, a typo would fail every model in turn.
+    measure = MeasureOptions(
         definition=definition,
         batch_size=batch_size,
         drop_first=drop_first,
-        bootstrap=bootstrap,
-        bootstrap_seed=bootstrap_seed,
-        progress=False if progress is False else None,
-        max_tokens_per_prompt=max_tokens_per_prompt,
-        device_map=device_map,
-        max_memory=max_memory,
         by_position=by_position,
+        max_tokens_per_prompt=max_tokens_per_prompt,
         keep_texts=keep_texts,
     )
+    prompt_list = load_prompts(prompts)  # before any model loads: a bad prompt file fails fast
+    targets = plan_targets(models, checkpoints)
+    device = resolve_device(device)
+    options = SweepOptions(
+        measure=measure,
+        device=device,
+        dtype=dtype,
+        bootstrap=int(bootstrap),
+        bootstrap_seed=int(bootstrap_seed),
+        progress=False if progress is False else None,
+        device_map=device_map,
+        max_memory=max_memory,
+    )
+    settings = {
+        "definition": measure.definition,
+        "n_prompts": len(prompt_list),
+        "prompts_sha256": prompts_sha256(prompt_list),
+        "drop_first": measure.drop_first,
+        "dtype": str(resolve_dtype(dtype, device)).removeprefix("torch."),
+        "device": device,
+        "batch_size": measure.batch_size,
+        "bootstrap": options.bootstrap,
+        "bootstrap_seed": options.bootstrap_seed,
+        **({"by_position": True} if measure.by_position else {}),
+        **({} if measure.max_tokens_per_prompt is None else {"max_tokens_per_prompt": measure.max_tokens_per_prompt}),
+    }
 
     group = world if world is not None else current_world()
     if group.distributed:
@@ -198,11 +210,11 @@ def _sweep(
     out: Path,
     *,
     force: bool,
-    options: dict,
+    options: SweepOptions,
     progress: bool | None,
     self_contained: bool = False,
 ) -> Comparison:
-    """The sweep itself, with ``out`` checked and locked by ``compare``; ``options`` go to ``_measure_one``."""
+    """The sweep itself, with ``out`` checked and locked by ``compare``; ``options`` go to every target."""
     earlier = earlier_rows(out, settings)  # before any model loads: a table of other settings is refused
     table = TableWriter(out, settings, earlier)
     rows: list[ComparisonRow] = []
@@ -218,7 +230,7 @@ def _sweep(
             finished = None if force else finished_result(path, target, settings, say_replaced=True)
             result: GainResult | None
             if finished is not None:
-                row, result = resumed_row(target, path, finished, options["bootstrap"], options["bootstrap_seed"])
+                row, result = resumed_row(target, path, finished, options)
             else:
                 row, result = measured_row(target, prompt_list, path, options)
             rows.append(row)

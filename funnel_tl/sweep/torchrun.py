@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,7 +15,7 @@ from funnel_tl.results.folders import check_output_folder, claim_output, remove_
 from funnel_tl.results.gains import GainResult
 from funnel_tl.sweep.comparison import finish_sweep, kept_rows
 from funnel_tl.sweep.memory import collecting_per_target
-from funnel_tl.sweep.one_target import finished_result, measured_row, resumed_row
+from funnel_tl.sweep.one_target import SweepOptions, finished_result, measured_row, resumed_row
 from funnel_tl.sweep.plan import assign_targets
 from funnel_tl.sweep.rows import ComparisonRow, earlier_rows
 
@@ -30,7 +32,7 @@ def sweep_sharded(
     group,
     *,
     force: bool,
-    options: dict,
+    options: SweepOptions,
     self_contained: bool = False,
 ) -> Comparison | None:
     """The sweep over torchrun's ranks: each pending target measured by exactly one rank, each rank
@@ -39,7 +41,6 @@ def sweep_sharded(
 
     Rank 0 holds ``out``'s lock for the whole sweep (the other ranks are part of it and write only
     their targets' folders); if it cannot take it, every rank stops with its error."""
-    from contextlib import ExitStack
 
     paths = [out / target.slug / "results.json" for target in targets]
     with ExitStack() as held:
@@ -58,14 +59,16 @@ def sweep_sharded(
         # Every rank waits here for rank 0's list, so no result is written before it was read.
         pending = broadcast_from_main(group, pending)
         mine = assign_targets(pending, group.size, group.rank)
-        options = dict(options, extra_provenance={"rank": group.rank, "world_size": group.size})
-        quiet = dict(options, progress=False) if not group.main else options
+        rank = {"rank": group.rank, "world_size": group.size}
+        quiet = dataclasses.replace(options, progress=False) if not group.main else options
         measured = {}
-        shown = group.main and options["progress"] is not False and len(mine) > 1
+        shown = group.main and options.progress is not False and len(mine) > 1
         with collecting_per_target():
             for index in tqdm(mine, desc=f"models (rank 0's share of {len(pending)})", unit="model", disable=not shown):
                 remove_temporaries(paths[index].parent)
-                row, _ = measured_row(targets[index], prompt_list, paths[index], quiet, quiet=not group.main)
+                row, _ = measured_row(
+                    targets[index], prompt_list, paths[index], quiet, quiet=not group.main, extra_provenance=rank
+                )
                 measured[index] = row
         gathered = gather_to_main(group, measured)  # rows are small; the results are on the shared disk
         if not group.main:
@@ -94,9 +97,7 @@ def sweep_sharded(
                         error=f"{path} changed during the sweep: rerun to measure it",
                     )
                 else:
-                    row, results[target.label] = resumed_row(
-                        target, path, finished, options["bootstrap"], options["bootstrap_seed"]
-                    )
+                    row, results[target.label] = resumed_row(target, path, finished, options)
             rows.append(row)
         rows, results = kept_rows(earlier, targets, rows, results, out, settings, options)
         return finish_sweep(rows, results, dict(settings, world_size=group.size), out, self_contained)

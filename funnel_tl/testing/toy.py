@@ -8,6 +8,8 @@ hub model would load.
 
 from __future__ import annotations
 
+import math
+import shutil
 from pathlib import Path
 
 import torch
@@ -66,6 +68,7 @@ def family_config(
 ):
     """A tiny HF config of decoder family ``family`` (one of ``FAMILIES``); ``overrides``: config
     keywords over the family's own (``num_key_value_heads=4``: no grouped-query attention)."""
+    # Imported on use: transformers takes seconds to import (not needed by `--help`).
     from transformers import AutoConfig
 
     model_type, special = FAMILIES[family]
@@ -94,6 +97,7 @@ def family_config(
 
 def corpus_texts() -> list[str]:
     """English text every CPython has: the documentation topics behind ``help()``."""
+    # Imported on use: Python's documentation topics are ~1 MB of text, read only when this corpus is asked for.
     from pydoc_data.topics import topics
 
     return [topics[key] for key in sorted(topics)]
@@ -101,6 +105,7 @@ def corpus_texts() -> list[str]:
 
 def train_tokenizer(vocab_size: int = 512, texts=None):
     """A byte-level BPE tokenizer (GPT-2/Pythia style: no BOS added) as a HF fast tokenizer."""
+    # Imported on use: transformers and tokenizers take seconds to import; only tests build toy models.
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -123,6 +128,7 @@ def make_config(
     architecture: str, n_layers: int = 2, d_model: int = 64, n_heads: int = 4, vocab_size: int = 512, n_ctx: int = 128
 ):
     """A HF config of one of ``ARCHITECTURES`` (d_ff = 4·d_model as in Pythia and GPT-2)."""
+    # Imported on use: transformers takes seconds to import (not needed by `--help`).
     from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
 
     special: dict = dict(bos_token_id=0, eos_token_id=0)  # token ids, unpacked beside keys of other types
@@ -186,6 +192,7 @@ def build_checkpoint(
     standard deviation of the random weights (HF's default 0.02 when None); larger weights give
     sublayers whose removal changes the predictions a lot (the effects' tests).
     """
+    # Imported on use: transformers takes seconds to import (not needed by `--help`).
     from transformers import AutoModelForCausalLM
 
     folder = Path(folder)
@@ -229,9 +236,8 @@ def build_training_run(
     >>> build_training_run("/tmp/ckpts", [0, 1000, 143000], n_layers=2)  # doctest: +SKIP
     PosixPath('/tmp/ckpts')
     """
-    import math
-    import shutil
 
+    # Imported on use: transformers takes seconds to import (not needed by `--help`).
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
