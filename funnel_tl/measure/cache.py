@@ -8,10 +8,12 @@ cache is one prompt.
 from __future__ import annotations
 
 import platform
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import einops
 import torch
+from jaxtyping import Shaped
 
 from funnel_tl.components import COMPONENTS
 from funnel_tl.errors import FunnelError
@@ -20,27 +22,62 @@ from funnel_tl.models.architectures import plan_hooks
 from funnel_tl.models.identity import model_name, source_provenance
 from funnel_tl.results.gains import GainResult
 
+if TYPE_CHECKING:
+    from transformer_lens import ActivationCache, HookedTransformer
+    from transformer_lens.model_bridge import TransformerBridge
+
 
 @torch.no_grad()
 def gains_from_cache(
-    cache,
-    model,
+    cache: ActivationCache | Mapping[str, torch.Tensor],
+    model: TransformerBridge | HookedTransformer,
     definition: str = "seed",
-    attention_mask: torch.Tensor | None = None,
+    attention_mask: Shaped[torch.Tensor, "*batch pos"] | None = None,
     drop_first: int = 0,
     prompts: Sequence[str] | None = None,
 ) -> GainResult:
     """Per-layer gains from ``cache``, an ``ActivationCache`` (or dict of hook name → activation) of ``model``.
 
-    ``attention_mask`` ``[batch, pos]`` (1 = real token) keeps padding out of every statistic, as
-    the one given to the forward pass did; ``None`` counts every position. ``prompts`` names the
-    rows in the result (default ``"<row i>"``). The cache must hold every hook the plan reads and
-    the residual-identity hooks: run ``run_with_cache`` without ``names_filter``, or see
-    ``plan_hooks(model, definition).suffixes``.
+    The same definitions, hook plan and guards as ``measure_gains``: a cache whose residual
+    identities fail (resid_pre + attn_out + mlp_out ≠ resid_post: a wrong hook alias) or whose
+    counted norms are not finite is refused in one line.
 
     The gains are those of the tokens you ran: to get ``measure_gains``' numbers, tokenize with
     the model's own HF tokenizer (``models.tokenizer_of(model)``, right padding), not with the
     bridge's ``model.tokenizer``, which TransformerLens sets to prepend a BOS (GPT-2, Llama, GPT-NeoX).
+
+    Args:
+        cache: What ``model.run_with_cache(tokens, attention_mask=...)`` returned, run without
+            ``names_filter`` (or with one keeping these hooks), one row per prompt. For every
+            layer ``L`` it reads ``blocks.L.hook_resid_pre``, ``blocks.L.hook_attn_out``,
+            ``blocks.L.hook_mlp_out``, ``blocks.L.hook_resid_post`` and (serial blocks)
+            ``blocks.L.hook_resid_mid``, and under ``definition="seed"`` what each sublayer
+            receives: ``blocks.L.ln1.hook_out`` and ``blocks.L.ln2.hook_out`` on a
+            ``TransformerBridge`` (``ln1.hook_normalized``, the norm's affine applied here, on a
+            ``HookedTransformer``; ``ln1`` for both where a parallel block has one norm). Each
+            is ``[batch, pos, d_model]``, or ``[pos, d_model]`` from ``run_with_cache(...,
+            remove_batch_dim=True)`` (one prompt); ``plan_hooks(model, definition).suffixes``
+            lists the definition's own. A missing hook is a ``FunnelError`` naming it.
+        model: The model the cache came from, with unprocessed weights (``load_model``'s, or
+            a ``HookedTransformer`` loaded with ``from_pretrained_no_processing``): its config
+            gives the layers and block shape, and a processed model is refused.
+        definition: ``"seed"`` (a sublayer's input is what it receives, the norm's output) or
+            ``"residual"`` (the residual stream it reads from); see ``GainResult``.
+        attention_mask: ``[batch, pos]`` (``[pos]`` for a one-prompt cache), 1 or ``True`` for
+            a real token, as given to the forward pass: it keeps padding out of every statistic.
+            ``None`` counts every position.
+        drop_first: Positions 0 .. drop_first - 1 of every row are left out of every statistic
+            (0 counts them all; 1 leaves out position 0, the attention sink's). A row left with
+            no counted token is a ``FunnelError``.
+        prompts: The prompt of each cache row, ``[batch]`` strings, recorded in the result;
+            ``None`` names them ``"<row i>"``.
+
+    Returns:
+        A ``GainResult`` of every layer: ``attn_gains``, ``mlp_gains``, ``block_gains`` and the
+            other per-layer arrays are ``[layer]``; the per-prompt sums behind them
+            ``[prompt, layer]``, ``n_tokens`` ``[prompt]`` (tokens counted per row). No intervals
+            (``with_intervals()`` draws them), and none of the extras only ``measure_gains``' own
+            forward gives (gains without position 0, medians, the other definition).
 
     >>> from funnel_tl import load_model
     >>> from funnel_tl.models.identity import tokenizer_of

