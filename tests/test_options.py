@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import torch
 import pytest
 
 from funnel_tl import head_gains, measure_effects, measure_gains
@@ -108,3 +109,16 @@ def test_the_same_options_give_the_same_numbers(bridge):
     assert heads.layers == by_options.layers == (0, model.cfg.n_layers - 1)
     # the same hook's norms summed in the same order: equal to float32 rounding of the two reductions
     np.testing.assert_allclose(heads.in_sums, by_options.in_sums["attn"], rtol=1e-6)
+
+
+def test_gains_from_cache_checks_its_options_as_the_measurements_do(bridge):
+    """gains_from_cache is an entry point of its own: plan_hooks takes a checked definition, so a
+    misspelt one must be refused here, not read as "seed"."""
+    from funnel_tl import gains_from_cache
+
+    model = bridge("gpt2")
+    _, cache = model.run_with_cache(torch.tensor([[5, 6, 7, 8]]))
+    with pytest.raises(FunnelError, match="unknown definition 'resid': choose seed or residual"):
+        gains_from_cache(cache, model, definition="resid")
+    with pytest.raises(FunnelError, match="drop_first must be an integer, 0 or more, got -1"):
+        gains_from_cache(cache, model, drop_first=-1)

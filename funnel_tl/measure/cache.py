@@ -18,6 +18,7 @@ from jaxtyping import Shaped
 from funnel_tl.components import COMPONENTS
 from funnel_tl.errors import FunnelError
 from funnel_tl.measure.gains import IDENTITY_SUFFIXES, activation_norms, check_finite, check_residual_identities
+from funnel_tl.measure.options import check_definition, check_drop_first
 from funnel_tl.models.architectures import plan_hooks
 from funnel_tl.models.identity import model_name, source_provenance
 from funnel_tl.results.gains import GainResult
@@ -89,6 +90,8 @@ def gains_from_cache(
     >>> gains_from_cache(cache, model, attention_mask=batch.attention_mask).attn_gains.shape  # [layer]
     (2,)
     """
+    # An entry point of its own: its two options checked as MeasureOptions checks them, first.
+    definition, drop_first = check_definition(definition), check_drop_first(drop_first)
     plan = plan_hooks(model, definition)
     n_layers = model.cfg.n_layers
     wanted = set(plan.suffixes) | set(IDENTITY_SUFFIXES) - ({"hook_resid_mid"} if plan.parallel_blocks else set())
@@ -122,8 +125,6 @@ def gains_from_cache(
                 f"attention_mask has shape {tuple(mask.shape)}, the cache [batch, pos] = "
                 f"{(n_rows, n_positions)}: pass the mask given to the forward pass"
             )
-    if drop_first < 0:
-        raise FunnelError(f"drop_first must be 0 or more, got {drop_first}")
     counted = mask & (torch.arange(n_positions, device=device) >= drop_first)[None, :]  # [batch, pos]
     n_tokens = counted.sum(dim=1)  # [batch]
     if bool((n_tokens == 0).any()):

@@ -21,6 +21,7 @@ it, offline as funnel.html is (``plots.write_page``).
 from __future__ import annotations
 
 import html
+import math
 import os
 from pathlib import Path
 
@@ -155,7 +156,6 @@ def _effect_log_axis(result: EffectResult, component: str, log: bool | None) -> 
 def _effect_log_axis_settings(low: float, high: float) -> dict:
     """A log axis spanning the point estimates (half a decade of room), so that the whisker of an
     interval reaching 0 or below runs off the bottom instead of stretching the axis to 1e-8."""
-    import math
 
     return dict(
         type="log",

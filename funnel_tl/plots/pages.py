@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
 
 from funnel_tl.errors import FunnelError
 from funnel_tl.plots.style import HEIGHT, WIDTH
@@ -42,8 +43,6 @@ def plotlyjs_for(
     page = Path(page)
     root = Path(root) if root is not None else page.parent
     shared = root / PLOTLYJS
-    from plotly.offline import get_plotlyjs
-
     text = get_plotlyjs()
     if not shared.is_file() or shared.stat().st_size != len(text.encode("utf-8")):
         write_text_atomic(shared, text)
@@ -54,8 +53,6 @@ def plotlyjs_for(
 def script_tag(plotlyjs: str | bool) -> str:
     """The <script> that gives a page plotly.js: embedded (True) or by relative path (a string)."""
     if plotlyjs is True:
-        from plotly.offline import get_plotlyjs
-
         return f'<script type="text/javascript">{get_plotlyjs()}</script>\n'
     return f'<script src="{html.escape(str(plotlyjs), quote=False)}" charset="utf-8"></script>\n'
 
@@ -194,6 +191,7 @@ def write_images(figures: dict, scale: float = 2) -> list[Path] | None:
             f"no image written to {', '.join(str(path) for path in figures)}: {reason}", UserWarning, stacklevel=2
         )
         return None
+    # Imported on use: kaleido is optional (the [png] extra), needed by --png only.
     import kaleido
 
     chrome = find_chrome()

@@ -58,7 +58,7 @@ def prompt_texts(block: dict) -> tuple[str, ...] | None:
 def require_pandas():
     """pandas, imported on first use: it is an optional extra (``pip install 'funnel_tl[pandas]'``)."""
     try:
-        import pandas
+        import pandas  # imported on use: an optional extra
     except ImportError:
         raise FunnelError("to_pandas needs pandas: pip install pandas (or pip install 'funnel_tl[pandas]')") from None
     return pandas

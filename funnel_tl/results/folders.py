@@ -186,7 +186,7 @@ def output_lock(out: str | os.PathLike) -> Iterator[Path]:
     """
     out = Path(out)
     try:
-        import fcntl
+        import fcntl  # imported on use: POSIX only (Windows takes no lock)
     except ImportError:  # pragma: no cover - Windows
         yield out
         return
