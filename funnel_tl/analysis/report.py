@@ -20,7 +20,8 @@ from funnel_tl.analysis.readings import (
     notable,
     post_norm_lines,
 )
-from funnel_tl.analysis.stats import dominant_prompts, robust_funnel_test
+from funnel_tl.analysis.robust import robust_funnel_test
+from funnel_tl.analysis.stats import dominant_prompts
 from funnel_tl.prompts.tokens import dropped_phrase
 from funnel_tl.results.folders import short_name
 

@@ -34,9 +34,10 @@ the log covered 93–94% at 8 prompts (the cumulative gain, a product of 60 mean
 studentized bootstrap 94–95%. No interval can cover a mean that a rare prompt dominates when the
 prompts at hand include no such prompt; when they do, ``dominant_prompts`` flags the layer.
 
-The robust verdict repeats the seed's hypothesis test, counting a layer as contracting only when
-its whole interval lies below 1 and as expanding only when it lies wholly above 1; a layer whose
-interval straddles 1 is "undetermined" and supports neither side.
+``Intervals``, the record of the intervals, lives in ``funnel_tl.analysis.intervals``. The robust
+verdict (``funnel_tl.analysis.robust``) repeats the seed's hypothesis test, counting a layer as
+contracting only when its whole interval lies below 1 and as expanding only when it lies wholly
+above 1; a layer whose interval straddles 1 is "undetermined" and supports neither side.
 
 >>> import numpy as np
 >>> from funnel_tl.results.gains import GainResult
@@ -55,13 +56,16 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import einops
 import numpy as np
 
-from funnel_tl.analysis.criteria import mlp_expanding_allowed, require_all_layers
+from funnel_tl.analysis.intervals import INTERVAL_KEYS, METHODS, Intervals
+
+# Re-exported (they were defined here before the robust verdict had a module of its own).
+from funnel_tl.analysis.robust import RobustFunnelTest, classify, interval_counts, robust_funnel_test  # noqa: F401
 from funnel_tl.errors import FunnelError
 
 # 2,000 resamples put the Monte Carlo error of a 2.5th/97.5th percentile well below the width of
@@ -70,127 +74,8 @@ from funnel_tl.errors import FunnelError
 DEFAULT_RESAMPLES = 2000
 DEFAULT_SEED = 0
 DEFAULT_CONFIDENCE = 0.95
-# How intervals are drawn (see the module docstring); the key is what results.json names.
-METHODS = {
-    "t": "t intervals over prompts (attention, mlp, block: of the mean of per-prompt gains); combined, "
-    "cumulative: studentized bootstrap of the log of the product, delta-method standard error",
-    "percentile": "percentile bootstrap over prompts",
-}
+# How intervals are drawn by default (``METHODS``, in ``funnel_tl.analysis.intervals``).
 DEFAULT_METHOD = "t"
-
-# What each interval is of, by its key in results.json (the key "attention" is the seed's name).
-INTERVAL_KEYS = {
-    "attn": "attention",
-    "mlp": "mlp",
-    "combined": "combined",
-    "block": "block",
-    "cumulative": "cumulative",
-}
-
-
-@dataclass(frozen=True)
-class Intervals:
-    """Bootstrap intervals over prompts, one ``[lo, hi]`` row per layer for each gain.
-
-    Shapes: ``attn``, ``mlp``, ``combined``, ``block`` and ``cumulative`` are ``[layer, 2]``
-    (column 0 the lower bound, column 1 the upper); ``cumulative`` may have fewer rows (a result
-    measured on some layers: its measured prefix 0..k, possibly none). ``method`` (a key of
-    ``METHODS``: ``"t"`` or ``"percentile"``) and ``confidence`` say how they were drawn, and
-    ``n_resamples`` and ``seed`` the resampling (the percentile bootstrap's; under ``"t"`` the
-    products' studentized bootstrap); the same arguments on the same result give the same intervals.
-    """
-
-    confidence: float
-    n_resamples: int
-    seed: int
-    attn: np.ndarray
-    mlp: np.ndarray
-    combined: np.ndarray
-    block: np.ndarray
-    cumulative: np.ndarray
-    # Last and with a default, so Intervals built before methods existed (and files without the
-    # key) read as what they were: percentile bootstrap intervals.
-    method: str = "percentile"
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise FunnelError(f"unknown interval method {self.method!r}: choose one of {', '.join(METHODS)}")
-        if not 0 < self.confidence < 1:
-            raise FunnelError(f"confidence must lie between 0 and 1, got {self.confidence}")
-        shape = None
-        for component in INTERVAL_KEYS:
-            array = np.asarray(getattr(self, component), dtype=np.float64)
-            if component == "cumulative" and array.size == 0:
-                array = array.reshape(0, 2)  # no measured prefix (read back from JSON as [])
-            if array.ndim != 2 or array.shape[1] != 2:
-                raise FunnelError(f"{component} intervals have shape {array.shape}, expected [layer, 2]")
-            if component == "cumulative" and shape is not None and array.shape[0] <= shape[0]:
-                pass  # a measured prefix of the layers (the ones before it, when all were measured)
-            elif shape is not None and array.shape != shape:
-                raise FunnelError(f"{component} intervals have {array.shape[0]} layers, others {shape[0]}")
-            if not np.all(np.isfinite(array)):
-                raise FunnelError(f"{component} intervals hold NaN or inf")
-            if not np.all(array[:, 0] <= array[:, 1]):
-                raise FunnelError(f"{component} intervals have a lower bound above the upper one")
-            shape = array.shape
-            object.__setattr__(self, component, array)
-
-    @property
-    def n_layers(self) -> int:
-        return self.attn.shape[0]
-
-    def describe(self, n_prompts: int | None = None) -> str:
-        """How the intervals were drawn, in a few words for titles and the printed analysis.
-
-        >>> ok = np.ones((1, 2))
-        >>> Intervals(0.95, 2000, 0, ok, ok, ok, ok, ok, method="t").describe(8)
-        '95% t intervals over 8 prompts (products: studentized bootstrap, 2000 resamples, seed 0)'
-        """
-        percent, over = f"{100 * self.confidence:g}%", f"over {n_prompts} prompts" if n_prompts else "over prompts"
-        if self.method == "t":
-            return (
-                f"{percent} t intervals {over} (products: studentized bootstrap, {self.n_resamples} resamples, "
-                f"seed {self.seed})"
-            )
-        return f"{percent} percentile-bootstrap intervals {over} ({self.n_resamples} resamples, seed {self.seed})"
-
-    def of(self, component: str) -> np.ndarray:
-        """``[layer, 2]`` intervals of ``attn``, ``mlp``, ``combined``, ``block`` or ``cumulative``."""
-        if component not in INTERVAL_KEYS:
-            raise FunnelError(f"no intervals for {component!r}: choose one of {', '.join(INTERVAL_KEYS)}")
-        return getattr(self, component)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``"intervals"`` block of results.json."""
-        return {
-            "confidence": float(self.confidence),
-            "n_resamples": int(self.n_resamples),
-            "seed": int(self.seed),
-            "method": self.method,
-            "method_description": METHODS[self.method],
-            **{key: self.of(component).tolist() for component, key in INTERVAL_KEYS.items()},
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "results") -> Intervals:
-        try:
-            # Files written before the t intervals say "percentile bootstrap over prompts".
-            renamed: dict[str | None, str] = {METHODS["percentile"]: "percentile"}
-            method = renamed.get(data.get("method"), data.get("method", "percentile"))
-            return cls(
-                confidence=float(data["confidence"]),
-                n_resamples=int(data["n_resamples"]),
-                seed=int(data["seed"]),
-                method=method,
-                **{component: np.asarray(data[key], dtype=np.float64) for component, key in INTERVAL_KEYS.items()},
-            )
-        except FunnelError as error:
-            raise FunnelError(f"{source}: {error}: rerun `funnel-tl report --bootstrap N` to redraw them") from None
-        except (KeyError, TypeError, ValueError) as error:
-            raise FunnelError(
-                f"{source} has incomplete bootstrap intervals (missing or bad {error}): "
-                "rerun `funnel-tl run`, or `funnel-tl report --bootstrap N` to redraw them"
-            ) from None
 
 
 # Past a million resamples the Monte Carlo error of a percentile (~1/sqrt(resamples)) is far below
@@ -521,80 +406,6 @@ def dominant_prompts(result, confidence: float = DEFAULT_CONFIDENCE) -> list[Dom
                 )
             )
     return found
-
-
-@dataclass(frozen=True)
-class RobustFunnelTest:
-    """The seed's four criteria, counting only layers whose whole interval lies on one side of 1.
-
-    ``counts[key]`` holds ``n_contracting`` (interval wholly below 1), ``n_expanding`` (wholly
-    above 1) and ``n_undetermined`` (straddles 1) for key in attention, mlp, combined, block.
-    """
-
-    attention_always_contracts: bool
-    mlp_mostly_contracts: bool
-    last_layer_expands: bool
-    last_layer_is_max: bool
-    funnel_confirmed: bool
-    counts: dict[str, dict[str, int]]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``"robust_funnel_test"`` block: the same boolean keys as ``"funnel_test"`` plus counts."""
-        data = asdict(self)
-        return {**{key: bool(value) for key, value in data.items() if key != "counts"}, "counts": data["counts"]}
-
-
-def classify(intervals: np.ndarray) -> np.ndarray:
-    """Per layer: -1 contracting (hi < 1), +1 expanding (lo > 1), 0 undetermined (straddles 1)."""
-    intervals = np.asarray(intervals, dtype=np.float64)  # [layer, 2]
-    return np.where(intervals[:, 1] < 1, -1, np.where(intervals[:, 0] > 1, 1, 0))
-
-
-def interval_counts(intervals: np.ndarray) -> dict[str, int]:
-    kinds = classify(intervals)
-    return {
-        "n_contracting": int(np.sum(kinds == -1)),
-        "n_expanding": int(np.sum(kinds == 1)),
-        "n_undetermined": int(np.sum(kinds == 0)),
-    }
-
-
-def robust_funnel_test(result, intervals: Intervals | None = None) -> RobustFunnelTest:
-    """The seed's hypothesis test on the intervals instead of the point estimates.
-
-    1. attention always contracts: every layer's attention interval lies below 1;
-    2. MLP mostly contracts: at most ``max(1, floor(n_layers / 8))`` layers lack an MLP interval
-       wholly below 1 (the seed's 3 of 24 scaled with depth, ``funnel_tl.analysis.criteria``: the seed's
-       literal "at most three" cannot fail for a model of three layers or fewer);
-    3. the last layer's MLP expands: its interval lies wholly above 1;
-    4. the last layer has the max MLP gain: its interval lies above every other layer's
-       (reported, not required, as in the seed).
-
-    A result measured on some layers only is refused, as by ``funnel.funnel_test``.
-    """
-    require_all_layers(result, "the robust Funnel test")
-    intervals = intervals if intervals is not None else getattr(result, "intervals", None)
-    if intervals is None:
-        raise FunnelError(f"{result.model}: no bootstrap intervals: compute them with result.with_intervals()")
-    n_layers = result.n_layers
-    counts = {
-        key: interval_counts(intervals.of(component))
-        for component, key in INTERVAL_KEYS.items()
-        if component != "cumulative"
-    }
-    mlp = intervals.mlp  # [layer, 2]
-    attention_contracts = counts["attention"]["n_contracting"] == n_layers
-    mlp_mostly = counts["mlp"]["n_contracting"] >= n_layers - mlp_expanding_allowed(n_layers)
-    last_expands = bool(mlp[-1, 0] > 1)
-    last_is_max = bool(n_layers == 1 or mlp[-1, 0] > mlp[:-1, 1].max())
-    return RobustFunnelTest(
-        attention_always_contracts=attention_contracts,
-        mlp_mostly_contracts=mlp_mostly,
-        last_layer_expands=last_expands,
-        last_layer_is_max=last_is_max,
-        funnel_confirmed=attention_contracts and mlp_mostly and last_expands,
-        counts=counts,
-    )
 
 
 def mean_intervals(

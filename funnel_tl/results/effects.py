@@ -32,12 +32,12 @@ from typing import Any
 import numpy as np
 
 from funnel_tl.analysis.effects import gain_versus_effect
+from funnel_tl.analysis.intervals import METHODS
 from funnel_tl.analysis.stats import (
     DEFAULT_CONFIDENCE,
     DEFAULT_METHOD,
     DEFAULT_RESAMPLES,
     DEFAULT_SEED,
-    METHODS,
     mean_intervals,
 )
 from funnel_tl.components import EFFECT_COMPONENTS, GAIN_COMPONENT
