@@ -70,7 +70,6 @@ from typing import Any
 
 import numpy as np
 
-from funnel_tl.analysis.funnel import funnel_test
 from funnel_tl.analysis.sink import sink_effect
 from funnel_tl.components import COMPONENTS, DEFINITIONS, gain_ratio
 from funnel_tl.errors import FunnelError
@@ -82,6 +81,8 @@ from funnel_tl.results.files import (
     subset_index,
     write_json_atomic,
 )
+from funnel_tl.results.gains_derived import drop_first_positions, mean_ratio, stream_stack, under_definition
+from funnel_tl.results.gains_display import result_html, result_repr
 from funnel_tl.results.gains_file import gain_frame, result_dict, result_from_dict
 
 
@@ -192,36 +193,11 @@ class GainResult:
 
     # ---- display -----------------------------------------------------------------------------
     def __repr__(self) -> str:  # the prompts and per-prompt arrays would flood a notebook cell
-        return f"GainResult({', '.join(f'{key}={value}' for key, value in self._summary().items())})"
+        return result_repr(self)
 
     def _repr_html_(self) -> str:
         """A small table in notebooks: one row per layer, gains and (when drawn) intervals."""
-        import html
-
-        rows = []
-        for row, layer in enumerate(self._layers):
-            cells = "".join(f"<td>{_with_interval(self, c, row)}</td>" for c in ("attn", "mlp", "block"))
-            rows.append(f"<tr><td>{layer}</td>{cells}</tr>")
-        summary = ", ".join(f"{key}={html.escape(str(value))}" for key, value in self._summary(short=True).items())
-        return (
-            f"<div><code>GainResult({summary})</code><table><thead><tr><th>layer</th><th>attention</th>"
-            f"<th>MLP</th><th>block</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
-        )
-
-    def _summary(self, short: bool = False) -> dict[str, str]:
-        summary = {"model": repr(self.model), "definition": repr(self.definition), "n_layers": str(self.n_layers)}
-        if not self.all_layers:
-            summary["layers"] = repr(self.layer_spans)
-        summary |= {"n_prompts": str(self.n_prompts), "n_tokens": str(int(self.n_tokens.sum()))}
-        if self.drop_first:
-            summary["drop_first"] = str(self.drop_first)
-        if self.intervals is not None:
-            summary["intervals"] = f"'{100 * self.intervals.confidence:g}%, {self.intervals.n_resamples} resamples'"
-        if not short:
-            for component in ("attn", "mlp"):
-                summary[f"{component}_gains"] = _brief(self.gains(component))
-        summary["funnel_confirmed"] = str(funnel_test(self).funnel_confirmed) if self.all_layers else "'not testable'"
-        return summary
+        return result_html(self)
 
     def to_pandas(self):
         """The gains as a tidy table, one row per layer and component (pandas, imported here).
@@ -351,63 +327,7 @@ class GainResult:
         token left after the first k positions are left out (they would count none). Intervals are
         not carried over: draw them again with ``with_intervals``.
         """
-        if k <= self.drop_first:
-            return replace(self, intervals=None)
-        if k == 1 and self.reads is not None:
-            return self._from_position_1()
-        if self.positions is None:
-            raise FunnelError(f"{self.model}: leaving out positions after the fact needs by_position=True")
-        out_sums, in_sums, n_tokens = self.positions.from_position(k)
-        kept, prompts, provenance = self._prompts_with_tokens(n_tokens, f"the first {k} positions")
-        return GainResult(
-            model=self.model,
-            definition=self.definition,
-            n_layers=self.n_layers,
-            d_model=self.d_model,
-            parallel_blocks=self.parallel_blocks,
-            prompts=prompts,
-            n_tokens=n_tokens[kept],
-            out_sums={c: out_sums[c][kept] for c in COMPONENTS},
-            in_sums={c: in_sums[c][kept] for c in COMPONENTS},
-            drop_first=k,
-            provenance=dict(provenance, drop_first=k, derived_from_drop_first=self.drop_first),
-            positions=self.positions.without_first(k).subset(kept),
-            layers=self.layers,
-        )
-
-    def _prompts_with_tokens(self, n_tokens: np.ndarray, after: str) -> tuple[np.ndarray, tuple[str, ...] | None, dict]:
-        """The prompts that keep a token (``n_tokens > 0``) once the tokens up to ``after`` are left
-        out: their indices, texts and provenance (the result's own when every prompt keeps one)."""
-        kept = np.flatnonzero(n_tokens > 0)
-        if kept.size == 0:
-            raise FunnelError(f"{self.model}: no prompt has a token after {after}")
-        if kept.size == self.n_prompts:
-            return kept, self.prompts, self.provenance
-        prompts, provenance = prompts_subset(self.prompts, self.provenance, kept)
-        return kept, prompts, provenance
-
-    def _from_position_1(self) -> GainResult:
-        """``without_first(1)`` from the read sums over positions >= 1: the very sums a
-        ``drop_first=1`` run of the same batches adds up."""
-        reads = self.reads
-        kept, prompts, provenance = self._prompts_with_tokens(reads.n_tokens_from_1, "position 0")
-        roles = definition_roles(self.definition, self.parallel_blocks)
-        return GainResult(
-            model=self.model,
-            definition=self.definition,
-            n_layers=self.n_layers,
-            d_model=self.d_model,
-            parallel_blocks=self.parallel_blocks,
-            prompts=prompts,
-            n_tokens=reads.n_tokens_from_1[kept],
-            out_sums={c: reads.sums_from_1[out][kept] for c, (out, _) in roles.items()},
-            in_sums={c: reads.sums_from_1[inp][kept] for c, (_, inp) in roles.items()},
-            drop_first=1,
-            provenance=dict(provenance, drop_first=1, derived_from_drop_first=self.drop_first),
-            positions=None if self.positions is None else self.positions.without_first(1).subset(kept),
-            layers=self.layers,
-            reads=reads.from_position_1().subset(kept),
-        )
+        return drop_first_positions(self, k)
 
     # ---- beside the seed's numbers (funnel_tl.measure.reads, funnel_tl.measure.medians) ------------------------
     @cached_property
@@ -453,39 +373,7 @@ class GainResult:
 
         >>> measure_gains(model, "seed").in_definition("residual").attn_gains  # doctest: +SKIP
         """
-        if definition not in DEFINITIONS:
-            raise FunnelError(f"unknown definition {definition!r}: choose seed or residual")
-        if definition == self.definition:
-            return self
-        roles = definition_roles(definition, self.parallel_blocks)
-        if self.reads is None or not self.reads.has(*(role for pair in roles.values() for role in pair)):
-            raise FunnelError(
-                f"{self.model}: the {definition} definition's inputs were not read "
-                + (
-                    "(a result without read sums: rerun funnel-tl run)"
-                    if self.reads is None
-                    else "(the model has no norm output to read)"
-                )
-            )
-        reads = self.reads
-        described = {"block_shape": self.provenance.get("reads", {}).get("block_shape")}
-        for component, (out, inp) in roles.items():
-            described |= {f"{component}_in": reads.reads[inp], f"{component}_out": reads.reads[out]}
-        return GainResult(
-            model=self.model,
-            definition=definition,
-            n_layers=self.n_layers,
-            d_model=self.d_model,
-            parallel_blocks=self.parallel_blocks,
-            prompts=self.prompts,
-            n_tokens=self.n_tokens,
-            out_sums={c: reads.sums[out] for c, (out, _) in roles.items()},
-            in_sums={c: reads.sums[inp] for c, (_, inp) in roles.items()},
-            drop_first=self.drop_first,
-            provenance=dict(self.provenance, reads=described, derived_from_definition=self.definition),
-            layers=self.layers,
-            reads=reads,
-        )
+        return under_definition(self, definition)
 
     @cached_property
     def other_definition(self) -> GainResult | None:
@@ -503,16 +391,14 @@ class GainResult:
         where no post-norm follows the sublayer (or it was not read)."""
         if self.reads is None or not self.reads.has(f"{component}_module_out", f"{component}_in"):
             return None
-        return _mean_ratio(
-            self.reads.sums[f"{component}_module_out"], self.reads.sums[f"{component}_in"], self.n_tokens
-        )
+        return mean_ratio(self.reads.sums[f"{component}_module_out"], self.reads.sums[f"{component}_in"], self.n_tokens)
 
     def post_norm_gains(self, component: str) -> np.ndarray | None:
         """``[layer]`` (attn or mlp): the post-norm's own gain, mean‖a‖ (or ‖m‖) / mean‖module output‖
         per prompt, averaged; per prompt, module gain × post-norm gain = the seed gain."""
         if self.reads is None or not self.reads.has(f"{component}_module_out"):
             return None
-        return _mean_ratio(
+        return mean_ratio(
             self.reads.sums[f"{component}_out"], self.reads.sums[f"{component}_module_out"], self.n_tokens
         )
 
@@ -540,24 +426,7 @@ class GainResult:
     def _stack(self) -> GainResult | None:
         """Blocks 0..L read as one block: ``block`` sums of ‖resid_post_L‖ over ‖resid_pre_0‖ (the
         other components as this result's), so that its block gains and intervals are the stream's growth."""
-        if not self.stream_layers:
-            return None
-        first = np.repeat(self.in_sums["block"][:, :1], len(self._layers), axis=1)  # [prompt, layer]: resid_pre_0
-        stack = GainResult(
-            model=self.model,
-            definition=self.definition,
-            n_layers=self.n_layers,
-            d_model=self.d_model,
-            parallel_blocks=self.parallel_blocks,
-            prompts=self.prompts,
-            n_tokens=self.n_tokens,
-            out_sums=dict(self.out_sums),
-            in_sums={**self.in_sums, "block": first},
-            drop_first=self.drop_first,
-            provenance=self.provenance,
-            layers=self.layers,
-        )
-        return stack
+        return stream_stack(self)
 
     @property
     def block_cumulative_gains(self) -> np.ndarray:
@@ -641,32 +510,3 @@ class GainResult:
     @classmethod
     def load(cls, path: str | os.PathLike) -> GainResult:
         return cls.from_dict(read_json(path), source=str(path))
-
-
-def _brief(values, most: int = 12) -> str:
-    """Gains in a repr: every layer up to ``most`` layers, else the first and last few.
-
-    Four significant digits: three rounded 7.996 to ``8``, which reads as an exact gain.
-
-    >>> _brief([7.9959, 1.0839, 0.25])
-    '[7.996, 1.084, 0.25]'
-    """
-    shown = [f"{v:.4g}" for v in values]
-    if len(shown) > most:
-        shown = shown[:4] + ["…"] + shown[-4:]
-    return "[" + ", ".join(shown) + "]"
-
-
-def _with_interval(result: GainResult, component: str, row: int) -> str:
-    text = f"{result.gains(component)[row]:.4g}"
-    if result.intervals is not None:
-        low, high = result.intervals.of(component)[row]
-        text += f" [{low:.3g}, {high:.3g}]"
-    return text
-
-
-def _mean_ratio(out_sums: np.ndarray, in_sums: np.ndarray, n_tokens: np.ndarray) -> np.ndarray:
-    """``[layer]``: the seed's aggregation of two ``[prompt, layer]`` sums, mean over prompts of
-    mean‖out‖ / (mean‖in‖ + 1e-10)."""
-    counts = n_tokens[:, None]
-    return gain_ratio(out_sums / counts, in_sums / counts).mean(axis=0)
