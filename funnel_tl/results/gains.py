@@ -71,16 +71,16 @@ from typing import Any
 import numpy as np
 
 from funnel_tl.analysis.sink import sink_effect
-from funnel_tl.components import COMPONENTS, DEFINITIONS, gain_ratio
+from funnel_tl.components import DEFINITIONS, gain_ratio
 from funnel_tl.errors import FunnelError
 from funnel_tl.measure.layers import check_measured, format_layer_spans
-from funnel_tl.measure.reads import definition_roles
 from funnel_tl.results.files import (
     prompts_subset,
     read_json,
     subset_index,
     write_json_atomic,
 )
+from funnel_tl.results.gains_checks import check_parts, check_sums
 from funnel_tl.results.gains_derived import drop_first_positions, mean_ratio, stream_stack, under_definition
 from funnel_tl.results.gains_display import result_html, result_repr
 from funnel_tl.results.gains_file import gain_frame, result_dict, result_from_dict
@@ -129,67 +129,8 @@ class GainResult:
         object.__setattr__(self, "n_tokens", np.asarray(self.n_tokens, dtype=np.int64))
         if self.prompts is not None:
             object.__setattr__(self, "prompts", tuple(self.prompts))
-        n_prompts = len(self.prompts) if self.prompts is not None else len(self.n_tokens)
-        if self.n_tokens.shape != (n_prompts,):
-            raise ValueError(f"n_tokens has shape {self.n_tokens.shape}, expected ({n_prompts},)")
-        if n_prompts == 0:  # every gain would be the NaN mean of nothing
-            raise FunnelError(f"{self.model}: a result needs at least one prompt, got none")
-        if self.n_tokens.min() < 1:
-            raise ValueError("every prompt must count at least one token")
-        for sums in (self.out_sums, self.in_sums):
-            if set(sums) != set(COMPONENTS):
-                raise ValueError(f"sums must have the components {COMPONENTS}, got {sorted(sums)}")
-            for component in COMPONENTS:
-                array = np.asarray(sums[component], dtype=np.float64)
-                if array.shape != (n_prompts, len(layers)):
-                    raise ValueError(f"{component} sums have shape {array.shape}, expected {(n_prompts, len(layers))}")
-                if not np.all(np.isfinite(array)) or np.any(array < 0):
-                    raise ValueError(f"{component} sums must be finite and non-negative")
-                sums[component] = array
-        if self.intervals is not None and (self.intervals.n_layers, len(self.intervals.cumulative)) != (
-            len(layers),
-            len(self.cumulative_layers),
-        ):
-            raise ValueError(
-                f"intervals cover {self.intervals.n_layers} layers ({len(self.intervals.cumulative)} "
-                f"cumulative), the result {len(layers)} ({len(self.cumulative_layers)} cumulative)"
-            )
-        if self.positions is not None:
-            self._check_positions()
-        if self.reads is not None:
-            self._check_reads()
-        if self.token_histograms is not None and self.token_histograms.n_layers != len(layers):
-            raise ValueError(
-                f"token histograms cover {self.token_histograms.n_layers} layers, the result {len(layers)}"
-            )
-
-    def _check_reads(self) -> None:
-        """The definition's own sums must be the reads' sums of their roles: the same norms."""
-        reads = self.reads
-        if reads.n_prompts != self.n_prompts or next(iter(reads.sums.values())).shape[1] != len(self._layers):
-            raise ValueError(f"read sums cover {reads.n_prompts} prompts, the result {self.n_prompts}")
-        if np.any(reads.n_tokens_from_1 > self.n_tokens):
-            raise ValueError("read sums count more tokens from position 1 than in all")
-        for component, (out_role, in_role) in definition_roles(self.definition, self.parallel_blocks).items():
-            for role, sums in ((out_role, self.out_sums[component]), (in_role, self.in_sums[component])):
-                if role not in reads.sums or not np.array_equal(reads.sums[role], sums):
-                    raise ValueError(f"{component} sums are not the read sums of {role}")
-
-    def _check_positions(self) -> None:
-        """Position sums must add up, over buckets, to the per-prompt sums: the same tokens."""
-        positions = self.positions
-        if positions.n_prompts != self.n_prompts or positions.n_layers != len(self._layers):
-            raise ValueError(
-                f"position sums cover {positions.n_prompts} prompts x {positions.n_layers} layers, "
-                f"the result {self.n_prompts} x {len(self._layers)}"
-            )
-        if not np.array_equal(positions.n_tokens.sum(axis=1), self.n_tokens):
-            raise ValueError("position token counts do not add up to the per-prompt token counts")
-        for component in COMPONENTS:
-            for by_position, total in ((positions.out_sums, self.out_sums), (positions.in_sums, self.in_sums)):
-                # Both are float32 sums of the same norms grouped differently (~1e-6 relative apart).
-                if not np.allclose(by_position[component].sum(axis=2), total[component], rtol=1e-4, atol=1e-6):
-                    raise ValueError(f"{component} position sums do not add up to the per-prompt sums")
+        check_sums(self)  # a count for every prompt; [prompt, layer] sums, stored as float64
+        check_parts(self)  # intervals, position sums, read sums, histograms: the same prompts, layers, tokens
 
     # ---- display -----------------------------------------------------------------------------
     def __repr__(self) -> str:  # the prompts and per-prompt arrays would flood a notebook cell
