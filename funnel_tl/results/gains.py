@@ -63,10 +63,11 @@ and are refused (``funnel.not_testable``).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -85,6 +86,11 @@ from funnel_tl.results.gains_derived import drop_first_positions, mean_ratio, st
 from funnel_tl.results.gains_display import result_html, result_repr
 from funnel_tl.results.gains_file import gain_frame, result_dict, result_from_dict
 
+if TYPE_CHECKING:  # jaxtyping's shapes for type checkers and the API reference; importing it costs ~0.1 s
+    from jaxtyping import Float, Int
+
+    from funnel_tl.analysis.intervals import Intervals
+
 
 @dataclass(frozen=True)
 class GainResult:
@@ -102,9 +108,9 @@ class GainResult:
     d_model: int
     parallel_blocks: bool
     prompts: tuple[str, ...] | None  # None: texts not kept (keep_texts=False); their sha256 is in the provenance
-    n_tokens: np.ndarray
-    out_sums: dict[str, np.ndarray]
-    in_sums: dict[str, np.ndarray]
+    n_tokens: Int[np.ndarray, " prompt"]
+    out_sums: dict[str, Float[np.ndarray, "prompt layer"]]
+    in_sums: dict[str, Float[np.ndarray, "prompt layer"]]
     drop_first: int = 0
     provenance: dict[str, Any] = field(default_factory=dict)
     # Bootstrap intervals over prompts (funnel_tl.analysis.stats.Intervals), or None until
@@ -195,39 +201,65 @@ class GainResult:
             prefix += 1
         return self._layers[:prefix]
 
-    def per_prompt_gains(self, component: str) -> np.ndarray:
-        """``[prompt, layer]``: mean‖out‖ / (mean‖in‖ + 1e-10) of each prompt (the seed's)."""
+    def per_prompt_gains(self, component: str) -> Float[np.ndarray, "prompt layer"]:
+        """``[prompt, layer]``: mean‖out‖ / (mean‖in‖ + 1e-10) of each prompt (the seed's).
+
+        Args:
+            component: ``"attn"``, ``"mlp"`` or ``"block"``; ``out`` and ``in`` are its output and
+                input norms under ``definition`` (the module docstring's table), each averaged over
+                the prompt's counted tokens.
+
+        Returns:
+            ``[prompt, layer]`` gains, ``layer`` running over ``layers``.
+        """
         counts = self.n_tokens[:, None]
         return gain_ratio(self.out_sums[component] / counts, self.in_sums[component] / counts)
 
-    def gains(self, component: str) -> np.ndarray:
-        """``[layer]``: the mean over prompts of the per-prompt gains."""
+    def gains(self, component: str) -> Float[np.ndarray, " layer"]:
+        """``[layer]``: the mean over prompts of the per-prompt gains.
+
+        Args:
+            component: ``"attn"``, ``"mlp"`` or ``"block"`` (``attn_gains`` is ``gains("attn")``);
+                the products are ``combined_gains`` and ``cumulative_gains``.
+
+        Returns:
+            ``[layer]`` gains over ``layers``; a gain below 1 contracts what the sublayer reads.
+        """
         return self.per_prompt_gains(component).mean(axis=0)
 
     @property
-    def attn_gains(self) -> np.ndarray:
+    def attn_gains(self) -> Float[np.ndarray, " layer"]:
         return self.gains("attn")
 
     @property
-    def mlp_gains(self) -> np.ndarray:
+    def mlp_gains(self) -> Float[np.ndarray, " layer"]:
         return self.gains("mlp")
 
     @property
-    def block_gains(self) -> np.ndarray:
+    def block_gains(self) -> Float[np.ndarray, " layer"]:
         return self.gains("block")
 
     @property
-    def combined_gains(self) -> np.ndarray:
+    def combined_gains(self) -> Float[np.ndarray, " layer"]:
         """Attn gain × MLP gain of each layer (products of the aggregated gains, as the seed)."""
         return self.attn_gains * self.mlp_gains
 
     @property
-    def cumulative_gains(self) -> np.ndarray:
+    def cumulative_gains(self) -> Float[np.ndarray, " layer"]:
         """``[layer]`` over ``cumulative_layers``: the running product of ``combined`` from layer 0."""
         return np.cumprod(self.combined_gains[: len(self.cumulative_layers)])
 
-    def subset(self, prompt_indices) -> GainResult:
-        """A new result over some of the prompts (for bootstrap resampling and checks)."""
+    def subset(self, prompt_indices: Sequence[int] | Int[np.ndarray, " index"]) -> GainResult:
+        """A new result over some of the prompts (for bootstrap resampling and checks).
+
+        Args:
+            prompt_indices: ``[index]`` positions in this result's prompts, at least one (a list or
+                an integer array; repeats allowed, negative ones count from the end, as in numpy).
+
+        Returns:
+            The result over those prompts, in that order, every ``[prompt, ...]`` sum indexed
+            alike; without intervals, which describe all the prompts.
+        """
         index = subset_index(prompt_indices, self.n_prompts)
         prompts, provenance = prompts_subset(self.prompts, self.provenance, index)
         return GainResult(
@@ -247,12 +279,19 @@ class GainResult:
             reads=None if self.reads is None else self.reads.subset(index),
         )
 
-    def position_gains(self, component: str) -> np.ndarray:
+    def position_gains(self, component: str) -> Float[np.ndarray, "layer bucket"]:
         """``[layer, bucket]`` gains by position (``funnel_tl.results.positions``); needs ``by_position=True``.
 
         A cell is the mean, over the prompts that reach the bucket, of the ratio of their mean norms
         there (the seed's aggregation); NaN where no prompt reaches it. Buckets are
         ``self.positions.labels``; prompts behind each, ``self.positions.prompt_counts()``.
+
+        Args:
+            component: ``"attn"``, ``"mlp"``, ``"block"`` or ``"combined"`` (each cell's attn gain
+                × its MLP gain).
+
+        Returns:
+            ``[layer, bucket]`` gains, ``layer`` over ``layers``, ``bucket`` over the position buckets.
         """
         if self.positions is None:
             raise FunnelError(
@@ -267,6 +306,15 @@ class GainResult:
         its sums from position 1 are exactly those a ``drop_first=1`` run adds up. Prompts with no
         token left after the first k positions are left out (they would count none). Intervals are
         not carried over: draw them again with ``with_intervals``.
+
+        Args:
+            k: how many first positions of every prompt to leave out: 1 from the read sums, 0 to 16
+                (``positions.SINGLE_POSITIONS``) from the position sums; ``k`` at most this result's
+                ``drop_first`` gives this result without intervals.
+
+        Returns:
+            A result with ``drop_first=k`` over the prompts that keep a token, its provenance
+            saying what it derives from (``derived_from_drop_first``).
         """
         return drop_first_positions(self, k)
 
@@ -282,8 +330,16 @@ class GainResult:
             return None
         return self._like_intervals(self.without_first(1))
 
-    def gains_without_first(self, component: str) -> np.ndarray | None:
-        """``[layer]`` gains of ``component`` (attn, mlp, block, combined) over positions >= 1, or None."""
+    def gains_without_first(self, component: str) -> Float[np.ndarray, " layer"] | None:
+        """``[layer]`` gains of ``component`` (attn, mlp, block, combined) over positions >= 1, or None.
+
+        Args:
+            component: ``"attn"``, ``"mlp"``, ``"block"`` or ``"combined"``.
+
+        Returns:
+            ``[layer]`` gains of ``without_first_position``; None without read sums (older files) or
+            when no prompt has a second token.
+        """
         without = self.without_first_position
         if without is None:
             return None
@@ -313,6 +369,15 @@ class GainResult:
         """The same forward's gains under ``definition`` (``"seed"`` or ``"residual"``), from the read sums.
 
         >>> measure_gains(model, "seed").in_definition("residual").attn_gains  # doctest: +SKIP
+
+        Args:
+            definition: ``"seed"`` (a sublayer's input is the LayerNorm output it reads) or
+                ``"residual"`` (the residual stream it reads from); see the module docstring's
+                table. This result's own definition gives this result.
+
+        Returns:
+            A result of the same prompts and tokens whose sums are the read sums of the other
+            definition's roles, without intervals (``other_definition`` draws them).
         """
         return under_definition(self, definition)
 
@@ -326,33 +391,65 @@ class GainResult:
         except FunnelError:
             return None
 
-    def module_gains(self, component: str) -> np.ndarray | None:
+    def module_gains(self, component: str) -> Float[np.ndarray, " layer"] | None:
         """``[layer]`` (attn or mlp) of a post-normed block: the mean over prompts of
         mean‖module output before its post-norm‖ / (mean‖what the module reads‖ + 1e-10); None
-        where no post-norm follows the sublayer (or it was not read)."""
+        where no post-norm follows the sublayer (or it was not read).
+
+        Args:
+            component: ``"attn"`` or ``"mlp"``.
+
+        Returns:
+            ``[layer]`` module gains over ``layers``, or None.
+        """
         if self.reads is None or not self.reads.has(f"{component}_module_out", f"{component}_in"):
             return None
         return mean_ratio(self.reads.sums[f"{component}_module_out"], self.reads.sums[f"{component}_in"], self.n_tokens)
 
-    def post_norm_gains(self, component: str) -> np.ndarray | None:
+    def post_norm_gains(self, component: str) -> Float[np.ndarray, " layer"] | None:
         """``[layer]`` (attn or mlp): the post-norm's own gain, mean‖a‖ (or ‖m‖) / mean‖module output‖
-        per prompt, averaged; per prompt, module gain × post-norm gain = the seed gain."""
+        per prompt, averaged; per prompt, module gain × post-norm gain = the seed gain.
+
+        Args:
+            component: ``"attn"`` or ``"mlp"``.
+
+        Returns:
+            ``[layer]`` post-norm gains over ``layers``; None where no post-norm follows the
+            sublayer (or it was not read).
+        """
         if self.reads is None or not self.reads.has(f"{component}_module_out"):
             return None
         return mean_ratio(
             self.reads.sums[f"{component}_out"], self.reads.sums[f"{component}_module_out"], self.n_tokens
         )
 
-    def median_gains(self, component: str) -> np.ndarray | None:
+    def median_gains(self, component: str) -> Float[np.ndarray, " layer"] | None:
         """``[layer]`` median per-token gain of ``component`` (attn, mlp, block) over every counted
-        token (``funnel_tl.measure.medians``), or None where no histograms were kept."""
+        token (``funnel_tl.measure.medians``), or None where no histograms were kept.
+
+        Args:
+            component: ``"attn"``, ``"mlp"`` or ``"block"``.
+
+        Returns:
+            ``[layer]`` medians of the per-token gain ‖out_t‖ / ‖in_t‖ over ``layers`` (from
+            histograms: within 0.12% of the exact median), or None.
+        """
         histograms = self.token_histograms
         if histograms is None or component not in histograms.components:
             return None
         return histograms.median(component)
 
-    def mean_input_norms(self, role: str) -> np.ndarray | None:
-        """``[layer]``: the mean over prompts of mean‖role‖ (``funnel_tl.measure.reads.ROLES``), or None if not read."""
+    def mean_input_norms(self, role: str) -> Float[np.ndarray, " layer"] | None:
+        """``[layer]``: the mean over prompts of mean‖role‖ (``funnel_tl.measure.reads.ROLES``), or None if not read.
+
+        Args:
+            role: what was read, one of ``funnel_tl.measure.reads.ROLES``: ``"resid_pre"`` (x),
+                ``"resid_mid"``, ``"resid_post"``, ``"attn_in"`` / ``"mlp_in"`` (u_attn, u_mlp),
+                ``"attn_out"`` / ``"mlp_out"`` (a, m), ``"attn_module_out"`` / ``"mlp_module_out"``.
+
+        Returns:
+            ``[layer]`` mean norms over ``layers``, in the model's activation units, or None.
+        """
         if self.reads is None or role not in self.reads.sums:
             return None
         return (self.reads.sums[role] / self.n_tokens[:, None]).mean(axis=0)
@@ -370,7 +467,7 @@ class GainResult:
         return stream_stack(self)
 
     @property
-    def block_cumulative_gains(self) -> np.ndarray:
+    def block_cumulative_gains(self) -> Float[np.ndarray, " layer"]:
         """``[layer]`` over ``stream_layers``: how much the residual stream has grown by the end of
         layer L, per prompt mean_t‖resid_post_L‖ / (mean_t‖resid_pre_0‖ + 1e-10), averaged over
         prompts (results.json ``block.cumulative_gains``). Unlike the seed's ``cumulative_gains``, a
@@ -378,7 +475,7 @@ class GainResult:
         return np.empty(0) if self._stack is None else self._stack.block_gains
 
     @cached_property
-    def block_cumulative_intervals(self) -> np.ndarray | None:
+    def block_cumulative_intervals(self) -> Float[np.ndarray, "layer 2"] | None:
         """``[layer, 2]`` intervals of ``block_cumulative_gains`` (drawn as the result's, on first
         use), or None without intervals."""
         if self._stack is None or self.intervals is None:
@@ -388,7 +485,7 @@ class GainResult:
 
     def with_intervals(
         self,
-        intervals=None,
+        intervals: Intervals | None = None,
         n_resamples: int | None = None,
         seed: int | None = None,
         confidence: float | None = None,
@@ -403,6 +500,19 @@ class GainResult:
         >>> result = result.with_intervals()                           # doctest: +SKIP
         >>> result.intervals.method, result.intervals.mlp[-1]         # doctest: +SKIP
         ('t', array([3.21, 3.98]))
+
+        Args:
+            intervals: ready ``Intervals`` of this result's layers (the other arguments are then
+                not used), or None to draw them.
+            n_resamples: resamples of the prompts (``stats.DEFAULT_RESAMPLES``, 2,000, if None):
+                the percentile bootstrap's, or under ``"t"`` the products' studentized bootstrap.
+            seed: the resampling's random seed (0 if None).
+            confidence: the intervals' coverage, between 0 and 1 (0.95 if None).
+            method: ``"t"`` (if None) or ``"percentile"`` (``stats.METHODS``).
+
+        Returns:
+            This result carrying the intervals (and, measured ``by_position=True``, its position
+            sums carrying theirs, drawn with the same settings).
         """
         # Imported on use: looked up in its own module on each call (where tests replace it).
         from funnel_tl.analysis.stats import (
@@ -442,12 +552,30 @@ class GainResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "results") -> GainResult:
+        """A result read back from its results.json form (``to_dict``), checked against the schema.
+
+        Args:
+            data: the parsed results.json.
+            source: what ``data`` was read from, named in a ``FunnelError`` when it does not fit.
+        """
         return result_from_dict(cls, data, source)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write results.json atomically: a crash never leaves a half-written file."""
+        """Write results.json atomically: a crash never leaves a half-written file.
+
+        Args:
+            path: the file to write (its folder must exist), usually ``<out>/results.json``.
+
+        Returns:
+            The path written.
+        """
         return write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> GainResult:
+        """A result read back from a results.json that ``save`` (or ``funnel-tl run``) wrote.
+
+        Args:
+            path: the results.json file.
+        """
         return cls.from_dict(read_json(path), source=str(path))
