@@ -8,11 +8,14 @@ described in ``funnel_tl.analysis.stats``, which draws them (``bootstrap_interva
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from funnel_tl.errors import FunnelError
+
+if TYPE_CHECKING:  # jaxtyping's shapes for type checkers and the API reference; importing it costs ~0.1 s
+    from jaxtyping import Float
 
 # How intervals are drawn (see ``funnel_tl.analysis.stats``' docstring); the key is what results.json names.
 METHODS = {
@@ -46,11 +49,11 @@ class Intervals:
     confidence: float
     n_resamples: int
     seed: int
-    attn: np.ndarray
-    mlp: np.ndarray
-    combined: np.ndarray
-    block: np.ndarray
-    cumulative: np.ndarray
+    attn: Float[np.ndarray, "layer 2"]
+    mlp: Float[np.ndarray, "layer 2"]
+    combined: Float[np.ndarray, "layer 2"]
+    block: Float[np.ndarray, "layer 2"]
+    cumulative: Float[np.ndarray, "layer 2"]
     # Last and with a default, so Intervals built before methods existed (and files without the
     # key) read as what they were: percentile bootstrap intervals.
     method: str = "percentile"
@@ -85,6 +88,9 @@ class Intervals:
     def describe(self, n_prompts: int | None = None) -> str:
         """How the intervals were drawn, in a few words for titles and the printed analysis.
 
+        Args:
+            n_prompts: how many prompts they are over, named when given (a result's ``n_prompts``).
+
         >>> ok = np.ones((1, 2))
         >>> Intervals(0.95, 2000, 0, ok, ok, ok, ok, ok, method="t").describe(8)
         '95% t intervals over 8 prompts (products: studentized bootstrap, 2000 resamples, seed 0)'
@@ -97,8 +103,17 @@ class Intervals:
             )
         return f"{percent} percentile-bootstrap intervals {over} ({self.n_resamples} resamples, seed {self.seed})"
 
-    def of(self, component: str) -> np.ndarray:
-        """``[layer, 2]`` intervals of ``attn``, ``mlp``, ``combined``, ``block`` or ``cumulative``."""
+    def of(self, component: str) -> Float[np.ndarray, "layer 2"]:
+        """``[layer, 2]`` intervals of ``attn``, ``mlp``, ``combined``, ``block`` or ``cumulative``.
+
+        Args:
+            component: ``"attn"``, ``"mlp"``, ``"combined"``, ``"block"`` or ``"cumulative"`` (the
+                keys of ``INTERVAL_KEYS``).
+
+        Returns:
+            ``[layer, 2]``: per measured layer the lower and the upper bound of the gain
+            (``"cumulative"``: over ``GainResult.cumulative_layers`` only, maybe no row).
+        """
         if component not in INTERVAL_KEYS:
             raise FunnelError(f"no intervals for {component!r}: choose one of {', '.join(INTERVAL_KEYS)}")
         return getattr(self, component)
@@ -116,6 +131,13 @@ class Intervals:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "results") -> Intervals:
+        """Intervals read back from their ``"intervals"`` block of results.json (``to_dict``).
+
+        Args:
+            data: the block, parsed; a file from before the t intervals reads as percentile ones.
+            source: what ``data`` was read from, named in the ``FunnelError`` raised when the
+                block is incomplete or its bounds are not intervals.
+        """
         try:
             # Files written before the t intervals say "percentile bootstrap over prompts".
             renamed: dict[str | None, str] = {METHODS["percentile"]: "percentile"}

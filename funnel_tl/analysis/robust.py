@@ -10,13 +10,16 @@ interval straddles 1 is "undetermined" and supports neither side. The intervals 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from funnel_tl.analysis.criteria import mlp_expanding_allowed, require_all_layers
 from funnel_tl.analysis.intervals import INTERVAL_KEYS, Intervals
 from funnel_tl.errors import FunnelError
+
+if TYPE_CHECKING:
+    from funnel_tl.results.gains import GainResult
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ def interval_counts(intervals: np.ndarray) -> dict[str, int]:
     }
 
 
-def robust_funnel_test(result, intervals: Intervals | None = None) -> RobustFunnelTest:
+def robust_funnel_test(result: GainResult, intervals: Intervals | None = None) -> RobustFunnelTest:
     """The seed's hypothesis test on the intervals instead of the point estimates.
 
     1. attention always contracts: every layer's attention interval lies below 1;
@@ -67,6 +70,18 @@ def robust_funnel_test(result, intervals: Intervals | None = None) -> RobustFunn
        (reported, not required, as in the seed).
 
     A result measured on some layers only is refused, as by ``funnel.funnel_test``.
+
+    Args:
+        result: a ``GainResult`` measured on every layer.
+        intervals: the intervals to test, ``[layer, 2]`` per gain; None takes the result's own
+            (``result.with_intervals()`` draws them).
+
+    Returns:
+        The four criteria, the verdict and ``counts``: per gain the layers whose interval lies
+        wholly below 1, wholly above it, or straddles it.
+
+    Raises:
+        FunnelError: the result was measured on some layers only, or carries no intervals.
     """
     require_all_layers(result, "the robust Funnel test")
     intervals = intervals if intervals is not None else getattr(result, "intervals", None)

@@ -57,7 +57,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import einops
 import numpy as np
@@ -67,6 +67,11 @@ from funnel_tl.analysis.intervals import INTERVAL_KEYS, METHODS, Intervals
 # Re-exported (they were defined here before the robust verdict had a module of its own).
 from funnel_tl.analysis.robust import RobustFunnelTest, classify, interval_counts, robust_funnel_test  # noqa: F401
 from funnel_tl.errors import FunnelError
+
+if TYPE_CHECKING:  # jaxtyping's shapes for type checkers and the API reference; importing it costs ~0.1 s
+    from jaxtyping import Float
+
+    from funnel_tl.results.gains import GainResult
 
 # 2,000 resamples put the Monte Carlo error of a 2.5th/97.5th percentile well below the width of
 # the interval itself at eight prompts; the whole bootstrap is a [resample, prompt] × [prompt,
@@ -153,7 +158,7 @@ def resample_weights(n_prompts: int, n_resamples: int, seed: int) -> np.ndarray:
 
 
 def bootstrap_intervals(
-    result,
+    result: GainResult,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
     confidence: float = DEFAULT_CONFIDENCE,
@@ -162,8 +167,26 @@ def bootstrap_intervals(
     """Intervals over prompts for every per-layer gain of ``result``: t intervals (the default) or
     the percentile bootstrap (``method="percentile"``, drawing ``n_resamples`` with ``seed``).
 
-    ``result`` is a ``GainResult``; the intervals derive from its per-prompt norm sums alone, so
-    ``funnel-tl report`` can redraw them from results.json without a model.
+    The intervals derive from the result's per-prompt norm sums alone, so ``funnel-tl report``
+    can redraw them from results.json without a model.
+
+    Args:
+        result: a ``GainResult`` over at least 2 prompts; its ``[prompt, layer]`` per-prompt gains
+            are what is resampled.
+        n_resamples: resamples of the prompts with replacement: the percentile bootstrap's, or
+            under ``"t"`` the products' studentized bootstrap (up to ``MAX_RESAMPLES``, and what
+            memory allows: ``check_bootstrap``).
+        seed: the random seed of the resamples; the same seed gives the same intervals.
+        confidence: the intervals' coverage, between 0 and 1 (0.95: the 2.5th to 97.5th percentile).
+        method: ``"t"`` or ``"percentile"`` (``METHODS``; the module docstring says how each draws).
+
+    Returns:
+        ``Intervals``: ``[layer, 2]`` bounds of the attn, mlp, block and combined gains over
+        ``result.layers``, and of the cumulative gain over ``result.cumulative_layers``.
+
+    Raises:
+        FunnelError: an unknown method, no resample, a confidence outside (0, 1), fewer than 2
+            prompts, or a bootstrap too large for memory.
     """
     if method not in METHODS:
         raise FunnelError(f"unknown interval method {method!r}: choose one of {', '.join(METHODS)}")
@@ -176,7 +199,7 @@ def bootstrap_intervals(
             f"{result.model}: intervals over prompts need at least 2 prompts, got "
             f"{result.n_prompts}: give more prompts, or --bootstrap 0 to skip intervals"
         )
-    n_layers = len(result.layers)  # the measured ones
+    n_layers = len(result.layers or ())  # the measured ones (None only before a result is built)
     check_bootstrap(n_resamples, result.n_prompts, n_layers, seed=seed)
     per_prompt = {component: result.per_prompt_gains(component) for component in ("attn", "mlp", "block")}
     prefix = len(result.cumulative_layers)  # a running product from layer 0 is exact over these only
@@ -347,7 +370,7 @@ class Dominance:
         )
 
 
-def dominant_prompts(result, confidence: float = DEFAULT_CONFIDENCE) -> list[Dominance]:
+def dominant_prompts(result: GainResult, confidence: float = DEFAULT_CONFIDENCE) -> list[Dominance]:
     """The layers (attn, mlp, block) whose mean one prompt dominates, with that prompt.
 
     A prompt dominates a layer's mean when the mean over all n prompts lies outside the
@@ -366,6 +389,15 @@ def dominant_prompts(result, confidence: float = DEFAULT_CONFIDENCE) -> list[Dom
     (``tests/test_coverage.py``). Needs 3 prompts (an interval over the other two); one flag per
     layer and component, the prompt that moves the mean most.
 
+    Args:
+        result: a ``GainResult``; its attn, mlp and block ``[prompt, layer]`` per-prompt gains
+            are read.
+        confidence: the coverage of the t interval over the other prompts.
+
+    Returns:
+        One ``Dominance`` per dominated layer and component (``layer`` a true index), none below
+        3 prompts.
+
     >>> from funnel_tl.results.gains import GainResult
     >>> gains = np.array([[1.0], [1.1], [0.9], [1.0], [9.0]])  # [prompt, layer]: prompt 4 far off
     >>> result = GainResult(model="toy", definition="seed", n_layers=1, d_model=8, parallel_blocks=True,
@@ -375,7 +407,7 @@ def dominant_prompts(result, confidence: float = DEFAULT_CONFIDENCE) -> list[Dom
     >>> print(dominant_prompts(result)[0].describe())
     attention L0 2.6: prompt 4 alone 9, the others 1 [0.8701, 1.13]
     """
-    n = result.n_prompts
+    n, layers = result.n_prompts, result.layers or ()
     if n < 3:
         return []
     critical = t_critical(confidence, n - 2)
@@ -394,7 +426,7 @@ def dominant_prompts(result, confidence: float = DEFAULT_CONFIDENCE) -> list[Dom
             found.append(
                 Dominance(
                     component=component,
-                    layer=int(result.layers[row]),
+                    layer=int(layers[row]),
                     prompt=prompt,
                     gain=float(mean[row]),
                     prompt_gain=float(gains[prompt, row]),
@@ -409,12 +441,12 @@ def dominant_prompts(result, confidence: float = DEFAULT_CONFIDENCE) -> list[Dom
 
 
 def mean_intervals(
-    values: np.ndarray,
+    values: Float[np.ndarray, "prompt ..."],
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
     confidence: float = DEFAULT_CONFIDENCE,
     method: str = DEFAULT_METHOD,
-) -> np.ndarray:
+) -> Float[np.ndarray, "... 2"]:
     """``[..., 2]`` intervals of the mean over prompts of per-prompt ``values`` ``[prompt, ...]``.
 
     The interval a per-layer gain has (``bootstrap_intervals`` for attn, mlp and block), for any
@@ -422,6 +454,18 @@ def mean_intervals(
     differences of them. ``method`` as there: ``"t"``, mean ± t(n−1) · sd / √n (unclamped: a
     Δloss or a difference may be negative); ``"percentile"``, the percentile bootstrap with the
     same resample weights (``n_resamples``, ``seed``) as the gains'.
+
+    Args:
+        values: ``[prompt, ...]`` one value per prompt of each statistic (``[prompt, layer]``
+            for a per-layer one), at least 2 prompts.
+        n_resamples: resamples of the prompts for ``"percentile"`` (unused by ``"t"``).
+        seed: the random seed of the resamples.
+        confidence: the intervals' coverage, between 0 and 1.
+        method: ``"t"`` or ``"percentile"``.
+
+    Returns:
+        ``[..., 2]``: the lower and upper bound of the mean of each statistic (``[layer, 2]``
+        for ``[prompt, layer]`` values).
 
     >>> values = np.array([[0.5, 2.0], [0.6, 2.2], [0.4, 1.8]])   # [prompt, layer]
     >>> [round(float(bound), 3) for bound in mean_intervals(values)[0]]  # 0.5 ± t(2) · 0.1 / √3
