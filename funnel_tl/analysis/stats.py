@@ -1,4 +1,4 @@
-"""Uncertainty over prompts: intervals for every per-layer gain, a robust verdict, fragile means.
+"""Uncertainty over prompts: drawing the intervals of every per-layer gain, and the means one prompt dominates.
 
 The seed notebook averaged eight prompts and read "gain < 1" off the point estimate. Eight
 prompts are few: a layer whose gain is 0.98 may just as well be 1.03 on another eight. Every

@@ -1,9 +1,9 @@
-"""What a ``GainResult``'s parts must agree on, checked once when it is built: a token count for
-every prompt, ``[prompt, layer]`` sums of every component, and intervals, position sums, read sums
-and token histograms of the same prompts, layers and tokens.
+"""What a ``GainResult``'s parts must agree on, checked once when it is built.
 
-A part that disagrees raises ``ValueError`` naming it (a results.json that does not fit its
-schema is refused earlier, by ``funnel_tl.results.schema``, in one line naming the key).
+A token count for every prompt, ``[prompt, layer]`` sums of every component, and intervals,
+position sums, read sums and token histograms of the same prompts, layers and tokens. A part
+that disagrees raises ``ValueError`` naming it (a results.json that does not fit its schema is
+refused earlier, by ``funnel_tl.results.schema``, in one line naming the key).
 """
 
 from __future__ import annotations
