@@ -320,7 +320,12 @@ class EffectResult:
             **pick,
         )
 
-    def assembled(self, pieces, prompts, truncation=None) -> EffectResult:
+    def assembled(
+        self,
+        pieces: Sequence[tuple[Any, EffectResult]],
+        prompts: Sequence[str],
+        truncation: dict | None = None,
+    ) -> EffectResult:
         """torchrun (``distributed.assemble``): one result from each rank's ``(prompt indices, result)``,
         every per-prompt array back in ``prompts``' order, the gains assembled as a run's are.
 
@@ -452,7 +457,7 @@ class EffectResult:
             "provenance": self.provenance,
         }
 
-    def per_prompt_dict(self, rows=None) -> dict[str, Any]:
+    def per_prompt_dict(self, rows: Sequence[int] | Int[np.ndarray, " index"] | None = None) -> dict[str, Any]:
         """The ``per_prompt`` block: counts, clean loss and every per-prompt effect (of ``rows`` only, if given).
 
         Args:

@@ -34,6 +34,7 @@ from funnel_tl.results.positions import HeadPositionSums
 from funnel_tl.results.schema import check_heads
 
 if TYPE_CHECKING:  # jaxtyping's shapes for type checkers and the API reference; importing it costs ~0.1 s
+    import plotly.graph_objects as go
     from jaxtyping import Float, Int
 
 HEADS_SCHEMA_VERSION = 1
@@ -427,7 +428,7 @@ class HeadResult:
         return self.positions.gains()
 
     # ---- figures (drawn by funnel_tl.plots.heads) ----------------------------------------------
-    def heatmap(self, value: str = "gain", title: str | None = None):
+    def heatmap(self, value: str = "gain", title: str | None = None) -> go.Figure:
         """A layer × head heatmap of ``value`` (see ``top``), every statistic in the hover.
 
         Args:
