@@ -54,9 +54,9 @@ _EXPORTS = {
     "SEED_PROMPTS": "prompts.sets",
     "load_prompts": "prompts.sets",
     "GainResult": "results.gains",
-    "Intervals": "analysis.stats",
+    "Intervals": "analysis.intervals",
     "bootstrap_intervals": "analysis.stats",
-    "robust_funnel_test": "analysis.stats",
+    "robust_funnel_test": "analysis.robust",
     "EffectResult": "results.effects",
     "measure_effects": "measure.effects",
     "plot_effects": "plots.effects",
@@ -99,8 +99,10 @@ __all__ += ["MeasureOptions"]
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and the API reference (griffe)
     from funnel_tl.analysis.funnel import PYTHIA_1_4B_REFERENCE, FunnelTest, comparison_1_4b, funnel_test
+    from funnel_tl.analysis.intervals import Intervals
     from funnel_tl.analysis.report import format_analysis
-    from funnel_tl.analysis.stats import Intervals, bootstrap_intervals, robust_funnel_test
+    from funnel_tl.analysis.robust import robust_funnel_test
+    from funnel_tl.analysis.stats import bootstrap_intervals
     from funnel_tl.errors import FunnelError
     from funnel_tl.measure.cache import gains_from_cache
     from funnel_tl.measure.effects import measure_effects

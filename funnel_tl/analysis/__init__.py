@@ -28,10 +28,10 @@ _EXPORTS = {
     "DEFAULT_RESAMPLES": "stats",
     "DEFAULT_SEED": "stats",
     "DEFAULT_CONFIDENCE": "stats",
-    "METHODS": "stats",
+    "METHODS": "intervals",
     "DEFAULT_METHOD": "stats",
-    "INTERVAL_KEYS": "stats",
-    "Intervals": "stats",
+    "INTERVAL_KEYS": "intervals",
+    "Intervals": "intervals",
     "MAX_RESAMPLES": "stats",
     "CHUNK_FLOATS": "stats",
     "bootstrap_bytes": "stats",
@@ -44,10 +44,10 @@ _EXPORTS = {
     "t_critical": "stats",
     "Dominance": "stats",
     "dominant_prompts": "stats",
-    "RobustFunnelTest": "stats",
-    "classify": "stats",
-    "interval_counts": "stats",
-    "robust_funnel_test": "stats",
+    "RobustFunnelTest": "robust",
+    "classify": "robust",
+    "interval_counts": "robust",
+    "robust_funnel_test": "robust",
     "mean_intervals": "stats",
     "NOTABLE_FACTOR": "readings",
     "WITHOUT": "readings",
@@ -112,6 +112,7 @@ if TYPE_CHECKING:
         funnel_test,
         summarize,
     )
+    from funnel_tl.analysis.intervals import INTERVAL_KEYS, METHODS, Intervals
     from funnel_tl.analysis.readings import (
         CRITERIA,
         NOTABLE_FACTOR,
@@ -127,6 +128,7 @@ if TYPE_CHECKING:
         post_norm_lines,
     )
     from funnel_tl.analysis.report import DOMINANT_SHOWN, FEW_PROMPTS, format_analysis
+    from funnel_tl.analysis.robust import RobustFunnelTest, classify, interval_counts, robust_funnel_test
     from funnel_tl.analysis.sink import (
         SinkEffect,
         cached_sink_effect,
@@ -140,24 +142,17 @@ if TYPE_CHECKING:
         DEFAULT_METHOD,
         DEFAULT_RESAMPLES,
         DEFAULT_SEED,
-        INTERVAL_KEYS,
         MAX_RESAMPLES,
-        METHODS,
         MIN_STUDENTIZED,
         Dominance,
-        Intervals,
-        RobustFunnelTest,
         available_memory,
         bootstrap_bytes,
         bootstrap_intervals,
         check_bootstrap,
-        classify,
         dominant_prompts,
-        interval_counts,
         mean_intervals,
         resample_weight_chunks,
         resample_weights,
-        robust_funnel_test,
         t_critical,
     )
 

@@ -1,7 +1,7 @@
 """How many expanding MLP layers "the MLP mostly contracts" allows: the seed's rule and a depth-scaled one.
 
 A leaf module (it imports nothing of funnel_tl's but the error type), read by both the seed's
-verdict (``funnel``) and the robust verdict (``stats``); so is ``not_testable``, the one rule on
+verdict (``funnel``) and the robust verdict (``robust``); so is ``not_testable``, the one rule on
 when either verdict may be given at all.
 
 The seed tested Pythia-1.4B and allowed three of its 24 MLP layers to expand

@@ -6,7 +6,7 @@ seed notebook's, criterion for criterion.
 
 The verdicts are about every layer ("attention contracts in *every* layer", "the *last* MLP
 expands"), so a result measured on some layers only (``measure_gains(..., layers=...)``) is not
-testable: ``funnel_test`` and ``stats.robust_funnel_test`` refuse it with the reason
+testable: ``funnel_test`` and ``robust.robust_funnel_test`` refuse it with the reason
 ``not_testable`` gives, which results.json (``"not_testable"``), the printed analysis and the
 figure's subtitle show in place of the verdict.
 """
@@ -14,10 +14,14 @@ figure's subtitle show in place of the verdict.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from funnel_tl.analysis.criteria import MLP_EXPANDING_ALLOWED, require_all_layers
+
+if TYPE_CHECKING:
+    from funnel_tl.results.gains import GainResult
 
 # Measured on Pythia-1.4B by the seed notebook's method (definition="seed"), copied from it.
 PYTHIA_1_4B_REFERENCE = {
@@ -74,13 +78,22 @@ class FunnelTest:
         return {key: bool(value) for key, value in asdict(self).items()}
 
 
-def funnel_test(result) -> FunnelTest:
+def funnel_test(result: GainResult) -> FunnelTest:
     """Test the Funnel Model on a ``GainResult`` exactly as the seed notebook does.
 
     Criterion 2 is the seed's literal ``mlp_contracting >= n_layers - 3``, which cannot fail for a
     model of three layers or fewer (``format_analysis`` says so); the robust verdict
-    (``funnel_tl.analysis.stats``) scales the allowance with depth (``funnel_tl.analysis.criteria``). A result
+    (``funnel_tl.analysis.robust``) scales the allowance with depth (``funnel_tl.analysis.criteria``). A result
     measured on some layers only is refused (FunnelError; see ``not_testable``).
+
+    Args:
+        result: a ``GainResult`` measured on every layer; its ``[layer]`` attention and MLP gains
+            (point estimates, no intervals) are tested.
+
+    Returns:
+        The four criteria and the verdict: attention contracts (gain < 1) in every layer, the MLP
+        in all but at most 3, the last layer's MLP expands (gain > 1); that layer's MLP gain being
+        the largest is reported, not required.
     """
     require_all_layers(result)
     n_layers = result.n_layers
@@ -97,8 +110,17 @@ def funnel_test(result) -> FunnelTest:
     )
 
 
-def comparison_1_4b(result) -> dict[str, bool]:
-    """The seed's ``comparison_1_4b`` block: does the pattern match Pythia-1.4B's?"""
+def comparison_1_4b(result: GainResult) -> dict[str, bool]:
+    """The seed's ``comparison_1_4b`` block: does the pattern match Pythia-1.4B's?
+
+    Args:
+        result: a ``GainResult`` measured on every layer.
+
+    Returns:
+        ``attn_contraction_match`` (attention contracts in more than 95% of the layers),
+        ``mlp_expansion_in_last`` (the last MLP gain > 1) and ``pattern_match`` (``funnel_test``'s
+        verdict).
+    """
     require_all_layers(result, "the Pythia-1.4B comparison")
     attn = summarize(result.attn_gains)
     return {

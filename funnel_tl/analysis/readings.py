@@ -26,7 +26,7 @@ import numpy as np
 
 from funnel_tl.analysis.criteria import not_testable
 from funnel_tl.analysis.funnel import funnel_test, summarize
-from funnel_tl.analysis.stats import robust_funnel_test
+from funnel_tl.analysis.robust import robust_funnel_test
 from funnel_tl.components import KEYS
 from funnel_tl.measure.reads import definition_roles
 

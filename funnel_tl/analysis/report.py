@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from funnel_tl.analysis.criteria import (
@@ -20,9 +22,13 @@ from funnel_tl.analysis.readings import (
     notable,
     post_norm_lines,
 )
-from funnel_tl.analysis.stats import dominant_prompts, robust_funnel_test
+from funnel_tl.analysis.robust import robust_funnel_test
+from funnel_tl.analysis.stats import dominant_prompts
 from funnel_tl.prompts.tokens import dropped_phrase
 from funnel_tl.results.folders import short_name
+
+if TYPE_CHECKING:
+    from funnel_tl.results.gains import GainResult
 
 # Below this many prompts the printed robust verdict carries a caveat. The t intervals cover what
 # they claim from 8 prompts on (stats' docstring), but a handful of prompts gives wide intervals
@@ -33,7 +39,7 @@ FEW_PROMPTS = 20
 DOMINANT_SHOWN = 6
 
 
-def format_analysis(result) -> str:
+def format_analysis(result: GainResult) -> str:
     """The seed notebook's printed analysis, hypothesis test and Pythia-1.4B comparison.
 
     Measured on some layers only: the counts are over those layers, the layers named are true
@@ -44,8 +50,16 @@ def format_analysis(result) -> str:
     verdict changes, or a headline gain moves 1.5-fold or more (``funnel_tl.analysis.readings``); then the
     other definition's verdict from the same forward and why the two differ, and, for sandwich and
     post-norm blocks, how much of each seed gain the post-norm supplies.
+
+    Args:
+        result: a ``GainResult``; with intervals (``with_intervals``) the robust verdict and the
+            layers one prompt dominates are printed too.
+
+    Returns:
+        The analysis, one string of lines, as ``funnel-tl run`` and ``funnel-tl report`` print it.
     """
-    n = len(result.layers)
+    layers = result.layers or ()  # the measured ones (None only before a result is built)
+    n = len(layers)
     attn, mlp, combined = (
         summarize(gains, result.layers) for gains in (result.attn_gains, result.mlp_gains, result.combined_gains)
     )
@@ -261,7 +275,7 @@ def format_analysis(result) -> str:
     if without is not None:
         columns[0] += f" {'w/o position 0':>15}"
         # The seed's own max-MLP layer without position 0: what its headline is without the sink.
-        row = result.layers.index(mlp.max_layer)
+        row = layers.index(mlp.max_layer)
         rows.append(
             (
                 f"MLP gain at L{mlp.max_layer}",

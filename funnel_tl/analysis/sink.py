@@ -9,7 +9,7 @@ import numpy as np
 
 from funnel_tl.analysis.funnel import funnel_test
 from funnel_tl.analysis.readings import changed_criteria, factor
-from funnel_tl.analysis.stats import robust_funnel_test
+from funnel_tl.analysis.robust import robust_funnel_test
 from funnel_tl.results.positions import SINGLE_POSITIONS
 
 
@@ -29,7 +29,7 @@ class SinkEffect:
     # results.GainResult without the first k positions, with its own intervals when drawn: kept out of
     # == (numpy arrays have no truth value) and of the repr (its sums).
     without: Any = field(repr=False, compare=False)
-    # The robust verdicts (stats.RobustFunnelTest) when the result carries intervals; the second
+    # The robust verdicts (robust.RobustFunnelTest) when the result carries intervals; the second
     # from intervals drawn the same way on the prompts left.
     robust_all_positions: Any = None
     robust_without_first: Any = None

@@ -1,4 +1,4 @@
-"""Uncertainty over prompts: intervals for every per-layer gain, a robust verdict, fragile means.
+"""Uncertainty over prompts: drawing the intervals of every per-layer gain, and the means one prompt dominates.
 
 The seed notebook averaged eight prompts and read "gain < 1" off the point estimate. Eight
 prompts are few: a layer whose gain is 0.98 may just as well be 1.03 on another eight. Every
@@ -34,9 +34,10 @@ the log covered 93–94% at 8 prompts (the cumulative gain, a product of 60 mean
 studentized bootstrap 94–95%. No interval can cover a mean that a rare prompt dominates when the
 prompts at hand include no such prompt; when they do, ``dominant_prompts`` flags the layer.
 
-The robust verdict repeats the seed's hypothesis test, counting a layer as contracting only when
-its whole interval lies below 1 and as expanding only when it lies wholly above 1; a layer whose
-interval straddles 1 is "undetermined" and supports neither side.
+``Intervals``, the record of the intervals, lives in ``funnel_tl.analysis.intervals``. The robust
+verdict (``funnel_tl.analysis.robust``) repeats the seed's hypothesis test, counting a layer as
+contracting only when its whole interval lies below 1 and as expanding only when it lies wholly
+above 1; a layer whose interval straddles 1 is "undetermined" and supports neither side.
 
 >>> import numpy as np
 >>> from funnel_tl.results.gains import GainResult
@@ -55,14 +56,22 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import einops
 import numpy as np
 
-from funnel_tl.analysis.criteria import mlp_expanding_allowed, require_all_layers
+from funnel_tl.analysis.intervals import INTERVAL_KEYS, METHODS, Intervals
+
+# Re-exported (they were defined here before the robust verdict had a module of its own).
+from funnel_tl.analysis.robust import RobustFunnelTest, classify, interval_counts, robust_funnel_test  # noqa: F401
 from funnel_tl.errors import FunnelError
+
+if TYPE_CHECKING:  # jaxtyping's shapes for type checkers and the API reference; importing it costs ~0.1 s
+    from jaxtyping import Float
+
+    from funnel_tl.results.gains import GainResult
 
 # 2,000 resamples put the Monte Carlo error of a 2.5th/97.5th percentile well below the width of
 # the interval itself at eight prompts; the whole bootstrap is a [resample, prompt] × [prompt,
@@ -70,127 +79,8 @@ from funnel_tl.errors import FunnelError
 DEFAULT_RESAMPLES = 2000
 DEFAULT_SEED = 0
 DEFAULT_CONFIDENCE = 0.95
-# How intervals are drawn (see the module docstring); the key is what results.json names.
-METHODS = {
-    "t": "t intervals over prompts (attention, mlp, block: of the mean of per-prompt gains); combined, "
-    "cumulative: studentized bootstrap of the log of the product, delta-method standard error",
-    "percentile": "percentile bootstrap over prompts",
-}
+# How intervals are drawn by default (``METHODS``, in ``funnel_tl.analysis.intervals``).
 DEFAULT_METHOD = "t"
-
-# What each interval is of, by its key in results.json (the key "attention" is the seed's name).
-INTERVAL_KEYS = {
-    "attn": "attention",
-    "mlp": "mlp",
-    "combined": "combined",
-    "block": "block",
-    "cumulative": "cumulative",
-}
-
-
-@dataclass(frozen=True)
-class Intervals:
-    """Bootstrap intervals over prompts, one ``[lo, hi]`` row per layer for each gain.
-
-    Shapes: ``attn``, ``mlp``, ``combined``, ``block`` and ``cumulative`` are ``[layer, 2]``
-    (column 0 the lower bound, column 1 the upper); ``cumulative`` may have fewer rows (a result
-    measured on some layers: its measured prefix 0..k, possibly none). ``method`` (a key of
-    ``METHODS``: ``"t"`` or ``"percentile"``) and ``confidence`` say how they were drawn, and
-    ``n_resamples`` and ``seed`` the resampling (the percentile bootstrap's; under ``"t"`` the
-    products' studentized bootstrap); the same arguments on the same result give the same intervals.
-    """
-
-    confidence: float
-    n_resamples: int
-    seed: int
-    attn: np.ndarray
-    mlp: np.ndarray
-    combined: np.ndarray
-    block: np.ndarray
-    cumulative: np.ndarray
-    # Last and with a default, so Intervals built before methods existed (and files without the
-    # key) read as what they were: percentile bootstrap intervals.
-    method: str = "percentile"
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise FunnelError(f"unknown interval method {self.method!r}: choose one of {', '.join(METHODS)}")
-        if not 0 < self.confidence < 1:
-            raise FunnelError(f"confidence must lie between 0 and 1, got {self.confidence}")
-        shape = None
-        for component in INTERVAL_KEYS:
-            array = np.asarray(getattr(self, component), dtype=np.float64)
-            if component == "cumulative" and array.size == 0:
-                array = array.reshape(0, 2)  # no measured prefix (read back from JSON as [])
-            if array.ndim != 2 or array.shape[1] != 2:
-                raise FunnelError(f"{component} intervals have shape {array.shape}, expected [layer, 2]")
-            if component == "cumulative" and shape is not None and array.shape[0] <= shape[0]:
-                pass  # a measured prefix of the layers (the ones before it, when all were measured)
-            elif shape is not None and array.shape != shape:
-                raise FunnelError(f"{component} intervals have {array.shape[0]} layers, others {shape[0]}")
-            if not np.all(np.isfinite(array)):
-                raise FunnelError(f"{component} intervals hold NaN or inf")
-            if not np.all(array[:, 0] <= array[:, 1]):
-                raise FunnelError(f"{component} intervals have a lower bound above the upper one")
-            shape = array.shape
-            object.__setattr__(self, component, array)
-
-    @property
-    def n_layers(self) -> int:
-        return self.attn.shape[0]
-
-    def describe(self, n_prompts: int | None = None) -> str:
-        """How the intervals were drawn, in a few words for titles and the printed analysis.
-
-        >>> ok = np.ones((1, 2))
-        >>> Intervals(0.95, 2000, 0, ok, ok, ok, ok, ok, method="t").describe(8)
-        '95% t intervals over 8 prompts (products: studentized bootstrap, 2000 resamples, seed 0)'
-        """
-        percent, over = f"{100 * self.confidence:g}%", f"over {n_prompts} prompts" if n_prompts else "over prompts"
-        if self.method == "t":
-            return (
-                f"{percent} t intervals {over} (products: studentized bootstrap, {self.n_resamples} resamples, "
-                f"seed {self.seed})"
-            )
-        return f"{percent} percentile-bootstrap intervals {over} ({self.n_resamples} resamples, seed {self.seed})"
-
-    def of(self, component: str) -> np.ndarray:
-        """``[layer, 2]`` intervals of ``attn``, ``mlp``, ``combined``, ``block`` or ``cumulative``."""
-        if component not in INTERVAL_KEYS:
-            raise FunnelError(f"no intervals for {component!r}: choose one of {', '.join(INTERVAL_KEYS)}")
-        return getattr(self, component)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``"intervals"`` block of results.json."""
-        return {
-            "confidence": float(self.confidence),
-            "n_resamples": int(self.n_resamples),
-            "seed": int(self.seed),
-            "method": self.method,
-            "method_description": METHODS[self.method],
-            **{key: self.of(component).tolist() for component, key in INTERVAL_KEYS.items()},
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "results") -> Intervals:
-        try:
-            # Files written before the t intervals say "percentile bootstrap over prompts".
-            renamed: dict[str | None, str] = {METHODS["percentile"]: "percentile"}
-            method = renamed.get(data.get("method"), data.get("method", "percentile"))
-            return cls(
-                confidence=float(data["confidence"]),
-                n_resamples=int(data["n_resamples"]),
-                seed=int(data["seed"]),
-                method=method,
-                **{component: np.asarray(data[key], dtype=np.float64) for component, key in INTERVAL_KEYS.items()},
-            )
-        except FunnelError as error:
-            raise FunnelError(f"{source}: {error}: rerun `funnel-tl report --bootstrap N` to redraw them") from None
-        except (KeyError, TypeError, ValueError) as error:
-            raise FunnelError(
-                f"{source} has incomplete bootstrap intervals (missing or bad {error}): "
-                "rerun `funnel-tl run`, or `funnel-tl report --bootstrap N` to redraw them"
-            ) from None
 
 
 # Past a million resamples the Monte Carlo error of a percentile (~1/sqrt(resamples)) is far below
@@ -268,7 +158,7 @@ def resample_weights(n_prompts: int, n_resamples: int, seed: int) -> np.ndarray:
 
 
 def bootstrap_intervals(
-    result,
+    result: GainResult,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
     confidence: float = DEFAULT_CONFIDENCE,
@@ -277,8 +167,26 @@ def bootstrap_intervals(
     """Intervals over prompts for every per-layer gain of ``result``: t intervals (the default) or
     the percentile bootstrap (``method="percentile"``, drawing ``n_resamples`` with ``seed``).
 
-    ``result`` is a ``GainResult``; the intervals derive from its per-prompt norm sums alone, so
-    ``funnel-tl report`` can redraw them from results.json without a model.
+    The intervals derive from the result's per-prompt norm sums alone, so ``funnel-tl report``
+    can redraw them from results.json without a model.
+
+    Args:
+        result: a ``GainResult`` over at least 2 prompts; its ``[prompt, layer]`` per-prompt gains
+            are what is resampled.
+        n_resamples: resamples of the prompts with replacement: the percentile bootstrap's, or
+            under ``"t"`` the products' studentized bootstrap (up to ``MAX_RESAMPLES``, and what
+            memory allows: ``check_bootstrap``).
+        seed: the random seed of the resamples; the same seed gives the same intervals.
+        confidence: the intervals' coverage, between 0 and 1 (0.95: the 2.5th to 97.5th percentile).
+        method: ``"t"`` or ``"percentile"`` (``METHODS``; the module docstring says how each draws).
+
+    Returns:
+        ``Intervals``: ``[layer, 2]`` bounds of the attn, mlp, block and combined gains over
+        ``result.layers``, and of the cumulative gain over ``result.cumulative_layers``.
+
+    Raises:
+        FunnelError: an unknown method, no resample, a confidence outside (0, 1), fewer than 2
+            prompts, or a bootstrap too large for memory.
     """
     if method not in METHODS:
         raise FunnelError(f"unknown interval method {method!r}: choose one of {', '.join(METHODS)}")
@@ -291,7 +199,7 @@ def bootstrap_intervals(
             f"{result.model}: intervals over prompts need at least 2 prompts, got "
             f"{result.n_prompts}: give more prompts, or --bootstrap 0 to skip intervals"
         )
-    n_layers = len(result.layers)  # the measured ones
+    n_layers = len(result.layers or ())  # the measured ones (None only before a result is built)
     check_bootstrap(n_resamples, result.n_prompts, n_layers, seed=seed)
     per_prompt = {component: result.per_prompt_gains(component) for component in ("attn", "mlp", "block")}
     prefix = len(result.cumulative_layers)  # a running product from layer 0 is exact over these only
@@ -462,7 +370,7 @@ class Dominance:
         )
 
 
-def dominant_prompts(result, confidence: float = DEFAULT_CONFIDENCE) -> list[Dominance]:
+def dominant_prompts(result: GainResult, confidence: float = DEFAULT_CONFIDENCE) -> list[Dominance]:
     """The layers (attn, mlp, block) whose mean one prompt dominates, with that prompt.
 
     A prompt dominates a layer's mean when the mean over all n prompts lies outside the
@@ -481,6 +389,15 @@ def dominant_prompts(result, confidence: float = DEFAULT_CONFIDENCE) -> list[Dom
     (``tests/test_coverage.py``). Needs 3 prompts (an interval over the other two); one flag per
     layer and component, the prompt that moves the mean most.
 
+    Args:
+        result: a ``GainResult``; its attn, mlp and block ``[prompt, layer]`` per-prompt gains
+            are read.
+        confidence: the coverage of the t interval over the other prompts.
+
+    Returns:
+        One ``Dominance`` per dominated layer and component (``layer`` a true index), none below
+        3 prompts.
+
     >>> from funnel_tl.results.gains import GainResult
     >>> gains = np.array([[1.0], [1.1], [0.9], [1.0], [9.0]])  # [prompt, layer]: prompt 4 far off
     >>> result = GainResult(model="toy", definition="seed", n_layers=1, d_model=8, parallel_blocks=True,
@@ -490,7 +407,7 @@ def dominant_prompts(result, confidence: float = DEFAULT_CONFIDENCE) -> list[Dom
     >>> print(dominant_prompts(result)[0].describe())
     attention L0 2.6: prompt 4 alone 9, the others 1 [0.8701, 1.13]
     """
-    n = result.n_prompts
+    n, layers = result.n_prompts, result.layers or ()
     if n < 3:
         return []
     critical = t_critical(confidence, n - 2)
@@ -509,7 +426,7 @@ def dominant_prompts(result, confidence: float = DEFAULT_CONFIDENCE) -> list[Dom
             found.append(
                 Dominance(
                     component=component,
-                    layer=int(result.layers[row]),
+                    layer=int(layers[row]),
                     prompt=prompt,
                     gain=float(mean[row]),
                     prompt_gain=float(gains[prompt, row]),
@@ -523,87 +440,13 @@ def dominant_prompts(result, confidence: float = DEFAULT_CONFIDENCE) -> list[Dom
     return found
 
 
-@dataclass(frozen=True)
-class RobustFunnelTest:
-    """The seed's four criteria, counting only layers whose whole interval lies on one side of 1.
-
-    ``counts[key]`` holds ``n_contracting`` (interval wholly below 1), ``n_expanding`` (wholly
-    above 1) and ``n_undetermined`` (straddles 1) for key in attention, mlp, combined, block.
-    """
-
-    attention_always_contracts: bool
-    mlp_mostly_contracts: bool
-    last_layer_expands: bool
-    last_layer_is_max: bool
-    funnel_confirmed: bool
-    counts: dict[str, dict[str, int]]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``"robust_funnel_test"`` block: the same boolean keys as ``"funnel_test"`` plus counts."""
-        data = asdict(self)
-        return {**{key: bool(value) for key, value in data.items() if key != "counts"}, "counts": data["counts"]}
-
-
-def classify(intervals: np.ndarray) -> np.ndarray:
-    """Per layer: -1 contracting (hi < 1), +1 expanding (lo > 1), 0 undetermined (straddles 1)."""
-    intervals = np.asarray(intervals, dtype=np.float64)  # [layer, 2]
-    return np.where(intervals[:, 1] < 1, -1, np.where(intervals[:, 0] > 1, 1, 0))
-
-
-def interval_counts(intervals: np.ndarray) -> dict[str, int]:
-    kinds = classify(intervals)
-    return {
-        "n_contracting": int(np.sum(kinds == -1)),
-        "n_expanding": int(np.sum(kinds == 1)),
-        "n_undetermined": int(np.sum(kinds == 0)),
-    }
-
-
-def robust_funnel_test(result, intervals: Intervals | None = None) -> RobustFunnelTest:
-    """The seed's hypothesis test on the intervals instead of the point estimates.
-
-    1. attention always contracts: every layer's attention interval lies below 1;
-    2. MLP mostly contracts: at most ``max(1, floor(n_layers / 8))`` layers lack an MLP interval
-       wholly below 1 (the seed's 3 of 24 scaled with depth, ``funnel_tl.analysis.criteria``: the seed's
-       literal "at most three" cannot fail for a model of three layers or fewer);
-    3. the last layer's MLP expands: its interval lies wholly above 1;
-    4. the last layer has the max MLP gain: its interval lies above every other layer's
-       (reported, not required, as in the seed).
-
-    A result measured on some layers only is refused, as by ``funnel.funnel_test``.
-    """
-    require_all_layers(result, "the robust Funnel test")
-    intervals = intervals if intervals is not None else getattr(result, "intervals", None)
-    if intervals is None:
-        raise FunnelError(f"{result.model}: no bootstrap intervals: compute them with result.with_intervals()")
-    n_layers = result.n_layers
-    counts = {
-        key: interval_counts(intervals.of(component))
-        for component, key in INTERVAL_KEYS.items()
-        if component != "cumulative"
-    }
-    mlp = intervals.mlp  # [layer, 2]
-    attention_contracts = counts["attention"]["n_contracting"] == n_layers
-    mlp_mostly = counts["mlp"]["n_contracting"] >= n_layers - mlp_expanding_allowed(n_layers)
-    last_expands = bool(mlp[-1, 0] > 1)
-    last_is_max = bool(n_layers == 1 or mlp[-1, 0] > mlp[:-1, 1].max())
-    return RobustFunnelTest(
-        attention_always_contracts=attention_contracts,
-        mlp_mostly_contracts=mlp_mostly,
-        last_layer_expands=last_expands,
-        last_layer_is_max=last_is_max,
-        funnel_confirmed=attention_contracts and mlp_mostly and last_expands,
-        counts=counts,
-    )
-
-
 def mean_intervals(
-    values: np.ndarray,
+    values: Float[np.ndarray, "prompt ..."],
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
     confidence: float = DEFAULT_CONFIDENCE,
     method: str = DEFAULT_METHOD,
-) -> np.ndarray:
+) -> Float[np.ndarray, "... 2"]:
     """``[..., 2]`` intervals of the mean over prompts of per-prompt ``values`` ``[prompt, ...]``.
 
     The interval a per-layer gain has (``bootstrap_intervals`` for attn, mlp and block), for any
@@ -611,6 +454,18 @@ def mean_intervals(
     differences of them. ``method`` as there: ``"t"``, mean ± t(n−1) · sd / √n (unclamped: a
     Δloss or a difference may be negative); ``"percentile"``, the percentile bootstrap with the
     same resample weights (``n_resamples``, ``seed``) as the gains'.
+
+    Args:
+        values: ``[prompt, ...]`` one value per prompt of each statistic (``[prompt, layer]``
+            for a per-layer one), at least 2 prompts.
+        n_resamples: resamples of the prompts for ``"percentile"`` (unused by ``"t"``).
+        seed: the random seed of the resamples.
+        confidence: the intervals' coverage, between 0 and 1.
+        method: ``"t"`` or ``"percentile"``.
+
+    Returns:
+        ``[..., 2]``: the lower and upper bound of the mean of each statistic (``[layer, 2]``
+        for ``[prompt, layer]`` values).
 
     >>> values = np.array([[0.5, 2.0], [0.6, 2.2], [0.4, 1.8]])   # [prompt, layer]
     >>> [round(float(bound), 3) for bound in mean_intervals(values)[0]]  # 0.5 ± t(2) · 0.1 / √3

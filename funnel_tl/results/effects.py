@@ -25,19 +25,20 @@ effects.json: ``effects[i][c]["delta_loss"]`` and ``["kl"]`` (lists over layers)
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from funnel_tl.analysis.effects import gain_versus_effect
+from funnel_tl.analysis.intervals import METHODS
 from funnel_tl.analysis.stats import (
     DEFAULT_CONFIDENCE,
     DEFAULT_METHOD,
     DEFAULT_RESAMPLES,
     DEFAULT_SEED,
-    METHODS,
     mean_intervals,
 )
 from funnel_tl.components import EFFECT_COMPONENTS, GAIN_COMPONENT
@@ -46,6 +47,9 @@ from funnel_tl.measure.layers import check_measured
 from funnel_tl.prompts.sets import prompts_sha256
 from funnel_tl.results.files import prompts_block, prompts_subset, read_json, require_pandas, write_json_atomic
 from funnel_tl.results.gains import GainResult
+
+if TYPE_CHECKING:  # jaxtyping's shapes for type checkers and the API reference; importing it costs ~0.1 s
+    from jaxtyping import Float, Int
 
 EFFECTS_SCHEMA_VERSION = 1
 MEASURES = ("delta_loss", "kl")
@@ -117,11 +121,11 @@ class EffectResult:
     layers: tuple[int, ...]
     interventions: tuple[str, ...]
     prompts: tuple[str, ...] | None  # None: texts not kept; their sha256 is in the provenance
-    n_predicted: np.ndarray
-    n_positions: np.ndarray
-    clean_loss: np.ndarray
-    delta_loss: dict[str, dict[str, np.ndarray]]
-    kl: dict[str, dict[str, np.ndarray]]
+    n_predicted: Int[np.ndarray, " prompt"]
+    n_positions: Int[np.ndarray, " prompt"]
+    clean_loss: Float[np.ndarray, " prompt"]
+    delta_loss: dict[str, dict[str, Float[np.ndarray, "prompt layer"]]]
+    kl: dict[str, dict[str, Float[np.ndarray, "prompt layer"]]]
     gains: GainResult
     drop_first: int = 0
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -193,8 +197,19 @@ class EffectResult:
     def mean_clean_loss(self) -> float:
         return float(self.clean_loss.mean())
 
-    def per_prompt(self, measure: str, intervention: str, component: str) -> np.ndarray:
-        """``[prompt, layer]`` Δloss (``measure="delta_loss"``) or KL (``"kl"``) of each prompt."""
+    def per_prompt(self, measure: str, intervention: str, component: str) -> Float[np.ndarray, "prompt layer"]:
+        """``[prompt, layer]`` Δloss (``measure="delta_loss"``) or KL (``"kl"``) of each prompt.
+
+        Args:
+            measure: ``"delta_loss"`` (mean over the predicted positions of the change in
+                next-token cross-entropy) or ``"kl"`` (mean over the positions of KL(clean ‖
+                intervened)), both in nats.
+            intervention: one of ``interventions``, e.g. ``"zero"``, ``"mean"`` or ``"scale:0.5"``.
+            component: ``"attention"`` or ``"mlp"``.
+
+        Returns:
+            ``[prompt, layer]`` values, ``layer`` over ``layers``.
+        """
         if measure not in MEASURES:
             raise FunnelError(f"unknown measure {measure!r}: choose delta_loss or kl")
         table = getattr(self, measure)
@@ -206,12 +221,22 @@ class EffectResult:
             raise FunnelError(f"unknown component {component!r}: choose attention or mlp")
         return table[intervention][component]
 
-    def effect(self, measure: str, intervention: str, component: str) -> np.ndarray:
-        """``[layer]``: the mean over prompts of ``per_prompt(measure, intervention, component)``."""
+    def effect(self, measure: str, intervention: str, component: str) -> Float[np.ndarray, " layer"]:
+        """``[layer]``: the mean over prompts of ``per_prompt(measure, intervention, component)``.
+
+        Args:
+            measure: ``"delta_loss"`` or ``"kl"`` (nats).
+            intervention: one of ``interventions``.
+            component: ``"attention"`` or ``"mlp"``.
+        """
         return self.per_prompt(measure, intervention, component).mean(axis=0)
 
-    def gain(self, component: str) -> np.ndarray:
-        """``[layer]``: the gain of ``component`` (attention or mlp) on the same prompts."""
+    def gain(self, component: str) -> Float[np.ndarray, " layer"]:
+        """``[layer]``: the gain of ``component`` (attention or mlp) on the same prompts.
+
+        Args:
+            component: ``"attention"`` (``gains.attn_gains``) or ``"mlp"`` (``gains.mlp_gains``).
+        """
         return self.gains.gains(GAIN_COMPONENT[component])
 
     def with_intervals(
@@ -224,7 +249,18 @@ class EffectResult:
         """A new result with intervals over prompts of every effect (``stats.mean_intervals``: t
         intervals by default, ``method="percentile"`` the percentile bootstrap) and of the gains
         beside them (``GainResult.with_intervals``), drawn with the same settings. A KL's lower
-        bound is kept ≥ 0 (no divergence is negative)."""
+        bound is kept ≥ 0 (no divergence is negative).
+
+        Args:
+            n_resamples: resamples of the prompts (``stats.DEFAULT_RESAMPLES``, 2,000, if None).
+            seed: the resamples' random seed (0 if None).
+            confidence: the intervals' coverage, between 0 and 1 (0.95 if None).
+            method: ``"t"`` (if None) or ``"percentile"``.
+
+        Returns:
+            This result with ``intervals`` (``[layer, 2]`` per measure, intervention and component;
+            ``[2]`` for the clean loss) and its ``gains`` with theirs.
+        """
         settings: dict[str, Any] = dict(
             n_resamples=DEFAULT_RESAMPLES if n_resamples is None else n_resamples,
             seed=DEFAULT_SEED if seed is None else seed,
@@ -258,8 +294,13 @@ class EffectResult:
         )
         return replace(self, intervals=intervals, gains=self.gains.with_intervals(**settings))
 
-    def subset(self, prompt_indices) -> EffectResult:
-        """A new result over some prompts (intervals dropped: they describe all of them)."""
+    def subset(self, prompt_indices: Sequence[int] | Int[np.ndarray, " index"]) -> EffectResult:
+        """A new result over some prompts (intervals dropped: they describe all of them).
+
+        Args:
+            prompt_indices: ``[index]`` positions in this result's prompts, at least one; the
+                gains beside the effects are subset alike.
+        """
         index = np.asarray(prompt_indices, dtype=np.int64)
         if index.size == 0:
             raise FunnelError("a subset needs at least one prompt")
@@ -279,9 +320,21 @@ class EffectResult:
             **pick,
         )
 
-    def assembled(self, pieces, prompts, truncation=None) -> EffectResult:
+    def assembled(
+        self,
+        pieces: Sequence[tuple[Any, EffectResult]],
+        prompts: Sequence[str],
+        truncation: dict | None = None,
+    ) -> EffectResult:
         """torchrun (``distributed.assemble``): one result from each rank's ``(prompt indices, result)``,
-        every per-prompt array back in ``prompts``' order, the gains assembled as a run's are."""
+        every per-prompt array back in ``prompts``' order, the gains assembled as a run's are.
+
+        Args:
+            pieces: ``(indices, result)`` per rank, ``indices`` an integer ``[prompt]`` array of
+                where its result's prompts go; together they cover every prompt once.
+            prompts: every prompt of the run, in order.
+            truncation: the run's truncation record for the provenance (``distributed.assemble``'s).
+        """
         # Imported on use: keeps torch out of importing this module.
         from funnel_tl.measure.distributed import assemble
 
@@ -404,8 +457,12 @@ class EffectResult:
             "provenance": self.provenance,
         }
 
-    def per_prompt_dict(self, rows=None) -> dict[str, Any]:
-        """The ``per_prompt`` block: counts, clean loss and every per-prompt effect (of ``rows`` only, if given)."""
+    def per_prompt_dict(self, rows: Sequence[int] | Int[np.ndarray, " index"] | None = None) -> dict[str, Any]:
+        """The ``per_prompt`` block: counts, clean loss and every per-prompt effect (of ``rows`` only, if given).
+
+        Args:
+            rows: prompt indices to keep (in that order), or None for every prompt.
+        """
         pick = slice(None) if rows is None else np.asarray(rows, dtype=np.int64)
         return {
             "n_predicted": [int(n) for n in self.n_predicted[pick]],
@@ -419,6 +476,12 @@ class EffectResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "effects") -> EffectResult:
+        """A result read back from its effects.json form (``to_dict``).
+
+        Args:
+            data: the parsed effects.json of a finished measurement.
+            source: what ``data`` was read from, named in a ``FunnelError`` when it does not fit.
+        """
         if not isinstance(data, dict) or data.get("kind") != "effects":
             raise FunnelError(f"{source} is not a funnel_tl effects file (funnel-tl effects writes one)")
         version = data.get("schema_version")
@@ -469,11 +532,23 @@ class EffectResult:
             raise FunnelError(f"{source} is not a complete funnel_tl effects file (missing or bad {error})") from None
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write effects.json atomically: a crash never leaves a half-written file."""
+        """Write effects.json atomically: a crash never leaves a half-written file.
+
+        Args:
+            path: the file to write (its folder must exist), usually ``<out>/effects.json``.
+
+        Returns:
+            The path written.
+        """
         return write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> EffectResult:
+        """A result read back from an effects.json that ``save`` (or ``funnel-tl effects``) wrote.
+
+        Args:
+            path: the effects.json file.
+        """
         return cls.from_dict(read_json(path), source=str(path))
 
 

@@ -63,26 +63,33 @@ and are refused (``funnel.not_testable``).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from funnel_tl.analysis.funnel import funnel_test
 from funnel_tl.analysis.sink import sink_effect
-from funnel_tl.components import COMPONENTS, DEFINITIONS, gain_ratio
+from funnel_tl.components import DEFINITIONS, gain_ratio
 from funnel_tl.errors import FunnelError
 from funnel_tl.measure.layers import check_measured, format_layer_spans
-from funnel_tl.measure.reads import definition_roles
 from funnel_tl.results.files import (
     prompts_subset,
     read_json,
     subset_index,
     write_json_atomic,
 )
+from funnel_tl.results.gains_checks import check_parts, check_sums
+from funnel_tl.results.gains_derived import drop_first_positions, mean_ratio, stream_stack, under_definition
+from funnel_tl.results.gains_display import result_html, result_repr
 from funnel_tl.results.gains_file import gain_frame, result_dict, result_from_dict
+
+if TYPE_CHECKING:  # jaxtyping's shapes for type checkers and the API reference; importing it costs ~0.1 s
+    from jaxtyping import Float, Int
+
+    from funnel_tl.analysis.intervals import Intervals
 
 
 @dataclass(frozen=True)
@@ -101,9 +108,9 @@ class GainResult:
     d_model: int
     parallel_blocks: bool
     prompts: tuple[str, ...] | None  # None: texts not kept (keep_texts=False); their sha256 is in the provenance
-    n_tokens: np.ndarray
-    out_sums: dict[str, np.ndarray]
-    in_sums: dict[str, np.ndarray]
+    n_tokens: Int[np.ndarray, " prompt"]
+    out_sums: dict[str, Float[np.ndarray, "prompt layer"]]
+    in_sums: dict[str, Float[np.ndarray, "prompt layer"]]
     drop_first: int = 0
     provenance: dict[str, Any] = field(default_factory=dict)
     # Bootstrap intervals over prompts (funnel_tl.analysis.stats.Intervals), or None until
@@ -128,100 +135,16 @@ class GainResult:
         object.__setattr__(self, "n_tokens", np.asarray(self.n_tokens, dtype=np.int64))
         if self.prompts is not None:
             object.__setattr__(self, "prompts", tuple(self.prompts))
-        n_prompts = len(self.prompts) if self.prompts is not None else len(self.n_tokens)
-        if self.n_tokens.shape != (n_prompts,):
-            raise ValueError(f"n_tokens has shape {self.n_tokens.shape}, expected ({n_prompts},)")
-        if n_prompts == 0:  # every gain would be the NaN mean of nothing
-            raise FunnelError(f"{self.model}: a result needs at least one prompt, got none")
-        if self.n_tokens.min() < 1:
-            raise ValueError("every prompt must count at least one token")
-        for sums in (self.out_sums, self.in_sums):
-            if set(sums) != set(COMPONENTS):
-                raise ValueError(f"sums must have the components {COMPONENTS}, got {sorted(sums)}")
-            for component in COMPONENTS:
-                array = np.asarray(sums[component], dtype=np.float64)
-                if array.shape != (n_prompts, len(layers)):
-                    raise ValueError(f"{component} sums have shape {array.shape}, expected {(n_prompts, len(layers))}")
-                if not np.all(np.isfinite(array)) or np.any(array < 0):
-                    raise ValueError(f"{component} sums must be finite and non-negative")
-                sums[component] = array
-        if self.intervals is not None and (self.intervals.n_layers, len(self.intervals.cumulative)) != (
-            len(layers),
-            len(self.cumulative_layers),
-        ):
-            raise ValueError(
-                f"intervals cover {self.intervals.n_layers} layers ({len(self.intervals.cumulative)} "
-                f"cumulative), the result {len(layers)} ({len(self.cumulative_layers)} cumulative)"
-            )
-        if self.positions is not None:
-            self._check_positions()
-        if self.reads is not None:
-            self._check_reads()
-        if self.token_histograms is not None and self.token_histograms.n_layers != len(layers):
-            raise ValueError(
-                f"token histograms cover {self.token_histograms.n_layers} layers, the result {len(layers)}"
-            )
-
-    def _check_reads(self) -> None:
-        """The definition's own sums must be the reads' sums of their roles: the same norms."""
-        reads = self.reads
-        if reads.n_prompts != self.n_prompts or next(iter(reads.sums.values())).shape[1] != len(self._layers):
-            raise ValueError(f"read sums cover {reads.n_prompts} prompts, the result {self.n_prompts}")
-        if np.any(reads.n_tokens_from_1 > self.n_tokens):
-            raise ValueError("read sums count more tokens from position 1 than in all")
-        for component, (out_role, in_role) in definition_roles(self.definition, self.parallel_blocks).items():
-            for role, sums in ((out_role, self.out_sums[component]), (in_role, self.in_sums[component])):
-                if role not in reads.sums or not np.array_equal(reads.sums[role], sums):
-                    raise ValueError(f"{component} sums are not the read sums of {role}")
-
-    def _check_positions(self) -> None:
-        """Position sums must add up, over buckets, to the per-prompt sums: the same tokens."""
-        positions = self.positions
-        if positions.n_prompts != self.n_prompts or positions.n_layers != len(self._layers):
-            raise ValueError(
-                f"position sums cover {positions.n_prompts} prompts x {positions.n_layers} layers, "
-                f"the result {self.n_prompts} x {len(self._layers)}"
-            )
-        if not np.array_equal(positions.n_tokens.sum(axis=1), self.n_tokens):
-            raise ValueError("position token counts do not add up to the per-prompt token counts")
-        for component in COMPONENTS:
-            for by_position, total in ((positions.out_sums, self.out_sums), (positions.in_sums, self.in_sums)):
-                # Both are float32 sums of the same norms grouped differently (~1e-6 relative apart).
-                if not np.allclose(by_position[component].sum(axis=2), total[component], rtol=1e-4, atol=1e-6):
-                    raise ValueError(f"{component} position sums do not add up to the per-prompt sums")
+        check_sums(self)  # a count for every prompt; [prompt, layer] sums, stored as float64
+        check_parts(self)  # intervals, position sums, read sums, histograms: the same prompts, layers, tokens
 
     # ---- display -----------------------------------------------------------------------------
     def __repr__(self) -> str:  # the prompts and per-prompt arrays would flood a notebook cell
-        return f"GainResult({', '.join(f'{key}={value}' for key, value in self._summary().items())})"
+        return result_repr(self)
 
     def _repr_html_(self) -> str:
         """A small table in notebooks: one row per layer, gains and (when drawn) intervals."""
-        import html
-
-        rows = []
-        for row, layer in enumerate(self._layers):
-            cells = "".join(f"<td>{_with_interval(self, c, row)}</td>" for c in ("attn", "mlp", "block"))
-            rows.append(f"<tr><td>{layer}</td>{cells}</tr>")
-        summary = ", ".join(f"{key}={html.escape(str(value))}" for key, value in self._summary(short=True).items())
-        return (
-            f"<div><code>GainResult({summary})</code><table><thead><tr><th>layer</th><th>attention</th>"
-            f"<th>MLP</th><th>block</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
-        )
-
-    def _summary(self, short: bool = False) -> dict[str, str]:
-        summary = {"model": repr(self.model), "definition": repr(self.definition), "n_layers": str(self.n_layers)}
-        if not self.all_layers:
-            summary["layers"] = repr(self.layer_spans)
-        summary |= {"n_prompts": str(self.n_prompts), "n_tokens": str(int(self.n_tokens.sum()))}
-        if self.drop_first:
-            summary["drop_first"] = str(self.drop_first)
-        if self.intervals is not None:
-            summary["intervals"] = f"'{100 * self.intervals.confidence:g}%, {self.intervals.n_resamples} resamples'"
-        if not short:
-            for component in ("attn", "mlp"):
-                summary[f"{component}_gains"] = _brief(self.gains(component))
-        summary["funnel_confirmed"] = str(funnel_test(self).funnel_confirmed) if self.all_layers else "'not testable'"
-        return summary
+        return result_html(self)
 
     def to_pandas(self):
         """The gains as a tidy table, one row per layer and component (pandas, imported here).
@@ -278,39 +201,65 @@ class GainResult:
             prefix += 1
         return self._layers[:prefix]
 
-    def per_prompt_gains(self, component: str) -> np.ndarray:
-        """``[prompt, layer]``: mean‖out‖ / (mean‖in‖ + 1e-10) of each prompt (the seed's)."""
+    def per_prompt_gains(self, component: str) -> Float[np.ndarray, "prompt layer"]:
+        """``[prompt, layer]``: mean‖out‖ / (mean‖in‖ + 1e-10) of each prompt (the seed's).
+
+        Args:
+            component: ``"attn"``, ``"mlp"`` or ``"block"``; ``out`` and ``in`` are its output and
+                input norms under ``definition`` (the module docstring's table), each averaged over
+                the prompt's counted tokens.
+
+        Returns:
+            ``[prompt, layer]`` gains, ``layer`` running over ``layers``.
+        """
         counts = self.n_tokens[:, None]
         return gain_ratio(self.out_sums[component] / counts, self.in_sums[component] / counts)
 
-    def gains(self, component: str) -> np.ndarray:
-        """``[layer]``: the mean over prompts of the per-prompt gains."""
+    def gains(self, component: str) -> Float[np.ndarray, " layer"]:
+        """``[layer]``: the mean over prompts of the per-prompt gains.
+
+        Args:
+            component: ``"attn"``, ``"mlp"`` or ``"block"`` (``attn_gains`` is ``gains("attn")``);
+                the products are ``combined_gains`` and ``cumulative_gains``.
+
+        Returns:
+            ``[layer]`` gains over ``layers``; a gain below 1 contracts what the sublayer reads.
+        """
         return self.per_prompt_gains(component).mean(axis=0)
 
     @property
-    def attn_gains(self) -> np.ndarray:
+    def attn_gains(self) -> Float[np.ndarray, " layer"]:
         return self.gains("attn")
 
     @property
-    def mlp_gains(self) -> np.ndarray:
+    def mlp_gains(self) -> Float[np.ndarray, " layer"]:
         return self.gains("mlp")
 
     @property
-    def block_gains(self) -> np.ndarray:
+    def block_gains(self) -> Float[np.ndarray, " layer"]:
         return self.gains("block")
 
     @property
-    def combined_gains(self) -> np.ndarray:
+    def combined_gains(self) -> Float[np.ndarray, " layer"]:
         """Attn gain × MLP gain of each layer (products of the aggregated gains, as the seed)."""
         return self.attn_gains * self.mlp_gains
 
     @property
-    def cumulative_gains(self) -> np.ndarray:
+    def cumulative_gains(self) -> Float[np.ndarray, " layer"]:
         """``[layer]`` over ``cumulative_layers``: the running product of ``combined`` from layer 0."""
         return np.cumprod(self.combined_gains[: len(self.cumulative_layers)])
 
-    def subset(self, prompt_indices) -> GainResult:
-        """A new result over some of the prompts (for bootstrap resampling and checks)."""
+    def subset(self, prompt_indices: Sequence[int] | Int[np.ndarray, " index"]) -> GainResult:
+        """A new result over some of the prompts (for bootstrap resampling and checks).
+
+        Args:
+            prompt_indices: ``[index]`` positions in this result's prompts, at least one (a list or
+                an integer array; repeats allowed, negative ones count from the end, as in numpy).
+
+        Returns:
+            The result over those prompts, in that order, every ``[prompt, ...]`` sum indexed
+            alike; without intervals, which describe all the prompts.
+        """
         index = subset_index(prompt_indices, self.n_prompts)
         prompts, provenance = prompts_subset(self.prompts, self.provenance, index)
         return GainResult(
@@ -330,12 +279,19 @@ class GainResult:
             reads=None if self.reads is None else self.reads.subset(index),
         )
 
-    def position_gains(self, component: str) -> np.ndarray:
+    def position_gains(self, component: str) -> Float[np.ndarray, "layer bucket"]:
         """``[layer, bucket]`` gains by position (``funnel_tl.results.positions``); needs ``by_position=True``.
 
         A cell is the mean, over the prompts that reach the bucket, of the ratio of their mean norms
         there (the seed's aggregation); NaN where no prompt reaches it. Buckets are
         ``self.positions.labels``; prompts behind each, ``self.positions.prompt_counts()``.
+
+        Args:
+            component: ``"attn"``, ``"mlp"``, ``"block"`` or ``"combined"`` (each cell's attn gain
+                × its MLP gain).
+
+        Returns:
+            ``[layer, bucket]`` gains, ``layer`` over ``layers``, ``bucket`` over the position buckets.
         """
         if self.positions is None:
             raise FunnelError(
@@ -350,64 +306,17 @@ class GainResult:
         its sums from position 1 are exactly those a ``drop_first=1`` run adds up. Prompts with no
         token left after the first k positions are left out (they would count none). Intervals are
         not carried over: draw them again with ``with_intervals``.
+
+        Args:
+            k: how many first positions of every prompt to leave out: 1 from the read sums, 0 to 16
+                (``positions.SINGLE_POSITIONS``) from the position sums; ``k`` at most this result's
+                ``drop_first`` gives this result without intervals.
+
+        Returns:
+            A result with ``drop_first=k`` over the prompts that keep a token, its provenance
+            saying what it derives from (``derived_from_drop_first``).
         """
-        if k <= self.drop_first:
-            return replace(self, intervals=None)
-        if k == 1 and self.reads is not None:
-            return self._from_position_1()
-        if self.positions is None:
-            raise FunnelError(f"{self.model}: leaving out positions after the fact needs by_position=True")
-        out_sums, in_sums, n_tokens = self.positions.from_position(k)
-        kept, prompts, provenance = self._prompts_with_tokens(n_tokens, f"the first {k} positions")
-        return GainResult(
-            model=self.model,
-            definition=self.definition,
-            n_layers=self.n_layers,
-            d_model=self.d_model,
-            parallel_blocks=self.parallel_blocks,
-            prompts=prompts,
-            n_tokens=n_tokens[kept],
-            out_sums={c: out_sums[c][kept] for c in COMPONENTS},
-            in_sums={c: in_sums[c][kept] for c in COMPONENTS},
-            drop_first=k,
-            provenance=dict(provenance, drop_first=k, derived_from_drop_first=self.drop_first),
-            positions=self.positions.without_first(k).subset(kept),
-            layers=self.layers,
-        )
-
-    def _prompts_with_tokens(self, n_tokens: np.ndarray, after: str) -> tuple[np.ndarray, tuple[str, ...] | None, dict]:
-        """The prompts that keep a token (``n_tokens > 0``) once the tokens up to ``after`` are left
-        out: their indices, texts and provenance (the result's own when every prompt keeps one)."""
-        kept = np.flatnonzero(n_tokens > 0)
-        if kept.size == 0:
-            raise FunnelError(f"{self.model}: no prompt has a token after {after}")
-        if kept.size == self.n_prompts:
-            return kept, self.prompts, self.provenance
-        prompts, provenance = prompts_subset(self.prompts, self.provenance, kept)
-        return kept, prompts, provenance
-
-    def _from_position_1(self) -> GainResult:
-        """``without_first(1)`` from the read sums over positions >= 1: the very sums a
-        ``drop_first=1`` run of the same batches adds up."""
-        reads = self.reads
-        kept, prompts, provenance = self._prompts_with_tokens(reads.n_tokens_from_1, "position 0")
-        roles = definition_roles(self.definition, self.parallel_blocks)
-        return GainResult(
-            model=self.model,
-            definition=self.definition,
-            n_layers=self.n_layers,
-            d_model=self.d_model,
-            parallel_blocks=self.parallel_blocks,
-            prompts=prompts,
-            n_tokens=reads.n_tokens_from_1[kept],
-            out_sums={c: reads.sums_from_1[out][kept] for c, (out, _) in roles.items()},
-            in_sums={c: reads.sums_from_1[inp][kept] for c, (_, inp) in roles.items()},
-            drop_first=1,
-            provenance=dict(provenance, drop_first=1, derived_from_drop_first=self.drop_first),
-            positions=None if self.positions is None else self.positions.without_first(1).subset(kept),
-            layers=self.layers,
-            reads=reads.from_position_1().subset(kept),
-        )
+        return drop_first_positions(self, k)
 
     # ---- beside the seed's numbers (funnel_tl.measure.reads, funnel_tl.measure.medians) ------------------------
     @cached_property
@@ -421,8 +330,16 @@ class GainResult:
             return None
         return self._like_intervals(self.without_first(1))
 
-    def gains_without_first(self, component: str) -> np.ndarray | None:
-        """``[layer]`` gains of ``component`` (attn, mlp, block, combined) over positions >= 1, or None."""
+    def gains_without_first(self, component: str) -> Float[np.ndarray, " layer"] | None:
+        """``[layer]`` gains of ``component`` (attn, mlp, block, combined) over positions >= 1, or None.
+
+        Args:
+            component: ``"attn"``, ``"mlp"``, ``"block"`` or ``"combined"``.
+
+        Returns:
+            ``[layer]`` gains of ``without_first_position``; None without read sums (older files) or
+            when no prompt has a second token.
+        """
         without = self.without_first_position
         if without is None:
             return None
@@ -452,40 +369,17 @@ class GainResult:
         """The same forward's gains under ``definition`` (``"seed"`` or ``"residual"``), from the read sums.
 
         >>> measure_gains(model, "seed").in_definition("residual").attn_gains  # doctest: +SKIP
+
+        Args:
+            definition: ``"seed"`` (a sublayer's input is the LayerNorm output it reads) or
+                ``"residual"`` (the residual stream it reads from); see the module docstring's
+                table. This result's own definition gives this result.
+
+        Returns:
+            A result of the same prompts and tokens whose sums are the read sums of the other
+            definition's roles, without intervals (``other_definition`` draws them).
         """
-        if definition not in DEFINITIONS:
-            raise FunnelError(f"unknown definition {definition!r}: choose seed or residual")
-        if definition == self.definition:
-            return self
-        roles = definition_roles(definition, self.parallel_blocks)
-        if self.reads is None or not self.reads.has(*(role for pair in roles.values() for role in pair)):
-            raise FunnelError(
-                f"{self.model}: the {definition} definition's inputs were not read "
-                + (
-                    "(a result without read sums: rerun funnel-tl run)"
-                    if self.reads is None
-                    else "(the model has no norm output to read)"
-                )
-            )
-        reads = self.reads
-        described = {"block_shape": self.provenance.get("reads", {}).get("block_shape")}
-        for component, (out, inp) in roles.items():
-            described |= {f"{component}_in": reads.reads[inp], f"{component}_out": reads.reads[out]}
-        return GainResult(
-            model=self.model,
-            definition=definition,
-            n_layers=self.n_layers,
-            d_model=self.d_model,
-            parallel_blocks=self.parallel_blocks,
-            prompts=self.prompts,
-            n_tokens=self.n_tokens,
-            out_sums={c: reads.sums[out] for c, (out, _) in roles.items()},
-            in_sums={c: reads.sums[inp] for c, (_, inp) in roles.items()},
-            drop_first=self.drop_first,
-            provenance=dict(self.provenance, reads=described, derived_from_definition=self.definition),
-            layers=self.layers,
-            reads=reads,
-        )
+        return under_definition(self, definition)
 
     @cached_property
     def other_definition(self) -> GainResult | None:
@@ -497,35 +391,65 @@ class GainResult:
         except FunnelError:
             return None
 
-    def module_gains(self, component: str) -> np.ndarray | None:
+    def module_gains(self, component: str) -> Float[np.ndarray, " layer"] | None:
         """``[layer]`` (attn or mlp) of a post-normed block: the mean over prompts of
         mean‖module output before its post-norm‖ / (mean‖what the module reads‖ + 1e-10); None
-        where no post-norm follows the sublayer (or it was not read)."""
+        where no post-norm follows the sublayer (or it was not read).
+
+        Args:
+            component: ``"attn"`` or ``"mlp"``.
+
+        Returns:
+            ``[layer]`` module gains over ``layers``, or None.
+        """
         if self.reads is None or not self.reads.has(f"{component}_module_out", f"{component}_in"):
             return None
-        return _mean_ratio(
-            self.reads.sums[f"{component}_module_out"], self.reads.sums[f"{component}_in"], self.n_tokens
-        )
+        return mean_ratio(self.reads.sums[f"{component}_module_out"], self.reads.sums[f"{component}_in"], self.n_tokens)
 
-    def post_norm_gains(self, component: str) -> np.ndarray | None:
+    def post_norm_gains(self, component: str) -> Float[np.ndarray, " layer"] | None:
         """``[layer]`` (attn or mlp): the post-norm's own gain, mean‖a‖ (or ‖m‖) / mean‖module output‖
-        per prompt, averaged; per prompt, module gain × post-norm gain = the seed gain."""
+        per prompt, averaged; per prompt, module gain × post-norm gain = the seed gain.
+
+        Args:
+            component: ``"attn"`` or ``"mlp"``.
+
+        Returns:
+            ``[layer]`` post-norm gains over ``layers``; None where no post-norm follows the
+            sublayer (or it was not read).
+        """
         if self.reads is None or not self.reads.has(f"{component}_module_out"):
             return None
-        return _mean_ratio(
+        return mean_ratio(
             self.reads.sums[f"{component}_out"], self.reads.sums[f"{component}_module_out"], self.n_tokens
         )
 
-    def median_gains(self, component: str) -> np.ndarray | None:
+    def median_gains(self, component: str) -> Float[np.ndarray, " layer"] | None:
         """``[layer]`` median per-token gain of ``component`` (attn, mlp, block) over every counted
-        token (``funnel_tl.measure.medians``), or None where no histograms were kept."""
+        token (``funnel_tl.measure.medians``), or None where no histograms were kept.
+
+        Args:
+            component: ``"attn"``, ``"mlp"`` or ``"block"``.
+
+        Returns:
+            ``[layer]`` medians of the per-token gain ‖out_t‖ / ‖in_t‖ over ``layers`` (from
+            histograms: within 0.12% of the exact median), or None.
+        """
         histograms = self.token_histograms
         if histograms is None or component not in histograms.components:
             return None
         return histograms.median(component)
 
-    def mean_input_norms(self, role: str) -> np.ndarray | None:
-        """``[layer]``: the mean over prompts of mean‖role‖ (``funnel_tl.measure.reads.ROLES``), or None if not read."""
+    def mean_input_norms(self, role: str) -> Float[np.ndarray, " layer"] | None:
+        """``[layer]``: the mean over prompts of mean‖role‖ (``funnel_tl.measure.reads.ROLES``), or None if not read.
+
+        Args:
+            role: what was read, one of ``funnel_tl.measure.reads.ROLES``: ``"resid_pre"`` (x),
+                ``"resid_mid"``, ``"resid_post"``, ``"attn_in"`` / ``"mlp_in"`` (u_attn, u_mlp),
+                ``"attn_out"`` / ``"mlp_out"`` (a, m), ``"attn_module_out"`` / ``"mlp_module_out"``.
+
+        Returns:
+            ``[layer]`` mean norms over ``layers``, in the model's activation units, or None.
+        """
         if self.reads is None or role not in self.reads.sums:
             return None
         return (self.reads.sums[role] / self.n_tokens[:, None]).mean(axis=0)
@@ -540,27 +464,10 @@ class GainResult:
     def _stack(self) -> GainResult | None:
         """Blocks 0..L read as one block: ``block`` sums of ‖resid_post_L‖ over ‖resid_pre_0‖ (the
         other components as this result's), so that its block gains and intervals are the stream's growth."""
-        if not self.stream_layers:
-            return None
-        first = np.repeat(self.in_sums["block"][:, :1], len(self._layers), axis=1)  # [prompt, layer]: resid_pre_0
-        stack = GainResult(
-            model=self.model,
-            definition=self.definition,
-            n_layers=self.n_layers,
-            d_model=self.d_model,
-            parallel_blocks=self.parallel_blocks,
-            prompts=self.prompts,
-            n_tokens=self.n_tokens,
-            out_sums=dict(self.out_sums),
-            in_sums={**self.in_sums, "block": first},
-            drop_first=self.drop_first,
-            provenance=self.provenance,
-            layers=self.layers,
-        )
-        return stack
+        return stream_stack(self)
 
     @property
-    def block_cumulative_gains(self) -> np.ndarray:
+    def block_cumulative_gains(self) -> Float[np.ndarray, " layer"]:
         """``[layer]`` over ``stream_layers``: how much the residual stream has grown by the end of
         layer L, per prompt mean_t‖resid_post_L‖ / (mean_t‖resid_pre_0‖ + 1e-10), averaged over
         prompts (results.json ``block.cumulative_gains``). Unlike the seed's ``cumulative_gains``, a
@@ -568,7 +475,7 @@ class GainResult:
         return np.empty(0) if self._stack is None else self._stack.block_gains
 
     @cached_property
-    def block_cumulative_intervals(self) -> np.ndarray | None:
+    def block_cumulative_intervals(self) -> Float[np.ndarray, "layer 2"] | None:
         """``[layer, 2]`` intervals of ``block_cumulative_gains`` (drawn as the result's, on first
         use), or None without intervals."""
         if self._stack is None or self.intervals is None:
@@ -578,7 +485,7 @@ class GainResult:
 
     def with_intervals(
         self,
-        intervals=None,
+        intervals: Intervals | None = None,
         n_resamples: int | None = None,
         seed: int | None = None,
         confidence: float | None = None,
@@ -593,6 +500,19 @@ class GainResult:
         >>> result = result.with_intervals()                           # doctest: +SKIP
         >>> result.intervals.method, result.intervals.mlp[-1]         # doctest: +SKIP
         ('t', array([3.21, 3.98]))
+
+        Args:
+            intervals: ready ``Intervals`` of this result's layers (the other arguments are then
+                not used), or None to draw them.
+            n_resamples: resamples of the prompts (``stats.DEFAULT_RESAMPLES``, 2,000, if None):
+                the percentile bootstrap's, or under ``"t"`` the products' studentized bootstrap.
+            seed: the resampling's random seed (0 if None).
+            confidence: the intervals' coverage, between 0 and 1 (0.95 if None).
+            method: ``"t"`` (if None) or ``"percentile"`` (``stats.METHODS``).
+
+        Returns:
+            This result carrying the intervals (and, measured ``by_position=True``, its position
+            sums carrying theirs, drawn with the same settings).
         """
         # Imported on use: looked up in its own module on each call (where tests replace it).
         from funnel_tl.analysis.stats import (
@@ -632,41 +552,30 @@ class GainResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "results") -> GainResult:
+        """A result read back from its results.json form (``to_dict``), checked against the schema.
+
+        Args:
+            data: the parsed results.json.
+            source: what ``data`` was read from, named in a ``FunnelError`` when it does not fit.
+        """
         return result_from_dict(cls, data, source)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write results.json atomically: a crash never leaves a half-written file."""
+        """Write results.json atomically: a crash never leaves a half-written file.
+
+        Args:
+            path: the file to write (its folder must exist), usually ``<out>/results.json``.
+
+        Returns:
+            The path written.
+        """
         return write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> GainResult:
+        """A result read back from a results.json that ``save`` (or ``funnel-tl run``) wrote.
+
+        Args:
+            path: the results.json file.
+        """
         return cls.from_dict(read_json(path), source=str(path))
-
-
-def _brief(values, most: int = 12) -> str:
-    """Gains in a repr: every layer up to ``most`` layers, else the first and last few.
-
-    Four significant digits: three rounded 7.996 to ``8``, which reads as an exact gain.
-
-    >>> _brief([7.9959, 1.0839, 0.25])
-    '[7.996, 1.084, 0.25]'
-    """
-    shown = [f"{v:.4g}" for v in values]
-    if len(shown) > most:
-        shown = shown[:4] + ["…"] + shown[-4:]
-    return "[" + ", ".join(shown) + "]"
-
-
-def _with_interval(result: GainResult, component: str, row: int) -> str:
-    text = f"{result.gains(component)[row]:.4g}"
-    if result.intervals is not None:
-        low, high = result.intervals.of(component)[row]
-        text += f" [{low:.3g}, {high:.3g}]"
-    return text
-
-
-def _mean_ratio(out_sums: np.ndarray, in_sums: np.ndarray, n_tokens: np.ndarray) -> np.ndarray:
-    """``[layer]``: the seed's aggregation of two ``[prompt, layer]`` sums, mean over prompts of
-    mean‖out‖ / (mean‖in‖ + 1e-10)."""
-    counts = n_tokens[:, None]
-    return gain_ratio(out_sums / counts, in_sums / counts).mean(axis=0)

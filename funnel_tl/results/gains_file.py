@@ -9,9 +9,11 @@ import numpy as np
 
 from funnel_tl.analysis.criteria import not_testable
 from funnel_tl.analysis.funnel import comparison_1_4b, funnel_test, summarize
+from funnel_tl.analysis.intervals import Intervals
 from funnel_tl.analysis.readings import add_readings
+from funnel_tl.analysis.robust import robust_funnel_test
 from funnel_tl.analysis.sink import sink_unavailable
-from funnel_tl.analysis.stats import DEFAULT_CONFIDENCE, Intervals, dominant_prompts, robust_funnel_test
+from funnel_tl.analysis.stats import DEFAULT_CONFIDENCE, dominant_prompts
 from funnel_tl.components import COMPONENTS
 from funnel_tl.errors import FunnelError
 from funnel_tl.measure.reads import ReadSums, definition_roles

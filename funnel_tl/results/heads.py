@@ -8,9 +8,10 @@ Figures of a ``HeadResult`` are drawn by ``funnel_tl.plots.heads``.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -31,6 +32,10 @@ from funnel_tl.results.folders import short_name
 from funnel_tl.results.head_names import VALUES, label, norm_decimals
 from funnel_tl.results.positions import HeadPositionSums
 from funnel_tl.results.schema import check_heads
+
+if TYPE_CHECKING:  # jaxtyping's shapes for type checkers and the API reference; importing it costs ~0.1 s
+    import plotly.graph_objects as go
+    from jaxtyping import Float, Int
 
 HEADS_SCHEMA_VERSION = 1
 HEADS_KIND = "funnel_tl.heads"  # the heads.json kind: a file format, not a module path
@@ -70,11 +75,11 @@ class HeadResult:
     d_model: int
     layers: tuple[int, ...]
     prompts: tuple[str, ...] | None  # None: texts not kept (keep_texts=False); their sha256 is in the provenance
-    n_tokens: np.ndarray
-    head_norm_sums: np.ndarray
-    head_projection_sums: np.ndarray
-    attn_out_sums: np.ndarray
-    in_sums: np.ndarray
+    n_tokens: Int[np.ndarray, " prompt"]
+    head_norm_sums: Float[np.ndarray, "prompt layer head"]
+    head_projection_sums: Float[np.ndarray, "prompt layer head"]
+    attn_out_sums: Float[np.ndarray, "prompt layer"]
+    in_sums: Float[np.ndarray, "prompt layer"]
     n_key_value_heads: int | None = None
     drop_first: int = 0
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -139,7 +144,11 @@ class HeadResult:
         return self.n_heads // n_kv
 
     def key_value_head(self, head: int) -> int | None:
-        """The key/value head that query head ``head`` reads, or None without grouped-query attention."""
+        """The key/value head that query head ``head`` reads, or None without grouped-query attention.
+
+        Args:
+            head: a query head's index in its layer, 0 to ``n_heads - 1``.
+        """
         return None if self.group_size is None else int(head) // self.group_size
 
     @property
@@ -151,53 +160,53 @@ class HeadResult:
         return sums / self.n_tokens.reshape((-1,) + (1,) * (sums.ndim - 1))
 
     @property
-    def per_prompt_head_norms(self) -> np.ndarray:
+    def per_prompt_head_norms(self) -> Float[np.ndarray, "prompt layer head"]:
         """``[prompt, layer, head]``: each prompt's mean‖h_i‖ over its tokens."""
         return self._per_token(self.head_norm_sums)
 
     @property
-    def per_prompt_head_gains(self) -> np.ndarray:
+    def per_prompt_head_gains(self) -> Float[np.ndarray, "prompt layer head"]:
         """``[prompt, layer, head]``: mean‖h_i‖ / (mean‖input‖ + 1e-10), the layers' formula."""
         return gain_ratio(self.per_prompt_head_norms, self._per_token(self.in_sums)[:, :, None])
 
     @property
-    def per_prompt_attn_gains(self) -> np.ndarray:
+    def per_prompt_attn_gains(self) -> Float[np.ndarray, "prompt layer"]:
         """``[prompt, layer]``: the layer's attention gain per prompt (as ``GainResult``'s)."""
         return gain_ratio(self._per_token(self.attn_out_sums), self._per_token(self.in_sums))
 
     @property
-    def head_norms(self) -> np.ndarray:
+    def head_norms(self) -> Float[np.ndarray, "layer head"]:
         """``[layer, head]``: the mean over prompts of each prompt's mean‖h_i‖."""
         return self.per_prompt_head_norms.mean(axis=0)
 
     @property
-    def head_gains(self) -> np.ndarray:
+    def head_gains(self) -> Float[np.ndarray, "layer head"]:
         """``[layer, head]``: the mean over prompts of the per-prompt head gains."""
         return self.per_prompt_head_gains.mean(axis=0)
 
     @property
-    def attn_gains(self) -> np.ndarray:
+    def attn_gains(self) -> Float[np.ndarray, " layer"]:
         """``[layer]``: the layer's attention gain, equal to ``measure_gains(...).attn_gains[layers]``."""
         return self.per_prompt_attn_gains.mean(axis=0)
 
     @property
-    def head_projections(self) -> np.ndarray:
+    def head_projections(self) -> Float[np.ndarray, "layer head"]:
         """``[layer, head]``: the mean over prompts of each prompt's mean ⟨h_i, a⟩/‖a‖."""
         return self._per_token(self.head_projection_sums).mean(axis=0)
 
     @property
-    def norm_shares(self) -> np.ndarray:
+    def norm_shares(self) -> Float[np.ndarray, "layer head"]:
         """``[layer, head]``: per prompt Σ_t‖h_i‖ / Σ_t Σ_j‖h_j‖, then the mean over prompts."""
         totals = self.head_norm_sums.sum(axis=2, keepdims=True)  # [prompt, layer, 1]
         return _safe_ratio(self.head_norm_sums, totals).mean(axis=0)
 
     @property
-    def projection_shares(self) -> np.ndarray:
+    def projection_shares(self) -> Float[np.ndarray, "layer head"]:
         """``[layer, head]``: per prompt Σ_t⟨h_i, a⟩/‖a‖ / Σ_t‖a‖, then the mean over prompts."""
         return _safe_ratio(self.head_projection_sums, self.attn_out_sums[:, :, None]).mean(axis=0)
 
     @property
-    def bias_projection_shares(self) -> np.ndarray:
+    def bias_projection_shares(self) -> Float[np.ndarray, " layer"]:
         """``[layer]``: the share of ‖a‖ that b_O supplies along a (0 without b_O, up to rounding)."""
         return 1.0 - self.projection_shares.sum(axis=1)
 
@@ -219,13 +228,22 @@ class HeadResult:
         )
 
     def layer_index(self, layer: int) -> int:
-        """Row of ``layer`` in the ``[layer, ...]`` arrays (they hold the measured layers only)."""
+        """Row of ``layer`` in the ``[layer, ...]`` arrays (they hold the measured layers only).
+
+        Args:
+            layer: a true layer index, one of ``layers`` (else ``FunnelError``).
+        """
         if layer not in self.layers:
             raise FunnelError(f"layer {layer} was not measured (measured: {_format_layers(self.layers)})")
         return self.layers.index(layer)
 
     def stat(self, layer: int, head: int) -> HeadStat:
-        """The aggregated statistics of one head, e.g. ``result.stat(3, 7)``."""
+        """The aggregated statistics of one head, e.g. ``result.stat(3, 7)``.
+
+        Args:
+            layer: a true layer index, one of ``layers``.
+            head: the head's index in its layer, 0 to ``n_heads - 1``.
+        """
         layer, head = int(layer), int(head)
         row = self.layer_index(layer)
         if not 0 <= head < self.n_heads:
@@ -245,7 +263,13 @@ class HeadResult:
     def top(self, k: int = 10, by: str = "gain", largest: bool = True) -> list[HeadStat]:
         """The ``k`` heads with the largest (or smallest) ``by``, across all measured layers.
 
-        ``by``: ``"gain"`` (default), ``"norm"``, ``"norm_share"`` or ``"projection_share"``.
+        Args:
+            k: how many heads (all of them when ``k`` is larger than their number).
+            by: ``"gain"`` (default), ``"norm"``, ``"norm_share"`` or ``"projection_share"``.
+            largest: rank from the largest value down (False: from the smallest up).
+
+        Returns:
+            ``k`` ``HeadStat`` rows in rank order (ties in layer and head order).
 
         >>> [(head.label, round(head.gain, 2)) for head in result.top(3)]  # doctest: +SKIP
         [('L5H3', 2.08), ('L2H0', 1.93), ('L1H2', 1.89)]
@@ -260,7 +284,12 @@ class HeadResult:
 
     def format_top(self, k: int = 10, by: str = "gain") -> str:
         """``top(k, by)`` as a text table (what ``funnel-tl heads`` prints); under grouped-query
-        attention a ``kv`` column names the key/value head each query head reads."""
+        attention a ``kv`` column names the key/value head each query head reads.
+
+        Args:
+            k: how many heads the table ranks.
+            by: the ranking, as ``top``'s.
+        """
         grouped = self.group_size is not None
         header = (
             f"{'rank':>4}  {'head':<8} " + (f"{'kv':>3} " if grouped else "") + f"{'gain':>8} {'norm':>10} "
@@ -288,11 +317,22 @@ class HeadResult:
             )
         return "\n".join(lines)
 
-    def gain_intervals(self, n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95) -> np.ndarray:
+    def gain_intervals(
+        self, n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95
+    ) -> Float[np.ndarray, "layer head 2"]:
         """``[layer, head, 2]``: percentile bootstrap intervals over prompts of every head's gain.
 
         Drawn exactly as the layers' intervals (``funnel_tl.analysis.stats``): the prompts resampled with
         replacement, the mean of the per-prompt head gains recomputed per resample.
+
+        Args:
+            n_resamples: resamples of the prompts (at least 2 prompts are needed).
+            seed: the resamples' random seed (the same resamples as the layers' percentile
+                bootstrap with that seed).
+            confidence: the coverage, between 0 and 1 (0.95 takes the 2.5th and 97.5th percentiles).
+
+        Returns:
+            ``[layer, head, 2]``: lower and upper bound of each head's gain, ``layer`` over ``layers``.
         """
         if self.n_prompts < 2:
             raise FunnelError(f"{self.model}: a bootstrap over prompts needs at least 2 prompts, got {self.n_prompts}")
@@ -313,6 +353,9 @@ class HeadResult:
         bootstrap intervals over prompts with ``intervals=True``, else NaN), n_prompts, norm,
         norm_share, projection_share, layer_attn_gain, key_value_head (the key/value head a query
         head reads under grouped-query attention; ``<NA>`` without).
+
+        Args:
+            intervals: draw ``gain_intervals()`` (2,000 resamples, seed 0) for ci_low and ci_high.
 
         >>> heads.to_pandas().pivot(index="layer", columns="head", values="gain")  # doctest: +SKIP
         """
@@ -341,8 +384,13 @@ class HeadResult:
                 )
         return pd.DataFrame(rows).astype({"key_value_head": "Int64"})
 
-    def subset(self, prompt_indices) -> HeadResult:
-        """A new result over some of the prompts (for bootstrap resampling and checks)."""
+    def subset(self, prompt_indices: Sequence[int] | Int[np.ndarray, " index"]) -> HeadResult:
+        """A new result over some of the prompts (for bootstrap resampling and checks).
+
+        Args:
+            prompt_indices: ``[index]`` positions in this result's prompts, at least one (repeats
+                allowed, negative ones count from the end), as ``GainResult.subset``'s.
+        """
         index = subset_index(prompt_indices, self.n_prompts)
         prompts, provenance = prompts_subset(self.prompts, self.provenance, index)
         return HeadResult(
@@ -365,7 +413,7 @@ class HeadResult:
             positions=None if self.positions is None else self.positions.subset(index),
         )
 
-    def head_position_gains(self) -> np.ndarray:
+    def head_position_gains(self) -> Float[np.ndarray, "layer head bucket"]:
         """``[layer, head, bucket]`` head gains by position (``funnel_tl.results.positions``); by_position=True only.
 
         Each cell as ``head_gains`` with the bucket in place of the prompt: the mean, over the
@@ -380,10 +428,15 @@ class HeadResult:
         return self.positions.gains()
 
     # ---- figures (drawn by funnel_tl.plots.heads) ----------------------------------------------
-    def heatmap(self, value: str = "gain", title: str | None = None):
+    def heatmap(self, value: str = "gain", title: str | None = None) -> go.Figure:
         """A layer × head heatmap of ``value`` (see ``top``), every statistic in the hover.
 
-        Returns a ``plotly.graph_objects.Figure``; show it in a notebook or ``.write_html(path)``.
+        Args:
+            value: ``"gain"`` (log colour scale), ``"norm"``, ``"norm_share"`` or ``"projection_share"``.
+            title: the figure's heading; None: the model's name and the statistic.
+
+        Returns:
+            A ``plotly.graph_objects.Figure``; show it in a notebook or ``.write_html(path)``.
         """
         # Imported on use: keeps torch out of importing this module.
         from funnel_tl.plots.heads import plot_heads
@@ -393,8 +446,13 @@ class HeadResult:
     def to_html(self, k: int = 20, plotlyjs: str | bool = True) -> str:
         """The heads page: the gain heatmap and the top-``k`` heads table.
 
-        ``plotlyjs=True`` embeds plotly.js (a standalone page that opens offline); a string is
-        the relative path of a shared ``plotly.min.js`` beside the page (see ``funnel_tl.plots``).
+        Args:
+            k: how many heads the table ranks by gain.
+            plotlyjs: True embeds plotly.js (a standalone page that opens offline); a string is
+                the relative path of a shared ``plotly.min.js`` beside the page (see ``funnel_tl.plots``).
+
+        Returns:
+            The page's HTML.
         """
         # Imported on use: keeps torch out of importing this module.
         from funnel_tl.plots.heads import heads_page
@@ -437,6 +495,12 @@ class HeadResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "heads data") -> HeadResult:
+        """A result read back from its heads.json form (``to_dict``), checked against the schema.
+
+        Args:
+            data: the parsed heads.json.
+            source: what ``data`` was read from, named in a ``FunnelError`` when it does not fit.
+        """
         if not isinstance(data, dict) or data.get("kind") != HEADS_KIND:
             looks_like = (
                 "a results.json of `funnel-tl run` (load it with GainResult.load)"
@@ -476,18 +540,36 @@ class HeadResult:
             raise FunnelError(f"{source} is not a complete heads.json (missing or bad {error})") from None
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write heads.json atomically: a crash never leaves a half-written file."""
+        """Write heads.json atomically: a crash never leaves a half-written file.
+
+        Args:
+            path: the file to write (its folder must exist), usually ``<out>/heads.json``.
+
+        Returns:
+            The path written.
+        """
         return write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> HeadResult:
+        """A result read back from a heads.json that ``save`` (or ``funnel-tl heads``) wrote.
+
+        Args:
+            path: the heads.json file.
+        """
         return cls.from_dict(read_json(path), source=str(path))
 
     def save_html(self, path: str | os.PathLike, k: int = 20, self_contained: bool = False) -> Path:
         """Write the heads page atomically (heads.html).
 
-        By default the page loads a ``plotly.min.js`` written once into its folder (offline, and
-        shared with the other pages there); ``self_contained=True`` embeds plotly.js instead.
+        Args:
+            path: the page to write, usually ``<out>/heads.html``.
+            k: how many heads the page's table ranks by gain.
+            self_contained: embed plotly.js in the page; by default it loads a ``plotly.min.js``
+                written once into its folder (offline, and shared with the other pages there).
+
+        Returns:
+            The path written.
         """
         # Imported on use: keeps plotly and torch out of importing this module.
         from funnel_tl.plots.pages import write_page
