@@ -26,8 +26,8 @@ import torch
 
 from funnel_tl import FunnelError, GainResult, load_model, measure_gains
 from funnel_tl.analysis.funnel import summarize
-from funnel_tl.measure.options import MeasureOptions
 from funnel_tl.cli.entry import main
+from funnel_tl.measure.options import MeasureOptions
 from funnel_tl.prompts.sets import SEED_PROMPTS, prompts_sha256
 from funnel_tl.sweep.one_target import SweepOptions
 from funnel_tl.testing.reference import reference_gains, seed_reference

@@ -20,9 +20,9 @@ from funnel_tl.cli.entry import main
 from funnel_tl.components import EFFECT_COMPONENTS
 from funnel_tl.measure import effects as effects_module
 from funnel_tl.measure.effect_sizes import effects_batch_size
+from funnel_tl.measure.interventions import parse_intervention, parse_interventions
 from funnel_tl.measure.means import component_means
 from funnel_tl.measure.options import MeasureOptions
-from funnel_tl.measure.interventions import parse_intervention, parse_interventions
 from funnel_tl.results.effects import MEASURES
 from funnel_tl.testing.reference import reference_effects, reference_means
 from funnel_tl.testing.toy import build_checkpoint

@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from funnel_tl import head_gains, measure_effects, measure_gains
 from funnel_tl.components import COMPONENTS

@@ -17,8 +17,8 @@ from synthetic_results import from_gains, funnel_like
 from funnel_tl import FunnelError, plots
 from funnel_tl.analysis.funnel import PYTHIA_1_4B_REFERENCE
 from funnel_tl.analysis.report import format_analysis
-from funnel_tl.cli.output import IMAGES_HINT
 from funnel_tl.cli.entry import main
+from funnel_tl.cli.output import IMAGES_HINT
 from funnel_tl.plots.pages import write_html, write_png
 from funnel_tl.plots.panels import (
     plot_attention_mlp,
