@@ -169,3 +169,40 @@ def test_every_function_local_import_says_why():
     dependency, a test's patch point), each with its reason; the rest belong at the top."""
     missing = function_local_imports_without_a_reason()
     assert not missing, "function-local imports without a reason:\n" + "\n".join(missing)
+
+
+# The functions that build a bridge, and may give it its funnel_* attributes before returning it.
+BRIDGE_BUILDERS = {"funnel_tl.models.loading", "funnel_tl.models.huggingface"}
+
+
+def test_nothing_is_changed_after_it_was_built():
+    """Issue 24: results and TransformerLens objects are built complete. A result's provenance is
+    never written into (``x.provenance[...] = ``, ``x.provenance.update(...)``: a command or sweep
+    adds to a copy, ``results.provenance.with_provenance``), and a model gets its ``funnel_*``
+    attributes only where funnel_tl builds it (the sweep once renamed the user's model)."""
+    found = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            for target in targets:
+                if (
+                    isinstance(target, ast.Subscript)
+                    and isinstance(target.value, ast.Attribute)
+                    and target.value.attr == "provenance"
+                ):
+                    found.append(f"{name}:{node.lineno}: {ast.unparse(target)} =")
+                if (
+                    isinstance(target, ast.Attribute)
+                    and target.attr.startswith("funnel_")
+                    and name not in BRIDGE_BUILDERS
+                ):
+                    found.append(f"{name}:{node.lineno}: {ast.unparse(target)} =")
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("update", "setdefault", "pop")
+                and isinstance(node.func.value, ast.Attribute)
+                and node.func.value.attr == "provenance"
+            ):
+                found.append(f"{name}:{node.lineno}: {ast.unparse(node.func)}(...)")
+    assert found == []
