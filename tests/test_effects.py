@@ -14,8 +14,8 @@ import json
 import numpy as np
 import pytest
 
-from funnel_tl import EffectResult, FunnelError, load_model, measure_effects
-from funnel_tl.analysis.effects import format_effects, gain_versus_effect, spearman
+from funnel_tl import EffectResult, FunnelError, load_model, measure_effects, measure_gains
+from funnel_tl.analysis.effects import format_effects, gain_versus_effect, spearman, summary_lines
 from funnel_tl.cli.entry import main
 from funnel_tl.components import EFFECT_COMPONENTS
 from funnel_tl.measure import effects as effects_module
@@ -23,7 +23,9 @@ from funnel_tl.measure.effect_sizes import effects_batch_size
 from funnel_tl.measure.interventions import parse_intervention, parse_interventions
 from funnel_tl.measure.means import component_means
 from funnel_tl.measure.options import MeasureOptions
+from funnel_tl.measure.reads import ReadSums
 from funnel_tl.results.effects import MEASURES
+from funnel_tl.results.gains import GainResult
 from funnel_tl.testing.reference import reference_effects, reference_means
 from funnel_tl.testing.toy import build_checkpoint
 
@@ -382,31 +384,42 @@ def test_spearman_matches_a_hand_computation():
     assert np.isnan(spearman(np.ones(4), np.arange(4.0)))
 
 
-def _synthetic(last_mlp: float, other_mlp: float | None, spread: float = 0.01, n_prompts: int = 12, n_layers: int = 4):
+def _synthetic(
+    last_mlp: float,
+    other_mlp: float | None,
+    spread: float = 0.01,
+    n_prompts: int = 12,
+    n_layers: int = 4,
+    mlp_effects: np.ndarray | None = None,
+    gain=None,
+):
     """An EffectResult with known MLP effects (layer 0 ``other_mlp``, the last ``last_mlp``, others 0;
-    ``other_mlp=None``: layer 0 is the last MLP's values ± ``spread`` in turn, a tie on average)."""
-    from funnel_tl.results.gains import GainResult
-
+    ``other_mlp=None``: layer 0 is the last MLP's values ± ``spread`` in turn, a tie on average).
+    ``mlp_effects`` (``[layer]``) and ``gain`` (a GainResult of ``n_prompts``) replace those."""
     rng = np.random.default_rng(0)
-    gains = {c: np.full((n_prompts, n_layers), 2.0) for c in ("attn", "mlp", "block")}
-    gains["mlp"][:, -1] = 4.0  # the last MLP expands most
-    ins = {c: np.ones((n_prompts, n_layers)) for c in gains}
-    gain = GainResult(
-        model="toy",
-        definition="seed",
-        n_layers=n_layers,
-        d_model=8,
-        parallel_blocks=False,
-        prompts=None,
-        n_tokens=np.full(n_prompts, 5),
-        out_sums={c: gains[c] * 5 for c in gains},
-        in_sums={c: ins[c] * 5 for c in gains},
-    )
+    if gain is None:
+        gains = {c: np.full((n_prompts, n_layers), 2.0) for c in ("attn", "mlp", "block")}
+        gains["mlp"][:, -1] = 4.0  # the last MLP expands most
+        ins = {c: np.ones((n_prompts, n_layers)) for c in gains}
+        gain = GainResult(
+            model="toy",
+            definition="seed",
+            n_layers=n_layers,
+            d_model=8,
+            parallel_blocks=False,
+            prompts=None,
+            n_tokens=np.full(n_prompts, 5),
+            out_sums={c: gains[c] * 5 for c in gains},
+            in_sums={c: ins[c] * 5 for c in gains},
+        )
     mlp = np.zeros((n_prompts, n_layers)) + spread * rng.standard_normal((n_prompts, n_layers))
-    mlp[:, -1] += last_mlp
-    if other_mlp is None:
+    if mlp_effects is not None:
+        mlp += mlp_effects
+    elif other_mlp is None:
+        mlp[:, -1] += last_mlp
         mlp[:, 0] = mlp[:, -1] + spread * (-1.0) ** np.arange(n_prompts)
     else:
+        mlp[:, -1] += last_mlp
         mlp[:, 0] += other_mlp
     tables = {
         m: {"zero": {"attention": np.abs(spread * rng.standard_normal((n_prompts, n_layers))), "mlp": mlp}}
@@ -424,6 +437,76 @@ def _synthetic(last_mlp: float, other_mlp: float | None, spread: float = 0.01, n
         gains=gain,
         **tables,
     ).with_intervals(n_resamples=500)
+
+
+def test_rank_correlation_from_position_1_is_a_drop_first_runs(tokenizer, tmp_path):
+    """The companion ρ (gains from position 1, where an attention sink's first token can make a
+    layer's gain) equals the ρ of the same effects against the gains of an independent
+    drop_first=1 measurement of the same prompts; and a run that drops position 0 itself has none."""
+    folder = build_checkpoint(tmp_path / "deep", "llama-gqa", tokenizer=tokenizer, n_layers=5, initializer_range=0.1)
+    model = load_model(str(folder), device="cpu", dtype="float32")
+    result = measure_effects(model, PROMPTS, interventions="zero", progress=False).with_intervals(n_resamples=200)
+    reading = gain_versus_effect(result)
+    later = measure_gains(model, PROMPTS, drop_first=1, progress=False)  # never counts position 0
+    for component, gain_component in (("attention", "attn"), ("mlp", "mlp")):
+        correlation = reading.correlations[component]
+        effect = result.effect("delta_loss", "zero", component)
+        expected = float(spearman(np.abs(np.log(later.gains(gain_component))), effect))
+        # ranks of gains that agree to float32 rounding (the same sums, in other batches): equal ranks
+        assert correlation.from_position_1 == pytest.approx(expected, abs=1e-12), component
+        low, high = correlation.from_position_1_interval
+        assert low <= correlation.from_position_1 <= high
+    assert "with gains from position 1" in "\n".join(summary_lines(result, reading))
+    dropped = measure_effects(model, PROMPTS, interventions="zero", drop_first=1, progress=False)
+    assert all(c.from_position_1 is None for c in gain_versus_effect(dropped).correlations.values())
+
+
+def _gains_with_a_sink(all_positions, from_position_1, n_prompts: int = 12) -> GainResult:
+    """A seed-definition GainResult of ``n_prompts`` prompts of 5 tokens whose ``[layer]`` MLP
+    gains are ``all_positions`` over every token and ``from_position_1`` over positions 1-4 (as
+    a first token's norms can make them); attention and block gains 0.5 and 1 at every position."""
+
+    def sums(gains, n_tokens):  # [prompt, layer] sums of norms over n_tokens tokens, inputs of norm 1
+        return np.tile(np.asarray(gains, dtype=np.float64), (n_prompts, 1)) * n_tokens
+
+    n_layers = len(all_positions)
+    ones = [1.0] * n_layers
+    every, later = (
+        {"resid_pre": sums(ones, n), "attn_in": sums(ones, n), "mlp_in": sums(ones, n),
+         "attn_out": sums([0.5] * n_layers, n), "resid_post": sums(ones, n), "mlp_out": sums(mlp, n)}
+        for n, mlp in ((5, all_positions), (4, from_position_1))
+    )  # fmt: skip
+    roles = {"attn": ("attn_out", "attn_in"), "mlp": ("mlp_out", "mlp_in"), "block": ("resid_post", "resid_pre")}
+    return GainResult(
+        model="synthetic/sink",
+        definition="seed",
+        n_layers=n_layers,
+        d_model=8,
+        parallel_blocks=False,
+        prompts=None,
+        n_tokens=np.full(n_prompts, 5),
+        out_sums={c: every[o] for c, (o, _) in roles.items()},
+        in_sums={c: every[i] for c, (_, i) in roles.items()},
+        reads=ReadSums(
+            reads={role: role for role in every}, sums=every, sums_from_1=later, n_tokens_from_1=[4] * n_prompts
+        ),
+    )
+
+
+def test_rank_correlation_from_position_1_can_reverse_the_one_with_position_0():
+    """Where position 0 orders the MLP gains (|log gain| rises with the effect) and the later
+    tokens reverse that order, the two correlations say so: +1 with it, -1 from position 1."""
+    gain = _gains_with_a_sink(all_positions=[1.5, 2.0, 4.0, 8.0], from_position_1=[8.0, 4.0, 2.0, 1.5])
+    np.testing.assert_allclose(gain.without_first(1).gains("mlp"), [8.0, 4.0, 2.0, 1.5])
+    result = _synthetic(0.0, 0.0, mlp_effects=np.array([0.1, 0.2, 0.3, 0.4]), gain=gain)
+    mlp = gain_versus_effect(result).correlations["mlp"]
+    assert mlp.spearman == pytest.approx(1.0) and mlp.from_position_1 == pytest.approx(-1.0)
+    # the effects' spread (0.01) is far below their steps (0.1): every resample keeps both orders
+    assert mlp.interval == pytest.approx((1.0, 1.0)) and mlp.from_position_1_interval == pytest.approx((-1.0, -1.0))
+    line = next(line for line in summary_lines(result) if "ρ = +1.00" in line and "MLP" in line)
+    assert "with gains from position 1 (an attention sink's first token left out): ρ = -1.00" in line
+    written = gain_versus_effect(result).to_dict()["spearman_abs_log_gain_from_position_1_vs_delta_loss"]
+    assert written["mlp"]["rho"] == pytest.approx(-1.0)
 
 
 def test_the_last_mlp_answer_follows_the_paired_intervals():

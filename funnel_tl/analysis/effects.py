@@ -29,9 +29,11 @@ import numpy as np
 
 from funnel_tl.analysis.stats import mean_intervals, resample_weight_chunks
 from funnel_tl.components import EFFECT_COMPONENTS, GAIN_COMPONENT
+from funnel_tl.errors import FunnelError
 
 if TYPE_CHECKING:  # results.effects imports this module (EffectResult.reading)
     from funnel_tl.results.effects import EffectResult
+    from funnel_tl.results.gains import GainResult
 
 NAMES = {"attention": "attention", "mlp": "MLP"}
 # How many sublayers the printed reading ranks.
@@ -61,6 +63,12 @@ class Correlation:
     component: str
     spearman: float | None  # None: fewer than MIN_LAYERS_FOR_RANKS layers, or constant gains or effects
     interval: tuple[float, float] | None
+    # The same correlation with the gains of positions >= 1 (``GainResult.without_first(1)``): an
+    # attention sink's first token can make a layer's gain (SmolLM2's MLP L11: 485 with it, 9.6
+    # without), so a ρ that holds only with position 0 is the sink's, not the layers'. None where
+    # the gains already leave position 0 out (drop_first >= 1) or cannot (an older file).
+    from_position_1: float | None = None
+    from_position_1_interval: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,10 @@ class GainVersusEffect:
             "first_difference": _list(self.first_difference),
             "spearman_abs_log_gain_vs_delta_loss": {
                 c: {"rho": r.spearman, "interval": _list(r.interval)} for c, r in self.correlations.items()
+            },
+            "spearman_abs_log_gain_from_position_1_vs_delta_loss": {
+                c: {"rho": r.from_position_1, "interval": _list(r.from_position_1_interval)}
+                for c, r in self.correlations.items()
             },
             "last_mlp": {
                 **asdict(self.last_mlp),
@@ -195,30 +207,42 @@ def gain_versus_effect(result: EffectResult, intervention: str | None = None) ->
         first_difference = paired(ranking[0], ranking[1])
         first_separable = first_difference[1] > 0
 
+    later = _gains_from_position_1(result)
     correlations = {}
     for component in EFFECT_COMPONENTS:
-        per_prompt_gains = result.gains.per_prompt_gains(GAIN_COMPONENT[component])  # [prompt, layer]
-        per_prompt_effects = result.per_prompt("delta_loss", name, component)
-        rho_bounds: tuple[float, float] | None = None
         if len(result.layers) < MIN_LAYERS_FOR_RANKS:
             correlations[component] = Correlation(component, None, None)
             continue
-        rho = spearman(np.abs(np.log(result.gain(component))), result.effect("delta_loss", name, component))
+        effects = result.effect("delta_loss", name, component)  # [layer]
+        per_prompt_effects = result.per_prompt("delta_loss", name, component)  # [prompt, layer]
+        # gains: all counted positions, then (where there is one) from position 1; [prompt, layer] each
+        per_prompt = [result.gains.per_prompt_gains(GAIN_COMPONENT[component])]
+        if later is not None:
+            per_prompt.append(later.per_prompt_gains(GAIN_COMPONENT[component]))
+        layer_gains = [result.gain(component), *([later.gains(GAIN_COMPONENT[component])] if later is not None else [])]
+        rhos = [spearman(np.abs(np.log(gain)), effects) for gain in layer_gains]
+        rho_bounds: list[tuple[float, float] | None] = [None] * len(rhos)
         if settings is not None:
-            resampled = np.empty(settings["n_resamples"])
+            resampled = np.empty((len(rhos), settings["n_resamples"]))
             # A correlation is no mean: its interval is the percentile bootstrap whatever the method.
+            # Both correlations from the same resamples of the prompts.
             for start, stop, weights in resample_weight_chunks(
                 result.n_prompts, settings["n_resamples"], settings["seed"]
             ):  # [resample, prompt]
-                resampled[start:stop] = spearman(
-                    np.abs(np.log(weights @ per_prompt_gains)), weights @ per_prompt_effects
-                )
-            finite = resampled[np.isfinite(resampled)]
-            if finite.size:
-                tail = 100 * (1 - settings["confidence"]) / 2
-                rho_low, rho_high = np.percentile(finite, [tail, 100 - tail])
-                rho_bounds = (float(rho_low), float(rho_high))
-        correlations[component] = Correlation(component, None if not np.isfinite(rho) else float(rho), rho_bounds)
+                resampled_effects = weights @ per_prompt_effects  # [resample, layer]
+                for index, gains_of_prompts in enumerate(per_prompt):
+                    resampled[index, start:stop] = spearman(
+                        np.abs(np.log(weights @ gains_of_prompts)), resampled_effects
+                    )
+            rho_bounds = [_percentile_interval(row, settings["confidence"]) for row in resampled]
+        finite = [None if not np.isfinite(rho) else float(rho) for rho in rhos]
+        correlations[component] = Correlation(
+            component,
+            finite[0],
+            rho_bounds[0],
+            from_position_1=finite[1] if later is not None else None,
+            from_position_1_interval=rho_bounds[1] if later is not None else None,
+        )
 
     return GainVersusEffect(
         intervention=name,
@@ -229,6 +253,28 @@ def gain_versus_effect(result: EffectResult, intervention: str | None = None) ->
         last_mlp=_last_mlp(result, ranking, paired if settings is not None else None),
         confidence=settings["confidence"] if settings is not None else None,
     )
+
+
+def _gains_from_position_1(result: EffectResult) -> GainResult | None:
+    """The effects' gains without position 0, for the same prompts; None where the gains leave it
+    out already (``drop_first >= 1``) or cannot (a file without the sums from position 1)."""
+    if result.gains.drop_first >= 1:
+        return None
+    try:
+        later = result.gains.without_first(1)
+    except FunnelError:
+        return None
+    # Every prompt of an effect has a next token to predict, so it keeps a token after position 0.
+    return later if later.n_prompts == result.n_prompts else None
+
+
+def _percentile_interval(resampled: np.ndarray, confidence: float) -> tuple[float, float] | None:
+    finite = resampled[np.isfinite(resampled)]
+    if not finite.size:
+        return None
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(finite, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def _pair(bounds, row) -> tuple[float, float] | None:
@@ -386,7 +432,14 @@ def summary_lines(result: EffectResult, reading: GainVersusEffect | None = None)
                 )
                 + ")"
             )
-        lines.append(f"{label}: ρ = {correlation.spearman:+.2f}{_interval(correlation.interval)}{note}.")
+        line = f"{label}: ρ = {correlation.spearman:+.2f}{_interval(correlation.interval)}{note}"
+        if correlation.from_position_1 is not None:
+            line += (
+                f"; with gains from position 1 (an attention sink's first token left out): "
+                f"ρ = {correlation.from_position_1:+.2f}"
+                f"{_interval(correlation.from_position_1_interval)}"
+            )
+        lines.append(line + ".")
     lines.append(
         "Is the expanding last-layer MLP the most important MLP? " + _last_mlp_answer(reading, result.gains.definition)
     )
