@@ -95,6 +95,15 @@ def test_the_top_level_holds_only_subpackages_and_shared_modules():
         assert ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))), f"{folder}/__init__.py says its concern"
 
 
+def test_runtime_code_never_imports_the_test_helpers():
+    """funnel_tl.testing (the seed's reference method, toy checkpoints) is for tests, benchmarks
+    and notebooks: a measurement that imported it could lean on the reference it is checked by."""
+    runtime = [name for name in MODULES if name.split(".")[1:2] != ["testing"]]
+    leaning = {name: sorted(m for m in imports(name) if m.startswith("funnel_tl.testing")) for name in runtime}
+    assert {name: found for name, found in leaning.items() if found} == {}
+    assert any(m.startswith("funnel_tl.testing.") for m in MODULES)  # the walk sees the subpackage
+
+
 def test_no_private_name_is_imported_across_modules():
     shared = []
     for name, path in MODULES.items():
