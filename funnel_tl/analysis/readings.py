@@ -32,6 +32,8 @@ from funnel_tl.measure.reads import definition_roles
 
 # Below this factor between a headline with and without position 0, the analysis does not call it a change.
 NOTABLE_FACTOR = 1.5
+# Below this factor a change is said as a percentage: rounded to two digits, x1.04 reads "x1".
+PERCENT_BELOW = 1.1
 WITHOUT = "without position 0"
 
 
@@ -132,15 +134,22 @@ def input_norms(result) -> dict[str, dict[str, list]]:
 
 # ---- in words ------------------------------------------------------------------------------------
 def factor(before: float, after: float) -> str:
-    """How ``after`` relates to ``before`` in words: ``"x50 smaller"``, ``"x2.1 larger"``.
+    """How ``after`` relates to ``before`` in words: ``"x50 smaller"``, ``"x2.1 larger"``; a
+    change under ``PERCENT_BELOW`` as a percentage of ``before``, which a rounded factor would
+    call ``"x1"``.
 
-    >>> factor(485.0, 9.6), factor(1.0, 2.5)
-    ('x51 smaller', 'x2.5 larger')
+    >>> factor(485.0, 9.6), factor(1.0, 2.5), factor(1.084, 1.092), factor(3.396, 3.287)
+    ('x51 smaller', 'x2.5 larger', '0.74% larger', '3.2% smaller')
     """
     if before <= 0 or after <= 0:
         return "changed sign"
+    if after == before:
+        return "unchanged"
+    direction = "smaller" if after < before else "larger"
     ratio = before / after if after < before else after / before
-    return f"x{ratio:.2g} {'smaller' if after < before else 'larger'}"
+    if ratio < PERCENT_BELOW:
+        return f"{100 * abs(after - before) / before:.2g}% {direction}"
+    return f"x{ratio:.2g} {direction}"
 
 
 def notable(before: float, after: float) -> bool:
