@@ -239,7 +239,7 @@ def test_grouped_query_heads_are_grouped_by_their_key_value_head(measured, tmp_p
     assert [note.text for note in figure.layout.annotations] == ["kv 0: heads 0–1", "kv 1: heads 2–3"]
     table = result.format_top(4).splitlines()
     assert "4 query heads read 2 key/value heads, 2 each" in table[0] and table[1].split()[2] == "kv"
-    for line, row in zip(table[2:], result.top(4), strict=False):
+    for line, row in zip(table[2:-1], result.top(4), strict=True):
         assert line.split()[2] == str(row.key_value_head)
     page = result.save_html(tmp_path / "heads.html", k=4).read_text()
     assert "<th>kv</th>" in page and "key/value head <i>h</i> // 2" in page
@@ -371,8 +371,9 @@ def test_report_prints_the_heads_table_heads_printed(tmp_path, capsys):
     """``report`` on a heads folder prints the top-heads table ``heads`` printed, as long as its --top."""
     assert main(["heads", "--model", "nano-2l", "--device", "cpu", "--top", "3", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    table = printed[printed.index("Top 3 heads") : printed.index("\n\n", printed.index("Top 3 heads"))]
-    assert len(table.splitlines()) == 2 + 3  # title, header, three heads
+    start = printed.index("Top 3 of 4 heads")  # nano-2l: 2 layers of 2 heads
+    table = printed[start : printed.index("\n\n", start)]
+    assert len(table.splitlines()) == 2 + 3 + 1  # title, header, three heads, what the columns mean
     assert main(["report", str(tmp_path)]) == 0
     assert table in capsys.readouterr().out
 
@@ -380,7 +381,7 @@ def test_report_prints_the_heads_table_heads_printed(tmp_path, capsys):
 def test_head_norms_print_with_one_precision_down_the_column(tmp_path, measured):
     """`%.4g` per value printed `8.49` beside `9.302`; the terminal table and heads.html now agree on one."""
     result = measured("gpt2")
-    rows = result.format_top(8).splitlines()[2:]
+    rows = result.format_top(8).splitlines()[2:-1]  # title, header; the columns' legend last
     norms = [line.split()[3] for line in rows]
     assert len({len(norm.split(".")[-1]) for norm in norms}) == 1, norms
     page = result.save_html(tmp_path / "heads.html", k=8).read_text()
@@ -469,7 +470,7 @@ def test_cli_heads_end_to_end(arch, checkpoints, reference, tmp_path, capsys):
     )
     assert status == 0
     printed = capsys.readouterr().out
-    assert "Top 5 heads by gain" in printed and "heads.json" in printed
+    assert "Top 5 of " in printed and "heads.json" in printed
     data = json.loads((out / "heads.json").read_text())
     # float32 rounding, as in test_head_norms_match_hf_modules.
     np.testing.assert_allclose(data["head_norm"], reference(arch)["norm"].mean(axis=0), rtol=1e-4)

@@ -158,6 +158,8 @@ def heads_page(result, k: int = 20, plotlyjs: str | bool = True) -> str:
 
     figures = head_figures(result, k, title="Head gain by layer and head")
     top = result.top(k)
+    total = result.head_gains.size
+    shown = f"All {total}" if len(top) == total else f"Top {len(top)} of {total}"
     decimals = norm_decimals([row.norm for row in top])  # one precision down the column
     grouped = result.group_size is not None
     rows = "\n".join(
@@ -184,10 +186,14 @@ more than the layer reads; blue, less. A head's gain below 1 does not mean its l
 attention gain (last column) is the norm of all its heads' sum, and heads add up, partly cancelling, so a
 layer of blue heads can expand.{gqa_note}</p>
 {f'<p class="meta">{html.escape(result.relative_to())}.</p>' if result.read_at else ""}
-{"".join(figure_div(figure) + chr(10) for figure in figures.values())}<h2>Top {k} heads by gain</h2>
+{"".join(figure_div(figure) + chr(10) for figure in figures.values())}<h2>{shown} heads by gain</h2>
 <table><tr><th>rank</th><th>head</th>{"<th>kv</th>" if grouped else ""}<th>gain</th><th>mean norm</th>
 <th>norm share</th><th>projection share</th>
 <th>layer attn gain</th></tr>
 {rows}
-</table>"""
+</table>
+<p class="meta">Mean norm: mean‖z<sub>i</sub> W<sub>O</sub><sup>i</sup>‖ over the counted tokens. Norm share:
+the head's part of its layer's summed head norms. Projection share: its part of ‖a‖, the attention's
+output, measured along a (the shares of a layer and its b<sub>O</sub> add up to 1). Layer attn gain: the
+layer's attention gain, the norm of all its heads' sum over what it reads.</p>"""
     return page_html(f"{short_name(result.model)}: per-head gains", body, plotlyjs, style=_STYLE)

@@ -296,8 +296,11 @@ class HeadResult:
             f"{'norm share':>10} {'proj share':>10} {'layer attn gain':>15}"
         )
 
+        rows = self.top(k, by)
+        total = len(self.layers) * self.n_heads
+        shown = f"All {total}" if len(rows) == total else f"Top {len(rows)} of {total}"
         lines = [
-            f"Top {k} heads by {by.replace('_', ' ')} ({short_name(self.model)}, definition={self.definition})"
+            f"{shown} heads by {by.replace('_', ' ')} ({short_name(self.model)}, definition={self.definition})"
             + (
                 f"; {self.n_heads} query heads read {self.n_key_value_heads} key/value heads, "
                 f"{self.group_size} each (kv)"
@@ -307,7 +310,6 @@ class HeadResult:
             *filter(None, [self.relative_to()]),
             header,
         ]
-        rows = self.top(k, by)
         decimals = norm_decimals([row.norm for row in rows])
         for rank, row in enumerate(rows, start=1):
             kv = f"{row.key_value_head:>3} " if grouped else ""
@@ -315,6 +317,11 @@ class HeadResult:
                 f"{rank:>4}  {row.label:<8} {kv}{row.gain:>8.4f} {row.norm:>10.{decimals}f} "
                 f"{row.norm_share:>10.3f} {row.projection_share:>10.3f} {row.layer_attn_gain:>15.4f}"
             )
+        lines.append(
+            "(gain: the head's mean output norm ‖h_i‖ over the mean norm its layer's attention reads; "
+            "norm: that mean ‖h_i‖; norm share: its part of the layer's head norms; proj share: its "
+            "part of ‖a‖, the attention's output, along a)"
+        )
         return "\n".join(lines)
 
     def gain_intervals(
