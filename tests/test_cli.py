@@ -90,7 +90,7 @@ def test_bad_inputs(checkpoints, tmp_path, capsys):
     _bad(["run", "--model", model, "--definition", "bogus"], capsys, "invalid choice: 'bogus'")
     bad_jsonl = tmp_path / "bad.jsonl"
     bad_jsonl.write_text('{"prompt": "no text key"}\n')
-    _bad(["run", "--model", model, "--prompts", str(bad_jsonl)], capsys, '"text" field')
+    _bad(["run", "--model", model, "--prompts", str(bad_jsonl)], capsys, 'a "text" field, got an object with "prompt"')
     no_config = tmp_path / "not-a-checkpoint"
     no_config.mkdir()
     _bad(["run", "--model", str(no_config)], capsys, "holds no config.json")

@@ -194,7 +194,10 @@ def _json_records(path: Path) -> Iterator[tuple[str, object]]:
 
 def _text_field(record: object, where: str) -> object:
     if not isinstance(record, dict) or "text" not in record:
-        raise FunnelError(f'{where}: expected a JSON object with a "text" field, got {kind(record)}')
+        # An object's own keys say what it holds instead ("txt", "content"): rename one to "text".
+        keys = ", ".join(f'"{key}"' for key in list(record)[:6]) if isinstance(record, dict) else ""
+        got = f"an object with {keys or 'no keys'}" if isinstance(record, dict) else kind(record)
+        raise FunnelError(f'{where}: expected a JSON object with a "text" field, got {got}')
     return record["text"]
 
 
