@@ -10,7 +10,8 @@ import pytest
 
 from funnel_tl import GainResult, measure_gains
 from funnel_tl.measure.heads import head_gains
-from funnel_tl.measure.streaming import PromptDigest
+from funnel_tl.measure.options import MeasureOptions
+from funnel_tl.measure.streaming import PromptDigest, TokenStream
 from funnel_tl.prompts.sets import prompts_sha256
 from funnel_tl.prompts.sources import stream_prompts
 from funnel_tl.results.heads import HeadResult
@@ -298,3 +299,15 @@ def test_a_bad_line_of_a_streamed_file_fails_before_anything_is_read_for_measuri
         stream_prompts(str(path))
     texts, record = stream_prompts(str(path), max_prompts=5)  # the bad line lies beyond the cap
     assert list(texts) == ["fine"] * 5 and record["more_available"]
+
+
+@pytest.mark.parametrize("n, chunk", [(12, 4), (13, 4), (3, 4)])
+def test_the_progress_bar_learns_the_number_of_batches_with_the_last_chunk(bridge, n, chunk):
+    """A prompt list (or a set such as "varied") gets a total, so an ETA, once its last chunk is
+    batched: the number of batches the run then yields, even where the chunks divide it evenly."""
+    stream = TokenStream(bridge("gpt2"), corpus(n), MeasureOptions(batch_size=3, chunk_size=chunk))
+    totals = [stream.known_total() for _ in stream.batches()]  # asked as the engine asks, per batch
+    sizes = [min(chunk, n - start) for start in range(0, n, chunk)]  # prompts per chunk
+    n_batches = sum(-(-size // 3) for size in sizes)
+    last = -(-sizes[-1] // 3)  # the last chunk's batches
+    assert totals == [None] * (n_batches - last) + [n_batches] * last  # one chunk (n=3): known at once

@@ -390,21 +390,24 @@ class Engine:
         drop_first: int = 0,
         progress: bool | None = None,
         description: str = "",
-        total: int | None = None,
+        total: int | Callable[[], int | None] | None = None,
     ) -> Iterator[tuple[Batch, dict[str, np.ndarray], np.ndarray]]:
         """Yield ``(batch, per-prompt sums as float64 arrays [batch, ...], counted tokens per prompt)``.
 
         ``batches`` may be a lazy iterable (a streamed corpus, ``gains.measure_gains``): it is read
         one batch ahead of the batch being measured, never further, and the fast executor is
         checked once, on the run's first batch. ``total``: the number of batches for the
-        progress bar where ``batches`` has no length.
+        progress bar where ``batches`` has no length, or a function that tells it once it is
+        known (``TokenStream.known_total``; asked at each batch until it answers).
         """
         self._fired: set[int] = set()
         first_names, first_reads = self._names(first=True)
         names, reads = self._names(first=False)
         tl = TLExecutor(self.model)
-        if total is None and isinstance(batches, Sized):
-            total = len(batches)
+        learn_total = total if callable(total) else None
+        known = None if callable(total) else total
+        if known is None and isinstance(batches, Sized):
+            known = len(batches)
         stream = iter(batches)
         # Two batches looked at before the run starts: whether it is a single one decides the executor.
         ahead = list(itertools.islice(stream, 2))
@@ -418,7 +421,11 @@ class Engine:
         show = progress if progress is not None else several
         with torch.inference_mode(), contextlib.ExitStack() as stack:
             executor = tl
-            for number, batch in enumerate(tqdm(stream, desc=description, unit="batch", total=total, disable=not show)):
+            bar = tqdm(stream, desc=description, unit="batch", total=known, disable=not show)
+            for number, batch in enumerate(bar):
+                if bar.total is None and learn_total is not None and learn_total() is not None:
+                    bar.total = learn_total()  # the stream has batched its last chunk: an ETA from here
+                    bar.refresh()
                 tokens = batch.tokens.to(self.device)
                 attention_mask = batch.attention_mask.to(self.device)
                 counted = counted_tokens(attention_mask, drop_first)

@@ -323,7 +323,9 @@ def measure_gains(
     suffixes = plan.norm_suffixes
     shapes = {f"{suffix}{part}": (len(chosen),) for suffix in suffixes for part in ("", FROM_1)}
     sums, counts = PerPrompt(shapes), PerPrompt({"n_tokens": ()}, dtype=np.int64)
-    batches = engine.run(stream.batches(), options.drop_first, progress, description=f"gains {name}")
+    batches = engine.run(
+        stream.batches(), options.drop_first, progress, description=f"gains {name}", total=stream.known_total
+    )
     for batch, batch_sums, counted in batches:
         sums.put(batch.indices, batch_sums)
         counts.put(batch.indices, {"n_tokens": counted})

@@ -161,7 +161,9 @@ def head_gains(
     shapes: dict[str, tuple[int, ...]] = {key: (len(chosen), n_heads) for key in ("norm", "projection")}
     shapes |= {key: (len(chosen),) for key in ("attn_out", "input")}
     sums, counts = PerPrompt(shapes), PerPrompt({"n_tokens": ()}, dtype=np.int64)
-    batches = engine.run(stream.batches(), options.drop_first, progress, description=f"heads {name}")
+    batches = engine.run(
+        stream.batches(), options.drop_first, progress, description=f"heads {name}", total=stream.known_total
+    )
     for batch, batch_sums, counted in batches:
         sums.put(batch.indices, batch_sums)
         counts.put(batch.indices, {"n_tokens": counted})

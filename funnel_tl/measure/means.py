@@ -121,7 +121,13 @@ def component_means(
     stream = TokenStream(model, prompts, options, tokenizer, engine.device)
     sums = {component: np.zeros((len(chosen), model.cfg.d_model)) for component in EFFECT_COMPONENTS}
     n_tokens = 0
-    batches = engine.run(stream.batches(), options.drop_first, progress, description=f"means {model_name(model)}")
+    batches = engine.run(
+        stream.batches(),
+        options.drop_first,
+        progress,
+        description=f"means {model_name(model)}",
+        total=stream.known_total,
+    )
     for _, batch_sums, counted in batches:
         for component, suffix in COMPONENT_HOOKS.items():
             sums[component] += batch_sums[suffix].sum(axis=0)  # [layer, d_model]

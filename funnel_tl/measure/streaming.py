@@ -82,6 +82,22 @@ def chunked(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
+def chunks_and_last(items: Iterable, size: int) -> Iterator[tuple[list, bool]]:
+    """``chunked``'s lists, each with whether it is the last: a full chunk reads one item past
+    itself to tell (a short one is the last).
+
+    >>> [(chunk, last) for chunk, last in chunks_and_last(range(5), 2)]
+    [([0, 1], False), ([2, 3], False), ([4], True)]
+    >>> list(chunks_and_last(range(4), 2))[-1]
+    ([2, 3], True)
+    """
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        following = list(itertools.islice(iterator, 1)) if len(chunk) == size else []
+        yield chunk, not following
+        iterator = itertools.chain(following, iterator)
+
+
 class TokenStream:
     """The batches of a measurement, read chunk by chunk from ``prompts``; what it saw, for the provenance.
 
@@ -117,6 +133,9 @@ class TokenStream:
         self.n_tokens_total = self.real = self.padded = 0
         self.batch_sizes: list[int] = []
         self.truncation: dict = {}
+        # Batches of the chunks batched so far; their number is the run's once the last is batched.
+        self.n_batches_seen = 0
+        self.n_batches: int | None = None
 
     @property
     def n_prompts(self) -> int:
@@ -135,14 +154,19 @@ class TokenStream:
         """The batch size recorded in the provenance: the largest any chunk used."""
         return max(self.batch_sizes) if self.batch_sizes else 0
 
+    def known_total(self) -> int | None:
+        """The run's number of batches, known once its last chunk is batched (at once for every
+        prompt set up to ``CHUNK_PROMPTS``); None before, as for a streamed corpus."""
+        return self.n_batches
+
     def batches(self) -> Iterator[Batch]:
-        for chunk in chunked(iter_prompts(self.prompts), self.chunk_size):
-            yield from self._chunk_batches(chunk)
+        for chunk, last in chunks_and_last(iter_prompts(self.prompts), self.chunk_size):
+            yield from self._chunk_batches(chunk, last)
         if not self.n_prompts:
             source = str(self.prompts) if isinstance(self.prompts, (str, os.PathLike)) else "the prompt list"
             raise FunnelError(f"no prompts in {source}: give at least one non-blank prompt")
 
-    def _chunk_batches(self, chunk: list[str]) -> Iterator[Batch]:
+    def _chunk_batches(self, chunk: list[str], last: bool = False) -> Iterator[Batch]:
         offset = self.n_prompts
         cut: dict = {}
         token_ids = tokenize(
@@ -166,6 +190,9 @@ class TokenStream:
             self.on_chunk(self.n_prompts, max(map(len, token_ids)))
         size = resolve_batch_size(self.requested_batch_size, self.model, token_ids, self.device)
         self.batch_sizes.append(size)
+        self.n_batches_seen += -(-len(token_ids) // size)  # make_batches' batches: ceil(prompts / size)
+        if last:
+            self.n_batches = self.n_batches_seen
         for batch in make_batches(token_ids, size, pad_token_id=self.pad_id):
             self.real += int(batch.attention_mask.sum())
             self.padded += batch.attention_mask.numel()
