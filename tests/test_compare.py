@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from funnel_tl import FunnelError, GainResult, load_model, measure_gains
 from funnel_tl.analysis.funnel import summarize
 from funnel_tl.cli.entry import main
 from funnel_tl.measure.options import MeasureOptions
+from funnel_tl.models.identity import local_checkpoints
 from funnel_tl.prompts.sets import SEED_PROMPTS, prompts_sha256
 from funnel_tl.sweep.one_target import SweepOptions
 from funnel_tl.testing.reference import reference_gains, seed_reference
@@ -39,6 +41,7 @@ sweep_rows = importlib.import_module("funnel_tl.sweep.rows")
 sweep_one_target = importlib.import_module("funnel_tl.sweep.one_target")
 sweep_plan = importlib.import_module("funnel_tl.sweep.plan")
 sweep_torchrun = importlib.import_module("funnel_tl.sweep.torchrun")
+loading = importlib.import_module("funnel_tl.models.loading")
 compare = sweep_package.compare
 
 # The default batch size of `run`: the same batches as a single run, so the same float ops.
@@ -384,7 +387,12 @@ def nan_checkpoint(tmp_path_factory, checkpoints, tokenizer):
 
 def test_failing_models_are_recorded_and_the_sweep_goes_on(checkpoints, nan_checkpoint, tmp_path, monkeypatch, capsys):
     good, other = str(checkpoints["neox-parallel"]), str(checkpoints["neox-serial"])
-    missing = str(tmp_path / "no_such_model")
+    # A folder that resolves (its config.json is there) but fails as it loads: a missing folder
+    # is refused before the sweep starts (test_faults), this one is a failed row.
+    missing = tmp_path / "no_weights"
+    missing.mkdir()
+    shutil.copy(Path(good) / "config.json", missing / "config.json")
+    missing = str(missing)
     real = sweep_one_target.load_model
 
     def flaky(source, **kwargs):  # an unexpected error (not a FunnelError) from one model
@@ -415,7 +423,7 @@ def test_failing_models_are_recorded_and_the_sweep_goes_on(checkpoints, nan_chec
     rows = {row["model"]: row for row in data["models"]}
     assert [row["status"] for row in data["models"]] == ["ok", "failed", "failed", "failed"]
     assert data["n_failed"] == 3
-    assert "not found" in rows[missing]["error"]
+    assert "no weights" in rows[missing]["error"]
     assert "nan" in rows[str(nan_checkpoint)]["error"].lower()
     assert rows[other]["error"] == "RuntimeError: simulated crash"
     assert all("\n" not in row["error"] for row in data["models"] if row["error"])
@@ -573,6 +581,22 @@ def test_local_checkpoints_are_swept_in_step_order(training_run, tmp_path, load_
     np.testing.assert_array_equal(layer_0_mlp, [comparison.results[r.model].mlp_gains[0] for r in comparison.rows])
 
 
+def test_a_local_runs_checkpoint_loads_by_revision(training_run, tmp_path, capsys):
+    """``revision="step500"`` of a training run's folder is its step500/ subfolder, named as
+    compare --checkpoints names it; the CLI's --revision takes it too."""
+    direct = single_run(training_run / "step500")
+    for revision in ("step500", "500", "checkpoint-500"):
+        model = load_model(str(training_run), revision=revision, device="cpu", dtype="float32")
+        result = measure_gains(model, "seed", batch_size=8, progress=False)
+        assert result.model == f"{training_run}@step500", revision
+        np.testing.assert_array_equal(result.out_sums["mlp"], direct.out_sums["mlp"])
+    with pytest.raises(FunnelError, match="has no checkpoint 'step7': it has steps 0, 500, 10000"):
+        load_model(str(training_run), revision="step7")
+    assert main(["run", "--model", str(training_run), "--revision", "step500", "--out", str(tmp_path / "o")]) == 0
+    assert GainResult.load(tmp_path / "o" / "results.json").model == f"{training_run}@step500"
+    capsys.readouterr()
+
+
 def test_checkpoint_selection(training_run):
     plan = sweep_plan.plan_targets([str(training_run)], checkpoints=["step10000", 0])
     assert [t.step for t in plan] == [0, 10000]
@@ -590,7 +614,7 @@ def test_hf_trainer_checkpoint_folders(tmp_path, tokenizer):
     for step in (20, 3):
         build_checkpoint(tmp_path / f"checkpoint-{step}", "gpt2", tokenizer=tokenizer, n_layers=1)
     (tmp_path / "checkpoint-9").mkdir()  # no config.json: not a checkpoint
-    assert list(sweep_plan.local_checkpoints(tmp_path)) == [3, 20]
+    assert list(local_checkpoints(tmp_path)) == [3, 20]
 
 
 def test_hub_checkpoints_are_pythia_revisions():
@@ -609,8 +633,10 @@ def test_hub_checkpoints_are_pythia_revisions():
 def test_bundled_checkpoints_load_by_revision(training_run, tmp_path, monkeypatch):
     """A bundled model's checkpoints go through load_model(name, revision="step<N>"), in step order."""
     shipped = {10000: training_run / "step10000", 0: training_run / "step0", 500: training_run / "step500"}
-    monkeypatch.setattr(sweep_plan, "bundled_models", lambda: {"nano-test": training_run / "step10000"})
-    monkeypatch.setattr(sweep_plan, "bundled_checkpoints", lambda name: dict(shipped))
+    # Patched where the plan lists them and where it resolves each target before the sweep starts.
+    for module in (sweep_plan, loading):
+        monkeypatch.setattr(module, "bundled_models", lambda: {"nano-test": training_run / "step10000"})
+        monkeypatch.setattr(module, "bundled_checkpoints", lambda name: dict(shipped))
     calls = []
 
     def fake_load(source, revision=None, **kwargs):  # stands in for the bundled loader

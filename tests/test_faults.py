@@ -401,6 +401,39 @@ def test_revision_of_a_local_folder_is_refused(tmp_path, capsys):
     assert not (tmp_path / "o" / "results.json").exists()
 
 
+def test_a_mistyped_shipped_name_is_refused_with_the_closest(tmp_path, capsys, monkeypatch):
+    """nano8l or smollm2 is no hub name (a hub repo has an owner): refused offline, at once, with
+    the shipped name it is closest to, never a minute of hub retries and a network error."""
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the hub was asked about a mistyped shipped name")
+
+    monkeypatch.setattr("funnel_tl.models.hub.unreachable_hub", no_hub)
+    for typo, closest in (("nano8l", "nano-8l"), ("smollm2", "smollm2-135m"), ("SmolLM2-135M", "smollm2-135m")):
+        assert main(["run", "--model", typo, "--out", str(tmp_path / "o")]) == 2
+        one_line_error(capsys, f"no bundled model called {typo!r} (did you mean {closest}?)", "nano-2l")
+    assert main(["run", "--model", "nano-9l", "--out", str(tmp_path / "o")]) == 2
+    assert "did you mean" not in one_line_error(capsys, "no bundled model called 'nano-9l'")  # as near 2l as 8l
+
+
+def test_an_unknown_option_is_named_by_its_command_with_the_closest(capsys):
+    assert main(["run", "--modle", "nano-2l"]) == 2
+    one_line_error(capsys, "funnel-tl run: error: unrecognized arguments: --modle nano-2l (did you mean --model?)")
+    assert main(["compare", "--models", "nano-2l", "--bogus"]) == 2
+    line = one_line_error(capsys, "funnel-tl compare: error: unrecognized arguments: --bogus", "compare --help")
+    assert "did you mean" not in line  # nothing close: no guess
+
+
+def test_compare_refuses_a_mistyped_model_before_measuring_any(tmp_path, capsys):
+    assert main(["compare", "--models", "nano-2l", "nano-9l", "--out", str(tmp_path / "sweep")]) == 2
+    one_line_error(capsys, "no bundled model called 'nano-9l'")
+    assert not list(tmp_path.rglob("results.json"))  # nano-2l was not measured first
+    missing = str(tmp_path / "no_such_model")
+    assert main(["compare", "--models", "nano-2l", missing, "--out", str(tmp_path / "sweep")]) == 2
+    one_line_error(capsys, f"model folder not found: {missing}")
+    assert not list(tmp_path.rglob("results.json"))
+
+
 def test_load_model_arguments_are_checked():
     with pytest.raises(FunnelError, match="unknown device 'bogus'"):
         models_loading.load_model("nano-2l", device="bogus")

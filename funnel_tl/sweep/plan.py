@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from funnel_tl.errors import FunnelError
-from funnel_tl.models.identity import CHECKPOINT_FOLDER
-from funnel_tl.models.loading import bundled_checkpoints, bundled_models
+from funnel_tl.models.identity import local_checkpoints
+from funnel_tl.models.loading import bundled_checkpoints, bundled_models, resolve_model_revision
 from funnel_tl.results.folders import slug
 
 # The eight Pythia sizes the seed's universality question is about (deduplicated weights; the
@@ -124,17 +124,6 @@ def parse_steps(checkpoints) -> str | list[int] | None:
     return sorted(steps)
 
 
-def local_checkpoints(folder: str | os.PathLike) -> dict[int, Path]:
-    """Training checkpoints in a local folder: ``step<N>/`` or ``checkpoint-<N>/`` subfolders
-    holding a ``config.json``, by step (numerically: ``step500`` comes before ``step10000``)."""
-    found = {}
-    for child in Path(folder).iterdir():
-        match = CHECKPOINT_FOLDER.match(child.name)
-        if match and (child / "config.json").is_file():
-            found[int(match.group(1))] = child
-    return dict(sorted(found.items()))
-
-
 def _pick(available: Iterable[int], steps, name: str) -> list[int]:
     available = sorted(available)
     if steps == "all":
@@ -215,6 +204,9 @@ def plan_targets(models: str | Sequence[str], checkpoints=None) -> list[Target]:
                 f"{target.slug}: rename one or run them into different --out folders"
             )
         labels[target.label] = slugs[target.slug] = target.label
+        # Cheap (no weights, no network): a mistyped name or a missing folder is refused before
+        # any model of the sweep loads, not found after the others were measured.
+        resolve_model_revision(target.source, target.revision)
     return targets
 
 
