@@ -162,6 +162,18 @@ def test_fast_executor_stops_before_the_unembedding(bridge, prompts):
     assert widths and model.cfg.d_vocab not in widths  # no module produced logits
 
 
+def test_a_flattened_hf_read_is_read_as_batch_and_position():
+    """OPT's decoder layer (transformers 5.x) runs its norm and MLP on reshape(-1, d): the fast
+    executor gives those reads back their [batch, pos, d] shape, row for row; others pass as they are."""
+    executor = HFExecutor(torch.nn.Identity(), {}, (2, 4))
+    executor.tokens_shape = (3, 5)
+    stream = torch.randn(3, 5, 8)  # [batch, pos, d]
+    assert torch.equal(executor._unflattened(stream.reshape(-1, 8)), stream)
+    assert executor._unflattened(stream) is stream
+    other = torch.randn(4, 8)  # 2-D but not batch·pos rows: left alone
+    assert executor._unflattened(other) is other
+
+
 def test_unknown_executor(bridge):
     with pytest.raises(FunnelError, match="unknown executor"):
         measure_gains(bridge("gpt2"), ["a b c"], executor="fast")

@@ -171,6 +171,7 @@ class HFExecutor:
         self.root = root  # the unwrapped HF model (a shallow copy sharing the bridge's parameters)
         self.points = points  # hook name -> (HF module in root, "input" | "output")
         self.heads_shape = heads_shape  # (n_heads, d_head): hook_z is the output projection's input, per head
+        self.tokens_shape: tuple[int, ...] = ()  # (batch, pos) of the forward running: see _unflattened
 
     @classmethod
     def for_model(cls, model, names: Sequence[str], attention: str | None = None) -> tuple[HFExecutor | None, str]:
@@ -239,14 +240,14 @@ class HFExecutor:
                     def pre_hook(module, args, kwargs, *, index=index, reshape=reshape):
                         # HF decoder layers take the stream first, or by name when called with keywords.
                         activation = args[0] if args else kwargs.get("hidden_states", next(iter(kwargs.values())))
-                        on_read(index, _heads(activation, reshape))
+                        on_read(index, _heads(self._unflattened(activation), reshape))
 
                     handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
                 else:
 
                     def hook(module, args, output, *, index=index, reshape=reshape):
                         activation = output[0] if isinstance(output, tuple) else output
-                        on_read(index, _heads(activation, reshape))
+                        on_read(index, _heads(self._unflattened(activation), reshape))
 
                     handles.append(module.register_forward_hook(hook))
             yield
@@ -255,7 +256,18 @@ class HFExecutor:
                 handle.remove()
 
     def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        self.tokens_shape = tuple(tokens.shape)
         self.root(input_ids=tokens, attention_mask=attention_mask, use_cache=False)
+
+    def _unflattened(self, activation: torch.Tensor) -> torch.Tensor:
+        """``[batch·pos, d]`` as ``[batch, pos, d]``: some HF layers (OPT's decoder layer in
+        transformers 5.x) flatten the stream before their MLP, so its norm and MLP read 2-D
+        tensors where TransformerLens' hooks give 3-D ones. Row-major, as ``reshape(-1, d)`` made it."""
+        if activation.dim() == 2 and len(self.tokens_shape) == 2:
+            batch, pos = self.tokens_shape
+            if activation.shape[0] == batch * pos:
+                return activation.view(batch, pos, activation.shape[-1])  # [batch, pos, d]
+        return activation
 
 
 def _heads(activation: torch.Tensor, shape) -> torch.Tensor:
