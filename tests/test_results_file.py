@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -67,6 +68,25 @@ def test_round_trip(result, tmp_path):
     loaded = GainResult.load(path)
     assert loaded.to_dict() == result.to_dict()
     assert not list(path.parent.glob(".*.tmp"))  # the atomic write left no temporary file
+
+
+@pytest.mark.parametrize(
+    "key, edit, message",
+    [
+        ("mlp", 999.0, "mlp.gains[1] is 999.0, but the file's per-prompt sums give"),
+        ("attention", "oops", "attention.gains[1] is 'oops'"),
+        ("block", None, "block.gains[1] is None"),
+    ],
+)
+def test_a_hand_edited_gain_is_named_not_replaced(result, tmp_path, key, edit, message):
+    """funnel_tl reads the per-prompt sums: a summary edited by hand would otherwise be silently
+    recomputed away (report printed the old numbers), so the file and the field are named."""
+    data = result.to_dict()
+    data[key]["gains"][1] = edit
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(FunnelError, match=re.escape(f"{path}: {message}")):
+        GainResult.load(path)
 
 
 def test_foreign_and_old_files_give_clear_errors(tmp_path):

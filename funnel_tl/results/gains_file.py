@@ -130,7 +130,7 @@ def result_from_dict(cls: type[GainResult], data: dict[str, Any], source: str = 
         per_prompt = data["per_prompt"]
         layers = data.get("layers")
         width = data["n_layers"] if layers is None else len(layers)
-        return cls(
+        result = cls(
             model=data["model"],
             definition=data["definition"],
             n_layers=data["n_layers"],
@@ -149,6 +149,37 @@ def result_from_dict(cls: type[GainResult], data: dict[str, Any], source: str = 
         )
     except (KeyError, TypeError, ValueError) as error:
         raise FunnelError(f"{source} is not a complete funnel_tl results file (missing or bad {error})") from None
+    _check_summaries(result, data, source)
+    return result
+
+
+# The summaries a file states, and the attribute that recomputes each from the per-prompt sums.
+SUMMARIES = {"attention": "attn_gains", "mlp": "mlp_gains", "combined": "combined_gains", "block": "block_gains"}
+# A file's gains are the float64s that wrote it, read back exactly; 1e-9 leaves room for another
+# summation order only, far below any edit.
+SUMMARY_RTOL = 1e-9
+
+
+def _check_summaries(result: GainResult, data: dict[str, Any], source: str) -> None:
+    """The gains a file states must be those its per-prompt sums give: funnel_tl reads the sums, so
+    a hand-edited or damaged summary is named, never silently replaced by the recomputed value."""
+    for key, attribute in SUMMARIES.items():
+        block = data.get(key)
+        if not isinstance(block, dict) or block.get("gains") is None:
+            continue
+        computed = np.asarray(getattr(result, attribute), dtype=np.float64)  # [layer]
+        written = block["gains"]
+        if not isinstance(written, list) or len(written) != computed.size:
+            raise FunnelError(f"{source}: {key}.gains is not a list of {computed.size} numbers: the file was damaged")
+        # Anything but a number (a string, null, true) reads as NaN, which no computed gain equals.
+        values = np.array([v if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan for v in written])
+        off = ~np.isclose(values, computed, rtol=SUMMARY_RTOL, atol=0.0, equal_nan=True)
+        if off.any():
+            index = int(np.flatnonzero(off)[0])
+            raise FunnelError(
+                f"{source}: {key}.gains[{index}] is {written[index]!r}, but the file's per-prompt sums give "
+                f"{computed[index]:.6g}: it was edited or damaged (funnel_tl reads the sums; rerun to rewrite it)"
+            )
 
 
 def gain_frame(result: GainResult):
