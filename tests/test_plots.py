@@ -314,6 +314,25 @@ def test_panel_3_block_gain_has_its_own_axis_and_does_not_set_the_bars_range():
     assert "LayerNorm outputs" in fig.layout.yaxis.title.text and "resid_pre" in block.name
 
 
+def test_panel_3_draws_the_block_axis_1_where_it_cannot_sit_level_with_the_bars_1():
+    """SmolLM2's case: bars all far above 1 (their 1 at the bottom) beside block gains below 1.
+    The block axis then keeps its own range, and its 1 gets a dotted line of its own, or a block
+    gain of 0.55 would read as above the bars' dashed 1."""
+
+    def block_lines(fig):
+        return [shape for shape in fig.layout.shapes if shape.yref and shape.yref.startswith("y2")]
+
+    expanding = {
+        "attn": np.tile([20.0, 30.0, 40.0], (4, 1)),
+        "mlp": np.tile([20.0, 30.0, 90.0], (4, 1)),
+        "block": np.tile([0.55, 3.0, 20.0], (4, 1)),
+    }
+    lines = block_lines(plot_net_gain(from_gains(expanding)))
+    assert len(lines) == 1 and lines[0].y0 == lines[0].y1 == 1 and lines[0].line.dash == "dot"
+    level = {c: np.tile([0.5, 0.9, 1.2], (4, 1)) for c in ("attn", "mlp", "block")}
+    assert block_lines(plot_net_gain(from_gains(level))) == []  # level: the one dashed line serves both
+
+
 def test_panel_3_names_the_norms_the_model_has():
     """SmolLM2 (Llama) has RMSNorm: its axis said "LayerNorm outputs"."""
     from dataclasses import replace

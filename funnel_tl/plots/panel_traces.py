@@ -205,6 +205,20 @@ def draw_net_gain(fig, result, row, col, legend, log=None):
     # dashed neutral line then serves both axes.
     neutral_at = (1 - span[0]) / (span[1] - span[0]) if not log else -span[0] / (span[1] - span[0])
     block_low, block_high = gain_extent(result, ("block",))
+    block_range = aligned_log_range(block_low, block_high, neutral_at)  # log10 units
+    block_neutral = -block_range[0] / (block_range[1] - block_range[0])  # where the block axis's 1 sits
+    if abs(block_neutral - min(max(neutral_at, 0.02), 0.98)) > 1e-6 and block_range[0] < 0 < block_range[1]:
+        # Not level (aligning would have more than doubled the block axis): its 1 gets a line of
+        # its own, or a block gain below 1 would read as above the bars' dashed 1.
+        fig.add_hline(
+            y=1,
+            line=dict(color=block.line.color or COLORS["neutral"], dash="dot", width=1),
+            annotation=dict(text="block 1", font=dict(size=11, color=block.line.color), xanchor="right"),
+            annotation_position="top right",
+            row=row,
+            col=col,
+            secondary_y=True,
+        )
     fig.update_yaxes(
         title_text="block gain (log)",
         row=row,
@@ -214,7 +228,7 @@ def draw_net_gain(fig, result, row, col, legend, log=None):
         zeroline=False,
         type="log",
         exponentformat="power",
-        range=aligned_log_range(block_low, block_high, neutral_at),
+        range=block_range,
         **log_ticks(block_low, block_high),
     )
 
