@@ -45,6 +45,7 @@ from funnel_tl.plots.style import (
     neutral_line,
 )
 from funnel_tl.results.effects import EffectResult
+from funnel_tl.results.folders import short_name
 
 # Okabe & Ito: an intervention's colour on every panel (attention and MLP are told apart by column).
 INTERVENTION_COLORS = ("#000000", "#009E73", "#56B4E9", "#E69F00", "#CC79A7", "#0072B2", "#D55E00", "#F0E442")
@@ -302,24 +303,31 @@ def effects_page(result: EffectResult, plotlyjs: str | bool = True) -> str:
     """effects.html: the reading's answers above the figure."""
     reading = gain_versus_effect(result)
     items = "".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(result, reading))
-    body = f'<div class="reading"><ul>{items}</ul></div>\n' + figure_div(
-        plot_effects(result),
-        "funnel-tl-effects",
-        {
-            "toImageButtonOptions": {
-                "format": "png",
-                "filename": "effects",
-                "width": WIDTH,
-                "height": HEIGHT,
-                "scale": 2,
-            }
-        },
+    name = html.escape(short_name(result.model))
+    heading = f"<h1>{name}: what each sublayer costs the predictions, beside its gain</h1>\n"
+    body = (
+        heading
+        + f'<div class="reading"><ul>{items}</ul></div>\n'
+        + figure_div(
+            plot_effects(result),
+            "funnel-tl-effects",
+            {
+                "toImageButtonOptions": {
+                    "format": "png",
+                    "filename": "effects",
+                    "width": WIDTH,
+                    "height": HEIGHT,
+                    "scale": 2,
+                }
+            },
+        )
     )
     style = (
+        "h1{font-family:sans-serif;font-size:24px;max-width:1300px;margin:16px auto 0 auto}"
         ".reading{font-family:sans-serif;font-size:15px;max-width:1300px;margin:12px auto 0 auto;"
         "line-height:1.45}.reading li{margin-bottom:4px}"
     )
-    return page_html(f"{result.model}: effects beside gains", body, plotlyjs, style=style)
+    return page_html(f"{short_name(result.model)}: effects beside gains", body, plotlyjs, style=style)
 
 
 def write_effects_page(

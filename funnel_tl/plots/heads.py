@@ -183,7 +183,7 @@ def heads_page(result, k: int = 20, plotlyjs: str | bool = True) -> str:
 Head gain = mean‖z<sub>i</sub> W<sub>O</sub><sup>i</sup>‖ (what head <i>i</i> alone writes) over the
 layer's attention-gain denominator (the mean norm of what the attention reads): red, the head alone writes
 more than the layer reads; blue, less. A head's gain below 1 does not mean its layer contracts: the layer's
-attention gain (last column) is the norm of all its heads' sum, and heads add up, partly cancelling, so a
+attention gain (the table's last column) is the norm of all its heads' sum, and heads add up, partly cancelling, so a
 layer of blue heads can expand.{gqa_note}</p>
 {f'<p class="meta">{html.escape(result.relative_to())}.</p>' if result.read_at else ""}
 {"".join(figure_div(figure) + chr(10) for figure in figures.values())}<h2>{shown} heads by gain</h2>
