@@ -384,6 +384,24 @@ def test_spearman_matches_a_hand_computation():
     assert np.isnan(spearman(np.ones(4), np.arange(4.0)))
 
 
+def _seed_gains(model: str, out_sums: dict, in_sums: dict, n_tokens: int, reads=None) -> GainResult:
+    """A seed-definition, serial-block GainResult of the given ``[prompt, layer]`` sums, every
+    prompt ``n_tokens`` long."""
+    n_prompts, n_layers = out_sums["mlp"].shape
+    return GainResult(
+        model=model,
+        definition="seed",
+        n_layers=n_layers,
+        d_model=8,
+        parallel_blocks=False,
+        prompts=None,
+        n_tokens=np.full(n_prompts, n_tokens),
+        out_sums=out_sums,
+        in_sums=in_sums,
+        reads=reads,
+    )
+
+
 def _synthetic(
     last_mlp: float,
     other_mlp: float | None,
@@ -401,17 +419,7 @@ def _synthetic(
         gains = {c: np.full((n_prompts, n_layers), 2.0) for c in ("attn", "mlp", "block")}
         gains["mlp"][:, -1] = 4.0  # the last MLP expands most
         ins = {c: np.ones((n_prompts, n_layers)) for c in gains}
-        gain = GainResult(
-            model="toy",
-            definition="seed",
-            n_layers=n_layers,
-            d_model=8,
-            parallel_blocks=False,
-            prompts=None,
-            n_tokens=np.full(n_prompts, 5),
-            out_sums={c: gains[c] * 5 for c in gains},
-            in_sums={c: ins[c] * 5 for c in gains},
-        )
+        gain = _seed_gains("toy", {c: gains[c] * 5 for c in gains}, {c: ins[c] * 5 for c in gains}, n_tokens=5)
     mlp = np.zeros((n_prompts, n_layers)) + spread * rng.standard_normal((n_prompts, n_layers))
     if mlp_effects is not None:
         mlp += mlp_effects
@@ -477,16 +485,11 @@ def _gains_with_a_sink(all_positions, from_position_1, n_prompts: int = 12) -> G
         for n, mlp in ((5, all_positions), (4, from_position_1))
     )  # fmt: skip
     roles = {"attn": ("attn_out", "attn_in"), "mlp": ("mlp_out", "mlp_in"), "block": ("resid_post", "resid_pre")}
-    return GainResult(
-        model="synthetic/sink",
-        definition="seed",
-        n_layers=n_layers,
-        d_model=8,
-        parallel_blocks=False,
-        prompts=None,
-        n_tokens=np.full(n_prompts, 5),
-        out_sums={c: every[o] for c, (o, _) in roles.items()},
-        in_sums={c: every[i] for c, (_, i) in roles.items()},
+    return _seed_gains(
+        "synthetic/sink",
+        {c: every[o] for c, (o, _) in roles.items()},
+        {c: every[i] for c, (_, i) in roles.items()},
+        n_tokens=5,
         reads=ReadSums(
             reads={role: role for role in every}, sums=every, sums_from_1=later, n_tokens_from_1=[4] * n_prompts
         ),

@@ -208,6 +208,7 @@ def gain_versus_effect(result: EffectResult, intervention: str | None = None) ->
         first_separable = first_difference[1] > 0
 
     later = _gains_from_position_1(result)
+    sources = [result.gains] if later is None else [result.gains, later]
     correlations = {}
     for component in EFFECT_COMPONENTS:
         if len(result.layers) < MIN_LAYERS_FOR_RANKS:
@@ -215,12 +216,9 @@ def gain_versus_effect(result: EffectResult, intervention: str | None = None) ->
             continue
         effects = result.effect("delta_loss", name, component)  # [layer]
         per_prompt_effects = result.per_prompt("delta_loss", name, component)  # [prompt, layer]
-        # gains: all counted positions, then (where there is one) from position 1; [prompt, layer] each
-        per_prompt = [result.gains.per_prompt_gains(GAIN_COMPONENT[component])]
-        if later is not None:
-            per_prompt.append(later.per_prompt_gains(GAIN_COMPONENT[component]))
-        layer_gains = [result.gain(component), *([later.gains(GAIN_COMPONENT[component])] if later is not None else [])]
-        rhos = [spearman(np.abs(np.log(gain)), effects) for gain in layer_gains]
+        # The gains of all counted positions, then (where there are) those from position 1.
+        per_prompt = [gains.per_prompt_gains(GAIN_COMPONENT[component]) for gains in sources]  # [prompt, layer] each
+        rhos = [spearman(np.abs(np.log(gains.gains(GAIN_COMPONENT[component]))), effects) for gains in sources]
         rho_bounds: list[tuple[float, float] | None] = [None] * len(rhos)
         if settings is not None:
             resampled = np.empty((len(rhos), settings["n_resamples"]))

@@ -435,8 +435,8 @@ class Engine:
             executor = tl
             bar = tqdm(stream, desc=description, unit="batch", total=known, disable=not show)
             for number, batch in enumerate(bar):
-                if bar.total is None and learn_total is not None and learn_total() is not None:
-                    bar.total = learn_total()  # the stream has batched its last chunk: an ETA from here
+                if bar.total is None and learn_total is not None and (learnt := learn_total()) is not None:
+                    bar.total = learnt  # the stream has batched its last chunk: an ETA from here
                     bar.refresh()
                 tokens = batch.tokens.to(self.device)
                 attention_mask = batch.attention_mask.to(self.device)

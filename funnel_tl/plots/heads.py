@@ -17,7 +17,7 @@ import numpy as np
 from funnel_tl.errors import FunnelError
 from funnel_tl.prompts.tokens import dropped_phrase
 from funnel_tl.results.folders import short_name
-from funnel_tl.results.head_names import VALUES, label, norm_decimals
+from funnel_tl.results.head_names import VALUES, label, norm_decimals, shown_heads
 
 
 def _subtitle(result) -> str:
@@ -158,8 +158,7 @@ def heads_page(result, k: int = 20, plotlyjs: str | bool = True) -> str:
 
     figures = head_figures(result, k, title="Head gain by layer and head")
     top = result.top(k)
-    total = result.head_gains.size
-    shown = f"All {total}" if len(top) == total else f"Top {len(top)} of {total}"
+    shown = shown_heads(len(top), result.head_gains.size)
     decimals = norm_decimals([row.norm for row in top])  # one precision down the column
     grouped = result.group_size is not None
     rows = "\n".join(

@@ -17,7 +17,6 @@ from funnel_tl.analysis.funnel import PYTHIA_1_4B_REFERENCE
 from funnel_tl.plots.style import (
     BAR_WIDTH,
     COLORS,
-    aligned_log_range,
     broken_at_gaps,
     compact,
     denominators_of,
@@ -32,6 +31,7 @@ from funnel_tl.plots.style import (
     layer_ticks,
     legend_entry,
     log_axis,
+    log_range_and_level,
     log_ticks,
     neutral_line,
     short_label,
@@ -205,9 +205,8 @@ def draw_net_gain(fig, result, row, col, legend, log=None):
     # dashed neutral line then serves both axes.
     neutral_at = (1 - span[0]) / (span[1] - span[0]) if not log else -span[0] / (span[1] - span[0])
     block_low, block_high = gain_extent(result, ("block",))
-    block_range = aligned_log_range(block_low, block_high, neutral_at)  # log10 units
-    block_neutral = -block_range[0] / (block_range[1] - block_range[0])  # where the block axis's 1 sits
-    if abs(block_neutral - min(max(neutral_at, 0.02), 0.98)) > 1e-6 and block_range[0] < 0 < block_range[1]:
+    block_range, level = log_range_and_level(block_low, block_high, neutral_at)  # log10 units
+    if not level and block_range[0] < 0 < block_range[1]:
         # Not level (aligning would have more than doubled the block axis): its 1 gets a line of
         # its own, or a block gain below 1 would read as above the bars' dashed 1.
         fig.add_hline(

@@ -257,6 +257,16 @@ def aligned_log_range(low: float, high: float, neutral_at: float) -> list[float]
     >>> [round(v, 3) for v in aligned_log_range(1.0, 100.0, 0.25)]
     [-0.773, 2.32]
     """
+    return log_range_and_level(low, high, neutral_at)[0]
+
+
+def log_range_and_level(low: float, high: float, neutral_at: float) -> tuple[list[float], bool]:
+    """``aligned_log_range``'s range, and whether its 1 does sit at ``neutral_at`` (False where
+    the values' own range was kept: the axis then needs a neutral line of its own).
+
+    >>> log_range_and_level(1.0, 100.0, 0.25)[1], log_range_and_level(0.5, 20.0, 0.0)[1]
+    (True, False)
+    """
     f = min(max(neutral_at, 0.02), 0.98)
     top = max(math.log10(high), 0.0) * 1.12 + 0.08  # room above the largest value (and the bar labels)
     bottom = min(math.log10(low), 0.0) * 1.05 - 0.05
@@ -266,7 +276,9 @@ def aligned_log_range(low: float, high: float, neutral_at: float) -> list[float]
         bottom = -f * top / (1 - f)
     else:
         top = -bottom * (1 - f) / f
-    return [bottom, top] if top - bottom <= 2 * (natural[1] - natural[0]) else natural
+    if top - bottom <= 2 * (natural[1] - natural[0]):
+        return [bottom, top], True
+    return natural, False
 
 
 def legend_entry(fig, name, marker, legend, row, col, group=None):

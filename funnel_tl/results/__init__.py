@@ -24,6 +24,7 @@ _EXPORTS = {
     "HeadResult": "heads",
     "VALUES": "head_names",
     "norm_decimals": "head_names",
+    "shown_heads": "head_names",
     "label": "head_names",
     "SINGLE_POSITIONS": "positions",
     "bucket_edges": "positions",
@@ -132,7 +133,7 @@ if TYPE_CHECKING:
         result_dict,
         result_from_dict,
     )
-    from funnel_tl.results.head_names import VALUES, label, norm_decimals
+    from funnel_tl.results.head_names import VALUES, label, norm_decimals, shown_heads
     from funnel_tl.results.heads import HEADS_KIND, HEADS_SCHEMA_VERSION, HeadResult, HeadStat
     from funnel_tl.results.positions import (
         SINGLE_POSITIONS,

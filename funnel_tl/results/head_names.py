@@ -29,3 +29,12 @@ def norm_decimals(norms) -> int:
 def label(layer: int, head: int) -> str:
     """TransformerLens' head label: ``label(3, 7) == "L3H7"``."""
     return f"L{layer}H{head}"
+
+
+def shown_heads(n_shown: int, total: int) -> str:
+    """How many heads a top-k table shows, for its title (``"All 8"``, ``"Top 3 of 4"``).
+
+    >>> shown_heads(8, 8), shown_heads(3, 4)
+    ('All 8', 'Top 3 of 4')
+    """
+    return f"All {total}" if n_shown == total else f"Top {n_shown} of {total}"

@@ -29,7 +29,7 @@ from funnel_tl.results.files import (
     write_json_atomic,
 )
 from funnel_tl.results.folders import short_name
-from funnel_tl.results.head_names import VALUES, label, norm_decimals
+from funnel_tl.results.head_names import VALUES, label, norm_decimals, shown_heads
 from funnel_tl.results.positions import HeadPositionSums
 from funnel_tl.results.schema import check_heads
 
@@ -297,8 +297,7 @@ class HeadResult:
         )
 
         rows = self.top(k, by)
-        total = len(self.layers) * self.n_heads
-        shown = f"All {total}" if len(rows) == total else f"Top {len(rows)} of {total}"
+        shown = shown_heads(len(rows), self.head_gains.size)
         lines = [
             f"{shown} heads by {by.replace('_', ' ')} ({short_name(self.model)}, definition={self.definition})"
             + (
